@@ -1,0 +1,544 @@
+//! FHIR R4 RESTful interaction classification (FHIR R4 §3.1.0 "RESTful API").
+//!
+//! Turns a method, a path relative to the FHIR base and a query string into a [`FhirRequest`]:
+//! which interaction, on which resource type and id, with which search parameters. What is
+//! ambiguous is refused rather than guessed: dot segments, encoded slashes, empty segments,
+//! unknown or mis-cased resource types, malformed ids and invalid percent-encoding.
+
+use std::fmt;
+
+use crate::resource_type::ResourceType;
+
+/// A FHIR RESTful interaction (R4 §3.1.0.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Interaction {
+    /// `GET [type]/[id]`
+    Read,
+    /// `GET [type]/[id]/_history/[vid]`
+    Vread,
+    /// `PUT [type]/[id]`
+    Update,
+    /// `PATCH [type]/[id]`
+    Patch,
+    /// `DELETE [type]/[id]`
+    Delete,
+    /// `GET [type]/[id]/_history`
+    HistoryInstance,
+    /// `GET [type]/_history`
+    HistoryType,
+    /// `GET _history`
+    HistorySystem,
+    /// `POST [type]`
+    Create,
+    /// `GET [type]?...` or `POST [type]/_search`
+    SearchType,
+    /// `GET ?...` or `POST _search` at the base
+    SearchSystem,
+    /// `GET metadata`
+    Capabilities,
+    /// `POST` of a Bundle to the base (batch or transaction; the body says which)
+    BatchOrTransaction,
+    /// `$operation` at system, type or instance level
+    Operation,
+}
+
+impl Interaction {
+    /// The stable name used in logs, metrics and audit subtypes (FHIR `restful-interaction`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Interaction::Read => "read",
+            Interaction::Vread => "vread",
+            Interaction::Update => "update",
+            Interaction::Patch => "patch",
+            Interaction::Delete => "delete",
+            Interaction::HistoryInstance => "history-instance",
+            Interaction::HistoryType => "history-type",
+            Interaction::HistorySystem => "history-system",
+            Interaction::Create => "create",
+            Interaction::SearchType => "search-type",
+            Interaction::SearchSystem => "search-system",
+            Interaction::Capabilities => "capabilities",
+            Interaction::BatchOrTransaction => "batch-transaction",
+            Interaction::Operation => "operation",
+        }
+    }
+
+    /// Whether the backend answers this interaction with a Bundle (searchset, history, ...).
+    pub fn returns_bundle(self) -> bool {
+        matches!(
+            self,
+            Interaction::SearchType
+                | Interaction::SearchSystem
+                | Interaction::HistoryInstance
+                | Interaction::HistoryType
+                | Interaction::HistorySystem
+                | Interaction::BatchOrTransaction
+                | Interaction::Operation
+        )
+    }
+}
+
+impl fmt::Display for Interaction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A classified FHIR request. Only [`classify`] makes one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FhirRequest {
+    interaction: Interaction,
+    resource_type: Option<ResourceType>,
+    id: Option<String>,
+    version: Option<String>,
+    operation: Option<String>,
+    params: Vec<(String, String)>,
+}
+
+impl FhirRequest {
+    /// The interaction.
+    pub fn interaction(&self) -> Interaction {
+        self.interaction
+    }
+    /// The resource type the request addresses, if any.
+    pub fn resource_type(&self) -> Option<ResourceType> {
+        self.resource_type
+    }
+    /// The logical id, for instance-level interactions.
+    pub fn id(&self) -> Option<&str> {
+        self.id.as_deref()
+    }
+    /// The version id, for vread.
+    pub fn version(&self) -> Option<&str> {
+        self.version.as_deref()
+    }
+    /// The operation name without `$`, for operations.
+    pub fn operation(&self) -> Option<&str> {
+        self.operation.as_deref()
+    }
+    /// The decoded query parameters, in order (names keep their modifiers, e.g. `code:text`).
+    pub fn params(&self) -> &[(String, String)] {
+        &self.params
+    }
+    /// Values of every parameter whose name (modifiers included) is exactly `name`.
+    pub fn param_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.params
+            .iter()
+            .filter(move |(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Why a request could not be classified. Each variant has a stable code for integrators.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClassifyError {
+    /// A path segment is `.` or `..`.
+    #[error("the path contains a dot segment")]
+    DotSegment,
+    /// A path segment contains an encoded `/` or `\`.
+    #[error("the path contains an encoded slash")]
+    EncodedSlash,
+    /// Two slashes in a row, or a trailing slash.
+    #[error("the path contains an empty segment")]
+    EmptySegment,
+    /// Percent-encoding that is malformed or does not decode to UTF-8.
+    #[error("the path or query is not valid percent-encoded UTF-8")]
+    BadEncoding,
+    /// The first segment is not an R4 resource type (names are case-sensitive).
+    #[error("unknown resource type")]
+    UnknownResourceType,
+    /// An id or version id that is not `[A-Za-z0-9\-\.]{1,64}`.
+    #[error("malformed resource id")]
+    MalformedId,
+    /// A method this path does not support.
+    #[error("method not allowed for this path")]
+    MethodNotAllowed,
+    /// A path shape FHIR REST does not define.
+    #[error("not a FHIR RESTful path")]
+    UnknownPath,
+}
+
+impl ClassifyError {
+    /// The stable detail code given to integrators in the OperationOutcome.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ClassifyError::DotSegment => "path-dot-segment",
+            ClassifyError::EncodedSlash => "path-encoded-slash",
+            ClassifyError::EmptySegment => "path-empty-segment",
+            ClassifyError::BadEncoding => "bad-encoding",
+            ClassifyError::UnknownResourceType => "unknown-resource-type",
+            ClassifyError::MalformedId => "malformed-id",
+            ClassifyError::MethodNotAllowed => "method-not-allowed",
+            ClassifyError::UnknownPath => "unknown-path",
+        }
+    }
+}
+
+/// Classifies a request. `path` is relative to the FHIR base (no leading slash needed:
+/// `Patient/1`, `metadata`, `` for the base itself); `query` is the raw query string.
+pub fn classify(
+    method: &str,
+    path: &str,
+    query: Option<&str>,
+) -> Result<FhirRequest, ClassifyError> {
+    let path = path.strip_prefix('/').unwrap_or(path);
+    let segments = split_path(path)?;
+    let params = match query {
+        Some(query) => parse_query(query)?,
+        None => Vec::new(),
+    };
+    let seg: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let (interaction, type_name, id, version, operation) = match (method, seg.as_slice()) {
+        // System level.
+        ("GET", []) => (Interaction::SearchSystem, None, None, None, None),
+        ("POST", []) => (Interaction::BatchOrTransaction, None, None, None, None),
+        ("POST", ["_search"]) => (Interaction::SearchSystem, None, None, None, None),
+        ("GET", ["metadata"]) => (Interaction::Capabilities, None, None, None, None),
+        ("GET", ["_history"]) => (Interaction::HistorySystem, None, None, None, None),
+        ("GET" | "POST", [op]) if op.starts_with('$') => (
+            Interaction::Operation,
+            None,
+            None,
+            None,
+            Some(operation_name(op)?),
+        ),
+        // Type level.
+        ("GET", [t]) => (Interaction::SearchType, Some(*t), None, None, None),
+        ("POST", [t]) => (Interaction::Create, Some(*t), None, None, None),
+        ("POST", [t, "_search"]) => (Interaction::SearchType, Some(*t), None, None, None),
+        ("GET", [t, "_history"]) => (Interaction::HistoryType, Some(*t), None, None, None),
+        ("GET" | "POST", [t, op]) if op.starts_with('$') => (
+            Interaction::Operation,
+            Some(*t),
+            None,
+            None,
+            Some(operation_name(op)?),
+        ),
+        // Instance level.
+        ("GET", [t, id]) => (Interaction::Read, Some(*t), Some(*id), None, None),
+        ("PUT", [t, id]) => (Interaction::Update, Some(*t), Some(*id), None, None),
+        ("PATCH", [t, id]) => (Interaction::Patch, Some(*t), Some(*id), None, None),
+        ("DELETE", [t, id]) => (Interaction::Delete, Some(*t), Some(*id), None, None),
+        ("GET", [t, id, "_history"]) => (
+            Interaction::HistoryInstance,
+            Some(*t),
+            Some(*id),
+            None,
+            None,
+        ),
+        ("GET", [t, id, "_history", vid]) => {
+            (Interaction::Vread, Some(*t), Some(*id), Some(*vid), None)
+        }
+        ("GET" | "POST", [t, id, op]) if op.starts_with('$') => (
+            Interaction::Operation,
+            Some(*t),
+            Some(*id),
+            None,
+            Some(operation_name(op)?),
+        ),
+        (_, [] | [_] | [_, _] | [_, _, "_history"] | [_, _, "_history", _]) => {
+            return Err(ClassifyError::MethodNotAllowed);
+        }
+        _ => return Err(ClassifyError::UnknownPath),
+    };
+    let resource_type = match type_name {
+        Some(name) => Some(ResourceType::parse(name).ok_or(ClassifyError::UnknownResourceType)?),
+        None => None,
+    };
+    for part in [id, version].into_iter().flatten() {
+        if !is_valid_id(part) {
+            return Err(ClassifyError::MalformedId);
+        }
+    }
+    Ok(FhirRequest {
+        interaction,
+        resource_type,
+        id: id.map(str::to_owned),
+        version: version.map(str::to_owned),
+        operation,
+        params,
+    })
+}
+
+fn operation_name(segment: &str) -> Result<String, ClassifyError> {
+    let name = &segment[1..];
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if valid {
+        Ok(name.to_owned())
+    } else {
+        Err(ClassifyError::UnknownPath)
+    }
+}
+
+/// FHIR R4 `id`: `[A-Za-z0-9\-\.]{1,64}`.
+fn is_valid_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && id != "."
+        && id != ".."
+}
+
+fn split_path(path: &str) -> Result<Vec<String>, ClassifyError> {
+    if path.is_empty() {
+        return Ok(Vec::new());
+    }
+    path.split('/')
+        .map(|raw| {
+            if raw.is_empty() {
+                return Err(ClassifyError::EmptySegment);
+            }
+            let lower = raw.to_ascii_lowercase();
+            if lower.contains("%2f") || lower.contains("%5c") || raw.contains('\\') {
+                return Err(ClassifyError::EncodedSlash);
+            }
+            let decoded = percent_decode(raw, false)?;
+            if decoded == "." || decoded == ".." {
+                return Err(ClassifyError::DotSegment);
+            }
+            Ok(decoded)
+        })
+        .collect()
+}
+
+fn parse_query(query: &str) -> Result<Vec<(String, String)>, ClassifyError> {
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            Ok((percent_decode(name, true)?, percent_decode(value, true)?))
+        })
+        .collect()
+}
+
+/// Decodes `%XX` escapes (and `+` as space in queries); refuses malformed escapes, non-UTF-8
+/// results and control characters, which no FHIR path or parameter needs.
+fn percent_decode(input: &str, plus_is_space: bool) -> Result<String, ClassifyError> {
+    let bytes = input.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3).ok_or(ClassifyError::BadEncoding)?;
+                let hi = hex_value(hex[0]).ok_or(ClassifyError::BadEncoding)?;
+                let lo = hex_value(hex[1]).ok_or(ClassifyError::BadEncoding)?;
+                out.push(hi << 4 | lo);
+                i += 3;
+            }
+            b'+' if plus_is_space => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    let text = String::from_utf8(out).map_err(|_| ClassifyError::BadEncoding)?;
+    if text.chars().any(char::is_control) {
+        return Err(ClassifyError::BadEncoding);
+    }
+    Ok(text)
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interactions_are_classified() {
+        let cases: &[(&str, &str, Interaction, Option<&str>, Option<&str>)] = &[
+            (
+                "GET",
+                "Patient/pat-1",
+                Interaction::Read,
+                Some("Patient"),
+                Some("pat-1"),
+            ),
+            (
+                "GET",
+                "Patient/1/_history/2",
+                Interaction::Vread,
+                Some("Patient"),
+                Some("1"),
+            ),
+            (
+                "PUT",
+                "Observation/o.1",
+                Interaction::Update,
+                Some("Observation"),
+                Some("o.1"),
+            ),
+            (
+                "PATCH",
+                "Observation/o1",
+                Interaction::Patch,
+                Some("Observation"),
+                Some("o1"),
+            ),
+            (
+                "DELETE",
+                "Observation/o1",
+                Interaction::Delete,
+                Some("Observation"),
+                Some("o1"),
+            ),
+            (
+                "GET",
+                "Patient/1/_history",
+                Interaction::HistoryInstance,
+                Some("Patient"),
+                Some("1"),
+            ),
+            (
+                "GET",
+                "Patient/_history",
+                Interaction::HistoryType,
+                Some("Patient"),
+                None,
+            ),
+            ("GET", "_history", Interaction::HistorySystem, None, None),
+            (
+                "POST",
+                "Observation",
+                Interaction::Create,
+                Some("Observation"),
+                None,
+            ),
+            (
+                "GET",
+                "Observation",
+                Interaction::SearchType,
+                Some("Observation"),
+                None,
+            ),
+            (
+                "POST",
+                "Observation/_search",
+                Interaction::SearchType,
+                Some("Observation"),
+                None,
+            ),
+            ("GET", "", Interaction::SearchSystem, None, None),
+            ("POST", "_search", Interaction::SearchSystem, None, None),
+            ("GET", "metadata", Interaction::Capabilities, None, None),
+            ("POST", "", Interaction::BatchOrTransaction, None, None),
+            (
+                "GET",
+                "Patient/1/$everything",
+                Interaction::Operation,
+                Some("Patient"),
+                Some("1"),
+            ),
+            ("POST", "$export", Interaction::Operation, None, None),
+            (
+                "POST",
+                "Observation/$validate",
+                Interaction::Operation,
+                Some("Observation"),
+                None,
+            ),
+        ];
+        for (method, path, interaction, rtype, id) in cases {
+            let request =
+                classify(method, path, None).unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+            assert_eq!(request.interaction(), *interaction, "{method} {path}");
+            assert_eq!(
+                request.resource_type().map(ResourceType::as_str),
+                *rtype,
+                "{method} {path}"
+            );
+            assert_eq!(request.id(), *id, "{method} {path}");
+        }
+    }
+
+    #[test]
+    fn ambiguous_paths_are_refused() {
+        let cases: &[(&str, &str, ClassifyError)] = &[
+            ("GET", "Patient/..", ClassifyError::DotSegment),
+            ("GET", "Patient/%2e%2e", ClassifyError::DotSegment),
+            ("GET", "Patient/.", ClassifyError::DotSegment),
+            ("GET", "Patient%2F1", ClassifyError::EncodedSlash),
+            ("GET", "Patient/1%2fx", ClassifyError::EncodedSlash),
+            ("GET", "Patient/1%5Cx", ClassifyError::EncodedSlash),
+            ("GET", "Patient//1", ClassifyError::EmptySegment),
+            ("GET", "Patient/1/", ClassifyError::EmptySegment),
+            ("GET", "patient/1", ClassifyError::UnknownResourceType),
+            ("GET", "Patients", ClassifyError::UnknownResourceType),
+            ("GET", "Patient/a_b", ClassifyError::MalformedId),
+            ("GET", "Patient/%00", ClassifyError::BadEncoding),
+            ("GET", "Patient/%zz", ClassifyError::BadEncoding),
+            ("GET", "Patient/%ff", ClassifyError::BadEncoding),
+            ("DELETE", "Patient", ClassifyError::MethodNotAllowed),
+            (
+                "GET",
+                "Patient/1/Observation/2/x",
+                ClassifyError::UnknownPath,
+            ),
+        ];
+        for (method, path, expected) in cases {
+            assert_eq!(
+                classify(method, path, None).as_ref().err(),
+                Some(expected),
+                "{method} {path}"
+            );
+        }
+        let long_id = format!("Patient/{}", "a".repeat(65));
+        assert_eq!(
+            classify("GET", &long_id, None).err(),
+            Some(ClassifyError::MalformedId)
+        );
+    }
+
+    #[test]
+    fn query_parameters_are_decoded_in_order() {
+        let request = classify(
+            "GET",
+            "Observation",
+            Some("patient=Patient%2Fpat-1&code=http://loinc.org%7C4548-4&_count=10&name=a+b"),
+        )
+        .unwrap();
+        assert_eq!(
+            request.params(),
+            &[
+                ("patient".to_owned(), "Patient/pat-1".to_owned()),
+                ("code".to_owned(), "http://loinc.org|4548-4".to_owned()),
+                ("_count".to_owned(), "10".to_owned()),
+                ("name".to_owned(), "a b".to_owned()),
+            ]
+        );
+        assert_eq!(
+            request.param_values("patient").collect::<Vec<_>>(),
+            ["Patient/pat-1"]
+        );
+    }
+
+    #[test]
+    fn bad_query_encoding_is_refused() {
+        assert_eq!(
+            classify("GET", "Patient", Some("name=%E2%28")).err(),
+            Some(ClassifyError::BadEncoding)
+        );
+        assert_eq!(
+            classify("GET", "Patient", Some("name=%0a")).err(),
+            Some(ClassifyError::BadEncoding)
+        );
+    }
+}
