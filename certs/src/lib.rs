@@ -13,12 +13,12 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
 use anyhow::Context as _;
+use rcgen::string::PrintableString;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
-    DnType, DnValue, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair,
-    KeyUsagePurpose, RevocationReason, RevokedCertParams, SanType, SerialNumber,
+    DnType, DnValue, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    RevocationReason, RevokedCertParams, SanType, SerialNumber,
 };
-use rcgen::string::PrintableString;
 use time::{Duration, OffsetDateTime};
 
 /// X.520 `serialNumber` (2.5.4.5): OCES3 puts `UI:DK-O:G:<uuid>` / `UI:DK-E:G:<uuid>` here.
@@ -181,7 +181,10 @@ impl CertificateAuthority {
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CountryName, "DK");
         dn.push(DnType::OrganizationName, "Portvagt Dev PKI");
-        dn.push(DnType::CommonName, names.first().copied().unwrap_or("localhost"));
+        dn.push(
+            DnType::CommonName,
+            names.first().copied().unwrap_or("localhost"),
+        );
         params.distinguished_name = dn;
         for name in names {
             params.subject_alt_names.push(match name.parse::<IpAddr>() {
@@ -377,7 +380,11 @@ mod tests {
     fn employee_certificate_has_oces3_subject() {
         let pki = DevPki::generate().unwrap();
         let (_, cert) = parse_x509_certificate(&pki.employee.cert_der).unwrap();
-        assert!(attribute(&cert, "2.5.4.5").unwrap().starts_with("UI:DK-E:G:"));
+        assert!(
+            attribute(&cert, "2.5.4.5")
+                .unwrap()
+                .starts_with("UI:DK-E:G:")
+        );
         assert_eq!(attribute(&cert, "2.5.4.42").as_deref(), Some("Mette"));
         assert_eq!(attribute(&cert, "2.5.4.4").as_deref(), Some("Kjær"));
     }
@@ -385,7 +392,9 @@ mod tests {
     #[test]
     fn crl_lists_the_revoked_certificate_only() {
         let pki = DevPki::generate().unwrap();
-        let pem = x509_parser::pem::parse_x509_pem(pki.crl_pem.as_bytes()).unwrap().1;
+        let pem = x509_parser::pem::parse_x509_pem(pki.crl_pem.as_bytes())
+            .unwrap()
+            .1;
         let (_, crl) = parse_x509_crl(&pem.contents).unwrap();
         let serials: Vec<_> = crl
             .iter_revoked_certificates()
@@ -416,8 +425,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         DevPki::generate().unwrap().write_to(dir.path()).unwrap();
         for name in [
-            "ca.crt", "server.crt", "server.key", "client.crt", "client.key", "employee.crt",
-            "employee.key", "revoked.crt", "revoked.key", "crl.pem",
+            "ca.crt",
+            "server.crt",
+            "server.key",
+            "client.crt",
+            "client.key",
+            "employee.crt",
+            "employee.key",
+            "revoked.crt",
+            "revoked.key",
+            "crl.pem",
         ] {
             let text = fs::read_to_string(dir.path().join(name)).unwrap();
             assert!(text.starts_with("-----BEGIN "), "{name}");

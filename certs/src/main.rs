@@ -5,7 +5,10 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "portvagt-certs", about = "Development PKI for Portvagt (never for production)")]
+#[command(
+    name = "portvagt-certs",
+    about = "Development PKI for Portvagt (never for production)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -1,1 +1,233 @@
-fn main(){}
+//! The `portvagt` command line: serve, check-config, demo, token.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use portvagt::config::{Config, LogFormat};
+use portvagt::demo::{self, DemoOptions, TokenRequest};
+use portvagt::runtime::Runtime;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "portvagt",
+    version,
+    about = "Portvagt: a FHIR REST security gateway"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// The configuration file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Validate a configuration with its certificates and keys; exit 1 with reasons.
+    CheckConfig {
+        /// The configuration file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run a complete local demo: dev PKI, reference backend with sample data, gateway.
+    Demo {
+        /// Folder for the PKI, issuer key, config and demo.env.
+        #[arg(long, default_value = "demo")]
+        dir: PathBuf,
+        /// Gateway port on 127.0.0.1.
+        #[arg(long, default_value_t = 8443)]
+        port: u16,
+        /// The testbed folder (reference backend).
+        #[arg(long, env = "PORTVAGT_TESTBED")]
+        testbed: Option<PathBuf>,
+    },
+    /// Mint a development token from the demo issuer key (demo and tests only).
+    Token {
+        /// The demo folder (`portvagt demo --dir`).
+        #[arg(long, default_value = "demo")]
+        dir: PathBuf,
+        /// `sub`.
+        #[arg(long)]
+        sub: String,
+        /// `scope`, space-separated.
+        #[arg(long)]
+        scope: String,
+        /// `patient` launch context.
+        #[arg(long)]
+        patient: Option<String>,
+        /// `fhirUser`.
+        #[arg(long)]
+        fhir_user: Option<String>,
+        /// `client_id`.
+        #[arg(long)]
+        client_id: Option<String>,
+        /// Bind the token to this client certificate (PEM), RFC 8705.
+        #[arg(long)]
+        bind_cert: Option<PathBuf>,
+        /// Lifetime, e.g. `1h`.
+        #[arg(long, default_value = "1h", value_parser = humantime_serde::re::humantime::parse_duration)]
+        ttl: Duration,
+        /// `aud`; default: the demo's PORTVAGT_URL.
+        #[arg(long)]
+        audience: Option<String>,
+    },
+}
+
+fn init_logging(format: LogFormat, level: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout);
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("portvagt: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve { config } => {
+            let config = Config::load(&config)?;
+            init_logging(config.log.format, &config.log.level);
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(serve(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig { config: path } => {
+            let config = match Config::load(&path) {
+                Ok(config) => config,
+                Err(error) => {
+                    eprintln!("{}: {error}", path.display());
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            let addr = config.server.listen;
+            match Runtime::build(config, addr) {
+                Ok(_) => {
+                    println!("{}: OK", path.display());
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(errors) => {
+                    for error in errors {
+                        eprintln!("{}: {error}", path.display());
+                    }
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        Command::Demo { dir, port, testbed } => {
+            init_logging(LogFormat::Text, "info");
+            let options = DemoOptions {
+                dir,
+                port,
+                testbed: testbed.unwrap_or_else(demo::default_testbed),
+            };
+            tokio::runtime::Runtime::new()?.block_on(demo::run(options))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token {
+            dir,
+            sub,
+            scope,
+            patient,
+            fhir_user,
+            client_id,
+            bind_cert,
+            ttl,
+            audience,
+        } => {
+            let audience = match audience {
+                Some(audience) => audience,
+                None => demo_url(&dir)?,
+            };
+            let request = TokenRequest {
+                subject: sub,
+                scope,
+                patient,
+                fhir_user,
+                client_id,
+                bind_cert,
+                ttl,
+            };
+            println!(
+                "{}",
+                demo::mint_token(&dir.join("issuer"), &audience, &request)?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn demo_url(dir: &std::path::Path) -> anyhow::Result<String> {
+    let env = std::fs::read_to_string(dir.join("demo.env")).with_context(|| {
+        format!(
+            "reading {} (run `portvagt demo` first, or pass --audience)",
+            dir.join("demo.env").display()
+        )
+    })?;
+    env.lines()
+        .find_map(|line| line.strip_prefix("PORTVAGT_URL="))
+        .map(str::to_owned)
+        .context("no PORTVAGT_URL in demo.env")
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("server.listen: cannot bind {}", config.server.listen))?;
+    let admin_listener = match config.server.admin_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("server.admin_listen: cannot bind {addr}"))?,
+        ),
+        None => None,
+    };
+    let addr = listener.local_addr()?;
+    let runtime = Runtime::build(config, addr).map_err(|errors| {
+        anyhow::anyhow!(
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    })?;
+    tracing::info!(
+        addr = %addr,
+        admin_addr = %admin_listener.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.to_string()).unwrap_or_default(),
+        public_base_url = %runtime.public_base_url,
+        backend = %runtime.backend.base_url(),
+        "listening"
+    );
+    portvagt::server::serve(
+        Arc::new(runtime),
+        listener,
+        admin_listener,
+        portvagt::server::shutdown_signal(),
+    )
+    .await;
+    Ok(())
+}

@@ -18,6 +18,7 @@ import {
   evalFhirPath,
   formatSearchQuery,
   generateId,
+  getExpressionForResourceType,
   getReferenceString,
   globalSchema,
   gone,
@@ -42,6 +43,25 @@ function unsupportedFilter(code) {
   return code === '_has' || code.includes('.');
 }
 
+/**
+ * Shared R4 search parameters carry one FHIRPath union over all their base types
+ * (e.g. `patient` has 32 branches), and Medplum's in-memory matcher evaluates
+ * the whole union for every stored resource. Narrow each type's copy to its own
+ * branches, the way Medplum's server does, so searches stay fast.
+ */
+export function specializeSearchParameters() {
+  for (const [type, info] of Object.entries(globalSchema.types)) {
+    for (const [code, param] of Object.entries(info.searchParams ?? {})) {
+      if ((param.base?.length ?? 0) > 1 && param.expression) {
+        const expression = getExpressionForResourceType(type, param.expression);
+        if (expression && expression !== param.expression) {
+          info.searchParams[code] = { ...param, expression };
+        }
+      }
+    }
+  }
+}
+
 export class TestbedRepository extends MemoryRepository {
   constructor() {
     super();
@@ -64,12 +84,12 @@ export class TestbedRepository extends MemoryRepository {
     if (!isResourceType(resource.resourceType)) {
       throw new OperationOutcomeError(badRequest(`Unknown resource type: ${resource.resourceType ?? '<EMPTY>'}`));
     }
-    const copy = JSON.parse(JSON.stringify(resource));
-    if (copy.meta) {
-      // The server owns versionId and lastUpdated.
-      delete copy.meta.versionId;
-      delete copy.meta.lastUpdated;
-    }
+    // Key order resourceType, id, meta first (as FHIR servers print them); the
+    // server owns meta.versionId and meta.lastUpdated.
+    const { resourceType, id, meta, ...rest } = JSON.parse(JSON.stringify(resource));
+    const copy = { resourceType, id: id ?? this.generateId(), meta: meta ?? {}, ...rest };
+    delete copy.meta.versionId;
+    delete copy.meta.lastUpdated;
     validateResource(copy); // throws OperationOutcomeError (400) listing the issues
     const result = await super.createResource(copy, options);
     this.deleted.delete(`${result.resourceType}/${result.id}`);

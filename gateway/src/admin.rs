@@ -1,0 +1,158 @@
+//! Local endpoints the gateway answers itself: `/healthz` (the process runs), `/readyz` (the
+//! backend answers), `/metrics` (Prometheus) and the SMART configuration document
+//! (SMART App Launch 2.2 §2.1, at `/.well-known/smart-configuration` below the FHIR base and at
+//! the root).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Response, StatusCode, header};
+use serde_json::json;
+
+use crate::body::{Body, full};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::outcome::Outcome;
+use crate::proxy::Backend;
+
+/// Answers the local endpoints.
+#[derive(Debug)]
+pub struct Admin {
+    metrics: Arc<Metrics>,
+    backend: Arc<Backend>,
+    smart_configuration: Bytes,
+    smart_path: String,
+}
+
+/// Which local endpoint a request is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalEndpoint {
+    /// `/healthz`
+    Health,
+    /// `/readyz`
+    Ready,
+    /// `/metrics`
+    Metrics,
+    /// `/.well-known/smart-configuration`
+    SmartConfiguration,
+}
+
+impl Admin {
+    /// Builds the endpoints; the SMART document is rendered once here.
+    pub fn new(
+        config: &Config,
+        fhir_base_path: &str,
+        metrics: Arc<Metrics>,
+        backend: Arc<Backend>,
+    ) -> Self {
+        Self {
+            metrics,
+            backend,
+            smart_configuration: Bytes::from(smart_configuration(config).to_string()),
+            smart_path: format!(
+                "{}/.well-known/smart-configuration",
+                fhir_base_path.trim_end_matches('/')
+            ),
+        }
+    }
+
+    /// The endpoint `path` names, if any. `admin_only` leaves out the SMART document (for the
+    /// plain-HTTP admin listener).
+    pub fn route(&self, method: &Method, path: &str, admin_only: bool) -> Option<LocalEndpoint> {
+        if method != Method::GET && method != Method::HEAD {
+            return None;
+        }
+        match path {
+            "/healthz" => Some(LocalEndpoint::Health),
+            "/readyz" => Some(LocalEndpoint::Ready),
+            "/metrics" => Some(LocalEndpoint::Metrics),
+            "/.well-known/smart-configuration" if !admin_only => {
+                Some(LocalEndpoint::SmartConfiguration)
+            }
+            p if !admin_only && p == self.smart_path => Some(LocalEndpoint::SmartConfiguration),
+            _ => None,
+        }
+    }
+
+    /// Answers `endpoint`.
+    pub async fn respond(&self, endpoint: LocalEndpoint) -> Response<Body> {
+        match endpoint {
+            LocalEndpoint::Health => {
+                json_response(StatusCode::OK, Bytes::from_static(br#"{"status":"pass"}"#))
+            }
+            LocalEndpoint::Ready => {
+                if self.backend.is_ready().await {
+                    json_response(StatusCode::OK, Bytes::from_static(br#"{"status":"pass"}"#))
+                } else {
+                    Outcome::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "transient",
+                        "backend-unavailable",
+                        "the backend FHIR server does not answer",
+                    )
+                    .into_response(None)
+                }
+            }
+            LocalEndpoint::Metrics => {
+                let mut response = Response::new(full(self.metrics.render()));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                response
+            }
+            LocalEndpoint::SmartConfiguration => {
+                json_response(StatusCode::OK, self.smart_configuration.clone())
+            }
+        }
+    }
+}
+
+fn json_response(status: StatusCode, body: Bytes) -> Response<Body> {
+    let mut response = Response::new(full(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// The SMART configuration document: configured fields, with defaults that never advertise
+/// what SMART 2.x forbids (`plain` PKCE).
+fn smart_configuration(config: &Config) -> serde_json::Value {
+    let smart = &config.smart;
+    let issuer = smart
+        .issuer
+        .clone()
+        .or_else(|| config.issuers.first().map(|i| i.issuer.clone()));
+    let strings = |v: &Option<Vec<String>>, default: &[&str]| {
+        v.clone()
+            .unwrap_or_else(|| default.iter().map(|s| (*s).to_owned()).collect())
+    };
+    let mut document = json!({
+        "issuer": issuer,
+        "jwks_uri": smart.jwks_uri,
+        "authorization_endpoint": smart.authorization_endpoint,
+        "token_endpoint": smart.token_endpoint,
+        "grant_types_supported": strings(&smart.grant_types_supported, &["authorization_code", "client_credentials"]),
+        "token_endpoint_auth_methods_supported": ["private_key_jwt", "tls_client_auth"],
+        "scopes_supported": strings(&smart.scopes_supported, &["openid", "fhirUser", "launch/patient", "patient/*.rs", "user/*.cruds", "system/*.cruds"]),
+        "response_types_supported": ["code"],
+        "capabilities": strings(&smart.capabilities, &[
+            "launch-standalone", "client-public", "client-confidential-asymmetric", "context-standalone-patient",
+            "permission-patient", "permission-user", "permission-v1", "permission-v2", "sso-openid-connect",
+        ]),
+        "code_challenge_methods_supported": ["S256"],
+    });
+    if let Some(endpoint) = &smart.introspection_endpoint {
+        document["introspection_endpoint"] = json!(endpoint);
+    }
+    if let Some(object) = document.as_object_mut() {
+        object.retain(|_, value| !value.is_null());
+    }
+    document
+}

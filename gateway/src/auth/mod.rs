@@ -1,0 +1,78 @@
+//! Authentication: who is calling, from the OAuth access token and the client certificate.
+//!
+//! [`jwt::TokenVerifier`] checks a JWT access token against the configured issuers (RFC 7519,
+//! RFC 9068 claims, RFC 8705 certificate binding) and is the only maker of a [`Principal`].
+
+pub mod dev_token;
+pub mod jwks;
+pub mod jwt;
+pub mod principal;
+
+pub use jwt::TokenVerifier;
+pub use principal::Principal;
+
+/// Why a request could not be authenticated. Each variant is one distinct cause; the detail
+/// code ([`AuthnError::code`]) is stable for integrators and metric labels.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthnError {
+    /// No `Authorization: Bearer` header.
+    #[error("no bearer token was presented")]
+    MissingToken,
+    /// Not three base64url parts with JSON header and claims.
+    #[error("the token is not a well-formed JWT")]
+    Malformed,
+    /// `alg` is not on the issuer's allow-list (this includes `none` and HMAC).
+    #[error("the token's signing algorithm is not allowed")]
+    AlgorithmNotAllowed,
+    /// `iss` names no configured issuer.
+    #[error("the token's issuer is not trusted")]
+    UnknownIssuer,
+    /// No key of the issuer matches the token's `kid` and algorithm.
+    #[error("the token's signing key is not known")]
+    UnknownKey,
+    /// The signature does not verify.
+    #[error("the token's signature is invalid")]
+    BadSignature,
+    /// `exp` has passed.
+    #[error("the token has expired")]
+    Expired,
+    /// `nbf` is in the future.
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    /// `aud` names none of the accepted audiences.
+    #[error("the token is not meant for this audience")]
+    WrongAudience,
+    /// A required claim (`exp`, `iss`, `aud`, `sub`) is missing or malformed.
+    #[error("the token lacks a required claim")]
+    MissingClaim,
+    /// `cnf.x5t#S256` does not match the client certificate (RFC 8705 §3).
+    #[error("the token is bound to another client certificate")]
+    CertificateMismatch,
+    /// The issuer requires certificate-bound tokens and this one carries no `cnf.x5t#S256`.
+    #[error("the token is not bound to the client certificate")]
+    CertificateBindingRequired,
+    /// The connection has no verified client certificate.
+    #[error("no verified client certificate")]
+    NoClientCertificate,
+}
+
+impl AuthnError {
+    /// The stable detail code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AuthnError::MissingToken => "missing-token",
+            AuthnError::Malformed => "malformed-token",
+            AuthnError::AlgorithmNotAllowed => "algorithm-not-allowed",
+            AuthnError::UnknownIssuer => "unknown-issuer",
+            AuthnError::UnknownKey => "unknown-key",
+            AuthnError::BadSignature => "bad-signature",
+            AuthnError::Expired => "token-expired",
+            AuthnError::NotYetValid => "token-not-yet-valid",
+            AuthnError::WrongAudience => "wrong-audience",
+            AuthnError::MissingClaim => "missing-claim",
+            AuthnError::CertificateMismatch => "certificate-binding-mismatch",
+            AuthnError::CertificateBindingRequired => "certificate-binding-required",
+            AuthnError::NoClientCertificate => "no-client-certificate",
+        }
+    }
+}

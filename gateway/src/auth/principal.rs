@@ -1,0 +1,74 @@
+//! The authenticated caller.
+
+use std::sync::Arc;
+
+use portvagt_policy::{ScopeSet, Subject};
+
+use crate::tls::PeerIdentity;
+
+/// Who is calling: the verified token's claims and the verified client certificate. Only
+/// [`crate::auth::TokenVerifier`] makes one, so a `Principal` in the request extensions proves
+/// authentication happened.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub(crate) subject: String,
+    pub(crate) issuer: String,
+    pub(crate) client_id: Option<String>,
+    pub(crate) jti: Option<String>,
+    pub(crate) scopes: ScopeSet,
+    pub(crate) patient: Option<String>,
+    pub(crate) fhir_user: Option<String>,
+    pub(crate) certificate_bound: bool,
+    pub(crate) expires_at: u64,
+    pub(crate) peer: Arc<PeerIdentity>,
+}
+
+impl Principal {
+    /// The token's `sub`.
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+    /// The token's `iss`.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+    /// The OAuth client (`client_id`, else `azp`).
+    pub fn client_id(&self) -> Option<&str> {
+        self.client_id.as_deref()
+    }
+    /// The token id (`jti`).
+    pub fn jti(&self) -> Option<&str> {
+        self.jti.as_deref()
+    }
+    /// The SMART resource scopes granted.
+    pub fn scopes(&self) -> &ScopeSet {
+        &self.scopes
+    }
+    /// The patient launch context (`patient` claim).
+    pub fn patient(&self) -> Option<&str> {
+        self.patient.as_deref()
+    }
+    /// The user's FHIR resource (`fhirUser` claim), e.g. `Practitioner/123`.
+    pub fn fhir_user(&self) -> Option<&str> {
+        self.fhir_user.as_deref()
+    }
+    /// Whether the token was bound to this connection's client certificate (RFC 8705).
+    pub fn certificate_bound(&self) -> bool {
+        self.certificate_bound
+    }
+    /// `exp`, seconds since the epoch.
+    pub fn expires_at(&self) -> u64 {
+        self.expires_at
+    }
+    /// The client certificate the call came with.
+    pub fn peer(&self) -> &PeerIdentity {
+        &self.peer
+    }
+    /// What the policy engine needs.
+    pub fn policy_subject(&self) -> Subject<'_> {
+        Subject {
+            scopes: &self.scopes,
+            patient: self.patient.as_deref(),
+        }
+    }
+}

@@ -1,0 +1,409 @@
+//! Operator configuration: one TOML file, parsed into typed structs with `deny_unknown_fields`.
+//!
+//! This module is what the operator SAID. [`crate::runtime::Runtime`] is what the gateway BUILT
+//! from it at start (loaded keys, TLS config, clients). Validation that needs the file system
+//! (certificates, keys) happens there, with errors that name the config field.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The client-facing listener.
+    pub server: ServerConfig,
+    /// TLS for the client-facing listener.
+    pub tls: TlsConfig,
+    /// Request limits.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Trusted token issuers.
+    #[serde(default, rename = "issuer")]
+    pub issuers: Vec<IssuerConfig>,
+    /// The backend FHIR server.
+    pub backend: BackendConfig,
+    /// The `/.well-known/smart-configuration` document.
+    #[serde(default)]
+    pub smart: SmartConfig,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on, e.g. `0.0.0.0:8443`; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// The FHIR base URL clients see, e.g. `https://fhir.example.dk/fhir`. Backend URLs in
+    /// responses are rewritten to it. Default: `https://<listen address>/fhir`.
+    #[serde(default)]
+    pub public_base_url: Option<String>,
+    /// How long in-flight requests may run after SIGTERM/SIGINT before the gateway exits.
+    #[serde(default = "defaults::shutdown_grace", with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// How long a client has to complete the TLS handshake.
+    #[serde(default = "defaults::handshake_timeout", with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Plain-HTTP listener for `/healthz`, `/readyz` and `/metrics` only (for probes and
+    /// scrapers that have no client certificate). Keep it on a private address.
+    #[serde(default)]
+    pub admin_listen: Option<SocketAddr>,
+}
+
+/// `[tls]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Server certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Server private key (PEM, PKCS#8, SEC1 or PKCS#1).
+    pub key: PathBuf,
+    /// CA certificates that client certificates must chain to (PEM bundle).
+    pub client_ca: PathBuf,
+    /// CRLs (PEM or DER) checked for every client certificate in the chain.
+    #[serde(default)]
+    pub crls: Vec<PathBuf>,
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest request header block (HTTP/1.1 read buffer, HTTP/2 header list), bytes.
+    #[serde(default = "defaults::max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Largest request body, bytes (413 beyond it).
+    #[serde(default = "defaults::max_body_bytes")]
+    pub max_body_bytes: u64,
+    /// Largest backend response the gateway buffers to rewrite (Bundles), bytes.
+    #[serde(default = "defaults::max_response_bytes")]
+    pub max_response_bytes: u64,
+    /// Longest a request may take end to end (504 beyond it).
+    #[serde(default = "defaults::request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Requests processed at once; more are shed with 503.
+    #[serde(default = "defaults::max_concurrent_requests")]
+    pub max_concurrent_requests: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: defaults::max_header_bytes(),
+            max_body_bytes: defaults::max_body_bytes(),
+            max_response_bytes: defaults::max_response_bytes(),
+            request_timeout: defaults::request_timeout(),
+            max_concurrent_requests: defaults::max_concurrent_requests(),
+        }
+    }
+}
+
+/// `[[issuer]]`: one trusted OAuth authorization server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// The exact `iss` value of its tokens.
+    pub issuer: String,
+    /// Accepted `aud` values; a token must name at least one.
+    pub audiences: Vec<String>,
+    /// A JWKS file with the issuer's public keys.
+    pub jwks_file: PathBuf,
+    /// Allowed signing algorithms. Only asymmetric ones can be configured.
+    #[serde(default = "defaults::algorithms")]
+    pub algorithms: Vec<String>,
+    /// Clock leeway for `exp` and `nbf`.
+    #[serde(default = "defaults::leeway", with = "humantime_serde")]
+    pub leeway: Duration,
+    /// Refuse tokens that are not bound to the client certificate (RFC 8705 `cnf.x5t#S256`).
+    #[serde(default)]
+    pub require_certificate_binding: bool,
+}
+
+/// `[backend]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    /// The backend FHIR base URL, e.g. `http://fhir-backend:8080/fhir/R4`.
+    pub url: String,
+    /// Time to establish a backend connection.
+    #[serde(default = "defaults::connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Idle pooled connections kept per backend host.
+    #[serde(default = "defaults::pool_max_idle")]
+    pub pool_max_idle_per_host: usize,
+    /// Pass the client's `Authorization` header on to the backend (off: the backend trusts the
+    /// gateway, and tokens are meant for the gateway's audience).
+    #[serde(default)]
+    pub forward_authorization: bool,
+}
+
+/// `[smart]`: fields of `/.well-known/smart-configuration` (SMART App Launch 2.2 §2.1).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SmartConfig {
+    /// `issuer`; default: the first configured issuer.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// `jwks_uri` of the issuer.
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    /// `authorization_endpoint`.
+    #[serde(default)]
+    pub authorization_endpoint: Option<String>,
+    /// `token_endpoint`.
+    #[serde(default)]
+    pub token_endpoint: Option<String>,
+    /// `introspection_endpoint`.
+    #[serde(default)]
+    pub introspection_endpoint: Option<String>,
+    /// `grant_types_supported`; default `authorization_code`, `client_credentials`.
+    #[serde(default)]
+    pub grant_types_supported: Option<Vec<String>>,
+    /// `scopes_supported`.
+    #[serde(default)]
+    pub scopes_supported: Option<Vec<String>>,
+    /// `capabilities`.
+    #[serde(default)]
+    pub capabilities: Option<Vec<String>>,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `json` (one object per line) or `text`.
+    #[serde(default = "defaults::log_format")]
+    pub format: LogFormat,
+    /// A `tracing` filter, e.g. `info` or `portvagt=debug`. `RUST_LOG` overrides it.
+    #[serde(default = "defaults::log_level")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: defaults::log_format(),
+            level: defaults::log_level(),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+/// A configuration problem, naming the field it is about.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ConfigError {
+    /// Dotted path of the field, e.g. `tls.client_ca` or `issuer[0].jwks_file`.
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl ConfigError {
+    /// A problem with `field`.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and parses a config file. Relative paths in it are resolved against the file's
+    /// folder, so a config can travel with its certificates.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new("(file)", format!("cannot read {}: {e}", path.display()))
+        })?;
+        let mut config = Self::parse(&text)?;
+        if let Some(dir) = path.parent() {
+            config.resolve_paths(dir);
+        }
+        Ok(config)
+    }
+
+    /// Parses config text. Unknown fields and wrong types are errors that name the field.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| {
+            let message = e.message().to_owned();
+            let field = match e.span() {
+                Some(span) => field_at(text, span.start),
+                None => "(file)".to_owned(),
+            };
+            ConfigError::new(field, message)
+        })
+    }
+
+    fn resolve_paths(&mut self, dir: &Path) {
+        let resolve = |path: &mut PathBuf| {
+            if path.is_relative() {
+                *path = dir.join(&*path);
+            }
+        };
+        resolve(&mut self.tls.cert);
+        resolve(&mut self.tls.key);
+        resolve(&mut self.tls.client_ca);
+        self.tls.crls.iter_mut().for_each(resolve);
+        for issuer in &mut self.issuers {
+            resolve(&mut issuer.jwks_file);
+        }
+    }
+}
+
+/// Names the TOML key in effect at byte `offset`: the nearest `[table]` header above plus the
+/// key on the offending line, e.g. `limits.max_body_bytes`.
+fn field_at(text: &str, offset: usize) -> String {
+    let before = &text[..offset.min(text.len())];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[line_start..]
+        .find('\n')
+        .map_or(text.len(), |i| line_start + i);
+    let line = text[line_start..line_end].trim();
+    let table = before[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim().to_owned())
+        .filter(|k| !k.starts_with('['));
+    match (table, key) {
+        (Some(table), Some(key)) => format!("{table}.{key}"),
+        (Some(table), None) => table,
+        (None, Some(key)) => key,
+        (None, None) => "(file)".to_owned(),
+    }
+}
+
+mod defaults {
+    use std::time::Duration;
+
+    use super::LogFormat;
+
+    pub(super) fn shutdown_grace() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub(super) fn handshake_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub(super) fn max_header_bytes() -> usize {
+        16 * 1024
+    }
+    pub(super) fn max_body_bytes() -> u64 {
+        10 * 1024 * 1024
+    }
+    pub(super) fn max_response_bytes() -> u64 {
+        64 * 1024 * 1024
+    }
+    pub(super) fn request_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub(super) fn max_concurrent_requests() -> usize {
+        1024
+    }
+    pub(super) fn algorithms() -> Vec<String> {
+        ["RS256", "PS256", "ES256", "EdDSA"]
+            .map(String::from)
+            .to_vec()
+    }
+    pub(super) fn leeway() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub(super) fn connect_timeout() -> Duration {
+        Duration::from_secs(2)
+    }
+    pub(super) fn pool_max_idle() -> usize {
+        64
+    }
+    pub(super) fn log_format() -> LogFormat {
+        LogFormat::Json
+    }
+    pub(super) fn log_level() -> String {
+        "info".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+
+[tls]
+cert = "server.crt"
+key = "server.key"
+client_ca = "ca.crt"
+
+[[issuer]]
+issuer = "https://auth.example.dk"
+audiences = ["https://fhir.example.dk/fhir"]
+jwks_file = "jwks.json"
+
+[backend]
+url = "http://127.0.0.1:8080/fhir/R4"
+"#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let config = Config::parse(MINIMAL).unwrap();
+        assert_eq!(config.limits.max_body_bytes, 10 * 1024 * 1024);
+        assert_eq!(
+            config.issuers[0].algorithms,
+            ["RS256", "PS256", "ES256", "EdDSA"]
+        );
+        assert_eq!(config.issuers[0].leeway, Duration::from_secs(30));
+        assert_eq!(config.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let text = MINIMAL.replace("[backend]\n", "[backend]\nurll = \"x\"\n");
+        let error = Config::parse(&text).unwrap_err();
+        assert_eq!(error.field, "backend.urll");
+        assert!(error.message.contains("unknown field"), "{error}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let text = format!("{MINIMAL}\n[limits]\nmax_body_bytes = \"ten\"\n");
+        let error = Config::parse(&text).unwrap_err();
+        assert_eq!(error.field, "limits.max_body_bytes", "{error}");
+    }
+
+    #[test]
+    fn bad_duration_is_named() {
+        let text = format!("{MINIMAL}\n[limits]\nrequest_timeout = \"soon\"\n");
+        let error = Config::parse(&text).unwrap_err();
+        assert_eq!(error.field, "limits.request_timeout", "{error}");
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("portvagt.toml");
+        std::fs::write(&path, MINIMAL).unwrap();
+        let config = Config::load(&path).unwrap();
+        assert_eq!(config.tls.cert, dir.path().join("server.crt"));
+        assert_eq!(config.issuers[0].jwks_file, dir.path().join("jwks.json"));
+    }
+}

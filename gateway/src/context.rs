@@ -1,0 +1,51 @@
+//! The per-request record: what each layer learned, for the access log and metrics.
+//!
+//! The access-log layer sits outside the others and cannot see the extensions they add, so it
+//! puts one shared [`RequestRecord`] into the request; inner layers fill it in as they go (the
+//! way pingora keeps one per-request context instead of scattered state).
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use portvagt_policy::{Interaction, ResourceType};
+
+/// What the inner layers learned about one request.
+#[derive(Debug, Default, Clone)]
+pub struct RecordFields {
+    /// The token's `sub`.
+    pub principal: Option<String>,
+    /// The token's `client_id` (or `azp`).
+    pub client_id: Option<String>,
+    /// The classified interaction.
+    pub interaction: Option<Interaction>,
+    /// The resource type addressed.
+    pub resource_type: Option<ResourceType>,
+    /// `allow` or `deny`.
+    pub decision: Option<&'static str>,
+    /// The stable reason code of a denial or error.
+    pub reason: Option<&'static str>,
+    /// Time from sending to the backend until its response headers arrived.
+    pub upstream_latency: Option<Duration>,
+    /// The backend's HTTP status.
+    pub upstream_status: Option<u16>,
+}
+
+/// Shared handle to a request's record; cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct RequestRecord(Arc<Mutex<RecordFields>>);
+
+impl RequestRecord {
+    /// Locks the record to read or fill it; never held across an await.
+    pub fn fields(&self) -> MutexGuard<'_, RecordFields> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Records into the request's record, if the request has one.
+pub fn record<B>(request: &http::Request<B>, fill: impl FnOnce(&mut RecordFields)) {
+    if let Some(record) = request.extensions().get::<RequestRecord>() {
+        fill(&mut record.fields());
+    }
+}

@@ -1,0 +1,324 @@
+//! `portvagt demo`: a complete local deployment in one command. Makes the dev PKI and a demo
+//! token issuer, starts the reference FHIR backend (testbed/backend) with Danish sample data,
+//! starts the gateway in front of it, and writes `demo.env` with ready-to-use tokens.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use serde_json::json;
+
+use crate::auth::dev_token::IssuerKey;
+use crate::config::Config;
+use crate::runtime::Runtime;
+use crate::tls::PeerIdentity;
+
+/// The demo issuer's `iss`.
+pub const DEMO_ISSUER: &str = "https://issuer.demo.portvagt.invalid";
+
+/// Where the testbed lives when not told otherwise: beside the gateway crate.
+pub fn default_testbed() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../testbed")
+}
+
+/// The reference FHIR backend (Medplum's FHIR router in memory) as a child process. It exits
+/// when dropped, and also on its own when this process dies (it watches its stdin).
+#[derive(Debug)]
+pub struct BackendProcess {
+    child: Child,
+    _stdin: ChildStdin,
+    base_url: String,
+}
+
+impl BackendProcess {
+    /// Starts the backend from `testbed`, installing its npm packages first if needed.
+    pub fn start(testbed: &Path, seed: bool) -> anyhow::Result<BackendProcess> {
+        let dir = testbed.join("backend");
+        if !dir.join("node_modules").exists() {
+            let status = Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+                .current_dir(&dir)
+                .status()
+                .context("running npm ci for the reference backend (is Node.js installed?)")?;
+            if !status.success() {
+                bail!("npm ci failed in {}", dir.display());
+            }
+        }
+        let mut command = Command::new("node");
+        command
+            .arg("server.mjs")
+            .arg("--watch-stdin")
+            .current_dir(&dir);
+        if seed {
+            command.args(["--seed", "seed/bundle.json"]);
+        }
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting the reference backend (is Node.js installed?)")?;
+        let stdin = child.stdin.take().context("backend stdin")?;
+        let stdout = child.stdout.take().context("backend stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .context("reading the backend's first line")?;
+        let announced: serde_json::Value = serde_json::from_str(line.trim())
+            .with_context(|| format!("the backend did not announce its address: {line:?}"))?;
+        let base_url = announced["listening"]
+            .as_str()
+            .context("no `listening` in the backend's announcement")?
+            .to_owned();
+        Ok(BackendProcess {
+            child,
+            _stdin: stdin,
+            base_url,
+        })
+    }
+
+    /// The backend's FHIR base URL.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+}
+
+impl Drop for BackendProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a demo token says.
+#[derive(Debug, Clone, Default)]
+pub struct TokenRequest {
+    /// `sub`.
+    pub subject: String,
+    /// `scope`, space-separated.
+    pub scope: String,
+    /// `patient` launch context.
+    pub patient: Option<String>,
+    /// `fhirUser`.
+    pub fhir_user: Option<String>,
+    /// `client_id`.
+    pub client_id: Option<String>,
+    /// Bind to this client certificate (PEM file) with `cnf.x5t#S256`.
+    pub bind_cert: Option<PathBuf>,
+    /// Lifetime.
+    pub ttl: Duration,
+}
+
+/// Mints a token from the demo issuer key in `issuer_dir` for `audience`.
+pub fn mint_token(
+    issuer_dir: &Path,
+    audience: &str,
+    request: &TokenRequest,
+) -> anyhow::Result<String> {
+    let key = IssuerKey::load(issuer_dir)?;
+    let now = jsonwebtoken::get_current_timestamp();
+    let mut claims = json!({
+        "iss": DEMO_ISSUER,
+        "aud": audience,
+        "sub": request.subject,
+        "iat": now,
+        "nbf": now,
+        "exp": now + request.ttl.as_secs(),
+        "jti": uuid::Uuid::new_v4().to_string(),
+        "scope": request.scope,
+    });
+    if let Some(patient) = &request.patient {
+        claims["patient"] = json!(patient);
+    }
+    if let Some(fhir_user) = &request.fhir_user {
+        claims["fhirUser"] = json!(fhir_user);
+    }
+    if let Some(client_id) = &request.client_id {
+        claims["client_id"] = json!(client_id);
+    }
+    if let Some(path) = &request.bind_cert {
+        let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let der = x509_parser::pem::parse_x509_pem(&pem)
+            .map_err(|e| anyhow::anyhow!("{}: not a PEM certificate: {e}", path.display()))?
+            .1
+            .contents;
+        let identity =
+            PeerIdentity::from_verified_leaf(&der).context("not an X.509 certificate")?;
+        claims["cnf"] = json!({ "x5t#S256": identity.thumbprint_sha256() });
+    }
+    key.sign(&claims)
+}
+
+/// Options of `portvagt demo`.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Where the PKI, issuer key, config and `demo.env` go.
+    pub dir: PathBuf,
+    /// Gateway port on 127.0.0.1.
+    pub port: u16,
+    /// The testbed folder.
+    pub testbed: PathBuf,
+}
+
+/// Runs the demo until Ctrl-C.
+pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
+    let dir = std::path::absolute(&options.dir)?;
+    let pki_dir = dir.join("pki");
+    let issuer_dir = dir.join("issuer");
+    portvagt_certs::DevPki::generate()?.write_to(&pki_dir)?;
+    IssuerKey::generate("demo-1")?.save(&issuer_dir)?;
+
+    eprintln!("starting the reference FHIR backend ...");
+    let backend = tokio::task::spawn_blocking({
+        let testbed = options.testbed.clone();
+        move || BackendProcess::start(&testbed, true)
+    })
+    .await??;
+
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", options.port))
+        .await
+        .with_context(|| {
+            format!(
+                "binding 127.0.0.1:{} (is another demo running? try --port)",
+                options.port
+            )
+        })?;
+    let addr = listener.local_addr()?;
+    let public_url = format!("https://{addr}/fhir");
+    let config_path = dir.join("portvagt.toml");
+    std::fs::write(
+        &config_path,
+        demo_config(addr, &public_url, backend.base_url()),
+    )?;
+    let config = Config::load(&config_path)?;
+    let runtime = Runtime::build(config, addr).map_err(|errors| {
+        anyhow::anyhow!(
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    })?;
+
+    let hours = Duration::from_secs(8 * 3600);
+    let client_cert = pki_dir.join("client.crt");
+    let practitioner = mint_token(
+        &issuer_dir,
+        &public_url,
+        &TokenRequest {
+            subject: "mette.kjaer".into(),
+            scope: "openid fhirUser user/*.rs user/Observation.cruds".into(),
+            fhir_user: Some("Practitioner/prac-ns363".into()),
+            client_id: Some("journalsystem-demo".into()),
+            bind_cert: Some(client_cert.clone()),
+            ttl: hours,
+            ..TokenRequest::default()
+        },
+    )?;
+    let patient = mint_token(&issuer_dir, &public_url, &TokenRequest {
+        subject: "anne.hansen".into(),
+        scope: "openid fhirUser launch/patient patient/Patient.rs patient/Observation.rs patient/Condition.rs patient/Encounter.rs patient/MedicationRequest.rs".into(),
+        patient: Some("pat-anne".into()),
+        fhir_user: Some("Patient/pat-anne".into()),
+        client_id: Some("min-sundhed-demo".into()),
+        ttl: hours,
+        ..TokenRequest::default()
+    })?;
+    let system = mint_token(
+        &issuer_dir,
+        &public_url,
+        &TokenRequest {
+            subject: "journalsystem-demo".into(),
+            scope: "system/*.cruds".into(),
+            client_id: Some("journalsystem-demo".into()),
+            bind_cert: Some(client_cert),
+            ttl: hours,
+            ..TokenRequest::default()
+        },
+    )?;
+    let env = format!(
+        "PORTVAGT_URL={public_url}\nPORTVAGT_CA={pki}/ca.crt\nPORTVAGT_CERT={pki}/client.crt\nPORTVAGT_KEY={pki}/client.key\n\
+         PRACTITIONER_TOKEN={practitioner}\nPATIENT_TOKEN={patient}\nSYSTEM_TOKEN={system}\n",
+        pki = pki_dir.display()
+    );
+    std::fs::write(dir.join("demo.env"), env)?;
+    print_instructions(&dir);
+
+    crate::server::serve(
+        Arc::new(runtime),
+        listener,
+        None,
+        crate::server::shutdown_signal(),
+    )
+    .await;
+    drop(backend);
+    Ok(())
+}
+
+fn demo_config(addr: std::net::SocketAddr, public_url: &str, backend_url: &str) -> String {
+    format!(
+        r#"# Written by `portvagt demo`. Paths are relative to this file.
+[server]
+listen = "{addr}"
+public_base_url = "{public_url}"
+shutdown_grace = "5s"
+
+[tls]
+cert = "pki/server.crt"
+key = "pki/server.key"
+client_ca = "pki/ca.crt"
+crls = ["pki/crl.pem"]
+
+[[issuer]]
+issuer = "{DEMO_ISSUER}"
+audiences = ["{public_url}"]
+jwks_file = "issuer/jwks.json"
+
+[backend]
+url = "{backend_url}"
+
+[log]
+format = "text"
+"#
+    )
+}
+
+fn print_instructions(dir: &Path) {
+    let env = dir.join("demo.env");
+    let curl =
+        "curl -s --cacert \"$PORTVAGT_CA\" --cert \"$PORTVAGT_CERT\" --key \"$PORTVAGT_KEY\"";
+    println!(
+        r#"
+Portvagt demo is running. In another shell:
+
+  set -a; . {env}; set +a
+
+  # A practitioner reads a patient (token bound to the client certificate, RFC 8705):
+  {curl} -H "Authorization: Bearer $PRACTITIONER_TOKEN" "$PORTVAGT_URL/Patient/pat-anne"
+
+  # The citizen Anne searches her own observations, and is refused Bo's:
+  {curl} -H "Authorization: Bearer $PATIENT_TOKEN" "$PORTVAGT_URL/Observation?patient=pat-anne"
+  {curl} -H "Authorization: Bearer $PATIENT_TOKEN" "$PORTVAGT_URL/Observation?patient=pat-bo"
+
+  # A system creates an Observation:
+  {curl} -H "Authorization: Bearer $SYSTEM_TOKEN" -H "Content-Type: application/fhir+json" \
+    -d '{{"resourceType":"Observation","status":"final","code":{{"text":"puls"}},"subject":{{"reference":"Patient/pat-bo"}},"valueQuantity":{{"value":64,"unit":"/min"}}}}' \
+    "$PORTVAGT_URL/Observation"
+
+  # No token, no access (401 OperationOutcome):
+  {curl} -i "$PORTVAGT_URL/Patient/pat-anne"
+
+  # Metrics and SMART configuration:
+  {curl} "${{PORTVAGT_URL%/fhir}}/metrics" | grep portvagt_requests_total
+  {curl} "$PORTVAGT_URL/.well-known/smart-configuration"
+
+Mint more tokens with `portvagt token --dir {dir} --sub ... --scope ...`. Ctrl-C stops everything.
+"#,
+        env = env.display(),
+        dir = dir.display(),
+    );
+}

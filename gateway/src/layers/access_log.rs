@@ -1,0 +1,205 @@
+//! One JSON access-log line and the request metrics per request, written when the response
+//! body ends (or is dropped), so bytes and total latency are the real ones.
+//!
+//! The line carries the request id, the client certificate subject, the principal, the
+//! interaction, resource type, decision and reason, status, bytes, and upstream and total
+//! latency. Never a token, never a query string (queries can hold CPR numbers).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use tower::{Layer, Service};
+
+use super::request_id::RequestId;
+use super::{BoxFuture, take_ready};
+use crate::body::{Body, BoxError};
+use crate::context::RequestRecord;
+use crate::metrics::{Metrics, status_class};
+use crate::tls::PeerIdentity;
+
+/// Writes the access log and request metrics.
+#[derive(Debug, Clone)]
+pub struct AccessLogLayer {
+    metrics: Arc<Metrics>,
+}
+
+impl AccessLogLayer {
+    /// A layer recording into `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self { metrics }
+    }
+}
+
+impl<S> Layer<S> for AccessLogLayer {
+    type Service = AccessLog<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        AccessLog {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// See [`AccessLogLayer`].
+#[derive(Debug, Clone)]
+pub struct AccessLog<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+impl<S> Service<Request<Body>> for AccessLog<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<Response<Body>, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<Body>) -> Self::Future {
+        let record = RequestRecord::default();
+        request.extensions_mut().insert(record.clone());
+        let entry = Entry {
+            started: Instant::now(),
+            method: request.method().to_string(),
+            path: request.uri().path().to_owned(),
+            request_id: request
+                .extensions()
+                .get::<RequestId>()
+                .map(|id| id.as_str().to_owned()),
+            peer: request.extensions().get::<Arc<PeerIdentity>>().cloned(),
+            record,
+            metrics: self.metrics.clone(),
+            status: 0,
+            bytes: 0,
+        };
+        let mut inner = take_ready(&mut self.inner);
+        Box::pin(async move {
+            let response = match inner.call(request).await {
+                Ok(response) => response,
+                Err(error) => {
+                    let mut entry = entry;
+                    entry.status = 500;
+                    tracing::error!(error = %error, "unrescued error reached the access log");
+                    entry.write();
+                    return Err(error);
+                }
+            };
+            let mut entry = entry;
+            entry.status = response.status().as_u16();
+            Ok(response.map(|body| {
+                crate::body::boxed(LoggedBody {
+                    inner: body,
+                    entry: Some(entry),
+                })
+            }))
+        })
+    }
+}
+
+struct Entry {
+    started: Instant,
+    method: String,
+    path: String,
+    request_id: Option<String>,
+    peer: Option<Arc<PeerIdentity>>,
+    record: RequestRecord,
+    metrics: Arc<Metrics>,
+    status: u16,
+    bytes: u64,
+}
+
+impl Entry {
+    fn write(self) {
+        let elapsed = self.started.elapsed();
+        let fields = self.record.fields().clone();
+        let interaction = fields.interaction.map_or("none", |i| i.as_str());
+        let resource_type = fields.resource_type.map_or("none", |t| t.as_str());
+        let class = status_class(self.status);
+        self.metrics
+            .requests
+            .with_label_values(&[interaction, resource_type, class])
+            .inc();
+        self.metrics
+            .request_duration
+            .with_label_values(&[interaction, resource_type, class])
+            .observe(elapsed.as_secs_f64());
+        tracing::info!(
+            target: "portvagt::access",
+            request_id = self.request_id.as_deref().unwrap_or(""),
+            method = %self.method,
+            path = %self.path,
+            client_subject = self.peer.as_ref().map_or("", |p| p.subject()),
+            client_cvr = self.peer.as_ref().and_then(|p| p.cvr()).unwrap_or(""),
+            principal = fields.principal.as_deref().unwrap_or(""),
+            client_id = fields.client_id.as_deref().unwrap_or(""),
+            interaction,
+            resource_type,
+            decision = fields.decision.unwrap_or(""),
+            reason = fields.reason.unwrap_or(""),
+            status = self.status,
+            upstream_status = fields.upstream_status.unwrap_or(0),
+            bytes = self.bytes,
+            upstream_latency_ms = fields.upstream_latency.map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+            latency_ms = elapsed.as_secs_f64() * 1000.0,
+            "access"
+        );
+    }
+}
+
+/// The response body, counting bytes; writes the log line at its end or drop.
+struct LoggedBody {
+    inner: Body,
+    entry: Option<Entry>,
+}
+
+impl HttpBody for LoggedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some(entry)) = (frame.data_ref(), self.entry.as_mut()) {
+                    entry.bytes += data.len() as u64;
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(entry) = self.entry.take() {
+                    entry.write();
+                }
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for LoggedBody {
+    fn drop(&mut self) {
+        if let Some(entry) = self.entry.take() {
+            entry.write();
+        }
+    }
+}

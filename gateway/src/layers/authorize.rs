@@ -1,0 +1,100 @@
+//! Authorization: asks `portvagt_policy::decide` and lets only allowed requests through.
+//! A denial becomes [`AccessDenied`], which [`crate::rescue`] answers with 403.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::Request;
+use portvagt_policy::{Decision, DenyReason, FhirRequest, decide};
+use tower::{Layer, Service};
+
+use super::{BoxFuture, take_ready};
+use crate::auth::Principal;
+use crate::body::BoxError;
+use crate::context::record;
+use crate::metrics::Metrics;
+
+/// The policy said no.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("access denied: {reason}")]
+pub struct AccessDenied {
+    /// Why.
+    pub reason: DenyReason,
+}
+
+/// Enforces the policy decision.
+#[derive(Debug, Clone)]
+pub struct AuthorizeLayer {
+    metrics: Arc<Metrics>,
+}
+
+impl AuthorizeLayer {
+    /// Counts denials into `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self { metrics }
+    }
+}
+
+impl<S> Layer<S> for AuthorizeLayer {
+    type Service = Authorize<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Authorize {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// See [`AuthorizeLayer`].
+#[derive(Debug, Clone)]
+pub struct Authorize<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+impl<S, B, R> Service<Request<B>> for Authorize<S>
+where
+    S: Service<Request<B>, Response = R, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send,
+    B: Send + 'static,
+    R: Send + 'static,
+{
+    type Response = R;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<R, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        // Both are put there by earlier layers; without them there is nothing to allow.
+        let decision = match (
+            request.extensions().get::<Arc<Principal>>(),
+            request.extensions().get::<Arc<FhirRequest>>(),
+        ) {
+            (Some(principal), Some(fhir)) => decide(principal.policy_subject(), fhir),
+            _ => Decision::Deny {
+                reason: DenyReason::InsufficientScope,
+            },
+        };
+        match &decision {
+            Decision::Allow { .. } => record(&request, |fields| fields.decision = Some("allow")),
+            Decision::Deny { reason } => {
+                let reason = *reason;
+                record(&request, |fields| {
+                    fields.decision = Some("deny");
+                    fields.reason = Some(reason.code());
+                });
+                self.metrics
+                    .access_denied
+                    .with_label_values(&[reason.code()])
+                    .inc();
+                return Box::pin(std::future::ready(Err(AccessDenied { reason }.into())));
+            }
+        }
+        request.extensions_mut().insert(decision);
+        let mut inner = take_ready(&mut self.inner);
+        Box::pin(async move { inner.call(request).await })
+    }
+}

@@ -1,0 +1,68 @@
+//! Local endpoints (health, readiness, metrics, SMART configuration) answered before
+//! authentication; everything else goes on down the stack.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use tower::{Layer, Service};
+
+use super::{BoxFuture, take_ready};
+use crate::admin::Admin;
+use crate::body::{Body, BoxError};
+
+/// Serves [`Admin`]'s endpoints.
+#[derive(Debug, Clone)]
+pub struct LocalEndpointsLayer {
+    admin: Arc<Admin>,
+}
+
+impl LocalEndpointsLayer {
+    /// Serves `admin`'s endpoints.
+    pub fn new(admin: Arc<Admin>) -> Self {
+        Self { admin }
+    }
+}
+
+impl<S> Layer<S> for LocalEndpointsLayer {
+    type Service = LocalEndpoints<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        LocalEndpoints {
+            inner,
+            admin: self.admin.clone(),
+        }
+    }
+}
+
+/// See [`LocalEndpointsLayer`].
+#[derive(Debug, Clone)]
+pub struct LocalEndpoints<S> {
+    inner: S,
+    admin: Arc<Admin>,
+}
+
+impl<S> Service<Request<Body>> for LocalEndpoints<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<Response<Body>, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        if let Some(endpoint) = self
+            .admin
+            .route(request.method(), request.uri().path(), false)
+        {
+            let admin = self.admin.clone();
+            return Box::pin(async move { Ok(admin.respond(endpoint).await) });
+        }
+        let mut inner = take_ready(&mut self.inner);
+        Box::pin(async move { inner.call(request).await })
+    }
+}

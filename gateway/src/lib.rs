@@ -1,0 +1,22 @@
+//! Portvagt: a FHIR REST security gateway.
+//!
+//! Every FHIR call passes one tower stack ([`stack::build`]): mutual TLS identifies the calling
+//! system, an OAuth token the user or service, SMART scopes decide what it may do, and the
+//! request goes on to the backend FHIR server only when all of that holds. Errors become FHIR
+//! `OperationOutcome`s in one place ([`rescue`]).
+
+pub mod admin;
+pub mod auth;
+pub mod body;
+pub mod config;
+pub mod context;
+pub mod demo;
+pub mod layers;
+pub mod metrics;
+pub mod outcome;
+pub mod proxy;
+pub mod rescue;
+pub mod runtime;
+pub mod server;
+pub mod stack;
+pub mod tls;

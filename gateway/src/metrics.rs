@@ -1,0 +1,128 @@
+//! Prometheus metrics, `portvagt_*`, units in the names, labels of bounded cardinality only.
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+
+/// The gateway's metrics and the registry that serves them on `/metrics`.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// `portvagt_requests_total{interaction, resource_type, status_class}`
+    pub requests: IntCounterVec,
+    /// `portvagt_request_duration_seconds{interaction, resource_type, status_class}`
+    pub request_duration: HistogramVec,
+    /// `portvagt_upstream_duration_seconds{status_class}`
+    pub upstream_duration: HistogramVec,
+    /// `portvagt_auth_failures_total{reason}`
+    pub auth_failures: IntCounterVec,
+    /// `portvagt_access_denied_total{reason}`
+    pub access_denied: IntCounterVec,
+    /// `portvagt_tls_handshake_failures_total{reason}`
+    pub tls_handshake_failures: IntCounterVec,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let request_labels = &["interaction", "resource_type", "status_class"];
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "portvagt_requests_total",
+                "Requests answered, by interaction, resource type and status class",
+            ),
+            request_labels,
+        )
+        .expect("valid metric");
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "portvagt_request_duration_seconds",
+                "Time from request to the end of the response body",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            request_labels,
+        )
+        .expect("valid metric");
+        let upstream_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "portvagt_upstream_duration_seconds",
+                "Time until the backend's response headers",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["status_class"],
+        )
+        .expect("valid metric");
+        let auth_failures = IntCounterVec::new(
+            Opts::new(
+                "portvagt_auth_failures_total",
+                "Requests refused by authentication, by reason",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let access_denied = IntCounterVec::new(
+            Opts::new(
+                "portvagt_access_denied_total",
+                "Requests refused by policy, by reason",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let tls_handshake_failures = IntCounterVec::new(
+            Opts::new(
+                "portvagt_tls_handshake_failures_total",
+                "TLS handshakes that failed, by reason",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        for collector in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(request_duration.clone()),
+            Box::new(upstream_duration.clone()),
+            Box::new(auth_failures.clone()),
+            Box::new(access_denied.clone()),
+            Box::new(tls_handshake_failures.clone()),
+        ] {
+            registry
+                .register(collector)
+                .expect("metric names are unique");
+        }
+        Self {
+            registry,
+            requests,
+            request_duration,
+            upstream_duration,
+            auth_failures,
+            access_denied,
+            tls_handshake_failures,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `2xx`, `4xx`, ...: the bounded label for a status code.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}

@@ -1,0 +1,95 @@
+//! FHIR `OperationOutcome` responses (FHIR R4 §2.37 OperationOutcome, `issue-type` codes).
+//!
+//! Every error the gateway itself answers is one of these, with a stable Portvagt detail code
+//! in `details.coding` that tells an integrator what to fix.
+
+use http::{HeaderValue, Response, StatusCode, header};
+use serde_json::json;
+
+use crate::body::{Body, full};
+
+/// The code system of Portvagt's detail codes.
+pub const DETAIL_SYSTEM: &str = "urn:portvagt:error-code";
+
+/// The FHIR content type.
+pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
+
+/// A gateway error answer: status, FHIR issue type, stable detail code and a human text.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// FHIR `issue.code` (the `issue-type` value set).
+    pub issue_type: &'static str,
+    /// Portvagt detail code (stable).
+    pub code: &'static str,
+    /// What went wrong, for a person; never backend internals.
+    pub text: String,
+}
+
+impl Outcome {
+    /// An outcome.
+    pub fn new(
+        status: StatusCode,
+        issue_type: &'static str,
+        code: &'static str,
+        text: impl Into<String>,
+    ) -> Self {
+        Self {
+            status,
+            issue_type,
+            code,
+            text: text.into(),
+        }
+    }
+
+    /// The `OperationOutcome` JSON.
+    pub fn to_json(&self, request_id: Option<&str>) -> serde_json::Value {
+        let mut issue = json!({
+            "severity": "error",
+            "code": self.issue_type,
+            "details": {
+                "coding": [{ "system": DETAIL_SYSTEM, "code": self.code }],
+                "text": self.text,
+            },
+        });
+        if let Some(id) = request_id {
+            issue["diagnostics"] = json!(format!("request id {id}"));
+        }
+        json!({ "resourceType": "OperationOutcome", "issue": [issue] })
+    }
+
+    /// The HTTP response.
+    pub fn into_response(self, request_id: Option<&str>) -> Response<Body> {
+        let body = serde_json::to_vec(&self.to_json(request_id)).unwrap_or_default();
+        let mut response = Response::new(full(body));
+        *response.status_mut() = self.status;
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcome_carries_issue_type_detail_code_and_request_id() {
+        let outcome = Outcome::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "insufficient-scope",
+            "no scope",
+        );
+        let value = outcome.to_json(Some("abc"));
+        assert_eq!(value["resourceType"], "OperationOutcome");
+        assert_eq!(value["issue"][0]["code"], "forbidden");
+        assert_eq!(
+            value["issue"][0]["details"]["coding"][0]["code"],
+            "insufficient-scope"
+        );
+        assert_eq!(value["issue"][0]["diagnostics"], "request id abc");
+    }
+}

@@ -1,0 +1,183 @@
+//! Header hygiene between client and backend (RFC 9110 §7.6.1 hop-by-hop fields).
+//!
+//! Towards the backend: hop-by-hop headers go, and so does every header a client could use to
+//! claim an identity the backend might believe (`X-Forwarded-*`, `Forwarded`, client-certificate
+//! and user headers); the gateway then sets `X-Forwarded-For/Proto/Host` itself. Towards the
+//! client: hop-by-hop headers and headers that reveal the backend's software go.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Exact names of identity-bearing headers never passed on from clients.
+const IDENTITY_HEADERS: &[&str] = &[
+    "forwarded",
+    "x-real-ip",
+    "x-remote-user",
+    "x-user",
+    "x-user-id",
+    "remote-user",
+    "cookie",
+];
+
+/// Prefixes of identity-bearing headers never passed on from clients.
+const IDENTITY_PREFIXES: &[&str] = &[
+    "x-forwarded-",
+    "x-portvagt-",
+    "x-ssl-",
+    "x-client-",
+    "x-authenticated-",
+    "x-remote-",
+    "x-amzn-oidc-",
+];
+
+/// Response headers that tell the world what the backend runs.
+const BACKEND_DISCLOSURE: &[&str] = &[
+    "server",
+    "x-powered-by",
+    "x-aspnet-version",
+    "x-aspnetmvc-version",
+];
+
+/// Removes hop-by-hop headers, including those named in `Connection`.
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::try_from(name.trim()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
+    }
+}
+
+/// Prepares client request headers for the backend.
+pub fn sanitize_request(
+    headers: &mut HeaderMap,
+    forward_authorization: bool,
+    client_ip: Option<IpAddr>,
+    public_host: Option<&HeaderValue>,
+) {
+    remove_hop_by_hop(headers);
+    let identity: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            let name = name.as_str();
+            IDENTITY_HEADERS.contains(&name)
+                || IDENTITY_PREFIXES
+                    .iter()
+                    .any(|prefix| name.starts_with(prefix))
+        })
+        .cloned()
+        .collect();
+    for name in identity {
+        headers.remove(name);
+    }
+    if !forward_authorization {
+        headers.remove(header::AUTHORIZATION);
+    }
+    headers.remove(header::HOST);
+    if let Some(ip) = client_ip
+        && let Ok(value) = HeaderValue::try_from(ip.to_string())
+    {
+        headers.insert(HeaderName::from_static("x-forwarded-for"), value);
+    }
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static("https"),
+    );
+    if let Some(host) = public_host {
+        headers.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
+    }
+}
+
+/// Prepares backend response headers for the client.
+pub fn sanitize_response(headers: &mut HeaderMap) {
+    remove_hop_by_hop(headers);
+    for name in BACKEND_DISCLOSURE {
+        headers.remove(*name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| (HeaderName::from_static(k), HeaderValue::from_static(v)))
+            .collect()
+    }
+
+    #[test]
+    fn identity_and_hop_by_hop_headers_do_not_reach_the_backend() {
+        let mut headers = map(&[
+            ("connection", "x-secret, keep-alive"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-user", "admin"),
+            ("forwarded", "for=10.0.0.1"),
+            ("x-ssl-client-cert", "-----BEGIN"),
+            ("x-portvagt-principal", "admin"),
+            ("authorization", "Bearer abc"),
+            ("host", "evil.example"),
+            ("accept", "application/fhir+json"),
+        ]);
+        sanitize_request(
+            &mut headers,
+            false,
+            Some("192.0.2.7".parse().unwrap()),
+            Some(&HeaderValue::from_static("fhir.example.dk")),
+        );
+        let mut names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            [
+                "accept",
+                "x-forwarded-for",
+                "x-forwarded-host",
+                "x-forwarded-proto"
+            ]
+        );
+        assert_eq!(headers["x-forwarded-for"], "192.0.2.7");
+        assert_eq!(headers["x-forwarded-host"], "fhir.example.dk");
+    }
+
+    #[test]
+    fn authorization_can_be_forwarded_on_request() {
+        let mut headers = map(&[("authorization", "Bearer abc")]);
+        sanitize_request(&mut headers, true, None, None);
+        assert_eq!(headers["authorization"], "Bearer abc");
+    }
+
+    #[test]
+    fn backend_software_is_not_disclosed() {
+        let mut headers = map(&[
+            ("server", "Kestrel"),
+            ("x-powered-by", "Express"),
+            ("content-type", "application/fhir+json"),
+        ]);
+        sanitize_response(&mut headers);
+        assert_eq!(headers.len(), 1);
+    }
+}

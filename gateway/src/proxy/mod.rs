@@ -1,0 +1,339 @@
+//! The proxy: sends an authorised request to the backend FHIR server over a pooled hyper
+//! client and prepares the answer for the client (header hygiene, URL rewriting).
+//!
+//! The request path and query are forwarded byte for byte as the classifier saw them, below the
+//! backend's base path. Bundles (search, history) are buffered up to a limit to rewrite their
+//! URLs; other responses stream through. Backend failures never reach the client as they are:
+//! a 5xx becomes the gateway's own 502 (or 503), so stack traces and backend versions stay inside.
+
+pub mod headers;
+pub mod rewrite;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
+use http_body_util::{BodyExt as _, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use portvagt_policy::FhirRequest;
+use tower::Service;
+
+use self::rewrite::UrlRewriter;
+use crate::body::{Body, BoxError, boxed, empty, full};
+use crate::config::{BackendConfig, ConfigError};
+use crate::context::RequestRecord;
+use crate::layers::BoxFuture;
+use crate::layers::classify::FhirPath;
+use crate::metrics::{Metrics, status_class};
+use crate::outcome::Outcome;
+
+/// The client's address, put into request extensions by the server.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// Why the backend could not give a usable answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No connection to the backend could be made.
+    #[error("the backend is unreachable")]
+    Unreachable(#[source] hyper_util::client::legacy::Error),
+    /// The connection failed while the request or response was under way.
+    #[error("the backend connection failed")]
+    Failed(#[source] hyper_util::client::legacy::Error),
+    /// The backend answered 5xx.
+    #[error("the backend answered {0}")]
+    BackendStatus(StatusCode),
+    /// A response to be rewritten was larger than `limits.max_response_bytes`.
+    #[error("the backend response is too large to process")]
+    ResponseTooLarge,
+    /// A response body could not be read.
+    #[error("the backend response body failed")]
+    ResponseBody(#[source] BoxError),
+}
+
+impl ProxyError {
+    /// The answer for the client: the gateway's words, never the backend's.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            ProxyError::Unreachable(_) => Outcome::new(
+                StatusCode::BAD_GATEWAY,
+                "transient",
+                "backend-unreachable",
+                "the backend FHIR server cannot be reached",
+            ),
+            ProxyError::Failed(_) | ProxyError::ResponseBody(_) => Outcome::new(
+                StatusCode::BAD_GATEWAY,
+                "transient",
+                "backend-failed",
+                "the backend FHIR server connection failed",
+            ),
+            ProxyError::BackendStatus(StatusCode::SERVICE_UNAVAILABLE) => Outcome::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "transient",
+                "backend-unavailable",
+                "the backend FHIR server is unavailable",
+            ),
+            ProxyError::BackendStatus(_) => Outcome::new(
+                StatusCode::BAD_GATEWAY,
+                "exception",
+                "backend-error",
+                "the backend FHIR server failed to process the request",
+            ),
+            ProxyError::ResponseTooLarge => Outcome::new(
+                StatusCode::BAD_GATEWAY,
+                "too-costly",
+                "response-too-large",
+                "the backend response is larger than the gateway processes; narrow the search or page it",
+            ),
+        }
+    }
+}
+
+/// The backend FHIR server and the pooled client that reaches it.
+#[derive(Debug)]
+pub struct Backend {
+    client: Client<HttpConnector, Body>,
+    scheme: Scheme,
+    authority: Authority,
+    base_path: String,
+    base_url: String,
+    forward_authorization: bool,
+}
+
+impl Backend {
+    /// Parses the backend URL and builds the client.
+    pub fn new(config: &BackendConfig) -> Result<Backend, ConfigError> {
+        let uri: Uri = config
+            .url
+            .parse()
+            .map_err(|e| ConfigError::new("backend.url", format!("not a URL: {e}")))?;
+        let scheme = uri
+            .scheme()
+            .cloned()
+            .ok_or_else(|| ConfigError::new("backend.url", "needs a scheme"))?;
+        if scheme != Scheme::HTTP {
+            return Err(ConfigError::new(
+                "backend.url",
+                "only http:// backends are supported by this version",
+            ));
+        }
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| ConfigError::new("backend.url", "needs a host"))?;
+        if uri.query().is_some() {
+            return Err(ConfigError::new("backend.url", "must not have a query"));
+        }
+        let base_path = uri.path().trim_end_matches('/').to_owned();
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(config.pool_max_idle_per_host)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        Ok(Backend {
+            client,
+            base_url: format!("{scheme}://{authority}{base_path}"),
+            scheme,
+            authority,
+            base_path,
+            forward_authorization: config.forward_authorization,
+        })
+    }
+
+    /// The backend FHIR base URL, without a trailing slash.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    fn uri(&self, relative: &str, query: Option<&str>) -> Result<Uri, http::Error> {
+        let path = match query {
+            Some(query) => format!("{}/{relative}?{query}", self.base_path),
+            None => format!("{}/{relative}", self.base_path),
+        };
+        Ok(Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(PathAndQuery::try_from(path)?)
+            .build()?)
+    }
+
+    /// Whether the backend answers `GET metadata` without a server error, within 2 s.
+    pub async fn is_ready(&self) -> bool {
+        let Ok(uri) = self.uri("metadata", None) else {
+            return false;
+        };
+        let request = Request::get(uri)
+            .header(header::ACCEPT, "application/fhir+json")
+            .body(empty());
+        let Ok(request) = request else { return false };
+        match tokio::time::timeout(Duration::from_secs(2), self.client.request(request)).await {
+            Ok(Ok(response)) => !response.status().is_server_error(),
+            _ => false,
+        }
+    }
+}
+
+/// The innermost service: forwards to the backend.
+#[derive(Debug, Clone)]
+pub struct Proxy {
+    backend: Arc<Backend>,
+    rewriter: Arc<UrlRewriter>,
+    public_host: Option<HeaderValue>,
+    max_response_bytes: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl Proxy {
+    /// A proxy to `backend` whose clients see `public_base_url`.
+    pub fn new(
+        backend: Arc<Backend>,
+        public_base_url: &str,
+        max_response_bytes: u64,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let public_host = public_base_url.parse::<Uri>().ok().and_then(|uri| {
+            uri.authority()
+                .and_then(|a| HeaderValue::try_from(a.as_str()).ok())
+        });
+        Self {
+            rewriter: Arc::new(UrlRewriter::new(backend.base_url(), public_base_url)),
+            backend,
+            public_host,
+            max_response_bytes: usize::try_from(max_response_bytes).unwrap_or(usize::MAX),
+            metrics,
+        }
+    }
+}
+
+impl Service<Request<Body>> for Proxy {
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<Response<Body>, BoxError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { this.forward(request).await })
+    }
+}
+
+impl Proxy {
+    async fn forward(self, request: Request<Body>) -> Result<Response<Body>, BoxError> {
+        let (mut parts, body) = request.into_parts();
+        // The classifier always runs before the proxy; a request without its path is refused.
+        let path = parts
+            .extensions
+            .remove::<FhirPath>()
+            .ok_or("request reached the proxy unclassified")?;
+        let returns_bundle = parts
+            .extensions
+            .get::<Arc<FhirRequest>>()
+            .is_some_and(|f| f.interaction().returns_bundle());
+        let record_handle = parts.extensions.get::<RequestRecord>().cloned();
+        let client_ip = parts.extensions.get::<ClientAddr>().map(|addr| addr.0.ip());
+
+        parts.uri = self.backend.uri(&path.relative, path.query.as_deref())?;
+        parts.version = Version::HTTP_11;
+        headers::sanitize_request(
+            &mut parts.headers,
+            self.backend.forward_authorization,
+            client_ip,
+            self.public_host.as_ref(),
+        );
+        let is_head = parts.method == Method::HEAD;
+        let outgoing = Request::from_parts(parts, body);
+
+        let started = Instant::now();
+        let result = self.backend.client.request(outgoing).await;
+        let upstream_latency = started.elapsed();
+        let response = result.map_err(|e| {
+            if e.is_connect() {
+                ProxyError::Unreachable(e)
+            } else {
+                ProxyError::Failed(e)
+            }
+        })?;
+        let status = response.status();
+        self.metrics
+            .upstream_duration
+            .with_label_values(&[status_class(status.as_u16())])
+            .observe(upstream_latency.as_secs_f64());
+        if let Some(record_handle) = &record_handle {
+            let mut fields = record_handle.fields();
+            fields.upstream_latency = Some(upstream_latency);
+            fields.upstream_status = Some(status.as_u16());
+        }
+        if status.is_server_error() {
+            tracing::warn!(
+                upstream_status = status.as_u16(),
+                "backend answered with a server error"
+            );
+            return Err(ProxyError::BackendStatus(status).into());
+        }
+
+        let (mut parts, body) = response.into_parts();
+        headers::sanitize_response(&mut parts.headers);
+        for name in [header::LOCATION, header::CONTENT_LOCATION] {
+            if let Some(rewritten) = parts
+                .headers
+                .get(&name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| self.rewriter.rewrite(v))
+                && let Ok(value) = HeaderValue::try_from(rewritten)
+            {
+                parts.headers.insert(name, value);
+            }
+        }
+        let is_json = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("json"));
+        if !(returns_bundle && is_json) || is_head {
+            return Ok(Response::from_parts(parts, boxed(body)));
+        }
+
+        let bytes = Limited::new(body, self.max_response_bytes)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    ProxyError::ResponseTooLarge
+                } else {
+                    ProxyError::ResponseBody(e)
+                }
+            })?;
+        let bytes = self.rewrite_bundle(bytes.to_bytes());
+        parts.headers.remove(header::CONTENT_LENGTH);
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+        Ok(Response::from_parts(parts, full(bytes)))
+    }
+
+    fn rewrite_bundle(&self, bytes: Bytes) -> Bytes {
+        // Cheap check first: no backend URL in the body means nothing to rewrite.
+        let needle = self.backend.base_url().as_bytes();
+        if !bytes.windows(needle.len()).any(|w| w == needle) {
+            return bytes;
+        }
+        let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+            return bytes;
+        };
+        if !self.rewriter.rewrite_bundle(&mut value) {
+            return bytes;
+        }
+        serde_json::to_vec(&value).map(Bytes::from).unwrap_or(bytes)
+    }
+}

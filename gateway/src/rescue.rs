@@ -1,0 +1,279 @@
+//! The ONE place where errors become responses: every layer's error enum is mapped here to an
+//! HTTP status and a FHIR `OperationOutcome` with a stable detail code (as linkerd2-proxy's
+//! `ServerRescue` does). Unknown errors become a bare 500 that says nothing about internals.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use portvagt_policy::ClassifyError;
+use tower::{Layer, Service};
+
+use crate::auth::AuthnError;
+use crate::body::{Body, BoxError};
+use crate::context::RequestRecord;
+use crate::layers::authorize::AccessDenied;
+use crate::layers::body_limit::BodyTooLarge;
+use crate::layers::request_id::RequestId;
+use crate::layers::{BoxFuture, take_ready};
+use crate::metrics::Metrics;
+use crate::outcome::Outcome;
+use crate::proxy::ProxyError;
+
+/// The realm in `WWW-Authenticate` challenges.
+const REALM: &str = "portvagt";
+
+/// Turns errors from inner layers into OperationOutcome responses.
+#[derive(Debug, Clone)]
+pub struct RescueLayer {
+    metrics: Arc<Metrics>,
+}
+
+impl RescueLayer {
+    /// A rescue layer counting authentication failures into `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self { metrics }
+    }
+}
+
+impl<S> Layer<S> for RescueLayer {
+    type Service = Rescue<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Rescue {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// See [`RescueLayer`].
+#[derive(Debug, Clone)]
+pub struct Rescue<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+impl<S> Service<Request<Body>> for Rescue<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<Response<Body>, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        // Overload is not signalled here: the load-shed layer inside answers it per request.
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let request_id = request
+            .extensions()
+            .get::<RequestId>()
+            .map(|id| id.as_str().to_owned());
+        let record = request.extensions().get::<RequestRecord>().cloned();
+        let metrics = self.metrics.clone();
+        let mut inner = take_ready(&mut self.inner);
+        Box::pin(async move {
+            match inner.call(request).await {
+                Ok(response) => Ok(response),
+                Err(error) => {
+                    let rescued = rescue(&*error);
+                    if let Some(record) = &record {
+                        let mut fields = record.fields();
+                        fields.reason.get_or_insert(rescued.outcome.code);
+                        if rescued.outcome.status == StatusCode::UNAUTHORIZED {
+                            fields.decision.get_or_insert("deny");
+                        }
+                    }
+                    if rescued.outcome.status == StatusCode::UNAUTHORIZED {
+                        metrics
+                            .auth_failures
+                            .with_label_values(&[rescued.outcome.code])
+                            .inc();
+                    }
+                    if rescued.outcome.status == StatusCode::INTERNAL_SERVER_ERROR {
+                        tracing::error!(error = %error, request_id = request_id.as_deref().unwrap_or(""), "internal error");
+                    }
+                    let mut response = rescued.outcome.into_response(request_id.as_deref());
+                    if let Some(challenge) = rescued.challenge {
+                        response
+                            .headers_mut()
+                            .insert(header::WWW_AUTHENTICATE, challenge);
+                    }
+                    if let Some(retry_after) = rescued.retry_after {
+                        response
+                            .headers_mut()
+                            .insert(header::RETRY_AFTER, HeaderValue::from_static(retry_after));
+                    }
+                    Ok(response)
+                }
+            }
+        })
+    }
+}
+
+/// An error's answer.
+#[derive(Debug)]
+pub struct Rescued {
+    /// Status and OperationOutcome.
+    pub outcome: Outcome,
+    /// `WWW-Authenticate` (RFC 6750 §3) for 401 and 403.
+    pub challenge: Option<HeaderValue>,
+    /// `Retry-After` seconds, for shed load.
+    pub retry_after: Option<&'static str>,
+}
+
+/// Maps any error from the stack to its answer. Walks the source chain, so an error wrapped by
+/// hyper or tower is still recognised.
+pub fn rescue(error: &(dyn std::error::Error + 'static)) -> Rescued {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = current {
+        if let Some(rescued) = rescue_one(error) {
+            return rescued;
+        }
+        current = error.source();
+    }
+    plain(Outcome::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "exception",
+        "internal-error",
+        "the gateway failed to process the request",
+    ))
+}
+
+fn plain(outcome: Outcome) -> Rescued {
+    Rescued {
+        outcome,
+        challenge: None,
+        retry_after: None,
+    }
+}
+
+fn rescue_one(error: &(dyn std::error::Error + 'static)) -> Option<Rescued> {
+    if let Some(error) = error.downcast_ref::<AuthnError>() {
+        let challenge = match error {
+            // RFC 6750 §3.1: no error code when the request had no authentication at all.
+            AuthnError::MissingToken => format!("Bearer realm=\"{REALM}\""),
+            other => format!(
+                "Bearer realm=\"{REALM}\", error=\"invalid_token\", error_description=\"{other}\""
+            ),
+        };
+        return Some(Rescued {
+            outcome: Outcome::new(
+                StatusCode::UNAUTHORIZED,
+                "login",
+                error.code(),
+                error.to_string(),
+            ),
+            challenge: HeaderValue::try_from(challenge).ok(),
+            retry_after: None,
+        });
+    }
+    if let Some(denied) = error.downcast_ref::<AccessDenied>() {
+        let code = denied.reason.code();
+        let text = format!("access denied: {code}");
+        let challenge = HeaderValue::try_from(format!(
+            "Bearer realm=\"{REALM}\", error=\"insufficient_scope\", error_description=\"{code}\""
+        ))
+        .ok();
+        return Some(Rescued {
+            outcome: Outcome::new(StatusCode::FORBIDDEN, "forbidden", code, text),
+            challenge,
+            retry_after: None,
+        });
+    }
+    if let Some(error) = error.downcast_ref::<ClassifyError>() {
+        let (status, issue_type) = match error {
+            ClassifyError::UnknownResourceType | ClassifyError::UnknownPath => {
+                (StatusCode::NOT_FOUND, "not-supported")
+            }
+            ClassifyError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "not-supported"),
+            _ => (StatusCode::BAD_REQUEST, "invalid"),
+        };
+        return Some(plain(Outcome::new(
+            status,
+            issue_type,
+            error.code(),
+            error.to_string(),
+        )));
+    }
+    if error.is::<BodyTooLarge>() || error.is::<http_body_util::LengthLimitError>() {
+        return Some(plain(Outcome::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-costly",
+            "body-too-large",
+            "the request body is larger than the gateway accepts",
+        )));
+    }
+    if error.is::<tower::load_shed::error::Overloaded>() {
+        return Some(Rescued {
+            outcome: Outcome::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "transient",
+                "overloaded",
+                "the gateway is at capacity; retry shortly",
+            ),
+            challenge: None,
+            retry_after: Some("1"),
+        });
+    }
+    if error.is::<tower::timeout::error::Elapsed>() {
+        return Some(plain(Outcome::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            "request-timeout",
+            "the request took longer than the gateway allows",
+        )));
+    }
+    if let Some(error) = error.downcast_ref::<ProxyError>() {
+        return Some(plain(error.outcome()));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_token_gets_a_bare_challenge() {
+        let rescued = rescue(&AuthnError::MissingToken);
+        assert_eq!(rescued.outcome.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(rescued.challenge.unwrap(), "Bearer realm=\"portvagt\"");
+    }
+
+    #[test]
+    fn invalid_token_gets_rfc6750_error() {
+        let rescued = rescue(&AuthnError::Expired);
+        let challenge = rescued.challenge.unwrap();
+        assert!(
+            challenge
+                .to_str()
+                .unwrap()
+                .contains("error=\"invalid_token\""),
+            "{challenge:?}"
+        );
+        assert_eq!(rescued.outcome.code, "token-expired");
+    }
+
+    #[test]
+    fn wrapped_errors_are_found_through_the_source_chain() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer")]
+        struct Outer(#[source] BodyTooLarge);
+        assert_eq!(
+            rescue(&Outer(BodyTooLarge)).outcome.status,
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+    }
+
+    #[test]
+    fn unknown_errors_say_nothing_about_internals() {
+        let error = std::io::Error::other("database password is hunter2");
+        let rescued = rescue(&error);
+        assert_eq!(rescued.outcome.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!rescued.outcome.text.contains("hunter2"));
+    }
+}

@@ -1,0 +1,110 @@
+//! What the gateway builds from its configuration at start: TLS config, token verifier,
+//! backend client, metrics, local endpoints. Kept apart from [`Config`] (what the operator said),
+//! as linkerd2-proxy keeps `Config` apart from its runtime handles.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::Uri;
+
+use crate::admin::Admin;
+use crate::auth::TokenVerifier;
+use crate::config::{Config, ConfigError};
+use crate::metrics::Metrics;
+use crate::proxy::Backend;
+
+/// Everything built at start, shared by every connection.
+#[derive(Debug)]
+pub struct Runtime {
+    /// The configuration it was built from.
+    pub config: Config,
+    /// The client-facing TLS configuration.
+    pub tls: Arc<rustls::ServerConfig>,
+    /// The access-token verifier.
+    pub verifier: Arc<TokenVerifier>,
+    /// The backend and its client.
+    pub backend: Arc<Backend>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Local endpoints.
+    pub admin: Arc<Admin>,
+    /// The FHIR base URL clients see, without a trailing slash.
+    pub public_base_url: String,
+    /// The path of the FHIR base on this listener (e.g. `/fhir`).
+    pub fhir_base_path: String,
+}
+
+impl Runtime {
+    /// Builds the runtime for a listener bound to `local_addr`. Reports every problem found, not
+    /// just the first, each naming its config field.
+    pub fn build(config: Config, local_addr: SocketAddr) -> Result<Runtime, Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        let public_base_url = config
+            .server
+            .public_base_url
+            .clone()
+            .unwrap_or_else(|| format!("https://{local_addr}/fhir"))
+            .trim_end_matches('/')
+            .to_owned();
+        let fhir_base_path = match public_base_url.parse::<Uri>() {
+            Ok(uri)
+                if uri.scheme_str() == Some("https")
+                    && uri.host().is_some()
+                    && uri.query().is_none() =>
+            {
+                uri.path().trim_end_matches('/').to_owned()
+            }
+            _ => {
+                errors.push(ConfigError::new(
+                    "server.public_base_url",
+                    "must be an https:// URL without a query",
+                ));
+                String::new()
+            }
+        };
+        if config.issuers.is_empty() {
+            errors.push(ConfigError::new(
+                "issuer",
+                "at least one [[issuer]] is required",
+            ));
+        }
+        if config.limits.max_concurrent_requests == 0 {
+            errors.push(ConfigError::new(
+                "limits.max_concurrent_requests",
+                "must be at least 1",
+            ));
+        }
+        let tls = crate::tls::server_config(&config.tls)
+            .map_err(|e| errors.push(e))
+            .ok();
+        let verifier = TokenVerifier::new(&config.issuers)
+            .map_err(|e| errors.push(e))
+            .ok();
+        let backend = Backend::new(&config.backend)
+            .map_err(|e| errors.push(e))
+            .ok();
+        let (Some(tls), Some(verifier), Some(backend), true) =
+            (tls, verifier, backend, errors.is_empty())
+        else {
+            return Err(errors);
+        };
+        let metrics = Arc::new(Metrics::new());
+        let backend = Arc::new(backend);
+        let admin = Arc::new(Admin::new(
+            &config,
+            &fhir_base_path,
+            metrics.clone(),
+            backend.clone(),
+        ));
+        Ok(Runtime {
+            config,
+            tls,
+            verifier: Arc::new(verifier),
+            backend,
+            metrics,
+            admin,
+            public_base_url,
+            fhir_base_path,
+        })
+    }
+}

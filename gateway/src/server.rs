@@ -1,0 +1,226 @@
+//! The accept loops: TLS (rustls) with a required client certificate, then HTTP/1.1 or HTTP/2
+//! (ALPN, hyper-util auto) into the stack; and the optional plain-HTTP admin listener.
+//! Shutdown is graceful: stop accepting, let in-flight requests finish within the grace period.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt as _;
+
+use crate::body::{Body, boxed};
+use crate::outcome::Outcome;
+use crate::proxy::ClientAddr;
+use crate::runtime::Runtime;
+use crate::stack::{self, GatewayService};
+use crate::tls::{PeerIdentity, handshake_failure_reason};
+
+/// Serves until `shutdown` resolves, then drains for at most `server.shutdown_grace`.
+pub async fn serve(
+    runtime: Arc<Runtime>,
+    listener: TcpListener,
+    admin_listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let service = stack::build(&runtime);
+    let acceptor = TlsAcceptor::from(runtime.tls.clone());
+    let http = Arc::new(http_builder(&runtime));
+    let graceful = GracefulShutdown::new();
+    let admin_task =
+        admin_listener.map(|listener| tokio::spawn(serve_admin(runtime.clone(), listener)));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => {
+                let (stream, addr) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let connection = Connection {
+                    runtime: runtime.clone(),
+                    acceptor: acceptor.clone(),
+                    http: http.clone(),
+                    service: service.clone(),
+                    watcher: graceful.watcher(),
+                };
+                tokio::spawn(connection.run(stream, addr));
+            }
+        }
+    }
+    drop(listener);
+    tracing::info!(
+        in_flight_connections = graceful.count(),
+        "shutting down: draining"
+    );
+    let grace = runtime.config.server.shutdown_grace;
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace_seconds = grace.as_secs_f64(),
+            "grace period over: closing remaining connections"
+        );
+    }
+    if let Some(task) = admin_task {
+        task.abort();
+    }
+    tracing::info!("stopped");
+}
+
+fn http_builder(runtime: &Runtime) -> auto::Builder<TokioExecutor> {
+    let limits = &runtime.config.limits;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // Slow clients (slowloris) must send their headers within this time.
+        .header_read_timeout(Duration::from_secs(10))
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256)
+        .max_pending_accept_reset_streams(Some(64))
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    builder
+}
+
+struct Connection {
+    runtime: Arc<Runtime>,
+    acceptor: TlsAcceptor,
+    http: Arc<auto::Builder<TokioExecutor>>,
+    service: GatewayService,
+    watcher: hyper_util::server::graceful::Watcher,
+}
+
+impl Connection {
+    async fn run(self, stream: TcpStream, addr: SocketAddr) {
+        let _ = stream.set_nodelay(true);
+        let timeout = self.runtime.config.server.handshake_timeout;
+        let tls = match tokio::time::timeout(timeout, self.acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(error)) => {
+                let reason = handshake_failure_reason(&error);
+                self.runtime
+                    .metrics
+                    .tls_handshake_failures
+                    .with_label_values(&[reason])
+                    .inc();
+                tracing::info!(client = %addr, reason, "TLS handshake refused");
+                return;
+            }
+            Err(_) => {
+                self.runtime
+                    .metrics
+                    .tls_handshake_failures
+                    .with_label_values(&["timeout"])
+                    .inc();
+                return;
+            }
+        };
+        // rustls verified the chain; the leaf is the first certificate.
+        let peer = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|certs| certs.first())
+            .and_then(|leaf| PeerIdentity::from_verified_leaf(leaf));
+        let Some(peer) = peer.map(Arc::new) else {
+            self.runtime
+                .metrics
+                .tls_handshake_failures
+                .with_label_values(&["no-client-certificate"])
+                .inc();
+            return;
+        };
+        let service = self.service;
+        let per_request = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+            request.extensions_mut().insert(peer.clone());
+            request.extensions_mut().insert(ClientAddr(addr));
+            let call = service.clone().oneshot(request.map(boxed));
+            async move {
+                // Rescue answers every error inside the stack; this is the last line of defence.
+                Ok::<_, Infallible>(call.await.unwrap_or_else(|error| {
+                    crate::rescue::rescue(&*error).outcome.into_response(None)
+                }))
+            }
+        });
+        let connection = self.http.serve_connection(TokioIo::new(tls), per_request);
+        if let Err(error) = self.watcher.watch(connection.into_owned()).await {
+            tracing::debug!(client = %addr, %error, "connection ended with an error");
+        }
+    }
+}
+
+/// The plain-HTTP admin listener: `/healthz`, `/readyz`, `/metrics`, nothing else.
+async fn serve_admin(runtime: Arc<Runtime>, listener: TcpListener) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let admin = runtime.admin.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                let admin = admin.clone();
+                async move {
+                    let response: Response<Body> =
+                        match admin.route(request.method(), request.uri().path(), true) {
+                            Some(endpoint) => admin.respond(endpoint).await,
+                            None => Outcome::new(
+                                http::StatusCode::NOT_FOUND,
+                                "not-found",
+                                "unknown-path",
+                                "not an admin endpoint",
+                            )
+                            .into_response(None),
+                        };
+                    Ok::<_, Infallible>(response)
+                }
+            });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutdown signal received");
+}

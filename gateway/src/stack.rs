@@ -1,0 +1,60 @@
+//! THE request path, outermost layer first. Every request walks it once, in this order, and the
+//! response walks back. To change what happens to a request, start here.
+
+use http::{Request, Response};
+use tower::ServiceBuilder;
+use tower::limit::ConcurrencyLimitLayer;
+use tower::load_shed::LoadShedLayer;
+use tower::timeout::TimeoutLayer;
+use tower::util::BoxCloneService;
+
+use crate::body::{Body, BoxError};
+use crate::layers::access_log::AccessLogLayer;
+use crate::layers::authenticate::AuthenticateLayer;
+use crate::layers::authorize::AuthorizeLayer;
+use crate::layers::body_limit::BodyLimitLayer;
+use crate::layers::classify::ClassifyLayer;
+use crate::layers::local::LocalEndpointsLayer;
+use crate::layers::request_id::RequestIdLayer;
+use crate::proxy::Proxy;
+use crate::runtime::Runtime;
+
+/// The stack as one cloneable service; each connection gets a clone.
+pub type GatewayService = BoxCloneService<Request<Body>, Response<Body>, BoxError>;
+
+/// Builds the stack for `runtime`. The connection layer (TLS, [`crate::tls::PeerIdentity`],
+/// client address) is in [`crate::server`].
+pub fn build(runtime: &Runtime) -> GatewayService {
+    let limits = &runtime.config.limits;
+    let service = ServiceBuilder::new()
+        // Request id first, so the access log and every error answer carry it.
+        .layer(RequestIdLayer)
+        // One access-log line and the request metrics, when the response body ends.
+        .layer(AccessLogLayer::new(runtime.metrics.clone()))
+        // The one place where errors from any layer below become OperationOutcomes.
+        .layer(crate::rescue::RescueLayer::new(runtime.metrics.clone()))
+        // Health, readiness, metrics and SMART configuration: answered here, before limits,
+        // so probes still get through under load and need no token.
+        .layer(LocalEndpointsLayer::new(runtime.admin.clone()))
+        // Limits: shed (503) rather than queue beyond the concurrency limit ...
+        .layer(LoadShedLayer::new())
+        .layer(ConcurrencyLimitLayer::new(limits.max_concurrent_requests))
+        // ... bound the whole request in time (504) ...
+        .layer(TimeoutLayer::new(limits.request_timeout))
+        // ... and in body size (413).
+        .layer(BodyLimitLayer::new(limits.max_body_bytes))
+        // Who: a verified token, checked against the client certificate (401 otherwise).
+        .layer(AuthenticateLayer::new(runtime.verifier.clone()))
+        // What: the FHIR interaction, resource type, id and parameters (400/404 if unclear).
+        .layer(ClassifyLayer::new(&runtime.fhir_base_path))
+        // May they: the policy decision (403 otherwise).
+        .layer(AuthorizeLayer::new(runtime.metrics.clone()))
+        // Header hygiene, forwarding, URL rewriting: the backend.
+        .service(Proxy::new(
+            runtime.backend.clone(),
+            &runtime.public_base_url,
+            limits.max_response_bytes,
+            runtime.metrics.clone(),
+        ));
+    BoxCloneService::new(service)
+}

