@@ -255,7 +255,15 @@ mod tests {
     #[test]
     fn user_and_system_scopes_grant_by_type_and_permission() {
         use DenyReason::*;
-        let cases: &[(&str, &str, &str, Option<&str>, Option<DenyReason>)] = &[
+        // (scopes, method, path, query, expected denial)
+        type Case<'a> = (
+            &'a str,
+            &'a str,
+            &'a str,
+            Option<&'a str>,
+            Option<DenyReason>,
+        );
+        let cases: &[Case<'_>] = &[
             ("user/Patient.read", "GET", "Patient/1", None, None),
             ("user/Patient.read", "GET", "Patient", Some("name=x"), None),
             (

@@ -364,7 +364,15 @@ mod tests {
 
     #[test]
     fn interactions_are_classified() {
-        let cases: &[(&str, &str, Interaction, Option<&str>, Option<&str>)] = &[
+        // (method, path, interaction, resource type, id)
+        type Case<'a> = (
+            &'a str,
+            &'a str,
+            Interaction,
+            Option<&'a str>,
+            Option<&'a str>,
+        );
+        let cases: &[Case<'_>] = &[
             (
                 "GET",
                 "Patient/pat-1",

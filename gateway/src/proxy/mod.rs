@@ -158,11 +158,11 @@ impl Backend {
             Some(query) => format!("{}/{relative}?{query}", self.base_path),
             None => format!("{}/{relative}", self.base_path),
         };
-        Ok(Uri::builder()
+        Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())
             .path_and_query(PathAndQuery::try_from(path)?)
-            .build()?)
+            .build()
     }
 
     /// Whether the backend answers `GET metadata` without a server error, within 2 s.

@@ -1,0 +1,174 @@
+//! Access tokens: RFC 6750 answers for every way a token can be wrong.
+
+use base64::Engine as _;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use portvagt::auth::dev_token::IssuerKey;
+use serde_json::json;
+
+use crate::support::Gateway;
+
+const PATH: &str = "/fhir/Patient/pat-anne";
+
+#[tokio::test]
+async fn missing_token_gets_401_with_operation_outcome_and_challenge() {
+    let gateway = Gateway::start();
+    let answer = gateway.client().get(PATH, None).await.unwrap();
+    assert_eq!(answer.status, 401);
+    assert_eq!(
+        answer.headers["www-authenticate"],
+        "Bearer realm=\"portvagt\""
+    );
+    assert_eq!(
+        answer.headers["content-type"],
+        "application/fhir+json; charset=utf-8"
+    );
+    assert_eq!(answer.detail_code(), "missing-token");
+    assert_eq!(answer.json()["issue"][0]["code"], "login");
+}
+
+#[tokio::test]
+async fn bad_tokens_get_401_invalid_token() {
+    let gateway = Gateway::start();
+    let b64 = |v: serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    let now = jsonwebtoken::get_current_timestamp();
+    let good = gateway.token(json!({}));
+    let tampered = {
+        let parts: Vec<&str> = good.split('.').collect();
+        let claims = b64(gateway.claims(json!({ "scope": "system/*.cruds", "sub": "admin" })));
+        format!("{}.{}.{}", parts[0], claims, parts[2])
+    };
+    let other_pki = portvagt_certs::DevPki::generate().unwrap();
+    let other_thumbprint =
+        portvagt::tls::PeerIdentity::from_verified_leaf(&other_pki.client.cert_der)
+            .unwrap()
+            .thumbprint_sha256()
+            .to_owned();
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "expired",
+            gateway.token(json!({ "exp": now - 600, "iat": now - 900 })),
+            "token-expired",
+        ),
+        (
+            "not yet valid",
+            gateway.token(json!({ "nbf": now + 600 })),
+            "token-not-yet-valid",
+        ),
+        (
+            "wrong aud",
+            gateway.token(json!({ "aud": "https://other.example/fhir" })),
+            "wrong-audience",
+        ),
+        (
+            "wrong iss",
+            gateway.token(json!({ "iss": "https://evil.example" })),
+            "unknown-issuer",
+        ),
+        (
+            "alg none",
+            format!(
+                "{}.{}.",
+                b64(json!({ "alg": "none", "typ": "JWT" })),
+                b64(gateway.claims(json!({})))
+            ),
+            "algorithm-not-allowed",
+        ),
+        (
+            "HMAC with the public JWKS as secret",
+            jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                &gateway.claims(json!({})),
+                &EncodingKey::from_secret(gateway.issuer.jwks().as_bytes()),
+            )
+            .unwrap(),
+            "algorithm-not-allowed",
+        ),
+        (
+            "wrong key",
+            IssuerKey::generate("test-1")
+                .unwrap()
+                .sign(&gateway.claims(json!({})))
+                .unwrap(),
+            "bad-signature",
+        ),
+        (
+            "unknown kid",
+            IssuerKey::generate("rotated-away")
+                .unwrap()
+                .sign(&gateway.claims(json!({})))
+                .unwrap(),
+            "unknown-key",
+        ),
+        ("tampered payload", tampered, "bad-signature"),
+        ("garbage", "not-a-jwt".to_owned(), "malformed-token"),
+        (
+            "no sub",
+            gateway.token(json!({ "sub": null })),
+            "missing-claim",
+        ),
+        (
+            "bound to another certificate",
+            gateway.token(json!({ "cnf": { "x5t#S256": other_thumbprint } })),
+            "certificate-binding-mismatch",
+        ),
+    ];
+    let client = gateway.client();
+    for (name, token, code) in cases {
+        let answer = client.get(PATH, Some(&token)).await.unwrap();
+        assert_eq!(answer.status, 401, "{name}: {}", answer.text());
+        assert_eq!(answer.detail_code(), code, "{name}");
+        let challenge = answer.headers["www-authenticate"].to_str().unwrap();
+        assert!(
+            challenge.starts_with("Bearer ") && challenge.contains("error=\"invalid_token\""),
+            "{name}: {challenge}"
+        );
+        assert!(
+            !answer.text().contains(&token[..20.min(token.len())]) || token.len() < 20,
+            "{name}: token echoed"
+        );
+    }
+}
+
+#[tokio::test]
+async fn token_bound_to_this_certificate_is_accepted() {
+    let gateway = Gateway::start();
+    let thumbprint = portvagt::tls::PeerIdentity::from_verified_leaf(&gateway.pki.client.cert_der)
+        .unwrap()
+        .thumbprint_sha256()
+        .to_owned();
+    let token = gateway.token(json!({ "cnf": { "x5t#S256": thumbprint } }));
+    assert_eq!(
+        gateway
+            .client()
+            .get(PATH, Some(&token))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    // The same token on a connection with another certificate of the same CA is refused.
+    let answer = gateway
+        .client_with(Some(&gateway.pki.employee))
+        .get(PATH, Some(&token))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 401);
+    assert_eq!(answer.detail_code(), "certificate-binding-mismatch");
+}
+
+#[tokio::test]
+async fn issuer_requiring_binding_refuses_unbound_tokens() {
+    let gateway = Gateway::start_with(crate::support::Options {
+        issuer_extra: "require_certificate_binding = true".into(),
+        ..Default::default()
+    });
+    let answer = gateway
+        .client()
+        .get(PATH, Some(&gateway.token(json!({}))))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 401);
+    assert_eq!(answer.detail_code(), "certificate-binding-required");
+}

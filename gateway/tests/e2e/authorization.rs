@@ -1,0 +1,131 @@
+//! SMART scopes and the patient context, through the whole stack.
+
+use http::Method;
+use serde_json::json;
+
+use crate::support::{Gateway, request};
+
+#[tokio::test]
+async fn missing_scope_gets_403_insufficient_scope() {
+    let gateway = Gateway::start();
+    let token = gateway.token(json!({ "scope": "openid user/Patient.rs" }));
+    let client = gateway.client();
+    let answer = client
+        .get("/fhir/Observation/obs-anne-bp", Some(&token))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 403, "{}", answer.text());
+    assert_eq!(answer.detail_code(), "insufficient-scope");
+    assert_eq!(answer.json()["issue"][0]["code"], "forbidden");
+    assert!(
+        answer.headers["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("insufficient_scope")
+    );
+
+    // Read permission does not give create.
+    let create = request(
+        Method::POST,
+        "/fhir/Patient",
+        Some(&token),
+        Some(json!({ "resourceType": "Patient" })),
+    );
+    assert_eq!(client.send(create).await.unwrap().status, 403);
+    // And the allowed read does work.
+    assert_eq!(
+        client
+            .get("/fhir/Patient/pat-anne", Some(&token))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn v2_permission_letters_are_enforced() {
+    let gateway = Gateway::start();
+    let search_only = gateway.token(json!({ "scope": "user/Observation.s" }));
+    let client = gateway.client();
+    assert_eq!(
+        client
+            .get("/fhir/Observation?patient=pat-bo", Some(&search_only))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(
+        client
+            .get("/fhir/Observation/obs-bo-bp", Some(&search_only))
+            .await
+            .unwrap()
+            .status,
+        403
+    );
+}
+
+#[tokio::test]
+async fn patient_token_sees_own_data_and_not_another_patients() {
+    let gateway = Gateway::start();
+    let token = gateway.token(json!({
+        "sub": "anne.hansen", "patient": "pat-anne",
+        "scope": "openid launch/patient patient/Patient.rs patient/Observation.rs",
+    }));
+    let client = gateway.client();
+    let own = client
+        .get("/fhir/Observation?patient=pat-anne", Some(&token))
+        .await
+        .unwrap();
+    assert_eq!(own.status, 200, "{}", own.text());
+    let entries = own.json()["entry"].as_array().cloned().unwrap_or_default();
+    assert!(!entries.is_empty());
+    for entry in &entries {
+        assert_eq!(
+            entry["resource"]["subject"]["reference"], "Patient/pat-anne",
+            "{entry}"
+        );
+    }
+    assert_eq!(
+        client
+            .get("/fhir/Patient/pat-anne", Some(&token))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+
+    for path in [
+        "/fhir/Patient/pat-bo",
+        "/fhir/Observation?patient=pat-bo",
+        "/fhir/Observation?patient=pat-anne&patient=pat-bo",
+        "/fhir/Observation",
+        "/fhir/Observation/obs-bo-bp",
+        "/fhir/Observation?patient=pat-anne&_include=Observation:subject",
+    ] {
+        let answer = client.get(path, Some(&token)).await.unwrap();
+        assert_eq!(answer.status, 403, "{path}: {}", answer.text());
+        assert_eq!(answer.detail_code(), "outside-compartment", "{path}");
+    }
+}
+
+#[tokio::test]
+async fn ambiguous_paths_are_refused_before_the_backend() {
+    let gateway = Gateway::start();
+    let token = gateway.token(json!({ "scope": "user/*.cruds" }));
+    let client = gateway.client();
+    let cases = [
+        ("/fhir/patient/pat-anne", 404, "unknown-resource-type"),
+        ("/fhir/Patient/..%2Fpat-bo", 400, "path-encoded-slash"),
+        ("/fhir/Patient/%2e%2e", 400, "path-dot-segment"),
+        ("/fhir/Patient//pat-anne", 400, "path-empty-segment"),
+        ("/fhir/Patient/pat_anne", 400, "malformed-id"),
+        ("/other/Patient/pat-anne", 404, "unknown-path"),
+    ];
+    for (path, status, code) in cases {
+        let answer = client.get(path, Some(&token)).await.unwrap();
+        assert_eq!(answer.status, status, "{path}: {}", answer.text());
+        assert_eq!(answer.detail_code(), code, "{path}");
+    }
+}

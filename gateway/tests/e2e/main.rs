@@ -1,0 +1,10 @@
+//! End-to-end tests: the real `portvagt` binary, real TLS with dev-PKI certificates, and the
+//! real reference FHIR backend (Medplum's FHIR router, started once per test run).
+
+mod support;
+
+mod authentication;
+mod authorization;
+mod operations;
+mod proxying;
+mod transport;

@@ -1,0 +1,413 @@
+//! Test harness: the real reference backend (one per test process), the real `portvagt` binary
+//! (one per test) with a fresh dev PKI and issuer key, and an HTTPS client with client
+//! certificates built on rustls and hyper.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use portvagt::auth::dev_token::IssuerKey;
+use portvagt::demo::BackendProcess;
+use portvagt_certs::{DevPki, IssuedCert};
+use rustls::RootCertStore;
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use serde_json::{Value, json};
+
+pub const ISSUER: &str = "https://issuer.test.portvagt.invalid";
+pub const AUDIENCE: &str = "https://fhir.test.portvagt.invalid/fhir";
+
+/// The reference backend, started once per test process; it exits with the process.
+pub fn backend_url() -> &'static str {
+    static BACKEND: OnceLock<BackendProcess> = OnceLock::new();
+    BACKEND
+        .get_or_init(|| {
+            BackendProcess::start(&portvagt::demo::default_testbed(), true)
+                .expect("start the reference backend")
+        })
+        .base_url()
+}
+
+/// A running gateway process with its PKI and issuer.
+pub struct Gateway {
+    pub dir: tempfile::TempDir,
+    pub pki: DevPki,
+    pub issuer: IssuerKey,
+    pub addr: SocketAddr,
+    pub base_url: String,
+    child: Child,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+/// Knobs for a test's gateway.
+#[derive(Clone, Default)]
+pub struct Options {
+    pub backend_url: Option<String>,
+    pub extra_config: String,
+    pub issuer_extra: String,
+    pub server_extra: String,
+}
+
+impl Gateway {
+    pub fn start() -> Gateway {
+        Self::start_with(Options::default())
+    }
+
+    pub fn start_with(options: Options) -> Gateway {
+        let backend = options
+            .backend_url
+            .clone()
+            .unwrap_or_else(|| backend_url().to_owned());
+        let dir = tempfile::tempdir().unwrap();
+        let pki = DevPki::generate().unwrap();
+        pki.write_to(&dir.path().join("pki")).unwrap();
+        let issuer = IssuerKey::generate("test-1").unwrap();
+        issuer.save(&dir.path().join("issuer")).unwrap();
+        let config = format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+shutdown_grace = "5s"
+{server_extra}
+
+[tls]
+cert = "pki/server.crt"
+key = "pki/server.key"
+client_ca = "pki/ca.crt"
+crls = ["pki/crl.pem"]
+
+[[issuer]]
+issuer = "{ISSUER}"
+audiences = ["{AUDIENCE}"]
+jwks_file = "issuer/jwks.json"
+{issuer_extra}
+
+[backend]
+url = "{backend}"
+
+[log]
+format = "json"
+level = "info"
+
+{extra}
+"#,
+            issuer_extra = options.issuer_extra,
+            server_extra = options.server_extra,
+            extra = options.extra_config,
+        );
+        let config_path = dir.path().join("portvagt.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_portvagt"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(value) = serde_json::from_str::<Value>(&line)
+                    && value["message"] == "listening"
+                {
+                    let _ = tx.send(value["addr"].as_str().unwrap_or_default().to_owned());
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let addr: SocketAddr = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the gateway announced its address")
+            .parse()
+            .unwrap();
+        Gateway {
+            dir,
+            pki,
+            issuer,
+            addr,
+            base_url: format!("https://{addr}/fhir"),
+            child,
+            logs,
+        }
+    }
+
+    /// Standard claims, with `patch` merged over them (a `null` removes a claim).
+    pub fn claims(&self, patch: Value) -> Value {
+        let now = jsonwebtoken::get_current_timestamp();
+        let mut claims = json!({
+            "iss": ISSUER, "aud": AUDIENCE, "sub": "mette.kjaer", "iat": now, "exp": now + 300,
+            "jti": uuid::Uuid::new_v4().to_string(), "client_id": "journalsystem-test",
+            "scope": "openid user/*.rs user/Observation.cruds",
+        });
+        for (key, value) in patch.as_object().unwrap() {
+            if value.is_null() {
+                claims.as_object_mut().unwrap().remove(key);
+            } else {
+                claims[key] = value.clone();
+            }
+        }
+        claims
+    }
+
+    /// A token from this gateway's issuer.
+    pub fn token(&self, patch: Value) -> String {
+        self.issuer.sign(&self.claims(patch)).unwrap()
+    }
+
+    /// A client presenting the organisation certificate.
+    pub fn client(&self) -> Client {
+        self.client_with(Some(&self.pki.client))
+    }
+
+    /// A client presenting `cert` (or none), trusting this gateway's CA.
+    pub fn client_with(&self, cert: Option<&IssuedCert>) -> Client {
+        Client::new(self.addr, &self.pki.ca.certificate().cert_pem, cert)
+    }
+
+    /// The access-log lines written so far, parsed.
+    pub fn access_log(&self) -> Vec<Value> {
+        self.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|value| value["message"] == "access")
+            .collect()
+    }
+
+    /// Every stdout line so far.
+    pub fn raw_log(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    /// Sends SIGTERM and waits for exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        for _ in 0..100 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the gateway did not exit within 5 s of SIGTERM");
+    }
+
+    pub fn child_id(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An answer, fully read.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The Portvagt detail code of an OperationOutcome answer.
+    pub fn detail_code(&self) -> String {
+        let json = self.json();
+        assert_eq!(json["resourceType"], "OperationOutcome", "{json}");
+        json["issue"][0]["details"]["coding"][0]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+/// HTTPS client with an optional client certificate; one connection per request.
+#[derive(Clone)]
+pub struct Client {
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+}
+
+impl Client {
+    pub fn new(addr: SocketAddr, ca_pem: &str, cert: Option<&IssuedCert>) -> Client {
+        Self::with_alpn(addr, ca_pem, cert, vec![b"http/1.1".to_vec()])
+    }
+
+    pub fn with_alpn(
+        addr: SocketAddr,
+        ca_pem: &str,
+        cert: Option<&IssuedCert>,
+        alpn: Vec<Vec<u8>>,
+    ) -> Client {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut roots = RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
+        let mut config = match cert {
+            Some(cert) => {
+                let chain = vec![CertificateDer::from(cert.cert_der.clone())];
+                let key = PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).unwrap();
+                builder.with_client_auth_cert(chain, key).unwrap()
+            }
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = alpn;
+        Client {
+            addr,
+            config: Arc::new(config),
+        }
+    }
+
+    /// HTTP/2 instead of HTTP/1.1.
+    pub fn http2(mut self) -> Client {
+        let mut config = (*self.config).clone();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        self.config = Arc::new(config);
+        self
+    }
+
+    pub async fn send(&self, request: Request<Full<Bytes>>) -> Result<Answer, String> {
+        tokio::time::timeout(Duration::from_secs(20), self.send_inner(request))
+            .await
+            .map_err(|_| "timed out".to_owned())?
+    }
+
+    async fn send_inner(&self, mut request: Request<Full<Bytes>>) -> Result<Answer, String> {
+        let tcp = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let connector = tokio_rustls::TlsConnector::from(self.config.clone());
+        let tls = connector
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        let io = TokioIo::new(tls);
+        let response = if h2 {
+            let (mut sender, connection) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                    .await
+                    .map_err(|e| format!("h2 handshake: {e}"))?;
+            tokio::spawn(connection);
+            *request.version_mut() = http::Version::HTTP_2;
+            if request.uri().authority().is_none() {
+                let uri = format!("https://localhost:{}{}", self.addr.port(), request.uri());
+                *request.uri_mut() = uri.parse().unwrap();
+            }
+            sender
+                .send_request(request)
+                .await
+                .map_err(|e| format!("request: {e}"))?
+        } else {
+            let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+                .await
+                .map_err(|e| format!("http1 handshake: {e}"))?;
+            tokio::spawn(connection);
+            request.headers_mut().entry(http::header::HOST).or_insert(
+                http::HeaderValue::from_str(&format!("localhost:{}", self.addr.port())).unwrap(),
+            );
+            sender
+                .send_request(request)
+                .await
+                .map_err(|e| format!("request: {e}"))?
+        };
+        let (parts, body) = response.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map_err(|e| format!("body: {e}"))?
+            .to_bytes();
+        Ok(Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    }
+
+    /// `GET path` (path from the host root, e.g. `/fhir/Patient/1`) with an optional token.
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Result<Answer, String> {
+        self.send(request(Method::GET, path, token, None)).await
+    }
+}
+
+/// A request with optional bearer token and FHIR JSON body.
+pub fn request(
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> Request<Full<Bytes>> {
+    let mut builder = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("accept", "application/fhir+json");
+    if let Some(token) = token {
+        builder = builder.header("authorization", format!("Bearer {token}"));
+    }
+    let body = match body {
+        Some(value) => {
+            builder = builder.header("content-type", "application/fhir+json");
+            Bytes::from(value.to_string())
+        }
+        None => Bytes::new(),
+    };
+    builder.body(Full::new(body)).unwrap()
+}
+
+/// A plain-HTTP GET straight to the backend (bypassing the gateway), for comparisons.
+pub async fn backend_get(path: &str) -> (StatusCode, Value) {
+    let url: http::Uri = format!("{}/{}", backend_url(), path).parse().unwrap();
+    let tcp = tokio::net::TcpStream::connect((url.host().unwrap(), url.port_u16().unwrap()))
+        .await
+        .unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let request = Request::get(url.path_and_query().unwrap().as_str())
+        .header("host", url.authority().unwrap().as_str())
+        .header("accept", "application/fhir+json")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
