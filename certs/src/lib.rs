@@ -13,6 +13,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
 use anyhow::Context as _;
+use base64::Engine as _;
 use rcgen::string::PrintableString;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
@@ -38,6 +39,30 @@ pub struct IssuedCert {
     /// The certificate, DER.
     pub cert_der: Vec<u8>,
     serial: SerialNumber,
+}
+
+impl IssuedCert {
+    /// A certificate and key read back from PEM (e.g. the files [`DevPki::write_to`] wrote).
+    /// Such a certificate cannot be put on a CRL by this library.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> anyhow::Result<IssuedCert> {
+        let der = pem_contents(cert_pem).context("the certificate is not PEM")?;
+        Ok(IssuedCert {
+            cert_pem: cert_pem.to_owned(),
+            key_pem: key_pem.to_owned(),
+            cert_der: der,
+            serial: SerialNumber::from_slice(&[0]),
+        })
+    }
+}
+
+fn pem_contents(pem: &str) -> Option<Vec<u8>> {
+    let body: String = pem
+        .lines()
+        .skip_while(|line| !line.starts_with("-----BEGIN CERTIFICATE-----"))
+        .skip(1)
+        .take_while(|line| !line.starts_with("-----END"))
+        .collect();
+    base64::engine::general_purpose::STANDARD.decode(body).ok()
 }
 
 /// Who a client certificate names, shaped as OCES3 subjects are.

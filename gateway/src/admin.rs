@@ -3,7 +3,8 @@
 //! (SMART App Launch 2.2 §2.1, at `/.well-known/smart-configuration` below the FHIR base and at
 //! the root).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Response, StatusCode, header};
@@ -22,6 +23,17 @@ pub struct Admin {
     backend: Arc<Backend>,
     smart_configuration: Bytes,
     smart_path: String,
+    metrics_on_client_listener: bool,
+    last_probe: Mutex<Option<(Instant, bool)>>,
+}
+
+/// Which listener a request came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// The mTLS client listener.
+    Client,
+    /// The plain-HTTP admin listener (`server.admin_listen`).
+    Admin,
 }
 
 /// Which local endpoint a request is for.
@@ -49,6 +61,8 @@ impl Admin {
             metrics,
             backend,
             smart_configuration: Bytes::from(smart_configuration(config).to_string()),
+            metrics_on_client_listener: config.server.admin_listen.is_none(),
+            last_probe: Mutex::new(None),
             smart_path: format!(
                 "{}/.well-known/smart-configuration",
                 fhir_base_path.trim_end_matches('/')
@@ -56,22 +70,39 @@ impl Admin {
         }
     }
 
-    /// The endpoint `path` names, if any. `admin_only` leaves out the SMART document (for the
-    /// plain-HTTP admin listener).
-    pub fn route(&self, method: &Method, path: &str, admin_only: bool) -> Option<LocalEndpoint> {
+    /// The endpoint `path` names on `listener`, if any. The admin listener serves the probes
+    /// and metrics only; the client listener serves probes, the SMART document, and metrics
+    /// only when there is no admin listener to keep them private on.
+    pub fn route(&self, method: &Method, path: &str, listener: Listener) -> Option<LocalEndpoint> {
         if method != Method::GET && method != Method::HEAD {
             return None;
         }
+        let on_main = listener == Listener::Client;
         match path {
             "/healthz" => Some(LocalEndpoint::Health),
             "/readyz" => Some(LocalEndpoint::Ready),
-            "/metrics" => Some(LocalEndpoint::Metrics),
-            "/.well-known/smart-configuration" if !admin_only => {
+            "/metrics" if !on_main || self.metrics_on_client_listener => {
+                Some(LocalEndpoint::Metrics)
+            }
+            "/.well-known/smart-configuration" if on_main => {
                 Some(LocalEndpoint::SmartConfiguration)
             }
-            p if !admin_only && p == self.smart_path => Some(LocalEndpoint::SmartConfiguration),
+            p if on_main && p == self.smart_path => Some(LocalEndpoint::SmartConfiguration),
             _ => None,
         }
+    }
+
+    /// Whether the backend answered its last probe; probes at most once a second, so readiness
+    /// checks cannot be turned into load on the backend.
+    async fn backend_ready(&self) -> bool {
+        if let Some((at, ready)) = *self.last_probe.lock().unwrap_or_else(|p| p.into_inner())
+            && at.elapsed() < Duration::from_secs(1)
+        {
+            return ready;
+        }
+        let ready = self.backend.is_ready().await;
+        *self.last_probe.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), ready));
+        ready
     }
 
     /// Answers `endpoint`.
@@ -81,7 +112,7 @@ impl Admin {
                 json_response(StatusCode::OK, Bytes::from_static(br#"{"status":"pass"}"#))
             }
             LocalEndpoint::Ready => {
-                if self.backend.is_ready().await {
+                if self.backend_ready().await {
                     json_response(StatusCode::OK, Bytes::from_static(br#"{"status":"pass"}"#))
                 } else {
                     Outcome::new(

@@ -8,7 +8,8 @@ pub struct Metrics {
     registry: Registry,
     /// `portvagt_requests_total{interaction, resource_type, status_class}`
     pub requests: IntCounterVec,
-    /// `portvagt_request_duration_seconds{interaction, resource_type, status_class}`
+    /// `portvagt_request_duration_seconds{interaction, status_class}` (no resource type: a
+    /// histogram per type would be ~200k series)
     pub request_duration: HistogramVec,
     /// `portvagt_upstream_duration_seconds{status_class}`
     pub upstream_duration: HistogramVec,
@@ -43,7 +44,7 @@ impl Metrics {
                 "Time from request to the end of the response body",
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
-            request_labels,
+            &["interaction", "status_class"],
         )
         .expect("valid metric");
         let upstream_duration = HistogramVec::new(

@@ -14,6 +14,7 @@ use crate::body::{Body, BoxError};
 use crate::context::RequestRecord;
 use crate::layers::authorize::AccessDenied;
 use crate::layers::body_limit::BodyTooLarge;
+use crate::layers::classify::SearchBodyNotForm;
 use crate::layers::request_id::RequestId;
 use crate::layers::{BoxFuture, take_ready};
 use crate::metrics::Metrics;
@@ -190,12 +191,21 @@ fn rescue_one(error: &(dyn std::error::Error + 'static)) -> Option<Rescued> {
                 (StatusCode::NOT_FOUND, "not-supported")
             }
             ClassifyError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "not-supported"),
+            ClassifyError::UnsupportedFormat => (StatusCode::NOT_ACCEPTABLE, "not-supported"),
             _ => (StatusCode::BAD_REQUEST, "invalid"),
         };
         return Some(plain(Outcome::new(
             status,
             issue_type,
             error.code(),
+            error.to_string(),
+        )));
+    }
+    if error.is::<SearchBodyNotForm>() {
+        return Some(plain(Outcome::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "not-supported",
+            "search-body-not-form",
             error.to_string(),
         )));
     }

@@ -17,6 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 
+use crate::admin::Listener;
 use crate::body::{Body, boxed};
 use crate::outcome::Outcome;
 use crate::proxy::ClientAddr;
@@ -181,17 +182,20 @@ async fn serve_admin(runtime: Arc<Runtime>, listener: TcpListener) {
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                 let admin = admin.clone();
                 async move {
-                    let response: Response<Body> =
-                        match admin.route(request.method(), request.uri().path(), true) {
-                            Some(endpoint) => admin.respond(endpoint).await,
-                            None => Outcome::new(
-                                http::StatusCode::NOT_FOUND,
-                                "not-found",
-                                "unknown-path",
-                                "not an admin endpoint",
-                            )
-                            .into_response(None),
-                        };
+                    let response: Response<Body> = match admin.route(
+                        request.method(),
+                        request.uri().path(),
+                        Listener::Admin,
+                    ) {
+                        Some(endpoint) => admin.respond(endpoint).await,
+                        None => Outcome::new(
+                            http::StatusCode::NOT_FOUND,
+                            "not-found",
+                            "unknown-path",
+                            "not an admin endpoint",
+                        )
+                        .into_response(None),
+                    };
                     Ok::<_, Infallible>(response)
                 }
             });

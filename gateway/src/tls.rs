@@ -40,6 +40,8 @@ pub fn server_config(config: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, Co
     }
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .with_crls(crls)
+        // A CRL past its nextUpdate no longer proves anything: refuse rather than trust it.
+        .enforce_revocation_expiration()
         .build()
         .map_err(|e| {
             ConfigError::new("tls.crls", format!("cannot build the client verifier: {e}"))

@@ -55,6 +55,9 @@ pub enum DenyReason {
     GranularScopeUnsupported,
     /// Batch, transaction and operations are not authorised yet.
     UnsupportedInteraction,
+    /// The search would return or test resources of other types (`_include`, `_revinclude`,
+    /// `_has`, chained parameters), and only a scope on every type (`*`) covers that.
+    SearchReachesOtherTypes,
 }
 
 impl DenyReason {
@@ -66,6 +69,7 @@ impl DenyReason {
             DenyReason::OutsideCompartment => "outside-compartment",
             DenyReason::GranularScopeUnsupported => "granular-scope-unsupported",
             DenyReason::UnsupportedInteraction => "unsupported-interaction",
+            DenyReason::SearchReachesOtherTypes => "search-reaches-other-types",
         }
     }
 }
@@ -76,14 +80,25 @@ impl fmt::Display for DenyReason {
     }
 }
 
-/// Parameters that can make a patient-pinned search return resources of other patients.
-const COMPARTMENT_ESCAPES: &[&str] = &[
+/// Parameters that make a search return or test resources of other types.
+const OTHER_TYPE_PARAMS: &[&str] = &[
     "_include",
     "_revinclude",
     "_has",
     "_contained",
-    "_query",
-    "_filter",
+    "_containedType",
+];
+
+/// The only `_` parameters a patient-pinned search may carry: they shape the result, they do not
+/// widen it.
+const PATIENT_SAFE_RESULT_PARAMS: &[&str] = &[
+    "_count",
+    "_sort",
+    "_summary",
+    "_elements",
+    "_total",
+    "_lastUpdated",
+    "_format",
 ];
 
 /// Resource types whose `patient` search parameter is their Patient-compartment link (R4
@@ -133,6 +148,10 @@ pub fn decide(subject: Subject<'_>, request: &FhirRequest) -> Decision {
         Interaction::HistoryType | Interaction::HistorySystem => {
             Permissions::READ.union(Permissions::SEARCH)
         }
+        // A conditional create answers with the existing match: it is a search too.
+        Interaction::Create if request.if_none_exist().is_some() => Permissions::CREATE
+            .union(Permissions::READ)
+            .union(Permissions::SEARCH),
         Interaction::Create => Permissions::CREATE,
         Interaction::Update | Interaction::Patch => Permissions::UPDATE,
         Interaction::Delete => Permissions::DELETE,
@@ -141,6 +160,7 @@ pub fn decide(subject: Subject<'_>, request: &FhirRequest) -> Decision {
         }
     };
     let resource_type = request.resource_type();
+    let reaches_other_types = reaches_other_types(request);
     let mut best = DenyReason::InsufficientScope;
     for scope in subject.scopes.iter() {
         if !scope.covers(resource_type, needed) {
@@ -151,6 +171,11 @@ pub fn decide(subject: Subject<'_>, request: &FhirRequest) -> Decision {
             continue;
         }
         let verdict = match scope.context() {
+            ScopeContext::User | ScopeContext::System
+                if reaches_other_types && !scope.covers_every_type() =>
+            {
+                Err(DenyReason::SearchReachesOtherTypes)
+            }
             ScopeContext::User | ScopeContext::System => Ok(()),
             ScopeContext::Patient => match subject.patient {
                 None => Err(DenyReason::NoPatientContext),
@@ -167,6 +192,15 @@ pub fn decide(subject: Subject<'_>, request: &FhirRequest) -> Decision {
         }
     }
     deny(best)
+}
+
+/// Whether the request's parameters (or its conditional-create search) reach other types.
+fn reaches_other_types(request: &FhirRequest) -> bool {
+    let conditional = request.if_none_exist().unwrap_or_default();
+    request.params().iter().chain(conditional).any(|(name, _)| {
+        let base = name.split(':').next().unwrap_or(name);
+        OTHER_TYPE_PARAMS.contains(&base) || name.contains('.')
+    })
 }
 
 fn deny(reason: DenyReason) -> Decision {
@@ -205,7 +239,9 @@ fn search_pinned_to_patient(
     let mut pinned = false;
     for (name, value) in request.params() {
         let base = name.split(':').next().unwrap_or(name);
-        if COMPARTMENT_ESCAPES.contains(&base) || name.contains('.') {
+        let widening =
+            base.starts_with('_') && base != pin && !PATIENT_SAFE_RESULT_PARAMS.contains(&base);
+        if widening || name.contains('.') {
             return false;
         }
         if base == pin {
@@ -379,6 +415,10 @@ mod tests {
         let allowed = [
             ("Observation", "patient=pat-anne"),
             ("Observation", "patient=Patient/pat-anne&code=4548-4"),
+            (
+                "Observation",
+                "patient=pat-anne&_count=2&_sort=-date&_summary=count",
+            ),
             ("Patient", "_id=pat-anne"),
         ];
         for (path, query) in allowed {
@@ -414,6 +454,9 @@ mod tests {
                 "Observation",
                 "patient=pat-anne&_has:Condition:patient:code=x",
             ),
+            ("Observation", "patient=pat-anne&_filter=x"),
+            ("Observation", "patient=pat-anne&_list=x"),
+            ("Observation", "patient=pat-anne&_contained=true"),
             ("Patient", "name=Bo"),
             ("Patient", "_id=pat-anne&_revinclude=Observation:patient"),
         ];
@@ -430,6 +473,103 @@ mod tests {
                 "{path}?{query}"
             );
         }
+    }
+
+    #[test]
+    fn searches_reaching_other_types_need_a_scope_on_every_type() {
+        use DenyReason::SearchReachesOtherTypes as Reach;
+        let cases: &[(&str, &str, Option<DenyReason>)] = &[
+            (
+                "user/Observation.rs",
+                "_include=Observation:subject",
+                Some(Reach),
+            ),
+            (
+                "user/Observation.rs",
+                "_revinclude=Provenance:target",
+                Some(Reach),
+            ),
+            (
+                "user/Observation.rs",
+                "_has:Condition:patient:code=x",
+                Some(Reach),
+            ),
+            ("user/Observation.rs", "subject.name=Bo", Some(Reach)),
+            (
+                "user/Observation.rs",
+                "subject:Patient.name=Bo",
+                Some(Reach),
+            ),
+            (
+                "user/Observation.rs",
+                "_include:iterate=Observation:subject",
+                Some(Reach),
+            ),
+            ("user/Observation.rs", "code=4548-4&_count=5", None),
+            ("user/*.rs", "_include=Observation:subject", None),
+            ("system/*.rs", "subject.name=Bo", None),
+        ];
+        for (scopes, query, expected) in cases {
+            let decision = decide_for(scopes, None, "GET", "Observation", Some(query));
+            assert_eq!(reason(decision), *expected, "{scopes} ?{query}");
+        }
+    }
+
+    #[test]
+    fn form_body_parameters_count_like_query_parameters() {
+        let scopes = ScopeSet::parse("user/Observation.rs");
+        let mut request = classify("POST", "Observation/_search", None).unwrap();
+        request
+            .add_form_params(crate::request::parse_form("_include=Observation:subject").unwrap());
+        let decision = decide(
+            Subject {
+                scopes: &scopes,
+                patient: Some("pat-anne"),
+            },
+            &request,
+        );
+        assert_eq!(reason(decision), Some(DenyReason::SearchReachesOtherTypes));
+    }
+
+    #[test]
+    fn conditional_create_needs_search_and_read_too() {
+        let mut request = classify("POST", "Observation", None).unwrap();
+        request.set_if_none_exist("_id=obs-bo-bp").unwrap();
+        let create_only = ScopeSet::parse("system/Observation.c");
+        assert_eq!(
+            reason(decide(
+                Subject {
+                    scopes: &create_only,
+                    patient: None
+                },
+                &request
+            )),
+            Some(DenyReason::InsufficientScope)
+        );
+        let full = ScopeSet::parse("system/Observation.crs");
+        assert_eq!(
+            reason(decide(
+                Subject {
+                    scopes: &full,
+                    patient: None
+                },
+                &request
+            )),
+            None
+        );
+        request
+            .set_if_none_exist("_has:Condition:patient:code=x")
+            .unwrap();
+        assert_eq!(
+            reason(decide(
+                Subject {
+                    scopes: &full,
+                    patient: None
+                },
+                &request
+            )),
+            Some(DenyReason::SearchReachesOtherTypes)
+        );
     }
 
     #[test]

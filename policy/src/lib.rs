@@ -13,6 +13,6 @@ pub mod resource_type;
 pub mod scope;
 
 pub use decision::{Decision, DenyReason, Subject, decide};
-pub use request::{ClassifyError, FhirRequest, Interaction, classify};
+pub use request::{ClassifyError, FhirRequest, Interaction, classify, parse_form};
 pub use resource_type::ResourceType;
 pub use scope::{Permissions, Scope, ScopeContext, ScopeSet};

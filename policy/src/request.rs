@@ -93,9 +93,18 @@ pub struct FhirRequest {
     version: Option<String>,
     operation: Option<String>,
     params: Vec<(String, String)>,
+    path: String,
+    if_none_exist: Option<Vec<(String, String)>>,
 }
 
 impl FhirRequest {
+    /// The canonical path below the FHIR base: the decoded segments, joined by `/`. Every
+    /// accepted segment is from a character set that needs no escaping, so this is what the
+    /// gateway forwards: the backend sees exactly what policy saw, never a different reading
+    /// of the same bytes.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
     /// The interaction.
     pub fn interaction(&self) -> Interaction {
         self.interaction
@@ -120,6 +129,24 @@ impl FhirRequest {
     pub fn params(&self) -> &[(String, String)] {
         &self.params
     }
+    /// Adds the parameters of a `POST [type]/_search` form body (FHIR R4 §3.1.0.8.1): they
+    /// count exactly like query parameters.
+    pub fn add_form_params(&mut self, params: Vec<(String, String)>) {
+        self.params.extend(params);
+    }
+
+    /// Marks a create as conditional (`If-None-Exist`, FHIR R4 §3.1.0.8.1): the server answers
+    /// with an existing resource when the search matches, so this is also a search.
+    pub fn set_if_none_exist(&mut self, query: &str) -> Result<(), ClassifyError> {
+        self.if_none_exist = Some(parse_form(query)?);
+        Ok(())
+    }
+
+    /// The `If-None-Exist` search of a conditional create.
+    pub fn if_none_exist(&self) -> Option<&[(String, String)]> {
+        self.if_none_exist.as_deref()
+    }
+
     /// Values of every parameter whose name (modifiers included) is exactly `name`.
     pub fn param_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.params
@@ -156,6 +183,15 @@ pub enum ClassifyError {
     /// A path shape FHIR REST does not define.
     #[error("not a FHIR RESTful path")]
     UnknownPath,
+    /// A parameter name outside `[A-Za-z0-9_.:-]`.
+    #[error("malformed search parameter name")]
+    BadParameterName,
+    /// `_method`: asks the server to run another method than the one sent.
+    #[error("method override parameters are not accepted")]
+    MethodOverride,
+    /// `_format` asks for something other than JSON.
+    #[error("only JSON (application/fhir+json) is served")]
+    UnsupportedFormat,
 }
 
 impl ClassifyError {
@@ -170,23 +206,26 @@ impl ClassifyError {
             ClassifyError::MalformedId => "malformed-id",
             ClassifyError::MethodNotAllowed => "method-not-allowed",
             ClassifyError::UnknownPath => "unknown-path",
+            ClassifyError::BadParameterName => "bad-parameter-name",
+            ClassifyError::MethodOverride => "method-override",
+            ClassifyError::UnsupportedFormat => "unsupported-format",
         }
     }
 }
 
-/// Classifies a request. `path` is relative to the FHIR base (no leading slash needed:
+/// Classifies a request. `path` is relative to the FHIR base, without a leading slash (
 /// `Patient/1`, `metadata`, `` for the base itself); `query` is the raw query string.
 pub fn classify(
     method: &str,
     path: &str,
     query: Option<&str>,
 ) -> Result<FhirRequest, ClassifyError> {
-    let path = path.strip_prefix('/').unwrap_or(path);
     let segments = split_path(path)?;
     let params = match query {
         Some(query) => parse_query(query)?,
         None => Vec::new(),
     };
+    check_params(&params)?;
     let seg: Vec<&str> = segments.iter().map(String::as_str).collect();
     let (interaction, type_name, id, version, operation) = match (method, seg.as_slice()) {
         // System level.
@@ -257,6 +296,8 @@ pub fn classify(
         version: version.map(str::to_owned),
         operation,
         params,
+        path: segments.join("/"),
+        if_none_exist: None,
     })
 }
 
@@ -304,6 +345,39 @@ fn split_path(path: &str) -> Result<Vec<String>, ClassifyError> {
             Ok(decoded)
         })
         .collect()
+}
+
+/// Refuses parameters that make the request mean something else than it says.
+fn check_params(params: &[(String, String)]) -> Result<(), ClassifyError> {
+    for (name, value) in params {
+        let well_formed = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'));
+        if !well_formed {
+            return Err(ClassifyError::BadParameterName);
+        }
+        match name.as_str() {
+            "_method" => return Err(ClassifyError::MethodOverride),
+            "_format"
+                if !matches!(
+                    value.as_str(),
+                    "json" | "application/json" | "application/fhir+json"
+                ) =>
+            {
+                return Err(ClassifyError::UnsupportedFormat);
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Parses `application/x-www-form-urlencoded` text (a query string, or a `POST _search` body).
+pub fn parse_form(text: &str) -> Result<Vec<(String, String)>, ClassifyError> {
+    let params = parse_query(text)?;
+    check_params(&params)?;
+    Ok(params)
 }
 
 fn parse_query(query: &str) -> Result<Vec<(String, String)>, ClassifyError> {
@@ -516,6 +590,20 @@ mod tests {
     }
 
     #[test]
+    fn canonical_path_is_the_decoded_segments() {
+        let request = classify("GET", "%50atient/pat%2Danne/_history/2", None).unwrap();
+        assert_eq!(request.path(), "Patient/pat-anne/_history/2");
+        assert_eq!(request.id(), Some("pat-anne"));
+        assert_eq!(classify("GET", "", None).unwrap().path(), "");
+        assert_eq!(
+            classify("GET", "Patient/1/$everything", None)
+                .unwrap()
+                .path(),
+            "Patient/1/$everything"
+        );
+    }
+
+    #[test]
     fn query_parameters_are_decoded_in_order() {
         let request = classify(
             "GET",
@@ -535,6 +623,47 @@ mod tests {
         assert_eq!(
             request.param_values("patient").collect::<Vec<_>>(),
             ["Patient/pat-1"]
+        );
+    }
+
+    #[test]
+    fn parameters_that_change_the_meaning_are_refused() {
+        let cases = [
+            ("_method=DELETE", ClassifyError::MethodOverride),
+            ("_format=xml", ClassifyError::UnsupportedFormat),
+            (
+                "_format=application/fhir%2Bxml",
+                ClassifyError::UnsupportedFormat,
+            ),
+            (
+                "_include+=Observation:subject",
+                ClassifyError::BadParameterName,
+            ),
+            ("na%20me=x", ClassifyError::BadParameterName),
+            ("=x", ClassifyError::BadParameterName),
+        ];
+        for (query, expected) in cases {
+            assert_eq!(
+                classify("GET", "Observation", Some(query)).err(),
+                Some(expected),
+                "{query}"
+            );
+        }
+        assert!(
+            classify(
+                "GET",
+                "Observation",
+                Some("_format=json&code:text=x&subject.name=a")
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_leading_slash_is_an_empty_segment() {
+        assert_eq!(
+            classify("GET", "/Patient/1", None).err(),
+            Some(ClassifyError::EmptySegment)
         );
     }
 

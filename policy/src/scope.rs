@@ -134,6 +134,11 @@ impl Scope {
         &self.text
     }
 
+    /// Whether this scope is for every type (`*`).
+    pub fn covers_every_type(&self) -> bool {
+        self.resource == ScopeResource::Any
+    }
+
     /// Whether this scope names `resource_type` (or `*`) and grants all of `needed`.
     pub fn covers(&self, resource_type: Option<ResourceType>, needed: Permissions) -> bool {
         let type_matches = match (self.resource, resource_type) {

@@ -171,16 +171,24 @@ impl TokenVerifier {
             .map_err(|e| map_error(e.kind()))?
             .claims;
 
-        let bound = match claims.cnf.as_ref().and_then(|cnf| cnf.x5t_s256.as_deref()) {
-            Some(thumbprint)
+        let bound = match claims.cnf.as_ref().map(|cnf| cnf.x5t_s256.as_deref()) {
+            // A confirmation this gateway cannot check (DPoP `jkt`, `jwk`, ...) must not be
+            // mistaken for a plain bearer token.
+            Some(None) => return Err(AuthnError::UnsupportedConfirmation),
+            Some(Some(thumbprint))
                 if constant_time_eq(thumbprint.as_bytes(), peer.thumbprint_sha256().as_bytes()) =>
             {
                 true
             }
-            Some(_) => return Err(AuthnError::CertificateMismatch),
+            Some(Some(_)) => return Err(AuthnError::CertificateMismatch),
             None if issuer.require_binding => return Err(AuthnError::CertificateBindingRequired),
             None => false,
         };
+        if let Some(patient) = &claims.patient
+            && !is_fhir_id(patient)
+        {
+            return Err(AuthnError::InvalidClaim);
+        }
         let scopes = match &claims.scope {
             Some(ScopeClaim::Text(text)) => ScopeSet::parse(text),
             Some(ScopeClaim::List(list)) => ScopeSet::from_tokens(list.iter().map(String::as_str)),
@@ -247,6 +255,15 @@ fn map_error(kind: &ErrorKind) -> AuthnError {
         | ErrorKind::InvalidAlgorithmName => AuthnError::AlgorithmNotAllowed,
         _ => AuthnError::Malformed,
     }
+}
+
+/// FHIR R4 `id`: `[A-Za-z0-9\-\.]{1,64}`; the `patient` claim must be one, or policy could
+/// be asked to pin searches to an empty or odd value.
+fn is_fhir_id(value: &str) -> bool {
+    (1..=64).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -352,6 +369,31 @@ mod tests {
     }
 
     #[test]
+    fn patient_claim_must_be_a_fhir_id() {
+        let f = fixture(false);
+        for bad in [
+            "",
+            "pat anne",
+            "pat-anne&patient=pat-bo",
+            "Patient/pat-anne",
+        ] {
+            let mut c = claims();
+            c["patient"] = json!(bad);
+            assert_eq!(
+                f.verifier.verify(&sign(&f, &c), &f.peer).unwrap_err(),
+                AuthnError::InvalidClaim,
+                "{bad:?}"
+            );
+        }
+        let mut c = claims();
+        c["patient"] = json!("pat-anne");
+        assert_eq!(
+            f.verifier.verify(&sign(&f, &c), &f.peer).unwrap().patient(),
+            Some("pat-anne")
+        );
+    }
+
+    #[test]
     fn expiry_within_leeway_is_accepted() {
         let f = fixture(false);
         let mut c = claims();
@@ -435,6 +477,12 @@ mod tests {
         assert_eq!(
             f.verifier.verify(&sign(&f, &c), &f.peer).unwrap_err(),
             AuthnError::CertificateMismatch
+        );
+
+        c["cnf"] = json!({ "jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I" });
+        assert_eq!(
+            f.verifier.verify(&sign(&f, &c), &f.peer).unwrap_err(),
+            AuthnError::UnsupportedConfirmation
         );
 
         let strict = fixture(true);

@@ -45,6 +45,12 @@ pub enum AuthnError {
     /// A required claim (`exp`, `iss`, `aud`, `sub`) is missing or malformed.
     #[error("the token lacks a required claim")]
     MissingClaim,
+    /// A claim has a value it may not have (e.g. a `patient` that is not a FHIR id).
+    #[error("a token claim has an invalid value")]
+    InvalidClaim,
+    /// `cnf` carries a confirmation method other than `x5t#S256` (e.g. DPoP `jkt`).
+    #[error("the token's proof-of-possession method is not supported")]
+    UnsupportedConfirmation,
     /// `cnf.x5t#S256` does not match the client certificate (RFC 8705 §3).
     #[error("the token is bound to another client certificate")]
     CertificateMismatch,
@@ -70,6 +76,8 @@ impl AuthnError {
             AuthnError::NotYetValid => "token-not-yet-valid",
             AuthnError::WrongAudience => "wrong-audience",
             AuthnError::MissingClaim => "missing-claim",
+            AuthnError::InvalidClaim => "invalid-claim",
+            AuthnError::UnsupportedConfirmation => "unsupported-confirmation",
             AuthnError::CertificateMismatch => "certificate-binding-mismatch",
             AuthnError::CertificateBindingRequired => "certificate-binding-required",
             AuthnError::NoClientCertificate => "no-client-certificate",

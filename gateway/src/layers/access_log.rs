@@ -79,22 +79,23 @@ where
             peer: request.extensions().get::<Arc<PeerIdentity>>().cloned(),
             record,
             metrics: self.metrics.clone(),
-            status: 0,
+            // Until a response exists, the client is the one who went away (nginx's 499).
+            status: 499,
             bytes: 0,
         };
         let mut inner = take_ready(&mut self.inner);
         Box::pin(async move {
+            // `entry` writes its line when dropped: at the end of the response body, on an
+            // error, or when the client goes away and this future is dropped mid-request.
+            let mut entry = entry;
             let response = match inner.call(request).await {
                 Ok(response) => response,
                 Err(error) => {
-                    let mut entry = entry;
                     entry.status = 500;
                     tracing::error!(error = %error, "unrescued error reached the access log");
-                    entry.write();
                     return Err(error);
                 }
             };
-            let mut entry = entry;
             entry.status = response.status().as_u16();
             Ok(response.map(|body| {
                 crate::body::boxed(LoggedBody {
@@ -118,8 +119,14 @@ struct Entry {
     bytes: u64,
 }
 
+impl Drop for Entry {
+    fn drop(&mut self) {
+        self.write();
+    }
+}
+
 impl Entry {
-    fn write(self) {
+    fn write(&self) {
         let elapsed = self.started.elapsed();
         let fields = self.record.fields().clone();
         let interaction = fields.interaction.map_or("none", |i| i.as_str());
@@ -131,7 +138,7 @@ impl Entry {
             .inc();
         self.metrics
             .request_duration
-            .with_label_values(&[interaction, resource_type, class])
+            .with_label_values(&[interaction, class])
             .observe(elapsed.as_secs_f64());
         tracing::info!(
             target: "portvagt::access",
@@ -178,9 +185,8 @@ impl HttpBody for LoggedBody {
                 }
             }
             Poll::Ready(None) => {
-                if let Some(entry) = self.entry.take() {
-                    entry.write();
-                }
+                // Dropping the entry writes the line.
+                self.entry = None;
             }
             _ => {}
         }
@@ -193,13 +199,5 @@ impl HttpBody for LoggedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
-    }
-}
-
-impl Drop for LoggedBody {
-    fn drop(&mut self) {
-        if let Some(entry) = self.entry.take() {
-            entry.write();
-        }
     }
 }

@@ -45,10 +45,12 @@ pub struct Authenticate<S> {
 
 /// The token from `Authorization: Bearer <token>` (scheme case-insensitive).
 fn bearer_token<B>(request: &Request<B>) -> Result<&str, AuthnError> {
-    let value = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .ok_or(AuthnError::MissingToken)?;
+    let mut values = request.headers().get_all(header::AUTHORIZATION).iter();
+    let value = values.next().ok_or(AuthnError::MissingToken)?;
+    if values.next().is_some() {
+        // Which one a backend would read is anyone's guess: refuse.
+        return Err(AuthnError::Malformed);
+    }
     let value = value.to_str().map_err(|_| AuthnError::Malformed)?;
     let (scheme, token) = value.split_once(' ').ok_or(AuthnError::MissingToken)?;
     if !scheme.eq_ignore_ascii_case("bearer") {

@@ -8,7 +8,7 @@ use http::{Request, Response};
 use tower::{Layer, Service};
 
 use super::{BoxFuture, take_ready};
-use crate::admin::Admin;
+use crate::admin::{Admin, Listener};
 use crate::body::{Body, BoxError};
 
 /// Serves [`Admin`]'s endpoints.
@@ -55,9 +55,9 @@ where
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
-        if let Some(endpoint) = self
-            .admin
-            .route(request.method(), request.uri().path(), false)
+        if let Some(endpoint) =
+            self.admin
+                .route(request.method(), request.uri().path(), Listener::Client)
         {
             let admin = self.admin.clone();
             return Box::pin(async move { Ok(admin.respond(endpoint).await) });

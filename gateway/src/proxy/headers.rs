@@ -43,12 +43,21 @@ const IDENTITY_PREFIXES: &[&str] = &[
     "x-amzn-oidc-",
 ];
 
+/// Headers some servers honour to run another method than the one policy authorised.
+const METHOD_OVERRIDES: &[&str] = &[
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
 /// Response headers that tell the world what the backend runs.
 const BACKEND_DISCLOSURE: &[&str] = &[
     "server",
     "x-powered-by",
     "x-aspnet-version",
     "x-aspnetmvc-version",
+    // The backend has no business setting cookies on the gateway's clients.
+    "set-cookie",
 ];
 
 /// Removes hop-by-hop headers, including those named in `Connection`.
@@ -81,6 +90,7 @@ pub fn sanitize_request(
         .filter(|name| {
             let name = name.as_str();
             IDENTITY_HEADERS.contains(&name)
+                || METHOD_OVERRIDES.contains(&name)
                 || IDENTITY_PREFIXES
                     .iter()
                     .any(|prefix| name.starts_with(prefix))
@@ -94,6 +104,12 @@ pub fn sanitize_request(
         headers.remove(header::AUTHORIZATION);
     }
     headers.remove(header::HOST);
+    // Compressed or non-JSON answers could not be checked and rewritten: ask for plain JSON.
+    headers.remove(header::ACCEPT_ENCODING);
+    headers.insert(
+        header::ACCEPT,
+        HeaderValue::from_static("application/fhir+json"),
+    );
     if let Some(ip) = client_ip
         && let Ok(value) = HeaderValue::try_from(ip.to_string())
     {
@@ -140,7 +156,9 @@ mod tests {
             ("x-portvagt-principal", "admin"),
             ("authorization", "Bearer abc"),
             ("host", "evil.example"),
-            ("accept", "application/fhir+json"),
+            ("x-http-method-override", "DELETE"),
+            ("accept", "application/fhir+xml"),
+            ("accept-encoding", "gzip, br"),
         ]);
         sanitize_request(
             &mut headers,
@@ -159,6 +177,7 @@ mod tests {
                 "x-forwarded-proto"
             ]
         );
+        assert_eq!(headers["accept"], "application/fhir+json");
         assert_eq!(headers["x-forwarded-for"], "192.0.2.7");
         assert_eq!(headers["x-forwarded-host"], "fhir.example.dk");
     }
@@ -175,6 +194,7 @@ mod tests {
         let mut headers = map(&[
             ("server", "Kestrel"),
             ("x-powered-by", "Express"),
+            ("set-cookie", "JSESSIONID=abc"),
             ("content-type", "application/fhir+json"),
         ]);
         sanitize_response(&mut headers);

@@ -29,6 +29,7 @@ use crate::body::{Body, BoxError, boxed, empty, full};
 use crate::config::{BackendConfig, ConfigError};
 use crate::context::RequestRecord;
 use crate::layers::BoxFuture;
+use crate::layers::body_limit::BodyTooLarge;
 use crate::layers::classify::FhirPath;
 use crate::metrics::{Metrics, status_class};
 use crate::outcome::Outcome;
@@ -228,6 +229,17 @@ impl Service<Request<Body>> for Proxy {
     }
 }
 
+fn caused_by_body_limit(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if error.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        current = error.source();
+    }
+    false
+}
+
 impl Proxy {
     async fn forward(self, request: Request<Body>) -> Result<Response<Body>, BoxError> {
         let (mut parts, body) = request.into_parts();
@@ -257,11 +269,14 @@ impl Proxy {
         let started = Instant::now();
         let result = self.backend.client.request(outgoing).await;
         let upstream_latency = started.elapsed();
-        let response = result.map_err(|e| {
-            if e.is_connect() {
-                ProxyError::Unreachable(e)
+        let response = result.map_err(|e| -> BoxError {
+            if caused_by_body_limit(&e) {
+                // The client's streamed body outgrew the limit while being forwarded.
+                BodyTooLarge.into()
+            } else if e.is_connect() {
+                ProxyError::Unreachable(e).into()
             } else {
-                ProxyError::Failed(e)
+                ProxyError::Failed(e).into()
             }
         })?;
         let status = response.status();

@@ -5,6 +5,8 @@ mod support;
 
 mod authentication;
 mod authorization;
+mod bypass;
+mod demo;
 mod operations;
 mod proxying;
 mod transport;

@@ -309,7 +309,19 @@ impl Client {
             .map_err(|_| "timed out".to_owned())?
     }
 
-    async fn send_inner(&self, mut request: Request<Full<Bytes>>) -> Result<Answer, String> {
+    /// Sends the body without a declared length (chunked on HTTP/1.1).
+    pub async fn send_chunked(&self, request: Request<Full<Bytes>>) -> Result<Answer, String> {
+        let request = request.map(Unsized);
+        tokio::time::timeout(Duration::from_secs(20), self.send_inner(request))
+            .await
+            .map_err(|_| "timed out".to_owned())?
+    }
+
+    async fn send_inner<B>(&self, mut request: Request<B>) -> Result<Answer, String>
+    where
+        B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: std::error::Error + Send + Sync,
+    {
         let tcp = tokio::net::TcpStream::connect(self.addr)
             .await
             .map_err(|e| e.to_string())?;
@@ -364,6 +376,21 @@ impl Client {
     /// `GET path` (path from the host root, e.g. `/fhir/Patient/1`) with an optional token.
     pub async fn get(&self, path: &str, token: Option<&str>) -> Result<Answer, String> {
         self.send(request(Method::GET, path, token, None)).await
+    }
+}
+
+/// A body that hides its length, so it is sent chunked.
+pub struct Unsized(Full<Bytes>);
+
+impl http_body::Body for Unsized {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.0).poll_frame(cx)
     }
 }
 

@@ -1,0 +1,152 @@
+//! `portvagt demo` and `portvagt token`, as a newcomer runs them.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::support::Client;
+
+fn env_value(env: &str, name: &str) -> String {
+    env.lines()
+        .find_map(|line| line.strip_prefix(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("{name} missing from demo.env"))
+        .to_owned()
+}
+
+#[tokio::test]
+async fn demo_runs_a_working_deployment_and_stops_on_ctrl_c() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_portvagt"))
+        .args(["demo", "--port", "0", "--dir"])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let env_path = dir.path().join("demo.env");
+    for _ in 0..300 {
+        if env_path.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let env = std::fs::read_to_string(&env_path).expect("the demo wrote demo.env");
+    let url = env_value(&env, "PORTVAGT_URL");
+    for file in [
+        "ca.crt",
+        "server.crt",
+        "server.key",
+        "client.crt",
+        "client.key",
+        "employee.crt",
+        "employee.key",
+        "revoked.crt",
+        "revoked.key",
+        "crl.pem",
+    ] {
+        assert!(dir.path().join("pki").join(file).exists(), "{file}");
+    }
+    let addr = url
+        .trim_start_matches("https://")
+        .trim_end_matches("/fhir")
+        .parse()
+        .unwrap();
+    let ca = std::fs::read_to_string(dir.path().join("pki/ca.crt")).unwrap();
+    let client_cert = portvagt_certs_from_files(dir.path());
+    let client = Client::new(addr, &ca, Some(&client_cert));
+
+    let practitioner = env_value(&env, "PRACTITIONER_TOKEN");
+    let patient = env_value(&env, "PATIENT_TOKEN");
+    let system = env_value(&env, "SYSTEM_TOKEN");
+    let answer = client
+        .get("/fhir/Patient/pat-bo", Some(&practitioner))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.json()["name"][0]["family"], "Jensen");
+    assert_eq!(
+        client
+            .get("/fhir/Observation?patient=pat-anne", Some(&patient))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(
+        client
+            .get("/fhir/Observation?patient=pat-bo", Some(&patient))
+            .await
+            .unwrap()
+            .status,
+        403
+    );
+    assert_eq!(
+        client
+            .get("/fhir/Encounter?patient=pat-carla", Some(&system))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+
+    // `portvagt token` mints from the same issuer.
+    let output = Command::new(env!("CARGO_BIN_EXE_portvagt"))
+        .args([
+            "token",
+            "--sub",
+            "lise.holm",
+            "--scope",
+            "user/Condition.rs",
+            "--dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let minted = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+    assert_eq!(
+        client
+            .get("/fhir/Condition?patient=pat-bo", Some(&minted))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(
+        client
+            .get("/fhir/Patient/pat-bo", Some(&minted))
+            .await
+            .unwrap()
+            .status,
+        403
+    );
+
+    Command::new("kill")
+        .arg("-INT")
+        .arg(demo.id().to_string())
+        .status()
+        .unwrap();
+    let mut exited = None;
+    for _ in 0..100 {
+        exited = demo.try_wait().unwrap();
+        if exited.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = exited.expect("the demo stops on Ctrl-C");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        client.get("/healthz", None).await.is_err(),
+        "the gateway still answers after Ctrl-C"
+    );
+}
+
+fn portvagt_certs_from_files(dir: &std::path::Path) -> portvagt_certs::IssuedCert {
+    let cert_pem = std::fs::read_to_string(dir.join("pki/client.crt")).unwrap();
+    let key_pem = std::fs::read_to_string(dir.join("pki/client.key")).unwrap();
+    portvagt_certs::IssuedCert::from_pem(&cert_pem, &key_pem).unwrap()
+}
