@@ -12,6 +12,7 @@ demo: backend
 
 # Everything CI checks: formatting, lints, unit, property and end-to-end tests.
 test: backend
+	python3 policy/gen/patient_compartment.py --check
 	cargo fmt --all -- --check
 	cargo clippy --locked --workspace --all-targets -- -D warnings
 	cargo test --locked --workspace

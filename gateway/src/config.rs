@@ -29,6 +29,9 @@ pub struct Config {
     /// The `/.well-known/smart-configuration` document.
     #[serde(default)]
     pub smart: SmartConfig,
+    /// Policy enforcement choices.
+    #[serde(default)]
+    pub policy: PolicyConfig,
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
@@ -171,6 +174,27 @@ pub struct SmartConfig {
     /// `capabilities`.
     #[serde(default)]
     pub capabilities: Option<Vec<String>>,
+}
+
+/// `[policy]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// What happens to search results outside a patient-context token's compartment:
+    /// `remove` them (and lower `total`), or `deny` the whole answer with 403.
+    #[serde(default)]
+    pub filtered_entries: FilteredEntries,
+}
+
+/// See [`PolicyConfig::filtered_entries`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FilteredEntries {
+    /// Remove them.
+    #[default]
+    Remove,
+    /// Refuse the answer.
+    Deny,
 }
 
 /// `[log]`

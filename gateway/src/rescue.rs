@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{HeaderValue, Request, Response, StatusCode, header};
-use portvagt_policy::ClassifyError;
+use portvagt_policy::{ClassifyError, DenyReason};
 use tower::{Layer, Service};
 
 use crate::auth::AuthnError;
@@ -144,6 +144,17 @@ pub fn rescue(error: &(dyn std::error::Error + 'static)) -> Rescued {
     ))
 }
 
+/// The answer to a policy denial (also used for denied batch entries).
+pub fn denied_outcome(reason: DenyReason) -> Outcome {
+    let code = reason.code();
+    Outcome::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        code,
+        format!("access denied: {code}"),
+    )
+}
+
 fn plain(outcome: Outcome) -> Rescued {
     Rescued {
         outcome,
@@ -174,13 +185,12 @@ fn rescue_one(error: &(dyn std::error::Error + 'static)) -> Option<Rescued> {
     }
     if let Some(denied) = error.downcast_ref::<AccessDenied>() {
         let code = denied.reason.code();
-        let text = format!("access denied: {code}");
         let challenge = HeaderValue::try_from(format!(
             "Bearer realm=\"{REALM}\", error=\"insufficient_scope\", error_description=\"{code}\""
         ))
         .ok();
         return Some(Rescued {
-            outcome: Outcome::new(StatusCode::FORBIDDEN, "forbidden", code, text),
+            outcome: denied_outcome(denied.reason),
             challenge,
             retry_after: None,
         });

@@ -50,11 +50,6 @@ pub fn build(runtime: &Runtime) -> GatewayService {
         // May they: the policy decision (403 otherwise).
         .layer(AuthorizeLayer::new(runtime.metrics.clone()))
         // Header hygiene, forwarding, URL rewriting: the backend.
-        .service(Proxy::new(
-            runtime.backend.clone(),
-            &runtime.public_base_url,
-            limits.max_response_bytes,
-            runtime.metrics.clone(),
-        ));
+        .service(Proxy::new(runtime));
     BoxCloneService::new(service)
 }

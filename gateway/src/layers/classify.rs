@@ -6,13 +6,13 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::{HeaderName, HeaderValue, Request, header};
+use http::{HeaderName, Request, header};
 use http_body_util::BodyExt as _;
 use portvagt_policy::{ClassifyError, FhirRequest, Interaction, classify, parse_form};
 use tower::{Layer, Service};
 
 use super::{BoxFuture, take_ready};
-use crate::body::{Body, BoxError, full};
+use crate::body::{Body, BoxError, empty, full};
 use crate::context::record;
 
 /// `If-None-Exist` (FHIR R4 §3.1.0.8.1 conditional create).
@@ -26,6 +26,8 @@ pub struct FhirPath {
     pub relative: String,
     /// The raw query string, if any.
     pub query: Option<String>,
+    /// For `POST _search`: every parameter, as the form body to forward (the URL then has none).
+    pub form: Option<String>,
 }
 
 /// Classifies FHIR requests below `base_path`.
@@ -74,8 +76,8 @@ fn relative_path<'a>(base: &str, path: &'a str) -> Option<&'a str> {
 #[error("a POST _search body must be application/x-www-form-urlencoded")]
 pub struct SearchBodyNotForm;
 
-fn is_post_search(request: &Request<Body>, fhir: &FhirRequest) -> bool {
-    request.method() == http::Method::POST
+fn is_post_search(method: &http::Method, fhir: &FhirRequest) -> bool {
+    method == http::Method::POST
         && matches!(
             fhir.interaction(),
             Interaction::SearchType | Interaction::SearchSystem
@@ -109,29 +111,51 @@ where
                 }
                 Ok(fhir)
             });
-        let fhir = match classified {
+        let mut fhir = match classified {
             Ok(fhir) => fhir,
             Err(error) => return Box::pin(std::future::ready(Err(error.into()))),
         };
         let mut inner = take_ready(&mut self.inner);
         Box::pin(async move {
-            let (request, fhir, query) = if is_post_search(&request, &fhir) {
-                canonical_post_search(request, fhir).await?
-            } else {
-                let query = request.uri().query().map(str::to_owned);
-                (request, fhir, query)
+            let (mut parts, body) = request.into_parts();
+            let mut forwarded = FhirPath {
+                relative: fhir.path().to_owned(),
+                query: parts.uri.query().map(str::to_owned),
+                form: None,
             };
-            let mut request = request;
+            let content_type = parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let body = if is_post_search(&parts.method, &fhir) {
+                forwarded.form = Some(
+                    canonical_search_form(
+                        &mut fhir,
+                        forwarded.query.take(),
+                        content_type.as_deref(),
+                        body,
+                    )
+                    .await?,
+                );
+                parts.headers.remove(header::CONTENT_LENGTH);
+                empty()
+            } else if fhir.needs_body() {
+                // Writes, patches and bundles are decided on their content: read it (the body
+                // limit already bounds it) and forward the very bytes that were decided on.
+                let bytes = body.collect().await?.to_bytes();
+                fhir.attach_body(content_type.as_deref(), &bytes)?;
+                full(bytes)
+            } else {
+                body
+            };
+            let mut request = Request::from_parts(parts, body);
             record(&request, |fields| {
                 fields.interaction = Some(fhir.interaction());
                 fields.resource_type = fhir.resource_type();
             });
-            let path = FhirPath {
-                relative: fhir.path().to_owned(),
-                query,
-            };
             request.extensions_mut().insert(Arc::new(fhir));
-            request.extensions_mut().insert(path);
+            request.extensions_mut().insert(forwarded);
             inner.call(request).await
         })
     }
@@ -141,39 +165,29 @@ where
 /// are classified together with the URL's, and ONE canonical form is forwarded: every
 /// parameter in the body, none in the URL. Backends differ in whether they read the URL, the
 /// body or both; this way each reads exactly what policy saw.
-async fn canonical_post_search(
-    request: Request<Body>,
-    mut fhir: FhirRequest,
-) -> Result<(Request<Body>, FhirRequest, Option<String>), BoxError> {
-    let is_form = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
+async fn canonical_search_form(
+    fhir: &mut FhirRequest,
+    query: Option<String>,
+    content_type: Option<&str>,
+    body: Body,
+) -> Result<String, BoxError> {
+    let is_form = content_type
         .and_then(|v| v.split(';').next())
         .is_some_and(|v| {
             v.trim()
                 .eq_ignore_ascii_case("application/x-www-form-urlencoded")
         });
-    let (mut parts, body) = request.into_parts();
     let bytes = body.collect().await?.to_bytes();
     if !is_form && !bytes.is_empty() {
         return Err(SearchBodyNotForm.into());
     }
     let form = std::str::from_utf8(&bytes).map_err(|_| ClassifyError::BadEncoding)?;
-    fhir.add_form_params(parse_form(form)?);
-    let canonical = match (parts.uri.query(), form.is_empty()) {
+    fhir.add_form_params(parse_form(form)?)?;
+    Ok(match (query, form.is_empty()) {
         (Some(query), false) => format!("{query}&{form}"),
-        (Some(query), true) => query.to_owned(),
+        (Some(query), true) => query,
         (None, _) => form.to_owned(),
-    };
-    parts.headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/x-www-form-urlencoded"),
-    );
-    parts
-        .headers
-        .insert(header::CONTENT_LENGTH, HeaderValue::from(canonical.len()));
-    Ok((Request::from_parts(parts, full(canonical)), fhir, None))
+    })
 }
 
 #[cfg(test)]

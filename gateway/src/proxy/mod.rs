@@ -6,6 +6,7 @@
 //! URLs; other responses stream through. Backend failures never reach the client as they are:
 //! a 5xx becomes the gateway's own 502 (or 503), so stack traces and backend versions stay inside.
 
+mod bundle;
 pub mod headers;
 pub mod rewrite;
 
@@ -21,18 +22,22 @@ use http_body_util::{BodyExt as _, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use portvagt_policy::FhirRequest;
+use portvagt_policy::{
+    Decision, DenyReason, FhirRequest, FilterMode, Filtered, Interaction, filter_response,
+};
 use tower::Service;
 
 use self::rewrite::UrlRewriter;
 use crate::body::{Body, BoxError, boxed, empty, full};
-use crate::config::{BackendConfig, ConfigError};
+use crate::config::{BackendConfig, ConfigError, FilteredEntries};
 use crate::context::RequestRecord;
 use crate::layers::BoxFuture;
+use crate::layers::authorize::AccessDenied;
 use crate::layers::body_limit::BodyTooLarge;
 use crate::layers::classify::FhirPath;
 use crate::metrics::{Metrics, status_class};
 use crate::outcome::Outcome;
+use crate::runtime::Runtime;
 
 /// The client's address, put into request extensions by the server.
 #[derive(Debug, Clone, Copy)]
@@ -53,6 +58,10 @@ pub enum ProxyError {
     /// A response to be rewritten was larger than `limits.max_response_bytes`.
     #[error("the backend response is too large to process")]
     ResponseTooLarge,
+    /// A batch or transaction Bundle (request or backend answer) that cannot be mapped entry by
+    /// entry.
+    #[error("a batch or transaction Bundle could not be processed")]
+    MalformedBundle,
     /// A response body could not be read.
     #[error("the backend response body failed")]
     ResponseBody(#[source] BoxError),
@@ -85,6 +94,12 @@ impl ProxyError {
                 "exception",
                 "backend-error",
                 "the backend FHIR server failed to process the request",
+            ),
+            ProxyError::MalformedBundle => Outcome::new(
+                StatusCode::BAD_GATEWAY,
+                "exception",
+                "bundle-mismatch",
+                "the backend's batch answer does not match the request",
             ),
             ProxyError::ResponseTooLarge => Outcome::new(
                 StatusCode::BAD_GATEWAY,
@@ -189,27 +204,32 @@ pub struct Proxy {
     rewriter: Arc<UrlRewriter>,
     public_host: Option<HeaderValue>,
     max_response_bytes: usize,
+    filter_mode: FilterMode,
     metrics: Arc<Metrics>,
 }
 
 impl Proxy {
-    /// A proxy to `backend` whose clients see `public_base_url`.
-    pub fn new(
-        backend: Arc<Backend>,
-        public_base_url: &str,
-        max_response_bytes: u64,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    /// The proxy to the runtime's backend, whose clients see its public base URL.
+    pub fn new(runtime: &Runtime) -> Self {
+        let public_base_url = &runtime.public_base_url;
         let public_host = public_base_url.parse::<Uri>().ok().and_then(|uri| {
             uri.authority()
                 .and_then(|a| HeaderValue::try_from(a.as_str()).ok())
         });
         Self {
-            rewriter: Arc::new(UrlRewriter::new(backend.base_url(), public_base_url)),
-            backend,
+            rewriter: Arc::new(UrlRewriter::new(
+                runtime.backend.base_url(),
+                public_base_url,
+            )),
+            backend: runtime.backend.clone(),
             public_host,
-            max_response_bytes: usize::try_from(max_response_bytes).unwrap_or(usize::MAX),
-            metrics,
+            max_response_bytes: usize::try_from(runtime.config.limits.max_response_bytes)
+                .unwrap_or(usize::MAX),
+            filter_mode: match runtime.config.policy.filtered_entries {
+                FilteredEntries::Remove => FilterMode::Remove,
+                FilteredEntries::Deny => FilterMode::Deny,
+            },
+            metrics: runtime.metrics.clone(),
         }
     }
 }
@@ -229,6 +249,52 @@ impl Service<Request<Body>> for Proxy {
     }
 }
 
+/// A FHIR JSON answer the gateway makes itself.
+fn fhir_json_response(status: StatusCode, body: Vec<u8>) -> Response<Body> {
+    let mut response = Response::new(full(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(crate::outcome::FHIR_JSON),
+    );
+    response
+}
+
+/// Appends `params`, form-encoded, to a query string or a form body.
+fn append_params(existing: &str, params: &[(String, String)]) -> String {
+    let mut out = existing.to_owned();
+    for (name, value) in params {
+        if !out.is_empty() {
+            out.push('&');
+        }
+        out.push_str(&form_encode(name));
+        out.push('=');
+        out.push_str(&form_encode(value));
+    }
+    out
+}
+
+/// Appends `params` to an entry URL (`Type?query` or `Type`).
+pub(crate) fn with_params(url: &str, params: &[(String, String)]) -> String {
+    match url.split_once('?') {
+        Some((path, query)) => format!("{path}?{}", append_params(query, params)),
+        None => format!("{url}?{}", append_params("", params)),
+    }
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters.
+fn form_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
 fn caused_by_body_limit(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut current = Some(error);
     while let Some(error) = current {
@@ -243,19 +309,66 @@ fn caused_by_body_limit(error: &(dyn std::error::Error + 'static)) -> bool {
 impl Proxy {
     async fn forward(self, request: Request<Body>) -> Result<Response<Body>, BoxError> {
         let (mut parts, body) = request.into_parts();
-        // The classifier always runs before the proxy; a request without its path is refused.
+        // Classification and authorization always run before the proxy; without their results
+        // nothing is forwarded.
         let path = parts
             .extensions
             .remove::<FhirPath>()
             .ok_or("request reached the proxy unclassified")?;
-        let returns_bundle = parts
+        let fhir = parts
             .extensions
             .get::<Arc<FhirRequest>>()
-            .is_some_and(|f| f.interaction().returns_bundle());
+            .cloned()
+            .ok_or("request reached the proxy unclassified")?;
+        let Some(Decision::Allow { obligations, .. }) = parts.extensions.remove::<Decision>()
+        else {
+            return Err("request reached the proxy unauthorised".into());
+        };
         let record_handle = parts.extensions.get::<RequestRecord>().cloned();
         let client_ip = parts.extensions.get::<ClientAddr>().map(|addr| addr.0.ip());
 
-        parts.uri = self.backend.uri(&path.relative, path.query.as_deref())?;
+        // Request phase: narrowing, the canonical search form, the planned batch.
+        let mut query = path.query;
+        let mut form = path.form;
+        if !obligations.add_params.is_empty() {
+            match &mut form {
+                Some(form) => *form = append_params(form, &obligations.add_params),
+                None => {
+                    query = Some(append_params(
+                        query.as_deref().unwrap_or(""),
+                        &obligations.add_params,
+                    ))
+                }
+            }
+        }
+        let mut body = body;
+        let mut batch = None;
+        if fhir.interaction() == Interaction::BatchOrTransaction {
+            let bytes = body.collect().await?.to_bytes();
+            let (forwarded, plan) = bundle::plan(&bytes, &obligations.entries)?;
+            if !plan.forwards_anything() {
+                let answer = bundle::merge(None, &plan, self.filter_mode)?;
+                return Ok(fhir_json_response(StatusCode::OK, answer));
+            }
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(forwarded.len()));
+            body = full(forwarded);
+            batch = Some(plan);
+        }
+        if let Some(form) = form {
+            parts.headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/x-www-form-urlencoded"),
+            );
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(form.len()));
+            body = full(form);
+        }
+        parts.uri = self
+            .backend
+            .uri(&path.relative, query.as_deref().filter(|q| !q.is_empty()))?;
         parts.version = Version::HTTP_11;
         headers::sanitize_request(
             &mut parts.headers,
@@ -297,6 +410,7 @@ impl Proxy {
             return Err(ProxyError::BackendStatus(status).into());
         }
 
+        // Response phase: header hygiene, URL rewriting, compartment checks, batch merging.
         let (mut parts, body) = response.into_parts();
         headers::sanitize_response(&mut parts.headers);
         for name in [header::LOCATION, header::CONTENT_LOCATION] {
@@ -315,10 +429,11 @@ impl Proxy {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.contains("json"));
-        if !(returns_bundle && is_json) || is_head {
+        let must_check = obligations.compartment.is_some() || batch.is_some();
+        let rewrites_urls = fhir.interaction().returns_bundle() && is_json;
+        if is_head || !(must_check || rewrites_urls) {
             return Ok(Response::from_parts(parts, boxed(body)));
         }
-
         let bytes = Limited::new(body, self.max_response_bytes)
             .collect()
             .await
@@ -329,8 +444,40 @@ impl Proxy {
                     ProxyError::ResponseBody(e)
                 }
             })?;
-        let bytes = self.rewrite_bundle(bytes.to_bytes());
-        parts.headers.remove(header::CONTENT_LENGTH);
+        let mut bytes = self.rewrite_bundle(bytes.to_bytes());
+        if let Some(patient) = &obligations.compartment
+            && status.is_success()
+            && !bytes.is_empty()
+        {
+            // Fail closed: what cannot be read as FHIR JSON cannot be shown to be the patient's.
+            let verdict = if is_json {
+                filter_response(&bytes, patient, self.filter_mode)
+            } else {
+                Filtered::Forbidden
+            };
+            match verdict {
+                Filtered::Unchanged => {}
+                Filtered::Rewritten(filtered) => bytes = Bytes::from(filtered),
+                Filtered::Forbidden => {
+                    let reason = DenyReason::OutsideCompartment;
+                    if let Some(record_handle) = &record_handle {
+                        let mut fields = record_handle.fields();
+                        fields.decision = Some("deny");
+                        fields.reason = Some(reason.code());
+                    }
+                    self.metrics
+                        .access_denied
+                        .with_label_values(&[reason.code()])
+                        .inc();
+                    return Err(AccessDenied { reason }.into());
+                }
+            }
+        }
+        if let Some(plan) = &batch
+            && status.is_success()
+        {
+            bytes = Bytes::from(bundle::merge(Some(&bytes), plan, self.filter_mode)?);
+        }
         parts
             .headers
             .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));

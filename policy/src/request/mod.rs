@@ -7,6 +7,13 @@
 
 use std::fmt;
 
+pub mod body;
+mod url;
+
+pub use self::body::{BundleKind, PatchFormat, RequestBody};
+pub(crate) use self::url::is_valid_id;
+pub use self::url::parse_form;
+use self::url::{check_params, parse_query, split_path};
 use crate::resource_type::ResourceType;
 
 /// A FHIR RESTful interaction (R4 §3.1.0.1).
@@ -32,6 +39,14 @@ pub enum Interaction {
     Create,
     /// `GET [type]?...` or `POST [type]/_search`
     SearchType,
+    /// `GET [compartment type]/[id]/[type]?...` (or `/*`): a search within a compartment
+    SearchCompartment,
+    /// `PUT [type]?...`: update the one resource the search finds
+    ConditionalUpdate,
+    /// `PATCH [type]?...`
+    ConditionalPatch,
+    /// `DELETE [type]?...`: delete what the search finds
+    ConditionalDelete,
     /// `GET ?...` or `POST _search` at the base
     SearchSystem,
     /// `GET metadata`
@@ -56,6 +71,10 @@ impl Interaction {
             Interaction::HistorySystem => "history-system",
             Interaction::Create => "create",
             Interaction::SearchType => "search-type",
+            Interaction::SearchCompartment => "search-compartment",
+            Interaction::ConditionalUpdate => "conditional-update",
+            Interaction::ConditionalPatch => "conditional-patch",
+            Interaction::ConditionalDelete => "conditional-delete",
             Interaction::SearchSystem => "search-system",
             Interaction::Capabilities => "capabilities",
             Interaction::BatchOrTransaction => "batch-transaction",
@@ -68,6 +87,7 @@ impl Interaction {
         matches!(
             self,
             Interaction::SearchType
+                | Interaction::SearchCompartment
                 | Interaction::SearchSystem
                 | Interaction::HistoryInstance
                 | Interaction::HistoryType
@@ -85,7 +105,7 @@ impl fmt::Display for Interaction {
 }
 
 /// A classified FHIR request. Only [`classify`] makes one.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct FhirRequest {
     interaction: Interaction,
     resource_type: Option<ResourceType>,
@@ -95,6 +115,8 @@ pub struct FhirRequest {
     params: Vec<(String, String)>,
     path: String,
     if_none_exist: Option<Vec<(String, String)>>,
+    compartment: Option<(ResourceType, String)>,
+    body: Option<RequestBody>,
 }
 
 impl FhirRequest {
@@ -131,8 +153,9 @@ impl FhirRequest {
     }
     /// Adds the parameters of a `POST [type]/_search` form body (FHIR R4 §3.1.0.8.1): they
     /// count exactly like query parameters.
-    pub fn add_form_params(&mut self, params: Vec<(String, String)>) {
+    pub fn add_form_params(&mut self, params: Vec<(String, String)>) -> Result<(), ClassifyError> {
         self.params.extend(params);
+        check_conflicts(&self.params)
     }
 
     /// Marks a create as conditional (`If-None-Exist`, FHIR R4 §3.1.0.8.1): the server answers
@@ -145,6 +168,52 @@ impl FhirRequest {
     /// The `If-None-Exist` search of a conditional create.
     pub fn if_none_exist(&self) -> Option<&[(String, String)]> {
         self.if_none_exist.as_deref()
+    }
+
+    /// For a compartment search, the compartment (`Patient`, `pat-1`).
+    pub fn compartment(&self) -> Option<(ResourceType, &str)> {
+        self.compartment.as_ref().map(|(t, id)| (*t, id.as_str()))
+    }
+
+    /// The body, once [`FhirRequest::attach_body`] has read it.
+    pub fn body(&self) -> Option<&RequestBody> {
+        self.body.as_ref()
+    }
+
+    /// `_summary`, if given.
+    pub fn summary(&self) -> Option<&str> {
+        self.param_values("_summary").next()
+    }
+
+    /// `_elements`, split on commas, if given.
+    pub fn elements(&self) -> impl Iterator<Item = &str> {
+        self.param_values("_elements").flat_map(|v| v.split(','))
+    }
+
+    /// Whether the interaction needs its body read before it can be decided.
+    pub fn needs_body(&self) -> bool {
+        matches!(
+            self.interaction,
+            Interaction::Create
+                | Interaction::Update
+                | Interaction::ConditionalUpdate
+                | Interaction::Patch
+                | Interaction::ConditionalPatch
+                | Interaction::BatchOrTransaction
+        )
+    }
+
+    /// Reads the body of a write, patch, batch or transaction (see [`body`]). The resource's
+    /// `resourceType` and `id` must agree with the URL; batch and transaction entries are each
+    /// classified as requests of their own.
+    pub fn attach_body(
+        &mut self,
+        content_type: Option<&str>,
+        bytes: &[u8],
+    ) -> Result<(), ClassifyError> {
+        let body = body::parse(self, content_type, bytes)?;
+        self.body = Some(body);
+        Ok(())
     }
 
     /// Values of every parameter whose name (modifiers included) is exactly `name`.
@@ -192,6 +261,18 @@ pub enum ClassifyError {
     /// `_format` asks for something other than JSON.
     #[error("only JSON (application/fhir+json) is served")]
     UnsupportedFormat,
+    /// The same `_id`, `patient` or `subject` parameter given twice with different values.
+    #[error("a parameter is given twice with different values")]
+    ConflictingParameter,
+    /// A body that is not JSON, not an object, or not of the content type it must be.
+    #[error("the request body is not a FHIR JSON resource of the expected kind")]
+    MalformedBody,
+    /// The body's `resourceType` or `id` disagrees with the URL.
+    #[error("the body's resourceType or id disagrees with the URL")]
+    BodyMismatch,
+    /// A batch or transaction entry that cannot be classified on its own.
+    #[error("a batch or transaction entry is malformed")]
+    MalformedEntry,
 }
 
 impl ClassifyError {
@@ -209,6 +290,10 @@ impl ClassifyError {
             ClassifyError::BadParameterName => "bad-parameter-name",
             ClassifyError::MethodOverride => "method-override",
             ClassifyError::UnsupportedFormat => "unsupported-format",
+            ClassifyError::ConflictingParameter => "conflicting-parameter",
+            ClassifyError::MalformedBody => "malformed-body",
+            ClassifyError::BodyMismatch => "body-mismatch",
+            ClassifyError::MalformedEntry => "malformed-entry",
         }
     }
 }
@@ -226,7 +311,10 @@ pub fn classify(
         None => Vec::new(),
     };
     check_params(&params)?;
+    check_conflicts(&params)?;
     let seg: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let has_query = !params.is_empty();
+    let mut compartment = None;
     let (interaction, type_name, id, version, operation) = match (method, seg.as_slice()) {
         // System level.
         ("GET", []) => (Interaction::SearchSystem, None, None, None, None),
@@ -244,6 +332,11 @@ pub fn classify(
         // Type level.
         ("GET", [t]) => (Interaction::SearchType, Some(*t), None, None, None),
         ("POST", [t]) => (Interaction::Create, Some(*t), None, None, None),
+        ("PUT", [t]) if has_query => (Interaction::ConditionalUpdate, Some(*t), None, None, None),
+        ("PATCH", [t]) if has_query => (Interaction::ConditionalPatch, Some(*t), None, None, None),
+        ("DELETE", [t]) if has_query => {
+            (Interaction::ConditionalDelete, Some(*t), None, None, None)
+        }
         ("POST", [t, "_search"]) => (Interaction::SearchType, Some(*t), None, None, None),
         ("GET", [t, "_history"]) => (Interaction::HistoryType, Some(*t), None, None, None),
         ("GET" | "POST", [t, op]) if op.starts_with('$') => (
@@ -275,6 +368,17 @@ pub fn classify(
             None,
             Some(operation_name(op)?),
         ),
+        // Compartment search (R4 §3.1.0.8.2): [compartment type]/[id]/[type or *].
+        ("GET", [c, id, target]) if COMPARTMENT_TYPES.contains(c) => {
+            let compartment_type =
+                ResourceType::parse(c).ok_or(ClassifyError::UnknownResourceType)?;
+            if !is_valid_id(id) {
+                return Err(ClassifyError::MalformedId);
+            }
+            compartment = Some((compartment_type, (*id).to_owned()));
+            let target = if *target == "*" { None } else { Some(*target) };
+            (Interaction::SearchCompartment, target, None, None, None)
+        }
         (_, [] | [_] | [_, _] | [_, _, "_history"] | [_, _, "_history", _]) => {
             return Err(ClassifyError::MethodNotAllowed);
         }
@@ -298,7 +402,34 @@ pub fn classify(
         params,
         path: segments.join("/"),
         if_none_exist: None,
+        compartment,
+        body: None,
     })
+}
+
+/// The compartments R4 defines (CompartmentDefinition resources).
+const COMPARTMENT_TYPES: &[&str] = &[
+    "Patient",
+    "Encounter",
+    "RelatedPerson",
+    "Practitioner",
+    "Device",
+];
+
+/// Parameters whose repetition with different values means different things to different
+/// servers (AND, first wins, last wins): refused.
+const SINGLE_VALUED: &[&str] = &["_id", "patient", "subject"];
+
+pub(crate) fn check_conflicts(params: &[(String, String)]) -> Result<(), ClassifyError> {
+    for name in SINGLE_VALUED {
+        let mut values = params.iter().filter(|(n, _)| n == name).map(|(_, v)| v);
+        if let Some(first) = values.next()
+            && values.any(|v| v != first)
+        {
+            return Err(ClassifyError::ConflictingParameter);
+        }
+    }
+    Ok(())
 }
 
 fn operation_name(segment: &str) -> Result<String, ClassifyError> {
@@ -312,123 +443,6 @@ fn operation_name(segment: &str) -> Result<String, ClassifyError> {
         Ok(name.to_owned())
     } else {
         Err(ClassifyError::UnknownPath)
-    }
-}
-
-/// FHIR R4 `id`: `[A-Za-z0-9\-\.]{1,64}`.
-fn is_valid_id(id: &str) -> bool {
-    (1..=64).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-        && id != "."
-        && id != ".."
-}
-
-fn split_path(path: &str) -> Result<Vec<String>, ClassifyError> {
-    if path.is_empty() {
-        return Ok(Vec::new());
-    }
-    path.split('/')
-        .map(|raw| {
-            if raw.is_empty() {
-                return Err(ClassifyError::EmptySegment);
-            }
-            let lower = raw.to_ascii_lowercase();
-            if lower.contains("%2f") || lower.contains("%5c") || raw.contains('\\') {
-                return Err(ClassifyError::EncodedSlash);
-            }
-            let decoded = percent_decode(raw, false)?;
-            if decoded == "." || decoded == ".." {
-                return Err(ClassifyError::DotSegment);
-            }
-            Ok(decoded)
-        })
-        .collect()
-}
-
-/// Refuses parameters that make the request mean something else than it says.
-fn check_params(params: &[(String, String)]) -> Result<(), ClassifyError> {
-    for (name, value) in params {
-        let well_formed = !name.is_empty()
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'));
-        if !well_formed {
-            return Err(ClassifyError::BadParameterName);
-        }
-        match name.as_str() {
-            "_method" => return Err(ClassifyError::MethodOverride),
-            "_format"
-                if !matches!(
-                    value.as_str(),
-                    "json" | "application/json" | "application/fhir+json"
-                ) =>
-            {
-                return Err(ClassifyError::UnsupportedFormat);
-            }
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
-/// Parses `application/x-www-form-urlencoded` text (a query string, or a `POST _search` body).
-pub fn parse_form(text: &str) -> Result<Vec<(String, String)>, ClassifyError> {
-    let params = parse_query(text)?;
-    check_params(&params)?;
-    Ok(params)
-}
-
-fn parse_query(query: &str) -> Result<Vec<(String, String)>, ClassifyError> {
-    query
-        .split('&')
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| {
-            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            Ok((percent_decode(name, true)?, percent_decode(value, true)?))
-        })
-        .collect()
-}
-
-/// Decodes `%XX` escapes (and `+` as space in queries); refuses malformed escapes, non-UTF-8
-/// results and control characters, which no FHIR path or parameter needs.
-fn percent_decode(input: &str, plus_is_space: bool) -> Result<String, ClassifyError> {
-    let bytes = input.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = bytes.get(i + 1..i + 3).ok_or(ClassifyError::BadEncoding)?;
-                let hi = hex_value(hex[0]).ok_or(ClassifyError::BadEncoding)?;
-                let lo = hex_value(hex[1]).ok_or(ClassifyError::BadEncoding)?;
-                out.push(hi << 4 | lo);
-                i += 3;
-            }
-            b'+' if plus_is_space => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    let text = String::from_utf8(out).map_err(|_| ClassifyError::BadEncoding)?;
-    if text.chars().any(char::is_control) {
-        return Err(ClassifyError::BadEncoding);
-    }
-    Ok(text)
-}
-
-fn hex_value(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
     }
 }
 

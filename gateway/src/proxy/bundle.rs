@@ -1,0 +1,240 @@
+//! Batch and transaction Bundles through the proxy (FHIR R4 §3.1.0.11): entries policy denied
+//! are taken out of the forwarded Bundle and answered by the gateway with a 403 OperationOutcome
+//! at their place in the response; allowed entries are narrowed as their obligations say, and
+//! what comes back for them is checked against the patient compartment.
+
+use portvagt_policy::{Decision, FilterMode, Filtered, Obligations, filter_response};
+use serde_json::{Value, json};
+
+use super::ProxyError;
+use crate::outcome::Outcome;
+
+/// How the forwarded Bundle maps back to the client's.
+#[derive(Debug)]
+pub(crate) struct BatchPlan {
+    /// Per client entry: `Some(obligations)` if forwarded (in order), `None` if denied.
+    entries: Vec<Option<Obligations>>,
+    /// The deny answer of each denied entry, by client position.
+    denied: Vec<Option<Outcome>>,
+    response_type: &'static str,
+}
+
+impl BatchPlan {
+    /// Whether any entry goes to the backend.
+    pub(crate) fn forwards_anything(&self) -> bool {
+        self.entries.iter().any(Option::is_some)
+    }
+}
+
+/// Builds the Bundle to forward from the client's and the per-entry decisions.
+pub(crate) fn plan(
+    body: &[u8],
+    decisions: &[Decision],
+) -> Result<(Vec<u8>, BatchPlan), ProxyError> {
+    let mut bundle: Value =
+        serde_json::from_slice(body).map_err(|_| ProxyError::MalformedBundle)?;
+    let response_type = match bundle.get("type").and_then(Value::as_str) {
+        Some("transaction") => "transaction-response",
+        _ => "batch-response",
+    };
+    let entries = bundle
+        .get_mut("entry")
+        .and_then(Value::as_array_mut)
+        .map(std::mem::take)
+        .unwrap_or_default();
+    if entries.len() != decisions.len() {
+        return Err(ProxyError::MalformedBundle);
+    }
+    let mut kept = Vec::with_capacity(entries.len());
+    let mut plan = BatchPlan {
+        entries: Vec::new(),
+        denied: Vec::new(),
+        response_type,
+    };
+    for (mut entry, decision) in entries.into_iter().zip(decisions) {
+        match decision {
+            Decision::Deny { reason } => {
+                plan.entries.push(None);
+                plan.denied
+                    .push(Some(crate::rescue::denied_outcome(*reason)));
+            }
+            Decision::Allow { obligations, .. } => {
+                if !obligations.add_params.is_empty()
+                    && let Some(url) = entry.pointer_mut("/request/url")
+                    && let Some(text) = url.as_str()
+                {
+                    *url = Value::String(super::with_params(text, &obligations.add_params));
+                }
+                kept.push(entry);
+                plan.entries.push(Some(obligations.clone()));
+                plan.denied.push(None);
+            }
+        }
+    }
+    bundle["entry"] = Value::Array(kept);
+    let bytes = serde_json::to_vec(&bundle).map_err(|_| ProxyError::MalformedBundle)?;
+    Ok((bytes, plan))
+}
+
+/// The client's answer: the backend's entries at their places, denied entries as 403s, and
+/// resources outside an entry's compartment obligation removed or refused.
+pub(crate) fn merge(
+    response: Option<&[u8]>,
+    plan: &BatchPlan,
+    mode: FilterMode,
+) -> Result<Vec<u8>, ProxyError> {
+    let mut answered = match response {
+        Some(bytes) => {
+            let mut value: Value =
+                serde_json::from_slice(bytes).map_err(|_| ProxyError::MalformedBundle)?;
+            value
+                .get_mut("entry")
+                .and_then(Value::as_array_mut)
+                .map(std::mem::take)
+                .unwrap_or_default()
+                .into_iter()
+        }
+        None => Vec::new().into_iter(),
+    };
+    let mut entries = Vec::with_capacity(plan.entries.len());
+    for (obligations, denied) in plan.entries.iter().zip(&plan.denied) {
+        let entry = match (obligations, denied) {
+            (None, Some(outcome)) => outcome_entry(outcome),
+            (Some(obligations), _) => {
+                let entry = answered.next().ok_or(ProxyError::MalformedBundle)?;
+                checked_entry(entry, obligations, mode)
+            }
+            (None, None) => return Err(ProxyError::MalformedBundle),
+        };
+        entries.push(entry);
+    }
+    let bundle = json!({ "resourceType": "Bundle", "type": plan.response_type, "entry": entries });
+    serde_json::to_vec(&bundle).map_err(|_| ProxyError::MalformedBundle)
+}
+
+fn checked_entry(mut entry: Value, obligations: &Obligations, mode: FilterMode) -> Value {
+    let Some(patient) = &obligations.compartment else {
+        return entry;
+    };
+    let Some(resource) = entry.get_mut("resource") else {
+        return entry;
+    };
+    let bytes = serde_json::to_vec(resource).unwrap_or_default();
+    match filter_response(&bytes, patient, mode) {
+        Filtered::Unchanged => entry,
+        Filtered::Rewritten(filtered) => match serde_json::from_slice(&filtered) {
+            Ok(filtered) => {
+                *resource = filtered;
+                entry
+            }
+            Err(_) => outcome_entry(&crate::rescue::denied_outcome(
+                portvagt_policy::DenyReason::OutsideCompartment,
+            )),
+        },
+        Filtered::Forbidden => outcome_entry(&crate::rescue::denied_outcome(
+            portvagt_policy::DenyReason::OutsideCompartment,
+        )),
+    }
+}
+
+fn outcome_entry(outcome: &Outcome) -> Value {
+    json!({
+        "response": {
+            "status": format!("{} {}", outcome.status.as_u16(), outcome.status.canonical_reason().unwrap_or("")),
+            "outcome": outcome.to_json(None),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use portvagt_policy::DenyReason;
+
+    use super::*;
+
+    fn allow(obligations: Obligations) -> Decision {
+        Decision::Allow {
+            granted_by: "x".into(),
+            obligations,
+        }
+    }
+
+    #[test]
+    fn denied_entries_are_kept_back_and_answered_in_place() {
+        let request = json!({ "resourceType": "Bundle", "type": "batch", "entry": [
+            { "request": { "method": "GET", "url": "Patient/pat-bo" } },
+            { "request": { "method": "GET", "url": "Observation?code=x" } },
+            { "request": { "method": "GET", "url": "Patient/pat-anne" } },
+        ]});
+        let decisions = vec![
+            Decision::Deny {
+                reason: DenyReason::OutsideCompartment,
+            },
+            allow(Obligations {
+                compartment: Some("pat-anne".into()),
+                add_params: vec![("subject".into(), "Patient/pat-anne".into())],
+                ..Obligations::default()
+            }),
+            allow(Obligations {
+                compartment: Some("pat-anne".into()),
+                ..Obligations::default()
+            }),
+        ];
+        let (forwarded, plan) = plan(request.to_string().as_bytes(), &decisions).unwrap();
+        let forwarded: Value = serde_json::from_slice(&forwarded).unwrap();
+        let urls: Vec<&str> = forwarded["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["request"]["url"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            urls,
+            [
+                "Observation?code=x&subject=Patient%2Fpat-anne",
+                "Patient/pat-anne"
+            ]
+        );
+
+        let backend = json!({ "resourceType": "Bundle", "type": "batch-response", "entry": [
+            { "resource": { "resourceType": "Bundle", "type": "searchset", "entry": [
+                { "resource": { "resourceType": "Observation", "id": "o1", "subject": { "reference": "Patient/pat-bo" } } } ] },
+              "response": { "status": "200 OK" } },
+            { "resource": { "resourceType": "Patient", "id": "pat-anne" }, "response": { "status": "200 OK" } },
+        ]});
+        let merged = merge(
+            Some(backend.to_string().as_bytes()),
+            &plan,
+            FilterMode::Remove,
+        )
+        .unwrap();
+        let merged: Value = serde_json::from_slice(&merged).unwrap();
+        let entries = merged["entry"].as_array().unwrap();
+        assert_eq!(merged["type"], "batch-response");
+        assert_eq!(entries.len(), 3);
+        assert_eq!(entries[0]["response"]["status"], "403 Forbidden");
+        assert_eq!(
+            entries[0]["response"]["outcome"]["issue"][0]["details"]["coding"][0]["code"],
+            "outside-compartment"
+        );
+        assert_eq!(
+            entries[1]["resource"]["entry"].as_array().map(Vec::len),
+            Some(0),
+            "Bo's observation was removed"
+        );
+        assert_eq!(entries[2]["resource"]["id"], "pat-anne");
+    }
+
+    #[test]
+    fn an_all_denied_batch_needs_no_backend() {
+        let request = json!({ "resourceType": "Bundle", "type": "batch", "entry": [{ "request": { "method": "GET", "url": "Patient/pat-bo" } }] });
+        let decisions = vec![Decision::Deny {
+            reason: DenyReason::InsufficientScope,
+        }];
+        let (_, plan) = plan(request.to_string().as_bytes(), &decisions).unwrap();
+        assert!(!plan.forwards_anything());
+        let merged: Value =
+            serde_json::from_slice(&merge(None, &plan, FilterMode::Remove).unwrap()).unwrap();
+        assert_eq!(merged["entry"][0]["response"]["status"], "403 Forbidden");
+    }
+}

@@ -1,0 +1,234 @@
+//! The Patient compartment (FHIR R4 CompartmentDefinition `patient`, generated into
+//! [`crate::compartment_table`]): which resources belong to a patient, decided from the resource
+//! itself by following the compartment's reference paths.
+
+use serde_json::Value;
+
+use crate::compartment_table::{CompartmentLink, PATIENT_COMPARTMENT};
+
+/// Reference data that is about no patient: readable under patient-context scopes, and allowed
+/// in patient-context responses (e.g. an `_include`d Practitioner).
+pub const SHARED_TYPES: &[&str] = &[
+    "ActivityDefinition",
+    "CapabilityStatement",
+    "CodeSystem",
+    "ConceptMap",
+    "Endpoint",
+    "HealthcareService",
+    "Location",
+    "Medication",
+    "MedicationKnowledge",
+    "OperationDefinition",
+    "Organization",
+    "PlanDefinition",
+    "Practitioner",
+    "PractitionerRole",
+    "Questionnaire",
+    "SearchParameter",
+    "StructureDefinition",
+    "Substance",
+    "ValueSet",
+];
+
+/// How a resource stands to a patient's compartment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Membership {
+    /// In the compartment: the Patient itself, or a resource that references it on a
+    /// compartment path.
+    Member,
+    /// Reference data about no patient ([`SHARED_TYPES`]).
+    Shared,
+    /// Anything else: another patient's data, or a type that cannot be placed.
+    Outside,
+}
+
+/// The compartment links of a type, if it is in the Patient compartment.
+pub(crate) fn links(resource_type: &str) -> Option<&'static [CompartmentLink]> {
+    PATIENT_COMPARTMENT
+        .binary_search_by(|(name, _)| (*name).cmp(resource_type))
+        .ok()
+        .map(|index| PATIENT_COMPARTMENT[index].1)
+}
+
+/// Whether `resource_type` is in the Patient compartment.
+pub fn is_compartment_type(resource_type: &str) -> bool {
+    resource_type == "Patient" || links(resource_type).is_some()
+}
+
+/// Whether `resource_type` is shared reference data.
+pub fn is_shared_type(resource_type: &str) -> bool {
+    SHARED_TYPES.binary_search(&resource_type).is_ok()
+}
+
+/// The search parameters that pin a search of `resource_type` to a patient: the compartment's
+/// own parameters, plus `patient`, which R4 defines on most clinical types as the patient
+/// subset of `subject`.
+pub fn pinning_params(resource_type: &str) -> impl Iterator<Item = &'static str> {
+    links(resource_type)
+        .unwrap_or_default()
+        .iter()
+        .map(|link| link.param)
+        .chain(std::iter::once("patient"))
+}
+
+/// The parameter used to narrow an unpinned search to the patient.
+pub fn narrowing_param(resource_type: &str) -> Option<&'static str> {
+    if resource_type == "Patient" {
+        return Some("_id");
+    }
+    let links = links(resource_type)?;
+    ["patient", "subject"]
+        .into_iter()
+        .find(|preferred| links.iter().any(|link| link.param == *preferred))
+        .or_else(|| links.first().map(|link| link.param))
+}
+
+/// Whether a reference string points at `Patient/<patient>` (optionally with a version).
+pub fn references_patient(reference: &str, patient: &str) -> bool {
+    let Some(rest) = reference
+        .strip_prefix("Patient/")
+        .and_then(|r| r.strip_prefix(patient))
+    else {
+        return false;
+    };
+    rest.is_empty() || rest.starts_with("/_history/")
+}
+
+/// How `resource` (FHIR JSON) stands to `patient`'s compartment.
+pub fn membership(resource: &Value, patient: &str) -> Membership {
+    let Some(resource_type) = resource.get("resourceType").and_then(Value::as_str) else {
+        return Membership::Outside;
+    };
+    if resource_type == "Patient" && resource.get("id").and_then(Value::as_str) == Some(patient) {
+        return Membership::Member;
+    }
+    if let Some(links) = links(resource_type) {
+        let member = links
+            .iter()
+            .flat_map(|link| link.paths.iter())
+            .any(|path| path_references_patient(resource, path, patient));
+        return if member {
+            Membership::Member
+        } else {
+            Membership::Outside
+        };
+    }
+    if is_shared_type(resource_type) {
+        Membership::Shared
+    } else {
+        Membership::Outside
+    }
+}
+
+fn path_references_patient(resource: &Value, path: &str, patient: &str) -> bool {
+    fn walk<'a>(value: &'a Value, mut steps: std::str::Split<'a, char>, patient: &str) -> bool {
+        match value {
+            Value::Array(items) => items.iter().any(|item| walk(item, steps.clone(), patient)),
+            Value::Object(object) => match steps.next() {
+                Some(step) => object
+                    .get(step)
+                    .is_some_and(|child| walk(child, steps, patient)),
+                None => object
+                    .get("reference")
+                    .and_then(Value::as_str)
+                    .is_some_and(|reference| references_patient(reference, patient)),
+            },
+            _ => false,
+        }
+    }
+    walk(resource, path.split('.'), patient)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn the_generated_table_is_sorted_and_knows_the_clinical_types() {
+        assert!(PATIENT_COMPARTMENT.windows(2).all(|w| w[0].0 < w[1].0));
+        for t in [
+            "Observation",
+            "Condition",
+            "Encounter",
+            "MedicationRequest",
+            "AllergyIntolerance",
+            "AuditEvent",
+        ] {
+            assert!(links(t).is_some(), "{t}");
+        }
+        for t in ["Practitioner", "Organization", "Medication", "Binary"] {
+            assert!(links(t).is_none(), "{t}");
+        }
+        assert!(SHARED_TYPES.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn membership_follows_compartment_paths_through_arrays() {
+        let observation = json!({ "resourceType": "Observation", "subject": { "reference": "Patient/pat-anne" } });
+        assert_eq!(membership(&observation, "pat-anne"), Membership::Member);
+        assert_eq!(membership(&observation, "pat-bo"), Membership::Outside);
+        let performed = json!({ "resourceType": "Observation", "subject": { "reference": "Group/g1" },
+            "performer": [{ "reference": "Practitioner/p" }, { "reference": "Patient/pat-bo" }] });
+        assert_eq!(membership(&performed, "pat-bo"), Membership::Member);
+        let audit = json!({ "resourceType": "AuditEvent", "entity": [{ "what": { "reference": "Patient/pat-anne/_history/3" } }] });
+        assert_eq!(membership(&audit, "pat-anne"), Membership::Member);
+    }
+
+    #[test]
+    fn lookalike_references_are_not_the_patient() {
+        for reference in [
+            "Patient/pat-anne2",
+            "Patient/pat-ann",
+            "patient/pat-anne",
+            "Group/pat-anne",
+            "Patient/pat-anne/x",
+            "https://evil/Patient/pat-anne",
+        ] {
+            assert!(!references_patient(reference, "pat-anne"), "{reference}");
+        }
+        assert!(references_patient("Patient/pat-anne", "pat-anne"));
+    }
+
+    #[test]
+    fn the_patient_itself_shared_data_and_unknown_types() {
+        assert_eq!(
+            membership(
+                &json!({ "resourceType": "Patient", "id": "pat-anne" }),
+                "pat-anne"
+            ),
+            Membership::Member
+        );
+        assert_eq!(
+            membership(
+                &json!({ "resourceType": "Patient", "id": "pat-bo" }),
+                "pat-anne"
+            ),
+            Membership::Outside
+        );
+        assert_eq!(
+            membership(
+                &json!({ "resourceType": "Practitioner", "id": "p" }),
+                "pat-anne"
+            ),
+            Membership::Shared
+        );
+        assert_eq!(
+            membership(&json!({ "resourceType": "Binary", "id": "b" }), "pat-anne"),
+            Membership::Outside
+        );
+        assert_eq!(
+            membership(&json!({ "id": "x" }), "pat-anne"),
+            Membership::Outside
+        );
+    }
+
+    #[test]
+    fn narrowing_prefers_patient_then_subject() {
+        assert_eq!(narrowing_param("Observation"), Some("subject"));
+        assert_eq!(narrowing_param("AllergyIntolerance"), Some("patient"));
+        assert_eq!(narrowing_param("Patient"), Some("_id"));
+        assert_eq!(narrowing_param("Practitioner"), None);
+    }
+}

@@ -1,0 +1,317 @@
+//! Response checking under a compartment obligation: a patient-context answer may carry only the
+//! patient's own data and shared reference data.
+//!
+//! A single resource outside the compartment makes the answer forbidden. In a searchset or
+//! history Bundle such entries are removed (and `total` lowered by the removed matches), or the
+//! whole answer is forbidden, as configured. The pass is light: the Bundle is split into raw
+//! entries, each resource is read on its own, and the bytes are passed through untouched when
+//! nothing is removed.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+use crate::compartment::{Membership, membership};
+
+/// What to do with Bundle entries outside the compartment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FilterMode {
+    /// Remove them and answer with the rest.
+    #[default]
+    Remove,
+    /// Refuse the whole answer.
+    Deny,
+}
+
+/// The outcome of checking a response body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Filtered {
+    /// Everything in it may be shown: pass the bytes on as they are.
+    Unchanged,
+    /// Entries were removed: send these bytes instead.
+    Rewritten(Vec<u8>),
+    /// It may not be shown at all.
+    Forbidden,
+}
+
+/// Checks a FHIR JSON response body against `patient`'s compartment.
+pub fn filter_response(body: &[u8], patient: &str, mode: FilterMode) -> Filtered {
+    let Ok(top) = serde_json::from_slice::<OrderedRaw<'_>>(body) else {
+        return Filtered::Forbidden;
+    };
+    let resource_type = top
+        .get("resourceType")
+        .and_then(|raw| serde_json::from_str::<Cow<'_, str>>(raw.get()).ok());
+    match resource_type.as_deref() {
+        Some("Bundle") => filter_bundle(top, patient, mode),
+        Some("OperationOutcome") => Filtered::Unchanged,
+        Some(_) => match serde_json::from_slice::<Value>(body) {
+            Ok(resource) if membership(&resource, patient) != Membership::Outside => {
+                Filtered::Unchanged
+            }
+            _ => Filtered::Forbidden,
+        },
+        None => Filtered::Forbidden,
+    }
+}
+
+#[derive(Deserialize)]
+struct EntryProbe<'a> {
+    #[serde(borrow, default)]
+    resource: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    search: Option<SearchProbe<'a>>,
+}
+
+#[derive(Deserialize)]
+struct SearchProbe<'a> {
+    #[serde(borrow, default)]
+    mode: Option<Cow<'a, str>>,
+}
+
+fn filter_bundle(mut top: OrderedRaw<'_>, patient: &str, mode: FilterMode) -> Filtered {
+    let Some(entries) = top.get("entry") else {
+        return Filtered::Unchanged;
+    };
+    let Ok(entries) = serde_json::from_str::<Vec<&RawValue>>(entries.get()) else {
+        return Filtered::Forbidden;
+    };
+    let mut kept = Vec::with_capacity(entries.len());
+    let mut removed_matches = 0u64;
+    for entry in &entries {
+        let Ok(probe) = serde_json::from_str::<EntryProbe<'_>>(entry.get()) else {
+            return Filtered::Forbidden;
+        };
+        let allowed = match probe.resource {
+            None => true,
+            Some(resource) => match serde_json::from_str::<Value>(resource.get()) {
+                Ok(resource) => {
+                    resource.get("resourceType").and_then(Value::as_str) == Some("OperationOutcome")
+                        || membership(&resource, patient) != Membership::Outside
+                }
+                Err(_) => false,
+            },
+        };
+        if allowed {
+            kept.push(*entry);
+        } else {
+            if mode == FilterMode::Deny {
+                return Filtered::Forbidden;
+            }
+            let is_match = probe
+                .search
+                .and_then(|s| s.mode)
+                .is_none_or(|m| m == "match");
+            removed_matches += u64::from(is_match);
+        }
+    }
+    if kept.len() == entries.len() {
+        return Filtered::Unchanged;
+    }
+    let entry_json = serde_json::to_string(&kept).unwrap_or_else(|_| "[]".to_owned());
+    let Ok(entry_raw) = RawValue::from_string(entry_json) else {
+        return Filtered::Forbidden;
+    };
+    let total = top
+        .get("total")
+        .and_then(|raw| raw.get().parse::<u64>().ok())
+        .map(|total| total.saturating_sub(removed_matches).to_string())
+        .and_then(|text| RawValue::from_string(text).ok());
+    top.replace("entry", entry_raw);
+    if let Some(total) = total {
+        top.replace("total", total);
+    }
+    match serde_json::to_vec(&top) {
+        Ok(bytes) => Filtered::Rewritten(bytes),
+        Err(_) => Filtered::Forbidden,
+    }
+}
+
+/// A JSON object as ordered (key, raw value) pairs: read without building a tree, written back
+/// with the untouched values byte for byte.
+struct OrderedRaw<'a> {
+    fields: Vec<(Cow<'a, str>, RawSlot<'a>)>,
+}
+
+enum RawSlot<'a> {
+    Borrowed(&'a RawValue),
+    Owned(Box<RawValue>),
+}
+
+impl RawSlot<'_> {
+    fn raw(&self) -> &RawValue {
+        match self {
+            RawSlot::Borrowed(raw) => raw,
+            RawSlot::Owned(raw) => raw,
+        }
+    }
+}
+
+impl<'a> OrderedRaw<'a> {
+    fn get(&self, key: &str) -> Option<&RawValue> {
+        self.fields
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.raw())
+    }
+
+    fn replace(&mut self, key: &str, value: Box<RawValue>) {
+        if let Some(slot) = self.fields.iter_mut().find(|(k, _)| k == key) {
+            slot.1 = RawSlot::Owned(value);
+        }
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for OrderedRaw<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct OrderedVisitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for OrderedVisitor<'a> {
+            type Value = OrderedRaw<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+                let mut fields = Vec::new();
+                while let Some((key, value)) = map.next_entry::<Cow<'de, str>, &'de RawValue>()? {
+                    fields.push((key, RawSlot::Borrowed(value)));
+                }
+                Ok(OrderedRaw { fields })
+            }
+        }
+        deserializer.deserialize_map(OrderedVisitor(std::marker::PhantomData))
+    }
+}
+
+impl Serialize for OrderedRaw<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut map = serializer.serialize_map(Some(self.fields.len()))?;
+        for (key, value) in &self.fields {
+            map.serialize_entry(key, value.raw())?;
+        }
+        map.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn observation(id: &str, patient: &str) -> Value {
+        json!({ "resourceType": "Observation", "id": id, "subject": { "reference": format!("Patient/{patient}") } })
+    }
+
+    fn bundle(entries: Vec<Value>) -> Vec<u8> {
+        let total = entries.len();
+        let entries: Vec<Value> = entries
+            .into_iter()
+            .map(|resource| json!({ "fullUrl": "x", "resource": resource, "search": { "mode": "match" } }))
+            .collect();
+        json!({ "resourceType": "Bundle", "type": "searchset", "total": total, "link": [], "entry": entries }).to_string().into_bytes()
+    }
+
+    #[test]
+    fn own_data_passes_untouched() {
+        let body = bundle(vec![observation("1", "anne"), observation("2", "anne")]);
+        assert_eq!(
+            filter_response(&body, "anne", FilterMode::Remove),
+            Filtered::Unchanged
+        );
+        let single = observation("1", "anne").to_string();
+        assert_eq!(
+            filter_response(single.as_bytes(), "anne", FilterMode::Remove),
+            Filtered::Unchanged
+        );
+    }
+
+    #[test]
+    fn other_patients_entries_are_removed_and_total_fixed() {
+        let body = bundle(vec![
+            observation("1", "anne"),
+            observation("2", "bo"),
+            json!({ "resourceType": "Practitioner", "id": "p" }),
+        ]);
+        let Filtered::Rewritten(bytes) = filter_response(&body, "anne", FilterMode::Remove) else {
+            panic!("not rewritten")
+        };
+        let value: Value = serde_json::from_slice(&bytes).unwrap();
+        let ids: Vec<&str> = value["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["resource"]["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["1", "p"]);
+        assert_eq!(value["total"], 2);
+        assert_eq!(value["type"], "searchset");
+        assert!(
+            String::from_utf8(bytes)
+                .unwrap()
+                .starts_with("{\"resourceType\":\"Bundle\"")
+        );
+        assert_eq!(
+            filter_response(&body, "anne", FilterMode::Deny),
+            Filtered::Forbidden
+        );
+    }
+
+    #[test]
+    fn single_resources_outside_are_forbidden() {
+        for resource in [
+            observation("2", "bo"),
+            json!({ "resourceType": "Patient", "id": "bo" }),
+            json!({ "resourceType": "Binary", "id": "b" }),
+        ] {
+            assert_eq!(
+                filter_response(resource.to_string().as_bytes(), "anne", FilterMode::Remove),
+                Filtered::Forbidden,
+                "{resource}"
+            );
+        }
+        assert_eq!(
+            filter_response(b"not json", "anne", FilterMode::Remove),
+            Filtered::Forbidden
+        );
+        assert_eq!(
+            filter_response(b"[1,2]", "anne", FilterMode::Remove),
+            Filtered::Forbidden
+        );
+    }
+
+    #[test]
+    fn outcomes_and_empty_bundles_pass() {
+        let outcome = json!({ "resourceType": "OperationOutcome", "issue": [] }).to_string();
+        assert_eq!(
+            filter_response(outcome.as_bytes(), "anne", FilterMode::Remove),
+            Filtered::Unchanged
+        );
+        let empty =
+            json!({ "resourceType": "Bundle", "type": "searchset", "total": 0 }).to_string();
+        assert_eq!(
+            filter_response(empty.as_bytes(), "anne", FilterMode::Remove),
+            Filtered::Unchanged
+        );
+    }
+
+    #[test]
+    fn included_resources_outside_do_not_lower_total() {
+        let body = json!({ "resourceType": "Bundle", "type": "searchset", "total": 1, "entry": [
+            { "resource": observation("1", "anne"), "search": { "mode": "match" } },
+            { "resource": { "resourceType": "Patient", "id": "bo" }, "search": { "mode": "include" } }
+        ]}).to_string();
+        let Filtered::Rewritten(bytes) =
+            filter_response(body.as_bytes(), "anne", FilterMode::Remove)
+        else {
+            panic!()
+        };
+        let value: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(value["total"], 1);
+        assert_eq!(value["entry"].as_array().unwrap().len(), 1);
+    }
+}

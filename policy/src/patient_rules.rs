@@ -1,0 +1,147 @@
+//! Patient-context scopes (`patient/...`, SMART App Launch 2.2 §3.1): the token's `patient`
+//! claim bounds what the scope grants to that patient's compartment.
+//!
+//! - Reads of compartment types are allowed and the answer is checked (obligation); the
+//!   `Patient` resource only with the patient's own id; shared reference data freely.
+//! - Searches are pinned to the patient: a compartment parameter naming another patient is
+//!   refused, a search naming none is narrowed by adding one, and the answer is checked.
+//!   Chained parameters and `_has` are refused (they test other patients' data even when
+//!   the answer is filtered); system-wide searches and type/system history are refused.
+//! - Creates must carry a body in the compartment. Other writes are refused: the existing
+//!   target cannot be shown to be the patient's without reading it first.
+//! - `$everything` only on the patient's own record.
+
+use crate::compartment::{
+    Membership, is_compartment_type, is_shared_type, membership, narrowing_param, pinning_params,
+};
+use crate::decision::{
+    DenyReason, Obligations, granular_narrowing, is_everything, reaches_other_types,
+};
+use crate::request::{FhirRequest, Interaction, RequestBody};
+use crate::resource_type::ResourceType;
+use crate::scope::Scope;
+
+/// Checks `request` under a patient-context `scope` for `patient`.
+pub(crate) fn check(
+    request: &FhirRequest,
+    scope: &Scope,
+    patient: &str,
+) -> Result<Obligations, DenyReason> {
+    if reaches_other_types(request) && !scope.covers_every_type() {
+        return Err(DenyReason::SearchReachesOtherTypes);
+    }
+    if tests_other_resources(request) {
+        return Err(DenyReason::OutsideCompartment);
+    }
+    let mut add_params = granular_narrowing(request, scope)?;
+    let checked = Obligations {
+        compartment: Some(patient.to_owned()),
+        ..Obligations::default()
+    };
+    let type_name = request.resource_type().map(ResourceType::as_str);
+    match request.interaction() {
+        Interaction::Capabilities => Ok(Obligations::default()),
+        Interaction::Read | Interaction::Vread | Interaction::HistoryInstance => match type_name {
+            Some("Patient") if request.id() == Some(patient) => Ok(checked),
+            Some("Patient") => Err(DenyReason::OutsideCompartment),
+            Some(t) if is_compartment_type(t) => Ok(checked),
+            Some(t) if is_shared_type(t) => Ok(Obligations::default()),
+            _ => Err(DenyReason::OutsideCompartment),
+        },
+        Interaction::SearchType => match type_name {
+            Some(t) if is_shared_type(t) => Ok(Obligations {
+                add_params,
+                ..Obligations::default()
+            }),
+            Some(t) if is_compartment_type(t) => {
+                add_params.extend(pin(request, t, patient)?);
+                Ok(Obligations {
+                    add_params,
+                    ..checked
+                })
+            }
+            _ => Err(DenyReason::OutsideCompartment),
+        },
+        Interaction::SearchCompartment => match request.compartment() {
+            Some((compartment, id))
+                if compartment.as_str() == "Patient"
+                    && id == patient
+                    && type_name.is_none_or(is_compartment_type) =>
+            {
+                Ok(Obligations {
+                    add_params,
+                    ..checked
+                })
+            }
+            _ => Err(DenyReason::OutsideCompartment),
+        },
+        Interaction::Operation if is_everything(request) && request.id() == Some(patient) => {
+            Ok(checked)
+        }
+        Interaction::Create => match request.body() {
+            Some(RequestBody::Resource(resource))
+                if membership(resource, patient) == Membership::Member =>
+            {
+                Ok(checked)
+            }
+            Some(_) => Err(DenyReason::OutsideCompartment),
+            None => Err(DenyReason::WriteNotVerifiable),
+        },
+        Interaction::Update
+        | Interaction::Patch
+        | Interaction::Delete
+        | Interaction::ConditionalUpdate
+        | Interaction::ConditionalPatch
+        | Interaction::ConditionalDelete => Err(DenyReason::WriteNotVerifiable),
+        Interaction::Operation
+        | Interaction::SearchSystem
+        | Interaction::HistoryType
+        | Interaction::HistorySystem
+        | Interaction::BatchOrTransaction => Err(DenyReason::OutsideCompartment),
+    }
+}
+
+/// Chained parameters and `_has` test other resources: even with the answer filtered, they tell
+/// whether another patient's data matches.
+fn tests_other_resources(request: &FhirRequest) -> bool {
+    request
+        .params()
+        .iter()
+        .any(|(name, _)| name.contains('.') || name.starts_with("_has"))
+}
+
+/// The pin of a search of compartment type `t`: every compartment parameter given must name
+/// the patient (and nothing else); if none is given, one is added.
+fn pin(request: &FhirRequest, t: &str, patient: &str) -> Result<Vec<(String, String)>, DenyReason> {
+    let mut pinned = false;
+    for (name, value) in request.params() {
+        let (base, modifier) = match name.split_once(':') {
+            Some((base, modifier)) => (base, Some(modifier)),
+            None => (name.as_str(), None),
+        };
+        let is_pin = if t == "Patient" {
+            base == "_id"
+        } else {
+            pinning_params(t).any(|p| p == base)
+        };
+        if !is_pin {
+            continue;
+        }
+        let modifier_ok = modifier.is_none() || (t != "Patient" && modifier == Some("Patient"));
+        let value_ok = value == patient || value.strip_prefix("Patient/") == Some(patient);
+        if !modifier_ok || !value_ok {
+            return Err(DenyReason::OutsideCompartment);
+        }
+        pinned = true;
+    }
+    if pinned {
+        return Ok(Vec::new());
+    }
+    let param = narrowing_param(t).ok_or(DenyReason::OutsideCompartment)?;
+    let value = if param == "_id" {
+        patient.to_owned()
+    } else {
+        format!("Patient/{patient}")
+    };
+    Ok(vec![(param.to_owned(), value)])
+}

@@ -1,0 +1,253 @@
+//! The request table: classification and decision for allowed requests and for the bypass
+//! attempts gateways have fallen for. One row per case:
+//!
+//! `scopes | patient | method | url | expected`
+//!
+//! where `patient` is the token's `patient` claim (`-`: none) and `expected` is `allow`,
+//! `allow+check` (answer checked against the compartment), `allow+narrow:<param>=<value>`
+//! (search narrowed, answer checked), `deny:<reason code>` or `invalid:<classify error code>`.
+
+use portvagt_policy::{Decision, ScopeSet, Subject, classify, decide};
+
+const CASES: &str = r#"
+# --- user and system scopes: type and permission ---------------------------------------------
+user/Patient.rs             | - | GET    | Patient/pat-anne                      | allow
+user/Patient.read           | - | GET    | Patient/pat-anne/_history/1           | allow
+user/Patient.read           | - | GET    | Patient/pat-anne/_history             | allow
+user/Patient.read           | - | GET    | Patient?name=Hansen                   | allow
+user/Patient.read           | - | POST   | Patient/_search?name=Hansen           | allow
+user/Patient.read           | - | POST   | Patient                               | deny:insufficient-scope
+user/Patient.read           | - | GET    | Observation/obs-1                     | deny:insufficient-scope
+user/Patient.write          | - | POST   | Patient                               | allow
+user/Patient.write          | - | DELETE | Patient/pat-anne                      | allow
+user/Patient.write          | - | GET    | Patient/pat-anne                      | deny:insufficient-scope
+user/Patient.*              | - | PATCH  | Patient/pat-anne                      | allow
+user/Observation.r          | - | GET    | Observation/obs-1                     | allow
+user/Observation.r          | - | GET    | Observation?code=x                    | deny:insufficient-scope
+user/Observation.s          | - | GET    | Observation?code=x                    | allow
+user/Observation.s          | - | GET    | Observation/obs-1                     | deny:insufficient-scope
+user/Observation.c          | - | POST   | Observation                           | allow
+user/Observation.u          | - | PUT    | Observation/obs-1                     | allow
+user/Observation.u          | - | PATCH  | Observation/obs-1                     | allow
+user/Observation.d          | - | DELETE | Observation/obs-1                     | allow
+user/Observation.cud        | - | GET    | Observation/obs-1                     | deny:insufficient-scope
+user/Observation.cruds      | - | GET    | Observation/_history                  | allow
+user/Observation.r          | - | GET    | Observation/_history                  | deny:insufficient-scope
+system/*.cruds              | - | GET    | Encounter/enc-1                       | allow
+system/*.rs                 | - | GET    | _history                              | allow
+system/*.rs                 | - | GET    | ?_type=Patient                        | allow
+system/Patient.rs           | - | GET    | ?_type=Patient                        | deny:insufficient-scope
+system/Patient.rs           | - | GET    | _history                              | deny:insufficient-scope
+user/*.rs                   | - | GET    | metadata                              | allow
+-                           | - | GET    | metadata                              | allow
+-                           | - | GET    | Patient/pat-anne                      | deny:insufficient-scope
+openid fhirUser launch      | - | GET    | Patient/pat-anne                      | deny:insufficient-scope
+*.*                         | - | GET    | Patient/pat-anne                      | deny:insufficient-scope
+admin/Patient.rs            | - | GET    | Patient/pat-anne                      | deny:insufficient-scope
+user/patient.rs             | - | GET    | Patient/pat-anne                      | deny:insufficient-scope
+user/Patient.sr             | - | GET    | Patient/pat-anne                      | deny:insufficient-scope
+user/Patient.rr             | - | GET    | Patient/pat-anne                      | deny:insufficient-scope
+user/Patient.READ           | - | GET    | Patient/pat-anne                      | deny:insufficient-scope
+user/Patient.rs             | - | GET    | Patient/pat-anne                      | allow
+# --- conditional interactions search first ---------------------------------------------------
+user/Observation.u          | - | PUT    | Observation?identifier=x              | deny:insufficient-scope
+user/Observation.cus        | - | PUT    | Observation?identifier=x              | allow
+user/Observation.us         | - | PATCH  | Observation?identifier=x              | allow
+user/Observation.u          | - | PATCH  | Observation?identifier=x              | deny:insufficient-scope
+user/Observation.d          | - | DELETE | Observation?patient=pat-bo            | deny:insufficient-scope
+user/Observation.ds         | - | DELETE | Observation?patient=pat-bo            | allow
+user/Observation.cruds      | - | DELETE | Observation                           | invalid:method-not-allowed
+user/Observation.cruds      | - | PUT    | Observation                           | invalid:method-not-allowed
+# --- compartment search and operations -------------------------------------------------------
+user/Observation.s          | - | GET    | Patient/pat-bo/Observation            | allow
+user/Observation.s          | - | GET    | Patient/pat-bo/Condition              | deny:insufficient-scope
+user/Observation.s          | - | GET    | Patient/pat-bo/*                      | deny:insufficient-scope
+user/*.rs                   | - | GET    | Patient/pat-bo/*                      | allow
+user/*.rs                   | - | GET    | Encounter/enc-1/Observation           | allow
+user/*.rs                   | - | GET    | Basic/b1/Observation                  | invalid:unknown-path
+user/*.rs                   | - | GET    | Patient/pat-bo/$everything            | allow
+user/Patient.rs             | - | GET    | Patient/pat-bo/$everything            | deny:insufficient-scope
+user/*.cruds                | - | POST   | $export                               | deny:unsupported-interaction
+user/*.cruds                | - | POST   | Observation/$validate                 | deny:unsupported-interaction
+user/*.cruds                | - | GET    | Patient/pat-bo/$meta                  | deny:unsupported-interaction
+user/*.cruds                | - | POST   | $graphql                              | deny:unsupported-interaction
+user/*.cruds                | - | GET    | Observation/$everything               | deny:unsupported-interaction
+# --- searches reaching other types ------------------------------------------------------------
+user/Observation.rs         | - | GET    | Observation?_include=Observation:subject         | deny:search-reaches-other-types
+user/Observation.rs         | - | GET    | Observation?_include=*                           | deny:search-reaches-other-types
+user/Observation.rs         | - | GET    | Observation?_include:iterate=Observation:subject | deny:search-reaches-other-types
+user/Observation.rs         | - | GET    | Observation?_revinclude=Provenance:target        | deny:search-reaches-other-types
+user/Observation.rs         | - | GET    | Observation?_has:Condition:subject:code=x        | deny:search-reaches-other-types
+user/Observation.rs         | - | GET    | Observation?subject.name=Bo                      | deny:search-reaches-other-types
+user/Observation.rs         | - | GET    | Observation?subject:Patient.name=Bo              | deny:search-reaches-other-types
+user/Observation.rs         | - | GET    | Observation?_contained=true                      | deny:search-reaches-other-types
+user/*.rs                   | - | GET    | Observation?_include=Observation:subject         | allow
+user/*.rs                   | - | GET    | Observation?subject.name=Bo                      | allow
+# --- granular v2 scopes narrow searches ------------------------------------------------------
+user/Observation.rs?category=laboratory | - | GET | Observation?patient=pat-bo     | allow+narrow:category=laboratory
+user/Observation.rs?category=laboratory | - | GET | Observation/obs-1              | deny:granular-scope-unsupported
+user/Observation.rs?category=laboratory | - | GET | Observation?_include=Observation:subject | deny:search-reaches-other-types
+# --- ambiguity is refused -------------------------------------------------------------------
+user/*.cruds                | - | GET    | Patient/pat-anne/../pat-bo            | invalid:path-dot-segment
+user/*.cruds                | - | GET    | Patient/%2e%2e/pat-bo                 | invalid:path-dot-segment
+user/*.cruds                | - | GET    | Patient/.                             | invalid:path-dot-segment
+user/*.cruds                | - | GET    | Patient%2Fpat-bo                      | invalid:path-encoded-slash
+user/*.cruds                | - | GET    | Patient/pat-anne%2F..%2Fpat-bo        | invalid:path-encoded-slash
+user/*.cruds                | - | GET    | Patient/pat-anne%5C..                 | invalid:path-encoded-slash
+user/*.cruds                | - | GET    | Patient//pat-anne                     | invalid:path-empty-segment
+user/*.cruds                | - | GET    | Patient/pat-anne/                     | invalid:path-empty-segment
+user/*.cruds                | - | GET    | /Patient/pat-anne                     | invalid:path-empty-segment
+user/*.cruds                | - | GET    | patient/pat-anne                      | invalid:unknown-resource-type
+user/*.cruds                | - | GET    | PATIENT/pat-anne                      | invalid:unknown-resource-type
+user/*.cruds                | - | GET    | Patients/pat-anne                     | invalid:unknown-resource-type
+user/*.cruds                | - | GET    | Resource/x                            | invalid:unknown-resource-type
+user/*.cruds                | - | GET    | Patient/pat_anne                      | invalid:malformed-id
+user/*.cruds                | - | GET    | Patient/pat-anne;x=1                  | invalid:malformed-id
+user/*.cruds                | - | GET    | Patient/%00                           | invalid:bad-encoding
+user/*.cruds                | - | GET    | Patient/%zz                           | invalid:bad-encoding
+user/*.cruds                | - | GET    | Patient/%C3                           | invalid:bad-encoding
+user/*.cruds                | - | GET    | Patient?name=%0d%0aX-Evil:1           | invalid:bad-encoding
+user/*.cruds                | - | GET    | Observation?_method=DELETE            | invalid:method-override
+user/*.cruds                | - | GET    | Observation?_format=xml               | invalid:unsupported-format
+user/*.cruds                | - | GET    | Observation?_format=application/fhir%2Bxml | invalid:unsupported-format
+user/*.cruds                | - | GET    | Observation?_format=json              | allow
+user/*.cruds                | - | GET    | Observation?_include+=x               | invalid:bad-parameter-name
+user/*.cruds                | - | GET    | Observation?_id=a&_id=b               | invalid:conflicting-parameter
+user/*.cruds                | - | GET    | Observation?patient=a&patient=b       | invalid:conflicting-parameter
+user/*.cruds                | - | GET    | Observation?subject=Patient/a&subject=Patient/b | invalid:conflicting-parameter
+user/*.cruds                | - | GET    | Observation?patient=a&patient=a       | allow
+user/*.cruds                | - | TRACE  | Patient/pat-anne                      | invalid:method-not-allowed
+user/*.cruds                | - | HEAD   | Patient/pat-anne                      | invalid:method-not-allowed
+user/*.cruds                | - | GET    | Patient/pat-anne/_history/1/x         | invalid:unknown-path
+user/*.cruds                | - | GET    | Patient/pat-anne/Observation/obs-1    | invalid:unknown-path
+user/*.cruds                | - | GET    | Patient/$bad!op                       | invalid:unknown-path
+# --- patient context: reads --------------------------------------------------------------------
+patient/Patient.rs          | pat-anne | GET | Patient/pat-anne                 | allow+check
+patient/Patient.rs          | pat-anne | GET | Patient/pat-anne/_history/2      | allow+check
+patient/Patient.rs          | pat-anne | GET | Patient/pat-anne/_history        | allow+check
+patient/Patient.rs          | pat-anne | GET | Patient/pat-bo                   | deny:outside-compartment
+patient/Patient.rs          | pat-anne | GET | Patient/pat-bo/_history/1        | deny:outside-compartment
+patient/Patient.rs          | -        | GET | Patient/pat-anne                 | deny:no-patient-context
+patient/*.rs                | pat-anne | GET | Observation/obs-bo-bp            | allow+check
+patient/Observation.rs      | pat-anne | GET | Observation/obs-anne-bp          | allow+check
+patient/Observation.rs      | pat-anne | GET | Condition/cond-anne-1            | deny:insufficient-scope
+patient/*.rs                | pat-anne | GET | Practitioner/prac-ns363          | allow
+patient/*.rs                | pat-anne | GET | Organization/org-1               | allow
+patient/*.rs                | pat-anne | GET | Binary/doc-1                     | deny:outside-compartment
+patient/*.rs                | pat-anne | GET | Group/g1                         | allow+check
+patient/*.rs                | pat-anne | GET | Bundle/b1                        | deny:outside-compartment
+# --- patient context: searches are pinned or narrowed ------------------------------------------
+patient/Observation.rs      | pat-anne | GET | Observation?patient=pat-anne                   | allow+check
+patient/Observation.rs      | pat-anne | GET | Observation?patient=Patient/pat-anne           | allow+check
+patient/Observation.rs      | pat-anne | GET | Observation?subject=Patient/pat-anne           | allow+check
+patient/Observation.rs      | pat-anne | GET | Observation?subject:Patient=pat-anne           | allow+check
+patient/Observation.rs      | pat-anne | GET | Observation?performer=Patient/pat-anne         | allow+check
+patient/Observation.rs      | pat-anne | GET | Observation?patient=pat-anne&code=4548-4&_count=5&_sort=-date | allow+check
+patient/Observation.rs      | pat-anne | GET | Observation                                    | allow+narrow:subject=Patient/pat-anne
+patient/Observation.rs      | pat-anne | GET | Observation?code=4548-4                        | allow+narrow:subject=Patient/pat-anne
+patient/Observation.rs      | pat-anne | POST | Observation/_search                           | allow+narrow:subject=Patient/pat-anne
+patient/AllergyIntolerance.rs | pat-anne | GET | AllergyIntolerance                           | allow+narrow:patient=Patient/pat-anne
+patient/Patient.rs          | pat-anne | GET | Patient                                        | allow+narrow:_id=pat-anne
+patient/Patient.rs          | pat-anne | GET | Patient?_id=pat-anne                           | allow+check
+patient/Patient.rs          | pat-anne | GET | Patient?_id=pat-bo                             | deny:outside-compartment
+patient/Patient.rs          | pat-anne | GET | Patient?name=Jensen                            | allow+narrow:_id=pat-anne
+patient/Observation.rs      | pat-anne | GET | Observation?patient=pat-bo                     | deny:outside-compartment
+patient/Observation.rs      | pat-anne | GET | Observation?patient=Patient/pat-bo             | deny:outside-compartment
+patient/Observation.rs      | pat-anne | GET | Observation?patient=pat-anne,pat-bo            | deny:outside-compartment
+patient/Observation.rs      | pat-anne | GET | Observation?subject=Patient/pat-bo             | deny:outside-compartment
+patient/Observation.rs      | pat-anne | GET | Observation?subject=Group/g1                   | deny:outside-compartment
+patient/Observation.rs      | pat-anne | GET | Observation?patient=pat-anne&subject=Patient/pat-bo | deny:outside-compartment
+patient/Observation.rs      | pat-anne | GET | Observation?patient:missing=true               | deny:outside-compartment
+patient/Observation.rs      | pat-anne | GET | Observation?subject:Group=pat-anne             | deny:outside-compartment
+patient/Observation.rs      | pat-anne | GET | Observation?patient=pat-anne&_include=Observation:subject | deny:search-reaches-other-types
+patient/*.rs                | pat-anne | GET | Observation?patient=pat-anne&_include=Observation:performer | allow+check
+patient/*.rs                | pat-anne | GET | Observation?patient=pat-anne&_include=*        | allow+check
+patient/*.rs                | pat-anne | GET | Patient?_id=pat-anne&_revinclude=Observation:subject | allow+check
+patient/*.rs                | pat-anne | GET | Observation?patient=pat-anne&subject.name=Anne | deny:outside-compartment
+patient/*.rs                | pat-anne | GET | Observation?subject:Patient.name=Bo            | deny:outside-compartment
+patient/*.rs                | pat-anne | GET | Patient?_has:Observation:patient:code=x        | deny:outside-compartment
+patient/*.rs                | pat-anne | GET | Practitioner?name=Kjaer                        | allow
+patient/*.rs                | pat-anne | GET | Binary?_id=doc-1                               | deny:outside-compartment
+patient/*.rs                | pat-anne | GET | ?_type=Observation                             | deny:outside-compartment
+patient/*.rs                | pat-anne | GET | _history                                       | deny:outside-compartment
+patient/*.rs                | pat-anne | GET | Observation/_history                           | deny:outside-compartment
+patient/*.rs                | pat-anne | GET | Observation/obs-1/_history                     | allow+check
+patient/Observation.rs?category=laboratory | pat-anne | GET | Observation            | allow+narrow:category=laboratory
+# --- patient context: compartment search and $everything --------------------------------------
+patient/Observation.rs      | pat-anne | GET | Patient/pat-anne/Observation     | allow+check
+patient/Observation.rs      | pat-anne | GET | Patient/pat-bo/Observation       | deny:outside-compartment
+patient/*.rs                | pat-anne | GET | Patient/pat-anne/*               | allow+check
+patient/*.rs                | pat-anne | GET | Encounter/enc-anne-1/Observation | deny:outside-compartment
+patient/*.rs                | pat-anne | GET | Patient/pat-anne/Practitioner    | deny:outside-compartment
+patient/*.rs                | pat-anne | GET | Patient/pat-anne/$everything     | allow+check
+patient/*.rs                | pat-anne | GET | Patient/pat-bo/$everything       | deny:outside-compartment
+patient/Patient.rs          | pat-anne | GET | Patient/pat-anne/$everything     | deny:insufficient-scope
+# --- patient context: writes -----------------------------------------------------------------
+patient/Observation.cruds   | pat-anne | PUT    | Observation/obs-anne-bp        | deny:write-not-verifiable
+patient/Observation.cruds   | pat-anne | PATCH  | Observation/obs-anne-bp        | deny:write-not-verifiable
+patient/Observation.cruds   | pat-anne | DELETE | Observation/obs-bo-bp          | deny:write-not-verifiable
+patient/Observation.cruds   | pat-anne | DELETE | Observation?patient=pat-bo     | deny:write-not-verifiable
+patient/Observation.cruds   | pat-anne | PUT    | Observation?identifier=x       | deny:write-not-verifiable
+patient/Observation.cruds   | pat-anne | POST   | Observation                    | deny:write-not-verifiable
+# --- a user scope is not narrowed by a patient scope beside it ------------------------------
+patient/Observation.rs user/Observation.rs | pat-anne | GET | Observation/obs-bo-bp  | allow
+"#;
+
+fn expectation(decision: &Decision) -> String {
+    match decision {
+        Decision::Deny { reason } => format!("deny:{}", reason.code()),
+        Decision::Allow { obligations, .. } => {
+            match (&obligations.compartment, obligations.add_params.as_slice()) {
+                (_, [(name, value), ..]) => format!("allow+narrow:{name}={value}"),
+                (Some(_), []) => "allow+check".to_owned(),
+                (None, []) => "allow".to_owned(),
+            }
+        }
+    }
+}
+
+#[test]
+fn every_case_in_the_table() {
+    let mut failures = Vec::new();
+    let mut count = 0;
+    for (line_number, line) in CASES.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        count += 1;
+        let columns: Vec<&str> = line.split(" | ").map(str::trim).collect();
+        let [scopes, patient, method, url, expected] = columns[..] else {
+            panic!("line {}: {line}", line_number + 1);
+        };
+        let scopes = ScopeSet::parse(if scopes == "-" { "" } else { scopes });
+        let patient = (patient != "-").then_some(patient);
+        let (path, query) = match url.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (url, None),
+        };
+        let actual = match classify(method, path, query) {
+            Err(error) => format!("invalid:{}", error.code()),
+            Ok(request) => expectation(&decide(
+                Subject {
+                    scopes: &scopes,
+                    patient,
+                },
+                &request,
+            )),
+        };
+        if actual != expected {
+            failures.push(format!(
+                "line {}: {method} {url}: expected {expected}, got {actual}",
+                line_number + 1
+            ));
+        }
+    }
+    assert!(count >= 150, "only {count} cases");
+    assert!(
+        failures.is_empty(),
+        "{} of {count} cases failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
