@@ -71,6 +71,13 @@ pub fn pinning_params(resource_type: &str) -> impl Iterator<Item = &'static str>
         .chain(std::iter::once("patient"))
 }
 
+/// Whether `param` links some resource type to the Patient compartment.
+pub fn is_compartment_param(param: &str) -> bool {
+    PATIENT_COMPARTMENT
+        .iter()
+        .any(|(_, links)| links.iter().any(|link| link.param == param))
+}
+
 /// The parameter used to narrow an unpinned search to the patient.
 pub fn narrowing_param(resource_type: &str) -> Option<&'static str> {
     if resource_type == "Patient" {

@@ -12,7 +12,8 @@
 //! - `$everything` only on the patient's own record.
 
 use crate::compartment::{
-    Membership, is_compartment_type, is_shared_type, membership, narrowing_param, pinning_params,
+    Membership, is_compartment_param, is_compartment_type, is_shared_type, membership,
+    narrowing_param, pinning_params,
 };
 use crate::decision::{
     DenyReason, Obligations, granular_narrowing, is_everything, reaches_other_types,
@@ -54,6 +55,7 @@ pub(crate) fn check(
                 ..Obligations::default()
             }),
             Some(t) if is_compartment_type(t) => {
+                pins_only_the_patient(request, patient)?;
                 add_params.extend(pin(request, t, patient)?);
                 Ok(Obligations {
                     add_params,
@@ -68,6 +70,8 @@ pub(crate) fn check(
                     && id == patient
                     && type_name.is_none_or(is_compartment_type) =>
             {
+                // The path pins the search; parameters may still not name anyone else.
+                pins_only_the_patient(request, patient)?;
                 Ok(Obligations {
                     add_params,
                     ..checked
@@ -110,8 +114,51 @@ fn tests_other_resources(request: &FhirRequest) -> bool {
         .any(|(name, _)| name.contains('.') || name.starts_with("_has"))
 }
 
-/// The pin of a search of compartment type `t`: every compartment parameter given must name
-/// the patient (and nothing else); if none is given, one is added.
+/// No parameter may name a patient other than `patient`. A parameter names a patient when it is
+/// a reference parameter of the compartment (or `patient`, `subject`, or `_id` on Patient) and
+/// a value is `Patient/<other>`, or a bare id (which the server may resolve to a Patient), or
+/// when a modifier searches patients some other way (`patient:identifier=...`).
+fn pins_only_the_patient(request: &FhirRequest, patient: &str) -> Result<(), DenyReason> {
+    let on_patient = request
+        .resource_type()
+        .is_some_and(|t| t.as_str() == "Patient");
+    for (name, value) in request.params() {
+        let (base, modifier) = match name.split_once(':') {
+            Some((base, modifier)) => (base, Some(modifier)),
+            None => (name.as_str(), None),
+        };
+        let reference_param = if on_patient {
+            base == "_id" || base == "link"
+        } else {
+            base == "patient" || base == "subject" || is_compartment_param(base)
+        };
+        if !reference_param {
+            continue;
+        }
+        let other_type =
+            modifier.is_some_and(|m| m != "Patient" && ResourceType::parse(m).is_some());
+        if other_type {
+            continue;
+        }
+        if modifier.is_some_and(|m| m != "Patient") {
+            // `:missing`, `:identifier`, `:not`, ...: not a plain pin to this patient.
+            return Err(DenyReason::OutsideCompartment);
+        }
+        for item in value.split(',') {
+            let names_other = match item.strip_prefix("Patient/") {
+                Some(id) => id != patient,
+                None => !item.contains('/') && item != patient,
+            };
+            if names_other {
+                return Err(DenyReason::OutsideCompartment);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The pin of a search of compartment type `t`: a compartment parameter naming the patient; if
+/// none is given, one is added.
 fn pin(request: &FhirRequest, t: &str, patient: &str) -> Result<Vec<(String, String)>, DenyReason> {
     let mut pinned = false;
     for (name, value) in request.params() {
@@ -127,12 +174,11 @@ fn pin(request: &FhirRequest, t: &str, patient: &str) -> Result<Vec<(String, Str
         if !is_pin {
             continue;
         }
+        // Values naming anyone else were refused by `pins_only_the_patient`; what remains either
+        // pins this patient or points at another type (`performer=Practitioner/x`).
         let modifier_ok = modifier.is_none() || (t != "Patient" && modifier == Some("Patient"));
-        let value_ok = value == patient || value.strip_prefix("Patient/") == Some(patient);
-        if !modifier_ok || !value_ok {
-            return Err(DenyReason::OutsideCompartment);
-        }
-        pinned = true;
+        let names_patient = value == patient || value.strip_prefix("Patient/") == Some(patient);
+        pinned |= modifier_ok && names_patient;
     }
     if pinned {
         return Ok(Vec::new());

@@ -155,10 +155,10 @@ patient/Observation.rs      | pat-anne | GET | Observation?patient=pat-bo       
 patient/Observation.rs      | pat-anne | GET | Observation?patient=Patient/pat-bo             | deny:outside-compartment
 patient/Observation.rs      | pat-anne | GET | Observation?patient=pat-anne,pat-bo            | deny:outside-compartment
 patient/Observation.rs      | pat-anne | GET | Observation?subject=Patient/pat-bo             | deny:outside-compartment
-patient/Observation.rs      | pat-anne | GET | Observation?subject=Group/g1                   | deny:outside-compartment
+patient/Observation.rs      | pat-anne | GET | Observation?subject=Group/g1                   | allow+narrow:subject=Patient/pat-anne
 patient/Observation.rs      | pat-anne | GET | Observation?patient=pat-anne&subject=Patient/pat-bo | deny:outside-compartment
 patient/Observation.rs      | pat-anne | GET | Observation?patient:missing=true               | deny:outside-compartment
-patient/Observation.rs      | pat-anne | GET | Observation?subject:Group=pat-anne             | deny:outside-compartment
+patient/Observation.rs      | pat-anne | GET | Observation?subject:Group=pat-anne             | allow+narrow:subject=Patient/pat-anne
 patient/Observation.rs      | pat-anne | GET | Observation?patient=pat-anne&_include=Observation:subject | deny:search-reaches-other-types
 patient/*.rs                | pat-anne | GET | Observation?patient=pat-anne&_include=Observation:performer | allow+check
 patient/*.rs                | pat-anne | GET | Observation?patient=pat-anne&_include=*        | allow+check
@@ -173,6 +173,13 @@ patient/*.rs                | pat-anne | GET | _history                         
 patient/*.rs                | pat-anne | GET | Observation/_history                           | deny:outside-compartment
 patient/*.rs                | pat-anne | GET | Observation/obs-1/_history                     | allow+check
 patient/Observation.rs?category=laboratory | pat-anne | GET | Observation            | allow+narrow:category=laboratory
+patient/Observation.rs      | pat-anne | GET | Observation?performer=Practitioner/prac-ns363  | allow+narrow:subject=Patient/pat-anne
+patient/Observation.rs      | pat-anne | GET | Observation?performer:Practitioner=prac-ns363  | allow+narrow:subject=Patient/pat-anne
+patient/Observation.rs      | pat-anne | GET | Observation?performer=prac-ns363               | deny:outside-compartment
+patient/Observation.rs      | pat-anne | GET | Observation?patient:identifier=urn:oid:1.2.208.176.1.2%7C0501792275 | deny:outside-compartment
+patient/Condition.rs        | pat-anne | GET | Condition?subject=pat-bo                       | deny:outside-compartment
+patient/Condition.rs        | pat-anne | GET | Condition?subject=Patient/pat-anne             | allow+narrow:patient=Patient/pat-anne
+patient/Observation.rs      | pat-anne | GET | Patient/pat-anne/Observation?patient=pat-bo    | deny:outside-compartment
 # --- patient context: compartment search and $everything --------------------------------------
 patient/Observation.rs      | pat-anne | GET | Patient/pat-anne/Observation     | allow+check
 patient/Observation.rs      | pat-anne | GET | Patient/pat-bo/Observation       | deny:outside-compartment

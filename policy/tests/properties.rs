@@ -50,3 +50,81 @@ proptest! {
         }
     }
 }
+
+fn patient_param() -> impl Strategy<Value = (String, String)> {
+    let names = prop_oneof![
+        Just("patient"),
+        Just("subject"),
+        Just("subject:Patient"),
+        Just("performer"),
+        Just("_id"),
+        Just("code"),
+        Just("_count"),
+        Just("patient:missing"),
+        Just("_include"),
+        Just("_revinclude"),
+    ];
+    let values = prop_oneof![
+        Just("pat-anne"),
+        Just("Patient/pat-anne"),
+        Just("pat-bo"),
+        Just("Patient/pat-bo"),
+        Just("pat-anne,pat-bo"),
+        Just("Observation:subject"),
+        Just("x"),
+    ];
+    (names, values).prop_map(|(n, v)| (n.to_owned(), v.to_owned()))
+}
+
+fn request_path() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("Observation".to_owned()),
+        Just("Patient".to_owned()),
+        Just("Condition".to_owned()),
+        Just("Patient/pat-anne".to_owned()),
+        Just("Patient/pat-bo".to_owned()),
+        Just("Patient/pat-bo/Observation".to_owned()),
+        Just("Patient/pat-anne/Observation".to_owned()),
+        Just("Patient/pat-bo/$everything".to_owned()),
+        Just("Observation/_history".to_owned()),
+        Just("".to_owned()),
+    ]
+}
+
+proptest! {
+    /// Whatever a patient-context token asks, an allowed request never names another patient:
+    /// not in the path, and not in any parameter; and it is always checked or narrowed.
+    #[test]
+    fn patient_scoped_decisions_never_name_another_patient(
+        path in request_path(),
+        params in proptest::collection::vec(patient_param(), 0..4),
+        scopes in prop_oneof![Just("patient/*.rs"), Just("patient/Observation.rs patient/Patient.rs"), Just("patient/*.cruds")],
+    ) {
+        let query: Vec<String> = params.iter().map(|(n, v)| format!("{n}={}", v.replace('/', "%2F"))).collect();
+        let query = query.join("&");
+        let Ok(request) = classify("GET", &path, (!query.is_empty()).then_some(query.as_str())) else {
+            return Ok(());
+        };
+        let scopes = ScopeSet::parse(scopes);
+        if let portvagt_policy::Decision::Allow { obligations, .. } = decide(Subject { scopes: &scopes, patient: Some("pat-anne") }, &request) {
+            prop_assert!(!request.path().contains("pat-bo"), "{} allowed", request.path());
+            let is_patient_type = request.resource_type().is_some_and(|t| t.as_str() == "Patient");
+            for (name, value) in request.params() {
+                // Parameters that can name a patient: the reference ones, and `_id` on Patient
+                // (elsewhere `_id` is that type's own id, and `code=pat-bo` names nothing).
+                let base = name.split(':').next().unwrap_or(name);
+                let names_a_patient = if is_patient_type {
+                    base == "_id"
+                } else {
+                    matches!(base, "patient" | "subject" | "performer")
+                };
+                if !names_a_patient {
+                    continue;
+                }
+                prop_assert!(!value.contains("pat-bo"), "{}={} allowed on {}", name, value, request.path());
+            }
+            let shared = request.resource_type().is_some_and(|t| portvagt_policy::compartment::is_shared_type(t.as_str()));
+            prop_assert!(obligations.compartment.as_deref() == Some("pat-anne") || shared);
+        }
+    }
+}

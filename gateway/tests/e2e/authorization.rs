@@ -98,13 +98,33 @@ async fn patient_token_sees_own_data_and_not_another_patients() {
 
     let refused = [
         ("/fhir/Patient/pat-bo", 403, "outside-compartment"),
-        ("/fhir/Observation?patient=pat-bo", 403, "outside-compartment"),
-        ("/fhir/Observation?subject=Patient/pat-bo", 403, "outside-compartment"),
+        (
+            "/fhir/Observation?patient=pat-bo",
+            403,
+            "outside-compartment",
+        ),
+        (
+            "/fhir/Observation?subject=Patient/pat-bo",
+            403,
+            "outside-compartment",
+        ),
         // Read of a compartment type: allowed, then the answer is checked and refused.
         ("/fhir/Observation/obs-bo-bp", 403, "outside-compartment"),
-        ("/fhir/Observation?patient=pat-anne&patient=pat-bo", 400, "conflicting-parameter"),
-        ("/fhir/Observation?patient=pat-anne&_include=Observation:subject", 403, "search-reaches-other-types"),
-        ("/fhir/Observation?subject:Patient.name=Bo", 403, "search-reaches-other-types"),
+        (
+            "/fhir/Observation?patient=pat-anne&patient=pat-bo",
+            400,
+            "conflicting-parameter",
+        ),
+        (
+            "/fhir/Observation?patient=pat-anne&_include=Observation:subject",
+            403,
+            "search-reaches-other-types",
+        ),
+        (
+            "/fhir/Observation?subject:Patient.name=Bo",
+            403,
+            "search-reaches-other-types",
+        ),
     ];
     for (path, status, code) in refused {
         let answer = client.get(path, Some(&token)).await.unwrap();
@@ -113,9 +133,18 @@ async fn patient_token_sees_own_data_and_not_another_patients() {
     }
 
     // A search that names no patient is narrowed to Anne.
-    let narrowed = client.get("/fhir/Observation?code=http://loinc.org%7C4548-4", Some(&token)).await.unwrap();
+    let narrowed = client
+        .get(
+            "/fhir/Observation?code=http://loinc.org%7C4548-4",
+            Some(&token),
+        )
+        .await
+        .unwrap();
     assert_eq!(narrowed.status, 200, "{}", narrowed.text());
-    let entries = narrowed.json()["entry"].as_array().cloned().unwrap_or_default();
+    let entries = narrowed.json()["entry"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     assert_eq!(entries.len(), 1, "{entries:?}");
     assert_eq!(entries[0]["resource"]["id"], "obs-anne-hba1c");
 }

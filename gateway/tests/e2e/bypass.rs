@@ -63,17 +63,37 @@ async fn post_search_body_is_classified_and_forwarded_canonically() {
 
     // What the body adds is seen by policy.
     for (url, body, status) in [
-        ("/fhir/Observation/_search?patient=pat-anne", "_include=Observation:performer", 403),
-        ("/fhir/Observation/_search?patient=pat-anne", "patient=pat-bo", 400),
+        (
+            "/fhir/Observation/_search?patient=pat-anne",
+            "_include=Observation:performer",
+            403,
+        ),
+        (
+            "/fhir/Observation/_search?patient=pat-anne",
+            "patient=pat-bo",
+            400,
+        ),
         ("/fhir/Observation/_search", "patient=pat-bo", 403),
     ] {
         let answer = client.send(form(url, &token, body)).await.unwrap();
         assert_eq!(answer.status, status, "{url} + {body}: {}", answer.text());
     }
     // No pin anywhere: narrowed to Anne, in the forwarded form body.
-    let answer = client.send(form("/fhir/Observation/_search", &token, "code=http://loinc.org%7C4548-4")).await.unwrap();
+    let answer = client
+        .send(form(
+            "/fhir/Observation/_search",
+            &token,
+            "code=http://loinc.org%7C4548-4",
+        ))
+        .await
+        .unwrap();
     assert_eq!(answer.status, 200, "{}", answer.text());
-    let ids: Vec<String> = answer.json()["entry"].as_array().unwrap().iter().map(|e| e["resource"]["id"].as_str().unwrap().to_owned()).collect();
+    let ids: Vec<String> = answer.json()["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["id"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(ids, ["obs-anne-hba1c"]);
 
     let json_body = request(

@@ -1,0 +1,166 @@
+//! Decisions that depend on the request body: creates under a patient-context scope, and batch
+//! and transaction Bundles decided entry by entry.
+
+use portvagt_policy::{Decision, DenyReason, FhirRequest, ScopeSet, Subject, classify, decide};
+use serde_json::{Value, json};
+
+fn with_body(method: &str, path: &str, body: &Value) -> FhirRequest {
+    let mut request = classify(method, path, None).unwrap();
+    request
+        .attach_body(Some("application/fhir+json"), body.to_string().as_bytes())
+        .unwrap();
+    request
+}
+
+fn decide_as(scopes: &str, patient: Option<&str>, request: &FhirRequest) -> Decision {
+    let scopes = ScopeSet::parse(scopes);
+    decide(
+        Subject {
+            scopes: &scopes,
+            patient,
+        },
+        request,
+    )
+}
+
+fn observation_for(patient: &str) -> Value {
+    json!({ "resourceType": "Observation", "status": "final", "code": { "text": "puls" },
+            "subject": { "reference": format!("Patient/{patient}") } })
+}
+
+#[test]
+fn patient_creates_only_inside_the_compartment() {
+    let own = with_body("POST", "Observation", &observation_for("pat-anne"));
+    let decision = decide_as("patient/Observation.c", Some("pat-anne"), &own);
+    assert!(decision.is_allow(), "{decision:?}");
+
+    let other = with_body("POST", "Observation", &observation_for("pat-bo"));
+    let decision = decide_as("patient/Observation.c", Some("pat-anne"), &other);
+    assert_eq!(decision.deny_reason(), Some(DenyReason::OutsideCompartment));
+
+    let nobody = with_body(
+        "POST",
+        "Observation",
+        &json!({ "resourceType": "Observation", "status": "final" }),
+    );
+    assert_eq!(
+        decide_as("patient/Observation.c", Some("pat-anne"), &nobody).deny_reason(),
+        Some(DenyReason::OutsideCompartment)
+    );
+
+    let shared = with_body(
+        "POST",
+        "Practitioner",
+        &json!({ "resourceType": "Practitioner" }),
+    );
+    assert_eq!(
+        decide_as("patient/*.cruds", Some("pat-anne"), &shared).deny_reason(),
+        Some(DenyReason::OutsideCompartment)
+    );
+}
+
+fn bundle(kind: &str, entries: Vec<Value>) -> FhirRequest {
+    with_body(
+        "POST",
+        "",
+        &json!({ "resourceType": "Bundle", "type": kind, "entry": entries }),
+    )
+}
+
+fn get(url: &str) -> Value {
+    json!({ "request": { "method": "GET", "url": url } })
+}
+
+#[test]
+fn a_batch_is_decided_entry_by_entry() {
+    let request = bundle(
+        "batch",
+        vec![
+            get("Patient/pat-anne"),
+            get("Patient/pat-bo"),
+            get("Observation?patient=pat-bo"),
+            get("Observation?code=x"),
+            json!({ "request": { "method": "POST", "url": "Observation" }, "resource": observation_for("pat-bo") }),
+            json!({ "request": { "method": "DELETE", "url": "Observation/obs-bo-bp" } }),
+        ],
+    );
+    let decision = decide_as("patient/*.cruds", Some("pat-anne"), &request);
+    let Decision::Allow { obligations, .. } = decision else {
+        panic!("{decision:?}")
+    };
+    let reasons: Vec<Option<DenyReason>> = obligations
+        .entries
+        .iter()
+        .map(Decision::deny_reason)
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            None,
+            Some(DenyReason::OutsideCompartment),
+            Some(DenyReason::OutsideCompartment),
+            None,
+            Some(DenyReason::OutsideCompartment),
+            Some(DenyReason::WriteNotVerifiable),
+        ]
+    );
+    let Decision::Allow {
+        obligations: narrowed,
+        ..
+    } = &obligations.entries[3]
+    else {
+        panic!()
+    };
+    assert_eq!(
+        narrowed.add_params,
+        [("subject".to_owned(), "Patient/pat-anne".to_owned())]
+    );
+}
+
+#[test]
+fn a_transaction_with_any_denied_entry_is_denied() {
+    let request = bundle(
+        "transaction",
+        vec![
+            json!({ "request": { "method": "POST", "url": "Observation" }, "resource": observation_for("pat-anne") }),
+            get("Patient/pat-bo"),
+        ],
+    );
+    assert_eq!(
+        decide_as("patient/*.cruds", Some("pat-anne"), &request).deny_reason(),
+        Some(DenyReason::OutsideCompartment)
+    );
+
+    let fine = bundle(
+        "transaction",
+        vec![
+            json!({ "request": { "method": "POST", "url": "Observation" }, "resource": observation_for("pat-anne") }),
+        ],
+    );
+    assert!(decide_as("patient/*.cruds", Some("pat-anne"), &fine).is_allow());
+}
+
+#[test]
+fn batch_entries_need_their_own_scopes() {
+    let request = bundle(
+        "batch",
+        vec![get("Patient/pat-bo"), get("Condition/cond-bo-1")],
+    );
+    let Decision::Allow { obligations, .. } = decide_as("user/Patient.rs", None, &request) else {
+        panic!()
+    };
+    assert!(obligations.entries[0].is_allow());
+    assert_eq!(
+        obligations.entries[1].deny_reason(),
+        Some(DenyReason::InsufficientScope)
+    );
+}
+
+#[test]
+fn a_bundle_without_its_body_is_not_authorised() {
+    let request = classify("POST", "", None).unwrap();
+    assert_eq!(
+        decide_as("system/*.cruds", None, &request).deny_reason(),
+        Some(DenyReason::UnsupportedInteraction)
+    );
+}
