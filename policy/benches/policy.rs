@@ -1,43 +1,119 @@
-//! Benchmarks of the per-request policy hot path: classification and the scope decision.
+//! Benchmarks of the per-request policy hot path: classification plus decision for typical
+//! requests, and response filtering of searchset Bundles of 10, 100 and 1000 entries.
 
-use criterion::{Criterion, criterion_group, criterion_main};
-use portvagt_policy::{ScopeSet, Subject, classify, decide};
 use std::hint::black_box;
 
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use portvagt_policy::{FilterMode, ScopeSet, Subject, classify, decide, filter_response};
+use serde_json::json;
+
+const PATIENT_SCOPES: &str = "openid fhirUser launch/patient patient/Patient.rs patient/Observation.rs \
+     patient/Condition.rs patient/Encounter.rs patient/MedicationRequest.rs";
+const USER_SCOPES: &str =
+    "openid fhirUser user/Patient.rs user/Observation.cruds user/Condition.rs user/Encounter.rs";
+
 fn classify_and_decide(c: &mut Criterion) {
-    let scopes = ScopeSet::parse(
-        "openid fhirUser launch/patient patient/Patient.rs patient/Observation.rs patient/Condition.rs \
-         patient/Encounter.rs patient/MedicationRequest.rs",
+    let patient_scopes = ScopeSet::parse(PATIENT_SCOPES);
+    let user_scopes = ScopeSet::parse(USER_SCOPES);
+    // (name, scopes, patient claim, method, path, query)
+    type Case<'a> = (
+        &'a str,
+        &'a ScopeSet,
+        Option<&'a str>,
+        &'a str,
+        &'a str,
+        Option<&'a str>,
     );
-    c.bench_function("classify search with three params", |b| {
-        b.iter(|| {
-            classify(
-                black_box("GET"),
-                black_box("Observation"),
-                black_box(Some(
-                    "patient=pat-anne&code=http://loinc.org%7C4548-4&_count=50",
-                )),
-            )
-        })
-    });
-    let request = classify(
-        "GET",
-        "Observation",
-        Some("patient=pat-anne&code=http://loinc.org%7C4548-4&_count=50"),
-    )
-    .unwrap();
-    c.bench_function("decide patient-pinned search", |b| {
-        b.iter(|| {
-            decide(
-                black_box(Subject {
-                    scopes: &scopes,
-                    patient: Some("pat-anne"),
-                }),
-                black_box(&request),
-            )
-        })
-    });
+    let cases: [Case<'_>; 5] = [
+        (
+            "patient read",
+            &patient_scopes,
+            Some("pat-anne"),
+            "GET",
+            "Observation/obs-anne-bp",
+            None,
+        ),
+        (
+            "patient pinned search",
+            &patient_scopes,
+            Some("pat-anne"),
+            "GET",
+            "Observation",
+            Some("patient=pat-anne&code=http://loinc.org%7C4548-4&_count=50"),
+        ),
+        (
+            "patient narrowed search",
+            &patient_scopes,
+            Some("pat-anne"),
+            "GET",
+            "Observation",
+            Some("code=http://loinc.org%7C4548-4"),
+        ),
+        (
+            "user read",
+            &user_scopes,
+            None,
+            "GET",
+            "Patient/pat-bo",
+            None,
+        ),
+        (
+            "user search",
+            &user_scopes,
+            None,
+            "GET",
+            "Observation",
+            Some("patient=pat-bo&date=ge2024-01-01&_sort=-date"),
+        ),
+    ];
+    let mut group = c.benchmark_group("classify+decide");
+    for (name, scopes, patient, method, path, query) in cases {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let request = classify(black_box(method), black_box(path), black_box(query))
+                    .expect("valid request");
+                decide(Subject { scopes, patient }, &request)
+            })
+        });
+    }
+    group.finish();
 }
 
-criterion_group!(benches, classify_and_decide);
+fn searchset(entries: usize) -> Vec<u8> {
+    let entry = |i: usize| {
+        let patient = if i % 10 == 9 { "pat-bo" } else { "pat-anne" };
+        json!({
+            "fullUrl": format!("https://fhir.example.dk/fhir/Observation/obs-{i}"),
+            "resource": {
+                "resourceType": "Observation", "id": format!("obs-{i}"), "status": "final",
+                "category": [{ "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "laboratory" }] }],
+                "code": { "coding": [{ "system": "http://loinc.org", "code": "4548-4", "display": "Hemoglobin A1c" }] },
+                "subject": { "reference": format!("Patient/{patient}") },
+                "performer": [{ "reference": "Practitioner/prac-ns363" }],
+                "effectiveDateTime": "2026-03-01T08:00:00+01:00",
+                "valueQuantity": { "value": 48, "unit": "mmol/mol", "system": "http://unitsofmeasure.org", "code": "mmol/mol" }
+            },
+            "search": { "mode": "match" }
+        })
+    };
+    json!({ "resourceType": "Bundle", "type": "searchset", "total": entries,
+            "link": [{ "relation": "self", "url": "https://fhir.example.dk/fhir/Observation" }],
+            "entry": (0..entries).map(entry).collect::<Vec<_>>() })
+    .to_string()
+    .into_bytes()
+}
+
+fn response_filtering(c: &mut Criterion) {
+    let mut group = c.benchmark_group("filter searchset (1 in 10 entries removed)");
+    for size in [10, 100, 1000] {
+        let body = searchset(size);
+        group.throughput(Throughput::Bytes(body.len() as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(size), &body, |b, body| {
+            b.iter(|| filter_response(black_box(body), "pat-anne", FilterMode::Remove))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, classify_and_decide, response_filtering);
 criterion_main!(benches);

@@ -6,6 +6,7 @@ mod support;
 mod authentication;
 mod authorization;
 mod bypass;
+mod compartment;
 mod demo;
 mod operations;
 mod proxying;

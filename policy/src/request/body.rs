@@ -170,18 +170,14 @@ fn entry(entry: &Value) -> Result<FhirRequest, ClassifyError> {
         .get("url")
         .and_then(Value::as_str)
         .ok_or(ClassifyError::MalformedEntry)?;
-    if url.is_empty()
-        || url.starts_with('/')
-        || url.contains("://")
-        || url.starts_with("urn:")
-        || url.contains('#')
-    {
-        return Err(ClassifyError::MalformedEntry);
-    }
     let (path, query) = match url.split_once('?') {
         Some((path, query)) => (path, Some(query)),
         None => (url, None),
     };
+    // The path must be relative to this server's base: no scheme, no leading slash, no URN.
+    if path.is_empty() || path.starts_with('/') || path.contains(':') || url.contains('#') {
+        return Err(ClassifyError::MalformedEntry);
+    }
     let mut classified = classify(method, path, query)?;
     if classified.interaction() == Interaction::BatchOrTransaction {
         return Err(ClassifyError::MalformedEntry);
@@ -350,7 +346,7 @@ mod tests {
             "resourceType": "Bundle", "type": "batch",
             "entry": [
                 { "request": { "method": "GET", "url": "Patient/pat-bo" } },
-                { "request": { "method": "GET", "url": "Observation?patient=pat-bo&_count=5" } },
+                { "request": { "method": "GET", "url": "Observation?patient=pat-bo&code=http://loinc.org%7C1" } },
                 { "request": { "method": "POST", "url": "Observation", "ifNoneExist": "identifier=x" },
                   "resource": { "resourceType": "Observation" } },
                 { "request": { "method": "DELETE", "url": "Observation?patient=pat-bo" } }
