@@ -2,9 +2,12 @@
 //! [`crate::compartment_table`]): which resources belong to a patient, decided from the resource
 //! itself by following the compartment's reference paths.
 
+use std::sync::OnceLock;
+
 use serde_json::Value;
 
 use crate::compartment_table::{CompartmentLink, PATIENT_COMPARTMENT};
+use crate::raw::OrderedRaw;
 
 /// Reference data that is about no patient: readable under patient-context scopes, and allowed
 /// in patient-context responses (e.g. an `_include`d Practitioner).
@@ -73,9 +76,19 @@ pub fn pinning_params(resource_type: &str) -> impl Iterator<Item = &'static str>
 
 /// Whether `param` links some resource type to the Patient compartment.
 pub fn is_compartment_param(param: &str) -> bool {
-    PATIENT_COMPARTMENT
-        .iter()
-        .any(|(_, links)| links.iter().any(|link| link.param == param))
+    static NAMES: OnceLock<Vec<&'static str>> = OnceLock::new();
+    NAMES
+        .get_or_init(|| {
+            let mut names: Vec<&'static str> = PATIENT_COMPARTMENT
+                .iter()
+                .flat_map(|(_, links)| links.iter().map(|link| link.param))
+                .collect();
+            names.sort_unstable();
+            names.dedup();
+            names
+        })
+        .binary_search(&param)
+        .is_ok()
 }
 
 /// The parameter used to narrow an unpinned search to the patient.
@@ -127,23 +140,57 @@ pub fn membership(resource: &Value, patient: &str) -> Membership {
     }
 }
 
-fn path_references_patient(resource: &Value, path: &str, patient: &str) -> bool {
-    fn walk<'a>(value: &'a Value, mut steps: std::str::Split<'a, char>, patient: &str) -> bool {
-        match value {
-            Value::Array(items) => items.iter().any(|item| walk(item, steps.clone(), patient)),
-            Value::Object(object) => match steps.next() {
-                Some(step) => object
-                    .get(step)
-                    .is_some_and(|child| walk(child, steps, patient)),
-                None => object
-                    .get("reference")
-                    .and_then(Value::as_str)
-                    .is_some_and(|reference| references_patient(reference, patient)),
-            },
-            _ => false,
-        }
+/// [`membership`] of a resource read as raw top-level fields: only the subtrees the compartment
+/// paths start with are parsed, not the whole resource.
+pub(crate) fn membership_raw(resource: &OrderedRaw<'_>, patient: &str) -> Membership {
+    let Some(resource_type) = resource.get_str("resourceType") else {
+        return Membership::Outside;
+    };
+    if resource_type == "Patient" && resource.get_str("id").as_deref() == Some(patient) {
+        return Membership::Member;
     }
+    if let Some(links) = links(&resource_type) {
+        let member = links.iter().flat_map(|link| link.paths.iter()).any(|path| {
+            let mut steps = path.split('.');
+            let first = steps.next().unwrap_or_default();
+            resource
+                .get(first)
+                .and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok())
+                .is_some_and(|subtree| walk(&subtree, steps, patient))
+        });
+        return if member {
+            Membership::Member
+        } else {
+            Membership::Outside
+        };
+    }
+    if is_shared_type(&resource_type) {
+        Membership::Shared
+    } else {
+        Membership::Outside
+    }
+}
+
+fn path_references_patient(resource: &Value, path: &str, patient: &str) -> bool {
     walk(resource, path.split('.'), patient)
+}
+
+/// Follows `steps` from `value` (through arrays at any step) to References, and tells whether
+/// one of them points at the patient.
+fn walk(value: &Value, mut steps: std::str::Split<'_, char>, patient: &str) -> bool {
+    match value {
+        Value::Array(items) => items.iter().any(|item| walk(item, steps.clone(), patient)),
+        Value::Object(object) => match steps.next() {
+            Some(step) => object
+                .get(step)
+                .is_some_and(|child| walk(child, steps, patient)),
+            None => object
+                .get("reference")
+                .and_then(Value::as_str)
+                .is_some_and(|reference| references_patient(reference, patient)),
+        },
+        _ => false,
+    }
 }
 
 #[cfg(test)]

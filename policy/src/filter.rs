@@ -8,14 +8,12 @@
 //! nothing is removed.
 
 use std::borrow::Cow;
-use std::fmt;
 
-use serde::de::{Deserializer, MapAccess, Visitor};
-use serde::{Deserialize, Serialize, Serializer};
-use serde_json::Value;
+use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::compartment::{Membership, membership};
+use crate::compartment::{Membership, membership_raw};
+use crate::raw::OrderedRaw;
 
 /// What to do with Bundle entries outside the compartment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -43,19 +41,12 @@ pub fn filter_response(body: &[u8], patient: &str, mode: FilterMode) -> Filtered
     let Ok(top) = serde_json::from_slice::<OrderedRaw<'_>>(body) else {
         return Filtered::Forbidden;
     };
-    let resource_type = top
-        .get("resourceType")
-        .and_then(|raw| serde_json::from_str::<Cow<'_, str>>(raw.get()).ok());
+    let resource_type = top.get_str("resourceType");
     match resource_type.as_deref() {
         Some("Bundle") => filter_bundle(top, patient, mode),
         Some("OperationOutcome") => Filtered::Unchanged,
-        Some(_) => match serde_json::from_slice::<Value>(body) {
-            Ok(resource) if membership(&resource, patient) != Membership::Outside => {
-                Filtered::Unchanged
-            }
-            _ => Filtered::Forbidden,
-        },
-        None => Filtered::Forbidden,
+        Some(_) if membership_raw(&top, patient) != Membership::Outside => Filtered::Unchanged,
+        _ => Filtered::Forbidden,
     }
 }
 
@@ -88,10 +79,10 @@ fn filter_bundle(mut top: OrderedRaw<'_>, patient: &str, mode: FilterMode) -> Fi
         };
         let allowed = match probe.resource {
             None => true,
-            Some(resource) => match serde_json::from_str::<Value>(resource.get()) {
+            Some(resource) => match serde_json::from_str::<OrderedRaw<'_>>(resource.get()) {
                 Ok(resource) => {
-                    resource.get("resourceType").and_then(Value::as_str) == Some("OperationOutcome")
-                        || membership(&resource, patient) != Membership::Outside
+                    resource.get_str("resourceType").as_deref() == Some("OperationOutcome")
+                        || membership_raw(&resource, patient) != Membership::Outside
                 }
                 Err(_) => false,
             },
@@ -131,75 +122,9 @@ fn filter_bundle(mut top: OrderedRaw<'_>, patient: &str, mode: FilterMode) -> Fi
     }
 }
 
-/// A JSON object as ordered (key, raw value) pairs: read without building a tree, written back
-/// with the untouched values byte for byte.
-struct OrderedRaw<'a> {
-    fields: Vec<(Cow<'a, str>, RawSlot<'a>)>,
-}
-
-enum RawSlot<'a> {
-    Borrowed(&'a RawValue),
-    Owned(Box<RawValue>),
-}
-
-impl RawSlot<'_> {
-    fn raw(&self) -> &RawValue {
-        match self {
-            RawSlot::Borrowed(raw) => raw,
-            RawSlot::Owned(raw) => raw,
-        }
-    }
-}
-
-impl<'a> OrderedRaw<'a> {
-    fn get(&self, key: &str) -> Option<&RawValue> {
-        self.fields
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.raw())
-    }
-
-    fn replace(&mut self, key: &str, value: Box<RawValue>) {
-        if let Some(slot) = self.fields.iter_mut().find(|(k, _)| k == key) {
-            slot.1 = RawSlot::Owned(value);
-        }
-    }
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for OrderedRaw<'a> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct OrderedVisitor<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for OrderedVisitor<'a> {
-            type Value = OrderedRaw<'a>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
-                let mut fields = Vec::new();
-                while let Some((key, value)) = map.next_entry::<Cow<'de, str>, &'de RawValue>()? {
-                    fields.push((key, RawSlot::Borrowed(value)));
-                }
-                Ok(OrderedRaw { fields })
-            }
-        }
-        deserializer.deserialize_map(OrderedVisitor(std::marker::PhantomData))
-    }
-}
-
-impl Serialize for OrderedRaw<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap as _;
-        let mut map = serializer.serialize_map(Some(self.fields.len()))?;
-        for (key, value) in &self.fields {
-            map.serialize_entry(key, value.raw())?;
-        }
-        map.end()
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     use super::*;
 

@@ -11,6 +11,7 @@ mod compartment_table;
 pub mod decision;
 pub mod filter;
 mod patient_rules;
+mod raw;
 pub mod request;
 pub mod resource_type;
 pub mod scope;

@@ -34,6 +34,8 @@ pub(crate) fn check(
     if tests_other_resources(request) {
         return Err(DenyReason::OutsideCompartment);
     }
+    // Whatever the interaction, no parameter may name another patient.
+    pins_only_the_patient(request, patient)?;
     let mut add_params = granular_narrowing(request, scope)?;
     let checked = Obligations {
         compartment: Some(patient.to_owned()),
@@ -55,7 +57,6 @@ pub(crate) fn check(
                 ..Obligations::default()
             }),
             Some(t) if is_compartment_type(t) => {
-                pins_only_the_patient(request, patient)?;
                 add_params.extend(pin(request, t, patient)?);
                 Ok(Obligations {
                     add_params,
@@ -70,8 +71,6 @@ pub(crate) fn check(
                     && id == patient
                     && type_name.is_none_or(is_compartment_type) =>
             {
-                // The path pins the search; parameters may still not name anyone else.
-                pins_only_the_patient(request, patient)?;
                 Ok(Obligations {
                     add_params,
                     ..checked

@@ -193,7 +193,8 @@ patient/Patient.rs          | pat-anne | GET | Patient/pat-anne/$everything     
 patient/Observation.cruds   | pat-anne | PUT    | Observation/obs-anne-bp        | deny:write-not-verifiable
 patient/Observation.cruds   | pat-anne | PATCH  | Observation/obs-anne-bp        | deny:write-not-verifiable
 patient/Observation.cruds   | pat-anne | DELETE | Observation/obs-bo-bp          | deny:write-not-verifiable
-patient/Observation.cruds   | pat-anne | DELETE | Observation?patient=pat-bo     | deny:write-not-verifiable
+patient/Observation.cruds   | pat-anne | DELETE | Observation?patient=pat-bo     | deny:outside-compartment
+patient/Observation.cruds   | pat-anne | DELETE | Observation?patient=pat-anne   | deny:write-not-verifiable
 patient/Observation.cruds   | pat-anne | PUT    | Observation?identifier=x       | deny:write-not-verifiable
 patient/Observation.cruds   | pat-anne | POST   | Observation                    | deny:write-not-verifiable
 # --- a user scope is not narrowed by a patient scope beside it ------------------------------

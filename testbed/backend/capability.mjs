@@ -3,6 +3,8 @@
 
 import { getResourceTypes, globalSchema } from '@medplum/core';
 
+import { EVERYTHING_DEFINITION } from './everything.mjs';
+
 const INTERACTIONS = ['read', 'vread', 'update', 'patch', 'delete', 'history-instance', 'create', 'search-type'];
 const SEARCHABLE_TYPES = new Set(['reference', 'string', 'uri', 'token', 'date']);
 
@@ -33,6 +35,9 @@ export function buildCapabilityStatement(baseUrl, version) {
             type: p.type,
           }))
           .sort((a, b) => a.name.localeCompare(b.name)),
+        ...(type === 'Patient'
+          ? { operation: [{ name: 'everything', definition: EVERYTHING_DEFINITION }] }
+          : undefined),
       };
     });
   return {

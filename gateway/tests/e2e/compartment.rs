@@ -209,3 +209,62 @@ async fn filtered_entries_can_be_configured_to_deny() {
         .unwrap();
     assert_eq!(own.status, 200, "{}", own.text());
 }
+
+#[tokio::test]
+async fn everything_on_herself_and_not_on_another_patient() {
+    let gateway = Gateway::start();
+    let token = anne(&gateway, "patient/*.rs");
+    let client = gateway.client();
+    let own = client
+        .get("/fhir/Patient/pat-anne/$everything", Some(&token))
+        .await
+        .unwrap();
+    assert_eq!(own.status, 200, "{}", own.text());
+    let bundle = own.json();
+    let entries = bundle["entry"].as_array().unwrap();
+    let kinds: std::collections::BTreeSet<&str> = entries
+        .iter()
+        .map(|e| e["resource"]["resourceType"].as_str().unwrap())
+        .collect();
+    for kind in [
+        "Patient",
+        "Observation",
+        "Condition",
+        "Encounter",
+        "MedicationRequest",
+    ] {
+        assert!(kinds.contains(kind), "{kind} missing from {kinds:?}");
+    }
+    assert!(
+        !own.text().contains("Patient/pat-bo"),
+        "Bo's data in Anne's $everything"
+    );
+    for entry in entries {
+        assert!(
+            entry["fullUrl"]
+                .as_str()
+                .unwrap()
+                .starts_with(&gateway.base_url),
+            "{entry}"
+        );
+    }
+
+    let other = client
+        .get("/fhir/Patient/pat-bo/$everything", Some(&token))
+        .await
+        .unwrap();
+    assert_eq!(
+        (other.status.as_u16(), other.detail_code().as_str()),
+        (403, "outside-compartment")
+    );
+
+    let narrow = anne(&gateway, "patient/Patient.rs patient/Observation.rs");
+    let answer = client
+        .get("/fhir/Patient/pat-anne/$everything", Some(&narrow))
+        .await
+        .unwrap();
+    assert_eq!(
+        (answer.status.as_u16(), answer.detail_code().as_str()),
+        (403, "insufficient-scope")
+    );
+}

@@ -1,0 +1,81 @@
+//! A JSON object read as ordered (key, raw value) pairs: no tree is built, untouched values are
+//! written back byte for byte. The response filter's light pass rests on it.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::value::RawValue;
+
+/// A JSON object as ordered (key, raw value) pairs: read without building a tree, written back
+/// with the untouched values byte for byte.
+pub(crate) struct OrderedRaw<'a> {
+    fields: Vec<(Cow<'a, str>, RawSlot<'a>)>,
+}
+
+pub(crate) enum RawSlot<'a> {
+    Borrowed(&'a RawValue),
+    Owned(Box<RawValue>),
+}
+
+impl RawSlot<'_> {
+    fn raw(&self) -> &RawValue {
+        match self {
+            RawSlot::Borrowed(raw) => raw,
+            RawSlot::Owned(raw) => raw,
+        }
+    }
+}
+
+impl<'a> OrderedRaw<'a> {
+    /// The value of `key` if it is a JSON string.
+    pub(crate) fn get_str(&self, key: &str) -> Option<Cow<'_, str>> {
+        self.get(key)
+            .and_then(|raw| serde_json::from_str::<Cow<'_, str>>(raw.get()).ok())
+    }
+
+    pub(crate) fn get(&self, key: &str) -> Option<&RawValue> {
+        self.fields
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.raw())
+    }
+
+    pub(crate) fn replace(&mut self, key: &str, value: Box<RawValue>) {
+        if let Some(slot) = self.fields.iter_mut().find(|(k, _)| k == key) {
+            slot.1 = RawSlot::Owned(value);
+        }
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for OrderedRaw<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct OrderedVisitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for OrderedVisitor<'a> {
+            type Value = OrderedRaw<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+                let mut fields = Vec::new();
+                while let Some((key, value)) = map.next_entry::<Cow<'de, str>, &'de RawValue>()? {
+                    fields.push((key, RawSlot::Borrowed(value)));
+                }
+                Ok(OrderedRaw { fields })
+            }
+        }
+        deserializer.deserialize_map(OrderedVisitor(std::marker::PhantomData))
+    }
+}
+
+impl Serialize for OrderedRaw<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut map = serializer.serialize_map(Some(self.fields.len()))?;
+        for (key, value) in &self.fields {
+            map.serialize_entry(key, value.raw())?;
+        }
+        map.end()
+    }
+}
