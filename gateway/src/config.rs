@@ -184,6 +184,10 @@ pub struct PolicyConfig {
     /// `remove` them (and lower `total`), or `deny` the whole answer with 403.
     #[serde(default)]
     pub filtered_entries: FilteredEntries,
+    /// Operator rules (TOML, `[[rule]]` tables), evaluated after scopes, deny by default.
+    /// Without it, scopes alone decide.
+    #[serde(default)]
+    pub rules_file: Option<PathBuf>,
 }
 
 /// See [`PolicyConfig::filtered_entries`].
@@ -286,6 +290,9 @@ impl Config {
         self.tls.crls.iter_mut().for_each(resolve);
         for issuer in &mut self.issuers {
             resolve(&mut issuer.jwks_file);
+        }
+        if let Some(rules_file) = &mut self.policy.rules_file {
+            resolve(rules_file);
         }
     }
 }

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::Uri;
+use portvagt_policy::{RuleSet, RulesFile};
 
 use crate::admin::Admin;
 use crate::auth::TokenVerifier;
@@ -32,6 +33,8 @@ pub struct Runtime {
     pub public_base_url: String,
     /// The path of the FHIR base on this listener (e.g. `/fhir`).
     pub fhir_base_path: String,
+    /// Operator rules, when configured.
+    pub rules: Option<Arc<RuleSet>>,
 }
 
 impl Runtime {
@@ -83,6 +86,16 @@ impl Runtime {
         let backend = Backend::new(&config.backend)
             .map_err(|e| errors.push(e))
             .ok();
+        let rules = match &config.policy.rules_file {
+            None => None,
+            Some(path) => match load_rules(path) {
+                Ok(rules) => Some(Arc::new(rules)),
+                Err(mut rule_errors) => {
+                    errors.append(&mut rule_errors);
+                    None
+                }
+            },
+        };
         let (Some(tls), Some(verifier), Some(backend), true) =
             (tls, verifier, backend, errors.is_empty())
         else {
@@ -105,6 +118,26 @@ impl Runtime {
             admin,
             public_base_url,
             fhir_base_path,
+            rules,
         })
     }
+}
+
+/// Reads and compiles an operator rules file; each problem names the rule.
+fn load_rules(path: &std::path::Path) -> Result<RuleSet, Vec<ConfigError>> {
+    let field = "policy.rules_file";
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| vec![ConfigError::new(field, format!("{}: {e}", path.display()))])?;
+    let file: RulesFile = toml::from_str(&text).map_err(|e| {
+        vec![ConfigError::new(
+            field,
+            format!("{}: {}", path.display(), e.to_string().trim()),
+        )]
+    })?;
+    RuleSet::compile(&file).map_err(|errors| {
+        errors
+            .into_iter()
+            .map(|error| ConfigError::new(field, format!("{}: {error}", path.display())))
+            .collect()
+    })
 }

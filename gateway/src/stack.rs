@@ -48,7 +48,10 @@ pub fn build(runtime: &Runtime) -> GatewayService {
         // What: the FHIR interaction, resource type, id and parameters (400/404 if unclear).
         .layer(ClassifyLayer::new(&runtime.fhir_base_path))
         // May they: the policy decision (403 otherwise).
-        .layer(AuthorizeLayer::new(runtime.metrics.clone()))
+        .layer(AuthorizeLayer::new(
+            runtime.metrics.clone(),
+            runtime.rules.clone(),
+        ))
         // Header hygiene, forwarding, URL rewriting: the backend.
         .service(Proxy::new(runtime));
     BoxCloneService::new(service)

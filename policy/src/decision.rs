@@ -12,6 +12,7 @@ use std::fmt;
 use crate::patient_rules;
 use crate::request::{BundleKind, FhirRequest, Interaction, RequestBody, parse_form};
 use crate::resource_type::ResourceType;
+use crate::rules::{Caller, RuleSet, RuleVerdict};
 use crate::scope::{Permissions, Scope, ScopeContext, ScopeSet};
 
 /// What policy needs to know about the caller, borrowed from the verified principal.
@@ -96,6 +97,10 @@ pub enum DenyReason {
     /// The search would return or test resources of other types (`_include`, `_revinclude`,
     /// `_has`, chained parameters), and only a scope on every type (`*`) covers that.
     SearchReachesOtherTypes,
+    /// An operator rule with `effect = "deny"` matched.
+    DeniedByRule,
+    /// Operator rules are in force and none allows this.
+    NoRuleAllows,
 }
 
 impl DenyReason {
@@ -109,11 +114,13 @@ impl DenyReason {
             DenyReason::GranularScopeUnsupported => "granular-scope-unsupported",
             DenyReason::UnsupportedInteraction => "unsupported-interaction",
             DenyReason::SearchReachesOtherTypes => "search-reaches-other-types",
+            DenyReason::DeniedByRule => "denied-by-rule",
+            DenyReason::NoRuleAllows => "no-rule-allows",
         }
     }
 
     /// Every reason, for documentation and metric pre-registration.
-    pub const ALL: [DenyReason; 7] = [
+    pub const ALL: [DenyReason; 9] = [
         DenyReason::InsufficientScope,
         DenyReason::NoPatientContext,
         DenyReason::OutsideCompartment,
@@ -121,6 +128,8 @@ impl DenyReason {
         DenyReason::GranularScopeUnsupported,
         DenyReason::UnsupportedInteraction,
         DenyReason::SearchReachesOtherTypes,
+        DenyReason::DeniedByRule,
+        DenyReason::NoRuleAllows,
     ];
 }
 
@@ -139,8 +148,26 @@ const OTHER_TYPE_PARAMS: &[&str] = &[
     "_containedType",
 ];
 
-/// Decides whether `subject` may perform `request`.
+/// Decides whether `subject` may perform `request`, on scopes alone.
 pub fn decide(subject: Subject<'_>, request: &FhirRequest) -> Decision {
+    decide_inner(subject, None, request)
+}
+
+/// Decides on scopes, then on the operator `rules` for `caller` (see [`crate::rules`]).
+pub fn decide_with_rules(
+    subject: Subject<'_>,
+    caller: &Caller<'_>,
+    rules: &RuleSet,
+    request: &FhirRequest,
+) -> Decision {
+    decide_inner(subject, Some((caller, rules)), request)
+}
+
+fn decide_inner(
+    subject: Subject<'_>,
+    rules: Option<(&Caller<'_>, &RuleSet)>,
+    request: &FhirRequest,
+) -> Decision {
     let (resource_type, needed) = match requirement(request) {
         Requirement::Open => {
             return Decision::Allow {
@@ -148,7 +175,7 @@ pub fn decide(subject: Subject<'_>, request: &FhirRequest) -> Decision {
                 obligations: Obligations::default(),
             };
         }
-        Requirement::Bundle => return decide_bundle(subject, request),
+        Requirement::Bundle => return decide_bundle(subject, rules, request),
         Requirement::Refused(reason) => return Decision::Deny { reason },
         Requirement::Scope(resource_type, needed) => (resource_type, needed),
     };
@@ -176,6 +203,14 @@ pub fn decide(subject: Subject<'_>, request: &FhirRequest) -> Decision {
                 Some(patient) => patient_rules::check(request, scope, patient),
             },
         };
+        let verdict = verdict.and_then(|obligations| match rules {
+            None => Ok(obligations),
+            Some((caller, rules)) => match rules.evaluate(caller, scope.context(), request) {
+                RuleVerdict::Allowed => Ok(obligations),
+                RuleVerdict::Denied => Err(DenyReason::DeniedByRule),
+                RuleVerdict::NotAllowed => Err(DenyReason::NoRuleAllows),
+            },
+        });
         match verdict {
             Ok(obligations) => return Decision::allow(scope, obligations),
             Err(reason) => best = reason,
@@ -278,13 +313,20 @@ pub(crate) fn reaches_other_types(request: &FhirRequest) -> bool {
 /// Batch and transaction (R4 §3.1.0.11): each entry is decided as a request of its own. A
 /// transaction with any denied entry is denied as a whole; a batch is allowed with per-entry
 /// decisions, and the gateway answers denied entries itself.
-fn decide_bundle(subject: Subject<'_>, request: &FhirRequest) -> Decision {
+fn decide_bundle(
+    subject: Subject<'_>,
+    rules: Option<(&Caller<'_>, &RuleSet)>,
+    request: &FhirRequest,
+) -> Decision {
     let Some(RequestBody::Bundle { kind, entries }) = request.body() else {
         return Decision::Deny {
             reason: DenyReason::UnsupportedInteraction,
         };
     };
-    let decisions: Vec<Decision> = entries.iter().map(|entry| decide(subject, entry)).collect();
+    let decisions: Vec<Decision> = entries
+        .iter()
+        .map(|entry| decide_inner(subject, rules, entry))
+        .collect();
     if *kind == BundleKind::Transaction
         && let Some(reason) = decisions.iter().find_map(Decision::deny_reason)
     {

@@ -14,10 +14,12 @@ mod patient_rules;
 mod raw;
 pub mod request;
 pub mod resource_type;
+pub mod rules;
 pub mod scope;
 
-pub use decision::{Decision, DenyReason, Obligations, Subject, decide};
+pub use decision::{Decision, DenyReason, Obligations, Subject, decide, decide_with_rules};
 pub use filter::{FilterMode, Filtered, filter_response};
 pub use request::{ClassifyError, FhirRequest, Interaction, classify, parse_form};
 pub use resource_type::ResourceType;
+pub use rules::{Caller, RuleSet, RulesFile};
 pub use scope::{Permissions, Scope, ScopeContext, ScopeSet};

@@ -72,6 +72,17 @@ struct Claims {
     jti: Option<String>,
     #[serde(default)]
     cnf: Option<Confirmation>,
+    #[serde(default)]
+    role: Option<StringOrList>,
+    #[serde(default)]
+    purpose_of_use: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StringOrList {
+    One(String),
+    Many(Vec<String>),
 }
 
 #[derive(Deserialize)]
@@ -204,6 +215,12 @@ impl TokenVerifier {
             fhir_user: claims.fhir_user,
             certificate_bound: bound,
             expires_at: claims.exp.ok_or(AuthnError::MissingClaim)?,
+            roles: match claims.role {
+                None => Vec::new(),
+                Some(StringOrList::One(role)) => vec![role],
+                Some(StringOrList::Many(roles)) => roles,
+            },
+            purpose_of_use: claims.purpose_of_use,
             peer: Arc::clone(peer),
         })
     }

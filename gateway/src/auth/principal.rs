@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use portvagt_policy::{ScopeSet, Subject};
+use portvagt_policy::{Caller, ScopeSet, Subject};
 
 use crate::tls::PeerIdentity;
 
@@ -20,6 +20,8 @@ pub struct Principal {
     pub(crate) fhir_user: Option<String>,
     pub(crate) certificate_bound: bool,
     pub(crate) expires_at: u64,
+    pub(crate) roles: Vec<String>,
+    pub(crate) purpose_of_use: Option<String>,
     pub(crate) peer: Arc<PeerIdentity>,
 }
 
@@ -59,6 +61,23 @@ impl Principal {
     /// `exp`, seconds since the epoch.
     pub fn expires_at(&self) -> u64 {
         self.expires_at
+    }
+    /// Profession codes (`role` claim; a string or a list).
+    pub fn roles(&self) -> &[String] {
+        &self.roles
+    }
+    /// Purpose of use (`purpose_of_use` claim), e.g. `TREATMENT`.
+    pub fn purpose_of_use(&self) -> Option<&str> {
+        self.purpose_of_use.as_deref()
+    }
+    /// What operator rules need to know.
+    pub fn caller(&self) -> Caller<'_> {
+        Caller {
+            roles: &self.roles,
+            purpose: self.purpose_of_use.as_deref(),
+            client_id: self.client_id.as_deref(),
+            organisation: self.peer.cvr(),
+        }
     }
     /// The client certificate the call came with.
     pub fn peer(&self) -> &PeerIdentity {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::Request;
-use portvagt_policy::{Decision, DenyReason, FhirRequest, decide};
+use portvagt_policy::{Decision, DenyReason, FhirRequest, RuleSet, decide, decide_with_rules};
 use tower::{Layer, Service};
 
 use super::{BoxFuture, take_ready};
@@ -26,12 +26,13 @@ pub struct AccessDenied {
 #[derive(Debug, Clone)]
 pub struct AuthorizeLayer {
     metrics: Arc<Metrics>,
+    rules: Option<Arc<RuleSet>>,
 }
 
 impl AuthorizeLayer {
-    /// Counts denials into `metrics`.
-    pub fn new(metrics: Arc<Metrics>) -> Self {
-        Self { metrics }
+    /// Decides on scopes and, when given, operator `rules`; counts denials into `metrics`.
+    pub fn new(metrics: Arc<Metrics>, rules: Option<Arc<RuleSet>>) -> Self {
+        Self { metrics, rules }
     }
 }
 
@@ -41,6 +42,7 @@ impl<S> Layer<S> for AuthorizeLayer {
         Authorize {
             inner,
             metrics: self.metrics.clone(),
+            rules: self.rules.clone(),
         }
     }
 }
@@ -50,6 +52,7 @@ impl<S> Layer<S> for AuthorizeLayer {
 pub struct Authorize<S> {
     inner: S,
     metrics: Arc<Metrics>,
+    rules: Option<Arc<RuleSet>>,
 }
 
 impl<S, B, R> Service<Request<B>> for Authorize<S>
@@ -73,7 +76,12 @@ where
             request.extensions().get::<Arc<Principal>>(),
             request.extensions().get::<Arc<FhirRequest>>(),
         ) {
-            (Some(principal), Some(fhir)) => decide(principal.policy_subject(), fhir),
+            (Some(principal), Some(fhir)) => match &self.rules {
+                None => decide(principal.policy_subject(), fhir),
+                Some(rules) => {
+                    decide_with_rules(principal.policy_subject(), &principal.caller(), rules, fhir)
+                }
+            },
             _ => Decision::Deny {
                 reason: DenyReason::InsufficientScope,
             },

@@ -10,4 +10,5 @@ mod compartment;
 mod demo;
 mod operations;
 mod proxying;
+mod rules;
 mod transport;

@@ -54,6 +54,8 @@ pub struct Options {
     pub extra_config: String,
     pub issuer_extra: String,
     pub server_extra: String,
+    /// Extra files (name, contents) written beside the config before start.
+    pub files: Vec<(String, String)>,
 }
 
 impl Gateway {
@@ -103,6 +105,9 @@ level = "info"
             server_extra = options.server_extra,
             extra = options.extra_config,
         );
+        for (name, contents) in &options.files {
+            std::fs::write(dir.path().join(name), contents).unwrap();
+        }
         let config_path = dir.path().join("portvagt.toml");
         std::fs::write(&config_path, config).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_portvagt"))
