@@ -8,11 +8,7 @@ use serde_json::json;
 use crate::support::{Gateway, Options, request};
 
 fn metric_value(metrics: &str, line_prefix: &str) -> f64 {
-    metrics
-        .lines()
-        .find(|line| line.starts_with(line_prefix))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
+    crate::support::metric_value(metrics, line_prefix)
         .unwrap_or_else(|| panic!("no metric line {line_prefix}"))
 }
 

@@ -2,21 +2,11 @@
 
 use portvagt_certs::{CertificateAuthority, ClientSubject};
 
-use crate::support::{Client, Gateway};
+use crate::support::{Client, Gateway, metric_value};
 
 async fn metric(gateway: &Gateway, line_prefix: &str) -> Option<f64> {
-    let token = gateway.token(serde_json::json!({}));
-    let metrics = gateway
-        .client()
-        .get("/metrics", Some(&token))
-        .await
-        .unwrap()
-        .text();
-    metrics
-        .lines()
-        .find(|line| line.starts_with(line_prefix))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
+    let metrics = gateway.client().get("/metrics", None).await.unwrap().text();
+    metric_value(&metrics, line_prefix)
 }
 
 #[tokio::test]

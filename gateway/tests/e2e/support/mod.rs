@@ -443,3 +443,12 @@ pub async fn backend_get(path: &str) -> (StatusCode, Value) {
     let body = response.into_body().collect().await.unwrap().to_bytes();
     (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
 }
+
+/// The value of the Prometheus sample whose line starts with `line_prefix`.
+pub fn metric_value(metrics: &str, line_prefix: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|line| line.starts_with(line_prefix))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
