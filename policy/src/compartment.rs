@@ -64,14 +64,16 @@ pub fn is_shared_type(resource_type: &str) -> bool {
 }
 
 /// The search parameters that pin a search of `resource_type` to a patient: the compartment's
-/// own parameters, plus `patient`, which R4 defines on most clinical types as the patient
-/// subset of `subject`.
+/// own parameters, plus `patient` where R4 defines it as the patient subset of `subject`.
 pub fn pinning_params(resource_type: &str) -> impl Iterator<Item = &'static str> {
+    // `patient` is the patient subset of `subject` on the clinical types; elsewhere (Group,
+    // Schedule, ...) R4 defines no such parameter, and a lenient server would ignore it.
+    let has_patient_param = matches!(narrowing_param(resource_type), Some("patient" | "subject"));
     links(resource_type)
         .unwrap_or_default()
         .iter()
         .map(|link| link.param)
-        .chain(std::iter::once("patient"))
+        .chain(has_patient_param.then_some("patient"))
 }
 
 /// Whether `param` links some resource type to the Patient compartment.
@@ -119,19 +121,22 @@ pub fn membership(resource: &Value, patient: &str) -> Membership {
     let Some(resource_type) = resource.get("resourceType").and_then(Value::as_str) else {
         return Membership::Outside;
     };
-    if resource_type == "Patient" && resource.get("id").and_then(Value::as_str) == Some(patient) {
-        return Membership::Member;
-    }
-    if let Some(links) = links(resource_type) {
-        let member = links
-            .iter()
-            .flat_map(|link| link.paths.iter())
-            .any(|path| path_references_patient(resource, path, patient));
-        return if member {
+    if resource_type == "Patient" {
+        let own = resource.get("id").and_then(Value::as_str) == Some(patient);
+        return if own {
             Membership::Member
         } else {
             Membership::Outside
         };
+    }
+    if let Some(links) = links(resource_type) {
+        let mut tally = Tally::default();
+        for path in links.iter().flat_map(|link| link.paths.iter()) {
+            walk(resource, path.split('.'), &mut |reference| {
+                tally.add(reference, patient)
+            });
+        }
+        return tally.verdict(contained_ok(resource.get("contained"), patient));
     }
     if is_shared_type(resource_type) {
         Membership::Shared
@@ -146,23 +151,37 @@ pub(crate) fn membership_raw(resource: &OrderedRaw<'_>, patient: &str) -> Member
     let Some(resource_type) = resource.get_str("resourceType") else {
         return Membership::Outside;
     };
-    if resource_type == "Patient" && resource.get_str("id").as_deref() == Some(patient) {
-        return Membership::Member;
-    }
-    if let Some(links) = links(&resource_type) {
-        let member = links.iter().flat_map(|link| link.paths.iter()).any(|path| {
-            let mut steps = path.split('.');
-            let first = steps.next().unwrap_or_default();
-            resource
-                .get(first)
-                .and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok())
-                .is_some_and(|subtree| walk(&subtree, steps, patient))
-        });
-        return if member {
+    if resource_type == "Patient" {
+        let own = resource.get_str("id").as_deref() == Some(patient);
+        return if own {
             Membership::Member
         } else {
             Membership::Outside
         };
+    }
+    if let Some(links) = links(&resource_type) {
+        let mut tally = Tally::default();
+        for path in links.iter().flat_map(|link| link.paths.iter()) {
+            let mut steps = path.split('.');
+            let first = steps.next().unwrap_or_default();
+            let Some(raw) = resource.get(first) else {
+                continue;
+            };
+            match serde_json::from_str::<Value>(raw.get()) {
+                Ok(subtree) => walk(&subtree, steps, &mut |reference| {
+                    tally.add(reference, patient)
+                }),
+                Err(_) => return Membership::Outside,
+            }
+        }
+        let contained = resource
+            .get("contained")
+            .and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok());
+        let contained_ok = match resource.get("contained") {
+            None => true,
+            Some(_) => contained_ok(contained.as_ref(), patient),
+        };
+        return tally.verdict(contained_ok);
     }
     if is_shared_type(&resource_type) {
         Membership::Shared
@@ -171,25 +190,107 @@ pub(crate) fn membership_raw(resource: &OrderedRaw<'_>, patient: &str) -> Member
     }
 }
 
-fn path_references_patient(resource: &Value, path: &str, patient: &str) -> bool {
-    walk(resource, path.split('.'), patient)
+/// What the compartment references of a resource say.
+#[derive(Default)]
+struct Tally {
+    names_patient: bool,
+    names_someone_else: bool,
 }
 
-/// Follows `steps` from `value` (through arrays at any step) to References, and tells whether
-/// one of them points at the patient.
-fn walk(value: &Value, mut steps: std::str::Split<'_, char>, patient: &str) -> bool {
+impl Tally {
+    fn add(&mut self, reference: &str, patient: &str) {
+        if references_patient(reference, patient) {
+            self.names_patient = true;
+        } else if reference.starts_with('#') {
+            // A contained resource: checked with the container's `contained`.
+        } else if reference.starts_with("Patient/")
+            || !reference.contains('/')
+            || reference.contains("://")
+            || reference.starts_with("urn:")
+        {
+            // Another patient, or a reference that cannot be placed (bare, absolute, URN).
+            self.names_someone_else = true;
+        }
+    }
+
+    /// A member names the patient and nobody else on any compartment path: an Observation
+    /// ABOUT another patient with this patient as performer is not hers to see or write.
+    fn verdict(&self, contained_ok: bool) -> Membership {
+        if self.names_patient && !self.names_someone_else && contained_ok {
+            Membership::Member
+        } else {
+            Membership::Outside
+        }
+    }
+}
+
+/// Contained resources travel with their container: none may belong to another patient.
+fn contained_ok(contained: Option<&Value>, patient: &str) -> bool {
+    let Some(contained) = contained else {
+        return true;
+    };
+    let Some(items) = contained.as_array() else {
+        return false;
+    };
+    items.iter().all(|item| {
+        let resource_type = item
+            .get("resourceType")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if resource_type == "Patient" {
+            return false;
+        }
+        match links(resource_type) {
+            // A contained compartment resource must not name anyone else either.
+            Some(_) => {
+                !matches!(membership(item, patient), Membership::Outside)
+                    || !names_any_patient(item)
+            }
+            None => true,
+        }
+    })
+}
+
+fn names_any_patient(resource: &Value) -> bool {
+    let resource_type = resource
+        .get("resourceType")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let mut found = false;
+    for path in links(resource_type)
+        .unwrap_or_default()
+        .iter()
+        .flat_map(|link| link.paths.iter())
+    {
+        walk(resource, path.split('.'), &mut |reference| {
+            found |= reference.starts_with("Patient/")
+        });
+    }
+    found
+}
+
+/// Follows `steps` from `value` (through arrays at any step) to References, and hands each
+/// `reference` string to `visit`.
+fn walk(value: &Value, mut steps: std::str::Split<'_, char>, visit: &mut dyn FnMut(&str)) {
     match value {
-        Value::Array(items) => items.iter().any(|item| walk(item, steps.clone(), patient)),
+        Value::Array(items) => {
+            for item in items {
+                walk(item, steps.clone(), visit);
+            }
+        }
         Value::Object(object) => match steps.next() {
-            Some(step) => object
-                .get(step)
-                .is_some_and(|child| walk(child, steps, patient)),
-            None => object
-                .get("reference")
-                .and_then(Value::as_str)
-                .is_some_and(|reference| references_patient(reference, patient)),
+            Some(step) => {
+                if let Some(child) = object.get(step) {
+                    walk(child, steps, visit);
+                }
+            }
+            None => {
+                if let Some(reference) = object.get("reference").and_then(Value::as_str) {
+                    visit(reference);
+                }
+            }
         },
-        _ => false,
+        _ => {}
     }
 }
 

@@ -323,6 +323,13 @@ fn decide_bundle(
             reason: DenyReason::UnsupportedInteraction,
         };
     };
+    if let Some((caller, rules)) = rules
+        && rules.denies_bundle(caller, request)
+    {
+        return Decision::Deny {
+            reason: DenyReason::DeniedByRule,
+        };
+    }
     let decisions: Vec<Decision> = entries
         .iter()
         .map(|entry| decide_inner(subject, rules, entry))

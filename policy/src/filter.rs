@@ -44,7 +44,8 @@ pub fn filter_response(body: &[u8], patient: &str, mode: FilterMode) -> Filtered
     let resource_type = top.get_str("resourceType");
     match resource_type.as_deref() {
         Some("Bundle") => filter_bundle(top, patient, mode),
-        Some("OperationOutcome") => Filtered::Unchanged,
+        // An OperationOutcome carries no patient data unless something is packed inside it.
+        Some("OperationOutcome") if top.get("contained").is_none() => Filtered::Unchanged,
         Some(_) if membership_raw(&top, patient) != Membership::Outside => Filtered::Unchanged,
         _ => Filtered::Forbidden,
     }
@@ -77,12 +78,18 @@ fn filter_bundle(mut top: OrderedRaw<'_>, patient: &str, mode: FilterMode) -> Fi
         let Ok(probe) = serde_json::from_str::<EntryProbe<'_>>(entry.get()) else {
             return Filtered::Forbidden;
         };
+        let search_mode = probe.search.as_ref().and_then(|s| s.mode.as_deref());
         let allowed = match probe.resource {
             None => true,
             Some(resource) => match serde_json::from_str::<OrderedRaw<'_>>(resource.get()) {
                 Ok(resource) => {
-                    resource.get_str("resourceType").as_deref() == Some("OperationOutcome")
-                        || membership_raw(&resource, patient) != Membership::Outside
+                    // The server's own remarks about the search pass; an OperationOutcome posing
+                    // as a match, or carrying contained resources, does not.
+                    let is_remark = resource.get_str("resourceType").as_deref()
+                        == Some("OperationOutcome")
+                        && search_mode == Some("outcome")
+                        && resource.get("contained").is_none();
+                    is_remark || membership_raw(&resource, patient) != Membership::Outside
                 }
                 Err(_) => false,
             },
@@ -93,10 +100,7 @@ fn filter_bundle(mut top: OrderedRaw<'_>, patient: &str, mode: FilterMode) -> Fi
             if mode == FilterMode::Deny {
                 return Filtered::Forbidden;
             }
-            let is_match = probe
-                .search
-                .and_then(|s| s.mode)
-                .is_none_or(|m| m == "match");
+            let is_match = search_mode.is_none_or(|m| m == "match");
             removed_matches += u64::from(is_match);
         }
     }
@@ -238,5 +242,43 @@ mod tests {
         let value: Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(value["total"], 1);
         assert_eq!(value["entry"].as_array().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn disguises_are_removed() {
+        let mut about_bo_by_anne = observation("3", "pat-bo");
+        about_bo_by_anne["performer"] = json!([{ "reference": "Patient/anne" }]);
+        let mut contained_bo = observation("4", "anne");
+        contained_bo["contained"] =
+            json!([{ "resourceType": "Patient", "id": "p", "name": [{ "family": "Jensen" }] }]);
+        let outcome_as_match = json!({ "resourceType": "OperationOutcome", "issue": [],
+            "contained": [{ "resourceType": "Patient", "id": "bo" }] });
+        let body = bundle(vec![
+            observation("1", "anne"),
+            about_bo_by_anne,
+            contained_bo,
+            outcome_as_match,
+        ]);
+        let Filtered::Rewritten(bytes) = filter_response(&body, "anne", FilterMode::Remove) else {
+            panic!("not rewritten")
+        };
+        let value: Value = serde_json::from_slice(&bytes).unwrap();
+        let kept: Vec<&str> = value["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["resource"]["id"].as_str().unwrap_or("?"))
+            .collect();
+        assert_eq!(kept, ["1"]);
+        assert_eq!(value["total"], 1);
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused() {
+        let body = br#"{"resourceType":"Observation","subject":{"reference":"Patient/anne"},"subject":{"reference":"Patient/bo"}}"#;
+        assert_eq!(
+            filter_response(body, "anne", FilterMode::Remove),
+            Filtered::Forbidden
+        );
     }
 }

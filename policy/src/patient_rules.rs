@@ -36,6 +36,12 @@ pub(crate) fn check(
     }
     // Whatever the interaction, no parameter may name another patient.
     pins_only_the_patient(request, patient)?;
+    // `_elements` and `_summary` can hide the references the answer is checked on.
+    if request.params().iter().any(|(name, value)| {
+        name == "_elements" || (name == "_summary" && value != "count" && value != "false")
+    }) {
+        return Err(DenyReason::OutsideCompartment);
+    }
     let mut add_params = granular_narrowing(request, scope)?;
     let checked = Obligations {
         compartment: Some(patient.to_owned()),
@@ -48,13 +54,15 @@ pub(crate) fn check(
             Some("Patient") if request.id() == Some(patient) => Ok(checked),
             Some("Patient") => Err(DenyReason::OutsideCompartment),
             Some(t) if is_compartment_type(t) => Ok(checked),
-            Some(t) if is_shared_type(t) => Ok(Obligations::default()),
+            // Shared reference data: still checked, so nothing else rides along.
+            Some(t) if is_shared_type(t) => Ok(checked),
             _ => Err(DenyReason::OutsideCompartment),
         },
         Interaction::SearchType => match type_name {
+            // Every answer is checked: `_revinclude` on shared data reaches patients' records.
             Some(t) if is_shared_type(t) => Ok(Obligations {
                 add_params,
-                ..Obligations::default()
+                ..checked
             }),
             Some(t) if is_compartment_type(t) => {
                 add_params.extend(pin(request, t, patient)?);
@@ -81,6 +89,16 @@ pub(crate) fn check(
         Interaction::Operation if is_everything(request) && request.id() == Some(patient) => {
             Ok(checked)
         }
+        // A conditional create is a search the pin rules do not see: refused.
+        Interaction::Create if request.if_none_exist().is_some() => {
+            Err(DenyReason::WriteNotVerifiable)
+        }
+        // Citizens do not create patients, audit records or provenance about themselves.
+        Interaction::Create
+            if matches!(type_name, Some("Patient" | "AuditEvent" | "Provenance")) =>
+        {
+            Err(DenyReason::OutsideCompartment)
+        }
         Interaction::Create => match request.body() {
             Some(RequestBody::Resource(resource))
                 if membership(resource, patient) == Membership::Member =>
@@ -105,12 +123,12 @@ pub(crate) fn check(
 }
 
 /// Chained parameters and `_has` test other resources: even with the answer filtered, they tell
-/// whether another patient's data matches.
+/// whether another patient's data matches. `_filter` and `_query` say what they search in a
+/// language of their own, which the pin rules cannot read.
 fn tests_other_resources(request: &FhirRequest) -> bool {
-    request
-        .params()
-        .iter()
-        .any(|(name, _)| name.contains('.') || name.starts_with("_has"))
+    request.params().iter().any(|(name, _)| {
+        name.contains('.') || name.starts_with("_has") || name == "_filter" || name == "_query"
+    })
 }
 
 /// No parameter may name a patient other than `patient`. A parameter names a patient when it is
@@ -183,6 +201,15 @@ fn pin(request: &FhirRequest, t: &str, patient: &str) -> Result<Vec<(String, Str
         return Ok(Vec::new());
     }
     let param = narrowing_param(t).ok_or(DenyReason::OutsideCompartment)?;
+    // The client already used the narrowing parameter for something else (`subject=Group/x`):
+    // adding ours would make it repeat with two values, which servers read differently.
+    if request
+        .params()
+        .iter()
+        .any(|(name, _)| name.split(':').next() == Some(param))
+    {
+        return Err(DenyReason::OutsideCompartment);
+    }
     let value = if param == "_id" {
         patient.to_owned()
     } else {

@@ -60,6 +60,11 @@ impl<'de: 'a, 'a> Deserialize<'de> for OrderedRaw<'a> {
             fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
                 let mut fields = Vec::new();
                 while let Some((key, value)) = map.next_entry::<Cow<'de, str>, &'de RawValue>()? {
+                    // Duplicate keys: this reader would see the first, a JavaScript client the
+                    // last. Refuse rather than check one and show the other.
+                    if fields.iter().any(|(k, _)| *k == key) {
+                        return Err(serde::de::Error::custom("duplicate key"));
+                    }
                     fields.push((key, RawSlot::Borrowed(value)));
                 }
                 Ok(OrderedRaw { fields })

@@ -21,6 +21,7 @@ use std::fmt;
 
 use serde::Deserialize;
 
+use crate::decision::{is_everything, reaches_other_types};
 use crate::request::{FhirRequest, Interaction};
 use crate::resource_type::ResourceType;
 use crate::scope::ScopeContext;
@@ -275,6 +276,13 @@ impl RuleSet {
         }
     }
 
+    /// Whether a deny rule matches a Bundle itself (checked before its entries).
+    pub fn denies_bundle(&self, caller: &Caller<'_>, request: &FhirRequest) -> bool {
+        self.rules
+            .iter()
+            .any(|rule| rule.effect == Effect::Deny && rule.matches_in(caller, None, request))
+    }
+
     /// The names of the rules that match (for `check-config` explanations and tests).
     pub fn matching(
         &self,
@@ -292,6 +300,17 @@ impl RuleSet {
 
 impl Rule {
     fn matches(&self, caller: &Caller<'_>, context: ScopeContext, request: &FhirRequest) -> bool {
+        self.matches_in(caller, Some(context), request)
+    }
+
+    /// `context: None` (a Bundle, decided before any scope): a deny rule matches whatever its
+    /// contexts say.
+    fn matches_in(
+        &self,
+        caller: &Caller<'_>,
+        context: Option<ScopeContext>,
+        request: &FhirRequest,
+    ) -> bool {
         fn any_of(list: &[String], value: Option<&str>) -> bool {
             list.is_empty() || value.is_some_and(|v| list.iter().any(|item| item == v))
         }
@@ -301,12 +320,26 @@ impl Rule {
             && any_of(&self.purposes, caller.purpose)
             && any_of(&self.clients, caller.client_id)
             && any_of(&self.organisations, caller.organisation)
-            && (self.contexts.is_empty() || self.contexts.contains(&context))
-            && (self.resource_types.is_empty()
-                || request
-                    .resource_type()
-                    .is_some_and(|t| self.resource_types.contains(&t)))
+            && (self.contexts.is_empty() || context.is_none_or(|c| self.contexts.contains(&c)))
+            && self.types_match(request)
             && (self.interactions.is_empty() || self.interactions.contains(&request.interaction()))
+    }
+}
+
+impl Rule {
+    /// A request that may touch several types (no type, `*`, includes, chains, `$everything`)
+    /// matches a deny rule on types, and no allow rule on types.
+    fn types_match(&self, request: &FhirRequest) -> bool {
+        if self.resource_types.is_empty() {
+            return true;
+        }
+        let single_type = request
+            .resource_type()
+            .filter(|_| !reaches_other_types(request) && !is_everything(request));
+        match single_type {
+            Some(t) => self.resource_types.contains(&t),
+            None => self.effect == Effect::Deny,
+        }
     }
 }
 
@@ -420,6 +453,33 @@ mod tests {
         assert_eq!(
             set.evaluate(&other_org, ScopeContext::System, &create),
             RuleVerdict::NotAllowed
+        );
+    }
+
+    #[test]
+    fn deny_rules_on_types_catch_requests_that_may_touch_them() {
+        let mut no_conditions = spec("nurses do not see conditions", Effect::Deny);
+        no_conditions.resource_types = vec!["Condition".into()];
+        let set = rules(vec![spec("everything else", Effect::Allow), no_conditions]);
+        let caller = Caller::default();
+        for (method, path, query) in [
+            ("GET", "", Some("_type=Condition")),
+            ("GET", "_history", None),
+            ("GET", "Patient/p1/*", None),
+            ("GET", "Patient/p1/$everything", None),
+            ("GET", "Patient", Some("_revinclude=Condition:subject")),
+        ] {
+            let request = classify(method, path, query).unwrap();
+            assert_eq!(
+                set.evaluate(&caller, ScopeContext::User, &request),
+                RuleVerdict::Denied,
+                "{path} {query:?}"
+            );
+        }
+        let observation = classify("GET", "Observation/o1", None).unwrap();
+        assert_eq!(
+            set.evaluate(&caller, ScopeContext::User, &observation),
+            RuleVerdict::Allowed
         );
     }
 

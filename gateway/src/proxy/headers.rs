@@ -104,6 +104,27 @@ pub fn sanitize_request(
         headers.remove(header::AUTHORIZATION);
     }
     headers.remove(header::HOST);
+    // A 304 carries no body to check: the gateway always asks for the full answer.
+    headers.remove(header::IF_NONE_MATCH);
+    headers.remove(header::IF_MODIFIED_SINCE);
+    // `Prefer: handling=lenient` makes servers ignore parameters they do not know, pins
+    // included: only `return=` preferences pass.
+    let prefer: Vec<String> = headers
+        .get_all(HeaderName::from_static("prefer"))
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|p| p.starts_with("return="))
+        .map(str::to_owned)
+        .collect();
+    headers.remove(HeaderName::from_static("prefer"));
+    if let Some(value) = prefer
+        .first()
+        .and_then(|p| HeaderValue::try_from(p.as_str()).ok())
+    {
+        headers.insert(HeaderName::from_static("prefer"), value);
+    }
     // Compressed or non-JSON answers could not be checked and rewritten: ask for plain JSON.
     headers.remove(header::ACCEPT_ENCODING);
     headers.insert(
@@ -157,6 +178,8 @@ mod tests {
             ("authorization", "Bearer abc"),
             ("host", "evil.example"),
             ("x-http-method-override", "DELETE"),
+            ("if-none-match", "W/\"1\""),
+            ("prefer", "handling=lenient, return=minimal"),
             ("accept", "application/fhir+xml"),
             ("accept-encoding", "gzip, br"),
         ]);
@@ -172,12 +195,14 @@ mod tests {
             names,
             [
                 "accept",
+                "prefer",
                 "x-forwarded-for",
                 "x-forwarded-host",
                 "x-forwarded-proto"
             ]
         );
         assert_eq!(headers["accept"], "application/fhir+json");
+        assert_eq!(headers["prefer"], "return=minimal");
         assert_eq!(headers["x-forwarded-for"], "192.0.2.7");
         assert_eq!(headers["x-forwarded-host"], "fhir.example.dk");
     }

@@ -268,3 +268,70 @@ async fn everything_on_herself_and_not_on_another_patient() {
         (403, "insufficient-scope")
     );
 }
+
+#[tokio::test]
+async fn revincludes_on_shared_data_do_not_reach_other_patients() {
+    let gateway = Gateway::start();
+    let token = anne(&gateway, "patient/*.rs");
+    let client = gateway.client();
+    // The backend does answer these with other patients' records: the gateway must not pass them.
+    let (status, direct) = crate::support::backend_get("Practitioner?_revinclude=Observation:performer").await;
+    assert_eq!(status, 200);
+    assert!(direct.to_string().contains("pat-bo"), "the probe must reach Bo's data at the backend: {direct}");
+    for path in [
+        "/fhir/Organization?_revinclude=Patient:organization",
+        "/fhir/Organization?_revinclude=Patient:general-practitioner",
+        "/fhir/Practitioner?_revinclude=Observation:performer",
+        "/fhir/Practitioner?_revinclude=MedicationRequest:requester",
+    ] {
+        let answer = client.get(path, Some(&token)).await.unwrap();
+        assert!(
+            answer.status == 200 || answer.status == 400,
+            "{path}: {}",
+            answer.text()
+        );
+        let text = answer.text();
+        for other in ["pat-bo", "pat-carla", "0501792275", "2512484916"] {
+            assert!(!text.contains(other), "{path} leaked {other}: {text}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_conditional_create_is_no_oracle_on_another_patient() {
+    let gateway = Gateway::start();
+    let token = anne(&gateway, "patient/*.cruds");
+    let client = gateway.client();
+    let observation = json!({ "resourceType": "Observation", "status": "final", "code": { "text": "x" },
+                              "subject": { "reference": "Patient/pat-anne" } });
+    let mut create = request(
+        Method::POST,
+        "/fhir/Observation",
+        Some(&token),
+        Some(observation.clone()),
+    );
+    create
+        .headers_mut()
+        .insert("if-none-exist", "subject=Patient/pat-bo".parse().unwrap());
+    create
+        .headers_mut()
+        .insert("prefer", "return=minimal".parse().unwrap());
+    let answer = client.send(create).await.unwrap();
+    assert_eq!(
+        (answer.status.as_u16(), answer.detail_code().as_str()),
+        (403, "write-not-verifiable")
+    );
+    assert!(answer.headers.get("location").is_none());
+
+    let batch = json!({ "resourceType": "Bundle", "type": "batch", "entry": [
+        { "request": { "method": "POST", "url": "Observation", "ifNoneExist": "subject=Patient/pat-bo" }, "resource": observation },
+    ]});
+    let answer = client
+        .send(request(Method::POST, "/fhir", Some(&token), Some(batch)))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let entry = &answer.json()["entry"][0];
+    assert_eq!(entry["response"]["status"], "403 Forbidden", "{entry}");
+    assert!(!answer.text().contains("pat-bo"), "{}", answer.text());
+}

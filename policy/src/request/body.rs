@@ -182,6 +182,17 @@ fn entry(entry: &Value) -> Result<FhirRequest, ClassifyError> {
     if classified.interaction() == Interaction::BatchOrTransaction {
         return Err(ClassifyError::MalformedEntry);
     }
+    // A `POST _search` entry carries its parameters in `resource`, where neither the classifier
+    // nor the narrowing reaches: send searches as GET entries. Likewise a `resource` on an entry
+    // that needs none would be read by some servers and ignored by others.
+    let post_search = method == "POST"
+        && matches!(
+            classified.interaction(),
+            Interaction::SearchType | Interaction::SearchSystem
+        );
+    if post_search || (entry.get("resource").is_some() && !classified.needs_body()) {
+        return Err(ClassifyError::MalformedEntry);
+    }
     if let Some(condition) = request.get("ifNoneExist") {
         let condition = condition.as_str().ok_or(ClassifyError::MalformedEntry)?;
         classified.set_if_none_exist(condition.trim_start_matches('?'))?;
@@ -427,6 +438,20 @@ mod tests {
                     None,
                 ),
                 ClassifyError::ConflictingParameter,
+            ),
+            (
+                entry(
+                    json!({"method": "POST", "url": "Observation/_search"}),
+                    Some(json!({"subject": "Patient/pat-bo"})),
+                ),
+                ClassifyError::MalformedEntry,
+            ),
+            (
+                entry(
+                    json!({"method": "GET", "url": "Observation/o1"}),
+                    Some(json!({"resourceType": "Observation"})),
+                ),
+                ClassifyError::MalformedEntry,
             ),
         ];
         for (bundle, expected) in cases {
