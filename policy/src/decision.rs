@@ -35,6 +35,9 @@ pub struct Obligations {
     pub add_params: Vec<(String, String)>,
     /// For a batch or transaction: the decision for each entry, in order.
     pub entries: Vec<Decision>,
+    /// Before an update, patch or delete: read the target first; it must be in the
+    /// [`Obligations::compartment`] (or not exist), and the write is bound to the version read.
+    pub verify_target: bool,
 }
 
 /// The outcome of policy evaluation.
@@ -332,7 +335,13 @@ fn decide_bundle(
     }
     let decisions: Vec<Decision> = entries
         .iter()
-        .map(|entry| decide_inner(subject, rules, entry))
+        .map(|entry| match decide_inner(subject, rules, entry) {
+            // The gateway reads write targets first only for single requests, not inside Bundles.
+            Decision::Allow { obligations, .. } if obligations.verify_target => Decision::Deny {
+                reason: DenyReason::WriteNotVerifiable,
+            },
+            decision => decision,
+        })
         .collect();
     if *kind == BundleKind::Transaction
         && let Some(reason) = decisions.iter().find_map(Decision::deny_reason)

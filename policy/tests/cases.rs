@@ -4,7 +4,8 @@
 //! `scopes | patient | method | url | expected`
 //!
 //! where `patient` is the token's `patient` claim (`-`: none) and `expected` is `allow`,
-//! `allow+check` (answer checked against the compartment), `allow+narrow:<param>=<value>`
+//! `allow+check` (answer checked against the compartment), `allow+verify` (the target of a write
+//! is read and checked first), `allow+narrow:<param>=<value>`
 //! (search narrowed, answer checked), `deny:<reason code>` or `invalid:<classify error code>`.
 
 use portvagt_policy::{Decision, ScopeSet, Subject, classify, decide};
@@ -199,7 +200,9 @@ patient/Patient.rs          | pat-anne | GET | Patient/pat-anne/$everything     
 # --- patient context: writes -----------------------------------------------------------------
 patient/Observation.cruds   | pat-anne | PUT    | Observation/obs-anne-bp        | deny:write-not-verifiable
 patient/Observation.cruds   | pat-anne | PATCH  | Observation/obs-anne-bp        | deny:write-not-verifiable
-patient/Observation.cruds   | pat-anne | DELETE | Observation/obs-bo-bp          | deny:write-not-verifiable
+patient/Observation.cruds   | pat-anne | DELETE | Observation/obs-bo-bp          | allow+verify
+patient/Patient.cruds       | pat-anne | DELETE | Patient/pat-anne               | deny:outside-compartment
+patient/*.cruds             | pat-anne | DELETE | Practitioner/prac-ns363        | deny:outside-compartment
 patient/Observation.cruds   | pat-anne | DELETE | Observation?patient=pat-bo     | deny:outside-compartment
 patient/Observation.cruds   | pat-anne | DELETE | Observation?patient=pat-anne   | deny:write-not-verifiable
 patient/Observation.cruds   | pat-anne | PUT    | Observation?identifier=x       | deny:write-not-verifiable
@@ -211,6 +214,9 @@ patient/Observation.rs user/Observation.rs | pat-anne | GET | Observation/obs-bo
 fn expectation(decision: &Decision) -> String {
     match decision {
         Decision::Deny { reason } => format!("deny:{}", reason.code()),
+        Decision::Allow { obligations, .. } if obligations.verify_target => {
+            "allow+verify".to_owned()
+        }
         Decision::Allow { obligations, .. } => {
             match (&obligations.compartment, obligations.add_params.as_slice()) {
                 (_, [(name, value), ..]) => format!("allow+narrow:{name}={value}"),

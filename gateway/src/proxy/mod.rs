@@ -22,6 +22,7 @@ use http_body_util::{BodyExt as _, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use portvagt_policy::compartment::{Membership, membership};
 use portvagt_policy::{
     Decision, DenyReason, FhirRequest, FilterMode, Filtered, Interaction, filter_response,
 };
@@ -366,6 +367,17 @@ impl Proxy {
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(form.len()));
             body = full(form);
         }
+        if obligations.verify_target
+            && let Some(patient) = &obligations.compartment
+        {
+            self.verify_target(
+                &path.relative,
+                patient,
+                &mut parts.headers,
+                record_handle.as_ref(),
+            )
+            .await?;
+        }
         parts.uri = self
             .backend
             .uri(&path.relative, query.as_deref().filter(|q| !q.is_empty()))?;
@@ -482,6 +494,72 @@ impl Proxy {
             .headers
             .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
         Ok(Response::from_parts(parts, full(bytes)))
+    }
+
+    /// Reads the target of a patient-context update, patch or delete before it is written: it
+    /// must be the patient's (or not exist), and the write is bound to the version read with
+    /// `If-Match`, so it cannot have changed hands in between.
+    async fn verify_target(
+        &self,
+        relative: &str,
+        patient: &str,
+        headers: &mut http::HeaderMap,
+        record_handle: Option<&RequestRecord>,
+    ) -> Result<(), BoxError> {
+        let request = Request::get(self.backend.uri(relative, None)?)
+            .header(header::ACCEPT, "application/fhir+json")
+            .body(empty())?;
+        let response = self.backend.client.request(request).await.map_err(|e| {
+            if e.is_connect() {
+                ProxyError::Unreachable(e)
+            } else {
+                ProxyError::Failed(e)
+            }
+        })?;
+        let status = response.status();
+        if status == StatusCode::NOT_FOUND || status == StatusCode::GONE {
+            // Nothing is overwritten: an update creates (its body was checked), a patch or delete
+            // gets the backend's own answer.
+            return Ok(());
+        }
+        if status.is_server_error() {
+            return Err(ProxyError::BackendStatus(status).into());
+        }
+        let bytes = Limited::new(response.into_body(), self.max_response_bytes)
+            .collect()
+            .await
+            .map_err(ProxyError::ResponseBody)?
+            .to_bytes();
+        let current: Option<serde_json::Value> = serde_json::from_slice(&bytes)
+            .ok()
+            .filter(|_| status.is_success());
+        let theirs = current
+            .as_ref()
+            .is_some_and(|resource| membership(resource, patient) == Membership::Member);
+        if !theirs {
+            let reason = DenyReason::OutsideCompartment;
+            if let Some(record_handle) = record_handle {
+                let mut fields = record_handle.fields();
+                fields.decision = Some("deny");
+                fields.reason = Some(reason.code());
+            }
+            self.metrics
+                .access_denied
+                .with_label_values(&[reason.code()])
+                .inc();
+            return Err(AccessDenied { reason }.into());
+        }
+        let version = current
+            .as_ref()
+            .and_then(|r| r.pointer("/meta/versionId"))
+            .and_then(serde_json::Value::as_str);
+        if !headers.contains_key(header::IF_MATCH)
+            && let Some(value) =
+                version.and_then(|v| HeaderValue::try_from(format!("W/\"{v}\"")).ok())
+        {
+            headers.insert(header::IF_MATCH, value);
+        }
+        Ok(())
     }
 
     fn rewrite_bundle(&self, bytes: Bytes) -> Bytes {

@@ -151,14 +151,113 @@ async fn a_patient_creates_for_herself_only() {
         ),
         (400, "body-mismatch")
     );
+}
+
+#[tokio::test]
+async fn a_patient_changes_and_deletes_only_her_own_records() {
+    let gateway = Gateway::start();
+    let token = anne(&gateway, "patient/Observation.cruds");
+    let client = gateway.client();
+    let observation = |id: &str, patient: &str, text: &str| {
+        json!({ "resourceType": "Observation", "id": id, "status": "final", "code": { "text": text },
+                "subject": { "reference": format!("Patient/{patient}") } })
+    };
+    // Her own record: update and patch go through, bound to the version the gateway read.
     let update = client
-        .send(request(Method::PUT, "/fhir/Observation/obs-anne-bp", Some(&gateway.token(json!({ "patient": "pat-anne", "scope": "patient/Observation.cruds" }))), Some(json!({ "resourceType": "Observation", "id": "obs-anne-bp", "status": "final", "code": { "text": "x" }, "subject": { "reference": "Patient/pat-anne" } }))))
+        .send(request(
+            Method::PUT,
+            "/fhir/Observation/obs-anne-weight",
+            Some(&token),
+            Some(observation("obs-anne-weight", "pat-anne", "vægt")),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(update.status, 200, "{}", update.text());
+    let mut patch = request(
+        Method::PATCH,
+        "/fhir/Observation/obs-anne-weight",
+        Some(&token),
+        None,
+    );
+    *patch.body_mut() = http_body_util::Full::new(bytes::Bytes::from(
+        json!([{ "op": "replace", "path": "/status", "value": "amended" }]).to_string(),
+    ));
+    patch.headers_mut().insert(
+        "content-type",
+        "application/json-patch+json".parse().unwrap(),
+    );
+    let patched = client.send(patch).await.unwrap();
+    assert_eq!(patched.status, 200, "{}", patched.text());
+    assert_eq!(patched.json()["status"], "amended");
+
+    // Bo's record: overwriting it with a body about Anne would move it into her record.
+    let takeover = client
+        .send(request(
+            Method::PUT,
+            "/fhir/Observation/obs-bo-weight",
+            Some(&token),
+            Some(observation("obs-bo-weight", "pat-anne", "mine now")),
+        ))
         .await
         .unwrap();
     assert_eq!(
-        (update.status.as_u16(), update.detail_code().as_str()),
-        (403, "write-not-verifiable")
+        (takeover.status.as_u16(), takeover.detail_code().as_str()),
+        (403, "outside-compartment")
     );
+    let delete = client
+        .send(request(
+            Method::DELETE,
+            "/fhir/Observation/obs-bo-weight",
+            Some(&token),
+            None,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        (delete.status.as_u16(), delete.detail_code().as_str()),
+        (403, "outside-compartment")
+    );
+    let (status, still) = crate::support::backend_get("Observation/obs-bo-weight").await;
+    assert_eq!(status, 200);
+    assert_eq!(still["subject"]["reference"], "Patient/pat-bo");
+
+    // Moving her own record to Bo is refused before anything is read.
+    let give_away = client
+        .send(request(
+            Method::PUT,
+            "/fhir/Observation/obs-anne-weight",
+            Some(&token),
+            Some(observation("obs-anne-weight", "pat-bo", "x")),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        (give_away.status.as_u16(), give_away.detail_code().as_str()),
+        (403, "outside-compartment")
+    );
+
+    // And she may delete what is hers.
+    let created = client
+        .send(request(
+            Method::POST,
+            "/fhir/Observation",
+            Some(&token),
+            Some(observation("ignored", "pat-anne", "midlertidig")),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(created.status, 201, "{}", created.text());
+    let id = created.json()["id"].as_str().unwrap().to_owned();
+    let deleted = client
+        .send(request(
+            Method::DELETE,
+            &format!("/fhir/Observation/{id}"),
+            Some(&token),
+            None,
+        ))
+        .await
+        .unwrap();
+    assert!(deleted.status.is_success(), "{}", deleted.text());
 }
 
 #[tokio::test]
@@ -275,9 +374,13 @@ async fn revincludes_on_shared_data_do_not_reach_other_patients() {
     let token = anne(&gateway, "patient/*.rs");
     let client = gateway.client();
     // The backend does answer these with other patients' records: the gateway must not pass them.
-    let (status, direct) = crate::support::backend_get("Practitioner?_revinclude=Observation:performer").await;
+    let (status, direct) =
+        crate::support::backend_get("Practitioner?_revinclude=Observation:performer").await;
     assert_eq!(status, 200);
-    assert!(direct.to_string().contains("pat-bo"), "the probe must reach Bo's data at the backend: {direct}");
+    assert!(
+        direct.to_string().contains("pat-bo"),
+        "the probe must reach Bo's data at the backend: {direct}"
+    );
     for path in [
         "/fhir/Organization?_revinclude=Patient:organization",
         "/fhir/Organization?_revinclude=Patient:general-practitioner",
