@@ -35,6 +35,9 @@ pub struct Obligations {
     pub add_params: Vec<(String, String)>,
     /// For a batch or transaction: the decision for each entry, in order.
     pub entries: Vec<Decision>,
+    /// A v2 granular scope's restriction (`category=laboratory`): every resource in the answer
+    /// must satisfy it, else it is removed (Bundles) or the answer is a 403.
+    pub restriction: Vec<(String, String)>,
     /// Before an update, patch or delete: read the target first; it must be in the
     /// [`Obligations::compartment`] (or not exist), and the write is bound to the version read.
     pub verify_target: bool,
@@ -100,6 +103,8 @@ pub enum DenyReason {
     /// The search would return or test resources of other types (`_include`, `_revinclude`,
     /// `_has`, chained parameters), and only a scope on every type (`*`) covers that.
     SearchReachesOtherTypes,
+    /// The answer held resources outside a v2 granular scope's restriction.
+    OutsideGranularScope,
     /// An operator rule with `effect = "deny"` matched.
     DeniedByRule,
     /// Operator rules are in force and none allows this.
@@ -117,13 +122,14 @@ impl DenyReason {
             DenyReason::GranularScopeUnsupported => "granular-scope-unsupported",
             DenyReason::UnsupportedInteraction => "unsupported-interaction",
             DenyReason::SearchReachesOtherTypes => "search-reaches-other-types",
+            DenyReason::OutsideGranularScope => "outside-granular-scope",
             DenyReason::DeniedByRule => "denied-by-rule",
             DenyReason::NoRuleAllows => "no-rule-allows",
         }
     }
 
     /// Every reason, for documentation and metric pre-registration.
-    pub const ALL: [DenyReason; 9] = [
+    pub const ALL: [DenyReason; 10] = [
         DenyReason::InsufficientScope,
         DenyReason::NoPatientContext,
         DenyReason::OutsideCompartment,
@@ -131,6 +137,7 @@ impl DenyReason {
         DenyReason::GranularScopeUnsupported,
         DenyReason::UnsupportedInteraction,
         DenyReason::SearchReachesOtherTypes,
+        DenyReason::OutsideGranularScope,
         DenyReason::DeniedByRule,
         DenyReason::NoRuleAllows,
     ];
@@ -279,29 +286,44 @@ fn user_rules(request: &FhirRequest, scope: &Scope) -> Result<Obligations, DenyR
     if reaches_other_types(request) && !scope.covers_every_type() {
         return Err(DenyReason::SearchReachesOtherTypes);
     }
+    let granular = granular(request, scope)?;
     Ok(Obligations {
-        add_params: granular_narrowing(request, scope)?,
+        add_params: granular.add_params,
+        restriction: granular.restriction,
         ..Obligations::default()
     })
 }
 
-/// A v2 granular scope (`user/Observation.rs?category=laboratory`) narrows searches to its
-/// restriction; anything else it cannot vouch for.
-pub(crate) fn granular_narrowing(
-    request: &FhirRequest,
-    scope: &Scope,
-) -> Result<Vec<(String, String)>, DenyReason> {
+/// A v2 granular scope (`user/Observation.rs?category=laboratory`, SMART 2.2 §3.1.2): searches
+/// are narrowed by its restriction, and the answers of searches and reads must satisfy it.
+/// Anything else (writes, includes) it cannot vouch for.
+pub(crate) fn granular(request: &FhirRequest, scope: &Scope) -> Result<Granular, DenyReason> {
     let Some(query) = scope.query() else {
-        return Ok(Vec::new());
+        return Ok(Granular::default());
     };
-    let searches = matches!(
-        request.interaction(),
+    let restriction = parse_form(query).map_err(|_| DenyReason::GranularScopeUnsupported)?;
+    match request.interaction() {
         Interaction::SearchType | Interaction::SearchCompartment
-    );
-    if !searches || reaches_other_types(request) {
-        return Err(DenyReason::GranularScopeUnsupported);
+            if !reaches_other_types(request) =>
+        {
+            Ok(Granular {
+                add_params: restriction.clone(),
+                restriction,
+            })
+        }
+        Interaction::Read | Interaction::Vread | Interaction::HistoryInstance => Ok(Granular {
+            add_params: Vec::new(),
+            restriction,
+        }),
+        _ => Err(DenyReason::GranularScopeUnsupported),
     }
-    parse_form(query).map_err(|_| DenyReason::GranularScopeUnsupported)
+}
+
+/// What a granular scope adds to an allow.
+#[derive(Debug, Default)]
+pub(crate) struct Granular {
+    pub(crate) add_params: Vec<(String, String)>,
+    pub(crate) restriction: Vec<(String, String)>,
 }
 
 /// Whether the request's parameters (or its conditional-create search) reach other types.

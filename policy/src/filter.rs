@@ -36,18 +36,114 @@ pub enum Filtered {
     Forbidden,
 }
 
+/// What every resource in an answer must satisfy.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ResponseCheck<'a> {
+    /// Be in this patient's compartment (or shared reference data).
+    pub compartment: Option<&'a str>,
+    /// Satisfy a granular scope's token restriction (`category=laboratory`, `code=sys|c`).
+    pub restriction: &'a [(String, String)],
+}
+
+impl ResponseCheck<'_> {
+    fn accepts(&self, resource: &OrderedRaw<'_>) -> bool {
+        let in_compartment = self
+            .compartment
+            .is_none_or(|patient| membership_raw(resource, patient) != Membership::Outside);
+        in_compartment
+            && self
+                .restriction
+                .iter()
+                .all(|(param, value)| satisfies(resource, param, value))
+    }
+}
+
 /// Checks a FHIR JSON response body against `patient`'s compartment.
 pub fn filter_response(body: &[u8], patient: &str, mode: FilterMode) -> Filtered {
+    check_response(
+        body,
+        &ResponseCheck {
+            compartment: Some(patient),
+            restriction: &[],
+        },
+        mode,
+    )
+}
+
+/// Checks a FHIR JSON response body: every resource must pass `check`.
+pub fn check_response(body: &[u8], check: &ResponseCheck<'_>, mode: FilterMode) -> Filtered {
     let Ok(top) = serde_json::from_slice::<OrderedRaw<'_>>(body) else {
         return Filtered::Forbidden;
     };
     let resource_type = top.get_str("resourceType");
     match resource_type.as_deref() {
-        Some("Bundle") => filter_bundle(top, patient, mode),
+        Some("Bundle") => filter_bundle(top, check, mode),
         // An OperationOutcome carries no patient data unless something is packed inside it.
         Some("OperationOutcome") if top.get("contained").is_none() => Filtered::Unchanged,
-        Some(_) if membership_raw(&top, patient) != Membership::Outside => Filtered::Unchanged,
+        Some(_) if check.accepts(&top) => Filtered::Unchanged,
         _ => Filtered::Forbidden,
+    }
+}
+
+/// Whether the resource's element for search parameter `param` matches the token `value`
+/// (`code`, `system|code`, `|code`, `system|`; comma-separated alternatives). The element is the
+/// parameter's name in camelCase (`category`, `code`, `status`, `clinical-status`), which is
+/// how R4 defines the token parameters granular scopes use; an element that is absent or not a
+/// code does not match (fail closed).
+fn satisfies(resource: &OrderedRaw<'_>, param: &str, value: &str) -> bool {
+    let (param, modifier) = param
+        .split_once(':')
+        .map_or((param, None), |(p, m)| (p, Some(m)));
+    if modifier.is_some() {
+        return false;
+    }
+    let mut element = String::with_capacity(param.len());
+    let mut upper = false;
+    for ch in param.chars() {
+        if ch == '-' {
+            upper = true;
+        } else if upper {
+            element.extend(ch.to_uppercase());
+            upper = false;
+        } else {
+            element.push(ch);
+        }
+    }
+    let Some(raw) = resource.get(&element) else {
+        return false;
+    };
+    let Ok(tree) = serde_json::from_str::<serde_json::Value>(raw.get()) else {
+        return false;
+    };
+    value
+        .split(',')
+        .any(|alternative| token_matches(&tree, alternative))
+}
+
+fn token_matches(tree: &serde_json::Value, token: &str) -> bool {
+    use serde_json::Value;
+    let (system, code) = match token.split_once('|') {
+        Some((system, code)) => (Some(system), code),
+        None => (None, token),
+    };
+    let coding_matches = |coding: &Value| {
+        let coding_system = coding.get("system").and_then(Value::as_str);
+        let coding_code = coding.get("code").and_then(Value::as_str);
+        let system_ok = match system {
+            None => true,
+            Some("") => coding_system.is_none(),
+            Some(system) => coding_system == Some(system),
+        };
+        system_ok && (code.is_empty() || coding_code == Some(code))
+    };
+    match tree {
+        Value::Array(items) => items.iter().any(|item| token_matches(item, token)),
+        Value::Object(object) => match object.get("coding").and_then(Value::as_array) {
+            Some(codings) => codings.iter().any(coding_matches),
+            None => coding_matches(tree),
+        },
+        Value::String(text) => system.is_none_or(str::is_empty) && text == code,
+        _ => false,
     }
 }
 
@@ -65,7 +161,7 @@ struct SearchProbe<'a> {
     mode: Option<Cow<'a, str>>,
 }
 
-fn filter_bundle(mut top: OrderedRaw<'_>, patient: &str, mode: FilterMode) -> Filtered {
+fn filter_bundle(mut top: OrderedRaw<'_>, check: &ResponseCheck<'_>, mode: FilterMode) -> Filtered {
     let Some(entries) = top.get("entry") else {
         return Filtered::Unchanged;
     };
@@ -89,7 +185,7 @@ fn filter_bundle(mut top: OrderedRaw<'_>, patient: &str, mode: FilterMode) -> Fi
                         == Some("OperationOutcome")
                         && search_mode == Some("outcome")
                         && resource.get("contained").is_none();
-                    is_remark || membership_raw(&resource, patient) != Membership::Outside
+                    is_remark || check.accepts(&resource)
                 }
                 Err(_) => false,
             },
@@ -279,6 +375,61 @@ mod tests {
         assert_eq!(
             filter_response(body, "anne", FilterMode::Remove),
             Filtered::Forbidden
+        );
+    }
+
+    #[test]
+    fn granular_restrictions_are_checked_on_every_resource() {
+        let lab = json!({ "resourceType": "Observation", "id": "lab",
+            "category": [{ "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "laboratory" }] }] });
+        let vitals = json!({ "resourceType": "Observation", "id": "vitals",
+            "category": [{ "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs" }] }] });
+        let bare = json!({ "resourceType": "Observation", "id": "bare" });
+        let restriction = vec![(
+            "category".to_owned(),
+            "http://terminology.hl7.org/CodeSystem/observation-category|laboratory".to_owned(),
+        )];
+        let check = ResponseCheck {
+            compartment: None,
+            restriction: &restriction,
+        };
+        let Filtered::Rewritten(bytes) = check_response(
+            &bundle(vec![lab.clone(), vitals.clone(), bare]),
+            &check,
+            FilterMode::Remove,
+        ) else {
+            panic!()
+        };
+        let value: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(value["entry"].as_array().unwrap().len(), 1);
+        assert_eq!(value["entry"][0]["resource"]["id"], "lab");
+        assert_eq!(
+            check_response(lab.to_string().as_bytes(), &check, FilterMode::Remove),
+            Filtered::Unchanged
+        );
+        assert_eq!(
+            check_response(vitals.to_string().as_bytes(), &check, FilterMode::Remove),
+            Filtered::Forbidden
+        );
+
+        let code_only = vec![("category".to_owned(), "vital-signs,laboratory".to_owned())];
+        let check = ResponseCheck {
+            compartment: None,
+            restriction: &code_only,
+        };
+        assert_eq!(
+            check_response(vitals.to_string().as_bytes(), &check, FilterMode::Remove),
+            Filtered::Unchanged
+        );
+        let status = vec![("clinical-status".to_owned(), "active".to_owned())];
+        let condition = json!({ "resourceType": "Condition", "clinicalStatus": { "coding": [{ "code": "active" }] } });
+        let check = ResponseCheck {
+            compartment: None,
+            restriction: &status,
+        };
+        assert_eq!(
+            check_response(condition.to_string().as_bytes(), &check, FilterMode::Remove),
+            Filtered::Unchanged
         );
     }
 }

@@ -18,7 +18,7 @@ pub mod rules;
 pub mod scope;
 
 pub use decision::{Decision, DenyReason, Obligations, Subject, decide, decide_with_rules};
-pub use filter::{FilterMode, Filtered, filter_response};
+pub use filter::{FilterMode, Filtered, ResponseCheck, check_response, filter_response};
 pub use request::{ClassifyError, FhirRequest, Interaction, classify, parse_form};
 pub use resource_type::ResourceType;
 pub use rules::{Caller, RuleSet, RulesFile};

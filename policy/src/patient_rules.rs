@@ -15,9 +15,7 @@ use crate::compartment::{
     Membership, is_compartment_param, is_compartment_type, is_shared_type, membership,
     narrowing_param, pinning_params,
 };
-use crate::decision::{
-    DenyReason, Obligations, granular_narrowing, is_everything, reaches_other_types,
-};
+use crate::decision::{DenyReason, Obligations, granular, is_everything, reaches_other_types};
 use crate::request::{FhirRequest, Interaction, RequestBody};
 use crate::resource_type::ResourceType;
 use crate::scope::Scope;
@@ -42,9 +40,11 @@ pub(crate) fn check(
     }) {
         return Err(DenyReason::OutsideCompartment);
     }
-    let mut add_params = granular_narrowing(request, scope)?;
+    let granular = granular(request, scope)?;
+    let mut add_params = granular.add_params;
     let checked = Obligations {
         compartment: Some(patient.to_owned()),
+        restriction: granular.restriction,
         ..Obligations::default()
     };
     let type_name = request.resource_type().map(ResourceType::as_str);

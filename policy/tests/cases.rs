@@ -6,7 +6,8 @@
 //! where `patient` is the token's `patient` claim (`-`: none) and `expected` is `allow`,
 //! `allow+check` (answer checked against the compartment), `allow+verify` (the target of a write
 //! is read and checked first), `allow+narrow:<param>=<value>`
-//! (search narrowed, answer checked), `deny:<reason code>` or `invalid:<classify error code>`.
+//! (search narrowed, answer checked), `allow+restrict:<param>=<value>` (answers must satisfy a
+//! granular scope), `deny:<reason code>` or `invalid:<classify error code>`.
 
 use portvagt_policy::{Decision, ScopeSet, Subject, classify, decide};
 
@@ -86,7 +87,9 @@ user/*.rs                   | - | GET    | Observation?_include=Observation:subj
 user/*.rs                   | - | GET    | Observation?subject.name=Bo                      | allow
 # --- granular v2 scopes narrow searches ------------------------------------------------------
 user/Observation.rs?category=laboratory | - | GET | Observation?patient=pat-bo     | allow+narrow:category=laboratory
-user/Observation.rs?category=laboratory | - | GET | Observation/obs-1              | deny:granular-scope-unsupported
+user/Observation.rs?category=laboratory | - | GET | Observation/obs-1              | allow+restrict:category=laboratory
+user/Observation.cruds?category=laboratory | - | POST | Observation                 | deny:granular-scope-unsupported
+user/Observation.cruds?category=laboratory | - | DELETE | Observation/obs-1         | deny:granular-scope-unsupported
 user/Observation.rs?category=laboratory | - | GET | Observation?_include=Observation:subject | deny:search-reaches-other-types
 # --- ambiguity is refused -------------------------------------------------------------------
 user/*.cruds                | - | GET    | Patient/pat-anne/../pat-bo            | invalid:path-dot-segment
@@ -216,6 +219,12 @@ fn expectation(decision: &Decision) -> String {
         Decision::Deny { reason } => format!("deny:{}", reason.code()),
         Decision::Allow { obligations, .. } if obligations.verify_target => {
             "allow+verify".to_owned()
+        }
+        Decision::Allow { obligations, .. }
+            if obligations.add_params.is_empty() && !obligations.restriction.is_empty() =>
+        {
+            let (name, value) = &obligations.restriction[0];
+            format!("allow+restrict:{name}={value}")
         }
         Decision::Allow { obligations, .. } => {
             match (&obligations.compartment, obligations.add_params.as_slice()) {

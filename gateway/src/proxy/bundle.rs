@@ -3,7 +3,7 @@
 //! at their place in the response; allowed entries are narrowed as their obligations say, and
 //! what comes back for them is checked against the patient compartment.
 
-use portvagt_policy::{Decision, FilterMode, Filtered, Obligations, filter_response};
+use portvagt_policy::{Decision, FilterMode, Filtered, Obligations, check_response};
 use serde_json::{Value, json};
 
 use super::ProxyError;
@@ -113,27 +113,28 @@ pub(crate) fn merge(
 }
 
 fn checked_entry(mut entry: Value, obligations: &Obligations, mode: FilterMode) -> Value {
-    let Some(patient) = &obligations.compartment else {
+    let Some(check) = super::response_check(obligations) else {
         return entry;
     };
     let Some(resource) = entry.get_mut("resource") else {
         return entry;
     };
     let bytes = serde_json::to_vec(resource).unwrap_or_default();
-    match filter_response(&bytes, patient, mode) {
+    let reason = if obligations.compartment.is_some() {
+        portvagt_policy::DenyReason::OutsideCompartment
+    } else {
+        portvagt_policy::DenyReason::OutsideGranularScope
+    };
+    match check_response(&bytes, &check, mode) {
         Filtered::Unchanged => entry,
         Filtered::Rewritten(filtered) => match serde_json::from_slice(&filtered) {
             Ok(filtered) => {
                 *resource = filtered;
                 entry
             }
-            Err(_) => outcome_entry(&crate::rescue::denied_outcome(
-                portvagt_policy::DenyReason::OutsideCompartment,
-            )),
+            Err(_) => outcome_entry(&crate::rescue::denied_outcome(reason)),
         },
-        Filtered::Forbidden => outcome_entry(&crate::rescue::denied_outcome(
-            portvagt_policy::DenyReason::OutsideCompartment,
-        )),
+        Filtered::Forbidden => outcome_entry(&crate::rescue::denied_outcome(reason)),
     }
 }
 

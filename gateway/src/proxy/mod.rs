@@ -24,7 +24,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use portvagt_policy::compartment::{Membership, membership};
 use portvagt_policy::{
-    Decision, DenyReason, FhirRequest, FilterMode, Filtered, Interaction, filter_response,
+    Decision, DenyReason, FhirRequest, FilterMode, Filtered, Interaction, Obligations,
+    ResponseCheck, check_response,
 };
 use tower::Service;
 
@@ -250,6 +251,16 @@ impl Service<Request<Body>> for Proxy {
     }
 }
 
+/// What answers under `obligations` must satisfy, if anything.
+pub(crate) fn response_check(obligations: &Obligations) -> Option<ResponseCheck<'_>> {
+    (obligations.compartment.is_some() || !obligations.restriction.is_empty()).then(|| {
+        ResponseCheck {
+            compartment: obligations.compartment.as_deref(),
+            restriction: &obligations.restriction,
+        }
+    })
+}
+
 /// A FHIR JSON answer the gateway makes itself.
 fn fhir_json_response(status: StatusCode, body: Vec<u8>) -> Response<Body> {
     let mut response = Response::new(full(body));
@@ -441,7 +452,8 @@ impl Proxy {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.contains("json"));
-        let must_check = obligations.compartment.is_some() || batch.is_some();
+        let check = response_check(&obligations);
+        let must_check = check.is_some() || batch.is_some();
         let rewrites_urls = fhir.interaction().returns_bundle() && is_json;
         if is_head || !(must_check || rewrites_urls) {
             return Ok(Response::from_parts(parts, boxed(body)));
@@ -457,13 +469,13 @@ impl Proxy {
                 }
             })?;
         let mut bytes = self.rewrite_bundle(bytes.to_bytes());
-        if let Some(patient) = &obligations.compartment
+        if let Some(check) = &check
             && status.is_success()
             && !bytes.is_empty()
         {
             // Fail closed: what cannot be read as FHIR JSON cannot be shown to be the patient's.
             let verdict = if is_json {
-                filter_response(&bytes, patient, self.filter_mode)
+                check_response(&bytes, check, self.filter_mode)
             } else {
                 Filtered::Forbidden
             };
@@ -471,7 +483,11 @@ impl Proxy {
                 Filtered::Unchanged => {}
                 Filtered::Rewritten(filtered) => bytes = Bytes::from(filtered),
                 Filtered::Forbidden => {
-                    let reason = DenyReason::OutsideCompartment;
+                    let reason = if obligations.compartment.is_some() {
+                        DenyReason::OutsideCompartment
+                    } else {
+                        DenyReason::OutsideGranularScope
+                    };
                     if let Some(record_handle) = &record_handle {
                         let mut fields = record_handle.fields();
                         fields.decision = Some("deny");

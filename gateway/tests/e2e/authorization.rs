@@ -168,3 +168,44 @@ async fn ambiguous_paths_are_refused_before_the_backend() {
         assert_eq!(answer.detail_code(), code, "{path}");
     }
 }
+
+#[tokio::test]
+async fn a_granular_scope_holds_for_reads_and_searches() {
+    let gateway = Gateway::start();
+    let lab = "http://terminology.hl7.org/CodeSystem/observation-category|laboratory";
+    let token = gateway.token(json!({ "scope": format!("user/Observation.rs?category={lab}") }));
+    let client = gateway.client();
+    let hba1c = client
+        .get("/fhir/Observation/obs-anne-hba1c", Some(&token))
+        .await
+        .unwrap();
+    assert_eq!(hba1c.status, 200, "{}", hba1c.text());
+    let blood_pressure = client
+        .get("/fhir/Observation/obs-anne-bp", Some(&token))
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            blood_pressure.status.as_u16(),
+            blood_pressure.detail_code().as_str()
+        ),
+        (403, "outside-granular-scope")
+    );
+    let search = client
+        .get("/fhir/Observation?patient=pat-anne", Some(&token))
+        .await
+        .unwrap();
+    assert_eq!(search.status, 200, "{}", search.text());
+    let ids: Vec<String> = search.json()["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, ["obs-anne-hba1c"]);
+    let write = client
+        .send(request(Method::POST, "/fhir/Observation", Some(&token), Some(json!({ "resourceType": "Observation", "status": "final", "code": { "text": "x" } }))))
+        .await
+        .unwrap();
+    assert_eq!(write.status, 403);
+}
