@@ -121,7 +121,8 @@ user/*.cruds                | - | GET    | Observation?patient=a&patient=b      
 user/*.cruds                | - | GET    | Observation?subject=Patient/a&subject=Patient/b | invalid:conflicting-parameter
 user/*.cruds                | - | GET    | Observation?patient=a&patient=a       | allow
 user/*.cruds                | - | TRACE  | Patient/pat-anne                      | invalid:method-not-allowed
-user/*.cruds                | - | HEAD   | Patient/pat-anne                      | invalid:method-not-allowed
+user/*.cruds                | - | HEAD   | Patient/pat-anne                      | allow
+patient/*.rs                | pat-anne | HEAD | Observation/obs-bo-bp            | allow+check
 user/*.cruds                | - | GET    | Patient/pat-anne/_history/1/x         | invalid:unknown-path
 user/*.cruds                | - | GET    | Patient/pat-anne/Observation/obs-1    | invalid:unknown-path
 user/*.cruds                | - | GET    | Patient/$bad!op                       | invalid:unknown-path

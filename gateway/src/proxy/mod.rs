@@ -400,6 +400,11 @@ impl Proxy {
             self.public_host.as_ref(),
         );
         let is_head = parts.method == Method::HEAD;
+        if is_head && response_check(&obligations).is_some() {
+            // A HEAD answer has no body to check: fetch it with GET, check it, and let the HTTP
+            // layer leave the body out. Otherwise HEAD would tell whose resource exists.
+            parts.method = Method::GET;
+        }
         let outgoing = Request::from_parts(parts, body);
 
         let started = Instant::now();
@@ -455,7 +460,7 @@ impl Proxy {
         let check = response_check(&obligations);
         let must_check = check.is_some() || batch.is_some();
         let rewrites_urls = fhir.interaction().returns_bundle() && is_json;
-        if is_head || !(must_check || rewrites_urls) {
+        if (is_head && !must_check) || !(must_check || rewrites_urls) {
             return Ok(Response::from_parts(parts, boxed(body)));
         }
         let bytes = Limited::new(body, self.max_response_bytes)

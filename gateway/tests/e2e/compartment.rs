@@ -438,3 +438,32 @@ async fn a_conditional_create_is_no_oracle_on_another_patient() {
     assert_eq!(entry["response"]["status"], "403 Forbidden", "{entry}");
     assert!(!answer.text().contains("pat-bo"), "{}", answer.text());
 }
+
+#[tokio::test]
+async fn head_tells_nothing_that_get_would_not() {
+    let gateway = Gateway::start();
+    let token = anne(&gateway, "patient/*.rs");
+    let client = gateway.client();
+    let own = client
+        .send(request(
+            Method::HEAD,
+            "/fhir/Observation/obs-anne-bp",
+            Some(&token),
+            None,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(own.status, 200);
+    assert!(own.body.is_empty());
+    let other = client
+        .send(request(
+            Method::HEAD,
+            "/fhir/Observation/obs-bo-bp",
+            Some(&token),
+            None,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(other.status, 403);
+    assert!(other.headers.get("etag").is_none());
+}

@@ -305,6 +305,8 @@ pub fn classify(
     path: &str,
     query: Option<&str>,
 ) -> Result<FhirRequest, ClassifyError> {
+    // HEAD is GET without the body (RFC 9110 §9.3.2): classified, and decided, as GET.
+    let method = if method == "HEAD" { "GET" } else { method };
     let segments = split_path(path)?;
     let params = match query {
         Some(query) => parse_query(query)?,
