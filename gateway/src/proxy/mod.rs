@@ -460,7 +460,7 @@ impl Proxy {
         let check = response_check(&obligations);
         let must_check = check.is_some() || batch.is_some();
         let rewrites_urls = fhir.interaction().returns_bundle() && is_json;
-        if (is_head && !must_check) || !(must_check || rewrites_urls) {
+        if !must_check && (is_head || !rewrites_urls) {
             return Ok(Response::from_parts(parts, boxed(body)));
         }
         let bytes = Limited::new(body, self.max_response_bytes)
