@@ -2,9 +2,10 @@
 
 .PHONY: demo test backend bench
 
-# The reference FHIR backend's packages, from the committed lock file.
+# The reference FHIR backend's and authorization server's packages, from the committed lock files.
 backend:
 	cd testbed/backend && npm ci --no-audit --no-fund --loglevel=error
+	cd testbed/authserver && npm ci --no-audit --no-fund --loglevel=error
 
 # A complete local deployment: dev PKI, reference backend with sample data, gateway.
 demo: backend

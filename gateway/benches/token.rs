@@ -17,14 +17,22 @@ fn verify_cached_key(c: &mut Criterion) {
     let key = IssuerKey::generate("bench-1").expect("key");
     let jwks_file = dir.path().join("jwks.json");
     std::fs::write(&jwks_file, key.jwks()).expect("write jwks");
-    let verifier = TokenVerifier::new(&[IssuerConfig {
-        issuer: "https://issuer.bench".into(),
-        audiences: vec!["https://fhir.bench/fhir".into()],
-        jwks_file,
-        algorithms: vec!["ES256".into(), "RS256".into()],
-        leeway: Duration::from_secs(30),
-        require_certificate_binding: false,
-    }])
+    let verifier = TokenVerifier::new(
+        &[IssuerConfig {
+            issuer: "https://issuer.bench".into(),
+            audiences: vec!["https://fhir.bench/fhir".into()],
+            jwks_file: Some(jwks_file),
+            jwks_url: None,
+            discovery: false,
+            ca_file: None,
+            jwks_refresh: Duration::from_secs(300),
+            jwks_min_refresh: Duration::from_secs(10),
+            algorithms: vec!["ES256".into(), "RS256".into()],
+            leeway: Duration::from_secs(30),
+            require_certificate_binding: false,
+        }],
+        Arc::new(portvagt::metrics::Metrics::new()),
+    )
     .expect("verifier");
     let pki = portvagt_certs::DevPki::generate().expect("pki");
     let peer = Arc::new(PeerIdentity::from_verified_leaf(&pki.client.cert_der).expect("peer"));
@@ -38,10 +46,10 @@ fn verify_cached_key(c: &mut Criterion) {
         }))
         .expect("token");
     verifier
-        .verify(&token, &peer)
+        .verify_with_held_keys(&token, &peer)
         .expect("the bench token verifies");
     c.bench_function("verify ES256 access token, cached key, cert-bound", |b| {
-        b.iter(|| verifier.verify(black_box(&token), black_box(&peer)))
+        b.iter(|| verifier.verify_with_held_keys(black_box(&token), black_box(&peer)))
     });
 }
 

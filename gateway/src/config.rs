@@ -115,8 +115,29 @@ pub struct IssuerConfig {
     pub issuer: String,
     /// Accepted `aud` values; a token must name at least one.
     pub audiences: Vec<String>,
-    /// A JWKS file with the issuer's public keys.
-    pub jwks_file: PathBuf,
+    /// A JWKS file with the issuer's public keys. Exactly one of `jwks_file`, `jwks_url` and
+    /// `discovery` is given.
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// The issuer's JWKS URL (HTTPS), fetched at start, refreshed in the background and on an
+    /// unknown `kid`.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// Find the JWKS URL by discovery: `<issuer>/.well-known/openid-configuration`, then
+    /// `<issuer>/.well-known/oauth-authorization-server` (RFC 8414).
+    #[serde(default)]
+    pub discovery: bool,
+    /// CA certificates (PEM) that the issuer's HTTPS certificate must chain to; default: the
+    /// public web PKI roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// How often keys are refreshed in the background.
+    #[serde(default = "defaults::jwks_refresh", with = "humantime_serde")]
+    pub jwks_refresh: Duration,
+    /// The least time between two refreshes caused by unknown `kid`s, so a flood of made-up
+    /// `kid`s cannot hammer the issuer.
+    #[serde(default = "defaults::jwks_min_refresh", with = "humantime_serde")]
+    pub jwks_min_refresh: Duration,
     /// Allowed signing algorithms. Only asymmetric ones can be configured.
     #[serde(default = "defaults::algorithms")]
     pub algorithms: Vec<String>,
@@ -289,7 +310,12 @@ impl Config {
         resolve(&mut self.tls.client_ca);
         self.tls.crls.iter_mut().for_each(resolve);
         for issuer in &mut self.issuers {
-            resolve(&mut issuer.jwks_file);
+            if let Some(file) = &mut issuer.jwks_file {
+                resolve(file);
+            }
+            if let Some(file) = &mut issuer.ca_file {
+                resolve(file);
+            }
         }
         if let Some(rules_file) = &mut self.policy.rules_file {
             resolve(rules_file);
@@ -357,6 +383,12 @@ mod defaults {
     }
     pub(super) fn leeway() -> Duration {
         Duration::from_secs(30)
+    }
+    pub(super) fn jwks_refresh() -> Duration {
+        Duration::from_secs(300)
+    }
+    pub(super) fn jwks_min_refresh() -> Duration {
+        Duration::from_secs(10)
     }
     pub(super) fn connect_timeout() -> Duration {
         Duration::from_secs(2)
@@ -435,6 +467,9 @@ url = "http://127.0.0.1:8080/fhir/R4"
         std::fs::write(&path, MINIMAL).unwrap();
         let config = Config::load(&path).unwrap();
         assert_eq!(config.tls.cert, dir.path().join("server.crt"));
-        assert_eq!(config.issuers[0].jwks_file, dir.path().join("jwks.json"));
+        assert_eq!(
+            config.issuers[0].jwks_file,
+            Some(dir.path().join("jwks.json"))
+        );
     }
 }

@@ -19,6 +19,8 @@ pub struct Metrics {
     pub access_denied: IntCounterVec,
     /// `portvagt_tls_handshake_failures_total{reason}`
     pub tls_handshake_failures: IntCounterVec,
+    /// `portvagt_jwks_fetches_total{outcome}` (`ok`, `error`, `rate-limited`)
+    pub jwks_fetches: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -80,6 +82,14 @@ impl Metrics {
             &["reason"],
         )
         .expect("valid metric");
+        let jwks_fetches = IntCounterVec::new(
+            Opts::new(
+                "portvagt_jwks_fetches_total",
+                "Issuer key set fetches, by outcome",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
@@ -87,6 +97,7 @@ impl Metrics {
             Box::new(auth_failures.clone()),
             Box::new(access_denied.clone()),
             Box::new(tls_handshake_failures.clone()),
+            Box::new(jwks_fetches.clone()),
         ] {
             registry
                 .register(collector)
@@ -100,6 +111,7 @@ impl Metrics {
             auth_failures,
             access_denied,
             tls_handshake_failures,
+            jwks_fetches,
         }
     }
 

@@ -80,7 +80,8 @@ impl Runtime {
         let tls = crate::tls::server_config(&config.tls)
             .map_err(|e| errors.push(e))
             .ok();
-        let verifier = TokenVerifier::new(&config.issuers)
+        let metrics = Arc::new(Metrics::new());
+        let verifier = TokenVerifier::new(&config.issuers, metrics.clone())
             .map_err(|e| errors.push(e))
             .ok();
         let backend = Backend::new(&config.backend)
@@ -101,7 +102,6 @@ impl Runtime {
         else {
             return Err(errors);
         };
-        let metrics = Arc::new(Metrics::new());
         let backend = Arc::new(backend);
         let admin = Arc::new(Admin::new(
             &config,

@@ -33,6 +33,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let service = stack::build(&runtime);
+    // Remote issuer keys: fetched once now (failures are logged; an unknown `kid` retries), then
+    // kept fresh in the background.
+    for remote in runtime.verifier.remote_sources() {
+        let _ = remote.refresh().await;
+        tokio::spawn(remote.refresh_periodically());
+    }
     let acceptor = TlsAcceptor::from(runtime.tls.clone());
     let http = Arc::new(http_builder(&runtime));
     let graceful = GracefulShutdown::new();

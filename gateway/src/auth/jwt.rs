@@ -17,8 +17,10 @@ use portvagt_policy::ScopeSet;
 use serde::Deserialize;
 
 use super::jwks::{self, KeyFamily, VerificationKey};
+use super::remote_jwks::RemoteJwks;
 use super::{AuthnError, Principal};
 use crate::config::{ConfigError, IssuerConfig};
+use crate::metrics::Metrics;
 use crate::tls::PeerIdentity;
 
 /// Verifies access tokens against every configured issuer. Built once at start.
@@ -29,10 +31,28 @@ pub struct TokenVerifier {
 
 #[derive(Debug)]
 struct IssuerVerifier {
-    keys: Vec<VerificationKey>,
+    keys: Keys,
     /// One prepared validation per allowed algorithm.
     validations: HashMap<Algorithm, Validation>,
     require_binding: bool,
+}
+
+/// Where an issuer's keys come from.
+#[derive(Debug)]
+enum Keys {
+    /// Loaded from a file at start.
+    Fixed(Arc<Vec<VerificationKey>>),
+    /// Fetched over HTTPS and refreshed.
+    Remote(Arc<RemoteJwks>),
+}
+
+impl Keys {
+    fn held(&self) -> Arc<Vec<VerificationKey>> {
+        match self {
+            Keys::Fixed(keys) => Arc::clone(keys),
+            Keys::Remote(remote) => remote.keys(),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -99,8 +119,12 @@ struct Confirmation {
 }
 
 impl TokenVerifier {
-    /// Loads every issuer's keys and prepares validations.
-    pub fn new(issuers: &[IssuerConfig]) -> Result<TokenVerifier, ConfigError> {
+    /// Loads every file-based issuer's keys, prepares remote ones (fetched by
+    /// [`TokenVerifier::remote_sources`]' owners), and prepares validations.
+    pub fn new(
+        issuers: &[IssuerConfig],
+        metrics: Arc<Metrics>,
+    ) -> Result<TokenVerifier, ConfigError> {
         let mut map = HashMap::new();
         for (index, issuer) in issuers.iter().enumerate() {
             let field = |name: &str| format!("issuer[{index}].{name}");
@@ -129,8 +153,21 @@ impl TokenVerifier {
                     "at least one algorithm is required",
                 ));
             }
-            let keys = jwks::load_file(&issuer.jwks_file)
-                .map_err(|e| ConfigError::new(field("jwks_file"), e))?;
+            let keys = match &issuer.jwks_file {
+                Some(file) if issuer.jwks_url.is_none() && !issuer.discovery => {
+                    Keys::Fixed(Arc::new(
+                        jwks::load_file(file)
+                            .map_err(|e| ConfigError::new(field("jwks_file"), e))?,
+                    ))
+                }
+                Some(_) => {
+                    return Err(ConfigError::new(
+                        field("jwks_file"),
+                        "give exactly one of jwks_file, jwks_url, discovery",
+                    ));
+                }
+                None => Keys::Remote(Arc::new(RemoteJwks::new(index, issuer, metrics.clone())?)),
+            };
             let validations = algorithms
                 .iter()
                 .map(|&alg| {
@@ -155,8 +192,50 @@ impl TokenVerifier {
         Ok(TokenVerifier { issuers: map })
     }
 
-    /// Verifies `token` presented on a connection with client certificate `peer`.
-    pub fn verify(&self, token: &str, peer: &Arc<PeerIdentity>) -> Result<Principal, AuthnError> {
+    /// The issuers whose keys are fetched over HTTPS, for the server to warm up and refresh.
+    pub fn remote_sources(&self) -> Vec<Arc<RemoteJwks>> {
+        self.issuers
+            .values()
+            .filter_map(|issuer| match &issuer.keys {
+                Keys::Remote(remote) => Some(Arc::clone(remote)),
+                Keys::Fixed(_) => None,
+            })
+            .collect()
+    }
+
+    /// Verifies `token` presented on a connection with client certificate `peer`. A `kid` the
+    /// gateway does not hold makes a remote issuer's keys refresh (rate-limited) once.
+    pub async fn verify(
+        &self,
+        token: &str,
+        peer: &Arc<PeerIdentity>,
+    ) -> Result<Principal, AuthnError> {
+        match self.verify_with_held_keys(token, peer) {
+            Err(AuthnError::UnknownKey) => {
+                let remote = issuer_name(token)
+                    .ok()
+                    .and_then(|name| self.issuers.get(&name))
+                    .and_then(|issuer| match &issuer.keys {
+                        Keys::Remote(remote) => Some(Arc::clone(remote)),
+                        Keys::Fixed(_) => None,
+                    });
+                match remote {
+                    Some(remote) if remote.refresh_for_unknown_kid().await => {
+                        self.verify_with_held_keys(token, peer)
+                    }
+                    _ => Err(AuthnError::UnknownKey),
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// Verifies with the keys held now, never touching the network.
+    pub fn verify_with_held_keys(
+        &self,
+        token: &str,
+        peer: &Arc<PeerIdentity>,
+    ) -> Result<Principal, AuthnError> {
         let mut parts = token.split('.');
         let (Some(header), Some(payload), Some(_signature), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -176,7 +255,8 @@ impl TokenVerifier {
             .validations
             .get(&alg)
             .ok_or(AuthnError::AlgorithmNotAllowed)?;
-        let key = issuer.key_for(header.kid.as_deref(), alg)?;
+        let keys = issuer.keys.held();
+        let key = key_for(&keys, header.kid.as_deref(), alg)?;
 
         let claims = jsonwebtoken::decode::<Claims>(token, &key.key, validation)
             .map_err(|e| map_error(e.kind()))?
@@ -226,25 +306,34 @@ impl TokenVerifier {
     }
 }
 
-impl IssuerVerifier {
-    fn key_for(&self, kid: Option<&str>, alg: Algorithm) -> Result<&VerificationKey, AuthnError> {
-        let family = KeyFamily::of(alg).ok_or(AuthnError::AlgorithmNotAllowed)?;
-        let usable = |key: &&VerificationKey| {
-            key.family == family && key.alg.is_none_or(|pinned| pinned == alg)
-        };
-        match kid {
-            Some(kid) => self
-                .keys
-                .iter()
-                .filter(usable)
-                .find(|key| key.kid.as_deref() == Some(kid))
-                .ok_or(AuthnError::UnknownKey),
-            None => {
-                let mut candidates = self.keys.iter().filter(usable);
-                match (candidates.next(), candidates.next()) {
-                    (Some(key), None) => Ok(key),
-                    _ => Err(AuthnError::UnknownKey),
-                }
+/// The token's unverified `iss`, to pick the issuer.
+fn issuer_name(token: &str) -> Result<String, AuthnError> {
+    let payload = token.split('.').nth(1).ok_or(AuthnError::Malformed)?;
+    decode_part::<IssuerPeek>(payload)?
+        .iss
+        .ok_or(AuthnError::MissingClaim)
+}
+
+/// The key a token's `kid` and `alg` name, among `keys`.
+fn key_for<'k>(
+    keys: &'k [VerificationKey],
+    kid: Option<&str>,
+    alg: Algorithm,
+) -> Result<&'k VerificationKey, AuthnError> {
+    let family = KeyFamily::of(alg).ok_or(AuthnError::AlgorithmNotAllowed)?;
+    let usable =
+        |key: &&VerificationKey| key.family == family && key.alg.is_none_or(|pinned| pinned == alg);
+    match kid {
+        Some(kid) => keys
+            .iter()
+            .filter(usable)
+            .find(|key| key.kid.as_deref() == Some(kid))
+            .ok_or(AuthnError::UnknownKey),
+        None => {
+            let mut candidates = keys.iter().filter(usable);
+            match (candidates.next(), candidates.next()) {
+                (Some(key), None) => Ok(key),
+                _ => Err(AuthnError::UnknownKey),
             }
         }
     }
@@ -315,7 +404,12 @@ mod tests {
         let config = IssuerConfig {
             issuer: ISS.into(),
             audiences: vec![AUD.into()],
-            jwks_file,
+            jwks_file: Some(jwks_file),
+            jwks_url: None,
+            discovery: false,
+            ca_file: None,
+            jwks_refresh: Duration::from_secs(300),
+            jwks_min_refresh: Duration::from_secs(10),
             algorithms: vec!["ES256".into(), "RS256".into()],
             leeway: Duration::from_secs(5),
             require_certificate_binding: require_binding,
@@ -323,7 +417,8 @@ mod tests {
         let pki = portvagt_certs::DevPki::generate().unwrap();
         let peer = Arc::new(PeerIdentity::from_verified_leaf(&pki.client.cert_der).unwrap());
         Fixture {
-            verifier: TokenVerifier::new(&[config]).unwrap(),
+            verifier: TokenVerifier::new(&[config], Arc::new(crate::metrics::Metrics::new()))
+                .unwrap(),
             key,
             peer,
             _dir: dir,
@@ -345,7 +440,10 @@ mod tests {
     #[test]
     fn good_token_yields_principal_with_scopes() {
         let f = fixture(false);
-        let principal = f.verifier.verify(&sign(&f, &claims()), &f.peer).unwrap();
+        let principal = f
+            .verifier
+            .verify_with_held_keys(&sign(&f, &claims()), &f.peer)
+            .unwrap();
         assert_eq!(principal.subject(), "user-1");
         assert_eq!(principal.scopes().iter().count(), 1);
         assert!(!principal.certificate_bound());
@@ -378,7 +476,9 @@ mod tests {
                 }
             }
             assert_eq!(
-                f.verifier.verify(&sign(&f, &c), &f.peer).unwrap_err(),
+                f.verifier
+                    .verify_with_held_keys(&sign(&f, &c), &f.peer)
+                    .unwrap_err(),
                 expected,
                 "{patch}"
             );
@@ -397,7 +497,9 @@ mod tests {
             let mut c = claims();
             c["patient"] = json!(bad);
             assert_eq!(
-                f.verifier.verify(&sign(&f, &c), &f.peer).unwrap_err(),
+                f.verifier
+                    .verify_with_held_keys(&sign(&f, &c), &f.peer)
+                    .unwrap_err(),
                 AuthnError::InvalidClaim,
                 "{bad:?}"
             );
@@ -405,7 +507,10 @@ mod tests {
         let mut c = claims();
         c["patient"] = json!("pat-anne");
         assert_eq!(
-            f.verifier.verify(&sign(&f, &c), &f.peer).unwrap().patient(),
+            f.verifier
+                .verify_with_held_keys(&sign(&f, &c), &f.peer)
+                .unwrap()
+                .patient(),
             Some("pat-anne")
         );
     }
@@ -415,7 +520,11 @@ mod tests {
         let f = fixture(false);
         let mut c = claims();
         c["exp"] = json!(now() - 2);
-        assert!(f.verifier.verify(&sign(&f, &c), &f.peer).is_ok());
+        assert!(
+            f.verifier
+                .verify_with_held_keys(&sign(&f, &c), &f.peer)
+                .is_ok()
+        );
     }
 
     #[test]
@@ -430,7 +539,9 @@ mod tests {
             b64(claims())
         );
         assert_eq!(
-            f.verifier.verify(&none, &f.peer).unwrap_err(),
+            f.verifier
+                .verify_with_held_keys(&none, &f.peer)
+                .unwrap_err(),
             AuthnError::AlgorithmNotAllowed
         );
         // HMAC "signed" with the issuer's public JWKS as the secret.
@@ -441,7 +552,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            f.verifier.verify(&hs, &f.peer).unwrap_err(),
+            f.verifier.verify_with_held_keys(&hs, &f.peer).unwrap_err(),
             AuthnError::AlgorithmNotAllowed
         );
     }
@@ -452,7 +563,7 @@ mod tests {
         let other = IssuerKey::generate("k1").unwrap();
         assert_eq!(
             f.verifier
-                .verify(&other.sign(&claims()).unwrap(), &f.peer)
+                .verify_with_held_keys(&other.sign(&claims()).unwrap(), &f.peer)
                 .unwrap_err(),
             AuthnError::BadSignature
         );
@@ -464,18 +575,25 @@ mod tests {
         let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(tampered.to_string());
         parts[1] = &payload;
         assert_eq!(
-            f.verifier.verify(&parts.join("."), &f.peer).unwrap_err(),
+            f.verifier
+                .verify_with_held_keys(&parts.join("."), &f.peer)
+                .unwrap_err(),
             AuthnError::BadSignature
         );
 
         let unknown_kid = IssuerKey::generate("k2").unwrap().sign(&claims()).unwrap();
         assert_eq!(
-            f.verifier.verify(&unknown_kid, &f.peer).unwrap_err(),
+            f.verifier
+                .verify_with_held_keys(&unknown_kid, &f.peer)
+                .unwrap_err(),
             AuthnError::UnknownKey
         );
 
         for garbage in ["", "a.b", "a.b.c.d", "!!!.???.###", "e30.e30.e30"] {
-            assert!(f.verifier.verify(garbage, &f.peer).is_err(), "{garbage}");
+            assert!(
+                f.verifier.verify_with_held_keys(garbage, &f.peer).is_err(),
+                "{garbage}"
+            );
         }
     }
 
@@ -486,19 +604,23 @@ mod tests {
         c["cnf"] = json!({ "x5t#S256": f.peer.thumbprint_sha256() });
         assert!(
             f.verifier
-                .verify(&sign(&f, &c), &f.peer)
+                .verify_with_held_keys(&sign(&f, &c), &f.peer)
                 .unwrap()
                 .certificate_bound()
         );
         c["cnf"] = json!({ "x5t#S256": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA" });
         assert_eq!(
-            f.verifier.verify(&sign(&f, &c), &f.peer).unwrap_err(),
+            f.verifier
+                .verify_with_held_keys(&sign(&f, &c), &f.peer)
+                .unwrap_err(),
             AuthnError::CertificateMismatch
         );
 
         c["cnf"] = json!({ "jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I" });
         assert_eq!(
-            f.verifier.verify(&sign(&f, &c), &f.peer).unwrap_err(),
+            f.verifier
+                .verify_with_held_keys(&sign(&f, &c), &f.peer)
+                .unwrap_err(),
             AuthnError::UnsupportedConfirmation
         );
 
@@ -506,7 +628,7 @@ mod tests {
         assert_eq!(
             strict
                 .verifier
-                .verify(&sign(&strict, &claims()), &strict.peer)
+                .verify_with_held_keys(&sign(&strict, &claims()), &strict.peer)
                 .unwrap_err(),
             AuthnError::CertificateBindingRequired
         );

@@ -7,6 +7,7 @@ pub mod dev_token;
 pub mod jwks;
 pub mod jwt;
 pub mod principal;
+pub mod remote_jwks;
 
 pub use jwt::TokenVerifier;
 pub use principal::Principal;

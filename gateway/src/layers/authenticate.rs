@@ -80,22 +80,23 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let verified = match request.extensions().get::<Arc<PeerIdentity>>() {
-            None => Err(AuthnError::NoClientCertificate),
-            Some(peer) => {
-                bearer_token(&request).and_then(|token| self.verifier.verify(token, peer))
-            }
-        };
-        let principal: Principal = match verified {
-            Ok(principal) => principal,
-            Err(error) => return Box::pin(std::future::ready(Err(error.into()))),
-        };
-        record(&request, |fields| {
-            fields.principal = Some(principal.subject().to_owned());
-            fields.client_id = principal.client_id().map(str::to_owned);
-        });
-        request.extensions_mut().insert(Arc::new(principal));
+        let verifier = self.verifier.clone();
         let mut inner = take_ready(&mut self.inner);
-        Box::pin(async move { inner.call(request).await })
+        Box::pin(async move {
+            let peer = request
+                .extensions()
+                .get::<Arc<PeerIdentity>>()
+                .cloned()
+                .ok_or(AuthnError::NoClientCertificate)?;
+            let token = bearer_token(&request)?.to_owned();
+            // Known keys verify without waiting; only an unknown `kid` may wait for a refresh.
+            let principal: Principal = verifier.verify(&token, &peer).await?;
+            record(&request, |fields| {
+                fields.principal = Some(principal.subject().to_owned());
+                fields.client_id = principal.client_id().map(str::to_owned);
+            });
+            request.extensions_mut().insert(Arc::new(principal));
+            inner.call(request).await
+        })
     }
 }

@@ -5,6 +5,7 @@ mod support;
 
 mod authentication;
 mod authorization;
+mod authserver;
 mod bypass;
 mod compartment;
 mod demo;
