@@ -3,7 +3,6 @@
 
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use portvagt::auth::TokenVerifier;
@@ -19,17 +18,12 @@ fn verify_cached_key(c: &mut Criterion) {
     std::fs::write(&jwks_file, key.jwks()).expect("write jwks");
     let verifier = TokenVerifier::new(
         &[IssuerConfig {
-            issuer: "https://issuer.bench".into(),
-            audiences: vec!["https://fhir.bench/fhir".into()],
             jwks_file: Some(jwks_file),
-            jwks_url: None,
-            discovery: false,
-            ca_file: None,
-            jwks_refresh: Duration::from_secs(300),
-            jwks_min_refresh: Duration::from_secs(10),
             algorithms: vec!["ES256".into(), "RS256".into()],
-            leeway: Duration::from_secs(30),
-            require_certificate_binding: false,
+            ..IssuerConfig::new(
+                "https://issuer.bench",
+                vec!["https://fhir.bench/fhir".into()],
+            )
         }],
         Arc::new(portvagt::metrics::Metrics::new()),
     )
@@ -46,10 +40,10 @@ fn verify_cached_key(c: &mut Criterion) {
         }))
         .expect("token");
     verifier
-        .verify_with_held_keys(&token, &peer)
+        .verify_with_held_keys(&token, &peer, false)
         .expect("the bench token verifies");
     c.bench_function("verify ES256 access token, cached key, cert-bound", |b| {
-        b.iter(|| verifier.verify_with_held_keys(black_box(&token), black_box(&peer)))
+        b.iter(|| verifier.verify_with_held_keys(black_box(&token), black_box(&peer), false))
     });
 }
 

@@ -8,20 +8,20 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Response, StatusCode, header};
-use serde_json::json;
 
 use crate::body::{Body, full};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::outcome::Outcome;
 use crate::proxy::Backend;
+use crate::smart::SmartDocuments;
 
 /// Answers the local endpoints.
 #[derive(Debug)]
 pub struct Admin {
     metrics: Arc<Metrics>,
     backend: Arc<Backend>,
-    smart_configuration: Bytes,
+    smart: Arc<SmartDocuments>,
     smart_path: String,
     metrics_on_client_listener: bool,
     last_probe: Mutex<Option<(Instant, bool)>>,
@@ -50,17 +50,18 @@ pub enum LocalEndpoint {
 }
 
 impl Admin {
-    /// Builds the endpoints; the SMART document is rendered once here.
+    /// Builds the endpoints.
     pub fn new(
         config: &Config,
         fhir_base_path: &str,
         metrics: Arc<Metrics>,
         backend: Arc<Backend>,
+        smart: Arc<SmartDocuments>,
     ) -> Self {
         Self {
             metrics,
             backend,
-            smart_configuration: Bytes::from(smart_configuration(config).to_string()),
+            smart,
             metrics_on_client_listener: config.server.admin_listen.is_none(),
             last_probe: Mutex::new(None),
             smart_path: format!(
@@ -132,9 +133,10 @@ impl Admin {
                 );
                 response
             }
-            LocalEndpoint::SmartConfiguration => {
-                json_response(StatusCode::OK, self.smart_configuration.clone())
-            }
+            LocalEndpoint::SmartConfiguration => json_response(
+                StatusCode::OK,
+                Bytes::from(self.smart.configuration().to_string()),
+            ),
         }
     }
 }
@@ -150,40 +152,4 @@ fn json_response(status: StatusCode, body: Bytes) -> Response<Body> {
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
-}
-
-/// The SMART configuration document: configured fields, with defaults that never advertise
-/// what SMART 2.x forbids (`plain` PKCE).
-fn smart_configuration(config: &Config) -> serde_json::Value {
-    let smart = &config.smart;
-    let issuer = smart
-        .issuer
-        .clone()
-        .or_else(|| config.issuers.first().map(|i| i.issuer.clone()));
-    let strings = |v: &Option<Vec<String>>, default: &[&str]| {
-        v.clone()
-            .unwrap_or_else(|| default.iter().map(|s| (*s).to_owned()).collect())
-    };
-    let mut document = json!({
-        "issuer": issuer,
-        "jwks_uri": smart.jwks_uri,
-        "authorization_endpoint": smart.authorization_endpoint,
-        "token_endpoint": smart.token_endpoint,
-        "grant_types_supported": strings(&smart.grant_types_supported, &["authorization_code", "client_credentials"]),
-        "token_endpoint_auth_methods_supported": ["private_key_jwt", "tls_client_auth"],
-        "scopes_supported": strings(&smart.scopes_supported, &["openid", "fhirUser", "launch/patient", "patient/*.rs", "user/*.cruds", "system/*.cruds"]),
-        "response_types_supported": ["code"],
-        "capabilities": strings(&smart.capabilities, &[
-            "launch-standalone", "client-public", "client-confidential-asymmetric", "context-standalone-patient",
-            "permission-patient", "permission-user", "permission-v1", "permission-v2", "sso-openid-connect",
-        ]),
-        "code_challenge_methods_supported": ["S256"],
-    });
-    if let Some(endpoint) = &smart.introspection_endpoint {
-        document["introspection_endpoint"] = json!(endpoint);
-    }
-    if let Some(object) = document.as_object_mut() {
-        object.retain(|_, value| !value.is_null());
-    }
-    document
 }

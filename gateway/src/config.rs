@@ -24,6 +24,9 @@ pub struct Config {
     /// Trusted token issuers.
     #[serde(default, rename = "issuer")]
     pub issuers: Vec<IssuerConfig>,
+    /// Per-path requirements.
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RouteConfig>,
     /// The backend FHIR server.
     pub backend: BackendConfig,
     /// The `/.well-known/smart-configuration` document.
@@ -145,6 +148,124 @@ pub struct IssuerConfig {
     #[serde(default = "defaults::leeway", with = "humantime_serde")]
     pub leeway: Duration,
     /// Refuse tokens that are not bound to the client certificate (RFC 8705 `cnf.x5t#S256`).
+    #[serde(default)]
+    pub require_certificate_binding: bool,
+    /// `[issuer.claims]`: which claims hold the scopes, patient, user, roles and purpose.
+    #[serde(default)]
+    pub claims: ClaimNames,
+    /// `[issuer.introspection]`: opaque tokens (and this issuer's tokens when it has no key
+    /// source) are checked at the issuer's RFC 7662 introspection endpoint.
+    #[serde(default)]
+    pub introspection: Option<IntrospectionConfig>,
+}
+
+impl IssuerConfig {
+    /// An issuer with every default and no key source yet (for code that builds configs).
+    pub fn new(issuer: impl Into<String>, audiences: Vec<String>) -> IssuerConfig {
+        IssuerConfig {
+            issuer: issuer.into(),
+            audiences,
+            jwks_file: None,
+            jwks_url: None,
+            discovery: false,
+            ca_file: None,
+            jwks_refresh: defaults::jwks_refresh(),
+            jwks_min_refresh: defaults::jwks_min_refresh(),
+            algorithms: defaults::algorithms(),
+            leeway: defaults::leeway(),
+            require_certificate_binding: false,
+            claims: ClaimNames::default(),
+            introspection: None,
+        }
+    }
+}
+
+/// `[issuer.claims]`: claim names, as dotted paths into nested objects (e.g.
+/// `realm_access.roles` for Keycloak realm roles). A claim may be a string or a list of strings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimNames {
+    /// Granted scopes, space-separated or a list (the default also reads `scp` if `scope` is
+    /// absent).
+    #[serde(default = "defaults::claim_scope")]
+    pub scope: String,
+    /// The patient in context (SMART `launch/patient`): a FHIR id.
+    #[serde(default = "defaults::claim_patient")]
+    pub patient: String,
+    /// The user's FHIR resource, e.g. `Practitioner/123`.
+    #[serde(default = "defaults::claim_fhir_user")]
+    pub fhir_user: String,
+    /// The user's roles.
+    #[serde(default = "defaults::claim_roles")]
+    pub roles: String,
+    /// The purpose of use (e.g. `TREAT`, `EMERGENCY`).
+    #[serde(default = "defaults::claim_purpose_of_use")]
+    pub purpose_of_use: String,
+    /// The OAuth client (the default also reads `azp` if `client_id` is absent).
+    #[serde(default = "defaults::claim_client_id")]
+    pub client_id: String,
+}
+
+impl Default for ClaimNames {
+    fn default() -> Self {
+        Self {
+            scope: defaults::claim_scope(),
+            patient: defaults::claim_patient(),
+            fhir_user: defaults::claim_fhir_user(),
+            roles: defaults::claim_roles(),
+            purpose_of_use: defaults::claim_purpose_of_use(),
+            client_id: defaults::claim_client_id(),
+        }
+    }
+}
+
+/// `[issuer.introspection]`: RFC 7662 token introspection.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntrospectionConfig {
+    /// The introspection endpoint (HTTPS); its certificate must chain to the issuer's
+    /// `ca_file`.
+    pub url: String,
+    /// The gateway's client id at the authorization server.
+    pub client_id: String,
+    /// A file holding the client secret (`client_secret_basic`).
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    /// An environment variable holding the client secret (`client_secret_basic`).
+    #[serde(default)]
+    pub client_secret_env: Option<String>,
+    /// The gateway's client certificate (PEM) for `tls_client_auth` (RFC 8705 §2), instead
+    /// of a secret.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    /// The key of `client_cert` (PEM).
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+    /// An active token's answer is cached until its `exp`, but never longer than this.
+    #[serde(
+        default = "defaults::introspection_cache_ceiling",
+        with = "humantime_serde"
+    )]
+    pub cache_ceiling: Duration,
+    /// How long an inactive answer is cached.
+    #[serde(
+        default = "defaults::introspection_negative_cache",
+        with = "humantime_serde"
+    )]
+    pub negative_cache: Duration,
+    /// The most answers held; when full, expired ones go first, then the oldest.
+    #[serde(default = "defaults::introspection_cache_entries")]
+    pub cache_entries: usize,
+}
+
+/// `[[route]]`: requirements for requests whose path starts with `path_prefix` (on a segment
+/// boundary). The longest matching prefix applies.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// E.g. `/fhir/Patient` or `/fhir`.
+    pub path_prefix: String,
+    /// Refuse tokens that are not bound to the client certificate (RFC 8705).
     #[serde(default)]
     pub require_certificate_binding: bool,
 }
@@ -316,6 +437,18 @@ impl Config {
             if let Some(file) = &mut issuer.ca_file {
                 resolve(file);
             }
+            if let Some(introspection) = &mut issuer.introspection {
+                for file in [
+                    &mut introspection.client_secret_file,
+                    &mut introspection.client_cert,
+                    &mut introspection.client_key,
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    resolve(file);
+                }
+            }
         }
         if let Some(rules_file) = &mut self.policy.rules_file {
             resolve(rules_file);
@@ -389,6 +522,33 @@ mod defaults {
     }
     pub(super) fn jwks_min_refresh() -> Duration {
         Duration::from_secs(10)
+    }
+    pub(super) fn claim_scope() -> String {
+        "scope".to_owned()
+    }
+    pub(super) fn claim_patient() -> String {
+        "patient".to_owned()
+    }
+    pub(super) fn claim_fhir_user() -> String {
+        "fhirUser".to_owned()
+    }
+    pub(super) fn claim_roles() -> String {
+        "role".to_owned()
+    }
+    pub(super) fn claim_purpose_of_use() -> String {
+        "purpose_of_use".to_owned()
+    }
+    pub(super) fn claim_client_id() -> String {
+        "client_id".to_owned()
+    }
+    pub(super) fn introspection_cache_ceiling() -> Duration {
+        Duration::from_secs(300)
+    }
+    pub(super) fn introspection_negative_cache() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub(super) fn introspection_cache_entries() -> usize {
+        100_000
     }
     pub(super) fn connect_timeout() -> Duration {
         Duration::from_secs(2)

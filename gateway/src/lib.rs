@@ -18,5 +18,6 @@ pub mod proxy;
 pub mod rescue;
 pub mod runtime;
 pub mod server;
+pub mod smart;
 pub mod stack;
 pub mod tls;

@@ -21,6 +21,11 @@ pub struct Metrics {
     pub tls_handshake_failures: IntCounterVec,
     /// `portvagt_jwks_fetches_total{outcome}` (`ok`, `error`, `rate-limited`)
     pub jwks_fetches: IntCounterVec,
+    /// `portvagt_introspection_calls_total{outcome}`: calls to introspection endpoints
+    /// (`active`, `inactive`, `error`).
+    pub introspection_calls: IntCounterVec,
+    /// `portvagt_introspection_cache_total{result}`: cache `hit`s and `miss`es.
+    pub introspection_cache: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -90,6 +95,22 @@ impl Metrics {
             &["outcome"],
         )
         .expect("valid metric");
+        let introspection_calls = IntCounterVec::new(
+            Opts::new(
+                "portvagt_introspection_calls_total",
+                "Token introspection calls, by outcome",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        let introspection_cache = IntCounterVec::new(
+            Opts::new(
+                "portvagt_introspection_cache_total",
+                "Token introspection cache lookups, by result",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
@@ -98,6 +119,8 @@ impl Metrics {
             Box::new(access_denied.clone()),
             Box::new(tls_handshake_failures.clone()),
             Box::new(jwks_fetches.clone()),
+            Box::new(introspection_calls.clone()),
+            Box::new(introspection_cache.clone()),
         ] {
             registry
                 .register(collector)
@@ -112,6 +135,8 @@ impl Metrics {
             access_denied,
             tls_handshake_failures,
             jwks_fetches,
+            introspection_calls,
+            introspection_cache,
         }
     }
 

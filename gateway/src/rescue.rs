@@ -164,10 +164,25 @@ fn plain(outcome: Outcome) -> Rescued {
 }
 
 fn rescue_one(error: &(dyn std::error::Error + 'static)) -> Option<Rescued> {
+    if let Some(error @ AuthnError::IntrospectionUnavailable) = error.downcast_ref::<AuthnError>() {
+        return Some(Rescued {
+            outcome: Outcome::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "transient",
+                error.code(),
+                error.to_string(),
+            ),
+            challenge: None,
+            retry_after: Some("5"),
+        });
+    }
     if let Some(error) = error.downcast_ref::<AuthnError>() {
         let challenge = match error {
             // RFC 6750 §3.1: no error code when the request had no authentication at all.
             AuthnError::MissingToken => format!("Bearer realm=\"{REALM}\""),
+            AuthnError::UnsupportedScheme => format!(
+                "Bearer realm=\"{REALM}\", error=\"invalid_request\", error_description=\"{error}\""
+            ),
             other => format!(
                 "Bearer realm=\"{REALM}\", error=\"invalid_token\", error_description=\"{other}\""
             ),

@@ -11,8 +11,10 @@ use portvagt_policy::{RuleSet, RulesFile};
 use crate::admin::Admin;
 use crate::auth::TokenVerifier;
 use crate::config::{Config, ConfigError};
+use crate::layers::authenticate::RouteRules;
 use crate::metrics::Metrics;
 use crate::proxy::Backend;
+use crate::smart::SmartDocuments;
 
 /// Everything built at start, shared by every connection.
 #[derive(Debug)]
@@ -23,6 +25,10 @@ pub struct Runtime {
     pub tls: Arc<rustls::ServerConfig>,
     /// The access-token verifier.
     pub verifier: Arc<TokenVerifier>,
+    /// Per-path authentication demands (`[[route]]`).
+    pub routes: Arc<RouteRules>,
+    /// The SMART configuration and CapabilityStatement security description.
+    pub smart: Arc<SmartDocuments>,
     /// The backend and its client.
     pub backend: Arc<Backend>,
     /// Metrics.
@@ -84,6 +90,9 @@ impl Runtime {
         let verifier = TokenVerifier::new(&config.issuers, metrics.clone())
             .map_err(|e| errors.push(e))
             .ok();
+        let routes = RouteRules::new(&config.routes)
+            .map_err(|e| errors.push(e))
+            .ok();
         let backend = Backend::new(&config.backend)
             .map_err(|e| errors.push(e))
             .ok();
@@ -97,22 +106,34 @@ impl Runtime {
                 }
             },
         };
-        let (Some(tls), Some(verifier), Some(backend), true) =
-            (tls, verifier, backend, errors.is_empty())
+        let (Some(tls), Some(verifier), Some(routes), Some(backend), true) =
+            (tls, verifier, routes, backend, errors.is_empty())
         else {
             return Err(errors);
         };
         let backend = Arc::new(backend);
+        let smart_issuer = config
+            .smart
+            .issuer
+            .clone()
+            .or_else(|| config.issuers.first().map(|issuer| issuer.issuer.clone()));
+        let smart = Arc::new(SmartDocuments::new(
+            &config,
+            smart_issuer.and_then(|issuer| verifier.remote_source(&issuer)),
+        ));
         let admin = Arc::new(Admin::new(
             &config,
             &fhir_base_path,
             metrics.clone(),
             backend.clone(),
+            smart.clone(),
         ));
         Ok(Runtime {
             config,
             tls,
             verifier: Arc::new(verifier),
+            routes: Arc::new(routes),
+            smart,
             backend,
             metrics,
             admin,

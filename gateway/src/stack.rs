@@ -44,7 +44,10 @@ pub fn build(runtime: &Runtime) -> GatewayService {
         // ... and in body size (413).
         .layer(BodyLimitLayer::new(limits.max_body_bytes))
         // Who: a verified token, checked against the client certificate (401 otherwise).
-        .layer(AuthenticateLayer::new(runtime.verifier.clone()))
+        .layer(AuthenticateLayer::new(
+            runtime.verifier.clone(),
+            runtime.routes.clone(),
+        ))
         // What: the FHIR interaction, resource type, id and parameters (400/404 if unclear).
         .layer(ClassifyLayer::new(&runtime.fhir_base_path))
         // May they: the policy decision (403 otherwise).

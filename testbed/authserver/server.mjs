@@ -5,11 +5,14 @@
 // demo. It issues client-credentials access tokens as ES256-signed JWTs
 // (resource indicators, RFC 8707) and, for one extra resource, opaque tokens
 // that can be introspected (RFC 7662). Signing keys live in memory only and can
-// be rotated at runtime through a small admin endpoint.
+// be rotated at runtime through a small admin endpoint. Optionally (with
+// --client-ca) it also does mutual TLS (RFC 8705): `tls_client_auth` client
+// authentication and certificate-bound access tokens (`cnf.x5t#S256`).
 //
 // Usage (see README.md):
 //   node server.mjs --issuer-port 0 --tls-cert CERT.pem --tls-key KEY.pem \
-//       [--audience https://127.0.0.1:8443/fhir] [--watch-stdin]
+//       [--audience https://127.0.0.1:8443/fhir] [--watch-stdin] \
+//       [--client-ca CA.pem [--tls-client NAME=CERT.pem]...]
 //
 // Stdout carries exactly one line, printed when the server is ready:
 //   {"issuer":"https://127.0.0.1:<port>","port":<port>}
@@ -79,7 +82,7 @@ function usage(message) {
   if (message) process.stderr.write(`error: ${message}\n`);
   process.stderr.write(
     'usage: node server.mjs --issuer-port PORT --tls-cert CERT.pem --tls-key KEY.pem '
-      + '[--audience URL] [--watch-stdin]\n',
+      + '[--audience URL] [--watch-stdin] [--client-ca CA.pem [--tls-client NAME=CERT.pem]...]\n',
   );
   process.exit(2);
 }
@@ -93,6 +96,8 @@ try {
       'tls-key': { type: 'string' },
       audience: { type: 'string', default: DEFAULT_AUDIENCE },
       'watch-stdin': { type: 'boolean', default: false },
+      'client-ca': { type: 'string' },
+      'tls-client': { type: 'string', multiple: true, default: [] },
       help: { type: 'boolean', short: 'h', default: false },
     },
     strict: true,
@@ -128,6 +133,129 @@ try {
 function log(message) {
   process.stderr.write(`authserver: ${message}\n`);
 }
+
+// ---------------------------------------------------------------------------
+// Mutual TLS (optional)
+// ---------------------------------------------------------------------------
+
+/**
+ * The subject DN of an X.509 certificate as an RFC 4514-style string, e.g.
+ *   CN=Test System,serialNumber=UI:DK-O:G:6f2c...,organizationIdentifier=NTRDK-12345678,O=Region Test,C=DK
+ *
+ * oidc-provider 8.8.1 does not compare subject DNs itself: its tls_client_auth
+ * code calls the `features.mTLS.certificateSubjectMatches` hook configured
+ * below (the default throws). So both sides of the comparison are produced by
+ * this one function: the registered `tls_client_auth_subject_dn` is computed
+ * from the --tls-client certificate file at start-up and the presented
+ * certificate is formatted the same way on every request, which makes the
+ * exact string comparison independent of attribute naming or escaping.
+ *
+ * Node's `X509Certificate#subject` is OpenSSL's multi-line rendering: one RDN
+ * per line, in certificate order (most significant first), short attribute
+ * names (OpenSSL 3 knows `organizationIdentifier` and `serialNumber`), values
+ * escaped per RFC 2253 (`,` `+` `"` `\` `<` `>` `;`, leading `#`/space,
+ * trailing space) but non-ASCII characters left as UTF-8 (`Sjælland`), and
+ * multi-valued RDNs joined with " + ". RFC 4514 wants the RDNs in reverse
+ * order, comma-separated and `+` without spaces. For single-valued RDNs the
+ * result is byte-for-byte what
+ * `openssl x509 -noout -subject -nameopt RFC2253,-esc_msb` prints (plain
+ * `-nameopt RFC2253` would write `Sj\C3\A6lland` instead).
+ */
+function subjectDn(cert) {
+  return cert.subject
+    .split('\n')
+    .reverse()
+    .map((rdn) => rdn.replaceAll(' + ', '+')) // an unescaped '+' only separates AVAs
+    .join(',');
+}
+
+// --client-ca: PEM CA (bundle) that client certificates must chain to.
+let clientCa;
+if (args['client-ca'] !== undefined) {
+  try {
+    clientCa = fs.readFileSync(args['client-ca']);
+    new crypto.X509Certificate(clientCa); // eslint-disable-line no-new
+  } catch (err) {
+    usage(`cannot read --client-ca: ${err.message}`);
+  }
+}
+
+// --tls-client NAME=CERT.pem (repeatable): clients that authenticate with
+// tls_client_auth and get certificate-bound tokens.
+const tlsClients = [];
+for (const spec of args['tls-client']) {
+  if (!clientCa) usage('--tls-client requires --client-ca');
+  const eq = spec.indexOf('=');
+  const name = eq > 0 ? spec.slice(0, eq) : '';
+  const file = eq > 0 ? spec.slice(eq + 1) : '';
+  if (!name || !file) usage(`--tls-client must be NAME=CERTFILE, got ${JSON.stringify(spec)}`);
+  if (CLIENTS.some((c) => c.client_id === name) || tlsClients.some((c) => c.client_id === name)) {
+    usage(`--tls-client: duplicate client_id ${JSON.stringify(name)}`);
+  }
+  let cert;
+  try {
+    cert = new crypto.X509Certificate(fs.readFileSync(file)); // the first PEM block
+  } catch (err) {
+    usage(`cannot read --tls-client certificate ${file}: ${err.message}`);
+  }
+  tlsClients.push({
+    client_id: name,
+    token_endpoint_auth_method: 'tls_client_auth',
+    tls_client_auth_subject_dn: subjectDn(cert),
+    tls_client_certificate_bound_access_tokens: true,
+    grant_types: ['client_credentials'],
+    response_types: [],
+    redirect_uris: [],
+    scope: SMART_SCOPES.join(' '),
+  });
+}
+
+// Sockets whose rejected client certificate has already been logged.
+const loggedUnauthorized = new WeakSet();
+
+/**
+ * features.mTLS.getCertificate: the client certificate of the request's TLS
+ * connection, but only if it verified against --client-ca. Returned as a
+ * crypto.X509Certificate (oidc-provider 8.8.1 accepts that or a PEM string;
+ * the x5t#S256 thumbprint is then SHA-256 over `cert.raw`, the DER bytes).
+ * A certificate that did not verify (the server runs with
+ * rejectUnauthorized: false so that certificate-less clients keep working)
+ * counts as no certificate at all.
+ */
+function getCertificate(ctx) {
+  const socket = ctx.socket;
+  if (typeof socket?.getPeerX509Certificate !== 'function') return undefined;
+  const cert = socket.getPeerX509Certificate(); // undefined if none was sent
+  if (cert === undefined) return undefined;
+  if (socket.authorized !== true) {
+    if (!loggedUnauthorized.has(socket)) {
+      loggedUnauthorized.add(socket);
+      log(`ignoring client certificate ${subjectDn(cert)} that did not verify: ${socket.authorizationError}`);
+    }
+    return undefined;
+  }
+  return cert;
+}
+
+/**
+ * features.mTLS configuration, used only when --client-ca is given.
+ * certificateAuthorized and certificateSubjectMatches must be supplied too:
+ * oidc-provider's defaults for them throw.
+ */
+const mtlsFeature = {
+  enabled: true,
+  certificateBoundAccessTokens: true,
+  tlsClientAuth: true,
+  selfSignedTlsClientAuth: false,
+  getCertificate,
+  certificateAuthorized: (ctx) => ctx.socket?.authorized === true,
+  certificateSubjectMatches: (ctx, property, expected) => {
+    // Only tls_client_auth_subject_dn is ever registered here.
+    if (property !== 'tls_client_auth_subject_dn') return false;
+    const cert = getCertificate(ctx);
+    return cert !== undefined && subjectDn(cert) === expected;
+  },
+};
 
 // ---------------------------------------------------------------------------
 // Signing keys (in memory; newest first)
@@ -194,7 +322,18 @@ function buildProvider(issuer) {
   };
 
   const provider = new Provider(issuer, {
-    clients: CLIENTS,
+    clients: [...CLIENTS, ...tlsClients],
+    // oidc-provider's default client authentication methods, plus
+    // tls_client_auth when mutual TLS is on (it must be listed here, not only
+    // enabled in features.mTLS, or tls_client_auth clients fail validation).
+    clientAuthMethods: [
+      'client_secret_basic',
+      'client_secret_jwt',
+      'client_secret_post',
+      'private_key_jwt',
+      'none',
+      ...(clientCa ? ['tls_client_auth'] : []),
+    ],
     jwks: { keys: signingKeys },
     scopes: ['openid', ...SMART_SCOPES],
     clientDefaults: {
@@ -219,6 +358,7 @@ function buildProvider(issuer) {
         allowedPolicy: async (ctx, client) => client.clientAuthMethod !== 'none',
       },
       revocation: { enabled: true },
+      mTLS: clientCa ? mtlsFeature : { enabled: false },
       resourceIndicators: {
         enabled: true,
         defaultResource: async () => audience,
@@ -241,8 +381,14 @@ function buildProvider(issuer) {
   });
 
   provider.on('server_error', (ctx, err) => log(`server_error: ${err.stack || err}`));
-  provider.on('grant.error', (ctx, err) => log(`token error: ${err.message}${err.error_description ? ` (${err.error_description})` : ''}`));
-  provider.on('introspection.error', (ctx, err) => log(`introspection error: ${err.message}`));
+  // error_detail is oidc-provider's internal reason (e.g. "certificate subject
+  // value does not match the registered one"); clients only see the generic
+  // error_description.
+  const describe = (err) => `${err.message}${err.error_description ? ` (${err.error_description})` : ''}`
+    + `${err.error_detail ? `: ${err.error_detail}` : ''}`;
+  provider.on('grant.error', (ctx, err) => log(`token error: ${describe(err)}`));
+  provider.on('introspection.error', (ctx, err) => log(`introspection error: ${describe(err)}`));
+  provider.on('revocation.error', (ctx, err) => log(`revocation error: ${describe(err)}`));
 
   return { provider, handler: provider.callback() };
 }
@@ -292,7 +438,17 @@ function handleAdmin(req, res, pathname) {
   return sendJson(res, 404, { error: 'not_found' });
 }
 
-const server = https.createServer({ cert: tlsCert, key: tlsKey }, (req, res) => {
+// With --client-ca the server asks every client for a certificate but never
+// fails the handshake over it: clients without one (or with one that does not
+// verify) connect as before, and getCertificate() above only hands verified
+// certificates to oidc-provider.
+const tlsOptions = clientCa
+  ? {
+    cert: tlsCert, key: tlsKey, ca: clientCa, requestCert: true, rejectUnauthorized: false,
+  }
+  : { cert: tlsCert, key: tlsKey };
+
+const server = https.createServer(tlsOptions, (req, res) => {
   let pathname;
   try {
     pathname = new URL(req.url, 'https://localhost').pathname;
@@ -349,5 +505,8 @@ if (args['watch-stdin']) {
 }
 
 const elapsedMs = Number(process.hrtime.bigint() - startedAt) / 1e6;
-log(`ready: issuer ${issuer}, audience ${audience}, signing kid ${signingKeys[0].kid} (${elapsedMs.toFixed(0)} ms)`);
+for (const client of tlsClients) {
+  log(`tls_client_auth client ${client.client_id}: subject DN ${client.tls_client_auth_subject_dn}`);
+}
+log(`ready: issuer ${issuer}, audience ${audience}, signing kid ${signingKeys[0].kid}${clientCa ? ', mTLS on' : ''} (${elapsedMs.toFixed(0)} ms)`);
 process.stdout.write(`${JSON.stringify({ issuer, port: boundPort })}\n`);

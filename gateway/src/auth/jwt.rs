@@ -13,9 +13,11 @@ use std::sync::Arc;
 use base64::Engine as _;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
-use portvagt_policy::ScopeSet;
 use serde::Deserialize;
+use serde_json::{Map, Value};
 
+use super::claims::{BindingRule, ClaimMapping};
+use super::introspection::Introspector;
 use super::jwks::{self, KeyFamily, VerificationKey};
 use super::remote_jwks::RemoteJwks;
 use super::{AuthnError, Principal};
@@ -27,14 +29,20 @@ use crate::tls::PeerIdentity;
 #[derive(Debug)]
 pub struct TokenVerifier {
     issuers: HashMap<String, IssuerVerifier>,
+    /// The issuers with an introspection endpoint, in configuration order: where an opaque
+    /// token is checked.
+    introspectors: Vec<Arc<Introspector>>,
 }
 
 #[derive(Debug)]
 struct IssuerVerifier {
-    keys: Keys,
+    /// Where JWT signing keys come from; none when the issuer's tokens are introspected.
+    keys: Option<Keys>,
     /// One prepared validation per allowed algorithm.
     validations: HashMap<Algorithm, Validation>,
     require_binding: bool,
+    mapping: ClaimMapping,
+    introspector: Option<Arc<Introspector>>,
 }
 
 /// Where an issuer's keys come from.
@@ -68,64 +76,16 @@ struct IssuerPeek {
     iss: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct Claims {
-    #[serde(default)]
-    sub: Option<String>,
-    #[serde(default)]
-    iss: Option<String>,
-    #[serde(default)]
-    exp: Option<u64>,
-    #[serde(default)]
-    scope: Option<ScopeClaim>,
-    #[serde(default)]
-    scp: Option<Vec<String>>,
-    #[serde(default)]
-    patient: Option<String>,
-    #[serde(default, rename = "fhirUser")]
-    fhir_user: Option<String>,
-    #[serde(default)]
-    client_id: Option<String>,
-    #[serde(default)]
-    azp: Option<String>,
-    #[serde(default)]
-    jti: Option<String>,
-    #[serde(default)]
-    cnf: Option<Confirmation>,
-    #[serde(default)]
-    role: Option<StringOrList>,
-    #[serde(default)]
-    purpose_of_use: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum StringOrList {
-    One(String),
-    Many(Vec<String>),
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum ScopeClaim {
-    Text(String),
-    List(Vec<String>),
-}
-
-#[derive(Deserialize)]
-struct Confirmation {
-    #[serde(default, rename = "x5t#S256")]
-    x5t_s256: Option<String>,
-}
-
 impl TokenVerifier {
     /// Loads every file-based issuer's keys, prepares remote ones (fetched by
-    /// [`TokenVerifier::remote_sources`]' owners), and prepares validations.
+    /// [`TokenVerifier::remote_sources`]' owners) and introspection endpoints, and prepares
+    /// validations.
     pub fn new(
         issuers: &[IssuerConfig],
         metrics: Arc<Metrics>,
     ) -> Result<TokenVerifier, ConfigError> {
         let mut map = HashMap::new();
+        let mut introspectors = Vec::new();
         for (index, issuer) in issuers.iter().enumerate() {
             let field = |name: &str| format!("issuer[{index}].{name}");
             if issuer.audiences.is_empty() {
@@ -153,21 +113,34 @@ impl TokenVerifier {
                     "at least one algorithm is required",
                 ));
             }
-            let keys = match &issuer.jwks_file {
-                Some(file) if issuer.jwks_url.is_none() && !issuer.discovery => {
-                    Keys::Fixed(Arc::new(
-                        jwks::load_file(file)
-                            .map_err(|e| ConfigError::new(field("jwks_file"), e))?,
-                    ))
-                }
-                Some(_) => {
+            let sources = usize::from(issuer.jwks_file.is_some())
+                + usize::from(issuer.jwks_url.is_some())
+                + usize::from(issuer.discovery);
+            let keys = match (&issuer.jwks_file, sources) {
+                (_, 0) if issuer.introspection.is_some() => None,
+                (Some(file), 1) => Some(Keys::Fixed(Arc::new(
+                    jwks::load_file(file).map_err(|e| ConfigError::new(field("jwks_file"), e))?,
+                ))),
+                (None, 1) => Some(Keys::Remote(Arc::new(RemoteJwks::new(
+                    index,
+                    issuer,
+                    metrics.clone(),
+                )?))),
+                _ => {
                     return Err(ConfigError::new(
                         field("jwks_file"),
-                        "give exactly one of jwks_file, jwks_url, discovery",
+                        "give exactly one of jwks_file, jwks_url, discovery (or none, with \
+                         [issuer.introspection])",
                     ));
                 }
-                None => Keys::Remote(Arc::new(RemoteJwks::new(index, issuer, metrics.clone())?)),
             };
+            let introspector = issuer
+                .introspection
+                .as_ref()
+                .map(|config| Introspector::new(index, issuer, config, metrics.clone()))
+                .transpose()?
+                .map(Arc::new);
+            introspectors.extend(introspector.clone());
             let validations = algorithms
                 .iter()
                 .map(|&alg| {
@@ -184,12 +157,17 @@ impl TokenVerifier {
                 keys,
                 validations,
                 require_binding: issuer.require_certificate_binding,
+                mapping: ClaimMapping::new(&issuer.claims),
+                introspector,
             };
             if map.insert(issuer.issuer.clone(), verifier).is_some() {
                 return Err(ConfigError::new(field("issuer"), "configured twice"));
             }
         }
-        Ok(TokenVerifier { issuers: map })
+        Ok(TokenVerifier {
+            issuers: map,
+            introspectors,
+        })
     }
 
     /// The issuers whose keys are fetched over HTTPS, for the server to warm up and refresh.
@@ -197,44 +175,92 @@ impl TokenVerifier {
         self.issuers
             .values()
             .filter_map(|issuer| match &issuer.keys {
-                Keys::Remote(remote) => Some(Arc::clone(remote)),
-                Keys::Fixed(_) => None,
+                Some(Keys::Remote(remote)) => Some(Arc::clone(remote)),
+                _ => None,
             })
             .collect()
     }
 
-    /// Verifies `token` presented on a connection with client certificate `peer`. A `kid` the
-    /// gateway does not hold makes a remote issuer's keys refresh (rate-limited) once.
+    /// The key source of issuer `issuer`, if it is fetched over HTTPS.
+    pub fn remote_source(&self, issuer: &str) -> Option<Arc<RemoteJwks>> {
+        match &self.issuers.get(issuer)?.keys {
+            Some(Keys::Remote(remote)) => Some(Arc::clone(remote)),
+            _ => None,
+        }
+    }
+
+    /// Verifies `token` presented on a connection with client certificate `peer`;
+    /// `binding_required` adds the route's (or the scheme's) demand for a certificate-bound
+    /// token to the issuer's. A JWT whose issuer has keys is verified by signature (a `kid`
+    /// the gateway does not hold makes a remote issuer's keys refresh, rate-limited, once);
+    /// anything else is introspected.
     pub async fn verify(
         &self,
         token: &str,
         peer: &Arc<PeerIdentity>,
+        binding_required: bool,
     ) -> Result<Principal, AuthnError> {
-        match self.verify_with_held_keys(token, peer) {
-            Err(AuthnError::UnknownKey) => {
-                let remote = issuer_name(token)
-                    .ok()
-                    .and_then(|name| self.issuers.get(&name))
-                    .and_then(|issuer| match &issuer.keys {
-                        Keys::Remote(remote) => Some(Arc::clone(remote)),
-                        Keys::Fixed(_) => None,
-                    });
-                match remote {
-                    Some(remote) if remote.refresh_for_unknown_kid().await => {
-                        self.verify_with_held_keys(token, peer)
+        let Some(issuer_name) = jwt_issuer(token) else {
+            return self.verify_opaque(token, peer, binding_required).await;
+        };
+        let issuer = self
+            .issuers
+            .get(&issuer_name)
+            .ok_or(AuthnError::UnknownIssuer)?;
+        match (&issuer.keys, &issuer.introspector) {
+            (Some(Keys::Remote(remote)), _) => {
+                match self.verify_with_held_keys(token, peer, binding_required) {
+                    Err(AuthnError::UnknownKey) if remote.refresh_for_unknown_kid().await => {
+                        self.verify_with_held_keys(token, peer, binding_required)
                     }
-                    _ => Err(AuthnError::UnknownKey),
+                    other => other,
                 }
             }
-            other => other,
+            (Some(Keys::Fixed(_)), _) => self.verify_with_held_keys(token, peer, binding_required),
+            (None, Some(introspector)) => {
+                let active = introspector.introspect(token, now()).await?;
+                principal_from_answer(issuer, active, peer, binding_required)
+            }
+            (None, None) => Err(AuthnError::UnknownIssuer),
         }
     }
 
-    /// Verifies with the keys held now, never touching the network.
+    /// An opaque token: asked of each introspecting issuer in turn; the first that knows it
+    /// as active wins. If any endpoint could not be asked and none said active, the answer is
+    /// "unavailable" (the token may be good), else the first refusal.
+    async fn verify_opaque(
+        &self,
+        token: &str,
+        peer: &Arc<PeerIdentity>,
+        binding_required: bool,
+    ) -> Result<Principal, AuthnError> {
+        let mut refusal = None;
+        for introspector in &self.introspectors {
+            match introspector.introspect(token, now()).await {
+                Ok(active) => {
+                    let issuer = self
+                        .issuers
+                        .get(introspector.issuer())
+                        .ok_or(AuthnError::UnknownIssuer)?;
+                    return principal_from_answer(issuer, active, peer, binding_required);
+                }
+                Err(AuthnError::IntrospectionUnavailable) => {
+                    refusal = Some(AuthnError::IntrospectionUnavailable);
+                }
+                Err(other) => {
+                    refusal.get_or_insert(other);
+                }
+            }
+        }
+        Err(refusal.unwrap_or(AuthnError::Malformed))
+    }
+
+    /// Verifies a JWT with the keys held now, never touching the network.
     pub fn verify_with_held_keys(
         &self,
         token: &str,
         peer: &Arc<PeerIdentity>,
+        binding_required: bool,
     ) -> Result<Principal, AuthnError> {
         let mut parts = token.split('.');
         let (Some(header), Some(payload), Some(_signature), None) =
@@ -255,63 +281,77 @@ impl TokenVerifier {
             .validations
             .get(&alg)
             .ok_or(AuthnError::AlgorithmNotAllowed)?;
-        let keys = issuer.keys.held();
+        let keys = issuer.keys.as_ref().ok_or(AuthnError::UnknownKey)?.held();
         let key = key_for(&keys, header.kid.as_deref(), alg)?;
 
-        let claims = jsonwebtoken::decode::<Claims>(token, &key.key, validation)
+        let claims = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, validation)
             .map_err(|e| map_error(e.kind()))?
             .claims;
-
-        let bound = match claims.cnf.as_ref().map(|cnf| cnf.x5t_s256.as_deref()) {
-            // A confirmation this gateway cannot check (DPoP `jkt`, `jwk`, ...) must not be
-            // mistaken for a plain bearer token.
-            Some(None) => return Err(AuthnError::UnsupportedConfirmation),
-            Some(Some(thumbprint))
-                if constant_time_eq(thumbprint.as_bytes(), peer.thumbprint_sha256().as_bytes()) =>
-            {
-                true
-            }
-            Some(Some(_)) => return Err(AuthnError::CertificateMismatch),
-            None if issuer.require_binding => return Err(AuthnError::CertificateBindingRequired),
-            None => false,
+        let text = |name: &str| {
+            claims
+                .get(name)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .ok_or(AuthnError::MissingClaim)
         };
-        if let Some(patient) = &claims.patient
-            && !is_fhir_id(patient)
-        {
-            return Err(AuthnError::InvalidClaim);
-        }
-        let scopes = match &claims.scope {
-            Some(ScopeClaim::Text(text)) => ScopeSet::parse(text),
-            Some(ScopeClaim::List(list)) => ScopeSet::from_tokens(list.iter().map(String::as_str)),
-            None => ScopeSet::from_tokens(claims.scp.iter().flatten().map(String::as_str)),
-        };
-        Ok(Principal {
-            subject: claims.sub.ok_or(AuthnError::MissingClaim)?,
-            issuer: claims.iss.ok_or(AuthnError::MissingClaim)?,
-            client_id: claims.client_id.or(claims.azp),
-            jti: claims.jti,
-            scopes,
-            patient: claims.patient,
-            fhir_user: claims.fhir_user,
-            certificate_bound: bound,
-            expires_at: claims.exp.ok_or(AuthnError::MissingClaim)?,
-            roles: match claims.role {
-                None => Vec::new(),
-                Some(StringOrList::One(role)) => vec![role],
-                Some(StringOrList::Many(roles)) => roles,
+        let subject = text("sub")?;
+        let issuer_claim = text("iss")?;
+        let expires_at = claims
+            .get("exp")
+            .and_then(Value::as_u64)
+            .ok_or(AuthnError::MissingClaim)?;
+        issuer.mapping.principal(
+            &claims,
+            subject,
+            issuer_claim,
+            expires_at,
+            BindingRule {
+                required: issuer.require_binding || binding_required,
             },
-            purpose_of_use: claims.purpose_of_use,
-            peer: Arc::clone(peer),
-        })
+            peer,
+        )
     }
 }
 
-/// The token's unverified `iss`, to pick the issuer.
-fn issuer_name(token: &str) -> Result<String, AuthnError> {
-    let payload = token.split('.').nth(1).ok_or(AuthnError::Malformed)?;
-    decode_part::<IssuerPeek>(payload)?
-        .iss
-        .ok_or(AuthnError::MissingClaim)
+fn principal_from_answer(
+    issuer: &IssuerVerifier,
+    active: super::introspection::ActiveToken,
+    peer: &Arc<PeerIdentity>,
+    binding_required: bool,
+) -> Result<Principal, AuthnError> {
+    let issuer_name = active
+        .claims
+        .get("iss")
+        .and_then(Value::as_str)
+        .ok_or(AuthnError::MissingClaim)?
+        .to_owned();
+    issuer.mapping.principal(
+        &active.claims,
+        active.subject,
+        issuer_name,
+        active.expires_at,
+        BindingRule {
+            required: issuer.require_binding || binding_required,
+        },
+        peer,
+    )
+}
+
+/// The unverified `iss` of a token shaped like a JWT (three parts, a JOSE header with `alg`),
+/// to pick the issuer; `None` for anything else (an opaque token).
+fn jwt_issuer(token: &str) -> Option<String> {
+    let mut parts = token.split('.');
+    let (Some(header), Some(payload), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    decode_part::<Header>(header).ok()?;
+    decode_part::<IssuerPeek>(payload).ok()?.iss
+}
+
+fn now() -> u64 {
+    jsonwebtoken::get_current_timestamp()
 }
 
 /// The key a token's `kid` and `alg` name, among `keys`.
@@ -363,19 +403,6 @@ fn map_error(kind: &ErrorKind) -> AuthnError {
     }
 }
 
-/// FHIR R4 `id`: `[A-Za-z0-9\-\.]{1,64}`; the `patient` claim must be one, or policy could
-/// be asked to pin searches to an empty or odd value.
-fn is_fhir_id(value: &str) -> bool {
-    (1..=64).contains(&value.len())
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -402,17 +429,11 @@ mod tests {
         let jwks_file = dir.path().join("jwks.json");
         std::fs::write(&jwks_file, key.jwks()).unwrap();
         let config = IssuerConfig {
-            issuer: ISS.into(),
-            audiences: vec![AUD.into()],
             jwks_file: Some(jwks_file),
-            jwks_url: None,
-            discovery: false,
-            ca_file: None,
-            jwks_refresh: Duration::from_secs(300),
-            jwks_min_refresh: Duration::from_secs(10),
             algorithms: vec!["ES256".into(), "RS256".into()],
             leeway: Duration::from_secs(5),
             require_certificate_binding: require_binding,
+            ..IssuerConfig::new(ISS, vec![AUD.into()])
         };
         let pki = portvagt_certs::DevPki::generate().unwrap();
         let peer = Arc::new(PeerIdentity::from_verified_leaf(&pki.client.cert_der).unwrap());
@@ -442,7 +463,7 @@ mod tests {
         let f = fixture(false);
         let principal = f
             .verifier
-            .verify_with_held_keys(&sign(&f, &claims()), &f.peer)
+            .verify_with_held_keys(&sign(&f, &claims()), &f.peer, false)
             .unwrap();
         assert_eq!(principal.subject(), "user-1");
         assert_eq!(principal.scopes().iter().count(), 1);
@@ -477,7 +498,7 @@ mod tests {
             }
             assert_eq!(
                 f.verifier
-                    .verify_with_held_keys(&sign(&f, &c), &f.peer)
+                    .verify_with_held_keys(&sign(&f, &c), &f.peer, false)
                     .unwrap_err(),
                 expected,
                 "{patch}"
@@ -498,7 +519,7 @@ mod tests {
             c["patient"] = json!(bad);
             assert_eq!(
                 f.verifier
-                    .verify_with_held_keys(&sign(&f, &c), &f.peer)
+                    .verify_with_held_keys(&sign(&f, &c), &f.peer, false)
                     .unwrap_err(),
                 AuthnError::InvalidClaim,
                 "{bad:?}"
@@ -508,7 +529,7 @@ mod tests {
         c["patient"] = json!("pat-anne");
         assert_eq!(
             f.verifier
-                .verify_with_held_keys(&sign(&f, &c), &f.peer)
+                .verify_with_held_keys(&sign(&f, &c), &f.peer, false)
                 .unwrap()
                 .patient(),
             Some("pat-anne")
@@ -522,7 +543,7 @@ mod tests {
         c["exp"] = json!(now() - 2);
         assert!(
             f.verifier
-                .verify_with_held_keys(&sign(&f, &c), &f.peer)
+                .verify_with_held_keys(&sign(&f, &c), &f.peer, false)
                 .is_ok()
         );
     }
@@ -540,7 +561,7 @@ mod tests {
         );
         assert_eq!(
             f.verifier
-                .verify_with_held_keys(&none, &f.peer)
+                .verify_with_held_keys(&none, &f.peer, false)
                 .unwrap_err(),
             AuthnError::AlgorithmNotAllowed
         );
@@ -552,7 +573,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            f.verifier.verify_with_held_keys(&hs, &f.peer).unwrap_err(),
+            f.verifier
+                .verify_with_held_keys(&hs, &f.peer, false)
+                .unwrap_err(),
             AuthnError::AlgorithmNotAllowed
         );
     }
@@ -563,7 +586,7 @@ mod tests {
         let other = IssuerKey::generate("k1").unwrap();
         assert_eq!(
             f.verifier
-                .verify_with_held_keys(&other.sign(&claims()).unwrap(), &f.peer)
+                .verify_with_held_keys(&other.sign(&claims()).unwrap(), &f.peer, false)
                 .unwrap_err(),
             AuthnError::BadSignature
         );
@@ -576,7 +599,7 @@ mod tests {
         parts[1] = &payload;
         assert_eq!(
             f.verifier
-                .verify_with_held_keys(&parts.join("."), &f.peer)
+                .verify_with_held_keys(&parts.join("."), &f.peer, false)
                 .unwrap_err(),
             AuthnError::BadSignature
         );
@@ -584,14 +607,16 @@ mod tests {
         let unknown_kid = IssuerKey::generate("k2").unwrap().sign(&claims()).unwrap();
         assert_eq!(
             f.verifier
-                .verify_with_held_keys(&unknown_kid, &f.peer)
+                .verify_with_held_keys(&unknown_kid, &f.peer, false)
                 .unwrap_err(),
             AuthnError::UnknownKey
         );
 
         for garbage in ["", "a.b", "a.b.c.d", "!!!.???.###", "e30.e30.e30"] {
             assert!(
-                f.verifier.verify_with_held_keys(garbage, &f.peer).is_err(),
+                f.verifier
+                    .verify_with_held_keys(garbage, &f.peer, false)
+                    .is_err(),
                 "{garbage}"
             );
         }
@@ -604,14 +629,14 @@ mod tests {
         c["cnf"] = json!({ "x5t#S256": f.peer.thumbprint_sha256() });
         assert!(
             f.verifier
-                .verify_with_held_keys(&sign(&f, &c), &f.peer)
+                .verify_with_held_keys(&sign(&f, &c), &f.peer, false)
                 .unwrap()
                 .certificate_bound()
         );
         c["cnf"] = json!({ "x5t#S256": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA" });
         assert_eq!(
             f.verifier
-                .verify_with_held_keys(&sign(&f, &c), &f.peer)
+                .verify_with_held_keys(&sign(&f, &c), &f.peer, false)
                 .unwrap_err(),
             AuthnError::CertificateMismatch
         );
@@ -619,7 +644,7 @@ mod tests {
         c["cnf"] = json!({ "jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I" });
         assert_eq!(
             f.verifier
-                .verify_with_held_keys(&sign(&f, &c), &f.peer)
+                .verify_with_held_keys(&sign(&f, &c), &f.peer, false)
                 .unwrap_err(),
             AuthnError::UnsupportedConfirmation
         );
@@ -628,7 +653,7 @@ mod tests {
         assert_eq!(
             strict
                 .verifier
-                .verify_with_held_keys(&sign(&strict, &claims()), &strict.peer)
+                .verify_with_held_keys(&sign(&strict, &claims()), &strict.peer, false)
                 .unwrap_err(),
             AuthnError::CertificateBindingRequired
         );

@@ -1,9 +1,14 @@
 //! Authentication: who is calling, from the OAuth access token and the client certificate.
 //!
-//! [`jwt::TokenVerifier`] checks a JWT access token against the configured issuers (RFC 7519,
-//! RFC 9068 claims, RFC 8705 certificate binding) and is the only maker of a [`Principal`].
+//! [`jwt::TokenVerifier`] checks an access token against the configured issuers: a JWT by its
+//! signature (RFC 7519, RFC 9068 claims), an opaque token by introspection (RFC 7662), both
+//! with RFC 8705 certificate binding, and is the only maker of a [`Principal`] (through
+//! [`claims::ClaimMapping`]).
 
+pub mod claims;
 pub mod dev_token;
+pub mod https;
+pub mod introspection;
 pub mod jwks;
 pub mod jwt;
 pub mod principal;
@@ -61,6 +66,15 @@ pub enum AuthnError {
     /// The connection has no verified client certificate.
     #[error("no verified client certificate")]
     NoClientCertificate,
+    /// The `Authorization` scheme is not one the gateway accepts (`DPoP`, `Basic`, ...).
+    #[error("the authorization scheme is not supported; send a certificate-bound Bearer token")]
+    UnsupportedScheme,
+    /// Introspection (RFC 7662) says the token is not active: revoked, expired or unknown.
+    #[error("the token is not active")]
+    Inactive,
+    /// The introspection endpoint could not be asked; the token may be fine (answered 503).
+    #[error("the authorization server could not be reached to check the token")]
+    IntrospectionUnavailable,
 }
 
 impl AuthnError {
@@ -82,6 +96,9 @@ impl AuthnError {
             AuthnError::CertificateMismatch => "certificate-binding-mismatch",
             AuthnError::CertificateBindingRequired => "certificate-binding-required",
             AuthnError::NoClientCertificate => "no-client-certificate",
+            AuthnError::UnsupportedScheme => "unsupported-scheme",
+            AuthnError::Inactive => "token-inactive",
+            AuthnError::IntrospectionUnavailable => "introspection-unavailable",
         }
     }
 }

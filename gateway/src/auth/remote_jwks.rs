@@ -10,25 +10,16 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use bytes::Bytes;
 use http::{Request, Uri, header};
-use http_body_util::{BodyExt as _, Empty, Limited};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject as _;
+use http_body_util::Full;
 
+use super::https::{HttpsClient, https_uri};
 use super::jwks::{self, VerificationKey};
 use crate::config::{ConfigError, IssuerConfig};
 use crate::metrics::Metrics;
 
-type HttpsClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
-
-/// Largest JWKS or discovery document accepted.
-const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
 /// Longest a fetch may take.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -47,6 +38,7 @@ pub struct RemoteJwks {
     location: Location,
     client: HttpsClient,
     keys: ArcSwap<Vec<VerificationKey>>,
+    discovered: ArcSwapOption<serde_json::Value>,
     last_forced: Mutex<Option<Instant>>,
     fetching: tokio::sync::Mutex<()>,
     refresh_every: Duration,
@@ -88,42 +80,14 @@ impl RemoteJwks {
                 ));
             }
         };
-        let mut roots = rustls::RootCertStore::empty();
-        match &config.ca_file {
-            Some(path) => {
-                let certs = CertificateDer::pem_file_iter(path)
-                    .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
-                    .map_err(|e| {
-                        ConfigError::new(field("ca_file"), format!("{}: {e}", path.display()))
-                    })?;
-                for cert in certs {
-                    roots.add(cert).map_err(|e| {
-                        ConfigError::new(
-                            field("ca_file"),
-                            format!("not a usable CA certificate: {e}"),
-                        )
-                    })?;
-                }
-            }
-            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ConfigError::new(field("ca_file"), e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_only()
-            .enable_http1()
-            .build();
+        let client = HttpsClient::new(config.ca_file.as_deref(), None, FETCH_TIMEOUT)
+            .map_err(|e| ConfigError::new(field("ca_file"), e))?;
         Ok(RemoteJwks {
             issuer: config.issuer.clone(),
             location,
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client,
             keys: ArcSwap::from_pointee(Vec::new()),
+            discovered: ArcSwapOption::empty(),
             last_forced: Mutex::new(None),
             fetching: tokio::sync::Mutex::new(()),
             refresh_every: config.jwks_refresh,
@@ -137,12 +101,15 @@ impl RemoteJwks {
         self.keys.load_full()
     }
 
+    /// The issuer's discovery document as last fetched (with `discovery = true`).
+    pub fn discovery_document(&self) -> Option<Arc<serde_json::Value>> {
+        self.discovered.load_full()
+    }
+
     /// Refreshes now; keeps the old keys if the fetch fails.
     pub async fn refresh(&self) -> Result<(), String> {
         let _one_at_a_time = self.fetching.lock().await;
-        let result = tokio::time::timeout(FETCH_TIMEOUT, self.fetch())
-            .await
-            .unwrap_or_else(|_| Err("timed out".to_owned()));
+        let result = self.fetch().await;
         let outcome = if result.is_ok() { "ok" } else { "error" };
         self.metrics
             .jwks_fetches
@@ -212,8 +179,10 @@ impl RemoteJwks {
                     }
                     let jwks_uri = document["jwks_uri"]
                         .as_str()
-                        .ok_or_else(|| format!("{uri}: no jwks_uri"))?;
-                    return https_uri(jwks_uri);
+                        .ok_or_else(|| format!("{uri}: no jwks_uri"))
+                        .and_then(https_uri)?;
+                    self.discovered.store(Some(Arc::new(document)));
+                    return Ok(jwks_uri);
                 }
                 Err(error) => last_error = error,
             }
@@ -224,31 +193,12 @@ impl RemoteJwks {
     async fn get(&self, uri: &Uri) -> Result<String, String> {
         let request = Request::get(uri.clone())
             .header(header::ACCEPT, "application/json, application/jwk-set+json")
-            .body(Empty::new())
+            .body(Full::new(Bytes::new()))
             .map_err(|e| e.to_string())?;
-        let response = self
-            .client
-            .request(request)
-            .await
-            .map_err(|e| format!("{uri}: {e}"))?;
+        let response = self.client.send(request).await?;
         if !response.status().is_success() {
             return Err(format!("{uri}: HTTP {}", response.status()));
         }
-        let body = Limited::new(response.into_body(), MAX_DOCUMENT_BYTES)
-            .collect()
-            .await
-            .map_err(|e| format!("{uri}: {e}"))?
-            .to_bytes();
-        String::from_utf8(body.to_vec()).map_err(|_| format!("{uri}: not UTF-8"))
+        String::from_utf8(response.into_body().to_vec()).map_err(|_| format!("{uri}: not UTF-8"))
     }
-}
-
-fn https_uri(text: &str) -> Result<Uri, String> {
-    let uri: Uri = text
-        .parse()
-        .map_err(|e| format!("{text:?} is not a URL: {e}"))?;
-    if uri.scheme_str() != Some("https") {
-        return Err(format!("{text:?} must be an https:// URL"));
-    }
-    Ok(uri)
 }

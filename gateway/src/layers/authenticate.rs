@@ -1,5 +1,11 @@
-//! Authentication: the bearer token (RFC 6750 §2.1) verified against the connection's client
-//! certificate; the resulting [`Principal`] goes into the request extensions.
+//! Authentication: the access token verified against the connection's client certificate;
+//! the resulting [`Principal`] goes into the request extensions.
+//!
+//! Schemes: `Bearer` (RFC 6750 §2.1), and OIO IDWS REST's `Holder-of-key`, which is a bearer
+//! token that must be bound to the client certificate (RFC 8705). `DPoP` and every other
+//! scheme are answered 401 `unsupported-scheme`: a proof-of-possession token must never be
+//! taken as a plain bearer token. `[[route]]` rules may require certificate-bound tokens for
+//! parts of the API.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -10,6 +16,7 @@ use tower::{Layer, Service};
 use super::{BoxFuture, take_ready};
 use crate::auth::{AuthnError, Principal, TokenVerifier};
 use crate::body::BoxError;
+use crate::config::{ConfigError, RouteConfig};
 use crate::context::record;
 use crate::tls::PeerIdentity;
 
@@ -17,13 +24,70 @@ use crate::tls::PeerIdentity;
 #[derive(Debug, Clone)]
 pub struct AuthenticateLayer {
     verifier: Arc<TokenVerifier>,
+    routes: Arc<RouteRules>,
 }
 
 impl AuthenticateLayer {
-    /// Verifies tokens with `verifier`.
-    pub fn new(verifier: Arc<TokenVerifier>) -> Self {
-        Self { verifier }
+    /// Verifies tokens with `verifier`, with the per-path demands of `routes`.
+    pub fn new(verifier: Arc<TokenVerifier>, routes: Arc<RouteRules>) -> Self {
+        Self { verifier, routes }
     }
+}
+
+/// `[[route]]` rules: which paths demand certificate-bound tokens.
+#[derive(Debug, Clone, Default)]
+pub struct RouteRules {
+    /// Prefixes (no trailing slash) that demand binding.
+    binding: Vec<String>,
+}
+
+impl RouteRules {
+    /// Checks and prepares the configured routes.
+    pub fn new(routes: &[RouteConfig]) -> Result<RouteRules, ConfigError> {
+        let mut binding = Vec::new();
+        for (index, route) in routes.iter().enumerate() {
+            let prefix = route.path_prefix.trim_end_matches('/');
+            if !route.path_prefix.starts_with('/')
+                || route.path_prefix.contains(['?', '#', '%'])
+                || prefix
+                    .split('/')
+                    .skip(1)
+                    .any(|s| s.is_empty() || s == "." || s == "..")
+            {
+                return Err(ConfigError::new(
+                    format!("route[{index}].path_prefix"),
+                    "must be a plain absolute path such as /fhir/Patient",
+                ));
+            }
+            if route.require_certificate_binding {
+                binding.push(prefix.to_owned());
+            }
+        }
+        Ok(RouteRules { binding })
+    }
+
+    /// Whether a request for `path` needs a certificate-bound token: the path is below a
+    /// binding route, or it is a system-level request (`_search`, `_history`, `$operation`,
+    /// a batch at the base) at the level above one, which could reach the same resources.
+    pub fn binding_required(&self, path: &str) -> bool {
+        let path = path.trim_end_matches('/');
+        self.binding.iter().any(|prefix| {
+            if below(path, prefix) {
+                return true;
+            }
+            let parent = prefix.rsplit_once('/').map_or("", |(parent, _)| parent);
+            if path == parent {
+                return true;
+            }
+            below(path, parent) && path[parent.len() + 1..].starts_with(['_', '$'])
+        })
+    }
+}
+
+/// `path` is `prefix` or below it, on a segment boundary.
+fn below(path: &str, prefix: &str) -> bool {
+    path.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 impl<S> Layer<S> for AuthenticateLayer {
@@ -32,6 +96,7 @@ impl<S> Layer<S> for AuthenticateLayer {
         Authenticate {
             inner,
             verifier: self.verifier.clone(),
+            routes: self.routes.clone(),
         }
     }
 }
@@ -41,10 +106,12 @@ impl<S> Layer<S> for AuthenticateLayer {
 pub struct Authenticate<S> {
     inner: S,
     verifier: Arc<TokenVerifier>,
+    routes: Arc<RouteRules>,
 }
 
-/// The token from `Authorization: Bearer <token>` (scheme case-insensitive).
-fn bearer_token<B>(request: &Request<B>) -> Result<&str, AuthnError> {
+/// The token from `Authorization: Bearer <token>` or `Holder-of-key <token>` (schemes
+/// case-insensitive), and whether the scheme demands a certificate-bound token.
+fn presented_token<B>(request: &Request<B>) -> Result<(&str, bool), AuthnError> {
     let mut values = request.headers().get_all(header::AUTHORIZATION).iter();
     let value = values.next().ok_or(AuthnError::MissingToken)?;
     if values.next().is_some() {
@@ -52,15 +119,19 @@ fn bearer_token<B>(request: &Request<B>) -> Result<&str, AuthnError> {
         return Err(AuthnError::Malformed);
     }
     let value = value.to_str().map_err(|_| AuthnError::Malformed)?;
-    let (scheme, token) = value.split_once(' ').ok_or(AuthnError::MissingToken)?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(AuthnError::MissingToken);
-    }
+    let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
+    let bound = if scheme.eq_ignore_ascii_case("bearer") {
+        false
+    } else if scheme.eq_ignore_ascii_case("holder-of-key") {
+        true
+    } else {
+        return Err(AuthnError::UnsupportedScheme);
+    };
     let token = token.trim();
     if token.is_empty() {
         Err(AuthnError::MissingToken)
     } else {
-        Ok(token)
+        Ok((token, bound))
     }
 }
 
@@ -81,6 +152,7 @@ where
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let verifier = self.verifier.clone();
+        let routes = self.routes.clone();
         let mut inner = take_ready(&mut self.inner);
         Box::pin(async move {
             let peer = request
@@ -88,9 +160,12 @@ where
                 .get::<Arc<PeerIdentity>>()
                 .cloned()
                 .ok_or(AuthnError::NoClientCertificate)?;
-            let token = bearer_token(&request)?.to_owned();
-            // Known keys verify without waiting; only an unknown `kid` may wait for a refresh.
-            let principal: Principal = verifier.verify(&token, &peer).await?;
+            let (token, scheme_binds) = presented_token(&request)?;
+            let token = token.to_owned();
+            let binding_required = scheme_binds || routes.binding_required(request.uri().path());
+            // Known keys verify without waiting; an unknown `kid` may wait for one refresh, an
+            // opaque token for its introspection (unless cached).
+            let principal: Principal = verifier.verify(&token, &peer, binding_required).await?;
             record(&request, |fields| {
                 fields.principal = Some(principal.subject().to_owned());
                 fields.client_id = principal.client_id().map(str::to_owned);
@@ -98,5 +173,82 @@ where
             request.extensions_mut().insert(Arc::new(principal));
             inner.call(request).await
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scheme(value: &str) -> Result<(&'static str, bool), AuthnError> {
+        let request = Request::get("/fhir/Patient")
+            .header(header::AUTHORIZATION, value)
+            .body(())
+            .unwrap();
+        presented_token(&request)
+            .map(|(token, bound)| (if token == "t0k" { "t0k" } else { "?" }, bound))
+    }
+
+    #[test]
+    fn schemes_are_told_apart() {
+        assert_eq!(scheme("Bearer t0k"), Ok(("t0k", false)));
+        assert_eq!(scheme("bearer  t0k "), Ok(("t0k", false)));
+        assert_eq!(scheme("Holder-of-key t0k"), Ok(("t0k", true)));
+        assert_eq!(scheme("Bearer"), Err(AuthnError::MissingToken));
+        assert_eq!(scheme("DPoP t0k"), Err(AuthnError::UnsupportedScheme));
+        assert_eq!(scheme("Basic dTpw"), Err(AuthnError::UnsupportedScheme));
+        assert_eq!(scheme("t0k"), Err(AuthnError::UnsupportedScheme));
+    }
+
+    #[test]
+    fn binding_routes_cover_their_paths_and_the_system_level_above() {
+        let routes = RouteRules::new(&[
+            RouteConfig {
+                path_prefix: "/fhir/Patient/".into(),
+                require_certificate_binding: true,
+            },
+            RouteConfig {
+                path_prefix: "/fhir/Observation".into(),
+                require_certificate_binding: false,
+            },
+        ])
+        .unwrap();
+        for path in [
+            "/fhir/Patient",
+            "/fhir/Patient/pat-anne",
+            "/fhir/Patient/pat-anne/$everything",
+            "/fhir",
+            "/fhir/",
+            "/fhir/_search",
+            "/fhir/_history",
+            "/fhir/$export",
+        ] {
+            assert!(routes.binding_required(path), "{path}");
+        }
+        for path in [
+            "/fhir/Observation",
+            "/fhir/PatientX",
+            "/fhir/metadata",
+            "/other/_search",
+            "/",
+        ] {
+            assert!(!routes.binding_required(path), "{path}");
+        }
+        for bad in [
+            "fhir",
+            "/fhir/../x",
+            "/fhir//Patient",
+            "/fhir/%50atient",
+            "/fhir?x",
+        ] {
+            assert!(
+                RouteRules::new(&[RouteConfig {
+                    path_prefix: bad.into(),
+                    require_certificate_binding: true
+                }])
+                .is_err(),
+                "{bad}"
+            );
+        }
     }
 }

@@ -40,6 +40,7 @@ use crate::layers::classify::FhirPath;
 use crate::metrics::{Metrics, status_class};
 use crate::outcome::Outcome;
 use crate::runtime::Runtime;
+use crate::smart::SmartDocuments;
 
 /// The client's address, put into request extensions by the server.
 #[derive(Debug, Clone, Copy)]
@@ -208,6 +209,7 @@ pub struct Proxy {
     max_response_bytes: usize,
     filter_mode: FilterMode,
     metrics: Arc<Metrics>,
+    smart: Arc<SmartDocuments>,
 }
 
 impl Proxy {
@@ -232,6 +234,7 @@ impl Proxy {
                 FilteredEntries::Deny => FilterMode::Deny,
             },
             metrics: runtime.metrics.clone(),
+            smart: runtime.smart.clone(),
         }
     }
 }
@@ -460,7 +463,10 @@ impl Proxy {
         let check = response_check(&obligations);
         let must_check = check.is_some() || batch.is_some();
         let rewrites_urls = fhir.interaction().returns_bundle() && is_json;
-        if !must_check && (is_head || !rewrites_urls) {
+        // The CapabilityStatement describes the gateway's security, not the backend's.
+        let describes_security =
+            fhir.interaction() == Interaction::Capabilities && is_json && status.is_success();
+        if !must_check && !describes_security && (is_head || !rewrites_urls) {
             return Ok(Response::from_parts(parts, boxed(body)));
         }
         let bytes = Limited::new(body, self.max_response_bytes)
@@ -474,6 +480,11 @@ impl Proxy {
                 }
             })?;
         let mut bytes = self.rewrite_bundle(bytes.to_bytes());
+        if describes_security
+            && let Some(rewritten) = self.smart.rewrite_capability_statement(&bytes)
+        {
+            bytes = Bytes::from(rewritten);
+        }
         if let Some(check) = &check
             && status.is_success()
             && !bytes.is_empty()

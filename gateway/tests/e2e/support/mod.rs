@@ -39,7 +39,7 @@ pub fn backend_url() -> &'static str {
 /// A running gateway process with its PKI and issuer.
 pub struct Gateway {
     pub dir: tempfile::TempDir,
-    pub pki: DevPki,
+    pub pki: Arc<DevPki>,
     pub issuer: IssuerKey,
     pub addr: SocketAddr,
     pub base_url: String,
@@ -56,6 +56,8 @@ pub struct Options {
     pub server_extra: String,
     /// Extra files (name, contents) written beside the config before start.
     pub files: Vec<(String, String)>,
+    /// The PKI to use (default: a fresh one), e.g. shared with an authorization server.
+    pub pki: Option<Arc<DevPki>>,
 }
 
 impl Gateway {
@@ -69,7 +71,10 @@ impl Gateway {
             .clone()
             .unwrap_or_else(|| backend_url().to_owned());
         let dir = tempfile::tempdir().unwrap();
-        let pki = DevPki::generate().unwrap();
+        let pki = options
+            .pki
+            .clone()
+            .unwrap_or_else(|| Arc::new(DevPki::generate().unwrap()));
         pki.write_to(&dir.path().join("pki")).unwrap();
         let issuer = IssuerKey::generate("test-1").unwrap();
         issuer.save(&dir.path().join("issuer")).unwrap();

@@ -1,0 +1,129 @@
+//! The HTTPS client the gateway uses towards authorization servers (JWKS, discovery,
+//! introspection): rustls with the configured CA (or the public web PKI roots), optionally
+//! presenting the gateway's own client certificate (RFC 8705 `tls_client_auth`).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, Uri};
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// Largest document accepted from an authorization server.
+const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
+
+/// A client for one authorization server.
+#[derive(Clone)]
+pub struct HttpsClient {
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for HttpsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpsClient").finish_non_exhaustive()
+    }
+}
+
+/// The gateway's client certificate and key files.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIdentity<'p> {
+    /// PEM certificate (chain).
+    pub cert: &'p Path,
+    /// PEM private key.
+    pub key: &'p Path,
+}
+
+impl HttpsClient {
+    /// Trusts the CA certificates in `ca_file` (default: the public web PKI roots) and, with
+    /// `identity`, presents that client certificate. Errors name the offending file.
+    pub fn new(
+        ca_file: Option<&Path>,
+        identity: Option<ClientIdentity<'_>>,
+        timeout: Duration,
+    ) -> Result<HttpsClient, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        match ca_file {
+            Some(path) => {
+                let certs = CertificateDer::pem_file_iter(path)
+                    .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                for cert in certs {
+                    roots
+                        .add(cert)
+                        .map_err(|e| format!("not a usable CA certificate: {e}"))?;
+                }
+            }
+            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+        let tls = match identity {
+            None => builder.with_no_client_auth(),
+            Some(identity) => {
+                let chain = CertificateDer::pem_file_iter(identity.cert)
+                    .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+                    .map_err(|e| format!("{}: {e}", identity.cert.display()))?;
+                let key = PrivateKeyDer::from_pem_file(identity.key)
+                    .map_err(|e| format!("{}: {e}", identity.key.display()))?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| format!("{}: {e}", identity.cert.display()))?
+            }
+        };
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_only()
+            .enable_http1()
+            .build();
+        Ok(HttpsClient {
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            timeout,
+        })
+    }
+
+    /// Sends `request` and reads the whole answer (at most 1 MiB), within the timeout.
+    /// Errors are for logs: they name the URL, never a token.
+    pub async fn send(&self, request: Request<Full<Bytes>>) -> Result<Response<Bytes>, String> {
+        let uri = request.uri().clone();
+        let exchange = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| format!("{uri}: {e}"))?;
+            let (parts, body) = response.into_parts();
+            let body = Limited::new(body, MAX_DOCUMENT_BYTES)
+                .collect()
+                .await
+                .map_err(|e| format!("{uri}: {e}"))?
+                .to_bytes();
+            Ok(Response::from_parts(parts, body))
+        };
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .unwrap_or_else(|_| Err(format!("{uri}: timed out")))
+    }
+}
+
+/// Parses an `https://` URL.
+pub fn https_uri(text: &str) -> Result<Uri, String> {
+    let uri: Uri = text
+        .parse()
+        .map_err(|e| format!("{text:?} is not a URL: {e}"))?;
+    if uri.scheme_str() != Some("https") {
+        return Err(format!("{text:?} must be an https:// URL"));
+    }
+    Ok(uri)
+}
