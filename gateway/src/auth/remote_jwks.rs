@@ -128,18 +128,26 @@ impl RemoteJwks {
     }
 
     /// A token named a `kid` not held: refresh, unless a forced refresh ran too recently.
-    /// Returns whether a refresh was done.
+    /// A rate-limited caller still waits for a fetch in flight (the one another request with
+    /// the same new `kid` started), so concurrent first uses of a rotated key all succeed.
+    /// Returns whether the held keys may have changed, i.e. whether to look again.
     pub async fn refresh_for_unknown_kid(&self) -> bool {
-        {
+        let rate_limited = {
             let mut last = self.last_forced.lock().unwrap_or_else(|p| p.into_inner());
             if last.is_some_and(|at| at.elapsed() < self.min_forced_interval) {
-                self.metrics
-                    .jwks_fetches
-                    .with_label_values(&["rate-limited"])
-                    .inc();
-                return false;
+                true
+            } else {
+                *last = Some(Instant::now());
+                false
             }
-            *last = Some(Instant::now());
+        };
+        if rate_limited {
+            self.metrics
+                .jwks_fetches
+                .with_label_values(&["rate-limited"])
+                .inc();
+            drop(self.fetching.lock().await);
+            return true;
         }
         self.refresh().await.is_ok()
     }

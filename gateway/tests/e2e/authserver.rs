@@ -284,18 +284,58 @@ async fn rotated_keys_are_picked_up_without_a_failed_request() {
         200
     );
 
+    // Traffic with the old token flows throughout the rotation.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let background = {
+        let (client, before, stop) = (client.clone(), before.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                statuses.push(
+                    client
+                        .get("/fhir/Patient/pat-anne", Some(&before))
+                        .await
+                        .unwrap()
+                        .status
+                        .as_u16(),
+                );
+            }
+            statuses
+        })
+    };
     let new_kid = server.rotate().await;
     let after = server.token("system/*.rs").await;
     assert_eq!(kid(&after), new_kid);
     assert_ne!(kid(&after), kid(&before));
-    // The first request with the new kid makes the gateway refresh once, and succeeds.
-    for _ in 0..5 {
+    // Several requests use the new kid at once: one refresh, and none of them fails.
+    let first_uses: Vec<_> = (0..6)
+        .map(|_| {
+            let (client, after) = (client.clone(), after.clone());
+            tokio::spawn(async move {
+                client
+                    .get("/fhir/Patient/pat-anne", Some(&after))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    for task in first_uses {
+        let answer = task.await.unwrap();
+        assert_eq!(answer.status, 200, "{}", answer.text());
+    }
+    for _ in 0..3 {
         let answer = client
             .get("/fhir/Patient/pat-anne", Some(&after))
             .await
             .unwrap();
         assert_eq!(answer.status, 200, "{}", answer.text());
     }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let statuses = background.await.unwrap();
+    assert!(
+        !statuses.is_empty() && statuses.iter().all(|s| *s == 200),
+        "{statuses:?}"
+    );
     // Tokens signed with the old key still verify while the server publishes it.
     assert_eq!(
         client
