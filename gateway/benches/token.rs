@@ -1,5 +1,6 @@
 //! Benchmarks of access-token verification, the per-request authentication hot path: an ES256
-//! JWT checked against a key already loaded from the issuer's JWKS (no I/O).
+//! JWT checked against a key already loaded from the issuer's JWKS (no I/O), and an opaque
+//! token whose introspection answer is cached (the endpoint is asked once, by the warm-up).
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -47,5 +48,99 @@ fn verify_cached_key(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, verify_cached_key);
+/// A minimal HTTPS introspection endpoint that calls every token active.
+async fn introspection_endpoint(pki: &portvagt_certs::DevPki) -> std::net::SocketAddr {
+    use hyper::service::service_fn;
+    use rustls_pki_types::pem::PemObject as _;
+    let chain = vec![rustls_pki_types::CertificateDer::from(
+        pki.server.cert_der.clone(),
+    )];
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(pki.server.key_pem.as_bytes())
+        .expect("server key");
+    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocols")
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let service = service_fn(|_request| async {
+                    let now = jsonwebtoken::get_current_timestamp();
+                    let answer = json!({
+                        "active": true, "sub": "journalsystem", "client_id": "journalsystem",
+                        "aud": "https://fhir.bench/fhir", "exp": now + 3600, "token_type": "Bearer",
+                        "scope": "system/Patient.rs system/Observation.rs",
+                    });
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                        http_body_util::Full::new(bytes::Bytes::from(answer.to_string())),
+                    ))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn verify_cached_introspection(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pki = portvagt_certs::DevPki::generate().expect("pki");
+    pki.write_to(dir.path()).expect("pki files");
+    std::fs::write(dir.path().join("secret"), "s3cret").expect("secret");
+    let addr = runtime.block_on(introspection_endpoint(&pki));
+    let verifier = runtime.block_on(async {
+        TokenVerifier::new(
+            &[IssuerConfig {
+                ca_file: Some(dir.path().join("ca.crt")),
+                introspection: Some(portvagt::config::IntrospectionConfig {
+                    url: format!("https://{addr}/introspect"),
+                    client_id: "portvagt".into(),
+                    client_secret_file: Some(dir.path().join("secret")),
+                    client_secret_env: None,
+                    client_cert: None,
+                    client_key: None,
+                    cache_ceiling: std::time::Duration::from_secs(600),
+                    negative_cache: std::time::Duration::from_secs(10),
+                    cache_entries: 100_000,
+                }),
+                ..IssuerConfig::new(
+                    "https://issuer.bench",
+                    vec!["https://fhir.bench/fhir".into()],
+                )
+            }],
+            Arc::new(portvagt::metrics::Metrics::new()),
+        )
+        .expect("verifier")
+    });
+    let peer = Arc::new(PeerIdentity::from_verified_leaf(&pki.client.cert_der).expect("peer"));
+    let token = "lW7fS2mYQp0c9d_kQ3x8ZtV1aB4nR6eJ5uH2gC0oPqs";
+    runtime
+        .block_on(verifier.verify(token, &peer, false))
+        .expect("the endpoint calls the token active");
+    c.bench_function("verify opaque token, cached introspection answer", |b| {
+        b.iter(|| runtime.block_on(verifier.verify(black_box(token), black_box(&peer), false)))
+    });
+}
+
+criterion_group!(benches, verify_cached_key, verify_cached_introspection);
 criterion_main!(benches);
