@@ -455,6 +455,61 @@ mod tests {
     }
 
     #[test]
+    fn client_authentication_problems_name_the_field() {
+        let issuer = IssuerConfig::new("https://as.test", vec!["x".into()]);
+        let base = IntrospectionConfig {
+            url: "https://as.test/introspect".into(),
+            client_id: "gateway".into(),
+            client_secret_file: None,
+            client_secret_env: None,
+            client_cert: None,
+            client_key: None,
+            cache_ceiling: Duration::from_secs(300),
+            negative_cache: Duration::from_secs(10),
+            cache_entries: 10,
+        };
+        let field = |config: IntrospectionConfig| {
+            Introspector::new(0, &issuer, &config, Arc::new(Metrics::new()))
+                .unwrap_err()
+                .field
+        };
+        assert_eq!(
+            field(base.clone()),
+            "issuer[0].introspection.client_secret_file"
+        );
+        assert_eq!(
+            field(IntrospectionConfig {
+                client_secret_file: Some("/nonexistent/secret".into()),
+                ..base.clone()
+            }),
+            "issuer[0].introspection.client_secret_file"
+        );
+        assert_eq!(
+            field(IntrospectionConfig {
+                client_cert: Some("/nonexistent/c.crt".into()),
+                ..base.clone()
+            }),
+            "issuer[0].introspection.client_cert"
+        );
+        assert_eq!(
+            field(IntrospectionConfig {
+                client_secret_env: Some("PATH".into()),
+                client_cert: Some("a".into()),
+                client_key: Some("b".into()),
+                ..base.clone()
+            }),
+            "issuer[0].introspection.client_secret_file"
+        );
+        assert_eq!(
+            field(IntrospectionConfig {
+                url: "http://as.test/introspect".into(),
+                ..base
+            }),
+            "issuer[0].introspection.url"
+        );
+    }
+
+    #[test]
     fn form_values_are_encoded() {
         assert_eq!(form_encode("a b&c=d/é"), "a+b%26c%3Dd%2F%C3%A9");
     }
