@@ -420,6 +420,14 @@ impl Config {
         })
     }
 
+    /// The issuer the SMART documents describe: `[smart] issuer`, else the first issuer.
+    pub fn smart_issuer(&self) -> Option<&str> {
+        self.smart
+            .issuer
+            .as_deref()
+            .or_else(|| self.issuers.first().map(|issuer| issuer.issuer.as_str()))
+    }
+
     fn resolve_paths(&mut self, dir: &Path) {
         let resolve = |path: &mut PathBuf| {
             if path.is_relative() {

@@ -11,6 +11,7 @@ pub mod body;
 pub mod config;
 pub mod context;
 pub mod demo;
+mod encoding;
 pub mod layers;
 pub mod metrics;
 pub mod outcome;

@@ -112,14 +112,11 @@ impl Runtime {
             return Err(errors);
         };
         let backend = Arc::new(backend);
-        let smart_issuer = config
-            .smart
-            .issuer
-            .clone()
-            .or_else(|| config.issuers.first().map(|issuer| issuer.issuer.clone()));
         let smart = Arc::new(SmartDocuments::new(
             &config,
-            smart_issuer.and_then(|issuer| verifier.remote_source(&issuer)),
+            config
+                .smart_issuer()
+                .and_then(|issuer| verifier.remote_source(issuer)),
         ));
         let admin = Arc::new(Admin::new(
             &config,

@@ -36,18 +36,9 @@ impl SmartDocuments {
     pub fn new(config: &Config, discovery: Option<Arc<RemoteJwks>>) -> SmartDocuments {
         SmartDocuments {
             smart: config.smart.clone(),
-            issuer: config
-                .smart
-                .issuer
-                .clone()
-                .or_else(|| config.issuers.first().map(|issuer| issuer.issuer.clone())),
+            issuer: config.smart_issuer().map(str::to_owned),
             discovery,
         }
-    }
-
-    /// The issuer the documents describe.
-    pub fn issuer(&self) -> Option<&str> {
-        self.issuer.as_deref()
     }
 
     /// The SMART configuration document.

@@ -22,6 +22,7 @@ use serde_json::{Map, Value};
 use super::AuthnError;
 use super::https::{ClientIdentity, HttpsClient, https_uri};
 use crate::config::{ConfigError, IntrospectionConfig, IssuerConfig};
+use crate::encoding::form_encode;
 use crate::metrics::Metrics;
 
 /// Longest an introspection call may take.
@@ -339,21 +340,6 @@ fn digest(token: &str) -> [u8; 32] {
     key
 }
 
-/// `application/x-www-form-urlencoded` for one value.
-fn form_encode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for byte in value.bytes() {
-        match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
-                out.push(byte as char);
-            }
-            b' ' => out.push('+'),
-            other => out.push_str(&format!("%{other:02X}")),
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -507,10 +493,5 @@ mod tests {
             }),
             "issuer[0].introspection.url"
         );
-    }
-
-    #[test]
-    fn form_values_are_encoded() {
-        assert_eq!(form_encode("a b&c=d/é"), "a+b%26c%3Dd%2F%C3%A9");
     }
 }

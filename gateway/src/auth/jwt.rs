@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::claims::{BindingRule, ClaimMapping};
-use super::introspection::Introspector;
+use super::introspection::{ActiveToken, Introspector};
 use super::jwks::{self, KeyFamily, VerificationKey};
 use super::remote_jwks::RemoteJwks;
 use super::{AuthnError, Principal};
@@ -200,26 +200,28 @@ impl TokenVerifier {
         peer: &Arc<PeerIdentity>,
         binding_required: bool,
     ) -> Result<Principal, AuthnError> {
-        let Some(issuer_name) = jwt_issuer(token) else {
+        let Ok(peeked) = peek(token) else {
             return self.verify_opaque(token, peer, binding_required).await;
         };
         let issuer = self
             .issuers
-            .get(&issuer_name)
+            .get(&peeked.issuer)
             .ok_or(AuthnError::UnknownIssuer)?;
         match (&issuer.keys, &issuer.introspector) {
-            (Some(Keys::Remote(remote)), _) => {
-                match self.verify_with_held_keys(token, peer, binding_required) {
-                    Err(AuthnError::UnknownKey) if remote.refresh_for_unknown_kid().await => {
-                        self.verify_with_held_keys(token, peer, binding_required)
+            (Some(keys), _) => {
+                let verified = issuer.verify_signed(token, &peeked.header, peer, binding_required);
+                match (verified, keys) {
+                    (Err(AuthnError::UnknownKey), Keys::Remote(remote))
+                        if remote.refresh_for_unknown_kid().await =>
+                    {
+                        issuer.verify_signed(token, &peeked.header, peer, binding_required)
                     }
-                    other => other,
+                    (other, _) => other,
                 }
             }
-            (Some(Keys::Fixed(_)), _) => self.verify_with_held_keys(token, peer, binding_required),
             (None, Some(introspector)) => {
                 let active = introspector.introspect(token, now()).await?;
-                principal_from_answer(issuer, active, peer, binding_required)
+                issuer.principal_from_answer(active, peer, binding_required)
             }
             (None, None) => Err(AuthnError::UnknownIssuer),
         }
@@ -242,7 +244,7 @@ impl TokenVerifier {
                         .issuers
                         .get(introspector.issuer())
                         .ok_or(AuthnError::UnknownIssuer)?;
-                    return principal_from_answer(issuer, active, peer, binding_required);
+                    return issuer.principal_from_answer(active, peer, binding_required);
                 }
                 Err(AuthnError::IntrospectionUnavailable) => {
                     refusal = Some(AuthnError::IntrospectionUnavailable);
@@ -262,26 +264,29 @@ impl TokenVerifier {
         peer: &Arc<PeerIdentity>,
         binding_required: bool,
     ) -> Result<Principal, AuthnError> {
-        let mut parts = token.split('.');
-        let (Some(header), Some(payload), Some(_signature), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(AuthnError::Malformed);
-        };
-        let header: Header = decode_part(header)?;
-        let issuer_name = decode_part::<IssuerPeek>(payload)?
-            .iss
-            .ok_or(AuthnError::MissingClaim)?;
-        let issuer = self
-            .issuers
-            .get(&issuer_name)
-            .ok_or(AuthnError::UnknownIssuer)?;
+        let peeked = peek(token)?;
+        self.issuers
+            .get(&peeked.issuer)
+            .ok_or(AuthnError::UnknownIssuer)?
+            .verify_signed(token, &peeked.header, peer, binding_required)
+    }
+}
+
+impl IssuerVerifier {
+    /// Verifies a JWT of this issuer, whose `header` was already read, with the keys held now.
+    fn verify_signed(
+        &self,
+        token: &str,
+        header: &Header,
+        peer: &Arc<PeerIdentity>,
+        binding_required: bool,
+    ) -> Result<Principal, AuthnError> {
         let alg = Algorithm::from_str(&header.alg).map_err(|_| AuthnError::AlgorithmNotAllowed)?;
-        let validation = issuer
+        let validation = self
             .validations
             .get(&alg)
             .ok_or(AuthnError::AlgorithmNotAllowed)?;
-        let keys = issuer.keys.as_ref().ok_or(AuthnError::UnknownKey)?.held();
+        let keys = self.keys.as_ref().ok_or(AuthnError::UnknownKey)?.held();
         let key = key_for(&keys, header.kid.as_deref(), alg)?;
 
         let claims = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, validation)
@@ -300,54 +305,68 @@ impl TokenVerifier {
             .get("exp")
             .and_then(Value::as_u64)
             .ok_or(AuthnError::MissingClaim)?;
-        issuer.mapping.principal(
+        self.mapping.principal(
             &claims,
             subject,
             issuer_claim,
             expires_at,
-            BindingRule {
-                required: issuer.require_binding || binding_required,
-            },
+            self.binding(binding_required),
+            peer,
+        )
+    }
+
+    /// The issuer's demand for binding, plus the request's.
+    fn binding(&self, binding_required: bool) -> BindingRule {
+        BindingRule {
+            required: self.require_binding || binding_required,
+        }
+    }
+
+    /// The principal of an active introspection answer for this issuer.
+    fn principal_from_answer(
+        &self,
+        active: ActiveToken,
+        peer: &Arc<PeerIdentity>,
+        binding_required: bool,
+    ) -> Result<Principal, AuthnError> {
+        let issuer_name = active
+            .claims
+            .get("iss")
+            .and_then(Value::as_str)
+            .ok_or(AuthnError::MissingClaim)?
+            .to_owned();
+        self.mapping.principal(
+            &active.claims,
+            active.subject,
+            issuer_name,
+            active.expires_at,
+            self.binding(binding_required),
             peer,
         )
     }
 }
 
-fn principal_from_answer(
-    issuer: &IssuerVerifier,
-    active: super::introspection::ActiveToken,
-    peer: &Arc<PeerIdentity>,
-    binding_required: bool,
-) -> Result<Principal, AuthnError> {
-    let issuer_name = active
-        .claims
-        .get("iss")
-        .and_then(Value::as_str)
-        .ok_or(AuthnError::MissingClaim)?
-        .to_owned();
-    issuer.mapping.principal(
-        &active.claims,
-        active.subject,
-        issuer_name,
-        active.expires_at,
-        BindingRule {
-            required: issuer.require_binding || binding_required,
-        },
-        peer,
-    )
+/// A JWT's unverified header and `iss`, read once per token to pick the issuer.
+struct Peeked {
+    header: Header,
+    issuer: String,
 }
 
-/// The unverified `iss` of a token shaped like a JWT (three parts, a JOSE header with `alg`),
-/// to pick the issuer; `None` for anything else (an opaque token).
-fn jwt_issuer(token: &str) -> Option<String> {
+/// Reads a token shaped like a JWT (three parts, a JOSE header with `alg`, an `iss`); an
+/// error means it is not one (for [`TokenVerifier::verify`]: an opaque token).
+fn peek(token: &str) -> Result<Peeked, AuthnError> {
     let mut parts = token.split('.');
-    let (Some(header), Some(payload), Some(_), None) =
+    let (Some(header), Some(payload), Some(_signature), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return None;
+        return Err(AuthnError::Malformed);
     };
-    decode_part::<Header>(header).ok()?;
-    decode_part::<IssuerPeek>(payload).ok()?.iss
+    Ok(Peeked {
+        header: decode_part(header)?,
+        issuer: decode_part::<IssuerPeek>(payload)?
+            .iss
+            .ok_or(AuthnError::MissingClaim)?,
+    })
 }
 
 fn now() -> u64 {

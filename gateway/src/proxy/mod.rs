@@ -33,6 +33,7 @@ use self::rewrite::UrlRewriter;
 use crate::body::{Body, BoxError, boxed, empty, full};
 use crate::config::{BackendConfig, ConfigError, FilteredEntries};
 use crate::context::RequestRecord;
+use crate::encoding::form_encode;
 use crate::layers::BoxFuture;
 use crate::layers::authorize::AccessDenied;
 use crate::layers::body_limit::BodyTooLarge;
@@ -295,19 +296,6 @@ pub(crate) fn with_params(url: &str, params: &[(String, String)]) -> String {
         Some((path, query)) => format!("{path}?{}", append_params(query, params)),
         None => format!("{url}?{}", append_params("", params)),
     }
-}
-
-/// Percent-encodes everything but RFC 3986 unreserved characters.
-fn form_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(byte));
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
 }
 
 fn caused_by_body_limit(error: &(dyn std::error::Error + 'static)) -> bool {
