@@ -2,8 +2,10 @@
 //!
 //! Makes a certificate authority, a server certificate and OCES3-like client certificates
 //! (organisation/system and employee subjects as the Danish OCES3 profile shapes them), one
-//! revoked client certificate and a CRL listing it. Everything is ECDSA P-256 and made fresh on
-//! every call: these are fixtures for the demo and the tests, never for production.
+//! revoked client certificate and a CRL listing it, and a test STS certificate (RSA) with
+//! signed SOSI ID cards and OIOSAML assertions ([`saml`]). Everything else is ECDSA P-256.
+//! All of it is made fresh on every call: fixtures for the demo and the tests, never for
+//! production.
 //!
 //! The same library is used by the `portvagt-certs` CLI, by `portvagt demo` and by the tests, so
 //! all of them speak of the same files (see [`DevPki::write_to`]).
@@ -21,6 +23,8 @@ use rcgen::{
     RevocationReason, RevokedCertParams, SanType, SerialNumber,
 };
 use time::{Duration, OffsetDateTime};
+
+pub mod saml;
 
 /// X.520 `serialNumber` (2.5.4.5): OCES3 puts `UI:DK-O:G:<uuid>` / `UI:DK-E:G:<uuid>` here.
 const OID_SERIAL_NUMBER: &[u64] = &[2, 5, 4, 5];
@@ -251,8 +255,26 @@ impl CertificateAuthority {
         Ok(params.signed_by(&self.issuer)?.pem()?)
     }
 
-    fn sign(&self, mut params: CertificateParams) -> anyhow::Result<IssuedCert> {
-        let key = KeyPair::generate()?;
+    /// An STS signing certificate (RSA 2048, as national STS certificates are) whose key signs
+    /// SOSI ID cards and OIOSAML assertions ([`saml`]).
+    pub fn issue_sts(&self, common_name: &str) -> anyhow::Result<IssuedCert> {
+        let mut params = leaf_params(365)?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CountryName, "DK");
+        dn.push(DnType::OrganizationName, "Portvagt Dev PKI");
+        dn.push(DnType::CommonName, common_name);
+        params.distinguished_name = dn;
+        let rsa = openssl::rsa::Rsa::generate(2048)?;
+        let pem = openssl::pkey::PKey::from_rsa(rsa)?.private_key_to_pem_pkcs8()?;
+        let key = KeyPair::from_pem(std::str::from_utf8(&pem)?)?;
+        self.sign_with(params, key)
+    }
+
+    fn sign(&self, params: CertificateParams) -> anyhow::Result<IssuedCert> {
+        self.sign_with(params, KeyPair::generate()?)
+    }
+
+    fn sign_with(&self, mut params: CertificateParams, key: KeyPair) -> anyhow::Result<IssuedCert> {
         let serial = random_serial();
         params.serial_number = Some(serial.clone());
         let cert = params.signed_by(&key, &self.issuer)?;
@@ -300,6 +322,8 @@ pub struct DevPki {
     pub revoked: IssuedCert,
     /// The CA's CRL, listing `revoked`.
     pub crl_pem: String,
+    /// The test STS certificate that signs SOSI ID cards and OIOSAML assertions.
+    pub sts: IssuedCert,
 }
 
 impl DevPki {
@@ -327,6 +351,7 @@ impl DevPki {
             uuid: uuid::Uuid::new_v4(),
         })?;
         let crl_pem = ca.crl(&[&revoked])?;
+        let sts = ca.issue_sts("TEST1-NSP-STS Portvagt Dev")?;
         Ok(Self {
             ca,
             server,
@@ -334,12 +359,13 @@ impl DevPki {
             employee,
             revoked,
             crl_pem,
+            sts,
         })
     }
 
     /// Writes the PKI as PEM files with stable names: `ca.crt`, `server.crt`, `server.key`,
     /// `client.crt`, `client.key`, `employee.crt`, `employee.key`, `revoked.crt`, `revoked.key`,
-    /// `crl.pem`. Private keys are written readable by the owner only.
+    /// `sts.crt`, `sts.key`, `crl.pem`. Private keys are written readable by the owner only.
     pub fn write_to(&self, dir: &Path) -> anyhow::Result<()> {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         write_file(&dir.join("ca.crt"), &self.ca.certificate().cert_pem, false)?;
@@ -348,6 +374,7 @@ impl DevPki {
             ("client", &self.client),
             ("employee", &self.employee),
             ("revoked", &self.revoked),
+            ("sts", &self.sts),
         ] {
             write_file(&dir.join(format!("{name}.crt")), &cert.cert_pem, false)?;
             write_file(&dir.join(format!("{name}.key")), &cert.key_pem, true)?;

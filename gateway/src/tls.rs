@@ -106,6 +106,9 @@ pub struct PeerIdentity {
     uuid: Option<String>,
     cvr: Option<String>,
     thumbprint: String,
+    sha256: [u8; 32],
+    /// SHA-1 of the DER, for DGWS `OCESCertHash` only.
+    sha1: [u8; 20],
 }
 
 impl PeerIdentity {
@@ -130,6 +133,7 @@ impl PeerIdentity {
         };
         let cvr = attribute("2.5.4.97").and_then(|v| v.strip_prefix("NTRDK-").map(str::to_owned));
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
+        let sha1 = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, der);
         Some(PeerIdentity {
             subject: cert.subject().to_string(),
             serial_number,
@@ -137,6 +141,8 @@ impl PeerIdentity {
             uuid,
             cvr,
             thumbprint: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_ref()),
+            sha256: digest.as_ref().try_into().ok()?,
+            sha1: sha1.as_ref().try_into().ok()?,
         })
     }
 
@@ -163,6 +169,14 @@ impl PeerIdentity {
     /// Base64url (unpadded) SHA-256 of the certificate DER: RFC 8705 `x5t#S256`.
     pub fn thumbprint_sha256(&self) -> &str {
         &self.thumbprint
+    }
+    /// SHA-1 of the certificate DER: what a SOSI ID card's `OCESCertHash` names.
+    pub fn thumbprint_sha1(&self) -> &[u8] {
+        &self.sha1
+    }
+    /// Whether `der` is this very certificate.
+    pub fn is_certificate(&self, der: &[u8]) -> bool {
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der).as_ref() == self.sha256
     }
 }
 

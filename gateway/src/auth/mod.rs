@@ -13,6 +13,7 @@ pub mod jwks;
 pub mod jwt;
 pub mod principal;
 pub mod remote_jwks;
+pub mod saml;
 
 pub use jwt::TokenVerifier;
 pub use principal::Principal;
