@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use portvagt::auth::TokenVerifier;
-use portvagt::auth::dev_token::IssuerKey;
+use portvagt::auth::issuer_key::IssuerKey;
 use portvagt::config::IssuerConfig;
 use portvagt::tls::PeerIdentity;
 use serde_json::json;

@@ -38,6 +38,67 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// `POST /token`: SOSI ID cards and OIOSAML assertions exchanged for Portvagt tokens.
+    #[serde(default)]
+    pub token_exchange: Option<TokenExchangeConfig>,
+}
+
+/// `[token_exchange]`: SAML assertions in, short certificate-bound Portvagt JWTs out
+/// (RFC 8693 and the OIO IDWS REST `saml-token=` form). Portvagt then accepts its own tokens as
+/// one more issuer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenExchangeConfig {
+    /// `iss` of the tokens Portvagt issues (an https URL naming this gateway).
+    pub issuer: String,
+    /// `aud` of the issued tokens; default: the issuer.
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// Portvagt's ES256 signing key, PKCS#8 PEM (published at `/.well-known/jwks.json`).
+    pub signing_key: PathBuf,
+    /// The key's `kid`.
+    #[serde(default = "defaults::signing_key_id")]
+    pub key_id: String,
+    /// PEM files of the STS certificates whose signatures are trusted (and only these).
+    pub trusted_sts: Vec<PathBuf>,
+    /// Accept SHA-1 digests and RSA-SHA1 signatures, as legacy DGWS cards from the NSP STS
+    /// still carry. Off by default.
+    #[serde(default)]
+    pub allow_sha1: bool,
+    /// Accepted `AudienceRestriction` values; OIOSAML assertions must name one.
+    #[serde(default)]
+    pub assertion_audiences: Vec<String>,
+    /// The lowest acceptable authentication level (DGWS 1-4; 3 = system certificate).
+    #[serde(default = "defaults::min_authentication_level")]
+    pub min_authentication_level: u8,
+    /// Lifetime of an issued token, at most one hour; never beyond the assertion's end.
+    #[serde(
+        default = "defaults::exchange_token_lifetime",
+        with = "humantime_serde"
+    )]
+    pub token_lifetime: Duration,
+    /// Clock leeway for assertion validity windows.
+    #[serde(default = "defaults::exchange_leeway", with = "humantime_serde")]
+    pub leeway: Duration,
+    /// The largest assertion accepted, bytes (before base64).
+    #[serde(default = "defaults::max_assertion_bytes")]
+    pub max_assertion_bytes: usize,
+    /// Scopes granted to a user card.
+    #[serde(default = "defaults::user_scope")]
+    pub user_scope: String,
+    /// Scopes granted to a system card.
+    #[serde(default = "defaults::system_scope")]
+    pub system_scope: String,
+    /// Scopes granted when the assertion names a patient (XUA `resource-id`): the token is
+    /// then limited to that patient's compartment.
+    #[serde(default = "defaults::patient_scope")]
+    pub patient_scope: String,
+    /// How many used assertion ids the in-memory replay cache holds.
+    #[serde(default = "defaults::replay_cache_entries")]
+    pub replay_cache_entries: usize,
+    /// Share used assertion ids between replicas through Redis (`redis://host:port/db`).
+    #[serde(default)]
+    pub redis_url: Option<String>,
 }
 
 /// `[server]`
@@ -461,6 +522,10 @@ impl Config {
         if let Some(rules_file) = &mut self.policy.rules_file {
             resolve(rules_file);
         }
+        if let Some(exchange) = &mut self.token_exchange {
+            resolve(&mut exchange.signing_key);
+            exchange.trusted_sts.iter_mut().for_each(resolve);
+        }
     }
 }
 
@@ -556,6 +621,33 @@ mod defaults {
         Duration::from_secs(10)
     }
     pub(super) fn introspection_cache_entries() -> usize {
+        100_000
+    }
+    pub(super) fn signing_key_id() -> String {
+        "portvagt-1".to_owned()
+    }
+    pub(super) fn min_authentication_level() -> u8 {
+        3
+    }
+    pub(super) fn exchange_token_lifetime() -> Duration {
+        Duration::from_secs(3600)
+    }
+    pub(super) fn exchange_leeway() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub(super) fn max_assertion_bytes() -> usize {
+        64 * 1024
+    }
+    pub(super) fn user_scope() -> String {
+        "user/*.rs".to_owned()
+    }
+    pub(super) fn system_scope() -> String {
+        "system/*.rs".to_owned()
+    }
+    pub(super) fn patient_scope() -> String {
+        "patient/*.rs".to_owned()
+    }
+    pub(super) fn replay_cache_entries() -> usize {
         100_000
     }
     pub(super) fn connect_timeout() -> Duration {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use serde_json::json;
 
-use crate::auth::dev_token::IssuerKey;
+use crate::auth::issuer_key::IssuerKey;
 use crate::config::Config;
 use crate::runtime::Runtime;
 use crate::tls::PeerIdentity;

@@ -16,6 +16,7 @@ pub mod layers;
 pub mod metrics;
 pub mod outcome;
 pub mod proxy;
+pub mod redis;
 pub mod rescue;
 pub mod runtime;
 pub mod server;

@@ -26,6 +26,9 @@ pub struct Metrics {
     pub introspection_calls: IntCounterVec,
     /// `portvagt_introspection_cache_total{result}`: cache `hit`s and `miss`es.
     pub introspection_cache: IntCounterVec,
+    /// `portvagt_token_exchanges_total{outcome}`: SAML token exchanges, `issued` or the
+    /// refusal's code.
+    pub token_exchanges: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -111,6 +114,14 @@ impl Metrics {
             &["result"],
         )
         .expect("valid metric");
+        let token_exchanges = IntCounterVec::new(
+            Opts::new(
+                "portvagt_token_exchanges_total",
+                "SAML assertions exchanged for tokens (issued) or refused (by code)",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
@@ -121,6 +132,7 @@ impl Metrics {
             Box::new(jwks_fetches.clone()),
             Box::new(introspection_calls.clone()),
             Box::new(introspection_cache.clone()),
+            Box::new(token_exchanges.clone()),
         ] {
             registry
                 .register(collector)
@@ -137,6 +149,7 @@ impl Metrics {
             jwks_fetches,
             introspection_calls,
             introspection_cache,
+            token_exchanges,
         }
     }
 

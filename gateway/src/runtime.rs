@@ -10,6 +10,7 @@ use portvagt_policy::{RuleSet, RulesFile};
 
 use crate::admin::Admin;
 use crate::auth::TokenVerifier;
+use crate::auth::exchange::TokenExchange;
 use crate::config::{Config, ConfigError};
 use crate::layers::authenticate::RouteRules;
 use crate::metrics::Metrics;
@@ -41,6 +42,8 @@ pub struct Runtime {
     pub fhir_base_path: String,
     /// Operator rules, when configured.
     pub rules: Option<Arc<RuleSet>>,
+    /// SAML token exchange (`POST /token`), when configured.
+    pub token_exchange: Option<Arc<TokenExchange>>,
 }
 
 impl Runtime {
@@ -71,10 +74,10 @@ impl Runtime {
                 String::new()
             }
         };
-        if config.issuers.is_empty() {
+        if config.issuers.is_empty() && config.token_exchange.is_none() {
             errors.push(ConfigError::new(
                 "issuer",
-                "at least one [[issuer]] is required",
+                "at least one [[issuer]] (or [token_exchange]) is required",
             ));
         }
         if config.limits.max_concurrent_requests == 0 {
@@ -106,12 +109,25 @@ impl Runtime {
                 }
             },
         };
-        let (Some(tls), Some(verifier), Some(routes), Some(backend), true) =
+        let (Some(tls), Some(mut verifier), Some(routes), Some(backend), true) =
             (tls, verifier, routes, backend, errors.is_empty())
         else {
             return Err(errors);
         };
         let backend = Arc::new(backend);
+        let token_exchange = match &config.token_exchange {
+            None => None,
+            Some(exchange) => {
+                let exchange = TokenExchange::new(exchange, backend.clone(), metrics.clone())
+                    .map_err(|e| vec![e])?;
+                // Portvagt accepts the tokens it issues, as one more (always bound) issuer.
+                let (issuer, keys) = exchange.own_issuer();
+                verifier
+                    .add_held_issuer(&issuer, keys)
+                    .map_err(|e| vec![e])?;
+                Some(Arc::new(exchange))
+            }
+        };
         let smart = Arc::new(SmartDocuments::new(
             &config,
             config
@@ -137,6 +153,7 @@ impl Runtime {
             public_base_url,
             fhir_base_path,
             rules,
+            token_exchange,
         })
     }
 }

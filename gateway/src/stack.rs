@@ -16,6 +16,7 @@ use crate::layers::body_limit::BodyLimitLayer;
 use crate::layers::classify::ClassifyLayer;
 use crate::layers::local::LocalEndpointsLayer;
 use crate::layers::request_id::RequestIdLayer;
+use crate::layers::token_endpoint::TokenEndpointLayer;
 use crate::proxy::Proxy;
 use crate::runtime::Runtime;
 
@@ -43,6 +44,9 @@ pub fn build(runtime: &Runtime) -> GatewayService {
         .layer(TimeoutLayer::new(limits.request_timeout))
         // ... and in body size (413).
         .layer(BodyLimitLayer::new(limits.max_body_bytes))
+        // SAML token exchange (`POST /token`) and its key (`/.well-known/jwks.json`): the
+        // assertion and the client certificate are the credentials, so before authentication.
+        .layer(TokenEndpointLayer::new(runtime.token_exchange.clone()))
         // Who: a verified token, checked against the client certificate (401 otherwise).
         .layer(AuthenticateLayer::new(
             runtime.verifier.clone(),

@@ -141,21 +141,9 @@ impl TokenVerifier {
                 .transpose()?
                 .map(Arc::new);
             introspectors.extend(introspector.clone());
-            let validations = algorithms
-                .iter()
-                .map(|&alg| {
-                    let mut validation = Validation::new(alg);
-                    validation.leeway = issuer.leeway.as_secs();
-                    validation.validate_nbf = true;
-                    validation.set_audience(&issuer.audiences);
-                    validation.set_issuer(&[&issuer.issuer]);
-                    validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-                    (alg, validation)
-                })
-                .collect();
             let verifier = IssuerVerifier {
                 keys,
-                validations,
+                validations: validations(issuer, &algorithms),
                 require_binding: issuer.require_certificate_binding,
                 mapping: ClaimMapping::new(&issuer.claims),
                 introspector,
@@ -168,6 +156,33 @@ impl TokenVerifier {
             issuers: map,
             introspectors,
         })
+    }
+
+    /// Adds an issuer whose keys are held in memory rather than configured: Portvagt itself,
+    /// for the tokens it issues by SAML token exchange. ES256 only.
+    pub fn add_held_issuer(
+        &mut self,
+        issuer: &IssuerConfig,
+        keys: Vec<VerificationKey>,
+    ) -> Result<(), ConfigError> {
+        let verifier = IssuerVerifier {
+            keys: Some(Keys::Fixed(Arc::new(keys))),
+            validations: validations(issuer, &[Algorithm::ES256]),
+            require_binding: issuer.require_certificate_binding,
+            mapping: ClaimMapping::new(&issuer.claims),
+            introspector: None,
+        };
+        if self
+            .issuers
+            .insert(issuer.issuer.clone(), verifier)
+            .is_some()
+        {
+            return Err(ConfigError::new(
+                "token_exchange.issuer",
+                "is also configured as an [[issuer]]",
+            ));
+        }
+        Ok(())
     }
 
     /// The issuers whose keys are fetched over HTTPS, for the server to warm up and refresh.
@@ -354,6 +369,23 @@ struct Peeked {
 
 /// Reads a token shaped like a JWT (three parts, a JOSE header with `alg`, an `iss`); an
 /// error means it is not one (for [`TokenVerifier::verify`]: an opaque token).
+/// One prepared validation per allowed algorithm: `iss`, `aud`, `exp`, `nbf` (with leeway)
+/// and the required claims.
+fn validations(issuer: &IssuerConfig, algorithms: &[Algorithm]) -> HashMap<Algorithm, Validation> {
+    algorithms
+        .iter()
+        .map(|&alg| {
+            let mut validation = Validation::new(alg);
+            validation.leeway = issuer.leeway.as_secs();
+            validation.validate_nbf = true;
+            validation.set_audience(&issuer.audiences);
+            validation.set_issuer(&[&issuer.issuer]);
+            validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+            (alg, validation)
+        })
+        .collect()
+}
+
 fn peek(token: &str) -> Result<Peeked, AuthnError> {
     let mut parts = token.split('.');
     let (Some(header), Some(payload), Some(_signature), None) =
@@ -430,7 +462,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::auth::dev_token::IssuerKey;
+    use crate::auth::issuer_key::IssuerKey;
 
     const ISS: &str = "https://issuer.test";
     const AUD: &str = "https://fhir.test/fhir";

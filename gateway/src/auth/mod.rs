@@ -6,9 +6,10 @@
 //! [`claims::ClaimMapping`]).
 
 pub mod claims;
-pub mod dev_token;
+pub mod exchange;
 pub mod https;
 pub mod introspection;
+pub mod issuer_key;
 pub mod jwks;
 pub mod jwt;
 pub mod principal;

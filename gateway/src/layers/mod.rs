@@ -8,6 +8,7 @@ pub mod body_limit;
 pub mod classify;
 pub mod local;
 pub mod request_id;
+pub mod token_endpoint;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -201,6 +201,50 @@ impl Backend {
     }
 }
 
+impl Backend {
+    /// The ids of the Patients with identifier `system|value`, for the gateway's own lookups
+    /// (a SAML assertion names its patient by CPR; the token needs the FHIR id). `None` when
+    /// the backend could not be asked or answered something that is not a search Bundle.
+    pub async fn patients_with_identifier(&self, system: &str, value: &str) -> Option<Vec<String>> {
+        let query = format!(
+            "identifier={}&_count=2",
+            form_encode(&format!("{system}|{value}"))
+        );
+        let request = Request::get(self.uri("Patient", Some(&query)).ok()?)
+            .header(header::ACCEPT, "application/fhir+json")
+            .body(empty())
+            .ok()?;
+        let response = tokio::time::timeout(Duration::from_secs(5), self.client.request(request))
+            .await
+            .ok()?
+            .ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        let body = Limited::new(response.into_body(), 1024 * 1024)
+            .collect()
+            .await
+            .ok()?
+            .to_bytes();
+        let bundle: serde_json::Value = serde_json::from_slice(&body).ok()?;
+        if bundle.get("resourceType")?.as_str()? != "Bundle" {
+            return None;
+        }
+        let entries = bundle.get("entry").and_then(|e| e.as_array());
+        Some(
+            entries
+                .into_iter()
+                .flatten()
+                .filter_map(|entry| entry.get("resource"))
+                .filter(|resource| {
+                    resource.get("resourceType").and_then(|t| t.as_str()) == Some("Patient")
+                })
+                .filter_map(|resource| resource.get("id")?.as_str().map(str::to_owned))
+                .collect(),
+        )
+    }
+}
+
 /// The innermost service: forwards to the backend.
 #[derive(Debug, Clone)]
 pub struct Proxy {

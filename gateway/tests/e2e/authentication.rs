@@ -2,7 +2,7 @@
 
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use portvagt::auth::dev_token::IssuerKey;
+use portvagt::auth::issuer_key::IssuerKey;
 use serde_json::json;
 
 use crate::support::Gateway;

@@ -359,7 +359,7 @@ async fn made_up_kids_cannot_hammer_the_issuer() {
     let client = gateway.client();
     // Tokens signed by keys the issuer never had, each with a new kid.
     for i in 0..5 {
-        let key = portvagt::auth::dev_token::IssuerKey::generate(&format!("made-up-{i}")).unwrap();
+        let key = portvagt::auth::issuer_key::IssuerKey::generate(&format!("made-up-{i}")).unwrap();
         let now = jsonwebtoken::get_current_timestamp();
         let token = key
             .sign(&serde_json::json!({ "iss": server.issuer, "aud": AUDIENCE, "sub": "x", "exp": now + 60, "scope": "system/*.rs" }))
@@ -414,7 +414,7 @@ async fn keys_held_keep_working_while_the_issuer_is_down() {
         assert_eq!(answer.status, 200, "{}", answer.text());
     }
     // An unknown kid tries a refresh, which fails; the held keys stay, the token is refused.
-    let key = portvagt::auth::dev_token::IssuerKey::generate("after-outage").unwrap();
+    let key = portvagt::auth::issuer_key::IssuerKey::generate("after-outage").unwrap();
     let now = jsonwebtoken::get_current_timestamp();
     let stranger = key
         .sign(&serde_json::json!({ "iss": server.issuer, "aud": AUDIENCE, "sub": "x", "exp": now + 60, "scope": "system/*.rs" }))

@@ -12,4 +12,5 @@ mod demo;
 mod operations;
 mod proxying;
 mod rules;
+mod token_exchange;
 mod transport;

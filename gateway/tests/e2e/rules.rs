@@ -89,7 +89,7 @@ fn check_config_names_the_bad_rule() {
     let dir = tempfile::tempdir().unwrap();
     let pki = portvagt_certs::DevPki::generate().unwrap();
     pki.write_to(&dir.path().join("pki")).unwrap();
-    portvagt::auth::dev_token::IssuerKey::generate("k")
+    portvagt::auth::issuer_key::IssuerKey::generate("k")
         .unwrap()
         .save(&dir.path().join("issuer"))
         .unwrap();

@@ -153,10 +153,10 @@ pub(super) fn read(
     if now >= not_on_or_after.saturating_add(policy.leeway) {
         return Err(SamlError::Expired);
     }
-    if let Some(not_before) = conditions.attribute("NotBefore") {
-        if parse_instant(not_before)? > now.saturating_add(policy.leeway) {
-            return Err(SamlError::NotYetValid);
-        }
+    if let Some(not_before) = conditions.attribute("NotBefore")
+        && parse_instant(not_before)? > now.saturating_add(policy.leeway)
+    {
+        return Err(SamlError::NotYetValid);
     }
     let restrictions: Vec<_> = saml_children(conditions, "AudienceRestriction").collect();
     for restriction in &restrictions {

@@ -90,16 +90,14 @@ impl Writer<'_> {
                 self.element(child);
             } else if child.is_text() {
                 escape_text(child.text().unwrap_or_default(), &mut self.out);
-            } else if child.is_pi() {
-                if let Some(pi) = child.pi() {
-                    self.out.extend_from_slice(b"<?");
-                    self.out.extend_from_slice(pi.target.as_bytes());
-                    if let Some(value) = pi.value.filter(|v| !v.is_empty()) {
-                        self.out.push(b' ');
-                        self.out.extend_from_slice(value.as_bytes());
-                    }
-                    self.out.extend_from_slice(b"?>");
+            } else if let Some(pi) = child.pi() {
+                self.out.extend_from_slice(b"<?");
+                self.out.extend_from_slice(pi.target.as_bytes());
+                if let Some(value) = pi.value.filter(|v| !v.is_empty()) {
+                    self.out.push(b' ');
+                    self.out.extend_from_slice(value.as_bytes());
                 }
+                self.out.extend_from_slice(b"?>");
             }
             // Comments are not part of the canonical form "without comments".
         }

@@ -8,6 +8,8 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use crate::redis::{RedisClient, Reply};
+
 /// Why an assertion could not be recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ReplayError {
@@ -18,6 +20,51 @@ pub enum ReplayError {
     /// refusing is the only safe answer, and the caller may try again later.
     #[error("the replay cache is unavailable")]
     Unavailable,
+}
+
+/// Where used assertion ids are kept.
+#[derive(Debug)]
+pub enum ReplayStore {
+    /// In this process (one replica).
+    Memory(MemoryReplayCache),
+    /// In Redis, shared by every replica.
+    Redis(RedisClient),
+}
+
+impl ReplayStore {
+    /// Records `key` as used until `until` (seconds since the epoch); refuses it if it was
+    /// used before.
+    pub async fn first_use(&self, key: &str, until: u64, now: u64) -> Result<(), ReplayError> {
+        match self {
+            ReplayStore::Memory(cache) => cache.first_use(key, until, now),
+            ReplayStore::Redis(redis) => {
+                // Fixed-length keys whatever the assertion's id looks like.
+                let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key.as_bytes());
+                let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+                let name = format!("portvagt:assertion:{hex}");
+                let until_ms = until.max(now + 1).saturating_mul(1000).to_string();
+                let reply = redis
+                    .command(&[
+                        b"SET",
+                        name.as_bytes(),
+                        b"1",
+                        b"NX",
+                        b"PXAT",
+                        until_ms.as_bytes(),
+                    ])
+                    .await;
+                match reply {
+                    Ok(Reply::Simple(ok)) if ok == "OK" => Ok(()),
+                    Ok(Reply::Bulk(None)) => Err(ReplayError::Replayed),
+                    Ok(_) => Err(ReplayError::Unavailable),
+                    Err(error) => {
+                        tracing::warn!(%error, "replay cache: Redis unavailable");
+                        Err(ReplayError::Unavailable)
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Used assertion ids, in memory, each until its assertion expires.

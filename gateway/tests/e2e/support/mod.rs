@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use portvagt::auth::dev_token::IssuerKey;
+use portvagt::auth::issuer_key::IssuerKey;
 use portvagt::demo::BackendProcess;
 use portvagt_certs::{DevPki, IssuedCert};
 use rustls::RootCertStore;

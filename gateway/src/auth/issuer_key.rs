@@ -1,5 +1,6 @@
-//! Development issuer: an ES256 key, its JWKS and token minting, for `portvagt demo`,
-//! `portvagt token` and the tests. Never a production issuer.
+//! An ES256 token-signing key with its JWKS: Portvagt's own issuer key for tokens made by SAML
+//! token exchange ([`crate::auth::exchange`]), and the development issuer of `portvagt demo`,
+//! `portvagt token` and the tests.
 
 use std::path::Path;
 

@@ -1,0 +1,655 @@
+//! `POST /token`: a SAML assertion (SOSI ID card, OIOSAML / IDWS XUA) in, a short
+//! certificate-bound Portvagt access token out. This is how DGWS systems move to REST without
+//! new identity infrastructure.
+//!
+//! Two request forms, both over the mTLS listener:
+//! - [RFC 8693] token exchange: `grant_type=urn:ietf:params:oauth:grant-type:token-exchange`,
+//!   `subject_token=<base64url assertion>`, `subject_token_type=...:saml2`;
+//! - OIO IDWS REST: `saml-token=<base64 assertion>`.
+//!
+//! The assertion is verified ([`super::saml`]), accepted once ([`super::saml::replay`]), and
+//! turned into an ES256 JWT signed with Portvagt's key: `exp` at most the configured lifetime
+//! (≤ 1 h) and never after the assertion's end, `cnf.x5t#S256` = the client certificate
+//! ([RFC 8705]), claims mapped from the assertion as `dk-security` tabulates them. Errors are
+//! [RFC 6749 §5.2] JSON, with a stable Portvagt code first in `error_description`.
+//!
+//! [RFC 8693]: https://www.rfc-editor.org/rfc/rfc8693
+//! [RFC 8705]: https://www.rfc-editor.org/rfc/rfc8705
+//! [RFC 6749 §5.2]: https://www.rfc-editor.org/rfc/rfc6749#section-5.2
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::BodyExt as _;
+use portvagt_policy::ScopeSet;
+use serde_json::{Map, Value, json};
+
+use super::issuer_key::IssuerKey;
+use super::jwks::{self, VerificationKey};
+use super::saml::replay::{MemoryReplayCache, ReplayError, ReplayStore};
+use super::saml::{AssertionPolicy, SamlError, TrustedSigner, VerifiedAssertion};
+use crate::body::{Body, BoxError, full};
+use crate::config::{ConfigError, IssuerConfig, TokenExchangeConfig};
+use crate::encoding::form_decode;
+use crate::metrics::Metrics;
+use crate::proxy::Backend;
+use crate::redis::RedisClient;
+use crate::tls::PeerIdentity;
+
+const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const SAML2: &str = "urn:ietf:params:oauth:token-type:saml2";
+const ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
+const JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+const CPR_SYSTEM: &str = "urn:oid:1.2.208.176.1.2";
+/// RFC 8693 asks for base64url; OIO IDWS sends base64; padding varies. Accept all of it.
+const LENIENT: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new()
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(false),
+);
+
+/// The token endpoint. Built once at start from `[token_exchange]`.
+#[derive(Debug)]
+pub struct TokenExchange {
+    policy: AssertionPolicy,
+    replay: ReplayStore,
+    key: IssuerKey,
+    jwks: Bytes,
+    issuer: String,
+    audience: String,
+    lifetime: u64,
+    leeway: u64,
+    user_scope: String,
+    system_scope: String,
+    patient_scope: String,
+    backend: Arc<Backend>,
+    metrics: Arc<Metrics>,
+}
+
+/// An RFC 6749 error answer.
+#[derive(Debug)]
+struct TokenError {
+    status: StatusCode,
+    error: &'static str,
+    code: &'static str,
+    description: String,
+}
+
+impl TokenError {
+    fn new(error: &'static str, code: &'static str, description: impl Into<String>) -> Self {
+        TokenError {
+            status: StatusCode::BAD_REQUEST,
+            error,
+            code,
+            description: description.into(),
+        }
+    }
+
+    fn status(mut self, status: StatusCode) -> Self {
+        self.status = status;
+        self
+    }
+}
+
+impl From<SamlError> for TokenError {
+    fn from(error: SamlError) -> Self {
+        TokenError::new("invalid_grant", error.code(), error.to_string())
+    }
+}
+
+impl TokenExchange {
+    /// Loads the signing key and trusted STS certificates; errors name the config field.
+    pub fn new(
+        config: &TokenExchangeConfig,
+        backend: Arc<Backend>,
+        metrics: Arc<Metrics>,
+    ) -> Result<TokenExchange, ConfigError> {
+        let field = |name: &str| format!("token_exchange.{name}");
+        if !config.issuer.starts_with("https://") {
+            return Err(ConfigError::new(field("issuer"), "must be an https:// URL"));
+        }
+        if config.token_lifetime.as_secs() == 0 || config.token_lifetime.as_secs() > 3600 {
+            return Err(ConfigError::new(
+                field("token_lifetime"),
+                "must be between 1 second and 1 hour",
+            ));
+        }
+        if !(1..=4).contains(&config.min_authentication_level) {
+            return Err(ConfigError::new(
+                field("min_authentication_level"),
+                "must be 1, 2, 3 or 4",
+            ));
+        }
+        let pem = std::fs::read_to_string(&config.signing_key).map_err(|e| {
+            ConfigError::new(
+                field("signing_key"),
+                format!("{}: {e}", config.signing_key.display()),
+            )
+        })?;
+        let key = IssuerKey::from_pem(&config.key_id, &pem).map_err(|e| {
+            ConfigError::new(field("signing_key"), format!("not a P-256 PKCS#8 key: {e}"))
+        })?;
+        if config.trusted_sts.is_empty() {
+            return Err(ConfigError::new(
+                field("trusted_sts"),
+                "at least one STS certificate is required",
+            ));
+        }
+        let mut signers = Vec::new();
+        for path in &config.trusted_sts {
+            let pem = std::fs::read(path).map_err(|e| {
+                ConfigError::new(field("trusted_sts"), format!("{}: {e}", path.display()))
+            })?;
+            signers.extend(TrustedSigner::load_pem(&pem).map_err(|e| {
+                ConfigError::new(field("trusted_sts"), format!("{}: {e}", path.display()))
+            })?);
+        }
+        for (name, scope) in [
+            ("user_scope", &config.user_scope),
+            ("system_scope", &config.system_scope),
+            ("patient_scope", &config.patient_scope),
+        ] {
+            if ScopeSet::parse(scope).is_empty() {
+                return Err(ConfigError::new(field(name), "grants no resource scope"));
+            }
+        }
+        let replay = match &config.redis_url {
+            None => ReplayStore::Memory(MemoryReplayCache::new(config.replay_cache_entries)),
+            Some(url) => ReplayStore::Redis(
+                RedisClient::from_url(url, std::time::Duration::from_secs(2))
+                    .map_err(|e| ConfigError::new(field("redis_url"), e))?,
+            ),
+        };
+        Ok(TokenExchange {
+            policy: AssertionPolicy {
+                signers,
+                allow_sha1: config.allow_sha1,
+                audiences: config.assertion_audiences.clone(),
+                min_authentication_level: config.min_authentication_level,
+                leeway: config.leeway.as_secs(),
+                max_bytes: config.max_assertion_bytes,
+            },
+            replay,
+            jwks: Bytes::from(key.jwks()),
+            key,
+            audience: config
+                .audience
+                .clone()
+                .unwrap_or_else(|| config.issuer.clone()),
+            issuer: config.issuer.clone(),
+            lifetime: config.token_lifetime.as_secs(),
+            leeway: config.leeway.as_secs(),
+            user_scope: config.user_scope.clone(),
+            system_scope: config.system_scope.clone(),
+            patient_scope: config.patient_scope.clone(),
+            backend,
+            metrics,
+        })
+    }
+
+    /// How the token verifier must see Portvagt's own tokens: this issuer and audience, ES256
+    /// with this key, always certificate-bound.
+    pub fn own_issuer(&self) -> (IssuerConfig, Vec<VerificationKey>) {
+        let mut issuer = IssuerConfig::new(self.issuer.clone(), vec![self.audience.clone()]);
+        issuer.require_certificate_binding = true;
+        issuer.algorithms = vec!["ES256".into()];
+        let keys = jwks::parse(&self.key.jwks()).expect("the key's own JWKS parses");
+        (issuer, keys)
+    }
+
+    /// The public JWK Set (`/.well-known/jwks.json`).
+    pub fn jwks(&self) -> Bytes {
+        self.jwks.clone()
+    }
+
+    /// Answers one `POST /token`. Only a body read error (e.g. too large, answered 413 by
+    /// rescue) is an `Err`; every refusal is an RFC 6749 answer.
+    pub async fn handle(&self, request: Request<Body>) -> Result<Response<Body>, BoxError> {
+        if request.method() != Method::POST {
+            let mut response = error_response(
+                &TokenError::new("invalid_request", "method-not-allowed", "use POST")
+                    .status(StatusCode::METHOD_NOT_ALLOWED),
+            );
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST"));
+            return Ok(response);
+        }
+        let peer = request.extensions().get::<Arc<PeerIdentity>>().cloned();
+        let form = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|v| {
+                v.trim()
+                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+            });
+        let body = request.into_body().collect().await?.to_bytes();
+        let outcome = match peer {
+            None => Err(TokenError::new(
+                "invalid_client",
+                "no-client-certificate",
+                "token exchange needs the client certificate the assertion is bound to",
+            )
+            .status(StatusCode::UNAUTHORIZED)),
+            Some(_) if !form => Err(TokenError::new(
+                "invalid_request",
+                "not-a-form",
+                "send application/x-www-form-urlencoded",
+            )),
+            Some(peer) => self.exchange(&body, &peer).await,
+        };
+        let label = match &outcome {
+            Ok(_) => "issued",
+            Err(error) => error.code,
+        };
+        self.metrics
+            .token_exchanges
+            .with_label_values(&[label])
+            .inc();
+        Ok(match outcome {
+            Ok(answer) => json_response(StatusCode::OK, &answer),
+            Err(error) => {
+                tracing::info!(code = error.code, "token exchange refused");
+                error_response(&error)
+            }
+        })
+    }
+
+    async fn exchange(&self, body: &[u8], peer: &Arc<PeerIdentity>) -> Result<Value, TokenError> {
+        let request = ExchangeRequest::parse(body)?;
+        let xml = decode_assertion(&request.assertion).ok_or(SamlError::Malformed)?;
+        let now = now();
+        let assertion = self.policy.verify(&xml, peer, now)?;
+        let expires_at = (now + self.lifetime).min(assertion.not_on_or_after);
+        if expires_at <= now {
+            return Err(SamlError::Expired.into());
+        }
+        let patient = match &assertion.patient_cpr {
+            None => None,
+            Some(cpr) => Some(self.patient_id(cpr).await?),
+        };
+        let granted = match (&patient, assertion.card_type) {
+            (Some(_), _) => &self.patient_scope,
+            (None, super::saml::CardType::User) => &self.user_scope,
+            (None, super::saml::CardType::System) => &self.system_scope,
+        };
+        let scope = match &request.scope {
+            None => granted.clone(),
+            Some(asked) => {
+                let allowed: Vec<&str> = granted.split_whitespace().collect();
+                if asked.split_whitespace().any(|s| !allowed.contains(&s)) {
+                    return Err(TokenError::new(
+                        "invalid_scope",
+                        "scope-not-granted",
+                        format!("this assertion can be exchanged for at most: {granted}"),
+                    ));
+                }
+                asked.split_whitespace().collect::<Vec<_>>().join(" ")
+            }
+        };
+        if let Some(audience) = &request.audience
+            && audience != &self.audience
+        {
+            return Err(TokenError::new(
+                "invalid_target",
+                "unknown-audience",
+                format!("tokens from here are for {}", self.audience),
+            ));
+        }
+        // Once per assertion, across replicas when Redis is configured.
+        let replay_key = format!("{}\n{}", assertion.issuer, assertion.replay_id);
+        let until = assertion.not_on_or_after + self.leeway;
+        self.replay
+            .first_use(&replay_key, until, now)
+            .await
+            .map_err(|error| match error {
+                ReplayError::Replayed => TokenError::from(SamlError::Replayed),
+                ReplayError::Unavailable => TokenError::new(
+                    "temporarily_unavailable",
+                    "replay-cache-unavailable",
+                    "the gateway cannot check for replay right now; try again shortly",
+                )
+                .status(StatusCode::SERVICE_UNAVAILABLE),
+            })?;
+
+        let claims = self.claims(&assertion, peer, now, expires_at, &scope, patient);
+        let token = self.key.sign(&Value::Object(claims)).map_err(|_| {
+            TokenError::new(
+                "server_error",
+                "signing-failed",
+                "the token could not be signed",
+            )
+            .status(StatusCode::INTERNAL_SERVER_ERROR)
+        })?;
+        let token_type = if request.oio_form {
+            "Holder-of-key"
+        } else {
+            "Bearer"
+        };
+        Ok(json!({
+            "access_token": token,
+            "token_type": token_type,
+            "expires_in": expires_at - now,
+            "issued_token_type": ACCESS_TOKEN,
+            "scope": scope,
+        }))
+    }
+
+    /// The FHIR id of the one Patient with this CPR.
+    async fn patient_id(&self, cpr: &str) -> Result<String, TokenError> {
+        let cpr = cpr.replace('-', "");
+        if cpr.len() != 10 || !cpr.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(SamlError::InvalidAttribute.into());
+        }
+        let ids = self
+            .backend
+            .patients_with_identifier(CPR_SYSTEM, &cpr)
+            .await
+            .ok_or_else(|| {
+                TokenError::new(
+                    "temporarily_unavailable",
+                    "patient-lookup-unavailable",
+                    "the patient named by the assertion could not be looked up; try again shortly",
+                )
+                .status(StatusCode::SERVICE_UNAVAILABLE)
+            })?;
+        match ids.as_slice() {
+            [id] => Ok(id.clone()),
+            [] => Err(TokenError::new(
+                "invalid_grant",
+                "unknown-patient",
+                "the patient the assertion names is not known",
+            )),
+            _ => Err(TokenError::new(
+                "invalid_grant",
+                "ambiguous-patient",
+                "the patient the assertion names matches several records",
+            )),
+        }
+    }
+
+    fn claims(
+        &self,
+        assertion: &VerifiedAssertion,
+        peer: &PeerIdentity,
+        now: u64,
+        expires_at: u64,
+        scope: &str,
+        patient: Option<String>,
+    ) -> Map<String, Value> {
+        let mut claims = Map::new();
+        let mut put = |name: &str, value: Option<Value>| {
+            if let Some(value) = value {
+                claims.insert(name.to_owned(), value);
+            }
+        };
+        let text = |value: &Option<String>| value.clone().map(Value::String);
+        put("iss", Some(self.issuer.clone().into()));
+        put("aud", Some(self.audience.clone().into()));
+        put("sub", Some(assertion.subject.clone().into()));
+        put("sub_fmt", text(&assertion.subject_format));
+        put("iat", Some(now.into()));
+        put("nbf", Some(now.into()));
+        put("exp", Some(expires_at.into()));
+        put("jti", Some(uuid::Uuid::new_v4().to_string().into()));
+        put("scope", Some(scope.into()));
+        put("patient", patient.map(Value::String));
+        put("cnf", Some(json!({ "x5t#S256": peer.thumbprint_sha256() })));
+        put("src_iss", Some(assertion.issuer.clone().into()));
+        put("src_jti", Some(assertion.replay_id.clone().into()));
+        put("acr", Some(assertion.acr().into()));
+        put("idcard_type", Some(assertion.card_type.as_str().into()));
+        put("cpr", text(&assertion.cpr));
+        put("given_name", text(&assertion.given_name));
+        put("family_name", text(&assertion.family_name));
+        put("role", text(&assertion.role));
+        put("authorization_id", text(&assertion.authorization_id));
+        put("occupation", text(&assertion.occupation));
+        put("system_name", text(&assertion.system_name));
+        put(
+            "care_provider",
+            assertion.care_provider.as_ref().map(|provider| {
+                json!({ "type": provider.kind, "id": provider.id, "name": provider.name })
+            }),
+        );
+        put("purpose_of_use", text(&assertion.purpose_of_use));
+        put("on_behalf_of", text(&assertion.on_behalf_of));
+        claims
+    }
+}
+
+/// What the client asked for, in either form.
+#[derive(Debug)]
+struct ExchangeRequest {
+    assertion: String,
+    oio_form: bool,
+    scope: Option<String>,
+    audience: Option<String>,
+}
+
+impl ExchangeRequest {
+    fn parse(body: &[u8]) -> Result<ExchangeRequest, TokenError> {
+        let pairs = form_decode(body).ok_or_else(|| {
+            TokenError::new(
+                "invalid_request",
+                "malformed-form",
+                "the form body is not valid",
+            )
+        })?;
+        // RFC 6749 §3.2: parameters must not be repeated.
+        for (index, (name, _)) in pairs.iter().enumerate() {
+            if pairs[..index].iter().any(|(other, _)| other == name) {
+                return Err(TokenError::new(
+                    "invalid_request",
+                    "repeated-parameter",
+                    format!("{name} is given more than once"),
+                ));
+            }
+        }
+        let get = |name: &str| {
+            pairs
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+        };
+        let scope = get("scope");
+        let audience = get("audience").or_else(|| get("resource"));
+        match (get("saml-token"), get("grant_type")) {
+            (Some(_), Some(_)) => Err(TokenError::new(
+                "invalid_request",
+                "ambiguous-request",
+                "send either saml-token or an RFC 8693 grant, not both",
+            )),
+            (Some(assertion), None) => Ok(ExchangeRequest {
+                assertion,
+                oio_form: true,
+                scope,
+                audience,
+            }),
+            (None, Some(grant)) if grant == TOKEN_EXCHANGE => {
+                let assertion = get("subject_token").ok_or_else(|| {
+                    TokenError::new(
+                        "invalid_request",
+                        "missing-subject-token",
+                        "subject_token is required",
+                    )
+                })?;
+                match get("subject_token_type").as_deref() {
+                    Some(SAML2) => {}
+                    Some(_) => {
+                        return Err(TokenError::new(
+                            "invalid_request",
+                            "unsupported-token-type",
+                            format!("subject_token_type must be {SAML2}"),
+                        ));
+                    }
+                    None => {
+                        return Err(TokenError::new(
+                            "invalid_request",
+                            "missing-subject-token-type",
+                            "subject_token_type is required",
+                        ));
+                    }
+                }
+                if let Some(requested) = get("requested_token_type")
+                    && requested != ACCESS_TOKEN
+                    && requested != JWT
+                {
+                    return Err(TokenError::new(
+                        "invalid_request",
+                        "unsupported-token-type",
+                        format!("requested_token_type can only be {ACCESS_TOKEN}"),
+                    ));
+                }
+                if get("actor_token").is_some() {
+                    return Err(TokenError::new(
+                        "invalid_request",
+                        "delegation-not-supported",
+                        "actor_token (delegation) is not supported",
+                    ));
+                }
+                Ok(ExchangeRequest {
+                    assertion,
+                    oio_form: false,
+                    scope,
+                    audience,
+                })
+            }
+            (None, Some(_)) => Err(TokenError::new(
+                "unsupported_grant_type",
+                "unsupported-grant-type",
+                format!("only {TOKEN_EXCHANGE} (or the OIO IDWS saml-token form) is supported"),
+            )),
+            (None, None) => Err(TokenError::new(
+                "invalid_request",
+                "missing-grant",
+                "send grant_type (RFC 8693) or saml-token (OIO IDWS REST)",
+            )),
+        }
+    }
+}
+
+/// The assertion's bytes from base64 or base64url, padded or not, line-wrapped or not.
+fn decode_assertion(text: &str) -> Option<Vec<u8>> {
+    let normalized: Vec<u8> = text
+        .bytes()
+        .filter(|b| !b.is_ascii_whitespace())
+        .map(|b| match b {
+            b'-' => b'+',
+            b'_' => b'/',
+            other => other,
+        })
+        .collect();
+    LENIENT.decode(normalized).ok()
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
+    let mut response = Response::new(full(value.to_string()));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    // RFC 6749 §5.1: token responses must not be cached.
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    response
+}
+
+fn error_response(error: &TokenError) -> Response<Body> {
+    let mut response = json_response(
+        error.status,
+        &json!({
+            "error": error.error,
+            "error_description": format!("{}: {}", error.code, error.description),
+        }),
+    );
+    if error.status == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    }
+    if error.status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer error=\"invalid_client\""),
+        );
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(body: &str) -> Result<ExchangeRequest, &'static str> {
+        ExchangeRequest::parse(body.as_bytes()).map_err(|e| e.code)
+    }
+
+    #[test]
+    fn both_request_forms_are_read_and_everything_else_told_apart() {
+        let rfc8693 = format!(
+            "grant_type={}&subject_token=abc&subject_token_type={}&scope=user%2F*.rs",
+            crate::encoding::form_encode(TOKEN_EXCHANGE),
+            crate::encoding::form_encode(SAML2)
+        );
+        let request = parse(&rfc8693).unwrap();
+        assert!(!request.oio_form);
+        assert_eq!(request.scope.as_deref(), Some("user/*.rs"));
+        assert!(parse("saml-token=abc%2B").unwrap().oio_form);
+        assert_eq!(parse("saml-token=abc").unwrap().assertion, "abc");
+
+        let cases = [
+            ("", "missing-grant"),
+            ("grant_type=client_credentials", "unsupported-grant-type"),
+            ("saml-token=a&grant_type=x", "ambiguous-request"),
+            ("saml-token=a&saml-token=b", "repeated-parameter"),
+            ("saml-token=%zz", "malformed-form"),
+        ];
+        for (body, code) in cases {
+            assert_eq!(parse(body).unwrap_err(), code, "{body}");
+        }
+        let grant = crate::encoding::form_encode(TOKEN_EXCHANGE);
+        assert_eq!(
+            parse(&format!("grant_type={grant}&subject_token_type=x")).unwrap_err(),
+            "missing-subject-token"
+        );
+        assert_eq!(
+            parse(&format!("grant_type={grant}&subject_token=a")).unwrap_err(),
+            "missing-subject-token-type"
+        );
+        assert_eq!(
+            parse(&format!(
+                "grant_type={grant}&subject_token=a&subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Asaml1"
+            ))
+            .unwrap_err(),
+            "unsupported-token-type"
+        );
+    }
+
+    #[test]
+    fn base64_and_base64url_with_or_without_padding_decode_alike() {
+        let data = b"<saml:Assertion>\xff\xfe</saml:Assertion>";
+        let standard = base64::engine::general_purpose::STANDARD.encode(data);
+        let url = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data);
+        let wrapped = format!("{}\r\n{}", &standard[..8], &standard[8..]);
+        for text in [standard, url, wrapped] {
+            assert_eq!(decode_assertion(&text).unwrap(), data);
+        }
+        assert_eq!(decode_assertion("not base64!"), None);
+    }
+}

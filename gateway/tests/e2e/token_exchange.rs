@@ -1,0 +1,455 @@
+//! SAML token exchange end to end: a SOSI ID card or OIOSAML assertion signed by the test STS,
+//! exchanged at `POST /token` over mTLS, and the Portvagt token it yields used for FHIR calls
+//! against the real backend. Replay across two replicas sharing a real Redis.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::{Method, Request};
+use http_body_util::Full;
+use portvagt_certs::DevPki;
+use portvagt_certs::saml::{OiosamlAssertion, SignatureAlgorithm, SosiCard};
+use serde_json::Value;
+
+use crate::support::{Answer, Client, Gateway, Options, metric_value};
+
+const PORTVAGT: &str = "https://portvagt.test.invalid";
+const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const SAML2: &str = "urn:ietf:params:oauth:token-type:saml2";
+
+/// A gateway with `[token_exchange]` trusting the PKI's STS certificate.
+fn gateway_with(pki: Option<Arc<DevPki>>, extra: &str) -> Gateway {
+    let key = portvagt::auth::issuer_key::IssuerKey::generate("portvagt-test").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    key.save(dir.path()).unwrap();
+    let pem = std::fs::read_to_string(dir.path().join("issuer.key")).unwrap();
+    Gateway::start_with(Options {
+        pki,
+        files: vec![("exchange.key".into(), pem)],
+        extra_config: format!(
+            r#"
+[token_exchange]
+issuer = "{PORTVAGT}"
+signing_key = "exchange.key"
+key_id = "portvagt-test"
+trusted_sts = ["pki/sts.crt"]
+assertion_audiences = ["{PORTVAGT}"]
+allow_sha1 = true
+{extra}
+"#
+        ),
+        ..Options::default()
+    })
+}
+
+fn form(pairs: &[(&str, &str)]) -> String {
+    pairs
+        .iter()
+        .map(|(name, value)| {
+            let encode = |text: &str| {
+                text.bytes()
+                    .map(|b| {
+                        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                            char::from(b).to_string()
+                        } else {
+                            format!("%{b:02X}")
+                        }
+                    })
+                    .collect::<String>()
+            };
+            format!("{}={}", encode(name), encode(value))
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+async fn post_token(client: &Client, body: String) -> Answer {
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri("/token")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    client.send(request).await.unwrap()
+}
+
+/// RFC 8693 form, assertion base64url without padding.
+fn rfc8693(xml: &str) -> String {
+    let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(xml);
+    form(&[
+        ("grant_type", TOKEN_EXCHANGE),
+        ("subject_token", &token),
+        ("subject_token_type", SAML2),
+    ])
+}
+
+/// OIO IDWS REST form, assertion base64.
+fn oio_form(xml: &str) -> String {
+    let token = base64::engine::general_purpose::STANDARD.encode(xml);
+    form(&[("saml-token", &token)])
+}
+
+fn claims_of(token: &str) -> Value {
+    let payload = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+fn error_code(answer: &Answer) -> (String, String) {
+    let body = answer.json();
+    let description = body["error_description"].as_str().unwrap_or_default();
+    (
+        body["error"].as_str().unwrap_or_default().to_owned(),
+        description.split(':').next().unwrap_or_default().to_owned(),
+    )
+}
+
+async fn fhir_get(client: &Client, path: &str, scheme: &str, token: &str) -> Answer {
+    let request = Request::builder()
+        .uri(path)
+        .header("accept", "application/fhir+json")
+        .header("authorization", format!("{scheme} {token}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    client.send(request).await.unwrap()
+}
+
+#[tokio::test]
+async fn system_card_is_exchanged_once_for_a_bound_token_that_reads_fhir() {
+    let gateway = gateway_with(None, "");
+    let pki = &gateway.pki;
+    let card = SosiCard::system(&pki.client.cert_der);
+    let xml = card.sign(&pki.sts).unwrap();
+    let client = gateway.client();
+
+    let answer = post_token(&client, rfc8693(&xml)).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.headers["cache-control"], "no-store");
+    let body = answer.json();
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(
+        body["issued_token_type"],
+        "urn:ietf:params:oauth:token-type:access_token"
+    );
+    let expires_in = body["expires_in"].as_u64().unwrap();
+    assert!((3590..=3600).contains(&expires_in), "{expires_in}");
+    let token = body["access_token"].as_str().unwrap();
+
+    let claims = claims_of(token);
+    let thumbprint = portvagt::tls::PeerIdentity::from_verified_leaf(&pki.client.cert_der)
+        .unwrap()
+        .thumbprint_sha256()
+        .to_owned();
+    assert_eq!(claims["iss"], PORTVAGT);
+    assert_eq!(claims["cnf"]["x5t#S256"], thumbprint);
+    assert_eq!(claims["idcard_type"], "system");
+    assert_eq!(claims["acr"], "dgws:3");
+    assert_eq!(claims["src_iss"], "TEST1-NSP-STS");
+    assert_eq!(claims["src_jti"], card.card_id.as_str());
+    assert_eq!(claims["sub"], "12345678");
+    assert_eq!(claims["sub_fmt"], "medcom:cvrnumber");
+    assert_eq!(claims["care_provider"]["id"], "12345678");
+    assert_eq!(claims["care_provider"]["type"], "medcom:cvrnumber");
+    assert_eq!(claims["system_name"], "Journalsystem Demo");
+    assert_eq!(claims["scope"], "system/*.rs");
+
+    let read = fhir_get(&client, "/fhir/Patient/pat-anne", "Bearer", token).await;
+    assert_eq!(read.status, 200, "{}", read.text());
+    assert_eq!(read.json()["id"], "pat-anne");
+    // system/*.rs: reading yes, writing no.
+    let write = client
+        .send(crate::support::request(
+            Method::DELETE,
+            "/fhir/Patient/pat-anne",
+            Some(token),
+            None,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(write.status, 403, "{}", write.text());
+
+    // The same card again: refused, at this replica.
+    let replay = post_token(&client, rfc8693(&xml)).await;
+    assert_eq!(replay.status, 400);
+    assert_eq!(
+        error_code(&replay),
+        ("invalid_grant".into(), "assertion-replayed".into())
+    );
+
+    // The issued token is bound: another certificate cannot use it.
+    let other = gateway.client_with(Some(&pki.employee));
+    let stolen = fhir_get(&other, "/fhir/Patient/pat-anne", "Bearer", token).await;
+    assert_eq!(stolen.status, 401);
+    assert_eq!(stolen.detail_code(), "certificate-binding-mismatch");
+
+    let metrics = client.get("/metrics", None).await.unwrap().text();
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "portvagt_token_exchanges_total{outcome=\"issued\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "portvagt_token_exchanges_total{outcome=\"assertion-replayed\"}"
+        ),
+        Some(1.0)
+    );
+
+    // The key that signed it is published.
+    let jwks = client.get("/.well-known/jwks.json", None).await.unwrap();
+    assert_eq!(jwks.status, 200);
+    assert_eq!(jwks.json()["keys"][0]["kid"], "portvagt-test");
+}
+
+#[tokio::test]
+async fn legacy_user_card_in_the_oio_form_gives_a_holder_of_key_token() {
+    let gateway = gateway_with(None, "");
+    let pki = &gateway.pki;
+    let mut card = SosiCard::user(&pki.client.cert_der);
+    card.algorithm = SignatureAlgorithm::RsaSha1;
+    card.timestamps_without_zone = true;
+    let answer = post_token(&gateway.client(), oio_form(&card.sign(&pki.sts).unwrap())).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.json()["token_type"], "Holder-of-key");
+    let token = answer.json()["access_token"].as_str().unwrap().to_owned();
+    let claims = claims_of(&token);
+    assert_eq!(claims["acr"], "dgws:4");
+    assert_eq!(claims["idcard_type"], "user");
+    assert_eq!(claims["cpr"], "0501792275");
+    assert_eq!(claims["role"], "7170");
+    assert_eq!(claims["authorization_id"], "NS363");
+    assert_eq!(claims["given_name"], "Mette");
+    assert_eq!(claims["scope"], "user/*.rs");
+
+    let read = fhir_get(
+        &gateway.client(),
+        "/fhir/Observation?_count=1",
+        "Holder-of-key",
+        &token,
+    )
+    .await;
+    assert_eq!(read.status, 200, "{}", read.text());
+    assert_eq!(read.json()["resourceType"], "Bundle");
+}
+
+#[tokio::test]
+async fn oiosaml_assertion_about_a_patient_is_confined_to_that_patient() {
+    let gateway = gateway_with(None, "");
+    let pki = &gateway.pki;
+    let assertion = OiosamlAssertion::physician(&pki.client.cert_der, PORTVAGT, "1111111118");
+    let answer = post_token(
+        &gateway.client(),
+        rfc8693(&assertion.sign(&pki.sts).unwrap()),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let token = answer.json()["access_token"].as_str().unwrap().to_owned();
+    let claims = claims_of(&token);
+    assert_eq!(claims["patient"], "pat-anne");
+    assert_eq!(claims["purpose_of_use"], "TREATMENT");
+    assert_eq!(claims["acr"], "idws:3");
+    assert_eq!(claims["scope"], "patient/*.rs");
+
+    let client = gateway.client();
+    let own = fhir_get(&client, "/fhir/Patient/pat-anne", "Bearer", &token).await;
+    assert_eq!(own.status, 200, "{}", own.text());
+    let other = fhir_get(&client, "/fhir/Patient/pat-bo", "Bearer", &token).await;
+    assert_eq!(other.status, 403, "{}", other.text());
+
+    // A patient the backend does not know cannot be exchanged for.
+    let unknown = OiosamlAssertion::physician(&pki.client.cert_der, PORTVAGT, "0101010101");
+    let answer = post_token(&client, rfc8693(&unknown.sign(&pki.sts).unwrap())).await;
+    assert_eq!(
+        error_code(&answer),
+        ("invalid_grant".into(), "unknown-patient".into())
+    );
+}
+
+#[tokio::test]
+async fn refusals_are_rfc6749_errors_with_a_specific_code() {
+    let gateway = gateway_with(None, "min_authentication_level = 4");
+    let pki = &gateway.pki;
+    let client = gateway.client();
+    let user = SosiCard::user(&pki.client.cert_der).sign(&pki.sts).unwrap();
+    let other_sts = pki.ca.issue_sts("Rogue STS").unwrap();
+    let cases: Vec<(&str, String, &str, &str)> = vec![
+        (
+            "tampered card",
+            rfc8693(&user.replace(">7170<", ">5166<")),
+            "invalid_grant",
+            "digest-mismatch",
+        ),
+        (
+            "card for another certificate",
+            rfc8693(
+                &SosiCard::user(&pki.employee.cert_der)
+                    .sign(&pki.sts)
+                    .unwrap(),
+            ),
+            "invalid_grant",
+            "holder-of-key-mismatch",
+        ),
+        (
+            "system card below the required level 4",
+            rfc8693(
+                &SosiCard::system(&pki.client.cert_der)
+                    .sign(&pki.sts)
+                    .unwrap(),
+            ),
+            "invalid_grant",
+            "authentication-level-too-low",
+        ),
+        (
+            "card from an untrusted STS",
+            rfc8693(
+                &SosiCard::user(&pki.client.cert_der)
+                    .sign(&other_sts)
+                    .unwrap(),
+            ),
+            "invalid_grant",
+            "untrusted-signer",
+        ),
+        (
+            "DTD",
+            rfc8693(&format!("<!DOCTYPE x [<!ENTITY e \"e\">]>{user}")),
+            "invalid_grant",
+            "dtd-refused",
+        ),
+        (
+            "not base64",
+            form(&[("saml-token", "***")]),
+            "invalid_grant",
+            "malformed-assertion",
+        ),
+        (
+            "client credentials grant",
+            form(&[("grant_type", "client_credentials")]),
+            "unsupported_grant_type",
+            "unsupported-grant-type",
+        ),
+        (
+            "scope beyond what the card grants",
+            format!("{}&scope=user%2F*.cruds", rfc8693(&user)),
+            "invalid_scope",
+            "scope-not-granted",
+        ),
+        (
+            "token for another audience",
+            format!("{}&audience=https%3A%2F%2Felsewhere", rfc8693(&user)),
+            "invalid_target",
+            "unknown-audience",
+        ),
+    ];
+    for (name, body, error, code) in cases {
+        let answer = post_token(&client, body).await;
+        assert_eq!(answer.status, 400, "{name}: {}", answer.text());
+        assert_eq!(answer.headers["content-type"], "application/json", "{name}");
+        assert_eq!(error_code(&answer), (error.into(), code.into()), "{name}");
+    }
+    // The refused-for-scope card was not used up: it still exchanges.
+    let answer = post_token(&client, rfc8693(&user)).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+
+    let get = client.get("/token", None).await.unwrap();
+    assert_eq!(get.status, 405);
+    assert_eq!(get.headers["allow"], "POST");
+
+    let not_a_form = Request::builder()
+        .method(Method::POST)
+        .uri("/token")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from("{}")))
+        .unwrap();
+    let answer = client.send(not_a_form).await.unwrap();
+    assert_eq!(
+        error_code(&answer),
+        ("invalid_request".into(), "not-a-form".into())
+    );
+}
+
+/// A real Redis server on a free loopback port, stopped on drop.
+struct Redis {
+    child: Child,
+    url: String,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian package redis-server) must be installed; `make test` installs it");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Redis {
+                    child,
+                    url: format!("redis://127.0.0.1:{port}/0"),
+                };
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("redis-server did not start listening");
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn replicas_sharing_redis_accept_a_card_once_and_fail_closed_without_it() {
+    let mut redis = Redis::start();
+    let pki = Arc::new(DevPki::generate().unwrap());
+    let extra = format!("redis_url = \"{}\"", redis.url);
+    let first = gateway_with(Some(pki.clone()), &extra);
+    let second = gateway_with(Some(pki.clone()), &extra);
+    let card = SosiCard::system(&pki.client.cert_der)
+        .sign(&pki.sts)
+        .unwrap();
+
+    let answer = post_token(&first.client(), rfc8693(&card)).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let replay = post_token(&second.client(), oio_form(&card)).await;
+    assert_eq!(
+        error_code(&replay),
+        ("invalid_grant".into(), "assertion-replayed".into())
+    );
+
+    // Redis gone: no way to know whether a card was used, so no token.
+    redis.child.kill().unwrap();
+    redis.child.wait().unwrap();
+    let fresh = SosiCard::system(&pki.client.cert_der)
+        .sign(&pki.sts)
+        .unwrap();
+    let answer = post_token(&second.client(), rfc8693(&fresh)).await;
+    assert_eq!(answer.status, 503, "{}", answer.text());
+    assert_eq!(answer.headers["retry-after"], "5");
+    assert_eq!(
+        error_code(&answer),
+        (
+            "temporarily_unavailable".into(),
+            "replay-cache-unavailable".into()
+        )
+    );
+}
