@@ -1,6 +1,24 @@
 # Portvagt: the two set-up commands are `make demo` and `make test` (see README.md).
 
-.PHONY: demo test backend bench
+.PHONY: demo test backend bench build-packages test-packages
+
+# Debian packages, installed only when missing. Building needs OpenSSL's headers (the openssl
+# crate verifies SAML signatures); the tests also run libxmlsec1's `xmlsec1` (an independent
+# check of our XML signatures) and a real Redis (the shared replay cache).
+BUILD_PACKAGES := libssl-dev pkg-config
+TEST_PACKAGES := $(BUILD_PACKAGES) xmlsec1 redis-server
+APT_INSTALL = missing=$$(for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		echo "installing Debian packages:" $$missing; \
+		$$sudo apt-get update -qq && $$sudo apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+build-packages:
+	@$(call APT_INSTALL,$(BUILD_PACKAGES))
+
+test-packages:
+	@$(call APT_INSTALL,$(TEST_PACKAGES))
 
 # The reference FHIR backend's and authorization server's packages, from the committed lock files.
 backend:
@@ -8,16 +26,16 @@ backend:
 	cd testbed/authserver && npm ci --no-audit --no-fund --loglevel=error
 
 # A complete local deployment: dev PKI, reference backend with sample data, gateway.
-demo: backend
+demo: build-packages backend
 	cargo run --locked -p portvagt -- demo --dir demo
 
 # Everything CI checks: formatting, lints, unit, property and end-to-end tests.
-test: backend
+test: test-packages backend
 	python3 policy/gen/patient_compartment.py --check
 	cargo fmt --all -- --check
 	cargo clippy --locked --workspace --all-targets -- -D warnings
 	cargo test --locked --workspace
 
 # Criterion benchmarks of the hot paths (not part of `make test`).
-bench:
+bench: build-packages
 	cargo bench --locked --workspace

@@ -68,3 +68,55 @@ fn xmlsec1_verifies_our_cards_of_every_kind() {
     let (ok, stderr) = xmlsec_verify(dir.path(), &pki, &xml, "ID");
     assert!(ok, "OIOSAML: xmlsec1 refused our assertion: {stderr}");
 }
+
+#[test]
+fn the_cli_writes_cards_that_xmlsec1_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki_dir = dir.path().join("pki");
+    let cli = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_portvagt-certs"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "portvagt-certs {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    let pki = pki_dir.to_str().unwrap();
+    cli(&["dev", "--out", pki]);
+    let card = dir.path().join("card.xml");
+    let card_path = card.to_str().unwrap();
+    cli(&[
+        "sosi-card",
+        "--pki",
+        pki,
+        "--user",
+        "--algorithm",
+        "rsa-sha1",
+        "--out",
+        card_path,
+    ]);
+    let xml = std::fs::read_to_string(&card).unwrap();
+    assert!(xml.contains("<saml:AttributeValue>user</saml:AttributeValue>"));
+    assert!(xml.contains("xmldsig#rsa-sha1"));
+    let output = Command::new("xmlsec1")
+        .arg("--verify")
+        .arg("--pubkey-cert-pem")
+        .arg(pki_dir.join("sts.crt"))
+        .arg("--trusted-pem")
+        .arg(pki_dir.join("ca.crt"))
+        .args([
+            "--id-attr:id",
+            "urn:oasis:names:tc:SAML:2.0:assertion:Assertion",
+        ])
+        .arg(&card)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -168,8 +168,10 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     let dir = std::path::absolute(&options.dir)?;
     let pki_dir = dir.join("pki");
     let issuer_dir = dir.join("issuer");
-    portvagt_certs::DevPki::generate()?.write_to(&pki_dir)?;
+    let pki = portvagt_certs::DevPki::generate()?;
+    pki.write_to(&pki_dir)?;
     IssuerKey::generate("demo-1")?.save(&issuer_dir)?;
+    IssuerKey::generate("portvagt-1")?.save(&dir.join("portvagt-key"))?;
 
     eprintln!("starting the reference FHIR backend ...");
     let backend = tokio::task::spawn_blocking({
@@ -240,10 +242,19 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
             ..TokenRequest::default()
         },
     )?;
+    // The migration path from DGWS: a SOSI system card for the demo client certificate, to
+    // exchange (once) at POST /token.
+    let card = dir.join("sosi-card.xml");
+    std::fs::write(
+        &card,
+        portvagt_certs::saml::SosiCard::system(&pki.client.cert_der).sign(&pki.sts)?,
+    )?;
     let env = format!(
         "PORTVAGT_URL={public_url}\nPORTVAGT_CA={pki}/ca.crt\nPORTVAGT_CERT={pki}/client.crt\nPORTVAGT_KEY={pki}/client.key\n\
-         PRACTITIONER_TOKEN={practitioner}\nPATIENT_TOKEN={patient}\nSYSTEM_TOKEN={system}\n",
-        pki = pki_dir.display()
+         PRACTITIONER_TOKEN={practitioner}\nPATIENT_TOKEN={patient}\nSYSTEM_TOKEN={system}\n\
+         PORTVAGT_TOKEN_URL=https://{addr}/token\nSOSI_CARD={card}\n",
+        pki = pki_dir.display(),
+        card = card.display(),
     );
     std::fs::write(dir.join("demo.env"), env)?;
     print_instructions(&dir);
@@ -281,6 +292,14 @@ jwks_file = "issuer/jwks.json"
 [backend]
 url = "{backend_url}"
 
+# SOSI ID cards and OIOSAML assertions signed by the dev STS, exchanged for Portvagt tokens.
+[token_exchange]
+issuer = "https://{addr}"
+signing_key = "portvagt-key/issuer.key"
+key_id = "portvagt-1"
+trusted_sts = ["pki/sts.crt"]
+assertion_audiences = ["https://{addr}"]
+
 [log]
 format = "text"
 "#
@@ -308,6 +327,14 @@ Portvagt demo is running. In another shell:
   {curl} -H "Authorization: Bearer $SYSTEM_TOKEN" -H "Content-Type: application/fhir+json" \
     -d '{{"resourceType":"Observation","status":"final","code":{{"text":"puls"}},"subject":{{"reference":"Patient/pat-bo"}},"valueQuantity":{{"value":64,"unit":"/min"}}}}' \
     "$PORTVAGT_URL/Observation"
+
+  # A DGWS system moves to REST: its SOSI ID card (signed by the dev STS, bound to the client
+  # certificate) is exchanged once for a Portvagt token, which then reads a patient:
+  TOKEN=$({curl} --data-urlencode "saml-token=$(base64 -w0 "$SOSI_CARD")" "$PORTVAGT_TOKEN_URL" \
+    | sed -n 's/.*"access_token":"\([^"]*\)".*/\1/p')
+  {curl} -H "Authorization: Holder-of-key $TOKEN" "$PORTVAGT_URL/Patient/pat-anne"
+  # (a card is accepted once; sign another with
+  #  `cargo run -p portvagt-certs -- sosi-card --pki {dir}/pki --out "$SOSI_CARD"`)
 
   # No token, no access (401 OperationOutcome):
   {curl} -i "$PORTVAGT_URL/Patient/pat-anne"

@@ -3,6 +3,8 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use base64::Engine as _;
+
 use crate::support::Client;
 
 fn env_value(env: &str, name: &str) -> String {
@@ -41,6 +43,8 @@ async fn demo_runs_a_working_deployment_and_stops_on_ctrl_c() {
         "employee.key",
         "revoked.crt",
         "revoked.key",
+        "sts.crt",
+        "sts.key",
         "crl.pem",
     ] {
         assert!(dir.path().join("pki").join(file).exists(), "{file}");
@@ -86,6 +90,40 @@ async fn demo_runs_a_working_deployment_and_stops_on_ctrl_c() {
             .unwrap()
             .status,
         200
+    );
+
+    // The DGWS migration path: the demo's SOSI card, exchanged once, reads a patient.
+    let card = std::fs::read(env_value(&env, "SOSI_CARD")).unwrap();
+    let token_url: http::Uri = env_value(&env, "PORTVAGT_TOKEN_URL").parse().unwrap();
+    let form = format!(
+        "saml-token={}",
+        base64::engine::general_purpose::STANDARD
+            .encode(card)
+            .replace('+', "%2B")
+            .replace('/', "%2F")
+            .replace('=', "%3D")
+    );
+    let exchange = http::Request::post(token_url.path())
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(http_body_util::Full::new(bytes::Bytes::from(form)))
+        .unwrap();
+    let answer = client.send(exchange.clone()).await.unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let exchanged = answer.json()["access_token"].as_str().unwrap().to_owned();
+    let read = client
+        .send(
+            http::Request::get("/fhir/Patient/pat-anne")
+                .header("authorization", format!("Holder-of-key {exchanged}"))
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(read.status, 200, "{}", read.text());
+    assert_eq!(
+        client.send(exchange).await.unwrap().status,
+        400,
+        "replayed card"
     );
 
     // `portvagt token` mints from the same issuer.

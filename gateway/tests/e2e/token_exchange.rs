@@ -23,11 +23,17 @@ const SAML2: &str = "urn:ietf:params:oauth:token-type:saml2";
 
 /// A gateway with `[token_exchange]` trusting the PKI's STS certificate.
 fn gateway_with(pki: Option<Arc<DevPki>>, extra: &str) -> Gateway {
+    Gateway::start_with(exchange_options(pki, extra))
+}
+
+/// Options for a gateway with `[token_exchange]` (`extra` goes into that table), to which a
+/// test may add config before it.
+fn exchange_options(pki: Option<Arc<DevPki>>, extra: &str) -> Options {
     let key = portvagt::auth::issuer_key::IssuerKey::generate("portvagt-test").unwrap();
     let dir = tempfile::tempdir().unwrap();
     key.save(dir.path()).unwrap();
     let pem = std::fs::read_to_string(dir.path().join("issuer.key")).unwrap();
-    Gateway::start_with(Options {
+    Options {
         pki,
         files: vec![("exchange.key".into(), pem)],
         extra_config: format!(
@@ -43,7 +49,7 @@ allow_sha1 = true
 "#
         ),
         ..Options::default()
-    })
+    }
 }
 
 fn form(pairs: &[(&str, &str)]) -> String {
@@ -378,6 +384,73 @@ async fn refusals_are_rfc6749_errors_with_a_specific_code() {
     );
 }
 
+#[tokio::test]
+async fn operator_rules_see_the_role_and_purpose_of_an_exchanged_assertion() {
+    let mut options = exchange_options(None, "");
+    options.extra_config = format!(
+        "[policy]\nrules_file = \"rules.toml\"\n{}",
+        options.extra_config
+    );
+    options.files.push((
+        "rules.toml".into(),
+        r#"
+[[rule]]
+name = "physicians and nurses read clinical data for treatment"
+effect = "allow"
+roles = ["7170", "5166"]
+purposes = ["TREATMENT"]
+interactions = ["read", "search-type"]
+
+[[rule]]
+name = "only physicians read conditions"
+effect = "deny"
+roles = ["5166"]
+resource_types = ["Condition"]
+"#
+        .into(),
+    ));
+    let gateway = Gateway::start_with(options);
+    let pki = &gateway.pki;
+    let client = gateway.client();
+    let exchange = |role: &'static str, purpose: &'static str| {
+        let mut assertion =
+            OiosamlAssertion::physician(&pki.client.cert_der, PORTVAGT, "1111111118");
+        for (name, value) in &mut assertion.attributes {
+            if name.ends_with("subject:role") {
+                *value = role.into();
+            }
+            if name.ends_with("subject:purposeofuse") {
+                *value = purpose.into();
+            }
+        }
+        let body = rfc8693(&assertion.sign(&pki.sts).unwrap());
+        let client = gateway.client();
+        async move {
+            let answer = post_token(&client, body).await;
+            assert_eq!(answer.status, 200, "{}", answer.text());
+            answer.json()["access_token"].as_str().unwrap().to_owned()
+        }
+    };
+    let physician = exchange("7170", "TREATMENT").await;
+    let nurse = exchange("5166", "TREATMENT").await;
+    let research = exchange("7170", "RESEARCH").await;
+    let conditions = "/fhir/Condition?patient=pat-anne";
+    let observations = "/fhir/Observation?patient=pat-anne";
+    let cases = [
+        (&physician, conditions, 200, ""),
+        (&nurse, observations, 200, ""),
+        (&nurse, conditions, 403, "denied-by-rule"),
+        (&research, observations, 403, "no-rule-allows"),
+    ];
+    for (token, path, status, code) in cases {
+        let answer = fhir_get(&client, path, "Bearer", token).await;
+        assert_eq!(answer.status, status, "{path}: {}", answer.text());
+        if status == 403 {
+            assert_eq!(answer.detail_code(), code, "{path}");
+        }
+    }
+}
+
 /// A real Redis server on a free loopback port, stopped on drop.
 struct Redis {
     child: Child,
@@ -452,4 +525,74 @@ async fn replicas_sharing_redis_accept_a_card_once_and_fail_closed_without_it() 
             "replay-cache-unavailable".into()
         )
     );
+}
+
+#[test]
+fn check_config_names_the_token_exchange_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = DevPki::generate().unwrap();
+    pki.write_to(&dir.path().join("pki")).unwrap();
+    portvagt::auth::issuer_key::IssuerKey::generate("k")
+        .unwrap()
+        .save(&dir.path().join("key"))
+        .unwrap();
+    let config = |exchange: &str| {
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+[tls]
+cert = "pki/server.crt"
+key = "pki/server.key"
+client_ca = "pki/ca.crt"
+[backend]
+url = "http://127.0.0.1:1/fhir"
+[token_exchange]
+issuer = "{PORTVAGT}"
+signing_key = "key/issuer.key"
+{exchange}
+"#
+        )
+    };
+    let check = |text: String| {
+        let path = dir.path().join("portvagt.toml");
+        std::fs::write(&path, text).unwrap();
+        let output = Command::new(env!("CARGO_BIN_EXE_portvagt"))
+            .arg("check-config")
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let cases = [
+        (
+            "trusted_sts = [\"pki/missing.crt\"]",
+            "token_exchange.trusted_sts",
+        ),
+        // An ECDSA certificate (the client's) is not an STS signing certificate.
+        (
+            "trusted_sts = [\"pki/client.crt\"]",
+            "token_exchange.trusted_sts",
+        ),
+        (
+            "trusted_sts = [\"pki/sts.crt\"]\ntoken_lifetime = \"2h\"",
+            "token_exchange.token_lifetime",
+        ),
+        (
+            "trusted_sts = [\"pki/sts.crt\"]\nredis_url = \"rediss://cache\"",
+            "token_exchange.redis_url",
+        ),
+    ];
+    for (exchange, field) in cases {
+        let (code, stderr) = check(config(exchange));
+        assert_eq!(code, Some(1), "{exchange}: {stderr}");
+        assert!(stderr.contains(field), "{exchange}: {stderr}");
+    }
+    // Token exchange alone (no [[issuer]]) is a complete configuration.
+    let (code, stderr) = check(config("trusted_sts = [\"pki/sts.crt\"]"));
+    assert_eq!(code, Some(0), "{stderr}");
 }
