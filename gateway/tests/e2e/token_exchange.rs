@@ -470,12 +470,14 @@ impl Redis {
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server (Debian package redis-server) must be installed; `make test` installs it");
+        // Owned from here on, so it is stopped however the wait below ends.
+        let redis = Redis {
+            child,
+            url: format!("redis://127.0.0.1:{port}/0"),
+        };
         for _ in 0..100 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Redis {
-                    child,
-                    url: format!("redis://127.0.0.1:{port}/0"),
-                };
+                return redis;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
