@@ -463,20 +463,21 @@ impl Element {
 
     fn canonical(&self) -> String {
         let mut out = String::new();
-        self.write(&mut out, None);
+        self.write(&mut out, &mut Vec::new());
         out
     }
 
-    /// Writes the element; `declared` is the prefix the nearest output ancestor declared.
-    fn write(&self, out: &mut String, declared: Option<&str>) {
+    /// Writes the element; `declared` holds the prefixes output ancestors declared (each
+    /// prefix here always names the same namespace, so the prefix alone tells).
+    fn write(&self, out: &mut String, declared: &mut Vec<&'static str>) {
         let prefix = self.name.split_once(':').map_or("", |(prefix, _)| prefix);
         out.push('<');
         out.push_str(self.name);
-        // Each subtree here uses one prefix, so one declaration per prefix change suffices.
-        let declares = declared != Some(prefix);
+        let declares = !declared.contains(&prefix);
         if declares {
             let uri = if prefix == "ds" { DS } else { SAML };
             let _ = write!(out, " xmlns:{prefix}=\"{uri}\"");
+            declared.push(prefix);
         }
         let mut attributes = self.attributes.clone();
         attributes.sort_by(|a, b| a.0.cmp(b.0));
@@ -486,9 +487,12 @@ impl Element {
         out.push('>');
         for child in &self.children {
             match child {
-                Content::Element(element) => element.write(out, Some(prefix)),
+                Content::Element(element) => element.write(out, declared),
                 Content::Text(text) => out.push_str(&escape(text, false)),
             }
+        }
+        if declares {
+            declared.pop();
         }
         let _ = write!(out, "</{}>", self.name);
     }

@@ -19,6 +19,7 @@ fn verify_assertions(c: &mut Criterion) {
         audiences: vec!["https://portvagt.bench".into()],
         min_authentication_level: 3,
         leeway: 60,
+        max_lifetime: 24 * 3600,
         max_bytes: 64 * 1024,
     };
     let peer = PeerIdentity::from_verified_leaf(&pki.client.cert_der).expect("peer");

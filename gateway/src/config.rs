@@ -80,6 +80,9 @@ pub struct TokenExchangeConfig {
     /// Clock leeway for assertion validity windows.
     #[serde(default = "defaults::exchange_leeway", with = "humantime_serde")]
     pub leeway: Duration,
+    /// The longest validity an assertion may have left (DGWS cards: 24 h, XUA: about 8 h).
+    #[serde(default = "defaults::max_assertion_lifetime", with = "humantime_serde")]
+    pub max_assertion_lifetime: Duration,
     /// The largest assertion accepted, bytes (before base64).
     #[serde(default = "defaults::max_assertion_bytes")]
     pub max_assertion_bytes: usize,
@@ -634,6 +637,9 @@ mod defaults {
     }
     pub(super) fn exchange_leeway() -> Duration {
         Duration::from_secs(60)
+    }
+    pub(super) fn max_assertion_lifetime() -> Duration {
+        Duration::from_secs(24 * 3600)
     }
     pub(super) fn max_assertion_bytes() -> usize {
         64 * 1024

@@ -45,6 +45,8 @@ const SAML2: &str = "urn:ietf:params:oauth:token-type:saml2";
 const ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
 const JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
 const CPR_SYSTEM: &str = "urn:oid:1.2.208.176.1.2";
+/// RFC 8693 defines nine parameters; more is not a token request.
+const MAX_PARAMETERS: usize = 16;
 /// RFC 8693 asks for base64url; OIO IDWS sends base64; padding varies. Accept all of it.
 const LENIENT: GeneralPurpose = GeneralPurpose::new(
     &base64::alphabet::STANDARD,
@@ -64,6 +66,7 @@ pub struct TokenExchange {
     audience: String,
     lifetime: u64,
     leeway: u64,
+    max_request_bytes: usize,
     user_scope: String,
     system_scope: String,
     patient_scope: String,
@@ -172,8 +175,14 @@ impl TokenExchange {
                 audiences: config.assertion_audiences.clone(),
                 min_authentication_level: config.min_authentication_level,
                 leeway: config.leeway.as_secs(),
+                max_lifetime: config.max_assertion_lifetime.as_secs(),
                 max_bytes: config.max_assertion_bytes,
             },
+            // base64 (4/3) of the assertion, percent-encoded at worst (3x), and the other fields.
+            max_request_bytes: config
+                .max_assertion_bytes
+                .saturating_mul(4)
+                .saturating_add(4096),
             replay,
             jwks: Bytes::from(key.jwks()),
             key,
@@ -230,7 +239,26 @@ impl TokenExchange {
                 v.trim()
                     .eq_ignore_ascii_case("application/x-www-form-urlencoded")
             });
-        let body = request.into_body().collect().await?.to_bytes();
+        let body = match http_body_util::Limited::new(request.into_body(), self.max_request_bytes)
+            .collect()
+            .await
+        {
+            Ok(body) => body.to_bytes(),
+            Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+                let error = TokenError::new(
+                    "invalid_request",
+                    "request-too-large",
+                    "the request is larger than an assertion of the accepted size needs",
+                )
+                .status(StatusCode::PAYLOAD_TOO_LARGE);
+                self.metrics
+                    .token_exchanges
+                    .with_label_values(&[error.code])
+                    .inc();
+                return Ok(error_response(&error));
+            }
+            Err(error) => return Err(error),
+        };
         let outcome = match peer {
             None => Err(TokenError::new(
                 "invalid_client",
@@ -305,7 +333,7 @@ impl TokenExchange {
         }
         // Once per assertion, across replicas when Redis is configured.
         let replay_key = format!("{}\n{}", assertion.issuer, assertion.replay_id);
-        let until = assertion.not_on_or_after + self.leeway;
+        let until = assertion.not_on_or_after.saturating_add(self.leeway);
         self.replay
             .first_use(&replay_key, until, now)
             .await
@@ -443,15 +471,21 @@ impl ExchangeRequest {
                 "the form body is not valid",
             )
         })?;
+        if pairs.len() > MAX_PARAMETERS {
+            return Err(TokenError::new(
+                "invalid_request",
+                "too-many-parameters",
+                format!("a token request has at most {MAX_PARAMETERS} parameters"),
+            ));
+        }
         // RFC 6749 §3.2: parameters must not be repeated.
-        for (index, (name, _)) in pairs.iter().enumerate() {
-            if pairs[..index].iter().any(|(other, _)| other == name) {
-                return Err(TokenError::new(
-                    "invalid_request",
-                    "repeated-parameter",
-                    format!("{name} is given more than once"),
-                ));
-            }
+        let mut seen = std::collections::HashSet::new();
+        if let Some((name, _)) = pairs.iter().find(|(name, _)| !seen.insert(name.as_str())) {
+            return Err(TokenError::new(
+                "invalid_request",
+                "repeated-parameter",
+                format!("{name} is given more than once"),
+            ));
         }
         let get = |name: &str| {
             pairs
@@ -613,11 +647,13 @@ mod tests {
         assert!(parse("saml-token=abc%2B").unwrap().oio_form);
         assert_eq!(parse("saml-token=abc").unwrap().assertion, "abc");
 
+        let too_many = "a=&".repeat(17);
         let cases = [
             ("", "missing-grant"),
             ("grant_type=client_credentials", "unsupported-grant-type"),
             ("saml-token=a&grant_type=x", "ambiguous-request"),
             ("saml-token=a&saml-token=b", "repeated-parameter"),
+            (too_many.as_str(), "too-many-parameters"),
             ("saml-token=%zz", "malformed-form"),
         ];
         for (body, code) in cases {

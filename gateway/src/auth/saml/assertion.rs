@@ -153,6 +153,13 @@ pub(super) fn read(
     if now >= not_on_or_after.saturating_add(policy.leeway) {
         return Err(SamlError::Expired);
     }
+    if not_on_or_after
+        > now
+            .saturating_add(policy.max_lifetime)
+            .saturating_add(policy.leeway)
+    {
+        return Err(SamlError::LifetimeTooLong);
+    }
     if let Some(not_before) = conditions.attribute("NotBefore")
         && parse_instant(not_before)? > now.saturating_add(policy.leeway)
     {
@@ -178,6 +185,12 @@ pub(super) fn read(
     };
 
     let confirmation = only_child(subject, "SubjectConfirmation")?;
+    if let Ok(data) = only_child(confirmation, "SubjectConfirmationData")
+        && let Some(until) = data.attribute("NotOnOrAfter")
+        && now >= parse_instant(until)?.saturating_add(policy.leeway)
+    {
+        return Err(SamlError::Expired);
+    }
     let method = match confirmation.attribute("Method") {
         Some(method) => method.to_owned(),
         // DGWS 1.0 writes the method as a child element.
@@ -390,7 +403,11 @@ pub(crate) fn parse_instant(value: &str) -> Result<u64, SamlError> {
     let has_zone = value.ends_with('Z')
         || value
             .get(value.len().saturating_sub(6)..)
-            .is_some_and(|tail| tail.starts_with(['+', '-']) && tail.as_bytes()[3] == b':');
+            .is_some_and(|tail| {
+                tail.len() == 6
+                    && tail.starts_with(['+', '-'])
+                    && tail.as_bytes().get(3) == Some(&b':')
+            });
     let parsed = if has_zone {
         time::OffsetDateTime::parse(value, &Rfc3339)
     } else {
@@ -421,5 +438,8 @@ mod tests {
         );
         assert!(parse_instant("30-11-2026").is_err());
         assert!(parse_instant("2026-11-30T07:00:00+0100").is_err());
+        for short in ["+1", "-", "+12", "Z", ""] {
+            assert!(parse_instant(short).is_err(), "{short:?}");
+        }
     }
 }

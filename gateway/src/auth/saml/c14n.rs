@@ -150,6 +150,43 @@ impl Writer<'_> {
     }
 }
 
+/// Whether every element's and attribute's prefix, as written, is bound to the namespace the
+/// parser gave it. Canonicalization writes prefixes from the text and the reader matches
+/// namespaces from the parser; if the two could disagree, unsigned meaning could hide behind
+/// signed bytes, so such a document is refused.
+pub(crate) fn prefixes_consistent(document: &roxmltree::Document<'_>) -> bool {
+    document
+        .descendants()
+        .filter(|n| n.is_element())
+        .all(|node| {
+            let prefix = element_prefix(node);
+            let element_ok = in_scope(node, prefix) == node.tag_name().namespace();
+            element_ok
+                && node.attributes().all(|attribute| {
+                    let qname = node
+                        .document()
+                        .input_text()
+                        .get(attribute.range_qname())
+                        .unwrap_or_default();
+                    // roxmltree keeps at most 65535 bytes of a qname: a longer one is not read back.
+                    let whole = qname == attribute.name()
+                        || qname
+                            .strip_suffix(attribute.name())
+                            .is_some_and(|prefix| prefix.ends_with(':'));
+                    if !whole {
+                        return false;
+                    }
+                    match attribute_prefix(node, &attribute) {
+                        "" => attribute.namespace().is_none(),
+                        "xml" => {
+                            attribute.namespace() == Some("http://www.w3.org/XML/1998/namespace")
+                        }
+                        prefix => in_scope(node, prefix) == attribute.namespace(),
+                    }
+                })
+        })
+}
+
 /// The URI `prefix` is bound to at `node` (the empty prefix: the default namespace).
 fn in_scope<'a>(node: Node<'a, '_>, prefix: &str) -> Option<&'a str> {
     if prefix.is_empty() {
@@ -166,8 +203,10 @@ fn element_prefix<'i>(node: Node<'_, 'i>) -> &'i str {
     let text = node.document().input_text();
     let start = node.range().start + 1;
     let rest = text.get(start..).unwrap_or_default();
+    // XML's whitespace only: other Unicode spaces (U+1680, ...) are name characters in XML,
+    // and cutting there would hide a prefix.
     let end = rest
-        .find(|c: char| c.is_whitespace() || c == '>' || c == '/')
+        .find([' ', '\t', '\r', '\n', '>', '/'])
         .unwrap_or(rest.len());
     match rest[..end].split_once(':') {
         Some((prefix, _)) => prefix,

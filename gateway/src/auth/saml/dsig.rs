@@ -149,10 +149,10 @@ pub(crate) fn verify_enveloped<'t>(
     if c14n_method.attribute("Algorithm") != Some(EXC_C14N) {
         return Err(SamlError::UnsupportedAlgorithm);
     }
-    let signed_info_prefixes = inclusive_prefixes(c14n_method);
+    let signed_info_prefixes = inclusive_prefixes(c14n_method)?;
     let method = info
         .next()
-        .filter(|n| n.has_tag_name((DSIG_NS, "SignatureMethod")))
+        .filter(|n| n.has_tag_name((DSIG_NS, "SignatureMethod")) && childless(*n))
         .ok_or(SamlError::UnexpectedSignatureContent)?;
     let signature_digest = match method.attribute("Algorithm") {
         Some(RSA_SHA256) => MessageDigest::sha256(),
@@ -182,15 +182,16 @@ pub(crate) fn verify_enveloped<'t>(
     };
     if !enveloped.has_tag_name((DSIG_NS, "Transform"))
         || enveloped.attribute("Algorithm") != Some(ENVELOPED)
+        || !childless(*enveloped)
         || !exclusive.has_tag_name((DSIG_NS, "Transform"))
         || exclusive.attribute("Algorithm") != Some(EXC_C14N)
     {
         return Err(SamlError::UnsupportedTransform);
     }
-    let reference_prefixes = inclusive_prefixes(*exclusive);
+    let reference_prefixes = inclusive_prefixes(*exclusive)?;
     let digest_method = reference_parts
         .next()
-        .filter(|n| n.has_tag_name((DSIG_NS, "DigestMethod")))
+        .filter(|n| n.has_tag_name((DSIG_NS, "DigestMethod")) && childless(*n))
         .ok_or(SamlError::UnexpectedSignatureContent)?;
     let digest = match digest_method.attribute("Algorithm") {
         Some(SHA256) => MessageDigest::sha256(),
@@ -205,18 +206,10 @@ pub(crate) fn verify_enveloped<'t>(
         return Err(SamlError::UnexpectedSignatureContent);
     }
 
-    // The digest of the assertion without its signature.
-    let prefixes: Vec<&str> = reference_prefixes.split_whitespace().collect();
-    let canonical = canonicalize(assertion, Some(signature.id()), &prefixes);
-    let computed = openssl::hash::hash(digest, &canonical).map_err(|_| SamlError::Malformed)?;
-    let expected = base64_content(digest_value)?;
-    if computed.as_ref() != expected.as_slice() {
-        return Err(SamlError::DigestMismatch);
-    }
-
-    // The signature over SignedInfo, by a trusted key.
-    let prefixes: Vec<&str> = signed_info_prefixes.split_whitespace().collect();
-    let canonical_info = canonicalize(signed_info, None, &prefixes);
+    // The signature over SignedInfo first, by a trusted key: SignedInfo is small and fully
+    // checked above, so nothing an attacker controls costs work before a trusted key vouches
+    // for it.
+    let canonical_info = canonicalize(signed_info, None, &signed_info_prefixes);
     let signature_bytes = base64_content(signature_value)?;
     let candidates: Vec<&TrustedSigner> = match key_info.and_then(embedded_certificate) {
         Some(der) => {
@@ -230,10 +223,19 @@ pub(crate) fn verify_enveloped<'t>(
         }
         None => trusted.iter().collect(),
     };
-    candidates
+    let signer = candidates
         .into_iter()
         .find(|signer| verifies(signer, signature_digest, &canonical_info, &signature_bytes))
-        .ok_or(SamlError::BadSignature)
+        .ok_or(SamlError::BadSignature)?;
+
+    // Then the digest of the assertion without its signature.
+    let canonical = canonicalize(assertion, Some(signature.id()), &reference_prefixes);
+    let computed = openssl::hash::hash(digest, &canonical).map_err(|_| SamlError::Malformed)?;
+    let expected = base64_content(digest_value)?;
+    if computed.as_ref() != expected.as_slice() {
+        return Err(SamlError::DigestMismatch);
+    }
+    Ok(signer)
 }
 
 fn verifies(signer: &TrustedSigner, digest: MessageDigest, data: &[u8], signature: &[u8]) -> bool {
@@ -242,13 +244,39 @@ fn verifies(signer: &TrustedSigner, digest: MessageDigest, data: &[u8], signatur
         .unwrap_or(false)
 }
 
-/// The `PrefixList` of an `ec:InclusiveNamespaces` child, if any.
-fn inclusive_prefixes<'a>(method: Node<'a, '_>) -> &'a str {
-    method
-        .children()
-        .find(|n| n.has_tag_name((EXC_C14N_NS, "InclusiveNamespaces")))
-        .and_then(|n| n.attribute("PrefixList"))
-        .unwrap_or("")
+/// The most prefixes an `InclusiveNamespaces PrefixList` may name (real ones name one or two;
+/// each costs work on every element).
+const MAX_INCLUSIVE_PREFIXES: usize = 16;
+
+/// The `PrefixList` of the one optional `ec:InclusiveNamespaces` child of a canonicalization
+/// method or transform, which may have no other child.
+fn inclusive_prefixes<'a>(method: Node<'a, '_>) -> Result<Vec<&'a str>, SamlError> {
+    let mut children = method.children().filter(|n| n.is_element());
+    let list = match children.next() {
+        None => return Ok(Vec::new()),
+        Some(n) if n.has_tag_name((EXC_C14N_NS, "InclusiveNamespaces")) && childless(n) => {
+            n.attribute("PrefixList").unwrap_or("")
+        }
+        Some(_) => return Err(SamlError::UnexpectedSignatureContent),
+    };
+    if children.next().is_some() {
+        return Err(SamlError::UnexpectedSignatureContent);
+    }
+    let mut prefixes: Vec<&str> = list
+        .split([' ', '\t', '\r', '\n'])
+        .filter(|p| !p.is_empty())
+        .collect();
+    prefixes.sort_unstable();
+    prefixes.dedup();
+    if prefixes.len() > MAX_INCLUSIVE_PREFIXES {
+        return Err(SamlError::UnsupportedTransform);
+    }
+    Ok(prefixes)
+}
+
+/// Whether `node` has no element children.
+fn childless(node: Node<'_, '_>) -> bool {
+    !node.children().any(|n| n.is_element())
 }
 
 /// The DER of the first `ds:X509Certificate` in `KeyInfo`, if there is one.

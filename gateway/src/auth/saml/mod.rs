@@ -29,7 +29,7 @@ pub(crate) const SAML_NS: &str = "urn:oasis:names:tc:SAML:2.0:assertion";
 /// `error_description` prefix of the token endpoint's answer and a metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SamlError {
-    #[error("the assertion is larger than allowed")]
+    #[error("the assertion is larger or nested deeper than allowed")]
     TooLarge,
     #[error("the assertion is not well-formed XML or not valid base64")]
     Malformed,
@@ -37,6 +37,8 @@ pub enum SamlError {
     DtdRefused,
     #[error("the assertion contains a comment or processing instruction")]
     CommentOrInstruction,
+    #[error("a prefix as written is not bound to the namespace the element or attribute is in")]
+    NamespaceConfusion,
     #[error("the document is not a SAML 2.0 Assertion")]
     NotAnAssertion,
     #[error("the assertion has no id, or both ID and id")]
@@ -67,6 +69,8 @@ pub enum SamlError {
     NotYetValid,
     #[error("the assertion has no validity window (Conditions NotOnOrAfter)")]
     MissingConditions,
+    #[error("the assertion is valid for longer than accepted")]
+    LifetimeTooLong,
     #[error("the assertion is not meant for this audience")]
     WrongAudience,
     #[error("the assertion is not holder-of-key")]
@@ -93,6 +97,7 @@ impl SamlError {
             SamlError::Malformed => "malformed-assertion",
             SamlError::DtdRefused => "dtd-refused",
             SamlError::CommentOrInstruction => "comment-or-instruction",
+            SamlError::NamespaceConfusion => "namespace-confusion",
             SamlError::NotAnAssertion => "not-an-assertion",
             SamlError::MissingId => "missing-id",
             SamlError::IdCollision => "id-collision",
@@ -108,6 +113,7 @@ impl SamlError {
             SamlError::Expired => "assertion-expired",
             SamlError::NotYetValid => "assertion-not-yet-valid",
             SamlError::MissingConditions => "missing-conditions",
+            SamlError::LifetimeTooLong => "assertion-lifetime-too-long",
             SamlError::WrongAudience => "wrong-audience",
             SamlError::NotHolderOfKey => "not-holder-of-key",
             SamlError::HolderOfKeyMismatch => "holder-of-key-mismatch",
@@ -133,12 +139,16 @@ pub struct AssertionPolicy {
     pub min_authentication_level: u8,
     /// Clock leeway for the validity window, seconds.
     pub leeway: u64,
+    /// The longest validity an assertion may have left, seconds (DGWS cards live 24 h).
+    pub max_lifetime: u64,
     /// The largest assertion accepted, bytes.
     pub max_bytes: usize,
 }
 
 /// The most XML nodes an assertion may have (a SOSI card has about 150).
 const NODES_LIMIT: u32 = 4096;
+/// The deepest element nesting accepted (a SOSI card nests 6 deep); canonicalization recurses.
+const DEPTH_LIMIT: usize = 32;
 
 impl AssertionPolicy {
     /// Verifies the assertion `xml`, presented on a connection with client certificate `peer`,
@@ -164,6 +174,23 @@ impl AssertionPolicy {
         })?;
         if document.descendants().any(|n| n.is_comment() || n.is_pi()) {
             return Err(SamlError::CommentOrInstruction);
+        }
+        // Depth in one pass: nodes come in document order, parents before children.
+        let mut depth = vec![0usize; document.descendants().count()];
+        for node in document.descendants().skip(1) {
+            let parent = node
+                .parent()
+                .and_then(|p| depth.get(p.id().get_usize()).copied())
+                .unwrap_or(0);
+            if parent + 1 > DEPTH_LIMIT {
+                return Err(SamlError::TooLarge);
+            }
+            if let Some(slot) = depth.get_mut(node.id().get_usize()) {
+                *slot = parent + 1;
+            }
+        }
+        if !c14n::prefixes_consistent(&document) {
+            return Err(SamlError::NamespaceConfusion);
         }
         let root = document.root_element();
         if !root.has_tag_name((SAML_NS, "Assertion")) || root.attribute("Version") != Some("2.0") {

@@ -34,6 +34,7 @@ fn policy(allow_sha1: bool) -> AssertionPolicy {
         audiences: vec![AUDIENCE.to_owned()],
         min_authentication_level: 3,
         leeway: 60,
+        max_lifetime: 24 * 3600,
         max_bytes: 64 * 1024,
     }
 }
@@ -402,28 +403,26 @@ fn xmlsec_template(client_cert_der: &[u8]) -> String {
     )
 }
 
-#[test]
-fn a_card_signed_by_libxmlsec1_verifies() {
+/// Signs `template` with `xmlsec1 --sign` and the test STS key; `id` names the id attribute.
+fn xmlsec_sign(template: &str, id: &str) -> String {
     let pki = &fixture().pki;
     let dir = tempfile::tempdir().unwrap();
-    let template = dir.path().join("template.xml");
+    let template_path = dir.path().join("template.xml");
     let signed = dir.path().join("signed.xml");
     let key = dir.path().join("sts.key");
     let cert = dir.path().join("sts.crt");
-    std::fs::write(&template, xmlsec_template(&pki.client.cert_der)).unwrap();
+    std::fs::write(&template_path, template).unwrap();
     std::fs::write(&key, &pki.sts.key_pem).unwrap();
     std::fs::write(&cert, &pki.sts.cert_pem).unwrap();
     let output = std::process::Command::new("xmlsec1")
         .arg("--sign")
         .arg("--privkey-pem")
         .arg(format!("{},{}", key.display(), cert.display()))
-        .args([
-            "--id-attr:id",
-            "urn:oasis:names:tc:SAML:2.0:assertion:Assertion",
-        ])
+        .arg(format!("--id-attr:{id}"))
+        .arg("urn:oasis:names:tc:SAML:2.0:assertion:Assertion")
         .arg("--output")
         .arg(&signed)
-        .arg(&template)
+        .arg(&template_path)
         .output()
         .expect("xmlsec1 (Debian package xmlsec1) must be installed; `make test` installs it");
     assert!(
@@ -431,7 +430,12 @@ fn a_card_signed_by_libxmlsec1_verifies() {
         "xmlsec1 --sign failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let xml = std::fs::read_to_string(&signed).unwrap();
+    std::fs::read_to_string(&signed).unwrap()
+}
+
+#[test]
+fn a_card_signed_by_libxmlsec1_verifies() {
+    let xml = xmlsec_sign(&xmlsec_template(&fixture().pki.client.cert_der), "id");
     assert!(xml.contains("<ds:X509Certificate>"), "{xml}");
     let verified = verify(&xml).unwrap();
     assert_eq!(verified.replay_id, "card-&-1");
@@ -440,4 +444,113 @@ fn a_card_signed_by_libxmlsec1_verifies() {
     // And a change libxmlsec1 did not sign is caught.
     let tampered = xml.replace(">7170<", ">5166<");
     assert_eq!(verify(&tampered).unwrap_err(), SamlError::DigestMismatch);
+}
+
+/// An OIOSAML assertion in the default namespace (as ADFS-style issuers write them), for
+/// libxmlsec1 to sign.
+fn default_namespace_template() -> String {
+    use base64::Engine as _;
+    let certificate =
+        base64::engine::general_purpose::STANDARD.encode(&fixture().pki.client.cert_der);
+    let now = OffsetDateTime::now_utc();
+    let format = |t: OffsetDateTime| {
+        t.replace_nanosecond(0)
+            .unwrap()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    };
+    let (from, to) = (
+        format(now - time::Duration::minutes(1)),
+        format(now + time::Duration::hours(1)),
+    );
+    format!(
+        r##"<Assertion xmlns="urn:oasis:names:tc:SAML:2.0:assertion" ID="_a1" IssueInstant="{from}" Version="2.0">
+  <Issuer>http://sts.sundhedsdatastyrelsen.dk/</Issuer>
+  <Signature xmlns="http://www.w3.org/2000/09/xmldsig#">
+    <SignedInfo>
+      <CanonicalizationMethod Algorithm="http://www.w3.org/2001/10/xml-exc-c14n#"/>
+      <SignatureMethod Algorithm="http://www.w3.org/2001/04/xmldsig-more#rsa-sha256"/>
+      <Reference URI="#_a1">
+        <Transforms>
+          <Transform Algorithm="http://www.w3.org/2000/09/xmldsig#enveloped-signature"/>
+          <Transform Algorithm="http://www.w3.org/2001/10/xml-exc-c14n#"/>
+        </Transforms>
+        <DigestMethod Algorithm="http://www.w3.org/2001/04/xmlenc#sha256"/>
+        <DigestValue/>
+      </Reference>
+    </SignedInfo>
+    <SignatureValue/>
+  </Signature>
+  <Subject>
+    <NameID>C=DK,CN=Mette Kjær</NameID>
+    <SubjectConfirmation Method="urn:oasis:names:tc:SAML:2.0:cm:holder-of-key">
+      <SubjectConfirmationData><KeyInfo xmlns="http://www.w3.org/2000/09/xmldsig#"><X509Data><X509Certificate>{certificate}</X509Certificate></X509Data></KeyInfo></SubjectConfirmationData>
+    </SubjectConfirmation>
+  </Subject>
+  <Conditions NotBefore="{from}" NotOnOrAfter="{to}">
+    <AudienceRestriction><Audience>{AUDIENCE}</Audience></AudienceRestriction>
+  </Conditions>
+  <AttributeStatement>
+    <Attribute Name="urn:oasis:names:tc:xspa:1.0:subject:role"><AttributeValue>7170</AttributeValue></Attribute>
+    <Attribute Name="urn:oasis:names:tc:xacml:2.0:resource:resource-id"><AttributeValue>1111111118^^^&amp;1.2.208.176.1.2&amp;ISO</AttributeValue></Attribute>
+  </AttributeStatement>
+</Assertion>
+"##
+    )
+}
+
+#[test]
+fn a_default_namespace_assertion_verifies_and_a_prefix_hidden_behind_unicode_space_does_not() {
+    let xml = xmlsec_sign(&default_namespace_template(), "ID");
+    let verified = verify(&xml).unwrap();
+    assert_eq!(verified.patient_cpr.as_deref(), Some("1111111118"));
+
+    // U+1680 is whitespace to Rust but a name character to XML: moving the patient attribute
+    // into another namespace behind such a prefix must not leave the digest intact.
+    let hidden = xml
+        .replace(
+            "<Attribute Name=\"urn:oasis:names:tc:xacml:2.0:resource:resource-id\">",
+            "<p\u{1680}:Attribute xmlns:p\u{1680}=\"urn:x\" Name=\"urn:oasis:names:tc:xacml:2.0:resource:resource-id\">",
+        )
+        .replace(
+            "&amp;ISO</AttributeValue></Attribute>",
+            "&amp;ISO</AttributeValue></p\u{1680}:Attribute>",
+        );
+    assert_ne!(hidden, xml);
+    assert_eq!(verify(&hidden).unwrap_err(), SamlError::DigestMismatch);
+}
+
+#[test]
+fn costly_inputs_are_refused_before_any_canonicalization() {
+    let card = user_card();
+    let root_end = "</saml:Assertion>";
+    let deep = format!(
+        "{}{}{}",
+        "<saml:Advice>".repeat(40),
+        "",
+        "</saml:Advice>".repeat(40)
+    );
+    assert_eq!(
+        verify(&card.replace(root_end, &format!("{deep}{root_end}"))).unwrap_err(),
+        SamlError::TooLarge
+    );
+    let prefixes: Vec<String> = (0..17).map(|i| format!("p{i}")).collect();
+    let many = card.replace(
+        "<ds:Transform Algorithm=\"http://www.w3.org/2001/10/xml-exc-c14n#\"></ds:Transform>",
+        &format!(
+            "<ds:Transform Algorithm=\"http://www.w3.org/2001/10/xml-exc-c14n#\">\
+             <ec:InclusiveNamespaces xmlns:ec=\"http://www.w3.org/2001/10/xml-exc-c14n#\" \
+             PrefixList=\"{}\"></ec:InclusiveNamespaces></ds:Transform>",
+            prefixes.join(" ")
+        ),
+    );
+    assert_ne!(many, card);
+    assert_eq!(verify(&many).unwrap_err(), SamlError::UnsupportedTransform);
+
+    let mut long_lived = SosiCard::user(&fixture().pki.client.cert_der);
+    long_lived.not_on_or_after = OffsetDateTime::now_utc() + time::Duration::days(30);
+    assert_eq!(
+        verify(&long_lived.sign(&fixture().pki.sts).unwrap()).unwrap_err(),
+        SamlError::LifetimeTooLong
+    );
 }
