@@ -41,6 +41,61 @@ pub struct Config {
     /// `POST /token`: SOSI ID cards and OIOSAML assertions exchanged for Portvagt tokens.
     #[serde(default)]
     pub token_exchange: Option<TokenExchangeConfig>,
+    /// The audit trail (IHE BALP AuditEvents in a durable spool).
+    #[serde(default)]
+    pub audit: Option<AuditConfig>,
+}
+
+/// `[audit]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// The spool folder (a persistent volume): append-only, hash-chained segment files.
+    pub spool_dir: PathBuf,
+    /// `closed` (default): a request whose audit record cannot be written is answered 503.
+    /// `open`: it goes through, counted in `portvagt_audit_records_lost_total` and logged.
+    #[serde(default)]
+    pub failure_mode: AuditFailureMode,
+    /// Segment files roll over at this size.
+    #[serde(default = "defaults::segment_bytes")]
+    pub segment_bytes: u64,
+    /// This instance's name in `AuditEvent.source.observer` (default: from the host name).
+    #[serde(default)]
+    pub observer: Option<String>,
+    /// Where the spooled events are shipped.
+    #[serde(default)]
+    pub ship: Option<AuditShipConfig>,
+}
+
+/// `[audit.ship]`: the audit FHIR repository.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditShipConfig {
+    /// The repository's FHIR base URL (transaction Bundles are POSTed to it).
+    pub url: String,
+    /// Events per transaction.
+    #[serde(default = "defaults::ship_batch_size")]
+    pub batch_size: usize,
+    /// CA certificates for an https repository (default: the public web PKI roots).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate for an mTLS repository.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    /// Its key.
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+}
+
+/// What happens when the audit record cannot be written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditFailureMode {
+    /// Refuse the request (503).
+    #[default]
+    Closed,
+    /// Let it through, loudly.
+    Open,
 }
 
 /// `[token_exchange]`: SAML assertions in, short certificate-bound Portvagt JWTs out
@@ -525,6 +580,21 @@ impl Config {
         if let Some(rules_file) = &mut self.policy.rules_file {
             resolve(rules_file);
         }
+        if let Some(audit) = &mut self.audit {
+            resolve(&mut audit.spool_dir);
+            if let Some(ship) = &mut audit.ship {
+                for file in [
+                    &mut ship.ca_file,
+                    &mut ship.client_cert,
+                    &mut ship.client_key,
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    resolve(file);
+                }
+            }
+        }
         if let Some(exchange) = &mut self.token_exchange {
             resolve(&mut exchange.signing_key);
             exchange.trusted_sts.iter_mut().for_each(resolve);
@@ -625,6 +695,12 @@ mod defaults {
     }
     pub(super) fn introspection_cache_entries() -> usize {
         100_000
+    }
+    pub(super) fn ship_batch_size() -> usize {
+        100
+    }
+    pub(super) fn segment_bytes() -> u64 {
+        64 * 1024 * 1024
     }
     pub(super) fn signing_key_id() -> String {
         "portvagt-1".to_owned()

@@ -7,7 +7,9 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use portvagt_policy::{Interaction, ResourceType};
+use portvagt_policy::{FhirRequest, Interaction, ResourceType};
+
+use crate::auth::Principal;
 
 /// What the inner layers learned about one request.
 #[derive(Debug, Default, Clone)]
@@ -28,6 +30,14 @@ pub struct RecordFields {
     pub upstream_latency: Option<Duration>,
     /// The backend's HTTP status.
     pub upstream_status: Option<u16>,
+    /// The authenticated caller, for the audit record.
+    pub caller: Option<Arc<Principal>>,
+    /// The classified request, for the audit record.
+    pub request: Option<Arc<FhirRequest>>,
+    /// The patients the answer was about (ids), as the proxy saw it leave.
+    pub patients: Vec<String>,
+    /// The reason given for a break-the-glass access.
+    pub break_glass: Option<String>,
 }
 
 /// Shared handle to a request's record; cheap to clone.

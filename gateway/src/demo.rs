@@ -36,6 +36,11 @@ pub struct BackendProcess {
 impl BackendProcess {
     /// Starts the backend from `testbed`, installing its npm packages first if needed.
     pub fn start(testbed: &Path, seed: bool) -> anyhow::Result<BackendProcess> {
+        Self::start_on(testbed, seed, 0)
+    }
+
+    /// Like [`BackendProcess::start`], on a given port (0: any free port).
+    pub fn start_on(testbed: &Path, seed: bool, port: u16) -> anyhow::Result<BackendProcess> {
         let dir = testbed.join("backend");
         if !dir.join("node_modules").exists() {
             let status = Command::new("npm")
@@ -51,6 +56,7 @@ impl BackendProcess {
         command
             .arg("server.mjs")
             .arg("--watch-stdin")
+            .args(["--port", &port.to_string()])
             .current_dir(&dir);
         if seed {
             command.args(["--seed", "seed/bundle.json"]);

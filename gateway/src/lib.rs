@@ -6,6 +6,7 @@
 //! `OperationOutcome`s in one place ([`rescue`]).
 
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod body;
 pub mod config;

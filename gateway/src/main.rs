@@ -1,4 +1,4 @@
-//! The `portvagt` command line: serve, check-config, demo, token.
+//! The `portvagt` command line: serve, check-config, demo, token, audit verify.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -79,6 +79,20 @@ enum Command {
         #[arg(long)]
         audience: Option<String>,
     },
+    /// Audit trail tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check a spool's hash chain; print OK, or the first broken record (exit 1).
+    Verify {
+        /// The spool folder (`[audit] spool_dir`).
+        dir: PathBuf,
+    },
 }
 
 fn init_logging(format: LogFormat, level: &str) {
@@ -108,6 +122,27 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Audit {
+            command: AuditCommand::Verify { dir },
+        } => match portvagt::audit::verify::verify(&dir) {
+            Ok(report) => {
+                println!(
+                    "OK: {} records in {} segments, chain head {}",
+                    report.records, report.segments, report.head
+                );
+                if let Some(segment) = report.unfinished_tail {
+                    println!(
+                        "note: {} ends in a record cut short by a crash (never acknowledged)",
+                        segment.display()
+                    );
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(broken) => {
+                println!("BROKEN: {broken}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
         Command::Serve { config } => {
             let config = Config::load(&config)?;
             init_logging(config.log.format, &config.log.level);

@@ -1,6 +1,9 @@
 //! Prometheus metrics, `portvagt_*`, units in the names, labels of bounded cardinality only.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
 
 /// The gateway's metrics and the registry that serves them on `/metrics`.
 #[derive(Debug, Clone)]
@@ -29,6 +32,21 @@ pub struct Metrics {
     /// `portvagt_token_exchanges_total{outcome}`: SAML token exchanges, `issued` or the
     /// refusal's code.
     pub token_exchanges: IntCounterVec,
+    /// `portvagt_audit_records_total`: AuditEvents made durable in the spool.
+    pub audit_records: IntCounter,
+    /// `portvagt_audit_write_failures_total`: spool writes that failed.
+    pub audit_write_failures: IntCounter,
+    /// `portvagt_audit_records_lost_total`: requests let through without a record
+    /// (`failure_mode = "open"` only).
+    pub audit_records_lost: IntCounter,
+    /// `portvagt_audit_write_duration_seconds`: waiting for the group commit.
+    pub audit_write_duration: Histogram,
+    /// `portvagt_audit_shipped_total`: AuditEvents the repository acknowledged.
+    pub audit_shipped: IntCounter,
+    /// `portvagt_audit_ship_failures_total`: batches the repository did not take.
+    pub audit_ship_failures: IntCounter,
+    /// `portvagt_audit_ship_lag_records`: durable records not yet acknowledged.
+    pub audit_ship_lag: IntGauge,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -122,6 +140,44 @@ impl Metrics {
             &["outcome"],
         )
         .expect("valid metric");
+        let audit_records = IntCounter::new(
+            "portvagt_audit_records_total",
+            "AuditEvents written durably to the spool",
+        )
+        .expect("valid metric");
+        let audit_write_failures = IntCounter::new(
+            "portvagt_audit_write_failures_total",
+            "Audit spool writes that failed",
+        )
+        .expect("valid metric");
+        let audit_records_lost = IntCounter::new(
+            "portvagt_audit_records_lost_total",
+            "Requests let through without an audit record (failure_mode = open)",
+        )
+        .expect("valid metric");
+        let audit_write_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "portvagt_audit_write_duration_seconds",
+                "Time a request waits for its audit record to be durable",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )
+        .expect("valid metric");
+        let audit_shipped = IntCounter::new(
+            "portvagt_audit_shipped_total",
+            "AuditEvents the audit repository acknowledged",
+        )
+        .expect("valid metric");
+        let audit_ship_failures = IntCounter::new(
+            "portvagt_audit_ship_failures_total",
+            "Batches of AuditEvents the audit repository did not take",
+        )
+        .expect("valid metric");
+        let audit_ship_lag = IntGauge::new(
+            "portvagt_audit_ship_lag_records",
+            "Durable AuditEvents not yet acknowledged by the audit repository",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
@@ -133,6 +189,13 @@ impl Metrics {
             Box::new(introspection_calls.clone()),
             Box::new(introspection_cache.clone()),
             Box::new(token_exchanges.clone()),
+            Box::new(audit_records.clone()),
+            Box::new(audit_write_failures.clone()),
+            Box::new(audit_records_lost.clone()),
+            Box::new(audit_write_duration.clone()),
+            Box::new(audit_shipped.clone()),
+            Box::new(audit_ship_failures.clone()),
+            Box::new(audit_ship_lag.clone()),
         ] {
             registry
                 .register(collector)
@@ -150,6 +213,13 @@ impl Metrics {
             introspection_calls,
             introspection_cache,
             token_exchanges,
+            audit_records,
+            audit_write_failures,
+            audit_records_lost,
+            audit_write_duration,
+            audit_shipped,
+            audit_ship_failures,
+            audit_ship_lag,
         }
     }
 

@@ -9,6 +9,7 @@ use http::Uri;
 use portvagt_policy::{RuleSet, RulesFile};
 
 use crate::admin::Admin;
+use crate::audit::Auditor;
 use crate::auth::TokenVerifier;
 use crate::auth::exchange::TokenExchange;
 use crate::config::{Config, ConfigError};
@@ -44,6 +45,8 @@ pub struct Runtime {
     pub rules: Option<Arc<RuleSet>>,
     /// SAML token exchange (`POST /token`), when configured.
     pub token_exchange: Option<Arc<TokenExchange>>,
+    /// The audit trail, when configured.
+    pub auditor: Option<Arc<Auditor>>,
 }
 
 impl Runtime {
@@ -141,6 +144,15 @@ impl Runtime {
             backend.clone(),
             smart.clone(),
         ));
+        let auditor = match &config.audit {
+            None => {
+                tracing::warn!("no [audit] section: accesses are NOT recorded in an audit trail");
+                None
+            }
+            Some(audit) => Some(Arc::new(
+                Auditor::new(audit, &public_base_url, metrics.clone()).map_err(|e| vec![e])?,
+            )),
+        };
         Ok(Runtime {
             config,
             tls,
@@ -154,6 +166,7 @@ impl Runtime {
             fhir_base_path,
             rules,
             token_exchange,
+            auditor,
         })
     }
 }

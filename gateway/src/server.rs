@@ -39,6 +39,9 @@ pub async fn serve(
         let _ = remote.refresh().await;
         tokio::spawn(remote.refresh_periodically());
     }
+    if let Some(auditor) = &runtime.auditor {
+        auditor.start_shipping();
+    }
     let acceptor = TlsAcceptor::from(runtime.tls.clone());
     let http = Arc::new(http_builder(&runtime));
     let graceful = GracefulShutdown::new();

@@ -10,6 +10,7 @@ use tower::util::BoxCloneService;
 
 use crate::body::{Body, BoxError};
 use crate::layers::access_log::AccessLogLayer;
+use crate::layers::audit::AuditLayer;
 use crate::layers::authenticate::AuthenticateLayer;
 use crate::layers::authorize::AuthorizeLayer;
 use crate::layers::body_limit::BodyLimitLayer;
@@ -44,6 +45,9 @@ pub fn build(runtime: &Runtime) -> GatewayService {
         .layer(TimeoutLayer::new(limits.request_timeout))
         // ... and in body size (413).
         .layer(BodyLimitLayer::new(limits.max_body_bytes))
+        // Audit: every request from here in, whatever its fate, becomes BALP AuditEvents that
+        // are durable before the answer leaves (503 if they cannot be written).
+        .layer(AuditLayer::new(runtime.auditor.clone()))
         // SAML token exchange (`POST /token`) and its key (`/.well-known/jwks.json`): the
         // assertion and the client certificate are the credentials, so before authentication.
         .layer(TokenEndpointLayer::new(runtime.token_exchange.clone()))

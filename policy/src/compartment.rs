@@ -145,6 +145,67 @@ pub fn membership(resource: &Value, patient: &str) -> Membership {
     }
 }
 
+/// The patients whose compartment `resource` is in: its own id for a Patient, else every
+/// `Patient/<id>` it references on a compartment path (an Observation about one patient with
+/// another as performer is in both compartments). Sorted, without duplicates.
+pub fn patients_of(resource: &Value) -> Vec<String> {
+    let mut patients = Vec::new();
+    collect_patients(resource, &mut patients);
+    patients.sort_unstable();
+    patients.dedup();
+    patients
+}
+
+/// The patients a FHIR answer is about: those of a single resource, or of every entry of a
+/// Bundle (search results, history, `$everything`, batch responses). Sorted, no duplicates.
+pub fn patients_in_answer(answer: &Value) -> Vec<String> {
+    let mut patients = Vec::new();
+    if answer.get("resourceType").and_then(Value::as_str) == Some("Bundle") {
+        for entry in answer
+            .get("entry")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(resource) = entry.get("resource") {
+                collect_patients(resource, &mut patients);
+            }
+        }
+    } else {
+        collect_patients(answer, &mut patients);
+    }
+    patients.sort_unstable();
+    patients.dedup();
+    patients
+}
+
+fn collect_patients(resource: &Value, patients: &mut Vec<String>) {
+    let resource_type = resource
+        .get("resourceType")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if resource_type == "Patient" {
+        if let Some(id) = resource.get("id").and_then(Value::as_str) {
+            patients.push(id.to_owned());
+        }
+        return;
+    }
+    for path in links(resource_type)
+        .unwrap_or_default()
+        .iter()
+        .flat_map(|link| link.paths.iter())
+    {
+        walk(resource, path.split('.'), &mut |reference| {
+            if let Some(rest) = reference.strip_prefix("Patient/") {
+                let id = rest.split('/').next().unwrap_or_default();
+                if !id.is_empty() {
+                    patients.push(id.to_owned());
+                }
+            }
+        });
+    }
+}
+
 /// [`membership`] of a resource read as raw top-level fields: only the subtrees the compartment
 /// paths start with are parsed, not the whole resource.
 pub(crate) fn membership_raw(resource: &OrderedRaw<'_>, patient: &str) -> Membership {
@@ -297,6 +358,34 @@ fn walk(value: &Value, mut steps: std::str::Split<'_, char>, visit: &mut dyn FnM
 #[cfg(test)]
 mod tests {
     use serde_json::json;
+
+    #[test]
+    fn the_patients_an_answer_is_about_are_found_on_compartment_paths() {
+        let observation = json!({
+            "resourceType": "Observation", "id": "o1",
+            "subject": { "reference": "Patient/anne" },
+            "performer": [{ "reference": "Patient/bo/_history/2" }, { "reference": "Practitioner/p" }],
+            "note": [{ "authorReference": { "reference": "Patient/ignored-not-a-compartment-path" } }]
+        });
+        assert_eq!(super::patients_of(&observation), vec!["anne", "bo"]);
+        assert_eq!(
+            super::patients_of(&json!({ "resourceType": "Patient", "id": "carla" })),
+            vec!["carla"]
+        );
+        assert!(
+            super::patients_of(&json!({ "resourceType": "Organization", "id": "x" })).is_empty()
+        );
+        let bundle = json!({ "resourceType": "Bundle", "entry": [
+            { "resource": observation },
+            { "resource": { "resourceType": "Condition", "subject": { "reference": "Patient/anne" } } },
+            { "resource": { "resourceType": "Patient", "id": "dan" } },
+            { "response": { "status": "204" } }
+        ]});
+        assert_eq!(
+            super::patients_in_answer(&bundle),
+            vec!["anne", "bo", "dan"]
+        );
+    }
 
     use super::*;
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use portvagt_policy::ScopeSet;
 use serde_json::{Map, Value};
 
+use super::principal::{Identity, Organisation};
 use super::{AuthnError, Principal};
 use crate::config::ClaimNames;
 use crate::tls::PeerIdentity;
@@ -38,6 +39,40 @@ pub struct ClaimMapping {
     roles: ClaimPath,
     purpose_of_use: ClaimPath,
     client_id: Vec<ClaimPath>,
+}
+
+/// The identity claims an audit record names; malformed ones are left out, not refused (they
+/// grant nothing).
+fn identity(claims: &Map<String, Value>) -> Identity {
+    let text = |name: &str| claims.get(name).and_then(Value::as_str).map(str::to_owned);
+    let name = text("name").or_else(|| match (text("given_name"), text("family_name")) {
+        (Some(given), Some(family)) => Some(format!("{given} {family}")),
+        (given, family) => given.or(family),
+    });
+    let organisation = claims
+        .get("care_provider")
+        .and_then(Value::as_object)
+        .and_then(|provider| {
+            let field = |name: &str| {
+                provider
+                    .get(name)
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            };
+            Some(Organisation {
+                kind: field("type").unwrap_or_else(|| "other".into()),
+                id: field("id")?,
+                name: field("name"),
+            })
+        });
+    Identity {
+        name,
+        cpr: text("cpr"),
+        authorization_id: text("authorization_id"),
+        organisation,
+        on_behalf_of: text("on_behalf_of"),
+        system_name: text("system_name"),
+    }
 }
 
 /// What binds the token to the connection, and whether binding is required.
@@ -123,6 +158,7 @@ impl ClaimMapping {
             expires_at,
             roles,
             purpose_of_use: self.string(&self.purpose_of_use, claims)?,
+            identity: identity(claims),
             peer: Arc::clone(peer),
         })
     }

@@ -28,12 +28,14 @@ use http_body_util::BodyExt as _;
 use portvagt_policy::ScopeSet;
 use serde_json::{Map, Value, json};
 
+use super::claims::{BindingRule, ClaimMapping};
 use super::issuer_key::IssuerKey;
 use super::jwks::{self, VerificationKey};
 use super::saml::replay::{MemoryReplayCache, ReplayError, ReplayStore};
 use super::saml::{AssertionPolicy, SamlError, TrustedSigner, VerifiedAssertion};
 use crate::body::{Body, BoxError, full};
-use crate::config::{ConfigError, IssuerConfig, TokenExchangeConfig};
+use crate::config::{ClaimNames, ConfigError, IssuerConfig, TokenExchangeConfig};
+use crate::context::RequestRecord;
 use crate::encoding::form_decode;
 use crate::metrics::Metrics;
 use crate::proxy::Backend;
@@ -72,6 +74,8 @@ pub struct TokenExchange {
     patient_scope: String,
     backend: Arc<Backend>,
     metrics: Arc<Metrics>,
+    /// How Portvagt's own tokens are read (for the audit record of an exchange).
+    own_claims: ClaimMapping,
 }
 
 /// An RFC 6749 error answer.
@@ -198,6 +202,7 @@ impl TokenExchange {
             patient_scope: config.patient_scope.clone(),
             backend,
             metrics,
+            own_claims: ClaimMapping::new(&ClaimNames::default()),
         })
     }
 
@@ -230,6 +235,7 @@ impl TokenExchange {
             return Ok(response);
         }
         let peer = request.extensions().get::<Arc<PeerIdentity>>().cloned();
+        let record = request.extensions().get::<RequestRecord>().cloned();
         let form = request
             .headers()
             .get(header::CONTENT_TYPE)
@@ -271,8 +277,36 @@ impl TokenExchange {
                 "not-a-form",
                 "send application/x-www-form-urlencoded",
             )),
-            Some(peer) => self.exchange(&body, &peer).await,
+            Some(peer) => self.exchange(&body, &peer).await.map(|(answer, claims)| {
+                // The audit record names who the token was issued to.
+                if let Some(record) = &record {
+                    let caller = self.own_claims.principal(
+                        &claims,
+                        claims
+                            .get("sub")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_owned(),
+                        self.issuer.clone(),
+                        claims
+                            .get("exp")
+                            .and_then(Value::as_u64)
+                            .unwrap_or_default(),
+                        BindingRule { required: true },
+                        &peer,
+                    );
+                    let mut fields = record.fields();
+                    fields.caller = caller.ok().map(Arc::new);
+                    if let Some(patient) = claims.get("patient").and_then(Value::as_str) {
+                        fields.patients = vec![patient.to_owned()];
+                    }
+                }
+                answer
+            }),
         };
+        if let (Err(error), Some(record)) = (&outcome, &record) {
+            record.fields().reason = Some(error.code);
+        }
         let label = match &outcome {
             Ok(_) => "issued",
             Err(error) => error.code,
@@ -290,7 +324,12 @@ impl TokenExchange {
         })
     }
 
-    async fn exchange(&self, body: &[u8], peer: &Arc<PeerIdentity>) -> Result<Value, TokenError> {
+    /// The answer, and the claims of the token it carries.
+    async fn exchange(
+        &self,
+        body: &[u8],
+        peer: &Arc<PeerIdentity>,
+    ) -> Result<(Value, Map<String, Value>), TokenError> {
         let request = ExchangeRequest::parse(body)?;
         let xml = decode_assertion(&request.assertion).ok_or(SamlError::Malformed)?;
         let now = now();
@@ -348,7 +387,7 @@ impl TokenExchange {
             })?;
 
         let claims = self.claims(&assertion, peer, now, expires_at, &scope, patient);
-        let token = self.key.sign(&Value::Object(claims)).map_err(|_| {
+        let token = self.key.sign(&Value::Object(claims.clone())).map_err(|_| {
             TokenError::new(
                 "server_error",
                 "signing-failed",
@@ -361,13 +400,14 @@ impl TokenExchange {
         } else {
             "Bearer"
         };
-        Ok(json!({
+        let answer = json!({
             "access_token": token,
             "token_type": token_type,
             "expires_in": expires_at - now,
             "issued_token_type": ACCESS_TOKEN,
             "scope": scope,
-        }))
+        });
+        Ok((answer, claims))
     }
 
     /// The FHIR id of the one Patient with this CPR.

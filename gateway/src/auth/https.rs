@@ -49,6 +49,25 @@ impl HttpsClient {
         identity: Option<ClientIdentity<'_>>,
         timeout: Duration,
     ) -> Result<HttpsClient, String> {
+        Self::build(ca_file, identity, timeout, true)
+    }
+
+    /// Like [`HttpsClient::new`], but plain `http://` URLs are allowed too (for services an
+    /// operator runs beside the gateway, such as an audit repository on a private network).
+    pub fn allowing_plain_http(
+        ca_file: Option<&Path>,
+        identity: Option<ClientIdentity<'_>>,
+        timeout: Duration,
+    ) -> Result<HttpsClient, String> {
+        Self::build(ca_file, identity, timeout, false)
+    }
+
+    fn build(
+        ca_file: Option<&Path>,
+        identity: Option<ClientIdentity<'_>>,
+        timeout: Duration,
+        https_only: bool,
+    ) -> Result<HttpsClient, String> {
         let mut roots = rustls::RootCertStore::empty();
         match ca_file {
             Some(path) => {
@@ -82,11 +101,12 @@ impl HttpsClient {
                     .map_err(|e| format!("{}: {e}", identity.cert.display()))?
             }
         };
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_only()
-            .enable_http1()
-            .build();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
+        let connector = if https_only {
+            connector.https_only().enable_http1().build()
+        } else {
+            connector.https_or_http().enable_http1().build()
+        };
         Ok(HttpsClient {
             client: Client::builder(TokioExecutor::new()).build(connector),
             timeout,

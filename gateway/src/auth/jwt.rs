@@ -236,7 +236,7 @@ impl TokenVerifier {
             }
             (None, Some(introspector)) => {
                 let active = introspector.introspect(token, now()).await?;
-                issuer.principal_from_answer(active, peer, binding_required)
+                issuer.principal_from_answer(token, active, peer, binding_required)
             }
             (None, None) => Err(AuthnError::UnknownIssuer),
         }
@@ -259,7 +259,7 @@ impl TokenVerifier {
                         .issuers
                         .get(introspector.issuer())
                         .ok_or(AuthnError::UnknownIssuer)?;
-                    return issuer.principal_from_answer(active, peer, binding_required);
+                    return issuer.principal_from_answer(token, active, peer, binding_required);
                 }
                 Err(AuthnError::IntrospectionUnavailable) => {
                     refusal = Some(AuthnError::IntrospectionUnavailable);
@@ -338,8 +338,11 @@ impl IssuerVerifier {
     }
 
     /// The principal of an active introspection answer for this issuer.
+    /// Without a `jti` in the answer, the token is named by its last 32 characters (enough to
+    /// find it in the authorization server's records, too little to use it).
     fn principal_from_answer(
         &self,
+        token: &str,
         active: ActiveToken,
         peer: &Arc<PeerIdentity>,
         binding_required: bool,
@@ -350,14 +353,23 @@ impl IssuerVerifier {
             .and_then(Value::as_str)
             .ok_or(AuthnError::MissingClaim)?
             .to_owned();
-        self.mapping.principal(
+        let mut principal = self.mapping.principal(
             &active.claims,
             active.subject,
             issuer_name,
             active.expires_at,
             self.binding(binding_required),
             peer,
-        )
+        )?;
+        if principal.jti.is_none() {
+            let tail = token
+                .char_indices()
+                .rev()
+                .nth(31)
+                .map_or(token, |(index, _)| &token[index..]);
+            principal.jti = Some(tail.to_owned());
+        }
+        Ok(principal)
     }
 }
 

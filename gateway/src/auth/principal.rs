@@ -22,7 +22,37 @@ pub struct Principal {
     pub(crate) expires_at: u64,
     pub(crate) roles: Vec<String>,
     pub(crate) purpose_of_use: Option<String>,
+    pub(crate) identity: Identity,
     pub(crate) peer: Arc<PeerIdentity>,
+}
+
+/// Who the user is, as far as the token says (Danish claims from SAML token exchange, or the
+/// OpenID Connect `name`): what an audit record names. Empty for system tokens.
+#[derive(Debug, Clone, Default)]
+pub struct Identity {
+    /// `name`, else `given_name` + `family_name`.
+    pub name: Option<String>,
+    /// `cpr`: the user's CPR number.
+    pub cpr: Option<String>,
+    /// `authorization_id`: the Autorisationsregister id.
+    pub authorization_id: Option<String>,
+    /// `care_provider`: the organisation the user or system acts for.
+    pub organisation: Option<Organisation>,
+    /// `on_behalf_of`: whom a secretary acts for.
+    pub on_behalf_of: Option<String>,
+    /// `system_name`: the calling IT system.
+    pub system_name: Option<String>,
+}
+
+/// An organisation by identifier kind (`medcom:cvrnumber`, `medcom:sor`, `urn:oid:...`).
+#[derive(Debug, Clone)]
+pub struct Organisation {
+    /// The identifier kind.
+    pub kind: String,
+    /// The identifier.
+    pub id: String,
+    /// The name, if given.
+    pub name: Option<String>,
 }
 
 impl Principal {
@@ -69,6 +99,10 @@ impl Principal {
     /// Purpose of use (`purpose_of_use` claim), e.g. `TREATMENT`.
     pub fn purpose_of_use(&self) -> Option<&str> {
         self.purpose_of_use.as_deref()
+    }
+    /// Who the user is, for audit records.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
     }
     /// What operator rules need to know.
     pub fn caller(&self) -> Caller<'_> {

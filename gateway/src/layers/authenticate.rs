@@ -166,11 +166,13 @@ where
             // Known keys verify without waiting; an unknown `kid` may wait for one refresh, an
             // opaque token for its introspection (unless cached).
             let principal: Principal = verifier.verify(&token, &peer, binding_required).await?;
+            let principal = Arc::new(principal);
             record(&request, |fields| {
                 fields.principal = Some(principal.subject().to_owned());
                 fields.client_id = principal.client_id().map(str::to_owned);
+                fields.caller = Some(principal.clone());
             });
-            request.extensions_mut().insert(Arc::new(principal));
+            request.extensions_mut().insert(principal);
             inner.call(request).await
         })
     }

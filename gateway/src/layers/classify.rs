@@ -150,11 +150,13 @@ where
                 body
             };
             let mut request = Request::from_parts(parts, body);
+            let fhir = Arc::new(fhir);
             record(&request, |fields| {
                 fields.interaction = Some(fhir.interaction());
                 fields.resource_type = fhir.resource_type();
+                fields.request = Some(fhir.clone());
             });
-            request.extensions_mut().insert(Arc::new(fhir));
+            request.extensions_mut().insert(fhir);
             request.extensions_mut().insert(forwarded);
             inner.call(request).await
         })

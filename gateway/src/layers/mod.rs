@@ -2,6 +2,7 @@
 //! order; read that function first.
 
 pub mod access_log;
+pub mod audit;
 pub mod authenticate;
 pub mod authorize;
 pub mod body_limit;

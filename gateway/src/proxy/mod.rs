@@ -22,7 +22,7 @@ use http_body_util::{BodyExt as _, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use portvagt_policy::compartment::{Membership, membership};
+use portvagt_policy::compartment::{Membership, membership, patients_in_answer};
 use portvagt_policy::{
     Decision, DenyReason, FhirRequest, FilterMode, Filtered, Interaction, Obligations,
     ResponseCheck, check_response,
@@ -255,6 +255,8 @@ pub struct Proxy {
     filter_mode: FilterMode,
     metrics: Arc<Metrics>,
     smart: Arc<SmartDocuments>,
+    /// The audit trail needs to know whose data each answer holds.
+    audited: bool,
 }
 
 impl Proxy {
@@ -280,6 +282,7 @@ impl Proxy {
             },
             metrics: runtime.metrics.clone(),
             smart: runtime.smart.clone(),
+            audited: runtime.auditor.is_some(),
         }
     }
 }
@@ -498,7 +501,8 @@ impl Proxy {
         // The CapabilityStatement describes the gateway's security, not the backend's.
         let describes_security =
             fhir.interaction() == Interaction::Capabilities && is_json && status.is_success();
-        if !must_check && !describes_security && (is_head || !rewrites_urls) {
+        let audits_patients = self.audited && is_json && status.is_success();
+        if !must_check && !describes_security && (is_head || (!rewrites_urls && !audits_patients)) {
             return Ok(Response::from_parts(parts, boxed(body)));
         }
         let bytes = Limited::new(body, self.max_response_bytes)
@@ -553,6 +557,14 @@ impl Proxy {
             && status.is_success()
         {
             bytes = Bytes::from(bundle::merge(Some(&bytes), plan, self.filter_mode)?);
+        }
+        if audits_patients
+            && !bytes.is_empty()
+            && let Some(record_handle) = &record_handle
+            && let Ok(answer) = serde_json::from_slice::<serde_json::Value>(&bytes)
+        {
+            // What leaves is what is audited: after filtering and merging.
+            record_handle.fields().patients = patients_in_answer(&answer);
         }
         parts
             .headers

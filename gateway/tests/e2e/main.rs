@@ -3,6 +3,7 @@
 
 mod support;
 
+mod audit;
 mod authentication;
 mod authorization;
 mod authserver;

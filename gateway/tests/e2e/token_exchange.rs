@@ -238,6 +238,27 @@ async fn legacy_user_card_in_the_oio_form_gives_a_holder_of_key_token() {
     assert_eq!(claims["given_name"], "Mette");
     assert_eq!(claims["scope"], "user/*.rs");
 
+    // The exchange itself is in the audit trail, naming the person by CPR and authorisation.
+    let rid = answer.headers["x-request-id"].to_str().unwrap().to_owned();
+    let events = gateway.audit_events_for(&rid);
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(events[0]["subtype"][0]["code"], "token-exchange");
+    assert_eq!(events[0]["outcome"], "0");
+    let user = events[0]["agent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["requestor"] == true)
+        .unwrap();
+    assert_eq!(user["name"], "Mette Kjær");
+    let other_ids: Vec<&str> = user["extension"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["valueIdentifier"]["value"].as_str().unwrap())
+        .collect();
+    assert_eq!(other_ids, vec!["0501792275", "NS363"]);
+
     let read = fhir_get(
         &gateway.client(),
         "/fhir/Observation?_count=1",
@@ -360,6 +381,13 @@ async fn refusals_are_rfc6749_errors_with_a_specific_code() {
     for (name, body, error, code) in cases {
         let answer = post_token(&client, body).await;
         assert_eq!(answer.status, 400, "{name}: {}", answer.text());
+        let rid = answer.headers["x-request-id"].to_str().unwrap().to_owned();
+        let events = gateway.audit_events_for(&rid);
+        assert_eq!(
+            events[0]["outcomeDesc"],
+            format!("400 {code}"),
+            "{name}: refused exchanges are audited too"
+        );
         assert_eq!(answer.headers["content-type"], "application/json", "{name}");
         assert_eq!(error_code(&answer), (error.into(), code.into()), "{name}");
     }

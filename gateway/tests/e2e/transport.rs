@@ -4,9 +4,17 @@ use portvagt_certs::{CertificateAuthority, ClientSubject};
 
 use crate::support::{Client, Gateway, metric_value};
 
+/// The metric's value once it has one: the server counts a failed handshake after the client
+/// has already seen it fail, so the count may lag the client by a moment.
 async fn metric(gateway: &Gateway, line_prefix: &str) -> Option<f64> {
-    let metrics = gateway.client().get("/metrics", None).await.unwrap().text();
-    metric_value(&metrics, line_prefix)
+    for _ in 0..40 {
+        let metrics = gateway.client().get("/metrics", None).await.unwrap().text();
+        if let Some(value) = metric_value(&metrics, line_prefix) {
+            return Some(value);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    None
 }
 
 #[tokio::test]

@@ -45,6 +45,55 @@ pub struct Gateway {
     pub base_url: String,
     child: Child,
     logs: Arc<Mutex<Vec<String>>>,
+    shell_prefix: Option<String>,
+}
+
+/// Starts `portvagt serve` and waits for it to announce its address.
+fn spawn(
+    config_path: &std::path::Path,
+    shell_prefix: Option<&str>,
+) -> (Child, Arc<Mutex<Vec<String>>>, SocketAddr) {
+    let mut command = match shell_prefix {
+        None => {
+            let mut command = Command::new(env!("CARGO_BIN_EXE_portvagt"));
+            command.arg("serve").arg("--config").arg(config_path);
+            command
+        }
+        Some(prefix) => {
+            let mut command = Command::new("sh");
+            command.arg("-c").arg(format!(
+                "{prefix} exec \"{}\" serve --config \"{}\"",
+                env!("CARGO_BIN_EXE_portvagt"),
+                config_path.display()
+            ));
+            command
+        }
+    };
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = mpsc::channel();
+    let sink = logs.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(value) = serde_json::from_str::<Value>(&line)
+                && value["message"] == "listening"
+            {
+                let _ = tx.send(value["addr"].as_str().unwrap_or_default().to_owned());
+            }
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let addr: SocketAddr = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the gateway announced its address")
+        .parse()
+        .unwrap();
+    (child, logs, addr)
 }
 
 /// Knobs for a test's gateway.
@@ -58,6 +107,10 @@ pub struct Options {
     pub files: Vec<(String, String)>,
     /// The PKI to use (default: a fresh one), e.g. shared with an authorization server.
     pub pki: Option<Arc<DevPki>>,
+    /// Lines added to the `[audit]` table (the spool is `audit/` beside the config).
+    pub audit_extra: String,
+    /// A shell prefix for the gateway command (e.g. `ulimit -f 64;`), run through `sh -c`.
+    pub shell_prefix: Option<String>,
 }
 
 impl Gateway {
@@ -100,6 +153,10 @@ jwks_file = "issuer/jwks.json"
 [backend]
 url = "{backend}"
 
+[audit]
+spool_dir = "audit"
+{audit_extra}
+
 [log]
 format = "json"
 level = "info"
@@ -107,6 +164,7 @@ level = "info"
 {extra}
 "#,
             issuer_extra = options.issuer_extra,
+            audit_extra = options.audit_extra,
             server_extra = options.server_extra,
             extra = options.extra_config,
         );
@@ -115,33 +173,7 @@ level = "info"
         }
         let config_path = dir.path().join("portvagt.toml");
         std::fs::write(&config_path, config).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_portvagt"))
-            .arg("serve")
-            .arg("--config")
-            .arg(&config_path)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        let sink = logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Ok(value) = serde_json::from_str::<Value>(&line)
-                    && value["message"] == "listening"
-                {
-                    let _ = tx.send(value["addr"].as_str().unwrap_or_default().to_owned());
-                }
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let addr: SocketAddr = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("the gateway announced its address")
-            .parse()
-            .unwrap();
+        let (child, logs, addr) = spawn(&config_path, options.shell_prefix.as_deref());
         Gateway {
             dir,
             pki,
@@ -150,7 +182,23 @@ level = "info"
             base_url: format!("https://{addr}/fhir"),
             child,
             logs,
+            shell_prefix: options.shell_prefix,
         }
+    }
+
+    /// Kills the process (SIGKILL: no shutdown of any kind) and starts it again with the
+    /// same configuration, folder and spool; it listens on a new port.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (child, logs, addr) = spawn(
+            &self.dir.path().join("portvagt.toml"),
+            self.shell_prefix.as_deref(),
+        );
+        self.child = child;
+        self.logs = logs;
+        self.addr = addr;
+        self.base_url = format!("https://{addr}/fhir");
     }
 
     /// Standard claims, with `patch` merged over them (a `null` removes a claim).
@@ -194,6 +242,45 @@ level = "info"
             .iter()
             .filter_map(|line| serde_json::from_str::<Value>(line).ok())
             .filter(|value| value["message"] == "access")
+            .collect()
+    }
+
+    /// Every AuditEvent in the spool so far, in order.
+    pub fn audit_events(&self) -> Vec<Value> {
+        let dir = self.dir.path().join("audit");
+        let mut names: Vec<_> = std::fs::read_dir(&dir)
+            .map(|entries| entries.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        names.sort();
+        names
+            .iter()
+            .filter(|path| path.extension().is_some_and(|e| e == "jsonl"))
+            .flat_map(|path| {
+                std::fs::read_to_string(path)
+                    .unwrap_or_default()
+                    .lines()
+                    .skip(1)
+                    .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+                    .map(|record| record["event"].clone())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// The AuditEvents of the request with id `request_id`.
+    pub fn audit_events_for(&self, request_id: &str) -> Vec<Value> {
+        self.audit_events()
+            .into_iter()
+            .filter(|event| {
+                event["entity"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|entity| {
+                        entity["type"]["code"] == "XrequestId"
+                            && entity["what"]["identifier"]["value"] == request_id
+                    })
+            })
             .collect()
     }
 

@@ -1,0 +1,126 @@
+//! The audit trail: every FHIR access decision (allowed, denied, failed, break-the-glass) and
+//! every token exchange becomes IHE BALP AuditEvents ([`event`]), written to the durable,
+//! hash-chained spool ([`spool`]) BEFORE the answer leaves the gateway. If that cannot be done
+//! the answer is 503 (fail closed), unless the operator chose to fail open, which is counted
+//! and logged loudly. `portvagt audit verify DIR` checks a spool ([`verify`]).
+
+pub mod event;
+pub mod shipper;
+pub mod spool;
+pub mod verify;
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use self::event::{AccessFacts, AuditSource, audit_events};
+use self::shipper::Shipper;
+use self::spool::{Spool, SpoolError};
+use crate::config::{AuditConfig, AuditFailureMode, ConfigError};
+use crate::metrics::Metrics;
+
+/// The audit record of a request could not be made durable: the request is answered 503.
+#[derive(Debug, thiserror::Error)]
+#[error("the access could not be recorded in the audit trail")]
+pub struct AuditUnavailable;
+
+/// Writes audit records. Built once at start.
+#[derive(Debug)]
+pub struct Auditor {
+    spool: Spool,
+    source: AuditSource,
+    fail_open: bool,
+    metrics: Arc<Metrics>,
+    /// Taken and started by the server.
+    shipper: Mutex<Option<Shipper>>,
+}
+
+impl Auditor {
+    /// Opens the spool and starts its writer.
+    pub fn new(
+        config: &AuditConfig,
+        site: &str,
+        metrics: Arc<Metrics>,
+    ) -> Result<Auditor, ConfigError> {
+        let spool = Spool::open(&config.spool_dir, config.segment_bytes)
+            .map_err(|e| ConfigError::new("audit.spool_dir", e.to_string()))?;
+        let observer = config.observer.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|name| name.trim().to_owned())
+                .filter(|name| !name.is_empty())
+                .map_or_else(|| "portvagt".to_owned(), |name| format!("portvagt@{name}"))
+        });
+        let shipper = config
+            .ship
+            .as_ref()
+            .map(|ship| Shipper::new(&config.spool_dir, ship, metrics.clone()))
+            .transpose()?;
+        Ok(Auditor {
+            shipper: Mutex::new(shipper),
+            spool,
+            source: AuditSource {
+                observer,
+                site: site.to_owned(),
+            },
+            fail_open: config.failure_mode == AuditFailureMode::Open,
+            metrics,
+        })
+    }
+
+    /// Records one access: its AuditEvents are durable when this returns `Ok`.
+    pub async fn record(&self, facts: &AccessFacts<'_>) -> Result<(), AuditUnavailable> {
+        let events: Vec<Vec<u8>> = audit_events(facts, &self.source)
+            .iter()
+            .filter_map(|event| serde_json::to_vec(event).ok())
+            .collect();
+        let count = events.len() as u64;
+        let started = Instant::now();
+        let written = self.spool.append(events).await;
+        self.metrics
+            .audit_write_duration
+            .observe(started.elapsed().as_secs_f64());
+        match written {
+            Ok(_) => {
+                self.metrics.audit_records.inc_by(count);
+                Ok(())
+            }
+            Err(error) => self.failed(&error),
+        }
+    }
+
+    fn failed(&self, error: &SpoolError) -> Result<(), AuditUnavailable> {
+        self.metrics.audit_write_failures.inc();
+        if self.fail_open {
+            tracing::error!(
+                %error,
+                "AUDIT RECORD LOST: the spool could not be written and audit.failure_mode = \"open\" let the request through"
+            );
+            self.metrics.audit_records_lost.inc();
+            Ok(())
+        } else {
+            tracing::error!(%error, "audit spool unavailable: answering 503");
+            Err(AuditUnavailable)
+        }
+    }
+
+    /// The spool.
+    pub fn spool(&self) -> &Spool {
+        &self.spool
+    }
+
+    /// Starts shipping to the audit repository, if one is configured (once; later calls do
+    /// nothing). Needs a Tokio runtime.
+    pub fn start_shipping(&self) {
+        let shipper = self
+            .shipper
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(shipper) = shipper {
+            tokio::spawn(shipper.run(self.spool.written()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

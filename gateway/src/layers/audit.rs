@@ -1,0 +1,180 @@
+//! Audit: every request that passes the limits, whatever becomes of it (refused for its token,
+//! denied by policy, answered by the backend, failed), is recorded as IHE BALP AuditEvents
+//! before its answer goes back ([`crate::audit`]). Inner layers tell what they learned through
+//! the request's [`RequestRecord`]; this layer reads it once the inner service has answered.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use portvagt_policy::FhirRequest;
+use tower::{Layer, Service};
+
+use super::request_id::RequestId;
+use super::{BoxFuture, take_ready};
+use crate::audit::event::{AccessFacts, AccessKind};
+use crate::audit::{AuditUnavailable, Auditor};
+use crate::auth::Principal;
+use crate::body::{Body, BoxError};
+use crate::context::RequestRecord;
+use crate::proxy::ClientAddr;
+use crate::tls::PeerIdentity;
+
+/// Records every request with `auditor`; with `None`, nothing is recorded.
+#[derive(Debug, Clone)]
+pub struct AuditLayer {
+    auditor: Option<Arc<Auditor>>,
+}
+
+impl AuditLayer {
+    /// Audits with `auditor`, if there is one.
+    pub fn new(auditor: Option<Arc<Auditor>>) -> Self {
+        Self { auditor }
+    }
+}
+
+impl<S> Layer<S> for AuditLayer {
+    type Service = Audit<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Audit {
+            inner,
+            auditor: self.auditor.clone(),
+        }
+    }
+}
+
+/// See [`AuditLayer`].
+#[derive(Debug, Clone)]
+pub struct Audit<S> {
+    inner: S,
+    auditor: Option<Arc<Auditor>>,
+}
+
+impl<S> Service<Request<Body>> for Audit<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<Response<Body>, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<Body>) -> Self::Future {
+        let mut inner = take_ready(&mut self.inner);
+        let Some(auditor) = self.auditor.clone() else {
+            return Box::pin(async move { inner.call(request).await });
+        };
+        let recorded = time::OffsetDateTime::now_utc();
+        let method = request.method().as_str().to_owned();
+        let target = request.uri().path_and_query().map_or_else(
+            || request.uri().path().to_owned(),
+            |pq| pq.as_str().to_owned(),
+        );
+        let token_exchange = request.uri().path() == "/token";
+        let request_id = request
+            .extensions()
+            .get::<RequestId>()
+            .map(|id| id.as_str().to_owned())
+            .unwrap_or_default();
+        let peer = request.extensions().get::<Arc<PeerIdentity>>().cloned();
+        let client_ip = request.extensions().get::<ClientAddr>().map(|a| a.0.ip());
+        let record = match request.extensions().get::<RequestRecord>() {
+            Some(record) => record.clone(),
+            None => {
+                let record = RequestRecord::default();
+                request.extensions_mut().insert(record.clone());
+                record
+            }
+        };
+        Box::pin(async move {
+            let result = inner.call(request).await;
+            let (status, reason) = match &result {
+                Ok(response) => (response.status().as_u16(), None),
+                Err(error) => {
+                    let rescued = crate::rescue::rescue(error.as_ref());
+                    (rescued.outcome.status.as_u16(), Some(rescued.outcome.code))
+                }
+            };
+            let (caller, fhir, mut patients, break_glass, recorded_reason) = {
+                let fields = record.fields();
+                (
+                    fields.caller.clone(),
+                    fields.request.clone(),
+                    fields.patients.clone(),
+                    fields.break_glass.clone(),
+                    fields.reason,
+                )
+            };
+            if patients.is_empty() {
+                patients = request_patients(fhir.as_deref(), caller.as_deref());
+            }
+            let facts = AccessFacts {
+                request_id: &request_id,
+                recorded,
+                method: &method,
+                target: &target,
+                kind: if token_exchange {
+                    AccessKind::TokenExchange
+                } else {
+                    AccessKind::Fhir(fhir.as_deref())
+                },
+                status,
+                reason: reason.or(recorded_reason),
+                principal: caller.as_deref(),
+                peer: peer.as_deref(),
+                client_ip,
+                patients: &patients,
+                break_glass: break_glass.as_deref(),
+            };
+            auditor
+                .record(&facts)
+                .await
+                .map_err(|AuditUnavailable| -> BoxError { AuditUnavailable.into() })?;
+            result
+        })
+    }
+}
+
+/// The patients a request is about when its answer did not show them (refused, failed, or
+/// no body): the Patient addressed, the compartment searched, the patients named in the
+/// search, or the caller's own patient context.
+fn request_patients(request: Option<&FhirRequest>, caller: Option<&Principal>) -> Vec<String> {
+    let mut patients = Vec::new();
+    if let Some(request) = request {
+        if let (Some(resource_type), Some(id)) = (request.resource_type(), request.id())
+            && resource_type.as_str() == "Patient"
+        {
+            patients.push(id.to_owned());
+        }
+        if let Some((resource_type, id)) = request.compartment()
+            && resource_type.as_str() == "Patient"
+        {
+            patients.push(id.to_owned());
+        }
+        for name in ["patient", "subject"] {
+            for value in request.param_values(name) {
+                for one in value.split(',') {
+                    let id = one.strip_prefix("Patient/").unwrap_or(one);
+                    if (name == "patient" || one.starts_with("Patient/"))
+                        && !id.is_empty()
+                        && !id.contains('/')
+                    {
+                        patients.push(id.to_owned());
+                    }
+                }
+            }
+        }
+    }
+    if patients.is_empty()
+        && let Some(patient) = caller.and_then(Principal::patient)
+    {
+        patients.push(patient.to_owned());
+    }
+    patients.sort_unstable();
+    patients.dedup();
+    patients
+}

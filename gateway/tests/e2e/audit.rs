@@ -1,0 +1,414 @@
+//! The audit trail end to end: BALP AuditEvents in the spool before the answer arrives, one per
+//! patient for searches, refusals recorded too, events the reference FHIR server accepts as R4
+//! AuditEvents, a chain `portvagt audit verify` confirms, and 503 when the spool cannot be
+//! written (a real write failure: the file size limit of the process).
+
+use std::process::Command;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+
+use crate::support::{Answer, Gateway, ISSUER, Options, backend_url, metric_value};
+
+fn request_id(answer: &Answer) -> String {
+    answer.headers["x-request-id"].to_str().unwrap().to_owned()
+}
+
+fn agent<'a>(event: &'a Value, code: &str) -> Option<&'a Value> {
+    event["agent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|agent| agent["type"]["coding"][0]["code"] == code)
+}
+
+fn entity_references(event: &Value) -> Vec<String> {
+    event["entity"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|entity| entity["what"]["reference"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_read_is_recorded_before_its_answer_with_who_what_and_whose() {
+    let gateway = Gateway::start();
+    let token = gateway.token(json!({
+        "scope": "user/*.rs", "role": "7170", "purpose_of_use": "TREATMENT",
+        "name": "Mette Kjær", "jti": "token-1", "client_id": "journalsystem",
+    }));
+    let answer = gateway
+        .client()
+        .get("/fhir/Observation/obs-bo-bp", Some(&token))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    // Durable before the answer: no waiting here.
+    let events = gateway.audit_events_for(&request_id(&answer));
+    assert_eq!(events.len(), 1, "{events:#?}");
+    let event = &events[0];
+    assert_eq!(event["resourceType"], "AuditEvent");
+    assert_eq!(event["type"]["code"], "rest");
+    assert_eq!(event["subtype"][0]["code"], "read");
+    assert_eq!(event["action"], "R");
+    assert_eq!(event["outcome"], "0");
+    assert_eq!(
+        entity_references(event),
+        vec!["Patient/pat-bo", "Observation/obs-bo-bp"]
+    );
+    let user = agent(event, "humanuser").expect("a user agent");
+    assert_eq!(user["requestor"], true);
+    assert_eq!(user["who"]["identifier"]["system"], ISSUER);
+    assert_eq!(user["who"]["identifier"]["value"], "mette.kjaer");
+    assert_eq!(user["name"], "Mette Kjær");
+    assert_eq!(user["policy"][0], "urn:ietf:params:oauth:jti:token-1");
+    assert_eq!(user["role"][0]["coding"][0]["code"], "7170");
+    assert_eq!(user["purposeOfUse"][0]["coding"][0]["code"], "TREAT");
+    let client = agent(event, "110153").expect("the client agent");
+    assert_eq!(client["who"]["identifier"]["value"], "journalsystem");
+    assert_eq!(client["network"]["address"], "127.0.0.1");
+    assert!(
+        client["altId"]
+            .as_str()
+            .unwrap()
+            .contains("Journalsystem Demo")
+    );
+    let organisation = agent(event, "PROV").expect("the organisation (from the certificate)");
+    assert_eq!(organisation["who"]["identifier"]["value"], "12345678");
+    assert!(
+        agent(event, "110152").is_some(),
+        "the gateway as destination"
+    );
+    assert_eq!(event["source"]["site"], gateway.base_url.as_str());
+}
+
+#[tokio::test]
+async fn a_search_over_several_patients_is_recorded_once_for_each() {
+    let gateway = Gateway::start();
+    let token = gateway.token(json!({ "scope": "user/Observation.rs" }));
+    let answer = gateway
+        .client()
+        .get("/fhir/Observation?_count=100", Some(&token))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200);
+    let in_answer: std::collections::BTreeSet<String> = answer.json()["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["resource"]["subject"]["reference"].as_str())
+        .map(|r| r.trim_start_matches("Patient/").to_owned())
+        .collect();
+    assert!(in_answer.len() >= 2, "{in_answer:?}");
+    let events = gateway.audit_events_for(&request_id(&answer));
+    let patients: std::collections::BTreeSet<String> = events
+        .iter()
+        .map(|event| {
+            let references = entity_references(event);
+            assert_eq!(references.len(), 1, "one patient per event: {references:?}");
+            references[0].trim_start_matches("Patient/").to_owned()
+        })
+        .collect();
+    assert_eq!(patients, in_answer);
+    assert_eq!(events.len(), in_answer.len());
+    for event in &events {
+        assert_eq!(event["subtype"][0]["code"], "search-type");
+        assert_eq!(event["action"], "E");
+        let query = event["entity"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|entity| entity["role"]["code"] == "24")
+            .expect("the query entity");
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(query["query"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(raw, b"/fhir/Observation?_count=100");
+    }
+}
+
+#[tokio::test]
+async fn refusals_are_recorded_with_their_reason() {
+    let gateway = Gateway::start();
+    let client = gateway.client();
+    let patient = gateway.token(json!({ "scope": "patient/*.rs", "patient": "pat-anne" }));
+    let denied = client
+        .get("/fhir/Patient/pat-bo", Some(&patient))
+        .await
+        .unwrap();
+    assert_eq!(denied.status, 403);
+    let events = gateway.audit_events_for(&request_id(&denied));
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["outcome"], "4");
+    assert_eq!(events[0]["outcomeDesc"], "403 outside-compartment");
+    assert_eq!(
+        entity_references(&events[0]),
+        vec!["Patient/pat-bo", "Patient/pat-bo"]
+    );
+
+    let anonymous = client.get("/fhir/Patient/pat-bo", None).await.unwrap();
+    assert_eq!(anonymous.status, 401);
+    let events = gateway.audit_events_for(&request_id(&anonymous));
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["outcomeDesc"], "401 missing-token");
+    assert!(agent(&events[0], "humanuser").is_none());
+    assert_eq!(agent(&events[0], "110153").unwrap()["requestor"], true);
+}
+
+/// A plain-HTTP POST to the reference backend.
+async fn backend_post(path: &str, body: &Value) -> (u16, Value) {
+    let url: http::Uri = format!("{}/{}", backend_url(), path).parse().unwrap();
+    let tcp = tokio::net::TcpStream::connect((url.host().unwrap(), url.port_u16().unwrap()))
+        .await
+        .unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let request = Request::post(url.path())
+        .header("host", url.authority().unwrap().as_str())
+        .header("content-type", "application/fhir+json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn the_events_are_valid_r4_audit_events_and_the_chain_verifies() {
+    let gateway = Gateway::start();
+    let client = gateway.client();
+    let token = gateway.token(json!({
+        "scope": "user/*.rs", "role": "7170", "purpose_of_use": "EMERGENCY", "jti": "j",
+    }));
+    for path in [
+        "/fhir/Patient/pat-anne",
+        "/fhir/Condition?patient=pat-bo",
+        "/fhir/Patient/pat-anne/$everything",
+        "/fhir/metadata",
+    ] {
+        client.get(path, Some(&token)).await.unwrap();
+    }
+    client.get("/fhir/Patient/pat-anne", None).await.unwrap();
+    let events = gateway.audit_events();
+    assert!(events.len() >= 5, "{}", events.len());
+    // The reference server validates what it stores against the R4 definitions.
+    for event in &events {
+        let (status, body) = backend_post("AuditEvent", event).await;
+        assert_eq!(status, 201, "{event:#}\n{body:#}");
+    }
+    let (status, _) = backend_post(
+        "AuditEvent",
+        &json!({ "resourceType": "AuditEvent", "recorded": "not a date", "agent": [] }),
+    )
+    .await;
+    assert_eq!(status, 400, "the backend does validate AuditEvents");
+
+    let output = Command::new(env!("CARGO_BIN_EXE_portvagt"))
+        .args(["audit", "verify"])
+        .arg(gateway.dir.path().join("audit"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(
+        stdout.starts_with(&format!("OK: {} records", events.len())),
+        "{stdout}"
+    );
+}
+
+/// A gateway whose process may not grow a file beyond a few KiB (RLIMIT_FSIZE, with SIGXFSZ
+/// ignored so a write fails with EFBIG instead of killing it): the spool soon cannot be written.
+fn gateway_with_small_disk(failure_mode: &str) -> Gateway {
+    Gateway::start_with(Options {
+        shell_prefix: Some("trap '' XFSZ; ulimit -f 16;".into()),
+        audit_extra: format!("failure_mode = \"{failure_mode}\""),
+        ..Options::default()
+    })
+}
+
+#[tokio::test]
+async fn when_the_spool_cannot_be_written_the_access_is_refused() {
+    let gateway = gateway_with_small_disk("closed");
+    let client = gateway.client();
+    let token = gateway.token(json!({ "scope": "user/*.rs" }));
+    let mut statuses = Vec::new();
+    for _ in 0..40 {
+        let answer = client
+            .get("/fhir/Patient/pat-anne", Some(&token))
+            .await
+            .unwrap();
+        statuses.push(answer.status.as_u16());
+        if answer.status == 503 {
+            assert_eq!(answer.detail_code(), "audit-unavailable");
+            assert_eq!(answer.headers["retry-after"], "5");
+            break;
+        }
+        assert_eq!(answer.status, 200);
+    }
+    assert_eq!(statuses.last(), Some(&503), "{statuses:?}");
+    // Every answer that was given has its record, and the chain is intact.
+    let output = Command::new(env!("CARGO_BIN_EXE_portvagt"))
+        .args(["audit", "verify"])
+        .arg(gateway.dir.path().join("audit"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.starts_with(&format!("OK: {} records", statuses.len() - 1)),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn failing_open_lets_the_access_through_and_counts_the_lost_record() {
+    let gateway = gateway_with_small_disk("open");
+    let client = gateway.client();
+    let token = gateway.token(json!({ "scope": "user/*.rs" }));
+    for _ in 0..40 {
+        let answer = client
+            .get("/fhir/Patient/pat-anne", Some(&token))
+            .await
+            .unwrap();
+        assert_eq!(answer.status, 200);
+    }
+    let metrics = client.get("/metrics", None).await.unwrap().text();
+    let lost = metric_value(&metrics, "portvagt_audit_records_lost_total").unwrap();
+    assert!(lost >= 1.0, "{metrics}");
+    assert!(gateway.raw_log().contains("AUDIT RECORD LOST"));
+}
+
+/// The AuditEvents in the audit repository at `base` (a reference backend).
+async fn repository_events(base: &str) -> Vec<Value> {
+    let url: http::Uri = format!("{base}/AuditEvent?_count=1000").parse().unwrap();
+    let Ok(tcp) =
+        tokio::net::TcpStream::connect((url.host().unwrap(), url.port_u16().unwrap())).await
+    else {
+        return Vec::new();
+    };
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let request = Request::get(url.path_and_query().unwrap().as_str())
+        .header("host", url.authority().unwrap().as_str())
+        .header("accept", "application/fhir+json")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let bundle: Value = serde_json::from_slice(&bytes).unwrap();
+    bundle["entry"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|entry| entry["resource"].clone())
+        .collect()
+}
+
+fn request_ids(events: &[Value]) -> Vec<String> {
+    let mut ids: Vec<String> = events
+        .iter()
+        .flat_map(|event| {
+            event["entity"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|entity| entity["type"]["code"] == "XrequestId")
+                .map(|entity| {
+                    entity["what"]["identifier"]["value"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned()
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test]
+async fn the_shipper_delivers_everything_once_the_repository_is_up_and_remembers_across_restarts() {
+    // The repository is down at first: the port is chosen, nothing listens yet.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let repository = format!("http://127.0.0.1:{port}/fhir/R4");
+    let mut gateway = Gateway::start_with(Options {
+        audit_extra: format!("[audit.ship]\nurl = \"{repository}\"\nbatch_size = 3"),
+        ..Options::default()
+    });
+    let token = gateway.token(json!({ "scope": "user/*.rs" }));
+    for _ in 0..5 {
+        let answer = gateway
+            .client()
+            .get("/fhir/Patient/pat-carla", Some(&token))
+            .await
+            .unwrap();
+        assert_eq!(answer.status, 200);
+    }
+    let mut lag = None;
+    for _ in 0..40 {
+        let metrics = gateway.client().get("/metrics", None).await.unwrap().text();
+        let failures = metric_value(&metrics, "portvagt_audit_ship_failures_total").unwrap_or(0.0);
+        lag = metric_value(&metrics, "portvagt_audit_ship_lag_records");
+        if failures >= 1.0 && lag.is_some_and(|lag| lag >= 5.0) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(lag.is_some_and(|lag| lag >= 5.0), "lag {lag:?}");
+
+    let _audit_repository =
+        portvagt::demo::BackendProcess::start_on(&portvagt::demo::default_testbed(), false, port)
+            .unwrap();
+    let spooled = gateway.audit_events();
+    let mut shipped = Vec::new();
+    for _ in 0..150 {
+        shipped = repository_events(&repository).await;
+        if shipped.len() >= spooled.len() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(request_ids(&shipped), request_ids(&spooled));
+
+    // A hard restart: what was acknowledged is not sent again; what is new is.
+    gateway.restart();
+    let answer = gateway
+        .client()
+        .get("/fhir/Patient/pat-carla", Some(&token))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200);
+    let spooled = gateway.audit_events();
+    for _ in 0..100 {
+        shipped = repository_events(&repository).await;
+        if shipped.len() >= spooled.len() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let shipped = repository_events(&repository).await;
+    assert_eq!(request_ids(&shipped), request_ids(&spooled));
+    let metrics = gateway.client().get("/metrics", None).await.unwrap().text();
+    assert_eq!(
+        metric_value(&metrics, "portvagt_audit_ship_lag_records"),
+        Some(0.0)
+    );
+}
