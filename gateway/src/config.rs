@@ -44,6 +44,22 @@ pub struct Config {
     /// The audit trail (IHE BALP AuditEvents in a durable spool).
     #[serde(default)]
     pub audit: Option<AuditConfig>,
+    /// Citizens' blocks (negative consent) and break-the-glass.
+    #[serde(default)]
+    pub consent: Option<ConsentConfig>,
+}
+
+/// `[consent]`: citizens' blocks are FHIR `Consent` resources in the backend, enforced on
+/// every interaction.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentConfig {
+    /// How long a patient's loaded Consents are used before they are read again.
+    #[serde(default = "defaults::consent_cache_ttl", with = "humantime_serde")]
+    pub cache_ttl: Duration,
+    /// How many patients' Consents are cached.
+    #[serde(default = "defaults::consent_cache_entries")]
+    pub cache_entries: usize,
 }
 
 /// `[audit]`
@@ -694,6 +710,12 @@ mod defaults {
         Duration::from_secs(10)
     }
     pub(super) fn introspection_cache_entries() -> usize {
+        100_000
+    }
+    pub(super) fn consent_cache_ttl() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub(super) fn consent_cache_entries() -> usize {
         100_000
     }
     pub(super) fn ship_batch_size() -> usize {

@@ -10,6 +10,7 @@ pub mod audit;
 pub mod auth;
 pub mod body;
 pub mod config;
+pub mod consent;
 pub mod context;
 pub mod demo;
 mod encoding;

@@ -47,6 +47,10 @@ pub struct Metrics {
     pub audit_ship_failures: IntCounter,
     /// `portvagt_audit_ship_lag_records`: durable records not yet acknowledged.
     pub audit_ship_lag: IntGauge,
+    /// `portvagt_break_glass_total`: accesses that set a consent block aside.
+    pub break_glass: IntCounter,
+    /// `portvagt_consent_withheld_entries_total`: answer entries withheld by consent blocks.
+    pub consent_withheld: IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -178,6 +182,16 @@ impl Metrics {
             "Durable AuditEvents not yet acknowledged by the audit repository",
         )
         .expect("valid metric");
+        let break_glass = IntCounter::new(
+            "portvagt_break_glass_total",
+            "Accesses that set a citizen's consent block aside (purpose EMERGENCY with a reason)",
+        )
+        .expect("valid metric");
+        let consent_withheld = IntCounter::new(
+            "portvagt_consent_withheld_entries_total",
+            "Search, history and batch entries withheld because of a consent block",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
@@ -196,6 +210,8 @@ impl Metrics {
             Box::new(audit_shipped.clone()),
             Box::new(audit_ship_failures.clone()),
             Box::new(audit_ship_lag.clone()),
+            Box::new(break_glass.clone()),
+            Box::new(consent_withheld.clone()),
         ] {
             registry
                 .register(collector)
@@ -220,6 +236,8 @@ impl Metrics {
             audit_shipped,
             audit_ship_failures,
             audit_ship_lag,
+            break_glass,
+            consent_withheld,
         }
     }
 

@@ -265,6 +265,18 @@ fn rescue_one(error: &(dyn std::error::Error + 'static)) -> Option<Rescued> {
     if let Some(error) = error.downcast_ref::<ProxyError>() {
         return Some(plain(error.outcome()));
     }
+    if error.is::<crate::consent::ConsentUnavailable>() {
+        return Some(Rescued {
+            outcome: Outcome::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "transient",
+                "consent-unavailable",
+                "the patients' consents could not be checked, so the access was not made",
+            ),
+            challenge: None,
+            retry_after: Some("5"),
+        });
+    }
     if error.is::<crate::audit::AuditUnavailable>() {
         return Some(Rescued {
             outcome: Outcome::new(

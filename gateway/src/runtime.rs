@@ -13,6 +13,7 @@ use crate::audit::Auditor;
 use crate::auth::TokenVerifier;
 use crate::auth::exchange::TokenExchange;
 use crate::config::{Config, ConfigError};
+use crate::consent::ConsentStore;
 use crate::layers::authenticate::RouteRules;
 use crate::metrics::Metrics;
 use crate::proxy::Backend;
@@ -47,6 +48,8 @@ pub struct Runtime {
     pub token_exchange: Option<Arc<TokenExchange>>,
     /// The audit trail, when configured.
     pub auditor: Option<Arc<Auditor>>,
+    /// Citizens' blocks, when enforced.
+    pub consent: Option<Arc<ConsentStore>>,
 }
 
 impl Runtime {
@@ -153,6 +156,10 @@ impl Runtime {
                 Auditor::new(audit, &public_base_url, metrics.clone()).map_err(|e| vec![e])?,
             )),
         };
+        let consent = config
+            .consent
+            .as_ref()
+            .map(|consent| Arc::new(ConsentStore::new(consent, backend.clone())));
         Ok(Runtime {
             config,
             tls,
@@ -167,6 +174,7 @@ impl Runtime {
             rules,
             token_exchange,
             auditor,
+            consent,
         })
     }
 }

@@ -109,6 +109,11 @@ pub enum DenyReason {
     DeniedByRule,
     /// Operator rules are in force and none allows this.
     NoRuleAllows,
+    /// The patient has blocked this professional or organisation (negative consent).
+    ConsentBlock,
+    /// A consent block applies; purpose EMERGENCY was claimed but no break-the-glass reason
+    /// was given.
+    BreakGlassReasonRequired,
 }
 
 impl DenyReason {
@@ -125,11 +130,13 @@ impl DenyReason {
             DenyReason::OutsideGranularScope => "outside-granular-scope",
             DenyReason::DeniedByRule => "denied-by-rule",
             DenyReason::NoRuleAllows => "no-rule-allows",
+            DenyReason::ConsentBlock => "consent-block",
+            DenyReason::BreakGlassReasonRequired => "break-glass-reason-required",
         }
     }
 
     /// Every reason, for documentation and metric pre-registration.
-    pub const ALL: [DenyReason; 10] = [
+    pub const ALL: [DenyReason; 12] = [
         DenyReason::InsufficientScope,
         DenyReason::NoPatientContext,
         DenyReason::OutsideCompartment,
@@ -140,6 +147,8 @@ impl DenyReason {
         DenyReason::OutsideGranularScope,
         DenyReason::DeniedByRule,
         DenyReason::NoRuleAllows,
+        DenyReason::ConsentBlock,
+        DenyReason::BreakGlassReasonRequired,
     ];
 }
 

@@ -4,10 +4,12 @@
 //! caller's SMART scopes once per token ([`scope`]) and asks [`decide`] whether the caller may do
 //! it. A denial is a value ([`Decision::Deny`]) with a stable reason code, never an error; an
 //! allow carries [`Obligations`]: searches to narrow, answers to check against the Patient
-//! compartment ([`compartment`], [`filter`]), per-entry answers for batches.
+//! compartment ([`compartment`], [`filter`]), per-entry answers for batches. Citizens' blocks
+//! (negative consent) and break-the-glass are decided by [`consent`].
 
 pub mod compartment;
 mod compartment_table;
+pub mod consent;
 pub mod decision;
 pub mod filter;
 mod patient_rules;

@@ -298,13 +298,7 @@ fn agents(facts: &AccessFacts<'_>, source: &AuditSource, purposes: Vec<Value>) -
     let organisation = identity
         .organisation
         .as_ref()
-        .map(|org| {
-            (
-                organisation_system(&org.kind),
-                org.id.clone(),
-                org.name.clone(),
-            )
-        })
+        .map(|org| (org.system(), org.id.clone(), org.name.clone()))
         .or_else(|| {
             facts
                 .peer
@@ -338,18 +332,6 @@ fn agents(facts: &AccessFacts<'_>, source: &AuditSource, purposes: Vec<Value>) -
         }));
     }
     agents
-}
-
-/// The identifier system of a DGWS / XUA organisation identifier kind.
-fn organisation_system(kind: &str) -> String {
-    match kind {
-        "medcom:cvrnumber" => "http://cvr.dk".into(),
-        "medcom:sor" => "urn:oid:1.2.208.176.1.1".into(),
-        "medcom:ynumber" => "urn:oid:1.2.208.176.1.4".into(),
-        "medcom:skscode" => "urn:oid:1.2.208.176.2.3".into(),
-        other if other.starts_with("urn:") || other.starts_with("http") => other.into(),
-        other => format!("urn:portvagt:identifier:{other}"),
-    }
 }
 
 /// The `restful-interaction` code (R4 value set) of a request.

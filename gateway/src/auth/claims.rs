@@ -72,6 +72,7 @@ fn identity(claims: &Map<String, Value>) -> Identity {
         organisation,
         on_behalf_of: text("on_behalf_of"),
         system_name: text("system_name"),
+        break_glass_reason: text("break_glass_reason"),
     }
 }
 

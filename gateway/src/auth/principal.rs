@@ -42,6 +42,9 @@ pub struct Identity {
     pub on_behalf_of: Option<String>,
     /// `system_name`: the calling IT system.
     pub system_name: Option<String>,
+    /// `break_glass_reason`: why an emergency access sets a consent block aside (the
+    /// `X-Portvagt-Break-Glass-Reason` header may say it instead).
+    pub break_glass_reason: Option<String>,
 }
 
 /// An organisation by identifier kind (`medcom:cvrnumber`, `medcom:sor`, `urn:oid:...`).
@@ -53,6 +56,20 @@ pub struct Organisation {
     pub id: String,
     /// The name, if given.
     pub name: Option<String>,
+}
+
+impl Organisation {
+    /// The FHIR identifier system of the identifier kind (DGWS `medcom:*` names, XUA OIDs).
+    pub fn system(&self) -> String {
+        match self.kind.as_str() {
+            "medcom:cvrnumber" => "http://cvr.dk".into(),
+            "medcom:sor" => "urn:oid:1.2.208.176.1.1".into(),
+            "medcom:ynumber" => "urn:oid:1.2.208.176.1.4".into(),
+            "medcom:skscode" => "urn:oid:1.2.208.176.2.3".into(),
+            other if other.starts_with("urn:") || other.starts_with("http") => other.into(),
+            other => format!("urn:portvagt:identifier:{other}"),
+        }
+    }
 }
 
 impl Principal {

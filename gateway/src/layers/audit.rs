@@ -16,6 +16,7 @@ use crate::audit::event::{AccessFacts, AccessKind};
 use crate::audit::{AuditUnavailable, Auditor};
 use crate::auth::Principal;
 use crate::body::{Body, BoxError};
+use crate::consent::patients_named_by;
 use crate::context::RequestRecord;
 use crate::proxy::ClientAddr;
 use crate::tls::PeerIdentity;
@@ -140,41 +141,13 @@ where
 }
 
 /// The patients a request is about when its answer did not show them (refused, failed, or
-/// no body): the Patient addressed, the compartment searched, the patients named in the
-/// search, or the caller's own patient context.
+/// no body): those the request names or writes about, else the caller's own patient context.
 fn request_patients(request: Option<&FhirRequest>, caller: Option<&Principal>) -> Vec<String> {
-    let mut patients = Vec::new();
-    if let Some(request) = request {
-        if let (Some(resource_type), Some(id)) = (request.resource_type(), request.id())
-            && resource_type.as_str() == "Patient"
-        {
-            patients.push(id.to_owned());
-        }
-        if let Some((resource_type, id)) = request.compartment()
-            && resource_type.as_str() == "Patient"
-        {
-            patients.push(id.to_owned());
-        }
-        for name in ["patient", "subject"] {
-            for value in request.param_values(name) {
-                for one in value.split(',') {
-                    let id = one.strip_prefix("Patient/").unwrap_or(one);
-                    if (name == "patient" || one.starts_with("Patient/"))
-                        && !id.is_empty()
-                        && !id.contains('/')
-                    {
-                        patients.push(id.to_owned());
-                    }
-                }
-            }
-        }
-    }
+    let mut patients = request.map(patients_named_by).unwrap_or_default();
     if patients.is_empty()
         && let Some(patient) = caller.and_then(Principal::patient)
     {
         patients.push(patient.to_owned());
     }
-    patients.sort_unstable();
-    patients.dedup();
     patients
 }

@@ -23,6 +23,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use portvagt_policy::compartment::{Membership, membership, patients_in_answer};
+use portvagt_policy::consent::{CallerIds, Emergency};
 use portvagt_policy::{
     Decision, DenyReason, FhirRequest, FilterMode, Filtered, Interaction, Obligations,
     ResponseCheck, check_response,
@@ -30,8 +31,12 @@ use portvagt_policy::{
 use tower::Service;
 
 use self::rewrite::UrlRewriter;
+use crate::auth::Principal;
 use crate::body::{Body, BoxError, boxed, empty, full};
 use crate::config::{BackendConfig, ConfigError, FilteredEntries};
+use crate::consent::{
+    BREAK_GLASS_HEADER, ConsentStore, caller_ids, check_patients, patients_named_by, withhold,
+};
 use crate::context::RequestRecord;
 use crate::encoding::form_encode;
 use crate::layers::BoxFuture;
@@ -245,6 +250,47 @@ impl Backend {
     }
 }
 
+impl Backend {
+    /// The active Consents of `patients` (ids), in one search; `None` when the backend could
+    /// not be asked or did not answer with a search Bundle.
+    pub async fn active_consents(&self, patients: &[String]) -> Option<Vec<serde_json::Value>> {
+        let references: Vec<String> = patients.iter().map(|p| format!("Patient/{p}")).collect();
+        let query = format!(
+            "patient={}&status=active&_count=1000",
+            form_encode(&references.join(","))
+        );
+        let request = Request::get(self.uri("Consent", Some(&query)).ok()?)
+            .header(header::ACCEPT, "application/fhir+json")
+            .body(empty())
+            .ok()?;
+        let response = tokio::time::timeout(Duration::from_secs(5), self.client.request(request))
+            .await
+            .ok()?
+            .ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        let body = Limited::new(response.into_body(), 8 * 1024 * 1024)
+            .collect()
+            .await
+            .ok()?
+            .to_bytes();
+        let bundle: serde_json::Value = serde_json::from_slice(&body).ok()?;
+        if bundle.get("resourceType")?.as_str()? != "Bundle" {
+            return None;
+        }
+        Some(
+            bundle
+                .get("entry")
+                .and_then(|e| e.as_array())
+                .into_iter()
+                .flatten()
+                .filter_map(|entry| entry.get("resource").cloned())
+                .collect(),
+        )
+    }
+}
+
 /// The innermost service: forwards to the backend.
 #[derive(Debug, Clone)]
 pub struct Proxy {
@@ -257,6 +303,22 @@ pub struct Proxy {
     smart: Arc<SmartDocuments>,
     /// The audit trail needs to know whose data each answer holds.
     audited: bool,
+    /// Citizens' blocks, when enforced.
+    consent: Option<Arc<ConsentStore>>,
+}
+
+/// The caller as consent sees them, for one request.
+struct ConsentContext {
+    store: Arc<ConsentStore>,
+    caller: CallerIds,
+    purpose: Option<String>,
+    reason: Option<String>,
+}
+
+impl ConsentContext {
+    fn emergency(&self) -> Emergency<'_> {
+        Emergency::new(self.purpose.as_deref(), self.reason.as_deref())
+    }
 }
 
 impl Proxy {
@@ -283,6 +345,7 @@ impl Proxy {
             metrics: runtime.metrics.clone(),
             smart: runtime.smart.clone(),
             audited: runtime.auditor.is_some(),
+            consent: runtime.consent.clone(),
         }
     }
 }
@@ -427,6 +490,31 @@ impl Proxy {
             )
             .await?;
         }
+        // Negative consent, before anything reaches the backend: the patients the request
+        // names or writes about.
+        let consent = self.consent.as_ref().and_then(|store| {
+            let principal = parts.extensions.get::<Arc<Principal>>()?;
+            let reason = parts
+                .headers
+                .get(BREAK_GLASS_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.chars().take(500).collect::<String>())
+                .or_else(|| principal.identity().break_glass_reason.clone());
+            Some(ConsentContext {
+                store: store.clone(),
+                caller: caller_ids(principal),
+                purpose: principal.purpose_of_use().map(str::to_owned),
+                reason,
+            })
+        });
+        parts.headers.remove(BREAK_GLASS_HEADER);
+        if let Some(consent) = &consent {
+            let patients = patients_named_by(&fhir);
+            if !patients.is_empty() {
+                self.check_consent(consent, &patients, record_handle.as_ref())
+                    .await?;
+            }
+        }
         parts.uri = self
             .backend
             .uri(&path.relative, query.as_deref().filter(|q| !q.is_empty()))?;
@@ -501,7 +589,7 @@ impl Proxy {
         // The CapabilityStatement describes the gateway's security, not the backend's.
         let describes_security =
             fhir.interaction() == Interaction::Capabilities && is_json && status.is_success();
-        let audits_patients = self.audited && is_json && status.is_success();
+        let audits_patients = (self.audited || consent.is_some()) && is_json && status.is_success();
         if !must_check && !describes_security && (is_head || (!rewrites_urls && !audits_patients)) {
             return Ok(Response::from_parts(parts, boxed(body)));
         }
@@ -560,16 +648,102 @@ impl Proxy {
         }
         if audits_patients
             && !bytes.is_empty()
-            && let Some(record_handle) = &record_handle
-            && let Ok(answer) = serde_json::from_slice::<serde_json::Value>(&bytes)
+            && let Ok(mut answer) = serde_json::from_slice::<serde_json::Value>(&bytes)
         {
-            // What leaves is what is audited: after filtering and merging.
-            record_handle.fields().patients = patients_in_answer(&answer);
+            let mut patients = patients_in_answer(&answer);
+            if let Some(consent) = &consent
+                && !patients.is_empty()
+            {
+                let is_bundle =
+                    answer.get("resourceType").and_then(|t| t.as_str()) == Some("Bundle");
+                let blocked = self
+                    .consent_verdict(consent, &patients, record_handle.as_ref())
+                    .await?;
+                if !blocked.is_empty() {
+                    if !is_bundle {
+                        return Err(self.consent_denial(&blocked, consent, record_handle.as_ref()));
+                    }
+                    let withheld = withhold(&mut answer, &blocked);
+                    self.metrics.consent_withheld.inc_by(withheld as u64);
+                    bytes = Bytes::from(serde_json::to_vec(&answer)?);
+                    patients = patients_in_answer(&answer);
+                }
+            }
+            // What leaves is what is audited: after filtering, merging and withholding.
+            if let Some(record_handle) = &record_handle {
+                record_handle.fields().patients = patients;
+            }
         }
         parts
             .headers
             .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
         Ok(Response::from_parts(parts, full(bytes)))
+    }
+
+    /// Refuses the request if any of `patients` has a block against the caller that stands.
+    async fn check_consent(
+        &self,
+        consent: &ConsentContext,
+        patients: &[String],
+        record_handle: Option<&RequestRecord>,
+    ) -> Result<(), BoxError> {
+        let blocked = self
+            .consent_verdict(consent, patients, record_handle)
+            .await?;
+        if blocked.is_empty() {
+            Ok(())
+        } else {
+            Err(self.consent_denial(&blocked, consent, record_handle))
+        }
+    }
+
+    /// The patients among `patients` whose blocks against the caller stand; a block lifted by
+    /// break-the-glass is recorded (audit, metric) on the way.
+    async fn consent_verdict(
+        &self,
+        consent: &ConsentContext,
+        patients: &[String],
+        record_handle: Option<&RequestRecord>,
+    ) -> Result<Vec<String>, BoxError> {
+        let blocks = consent.store.blocks(patients).await?;
+        let checked = check_patients(patients, &blocks, &consent.caller, consent.emergency());
+        if checked.broke_glass
+            && let Some(record_handle) = record_handle
+        {
+            let mut fields = record_handle.fields();
+            if fields.break_glass.is_none() {
+                fields.break_glass = consent.reason.clone();
+                self.metrics.break_glass.inc();
+                tracing::warn!(
+                    reason = consent.reason.as_deref().unwrap_or_default(),
+                    "break-the-glass: a consent block was set aside"
+                );
+            }
+        }
+        Ok(checked.blocked)
+    }
+
+    fn consent_denial(
+        &self,
+        _blocked: &[String],
+        consent: &ConsentContext,
+        record_handle: Option<&RequestRecord>,
+    ) -> BoxError {
+        let reason = if consent.emergency() == Emergency::WithoutReason {
+            DenyReason::BreakGlassReasonRequired
+        } else {
+            DenyReason::ConsentBlock
+        };
+        if let Some(record_handle) = record_handle {
+            let mut fields = record_handle.fields();
+            fields.decision = Some("deny");
+            fields.reason = Some(reason.code());
+        }
+        self.metrics
+            .access_denied
+            .with_label_values(&[reason.code()])
+            .inc();
+        AccessDenied { reason }.into()
     }
 
     /// Reads the target of a patient-context update, patch or delete before it is written: it

@@ -1,0 +1,233 @@
+//! Negative consent and break-the-glass end to end: a citizen's `Consent` blocks in the
+//! backend, enforced on reads, searches, batches and `$everything`; an emergency access with a
+//! reason gets past a block (and only a block), audited and counted. Each test has its own
+//! backend, so the blocks stay out of other tests.
+
+use bytes::Bytes;
+use http::{Method, Request};
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::rt::TokioIo;
+use portvagt::demo::BackendProcess;
+use serde_json::{Value, json};
+
+use crate::support::{Answer, Gateway, Options, metric_value, request};
+
+const AUTHORIZATION: &str = "https://autregweb.sst.dk";
+
+async fn backend_send(base: &str, method: Method, path: &str, body: Option<Value>) -> Value {
+    let url: http::Uri = format!("{base}/{path}").parse().unwrap();
+    let tcp = tokio::net::TcpStream::connect((url.host().unwrap(), url.port_u16().unwrap()))
+        .await
+        .unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let request = Request::builder()
+        .method(method)
+        .uri(url.path_and_query().unwrap().as_str())
+        .header("host", url.authority().unwrap().as_str())
+        .header("content-type", "application/fhir+json")
+        .body(Full::new(Bytes::from(
+            body.map(|b| b.to_string()).unwrap_or_default(),
+        )))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+}
+
+/// A seeded backend of its own where Anne has blocked the physician with authorisation NS363.
+async fn backend_with_block() -> BackendProcess {
+    let backend = BackendProcess::start(&portvagt::demo::default_testbed(), true).unwrap();
+    let consent = json!({
+        "resourceType": "Consent",
+        "status": "active",
+        "scope": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy" }] },
+        "category": [{ "coding": [{ "system": "http://loinc.org", "code": "59284-0" }] }],
+        "patient": { "reference": "Patient/pat-anne" },
+        "policyRule": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTOUT" }] },
+        "provision": {
+            "type": "deny",
+            "actor": [{
+                "role": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "PRCP" }] },
+                "reference": { "identifier": { "system": AUTHORIZATION, "value": "NS363" } }
+            }]
+        }
+    });
+    let created = backend_send(backend.base_url(), Method::POST, "Consent", Some(consent)).await;
+    assert_eq!(created["resourceType"], "Consent", "{created}");
+    backend
+}
+
+fn gateway(backend: &BackendProcess) -> Gateway {
+    Gateway::start_with(Options {
+        backend_url: Some(backend.base_url().to_owned()),
+        extra_config: "[consent]\ncache_ttl = \"1s\"\n".into(),
+        ..Options::default()
+    })
+}
+
+fn physician(gateway: &Gateway, authorization: &str, purpose: &str, scope: &str) -> String {
+    gateway.token(json!({
+        "scope": scope, "authorization_id": authorization, "purpose_of_use": purpose,
+        "role": "7170", "name": "Mette Kjær",
+    }))
+}
+
+fn denial(answer: &Answer) -> (u16, String) {
+    (answer.status.as_u16(), answer.detail_code())
+}
+
+#[tokio::test]
+async fn a_block_holds_on_reads_searches_batches_and_everything() {
+    let backend = backend_with_block().await;
+    let gateway = gateway(&backend);
+    let client = gateway.client();
+    let blocked = physician(&gateway, "NS363", "TREATMENT", "user/*.rs");
+    let colleague = physician(&gateway, "XY123", "TREATMENT", "user/*.rs");
+
+    for path in [
+        "/fhir/Patient/pat-anne",
+        "/fhir/Observation?patient=pat-anne",
+        "/fhir/Patient/pat-anne/$everything",
+    ] {
+        let answer = client.get(path, Some(&blocked)).await.unwrap();
+        assert_eq!(denial(&answer), (403, "consent-block".into()), "{path}");
+        let allowed = client.get(path, Some(&colleague)).await.unwrap();
+        assert_eq!(allowed.status, 200, "{path}: {}", allowed.text());
+    }
+
+    // A read that names no patient in its URL is checked on its answer.
+    let anne_observations = backend_send(
+        backend.base_url(),
+        Method::GET,
+        "Observation?patient=pat-anne",
+        None,
+    )
+    .await;
+    let observation = anne_observations["entry"][0]["resource"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let answer = client
+        .get(&format!("/fhir/Observation/{observation}"), Some(&blocked))
+        .await
+        .unwrap();
+    assert_eq!(denial(&answer), (403, "consent-block".into()));
+
+    // A search across patients: Anne's entries withheld, and said so.
+    let answer = client
+        .get("/fhir/Observation?_count=100", Some(&blocked))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200);
+    let entries = answer.json()["entry"].as_array().unwrap().clone();
+    let subjects: Vec<&str> = entries
+        .iter()
+        .filter_map(|e| e["resource"]["subject"]["reference"].as_str())
+        .collect();
+    assert!(!subjects.is_empty());
+    assert!(!subjects.contains(&"Patient/pat-anne"), "{subjects:?}");
+    let marker = entries.last().unwrap();
+    assert_eq!(marker["search"]["mode"], "outcome");
+    assert_eq!(
+        marker["resource"]["issue"][0]["details"]["coding"][0]["code"],
+        "consent-filtered"
+    );
+
+    // A batch: entry by entry.
+    let batch = json!({ "resourceType": "Bundle", "type": "batch", "entry": [
+        { "request": { "method": "GET", "url": "Patient/pat-anne" } },
+        { "request": { "method": "GET", "url": "Patient/pat-bo" } }
+    ]});
+    let answer = client
+        .send(request(Method::POST, "/fhir", Some(&blocked), Some(batch)))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let body = answer.json();
+    assert_eq!(body["entry"][0]["response"]["status"], "403 Forbidden");
+    assert!(
+        body["entry"][1]["response"]["status"]
+            .as_str()
+            .unwrap()
+            .starts_with("200")
+    );
+    assert_eq!(body["entry"][1]["resource"]["id"], "pat-bo");
+
+    // Anne herself is not blocked by her block.
+    let anne = gateway.token(json!({ "scope": "patient/*.rs", "patient": "pat-anne" }));
+    let own = client
+        .get("/fhir/Patient/pat-anne", Some(&anne))
+        .await
+        .unwrap();
+    assert_eq!(own.status, 200);
+
+    let metrics = client.get("/metrics", None).await.unwrap().text();
+    assert!(
+        metric_value(&metrics, "portvagt_consent_withheld_entries_total").unwrap() >= 1.0,
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn breaking_the_glass_needs_a_reason_lifts_only_the_block_and_is_audited() {
+    let backend = backend_with_block().await;
+    let gateway = gateway(&backend);
+    let client = gateway.client();
+    let emergency = physician(&gateway, "NS363", "EMERGENCY", "user/*.rs");
+    let get = |path: &str, token: &str, reason: Option<&str>| {
+        let mut builder = Request::get(path)
+            .header("accept", "application/fhir+json")
+            .header("authorization", format!("Bearer {token}"));
+        if let Some(reason) = reason {
+            builder = builder.header("x-portvagt-break-glass-reason", reason);
+        }
+        builder.body(Full::new(Bytes::new())).unwrap()
+    };
+
+    let without = client
+        .send(get("/fhir/Patient/pat-anne", &emergency, None))
+        .await
+        .unwrap();
+    assert_eq!(
+        denial(&without),
+        (403, "break-glass-reason-required".into())
+    );
+
+    let reason = "unconscious in the emergency room, no relatives reachable";
+    let with = client
+        .send(get("/fhir/Patient/pat-anne", &emergency, Some(reason)))
+        .await
+        .unwrap();
+    assert_eq!(with.status, 200, "{}", with.text());
+    let request_id = with.headers["x-request-id"].to_str().unwrap();
+    let events = gateway.audit_events_for(request_id);
+    assert_eq!(events.len(), 1);
+    let purposes: Vec<&str> = events[0]["purposeOfEvent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["coding"][0]["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(purposes, vec!["ETREAT", "BTG"]);
+    let patient = &events[0]["entity"][0];
+    assert_eq!(patient["what"]["reference"], "Patient/pat-anne");
+    assert_eq!(patient["detail"][0]["type"], "break-glass-reason");
+    assert_eq!(patient["detail"][0]["valueString"], reason);
+
+    // Never past a scope: no Patient scope, no Patient, emergency or not.
+    let narrow = physician(&gateway, "NS363", "EMERGENCY", "user/Observation.rs");
+    let answer = client
+        .send(get("/fhir/Patient/pat-anne", &narrow, Some(reason)))
+        .await
+        .unwrap();
+    assert_eq!(denial(&answer), (403, "insufficient-scope".into()));
+
+    let metrics = client.get("/metrics", None).await.unwrap().text();
+    assert_eq!(
+        metric_value(&metrics, "portvagt_break_glass_total"),
+        Some(1.0)
+    );
+}
