@@ -12,7 +12,7 @@ use crate::admin::Admin;
 use crate::audit::Auditor;
 use crate::auth::TokenVerifier;
 use crate::auth::exchange::TokenExchange;
-use crate::config::{Config, ConfigError};
+use crate::config::{BackendConfig, Config, ConfigError};
 use crate::consent::ConsentStore;
 use crate::layers::authenticate::RouteRules;
 use crate::metrics::Metrics;
@@ -50,6 +50,8 @@ pub struct Runtime {
     pub auditor: Option<Arc<Auditor>>,
     /// Citizens' blocks, when enforced.
     pub consent: Option<Arc<ConsentStore>>,
+    /// The audit repository (`[audit.ship] url`), where `AuditEvent` requests are routed.
+    pub audit_repository: Option<Arc<Backend>>,
 }
 
 impl Runtime {
@@ -160,6 +162,22 @@ impl Runtime {
             .consent
             .as_ref()
             .map(|consent| Arc::new(ConsentStore::new(consent, backend.clone())));
+        // The repository the shipper fills is where the access log is read (plain http only,
+        // like the backend, in this version; otherwise reads stay with the backend).
+        let audit_repository = config
+            .audit
+            .as_ref()
+            .and_then(|audit| audit.ship.as_ref())
+            .filter(|ship| ship.url.starts_with("http://"))
+            .map(|ship| {
+                Backend::new(&BackendConfig {
+                    url: ship.url.clone(),
+                    ..config.backend.clone()
+                })
+                .map(Arc::new)
+                .map_err(|e| vec![ConfigError::new("audit.ship.url", e.message)])
+            })
+            .transpose()?;
         Ok(Runtime {
             config,
             tls,
@@ -175,6 +193,7 @@ impl Runtime {
             token_exchange,
             auditor,
             consent,
+            audit_repository,
         })
     }
 }

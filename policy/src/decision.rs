@@ -114,6 +114,9 @@ pub enum DenyReason {
     /// A consent block applies; purpose EMERGENCY was claimed but no break-the-glass reason
     /// was given.
     BreakGlassReasonRequired,
+    /// The audit log: citizens read their own (patient-context scopes); anyone else only where
+    /// an operator rule names `AuditEvent`; nobody writes it through the gateway.
+    AuditLogRestricted,
 }
 
 impl DenyReason {
@@ -132,11 +135,12 @@ impl DenyReason {
             DenyReason::NoRuleAllows => "no-rule-allows",
             DenyReason::ConsentBlock => "consent-block",
             DenyReason::BreakGlassReasonRequired => "break-glass-reason-required",
+            DenyReason::AuditLogRestricted => "audit-log-restricted",
         }
     }
 
     /// Every reason, for documentation and metric pre-registration.
-    pub const ALL: [DenyReason; 12] = [
+    pub const ALL: [DenyReason; 13] = [
         DenyReason::InsufficientScope,
         DenyReason::NoPatientContext,
         DenyReason::OutsideCompartment,
@@ -149,6 +153,7 @@ impl DenyReason {
         DenyReason::NoRuleAllows,
         DenyReason::ConsentBlock,
         DenyReason::BreakGlassReasonRequired,
+        DenyReason::AuditLogRestricted,
     ];
 }
 
@@ -215,7 +220,27 @@ fn decide_inner(
         if !scope.covers(resource_type, needed) {
             continue;
         }
+        let audit_log = resource_type.is_some_and(|t| t.as_str() == "AuditEvent");
+        if audit_log
+            && !Permissions::READ
+                .union(Permissions::SEARCH)
+                .contains(needed)
+        {
+            return Decision::Deny {
+                reason: DenyReason::AuditLogRestricted,
+            };
+        }
         let verdict = match scope.context() {
+            // Other people's access logs are not a user's or a system's to read, whatever the
+            // scope, unless the operator named the audit log in a rule.
+            ScopeContext::User | ScopeContext::System
+                if audit_log
+                    && !rules.is_some_and(|(caller, rules)| {
+                        rules.names_type(caller, scope.context(), request)
+                    }) =>
+            {
+                Err(DenyReason::AuditLogRestricted)
+            }
             ScopeContext::User | ScopeContext::System => user_rules(request, scope),
             ScopeContext::Patient => match subject.patient {
                 None => Err(DenyReason::NoPatientContext),

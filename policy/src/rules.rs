@@ -276,6 +276,23 @@ impl RuleSet {
         }
     }
 
+    /// Whether an allow rule that names the request's resource type explicitly (not by an
+    /// empty list) matches, and no deny rule does.
+    pub fn names_type(
+        &self,
+        caller: &Caller<'_>,
+        context: ScopeContext,
+        request: &FhirRequest,
+    ) -> bool {
+        let matching = || {
+            self.rules
+                .iter()
+                .filter(|rule| rule.matches(caller, context, request))
+        };
+        matching().all(|rule| rule.effect == Effect::Allow)
+            && matching().any(|rule| !rule.resource_types.is_empty())
+    }
+
     /// Whether a deny rule matches a Bundle itself (checked before its entries).
     pub fn denies_bundle(&self, caller: &Caller<'_>, request: &FhirRequest) -> bool {
         self.rules

@@ -211,6 +211,13 @@ patient/Observation.cruds   | pat-anne | DELETE | Observation?patient=pat-bo    
 patient/Observation.cruds   | pat-anne | DELETE | Observation?patient=pat-anne   | deny:write-not-verifiable
 patient/Observation.cruds   | pat-anne | PUT    | Observation?identifier=x       | deny:write-not-verifiable
 patient/Observation.cruds   | pat-anne | POST   | Observation                    | deny:write-not-verifiable
+# --- the audit log: a citizen's own, nobody else's, never written through the gateway -------
+patient/AuditEvent.rs       | pat-anne | GET | AuditEvent                          | allow+narrow:patient=Patient/pat-anne
+patient/AuditEvent.rs       | pat-anne | GET | AuditEvent?patient=pat-bo           | deny:outside-compartment
+user/*.cruds                | - | GET    | AuditEvent?patient=pat-anne            | deny:audit-log-restricted
+system/AuditEvent.rs        | - | GET    | AuditEvent/ae-1                        | deny:audit-log-restricted
+user/*.cruds                | - | POST   | AuditEvent                             | deny:audit-log-restricted
+patient/AuditEvent.cruds    | pat-anne | DELETE | AuditEvent/ae-1                 | deny:audit-log-restricted
 # --- a user scope is not narrowed by a patient scope beside it ------------------------------
 patient/Observation.rs user/Observation.rs | pat-anne | GET | Observation/obs-bo-bp  | allow
 "#;

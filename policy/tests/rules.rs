@@ -95,3 +95,45 @@ fn batch_entries_meet_the_rules_one_by_one() {
         Some(DenyReason::NoRuleAllows)
     );
 }
+
+#[test]
+fn only_a_rule_that_names_the_audit_log_opens_it_to_users() {
+    let scopes = ScopeSet::parse("user/*.rs");
+    let subject = Subject {
+        scopes: &scopes,
+        patient: None,
+    };
+    let compile = |resource_types: Vec<&str>| {
+        let spec = serde_json::from_value(serde_json::json!({
+            "name": "privacy officers", "effect": "allow", "roles": ["privacy-officer"],
+            "resource_types": resource_types,
+        }))
+        .unwrap();
+        RuleSet::compile(&RulesFile { rules: vec![spec] }).unwrap()
+    };
+    let officer = vec!["privacy-officer".to_owned()];
+    let caller = Caller {
+        roles: &officer,
+        ..Caller::default()
+    };
+    let search = classify("GET", "AuditEvent", Some("patient=pat-anne")).unwrap();
+    let broad = compile(vec![]);
+    assert_eq!(
+        decide_with_rules(subject, &caller, &broad, &search).deny_reason(),
+        Some(DenyReason::AuditLogRestricted),
+        "a rule on every type does not name the audit log"
+    );
+    let named = compile(vec!["AuditEvent"]);
+    assert!(decide_with_rules(subject, &caller, &named, &search).is_allow());
+    let write = classify("DELETE", "AuditEvent/ae-1", None).unwrap();
+    let writer = compile(vec!["AuditEvent"]);
+    let scopes = ScopeSet::parse("user/*.cruds");
+    let subject = Subject {
+        scopes: &scopes,
+        patient: None,
+    };
+    assert_eq!(
+        decide_with_rules(subject, &caller, &writer, &write).deny_reason(),
+        Some(DenyReason::AuditLogRestricted)
+    );
+}

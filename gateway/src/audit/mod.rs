@@ -4,6 +4,7 @@
 //! the answer is 503 (fail closed), unless the operator chose to fail open, which is counted
 //! and logged loudly. `portvagt audit verify DIR` checks a spool ([`verify`]).
 
+pub mod citizen;
 pub mod event;
 pub mod shipper;
 pub mod spool;

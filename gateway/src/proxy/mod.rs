@@ -305,6 +305,15 @@ pub struct Proxy {
     audited: bool,
     /// Citizens' blocks, when enforced.
     consent: Option<Arc<ConsentStore>>,
+    /// The audit repository, where `AuditEvent` requests go (the citizen's access log).
+    audit_repository: Option<Upstream>,
+}
+
+/// A backend and the rewriter for the URLs in its answers.
+#[derive(Debug, Clone)]
+struct Upstream {
+    backend: Arc<Backend>,
+    rewriter: Arc<UrlRewriter>,
 }
 
 /// The caller as consent sees them, for one request.
@@ -346,6 +355,10 @@ impl Proxy {
             smart: runtime.smart.clone(),
             audited: runtime.auditor.is_some(),
             consent: runtime.consent.clone(),
+            audit_repository: runtime.audit_repository.clone().map(|backend| Upstream {
+                rewriter: Arc::new(UrlRewriter::new(backend.base_url(), public_base_url)),
+                backend,
+            }),
         }
     }
 }
@@ -433,10 +446,26 @@ impl Proxy {
             .get::<Arc<FhirRequest>>()
             .cloned()
             .ok_or("request reached the proxy unclassified")?;
-        let Some(Decision::Allow { obligations, .. }) = parts.extensions.remove::<Decision>()
+        let Some(Decision::Allow {
+            obligations,
+            granted_by,
+        }) = parts.extensions.remove::<Decision>()
         else {
             return Err("request reached the proxy unauthorised".into());
         };
+        // The audit log lives in the audit repository; a citizen reading theirs (a
+        // patient-context scope) sees it newest first and in the citizen's view.
+        let reads_audit_log = fhir
+            .resource_type()
+            .is_some_and(|t| t.as_str() == "AuditEvent");
+        let upstream = match &self.audit_repository {
+            Some(repository) if reads_audit_log => repository.clone(),
+            _ => Upstream {
+                backend: self.backend.clone(),
+                rewriter: self.rewriter.clone(),
+            },
+        };
+        let citizen_view = reads_audit_log && granted_by.starts_with("patient/");
         let record_handle = parts.extensions.get::<RequestRecord>().cloned();
         let client_ip = parts.extensions.get::<ClientAddr>().map(|addr| addr.0.ip());
 
@@ -452,6 +481,16 @@ impl Proxy {
                         &obligations.add_params,
                     ))
                 }
+            }
+        }
+        if citizen_view
+            && fhir.interaction().returns_bundle()
+            && !fhir.params().iter().any(|(name, _)| name == "_sort")
+        {
+            let newest_first = [("_sort".to_owned(), "-date".to_owned())];
+            match &mut form {
+                Some(form) => *form = append_params(form, &newest_first),
+                None => query = Some(append_params(query.as_deref().unwrap_or(""), &newest_first)),
             }
         }
         let mut body = body;
@@ -515,13 +554,13 @@ impl Proxy {
                     .await?;
             }
         }
-        parts.uri = self
+        parts.uri = upstream
             .backend
             .uri(&path.relative, query.as_deref().filter(|q| !q.is_empty()))?;
         parts.version = Version::HTTP_11;
         headers::sanitize_request(
             &mut parts.headers,
-            self.backend.forward_authorization,
+            upstream.backend.forward_authorization,
             client_ip,
             self.public_host.as_ref(),
         );
@@ -534,7 +573,7 @@ impl Proxy {
         let outgoing = Request::from_parts(parts, body);
 
         let started = Instant::now();
-        let result = self.backend.client.request(outgoing).await;
+        let result = upstream.backend.client.request(outgoing).await;
         let upstream_latency = started.elapsed();
         let response = result.map_err(|e| -> BoxError {
             if caused_by_body_limit(&e) {
@@ -572,7 +611,7 @@ impl Proxy {
                 .headers
                 .get(&name)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| self.rewriter.rewrite(v))
+                .and_then(|v| upstream.rewriter.rewrite(v))
                 && let Ok(value) = HeaderValue::try_from(rewritten)
             {
                 parts.headers.insert(name, value);
@@ -589,7 +628,8 @@ impl Proxy {
         // The CapabilityStatement describes the gateway's security, not the backend's.
         let describes_security =
             fhir.interaction() == Interaction::Capabilities && is_json && status.is_success();
-        let audits_patients = (self.audited || consent.is_some()) && is_json && status.is_success();
+        let audits_patients =
+            (self.audited || consent.is_some() || citizen_view) && is_json && status.is_success();
         if !must_check && !describes_security && (is_head || (!rewrites_urls && !audits_patients)) {
             return Ok(Response::from_parts(parts, boxed(body)));
         }
@@ -603,7 +643,7 @@ impl Proxy {
                     ProxyError::ResponseBody(e)
                 }
             })?;
-        let mut bytes = self.rewrite_bundle(bytes.to_bytes());
+        let mut bytes = rewrite_bundle(&upstream, bytes.to_bytes());
         if describes_security
             && let Some(rewritten) = self.smart.rewrite_capability_statement(&bytes)
         {
@@ -668,6 +708,10 @@ impl Proxy {
                     bytes = Bytes::from(serde_json::to_vec(&answer)?);
                     patients = patients_in_answer(&answer);
                 }
+            }
+            if citizen_view {
+                crate::audit::citizen::citizen_view(&mut answer);
+                bytes = Bytes::from(serde_json::to_vec(&answer)?);
             }
             // What leaves is what is audited: after filtering, merging and withholding.
             if let Some(record_handle) = &record_handle {
@@ -811,19 +855,20 @@ impl Proxy {
         }
         Ok(())
     }
+}
 
-    fn rewrite_bundle(&self, bytes: Bytes) -> Bytes {
-        // Cheap check first: no backend URL in the body means nothing to rewrite.
-        let needle = self.backend.base_url().as_bytes();
-        if !bytes.windows(needle.len()).any(|w| w == needle) {
-            return bytes;
-        }
-        let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
-            return bytes;
-        };
-        if !self.rewriter.rewrite_bundle(&mut value) {
-            return bytes;
-        }
-        serde_json::to_vec(&value).map(Bytes::from).unwrap_or(bytes)
+/// Rewrites the backend's URLs in a Bundle to the gateway's.
+fn rewrite_bundle(upstream: &Upstream, bytes: Bytes) -> Bytes {
+    // Cheap check first: no backend URL in the body means nothing to rewrite.
+    let needle = upstream.backend.base_url().as_bytes();
+    if !bytes.windows(needle.len()).any(|w| w == needle) {
+        return bytes;
     }
+    let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return bytes;
+    };
+    if !upstream.rewriter.rewrite_bundle(&mut value) {
+        return bytes;
+    }
+    serde_json::to_vec(&value).map(Bytes::from).unwrap_or(bytes)
 }

@@ -412,3 +412,108 @@ async fn the_shipper_delivers_everything_once_the_repository_is_up_and_remembers
         Some(0.0)
     );
 }
+
+#[tokio::test]
+async fn a_citizen_reads_who_looked_at_their_record_and_nothing_else() {
+    let repository =
+        portvagt::demo::BackendProcess::start(&portvagt::demo::default_testbed(), false).unwrap();
+    let gateway = Gateway::start_with(Options {
+        audit_extra: format!("[audit.ship]\nurl = \"{}\"", repository.base_url()),
+        ..Options::default()
+    });
+    let client = gateway.client();
+    let physician = gateway.token(json!({
+        "scope": "user/*.rs", "name": "Mette Kjær", "role": "7170",
+        "purpose_of_use": "TREATMENT", "authorization_id": "NS363",
+    }));
+    let narrow = gateway.token(json!({ "scope": "user/Observation.rs", "name": "Ole Nielsen" }));
+    assert_eq!(
+        client
+            .get("/fhir/Patient/pat-anne", Some(&physician))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(
+        client
+            .get("/fhir/Patient/pat-anne", Some(&narrow))
+            .await
+            .unwrap()
+            .status,
+        403
+    );
+    assert_eq!(
+        client
+            .get("/fhir/Patient/pat-bo", Some(&physician))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    let spooled = gateway.audit_events().len();
+    for _ in 0..100 {
+        if repository_events(repository.base_url()).await.len() >= spooled {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    let anne = gateway.token(json!({
+        "scope": "patient/AuditEvent.rs", "patient": "pat-anne", "fhirUser": "Patient/pat-anne",
+    }));
+    let answer = client.get("/fhir/AuditEvent", Some(&anne)).await.unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let text = answer.text();
+    for internal in [
+        "network",
+        "policy",
+        "XrequestId",
+        "\"query\"",
+        "altId",
+        "serialNumber",
+    ] {
+        assert!(
+            !text.contains(internal),
+            "{internal} shown to the citizen: {text}"
+        );
+    }
+    let events: Vec<Value> = answer.json()["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| entry["resource"].clone())
+        .collect();
+    assert_eq!(events.len(), 2, "{text}");
+    for event in &events {
+        assert!(
+            entity_references(event).contains(&"Patient/pat-anne".to_owned()),
+            "only Anne's: {event}"
+        );
+    }
+    let recorded: Vec<&str> = events
+        .iter()
+        .map(|e| e["recorded"].as_str().unwrap())
+        .collect();
+    let mut newest_first = recorded.clone();
+    newest_first.sort_unstable_by(|a, b| b.cmp(a));
+    assert_eq!(recorded, newest_first);
+    // Newest first: the refused attempt, then the physician's read, named with role.
+    assert_eq!(events[0]["outcome"], "4");
+    let who = agent(&events[1], "humanuser").unwrap();
+    assert_eq!(who["name"], "Mette Kjær");
+    assert_eq!(who["role"][0]["coding"][0]["code"], "7170");
+    assert_eq!(who["purposeOfUse"][0]["coding"][0]["code"], "TREAT");
+
+    let others = client
+        .get("/fhir/AuditEvent?patient=pat-bo", Some(&anne))
+        .await
+        .unwrap();
+    assert_eq!(others.status, 403);
+    let practitioner = client
+        .get("/fhir/AuditEvent?patient=pat-anne", Some(&physician))
+        .await
+        .unwrap();
+    assert_eq!(practitioner.status, 403);
+    assert_eq!(practitioner.detail_code(), "audit-log-restricted");
+}
