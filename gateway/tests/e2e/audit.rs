@@ -517,3 +517,52 @@ async fn a_citizen_reads_who_looked_at_their_record_and_nothing_else() {
     assert_eq!(practitioner.status, 403);
     assert_eq!(practitioner.detail_code(), "audit-log-restricted");
 }
+
+#[tokio::test]
+async fn no_answered_request_loses_its_record_when_the_gateway_is_killed_under_load() {
+    let mut gateway = Gateway::start();
+    let token = gateway.token(json!({ "scope": "user/*.rs" }));
+    let mut answered: Vec<String> = Vec::new();
+    for _round in 0..4 {
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let client = gateway.client();
+            let token = token.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut ids = Vec::new();
+                // Until the gateway dies under it.
+                while let Ok(answer) = client.get("/fhir/Patient/pat-anne", Some(&token)).await {
+                    if answer.status.is_success() {
+                        ids.push(request_id(&answer));
+                    }
+                }
+                ids
+            }));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+        // SIGKILL mid-flight, then a fresh process on the same spool.
+        gateway.restart();
+        for task in tasks {
+            answered.extend(task.await.unwrap());
+        }
+    }
+    assert!(answered.len() > 50, "too little load: {}", answered.len());
+
+    let mut recorded: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for id in request_ids(&gateway.audit_events()) {
+        *recorded.entry(id).or_default() += 1;
+    }
+    for id in &answered {
+        assert_eq!(recorded.get(id), Some(&1), "request {id} answered 2xx");
+    }
+    let output = Command::new(env!("CARGO_BIN_EXE_portvagt"))
+        .args(["audit", "verify"])
+        .arg(gateway.dir.path().join("audit"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+}
