@@ -116,6 +116,8 @@ pub struct TokenRequest {
     pub bind_cert: Option<PathBuf>,
     /// Lifetime.
     pub ttl: Duration,
+    /// More claims (an object), e.g. `name`, `role`, `authorization_id`, `purpose_of_use`.
+    pub extra: serde_json::Value,
 }
 
 /// Mints a token from the demo issuer key in `issuer_dir` for `audience`.
@@ -144,6 +146,11 @@ pub fn mint_token(
     }
     if let Some(client_id) = &request.client_id {
         claims["client_id"] = json!(client_id);
+    }
+    if let Some(extra) = request.extra.as_object() {
+        for (name, value) in extra {
+            claims[name] = value.clone();
+        }
     }
     if let Some(path) = &request.bind_cert {
         let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
@@ -179,10 +186,15 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     IssuerKey::generate("demo-1")?.save(&issuer_dir)?;
     IssuerKey::generate("portvagt-1")?.save(&dir.join("portvagt-key"))?;
 
-    eprintln!("starting the reference FHIR backend ...");
+    eprintln!("starting the reference FHIR backend and the audit repository ...");
     let backend = tokio::task::spawn_blocking({
         let testbed = options.testbed.clone();
         move || BackendProcess::start(&testbed, true)
+    })
+    .await??;
+    let audit_repository = tokio::task::spawn_blocking({
+        let testbed = options.testbed.clone();
+        move || BackendProcess::start(&testbed, false)
     })
     .await??;
 
@@ -199,7 +211,12 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     let config_path = dir.join("portvagt.toml");
     std::fs::write(
         &config_path,
-        demo_config(addr, &public_url, backend.base_url()),
+        demo_config(
+            addr,
+            &public_url,
+            backend.base_url(),
+            audit_repository.base_url(),
+        ),
     )?;
     let config = Config::load(&config_path)?;
     let runtime = Runtime::build(config, addr).map_err(|errors| {
@@ -214,22 +231,24 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
 
     let hours = Duration::from_secs(8 * 3600);
     let client_cert = pki_dir.join("client.crt");
-    let practitioner = mint_token(
-        &issuer_dir,
-        &public_url,
-        &TokenRequest {
-            subject: "mette.kjaer".into(),
-            scope: "openid fhirUser user/*.rs user/Observation.cruds".into(),
-            fhir_user: Some("Practitioner/prac-ns363".into()),
-            client_id: Some("journalsystem-demo".into()),
-            bind_cert: Some(client_cert.clone()),
-            ttl: hours,
-            ..TokenRequest::default()
-        },
-    )?;
+    let physician = |purpose: &str| TokenRequest {
+        subject: "mette.kjaer".into(),
+        scope: "openid fhirUser user/*.rs user/Observation.cruds".into(),
+        fhir_user: Some("Practitioner/prac-ns363".into()),
+        client_id: Some("journalsystem-demo".into()),
+        bind_cert: Some(client_cert.clone()),
+        ttl: hours,
+        extra: json!({
+            "name": "Mette Kjær", "role": "7170", "authorization_id": "NS363",
+            "purpose_of_use": purpose,
+        }),
+        ..TokenRequest::default()
+    };
+    let practitioner = mint_token(&issuer_dir, &public_url, &physician("TREATMENT"))?;
+    let emergency = mint_token(&issuer_dir, &public_url, &physician("EMERGENCY"))?;
     let patient = mint_token(&issuer_dir, &public_url, &TokenRequest {
         subject: "anne.hansen".into(),
-        scope: "openid fhirUser launch/patient patient/Patient.rs patient/Observation.rs patient/Condition.rs patient/Encounter.rs patient/MedicationRequest.rs".into(),
+        scope: "openid fhirUser launch/patient patient/Patient.rs patient/Observation.rs patient/Condition.rs patient/Encounter.rs patient/MedicationRequest.rs patient/AuditEvent.rs".into(),
         patient: Some("pat-anne".into()),
         fhir_user: Some("Patient/pat-anne".into()),
         client_id: Some("min-sundhed-demo".into()),
@@ -257,7 +276,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     )?;
     let env = format!(
         "PORTVAGT_URL={public_url}\nPORTVAGT_CA={pki}/ca.crt\nPORTVAGT_CERT={pki}/client.crt\nPORTVAGT_KEY={pki}/client.key\n\
-         PRACTITIONER_TOKEN={practitioner}\nPATIENT_TOKEN={patient}\nSYSTEM_TOKEN={system}\n\
+         PRACTITIONER_TOKEN={practitioner}\nEMERGENCY_TOKEN={emergency}\nPATIENT_TOKEN={patient}\nSYSTEM_TOKEN={system}\n\
          PORTVAGT_TOKEN_URL=https://{addr}/token\nSOSI_CARD={card}\n",
         pki = pki_dir.display(),
         card = card.display(),
@@ -273,10 +292,16 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     )
     .await;
     drop(backend);
+    drop(audit_repository);
     Ok(())
 }
 
-fn demo_config(addr: std::net::SocketAddr, public_url: &str, backend_url: &str) -> String {
+fn demo_config(
+    addr: std::net::SocketAddr,
+    public_url: &str,
+    backend_url: &str,
+    audit_url: &str,
+) -> String {
     format!(
         r#"# Written by `portvagt demo`. Paths are relative to this file.
 [server]
@@ -305,6 +330,17 @@ signing_key = "portvagt-key/issuer.key"
 key_id = "portvagt-1"
 trusted_sts = ["pki/sts.crt"]
 assertion_audiences = ["https://{addr}"]
+
+# Every access becomes IHE BALP AuditEvents: durable in audit/ before the answer leaves,
+# shipped to the audit repository, where citizens read their own.
+[audit]
+spool_dir = "audit"
+
+[audit.ship]
+url = "{audit_url}"
+
+# Citizens' blocks (Consent resources in the backend) are enforced.
+[consent]
 
 [log]
 format = "text"
@@ -341,6 +377,18 @@ Portvagt demo is running. In another shell:
   {curl} -H "Authorization: Holder-of-key $TOKEN" "$PORTVAGT_URL/Patient/pat-anne"
   # (a card is accepted once; sign another with
   #  `cargo run -p portvagt-certs -- sosi-card --pki {dir}/pki --out "$SOSI_CARD"`)
+
+  # Carla has blocked Dr. Kjær (a Consent in the backend): refused. In an emergency, with a
+  # reason, the block is set aside, and the access is marked in the audit trail:
+  {curl} -H "Authorization: Bearer $PRACTITIONER_TOKEN" "$PORTVAGT_URL/Patient/pat-carla"
+  {curl} -H "Authorization: Bearer $EMERGENCY_TOKEN" \
+    -H "X-Portvagt-Break-Glass-Reason: bevidstløs på skadestuen" "$PORTVAGT_URL/Patient/pat-carla"
+
+  # Anne reads who has looked at her record (newest first):
+  {curl} -H "Authorization: Bearer $PATIENT_TOKEN" "$PORTVAGT_URL/AuditEvent"
+
+  # The audit spool's hash chain:
+  cargo run -p portvagt -- audit verify {dir}/audit
 
   # No token, no access (401 OperationOutcome):
   {curl} -i "$PORTVAGT_URL/Patient/pat-anne"

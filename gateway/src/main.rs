@@ -78,6 +78,10 @@ enum Command {
         /// `aud`; default: the demo's PORTVAGT_URL.
         #[arg(long)]
         audience: Option<String>,
+        /// More claims, `NAME=VALUE` (repeatable), e.g. `purpose_of_use=EMERGENCY`, `role=7170`,
+        /// `authorization_id=NS363`, `name="Mette Kjær"`.
+        #[arg(long = "claim", value_parser = parse_claim)]
+        claims: Vec<(String, String)>,
     },
     /// Audit trail tools.
     Audit {
@@ -93,6 +97,13 @@ enum AuditCommand {
         /// The spool folder (`[audit] spool_dir`).
         dir: PathBuf,
     },
+}
+
+fn parse_claim(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_owned(), value.to_owned())),
+        _ => Err(format!("{text:?} is not NAME=VALUE")),
+    }
 }
 
 fn init_logging(format: LogFormat, level: &str) {
@@ -192,6 +203,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             bind_cert,
             ttl,
             audience,
+            claims,
         } => {
             let audience = match audience {
                 Some(audience) => audience,
@@ -205,6 +217,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 client_id,
                 bind_cert,
                 ttl,
+                extra: serde_json::Value::Object(
+                    claims
+                        .into_iter()
+                        .map(|(name, value)| (name, serde_json::Value::String(value)))
+                        .collect(),
+                ),
             };
             println!(
                 "{}",

@@ -533,10 +533,11 @@ impl Proxy {
         // names or writes about.
         let consent = self.consent.as_ref().and_then(|store| {
             let principal = parts.extensions.get::<Arc<Principal>>()?;
+            // UTF-8 as sent (a Danish reason has æ, ø, å), not only visible ASCII.
             let reason = parts
                 .headers
                 .get(BREAK_GLASS_HEADER)
-                .and_then(|v| v.to_str().ok())
+                .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
                 .map(|v| v.chars().take(500).collect::<String>())
                 .or_else(|| principal.identity().break_glass_reason.clone());
             Some(ConsentContext {

@@ -92,6 +92,57 @@ async fn demo_runs_a_working_deployment_and_stops_on_ctrl_c() {
         200
     );
 
+    // Carla's block against Dr. Kjær, and the emergency way past it.
+    let refused = client
+        .get("/fhir/Patient/pat-carla", Some(&practitioner))
+        .await
+        .unwrap();
+    assert_eq!(refused.status, 403);
+    assert_eq!(refused.detail_code(), "consent-block");
+    let emergency = env_value(&env, "EMERGENCY_TOKEN");
+    let broken_glass = client
+        .send(
+            http::Request::get("/fhir/Patient/pat-carla")
+                .header("authorization", format!("Bearer {emergency}"))
+                .header("x-portvagt-break-glass-reason", "bevidstløs på skadestuen")
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(broken_glass.status, 200, "{}", broken_glass.text());
+
+    // Anne's access log shows Dr. Kjær's read of her record (once shipped).
+    let read = client
+        .get("/fhir/Patient/pat-anne", Some(&practitioner))
+        .await
+        .unwrap();
+    assert_eq!(read.status, 200);
+    let mut log = Vec::new();
+    for _ in 0..100 {
+        let answer = client
+            .get("/fhir/AuditEvent", Some(&patient))
+            .await
+            .unwrap();
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        log = answer.json()["entry"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if log
+            .iter()
+            .any(|entry| entry.to_string().contains("Mette Kjær"))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        log.iter()
+            .any(|entry| entry.to_string().contains("Mette Kjær")),
+        "{log:?}"
+    );
+
     // The DGWS migration path: the demo's SOSI card, exchanged once, reads a patient.
     let card = std::fs::read(env_value(&env, "SOSI_CARD")).unwrap();
     let token_url: http::Uri = env_value(&env, "PORTVAGT_TOKEN_URL").parse().unwrap();
