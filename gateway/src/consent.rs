@@ -24,6 +24,16 @@ use crate::config::ConsentConfig;
 use crate::outcome::DETAIL_SYSTEM;
 use crate::proxy::Backend;
 
+/// How many patients' Consents are asked for in one search.
+const CHUNK: usize = 40;
+
+/// The patient id of a reference: `Patient/<id>`, absolute or relative, any version.
+fn patient_id(reference: &str) -> Option<&str> {
+    let reference = reference.split("/_history/").next()?;
+    let (rest, id) = reference.rsplit_once('/')?;
+    (rest == "Patient" || rest.ends_with("/Patient")).then_some(id)
+}
+
 /// The header that carries the reason for a break-the-glass access.
 pub const BREAK_GLASS_HEADER: &str = "x-portvagt-break-glass-reason";
 
@@ -77,23 +87,36 @@ impl ConsentStore {
         if missing.is_empty() {
             return Ok(found);
         }
-        let consents = self
-            .backend
-            .active_consents(&missing)
-            .await
-            .ok_or(ConsentUnavailable)?;
         let mut loaded: HashMap<String, Vec<Block>> =
             missing.iter().map(|p| (p.clone(), Vec::new())).collect();
-        for consent in &consents {
-            let Some(patient) = consent
-                .pointer("/patient/reference")
-                .and_then(Value::as_str)
-                .and_then(|r| r.strip_prefix("Patient/"))
-            else {
-                continue;
-            };
-            if let (Some(blocks), Some(block)) = (loaded.get_mut(patient), blocks_in(consent)) {
-                blocks.push(block);
+        // A few patients per search keep the URL short and each answer on one page.
+        for chunk in missing.chunks(CHUNK) {
+            let consents = self
+                .backend
+                .active_consents(chunk)
+                .await
+                .ok_or(ConsentUnavailable)?;
+            for consent in &consents {
+                let Some(block) = blocks_in(consent) else {
+                    continue;
+                };
+                let owner = consent
+                    .pointer("/patient/reference")
+                    .and_then(Value::as_str)
+                    .and_then(patient_id)
+                    .filter(|id| chunk.iter().any(|p| p == id));
+                match owner {
+                    Some(patient) => loaded.entry(patient.to_owned()).or_default().push(block),
+                    // Found for one of these patients but not placeable: it holds for each.
+                    None => {
+                        for patient in chunk {
+                            loaded
+                                .entry(patient.clone())
+                                .or_default()
+                                .push(block.clone());
+                        }
+                    }
+                }
             }
         }
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
@@ -177,8 +200,8 @@ pub fn patients_named_by(request: &FhirRequest) -> Vec<String> {
 pub struct Checked {
     /// Patients whose data the caller may not see (blocks that stand).
     pub blocked: Vec<String>,
-    /// Set when a block was lifted by break-the-glass.
-    pub broke_glass: bool,
+    /// Patients whose blocks break-the-glass lifted.
+    pub broken_glass: Vec<String>,
     /// EMERGENCY was claimed without a reason where a block applied.
     pub reason_missing: bool,
 }
@@ -197,7 +220,7 @@ pub fn check_patients(
         };
         match check(patient_blocks, caller, emergency) {
             ConsentVerdict::Open => {}
-            ConsentVerdict::BrokenGlass { .. } => checked.broke_glass = true,
+            ConsentVerdict::BrokenGlass { .. } => checked.broken_glass.push(patient.clone()),
             ConsentVerdict::Blocked { .. } => {
                 checked.blocked.push(patient.clone());
                 if emergency == Emergency::WithoutReason {
@@ -258,6 +281,17 @@ pub fn withhold(bundle: &mut Value, blocked: &[String]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn consents_are_placed_by_any_form_of_patient_reference() {
+        assert_eq!(patient_id("Patient/anne"), Some("anne"));
+        assert_eq!(
+            patient_id("https://fhir.example/R4/Patient/anne/_history/2"),
+            Some("anne")
+        );
+        assert_eq!(patient_id("Group/anne"), None);
+        assert_eq!(patient_id("anne"), None);
+    }
 
     #[test]
     fn blocked_patients_entries_are_withheld_and_marked() {

@@ -38,6 +38,8 @@ pub struct RecordFields {
     pub patients: Vec<String>,
     /// The reason given for a break-the-glass access.
     pub break_glass: Option<String>,
+    /// The patients whose consent blocks the break-the-glass access set aside.
+    pub break_glass_patients: Vec<String>,
 }
 
 /// Shared handle to a request's record; cheap to clone.

@@ -228,6 +228,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
                 .join("\n")
         )
     })?;
+    runtime.open()?;
 
     let hours = Duration::from_secs(8 * 3600);
     let client_cert = pki_dir.join("client.crt");

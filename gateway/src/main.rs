@@ -268,6 +268,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 .join("\n")
         )
     })?;
+    runtime.open()?;
     tracing::info!(
         addr = %addr,
         admin_addr = %admin_listener.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.to_string()).unwrap_or_default(),

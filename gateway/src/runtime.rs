@@ -198,6 +198,19 @@ impl Runtime {
     }
 }
 
+impl Runtime {
+    /// Opens what serving needs beyond configuration: the audit spool (locked for this
+    /// process). `check-config` does not call it, so it never touches a live spool.
+    pub fn open(&self) -> Result<(), ConfigError> {
+        if let Some(auditor) = &self.auditor {
+            auditor
+                .open()
+                .map_err(|e| ConfigError::new("audit.spool_dir", e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
 /// Reads and compiles an operator rules file; each problem names the rule.
 fn load_rules(path: &std::path::Path) -> Result<RuleSet, Vec<ConfigError>> {
     let field = "policy.rules_file";

@@ -41,13 +41,14 @@ pub fn build(runtime: &Runtime) -> GatewayService {
         // Limits: shed (503) rather than queue beyond the concurrency limit ...
         .layer(LoadShedLayer::new())
         .layer(ConcurrencyLimitLayer::new(limits.max_concurrent_requests))
-        // ... bound the whole request in time (504) ...
-        .layer(TimeoutLayer::new(limits.request_timeout))
-        // ... and in body size (413).
+        // ... and bound the body size (413).
         .layer(BodyLimitLayer::new(limits.max_body_bytes))
-        // Audit: every request from here in, whatever its fate, becomes BALP AuditEvents that
-        // are durable before the answer leaves (503 if they cannot be written).
+        // Audit: every request from here in, whatever its fate (a timeout, a client that hangs
+        // up), becomes BALP AuditEvents that are durable before the answer leaves (503 if they
+        // cannot be written).
         .layer(AuditLayer::new(runtime.auditor.clone()))
+        // Bound the whole request in time (504), inside audit so a timeout is recorded too.
+        .layer(TimeoutLayer::new(limits.request_timeout))
         // SAML token exchange (`POST /token`) and its key (`/.well-known/jwks.json`): the
         // assertion and the client certificate are the credentials, so before authentication.
         .layer(TokenEndpointLayer::new(runtime.token_exchange.clone()))

@@ -184,6 +184,20 @@ fn collect_patients(resource: &Value, patients: &mut Vec<String>) {
         .get("resourceType")
         .and_then(Value::as_str)
         .unwrap_or_default();
+    // A Bundle inside an answer (a batch entry's searchset, a document): its entries count.
+    if resource_type == "Bundle" {
+        for entry in resource
+            .get("entry")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(inner) = entry.get("resource") {
+                collect_patients(inner, patients);
+            }
+        }
+        return;
+    }
     if resource_type == "Patient" {
         if let Some(id) = resource.get("id").and_then(Value::as_str) {
             patients.push(id.to_owned());

@@ -30,34 +30,18 @@ pub struct Block {
     pub actors: Vec<Actor>,
 }
 
-/// Reads the blocks in a Consent resource: active, `provision.type` deny, with actors.
-/// Anything else (permits, drafts, provisions without actors) blocks nobody.
+/// Reads the blocks in a Consent resource: active, a `deny` provision (at the top or nested)
+/// with actors. Anything else (permits, drafts, provisions without actors) blocks nobody.
 pub fn blocks_in(consent: &Value) -> Option<Block> {
     if consent.get("resourceType")?.as_str()? != "Consent"
         || consent.get("status")?.as_str()? != "active"
     {
         return None;
     }
-    let provision = consent.get("provision")?;
-    if provision.get("type")?.as_str()? != "deny" {
-        return None;
-    }
-    let actors: Vec<Actor> = provision
-        .get("actor")?
-        .as_array()?
-        .iter()
-        .filter_map(|actor| {
-            let reference = actor.get("reference")?;
-            if let Some(literal) = reference.get("reference").and_then(Value::as_str) {
-                return Some(Actor::Reference(literal.to_owned()));
-            }
-            let identifier = reference.get("identifier")?;
-            Some(Actor::Identifier(
-                identifier.get("system")?.as_str()?.to_owned(),
-                identifier.get("value")?.as_str()?.to_owned(),
-            ))
-        })
-        .collect();
+    // Deny provisions may nest inside a permit (R4 `provision.provision`): any deny with actors
+    // counts.
+    let mut actors = Vec::new();
+    collect_deny_actors(consent.get("provision")?, &mut actors);
     if actors.is_empty() {
         return None;
     }
@@ -71,6 +55,40 @@ pub fn blocks_in(consent: &Value) -> Option<Block> {
     })
 }
 
+fn collect_deny_actors(provision: &Value, actors: &mut Vec<Actor>) {
+    if provision.get("type").and_then(Value::as_str) == Some("deny") {
+        actors.extend(provision_actors(provision));
+    }
+    for nested in provision
+        .get("provision")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        collect_deny_actors(nested, actors);
+    }
+}
+
+fn provision_actors(provision: &Value) -> Vec<Actor> {
+    provision
+        .get("actor")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|actor| {
+            let reference = actor.get("reference")?;
+            if let Some(literal) = reference.get("reference").and_then(Value::as_str) {
+                return Some(Actor::Reference(literal.to_owned()));
+            }
+            let identifier = reference.get("identifier")?;
+            Some(Actor::Identifier(
+                identifier.get("system")?.as_str()?.to_owned(),
+                identifier.get("value")?.as_str()?.to_owned(),
+            ))
+        })
+        .collect()
+}
+
 /// Everything that identifies the caller, as identifiers and references.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CallerIds {
@@ -81,16 +99,47 @@ pub struct CallerIds {
 }
 
 impl CallerIds {
-    /// Whether `block` names this caller.
+    /// Whether `block` names this caller. Identifiers compare as the Danish registers write
+    /// them (a CPR with or without its hyphen, an authorisation id in any case, a system with
+    /// or without a trailing slash); references by their last `Type/id` (absolute or relative,
+    /// any version).
     pub fn blocked_by(&self, block: &Block) -> bool {
         block.actors.iter().any(|actor| match actor {
-            Actor::Identifier(system, value) => self
-                .identifiers
-                .iter()
-                .any(|(s, v)| s == system && v == value),
-            Actor::Reference(reference) => self.references.iter().any(|r| r == reference),
+            Actor::Identifier(system, value) => self.identifiers.iter().any(|(s, v)| {
+                let system = system.trim_end_matches('/');
+                s.trim_end_matches('/') == system && same_value(system, v, value)
+            }),
+            Actor::Reference(reference) => {
+                let wanted = relative(reference);
+                self.references.iter().any(|r| relative(r) == wanted)
+            }
         })
     }
+}
+
+fn same_value(system: &str, a: &str, b: &str) -> bool {
+    let digits = |v: &str| v.chars().filter(|c| *c != '-').collect::<String>();
+    match system {
+        CPR_SYSTEM => digits(a.trim()) == digits(b.trim()),
+        _ => a.trim().eq_ignore_ascii_case(b.trim()),
+    }
+}
+
+/// `Type/id` of a reference, without base URL or `_history`.
+fn relative(reference: &str) -> &str {
+    let reference = reference
+        .split("/_history/")
+        .next()
+        .unwrap_or(reference)
+        .trim_end_matches('/');
+    let mut cut = reference.len();
+    for _ in 0..2 {
+        match reference[..cut].rfind('/') {
+            Some(index) => cut = index,
+            None => return reference,
+        }
+    }
+    &reference[cut + 1..]
 }
 
 /// What the consent check says about one patient's data for one caller.
@@ -181,6 +230,41 @@ mod tests {
         assert!(blocks_in(&consent("active", "permit", actor)).is_none());
         assert!(blocks_in(&consent("active", "deny", json!([]))).is_none());
         assert!(blocks_in(&json!({ "resourceType": "Patient" })).is_none());
+    }
+
+    #[test]
+    fn actors_match_however_the_registers_are_written() {
+        let block = |reference: Value| {
+            blocks_in(&consent(
+                "active",
+                "deny",
+                json!([{ "reference": reference }]),
+            ))
+            .unwrap()
+        };
+        let caller = CallerIds {
+            identifiers: vec![
+                (AUTHORIZATION_SYSTEM.into(), "ns363".into()),
+                (CPR_SYSTEM.into(), "0501792275".into()),
+            ],
+            references: vec!["https://fhir.example/fhir/Practitioner/prac-ns363".into()],
+        };
+        for reference in [
+            json!({ "identifier": { "system": "https://autregweb.sst.dk/", "value": "NS363" } }),
+            json!({ "identifier": { "system": CPR_SYSTEM, "value": "050179-2275" } }),
+            json!({ "reference": "Practitioner/prac-ns363/_history/3" }),
+            json!({ "reference": "http://other.example/Practitioner/prac-ns363" }),
+        ] {
+            assert!(caller.blocked_by(&block(reference.clone())), "{reference}");
+        }
+        assert!(!caller.blocked_by(&block(json!({ "reference": "Practitioner/prac-ns3630" }))));
+        let nested = json!({
+            "resourceType": "Consent", "id": "c2", "status": "active",
+            "provision": { "type": "permit", "provision": [
+                { "type": "deny", "actor": [{ "reference": { "reference": "Practitioner/prac-ns363" } }] }
+            ]}
+        });
+        assert!(caller.blocked_by(&blocks_in(&nested).unwrap()));
     }
 
     #[test]

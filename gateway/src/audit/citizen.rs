@@ -93,9 +93,11 @@ fn agent_view(agent: &Value) -> Option<Value> {
     let display = agent.pointer("/who/display").cloned();
     match code {
         "humanuser" => {
+            // The name only: without one, `who.display` holds the token subject, which can be
+            // a CPR number.
             let mut who = Map::new();
-            if let Some(display) = display {
-                who.insert("display".into(), display);
+            if let Some(name) = agent.get("name") {
+                who.insert("display".into(), name.clone());
             }
             if let Some(reference) = agent.pointer("/who/reference") {
                 who.insert("reference".into(), reference.clone());
@@ -113,8 +115,10 @@ fn agent_view(agent: &Value) -> Option<Value> {
         }
         // The calling system, by name only (a certificate's common name, not its subject).
         "110153" => {
-            let display = display?;
-            let name = display.as_str().map_or_else(String::new, common_name);
+            let name = display
+                .as_ref()
+                .and_then(Value::as_str)
+                .and_then(common_name)?;
             kept.insert("who".into(), json!({ "display": name }));
         }
         _ => return None,
@@ -122,13 +126,16 @@ fn agent_view(agent: &Value) -> Option<Value> {
     Some(Value::Object(kept))
 }
 
-/// `CN` of an RFC 4514 subject, or the text itself when it is not one.
-fn common_name(display: &str) -> String {
-    display
+/// `CN` of an RFC 4514 subject, or the text itself when it is a plain name; nothing for a
+/// subject without a common name (its other parts are identifiers).
+fn common_name(display: &str) -> Option<String> {
+    if let Some(name) = display
         .split(", ")
         .find_map(|part| part.strip_prefix("CN="))
-        .unwrap_or(display)
-        .to_owned()
+    {
+        return Some(name.to_owned());
+    }
+    (!display.contains('=')).then(|| display.to_owned())
 }
 
 #[cfg(test)]
@@ -190,9 +197,19 @@ mod tests {
         }
         assert_eq!(event["agent"].as_array().unwrap().len(), 3);
         assert_eq!(
-            common_name("C=DK, serialNumber=UI:DK-O:G:1, CN=Journalsystem"),
-            "Journalsystem"
+            common_name("C=DK, serialNumber=UI:DK-O:G:1, CN=Journalsystem").as_deref(),
+            Some("Journalsystem")
         );
-        assert_eq!(common_name("Journalsystem"), "Journalsystem");
+        assert_eq!(
+            common_name("Journalsystem").as_deref(),
+            Some("Journalsystem")
+        );
+        assert_eq!(common_name("C=DK, serialNumber=UI:DK-O:G:1"), None);
+        // A user without a name is shown by role, never by the token subject.
+        let mut nameless = json!({ "resourceType": "AuditEvent", "agent": [
+            { "type": { "coding": [{ "code": "humanuser" }] }, "who": { "display": "0501792275" }, "requestor": true }
+        ]});
+        citizen_view(&mut nameless);
+        assert!(!nameless.to_string().contains("0501792275"));
     }
 }

@@ -58,7 +58,8 @@ pub struct AccessFacts<'a> {
     pub client_ip: Option<IpAddr>,
     /// The patients the access was about.
     pub patients: &'a [String],
-    pub break_glass: Option<&'a str>,
+    /// A break-the-glass access: its reason, and the patients whose blocks it set aside.
+    pub break_glass: Option<(&'a str, &'a [String])>,
 }
 
 /// This gateway, as the audit source and the destination agent.
@@ -73,22 +74,34 @@ pub struct AuditSource {
 /// The AuditEvents for one access: one per patient it was about (at least one).
 pub fn audit_events(facts: &AccessFacts<'_>, source: &AuditSource) -> Vec<Value> {
     let base = base_event(facts, source);
-    if facts.patients.len() <= 1 {
-        let mut event = base;
-        if let Some(patient) = facts.patients.first() {
-            push_entity(&mut event, patient_entity(patient, facts.break_glass));
-        }
-        return vec![Value::Object(event)];
+    if facts.patients.is_empty() {
+        return vec![Value::Object(base)];
     }
     facts
         .patients
         .iter()
         .map(|patient| {
             let mut event = base.clone();
-            push_entity(&mut event, patient_entity(patient, facts.break_glass));
+            // Break-the-glass is marked on the events of the patients whose blocks it lifted.
+            let broken = facts
+                .break_glass
+                .filter(|(_, patients)| patients.contains(patient))
+                .map(|(reason, _)| reason);
+            if broken.is_some()
+                && let Some(Value::Array(purposes)) = event.get_mut("purposeOfEvent")
+            {
+                purposes.push(break_glass_purpose());
+            } else if broken.is_some() {
+                event.insert("purposeOfEvent".into(), json!([break_glass_purpose()]));
+            }
+            push_entity(&mut event, patient_entity(patient, broken));
             Value::Object(event)
         })
         .collect()
+}
+
+fn break_glass_purpose() -> Value {
+    json!({ "coding": [{ "system": ACT_REASON, "code": "BTG", "display": "break the glass" }] })
 }
 
 fn base_event(facts: &AccessFacts<'_>, source: &AuditSource) -> Map<String, Value> {
@@ -199,7 +212,8 @@ fn patient_entity(patient: &str, break_glass: Option<&str>) -> Value {
     entity
 }
 
-/// The purposes of use, as v3-ActReason codes; a break-the-glass access adds `BTG`.
+/// The purposes of use, as v3-ActReason codes (a break-the-glass access adds `BTG` to the
+/// events of the patients concerned).
 fn purposes(facts: &AccessFacts<'_>) -> Vec<Value> {
     let mut codes = Vec::new();
     if let Some(purpose) = facts.principal.and_then(Principal::purpose_of_use) {
@@ -212,9 +226,6 @@ fn purposes(facts: &AccessFacts<'_>) -> Vec<Value> {
         codes.push(
             json!({ "coding": [{ "system": ACT_REASON, "code": code, "display": purpose }] }),
         );
-    }
-    if facts.break_glass.is_some() {
-        codes.push(json!({ "coding": [{ "system": ACT_REASON, "code": "BTG", "display": "break the glass" }] }));
     }
     codes
 }

@@ -10,7 +10,8 @@ pub mod shipper;
 pub mod spool;
 pub mod verify;
 
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use self::event::{AccessFacts, AuditSource, audit_events};
@@ -18,6 +19,9 @@ use self::shipper::Shipper;
 use self::spool::{Spool, SpoolError};
 use crate::config::{AuditConfig, AuditFailureMode, ConfigError};
 use crate::metrics::Metrics;
+
+/// How long a request waits for its record to be durable.
+const DURABLE_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The audit record of a request could not be made durable: the request is answered 503.
 #[derive(Debug, thiserror::Error)]
@@ -27,7 +31,11 @@ pub struct AuditUnavailable;
 /// Writes audit records. Built once at start.
 #[derive(Debug)]
 pub struct Auditor {
-    spool: Spool,
+    /// Opened by [`Auditor::open`] when the gateway starts serving (`check-config` never
+    /// touches a live spool).
+    spool: OnceLock<Spool>,
+    spool_dir: PathBuf,
+    segment_bytes: u64,
     source: AuditSource,
     fail_open: bool,
     metrics: Arc<Metrics>,
@@ -36,14 +44,19 @@ pub struct Auditor {
 }
 
 impl Auditor {
-    /// Opens the spool and starts its writer.
+    /// Prepares the audit trail; the spool folder must exist or be creatable. The spool itself
+    /// is opened by [`Auditor::open`].
     pub fn new(
         config: &AuditConfig,
         site: &str,
         metrics: Arc<Metrics>,
     ) -> Result<Auditor, ConfigError> {
-        let spool = Spool::open(&config.spool_dir, config.segment_bytes)
-            .map_err(|e| ConfigError::new("audit.spool_dir", e.to_string()))?;
+        std::fs::create_dir_all(&config.spool_dir).map_err(|e| {
+            ConfigError::new(
+                "audit.spool_dir",
+                format!("{}: {e}", config.spool_dir.display()),
+            )
+        })?;
         let observer = config.observer.clone().unwrap_or_else(|| {
             std::fs::read_to_string("/etc/hostname")
                 .ok()
@@ -58,7 +71,9 @@ impl Auditor {
             .transpose()?;
         Ok(Auditor {
             shipper: Mutex::new(shipper),
-            spool,
+            spool: OnceLock::new(),
+            spool_dir: config.spool_dir.clone(),
+            segment_bytes: config.segment_bytes,
             source: AuditSource {
                 observer,
                 site: site.to_owned(),
@@ -68,15 +83,32 @@ impl Auditor {
         })
     }
 
+    /// Opens the spool (locking it against a second process, cutting off a record a crash
+    /// left unfinished) and starts its writer. Once; later calls do nothing.
+    pub fn open(&self) -> Result<(), SpoolError> {
+        if self.spool.get().is_none() {
+            let spool = Spool::open(&self.spool_dir, self.segment_bytes)?;
+            let _ = self.spool.set(spool);
+        }
+        Ok(())
+    }
+
     /// Records one access: its AuditEvents are durable when this returns `Ok`.
     pub async fn record(&self, facts: &AccessFacts<'_>) -> Result<(), AuditUnavailable> {
+        let Some(spool) = self.spool.get() else {
+            return self.failed(&SpoolError::Stopped);
+        };
         let events: Vec<Vec<u8>> = audit_events(facts, &self.source)
             .iter()
             .filter_map(|event| serde_json::to_vec(event).ok())
             .collect();
         let count = events.len() as u64;
         let started = Instant::now();
-        let written = self.spool.append(events).await;
+        // A disk that hangs must not hang requests forever: after this long the answer is 503
+        // (the record may still land later).
+        let written = tokio::time::timeout(DURABLE_WITHIN, spool.append(events))
+            .await
+            .unwrap_or(Err(SpoolError::Write("not durable within 10 s".into())));
         self.metrics
             .audit_write_duration
             .observe(started.elapsed().as_secs_f64());
@@ -104,9 +136,9 @@ impl Auditor {
         }
     }
 
-    /// The spool.
-    pub fn spool(&self) -> &Spool {
-        &self.spool
+    /// The spool, once opened.
+    pub fn spool(&self) -> Option<&Spool> {
+        self.spool.get()
     }
 
     /// Starts shipping to the audit repository, if one is configured (once; later calls do
@@ -117,8 +149,8 @@ impl Auditor {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .take();
-        if let Some(shipper) = shipper {
-            tokio::spawn(shipper.run(self.spool.written()));
+        if let (Some(shipper), Some(spool)) = (shipper, self.spool.get()) {
+            tokio::spawn(shipper.run(spool.written()));
         }
     }
 }

@@ -1,8 +1,11 @@
 //! The shipper: sends spooled AuditEvents, in order, in FHIR `transaction` Bundles to the audit
 //! repository, and remembers (in `shipped.json` beside the segments, replaced atomically) how
 //! far the repository has acknowledged. It retries with exponential backoff and never deletes
-//! anything. Delivery is at least once: a crash between the repository's answer and the
-//! position's write sends that batch again.
+//! anything. Each event is PUT under the SHA-256 of its spool record: a batch sent again after
+//! a crash (between the repository's answer and the position's write) stores nothing twice,
+//! and the repository's ids are the chain's hashes, an anchor outside the gateway. The
+//! repository must allow client-assigned ids (update as create), as HAPI, Medplum and Azure
+//! do.
 
 use std::io::{BufRead as _, BufReader, Seek as _, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -15,7 +18,7 @@ use http_body_util::Full;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::spool::{RecordLine, segment_name, segments};
+use super::spool::{RecordLine, segment_name, segments, sha256_hex};
 use crate::auth::https::{ClientIdentity, HttpsClient};
 use crate::config::{AuditShipConfig, ConfigError};
 use crate::metrics::Metrics;
@@ -53,14 +56,16 @@ fn save_position(dir: &Path, position: Position) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-/// A batch read from the spool: the events and where the next batch starts.
+/// A batch read from the spool: the events (each with its record hash, which becomes its id
+/// in the repository) and where the next batch starts.
 struct Batch {
-    events: Vec<Value>,
+    events: Vec<(String, Value)>,
     next: Position,
 }
 
-/// Reads up to `limit` complete records after `from`.
-fn read_batch(dir: &Path, from: Position, limit: usize) -> std::io::Result<Batch> {
+/// Reads up to `limit` records after `from`, none beyond sequence number `durable` (written
+/// and synced: a record not yet durable could vanish in a power cut after being shipped).
+fn read_batch(dir: &Path, from: Position, limit: usize, durable: u64) -> std::io::Result<Batch> {
     let mut at = from;
     if at.segment == 0 {
         match segments(dir)?.first() {
@@ -81,8 +86,10 @@ fn read_batch(dir: &Path, from: Position, limit: usize) -> std::io::Result<Batch
     }
     let mut events = Vec::new();
     loop {
-        let path: PathBuf = dir.join(segment_name(at.segment));
-        let mut file = std::fs::File::open(&path)?;
+        // The writer starts segment N+1 only when N is complete: if N+1 exists before N is
+        // read to its end, that read sees all of N.
+        let next_exists = dir.join(segment_name(at.segment + 1)).exists();
+        let mut file = std::fs::File::open(dir.join(segment_name(at.segment)))?;
         file.seek(SeekFrom::Start(at.offset))?;
         let mut reader = BufReader::new(file);
         let mut line = Vec::new();
@@ -95,19 +102,29 @@ fn read_batch(dir: &Path, from: Position, limit: usize) -> std::io::Result<Batch
             if read == 0 || !line.ends_with(b"\n") {
                 break;
             }
-            at.offset += read as u64;
             let body = &line[..line.len() - 1];
-            // The segment header has no `seq`: skip it.
-            let Ok(record) = serde_json::from_slice::<RecordLine<'_>>(body) else {
+            if at.offset == 0 {
+                // The segment header.
+                at.offset += read as u64;
                 continue;
-            };
+            }
+            let record: RecordLine<'_> = serde_json::from_slice(body)
+                .map_err(|e| std::io::Error::other(format!("record after {}: {e}", at.seq)))?;
+            if record.seq > durable {
+                return Ok(Batch { events, next: at });
+            }
+            if at.seq != 0 && record.seq != at.seq + 1 {
+                return Err(std::io::Error::other(format!(
+                    "record {} follows record {}: the spool has a gap",
+                    record.seq, at.seq
+                )));
+            }
             let event = serde_json::from_str(record.event.get()).map_err(std::io::Error::other)?;
-            events.push(event);
+            events.push((sha256_hex(body), event));
+            at.offset += read as u64;
             at.seq = record.seq;
         }
-        // The end of this segment: the writer only starts the next one once this one is
-        // complete, so if the next exists, go on there.
-        if !dir.join(segment_name(at.segment + 1)).exists() {
+        if !next_exists {
             return Ok(Batch { events, next: at });
         }
         at = Position {
@@ -116,6 +133,19 @@ fn read_batch(dir: &Path, from: Position, limit: usize) -> std::io::Result<Batch
             seq: at.seq,
         };
     }
+}
+
+/// A UUID-shaped `fullUrl` for a transaction entry, from the record hash.
+fn uuid_from_hash(hash: &str) -> String {
+    let h = |range: std::ops::Range<usize>| hash.get(range).unwrap_or("0");
+    format!(
+        "{}-{}-{}-{}-{}",
+        h(0..8),
+        h(8..12),
+        h(12..16),
+        h(16..20),
+        h(20..32)
+    )
 }
 
 /// Ships one spool to one repository.
@@ -171,31 +201,38 @@ impl Shipper {
     /// growing pause (1 s doubling to 60 s).
     pub async fn run(self, written: Arc<std::sync::atomic::AtomicU64>) {
         let mut backoff = Duration::from_secs(1);
+        let dir = self.dir.clone();
+        let Ok(mut at) = tokio::task::spawn_blocking(move || position(&dir)).await else {
+            return;
+        };
         loop {
-            let at = position(&self.dir);
-            let lag = written
-                .load(std::sync::atomic::Ordering::Relaxed)
-                .saturating_sub(at.seq);
+            let durable = written.load(std::sync::atomic::Ordering::Relaxed);
+            let lag = durable.saturating_sub(at.seq);
             self.metrics
                 .audit_ship_lag
                 .set(i64::try_from(lag).unwrap_or(i64::MAX));
             let batch = {
                 let dir = self.dir.clone();
                 let limit = self.batch;
-                tokio::task::spawn_blocking(move || read_batch(&dir, at, limit)).await
+                tokio::task::spawn_blocking(move || read_batch(&dir, at, limit, durable)).await
             };
             let batch = match batch {
                 Ok(Ok(batch)) => batch,
                 Ok(Err(error)) => {
                     tracing::error!(%error, "audit shipper: reading the spool failed");
                     tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(60));
                     continue;
                 }
-                Err(_) => return,
+                Err(_) => {
+                    tracing::error!("audit shipper: the spool reader failed; shipping stops");
+                    return;
+                }
             };
             if batch.events.is_empty() {
                 if batch.next != at {
-                    let _ = save_position(&self.dir, batch.next);
+                    at = batch.next;
+                    self.save(at).await;
                 }
                 tokio::time::sleep(Duration::from_millis(250)).await;
                 continue;
@@ -203,9 +240,8 @@ impl Shipper {
             let count = batch.events.len();
             match self.send(batch.events).await {
                 Ok(()) => {
-                    if let Err(error) = save_position(&self.dir, batch.next) {
-                        tracing::error!(%error, "audit shipper: saving the position failed");
-                    }
+                    at = batch.next;
+                    self.save(at).await;
                     self.metrics.audit_shipped.inc_by(count as u64);
                     backoff = Duration::from_secs(1);
                 }
@@ -219,15 +255,27 @@ impl Shipper {
         }
     }
 
-    /// One transaction: every event created, or none.
-    async fn send(&self, events: Vec<Value>) -> Result<(), String> {
+    async fn save(&self, at: Position) {
+        let dir = self.dir.clone();
+        match tokio::task::spawn_blocking(move || save_position(&dir, at)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(%error, "audit shipper: saving the position failed"),
+            Err(_) => tracing::error!("audit shipper: saving the position failed"),
+        }
+    }
+
+    /// One transaction: every event stored, or none. Each is PUT under its record's hash, so a
+    /// batch sent twice stores nothing twice.
+    async fn send(&self, events: Vec<(String, Value)>) -> Result<(), String> {
         let count = events.len();
         let entries: Vec<Value> = events
             .into_iter()
-            .map(|event| {
+            .map(|(hash, mut event)| {
+                event["id"] = Value::String(hash.clone());
                 serde_json::json!({
+                    "fullUrl": format!("urn:uuid:{}", uuid_from_hash(&hash)),
                     "resource": event,
-                    "request": { "method": "POST", "url": "AuditEvent" }
+                    "request": { "method": "PUT", "url": format!("AuditEvent/{hash}") }
                 })
             })
             .collect();
@@ -256,9 +304,10 @@ impl Shipper {
                     .collect()
             })
             .unwrap_or_default();
-        if statuses.len() != count || !statuses.iter().all(|s| s.starts_with("201")) {
+        let stored = |status: &&str| status.starts_with("200") || status.starts_with("201");
+        if statuses.len() != count || !statuses.iter().all(stored) {
             return Err(format!(
-                "the repository did not create every event: {statuses:?}"
+                "the repository did not store every event: {statuses:?}"
             ));
         }
         Ok(())

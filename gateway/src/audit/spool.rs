@@ -105,9 +105,24 @@ struct Job {
 /// The spool's handle; cheap to clone, shared by every request.
 #[derive(Debug, Clone)]
 pub struct Spool {
+    // Declared before `_writer`: dropping the last handle closes the queue first, so the
+    // writer thread ends, and then waits for it (releasing the spool's lock).
     jobs: mpsc::Sender<Job>,
+    _writer: Arc<WriterThread>,
     dir: PathBuf,
     written: Arc<AtomicU64>,
+}
+
+/// The writer thread, joined when the last [`Spool`] handle goes.
+#[derive(Debug)]
+struct WriterThread(Option<std::thread::JoinHandle<()>>);
+
+impl Drop for WriterThread {
+    fn drop(&mut self) {
+        if let Some(thread) = self.0.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl Spool {
@@ -118,12 +133,13 @@ impl Spool {
         let written = Arc::new(AtomicU64::new(writer.next_seq.saturating_sub(1)));
         let (jobs, queue) = mpsc::channel::<Job>();
         let counter = written.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("audit-spool".into())
             .spawn(move || writer.run(queue, &counter))
             .map_err(|e| SpoolError::Write(e.to_string()))?;
         Ok(Spool {
             jobs,
+            _writer: Arc::new(WriterThread(Some(thread))),
             dir: dir.to_owned(),
             written,
         })
@@ -152,6 +168,8 @@ impl Spool {
 
 /// The writer thread's state: the open segment and the chain's end.
 struct Writer {
+    /// Held while the process lives: one writer per spool.
+    _lock: Arc<File>,
     dir: PathBuf,
     segment_bytes: u64,
     segment: u64,
@@ -167,9 +185,22 @@ impl Writer {
     fn open(dir: &Path, segment_bytes: u64) -> Result<Writer, SpoolError> {
         let corrupt = |message: String| SpoolError::Corrupt(dir.display().to_string(), message);
         std::fs::create_dir_all(dir).map_err(|e| SpoolError::Write(e.to_string()))?;
+        let lock =
+            File::create(dir.join("spool.lock")).map_err(|e| SpoolError::Write(e.to_string()))?;
+        lock.try_lock().map_err(|_| {
+            corrupt("another process is writing this spool (spool.lock is held)".into())
+        })?;
+        let lock = Arc::new(lock);
+        // A segment still being staged when the process died never held a record.
+        for entry in std::fs::read_dir(dir).map_err(|e| SpoolError::Write(e.to_string()))? {
+            let path = entry.map_err(|e| SpoolError::Write(e.to_string()))?.path();
+            if path.extension().is_some_and(|e| e == "new") {
+                std::fs::remove_file(&path).map_err(|e| SpoolError::Write(e.to_string()))?;
+            }
+        }
         let existing = segments(dir).map_err(|e| SpoolError::Write(e.to_string()))?;
         let Some((number, path)) = existing.last().cloned() else {
-            return Writer::start_segment(dir, segment_bytes, 1, 1, GENESIS.to_owned());
+            return Writer::start_segment(lock, dir, segment_bytes, 1, 1, GENESIS.to_owned());
         };
         let (next_seq, head, good_len) = scan_tail(&path).map_err(corrupt)?;
         let file = OpenOptions::new()
@@ -192,6 +223,7 @@ impl Writer {
                 .map_err(|e| SpoolError::Write(e.to_string()))?;
         }
         Ok(Writer {
+            _lock: lock,
             dir: dir.to_owned(),
             segment_bytes,
             segment: number,
@@ -204,6 +236,7 @@ impl Writer {
     }
 
     fn start_segment(
+        lock: Arc<File>,
         dir: &Path,
         segment_bytes: u64,
         number: u64,
@@ -212,18 +245,28 @@ impl Writer {
     ) -> Result<Writer, SpoolError> {
         let io = |e: std::io::Error| SpoolError::Write(e.to_string());
         let path = dir.join(segment_name(number));
-        let mut file = OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .open(&path)
-            .map_err(io)?;
+        // Written aside and renamed into place: a segment file either has its header or does
+        // not exist, whatever fails (disk full) or crashes in between.
+        let staging = dir.join(format!("{}.new", segment_name(number)));
         let header =
             format!("{{\"segment\":{number},\"first_seq\":{first_seq},\"head\":\"{head}\"}}\n");
-        file.write_all(header.as_bytes()).map_err(io)?;
-        file.sync_all().map_err(io)?;
+        {
+            let mut staged = File::create(&staging).map_err(io)?;
+            staged.write_all(header.as_bytes()).map_err(io)?;
+            staged.sync_all().map_err(io)?;
+        }
+        if path.exists() {
+            return Err(SpoolError::Write(format!(
+                "{} exists already",
+                path.display()
+            )));
+        }
+        std::fs::rename(&staging, &path).map_err(io)?;
         // The new file's name must survive a crash too.
         File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+        let file = OpenOptions::new().append(true).open(&path).map_err(io)?;
         Ok(Writer {
+            _lock: lock,
             dir: dir.to_owned(),
             segment_bytes,
             segment: number,
@@ -267,16 +310,17 @@ impl Writer {
     fn commit(&mut self, jobs: &[Job]) -> Result<(), SpoolError> {
         let io = |e: std::io::Error| SpoolError::Write(e.to_string());
         if self.damaged {
-            let path = self.dir.join(segment_name(self.segment));
-            let (next_seq, head, good_len) = scan_tail(&path)
-                .map_err(|m| SpoolError::Corrupt(self.dir.display().to_string(), m))?;
-            self.file.set_len(good_len).map_err(io)?;
+            // Back to the end of the last group that was durable: records of a failed group
+            // were answered 503 and are not part of the trail, even if some bytes reached the
+            // disk (and after a failed fsync, the page cache is not to be trusted).
+            self.file.set_len(self.size).map_err(io)?;
+            self.file.sync_all().map_err(io)?;
             self.file.seek(SeekFrom::End(0)).map_err(io)?;
-            (self.next_seq, self.head, self.size) = (next_seq, head, good_len);
             self.damaged = false;
         }
         if self.size >= self.segment_bytes {
             *self = Writer::start_segment(
+                self._lock.clone(),
                 &self.dir,
                 self.segment_bytes,
                 self.segment + 1,

@@ -143,3 +143,20 @@ async fn altered_removed_and_reordered_records_are_found() {
     write(&original);
     assert_eq!(verify(dir.path()).unwrap().records, 5);
 }
+
+#[tokio::test]
+async fn one_spool_has_one_writer_and_a_half_made_segment_is_cleared() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path(), 1 << 20).unwrap();
+    spool.append(vec![event(0)]).await.unwrap();
+    let second = Spool::open(dir.path(), 1 << 20).unwrap_err();
+    assert!(second.to_string().contains("another process"), "{second}");
+    drop(spool);
+    // A crash while the next segment was being staged leaves only its staging file.
+    let staged = dir.path().join(format!("{}.new", segment_name(2)));
+    std::fs::write(&staged, b"{\"segment\":2").unwrap();
+    let spool = Spool::open(dir.path(), 1 << 20).unwrap();
+    assert!(!staged.exists());
+    assert_eq!(spool.append(vec![event(1)]).await.unwrap(), 2);
+    assert_eq!(verify(dir.path()).unwrap().records, 2);
+}

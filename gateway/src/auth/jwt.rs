@@ -338,8 +338,9 @@ impl IssuerVerifier {
     }
 
     /// The principal of an active introspection answer for this issuer.
-    /// Without a `jti` in the answer, the token is named by its last 32 characters (enough to
-    /// find it in the authorization server's records, too little to use it).
+    /// The token is named (in the audit trail) by its last 32 characters, whatever `jti` the
+    /// answer has: some servers' opaque tokens ARE their `jti`, and a record must never hold
+    /// a usable token. 32 characters find it in the server's records and are useless alone.
     fn principal_from_answer(
         &self,
         token: &str,
@@ -361,14 +362,12 @@ impl IssuerVerifier {
             self.binding(binding_required),
             peer,
         )?;
-        if principal.jti.is_none() {
-            let tail = token
-                .char_indices()
-                .rev()
-                .nth(31)
-                .map_or(token, |(index, _)| &token[index..]);
-            principal.jti = Some(tail.to_owned());
-        }
+        let tail = token
+            .char_indices()
+            .rev()
+            .nth(31)
+            .map_or(token, |(index, _)| &token[index..]);
+        principal.jti = Some(tail.to_owned());
         Ok(principal)
     }
 }

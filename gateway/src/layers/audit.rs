@@ -91,7 +91,10 @@ where
                 record
             }
         };
-        Box::pin(async move {
+        // The request and its record run as their own task: if the client hangs up, the
+        // connection's future is dropped, but what was started at the backend is still
+        // recorded.
+        let task = tokio::spawn(async move {
             let result = inner.call(request).await;
             let (status, reason) = match &result {
                 Ok(response) => (response.status().as_u16(), None),
@@ -106,7 +109,10 @@ where
                     fields.caller.clone(),
                     fields.request.clone(),
                     fields.patients.clone(),
-                    fields.break_glass.clone(),
+                    fields
+                        .break_glass
+                        .clone()
+                        .map(|reason| (reason, fields.break_glass_patients.clone())),
                     fields.reason,
                 )
             };
@@ -129,14 +135,17 @@ where
                 peer: peer.as_deref(),
                 client_ip,
                 patients: &patients,
-                break_glass: break_glass.as_deref(),
+                break_glass: break_glass
+                    .as_ref()
+                    .map(|(reason, patients)| (reason.as_str(), patients.as_slice())),
             };
             auditor
                 .record(&facts)
                 .await
                 .map_err(|AuditUnavailable| -> BoxError { AuditUnavailable.into() })?;
             result
-        })
+        });
+        Box::pin(async move { task.await.unwrap_or_else(|_| Err(AuditUnavailable.into())) })
     }
 }
 

@@ -86,6 +86,24 @@ where
                 reason: DenyReason::InsufficientScope,
             },
         };
+        // A patient-context scope opens the audit log only to the citizen it is about: the user
+        // must BE that patient (`fhirUser`), not a practitioner launched in their context.
+        let decision = match (decision, request.extensions().get::<Arc<Principal>>()) {
+            (Decision::Allow { granted_by, .. }, Some(principal))
+                if granted_by.starts_with("patient/")
+                    && request
+                        .extensions()
+                        .get::<Arc<FhirRequest>>()
+                        .and_then(|fhir| fhir.resource_type())
+                        .is_some_and(|t| t.as_str() == "AuditEvent")
+                    && !is_the_patient(principal) =>
+            {
+                Decision::Deny {
+                    reason: DenyReason::AuditLogRestricted,
+                }
+            }
+            (decision, _) => decision,
+        };
         match &decision {
             Decision::Allow { .. } => record(&request, |fields| fields.decision = Some("allow")),
             Decision::Deny { reason } => {
@@ -104,5 +122,17 @@ where
         request.extensions_mut().insert(decision);
         let mut inner = take_ready(&mut self.inner);
         Box::pin(async move { inner.call(request).await })
+    }
+}
+
+/// Whether the caller is the patient in their own context: `fhirUser` names that Patient
+/// (relative or absolute).
+fn is_the_patient(principal: &Principal) -> bool {
+    match (principal.fhir_user(), principal.patient()) {
+        (Some(user), Some(patient)) => {
+            let own = format!("Patient/{patient}");
+            user == own || user.ends_with(&format!("/{own}"))
+        }
+        _ => false,
     }
 }

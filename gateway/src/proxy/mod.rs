@@ -24,6 +24,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use portvagt_policy::compartment::{Membership, membership, patients_in_answer};
 use portvagt_policy::consent::{CallerIds, Emergency};
+use portvagt_policy::request::RequestBody;
 use portvagt_policy::{
     Decision, DenyReason, FhirRequest, FilterMode, Filtered, Interaction, Obligations,
     ResponseCheck, check_response,
@@ -252,7 +253,8 @@ impl Backend {
 
 impl Backend {
     /// The active Consents of `patients` (ids), in one search; `None` when the backend could
-    /// not be asked or did not answer with a search Bundle.
+    /// not be asked, did not answer with a search Bundle, or has more than one page (a block
+    /// on a page not read would be a block not enforced).
     pub async fn active_consents(&self, patients: &[String]) -> Option<Vec<serde_json::Value>> {
         let references: Vec<String> = patients.iter().map(|p| format!("Patient/{p}")).collect();
         let query = format!(
@@ -277,6 +279,15 @@ impl Backend {
             .to_bytes();
         let bundle: serde_json::Value = serde_json::from_slice(&body).ok()?;
         if bundle.get("resourceType")?.as_str()? != "Bundle" {
+            return None;
+        }
+        let more_pages = bundle
+            .get("link")
+            .and_then(|links| links.as_array())
+            .into_iter()
+            .flatten()
+            .any(|link| link.get("relation").and_then(|r| r.as_str()) == Some("next"));
+        if more_pages {
             return None;
         }
         Some(
@@ -549,7 +560,7 @@ impl Proxy {
         });
         parts.headers.remove(BREAK_GLASS_HEADER);
         if let Some(consent) = &consent {
-            let patients = patients_named_by(&fhir);
+            let patients = self.patients_touched(&upstream, &fhir).await?;
             if !patients.is_empty() {
                 self.check_consent(consent, &patients, record_handle.as_ref())
                     .await?;
@@ -566,9 +577,10 @@ impl Proxy {
             self.public_host.as_ref(),
         );
         let is_head = parts.method == Method::HEAD;
-        if is_head && response_check(&obligations).is_some() {
-            // A HEAD answer has no body to check: fetch it with GET, check it, and let the HTTP
-            // layer leave the body out. Otherwise HEAD would tell whose resource exists.
+        if is_head && (response_check(&obligations).is_some() || consent.is_some()) {
+            // A HEAD answer has no body to check: fetch it with GET, check it (compartment,
+            // consent), and let the HTTP layer leave the body out. Otherwise HEAD would tell
+            // whose resource exists and when it changed.
             parts.method = Method::GET;
         }
         let outgoing = Request::from_parts(parts, body);
@@ -631,7 +643,10 @@ impl Proxy {
             fhir.interaction() == Interaction::Capabilities && is_json && status.is_success();
         let audits_patients =
             (self.audited || consent.is_some() || citizen_view) && is_json && status.is_success();
-        if !must_check && !describes_security && (is_head || (!rewrites_urls && !audits_patients)) {
+        if !must_check
+            && !describes_security
+            && ((is_head && consent.is_none()) || (!is_head && !rewrites_urls && !audits_patients))
+        {
             return Ok(Response::from_parts(parts, boxed(body)));
         }
         let bytes = Limited::new(body, self.max_response_bytes)
@@ -687,10 +702,19 @@ impl Proxy {
         {
             bytes = Bytes::from(bundle::merge(Some(&bytes), plan, self.filter_mode)?);
         }
-        if audits_patients
-            && !bytes.is_empty()
-            && let Ok(mut answer) = serde_json::from_slice::<serde_json::Value>(&bytes)
-        {
+        let parsed = if audits_patients && !bytes.is_empty() {
+            match serde_json::from_slice::<serde_json::Value>(&bytes) {
+                Ok(answer) => Some(answer),
+                // What cannot be read cannot be checked against consents: refused.
+                Err(_) if consent.is_some() => {
+                    return Err(crate::consent::ConsentUnavailable.into());
+                }
+                Err(_) => None,
+            }
+        } else {
+            None
+        };
+        if let Some(mut answer) = parsed {
             let mut patients = patients_in_answer(&answer);
             if let Some(consent) = &consent
                 && !patients.is_empty()
@@ -725,6 +749,90 @@ impl Proxy {
         Ok(Response::from_parts(parts, full(bytes)))
     }
 
+    /// The patients a request touches before anything happens: those it names or writes
+    /// about, the current owner of what a write by id would change or delete (read first, as
+    /// the answer comes too late), and the same for every write entry of a batch or
+    /// transaction.
+    async fn patients_touched(
+        &self,
+        upstream: &Upstream,
+        request: &FhirRequest,
+    ) -> Result<Vec<String>, BoxError> {
+        let mut patients = patients_named_by(request);
+        let entries: Vec<&FhirRequest> = match request.body() {
+            Some(RequestBody::Bundle { entries, .. }) => entries.iter().collect(),
+            _ => vec![request],
+        };
+        for entry in entries {
+            let is_batch_entry = !std::ptr::eq(entry, request);
+            let writes = !matches!(
+                entry.interaction(),
+                Interaction::Read
+                    | Interaction::Vread
+                    | Interaction::SearchType
+                    | Interaction::SearchCompartment
+                    | Interaction::SearchSystem
+                    | Interaction::HistoryInstance
+                    | Interaction::HistoryType
+                    | Interaction::HistorySystem
+                    | Interaction::Capabilities
+                    | Interaction::Operation
+            );
+            // A batch's reads are answered entry by entry (blocked ones 403) on the way back;
+            // its writes must be stopped before they happen, which refuses the whole Bundle.
+            if is_batch_entry && writes {
+                patients.extend(patients_named_by(entry));
+            }
+            let writes_by_id = matches!(
+                entry.interaction(),
+                Interaction::Update | Interaction::Patch | Interaction::Delete
+            );
+            if let (true, Some(resource_type), Some(id)) =
+                (writes_by_id, entry.resource_type(), entry.id())
+            {
+                let relative = format!("{}/{id}", resource_type.as_str());
+                patients.extend(self.current_patients(upstream, &relative).await?);
+            }
+        }
+        patients.sort_unstable();
+        patients.dedup();
+        Ok(patients)
+    }
+
+    /// The patients of the resource at `relative` now (none if it does not exist).
+    async fn current_patients(
+        &self,
+        upstream: &Upstream,
+        relative: &str,
+    ) -> Result<Vec<String>, BoxError> {
+        let request = Request::get(upstream.backend.uri(relative, None)?)
+            .header(header::ACCEPT, "application/fhir+json")
+            .body(empty())?;
+        let response = upstream
+            .backend
+            .client
+            .request(request)
+            .await
+            .map_err(|e| {
+                if e.is_connect() {
+                    ProxyError::Unreachable(e)
+                } else {
+                    ProxyError::Failed(e)
+                }
+            })?;
+        if !response.status().is_success() {
+            return Ok(Vec::new());
+        }
+        let bytes = Limited::new(response.into_body(), self.max_response_bytes)
+            .collect()
+            .await
+            .map_err(ProxyError::ResponseBody)?
+            .to_bytes();
+        let current: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|_| crate::consent::ConsentUnavailable)?;
+        Ok(patients_in_answer(&current))
+    }
+
     /// Refuses the request if any of `patients` has a block against the caller that stands.
     async fn check_consent(
         &self,
@@ -752,7 +860,7 @@ impl Proxy {
     ) -> Result<Vec<String>, BoxError> {
         let blocks = consent.store.blocks(patients).await?;
         let checked = check_patients(patients, &blocks, &consent.caller, consent.emergency());
-        if checked.broke_glass
+        if !checked.broken_glass.is_empty()
             && let Some(record_handle) = record_handle
         {
             let mut fields = record_handle.fields();
@@ -764,13 +872,18 @@ impl Proxy {
                     "break-the-glass: a consent block was set aside"
                 );
             }
+            for patient in checked.broken_glass {
+                if !fields.break_glass_patients.contains(&patient) {
+                    fields.break_glass_patients.push(patient);
+                }
+            }
         }
         Ok(checked.blocked)
     }
 
     fn consent_denial(
         &self,
-        _blocked: &[String],
+        blocked: &[String],
         consent: &ConsentContext,
         record_handle: Option<&RequestRecord>,
     ) -> BoxError {
@@ -783,6 +896,8 @@ impl Proxy {
             let mut fields = record_handle.fields();
             fields.decision = Some("deny");
             fields.reason = Some(reason.code());
+            // The refused attempt is in the blocking patients' own logs.
+            fields.patients = blocked.to_vec();
         }
         self.metrics
             .access_denied

@@ -378,7 +378,7 @@ async fn the_shipper_delivers_everything_once_the_repository_is_up_and_remembers
             .unwrap();
     let spooled = gateway.audit_events();
     let mut shipped = Vec::new();
-    for _ in 0..150 {
+    for _ in 0..300 {
         shipped = repository_events(&repository).await;
         if shipped.len() >= spooled.len() {
             break;
@@ -565,4 +565,37 @@ async fn no_answered_request_loses_its_record_when_the_gateway_is_killed_under_l
         "{}",
         String::from_utf8_lossy(&output.stdout)
     );
+}
+
+#[tokio::test]
+async fn a_request_that_times_out_is_recorded() {
+    let gateway = Gateway::start_with(Options {
+        extra_config: "[limits]\nrequest_timeout = \"1ms\"\n".into(),
+        ..Options::default()
+    });
+    let token = gateway.token(json!({ "scope": "user/*.rs" }));
+    let answer = gateway
+        .client()
+        .get("/fhir/Observation?_count=100", Some(&token))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 504);
+    let events = gateway.audit_events_for(&request_id(&answer));
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["outcomeDesc"], "504 request-timeout");
+}
+
+#[tokio::test]
+async fn a_practitioner_launched_in_a_patients_context_cannot_read_their_log() {
+    let gateway = Gateway::start();
+    let practitioner = gateway.token(json!({
+        "scope": "patient/*.rs", "patient": "pat-anne", "fhirUser": "Practitioner/prac-ns363",
+    }));
+    let answer = gateway
+        .client()
+        .get("/fhir/AuditEvent", Some(&practitioner))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 403);
+    assert_eq!(answer.detail_code(), "audit-log-restricted");
 }

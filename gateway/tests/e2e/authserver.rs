@@ -476,6 +476,20 @@ async fn opaque_tokens_are_introspected_cached_and_revocable() {
             .unwrap();
         assert_eq!(answer.status, 200, "{}", answer.text());
     }
+    // The audit trail names an opaque token by its last 32 characters, never the whole.
+    let events = gateway.audit_events();
+    let tail = &opaque[opaque.len() - 32..];
+    assert!(
+        events.iter().any(|event| event
+            .to_string()
+            .contains(&format!("\"urn:ietf:params:oauth:jti:{tail}\""))),
+        "{events:?}"
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|event| event.to_string().contains(&opaque))
+    );
     // The granted scope holds for opaque tokens too.
     let write = client
         .send(crate::support::request(

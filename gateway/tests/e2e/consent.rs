@@ -156,6 +156,87 @@ async fn a_block_holds_on_reads_searches_batches_and_everything() {
     );
     assert_eq!(body["entry"][1]["resource"]["id"], "pat-bo");
 
+    // Writes by id are checked against the target's owner before they happen.
+    let anne_condition = "/fhir/Condition/cond-anne-1";
+    let writer = physician(&gateway, "NS363", "TREATMENT", "user/*.cruds");
+    let delete = client
+        .send(request(Method::DELETE, anne_condition, Some(&writer), None))
+        .await
+        .unwrap();
+    assert_eq!(denial(&delete), (403, "consent-block".into()));
+    let patch = client
+        .send(
+            Request::builder()
+                .method(Method::PATCH)
+                .uri(anne_condition)
+                .header("authorization", format!("Bearer {writer}"))
+                .header("content-type", "application/json-patch+json")
+                .body(Full::new(Bytes::from(
+                    r#"[{"op":"replace","path":"/clinicalStatus/text","value":"x"}]"#,
+                )))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(denial(&patch), (403, "consent-block".into()));
+    let still_there = backend_send(
+        backend.base_url(),
+        Method::GET,
+        "Condition/cond-anne-1",
+        None,
+    )
+    .await;
+    assert_eq!(still_there["id"], "cond-anne-1");
+    // Not even the block itself can be removed by the one it blocks.
+    let consents = backend_send(
+        backend.base_url(),
+        Method::GET,
+        "Consent?patient=pat-anne",
+        None,
+    )
+    .await;
+    let consent_id = consents["entry"][0]["resource"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let unblock = client
+        .send(request(
+            Method::DELETE,
+            &format!("/fhir/Consent/{consent_id}"),
+            Some(&writer),
+            None,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(denial(&unblock), (403, "consent-block".into()));
+
+    // A search inside a batch: the nested answer is checked too.
+    let batch = json!({ "resourceType": "Bundle", "type": "batch", "entry": [
+        { "request": { "method": "GET", "url": "Observation?code=85354-9" } }
+    ]});
+    let answer = client
+        .send(request(Method::POST, "/fhir", Some(&blocked), Some(batch)))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert!(
+        !answer.text().contains("Patient/pat-anne"),
+        "{}",
+        answer.text()
+    );
+
+    // HEAD tells nothing either.
+    let head = client
+        .send(request(
+            Method::HEAD,
+            &format!("/fhir/Observation/{observation}"),
+            Some(&blocked),
+            None,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(head.status, 403);
+
     // Anne herself is not blocked by her block.
     let anne = gateway.token(json!({ "scope": "patient/*.rs", "patient": "pat-anne" }));
     let own = client
