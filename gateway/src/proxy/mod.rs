@@ -791,7 +791,21 @@ impl Proxy {
                 (writes_by_id, entry.resource_type(), entry.id())
             {
                 let relative = format!("{}/{id}", resource_type.as_str());
-                patients.extend(self.current_patients(upstream, &relative).await?);
+                patients.extend(self.current_patients(upstream, &relative, None).await?);
+            }
+            // A conditional write changes whatever its criteria find: find it first.
+            let conditional = matches!(
+                entry.interaction(),
+                Interaction::ConditionalUpdate
+                    | Interaction::ConditionalPatch
+                    | Interaction::ConditionalDelete
+            );
+            if let (true, Some(resource_type)) = (conditional, entry.resource_type()) {
+                let criteria = append_params("", entry.params());
+                patients.extend(
+                    self.current_patients(upstream, resource_type.as_str(), Some(&criteria))
+                        .await?,
+                );
             }
         }
         patients.sort_unstable();
@@ -799,13 +813,15 @@ impl Proxy {
         Ok(patients)
     }
 
-    /// The patients of the resource at `relative` now (none if it does not exist).
+    /// The patients of the resource at `relative` now, or of what the search `query` there
+    /// finds (none if nothing is found).
     async fn current_patients(
         &self,
         upstream: &Upstream,
         relative: &str,
+        query: Option<&str>,
     ) -> Result<Vec<String>, BoxError> {
-        let request = Request::get(upstream.backend.uri(relative, None)?)
+        let request = Request::get(upstream.backend.uri(relative, query)?)
             .header(header::ACCEPT, "application/fhir+json")
             .body(empty())?;
         let response = upstream

@@ -187,6 +187,17 @@ async fn a_block_holds_on_reads_searches_batches_and_everything() {
     )
     .await;
     assert_eq!(still_there["id"], "cond-anne-1");
+    // A conditional write is checked against what its criteria find.
+    let conditional = client
+        .send(request(
+            Method::DELETE,
+            "/fhir/Condition?_id=cond-anne-1",
+            Some(&writer),
+            None,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(denial(&conditional), (403, "consent-block".into()));
     // Not even the block itself can be removed by the one it blocks.
     let consents = backend_send(
         backend.base_url(),
