@@ -47,6 +47,37 @@ pub struct Config {
     /// Citizens' blocks (negative consent) and break-the-glass.
     #[serde(default)]
     pub consent: Option<ConsentConfig>,
+    /// Per-client rate limits.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitConfig>,
+}
+
+/// `[rate_limit]`: at most `requests` per `window` per client.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Requests allowed per window and client.
+    pub requests: u64,
+    /// The window (fixed, aligned to the clock).
+    #[serde(default = "defaults::rate_window", with = "humantime_serde")]
+    pub window: Duration,
+    /// What a client is: `subject` (the token's issuer and `sub`) or `certificate`.
+    #[serde(default)]
+    pub key: RateLimitKey,
+    /// Count across replicas in Redis (`redis://host:port/db`).
+    #[serde(default)]
+    pub redis_url: Option<String>,
+}
+
+/// How clients are told apart for rate limits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RateLimitKey {
+    /// The token's issuer and subject.
+    #[default]
+    Subject,
+    /// The client certificate.
+    Certificate,
 }
 
 /// `[consent]`: citizens' blocks are FHIR `Consent` resources in the backend, enforced on
@@ -421,6 +452,19 @@ pub struct BackendConfig {
     /// gateway, and tokens are meant for the gateway's audience).
     #[serde(default)]
     pub forward_authorization: bool,
+    /// Time from sending a request until the backend's response headers (504 after).
+    #[serde(default = "defaults::response_timeout", with = "humantime_serde")]
+    pub response_timeout: Duration,
+    /// Extra attempts for GET and HEAD when the connection fails (never after a timeout: the
+    /// backend may still be working on it).
+    #[serde(default = "defaults::retries")]
+    pub retries: u32,
+    /// Consecutive failures that open the circuit (0: never).
+    #[serde(default = "defaults::circuit_failures")]
+    pub circuit_failures: u32,
+    /// How long an open circuit answers 503 before one trial request.
+    #[serde(default = "defaults::circuit_open", with = "humantime_serde")]
+    pub circuit_open: Duration,
 }
 
 /// `[smart]`: fields of `/.well-known/smart-configuration` (SMART App Launch 2.2 §2.1).
@@ -711,6 +755,21 @@ mod defaults {
     }
     pub(super) fn introspection_cache_entries() -> usize {
         100_000
+    }
+    pub(super) fn rate_window() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub(super) fn response_timeout() -> Duration {
+        Duration::from_secs(25)
+    }
+    pub(super) fn retries() -> u32 {
+        1
+    }
+    pub(super) fn circuit_failures() -> u32 {
+        5
+    }
+    pub(super) fn circuit_open() -> Duration {
+        Duration::from_secs(10)
     }
     pub(super) fn consent_cache_ttl() -> Duration {
         Duration::from_secs(30)

@@ -51,6 +51,13 @@ pub struct Metrics {
     pub break_glass: IntCounter,
     /// `portvagt_consent_withheld_entries_total`: answer entries withheld by consent blocks.
     pub consent_withheld: IntCounter,
+    /// `portvagt_backend_circuit_opened_total`: times a backend's circuit opened.
+    pub circuit_opened: IntCounter,
+    /// `portvagt_upstream_retries_total`: GET/HEAD requests sent again after a failed
+    /// connection.
+    pub upstream_retries: IntCounter,
+    /// `portvagt_rate_limited_total`: requests refused 429 by the per-client rate limit.
+    pub rate_limited: IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -192,6 +199,21 @@ impl Metrics {
             "Search, history and batch entries withheld because of a consent block",
         )
         .expect("valid metric");
+        let circuit_opened = IntCounter::new(
+            "portvagt_backend_circuit_opened_total",
+            "Times a backend's circuit breaker opened after consecutive failures",
+        )
+        .expect("valid metric");
+        let upstream_retries = IntCounter::new(
+            "portvagt_upstream_retries_total",
+            "GET and HEAD requests sent to the backend again after a failed connection",
+        )
+        .expect("valid metric");
+        let rate_limited = IntCounter::new(
+            "portvagt_rate_limited_total",
+            "Requests refused with 429 by the per-client rate limit",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
@@ -212,6 +234,9 @@ impl Metrics {
             Box::new(audit_ship_lag.clone()),
             Box::new(break_glass.clone()),
             Box::new(consent_withheld.clone()),
+            Box::new(circuit_opened.clone()),
+            Box::new(upstream_retries.clone()),
+            Box::new(rate_limited.clone()),
         ] {
             registry
                 .register(collector)
@@ -238,6 +263,9 @@ impl Metrics {
             audit_ship_lag,
             break_glass,
             consent_withheld,
+            circuit_opened,
+            upstream_retries,
+            rate_limited,
         }
     }
 

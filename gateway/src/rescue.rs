@@ -106,7 +106,7 @@ where
                     if let Some(retry_after) = rescued.retry_after {
                         response
                             .headers_mut()
-                            .insert(header::RETRY_AFTER, HeaderValue::from_static(retry_after));
+                            .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
                     }
                     Ok(response)
                 }
@@ -123,7 +123,7 @@ pub struct Rescued {
     /// `WWW-Authenticate` (RFC 6750 §3) for 401 and 403.
     pub challenge: Option<HeaderValue>,
     /// `Retry-After` seconds, for shed load.
-    pub retry_after: Option<&'static str>,
+    pub retry_after: Option<u64>,
 }
 
 /// Maps any error from the stack to its answer. Walks the source chain, so an error wrapped by
@@ -173,7 +173,7 @@ fn rescue_one(error: &(dyn std::error::Error + 'static)) -> Option<Rescued> {
                 error.to_string(),
             ),
             challenge: None,
-            retry_after: Some("5"),
+            retry_after: Some(5),
         });
     }
     if let Some(error) = error.downcast_ref::<AuthnError>() {
@@ -251,7 +251,7 @@ fn rescue_one(error: &(dyn std::error::Error + 'static)) -> Option<Rescued> {
                 "the gateway is at capacity; retry shortly",
             ),
             challenge: None,
-            retry_after: Some("1"),
+            retry_after: Some(1),
         });
     }
     if error.is::<tower::timeout::error::Elapsed>() {
@@ -263,7 +263,27 @@ fn rescue_one(error: &(dyn std::error::Error + 'static)) -> Option<Rescued> {
         )));
     }
     if let Some(error) = error.downcast_ref::<ProxyError>() {
-        return Some(plain(error.outcome()));
+        let retry_after = match error {
+            ProxyError::CircuitOpen(open) => Some(open.retry_after),
+            _ => None,
+        };
+        return Some(Rescued {
+            outcome: error.outcome(),
+            challenge: None,
+            retry_after,
+        });
+    }
+    if let Some(limited) = error.downcast_ref::<crate::layers::rate_limit::RateLimited>() {
+        return Some(Rescued {
+            outcome: Outcome::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "throttled",
+                "rate-limited",
+                "this client has sent more requests than it may in this period",
+            ),
+            challenge: None,
+            retry_after: Some(limited.retry_after),
+        });
     }
     if error.is::<crate::consent::ConsentUnavailable>() {
         return Some(Rescued {
@@ -274,7 +294,7 @@ fn rescue_one(error: &(dyn std::error::Error + 'static)) -> Option<Rescued> {
                 "the patients' consents could not be checked, so the access was not made",
             ),
             challenge: None,
-            retry_after: Some("5"),
+            retry_after: Some(5),
         });
     }
     if error.is::<crate::audit::AuditUnavailable>() {
@@ -286,7 +306,7 @@ fn rescue_one(error: &(dyn std::error::Error + 'static)) -> Option<Rescued> {
                 "the access could not be recorded in the audit trail, so it was not made",
             ),
             challenge: None,
-            retry_after: Some("5"),
+            retry_after: Some(5),
         });
     }
     None

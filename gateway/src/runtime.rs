@@ -15,6 +15,7 @@ use crate::auth::exchange::TokenExchange;
 use crate::config::{BackendConfig, Config, ConfigError};
 use crate::consent::ConsentStore;
 use crate::layers::authenticate::RouteRules;
+use crate::layers::rate_limit::RateLimiter;
 use crate::metrics::Metrics;
 use crate::proxy::Backend;
 use crate::smart::SmartDocuments;
@@ -52,6 +53,8 @@ pub struct Runtime {
     pub consent: Option<Arc<ConsentStore>>,
     /// The audit repository (`[audit.ship] url`), where `AuditEvent` requests are routed.
     pub audit_repository: Option<Arc<Backend>>,
+    /// Per-client rate limits, when configured.
+    pub rate_limiter: Option<Arc<RateLimiter>>,
 }
 
 impl Runtime {
@@ -178,6 +181,12 @@ impl Runtime {
                 .map_err(|e| vec![ConfigError::new("audit.ship.url", e.message)])
             })
             .transpose()?;
+        let rate_limiter = config
+            .rate_limit
+            .as_ref()
+            .map(|limits| RateLimiter::new(limits, metrics.clone()).map(Arc::new))
+            .transpose()
+            .map_err(|e| vec![e])?;
         Ok(Runtime {
             config,
             tls,
@@ -194,6 +203,7 @@ impl Runtime {
             auditor,
             consent,
             audit_repository,
+            rate_limiter,
         })
     }
 }

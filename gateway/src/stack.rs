@@ -16,6 +16,7 @@ use crate::layers::authorize::AuthorizeLayer;
 use crate::layers::body_limit::BodyLimitLayer;
 use crate::layers::classify::ClassifyLayer;
 use crate::layers::local::LocalEndpointsLayer;
+use crate::layers::rate_limit::RateLimitLayer;
 use crate::layers::request_id::RequestIdLayer;
 use crate::layers::token_endpoint::TokenEndpointLayer;
 use crate::proxy::Proxy;
@@ -57,6 +58,8 @@ pub fn build(runtime: &Runtime) -> GatewayService {
             runtime.verifier.clone(),
             runtime.routes.clone(),
         ))
+        // How often: per-client rate limits (429 with Retry-After beyond them).
+        .layer(RateLimitLayer::new(runtime.rate_limiter.clone()))
         // What: the FHIR interaction, resource type, id and parameters (400/404 if unclear).
         .layer(ClassifyLayer::new(&runtime.fhir_base_path))
         // May they: the policy decision (403 otherwise).

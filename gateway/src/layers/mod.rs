@@ -8,6 +8,7 @@ pub mod authorize;
 pub mod body_limit;
 pub mod classify;
 pub mod local;
+pub mod rate_limit;
 pub mod request_id;
 pub mod token_endpoint;
 

@@ -7,6 +7,7 @@
 //! a 5xx becomes the gateway's own 502 (or 503), so stack traces and backend versions stay inside.
 
 mod bundle;
+pub mod circuit;
 pub mod headers;
 pub mod rewrite;
 
@@ -31,6 +32,7 @@ use portvagt_policy::{
 };
 use tower::Service;
 
+use self::circuit::{CircuitBreaker, CircuitOpen, CircuitState};
 use self::rewrite::UrlRewriter;
 use crate::auth::Principal;
 use crate::body::{Body, BoxError, boxed, empty, full};
@@ -75,6 +77,12 @@ pub enum ProxyError {
     /// A response body could not be read.
     #[error("the backend response body failed")]
     ResponseBody(#[source] BoxError),
+    /// The backend did not answer within `backend.response_timeout`.
+    #[error("the backend did not answer in time")]
+    Timeout,
+    /// The backend's circuit is open after repeated failures.
+    #[error("the backend is failing; requests are paused")]
+    CircuitOpen(CircuitOpen),
 }
 
 impl ProxyError {
@@ -111,6 +119,18 @@ impl ProxyError {
                 "bundle-mismatch",
                 "the backend's batch answer does not match the request",
             ),
+            ProxyError::Timeout => Outcome::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                "backend-timeout",
+                "the backend FHIR server did not answer in time",
+            ),
+            ProxyError::CircuitOpen(_) => Outcome::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "transient",
+                "backend-circuit-open",
+                "the backend FHIR server is failing; requests to it are paused, retry shortly",
+            ),
             ProxyError::ResponseTooLarge => Outcome::new(
                 StatusCode::BAD_GATEWAY,
                 "too-costly",
@@ -125,6 +145,9 @@ impl ProxyError {
 #[derive(Debug)]
 pub struct Backend {
     client: Client<HttpConnector, Body>,
+    circuit: CircuitBreaker,
+    response_timeout: Duration,
+    retries: u32,
     scheme: Scheme,
     authority: Authority,
     base_path: String,
@@ -166,6 +189,9 @@ impl Backend {
             .build(connector);
         Ok(Backend {
             client,
+            circuit: CircuitBreaker::new(config.circuit_failures, config.circuit_open),
+            response_timeout: config.response_timeout,
+            retries: config.retries,
             base_url: format!("{scheme}://{authority}{base_path}"),
             scheme,
             authority,
@@ -177,6 +203,89 @@ impl Backend {
     /// The backend FHIR base URL, without a trailing slash.
     pub fn base_url(&self) -> &str {
         &self.base_url
+    }
+
+    /// The state of the backend's circuit breaker.
+    pub fn circuit_state(&self) -> CircuitState {
+        self.circuit.state(Instant::now())
+    }
+
+    /// Sends a request through the circuit breaker, with the response timeout, retrying a GET
+    /// or HEAD whose connection failed (its body is empty, so it can be sent again).
+    async fn send(
+        &self,
+        request: Request<Body>,
+        metrics: &Metrics,
+    ) -> Result<Response<hyper::body::Incoming>, BoxError> {
+        self.circuit
+            .admit(Instant::now())
+            .map_err(ProxyError::CircuitOpen)?;
+        let retryable = matches!(*request.method(), Method::GET | Method::HEAD);
+        let template = retryable.then(|| {
+            (
+                request.method().clone(),
+                request.uri().clone(),
+                request.headers().clone(),
+            )
+        });
+        let mut request = Some(request);
+        let mut attempt = 0;
+        loop {
+            let outgoing = match (request.take(), &template) {
+                (Some(request), _) => request,
+                (None, Some((method, uri, headers))) => {
+                    let mut again = Request::new(empty());
+                    *again.method_mut() = method.clone();
+                    *again.uri_mut() = uri.clone();
+                    *again.headers_mut() = headers.clone();
+                    again
+                }
+                (None, None) => return Err("no request to send".into()),
+            };
+            let answer =
+                tokio::time::timeout(self.response_timeout, self.client.request(outgoing)).await;
+            let failed = |opened: bool| {
+                if opened {
+                    metrics.circuit_opened.inc();
+                    tracing::warn!(backend = %self.base_url, "circuit opened: the backend keeps failing");
+                }
+            };
+            match answer {
+                Err(_) => {
+                    failed(self.circuit.failure(Instant::now()));
+                    return Err(ProxyError::Timeout.into());
+                }
+                Ok(Ok(response)) => {
+                    if response.status().is_server_error() {
+                        failed(self.circuit.failure(Instant::now()));
+                    } else {
+                        self.circuit.success();
+                    }
+                    return Ok(response);
+                }
+                Ok(Err(error)) => {
+                    if caused_by_body_limit(&error) {
+                        // The client's streamed body outgrew the limit: not the backend's fault.
+                        return Err(BodyTooLarge.into());
+                    }
+                    failed(self.circuit.failure(Instant::now()));
+                    if template.is_some() && attempt < self.retries {
+                        attempt += 1;
+                        metrics.upstream_retries.inc();
+                        tokio::time::sleep(Duration::from_millis(25 * u64::from(attempt))).await;
+                        self.circuit
+                            .admit(Instant::now())
+                            .map_err(ProxyError::CircuitOpen)?;
+                        continue;
+                    }
+                    return Err(if error.is_connect() {
+                        ProxyError::Unreachable(error).into()
+                    } else {
+                        ProxyError::Failed(error).into()
+                    });
+                }
+            }
+        }
     }
 
     fn uri(&self, relative: &str, query: Option<&str>) -> Result<Uri, http::Error> {
@@ -586,18 +695,9 @@ impl Proxy {
         let outgoing = Request::from_parts(parts, body);
 
         let started = Instant::now();
-        let result = upstream.backend.client.request(outgoing).await;
+        let result = upstream.backend.send(outgoing, &self.metrics).await;
         let upstream_latency = started.elapsed();
-        let response = result.map_err(|e| -> BoxError {
-            if caused_by_body_limit(&e) {
-                // The client's streamed body outgrew the limit while being forwarded.
-                BodyTooLarge.into()
-            } else if e.is_connect() {
-                ProxyError::Unreachable(e).into()
-            } else {
-                ProxyError::Failed(e).into()
-            }
-        })?;
+        let response = result?;
         let status = response.status();
         self.metrics
             .upstream_duration

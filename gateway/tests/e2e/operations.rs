@@ -309,3 +309,43 @@ url = "ftp://backend"
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("server.lisen"));
 }
+
+#[tokio::test]
+async fn sigterm_under_keep_alive_load_drains_promptly_and_fails_nothing() {
+    let mut gateway = Gateway::start();
+    let token = gateway.token(serde_json::json!({ "scope": "user/*.rs" }));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let client = gateway.client();
+        let token = token.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            while let Ok(answer) = client.get("/fhir/Patient/pat-anne", Some(&token)).await {
+                statuses.push(answer.status.as_u16());
+            }
+            statuses
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    let status = tokio::task::spawn_blocking(move || {
+        let status = gateway.terminate();
+        (status, gateway)
+    })
+    .await
+    .unwrap()
+    .0;
+    let drained_in = started.elapsed();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        drained_in < std::time::Duration::from_secs(3),
+        "drained in {drained_in:?} (grace 5 s)"
+    );
+    let mut answered = 0;
+    for task in tasks {
+        let statuses = task.await.unwrap();
+        answered += statuses.len();
+        assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    }
+    assert!(answered > 10, "{answered}");
+}

@@ -111,6 +111,8 @@ pub struct Options {
     pub audit_extra: String,
     /// A shell prefix for the gateway command (e.g. `ulimit -f 64;`), run through `sh -c`.
     pub shell_prefix: Option<String>,
+    /// Lines added to the `[backend]` table.
+    pub backend_extra: String,
 }
 
 impl Gateway {
@@ -152,6 +154,7 @@ jwks_file = "issuer/jwks.json"
 
 [backend]
 url = "{backend}"
+{backend_extra}
 
 [audit]
 spool_dir = "audit"
@@ -165,6 +168,7 @@ level = "info"
 "#,
             issuer_extra = options.issuer_extra,
             audit_extra = options.audit_extra,
+            backend_extra = options.backend_extra,
             server_extra = options.server_extra,
             extra = options.extra_config,
         );

@@ -1,0 +1,236 @@
+//! A backend on a bad day, and clients that ask too much: a hung backend is answered 504 within
+//! the response timeout, a resetting one 502 (after one retry for a GET), a failing one opens
+//! the circuit (fast 503 with Retry-After, no more load on it) until a trial succeeds; per-client
+//! rate limits answer 429, shared by two gateways through a real Redis. The faulty backend is a
+//! small server of the test's own: a real FHIR server cannot hang or reset on demand.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use crate::support::{Gateway, Options, metric_value};
+
+const HANG: u8 = 0;
+const RESET: u8 = 1;
+const FAIL: u8 = 2;
+const HEALTHY: u8 = 3;
+
+/// A backend whose behaviour the test switches; it counts the requests that reach it.
+struct FaultyBackend {
+    url: String,
+    mode: Arc<AtomicU8>,
+    requests: Arc<AtomicUsize>,
+}
+
+impl FaultyBackend {
+    async fn start(mode: u8) -> FaultyBackend {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/fhir", listener.local_addr().unwrap());
+        let mode = Arc::new(AtomicU8::new(mode));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (m, r) = (mode.clone(), requests.clone());
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let (mode, requests) = (m.clone(), r.clone());
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    let mut buffer = [0u8; 4096];
+                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buffer).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buffer[..n]),
+                        }
+                    }
+                    requests.fetch_add(1, Ordering::SeqCst);
+                    match mode.load(Ordering::SeqCst) {
+                        HANG => tokio::time::sleep(Duration::from_secs(60)).await,
+                        RESET => drop(stream),
+                        FAIL => {
+                            let _ = stream
+                                .write_all(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 22\r\nconnection: close\r\n\r\nstack trace: secret.rs")
+                                .await;
+                        }
+                        _ => {
+                            let body =
+                                json!({ "resourceType": "Patient", "id": "pat-anne" }).to_string();
+                            let head = format!(
+                                "HTTP/1.1 200 OK\r\ncontent-type: application/fhir+json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                                body.len()
+                            );
+                            let _ = stream.write_all(head.as_bytes()).await;
+                            let _ = stream.write_all(body.as_bytes()).await;
+                        }
+                    }
+                });
+            }
+        });
+        FaultyBackend {
+            url,
+            mode,
+            requests,
+        }
+    }
+}
+
+fn gateway_before(backend: &FaultyBackend, backend_extra: &str) -> Gateway {
+    Gateway::start_with(Options {
+        backend_url: Some(backend.url.clone()),
+        backend_extra: backend_extra.into(),
+        ..Options::default()
+    })
+}
+
+#[tokio::test]
+async fn a_hung_backend_is_answered_504_within_the_response_timeout() {
+    let backend = FaultyBackend::start(HANG).await;
+    let gateway = gateway_before(&backend, "response_timeout = \"700ms\"");
+    let token = gateway.token(json!({ "scope": "user/*.rs" }));
+    let started = Instant::now();
+    let answer = gateway
+        .client()
+        .get("/fhir/Patient/pat-anne", Some(&token))
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(answer.status, 504);
+    assert_eq!(answer.detail_code(), "backend-timeout");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    // A timed-out request is not retried: the backend may still be working on it.
+    assert_eq!(backend.requests.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_resetting_backend_is_answered_502_after_one_retry_of_a_read() {
+    let backend = FaultyBackend::start(RESET).await;
+    let gateway = gateway_before(&backend, "");
+    let token = gateway.token(json!({ "scope": "user/*.rs" }));
+    let answer = gateway
+        .client()
+        .get("/fhir/Patient/pat-anne", Some(&token))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 502);
+    assert_eq!(answer.detail_code(), "backend-failed");
+    assert_eq!(backend.requests.load(Ordering::SeqCst), 2, "one retry");
+    // A write is never sent twice.
+    let before = backend.requests.load(Ordering::SeqCst);
+    let token = gateway.token(json!({ "scope": "user/*.cruds" }));
+    let create = crate::support::request(
+        http::Method::POST,
+        "/fhir/Observation",
+        Some(&token),
+        Some(json!({ "resourceType": "Observation", "status": "final", "code": { "text": "x" } })),
+    );
+    let answer = gateway.client().send(create).await.unwrap();
+    assert_eq!(answer.status, 502);
+    assert_eq!(backend.requests.load(Ordering::SeqCst), before + 1);
+}
+
+#[tokio::test]
+async fn a_failing_backend_opens_the_circuit_until_a_trial_succeeds() {
+    let backend = FaultyBackend::start(FAIL).await;
+    let gateway = gateway_before(
+        &backend,
+        "circuit_failures = 3\ncircuit_open = \"1s\"\nretries = 0",
+    );
+    let token = gateway.token(json!({ "scope": "user/*.rs" }));
+    let client = gateway.client();
+    for _ in 0..3 {
+        let answer = client
+            .get("/fhir/Patient/pat-anne", Some(&token))
+            .await
+            .unwrap();
+        assert_eq!(answer.status, 502);
+        assert!(
+            !answer.text().contains("secret.rs"),
+            "backend internals leaked"
+        );
+    }
+    let reached = backend.requests.load(Ordering::SeqCst);
+    let open = client
+        .get("/fhir/Patient/pat-anne", Some(&token))
+        .await
+        .unwrap();
+    assert_eq!(open.status, 503);
+    assert_eq!(open.detail_code(), "backend-circuit-open");
+    assert!(open.headers.contains_key("retry-after"));
+    assert_eq!(
+        backend.requests.load(Ordering::SeqCst),
+        reached,
+        "no load while open"
+    );
+
+    backend.mode.store(HEALTHY, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let trial = client
+        .get("/fhir/Patient/pat-anne", Some(&token))
+        .await
+        .unwrap();
+    assert_eq!(trial.status, 200, "{}", trial.text());
+    let after = client
+        .get("/fhir/Patient/pat-anne", Some(&token))
+        .await
+        .unwrap();
+    assert_eq!(after.status, 200);
+    let metrics = client.get("/metrics", None).await.unwrap().text();
+    assert_eq!(
+        metric_value(&metrics, "portvagt_backend_circuit_opened_total"),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn a_rate_limit_is_shared_by_two_gateways_through_redis() {
+    let redis = crate::token_exchange::Redis::start();
+    let pki = Arc::new(portvagt_certs::DevPki::generate().unwrap());
+    let options = Options {
+        pki: Some(pki.clone()),
+        extra_config: format!(
+            "[rate_limit]\nrequests = 4\nwindow = \"600s\"\nredis_url = \"{}\"\n",
+            redis.url
+        ),
+        ..Options::default()
+    };
+    let first = Gateway::start_with(options.clone());
+    let second = Gateway::start_with(options);
+    // The same user (issuer and subject) at both; the issuer keys differ per gateway, so each
+    // signs its own token for the same subject.
+    let at_first = first.token(json!({ "scope": "user/*.rs", "sub": "busy.client" }));
+    let at_second = second.token(json!({ "scope": "user/*.rs", "sub": "busy.client" }));
+    let mut statuses = Vec::new();
+    for (gateway, token) in [(&first, &at_first), (&second, &at_second)] {
+        for _ in 0..3 {
+            let answer = gateway
+                .client()
+                .get("/fhir/Patient/pat-anne", Some(token))
+                .await
+                .unwrap();
+            statuses.push(answer.status.as_u16());
+            if answer.status == 429 {
+                assert_eq!(answer.detail_code(), "rate-limited");
+                let retry: u64 = answer.headers["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                assert!((1..=600).contains(&retry), "{retry}");
+            }
+        }
+    }
+    assert_eq!(
+        statuses,
+        vec![200, 200, 200, 200, 429, 429],
+        "4 per window across both"
+    );
+    // Another client is not affected.
+    let other = second.token(json!({ "scope": "user/*.rs", "sub": "quiet.client" }));
+    let answer = second
+        .client()
+        .get("/fhir/Patient/pat-anne", Some(&other))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200);
+}
