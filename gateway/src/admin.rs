@@ -9,11 +9,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{HeaderValue, Method, Response, StatusCode, header};
 
+use crate::audit::Auditor;
 use crate::body::{Body, full};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::outcome::Outcome;
 use crate::proxy::Backend;
+use crate::proxy::circuit::CircuitState;
 use crate::smart::SmartDocuments;
 
 /// Answers the local endpoints.
@@ -24,7 +26,16 @@ pub struct Admin {
     smart: Arc<SmartDocuments>,
     smart_path: String,
     metrics_on_client_listener: bool,
-    last_probe: Mutex<Option<(Instant, bool)>>,
+    last_probe: Mutex<Option<(Instant, Readiness)>>,
+    auditor: Option<Arc<Auditor>>,
+}
+
+/// What readiness found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Readiness {
+    Ready,
+    BackendDown,
+    SpoolUnwritable,
 }
 
 /// Which listener a request came in on.
@@ -57,8 +68,10 @@ impl Admin {
         metrics: Arc<Metrics>,
         backend: Arc<Backend>,
         smart: Arc<SmartDocuments>,
+        auditor: Option<Arc<Auditor>>,
     ) -> Self {
         Self {
+            auditor,
             metrics,
             backend,
             smart,
@@ -93,17 +106,28 @@ impl Admin {
         }
     }
 
-    /// Whether the backend answered its last probe; probes at most once a second, so readiness
-    /// checks cannot be turned into load on the backend.
-    async fn backend_ready(&self) -> bool {
-        if let Some((at, ready)) = *self.last_probe.lock().unwrap_or_else(|p| p.into_inner())
+    /// Ready means: the backend answers and its circuit is not open, and the audit spool can
+    /// be written. Probed at most once a second, so readiness checks cannot be turned into load.
+    async fn readiness(&self) -> Readiness {
+        if let Some((at, readiness)) = *self.last_probe.lock().unwrap_or_else(|p| p.into_inner())
             && at.elapsed() < Duration::from_secs(1)
         {
-            return ready;
+            return readiness;
         }
-        let ready = self.backend.is_ready().await;
-        *self.last_probe.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), ready));
-        ready
+        let backend_ok =
+            self.backend.circuit_state() != CircuitState::Open && self.backend.is_ready().await;
+        let spool_ok = match &self.auditor {
+            Some(auditor) => auditor.spool_writable().await,
+            None => true,
+        };
+        let readiness = match (backend_ok, spool_ok) {
+            (false, _) => Readiness::BackendDown,
+            (true, false) => Readiness::SpoolUnwritable,
+            (true, true) => Readiness::Ready,
+        };
+        *self.last_probe.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((Instant::now(), readiness));
+        readiness
     }
 
     /// Answers `endpoint`.
@@ -112,19 +136,25 @@ impl Admin {
             LocalEndpoint::Health => {
                 json_response(StatusCode::OK, Bytes::from_static(br#"{"status":"pass"}"#))
             }
-            LocalEndpoint::Ready => {
-                if self.backend_ready().await {
+            LocalEndpoint::Ready => match self.readiness().await {
+                Readiness::Ready => {
                     json_response(StatusCode::OK, Bytes::from_static(br#"{"status":"pass"}"#))
-                } else {
-                    Outcome::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "transient",
-                        "backend-unavailable",
-                        "the backend FHIR server does not answer",
-                    )
-                    .into_response(None)
                 }
-            }
+                Readiness::BackendDown => Outcome::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "transient",
+                    "backend-unavailable",
+                    "the backend FHIR server does not answer",
+                )
+                .into_response(None),
+                Readiness::SpoolUnwritable => Outcome::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "transient",
+                    "audit-spool-unwritable",
+                    "the audit spool cannot be written",
+                )
+                .into_response(None),
+            },
             LocalEndpoint::Metrics => {
                 let mut response = Response::new(full(self.metrics.render()));
                 response.headers_mut().insert(

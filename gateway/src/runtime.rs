@@ -145,13 +145,7 @@ impl Runtime {
                 .smart_issuer()
                 .and_then(|issuer| verifier.remote_source(issuer)),
         ));
-        let admin = Arc::new(Admin::new(
-            &config,
-            &fhir_base_path,
-            metrics.clone(),
-            backend.clone(),
-            smart.clone(),
-        ));
+
         let auditor = match &config.audit {
             None => {
                 tracing::warn!("no [audit] section: accesses are NOT recorded in an audit trail");
@@ -161,6 +155,14 @@ impl Runtime {
                 Auditor::new(audit, &public_base_url, metrics.clone()).map_err(|e| vec![e])?,
             )),
         };
+        let admin = Arc::new(Admin::new(
+            &config,
+            &fhir_base_path,
+            metrics.clone(),
+            backend.clone(),
+            smart.clone(),
+            auditor.clone(),
+        ));
         let consent = config
             .consent
             .as_ref()

@@ -136,6 +136,22 @@ impl Auditor {
         }
     }
 
+    /// Whether the spool can be written: opened, and a small file can be created and removed
+    /// beside the segments (a full or read-only disk says no). For readiness.
+    pub async fn spool_writable(&self) -> bool {
+        if self.spool.get().is_none() {
+            return false;
+        }
+        let probe = self.spool_dir.join(".readyz-probe");
+        tokio::task::spawn_blocking(move || {
+            std::fs::write(&probe, b"probe")
+                .and_then(|()| std::fs::remove_file(&probe))
+                .is_ok()
+        })
+        .await
+        .unwrap_or(false)
+    }
+
     /// The spool, once opened.
     pub fn spool(&self) -> Option<&Spool> {
         self.spool.get()

@@ -162,6 +162,10 @@ async fn a_failing_backend_opens_the_circuit_until_a_trial_succeeds() {
         reached,
         "no load while open"
     );
+    // Not ready while its only backend fails: a load balancer sends traffic elsewhere.
+    let ready = client.get("/readyz", None).await.unwrap();
+    assert_eq!(ready.status, 503);
+    assert_eq!(ready.detail_code(), "backend-unavailable");
 
     backend.mode.store(HEALTHY, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -175,6 +179,15 @@ async fn a_failing_backend_opens_the_circuit_until_a_trial_succeeds() {
         .await
         .unwrap();
     assert_eq!(after.status, 200);
+    let mut ready = client.get("/readyz", None).await.unwrap();
+    for _ in 0..20 {
+        if ready.status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        ready = client.get("/readyz", None).await.unwrap();
+    }
+    assert_eq!(ready.status, 200, "ready again: {}", ready.text());
     let metrics = client.get("/metrics", None).await.unwrap().text();
     assert_eq!(
         metric_value(&metrics, "portvagt_backend_circuit_opened_total"),
