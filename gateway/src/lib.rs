@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod outcome;
 pub mod proxy;
 pub mod redis;
+pub mod reload;
 pub mod rescue;
 pub mod runtime;
 pub mod server;

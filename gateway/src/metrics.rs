@@ -1,8 +1,8 @@
 //! Prometheus metrics, `portvagt_*`, units in the names, labels of bounded cardinality only.
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// The gateway's metrics and the registry that serves them on `/metrics`.
@@ -58,6 +58,12 @@ pub struct Metrics {
     pub upstream_retries: IntCounter,
     /// `portvagt_rate_limited_total`: requests refused 429 by the per-client rate limit.
     pub rate_limited: IntCounter,
+    /// `portvagt_config_reloads_total{component, outcome}`: reloads of `tls`, `jwks`, `rules`.
+    pub config_reloads: IntCounterVec,
+    /// `portvagt_certificate_expiry_seconds{certificate}`: until `server` or `client_ca` expire.
+    pub certificate_expiry: IntGaugeVec,
+    /// `portvagt_crl_next_update_seconds`: until the earliest CRL's next update.
+    pub crl_next_update: IntGauge,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -214,6 +220,27 @@ impl Metrics {
             "Requests refused with 429 by the per-client rate limit",
         )
         .expect("valid metric");
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "portvagt_config_reloads_total",
+                "Reloads of certificates, keys and policy, by component and outcome",
+            ),
+            &["component", "outcome"],
+        )
+        .expect("valid metric");
+        let certificate_expiry = IntGaugeVec::new(
+            Opts::new(
+                "portvagt_certificate_expiry_seconds",
+                "Seconds until the server certificate or the client CA expires",
+            ),
+            &["certificate"],
+        )
+        .expect("valid metric");
+        let crl_next_update = IntGauge::new(
+            "portvagt_crl_next_update_seconds",
+            "Seconds until the earliest CRL's next update (negative: overdue)",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
@@ -237,6 +264,9 @@ impl Metrics {
             Box::new(circuit_opened.clone()),
             Box::new(upstream_retries.clone()),
             Box::new(rate_limited.clone()),
+            Box::new(config_reloads.clone()),
+            Box::new(certificate_expiry.clone()),
+            Box::new(crl_next_update.clone()),
         ] {
             registry
                 .register(collector)
@@ -266,6 +296,9 @@ impl Metrics {
             circuit_opened,
             upstream_retries,
             rate_limited,
+            config_reloads,
+            certificate_expiry,
+            crl_next_update,
         }
     }
 

@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use arc_swap::{ArcSwap, ArcSwapOption};
 use http::Uri;
 use portvagt_policy::{RuleSet, RulesFile};
 
@@ -15,6 +16,7 @@ use crate::auth::exchange::TokenExchange;
 use crate::config::{BackendConfig, Config, ConfigError};
 use crate::consent::ConsentStore;
 use crate::layers::authenticate::RouteRules;
+use crate::layers::authorize::SharedRules;
 use crate::layers::rate_limit::RateLimiter;
 use crate::metrics::Metrics;
 use crate::proxy::Backend;
@@ -25,8 +27,9 @@ use crate::smart::SmartDocuments;
 pub struct Runtime {
     /// The configuration it was built from.
     pub config: Config,
-    /// The client-facing TLS configuration.
-    pub tls: Arc<rustls::ServerConfig>,
+    /// The client-facing TLS configuration; swapped whole on reload (new connections get the
+    /// new one, open ones keep theirs).
+    pub tls: Arc<ArcSwap<rustls::ServerConfig>>,
     /// The access-token verifier.
     pub verifier: Arc<TokenVerifier>,
     /// Per-path authentication demands (`[[route]]`).
@@ -44,7 +47,7 @@ pub struct Runtime {
     /// The path of the FHIR base on this listener (e.g. `/fhir`).
     pub fhir_base_path: String,
     /// Operator rules, when configured.
-    pub rules: Option<Arc<RuleSet>>,
+    pub rules: SharedRules,
     /// SAML token exchange (`POST /token`), when configured.
     pub token_exchange: Option<Arc<TokenExchange>>,
     /// The audit trail, when configured.
@@ -191,7 +194,7 @@ impl Runtime {
             .map_err(|e| vec![e])?;
         Ok(Runtime {
             config,
-            tls,
+            tls: Arc::new(ArcSwap::new(tls)),
             verifier: Arc::new(verifier),
             routes: Arc::new(routes),
             smart,
@@ -200,7 +203,7 @@ impl Runtime {
             admin,
             public_base_url,
             fhir_base_path,
-            rules,
+            rules: Arc::new(ArcSwapOption::new(rules)),
             token_exchange,
             auditor,
             consent,
@@ -224,7 +227,7 @@ impl Runtime {
 }
 
 /// Reads and compiles an operator rules file; each problem names the rule.
-fn load_rules(path: &std::path::Path) -> Result<RuleSet, Vec<ConfigError>> {
+pub(crate) fn load_rules(path: &std::path::Path) -> Result<RuleSet, Vec<ConfigError>> {
     let field = "policy.rules_file";
     let text = std::fs::read_to_string(path)
         .map_err(|e| vec![ConfigError::new(field, format!("{}: {e}", path.display()))])?;

@@ -42,7 +42,8 @@ pub async fn serve(
     if let Some(auditor) = &runtime.auditor {
         auditor.start_shipping();
     }
-    let acceptor = TlsAcceptor::from(runtime.tls.clone());
+    // Certificates, keys and policy: reloaded on SIGHUP and when their files change.
+    tokio::spawn(crate::reload::watch(runtime.clone()));
     let http = Arc::new(http_builder(&runtime));
     let graceful = GracefulShutdown::new();
     let admin_task =
@@ -63,7 +64,9 @@ pub async fn serve(
                 };
                 let connection = Connection {
                     runtime: runtime.clone(),
-                    acceptor: acceptor.clone(),
+                    // The TLS configuration of this moment: a reload changes it for new
+                    // connections only.
+                    acceptor: TlsAcceptor::from(runtime.tls.load_full()),
                     http: http.clone(),
                     service: service.clone(),
                     watcher: graceful.watcher(),

@@ -48,8 +48,13 @@ struct IssuerVerifier {
 /// Where an issuer's keys come from.
 #[derive(Debug)]
 enum Keys {
-    /// Loaded from a file at start.
+    /// Held in memory (Portvagt's own).
     Fixed(Arc<Vec<VerificationKey>>),
+    /// Loaded from a file, at start and on reload.
+    File {
+        path: std::path::PathBuf,
+        keys: arc_swap::ArcSwap<Vec<VerificationKey>>,
+    },
     /// Fetched over HTTPS and refreshed.
     Remote(Arc<RemoteJwks>),
 }
@@ -58,6 +63,7 @@ impl Keys {
     fn held(&self) -> Arc<Vec<VerificationKey>> {
         match self {
             Keys::Fixed(keys) => Arc::clone(keys),
+            Keys::File { keys, .. } => keys.load_full(),
             Keys::Remote(remote) => remote.keys(),
         }
     }
@@ -118,9 +124,13 @@ impl TokenVerifier {
                 + usize::from(issuer.discovery);
             let keys = match (&issuer.jwks_file, sources) {
                 (_, 0) if issuer.introspection.is_some() => None,
-                (Some(file), 1) => Some(Keys::Fixed(Arc::new(
-                    jwks::load_file(file).map_err(|e| ConfigError::new(field("jwks_file"), e))?,
-                ))),
+                (Some(file), 1) => Some(Keys::File {
+                    path: file.clone(),
+                    keys: arc_swap::ArcSwap::from_pointee(
+                        jwks::load_file(file)
+                            .map_err(|e| ConfigError::new(field("jwks_file"), e))?,
+                    ),
+                }),
                 (None, 1) => Some(Keys::Remote(Arc::new(RemoteJwks::new(
                     index,
                     issuer,
@@ -183,6 +193,24 @@ impl TokenVerifier {
             ));
         }
         Ok(())
+    }
+
+    /// Reads every issuer's `jwks_file` again and swaps in its keys; a file that does not load
+    /// keeps the keys held and is reported (the others are still swapped).
+    pub fn reload_key_files(&self) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        for (name, issuer) in &self.issuers {
+            if let Some(Keys::File { path, keys }) = &issuer.keys {
+                match jwks::load_file(path) {
+                    Ok(loaded) => keys.store(Arc::new(loaded)),
+                    Err(error) => errors.push(ConfigError::new(
+                        format!("issuer {name:?} jwks_file"),
+                        error,
+                    )),
+                }
+            }
+        }
+        errors
     }
 
     /// The issuers whose keys are fetched over HTTPS, for the server to warm up and refresh.

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use arc_swap::ArcSwapOption;
 use http::Request;
 use portvagt_policy::{Decision, DenyReason, FhirRequest, RuleSet, decide, decide_with_rules};
 use tower::{Layer, Service};
@@ -22,16 +23,20 @@ pub struct AccessDenied {
     pub reason: DenyReason,
 }
 
+/// The operator rules in force; swapped whole when the rules file is reloaded.
+pub type SharedRules = Arc<ArcSwapOption<RuleSet>>;
+
 /// Enforces the policy decision.
 #[derive(Debug, Clone)]
 pub struct AuthorizeLayer {
     metrics: Arc<Metrics>,
-    rules: Option<Arc<RuleSet>>,
+    rules: SharedRules,
 }
 
 impl AuthorizeLayer {
-    /// Decides on scopes and, when given, operator `rules`; counts denials into `metrics`.
-    pub fn new(metrics: Arc<Metrics>, rules: Option<Arc<RuleSet>>) -> Self {
+    /// Decides on scopes and, when there are any, the operator `rules` in force at each
+    /// request; counts denials into `metrics`.
+    pub fn new(metrics: Arc<Metrics>, rules: SharedRules) -> Self {
         Self { metrics, rules }
     }
 }
@@ -52,7 +57,7 @@ impl<S> Layer<S> for AuthorizeLayer {
 pub struct Authorize<S> {
     inner: S,
     metrics: Arc<Metrics>,
-    rules: Option<Arc<RuleSet>>,
+    rules: SharedRules,
 }
 
 impl<S, B, R> Service<Request<B>> for Authorize<S>
@@ -76,7 +81,7 @@ where
             request.extensions().get::<Arc<Principal>>(),
             request.extensions().get::<Arc<FhirRequest>>(),
         ) {
-            (Some(principal), Some(fhir)) => match &self.rules {
+            (Some(principal), Some(fhir)) => match self.rules.load().as_deref() {
                 None => decide(principal.policy_subject(), fhir),
                 Some(rules) => {
                     decide_with_rules(principal.policy_subject(), &principal.caller(), rules, fhir)

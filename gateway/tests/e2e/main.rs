@@ -13,6 +13,7 @@ mod consent;
 mod demo;
 mod operations;
 mod proxying;
+mod reload;
 mod resilience;
 mod rules;
 mod token_exchange;

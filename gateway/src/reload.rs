@@ -1,0 +1,167 @@
+//! Hot reload without dropping a connection: the server certificate and key, the client CA
+//! bundle and CRLs, the issuers' JWKS files and the operator rules file are read again on
+//! SIGHUP and whenever one of them changes (polled every two seconds by device, inode, size and
+//! modification time, so Kubernetes' symlink swap of a mounted Secret counts as a change). Each
+//! part is swapped whole when it loads; one that does not load is refused with a log line and
+//! `portvagt_config_reloads_total{outcome="error"}`, and the previous one keeps serving.
+//! New connections get the new TLS configuration; open ones keep theirs.
+
+use std::os::unix::fs::MetadataExt as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
+use x509_parser::prelude::FromDer as _;
+
+use crate::runtime::{Runtime, load_rules};
+
+/// How often files are looked at.
+const POLL: Duration = Duration::from_secs(2);
+
+/// What a file looks like from outside: `None` if it is missing.
+type Fingerprint = Option<(u64, u64, u64, i64, i64)>;
+
+fn fingerprint(path: &PathBuf) -> Fingerprint {
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino(), m.len(), m.mtime(), m.mtime_nsec()))
+}
+
+/// Every file a reload reads.
+fn watched(runtime: &Runtime) -> Vec<PathBuf> {
+    let config = &runtime.config;
+    let mut paths = vec![
+        config.tls.cert.clone(),
+        config.tls.key.clone(),
+        config.tls.client_ca.clone(),
+    ];
+    paths.extend(config.tls.crls.iter().cloned());
+    paths.extend(config.issuers.iter().filter_map(|i| i.jwks_file.clone()));
+    paths.extend(config.policy.rules_file.iter().cloned());
+    paths
+}
+
+/// Watches for SIGHUP and changed files, and reloads; runs until the process ends.
+pub async fn watch(runtime: Arc<Runtime>) {
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let paths = watched(&runtime);
+    let mut seen: Vec<Fingerprint> = paths.iter().map(fingerprint).collect();
+    update_expiry(&runtime);
+    loop {
+        let signalled = tokio::select! {
+            () = tokio::time::sleep(POLL) => false,
+            Some(()) = async {
+                match hangup.as_mut() {
+                    Some(signal) => signal.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => true,
+        };
+        let now: Vec<Fingerprint> = paths.iter().map(fingerprint).collect();
+        if signalled || now != seen {
+            tracing::info!(signalled, "reloading certificates, keys and policy");
+            reload(&runtime);
+            seen = now;
+        }
+        update_expiry(&runtime);
+    }
+}
+
+/// Reloads every part; each is swapped only if it loads.
+pub fn reload(runtime: &Runtime) {
+    let outcome = |component: &str, result: Result<(), String>| {
+        let label = match &result {
+            Ok(()) => "ok",
+            Err(_) => "error",
+        };
+        runtime
+            .metrics
+            .config_reloads
+            .with_label_values(&[component, label])
+            .inc();
+        if let Err(error) = result {
+            tracing::error!(component, %error, "reload refused: the previous configuration keeps serving");
+        }
+    };
+    outcome(
+        "tls",
+        crate::tls::server_config(&runtime.config.tls)
+            .map(|tls| runtime.tls.store(tls))
+            .map_err(|e| e.to_string()),
+    );
+    let key_errors = runtime.verifier.reload_key_files();
+    outcome(
+        "jwks",
+        match key_errors.as_slice() {
+            [] => Ok(()),
+            errors => Err(errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")),
+        },
+    );
+    if let Some(path) = &runtime.config.policy.rules_file {
+        outcome(
+            "rules",
+            load_rules(path)
+                .map(|rules| runtime.rules.store(Some(Arc::new(rules))))
+                .map_err(|errors| {
+                    errors
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                }),
+        );
+    }
+}
+
+/// Sets the expiry gauges: seconds until the server certificate and the client CA expire, and
+/// until the earliest CRL's next update (negative once past).
+fn update_expiry(runtime: &Runtime) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let tls = &runtime.config.tls;
+    let earliest_not_after = |path: &PathBuf| {
+        CertificateDer::pem_file_iter(path)
+            .ok()?
+            .filter_map(Result::ok)
+            .filter_map(|der| {
+                x509_parser::parse_x509_certificate(der.as_ref())
+                    .ok()
+                    .map(|(_, cert)| cert.validity().not_after.timestamp())
+            })
+            .min()
+    };
+    for (name, path) in [("server", &tls.cert), ("client_ca", &tls.client_ca)] {
+        if let Some(not_after) = earliest_not_after(path) {
+            runtime
+                .metrics
+                .certificate_expiry
+                .with_label_values(&[name])
+                .set(not_after - now);
+        }
+    }
+    let next_update = tls
+        .crls
+        .iter()
+        .filter_map(|path| std::fs::read(path).ok())
+        .flat_map(|bytes| {
+            CertificateRevocationListDer::pem_slice_iter(&bytes)
+                .filter_map(Result::ok)
+                .collect::<Vec<_>>()
+        })
+        .filter_map(|der| {
+            x509_parser::revocation_list::CertificateRevocationList::from_der(der.as_ref())
+                .ok()
+                .and_then(|(_, crl)| crl.next_update().map(|t| t.timestamp()))
+        })
+        .min();
+    if let Some(next_update) = next_update {
+        runtime.metrics.crl_next_update.set(next_update - now);
+    }
+}
