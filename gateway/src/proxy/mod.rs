@@ -6,45 +6,40 @@
 //! URLs; other responses stream through. Backend failures never reach the client as they are:
 //! a 5xx becomes the gateway's own 502 (or 503), so stack traces and backend versions stay inside.
 
+mod backend;
 mod bundle;
 pub mod circuit;
+mod consent;
 pub mod headers;
 pub mod rewrite;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
-use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
 use http_body_util::{BodyExt as _, Limited};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use portvagt_policy::compartment::{Membership, membership, patients_in_answer};
-use portvagt_policy::consent::{CallerIds, Emergency};
-use portvagt_policy::request::RequestBody;
 use portvagt_policy::{
     Decision, DenyReason, FhirRequest, FilterMode, Filtered, Interaction, Obligations,
     ResponseCheck, check_response,
 };
 use tower::Service;
 
-use self::circuit::{CircuitBreaker, CircuitOpen, CircuitState};
+pub use self::backend::Backend;
+use self::circuit::CircuitOpen;
+use self::consent::ConsentContext;
 use self::rewrite::UrlRewriter;
 use crate::auth::Principal;
 use crate::body::{Body, BoxError, boxed, empty, full};
-use crate::config::{BackendConfig, ConfigError, FilteredEntries};
-use crate::consent::{
-    BREAK_GLASS_HEADER, ConsentStore, caller_ids, check_patients, patients_named_by, withhold,
-};
+use crate::config::FilteredEntries;
+use crate::consent::{BREAK_GLASS_HEADER, ConsentStore, caller_ids, withhold};
 use crate::context::RequestRecord;
 use crate::encoding::form_encode;
 use crate::layers::BoxFuture;
 use crate::layers::authorize::AccessDenied;
-use crate::layers::body_limit::BodyTooLarge;
 use crate::layers::classify::FhirPath;
 use crate::metrics::{Metrics, status_class};
 use crate::outcome::Outcome;
@@ -141,276 +136,6 @@ impl ProxyError {
     }
 }
 
-/// The backend FHIR server and the pooled client that reaches it.
-#[derive(Debug)]
-pub struct Backend {
-    client: Client<HttpConnector, Body>,
-    circuit: CircuitBreaker,
-    response_timeout: Duration,
-    retries: u32,
-    scheme: Scheme,
-    authority: Authority,
-    base_path: String,
-    base_url: String,
-    forward_authorization: bool,
-}
-
-impl Backend {
-    /// Parses the backend URL and builds the client.
-    pub fn new(config: &BackendConfig) -> Result<Backend, ConfigError> {
-        let uri: Uri = config
-            .url
-            .parse()
-            .map_err(|e| ConfigError::new("backend.url", format!("not a URL: {e}")))?;
-        let scheme = uri
-            .scheme()
-            .cloned()
-            .ok_or_else(|| ConfigError::new("backend.url", "needs a scheme"))?;
-        if scheme != Scheme::HTTP {
-            return Err(ConfigError::new(
-                "backend.url",
-                "only http:// backends are supported by this version",
-            ));
-        }
-        let authority = uri
-            .authority()
-            .cloned()
-            .ok_or_else(|| ConfigError::new("backend.url", "needs a host"))?;
-        if uri.query().is_some() {
-            return Err(ConfigError::new("backend.url", "must not have a query"));
-        }
-        let base_path = uri.path().trim_end_matches('/').to_owned();
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(config.pool_max_idle_per_host)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
-        Ok(Backend {
-            client,
-            circuit: CircuitBreaker::new(config.circuit_failures, config.circuit_open),
-            response_timeout: config.response_timeout,
-            retries: config.retries,
-            base_url: format!("{scheme}://{authority}{base_path}"),
-            scheme,
-            authority,
-            base_path,
-            forward_authorization: config.forward_authorization,
-        })
-    }
-
-    /// The backend FHIR base URL, without a trailing slash.
-    pub fn base_url(&self) -> &str {
-        &self.base_url
-    }
-
-    /// The state of the backend's circuit breaker.
-    pub fn circuit_state(&self) -> CircuitState {
-        self.circuit.state(Instant::now())
-    }
-
-    /// Sends a request through the circuit breaker, with the response timeout, retrying a GET
-    /// or HEAD whose connection failed (its body is empty, so it can be sent again).
-    async fn send(
-        &self,
-        request: Request<Body>,
-        metrics: &Metrics,
-    ) -> Result<Response<hyper::body::Incoming>, BoxError> {
-        self.circuit
-            .admit(Instant::now())
-            .map_err(ProxyError::CircuitOpen)?;
-        let retryable = matches!(*request.method(), Method::GET | Method::HEAD);
-        let template = retryable.then(|| {
-            (
-                request.method().clone(),
-                request.uri().clone(),
-                request.headers().clone(),
-            )
-        });
-        let mut request = Some(request);
-        let mut attempt = 0;
-        loop {
-            let outgoing = match (request.take(), &template) {
-                (Some(request), _) => request,
-                (None, Some((method, uri, headers))) => {
-                    let mut again = Request::new(empty());
-                    *again.method_mut() = method.clone();
-                    *again.uri_mut() = uri.clone();
-                    *again.headers_mut() = headers.clone();
-                    again
-                }
-                (None, None) => return Err("no request to send".into()),
-            };
-            let answer =
-                tokio::time::timeout(self.response_timeout, self.client.request(outgoing)).await;
-            let failed = |opened: bool| {
-                if opened {
-                    metrics.circuit_opened.inc();
-                    tracing::warn!(backend = %self.base_url, "circuit opened: the backend keeps failing");
-                }
-            };
-            match answer {
-                Err(_) => {
-                    failed(self.circuit.failure(Instant::now()));
-                    return Err(ProxyError::Timeout.into());
-                }
-                Ok(Ok(response)) => {
-                    if response.status().is_server_error() {
-                        failed(self.circuit.failure(Instant::now()));
-                    } else {
-                        self.circuit.success();
-                    }
-                    return Ok(response);
-                }
-                Ok(Err(error)) => {
-                    if caused_by_body_limit(&error) {
-                        // The client's streamed body outgrew the limit: not the backend's fault.
-                        return Err(BodyTooLarge.into());
-                    }
-                    failed(self.circuit.failure(Instant::now()));
-                    if template.is_some() && attempt < self.retries {
-                        attempt += 1;
-                        metrics.upstream_retries.inc();
-                        tokio::time::sleep(Duration::from_millis(25 * u64::from(attempt))).await;
-                        self.circuit
-                            .admit(Instant::now())
-                            .map_err(ProxyError::CircuitOpen)?;
-                        continue;
-                    }
-                    return Err(if error.is_connect() {
-                        ProxyError::Unreachable(error).into()
-                    } else {
-                        ProxyError::Failed(error).into()
-                    });
-                }
-            }
-        }
-    }
-
-    fn uri(&self, relative: &str, query: Option<&str>) -> Result<Uri, http::Error> {
-        let path = match query {
-            Some(query) => format!("{}/{relative}?{query}", self.base_path),
-            None => format!("{}/{relative}", self.base_path),
-        };
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(PathAndQuery::try_from(path)?)
-            .build()
-    }
-
-    /// Whether the backend answers `GET metadata` without a server error, within 2 s.
-    pub async fn is_ready(&self) -> bool {
-        let Ok(uri) = self.uri("metadata", None) else {
-            return false;
-        };
-        let request = Request::get(uri)
-            .header(header::ACCEPT, "application/fhir+json")
-            .body(empty());
-        let Ok(request) = request else { return false };
-        match tokio::time::timeout(Duration::from_secs(2), self.client.request(request)).await {
-            Ok(Ok(response)) => !response.status().is_server_error(),
-            _ => false,
-        }
-    }
-}
-
-impl Backend {
-    /// The ids of the Patients with identifier `system|value`, for the gateway's own lookups
-    /// (a SAML assertion names its patient by CPR; the token needs the FHIR id). `None` when
-    /// the backend could not be asked or answered something that is not a search Bundle.
-    pub async fn patients_with_identifier(&self, system: &str, value: &str) -> Option<Vec<String>> {
-        let query = format!(
-            "identifier={}&_count=2",
-            form_encode(&format!("{system}|{value}"))
-        );
-        let request = Request::get(self.uri("Patient", Some(&query)).ok()?)
-            .header(header::ACCEPT, "application/fhir+json")
-            .body(empty())
-            .ok()?;
-        let response = tokio::time::timeout(Duration::from_secs(5), self.client.request(request))
-            .await
-            .ok()?
-            .ok()?;
-        if !response.status().is_success() {
-            return None;
-        }
-        let body = Limited::new(response.into_body(), 1024 * 1024)
-            .collect()
-            .await
-            .ok()?
-            .to_bytes();
-        let bundle: serde_json::Value = serde_json::from_slice(&body).ok()?;
-        if bundle.get("resourceType")?.as_str()? != "Bundle" {
-            return None;
-        }
-        let entries = bundle.get("entry").and_then(|e| e.as_array());
-        Some(
-            entries
-                .into_iter()
-                .flatten()
-                .filter_map(|entry| entry.get("resource"))
-                .filter(|resource| {
-                    resource.get("resourceType").and_then(|t| t.as_str()) == Some("Patient")
-                })
-                .filter_map(|resource| resource.get("id")?.as_str().map(str::to_owned))
-                .collect(),
-        )
-    }
-}
-
-impl Backend {
-    /// The active Consents of `patients` (ids), in one search; `None` when the backend could
-    /// not be asked, did not answer with a search Bundle, or has more than one page (a block
-    /// on a page not read would be a block not enforced).
-    pub async fn active_consents(&self, patients: &[String]) -> Option<Vec<serde_json::Value>> {
-        let references: Vec<String> = patients.iter().map(|p| format!("Patient/{p}")).collect();
-        let query = format!(
-            "patient={}&status=active&_count=1000",
-            form_encode(&references.join(","))
-        );
-        let request = Request::get(self.uri("Consent", Some(&query)).ok()?)
-            .header(header::ACCEPT, "application/fhir+json")
-            .body(empty())
-            .ok()?;
-        let response = tokio::time::timeout(Duration::from_secs(5), self.client.request(request))
-            .await
-            .ok()?
-            .ok()?;
-        if !response.status().is_success() {
-            return None;
-        }
-        let body = Limited::new(response.into_body(), 8 * 1024 * 1024)
-            .collect()
-            .await
-            .ok()?
-            .to_bytes();
-        let bundle: serde_json::Value = serde_json::from_slice(&body).ok()?;
-        if bundle.get("resourceType")?.as_str()? != "Bundle" {
-            return None;
-        }
-        let more_pages = bundle
-            .get("link")
-            .and_then(|links| links.as_array())
-            .into_iter()
-            .flatten()
-            .any(|link| link.get("relation").and_then(|r| r.as_str()) == Some("next"));
-        if more_pages {
-            return None;
-        }
-        Some(
-            bundle
-                .get("entry")
-                .and_then(|e| e.as_array())
-                .into_iter()
-                .flatten()
-                .filter_map(|entry| entry.get("resource").cloned())
-                .collect(),
-        )
-    }
-}
-
 /// The innermost service: forwards to the backend.
 #[derive(Debug, Clone)]
 pub struct Proxy {
@@ -434,20 +159,6 @@ pub struct Proxy {
 struct Upstream {
     backend: Arc<Backend>,
     rewriter: Arc<UrlRewriter>,
-}
-
-/// The caller as consent sees them, for one request.
-struct ConsentContext {
-    store: Arc<ConsentStore>,
-    caller: CallerIds,
-    purpose: Option<String>,
-    reason: Option<String>,
-}
-
-impl ConsentContext {
-    fn emergency(&self) -> Emergency<'_> {
-        Emergency::new(self.purpose.as_deref(), self.reason.as_deref())
-    }
 }
 
 impl Proxy {
@@ -541,7 +252,7 @@ pub(crate) fn with_params(url: &str, params: &[(String, String)]) -> String {
     }
 }
 
-fn caused_by_body_limit(error: &(dyn std::error::Error + 'static)) -> bool {
+pub(super) fn caused_by_body_limit(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut current = Some(error);
     while let Some(error) = current {
         if error.is::<http_body_util::LengthLimitError>() {
@@ -847,179 +558,6 @@ impl Proxy {
             .headers
             .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
         Ok(Response::from_parts(parts, full(bytes)))
-    }
-
-    /// The patients a request touches before anything happens: those it names or writes
-    /// about, the current owner of what a write by id would change or delete (read first, as
-    /// the answer comes too late), and the same for every write entry of a batch or
-    /// transaction.
-    async fn patients_touched(
-        &self,
-        upstream: &Upstream,
-        request: &FhirRequest,
-    ) -> Result<Vec<String>, BoxError> {
-        let mut patients = patients_named_by(request);
-        let entries: Vec<&FhirRequest> = match request.body() {
-            Some(RequestBody::Bundle { entries, .. }) => entries.iter().collect(),
-            _ => vec![request],
-        };
-        for entry in entries {
-            let is_batch_entry = !std::ptr::eq(entry, request);
-            let writes = !matches!(
-                entry.interaction(),
-                Interaction::Read
-                    | Interaction::Vread
-                    | Interaction::SearchType
-                    | Interaction::SearchCompartment
-                    | Interaction::SearchSystem
-                    | Interaction::HistoryInstance
-                    | Interaction::HistoryType
-                    | Interaction::HistorySystem
-                    | Interaction::Capabilities
-                    | Interaction::Operation
-            );
-            // A batch's reads are answered entry by entry (blocked ones 403) on the way back;
-            // its writes must be stopped before they happen, which refuses the whole Bundle.
-            if is_batch_entry && writes {
-                patients.extend(patients_named_by(entry));
-            }
-            let writes_by_id = matches!(
-                entry.interaction(),
-                Interaction::Update | Interaction::Patch | Interaction::Delete
-            );
-            if let (true, Some(resource_type), Some(id)) =
-                (writes_by_id, entry.resource_type(), entry.id())
-            {
-                let relative = format!("{}/{id}", resource_type.as_str());
-                patients.extend(self.current_patients(upstream, &relative, None).await?);
-            }
-            // A conditional write changes whatever its criteria find: find it first.
-            let conditional = matches!(
-                entry.interaction(),
-                Interaction::ConditionalUpdate
-                    | Interaction::ConditionalPatch
-                    | Interaction::ConditionalDelete
-            );
-            if let (true, Some(resource_type)) = (conditional, entry.resource_type()) {
-                let criteria = append_params("", entry.params());
-                patients.extend(
-                    self.current_patients(upstream, resource_type.as_str(), Some(&criteria))
-                        .await?,
-                );
-            }
-        }
-        patients.sort_unstable();
-        patients.dedup();
-        Ok(patients)
-    }
-
-    /// The patients of the resource at `relative` now, or of what the search `query` there
-    /// finds (none if nothing is found).
-    async fn current_patients(
-        &self,
-        upstream: &Upstream,
-        relative: &str,
-        query: Option<&str>,
-    ) -> Result<Vec<String>, BoxError> {
-        let request = Request::get(upstream.backend.uri(relative, query)?)
-            .header(header::ACCEPT, "application/fhir+json")
-            .body(empty())?;
-        let response = upstream
-            .backend
-            .client
-            .request(request)
-            .await
-            .map_err(|e| {
-                if e.is_connect() {
-                    ProxyError::Unreachable(e)
-                } else {
-                    ProxyError::Failed(e)
-                }
-            })?;
-        if !response.status().is_success() {
-            return Ok(Vec::new());
-        }
-        let bytes = Limited::new(response.into_body(), self.max_response_bytes)
-            .collect()
-            .await
-            .map_err(ProxyError::ResponseBody)?
-            .to_bytes();
-        let current: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|_| crate::consent::ConsentUnavailable)?;
-        Ok(patients_in_answer(&current))
-    }
-
-    /// Refuses the request if any of `patients` has a block against the caller that stands.
-    async fn check_consent(
-        &self,
-        consent: &ConsentContext,
-        patients: &[String],
-        record_handle: Option<&RequestRecord>,
-    ) -> Result<(), BoxError> {
-        let blocked = self
-            .consent_verdict(consent, patients, record_handle)
-            .await?;
-        if blocked.is_empty() {
-            Ok(())
-        } else {
-            Err(self.consent_denial(&blocked, consent, record_handle))
-        }
-    }
-
-    /// The patients among `patients` whose blocks against the caller stand; a block lifted by
-    /// break-the-glass is recorded (audit, metric) on the way.
-    async fn consent_verdict(
-        &self,
-        consent: &ConsentContext,
-        patients: &[String],
-        record_handle: Option<&RequestRecord>,
-    ) -> Result<Vec<String>, BoxError> {
-        let blocks = consent.store.blocks(patients).await?;
-        let checked = check_patients(patients, &blocks, &consent.caller, consent.emergency());
-        if !checked.broken_glass.is_empty()
-            && let Some(record_handle) = record_handle
-        {
-            let mut fields = record_handle.fields();
-            if fields.break_glass.is_none() {
-                fields.break_glass = consent.reason.clone();
-                self.metrics.break_glass.inc();
-                tracing::warn!(
-                    reason = consent.reason.as_deref().unwrap_or_default(),
-                    "break-the-glass: a consent block was set aside"
-                );
-            }
-            for patient in checked.broken_glass {
-                if !fields.break_glass_patients.contains(&patient) {
-                    fields.break_glass_patients.push(patient);
-                }
-            }
-        }
-        Ok(checked.blocked)
-    }
-
-    fn consent_denial(
-        &self,
-        blocked: &[String],
-        consent: &ConsentContext,
-        record_handle: Option<&RequestRecord>,
-    ) -> BoxError {
-        let reason = if consent.emergency() == Emergency::WithoutReason {
-            DenyReason::BreakGlassReasonRequired
-        } else {
-            DenyReason::ConsentBlock
-        };
-        if let Some(record_handle) = record_handle {
-            let mut fields = record_handle.fields();
-            fields.decision = Some("deny");
-            fields.reason = Some(reason.code());
-            // The refused attempt is in the blocking patients' own logs.
-            fields.patients = blocked.to_vec();
-        }
-        self.metrics
-            .access_denied
-            .with_label_values(&[reason.code()])
-            .inc();
-        AccessDenied { reason }.into()
     }
 
     /// Reads the target of a patient-context update, patch or delete before it is written: it

@@ -1,0 +1,290 @@
+//! A backend FHIR server: its base URL, the pooled client that reaches it (plain HTTP or TLS,
+//! with the backend's own CA and, for backend mTLS, a client certificate), its timeouts, retry
+//! budget and circuit breaker, and the few requests the gateway makes of it on its own behalf.
+
+use std::time::{Duration, Instant};
+
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Method, Request, Response, Uri, header};
+use http_body_util::{BodyExt as _, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use super::circuit::{CircuitBreaker, CircuitState};
+use super::{ProxyError, caused_by_body_limit};
+use crate::body::{Body, BoxError, empty};
+use crate::config::{BackendConfig, ConfigError};
+use crate::encoding::form_encode;
+use crate::layers::body_limit::BodyTooLarge;
+use crate::metrics::Metrics;
+
+/// The backend FHIR server and the pooled client that reaches it.
+#[derive(Debug)]
+pub struct Backend {
+    pub(super) client: Client<HttpConnector, Body>,
+    circuit: CircuitBreaker,
+    response_timeout: Duration,
+    retries: u32,
+    scheme: Scheme,
+    authority: Authority,
+    base_path: String,
+    base_url: String,
+    pub(super) forward_authorization: bool,
+}
+
+impl Backend {
+    /// Parses the backend URL and builds the client.
+    pub fn new(config: &BackendConfig) -> Result<Backend, ConfigError> {
+        let uri: Uri = config
+            .url
+            .parse()
+            .map_err(|e| ConfigError::new("backend.url", format!("not a URL: {e}")))?;
+        let scheme = uri
+            .scheme()
+            .cloned()
+            .ok_or_else(|| ConfigError::new("backend.url", "needs a scheme"))?;
+        if scheme != Scheme::HTTP {
+            return Err(ConfigError::new(
+                "backend.url",
+                "only http:// backends are supported by this version",
+            ));
+        }
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| ConfigError::new("backend.url", "needs a host"))?;
+        if uri.query().is_some() {
+            return Err(ConfigError::new("backend.url", "must not have a query"));
+        }
+        let base_path = uri.path().trim_end_matches('/').to_owned();
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(config.pool_max_idle_per_host)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        Ok(Backend {
+            client,
+            circuit: CircuitBreaker::new(config.circuit_failures, config.circuit_open),
+            response_timeout: config.response_timeout,
+            retries: config.retries,
+            base_url: format!("{scheme}://{authority}{base_path}"),
+            scheme,
+            authority,
+            base_path,
+            forward_authorization: config.forward_authorization,
+        })
+    }
+
+    /// The backend FHIR base URL, without a trailing slash.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// The state of the backend's circuit breaker.
+    pub fn circuit_state(&self) -> CircuitState {
+        self.circuit.state(Instant::now())
+    }
+
+    /// Sends a request through the circuit breaker, with the response timeout, retrying a GET
+    /// or HEAD whose connection failed (its body is empty, so it can be sent again).
+    pub(super) async fn send(
+        &self,
+        request: Request<Body>,
+        metrics: &Metrics,
+    ) -> Result<Response<hyper::body::Incoming>, BoxError> {
+        self.circuit
+            .admit(Instant::now())
+            .map_err(ProxyError::CircuitOpen)?;
+        let retryable = matches!(*request.method(), Method::GET | Method::HEAD);
+        let template = retryable.then(|| {
+            (
+                request.method().clone(),
+                request.uri().clone(),
+                request.headers().clone(),
+            )
+        });
+        let mut request = Some(request);
+        let mut attempt = 0;
+        loop {
+            let outgoing = match (request.take(), &template) {
+                (Some(request), _) => request,
+                (None, Some((method, uri, headers))) => {
+                    let mut again = Request::new(empty());
+                    *again.method_mut() = method.clone();
+                    *again.uri_mut() = uri.clone();
+                    *again.headers_mut() = headers.clone();
+                    again
+                }
+                (None, None) => return Err("no request to send".into()),
+            };
+            let answer =
+                tokio::time::timeout(self.response_timeout, self.client.request(outgoing)).await;
+            let failed = |opened: bool| {
+                if opened {
+                    metrics.circuit_opened.inc();
+                    tracing::warn!(backend = %self.base_url, "circuit opened: the backend keeps failing");
+                }
+            };
+            match answer {
+                Err(_) => {
+                    failed(self.circuit.failure(Instant::now()));
+                    return Err(ProxyError::Timeout.into());
+                }
+                Ok(Ok(response)) => {
+                    if response.status().is_server_error() {
+                        failed(self.circuit.failure(Instant::now()));
+                    } else {
+                        self.circuit.success();
+                    }
+                    return Ok(response);
+                }
+                Ok(Err(error)) => {
+                    if caused_by_body_limit(&error) {
+                        // The client's streamed body outgrew the limit: not the backend's fault.
+                        return Err(BodyTooLarge.into());
+                    }
+                    failed(self.circuit.failure(Instant::now()));
+                    if template.is_some() && attempt < self.retries {
+                        attempt += 1;
+                        metrics.upstream_retries.inc();
+                        tokio::time::sleep(Duration::from_millis(25 * u64::from(attempt))).await;
+                        self.circuit
+                            .admit(Instant::now())
+                            .map_err(ProxyError::CircuitOpen)?;
+                        continue;
+                    }
+                    return Err(if error.is_connect() {
+                        ProxyError::Unreachable(error).into()
+                    } else {
+                        ProxyError::Failed(error).into()
+                    });
+                }
+            }
+        }
+    }
+
+    pub(super) fn uri(&self, relative: &str, query: Option<&str>) -> Result<Uri, http::Error> {
+        let path = match query {
+            Some(query) => format!("{}/{relative}?{query}", self.base_path),
+            None => format!("{}/{relative}", self.base_path),
+        };
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(PathAndQuery::try_from(path)?)
+            .build()
+    }
+
+    /// Whether the backend answers `GET metadata` without a server error, within 2 s.
+    pub async fn is_ready(&self) -> bool {
+        let Ok(uri) = self.uri("metadata", None) else {
+            return false;
+        };
+        let request = Request::get(uri)
+            .header(header::ACCEPT, "application/fhir+json")
+            .body(empty());
+        let Ok(request) = request else { return false };
+        match tokio::time::timeout(Duration::from_secs(2), self.client.request(request)).await {
+            Ok(Ok(response)) => !response.status().is_server_error(),
+            _ => false,
+        }
+    }
+}
+
+impl Backend {
+    /// The ids of the Patients with identifier `system|value`, for the gateway's own lookups
+    /// (a SAML assertion names its patient by CPR; the token needs the FHIR id). `None` when
+    /// the backend could not be asked or answered something that is not a search Bundle.
+    pub async fn patients_with_identifier(&self, system: &str, value: &str) -> Option<Vec<String>> {
+        let query = format!(
+            "identifier={}&_count=2",
+            form_encode(&format!("{system}|{value}"))
+        );
+        let request = Request::get(self.uri("Patient", Some(&query)).ok()?)
+            .header(header::ACCEPT, "application/fhir+json")
+            .body(empty())
+            .ok()?;
+        let response = tokio::time::timeout(Duration::from_secs(5), self.client.request(request))
+            .await
+            .ok()?
+            .ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        let body = Limited::new(response.into_body(), 1024 * 1024)
+            .collect()
+            .await
+            .ok()?
+            .to_bytes();
+        let bundle: serde_json::Value = serde_json::from_slice(&body).ok()?;
+        if bundle.get("resourceType")?.as_str()? != "Bundle" {
+            return None;
+        }
+        let entries = bundle.get("entry").and_then(|e| e.as_array());
+        Some(
+            entries
+                .into_iter()
+                .flatten()
+                .filter_map(|entry| entry.get("resource"))
+                .filter(|resource| {
+                    resource.get("resourceType").and_then(|t| t.as_str()) == Some("Patient")
+                })
+                .filter_map(|resource| resource.get("id")?.as_str().map(str::to_owned))
+                .collect(),
+        )
+    }
+}
+
+impl Backend {
+    /// The active Consents of `patients` (ids), in one search; `None` when the backend could
+    /// not be asked, did not answer with a search Bundle, or has more than one page (a block
+    /// on a page not read would be a block not enforced).
+    pub async fn active_consents(&self, patients: &[String]) -> Option<Vec<serde_json::Value>> {
+        let references: Vec<String> = patients.iter().map(|p| format!("Patient/{p}")).collect();
+        let query = format!(
+            "patient={}&status=active&_count=1000",
+            form_encode(&references.join(","))
+        );
+        let request = Request::get(self.uri("Consent", Some(&query)).ok()?)
+            .header(header::ACCEPT, "application/fhir+json")
+            .body(empty())
+            .ok()?;
+        let response = tokio::time::timeout(Duration::from_secs(5), self.client.request(request))
+            .await
+            .ok()?
+            .ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        let body = Limited::new(response.into_body(), 8 * 1024 * 1024)
+            .collect()
+            .await
+            .ok()?
+            .to_bytes();
+        let bundle: serde_json::Value = serde_json::from_slice(&body).ok()?;
+        if bundle.get("resourceType")?.as_str()? != "Bundle" {
+            return None;
+        }
+        let more_pages = bundle
+            .get("link")
+            .and_then(|links| links.as_array())
+            .into_iter()
+            .flatten()
+            .any(|link| link.get("relation").and_then(|r| r.as_str()) == Some("next"));
+        if more_pages {
+            return None;
+        }
+        Some(
+            bundle
+                .get("entry")
+                .and_then(|e| e.as_array())
+                .into_iter()
+                .flatten()
+                .filter_map(|entry| entry.get("resource").cloned())
+                .collect(),
+        )
+    }
+}
