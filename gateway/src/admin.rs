@@ -14,7 +14,7 @@ use crate::body::{Body, full};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::outcome::Outcome;
-use crate::proxy::Backend;
+use crate::proxy::Route;
 use crate::proxy::circuit::CircuitState;
 use crate::smart::SmartDocuments;
 
@@ -22,7 +22,7 @@ use crate::smart::SmartDocuments;
 #[derive(Debug)]
 pub struct Admin {
     metrics: Arc<Metrics>,
-    backend: Arc<Backend>,
+    upstreams: Vec<Route>,
     smart: Arc<SmartDocuments>,
     smart_path: String,
     metrics_on_client_listener: bool,
@@ -66,14 +66,14 @@ impl Admin {
         config: &Config,
         fhir_base_path: &str,
         metrics: Arc<Metrics>,
-        backend: Arc<Backend>,
+        upstreams: Vec<Route>,
         smart: Arc<SmartDocuments>,
         auditor: Option<Arc<Auditor>>,
     ) -> Self {
         Self {
             auditor,
             metrics,
-            backend,
+            upstreams,
             smart,
             metrics_on_client_listener: config.server.admin_listen.is_none(),
             last_probe: Mutex::new(None),
@@ -106,16 +106,20 @@ impl Admin {
         }
     }
 
-    /// Ready means: the backend answers and its circuit is not open, and the audit spool can
-    /// be written. Probed at most once a second, so readiness checks cannot be turned into load.
+    /// Ready means: every route's backend answers and its circuit is not open, and the audit
+    /// spool can be written. Probed at most once a second, so readiness checks cannot be turned into load.
     async fn readiness(&self) -> Readiness {
         if let Some((at, readiness)) = *self.last_probe.lock().unwrap_or_else(|p| p.into_inner())
             && at.elapsed() < Duration::from_secs(1)
         {
             return readiness;
         }
-        let backend_ok =
-            self.backend.circuit_state() != CircuitState::Open && self.backend.is_ready().await;
+        // Every route needs its backend: one that fails makes the gateway not ready.
+        let mut backend_ok = true;
+        for route in &self.upstreams {
+            backend_ok &= route.backend.circuit_state() != CircuitState::Open
+                && route.backend.is_ready().await;
+        }
         let spool_ok = match &self.auditor {
             Some(auditor) => auditor.spool_writable().await,
             None => true,
@@ -156,6 +160,18 @@ impl Admin {
                 .into_response(None),
             },
             LocalEndpoint::Metrics => {
+                for route in &self.upstreams {
+                    let name = route.backend.name();
+                    self.metrics
+                        .backend_in_flight
+                        .with_label_values(&[name])
+                        .set(i64::try_from(route.backend.in_flight()).unwrap_or(i64::MAX));
+                    let open = route.backend.circuit_state() == CircuitState::Open;
+                    self.metrics
+                        .backend_circuit_open
+                        .with_label_values(&[name])
+                        .set(i64::from(open));
+                }
                 let mut response = Response::new(full(self.metrics.render()));
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,

@@ -29,6 +29,9 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// The backend FHIR server.
     pub backend: BackendConfig,
+    /// More backends, by path prefix and/or resource type.
+    #[serde(default, rename = "upstream")]
+    pub upstreams: Vec<UpstreamConfig>,
     /// The `/.well-known/smart-configuration` document.
     #[serde(default)]
     pub smart: SmartConfig,
@@ -465,6 +468,36 @@ pub struct BackendConfig {
     /// How long an open circuit answers 503 before one trial request.
     #[serde(default = "defaults::circuit_open", with = "humantime_serde")]
     pub circuit_open: Duration,
+    /// At most this many requests in flight to this backend (503 `backend-saturated` beyond).
+    #[serde(default = "defaults::max_in_flight")]
+    pub max_in_flight: usize,
+    /// CA certificates for an https backend (default: the public web PKI roots).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate for backend mTLS.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    /// Its key.
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+}
+
+/// `[[upstream]]`: another backend, for requests below its own FHIR base on the gateway
+/// (`path_prefix`, e.g. `/fhir/regionh`), and/or for some resource types under a base.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// A short name for logs and metric labels.
+    pub name: String,
+    /// The gateway path that is this backend's FHIR base (default: the main base, with
+    /// `resource_types`).
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// Only these resource types go here (default: all under `path_prefix`).
+    #[serde(default)]
+    pub resource_types: Vec<String>,
+    /// The backend itself.
+    pub backend: BackendConfig,
 }
 
 /// `[smart]`: fields of `/.well-known/smart-configuration` (SMART App Launch 2.2 §2.1).
@@ -640,6 +673,22 @@ impl Config {
         if let Some(rules_file) = &mut self.policy.rules_file {
             resolve(rules_file);
         }
+        for backend in std::iter::once(&mut self.backend).chain(
+            self.upstreams
+                .iter_mut()
+                .map(|upstream| &mut upstream.backend),
+        ) {
+            for file in [
+                &mut backend.ca_file,
+                &mut backend.client_cert,
+                &mut backend.client_key,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                resolve(file);
+            }
+        }
         if let Some(audit) = &mut self.audit {
             resolve(&mut audit.spool_dir);
             if let Some(ship) = &mut audit.ship {
@@ -755,6 +804,9 @@ mod defaults {
     }
     pub(super) fn introspection_cache_entries() -> usize {
         100_000
+    }
+    pub(super) fn max_in_flight() -> usize {
+        512
     }
     pub(super) fn rate_window() -> Duration {
         Duration::from_secs(1)

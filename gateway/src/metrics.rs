@@ -14,7 +14,7 @@ pub struct Metrics {
     /// `portvagt_request_duration_seconds{interaction, status_class}` (no resource type: a
     /// histogram per type would be ~200k series)
     pub request_duration: HistogramVec,
-    /// `portvagt_upstream_duration_seconds{status_class}`
+    /// `portvagt_upstream_duration_seconds{backend, status_class}`
     pub upstream_duration: HistogramVec,
     /// `portvagt_auth_failures_total{reason}`
     pub auth_failures: IntCounterVec,
@@ -64,6 +64,10 @@ pub struct Metrics {
     pub certificate_expiry: IntGaugeVec,
     /// `portvagt_crl_next_update_seconds`: until the earliest CRL's next update.
     pub crl_next_update: IntGauge,
+    /// `portvagt_backend_in_flight{backend}`: requests under way to each backend.
+    pub backend_in_flight: IntGaugeVec,
+    /// `portvagt_backend_circuit_open{backend}`: 1 while a backend's circuit is open.
+    pub backend_circuit_open: IntGaugeVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -98,7 +102,7 @@ impl Metrics {
                 "Time until the backend's response headers",
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
-            &["status_class"],
+            &["backend", "status_class"],
         )
         .expect("valid metric");
         let auth_failures = IntCounterVec::new(
@@ -241,6 +245,22 @@ impl Metrics {
             "Seconds until the earliest CRL's next update (negative: overdue)",
         )
         .expect("valid metric");
+        let backend_in_flight = IntGaugeVec::new(
+            Opts::new(
+                "portvagt_backend_in_flight",
+                "Requests under way to each backend (its pool in use)",
+            ),
+            &["backend"],
+        )
+        .expect("valid metric");
+        let backend_circuit_open = IntGaugeVec::new(
+            Opts::new(
+                "portvagt_backend_circuit_open",
+                "1 while a backend's circuit breaker is open",
+            ),
+            &["backend"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
@@ -267,6 +287,8 @@ impl Metrics {
             Box::new(config_reloads.clone()),
             Box::new(certificate_expiry.clone()),
             Box::new(crl_next_update.clone()),
+            Box::new(backend_in_flight.clone()),
+            Box::new(backend_circuit_open.clone()),
         ] {
             registry
                 .register(collector)
@@ -299,6 +321,8 @@ impl Metrics {
             config_reloads,
             certificate_expiry,
             crl_next_update,
+            backend_in_flight,
+            backend_circuit_open,
         }
     }
 

@@ -21,7 +21,7 @@ use crate::runtime::{Runtime, load_rules};
 const POLL: Duration = Duration::from_secs(2);
 
 /// What a file looks like from outside: `None` if it is missing.
-type Fingerprint = Option<(u64, u64, u64, i64, i64)>;
+pub type Fingerprint = Option<(u64, u64, u64, i64, i64)>;
 
 fn fingerprint(path: &PathBuf) -> Fingerprint {
     std::fs::metadata(path)
@@ -29,9 +29,20 @@ fn fingerprint(path: &PathBuf) -> Fingerprint {
         .map(|m| (m.dev(), m.ino(), m.len(), m.mtime(), m.mtime_nsec()))
 }
 
+/// Every file a reload reads, with how it looks now. Taken before the files are read at
+/// start, so a change made while the gateway starts is still seen as one.
+pub fn fingerprints(config: &crate::config::Config) -> Vec<(PathBuf, Fingerprint)> {
+    watched(config)
+        .into_iter()
+        .map(|path| {
+            let print = fingerprint(&path);
+            (path, print)
+        })
+        .collect()
+}
+
 /// Every file a reload reads.
-fn watched(runtime: &Runtime) -> Vec<PathBuf> {
-    let config = &runtime.config;
+fn watched(config: &crate::config::Config) -> Vec<PathBuf> {
     let mut paths = vec![
         config.tls.cert.clone(),
         config.tls.key.clone(),
@@ -46,8 +57,12 @@ fn watched(runtime: &Runtime) -> Vec<PathBuf> {
 /// Watches for SIGHUP and changed files, and reloads; runs until the process ends.
 pub async fn watch(runtime: Arc<Runtime>) {
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    let paths = watched(&runtime);
-    let mut seen: Vec<Fingerprint> = paths.iter().map(fingerprint).collect();
+    let paths: Vec<PathBuf> = runtime
+        .loaded_files
+        .iter()
+        .map(|(p, _)| p.clone())
+        .collect();
+    let mut seen: Vec<Fingerprint> = runtime.loaded_files.iter().map(|(_, f)| *f).collect();
     update_expiry(&runtime);
     loop {
         let signalled = tokio::select! {

@@ -68,39 +68,7 @@ impl HttpsClient {
         timeout: Duration,
         https_only: bool,
     ) -> Result<HttpsClient, String> {
-        let mut roots = rustls::RootCertStore::empty();
-        match ca_file {
-            Some(path) => {
-                let certs = CertificateDer::pem_file_iter(path)
-                    .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
-                for cert in certs {
-                    roots
-                        .add(cert)
-                        .map_err(|e| format!("not a usable CA certificate: {e}"))?;
-                }
-            }
-            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-        }
-        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots);
-        let tls = match identity {
-            None => builder.with_no_client_auth(),
-            Some(identity) => {
-                let chain = CertificateDer::pem_file_iter(identity.cert)
-                    .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
-                    .map_err(|e| format!("{}: {e}", identity.cert.display()))?;
-                let key = PrivateKeyDer::from_pem_file(identity.key)
-                    .map_err(|e| format!("{}: {e}", identity.key.display()))?;
-                builder
-                    .with_client_auth_cert(chain, key)
-                    .map_err(|e| format!("{}: {e}", identity.cert.display()))?
-            }
-        };
+        let tls = client_tls(ca_file, identity)?;
         let connector = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
         let connector = if https_only {
             connector.https_only().enable_http1().build()
@@ -146,4 +114,47 @@ pub fn https_uri(text: &str) -> Result<Uri, String> {
         return Err(format!("{text:?} must be an https:// URL"));
     }
     Ok(uri)
+}
+
+/// A TLS client configuration trusting the CA certificates in `ca_file` (default: the public
+/// web PKI roots) and, with `identity`, presenting that client certificate. Errors name the
+/// offending file.
+pub(crate) fn client_tls(
+    ca_file: Option<&Path>,
+    identity: Option<ClientIdentity<'_>>,
+) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            for cert in certs {
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("not a usable CA certificate: {e}"))?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots);
+    let tls = match identity {
+        None => builder.with_no_client_auth(),
+        Some(identity) => {
+            let chain = CertificateDer::pem_file_iter(identity.cert)
+                .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| format!("{}: {e}", identity.cert.display()))?;
+            let key = PrivateKeyDer::from_pem_file(identity.key)
+                .map_err(|e| format!("{}: {e}", identity.key.display()))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| format!("{}: {e}", identity.cert.display()))?
+        }
+    };
+    Ok(tls)
 }

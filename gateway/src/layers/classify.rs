@@ -22,6 +22,8 @@ static IF_NONE_EXIST: HeaderName = HeaderName::from_static("if-none-exist");
 /// [`FhirRequest::path`]) and the raw query.
 #[derive(Debug, Clone)]
 pub struct FhirPath {
+    /// The FHIR base on the gateway the request was under (which route it takes).
+    pub base: String,
     /// Canonical path relative to the base, without the leading slash (`Patient/1`).
     pub relative: String,
     /// The raw query string, if any.
@@ -30,17 +32,24 @@ pub struct FhirPath {
     pub form: Option<String>,
 }
 
-/// Classifies FHIR requests below `base_path`.
+/// Classifies FHIR requests below the gateway's FHIR bases.
 #[derive(Debug, Clone)]
 pub struct ClassifyLayer {
-    base_path: Arc<str>,
+    bases: Arc<Vec<String>>,
 }
 
 impl ClassifyLayer {
-    /// FHIR lives below `base_path` (e.g. `/fhir`).
-    pub fn new(base_path: &str) -> Self {
+    /// FHIR lives below each of `bases` (e.g. `/fhir` and `/fhir/regionh`); a request belongs
+    /// to the longest that contains it.
+    pub fn new(bases: &[String]) -> Self {
+        let mut bases: Vec<String> = bases
+            .iter()
+            .map(|base| base.trim_end_matches('/').to_owned())
+            .collect();
+        bases.sort_by_key(|base| std::cmp::Reverse(base.len()));
+        bases.dedup();
         Self {
-            base_path: base_path.trim_end_matches('/').into(),
+            bases: Arc::new(bases),
         }
     }
 }
@@ -50,7 +59,7 @@ impl<S> Layer<S> for ClassifyLayer {
     fn layer(&self, inner: S) -> Self::Service {
         Classify {
             inner,
-            base_path: self.base_path.clone(),
+            bases: self.bases.clone(),
         }
     }
 }
@@ -59,7 +68,7 @@ impl<S> Layer<S> for ClassifyLayer {
 #[derive(Debug, Clone)]
 pub struct Classify<S> {
     inner: S,
-    base_path: Arc<str>,
+    bases: Arc<Vec<String>>,
 }
 
 fn relative_path<'a>(base: &str, path: &'a str) -> Option<&'a str> {
@@ -99,7 +108,16 @@ where
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
-        let classified = relative_path(&self.base_path, request.uri().path())
+        let located = self
+            .bases
+            .iter()
+            .find_map(|base| Some((base.clone(), relative_path(base, request.uri().path())?)));
+        let base = located
+            .as_ref()
+            .map(|(base, _)| base.clone())
+            .unwrap_or_default();
+        let classified = located
+            .map(|(_, relative)| relative)
             .ok_or(ClassifyError::UnknownPath)
             .and_then(|relative| {
                 classify(request.method().as_str(), relative, request.uri().query())
@@ -119,6 +137,7 @@ where
         Box::pin(async move {
             let (mut parts, body) = request.into_parts();
             let mut forwarded = FhirPath {
+                base,
                 relative: fhir.path().to_owned(),
                 query: parts.uri.query().map(str::to_owned),
                 form: None,

@@ -7,12 +7,14 @@ use std::time::{Duration, Instant};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, Uri, header};
 use http_body_util::{BodyExt as _, Limited};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use super::circuit::{CircuitBreaker, CircuitState};
 use super::{ProxyError, caused_by_body_limit};
+use crate::auth::https::{ClientIdentity, client_tls};
 use crate::body::{Body, BoxError, empty};
 use crate::config::{BackendConfig, ConfigError};
 use crate::encoding::form_encode;
@@ -22,7 +24,10 @@ use crate::metrics::Metrics;
 /// The backend FHIR server and the pooled client that reaches it.
 #[derive(Debug)]
 pub struct Backend {
-    pub(super) client: Client<HttpConnector, Body>,
+    name: String,
+    in_flight: tokio::sync::Semaphore,
+    max_in_flight: usize,
+    pub(super) client: Client<HttpsConnector<HttpConnector>, Body>,
     circuit: CircuitBreaker,
     response_timeout: Duration,
     retries: u32,
@@ -36,36 +41,61 @@ pub struct Backend {
 impl Backend {
     /// Parses the backend URL and builds the client.
     pub fn new(config: &BackendConfig) -> Result<Backend, ConfigError> {
+        Self::named(config, "backend", "default")
+    }
+
+    /// Like [`Backend::new`]; `field` prefixes the config fields in errors, `name` labels its
+    /// metrics.
+    pub fn named(config: &BackendConfig, field: &str, name: &str) -> Result<Backend, ConfigError> {
+        let at = |key: &str| format!("{field}.{key}");
         let uri: Uri = config
             .url
             .parse()
-            .map_err(|e| ConfigError::new("backend.url", format!("not a URL: {e}")))?;
+            .map_err(|e| ConfigError::new(at("url"), format!("not a URL: {e}")))?;
         let scheme = uri
             .scheme()
             .cloned()
-            .ok_or_else(|| ConfigError::new("backend.url", "needs a scheme"))?;
-        if scheme != Scheme::HTTP {
-            return Err(ConfigError::new(
-                "backend.url",
-                "only http:// backends are supported by this version",
-            ));
+            .ok_or_else(|| ConfigError::new(at("url"), "needs a scheme"))?;
+        if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
+            return Err(ConfigError::new(at("url"), "must be http:// or https://"));
         }
         let authority = uri
             .authority()
             .cloned()
-            .ok_or_else(|| ConfigError::new("backend.url", "needs a host"))?;
+            .ok_or_else(|| ConfigError::new(at("url"), "needs a host"))?;
         if uri.query().is_some() {
-            return Err(ConfigError::new("backend.url", "must not have a query"));
+            return Err(ConfigError::new(at("url"), "must not have a query"));
         }
         let base_path = uri.path().trim_end_matches('/').to_owned();
+        let identity = match (&config.client_cert, &config.client_key) {
+            (Some(cert), Some(key)) => Some(ClientIdentity { cert, key }),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError::new(
+                    at("client_cert"),
+                    "give both client_cert and client_key, or neither",
+                ));
+            }
+        };
+        let tls = client_tls(config.ca_file.as_deref(), identity)
+            .map_err(|e| ConfigError::new(at("ca_file"), e))?;
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.connect_timeout));
         connector.set_nodelay(true);
+        connector.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(config.pool_max_idle_per_host)
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
         Ok(Backend {
+            name: name.to_owned(),
+            in_flight: tokio::sync::Semaphore::new(config.max_in_flight.max(1)),
+            max_in_flight: config.max_in_flight.max(1),
             client,
             circuit: CircuitBreaker::new(config.circuit_failures, config.circuit_open),
             response_timeout: config.response_timeout,
@@ -83,6 +113,16 @@ impl Backend {
         &self.base_url
     }
 
+    /// The name in logs and metric labels.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Requests in flight now.
+    pub fn in_flight(&self) -> usize {
+        self.max_in_flight - self.in_flight.available_permits()
+    }
+
     /// The state of the backend's circuit breaker.
     pub fn circuit_state(&self) -> CircuitState {
         self.circuit.state(Instant::now())
@@ -98,6 +138,11 @@ impl Backend {
         self.circuit
             .admit(Instant::now())
             .map_err(ProxyError::CircuitOpen)?;
+        // Bounded in flight: beyond it, refuse at once rather than queue on a slow backend.
+        let _permit = self
+            .in_flight
+            .try_acquire()
+            .map_err(|_| ProxyError::Saturated)?;
         let retryable = matches!(*request.method(), Method::GET | Method::HEAD);
         let template = retryable.then(|| {
             (

@@ -78,6 +78,9 @@ pub enum ProxyError {
     /// The backend's circuit is open after repeated failures.
     #[error("the backend is failing; requests are paused")]
     CircuitOpen(CircuitOpen),
+    /// `max_in_flight` requests are already under way to the backend.
+    #[error("the backend has as many requests in flight as it may")]
+    Saturated,
 }
 
 impl ProxyError {
@@ -120,6 +123,12 @@ impl ProxyError {
                 "backend-timeout",
                 "the backend FHIR server did not answer in time",
             ),
+            ProxyError::Saturated => Outcome::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "transient",
+                "backend-saturated",
+                "the backend FHIR server has as many requests as the gateway sends it; retry shortly",
+            ),
             ProxyError::CircuitOpen(_) => Outcome::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "transient",
@@ -150,8 +159,8 @@ pub struct Proxy {
     audited: bool,
     /// Citizens' blocks, when enforced.
     consent: Option<Arc<ConsentStore>>,
-    /// The audit repository, where `AuditEvent` requests go (the citizen's access log).
-    audit_repository: Option<Upstream>,
+    /// Where requests go, most specific first.
+    routes: Arc<Vec<Route>>,
 }
 
 /// A backend and the rewriter for the URLs in its answers.
@@ -159,6 +168,42 @@ pub struct Proxy {
 struct Upstream {
     backend: Arc<Backend>,
     rewriter: Arc<UrlRewriter>,
+}
+
+/// Where requests go: below the gateway path `base_path` (a FHIR base), for `resource_types`
+/// (all when empty), to `backend`, whose URLs in answers are rewritten to the public base.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The FHIR base on the gateway, e.g. `/fhir` or `/fhir/regionh`.
+    pub base_path: String,
+    /// The resource types it takes (all when empty).
+    pub resource_types: Vec<String>,
+    /// The backend.
+    pub backend: Arc<Backend>,
+    rewriter: Arc<UrlRewriter>,
+}
+
+impl Route {
+    /// A route; `public_base` is the URL clients know this base by.
+    pub fn new(
+        base_path: String,
+        resource_types: Vec<String>,
+        backend: Arc<Backend>,
+        public_base: &str,
+    ) -> Route {
+        Route {
+            rewriter: Arc::new(UrlRewriter::new(backend.base_url(), public_base)),
+            base_path,
+            resource_types,
+            backend,
+        }
+    }
+
+    fn takes(&self, base_path: &str, resource_type: Option<&str>) -> bool {
+        self.base_path == base_path
+            && (self.resource_types.is_empty()
+                || resource_type.is_some_and(|t| self.resource_types.iter().any(|r| r == t)))
+    }
 }
 
 impl Proxy {
@@ -186,10 +231,7 @@ impl Proxy {
             smart: runtime.smart.clone(),
             audited: runtime.auditor.is_some(),
             consent: runtime.consent.clone(),
-            audit_repository: runtime.audit_repository.clone().map(|backend| Upstream {
-                rewriter: Arc::new(UrlRewriter::new(backend.base_url(), public_base_url)),
-                backend,
-            }),
+            routes: Arc::new(runtime.upstreams.clone()),
         }
     }
 }
@@ -289,13 +331,20 @@ impl Proxy {
         let reads_audit_log = fhir
             .resource_type()
             .is_some_and(|t| t.as_str() == "AuditEvent");
-        let upstream = match &self.audit_repository {
-            Some(repository) if reads_audit_log => repository.clone(),
-            _ => Upstream {
-                backend: self.backend.clone(),
-                rewriter: self.rewriter.clone(),
-            },
-        };
+        let upstream = self
+            .routes
+            .iter()
+            .find(|route| route.takes(&path.base, fhir.resource_type().map(|t| t.as_str())))
+            .map_or_else(
+                || Upstream {
+                    backend: self.backend.clone(),
+                    rewriter: self.rewriter.clone(),
+                },
+                |route| Upstream {
+                    backend: route.backend.clone(),
+                    rewriter: route.rewriter.clone(),
+                },
+            );
         let citizen_view = reads_audit_log && granted_by.starts_with("patient/");
         let record_handle = parts.extensions.get::<RequestRecord>().cloned();
         let client_ip = parts.extensions.get::<ClientAddr>().map(|addr| addr.0.ip());
@@ -412,7 +461,7 @@ impl Proxy {
         let status = response.status();
         self.metrics
             .upstream_duration
-            .with_label_values(&[status_class(status.as_u16())])
+            .with_label_values(&[upstream.backend.name(), status_class(status.as_u16())])
             .observe(upstream_latency.as_secs_f64());
         if let Some(record_handle) = &record_handle {
             let mut fields = record_handle.fields();

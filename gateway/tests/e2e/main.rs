@@ -15,6 +15,7 @@ mod operations;
 mod proxying;
 mod reload;
 mod resilience;
+mod routing;
 mod rules;
 mod token_exchange;
 mod transport;
