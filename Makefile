@@ -1,6 +1,6 @@
 # Portvagt: the two set-up commands are `make demo` and `make test` (see README.md).
 
-.PHONY: demo test backend bench build-packages test-packages
+.PHONY: demo test backend chart bench build-packages test-packages
 
 # Debian packages, installed only when missing. Building needs OpenSSL's headers (the openssl
 # crate verifies SAML signatures); the tests also run libxmlsec1's `xmlsec1` (an independent
@@ -25,12 +25,18 @@ backend:
 	cd testbed/backend && npm ci --no-audit --no-fund --loglevel=error
 	cd testbed/authserver && npm ci --no-audit --no-fund --loglevel=error
 
+# The Helm chart (helm/portvagt): lint, render with several values files, Kubernetes schemas,
+# checkov. Its Python tools are installed into helm/.venv on first use (pinned in
+# helm/tests/requirements.txt); no cluster, no helm binary and no container runtime are needed.
+chart:
+	python3 helm/tests/test_chart.py
+
 # A complete local deployment: dev PKI, reference backend with sample data, gateway.
 demo: build-packages backend
 	cargo run --locked -p portvagt -- demo --dir demo
 
 # Everything CI checks: formatting, lints, unit, property and end-to-end tests.
-test: test-packages backend
+test: test-packages backend chart
 	python3 policy/gen/patient_compartment.py --check
 	cargo fmt --all -- --check
 	cargo clippy --locked --workspace --all-targets -- -D warnings

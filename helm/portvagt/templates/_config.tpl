@@ -1,0 +1,104 @@
+{{/*
+The gateway's configuration file (README "Configuration"), from `config` and the fixed mount
+paths of the Secrets. TOML wants a table's keys before its sub-tables, hence the order below;
+[token_exchange] comes last.
+*/}}
+{{- define "portvagt.configToml" -}}
+{{- $cfg := .Values.config -}}
+# Rendered by the portvagt Helm chart from its values. Certificates and keys are files
+# mounted from Secrets; only their paths are written here.
+
+[server]
+listen = "0.0.0.0:{{ .Values.containerPorts.fhir }}"
+admin_listen = "0.0.0.0:{{ .Values.containerPorts.admin }}"
+{{- include "portvagt.tomlKeys" (dict "table" $cfg.server) }}
+
+[tls]
+cert = "/etc/portvagt/tls/tls.crt"
+key = "/etc/portvagt/tls/tls.key"
+client_ca = "/etc/portvagt/client-ca/ca.crt"
+crls = {{ include "portvagt.crlPaths" . }}
+
+[limits]
+{{- include "portvagt.tomlKeys" (dict "table" $cfg.limits) }}
+{{- range $cfg.issuers }}
+
+[[issuer]]
+{{- include "portvagt.tomlKeys" (dict "table" . "first" (list "issuer" "audiences")) }}
+{{- with .claims }}
+
+[issuer.claims]
+{{- include "portvagt.tomlKeys" (dict "table" .) }}
+{{- end }}
+{{- with .introspection }}
+
+[issuer.introspection]
+{{- include "portvagt.tomlKeys" (dict "table" . "first" (list "url" "client_id")) }}
+{{- end }}
+{{- end }}
+{{- range $cfg.routes }}
+
+[[route]]
+{{- include "portvagt.tomlKeys" (dict "table" . "first" (list "path_prefix")) }}
+{{- end }}
+
+[backend]
+{{- include "portvagt.tomlKeys" (dict "table" $cfg.backend "first" (list "url")) }}
+
+[smart]
+{{- include "portvagt.tomlKeys" (dict "table" $cfg.smart) }}
+
+[policy]
+{{- include "portvagt.tomlKeys" (dict "table" $cfg.policy) }}
+{{- if .Values.policyRules.enabled }}
+rules_file = "/etc/portvagt/rules/rules.toml"
+{{- end }}
+
+[log]
+{{- include "portvagt.tomlKeys" (dict "table" $cfg.log) }}
+{{- if $cfg.consent.enabled }}
+
+[consent]
+{{- include "portvagt.tomlKeys" (dict "table" $cfg.consent "skip" (list "enabled")) }}
+{{- end }}
+{{- if $cfg.rate_limit.enabled }}
+
+[rate_limit]
+{{- include "portvagt.tomlKeys" (dict "table" $cfg.rate_limit "first" (list "requests" "window") "skip" (list "enabled" "useRedis")) }}
+{{- if $cfg.rate_limit.useRedis }}
+redis_url = {{ include "portvagt.redisUrl" . }}
+{{- end }}
+{{- end }}
+{{- if $cfg.audit.enabled }}
+
+[audit]
+spool_dir = "/var/lib/portvagt/audit"
+{{- include "portvagt.tomlKeys" (dict "table" $cfg.audit "skip" (list "enabled")) }}
+{{- if $cfg.audit.ship.url }}
+
+[audit.ship]
+{{- include "portvagt.tomlKeys" (dict "table" $cfg.audit.ship "first" (list "url")) }}
+{{- end }}
+{{- end }}
+{{- if $cfg.token_exchange.enabled }}
+
+[token_exchange]
+{{- include "portvagt.tomlKeys" (dict "table" $cfg.token_exchange "first" (list "issuer" "audience") "skip" (list "enabled" "useRedis")) }}
+signing_key = "/etc/portvagt/token-exchange/signing-key.pem"
+trusted_sts = {{ include "portvagt.trustedStsPaths" . }}
+{{- if $cfg.token_exchange.useRedis }}
+redis_url = {{ include "portvagt.redisUrl" . }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The operator rules file (README "Operator rules"), from policyRules.rules. */}}
+{{- define "portvagt.rulesToml" -}}
+# Rendered by the portvagt Helm chart from policyRules.rules: a request that scopes allow must
+# also be allowed by a rule, and a matching deny rule wins.
+{{- range .Values.policyRules.rules }}
+
+[[rule]]
+{{- include "portvagt.tomlKeys" (dict "table" . "first" (list "name" "effect")) }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,216 @@
+{{/*
+Names, labels and the small decisions several templates share.
+*/}}
+
+{{- define "portvagt.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The full name: `<release>-<chart>`, or the release name alone when it already names the chart.
+Kubernetes names are DNS labels, hence 63 characters.
+*/}}
+{{- define "portvagt.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "portvagt.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "portvagt.labels" -}}
+helm.sh/chart: {{ include "portvagt.chart" . }}
+{{ include "portvagt.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: portvagt
+{{- end }}
+
+{{/*
+Selector labels never change after install (a Deployment's selector is immutable), so they hold
+only the name and the instance.
+*/}}
+{{- define "portvagt.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "portvagt.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "portvagt.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "portvagt.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "portvagt.adminServiceName" -}}
+{{- printf "%s-admin" (include "portvagt.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The image: by digest when one is given (what runs is then exactly what was scanned), else by tag.
+*/}}
+{{- define "portvagt.image" -}}
+{{- $tag := default .Chart.AppVersion .Values.image.tag }}
+{{- if .Values.image.digest }}
+{{- printf "%s:%s@%s" .Values.image.repository $tag .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository $tag }}
+{{- end }}
+{{- end }}
+
+{{/*
+A persistent spool needs one volume per replica, because the spool is locked to one process
+(spool.lock): a StatefulSet's volumeClaimTemplates give each replica its own, and give it back
+after a restart so its unshipped records are shipped. Every other choice is a Deployment.
+*/}}
+{{- define "portvagt.workloadKind" -}}
+{{- if and .Values.config.audit.enabled (eq .Values.auditSpool.type "persistentVolumeClaim") }}
+{{- print "StatefulSet" }}
+{{- else }}
+{{- print "Deployment" }}
+{{- end }}
+{{- end }}
+
+{{/* Secret names: the one the operator named, else the documented default. */}}
+{{- define "portvagt.serverTlsSecret" -}}
+{{- default (printf "%s-tls" (include "portvagt.fullname" .)) .Values.serverTls.existingSecret }}
+{{- end }}
+{{- define "portvagt.clientCaSecret" -}}
+{{- default (printf "%s-client-ca" (include "portvagt.fullname" .)) .Values.clientCa.existingSecret }}
+{{- end }}
+{{- define "portvagt.signingKeySecret" -}}
+{{- default (printf "%s-token-signing" (include "portvagt.fullname" .)) .Values.tokenExchangeKeys.signingKey.existingSecret }}
+{{- end }}
+{{- define "portvagt.trustedStsSecret" -}}
+{{- default (printf "%s-trusted-sts" (include "portvagt.fullname" .)) .Values.tokenExchangeKeys.trustedSts.existingSecret }}
+{{- end }}
+
+{{/* Whether any part of the configuration talks to Redis. */}}
+{{- define "portvagt.usesRedis" -}}
+{{- $exchange := and .Values.config.token_exchange.enabled .Values.config.token_exchange.useRedis }}
+{{- $rateLimit := and .Values.config.rate_limit.enabled .Values.config.rate_limit.useRedis }}
+{{- if or $exchange $rateLimit }}true{{- end }}
+{{- end }}
+
+{{/*
+With a Redis password the ConfigMap holds a placeholder and an init container writes the real
+configuration to an in-memory volume: the password never lands in a ConfigMap.
+*/}}
+{{- define "portvagt.redisPasswordPlaceholder" -}}
+__PORTVAGT_REDIS_PASSWORD__
+{{- end }}
+{{- define "portvagt.renderedConfig" -}}
+{{- if and (include "portvagt.usesRedis" .) .Values.redis.auth.existingSecret }}true{{- end }}
+{{- end }}
+
+{{/*
+The redis_url to write: plain, or with the placeholder as password, as a TOML literal string
+('...') so the password needs no escaping.
+*/}}
+{{- define "portvagt.redisUrl" -}}
+{{- $url := required "redis.url is required when token exchange or rate limits use Redis" .Values.redis.url }}
+{{- if .Values.redis.auth.existingSecret }}
+{{- printf "'redis://:%s@%s'" (include "portvagt.redisPasswordPlaceholder" .) (trimPrefix "redis://" $url) }}
+{{- else }}
+{{- $url | toJson }}
+{{- end }}
+{{- end }}
+
+{{/*
+`key = value` lines for the scalar and list entries of a dict: the keys named in `first` in that
+order, then the rest in key order. Values are written as JSON, which is valid TOML for strings,
+numbers, booleans and lists of them. null and "" are left out so the gateway's default applies;
+tables (dicts) and the chart's own switches (`skip`) are left to the caller. Each line starts
+with a newline, so the caller writes `{{- include ... }}` right after the table header.
+Usage: include "portvagt.tomlKeys" (dict "table" $dict "first" (list "url") "skip" (list "enabled"))
+*/}}
+{{- define "portvagt.tomlKeys" -}}
+{{- $table := .table }}
+{{- $skip := default (list) .skip }}
+{{- $first := default (list) .first }}
+{{- $rest := list }}
+{{- range $key := keys $table | sortAlpha }}
+{{- if not (has $key $first) }}
+{{- $rest = append $rest $key }}
+{{- end }}
+{{- end }}
+{{- $keys := concat $first $rest }}
+{{- range $key := $keys }}
+{{- $value := get $table $key }}
+{{- if and (hasKey $table $key) (not (has $key $skip)) (not (kindIs "map" $value)) (not (kindIs "invalid" $value)) (ne (toString $value) "") }}
+{{ $key }} = {{ $value | toJson }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The seconds in a whole-seconds duration such as `10s`. */}}
+{{- define "portvagt.seconds" -}}
+{{- trimSuffix "s" . | int }}
+{{- end }}
+
+{{/*
+Settings that cannot work together are refused at render time, with the value to change.
+*/}}
+{{- define "portvagt.validate" -}}
+{{- $grace := include "portvagt.seconds" .Values.config.server.shutdown_grace | int }}
+{{- $needed := add $grace .Values.preStopSleepSeconds }}
+{{- if le (int .Values.terminationGracePeriodSeconds) (int $needed) }}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must be longer than preStopSleepSeconds + config.server.shutdown_grace (%d s), or in-flight requests are killed" (int .Values.terminationGracePeriodSeconds) (int $needed)) }}
+{{- end }}
+{{- if and .Values.config.audit.enabled (eq .Values.auditSpool.type "existingClaim") }}
+{{- if not .Values.auditSpool.existingClaim }}
+{{- fail "auditSpool.existingClaim must name a PersistentVolumeClaim when auditSpool.type is existingClaim" }}
+{{- end }}
+{{- if or .Values.autoscaling.enabled (gt (int .Values.replicaCount) 1) }}
+{{- fail "auditSpool.type existingClaim allows one replica only (the spool is locked to one process): use persistentVolumeClaim for more" }}
+{{- end }}
+{{- end }}
+{{- if and .Values.policyRules.enabled (not .Values.policyRules.rules) }}
+{{- fail "policyRules.enabled with no rules refuses every request: add rules or disable policyRules" }}
+{{- end }}
+{{- end }}
+
+{{/* `[tls] crls`: one path per CRL key of the client CA Secret. */}}
+{{- define "portvagt.crlPaths" -}}
+{{- $paths := list }}
+{{- range .Values.clientCa.crlKeys }}
+{{- $paths = append $paths (printf "/etc/portvagt/client-ca/%s" .) }}
+{{- end }}
+{{- $paths | toJson }}
+{{- end }}
+
+{{/* `[token_exchange] trusted_sts`: one path per certificate key of the trusted STS Secret. */}}
+{{- define "portvagt.trustedStsPaths" -}}
+{{- $paths := list }}
+{{- range .Values.tokenExchangeKeys.trustedSts.keys }}
+{{- $paths = append $paths (printf "/etc/portvagt/trusted-sts/%s" .) }}
+{{- end }}
+{{- $paths | toJson }}
+{{- end }}
+
+{{/*
+checkov skips, each with its reason (README "checkov"). Some only apply to the values that make
+them necessary.
+*/}}
+{{- define "portvagt.checkovSkips" -}}
+{{- $skips := list }}
+{{- if not .Values.image.digest }}
+{{- $skips = append $skips "CKV_K8S_43=the image is pinned by tag; set image.digest to pin it by digest" }}
+{{- end }}
+{{- if ne .Values.image.pullPolicy "Always" }}
+{{- $skips = append $skips "CKV_K8S_15=a pinned tag or digest does not change; Always would make every pod start depend on the registry" }}
+{{- end }}
+{{- range $i, $skip := $skips }}
+checkov.io/skip{{ add1 $i }}: {{ $skip | quote }}
+{{- end }}
+{{- end }}

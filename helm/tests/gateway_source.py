@@ -1,0 +1,101 @@
+"""What the gateway accepts, read from its Rust source, so the chart's tests follow the gateway.
+
+The configuration structs use `#[serde(deny_unknown_fields)]`: a key the chart writes that the
+gateway does not know stops it at start. Reading the structs here (instead of keeping a copy of
+their field names) makes a rename in the gateway fail the chart's tests, not a deployment.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+# Each table of portvagt.toml and the struct in gateway/src/config.rs that reads it.
+CONFIG_TABLES = {
+    "": "Config",
+    "server": "ServerConfig",
+    "tls": "TlsConfig",
+    "limits": "LimitsConfig",
+    "issuer": "IssuerConfig",
+    "issuer.claims": "ClaimNames",
+    "issuer.introspection": "IntrospectionConfig",
+    "route": "RouteConfig",
+    "backend": "BackendConfig",
+    "smart": "SmartConfig",
+    "policy": "PolicyConfig",
+    "log": "LogConfig",
+    "token_exchange": "TokenExchangeConfig",
+    "audit": "AuditConfig",
+    "audit.ship": "AuditShipConfig",
+    "consent": "ConsentConfig",
+    "rate_limit": "RateLimitConfig",
+}
+
+
+def struct_fields(source: str, struct: str) -> dict[str, bool]:
+    """{TOML key: required} for a serde struct: a field is optional when it has a serde default
+    or is an `Option`; `rename` gives the key."""
+    body = re.search(r"pub struct " + struct + r" \{(.*?)\n\}", source, re.S)
+    if not body:
+        raise LookupError(f"struct {struct} not found")
+    fields: dict[str, bool] = {}
+    attributes = ""
+    for line in body.group(1).splitlines():
+        line = line.strip()
+        if line.startswith("#["):
+            attributes += line
+        elif line.startswith("pub "):
+            match = re.match(r"pub (\w+): (.+),$", line)
+            if match:
+                name, rust_type = match.groups()
+                rename = re.search(r'rename = "(\w+)"', attributes)
+                optional = "default" in attributes or rust_type.startswith("Option<")
+                fields[rename.group(1) if rename else name] = not optional
+            attributes = ""
+        elif not line.startswith("//"):
+            attributes = ""
+    return fields
+
+
+def config_tables(repo: Path) -> dict[str, dict[str, bool]]:
+    """Table path -> its fields, for every table of the gateway's configuration file."""
+    source = (repo / "gateway" / "src" / "config.rs").read_text()
+    return {path: struct_fields(source, struct) for path, struct in CONFIG_TABLES.items()}
+
+
+def problems_of(config: dict, tables: dict[str, dict[str, bool]], where: str) -> list[str]:
+    """Keys the gateway does not know and required keys that are missing, in a parsed config."""
+    problems: list[str] = []
+
+    def walk(table: dict, path: str) -> None:
+        fields = tables.get(path)
+        if fields is None:
+            problems.append(f"[{path}] is not a table of the gateway's configuration")
+            return
+        for key, value in table.items():
+            if key not in fields:
+                problems.append(f"{path or '(top)'}.{key} is unknown to the gateway")
+                continue
+            child = f"{path}.{key}" if path else key
+            if isinstance(value, dict):
+                walk(value, child)
+            elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+                for item in value:
+                    walk(item, child)
+        for key, required in fields.items():
+            if required and key not in table:
+                problems.append(f"{path or '(top)'}.{key} is required by the gateway")
+
+    walk(config, "")
+    return [f"{where}: {p}" for p in problems]
+
+
+def rule_fields(repo: Path) -> dict[str, bool]:
+    """The keys of an operator rule (`[[rule]]` in the rules file)."""
+    return struct_fields((repo / "policy" / "src" / "rules.rs").read_text(), "RuleSpec")
+
+
+def metric_names(repo: Path) -> set[str]:
+    """Every metric the gateway registers."""
+    source = (repo / "gateway" / "src" / "metrics.rs").read_text()
+    return set(re.findall(r'"(portvagt_[a-z0-9_]+)"', source))

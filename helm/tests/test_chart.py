@@ -1,0 +1,639 @@
+#!/usr/bin/env python3
+"""Tests of the portvagt Helm chart, without a cluster and without the helm binary.
+
+`helm lint` and `helm template` come from helm-python-sdk (Helm's Go library behind a C ABI), the
+Kubernetes schemas from kubernetes-validate, the security scan from checkov. They are installed
+into helm/.venv on first use, from the pinned helm/tests/requirements.txt, and reused after.
+
+The chart is rendered with several sets of values (`VARIANTS`); every rendered manifest is
+validated against the Kubernetes API schemas in strict mode, scanned by checkov, and checked for
+what matters here: a configuration the gateway accepts, no secret material in a ConfigMap, a
+locked-down pod, probes on the admin port. The rendered configuration is compared with the
+gateway's own config structs (gateway/src/config.rs), so the chart cannot drift from what
+`deny_unknown_fields` accepts.
+
+Exit status 0 when everything passed, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import time
+import venv
+from pathlib import Path
+
+STARTED = time.monotonic()
+TESTS = Path(__file__).resolve().parent
+HELM_DIR = TESTS.parent
+REPO = HELM_DIR.parent
+CHART = HELM_DIR / "portvagt"
+VENV = HELM_DIR / ".venv"
+REQUIREMENTS = TESTS / "requirements.txt"
+STAMP = VENV / "requirements.sha256"
+
+
+# --- the tools: a virtualenv of pinned packages, made once --------------------------------------
+
+def ensure_tools() -> None:
+    """Re-runs this script inside helm/.venv, creating or updating it when requirements.txt
+    changed since it was made."""
+    python = VENV / "bin" / "python"
+    wanted = hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()
+    if not python.exists() or not STAMP.exists() or STAMP.read_text().strip() != wanted:
+        print(f"installing the chart's test tools into {VENV.relative_to(REPO)} (once)", flush=True)
+        if not python.exists():
+            try:
+                venv.EnvBuilder(with_pip=True).create(VENV)
+            except subprocess.CalledProcessError:
+                # A Python without ensurepip (Debian without python3-venv): an empty environment,
+                # and the system pip puts pip into it.
+                venv.EnvBuilder(with_pip=False, clear=True).create(VENV)
+                subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install",
+                                "--quiet", "pip"], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                        "--no-input", "-r", str(REQUIREMENTS)], check=True)
+        STAMP.write_text(wanted + "\n")
+    if Path(sys.prefix).resolve() != VENV.resolve():
+        os.execv(str(python), [str(python), __file__, *sys.argv[1:]])
+
+
+if __name__ == "__main__":
+    ensure_tools()
+
+# Only inside the virtualenv from here on.
+import copy  # noqa: E402
+import json  # noqa: E402
+import re  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+import tomllib  # noqa: E402
+
+import helm_python as helm  # noqa: E402
+import jsonschema  # noqa: E402
+import kubernetes_validate  # noqa: E402
+import yaml  # noqa: E402
+
+sys.dont_write_bytecode = True  # no __pycache__ beside the tests
+import gateway_source  # noqa: E402
+
+NAMESPACE = "portvagt"
+RELEASE = "portvagt"
+# The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest with schemas.
+KUBE_VERSIONS = ["1.29.0", kubernetes_validate.utils.latest_version()]
+# Custom resources: no schema in kubernetes-validate, so they are checked by their fields below.
+CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+CONFIG_PATH = "/etc/portvagt/portvagt.toml"
+SPOOL_DIR = "/var/lib/portvagt/audit"
+
+
+def load_yaml(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def merge(base: dict, override: dict) -> dict:
+    """Values as Helm combines them: maps merge key by key, everything else is replaced."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+# The values each variant adds to the chart's values.yaml.
+VARIANTS: dict[str, dict] = {
+    "default": {},
+    "production": load_yaml(CHART / "values-production.yaml"),
+    # A Deployment: emptyDir spool, no ServiceMonitor, no network policy, a plain Redis URL and
+    # rules; the cheapest installation that still exercises token exchange.
+    "emptydir": {
+        "replicaCount": 1,
+        "auditSpool": {"type": "emptyDir"},
+        "serviceMonitor": {"enabled": False},
+        "networkPolicy": {"enabled": False},
+        "podDisruptionBudget": {"enabled": False},
+        "config": {
+            "token_exchange": {"enabled": True, "useRedis": True},
+            "rate_limit": {"enabled": True, "useRedis": True},
+            "audit": {"failure_mode": "open"},
+        },
+        "redis": {"url": "redis://redis:6379/1"},
+        "policyRules": {"enabled": True,
+                        "rules": [{"name": "system reads", "effect": "allow", "contexts": ["system"],
+                                   "interactions": ["read", "search-type"]}]},
+        "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+                                       "whenUnsatisfiable": "DoNotSchedule"}],
+        "image": {"pullPolicy": "Always"},
+    },
+    # One given volume: one replica, replaced (never rolled) so two pods never share the spool.
+    "existing-claim": {
+        "replicaCount": 1,
+        "auditSpool": {"type": "existingClaim", "existingClaim": "portvagt-audit"},
+    },
+}
+
+
+# --- reporting ------------------------------------------------------------------------------------
+
+class Report:
+    def __init__(self) -> None:
+        self.passed = 0
+        self.failed: list[str] = []
+
+    def check(self, name: str, ok: bool, detail: str = "") -> bool:
+        if ok:
+            self.passed += 1
+            print(f"  ok    {name}")
+        else:
+            self.failed.append(name)
+            print(f"  FAIL  {name}" + (f"\n        {detail}" if detail else ""))
+        return ok
+
+    def section(self, title: str) -> None:
+        print(f"\n{title}", flush=True)
+
+
+REPORT = Report()
+
+
+# --- rendering ------------------------------------------------------------------------------------
+
+def render(chart: helm.Chart, values: dict) -> tuple[list[dict], str]:
+    """The manifests Helm would apply (NOTES.txt apart), parsed, and NOTES.txt."""
+    rendered = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    docs: list[dict] = []
+    notes = ""
+    for template, text in sorted(rendered.items()):
+        if template.endswith("NOTES.txt"):
+            notes = text
+            continue
+        for doc in yaml.safe_load_all(text):
+            if doc:
+                doc["_template"] = template
+                docs.append(doc)
+    return docs, notes
+
+
+def manifest(doc: dict) -> dict:
+    return {k: v for k, v in doc.items() if k != "_template"}
+
+
+def find(docs: list[dict], kind: str, suffix: str = "") -> list[dict]:
+    return [d for d in docs if d["kind"] == kind and d["metadata"]["name"].endswith(suffix)]
+
+
+def workload(docs: list[dict]) -> dict:
+    found = [d for d in docs if d["kind"] in ("Deployment", "StatefulSet")]
+    assert len(found) == 1, f"expected one workload, found {[d['kind'] for d in found]}"
+    return found[0]
+
+
+# --- the checks -----------------------------------------------------------------------------------
+
+def check_lint(values_files: dict[str, dict]) -> None:
+    REPORT.section("helm lint --strict")
+    for name, values in values_files.items():
+        result = helm.lint(CHART, values, strict=True, namespace=NAMESPACE, kube_version="v1.29.0")
+        # Severity 1 is information ("icon is recommended"); strict mode fails on the rest.
+        problems = [f"{m['path']}: {m['error'].strip()}" for m in result["messages"] if m["severity"] >= 2]
+        problems += [e.strip() for e in result.get("errors", []) if e.strip() not in " ".join(problems)]
+        REPORT.check(f"lint with {name} values", not problems, "; ".join(problems))
+
+
+def check_values_schema(chart: helm.Chart, defaults: dict) -> None:
+    REPORT.section("values.schema.json")
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    try:
+        jsonschema.Draft7Validator.check_schema(schema)
+        REPORT.check("is a valid draft-07 schema", True)
+    except jsonschema.SchemaError as e:
+        REPORT.check("is a valid draft-07 schema", False, e.message)
+    validator = jsonschema.Draft7Validator(schema)
+    for name, extra in VARIANTS.items():
+        errors = [f"{'/'.join(map(str, e.path))}: {e.message}" for e in validator.iter_errors(merge(defaults, extra))]
+        REPORT.check(f"accepts the {name} values", not errors, "; ".join(errors[:5]))
+
+    # Wrong values must be refused by Helm itself (install, upgrade, template), not only here.
+    wrong = {
+        "an unknown top-level value": {"replicas": 3},
+        "a wrong type": {"replicaCount": "three"},
+        "a misspelt gateway key": {"config": {"backend": {"urll": "http://x"}}},
+        "a password in redis.url": {"redis": {"url": "redis://:secret@redis:6379/0"}},
+        "an HMAC algorithm": {"config": {"issuers": [{"issuer": "https://a", "audiences": ["b"],
+                                                      "discovery": True, "algorithms": ["HS256"]}]}},
+        "two key sources for one issuer": {"config": {"issuers": [{"issuer": "https://a", "audiences": ["b"],
+                                                                   "discovery": True, "jwks_url": "https://a/jwks"}]}},
+        "rules switched on without rules": {"policyRules": {"enabled": True, "rules": []}},
+        "Redis switched on without a URL": {"config": {"token_exchange": {"enabled": True, "useRedis": True}}},
+    }
+    for what, values in wrong.items():
+        try:
+            chart.render(values, name=RELEASE, namespace=NAMESPACE)
+            refused_by_helm = False
+        except helm.HelmValuesError:
+            refused_by_helm = True
+        refused_here = not validator.is_valid(merge(defaults, values))
+        REPORT.check(f"refuses {what}", refused_by_helm and refused_here,
+                     f"helm refused: {refused_by_helm}, jsonschema refused: {refused_here}")
+
+    # Combinations the schema cannot express are refused while rendering, naming the value.
+    impossible = {
+        "a grace period shorter than the drain": ({"terminationGracePeriodSeconds": 12}, "terminationGracePeriodSeconds"),
+        "two replicas on one existing claim": ({"auditSpool": {"type": "existingClaim", "existingClaim": "x"}},
+                                               "existingClaim allows one replica"),
+    }
+    for what, (values, message) in impossible.items():
+        try:
+            chart.render(values, name=RELEASE, namespace=NAMESPACE)
+            detail = "rendered anyway"
+        except helm.HelmError as e:
+            detail = "" if message in str(e) else f"refused, but without naming {message!r}: {e}"
+        REPORT.check(f"refuses {what}", not detail, detail)
+
+
+# Maps whose keys are data passed through to Kubernetes (or free-form names), not chart settings:
+# the comment on the map itself documents them.
+FREE_FORM = {"annotations", "labels", "podAnnotations", "podLabels", "nodeSelector", "matchLabels",
+             "affinity", "behavior", "resources"}
+
+
+def check_values_documented() -> None:
+    """Every key of values.yaml and values-production.yaml has a comment, on its line or the line
+    above. Keys inside list items (example data) and inside FREE_FORM maps are covered by the
+    comment on their list or map."""
+    REPORT.section("values files are documented")
+    key_line = re.compile(r"^(\s*)(- )?([A-Za-z0-9_.\-/\"]+):(\s|$)")
+    for path in (CHART / "values.yaml", CHART / "values-production.yaml"):
+        undocumented = []
+        ancestors: list[tuple[int, str]] = []  # (indentation, key) of the enclosing keys
+        previous = ""
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            stripped = line.strip()
+            if not stripped or stripped.startswith("#"):
+                previous = line if stripped else previous
+                continue
+            indent = len(line) - len(line.lstrip())
+            while ancestors and ancestors[-1][0] >= indent:
+                ancestors.pop()
+            match = key_line.match(line)
+            in_list = stripped.startswith("- ") or any(key == "-" for _, key in ancestors)
+            free_form = any(key in FREE_FORM for _, key in ancestors)
+            if match and not in_list and not free_form:
+                if "#" not in line.split(":", 1)[1] and not previous.lstrip().startswith("#"):
+                    undocumented.append(f"line {number}: {stripped}")
+            if stripped.startswith("- "):
+                ancestors.append((indent, "-"))
+            elif match:
+                ancestors.append((indent, match.group(3)))
+            previous = line
+        REPORT.check(f"every key in {path.name} has a comment", not undocumented, "; ".join(undocumented[:80]))
+
+
+def check_kubernetes_schemas(name: str, docs: list[dict]) -> None:
+    for version in KUBE_VERSIONS:
+        errors = []
+        for doc in docs:
+            if (doc["apiVersion"], doc["kind"]) in CUSTOM_KINDS:
+                continue
+            try:
+                kubernetes_validate.validate(manifest(doc), version, strict=True)
+            except kubernetes_validate.ValidationError as e:
+                path = ".".join(str(p) for p in e.path)
+                errors.append(f"{doc['kind']}/{doc['metadata']['name']}: {path}: {e.message}")
+            except kubernetes_validate.SchemaNotFoundError as e:
+                errors.append(e.message)
+        kinds = sorted({d["kind"] for d in docs if (d["apiVersion"], d["kind"]) not in CUSTOM_KINDS})
+        REPORT.check(f"{name}: {len(kinds)} kinds valid against Kubernetes {version} (strict)", not errors,
+                     "; ".join(errors[:5]))
+    for doc in docs:
+        if (doc["apiVersion"], doc["kind"]) in CUSTOM_KINDS:
+            print(f"  skip  {name}: {doc['kind']} has no Kubernetes schema (a Prometheus Operator CRD); "
+                  "its fields are checked below")
+
+
+def check_config(name: str, docs: list[dict], values: dict, gateway: dict) -> None:
+    config_maps = find(docs, "ConfigMap", "-config")
+    if not REPORT.check(f"{name}: one ConfigMap holds portvagt.toml", len(config_maps) == 1):
+        return
+    text = config_maps[0]["data"]["portvagt.toml"]
+    rendered_with_password = values["redis"]["auth"]["existingSecret"] and "__PORTVAGT_REDIS_PASSWORD__" in text
+    try:
+        config = tomllib.loads(text)
+        REPORT.check(f"{name}: portvagt.toml is valid TOML", True)
+    except tomllib.TOMLDecodeError as e:
+        REPORT.check(f"{name}: portvagt.toml is valid TOML", False, str(e))
+        return
+    problems = gateway_source.problems_of(config, gateway, "portvagt.toml")
+    REPORT.check(f"{name}: every key is one the gateway knows, every required key is there", not problems,
+                 "; ".join(problems))
+    # Secret material: PEM blocks, or a password in a URL (only the placeholder may stand there).
+    secrets = [m for m in re.findall(r"-----BEGIN [A-Z ]+-----", text)]
+    secrets += [u for u in re.findall(r"redis://:([^@'\"]+)@", text) if u != "__PORTVAGT_REDIS_PASSWORD__"]
+    REPORT.check(f"{name}: no secret material in the ConfigMap", not secrets, str(secrets))
+    if rendered_with_password:
+        print(f"  note  {name}: the Redis password is put in by the render-config init container")
+
+    server = config["server"]
+    REPORT.check(f"{name}: listens on 8443 (mTLS) and 9090 (admin)",
+                 server["listen"] == "0.0.0.0:8443" and server.get("admin_listen") == "0.0.0.0:9090",
+                 f"{server.get('listen')} / {server.get('admin_listen')}")
+    audit_on = values["config"]["audit"]["enabled"]
+    REPORT.check(f"{name}: the audit spool is the mounted volume",
+                 (config.get("audit", {}).get("spool_dir") == SPOOL_DIR) == audit_on)
+
+    # Every file the configuration names is on a volume the pod mounts (read-only).
+    pod = workload(docs)["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    files = [config["tls"][k] for k in ("cert", "key", "client_ca")] + config["tls"].get("crls", [])
+    if "token_exchange" in config:
+        files += [config["token_exchange"]["signing_key"], *config["token_exchange"]["trusted_sts"]]
+    if "policy" in config and "rules_file" in config["policy"]:
+        files.append(config["policy"]["rules_file"])
+    for issuer in config.get("issuer", []):
+        files += [issuer[k] for k in ("ca_file", "jwks_file") if k in issuer]
+    unmounted = [f for f in files if not any(f.startswith(p.rstrip("/") + "/") and mounts[p].get("readOnly")
+                                             for p in mounts)]
+    REPORT.check(f"{name}: {len(files)} files named in portvagt.toml are on read-only mounts", not unmounted,
+                 str(unmounted))
+
+    rules = find(docs, "ConfigMap", "-rules")
+    if values["policyRules"]["enabled"]:
+        try:
+            rules_toml = tomllib.loads(rules[0]["data"]["rules.toml"])
+            known = gateway_source.rule_fields(REPO)
+            bad = [f"rule {r.get('name')!r}: {k}" for r in rules_toml["rule"] for k in r if k not in known]
+            bad += [f"rule {r.get('name')!r} lacks {k}" for r in rules_toml["rule"] for k, req in known.items()
+                    if req and k not in r]
+            REPORT.check(f"{name}: rules.toml is valid TOML, its {len(rules_toml['rule'])} rule(s) all ones the gateway accepts",
+                         not bad, "; ".join(bad))
+        except (IndexError, KeyError, tomllib.TOMLDecodeError) as e:
+            REPORT.check(f"{name}: rules.toml is valid TOML", False, repr(e))
+
+
+def check_pod(name: str, docs: list[dict], values: dict) -> None:
+    work = workload(docs)
+    expected_kind = "StatefulSet" if (values["config"]["audit"]["enabled"]
+                                      and values["auditSpool"]["type"] == "persistentVolumeClaim") else "Deployment"
+    REPORT.check(f"{name}: runs as a {expected_kind}", work["kind"] == expected_kind, work["kind"])
+    pod = work["spec"]["template"]["spec"]
+    psc = pod.get("securityContext", {})
+    REPORT.check(f"{name}: pod runs as non-root user 10001 with fsGroup and RuntimeDefault seccomp",
+                 psc.get("runAsNonRoot") is True and psc.get("runAsUser") == 10001 and psc.get("fsGroup") == 10001
+                 and psc.get("seccompProfile", {}).get("type") == "RuntimeDefault", str(psc))
+    REPORT.check(f"{name}: no service account token", pod.get("automountServiceAccountToken") is False)
+    for container in pod["containers"] + pod.get("initContainers", []):
+        sc = container.get("securityContext", {})
+        REPORT.check(f"{name}: {container['name']}: read-only root, no escalation, all capabilities dropped",
+                     sc.get("readOnlyRootFilesystem") is True and sc.get("allowPrivilegeEscalation") is False
+                     and sc.get("capabilities", {}).get("drop") == ["ALL"] and sc.get("runAsNonRoot") is True
+                     and sc.get("seccompProfile", {}).get("type") == "RuntimeDefault", str(sc))
+        resources = container.get("resources", {})
+        REPORT.check(f"{name}: {container['name']}: cpu and memory requests and limits",
+                     all(k in resources.get(s, {}) for s in ("requests", "limits") for k in ("cpu", "memory")),
+                     str(resources))
+    gateway = pod["containers"][0]
+    REPORT.check(f"{name}: container args are serve --config {CONFIG_PATH}",
+                 gateway.get("args") == ["serve", "--config", CONFIG_PATH], str(gateway.get("args")))
+    ports = {p["name"]: p["containerPort"] for p in gateway["ports"]}
+    REPORT.check(f"{name}: ports fhir 8443 and admin 9090", ports == {"fhir": 8443, "admin": 9090}, str(ports))
+    live, ready = gateway.get("livenessProbe", {}), gateway.get("readinessProbe", {})
+    REPORT.check(f"{name}: liveness GET /healthz and readiness GET /readyz on the admin port",
+                 live.get("httpGet", {}).get("path") == "/healthz" and ready.get("httpGet", {}).get("path") == "/readyz"
+                 and live["httpGet"].get("port") in ("admin", 9090) and ready["httpGet"].get("port") in ("admin", 9090),
+                 f"{live} / {ready}")
+    grace = int(values["config"]["server"]["shutdown_grace"].rstrip("s"))
+    REPORT.check(f"{name}: terminationGracePeriodSeconds above preStop + shutdown_grace",
+                 pod["terminationGracePeriodSeconds"] > grace + values["preStopSleepSeconds"])
+    image = gateway["image"]
+    digest = values["image"]["digest"]
+    REPORT.check(f"{name}: image pinned by tag{' and digest' if digest else ''}",
+                 re.search(r":[\w.\-]+(@sha256:[0-9a-f]{64})?$", image) is not None and not image.endswith(":latest")
+                 and (not digest or image.endswith("@" + digest)), image)
+    secret_volumes = {v["name"] for v in pod["volumes"] if "secret" in v}
+    writable = [m["mountPath"] for c in pod["containers"] + pod.get("initContainers", [])
+                for m in c["volumeMounts"] if m["name"] in secret_volumes and not m.get("readOnly")]
+    REPORT.check(f"{name}: {len(secret_volumes)} Secrets mounted read-only", not writable, str(writable))
+    annotations = work["spec"]["template"]["metadata"].get("annotations", {})
+    REPORT.check(f"{name}: pods roll when portvagt.toml changes", "checksum/config" in annotations)
+
+    spool = [v for v in pod["volumes"] if v["name"] == "audit-spool"]
+    claims = [t["metadata"]["name"] for t in work["spec"].get("volumeClaimTemplates", [])]
+    spool_type = values["auditSpool"]["type"]
+    if not values["config"]["audit"]["enabled"]:
+        ok = not spool and not claims
+    elif spool_type == "persistentVolumeClaim":
+        ok = claims == ["audit-spool"] and not spool
+    elif spool_type == "existingClaim":
+        ok = spool and spool[0]["persistentVolumeClaim"]["claimName"] == values["auditSpool"]["existingClaim"]
+        ok = ok and work["spec"]["strategy"]["type"] == "Recreate"
+    else:
+        ok = bool(spool) and "emptyDir" in spool[0]
+    REPORT.check(f"{name}: audit spool volume: {spool_type}", bool(ok), str(spool or claims))
+
+
+def check_resources(name: str, docs: list[dict], values: dict) -> None:
+    services = find(docs, "Service")
+    ports = sorted(p["port"] for s in services for p in s["spec"]["ports"])
+    REPORT.check(f"{name}: Services expose 8443 and 9090", ports == [8443, 9090], str(ports))
+    admin = [s for s in services if s["spec"]["ports"][0]["name"] == "admin"]
+    REPORT.check(f"{name}: the admin port is on its own cluster-internal Service",
+                 len(admin) == 1 and admin[0]["spec"]["type"] == "ClusterIP" and len(admin[0]["spec"]["ports"]) == 1)
+    everything_namespaced = all(d["metadata"].get("namespace") == NAMESPACE for d in docs)
+    REPORT.check(f"{name}: every resource names its namespace", everything_namespaced)
+    labelled = all(d["metadata"].get("labels", {}).get("app.kubernetes.io/name") == "portvagt"
+                   and d["metadata"]["labels"].get("app.kubernetes.io/instance") == RELEASE for d in docs)
+    REPORT.check(f"{name}: every resource carries the app.kubernetes.io labels", labelled)
+
+    hpa = find(docs, "HorizontalPodAutoscaler")
+    if values["autoscaling"]["enabled"]:
+        work = workload(docs)
+        REPORT.check(f"{name}: the HPA scales the {work['kind']}, which leaves replicas to it",
+                     len(hpa) == 1 and hpa[0]["spec"]["scaleTargetRef"]["kind"] == work["kind"]
+                     and hpa[0]["spec"]["scaleTargetRef"]["name"] == work["metadata"]["name"]
+                     and "replicas" not in work["spec"])
+    else:
+        REPORT.check(f"{name}: no HPA", not hpa)
+    REPORT.check(f"{name}: PodDisruptionBudget {'on' if values['podDisruptionBudget']['enabled'] else 'off'}",
+                 len(find(docs, "PodDisruptionBudget")) == int(values["podDisruptionBudget"]["enabled"]))
+
+    policies = find(docs, "NetworkPolicy")
+    if values["networkPolicy"]["enabled"]:
+        ok = len(policies) == 1
+        if ok:
+            spec = policies[0]["spec"]
+            ingress_ports = sorted(p["port"] for rule in spec["ingress"] for p in rule["ports"])
+            dns = any(p["port"] == 53 for rule in spec["egress"] for p in rule["ports"])
+            ok = set(spec["policyTypes"]) == {"Ingress", "Egress"} and ingress_ports == ["admin", "fhir"] and dns
+        REPORT.check(f"{name}: NetworkPolicy limits ingress to fhir and admin and allows DNS out", ok,
+                     str(policies[0]["spec"] if policies else None))
+    else:
+        REPORT.check(f"{name}: no NetworkPolicy", not policies)
+
+    monitors = find(docs, "ServiceMonitor")
+    if values["serviceMonitor"]["enabled"]:
+        ok = len(monitors) == 1 and monitors[0]["spec"]["endpoints"][0]["port"] == "admin" \
+            and monitors[0]["spec"]["endpoints"][0]["path"] == "/metrics" \
+            and monitors[0]["spec"]["selector"]["matchLabels"].get("app.kubernetes.io/component") == "admin"
+        REPORT.check(f"{name}: ServiceMonitor scrapes /metrics on the admin Service", ok)
+    else:
+        REPORT.check(f"{name}: no ServiceMonitor", not monitors)
+    dashboards = find(docs, "ConfigMap", "-dashboard")
+    if values["dashboards"]["enabled"]:
+        ok = len(dashboards) == 1 and json.loads(dashboards[0]["data"]["portvagt.json"])["uid"] == "portvagt-gateway"
+        REPORT.check(f"{name}: the Grafana dashboard ConfigMap carries the dashboard", ok)
+    else:
+        REPORT.check(f"{name}: no dashboard ConfigMap", not dashboards)
+
+
+def check_notes(name: str, notes: str, values: dict) -> None:
+    warned = "LOST" in notes
+    lossy = values["config"]["audit"]["enabled"] and values["auditSpool"]["type"] == "emptyDir"
+    REPORT.check(f"{name}: NOTES.txt warns about an emptyDir spool exactly when there is one", warned == lossy)
+
+
+def checkov_skips(docs: list[dict]) -> dict[str, str]:
+    skips = {}
+    for doc in docs:
+        for key, value in doc["metadata"].get("annotations", {}).items():
+            if key.startswith("checkov.io/skip"):
+                check_id, _, reason = value.partition("=")
+                skips[check_id] = reason
+    return skips
+
+
+def check_checkov(rendered: dict[str, list[dict]], workdir: Path) -> None:
+    REPORT.section("checkov (framework kubernetes)")
+    scan = workdir / "checkov"
+    for name, docs in rendered.items():
+        (scan / name).mkdir(parents=True)
+        (scan / name / "manifests.yaml").write_text(yaml.safe_dump_all([manifest(d) for d in docs], sort_keys=False))
+    checkov = Path(sys.executable).parent / "checkov"
+    # --skip-download: nothing is fetched from the vendor's platform; the checks ship in the package.
+    result = subprocess.run([str(checkov), "--directory", str(scan), "--framework", "kubernetes",
+                             "--skip-download", "--output", "json"],
+                            capture_output=True, text=True, env={**os.environ, "LOG_LEVEL": "ERROR"})
+    try:
+        report = json.loads(result.stdout)
+    except json.JSONDecodeError:
+        REPORT.check("checkov ran", False, (result.stderr or result.stdout)[-2000:])
+        return
+    reports = report if isinstance(report, list) else [report]
+    results = [r["results"] for r in reports if "results" in r]
+    summary = [r.get("summary", {}) for r in reports]
+    passed = sum(s.get("passed", 0) for s in summary)
+    failed = [c for r in results for c in r.get("failed_checks", [])]
+    skipped = sum(s.get("skipped", 0) for s in summary)
+    REPORT.check(f"checkov: {passed} passed, {len(failed)} failed, {skipped} skipped by the chart's annotations",
+                 not failed and passed > 0,
+                 "; ".join(f"{c['check_id']} {c['check_name']} ({c['resource']}, {c['file_path']})" for c in failed))
+    readme = (CHART / "README.md").read_text()
+    for check_id, reason in sorted({k: v for d in rendered.values() for k, v in checkov_skips(d).items()}.items()):
+        REPORT.check(f"checkov skip {check_id} has a reason and is listed in the chart README",
+                     len(reason.strip()) > 20 and check_id in readme, reason)
+
+
+def check_image(defaults: dict) -> None:
+    """The Dockerfile cannot be built without a container runtime; what the chart relies on is
+    read from it instead, and checkov scans it."""
+    REPORT.section("Dockerfile")
+    dockerfile = (REPO / "Dockerfile").read_text()
+    instructions = [line for line in dockerfile.splitlines() if line and not line.startswith("#")]
+    text = "\n".join(instructions)
+    expected = {
+        "builds in rust:1-bookworm with libssl-dev and pkg-config":
+            "FROM rust:1-bookworm AS build" in text and "libssl-dev pkg-config" in text,
+        "builds with cargo build --release --locked -p portvagt":
+            "cargo build --release --locked -p portvagt" in text,
+        "runs on debian:bookworm-slim with only ca-certificates and libssl3":
+            "FROM debian:bookworm-slim" in text and "--no-install-recommends ca-certificates libssl3" in text,
+        "runs as user 10001, the chart's runAsUser":
+            "USER 10001:10001" in text and defaults["securityContext"]["runAsUser"] == 10001,
+        "puts the binary at /usr/local/bin/portvagt with ENTRYPOINT [\"portvagt\"]":
+            "/usr/local/bin/portvagt" in text and 'ENTRYPOINT ["portvagt"]' in text,
+        "exposes 8443 and 9090": "EXPOSE 8443 9090" in text,
+    }
+    for what, ok in expected.items():
+        REPORT.check(f"Dockerfile {what}", ok)
+    ignored = (REPO / ".dockerignore").read_text().split()
+    REPORT.check(".dockerignore keeps target/, node_modules, demo/, .git and helm/.venv out of the context",
+                 all(p in ignored for p in ("target/", "**/node_modules", "demo/", ".git", "helm/.venv")))
+    chart = load_yaml(CHART / "Chart.yaml")
+    REPORT.check(f"the chart's default image is {defaults['image']['repository']}:{chart['appVersion']}",
+                 defaults["image"]["tag"] in ("", chart["appVersion"]) and defaults["image"]["repository"].endswith("/portvagt"))
+    checkov = Path(sys.executable).parent / "checkov"
+    result = subprocess.run([str(checkov), "--file", str(REPO / "Dockerfile"), "--framework", "dockerfile",
+                             "--skip-download", "--output", "json"], capture_output=True, text=True)
+    try:
+        report = json.loads(result.stdout)
+        failed = report["results"]["failed_checks"]
+        summary = report["summary"]
+        REPORT.check(f"checkov: {summary['passed']} passed, {len(failed)} failed, {summary['skipped']} skipped "
+                     "in the Dockerfile", not failed and summary["passed"] > 0,
+                     "; ".join(f"{c['check_id']} {c['check_name']}" for c in failed))
+        readme = (CHART / "README.md").read_text()
+        for check_id in re.findall(r"checkov:skip=(\w+)", dockerfile):
+            REPORT.check(f"checkov skip {check_id} in the Dockerfile is listed in the chart README", check_id in readme)
+    except (json.JSONDecodeError, KeyError):
+        REPORT.check("checkov ran on the Dockerfile", False, (result.stderr or result.stdout)[-2000:])
+
+
+def check_dashboard() -> None:
+    REPORT.section("Grafana dashboard")
+    dashboard = json.loads((CHART / "dashboards" / "portvagt.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    used = {re.sub(r"_(bucket|sum|count)$", "", m) for e in exprs for m in re.findall(r"portvagt_[a-z0-9_]+", e)}
+    known = gateway_source.metric_names(REPO)
+    REPORT.check(f"the dashboard's {len(exprs)} queries use {len(used)} metrics, all of them the gateway's",
+                 bool(exprs) and used <= known, str(sorted(used - known)))
+    positions = [(p["gridPos"]["x"], p["gridPos"]["y"]) for p in dashboard["panels"]]
+    REPORT.check("no two panels share a place", len(positions) == len(set(positions)))
+
+
+def main() -> int:
+    print(f"portvagt chart tests (helm SDK {helm.helm_sdk_version()}, kubernetes-validate "
+          f"{kubernetes_validate.version.__version__}, Kubernetes {' and '.join(KUBE_VERSIONS)})")
+    defaults = load_yaml(CHART / "values.yaml")
+    gateway = gateway_source.config_tables(REPO)
+    check_lint({"default": {}, "production": VARIANTS["production"]})
+    check_values_documented()
+    with helm.Chart.load(CHART) as chart:
+        check_values_schema(chart, defaults)
+        rendered: dict[str, list[dict]] = {}
+        for name, extra in VARIANTS.items():
+            REPORT.section(f"helm template with {name} values")
+            values = merge(defaults, extra)
+            try:
+                docs, notes = render(chart, extra)
+            except helm.HelmError as e:
+                REPORT.check(f"{name}: renders", False, str(e))
+                continue
+            REPORT.check(f"{name}: renders {len(docs)} manifests: "
+                         + ", ".join(sorted(d["kind"] for d in docs)), True)
+            rendered[name] = docs
+            check_kubernetes_schemas(name, docs)
+            check_config(name, docs, values, gateway)
+            check_pod(name, docs, values)
+            check_resources(name, docs, values)
+            check_notes(name, notes, values)
+    workdir = Path(tempfile.mkdtemp(prefix="portvagt-chart-"))
+    try:
+        check_checkov(rendered, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    check_image(defaults)
+    check_dashboard()
+
+    print(f"\n{time.monotonic() - STARTED:.0f} s")
+    for name in REPORT.failed:
+        print(f"  failed: {name}")
+    print(f"chart: {REPORT.passed} passed, {len(REPORT.failed)} failed")
+    return 1 if REPORT.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
