@@ -14,7 +14,7 @@ use crate::body::{Body, full};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::outcome::Outcome;
-use crate::proxy::Route;
+use crate::proxy::SharedRoutes;
 use crate::proxy::circuit::CircuitState;
 use crate::smart::SmartDocuments;
 
@@ -22,7 +22,7 @@ use crate::smart::SmartDocuments;
 #[derive(Debug)]
 pub struct Admin {
     metrics: Arc<Metrics>,
-    upstreams: Vec<Route>,
+    upstreams: SharedRoutes,
     smart: Arc<SmartDocuments>,
     smart_path: String,
     metrics_on_client_listener: bool,
@@ -66,7 +66,7 @@ impl Admin {
         config: &Config,
         fhir_base_path: &str,
         metrics: Arc<Metrics>,
-        upstreams: Vec<Route>,
+        upstreams: SharedRoutes,
         smart: Arc<SmartDocuments>,
         auditor: Option<Arc<Auditor>>,
     ) -> Self {
@@ -116,7 +116,7 @@ impl Admin {
         }
         // Every route needs its backend: one that fails makes the gateway not ready.
         let mut backend_ok = true;
-        for route in &self.upstreams {
+        for route in self.upstreams.load().iter() {
             backend_ok &= route.backend.circuit_state() != CircuitState::Open
                 && route.backend.is_ready().await;
         }
@@ -160,7 +160,7 @@ impl Admin {
                 .into_response(None),
             },
             LocalEndpoint::Metrics => {
-                for route in &self.upstreams {
+                for route in self.upstreams.load().iter() {
                     let name = route.backend.name();
                     self.metrics
                         .backend_in_flight

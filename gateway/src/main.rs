@@ -154,11 +154,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         },
-        Command::Serve { config } => {
-            let config = Config::load(&config)?;
+        Command::Serve { config: path } => {
+            let config = Config::load(&path)?;
             init_logging(config.log.format, &config.log.level);
             let runtime = tokio::runtime::Runtime::new()?;
-            runtime.block_on(serve(config))?;
+            runtime.block_on(serve(config, &path))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { config: path } => {
@@ -246,7 +246,7 @@ fn demo_url(dir: &std::path::Path) -> anyhow::Result<String> {
         .context("no PORTVAGT_URL in demo.env")
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, path: &std::path::Path) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("server.listen: cannot bind {}", config.server.listen))?;
@@ -268,6 +268,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 .join("\n")
         )
     })?;
+    let mut runtime = runtime;
+    runtime.watch_config_file(path);
     runtime.open()?;
     tracing::info!(
         addr = %addr,

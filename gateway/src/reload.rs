@@ -1,5 +1,6 @@
 //! Hot reload without dropping a connection: the server certificate and key, the client CA
-//! bundle and CRLs, the issuers' JWKS files and the operator rules file are read again on
+//! bundle and CRLs, the issuers' JWKS files, the operator rules file and the config file's
+//! routes to backends (`[[upstream]]`) are read again on
 //! SIGHUP and whenever one of them changes (polled every two seconds by device, inode, size and
 //! modification time, so Kubernetes' symlink swap of a mounted Secret counts as a change). Each
 //! part is swapped whole when it loads; one that does not load is refused with a log line and
@@ -23,7 +24,7 @@ const POLL: Duration = Duration::from_secs(2);
 /// What a file looks like from outside: `None` if it is missing.
 pub type Fingerprint = Option<(u64, u64, u64, i64, i64)>;
 
-fn fingerprint(path: &PathBuf) -> Fingerprint {
+pub(crate) fn fingerprint(path: &PathBuf) -> Fingerprint {
     std::fs::metadata(path)
         .ok()
         .map(|m| (m.dev(), m.ino(), m.len(), m.mtime(), m.mtime_nsec()))
@@ -118,6 +119,31 @@ pub fn reload(runtime: &Runtime) {
                 .join("; ")),
         },
     );
+    if let Some(path) = &runtime.config_path {
+        // From the config file itself, the routes to backends ([[upstream]]); the rest of it is
+        // read at start only.
+        outcome(
+            "routes",
+            crate::config::Config::load(path)
+                .map_err(|e| e.to_string())
+                .and_then(|config| {
+                    crate::runtime::build_routes(
+                        &config,
+                        &runtime.fhir_base_path,
+                        &runtime.public_base_url,
+                        &runtime.backend,
+                    )
+                    .map_err(|errors| {
+                        errors
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    })
+                })
+                .map(|routes| runtime.upstreams.store(Arc::new(routes))),
+        );
+    }
     if let Some(path) = &runtime.config.policy.rules_file {
         outcome(
             "rules",

@@ -19,7 +19,7 @@ use crate::layers::authenticate::RouteRules;
 use crate::layers::authorize::SharedRules;
 use crate::layers::rate_limit::RateLimiter;
 use crate::metrics::Metrics;
-use crate::proxy::{Backend, Route};
+use crate::proxy::{Backend, Route, SharedRoutes};
 use crate::smart::SmartDocuments;
 
 /// Everything built at start, shared by every connection.
@@ -54,8 +54,11 @@ pub struct Runtime {
     pub auditor: Option<Arc<Auditor>>,
     /// Citizens' blocks, when enforced.
     pub consent: Option<Arc<ConsentStore>>,
-    /// Where requests go, most specific first; the last is the main backend.
-    pub upstreams: Vec<Route>,
+    /// Where requests go, most specific first; the last is the main backend. Swapped whole
+    /// when the config file's `[[upstream]]`s change.
+    pub upstreams: SharedRoutes,
+    /// The config file, when the runtime was built from one (reload reads it again).
+    pub config_path: Option<std::path::PathBuf>,
     /// The files reloads read, as they were when this runtime was built.
     pub loaded_files: Vec<(std::path::PathBuf, crate::reload::Fingerprint)>,
     /// Per-client rate limits, when configured.
@@ -132,7 +135,12 @@ impl Runtime {
             return Err(errors);
         };
         let backend = Arc::new(backend);
-        let upstreams = build_routes(&config, &fhir_base_path, &public_base_url, &backend)?;
+        let upstreams: SharedRoutes = Arc::new(ArcSwap::from_pointee(build_routes(
+            &config,
+            &fhir_base_path,
+            &public_base_url,
+            &backend,
+        )?));
         let token_exchange = match &config.token_exchange {
             None => None,
             Some(exchange) => {
@@ -196,6 +204,7 @@ impl Runtime {
             auditor,
             consent,
             upstreams,
+            config_path: None,
             loaded_files,
             rate_limiter,
         })
@@ -203,6 +212,15 @@ impl Runtime {
 }
 
 impl Runtime {
+    /// Remembers the config file this runtime was built from, so a reload reads its routes
+    /// again when it changes.
+    pub fn watch_config_file(&mut self, path: &std::path::Path) {
+        let path = path.to_path_buf();
+        let print = crate::reload::fingerprint(&path);
+        self.loaded_files.push((path.clone(), print));
+        self.config_path = Some(path);
+    }
+
     /// Opens what serving needs beyond configuration: the audit spool (locked for this
     /// process). `check-config` does not call it, so it never touches a live spool.
     pub fn open(&self) -> Result<(), ConfigError> {
@@ -218,7 +236,7 @@ impl Runtime {
 /// The routes: each `[[upstream]]` (its own FHIR base, or resource types under the main one),
 /// the audit repository for `AuditEvent` (where the shipper puts them, and citizens read their
 /// log), and last the main backend.
-fn build_routes(
+pub(crate) fn build_routes(
     config: &Config,
     fhir_base_path: &str,
     public_base_url: &str,

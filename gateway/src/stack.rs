@@ -61,13 +61,7 @@ pub fn build(runtime: &Runtime) -> GatewayService {
         // How often: per-client rate limits (429 with Retry-After beyond them).
         .layer(RateLimitLayer::new(runtime.rate_limiter.clone()))
         // What: the FHIR interaction, resource type, id and parameters (400/404 if unclear).
-        .layer(ClassifyLayer::new(
-            &runtime
-                .upstreams
-                .iter()
-                .map(|route| route.base_path.clone())
-                .collect::<Vec<_>>(),
-        ))
+        .layer(ClassifyLayer::new(runtime.upstreams.clone()))
         // May they: the policy decision (403 otherwise).
         .layer(AuthorizeLayer::new(
             runtime.metrics.clone(),

@@ -14,6 +14,7 @@ use tower::{Layer, Service};
 use super::{BoxFuture, take_ready};
 use crate::body::{Body, BoxError, empty, full};
 use crate::context::record;
+use crate::proxy::SharedRoutes;
 
 /// `If-None-Exist` (FHIR R4 §3.1.0.8.1 conditional create).
 static IF_NONE_EXIST: HeaderName = HeaderName::from_static("if-none-exist");
@@ -32,25 +33,17 @@ pub struct FhirPath {
     pub form: Option<String>,
 }
 
-/// Classifies FHIR requests below the gateway's FHIR bases.
+/// Classifies FHIR requests below the gateway's FHIR bases (those of the routes in force).
 #[derive(Debug, Clone)]
 pub struct ClassifyLayer {
-    bases: Arc<Vec<String>>,
+    routes: SharedRoutes,
 }
 
 impl ClassifyLayer {
-    /// FHIR lives below each of `bases` (e.g. `/fhir` and `/fhir/regionh`); a request belongs
-    /// to the longest that contains it.
-    pub fn new(bases: &[String]) -> Self {
-        let mut bases: Vec<String> = bases
-            .iter()
-            .map(|base| base.trim_end_matches('/').to_owned())
-            .collect();
-        bases.sort_by_key(|base| std::cmp::Reverse(base.len()));
-        bases.dedup();
-        Self {
-            bases: Arc::new(bases),
-        }
+    /// FHIR lives below each route's base (e.g. `/fhir` and `/fhir/regionh`); a request
+    /// belongs to the longest that contains it.
+    pub fn new(routes: SharedRoutes) -> Self {
+        Self { routes }
     }
 }
 
@@ -59,7 +52,7 @@ impl<S> Layer<S> for ClassifyLayer {
     fn layer(&self, inner: S) -> Self::Service {
         Classify {
             inner,
-            bases: self.bases.clone(),
+            routes: self.routes.clone(),
         }
     }
 }
@@ -68,7 +61,7 @@ impl<S> Layer<S> for ClassifyLayer {
 #[derive(Debug, Clone)]
 pub struct Classify<S> {
     inner: S,
-    bases: Arc<Vec<String>>,
+    routes: SharedRoutes,
 }
 
 fn relative_path<'a>(base: &str, path: &'a str) -> Option<&'a str> {
@@ -108,10 +101,15 @@ where
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
-        let located = self
-            .bases
+        let routes = self.routes.load();
+        let located = routes
             .iter()
-            .find_map(|base| Some((base.clone(), relative_path(base, request.uri().path())?)));
+            .filter_map(|route| {
+                let base = route.base_path.as_str();
+                Some((base, relative_path(base, request.uri().path())?))
+            })
+            .max_by_key(|(base, _)| base.len())
+            .map(|(base, relative)| (base.to_owned(), relative));
         let base = located
             .as_ref()
             .map(|(base, _)| base.clone())

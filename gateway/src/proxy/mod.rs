@@ -160,8 +160,11 @@ pub struct Proxy {
     /// Citizens' blocks, when enforced.
     consent: Option<Arc<ConsentStore>>,
     /// Where requests go, most specific first.
-    routes: Arc<Vec<Route>>,
+    routes: SharedRoutes,
 }
+
+/// The routes in force; swapped whole when the config file's `[[upstream]]`s are reloaded.
+pub type SharedRoutes = Arc<arc_swap::ArcSwap<Vec<Route>>>;
 
 /// A backend and the rewriter for the URLs in its answers.
 #[derive(Debug, Clone)]
@@ -231,7 +234,7 @@ impl Proxy {
             smart: runtime.smart.clone(),
             audited: runtime.auditor.is_some(),
             consent: runtime.consent.clone(),
-            routes: Arc::new(runtime.upstreams.clone()),
+            routes: runtime.upstreams.clone(),
         }
     }
 }
@@ -331,8 +334,8 @@ impl Proxy {
         let reads_audit_log = fhir
             .resource_type()
             .is_some_and(|t| t.as_str() == "AuditEvent");
-        let upstream = self
-            .routes
+        let routes = self.routes.load();
+        let upstream = routes
             .iter()
             .find(|route| route.takes(&path.base, fhir.resource_type().map(|t| t.as_str())))
             .map_or_else(

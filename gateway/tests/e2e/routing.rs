@@ -222,3 +222,64 @@ async fn a_backend_over_tls_with_backend_mtls() {
         .unwrap();
     assert_eq!(answer.status, 502, "{}", answer.text());
 }
+
+#[tokio::test]
+async fn routes_are_reloaded_from_the_config_file_and_a_broken_one_is_refused() {
+    let second = BackendProcess::start(&portvagt::demo::default_testbed(), false).unwrap();
+    backend_put(
+        second.base_url(),
+        "Patient/only-second",
+        json!({ "resourceType": "Patient", "id": "only-second" }),
+    )
+    .await;
+    let gateway = Gateway::start();
+    let client = gateway.client();
+    let token = gateway.token(json!({ "scope": "user/*.rs" }));
+    let path = "/fhir/second/Patient/only-second";
+    assert_eq!(client.get(path, Some(&token)).await.unwrap().status, 404);
+
+    let config_path = gateway.dir.path().join("portvagt.toml");
+    let config = std::fs::read_to_string(&config_path).unwrap();
+    let with_route = format!(
+        "{config}\n[[upstream]]\nname = \"second\"\npath_prefix = \"/fhir/second\"\n\
+         [upstream.backend]\nurl = \"{}\"\n",
+        second.base_url()
+    );
+    std::fs::write(&config_path, &with_route).unwrap();
+    let mut status = 0;
+    for _ in 0..80 {
+        status = client
+            .get(path, Some(&token))
+            .await
+            .unwrap()
+            .status
+            .as_u16();
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 200, "the new route is in force");
+
+    // A broken file: refused, the routes in force stay.
+    std::fs::write(
+        &config_path,
+        format!("{with_route}\n[[upstream]]\nname = 1\n"),
+    )
+    .unwrap();
+    let mut refused = 0.0;
+    for _ in 0..80 {
+        let metrics = client.get("/metrics", None).await.unwrap().text();
+        refused = metric_value(
+            &metrics,
+            "portvagt_config_reloads_total{component=\"routes\",outcome=\"error\"}",
+        )
+        .unwrap_or(0.0);
+        if refused >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(refused >= 1.0);
+    assert_eq!(client.get(path, Some(&token)).await.unwrap().status, 200);
+}
