@@ -125,12 +125,9 @@ async fn oversized_body_gets_413() {
 
 #[tokio::test]
 async fn unreachable_backend_gets_502_and_not_ready() {
-    // A port that was just free: nothing listens there.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // Port 1 (tcpmux): privileged and unused, so nothing listens there and no other test can
+    // take it in between (a port that was just free can be handed to another test).
+    let port = 1;
     let gateway = Gateway::start_with(Options {
         backend_url: Some(format!("http://127.0.0.1:{port}/fhir/R4")),
         ..Default::default()
@@ -143,7 +140,7 @@ async fn unreachable_backend_gets_502_and_not_ready() {
     assert_eq!(answer.status, 502, "{}", answer.text());
     assert_eq!(answer.detail_code(), "backend-unreachable");
     assert!(
-        !answer.text().contains(&port.to_string()),
+        !answer.text().contains(&format!("127.0.0.1:{port}")),
         "backend address leaked: {}",
         answer.text()
     );
