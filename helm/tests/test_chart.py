@@ -129,10 +129,56 @@ VARIANTS: dict[str, dict] = {
                                        "whenUnsatisfiable": "DoNotSchedule"}],
         "image": {"pullPolicy": "Always"},
     },
+    # Several backends on a bad day: an https main backend with its CA from a Secret, two
+    # upstreams (one over mTLS with a client certificate Secret, one by path and resource types
+    # with its CA from a ConfigMap), an mTLS audit repository mixing a Secret and a mounted CA,
+    # rate limits per certificate without Redis, token exchange with a Redis password, consent,
+    # and every other table's keys set away from their defaults.
+    "upstreams": {
+        "replicaCount": 2,
+        "config": {
+            "server": {"shutdown_grace": "15s", "handshake_timeout": "5s"},
+            "limits": {"max_header_bytes": 32768, "max_body_bytes": 1048576, "max_response_bytes": 33554432,
+                       "request_timeout": "40s", "max_concurrent_requests": 256},
+            "backend": {"url": "https://fhir.internal.example.dk/fhir/R4", "max_in_flight": 300,
+                        "forward_authorization": True, "tlsSecret": {"existingSecret": "backend-ca", "caKey": "ca.pem"}},
+            "upstreams": [
+                {"name": "regionh", "path_prefix": "/fhir/regionh",
+                 "backend": {"url": "https://fhir.regionh.example.dk/fhir/R4", "connect_timeout": "3s",
+                             "response_timeout": "20s", "retries": 0, "circuit_failures": 3, "circuit_open": "30s",
+                             "max_in_flight": 64, "pool_max_idle_per_host": 16, "forward_authorization": False,
+                             "tlsSecret": {"existingSecret": "regionh-mtls", "caKey": "ca.crt",
+                                           "certKey": "tls.crt", "keyKey": "tls.key"}}},
+                {"name": "sor", "path_prefix": "/fhir/sor", "resource_types": ["Organization", "Location"],
+                 "backend": {"url": "https://sor.example.dk/fhir", "ca_file": "/etc/portvagt/sor-ca/ca.crt",
+                             "response_timeout": "5s"}},
+            ],
+            "rate_limit": {"enabled": True, "requests": 50, "window": "10s", "key": "certificate", "useRedis": False},
+            "consent": {"enabled": True, "cache_ttl": "1m", "cache_entries": 5000},
+            "audit": {"failure_mode": "open", "segment_bytes": 1048576,
+                      "ship": {"url": "https://audit.example.dk/fhir", "batch_size": 50,
+                               "ca_file": "/etc/portvagt/sor-ca/ca.crt",
+                               "tlsSecret": {"existingSecret": "audit-mtls", "certKey": "client.crt",
+                                             "keyKey": "client.key"}}},
+            "token_exchange": {"enabled": True, "useRedis": True, "audience": "https://fhir.example.dk/fhir",
+                               "max_assertion_lifetime": "8h", "token_lifetime": "30m", "leeway": "2m",
+                               "min_authentication_level": 4, "max_assertion_bytes": 32768,
+                               "replay_cache_entries": 1000, "assertion_audiences": ["https://fhir.example.dk"]},
+            "smart": {"token_endpoint": "https://auth.example.dk/token", "capabilities": ["permission-v2"]},
+            "policy": {"filtered_entries": "deny"},
+            "log": {"format": "text", "level": "portvagt=debug"},
+        },
+        "redis": {"url": "redis://redis:6379/2", "auth": {"existingSecret": "redis-auth"}},
+        "extraVolumes": [{"name": "sor-ca", "configMap": {"name": "sor-ca"}}],
+        "extraVolumeMounts": [{"name": "sor-ca", "mountPath": "/etc/portvagt/sor-ca", "readOnly": True}],
+        "networkPolicy": {"egress": {"upstreams": {"enabled": True, "to": [], "ports": [{"port": 443, "protocol": "TCP"}]},
+                                     "audit": {"enabled": True, "to": [], "ports": [{"port": 443, "protocol": "TCP"}]}}},
+    },
     # One given volume: one replica, replaced (never rolled) so two pods never share the spool.
     "existing-claim": {
         "replicaCount": 1,
         "auditSpool": {"type": "existingClaim", "existingClaim": "portvagt-audit"},
+        "config": {"audit": {"observer": "portvagt-main"}},
     },
 }
 
@@ -229,6 +275,18 @@ def check_values_schema(chart: helm.Chart, defaults: dict) -> None:
                                                                    "discovery": True, "jwks_url": "https://a/jwks"}]}},
         "rules switched on without rules": {"policyRules": {"enabled": True, "rules": []}},
         "Redis switched on without a URL": {"config": {"token_exchange": {"enabled": True, "useRedis": True}}},
+        "rate limits in Redis without a URL": {"config": {"rate_limit": {"enabled": True, "useRedis": True}}},
+        "a rate limit key that is neither subject nor certificate": {"config": {"rate_limit": {"key": "address"}}},
+        "a backend that is neither http:// nor https://": {"config": {"backend": {"url": "ftp://fhir/R4"}}},
+        "an upstream with neither path_prefix nor resource_types": {
+            "config": {"upstreams": [{"name": "x", "backend": {"url": "https://x/fhir"}}]}},
+        "a misspelt key in an upstream's backend": {
+            "config": {"upstreams": [{"name": "x", "path_prefix": "/fhir/x",
+                                      "backend": {"url": "https://x/fhir", "retry": 2}}]}},
+        "an upstream name that cannot be a folder": {
+            "config": {"upstreams": [{"name": "../x", "path_prefix": "/fhir/x", "backend": {"url": "https://x/fhir"}}]}},
+        "a backend client certificate Secret key without the private key's": {
+            "config": {"backend": {"url": "https://x/fhir", "tlsSecret": {"existingSecret": "s", "certKey": "tls.crt"}}}},
     }
     for what, values in wrong.items():
         try:
@@ -245,6 +303,20 @@ def check_values_schema(chart: helm.Chart, defaults: dict) -> None:
         "a grace period shorter than the drain": ({"terminationGracePeriodSeconds": 12}, "terminationGracePeriodSeconds"),
         "two replicas on one existing claim": ({"auditSpool": {"type": "existingClaim", "existingClaim": "x"}},
                                                "existingClaim allows one replica"),
+        "two upstreams with one name": ({"config": {"upstreams": [
+            {"name": "a", "path_prefix": "/fhir/a", "backend": {"url": "http://a/fhir"}},
+            {"name": "a", "resource_types": ["Organization"], "backend": {"url": "http://b/fhir"}}]}},
+            "config.upstreams[1].name"),
+        "backend TLS files for an http:// backend": ({"config": {"backend": {"tlsSecret": {
+            "existingSecret": "s", "caKey": "ca.crt"}}}}, "config.backend names TLS files"),
+        "a CA from a Secret and a path at once": ({"config": {"upstreams": [{"name": "a", "path_prefix": "/fhir/a",
+            "backend": {"url": "https://a/fhir", "ca_file": "/etc/ca/ca.crt",
+                        "tlsSecret": {"existingSecret": "s", "caKey": "ca.crt"}}}]}},
+            "config.upstreams[0].backend.ca_file"),
+        "a backend TLS Secret with no key named": ({"config": {"backend": {"url": "https://x/fhir", "tlsSecret": {
+            "existingSecret": "s"}}}}, "config.backend.tlsSecret names Secret s"),
+        "a client certificate path without its key": ({"config": {"audit": {"ship": {
+            "url": "https://audit/fhir", "client_cert": "/etc/x/tls.crt"}}}}, "config.audit.ship: a client certificate"),
     }
     for what, (values, message) in impossible.items():
         try:
@@ -253,6 +325,65 @@ def check_values_schema(chart: helm.Chart, defaults: dict) -> None:
         except helm.HelmError as e:
             detail = "" if message in str(e) else f"refused, but without naming {message!r}: {e}"
         REPORT.check(f"refuses {what}", not detail, detail)
+
+
+# Where values.schema.json describes each table of portvagt.toml (JSON pointers; $refs followed).
+SCHEMA_OF = {
+    "server": "/properties/config/properties/server",
+    "limits": "/properties/config/properties/limits",
+    "issuer": "/properties/config/properties/issuers/items",
+    "issuer.claims": "/properties/config/properties/issuers/items/properties/claims",
+    "issuer.introspection": "/properties/config/properties/issuers/items/properties/introspection",
+    "route": "/properties/config/properties/routes/items",
+    "backend": "/properties/config/properties/backend",
+    "upstream": "/properties/config/properties/upstreams/items",
+    "upstream.backend": "/properties/config/properties/upstreams/items/properties/backend",
+    "smart": "/properties/config/properties/smart",
+    "policy": "/properties/config/properties/policy",
+    "log": "/properties/config/properties/log",
+    "token_exchange": "/properties/config/properties/token_exchange",
+    "audit": "/properties/config/properties/audit",
+    "audit.ship": "/properties/config/properties/audit/properties/ship",
+    "consent": "/properties/config/properties/consent",
+    "rate_limit": "/properties/config/properties/rate_limit",
+}
+
+
+def schema_node(schema: dict, pointer: str) -> dict:
+    """The schema at a JSON pointer, following $refs on the way; {} where there is none."""
+    node = schema
+    for part in [*pointer.strip("/").split("/"), None]:
+        while "$ref" in node:
+            node = schema_node(schema, node["$ref"].removeprefix("#"))
+        if part is not None:
+            node = node.get(part, {})
+    return node
+
+
+def check_gateway_coverage(gateway: dict) -> None:
+    """Every table and key of the gateway's configuration can be set through the chart's values
+    (values.schema.json accepts it under `config`) or is written by the chart itself: a field
+    added to gateway/src/config.rs fails here until the chart offers it."""
+    REPORT.section("the gateway's configuration (gateway/src/config.rs)")
+    unmapped = gateway_source.unmapped_tables(REPO)
+    REPORT.check(f"the tests know all {len(gateway) - 1} tables of portvagt.toml, [upstream.backend] included",
+                 not unmapped, "; ".join(unmapped))
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    missing = []
+    keys = 0
+    for path, fields in gateway.items():
+        if not path:
+            missing += [f"[{key}]" for key in fields if key not in SCHEMA_OF and key not in CHART_WRITTEN]
+            continue
+        offered = set(schema_node(schema, SCHEMA_OF[path]).get("properties", {})) if path in SCHEMA_OF else set()
+        for key in fields:
+            if f"{path}.{key}" in gateway:
+                continue  # a sub-table, checked as its own path
+            keys += 1
+            if key not in offered and key not in CHART_WRITTEN.get(path, set()):
+                missing.append(f"{path}.{key}")
+    REPORT.check(f"each of the gateway's {keys} keys can be set through `config` or is written by the chart",
+                 not missing, "not offered: " + ", ".join(missing))
 
 
 # Maps whose keys are data passed through to Kubernetes (or free-form names), not chart settings:
@@ -345,21 +476,8 @@ def check_config(name: str, docs: list[dict], values: dict, gateway: dict) -> No
     REPORT.check(f"{name}: the audit spool is the mounted volume",
                  (config.get("audit", {}).get("spool_dir") == SPOOL_DIR) == audit_on)
 
-    # Every file the configuration names is on a volume the pod mounts (read-only).
-    pod = workload(docs)["spec"]["template"]["spec"]
-    container = pod["containers"][0]
-    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
-    files = [config["tls"][k] for k in ("cert", "key", "client_ca")] + config["tls"].get("crls", [])
-    if "token_exchange" in config:
-        files += [config["token_exchange"]["signing_key"], *config["token_exchange"]["trusted_sts"]]
-    if "policy" in config and "rules_file" in config["policy"]:
-        files.append(config["policy"]["rules_file"])
-    for issuer in config.get("issuer", []):
-        files += [issuer[k] for k in ("ca_file", "jwks_file") if k in issuer]
-    unmounted = [f for f in files if not any(f.startswith(p.rstrip("/") + "/") and mounts[p].get("readOnly")
-                                             for p in mounts)]
-    REPORT.check(f"{name}: {len(files)} files named in portvagt.toml are on read-only mounts", not unmounted,
-                 str(unmounted))
+    check_config_values(name, config, values)
+    check_config_files(name, docs, config, values)
 
     rules = find(docs, "ConfigMap", "-rules")
     if values["policyRules"]["enabled"]:
@@ -373,6 +491,173 @@ def check_config(name: str, docs: list[dict], values: dict, gateway: dict) -> No
                          not bad, "; ".join(bad))
         except (IndexError, KeyError, tomllib.TOMLDecodeError) as e:
             REPORT.check(f"{name}: rules.toml is valid TOML", False, repr(e))
+
+
+# Keys the chart writes itself (fixed ports, mount paths, Redis) in each table of portvagt.toml;
+# every other key comes from `config` as given.
+CHART_WRITTEN = {
+    "server": {"listen", "admin_listen"},
+    "tls": {"cert", "key", "client_ca", "crls"},
+    "policy": {"rules_file"},
+    "audit": {"spool_dir"},
+    "token_exchange": {"signing_key", "trusted_sts", "redis_url"},
+    "rate_limit": {"redis_url"},
+}
+# The chart's own switches inside `config`: never written to portvagt.toml.
+CHART_SWITCHES = {"enabled", "useRedis", "tlsSecret"}
+# tlsSecret: the TOML key each Secret key becomes, and its file name in the mounted folder.
+TLS_FILES = {"ca_file": ("caKey", "ca.crt"), "client_cert": ("certKey", "tls.crt"), "client_key": ("keyKey", "tls.key")}
+
+
+def given(table: dict) -> dict:
+    """What portvagt.toml should hold for a table of `config`: its scalars and lists, without null
+    or "" (the gateway's default applies), the chart's switches and the sub-tables."""
+    return {k: v for k, v in table.items()
+            if k not in CHART_SWITCHES and not isinstance(v, dict) and v is not None and v != ""}
+
+
+def tls_tables(values: dict) -> list[tuple[str, str, dict, str]]:
+    """(values path, TOML table, values table, folder its tlsSecret is mounted at) for every table
+    that may take its CA and client certificate from a Secret: the backend, each upstream's
+    backend, the audit repository (while shipping is on)."""
+    cfg = values["config"]
+    tables = [("config.backend", "backend", cfg["backend"], "/etc/portvagt/backend-tls")]
+    tables += [(f"config.upstreams[{i}].backend", f"upstream[{i}].backend", u["backend"],
+                f"/etc/portvagt/upstreams/{u['name']}") for i, u in enumerate(cfg.get("upstreams") or [])]
+    if cfg["audit"]["enabled"] and cfg["audit"]["ship"].get("url"):
+        tables.append(("config.audit.ship", "audit.ship", cfg["audit"]["ship"], "/etc/portvagt/audit-ship-tls"))
+    return tables
+
+
+def secret_files(table: dict, folder: str) -> dict[str, tuple[str, str]]:
+    """{TOML key: (path, Secret key)} of the files a table's tlsSecret provides."""
+    secret = table.get("tlsSecret") or {}
+    if not secret.get("existingSecret"):
+        return {}
+    return {file: (f"{folder}/{name}", secret[key]) for file, (key, name) in TLS_FILES.items() if secret.get(key)}
+
+
+def redis_url(values: dict) -> str:
+    url = values["redis"]["url"]
+    if values["redis"]["auth"]["existingSecret"]:
+        return "redis://:__PORTVAGT_REDIS_PASSWORD__@" + url.removeprefix("redis://")
+    return url
+
+
+def check_config_values(name: str, config: dict, values: dict) -> None:
+    """portvagt.toml holds exactly the tables that are switched on, each with the keys `config`
+    gives it (and the paths of its tlsSecret), nothing else but what the chart writes itself."""
+    cfg = values["config"]
+    switched = [t for t in ("consent", "rate_limit", "audit", "token_exchange") if cfg[t]["enabled"]]
+    listed = [toml for toml, key in (("issuer", "issuers"), ("route", "routes"), ("upstream", "upstreams"))
+              if cfg.get(key)]
+    tables = {"server", "tls", "limits", "backend", "smart", "policy", "log", *switched, *listed}
+    REPORT.check(f"{name}: portvagt.toml has the tables {', '.join(sorted(tables))}", set(config) == tables,
+                 f"has {sorted(config)}")
+
+    # (where, the rendered table, what it should hold)
+    expected: list[tuple[str, dict, dict]] = []
+    for table in ("server", "limits", "smart", "policy", "log", *switched):
+        expected.append((table, config.get(table, {}), given(cfg[table])))
+    if "audit" in switched and cfg["audit"]["ship"].get("url"):
+        expected.append(("audit.ship", config["audit"].get("ship", {}), given(cfg["audit"]["ship"])))
+    for i, issuer in enumerate(cfg["issuers"]):
+        rendered = config["issuer"][i] if i < len(config.get("issuer", [])) else {}
+        expected.append((f"issuer[{i}]", rendered, given(issuer)))
+        for sub in ("claims", "introspection"):
+            if issuer.get(sub):
+                expected.append((f"issuer[{i}].{sub}", rendered.get(sub, {}), given(issuer[sub])))
+    for i, route in enumerate(cfg.get("routes") or []):
+        expected.append((f"route[{i}]", (config.get("route") or [{}] * (i + 1))[i], given(route)))
+    expected.append(("backend", config["backend"], given(cfg["backend"])))
+    for i, upstream in enumerate(cfg.get("upstreams") or []):
+        rendered = config["upstream"][i] if i < len(config.get("upstream", [])) else {}
+        expected.append((f"upstream[{i}]", rendered, given(upstream)))
+        expected.append((f"upstream[{i}].backend", rendered.get("backend", {}), given(upstream["backend"])))
+    # The tlsSecret files, by their paths.
+    wanted_of = {where: wanted for where, _, wanted in expected}
+    for _, where, table, folder in tls_tables(values):
+        wanted_of[where].update({file: path for file, (path, _) in secret_files(table, folder).items()})
+
+    def sub_table(value) -> bool:
+        return isinstance(value, dict) or (isinstance(value, list) and bool(value)
+                                           and all(isinstance(v, dict) for v in value))
+
+    wrong = []
+    for where, rendered, wanted in expected:
+        written = CHART_WRITTEN.get(where, set())
+        actual = {k: v for k, v in rendered.items() if k not in written and not sub_table(v)}
+        if actual != wanted:
+            missing = {k: v for k, v in wanted.items() if actual.get(k) != v}
+            extra = {k: v for k, v in actual.items() if k not in wanted}
+            wrong.append(f"[{where}] wants {missing}, has besides {extra}")
+    REPORT.check(f"{name}: {len(expected)} tables of portvagt.toml hold exactly the values given "
+                 f"({sum(len(w) for _, _, w in expected)} keys)", not wrong, "; ".join(wrong))
+
+    # Redis: the same URL (with the password placeholder) for everything that shares it.
+    for table in ("token_exchange", "rate_limit"):
+        if table in config:
+            uses = cfg[table]["useRedis"]
+            ok = config[table].get("redis_url") == (redis_url(values) if uses else None)
+            REPORT.check(f"{name}: [{table}] redis_url {'is redis.url' if uses else 'is left out'}", ok,
+                         str(config[table].get("redis_url")))
+
+
+def check_config_files(name: str, docs: list[dict], config: dict, values: dict) -> None:
+    """Every file portvagt.toml names is on a read-only mount, and is one the mounted Secret or
+    ConfigMap holds; the tlsSecret files come from the Secret named for them."""
+    pod = workload(docs)["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    mounts = {m["mountPath"].rstrip("/"): m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    files = [config["tls"][k] for k in ("cert", "key", "client_ca")] + config["tls"].get("crls", [])
+    if "token_exchange" in config:
+        files += [config["token_exchange"]["signing_key"], *config["token_exchange"]["trusted_sts"]]
+    if "rules_file" in config.get("policy", {}):
+        files.append(config["policy"]["rules_file"])
+    for issuer in config.get("issuer", []):
+        files += [issuer[k] for k in ("ca_file", "jwks_file") if k in issuer]
+        files += [issuer.get("introspection", {})[k] for k in ("client_secret_file", "client_cert", "client_key")
+                  if k in issuer.get("introspection", {})]
+    backends = [config["backend"], *[u["backend"] for u in config.get("upstream", [])],
+                config.get("audit", {}).get("ship", {})]
+    files += [b[k] for b in backends for k in TLS_FILES if k in b]
+
+    def mount_of(path: str) -> str | None:
+        folders = [m for m in mounts if path.startswith(m + "/")]
+        return max(folders, key=len) if folders else None
+
+    problems = []
+    for path in files:
+        folder = mount_of(path)
+        if folder is None or not mounts[folder].get("readOnly"):
+            problems.append(f"{path}: on no read-only mount")
+            continue
+        source = volumes[mounts[folder]["name"]]
+        items = (source.get("secret") or source.get("configMap") or {}).get("items")
+        if items is not None and path[len(folder) + 1:] not in [i["path"] for i in items]:
+            problems.append(f"{path}: {mounts[folder]['name']} has no item of that name")
+    REPORT.check(f"{name}: {len(files)} files named in portvagt.toml are on read-only mounts that hold them",
+                 not problems, "; ".join(problems))
+
+    count, problems = 0, []
+    for field, _, table, folder in tls_tables(values):
+        for file, (path, key) in secret_files(table, folder).items():
+            count += 1
+            mount = mounts.get(folder)
+            secret = volumes[mount["name"]].get("secret", {}) if mount else {}
+            if not mount or not mount.get("readOnly") or mount.get("subPath"):
+                problems.append(f"{field}: {folder} is not a read-only folder mount")
+            elif secret.get("secretName") != table["tlsSecret"]["existingSecret"]:
+                problems.append(f"{field}: {folder} is {secret.get('secretName')}, not {table['tlsSecret']['existingSecret']}")
+            elif {"key": key, "path": path.rsplit("/", 1)[1]} not in secret.get("items", []):
+                problems.append(f"{field}: {key} is not mounted as {path}")
+    tls_volumes = [v for v in volumes if v in ("backend-tls", "audit-ship-tls") or re.fullmatch(r"upstream-\d+-tls", v)]
+    if count:
+        REPORT.check(f"{name}: {count} backend TLS files come from their Secrets, read-only, where portvagt.toml "
+                     f"points ({len(tls_volumes)} volumes)", not problems, "; ".join(problems))
+    else:
+        REPORT.check(f"{name}: no backend TLS Secret is mounted", not tls_volumes, str(tls_volumes))
 
 
 def check_pod(name: str, docs: list[dict], values: dict) -> None:
@@ -471,6 +756,14 @@ def check_resources(name: str, docs: list[dict], values: dict) -> None:
             ok = set(spec["policyTypes"]) == {"Ingress", "Egress"} and ingress_ports == ["admin", "fhir"] and dns
         REPORT.check(f"{name}: NetworkPolicy limits ingress to fhir and admin and allows DNS out", ok,
                      str(policies[0]["spec"] if policies else None))
+        egress = values["networkPolicy"]["egress"]
+        targets = ["backend", "issuers", "audit", "redis"] + (["upstreams"] if values["config"].get("upstreams") else [])
+        wanted = [{"ports": egress[t]["ports"], **({"to": egress[t]["to"]} if egress[t]["to"] else {})}
+                  for t in targets if egress[t]["enabled"]]
+        rules = policies[0]["spec"]["egress"] if policies else []
+        REPORT.check(f"{name}: NetworkPolicy lets out exactly DNS and {', '.join(t for t in targets if egress[t]['enabled'])}"
+                     f"{' and the extra rules' if egress['extra'] else ''}",
+                     rules[int(egress["dns"]["enabled"]):] == wanted + egress["extra"], str(rules))
     else:
         REPORT.check(f"{name}: no NetworkPolicy", not policies)
 
@@ -494,6 +787,15 @@ def check_notes(name: str, notes: str, values: dict) -> None:
     warned = "LOST" in notes
     lossy = values["config"]["audit"]["enabled"] and values["auditSpool"]["type"] == "emptyDir"
     REPORT.check(f"{name}: NOTES.txt warns about an emptyDir spool exactly when there is one", warned == lossy)
+    rate_limit = values["config"]["rate_limit"]
+    alone = rate_limit["enabled"] and not rate_limit["useRedis"] and (values["autoscaling"]["enabled"]
+                                                                     or values["replicaCount"] > 1)
+    REPORT.check(f"{name}: NOTES.txt says rate limits are counted per replica exactly when they are",
+                 ("counted by each replica alone" in notes) == alone)
+    secrets = [table["tlsSecret"]["existingSecret"] for _, _, table, folder in tls_tables(values)
+               if secret_files(table, folder)]
+    REPORT.check(f"{name}: NOTES.txt lists the {len(secrets)} backend TLS Secrets the pods need",
+                 all(f"  - {s}: keys " in notes for s in secrets), str(secrets))
 
 
 def checkov_skips(docs: list[dict]) -> dict[str, str]:
@@ -599,8 +901,9 @@ def main() -> int:
           f"{kubernetes_validate.version.__version__}, Kubernetes {' and '.join(KUBE_VERSIONS)})")
     defaults = load_yaml(CHART / "values.yaml")
     gateway = gateway_source.config_tables(REPO)
-    check_lint({"default": {}, "production": VARIANTS["production"]})
+    check_lint({"default": {}, "production": VARIANTS["production"], "upstreams": VARIANTS["upstreams"]})
     check_values_documented()
+    check_gateway_coverage(gateway)
     with helm.Chart.load(CHART) as chart:
         check_values_schema(chart, defaults)
         rendered: dict[str, list[dict]] = {}

@@ -1,10 +1,14 @@
 {{/*
 The gateway's configuration file (README "Configuration"), from `config` and the fixed mount
-paths of the Secrets. TOML wants a table's keys before its sub-tables, hence the order below;
-[token_exchange] comes last.
+paths of the Secrets. TOML wants a table's keys before its sub-tables, hence the order below
+(each [[upstream]]'s keys, then its [upstream.backend]); [token_exchange] comes last.
 */}}
 {{- define "portvagt.configToml" -}}
 {{- $cfg := .Values.config -}}
+{{- $tlsFiles := dict -}}
+{{- range (include "portvagt.tlsSecretMounts" . | fromYaml).mounts -}}
+{{- $_ := set $tlsFiles .field .files -}}
+{{- end -}}
 # Rendered by the portvagt Helm chart from its values. Certificates and keys are files
 # mounted from Secrets; only their paths are written here.
 
@@ -43,7 +47,15 @@ crls = {{ include "portvagt.crlPaths" . }}
 {{- end }}
 
 [backend]
-{{- include "portvagt.tomlKeys" (dict "table" $cfg.backend "first" (list "url")) }}
+{{- include "portvagt.tlsTomlKeys" (dict "table" $cfg.backend "files" (get $tlsFiles "config.backend") "first" (list "url")) }}
+{{- range $i, $upstream := $cfg.upstreams }}
+
+[[upstream]]
+{{- include "portvagt.tomlKeys" (dict "table" $upstream "first" (list "name" "path_prefix" "resource_types")) }}
+
+[upstream.backend]
+{{- include "portvagt.tlsTomlKeys" (dict "table" $upstream.backend "files" (get $tlsFiles (printf "config.upstreams[%d].backend" $i)) "first" (list "url")) }}
+{{- end }}
 
 [smart]
 {{- include "portvagt.tomlKeys" (dict "table" $cfg.smart) }}
@@ -77,7 +89,7 @@ spool_dir = "/var/lib/portvagt/audit"
 {{- if $cfg.audit.ship.url }}
 
 [audit.ship]
-{{- include "portvagt.tomlKeys" (dict "table" $cfg.audit.ship "first" (list "url")) }}
+{{- include "portvagt.tlsTomlKeys" (dict "table" $cfg.audit.ship "files" (get $tlsFiles "config.audit.ship") "first" (list "url")) }}
 {{- end }}
 {{- end }}
 {{- if $cfg.token_exchange.enabled }}

@@ -178,6 +178,40 @@ Settings that cannot work together are refused at render time, with the value to
 {{- if and .Values.policyRules.enabled (not .Values.policyRules.rules) }}
 {{- fail "policyRules.enabled with no rules refuses every request: add rules or disable policyRules" }}
 {{- end }}
+{{- $names := list }}
+{{- range $i, $upstream := .Values.config.upstreams }}
+{{- if has $upstream.name $names }}
+{{- fail (printf "config.upstreams[%d].name: %q is used twice; each upstream needs a name of its own (metric label, mount folder)" $i $upstream.name) }}
+{{- end }}
+{{- $names = append $names $upstream.name }}
+{{- end }}
+{{- $secretFiles := dict }}
+{{- range (include "portvagt.tlsSecretMounts" . | fromYaml).mounts }}
+{{- if not .files }}
+{{- fail (printf "%s.tlsSecret names Secret %s but none of its keys: set caKey, or certKey and keyKey, or leave existingSecret empty" .field .secretName) }}
+{{- end }}
+{{- $_ := set $secretFiles .field .files }}
+{{- end }}
+{{- range (include "portvagt.tlsTables" . | fromYaml).tables }}
+{{- $entry := . }}
+{{- $fromSecret := default (dict) (get $secretFiles $entry.field) }}
+{{- $files := dict }}
+{{- range $key := list "ca_file" "client_cert" "client_key" }}
+{{- $path := get $entry.table $key }}
+{{- if and $path (hasKey $fromSecret $key) }}
+{{- fail (printf "%s.%s is set and %s.tlsSecret gives it too: name the file one way" $entry.field $key $entry.field) }}
+{{- end }}
+{{- if or $path (hasKey $fromSecret $key) }}
+{{- $_ := set $files $key true }}
+{{- end }}
+{{- end }}
+{{- if ne (hasKey $files "client_cert") (hasKey $files "client_key") }}
+{{- fail (printf "%s: a client certificate needs its key and a key its certificate (client_cert and client_key, or tlsSecret certKey and keyKey)" $entry.field) }}
+{{- end }}
+{{- if and $files (hasPrefix "http://" $entry.table.url) }}
+{{- fail (printf "%s names TLS files (CA, client certificate) but its url is http://: use https:// or drop them" $entry.field) }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{/* `[tls] crls`: one path per CRL key of the client CA Secret. */}}
@@ -187,6 +221,64 @@ Settings that cannot work together are refused at render time, with the value to
 {{- $paths = append $paths (printf "/etc/portvagt/client-ca/%s" .) }}
 {{- end }}
 {{- $paths | toJson }}
+{{- end }}
+
+{{/*
+The tables that talk TLS to a backend and may take their CA and client certificate from an
+existing Secret (`tlsSecret`): `[backend]`, each `[[upstream]]`'s `[upstream.backend]`, and
+`[audit.ship]` when shipping is on. Each with its values path, the volume name and the folder its
+Secret is mounted at.
+*/}}
+{{- define "portvagt.tlsTables" -}}
+{{- $cfg := .Values.config }}
+{{- $tables := list (dict "field" "config.backend" "table" $cfg.backend "volume" "backend-tls" "dir" "/etc/portvagt/backend-tls") }}
+{{- range $i, $upstream := $cfg.upstreams }}
+{{- $tables = append $tables (dict "field" (printf "config.upstreams[%d].backend" $i) "table" $upstream.backend "volume" (printf "upstream-%d-tls" $i) "dir" (printf "/etc/portvagt/upstreams/%s" $upstream.name)) }}
+{{- end }}
+{{- if and $cfg.audit.enabled $cfg.audit.ship.url }}
+{{- $tables = append $tables (dict "field" "config.audit.ship" "table" $cfg.audit.ship "volume" "audit-ship-tls" "dir" "/etc/portvagt/audit-ship-tls") }}
+{{- end }}
+{{- toYaml (dict "tables" $tables) }}
+{{- end }}
+
+{{/*
+The Secret mounts of portvagt.tlsTables whose `tlsSecret.existingSecret` is set: the Secret's
+items (caKey as ca.crt, certKey as tls.crt, keyKey as tls.key; an empty key is not mounted) and
+the paths to write (`files`: ca_file, client_cert, client_key). The pod template mounts them, the
+config template writes the paths, so the two cannot disagree.
+*/}}
+{{- define "portvagt.tlsSecretMounts" -}}
+{{- $mounts := list }}
+{{- range (include "portvagt.tlsTables" . | fromYaml).tables }}
+{{- $entry := . }}
+{{- $secret := default (dict) $entry.table.tlsSecret }}
+{{- if $secret.existingSecret }}
+{{- $items := list }}
+{{- $files := dict }}
+{{- range $file := list (list "ca_file" "caKey" "ca.crt") (list "client_cert" "certKey" "tls.crt") (list "client_key" "keyKey" "tls.key") }}
+{{- $key := get $secret (index $file 1) }}
+{{- if $key }}
+{{- $items = append $items (dict "key" $key "path" (index $file 2)) }}
+{{- $_ := set $files (index $file 0) (printf "%s/%s" $entry.dir (index $file 2)) }}
+{{- end }}
+{{- end }}
+{{- $mounts = append $mounts (dict "field" $entry.field "volume" $entry.volume "dir" $entry.dir "secretName" $secret.existingSecret "items" $items "files" $files) }}
+{{- end }}
+{{- end }}
+{{- toYaml (dict "mounts" $mounts) }}
+{{- end }}
+
+{{/*
+portvagt.tomlKeys for a table that may get ca_file, client_cert and client_key from a tlsSecret:
+`files` (from portvagt.tlsSecretMounts) is laid over `table` first.
+Usage: include "portvagt.tlsTomlKeys" (dict "table" $cfg.backend "files" $files "first" (list "url"))
+*/}}
+{{- define "portvagt.tlsTomlKeys" -}}
+{{- $table := deepCopy .table }}
+{{- range $key, $path := default (dict) .files }}
+{{- $_ := set $table $key $path }}
+{{- end }}
+{{- include "portvagt.tomlKeys" (dict "table" $table "first" .first) }}
 {{- end }}
 
 {{/* `[token_exchange] trusted_sts`: one path per certificate key of the trusted STS Secret. */}}

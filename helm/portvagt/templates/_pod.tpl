@@ -146,6 +146,11 @@ spec:
           mountPath: /etc/portvagt/trusted-sts
           readOnly: true
         {{- end }}
+        {{- range (include "portvagt.tlsSecretMounts" . | fromYaml).mounts }}
+        - name: {{ .volume }}
+          mountPath: {{ .dir }}
+          readOnly: true
+        {{- end }}
         {{- if .Values.config.audit.enabled }}
         - name: audit-spool
           mountPath: /var/lib/portvagt/audit
@@ -215,6 +220,18 @@ spec:
           {{- range .Values.tokenExchangeKeys.trustedSts.keys }}
           - key: {{ . }}
             path: {{ . }}
+          {{- end }}
+    {{- end }}
+    {{- /* CA and client certificates of the backends and the audit repository (tlsSecret). */}}
+    {{- range (include "portvagt.tlsSecretMounts" . | fromYaml).mounts }}
+    - name: {{ .volume }}
+      secret:
+        secretName: {{ .secretName }}
+        defaultMode: 0440
+        items:
+          {{- range .items }}
+          - key: {{ .key }}
+            path: {{ .path }}
           {{- end }}
     {{- end }}
     {{- if .Values.config.audit.enabled }}
