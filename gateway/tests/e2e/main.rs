@@ -9,6 +9,7 @@ mod authorization;
 mod authserver;
 mod bypass;
 mod compartment;
+mod conformance;
 mod consent;
 mod demo;
 mod operations;

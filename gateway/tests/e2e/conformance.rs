@@ -1,0 +1,212 @@
+//! The conformance suite (crate portvagt-conformance) against a local deployment: every case
+//! passes. And against a "gateway" that forwards everything unchecked: the suite fails the
+//! cases that catch that, so it is shown able to fail.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use portvagt_certs::DevPki;
+use portvagt_certs::saml::SosiCard;
+use portvagt_conformance::client::Identity;
+use portvagt_conformance::{Settings, Tokens};
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde_json::json;
+
+use crate::support::{Gateway, Options, backend_url};
+
+fn identity(cert: &portvagt_certs::IssuedCert) -> Identity {
+    Identity {
+        cert_pem: cert.cert_pem.clone(),
+        key_pem: cert.key_pem.clone(),
+    }
+}
+
+/// A gateway with everything the suite exercises: audit shipped to a repository, token
+/// exchange.
+fn deployment(repository: &str) -> Gateway {
+    let key = portvagt::auth::issuer_key::IssuerKey::generate("portvagt-conf").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    key.save(dir.path()).unwrap();
+    let pem = std::fs::read_to_string(dir.path().join("issuer.key")).unwrap();
+    Gateway::start_with(Options {
+        files: vec![("exchange.key".into(), pem)],
+        audit_extra: format!("[audit.ship]\nurl = \"{repository}\"\nbatch_size = 5"),
+        extra_config: "[token_exchange]\nissuer = \"https://portvagt.conformance.invalid\"\n\
+                       signing_key = \"exchange.key\"\ntrusted_sts = [\"pki/sts.crt\"]\n"
+            .into(),
+        ..Options::default()
+    })
+}
+
+fn settings(gateway: &Gateway, target: &str) -> Settings {
+    let pki = &gateway.pki;
+    let thumbprint = portvagt::tls::PeerIdentity::from_verified_leaf(&pki.client.cert_der)
+        .unwrap()
+        .thumbprint_sha256()
+        .to_owned();
+    let now = jsonwebtoken::get_current_timestamp();
+    let foreign = DevPki::generate().unwrap();
+    Settings {
+        base_url: target.to_owned(),
+        ca_pem: pki.ca.certificate().cert_pem.clone(),
+        identity: identity(&pki.client),
+        other_identity: Some(identity(&pki.employee)),
+        foreign_identity: Some(identity(&foreign.client)),
+        tokens: Tokens {
+            user: Some(gateway.token(json!({
+                "scope": "user/*.rs", "cnf": { "x5t#S256": thumbprint },
+            }))),
+            patient: Some(gateway.token(json!({
+                "scope": "patient/*.rs", "patient": "pat-anne", "fhirUser": "Patient/pat-anne",
+            }))),
+            narrow: Some(gateway.token(json!({ "scope": "user/Observation.rs" }))),
+            expired: Some(gateway.token(json!({
+                "scope": "user/*.rs", "iat": now - 7200, "exp": now - 3600,
+            }))),
+            wrong_audience: Some(gateway.token(json!({
+                "scope": "user/*.rs", "aud": "https://another-service.invalid",
+            }))),
+        },
+        own_patient: Some("pat-anne".into()),
+        other_patient: Some("pat-bo".into()),
+        sosi_card: Some(
+            SosiCard::system(&pki.client.cert_der)
+                .sign(&pki.sts)
+                .unwrap(),
+        ),
+    }
+}
+
+#[tokio::test]
+async fn the_suite_passes_against_a_local_deployment() {
+    let repository =
+        portvagt::demo::BackendProcess::start(&portvagt::demo::default_testbed(), false).unwrap();
+    let gateway = deployment(repository.base_url());
+    let settings = settings(&gateway, &gateway.base_url);
+    let report = portvagt_conformance::run(settings, &[], |_, _, _| {})
+        .await
+        .unwrap();
+    let (passed, failed, skipped) = report.counts();
+    assert!(report.all_passed(), "{}", report.summary());
+    assert_eq!(skipped, 0, "{}", report.summary());
+    assert_eq!(failed, 0);
+    assert!(passed >= 60, "{passed} cases");
+}
+
+/// A TLS front that checks client certificates, then forwards every request to the backend
+/// unchanged: no token check, no scopes, no compartment. What a misconfigured deployment
+/// looks like from outside.
+async fn passthrough(pki: &DevPki) -> String {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from(pki.ca.certificate().cert_der.clone()))
+        .unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            vec![CertificateDer::from(pki.server.cert_der.clone())],
+            PrivateKeyDer::from_pem_slice(pki.server.key_pem.as_bytes()).unwrap(),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let backend: http::Uri = backend_url().parse().unwrap();
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, client, backend) = (acceptor.clone(), client.clone(), backend.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(
+                    move |request: http::Request<hyper::body::Incoming>| {
+                        let (client, backend) = (client.clone(), backend.clone());
+                        async move {
+                            let (parts, body) = request.into_parts();
+                            let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+                            let rest = path.strip_prefix("/fhir").unwrap_or(path);
+                            let uri: http::Uri =
+                                format!("{}{rest}", backend.to_string().trim_end_matches('/'))
+                                    .parse()
+                                    .unwrap();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let mut forwarded = http::Request::new(Full::new(body));
+                            *forwarded.method_mut() = parts.method;
+                            *forwarded.uri_mut() = uri;
+                            if let Some(value) = parts.headers.get("content-type") {
+                                forwarded
+                                    .headers_mut()
+                                    .insert("content-type", value.clone());
+                            }
+                            let response = client.request(forwarded).await;
+                            Ok::<_, std::convert::Infallible>(match response {
+                                Ok(response) => {
+                                    let (parts, body) = response.into_parts();
+                                    let bytes = body
+                                        .collect()
+                                        .await
+                                        .map(|b| b.to_bytes())
+                                        .unwrap_or_default();
+                                    http::Response::from_parts(parts, Full::new(bytes))
+                                }
+                                Err(_) => http::Response::builder()
+                                    .status(502)
+                                    .body(Full::new(Bytes::new()))
+                                    .unwrap(),
+                            })
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    format!("https://localhost:{}/fhir", address.port())
+}
+
+#[tokio::test]
+async fn the_suite_fails_a_deployment_that_does_not_enforce() {
+    let gateway = Gateway::start();
+    let target = passthrough(&gateway.pki).await;
+    let mut settings = settings(&gateway, &target);
+    settings.sosi_card = None;
+    let only = ["TLS", "AUTH", "SCOPE", "PAT", "ERR"].map(String::from);
+    let report = portvagt_conformance::run(settings, &only, |_, _, _| {})
+        .await
+        .unwrap();
+    assert!(!report.all_passed());
+    let failed = report.failed();
+    for id in [
+        "AUTH-02", "AUTH-04", "AUTH-05", "AUTH-07", "AUTH-11", "SCOPE-02", "SCOPE-05", "PAT-02",
+        "PAT-03", "ERR-01",
+    ] {
+        assert!(
+            failed.contains(&id),
+            "{id} should fail:\n{}",
+            report.summary()
+        );
+    }
+    // The transport is in order, and the suite says so.
+    assert!(!failed.contains(&"TLS-02"), "{}", report.summary());
+}
