@@ -70,6 +70,17 @@ impl Client {
         ca_pem: &str,
         identity: Option<&Identity>,
     ) -> anyhow::Result<Client> {
+        Self::with_versions(host, port, ca_pem, identity, rustls::DEFAULT_VERSIONS)
+    }
+
+    /// Like [`Client::new`], offering only the TLS `versions` given.
+    pub fn with_versions(
+        host: &str,
+        port: u16,
+        ca_pem: &str,
+        identity: Option<&Identity>,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> anyhow::Result<Client> {
         let mut roots = RootCertStore::empty();
         for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
             roots.add(cert?)?;
@@ -77,7 +88,7 @@ impl Client {
         let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::aws_lc_rs::default_provider(),
         ))
-        .with_safe_default_protocol_versions()?
+        .with_protocol_versions(versions)?
         .with_root_certificates(roots);
         let config = match identity {
             Some(identity) => {

@@ -40,6 +40,8 @@ pub struct Settings {
     pub other_patient: Option<String>,
     /// A signed SOSI ID card for `identity`, for the token exchange cases (XML).
     pub sosi_card: Option<String>,
+    /// A patient who has blocked the professional of `tokens.blocked` (negative consent).
+    pub blocked_patient: Option<String>,
 }
 
 /// Tokens for the callers the cases play; each is optional, and the cases that need a missing
@@ -56,6 +58,14 @@ pub struct Tokens {
     pub expired: Option<String>,
     /// A valid token of the issuer for another audience.
     pub wrong_audience: Option<String>,
+    /// A v2 granular token: `user/Observation.rs?category=...laboratory`.
+    pub granular: Option<String>,
+    /// A v1 token: `user/Observation.read`.
+    pub v1: Option<String>,
+    /// A professional `blocked_patient` has blocked, purpose TREATMENT, `user/*.rs`.
+    pub blocked: Option<String>,
+    /// The same professional with purpose EMERGENCY.
+    pub emergency: Option<String>,
 }
 
 /// An input a case needs.
@@ -77,6 +87,12 @@ pub enum Need {
     ForeignCertificate,
     /// `sosi_card`
     SosiCard,
+    /// `tokens.granular`
+    GranularToken,
+    /// `tokens.v1`
+    V1Token,
+    /// `tokens.blocked`, `tokens.emergency` and `blocked_patient`
+    ConsentBlock,
 }
 
 impl Need {
@@ -94,6 +110,13 @@ impl Need {
             Need::OtherCertificate => settings.other_identity.is_some(),
             Need::ForeignCertificate => settings.foreign_identity.is_some(),
             Need::SosiCard => settings.sosi_card.is_some(),
+            Need::GranularToken => settings.tokens.granular.is_some(),
+            Need::V1Token => settings.tokens.v1.is_some(),
+            Need::ConsentBlock => {
+                settings.tokens.blocked.is_some()
+                    && settings.tokens.emergency.is_some()
+                    && settings.blocked_patient.is_some()
+            }
         };
         (!given).then_some(match self {
             Need::UserToken => "no user token (--token user=...)",
@@ -106,6 +129,11 @@ impl Need {
             Need::OtherCertificate => "no second client certificate (--other-cert/--other-key)",
             Need::ForeignCertificate => "no client certificate from an untrusted CA (--foreign-cert/--foreign-key)",
             Need::SosiCard => "no SOSI ID card (--sosi-card)",
+            Need::GranularToken => "no granular token (--token granular=..., user/Observation.rs?category=...|laboratory)",
+            Need::V1Token => "no v1 token (--token v1=..., user/Observation.read)",
+            Need::ConsentBlock => {
+                "no blocked professional (--token blocked=... --token emergency=... --blocked-patient)"
+            }
         })
     }
 }

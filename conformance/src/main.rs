@@ -27,7 +27,8 @@ struct Cli {
     cert: PathBuf,
     #[arg(long)]
     key: PathBuf,
-    /// A token: NAME=VALUE, NAME one of user, patient, narrow, expired, wrong-audience.
+    /// A token: NAME=VALUE, NAME one of user, patient, narrow, expired, wrong-audience,
+    /// granular, v1, blocked, emergency.
     #[arg(long = "token", value_parser = pair)]
     tokens: Vec<(String, String)>,
     /// A command that prints a token: NAME=COMMAND (run with sh -c).
@@ -52,6 +53,9 @@ struct Cli {
     /// A signed SOSI ID card for --cert, for the token exchange cases (used up by them).
     #[arg(long)]
     sosi_card: Option<PathBuf>,
+    /// A patient who has blocked the professional of the blocked/emergency tokens.
+    #[arg(long)]
+    blocked_patient: Option<String>,
     /// Run only the cases whose id starts with this (repeatable), e.g. AUTH or PAT-02.
     #[arg(long)]
     only: Vec<String>,
@@ -108,6 +112,10 @@ fn settings(cli: &Cli) -> anyhow::Result<Settings> {
             "narrow" => &mut tokens.narrow,
             "expired" => &mut tokens.expired,
             "wrong-audience" => &mut tokens.wrong_audience,
+            "granular" => &mut tokens.granular,
+            "v1" => &mut tokens.v1,
+            "blocked" => &mut tokens.blocked,
+            "emergency" => &mut tokens.emergency,
             other => anyhow::bail!("unknown token name {other:?}"),
         };
         *slot = Some(value);
@@ -125,6 +133,7 @@ fn settings(cli: &Cli) -> anyhow::Result<Settings> {
         own_patient: cli.own_patient.clone(),
         other_patient: cli.other_patient.clone(),
         sosi_card: cli.sosi_card.as_ref().map(read).transpose()?,
+        blocked_patient: cli.blocked_patient.clone(),
     })
 }
 

@@ -29,7 +29,37 @@ pub(super) fn cases() -> Vec<Case> {
             [UserToken, PatientToken],
             user_refused
         ),
+        case!(
+            "AUDIT-04",
+            "the patient's log shows no internal fields",
+            "MinLog: who, when, what, why; never addresses, token ids, raw queries or request ids",
+            [UserToken, PatientToken],
+            no_internals
+        ),
     ]
+}
+
+async fn no_internals(ctx: &Ctx) -> Verdict {
+    match events(ctx).await {
+        Ok(bundle) => {
+            let text = bundle["entry"].to_string();
+            let leaked: Vec<&str> = [
+                "\"network\"",
+                "\"policy\"",
+                "XrequestId",
+                "\"query\"",
+                "\"altId\"",
+            ]
+            .into_iter()
+            .filter(|field| text.contains(field))
+            .collect();
+            check(
+                leaked.is_empty(),
+                format!("internal fields shown: {leaked:?}"),
+            )
+        }
+        Err(verdict) => verdict,
+    }
 }
 
 async fn events(ctx: &Ctx) -> Result<serde_json::Value, Verdict> {

@@ -95,7 +95,72 @@ pub(super) fn cases() -> Vec<Case> {
             [UserToken],
             two_headers
         ),
+        case!(
+            "AUTH-13",
+            "a bound token is accepted with the Holder-of-key scheme",
+            "OIO IDWS REST: Authorization: Holder-of-key, certificate re-checked",
+            [UserToken],
+            holder_of_key
+        ),
+        case!(
+            "AUTH-14",
+            "the DPoP scheme is refused (no proof is checked)",
+            "RFC 9449 §7.1: a DPoP token must not be taken as a bearer token",
+            [UserToken],
+            dpop
+        ),
+        case!(
+            "AUTH-15",
+            "an unknown opaque token is refused",
+            "RFC 7662 §2.2: an inactive or unknown token gets no access",
+            [],
+            opaque
+        ),
+        case!(
+            "AUTH-16",
+            "a token with an extra part is refused",
+            "RFC 7519 §7.2: a JWS has exactly three parts",
+            [UserToken],
+            extra_part
+        ),
     ]
+}
+
+async fn scheme(ctx: &Ctx, scheme: &str) -> Result<crate::client::Answer, String> {
+    let token = ctx.settings.tokens.user.as_deref().unwrap_or_default();
+    let value = format!("{scheme} {token}");
+    ctx.client
+        .send(
+            http::Method::GET,
+            &ctx.path(SEARCH),
+            &[("authorization", value.as_str())],
+            None,
+        )
+        .await
+}
+
+async fn holder_of_key(ctx: &Ctx) -> Verdict {
+    expect_status(&scheme(ctx, "Holder-of-key").await, 200)
+}
+
+async fn dpop(ctx: &Ctx) -> Verdict {
+    expect_status(&scheme(ctx, "DPoP").await, 401)
+}
+
+async fn opaque(ctx: &Ctx) -> Verdict {
+    expect_status(
+        &ctx.get(SEARCH, Some("b3BhcXVlLXRva2VuLXRoYXQtbm9ib2R5LWlzc3VlZA"))
+            .await,
+        401,
+    )
+}
+
+async fn extra_part(ctx: &Ctx) -> Verdict {
+    let token = format!(
+        "{}.e30",
+        ctx.settings.tokens.user.as_deref().unwrap_or_default()
+    );
+    expect_status(&ctx.get(SEARCH, Some(&token)).await, 401)
 }
 
 async fn valid_token(ctx: &Ctx) -> Verdict {

@@ -136,6 +136,41 @@ pub(super) fn cases() -> Vec<Case> {
             [PatientToken],
             create_for_other
         ),
+        case!(
+            "PAT-19",
+            "_revinclude does not bring in another patient's data",
+            "FHIR R4 §3.1.1.5.8 _revinclude; compartment",
+            [PatientToken],
+            revinclude_other
+        ),
+        case!(
+            "PAT-20",
+            "a batch answers each entry on its own: own read 200, other's 403",
+            "FHIR R4 §3.1.0.11 batch; compartment per entry",
+            [PatientToken],
+            batch_entries
+        ),
+        case!(
+            "PAT-21",
+            "a transaction reaching another patient is refused",
+            "FHIR R4 §3.1.0.11 transaction: all or nothing",
+            [PatientToken],
+            transaction_other
+        ),
+        case!(
+            "PAT-22",
+            "_id search for another Patient returns nothing of theirs",
+            "FHIR R4 §3.1.1.5.1 _id; compartment",
+            [PatientToken],
+            id_search
+        ),
+        case!(
+            "PAT-23",
+            "a vread of another Patient is refused",
+            "FHIR R4 §3.1.0.3 vread; compartment",
+            [PatientToken],
+            vread_other
+        ),
     ]
 }
 
@@ -351,6 +386,74 @@ async fn create_for_other(ctx: &Ctx) -> Verdict {
     });
     expect_status(
         &ctx.send(Method::POST, "Observation", token(ctx), Some(observation))
+            .await,
+        403,
+    )
+}
+
+async fn revinclude_other(ctx: &Ctx) -> Verdict {
+    let answer = ctx
+        .get(
+            &format!("Patient?_id={}&_revinclude=Observation:subject", own(ctx)),
+            token(ctx),
+        )
+        .await;
+    refused_or_without_other(ctx, &answer)
+}
+
+async fn batch_entries(ctx: &Ctx) -> Verdict {
+    let batch = json!({ "resourceType": "Bundle", "type": "batch", "entry": [
+        { "request": { "method": "GET", "url": format!("Patient/{}", own(ctx)) } },
+        { "request": { "method": "GET", "url": format!("Patient/{}", other(ctx)) } }
+    ]});
+    match ctx.send(Method::POST, "", token(ctx), Some(batch)).await {
+        Ok(answer) if answer.status == 200 => {
+            let body = answer.json();
+            let status = |index: usize| {
+                body["entry"][index]["response"]["status"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            let (first, second) = (status(0), status(1));
+            check(
+                first.starts_with("200") && second.starts_with("403"),
+                format!("entries answered {first:?} and {second:?}"),
+            )
+        }
+        other => expect_status(&other, 200),
+    }
+}
+
+async fn transaction_other(ctx: &Ctx) -> Verdict {
+    let transaction = json!({ "resourceType": "Bundle", "type": "transaction", "entry": [
+        { "request": { "method": "GET", "url": format!("Patient/{}", other(ctx)) } }
+    ]});
+    match ctx
+        .send(Method::POST, "", token(ctx), Some(transaction))
+        .await
+    {
+        Ok(answer) if answer.status == 403 || answer.status == 400 => Verdict::Pass,
+        Ok(answer) if answer.status == 200 => check(
+            !answer.json()["entry"]
+                .to_string()
+                .contains(&format!("\"id\":\"{}\"", other(ctx))),
+            "the other patient's record came back",
+        ),
+        other => expect_one_of(&other, &[400, 403]),
+    }
+}
+
+async fn id_search(ctx: &Ctx) -> Verdict {
+    let answer = ctx
+        .get(&format!("Patient?_id={}", other(ctx)), token(ctx))
+        .await;
+    refused_or_without_other(ctx, &answer)
+}
+
+async fn vread_other(ctx: &Ctx) -> Verdict {
+    expect_status(
+        &ctx.get(&format!("Patient/{}/_history/1", other(ctx)), token(ctx))
             .await,
         403,
     )

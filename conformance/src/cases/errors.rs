@@ -69,6 +69,34 @@ pub(super) fn cases() -> Vec<Case> {
             [UserToken],
             xml_format
         ),
+        case!(
+            "ERR-10",
+            "the 401 challenge names a realm",
+            "RFC 6750 §3: realm in WWW-Authenticate",
+            [],
+            realm
+        ),
+        case!(
+            "ERR-11",
+            "a path outside the FHIR base is not served",
+            "Portvagt: only the FHIR base and the documented endpoints",
+            [UserToken],
+            outside_base
+        ),
+        case!(
+            "ERR-12",
+            "a method FHIR does not define on a type is refused",
+            "FHIR R4 §3.1.0: PATCH needs an id",
+            [UserToken],
+            bad_method
+        ),
+        case!(
+            "ERR-13",
+            "a POST _search body that is not a form is refused",
+            "FHIR R4 §3.1.1.1: POST search takes application/x-www-form-urlencoded",
+            [UserToken],
+            search_body_not_form
+        ),
     ]
 }
 
@@ -216,5 +244,87 @@ async fn xml_format(ctx: &Ctx) -> Verdict {
             )
         }
         Err(error) => Verdict::Fail(format!("no answer: {error}")),
+    }
+}
+
+async fn realm(ctx: &Ctx) -> Verdict {
+    match ctx.get("Patient?_count=1", None).await {
+        Ok(answer) if answer.status == 401 => {
+            let challenge = answer
+                .headers
+                .get("www-authenticate")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            check(
+                challenge.contains("realm="),
+                format!("no realm: {challenge:?}"),
+            )
+        }
+        other => expect_status(&other, 401),
+    }
+}
+
+fn user_authorization(ctx: &Ctx) -> String {
+    format!(
+        "Bearer {}",
+        ctx.settings.tokens.user.as_deref().unwrap_or_default()
+    )
+}
+
+async fn outside_base(ctx: &Ctx) -> Verdict {
+    let token = user_authorization(ctx);
+    let answer = ctx
+        .client
+        .send(
+            http::Method::GET,
+            "/admin/config",
+            &[("authorization", token.as_str())],
+            None,
+        )
+        .await;
+    match &answer {
+        Ok(a) if a.status == 404 || a.status == 400 => {
+            check(a.is_operation_outcome(), "no OperationOutcome")
+        }
+        _ => expect_status(&answer, 404),
+    }
+}
+
+async fn bad_method(ctx: &Ctx) -> Verdict {
+    let token = user_authorization(ctx);
+    let answer = ctx
+        .client
+        .send(
+            http::Method::PATCH,
+            &ctx.path("Patient"),
+            &[("authorization", token.as_str())],
+            Some(("application/json-patch+json", b"[]".to_vec())),
+        )
+        .await;
+    match &answer {
+        Ok(a) if a.status == 405 || a.status == 400 => {
+            check(a.is_operation_outcome(), "no OperationOutcome")
+        }
+        _ => expect_status(&answer, 405),
+    }
+}
+
+async fn search_body_not_form(ctx: &Ctx) -> Verdict {
+    let token = user_authorization(ctx);
+    let answer = ctx
+        .client
+        .send(
+            http::Method::POST,
+            &ctx.path("Patient/_search"),
+            &[("authorization", token.as_str())],
+            Some(("application/json", br#"{"name":"Hansen"}"#.to_vec())),
+        )
+        .await;
+    match &answer {
+        Ok(a) if a.status == 415 || a.status == 400 => {
+            check(a.is_operation_outcome(), "no OperationOutcome")
+        }
+        _ => expect_status(&answer, 415),
     }
 }

@@ -1,5 +1,5 @@
-//! The cases, by area. Ids are stable: `TLS-`, `AUTH-`, `SCOPE-`, `PAT-`, `ERR-`, `XCHG-`,
-//! `AUDIT-`.
+//! The cases, by area. Ids are stable: `TLS-`, `AUTH-`, `SCOPE-`, `PAT-`, `CONSENT-`, `ERR-`,
+//! `XCHG-`, `AUDIT-`.
 
 use base64::Engine as _;
 
@@ -9,6 +9,7 @@ use crate::{Case, Verdict};
 mod audit;
 mod authentication;
 mod compartment;
+mod consent;
 mod errors;
 mod exchange;
 mod scopes;
@@ -35,6 +36,7 @@ pub fn all() -> Vec<Case> {
     cases.extend(authentication::cases());
     cases.extend(scopes::cases());
     cases.extend(compartment::cases());
+    cases.extend(consent::cases());
     cases.extend(errors::cases());
     cases.extend(exchange::cases());
     cases.extend(audit::cases());

@@ -108,7 +108,81 @@ pub(super) fn cases() -> Vec<Case> {
             [NarrowToken, PatientToken],
             everything
         ),
+        case!(
+            "SCOPE-15",
+            "a v2 granular scope's answers stay within its restriction",
+            "SMART App Launch 2.2 §3.6: finer-grained resource constraints",
+            [GranularToken],
+            granular
+        ),
+        case!(
+            "SCOPE-16",
+            "a v1 read scope reads and searches",
+            "SMART App Launch 2.2 §3.5: v1 `.read` is `.rs`",
+            [V1Token],
+            v1_read
+        ),
+        case!(
+            "SCOPE-17",
+            "a v1 read scope cannot write",
+            "SMART App Launch 2.2 §3.5: `.read` grants no write",
+            [V1Token],
+            v1_no_write
+        ),
     ]
+}
+
+async fn granular(ctx: &Ctx) -> Verdict {
+    match ctx
+        .get(
+            "Observation?_count=100",
+            ctx.settings.tokens.granular.as_deref(),
+        )
+        .await
+    {
+        Ok(answer) if answer.status == 403 => Verdict::Pass,
+        Ok(answer) if answer.status == 200 => {
+            let body = answer.json();
+            let outside = body["entry"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|entry| entry["resource"]["resourceType"] == "Observation")
+                .filter(|entry| {
+                    !entry["resource"]["category"]
+                        .to_string()
+                        .contains("laboratory")
+                })
+                .count();
+            check(
+                outside == 0,
+                format!("{outside} Observations outside the restriction"),
+            )
+        }
+        other => expect_status(&other, 200),
+    }
+}
+
+async fn v1_read(ctx: &Ctx) -> Verdict {
+    expect_status(
+        &ctx.get("Observation?_count=1", ctx.settings.tokens.v1.as_deref())
+            .await,
+        200,
+    )
+}
+
+async fn v1_no_write(ctx: &Ctx) -> Verdict {
+    let observation = json!({ "resourceType": "Observation", "status": "final", "code": { "text": "conformance" } });
+    expect_status(
+        &ctx.send(
+            Method::POST,
+            "Observation",
+            ctx.settings.tokens.v1.as_deref(),
+            Some(observation),
+        )
+        .await,
+        403,
+    )
 }
 
 fn narrow(ctx: &Ctx) -> Option<&str> {

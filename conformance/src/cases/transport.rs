@@ -35,7 +35,54 @@ pub(super) fn cases() -> Vec<Case> {
             [],
             plain_http
         ),
+        case!(
+            "TLS-05",
+            "a TLS 1.3 client is served",
+            "RFC 8446: TLS 1.3",
+            [],
+            tls13
+        ),
+        case!(
+            "TLS-06",
+            "a TLS 1.2 client is served (with the same certificate checks)",
+            "RFC 5246 with RFC 7525 recommendations: TLS 1.2 still accepted",
+            [],
+            tls12
+        ),
     ]
+}
+
+async fn with_version(ctx: &Ctx, version: &'static rustls::SupportedProtocolVersion) -> Verdict {
+    let (host, port) = ctx.address();
+    let client = match crate::client::Client::with_versions(
+        host,
+        port,
+        &ctx.settings.ca_pem,
+        Some(&ctx.settings.identity),
+        &[version],
+    ) {
+        Ok(client) => client,
+        Err(error) => return Verdict::Fail(error.to_string()),
+    };
+    expect_status(
+        &client
+            .send(
+                http::Method::GET,
+                &ctx.path(".well-known/smart-configuration"),
+                &[],
+                None,
+            )
+            .await,
+        200,
+    )
+}
+
+async fn tls13(ctx: &Ctx) -> Verdict {
+    with_version(ctx, &rustls::version::TLS13).await
+}
+
+async fn tls12(ctx: &Ctx) -> Verdict {
+    with_version(ctx, &rustls::version::TLS12).await
 }
 
 async fn accepted(ctx: &Ctx) -> Verdict {
