@@ -49,11 +49,13 @@ fn reports_are_written_and_the_exit_code_follows_the_verdict() {
         .collect();
     assert_eq!(
         ids,
-        vec!["TLS-01", "TLS-02", "TLS-03", "TLS-04", "AUTH-01", "XCHG-01"]
+        vec![
+            "TLS-01", "TLS-02", "TLS-03", "TLS-04", "TLS-05", "TLS-06", "AUTH-01", "XCHG-01"
+        ]
     );
     assert_eq!(json["skipped"], 2);
     let junit = std::fs::read_to_string(dir.path().join("report.xml")).unwrap();
-    assert!(junit.contains("<testsuite name=\"portvagt-conformance\" tests=\"6\""));
+    assert!(junit.contains("<testsuite name=\"portvagt-conformance\" tests=\"8\""));
     let markdown = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
     assert!(markdown.contains("Result: **FAIL**"));
 }

@@ -19,6 +19,9 @@ use crate::tls::PeerIdentity;
 /// The demo issuer's `iss`.
 pub const DEMO_ISSUER: &str = "https://issuer.demo.portvagt.invalid";
 
+/// The demo issuer key's `kid`.
+pub const DEMO_KEY_ID: &str = "demo-1";
+
 /// Where the testbed lives when not told otherwise: beside the gateway crate.
 pub fn default_testbed() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../testbed")
@@ -183,7 +186,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     let issuer_dir = dir.join("issuer");
     let pki = portvagt_certs::DevPki::generate()?;
     pki.write_to(&pki_dir)?;
-    IssuerKey::generate("demo-1")?.save(&issuer_dir)?;
+    IssuerKey::generate(DEMO_KEY_ID)?.save(&issuer_dir)?;
     IssuerKey::generate("portvagt-1")?.save(&dir.join("portvagt-key"))?;
 
     eprintln!("starting the reference FHIR backend and the audit repository ...");

@@ -78,6 +78,10 @@ enum Command {
         /// `aud`; default: the demo's PORTVAGT_URL.
         #[arg(long)]
         audience: Option<String>,
+        /// Make a fresh issuer key in `<dir>/issuer` first (for set-ups without `portvagt demo`,
+        /// such as the load tests).
+        #[arg(long)]
+        new_issuer: bool,
         /// More claims, `NAME=VALUE` (repeatable), e.g. `purpose_of_use=EMERGENCY`, `role=7170`,
         /// `authorization_id=NS363`, `name="Mette Kjær"`.
         #[arg(long = "claim", value_parser = parse_claim)]
@@ -204,7 +208,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ttl,
             audience,
             claims,
+            new_issuer,
         } => {
+            if new_issuer {
+                portvagt::auth::issuer_key::IssuerKey::generate(portvagt::demo::DEMO_KEY_ID)?
+                    .save(&dir.join("issuer"))?;
+            }
             let audience = match audience {
                 Some(audience) => audience,
                 None => demo_url(&dir)?,

@@ -12,6 +12,7 @@ mod compartment;
 mod conformance;
 mod consent;
 mod demo;
+mod load_smoke;
 mod operations;
 mod proxying;
 mod reload;

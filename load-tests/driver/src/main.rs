@@ -1,0 +1,87 @@
+//! `portvagt-load`: one load run, its outcome as JSON on stdout.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use http::{HeaderName, HeaderValue};
+use portvagt_load::{Plan, TlsPlan};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "portvagt-load",
+    about = "Load generator for Portvagt's load tests"
+)]
+struct Cli {
+    /// The URL to request (GET).
+    url: String,
+    /// Open connections.
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// How long, e.g. 10s.
+    #[arg(long, default_value = "10s", value_parser = humantime_serde::re::humantime::parse_duration)]
+    duration: Duration,
+    /// Requests per second in all (open loop); without it, as fast as answers come.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// HTTP/2.
+    #[arg(long)]
+    http2: bool,
+    /// Trusted CA (PEM) for https URLs.
+    #[arg(long)]
+    cacert: Option<PathBuf>,
+    /// Client certificate and key (PEM).
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// A header, `Name: value` (repeatable).
+    #[arg(short = 'H', long = "header")]
+    headers: Vec<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let read = |path: &PathBuf| {
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+    };
+    let tls = match &cli.cacert {
+        None => None,
+        Some(ca) => Some(TlsPlan {
+            ca_pem: read(ca)?,
+            client: match (&cli.cert, &cli.key) {
+                (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+                _ => None,
+            },
+        }),
+    };
+    let headers = cli
+        .headers
+        .iter()
+        .map(|header| {
+            let (name, value) = header
+                .split_once(':')
+                .with_context(|| format!("{header:?} is not `Name: value`"))?;
+            Ok((
+                HeaderName::try_from(name.trim())?,
+                HeaderValue::try_from(value.trim())?,
+            ))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let plan = Plan {
+        url: cli.url.parse()?,
+        headers,
+        connections: cli.connections.max(1),
+        duration: cli.duration,
+        rate: cli.rate,
+        http2: cli.http2,
+        tls,
+    };
+    let outcome = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(portvagt_load::run(plan))?;
+    println!("{}", serde_json::to_string(&outcome)?);
+    Ok(())
+}

