@@ -138,6 +138,8 @@ def main():
     envoy_bin = ensure_tools()
     portvagt, certs, load = build()
     work = Path(tempfile.mkdtemp(prefix="portvagt-load-"))
+    # nginx's workers drop privileges: they must be able to read the fixtures.
+    os.chmod(work, 0o755)
     logs = open(work / "servers.log", "w")
     processes = []
     try:
@@ -214,7 +216,7 @@ level = "info"
         (work / "haproxy.cfg").write_text(f"""
 global
   nbthread {THREADS}
-  maxconn 20000
+  maxconn 9000
   log stderr format raw local0 emerg
 defaults
   mode http
