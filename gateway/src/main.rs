@@ -12,6 +12,12 @@ use portvagt::demo::{self, DemoOptions, TokenRequest};
 use portvagt::runtime::Runtime;
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc: per-thread free lists make the many short-lived allocations of a request (headers,
+/// claims, the audit record) cheaper than glibc's malloc, which showed up as a seventh of the
+/// gateway's CPU under load.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "portvagt",

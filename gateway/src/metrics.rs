@@ -29,6 +29,8 @@ pub struct Metrics {
     pub introspection_calls: IntCounterVec,
     /// `portvagt_introspection_cache_total{result}`: cache `hit`s and `miss`es.
     pub introspection_cache: IntCounterVec,
+    /// `portvagt_jwt_cache_total{result}`: verified-JWT cache `hit`s and `miss`es.
+    pub jwt_cache: IntCounterVec,
     /// `portvagt_token_exchanges_total{outcome}`: SAML token exchanges, `issued` or the
     /// refusal's code.
     pub token_exchanges: IntCounterVec,
@@ -153,6 +155,14 @@ impl Metrics {
             &["result"],
         )
         .expect("valid metric");
+        let jwt_cache = IntCounterVec::new(
+            Opts::new(
+                "portvagt_jwt_cache_total",
+                "Verified-JWT cache lookups, by result",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
         let token_exchanges = IntCounterVec::new(
             Opts::new(
                 "portvagt_token_exchanges_total",
@@ -271,6 +281,7 @@ impl Metrics {
             Box::new(jwks_fetches.clone()),
             Box::new(introspection_calls.clone()),
             Box::new(introspection_cache.clone()),
+            Box::new(jwt_cache.clone()),
             Box::new(token_exchanges.clone()),
             Box::new(audit_records.clone()),
             Box::new(audit_write_failures.clone()),
@@ -305,6 +316,7 @@ impl Metrics {
             jwks_fetches,
             introspection_calls,
             introspection_cache,
+            jwt_cache,
             token_exchanges,
             audit_records,
             audit_write_failures,

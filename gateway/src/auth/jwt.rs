@@ -20,6 +20,7 @@ use super::claims::{BindingRule, ClaimMapping};
 use super::introspection::{ActiveToken, Introspector};
 use super::jwks::{self, KeyFamily, VerificationKey};
 use super::remote_jwks::RemoteJwks;
+use super::verified_cache::{self, Verified, VerifiedCache};
 use super::{AuthnError, Principal};
 use crate::config::{ConfigError, IssuerConfig};
 use crate::metrics::Metrics;
@@ -32,6 +33,7 @@ pub struct TokenVerifier {
     /// The issuers with an introspection endpoint, in configuration order: where an opaque
     /// token is checked.
     introspectors: Vec<Arc<Introspector>>,
+    metrics: Arc<Metrics>,
 }
 
 #[derive(Debug)]
@@ -43,6 +45,10 @@ struct IssuerVerifier {
     require_binding: bool,
     mapping: ClaimMapping,
     introspector: Option<Arc<Introspector>>,
+    /// Tokens of this issuer verified already (signature and claims).
+    verified: VerifiedCache,
+    /// Seconds of clock skew allowed on `exp` and `nbf`.
+    leeway: u64,
 }
 
 /// Where an issuer's keys come from.
@@ -157,6 +163,8 @@ impl TokenVerifier {
                 require_binding: issuer.require_certificate_binding,
                 mapping: ClaimMapping::new(&issuer.claims),
                 introspector,
+                verified: VerifiedCache::default(),
+                leeway: issuer.leeway.as_secs(),
             };
             if map.insert(issuer.issuer.clone(), verifier).is_some() {
                 return Err(ConfigError::new(field("issuer"), "configured twice"));
@@ -165,6 +173,7 @@ impl TokenVerifier {
         Ok(TokenVerifier {
             issuers: map,
             introspectors,
+            metrics,
         })
     }
 
@@ -181,6 +190,8 @@ impl TokenVerifier {
             require_binding: issuer.require_certificate_binding,
             mapping: ClaimMapping::new(&issuer.claims),
             introspector: None,
+            verified: VerifiedCache::default(),
+            leeway: issuer.leeway.as_secs(),
         };
         if self
             .issuers
@@ -252,12 +263,24 @@ impl TokenVerifier {
             .ok_or(AuthnError::UnknownIssuer)?;
         match (&issuer.keys, &issuer.introspector) {
             (Some(keys), _) => {
-                let verified = issuer.verify_signed(token, &peeked.header, peer, binding_required);
+                let verified = issuer.verify_signed(
+                    token,
+                    &peeked.header,
+                    peer,
+                    binding_required,
+                    &self.metrics,
+                );
                 match (verified, keys) {
                     (Err(AuthnError::UnknownKey), Keys::Remote(remote))
                         if remote.refresh_for_unknown_kid().await =>
                     {
-                        issuer.verify_signed(token, &peeked.header, peer, binding_required)
+                        issuer.verify_signed(
+                            token,
+                            &peeked.header,
+                            peer,
+                            binding_required,
+                            &self.metrics,
+                        )
                     }
                     (other, _) => other,
                 }
@@ -311,18 +334,21 @@ impl TokenVerifier {
         self.issuers
             .get(&peeked.issuer)
             .ok_or(AuthnError::UnknownIssuer)?
-            .verify_signed(token, &peeked.header, peer, binding_required)
+            .verify_signed(token, &peeked.header, peer, binding_required, &self.metrics)
     }
 }
 
 impl IssuerVerifier {
     /// Verifies a JWT of this issuer, whose `header` was already read, with the keys held now.
+    /// A token verified before with the same keys and not yet expired is taken from the cache;
+    /// the binding to the client certificate and the claim mapping are checked every time.
     fn verify_signed(
         &self,
         token: &str,
         header: &Header,
         peer: &Arc<PeerIdentity>,
         binding_required: bool,
+        metrics: &Metrics,
     ) -> Result<Principal, AuthnError> {
         let alg = Algorithm::from_str(&header.alg).map_err(|_| AuthnError::AlgorithmNotAllowed)?;
         let validation = self
@@ -330,29 +356,47 @@ impl IssuerVerifier {
             .get(&alg)
             .ok_or(AuthnError::AlgorithmNotAllowed)?;
         let keys = self.keys.as_ref().ok_or(AuthnError::UnknownKey)?.held();
-        let key = key_for(&keys, header.kid.as_deref(), alg)?;
-
-        let claims = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, validation)
-            .map_err(|e| map_error(e.kind()))?
-            .claims;
-        let text = |name: &str| {
-            claims
-                .get(name)
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-                .ok_or(AuthnError::MissingClaim)
+        let digest = verified_cache::digest(token);
+        let now = now();
+        let verified = match self.verified.get(&digest, &keys, now) {
+            Some(verified) => {
+                metrics.jwt_cache.with_label_values(&["hit"]).inc();
+                verified
+            }
+            None => {
+                metrics.jwt_cache.with_label_values(&["miss"]).inc();
+                let key = key_for(&keys, header.kid.as_deref(), alg)?;
+                let claims =
+                    jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, validation)
+                        .map_err(|e| map_error(e.kind()))?
+                        .claims;
+                let text = |name: &str| {
+                    claims
+                        .get(name)
+                        .and_then(Value::as_str)
+                        .map(Arc::<str>::from)
+                        .ok_or(AuthnError::MissingClaim)
+                };
+                let verified = Verified {
+                    subject: text("sub")?,
+                    issuer: text("iss")?,
+                    expires_at: claims
+                        .get("exp")
+                        .and_then(Value::as_u64)
+                        .ok_or(AuthnError::MissingClaim)?,
+                    claims: Arc::new(claims),
+                };
+                let good_until = verified.expires_at.saturating_add(self.leeway);
+                self.verified
+                    .insert(digest, verified.clone(), &keys, good_until, now);
+                verified
+            }
         };
-        let subject = text("sub")?;
-        let issuer_claim = text("iss")?;
-        let expires_at = claims
-            .get("exp")
-            .and_then(Value::as_u64)
-            .ok_or(AuthnError::MissingClaim)?;
         self.mapping.principal(
-            &claims,
-            subject,
-            issuer_claim,
-            expires_at,
+            &verified.claims,
+            verified.subject.to_string(),
+            verified.issuer.to_string(),
+            verified.expires_at,
             self.binding(binding_required),
             peer,
         )
@@ -623,6 +667,74 @@ mod tests {
                 .unwrap()
                 .patient(),
             Some("pat-anne")
+        );
+    }
+
+    #[test]
+    fn a_cached_token_is_still_checked_against_the_connection_its_expiry_and_the_keys() {
+        let f = fixture(false);
+        let lookups = |result: &str| {
+            f.verifier
+                .metrics
+                .jwt_cache
+                .with_label_values(&[result])
+                .get()
+        };
+        let mut c = claims();
+        c["cnf"] = json!({ "x5t#S256": f.peer.thumbprint_sha256() });
+        let token = sign(&f, &c);
+        for _ in 0..3 {
+            let principal = f
+                .verifier
+                .verify_with_held_keys(&token, &f.peer, false)
+                .unwrap();
+            assert!(principal.certificate_bound());
+            assert_eq!(principal.subject(), "user-1");
+        }
+        assert_eq!((lookups("miss"), lookups("hit")), (1, 2));
+
+        // The same (cached) token on another client's connection.
+        let other = portvagt_certs::DevPki::generate().unwrap();
+        let other_peer =
+            Arc::new(PeerIdentity::from_verified_leaf(&other.client.cert_der).unwrap());
+        assert_eq!(
+            f.verifier
+                .verify_with_held_keys(&token, &other_peer, false)
+                .unwrap_err(),
+            AuthnError::CertificateMismatch
+        );
+        assert_eq!(
+            lookups("hit"),
+            3,
+            "found in the cache, refused all the same"
+        );
+
+        // Past exp + leeway, a cached token is expired.
+        let mut c = claims();
+        c["exp"] = json!(now() - 4);
+        let short = sign(&f, &c);
+        f.verifier
+            .verify_with_held_keys(&short, &f.peer, false)
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(2_200));
+        assert_eq!(
+            f.verifier
+                .verify_with_held_keys(&short, &f.peer, false)
+                .unwrap_err(),
+            AuthnError::Expired
+        );
+
+        // The issuer drops the key: a token it signed is refused, cached or not.
+        let Some(Keys::File { path, .. }) = &f.verifier.issuers[ISS].keys else {
+            panic!("file keys");
+        };
+        std::fs::write(path, IssuerKey::generate("k2").unwrap().jwks()).unwrap();
+        assert!(f.verifier.reload_key_files().is_empty());
+        assert_eq!(
+            f.verifier
+                .verify_with_held_keys(&token, &f.peer, false)
+                .unwrap_err(),
+            AuthnError::UnknownKey
         );
     }
 

@@ -15,6 +15,7 @@ pub mod jwt;
 pub mod principal;
 pub mod remote_jwks;
 pub mod saml;
+mod verified_cache;
 
 pub use jwt::TokenVerifier;
 pub use principal::Principal;
