@@ -116,11 +116,22 @@ fn parse_claim(text: &str) -> Result<(String, String), String> {
     }
 }
 
-fn init_logging(format: LogFormat, level: &str) {
+/// Logs (the access log among them) go to standard output through a writer thread: request
+/// tasks format their line and hand it over; the thread writes what has gathered in one go.
+/// Nothing is dropped (a full queue makes the logger wait); the returned guard flushes at exit.
+fn init_logging(format: LogFormat, level: &str) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(64 * 1024)
+        .thread_name("log-writer")
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stdout(),
+        ));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stdout);
+        .with_writer(writer);
     match format {
         LogFormat::Json => builder
             .json()
@@ -129,6 +140,7 @@ fn init_logging(format: LogFormat, level: &str) {
             .init(),
         LogFormat::Text => builder.init(),
     }
+    guard
 }
 
 fn main() -> ExitCode {
@@ -166,7 +178,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         },
         Command::Serve { config: path } => {
             let config = Config::load(&path)?;
-            init_logging(config.log.format, &config.log.level);
+            let _logs = init_logging(config.log.format, &config.log.level);
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(serve(config, &path))?;
             Ok(ExitCode::SUCCESS)
@@ -194,7 +206,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Demo { dir, port, testbed } => {
-            init_logging(LogFormat::Text, "info");
+            let _logs = init_logging(LogFormat::Text, "info");
             let options = DemoOptions {
                 dir,
                 port,

@@ -74,30 +74,34 @@ pub struct AuditSource {
 /// The AuditEvents for one access: one per patient it was about (at least one).
 pub fn audit_events(facts: &AccessFacts<'_>, source: &AuditSource) -> Vec<Value> {
     let base = base_event(facts, source);
-    if facts.patients.is_empty() {
+    let Some((last, others)) = facts.patients.split_last() else {
         return vec![Value::Object(base)];
+    };
+    let mut events = Vec::with_capacity(facts.patients.len());
+    for patient in others {
+        events.push(patient_event(facts, base.clone(), patient));
     }
-    facts
-        .patients
-        .iter()
-        .map(|patient| {
-            let mut event = base.clone();
-            // Break-the-glass is marked on the events of the patients whose blocks it lifted.
-            let broken = facts
-                .break_glass
-                .filter(|(_, patients)| patients.contains(patient))
-                .map(|(reason, _)| reason);
-            if broken.is_some()
-                && let Some(Value::Array(purposes)) = event.get_mut("purposeOfEvent")
-            {
-                purposes.push(break_glass_purpose());
-            } else if broken.is_some() {
-                event.insert("purposeOfEvent".into(), json!([break_glass_purpose()]));
-            }
-            push_entity(&mut event, patient_entity(patient, broken));
-            Value::Object(event)
-        })
-        .collect()
+    // The common case, one patient, takes the base without copying it.
+    events.push(patient_event(facts, base, last));
+    events
+}
+
+/// `base` made the event of one `patient`.
+fn patient_event(facts: &AccessFacts<'_>, mut event: Map<String, Value>, patient: &str) -> Value {
+    // Break-the-glass is marked on the events of the patients whose blocks it lifted.
+    let broken = facts
+        .break_glass
+        .filter(|(_, patients)| patients.iter().any(|p| p == patient))
+        .map(|(reason, _)| reason);
+    if broken.is_some()
+        && let Some(Value::Array(purposes)) = event.get_mut("purposeOfEvent")
+    {
+        purposes.push(break_glass_purpose());
+    } else if broken.is_some() {
+        event.insert("purposeOfEvent".into(), json!([break_glass_purpose()]));
+    }
+    push_entity(&mut event, patient_entity(patient, broken));
+    Value::Object(event)
 }
 
 fn break_glass_purpose() -> Value {
