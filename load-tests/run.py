@@ -36,6 +36,7 @@ HERE = ROOT / "load-tests"
 RESULTS = HERE / "results"
 AUDIENCE_PATH = "/fhir"
 THREADS = 2
+IDLE = 1000
 
 
 def sh(*args, **kwargs):
@@ -108,23 +109,56 @@ def start(args, log, **kwargs):
     return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, **kwargs)
 
 
+def family(pid):
+    """`pid` and its children (nginx's workers, say)."""
+    pids = [pid]
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                pids.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            pass
+    return pids
+
+
+def status_kib(pid, field):
+    """A memory figure of `pid` and its children, KiB: VmHWM (peak) or VmRSS (now)."""
+    total = 0
+    for member in family(pid):
+        try:
+            for line in Path(f"/proc/{member}/status").read_text().splitlines():
+                if line.startswith(field + ":"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
 def rss_kib(pid):
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+    return status_kib(pid, "VmHWM")
 
 
 def cpu_seconds(pid):
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks = os.sysconf("SC_CLK_TCK")
-        return (int(fields[11]) + int(fields[12])) / ticks
-    except OSError:
-        return 0.0
+    total = 0.0
+    for member in family(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except OSError:
+            pass
+    return total
+
+
+def token_bench():
+    """The verified-JWT cache, hit and cold, from the criterion benchmark (microseconds)."""
+    sh("cargo", "bench", "--locked", "-p", "portvagt", "--bench", "token", "--", "ES256", cwd=ROOT,
+       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    found = {}
+    for folder in (ROOT / "target" / "criterion").glob("verify ES256*"):
+        estimates = json.loads((folder / "new" / "estimates.json").read_text())
+        kind = "hit" if "cache hit" in folder.name else "cold"
+        found[kind] = round(estimates["mean"]["point_estimate"] / 1000, 2)
+    return found
 
 
 def main():
@@ -259,6 +293,23 @@ backend be
             "envoy": (f"https://localhost:{ports['envoy']}/fhir", processes[3].pid, True),
         }
 
+        def hold_idle(name):
+            url, pid, _ = targets[name]
+            before = status_kib(pid, "VmRSS")
+            args = [str(load), f"{url}/Patient/p1", "--idle", "--connections", str(IDLE), "--duration", "6s",
+                    "--cacert", str(pki / "ca.crt"), "--cert", str(pki / "client.crt"), "--key", str(pki / "client.key"),
+                    "-H", f"Authorization: Bearer {token}"]
+            driver = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            line = driver.stderr.readline()
+            time.sleep(2)
+            held_rss = status_kib(pid, "VmRSS")
+            outcome = json.loads(driver.communicate()[0])
+            result = {"target": name, "held": outcome["held"], "failed": outcome["failed"],
+                      "rss_before_kib": before, "rss_idle_kib": held_rss}
+            print(f"  {name:9} {line.strip()}: RSS {before / 1024:.1f} MiB before, {held_rss / 1024:.1f} MiB "
+                  f"with {outcome['held']} idle connections ({outcome['failed']} failed)", flush=True)
+            return result
+
         def run(name, path, rate=None, http2=False, connections=opts.connections):
             url, pid, tls = targets[name]
             args = [str(load), f"{url}/{path}", "--connections", str(connections), "--duration", duration]
@@ -307,7 +358,11 @@ backend be
         print(f"fixed rate, 50% of Portvagt's maximum ({half} req/s):")
         for name in order:
             results.append(run(name, "Patient/p1", rate=half))
+        idle = {}
         if not opts.smoke:
+            print(f"resident memory with {IDLE} idle mTLS connections:")
+            for name in [n for n in order if n != "direct"]:
+                idle[name] = hold_idle(name)
             print("HTTP/2:")
             for name in [n for n in order if n != "direct"]:
                 results.append(run(name, "Patient/p1", http2=True))
@@ -318,7 +373,8 @@ backend be
         if opts.only or opts.profile:
             print("(a partial or profiled run: no report written)")
         else:
-            report(results, maxima, half, opts, duration)
+            bench = {} if opts.smoke else token_bench()
+            report(results, maxima, half, opts, duration, idle, bench)
         failed = [r for r in results if r["errors"]]
         return 1 if failed else 0
     finally:
@@ -383,7 +439,7 @@ def envoy_config(ports, pki, jwks, base):
     }
 
 
-def report(results, maxima, half, opts, duration):
+def report(results, maxima, half, opts, duration, idle, bench):
     RESULTS.mkdir(exist_ok=True)
     stamp = time.strftime("%Y-%m-%d")
     kind = "smoke" if opts.smoke else "full"
@@ -399,6 +455,8 @@ def report(results, maxima, half, opts, duration):
         },
         "fixed_rate": half,
         "runs": results,
+        "idle_connections": idle,
+        "jwt_verify_us": bench,
     }
     (RESULTS / f"{kind}.json").write_text(json.dumps(summary, indent=2) + "\n")
     lines = [f"# Load test ({kind}), {stamp}", "", f"Command: `{command}`", "",
@@ -413,6 +471,37 @@ def report(results, maxima, half, opts, duration):
     ratios = summary["ratios"]
     lines += ["", f"Ratios of maximum throughput: Portvagt/Envoy {ratios['portvagt_over_envoy']}, "
               f"Portvagt/HAProxy {ratios['portvagt_over_haproxy']}, Portvagt/direct {ratios['portvagt_over_direct']}."]
+    direct_half = next((r for r in results if r["target"] == "direct" and r["rate"]), None)
+    if direct_half:
+        lines += ["", f"Latency added over direct at the fixed rate ({half} req/s): " + ", ".join(
+            f"{r['target']} p50 +{(r['p50_us'] - direct_half['p50_us']) / 1000:.2f} ms, "
+            f"p99 +{(r['p99_us'] - direct_half['p99_us']) / 1000:.2f} ms"
+            for r in results if r["rate"] and r["target"] != "direct") + "."]
+    if idle:
+        lines += ["", f"## Resident memory with {IDLE} idle mTLS connections", "",
+                  "| target | held | failed | RSS before MiB | RSS with idle connections MiB |", "|---|---|---|---|---|"]
+        for r in idle.values():
+            lines.append(f"| {r['target']} | {r['held']} | {r['failed']} | {r['rss_before_kib'] / 1024:.1f} | "
+                         f"{r['rss_idle_kib'] / 1024:.1f} |")
+    sizes = [r for r in results if r["path"].startswith("Observation") and r["target"] == "portvagt"]
+    if sizes:
+        lines += ["", "## Response filtering and rewriting vs searchset size (Portvagt)", "",
+                  "| entries | req/s | p50 µs | CPU ms / request | CPU µs / entry |", "|---|---|---|---|---|"]
+        for r in sizes:
+            entries = int(r["path"].rsplit("=", 1)[1])
+            cpu_ms = r["cpu_seconds_per_1000"]
+            lines.append(f"| {entries} | {r['requests_per_second']:.0f} | {r['p50_us']} | {cpu_ms:.3f} | "
+                         f"{cpu_ms * 1000 / entries:.2f} |")
+        if len(sizes) >= 2:
+            small, large = sizes[0], sizes[-1]
+            n_small = int(small["path"].rsplit("=", 1)[1])
+            n_large = int(large["path"].rsplit("=", 1)[1])
+            slope = (large["cpu_seconds_per_1000"] - small["cpu_seconds_per_1000"]) * 1000 / (n_large - n_small)
+            lines += ["", f"Marginal cost: {slope:.2f} µs of CPU per entry between {n_small} and {n_large} entries."]
+    if bench:
+        lines += ["", "## JWT verification (criterion, `cargo bench -p portvagt --bench token -- ES256`)", "",
+                  f"ES256, certificate-bound: cold (signature and claims verified) {bench.get('cold')} µs; "
+                  f"seen before (verified-token cache hit, binding and claim mapping still checked) {bench.get('hit')} µs."]
     (RESULTS / f"{kind}.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {RESULTS / (kind + '.md')}")
 

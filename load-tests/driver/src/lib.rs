@@ -177,26 +177,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<Outcome> {
                 if due >= deadline {
                     break;
                 }
-                let mut request = Request::new(Empty::<Bytes>::new());
-                *request.method_mut() = Method::GET;
-                *request.uri_mut() = if plan.http2 {
-                    plan.url.clone()
-                } else {
-                    plan.url
-                        .path_and_query()
-                        .map_or("/", |p| p.as_str())
-                        .parse()
-                        .unwrap_or_default()
-                };
-                if !plan.http2
-                    && let Some(authority) = plan.url.authority()
-                    && let Ok(value) = HeaderValue::try_from(authority.as_str())
-                {
-                    request.headers_mut().insert(http::header::HOST, value);
-                }
-                for (name, value) in &plan.headers {
-                    request.headers_mut().insert(name.clone(), value.clone());
-                }
+                let request = request_for(&plan);
                 let answer = match &mut sender {
                     SendRequest::One(sender) => match sender.ready().await {
                         Ok(()) => sender.send_request(request).await,
@@ -291,4 +272,100 @@ pub async fn run(plan: Plan) -> anyhow::Result<Outcome> {
         p999_us: percentile(0.999),
         max_us: total.latencies_us.last().copied().map_or(0, u64::from),
     })
+}
+
+/// The GET request of `plan`, with its headers.
+fn request_for(plan: &Plan) -> Request<Empty<Bytes>> {
+    let mut request = Request::new(Empty::<Bytes>::new());
+    *request.method_mut() = Method::GET;
+    *request.uri_mut() = if plan.http2 {
+        plan.url.clone()
+    } else {
+        plan.url
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .parse()
+            .unwrap_or_default()
+    };
+    if !plan.http2
+        && let Some(authority) = plan.url.authority()
+        && let Ok(value) = HeaderValue::try_from(authority.as_str())
+    {
+        request.headers_mut().insert(http::header::HOST, value);
+    }
+    for (name, value) in &plan.headers {
+        request.headers_mut().insert(name.clone(), value.clone());
+    }
+    request
+}
+
+/// What came of holding idle connections.
+#[derive(Debug, Clone, Serialize)]
+pub struct IdleOutcome {
+    /// Connections opened, each with one request answered 2xx, then held idle.
+    pub held: u64,
+    /// Connections that could not be opened or whose request failed.
+    pub failed: u64,
+    pub error_samples: Vec<String>,
+}
+
+/// Opens `plan.connections` connections (handshake and one answered request each, so the
+/// server holds a warm connection, not a half-open socket), then calls `ready` and keeps them
+/// all open and idle for `hold`.
+pub async fn hold_idle(
+    plan: Plan,
+    hold: Duration,
+    ready: impl FnOnce(u64),
+) -> anyhow::Result<IdleOutcome> {
+    let tls = plan
+        .tls
+        .as_ref()
+        .map(|tls| tls_config(tls, plan.http2))
+        .transpose()?;
+    let mut outcome = IdleOutcome {
+        held: 0,
+        failed: 0,
+        error_samples: Vec::new(),
+    };
+    let mut held = Vec::with_capacity(plan.connections);
+    // In batches, so the server's accept queue is not the thing measured.
+    for batch in 0..plan.connections.div_ceil(50) {
+        let count = (plan.connections - batch * 50).min(50);
+        let opened = futures_util::future::join_all((0..count).map(|_| async {
+            let mut sender = connect(&plan, tls.as_ref()).await?;
+            let answer = match &mut sender {
+                SendRequest::One(s) => {
+                    s.ready().await?;
+                    s.send_request(request_for(&plan)).await?
+                }
+                SendRequest::Two(s) => {
+                    s.ready().await?;
+                    s.send_request(request_for(&plan)).await?
+                }
+            };
+            let status = answer.status();
+            answer.into_body().collect().await?;
+            anyhow::ensure!(status.is_success(), "status {status}");
+            Ok(sender)
+        }))
+        .await;
+        for connection in opened {
+            match connection {
+                Ok(sender) => {
+                    outcome.held += 1;
+                    held.push(sender);
+                }
+                Err(error) => {
+                    outcome.failed += 1;
+                    if outcome.error_samples.len() < 5 {
+                        outcome.error_samples.push(format!("{error:#}"));
+                    }
+                }
+            }
+        }
+    }
+    ready(outcome.held);
+    tokio::time::sleep(hold).await;
+    drop(held);
+    Ok(outcome)
 }

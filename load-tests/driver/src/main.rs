@@ -39,6 +39,10 @@ struct Cli {
     /// A header, `Name: value` (repeatable).
     #[arg(short = 'H', long = "header")]
     headers: Vec<String>,
+    /// Instead of load: open `--connections` connections, one answered request each, print
+    /// `ready <n>` on standard error, hold them idle for `--duration`, then report.
+    #[arg(long)]
+    idle: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -78,10 +82,18 @@ fn main() -> anyhow::Result<()> {
         http2: cli.http2,
         tls,
     };
-    let outcome = tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?
-        .block_on(portvagt_load::run(plan))?;
+        .build()?;
+    if cli.idle {
+        let hold = plan.duration;
+        let outcome = runtime.block_on(portvagt_load::hold_idle(plan, hold, |held| {
+            eprintln!("ready {held}");
+        }))?;
+        println!("{}", serde_json::to_string(&outcome)?);
+        return Ok(());
+    }
+    let outcome = runtime.block_on(portvagt_load::run(plan))?;
     println!("{}", serde_json::to_string(&outcome)?);
     Ok(())
 }
