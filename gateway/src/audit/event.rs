@@ -7,12 +7,14 @@
 //! PatientQuery), so every citizen's log is complete on its own.
 //! <https://profiles.ihe.net/ITI/BALP/>
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use base64::Engine as _;
 use portvagt_policy::request::{BundleKind, RequestBody};
 use portvagt_policy::{FhirRequest, Interaction};
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde::ser::SerializeSeq as _;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -71,64 +73,274 @@ pub struct AuditSource {
     pub site: String,
 }
 
-/// The AuditEvents for one access: one per patient it was about (at least one).
-pub fn audit_events(facts: &AccessFacts<'_>, source: &AuditSource) -> Vec<Value> {
-    let base = base_event(facts, source);
-    let Some((last, others)) = facts.patients.split_last() else {
-        return vec![Value::Object(base)];
-    };
-    let mut events = Vec::with_capacity(facts.patients.len());
-    for patient in others {
-        events.push(patient_event(facts, base.clone(), patient));
+/// The AuditEvents for one access, as JSON: one per patient it was about (at least one).
+///
+/// Written straight from typed parts (no intermediate JSON tree): this runs on every request.
+pub fn audit_events(facts: &AccessFacts<'_>, source: &AuditSource) -> Vec<Vec<u8>> {
+    let mut event = base_event(facts, source);
+    // Cannot fail: plain structs, sequences and strings (no maps with odd keys, no custom errors).
+    let serialize = |event: &Event<'_>| serde_json::to_vec(event).unwrap_or_default();
+    if facts.patients.is_empty() {
+        return vec![serialize(&event)];
     }
-    // The common case, one patient, takes the base without copying it.
-    events.push(patient_event(facts, base, last));
+    let common_purposes = event.purpose_of_event.len();
+    let mut events = Vec::with_capacity(facts.patients.len());
+    for patient in facts.patients {
+        // Break-the-glass is marked on the events of the patients whose blocks it lifted.
+        let broken = facts
+            .break_glass
+            .filter(|(_, patients)| patients.iter().any(|p| p == patient))
+            .map(|(reason, _)| reason);
+        event.purpose_of_event.truncate(common_purposes);
+        if broken.is_some() {
+            event.purpose_of_event.push(Concept::one(Coding::new(
+                ACT_REASON,
+                "BTG",
+                Some("break the glass"),
+            )));
+        }
+        event.entity.patient = Some(Entity {
+            what: Some(What::reference(format!("Patient/{patient}"))),
+            r#type: Coding::new(ENTITY_TYPE, "1", Some("Person")),
+            role: Some(Coding::new(OBJECT_ROLE, "1", Some("Patient"))),
+            detail: broken
+                .map(|reason| {
+                    vec![Detail {
+                        r#type: "break-glass-reason",
+                        value_string: reason,
+                    }]
+                })
+                .unwrap_or_default(),
+            ..Entity::default()
+        });
+        events.push(serialize(&event));
+    }
     events
 }
 
-/// `base` made the event of one `patient`.
-fn patient_event(facts: &AccessFacts<'_>, mut event: Map<String, Value>, patient: &str) -> Value {
-    // Break-the-glass is marked on the events of the patients whose blocks it lifted.
-    let broken = facts
-        .break_glass
-        .filter(|(_, patients)| patients.iter().any(|p| p == patient))
-        .map(|(reason, _)| reason);
-    if broken.is_some()
-        && let Some(Value::Array(purposes)) = event.get_mut("purposeOfEvent")
-    {
-        purposes.push(break_glass_purpose());
-    } else if broken.is_some() {
-        event.insert("purposeOfEvent".into(), json!([break_glass_purpose()]));
+type Text<'a> = Cow<'a, str>;
+
+/// `AuditEvent`, in the order its elements are written.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Event<'a> {
+    resource_type: &'static str,
+    r#type: Coding<'a>,
+    subtype: [Coding<'a>; 1],
+    action: &'static str,
+    recorded: String,
+    outcome: &'static str,
+    outcome_desc: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    purpose_of_event: Vec<Concept<'a>>,
+    agent: Vec<Agent<'a>>,
+    source: Source<'a>,
+    entity: Entities<'a>,
+}
+
+/// `entity`: the patient's (when the access was about one) first, then the others.
+struct Entities<'a> {
+    patient: Option<Entity<'a>>,
+    others: Vec<Entity<'a>>,
+}
+
+impl Serialize for Entities<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut seq = serializer.serialize_seq(Some(
+            usize::from(self.patient.is_some()) + self.others.len(),
+        ))?;
+        for entity in self.patient.iter().chain(&self.others) {
+            seq.serialize_element(entity)?;
+        }
+        seq.end()
     }
-    push_entity(&mut event, patient_entity(patient, broken));
-    Value::Object(event)
 }
 
-fn break_glass_purpose() -> Value {
-    json!({ "coding": [{ "system": ACT_REASON, "code": "BTG", "display": "break the glass" }] })
+#[derive(Serialize, Clone)]
+struct Coding<'a> {
+    system: &'a str,
+    code: Text<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    display: Option<&'a str>,
 }
 
-fn base_event(facts: &AccessFacts<'_>, source: &AuditSource) -> Map<String, Value> {
+impl<'a> Coding<'a> {
+    fn new(system: &'a str, code: impl Into<Text<'a>>, display: Option<&'a str>) -> Self {
+        Coding {
+            system,
+            code: code.into(),
+            display,
+        }
+    }
+}
+
+/// A CodeableConcept of one coding.
+#[derive(Serialize, Clone)]
+struct Concept<'a> {
+    coding: [Coding<'a>; 1],
+}
+
+impl<'a> Concept<'a> {
+    fn one(coding: Coding<'a>) -> Self {
+        Concept { coding: [coding] }
+    }
+}
+
+#[derive(Serialize, Default)]
+struct Identifier<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    system: Option<Text<'a>>,
+    value: Text<'a>,
+}
+
+#[derive(Serialize, Default)]
+struct Who<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    identifier: Option<Identifier<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reference: Option<Text<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    display: Option<Text<'a>>,
+}
+
+#[derive(Serialize)]
+struct Network<'a> {
+    address: Text<'a>,
+    r#type: &'static str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct OtherId<'a> {
+    url: &'static str,
+    value_identifier: Identifier<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Agent<'a> {
+    r#type: Concept<'a>,
+    who: Who<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    alt_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    requestor: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    role: Vec<Concept<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    policy: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    purpose_of_use: Vec<Concept<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    network: Option<Network<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    extension: Vec<OtherId<'a>>,
+}
+
+impl<'a> Agent<'a> {
+    fn new(r#type: Coding<'a>, who: Who<'a>, requestor: bool) -> Self {
+        Agent {
+            r#type: Concept::one(r#type),
+            who,
+            alt_id: None,
+            name: None,
+            requestor,
+            role: Vec::new(),
+            policy: Vec::new(),
+            purpose_of_use: Vec::new(),
+            network: None,
+            extension: Vec::new(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Display<'a> {
+    display: &'a str,
+}
+
+#[derive(Serialize)]
+struct Source<'a> {
+    site: &'a str,
+    observer: Display<'a>,
+    r#type: [Coding<'a>; 1],
+}
+
+#[derive(Serialize, Default)]
+struct What<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reference: Option<Text<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    identifier: Option<Identifier<'a>>,
+}
+
+impl<'a> What<'a> {
+    fn reference(reference: String) -> Self {
+        What {
+            reference: Some(reference.into()),
+            identifier: None,
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Detail<'a> {
+    r#type: &'static str,
+    value_string: &'a str,
+}
+
+#[derive(Serialize)]
+struct Entity<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    what: Option<What<'a>>,
+    r#type: Coding<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<Coding<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    query: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<&'a str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    detail: Vec<Detail<'a>>,
+}
+
+impl Default for Entity<'_> {
+    fn default() -> Self {
+        Entity {
+            what: None,
+            r#type: Coding::new(ENTITY_TYPE, "2", Some("System Object")),
+            role: None,
+            query: None,
+            description: None,
+            detail: Vec::new(),
+        }
+    }
+}
+
+fn base_event<'a>(facts: &'a AccessFacts<'a>, source: &'a AuditSource) -> Event<'a> {
     let (subtype, action) = match facts.kind {
         AccessKind::Fhir(Some(request)) => (
-            json!({ "system": "http://hl7.org/fhir/restful-interaction", "code": restful_code(request) }),
+            Coding::new(
+                "http://hl7.org/fhir/restful-interaction",
+                restful_code(request),
+                None,
+            ),
             action(request.interaction()),
         ),
         AccessKind::Fhir(None) => (
-            json!({ "system": PORTVAGT_AUDIT, "code": "unclassified" }),
+            Coding::new(PORTVAGT_AUDIT, "unclassified", None),
             method_action(facts.method),
         ),
-        AccessKind::TokenExchange => (
-            json!({ "system": PORTVAGT_AUDIT, "code": "token-exchange" }),
-            "E",
-        ),
+        AccessKind::TokenExchange => (Coding::new(PORTVAGT_AUDIT, "token-exchange", None), "E"),
     };
     let outcome = match facts.status {
         0..=399 => "0",
         400..=499 => "4",
         _ => "8",
     };
-    let outcome_description = match facts.reason {
+    let outcome_desc = match facts.reason {
         Some(reason) => format!("{} {reason}", facts.status),
         None => facts.status.to_string(),
     };
@@ -136,89 +348,76 @@ fn base_event(facts: &AccessFacts<'_>, source: &AuditSource) -> Map<String, Valu
         .recorded
         .format(&Rfc3339)
         .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into());
-    let mut event = Map::new();
-    event.insert("resourceType".into(), "AuditEvent".into());
-    event.insert(
-        "type".into(),
-        json!({
-            "system": "http://terminology.hl7.org/CodeSystem/audit-event-type",
-            "code": "rest",
-            "display": "Restful Operation"
-        }),
-    );
-    event.insert("subtype".into(), json!([subtype]));
-    event.insert("action".into(), action.into());
-    event.insert("recorded".into(), recorded.into());
-    event.insert("outcome".into(), outcome.into());
-    event.insert("outcomeDesc".into(), outcome_description.into());
     let purposes = purposes(facts);
-    if !purposes.is_empty() {
-        event.insert("purposeOfEvent".into(), Value::Array(purposes.clone()));
-    }
-    event.insert(
-        "agent".into(),
-        Value::Array(agents(facts, source, purposes)),
-    );
-    event.insert(
-        "source".into(),
-        json!({
-            "site": source.site,
-            "observer": { "display": source.observer },
-            "type": [{
-                "system": "http://terminology.hl7.org/CodeSystem/security-source-type",
-                "code": "4",
-                "display": "Application Server"
-            }]
-        }),
-    );
-    let mut entities = Vec::new();
+    let mut entity = Vec::new();
     if let AccessKind::Fhir(Some(request)) = facts.kind {
         if let (Some(resource_type), Some(id)) = (request.resource_type(), request.id()) {
-            entities.push(json!({
-                "what": { "reference": format!("{}/{id}", resource_type.as_str()) },
-                "type": { "system": ENTITY_TYPE, "code": "2", "display": "System Object" },
-                "role": { "system": OBJECT_ROLE, "code": "4", "display": "Domain Resource" }
-            }));
+            entity.push(Entity {
+                what: Some(What::reference(format!("{}/{id}", resource_type.as_str()))),
+                role: Some(Coding::new(OBJECT_ROLE, "4", Some("Domain Resource"))),
+                ..Entity::default()
+            });
         }
         if matches!(action, "E") {
             let query = facts.target.split_once('?').map_or("", |(_, q)| q);
-            entities.push(json!({
-                "type": { "system": ENTITY_TYPE, "code": "2", "display": "System Object" },
-                "role": { "system": OBJECT_ROLE, "code": "24", "display": "Query" },
-                "query": base64::engine::general_purpose::STANDARD.encode(facts.target),
-                "description": if query.is_empty() { facts.target.split('?').next().unwrap_or_default().to_owned() } else { facts.target.to_owned() }
-            }));
+            entity.push(Entity {
+                role: Some(Coding::new(OBJECT_ROLE, "24", Some("Query"))),
+                query: Some(base64::engine::general_purpose::STANDARD.encode(facts.target)),
+                description: Some(if query.is_empty() {
+                    facts.target.split('?').next().unwrap_or_default()
+                } else {
+                    facts.target
+                }),
+                ..Entity::default()
+            });
         }
     }
-    entities.push(json!({
-        "what": { "identifier": { "value": facts.request_id } },
-        "type": { "system": BALP_ENTITY_TYPE, "code": "XrequestId", "display": "Request Id" }
-    }));
-    event.insert("entity".into(), Value::Array(entities));
-    event
-}
-
-fn push_entity(event: &mut Map<String, Value>, entity: Value) {
-    if let Some(Value::Array(entities)) = event.get_mut("entity") {
-        entities.insert(0, entity);
-    }
-}
-
-fn patient_entity(patient: &str, break_glass: Option<&str>) -> Value {
-    let mut entity = json!({
-        "what": { "reference": format!("Patient/{patient}") },
-        "type": { "system": ENTITY_TYPE, "code": "1", "display": "Person" },
-        "role": { "system": OBJECT_ROLE, "code": "1", "display": "Patient" }
+    entity.push(Entity {
+        what: Some(What {
+            reference: None,
+            identifier: Some(Identifier {
+                system: None,
+                value: facts.request_id.into(),
+            }),
+        }),
+        r#type: Coding::new(BALP_ENTITY_TYPE, "XrequestId", Some("Request Id")),
+        ..Entity::default()
     });
-    if let Some(reason) = break_glass {
-        entity["detail"] = json!([{ "type": "break-glass-reason", "valueString": reason }]);
+    Event {
+        resource_type: "AuditEvent",
+        r#type: Coding::new(
+            "http://terminology.hl7.org/CodeSystem/audit-event-type",
+            "rest",
+            Some("Restful Operation"),
+        ),
+        subtype: [subtype],
+        action,
+        recorded,
+        outcome,
+        outcome_desc,
+        agent: agents(facts, source, &purposes),
+        purpose_of_event: purposes,
+        source: Source {
+            site: &source.site,
+            observer: Display {
+                display: &source.observer,
+            },
+            r#type: [Coding::new(
+                "http://terminology.hl7.org/CodeSystem/security-source-type",
+                "4",
+                Some("Application Server"),
+            )],
+        },
+        entity: Entities {
+            patient: None,
+            others: entity,
+        },
     }
-    entity
 }
 
 /// The purposes of use, as v3-ActReason codes (a break-the-glass access adds `BTG` to the
 /// events of the patients concerned).
-fn purposes(facts: &AccessFacts<'_>) -> Vec<Value> {
+fn purposes<'a>(facts: &AccessFacts<'a>) -> Vec<Concept<'a>> {
     let mut codes = Vec::new();
     if let Some(purpose) = facts.principal.and_then(Principal::purpose_of_use) {
         let code = match purpose {
@@ -227,124 +426,163 @@ fn purposes(facts: &AccessFacts<'_>) -> Vec<Value> {
             "REQUEST" => "PATRQT",
             other => other,
         };
-        codes.push(
-            json!({ "coding": [{ "system": ACT_REASON, "code": code, "display": purpose }] }),
-        );
+        codes.push(Concept::one(Coding::new(ACT_REASON, code, Some(purpose))));
     }
     codes
 }
 
-fn agents(facts: &AccessFacts<'_>, source: &AuditSource, purposes: Vec<Value>) -> Vec<Value> {
+fn agents<'a>(
+    facts: &'a AccessFacts<'a>,
+    source: &'a AuditSource,
+    purposes: &[Concept<'a>],
+) -> Vec<Agent<'a>> {
     let mut agents = Vec::new();
-    let client_display = facts
+    let client_display: Text<'a> = facts
         .principal
-        .and_then(|p| p.identity().system_name.clone())
-        .or_else(|| facts.peer.map(|peer| peer.subject().to_owned()))
-        .unwrap_or_else(|| "unknown client".into());
-    let mut client = json!({
-        "type": { "coding": [{ "system": DCM, "code": "110153", "display": "Source Role ID" }] },
-        "who": { "display": client_display },
-        "requestor": facts.principal.is_none(),
+        .and_then(|p| p.identity().system_name.as_deref())
+        .or_else(|| facts.peer.map(PeerIdentity::subject))
+        .unwrap_or("unknown client")
+        .into();
+    let mut client = Agent::new(
+        Coding::new(DCM, "110153", Some("Source Role ID")),
+        Who {
+            identifier: facts
+                .principal
+                .and_then(Principal::client_id)
+                .map(|client_id| Identifier {
+                    system: None,
+                    value: client_id.into(),
+                }),
+            reference: None,
+            display: Some(client_display),
+        },
+        facts.principal.is_none(),
+    );
+    client.network = facts.client_ip.map(|ip| Network {
+        address: ip.to_string().into(),
+        r#type: "2",
     });
-    if let Some(client_id) = facts.principal.and_then(Principal::client_id) {
-        client["who"]["identifier"] = json!({ "value": client_id });
-    }
-    if let Some(ip) = facts.client_ip {
-        client["network"] = json!({ "address": ip.to_string(), "type": "2" });
-    }
-    if let Some(peer) = facts.peer {
-        client["altId"] = peer.subject().into();
-    }
+    client.alt_id = facts.peer.map(PeerIdentity::subject);
     agents.push(client);
-    agents.push(json!({
-        "type": { "coding": [{ "system": DCM, "code": "110152", "display": "Destination Role ID" }] },
-        "who": { "display": source.observer },
-        "requestor": false,
-        "network": { "address": source.site, "type": "5" }
-    }));
+    let mut gateway = Agent::new(
+        Coding::new(DCM, "110152", Some("Destination Role ID")),
+        Who {
+            display: Some(source.observer.as_str().into()),
+            ..Who::default()
+        },
+        false,
+    );
+    gateway.network = Some(Network {
+        address: source.site.as_str().into(),
+        r#type: "5",
+    });
+    agents.push(gateway);
     let Some(principal) = facts.principal else {
         return agents;
     };
     let identity = principal.identity();
-    let mut user = json!({
-        "type": { "coding": [{
-            "system": "http://terminology.hl7.org/CodeSystem/extra-security-role-type",
-            "code": "humanuser",
-            "display": "human user"
-        }] },
-        "who": {
-            "identifier": { "system": principal.issuer(), "value": principal.subject() },
-            "display": identity.name.clone().unwrap_or_else(|| principal.subject().to_owned())
+    let mut user = Agent::new(
+        Coding::new(
+            "http://terminology.hl7.org/CodeSystem/extra-security-role-type",
+            "humanuser",
+            Some("human user"),
+        ),
+        Who {
+            identifier: Some(Identifier {
+                system: Some(principal.issuer().into()),
+                value: principal.subject().into(),
+            }),
+            reference: principal.fhir_user().map(Into::into),
+            display: Some(
+                identity
+                    .name
+                    .as_deref()
+                    .unwrap_or(principal.subject())
+                    .into(),
+            ),
         },
-        "requestor": true,
-    });
-    if let Some(name) = &identity.name {
-        user["name"] = name.clone().into();
-    }
-    if let Some(jti) = principal.jti() {
-        user["policy"] = json!([format!("urn:ietf:params:oauth:jti:{jti}")]);
-    }
-    if !principal.roles().is_empty() {
-        user["role"] = principal
-            .roles()
-            .iter()
-            .map(|role| json!({ "coding": [{ "system": ROLE_SYSTEM, "code": role }] }))
-            .collect();
-    }
-    if !purposes.is_empty() {
-        user["purposeOfUse"] = Value::Array(purposes);
-    }
-    let mut other_ids = Vec::new();
+        true,
+    );
+    user.name = identity.name.as_deref();
+    user.policy = principal
+        .jti()
+        .map(|jti| vec![format!("urn:ietf:params:oauth:jti:{jti}")])
+        .unwrap_or_default();
+    user.role = principal
+        .roles()
+        .iter()
+        .map(|role| Concept::one(Coding::new(ROLE_SYSTEM, role.as_str(), None)))
+        .collect();
+    user.purpose_of_use = purposes.to_vec();
     if let Some(cpr) = &identity.cpr {
-        other_ids.push(
-            json!({ "url": OTHER_ID, "valueIdentifier": { "system": CPR_SYSTEM, "value": cpr } }),
-        );
+        user.extension.push(OtherId {
+            url: OTHER_ID,
+            value_identifier: Identifier {
+                system: Some(CPR_SYSTEM.into()),
+                value: cpr.as_str().into(),
+            },
+        });
     }
     if let Some(authorization) = &identity.authorization_id {
-        other_ids.push(json!({ "url": OTHER_ID, "valueIdentifier": { "system": AUTHORIZATION_SYSTEM, "value": authorization } }));
-    }
-    if let Some(fhir_user) = principal.fhir_user() {
-        user["who"]["reference"] = fhir_user.into();
-    }
-    if !other_ids.is_empty() {
-        user["extension"] = Value::Array(other_ids);
+        user.extension.push(OtherId {
+            url: OTHER_ID,
+            value_identifier: Identifier {
+                system: Some(AUTHORIZATION_SYSTEM.into()),
+                value: authorization.as_str().into(),
+            },
+        });
     }
     agents.push(user);
     let organisation = identity
         .organisation
         .as_ref()
-        .map(|org| (org.system(), org.id.clone(), org.name.clone()))
+        .map(|org| {
+            (
+                Text::from(org.system()),
+                org.id.as_str(),
+                org.name.as_deref(),
+            )
+        })
         .or_else(|| {
             facts
                 .peer
-                .and_then(|peer| peer.cvr())
-                .map(|cvr| ("http://cvr.dk".to_owned(), cvr.to_owned(), None))
+                .and_then(PeerIdentity::cvr)
+                .map(|cvr| (Text::from("http://cvr.dk"), cvr, None))
         });
     if let Some((system, id, name)) = organisation {
-        let mut agent = json!({
-            "type": { "coding": [{
-                "system": "http://terminology.hl7.org/CodeSystem/v3-RoleClass",
-                "code": "PROV",
-                "display": "healthcare provider"
-            }] },
-            "who": { "identifier": { "system": system, "value": id } },
-            "requestor": false,
-        });
-        if let Some(name) = name {
-            agent["who"]["display"] = name.into();
-        }
-        agents.push(agent);
+        agents.push(Agent::new(
+            Coding::new(
+                "http://terminology.hl7.org/CodeSystem/v3-RoleClass",
+                "PROV",
+                Some("healthcare provider"),
+            ),
+            Who {
+                identifier: Some(Identifier {
+                    system: Some(system),
+                    value: id.into(),
+                }),
+                reference: None,
+                display: name.map(Into::into),
+            },
+            false,
+        ));
     }
     if let Some(on_behalf_of) = &identity.on_behalf_of {
-        agents.push(json!({
-            "type": { "coding": [{
-                "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
-                "code": "RESP",
-                "display": "responsible party"
-            }] },
-            "who": { "identifier": { "value": on_behalf_of } },
-            "requestor": false,
-        }));
+        agents.push(Agent::new(
+            Coding::new(
+                "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+                "RESP",
+                Some("responsible party"),
+            ),
+            Who {
+                identifier: Some(Identifier {
+                    system: None,
+                    value: on_behalf_of.as_str().into(),
+                }),
+                ..Who::default()
+            },
+            false,
+        ));
     }
     agents
 }

@@ -98,10 +98,7 @@ impl Auditor {
         let Some(spool) = self.spool.get() else {
             return self.failed(&SpoolError::Stopped);
         };
-        let events: Vec<Vec<u8>> = audit_events(facts, &self.source)
-            .iter()
-            .filter_map(|event| serde_json::to_vec(event).ok())
-            .collect();
+        let events = audit_events(facts, &self.source);
         let count = events.len() as u64;
         let started = Instant::now();
         // A disk that hangs must not hang requests forever: after this long the answer is 503
