@@ -683,7 +683,7 @@ impl Proxy {
 fn rewrite_bundle(upstream: &Upstream, bytes: Bytes) -> Bytes {
     // Cheap check first: no backend URL in the body means nothing to rewrite.
     let needle = upstream.backend.base_url().as_bytes();
-    if !bytes.windows(needle.len()).any(|w| w == needle) {
+    if memchr::memmem::find(&bytes, needle).is_none() {
         return bytes;
     }
     let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
