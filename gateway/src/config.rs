@@ -225,6 +225,10 @@ pub struct ServerConfig {
     /// How long a client has to complete the TLS handshake.
     #[serde(default = "defaults::handshake_timeout", with = "humantime_serde")]
     pub handshake_timeout: Duration,
+    /// How long an HTTP/1.1 client has to send a request's whole header block once it has
+    /// begun (slowloris); past it the connection is closed.
+    #[serde(default = "defaults::header_read_timeout", with = "humantime_serde")]
+    pub header_read_timeout: Duration,
     /// Plain-HTTP listener for `/healthz`, `/readyz` and `/metrics` only (for probes and
     /// scrapers that have no client certificate). Keep it on a private address.
     #[serde(default)]
@@ -747,6 +751,9 @@ mod defaults {
         Duration::from_secs(10)
     }
     pub(super) fn handshake_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub(super) fn header_read_timeout() -> Duration {
         Duration::from_secs(10)
     }
     pub(super) fn max_header_bytes() -> usize {

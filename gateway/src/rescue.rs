@@ -13,8 +13,9 @@ use crate::auth::AuthnError;
 use crate::body::{Body, BoxError};
 use crate::context::RequestRecord;
 use crate::layers::authorize::AccessDenied;
-use crate::layers::body_limit::BodyTooLarge;
+use crate::layers::body_limit::{BodyTooLarge, ClientBodyError};
 use crate::layers::classify::SearchBodyNotForm;
+use crate::layers::framing::BadFraming;
 use crate::layers::request_id::RequestId;
 use crate::layers::{BoxFuture, take_ready};
 use crate::metrics::Metrics;
@@ -97,7 +98,13 @@ where
                     if rescued.outcome.status == StatusCode::INTERNAL_SERVER_ERROR {
                         tracing::error!(error = %error, request_id = request_id.as_deref().unwrap_or(""), "internal error");
                     }
+                    let close = crate::layers::framing::CLOSE_AFTER.contains(&rescued.outcome.code);
                     let mut response = rescued.outcome.into_response(request_id.as_deref());
+                    if close {
+                        response
+                            .headers_mut()
+                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    }
                     if let Some(challenge) = rescued.challenge {
                         response
                             .headers_mut()
@@ -224,6 +231,27 @@ fn rescue_one(error: &(dyn std::error::Error + 'static)) -> Option<Rescued> {
             issue_type,
             error.code(),
             error.to_string(),
+        )));
+    }
+    if error.is::<ClientBodyError>() {
+        return Some(plain(Outcome::new(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "malformed-request-body",
+            "the request body could not be read (broken chunked encoding, or cut short)",
+        )));
+    }
+    if let Some(refused) = error.downcast_ref::<BadFraming>() {
+        let kind = if refused.status == StatusCode::METHOD_NOT_ALLOWED {
+            "not-supported"
+        } else {
+            "invalid"
+        };
+        return Some(plain(Outcome::new(
+            refused.status,
+            kind,
+            refused.code,
+            refused.message,
         )));
     }
     if error.is::<SearchBodyNotForm>() {

@@ -103,7 +103,7 @@ fn http_builder(runtime: &Runtime) -> auto::Builder<TokioExecutor> {
         .http1()
         .timer(TokioTimer::new())
         // Slow clients (slowloris) must send their headers within this time.
-        .header_read_timeout(Duration::from_secs(10))
+        .header_read_timeout(runtime.config.server.header_read_timeout)
         .max_buf_size(limits.max_header_bytes.max(8192));
     builder
         .http2()

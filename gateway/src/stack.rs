@@ -36,6 +36,9 @@ pub fn build(runtime: &Runtime) -> GatewayService {
         .layer(AccessLogLayer::new(runtime.metrics.clone()))
         // The one place where errors from any layer below become OperationOutcomes.
         .layer(crate::rescue::RescueLayer::new(runtime.metrics.clone()))
+        // Framing and target hygiene: smuggling shapes, Host, absolute form, CONNECT (400/405,
+        // connection closed).
+        .layer(crate::layers::framing::FramingLayer)
         // Health, readiness, metrics and SMART configuration: answered here, before limits,
         // so probes still get through under load and need no token.
         .layer(LocalEndpointsLayer::new(runtime.admin.clone()))

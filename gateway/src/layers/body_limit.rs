@@ -4,7 +4,7 @@
 use std::task::{Context, Poll};
 
 use http::{Request, header};
-use http_body_util::Limited;
+use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use tower::{Layer, Service};
 
 use super::{BoxFuture, take_ready};
@@ -14,6 +14,13 @@ use crate::body::{Body, BoxError, boxed};
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("request body too large")]
 pub struct BodyTooLarge;
+
+/// The client's request body could not be read: broken chunked framing, a connection cut
+/// mid-body. The client's fault, answered 400, never 500 (and not 502 when the body was being
+/// streamed to the backend).
+#[derive(Debug, thiserror::Error)]
+#[error("the request body could not be read")]
+pub struct ClientBodyError(#[source] pub BoxError);
 
 /// Limits request bodies to `max_bytes`.
 #[derive(Debug, Clone, Copy)]
@@ -69,7 +76,15 @@ where
             return Box::pin(std::future::ready(Err(BodyTooLarge.into())));
         }
         let limit = usize::try_from(self.max_bytes).unwrap_or(usize::MAX);
-        let request = request.map(|body| boxed(Limited::new(body, limit)));
+        let request = request.map(|body| {
+            boxed(Limited::new(body, limit).map_err(|error| {
+                if error.is::<LengthLimitError>() {
+                    error
+                } else {
+                    Box::new(ClientBodyError(error)) as BoxError
+                }
+            }))
+        });
         let mut inner = take_ready(&mut self.inner);
         Box::pin(async move { inner.call(request).await })
     }

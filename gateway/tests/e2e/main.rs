@@ -3,6 +3,7 @@
 
 mod support;
 
+mod abuse;
 mod audit;
 mod authentication;
 mod authorization;

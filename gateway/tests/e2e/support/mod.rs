@@ -354,6 +354,25 @@ impl Answer {
     }
 }
 
+/// What a server sent back to raw bytes.
+#[derive(Debug)]
+pub struct RawAnswer {
+    /// Everything received, lossily as text.
+    pub text: String,
+    /// Whether the server closed the connection (else the wait ran out).
+    pub closed: bool,
+}
+
+impl RawAnswer {
+    /// The status codes of the HTTP/1.1 responses received, in order.
+    pub fn statuses(&self) -> Vec<u16> {
+        self.text
+            .match_indices("HTTP/1.1 ")
+            .filter_map(|(at, _)| self.text.get(at + 9..at + 12)?.parse().ok())
+            .collect()
+    }
+}
+
 /// HTTPS client with an optional client certificate; one connection per request.
 #[derive(Clone)]
 pub struct Client {
@@ -416,6 +435,42 @@ impl Client {
         tokio::time::timeout(Duration::from_secs(20), self.send_inner(request))
             .await
             .map_err(|_| "timed out".to_owned())?
+    }
+
+    /// A TLS connection (this client's certificate and ALPN) for writing raw bytes.
+    pub async fn raw_connect(
+        &self,
+    ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+        let tcp = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio_rustls::TlsConnector::from(self.config.clone())
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .map_err(|e| format!("handshake: {e}"))
+    }
+
+    /// Writes `bytes` on a fresh connection and reads what comes back until the server closes
+    /// the connection (`closed` true) or `wait` passes.
+    pub async fn raw(&self, bytes: &[u8], wait: Duration) -> Result<RawAnswer, String> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut tls = self.raw_connect().await?;
+        tls.write_all(bytes).await.map_err(|e| e.to_string())?;
+        tls.flush().await.map_err(|e| e.to_string())?;
+        let mut received = Vec::new();
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut buffer = [0u8; 16 * 1024];
+        let closed = loop {
+            match tokio::time::timeout_at(deadline, tls.read(&mut buffer)).await {
+                Err(_) => break false,
+                Ok(Ok(0) | Err(_)) => break true,
+                Ok(Ok(n)) => received.extend_from_slice(&buffer[..n]),
+            }
+        };
+        Ok(RawAnswer {
+            text: String::from_utf8_lossy(&received).into_owned(),
+            closed,
+        })
     }
 
     async fn send_inner<B>(&self, mut request: Request<B>) -> Result<Answer, String>
