@@ -1,6 +1,6 @@
 # Portvagt: the two set-up commands are `make demo` and `make test` (see README.md).
 
-.PHONY: demo test backend chart bench build-packages test-packages
+.PHONY: demo test backend chart bench build-packages test-packages deny-tool supply-chain advisories
 
 # Debian packages, installed only when missing. Building needs OpenSSL's headers (the openssl
 # crate verifies SAML signatures); the tests also run libxmlsec1's `xmlsec1` (an independent
@@ -31,12 +31,26 @@ backend:
 chart:
 	python3 helm/tests/test_chart.py
 
+# Supply chain (deny.toml): licenses, duplicate versions, sources; offline. cargo-deny is
+# installed on first use, at a pinned version.
+CARGO_DENY_VERSION := 0.20.2
+deny-tool:
+	@cargo deny --version 2>/dev/null | grep -q "$(CARGO_DENY_VERSION)" || \
+		cargo install --locked cargo-deny --version $(CARGO_DENY_VERSION)
+
+supply-chain: deny-tool
+	cargo deny --locked check licenses bans sources
+
+# Known vulnerabilities: needs the RustSec advisory database (downloaded), so not in `make test`.
+advisories: deny-tool
+	cargo deny --locked check advisories
+
 # A complete local deployment: dev PKI, reference backend with sample data, gateway.
 demo: build-packages backend
 	cargo run --locked -p portvagt -- demo --dir demo
 
 # Everything CI checks: formatting, lints, unit, property and end-to-end tests.
-test: test-packages backend chart
+test: test-packages backend chart supply-chain
 	python3 policy/gen/patient_compartment.py --check
 	cargo fmt --all -- --check
 	cargo clippy --locked --workspace --all-targets -- -D warnings

@@ -168,6 +168,9 @@ def main():
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--only", choices=["direct", "portvagt", "haproxy", "envoy"], action="append",
                         help="run only these targets (repeatable)")
+    parser.add_argument("--soak", metavar="DURATION", default=None,
+                        help="instead of the comparison: Portvagt at 70%% of its maximum for DURATION (e.g. 30m), "
+                             "RSS and open file descriptors sampled every 10 s; results/soak.{md,json}")
     parser.add_argument("--profile", action="store_true",
                         help="record Portvagt's maximum-throughput runs with perf (call graphs) into the work directory")
     opts = parser.parse_args()
@@ -287,6 +290,9 @@ backend be
         wait_port(ports["envoy"], timeout=40)
 
         targets = {
+            "load": load,
+            "tls_args": ["--cacert", str(pki / "ca.crt"), "--cert", str(pki / "client.crt"), "--key", str(pki / "client.key"),
+                         "-H", f"Authorization: Bearer {token}"],
             "direct": (f"http://localhost:{ports['nginx']}/fhir/R4", processes[0].pid, False),
             "portvagt": (f"https://localhost:{ports['portvagt']}/fhir", processes[1].pid, True),
             "haproxy": (f"https://localhost:{ports['haproxy']}/fhir", processes[2].pid, True),
@@ -349,6 +355,9 @@ backend be
                 print(f"    {outcome['error_samples'][:3]}", flush=True)
             return outcome
 
+        if opts.soak:
+            return soak(opts, run, targets)
+
         results = []
         order = [name for name in ["direct", "portvagt", "haproxy", "envoy"] if not opts.only or name in opts.only]
         print("maximum throughput, Patient read, HTTP/1.1 keep-alive:")
@@ -389,6 +398,71 @@ backend be
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+def open_fds(pid):
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return 0
+
+
+def soak(opts, run, targets):
+    """Portvagt at 70% of its maximum for a long while; RSS and descriptors must stay flat."""
+    pid = targets["portvagt"][1]
+    maximum = run("portvagt", "Patient/p1")["requests_per_second"]
+    rate = int(maximum * 0.7)
+    print(f"soak: {rate} req/s (70% of {maximum:.0f}) for {opts.soak}", flush=True)
+    url, _, _ = targets["portvagt"]
+    args = [str(targets["load"]), f"{url}/Patient/p1", "--connections", str(opts.connections), "--duration", opts.soak,
+            "--rate", str(rate)] + targets["tls_args"]
+    if os.geteuid() == 0:
+        args = ["nice", "-n", "-10"] + args
+    driver = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+    samples = []
+    started = time.time()
+    while driver.poll() is None:
+        samples.append({"seconds": round(time.time() - started), "rss_kib": status_kib(pid, "VmRSS"),
+                        "fds": open_fds(pid), "cpu_seconds": round(cpu_seconds(pid), 1)})
+        last = samples[-1]
+        print(f"  {last['seconds']:5} s  RSS {last['rss_kib'] / 1024:6.1f} MiB  fds {last['fds']:4}", flush=True)
+        for _ in range(100):
+            if driver.poll() is not None:
+                break
+            time.sleep(0.1)
+    outcome = json.loads(driver.communicate()[0])
+    # Flat: after the first minute (warm-up: pools, caches, allocator), the last quarter's
+    # samples are within 10% (and 4 MiB) of the first's, and descriptors within 16.
+    settled = [s for s in samples if s["seconds"] >= 60] or samples
+    quarter = max(len(settled) // 4, 1)
+    early, late = settled[:quarter], settled[-quarter:]
+    mean = lambda xs: sum(xs) / len(xs)
+    rss_early, rss_late = mean([s["rss_kib"] for s in early]), mean([s["rss_kib"] for s in late])
+    fds = [s["fds"] for s in settled]
+    flat_rss = rss_late <= rss_early * 1.10 + 4096
+    flat_fds = max(fds) - min(fds) <= 16
+    summary = {
+        "command": f"python3 load-tests/run.py --soak {opts.soak}", "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores", "rate": rate, "maximum": maximum,
+        "outcome": outcome, "rss_flat": flat_rss, "fds_flat": flat_fds,
+        "rss_early_mib": round(rss_early / 1024, 1), "rss_late_mib": round(rss_late / 1024, 1),
+        "fds_min": min(fds), "fds_max": max(fds), "samples": samples,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "soak.json").write_text(json.dumps(summary, indent=2) + "\n")
+    lines = [f"# Soak, {summary['date']}", "", f"Command: `{summary['command']}`", "",
+             f"Portvagt (mTLS, JWT, policy, audit spool) at {rate} req/s, 70% of its measured maximum "
+             f"({maximum:.0f} req/s), {opts.connections} connections, {opts.soak}; {summary['machine']}.", "",
+             f"Answered {outcome['ok']}, failed {outcome['errors']}; p50 {outcome['p50_us']} µs, "
+             f"p99 {outcome['p99_us']} µs, p99.9 {outcome['p999_us']} µs.", "",
+             f"RSS after the first minute: {summary['rss_early_mib']} MiB in the first quarter, "
+             f"{summary['rss_late_mib']} MiB in the last: {'flat' if flat_rss else 'GROWING'}. "
+             f"Open descriptors {min(fds)}–{max(fds)}: {'flat' if flat_fds else 'GROWING'}.", "",
+             "| s | RSS MiB | fds | CPU s |", "|---|---|---|---|"]
+    lines += [f"| {s['seconds']} | {s['rss_kib'] / 1024:.1f} | {s['fds']} | {s['cpu_seconds']} |" for s in samples]
+    (RESULTS / "soak.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {RESULTS / 'soak.md'}: RSS {'flat' if flat_rss else 'GROWING'}, fds {'flat' if flat_fds else 'GROWING'}")
+    return 0 if flat_rss and flat_fds and not outcome["errors"] else 1
 
 
 def envoy_config(ports, pki, jwks, base):

@@ -17,6 +17,12 @@ const HANG: u8 = 0;
 const RESET: u8 = 1;
 const FAIL: u8 = 2;
 const HEALTHY: u8 = 3;
+/// Bytes that are not HTTP.
+const GARBAGE: u8 = 4;
+/// A 200 declaring 10 GB of body and streaming it.
+const HUGE: u8 = 5;
+/// A 200 whose body is not JSON.
+const NOT_JSON: u8 = 6;
 
 /// A backend whose behaviour the test switches; it counts the requests that reach it.
 struct FaultyBackend {
@@ -48,6 +54,28 @@ impl FaultyBackend {
                     match mode.load(Ordering::SeqCst) {
                         HANG => tokio::time::sleep(Duration::from_secs(60)).await,
                         RESET => drop(stream),
+                        GARBAGE => {
+                            let _ = stream
+                                .write_all(b"\x16\x03\x01\x00garbage\r\n\r\n\x00\xff")
+                                .await;
+                        }
+                        HUGE => {
+                            let _ = stream
+                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/fhir+json\r\ncontent-length: 10000000000\r\n\r\n")
+                                .await;
+                            let chunk = vec![b' '; 64 * 1024];
+                            // Until the gateway hangs up (it must, long before 10 GB).
+                            for _ in 0..160_000 {
+                                if stream.write_all(&chunk).await.is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                        NOT_JSON => {
+                            let _ = stream
+                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/fhir+json\r\ncontent-length: 9\r\nconnection: close\r\n\r\n<html>oh!")
+                                .await;
+                        }
                         FAIL => {
                             let _ = stream
                                 .write_all(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 22\r\nconnection: close\r\n\r\nstack trace: secret.rs")
@@ -127,6 +155,65 @@ async fn a_resetting_backend_is_answered_502_after_one_retry_of_a_read() {
     let answer = gateway.client().send(create).await.unwrap();
     assert_eq!(answer.status, 502);
     assert_eq!(backend.requests.load(Ordering::SeqCst), before + 1);
+}
+
+#[tokio::test]
+async fn garbage_huge_and_unreadable_answers_are_refused_without_leaking_them() {
+    let backend = FaultyBackend::start(GARBAGE).await;
+    let gateway = Gateway::start_with(Options {
+        backend_url: Some(backend.url.clone()),
+        extra_config: "[limits]\nmax_response_bytes = 1048576\n".into(),
+        ..Options::default()
+    });
+    let token = gateway.token(json!({ "scope": "user/*.rs" }));
+    let client = gateway.client();
+    // Not HTTP at all: 502, nothing of it passed on.
+    let answer = client
+        .get("/fhir/Patient/pat-anne", Some(&token))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 502, "{}", answer.text());
+    assert_eq!(answer.detail_code(), "backend-failed");
+    assert!(!answer.text().contains("garbage"));
+
+    // 10 GB declared and streamed: refused at the buffering limit, quickly, in bounded memory.
+    backend.mode.store(HUGE, Ordering::SeqCst);
+    let started = Instant::now();
+    let answer = client
+        .get("/fhir/Patient/pat-anne", Some(&token))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 502, "{}", answer.text());
+    assert_eq!(answer.detail_code(), "response-too-large");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let rss_kib = std::fs::read_to_string(format!("/proc/{}/status", gateway.child_id()))
+        .unwrap()
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .unwrap();
+    assert!(rss_kib < 256 * 1024, "RSS {rss_kib} KiB");
+
+    // A 200 that is not JSON cannot be shown to be about anyone in particular: refused for a
+    // patient-context token (fail closed), never passed on unread.
+    backend.mode.store(NOT_JSON, Ordering::SeqCst);
+    let patient = gateway.token(json!({ "scope": "patient/*.rs", "patient": "pat-anne" }));
+    let answer = client
+        .get("/fhir/Patient/pat-anne", Some(&patient))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 403, "{}", answer.text());
+    assert!(!answer.text().contains("oh!"));
 }
 
 #[tokio::test]
