@@ -62,31 +62,41 @@ pub fn fixture() -> &'static Fixture {
     })
 }
 
-/// FHIR request classification. Input: `METHOD\npath\nquery`. What is accepted names a real
-/// resource type and a well-formed id.
+/// FHIR request classification. Input: method, path, query and body, split at newlines. What
+/// is accepted names a real resource type and a well-formed id, classifies the same again, and
+/// (with its body attached) is decided without panicking.
 pub fn classify(data: &[u8]) {
-    let Ok(text) = std::str::from_utf8(data) else {
+    let mut parts = data.splitn(4, |b| *b == b'\n');
+    fn text(part: Option<&[u8]>) -> Option<&str> {
+        part.and_then(|p| std::str::from_utf8(p).ok())
+    }
+    let method = text(parts.next()).unwrap_or("GET");
+    let path = text(parts.next()).unwrap_or_default();
+    let query = text(parts.next());
+    let body = parts.next().unwrap_or_default();
+    let Ok(mut request) = portvagt_policy::classify(method, path, query) else {
         return;
     };
-    let mut parts = text.splitn(3, '\n');
-    let method = parts.next().unwrap_or_default();
-    let path = parts.next().unwrap_or_default();
-    let query = parts.next();
-    if let Ok(request) = portvagt_policy::classify(method, path, query) {
-        if let Some(id) = request.id() {
-            assert!(
-                (1..=64).contains(&id.len())
-                    && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'),
-                "accepted id {id:?} is not a FHIR id"
-            );
-        }
-        if let Some(resource_type) = request.resource_type() {
-            assert!(!resource_type.as_str().is_empty());
-        }
-        // The same input, the same answer.
-        let again = portvagt_policy::classify(method, path, query).expect("classified once, so again");
-        assert_eq!(again.interaction(), request.interaction());
+    if let Some(id) = request.id() {
+        assert!(
+            (1..=64).contains(&id.len())
+                && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'),
+            "accepted id {id:?} is not a FHIR id"
+        );
     }
+    let again = portvagt_policy::classify(method, path, query).expect("classified once, so again");
+    assert_eq!(again.interaction(), request.interaction());
+    if request.needs_body() && request.attach_body(Some("application/fhir+json"), body).is_err() {
+        return;
+    }
+    let scopes = ScopeSet::parse("patient/*.cruds user/Observation.rs system/Patient.cruds");
+    let _ = portvagt_policy::decide(
+        portvagt_policy::Subject {
+            scopes: &scopes,
+            patient: Some("pat-anne"),
+        },
+        &request,
+    );
 }
 
 /// SMART scope parsing: never more scopes than words.

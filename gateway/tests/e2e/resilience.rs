@@ -217,6 +217,26 @@ async fn garbage_huge_and_unreadable_answers_are_refused_without_leaking_them() 
 }
 
 #[tokio::test]
+async fn consents_that_cannot_be_read_refuse_the_access() {
+    // The backend answers every search for Consents with something that is not a searchset.
+    let backend = FaultyBackend::start(HEALTHY).await;
+    let gateway = Gateway::start_with(Options {
+        backend_url: Some(backend.url.clone()),
+        extra_config: "[consent]\ncache_ttl = \"1s\"\n".into(),
+        ..Options::default()
+    });
+    let token = gateway.token(json!({ "scope": "user/*.rs" }));
+    let answer = gateway
+        .client()
+        .get("/fhir/Patient/pat-anne", Some(&token))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 503, "{}", answer.text());
+    assert_eq!(answer.detail_code(), "consent-unavailable");
+    assert!(answer.headers.contains_key("retry-after"));
+}
+
+#[tokio::test]
 async fn a_failing_backend_opens_the_circuit_until_a_trial_succeeds() {
     let backend = FaultyBackend::start(FAIL).await;
     let gateway = gateway_before(
@@ -333,4 +353,26 @@ async fn a_rate_limit_is_shared_by_two_gateways_through_redis() {
         .await
         .unwrap();
     assert_eq!(answer.status, 200);
+}
+
+#[tokio::test]
+async fn without_redis_each_gateway_still_limits_on_its_own() {
+    // Port 1: nothing listens there, so every Redis call fails at once.
+    let gateway = Gateway::start_with(Options {
+        extra_config:
+            "[rate_limit]\nrequests = 3\nwindow = \"600s\"\nredis_url = \"redis://127.0.0.1:1\"\n"
+                .into(),
+        ..Options::default()
+    });
+    let token = gateway.token(json!({ "scope": "user/*.rs" }));
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let answer = gateway
+            .client()
+            .get("/fhir/Patient/pat-anne", Some(&token))
+            .await
+            .unwrap();
+        statuses.push(answer.status.as_u16());
+    }
+    assert_eq!(statuses, vec![200, 200, 200, 429, 429]);
 }
