@@ -36,6 +36,9 @@ HERE = ROOT / "load-tests"
 RESULTS = HERE / "results"
 AUDIENCE_PATH = "/fhir"
 THREADS = 2
+# --pin: the servers on one core, the driver on the other (a latency measurement that does not
+# include the driver and the servers waiting for each other's core).
+PIN = {"servers": None, "driver": None}
 IDLE = 1000
 
 
@@ -105,8 +108,12 @@ def fixtures(folder: Path):
         }))
 
 
+def pinned(role, args):
+    return ["taskset", "-c", PIN[role]] + args if PIN[role] else args
+
+
 def start(args, log, **kwargs):
-    return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, **kwargs)
+    return subprocess.Popen(pinned("servers", args), stdout=log, stderr=subprocess.STDOUT, **kwargs)
 
 
 def family(pid):
@@ -171,10 +178,14 @@ def main():
     parser.add_argument("--soak", metavar="DURATION", default=None,
                         help="instead of the comparison: Portvagt at 70%% of its maximum for DURATION (e.g. 30m), "
                              "RSS and open file descriptors sampled every 10 s; results/soak.{md,json}")
+    parser.add_argument("--pin", action="store_true",
+                        help="servers on CPU 0, the driver on CPU 1 (results/<kind>-pinned.*)")
     parser.add_argument("--profile", action="store_true",
                         help="record Portvagt's maximum-throughput runs with perf (call graphs) into the work directory")
     opts = parser.parse_args()
     duration = opts.duration or ("3s" if opts.smoke else "15s")
+    if opts.pin:
+        PIN.update(servers="0", driver="1")
 
     envoy_bin = ensure_tools()
     portvagt, certs, load = build()
@@ -322,6 +333,7 @@ backend be
             if tls:
                 args += ["--cacert", str(pki / "ca.crt"), "--cert", str(pki / "client.crt"), "--key", str(pki / "client.key"),
                          "-H", f"Authorization: Bearer {token}"]
+            args = pinned("driver", args)
             if rate:
                 args += ["--rate", str(rate)]
                 # At a fixed rate the driver measures latency: it must not wait for a core behind
@@ -520,8 +532,9 @@ def envoy_config(ports, pki, jwks, base):
 def report(results, maxima, half, opts, duration, idle, bench):
     RESULTS.mkdir(exist_ok=True)
     stamp = time.strftime("%Y-%m-%d")
-    kind = "smoke" if opts.smoke else "full"
-    command = "python3 load-tests/run.py" + (" --smoke" if opts.smoke else "") + (f" --duration {opts.duration}" if opts.duration else "")
+    kind = ("smoke" if opts.smoke else "full") + ("-pinned" if opts.pin else "")
+    command = ("python3 load-tests/run.py" + (" --smoke" if opts.smoke else "") + (" --pin" if opts.pin else "")
+               + (f" --duration {opts.duration}" if opts.duration else ""))
     summary = {
         "command": command, "date": stamp, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "worker_threads": THREADS, "connections": opts.connections, "duration": duration,
@@ -538,7 +551,8 @@ def report(results, maxima, half, opts, duration, idle, bench):
     }
     (RESULTS / f"{kind}.json").write_text(json.dumps(summary, indent=2) + "\n")
     lines = [f"# Load test ({kind}), {stamp}", "", f"Command: `{command}`", "",
-             f"Machine: {summary['machine']}; every proxy with {THREADS} worker threads; "
+             f"Machine: {summary['machine']}; every proxy with {THREADS} worker threads"
+             + ("; the servers pinned to CPU 0 and the driver to CPU 1" if opts.pin else "") + "; "
              f"{opts.connections} keep-alive connections; {duration} per run; driver `portvagt-load`.", "",
              "| target | path | proto | rate | req/s | p50 µs | p99 µs | p99.9 µs | CPU s / 1000 req | peak RSS MiB | errors |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
