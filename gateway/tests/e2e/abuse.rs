@@ -471,18 +471,7 @@ async fn http2_settings_flood_and_too_many_streams_are_bounded() {
     }
     let _ = tokio::time::timeout(WAIT, flood.write_all(&burst)).await;
     still_serves(&gateway).await;
-    let rss_kib = std::fs::read_to_string(format!("/proc/{}/status", gateway.child_id()))
-        .unwrap()
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| {
-            rest.trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse::<u64>()
-                .ok()
-        })
-        .unwrap();
+    let rss_kib = gateway.rss_kib();
     assert!(
         rss_kib < 256 * 1024,
         "RSS {rss_kib} KiB after a SETTINGS flood"

@@ -190,18 +190,7 @@ async fn garbage_huge_and_unreadable_answers_are_refused_without_leaking_them() 
         "{:?}",
         started.elapsed()
     );
-    let rss_kib = std::fs::read_to_string(format!("/proc/{}/status", gateway.child_id()))
-        .unwrap()
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| {
-            rest.trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse::<u64>()
-                .ok()
-        })
-        .unwrap();
+    let rss_kib = gateway.rss_kib();
     assert!(rss_kib < 256 * 1024, "RSS {rss_kib} KiB");
 
     // A 200 that is not JSON cannot be shown to be about anyone in particular: refused for a
