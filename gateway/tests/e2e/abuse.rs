@@ -328,6 +328,53 @@ async fn old_tls_versions_are_refused() {
     still_serves(&gateway).await;
 }
 
+#[tokio::test]
+async fn tls_renegotiation_is_refused() {
+    // A TLS 1.2 client asks to renegotiate (`R` on s_client's input) after the handshake.
+    let gateway = gateway();
+    let pki = gateway.dir.path().join("pki");
+    let mut child = std::process::Command::new("openssl")
+        .args(["s_client", "-connect", &gateway.addr.to_string(), "-tls1_2"])
+        .args(["-servername", "localhost"])
+        .arg("-CAfile")
+        .arg(pki.join("ca.crt"))
+        .arg("-cert")
+        .arg(pki.join("client.crt"))
+        .arg("-key")
+        .arg(pki.join("client.key"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("openssl runs");
+    let mut stdin = child.stdin.take().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    {
+        use std::io::Write as _;
+        stdin.write_all(b"R\n").unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(2000));
+    // s_client waits on for a ServerHello that never comes: what it printed by now is the answer.
+    let _ = child.kill();
+    drop(stdin);
+    let output = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let (_, after) = text
+        .split_once("RENEGOTIATING")
+        .unwrap_or_else(|| panic!("no renegotiation was asked: {text}"));
+    // rustls answers a renegotiating ClientHello with a no_renegotiation alert: no second
+    // handshake ever completes (s_client would verify the chain again and print the session).
+    assert!(
+        !after.contains("verify return") && !after.contains("New, TLS"),
+        "a renegotiation completed: {text}"
+    );
+    still_serves(&gateway).await;
+}
+
 // --- HTTP/2, frame by frame ---------------------------------------------------------------
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";

@@ -172,3 +172,25 @@ async fn issuer_requiring_binding_refuses_unbound_tokens() {
     assert_eq!(answer.status, 401);
     assert_eq!(answer.detail_code(), "certificate-binding-required");
 }
+
+#[tokio::test]
+async fn clock_skew_within_the_leeway_is_tolerated() {
+    // The issuer's clock and ours disagree by seconds: within `leeway` (30 s by default) a token
+    // just expired or not quite valid yet is still good; beyond it, refused (the test above).
+    let gateway = Gateway::start();
+    let now = jsonwebtoken::get_current_timestamp();
+    for (name, patch) in [
+        (
+            "expired 10 s ago",
+            json!({ "exp": now - 10, "iat": now - 300 }),
+        ),
+        ("valid in 10 s", json!({ "nbf": now + 10, "iat": now + 10 })),
+    ] {
+        let answer = gateway
+            .client()
+            .get("/fhir/Patient/pat-anne", Some(&gateway.token(patch)))
+            .await
+            .unwrap();
+        assert_eq!(answer.status, 200, "{name}: {}", answer.text());
+    }
+}
