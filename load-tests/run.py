@@ -81,7 +81,7 @@ def ensure_tools():
 def build():
     sh("cargo", "build", "--release", "--locked", "-p", "portvagt", "-p", "portvagt-certs", "-p", "portvagt-load", cwd=ROOT)
     target = ROOT / "target" / "release"
-    return target / "portvagt", target / "portvagt-certs", target / "portvagt-load"
+    return target / "portvagt", target / "portvagt-certs", target / "portvagt-load", target / "portvagt-audit-sink"
 
 
 def fixtures(folder: Path):
@@ -182,16 +182,19 @@ def main():
                         help="servers on CPU 0, the driver on CPU 1 (results/<kind>-pinned.*)")
     parser.add_argument("--profile", action="store_true",
                         help="record Portvagt's maximum-throughput runs with perf (call graphs) into the work directory")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the work directory (configs, logs, the audit spool) instead of deleting it at the end")
     opts = parser.parse_args()
     duration = opts.duration or ("3s" if opts.smoke else "15s")
     if opts.pin:
         PIN.update(servers="0", driver="1")
 
     envoy_bin = ensure_tools()
-    portvagt, certs, load = build()
+    portvagt, certs, load, sink = build()
     work = Path(tempfile.mkdtemp(prefix="portvagt-load-"))
     # nginx's workers drop privileges: they must be able to read the fixtures.
     os.chmod(work, 0o755)
+    keep = opts.keep or opts.profile
     logs = open(work / "servers.log", "w")
     processes = []
     try:
@@ -228,6 +231,7 @@ http {{
 """)
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
         processes.append(start([nginx, "-c", str(work / "nginx.conf"), "-p", str(work)], logs))
+        pids = {"direct": processes[-1].pid}
         wait_port(ports["nginx"])
 
         base = f"https://localhost:{ports['portvagt']}{AUDIENCE_PATH}"
@@ -236,6 +240,14 @@ http {{
              "--scope", "user/*.rs", "--audience", base, "--ttl", "2h"],
             check=True, capture_output=True, text=True).stdout.strip()
         jwks = json.loads((work / "issuer" / "jwks.json").read_text())
+        # The soak ships its audit events (to a sink that keeps nothing) and deletes the shipped
+        # segments, as a production spool must: unshipped, 30 minutes at 10k req/s is ~50 GB.
+        shipping = ""
+        if opts.soak:
+            ports["sink"] = free_port()
+            processes.append(start([str(sink), str(ports["sink"])], logs))
+            wait_port(ports["sink"])
+            shipping = f'[audit.ship]\nurl = "http://127.0.0.1:{ports["sink"]}/fhir"\nbatch_size = 500\nkeep_shipped = "0s"\n'
         (work / "portvagt.toml").write_text(f"""
 [server]
 listen = "127.0.0.1:{ports['portvagt']}"
@@ -253,12 +265,16 @@ jwks_file = "issuer/jwks.json"
 url = "http://127.0.0.1:{ports['nginx']}/fhir/R4"
 [audit]
 spool_dir = "audit"
-[log]
+{shipping}[log]
 format = "json"
 level = "info"
 """)
         env = dict(os.environ, TOKIO_WORKER_THREADS=str(THREADS))
-        processes.append(start([str(portvagt), "serve", "--config", str(work / "portvagt.toml")], open(work / "portvagt.log", "w"), env=env))
+        # The soak's access log (one line per request, ~9 GB in 30 minutes) is written, but to
+        # /dev/null.
+        log = open(os.devnull if opts.soak else work / "portvagt.log", "w")
+        processes.append(start([str(portvagt), "serve", "--config", str(work / "portvagt.toml")], log, env=env))
+        pids["portvagt"] = processes[-1].pid
         wait_port(ports["portvagt"])
 
         # HAProxy: the same checks: signature (ES256, the issuer's key), exp, aud.
@@ -294,20 +310,22 @@ backend be
 """)
         haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
         processes.append(start([haproxy, "-f", str(work / "haproxy.cfg")], logs))
+        pids["haproxy"] = processes[-1].pid
         wait_port(ports["haproxy"])
 
         (work / "envoy.json").write_text(json.dumps(envoy_config(ports, pki, jwks, base)))
         processes.append(start([str(envoy_bin), "-c", str(work / "envoy.json"), "--concurrency", str(THREADS), "-l", "error"], logs))
+        pids["envoy"] = processes[-1].pid
         wait_port(ports["envoy"], timeout=40)
 
         targets = {
             "load": load,
             "tls_args": ["--cacert", str(pki / "ca.crt"), "--cert", str(pki / "client.crt"), "--key", str(pki / "client.key"),
                          "-H", f"Authorization: Bearer {token}"],
-            "direct": (f"http://localhost:{ports['nginx']}/fhir/R4", processes[0].pid, False),
-            "portvagt": (f"https://localhost:{ports['portvagt']}/fhir", processes[1].pid, True),
-            "haproxy": (f"https://localhost:{ports['haproxy']}/fhir", processes[2].pid, True),
-            "envoy": (f"https://localhost:{ports['envoy']}/fhir", processes[3].pid, True),
+            "direct": (f"http://localhost:{ports['nginx']}/fhir/R4", pids["direct"], False),
+            "portvagt": (f"https://localhost:{ports['portvagt']}/fhir", pids["portvagt"], True),
+            "haproxy": (f"https://localhost:{ports['haproxy']}/fhir", pids["haproxy"], True),
+            "envoy": (f"https://localhost:{ports['envoy']}/fhir", pids["envoy"], True),
         }
 
         def hold_idle(name):
@@ -368,7 +386,7 @@ backend be
             return outcome
 
         if opts.soak:
-            return soak(opts, run, targets)
+            return soak(opts, run, targets, work / "audit", pki)
 
         results = []
         order = [name for name in ["direct", "portvagt", "haproxy", "envoy"] if not opts.only or name in opts.only]
@@ -410,6 +428,10 @@ backend be
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 process.kill()
+        if keep:
+            print(f"work directory kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def open_fds(pid):
@@ -419,8 +441,32 @@ def open_fds(pid):
         return 0
 
 
-def soak(opts, run, targets):
-    """Portvagt at 70% of its maximum for a long while; RSS and descriptors must stay flat."""
+def spool_mib(spool):
+    try:
+        return round(sum(f.stat().st_size for f in spool.iterdir() if f.is_file()) / 2**20, 1)
+    except OSError:
+        return 0.0
+
+
+def gateway_metrics(url, pki):
+    """Portvagt's /metrics (over mTLS, as everything on its listener) as {name: value}."""
+    import ssl
+    import urllib.request
+    context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    context.load_cert_chain(str(pki / "client.crt"), str(pki / "client.key"))
+    base = url.split("/fhir")[0]
+    text = urllib.request.urlopen(f"{base}/metrics", context=context, timeout=10).read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
+
+
+def soak(opts, run, targets, spool, pki):
+    """Portvagt at 70% of its maximum for a long while; RSS and descriptors must stay flat, and
+    the audit spool bounded (shipped, the shipped segments deleted)."""
     pid = targets["portvagt"][1]
     maximum = run("portvagt", "Patient/p1")["requests_per_second"]
     rate = int(maximum * 0.7)
@@ -435,14 +481,24 @@ def soak(opts, run, targets):
     started = time.time()
     while driver.poll() is None:
         samples.append({"seconds": round(time.time() - started), "rss_kib": status_kib(pid, "VmRSS"),
-                        "fds": open_fds(pid), "cpu_seconds": round(cpu_seconds(pid), 1)})
+                        "fds": open_fds(pid), "cpu_seconds": round(cpu_seconds(pid), 1),
+                        "spool_mib": spool_mib(spool)})
         last = samples[-1]
-        print(f"  {last['seconds']:5} s  RSS {last['rss_kib'] / 1024:6.1f} MiB  fds {last['fds']:4}", flush=True)
+        print(f"  {last['seconds']:5} s  RSS {last['rss_kib'] / 1024:6.1f} MiB  fds {last['fds']:4}  "
+              f"spool {last['spool_mib']:7.1f} MiB", flush=True)
         for _ in range(100):
             if driver.poll() is not None:
                 break
             time.sleep(0.1)
     outcome = json.loads(driver.communicate()[0])
+    # The shipper catches up once the load stops.
+    for _ in range(60):
+        metrics = gateway_metrics(url, pki)
+        if metrics.get("portvagt_audit_ship_lag_records", 1) == 0:
+            break
+        time.sleep(1)
+    audit = {name: metrics.get(f"portvagt_audit_{name}", 0) for name in
+             ("records_total", "shipped_total", "ship_failures_total", "ship_lag_records", "segments_deleted_total")}
     # Flat: after the first minute (warm-up: pools, caches, allocator), the last quarter's
     # samples are within 10% (and 4 MiB) of the first's, and descriptors within 16.
     settled = [s for s in samples if s["seconds"] >= 60] or samples
@@ -453,12 +509,16 @@ def soak(opts, run, targets):
     fds = [s["fds"] for s in settled]
     flat_rss = rss_late <= rss_early * 1.10 + 4096
     flat_fds = max(fds) - min(fds) <= 16
+    spool_max = max(s["spool_mib"] for s in samples)
+    # Bounded: never more than a few 64 MiB segments waiting (the shipper keeps up).
+    bounded = spool_max <= 512 and audit["ship_lag_records"] == 0
     summary = {
         "command": f"python3 load-tests/run.py --soak {opts.soak}", "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores", "rate": rate, "maximum": maximum,
         "outcome": outcome, "rss_flat": flat_rss, "fds_flat": flat_fds,
         "rss_early_mib": round(rss_early / 1024, 1), "rss_late_mib": round(rss_late / 1024, 1),
-        "fds_min": min(fds), "fds_max": max(fds), "samples": samples,
+        "fds_min": min(fds), "fds_max": max(fds), "spool_max_mib": spool_max, "spool_bounded": bounded,
+        "audit": audit, "samples": samples,
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "soak.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -470,11 +530,18 @@ def soak(opts, run, targets):
              f"RSS after the first minute: {summary['rss_early_mib']} MiB in the first quarter, "
              f"{summary['rss_late_mib']} MiB in the last: {'flat' if flat_rss else 'GROWING'}. "
              f"Open descriptors {min(fds)}–{max(fds)}: {'flat' if flat_fds else 'GROWING'}.", "",
-             "| s | RSS MiB | fds | CPU s |", "|---|---|---|---|"]
-    lines += [f"| {s['seconds']} | {s['rss_kib'] / 1024:.1f} | {s['fds']} | {s['cpu_seconds']} |" for s in samples]
+             f"Audit: {audit['records_total']:.0f} AuditEvents spooled, {audit['shipped_total']:.0f} shipped "
+             f"(to a sink that keeps nothing; {audit['ship_failures_total']:.0f} failed batches), lag at the end "
+             f"{audit['ship_lag_records']:.0f}, {audit['segments_deleted_total']:.0f} shipped segments deleted "
+             f"(`keep_shipped = \"0s\"`); the spool peaked at {spool_max} MiB: {'bounded' if bounded else 'NOT BOUNDED'}. "
+             "The access log was written to /dev/null.", "",
+             "| s | RSS MiB | fds | CPU s | spool MiB |", "|---|---|---|---|---|"]
+    lines += [f"| {s['seconds']} | {s['rss_kib'] / 1024:.1f} | {s['fds']} | {s['cpu_seconds']} | {s['spool_mib']} |"
+              for s in samples]
     (RESULTS / "soak.md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {RESULTS / 'soak.md'}: RSS {'flat' if flat_rss else 'GROWING'}, fds {'flat' if flat_fds else 'GROWING'}")
-    return 0 if flat_rss and flat_fds and not outcome["errors"] else 1
+    print(f"wrote {RESULTS / 'soak.md'}: RSS {'flat' if flat_rss else 'GROWING'}, fds {'flat' if flat_fds else 'GROWING'}, "
+          f"spool {'bounded' if bounded else 'NOT BOUNDED'}")
+    return 0 if flat_rss and flat_fds and bounded and not outcome["errors"] else 1
 
 
 def envoy_config(ports, pki, jwks, base):

@@ -135,6 +135,11 @@ pub struct AuditShipConfig {
     /// Its key.
     #[serde(default)]
     pub client_key: Option<PathBuf>,
+    /// Segments the repository has acknowledged in full are deleted once their last record is
+    /// this old (`"0s"`: as soon as they are shipped). Absent: shipped segments are kept.
+    /// Unshipped records are never deleted.
+    #[serde(default, with = "humantime_serde")]
+    pub keep_shipped: Option<Duration>,
 }
 
 /// What happens when the audit record cannot be written.

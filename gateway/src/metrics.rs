@@ -49,6 +49,8 @@ pub struct Metrics {
     pub audit_ship_failures: IntCounter,
     /// `portvagt_audit_ship_lag_records`: durable records not yet acknowledged.
     pub audit_ship_lag: IntGauge,
+    /// `portvagt_audit_segments_deleted_total`: shipped segments deleted (`keep_shipped`).
+    pub audit_segments_deleted: IntCounter,
     /// `portvagt_break_glass_total`: accesses that set a consent block aside.
     pub break_glass: IntCounter,
     /// `portvagt_consent_withheld_entries_total`: answer entries withheld by consent blocks.
@@ -204,6 +206,11 @@ impl Metrics {
             "Batches of AuditEvents the audit repository did not take",
         )
         .expect("valid metric");
+        let audit_segments_deleted = IntCounter::new(
+            "portvagt_audit_segments_deleted_total",
+            "Spool segments deleted after the audit repository acknowledged all their records",
+        )
+        .expect("valid metric");
         let audit_ship_lag = IntGauge::new(
             "portvagt_audit_ship_lag_records",
             "Durable AuditEvents not yet acknowledged by the audit repository",
@@ -290,6 +297,7 @@ impl Metrics {
             Box::new(audit_shipped.clone()),
             Box::new(audit_ship_failures.clone()),
             Box::new(audit_ship_lag.clone()),
+            Box::new(audit_segments_deleted.clone()),
             Box::new(break_glass.clone()),
             Box::new(consent_withheld.clone()),
             Box::new(circuit_opened.clone()),
@@ -325,6 +333,7 @@ impl Metrics {
             audit_shipped,
             audit_ship_failures,
             audit_ship_lag,
+            audit_segments_deleted,
             break_glass,
             consent_withheld,
             circuit_opened,

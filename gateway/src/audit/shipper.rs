@@ -1,7 +1,9 @@
 //! The shipper: sends spooled AuditEvents, in order, in FHIR `transaction` Bundles to the audit
 //! repository, and remembers (in `shipped.json` beside the segments, replaced atomically) how
-//! far the repository has acknowledged. It retries with exponential backoff and never deletes
-//! anything. Each event is PUT under the SHA-256 of its spool record: a batch sent again after
+//! far the repository has acknowledged. It retries with exponential backoff. It deletes a
+//! segment only when the repository has acknowledged every record in it, its acknowledgement
+//! is on disk, and its last record is older than `keep_shipped` (when that is set); the
+//! verifier then starts the chain at the first segment left. Each event is PUT under the SHA-256 of its spool record: a batch sent again after
 //! a crash (between the repository's answer and the position's write) stores nothing twice,
 //! and the repository's ids are the chain's hashes, an anchor outside the gateway. The
 //! repository must allow client-assigned ids (update as create), as HAPI, Medplum and Azure
@@ -17,6 +19,7 @@ use http::{Request, header};
 use http_body_util::Full;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::spool::{RecordLine, segment_name, segments, sha256_hex};
 use crate::auth::https::{ClientIdentity, HttpsClient};
@@ -59,7 +62,7 @@ fn save_position(dir: &Path, position: Position) -> std::io::Result<()> {
 /// A batch read from the spool: the events (each with its record hash, which becomes its id
 /// in the repository) and where the next batch starts.
 struct Batch {
-    events: Vec<(String, Value)>,
+    events: Vec<(String, Box<RawValue>)>,
     next: Position,
 }
 
@@ -119,8 +122,7 @@ fn read_batch(dir: &Path, from: Position, limit: usize, durable: u64) -> std::io
                     record.seq, at.seq
                 )));
             }
-            let event = serde_json::from_str(record.event.get()).map_err(std::io::Error::other)?;
-            events.push((sha256_hex(body), event));
+            events.push((sha256_hex(body), record.event.to_owned()));
             at.offset += read as u64;
             at.seq = record.seq;
         }
@@ -133,6 +135,71 @@ fn read_batch(dir: &Path, from: Position, limit: usize, durable: u64) -> std::io
             seq: at.seq,
         };
     }
+}
+
+/// Deletes the segments numbered below `shipped_to` (every record in them acknowledged) whose
+/// last write is at least `keep` old, oldest first, stopping at the first one still kept so
+/// the spool stays one unbroken run of segments. Returns how many went.
+pub(crate) fn delete_shipped(dir: &Path, shipped_to: u64, keep: Duration) -> std::io::Result<u64> {
+    let mut deleted = 0;
+    for (number, path) in segments(dir)? {
+        if number >= shipped_to {
+            break;
+        }
+        let age = std::fs::metadata(&path)?
+            .modified()?
+            .elapsed()
+            .unwrap_or_default();
+        if age < keep {
+            break;
+        }
+        std::fs::remove_file(&path)?;
+        deleted += 1;
+    }
+    if deleted > 0 {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(deleted)
+}
+
+/// The transaction Bundle for `events`, written as bytes around each spooled event (not parsed
+/// and written again: shipping costs a copy, not a parse per event). Each entry PUTs its event
+/// under its record hash, which becomes the event's `id`; a spooled event has no `id` of its own
+/// (the gateway writes none), so the id is put first into its object.
+fn transaction(events: &[(String, Box<RawValue>)]) -> Vec<u8> {
+    let size: usize = events
+        .iter()
+        .map(|(_, event)| event.get().len() + 300)
+        .sum();
+    let mut out = Vec::with_capacity(size + 64);
+    out.extend_from_slice(br#"{"resourceType":"Bundle","type":"transaction","entry":["#);
+    for (index, (hash, event)) in events.iter().enumerate() {
+        if index > 0 {
+            out.push(b',');
+        }
+        // Hashes are lowercase hex: nothing in them needs escaping.
+        out.extend_from_slice(br#"{"fullUrl":"urn:uuid:"#);
+        out.extend_from_slice(uuid_from_hash(hash).as_bytes());
+        out.extend_from_slice(br#"","resource":{"id":""#);
+        out.extend_from_slice(hash.as_bytes());
+        out.push(b'"');
+        // The event is a JSON object (the spool line parsed): what follows its `{`.
+        let rest = event
+            .get()
+            .trim_start()
+            .strip_prefix('{')
+            .unwrap_or("}")
+            .trim_start();
+        if !rest.starts_with('}') {
+            out.push(b',');
+        }
+        out.extend_from_slice(rest.as_bytes());
+        out.extend_from_slice(br#","request":{"method":"PUT","url":"AuditEvent/"#);
+        out.extend_from_slice(hash.as_bytes());
+        out.extend_from_slice(b"\"}}");
+    }
+    out.extend_from_slice(b"]}");
+    out
 }
 
 /// A UUID-shaped `fullUrl` for a transaction entry, from the record hash.
@@ -155,6 +222,7 @@ pub struct Shipper {
     url: String,
     client: HttpsClient,
     batch: usize,
+    keep_shipped: Option<Duration>,
     metrics: Arc<Metrics>,
 }
 
@@ -193,6 +261,7 @@ impl Shipper {
             url,
             client,
             batch: config.batch_size.max(1),
+            keep_shipped: config.keep_shipped,
             metrics,
         })
     }
@@ -205,6 +274,8 @@ impl Shipper {
         let Ok(mut at) = tokio::task::spawn_blocking(move || position(&dir)).await else {
             return;
         };
+        // When and up to which segment the last pruning looked.
+        let mut pruned = (tokio::time::Instant::now(), 0);
         loop {
             let durable = written.load(std::sync::atomic::Ordering::Relaxed);
             let lag = durable.saturating_sub(at.seq);
@@ -234,6 +305,7 @@ impl Shipper {
                     at = batch.next;
                     self.save(at).await;
                 }
+                pruned = self.prune(at, pruned).await;
                 tokio::time::sleep(Duration::from_millis(250)).await;
                 continue;
             }
@@ -244,6 +316,7 @@ impl Shipper {
                     self.save(at).await;
                     self.metrics.audit_shipped.inc_by(count as u64);
                     backoff = Duration::from_secs(1);
+                    pruned = self.prune(at, pruned).await;
                 }
                 Err(error) => {
                     self.metrics.audit_ship_failures.inc();
@@ -253,6 +326,37 @@ impl Shipper {
                 }
             }
         }
+    }
+
+    /// Deletes the segments before `at` (acknowledged in full, the position saved) whose
+    /// last record is older than `keep_shipped`: when the shipper has moved on to a new
+    /// segment, and otherwise every 10 s (a kept segment ages). Returns when and where it
+    /// looked.
+    async fn prune(
+        &self,
+        at: Position,
+        last: (tokio::time::Instant, u64),
+    ) -> (tokio::time::Instant, u64) {
+        let Some(keep) = self.keep_shipped else {
+            return last;
+        };
+        let now = tokio::time::Instant::now();
+        if at.segment == last.1 && now.duration_since(last.0) < Duration::from_secs(10) {
+            return last;
+        }
+        let dir = self.dir.clone();
+        match tokio::task::spawn_blocking(move || delete_shipped(&dir, at.segment, keep)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(deleted)) => {
+                self.metrics.audit_segments_deleted.inc_by(deleted);
+                tracing::info!(deleted, "audit shipper: deleted shipped spool segments");
+            }
+            Ok(Err(error)) => {
+                tracing::error!(%error, "audit shipper: deleting shipped segments failed");
+            }
+            Err(_) => tracing::error!("audit shipper: deleting shipped segments failed"),
+        }
+        (now, at.segment)
     }
 
     async fn save(&self, at: Position) {
@@ -266,28 +370,13 @@ impl Shipper {
 
     /// One transaction: every event stored, or none. Each is PUT under its record's hash, so a
     /// batch sent twice stores nothing twice.
-    async fn send(&self, events: Vec<(String, Value)>) -> Result<(), String> {
+    async fn send(&self, events: Vec<(String, Box<RawValue>)>) -> Result<(), String> {
         let count = events.len();
-        let entries: Vec<Value> = events
-            .into_iter()
-            .map(|(hash, mut event)| {
-                event["id"] = Value::String(hash.clone());
-                serde_json::json!({
-                    "fullUrl": format!("urn:uuid:{}", uuid_from_hash(&hash)),
-                    "resource": event,
-                    "request": { "method": "PUT", "url": format!("AuditEvent/{hash}") }
-                })
-            })
-            .collect();
-        let bundle = serde_json::json!({
-            "resourceType": "Bundle",
-            "type": "transaction",
-            "entry": entries,
-        });
+        let bundle = transaction(&events);
         let request = Request::post(&self.url)
             .header(header::CONTENT_TYPE, "application/fhir+json")
             .header(header::ACCEPT, "application/fhir+json")
-            .body(Full::new(Bytes::from(bundle.to_string())))
+            .body(Full::new(Bytes::from(bundle)))
             .map_err(|e| e.to_string())?;
         let response = self.client.send(request).await?;
         if !response.status().is_success() {
@@ -311,5 +400,49 @@ impl Shipper {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(text: &str) -> Box<RawValue> {
+        RawValue::from_string(text.to_owned()).unwrap()
+    }
+
+    #[test]
+    fn the_transaction_puts_each_event_under_its_hash_unchanged_otherwise() {
+        let hash = |c: char| c.to_string().repeat(64);
+        let events = vec![
+            (
+                hash('a'),
+                raw(
+                    r#"{"resourceType":"AuditEvent","action":"R","agent":[{"who":{"display":"A \"B\""}}]}"#,
+                ),
+            ),
+            (hash('b'), raw("{ }")),
+            (hash('c'), raw(r#" {"resourceType":"AuditEvent"}"#)),
+        ];
+        let bundle: Value = serde_json::from_slice(&transaction(&events)).unwrap();
+        assert_eq!(bundle["resourceType"], "Bundle");
+        assert_eq!(bundle["type"], "transaction");
+        let entries = bundle["entry"].as_array().unwrap();
+        assert_eq!(entries.len(), 3);
+        for (entry, (hash, event)) in entries.iter().zip(&events) {
+            let mut expected: Value = serde_json::from_str(event.get()).unwrap();
+            expected["id"] = Value::String(hash.clone());
+            assert_eq!(entry["resource"], expected);
+            assert_eq!(entry["request"]["method"], "PUT");
+            assert_eq!(entry["request"]["url"], format!("AuditEvent/{hash}"));
+            assert_eq!(
+                entry["fullUrl"],
+                format!("urn:uuid:{}", uuid_from_hash(hash))
+            );
+        }
+        assert_eq!(
+            serde_json::from_slice::<Value>(&transaction(&[])).unwrap()["entry"],
+            serde_json::json!([])
+        );
     }
 }

@@ -160,3 +160,43 @@ async fn one_spool_has_one_writer_and_a_half_made_segment_is_cleared() {
     assert_eq!(spool.append(vec![event(1)]).await.unwrap(), 2);
     assert_eq!(verify(dir.path()).unwrap().records, 2);
 }
+
+#[tokio::test]
+async fn shipped_segments_go_when_old_enough_and_the_rest_still_verifies_and_continues() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let spool = Spool::open(dir.path(), 300).unwrap();
+        for n in 0..10 {
+            spool.append(vec![event(n)]).await.unwrap();
+        }
+    }
+    let before = super::spool::segments(dir.path()).unwrap();
+    assert!(before.len() > 3, "{before:?}");
+    let shipped_to = before[3].0;
+    let keep = |d| super::shipper::delete_shipped(dir.path(), shipped_to, d).unwrap();
+
+    // Not old enough: nothing goes.
+    assert_eq!(keep(std::time::Duration::from_secs(3600)), 0);
+    assert_eq!(super::spool::segments(dir.path()).unwrap(), before);
+
+    // Old enough: only what the repository acknowledged in full goes.
+    assert_eq!(keep(std::time::Duration::ZERO), 3);
+    let after = super::spool::segments(dir.path()).unwrap();
+    assert_eq!(after, before[3..].to_vec());
+    let report = verify(dir.path()).unwrap();
+    assert_eq!(report.segments, before.len() as u64 - 3);
+    assert!(report.records < 10, "{report:?}");
+    let head = report.head;
+
+    // The writer goes on after the deletion, and the chain with it.
+    let spool = Spool::open(dir.path(), 300).unwrap();
+    assert_eq!(spool.append(vec![event(10)]).await.unwrap(), 11);
+    drop(spool);
+    let report = verify(dir.path()).unwrap();
+    assert_ne!(report.head, head);
+
+    // A segment in the middle removed by hand is still found.
+    let middle = super::spool::segments(dir.path()).unwrap()[1].1.clone();
+    std::fs::remove_file(middle).unwrap();
+    assert!(verify(dir.path()).unwrap_err().problem.contains("missing"));
+}

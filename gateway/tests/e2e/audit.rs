@@ -414,6 +414,61 @@ async fn the_shipper_delivers_everything_once_the_repository_is_up_and_remembers
 }
 
 #[tokio::test]
+async fn shipped_segments_are_deleted_and_what_remains_still_verifies() {
+    let repository =
+        portvagt::demo::BackendProcess::start(&portvagt::demo::default_testbed(), false).unwrap();
+    // Segments of about one record each, deleted as soon as they are shipped.
+    let mut gateway = Gateway::start_with(Options {
+        audit_extra: format!(
+            "segment_bytes = 2048\n[audit.ship]\nurl = \"{}\"\nkeep_shipped = \"0s\"",
+            repository.base_url()
+        ),
+        ..Options::default()
+    });
+    let token = gateway.token(json!({ "scope": "user/*.rs" }));
+    let mut answered = Vec::new();
+    for _ in 0..6 {
+        let answer = gateway
+            .client()
+            .get("/fhir/Patient/pat-carla", Some(&token))
+            .await
+            .unwrap();
+        assert_eq!(answer.status, 200);
+        answered.push(answer.headers["x-request-id"].to_str().unwrap().to_owned());
+    }
+    let mut deleted = 0.0;
+    for _ in 0..100 {
+        let metrics = gateway.client().get("/metrics", None).await.unwrap().text();
+        deleted = metric_value(&metrics, "portvagt_audit_segments_deleted_total").unwrap_or(0.0);
+        let lag = metric_value(&metrics, "portvagt_audit_ship_lag_records");
+        if deleted >= 5.0 && lag == Some(0.0) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(deleted >= 5.0, "{deleted} segments deleted");
+    // Everything is in the repository; the spool keeps only the segment being written.
+    let shipped = request_ids(&repository_events(repository.base_url()).await);
+    for id in &answered {
+        assert!(shipped.contains(id), "{id} not shipped: {shipped:?}");
+    }
+    let spool = gateway.dir.path().join("audit");
+    let report = portvagt::audit::verify::verify(&spool).unwrap();
+    assert!(report.records < 6, "{report:?}");
+
+    // After a restart the chain goes on from what was kept.
+    gateway.restart();
+    let answer = gateway
+        .client()
+        .get("/fhir/Patient/pat-carla", Some(&token))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200);
+    let after = portvagt::audit::verify::verify(&spool).unwrap();
+    assert_ne!(after.head, report.head);
+}
+
+#[tokio::test]
 async fn a_citizen_reads_who_looked_at_their_record_and_nothing_else() {
     let repository =
         portvagt::demo::BackendProcess::start(&portvagt::demo::default_testbed(), false).unwrap();
