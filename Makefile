@@ -1,12 +1,13 @@
 # Portvagt: the two set-up commands are `make demo` and `make test` (see README.md).
 
-.PHONY: demo test backend chart bench build-packages test-packages deny-tool supply-chain advisories
+.PHONY: demo test backend chart browser bench build-packages test-packages deny-tool supply-chain advisories
 
 # Debian packages, installed only when missing. Building needs OpenSSL's headers (the openssl
 # crate verifies SAML signatures); the tests also run libxmlsec1's `xmlsec1` (an independent
-# check of our XML signatures) and a real Redis (the shared replay cache).
+# check of our XML signatures), a real Redis (the shared replay cache) and Chromium (the citizen
+# page's browser test, driven by playwright-core: no browser download).
 BUILD_PACKAGES := libssl-dev pkg-config
-TEST_PACKAGES := $(BUILD_PACKAGES) xmlsec1 redis-server
+TEST_PACKAGES := $(BUILD_PACKAGES) xmlsec1 redis-server chromium
 APT_INSTALL = missing=$$(for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
@@ -20,10 +21,17 @@ build-packages:
 test-packages:
 	@$(call APT_INSTALL,$(TEST_PACKAGES))
 
-# The reference FHIR backend's and authorization server's packages, from the committed lock files.
+# The reference FHIR backend's, authorization server's and browser test's packages, from the
+# committed lock files.
 backend:
 	cd testbed/backend && npm ci --no-audit --no-fund --loglevel=error
 	cd testbed/authserver && npm ci --no-audit --no-fund --loglevel=error
+	cd testbed/browser && npm ci --no-audit --no-fund --loglevel=error
+
+# The citizen's access-log page in headless Chromium, against `portvagt demo`.
+browser:
+	cargo build --locked -p portvagt
+	node testbed/browser/minlog.test.mjs
 
 # The Helm chart (helm/portvagt): lint, render with several values files, Kubernetes schemas,
 # checkov. Its Python tools are installed into helm/.venv on first use (pinned in
@@ -49,12 +57,13 @@ advisories: deny-tool
 demo: build-packages backend
 	cargo run --locked -p portvagt -- demo --dir demo
 
-# Everything CI checks: formatting, lints, unit, property and end-to-end tests.
+# Everything CI checks: formatting, lints, unit, property, end-to-end and browser tests.
 test: test-packages backend chart supply-chain
 	python3 policy/gen/patient_compartment.py --check
 	cargo fmt --all -- --check
 	cargo clippy --locked --workspace --all-targets -- -D warnings
 	cargo test --locked --workspace
+	$(MAKE) --no-print-directory browser
 
 # Criterion benchmarks of the hot paths (not part of `make test`).
 bench: build-packages

@@ -45,6 +45,8 @@ pub enum Listener {
     Client,
     /// The plain-HTTP admin listener (`server.admin_listen`).
     Admin,
+    /// The citizen listener (`[citizen]`): TLS without client certificates.
+    Citizen,
 }
 
 /// Which local endpoint a request is for.
@@ -86,22 +88,26 @@ impl Admin {
 
     /// The endpoint `path` names on `listener`, if any. The admin listener serves the probes
     /// and metrics only; the client listener serves probes, the SMART document, and metrics
-    /// only when there is no admin listener to keep them private on.
+    /// only when there is no admin listener to keep them private on; the citizen listener
+    /// serves probes and the SMART document (its page signs in with it), never metrics.
     pub fn route(&self, method: &Method, path: &str, listener: Listener) -> Option<LocalEndpoint> {
         if method != Method::GET && method != Method::HEAD {
             return None;
         }
         let on_main = listener == Listener::Client;
+        let serves_smart = listener != Listener::Admin;
         match path {
             "/healthz" => Some(LocalEndpoint::Health),
             "/readyz" => Some(LocalEndpoint::Ready),
-            "/metrics" if !on_main || self.metrics_on_client_listener => {
+            "/metrics"
+                if listener == Listener::Admin || (on_main && self.metrics_on_client_listener) =>
+            {
                 Some(LocalEndpoint::Metrics)
             }
-            "/.well-known/smart-configuration" if on_main => {
+            "/.well-known/smart-configuration" if serves_smart => {
                 Some(LocalEndpoint::SmartConfiguration)
             }
-            p if on_main && p == self.smart_path => Some(LocalEndpoint::SmartConfiguration),
+            p if serves_smart && p == self.smart_path => Some(LocalEndpoint::SmartConfiguration),
             _ => None,
         }
     }

@@ -53,6 +53,35 @@ pub struct Config {
     /// Per-client rate limits.
     #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
+    /// The citizen listener: no client certificate, citizens' own tokens, their access log.
+    #[serde(default)]
+    pub citizen: Option<CitizenConfig>,
+}
+
+/// `[citizen]`: a second listener for citizens' browsers, which have no client certificate.
+/// TLS with the `[tls]` certificate but no client certificate requested; only tokens that are
+/// not certificate-bound, from issuers that do not require binding, in a patient context about
+/// the citizen themselves (`fhirUser` = `Patient/<patient>`); only reads and searches of their
+/// own audit log and of the resource types listed here; the `/minlog/` page.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CitizenConfig {
+    /// Address to listen on, e.g. `0.0.0.0:8444`.
+    pub listen: SocketAddr,
+    /// More resource types citizens may read and search here (their own, as scopes and the
+    /// patient compartment allow), besides `AuditEvent`. Default: none.
+    #[serde(default)]
+    pub resource_types: Vec<String>,
+    /// Serve the access-log page at `/minlog/`.
+    #[serde(default = "defaults::yes")]
+    pub page: bool,
+    /// The page's OAuth client id at the issuer (authorization code flow with PKCE, the
+    /// endpoints from `[smart]`).
+    #[serde(default = "defaults::citizen_client_id")]
+    pub client_id: String,
+    /// The scopes the page asks for.
+    #[serde(default = "defaults::citizen_scope")]
+    pub scope: String,
 }
 
 /// `[rate_limit]`: at most `requests` per `window` per client.
@@ -752,6 +781,15 @@ mod defaults {
 
     use super::LogFormat;
 
+    pub(super) fn yes() -> bool {
+        true
+    }
+    pub(super) fn citizen_client_id() -> String {
+        "minlog".into()
+    }
+    pub(super) fn citizen_scope() -> String {
+        "openid fhirUser launch/patient patient/AuditEvent.rs".into()
+    }
     pub(super) fn shutdown_grace() -> Duration {
         Duration::from_secs(10)
     }

@@ -211,12 +211,24 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         })?;
     let addr = listener.local_addr()?;
     let public_url = format!("https://{addr}/fhir");
+    // The citizen listener, on the next port (no client certificate: a browser's).
+    let citizen_port = if options.port == 0 {
+        0
+    } else {
+        options.port + 1
+    };
+    let citizen_listener = tokio::net::TcpListener::bind(("127.0.0.1", citizen_port))
+        .await
+        .with_context(|| format!("binding 127.0.0.1:{citizen_port} for the citizen listener"))?;
+    let citizen_addr = citizen_listener.local_addr()?;
+    let citizen_url = format!("https://{citizen_addr}/fhir");
     let config_path = dir.join("portvagt.toml");
     std::fs::write(
         &config_path,
         demo_config(
             addr,
             &public_url,
+            citizen_addr,
             backend.base_url(),
             audit_repository.base_url(),
         ),
@@ -279,19 +291,60 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         portvagt_certs::saml::SosiCard::system(&pki.client.cert_der).sign(&pki.sts)?,
     )?;
     let env = format!(
-        "PORTVAGT_URL={public_url}\nPORTVAGT_CA={pki}/ca.crt\nPORTVAGT_CERT={pki}/client.crt\nPORTVAGT_KEY={pki}/client.key\n\
+        "PORTVAGT_URL={public_url}\nPORTVAGT_CITIZEN_URL={citizen_url}\nPORTVAGT_MINLOG_URL=https://{citizen_addr}/minlog/\n\
+         PORTVAGT_CA={pki}/ca.crt\nPORTVAGT_CERT={pki}/client.crt\nPORTVAGT_KEY={pki}/client.key\n\
          PRACTITIONER_TOKEN={practitioner}\nEMERGENCY_TOKEN={emergency}\nPATIENT_TOKEN={patient}\nSYSTEM_TOKEN={system}\n\
          PORTVAGT_TOKEN_URL=https://{addr}/token\nSOSI_CARD={card}\n",
         pki = pki_dir.display(),
         card = card.display(),
     );
     std::fs::write(dir.join("demo.env"), env)?;
+
+    // Sample accesses to Anne's record for her access log, made through the gateway once it
+    // listens: a read, a read her block refuses, and the same professional breaking the glass.
+    let nurse = |purpose: &str| TokenRequest {
+        subject: "jonas.holm".into(),
+        scope: "openid fhirUser user/*.rs".into(),
+        fhir_user: Some("Practitioner/prac-zk482".into()),
+        client_id: Some("journalsystem-demo".into()),
+        bind_cert: Some(pki_dir.join("client.crt")),
+        ttl: Duration::from_secs(600),
+        extra: json!({
+            "name": "Jonas Holm", "role": "5166", "authorization_id": "ZK482",
+            "purpose_of_use": purpose,
+        }),
+        ..TokenRequest::default()
+    };
+    let samples = vec![
+        (practitioner.clone(), None, "Patient/pat-anne"),
+        (
+            mint_token(&issuer_dir, &public_url, &nurse("TREATMENT"))?,
+            None,
+            "Patient/pat-anne",
+        ),
+        (
+            mint_token(&issuer_dir, &public_url, &nurse("EMERGENCY"))?,
+            Some("Bevidstløs ved indlæggelse, ingen pårørende at spørge"),
+            "Patient/pat-anne",
+        ),
+        (practitioner, None, "Patient/pat-bo"),
+    ];
+    let runtime = Arc::new(runtime);
+    tokio::spawn(sample_accesses(
+        pki_dir.clone(),
+        public_url.clone(),
+        backend.base_url().to_owned(),
+        samples,
+    ));
     print_instructions(&dir);
 
     crate::server::serve(
-        Arc::new(runtime),
-        listener,
-        None,
+        runtime,
+        crate::server::Listeners {
+            client: listener,
+            admin: None,
+            citizen: Some(citizen_listener),
+        },
         crate::server::shutdown_signal(),
     )
     .await;
@@ -300,9 +353,83 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Anne blocks nurse Jonas Holm (authorisation ZK482) in the backend, then the `samples`
+/// (token, break-the-glass reason, path) are requested through the gateway at `public_url`.
+async fn sample_accesses(
+    pki: PathBuf,
+    public_url: String,
+    backend_url: String,
+    samples: Vec<(String, Option<&'static str>, &'static str)>,
+) {
+    use http_body_util::Full;
+    let block = json!({
+        "resourceType": "Consent",
+        "id": "consent-anne-blocks-zk482",
+        "status": "active",
+        "scope": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy" }] },
+        "category": [{ "coding": [{ "system": "http://loinc.org", "code": "59284-0" }] }],
+        "patient": { "reference": "Patient/pat-anne" },
+        "policyRule": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTOUT" }] },
+        "provision": { "type": "deny", "actor": [{
+            "role": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "PRCP" }] },
+            "reference": { "identifier": { "system": "https://autregweb.sst.dk", "value": "ZK482" }, "display": "Jonas Holm" }
+        }]}
+    });
+    let run = async {
+        let plain = crate::auth::https::HttpsClient::allowing_plain_http(
+            None,
+            None,
+            Duration::from_secs(10),
+        )?;
+        let put = http::Request::put(format!("{backend_url}/Consent/consent-anne-blocks-zk482"))
+            .header(http::header::CONTENT_TYPE, "application/fhir+json")
+            .body(Full::new(bytes::Bytes::from(block.to_string())))
+            .map_err(|e| e.to_string())?;
+        plain.send(put).await?;
+        let (cert, key) = (pki.join("client.crt"), pki.join("client.key"));
+        let client = crate::auth::https::HttpsClient::new(
+            Some(&pki.join("ca.crt")),
+            Some(crate::auth::https::ClientIdentity {
+                cert: &cert,
+                key: &key,
+            }),
+            Duration::from_secs(10),
+        )?;
+        for (token, reason, path) in samples {
+            let request = || {
+                let mut request = http::Request::get(format!("{public_url}/{path}"))
+                    .header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+                if let Some(reason) = reason {
+                    // UTF-8 (obs-text on the wire), as the gateway reads it.
+                    request = request.header(
+                        crate::consent::BREAK_GLASS_HEADER,
+                        http::HeaderValue::from_bytes(reason.as_bytes())
+                            .map_err(|e| e.to_string())?,
+                    );
+                }
+                request
+                    .body(Full::new(bytes::Bytes::new()))
+                    .map_err(|e| e.to_string())
+            };
+            // The first attempt may come before the listener accepts.
+            for _ in 0..50 {
+                match client.send(request()?).await {
+                    Ok(_) => break,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        }
+        Ok::<(), String>(())
+    };
+    if let Err(error) = run.await {
+        eprintln!("the demo's sample accesses failed: {error}");
+    }
+}
+
 fn demo_config(
     addr: std::net::SocketAddr,
     public_url: &str,
+    citizen_addr: std::net::SocketAddr,
     backend_url: &str,
     audit_url: &str,
 ) -> String {
@@ -321,7 +448,7 @@ crls = ["pki/crl.pem"]
 
 [[issuer]]
 issuer = "{DEMO_ISSUER}"
-audiences = ["{public_url}"]
+audiences = ["{public_url}", "https://{citizen_addr}/fhir"]
 jwks_file = "issuer/jwks.json"
 
 [backend]
@@ -345,6 +472,11 @@ url = "{audit_url}"
 
 # Citizens' blocks (Consent resources in the backend) are enforced.
 [consent]
+
+# Citizens' browsers (no client certificate) read their own access log here, and the
+# page /minlog/ shows it.
+[citizen]
+listen = "{citizen_addr}"
 
 [log]
 format = "text"
@@ -390,6 +522,10 @@ Portvagt demo is running. In another shell:
 
   # Anne reads who has looked at her record (newest first):
   {curl} -H "Authorization: Bearer $PATIENT_TOKEN" "$PORTVAGT_URL/AuditEvent"
+
+  # ... on the citizen listener, as her browser would (no client certificate), or in the page
+  # $PORTVAGT_MINLOG_URL (sign in with the token in $PATIENT_TOKEN):
+  curl -s --cacert "$PORTVAGT_CA" -H "Authorization: Bearer $PATIENT_TOKEN" "$PORTVAGT_CITIZEN_URL/AuditEvent"
 
   # The audit spool's hash chain:
   cargo run -p portvagt -- audit verify {dir}/audit

@@ -16,6 +16,7 @@ pub mod demo;
 mod encoding;
 pub mod layers;
 pub mod metrics;
+pub mod minlog;
 pub mod outcome;
 pub mod proxy;
 pub mod redis;

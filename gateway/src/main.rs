@@ -277,15 +277,10 @@ async fn serve(config: Config, path: &std::path::Path) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("server.listen: cannot bind {}", config.server.listen))?;
-    let admin_listener = match config.server.admin_listen {
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("server.admin_listen: cannot bind {addr}"))?,
-        ),
-        None => None,
-    };
-    let addr = listener.local_addr()?;
+    let listeners = portvagt::server::Listeners::bind(listener, &config)
+        .await
+        .map_err(|(what, error)| anyhow::anyhow!("{what}: {error}"))?;
+    let addr = listeners.client.local_addr()?;
     let runtime = Runtime::build(config, addr).map_err(|errors| {
         anyhow::anyhow!(
             errors
@@ -300,15 +295,15 @@ async fn serve(config: Config, path: &std::path::Path) -> anyhow::Result<()> {
     runtime.open()?;
     tracing::info!(
         addr = %addr,
-        admin_addr = %admin_listener.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.to_string()).unwrap_or_default(),
+        admin_addr = %listeners.admin.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.to_string()).unwrap_or_default(),
+        citizen_addr = %listeners.citizen.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.to_string()).unwrap_or_default(),
         public_base_url = %runtime.public_base_url,
         backend = %runtime.backend.base_url(),
         "listening"
     );
     portvagt::server::serve(
         Arc::new(runtime),
-        listener,
-        admin_listener,
+        listeners,
         portvagt::server::shutdown_signal(),
     )
     .await;

@@ -104,7 +104,18 @@ pub fn reload(runtime: &Runtime) {
     outcome(
         "tls",
         crate::tls::server_config(&runtime.config.tls)
-            .map(|tls| runtime.tls.store(tls))
+            .and_then(|tls| {
+                // Both listeners' configurations are made before either is swapped in.
+                let citizen = match &runtime.citizen_tls {
+                    Some(_) => Some(crate::tls::citizen_server_config(&runtime.config.tls)?),
+                    None => None,
+                };
+                runtime.tls.store(tls);
+                if let (Some(current), Some(next)) = (&runtime.citizen_tls, citizen) {
+                    current.store(next);
+                }
+                Ok(())
+            })
             .map_err(|e| e.to_string()),
     );
     let key_errors = runtime.verifier.reload_key_files();

@@ -30,6 +30,9 @@ pub struct Runtime {
     /// The client-facing TLS configuration; swapped whole on reload (new connections get the
     /// new one, open ones keep theirs).
     pub tls: Arc<ArcSwap<rustls::ServerConfig>>,
+    /// The citizen listener's TLS configuration (no client certificates), when `[citizen]` is
+    /// configured; reloaded with the other.
+    pub citizen_tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
     /// The access-token verifier.
     pub verifier: Arc<TokenVerifier>,
     /// Per-path authentication demands (`[[route]]`).
@@ -109,6 +112,29 @@ impl Runtime {
         let tls = crate::tls::server_config(&config.tls)
             .map_err(|e| errors.push(e))
             .ok();
+        let citizen_tls = match &config.citizen {
+            None => None,
+            Some(citizen) => {
+                for (index, name) in citizen.resource_types.iter().enumerate() {
+                    if portvagt_policy::ResourceType::parse(name).is_none() {
+                        errors.push(ConfigError::new(
+                            format!("citizen.resource_types[{index}]"),
+                            format!("{name:?} is not a FHIR R4 resource type"),
+                        ));
+                    }
+                }
+                if config.server.listen.port() != 0 && citizen.listen == config.server.listen {
+                    errors.push(ConfigError::new(
+                        "citizen.listen",
+                        "must differ from server.listen",
+                    ));
+                }
+                crate::tls::citizen_server_config(&config.tls)
+                    .map_err(|e| errors.push(e))
+                    .ok()
+                    .map(|tls| Arc::new(ArcSwap::new(tls)))
+            }
+        };
         let metrics = Arc::new(Metrics::new());
         let verifier = TokenVerifier::new(&config.issuers, metrics.clone())
             .map_err(|e| errors.push(e))
@@ -191,6 +217,7 @@ impl Runtime {
         Ok(Runtime {
             config,
             tls: Arc::new(ArcSwap::new(tls)),
+            citizen_tls,
             verifier: Arc::new(verifier),
             routes: Arc::new(routes),
             smart,

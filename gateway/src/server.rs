@@ -1,5 +1,6 @@
 //! The accept loops: TLS (rustls) with a required client certificate, then HTTP/1.1 or HTTP/2
-//! (ALPN, hyper-util auto) into the stack; and the optional plain-HTTP admin listener.
+//! (ALPN, hyper-util auto) into the stack; the optional citizen listener (TLS without client
+//! certificates, into the citizen stack); and the optional plain-HTTP admin listener.
 //! Shutdown is graceful: stop accepting, let in-flight requests finish within the grace period.
 
 use std::convert::Infallible;
@@ -25,13 +26,59 @@ use crate::runtime::Runtime;
 use crate::stack::{self, GatewayService};
 use crate::tls::{PeerIdentity, handshake_failure_reason};
 
+/// The sockets the gateway serves on.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The mTLS client listener (`server.listen`).
+    pub client: TcpListener,
+    /// The plain-HTTP admin listener (`server.admin_listen`).
+    pub admin: Option<TcpListener>,
+    /// The citizen listener (`citizen.listen`).
+    pub citizen: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds every listener `config` names (`client` already bound, its port perhaps chosen
+    /// by the system).
+    pub async fn bind(
+        client: TcpListener,
+        config: &crate::config::Config,
+    ) -> Result<Listeners, (String, std::io::Error)> {
+        let admin = match config.server.admin_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| (format!("server.admin_listen: cannot bind {addr}"), e))?,
+            ),
+            None => None,
+        };
+        let citizen = match &config.citizen {
+            Some(citizen) => Some(
+                TcpListener::bind(citizen.listen)
+                    .await
+                    .map_err(|e| (format!("citizen.listen: cannot bind {}", citizen.listen), e))?,
+            ),
+            None => None,
+        };
+        Ok(Listeners {
+            client,
+            admin,
+            citizen,
+        })
+    }
+}
+
 /// Serves until `shutdown` resolves, then drains for at most `server.shutdown_grace`.
 pub async fn serve(
     runtime: Arc<Runtime>,
-    listener: TcpListener,
-    admin_listener: Option<TcpListener>,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) {
+    let Listeners {
+        client: listener,
+        admin: admin_listener,
+        citizen: citizen_listener,
+    } = listeners;
     let service = stack::build(&runtime);
     // Remote issuer keys: fetched once now (failures are logged; an unknown `kid` retries), then
     // kept fresh in the background.
@@ -48,6 +95,17 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     let admin_task =
         admin_listener.map(|listener| tokio::spawn(serve_admin(runtime.clone(), listener)));
+    // The citizen listener: its own stack and TLS configuration, the same drain.
+    let citizen = match (citizen_listener, &runtime.citizen_tls) {
+        (Some(listener), Some(tls)) => {
+            Some((listener, tls.clone(), stack::build_citizen(&runtime)))
+        }
+        _ => None,
+    };
+    let (citizen_listener, citizen_tls, citizen_service) = match citizen {
+        Some((listener, tls, service)) => (Some(listener), Some(tls), Some(service)),
+        None => (None, None, None),
+    };
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -70,12 +128,31 @@ pub async fn serve(
                     http: http.clone(),
                     service: service.clone(),
                     watcher: graceful.watcher(),
+                    citizen: false,
+                };
+                tokio::spawn(connection.run(stream, addr));
+            }
+            accepted = accept_if_any(citizen_listener.as_ref()) => {
+                let (Ok((stream, addr)), Some(tls), Some(service)) =
+                    (accepted, &citizen_tls, &citizen_service)
+                else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                let connection = Connection {
+                    runtime: runtime.clone(),
+                    acceptor: TlsAcceptor::from(tls.load_full()),
+                    http: http.clone(),
+                    service: service.clone(),
+                    watcher: graceful.watcher(),
+                    citizen: true,
                 };
                 tokio::spawn(connection.run(stream, addr));
             }
         }
     }
     drop(listener);
+    drop(citizen_listener);
     tracing::info!(
         in_flight_connections = graceful.count(),
         "shutting down: draining"
@@ -94,6 +171,14 @@ pub async fn serve(
         task.abort();
     }
     tracing::info!("stopped");
+}
+
+/// The next connection on `listener`; never, when there is none.
+async fn accept_if_any(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
 }
 
 fn http_builder(runtime: &Runtime) -> auto::Builder<TokioExecutor> {
@@ -121,6 +206,8 @@ struct Connection {
     http: Arc<auto::Builder<TokioExecutor>>,
     service: GatewayService,
     watcher: hyper_util::server::graceful::Watcher,
+    /// The citizen listener: no client certificate is asked for.
+    citizen: bool,
 }
 
 impl Connection {
@@ -148,13 +235,17 @@ impl Connection {
                 return;
             }
         };
-        // rustls verified the chain; the leaf is the first certificate.
-        let peer = tls
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|certs| certs.first())
-            .and_then(|leaf| PeerIdentity::from_verified_leaf(leaf));
+        // rustls verified the chain; the leaf is the first certificate. On the citizen
+        // listener none is asked for: an identity that no token can be bound to.
+        let peer = if self.citizen {
+            Some(PeerIdentity::without_certificate())
+        } else {
+            tls.get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|certs| certs.first())
+                .and_then(|leaf| PeerIdentity::from_verified_leaf(leaf))
+        };
         let Some(peer) = peer.map(Arc::new) else {
             self.runtime
                 .metrics

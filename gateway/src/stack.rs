@@ -1,6 +1,8 @@
 //! THE request path, outermost layer first. Every request walks it once, in this order, and the
 //! response walks back. To change what happens to a request, start here.
 
+use std::sync::Arc;
+
 use http::{Request, Response};
 use tower::ServiceBuilder;
 use tower::limit::ConcurrencyLimitLayer;
@@ -8,6 +10,7 @@ use tower::load_shed::LoadShedLayer;
 use tower::timeout::TimeoutLayer;
 use tower::util::BoxCloneService;
 
+use crate::admin::Listener;
 use crate::body::{Body, BoxError};
 use crate::layers::access_log::AccessLogLayer;
 use crate::layers::audit::AuditLayer;
@@ -19,6 +22,7 @@ use crate::layers::local::LocalEndpointsLayer;
 use crate::layers::rate_limit::RateLimitLayer;
 use crate::layers::request_id::RequestIdLayer;
 use crate::layers::token_endpoint::TokenEndpointLayer;
+use crate::minlog::Page;
 use crate::proxy::Proxy;
 use crate::runtime::Runtime;
 
@@ -28,7 +32,38 @@ pub type GatewayService = BoxCloneService<Request<Body>, Response<Body>, BoxErro
 /// Builds the stack for `runtime`. The connection layer (TLS, [`crate::tls::PeerIdentity`],
 /// client address) is in [`crate::server`].
 pub fn build(runtime: &Runtime) -> GatewayService {
+    build_for(runtime, Listener::Client)
+}
+
+/// The citizen listener's stack: the same path, but the local endpoints without metrics and
+/// with the `/minlog/` page, no token exchange (it needs a client certificate), and only what
+/// a citizen may do on this listener getting to the policy.
+pub fn build_citizen(runtime: &Runtime) -> GatewayService {
+    build_for(runtime, Listener::Citizen)
+}
+
+fn build_for(runtime: &Runtime, listener: Listener) -> GatewayService {
     let limits = &runtime.config.limits;
+    let citizen = runtime
+        .config
+        .citizen
+        .as_ref()
+        .filter(|_| listener == Listener::Citizen);
+    let page = citizen
+        .filter(|c| c.page)
+        .map(|c| Arc::new(Page::new(c, &runtime.config.smart, &runtime.fhir_base_path)));
+    let authorize = match citizen {
+        Some(c) => AuthorizeLayer::citizen(
+            runtime.metrics.clone(),
+            runtime.rules.clone(),
+            &c.resource_types,
+        ),
+        None => AuthorizeLayer::new(runtime.metrics.clone(), runtime.rules.clone()),
+    };
+    let token_exchange = match listener {
+        Listener::Citizen => None,
+        _ => runtime.token_exchange.clone(),
+    };
     let service = ServiceBuilder::new()
         // Request id first, so the access log and every error answer carry it.
         .layer(RequestIdLayer)
@@ -41,7 +76,11 @@ pub fn build(runtime: &Runtime) -> GatewayService {
         .layer(crate::layers::framing::FramingLayer)
         // Health, readiness, metrics and SMART configuration: answered here, before limits,
         // so probes still get through under load and need no token.
-        .layer(LocalEndpointsLayer::new(runtime.admin.clone()))
+        .layer(LocalEndpointsLayer::new(
+            runtime.admin.clone(),
+            listener,
+            page,
+        ))
         // Limits: shed (503) rather than queue beyond the concurrency limit ...
         .layer(LoadShedLayer::new())
         .layer(ConcurrencyLimitLayer::new(limits.max_concurrent_requests))
@@ -55,7 +94,7 @@ pub fn build(runtime: &Runtime) -> GatewayService {
         .layer(TimeoutLayer::new(limits.request_timeout))
         // SAML token exchange (`POST /token`) and its key (`/.well-known/jwks.json`): the
         // assertion and the client certificate are the credentials, so before authentication.
-        .layer(TokenEndpointLayer::new(runtime.token_exchange.clone()))
+        .layer(TokenEndpointLayer::new(token_exchange))
         // Who: a verified token, checked against the client certificate (401 otherwise).
         .layer(AuthenticateLayer::new(
             runtime.verifier.clone(),
@@ -66,10 +105,7 @@ pub fn build(runtime: &Runtime) -> GatewayService {
         // What: the FHIR interaction, resource type, id and parameters (400/404 if unclear).
         .layer(ClassifyLayer::new(runtime.upstreams.clone()))
         // May they: the policy decision (403 otherwise).
-        .layer(AuthorizeLayer::new(
-            runtime.metrics.clone(),
-            runtime.rules.clone(),
-        ))
+        .layer(authorize)
         // Header hygiene, forwarding, URL rewriting: the backend.
         .service(Proxy::new(runtime));
     BoxCloneService::new(service)

@@ -57,6 +57,23 @@ pub fn server_config(config: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, Co
     Ok(Arc::new(server))
 }
 
+/// The citizen listener's rustls config: the same certificate, protocols and ALPN, and no
+/// client certificate requested (citizens' browsers have none; their token is the credential).
+pub fn citizen_server_config(config: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, ConfigError> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let chain = read_certs(&config.cert, "tls.cert")?;
+    let key = PrivateKeyDer::from_pem_file(&config.key)
+        .map_err(|e| ConfigError::new("tls.key", format!("{}: {e}", config.key.display())))?;
+    let mut server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConfigError::new("tls", e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| ConfigError::new("tls.key", format!("does not match tls.cert: {e}")))?;
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(server))
+}
+
 fn read_certs(path: &Path, field: &str) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
@@ -100,6 +117,9 @@ pub enum CertificateKind {
 /// rustls has already verified.
 #[derive(Debug, Clone)]
 pub struct PeerIdentity {
+    /// False on the citizen listener, where no certificate is asked for: nothing can be bound
+    /// to such a connection.
+    certificate: bool,
     subject: String,
     serial_number: Option<String>,
     kind: CertificateKind,
@@ -135,6 +155,7 @@ impl PeerIdentity {
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
         let sha1 = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, der);
         Some(PeerIdentity {
+            certificate: true,
             subject: cert.subject().to_string(),
             serial_number,
             kind,
@@ -144,6 +165,28 @@ impl PeerIdentity {
             sha256: digest.as_ref().try_into().ok()?,
             sha1: sha1.as_ref().try_into().ok()?,
         })
+    }
+
+    /// A connection without a client certificate (the citizen listener). It matches no
+    /// certificate binding: [`PeerIdentity::has_certificate`] is false, and its thumbprints
+    /// are empty.
+    pub fn without_certificate() -> PeerIdentity {
+        PeerIdentity {
+            certificate: false,
+            subject: String::new(),
+            serial_number: None,
+            kind: CertificateKind::Other,
+            uuid: None,
+            cvr: None,
+            thumbprint: String::new(),
+            sha256: [0; 32],
+            sha1: [0; 20],
+        }
+    }
+
+    /// Whether the connection presented a (verified) client certificate.
+    pub fn has_certificate(&self) -> bool {
+        self.certificate
     }
 
     /// The subject distinguished name, RFC 4514 style.
@@ -176,7 +219,8 @@ impl PeerIdentity {
     }
     /// Whether `der` is this very certificate.
     pub fn is_certificate(&self, der: &[u8]) -> bool {
-        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der).as_ref() == self.sha256
+        self.certificate
+            && aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der).as_ref() == self.sha256
     }
 }
 

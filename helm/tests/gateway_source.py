@@ -31,6 +31,7 @@ CONFIG_TABLES = {
     "audit.ship": "AuditShipConfig",
     "consent": "ConsentConfig",
     "rate_limit": "RateLimitConfig",
+    "citizen": "CitizenConfig",
 }
 
 

@@ -155,6 +155,8 @@ VARIANTS: dict[str, dict] = {
             ],
             "rate_limit": {"enabled": True, "requests": 50, "window": "10s", "key": "certificate", "useRedis": False},
             "consent": {"enabled": True, "cache_ttl": "1m", "cache_entries": 5000},
+            "citizen": {"enabled": True, "resource_types": ["Observation", "Condition"], "page": False,
+                        "client_id": "min-sundhed", "scope": "openid fhirUser launch/patient patient/*.rs"},
             "audit": {"failure_mode": "open", "segment_bytes": 1048576,
                       "ship": {"url": "https://audit.example.dk/fhir", "batch_size": 50,
                                "ca_file": "/etc/portvagt/sor-ca/ca.crt",
@@ -346,6 +348,7 @@ SCHEMA_OF = {
     "audit.ship": "/properties/config/properties/audit/properties/ship",
     "consent": "/properties/config/properties/consent",
     "rate_limit": "/properties/config/properties/rate_limit",
+    "citizen": "/properties/config/properties/citizen",
 }
 
 
@@ -472,6 +475,9 @@ def check_config(name: str, docs: list[dict], values: dict, gateway: dict) -> No
     REPORT.check(f"{name}: listens on 8443 (mTLS) and 9090 (admin)",
                  server["listen"] == "0.0.0.0:8443" and server.get("admin_listen") == "0.0.0.0:9090",
                  f"{server.get('listen')} / {server.get('admin_listen')}")
+    citizen_on = values["config"]["citizen"]["enabled"]
+    REPORT.check(f"{name}: the citizen listener is {'on 8444' if citizen_on else 'off'}",
+                 config.get("citizen", {}).get("listen") == ("0.0.0.0:8444" if citizen_on else None))
     audit_on = values["config"]["audit"]["enabled"]
     REPORT.check(f"{name}: the audit spool is the mounted volume",
                  (config.get("audit", {}).get("spool_dir") == SPOOL_DIR) == audit_on)
@@ -502,6 +508,7 @@ CHART_WRITTEN = {
     "audit": {"spool_dir"},
     "token_exchange": {"signing_key", "trusted_sts", "redis_url"},
     "rate_limit": {"redis_url"},
+    "citizen": {"listen"},
 }
 # The chart's own switches inside `config`: never written to portvagt.toml.
 CHART_SWITCHES = {"enabled", "useRedis", "tlsSecret"}
@@ -548,7 +555,7 @@ def check_config_values(name: str, config: dict, values: dict) -> None:
     """portvagt.toml holds exactly the tables that are switched on, each with the keys `config`
     gives it (and the paths of its tlsSecret), nothing else but what the chart writes itself."""
     cfg = values["config"]
-    switched = [t for t in ("consent", "rate_limit", "audit", "token_exchange") if cfg[t]["enabled"]]
+    switched = [t for t in ("consent", "rate_limit", "audit", "token_exchange", "citizen") if cfg[t]["enabled"]]
     listed = [toml for toml, key in (("issuer", "issuers"), ("route", "routes"), ("upstream", "upstreams"))
               if cfg.get(key)]
     tables = {"server", "tls", "limits", "backend", "smart", "policy", "log", *switched, *listed}
@@ -685,7 +692,15 @@ def check_pod(name: str, docs: list[dict], values: dict) -> None:
     REPORT.check(f"{name}: container args are serve --config {CONFIG_PATH}",
                  gateway.get("args") == ["serve", "--config", CONFIG_PATH], str(gateway.get("args")))
     ports = {p["name"]: p["containerPort"] for p in gateway["ports"]}
-    REPORT.check(f"{name}: ports fhir 8443 and admin 9090", ports == {"fhir": 8443, "admin": 9090}, str(ports))
+    wanted = {"fhir": 8443, "admin": 9090}
+    if values["config"]["citizen"]["enabled"]:
+        wanted["citizen"] = 8444
+    REPORT.check(f"{name}: ports {', '.join(f'{k} {v}' for k, v in wanted.items())}", ports == wanted, str(ports))
+    services = {s["metadata"]["name"]: s for s in find(docs, "Service")}
+    citizen = [s for n, s in services.items() if n.endswith("-citizen")]
+    REPORT.check(f"{name}: a citizen Service {'to the citizen port' if 'citizen' in wanted else 'only with the listener'}",
+                 [p["targetPort"] for s in citizen for p in s["spec"]["ports"]] == (["citizen"] if "citizen" in wanted else []))
+
     live, ready = gateway.get("livenessProbe", {}), gateway.get("readinessProbe", {})
     REPORT.check(f"{name}: liveness GET /healthz and readiness GET /readyz on the admin port",
                  live.get("httpGet", {}).get("path") == "/healthz" and ready.get("httpGet", {}).get("path") == "/readyz"
@@ -724,7 +739,9 @@ def check_pod(name: str, docs: list[dict], values: dict) -> None:
 def check_resources(name: str, docs: list[dict], values: dict) -> None:
     services = find(docs, "Service")
     ports = sorted(p["port"] for s in services for p in s["spec"]["ports"])
-    REPORT.check(f"{name}: Services expose 8443 and 9090", ports == [8443, 9090], str(ports))
+    citizen_on = values["config"]["citizen"]["enabled"]
+    wanted = sorted([8443, 9090] + ([values["citizenService"]["port"]] if citizen_on else []))
+    REPORT.check(f"{name}: Services expose {', '.join(map(str, wanted))}", ports == wanted, str(ports))
     admin = [s for s in services if s["spec"]["ports"][0]["name"] == "admin"]
     REPORT.check(f"{name}: the admin port is on its own cluster-internal Service",
                  len(admin) == 1 and admin[0]["spec"]["type"] == "ClusterIP" and len(admin[0]["spec"]["ports"]) == 1)
@@ -748,13 +765,14 @@ def check_resources(name: str, docs: list[dict], values: dict) -> None:
 
     policies = find(docs, "NetworkPolicy")
     if values["networkPolicy"]["enabled"]:
+        wanted_ingress = ["admin", "citizen", "fhir"] if citizen_on else ["admin", "fhir"]
         ok = len(policies) == 1
         if ok:
             spec = policies[0]["spec"]
             ingress_ports = sorted(p["port"] for rule in spec["ingress"] for p in rule["ports"])
             dns = any(p["port"] == 53 for rule in spec["egress"] for p in rule["ports"])
-            ok = set(spec["policyTypes"]) == {"Ingress", "Egress"} and ingress_ports == ["admin", "fhir"] and dns
-        REPORT.check(f"{name}: NetworkPolicy limits ingress to fhir and admin and allows DNS out", ok,
+            ok = set(spec["policyTypes"]) == {"Ingress", "Egress"} and ingress_ports == wanted_ingress and dns
+        REPORT.check(f"{name}: NetworkPolicy limits ingress to {', '.join(wanted_ingress)} and allows DNS out", ok,
                      str(policies[0]["spec"] if policies else None))
         egress = values["networkPolicy"]["egress"]
         targets = ["backend", "issuers", "audit", "redis"] + (["upstreams"] if values["config"].get("upstreams") else [])

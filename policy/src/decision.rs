@@ -117,6 +117,10 @@ pub enum DenyReason {
     /// The audit log: citizens read their own (patient-context scopes); anyone else only where
     /// an operator rule names `AuditEvent`; nobody writes it through the gateway.
     AuditLogRestricted,
+    /// The citizen listener (no client certificate) serves citizens only: a patient-context
+    /// token about the citizen themselves, reading their own audit log or what the operator
+    /// opened there, and nothing else.
+    CitizenListener,
 }
 
 impl DenyReason {
@@ -136,11 +140,12 @@ impl DenyReason {
             DenyReason::ConsentBlock => "consent-block",
             DenyReason::BreakGlassReasonRequired => "break-glass-reason-required",
             DenyReason::AuditLogRestricted => "audit-log-restricted",
+            DenyReason::CitizenListener => "citizen-listener",
         }
     }
 
     /// Every reason, for documentation and metric pre-registration.
-    pub const ALL: [DenyReason; 13] = [
+    pub const ALL: [DenyReason; 14] = [
         DenyReason::InsufficientScope,
         DenyReason::NoPatientContext,
         DenyReason::OutsideCompartment,
@@ -154,6 +159,7 @@ impl DenyReason {
         DenyReason::ConsentBlock,
         DenyReason::BreakGlassReasonRequired,
         DenyReason::AuditLogRestricted,
+        DenyReason::CitizenListener,
     ];
 }
 

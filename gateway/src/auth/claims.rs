@@ -188,6 +188,10 @@ fn check_binding(
         None | Some(Value::Null) if binding.required => Err(AuthnError::CertificateBindingRequired),
         None | Some(Value::Null) => Ok(false),
         Some(Value::Object(cnf)) => match cnf.get("x5t#S256") {
+            // No certificate on the connection (the citizen listener): nothing to be bound to.
+            Some(Value::String(_)) if !peer.has_certificate() => {
+                Err(AuthnError::CertificateMismatch)
+            }
             Some(Value::String(thumbprint))
                 if constant_time_eq(thumbprint.as_bytes(), peer.thumbprint_sha256().as_bytes()) =>
             {
@@ -268,6 +272,40 @@ mod tests {
         assert_eq!(principal.fhir_user(), Some("Practitioner/prac-ns363"));
         assert_eq!(principal.purpose_of_use(), Some("TREAT"));
         assert_eq!(principal.client_id(), Some("ehr"));
+    }
+
+    #[test]
+    fn a_connection_without_a_certificate_matches_no_binding() {
+        let none = Arc::new(PeerIdentity::without_certificate());
+        let mapping = ClaimMapping::new(&ClaimNames::default());
+        let principal = |claims: Value, required: bool| {
+            mapping.principal(
+                claims.as_object().unwrap(),
+                "sub".into(),
+                "iss".into(),
+                1,
+                BindingRule { required },
+                &none,
+            )
+        };
+        // Bound to a certificate, or to the empty thumbprint such a connection has: refused.
+        for thumbprint in [peer().thumbprint_sha256().to_owned(), String::new()] {
+            let bound =
+                json!({ "scope": "patient/AuditEvent.rs", "cnf": { "x5t#S256": thumbprint } });
+            assert!(matches!(
+                principal(bound, false),
+                Err(AuthnError::CertificateMismatch)
+            ));
+        }
+        // An issuer that demands binding: refused; a plain bearer token: taken.
+        let bearer = json!({ "scope": "patient/AuditEvent.rs", "patient": "pat-anne" });
+        assert!(matches!(
+            principal(bearer.clone(), true),
+            Err(AuthnError::CertificateBindingRequired)
+        ));
+        let taken = principal(bearer, false).unwrap();
+        assert!(!taken.certificate_bound());
+        assert!(!taken.peer().is_certificate(b""));
     }
 
     #[test]

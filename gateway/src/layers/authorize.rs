@@ -6,7 +6,9 @@ use std::task::{Context, Poll};
 
 use arc_swap::ArcSwapOption;
 use http::Request;
-use portvagt_policy::{Decision, DenyReason, FhirRequest, RuleSet, decide, decide_with_rules};
+use portvagt_policy::{
+    Decision, DenyReason, FhirRequest, Interaction, RuleSet, decide, decide_with_rules,
+};
 use tower::{Layer, Service};
 
 use super::{BoxFuture, take_ready};
@@ -31,14 +33,43 @@ pub type SharedRules = Arc<ArcSwapOption<RuleSet>>;
 pub struct AuthorizeLayer {
     metrics: Arc<Metrics>,
     rules: SharedRules,
+    citizen: Option<Arc<[String]>>,
 }
 
 impl AuthorizeLayer {
     /// Decides on scopes and, when there are any, the operator `rules` in force at each
     /// request; counts denials into `metrics`.
     pub fn new(metrics: Arc<Metrics>, rules: SharedRules) -> Self {
-        Self { metrics, rules }
+        Self {
+            metrics,
+            rules,
+            citizen: None,
+        }
     }
+
+    /// As [`AuthorizeLayer::new`], for the citizen listener: first of all the caller must be a
+    /// citizen (a patient-context token about themselves), reading or searching their audit
+    /// log or one of `resource_types`; then the policy decides as everywhere.
+    pub fn citizen(metrics: Arc<Metrics>, rules: SharedRules, resource_types: &[String]) -> Self {
+        Self {
+            metrics,
+            rules,
+            citizen: Some(resource_types.iter().cloned().collect()),
+        }
+    }
+}
+
+/// Whether the citizen listener serves this: a citizen about themselves, a read or search of
+/// `AuditEvent` or of a type the operator opened.
+fn citizen_may(principal: &Principal, fhir: &FhirRequest, opened: &[String]) -> bool {
+    let reads = matches!(
+        fhir.interaction(),
+        Interaction::Read | Interaction::Vread | Interaction::SearchType
+    );
+    let type_open = fhir
+        .resource_type()
+        .is_some_and(|t| t.as_str() == "AuditEvent" || opened.iter().any(|o| o == t.as_str()));
+    reads && type_open && is_the_patient(principal)
 }
 
 impl<S> Layer<S> for AuthorizeLayer {
@@ -48,6 +79,7 @@ impl<S> Layer<S> for AuthorizeLayer {
             inner,
             metrics: self.metrics.clone(),
             rules: self.rules.clone(),
+            citizen: self.citizen.clone(),
         }
     }
 }
@@ -58,6 +90,7 @@ pub struct Authorize<S> {
     inner: S,
     metrics: Arc<Metrics>,
     rules: SharedRules,
+    citizen: Option<Arc<[String]>>,
 }
 
 impl<S, B, R> Service<Request<B>> for Authorize<S>
@@ -81,6 +114,16 @@ where
             request.extensions().get::<Arc<Principal>>(),
             request.extensions().get::<Arc<FhirRequest>>(),
         ) {
+            (Some(principal), Some(fhir))
+                if self
+                    .citizen
+                    .as_ref()
+                    .is_some_and(|opened| !citizen_may(principal, fhir, opened)) =>
+            {
+                Decision::Deny {
+                    reason: DenyReason::CitizenListener,
+                }
+            }
             (Some(principal), Some(fhir)) => match self.rules.load().as_deref() {
                 None => decide(principal.policy_subject(), fhir),
                 Some(rules) => {

@@ -1,5 +1,6 @@
-//! Local endpoints (health, readiness, metrics, SMART configuration) answered before
-//! authentication; everything else goes on down the stack.
+//! Local endpoints (health, readiness, metrics, SMART configuration, and on the citizen
+//! listener the `/minlog/` page) answered before authentication; everything else goes on down
+//! the stack.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -10,17 +11,24 @@ use tower::{Layer, Service};
 use super::{BoxFuture, take_ready};
 use crate::admin::{Admin, Listener};
 use crate::body::{Body, BoxError};
+use crate::minlog::Page;
 
 /// Serves [`Admin`]'s endpoints.
 #[derive(Debug, Clone)]
 pub struct LocalEndpointsLayer {
     admin: Arc<Admin>,
+    listener: Listener,
+    page: Option<Arc<Page>>,
 }
 
 impl LocalEndpointsLayer {
-    /// Serves `admin`'s endpoints.
-    pub fn new(admin: Arc<Admin>) -> Self {
-        Self { admin }
+    /// Serves `admin`'s endpoints as `listener` offers them, and the citizen `page` if any.
+    pub fn new(admin: Arc<Admin>, listener: Listener, page: Option<Arc<Page>>) -> Self {
+        Self {
+            admin,
+            listener,
+            page,
+        }
     }
 }
 
@@ -30,6 +38,8 @@ impl<S> Layer<S> for LocalEndpointsLayer {
         LocalEndpoints {
             inner,
             admin: self.admin.clone(),
+            listener: self.listener,
+            page: self.page.clone(),
         }
     }
 }
@@ -39,6 +49,8 @@ impl<S> Layer<S> for LocalEndpointsLayer {
 pub struct LocalEndpoints<S> {
     inner: S,
     admin: Arc<Admin>,
+    listener: Listener,
+    page: Option<Arc<Page>>,
 }
 
 impl<S> Service<Request<Body>> for LocalEndpoints<S>
@@ -57,10 +69,17 @@ where
     fn call(&mut self, request: Request<Body>) -> Self::Future {
         if let Some(endpoint) =
             self.admin
-                .route(request.method(), request.uri().path(), Listener::Client)
+                .route(request.method(), request.uri().path(), self.listener)
         {
             let admin = self.admin.clone();
             return Box::pin(async move { Ok(admin.respond(endpoint).await) });
+        }
+        if let Some(response) = self
+            .page
+            .as_ref()
+            .and_then(|page| page.serve(request.method(), request.uri().path()))
+        {
+            return Box::pin(std::future::ready(Ok(response)));
         }
         let mut inner = take_ready(&mut self.inner);
         Box::pin(async move { inner.call(request).await })

@@ -143,6 +143,43 @@ async fn demo_runs_a_working_deployment_and_stops_on_ctrl_c() {
         "{log:?}"
     );
 
+    // The citizen listener: no client certificate; Anne's own token reads her log there,
+    // with the demo's sample accesses: the nurse she blocked, refused, then breaking the glass.
+    let citizen_url = env_value(&env, "PORTVAGT_CITIZEN_URL");
+    let citizen_addr = citizen_url
+        .trim_start_matches("https://")
+        .trim_end_matches("/fhir")
+        .parse()
+        .unwrap();
+    assert_eq!(
+        env_value(&env, "PORTVAGT_MINLOG_URL"),
+        citizen_url.replace("/fhir", "/minlog/")
+    );
+    let browser = Client::new(citizen_addr, &ca, None);
+    let mut seen = String::new();
+    for _ in 0..100 {
+        let answer = browser
+            .get("/fhir/AuditEvent", Some(&patient))
+            .await
+            .unwrap();
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        seen = answer.text();
+        if seen.contains("BTG") && seen.matches("Jonas Holm").count() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(seen.contains("Bevidstløs ved indlæggelse"), "{seen}");
+    assert_eq!(
+        browser
+            .get("/fhir/Patient/pat-anne", Some(&patient))
+            .await
+            .unwrap()
+            .detail_code(),
+        "citizen-listener"
+    );
+    assert_eq!(browser.get("/minlog/", None).await.unwrap().status, 200);
+
     // The DGWS migration path: the demo's SOSI card, exchanged once, reads a patient.
     let card = std::fs::read(env_value(&env, "SOSI_CARD")).unwrap();
     let token_url: http::Uri = env_value(&env, "PORTVAGT_TOKEN_URL").parse().unwrap();

@@ -9,6 +9,7 @@ mod authentication;
 mod authorization;
 mod authserver;
 mod bypass;
+mod citizen;
 mod compartment;
 mod conformance;
 mod consent;

@@ -101,6 +101,28 @@ async fn a_new_server_certificate_is_served_while_requests_keep_succeeding() {
 }
 
 #[tokio::test]
+async fn the_citizen_listener_serves_the_new_certificate_too() {
+    let gateway = Gateway::start_with(Options {
+        extra_config: "[citizen]\nlisten = \"127.0.0.1:0\"\n".into(),
+        ..Options::default()
+    });
+    let citizen = gateway.citizen_addr();
+    let next = DevPki::generate().unwrap();
+    let new_ca = next.ca.certificate().cert_pem.clone();
+    let old_only = Client::new(citizen, &gateway.pki.ca.certificate().cert_pem, None);
+    assert_eq!(old_only.get("/healthz", None).await.unwrap().status, 200);
+    let pki_dir = gateway.dir.path().join("pki");
+    replace(&pki_dir.join("server.key"), &next.server.key_pem);
+    replace(&pki_dir.join("server.crt"), &next.server.cert_pem);
+    let new_only = Client::new(citizen, &new_ca, None);
+    assert!(
+        eventually(async || new_only.get("/healthz", None).await.is_ok()).await,
+        "the citizen listener serves the new certificate"
+    );
+    assert!(old_only.get("/healthz", None).await.is_err());
+}
+
+#[tokio::test]
 async fn a_broken_certificate_file_is_refused_and_the_old_one_keeps_serving() {
     let gateway = Gateway::start();
     replace(

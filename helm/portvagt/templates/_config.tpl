@@ -92,6 +92,12 @@ spool_dir = "/var/lib/portvagt/audit"
 {{- include "portvagt.tlsTomlKeys" (dict "table" $cfg.audit.ship "files" (get $tlsFiles "config.audit.ship") "first" (list "url")) }}
 {{- end }}
 {{- end }}
+{{- if $cfg.citizen.enabled }}
+
+[citizen]
+listen = "0.0.0.0:{{ .Values.containerPorts.citizen }}"
+{{- include "portvagt.tomlKeys" (dict "table" $cfg.citizen "skip" (list "enabled")) }}
+{{- end }}
 {{- if $cfg.token_exchange.enabled }}
 
 [token_exchange]

@@ -94,6 +94,11 @@ spec:
         - name: admin
           containerPort: {{ .Values.containerPorts.admin }}
           protocol: TCP
+        {{- if .Values.config.citizen.enabled }}
+        - name: citizen
+          containerPort: {{ .Values.containerPorts.citizen }}
+          protocol: TCP
+        {{- end }}
       {{- with .Values.extraEnv }}
       env:
         {{- toYaml . | nindent 8 }}

@@ -221,7 +221,7 @@ pub(super) fn read(
             let hash = base64::engine::general_purpose::STANDARD
                 .decode(hash.trim())
                 .map_err(|_| SamlError::InvalidAttribute)?;
-            if hash != peer.thumbprint_sha1() {
+            if !peer.has_certificate() || hash != peer.thumbprint_sha1() {
                 return Err(SamlError::HolderOfKeyMismatch);
             }
         }

@@ -80,12 +80,14 @@ fn spawn(
     let sink = logs.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Ok(value) = serde_json::from_str::<Value>(&line)
-                && value["message"] == "listening"
-            {
+            // Kept before the address is announced: whoever waits for it finds the line.
+            let listening = serde_json::from_str::<Value>(&line)
+                .ok()
+                .filter(|value| value["message"] == "listening");
+            sink.lock().unwrap().push(line);
+            if let Some(value) = listening {
                 let _ = tx.send(value["addr"].as_str().unwrap_or_default().to_owned());
             }
-            sink.lock().unwrap().push(line);
         }
     });
     let addr: SocketAddr = rx
@@ -247,6 +249,27 @@ level = "info"
             .filter_map(|line| serde_json::from_str::<Value>(line).ok())
             .filter(|value| value["message"] == "access")
             .collect()
+    }
+
+    /// The citizen listener's address (`[citizen] listen`), from the start-up log line.
+    pub fn citizen_addr(&self) -> SocketAddr {
+        self.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .find(|line| line["message"] == "listening")
+            .and_then(|line| line["citizen_addr"].as_str()?.parse().ok())
+            .expect("the gateway announced a citizen listener")
+    }
+
+    /// A client of the citizen listener, presenting no certificate (a browser's).
+    pub fn citizen_client(&self) -> Client {
+        Client::new(
+            self.citizen_addr(),
+            &self.pki.ca.certificate().cert_pem,
+            None,
+        )
     }
 
     /// Every AuditEvent in the spool so far, in order.

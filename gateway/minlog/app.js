@@ -1,0 +1,465 @@
+// Min log: the citizen's access log. A client of Portvagt's FHIR API like any other: it reads
+// AuditEvent with the citizen's own token and shows what comes back. No framework, no
+// third-party code; the DOM is built with textContent only.
+'use strict';
+
+(() => {
+  const TEXT = {
+    da: {
+      skip: 'Spring til indholdet',
+      title: 'Min log',
+      lead: 'Her kan du se, hvem der har set eller ændret dine sundhedsdata, hvornår og hvorfor.',
+      otherLanguage: 'English',
+      signinTitle: 'Log ind',
+      signinText: 'Log ind for at se din log. Siden viser kun det, du selv har adgang til.',
+      login: 'Log ind',
+      loginUnavailable: 'Login er ikke sat op her. Brug et adgangstoken nedenfor.',
+      tokenSummary: 'Har du allerede et adgangstoken? (test og demo)',
+      tokenLabel: 'Adgangstoken',
+      tokenSubmit: 'Vis min log',
+      logTitle: 'Adgange til dine data',
+      logout: 'Log ud',
+      filterLegend: 'Afgræns',
+      from: 'Fra dato',
+      to: 'Til dato',
+      organisation: 'Organisation',
+      allOrganisations: 'Alle organisationer',
+      apply: 'Vis',
+      more: 'Vis flere',
+      loading: 'Henter din log …',
+      shown: (n) => (n === 1 ? 'Viser 1 adgang.' : `Viser ${n} adgange.`),
+      none: 'Der er ingen adgange i den valgte periode.',
+      expired: 'Dit login er udløbet. Log ind igen.',
+      failed: 'Loggen kunne ikke hentes lige nu. Prøv igen senere.',
+      helpTitle: 'Hvad kan du gøre?',
+      helpBlock: 'Du kan spærre for, at en bestemt sundhedsperson eller organisation ser dine oplysninger (negativt samtykke). Spærringen gælder med det samme for alle opslag gennem denne tjeneste, også søgninger.',
+      helpBreakGlass: 'I en nødsituation kan en sundhedsperson se dine oplysninger trods en spærring (værdispring). Det sker kun med en begrundelse, og det står altid her med begrundelsen.',
+      helpDenied: 'Afviste forsøg står også i loggen: de viser, at nogen forsøgte, men ikke fik adgang.',
+      who: 'Hvem',
+      organisationLabel: 'Organisation',
+      system: 'System',
+      onBehalfOf: 'På vegne af',
+      what: 'Hvad',
+      purpose: 'Formål',
+      reason: 'Begrundelse',
+      unknownPerson: 'Ukendt person',
+      you: 'Dig selv',
+      breakGlass: 'Værdispring',
+      breakGlassText: 'Adgang trods din spærring, i en nødsituation',
+      denied: 'Afvist',
+      deniedText: 'Forsøget blev afvist: der blev ikke vist data',
+      actions: { C: 'Oprettede', R: 'Så', U: 'Ændrede', D: 'Slettede', E: 'Udførte en handling på' },
+      search: 'Søgte i',
+      data: {
+        Patient: 'dine personoplysninger', Observation: 'dine målinger og prøvesvar',
+        Condition: 'dine diagnoser', Encounter: 'dine kontakter og indlæggelser',
+        MedicationRequest: 'dine ordinationer', AllergyIntolerance: 'dine allergier',
+        Procedure: 'dine behandlinger', DiagnosticReport: 'dine svar og rapporter',
+        Immunization: 'dine vaccinationer', AuditEvent: 'din log', Consent: 'dine samtykker',
+      },
+      yourData: 'dine data',
+      purposes: {
+        TREAT: 'Behandling', ETREAT: 'Akut behandling', BTG: 'Værdispring (nødsituation)',
+        PATRQT: 'Din egen forespørgsel', HOPERAT: 'Drift', HPAYMT: 'Afregning',
+      },
+      roles: {
+        7170: 'Læge', 5166: 'Sygeplejerske', 5433: 'Tandlæge', 5175: 'Jordemoder',
+        5152: 'Social- og sundhedsassistent',
+      },
+    },
+    en: {
+      skip: 'Skip to content',
+      title: 'My access log',
+      lead: 'See who has viewed or changed your health data, when and why.',
+      otherLanguage: 'Dansk',
+      signinTitle: 'Sign in',
+      signinText: 'Sign in to see your log. The page shows only what you yourself have access to.',
+      login: 'Sign in',
+      loginUnavailable: 'Sign-in is not set up here. Use an access token below.',
+      tokenSummary: 'Already have an access token? (testing and demo)',
+      tokenLabel: 'Access token',
+      tokenSubmit: 'Show my log',
+      logTitle: 'Accesses to your data',
+      logout: 'Sign out',
+      filterLegend: 'Narrow down',
+      from: 'From date',
+      to: 'To date',
+      organisation: 'Organisation',
+      allOrganisations: 'All organisations',
+      apply: 'Show',
+      more: 'Show more',
+      loading: 'Fetching your log …',
+      shown: (n) => (n === 1 ? 'Showing 1 access.' : `Showing ${n} accesses.`),
+      none: 'There are no accesses in the chosen period.',
+      expired: 'Your sign-in has expired. Please sign in again.',
+      failed: 'Your log could not be fetched right now. Please try again later.',
+      helpTitle: 'What can you do?',
+      helpBlock: 'You can block a named health professional or organisation from seeing your data (negative consent). A block applies at once to every look-up through this service, searches included.',
+      helpBreakGlass: 'In an emergency a health professional may see your data despite a block (break the glass). That takes a stated reason, and it is always shown here with the reason.',
+      helpDenied: 'Refused attempts are in the log too: someone tried, and was not given access.',
+      who: 'Who',
+      organisationLabel: 'Organisation',
+      system: 'System',
+      onBehalfOf: 'On behalf of',
+      what: 'What',
+      purpose: 'Purpose',
+      reason: 'Reason given',
+      unknownPerson: 'Unknown person',
+      you: 'You',
+      breakGlass: 'Break the glass',
+      breakGlassText: 'Access despite your block, in an emergency',
+      denied: 'Refused',
+      deniedText: 'The attempt was refused: no data was shown',
+      actions: { C: 'Created', R: 'Viewed', U: 'Changed', D: 'Deleted', E: 'Performed an operation on' },
+      search: 'Searched',
+      data: {
+        Patient: 'your personal details', Observation: 'your measurements and test results',
+        Condition: 'your diagnoses', Encounter: 'your visits and admissions',
+        MedicationRequest: 'your prescriptions', AllergyIntolerance: 'your allergies',
+        Procedure: 'your treatments', DiagnosticReport: 'your reports',
+        Immunization: 'your vaccinations', AuditEvent: 'your log', Consent: 'your consents',
+      },
+      yourData: 'your data',
+      purposes: {
+        TREAT: 'Treatment', ETREAT: 'Emergency treatment', BTG: 'Break the glass (emergency)',
+        PATRQT: 'Your own request', HOPERAT: 'Operations', HPAYMT: 'Payment',
+      },
+      roles: {
+        7170: 'Physician', 5166: 'Nurse', 5433: 'Dentist', 5175: 'Midwife',
+        5152: 'Social and health care assistant',
+      },
+    },
+  };
+
+  const TOKEN_KEY = 'minlog.token';
+  const PKCE_KEY = 'minlog.pkce';
+  const LANGUAGE_KEY = 'minlog.language';
+  const PAGE_SIZE = 20;
+
+  const $ = (id) => document.getElementById(id);
+  let language = localStorage.getItem(LANGUAGE_KEY) === 'en' ? 'en' : 'da';
+  let settings = { fhirBase: '/fhir', clientId: 'minlog', scope: 'openid fhirUser launch/patient patient/AuditEvent.rs' };
+  let smart = null;
+  let events = [];
+  let next = null;
+
+  const t = (key) => TEXT[language][key];
+
+  function applyLanguage() {
+    document.documentElement.lang = language;
+    document.title = language === 'da'
+      ? 'Min log – hvem har set mine sundhedsdata?'
+      : 'My access log – who has looked at my health data?';
+    for (const element of document.querySelectorAll('[data-i18n]')) {
+      const text = t(element.dataset.i18n);
+      if (typeof text === 'string') element.textContent = text;
+    }
+    const toggle = $('language');
+    toggle.textContent = t('otherLanguage');
+    toggle.lang = language === 'da' ? 'en' : 'da';
+    render();
+  }
+
+  // ---- Signing in: authorization code with PKCE (RFC 7636), or a token given by hand. ----
+
+  const base64url = (bytes) => btoa(String.fromCharCode(...new Uint8Array(bytes)))
+    .replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
+  const random = (n) => base64url(crypto.getRandomValues(new Uint8Array(n)));
+  const redirectUri = () => `${location.origin}/minlog/`;
+
+  async function login() {
+    if (!smart || !smart.authorization_endpoint || !smart.token_endpoint) {
+      say(t('loginUnavailable'));
+      $('token-entry').open = true;
+      $('token').focus();
+      return;
+    }
+    const verifier = random(32);
+    const challenge = base64url(await crypto.subtle.digest('SHA-256', new TextEncoder().encode(verifier)));
+    const state = random(16);
+    sessionStorage.setItem(PKCE_KEY, JSON.stringify({ verifier, state }));
+    const url = new URL(smart.authorization_endpoint);
+    url.search = new URLSearchParams({
+      response_type: 'code',
+      client_id: settings.clientId,
+      redirect_uri: redirectUri(),
+      scope: settings.scope,
+      state,
+      code_challenge: challenge,
+      code_challenge_method: 'S256',
+      aud: `${location.origin}${settings.fhirBase}`,
+    }).toString();
+    location.assign(url.toString());
+  }
+
+  // Back from the authorization server with ?code=...&state=...
+  async function finishLogin(params) {
+    const saved = JSON.parse(sessionStorage.getItem(PKCE_KEY) || 'null');
+    sessionStorage.removeItem(PKCE_KEY);
+    history.replaceState(null, '', redirectUri());
+    if (!saved || saved.state !== params.get('state') || !smart || !smart.token_endpoint) return false;
+    const answer = await fetch(smart.token_endpoint, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/x-www-form-urlencoded' },
+      body: new URLSearchParams({
+        grant_type: 'authorization_code',
+        code: params.get('code'),
+        redirect_uri: redirectUri(),
+        client_id: settings.clientId,
+        code_verifier: saved.verifier,
+      }),
+    });
+    if (!answer.ok) return false;
+    const token = await answer.json();
+    if (typeof token.access_token !== 'string') return false;
+    sessionStorage.setItem(TOKEN_KEY, token.access_token);
+    return true;
+  }
+
+  // ---- Reading the log through the FHIR API. ----
+
+  function query() {
+    const params = new URLSearchParams({ _count: String(PAGE_SIZE), _sort: '-date' });
+    if ($('from').value) params.append('date', `ge${$('from').value}`);
+    if ($('to').value) params.append('date', `le${$('to').value}`);
+    return `${settings.fhirBase}/AuditEvent?${params}`;
+  }
+
+  // A next link names the gateway's public address; the page reads it on its own origin.
+  function sameOrigin(link) {
+    try {
+      const url = new URL(link, location.href);
+      const path = url.pathname + url.search;
+      return path.startsWith(`${settings.fhirBase}/AuditEvent`) ? path : null;
+    } catch {
+      return null;
+    }
+  }
+
+  async function load(path, append) {
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    if (!token) return showSignin();
+    say(t('loading'));
+    let answer;
+    try {
+      answer = await fetch(path, {
+        headers: { Authorization: `Bearer ${token}`, Accept: 'application/fhir+json' },
+        cache: 'no-store',
+      });
+    } catch {
+      return say(t('failed'));
+    }
+    if (answer.status === 401) {
+      sessionStorage.removeItem(TOKEN_KEY);
+      showSignin();
+      return say(t('expired'));
+    }
+    if (!answer.ok) return say(t('failed'));
+    const bundle = await answer.json();
+    const found = (bundle.entry || [])
+      .map((entry) => entry.resource)
+      .filter((resource) => resource && resource.resourceType === 'AuditEvent');
+    events = append ? events.concat(found) : found;
+    const link = (bundle.link || []).find((l) => l.relation === 'next');
+    next = link ? sameOrigin(link.url) : null;
+    fillOrganisations();
+    render();
+  }
+
+  // ---- What an AuditEvent says, for a person. ----
+
+  // The patient the token is about (its payload read, not verified: only to say "you").
+  function ownPatient() {
+    try {
+      const payload = (sessionStorage.getItem(TOKEN_KEY) || '').split('.')[1];
+      const json = atob(payload.replace(/-/g, '+').replace(/_/g, '/'));
+      const patient = JSON.parse(decodeURIComponent(escape(json))).patient;
+      return typeof patient === 'string' ? `Patient/${patient}` : null;
+    } catch {
+      return null;
+    }
+  }
+
+  const code = (concept) => concept && ((concept.coding && concept.coding[0] && concept.coding[0].code) || concept.code);
+  const agentsOf = (event, kind) => (event.agent || []).filter((agent) => code(agent.type) === kind);
+
+  function describe(event) {
+    const user = agentsOf(event, 'humanuser')[0];
+    const organisation = agentsOf(event, 'PROV')[0];
+    const onBehalf = agentsOf(event, 'RESP')[0];
+    const system = agentsOf(event, '110153')[0];
+    const purposes = (event.purposeOfEvent || []).concat(user && user.purposeOfUse ? user.purposeOfUse : [])
+      .map(code).filter(Boolean);
+    const breakGlass = purposes.includes('BTG');
+    const reasons = (event.entity || [])
+      .flatMap((entity) => entity.detail || [])
+      .filter((detail) => detail.type === 'break-glass-reason')
+      .map((detail) => detail.valueString);
+    const dataTypes = [...new Set((event.entity || [])
+      .map((entity) => entity.what && entity.what.reference)
+      .filter(Boolean)
+      .map((reference) => reference.split('/')[0]))];
+    const role = user && user.role && user.role[0];
+    const roleCode = code(role);
+    const subtype = code((event.subtype || [])[0]);
+    const yourself = user && user.who && user.who.reference && user.who.reference === ownPatient();
+    return {
+      recorded: event.recorded,
+      who: user ? (yourself ? t('you') : (user.name || (user.who && user.who.display) || t('unknownPerson'))) : null,
+      profession: roleCode ? (t('roles')[roleCode] || (role.coding && role.coding[0].display) || roleCode) : null,
+      organisation: organisation ? whoName(organisation) : null,
+      onBehalfOf: onBehalf ? whoName(onBehalf) : null,
+      system: system ? whoName(system) : null,
+      action: subtype === 'search-type' || subtype === 'search-system' ? t('search') : (t('actions')[event.action] || t('actions').R),
+      data: dataTypes.length ? dataTypes.map((type) => t('data')[type] || type).join(', ') : t('yourData'),
+      purposes: [...new Set(purposes.filter((p) => p !== 'BTG'))].map((p) => t('purposes')[p] || p),
+      breakGlass,
+      reason: reasons[0] || null,
+      denied: event.outcome !== undefined && event.outcome !== '0',
+    };
+  }
+
+  function whoName(agent) {
+    const who = agent.who || {};
+    if (who.display) return who.display;
+    if (who.identifier && who.identifier.value) {
+      const system = who.identifier.system || '';
+      const prefix = system.includes('cvr') ? 'CVR ' : system.endsWith('1.2.208.176.1.1') ? 'SOR ' : '';
+      return prefix + who.identifier.value;
+    }
+    return null;
+  }
+
+  // ---- Drawing. ----
+
+  function fillOrganisations() {
+    const select = $('organisation');
+    const chosen = select.value;
+    const names = [...new Set(events.map((event) => describe(event).organisation).filter(Boolean))].sort();
+    while (select.options.length > 1) select.remove(1);
+    for (const name of names) select.add(new Option(name, name));
+    select.value = names.includes(chosen) ? chosen : '';
+  }
+
+  function element(tag, className, text) {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined && text !== null) node.textContent = text;
+    return node;
+  }
+
+  function fact(list, label, value) {
+    if (!value) return;
+    list.append(element('dt', null, label), element('dd', null, value));
+  }
+
+  function render() {
+    const list = $('entries');
+    if (!list) return;
+    list.replaceChildren();
+    const organisation = $('organisation').value;
+    const shown = events.map(describe).filter((entry) => !organisation || entry.organisation === organisation);
+    const format = new Intl.DateTimeFormat(language === 'da' ? 'da-DK' : 'en-GB', { dateStyle: 'long', timeStyle: 'short' });
+    for (const entry of shown) {
+      const item = element('li', 'entry');
+      const article = element('article');
+      if (entry.breakGlass) article.classList.add('break-glass');
+      if (entry.denied) article.classList.add('denied');
+      const time = element('time', 'when', entry.recorded ? format.format(new Date(entry.recorded)) : '');
+      if (entry.recorded) time.dateTime = entry.recorded;
+      const heading = element('h3', 'headline');
+      heading.append(time);
+      article.append(heading);
+      if (entry.breakGlass) {
+        const badge = element('p', 'badge badge-break-glass');
+        badge.append(element('strong', null, t('breakGlass')), document.createTextNode(` – ${t('breakGlassText')}`));
+        article.append(badge);
+      }
+      if (entry.denied) {
+        const badge = element('p', 'badge badge-denied');
+        badge.append(element('strong', null, t('denied')), document.createTextNode(` – ${t('deniedText')}`));
+        article.append(badge);
+      }
+      const facts = element('dl', 'facts');
+      const person = [entry.who, entry.profession].filter(Boolean).join(', ');
+      fact(facts, t('who'), person || entry.system);
+      fact(facts, t('onBehalfOf'), entry.onBehalfOf);
+      fact(facts, t('organisationLabel'), entry.organisation);
+      if (person) fact(facts, t('system'), entry.system);
+      fact(facts, t('what'), `${entry.action} ${entry.data}`);
+      fact(facts, t('purpose'), entry.purposes.join(', '));
+      fact(facts, t('reason'), entry.reason);
+      article.append(facts);
+      item.append(article);
+      list.append(item);
+    }
+    $('more').hidden = !next;
+    if (!$('log').hidden) say(shown.length ? t('shown')(shown.length) : t('none'));
+  }
+
+  function say(text) {
+    $('status').textContent = text;
+  }
+
+  function showSignin() {
+    $('log').hidden = true;
+    $('signin').hidden = false;
+  }
+
+  function showLog() {
+    $('signin').hidden = true;
+    $('log').hidden = false;
+    return load(query(), false);
+  }
+
+  // ---- Wiring. ----
+
+  async function start() {
+    $('language').addEventListener('click', () => {
+      language = language === 'da' ? 'en' : 'da';
+      localStorage.setItem(LANGUAGE_KEY, language);
+      applyLanguage();
+    });
+    $('login').addEventListener('click', () => { login(); });
+    $('token-form').addEventListener('submit', (event) => {
+      event.preventDefault();
+      const token = $('token').value.trim();
+      if (!token) return;
+      sessionStorage.setItem(TOKEN_KEY, token);
+      $('token').value = '';
+      showLog();
+    });
+    $('logout').addEventListener('click', () => {
+      sessionStorage.removeItem(TOKEN_KEY);
+      events = [];
+      next = null;
+      render();
+      showSignin();
+      $('login').focus();
+    });
+    $('filters').addEventListener('submit', (event) => {
+      event.preventDefault();
+      load(query(), false);
+    });
+    $('organisation').addEventListener('change', render);
+    $('more').addEventListener('click', () => { if (next) load(next, true); });
+    applyLanguage();
+
+    try {
+      settings = Object.assign(settings, await (await fetch('settings.json')).json());
+    } catch { /* the defaults */ }
+    try {
+      const answer = await fetch(`${settings.fhirBase}/.well-known/smart-configuration`);
+      if (answer.ok) smart = await answer.json();
+    } catch { /* no sign-in; a token can still be given */ }
+
+    const params = new URLSearchParams(location.search);
+    if (params.has('code') && params.has('state')) {
+      if (!(await finishLogin(params))) say(t('expired'));
+    }
+    if (sessionStorage.getItem(TOKEN_KEY)) showLog();
+    else showSignin();
+  }
+
+  document.addEventListener('DOMContentLoaded', start);
+})();

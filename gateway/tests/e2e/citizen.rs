@@ -1,0 +1,249 @@
+//! The citizen listener: TLS without client certificates, for citizens' browsers. Only a
+//! citizen's own, unbound, patient-context token counts there, and it reaches only their own
+//! audit log and what the operator opened; the main listener is unchanged.
+
+use serde_json::{Value, json};
+
+use crate::support::{Gateway, Options};
+
+fn gateway(repository: &portvagt::demo::BackendProcess, citizen_extra: &str) -> Gateway {
+    Gateway::start_with(Options {
+        audit_extra: format!("[audit.ship]\nurl = \"{}\"", repository.base_url()),
+        extra_config: format!("[citizen]\nlisten = \"127.0.0.1:0\"\n{citizen_extra}"),
+        ..Options::default()
+    })
+}
+
+/// Anne's own token, as her browser holds it: patient context, no certificate binding.
+fn anne(gateway: &Gateway, scope: &str) -> String {
+    gateway.token(json!({
+        "sub": "anne.hansen", "scope": scope, "patient": "pat-anne",
+        "fhirUser": "Patient/pat-anne", "client_id": "minlog",
+    }))
+}
+
+#[tokio::test]
+async fn citizens_read_their_own_log_without_a_certificate_and_nothing_else() {
+    let repository =
+        portvagt::demo::BackendProcess::start(&portvagt::demo::default_testbed(), false).unwrap();
+    let gateway = gateway(&repository, "");
+    let physician_claims = json!({
+        "scope": "user/*.rs", "name": "Mette Kjær", "role": "7170",
+        "purpose_of_use": "TREATMENT", "authorization_id": "NS363",
+    });
+    let physician = gateway.token(physician_claims.clone());
+    for patient in ["pat-anne", "pat-bo"] {
+        let answer = gateway
+            .client()
+            .get(&format!("/fhir/Patient/{patient}"), Some(&physician))
+            .await
+            .unwrap();
+        assert_eq!(answer.status, 200);
+    }
+    let browser = gateway.citizen_client();
+    let token = anne(
+        &gateway,
+        "launch/patient patient/AuditEvent.rs patient/Patient.rs",
+    );
+
+    // Her log, once shipped: the physician's read of her record, not of Bo's.
+    let mut events = Vec::new();
+    for _ in 0..100 {
+        let answer = browser.get("/fhir/AuditEvent", Some(&token)).await.unwrap();
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        events = answer.json()["entry"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if events.iter().any(|e| e.to_string().contains("Mette Kjær")) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let text = Value::Array(events.clone()).to_string();
+    assert!(text.contains("Mette Kjær"), "{text}");
+    assert!(text.contains("Patient/pat-anne"), "{text}");
+    assert!(!text.contains("pat-bo"), "{text}");
+
+    // Nothing else, though her scopes would allow it on the main listener.
+    let refused = browser
+        .get("/fhir/Patient/pat-anne", Some(&token))
+        .await
+        .unwrap();
+    assert_eq!(
+        (refused.status.as_u16(), refused.detail_code()),
+        (403, "citizen-listener".to_owned())
+    );
+    let allowed_there = gateway
+        .client()
+        .get("/fhir/Patient/pat-anne", Some(&token))
+        .await
+        .unwrap();
+    assert_eq!(allowed_there.status, 200);
+    // Not another citizen's log, and no writing to her own.
+    let others = browser
+        .get("/fhir/AuditEvent?patient=pat-bo", Some(&token))
+        .await
+        .unwrap();
+    assert_eq!(others.status, 403, "{}", others.text());
+    let write = browser
+        .send(
+            http::Request::post("/fhir/AuditEvent")
+                .header("authorization", format!("Bearer {token}"))
+                .header("content-type", "application/fhir+json")
+                .body(http_body_util::Full::new(bytes::Bytes::from(
+                    json!({ "resourceType": "AuditEvent" }).to_string(),
+                )))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(write.status, 403);
+
+    // A practitioner's certificate-bound token is worthless here (no certificate to match),
+    // and an unbound one is not a citizen's.
+    let bound = gateway.token(json!({
+        "scope": "user/*.rs",
+        "cnf": { "x5t#S256": portvagt::tls::PeerIdentity::from_verified_leaf(&gateway.pki.client.cert_der)
+            .unwrap()
+            .thumbprint_sha256() },
+    }));
+    assert_eq!(
+        browser
+            .get("/fhir/AuditEvent?patient=pat-anne", Some(&bound))
+            .await
+            .unwrap()
+            .status,
+        401
+    );
+    let unbound = gateway.token(physician_claims);
+    let answer = browser
+        .get("/fhir/AuditEvent?patient=pat-anne", Some(&unbound))
+        .await
+        .unwrap();
+    assert_eq!(
+        (answer.status.as_u16(), answer.detail_code()),
+        (403, "citizen-listener".to_owned())
+    );
+    // A practitioner launched in Anne's context is not Anne.
+    let launched = gateway.token(json!({
+        "scope": "launch/patient patient/AuditEvent.rs", "patient": "pat-anne",
+        "fhirUser": "Practitioner/prac-ns363",
+    }));
+    assert_eq!(
+        browser
+            .get("/fhir/AuditEvent", Some(&launched))
+            .await
+            .unwrap()
+            .detail_code(),
+        "citizen-listener"
+    );
+
+    // The operator's endpoints are not here: no metrics, no token exchange.
+    let metrics = browser.get("/metrics", Some(&token)).await.unwrap();
+    assert_ne!(metrics.status, 200);
+    assert!(!metrics.text().contains("portvagt_requests_total"));
+    let exchange = browser
+        .send(
+            http::Request::post("/token")
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                    b"saml-token=AAAA",
+                )))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(exchange.status, 401, "{}", exchange.text());
+    // Probes and the SMART document (the page signs in with it) are.
+    assert_eq!(browser.get("/healthz", None).await.unwrap().status, 200);
+    assert_eq!(
+        browser
+            .get("/fhir/.well-known/smart-configuration", None)
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+
+    // The main listener still asks every client for a certificate.
+    assert!(
+        gateway
+            .client_with(None)
+            .get("/healthz", None)
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn the_page_is_served_with_a_strict_content_security_policy() {
+    let repository =
+        portvagt::demo::BackendProcess::start(&portvagt::demo::default_testbed(), false).unwrap();
+    let gateway = gateway(&repository, "client_id = \"min-sundhed\"");
+    let browser = gateway.citizen_client();
+    let page = browser.get("/minlog/", None).await.unwrap();
+    assert_eq!(page.status, 200);
+    assert!(page.text().contains("<script src=\"app.js\" defer>"));
+    let csp = page.headers["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("default-src 'none'"), "{csp}");
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    let settings = browser.get("/minlog/settings.json", None).await.unwrap();
+    assert_eq!(settings.json()["clientId"], "min-sundhed");
+    assert_eq!(settings.json()["fhirBase"], "/fhir");
+    // The page is not on the main listener.
+    let main = gateway.client().get("/minlog/", None).await.unwrap();
+    assert_ne!(main.status, 200);
+}
+
+#[tokio::test]
+async fn types_the_operator_opens_are_readable_in_the_citizens_own_compartment() {
+    let repository =
+        portvagt::demo::BackendProcess::start(&portvagt::demo::default_testbed(), false).unwrap();
+    let gateway = gateway(&repository, "resource_types = [\"Observation\"]");
+    let browser = gateway.citizen_client();
+    let token = anne(
+        &gateway,
+        "launch/patient patient/Observation.rs patient/AuditEvent.rs",
+    );
+    let own = browser
+        .get("/fhir/Observation?patient=pat-anne", Some(&token))
+        .await
+        .unwrap();
+    assert_eq!(own.status, 200, "{}", own.text());
+    assert_eq!(own.json()["resourceType"], "Bundle");
+    let others = browser
+        .get("/fhir/Observation?patient=pat-bo", Some(&token))
+        .await
+        .unwrap();
+    assert_eq!(others.status, 403);
+    // Opened for reading only.
+    let write = browser
+        .send(
+            http::Request::post("/fhir/Observation")
+                .header("authorization", format!("Bearer {token}"))
+                .header("content-type", "application/fhir+json")
+                .body(http_body_util::Full::new(bytes::Bytes::from(
+                    json!({ "resourceType": "Observation", "status": "final",
+                            "code": { "text": "x" }, "subject": { "reference": "Patient/pat-anne" } })
+                    .to_string(),
+                )))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (write.status.as_u16(), write.detail_code()),
+        (403, "citizen-listener".to_owned())
+    );
+    // And a type not opened stays closed.
+    assert_eq!(
+        browser
+            .get("/fhir/Condition?patient=pat-anne", Some(&token))
+            .await
+            .unwrap()
+            .detail_code(),
+        "citizen-listener"
+    );
+}

@@ -1,0 +1,206 @@
+// The citizen's access-log page in a real browser: `portvagt demo` runs (its sample accesses
+// to Anne's record: a physician's read, a read her block refuses, the blocked nurse breaking
+// the glass, and a read of Bo's record), and Debian's chromium, headless, driven by
+// playwright-core, opens /minlog/ on the citizen listener as Anne, on a phone-sized screen.
+//
+//   node testbed/browser/minlog.test.mjs        (after `cargo build -p portvagt`)
+//
+// PORTVAGT_BIN and CHROMIUM override the binaries. The screenshots go to
+// target/browser-tests/. Exits non-zero on the first failed check.
+
+import { spawn } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const root = fileURLToPath(new URL('../../', import.meta.url));
+const portvagt = process.env.PORTVAGT_BIN || join(root, 'target/debug/portvagt');
+const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
+const out = join(root, 'target/browser-tests');
+mkdirSync(out, { recursive: true });
+
+const checks = [];
+function check(condition, what, detail = '') {
+  if (!condition) throw new Error(`FAILED: ${what}${detail ? `\n  ${detail}` : ''}`);
+  checks.push(what);
+  console.log(`  ok  ${what}`);
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+async function main() {
+  if (!existsSync(portvagt)) throw new Error(`${portvagt} is missing: cargo build -p portvagt first`);
+  const dir = mkdtempSync(join(tmpdir(), 'portvagt-minlog-'));
+  const log = join(out, 'demo.log');
+  const demo = spawn(portvagt, ['demo', '--port', '0', '--dir', dir], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const demoLog = [];
+  demo.stderr.on('data', (chunk) => demoLog.push(chunk));
+  let browser;
+  try {
+    const envFile = join(dir, 'demo.env');
+    for (let i = 0; i < 600 && !existsSync(envFile); i++) await sleep(100);
+    check(existsSync(envFile), 'the demo starts and writes demo.env');
+    const env = Object.fromEntries(readFileSync(envFile, 'utf8').trim().split('\n')
+      .map((line) => [line.slice(0, line.indexOf('=')), line.slice(line.indexOf('=') + 1)]));
+    check(/^https:\/\/127\.0\.0\.1:\d+\/fhir$/.test(env.PORTVAGT_CITIZEN_URL || ''),
+      'demo.env names the citizen listener (PORTVAGT_CITIZEN_URL)', env.PORTVAGT_CITIZEN_URL);
+    const origin = new URL(env.PORTVAGT_CITIZEN_URL).origin;
+
+    browser = await chromium.launch({
+      executablePath,
+      headless: true,
+      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
+        '--disable-component-update', '--disable-quic', '--no-first-run', '--disable-sync'],
+    });
+    // A phone-sized screen. The demo's CA is not the browser's: its certificate errors are
+    // ignored (the TLS itself is real).
+    const context = await browser.newContext({
+      ignoreHTTPSErrors: true,
+      viewport: { width: 390, height: 844 },
+      deviceScaleFactor: 2,
+      locale: 'da-DK',
+      timezoneId: 'Europe/Copenhagen',
+    });
+    const page = await context.newPage();
+    const problems = [];
+    const elsewhere = [];
+    page.on('console', (message) => {
+      if (message.type() === 'error' || /Content Security Policy|Refused to/.test(message.text())) {
+        problems.push(message.text());
+      }
+    });
+    page.on('pageerror', (error) => problems.push(String(error)));
+    page.on('request', (request) => {
+      if (!request.url().startsWith(origin)) elsewhere.push(request.url());
+    });
+
+    await page.goto(env.PORTVAGT_MINLOG_URL);
+    check(await page.getByRole('heading', { level: 1, name: 'Min log' }).isVisible(), 'the page opens in Danish');
+    check(await page.locator('html').getAttribute('lang') === 'da', 'the document says it is Danish');
+    await page.keyboard.press('Tab');
+    check(await page.evaluate(() => document.activeElement.textContent.trim()) === 'Spring til indholdet',
+      'the first Tab reaches the skip link');
+    check(await page.getByRole('button', { name: 'Log ind' }).isVisible(), 'a signed-out citizen is asked to sign in');
+
+    // Signing in with the demo's token for Anne, by keyboard.
+    await page.getByText('Har du allerede et adgangstoken?').click();
+    await page.getByLabel('Adgangstoken').fill(env.PATIENT_TOKEN);
+    await page.getByLabel('Adgangstoken').press('Tab');
+    await page.keyboard.press('Enter');
+
+    // The events reach the audit repository a moment after the accesses: look again until all
+    // three of the demo's are there.
+    const entries = page.locator('#entries > li');
+    let texts = [];
+    for (let i = 0; i < 60; i++) {
+      await page.waitForFunction(() => document.querySelector('#status').textContent.trim() !== '');
+      texts = await entries.allInnerTexts();
+      const holm = texts.filter((text) => text.includes('Jonas Holm'));
+      if (holm.length >= 2 && texts.some((text) => text.includes('Mette Kjær'))) break;
+      await sleep(250);
+      await page.getByRole('button', { name: 'Vis', exact: true }).click();
+    }
+    const read = texts.filter((text) => text.includes('Mette Kjær'));
+    const refused = texts.filter((text) => text.includes('Jonas Holm') && text.includes('Afvist'));
+    const glass = texts.filter((text) => text.includes('Jonas Holm') && text.includes('Værdispring'));
+    check(read.length === 1, "the physician's read of Anne's record is shown, once", texts.join('\n---\n'));
+    check(read[0].includes('Læge') && read[0].includes('Så dine personoplysninger') && read[0].includes('Behandling'),
+      'it says who (name and profession), what kind of access and for what purpose', read[0]);
+    check(!read[0].includes('Afvist') && !read[0].includes('Værdispring'), 'an ordinary read carries no mark', read[0]);
+    check(refused.length === 1 && refused[0].includes('Sygeplejerske'),
+      'the read her block refused is shown as refused', refused.join('\n'));
+    check(glass.length === 1 && glass[0].includes('Bevidstløs ved indlæggelse, ingen pårørende at spørge'),
+      'the break-the-glass read is marked, with the reason given', glass.join('\n'));
+    check(texts.every((text) => text.includes('Organisation') || text.includes('Dig selv')),
+      "every access by someone else names an organisation; her own are hers", texts.join('\n---\n'));
+    const order = [glass[0], refused[0], read[0]].map((text) => texts.indexOf(text));
+    check(order[0] < order[1] && order[1] < order[2], 'newest first', JSON.stringify(order));
+    check(!texts.some((text) => /pat-bo|Bo Jensen/.test(text)), "Bo's accesses are not in Anne's log");
+    check(await page.locator('.break-glass').count() === 1, 'exactly one entry has the break-the-glass style');
+    await page.screenshot({ path: join(out, 'minlog.png'), fullPage: true });
+
+    // What the page shows, the FHIR API gives her token: the same events, no more.
+    const api = await page.evaluate(async ([base, token]) => {
+      const answer = await fetch(`${base}/AuditEvent?_count=100`, { headers: { Authorization: `Bearer ${token}` } });
+      return (await answer.json()).entry.length;
+    }, [new URL(env.PORTVAGT_CITIZEN_URL).pathname, env.PATIENT_TOKEN]);
+    check(texts.length <= api, 'the page shows nothing the API does not give her token', `${texts.length} > ${api}`);
+
+    // Filters: a date range with nothing in it, then the organisation.
+    const tomorrow = new Date(Date.now() + 86400000).toISOString().slice(0, 10);
+    await page.getByLabel('Fra dato').fill(tomorrow);
+    await page.getByRole('button', { name: 'Vis', exact: true }).click();
+    await page.waitForFunction(() => document.querySelector('#status').textContent.includes('ingen adgange'));
+    check(await entries.count() === 0, 'a date range without accesses shows none, and says so');
+    await page.getByLabel('Fra dato').fill('');
+    await page.getByRole('button', { name: 'Vis', exact: true }).click();
+    await page.waitForFunction(() => document.querySelectorAll('#entries > li').length > 0);
+    const organisations = await page.locator('#organisation option').allInnerTexts();
+    check(organisations.length >= 2, 'the organisations seen can be chosen', organisations.join(', '));
+    await page.getByLabel('Organisation').selectOption({ index: 1 });
+    const chosen = organisations[1];
+    const filtered = await entries.allInnerTexts();
+    check(filtered.length > 0 && filtered.every((text) => text.includes(chosen)),
+      'choosing an organisation shows only its accesses', chosen);
+    await page.getByLabel('Organisation').selectOption({ index: 0 });
+
+    // English.
+    await page.getByRole('button', { name: 'English' }).click();
+    check(await page.getByRole('heading', { level: 1, name: 'My access log' }).isVisible(), 'the page switches to English');
+    check(await page.locator('html').getAttribute('lang') === 'en', 'and says so to assistive technology');
+    const english = await entries.allInnerTexts();
+    check(english.some((text) => text.includes('Break the glass') && text.includes('Nurse')), 'the entries are in English too');
+    check(english.some((text) => text.includes('Physician') && text.includes('Viewed your personal details')),
+      'an ordinary read in English');
+    await page.screenshot({ path: join(out, 'minlog-en.png'), fullPage: true });
+
+    // Contrast (WCAG AA, 4.5:1) of the text that matters.
+    const contrasts = await page.evaluate(() => {
+      const rgb = (text) => text.match(/\d+(\.\d+)?/g).slice(0, 3).map(Number);
+      const lum = ([r, g, b]) => {
+        const c = [r, g, b].map((v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
+        return 0.2126 * c[0] + 0.7152 * c[1] + 0.0722 * c[2];
+      };
+      const background = (node) => {
+        for (let n = node; n; n = n.parentElement) {
+          const colour = getComputedStyle(n).backgroundColor;
+          if (!/rgba\(0, 0, 0, 0\)|transparent/.test(colour)) return rgb(colour);
+        }
+        return [255, 255, 255];
+      };
+      return ['h1', '.lead', '.facts dd', '.badge-break-glass', '.badge-denied', '#help p', 'button[type=submit]']
+        .map((selector) => {
+          const node = document.querySelector(selector);
+          const [a, b] = [lum(rgb(getComputedStyle(node).color)), lum(background(node))];
+          return [selector, (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05)];
+        });
+    });
+    for (const [selector, ratio] of contrasts) {
+      check(ratio >= 4.5, `contrast of ${selector} is ${ratio.toFixed(1)}:1`);
+    }
+    check(await page.evaluate(() => document.documentElement.scrollWidth <= window.innerWidth),
+      'nothing is wider than a phone screen');
+
+    // Signing out forgets the token.
+    await page.getByRole('button', { name: 'Sign out' }).click();
+    check(await page.evaluate(() => sessionStorage.length === 0), 'signing out forgets the token');
+
+    check(problems.length === 0, 'no script errors and no Content-Security-Policy violations', problems.join('\n'));
+    check(elsewhere.length === 0, 'nothing is loaded from anywhere but the citizen listener', elsewhere.join('\n'));
+    console.log(`minlog: ${checks.length} checks passed; screenshots in ${out}`);
+  } finally {
+    if (browser) await browser.close();
+    demo.kill('SIGINT');
+    await Promise.race([new Promise((resolve) => demo.on('exit', resolve)), sleep(10000)]);
+    if (demo.exitCode === null) demo.kill('SIGKILL');
+    writeFileSync(log, Buffer.concat(demoLog));
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+main().catch((error) => {
+  console.error(error.message || error);
+  process.exit(1);
+});
