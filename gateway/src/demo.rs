@@ -44,40 +44,16 @@ impl BackendProcess {
 
     /// Like [`BackendProcess::start`], on a given port (0: any free port).
     pub fn start_on(testbed: &Path, seed: bool, port: u16) -> anyhow::Result<BackendProcess> {
-        let dir = testbed.join("backend");
-        if !dir.join("node_modules").exists() {
-            let status = Command::new("npm")
-                .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-                .current_dir(&dir)
-                .status()
-                .context("running npm ci for the reference backend (is Node.js installed?)")?;
-            if !status.success() {
-                bail!("npm ci failed in {}", dir.display());
-            }
-        }
-        let mut command = Command::new("node");
-        command
-            .arg("server.mjs")
-            .arg("--watch-stdin")
-            .args(["--port", &port.to_string()])
-            .current_dir(&dir);
+        let mut args = vec![
+            "--watch-stdin".to_owned(),
+            "--port".into(),
+            port.to_string(),
+        ];
         if seed {
-            command.args(["--seed", "seed/bundle.json"]);
+            args.extend(["--seed".into(), "seed/bundle.json".into()]);
         }
-        let mut child = command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("starting the reference backend (is Node.js installed?)")?;
-        let stdin = child.stdin.take().context("backend stdin")?;
-        let stdout = child.stdout.take().context("backend stdout")?;
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .context("reading the backend's first line")?;
-        let announced: serde_json::Value = serde_json::from_str(line.trim())
-            .with_context(|| format!("the backend did not announce its address: {line:?}"))?;
+        let (child, stdin, announced) =
+            start_node(&testbed.join("backend"), &args, "the reference backend")?;
         let base_url = announced["listening"]
             .as_str()
             .context("no `listening` in the backend's announcement")?
@@ -92,6 +68,104 @@ impl BackendProcess {
     /// The backend's FHIR base URL.
     pub fn base_url(&self) -> &str {
         &self.base_url
+    }
+}
+
+/// Starts `node server.mjs ARGS` in `dir` (after `npm ci` there if needed), and reads the one
+/// JSON line it announces itself with. It exits when its stdin closes.
+fn start_node(
+    dir: &Path,
+    args: &[String],
+    what: &str,
+) -> anyhow::Result<(Child, ChildStdin, serde_json::Value)> {
+    if !dir.join("node_modules").exists() {
+        let status = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(dir)
+            .status()
+            .with_context(|| format!("running npm ci for {what} (is Node.js installed?)"))?;
+        if !status.success() {
+            bail!("npm ci failed in {}", dir.display());
+        }
+    }
+    let mut child = Command::new("node")
+        .arg("server.mjs")
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("starting {what} (is Node.js installed?)"))?;
+    let stdin = child.stdin.take().context("stdin")?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .with_context(|| format!("reading the first line of {what}"))?;
+    let announced = serde_json::from_str(line.trim())
+        .with_context(|| format!("{what} did not announce its address: {line:?}"))?;
+    Ok((child, stdin, announced))
+}
+
+/// The testbed authorization server (oidc-provider), signing citizens in for the citizen page
+/// (authorization code with PKCE). It exits when dropped, or when this process dies.
+#[derive(Debug)]
+pub struct AuthServerProcess {
+    child: Child,
+    _stdin: ChildStdin,
+    issuer: String,
+}
+
+impl AuthServerProcess {
+    /// Starts it from `testbed` with the TLS certificate and key in `pki`, issuing tokens for
+    /// `audience` to the citizen page at `redirect_uri`.
+    pub fn start(
+        testbed: &Path,
+        pki: &Path,
+        audience: &str,
+        redirect_uri: &str,
+    ) -> anyhow::Result<AuthServerProcess> {
+        let path = |file: &str| pki.join(file).display().to_string();
+        let args = [
+            "--issuer-port".to_owned(),
+            "0".into(),
+            "--watch-stdin".into(),
+            "--tls-cert".into(),
+            path("server.crt"),
+            "--tls-key".into(),
+            path("server.key"),
+            "--audience".into(),
+            audience.into(),
+            "--citizen-client".into(),
+            redirect_uri.into(),
+        ];
+        let (child, stdin, announced) = start_node(
+            &testbed.join("authserver"),
+            &args,
+            "the authorization server",
+        )?;
+        let issuer = announced["issuer"]
+            .as_str()
+            .context("no `issuer` in the authorization server's announcement")?
+            .to_owned();
+        Ok(AuthServerProcess {
+            child,
+            _stdin: stdin,
+            issuer,
+        })
+    }
+
+    /// Its issuer URL (`https://127.0.0.1:<port>`).
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+}
+
+impl Drop for AuthServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -222,6 +296,14 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         .with_context(|| format!("binding 127.0.0.1:{citizen_port} for the citizen listener"))?;
     let citizen_addr = citizen_listener.local_addr()?;
     let citizen_url = format!("https://{citizen_addr}/fhir");
+    // Citizens sign in to the page at the testbed authorization server (PKCE).
+    let auth_server = tokio::task::spawn_blocking({
+        let testbed = options.testbed.clone();
+        let (pki_dir, citizen_url) = (pki_dir.clone(), citizen_url.clone());
+        let redirect = format!("https://{citizen_addr}/minlog/");
+        move || AuthServerProcess::start(&testbed, &pki_dir, &citizen_url, &redirect)
+    })
+    .await??;
     let config_path = dir.join("portvagt.toml");
     std::fs::write(
         &config_path,
@@ -229,6 +311,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
             addr,
             &public_url,
             citizen_addr,
+            auth_server.issuer(),
             backend.base_url(),
             audit_repository.base_url(),
         ),
@@ -350,6 +433,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     .await;
     drop(backend);
     drop(audit_repository);
+    drop(auth_server);
     Ok(())
 }
 
@@ -430,6 +514,7 @@ fn demo_config(
     addr: std::net::SocketAddr,
     public_url: &str,
     citizen_addr: std::net::SocketAddr,
+    auth_issuer: &str,
     backend_url: &str,
     audit_url: &str,
 ) -> String {
@@ -450,6 +535,19 @@ crls = ["pki/crl.pem"]
 issuer = "{DEMO_ISSUER}"
 audiences = ["{public_url}", "https://{citizen_addr}/fhir"]
 jwks_file = "issuer/jwks.json"
+
+# The testbed authorization server: citizens signing in to the page /minlog/ (PKCE).
+[[issuer]]
+issuer = "{auth_issuer}"
+audiences = ["https://{citizen_addr}/fhir"]
+jwks_url = "{auth_issuer}/jwks"
+ca_file = "pki/ca.crt"
+
+[smart]
+issuer = "{auth_issuer}"
+jwks_uri = "{auth_issuer}/jwks"
+authorization_endpoint = "{auth_issuer}/auth"
+token_endpoint = "{auth_issuer}/token"
 
 [backend]
 url = "{backend_url}"

@@ -12,7 +12,13 @@
 // Usage (see README.md):
 //   node server.mjs --issuer-port 0 --tls-cert CERT.pem --tls-key KEY.pem \
 //       [--audience https://127.0.0.1:8443/fhir] [--watch-stdin] \
-//       [--client-ca CA.pem [--tls-client NAME=CERT.pem]...]
+//       [--client-ca CA.pem [--tls-client NAME=CERT.pem]...] \
+//       [--citizen-client REDIRECT_URI]
+//
+// With --citizen-client it also signs citizens in (authorization code with PKCE, for the
+// citizen page "Min log" as the public client `minlog`): a login form (oidc-provider's
+// development interactions) that knows the demo's citizens, and access tokens that carry the
+// SMART patient context (`patient`, `fhirUser`).
 //
 // Stdout carries exactly one line, printed when the server is ready:
 //   {"issuer":"https://127.0.0.1:<port>","port":<port>}
@@ -49,6 +55,15 @@ const SMART_SCOPES = [
   'system/Observation.rs',
   'system/Observation.cruds',
 ];
+
+// The citizens the login form knows (the demo's sample patients) and the SMART scopes a
+// citizen's app may be granted.
+const CITIZENS = {
+  'anne.hansen': { patient: 'pat-anne', name: 'Anne Hansen' },
+  'bo.jensen': { patient: 'pat-bo', name: 'Bo Jensen' },
+  'carla.nielsen': { patient: 'pat-carla', name: 'Carla Nielsen' },
+};
+const CITIZEN_SCOPES = ['fhirUser', 'launch/patient', 'patient/AuditEvent.rs'];
 
 const CLIENTS = [
   {
@@ -98,6 +113,7 @@ try {
       'watch-stdin': { type: 'boolean', default: false },
       'client-ca': { type: 'string' },
       'tls-client': { type: 'string', multiple: true, default: [] },
+      'citizen-client': { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
     },
     strict: true,
@@ -128,6 +144,27 @@ try {
   tlsKey = fs.readFileSync(args['tls-key']);
 } catch (err) {
   usage(`cannot read TLS certificate/key: ${err.message}`);
+}
+
+// --citizen-client REDIRECT_URI: the citizen page, a public client (no secret; PKCE).
+let citizenClient;
+if (args['citizen-client']) {
+  let redirect;
+  try {
+    redirect = new URL(args['citizen-client']);
+  } catch {
+    usage('--citizen-client must be an absolute https URL');
+  }
+  if (redirect.protocol !== 'https:') usage('--citizen-client must be an https URL');
+  citizenClient = {
+    client_id: 'minlog',
+    token_endpoint_auth_method: 'none',
+    grant_types: ['authorization_code'],
+    response_types: ['code'],
+    redirect_uris: [redirect.href],
+    scope: ['openid', ...CITIZEN_SCOPES].join(' '),
+    origin: redirect.origin,
+  };
 }
 
 function log(message) {
@@ -311,7 +348,7 @@ function buildProvider(issuer) {
     const url = new URL(resourceIndicator);
     if (resourceIndicator === audience || url.protocol === 'https:') {
       return {
-        scope: SMART_SCOPES.join(' '),
+        scope: [...SMART_SCOPES, ...CITIZEN_SCOPES].join(' '),
         audience: resourceIndicator,
         accessTokenTTL: ACCESS_TOKEN_TTL_SECONDS,
         accessTokenFormat: 'jwt',
@@ -322,7 +359,8 @@ function buildProvider(issuer) {
   };
 
   const provider = new Provider(issuer, {
-    clients: [...CLIENTS, ...tlsClients],
+    clients: [...CLIENTS, ...tlsClients,
+      ...(citizenClient ? [(({ origin, ...client }) => client)(citizenClient)] : [])],
     // oidc-provider's default client authentication methods, plus
     // tls_client_auth when mutual TLS is on (it must be listed here, not only
     // enabled in features.mTLS, or tls_client_auth clients fail validation).
@@ -335,7 +373,27 @@ function buildProvider(issuer) {
       ...(clientCa ? ['tls_client_auth'] : []),
     ],
     jwks: { keys: signingKeys },
-    scopes: ['openid', ...SMART_SCOPES],
+    scopes: ['openid', ...SMART_SCOPES, ...CITIZEN_SCOPES],
+    // The citizens the login form knows; anyone else is not signed in.
+    findAccount: async (ctx, id) => (CITIZENS[id] ? {
+      accountId: id,
+      claims: async () => ({ sub: id, name: CITIZENS[id].name, fhirUser: `Patient/${CITIZENS[id].patient}` }),
+    } : undefined),
+    // The citizen page is first-party: what it asks for is granted without a consent screen.
+    loadExistingGrant: async (ctx) => {
+      const grantId = ctx.oidc.result?.consent?.grantId || ctx.oidc.session.grantIdFor(ctx.oidc.client.clientId);
+      if (grantId) return ctx.oidc.provider.Grant.find(grantId);
+      if (!citizenClient || ctx.oidc.client.clientId !== citizenClient.client_id || !ctx.oidc.session.accountId) {
+        return undefined;
+      }
+      const grant = new ctx.oidc.provider.Grant({ clientId: citizenClient.client_id, accountId: ctx.oidc.session.accountId });
+      // The scopes are both OIDC scopes (listed in `scopes`) and the resource's scopes.
+      grant.addOIDCScope(['openid', ...CITIZEN_SCOPES].join(' '));
+      const resource = ctx.oidc.params.resource || audience;
+      grant.addResourceScope(resource, CITIZEN_SCOPES.join(' '));
+      await grant.save();
+      return grant;
+    },
     clientDefaults: {
       grant_types: ['client_credentials'],
       id_token_signed_response_alg: 'ES256',
@@ -350,7 +408,8 @@ function buildProvider(issuer) {
     },
     cookies: { keys: cookieKeys },
     features: {
-      devInteractions: { enabled: false },
+      // The login form, only for citizens (--citizen-client); machine clients never see it.
+      devInteractions: { enabled: Boolean(citizenClient) },
       clientCredentials: { enabled: true },
       introspection: {
         enabled: true,
@@ -374,10 +433,15 @@ function buildProvider(issuer) {
     // Client-credentials tokens have no end-user; oidc-provider already puts
     // sub = client_id into JWT access tokens. Carry it as an extra claim so
     // introspection responses for opaque tokens have the same `sub`.
-    extraTokenClaims: async (ctx, token) => (
-      token.kind === 'ClientCredentials' ? { sub: token.clientId } : undefined
-    ),
-    clientBasedCORS: () => false,
+    // A citizen's token carries the SMART patient context.
+    extraTokenClaims: async (ctx, token) => {
+      if (token.kind === 'ClientCredentials') return { sub: token.clientId };
+      const citizen = token.accountId && CITIZENS[token.accountId];
+      return citizen ? { patient: citizen.patient, fhirUser: `Patient/${citizen.patient}` } : undefined;
+    },
+    // The citizen page exchanges its code from the browser: CORS for it, from its origin only.
+    clientBasedCORS: (ctx, origin, client) => Boolean(citizenClient)
+      && client.clientId === citizenClient.client_id && origin === citizenClient.origin,
   });
 
   provider.on('server_error', (ctx, err) => log(`server_error: ${err.stack || err}`));

@@ -1,7 +1,9 @@
 // The citizen's access-log page in a real browser: `portvagt demo` runs (its sample accesses
 // to Anne's record: a physician's read, a read her block refuses, the blocked nurse breaking
 // the glass, and a read of Bo's record), and Debian's chromium, headless, driven by
-// playwright-core, opens /minlog/ on the citizen listener as Anne, on a phone-sized screen.
+// playwright-core, opens /minlog/ on the citizen listener as Anne, on a phone-sized screen:
+// she signs in at the demo's authorization server (authorization code with PKCE), and once
+// more with the demo's PATIENT_TOKEN pasted.
 //
 //   node testbed/browser/minlog.test.mjs        (after `cargo build -p portvagt`)
 //
@@ -28,6 +30,7 @@ function check(condition, what, detail = '') {
   console.log(`  ok  ${what}`);
 }
 
+let page; // for the screenshot of a failure
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 async function main() {
@@ -63,17 +66,26 @@ async function main() {
       locale: 'da-DK',
       timezoneId: 'Europe/Copenhagen',
     });
-    const page = await context.newPage();
+    page = await context.newPage();
     const problems = [];
     const elsewhere = [];
+    // Only the page's own problems count (not the authorization server's login page).
+    const onPage = () => page.url().startsWith(origin);
     page.on('console', (message) => {
-      if (message.type() === 'error' || /Content Security Policy|Refused to/.test(message.text())) {
+      if (onPage() && (message.type() === 'error' || /Content Security Policy|Refused to/.test(message.text()))) {
         problems.push(message.text());
       }
     });
-    page.on('pageerror', (error) => problems.push(String(error)));
+    page.on('pageerror', (error) => { if (onPage()) problems.push(String(error)); });
+    // Scripts, styles, images and fonts come from the citizen listener only; the page talks
+    // to nothing but it and the issuer's token endpoint.
+    const fetched = [];
+    const navigations = [];
     page.on('request', (request) => {
-      if (!request.url().startsWith(origin)) elsewhere.push(request.url());
+      if (request.isNavigationRequest()) navigations.push(request.url());
+      if (!onPage() || request.isNavigationRequest()) return;
+      if (['fetch', 'xhr'].includes(request.resourceType())) fetched.push(request.url());
+      else if (!request.url().startsWith(origin)) elsewhere.push(request.url());
     });
 
     await page.goto(env.PORTVAGT_MINLOG_URL);
@@ -83,12 +95,21 @@ async function main() {
     check(await page.evaluate(() => document.activeElement.textContent.trim()) === 'Spring til indholdet',
       'the first Tab reaches the skip link');
     check(await page.getByRole('button', { name: 'Log ind' }).isVisible(), 'a signed-out citizen is asked to sign in');
+    const smart = await page.evaluate(async (base) => (await fetch(`${base}/.well-known/smart-configuration`)).json(),
+      new URL(env.PORTVAGT_CITIZEN_URL).pathname);
 
-    // Signing in with the demo's token for Anne, by keyboard.
-    await page.getByText('Har du allerede et adgangstoken?').click();
-    await page.getByLabel('Adgangstoken').fill(env.PATIENT_TOKEN);
-    await page.getByLabel('Adgangstoken').press('Tab');
-    await page.keyboard.press('Enter');
+    // Signing in as a citizen does: at the issuer, authorization code with PKCE.
+    await page.getByRole('button', { name: 'Log ind' }).click();
+    await page.waitForURL((url) => url.href.startsWith(smart.issuer));
+    const authorize = new URL(navigations.find((url) => url.startsWith(smart.authorization_endpoint)));
+    await page.locator('input[name=login]').fill('anne.hansen');
+    await page.locator('input[name=password]').fill('demo');
+    await page.locator('button[type=submit]').click();
+    await page.waitForURL((url) => url.origin === origin && url.pathname === '/minlog/' && !url.search);
+    check(true, 'she signs in at the issuer and comes back to the page, the code gone from the address bar');
+    check(await page.evaluate(() => sessionStorage.getItem('minlog.pkce')) === null,
+      'the PKCE verifier is used once and forgotten');
+    check(fetched.some((url) => url === smart.token_endpoint), 'the page exchanged its code at the token endpoint');
 
     // The events reach the audit repository a moment after the accesses: look again until all
     // three of the demo's are there.
@@ -122,10 +143,11 @@ async function main() {
     await page.screenshot({ path: join(out, 'minlog.png'), fullPage: true });
 
     // What the page shows, the FHIR API gives her token: the same events, no more.
-    const api = await page.evaluate(async ([base, token]) => {
+    const api = await page.evaluate(async (base) => {
+      const token = sessionStorage.getItem('minlog.token');
       const answer = await fetch(`${base}/AuditEvent?_count=100`, { headers: { Authorization: `Bearer ${token}` } });
       return (await answer.json()).entry.length;
-    }, [new URL(env.PORTVAGT_CITIZEN_URL).pathname, env.PATIENT_TOKEN]);
+    }, new URL(env.PORTVAGT_CITIZEN_URL).pathname);
     check(texts.length <= api, 'the page shows nothing the API does not give her token', `${texts.length} > ${api}`);
 
     // Filters: a date range with nothing in it, then the organisation.
@@ -187,9 +209,29 @@ async function main() {
     await page.getByRole('button', { name: 'Sign out' }).click();
     check(await page.evaluate(() => sessionStorage.length === 0), 'signing out forgets the token');
 
+    // A token given by hand (the demo's PATIENT_TOKEN), by keyboard.
+    await page.getByRole('button', { name: 'Dansk' }).click();
+    await page.getByText('Har du allerede et adgangstoken?').click();
+    await page.getByLabel('Adgangstoken').fill(env.PATIENT_TOKEN);
+    await page.getByLabel('Adgangstoken').press('Tab');
+    await page.keyboard.press('Enter');
+    await page.waitForFunction(() => document.querySelectorAll('#entries .break-glass').length === 1);
+    check(true, 'a pasted token shows the same log');
+
     check(problems.length === 0, 'no script errors and no Content-Security-Policy violations', problems.join('\n'));
     check(elsewhere.length === 0, 'nothing is loaded from anywhere but the citizen listener', elsewhere.join('\n'));
+    const talkedTo = fetched.filter((url) => !url.startsWith(origin));
+    check(talkedTo.every((url) => url === smart.token_endpoint),
+      'the page talks to nothing but its listener and the token endpoint', talkedTo.join('\n'));
+    check(authorize.searchParams.get('code_challenge_method') === 'S256' && authorize.searchParams.get('client_id') === 'minlog',
+      'the authorization request used PKCE (S256) as the client minlog', authorize.href);
     console.log(`minlog: ${checks.length} checks passed; screenshots in ${out}`);
+  } catch (error) {
+    if (page) {
+      console.error(`(at ${page.url()}; screenshot in ${join(out, 'failure.png')})`);
+      await page.screenshot({ path: join(out, 'failure.png'), fullPage: true }).catch(() => {});
+    }
+    throw error;
   } finally {
     if (browser) await browser.close();
     demo.kill('SIGINT');
