@@ -622,7 +622,7 @@ Portvagt demo is running. In another shell:
   {curl} -H "Authorization: Bearer $PATIENT_TOKEN" "$PORTVAGT_URL/AuditEvent"
 
   # ... on the citizen listener, as her browser would (no client certificate), or in the page
-  # $PORTVAGT_MINLOG_URL (sign in with the token in $PATIENT_TOKEN):
+  # $PORTVAGT_MINLOG_URL (sign in as anne.hansen, any password, or paste $PATIENT_TOKEN):
   curl -s --cacert "$PORTVAGT_CA" -H "Authorization: Bearer $PATIENT_TOKEN" "$PORTVAGT_CITIZEN_URL/AuditEvent"
 
   # The audit spool's hash chain:
