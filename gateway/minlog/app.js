@@ -259,7 +259,10 @@
     const found = (bundle.entry || [])
       .map((entry) => entry.resource)
       .filter((resource) => resource && resource.resourceType === 'AuditEvent');
-    events = append ? events.concat(found) : found;
+    // New accesses arrive while she reads (her own among them): a later page can repeat the end
+    // of the one before; each access is shown once.
+    const seen = new Set(append ? events.map((event) => event.id) : []);
+    events = (append ? events : []).concat(found.filter((event) => !event.id || !seen.has(event.id)));
     const link = (bundle.link || []).find((l) => l.relation === 'next');
     next = link ? sameOrigin(link.url) : null;
     fillOrganisations();
@@ -295,22 +298,26 @@
       .flatMap((entity) => entity.detail || [])
       .filter((detail) => detail.type === 'break-glass-reason')
       .map((detail) => detail.valueString);
+    const subtype = code((event.subtype || [])[0]);
+    const searched = subtype === 'search-type' || subtype === 'search-system';
+    // In a search the Patient entity is whose data was searched, not what was found.
     const dataTypes = [...new Set((event.entity || [])
       .map((entity) => entity.what && entity.what.reference)
       .filter(Boolean)
-      .map((reference) => reference.split('/')[0]))];
+      .map((reference) => reference.split('/')[0])
+      .filter((type) => !searched || type !== 'Patient'))];
     const role = user && user.role && user.role[0];
     const roleCode = code(role);
-    const subtype = code((event.subtype || [])[0]);
     const yourself = user && user.who && user.who.reference && user.who.reference === ownPatient();
     return {
       recorded: event.recorded,
-      who: user ? (yourself ? t('you') : (user.name || (user.who && user.who.display) || t('unknownPerson'))) : null,
+      // A system's own access (no person named) is shown by the system's name.
+      who: yourself ? t('you') : ((user && (user.name || (user.who && user.who.display))) || null),
       profession: roleCode ? (t('roles')[roleCode] || (role.coding && role.coding[0].display) || roleCode) : null,
       organisation: organisation ? whoName(organisation) : null,
       onBehalfOf: onBehalf ? whoName(onBehalf) : null,
       system: system ? whoName(system) : null,
-      action: subtype === 'search-type' || subtype === 'search-system' ? t('search') : (t('actions')[event.action] || t('actions').R),
+      action: searched ? t('search') : (t('actions')[event.action] || t('actions').R),
       data: dataTypes.length ? dataTypes.map((type) => t('data')[type] || type).join(', ') : t('yourData'),
       purposes: [...new Set(purposes.filter((p) => p !== 'BTG'))].map((p) => t('purposes')[p] || p),
       breakGlass,
@@ -382,7 +389,7 @@
       }
       const facts = element('dl', 'facts');
       const person = [entry.who, entry.profession].filter(Boolean).join(', ');
-      fact(facts, t('who'), person || entry.system);
+      fact(facts, t('who'), person || entry.system || t('unknownPerson'));
       fact(facts, t('onBehalfOf'), entry.onBehalfOf);
       fact(facts, t('organisationLabel'), entry.organisation);
       if (person) fact(facts, t('system'), entry.system);

@@ -11,6 +11,7 @@
 // target/browser-tests/. Exits non-zero on the first failed check.
 
 import { spawn } from 'node:child_process';
+import { request as httpsRequest } from 'node:https';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -31,6 +32,21 @@ function check(condition, what, detail = '') {
 }
 
 let page; // for the screenshot of a failure
+// A GET through the gateway's main listener, as a journal system makes it (mTLS).
+function gatewayGet(env, path, token) {
+  return new Promise((resolve, reject) => {
+    const url = new URL(`${env.PORTVAGT_URL}/${path}`);
+    const req = httpsRequest(url, {
+      ca: readFileSync(env.PORTVAGT_CA),
+      cert: readFileSync(env.PORTVAGT_CERT),
+      key: readFileSync(env.PORTVAGT_KEY),
+      headers: { authorization: `Bearer ${token}` },
+    }, (res) => { res.resume(); res.on('end', () => resolve(res.statusCode)); });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 async function main() {
@@ -217,6 +233,32 @@ async function main() {
     await page.keyboard.press('Enter');
     await page.waitForFunction(() => document.querySelectorAll('#entries .break-glass').length === 1);
     check(true, 'a pasted token shows the same log');
+
+    // A long history comes in pages: 25 more reads by the journal system, then "show more".
+    const statuses = [];
+    for (let i = 0; i < 25; i++) statuses.push(await gatewayGet(env, 'Patient/pat-anne', env.SYSTEM_TOKEN));
+    check(statuses.every((status) => status === 200), 'the journal system reads her record 25 times');
+    // (Once the audit repository has all of them.)
+    for (let i = 0; i < 80; i++) {
+      const shipped = await page.evaluate(async (base) => {
+        const token = sessionStorage.getItem('minlog.token');
+        const answer = await fetch(`${base}/AuditEvent?_count=100`, { headers: { Authorization: `Bearer ${token}` } });
+        return JSON.stringify(await answer.json()).split('Journalsystem Demo').length - 1;
+      }, new URL(env.PORTVAGT_CITIZEN_URL).pathname);
+      if (shipped >= 28) break; // 25, and the three accesses of the demo's made through it
+      await sleep(250);
+    }
+    const more = page.getByRole('button', { name: 'Vis flere' });
+    await page.getByRole('button', { name: 'Vis', exact: true }).click();
+    await page.waitForFunction(() => document.querySelectorAll('#entries > li').length === 20);
+    check(await entries.count() === 20 && await more.isVisible(), 'the first page holds 20 accesses, and there are more');
+    await more.click();
+    await page.waitForFunction(() => document.querySelectorAll('#entries > li').length > 20);
+    const all = await entries.allInnerTexts();
+    check(all.filter((text) => /Hvem\s*Journalsystem Demo/.test(text)).length === 25,
+      "the next page follows: all the system's 25 reads are there, once each", `${all.length} entries, ${all.filter((text) => /Hvem\s*Journalsystem Demo/.test(text)).length} by the system; ${JSON.stringify(all.slice(0, 2))}`);
+    const times = await page.locator('#entries time').evaluateAll((nodes) => nodes.map((n) => n.dateTime));
+    check(times.every((time, i) => i === 0 || times[i - 1] >= time), 'newest first across both pages');
 
     check(problems.length === 0, 'no script errors and no Content-Security-Policy violations', problems.join('\n'));
     check(elsewhere.length === 0, 'nothing is loaded from anywhere but the citizen listener', elsewhere.join('\n'));
