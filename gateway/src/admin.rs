@@ -89,7 +89,8 @@ impl Admin {
     /// The endpoint `path` names on `listener`, if any. The admin listener serves the probes
     /// and metrics only; the client listener serves probes, the SMART document, and metrics
     /// only when there is no admin listener to keep them private on; the citizen listener
-    /// serves probes and the SMART document (its page signs in with it), never metrics.
+    /// serves `/healthz` and the SMART document (its page signs in with it), never readiness
+    /// details or metrics.
     pub fn route(&self, method: &Method, path: &str, listener: Listener) -> Option<LocalEndpoint> {
         if method != Method::GET && method != Method::HEAD {
             return None;
@@ -98,7 +99,8 @@ impl Admin {
         let serves_smart = listener != Listener::Admin;
         match path {
             "/healthz" => Some(LocalEndpoint::Health),
-            "/readyz" => Some(LocalEndpoint::Ready),
+            // Readiness names what is failing: for operators and probes, not the public.
+            "/readyz" if listener != Listener::Citizen => Some(LocalEndpoint::Ready),
             "/metrics"
                 if listener == Listener::Admin || (on_main && self.metrics_on_client_listener) =>
             {

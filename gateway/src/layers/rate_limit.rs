@@ -140,15 +140,20 @@ impl RateLimiter {
     }
 
     fn client_key(&self, request: &Request<Body>) -> Option<String> {
-        match self.key {
-            RateLimitKey::Subject => request
+        let subject = || {
+            request
                 .extensions()
                 .get::<Arc<Principal>>()
-                .map(|p| format!("{}\n{}", p.issuer(), p.subject())),
-            RateLimitKey::Certificate => request
-                .extensions()
-                .get::<Arc<PeerIdentity>>()
-                .map(|peer| peer.thumbprint_sha256().to_owned()),
+                .map(|p| format!("{}\n{}", p.issuer(), p.subject()))
+        };
+        match self.key {
+            RateLimitKey::Subject => subject(),
+            // Without a certificate (the citizen listener) each citizen counts alone, not all
+            // of them as one.
+            RateLimitKey::Certificate => match request.extensions().get::<Arc<PeerIdentity>>() {
+                Some(peer) if peer.has_certificate() => Some(peer.thumbprint_sha256().to_owned()),
+                _ => subject(),
+            },
         }
     }
 }

@@ -155,8 +155,10 @@ async fn citizens_read_their_own_log_without_a_certificate_and_nothing_else() {
         .await
         .unwrap();
     assert_eq!(exchange.status, 401, "{}", exchange.text());
-    // Probes and the SMART document (the page signs in with it) are.
+    // Liveness and the SMART document (the page signs in with it) are; readiness, which
+    // names what fails, is not.
     assert_eq!(browser.get("/healthz", None).await.unwrap().status, 200);
+    assert_ne!(browser.get("/readyz", None).await.unwrap().status, 200);
     assert_eq!(
         browser
             .get("/fhir/.well-known/smart-configuration", None)
@@ -245,5 +247,44 @@ async fn types_the_operator_opens_are_readable_in_the_citizens_own_compartment()
             .unwrap()
             .detail_code(),
         "citizen-listener"
+    );
+}
+
+#[tokio::test]
+async fn citizens_are_rate_limited_one_by_one_without_certificates() {
+    let repository =
+        portvagt::demo::BackendProcess::start(&portvagt::demo::default_testbed(), false).unwrap();
+    // Limits per certificate: on the citizen listener, where there is none, per citizen.
+    let gateway = Gateway::start_with(Options {
+        audit_extra: format!("[audit.ship]\nurl = \"{}\"", repository.base_url()),
+        extra_config: "[citizen]\nlisten = \"127.0.0.1:0\"\n\n[rate_limit]\nrequests = 2\nwindow = \"600s\"\nkey = \"certificate\"\n".into(),
+        ..Options::default()
+    });
+    let browser = gateway.citizen_client();
+    let anne = anne(&gateway, "patient/AuditEvent.rs");
+    let bo = gateway.token(json!({
+        "sub": "bo.jensen", "scope": "patient/AuditEvent.rs", "patient": "pat-bo",
+        "fhirUser": "Patient/pat-bo",
+    }));
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(
+            browser
+                .get("/fhir/AuditEvent", Some(&anne))
+                .await
+                .unwrap()
+                .status
+                .as_u16(),
+        );
+    }
+    assert_eq!(statuses, vec![200, 200, 429]);
+    assert_eq!(
+        browser
+            .get("/fhir/AuditEvent", Some(&bo))
+            .await
+            .unwrap()
+            .status,
+        200,
+        "another citizen is not held back by Anne"
     );
 }
