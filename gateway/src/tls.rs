@@ -125,6 +125,8 @@ pub struct PeerIdentity {
     kind: CertificateKind,
     uuid: Option<String>,
     cvr: Option<String>,
+    /// `O=`: the organisation's name.
+    organisation_name: Option<String>,
     thumbprint: String,
     sha256: [u8; 32],
     /// SHA-1 of the DER, for DGWS `OCESCertHash` only.
@@ -161,6 +163,7 @@ impl PeerIdentity {
             kind,
             uuid,
             cvr,
+            organisation_name: attribute("2.5.4.10"),
             thumbprint: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_ref()),
             sha256: digest.as_ref().try_into().ok()?,
             sha1: sha1.as_ref().try_into().ok()?,
@@ -178,6 +181,7 @@ impl PeerIdentity {
             kind: CertificateKind::Other,
             uuid: None,
             cvr: None,
+            organisation_name: None,
             thumbprint: String::new(),
             sha256: [0; 32],
             sha1: [0; 20],
@@ -208,6 +212,10 @@ impl PeerIdentity {
     /// The CVR number from `organizationIdentifier=NTRDK-<CVR>`.
     pub fn cvr(&self) -> Option<&str> {
         self.cvr.as_deref()
+    }
+    /// The organisation's name (`O=`).
+    pub fn organisation_name(&self) -> Option<&str> {
+        self.organisation_name.as_deref()
     }
     /// Base64url (unpadded) SHA-256 of the certificate DER: RFC 8705 `x5t#S256`.
     pub fn thumbprint_sha256(&self) -> &str {
@@ -261,6 +269,7 @@ mod tests {
         let identity = PeerIdentity::from_verified_leaf(&pki.client.cert_der).unwrap();
         assert_eq!(identity.kind(), CertificateKind::Organisation);
         assert_eq!(identity.cvr(), Some(portvagt_certs::DEMO_CVR));
+        assert_eq!(identity.organisation_name(), Some("Region Demo Sundhed"));
         assert_eq!(identity.uuid().map(str::len), Some(36));
         assert!(
             identity.subject().contains("Journalsystem Demo"),

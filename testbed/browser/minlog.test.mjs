@@ -145,6 +145,7 @@ async function main() {
     check(read.length === 1, "the physician's read of Anne's record is shown, once", texts.join('\n---\n'));
     check(read[0].includes('Læge') && read[0].includes('Så dine personoplysninger') && read[0].includes('Behandling'),
       'it says who (name and profession), what kind of access and for what purpose', read[0]);
+    check(/Organisation\s*Region Demo Sundhed/.test(read[0]), 'and the organisation, by name', read[0]);
     check(!read[0].includes('Afvist') && !read[0].includes('Værdispring'), 'an ordinary read carries no mark', read[0]);
     check(refused.length === 1 && refused[0].includes('Sygeplejerske'),
       'the read her block refused is shown as refused', refused.join('\n'));

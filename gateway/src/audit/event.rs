@@ -544,10 +544,10 @@ fn agents<'a>(
             )
         })
         .or_else(|| {
-            facts
-                .peer
-                .and_then(PeerIdentity::cvr)
-                .map(|cvr| (Text::from("http://cvr.dk"), cvr, None))
+            // The certificate's organisation: its CVR, and its name (`O=`) for the citizen.
+            let peer = facts.peer?;
+            peer.cvr()
+                .map(|cvr| (Text::from("http://cvr.dk"), cvr, peer.organisation_name()))
         });
     if let Some((system, id, name)) = organisation {
         agents.push(Agent::new(

@@ -80,6 +80,7 @@ async fn a_read_is_recorded_before_its_answer_with_who_what_and_whose() {
     );
     let organisation = agent(event, "PROV").expect("the organisation (from the certificate)");
     assert_eq!(organisation["who"]["identifier"]["value"], "12345678");
+    assert_eq!(organisation["who"]["display"], "Region Demo Sundhed");
     assert!(
         agent(event, "110152").is_some(),
         "the gateway as destination"
