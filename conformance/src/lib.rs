@@ -42,6 +42,8 @@ pub struct Settings {
     pub sosi_card: Option<String>,
     /// A patient who has blocked the professional of `tokens.blocked` (negative consent).
     pub blocked_patient: Option<String>,
+    /// The citizen listener's FHIR base URL (no client certificate), if the deployment has one.
+    pub citizen_base_url: Option<String>,
 }
 
 /// Tokens for the callers the cases play; each is optional, and the cases that need a missing
@@ -93,6 +95,8 @@ pub enum Need {
     V1Token,
     /// `tokens.blocked`, `tokens.emergency` and `blocked_patient`
     ConsentBlock,
+    /// `citizen_base_url`
+    CitizenListener,
 }
 
 impl Need {
@@ -117,6 +121,7 @@ impl Need {
                     && settings.tokens.emergency.is_some()
                     && settings.blocked_patient.is_some()
             }
+            Need::CitizenListener => settings.citizen_base_url.is_some(),
         };
         (!given).then_some(match self {
             Need::UserToken => "no user token (--token user=...)",
@@ -134,6 +139,7 @@ impl Need {
             Need::ConsentBlock => {
                 "no blocked professional (--token blocked=... --token emergency=... --blocked-patient)"
             }
+            Need::CitizenListener => "no citizen listener (--citizen-target)",
         })
     }
 }
@@ -182,6 +188,8 @@ pub struct Ctx {
     pub foreign: Option<Client>,
     /// The path of the FHIR base, e.g. `/fhir`.
     pub base_path: String,
+    /// The citizen listener (presenting no certificate, as a browser) and its FHIR base path.
+    pub citizen: Option<(Client, String)>,
     host: String,
     port: u16,
 }
@@ -210,7 +218,23 @@ impl Ctx {
             .as_ref()
             .map(|identity| Client::new(&host, port, &settings.ca_pem, Some(identity)))
             .transpose()?;
+        let citizen = match &settings.citizen_base_url {
+            None => None,
+            Some(url) => {
+                let uri: http::Uri = url.parse()?;
+                if uri.scheme_str() != Some("https") {
+                    anyhow::bail!("--citizen-target must be an https:// URL");
+                }
+                let host = uri
+                    .host()
+                    .ok_or_else(|| anyhow::anyhow!("--citizen-target needs a host"))?;
+                let client =
+                    Client::new(host, uri.port_u16().unwrap_or(443), &settings.ca_pem, None)?;
+                Some((client, uri.path().trim_end_matches('/').to_owned()))
+            }
+        };
         Ok(Ctx {
+            citizen,
             base_path: uri.path().trim_end_matches('/').to_owned(),
             settings,
             client,

@@ -56,6 +56,9 @@ struct Cli {
     /// A patient who has blocked the professional of the blocked/emergency tokens.
     #[arg(long)]
     blocked_patient: Option<String>,
+    /// The citizen listener's FHIR base URL (no client certificate), for the CITIZEN cases.
+    #[arg(long)]
+    citizen_target: Option<String>,
     /// Run only the cases whose id starts with this (repeatable), e.g. AUTH or PAT-02.
     #[arg(long)]
     only: Vec<String>,
@@ -134,6 +137,10 @@ fn settings(cli: &Cli) -> anyhow::Result<Settings> {
         other_patient: cli.other_patient.clone(),
         sosi_card: cli.sosi_card.as_ref().map(read).transpose()?,
         blocked_patient: cli.blocked_patient.clone(),
+        citizen_base_url: cli
+            .citizen_target
+            .as_ref()
+            .map(|url| url.trim_end_matches('/').to_owned()),
     })
 }
 

@@ -75,7 +75,8 @@ async fn events(ctx: &Ctx) -> Result<serde_json::Value, Verdict> {
     }
 }
 
-fn about(event: &serde_json::Value) -> Vec<String> {
+/// The patients an AuditEvent is about.
+pub(super) fn about(event: &serde_json::Value) -> Vec<String> {
     event["entity"]
         .as_array()
         .into_iter()

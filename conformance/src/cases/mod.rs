@@ -1,5 +1,5 @@
 //! The cases, by area. Ids are stable: `TLS-`, `AUTH-`, `SCOPE-`, `PAT-`, `CONSENT-`, `ERR-`,
-//! `XCHG-`, `AUDIT-`.
+//! `XCHG-`, `AUDIT-`, `CITIZEN-`.
 
 use base64::Engine as _;
 
@@ -8,6 +8,7 @@ use crate::{Case, Verdict};
 
 mod audit;
 mod authentication;
+mod citizen;
 mod compartment;
 mod consent;
 mod errors;
@@ -40,6 +41,7 @@ pub fn all() -> Vec<Case> {
     cases.extend(errors::cases());
     cases.extend(exchange::cases());
     cases.extend(audit::cases());
+    cases.extend(citizen::cases());
     cases
 }
 

@@ -36,7 +36,8 @@ fn deployment(repository: &str) -> Gateway {
         audit_extra: format!("[audit.ship]\nurl = \"{repository}\"\nbatch_size = 5"),
         extra_config:
             "[consent]\n\n[token_exchange]\nissuer = \"https://portvagt.conformance.invalid\"\n\
-                       signing_key = \"exchange.key\"\ntrusted_sts = [\"pki/sts.crt\"]\n"
+                       signing_key = \"exchange.key\"\ntrusted_sts = [\"pki/sts.crt\"]\n\n\
+                       [citizen]\nlisten = \"127.0.0.1:0\"\n"
                 .into(),
         ..Options::default()
     })
@@ -90,6 +91,7 @@ fn settings(gateway: &Gateway, target: &str) -> Settings {
                 .unwrap(),
         ),
         blocked_patient: Some("pat-carla".into()),
+        citizen_base_url: None,
     }
 }
 
@@ -98,7 +100,8 @@ async fn the_suite_passes_against_a_local_deployment() {
     let repository =
         portvagt::demo::BackendProcess::start(&portvagt::demo::default_testbed(), false).unwrap();
     let gateway = deployment(repository.base_url());
-    let settings = settings(&gateway, &gateway.base_url);
+    let mut settings = settings(&gateway, &gateway.base_url);
+    settings.citizen_base_url = Some(format!("https://{}/fhir", gateway.citizen_addr()));
     let report = portvagt_conformance::run(settings, &[], |_, _, _| {})
         .await
         .unwrap();
@@ -204,15 +207,28 @@ async fn the_suite_fails_a_deployment_that_does_not_enforce() {
     let target = passthrough(&gateway.pki).await;
     let mut settings = settings(&gateway, &target);
     settings.sosi_card = None;
-    let only = ["TLS", "AUTH", "SCOPE", "PAT", "ERR"].map(String::from);
+    // Its "citizen listener" is the same front: it demands a certificate, and lets all through.
+    settings.citizen_base_url = Some(target.clone());
+    let only = ["TLS", "AUTH", "SCOPE", "PAT", "ERR", "CITIZEN"].map(String::from);
     let report = portvagt_conformance::run(settings, &only, |_, _, _| {})
         .await
         .unwrap();
     assert!(!report.all_passed());
     let failed = report.failed();
     for id in [
-        "AUTH-02", "AUTH-04", "AUTH-05", "AUTH-07", "AUTH-11", "SCOPE-02", "SCOPE-05", "PAT-02",
-        "PAT-03", "ERR-01",
+        "AUTH-02",
+        "AUTH-04",
+        "AUTH-05",
+        "AUTH-07",
+        "AUTH-11",
+        "SCOPE-02",
+        "SCOPE-05",
+        "PAT-02",
+        "PAT-03",
+        "ERR-01",
+        "CITIZEN-01",
+        "CITIZEN-03",
+        "CITIZEN-04",
     ] {
         assert!(
             failed.contains(&id),
