@@ -1,9 +1,11 @@
 //! Benchmarks of the per-request policy hot path: classification plus decision for typical
-//! requests, and response filtering of searchset Bundles of 10, 100 and 1000 entries.
+//! requests, response filtering of searchset Bundles of 10, 100 and 1000 entries, and finding
+//! the patients of such an answer for its audit record (from a parsed tree, and from the bytes).
 
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use portvagt_policy::compartment::{patients_in_answer, patients_in_body};
 use portvagt_policy::{FilterMode, ScopeSet, Subject, classify, decide, filter_response};
 use serde_json::json;
 
@@ -115,5 +117,30 @@ fn response_filtering(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, classify_and_decide, response_filtering);
+fn patients_of_answers(c: &mut Criterion) {
+    let mut group = c.benchmark_group("patients of a searchset");
+    for size in [10, 100, 1000] {
+        let body = searchset(size);
+        group.throughput(Throughput::Elements(size as u64));
+        group.bench_with_input(BenchmarkId::new("parsed tree", size), &body, |b, body| {
+            b.iter(|| {
+                let answer: serde_json::Value = serde_json::from_slice(black_box(body)).unwrap();
+                patients_in_answer(&answer)
+            })
+        });
+        group.bench_with_input(
+            BenchmarkId::new("from the bytes", size),
+            &body,
+            |b, body| b.iter(|| patients_in_body(black_box(body))),
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    classify_and_decide,
+    response_filtering,
+    patients_of_answers
+);
 criterion_main!(benches);

@@ -210,14 +210,77 @@ fn collect_patients(resource: &Value, patients: &mut Vec<String>) {
         .flat_map(|link| link.paths.iter())
     {
         walk(resource, path.split('.'), &mut |reference| {
-            if let Some(rest) = reference.strip_prefix("Patient/") {
-                let id = rest.split('/').next().unwrap_or_default();
-                if !id.is_empty() {
-                    patients.push(id.to_owned());
-                }
-            }
+            push_patient(reference, patients)
         });
     }
+}
+
+/// The patient a `Patient/<id>` reference names, added to `patients`.
+fn push_patient(reference: &str, patients: &mut Vec<String>) {
+    if let Some(rest) = reference.strip_prefix("Patient/") {
+        let id = rest.split('/').next().unwrap_or_default();
+        if !id.is_empty() {
+            patients.push(id.to_owned());
+        }
+    }
+}
+
+/// [`patients_in_answer`] read from the answer's bytes without building its tree: each
+/// resource is split into its top-level fields and only the subtrees the compartment paths
+/// start with are parsed. `None` when that cannot be done faithfully (not a JSON object, an
+/// entry that is not one, a key given twice): then parse the answer and ask
+/// [`patients_in_answer`].
+pub fn patients_in_body(body: &[u8]) -> Option<Vec<String>> {
+    let top: OrderedRaw<'_> = serde_json::from_slice(body).ok()?;
+    let mut patients = Vec::new();
+    collect_patients_raw(&top, &mut patients)?;
+    patients.sort_unstable();
+    patients.dedup();
+    Some(patients)
+}
+
+#[derive(serde::Deserialize)]
+struct EntryResource<'a> {
+    #[serde(borrow, default)]
+    resource: Option<&'a serde_json::value::RawValue>,
+}
+
+fn collect_patients_raw(resource: &OrderedRaw<'_>, patients: &mut Vec<String>) -> Option<()> {
+    if resource.has_duplicate_keys() {
+        return None;
+    }
+    let resource_type = resource.get_str("resourceType").unwrap_or_default();
+    if resource_type == "Bundle" {
+        if let Some(entries) = resource.get("entry") {
+            let entries: Vec<EntryResource<'_>> = serde_json::from_str(entries.get()).ok()?;
+            for inner in entries.iter().filter_map(|entry| entry.resource) {
+                let inner: OrderedRaw<'_> = serde_json::from_str(inner.get()).ok()?;
+                collect_patients_raw(&inner, patients)?;
+            }
+        }
+        return Some(());
+    }
+    if resource_type == "Patient" {
+        if let Some(id) = resource.get_str("id") {
+            patients.push(id.into_owned());
+        }
+        return Some(());
+    }
+    for path in links(&resource_type)
+        .unwrap_or_default()
+        .iter()
+        .flat_map(|link| link.paths.iter())
+    {
+        let mut steps = path.split('.');
+        let Some(raw) = resource.get(steps.next().unwrap_or_default()) else {
+            continue;
+        };
+        let subtree: Value = serde_json::from_str(raw.get()).ok()?;
+        walk(&subtree, steps, &mut |reference| {
+            push_patient(reference, patients)
+        });
+    }
+    Some(())
 }
 
 /// [`membership`] of a resource read as raw top-level fields: only the subtrees the compartment
@@ -372,6 +435,53 @@ fn walk(value: &Value, mut steps: std::str::Split<'_, char>, visit: &mut dyn FnM
 #[cfg(test)]
 mod tests {
     use serde_json::json;
+
+    #[test]
+    fn the_patients_read_from_bytes_are_those_of_the_parsed_answer() {
+        let seed: Value = serde_json::from_str(
+            &std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../testbed/backend/seed/bundle.json"
+            ))
+            .unwrap(),
+        )
+        .unwrap();
+        let answers = [
+            seed.clone(),
+            json!({ "resourceType": "Bundle", "type": "batch-response", "entry": [
+                { "resource": seed },
+                { "resource": { "resourceType": "Patient", "id": "pat-x" } },
+                { "response": { "status": "404" } },
+            ]}),
+            json!({ "resourceType": "Observation", "subject": { "reference": "Patient/pat-anne" },
+                    "performer": [{ "reference": "Patient/pat-bo/_history/2" }, { "reference": "Practitioner/p" }] }),
+            json!({ "resourceType": "Patient", "id": "pat-anne" }),
+            json!({ "resourceType": "Patient", "id": 7 }),
+            json!({ "resourceType": "Organization", "id": "org" }),
+            json!({ "resourceType": "Bundle", "entry": "odd" }),
+            json!({ "resourceType": 1, "subject": { "reference": "Patient/pat-anne" } }),
+        ];
+        let mut seen = 0;
+        for answer in answers {
+            let expected = super::patients_in_answer(&answer);
+            seen += expected.len();
+            match super::patients_in_body(answer.to_string().as_bytes()) {
+                Some(patients) => assert_eq!(patients, expected, "{answer}"),
+                // Only where the light reading cannot be faithful.
+                None => assert_eq!(answer["entry"], "odd"),
+            }
+        }
+        assert!(seen > 5, "the answers name patients: {seen}");
+        // Not an object, or a key given twice: the caller parses the answer instead.
+        assert_eq!(super::patients_in_body(b"[1]"), None);
+        assert_eq!(super::patients_in_body(b"not json"), None);
+        assert_eq!(
+            super::patients_in_body(
+                br#"{"resourceType":"Observation","subject":{"reference":"Patient/a"},"subject":{"reference":"Patient/b"}}"#
+            ),
+            None
+        );
+    }
 
     #[test]
     fn the_patients_an_answer_is_about_are_found_on_compartment_paths() {

@@ -42,6 +42,14 @@ impl<'a> OrderedRaw<'a> {
             .map(|(_, v)| v.raw())
     }
 
+    /// Whether a key appears twice (parsers disagree on which one counts).
+    pub(crate) fn has_duplicate_keys(&self) -> bool {
+        self.fields
+            .iter()
+            .enumerate()
+            .any(|(i, (key, _))| self.fields[..i].iter().any(|(earlier, _)| earlier == key))
+    }
+
     pub(crate) fn replace(&mut self, key: &str, value: Box<RawValue>) {
         if let Some(slot) = self.fields.iter_mut().find(|(k, _)| k == key) {
             slot.1 = RawSlot::Owned(value);

@@ -21,7 +21,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
 use http_body_util::{BodyExt as _, Limited};
-use portvagt_policy::compartment::{Membership, membership, patients_in_answer};
+use portvagt_policy::compartment::{Membership, membership, patients_in_answer, patients_in_body};
 use portvagt_policy::{
     Decision, DenyReason, FhirRequest, FilterMode, Filtered, Interaction, Obligations,
     ResponseCheck, check_response,
@@ -564,6 +564,21 @@ impl Proxy {
             && status.is_success()
         {
             bytes = Bytes::from(bundle::merge(Some(&bytes), plan, self.filter_mode)?);
+        }
+        // Only the audit record needs the patients: read them from the bytes, no tree built.
+        if audits_patients
+            && consent.is_none()
+            && !citizen_view
+            && !bytes.is_empty()
+            && let Some(patients) = patients_in_body(&bytes)
+        {
+            if let Some(record_handle) = &record_handle {
+                record_handle.fields().patients = patients;
+            }
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+            return Ok(Response::from_parts(parts, full(bytes)));
         }
         let parsed = if audits_patients && !bytes.is_empty() {
             match serde_json::from_slice::<serde_json::Value>(&bytes) {
