@@ -76,7 +76,7 @@ async fn events(ctx: &Ctx) -> Result<serde_json::Value, Verdict> {
 }
 
 /// The patients an AuditEvent is about.
-pub(super) fn about(event: &serde_json::Value) -> Vec<String> {
+fn about(event: &serde_json::Value) -> Vec<String> {
     event["entity"]
         .as_array()
         .into_iter()
@@ -124,18 +124,21 @@ async fn access_recorded(ctx: &Ctx) -> Verdict {
 async fn only_own(ctx: &Ctx) -> Verdict {
     let own = ctx.settings.own_patient.clone().unwrap_or_default();
     match events(ctx).await {
-        Ok(bundle) => {
-            let strangers: Vec<String> = bundle["entry"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .flat_map(|entry| about(&entry["resource"]))
-                .filter(|patient| *patient != own)
-                .collect();
-            check(strangers.is_empty(), format!("events about {strangers:?}"))
-        }
+        Ok(bundle) => only_about(&bundle, &own),
         Err(verdict) => verdict,
     }
+}
+
+/// Pass when every AuditEvent in `bundle` is about `own` alone.
+pub(super) fn only_about(bundle: &serde_json::Value, own: &str) -> Verdict {
+    let strangers: Vec<String> = bundle["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|entry| about(&entry["resource"]))
+        .filter(|patient| patient != own)
+        .collect();
+    check(strangers.is_empty(), format!("events about {strangers:?}"))
 }
 
 async fn user_refused(ctx: &Ctx) -> Verdict {
