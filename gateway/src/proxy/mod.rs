@@ -565,20 +565,31 @@ impl Proxy {
         {
             bytes = Bytes::from(bundle::merge(Some(&bytes), plan, self.filter_mode)?);
         }
-        // Only the audit record needs the patients: read them from the bytes, no tree built.
+        // The patients (for the audit record, and the consent check) read from the bytes, no
+        // tree built: unless the citizen view rewrites the answer, or a block withholds part of
+        // it, that is all that is needed.
         if audits_patients
-            && consent.is_none()
             && !citizen_view
             && !bytes.is_empty()
             && let Some(patients) = patients_in_body(&bytes)
         {
-            if let Some(record_handle) = &record_handle {
-                record_handle.fields().patients = patients;
+            let blocked = match &consent {
+                Some(consent) if !patients.is_empty() => {
+                    self.consent_verdict(consent, &patients, record_handle.as_ref())
+                        .await?
+                }
+                _ => Vec::new(),
+            };
+            if blocked.is_empty() {
+                if let Some(record_handle) = &record_handle {
+                    record_handle.fields().patients = patients;
+                }
+                parts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+                return Ok(Response::from_parts(parts, full(bytes)));
             }
-            parts
-                .headers
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-            return Ok(Response::from_parts(parts, full(bytes)));
+            // Something is blocked: the answer is parsed and withheld from below.
         }
         let parsed = if audits_patients && !bytes.is_empty() {
             match serde_json::from_slice::<serde_json::Value>(&bytes) {
