@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use rustls::RootCertStore;
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::{NoClientAuth, WebPkiClientVerifier};
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use x509_parser::prelude::{FromDer as _, X509Certificate};
@@ -21,10 +22,7 @@ use crate::config::{ConfigError, TlsConfig};
 /// Builds the rustls server config: TLS 1.2 and 1.3 only, aws-lc-rs, ALPN h2 and http/1.1.
 pub fn server_config(config: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, ConfigError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let chain = read_certs(&config.cert, "tls.cert")?;
-    let key = PrivateKeyDer::from_pem_file(&config.key)
-        .map_err(|e| ConfigError::new("tls.key", format!("{}: {e}", config.key.display())))?;
-
+    let (chain, key) = certificate_and_key(config)?;
     let mut roots = RootCertStore::empty();
     for cert in read_certs(&config.client_ca, "tls.client_ca")? {
         roots.add(cert).map_err(|e| {
@@ -46,28 +44,39 @@ pub fn server_config(config: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, Co
         .map_err(|e| {
             ConfigError::new("tls.crls", format!("cannot build the client verifier: {e}"))
         })?;
-
-    let mut server = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ConfigError::new("tls", e.to_string()))?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .map_err(|e| ConfigError::new("tls.key", format!("does not match tls.cert: {e}")))?;
-    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(server))
+    with_server_certificate(chain, key, provider, verifier)
 }
 
 /// The citizen listener's rustls config: the same certificate, protocols and ALPN, and no
 /// client certificate requested (citizens' browsers have none; their token is the credential).
 pub fn citizen_server_config(config: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, ConfigError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let (chain, key) = certificate_and_key(config)?;
+    with_server_certificate(chain, key, provider, Arc::new(NoClientAuth))
+}
+
+/// `[tls]`'s certificate chain and key.
+fn certificate_and_key(
+    config: &TlsConfig,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), ConfigError> {
     let chain = read_certs(&config.cert, "tls.cert")?;
     let key = PrivateKeyDer::from_pem_file(&config.key)
         .map_err(|e| ConfigError::new("tls.key", format!("{}: {e}", config.key.display())))?;
+    Ok((chain, key))
+}
+
+/// The server config with `chain` and `key`, `client_verifier`, the safe protocol versions and
+/// ALPN h2 and http/1.1.
+fn with_server_certificate(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    client_verifier: Arc<dyn ClientCertVerifier>,
+) -> Result<Arc<rustls::ServerConfig>, ConfigError> {
     let mut server = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| ConfigError::new("tls", e.to_string()))?
-        .with_no_client_auth()
+        .with_client_cert_verifier(client_verifier)
         .with_single_cert(chain, key)
         .map_err(|e| ConfigError::new("tls.key", format!("does not match tls.cert: {e}")))?;
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
