@@ -102,10 +102,6 @@ pub async fn serve(
         }
         _ => None,
     };
-    let (citizen_listener, citizen_tls, citizen_service) = match citizen {
-        Some((listener, tls, service)) => (Some(listener), Some(tls), Some(service)),
-        None => (None, None, None),
-    };
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -132,10 +128,8 @@ pub async fn serve(
                 };
                 tokio::spawn(connection.run(stream, addr));
             }
-            accepted = accept_if_any(citizen_listener.as_ref()) => {
-                let (Ok((stream, addr)), Some(tls), Some(service)) =
-                    (accepted, &citizen_tls, &citizen_service)
-                else {
+            accepted = accept_if_any(citizen.as_ref().map(|(listener, _, _)| listener)) => {
+                let (Ok((stream, addr)), Some((_, tls, service))) = (accepted, &citizen) else {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 };
@@ -152,7 +146,7 @@ pub async fn serve(
         }
     }
     drop(listener);
-    drop(citizen_listener);
+    drop(citizen);
     tracing::info!(
         in_flight_connections = graceful.count(),
         "shutting down: draining"
