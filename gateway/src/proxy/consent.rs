@@ -152,6 +152,22 @@ impl Proxy {
 
     /// The patients among `patients` whose blocks against the caller stand; a block lifted by
     /// break-the-glass is recorded (audit, metric) on the way.
+    /// The patients among `patients` whose blocks withhold them from this caller: none
+    /// without consent enforcement or patients.
+    pub(super) async fn blocked(
+        &self,
+        consent: Option<&ConsentContext>,
+        patients: &[String],
+        record_handle: Option<&RequestRecord>,
+    ) -> Result<Vec<String>, BoxError> {
+        match consent {
+            Some(consent) if !patients.is_empty() => {
+                self.consent_verdict(consent, patients, record_handle).await
+            }
+            _ => Ok(Vec::new()),
+        }
+    }
+
     pub(super) async fn consent_verdict(
         &self,
         consent: &ConsentContext,

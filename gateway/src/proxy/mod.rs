@@ -568,30 +568,25 @@ impl Proxy {
         // The patients (for the audit record, and the consent check) read from the bytes, no
         // tree built: unless the citizen view rewrites the answer, or a block withholds part of
         // it, that is all that is needed.
-        if audits_patients
-            && !citizen_view
-            && !bytes.is_empty()
-            && let Some(patients) = patients_in_body(&bytes)
-        {
-            let blocked = match &consent {
-                Some(consent) if !patients.is_empty() => {
-                    self.consent_verdict(consent, &patients, record_handle.as_ref())
-                        .await?
-                }
-                _ => Vec::new(),
-            };
-            if blocked.is_empty() {
-                if let Some(record_handle) = &record_handle {
-                    record_handle.fields().patients = patients;
-                }
-                parts
-                    .headers
-                    .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-                return Ok(Response::from_parts(parts, full(bytes)));
+        let from_bytes = if audits_patients && !citizen_view && !bytes.is_empty() {
+            patients_in_body(&bytes)
+        } else {
+            None
+        };
+        let decided = match from_bytes {
+            Some(patients) => {
+                let blocked = self
+                    .blocked(consent.as_ref(), &patients, record_handle.as_ref())
+                    .await?;
+                Some((patients, blocked))
             }
-            // Something is blocked: the answer is parsed and withheld from below.
-        }
-        let parsed = if audits_patients && !bytes.is_empty() {
+            None => None,
+        };
+        let needs_tree = match &decided {
+            Some((_, blocked)) => !blocked.is_empty(),
+            None => audits_patients && !bytes.is_empty(),
+        };
+        let parsed = if needs_tree {
             match serde_json::from_slice::<serde_json::Value>(&bytes) {
                 Ok(answer) => Some(answer),
                 // What cannot be read cannot be checked against consents: refused.
@@ -603,17 +598,23 @@ impl Proxy {
         } else {
             None
         };
-        if let Some(mut answer) = parsed {
-            let mut patients = patients_in_answer(&answer);
-            if let Some(consent) = &consent
-                && !patients.is_empty()
-            {
-                let is_bundle =
-                    answer.get("resourceType").and_then(|t| t.as_str()) == Some("Bundle");
-                let blocked = self
-                    .consent_verdict(consent, &patients, record_handle.as_ref())
-                    .await?;
-                if !blocked.is_empty() {
+        let audited_patients = match (parsed, decided) {
+            (Some(mut answer), decided) => {
+                let (mut patients, blocked) = match decided {
+                    Some(decided) => decided,
+                    None => {
+                        let patients = patients_in_answer(&answer);
+                        let blocked = self
+                            .blocked(consent.as_ref(), &patients, record_handle.as_ref())
+                            .await?;
+                        (patients, blocked)
+                    }
+                };
+                if let Some(consent) = &consent
+                    && !blocked.is_empty()
+                {
+                    let is_bundle =
+                        answer.get("resourceType").and_then(|t| t.as_str()) == Some("Bundle");
                     if !is_bundle {
                         return Err(self.consent_denial(&blocked, consent, record_handle.as_ref()));
                     }
@@ -622,15 +623,18 @@ impl Proxy {
                     bytes = Bytes::from(serde_json::to_vec(&answer)?);
                     patients = patients_in_answer(&answer);
                 }
+                if citizen_view {
+                    crate::audit::citizen::citizen_view(&mut answer);
+                    bytes = Bytes::from(serde_json::to_vec(&answer)?);
+                }
+                Some(patients)
             }
-            if citizen_view {
-                crate::audit::citizen::citizen_view(&mut answer);
-                bytes = Bytes::from(serde_json::to_vec(&answer)?);
-            }
-            // What leaves is what is audited: after filtering, merging and withholding.
-            if let Some(record_handle) = &record_handle {
-                record_handle.fields().patients = patients;
-            }
+            (None, Some((patients, _))) => Some(patients),
+            (None, None) => None,
+        };
+        // What leaves is what is audited: after filtering, merging and withholding.
+        if let (Some(patients), Some(record_handle)) = (audited_patients, &record_handle) {
+            record_handle.fields().patients = patients;
         }
         parts
             .headers
