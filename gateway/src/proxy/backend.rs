@@ -248,26 +248,7 @@ impl Backend {
             "identifier={}&_count=2",
             form_encode(&format!("{system}|{value}"))
         );
-        let request = Request::get(self.uri("Patient", Some(&query)).ok()?)
-            .header(header::ACCEPT, "application/fhir+json")
-            .body(empty())
-            .ok()?;
-        let response = tokio::time::timeout(Duration::from_secs(5), self.client.request(request))
-            .await
-            .ok()?
-            .ok()?;
-        if !response.status().is_success() {
-            return None;
-        }
-        let body = Limited::new(response.into_body(), 1024 * 1024)
-            .collect()
-            .await
-            .ok()?
-            .to_bytes();
-        let bundle: serde_json::Value = serde_json::from_slice(&body).ok()?;
-        if bundle.get("resourceType")?.as_str()? != "Bundle" {
-            return None;
-        }
+        let bundle = self.search_bundle("Patient", &query, 1024 * 1024).await?;
         let entries = bundle.get("entry").and_then(|e| e.as_array());
         Some(
             entries
@@ -281,9 +262,7 @@ impl Backend {
                 .collect(),
         )
     }
-}
 
-impl Backend {
     /// The active Consents of `patients` (ids), in one search; `None` when the backend could
     /// not be asked, did not answer with a search Bundle, or has more than one page (a block
     /// on a page not read would be a block not enforced).
@@ -293,26 +272,9 @@ impl Backend {
             "patient={}&status=active&_count=1000",
             form_encode(&references.join(","))
         );
-        let request = Request::get(self.uri("Consent", Some(&query)).ok()?)
-            .header(header::ACCEPT, "application/fhir+json")
-            .body(empty())
-            .ok()?;
-        let response = tokio::time::timeout(Duration::from_secs(5), self.client.request(request))
-            .await
-            .ok()?
-            .ok()?;
-        if !response.status().is_success() {
-            return None;
-        }
-        let body = Limited::new(response.into_body(), 8 * 1024 * 1024)
-            .collect()
-            .await
-            .ok()?
-            .to_bytes();
-        let bundle: serde_json::Value = serde_json::from_slice(&body).ok()?;
-        if bundle.get("resourceType")?.as_str()? != "Bundle" {
-            return None;
-        }
+        let bundle = self
+            .search_bundle("Consent", &query, 8 * 1024 * 1024)
+            .await?;
         let more_pages = bundle
             .get("link")
             .and_then(|links| links.as_array())
@@ -331,5 +293,33 @@ impl Backend {
                 .filter_map(|entry| entry.get("resource").cloned())
                 .collect(),
         )
+    }
+
+    /// A search the gateway makes for itself (`GET <type>?<query>`, 5 s, at most `limit`
+    /// bytes): the answer if it is a Bundle, `None` otherwise.
+    async fn search_bundle(
+        &self,
+        resource_type: &str,
+        query: &str,
+        limit: usize,
+    ) -> Option<serde_json::Value> {
+        let request = Request::get(self.uri(resource_type, Some(query)).ok()?)
+            .header(header::ACCEPT, "application/fhir+json")
+            .body(empty())
+            .ok()?;
+        let response = tokio::time::timeout(Duration::from_secs(5), self.client.request(request))
+            .await
+            .ok()?
+            .ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        let body = Limited::new(response.into_body(), limit)
+            .collect()
+            .await
+            .ok()?
+            .to_bytes();
+        let bundle: serde_json::Value = serde_json::from_slice(&body).ok()?;
+        (bundle.get("resourceType")?.as_str()? == "Bundle").then_some(bundle)
     }
 }
