@@ -642,6 +642,15 @@ impl ConfigError {
             message: message.into(),
         }
     }
+
+    /// Several problems as one text, each as it displays, `separator` between them.
+    pub fn join(errors: &[ConfigError], separator: &str) -> String {
+        errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(separator)
+    }
 }
 
 impl Config {

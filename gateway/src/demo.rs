@@ -12,7 +12,7 @@ use anyhow::{Context as _, bail};
 use serde_json::json;
 
 use crate::auth::issuer_key::IssuerKey;
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::runtime::Runtime;
 use crate::tls::PeerIdentity;
 
@@ -317,15 +317,8 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         ),
     )?;
     let config = Config::load(&config_path)?;
-    let runtime = Runtime::build(config, addr).map_err(|errors| {
-        anyhow::anyhow!(
-            errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("\n")
-        )
-    })?;
+    let runtime = Runtime::build(config, addr)
+        .map_err(|errors| anyhow::anyhow!(ConfigError::join(&errors, "\n")))?;
     runtime.open()?;
 
     let hours = Duration::from_secs(8 * 3600);

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use portvagt::config::{Config, LogFormat};
+use portvagt::config::{Config, ConfigError, LogFormat};
 use portvagt::demo::{self, DemoOptions, TokenRequest};
 use portvagt::runtime::Runtime;
 use tracing_subscriber::EnvFilter;
@@ -281,15 +281,8 @@ async fn serve(config: Config, path: &std::path::Path) -> anyhow::Result<()> {
         .await
         .map_err(|(what, error)| anyhow::anyhow!("{what}: {error}"))?;
     let addr = listeners.client.local_addr()?;
-    let runtime = Runtime::build(config, addr).map_err(|errors| {
-        anyhow::anyhow!(
-            errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("\n")
-        )
-    })?;
+    let runtime = Runtime::build(config, addr)
+        .map_err(|errors| anyhow::anyhow!(ConfigError::join(&errors, "\n")))?;
     let mut runtime = runtime;
     runtime.watch_config_file(path);
     runtime.open()?;

@@ -16,6 +16,7 @@ use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
 use x509_parser::prelude::FromDer as _;
 
+use crate::config::ConfigError;
 use crate::runtime::{Runtime, load_rules};
 
 /// How often files are looked at.
@@ -123,11 +124,7 @@ pub fn reload(runtime: &Runtime) {
         "jwks",
         match key_errors.as_slice() {
             [] => Ok(()),
-            errors => Err(errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; ")),
+            errors => Err(ConfigError::join(errors, "; ")),
         },
     );
     if let Some(path) = &runtime.config_path {
@@ -144,13 +141,7 @@ pub fn reload(runtime: &Runtime) {
                         &runtime.public_base_url,
                         &runtime.backend,
                     )
-                    .map_err(|errors| {
-                        errors
-                            .iter()
-                            .map(ToString::to_string)
-                            .collect::<Vec<_>>()
-                            .join("; ")
-                    })
+                    .map_err(|errors| ConfigError::join(&errors, "; "))
                 })
                 .map(|routes| runtime.upstreams.store(Arc::new(routes))),
         );
@@ -160,13 +151,7 @@ pub fn reload(runtime: &Runtime) {
             "rules",
             load_rules(path)
                 .map(|rules| runtime.rules.store(Some(Arc::new(rules))))
-                .map_err(|errors| {
-                    errors
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                }),
+                .map_err(|errors| ConfigError::join(&errors, "; ")),
         );
     }
 }
