@@ -48,6 +48,14 @@ impl Answer {
             .to_owned()
     }
 
+    /// The value of header `name` as text (empty if absent or not text).
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    }
+
     /// Whether the body is a FHIR OperationOutcome.
     pub fn is_operation_outcome(&self) -> bool {
         self.json()["resourceType"] == "OperationOutcome"

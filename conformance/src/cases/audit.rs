@@ -98,17 +98,12 @@ async fn access_recorded(ctx: &Ctx) -> Verdict {
     let Ok(read) = read else {
         return Verdict::Fail("the read got no answer".into());
     };
-    let request_id = read
-        .headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let request_id = read.header("x-request-id");
     // Shipping to the audit repository takes a moment.
     for _ in 0..60 {
         match events(ctx).await {
             Ok(bundle)
-                if bundle.to_string().contains(&request_id)
+                if bundle.to_string().contains(request_id)
                     || bundle["entry"].as_array().is_some_and(|e| !e.is_empty()) =>
             {
                 return Verdict::Pass;

@@ -174,11 +174,7 @@ async fn missing_token(ctx: &Ctx) -> Verdict {
     let answer = ctx.get(SEARCH, None).await;
     match &answer {
         Ok(a) if a.status == 401 => {
-            let challenge = a
-                .headers
-                .get("www-authenticate")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default();
+            let challenge = a.header("www-authenticate");
             check(
                 challenge.starts_with("Bearer"),
                 format!("401 without a Bearer challenge: {challenge:?}"),
@@ -192,11 +188,7 @@ async fn malformed_token(ctx: &Ctx) -> Verdict {
     let answer = ctx.get(SEARCH, Some("not-a-token")).await;
     match &answer {
         Ok(a) if a.status == 401 => {
-            let challenge = a
-                .headers
-                .get("www-authenticate")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default();
+            let challenge = a.header("www-authenticate");
             check(
                 challenge.contains("invalid_token"),
                 format!("no error=\"invalid_token\": {challenge:?}"),

@@ -103,12 +103,7 @@ pub(super) fn cases() -> Vec<Case> {
 async fn unauthorised_outcome(ctx: &Ctx) -> Verdict {
     match ctx.get("Patient?_count=1", None).await {
         Ok(answer) if answer.status == 401 => {
-            let content_type = answer
-                .headers
-                .get("content-type")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_owned();
+            let content_type = answer.header("content-type");
             check(
                 answer.is_operation_outcome() && content_type.starts_with("application/fhir+json"),
                 format!("401 body is not a FHIR JSON OperationOutcome ({content_type})"),
@@ -229,12 +224,7 @@ async fn xml_format(ctx: &Ctx) -> Verdict {
     {
         Ok(answer) if answer.status == 406 => Verdict::Pass,
         Ok(answer) => {
-            let content_type = answer
-                .headers
-                .get("content-type")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_owned();
+            let content_type = answer.header("content-type");
             check(
                 !content_type.contains("xml"),
                 format!(
@@ -250,12 +240,7 @@ async fn xml_format(ctx: &Ctx) -> Verdict {
 async fn realm(ctx: &Ctx) -> Verdict {
     match ctx.get("Patient?_count=1", None).await {
         Ok(answer) if answer.status == 401 => {
-            let challenge = answer
-                .headers
-                .get("www-authenticate")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_owned();
+            let challenge = answer.header("www-authenticate");
             check(
                 challenge.contains("realm="),
                 format!("no realm: {challenge:?}"),

@@ -301,12 +301,7 @@ async fn post_search(ctx: &Ctx) -> Verdict {
 async fn insufficient_scope(ctx: &Ctx) -> Verdict {
     match ctx.get("Patient?_count=1", narrow(ctx)).await {
         Ok(answer) if answer.status == 403 => {
-            let challenge = answer
-                .headers
-                .get("www-authenticate")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_owned();
+            let challenge = answer.header("www-authenticate");
             check(
                 challenge.contains("insufficient_scope"),
                 format!("403 without insufficient_scope: {challenge:?}"),
