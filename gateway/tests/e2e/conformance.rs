@@ -2,8 +2,6 @@
 //! passes. And against a "gateway" that forwards everything unchecked: the suite fails the
 //! cases that catch that, so it is shown able to fail.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -11,8 +9,6 @@ use portvagt_certs::DevPki;
 use portvagt_certs::saml::SosiCard;
 use portvagt_conformance::client::Identity;
 use portvagt_conformance::{Settings, Tokens};
-use rustls_pki_types::pem::PemObject as _;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::json;
 
 use crate::support::{Gateway, Options, backend_url};
@@ -116,27 +112,7 @@ async fn the_suite_passes_against_a_local_deployment() {
 /// unchanged: no token check, no scopes, no compartment. What a misconfigured deployment
 /// looks like from outside.
 async fn passthrough(pki: &DevPki) -> String {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from(pki.ca.certificate().cert_der.clone()))
-        .unwrap();
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        provider.clone(),
-    )
-    .build()
-    .unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(
-            vec![CertificateDer::from(pki.server.cert_der.clone())],
-            PrivateKeyDer::from_pem_slice(pki.server.key_pem.as_bytes()).unwrap(),
-        )
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let acceptor = crate::support::mtls_acceptor(pki);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let backend: http::Uri = backend_url().parse().unwrap();

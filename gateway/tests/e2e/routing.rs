@@ -9,8 +9,6 @@ use http::Method;
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::rt::TokioIo;
 use portvagt::demo::BackendProcess;
-use rustls_pki_types::pem::PemObject as _;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -124,27 +122,7 @@ async fn requests_go_to_the_backend_of_their_base_or_resource_type() {
 /// A TLS backend that requires a client certificate from the dev CA and answers every request
 /// with one Patient.
 async fn mtls_backend(pki: &portvagt_certs::DevPki) -> String {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from(pki.ca.certificate().cert_der.clone()))
-        .unwrap();
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        provider.clone(),
-    )
-    .build()
-    .unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(
-            vec![CertificateDer::from(pki.server.cert_der.clone())],
-            PrivateKeyDer::from_pem_slice(pki.server.key_pem.as_bytes()).unwrap(),
-        )
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let acceptor = crate::support::mtls_acceptor(pki);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!(
         "https://localhost:{}/fhir",

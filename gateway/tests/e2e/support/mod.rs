@@ -636,3 +636,29 @@ pub fn metric_value(metrics: &str, line_prefix: &str) -> Option<f64> {
         .and_then(|line| line.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
+
+/// A TLS acceptor with the dev PKI's server certificate that requires a client certificate
+/// from its CA: the front of the test servers that stand in for mTLS peers.
+pub fn mtls_acceptor(pki: &DevPki) -> tokio_rustls::TlsAcceptor {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from(pki.ca.certificate().cert_der.clone()))
+        .unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            vec![CertificateDer::from(pki.server.cert_der.clone())],
+            PrivateKeyDer::from_pem_slice(pki.server.key_pem.as_bytes()).unwrap(),
+        )
+        .unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
