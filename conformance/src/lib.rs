@@ -264,15 +264,21 @@ impl Ctx {
         token: Option<&str>,
         json: Option<serde_json::Value>,
     ) -> Result<Answer, String> {
-        let authorization = token.map(|t| format!("Bearer {t}"));
-        let mut headers = Vec::new();
-        if let Some(value) = &authorization {
-            headers.push(("authorization", value.as_str()));
-        }
-        let body = json.map(|v| ("application/fhir+json", v.to_string().into_bytes()));
-        self.client
-            .send(method, &self.path(path), &headers, body)
-            .await
+        bearer_request(&self.client, method, &self.path(path), token, json).await
+    }
+
+    /// [`Ctx::send`] on the citizen listener (no client certificate), below its FHIR base.
+    pub async fn send_citizen(
+        &self,
+        method: http::Method,
+        path: &str,
+        token: Option<&str>,
+        json: Option<serde_json::Value>,
+    ) -> Result<Answer, String> {
+        let Some((client, base)) = &self.citizen else {
+            return Err("no citizen listener".into());
+        };
+        bearer_request(client, method, &format!("{base}/{path}"), token, json).await
     }
 
     /// The full path of `path` below the FHIR base.
@@ -285,6 +291,23 @@ impl Ctx {
             format!("{}/{path}", self.base_path)
         }
     }
+}
+
+/// A request to `full_path` with `token` as a Bearer token and `json` as a FHIR body.
+async fn bearer_request(
+    client: &Client,
+    method: http::Method,
+    full_path: &str,
+    token: Option<&str>,
+    json: Option<serde_json::Value>,
+) -> Result<Answer, String> {
+    let authorization = token.map(|t| format!("Bearer {t}"));
+    let mut headers = Vec::new();
+    if let Some(value) = &authorization {
+        headers.push(("authorization", value.as_str()));
+    }
+    let body = json.map(|v| ("application/fhir+json", v.to_string().into_bytes()));
+    client.send(method, full_path, &headers, body).await
 }
 
 /// Runs every case (or those whose id starts with one of `only`), calling `progress` after

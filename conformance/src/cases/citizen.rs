@@ -54,17 +54,7 @@ pub(super) fn cases() -> Vec<Case> {
 }
 
 async fn get(ctx: &Ctx, path: &str, token: Option<&str>) -> Result<Answer, String> {
-    let Some((client, base)) = &ctx.citizen else {
-        return Err("no citizen listener".into());
-    };
-    let authorization = token.map(|t| format!("Bearer {t}"));
-    let headers: Vec<(&str, &str)> = authorization
-        .iter()
-        .map(|value| ("authorization", value.as_str()))
-        .collect();
-    client
-        .send(http::Method::GET, &format!("{base}/{path}"), &headers, None)
-        .await
+    ctx.send_citizen(http::Method::GET, path, token, None).await
 }
 
 fn patient(ctx: &Ctx) -> Option<&str> {
@@ -112,17 +102,12 @@ async fn other_log_refused(ctx: &Ctx) -> Verdict {
 }
 
 async fn no_writes(ctx: &Ctx) -> Verdict {
-    let Some((client, base)) = &ctx.citizen else {
-        return Verdict::Fail("no citizen listener".into());
-    };
-    let authorization = format!("Bearer {}", patient(ctx).unwrap_or_default());
-    let body = serde_json::json!({ "resourceType": "AuditEvent" }).to_string();
-    let answer = client
-        .send(
+    let answer = ctx
+        .send_citizen(
             http::Method::POST,
-            &format!("{base}/AuditEvent"),
-            &[("authorization", authorization.as_str())],
-            Some(("application/fhir+json", body.into_bytes())),
+            "AuditEvent",
+            patient(ctx),
+            Some(serde_json::json!({ "resourceType": "AuditEvent" })),
         )
         .await;
     expect_one_of(&answer, &[403])
