@@ -4,7 +4,9 @@
 
 use serde_json::{Value, json};
 
-use crate::support::{Gateway, Options};
+use http::Method;
+
+use crate::support::{Gateway, Options, request};
 
 fn gateway(repository: &portvagt::demo::BackendProcess, citizen_extra: &str) -> Gateway {
     Gateway::start_with(Options {
@@ -87,15 +89,12 @@ async fn citizens_read_their_own_log_without_a_certificate_and_nothing_else() {
         .unwrap();
     assert_eq!(others.status, 403, "{}", others.text());
     let write = browser
-        .send(
-            http::Request::post("/fhir/AuditEvent")
-                .header("authorization", format!("Bearer {token}"))
-                .header("content-type", "application/fhir+json")
-                .body(http_body_util::Full::new(bytes::Bytes::from(
-                    json!({ "resourceType": "AuditEvent" }).to_string(),
-                )))
-                .unwrap(),
-        )
+        .send(request(
+            Method::POST,
+            "/fhir/AuditEvent",
+            Some(&token),
+            Some(json!({ "resourceType": "AuditEvent" })),
+        ))
         .await
         .unwrap();
     assert_eq!(write.status, 403);
@@ -222,17 +221,13 @@ async fn types_the_operator_opens_are_readable_in_the_citizens_own_compartment()
     assert_eq!(others.status, 403);
     // Opened for reading only.
     let write = browser
-        .send(
-            http::Request::post("/fhir/Observation")
-                .header("authorization", format!("Bearer {token}"))
-                .header("content-type", "application/fhir+json")
-                .body(http_body_util::Full::new(bytes::Bytes::from(
-                    json!({ "resourceType": "Observation", "status": "final",
-                            "code": { "text": "x" }, "subject": { "reference": "Patient/pat-anne" } })
-                    .to_string(),
-                )))
-                .unwrap(),
-        )
+        .send(request(
+            Method::POST,
+            "/fhir/Observation",
+            Some(&token),
+            Some(json!({ "resourceType": "Observation", "status": "final",
+                         "code": { "text": "x" }, "subject": { "reference": "Patient/pat-anne" } })),
+        ))
         .await
         .unwrap();
     assert_eq!(
