@@ -1,38 +1,32 @@
-//! Negative consent enforcement: citizens' blocks (FHIR `Consent` resources in the backend)
+//! Negative consent enforcement: citizens' Consents (FHIR `Consent` resources in the backend)
 //! are loaded per patient, cached briefly, and applied to every interaction: before the
-//! request (the patients it names or writes about) and after (the patients in the answer:
-//! a read is refused, search and history entries are withheld with a marker, batch entries
-//! are answered 403 one by one). Break-the-glass ([`Emergency`]) lifts a block, never a scope
-//! or a rule; it is counted and audited with its reason. Matching is in
+//! request (the patients its [`Reach`](portvagt_policy::Reach) names, and what a write would
+//! change, read first) and after (the patients in the answer: a read is refused, search and
+//! history entries are withheld without a trace, batch entries are answered 403 one by one).
+//! The caller is matched by every identity the backend knows for them ([`ConsentStore::identify`]),
+//! so a professional arriving by SAML exchange with only an authorisation id and one with a
+//! `fhirUser` are the same person. Break-the-glass ([`Emergency`]) lifts a block, never a scope
+//! or a rule; it is counted and audited with its reason. The rules are in
 //! [`portvagt_policy::consent`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use portvagt_policy::FhirRequest;
-use portvagt_policy::compartment::patients_of;
+use portvagt_policy::compartment::{patient_reference_id, patients_of};
 use portvagt_policy::consent::{
-    AUTHORIZATION_SYSTEM, Block, CPR_SYSTEM, CVR_SYSTEM, CallerIds, ConsentVerdict, Emergency,
-    blocks_in, check,
+    AUTHORIZATION_SYSTEM, Access, Block, CPR_SYSTEM, CVR_SYSTEM, CallerIds, ConsentVerdict,
+    Emergency, SOR_SYSTEM, blocks_in, check,
 };
-use portvagt_policy::request::RequestBody;
 use serde_json::{Value, json};
 
 use crate::auth::Principal;
 use crate::config::ConsentConfig;
-use crate::outcome::DETAIL_SYSTEM;
-use crate::proxy::Backend;
+use crate::metrics::Metrics;
+use crate::proxy::{Backend, Fetched};
 
 /// How many patients' Consents are asked for in one search.
 const CHUNK: usize = 40;
-
-/// The patient id of a reference: `Patient/<id>`, absolute or relative, any version.
-fn patient_id(reference: &str) -> Option<&str> {
-    let reference = reference.split("/_history/").next()?;
-    let (rest, id) = reference.rsplit_once('/')?;
-    (rest == "Patient" || rest.ends_with("/Patient")).then_some(id)
-}
 
 /// The header that carries the reason for a break-the-glass access.
 pub const BREAK_GLASS_HEADER: &str = "x-portvagt-break-glass-reason";
@@ -46,22 +40,34 @@ pub struct ConsentUnavailable;
 #[derive(Debug)]
 pub struct ConsentStore {
     backend: Arc<Backend>,
+    metrics: Arc<Metrics>,
     ttl: Duration,
     capacity: usize,
     cache: Mutex<HashMap<String, Cached>>,
+    identities: Mutex<HashMap<IdentityKey, (Instant, Arc<CallerIds>)>>,
 }
+
+/// A caller's identities as the token and certificate gave them, sorted: the identity cache's
+/// key.
+type IdentityKey = Vec<(String, String)>;
 
 /// One patient's blocks and until when they may be used.
 type Cached = (Instant, Arc<Vec<Block>>);
 
 impl ConsentStore {
     /// A store reading Consents from `backend`.
-    pub fn new(config: &ConsentConfig, backend: Arc<Backend>) -> ConsentStore {
+    pub fn new(
+        config: &ConsentConfig,
+        backend: Arc<Backend>,
+        metrics: Arc<Metrics>,
+    ) -> ConsentStore {
         ConsentStore {
             backend,
+            metrics,
             ttl: config.cache_ttl,
             capacity: config.cache_entries.max(1),
             cache: Mutex::new(HashMap::new()),
+            identities: Mutex::new(HashMap::new()),
         }
     }
 
@@ -103,7 +109,7 @@ impl ConsentStore {
                 let owner = consent
                     .pointer("/patient/reference")
                     .and_then(Value::as_str)
-                    .and_then(patient_id)
+                    .and_then(patient_reference_id)
                     .filter(|id| chunk.iter().any(|p| p == id));
                 match owner {
                     Some(patient) => loaded.entry(patient.to_owned()).or_default().push(block),
@@ -135,6 +141,142 @@ impl ConsentStore {
     }
 }
 
+impl ConsentStore {
+    /// Every identity the backend knows for the caller, so that a Consent naming them one way
+    /// blocks them arriving another: the Practitioners with their authorisation id or CPR and
+    /// the Organizations with their SOR or CVR (searched by identifier), and the identifiers
+    /// and links of the `fhirUser` (a Practitioner's identifiers; a PractitionerRole's
+    /// practitioner and organisation, and theirs). Cached like the Consents; asked only when
+    /// some patient's Consent names somebody. A backend that cannot answer refuses the access
+    /// (503), it never lets it through unchecked.
+    pub async fn identify(&self, caller: &CallerIds) -> Result<Arc<CallerIds>, ConsentUnavailable> {
+        let mut key = caller.identifiers.clone();
+        key.extend(caller.references.iter().map(|r| (String::new(), r.clone())));
+        key.sort();
+        let now = Instant::now();
+        if let Some((expires, known)) = self
+            .identities
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            && *expires > now
+        {
+            return Ok(known.clone());
+        }
+        let mut known = caller.clone();
+        for (system, value) in &caller.identifiers {
+            let resource_type = match system.as_str() {
+                AUTHORIZATION_SYSTEM | CPR_SYSTEM => "Practitioner",
+                SOR_SYSTEM | CVR_SYSTEM => "Organization",
+                _ => continue,
+            };
+            let query = format!(
+                "identifier={}&_count=50",
+                crate::encoding::form_encode(&format!("{system}|{value}"))
+            );
+            let bundle = self.fetch(resource_type, Some(&query)).await?;
+            for resource in entries(bundle.as_ref()) {
+                add_resource(&mut known, resource);
+            }
+        }
+        // The fhirUser and what it links to, two steps deep (role → practitioner, organisation).
+        let mut pending: Vec<String> = caller.references.clone();
+        for _ in 0..2 {
+            let mut next = Vec::new();
+            for reference in pending {
+                let relative = portvagt_policy::consent::relative(&reference).to_owned();
+                let linkable = ["Practitioner/", "PractitionerRole/", "Organization/"]
+                    .iter()
+                    .any(|t| relative.starts_with(t));
+                if !linkable || relative.contains(['?', '#']) {
+                    continue;
+                }
+                let Some(resource) = self.fetch(&relative, None).await? else {
+                    continue;
+                };
+                for link in ["/practitioner/reference", "/organization/reference"] {
+                    if let Some(linked) = resource.pointer(link).and_then(Value::as_str) {
+                        next.push(linked.to_owned());
+                    }
+                }
+                add_resource(&mut known, &resource);
+            }
+            pending = next;
+        }
+        known.identifiers.sort();
+        known.identifiers.dedup();
+        known.references.sort();
+        known.references.dedup();
+        let known = Arc::new(known);
+        let mut identities = self.identities.lock().unwrap_or_else(|p| p.into_inner());
+        if identities.len() >= self.capacity {
+            identities.clear();
+        }
+        identities.insert(key, (now + self.ttl, known.clone()));
+        Ok(known)
+    }
+
+    async fn fetch(
+        &self,
+        relative: &str,
+        query: Option<&str>,
+    ) -> Result<Option<Value>, ConsentUnavailable> {
+        match self
+            .backend
+            .fetch_json(relative, query, 1024 * 1024, &self.metrics)
+            .await
+        {
+            Ok(Fetched::Found(value)) => Ok(Some(value)),
+            Ok(Fetched::Missing) => Ok(None),
+            Err(_) => Err(ConsentUnavailable),
+        }
+    }
+}
+
+/// The resources of a search Bundle.
+fn entries(bundle: Option<&Value>) -> impl Iterator<Item = &Value> {
+    bundle
+        .and_then(|b| b.get("entry"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry.get("resource"))
+}
+
+/// Adds a Practitioner, PractitionerRole or Organization: its reference and its identifiers.
+fn add_resource(known: &mut CallerIds, resource: &Value) {
+    let (Some(resource_type), Some(id)) = (
+        resource.get("resourceType").and_then(Value::as_str),
+        resource.get("id").and_then(Value::as_str),
+    ) else {
+        return;
+    };
+    known.references.push(format!("{resource_type}/{id}"));
+    for identifier in resource
+        .get("identifier")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if let (Some(system), Some(value)) = (
+            identifier.get("system").and_then(Value::as_str),
+            identifier.get("value").and_then(Value::as_str),
+        ) {
+            known
+                .identifiers
+                .push((system.to_owned(), value.to_owned()));
+        }
+    }
+}
+
+/// Whether any of these Consents names an actor at all (then the caller's identities matter).
+pub fn names_actors(blocks: &HashMap<String, Arc<Vec<Block>>>) -> bool {
+    blocks
+        .values()
+        .flat_map(|b| b.iter())
+        .any(|block| !block.actors().is_empty())
+}
+
 /// The caller as consent actors see them: authorisation id, CPR, organisation (SOR/CVR, from
 /// the token or the client certificate) and `fhirUser`.
 pub fn caller_ids(principal: &Principal) -> CallerIds {
@@ -160,41 +302,6 @@ pub fn caller_ids(principal: &Principal) -> CallerIds {
     ids
 }
 
-/// The patients a request names or writes about: the Patient addressed, the compartment
-/// searched, `patient`/`subject` parameters, and the resource in a create or update body.
-pub fn patients_named_by(request: &FhirRequest) -> Vec<String> {
-    let mut patients = Vec::new();
-    if let (Some(resource_type), Some(id)) = (request.resource_type(), request.id())
-        && resource_type.as_str() == "Patient"
-    {
-        patients.push(id.to_owned());
-    }
-    if let Some((resource_type, id)) = request.compartment()
-        && resource_type.as_str() == "Patient"
-    {
-        patients.push(id.to_owned());
-    }
-    for name in ["patient", "subject"] {
-        for value in request.param_values(name) {
-            for one in value.split(',') {
-                let id = one.strip_prefix("Patient/").unwrap_or(one);
-                if (name == "patient" || one.starts_with("Patient/"))
-                    && !id.is_empty()
-                    && !id.contains('/')
-                {
-                    patients.push(id.to_owned());
-                }
-            }
-        }
-    }
-    if let Some(RequestBody::Resource(resource)) = request.body() {
-        patients.extend(patients_of(resource));
-    }
-    patients.sort_unstable();
-    patients.dedup();
-    patients
-}
-
 /// What checking a set of patients found.
 #[derive(Debug, Default)]
 pub struct Checked {
@@ -206,11 +313,12 @@ pub struct Checked {
     pub reason_missing: bool,
 }
 
-/// Checks `patients` against their `blocks` for `caller`.
+/// Checks `patients` against their `blocks` for `caller` and one `access`.
 pub fn check_patients(
     patients: &[String],
     blocks: &HashMap<String, Arc<Vec<Block>>>,
     caller: &CallerIds,
+    access: &Access<'_>,
     emergency: Emergency<'_>,
 ) -> Checked {
     let mut checked = Checked::default();
@@ -218,7 +326,7 @@ pub fn check_patients(
         let Some(patient_blocks) = blocks.get(patient) else {
             continue;
         };
-        match check(patient_blocks, caller, emergency) {
+        match check(patient_blocks, caller, access, emergency) {
             ConsentVerdict::Open => {}
             ConsentVerdict::BrokenGlass { .. } => checked.broken_glass.push(patient.clone()),
             ConsentVerdict::Blocked { .. } => {
@@ -232,10 +340,11 @@ pub fn check_patients(
     checked
 }
 
-/// Removes what `blocked` patients' consents withhold from a Bundle answer: search and history
-/// entries are dropped (and one OperationOutcome entry says so), batch and transaction
-/// entries become 403s. Returns how many entries were withheld.
-pub fn withhold(bundle: &mut Value, blocked: &[String]) -> usize {
+/// Removes what Consents withhold from a Bundle answer: search and history entries are
+/// dropped without a trace (no notice, no count: the answer is what it would be if the data
+/// did not exist), batch and transaction entries become 403s (each entry is a request of its
+/// own). `blocked` says whether one resource is withheld. Returns how many entries were.
+pub fn withhold(bundle: &mut Value, blocked: &dyn Fn(&Value) -> bool) -> usize {
     let kind = bundle
         .get("type")
         .and_then(Value::as_str)
@@ -244,38 +353,64 @@ pub fn withhold(bundle: &mut Value, blocked: &[String]) -> usize {
     let Some(entries) = bundle.get_mut("entry").and_then(Value::as_array_mut) else {
         return 0;
     };
-    let is_blocked = |entry: &Value| {
-        entry
-            .get("resource")
-            .is_some_and(|resource| patients_of(resource).iter().any(|p| blocked.contains(p)))
-    };
-    let outcome = |count: usize| {
-        json!({
-            "resourceType": "OperationOutcome",
-            "issue": [{
-                "severity": "information",
-                "code": "suppressed",
-                "details": { "coding": [{ "system": DETAIL_SYSTEM, "code": "consent-filtered" }] },
-                "diagnostics": format!("{count} entries were withheld: the patient has blocked this access")
-            }]
-        })
-    };
+    let is_blocked = |entry: &Value| entry.get("resource").is_some_and(blocked);
     if kind == "batch-response" || kind == "transaction-response" {
         let mut withheld = 0;
         for entry in entries.iter_mut().filter(|entry| is_blocked(entry)) {
             withheld += 1;
-            entry["resource"] = outcome(1);
-            entry["response"] = json!({ "status": "403 Forbidden", "outcome": outcome(1) });
+            let outcome = json!({
+                "resourceType": "OperationOutcome",
+                "issue": [{
+                    "severity": "error",
+                    "code": "forbidden",
+                    "details": { "coding": [{ "system": crate::outcome::DETAIL_SYSTEM, "code": "consent-block" }] },
+                    "diagnostics": "the patient has blocked this access"
+                }]
+            });
+            entry["resource"] = outcome.clone();
+            entry["response"] = json!({ "status": "403 Forbidden", "outcome": outcome });
         }
         return withheld;
     }
     let before = entries.len();
     entries.retain(|entry| !is_blocked(entry));
-    let withheld = before - entries.len();
-    if withheld > 0 {
-        entries.push(json!({ "resource": outcome(withheld), "search": { "mode": "outcome" } }));
+    before - entries.len()
+}
+
+/// Whether `resource` is withheld from `caller`: some patient whose compartment it is in has a
+/// Consent that denies this access to it.
+pub fn resource_blocked(
+    resource: &Value,
+    blocks: &HashMap<String, Arc<Vec<Block>>>,
+    caller: &CallerIds,
+    purpose: Option<&str>,
+    now: i64,
+) -> bool {
+    let resource_type = resource.get("resourceType").and_then(Value::as_str);
+    if resource_type == Some("Bundle") {
+        // A batch entry's nested searchset or history: decided entry by entry.
+        return entries(Some(resource))
+            .any(|inner| resource_blocked(inner, blocks, caller, purpose, now));
     }
-    withheld
+    let id = resource.get("id").and_then(Value::as_str);
+    let reference = match (resource_type, id) {
+        (Some(t), Some(id)) => Some(format!("{t}/{id}")),
+        _ => None,
+    };
+    let access = Access {
+        resource_type,
+        resource: reference.as_deref(),
+        purpose,
+        now,
+        unknown_denies: true,
+    };
+    patients_of(resource).iter().any(|patient| {
+        blocks.get(patient).is_some_and(|patient_blocks| {
+            patient_blocks
+                .iter()
+                .any(|block| portvagt_policy::consent::denies(block, caller, &access))
+        })
+    })
 }
 
 #[cfg(test)]
@@ -283,34 +418,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn consents_are_placed_by_any_form_of_patient_reference() {
-        assert_eq!(patient_id("Patient/anne"), Some("anne"));
-        assert_eq!(
-            patient_id("https://fhir.example/R4/Patient/anne/_history/2"),
-            Some("anne")
-        );
-        assert_eq!(patient_id("Group/anne"), None);
-        assert_eq!(patient_id("anne"), None);
-    }
-
-    #[test]
-    fn blocked_patients_entries_are_withheld_and_marked() {
-        let mut searchset = json!({ "resourceType": "Bundle", "type": "searchset", "entry": [
+    fn withheld_search_entries_leave_no_trace_and_batch_entries_say_403() {
+        let anne = |entry: &Value| patients_of(entry).iter().any(|p| p == "anne");
+        let mut searchset = json!({ "resourceType": "Bundle", "type": "searchset", "total": 3, "entry": [
             { "resource": { "resourceType": "Observation", "subject": { "reference": "Patient/anne" } } },
             { "resource": { "resourceType": "Observation", "subject": { "reference": "Patient/bo" } } },
             { "resource": { "resourceType": "Patient", "id": "anne" } }
         ]});
-        assert_eq!(withhold(&mut searchset, &["anne".to_owned()]), 2);
+        assert_eq!(withhold(&mut searchset, &anne), 2);
         let entries = searchset["entry"].as_array().unwrap();
-        assert_eq!(entries.len(), 2);
+        assert_eq!(entries.len(), 1);
         assert_eq!(entries[0]["resource"]["subject"]["reference"], "Patient/bo");
-        assert_eq!(entries[1]["search"]["mode"], "outcome");
 
         let mut batch = json!({ "resourceType": "Bundle", "type": "batch-response", "entry": [
             { "resource": { "resourceType": "Patient", "id": "anne" }, "response": { "status": "200 OK" } },
             { "resource": { "resourceType": "Patient", "id": "bo" }, "response": { "status": "200 OK" } }
         ]});
-        assert_eq!(withhold(&mut batch, &["anne".to_owned()]), 1);
+        assert_eq!(withhold(&mut batch, &anne), 1);
         assert_eq!(batch["entry"][0]["response"]["status"], "403 Forbidden");
         assert_eq!(batch["entry"][1]["response"]["status"], "200 OK");
     }

@@ -36,6 +36,10 @@ pub struct RecordFields {
     pub request: Option<Arc<FhirRequest>>,
     /// The patients the answer was about (ids), as the proxy saw it leave.
     pub patients: Vec<String>,
+    /// The patients the request touched before its answer: named (in every spelling, by
+    /// identifier once resolved), written, and the owners of what a write changed (read
+    /// first). Every one of them gets the event in their log, whatever the answer held.
+    pub touched: Vec<String>,
     /// The reason given for a break-the-glass access.
     pub break_glass: Option<String>,
     /// The patients whose consent blocks the break-the-glass access set aside.

@@ -131,10 +131,12 @@ pub fn membership(resource: &Value, patient: &str) -> Membership {
     }
     if let Some(links) = links(resource_type) {
         let mut tally = Tally::default();
-        for path in links.iter().flat_map(|link| link.paths.iter()) {
-            walk(resource, path.split('.'), &mut |reference| {
-                tally.add(reference, patient)
-            });
+        for link in links {
+            for path in link.paths {
+                walk(resource, path.split('.'), &mut |reference| {
+                    tally.add(reference, patient, is_primary(path))
+                });
+            }
         }
         return tally.verdict(contained_ok(resource.get("contained"), patient));
     }
@@ -217,12 +219,22 @@ fn collect_patients(resource: &Value, patients: &mut Vec<String>) {
 
 /// The patient a `Patient/<id>` reference names, added to `patients`.
 fn push_patient(reference: &str, patients: &mut Vec<String>) {
-    if let Some(rest) = reference.strip_prefix("Patient/") {
-        let id = rest.split('/').next().unwrap_or_default();
-        if !id.is_empty() {
-            patients.push(id.to_owned());
-        }
+    if let Some(id) = patient_reference_id(reference) {
+        patients.push(id.to_owned());
     }
+}
+
+/// The id of a `Patient/<id>` reference, relative or absolute (`https://…/Patient/<id>`), with
+/// or without `/_history/<vid>`.
+pub fn patient_reference_id(reference: &str) -> Option<&str> {
+    let reference = match reference.find("/_history/") {
+        Some(index) => &reference[..index],
+        None => reference,
+    };
+    let (rest, id) = reference.rsplit_once('/')?;
+    let relative_or_absolute =
+        rest == "Patient" || (rest.ends_with("/Patient") && rest.contains("://"));
+    (relative_or_absolute && crate::request::is_valid_id(id)).then_some(id)
 }
 
 /// [`patients_in_answer`] read from the answer's bytes without building its tree: each
@@ -299,17 +311,19 @@ pub(crate) fn membership_raw(resource: &OrderedRaw<'_>, patient: &str) -> Member
     }
     if let Some(links) = links(&resource_type) {
         let mut tally = Tally::default();
-        for path in links.iter().flat_map(|link| link.paths.iter()) {
-            let mut steps = path.split('.');
-            let first = steps.next().unwrap_or_default();
-            let Some(raw) = resource.get(first) else {
-                continue;
-            };
-            match serde_json::from_str::<Value>(raw.get()) {
-                Ok(subtree) => walk(&subtree, steps, &mut |reference| {
-                    tally.add(reference, patient)
-                }),
-                Err(_) => return Membership::Outside,
+        for link in links {
+            for path in link.paths {
+                let mut steps = path.split('.');
+                let first = steps.next().unwrap_or_default();
+                let Some(raw) = resource.get(first) else {
+                    continue;
+                };
+                match serde_json::from_str::<Value>(raw.get()) {
+                    Ok(subtree) => walk(&subtree, steps, &mut |reference| {
+                        tally.add(reference, patient, is_primary(path))
+                    }),
+                    Err(_) => return Membership::Outside,
+                }
             }
         }
         let contained = resource
@@ -336,7 +350,11 @@ struct Tally {
 }
 
 impl Tally {
-    fn add(&mut self, reference: &str, patient: &str) {
+    fn add(&mut self, reference: &str, patient: &str, primary: bool) {
+        if reference == UNTYPED_BY_IDENTIFIER && !primary {
+            // `performer: {identifier: ...}`: a professional, as far as anyone can tell.
+            return;
+        }
         if references_patient(reference, patient) {
             self.names_patient = true;
         } else if reference.starts_with('#') {
@@ -401,14 +419,27 @@ fn names_any_patient(resource: &Value) -> bool {
         .flat_map(|link| link.paths.iter())
     {
         walk(resource, path.split('.'), &mut |reference| {
-            found |= reference.starts_with("Patient/")
+            found |= reference.starts_with("Patient/") || reference == PATIENT_BY_IDENTIFIER
         });
     }
     found
 }
 
+/// What [`walk`] hands over for a Reference with an `identifier` and no `reference`, typed
+/// `Patient`.
+const PATIENT_BY_IDENTIFIER: &str = "urn:portvagt:patient-by-identifier";
+/// The same without a `type`: a Patient on the paths that only point at patients.
+const UNTYPED_BY_IDENTIFIER: &str = "urn:portvagt:untyped-by-identifier";
+
+/// Whether a compartment path is the resource's own patient (the element `subject` or
+/// `patient`), where an untyped reference is a patient reference. `AuditEvent.agent.who` or
+/// `Observation.performer` name professionals and systems as often as patients.
+fn is_primary(path: &str) -> bool {
+    matches!(path, "patient" | "subject")
+}
+
 /// Follows `steps` from `value` (through arrays at any step) to References, and hands each
-/// `reference` string to `visit`.
+/// `reference` string to `visit` (a marker for references by identifier only).
 fn walk(value: &Value, mut steps: std::str::Split<'_, char>, visit: &mut dyn FnMut(&str)) {
     match value {
         Value::Array(items) => {
@@ -425,6 +456,13 @@ fn walk(value: &Value, mut steps: std::str::Split<'_, char>, visit: &mut dyn FnM
             None => {
                 if let Some(reference) = object.get("reference").and_then(Value::as_str) {
                     visit(reference);
+                } else if object.contains_key("identifier") {
+                    // A Reference by identifier only: whom it names only the backend can say.
+                    match object.get("type").and_then(Value::as_str) {
+                        Some("Patient") => visit(PATIENT_BY_IDENTIFIER),
+                        None => visit(UNTYPED_BY_IDENTIFIER),
+                        Some(_) => {}
+                    }
                 }
             }
         },
@@ -435,6 +473,37 @@ fn walk(value: &Value, mut steps: std::str::Split<'_, char>, visit: &mut dyn FnM
 #[cfg(test)]
 mod tests {
     use serde_json::json;
+
+    #[test]
+    fn a_reference_by_identifier_only_is_nobody_we_can_place() {
+        use super::{Membership, membership, patient_reference_id};
+        // Bo's, by CPR, with Anne as performer: not Anne's.
+        let by_identifier = json!({ "resourceType": "Observation",
+            "subject": { "identifier": { "system": "urn:oid:1.2.208.176.1.2", "value": "0501792275" } },
+            "performer": [{ "reference": "Patient/pat-anne" }] });
+        assert_eq!(membership(&by_identifier, "pat-anne"), Membership::Outside);
+        let typed = json!({ "resourceType": "Observation",
+            "subject": { "reference": "Patient/pat-anne" },
+            "performer": [{ "type": "Patient", "identifier": { "value": "x" } }] });
+        assert_eq!(membership(&typed, "pat-anne"), Membership::Outside);
+        // A professional named by identifier is no patient.
+        let professional = json!({ "resourceType": "Observation",
+            "subject": { "reference": "Patient/pat-anne" },
+            "performer": [{ "identifier": { "system": "https://autregweb.sst.dk", "value": "NS363" } }] });
+        assert_eq!(membership(&professional, "pat-anne"), Membership::Member);
+        // An access log entry: its system agent by identifier is nobody's patient.
+        let event = json!({ "resourceType": "AuditEvent",
+            "agent": [{ "who": { "identifier": { "value": "journalsystem" } } }],
+            "entity": [{ "what": { "reference": "Patient/pat-anne" } }] });
+        assert_eq!(membership(&event, "pat-anne"), Membership::Member);
+        assert_eq!(
+            patient_reference_id("https://x.example/fhir/Patient/a/_history/2"),
+            Some("a")
+        );
+        assert_eq!(patient_reference_id("Patient/a"), Some("a"));
+        assert_eq!(patient_reference_id("Group/a"), None);
+        assert_eq!(patient_reference_id("xPatient/a"), None);
+    }
 
     #[test]
     fn the_patients_read_from_bytes_are_those_of_the_parsed_answer() {

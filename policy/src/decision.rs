@@ -117,6 +117,9 @@ pub enum DenyReason {
     /// The audit log: citizens read their own (patient-context scopes); anyone else only where
     /// an operator rule names `AuditEvent`; nobody writes it through the gateway.
     AuditLogRestricted,
+    /// A count-only search (`_summary=count`, `_count=0`) not bounded to patients it names,
+    /// while citizens' blocks are enforced: its number would count what blocks withhold.
+    CountNotPinned,
     /// The citizen listener (no client certificate) serves citizens only: a patient-context
     /// token about the citizen themselves, reading their own audit log or what the operator
     /// opened there, and nothing else.
@@ -140,12 +143,13 @@ impl DenyReason {
             DenyReason::ConsentBlock => "consent-block",
             DenyReason::BreakGlassReasonRequired => "break-glass-reason-required",
             DenyReason::AuditLogRestricted => "audit-log-restricted",
+            DenyReason::CountNotPinned => "count-not-pinned",
             DenyReason::CitizenListener => "citizen-listener",
         }
     }
 
     /// Every reason, for documentation and metric pre-registration.
-    pub const ALL: [DenyReason; 14] = [
+    pub const ALL: [DenyReason; 15] = [
         DenyReason::InsufficientScope,
         DenyReason::NoPatientContext,
         DenyReason::OutsideCompartment,
@@ -159,6 +163,7 @@ impl DenyReason {
         DenyReason::ConsentBlock,
         DenyReason::BreakGlassReasonRequired,
         DenyReason::AuditLogRestricted,
+        DenyReason::CountNotPinned,
         DenyReason::CitizenListener,
     ];
 }

@@ -222,6 +222,16 @@ fn filter_bundle(mut top: OrderedRaw<'_>, check: &ResponseCheck<'_>, mode: Filte
     }
 }
 
+/// A Bundle answer without its `total` (R4 `Bundle.total`), written back byte for byte
+/// otherwise; `None` when there is none to remove or the answer is not a JSON object.
+pub fn without_total(body: &[u8]) -> Option<Vec<u8>> {
+    let mut top: OrderedRaw<'_> = serde_json::from_slice(body).ok()?;
+    if top.get_str("resourceType").as_deref() != Some("Bundle") || !top.remove("total") {
+        return None;
+    }
+    serde_json::to_vec(&top).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::{Value, json};

@@ -14,6 +14,7 @@ pub mod decision;
 pub mod filter;
 mod patient_rules;
 mod raw;
+pub mod reach;
 pub mod request;
 pub mod resource_type;
 pub mod rules;
@@ -21,6 +22,7 @@ pub mod scope;
 
 pub use decision::{Decision, DenyReason, Obligations, Subject, decide, decide_with_rules};
 pub use filter::{FilterMode, Filtered, ResponseCheck, check_response, filter_response};
+pub use reach::Reach;
 pub use request::{ClassifyError, FhirRequest, Interaction, classify, parse_form};
 pub use resource_type::ResourceType;
 pub use rules::{Caller, RuleSet, RulesFile};

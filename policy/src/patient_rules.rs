@@ -12,10 +12,10 @@
 //! - `$everything` only on the patient's own record.
 
 use crate::compartment::{
-    Membership, is_compartment_param, is_compartment_type, is_shared_type, membership,
-    narrowing_param, pinning_params,
+    Membership, is_compartment_type, is_shared_type, membership, narrowing_param, pinning_params,
 };
 use crate::decision::{DenyReason, Obligations, granular, is_everything, reaches_other_types};
+use crate::reach::Reach;
 use crate::request::{FhirRequest, Interaction, RequestBody};
 use crate::resource_type::ResourceType;
 use crate::scope::Scope;
@@ -156,45 +156,22 @@ fn tests_other_resources(request: &FhirRequest) -> bool {
     })
 }
 
-/// No parameter may name a patient other than `patient`. A parameter names a patient when it is
-/// a reference parameter of the compartment (or `patient`, `subject`, or `_id` on Patient) and
-/// a value is `Patient/<other>`, or a bare id (which the server may resolve to a Patient), or
-/// when a modifier searches patients some other way (`patient:identifier=...`).
+/// No parameter may name a patient other than `patient`, in any spelling the backend resolves
+/// ([`Reach`]): `Patient/<other>`, a bare id, an absolute URL, `:Patient`; nor refer to
+/// patients in a way no list captures (`:missing`, `:not`, URNs, ...); nor by identifier,
+/// except on Patient itself, where the search is narrowed to the patient's own id.
 fn pins_only_the_patient(request: &FhirRequest, patient: &str) -> Result<(), DenyReason> {
+    let reach = Reach::of_params(request.resource_type(), request.params());
     let on_patient = request
         .resource_type()
         .is_some_and(|t| t.as_str() == "Patient");
-    for (name, value) in request.params() {
-        let (base, modifier) = match name.split_once(':') {
-            Some((base, modifier)) => (base, Some(modifier)),
-            None => (name.as_str(), None),
-        };
-        let reference_param = if on_patient {
-            base == "_id" || base == "link"
-        } else {
-            base == "patient" || base == "subject" || is_compartment_param(base)
-        };
-        if !reference_param {
-            continue;
-        }
-        let other_type =
-            modifier.is_some_and(|m| m != "Patient" && ResourceType::parse(m).is_some());
-        if other_type {
-            continue;
-        }
-        if modifier.is_some_and(|m| m != "Patient") {
-            // `:missing`, `:identifier`, `:not`, ...: not a plain pin to this patient.
-            return Err(DenyReason::OutsideCompartment);
-        }
-        for item in value.split(',') {
-            let names_other = match item.strip_prefix("Patient/") {
-                Some(id) => id != patient,
-                None => !item.contains('/') && item != patient,
-            };
-            if names_other {
-                return Err(DenyReason::OutsideCompartment);
-            }
-        }
+    let names_other = reach
+        .patients()
+        .iter()
+        .chain(reach.possible())
+        .any(|p| p != patient);
+    if reach.opaque() || names_other || (!on_patient && !reach.identifiers().is_empty()) {
+        return Err(DenyReason::OutsideCompartment);
     }
     Ok(())
 }

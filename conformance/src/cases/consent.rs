@@ -41,6 +41,27 @@ pub(super) fn cases() -> Vec<Case> {
             emergency_with_reason
         ),
         case!(
+            "CONSENT-06",
+            "a blocked professional is refused however the patient is spelled",
+            "Negative consent holds for every reference spelling a FHIR server resolves (R4 §3.1.1.4.9)",
+            [ConsentBlock],
+            blocked_in_every_spelling
+        ),
+        case!(
+            "CONSENT-07",
+            "a count that names no patient is refused while blocks are enforced",
+            "Nothing reveals what a block withholds: counts, totals",
+            [ConsentBlock],
+            unpinned_count_refused
+        ),
+        case!(
+            "CONSENT-08",
+            "a blocked professional's search answer carries no total and no notice",
+            "Nothing reveals what a block withholds: the answer is as if the data did not exist",
+            [ConsentBlock],
+            no_total_no_notice
+        ),
+        case!(
             "CONSENT-05",
             "the patient's log marks the break-the-glass access with its reason",
             "IHE BALP purposeOfEvent BTG; the citizen sees it (MinLog)",
@@ -94,6 +115,63 @@ async fn blocked_search(ctx: &Ctx) -> Verdict {
             check(
                 !patients.iter().any(|p| p == patient(ctx)),
                 format!("the blocking patient's data came back: {patients:?}"),
+            )
+        }
+        other => expect_status(&other, 200),
+    }
+}
+
+async fn blocked_in_every_spelling(ctx: &Ctx) -> Verdict {
+    let id = patient(ctx);
+    let token = ctx.settings.tokens.blocked.as_deref();
+    for query in [
+        format!("Observation?subject={id}&_summary=count"),
+        format!("Observation?subject:Patient={id}&_count=0"),
+        format!("Observation?patient={id}"),
+        format!("Observation?subject=https%3A%2F%2Felsewhere.example%2Ffhir%2FPatient%2F{id}"),
+        format!("Observation?subject=Patient%2F{id}%2F_history%2F1"),
+    ] {
+        match ctx.get(&query, token).await {
+            Ok(answer) if answer.status == 403 => {}
+            other => {
+                return match expect_status(&other, 403) {
+                    Verdict::Fail(why) => Verdict::Fail(format!("{query}: {why}")),
+                    verdict => verdict,
+                };
+            }
+        }
+    }
+    Verdict::Pass
+}
+
+async fn unpinned_count_refused(ctx: &Ctx) -> Verdict {
+    let answer = ctx
+        .get(
+            "Observation?_summary=count",
+            ctx.settings.tokens.blocked.as_deref(),
+        )
+        .await;
+    expect_status(&answer, 403)
+}
+
+async fn no_total_no_notice(ctx: &Ctx) -> Verdict {
+    match ctx
+        .get(
+            "Observation?_count=100",
+            ctx.settings.tokens.blocked.as_deref(),
+        )
+        .await
+    {
+        Ok(answer) if answer.status == 200 => {
+            let body = answer.json();
+            let notice = body["entry"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|entry| entry["search"]["mode"] == "outcome");
+            check(
+                body.get("total").is_none() && !notice,
+                "the answer carries a total or a notice that depends on what is withheld",
             )
         }
         other => expect_status(&other, 200),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
-use portvagt_policy::FhirRequest;
+use portvagt_policy::{FhirRequest, Reach};
 use tower::{Layer, Service};
 
 use super::request_id::RequestId;
@@ -16,7 +16,6 @@ use crate::audit::event::{AccessFacts, AccessKind};
 use crate::audit::{AuditUnavailable, Auditor};
 use crate::auth::Principal;
 use crate::body::{Body, BoxError};
-use crate::consent::patients_named_by;
 use crate::context::RequestRecord;
 use crate::proxy::ClientAddr;
 use crate::tls::PeerIdentity;
@@ -103,12 +102,13 @@ where
                     (rescued.outcome.status.as_u16(), Some(rescued.outcome.code))
                 }
             };
-            let (caller, fhir, mut patients, break_glass, recorded_reason) = {
+            let (caller, fhir, answered, touched, break_glass, recorded_reason) = {
                 let fields = record.fields();
                 (
                     fields.caller.clone(),
                     fields.request.clone(),
                     fields.patients.clone(),
+                    fields.touched.clone(),
                     fields
                         .break_glass
                         .clone()
@@ -116,9 +116,8 @@ where
                     fields.reason,
                 )
             };
-            if patients.is_empty() {
-                patients = request_patients(fhir.as_deref(), caller.as_deref());
-            }
+            let patients =
+                patients_of_access(answered, touched, fhir.as_deref(), caller.as_deref());
             let facts = AccessFacts {
                 request_id: &request_id,
                 recorded,
@@ -149,10 +148,22 @@ where
     }
 }
 
-/// The patients a request is about when its answer did not show them (refused, failed, or
-/// no body): those the request names or writes about, else the caller's own patient context.
-fn request_patients(request: Option<&FhirRequest>, caller: Option<&Principal>) -> Vec<String> {
-    let mut patients = request.map(patients_named_by).unwrap_or_default();
+/// Every patient whose log must show the access: those in the answer as it left, those the
+/// request touched before it (named in any spelling, written, owners before a write: the
+/// proxy's [`Reach`] with its look-ups), or, for a request that never reached the proxy, its
+/// [`Reach`] alone; failing all, the caller's own patient context.
+fn patients_of_access(
+    mut patients: Vec<String>,
+    touched: Vec<String>,
+    request: Option<&FhirRequest>,
+    caller: Option<&Principal>,
+) -> Vec<String> {
+    patients.extend(touched);
+    if let Some(request) = request {
+        patients.extend(Reach::of(request).to_record().map(str::to_owned));
+    }
+    patients.sort_unstable();
+    patients.dedup();
     if patients.is_empty()
         && let Some(patient) = caller.and_then(Principal::patient)
     {

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Request, header};
+use portvagt_policy::request::canonical_path;
 use tower::{Layer, Service};
 
 use super::{BoxFuture, take_ready};
@@ -64,6 +65,11 @@ impl RouteRules {
             }
         }
         Ok(RouteRules { binding })
+    }
+
+    /// Whether any route demands binding.
+    pub fn binds_anything(&self) -> bool {
+        !self.binding.is_empty()
     }
 
     /// Whether a request for `path` needs a certificate-bound token: the path is below a
@@ -162,7 +168,13 @@ where
                 .ok_or(AuthnError::NoClientCertificate)?;
             let (token, scheme_binds) = presented_token(&request)?;
             let token = token.to_owned();
-            let binding_required = scheme_binds || routes.binding_required(request.uri().path());
+            // Route rules match the path as the classifier will read it (percent-decoded);
+            // one it cannot read is held to every rule.
+            let binding_required = scheme_binds
+                || match request.uri().path().strip_prefix('/').map(canonical_path) {
+                    Some(Ok(canonical)) => routes.binding_required(&format!("/{canonical}")),
+                    _ => routes.binds_anything(),
+                };
             // Known keys verify without waiting; an unknown `kid` may wait for one refresh, an
             // opaque token for its introspection (unless cached).
             let principal: Principal = verifier.verify(&token, &peer, binding_required).await?;

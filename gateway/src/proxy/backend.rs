@@ -239,7 +239,48 @@ impl Backend {
     }
 }
 
+/// What the backend answered to a read the gateway made on its own behalf.
+#[derive(Debug)]
+pub enum Fetched {
+    /// 2xx with a FHIR JSON body.
+    Found(serde_json::Value),
+    /// 404 or 410: nothing there.
+    Missing,
+}
+
 impl Backend {
+    /// A read the gateway makes on its own behalf (an owner before a write, patients by
+    /// identifier): through the circuit breaker, the in-flight limit and the response timeout
+    /// like every forwarded request. Anything but 2xx with JSON, 404 or 410 is an error
+    /// ([`ProxyError::LookupFailed`]): what the gateway cannot read, it does not let through.
+    pub async fn fetch_json(
+        &self,
+        relative: &str,
+        query: Option<&str>,
+        limit: usize,
+        metrics: &Metrics,
+    ) -> Result<Fetched, BoxError> {
+        let request = Request::get(self.uri(relative, query)?)
+            .header(header::ACCEPT, "application/fhir+json")
+            .body(empty())?;
+        let response = self.send(request, metrics).await?;
+        let status = response.status();
+        if status == http::StatusCode::NOT_FOUND || status == http::StatusCode::GONE {
+            return Ok(Fetched::Missing);
+        }
+        if !status.is_success() {
+            return Err(ProxyError::LookupFailed(status).into());
+        }
+        let bytes = Limited::new(response.into_body(), limit)
+            .collect()
+            .await
+            .map_err(ProxyError::ResponseBody)?
+            .to_bytes();
+        serde_json::from_slice(&bytes)
+            .map(Fetched::Found)
+            .map_err(|_| ProxyError::LookupFailed(status).into())
+    }
+
     /// The ids of the Patients with identifier `system|value`, for the gateway's own lookups
     /// (a SAML assertion names its patient by CPR; the token needs the FHIR id). `None` when
     /// the backend could not be asked or answered something that is not a search Bundle.

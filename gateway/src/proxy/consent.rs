@@ -1,22 +1,23 @@
-//! Negative consent at the proxy: the patients a request touches before it is sent (what it
-//! names, what a write would change, read first), and the verdicts on them, with break-the-glass
-//! recorded on the way. Matching and the rules are in [`crate::consent`] and
-//! [`portvagt_policy::consent`].
+//! What a request touches, and negative consent at the proxy: before the request is sent, the
+//! patients its [`Reach`] names (identifiers resolved, owners of what a write changes read
+//! first, through the routed backend) are checked and handed to the audit record; after, the
+//! answer's resources are checked one by one. The rules are in [`portvagt_policy::consent`].
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use http::{Request, header};
-use http_body_util::{BodyExt as _, Limited};
 use portvagt_policy::compartment::patients_in_answer;
-use portvagt_policy::consent::{CallerIds, Emergency};
+use portvagt_policy::consent::{Access, Block, CallerIds, Emergency};
+use portvagt_policy::reach::Owner;
 use portvagt_policy::request::RequestBody;
-use portvagt_policy::{DenyReason, FhirRequest, Interaction};
+use portvagt_policy::{DenyReason, FhirRequest, Interaction, Reach};
 
 use super::{Proxy, ProxyError, Upstream, append_params};
-use crate::body::{BoxError, empty};
-use crate::consent::{ConsentStore, check_patients, patients_named_by};
+use crate::body::BoxError;
+use crate::consent::{ConsentStore, check_patients, names_actors, resource_blocked};
 use crate::context::RequestRecord;
 use crate::layers::authorize::AccessDenied;
+use crate::proxy::Fetched;
 
 /// The caller as consent sees them, for one request.
 pub(super) struct ConsentContext {
@@ -32,150 +33,266 @@ impl ConsentContext {
     }
 }
 
+/// The patients a request touches before its answer.
+#[derive(Debug, Default)]
+pub(super) struct Touched {
+    /// Named for certain, written, resolved from identifiers, owners before a write: checked
+    /// and recorded.
+    pub(super) patients: Vec<String>,
+    /// Bare ids that may be patients: checked, not recorded.
+    pub(super) possible: Vec<String>,
+    /// Per batch entry that writes: its patients (named, written, owners).
+    pub(super) writing_entries: Vec<(usize, Vec<String>)>,
+}
+
+/// Whether an interaction changes data.
+fn writes(interaction: Interaction) -> bool {
+    matches!(
+        interaction,
+        Interaction::Create
+            | Interaction::Update
+            | Interaction::Patch
+            | Interaction::Delete
+            | Interaction::ConditionalUpdate
+            | Interaction::ConditionalPatch
+            | Interaction::ConditionalDelete
+    )
+}
+
+/// What the request's answers would hold for the consent check before it is sent.
+fn access_of<'a>(request: &'a FhirRequest, purpose: Option<&'a str>, now: i64) -> Access<'a> {
+    let resource = match (request.resource_type(), request.id()) {
+        (Some(_), Some(_)) => Some(request.path()),
+        _ => None,
+    };
+    Access {
+        resource_type: request.resource_type().map(|t| t.as_str()),
+        // `Type/id` of instance-level requests (the canonical path starts with it).
+        resource: resource.map(|path| {
+            let mut cut = path.len();
+            if let Some(second) = path.match_indices('/').nth(1) {
+                cut = second.0;
+            }
+            &path[..cut]
+        }),
+        purpose,
+        now,
+        unknown_denies: writes(request.interaction()),
+    }
+}
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
 impl Proxy {
-    /// The patients a request touches before anything happens: those it names or writes
-    /// about, the current owner of what a write by id would change or delete (read first, as
-    /// the answer comes too late), and the same for every write entry of a batch or
-    /// transaction.
-    pub(super) async fn patients_touched(
+    /// The patients `request` touches before anything happens, from its [`Reach`]: what it
+    /// names, identifiers resolved through the backend, what it writes, and the owners of what
+    /// a write to an existing resource changes, read first (the answer comes too late).
+    pub(super) async fn touched(
         &self,
         upstream: &Upstream,
         request: &FhirRequest,
-    ) -> Result<Vec<String>, BoxError> {
-        let mut patients = patients_named_by(request);
-        let entries: Vec<&FhirRequest> = match request.body() {
-            Some(RequestBody::Bundle { entries, .. }) => entries.iter().collect(),
-            _ => vec![request],
+        reach: &Reach,
+    ) -> Result<Touched, BoxError> {
+        let mut touched = Touched::default();
+        let requests: Vec<(&FhirRequest, &Reach)> = match request.body() {
+            Some(RequestBody::Bundle { entries, .. }) => {
+                entries.iter().zip(reach.entries()).collect()
+            }
+            _ => vec![(request, reach)],
         };
-        for entry in entries {
-            let is_batch_entry = !std::ptr::eq(entry, request);
-            let writes = !matches!(
-                entry.interaction(),
-                Interaction::Read
-                    | Interaction::Vread
-                    | Interaction::SearchType
-                    | Interaction::SearchCompartment
-                    | Interaction::SearchSystem
-                    | Interaction::HistoryInstance
-                    | Interaction::HistoryType
-                    | Interaction::HistorySystem
-                    | Interaction::Capabilities
-                    | Interaction::Operation
-            );
-            // A batch's reads are answered entry by entry (blocked ones 403) on the way back;
-            // its writes must be stopped before they happen, which refuses the whole Bundle.
-            if is_batch_entry && writes {
-                patients.extend(patients_named_by(entry));
+        for (index, (entry, entry_reach)) in requests.iter().enumerate() {
+            let mut patients: Vec<String> = entry_reach.to_record().map(str::to_owned).collect();
+            touched
+                .possible
+                .extend(entry_reach.possible().iter().cloned());
+            for identifier in entry_reach.identifiers() {
+                patients.extend(self.patients_by_identifier(upstream, identifier).await?);
             }
-            let writes_by_id = matches!(
-                entry.interaction(),
-                Interaction::Update | Interaction::Patch | Interaction::Delete
-            );
-            if let (true, Some(resource_type), Some(id)) =
-                (writes_by_id, entry.resource_type(), entry.id())
-            {
-                let relative = format!("{}/{id}", resource_type.as_str());
-                patients.extend(self.current_patients(upstream, &relative, None).await?);
+            if let Some(owner) = entry_reach.owner() {
+                patients.extend(self.owners(upstream, owner).await?);
             }
-            // A conditional write changes whatever its criteria find: find it first.
-            let conditional = matches!(
-                entry.interaction(),
-                Interaction::ConditionalUpdate
-                    | Interaction::ConditionalPatch
-                    | Interaction::ConditionalDelete
-            );
-            if let (true, Some(resource_type)) = (conditional, entry.resource_type()) {
-                let criteria = append_params("", entry.params());
-                patients.extend(
-                    self.current_patients(upstream, resource_type.as_str(), Some(&criteria))
-                        .await?,
-                );
+            if !std::ptr::eq(*entry, request) && writes(entry.interaction()) {
+                touched.writing_entries.push((index, patients.clone()));
             }
+            touched.patients.extend(patients);
         }
-        patients.sort_unstable();
-        patients.dedup();
-        Ok(patients)
+        touched.patients.sort_unstable();
+        touched.patients.dedup();
+        touched.possible.sort_unstable();
+        touched.possible.dedup();
+        Ok(touched)
     }
 
-    /// The patients of the resource at `relative` now, or of what the search `query` there
-    /// finds (none if nothing is found).
-    async fn current_patients(
+    /// The patients with identifier `token` (as the client wrote it, `system|value`).
+    async fn patients_by_identifier(
         &self,
         upstream: &Upstream,
-        relative: &str,
-        query: Option<&str>,
+        token: &str,
     ) -> Result<Vec<String>, BoxError> {
-        let request = Request::get(upstream.backend.uri(relative, query)?)
-            .header(header::ACCEPT, "application/fhir+json")
-            .body(empty())?;
-        let response = upstream
+        let query = append_params(
+            "",
+            &[
+                ("identifier".into(), token.into()),
+                ("_count".into(), "100".into()),
+            ],
+        );
+        let found = upstream
             .backend
-            .client
-            .request(request)
-            .await
-            .map_err(|e| {
-                if e.is_connect() {
-                    ProxyError::Unreachable(e)
-                } else {
-                    ProxyError::Failed(e)
-                }
-            })?;
-        if !response.status().is_success() {
+            .fetch_json(
+                "Patient",
+                Some(&query),
+                self.max_response_bytes,
+                &self.metrics,
+            )
+            .await?;
+        let Fetched::Found(bundle) = found else {
             return Ok(Vec::new());
+        };
+        let more = bundle
+            .get("link")
+            .and_then(serde_json::Value::as_array)
+            .into_iter()
+            .flatten()
+            .any(|link| link.get("relation").and_then(|r| r.as_str()) == Some("next"));
+        if more || bundle.get("resourceType").and_then(|t| t.as_str()) != Some("Bundle") {
+            // Patients on a page not read would be patients not checked.
+            return Err(ProxyError::LookupFailed(http::StatusCode::OK).into());
         }
-        let bytes = Limited::new(response.into_body(), self.max_response_bytes)
-            .collect()
-            .await
-            .map_err(ProxyError::ResponseBody)?
-            .to_bytes();
-        let current: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|_| crate::consent::ConsentUnavailable)?;
-        Ok(patients_in_answer(&current))
+        Ok(patients_in_answer(&bundle))
     }
 
-    /// Refuses the request if any of `patients` has a block against the caller that stands.
+    /// The patients of what a write changes, as it is now: the resource at `Type/id`, or what
+    /// a conditional write's criteria find. Nothing there: none. Anything but 2xx, 404 or 410
+    /// refuses the request (503).
+    async fn owners(&self, upstream: &Upstream, owner: &Owner) -> Result<Vec<String>, BoxError> {
+        let fetched = match owner {
+            Owner::Instance(relative) => {
+                upstream
+                    .backend
+                    .fetch_json(relative, None, self.max_response_bytes, &self.metrics)
+                    .await?
+            }
+            Owner::Search {
+                resource_type,
+                criteria,
+            } => {
+                let query = append_params("", criteria);
+                upstream
+                    .backend
+                    .fetch_json(
+                        resource_type.as_str(),
+                        Some(&query),
+                        self.max_response_bytes,
+                        &self.metrics,
+                    )
+                    .await?
+            }
+        };
+        Ok(match fetched {
+            Fetched::Found(current) => patients_in_answer(&current),
+            Fetched::Missing => Vec::new(),
+        })
+    }
+
+    /// Refuses the request if a Consent of any patient it touches denies it to the caller
+    /// (writes: any patient a batch write touches refuses the whole Bundle; a batch's reads are
+    /// answered entry by entry on the way back).
     pub(super) async fn check_consent(
         &self,
         consent: &ConsentContext,
-        patients: &[String],
+        request: &FhirRequest,
+        touched: &Touched,
         record_handle: Option<&RequestRecord>,
     ) -> Result<(), BoxError> {
-        let blocked = self
-            .consent_verdict(consent, patients, record_handle)
-            .await?;
-        if blocked.is_empty() {
-            Ok(())
-        } else {
-            Err(self.consent_denial(&blocked, consent, record_handle))
+        let now = now();
+        let purpose = consent.purpose.as_deref();
+        let checks: Vec<(Access<'_>, Vec<String>)> =
+            if request.interaction() == Interaction::BatchOrTransaction {
+                let entries = match request.body() {
+                    Some(RequestBody::Bundle { entries, .. }) => entries.as_slice(),
+                    _ => &[],
+                };
+                touched
+                    .writing_entries
+                    .iter()
+                    .filter_map(|(index, patients)| {
+                        Some((
+                            access_of(entries.get(*index)?, purpose, now),
+                            patients.clone(),
+                        ))
+                    })
+                    .collect()
+            } else {
+                let mut all = touched.patients.clone();
+                all.extend(touched.possible.iter().cloned());
+                vec![(access_of(request, purpose, now), all)]
+            };
+        for (access, patients) in checks {
+            if patients.is_empty() {
+                continue;
+            }
+            let found = self
+                .consent_verdict(consent, &patients, &access, record_handle)
+                .await?;
+            if !found.blocked.is_empty() {
+                return Err(self.consent_denial(&found.blocked, consent, record_handle));
+            }
         }
+        Ok(())
     }
 
-    /// The patients among `patients` whose blocks against the caller stand; a block lifted by
-    /// break-the-glass is recorded (audit, metric) on the way.
-    /// The patients among `patients` whose blocks withhold them from this caller: none
-    /// without consent enforcement or patients.
-    pub(super) async fn blocked(
+    /// The Consents of the patients in an answer, and those of them that may withhold
+    /// something from the caller (decided resource by resource with [`resource_blocked`]); a
+    /// block lifted by break-the-glass is recorded on the way. Nothing without consent
+    /// enforcement or patients.
+    pub(super) async fn answer_blocks(
         &self,
         consent: Option<&ConsentContext>,
         patients: &[String],
         record_handle: Option<&RequestRecord>,
-    ) -> Result<Vec<String>, BoxError> {
-        match consent {
-            Some(consent) if !patients.is_empty() => {
-                self.consent_verdict(consent, patients, record_handle).await
-            }
-            _ => Ok(Vec::new()),
+    ) -> Result<Option<AnswerBlocks>, BoxError> {
+        let Some(consent) = consent else {
+            return Ok(None);
+        };
+        if patients.is_empty() {
+            return Ok(None);
         }
+        // Not knowing which resource yet: any Consent that could deny one of them counts.
+        let access = Access {
+            resource_type: None,
+            resource: None,
+            purpose: consent.purpose.as_deref(),
+            now: now(),
+            unknown_denies: true,
+        };
+        let found = self
+            .consent_verdict(consent, patients, &access, record_handle)
+            .await?;
+        Ok((!found.blocked.is_empty()).then(|| AnswerBlocks {
+            patients: found.blocked,
+            blocks: found.blocks,
+            caller: found.caller,
+            purpose: consent.purpose.clone(),
+        }))
     }
 
-    pub(super) async fn consent_verdict(
+    async fn consent_verdict(
         &self,
         consent: &ConsentContext,
         patients: &[String],
+        access: &Access<'_>,
         record_handle: Option<&RequestRecord>,
-    ) -> Result<Vec<String>, BoxError> {
+    ) -> Result<Verdicts, BoxError> {
         let blocks = consent.store.blocks(patients).await?;
-        let checked = check_patients(patients, &blocks, &consent.caller, consent.emergency());
+        // The caller's other identities matter only where some Consent names somebody.
+        let caller = if names_actors(&blocks) {
+            consent.store.identify(&consent.caller).await?
+        } else {
+            Arc::new(consent.caller.clone())
+        };
+        let checked = check_patients(patients, &blocks, &caller, access, consent.emergency());
         if !checked.broken_glass.is_empty()
             && let Some(record_handle) = record_handle
         {
@@ -194,7 +311,11 @@ impl Proxy {
                 }
             }
         }
-        Ok(checked.blocked)
+        Ok(Verdicts {
+            blocked: checked.blocked,
+            blocks,
+            caller,
+        })
     }
 
     pub(super) fn consent_denial(
@@ -208,17 +329,57 @@ impl Proxy {
         } else {
             DenyReason::ConsentBlock
         };
+        self.deny(reason, record_handle, Some(blocked))
+    }
+
+    /// A refusal: recorded (decision, reason, and the patients whose logs must show the
+    /// attempt), counted, and returned as the error the rescue layer answers.
+    pub(super) fn deny(
+        &self,
+        reason: DenyReason,
+        record_handle: Option<&RequestRecord>,
+        patients: Option<&[String]>,
+    ) -> BoxError {
         if let Some(record_handle) = record_handle {
             let mut fields = record_handle.fields();
             fields.decision = Some("deny");
             fields.reason = Some(reason.code());
-            // The refused attempt is in the blocking patients' own logs.
-            fields.patients = blocked.to_vec();
+            if let Some(patients) = patients {
+                fields.patients = patients.to_vec();
+            }
         }
         self.metrics
             .access_denied
             .with_label_values(&[reason.code()])
             .inc();
         AccessDenied { reason }.into()
+    }
+}
+
+struct Verdicts {
+    blocked: Vec<String>,
+    blocks: HashMap<String, Arc<Vec<Block>>>,
+    caller: Arc<CallerIds>,
+}
+
+/// The Consents that may withhold part of an answer.
+pub(super) struct AnswerBlocks {
+    /// The patients whose Consents may withhold something.
+    pub(super) patients: Vec<String>,
+    blocks: HashMap<String, Arc<Vec<Block>>>,
+    caller: Arc<CallerIds>,
+    purpose: Option<String>,
+}
+
+impl AnswerBlocks {
+    /// Whether `resource` is withheld.
+    pub(super) fn withholds(&self, resource: &serde_json::Value) -> bool {
+        resource_blocked(
+            resource,
+            &self.blocks,
+            &self.caller,
+            self.purpose.as_deref(),
+            now(),
+        )
     }
 }

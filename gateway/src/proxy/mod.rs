@@ -23,23 +23,22 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, hea
 use http_body_util::{BodyExt as _, Limited};
 use portvagt_policy::compartment::{Membership, membership, patients_in_answer, patients_in_body};
 use portvagt_policy::{
-    Decision, DenyReason, FhirRequest, FilterMode, Filtered, Interaction, Obligations,
+    Decision, DenyReason, FhirRequest, FilterMode, Filtered, Interaction, Obligations, Reach,
     ResponseCheck, check_response,
 };
 use tower::Service;
 
-pub use self::backend::Backend;
+pub use self::backend::{Backend, Fetched};
 use self::circuit::CircuitOpen;
 use self::consent::ConsentContext;
 use self::rewrite::UrlRewriter;
 use crate::auth::Principal;
-use crate::body::{Body, BoxError, boxed, empty, full};
+use crate::body::{Body, BoxError, boxed, full};
 use crate::config::FilteredEntries;
 use crate::consent::{BREAK_GLASS_HEADER, ConsentStore, caller_ids, withhold};
 use crate::context::RequestRecord;
 use crate::encoding::form_encode;
 use crate::layers::BoxFuture;
-use crate::layers::authorize::AccessDenied;
 use crate::layers::classify::FhirPath;
 use crate::metrics::{Metrics, status_class};
 use crate::outcome::Outcome;
@@ -78,6 +77,10 @@ pub enum ProxyError {
     /// The backend's circuit is open after repeated failures.
     #[error("the backend is failing; requests are paused")]
     CircuitOpen(CircuitOpen),
+    /// A read the gateway made on its own behalf before forwarding (what a write changes,
+    /// patients by identifier) was answered with something else than 2xx, 404 or 410.
+    #[error("the backend answered {0} to the gateway's own lookup")]
+    LookupFailed(StatusCode),
     /// `max_in_flight` requests are already under way to the backend.
     #[error("the backend has as many requests in flight as it may")]
     Saturated,
@@ -122,6 +125,12 @@ impl ProxyError {
                 "timeout",
                 "backend-timeout",
                 "the backend FHIR server did not answer in time",
+            ),
+            ProxyError::LookupFailed(_) => Outcome::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "transient",
+                "lookup-failed",
+                "the gateway could not read what the request touches from the backend FHIR server; retry shortly",
             ),
             ProxyError::Saturated => Outcome::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -405,6 +414,7 @@ impl Proxy {
             && let Some(patient) = &obligations.compartment
         {
             self.verify_target(
+                &upstream,
                 &path.relative,
                 patient,
                 &mut parts.headers,
@@ -413,7 +423,7 @@ impl Proxy {
             .await?;
         }
         // Negative consent, before anything reaches the backend: the patients the request
-        // names or writes about.
+        // touches (its reach, with identifiers resolved and the owners of what it writes).
         let consent = self.consent.as_ref().and_then(|store| {
             let principal = parts.extensions.get::<Arc<Principal>>()?;
             // UTF-8 as sent (a Danish reason has æ, ø, å), not only visible ASCII.
@@ -431,13 +441,24 @@ impl Proxy {
             })
         });
         parts.headers.remove(BREAK_GLASS_HEADER);
-        if let Some(consent) = &consent {
-            let patients = self.patients_touched(&upstream, &fhir).await?;
-            if !patients.is_empty() {
-                self.check_consent(consent, &patients, record_handle.as_ref())
+        let reach = Reach::of(&fhir);
+        // A count or total is about every patient it counts: under citizens' blocks only one
+        // bounded to named patients (who are checked) is answered.
+        if consent.is_some() && counts_unpinned(&fhir, &reach) {
+            return Err(self.deny(DenyReason::CountNotPinned, record_handle.as_ref(), None));
+        }
+        if consent.is_some() || self.audited {
+            let touched = self.touched(&upstream, &fhir, &reach).await?;
+            if let Some(record_handle) = &record_handle {
+                record_handle.fields().touched = touched.patients.clone();
+            }
+            if let Some(consent) = &consent {
+                self.check_consent(consent, &fhir, &touched, record_handle.as_ref())
                     .await?;
             }
         }
+        // Totals of searches not bounded to named patients count what blocks withhold.
+        let strip_total = consent.is_some() && !reach.pinned();
         parts.uri = upstream
             .backend
             .uri(&path.relative, query.as_deref().filter(|q| !q.is_empty()))?;
@@ -547,16 +568,7 @@ impl Proxy {
                     } else {
                         DenyReason::OutsideGranularScope
                     };
-                    if let Some(record_handle) = &record_handle {
-                        let mut fields = record_handle.fields();
-                        fields.decision = Some("deny");
-                        fields.reason = Some(reason.code());
-                    }
-                    self.metrics
-                        .access_denied
-                        .with_label_values(&[reason.code()])
-                        .inc();
-                    return Err(AccessDenied { reason }.into());
+                    return Err(self.deny(reason, record_handle.as_ref(), None));
                 }
             }
         }
@@ -565,9 +577,16 @@ impl Proxy {
         {
             bytes = Bytes::from(bundle::merge(Some(&bytes), plan, self.filter_mode)?);
         }
+        if strip_total
+            && status.is_success()
+            && fhir.interaction().returns_bundle()
+            && let Some(without) = portvagt_policy::filter::without_total(&bytes)
+        {
+            bytes = Bytes::from(without);
+        }
         // The patients (for the audit record, and the consent check) read from the bytes, no
-        // tree built: unless the citizen view rewrites the answer, or a block withholds part of
-        // it, that is all that is needed.
+        // tree built: unless the citizen view rewrites the answer, or a Consent may withhold
+        // part of it, that is all that is needed.
         let from_bytes = if audits_patients && !citizen_view && !bytes.is_empty() {
             patients_in_body(&bytes)
         } else {
@@ -575,15 +594,15 @@ impl Proxy {
         };
         let decided = match from_bytes {
             Some(patients) => {
-                let blocked = self
-                    .blocked(consent.as_ref(), &patients, record_handle.as_ref())
+                let blocks = self
+                    .answer_blocks(consent.as_ref(), &patients, record_handle.as_ref())
                     .await?;
-                Some((patients, blocked))
+                Some((patients, blocks))
             }
             None => None,
         };
         let needs_tree = match &decided {
-            Some((_, blocked)) => !blocked.is_empty(),
+            Some((_, blocks)) => blocks.is_some(),
             None => audits_patients && !bytes.is_empty(),
         };
         let parsed = if needs_tree {
@@ -600,28 +619,35 @@ impl Proxy {
         };
         let audited_patients = match (parsed, decided) {
             (Some(mut answer), decided) => {
-                let (mut patients, blocked) = match decided {
+                let (mut patients, blocks) = match decided {
                     Some(decided) => decided,
                     None => {
                         let patients = patients_in_answer(&answer);
-                        let blocked = self
-                            .blocked(consent.as_ref(), &patients, record_handle.as_ref())
+                        let blocks = self
+                            .answer_blocks(consent.as_ref(), &patients, record_handle.as_ref())
                             .await?;
-                        (patients, blocked)
+                        (patients, blocks)
                     }
                 };
-                if let Some(consent) = &consent
-                    && !blocked.is_empty()
-                {
+                if let (Some(consent), Some(blocks)) = (&consent, &blocks) {
                     let is_bundle =
                         answer.get("resourceType").and_then(|t| t.as_str()) == Some("Bundle");
                     if !is_bundle {
-                        return Err(self.consent_denial(&blocked, consent, record_handle.as_ref()));
+                        if blocks.withholds(&answer) {
+                            return Err(self.consent_denial(
+                                &blocks.patients,
+                                consent,
+                                record_handle.as_ref(),
+                            ));
+                        }
+                    } else {
+                        let withheld = withhold(&mut answer, &|r| blocks.withholds(r));
+                        if withheld > 0 {
+                            self.metrics.consent_withheld.inc_by(withheld as u64);
+                            bytes = Bytes::from(serde_json::to_vec(&answer)?);
+                            patients = patients_in_answer(&answer);
+                        }
                     }
-                    let withheld = withhold(&mut answer, &blocked);
-                    self.metrics.consent_withheld.inc_by(withheld as u64);
-                    bytes = Bytes::from(serde_json::to_vec(&answer)?);
-                    patients = patients_in_answer(&answer);
                 }
                 if citizen_view {
                     crate::audit::citizen::citizen_view(&mut answer);
@@ -647,57 +673,27 @@ impl Proxy {
     /// `If-Match`, so it cannot have changed hands in between.
     async fn verify_target(
         &self,
+        upstream: &Upstream,
         relative: &str,
         patient: &str,
         headers: &mut http::HeaderMap,
         record_handle: Option<&RequestRecord>,
     ) -> Result<(), BoxError> {
-        let request = Request::get(self.backend.uri(relative, None)?)
-            .header(header::ACCEPT, "application/fhir+json")
-            .body(empty())?;
-        let response = self.backend.client.request(request).await.map_err(|e| {
-            if e.is_connect() {
-                ProxyError::Unreachable(e)
-            } else {
-                ProxyError::Failed(e)
-            }
-        })?;
-        let status = response.status();
-        if status == StatusCode::NOT_FOUND || status == StatusCode::GONE {
-            // Nothing is overwritten: an update creates (its body was checked), a patch or delete
-            // gets the backend's own answer.
-            return Ok(());
-        }
-        if status.is_server_error() {
-            return Err(ProxyError::BackendStatus(status).into());
-        }
-        let bytes = Limited::new(response.into_body(), self.max_response_bytes)
-            .collect()
-            .await
-            .map_err(ProxyError::ResponseBody)?
-            .to_bytes();
-        let current: Option<serde_json::Value> = serde_json::from_slice(&bytes)
-            .ok()
-            .filter(|_| status.is_success());
-        let theirs = current
-            .as_ref()
-            .is_some_and(|resource| membership(resource, patient) == Membership::Member);
-        if !theirs {
-            let reason = DenyReason::OutsideCompartment;
-            if let Some(record_handle) = record_handle {
-                let mut fields = record_handle.fields();
-                fields.decision = Some("deny");
-                fields.reason = Some(reason.code());
-            }
-            self.metrics
-                .access_denied
-                .with_label_values(&[reason.code()])
-                .inc();
-            return Err(AccessDenied { reason }.into());
+        let current = match upstream
+            .backend
+            .fetch_json(relative, None, self.max_response_bytes, &self.metrics)
+            .await?
+        {
+            Fetched::Found(current) => current,
+            // Nothing is overwritten: an update creates (its body was checked), a patch or
+            // delete gets the backend's own answer.
+            Fetched::Missing => return Ok(()),
+        };
+        if membership(&current, patient) != Membership::Member {
+            return Err(self.deny(DenyReason::OutsideCompartment, record_handle, None));
         }
         let version = current
-            .as_ref()
-            .and_then(|r| r.pointer("/meta/versionId"))
+            .pointer("/meta/versionId")
             .and_then(serde_json::Value::as_str);
         if !headers.contains_key(header::IF_MATCH)
             && let Some(value) =
@@ -706,6 +702,21 @@ impl Proxy {
             headers.insert(header::IF_MATCH, value);
         }
         Ok(())
+    }
+}
+
+/// Whether a count-only search (`_summary=count`, `_count=0`), alone or in a batch, is not
+/// bounded to patients it names: its number would count what citizens' blocks withhold.
+fn counts_unpinned(request: &FhirRequest, reach: &Reach) -> bool {
+    let count_only = |request: &FhirRequest| {
+        request.summary() == Some("count") || request.param_values("_count").any(|v| v == "0")
+    };
+    match request.body() {
+        Some(portvagt_policy::request::RequestBody::Bundle { entries, .. }) => entries
+            .iter()
+            .zip(reach.entries())
+            .any(|(entry, reach)| count_only(entry) && !reach.pinned()),
+        _ => count_only(request) && !reach.pinned(),
     }
 }
 

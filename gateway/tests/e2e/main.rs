@@ -17,6 +17,7 @@ mod demo;
 mod load_smoke;
 mod operations;
 mod proxying;
+mod reach;
 mod reload;
 mod resilience;
 mod routing;

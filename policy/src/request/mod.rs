@@ -298,6 +298,13 @@ impl ClassifyError {
     }
 }
 
+/// The canonical form of a raw path (below the FHIR base or the whole URL path, without its
+/// leading slash): the decoded segments joined by `/`, as [`classify`] reads them. Rules that
+/// match paths match this, so `P%61tient` is `Patient` to them too.
+pub fn canonical_path(path: &str) -> Result<String, ClassifyError> {
+    Ok(split_path(path)?.join("/"))
+}
+
 /// Classifies a request. `path` is relative to the FHIR base, without a leading slash (
 /// `Patient/1`, `metadata`, `` for the base itself); `query` is the raw query string.
 pub fn classify(

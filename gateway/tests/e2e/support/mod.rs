@@ -607,6 +607,31 @@ pub fn request(
     builder.body(Full::new(body)).unwrap()
 }
 
+/// A request straight to a backend at `base` (bypassing the gateway), for setting up data:
+/// its JSON answer, or `Null`.
+pub async fn backend_send(base: &str, method: Method, path: &str, body: Option<Value>) -> Value {
+    let url: http::Uri = format!("{base}/{path}").parse().unwrap();
+    let tcp = tokio::net::TcpStream::connect((url.host().unwrap(), url.port_u16().unwrap()))
+        .await
+        .unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let request = Request::builder()
+        .method(method)
+        .uri(url.path_and_query().unwrap().as_str())
+        .header("host", url.authority().unwrap().as_str())
+        .header("content-type", "application/fhir+json")
+        .body(Full::new(Bytes::from(
+            body.map(|b| b.to_string()).unwrap_or_default(),
+        )))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+}
+
 /// A plain-HTTP GET straight to the backend (bypassing the gateway), for comparisons.
 pub async fn backend_get(path: &str) -> (StatusCode, Value) {
     let url: http::Uri = format!("{}/{}", backend_url(), path).parse().unwrap();

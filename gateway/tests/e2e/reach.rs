@@ -1,0 +1,438 @@
+//! "Whose data does this touch?" answered once: each test is a request shape that slipped
+//! between the consent pre-check, the audit record and the path rules before they shared one
+//! reach. Every test runs against a real backend of its own, seeded with the sample data.
+
+use bytes::Bytes;
+use http::{Method, Request};
+use http_body_util::Full;
+use portvagt::demo::BackendProcess;
+use serde_json::{Value, json};
+
+use crate::support::{Answer, Gateway, Options, backend_send, request};
+
+const AUTHORIZATION: &str = "https://autregweb.sst.dk";
+const CPR: &str = "urn:oid:1.2.208.176.1.2";
+
+fn seeded() -> BackendProcess {
+    BackendProcess::start(&portvagt::demo::default_testbed(), true).unwrap()
+}
+
+/// Stores a Consent for Anne whose provision is `provision`.
+async fn anne_consents(backend: &BackendProcess, provision: Value) {
+    let consent = json!({
+        "resourceType": "Consent",
+        "status": "active",
+        "scope": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy" }] },
+        "category": [{ "coding": [{ "system": "http://loinc.org", "code": "59284-0" }] }],
+        "patient": { "reference": "Patient/pat-anne" },
+        "policyRule": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTOUT" }] },
+        "provision": provision
+    });
+    let created = backend_send(backend.base_url(), Method::POST, "Consent", Some(consent)).await;
+    assert_eq!(created["resourceType"], "Consent", "{created}");
+}
+
+/// A Consent actor (R4 requires its role): a professional by authorisation id or reference.
+fn actor(reference: Value) -> Value {
+    json!([{
+        "role": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "PRCP" }] },
+        "reference": reference
+    }])
+}
+
+fn by_authorisation(id: &str) -> Value {
+    actor(json!({ "identifier": { "system": AUTHORIZATION, "value": id } }))
+}
+
+fn blocks_ns363() -> Value {
+    json!({ "type": "deny", "actor": by_authorisation("NS363") })
+}
+
+fn gateway(backend: &BackendProcess) -> Gateway {
+    Gateway::start_with(Options {
+        backend_url: Some(backend.base_url().to_owned()),
+        extra_config: "[consent]\ncache_ttl = \"1s\"\n".into(),
+        ..Options::default()
+    })
+}
+
+fn professional(gateway: &Gateway, claims: Value) -> String {
+    let mut all = json!({ "scope": "user/*.cruds", "purpose_of_use": "TREATMENT", "role": "7170" });
+    for (key, value) in claims.as_object().unwrap() {
+        all[key] = value.clone();
+    }
+    gateway.token(all)
+}
+
+fn denial(answer: &Answer) -> (u16, String) {
+    (answer.status.as_u16(), answer.detail_code())
+}
+
+/// The patients the AuditEvents of one request name.
+fn audited_patients(gateway: &Gateway, answer: &Answer) -> Vec<String> {
+    let request_id = answer.headers["x-request-id"].to_str().unwrap();
+    let mut patients: Vec<String> = gateway
+        .audit_events_for(request_id)
+        .iter()
+        .flat_map(|event| {
+            event["entity"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|entity| entity["what"]["reference"].as_str())
+                .filter(|r| r.starts_with("Patient/"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    patients.sort();
+    patients.dedup();
+    patients
+}
+
+#[tokio::test]
+async fn a_blocked_professional_cannot_count_the_patients_data_in_any_spelling() {
+    let backend = seeded();
+    anne_consents(&backend, blocks_ns363()).await;
+    let gateway = gateway(&backend);
+    let client = gateway.client();
+    let blocked = professional(&gateway, json!({ "authorization_id": "NS363" }));
+    let colleague = professional(&gateway, json!({ "authorization_id": "XY123" }));
+
+    // Every way the backend accepts to name Anne is a request pinned to her: refused.
+    for query in [
+        "subject=pat-anne&_summary=count",
+        "subject:Patient=pat-anne&code=4548-4&_summary=count",
+        "patient=pat-anne&code=4548-4&_count=0",
+        "subject=https%3A%2F%2Felsewhere.example%2Ffhir%2FPatient%2Fpat-anne&_summary=count",
+        "subject=Patient%2Fpat-anne%2F_history%2F1&code=4548-4",
+        "subject=pat-bo,pat-anne",
+    ] {
+        let path = format!("/fhir/Observation?{query}");
+        let answer = client.get(&path, Some(&blocked)).await.unwrap();
+        assert_eq!(denial(&answer), (403, "consent-block".into()), "{query}");
+        // The same request by a colleague is not refused (the backend decides what it finds).
+        let allowed = client.get(&path, Some(&colleague)).await.unwrap();
+        assert_ne!(allowed.status, 403, "{query}: {}", allowed.text());
+    }
+    // By identifier: looked up, and just as pinned.
+    let path = format!("/fhir/Patient?identifier={CPR}%7C1111111118");
+    let answer = client.get(&path, Some(&blocked)).await.unwrap();
+    assert_eq!(denial(&answer), (403, "consent-block".into()));
+
+    // A count that names nobody would count Anne too: refused for everyone, blocked or not,
+    // so the refusal says nothing about her.
+    for token in [&blocked, &colleague] {
+        let answer = client
+            .get("/fhir/Observation?code=4548-4&_summary=count", Some(token))
+            .await
+            .unwrap();
+        assert_eq!(denial(&answer), (403, "count-not-pinned".into()));
+        let answer = client
+            .get("/fhir/Condition?code=44054006&_count=0", Some(token))
+            .await
+            .unwrap();
+        assert_eq!(denial(&answer), (403, "count-not-pinned".into()));
+    }
+}
+
+/// The entries, `total` and link relations of a searchset, as a blocked caller sees them.
+fn shape(answer: &Answer) -> Value {
+    let body = answer.json();
+    let mut ids: Vec<String> = body["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|entry| {
+            format!(
+                "{}/{}",
+                entry["resource"]["resourceType"].as_str().unwrap_or("?"),
+                entry["resource"]["id"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    ids.sort();
+    json!({ "status": answer.status.as_u16(), "ids": ids, "total": body.get("total") })
+}
+
+#[tokio::test]
+async fn a_blocked_professional_sees_what_they_would_see_if_the_data_did_not_exist() {
+    // One backend where Anne blocks the physician, one where Anne's data is gone.
+    let blocking = seeded();
+    anne_consents(&blocking, blocks_ns363()).await;
+    let without = seeded();
+    for id in [
+        "Observation/obs-anne-bp",
+        "Observation/obs-anne-hba1c",
+        "Observation/obs-anne-weight",
+        "Condition/cond-anne-1",
+        "Encounter/enc-anne-1",
+        "MedicationRequest/medreq-anne-1",
+    ] {
+        backend_send(without.base_url(), Method::DELETE, id, None).await;
+    }
+    let with_block = gateway(&blocking);
+    let with_nothing = gateway(&without);
+    for path in [
+        "/fhir/Observation?code=4548-4",
+        "/fhir/Observation?_count=100",
+        "/fhir/Condition?code=44054006",
+        "/fhir/Observation?performer=Practitioner/prac-ns363",
+        "/fhir/MedicationRequest?requester=Practitioner/prac-ns363",
+        "/fhir/Encounter?status=finished",
+    ] {
+        let a = with_block
+            .client()
+            .get(
+                path,
+                Some(&professional(
+                    &with_block,
+                    json!({ "authorization_id": "NS363" }),
+                )),
+            )
+            .await
+            .unwrap();
+        let b = with_nothing
+            .client()
+            .get(
+                path,
+                Some(&professional(
+                    &with_nothing,
+                    json!({ "authorization_id": "NS363" }),
+                )),
+            )
+            .await
+            .unwrap();
+        assert_eq!(shape(&a), shape(&b), "{path}");
+        assert!(
+            !a.text().contains("consent-filtered"),
+            "{path}: {}",
+            a.text()
+        );
+        assert!(
+            a.json().get("total").is_none(),
+            "{path}: a total counts what is withheld"
+        );
+    }
+}
+
+#[tokio::test]
+async fn deletes_moves_and_batch_entries_are_in_the_logs_of_the_patients_they_touch() {
+    let backend = seeded();
+    let gateway = gateway(&backend);
+    let client = gateway.client();
+    let writer = professional(&gateway, json!({ "authorization_id": "XY123" }));
+
+    // A delete: its answer names nobody, the resource it removed was Bo's.
+    let answer = client
+        .send(request(
+            Method::DELETE,
+            "/fhir/Condition/cond-bo-1",
+            Some(&writer),
+            None,
+        ))
+        .await
+        .unwrap();
+    assert!(answer.status.is_success(), "{}", answer.text());
+    assert_eq!(audited_patients(&gateway, &answer), ["Patient/pat-bo"]);
+
+    // An update that moves Bo's weight to Carla: both logs.
+    let mut moved = backend_send(
+        backend.base_url(),
+        Method::GET,
+        "Observation/obs-bo-weight",
+        None,
+    )
+    .await;
+    moved["subject"] = json!({ "reference": "Patient/pat-carla" });
+    moved.as_object_mut().unwrap().remove("meta");
+    let answer = client
+        .send(request(
+            Method::PUT,
+            "/fhir/Observation/obs-bo-weight",
+            Some(&writer),
+            Some(moved),
+        ))
+        .await
+        .unwrap();
+    assert!(answer.status.is_success(), "{}", answer.text());
+    assert_eq!(
+        audited_patients(&gateway, &answer),
+        ["Patient/pat-bo", "Patient/pat-carla"]
+    );
+
+    // A patch that moves Carla's hba1c to Anne, answered without a body.
+    let patch = Request::builder()
+        .method(Method::PATCH)
+        .uri("/fhir/Observation/obs-carla-hba1c")
+        .header("authorization", format!("Bearer {writer}"))
+        .header("content-type", "application/json-patch+json")
+        .header("prefer", "return=minimal")
+        .body(Full::new(Bytes::from(
+            r#"[{"op":"replace","path":"/subject/reference","value":"Patient/pat-anne"}]"#,
+        )))
+        .unwrap();
+    let answer = client.send(patch).await.unwrap();
+    assert!(answer.status.is_success(), "{}", answer.text());
+    let patients = audited_patients(&gateway, &answer);
+    assert!(
+        patients.contains(&"Patient/pat-carla".to_owned()),
+        "{patients:?}"
+    );
+
+    // A batch: the entry that deletes Anne's encounter is in Anne's log.
+    let batch = json!({ "resourceType": "Bundle", "type": "batch", "entry": [
+        { "request": { "method": "DELETE", "url": "Encounter/enc-anne-1" } },
+        { "request": { "method": "GET", "url": "Patient/pat-bo" } }
+    ]});
+    let answer = client
+        .send(request(Method::POST, "/fhir", Some(&writer), Some(batch)))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let patients = audited_patients(&gateway, &answer);
+    assert!(
+        patients.contains(&"Patient/pat-anne".to_owned()),
+        "{patients:?}"
+    );
+    assert!(
+        patients.contains(&"Patient/pat-bo".to_owned()),
+        "{patients:?}"
+    );
+
+    // A search that finds nothing still touched the patient it named.
+    let answer = client
+        .get(
+            "/fhir/Observation?subject=Patient/pat-anne&code=none",
+            Some(&writer),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200);
+    assert_eq!(audited_patients(&gateway, &answer), ["Patient/pat-anne"]);
+}
+
+#[tokio::test]
+async fn consents_are_read_as_r4_writes_them_and_know_the_professional_by_every_name() {
+    let backend = seeded();
+    // Deny everyone except the colleague XY123.
+    anne_consents(
+        &backend,
+        json!({ "type": "deny", "provision": [{ "type": "permit", "actor": by_authorisation("ZZ4Q1") }] }),
+    )
+    .await;
+    let gateway = gateway(&backend);
+    let client = gateway.client();
+    let someone = professional(&gateway, json!({ "authorization_id": "AB111" }));
+    let answer = client
+        .get("/fhir/Patient/pat-anne", Some(&someone))
+        .await
+        .unwrap();
+    assert_eq!(denial(&answer), (403, "consent-block".into()));
+    // The nurse, known to the token only as Practitioner/prac-nurse-5166 (whose authorisation
+    // id the backend knows), is the one excepted.
+    let nurse = professional(
+        &gateway,
+        json!({ "fhirUser": "Practitioner/prac-nurse-5166" }),
+    );
+    let answer = client
+        .get("/fhir/Patient/pat-anne", Some(&nurse))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+
+    // A block by reference holds for the same physician arriving with only an
+    // authorisation id (as a SAML exchange makes her).
+    let backend = seeded();
+    anne_consents(
+        &backend,
+        json!({ "type": "deny", "actor": actor(json!({ "reference": "Practitioner/prac-ns363" })) }),
+    )
+    .await;
+    let gateway = self::gateway(&backend);
+    let client = gateway.client();
+    let by_id = professional(&gateway, json!({ "authorization_id": "NS363" }));
+    let answer = client
+        .get("/fhir/Patient/pat-anne", Some(&by_id))
+        .await
+        .unwrap();
+    assert_eq!(denial(&answer), (403, "consent-block".into()));
+    // Only Observations blocked: her conditions are readable, her observations withheld.
+    let backend = seeded();
+    anne_consents(
+        &backend,
+        json!({ "type": "deny", "actor": by_authorisation("NS363"),
+            "class": [{ "system": "http://hl7.org/fhir/resource-types", "code": "Observation" }] }),
+    )
+    .await;
+    let gateway = self::gateway(&backend);
+    let client = gateway.client();
+    let physician = professional(&gateway, json!({ "authorization_id": "NS363" }));
+    let conditions = client
+        .get("/fhir/Condition?patient=pat-anne", Some(&physician))
+        .await
+        .unwrap();
+    assert_eq!(conditions.status, 200, "{}", conditions.text());
+    assert_eq!(shape(&conditions)["ids"], json!(["Condition/cond-anne-1"]));
+    let observations = client
+        .get("/fhir/Observation?patient=pat-anne", Some(&physician))
+        .await
+        .unwrap();
+    assert_eq!(denial(&observations), (403, "consent-block".into()));
+    let everything = client
+        .get("/fhir/Patient/pat-anne/$everything", Some(&physician))
+        .await
+        .unwrap();
+    assert_eq!(everything.status, 200, "{}", everything.text());
+    let ids = shape(&everything)["ids"].to_string();
+    assert!(ids.contains("Condition/cond-anne-1"), "{ids}");
+    assert!(!ids.contains("Observation/obs-anne"), "{ids}");
+}
+
+#[tokio::test]
+async fn a_resource_about_another_patient_by_identifier_is_not_hers() {
+    let backend = seeded();
+    // Bo's observation, his subject by CPR only, Anne named as performer.
+    let observation = json!({
+        "resourceType": "Observation", "id": "obs-bo-by-cpr", "status": "final",
+        "code": { "text": "note" },
+        "subject": { "identifier": { "system": CPR, "value": "0501792275" } },
+        "performer": [{ "reference": "Patient/pat-anne" }]
+    });
+    backend_send(
+        backend.base_url(),
+        Method::PUT,
+        "Observation/obs-bo-by-cpr",
+        Some(observation),
+    )
+    .await;
+    let gateway = gateway(&backend);
+    let anne = gateway.token(json!({ "scope": "patient/*.rs", "patient": "pat-anne" }));
+    let answer = gateway
+        .client()
+        .get("/fhir/Observation/obs-bo-by-cpr", Some(&anne))
+        .await
+        .unwrap();
+    assert_eq!(denial(&answer), (403, "outside-compartment".into()));
+}
+
+#[tokio::test]
+async fn a_binding_route_holds_however_the_path_is_spelled() {
+    let gateway = Gateway::start_with(Options {
+        extra_config:
+            "[[route]]\npath_prefix = \"/fhir/Patient\"\nrequire_certificate_binding = true\n"
+                .into(),
+        ..Options::default()
+    });
+    let client = gateway.client();
+    let unbound = gateway.token(json!({ "scope": "user/*.rs" }));
+    for path in [
+        "/fhir/Patient/pat-anne",
+        "/fhir/P%61tient/pat-anne",
+        "/fhir/%50atient?name=Hansen",
+        "/f%68ir/Patient/pat-anne",
+    ] {
+        let answer = client.get(path, Some(&unbound)).await.unwrap();
+        assert_eq!(answer.status, 401, "{path}: {}", answer.text());
+    }
+}

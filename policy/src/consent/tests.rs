@@ -1,0 +1,342 @@
+use serde_json::{Value, json};
+
+use super::*;
+
+/// 2026-12-03T12:00:00Z.
+const NOW: i64 = 1_796_299_200;
+
+fn physician() -> CallerIds {
+    CallerIds {
+        identifiers: vec![
+            (AUTHORIZATION_SYSTEM.into(), "NS363".into()),
+            (CVR_SYSTEM.into(), "12345678".into()),
+        ],
+        references: vec!["Practitioner/prac-ns363".into()],
+    }
+}
+
+fn colleague() -> CallerIds {
+    CallerIds {
+        identifiers: vec![(AUTHORIZATION_SYSTEM.into(), "XY123".into())],
+        references: vec!["Practitioner/prac-xy123".into()],
+    }
+}
+
+fn consent(provision: Value) -> Value {
+    json!({
+        "resourceType": "Consent", "id": "c1", "status": "active",
+        "patient": { "reference": "Patient/pat-anne" },
+        "provision": provision
+    })
+}
+
+fn actor(id: &str) -> Value {
+    json!([{ "reference": { "identifier": { "system": AUTHORIZATION_SYSTEM, "value": id } } }])
+}
+
+fn read<'a>(resource_type: Option<&'a str>, resource: Option<&'a str>) -> Access<'a> {
+    Access {
+        resource_type,
+        resource,
+        purpose: Some("TREATMENT"),
+        now: NOW,
+        unknown_denies: false,
+    }
+}
+
+fn denied(consent_json: &Value, caller: &CallerIds, access: &Access<'_>) -> bool {
+    blocks_in(consent_json).is_some_and(|block| denies(&block, caller, access))
+}
+
+#[test]
+fn only_active_consents_that_deny_somebody_are_blocks() {
+    let deny = json!({ "type": "deny", "actor": actor("NS363") });
+    assert!(blocks_in(&consent(deny.clone())).is_some());
+    let mut inactive = consent(deny);
+    inactive["status"] = json!("inactive");
+    assert!(blocks_in(&inactive).is_none());
+    assert!(
+        blocks_in(&consent(
+            json!({ "type": "permit", "actor": actor("NS363") })
+        ))
+        .is_none()
+    );
+    assert!(blocks_in(&json!({ "resourceType": "Patient" })).is_none());
+    assert!(
+        blocks_in(&json!({ "resourceType": "Consent", "status": "active" })).is_none(),
+        "no provision, no rule"
+    );
+}
+
+/// Each row: a provision tree, and whether it denies the physician (NS363) and a colleague
+/// (XY123) a read of `Observation/obs-1` now, for treatment.
+#[test]
+fn provision_shapes_are_decided_as_r4_reads_them() {
+    let obs = read(Some("Observation"), Some("Observation/obs-1"));
+    let rows: Vec<(&str, Value, bool, bool)> = vec![
+        (
+            "deny naming the physician",
+            json!({ "type": "deny", "actor": actor("NS363") }),
+            true,
+            false,
+        ),
+        (
+            "deny without an actor denies everyone",
+            json!({ "type": "deny" }),
+            true,
+            true,
+        ),
+        (
+            "deny everyone except the colleague",
+            json!({ "type": "deny", "provision": [{ "type": "permit", "actor": actor("XY123") }] }),
+            true,
+            false,
+        ),
+        (
+            "permit with a nested deny",
+            json!({ "type": "permit", "provision": [{ "type": "deny", "actor": actor("NS363") }] }),
+            true,
+            false,
+        ),
+        (
+            "nested twice: deny, except permit the physician, except deny Observations",
+            json!({ "type": "deny", "provision": [{ "type": "permit", "actor": actor("NS363"),
+                "provision": [{ "type": "deny", "class": [{ "system": "http://hl7.org/fhir/resource-types", "code": "Observation" }] }] }] }),
+            true,
+            true,
+        ),
+        (
+            "deny of another class",
+            json!({ "type": "deny", "actor": actor("NS363"), "class": [{ "system": "http://hl7.org/fhir/resource-types", "code": "Condition" }] }),
+            false,
+            false,
+        ),
+        (
+            "deny of this class",
+            json!({ "type": "deny", "actor": actor("NS363"), "class": [{ "code": "Observation" }] }),
+            true,
+            false,
+        ),
+        (
+            "deny of a class from another system counts as this one",
+            json!({ "type": "deny", "actor": actor("NS363"), "class": [{ "system": "urn:ietf:bcp:13", "code": "text/plain" }] }),
+            true,
+            false,
+        ),
+        (
+            "deny of other data",
+            json!({ "type": "deny", "actor": actor("NS363"), "data": [{ "meaning": "instance", "reference": { "reference": "Observation/obs-2" } }] }),
+            false,
+            false,
+        ),
+        (
+            "deny of this resource, absolute and versioned",
+            json!({ "type": "deny", "actor": actor("NS363"), "data": [{ "meaning": "instance", "reference": { "reference": "https://fhir.example/Observation/obs-1/_history/2" } }] }),
+            true,
+            false,
+        ),
+        (
+            "deny that ended",
+            json!({ "type": "deny", "actor": actor("NS363"), "period": { "end": "2026-01-01" } }),
+            false,
+            false,
+        ),
+        (
+            "deny not yet begun",
+            json!({ "type": "deny", "actor": actor("NS363"), "period": { "start": "2027" } }),
+            false,
+            false,
+        ),
+        (
+            "deny in force until the end of the month",
+            json!({ "type": "deny", "actor": actor("NS363"), "period": { "start": "2026-12-03T11:00:00+01:00", "end": "2026-12" } }),
+            true,
+            false,
+        ),
+        (
+            "deny with an unreadable period",
+            json!({ "type": "deny", "actor": actor("NS363"), "period": { "end": "soon" } }),
+            true,
+            false,
+        ),
+        (
+            "deny for research only",
+            json!({ "type": "deny", "actor": actor("NS363"), "purpose": [{ "code": "HRESCH" }] }),
+            false,
+            false,
+        ),
+        (
+            "deny for treatment",
+            json!({ "type": "deny", "actor": actor("NS363"), "purpose": [{ "code": "TREATMENT" }] }),
+            true,
+            false,
+        ),
+        (
+            "deny of collection only",
+            json!({ "type": "deny", "actor": actor("NS363"), "action": [{ "coding": [{ "code": "collect" }] }] }),
+            false,
+            false,
+        ),
+        (
+            "deny on codes the gateway cannot judge",
+            json!({ "type": "deny", "actor": actor("NS363"), "code": [{ "coding": [{ "code": "x" }] }] }),
+            true,
+            false,
+        ),
+        (
+            "permit on codes the gateway cannot judge lifts nothing",
+            json!({ "type": "deny", "provision": [{ "type": "permit", "actor": actor("XY123"), "securityLabel": [{ "code": "R" }] }] }),
+            true,
+            true,
+        ),
+        (
+            "a permit between exceptions never outweighs a deny",
+            json!({ "type": "permit", "provision": [
+                { "type": "permit", "actor": actor("NS363") },
+                { "type": "deny", "actor": actor("NS363") }
+            ] }),
+            true,
+            false,
+        ),
+    ];
+    for (name, provision, physician_denied, colleague_denied) in rows {
+        let consent = consent(provision);
+        assert_eq!(
+            denied(&consent, &physician(), &obs),
+            physician_denied,
+            "{name}: physician"
+        );
+        assert_eq!(
+            denied(&consent, &colleague(), &obs),
+            colleague_denied,
+            "{name}: colleague"
+        );
+    }
+}
+
+#[test]
+fn the_consents_own_period_bounds_all_of_it() {
+    let mut ended = consent(json!({ "type": "deny", "actor": actor("NS363") }));
+    ended["period"] = json!({ "end": "2026-06-30" });
+    let obs = read(Some("Observation"), Some("Observation/obs-1"));
+    assert!(!denied(&ended, &physician(), &obs));
+    ended["period"] = json!({ "start": "2026-06-30" });
+    assert!(denied(&ended, &physician(), &obs));
+}
+
+#[test]
+fn what_the_access_does_not_tell_yet_denies_writes_and_waits_for_the_answer_on_reads() {
+    let only_observations = consent(json!({ "type": "deny", "actor": actor("NS363"),
+        "class": [{ "code": "Observation" }] }));
+    let one_resource = consent(json!({ "type": "deny", "actor": actor("NS363"),
+        "data": [{ "reference": { "reference": "Observation/obs-1" } }] }));
+    let compartment = read(None, None);
+    let write = Access {
+        unknown_denies: true,
+        ..compartment
+    };
+    for consent in [&only_observations, &one_resource] {
+        assert!(!denied(consent, &physician(), &compartment), "{consent}");
+        assert!(denied(consent, &physician(), &write), "{consent}");
+    }
+    let search = read(Some("Observation"), None);
+    assert!(denied(&only_observations, &physician(), &search));
+    assert!(!denied(&one_resource, &physician(), &search));
+}
+
+#[test]
+fn a_caller_without_a_stated_purpose_is_denied_by_purpose_bound_blocks() {
+    let treatment_only = consent(json!({ "type": "deny", "actor": actor("NS363"),
+        "purpose": [{ "code": "TREATMENT" }] }));
+    let unstated = Access {
+        purpose: None,
+        ..read(Some("Observation"), Some("Observation/obs-1"))
+    };
+    assert!(denied(&treatment_only, &physician(), &unstated));
+}
+
+#[test]
+fn provisions_nested_beyond_reason_are_read_as_a_deny() {
+    let mut provision = json!({ "type": "permit", "actor": actor("XY123") });
+    for _ in 0..40 {
+        provision = json!({ "type": "permit", "provision": [provision] });
+    }
+    let deep = consent(provision);
+    let obs = read(Some("Observation"), Some("Observation/obs-1"));
+    assert!(denied(&deep, &colleague(), &obs));
+}
+
+#[test]
+fn actors_match_however_the_registers_are_written() {
+    let caller = CallerIds {
+        identifiers: vec![
+            (AUTHORIZATION_SYSTEM.into(), "ns363".into()),
+            (CPR_SYSTEM.into(), "0501792275".into()),
+        ],
+        references: vec!["https://fhir.example/fhir/Practitioner/prac-ns363".into()],
+    };
+    for reference in [
+        json!({ "identifier": { "system": "https://autregweb.sst.dk/", "value": "NS363" } }),
+        json!({ "identifier": { "system": CPR_SYSTEM, "value": "050179-2275" } }),
+        json!({ "reference": "Practitioner/prac-ns363/_history/3" }),
+        json!({ "reference": "http://other.example/Practitioner/prac-ns363" }),
+    ] {
+        let block = consent(json!({ "type": "deny", "actor": [{ "reference": reference }] }));
+        assert!(denied(&block, &caller, &read(None, None)), "{reference}");
+    }
+    let other = consent(
+        json!({ "type": "deny", "actor": [{ "reference": { "reference": "Practitioner/prac-ns3630" } }] }),
+    );
+    assert!(!denied(&other, &caller, &read(None, None)));
+}
+
+#[test]
+fn glass_breaks_only_with_a_reason() {
+    let block = blocks_in(&consent(json!({ "type": "deny", "actor": actor("NS363") }))).unwrap();
+    let access = read(Some("Patient"), Some("Patient/pat-anne"));
+    let verdict = |emergency| {
+        check(
+            std::slice::from_ref(&block),
+            &physician(),
+            &access,
+            emergency,
+        )
+    };
+    assert_eq!(
+        verdict(Emergency::new(Some("EMERGENCY"), Some("  "))),
+        ConsentVerdict::Blocked {
+            consent: "c1".into()
+        }
+    );
+    assert_eq!(
+        verdict(Emergency::new(
+            Some("EMERGENCY"),
+            Some("unconscious, no relatives")
+        )),
+        ConsentVerdict::BrokenGlass {
+            consent: "c1".into()
+        }
+    );
+    assert_eq!(
+        verdict(Emergency::new(Some("TREATMENT"), Some("reason"))),
+        ConsentVerdict::Blocked {
+            consent: "c1".into()
+        }
+    );
+    assert_eq!(
+        check(&[block], &colleague(), &access, Emergency::None),
+        ConsentVerdict::Open
+    );
+}
+
+#[test]
+fn fhir_dates_cover_what_they_say() {
+    assert_eq!(instant("2026", false), Some(1_767_225_600));
+    assert_eq!(instant("2026", true), Some(1_798_761_600));
+    assert_eq!(instant("2026-12", true), Some(1_798_761_600));
+    assert_eq!(instant("2026-02", true), instant("2026-03-01", false));
+    assert_eq!(instant("2026-12-31", true), instant("2027", false));
+    assert_eq!(instant("2026-12-03T12:00:00Z", false), Some(NOW));
+    assert_eq!(instant("2026-13", false), None);
+    assert_eq!(instant("yesterday", false), None);
+}

@@ -1,0 +1,171 @@
+//! The reach table: whose data a request touches, in every spelling a FHIR server resolves.
+//! One row per case:
+//!
+//! `method | url | patients | possible | identifiers | flags`
+//!
+//! where lists are comma-separated (`-`: none) and flags are `pinned`, `opaque`, both or `-`.
+//! A POST or PUT row's body is the one of [`body`].
+
+use portvagt_policy::{Reach, classify};
+use serde_json::json;
+
+const CASES: &str = r#"
+# --- the path ---------------------------------------------------------------------------------
+GET    | Patient/anne                                   | anne        | -     | -              | pinned
+GET    | Patient/anne/_history/2                        | anne        | -     | -              | pinned
+GET    | Patient/anne/*                                 | anne        | -     | -              | pinned
+GET    | Patient/anne/Observation?code=x                | anne        | -     | -              | pinned
+GET    | Patient/anne/$everything                       | anne        | -     | -              | pinned
+DELETE | Patient/anne                                   | anne        | -     | -              | pinned
+GET    | Observation/obs-1                              | -           | -     | -              | -
+GET    | Encounter/enc-1/Observation                    | -           | -     | -              | -
+# --- reference parameters, every spelling -----------------------------------------------------
+GET    | Observation?patient=Patient/anne               | anne        | -     | -              | pinned
+GET    | Observation?patient=anne                       | anne        | -     | -              | pinned
+GET    | Observation?subject=anne                       | -           | anne  | -              | pinned
+GET    | Observation?subject:Patient=anne               | anne        | -     | -              | pinned
+GET    | Observation?patient:Patient=anne               | anne        | -     | -              | pinned
+GET    | Observation?subject=https://x.example/fhir/Patient/anne | anne | -   | -              | pinned
+GET    | Observation?subject=Patient/anne/_history/7    | anne        | -     | -              | pinned
+GET    | Observation?patient=Patient/anne,Patient/bo    | anne,bo     | -     | -              | pinned
+GET    | Observation?patient=anne,https://x/Patient/bo  | anne,bo     | -     | -              | pinned
+GET    | Observation?performer=Patient/anne             | anne        | -     | -              | pinned
+GET    | Observation?performer=prac-1                   | -           | prac-1 | -             | -
+GET    | Observation?performer=Practitioner/prac-1      | -           | -     | -              | -
+GET    | Observation?subject:Group=g1                   | -           | -     | -              | -
+GET    | Observation?focus=Patient/anne                 | anne        | -     | -              | -
+GET    | Observation?code=Patient/anne                  | anne        | -     | -              | -
+GET    | Encounter?patient=anne&_count=0                | anne        | -     | -              | pinned
+GET    | Patient?_id=anne                               | anne        | -     | -              | pinned
+GET    | Patient?_id=anne,bo                            | anne,bo     | -     | -              | pinned
+GET    | Patient?link=bo                                | -           | bo    | -              | -
+GET    | Patient?name=Hansen                            | -           | -     | -              | -
+GET    | ?subject=Patient/anne                          | anne        | -     | -              | -
+GET    | ?patient=anne&_type=Observation                | anne        | -     | -              | -
+# --- identifiers --------------------------------------------------------------------------------
+GET    | Patient?identifier=urn:oid:1.2.208.176.1.2|0101010101 | - | -     | urn:oid:1.2.208.176.1.2|0101010101 | pinned
+GET    | Observation?patient:identifier=urn:oid:1.2.208.176.1.2|0101010101 | - | - | urn:oid:1.2.208.176.1.2|0101010101 | pinned
+GET    | Observation?subject:Patient.identifier=sys|v1  | -           | -     | sys|v1         | pinned
+GET    | Observation?patient.identifier=sys|v1          | -           | -     | sys|v1         | pinned
+GET    | Observation?performer:identifier=sys|v1        | -           | -     | sys|v1         | -
+GET    | Observation?subject.identifier=sys|v1          | -           | -     | sys|v1         | -
+# --- what no list captures ----------------------------------------------------------------------
+GET    | Observation?subject:missing=true               | -           | -     | -              | opaque
+GET    | Observation?patient:not=Patient/anne           | -           | -     | -              | opaque
+GET    | Observation?subject=urn:uuid:1                 | -           | -     | -              | opaque
+GET    | Observation?subject.name=Hansen                | -           | -     | -              | opaque
+GET    | Observation?_has:Consent:patient:status=active | -           | -     | -              | opaque
+GET    | Observation?code=x                             | -           | -     | -              | -
+GET    | Observation?code=x&_summary=count              | -           | -     | -              | -
+GET    | Practitioner?name=x                            | -           | -     | -              | pinned
+GET    | Practitioner?_revinclude=Observation:performer | -           | -     | -              | -
+# --- writes -------------------------------------------------------------------------------------
+POST   | Observation                                    | -           | -     | -              | -
+PUT    | Observation/obs-1                              | -           | -     | -              | -
+DELETE | Observation?patient=anne                       | anne        | -     | -              | pinned
+DELETE | Observation?code=x                             | -           | -     | -              | -
+"#;
+
+fn body() -> serde_json::Value {
+    json!({ "resourceType": "Observation", "id": "obs-1", "status": "final",
+        "code": { "text": "x" }, "subject": { "reference": "Patient/carla" } })
+}
+
+fn list(column: &str) -> Vec<String> {
+    match column.trim() {
+        "-" => Vec::new(),
+        items => {
+            let mut items: Vec<String> = items.split(',').map(str::to_owned).collect();
+            items.sort();
+            items
+        }
+    }
+}
+
+#[test]
+fn every_spelling_of_a_patient_is_in_the_reach() {
+    for line in CASES.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let columns: Vec<&str> = line.split(" | ").map(str::trim).collect();
+        let [method, url, patients, possible, identifiers, flags] = columns[..] else {
+            panic!("malformed row: {line}");
+        };
+        let (path, query) = match url.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (url, None),
+        };
+        let query = query.map(|q| q.replace('|', "%7C"));
+        let mut request =
+            classify(method, path, query.as_deref()).unwrap_or_else(|e| panic!("{line}: {e}"));
+        if request.needs_body() {
+            request
+                .attach_body(Some("application/fhir+json"), body().to_string().as_bytes())
+                .unwrap_or_else(|e| panic!("{line}: {e}"));
+        }
+        let reach = Reach::of(&request);
+        assert_eq!(reach.patients(), list(patients), "patients: {line}");
+        assert_eq!(reach.possible(), list(possible), "possible: {line}");
+        assert_eq!(
+            reach.identifiers(),
+            list(identifiers),
+            "identifiers: {line}"
+        );
+        assert_eq!(reach.pinned(), flags.contains("pinned"), "pinned: {line}");
+        assert_eq!(reach.opaque(), flags.contains("opaque"), "opaque: {line}");
+    }
+}
+
+#[test]
+fn writes_name_what_they_write_and_what_they_change() {
+    let mut create = classify("POST", "Observation", None).unwrap();
+    create
+        .attach_body(Some("application/fhir+json"), body().to_string().as_bytes())
+        .unwrap();
+    assert_eq!(Reach::of(&create).written(), ["carla"]);
+    assert!(Reach::of(&create).owner().is_none());
+
+    let mut update = classify("PUT", "Observation/obs-1", None).unwrap();
+    update
+        .attach_body(Some("application/fhir+json"), body().to_string().as_bytes())
+        .unwrap();
+    let reach = Reach::of(&update);
+    assert_eq!(reach.written(), ["carla"]);
+    assert_eq!(
+        reach.owner(),
+        Some(&portvagt_policy::reach::Owner::Instance(
+            "Observation/obs-1".into()
+        ))
+    );
+    let delete = classify("DELETE", "Condition", Some("code=x")).unwrap();
+    assert!(matches!(
+        Reach::of(&delete).owner(),
+        Some(portvagt_policy::reach::Owner::Search { .. })
+    ));
+    // Reference data has no owner to read.
+    let practitioner = classify("DELETE", "Practitioner/p1", None).unwrap();
+    assert!(Reach::of(&practitioner).owner().is_none());
+}
+
+#[test]
+fn a_batch_reaches_what_its_entries_reach() {
+    let bundle = json!({ "resourceType": "Bundle", "type": "batch", "entry": [
+        { "request": { "method": "GET", "url": "Observation?subject=https://x.example/Patient/anne" } },
+        { "request": { "method": "DELETE", "url": "Condition/cond-1" } },
+        { "request": { "method": "POST", "url": "Observation" }, "resource": body() },
+        { "request": { "method": "GET", "url": "Observation?patient:identifier=sys%7Cv" } }
+    ]});
+    let mut request = classify("POST", "", None).unwrap();
+    request
+        .attach_body(Some("application/fhir+json"), bundle.to_string().as_bytes())
+        .unwrap();
+    let reach = Reach::of(&request);
+    assert_eq!(reach.patients(), ["anne"]);
+    assert_eq!(reach.written(), ["carla"]);
+    assert_eq!(reach.identifiers(), ["sys|v"]);
+    assert_eq!(reach.entries().len(), 4);
+    assert!(reach.entries()[1].owner().is_some());
+    assert!(!reach.pinned());
+}
