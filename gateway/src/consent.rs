@@ -39,30 +39,26 @@ pub struct ConsentUnavailable;
 /// The blocks of each patient, loaded from the backend and cached.
 #[derive(Debug)]
 pub struct ConsentStore {
-    backend: Arc<Backend>,
     metrics: Arc<Metrics>,
     ttl: Duration,
     capacity: usize,
-    cache: Mutex<HashMap<String, Cached>>,
+    /// By (backend, patient): each backend holds its own patients' Consents.
+    cache: Mutex<HashMap<(String, String), Cached>>,
     identities: Mutex<HashMap<IdentityKey, (Instant, Arc<CallerIds>)>>,
 }
 
-/// A caller's identities as the token and certificate gave them, sorted: the identity cache's
-/// key.
+/// The backend asked, then the caller's identities as the token and certificate gave them,
+/// sorted: the identity cache's key.
 type IdentityKey = Vec<(String, String)>;
 
 /// One patient's blocks and until when they may be used.
 type Cached = (Instant, Arc<Vec<Block>>);
 
 impl ConsentStore {
-    /// A store reading Consents from `backend`.
-    pub fn new(
-        config: &ConsentConfig,
-        backend: Arc<Backend>,
-        metrics: Arc<Metrics>,
-    ) -> ConsentStore {
+    /// A store reading Consents from the backends it is handed (the one the routes send
+    /// `Consent` to for each request).
+    pub fn new(config: &ConsentConfig, metrics: Arc<Metrics>) -> ConsentStore {
         ConsentStore {
-            backend,
             metrics,
             ttl: config.cache_ttl,
             capacity: config.cache_entries.max(1),
@@ -71,18 +67,21 @@ impl ConsentStore {
         }
     }
 
-    /// The blocks of each of `patients` (ids), from the cache or, for the rest, one search.
+    /// The blocks of each of `patients` (ids) in `backend`, from the cache or, for the rest,
+    /// one search.
     pub async fn blocks(
         &self,
+        backend: &Backend,
         patients: &[String],
     ) -> Result<HashMap<String, Arc<Vec<Block>>>, ConsentUnavailable> {
+        let name = backend.name();
         let now = Instant::now();
         let mut found = HashMap::new();
         let mut missing = Vec::new();
         {
             let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
             for patient in patients {
-                match cache.get(patient) {
+                match cache.get(&(name.to_owned(), patient.clone())) {
                     Some((expires, blocks)) if *expires > now => {
                         found.insert(patient.clone(), blocks.clone());
                     }
@@ -97,11 +96,7 @@ impl ConsentStore {
             missing.iter().map(|p| (p.clone(), Vec::new())).collect();
         // A few patients per search keep the URL short and each answer on one page.
         for chunk in missing.chunks(CHUNK) {
-            let consents = self
-                .backend
-                .active_consents(chunk)
-                .await
-                .ok_or(ConsentUnavailable)?;
+            let consents = self.active_consents(backend, chunk).await?;
             for consent in &consents {
                 let Some(block) = blocks_in(consent) else {
                     continue;
@@ -134,7 +129,10 @@ impl ConsentStore {
         }
         for (patient, blocks) in loaded {
             let blocks = Arc::new(blocks);
-            cache.insert(patient.clone(), (now + self.ttl, blocks.clone()));
+            cache.insert(
+                (name.to_owned(), patient.clone()),
+                (now + self.ttl, blocks.clone()),
+            );
             found.insert(patient, blocks);
         }
         Ok(found)
@@ -149,8 +147,13 @@ impl ConsentStore {
     /// practitioner and organisation, and theirs). Cached like the Consents; asked only when
     /// some patient's Consent names somebody. A backend that cannot answer refuses the access
     /// (503), it never lets it through unchecked.
-    pub async fn identify(&self, caller: &CallerIds) -> Result<Arc<CallerIds>, ConsentUnavailable> {
-        let mut key = caller.identifiers.clone();
+    pub async fn identify(
+        &self,
+        backend: &Backend,
+        caller: &CallerIds,
+    ) -> Result<Arc<CallerIds>, ConsentUnavailable> {
+        let mut key = vec![(backend.name().to_owned(), String::new())];
+        key.extend(caller.identifiers.iter().cloned());
         key.extend(caller.references.iter().map(|r| (String::new(), r.clone())));
         key.sort();
         let now = Instant::now();
@@ -174,7 +177,7 @@ impl ConsentStore {
                 "identifier={}&_count=50",
                 crate::encoding::form_encode(&format!("{system}|{value}"))
             );
-            let bundle = self.fetch(resource_type, Some(&query)).await?;
+            let bundle = self.fetch(backend, resource_type, Some(&query)).await?;
             for resource in entries(bundle.as_ref()) {
                 add_resource(&mut known, resource);
             }
@@ -191,7 +194,7 @@ impl ConsentStore {
                 if !linkable || relative.contains(['?', '#']) {
                     continue;
                 }
-                let Some(resource) = self.fetch(&relative, None).await? else {
+                let Some(resource) = self.fetch(backend, &relative, None).await? else {
                     continue;
                 };
                 for link in ["/practitioner/reference", "/organization/reference"] {
@@ -216,14 +219,55 @@ impl ConsentStore {
         Ok(known)
     }
 
+    /// The active Consents of `patients` (ids), in one search through the backend's circuit
+    /// breaker and limits; an answer on more than one page, or none, is refused (a block on a
+    /// page not read would be a block not enforced).
+    async fn active_consents(
+        &self,
+        backend: &Backend,
+        patients: &[String],
+    ) -> Result<Vec<Value>, ConsentUnavailable> {
+        let references: Vec<String> = patients.iter().map(|p| format!("Patient/{p}")).collect();
+        let query = format!(
+            "patient={}&status=active&_count=1000",
+            crate::encoding::form_encode(&references.join(","))
+        );
+        let bundle = self
+            .fetch_limited(backend, "Consent", Some(&query), 8 * 1024 * 1024)
+            .await?
+            .filter(|b| b.get("resourceType").and_then(Value::as_str) == Some("Bundle"))
+            .ok_or(ConsentUnavailable)?;
+        let more_pages = bundle
+            .get("link")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .any(|link| link.get("relation").and_then(Value::as_str) == Some("next"));
+        if more_pages {
+            return Err(ConsentUnavailable);
+        }
+        Ok(entries(Some(&bundle)).cloned().collect())
+    }
+
     async fn fetch(
         &self,
+        backend: &Backend,
         relative: &str,
         query: Option<&str>,
     ) -> Result<Option<Value>, ConsentUnavailable> {
-        match self
-            .backend
-            .fetch_json(relative, query, 1024 * 1024, &self.metrics)
+        self.fetch_limited(backend, relative, query, 1024 * 1024)
+            .await
+    }
+
+    async fn fetch_limited(
+        &self,
+        backend: &Backend,
+        relative: &str,
+        query: Option<&str>,
+        limit: usize,
+    ) -> Result<Option<Value>, ConsentUnavailable> {
+        match backend
+            .fetch_json(relative, query, limit, &self.metrics)
             .await
         {
             Ok(Fetched::Found(value)) => Ok(Some(value)),

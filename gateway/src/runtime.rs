@@ -207,7 +207,7 @@ impl Runtime {
         let consent = config
             .consent
             .as_ref()
-            .map(|consent| Arc::new(ConsentStore::new(consent, backend.clone(), metrics.clone())));
+            .map(|consent| Arc::new(ConsentStore::new(consent, metrics.clone())));
         let rate_limiter = config
             .rate_limit
             .as_ref()

@@ -304,38 +304,6 @@ impl Backend {
         )
     }
 
-    /// The active Consents of `patients` (ids), in one search; `None` when the backend could
-    /// not be asked, did not answer with a search Bundle, or has more than one page (a block
-    /// on a page not read would be a block not enforced).
-    pub async fn active_consents(&self, patients: &[String]) -> Option<Vec<serde_json::Value>> {
-        let references: Vec<String> = patients.iter().map(|p| format!("Patient/{p}")).collect();
-        let query = format!(
-            "patient={}&status=active&_count=1000",
-            form_encode(&references.join(","))
-        );
-        let bundle = self
-            .search_bundle("Consent", &query, 8 * 1024 * 1024)
-            .await?;
-        let more_pages = bundle
-            .get("link")
-            .and_then(|links| links.as_array())
-            .into_iter()
-            .flatten()
-            .any(|link| link.get("relation").and_then(|r| r.as_str()) == Some("next"));
-        if more_pages {
-            return None;
-        }
-        Some(
-            bundle
-                .get("entry")
-                .and_then(|e| e.as_array())
-                .into_iter()
-                .flatten()
-                .filter_map(|entry| entry.get("resource").cloned())
-                .collect(),
-        )
-    }
-
     /// A search the gateway makes for itself (`GET <type>?<query>`, 5 s, at most `limit`
     /// bytes): the answer if it is a Bundle, `None` otherwise.
     async fn search_bundle(

@@ -17,11 +17,14 @@ use crate::body::BoxError;
 use crate::consent::{ConsentStore, check_patients, names_actors, resource_blocked};
 use crate::context::RequestRecord;
 use crate::layers::authorize::AccessDenied;
-use crate::proxy::Fetched;
+use crate::proxy::{Backend, Fetched};
 
 /// The caller as consent sees them, for one request.
 pub(super) struct ConsentContext {
     pub(super) store: Arc<ConsentStore>,
+    /// Where the request's patients' Consents and the caller's identities are read: the
+    /// backend the routes send `Consent` to under the request's FHIR base.
+    pub(super) backend: Arc<Backend>,
     pub(super) caller: CallerIds,
     pub(super) purpose: Option<String>,
     pub(super) reason: Option<String>,
@@ -285,10 +288,13 @@ impl Proxy {
         access: &Access<'_>,
         record_handle: Option<&RequestRecord>,
     ) -> Result<Verdicts, BoxError> {
-        let blocks = consent.store.blocks(patients).await?;
+        let blocks = consent.store.blocks(&consent.backend, patients).await?;
         // The caller's other identities matter only where some Consent names somebody.
         let caller = if names_actors(&blocks) {
-            consent.store.identify(&consent.caller).await?
+            consent
+                .store
+                .identify(&consent.backend, &consent.caller)
+                .await?
         } else {
             Arc::new(consent.caller.clone())
         };

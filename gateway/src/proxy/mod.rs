@@ -433,8 +433,13 @@ impl Proxy {
                 .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
                 .map(|v| v.chars().take(500).collect::<String>())
                 .or_else(|| principal.identity().break_glass_reason.clone());
+            let backend = routes
+                .iter()
+                .find(|route| route.takes(&path.base, Some("Consent")))
+                .map_or_else(|| self.backend.clone(), |route| route.backend.clone());
             Some(ConsentContext {
                 store: store.clone(),
+                backend,
                 caller: caller_ids(principal),
                 purpose: principal.purpose_of_use().map(str::to_owned),
                 reason,

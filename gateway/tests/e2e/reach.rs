@@ -436,3 +436,78 @@ async fn a_binding_route_holds_however_the_path_is_spelled() {
         assert_eq!(answer.status, 401, "{path}: {}", answer.text());
     }
 }
+
+#[tokio::test]
+async fn writes_are_checked_against_the_backend_they_go_to() {
+    // Observations live on a second backend, where one of Bo's exists that the main one has
+    // never seen.
+    let second = seeded();
+    let only_there = json!({ "resourceType": "Observation", "id": "obs-bo-second", "status": "final",
+        "code": { "text": "x" }, "subject": { "reference": "Patient/pat-bo" } });
+    backend_send(
+        second.base_url(),
+        Method::PUT,
+        "Observation/obs-bo-second",
+        Some(only_there),
+    )
+    .await;
+    let gateway = Gateway::start_with(Options {
+        extra_config: format!(
+            "[[upstream]]\nname = \"observations\"\nresource_types = [\"Observation\"]\n\
+             [upstream.backend]\nurl = \"{}\"\n",
+            second.base_url()
+        ),
+        ..Options::default()
+    });
+    let anne =
+        gateway.token(json!({ "scope": "patient/Observation.cruds", "patient": "pat-anne" }));
+    let takeover = json!({ "resourceType": "Observation", "id": "obs-bo-second", "status": "final",
+        "code": { "text": "x" }, "subject": { "reference": "Patient/pat-anne" } });
+    let answer = gateway
+        .client()
+        .send(request(
+            Method::PUT,
+            "/fhir/Observation/obs-bo-second",
+            Some(&anne),
+            Some(takeover),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(denial(&answer), (403, "outside-compartment".into()));
+    let still = backend_send(
+        second.base_url(),
+        Method::GET,
+        "Observation/obs-bo-second",
+        None,
+    )
+    .await;
+    assert_eq!(still["subject"]["reference"], "Patient/pat-bo");
+
+    // A backend that will not say what a delete would remove: the delete is refused, not sent.
+    let throttled = crate::resilience::FaultyBackend::start(crate::resilience::TOO_MANY).await;
+    let gateway = Gateway::start_with(Options {
+        extra_config: format!(
+            "[[upstream]]\nname = \"observations\"\nresource_types = [\"Observation\"]\n\
+             [upstream.backend]\nurl = \"{}\"\n",
+            throttled.url
+        ),
+        ..Options::default()
+    });
+    let writer = professional(&gateway, json!({ "authorization_id": "XY123" }));
+    let answer = gateway
+        .client()
+        .send(request(
+            Method::DELETE,
+            "/fhir/Observation/obs-bo-bp",
+            Some(&writer),
+            None,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(denial(&answer), (503, "lookup-failed".into()));
+    assert_eq!(
+        throttled.requests.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "only the gateway's own read reached the backend"
+    );
+}

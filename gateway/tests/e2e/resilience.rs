@@ -23,16 +23,18 @@ const GARBAGE: u8 = 4;
 const HUGE: u8 = 5;
 /// A 200 whose body is not JSON.
 const NOT_JSON: u8 = 6;
+/// 429 Too Many Requests, with an OperationOutcome.
+pub(crate) const TOO_MANY: u8 = 7;
 
 /// A backend whose behaviour the test switches; it counts the requests that reach it.
-struct FaultyBackend {
-    url: String,
+pub(crate) struct FaultyBackend {
+    pub(crate) url: String,
     mode: Arc<AtomicU8>,
-    requests: Arc<AtomicUsize>,
+    pub(crate) requests: Arc<AtomicUsize>,
 }
 
 impl FaultyBackend {
-    async fn start(mode: u8) -> FaultyBackend {
+    pub(crate) async fn start(mode: u8) -> FaultyBackend {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/fhir", listener.local_addr().unwrap());
         let mode = Arc::new(AtomicU8::new(mode));
@@ -80,6 +82,17 @@ impl FaultyBackend {
                             let _ = stream
                                 .write_all(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 22\r\nconnection: close\r\n\r\nstack trace: secret.rs")
                                 .await;
+                        }
+                        TOO_MANY => {
+                            let body = json!({ "resourceType": "OperationOutcome", "issue": [
+                                { "severity": "error", "code": "throttled" }] })
+                            .to_string();
+                            let head = format!(
+                                "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/fhir+json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                                body.len()
+                            );
+                            let _ = stream.write_all(head.as_bytes()).await;
+                            let _ = stream.write_all(body.as_bytes()).await;
                         }
                         _ => {
                             let body =
