@@ -31,6 +31,13 @@ const CHUNK: usize = 40;
 /// The header that carries the reason for a break-the-glass access.
 pub const BREAK_GLASS_HEADER: &str = "x-portvagt-break-glass-reason";
 
+/// What a blocked caller gets for a resource they did not ask for by its patient: the answer
+/// for a resource that does not exist (404), the gateway's own, whatever the backend's looks
+/// like, so that existence tells nothing either.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the resource was not found")]
+pub struct NotFound;
+
 /// Consents could not be loaded: the access is refused (503), never let through unchecked.
 #[derive(Debug, thiserror::Error)]
 #[error("the patients' consents could not be checked")]

@@ -313,6 +313,14 @@ fn rescue_one(error: &(dyn std::error::Error + 'static)) -> Option<Rescued> {
             retry_after: Some(limited.retry_after),
         });
     }
+    if error.is::<crate::consent::NotFound>() {
+        return Some(plain(Outcome::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "not-found",
+            "the resource was not found",
+        )));
+    }
     if error.is::<crate::consent::ConsentUnavailable>() {
         return Some(Rescued {
             outcome: Outcome::new(

@@ -338,6 +338,17 @@ impl Proxy {
         self.deny(reason, record_handle, Some(blocked))
     }
 
+    /// A read withheld without saying so (the request did not name the patient): recorded as
+    /// refused for the patients' logs, answered as a resource that does not exist.
+    pub(super) fn withheld(
+        &self,
+        patients: &[String],
+        record_handle: Option<&RequestRecord>,
+    ) -> BoxError {
+        let _ = self.deny(DenyReason::ConsentBlock, record_handle, Some(patients));
+        crate::consent::NotFound.into()
+    }
+
     /// A refusal: recorded (decision, reason, and the patients whose logs must show the
     /// attempt), counted, and returned as the error the rescue layer answers.
     pub(super) fn deny(

@@ -497,6 +497,18 @@ impl Proxy {
             fields.upstream_latency = Some(upstream_latency);
             fields.upstream_status = Some(status.as_u16());
         }
+        // Under citizens' blocks a missing resource is answered in the gateway's words, the
+        // same as one withheld: the backend's own 404 might differ from it.
+        let names_patients = !reach.patients().is_empty() || !reach.possible().is_empty();
+        if consent.is_some()
+            && status == StatusCode::NOT_FOUND
+            && matches!(
+                fhir.interaction(),
+                Interaction::Read | Interaction::Vread | Interaction::HistoryInstance
+            )
+        {
+            return Err(crate::consent::NotFound.into());
+        }
         if status.is_server_error() {
             tracing::warn!(
                 upstream_status = status.as_u16(),
@@ -638,15 +650,34 @@ impl Proxy {
                     let is_bundle =
                         answer.get("resourceType").and_then(|t| t.as_str()) == Some("Bundle");
                     if !is_bundle {
+                        // Asked for by the patient's name: refused, and break-the-glass can
+                        // follow. Asked for by another name: as if it did not exist.
                         if blocks.withholds(&answer) {
-                            return Err(self.consent_denial(
-                                &blocks.patients,
-                                consent,
-                                record_handle.as_ref(),
-                            ));
+                            return Err(if names_patients {
+                                self.consent_denial(
+                                    &blocks.patients,
+                                    consent,
+                                    record_handle.as_ref(),
+                                )
+                            } else {
+                                self.withheld(&blocks.patients, record_handle.as_ref())
+                            });
                         }
                     } else {
                         let withheld = withhold(&mut answer, &|r| blocks.withholds(r));
+                        let emptied = answer
+                            .get("entry")
+                            .and_then(|e| e.as_array())
+                            .is_none_or(Vec::is_empty);
+                        if withheld > 0
+                            && emptied
+                            && fhir.interaction() == Interaction::HistoryInstance
+                            && !names_patients
+                        {
+                            // The history of a resource that is all withheld: as if it never
+                            // existed.
+                            return Err(self.withheld(&blocks.patients, record_handle.as_ref()));
+                        }
                         if withheld > 0 {
                             self.metrics.consent_withheld.inc_by(withheld as u64);
                             bytes = Bytes::from(serde_json::to_vec(&answer)?);

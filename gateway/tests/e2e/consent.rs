@@ -74,7 +74,8 @@ async fn a_block_holds_on_reads_searches_batches_and_everything() {
         assert_eq!(allowed.status, 200, "{path}: {}", allowed.text());
     }
 
-    // A read that names no patient in its URL is checked on its answer.
+    // A read that names no patient in its URL is checked on its answer, and answered as if
+    // the resource did not exist: the caller did not ask for Anne, so learns nothing of her.
     let anne_observations = backend_send(
         backend.base_url(),
         Method::GET,
@@ -90,7 +91,7 @@ async fn a_block_holds_on_reads_searches_batches_and_everything() {
         .get(&format!("/fhir/Observation/{observation}"), Some(&blocked))
         .await
         .unwrap();
-    assert_eq!(denial(&answer), (403, "consent-block".into()));
+    assert_eq!(denial(&answer), (404, "not-found".into()));
 
     // A search across patients: Anne's entries withheld, without a trace (no notice, no total).
     let answer = client
@@ -221,7 +222,7 @@ async fn a_block_holds_on_reads_searches_batches_and_everything() {
         ))
         .await
         .unwrap();
-    assert_eq!(head.status, 403);
+    assert_eq!(head.status, 404);
 
     // Anne herself is not blocked by her block.
     let anne = gateway.token(json!({ "scope": "patient/*.rs", "patient": "pat-anne" }));

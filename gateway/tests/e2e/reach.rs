@@ -157,22 +157,73 @@ fn shape(answer: &Answer) -> Value {
 
 #[tokio::test]
 async fn a_blocked_professional_sees_what_they_would_see_if_the_data_did_not_exist() {
-    // One backend where Anne blocks the physician, one where Anne's data is gone.
+    // One backend where Anne blocks the physician, one where Anne's records never were.
     let blocking = seeded();
     anne_consents(&blocking, blocks_ns363()).await;
-    let without = seeded();
-    for id in [
-        "Observation/obs-anne-bp",
-        "Observation/obs-anne-hba1c",
-        "Observation/obs-anne-weight",
-        "Condition/cond-anne-1",
-        "Encounter/enc-anne-1",
-        "MedicationRequest/medreq-anne-1",
-    ] {
-        backend_send(without.base_url(), Method::DELETE, id, None).await;
-    }
+    let without = BackendProcess::start(&portvagt::demo::default_testbed(), false).unwrap();
+    let seed: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            portvagt::demo::default_testbed().join("backend/seed/bundle.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let mut without_anne = seed.clone();
+    without_anne["entry"] = Value::Array(
+        seed["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|entry| {
+                let resource = entry["resource"].to_string();
+                !resource.contains("Patient/pat-anne") || entry["resource"]["id"] == "pat-anne"
+            })
+            .cloned()
+            .collect(),
+    );
+    let loaded = backend_send(without.base_url(), Method::POST, "", Some(without_anne)).await;
+    assert_eq!(loaded["type"], "transaction-response", "{loaded}");
     let with_block = gateway(&blocking);
     let with_nothing = gateway(&without);
+    // Reads by id and instance history: not found, in the same words.
+    for path in [
+        "/fhir/Observation/obs-anne-bp",
+        "/fhir/Condition/cond-anne-1/_history",
+        "/fhir/Encounter/enc-anne-1",
+    ] {
+        let a = with_block
+            .client()
+            .get(
+                path,
+                Some(&professional(
+                    &with_block,
+                    json!({ "authorization_id": "NS363" }),
+                )),
+            )
+            .await
+            .unwrap();
+        let b = with_nothing
+            .client()
+            .get(
+                path,
+                Some(&professional(
+                    &with_nothing,
+                    json!({ "authorization_id": "NS363" }),
+                )),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            denial(&a),
+            denial(&b),
+            "{path}: {} / {}",
+            a.text(),
+            b.text()
+        );
+        assert_eq!(denial(&a), (404, "not-found".into()), "{path}");
+        let words = |answer: &Answer| answer.json()["issue"][0]["details"].clone();
+        assert_eq!(words(&a), words(&b), "{path}");
+    }
     for path in [
         "/fhir/Observation?code=4548-4",
         "/fhir/Observation?_count=100",
