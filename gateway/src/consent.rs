@@ -13,12 +13,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use portvagt_policy::compartment::{patient_reference_id, patients_of};
+use portvagt_policy::compartment::patient_reference_id;
 use portvagt_policy::consent::{
-    AUTHORIZATION_SYSTEM, Access, Block, CPR_SYSTEM, CVR_SYSTEM, CallerIds, ConsentVerdict,
-    Emergency, SOR_SYSTEM, blocks_in, check,
+    AUTHORIZATION_SYSTEM, Block, CPR_SYSTEM, CVR_SYSTEM, CallerIds, PatientBlocks, SOR_SYSTEM,
+    blocks_in,
 };
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::auth::Principal;
 use crate::config::ConsentConfig;
@@ -80,7 +80,7 @@ impl ConsentStore {
         &self,
         backend: &Backend,
         patients: &[String],
-    ) -> Result<HashMap<String, Arc<Vec<Block>>>, ConsentUnavailable> {
+    ) -> Result<PatientBlocks, ConsentUnavailable> {
         let name = backend.name();
         let now = Instant::now();
         let mut found = HashMap::new();
@@ -149,9 +149,10 @@ impl ConsentStore {
 impl ConsentStore {
     /// Every identity the backend knows for the caller, so that a Consent naming them one way
     /// blocks them arriving another: the Practitioners with their authorisation id or CPR and
-    /// the Organizations with their SOR or CVR (searched by identifier), and the identifiers
-    /// and links of the `fhirUser` (a Practitioner's identifiers; a PractitionerRole's
-    /// practitioner and organisation, and theirs). Cached like the Consents; asked only when
+    /// the Organizations with their SOR or CVR (searched by identifier), the PractitionerRoles
+    /// of those Practitioners and their organisations, and the identifiers and links of the
+    /// `fhirUser` (a Practitioner's identifiers; a PractitionerRole's practitioner and
+    /// organisation, and theirs). Cached like the Consents; asked only when
     /// some patient's Consent names somebody. A backend that cannot answer refuses the access
     /// (503), it never lets it through unchecked.
     pub async fn identify(
@@ -189,8 +190,36 @@ impl ConsentStore {
                 add_resource(&mut known, resource);
             }
         }
+        // The roles of the Practitioners found: a Consent may name the role, or the
+        // organisation it is held at.
+        let practitioners: Vec<String> = known
+            .references
+            .iter()
+            .filter(|r| r.starts_with("Practitioner/"))
+            .cloned()
+            .collect();
+        let mut linked = Vec::new();
+        for practitioner in practitioners {
+            let query = format!(
+                "practitioner={}&_count=50",
+                crate::encoding::form_encode(&practitioner)
+            );
+            let bundle = self
+                .fetch(backend, "PractitionerRole", Some(&query))
+                .await?;
+            for role in entries(bundle.as_ref()) {
+                if let Some(organisation) = role
+                    .pointer("/organization/reference")
+                    .and_then(Value::as_str)
+                {
+                    linked.push(organisation.to_owned());
+                }
+                add_resource(&mut known, role);
+            }
+        }
         // The fhirUser and what it links to, two steps deep (role → practitioner, organisation).
         let mut pending: Vec<String> = caller.references.clone();
+        pending.extend(linked);
         for _ in 0..2 {
             let mut next = Vec::new();
             for reference in pending {
@@ -320,14 +349,6 @@ fn add_resource(known: &mut CallerIds, resource: &Value) {
     }
 }
 
-/// Whether any of these Consents names an actor at all (then the caller's identities matter).
-pub fn names_actors(blocks: &HashMap<String, Arc<Vec<Block>>>) -> bool {
-    blocks
-        .values()
-        .flat_map(|b| b.iter())
-        .any(|block| !block.actors().is_empty())
-}
-
 /// The caller as consent actors see them: authorisation id, CPR, organisation (SOR/CVR, from
 /// the token or the client certificate) and `fhirUser`.
 pub fn caller_ids(principal: &Principal) -> CallerIds {
@@ -353,140 +374,31 @@ pub fn caller_ids(principal: &Principal) -> CallerIds {
     ids
 }
 
-/// What checking a set of patients found.
-#[derive(Debug, Default)]
-pub struct Checked {
-    /// Patients whose data the caller may not see (blocks that stand).
-    pub blocked: Vec<String>,
-    /// Patients whose blocks break-the-glass lifted.
-    pub broken_glass: Vec<String>,
-    /// EMERGENCY was claimed without a reason where a block applied.
-    pub reason_missing: bool,
-}
-
-/// Checks `patients` against their `blocks` for `caller` and one `access`.
-pub fn check_patients(
-    patients: &[String],
-    blocks: &HashMap<String, Arc<Vec<Block>>>,
-    caller: &CallerIds,
-    access: &Access<'_>,
-    emergency: Emergency<'_>,
-) -> Checked {
-    let mut checked = Checked::default();
-    for patient in patients {
-        let Some(patient_blocks) = blocks.get(patient) else {
-            continue;
-        };
-        match check(patient_blocks, caller, access, emergency) {
-            ConsentVerdict::Open => {}
-            ConsentVerdict::BrokenGlass { .. } => checked.broken_glass.push(patient.clone()),
-            ConsentVerdict::Blocked { .. } => {
-                checked.blocked.push(patient.clone());
-                if emergency == Emergency::WithoutReason {
-                    checked.reason_missing = true;
-                }
-            }
-        }
-    }
-    checked
-}
-
-/// Removes what Consents withhold from a Bundle answer: search and history entries are
-/// dropped without a trace (no notice, no count: the answer is what it would be if the data
-/// did not exist), batch and transaction entries become 403s (each entry is a request of its
-/// own). `blocked` says whether one resource is withheld. Returns how many entries were.
-pub fn withhold(bundle: &mut Value, blocked: &dyn Fn(&Value) -> bool) -> usize {
-    let kind = bundle
-        .get("type")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
-    let Some(entries) = bundle.get_mut("entry").and_then(Value::as_array_mut) else {
-        return 0;
-    };
-    let is_blocked = |entry: &Value| entry.get("resource").is_some_and(blocked);
-    if kind == "batch-response" || kind == "transaction-response" {
-        let mut withheld = 0;
-        for entry in entries.iter_mut().filter(|entry| is_blocked(entry)) {
-            withheld += 1;
-            let outcome = json!({
-                "resourceType": "OperationOutcome",
-                "issue": [{
-                    "severity": "error",
-                    "code": "forbidden",
-                    "details": { "coding": [{ "system": crate::outcome::DETAIL_SYSTEM, "code": "consent-block" }] },
-                    "diagnostics": "the patient has blocked this access"
-                }]
-            });
-            entry["resource"] = outcome.clone();
-            entry["response"] = json!({ "status": "403 Forbidden", "outcome": outcome });
-        }
-        return withheld;
-    }
-    let before = entries.len();
-    entries.retain(|entry| !is_blocked(entry));
-    before - entries.len()
-}
-
-/// Whether `resource` is withheld from `caller`: some patient whose compartment it is in has a
-/// Consent that denies this access to it.
-pub fn resource_blocked(
-    resource: &Value,
-    blocks: &HashMap<String, Arc<Vec<Block>>>,
-    caller: &CallerIds,
-    purpose: Option<&str>,
-    now: i64,
-) -> bool {
-    let resource_type = resource.get("resourceType").and_then(Value::as_str);
-    if resource_type == Some("Bundle") {
-        // A batch entry's nested searchset or history: decided entry by entry.
-        return entries(Some(resource))
-            .any(|inner| resource_blocked(inner, blocks, caller, purpose, now));
-    }
-    let id = resource.get("id").and_then(Value::as_str);
-    let reference = match (resource_type, id) {
-        (Some(t), Some(id)) => Some(format!("{t}/{id}")),
-        _ => None,
-    };
-    let access = Access {
-        resource_type,
-        resource: reference.as_deref(),
-        purpose,
-        now,
-        unknown_denies: true,
-    };
-    patients_of(resource).iter().any(|patient| {
-        blocks.get(patient).is_some_and(|patient_blocks| {
-            patient_blocks
-                .iter()
-                .any(|block| portvagt_policy::consent::denies(block, caller, &access))
-        })
+/// The OperationOutcome a batch entry withheld by a Consent is answered with.
+pub fn consent_refusal() -> Value {
+    serde_json::json!({
+        "resourceType": "OperationOutcome",
+        "issue": [{
+            "severity": "error",
+            "code": "forbidden",
+            "details": { "coding": [{ "system": crate::outcome::DETAIL_SYSTEM, "code": "consent-block" }] },
+            "diagnostics": "the patient has blocked this access"
+        }]
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// The gateway's answer for a resource that is not there.
+pub fn not_found() -> crate::outcome::Outcome {
+    crate::outcome::Outcome::new(
+        http::StatusCode::NOT_FOUND,
+        "not-found",
+        "not-found",
+        "the resource was not found",
+    )
+}
 
-    #[test]
-    fn withheld_search_entries_leave_no_trace_and_batch_entries_say_403() {
-        let anne = |entry: &Value| patients_of(entry).iter().any(|p| p == "anne");
-        let mut searchset = json!({ "resourceType": "Bundle", "type": "searchset", "total": 3, "entry": [
-            { "resource": { "resourceType": "Observation", "subject": { "reference": "Patient/anne" } } },
-            { "resource": { "resourceType": "Observation", "subject": { "reference": "Patient/bo" } } },
-            { "resource": { "resourceType": "Patient", "id": "anne" } }
-        ]});
-        assert_eq!(withhold(&mut searchset, &anne), 2);
-        let entries = searchset["entry"].as_array().unwrap();
-        assert_eq!(entries.len(), 1);
-        assert_eq!(entries[0]["resource"]["subject"]["reference"], "Patient/bo");
-
-        let mut batch = json!({ "resourceType": "Bundle", "type": "batch-response", "entry": [
-            { "resource": { "resourceType": "Patient", "id": "anne" }, "response": { "status": "200 OK" } },
-            { "resource": { "resourceType": "Patient", "id": "bo" }, "response": { "status": "200 OK" } }
-        ]});
-        assert_eq!(withhold(&mut batch, &anne), 1);
-        assert_eq!(batch["entry"][0]["response"]["status"], "403 Forbidden");
-        assert_eq!(batch["entry"][1]["response"]["status"], "200 OK");
-    }
+/// [`not_found`] as an OperationOutcome (a withheld batch entry that did not name its
+/// patient).
+pub fn not_found_outcome() -> Value {
+    not_found().to_json(None)
 }

@@ -314,12 +314,7 @@ fn rescue_one(error: &(dyn std::error::Error + 'static)) -> Option<Rescued> {
         });
     }
     if error.is::<crate::consent::NotFound>() {
-        return Some(plain(Outcome::new(
-            StatusCode::NOT_FOUND,
-            "not-found",
-            "not-found",
-            "the resource was not found",
-        )));
+        return Some(plain(crate::consent::not_found()));
     }
     if error.is::<crate::consent::ConsentUnavailable>() {
         return Some(Rescued {

@@ -1,6 +1,7 @@
 //! Benchmarks of the per-request policy hot path: classification plus decision for typical
 //! requests, response filtering of searchset Bundles of 10, 100 and 1000 entries, and finding
-//! the patients of such an answer for its audit record (from a parsed tree, and from the bytes).
+//! the patients of such an answer for its audit record (from a parsed tree, and from the bytes),
+//! and the reach and consent decision of a single-patient read (target: under 2 µs together).
 
 use std::hint::black_box;
 
@@ -137,10 +138,69 @@ fn patients_of_answers(c: &mut Criterion) {
     group.finish();
 }
 
+/// What consent adds to a single-patient read: its reach, and the patient's Consent decided for
+/// a caller it names (the blocks come from the gateway's cache).
+fn reach_and_consent(c: &mut Criterion) {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use portvagt_policy::Reach;
+    use portvagt_policy::consent::{
+        AUTHORIZATION_SYSTEM, Access, CallerIds, Emergency, blocks_in, check_patients,
+    };
+
+    let read = classify("GET", "Patient/pat-anne", None).unwrap();
+    let search = classify(
+        "GET",
+        "Observation",
+        Some("subject=https%3A%2F%2Fx.example%2FPatient%2Fpat-anne,pat-bo&code=4548-4"),
+    )
+    .unwrap();
+    let consent = json!({ "resourceType": "Consent", "id": "c1", "status": "active",
+        "patient": { "reference": "Patient/pat-anne" },
+        "provision": { "type": "deny", "actor": [{ "reference": { "identifier": {
+            "system": AUTHORIZATION_SYSTEM, "value": "ZK482" } } }],
+            "provision": [{ "type": "permit", "class": [{ "code": "Patient" }] }] } });
+    let mut blocks = HashMap::new();
+    blocks.insert(
+        "pat-anne".to_owned(),
+        Arc::new(vec![blocks_in(&consent).unwrap()]),
+    );
+    let caller = CallerIds {
+        identifiers: vec![
+            (AUTHORIZATION_SYSTEM.into(), "NS363".into()),
+            ("http://cvr.dk".into(), "12345678".into()),
+        ],
+        references: vec!["Practitioner/prac-ns363".into()],
+    };
+    let mut group = c.benchmark_group("consent");
+    group.bench_function("reach of a read", |b| {
+        b.iter(|| Reach::of(black_box(&read)))
+    });
+    group.bench_function("reach of a search in three spellings", |b| {
+        b.iter(|| Reach::of(black_box(&search)))
+    });
+    group.bench_function("reach and decision of a read", |b| {
+        b.iter(|| {
+            let reach = Reach::of(black_box(&read));
+            let access = Access {
+                resource_type: Some("Patient"),
+                resource: Some("Patient/pat-anne"),
+                purpose: Some("TREATMENT"),
+                now: 1_796_299_200,
+                unknown_denies: false,
+            };
+            check_patients(reach.patients(), &blocks, &caller, &access, Emergency::None)
+        })
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
     classify_and_decide,
     response_filtering,
-    patients_of_answers
+    patients_of_answers,
+    reach_and_consent
 );
 criterion_main!(benches);

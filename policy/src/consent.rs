@@ -16,6 +16,13 @@
 use serde_json::Value;
 use time::OffsetDateTime;
 
+mod answer;
+
+pub use self::answer::{
+    Checked, PatientBlocks, Refusals, check_patients, count_only, count_refused, hides_references,
+    names_actors, resource_withheld, withhold,
+};
+
 /// Identifier systems (Danish FHIR core IG).
 pub const AUTHORIZATION_SYSTEM: &str = "https://autregweb.sst.dk";
 pub const CPR_SYSTEM: &str = "urn:oid:1.2.208.176.1.2";
@@ -47,6 +54,9 @@ pub enum Kind {
 struct Provision {
     kind: Option<Kind>,
     actors: Vec<Actor>,
+    /// An actor given in a form this reader cannot match (no literal reference, no system and
+    /// value): whom it names cannot be told.
+    unreadable_actor: bool,
     period: Condition<Period>,
     classes: Condition<Vec<String>>,
     data: Condition<Vec<String>>,
@@ -78,6 +88,8 @@ pub struct Block {
     /// The Consent's id, for the audit record.
     pub consent: String,
     period: Condition<Period>,
+    /// The base rule where the root provision has no `type`: deny for an opt-out policy.
+    base: Kind,
     root: Provision,
 }
 
@@ -106,8 +118,21 @@ pub fn blocks_in(consent: &Value) -> Option<Block> {
     {
         return None;
     }
-    let root = read_provision(consent.get("provision")?, 0);
-    if !denies_anywhere(&root, Kind::Permit) {
+    // The base policy: an opt-out (`policyRule` OPTOUT) denies what its provisions do not
+    // permit, and without provisions denies everything.
+    let opt_out = consent
+        .pointer("/policyRule/coding")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|coding| coding.get("code").and_then(Value::as_str) == Some("OPTOUT"));
+    let base = if opt_out { Kind::Deny } else { Kind::Permit };
+    let root = match consent.get("provision") {
+        Some(provision) => read_provision(provision, 0),
+        None if opt_out => read_provision(&Value::Object(Default::default()), 0),
+        None => return None,
+    };
+    if !denies_anywhere(&root, base) {
         return None;
     }
     Some(Block {
@@ -117,6 +142,7 @@ pub fn blocks_in(consent: &Value) -> Option<Block> {
             .unwrap_or_default()
             .to_owned(),
         period: consent.get("period").map_or(Condition::Absent, read_period),
+        base,
         root,
     })
 }
@@ -152,6 +178,12 @@ fn read_provision(value: &Value, depth: usize) -> Provision {
     Provision {
         kind: if too_deep { Some(Kind::Deny) } else { kind },
         actors: provision_actors(value),
+        unreadable_actor: value
+            .get("actor")
+            .and_then(Value::as_array)
+            .map_or(value.get("actor").is_some(), |actors| {
+                actors.len() != provision_actors(value).len()
+            }),
         period: value.get("period").map_or(Condition::Absent, read_period),
         classes: codes("class", read_classes),
         data: codes("data", read_data),
@@ -254,12 +286,18 @@ fn read_classes(value: &Value) -> Option<Vec<String>> {
         .collect()
 }
 
-/// `data`: the referenced resources, as `Type/id`.
+/// `data`: the referenced resources, as `Type/id`. Only `meaning` `instance` names exactly
+/// those; `related`, `dependents` and `authoredby` reach further than this reader can follow,
+/// so they are unreadable (which holds for a deny).
 fn read_data(value: &Value) -> Option<Vec<String>> {
     value
         .as_array()?
         .iter()
         .map(|item| {
+            let meaning = item.get("meaning").and_then(Value::as_str);
+            if meaning.is_some_and(|m| m != "instance") {
+                return None;
+            }
             let reference = item.pointer("/reference/reference")?.as_str()?;
             Some(relative(reference).to_owned())
         })
@@ -423,7 +461,7 @@ pub fn denies(block: &Block, caller: &CallerIds, access: &Access<'_>) -> bool {
         Condition::Read(period) => period.contains(access.now),
         Condition::Unreadable => true,
     };
-    in_force && evaluate(&block.root, Kind::Permit, caller, access) == Some(Kind::Deny)
+    in_force && evaluate(&block.root, block.base, caller, access) == Some(Kind::Deny)
 }
 
 /// The kind of the deepest applying provision under `provision`, or `None` if it does not
@@ -458,7 +496,11 @@ enum Holds {
 }
 
 fn applies(provision: &Provision, kind: Kind, caller: &CallerIds, access: &Access<'_>) -> bool {
-    let actor = if provision.actors.is_empty() || provision.actors.iter().any(|a| caller.is(a)) {
+    let actor = if provision.actors.iter().any(|a| caller.is(a)) {
+        Holds::Yes
+    } else if provision.unreadable_actor {
+        Holds::Unknown
+    } else if provision.actors.is_empty() {
         Holds::Yes
     } else {
         Holds::No

@@ -120,6 +120,9 @@ pub enum DenyReason {
     /// A count-only search (`_summary=count`, `_count=0`) not bounded to patients it names,
     /// while citizens' blocks are enforced: its number would count what blocks withhold.
     CountNotPinned,
+    /// `_elements` or a `_summary` other than `count`/`false` would hide the references that
+    /// tell whose data an answer holds, while consent or the audit trail must know.
+    ReferencesHidden,
     /// The citizen listener (no client certificate) serves citizens only: a patient-context
     /// token about the citizen themselves, reading their own audit log or what the operator
     /// opened there, and nothing else.
@@ -144,12 +147,13 @@ impl DenyReason {
             DenyReason::BreakGlassReasonRequired => "break-glass-reason-required",
             DenyReason::AuditLogRestricted => "audit-log-restricted",
             DenyReason::CountNotPinned => "count-not-pinned",
+            DenyReason::ReferencesHidden => "references-hidden",
             DenyReason::CitizenListener => "citizen-listener",
         }
     }
 
     /// Every reason, for documentation and metric pre-registration.
-    pub const ALL: [DenyReason; 15] = [
+    pub const ALL: [DenyReason; 16] = [
         DenyReason::InsufficientScope,
         DenyReason::NoPatientContext,
         DenyReason::OutsideCompartment,
@@ -164,6 +168,7 @@ impl DenyReason {
         DenyReason::BreakGlassReasonRequired,
         DenyReason::AuditLogRestricted,
         DenyReason::CountNotPinned,
+        DenyReason::ReferencesHidden,
         DenyReason::CitizenListener,
     ];
 }

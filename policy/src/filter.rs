@@ -226,7 +226,29 @@ fn filter_bundle(mut top: OrderedRaw<'_>, check: &ResponseCheck<'_>, mode: Filte
 /// otherwise; `None` when there is none to remove or the answer is not a JSON object.
 pub fn without_total(body: &[u8]) -> Option<Vec<u8>> {
     let mut top: OrderedRaw<'_> = serde_json::from_slice(body).ok()?;
-    if top.get_str("resourceType").as_deref() != Some("Bundle") || !top.remove("total") {
+    if top.get_str("resourceType").as_deref() != Some("Bundle") {
+        return None;
+    }
+    if matches!(
+        top.get_str("type").as_deref(),
+        Some("batch-response" | "transaction-response")
+    ) {
+        // The searchsets inside a batch answer carry totals of their own.
+        let mut tree: serde_json::Value = serde_json::from_slice(body).ok()?;
+        let mut removed = false;
+        for entry in tree
+            .get_mut("entry")
+            .and_then(serde_json::Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(resource) = entry.get_mut("resource").and_then(|r| r.as_object_mut()) {
+                removed |= resource.remove("total").is_some();
+            }
+        }
+        return removed.then(|| serde_json::to_vec(&tree).ok()).flatten();
+    }
+    if !top.remove("total") {
         return None;
     }
     serde_json::to_vec(&top).ok()

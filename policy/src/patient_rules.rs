@@ -35,9 +35,7 @@ pub(crate) fn check(
     // Whatever the interaction, no parameter may name another patient.
     pins_only_the_patient(request, patient)?;
     // `_elements` and `_summary` can hide the references the answer is checked on.
-    if request.params().iter().any(|(name, value)| {
-        name == "_elements" || (name == "_summary" && value != "count" && value != "false")
-    }) {
+    if crate::consent::hides_references(request) {
         return Err(DenyReason::OutsideCompartment);
     }
     let granular = granular(request, scope)?;

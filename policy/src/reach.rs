@@ -26,6 +26,8 @@
 //! A search whose results are not bounded to named patients is not [`Reach::pinned`]: its
 //! answer decides whose data it held.
 
+use serde_json::Value;
+
 use crate::compartment::{is_compartment_param, is_compartment_type, patients_of, pinning_params};
 use crate::request::{FhirRequest, Interaction, RequestBody};
 use crate::resource_type::ResourceType;
@@ -84,8 +86,23 @@ impl Reach {
         if let Some(criteria) = request.if_none_exist() {
             reach.read_params(request.resource_type(), criteria);
         }
-        if let Some(RequestBody::Resource(resource)) = request.body() {
-            reach.written = patients_of(resource);
+        match request.body() {
+            Some(RequestBody::Resource(resource)) => {
+                reach.written = patients_of(resource);
+                reach.read_conditional_references(resource);
+            }
+            // A patch may move the resource: every Patient its values spell out is written.
+            Some(RequestBody::Patch { document, .. }) => {
+                reach.read_conditional_references(document);
+                let mut spelled = Vec::new();
+                strings(document, &mut |text| {
+                    if let Some(id) = crate::compartment::patient_reference_id(text) {
+                        spelled.push(id.to_owned());
+                    }
+                });
+                reach.written = spelled;
+            }
+            _ => {}
         }
         reach.owner = owner(request);
         reach.pinned = pinned(request, &reach);
@@ -192,11 +209,45 @@ impl Reach {
         }
     }
 
+    /// `Patient/<id>` in any spelling among the comma-separated items of `value`.
+    fn spelled_out(&mut self, value: &str) {
+        for item in values(value) {
+            if let Spelling::Patient(id) = patient_in(&item) {
+                self.patients.push(id);
+            }
+        }
+    }
+
+    /// Conditional references in a written resource (`Patient?identifier=…`, R4 §3.1.0.11.2
+    /// in transactions, and servers that accept them in creates): the backend resolves them,
+    /// so the identifiers are looked up; other criteria no list captures.
+    fn read_conditional_references(&mut self, value: &Value) {
+        strings(value, &mut |text| {
+            let Some(query) = text.strip_prefix("Patient?") else {
+                return;
+            };
+            match crate::request::parse_form(query) {
+                Ok(params)
+                    if !params.is_empty()
+                        && params.iter().all(|(name, value)| {
+                            name == "identifier" && !value.is_empty() && !value.ends_with('|')
+                        }) =>
+                {
+                    self.identifiers
+                        .extend(params.into_iter().map(|(_, value)| value));
+                }
+                _ => self.opaque = true,
+            }
+        });
+    }
+
     fn read_params(&mut self, resource_type: Option<ResourceType>, params: &[(String, String)]) {
         let type_name = resource_type.map(ResourceType::as_str);
         for (name, value) in params {
             if name.starts_with("_has") {
+                // What it tests no list captures; a Patient it spells out is named all the same.
                 self.opaque = true;
+                self.spelled_out(value);
                 continue;
             }
             let (head, chain) = match name.split_once('.') {
@@ -211,11 +262,7 @@ impl Reach {
                 // Any other reference parameter (`focus`, `target`, `entity`, ...) that spells
                 // out a Patient names her too.
                 if !base.starts_with('_') {
-                    for item in values(value) {
-                        if let Spelling::Patient(id) = patient_in(&item) {
-                            self.patients.push(id);
-                        }
-                    }
+                    self.spelled_out(value);
                 }
                 continue;
             };
@@ -239,12 +286,20 @@ impl Reach {
                 }
                 Some(_) => {
                     self.opaque = true;
+                    self.spelled_out(value);
                     continue;
                 }
                 None => {}
             }
             if modifier == Some(Target::Identifier) || kind == ParamKind::PatientIdentifier {
-                self.identifiers.extend(values(value));
+                for token in values(value) {
+                    // `system|` (any value in a system) or `|value`-less tokens match many.
+                    if token.ends_with('|') {
+                        self.opaque = true;
+                    } else {
+                        self.identifiers.push(token);
+                    }
+                }
                 continue;
             }
             for item in values(value) {
@@ -296,14 +351,10 @@ fn param_kind(type_name: Option<&str>, base: &str) -> Option<ParamKind> {
         (Some("Patient"), _) => None,
         (_, "patient") => Some(ParamKind::PatientOnly),
         (_, "subject") => Some(ParamKind::MaybePatient),
-        (Some(t), _) if t != "Patient" && pinning_params(t).any(|p| p == base) => {
-            Some(ParamKind::MaybePatient)
-        }
-        // Unknown or system-wide: any compartment parameter name may point at a Patient.
-        (Some(t), _) if !is_compartment_type(t) && is_compartment_param(base) => {
-            Some(ParamKind::MaybePatient)
-        }
-        (None, _) if is_compartment_param(base) => Some(ParamKind::MaybePatient),
+        (Some(t), _) if pinning_params(t).any(|p| p == base) => Some(ParamKind::MaybePatient),
+        // Any compartment parameter name may point at a Patient: a lenient server may read
+        // one that R4 does not define for this type, or a system search searches every type.
+        (_, _) if is_compartment_param(base) => Some(ParamKind::MaybePatient),
         _ => None,
     }
 }
@@ -370,6 +421,34 @@ fn patient_in(value: &str) -> Spelling {
     }
 }
 
+/// Search result parameters (R4 §3.1.1.5.5.x): they shape the answer, not what matches.
+fn is_result_param(name: &str) -> bool {
+    let base = name.split(':').next().unwrap_or(name);
+    matches!(
+        base,
+        "_sort"
+            | "_count"
+            | "_include"
+            | "_revinclude"
+            | "_summary"
+            | "_total"
+            | "_elements"
+            | "_contained"
+            | "_containedType"
+            | "_offset"
+    )
+}
+
+/// Hands every string in `value` (at any depth) to `visit`.
+fn strings(value: &Value, visit: &mut dyn FnMut(&str)) {
+    match value {
+        Value::String(text) => visit(text),
+        Value::Array(items) => items.iter().for_each(|item| strings(item, visit)),
+        Value::Object(map) => map.values().for_each(|item| strings(item, visit)),
+        _ => {}
+    }
+}
+
 fn owner(request: &FhirRequest) -> Option<Owner> {
     let resource_type = request.resource_type()?;
     if !is_compartment_type(resource_type.as_str()) {
@@ -383,7 +462,14 @@ fn owner(request: &FhirRequest) -> Option<Owner> {
         | Interaction::ConditionalPatch
         | Interaction::ConditionalDelete => Some(Owner::Search {
             resource_type,
-            criteria: request.params().to_vec(),
+            // What the server matches on: result parameters (`_elements`, `_count`, ...) shape
+            // a search's answer, and a server may ignore them in a conditional write's match.
+            criteria: request
+                .params()
+                .iter()
+                .filter(|(name, _)| !is_result_param(name))
+                .cloned()
+                .collect(),
         }),
         _ => None,
     }

@@ -55,6 +55,9 @@ GET    | Observation?patient:not=Patient/anne           | -           | -     | 
 GET    | Observation?subject=urn:uuid:1                 | -           | -     | -              | opaque
 GET    | Observation?subject.name=Hansen                | -           | -     | -              | opaque
 GET    | Observation?_has:Consent:patient:status=active | -           | -     | -              | opaque
+GET    | Practitioner?_has:Observation:performer:subject=Patient/bo | bo | -   | -              | opaque
+GET    | Observation?subject:Patient.organization=Organization/o1,Patient/bo | bo | - | -       | opaque
+GET    | Patient?identifier=urn:oid:1.2.208.176.1.2|    | -           | -     | -              | opaque
 GET    | Observation?code=x                             | -           | -     | -              | -
 GET    | Observation?code=x&_summary=count              | -           | -     | -              | -
 GET    | Practitioner?name=x                            | -           | -     | -              | pinned
@@ -168,4 +171,40 @@ fn a_batch_reaches_what_its_entries_reach() {
     assert_eq!(reach.entries().len(), 4);
     assert!(reach.entries()[1].owner().is_some());
     assert!(!reach.pinned());
+}
+
+#[test]
+fn a_patch_writes_the_patients_it_spells_out_and_bodies_name_them_by_identifier() {
+    let mut patch = classify("PATCH", "Observation/obs-1", None).unwrap();
+    patch
+        .attach_body(
+            Some("application/json-patch+json"),
+            br#"[{"op":"replace","path":"/subject/reference","value":"Patient/bo"}]"#,
+        )
+        .unwrap();
+    assert_eq!(Reach::of(&patch).written(), ["bo"]);
+
+    let mut create = classify("POST", "Observation", None).unwrap();
+    let body = json!({ "resourceType": "Observation", "status": "final", "code": { "text": "x" },
+        "subject": { "reference": "Patient?identifier=urn:oid:1.2.208.176.1.2|0501792275" } });
+    create
+        .attach_body(Some("application/fhir+json"), body.to_string().as_bytes())
+        .unwrap();
+    assert_eq!(
+        Reach::of(&create).identifiers(),
+        ["urn:oid:1.2.208.176.1.2|0501792275"]
+    );
+    // A conditional delete reads its owners with the criteria that match, not those that shape.
+    let delete = classify(
+        "DELETE",
+        "Observation",
+        Some("code=x&_elements=id&_count=1"),
+    )
+    .unwrap();
+    let Some(portvagt_policy::reach::Owner::Search { criteria, .. }) =
+        Reach::of(&delete).owner().cloned()
+    else {
+        panic!("no owner search");
+    };
+    assert_eq!(criteria, [("code".to_owned(), "x".to_owned())]);
 }

@@ -3,18 +3,20 @@
 //! first, through the routed backend) are checked and handed to the audit record; after, the
 //! answer's resources are checked one by one. The rules are in [`portvagt_policy::consent`].
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use portvagt_policy::compartment::patients_in_answer;
-use portvagt_policy::consent::{Access, Block, CallerIds, Emergency};
+use portvagt_policy::consent::{
+    Access, CallerIds, Emergency, PatientBlocks, check_patients, count_only, names_actors,
+    resource_withheld,
+};
 use portvagt_policy::reach::Owner;
-use portvagt_policy::request::RequestBody;
+use portvagt_policy::request::{BundleKind, RequestBody};
 use portvagt_policy::{DenyReason, FhirRequest, Interaction, Reach};
 
 use super::{Proxy, ProxyError, Upstream, append_params};
 use crate::body::BoxError;
-use crate::consent::{ConsentStore, check_patients, names_actors, resource_blocked};
+use crate::consent::ConsentStore;
 use crate::context::RequestRecord;
 use crate::layers::authorize::AccessDenied;
 use crate::proxy::{Backend, Fetched};
@@ -44,8 +46,11 @@ pub(super) struct Touched {
     pub(super) patients: Vec<String>,
     /// Bare ids that may be patients: checked, not recorded.
     pub(super) possible: Vec<String>,
-    /// Per batch entry that writes: its patients (named, written, owners).
-    pub(super) writing_entries: Vec<(usize, Vec<String>)>,
+    /// Per batch entry: its patients (named, written, resolved, owners) and possible ones.
+    pub(super) entries: Vec<(usize, Vec<String>)>,
+    /// The version of the resource a single write by id changes, as read: the write is bound
+    /// to it (`If-Match`), so what was checked is what is changed.
+    pub(super) owner_version: Option<String>,
 }
 
 /// Whether an interaction changes data.
@@ -64,6 +69,9 @@ fn writes(interaction: Interaction) -> bool {
 
 /// What the request's answers would hold for the consent check before it is sent.
 fn access_of<'a>(request: &'a FhirRequest, purpose: Option<&'a str>, now: i64) -> Access<'a> {
+    // A count answers for what a Consent of some types or resources withholds: decided as for
+    // a write, on what cannot be known yet.
+    let unknown_denies = writes(request.interaction()) || count_only(request);
     let resource = match (request.resource_type(), request.id()) {
         (Some(_), Some(_)) => Some(request.path()),
         _ => None,
@@ -80,8 +88,17 @@ fn access_of<'a>(request: &'a FhirRequest, purpose: Option<&'a str>, now: i64) -
         }),
         purpose,
         now,
-        unknown_denies: writes(request.interaction()),
+        unknown_denies,
     }
+}
+
+/// Whether a request names a patient itself (URL, parameters, body), rather than reaching her
+/// only through what it reads or changes.
+pub(super) fn names_patients(reach: &Reach) -> bool {
+    !reach.patients().is_empty()
+        || !reach.possible().is_empty()
+        || !reach.written().is_empty()
+        || !reach.identifiers().is_empty()
 }
 
 fn now() -> i64 {
@@ -114,10 +131,16 @@ impl Proxy {
                 patients.extend(self.patients_by_identifier(upstream, identifier).await?);
             }
             if let Some(owner) = entry_reach.owner() {
-                patients.extend(self.owners(upstream, owner).await?);
+                let (owners, version) = self.owners(upstream, owner).await?;
+                patients.extend(owners);
+                if std::ptr::eq(*entry, request) {
+                    touched.owner_version = version;
+                }
             }
-            if !std::ptr::eq(*entry, request) && writes(entry.interaction()) {
-                touched.writing_entries.push((index, patients.clone()));
+            if !std::ptr::eq(*entry, request) {
+                let mut checked = patients.clone();
+                checked.extend(entry_reach.possible().iter().cloned());
+                touched.entries.push((index, checked));
             }
             touched.patients.extend(patients);
         }
@@ -169,7 +192,11 @@ impl Proxy {
     /// The patients of what a write changes, as it is now: the resource at `Type/id`, or what
     /// a conditional write's criteria find. Nothing there: none. Anything but 2xx, 404 or 410
     /// refuses the request (503).
-    async fn owners(&self, upstream: &Upstream, owner: &Owner) -> Result<Vec<String>, BoxError> {
+    async fn owners(
+        &self,
+        upstream: &Upstream,
+        owner: &Owner,
+    ) -> Result<(Vec<String>, Option<String>), BoxError> {
         let fetched = match owner {
             Owner::Instance(relative) => {
                 upstream
@@ -193,61 +220,95 @@ impl Proxy {
                     .await?
             }
         };
-        Ok(match fetched {
-            Fetched::Found(current) => patients_in_answer(&current),
-            Fetched::Missing => Vec::new(),
-        })
+        let current = match fetched {
+            Fetched::Found(current) => current,
+            Fetched::Missing => return Ok((Vec::new(), None)),
+        };
+        // What a conditional write matches beyond the first page would go unchecked.
+        let more = current
+            .get("link")
+            .and_then(serde_json::Value::as_array)
+            .into_iter()
+            .flatten()
+            .any(|link| link.get("relation").and_then(|r| r.as_str()) == Some("next"));
+        if more {
+            return Err(ProxyError::LookupFailed(http::StatusCode::OK).into());
+        }
+        let version = current
+            .pointer("/meta/versionId")
+            .and_then(serde_json::Value::as_str)
+            .filter(|_| matches!(owner, Owner::Instance(_)))
+            .map(str::to_owned);
+        Ok((patients_in_answer(&current), version))
     }
 
-    /// Refuses the request if a Consent of any patient it touches denies it to the caller
-    /// (writes: any patient a batch write touches refuses the whole Bundle; a batch's reads are
-    /// answered entry by entry on the way back).
+    /// Refuses the request if a Consent of any patient it touches denies it to the caller: a
+    /// batch or transaction as a whole when any entry does. A request that named the patient
+    /// (in its URL, parameters or body) is refused `403 consent-block`; one that reached her
+    /// only through what it changes (a delete by id) is answered as if nothing were there.
     pub(super) async fn check_consent(
         &self,
         consent: &ConsentContext,
         request: &FhirRequest,
+        reach: &Reach,
         touched: &Touched,
         record_handle: Option<&RequestRecord>,
-    ) -> Result<(), BoxError> {
+    ) -> Result<Vec<(usize, DenyReason)>, BoxError> {
         let now = now();
         let purpose = consent.purpose.as_deref();
-        let checks: Vec<(Access<'_>, Vec<String>)> =
-            if request.interaction() == Interaction::BatchOrTransaction {
-                let entries = match request.body() {
-                    Some(RequestBody::Bundle { entries, .. }) => entries.as_slice(),
-                    _ => &[],
-                };
-                touched
-                    .writing_entries
-                    .iter()
-                    .filter_map(|(index, patients)| {
-                        Some((
-                            access_of(entries.get(*index)?, purpose, now),
-                            patients.clone(),
-                        ))
-                    })
-                    .collect()
+        let Some(RequestBody::Bundle { kind, entries }) = request.body() else {
+            let mut all = touched.patients.clone();
+            all.extend(touched.possible.iter().cloned());
+            if all.is_empty() {
+                return Ok(Vec::new());
+            }
+            let access = access_of(request, purpose, now);
+            let found = self
+                .consent_verdict(consent, &all, &access, record_handle)
+                .await?;
+            if found.blocked.is_empty() {
+                return Ok(Vec::new());
+            }
+            return Err(if names_patients(reach) || found.reason_missing {
+                self.consent_denial(&found.blocked, consent, record_handle)
             } else {
-                let mut all = touched.patients.clone();
-                all.extend(touched.possible.iter().cloned());
-                vec![(access_of(request, purpose, now), all)]
+                self.withheld(&found.blocked, record_handle)
+            });
+        };
+        let mut refused = Vec::new();
+        for (index, patients) in &touched.entries {
+            let Some(entry) = entries.get(*index) else {
+                continue;
             };
-        for (access, patients) in checks {
             if patients.is_empty() {
                 continue;
             }
+            let access = access_of(entry, purpose, now);
             let found = self
-                .consent_verdict(consent, &patients, &access, record_handle)
+                .consent_verdict(consent, patients, &access, record_handle)
                 .await?;
-            if !found.blocked.is_empty() {
+            if found.blocked.is_empty() {
+                continue;
+            }
+            if writes(entry.interaction()) || *kind == BundleKind::Transaction {
                 return Err(self.consent_denial(&found.blocked, consent, record_handle));
             }
+            let reason = if found.reason_missing {
+                DenyReason::BreakGlassReasonRequired
+            } else {
+                DenyReason::ConsentBlock
+            };
+            self.metrics
+                .access_denied
+                .with_label_values(&[reason.code()])
+                .inc();
+            refused.push((*index, reason));
         }
-        Ok(())
+        Ok(refused)
     }
 
     /// The Consents of the patients in an answer, and those of them that may withhold
-    /// something from the caller (decided resource by resource with [`resource_blocked`]); a
+    /// something from the caller (decided resource by resource with [`resource_withheld`]); a
     /// block lifted by break-the-glass is recorded on the way. Nothing without consent
     /// enforcement or patients.
     pub(super) async fn answer_blocks(
@@ -318,6 +379,7 @@ impl Proxy {
             }
         }
         Ok(Verdicts {
+            reason_missing: checked.reason_missing,
             blocked: checked.blocked,
             blocks,
             caller,
@@ -375,7 +437,8 @@ impl Proxy {
 
 struct Verdicts {
     blocked: Vec<String>,
-    blocks: HashMap<String, Arc<Vec<Block>>>,
+    reason_missing: bool,
+    blocks: PatientBlocks,
     caller: Arc<CallerIds>,
 }
 
@@ -383,7 +446,7 @@ struct Verdicts {
 pub(super) struct AnswerBlocks {
     /// The patients whose Consents may withhold something.
     pub(super) patients: Vec<String>,
-    blocks: HashMap<String, Arc<Vec<Block>>>,
+    blocks: PatientBlocks,
     caller: Arc<CallerIds>,
     purpose: Option<String>,
 }
@@ -391,7 +454,7 @@ pub(super) struct AnswerBlocks {
 impl AnswerBlocks {
     /// Whether `resource` is withheld.
     pub(super) fn withholds(&self, resource: &serde_json::Value) -> bool {
-        resource_blocked(
+        resource_withheld(
             resource,
             &self.blocks,
             &self.caller,

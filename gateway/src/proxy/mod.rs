@@ -35,7 +35,9 @@ use self::rewrite::UrlRewriter;
 use crate::auth::Principal;
 use crate::body::{Body, BoxError, boxed, full};
 use crate::config::FilteredEntries;
-use crate::consent::{BREAK_GLASS_HEADER, ConsentStore, caller_ids, withhold};
+use crate::consent::{
+    BREAK_GLASS_HEADER, ConsentStore, caller_ids, consent_refusal, not_found_outcome,
+};
 use crate::context::RequestRecord;
 use crate::encoding::form_encode;
 use crate::layers::BoxFuture;
@@ -44,6 +46,9 @@ use crate::metrics::{Metrics, status_class};
 use crate::outcome::Outcome;
 use crate::runtime::Runtime;
 use crate::smart::SmartDocuments;
+use portvagt_policy::consent::{Refusals, count_refused, hides_references, withhold};
+
+use self::consent::names_patients;
 
 /// The client's address, put into request extensions by the server.
 #[derive(Debug, Clone, Copy)]
@@ -332,7 +337,7 @@ impl Proxy {
             .cloned()
             .ok_or("request reached the proxy unclassified")?;
         let Some(Decision::Allow {
-            obligations,
+            mut obligations,
             granted_by,
         }) = parts.extensions.remove::<Decision>()
         else {
@@ -385,31 +390,6 @@ impl Proxy {
                 None => query = Some(append_params(query.as_deref().unwrap_or(""), &newest_first)),
             }
         }
-        let mut body = body;
-        let mut batch = None;
-        if fhir.interaction() == Interaction::BatchOrTransaction {
-            let bytes = body.collect().await?.to_bytes();
-            let (forwarded, plan) = bundle::plan(&bytes, &obligations.entries)?;
-            if !plan.forwards_anything() {
-                let answer = bundle::merge(None, &plan, self.filter_mode)?;
-                return Ok(fhir_json_response(StatusCode::OK, answer));
-            }
-            parts
-                .headers
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(forwarded.len()));
-            body = full(forwarded);
-            batch = Some(plan);
-        }
-        if let Some(form) = form {
-            parts.headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/x-www-form-urlencoded"),
-            );
-            parts
-                .headers
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(form.len()));
-            body = full(form);
-        }
         if obligations.verify_target
             && let Some(patient) = &obligations.compartment
         {
@@ -449,8 +429,13 @@ impl Proxy {
         let reach = Reach::of(&fhir);
         // A count or total is about every patient it counts: under citizens' blocks only one
         // bounded to named patients (who are checked) is answered.
-        if consent.is_some() && counts_unpinned(&fhir, &reach) {
+        if consent.is_some() && count_refused(&fhir, &reach) {
             return Err(self.deny(DenyReason::CountNotPinned, record_handle.as_ref(), None));
+        }
+        // An answer without the references whose patients it holds could be neither checked
+        // nor recorded against them.
+        if (consent.is_some() || self.audited) && hides_references(&fhir) {
+            return Err(self.deny(DenyReason::ReferencesHidden, record_handle.as_ref(), None));
         }
         if consent.is_some() || self.audited {
             let touched = self.touched(&upstream, &fhir, &reach).await?;
@@ -458,12 +443,53 @@ impl Proxy {
                 record_handle.fields().touched = touched.patients.clone();
             }
             if let Some(consent) = &consent {
-                self.check_consent(consent, &fhir, &touched, record_handle.as_ref())
-                    .await?;
+                // Batch reads that name a blocked patient are answered 403 entry by entry; a
+                // write, or any entry of a transaction, refuses the whole Bundle.
+                for (index, reason) in self
+                    .check_consent(consent, &fhir, &reach, &touched, record_handle.as_ref())
+                    .await?
+                {
+                    if let Some(decision) = obligations.entries.get_mut(index) {
+                        *decision = Decision::Deny { reason };
+                    }
+                }
+            }
+            // The write changes the version that was read and checked, or nothing.
+            if let Some(version) = &touched.owner_version
+                && !parts.headers.contains_key(header::IF_MATCH)
+                && let Ok(value) = HeaderValue::try_from(format!("W/\"{version}\""))
+            {
+                parts.headers.insert(header::IF_MATCH, value);
             }
         }
-        // Totals of searches not bounded to named patients count what blocks withhold.
-        let strip_total = consent.is_some() && !reach.pinned();
+        // A total counts what blocks withhold (a class or a resource of a named patient's, a
+        // resource in two compartments): none is given while blocks are enforced.
+        let strip_total = consent.is_some();
+        let mut body = body;
+        let mut batch = None;
+        if fhir.interaction() == Interaction::BatchOrTransaction {
+            let bytes = body.collect().await?.to_bytes();
+            let (forwarded, plan) = bundle::plan(&bytes, &obligations.entries)?;
+            if !plan.forwards_anything() {
+                let answer = bundle::merge(None, &plan, self.filter_mode)?;
+                return Ok(fhir_json_response(StatusCode::OK, answer));
+            }
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(forwarded.len()));
+            body = full(forwarded);
+            batch = Some(plan);
+        }
+        if let Some(form) = form {
+            parts.headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/x-www-form-urlencoded"),
+            );
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(form.len()));
+            body = full(form);
+        }
         parts.uri = upstream
             .backend
             .uri(&path.relative, query.as_deref().filter(|q| !q.is_empty()))?;
@@ -475,7 +501,8 @@ impl Proxy {
             self.public_host.as_ref(),
         );
         let is_head = parts.method == Method::HEAD;
-        if is_head && (response_check(&obligations).is_some() || consent.is_some()) {
+        if is_head && (response_check(&obligations).is_some() || consent.is_some() || self.audited)
+        {
             // A HEAD answer has no body to check: fetch it with GET, check it (compartment,
             // consent), and let the HTTP layer leave the body out. Otherwise HEAD would tell
             // whose resource exists and when it changed.
@@ -499,7 +526,7 @@ impl Proxy {
         }
         // Under citizens' blocks a missing resource is answered in the gateway's words, the
         // same as one withheld: the backend's own 404 might differ from it.
-        let names_patients = !reach.patients().is_empty() || !reach.possible().is_empty();
+        let request_names = names_patients(&reach);
         if consent.is_some()
             && status == StatusCode::NOT_FOUND
             && matches!(
@@ -546,7 +573,8 @@ impl Proxy {
             (self.audited || consent.is_some() || citizen_view) && is_json && status.is_success();
         if !must_check
             && !describes_security
-            && ((is_head && consent.is_none()) || (!is_head && !rewrites_urls && !audits_patients))
+            && !audits_patients
+            && ((is_head && consent.is_none()) || (!is_head && !rewrites_urls))
         {
             return Ok(Response::from_parts(parts, boxed(body)));
         }
@@ -653,7 +681,7 @@ impl Proxy {
                         // Asked for by the patient's name: refused, and break-the-glass can
                         // follow. Asked for by another name: as if it did not exist.
                         if blocks.withholds(&answer) {
-                            return Err(if names_patients {
+                            return Err(if request_names {
                                 self.consent_denial(
                                     &blocks.patients,
                                     consent,
@@ -664,7 +692,19 @@ impl Proxy {
                             });
                         }
                     } else {
-                        let withheld = withhold(&mut answer, &|r| blocks.withholds(r));
+                        let withheld = withhold(
+                            &mut answer,
+                            &|r| blocks.withholds(r),
+                            &Refusals {
+                                forbidden: &consent_refusal(),
+                                not_found: &not_found_outcome(),
+                                named: &reach
+                                    .entries()
+                                    .iter()
+                                    .map(names_patients)
+                                    .collect::<Vec<_>>(),
+                            },
+                        );
                         let emptied = answer
                             .get("entry")
                             .and_then(|e| e.as_array())
@@ -672,7 +712,7 @@ impl Proxy {
                         if withheld > 0
                             && emptied
                             && fhir.interaction() == Interaction::HistoryInstance
-                            && !names_patients
+                            && !request_names
                         {
                             // The history of a resource that is all withheld: as if it never
                             // existed.
@@ -738,21 +778,6 @@ impl Proxy {
             headers.insert(header::IF_MATCH, value);
         }
         Ok(())
-    }
-}
-
-/// Whether a count-only search (`_summary=count`, `_count=0`), alone or in a batch, is not
-/// bounded to patients it names: its number would count what citizens' blocks withhold.
-fn counts_unpinned(request: &FhirRequest, reach: &Reach) -> bool {
-    let count_only = |request: &FhirRequest| {
-        request.summary() == Some("count") || request.param_values("_count").any(|v| v == "0")
-    };
-    match request.body() {
-        Some(portvagt_policy::request::RequestBody::Bundle { entries, .. }) => entries
-            .iter()
-            .zip(reach.entries())
-            .any(|(entry, reach)| count_only(entry) && !reach.pinned()),
-        _ => count_only(request) && !reach.pinned(),
     }
 }
 

@@ -132,14 +132,15 @@ async fn a_block_holds_on_reads_searches_batches_and_everything() {
     );
     assert_eq!(body["entry"][1]["resource"]["id"], "pat-bo");
 
-    // Writes by id are checked against the target's owner before they happen.
+    // Writes by id are checked against the target's owner before they happen; as they did
+    // not name Anne, they are answered as if there were nothing there.
     let anne_condition = "/fhir/Condition/cond-anne-1";
     let writer = physician(&gateway, "NS363", "TREATMENT", "user/*.cruds");
     let delete = client
         .send(request(Method::DELETE, anne_condition, Some(&writer), None))
         .await
         .unwrap();
-    assert_eq!(denial(&delete), (403, "consent-block".into()));
+    assert_eq!(denial(&delete), (404, "not-found".into()));
     let patch = client
         .send(
             Request::builder()
@@ -154,7 +155,7 @@ async fn a_block_holds_on_reads_searches_batches_and_everything() {
         )
         .await
         .unwrap();
-    assert_eq!(denial(&patch), (403, "consent-block".into()));
+    assert_eq!(denial(&patch), (404, "not-found".into()));
     let still_there = backend_send(
         backend.base_url(),
         Method::GET,
@@ -173,7 +174,7 @@ async fn a_block_holds_on_reads_searches_batches_and_everything() {
         ))
         .await
         .unwrap();
-    assert_eq!(denial(&conditional), (403, "consent-block".into()));
+    assert_eq!(denial(&conditional), (404, "not-found".into()));
     // Not even the block itself can be removed by the one it blocks.
     let consents = backend_send(
         backend.base_url(),
@@ -195,7 +196,7 @@ async fn a_block_holds_on_reads_searches_batches_and_everything() {
         ))
         .await
         .unwrap();
-    assert_eq!(denial(&unblock), (403, "consent-block".into()));
+    assert_eq!(denial(&unblock), (404, "not-found".into()));
 
     // A search inside a batch: the nested answer is checked too.
     let batch = json!({ "resourceType": "Bundle", "type": "batch", "entry": [

@@ -139,18 +139,7 @@ async fn a_blocked_professional_cannot_count_the_patients_data_in_any_spelling()
 /// The entries, `total` and link relations of a searchset, as a blocked caller sees them.
 fn shape(answer: &Answer) -> Value {
     let body = answer.json();
-    let mut ids: Vec<String> = body["entry"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|entry| {
-            format!(
-                "{}/{}",
-                entry["resource"]["resourceType"].as_str().unwrap_or("?"),
-                entry["resource"]["id"].as_str().unwrap_or("?")
-            )
-        })
-        .collect();
+    let mut ids = shape_of(&body);
     ids.sort();
     json!({ "status": answer.status.as_u16(), "ids": ids, "total": body.get("total") })
 }
@@ -561,4 +550,136 @@ async fn writes_are_checked_against_the_backend_they_go_to() {
         1,
         "only the gateway's own read reached the backend"
     );
+}
+
+#[tokio::test]
+async fn shapes_that_hide_whose_data_it_is_are_refused_or_checked_entry_by_entry() {
+    let backend = seeded();
+    anne_consents(&backend, blocks_ns363()).await;
+    let gateway = gateway(&backend);
+    let client = gateway.client();
+    let blocked = professional(&gateway, json!({ "authorization_id": "NS363" }));
+
+    // Answers without the references that say whose they are: neither checkable nor auditable.
+    for path in [
+        "/fhir/Observation/obs-anne-bp?_elements=code,value",
+        "/fhir/Observation?_elements:exclude=subject",
+        "/fhir/Observation?_summary=text",
+    ] {
+        let answer = client.get(path, Some(&blocked)).await.unwrap();
+        assert_eq!(denial(&answer), (403, "references-hidden".into()), "{path}");
+    }
+    let bo = gateway.token(json!({ "scope": "patient/*.rs", "patient": "pat-bo" }));
+    let answer = client
+        .get(
+            "/fhir/Observation?performer=Patient/pat-bo&_elements:exclude=subject",
+            Some(&bo),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 403, "{}", answer.text());
+
+    // A batch: the count that names Anne is refused in its entry; the search that names nobody
+    // loses her entries without a trace; the rest is answered.
+    let batch = json!({ "resourceType": "Bundle", "type": "batch", "entry": [
+        { "request": { "method": "GET", "url": "Observation?subject=Patient/pat-anne&code=4548-4" } },
+        { "request": { "method": "GET", "url": "Observation?code=4548-4" } },
+        { "request": { "method": "GET", "url": "Observation/obs-anne-bp" } },
+        { "request": { "method": "GET", "url": "Patient/pat-bo" } }
+    ]});
+    let answer = client
+        .send(request(Method::POST, "/fhir", Some(&blocked), Some(batch)))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let body = answer.json();
+    assert_eq!(body["entry"][0]["response"]["status"], "403 Forbidden");
+    let nested = &body["entry"][1]["resource"];
+    assert!(nested.get("total").is_none(), "{nested}");
+    let ids = shape_of(nested);
+    assert!(
+        ids.contains(&"Observation/obs-bo-hba1c".to_owned()),
+        "{ids:?}"
+    );
+    assert!(!ids.iter().any(|id| id.contains("anne")), "{ids:?}");
+    assert_eq!(body["entry"][2]["response"]["status"], "404 Not Found");
+    assert!(body["entry"][2].get("resource").is_none());
+    assert_eq!(body["entry"][3]["resource"]["id"], "pat-bo");
+
+    // A patch that would move Bo's weight to Anne names her: refused before it happens.
+    let patch = Request::builder()
+        .method(Method::PATCH)
+        .uri("/fhir/Observation/obs-bo-weight")
+        .header("authorization", format!("Bearer {blocked}"))
+        .header("content-type", "application/json-patch+json")
+        .header("prefer", "return=minimal")
+        .body(Full::new(Bytes::from(
+            r#"[{"op":"replace","path":"/subject/reference","value":"Patient/pat-anne"}]"#,
+        )))
+        .unwrap();
+    let answer = client.send(patch).await.unwrap();
+    assert_eq!(denial(&answer), (403, "consent-block".into()));
+    let weight = backend_send(
+        backend.base_url(),
+        Method::GET,
+        "Observation/obs-bo-weight",
+        None,
+    )
+    .await;
+    assert_eq!(weight["subject"]["reference"], "Patient/pat-bo");
+
+    // A conditional delete reads what it would delete with the criteria that match: a page
+    // size does not hide Anne's result from the check.
+    let answer = client
+        .send(request(
+            Method::DELETE,
+            "/fhir/Observation?code=4548-4&_count=1",
+            Some(&blocked),
+            None,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 404, "{}", answer.text());
+    let hba1c = backend_send(
+        backend.base_url(),
+        Method::GET,
+        "Observation/obs-anne-hba1c",
+        None,
+    )
+    .await;
+    assert_eq!(hba1c["id"], "obs-anne-hba1c");
+}
+
+#[tokio::test]
+async fn a_head_request_is_in_the_log_of_the_patient_whose_resource_it_touched() {
+    let gateway = Gateway::start();
+    let token = gateway.token(json!({ "scope": "user/*.rs" }));
+    let answer = gateway
+        .client()
+        .send(request(
+            Method::HEAD,
+            "/fhir/Observation/obs-bo-bp",
+            Some(&token),
+            None,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200);
+    assert!(answer.text().is_empty());
+    assert_eq!(audited_patients(&gateway, &answer), ["Patient/pat-bo"]);
+}
+
+fn shape_of(bundle: &Value) -> Vec<String> {
+    bundle["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|entry| {
+            format!(
+                "{}/{}",
+                entry["resource"]["resourceType"].as_str().unwrap_or("?"),
+                entry["resource"]["id"].as_str().unwrap_or("?")
+            )
+        })
+        .collect()
 }

@@ -190,6 +190,24 @@ fn provision_shapes_are_decided_as_r4_reads_them() {
             true,
         ),
         (
+            "an actor this reader cannot match counts as the caller in a deny",
+            json!({ "type": "deny", "actor": [{ "reference": { "display": "Dr. Kjær" } }] }),
+            true,
+            true,
+        ),
+        (
+            "and never as the caller in a permit",
+            json!({ "type": "deny", "provision": [{ "type": "permit", "actor": [{ "reference": { "display": "Lise" } }] }] }),
+            true,
+            true,
+        ),
+        (
+            "deny of data related to a resource reaches further than the resource",
+            json!({ "type": "deny", "actor": actor("NS363"), "data": [{ "meaning": "related", "reference": { "reference": "Observation/obs-2" } }] }),
+            true,
+            false,
+        ),
+        (
             "a permit between exceptions never outweighs a deny",
             json!({ "type": "permit", "provision": [
                 { "type": "permit", "actor": actor("NS363") },
@@ -339,4 +357,25 @@ fn fhir_dates_cover_what_they_say() {
     assert_eq!(instant("2026-12-03T12:00:00Z", false), Some(NOW));
     assert_eq!(instant("2026-13", false), None);
     assert_eq!(instant("yesterday", false), None);
+}
+
+#[test]
+fn an_opt_out_without_provisions_denies_everyone_and_its_untyped_root_denies() {
+    let obs = read(Some("Observation"), Some("Observation/obs-1"));
+    let opt_out = |provision: Option<Value>| {
+        let mut consent = json!({ "resourceType": "Consent", "id": "c9", "status": "active",
+            "policyRule": { "coding": [{ "code": "OPTOUT" }] } });
+        if let Some(provision) = provision {
+            consent["provision"] = provision;
+        }
+        consent
+    };
+    assert!(denied(&opt_out(None), &colleague(), &obs));
+    let except_colleague = opt_out(Some(
+        json!({ "provision": [{ "type": "permit", "actor": actor("XY123") }] }),
+    ));
+    assert!(denied(&except_colleague, &physician(), &obs));
+    assert!(!denied(&except_colleague, &colleague(), &obs));
+    // Without a policy, a Consent without provisions is no rule at all.
+    assert!(blocks_in(&json!({ "resourceType": "Consent", "status": "active" })).is_none());
 }

@@ -427,7 +427,7 @@ const COMPARTMENT_TYPES: &[&str] = &[
 
 /// Parameters whose repetition with different values means different things to different
 /// servers (AND, first wins, last wins): refused.
-const SINGLE_VALUED: &[&str] = &["_id", "patient", "subject"];
+const SINGLE_VALUED: &[&str] = &["_id", "patient", "subject", "_summary", "_count"];
 
 pub(crate) fn check_conflicts(params: &[(String, String)]) -> Result<(), ClassifyError> {
     for name in SINGLE_VALUED {

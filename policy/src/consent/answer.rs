@@ -1,0 +1,279 @@
+//! Consent on what a request names and on what an answer holds: the patients checked before a
+//! request is sent, the resources withheld from an answer, and the one request shape refused
+//! because its answer would count what is withheld.
+//!
+//! The rule the gateway keeps (DESIGN "Consent"): a blocked caller learns THAT data is blocked
+//! only when the request names that patient; every other answer is what it would be if the
+//! blocked data did not exist. So withheld search entries leave no notice, totals of searches
+//! that name nobody go, and a count that names nobody is refused for everyone alike.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::{Access, Block, CallerIds, ConsentVerdict, Emergency, check, denies};
+use crate::compartment::patients_of;
+use crate::reach::Reach;
+use crate::request::{FhirRequest, RequestBody};
+
+/// Each patient's Consents (that can deny somebody something), by patient id.
+pub type PatientBlocks = HashMap<String, Arc<Vec<Block>>>;
+
+/// Whether any of these Consents names an actor (then the caller's other identities matter).
+pub fn names_actors(blocks: &PatientBlocks) -> bool {
+    blocks
+        .values()
+        .flat_map(|b| b.iter())
+        .any(|block| !block.actors().is_empty())
+}
+
+/// What checking a set of patients found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Checked {
+    /// Patients whose data the caller may not see (blocks that stand).
+    pub blocked: Vec<String>,
+    /// Patients whose blocks break-the-glass lifted.
+    pub broken_glass: Vec<String>,
+    /// EMERGENCY was claimed without a reason where a block applied.
+    pub reason_missing: bool,
+}
+
+/// Checks `patients` against their `blocks` for `caller` and one `access`.
+pub fn check_patients(
+    patients: &[String],
+    blocks: &PatientBlocks,
+    caller: &CallerIds,
+    access: &Access<'_>,
+    emergency: Emergency<'_>,
+) -> Checked {
+    let mut checked = Checked::default();
+    for patient in patients {
+        let Some(patient_blocks) = blocks.get(patient) else {
+            continue;
+        };
+        match check(patient_blocks, caller, access, emergency) {
+            ConsentVerdict::Open => {}
+            ConsentVerdict::BrokenGlass { .. } => checked.broken_glass.push(patient.clone()),
+            ConsentVerdict::Blocked { .. } => {
+                checked.blocked.push(patient.clone());
+                if emergency == Emergency::WithoutReason {
+                    checked.reason_missing = true;
+                }
+            }
+        }
+    }
+    checked
+}
+
+/// Whether `resource` is withheld from `caller`: some patient whose compartment it is in has a
+/// Consent that denies this access to it. A Bundle (a batch entry's searchset) is withheld if
+/// any of its entries is.
+pub fn resource_withheld(
+    resource: &Value,
+    blocks: &PatientBlocks,
+    caller: &CallerIds,
+    purpose: Option<&str>,
+    now: i64,
+) -> bool {
+    let resource_type = resource.get("resourceType").and_then(Value::as_str);
+    if resource_type == Some("Bundle") {
+        return bundle_resources(resource)
+            .any(|inner| resource_withheld(inner, blocks, caller, purpose, now));
+    }
+    let id = resource.get("id").and_then(Value::as_str);
+    let reference = match (resource_type, id) {
+        (Some(t), Some(id)) => Some(format!("{t}/{id}")),
+        _ => None,
+    };
+    let access = Access {
+        resource_type,
+        resource: reference.as_deref(),
+        purpose,
+        now,
+        unknown_denies: true,
+    };
+    patients_of(resource).iter().any(|patient| {
+        blocks.get(patient).is_some_and(|patient_blocks| {
+            patient_blocks
+                .iter()
+                .any(|block| denies(block, caller, &access))
+        })
+    })
+}
+
+fn bundle_resources(bundle: &Value) -> impl Iterator<Item = &Value> {
+    bundle
+        .get("entry")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry.get("resource"))
+}
+
+/// How withheld batch and transaction entries are answered.
+#[derive(Debug, Clone, Copy)]
+pub struct Refusals<'a> {
+    /// For an entry that named the patient: `403`, with this OperationOutcome.
+    pub forbidden: &'a Value,
+    /// For one that did not: `404`, as if the resource did not exist.
+    pub not_found: &'a Value,
+    /// Per request entry, in order: whether it named a patient ([`Reach`] of the entry).
+    pub named: &'a [bool],
+}
+
+/// Removes what `withheld` says from a Bundle answer. Search and history entries are dropped
+/// without a trace (no notice, no count, no `total`). In a batch or transaction answer, a
+/// nested searchset or history is treated the same way, and a single resource is answered
+/// `403` if its request entry named the patient, `404` if it did not. Returns how many
+/// resources were withheld.
+pub fn withhold(
+    bundle: &mut Value,
+    withheld: &dyn Fn(&Value) -> bool,
+    refusals: &Refusals<'_>,
+) -> usize {
+    let batch = matches!(
+        bundle.get("type").and_then(Value::as_str),
+        Some("batch-response" | "transaction-response")
+    );
+    if !batch {
+        return drop_entries(bundle, withheld);
+    }
+    let Some(entries) = bundle.get_mut("entry").and_then(Value::as_array_mut) else {
+        return 0;
+    };
+    let mut count = 0;
+    for (index, entry) in entries.iter_mut().enumerate() {
+        let Some(resource) = entry.get_mut("resource") else {
+            continue;
+        };
+        if resource.get("resourceType").and_then(Value::as_str) == Some("Bundle") {
+            count += drop_entries(resource, withheld);
+            continue;
+        }
+        if !withheld(resource) {
+            continue;
+        }
+        count += 1;
+        let (status, outcome) = if refusals.named.get(index).copied().unwrap_or(true) {
+            ("403 Forbidden", refusals.forbidden)
+        } else {
+            ("404 Not Found", refusals.not_found)
+        };
+        if let Some(entry) = entry.as_object_mut() {
+            entry.remove("resource");
+            entry.remove("fullUrl");
+            entry.insert(
+                "response".into(),
+                serde_json::json!({ "status": status, "outcome": outcome }),
+            );
+        }
+    }
+    count
+}
+
+/// Drops withheld entries from a searchset or history Bundle, and its `total`.
+fn drop_entries(bundle: &mut Value, withheld: &dyn Fn(&Value) -> bool) -> usize {
+    if let Some(object) = bundle.as_object_mut() {
+        object.remove("total");
+    }
+    let Some(entries) = bundle.get_mut("entry").and_then(Value::as_array_mut) else {
+        return 0;
+    };
+    let before = entries.len();
+    entries.retain(|entry| !entry.get("resource").is_some_and(withheld));
+    before - entries.len()
+}
+
+/// Whether a count-only search (`_summary=count`, `_count=0`), alone or as a batch entry, does
+/// not name the patients it counts ([`Reach::pinned`]): its number would count what blocks
+/// withhold, so it is refused while blocks are enforced, for every caller alike.
+pub fn count_refused(request: &FhirRequest, reach: &Reach) -> bool {
+    match request.body() {
+        Some(RequestBody::Bundle { entries, .. }) => entries
+            .iter()
+            .zip(reach.entries())
+            .any(|(entry, reach)| count_only(entry) && !reach.pinned()),
+        _ => count_only(request) && !reach.pinned(),
+    }
+}
+
+/// Whether a search asks only for a count: `_summary=count` (in any case, as lenient servers
+/// read it) or a `_count` of zero (however written).
+pub fn count_only(request: &FhirRequest) -> bool {
+    request.params().iter().any(|(name, value)| {
+        let base = name.split(':').next().unwrap_or(name);
+        (base == "_summary" && value.trim().eq_ignore_ascii_case("count"))
+            || (base == "_count" && value.trim().parse::<u64>().is_ok_and(|n| n == 0))
+    })
+}
+
+/// Whether a request asks for answers without the references whose patients they are
+/// (`_elements` with any modifier, `_summary` other than `count` or `false`), alone or in a
+/// batch entry: neither consent nor the audit record could tell whose data they hold.
+pub fn hides_references(request: &FhirRequest) -> bool {
+    let hides = |request: &FhirRequest| {
+        request.params().iter().any(|(name, value)| {
+            let base = name.split(':').next().unwrap_or(name);
+            base == "_elements"
+                || (base == "_summary"
+                    && !value.trim().eq_ignore_ascii_case("count")
+                    && !value.trim().eq_ignore_ascii_case("false"))
+        })
+    };
+    match request.body() {
+        Some(RequestBody::Bundle { entries, .. }) => entries.iter().any(hides),
+        _ => hides(request),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn withheld_search_entries_leave_no_trace_and_batch_entries_say_403_or_404() {
+        let anne = |resource: &Value| patients_of(resource).iter().any(|p| p == "anne");
+        let forbidden = json!({ "resourceType": "OperationOutcome", "id": "forbidden" });
+        let not_found = json!({ "resourceType": "OperationOutcome", "id": "not-found" });
+        let refusals = |named: &'static [bool]| Refusals {
+            forbidden: &forbidden,
+            not_found: &not_found,
+            named,
+        };
+        let mut searchset = json!({ "resourceType": "Bundle", "type": "searchset", "total": 3, "entry": [
+            { "resource": { "resourceType": "Observation", "subject": { "reference": "Patient/anne" } } },
+            { "resource": { "resourceType": "Observation", "subject": { "reference": "Patient/bo" } } },
+            { "resource": { "resourceType": "Patient", "id": "anne" } }
+        ]});
+        assert_eq!(withhold(&mut searchset, &anne, &refusals(&[])), 2);
+        let entries = searchset["entry"].as_array().unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0]["resource"]["subject"]["reference"], "Patient/bo");
+        assert!(searchset.get("total").is_none());
+
+        let mut batch = json!({ "resourceType": "Bundle", "type": "batch-response", "entry": [
+            { "resource": { "resourceType": "Patient", "id": "anne" }, "response": { "status": "200 OK" } },
+            { "resource": { "resourceType": "Patient", "id": "bo" }, "response": { "status": "200 OK" } },
+            { "resource": { "resourceType": "Observation", "subject": { "reference": "Patient/anne" } }, "response": { "status": "200 OK" } },
+            { "resource": { "resourceType": "Bundle", "type": "searchset", "total": 2, "entry": [
+                { "resource": { "resourceType": "Patient", "id": "anne" } },
+                { "resource": { "resourceType": "Patient", "id": "bo" } }
+            ] }, "response": { "status": "200 OK" } }
+        ]});
+        assert_eq!(
+            withhold(&mut batch, &anne, &refusals(&[true, false, false, false])),
+            3
+        );
+        assert_eq!(batch["entry"][0]["response"]["status"], "403 Forbidden");
+        assert_eq!(batch["entry"][1]["response"]["status"], "200 OK");
+        assert_eq!(batch["entry"][2]["response"]["status"], "404 Not Found");
+        assert!(batch["entry"][2].get("resource").is_none());
+        let nested = &batch["entry"][3]["resource"];
+        assert_eq!(nested["entry"].as_array().unwrap().len(), 1);
+        assert!(nested.get("total").is_none());
+        assert_eq!(batch["entry"][3]["response"]["status"], "200 OK");
+    }
+}
