@@ -40,10 +40,24 @@ pub struct RecordFields {
     /// identifier once resolved), written, and the owners of what a write changed (read
     /// first). Every one of them gets the event in their log, whatever the answer held.
     pub touched: Vec<String>,
+    /// For a batch or transaction: each entry as an access of its own (BALP records each).
+    pub entries: Vec<EntryRecord>,
     /// The reason given for a break-the-glass access.
     pub break_glass: Option<String>,
     /// The patients whose consent blocks the break-the-glass access set aside.
     pub break_glass_patients: Vec<String>,
+}
+
+/// One entry of a batch or transaction, as it was answered.
+#[derive(Debug, Clone)]
+pub struct EntryRecord {
+    /// The entry's request.
+    pub request: Arc<FhirRequest>,
+    /// The status its answer carried (`0` if none could be read).
+    pub status: u16,
+    /// The patients it touched: named, looked up, written, owners before a write, and those in
+    /// its answer.
+    pub patients: Vec<String>,
 }
 
 /// Shared handle to a request's record; cheap to clone.

@@ -19,6 +19,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::auth::Principal;
+use crate::encoding::form_encode;
 use crate::tls::PeerIdentity;
 
 const DCM: &str = "http://dicom.nema.org/resources/ontology/DCM";
@@ -301,7 +302,7 @@ struct Entity<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     query: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    description: Option<&'a str>,
+    description: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     detail: Vec<Detail<'a>>,
 }
@@ -359,15 +360,27 @@ fn base_event<'a>(facts: &'a AccessFacts<'a>, source: &'a AuditSource) -> Event<
             });
         }
         if matches!(action, "E") {
-            let query = facts.target.split_once('?').map_or("", |(_, q)| q);
+            // A `POST _search` carries its criteria in the body: they are the query too.
+            let target: Text<'a> = if facts.target.contains('?') || request.params().is_empty() {
+                Cow::Borrowed(facts.target)
+            } else {
+                let criteria: Vec<String> = request
+                    .params()
+                    .iter()
+                    .map(|(name, value)| format!("{}={}", form_encode(name), form_encode(value)))
+                    .collect();
+                let path = facts.target.trim_end_matches("/_search");
+                Cow::Owned(format!("{path}?{}", criteria.join("&")))
+            };
+            let described = if target.contains('?') {
+                target.clone()
+            } else {
+                Cow::Borrowed(facts.target)
+            };
             entity.push(Entity {
                 role: Some(Coding::new(OBJECT_ROLE, "24", Some("Query"))),
-                query: Some(base64::engine::general_purpose::STANDARD.encode(facts.target)),
-                description: Some(if query.is_empty() {
-                    facts.target.split('?').next().unwrap_or_default()
-                } else {
-                    facts.target
-                }),
+                query: Some(base64::engine::general_purpose::STANDARD.encode(target.as_bytes())),
+                description: Some(described),
                 ..Entity::default()
             });
         }

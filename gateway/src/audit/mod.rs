@@ -95,10 +95,19 @@ impl Auditor {
 
     /// Records one access: its AuditEvents are durable when this returns `Ok`.
     pub async fn record(&self, facts: &AccessFacts<'_>) -> Result<(), AuditUnavailable> {
+        self.record_all(std::slice::from_ref(facts)).await
+    }
+
+    /// Records several accesses made by one request (a batch's entries) in one append: all of
+    /// them are on disk, or none is acknowledged.
+    pub async fn record_all(&self, all: &[AccessFacts<'_>]) -> Result<(), AuditUnavailable> {
         let Some(spool) = self.spool.get() else {
             return self.failed(&SpoolError::Stopped);
         };
-        let events = audit_events(facts, &self.source);
+        let events: Vec<Vec<u8>> = all
+            .iter()
+            .flat_map(|facts| audit_events(facts, &self.source))
+            .collect();
         let count = events.len() as u64;
         let started = Instant::now();
         // A disk that hangs must not hang requests forever: after this long the answer is 503

@@ -17,6 +17,7 @@ use crate::audit::{AuditUnavailable, Auditor};
 use crate::auth::Principal;
 use crate::body::{Body, BoxError};
 use crate::context::RequestRecord;
+use crate::encoding::form_encode;
 use crate::proxy::ClientAddr;
 use crate::tls::PeerIdentity;
 
@@ -102,13 +103,14 @@ where
                     (rescued.outcome.status.as_u16(), Some(rescued.outcome.code))
                 }
             };
-            let (caller, fhir, answered, touched, break_glass, recorded_reason) = {
+            let (caller, fhir, answered, touched, entries, break_glass, recorded_reason) = {
                 let fields = record.fields();
                 (
                     fields.caller.clone(),
                     fields.request.clone(),
                     fields.patients.clone(),
                     fields.touched.clone(),
+                    fields.entries.clone(),
                     fields
                         .break_glass
                         .clone()
@@ -116,8 +118,13 @@ where
                     fields.reason,
                 )
             };
-            let patients =
-                patients_of_access(answered, touched, fhir.as_deref(), caller.as_deref());
+            // A batch or transaction whose entries were answered: each entry is an access of
+            // its own, in the logs of the patients it touched; the Bundle itself names nobody.
+            let patients = if entries.is_empty() {
+                patients_of_access(answered, touched, fhir.as_deref(), caller.as_deref())
+            } else {
+                Vec::new()
+            };
             let facts = AccessFacts {
                 request_id: &request_id,
                 recorded,
@@ -138,8 +145,24 @@ where
                     .as_ref()
                     .map(|(reason, patients)| (reason.as_str(), patients.as_slice())),
             };
+            let targets: Vec<String> = entries
+                .iter()
+                .map(|entry| entry_target(&target, &entry.request))
+                .collect();
+            let mut all = vec![facts];
+            for (entry, entry_target) in entries.iter().zip(&targets) {
+                all.push(AccessFacts {
+                    method: entry_method(&entry.request),
+                    target: entry_target,
+                    kind: AccessKind::Fhir(Some(&entry.request)),
+                    status: entry.status,
+                    reason: None,
+                    patients: &entry.patients,
+                    ..all[0]
+                });
+            }
             auditor
-                .record(&facts)
+                .record_all(&all)
                 .await
                 .map_err(|AuditUnavailable| -> BoxError { AuditUnavailable.into() })?;
             result
@@ -170,4 +193,31 @@ fn patients_of_access(
         patients.push(patient.to_owned());
     }
     patients
+}
+
+/// The target of a batch entry as if it had been sent alone: below the Bundle's own path.
+fn entry_target(bundle_target: &str, entry: &FhirRequest) -> String {
+    let base = bundle_target.split('?').next().unwrap_or_default();
+    let mut target = format!("{}/{}", base.trim_end_matches('/'), entry.path());
+    let mut separator = '?';
+    for (name, value) in entry.params() {
+        target.push(separator);
+        target.push_str(&form_encode(name));
+        target.push('=');
+        target.push_str(&form_encode(value));
+        separator = '&';
+    }
+    target
+}
+
+/// The HTTP method a batch entry stands for (the audit action comes from its interaction).
+fn entry_method(entry: &FhirRequest) -> &'static str {
+    use portvagt_policy::Interaction as I;
+    match entry.interaction() {
+        I::Create => "POST",
+        I::Update | I::ConditionalUpdate => "PUT",
+        I::Patch | I::ConditionalPatch => "PATCH",
+        I::Delete | I::ConditionalDelete => "DELETE",
+        _ => "GET",
+    }
 }

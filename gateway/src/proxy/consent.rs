@@ -48,6 +48,8 @@ pub(super) struct Touched {
     pub(super) possible: Vec<String>,
     /// Per batch entry: its patients (named, written, resolved, owners) and possible ones.
     pub(super) entries: Vec<(usize, Vec<String>)>,
+    /// Per batch entry, in order: the patients its record names (as `patients`, per entry).
+    pub(super) entry_patients: Vec<Vec<String>>,
     /// The version of the resource a single write by id changes, as read: the write is bound
     /// to it (`If-Match`), so what was checked is what is changed.
     pub(super) owner_version: Option<String>,
@@ -138,6 +140,7 @@ impl Proxy {
                 }
             }
             if !std::ptr::eq(*entry, request) {
+                touched.entry_patients.push(patients.clone());
                 let mut checked = patients.clone();
                 checked.extend(entry_reach.possible().iter().cloned());
                 touched.entries.push((index, checked));

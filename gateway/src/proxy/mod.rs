@@ -38,7 +38,7 @@ use crate::config::FilteredEntries;
 use crate::consent::{
     BREAK_GLASS_HEADER, ConsentStore, caller_ids, consent_refusal, not_found_outcome,
 };
-use crate::context::RequestRecord;
+use crate::context::{EntryRecord, RequestRecord};
 use crate::encoding::form_encode;
 use crate::layers::BoxFuture;
 use crate::layers::classify::FhirPath;
@@ -47,6 +47,7 @@ use crate::outcome::Outcome;
 use crate::runtime::Runtime;
 use crate::smart::SmartDocuments;
 use portvagt_policy::consent::{Refusals, count_refused, hides_references, withhold};
+use portvagt_policy::request::RequestBody;
 
 use self::consent::names_patients;
 
@@ -437,11 +438,13 @@ impl Proxy {
         if (consent.is_some() || self.audited) && hides_references(&fhir) {
             return Err(self.deny(DenyReason::ReferencesHidden, record_handle.as_ref(), None));
         }
+        let mut entry_patients = Vec::new();
         if consent.is_some() || self.audited {
             let touched = self.touched(&upstream, &fhir, &reach).await?;
             if let Some(record_handle) = &record_handle {
                 record_handle.fields().touched = touched.patients.clone();
             }
+            entry_patients.clone_from(&touched.entry_patients);
             if let Some(consent) = &consent {
                 // Batch reads that name a blocked patient are answered 403 entry by entry; a
                 // write, or any entry of a transaction, refuses the whole Bundle.
@@ -472,6 +475,7 @@ impl Proxy {
             let (forwarded, plan) = bundle::plan(&bytes, &obligations.entries)?;
             if !plan.forwards_anything() {
                 let answer = bundle::merge(None, &plan, self.filter_mode)?;
+                record_entries(record_handle.as_ref(), &fhir, &entry_patients, &answer);
                 return Ok(fhir_json_response(StatusCode::OK, answer));
             }
             parts
@@ -738,6 +742,9 @@ impl Proxy {
         if let (Some(patients), Some(record_handle)) = (audited_patients, &record_handle) {
             record_handle.fields().patients = patients;
         }
+        if batch.is_some() && status.is_success() {
+            record_entries(record_handle.as_ref(), &fhir, &entry_patients, &bytes);
+        }
         parts
             .headers
             .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
@@ -779,6 +786,50 @@ impl Proxy {
         }
         Ok(())
     }
+}
+
+/// Records each entry of a batch or transaction as the access of its own it is: its request,
+/// the status its answer carried, and the patients it touched before (`touched`, per entry)
+/// and in its answer.
+fn record_entries(
+    record_handle: Option<&RequestRecord>,
+    fhir: &FhirRequest,
+    touched: &[Vec<String>],
+    answer: &[u8],
+) {
+    let (Some(record_handle), Some(RequestBody::Bundle { entries, .. })) =
+        (record_handle, fhir.body())
+    else {
+        return;
+    };
+    let Ok(answer) = serde_json::from_slice::<serde_json::Value>(answer) else {
+        return;
+    };
+    let answered = answer.get("entry").and_then(serde_json::Value::as_array);
+    let records = entries
+        .iter()
+        .enumerate()
+        .map(|(index, request)| {
+            let response = answered.and_then(|a| a.get(index));
+            let status = response
+                .and_then(|e| e.pointer("/response/status"))
+                .and_then(serde_json::Value::as_str)
+                .and_then(|s| s.split(' ').next()?.parse().ok())
+                .unwrap_or(0);
+            let mut patients = touched.get(index).cloned().unwrap_or_default();
+            if let Some(resource) = response.and_then(|e| e.get("resource")) {
+                patients.extend(patients_in_answer(resource));
+            }
+            patients.sort_unstable();
+            patients.dedup();
+            EntryRecord {
+                request: Arc::new(request.clone()),
+                status,
+                patients,
+            }
+        })
+        .collect();
+    record_handle.fields().entries = records;
 }
 
 /// Rewrites the backend's URLs in a Bundle to the gateway's.

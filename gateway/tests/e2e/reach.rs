@@ -339,6 +339,51 @@ async fn deletes_moves_and_batch_entries_are_in_the_logs_of_the_patients_they_to
         patients.contains(&"Patient/pat-bo".to_owned()),
         "{patients:?}"
     );
+    // Each entry is an access of its own: Anne's log says her encounter was deleted, Bo's
+    // that his record was read.
+    let request_id = answer.headers["x-request-id"].to_str().unwrap();
+    let events = gateway.audit_events_for(request_id);
+    let of = |patient: &str| -> Vec<(String, String)> {
+        events
+            .iter()
+            .filter(|e| e.to_string().contains(&format!("\"Patient/{patient}\"")))
+            .map(|e| {
+                (
+                    e["action"].as_str().unwrap_or_default().to_owned(),
+                    e["subtype"][0]["code"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(of("pat-anne"), [("D".to_owned(), "delete".to_owned())]);
+    assert_eq!(of("pat-bo"), [("R".to_owned(), "read".to_owned())]);
+
+    // A POST _search's criteria are its query in the record.
+    let search = Request::builder()
+        .method(Method::POST)
+        .uri("/fhir/Observation/_search")
+        .header("authorization", format!("Bearer {writer}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Full::new(Bytes::from(
+            "patient=Patient%2Fpat-carla&code=4548-4",
+        )))
+        .unwrap();
+    let answer = client.send(search).await.unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let request_id = answer.headers["x-request-id"].to_str().unwrap();
+    let events = gateway.audit_events_for(request_id);
+    let query = events[0]["entity"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|entity| entity["role"]["code"] == "24")
+        .expect("a query entity");
+    let description = query["description"].as_str().unwrap();
+    assert!(description.contains("code=4548-4"), "{description}");
+    assert!(description.contains("pat-carla"), "{description}");
 
     // A search that finds nothing still touched the patient it named.
     let answer = client
