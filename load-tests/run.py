@@ -178,6 +178,9 @@ def main():
     parser.add_argument("--soak", metavar="DURATION", default=None,
                         help="instead of the comparison: Portvagt at 70%% of its maximum for DURATION (e.g. 30m), "
                              "RSS and open file descriptors sampled every 10 s; results/soak.{md,json}")
+    parser.add_argument("--consent", action="store_true",
+                        help="Portvagt with citizens' blocks enforced (a Consent search per patient, cached; "
+                             "each request's reach and consent decision): results/<kind>-consent.*")
     parser.add_argument("--pin", action="store_true",
                         help="servers on CPU 0, the driver on CPU 1 (results/<kind>-pinned.*)")
     parser.add_argument("--profile", action="store_true",
@@ -225,6 +228,7 @@ http {{
     default_type application/fhir+json;
     location = /fhir/R4/Patient/p1 {{ try_files /patient.json =404; }}
     location = /fhir/R4/Observation {{ try_files /obs-$arg__count.json =404; }}
+    location = /fhir/R4/Consent {{ return 200 '{{"resourceType":"Bundle","type":"searchset","total":0}}'; }}
     location = /fhir/R4/metadata {{ return 200 '{{"resourceType":"CapabilityStatement","status":"active","kind":"instance","fhirVersion":"4.0.1","format":["json"]}}'; }}
   }}
 }}
@@ -248,6 +252,7 @@ http {{
             processes.append(start([str(sink), str(ports["sink"])], logs))
             wait_port(ports["sink"])
             shipping = f'[audit.ship]\nurl = "http://127.0.0.1:{ports["sink"]}/fhir"\nbatch_size = 500\nkeep_shipped = "0s"\n'
+        consent = '[consent]\ncache_ttl = "30s"\n' if opts.consent else ""
         (work / "portvagt.toml").write_text(f"""
 [server]
 listen = "127.0.0.1:{ports['portvagt']}"
@@ -265,7 +270,7 @@ jwks_file = "issuer/jwks.json"
 url = "http://127.0.0.1:{ports['nginx']}/fhir/R4"
 [audit]
 spool_dir = "audit"
-{shipping}[log]
+{shipping}{consent}[log]
 format = "json"
 level = "info"
 """)
@@ -599,8 +604,9 @@ def envoy_config(ports, pki, jwks, base):
 def report(results, maxima, half, opts, duration, idle, bench):
     RESULTS.mkdir(exist_ok=True)
     stamp = time.strftime("%Y-%m-%d")
-    kind = ("smoke" if opts.smoke else "full") + ("-pinned" if opts.pin else "")
+    kind = ("smoke" if opts.smoke else "full") + ("-pinned" if opts.pin else "") + ("-consent" if opts.consent else "")
     command = ("python3 load-tests/run.py" + (" --smoke" if opts.smoke else "") + (" --pin" if opts.pin else "")
+               + (" --consent" if opts.consent else "")
                + (f" --duration {opts.duration}" if opts.duration else ""))
     summary = {
         "command": command, "date": stamp, "machine": f"{platform.machine()}, {os.cpu_count()} cores",

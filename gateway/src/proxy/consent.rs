@@ -55,6 +55,9 @@ pub(super) struct Touched {
     pub(super) owner_version: Option<String>,
 }
 
+/// How many patients one request may name by identifier (each is looked up at the backend).
+const MAX_IDENTIFIER_LOOKUPS: usize = 20;
+
 /// Whether an interaction changes data.
 fn writes(interaction: Interaction) -> bool {
     matches!(
@@ -118,6 +121,10 @@ impl Proxy {
         reach: &Reach,
     ) -> Result<Touched, BoxError> {
         let mut touched = Touched::default();
+        // Each identifier is a search at the backend: a bounded number per request.
+        if reach.identifiers().len() > MAX_IDENTIFIER_LOOKUPS {
+            return Err(ProxyError::TooManyLookups.into());
+        }
         let requests: Vec<(&FhirRequest, &Reach)> = match request.body() {
             Some(RequestBody::Bundle { entries, .. }) => {
                 entries.iter().zip(reach.entries()).collect()

@@ -87,6 +87,9 @@ pub enum ProxyError {
     /// patients by identifier) was answered with something else than 2xx, 404 or 410.
     #[error("the backend answered {0} to the gateway's own lookup")]
     LookupFailed(StatusCode),
+    /// A request names more patients by identifier than the gateway looks up for one request.
+    #[error("the request names too many patients by identifier")]
+    TooManyLookups,
     /// `max_in_flight` requests are already under way to the backend.
     #[error("the backend has as many requests in flight as it may")]
     Saturated,
@@ -137,6 +140,12 @@ impl ProxyError {
                 "transient",
                 "lookup-failed",
                 "the gateway could not read what the request touches from the backend FHIR server; retry shortly",
+            ),
+            ProxyError::TooManyLookups => Outcome::new(
+                StatusCode::BAD_REQUEST,
+                "too-costly",
+                "too-many-lookups",
+                "a request may name at most 20 patients by identifier; split it",
             ),
             ProxyError::Saturated => Outcome::new(
                 StatusCode::SERVICE_UNAVAILABLE,
