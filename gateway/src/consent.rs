@@ -25,6 +25,9 @@ use crate::config::ConsentConfig;
 use crate::metrics::Metrics;
 use crate::proxy::{Backend, Fetched};
 
+/// How many Practitioners, roles and organisations one caller's identities may take to read.
+const MAX_IDENTITY_READS: usize = 32;
+
 /// How many patients' Consents are asked for in one search.
 const CHUNK: usize = 40;
 
@@ -185,28 +188,31 @@ impl ConsentStore {
                 "identifier={}&_count=50",
                 crate::encoding::form_encode(&format!("{system}|{value}"))
             );
-            let bundle = self.fetch(backend, resource_type, Some(&query)).await?;
+            let bundle = self.search(backend, resource_type, &query).await?;
             for resource in entries(bundle.as_ref()) {
                 add_resource(&mut known, resource);
             }
         }
         // The roles of the Practitioners found: a Consent may name the role, or the
         // organisation it is held at.
-        let practitioners: Vec<String> = known
+        let mut practitioners: Vec<String> = known
             .references
             .iter()
             .filter(|r| r.starts_with("Practitioner/"))
             .cloned()
             .collect();
+        practitioners.sort();
+        practitioners.dedup();
+        if practitioners.len() > MAX_IDENTITY_READS {
+            return Err(ConsentUnavailable);
+        }
         let mut linked = Vec::new();
         for practitioner in practitioners {
             let query = format!(
                 "practitioner={}&_count=50",
                 crate::encoding::form_encode(&practitioner)
             );
-            let bundle = self
-                .fetch(backend, "PractitionerRole", Some(&query))
-                .await?;
+            let bundle = self.search(backend, "PractitionerRole", &query).await?;
             for role in entries(bundle.as_ref()) {
                 if let Some(organisation) = role
                     .pointer("/organization/reference")
@@ -220,6 +226,7 @@ impl ConsentStore {
         // The fhirUser and what it links to, two steps deep (role → practitioner, organisation).
         let mut pending: Vec<String> = caller.references.clone();
         pending.extend(linked);
+        let mut seen = std::collections::HashSet::new();
         for _ in 0..2 {
             let mut next = Vec::new();
             for reference in pending {
@@ -227,8 +234,12 @@ impl ConsentStore {
                 let linkable = ["Practitioner/", "PractitionerRole/", "Organization/"]
                     .iter()
                     .any(|t| relative.starts_with(t));
-                if !linkable || relative.contains(['?', '#']) {
+                if !linkable || relative.contains(['?', '#']) || !seen.insert(relative.clone()) {
                     continue;
+                }
+                // A caller linked to more than this is not followed halfway: refused.
+                if seen.len() > MAX_IDENTITY_READS {
+                    return Err(ConsentUnavailable);
                 }
                 let Some(resource) = self.fetch(backend, &relative, None).await? else {
                     continue;
@@ -283,6 +294,28 @@ impl ConsentStore {
             return Err(ConsentUnavailable);
         }
         Ok(entries(Some(&bundle)).cloned().collect())
+    }
+
+    /// A search for the caller's identities: on one page, or refused (an identity on a page not
+    /// read would be a block not enforced).
+    async fn search(
+        &self,
+        backend: &Backend,
+        resource_type: &str,
+        query: &str,
+    ) -> Result<Option<Value>, ConsentUnavailable> {
+        let bundle = self.fetch(backend, resource_type, Some(query)).await?;
+        let more = bundle
+            .as_ref()
+            .and_then(|b| b.get("link"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .any(|link| link.get("relation").and_then(Value::as_str) == Some("next"));
+        if more {
+            return Err(ConsentUnavailable);
+        }
+        Ok(bundle)
     }
 
     async fn fetch(

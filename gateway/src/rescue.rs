@@ -153,6 +153,9 @@ pub fn rescue(error: &(dyn std::error::Error + 'static)) -> Rescued {
 
 /// The answer to a policy denial (also used for denied batch entries).
 pub fn denied_outcome(reason: DenyReason) -> Outcome {
+    if reason == DenyReason::Withheld {
+        return crate::consent::not_found();
+    }
     let code = reason.code();
     Outcome::new(
         StatusCode::FORBIDDEN,

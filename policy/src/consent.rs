@@ -20,7 +20,7 @@ mod answer;
 
 pub use self::answer::{
     Checked, PatientBlocks, Refusals, check_patients, count_only, count_refused, hides_references,
-    names_actors, resource_withheld, withhold,
+    names_actors, resource_withheld, withhold, write_unverifiable,
 };
 
 /// Identifier systems (Danish FHIR core IG).

@@ -123,6 +123,9 @@ pub enum DenyReason {
     /// `_elements` or a `_summary` other than `count`/`false` would hide the references that
     /// tell whose data an answer holds, while consent or the audit trail must know.
     ReferencesHidden,
+    /// A batch entry that reached a blocked patient's data without naming her: answered as if
+    /// nothing were there (`404 not-found`).
+    Withheld,
     /// The citizen listener (no client certificate) serves citizens only: a patient-context
     /// token about the citizen themselves, reading their own audit log or what the operator
     /// opened there, and nothing else.
@@ -148,12 +151,13 @@ impl DenyReason {
             DenyReason::AuditLogRestricted => "audit-log-restricted",
             DenyReason::CountNotPinned => "count-not-pinned",
             DenyReason::ReferencesHidden => "references-hidden",
+            DenyReason::Withheld => "not-found",
             DenyReason::CitizenListener => "citizen-listener",
         }
     }
 
     /// Every reason, for documentation and metric pre-registration.
-    pub const ALL: [DenyReason; 16] = [
+    pub const ALL: [DenyReason; 17] = [
         DenyReason::InsufficientScope,
         DenyReason::NoPatientContext,
         DenyReason::OutsideCompartment,
@@ -169,6 +173,7 @@ impl DenyReason {
         DenyReason::AuditLogRestricted,
         DenyReason::CountNotPinned,
         DenyReason::ReferencesHidden,
+        DenyReason::Withheld,
         DenyReason::CitizenListener,
     ];
 }

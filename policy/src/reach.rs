@@ -451,10 +451,23 @@ fn strings(value: &Value, visit: &mut dyn FnMut(&str)) {
 
 fn owner(request: &FhirRequest) -> Option<Owner> {
     let resource_type = request.resource_type()?;
-    if !is_compartment_type(resource_type.as_str()) {
+    // A stored Bundle (a document, a message) holds whoever its entries are about.
+    if !is_compartment_type(resource_type.as_str()) && resource_type.as_str() != "Bundle" {
         return None;
     }
+    let matching = |params: &[(String, String)]| -> Vec<(String, String)> {
+        params
+            .iter()
+            .filter(|(name, _)| !is_result_param(name))
+            .cloned()
+            .collect()
+    };
     match request.interaction() {
+        // A conditional create answers with what its criteria find, if anything.
+        Interaction::Create => request.if_none_exist().map(|criteria| Owner::Search {
+            resource_type,
+            criteria: matching(criteria),
+        }),
         Interaction::Update | Interaction::Patch | Interaction::Delete => Some(Owner::Instance(
             format!("{}/{}", resource_type.as_str(), request.id()?),
         )),
@@ -464,12 +477,7 @@ fn owner(request: &FhirRequest) -> Option<Owner> {
             resource_type,
             // What the server matches on: result parameters (`_elements`, `_count`, ...) shape
             // a search's answer, and a server may ignore them in a conditional write's match.
-            criteria: request
-                .params()
-                .iter()
-                .filter(|(name, _)| !is_result_param(name))
-                .cloned()
-                .collect(),
+            criteria: matching(request.params()),
         }),
         _ => None,
     }
@@ -534,6 +542,8 @@ fn pinned(request: &FhirRequest, reach: &Reach) -> bool {
             Some(t) if is_compartment_type(t) => {
                 names_patients(&|base| base == "patient" || pinning_params(t).any(|p| p == base))
             }
+            // A stored Bundle holds anyone's data.
+            Some("Bundle") => false,
             // Reference data names no patient; `_revinclude` on it reaches into records.
             _ => !request
                 .params()

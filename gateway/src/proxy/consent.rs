@@ -12,7 +12,7 @@ use portvagt_policy::consent::{
 };
 use portvagt_policy::reach::Owner;
 use portvagt_policy::request::{BundleKind, RequestBody};
-use portvagt_policy::{DenyReason, FhirRequest, Interaction, Reach};
+use portvagt_policy::{Decision, DenyReason, FhirRequest, Interaction, Reach};
 
 use super::{Proxy, ProxyError, Upstream, append_params};
 use crate::body::BoxError;
@@ -48,6 +48,12 @@ pub(super) struct Touched {
     pub(super) possible: Vec<String>,
     /// Per batch entry: its patients (named, written, resolved, owners) and possible ones.
     pub(super) entries: Vec<(usize, Vec<String>)>,
+    /// The patients the request names itself (URL, parameters, body, identifiers looked up):
+    /// a block of one of them is a refusal it may learn of (403); one reached only through
+    /// what the request reads or changes is answered as if nothing were there.
+    pub(super) named: Vec<String>,
+    /// The same per batch entry, in order.
+    pub(super) entry_named: Vec<Vec<String>>,
     /// Per batch entry, in order: the patients its record names (as `patients`, per entry).
     pub(super) entry_patients: Vec<Vec<String>>,
     /// The version of the resource a single write by id changes, as read: the write is bound
@@ -79,6 +85,8 @@ fn access_of<'a>(request: &'a FhirRequest, purpose: Option<&'a str>, now: i64) -
     let unknown_denies = writes(request.interaction()) || count_only(request);
     let resource = match (request.resource_type(), request.id()) {
         (Some(_), Some(_)) => Some(request.path()),
+        // A resource being created is none that a Consent names by id.
+        (Some(_), None) if request.interaction() == Interaction::Create => Some(request.path()),
         _ => None,
     };
     Access {
@@ -95,6 +103,11 @@ fn access_of<'a>(request: &'a FhirRequest, purpose: Option<&'a str>, now: i64) -
         now,
         unknown_denies,
     }
+}
+
+/// Whether any of `blocked` is among `named`.
+fn overlaps(blocked: &[String], named: &[String]) -> bool {
+    blocked.iter().any(|patient| named.contains(patient))
 }
 
 /// Whether a request names a patient itself (URL, parameters, body), rather than reaching her
@@ -119,6 +132,7 @@ impl Proxy {
         upstream: &Upstream,
         request: &FhirRequest,
         reach: &Reach,
+        decisions: &[Decision],
     ) -> Result<Touched, BoxError> {
         let mut touched = Touched::default();
         // Each identifier is a search at the backend: a bounded number per request.
@@ -132,32 +146,48 @@ impl Proxy {
             _ => vec![(request, reach)],
         };
         for (index, (entry, entry_reach)) in requests.iter().enumerate() {
-            let mut patients: Vec<String> = entry_reach.to_record().map(str::to_owned).collect();
-            touched
-                .possible
-                .extend(entry_reach.possible().iter().cloned());
-            for identifier in entry_reach.identifiers() {
-                patients.extend(self.patients_by_identifier(upstream, identifier).await?);
-            }
-            if let Some(owner) = entry_reach.owner() {
-                let (owners, version) = self.owners(upstream, owner).await?;
-                patients.extend(owners);
-                if std::ptr::eq(*entry, request) {
-                    touched.owner_version = version;
+            let single = std::ptr::eq(*entry, request);
+            // An entry policy refused is answered by the gateway and never sent: nothing of it
+            // is looked up (the lookups would tell a caller without the scope what is there).
+            let refused = !single && decisions.get(index).is_some_and(|d| !d.is_allow());
+            let mut named: Vec<String> = Vec::new();
+            let mut patients: Vec<String> = Vec::new();
+            if !refused {
+                named.extend(entry_reach.to_record().map(str::to_owned));
+                for identifier in entry_reach.identifiers() {
+                    named.extend(self.patients_by_identifier(upstream, identifier).await?);
                 }
+                patients.clone_from(&named);
+                if let Some(owner) = entry_reach.owner() {
+                    let (owners, version) = self.owners(upstream, owner).await?;
+                    patients.extend(owners);
+                    if single {
+                        touched.owner_version = version;
+                    }
+                }
+                named.extend(entry_reach.possible().iter().cloned());
+                touched
+                    .possible
+                    .extend(entry_reach.possible().iter().cloned());
             }
-            if !std::ptr::eq(*entry, request) {
+            if !single {
                 touched.entry_patients.push(patients.clone());
                 let mut checked = patients.clone();
                 checked.extend(entry_reach.possible().iter().cloned());
                 touched.entries.push((index, checked));
+                touched.entry_named.push(named.clone());
             }
+            touched.named.extend(named);
             touched.patients.extend(patients);
         }
-        touched.patients.sort_unstable();
-        touched.patients.dedup();
-        touched.possible.sort_unstable();
-        touched.possible.dedup();
+        for list in [
+            &mut touched.patients,
+            &mut touched.possible,
+            &mut touched.named,
+        ] {
+            list.sort_unstable();
+            list.dedup();
+        }
         Ok(touched)
     }
 
@@ -260,7 +290,6 @@ impl Proxy {
         &self,
         consent: &ConsentContext,
         request: &FhirRequest,
-        reach: &Reach,
         touched: &Touched,
         record_handle: Option<&RequestRecord>,
     ) -> Result<Vec<(usize, DenyReason)>, BoxError> {
@@ -279,7 +308,7 @@ impl Proxy {
             if found.blocked.is_empty() {
                 return Ok(Vec::new());
             }
-            return Err(if names_patients(reach) || found.reason_missing {
+            return Err(if overlaps(&found.blocked, &touched.named) {
                 self.consent_denial(&found.blocked, consent, record_handle)
             } else {
                 self.withheld(&found.blocked, record_handle)
@@ -300,13 +329,22 @@ impl Proxy {
             if found.blocked.is_empty() {
                 continue;
             }
-            if writes(entry.interaction()) || *kind == BundleKind::Transaction {
-                return Err(self.consent_denial(&found.blocked, consent, record_handle));
+            let named = touched
+                .entry_named
+                .get(*index)
+                .is_some_and(|named| overlaps(&found.blocked, named));
+            if *kind == BundleKind::Transaction {
+                // All or nothing: the whole transaction is refused, as a single request would be.
+                return Err(if named {
+                    self.consent_denial(&found.blocked, consent, record_handle)
+                } else {
+                    self.withheld(&found.blocked, record_handle)
+                });
             }
-            let reason = if found.reason_missing {
-                DenyReason::BreakGlassReasonRequired
-            } else {
-                DenyReason::ConsentBlock
+            let reason = match (named, found.reason_missing) {
+                (true, true) => DenyReason::BreakGlassReasonRequired,
+                (true, false) => DenyReason::ConsentBlock,
+                (false, _) => DenyReason::Withheld,
             };
             self.metrics
                 .access_denied

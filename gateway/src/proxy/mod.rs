@@ -46,7 +46,9 @@ use crate::metrics::{Metrics, status_class};
 use crate::outcome::Outcome;
 use crate::runtime::Runtime;
 use crate::smart::SmartDocuments;
-use portvagt_policy::consent::{Refusals, count_refused, hides_references, withhold};
+use portvagt_policy::consent::{
+    Refusals, count_refused, hides_references, withhold, write_unverifiable,
+};
 use portvagt_policy::request::RequestBody;
 
 use self::consent::names_patients;
@@ -447,18 +449,29 @@ impl Proxy {
         if (consent.is_some() || self.audited) && hides_references(&fhir) {
             return Err(self.deny(DenyReason::ReferencesHidden, record_handle.as_ref(), None));
         }
+        // A write whose destination cannot be read before it happens could move data into a
+        // blocked patient's record, or out of a log, unseen.
+        if (consent.is_some() || self.audited) && write_unverifiable(&fhir, &reach) {
+            return Err(self.deny(DenyReason::WriteNotVerifiable, record_handle.as_ref(), None));
+        }
         let mut entry_patients = Vec::new();
+        let mut named = Vec::new();
+        let mut entry_named = Vec::new();
         if consent.is_some() || self.audited {
-            let touched = self.touched(&upstream, &fhir, &reach).await?;
+            let touched = self
+                .touched(&upstream, &fhir, &reach, &obligations.entries)
+                .await?;
             if let Some(record_handle) = &record_handle {
                 record_handle.fields().touched = touched.patients.clone();
             }
             entry_patients.clone_from(&touched.entry_patients);
+            named.clone_from(&touched.named);
+            entry_named.clone_from(&touched.entry_named);
             if let Some(consent) = &consent {
                 // Batch reads that name a blocked patient are answered 403 entry by entry; a
                 // write, or any entry of a transaction, refuses the whole Bundle.
                 for (index, reason) in self
-                    .check_consent(consent, &fhir, &reach, &touched, record_handle.as_ref())
+                    .check_consent(consent, &fhir, &touched, record_handle.as_ref())
                     .await?
                 {
                     if let Some(decision) = obligations.entries.get_mut(index) {
@@ -544,7 +557,11 @@ impl Proxy {
             && status == StatusCode::NOT_FOUND
             && matches!(
                 fhir.interaction(),
-                Interaction::Read | Interaction::Vread | Interaction::HistoryInstance
+                Interaction::Read
+                    | Interaction::Vread
+                    | Interaction::HistoryInstance
+                    | Interaction::Delete
+                    | Interaction::Patch
             )
         {
             return Err(crate::consent::NotFound.into());
@@ -688,13 +705,15 @@ impl Proxy {
                     }
                 };
                 if let (Some(consent), Some(blocks)) = (&consent, &blocks) {
-                    let is_bundle =
-                        answer.get("resourceType").and_then(|t| t.as_str()) == Some("Bundle");
+                    // A searchset, history or batch answer is withheld from entry by entry; a
+                    // stored Bundle that was read (a document) is one resource, withheld whole.
+                    let is_bundle = fhir.interaction().returns_bundle()
+                        && answer.get("resourceType").and_then(|t| t.as_str()) == Some("Bundle");
                     if !is_bundle {
                         // Asked for by the patient's name: refused, and break-the-glass can
                         // follow. Asked for by another name: as if it did not exist.
                         if blocks.withholds(&answer) {
-                            return Err(if request_names {
+                            return Err(if blocks.patients.iter().any(|p| named.contains(p)) {
                                 self.consent_denial(
                                     &blocks.patients,
                                     consent,
@@ -711,11 +730,7 @@ impl Proxy {
                             &Refusals {
                                 forbidden: &consent_refusal(),
                                 not_found: &not_found_outcome(),
-                                named: &reach
-                                    .entries()
-                                    .iter()
-                                    .map(names_patients)
-                                    .collect::<Vec<_>>(),
+                                named: &entry_named,
                             },
                         );
                         let emptied = answer

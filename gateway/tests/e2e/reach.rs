@@ -728,3 +728,95 @@ fn shape_of(bundle: &Value) -> Vec<String> {
         })
         .collect()
 }
+
+#[tokio::test]
+async fn what_the_caller_cannot_do_or_did_not_name_tells_nothing_of_a_block() {
+    let backend = seeded();
+    anne_consents(&backend, blocks_ns363()).await;
+    let gateway = gateway(&backend);
+    let client = gateway.client();
+    let reader = professional(
+        &gateway,
+        json!({ "authorization_id": "NS363", "scope": "user/*.rs" }),
+    );
+
+    // A write entry the caller has no scope for is refused for that, and nothing of it is
+    // looked up: the answer is the same whether a blocked patient's data matches or not.
+    for code in ["4548-4", "no-such-code"] {
+        let batch = json!({ "resourceType": "Bundle", "type": "batch", "entry": [
+            { "request": { "method": "DELETE", "url": format!("Observation?code={code}") } },
+            { "request": { "method": "GET", "url": "Patient/pat-bo" } }
+        ]});
+        let answer = client
+            .send(request(Method::POST, "/fhir", Some(&reader), Some(batch)))
+            .await
+            .unwrap();
+        assert_eq!(answer.status, 200, "{code}: {}", answer.text());
+        let body = answer.json();
+        assert_eq!(
+            body["entry"][0]["response"]["status"], "403 Forbidden",
+            "{code}"
+        );
+        assert_eq!(
+            body["entry"][0]["response"]["outcome"]["issue"][0]["details"]["coding"][0]["code"],
+            "insufficient-scope",
+            "{code}"
+        );
+    }
+
+    // Naming somebody else does not make Anne's resource a refusal: not found.
+    let answer = client
+        .get(
+            "/fhir/Observation/obs-anne-bp?patient=Patient/pat-bo",
+            Some(&reader),
+        )
+        .await
+        .unwrap();
+    assert_eq!(denial(&answer), (404, "not-found".into()));
+
+    // A patch that moves a value the gateway cannot read before it happens is refused.
+    let writer = professional(&gateway, json!({ "authorization_id": "XY123" }));
+    let patch = Request::builder()
+        .method(Method::PATCH)
+        .uri("/fhir/Observation/obs-bo-weight")
+        .header("authorization", format!("Bearer {writer}"))
+        .header("content-type", "application/json-patch+json")
+        .body(Full::new(Bytes::from(
+            r#"[{"op":"copy","from":"/performer/0/reference","path":"/subject/reference"}]"#,
+        )))
+        .unwrap();
+    let answer = client.send(patch).await.unwrap();
+    assert_eq!(denial(&answer), (403, "write-not-verifiable".into()));
+
+    // A conditional create whose criteria find Anne's resource names her through them: checked
+    // before anything is written or answered.
+    let create = Request::builder()
+        .method(Method::POST)
+        .uri("/fhir/Observation")
+        .header(
+            "authorization",
+            format!(
+                "Bearer {}",
+                professional(&gateway, json!({ "authorization_id": "NS363" }))
+            ),
+        )
+        .header("content-type", "application/fhir+json")
+        .header("if-none-exist", "_id=obs-anne-bp")
+        .header("prefer", "return=minimal")
+        .body(Full::new(Bytes::from(
+            json!({ "resourceType": "Observation", "status": "final", "code": { "text": "x" },
+                "subject": { "reference": "Patient/pat-bo" } })
+            .to_string(),
+        )))
+        .unwrap();
+    let answer = client.send(create).await.unwrap();
+    assert_eq!(answer.status, 404, "{}", answer.text());
+    assert!(answer.headers.get("location").is_none());
+
+    // Reference data may still be asked for in summary.
+    let answer = client
+        .get("/fhir/metadata?_summary=true", Some(&reader))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+}

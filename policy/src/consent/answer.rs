@@ -118,8 +118,10 @@ pub struct Refusals<'a> {
     pub forbidden: &'a Value,
     /// For one that did not: `404`, as if the resource did not exist.
     pub not_found: &'a Value,
-    /// Per request entry, in order: whether it named a patient ([`Reach`] of the entry).
-    pub named: &'a [bool],
+    /// Per request entry, in order: the patients it named itself (its [`Reach`], identifiers
+    /// looked up). A withheld resource of one of them is refused; one of anyone else's is not
+    /// there.
+    pub named: &'a [Vec<String>],
 }
 
 /// Removes what `withheld` says from a Bundle answer. Search and history entries are dropped
@@ -155,7 +157,12 @@ pub fn withhold(
             continue;
         }
         count += 1;
-        let (status, outcome) = if refusals.named.get(index).copied().unwrap_or(true) {
+        let named = refusals.named.get(index).is_none_or(|named| {
+            patients_of(resource)
+                .iter()
+                .any(|patient| named.contains(patient))
+        });
+        let (status, outcome) = if named {
             ("403 Forbidden", refusals.forbidden)
         } else {
             ("404 Not Found", refusals.not_found)
@@ -213,17 +220,63 @@ pub fn count_only(request: &FhirRequest) -> bool {
 /// batch entry: neither consent nor the audit record could tell whose data they hold.
 pub fn hides_references(request: &FhirRequest) -> bool {
     let hides = |request: &FhirRequest| {
-        request.params().iter().any(|(name, value)| {
-            let base = name.split(':').next().unwrap_or(name);
-            base == "_elements"
-                || (base == "_summary"
-                    && !value.trim().eq_ignore_ascii_case("count")
-                    && !value.trim().eq_ignore_ascii_case("false"))
-        })
+        // Reference data names no patient (unless it brings in what does).
+        let about_no_patient = request.interaction() == crate::request::Interaction::Capabilities
+            || request.resource_type().is_some_and(|t| {
+                crate::compartment::is_shared_type(t.as_str())
+                    && !request.params().iter().any(|(name, _)| {
+                        name.starts_with("_include") || name.starts_with("_revinclude")
+                    })
+            });
+        !about_no_patient
+            && request.params().iter().any(|(name, value)| {
+                let base = name.split(':').next().unwrap_or(name);
+                base == "_elements"
+                    || (base == "_summary"
+                        && !value.trim().eq_ignore_ascii_case("count")
+                        && !value.trim().eq_ignore_ascii_case("false"))
+            })
     };
     match request.body() {
         Some(RequestBody::Bundle { entries, .. }) => entries.iter().any(hides),
         _ => hides(request),
+    }
+}
+
+/// Whether a write moves data in a way the gateway cannot see before it happens: a patch that
+/// copies or moves values (`move`/`copy` in JSON Patch, `move` in FHIRPath Patch: the patient
+/// it moves to is never spelled out), or a write whose reach is opaque (a conditional
+/// reference or criteria no list captures). Alone or as a batch entry.
+pub fn write_unverifiable(request: &FhirRequest, reach: &Reach) -> bool {
+    use crate::request::Interaction as I;
+    let one = |request: &FhirRequest, reach: &Reach| {
+        let writes = matches!(
+            request.interaction(),
+            I::Create
+                | I::Update
+                | I::Patch
+                | I::Delete
+                | I::ConditionalUpdate
+                | I::ConditionalPatch
+                | I::ConditionalDelete
+        );
+        let moves = match request.body() {
+            Some(RequestBody::Patch { document, .. }) => match document {
+                Value::Array(operations) => operations.iter().any(|op| {
+                    matches!(op.get("op").and_then(Value::as_str), Some("move" | "copy"))
+                }),
+                _ => document.to_string().contains("\"valueCode\":\"move\""),
+            },
+            _ => false,
+        };
+        writes && (moves || reach.opaque())
+    };
+    match request.body() {
+        Some(RequestBody::Bundle { entries, .. }) => entries
+            .iter()
+            .zip(reach.entries())
+            .any(|(entry, reach)| one(entry, reach)),
+        _ => one(request, reach),
     }
 }
 
@@ -238,17 +291,18 @@ mod tests {
         let anne = |resource: &Value| patients_of(resource).iter().any(|p| p == "anne");
         let forbidden = json!({ "resourceType": "OperationOutcome", "id": "forbidden" });
         let not_found = json!({ "resourceType": "OperationOutcome", "id": "not-found" });
-        let refusals = |named: &'static [bool]| Refusals {
-            forbidden: &forbidden,
-            not_found: &not_found,
-            named,
-        };
+
         let mut searchset = json!({ "resourceType": "Bundle", "type": "searchset", "total": 3, "entry": [
             { "resource": { "resourceType": "Observation", "subject": { "reference": "Patient/anne" } } },
             { "resource": { "resourceType": "Observation", "subject": { "reference": "Patient/bo" } } },
             { "resource": { "resourceType": "Patient", "id": "anne" } }
         ]});
-        assert_eq!(withhold(&mut searchset, &anne, &refusals(&[])), 2);
+        let none = Refusals {
+            forbidden: &forbidden,
+            not_found: &not_found,
+            named: &[],
+        };
+        assert_eq!(withhold(&mut searchset, &anne, &none), 2);
         let entries = searchset["entry"].as_array().unwrap();
         assert_eq!(entries.len(), 1);
         assert_eq!(entries[0]["resource"]["subject"]["reference"], "Patient/bo");
@@ -263,10 +317,13 @@ mod tests {
                 { "resource": { "resourceType": "Patient", "id": "bo" } }
             ] }, "response": { "status": "200 OK" } }
         ]});
-        assert_eq!(
-            withhold(&mut batch, &anne, &refusals(&[true, false, false, false])),
-            3
-        );
+        let named = [vec!["anne".to_owned()], vec![], vec![], vec![]];
+        let refusals = Refusals {
+            forbidden: &forbidden,
+            not_found: &not_found,
+            named: &named,
+        };
+        assert_eq!(withhold(&mut batch, &anne, &refusals), 3);
         assert_eq!(batch["entry"][0]["response"]["status"], "403 Forbidden");
         assert_eq!(batch["entry"][1]["response"]["status"], "200 OK");
         assert_eq!(batch["entry"][2]["response"]["status"], "404 Not Found");
