@@ -250,14 +250,7 @@ impl Reach {
                 self.spelled_out(value);
                 continue;
             }
-            let (head, chain) = match name.split_once('.') {
-                Some((head, chain)) => (head, Some(chain)),
-                None => (name.as_str(), None),
-            };
-            let (base, modifier) = match head.split_once(':') {
-                Some((base, modifier)) => (base, Some(modifier)),
-                None => (head, None),
-            };
+            let (base, modifier, chain) = split_name(name);
             let Some(kind) = param_kind(type_name, base) else {
                 // Any other reference parameter (`focus`, `target`, `entity`, ...) that spells
                 // out a Patient names her too.
@@ -356,6 +349,19 @@ fn param_kind(type_name: Option<&str>, base: &str) -> Option<ParamKind> {
         // one that R4 does not define for this type, or a system search searches every type.
         (_, _) if is_compartment_param(base) => Some(ParamKind::MaybePatient),
         _ => None,
+    }
+}
+
+/// A search parameter name's parts (R4 §3.1.1.5.5, §3.1.1.4.11): `subject:Patient.name` is
+/// (`subject`, `Patient`, `name`).
+fn split_name(name: &str) -> (&str, Option<&str>, Option<&str>) {
+    let (head, chain) = match name.split_once('.') {
+        Some((head, chain)) => (head, Some(chain)),
+        None => (name, None),
+    };
+    match head.split_once(':') {
+        Some((base, modifier)) => (base, Some(modifier), chain),
+        None => (head, None, chain),
     }
 }
 
@@ -495,14 +501,7 @@ fn pinned(request: &FhirRequest, reach: &Reach) -> bool {
     // anyone's.
     let names_patients = |base_ok: &dyn Fn(&str) -> bool| {
         request.params().iter().any(|(name, value)| {
-            let (head, chain) = match name.split_once('.') {
-                Some((head, chain)) => (head, Some(chain)),
-                None => (name.as_str(), None),
-            };
-            let (base, modifier) = match head.split_once(':') {
-                Some((base, modifier)) => (base, Some(modifier)),
-                None => (head, None),
-            };
+            let (base, modifier, chain) = split_name(name);
             // `subject=x`: x is checked as a patient (a Group or Device of that id would have
             // results in no patient's compartment by `subject`).
             let bare_pins = base == "patient" || base == "subject" || modifier == Some("Patient");

@@ -102,7 +102,11 @@ async fn blocked_read(ctx: &Ctx) -> Verdict {
     )
 }
 
-async fn blocked_search(ctx: &Ctx) -> Verdict {
+/// The blocked professional's search across patients, judged by `judge` when answered 200.
+async fn blocked_search_with(
+    ctx: &Ctx,
+    judge: impl FnOnce(serde_json::Value) -> Verdict,
+) -> Verdict {
     match ctx
         .get(
             "Observation?_count=100",
@@ -110,15 +114,20 @@ async fn blocked_search(ctx: &Ctx) -> Verdict {
         )
         .await
     {
-        Ok(answer) if answer.status == 200 => {
-            let patients = entry_patients(&answer.json());
-            check(
-                !patients.iter().any(|p| p == patient(ctx)),
-                format!("the blocking patient's data came back: {patients:?}"),
-            )
-        }
+        Ok(answer) if answer.status == 200 => judge(answer.json()),
         other => expect_status(&other, 200),
     }
+}
+
+async fn blocked_search(ctx: &Ctx) -> Verdict {
+    blocked_search_with(ctx, |body| {
+        let patients = entry_patients(&body);
+        check(
+            !patients.iter().any(|p| p == patient(ctx)),
+            format!("the blocking patient's data came back: {patients:?}"),
+        )
+    })
+    .await
 }
 
 async fn blocked_in_every_spelling(ctx: &Ctx) -> Verdict {
@@ -155,27 +164,18 @@ async fn unpinned_count_refused(ctx: &Ctx) -> Verdict {
 }
 
 async fn no_total_no_notice(ctx: &Ctx) -> Verdict {
-    match ctx
-        .get(
-            "Observation?_count=100",
-            ctx.settings.tokens.blocked.as_deref(),
+    blocked_search_with(ctx, |body| {
+        let notice = body["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|entry| entry["search"]["mode"] == "outcome");
+        check(
+            body.get("total").is_none() && !notice,
+            "the answer carries a total or a notice that depends on what is withheld",
         )
-        .await
-    {
-        Ok(answer) if answer.status == 200 => {
-            let body = answer.json();
-            let notice = body["entry"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|entry| entry["search"]["mode"] == "outcome");
-            check(
-                body.get("total").is_none() && !notice,
-                "the answer carries a total or a notice that depends on what is withheld",
-            )
-        }
-        other => expect_status(&other, 200),
-    }
+    })
+    .await
 }
 
 async fn emergency_without_reason(ctx: &Ctx) -> Verdict {

@@ -163,26 +163,9 @@ async fn refusals_are_recorded_with_their_reason() {
 
 /// A plain-HTTP POST to the reference backend.
 async fn backend_post(path: &str, body: &Value) -> (u16, Value) {
-    let url: http::Uri = format!("{}/{}", backend_url(), path).parse().unwrap();
-    let tcp = tokio::net::TcpStream::connect((url.host().unwrap(), url.port_u16().unwrap()))
-        .await
-        .unwrap();
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    let request = Request::post(url.path())
-        .header("host", url.authority().unwrap().as_str())
-        .header("content-type", "application/fhir+json")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap();
-    let response = sender.send_request(request).await.unwrap();
-    let status = response.status().as_u16();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
+    let (status, answer) =
+        crate::support::backend_exchange(backend_url(), http::Method::POST, path, Some(body)).await;
+    (status.as_u16(), answer)
 }
 
 #[tokio::test]

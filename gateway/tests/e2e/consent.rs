@@ -9,7 +9,7 @@ use http_body_util::Full;
 use portvagt::demo::BackendProcess;
 use serde_json::json;
 
-use crate::support::{Answer, Gateway, Options, backend_send, metric_value, request};
+use crate::support::{Answer, Gateway, Options, backend_send, json_patch, metric_value, request};
 
 const AUTHORIZATION: &str = "https://autregweb.sst.dk";
 
@@ -142,17 +142,12 @@ async fn a_block_holds_on_reads_searches_batches_and_everything() {
         .unwrap();
     assert_eq!(denial(&delete), (404, "not-found".into()));
     let patch = client
-        .send(
-            Request::builder()
-                .method(Method::PATCH)
-                .uri(anne_condition)
-                .header("authorization", format!("Bearer {writer}"))
-                .header("content-type", "application/json-patch+json")
-                .body(Full::new(Bytes::from(
-                    r#"[{"op":"replace","path":"/clinicalStatus/text","value":"x"}]"#,
-                )))
-                .unwrap(),
-        )
+        .send(json_patch(
+            anne_condition,
+            &writer,
+            r#"[{"op":"replace","path":"/clinicalStatus/text","value":"x"}]"#,
+            &[],
+        ))
         .await
         .unwrap();
     assert_eq!(denial(&patch), (404, "not-found".into()));

@@ -8,7 +8,7 @@ use http_body_util::Full;
 use portvagt::demo::BackendProcess;
 use serde_json::{Value, json};
 
-use crate::support::{Answer, Gateway, Options, backend_send, request};
+use crate::support::{Answer, Gateway, Options, backend_send, json_patch, request};
 
 const AUTHORIZATION: &str = "https://autregweb.sst.dk";
 const CPR: &str = "urn:oid:1.2.208.176.1.2";
@@ -174,34 +174,24 @@ async fn a_blocked_professional_sees_what_they_would_see_if_the_data_did_not_exi
     assert_eq!(loaded["type"], "transaction-response", "{loaded}");
     let with_block = gateway(&blocking);
     let with_nothing = gateway(&without);
+    // The same request as the physician, to both.
+    let both = |path: &'static str| {
+        let (a, b) = (&with_block, &with_nothing);
+        async move {
+            let physician = |g: &Gateway| professional(g, json!({ "authorization_id": "NS363" }));
+            (
+                a.client().get(path, Some(&physician(a))).await.unwrap(),
+                b.client().get(path, Some(&physician(b))).await.unwrap(),
+            )
+        }
+    };
     // Reads by id and instance history: not found, in the same words.
     for path in [
         "/fhir/Observation/obs-anne-bp",
         "/fhir/Condition/cond-anne-1/_history",
         "/fhir/Encounter/enc-anne-1",
     ] {
-        let a = with_block
-            .client()
-            .get(
-                path,
-                Some(&professional(
-                    &with_block,
-                    json!({ "authorization_id": "NS363" }),
-                )),
-            )
-            .await
-            .unwrap();
-        let b = with_nothing
-            .client()
-            .get(
-                path,
-                Some(&professional(
-                    &with_nothing,
-                    json!({ "authorization_id": "NS363" }),
-                )),
-            )
-            .await
-            .unwrap();
+        let (a, b) = both(path).await;
         assert_eq!(
             denial(&a),
             denial(&b),
@@ -221,28 +211,7 @@ async fn a_blocked_professional_sees_what_they_would_see_if_the_data_did_not_exi
         "/fhir/MedicationRequest?requester=Practitioner/prac-ns363",
         "/fhir/Encounter?status=finished",
     ] {
-        let a = with_block
-            .client()
-            .get(
-                path,
-                Some(&professional(
-                    &with_block,
-                    json!({ "authorization_id": "NS363" }),
-                )),
-            )
-            .await
-            .unwrap();
-        let b = with_nothing
-            .client()
-            .get(
-                path,
-                Some(&professional(
-                    &with_nothing,
-                    json!({ "authorization_id": "NS363" }),
-                )),
-            )
-            .await
-            .unwrap();
+        let (a, b) = both(path).await;
         assert_eq!(shape(&a), shape(&b), "{path}");
         assert!(
             !a.text().contains("consent-filtered"),
@@ -302,16 +271,12 @@ async fn deletes_moves_and_batch_entries_are_in_the_logs_of_the_patients_they_to
     );
 
     // A patch that moves Carla's hba1c to Anne, answered without a body.
-    let patch = Request::builder()
-        .method(Method::PATCH)
-        .uri("/fhir/Observation/obs-carla-hba1c")
-        .header("authorization", format!("Bearer {writer}"))
-        .header("content-type", "application/json-patch+json")
-        .header("prefer", "return=minimal")
-        .body(Full::new(Bytes::from(
-            r#"[{"op":"replace","path":"/subject/reference","value":"Patient/pat-anne"}]"#,
-        )))
-        .unwrap();
+    let patch = json_patch(
+        "/fhir/Observation/obs-carla-hba1c",
+        &writer,
+        r#"[{"op":"replace","path":"/subject/reference","value":"Patient/pat-anne"}]"#,
+        &[("prefer", "return=minimal")],
+    );
     let answer = client.send(patch).await.unwrap();
     assert!(answer.status.is_success(), "{}", answer.text());
     let patients = audited_patients(&gateway, &answer);
@@ -652,16 +617,12 @@ async fn shapes_that_hide_whose_data_it_is_are_refused_or_checked_entry_by_entry
     assert_eq!(body["entry"][3]["resource"]["id"], "pat-bo");
 
     // A patch that would move Bo's weight to Anne names her: refused before it happens.
-    let patch = Request::builder()
-        .method(Method::PATCH)
-        .uri("/fhir/Observation/obs-bo-weight")
-        .header("authorization", format!("Bearer {blocked}"))
-        .header("content-type", "application/json-patch+json")
-        .header("prefer", "return=minimal")
-        .body(Full::new(Bytes::from(
-            r#"[{"op":"replace","path":"/subject/reference","value":"Patient/pat-anne"}]"#,
-        )))
-        .unwrap();
+    let patch = json_patch(
+        "/fhir/Observation/obs-bo-weight",
+        &blocked,
+        r#"[{"op":"replace","path":"/subject/reference","value":"Patient/pat-anne"}]"#,
+        &[("prefer", "return=minimal")],
+    );
     let answer = client.send(patch).await.unwrap();
     assert_eq!(denial(&answer), (403, "consent-block".into()));
     let weight = backend_send(
@@ -776,15 +737,12 @@ async fn what_the_caller_cannot_do_or_did_not_name_tells_nothing_of_a_block() {
 
     // A patch that moves a value the gateway cannot read before it happens is refused.
     let writer = professional(&gateway, json!({ "authorization_id": "XY123" }));
-    let patch = Request::builder()
-        .method(Method::PATCH)
-        .uri("/fhir/Observation/obs-bo-weight")
-        .header("authorization", format!("Bearer {writer}"))
-        .header("content-type", "application/json-patch+json")
-        .body(Full::new(Bytes::from(
-            r#"[{"op":"copy","from":"/performer/0/reference","path":"/subject/reference"}]"#,
-        )))
-        .unwrap();
+    let patch = json_patch(
+        "/fhir/Observation/obs-bo-weight",
+        &writer,
+        r#"[{"op":"copy","from":"/performer/0/reference","path":"/subject/reference"}]"#,
+        &[],
+    );
     let answer = client.send(patch).await.unwrap();
     assert_eq!(denial(&answer), (403, "write-not-verifiable".into()));
 

@@ -4,10 +4,7 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use http::Method;
-use http_body_util::{BodyExt as _, Full};
-use hyper_util::rt::TokioIo;
 use portvagt::demo::BackendProcess;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -15,29 +12,9 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use crate::support::{Gateway, Options, metric_value};
 
 async fn backend_put(base: &str, path: &str, body: Value) {
-    let url: http::Uri = format!("{base}/{path}").parse().unwrap();
-    let tcp = tokio::net::TcpStream::connect((url.host().unwrap(), url.port_u16().unwrap()))
-        .await
-        .unwrap();
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    let request = http::Request::builder()
-        .method(Method::PUT)
-        .uri(url.path())
-        .header("host", url.authority().unwrap().as_str())
-        .header("content-type", "application/fhir+json")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap();
-    let response = sender.send_request(request).await.unwrap();
-    let status = response.status();
-    let text = response.into_body().collect().await.unwrap().to_bytes();
-    assert!(
-        status.is_success(),
-        "{status}: {}",
-        String::from_utf8_lossy(&text)
-    );
+    let (status, answer) =
+        crate::support::backend_exchange(base, Method::PUT, path, Some(&body)).await;
+    assert!(status.is_success(), "{status}: {answer}");
 }
 
 #[tokio::test]

@@ -607,9 +607,14 @@ pub fn request(
     builder.body(Full::new(body)).unwrap()
 }
 
-/// A request straight to a backend at `base` (bypassing the gateway), for setting up data:
-/// its JSON answer, or `Null`.
-pub async fn backend_send(base: &str, method: Method, path: &str, body: Option<Value>) -> Value {
+/// A plain-HTTP request straight to a backend at `base` (bypassing the gateway), for setting
+/// up data and for comparisons: its status and JSON answer (`Null` if none).
+pub async fn backend_exchange(
+    base: &str,
+    method: Method,
+    path: &str,
+    body: Option<&Value>,
+) -> (StatusCode, Value) {
     let url: http::Uri = format!("{base}/{path}").parse().unwrap();
     let tcp = tokio::net::TcpStream::connect((url.host().unwrap(), url.port_u16().unwrap()))
         .await
@@ -622,35 +627,49 @@ pub async fn backend_send(base: &str, method: Method, path: &str, body: Option<V
         .method(method)
         .uri(url.path_and_query().unwrap().as_str())
         .header("host", url.authority().unwrap().as_str())
+        .header("accept", "application/fhir+json")
         .header("content-type", "application/fhir+json")
         .body(Full::new(Bytes::from(
-            body.map(|b| b.to_string()).unwrap_or_default(),
+            body.map(Value::to_string).unwrap_or_default(),
         )))
         .unwrap();
     let response = sender.send_request(request).await.unwrap();
+    let status = response.status();
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }
 
-/// A plain-HTTP GET straight to the backend (bypassing the gateway), for comparisons.
+/// [`backend_exchange`], its JSON answer only.
+pub async fn backend_send(base: &str, method: Method, path: &str, body: Option<Value>) -> Value {
+    backend_exchange(base, method, path, body.as_ref()).await.1
+}
+
+/// A plain-HTTP GET straight to the shared reference backend, for comparisons.
 pub async fn backend_get(path: &str) -> (StatusCode, Value) {
-    let url: http::Uri = format!("{}/{}", backend_url(), path).parse().unwrap();
-    let tcp = tokio::net::TcpStream::connect((url.host().unwrap(), url.port_u16().unwrap()))
-        .await
-        .unwrap();
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    let request = Request::get(url.path_and_query().unwrap().as_str())
-        .header("host", url.authority().unwrap().as_str())
-        .header("accept", "application/fhir+json")
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let response = sender.send_request(request).await.unwrap();
-    let status = response.status();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    backend_exchange(backend_url(), Method::GET, path, None).await
+}
+
+/// A JSON Patch (RFC 6902) request with a bearer token and optional extra headers.
+pub fn json_patch(
+    path: &str,
+    token: &str,
+    patch: &str,
+    headers: &[(&str, &str)],
+) -> Request<Full<Bytes>> {
+    let mut builder = Request::builder()
+        .method(Method::PATCH)
+        .uri(path)
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json-patch+json");
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    builder
+        .body(Full::new(Bytes::from(patch.to_owned())))
+        .unwrap()
 }
 
 /// The value of the Prometheus sample whose line starts with `line_prefix`.
