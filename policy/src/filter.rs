@@ -222,10 +222,14 @@ fn filter_bundle(mut top: OrderedRaw<'_>, check: &ResponseCheck<'_>, mode: Filte
     }
 }
 
-/// A Bundle answer without its `total` (R4 `Bundle.total`), written back byte for byte
-/// otherwise; `None` when there is none to remove or the answer is not a JSON object.
+/// A Bundle answer without its `total` (R4 `Bundle.total`, and the totals of the searchsets in
+/// a batch answer); every other byte as it was. `None` when there is none to remove or the
+/// answer is not a Bundle.
 pub fn without_total(body: &[u8]) -> Option<Vec<u8>> {
-    let mut top: OrderedRaw<'_> = serde_json::from_slice(body).ok()?;
+    let Ok(top) = serde_json::from_slice::<OrderedRaw<'_>>(body) else {
+        // Not readable field by field (a key given twice, say): the tree decides.
+        return without_total_in_tree(body);
+    };
     if top.get_str("resourceType").as_deref() != Some("Bundle") {
         return None;
     }
@@ -233,25 +237,89 @@ pub fn without_total(body: &[u8]) -> Option<Vec<u8>> {
         top.get_str("type").as_deref(),
         Some("batch-response" | "transaction-response")
     ) {
-        // The searchsets inside a batch answer carry totals of their own.
-        let mut tree: serde_json::Value = serde_json::from_slice(body).ok()?;
-        let mut removed = false;
-        for entry in tree
-            .get_mut("entry")
-            .and_then(serde_json::Value::as_array_mut)
-            .into_iter()
-            .flatten()
-        {
-            if let Some(resource) = entry.get_mut("resource").and_then(|r| r.as_object_mut()) {
-                removed |= resource.remove("total").is_some();
-            }
-        }
-        return removed.then(|| serde_json::to_vec(&tree).ok()).flatten();
+        return without_total_in_tree(body);
     }
-    if !top.remove("total") {
+    let total = top.get("total")?;
+    // The member is cut out of the bytes: a 1,000-entry searchset is not written again.
+    cut_member(body, total).or_else(|| without_total_in_tree(body))
+}
+
+/// [`without_total`] on a parsed tree: the top level and each entry's resource.
+fn without_total_in_tree(body: &[u8]) -> Option<Vec<u8>> {
+    let mut tree: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let top = tree.as_object_mut()?;
+    if top.get("resourceType").and_then(serde_json::Value::as_str) != Some("Bundle") {
         return None;
     }
-    serde_json::to_vec(&top).ok()
+    let mut removed = top.remove("total").is_some();
+    for entry in top
+        .get_mut("entry")
+        .and_then(serde_json::Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(resource) = entry.get_mut("resource").and_then(|r| r.as_object_mut()) {
+            removed |= resource.remove("total").is_some();
+        }
+    }
+    removed.then(|| serde_json::to_vec(&tree).ok()).flatten()
+}
+
+/// `body` without the object member whose value is `value` (a slice of `body`): from the key's
+/// opening quote to the value's end, with the comma after it (or, for the last member, before
+/// it). `None` if `value` is not where a member's value can be.
+fn cut_member(body: &[u8], value: &RawValue) -> Option<Vec<u8>> {
+    let start = (value.get().as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
+    let end = start.checked_add(value.get().len())?;
+    if end > body.len() {
+        return None;
+    }
+    let skip_back = |mut at: usize| {
+        while at > 0 && body[at - 1].is_ascii_whitespace() {
+            at -= 1;
+        }
+        at
+    };
+    // Back over `"key" :` to the key's opening quote.
+    let colon = skip_back(start).checked_sub(1)?;
+    if body[colon] != b':' {
+        return None;
+    }
+    let closing = skip_back(colon).checked_sub(1)?;
+    if body[closing] != b'"' {
+        return None;
+    }
+    let mut opening = closing;
+    loop {
+        opening = opening.checked_sub(1)?;
+        if body[opening] == b'"' {
+            let escapes = body[..opening]
+                .iter()
+                .rev()
+                .take_while(|b| **b == b'\\')
+                .count();
+            if escapes % 2 == 0 {
+                break;
+            }
+        }
+    }
+    let mut after = end;
+    while after < body.len() && body[after].is_ascii_whitespace() {
+        after += 1;
+    }
+    let (cut_start, cut_end) = if body.get(after) == Some(&b',') {
+        (opening, after + 1)
+    } else {
+        let before = skip_back(opening);
+        match before.checked_sub(1) {
+            Some(comma) if body[comma] == b',' => (comma, end),
+            _ => (opening, end),
+        }
+    };
+    let mut out = Vec::with_capacity(body.len());
+    out.extend_from_slice(&body[..cut_start]);
+    out.extend_from_slice(&body[cut_end..]);
+    Some(out)
 }
 
 #[cfg(test)]
@@ -259,6 +327,36 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
+
+    #[test]
+    fn a_total_is_cut_out_wherever_and_however_it_is_written() {
+        let cases = [
+            r#"{"resourceType":"Bundle","type":"searchset","total":3,"entry":[]}"#,
+            r#"{"resourceType":"Bundle","total" : 3 , "type":"searchset","entry":[]}"#,
+            r#"{"resourceType":"Bundle","type":"searchset","entry":[],"total":3}"#,
+            r#"{ "total": 3, "resourceType": "Bundle", "type": "searchset", "entry": [] }"#,
+            r#"{"resourceType":"Bundle","type":"searchset","entry":[],"tot\u0061l":3}"#,
+            r#"{"resourceType":"Bundle","type":"searchset","total":3,"total":4,"entry":[]}"#,
+            r#"{"resourceType":"Bundle","type":"batch-response","entry":[{"resource":{"resourceType":"Bundle","total":2}}]}"#,
+        ];
+        for case in cases {
+            let without = without_total(case.as_bytes()).unwrap_or_else(|| panic!("{case}"));
+            let value: Value =
+                serde_json::from_slice(&without).unwrap_or_else(|e| panic!("{case}: {e}"));
+            assert!(value.get("total").is_none(), "{case}");
+            assert!(
+                !String::from_utf8_lossy(&without).contains("total"),
+                "{case}"
+            );
+            assert!(
+                !String::from_utf8_lossy(&without).contains("tot\\u0061l"),
+                "{case}"
+            );
+            assert_eq!(value["resourceType"], "Bundle", "{case}");
+        }
+        assert!(without_total(br#"{"resourceType":"Bundle","type":"searchset"}"#).is_none());
+        assert!(without_total(br#"{"resourceType":"Patient","total":1}"#).is_none());
+    }
 
     fn observation(id: &str, patient: &str) -> Value {
         json!({ "resourceType": "Observation", "id": id, "subject": { "reference": format!("Patient/{patient}") } })

@@ -50,12 +50,6 @@ impl<'a> OrderedRaw<'a> {
             .any(|(i, (key, _))| self.fields[..i].iter().any(|(earlier, _)| earlier == key))
     }
 
-    pub(crate) fn remove(&mut self, key: &str) -> bool {
-        let before = self.fields.len();
-        self.fields.retain(|(k, _)| k != key);
-        self.fields.len() != before
-    }
-
     pub(crate) fn replace(&mut self, key: &str, value: Box<RawValue>) {
         if let Some(slot) = self.fields.iter_mut().find(|(k, _)| k == key) {
             slot.1 = RawSlot::Owned(value);
