@@ -47,7 +47,7 @@ use crate::outcome::Outcome;
 use crate::runtime::Runtime;
 use crate::smart::SmartDocuments;
 use portvagt_policy::consent::{
-    Refusals, count_refused, hides_references, withhold, write_unverifiable,
+    Refusals, count_only, count_refused, hides_references, withhold, write_unverifiable,
 };
 use portvagt_policy::request::RequestBody;
 
@@ -488,8 +488,10 @@ impl Proxy {
             }
         }
         // A total counts what blocks withhold (a class or a resource of a named patient's, a
-        // resource in two compartments): none is given while blocks are enforced.
-        let strip_total = consent.is_some();
+        // resource in two compartments): none is given while blocks are enforced, except the
+        // one a count of named patients exists to answer (checked above as strictly as a
+        // write: any Consent of theirs that could withhold part of it refused it).
+        let strip_total = consent.is_some() && !(count_only(&fhir) && reach.pinned());
         let mut body = body;
         let mut batch = None;
         if fhir.interaction() == Interaction::BatchOrTransaction {

@@ -115,6 +115,16 @@ async fn a_blocked_professional_cannot_count_the_patients_data_in_any_spelling()
         let allowed = client.get(&path, Some(&colleague)).await.unwrap();
         assert_ne!(allowed.status, 403, "{query}: {}", allowed.text());
     }
+    // The colleague's count of Anne's data is answered, with its number.
+    let count = client
+        .get(
+            "/fhir/Observation?patient=pat-anne&_summary=count",
+            Some(&colleague),
+        )
+        .await
+        .unwrap();
+    assert_eq!(count.status, 200, "{}", count.text());
+    assert_eq!(count.json()["total"], 3, "{}", count.text());
     // By identifier: looked up, and just as pinned.
     let path = format!("/fhir/Patient?identifier={CPR}%7C1111111118");
     let answer = client.get(&path, Some(&blocked)).await.unwrap();
