@@ -106,17 +106,8 @@ fn access_of<'a>(request: &'a FhirRequest, purpose: Option<&'a str>, now: i64) -
 }
 
 /// Whether any of `blocked` is among `named`.
-fn overlaps(blocked: &[String], named: &[String]) -> bool {
+pub(super) fn overlaps(blocked: &[String], named: &[String]) -> bool {
     blocked.iter().any(|patient| named.contains(patient))
-}
-
-/// Whether a request names a patient itself (URL, parameters, body), rather than reaching her
-/// only through what it reads or changes.
-pub(super) fn names_patients(reach: &Reach) -> bool {
-    !reach.patients().is_empty()
-        || !reach.possible().is_empty()
-        || !reach.written().is_empty()
-        || !reach.identifiers().is_empty()
 }
 
 fn now() -> i64 {

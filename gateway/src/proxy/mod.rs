@@ -30,7 +30,7 @@ use tower::Service;
 
 pub use self::backend::{Backend, Fetched};
 use self::circuit::CircuitOpen;
-use self::consent::ConsentContext;
+use self::consent::{ConsentContext, overlaps};
 use self::rewrite::UrlRewriter;
 use crate::auth::Principal;
 use crate::body::{Body, BoxError, boxed, full};
@@ -50,8 +50,6 @@ use portvagt_policy::consent::{
     Refusals, count_only, count_refused, hides_references, withhold, write_unverifiable,
 };
 use portvagt_policy::request::RequestBody;
-
-use self::consent::names_patients;
 
 /// The client's address, put into request extensions by the server.
 #[derive(Debug, Clone, Copy)]
@@ -554,7 +552,6 @@ impl Proxy {
         }
         // Under citizens' blocks a missing resource is answered in the gateway's words, the
         // same as one withheld: the backend's own 404 might differ from it.
-        let request_names = names_patients(&reach);
         if consent.is_some()
             && status == StatusCode::NOT_FOUND
             && matches!(
@@ -715,7 +712,7 @@ impl Proxy {
                         // Asked for by the patient's name: refused, and break-the-glass can
                         // follow. Asked for by another name: as if it did not exist.
                         if blocks.withholds(&answer) {
-                            return Err(if blocks.patients.iter().any(|p| named.contains(p)) {
+                            return Err(if overlaps(&blocks.patients, &named) {
                                 self.consent_denial(
                                     &blocks.patients,
                                     consent,
@@ -742,7 +739,7 @@ impl Proxy {
                         if withheld > 0
                             && emptied
                             && fhir.interaction() == Interaction::HistoryInstance
-                            && !request_names
+                            && !overlaps(&blocks.patients, &named)
                         {
                             // The history of a resource that is all withheld: as if it never
                             // existed.
