@@ -4,8 +4,10 @@
 //! caller's SMART scopes once per token ([`scope`]) and asks [`decide`] whether the caller may do
 //! it. A denial is a value ([`Decision::Deny`]) with a stable reason code, never an error; an
 //! allow carries [`Obligations`]: searches to narrow, answers to check against the Patient
-//! compartment ([`compartment`], [`filter`]), per-entry answers for batches. Citizens' blocks
-//! (negative consent) and break-the-glass are decided by [`consent`].
+//! compartment ([`compartment`], [`filter`]), per-entry answers for batches. Which patients a
+//! request touches, in every spelling, is answered once, by [`reach`]; citizens' blocks
+//! (negative consent, R4 Consent provisions) and break-the-glass are decided by [`consent`],
+//! before a request from its reach and after it from the answer.
 
 pub mod compartment;
 mod compartment_table;
