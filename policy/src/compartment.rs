@@ -206,15 +206,39 @@ fn collect_patients(resource: &Value, patients: &mut Vec<String>) {
         }
         return;
     }
-    for path in links(resource_type)
-        .unwrap_or_default()
-        .iter()
-        .flat_map(|link| link.paths.iter())
-    {
+    for path in patient_paths(resource_type) {
         walk(resource, path.split('.'), &mut |reference| {
             push_patient(reference, patients)
         });
     }
+}
+
+/// Types outside the R4 Patient compartment whose resources still name a patient, and where:
+/// a Device implanted in her, the Binary a document of hers is stored in, a decision or a
+/// contract about her. Whose data they are matters to consent and the audit record as much.
+const PATIENT_LINKS_OUTSIDE_COMPARTMENT: &[(&str, &[&str])] = &[
+    ("Binary", &["securityContext"]),
+    ("Contract", &["subject"]),
+    ("Device", &["patient"]),
+    ("GuidanceResponse", &["subject"]),
+    ("Linkage", &["item.resource"]),
+    ("MeasureReport", &["subject"]),
+    ("SupplyDelivery", &["patient"]),
+];
+
+/// The element paths of `resource_type` that may reference the patient whose data it is: the
+/// compartment's, and for a few types outside it, [`PATIENT_LINKS_OUTSIDE_COMPARTMENT`].
+fn patient_paths(resource_type: &str) -> impl Iterator<Item = &'static str> {
+    let outside = PATIENT_LINKS_OUTSIDE_COMPARTMENT
+        .iter()
+        .find(|(name, _)| *name == resource_type)
+        .map(|(_, paths)| *paths)
+        .unwrap_or_default();
+    links(resource_type)
+        .unwrap_or_default()
+        .iter()
+        .flat_map(|link| link.paths.iter().copied())
+        .chain(outside.iter().copied())
 }
 
 /// The patient a `Patient/<id>` reference names, added to `patients`.
@@ -278,11 +302,7 @@ fn collect_patients_raw(resource: &OrderedRaw<'_>, patients: &mut Vec<String>) -
         }
         return Some(());
     }
-    for path in links(&resource_type)
-        .unwrap_or_default()
-        .iter()
-        .flat_map(|link| link.paths.iter())
-    {
+    for path in patient_paths(&resource_type) {
         let mut steps = path.split('.');
         let Some(raw) = resource.get(steps.next().unwrap_or_default()) else {
             continue;
@@ -501,6 +521,19 @@ mod tests {
             Some("a")
         );
         assert_eq!(patient_reference_id("Patient/a"), Some("a"));
+        // Outside the compartment, still hers: an implant, a stored document.
+        let device =
+            json!({ "resourceType": "Device", "patient": { "reference": "Patient/pat-anne" } });
+        let binary = json!({ "resourceType": "Binary", "securityContext": { "reference": "Patient/pat-anne" } });
+        for resource in [device, binary] {
+            assert_eq!(super::patients_of(&resource), ["pat-anne"], "{resource}");
+            let bytes = serde_json::to_vec(&resource).unwrap();
+            assert_eq!(
+                super::patients_in_body(&bytes).unwrap(),
+                ["pat-anne"],
+                "{resource}"
+            );
+        }
         assert_eq!(patient_reference_id("Group/a"), None);
         assert_eq!(patient_reference_id("xPatient/a"), None);
     }

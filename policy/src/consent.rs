@@ -20,7 +20,7 @@ mod answer;
 
 pub use self::answer::{
     Checked, PatientBlocks, Refusals, check_patients, count_only, count_refused, hides_references,
-    names_actors, resource_withheld, withhold, write_unverifiable,
+    names_actors, resource_withheld, tests_unwithheld, withhold, write_unverifiable,
 };
 
 /// Identifier systems (Danish FHIR core IG).
@@ -30,6 +30,14 @@ pub const SOR_SYSTEM: &str = "urn:oid:1.2.208.176.1.1";
 pub const CVR_SYSTEM: &str = "http://cvr.dk";
 /// R4 `resource-types`, the code system of `provision.class` naming resource types.
 const RESOURCE_TYPES_SYSTEM: &str = "http://hl7.org/fhir/resource-types";
+
+/// The actor types a caller's identities can be matched against.
+const MATCHABLE_ACTOR_TYPES: &[&str] = &[
+    "Practitioner",
+    "PractitionerRole",
+    "Organization",
+    "Patient",
+];
 
 /// Who a provision names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -215,7 +223,12 @@ fn provision_actors(provision: &Value) -> Vec<Actor> {
         .filter_map(|actor| {
             let reference = actor.get("reference")?;
             if let Some(literal) = reference.get("reference").and_then(Value::as_str) {
-                return Some(Actor::Reference(literal.to_owned()));
+                // Only who a caller can be is matchable; a CareTeam, Group or RelatedPerson is
+                // not resolved to its members here, so it counts as unreadable.
+                let kind = relative(literal).split('/').next().unwrap_or_default();
+                return MATCHABLE_ACTOR_TYPES
+                    .contains(&kind)
+                    .then(|| Actor::Reference(literal.to_owned()));
             }
             let identifier = reference.get("identifier")?;
             Some(Actor::Identifier(

@@ -244,6 +244,19 @@ pub fn without_total(body: &[u8]) -> Option<Vec<u8>> {
     cut_member(body, total).or_else(|| without_total_in_tree(body))
 }
 
+/// A searchset without its `last` link: a server's last page offset tells how many matched,
+/// withheld entries included. `None` when it has none.
+pub fn without_last_link(body: &[u8]) -> Option<Vec<u8>> {
+    memchr::memmem::find(body, b"\"last\"")?;
+    let mut tree: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let links = tree.get_mut("link")?.as_array_mut()?;
+    let before = links.len();
+    links.retain(|link| link.get("relation").and_then(serde_json::Value::as_str) != Some("last"));
+    (links.len() != before)
+        .then(|| serde_json::to_vec(&tree).ok())
+        .flatten()
+}
+
 /// [`without_total`] on a parsed tree: the top level and each entry's resource.
 fn without_total_in_tree(body: &[u8]) -> Option<Vec<u8>> {
     let mut tree: serde_json::Value = serde_json::from_slice(body).ok()?;
@@ -327,6 +340,15 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
+
+    #[test]
+    fn a_last_link_that_would_tell_the_count_is_removed() {
+        let body = br#"{"resourceType":"Bundle","type":"searchset","link":[{"relation":"self","url":"a"},{"relation":"last","url":"a?_getpagesoffset=40"}],"entry":[]}"#;
+        let without: Value = serde_json::from_slice(&without_last_link(body).unwrap()).unwrap();
+        assert_eq!(without["link"].as_array().unwrap().len(), 1);
+        assert_eq!(without["link"][0]["relation"], "self");
+        assert!(without_last_link(br#"{"resourceType":"Bundle","link":[]}"#).is_none());
+    }
 
     #[test]
     fn a_total_is_cut_out_wherever_and_however_it_is_written() {

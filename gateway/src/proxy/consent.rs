@@ -83,6 +83,19 @@ fn access_of<'a>(request: &'a FhirRequest, purpose: Option<&'a str>, now: i64) -
     // A count answers for what a Consent of some types or resources withholds: decided as for
     // a write, on what cannot be known yet.
     let unknown_denies = writes(request.interaction()) || count_only(request);
+    // A write to a Consent can lift every block of its patient: judged against all of them,
+    // whatever class or resources they cover.
+    if writes(request.interaction())
+        && request.resource_type().map(|t| t.as_str()) == Some("Consent")
+    {
+        return Access {
+            resource_type: None,
+            resource: None,
+            purpose,
+            now,
+            unknown_denies: true,
+        };
+    }
     let resource = match (request.resource_type(), request.id()) {
         (Some(_), Some(_)) => Some(request.path()),
         // A resource being created is none that a Consent names by id.

@@ -47,7 +47,8 @@ use crate::outcome::Outcome;
 use crate::runtime::Runtime;
 use crate::smart::SmartDocuments;
 use portvagt_policy::consent::{
-    Refusals, count_only, count_refused, hides_references, withhold, write_unverifiable,
+    Refusals, count_only, count_refused, hides_references, tests_unwithheld, withhold,
+    write_unverifiable,
 };
 use portvagt_policy::request::RequestBody;
 
@@ -447,6 +448,15 @@ impl Proxy {
         if (consent.is_some() || self.audited) && hides_references(&fhir) {
             return Err(self.deny(DenyReason::ReferencesHidden, record_handle.as_ref(), None));
         }
+        // Criteria tested against patients' data on answers that are never withheld would tell
+        // whether a blocked patient's data matches.
+        if consent.is_some() && tests_unwithheld(&fhir) {
+            return Err(self.deny(
+                DenyReason::SearchReachesOtherTypes,
+                record_handle.as_ref(),
+                None,
+            ));
+        }
         // A write whose destination cannot be read before it happens could move data into a
         // blocked patient's record, or out of a log, unseen.
         if (consent.is_some() || self.audited) && write_unverifiable(&fhir, &reach) {
@@ -551,9 +561,10 @@ impl Proxy {
             fields.upstream_status = Some(status.as_u16());
         }
         // Under citizens' blocks a missing resource is answered in the gateway's words, the
-        // same as one withheld: the backend's own 404 might differ from it.
+        // same as one withheld: the backend's own 404 might differ from it, and a 410 would
+        // say that it existed.
         if consent.is_some()
-            && status == StatusCode::NOT_FOUND
+            && (status == StatusCode::NOT_FOUND || status == StatusCode::GONE)
             && matches!(
                 fhir.interaction(),
                 Interaction::Read
@@ -655,6 +666,13 @@ impl Proxy {
             && status.is_success()
             && fhir.interaction().returns_bundle()
             && let Some(without) = portvagt_policy::filter::without_total(&bytes)
+        {
+            bytes = Bytes::from(without);
+        }
+        if consent.is_some()
+            && status.is_success()
+            && fhir.interaction().returns_bundle()
+            && let Some(without) = portvagt_policy::filter::without_last_link(&bytes)
         {
             bytes = Bytes::from(without);
         }

@@ -781,6 +781,27 @@ async fn what_the_caller_cannot_do_or_did_not_name_tells_nothing_of_a_block() {
     assert_eq!(answer.status, 404, "{}", answer.text());
     assert!(answer.headers.get("location").is_none());
 
+    // Criteria tested against patients' data on answers that are never withheld: refused.
+    let answer = client
+        .get(
+            "/fhir/Practitioner?_has:Observation:performer:code=4548-4",
+            Some(&reader),
+        )
+        .await
+        .unwrap();
+    assert_eq!(denial(&answer), (403, "search-reaches-other-types".into()));
+    // A cascading delete would remove what no check saw.
+    let answer = client
+        .send(request(
+            Method::DELETE,
+            "/fhir/Organization/org-laegehuset?_cascade=delete",
+            Some(&writer),
+            None,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(denial(&answer), (400, "method-override".into()));
+
     // Reference data may still be asked for in summary.
     let answer = client
         .get("/fhir/metadata?_summary=true", Some(&reader))

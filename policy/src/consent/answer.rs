@@ -243,6 +243,32 @@ pub fn hides_references(request: &FhirRequest) -> bool {
     }
 }
 
+/// Whether a search tests patients' data (`_has`, chained parameters) while its answers are of
+/// types that are nobody's data, and so never withheld: `Practitioner?_has:Observation:…`
+/// would tell whether a blocked patient's data matches. Alone or as a batch entry.
+pub fn tests_unwithheld(request: &FhirRequest) -> bool {
+    use crate::request::Interaction as I;
+    let one = |request: &FhirRequest| {
+        let search = matches!(
+            request.interaction(),
+            I::SearchType | I::SearchSystem | I::SearchCompartment
+        );
+        let answers_of_nobody = request
+            .resource_type()
+            .is_none_or(|t| !crate::compartment::is_compartment_type(t.as_str()));
+        search
+            && answers_of_nobody
+            && request
+                .params()
+                .iter()
+                .any(|(name, _)| name.starts_with("_has") || name.contains('.'))
+    };
+    match request.body() {
+        Some(RequestBody::Bundle { entries, .. }) => entries.iter().any(one),
+        _ => one(request),
+    }
+}
+
 /// Whether a write moves data in a way the gateway cannot see before it happens: a patch that
 /// copies or moves values (`move`/`copy` in JSON Patch, `move` in FHIRPath Patch: the patient
 /// it moves to is never spelled out), or a write whose reach is opaque (a conditional
@@ -285,6 +311,21 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn criteria_on_answers_never_withheld_are_told_apart() {
+        let cases = [
+            ("Practitioner", "_has:Observation:performer:code=x", true),
+            ("Organization", "partof.name=x", true),
+            ("Practitioner", "name=Kjaer", false),
+            ("Observation", "_has:Provenance:target:agent=x", false),
+            ("Observation", "subject.name=x", false),
+        ];
+        for (path, query, expected) in cases {
+            let request = crate::request::classify("GET", path, Some(query)).unwrap();
+            assert_eq!(tests_unwithheld(&request), expected, "{path}?{query}");
+        }
+    }
 
     #[test]
     fn withheld_search_entries_leave_no_trace_and_batch_entries_say_403_or_404() {

@@ -196,6 +196,12 @@ fn provision_shapes_are_decided_as_r4_reads_them() {
             true,
         ),
         (
+            "an actor this reader cannot resolve to people (a CareTeam) counts as the caller in a deny",
+            json!({ "type": "deny", "actor": [{ "role": { "text": "x" }, "reference": { "reference": "CareTeam/ct1" } }] }),
+            true,
+            true,
+        ),
+        (
             "and never as the caller in a permit",
             json!({ "type": "deny", "provision": [{ "type": "permit", "actor": [{ "reference": { "display": "Lise" } }] }] }),
             true,

@@ -653,6 +653,7 @@ mod tests {
     fn parameters_that_change_the_meaning_are_refused() {
         let cases = [
             ("_method=DELETE", ClassifyError::MethodOverride),
+            ("_cascade=delete", ClassifyError::MethodOverride),
             ("_format=xml", ClassifyError::UnsupportedFormat),
             (
                 "_format=application/fhir%2Bxml",

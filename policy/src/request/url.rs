@@ -48,6 +48,8 @@ pub(super) fn check_params(params: &[(String, String)]) -> Result<(), ClassifyEr
         }
         match name.as_str() {
             "_method" => return Err(ClassifyError::MethodOverride),
+            // A cascading delete removes what references its target too, which no check sees.
+            "_cascade" => return Err(ClassifyError::MethodOverride),
             "_format"
                 if !matches!(
                     value.as_str(),
