@@ -18,6 +18,7 @@ use portvagt_policy::consent::{
     AUTHORIZATION_SYSTEM, Block, CPR_SYSTEM, CVR_SYSTEM, CallerIds, PatientBlocks, SOR_SYSTEM,
     blocks_in,
 };
+use portvagt_policy::filter::{bundle_resources, has_next_page};
 use serde_json::Value;
 
 use crate::auth::Principal;
@@ -189,7 +190,7 @@ impl ConsentStore {
                 crate::encoding::form_encode(&format!("{system}|{value}"))
             );
             let bundle = self.search(backend, resource_type, &query).await?;
-            for resource in entries(bundle.as_ref()) {
+            for resource in bundle.iter().flat_map(bundle_resources) {
                 add_resource(&mut known, resource);
             }
         }
@@ -213,7 +214,7 @@ impl ConsentStore {
                 crate::encoding::form_encode(&practitioner)
             );
             let bundle = self.search(backend, "PractitionerRole", &query).await?;
-            for role in entries(bundle.as_ref()) {
+            for role in bundle.iter().flat_map(bundle_resources) {
                 if let Some(organisation) = role
                     .pointer("/organization/reference")
                     .and_then(Value::as_str)
@@ -284,16 +285,11 @@ impl ConsentStore {
             .await?
             .filter(|b| b.get("resourceType").and_then(Value::as_str) == Some("Bundle"))
             .ok_or(ConsentUnavailable)?;
-        let more_pages = bundle
-            .get("link")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .any(|link| link.get("relation").and_then(Value::as_str) == Some("next"));
+        let more_pages = has_next_page(&bundle);
         if more_pages {
             return Err(ConsentUnavailable);
         }
-        Ok(entries(Some(&bundle)).cloned().collect())
+        Ok(bundle_resources(&bundle).cloned().collect())
     }
 
     /// A search for the caller's identities: on one page, or refused (an identity on a page not
@@ -305,13 +301,7 @@ impl ConsentStore {
         query: &str,
     ) -> Result<Option<Value>, ConsentUnavailable> {
         let bundle = self.fetch(backend, resource_type, Some(query)).await?;
-        let more = bundle
-            .as_ref()
-            .and_then(|b| b.get("link"))
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .any(|link| link.get("relation").and_then(Value::as_str) == Some("next"));
+        let more = bundle.as_ref().is_some_and(has_next_page);
         if more {
             return Err(ConsentUnavailable);
         }
@@ -344,16 +334,6 @@ impl ConsentStore {
             Err(_) => Err(ConsentUnavailable),
         }
     }
-}
-
-/// The resources of a search Bundle.
-fn entries(bundle: Option<&Value>) -> impl Iterator<Item = &Value> {
-    bundle
-        .and_then(|b| b.get("entry"))
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|entry| entry.get("resource"))
 }
 
 /// Adds a Practitioner, PractitionerRole or Organization: its reference and its identifiers.

@@ -39,7 +39,8 @@ pub struct RecordFields {
     /// The patients the request touched before its answer: named (in every spelling, by
     /// identifier once resolved), written, and the owners of what a write changed (read
     /// first). Every one of them gets the event in their log, whatever the answer held.
-    pub touched: Vec<String>,
+    /// `None` when the proxy never saw the request (the audit layer then reads its reach).
+    pub touched: Option<Vec<String>>,
     /// For a batch or transaction: each entry as an access of its own (BALP records each).
     pub entries: Vec<EntryRecord>,
     /// The reason given for a break-the-glass access.

@@ -244,6 +244,26 @@ pub fn without_total(body: &[u8]) -> Option<Vec<u8>> {
     cut_member(body, total).or_else(|| without_total_in_tree(body))
 }
 
+/// The resources of a Bundle's entries.
+pub fn bundle_resources(bundle: &serde_json::Value) -> impl Iterator<Item = &serde_json::Value> {
+    bundle
+        .get("entry")
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry.get("resource"))
+}
+
+/// Whether a search Bundle has a `next` page: what is on it was not read.
+pub fn has_next_page(bundle: &serde_json::Value) -> bool {
+    bundle
+        .get("link")
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|link| link.get("relation").and_then(serde_json::Value::as_str) == Some("next"))
+}
+
 /// A searchset without its `last` link: a server's last page offset tells how many matched,
 /// withheld entries included. `None` when it has none.
 pub fn without_last_link(body: &[u8]) -> Option<Vec<u8>> {

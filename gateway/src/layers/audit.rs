@@ -177,13 +177,16 @@ where
 /// [`Reach`] alone; failing all, the caller's own patient context.
 fn patients_of_access(
     mut patients: Vec<String>,
-    touched: Vec<String>,
+    touched: Option<Vec<String>>,
     request: Option<&FhirRequest>,
     caller: Option<&Principal>,
 ) -> Vec<String> {
-    patients.extend(touched);
-    if let Some(request) = request {
-        patients.extend(Reach::of(request).to_record().map(str::to_owned));
+    match (touched, request) {
+        (Some(touched), _) => patients.extend(touched),
+        (None, Some(request)) => {
+            patients.extend(Reach::of(request).to_record().map(str::to_owned));
+        }
+        (None, None) => {}
     }
     patients.sort_unstable();
     patients.dedup();

@@ -7,12 +7,12 @@ use std::sync::Arc;
 
 use portvagt_policy::compartment::patients_in_answer;
 use portvagt_policy::consent::{
-    Access, CallerIds, Emergency, PatientBlocks, check_patients, count_only, names_actors,
-    resource_withheld,
+    Access, CallerIds, Emergency, PatientBlocks, check_patients, names_actors, resource_withheld,
 };
+use portvagt_policy::filter::has_next_page;
 use portvagt_policy::reach::Owner;
 use portvagt_policy::request::{BundleKind, RequestBody};
-use portvagt_policy::{Decision, DenyReason, FhirRequest, Interaction, Reach};
+use portvagt_policy::{Decision, DenyReason, FhirRequest, Reach};
 
 use super::{Proxy, ProxyError, Upstream, append_params};
 use crate::body::BoxError;
@@ -63,60 +63,6 @@ pub(super) struct Touched {
 
 /// How many patients one request may name by identifier (each is looked up at the backend).
 const MAX_IDENTIFIER_LOOKUPS: usize = 20;
-
-/// Whether an interaction changes data.
-fn writes(interaction: Interaction) -> bool {
-    matches!(
-        interaction,
-        Interaction::Create
-            | Interaction::Update
-            | Interaction::Patch
-            | Interaction::Delete
-            | Interaction::ConditionalUpdate
-            | Interaction::ConditionalPatch
-            | Interaction::ConditionalDelete
-    )
-}
-
-/// What the request's answers would hold for the consent check before it is sent.
-fn access_of<'a>(request: &'a FhirRequest, purpose: Option<&'a str>, now: i64) -> Access<'a> {
-    // A count answers for what a Consent of some types or resources withholds: decided as for
-    // a write, on what cannot be known yet.
-    let unknown_denies = writes(request.interaction()) || count_only(request);
-    // A write to a Consent can lift every block of its patient: judged against all of them,
-    // whatever class or resources they cover.
-    if writes(request.interaction())
-        && request.resource_type().map(|t| t.as_str()) == Some("Consent")
-    {
-        return Access {
-            resource_type: None,
-            resource: None,
-            purpose,
-            now,
-            unknown_denies: true,
-        };
-    }
-    let resource = match (request.resource_type(), request.id()) {
-        (Some(_), Some(_)) => Some(request.path()),
-        // A resource being created is none that a Consent names by id.
-        (Some(_), None) if request.interaction() == Interaction::Create => Some(request.path()),
-        _ => None,
-    };
-    Access {
-        resource_type: request.resource_type().map(|t| t.as_str()),
-        // `Type/id` of instance-level requests (the canonical path starts with it).
-        resource: resource.map(|path| {
-            let mut cut = path.len();
-            if let Some(second) = path.match_indices('/').nth(1) {
-                cut = second.0;
-            }
-            &path[..cut]
-        }),
-        purpose,
-        now,
-        unknown_denies,
-    }
-}
 
 /// Whether any of `blocked` is among `named`.
 pub(super) fn overlaps(blocked: &[String], named: &[String]) -> bool {
@@ -220,12 +166,7 @@ impl Proxy {
         let Fetched::Found(bundle) = found else {
             return Ok(Vec::new());
         };
-        let more = bundle
-            .get("link")
-            .and_then(serde_json::Value::as_array)
-            .into_iter()
-            .flatten()
-            .any(|link| link.get("relation").and_then(|r| r.as_str()) == Some("next"));
+        let more = has_next_page(&bundle);
         if more || bundle.get("resourceType").and_then(|t| t.as_str()) != Some("Bundle") {
             // Patients on a page not read would be patients not checked.
             return Err(ProxyError::LookupFailed(http::StatusCode::OK).into());
@@ -269,12 +210,7 @@ impl Proxy {
             Fetched::Missing => return Ok((Vec::new(), None)),
         };
         // What a conditional write matches beyond the first page would go unchecked.
-        let more = current
-            .get("link")
-            .and_then(serde_json::Value::as_array)
-            .into_iter()
-            .flatten()
-            .any(|link| link.get("relation").and_then(|r| r.as_str()) == Some("next"));
+        let more = has_next_page(&current);
         if more {
             return Err(ProxyError::LookupFailed(http::StatusCode::OK).into());
         }
@@ -286,10 +222,11 @@ impl Proxy {
         Ok((patients_in_answer(&current), version))
     }
 
-    /// Refuses the request if a Consent of any patient it touches denies it to the caller: a
-    /// batch or transaction as a whole when any entry does. A request that named the patient
-    /// (in its URL, parameters or body) is refused `403 consent-block`; one that reached her
-    /// only through what it changes (a delete by id) is answered as if nothing were there.
+    /// Refuses the request if a Consent of any patient it touches denies it to the caller. A
+    /// request that named the patient (in its URL, parameters or body) is refused `403
+    /// consent-block`; one that reached her only through what it changes (a delete by id) is
+    /// answered as if nothing were there. In a batch, the entries refused so are returned (with
+    /// their reasons) for the gateway to answer; a transaction is refused whole.
     pub(super) async fn check_consent(
         &self,
         consent: &ConsentContext,
@@ -305,7 +242,7 @@ impl Proxy {
             if all.is_empty() {
                 return Ok(Vec::new());
             }
-            let access = access_of(request, purpose, now);
+            let access = Access::for_request(request, purpose, now);
             let found = self
                 .consent_verdict(consent, &all, &access, record_handle)
                 .await?;
@@ -326,7 +263,7 @@ impl Proxy {
             if patients.is_empty() {
                 continue;
             }
-            let access = access_of(entry, purpose, now);
+            let access = Access::for_request(entry, purpose, now);
             let found = self
                 .consent_verdict(consent, patients, &access, record_handle)
                 .await?;

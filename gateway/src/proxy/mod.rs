@@ -30,7 +30,7 @@ use tower::Service;
 
 pub use self::backend::{Backend, Fetched};
 use self::circuit::CircuitOpen;
-use self::consent::{ConsentContext, overlaps};
+use self::consent::{ConsentContext, Touched, overlaps};
 use self::rewrite::UrlRewriter;
 use crate::auth::Principal;
 use crate::body::{Body, BoxError, boxed, full};
@@ -46,10 +46,7 @@ use crate::metrics::{Metrics, status_class};
 use crate::outcome::Outcome;
 use crate::runtime::Runtime;
 use crate::smart::SmartDocuments;
-use portvagt_policy::consent::{
-    Refusals, count_only, count_refused, hides_references, tests_unwithheld, withhold,
-    write_unverifiable,
-};
+use portvagt_policy::consent::{Duties, Refusals, count_only, shape_refusal, withhold};
 use portvagt_policy::request::RequestBody;
 
 /// The client's address, put into request extensions by the server.
@@ -438,62 +435,45 @@ impl Proxy {
         });
         parts.headers.remove(BREAK_GLASS_HEADER);
         let reach = Reach::of(&fhir);
-        // A count or total is about every patient it counts: under citizens' blocks only one
-        // bounded to named patients (who are checked) is answered.
-        if consent.is_some() && count_refused(&fhir, &reach) {
-            return Err(self.deny(DenyReason::CountNotPinned, record_handle.as_ref(), None));
+        // Request shapes whose answer would count, hide or move what consent and the audit
+        // trail must see (a count naming nobody, `_elements`, `_has` on reference data, a
+        // patch that moves values): refused whatever the scopes.
+        let duties = Duties {
+            consent: consent.is_some(),
+            audit: self.audited,
+        };
+        if let Some(reason) = shape_refusal(&fhir, &reach, duties) {
+            return Err(self.deny(reason, record_handle.as_ref(), None));
         }
-        // An answer without the references whose patients it holds could be neither checked
-        // nor recorded against them.
-        if (consent.is_some() || self.audited) && hides_references(&fhir) {
-            return Err(self.deny(DenyReason::ReferencesHidden, record_handle.as_ref(), None));
-        }
-        // Criteria tested against patients' data on answers that are never withheld would tell
-        // whether a blocked patient's data matches.
-        if consent.is_some() && tests_unwithheld(&fhir) {
-            return Err(self.deny(
-                DenyReason::SearchReachesOtherTypes,
-                record_handle.as_ref(),
-                None,
-            ));
-        }
-        // A write whose destination cannot be read before it happens could move data into a
-        // blocked patient's record, or out of a log, unseen.
-        if (consent.is_some() || self.audited) && write_unverifiable(&fhir, &reach) {
-            return Err(self.deny(DenyReason::WriteNotVerifiable, record_handle.as_ref(), None));
-        }
-        let mut entry_patients = Vec::new();
-        let mut named = Vec::new();
-        let mut entry_named = Vec::new();
-        if consent.is_some() || self.audited {
+        let touched = if consent.is_some() || self.audited {
             let touched = self
                 .touched(&upstream, &fhir, &reach, &obligations.entries)
                 .await?;
             if let Some(record_handle) = &record_handle {
-                record_handle.fields().touched = touched.patients.clone();
+                record_handle.fields().touched = Some(touched.patients.clone());
             }
-            entry_patients.clone_from(&touched.entry_patients);
-            named.clone_from(&touched.named);
-            entry_named.clone_from(&touched.entry_named);
-            if let Some(consent) = &consent {
-                // Batch reads that name a blocked patient are answered 403 entry by entry; a
-                // write, or any entry of a transaction, refuses the whole Bundle.
-                for (index, reason) in self
-                    .check_consent(consent, &fhir, &touched, record_handle.as_ref())
-                    .await?
-                {
-                    if let Some(decision) = obligations.entries.get_mut(index) {
-                        *decision = Decision::Deny { reason };
-                    }
+            touched
+        } else {
+            Touched::default()
+        };
+        if let Some(consent) = &consent {
+            // Batch entries a Consent refuses are answered by the gateway one by one (403 if
+            // they named the patient, else 404) and never sent; a transaction is refused whole.
+            for (index, reason) in self
+                .check_consent(consent, &fhir, &touched, record_handle.as_ref())
+                .await?
+            {
+                if let Some(decision) = obligations.entries.get_mut(index) {
+                    *decision = Decision::Deny { reason };
                 }
             }
-            // The write changes the version that was read and checked, or nothing.
-            if let Some(version) = &touched.owner_version
-                && !parts.headers.contains_key(header::IF_MATCH)
-                && let Ok(value) = HeaderValue::try_from(format!("W/\"{version}\""))
-            {
-                parts.headers.insert(header::IF_MATCH, value);
-            }
+        }
+        // The write changes the version that was read and checked, or nothing.
+        if let Some(version) = &touched.owner_version
+            && !parts.headers.contains_key(header::IF_MATCH)
+            && let Ok(value) = HeaderValue::try_from(format!("W/\"{version}\""))
+        {
+            parts.headers.insert(header::IF_MATCH, value);
         }
         // A total counts what blocks withhold (a class or a resource of a named patient's, a
         // resource in two compartments): none is given while blocks are enforced, except the
@@ -507,7 +487,12 @@ impl Proxy {
             let (forwarded, plan) = bundle::plan(&bytes, &obligations.entries)?;
             if !plan.forwards_anything() {
                 let answer = bundle::merge(None, &plan, self.filter_mode)?;
-                record_entries(record_handle.as_ref(), &fhir, &entry_patients, &answer);
+                record_entries(
+                    record_handle.as_ref(),
+                    &fhir,
+                    &touched.entry_patients,
+                    &answer,
+                );
                 return Ok(fhir_json_response(StatusCode::OK, answer));
             }
             parts
@@ -730,7 +715,7 @@ impl Proxy {
                         // Asked for by the patient's name: refused, and break-the-glass can
                         // follow. Asked for by another name: as if it did not exist.
                         if blocks.withholds(&answer) {
-                            return Err(if overlaps(&blocks.patients, &named) {
+                            return Err(if overlaps(&blocks.patients, &touched.named) {
                                 self.consent_denial(
                                     &blocks.patients,
                                     consent,
@@ -747,7 +732,7 @@ impl Proxy {
                             &Refusals {
                                 forbidden: &consent_refusal(),
                                 not_found: &not_found_outcome(),
-                                named: &entry_named,
+                                named: &touched.entry_named,
                             },
                         );
                         let emptied = answer
@@ -757,7 +742,7 @@ impl Proxy {
                         if withheld > 0
                             && emptied
                             && fhir.interaction() == Interaction::HistoryInstance
-                            && !overlaps(&blocks.patients, &named)
+                            && !overlaps(&blocks.patients, &touched.named)
                         {
                             // The history of a resource that is all withheld: as if it never
                             // existed.
@@ -784,7 +769,12 @@ impl Proxy {
             record_handle.fields().patients = patients;
         }
         if batch.is_some() && status.is_success() {
-            record_entries(record_handle.as_ref(), &fhir, &entry_patients, &bytes);
+            record_entries(
+                record_handle.as_ref(),
+                &fhir,
+                &touched.entry_patients,
+                &bytes,
+            );
         }
         parts
             .headers

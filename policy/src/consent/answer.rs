@@ -14,11 +14,52 @@ use serde_json::Value;
 
 use super::{Access, Block, CallerIds, ConsentVerdict, Emergency, check, denies};
 use crate::compartment::patients_of;
+use crate::decision::DenyReason;
 use crate::reach::Reach;
 use crate::request::{FhirRequest, RequestBody};
 
 /// Each patient's Consents (that can deny somebody something), by patient id.
 pub type PatientBlocks = HashMap<String, Arc<Vec<Block>>>;
+
+impl<'a> Access<'a> {
+    /// What a request's answers would hold, for the check before it is sent: its type, the
+    /// resource it addresses (`Type/id`; a resource being created is none a Consent names by
+    /// id). What is not known yet counts as denying for writes and counts, which cannot be
+    /// checked resource by resource afterwards; a write to a Consent, which can lift every
+    /// block of its patient, is judged against all of them.
+    pub fn for_request(request: &'a FhirRequest, purpose: Option<&'a str>, now: i64) -> Access<'a> {
+        let writes = request.interaction().is_write();
+        let resource_type = request.resource_type().map(|t| t.as_str());
+        if writes && resource_type == Some("Consent") {
+            return Access {
+                resource_type: None,
+                resource: None,
+                purpose,
+                now,
+                unknown_denies: true,
+            };
+        }
+        let resource = match (request.id(), request.interaction()) {
+            // `Type/id`: the canonical path starts with it.
+            (Some(_), _) => request
+                .path()
+                .match_indices('/')
+                .nth(1)
+                .map_or(Some(request.path()), |(cut, _)| {
+                    Some(&request.path()[..cut])
+                }),
+            (None, crate::request::Interaction::Create) => Some(request.path()),
+            (None, _) => None,
+        };
+        Access {
+            resource_type,
+            resource: resource_type.and(resource),
+            purpose,
+            now,
+            unknown_denies: writes || count_only(request),
+        }
+    }
+}
 
 /// Whether any of these Consents names an actor (then the caller's other identities matter).
 pub fn names_actors(blocks: &PatientBlocks) -> bool {
@@ -78,7 +119,7 @@ pub fn resource_withheld(
 ) -> bool {
     let resource_type = resource.get("resourceType").and_then(Value::as_str);
     if resource_type == Some("Bundle") {
-        return bundle_resources(resource)
+        return crate::filter::bundle_resources(resource)
             .any(|inner| resource_withheld(inner, blocks, caller, purpose, now));
     }
     let id = resource.get("id").and_then(Value::as_str);
@@ -100,15 +141,6 @@ pub fn resource_withheld(
                 .any(|block| denies(block, caller, &access))
         })
     })
-}
-
-fn bundle_resources(bundle: &Value) -> impl Iterator<Item = &Value> {
-    bundle
-        .get("entry")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|entry| entry.get("resource"))
 }
 
 /// How withheld batch and transaction entries are answered.
@@ -190,6 +222,34 @@ fn drop_entries(bundle: &mut Value, withheld: &dyn Fn(&Value) -> bool) -> usize 
     let before = entries.len();
     entries.retain(|entry| !entry.get("resource").is_some_and(withheld));
     before - entries.len()
+}
+
+/// Which of the gateway's duties are on for a request: consent enforcement, the audit trail.
+#[derive(Debug, Clone, Copy)]
+pub struct Duties {
+    /// Citizens' blocks are enforced.
+    pub consent: bool,
+    /// Every access is recorded.
+    pub audit: bool,
+}
+
+/// The request shapes refused while consent or the audit trail must know whose data a request
+/// touches, whatever the caller's scopes, in order: a count that names nobody (consent), an
+/// answer without its references (either), criteria tested on answers that are never withheld
+/// (consent), a write whose destination cannot be read first (either). `None`: none applies.
+pub fn shape_refusal(request: &FhirRequest, reach: &Reach, duties: Duties) -> Option<DenyReason> {
+    let either = duties.consent || duties.audit;
+    if duties.consent && count_refused(request, reach) {
+        Some(DenyReason::CountNotPinned)
+    } else if either && hides_references(request) {
+        Some(DenyReason::ReferencesHidden)
+    } else if duties.consent && tests_unwithheld(request) {
+        Some(DenyReason::SearchReachesOtherTypes)
+    } else if either && write_unverifiable(request, reach) {
+        Some(DenyReason::WriteNotVerifiable)
+    } else {
+        None
+    }
 }
 
 /// Whether a count-only search (`_summary=count`, `_count=0`), alone or as a batch entry, does
@@ -274,18 +334,8 @@ pub fn tests_unwithheld(request: &FhirRequest) -> bool {
 /// it moves to is never spelled out), or a write whose reach is opaque (a conditional
 /// reference or criteria no list captures). Alone or as a batch entry.
 pub fn write_unverifiable(request: &FhirRequest, reach: &Reach) -> bool {
-    use crate::request::Interaction as I;
     let one = |request: &FhirRequest, reach: &Reach| {
-        let writes = matches!(
-            request.interaction(),
-            I::Create
-                | I::Update
-                | I::Patch
-                | I::Delete
-                | I::ConditionalUpdate
-                | I::ConditionalPatch
-                | I::ConditionalDelete
-        );
+        let writes = request.interaction().is_write();
         let moves = match request.body() {
             Some(RequestBody::Patch { document, .. }) => match document {
                 Value::Array(operations) => operations.iter().any(|op| {

@@ -82,6 +82,21 @@ impl Interaction {
         }
     }
 
+    /// Whether the interaction changes data (creates, updates, patches, deletes, conditional
+    /// or not).
+    pub fn is_write(self) -> bool {
+        matches!(
+            self,
+            Interaction::Create
+                | Interaction::Update
+                | Interaction::Patch
+                | Interaction::Delete
+                | Interaction::ConditionalUpdate
+                | Interaction::ConditionalPatch
+                | Interaction::ConditionalDelete
+        )
+    }
+
     /// Whether the backend answers this interaction with a Bundle (searchset, history, ...).
     pub fn returns_bundle(self) -> bool {
         matches!(
