@@ -19,9 +19,9 @@ use time::OffsetDateTime;
 mod answer;
 
 pub use self::answer::{
-    Checked, Duties, PatientBlocks, Refusals, check_patients, count_only, count_refused,
-    hides_references, names_actors, resource_withheld, shape_refusal, tests_unwithheld, withhold,
-    write_unverifiable,
+    Checked, Duties, PatientBlocks, Refusals, answers_not_found, check_patients, count_only,
+    count_refused, hides_references, names_actors, not_found_alike, resource_withheld,
+    shape_refusal, tests_unwithheld, withhold, write_unverifiable,
 };
 
 /// Identifier systems (Danish FHIR core IG).

@@ -168,7 +168,17 @@ fn pins_only_the_patient(request: &FhirRequest, patient: &str) -> Result<(), Den
         .iter()
         .chain(reach.possible())
         .any(|p| p != patient);
-    if reach.opaque() || names_other || (!on_patient && !reach.identifiers().is_empty()) {
+    // On Patient only its own `identifier` (the search is narrowed to the patient's id anyway);
+    // another patient reached by identifier (`link:identifier`) is refused as before.
+    let by_identifier_elsewhere = request
+        .params()
+        .iter()
+        .any(|(name, _)| name.contains(":identifier") || name.contains(".identifier"));
+    if reach.opaque()
+        || names_other
+        || by_identifier_elsewhere
+        || (!on_patient && !reach.identifiers().is_empty())
+    {
         return Err(DenyReason::OutsideCompartment);
     }
     Ok(())

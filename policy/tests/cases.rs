@@ -172,6 +172,8 @@ patient/Observation.rs      | pat-anne | GET | Observation?focus=Patient/pat-bo 
 patient/Observation.rs      | pat-anne | GET | Observation?patient:identifier=urn:oid:1.2.208.176.1.2%7C0501792275 | deny:outside-compartment
 patient/Observation.rs      | pat-anne | GET | Observation?subject=urn:uuid:9a1                | deny:outside-compartment
 patient/Observation.rs      | pat-anne | GET | Observation?patient:not=Patient/pat-anne       | deny:outside-compartment
+patient/Patient.rs          | pat-anne | GET | Patient?link:identifier=urn:oid:1.2.208.176.1.2%7C0501792275 | deny:outside-compartment
+patient/Patient.rs          | pat-anne | GET | Patient?identifier=urn:oid:1.2.208.176.1.2%7C0501792275 | allow+narrow:_id=pat-anne
 patient/Observation.rs      | pat-anne | GET | Observation?subject=https://x.example/fhir/Patient/pat-anne | deny:outside-compartment
 patient/Observation.rs      | pat-anne | GET | Observation?subject:Group=pat-anne             | deny:outside-compartment
 patient/Observation.rs      | pat-anne | GET | Observation?patient=pat-anne&_include=Observation:subject | deny:search-reaches-other-types

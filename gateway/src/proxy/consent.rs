@@ -83,6 +83,7 @@ impl Proxy {
         request: &FhirRequest,
         reach: &Reach,
         decisions: &[Decision],
+        narrowed: bool,
     ) -> Result<Touched, BoxError> {
         let mut touched = Touched::default();
         // Each identifier is a search at the backend: a bounded number per request.
@@ -104,8 +105,13 @@ impl Proxy {
             let mut patients: Vec<String> = Vec::new();
             if !refused {
                 named.extend(entry_reach.to_record().map(str::to_owned));
-                for identifier in entry_reach.identifiers() {
-                    named.extend(self.patients_by_identifier(upstream, identifier).await?);
+                // A patient-context request is narrowed to its own patient: whoever else an
+                // identifier names, the answer cannot be theirs, so nobody is looked up (a lookup
+                // would put them in this access's record and test their Consents).
+                if !narrowed {
+                    for identifier in entry_reach.identifiers() {
+                        named.extend(self.patients_by_identifier(upstream, identifier).await?);
+                    }
                 }
                 patients.clone_from(&named);
                 if let Some(owner) = entry_reach.owner() {

@@ -46,7 +46,9 @@ use crate::metrics::{Metrics, status_class};
 use crate::outcome::Outcome;
 use crate::runtime::Runtime;
 use crate::smart::SmartDocuments;
-use portvagt_policy::consent::{Duties, Refusals, count_only, shape_refusal, withhold};
+use portvagt_policy::consent::{
+    Duties, Refusals, answers_not_found, count_only, not_found_alike, shape_refusal, withhold,
+};
 use portvagt_policy::request::RequestBody;
 
 /// The client's address, put into request extensions by the server.
@@ -171,7 +173,6 @@ impl ProxyError {
 #[derive(Debug, Clone)]
 pub struct Proxy {
     backend: Arc<Backend>,
-    rewriter: Arc<UrlRewriter>,
     public_host: Option<HeaderValue>,
     max_response_bytes: usize,
     filter_mode: FilterMode,
@@ -240,10 +241,6 @@ impl Proxy {
                 .and_then(|a| HeaderValue::try_from(a.as_str()).ok())
         });
         Self {
-            rewriter: Arc::new(UrlRewriter::new(
-                runtime.backend.base_url(),
-                public_base_url,
-            )),
             backend: runtime.backend.clone(),
             public_host,
             max_response_bytes: usize::try_from(runtime.config.limits.max_response_bytes)
@@ -357,19 +354,16 @@ impl Proxy {
             .resource_type()
             .is_some_and(|t| t.as_str() == "AuditEvent");
         let routes = self.routes.load();
+        // No route takes this type under this base: not found, never the main backend by
+        // another path (which would skip the rules written for the main base's paths).
         let upstream = routes
             .iter()
             .find(|route| route.takes(&path.base, fhir.resource_type().map(|t| t.as_str())))
-            .map_or_else(
-                || Upstream {
-                    backend: self.backend.clone(),
-                    rewriter: self.rewriter.clone(),
-                },
-                |route| Upstream {
-                    backend: route.backend.clone(),
-                    rewriter: route.rewriter.clone(),
-                },
-            );
+            .map(|route| Upstream {
+                backend: route.backend.clone(),
+                rewriter: route.rewriter.clone(),
+            })
+            .ok_or(portvagt_policy::ClassifyError::UnknownPath)?;
         let citizen_view = reads_audit_log && granted_by.starts_with("patient/");
         let record_handle = parts.extensions.get::<RequestRecord>().cloned();
         let client_ip = parts.extensions.get::<ClientAddr>().map(|addr| addr.0.ip());
@@ -447,7 +441,13 @@ impl Proxy {
         }
         let touched = if consent.is_some() || self.audited {
             let touched = self
-                .touched(&upstream, &fhir, &reach, &obligations.entries)
+                .touched(
+                    &upstream,
+                    &fhir,
+                    &reach,
+                    &obligations.entries,
+                    obligations.compartment.is_some(),
+                )
                 .await?;
             if let Some(record_handle) = &record_handle {
                 record_handle.fields().touched = Some(touched.patients.clone());
@@ -550,14 +550,7 @@ impl Proxy {
         // say that it existed.
         if consent.is_some()
             && (status == StatusCode::NOT_FOUND || status == StatusCode::GONE)
-            && matches!(
-                fhir.interaction(),
-                Interaction::Read
-                    | Interaction::Vread
-                    | Interaction::HistoryInstance
-                    | Interaction::Delete
-                    | Interaction::Patch
-            )
+            && answers_not_found(fhir.interaction())
         {
             return Err(crate::consent::NotFound.into());
         }
@@ -646,6 +639,19 @@ impl Proxy {
             && status.is_success()
         {
             bytes = Bytes::from(bundle::merge(Some(&bytes), plan, self.filter_mode)?);
+            // Entry by entry as for single requests: not found in the gateway's words.
+            if consent.is_some()
+                && let Some(RequestBody::Bundle { entries, .. }) = fhir.body()
+                && let Ok(mut answer) = serde_json::from_slice::<serde_json::Value>(&bytes)
+            {
+                let applies: Vec<bool> = entries
+                    .iter()
+                    .map(|entry| answers_not_found(entry.interaction()))
+                    .collect();
+                if not_found_alike(&mut answer, &applies, &not_found_outcome()) {
+                    bytes = Bytes::from(serde_json::to_vec(&answer)?);
+                }
+            }
         }
         if strip_total
             && status.is_success()

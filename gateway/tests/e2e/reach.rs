@@ -809,3 +809,74 @@ async fn what_the_caller_cannot_do_or_did_not_name_tells_nothing_of_a_block() {
         .unwrap();
     assert_eq!(answer.status, 200, "{}", answer.text());
 }
+
+#[tokio::test]
+async fn a_base_of_its_own_serves_only_what_its_route_takes() {
+    let second = seeded();
+    let gateway = Gateway::start_with(Options {
+        extra_config: format!(
+            "[[upstream]]\nname = \"second\"\npath_prefix = \"/fhir/second\"\nresource_types = [\"Observation\"]\n\
+             [upstream.backend]\nurl = \"{}\"\n\n\
+             [[route]]\npath_prefix = \"/fhir/Patient\"\nrequire_certificate_binding = true\n",
+            second.base_url()
+        ),
+        ..Options::default()
+    });
+    let unbound = gateway.token(json!({ "scope": "user/*.rs" }));
+    // Patients are bound on the main base; under the second base no route takes them at all.
+    let answer = gateway
+        .client()
+        .get("/fhir/second/Patient/pat-anne", Some(&unbound))
+        .await
+        .unwrap();
+    assert_eq!(
+        denial(&answer),
+        (404, "unknown-path".into()),
+        "{}",
+        answer.text()
+    );
+    let answer = gateway
+        .client()
+        .get("/fhir/second/Observation/obs-bo-bp", Some(&unbound))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+}
+
+#[tokio::test]
+async fn a_citizen_naming_someone_by_identifier_tests_and_logs_nobody_else() {
+    let backend = seeded();
+    let gateway = gateway(&backend);
+    let anne = gateway.token(json!({ "scope": "patient/Patient.rs", "patient": "pat-anne" }));
+    let answer = gateway
+        .client()
+        .get(
+            &format!("/fhir/Patient?identifier={CPR}%7C0501792275"),
+            Some(&anne),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(audited_patients(&gateway, &answer), ["Patient/pat-anne"]);
+}
+
+#[tokio::test]
+async fn missing_and_withheld_batch_entries_look_alike() {
+    let backend = seeded();
+    anne_consents(&backend, blocks_ns363()).await;
+    let gateway = gateway(&backend);
+    let blocked = professional(&gateway, json!({ "authorization_id": "NS363" }));
+    let batch = json!({ "resourceType": "Bundle", "type": "batch", "entry": [
+        { "request": { "method": "GET", "url": "Observation/obs-anne-bp" } },
+        { "request": { "method": "GET", "url": "Observation/no-such-observation" } }
+    ]});
+    let answer = gateway
+        .client()
+        .send(request(Method::POST, "/fhir", Some(&blocked), Some(batch)))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let body = answer.json();
+    assert_eq!(body["entry"][0], body["entry"][1], "{body}");
+    assert_eq!(body["entry"][1]["response"]["status"], "404 Not Found");
+}

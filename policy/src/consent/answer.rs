@@ -211,6 +211,45 @@ pub fn withhold(
     count
 }
 
+/// Whether an interaction's "not there" must look the same whether the resource is missing or
+/// withheld: reads and the writes that need a resource to exist.
+pub fn answers_not_found(interaction: crate::request::Interaction) -> bool {
+    use crate::request::Interaction as I;
+    matches!(
+        interaction,
+        I::Read | I::Vread | I::HistoryInstance | I::Delete | I::Patch
+    )
+}
+
+/// In a batch or transaction answer, every `404` or `410` of an entry for which `applies` is
+/// true (in request order), in `not_found`'s words: a missing resource, a deleted one and a
+/// withheld one must look alike. Returns whether anything changed.
+pub fn not_found_alike(bundle: &mut Value, applies: &[bool], not_found: &Value) -> bool {
+    let Some(entries) = bundle.get_mut("entry").and_then(Value::as_array_mut) else {
+        return false;
+    };
+    let mut changed = false;
+    for (entry, applies) in entries.iter_mut().zip(applies) {
+        let status = entry
+            .pointer("/response/status")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if !applies || !(status.starts_with("404") || status.starts_with("410")) {
+            continue;
+        }
+        if let Some(entry) = entry.as_object_mut() {
+            entry.remove("resource");
+            entry.remove("fullUrl");
+            entry.insert(
+                "response".into(),
+                serde_json::json!({ "status": "404 Not Found", "outcome": not_found }),
+            );
+            changed = true;
+        }
+    }
+    changed
+}
+
 /// Drops withheld entries from a searchset or history Bundle, and its `total`.
 fn drop_entries(bundle: &mut Value, withheld: &dyn Fn(&Value) -> bool) -> usize {
     if let Some(object) = bundle.as_object_mut() {
@@ -361,6 +400,26 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn missing_deleted_and_withheld_batch_entries_look_alike() {
+        let not_found = json!({ "resourceType": "OperationOutcome", "id": "nf" });
+        let mut batch = json!({ "resourceType": "Bundle", "type": "batch-response", "entry": [
+            { "response": { "status": "404 Not Found", "outcome": { "text": "backend words" } } },
+            { "response": { "status": "410 Gone" } },
+            { "response": { "status": "404 Not Found" } },
+            { "resource": { "resourceType": "Patient", "id": "bo" }, "response": { "status": "200 OK" } }
+        ]});
+        assert!(not_found_alike(
+            &mut batch,
+            &[true, true, false, true],
+            &not_found
+        ));
+        assert_eq!(batch["entry"][0]["response"]["outcome"], not_found);
+        assert_eq!(batch["entry"][1]["response"]["status"], "404 Not Found");
+        assert!(batch["entry"][2]["response"].get("outcome").is_none());
+        assert_eq!(batch["entry"][3]["response"]["status"], "200 OK");
+    }
 
     #[test]
     fn criteria_on_answers_never_withheld_are_told_apart() {
