@@ -3,7 +3,7 @@
 use http::Method;
 use serde_json::{Value, json};
 
-use crate::support::{Gateway, Options, request};
+use crate::support::{Gateway, Options, request, send_batch};
 
 fn anne(gateway: &Gateway, scope: &str) -> String {
     gateway.token(json!({ "sub": "anne.hansen", "patient": "pat-anne", "scope": scope }))
@@ -429,11 +429,7 @@ async fn a_conditional_create_is_no_oracle_on_another_patient() {
     let batch = json!({ "resourceType": "Bundle", "type": "batch", "entry": [
         { "request": { "method": "POST", "url": "Observation", "ifNoneExist": "subject=Patient/pat-bo" }, "resource": observation },
     ]});
-    let answer = client
-        .send(request(Method::POST, "/fhir", Some(&token), Some(batch)))
-        .await
-        .unwrap();
-    assert_eq!(answer.status, 200, "{}", answer.text());
+    let answer = send_batch(&client, &token, batch).await;
     let entry = &answer.json()["entry"][0];
     assert_eq!(entry["response"]["status"], "403 Forbidden", "{entry}");
     assert!(!answer.text().contains("pat-bo"), "{}", answer.text());

@@ -9,7 +9,9 @@ use http_body_util::Full;
 use portvagt::demo::BackendProcess;
 use serde_json::json;
 
-use crate::support::{Answer, Gateway, Options, backend_send, json_patch, metric_value, request};
+use crate::support::{
+    Answer, Gateway, Options, backend_send, json_patch, metric_value, request, send_batch,
+};
 
 const AUTHORIZATION: &str = "https://autregweb.sst.dk";
 
@@ -117,11 +119,7 @@ async fn a_block_holds_on_reads_searches_batches_and_everything() {
         { "request": { "method": "GET", "url": "Patient/pat-anne" } },
         { "request": { "method": "GET", "url": "Patient/pat-bo" } }
     ]});
-    let answer = client
-        .send(request(Method::POST, "/fhir", Some(&blocked), Some(batch)))
-        .await
-        .unwrap();
-    assert_eq!(answer.status, 200, "{}", answer.text());
+    let answer = send_batch(&client, &blocked, batch).await;
     let body = answer.json();
     assert_eq!(body["entry"][0]["response"]["status"], "403 Forbidden");
     assert!(
@@ -197,11 +195,7 @@ async fn a_block_holds_on_reads_searches_batches_and_everything() {
     let batch = json!({ "resourceType": "Bundle", "type": "batch", "entry": [
         { "request": { "method": "GET", "url": "Observation?code=85354-9" } }
     ]});
-    let answer = client
-        .send(request(Method::POST, "/fhir", Some(&blocked), Some(batch)))
-        .await
-        .unwrap();
-    assert_eq!(answer.status, 200, "{}", answer.text());
+    let answer = send_batch(&client, &blocked, batch).await;
     assert!(
         !answer.text().contains("Patient/pat-anne"),
         "{}",

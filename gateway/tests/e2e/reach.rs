@@ -8,7 +8,7 @@ use http_body_util::Full;
 use portvagt::demo::BackendProcess;
 use serde_json::{Value, json};
 
-use crate::support::{Answer, Gateway, Options, backend_send, json_patch, request};
+use crate::support::{Answer, Gateway, Options, backend_send, json_patch, request, send_batch};
 
 const AUTHORIZATION: &str = "https://autregweb.sst.dk";
 const CPR: &str = "urn:oid:1.2.208.176.1.2";
@@ -300,11 +300,7 @@ async fn deletes_moves_and_batch_entries_are_in_the_logs_of_the_patients_they_to
         { "request": { "method": "DELETE", "url": "Encounter/enc-anne-1" } },
         { "request": { "method": "GET", "url": "Patient/pat-bo" } }
     ]});
-    let answer = client
-        .send(request(Method::POST, "/fhir", Some(&writer), Some(batch)))
-        .await
-        .unwrap();
-    assert_eq!(answer.status, 200, "{}", answer.text());
+    let answer = send_batch(&client, &writer, batch).await;
     let patients = audited_patients(&gateway, &answer);
     assert!(
         patients.contains(&"Patient/pat-anne".to_owned()),
@@ -607,11 +603,7 @@ async fn shapes_that_hide_whose_data_it_is_are_refused_or_checked_entry_by_entry
         { "request": { "method": "GET", "url": "Observation/obs-anne-bp" } },
         { "request": { "method": "GET", "url": "Patient/pat-bo" } }
     ]});
-    let answer = client
-        .send(request(Method::POST, "/fhir", Some(&blocked), Some(batch)))
-        .await
-        .unwrap();
-    assert_eq!(answer.status, 200, "{}", answer.text());
+    let answer = send_batch(&client, &blocked, batch).await;
     let body = answer.json();
     assert_eq!(body["entry"][0]["response"]["status"], "403 Forbidden");
     let nested = &body["entry"][1]["resource"];

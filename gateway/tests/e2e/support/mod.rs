@@ -607,6 +607,17 @@ pub fn request(
     builder.body(Full::new(body)).unwrap()
 }
 
+/// Sends a batch or transaction Bundle to the base with a bearer token; the Bundle as a whole
+/// must be answered 200 (its entries carry their own statuses).
+pub async fn send_batch(client: &Client, token: &str, bundle: Value) -> Answer {
+    let answer = client
+        .send(request(Method::POST, "/fhir", Some(token), Some(bundle)))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    answer
+}
+
 /// A plain-HTTP request straight to a backend at `base` (bypassing the gateway), for setting
 /// up data and for comparisons: its status and JSON answer (`Null` if none).
 pub async fn backend_exchange(
