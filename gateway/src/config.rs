@@ -144,6 +144,17 @@ pub struct AuditConfig {
     /// Where the spooled events are shipped.
     #[serde(default)]
     pub ship: Option<AuditShipConfig>,
+    /// Portvagt's seal key (P-256 PKCS#8 PEM): the chain is sealed with signed checkpoints, so
+    /// that `portvagt audit verify --jwks` proves nothing was cut off either end. Absent: the
+    /// chain is not sealed (logged as a warning at start).
+    #[serde(default)]
+    pub seal_key: Option<PathBuf>,
+    /// The seal key's `kid`, as in the JWK Set given to `audit verify`.
+    #[serde(default = "defaults::seal_key_id")]
+    pub seal_key_id: String,
+    /// A seal at least this often while the gateway runs (busy or idle).
+    #[serde(default = "defaults::seal_every", with = "humantime_serde")]
+    pub seal_every: Duration,
 }
 
 /// `[audit.ship]`: the audit FHIR repository.
@@ -738,6 +749,9 @@ impl Config {
         }
         if let Some(audit) = &mut self.audit {
             resolve(&mut audit.spool_dir);
+            if let Some(key) = &mut audit.seal_key {
+                resolve(key);
+            }
             if let Some(ship) = &mut audit.ship {
                 for file in [
                     &mut ship.ca_file,
@@ -893,6 +907,12 @@ mod defaults {
     }
     pub(super) fn segment_bytes() -> u64 {
         64 * 1024 * 1024
+    }
+    pub(super) fn seal_key_id() -> String {
+        "audit-seal-1".into()
+    }
+    pub(super) fn seal_every() -> Duration {
+        Duration::from_secs(10)
     }
     pub(super) fn signing_key_id() -> String {
         "portvagt-1".to_owned()

@@ -102,10 +102,23 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum AuditCommand {
-    /// Check a spool's hash chain; print OK, or the first broken record (exit 1).
+    /// Check a spool's hash chain, and with --jwks its seals: print OK, or the first broken
+    /// record, or that the trail stops without a close (exit 1).
     Verify {
         /// The spool folder (`[audit] spool_dir`).
         dir: PathBuf,
+        /// The JWK Set of the seal key(s) (`[audit] seal_key`): proves nothing was cut off.
+        #[arg(long)]
+        jwks: Option<PathBuf>,
+    },
+    /// Make a seal key: DIR/seal.key (for `[audit] seal_key`, keep it secret) and
+    /// DIR/seal-jwks.json (for `audit verify --jwks`).
+    NewSealKey {
+        /// Where to write the two files.
+        dir: PathBuf,
+        /// The key's `kid` (`[audit] seal_key_id`).
+        #[arg(long, default_value = "audit-seal-1")]
+        kid: String,
     },
 }
 
@@ -143,6 +156,116 @@ fn init_logging(format: LogFormat, level: &str) -> tracing_appender::non_blockin
     guard
 }
 
+/// `portvagt audit verify`: the chain, and with seal keys its completeness.
+fn verify_audit(dir: &std::path::Path, jwks: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
+    use portvagt::audit::verify::{Check, End, verify};
+    let keys = jwks
+        .map(portvagt::audit::seal::SealKeys::load)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let report = match verify(
+        dir,
+        Check {
+            keys: keys.as_ref(),
+            now,
+        },
+    ) {
+        Ok(report) => report,
+        Err(broken) => {
+            println!("BROKEN: {broken}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let when = |time: u64| {
+        time::OffsetDateTime::from_unix_timestamp(i64::try_from(time).unwrap_or(0))
+            .ok()
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_else(|| time.to_string())
+    };
+    let summary = format!(
+        "{} records (sequence {} to {}) in {} segments, chain head {}",
+        report.records, report.first_seq, report.last_seq, report.segments, report.head
+    );
+    let mut notes = Vec::new();
+    if let Some(segment) = &report.unfinished_tail {
+        notes.push(format!(
+            "note: {} ends in a record cut short by a crash (never acknowledged)",
+            segment.display()
+        ));
+    }
+    for (seq, time) in &report.unclean_restarts {
+        notes.push(format!(
+            "note: the run before record {seq} ({}) ended without a close: a crash or kill, or records cut off before the restart",
+            when(*time)
+        ));
+    }
+    let code = match report.end {
+        End::Unchecked if report.seals > 0 => {
+            println!(
+                "OK (chain only): {summary}; its {} seals were not checked: give --jwks to prove nothing was cut off",
+                report.seals
+            );
+            ExitCode::SUCCESS
+        }
+        End::Unchecked => {
+            println!(
+                "OK (chain only): {summary}; the spool is not sealed, so records cut off either end cannot be detected"
+            );
+            ExitCode::SUCCESS
+        }
+        End::Closed(time) => {
+            println!(
+                "OK: {summary}; {} seals hold, closed cleanly at {}",
+                report.seals,
+                when(time)
+            );
+            ExitCode::SUCCESS
+        }
+        End::Live(time) => {
+            println!(
+                "OK: {summary}; {} seals hold, the gateway is writing (last seal {})",
+                report.seals,
+                when(time)
+            );
+            ExitCode::SUCCESS
+        }
+        End::Unclosed { last_seal, after } => {
+            println!(
+                "INCOMPLETE: {summary}; the trail stops {} with {after} records after it, and no close: the gateway crashed or was killed (start it again: its open seal records this), or records were cut off the end",
+                last_seal.map_or_else(
+                    || "without any seal".to_owned(),
+                    |time| format!("at the seal of {}", when(time))
+                ),
+            );
+            ExitCode::FAILURE
+        }
+    };
+    for note in notes {
+        println!("{note}");
+    }
+    Ok(code)
+}
+
+/// Writes a private key readable by its owner only.
+fn write_secret(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.write_all(text.as_bytes())?;
+    Ok(())
+}
+
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(code) => code,
@@ -156,26 +279,23 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Audit {
-            command: AuditCommand::Verify { dir },
-        } => match portvagt::audit::verify::verify(&dir) {
-            Ok(report) => {
-                println!(
-                    "OK: {} records in {} segments, chain head {}",
-                    report.records, report.segments, report.head
-                );
-                if let Some(segment) = report.unfinished_tail {
-                    println!(
-                        "note: {} ends in a record cut short by a crash (never acknowledged)",
-                        segment.display()
-                    );
-                }
-                Ok(ExitCode::SUCCESS)
-            }
-            Err(broken) => {
-                println!("BROKEN: {broken}");
-                Ok(ExitCode::FAILURE)
-            }
-        },
+            command: AuditCommand::Verify { dir, jwks },
+        } => verify_audit(&dir, jwks.as_deref()),
+        Command::Audit {
+            command: AuditCommand::NewSealKey { dir, kid },
+        } => {
+            let key = portvagt::auth::issuer_key::IssuerKey::generate(&kid)?;
+            std::fs::create_dir_all(&dir)?;
+            let private = dir.join("seal.key");
+            write_secret(&private, key.pem())?;
+            std::fs::write(dir.join("seal-jwks.json"), key.jwks())?;
+            println!(
+                "wrote {} (audit.seal_key, seal_key_id = \"{kid}\") and {}",
+                private.display(),
+                dir.join("seal-jwks.json").display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Serve { config: path } => {
             let config = Config::load(&path)?;
             let _logs = init_logging(config.log.format, &config.log.level);

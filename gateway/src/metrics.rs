@@ -51,6 +51,9 @@ pub struct Metrics {
     pub audit_ship_lag: IntGauge,
     /// `portvagt_audit_segments_deleted_total`: shipped segments deleted (`keep_shipped`).
     pub audit_segments_deleted: IntCounter,
+    /// `portvagt_audit_chain_broken`: 1 while the shipper finds that the spool does not
+    /// continue what it shipped (altered or cut behind the gateway's back).
+    pub audit_chain_broken: IntGauge,
     /// `portvagt_break_glass_total`: accesses that set a consent block aside.
     pub break_glass: IntCounter,
     /// `portvagt_consent_withheld_entries_total`: answer entries withheld by consent blocks.
@@ -216,6 +219,11 @@ impl Metrics {
             "Durable AuditEvents not yet acknowledged by the audit repository",
         )
         .expect("valid metric");
+        let audit_chain_broken = IntGauge::new(
+            "portvagt_audit_chain_broken",
+            "1 while the audit spool does not continue the chain already shipped (shipping stops)",
+        )
+        .expect("valid metric");
         let break_glass = IntCounter::new(
             "portvagt_break_glass_total",
             "Accesses that set a citizen's consent block aside (purpose EMERGENCY with a reason)",
@@ -298,6 +306,7 @@ impl Metrics {
             Box::new(audit_ship_failures.clone()),
             Box::new(audit_ship_lag.clone()),
             Box::new(audit_segments_deleted.clone()),
+            Box::new(audit_chain_broken.clone()),
             Box::new(break_glass.clone()),
             Box::new(consent_withheld.clone()),
             Box::new(circuit_opened.clone()),
@@ -334,6 +343,7 @@ impl Metrics {
             audit_ship_failures,
             audit_ship_lag,
             audit_segments_deleted,
+            audit_chain_broken,
             break_glass,
             consent_withheld,
             circuit_opened,

@@ -164,6 +164,10 @@ pub async fn serve(
     if let Some(task) = admin_task {
         task.abort();
     }
+    // Every answer is out: the audit chain ends with a clean close.
+    if let Some(auditor) = &runtime.auditor {
+        auditor.close().await;
+    }
     tracing::info!("stopped");
 }
 

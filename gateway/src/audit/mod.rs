@@ -2,10 +2,12 @@
 //! every token exchange becomes IHE BALP AuditEvents ([`event`]), written to the durable,
 //! hash-chained spool ([`spool`]) BEFORE the answer leaves the gateway. If that cannot be done
 //! the answer is 503 (fail closed), unless the operator chose to fail open, which is counted
-//! and logged loudly. `portvagt audit verify DIR` checks a spool ([`verify`]).
+//! and logged loudly. With a seal key the chain carries signed checkpoints ([`seal`]), and
+//! `portvagt audit verify DIR --jwks FILE` proves it complete ([`verify`]).
 
 pub mod citizen;
 pub mod event;
+pub mod seal;
 pub mod shipper;
 pub mod spool;
 pub mod verify;
@@ -15,6 +17,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use self::event::{AccessFacts, AuditSource, audit_events};
+use self::seal::Sealer;
 use self::shipper::Shipper;
 use self::spool::{Spool, SpoolError};
 use crate::config::{AuditConfig, AuditFailureMode, ConfigError};
@@ -41,6 +44,8 @@ pub struct Auditor {
     metrics: Arc<Metrics>,
     /// Taken and started by the server.
     shipper: Mutex<Option<Shipper>>,
+    /// Seals the chain, when a seal key is configured.
+    sealer: Option<Arc<Sealer>>,
 }
 
 impl Auditor {
@@ -69,7 +74,14 @@ impl Auditor {
             .as_ref()
             .map(|ship| Shipper::new(&config.spool_dir, ship, metrics.clone()))
             .transpose()?;
+        let sealer = config
+            .seal_key
+            .as_deref()
+            .map(|key| Sealer::load(key, &config.seal_key_id, &observer, config.seal_every))
+            .transpose()?
+            .map(Arc::new);
         Ok(Auditor {
+            sealer,
             shipper: Mutex::new(shipper),
             spool: OnceLock::new(),
             spool_dir: config.spool_dir.clone(),
@@ -87,10 +99,25 @@ impl Auditor {
     /// left unfinished) and starts its writer. Once; later calls do nothing.
     pub fn open(&self) -> Result<(), SpoolError> {
         if self.spool.get().is_none() {
-            let spool = Spool::open(&self.spool_dir, self.segment_bytes)?;
+            if self.sealer.is_none() {
+                tracing::warn!(
+                    "audit.seal_key is not set: the audit chain is not sealed, so records cut off either end of the spool cannot be detected"
+                );
+            }
+            let spool = Spool::open(&self.spool_dir, self.segment_bytes, self.sealer.clone())?;
             let _ = self.spool.set(spool);
         }
         Ok(())
+    }
+
+    /// Closes the spool when the gateway stops: a `close` seal ends the chain, and any later
+    /// record is refused (503).
+    pub async fn close(&self) {
+        if let Some(spool) = self.spool.get()
+            && let Err(error) = spool.close().await
+        {
+            tracing::error!(%error, "audit spool: closing failed");
+        }
     }
 
     /// Records one access: its AuditEvents are durable when this returns `Ok`.
@@ -172,7 +199,7 @@ impl Auditor {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .take();
         if let (Some(shipper), Some(spool)) = (shipper, self.spool.get()) {
-            tokio::spawn(shipper.run(spool.written()));
+            tokio::spawn(shipper.run(spool.clone()));
         }
     }
 }

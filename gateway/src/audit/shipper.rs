@@ -3,7 +3,12 @@
 //! far the repository has acknowledged. It retries with exponential backoff. It deletes a
 //! segment only when the repository has acknowledged every record in it, its acknowledgement
 //! is on disk, and its last record is older than `keep_shipped` (when that is set); the
-//! verifier then starts the chain at the first segment left. Each event is PUT under the SHA-256 of its spool record: a batch sent again after
+//! verifier then starts the chain at the first segment left; on a sealed spool a `prune` seal
+//! allowing it is durable before anything is deleted. Before it ships a record it checks that
+//! the record continues the chain it has shipped so far (sequence number, the previous
+//! record's hash, each segment header): a spool altered behind the gateway's back stops the
+//! shipping (`portvagt_audit_chain_broken` = 1) instead of being copied to the repository.
+//! Seals are not shipped. Each event is PUT under the SHA-256 of its spool record: a batch sent again after
 //! a crash (between the repository's answer and the position's write) stores nothing twice,
 //! and the repository's ids are the chain's hashes, an anchor outside the gateway. The
 //! repository must allow client-assigned ids (update as create), as HAPI, Medplum and Azure
@@ -21,13 +26,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use super::spool::{RecordLine, segment_name, segments, sha256_hex};
+use super::spool::{RecordLine, SegmentHeader, Spool, segment_name, segments, sha256_hex};
 use crate::auth::https::{ClientIdentity, HttpsClient};
 use crate::config::{AuditShipConfig, ConfigError};
 use crate::metrics::Metrics;
 
 /// How far the repository has acknowledged: the next byte to read, in which segment.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Position {
     /// The segment number.
     pub segment: u64,
@@ -35,6 +40,9 @@ pub struct Position {
     pub offset: u64,
     /// The sequence number of the last record shipped (0: none yet).
     pub seq: u64,
+    /// The hash of that record (absent: not known yet; the next one read is not checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<String>,
 }
 
 const POSITION_FILE: &str = "shipped.json";
@@ -61,15 +69,31 @@ fn save_position(dir: &Path, position: Position) -> std::io::Result<()> {
 
 /// A batch read from the spool: the events (each with its record hash, which becomes its id
 /// in the repository) and where the next batch starts.
-struct Batch {
-    events: Vec<(String, Box<RawValue>)>,
-    next: Position,
+pub(crate) struct Batch {
+    pub(crate) events: Vec<(String, Box<RawValue>)>,
+    pub(crate) next: Position,
+}
+
+/// Why a batch could not be read.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReadError {
+    #[error("reading the spool: {0}")]
+    Io(#[from] std::io::Error),
+    /// The spool does not continue what was shipped: altered, cut or replaced.
+    #[error("the spool's chain is broken: {0}")]
+    Broken(String),
 }
 
 /// Reads up to `limit` records after `from`, none beyond sequence number `durable` (written
 /// and synced: a record not yet durable could vanish in a power cut after being shipped).
-fn read_batch(dir: &Path, from: Position, limit: usize, durable: u64) -> std::io::Result<Batch> {
-    let mut at = from;
+/// Every line must continue the chain from `from`.
+pub(crate) fn read_batch(
+    dir: &Path,
+    from: Position,
+    limit: usize,
+    durable: u64,
+) -> Result<Batch, ReadError> {
+    let mut at = from.clone();
     if at.segment == 0 {
         match segments(dir)?.first() {
             Some((number, _)) => {
@@ -77,6 +101,7 @@ fn read_batch(dir: &Path, from: Position, limit: usize, durable: u64) -> std::io
                     segment: *number,
                     offset: 0,
                     seq: 0,
+                    head: None,
                 }
             }
             None => {
@@ -107,24 +132,42 @@ fn read_batch(dir: &Path, from: Position, limit: usize, durable: u64) -> std::io
             }
             let body = &line[..line.len() - 1];
             if at.offset == 0 {
-                // The segment header.
+                let header: SegmentHeader = serde_json::from_slice(body).map_err(|e| {
+                    ReadError::Broken(format!("segment {}: header: {e}", at.segment))
+                })?;
+                let continues = header.segment == at.segment
+                    && (at.seq == 0 || header.first_seq == at.seq + 1)
+                    && at.head.as_ref().is_none_or(|head| *head == header.head);
+                if !continues {
+                    return Err(ReadError::Broken(format!(
+                        "segment {} does not continue from record {}",
+                        at.segment, at.seq
+                    )));
+                }
+                at.head = Some(header.head);
                 at.offset += read as u64;
                 continue;
             }
-            let record: RecordLine<'_> = serde_json::from_slice(body)
-                .map_err(|e| std::io::Error::other(format!("record after {}: {e}", at.seq)))?;
+            let record = RecordLine::parse(body)
+                .map_err(|e| ReadError::Broken(format!("record after {}: {e}", at.seq)))?;
             if record.seq > durable {
                 return Ok(Batch { events, next: at });
             }
-            if at.seq != 0 && record.seq != at.seq + 1 {
-                return Err(std::io::Error::other(format!(
-                    "record {} follows record {}: the spool has a gap",
+            if (at.seq != 0 && record.seq != at.seq + 1)
+                || at.head.as_ref().is_some_and(|head| *head != record.prev)
+            {
+                return Err(ReadError::Broken(format!(
+                    "record {} does not follow record {}",
                     record.seq, at.seq
                 )));
             }
-            events.push((sha256_hex(body), record.event.to_owned()));
+            let hash = sha256_hex(body);
+            if let Some(event) = record.event {
+                events.push((hash.clone(), event.to_owned()));
+            }
             at.offset += read as u64;
             at.seq = record.seq;
+            at.head = Some(hash);
         }
         if !next_exists {
             return Ok(Batch { events, next: at });
@@ -132,16 +175,20 @@ fn read_batch(dir: &Path, from: Position, limit: usize, durable: u64) -> std::io
         at = Position {
             segment: at.segment + 1,
             offset: 0,
-            seq: at.seq,
+            ..at
         };
     }
 }
 
-/// Deletes the segments numbered below `shipped_to` (every record in them acknowledged) whose
-/// last write is at least `keep` old, oldest first, stopping at the first one still kept so
-/// the spool stays one unbroken run of segments. Returns how many went.
-pub(crate) fn delete_shipped(dir: &Path, shipped_to: u64, keep: Duration) -> std::io::Result<u64> {
-    let mut deleted = 0;
+/// The segments numbered below `shipped_to` (every record in them acknowledged) whose last
+/// write is at least `keep` old, oldest first, up to the first one still kept, so that what
+/// stays is one unbroken run of segments.
+pub(crate) fn deletable(
+    dir: &Path,
+    shipped_to: u64,
+    keep: Duration,
+) -> std::io::Result<Vec<(u64, PathBuf)>> {
+    let mut found = Vec::new();
     for (number, path) in segments(dir)? {
         if number >= shipped_to {
             break;
@@ -153,7 +200,16 @@ pub(crate) fn delete_shipped(dir: &Path, shipped_to: u64, keep: Duration) -> std
         if age < keep {
             break;
         }
-        std::fs::remove_file(&path)?;
+        found.push((number, path));
+    }
+    Ok(found)
+}
+
+/// Deletes `segments` (from [`deletable`]), oldest first; returns how many went.
+pub(crate) fn delete(dir: &Path, segments: &[(u64, PathBuf)]) -> std::io::Result<u64> {
+    let mut deleted = 0;
+    for (_, path) in segments {
+        std::fs::remove_file(path)?;
         deleted += 1;
     }
     if deleted > 0 {
@@ -268,7 +324,8 @@ impl Shipper {
 
     /// Ships forever: what is new, as soon as it is durable; after a failure, again after a
     /// growing pause (1 s doubling to 60 s).
-    pub async fn run(self, written: Arc<std::sync::atomic::AtomicU64>) {
+    pub async fn run(self, spool: Spool) {
+        let written = spool.written();
         let mut backoff = Duration::from_secs(1);
         let dir = self.dir.clone();
         let Ok(mut at) = tokio::task::spawn_blocking(move || position(&dir)).await else {
@@ -284,11 +341,24 @@ impl Shipper {
                 .set(i64::try_from(lag).unwrap_or(i64::MAX));
             let batch = {
                 let dir = self.dir.clone();
-                let limit = self.batch;
-                tokio::task::spawn_blocking(move || read_batch(&dir, at, limit, durable)).await
+                let (limit, from) = (self.batch, at.clone());
+                tokio::task::spawn_blocking(move || read_batch(&dir, from, limit, durable)).await
             };
             let batch = match batch {
-                Ok(Ok(batch)) => batch,
+                Ok(Ok(batch)) => {
+                    self.metrics.audit_chain_broken.set(0);
+                    batch
+                }
+                Ok(Err(ReadError::Broken(problem))) => {
+                    self.metrics.audit_chain_broken.set(1);
+                    tracing::error!(
+                        %problem,
+                        "AUDIT CHAIN BROKEN: the spool does not continue what was shipped; shipping stops here (run `portvagt audit verify`)"
+                    );
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(60));
+                    continue;
+                }
                 Ok(Err(error)) => {
                     tracing::error!(%error, "audit shipper: reading the spool failed");
                     tokio::time::sleep(backoff).await;
@@ -303,9 +373,9 @@ impl Shipper {
             if batch.events.is_empty() {
                 if batch.next != at {
                     at = batch.next;
-                    self.save(at).await;
+                    self.save(at.clone()).await;
                 }
-                pruned = self.prune(at, pruned).await;
+                pruned = self.prune(&spool, &at, pruned).await;
                 tokio::time::sleep(Duration::from_millis(250)).await;
                 continue;
             }
@@ -313,10 +383,10 @@ impl Shipper {
             match self.send(batch.events).await {
                 Ok(()) => {
                     at = batch.next;
-                    self.save(at).await;
+                    self.save(at.clone()).await;
                     self.metrics.audit_shipped.inc_by(count as u64);
                     backoff = Duration::from_secs(1);
-                    pruned = self.prune(at, pruned).await;
+                    pruned = self.prune(&spool, &at, pruned).await;
                 }
                 Err(error) => {
                     self.metrics.audit_ship_failures.inc();
@@ -329,12 +399,13 @@ impl Shipper {
     }
 
     /// Deletes the segments before `at` (acknowledged in full, the position saved) whose
-    /// last record is older than `keep_shipped`: when the shipper has moved on to a new
-    /// segment, and otherwise every 10 s (a kept segment ages). Returns when and where it
-    /// looked.
+    /// last record is older than `keep_shipped`, after a `prune` seal allowing it is durable:
+    /// when the shipper has moved on to a new segment, and otherwise every 10 s (a kept
+    /// segment ages). Returns when and where it looked.
     async fn prune(
         &self,
-        at: Position,
+        spool: &Spool,
+        at: &Position,
         last: (tokio::time::Instant, u64),
     ) -> (tokio::time::Instant, u64) {
         let Some(keep) = self.keep_shipped else {
@@ -344,9 +415,25 @@ impl Shipper {
         if at.segment == last.1 && now.duration_since(last.0) < Duration::from_secs(10) {
             return last;
         }
+        let (dir, shipped_to) = (self.dir.clone(), at.segment);
+        let found = tokio::task::spawn_blocking(move || deletable(&dir, shipped_to, keep)).await;
+        let found = match found {
+            Ok(Ok(found)) => found,
+            Ok(Err(error)) => {
+                tracing::error!(%error, "audit shipper: listing shipped segments failed");
+                return (now, at.segment);
+            }
+            Err(_) => return (now, at.segment),
+        };
+        let Some((newest, _)) = found.last() else {
+            return (now, at.segment);
+        };
+        if let Err(error) = spool.seal_prune(newest + 1).await {
+            tracing::error!(%error, "audit shipper: the prune seal could not be written; nothing deleted");
+            return (now, at.segment);
+        }
         let dir = self.dir.clone();
-        match tokio::task::spawn_blocking(move || delete_shipped(&dir, at.segment, keep)).await {
-            Ok(Ok(0)) => {}
+        match tokio::task::spawn_blocking(move || delete(&dir, &found)).await {
             Ok(Ok(deleted)) => {
                 self.metrics.audit_segments_deleted.inc_by(deleted);
                 tracing::info!(deleted, "audit shipper: deleted shipped spool segments");

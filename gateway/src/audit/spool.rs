@@ -12,6 +12,11 @@
 //! ```
 //! The hash of a record is the SHA-256 of its line without the newline. A crash can leave the
 //! last line cut short: such a line was never acknowledged, so it is cut off at start.
+//!
+//! With a seal key the writer also writes seals, chain records of their own that sign their
+//! place in the chain (`{"seq":9,"prev":"…","seal":"<JWS>"}`, see [`super::seal`]): when it
+//! opens, at least every `seal_every` (in the same group commit when requests are writing, on
+//! its own when idle), before shipped segments are pruned, and when it closes.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead as _, BufReader, Seek as _, SeekFrom, Write as _};
@@ -19,10 +24,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
+use std::time::Instant;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
+
+use super::seal::{Before, Seal, SealKind, Sealer};
 
 /// The chain head before the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -51,13 +59,26 @@ pub(crate) struct SegmentHeader {
     pub(crate) head: String,
 }
 
-/// A record line, with its event left unparsed.
+/// A record line: an event (left unparsed) or a seal.
 #[derive(Debug, Deserialize)]
 pub(crate) struct RecordLine<'a> {
     pub(crate) seq: u64,
     pub(crate) prev: String,
-    #[serde(borrow)]
-    pub(crate) event: &'a RawValue,
+    #[serde(borrow, default)]
+    pub(crate) event: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    pub(crate) seal: Option<&'a str>,
+}
+
+impl RecordLine<'_> {
+    /// Reads a record line: exactly one of an event or a seal.
+    pub(crate) fn parse(body: &[u8]) -> Result<RecordLine<'_>, String> {
+        let record: RecordLine<'_> = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+        if record.event.is_some() == record.seal.is_some() {
+            return Err("a record holds an event or a seal".into());
+        }
+        Ok(record)
+    }
 }
 
 /// The name of segment `number`.
@@ -96,10 +117,26 @@ pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     out
 }
 
-/// Records waiting for the writer, and where to say they are durable.
+/// Work waiting for the writer, and where to say it is durable (with the last sequence
+/// number written for it).
 struct Job {
-    events: Vec<Vec<u8>>,
+    work: Work,
     done: oneshot::Sender<Result<u64, SpoolError>>,
+}
+
+enum Work {
+    /// Serialized AuditEvents.
+    Append(Vec<Vec<u8>>),
+    /// A `prune` seal: segments before this one may go.
+    Prune(u64),
+    /// A `close` seal; appends after it are refused.
+    Close,
+}
+
+/// One line to write.
+enum Entry<'a> {
+    Event(&'a [u8]),
+    Seal(SealKind, Option<u64>, Option<Before>),
 }
 
 /// The spool's handle; cheap to clone, shared by every request.
@@ -111,6 +148,7 @@ pub struct Spool {
     _writer: Arc<WriterThread>,
     dir: PathBuf,
     written: Arc<AtomicU64>,
+    sealed: bool,
 }
 
 /// The writer thread, joined when the last [`Spool`] handle goes.
@@ -127,9 +165,15 @@ impl Drop for WriterThread {
 
 impl Spool {
     /// Opens (or creates) the spool in `dir`, cutting off a record a crash left unfinished,
-    /// and starts its writer thread. Segments roll over at `segment_bytes`.
-    pub fn open(dir: &Path, segment_bytes: u64) -> Result<Spool, SpoolError> {
-        let writer = Writer::open(dir, segment_bytes)?;
+    /// and starts its writer thread. Segments roll over at `segment_bytes`. With a `sealer`,
+    /// the spool is sealed (an `open` seal is durable when this returns).
+    pub fn open(
+        dir: &Path,
+        segment_bytes: u64,
+        sealer: Option<Arc<Sealer>>,
+    ) -> Result<Spool, SpoolError> {
+        let sealed = sealer.is_some();
+        let writer = Writer::open(dir, segment_bytes, sealer)?;
         let written = Arc::new(AtomicU64::new(writer.next_seq.saturating_sub(1)));
         let (jobs, queue) = mpsc::channel::<Job>();
         let counter = written.clone();
@@ -142,15 +186,36 @@ impl Spool {
             _writer: Arc::new(WriterThread(Some(thread))),
             dir: dir.to_owned(),
             written,
+            sealed,
         })
     }
 
     /// Appends `events` (serialized AuditEvents) and returns the last one's sequence number
     /// once they are durable.
     pub async fn append(&self, events: Vec<Vec<u8>>) -> Result<u64, SpoolError> {
+        self.submit(Work::Append(events)).await
+    }
+
+    /// Writes a `prune` seal allowing the segments before `first_kept` to be deleted (when
+    /// the spool is sealed; otherwise nothing), durable when this returns.
+    pub async fn seal_prune(&self, first_kept: u64) -> Result<u64, SpoolError> {
+        self.submit(Work::Prune(first_kept)).await
+    }
+
+    /// Closes the spool: a `close` seal when it is sealed, and every later append is refused.
+    pub async fn close(&self) -> Result<u64, SpoolError> {
+        self.submit(Work::Close).await
+    }
+
+    /// Whether the writer seals the chain.
+    pub fn sealed(&self) -> bool {
+        self.sealed
+    }
+
+    async fn submit(&self, work: Work) -> Result<u64, SpoolError> {
         let (done, durable) = oneshot::channel();
         self.jobs
-            .send(Job { events, done })
+            .send(Job { work, done })
             .map_err(|_| SpoolError::Stopped)?;
         durable.await.map_err(|_| SpoolError::Stopped)?
     }
@@ -179,10 +244,31 @@ struct Writer {
     head: String,
     /// Set after a failed write: the file's end is re-read before the next one.
     damaged: bool,
+    /// After [`Spool::close`] nothing more is written.
+    closed: bool,
+    seals: Option<Seals>,
+}
+
+/// A sealed spool's sealing state.
+struct Seals {
+    sealer: Arc<Sealer>,
+    /// When the last seal was written (or tried).
+    last: Instant,
+}
+
+/// What the writer does next.
+enum Next {
+    Job(Job),
+    SealDue,
+    Ended,
 }
 
 impl Writer {
-    fn open(dir: &Path, segment_bytes: u64) -> Result<Writer, SpoolError> {
+    fn open(
+        dir: &Path,
+        segment_bytes: u64,
+        sealer: Option<Arc<Sealer>>,
+    ) -> Result<Writer, SpoolError> {
         let corrupt = |message: String| SpoolError::Corrupt(dir.display().to_string(), message);
         std::fs::create_dir_all(dir).map_err(|e| SpoolError::Write(e.to_string()))?;
         let lock =
@@ -199,40 +285,72 @@ impl Writer {
             }
         }
         let existing = segments(dir).map_err(|e| SpoolError::Write(e.to_string()))?;
-        let Some((number, path)) = existing.last().cloned() else {
-            return Writer::start_segment(lock, dir, segment_bytes, 1, 1, GENESIS.to_owned());
+        let (mut writer, before) = match existing.last().cloned() {
+            None => (
+                Writer::start_segment(lock, dir, segment_bytes, 1, 1, GENESIS.to_owned())?,
+                Before::New,
+            ),
+            Some((number, path)) => Writer::resume(lock, dir, segment_bytes, number, &path)?,
         };
-        let (next_seq, head, good_len) = scan_tail(&path).map_err(corrupt)?;
+        if let Some(sealer) = sealer {
+            writer.seals = Some(Seals {
+                sealer,
+                last: Instant::now(),
+            });
+            writer.commit(&[Entry::Seal(SealKind::Open, None, Some(before))])?;
+        }
+        Ok(writer)
+    }
+
+    /// Continues the last segment, cutting off a record a crash left unfinished; says how the
+    /// run before ended.
+    fn resume(
+        lock: Arc<File>,
+        dir: &Path,
+        segment_bytes: u64,
+        number: u64,
+        path: &Path,
+    ) -> Result<(Writer, Before), SpoolError> {
+        let corrupt = |message: String| SpoolError::Corrupt(dir.display().to_string(), message);
+        let tail = scan_tail(path).map_err(corrupt)?;
         let file = OpenOptions::new()
             .append(true)
-            .open(&path)
+            .open(path)
             .map_err(|e| SpoolError::Write(e.to_string()))?;
         let size = file
             .metadata()
             .map_err(|e| SpoolError::Write(e.to_string()))?
             .len();
-        if size != good_len {
+        if size != tail.good_len {
             // A record cut short by a crash: never acknowledged, so never part of the chain.
             tracing::warn!(
                 segment = %path.display(),
-                bytes = size - good_len,
+                bytes = size - tail.good_len,
                 "audit spool: cutting off an unfinished record"
             );
-            file.set_len(good_len)
+            file.set_len(tail.good_len)
                 .and_then(|()| file.sync_all())
                 .map_err(|e| SpoolError::Write(e.to_string()))?;
         }
-        Ok(Writer {
+        let before = match tail.last_seal {
+            Some(SealKind::Close) => Before::Closed,
+            _ if tail.next_seq == 1 => Before::New,
+            _ => Before::Unclosed,
+        };
+        let writer = Writer {
             _lock: lock,
             dir: dir.to_owned(),
             segment_bytes,
             segment: number,
             file,
-            size: good_len,
-            next_seq,
-            head,
+            size: tail.good_len,
+            next_seq: tail.next_seq,
+            head: tail.head,
             damaged: false,
-        })
+            closed: false,
+            seals: None,
+        };
+        Ok((writer, before))
     }
 
     fn start_segment(
@@ -275,39 +393,133 @@ impl Writer {
             next_seq: first_seq,
             head,
             damaged: false,
+            closed: false,
+            seals: None,
         })
     }
 
+    /// The next job; or that a seal is due (a sealed spool seals while idle, too); or that
+    /// every handle is gone.
+    fn next(&self, queue: &mpsc::Receiver<Job>) -> Next {
+        match &self.seals {
+            Some(seals) if !self.closed => {
+                let due = seals.last + seals.sealer.every();
+                match queue.recv_timeout(due.saturating_duration_since(Instant::now())) {
+                    Ok(job) => Next::Job(job),
+                    Err(mpsc::RecvTimeoutError::Timeout) => Next::SealDue,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => Next::Ended,
+                }
+            }
+            _ => queue.recv().map_or(Next::Ended, Next::Job),
+        }
+    }
+
+    fn seal_due(&self) -> bool {
+        !self.closed
+            && self
+                .seals
+                .as_ref()
+                .is_some_and(|s| s.last.elapsed() >= s.sealer.every())
+    }
+
     fn run(mut self, queue: mpsc::Receiver<Job>, written: &AtomicU64) {
-        while let Ok(first) = queue.recv() {
+        loop {
+            let first = match self.next(&queue) {
+                Next::Job(job) => job,
+                Next::SealDue => {
+                    self.write_alone(SealKind::Seal, written);
+                    continue;
+                }
+                Next::Ended => break,
+            };
             let mut jobs = vec![first];
-            let mut count = jobs[0].events.len();
+            let mut count = jobs[0].size();
             while count < MAX_BATCH {
                 match queue.try_recv() {
                     Ok(job) => {
-                        count += job.events.len();
+                        count += job.size();
                         jobs.push(job);
                     }
                     Err(_) => break,
                 }
             }
-            let outcome = self.commit(&jobs);
-            match &outcome {
-                Ok(()) => written.store(self.next_seq.saturating_sub(1), Ordering::Relaxed),
-                Err(error) => tracing::error!(%error, "audit spool write failed"),
+            self.serve(jobs, written);
+        }
+        // Every handle is gone: nothing can be appended any more, which is a clean end.
+        if self.seals.is_some() && !self.closed {
+            self.write_alone(SealKind::Close, written);
+        }
+    }
+
+    /// Writes one group of jobs (and a seal, when one is due) and answers each job.
+    fn serve(&mut self, jobs: Vec<Job>, written: &AtomicU64) {
+        let sealed = self.seals.is_some();
+        let mut closing = self.closed;
+        let mut entries = Vec::new();
+        // Per job: the number of entries up to its own last one, or refused (after a close).
+        let mut ends = Vec::with_capacity(jobs.len());
+        for job in &jobs {
+            match &job.work {
+                Work::Append(_) if closing => {
+                    ends.push(None);
+                    continue;
+                }
+                Work::Append(events) => entries.extend(events.iter().map(|e| Entry::Event(e))),
+                Work::Prune(first_kept) if sealed && !closing => {
+                    entries.push(Entry::Seal(SealKind::Prune, Some(*first_kept), None));
+                }
+                Work::Close if sealed && !closing => {
+                    entries.push(Entry::Seal(SealKind::Close, None, None));
+                    closing = true;
+                }
+                Work::Close => closing = true,
+                Work::Prune(_) => {}
             }
-            // Each job learns its own last sequence number.
-            let mut seq = self.next_seq.saturating_sub(count as u64);
-            for job in jobs {
-                seq += job.events.len() as u64;
-                let answer = outcome.clone().map(|()| seq.saturating_sub(1));
-                let _ = job.done.send(answer);
+            ends.push(Some(entries.len()));
+        }
+        if !closing && self.seal_due() {
+            entries.push(Entry::Seal(SealKind::Seal, None, None));
+        }
+        let start = self.next_seq;
+        let outcome = if entries.is_empty() {
+            Ok(())
+        } else {
+            self.commit(&entries)
+        };
+        match &outcome {
+            Ok(()) => {
+                written.store(self.next_seq.saturating_sub(1), Ordering::Relaxed);
+                self.closed |= closing;
+            }
+            Err(error) => tracing::error!(%error, "audit spool write failed"),
+        }
+        for (job, end) in jobs.into_iter().zip(ends) {
+            let answer = match end {
+                None => Err(SpoolError::Stopped),
+                Some(end) => outcome
+                    .clone()
+                    .map(|()| (start + end as u64).saturating_sub(1)),
+            };
+            let _ = job.done.send(answer);
+        }
+    }
+
+    /// Writes one seal on its own (idle, or at the end); a failure is logged, and tried again
+    /// one interval later.
+    fn write_alone(&mut self, kind: SealKind, written: &AtomicU64) {
+        match self.commit(&[Entry::Seal(kind, None, None)]) {
+            Ok(()) => written.store(self.next_seq.saturating_sub(1), Ordering::Relaxed),
+            Err(error) => {
+                tracing::error!(%error, "audit spool: writing a seal failed");
+                if let Some(seals) = &mut self.seals {
+                    seals.last = Instant::now();
+                }
             }
         }
     }
 
-    /// Writes and syncs one group of records.
-    fn commit(&mut self, jobs: &[Job]) -> Result<(), SpoolError> {
+    /// Writes and syncs one group of lines.
+    fn commit(&mut self, entries: &[Entry<'_>]) -> Result<(), SpoolError> {
         let io = |e: std::io::Error| SpoolError::Write(e.to_string());
         if self.damaged {
             // Back to the end of the last group that was durable: records of a failed group
@@ -319,6 +531,7 @@ impl Writer {
             self.damaged = false;
         }
         if self.size >= self.segment_bytes {
+            let (seals, closed) = (self.seals.take(), self.closed);
             *self = Writer::start_segment(
                 self._lock.clone(),
                 &self.dir,
@@ -327,15 +540,29 @@ impl Writer {
                 self.next_seq,
                 self.head.clone(),
             )?;
+            (self.seals, self.closed) = (seals, closed);
         }
         let mut buffer = Vec::new();
         let (mut seq, mut head) = (self.next_seq, self.head.clone());
-        for event in jobs.iter().flat_map(|job| job.events.iter()) {
+        let mut sealed = None;
+        for entry in entries {
             let start = buffer.len();
-            buffer.extend_from_slice(
-                format!("{{\"seq\":{seq},\"prev\":\"{head}\",\"event\":").as_bytes(),
-            );
-            buffer.extend_from_slice(event);
+            buffer.extend_from_slice(format!("{{\"seq\":{seq},\"prev\":\"{head}\",").as_bytes());
+            match entry {
+                Entry::Event(event) => {
+                    buffer.extend_from_slice(b"\"event\":");
+                    buffer.extend_from_slice(event);
+                }
+                Entry::Seal(kind, first_kept, before) => {
+                    let sealer = &self.seals.as_ref().ok_or(SpoolError::Stopped)?.sealer;
+                    let jws = sealer
+                        .sign(*kind, seq, &head, *first_kept, *before)
+                        .map_err(SpoolError::Write)?;
+                    // A compact JWS is base64url and dots: nothing in it needs escaping.
+                    buffer.extend_from_slice(format!("\"seal\":\"{jws}\"").as_bytes());
+                    sealed = Some(*kind);
+                }
+            }
             buffer.push(b'}');
             head = sha256_hex(&buffer[start..]);
             buffer.push(b'\n');
@@ -351,13 +578,37 @@ impl Writer {
         }
         self.size += buffer.len() as u64;
         (self.next_seq, self.head) = (seq, head);
+        if let (Some(kind), Some(seals)) = (sealed, &mut self.seals) {
+            seals.last = Instant::now();
+            self.closed |= kind == SealKind::Close;
+        }
         Ok(())
     }
 }
 
+impl Job {
+    /// How many lines it adds (for the group's size limit).
+    fn size(&self) -> usize {
+        match &self.work {
+            Work::Append(events) => events.len(),
+            Work::Prune(_) | Work::Close => 1,
+        }
+    }
+}
+
+/// What [`scan_tail`] found at the end of a segment.
+struct Tail {
+    next_seq: u64,
+    head: String,
+    /// The length of its complete, well-formed lines.
+    good_len: u64,
+    /// The kind of the last record, when it is a seal.
+    last_seal: Option<SealKind>,
+}
+
 /// Reads a segment: the next sequence number, the chain head, and the length of its complete,
 /// well-formed lines (what follows, a line without its newline, was never acknowledged).
-fn scan_tail(path: &Path) -> Result<(u64, String, u64), String> {
+fn scan_tail(path: &Path) -> Result<Tail, String> {
     let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut reader = BufReader::new(file);
     let mut line = Vec::new();
@@ -369,8 +620,12 @@ fn scan_tail(path: &Path) -> Result<(u64, String, u64), String> {
     }
     let header: SegmentHeader = serde_json::from_slice(&line[..line.len() - 1])
         .map_err(|e| format!("{}: bad segment header: {e}", path.display()))?;
-    let mut good = read as u64;
-    let (mut next_seq, mut head) = (header.first_seq, header.head);
+    let mut tail = Tail {
+        next_seq: header.first_seq,
+        head: header.head,
+        good_len: read as u64,
+        last_seal: None,
+    };
     loop {
         line.clear();
         let read = reader
@@ -380,21 +635,24 @@ fn scan_tail(path: &Path) -> Result<(u64, String, u64), String> {
             break;
         }
         let body = &line[..line.len() - 1];
-        let record: RecordLine<'_> = serde_json::from_slice(body).map_err(|e| {
+        let record = RecordLine::parse(body).map_err(|e| {
             format!(
-                "{}: record {next_seq} is not readable ({e}); run `portvagt audit verify`",
-                path.display()
+                "{}: record {} is not readable ({e}); run `portvagt audit verify`",
+                path.display(),
+                tail.next_seq
             )
         })?;
-        if record.seq != next_seq || record.prev != head {
+        if record.seq != tail.next_seq || record.prev != tail.head {
             return Err(format!(
-                "{}: the chain breaks at record {next_seq}; run `portvagt audit verify`",
-                path.display()
+                "{}: the chain breaks at record {}; run `portvagt audit verify`",
+                path.display(),
+                tail.next_seq
             ));
         }
-        head = sha256_hex(body);
-        next_seq += 1;
-        good += read as u64;
+        tail.last_seal = record.seal.and_then(Seal::peek).map(|seal| seal.kind);
+        tail.head = sha256_hex(body);
+        tail.next_seq += 1;
+        tail.good_len += read as u64;
     }
-    Ok((next_seq, head, good))
+    Ok(tail)
 }

@@ -6,7 +6,7 @@ use std::io::Write as _;
 use serde_json::json;
 
 use super::spool::{Spool, segment_name};
-use super::verify::verify;
+use super::verify::{Check, verify};
 
 fn event(n: usize) -> Vec<u8> {
     serde_json::to_vec(&json!({ "resourceType": "AuditEvent", "n": n })).unwrap()
@@ -23,7 +23,7 @@ fn lines(dir: &std::path::Path, segment: u64) -> Vec<String> {
 #[tokio::test]
 async fn concurrent_appends_form_one_chain_that_verifies() {
     let dir = tempfile::tempdir().unwrap();
-    let spool = Spool::open(dir.path(), 64 * 1024 * 1024).unwrap();
+    let spool = Spool::open(dir.path(), 64 * 1024 * 1024, None).unwrap();
     let mut tasks = Vec::new();
     for n in 0..200 {
         let spool = spool.clone();
@@ -38,7 +38,7 @@ async fn concurrent_appends_form_one_chain_that_verifies() {
     last_seqs.sort_unstable();
     last_seqs.dedup();
     assert_eq!(last_seqs.len(), 200, "every append got its own place");
-    let report = verify(dir.path()).unwrap();
+    let report = verify(dir.path(), Check::chain_only()).unwrap();
     assert_eq!(report.records, 400);
     assert_eq!(report.segments, 1);
     // Both events of one append are adjacent: an append is one unit.
@@ -58,15 +58,15 @@ async fn concurrent_appends_form_one_chain_that_verifies() {
 async fn the_chain_continues_across_segments_and_restarts() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let spool = Spool::open(dir.path(), 300).unwrap();
+        let spool = Spool::open(dir.path(), 300, None).unwrap();
         for n in 0..10 {
             spool.append(vec![event(n)]).await.unwrap();
         }
     }
-    let spool = Spool::open(dir.path(), 300).unwrap();
+    let spool = Spool::open(dir.path(), 300, None).unwrap();
     let seq = spool.append(vec![event(10)]).await.unwrap();
     assert_eq!(seq, 11);
-    let report = verify(dir.path()).unwrap();
+    let report = verify(dir.path(), Check::chain_only()).unwrap();
     assert_eq!(report.records, 11);
     assert!(report.segments > 2, "{report:?}");
 }
@@ -75,7 +75,7 @@ async fn the_chain_continues_across_segments_and_restarts() {
 async fn a_record_cut_short_by_a_crash_is_dropped_and_the_chain_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let spool = Spool::open(dir.path(), 1 << 20).unwrap();
+        let spool = Spool::open(dir.path(), 1 << 20, None).unwrap();
         for n in 0..3 {
             spool.append(vec![event(n)]).await.unwrap();
         }
@@ -87,20 +87,20 @@ async fn a_record_cut_short_by_a_crash_is_dropped_and_the_chain_goes_on() {
         .unwrap()
         .write_all(b"{\"seq\":4,\"prev\":\"ab")
         .unwrap();
-    let report = verify(dir.path()).unwrap();
+    let report = verify(dir.path(), Check::chain_only()).unwrap();
     assert_eq!(report.records, 3);
     assert!(report.unfinished_tail.is_some());
 
-    let spool = Spool::open(dir.path(), 1 << 20).unwrap();
+    let spool = Spool::open(dir.path(), 1 << 20, None).unwrap();
     assert_eq!(spool.append(vec![event(3)]).await.unwrap(), 4);
-    let report = verify(dir.path()).unwrap();
+    let report = verify(dir.path(), Check::chain_only()).unwrap();
     assert_eq!((report.records, report.unfinished_tail), (4, None));
 }
 
 #[tokio::test]
 async fn altered_removed_and_reordered_records_are_found() {
     let dir = tempfile::tempdir().unwrap();
-    let spool = Spool::open(dir.path(), 1 << 20).unwrap();
+    let spool = Spool::open(dir.path(), 1 << 20, None).unwrap();
     for n in 0..5 {
         spool.append(vec![event(n)]).await.unwrap();
     }
@@ -112,7 +112,7 @@ async fn altered_removed_and_reordered_records_are_found() {
     let mut altered = original.clone();
     altered[3] = altered[3].replace("\"n\":2", "\"n\":7");
     write(&altered);
-    let broken = verify(dir.path()).unwrap_err();
+    let broken = verify(dir.path(), Check::chain_only()).unwrap_err();
     assert_eq!(
         broken.line, 5,
         "the record after the altered one no longer follows: {broken}"
@@ -121,51 +121,51 @@ async fn altered_removed_and_reordered_records_are_found() {
     let mut removed = original.clone();
     removed.remove(2);
     write(&removed);
-    let broken = verify(dir.path()).unwrap_err();
+    let broken = verify(dir.path(), Check::chain_only()).unwrap_err();
     assert_eq!(broken.line, 3, "{broken}");
 
     let mut swapped = original.clone();
     swapped.swap(2, 3);
     write(&swapped);
-    assert_eq!(verify(dir.path()).unwrap_err().line, 3);
+    assert_eq!(verify(dir.path(), Check::chain_only()).unwrap_err().line, 3);
 
     // The last record altered: nothing follows it to break, but the chain head differs, which
     // is what a head kept elsewhere (the shipped copy) is compared with.
     let mut last = original.clone();
     last[5] = last[5].replace("\"n\":4", "\"n\":9");
     write(&last);
-    let report = verify(dir.path()).unwrap();
+    let report = verify(dir.path(), Check::chain_only()).unwrap();
     assert_ne!(report.head, {
         write(&original);
-        verify(dir.path()).unwrap().head
+        verify(dir.path(), Check::chain_only()).unwrap().head
     });
 
     write(&original);
-    assert_eq!(verify(dir.path()).unwrap().records, 5);
+    assert_eq!(verify(dir.path(), Check::chain_only()).unwrap().records, 5);
 }
 
 #[tokio::test]
 async fn one_spool_has_one_writer_and_a_half_made_segment_is_cleared() {
     let dir = tempfile::tempdir().unwrap();
-    let spool = Spool::open(dir.path(), 1 << 20).unwrap();
+    let spool = Spool::open(dir.path(), 1 << 20, None).unwrap();
     spool.append(vec![event(0)]).await.unwrap();
-    let second = Spool::open(dir.path(), 1 << 20).unwrap_err();
+    let second = Spool::open(dir.path(), 1 << 20, None).unwrap_err();
     assert!(second.to_string().contains("another process"), "{second}");
     drop(spool);
     // A crash while the next segment was being staged leaves only its staging file.
     let staged = dir.path().join(format!("{}.new", segment_name(2)));
     std::fs::write(&staged, b"{\"segment\":2").unwrap();
-    let spool = Spool::open(dir.path(), 1 << 20).unwrap();
+    let spool = Spool::open(dir.path(), 1 << 20, None).unwrap();
     assert!(!staged.exists());
     assert_eq!(spool.append(vec![event(1)]).await.unwrap(), 2);
-    assert_eq!(verify(dir.path()).unwrap().records, 2);
+    assert_eq!(verify(dir.path(), Check::chain_only()).unwrap().records, 2);
 }
 
 #[tokio::test]
 async fn shipped_segments_go_when_old_enough_and_the_rest_still_verifies_and_continues() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let spool = Spool::open(dir.path(), 300).unwrap();
+        let spool = Spool::open(dir.path(), 300, None).unwrap();
         for n in 0..10 {
             spool.append(vec![event(n)]).await.unwrap();
         }
@@ -173,7 +173,10 @@ async fn shipped_segments_go_when_old_enough_and_the_rest_still_verifies_and_con
     let before = super::spool::segments(dir.path()).unwrap();
     assert!(before.len() > 3, "{before:?}");
     let shipped_to = before[3].0;
-    let keep = |d| super::shipper::delete_shipped(dir.path(), shipped_to, d).unwrap();
+    let keep = |d| {
+        let found = super::shipper::deletable(dir.path(), shipped_to, d).unwrap();
+        super::shipper::delete(dir.path(), &found).unwrap()
+    };
 
     // Not old enough: nothing goes.
     assert_eq!(keep(std::time::Duration::from_secs(3600)), 0);
@@ -183,20 +186,381 @@ async fn shipped_segments_go_when_old_enough_and_the_rest_still_verifies_and_con
     assert_eq!(keep(std::time::Duration::ZERO), 3);
     let after = super::spool::segments(dir.path()).unwrap();
     assert_eq!(after, before[3..].to_vec());
-    let report = verify(dir.path()).unwrap();
+    let report = verify(dir.path(), Check::chain_only()).unwrap();
     assert_eq!(report.segments, before.len() as u64 - 3);
     assert!(report.records < 10, "{report:?}");
     let head = report.head;
 
     // The writer goes on after the deletion, and the chain with it.
-    let spool = Spool::open(dir.path(), 300).unwrap();
+    let spool = Spool::open(dir.path(), 300, None).unwrap();
     assert_eq!(spool.append(vec![event(10)]).await.unwrap(), 11);
     drop(spool);
-    let report = verify(dir.path()).unwrap();
+    let report = verify(dir.path(), Check::chain_only()).unwrap();
     assert_ne!(report.head, head);
 
     // A segment in the middle removed by hand is still found.
     let middle = super::spool::segments(dir.path()).unwrap()[1].1.clone();
     std::fs::remove_file(middle).unwrap();
-    assert!(verify(dir.path()).unwrap_err().problem.contains("missing"));
+    assert!(
+        verify(dir.path(), Check::chain_only())
+            .unwrap_err()
+            .problem
+            .contains("missing")
+    );
+}
+
+mod sealed {
+    //! A sealed spool proves itself complete: cut either end, rewrite the chain, or forge or
+    //! move a seal, and the verifier says so.
+
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::super::seal::{Before, Seal, SealKeys, SealKind, Sealer, unix_now};
+    use super::super::spool::{GENESIS, Spool, SpoolError, segment_name, segments, sha256_hex};
+    use super::super::verify::{Check, End, verify};
+    use super::{event, lines};
+    use crate::auth::issuer_key::IssuerKey;
+
+    /// A seal key in `dir`: the sealer and the keys that check it.
+    fn keys(dir: &std::path::Path, kid: &str, every: Duration) -> (Arc<Sealer>, SealKeys) {
+        let key = IssuerKey::generate(kid).unwrap();
+        let (private, public) = (
+            dir.join(format!("{kid}.key")),
+            dir.join(format!("{kid}.json")),
+        );
+        std::fs::write(&private, key.pem()).unwrap();
+        std::fs::write(&public, key.jwks()).unwrap();
+        let sealer = Sealer::load(&private, kid, "portvagt@test", every).unwrap();
+        (Arc::new(sealer), SealKeys::load(&public).unwrap())
+    }
+
+    fn check(keys: &SealKeys, now: u64) -> Check<'_> {
+        Check {
+            keys: Some(keys),
+            now,
+        }
+    }
+
+    /// The seals in segment `segment`, in order.
+    fn seals(dir: &std::path::Path, segment: u64) -> Vec<Seal> {
+        lines(dir, segment)
+            .iter()
+            .skip(1)
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter_map(|record| Seal::peek(record["seal"].as_str()?))
+            .collect()
+    }
+
+    /// Rewrites segment `segment` to `lines`, recomputing every hash after the first line
+    /// changed, as someone who can write the disk but has no key would.
+    fn rewrite_chain(dir: &std::path::Path, segment: u64, mut lines: Vec<String>) {
+        let mut head = GENESIS.to_owned();
+        for (index, line) in lines.iter_mut().enumerate().skip(1) {
+            let mut record: serde_json::Value = serde_json::from_str(line).unwrap();
+            record["seq"] = serde_json::json!(index);
+            record["prev"] = serde_json::json!(head);
+            *line = serde_json::to_string(&record).unwrap();
+            head = sha256_hex(line.as_bytes());
+        }
+        std::fs::write(dir.join(segment_name(segment)), lines.join("\n") + "\n").unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_cleanly_closed_spool_verifies_and_refuses_appends_after_its_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let keydir = tempfile::tempdir().unwrap();
+        let (sealer, keys) = keys(keydir.path(), "seal-1", Duration::from_secs(60));
+        let spool = Spool::open(dir.path(), 1 << 20, Some(sealer)).unwrap();
+        for n in 0..3 {
+            spool.append(vec![event(n)]).await.unwrap();
+        }
+        assert_eq!(spool.close().await.unwrap(), 5, "open, three events, close");
+        assert!(matches!(
+            spool.append(vec![event(9)]).await,
+            Err(SpoolError::Stopped)
+        ));
+        drop(spool);
+        let kinds: Vec<_> = seals(dir.path(), 1).iter().map(|s| s.kind).collect();
+        assert_eq!(kinds, [SealKind::Open, SealKind::Close]);
+        assert_eq!(seals(dir.path(), 1)[0].before, Some(Before::New));
+        // Long after: a closed trail needs no fresh seal.
+        let report = verify(dir.path(), check(&keys, unix_now() + 86_400)).unwrap();
+        assert_eq!((report.records, report.seals), (3, 2));
+        assert!(matches!(report.end, End::Closed(_)), "{report:?}");
+        // Without the keys only the chain is checked, and the report says so.
+        let unchecked = verify(dir.path(), Check::chain_only()).unwrap();
+        assert_eq!((unchecked.end, unchecked.seals), (End::Unchecked, 2));
+    }
+
+    #[tokio::test]
+    async fn records_cut_off_the_end_are_found_even_back_to_a_seal() {
+        let dir = tempfile::tempdir().unwrap();
+        let keydir = tempfile::tempdir().unwrap();
+        let (sealer, keys) = keys(keydir.path(), "seal-1", Duration::from_secs(1));
+        let spool = Spool::open(dir.path(), 1 << 20, Some(sealer)).unwrap();
+        spool.append(vec![event(0)]).await.unwrap();
+        // Idle: the writer seals on its own.
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        spool.append(vec![event(1)]).await.unwrap();
+        spool.close().await.unwrap();
+        drop(spool);
+        let original = lines(dir.path(), 1);
+        let kinds: Vec<_> = seals(dir.path(), 1).iter().map(|s| s.kind).collect();
+        assert_eq!(kinds, [SealKind::Open, SealKind::Seal, SealKind::Close]);
+        let later = unix_now() + 60;
+        assert!(matches!(
+            verify(dir.path(), check(&keys, later)).unwrap().end,
+            End::Closed(_)
+        ));
+
+        // The close and the last record cut off: the trail stops at a seal that is not fresh.
+        let segment = dir.path().join(segment_name(1));
+        let cut = |keep: usize| {
+            std::fs::write(&segment, original[..keep].join("\n") + "\n").unwrap();
+            verify(dir.path(), check(&keys, later)).unwrap().end
+        };
+        assert_eq!(
+            cut(original.len() - 2),
+            End::Unclosed {
+                last_seal: Some(seals(dir.path(), 1)[1].time),
+                after: 0
+            }
+        );
+        // Only the close cut off.
+        assert!(matches!(
+            cut(original.len() - 1),
+            End::Unclosed { after: 1, .. }
+        ));
+        // A fresh last seal is the expected end only while a gateway holds the spool's lock.
+        std::fs::write(&segment, original[..original.len() - 2].join("\n") + "\n").unwrap();
+        let fresh = seals(dir.path(), 1)[1].time;
+        assert!(matches!(
+            verify(dir.path(), check(&keys, fresh)).unwrap().end,
+            End::Unclosed { .. }
+        ));
+        let lock = std::fs::File::open(dir.path().join("spool.lock")).unwrap();
+        lock.lock().unwrap();
+        assert_eq!(
+            verify(dir.path(), check(&keys, fresh)).unwrap().end,
+            End::Live(fresh)
+        );
+        // ... and not when it has stopped sealing.
+        assert!(matches!(
+            verify(dir.path(), check(&keys, later)).unwrap().end,
+            End::Unclosed { .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_rewritten_chain_a_forged_seal_and_a_moved_seal_are_broken() {
+        let dir = tempfile::tempdir().unwrap();
+        let keydir = tempfile::tempdir().unwrap();
+        let (sealer, keys) = keys(keydir.path(), "seal-1", Duration::from_secs(60));
+        let spool = Spool::open(dir.path(), 1 << 20, Some(sealer)).unwrap();
+        for n in 0..4 {
+            spool.append(vec![event(n)]).await.unwrap();
+        }
+        spool.close().await.unwrap();
+        drop(spool);
+        let original = lines(dir.path(), 1);
+        let segment = dir.path().join(segment_name(1));
+        let now = unix_now();
+
+        // A record removed and every hash after it recomputed: the chain holds, the close
+        // seal does not (it signed another predecessor).
+        let mut removed = original.clone();
+        removed.remove(3);
+        rewrite_chain(dir.path(), 1, removed);
+        assert!(
+            verify(dir.path(), Check::chain_only()).is_ok(),
+            "the bare chain cannot tell"
+        );
+        let broken = verify(dir.path(), check(&keys, now)).unwrap_err();
+        assert!(broken.problem.contains("another place"), "{broken}");
+
+        // A seal made with a key the verifier does not trust.
+        let (other, _) = self::keys(keydir.path(), "seal-1-forged", Duration::from_secs(60));
+        let forged_dir = tempfile::tempdir().unwrap();
+        let forged = Spool::open(forged_dir.path(), 1 << 20, Some(other)).unwrap();
+        forged.append(vec![event(0)]).await.unwrap();
+        drop(forged);
+        let broken = verify(forged_dir.path(), check(&keys, now)).unwrap_err();
+        assert!(broken.problem.contains("not trusted"), "{broken}");
+
+        // The right key, the wrong place: the open seal copied over the close.
+        let mut moved = original.clone();
+        let open: serde_json::Value = serde_json::from_str(&original[1]).unwrap();
+        let mut close: serde_json::Value = serde_json::from_str(&original[6]).unwrap();
+        close["seal"] = open["seal"].clone();
+        moved[6] = serde_json::to_string(&close).unwrap();
+        std::fs::write(&segment, moved.join("\n") + "\n").unwrap();
+        let broken = verify(dir.path(), check(&keys, now)).unwrap_err();
+        assert!(broken.problem.contains("another place"), "{broken}");
+
+        // A seal's payload altered (its kind turned into a close): the signature fails.
+        std::fs::write(&segment, original.join("\n") + "\n").unwrap();
+        let mut altered = original.clone();
+        let mut record: serde_json::Value = serde_json::from_str(&original[1]).unwrap();
+        let jws = record["seal"].as_str().unwrap().to_owned();
+        let parts: Vec<&str> = jws.split('.').collect();
+        let payload = String::from_utf8(
+            base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, parts[1])
+                .unwrap(),
+        )
+        .unwrap()
+        .replace("\"open\"", "\"close\"");
+        let payload =
+            base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload);
+        record["seal"] = serde_json::json!(format!("{}.{payload}.{}", parts[0], parts[2]));
+        altered[1] = serde_json::to_string(&record).unwrap();
+        rewrite_chain(dir.path(), 1, altered);
+        let broken = verify(dir.path(), check(&keys, now)).unwrap_err();
+        assert!(broken.problem.contains("signature"), "{broken}");
+    }
+
+    #[tokio::test]
+    async fn front_segments_may_go_only_as_far_as_a_prune_seal_allows() {
+        let dir = tempfile::tempdir().unwrap();
+        let keydir = tempfile::tempdir().unwrap();
+        let (sealer, keys) = keys(keydir.path(), "seal-1", Duration::from_secs(60));
+        let spool = Spool::open(dir.path(), 600, Some(sealer)).unwrap();
+        for n in 0..12 {
+            spool.append(vec![event(n)]).await.unwrap();
+        }
+        let all = segments(dir.path()).unwrap();
+        assert!(all.len() >= 4, "{all:?}");
+        let now = unix_now();
+        let remove = |upto: usize| {
+            for (_, path) in &all[..upto] {
+                let _ = std::fs::remove_file(path);
+            }
+        };
+
+        // Cut without a prune seal: found, whatever the chain says.
+        let saved: Vec<_> = all
+            .iter()
+            .map(|(_, p)| (p.clone(), std::fs::read(p).unwrap()))
+            .collect();
+        remove(2);
+        assert!(verify(dir.path(), Check::chain_only()).is_ok());
+        let broken = verify(dir.path(), check(&keys, now)).unwrap_err();
+        assert!(broken.problem.contains("no seal allowed"), "{broken}");
+        for (path, bytes) in &saved {
+            std::fs::write(path, bytes).unwrap();
+        }
+
+        // A prune seal allows segments before the third to go; it is durable first.
+        spool.seal_prune(all[2].0).await.unwrap();
+        remove(2);
+        let report = verify(dir.path(), check(&keys, now)).unwrap();
+        assert!(report.first_seq > 1, "{report:?}");
+        // One segment more than allowed is a cut.
+        remove(3);
+        let broken = verify(dir.path(), check(&keys, now)).unwrap_err();
+        assert!(broken.problem.contains("no seal allowed"), "{broken}");
+    }
+
+    #[tokio::test]
+    async fn a_restart_after_a_crash_is_on_record_and_after_a_close_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let keydir = tempfile::tempdir().unwrap();
+        let (sealer, keys) = keys(keydir.path(), "seal-1", Duration::from_secs(60));
+        {
+            let spool = Spool::open(dir.path(), 1 << 20, Some(sealer.clone())).unwrap();
+            spool.append(vec![event(0)]).await.unwrap();
+            // The last handle gone: a clean close.
+        }
+        {
+            let spool = Spool::open(dir.path(), 1 << 20, Some(sealer.clone())).unwrap();
+            spool.append(vec![event(1)]).await.unwrap();
+        }
+        // A crash: the close never written.
+        let segment = dir.path().join(segment_name(1));
+        let mut kept = lines(dir.path(), 1);
+        kept.pop();
+        std::fs::write(&segment, kept.join("\n") + "\n").unwrap();
+        let spool = Spool::open(dir.path(), 1 << 20, Some(sealer)).unwrap();
+        spool.append(vec![event(2)]).await.unwrap();
+        drop(spool);
+        let befores: Vec<_> = seals(dir.path(), 1)
+            .iter()
+            .filter(|s| s.kind == SealKind::Open)
+            .map(|s| s.before)
+            .collect();
+        assert_eq!(
+            befores,
+            [
+                Some(Before::New),
+                Some(Before::Closed),
+                Some(Before::Unclosed)
+            ]
+        );
+        let report = verify(dir.path(), check(&keys, unix_now())).unwrap();
+        assert_eq!(report.unclean_restarts.len(), 1, "{report:?}");
+        assert_eq!(report.records, 3);
+    }
+
+    #[tokio::test]
+    async fn the_shipped_position_beyond_the_end_is_a_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 1 << 20, None).unwrap();
+        for n in 0..3 {
+            spool.append(vec![event(n)]).await.unwrap();
+        }
+        drop(spool);
+        std::fs::write(
+            dir.path().join("shipped.json"),
+            r#"{"segment":1,"offset":9999,"seq":7}"#,
+        )
+        .unwrap();
+        let broken = verify(dir.path(), Check::chain_only()).unwrap_err();
+        assert!(
+            broken.problem.contains("acknowledged records up to 7"),
+            "{broken}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_shipper_reads_only_a_chain_that_continues_what_it_shipped() {
+    use super::shipper::{Position, ReadError, read_batch};
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path(), 1 << 20, None).unwrap();
+    for n in 0..4 {
+        spool.append(vec![event(n)]).await.unwrap();
+    }
+    drop(spool);
+    let first = read_batch(dir.path(), Position::default(), 2, u64::MAX).unwrap();
+    assert_eq!(first.events.len(), 2);
+    let at = first.next;
+    let original = lines(dir.path(), 1);
+    let segment = dir.path().join(segment_name(1));
+
+    // Record 3 altered: record 4 no longer follows it.
+    let mut altered = original.clone();
+    altered[3] = altered[3].replace("\"n\":2", "\"n\":7");
+    std::fs::write(&segment, altered.join("\n") + "\n").unwrap();
+    let error = read_batch(dir.path(), at.clone(), 10, u64::MAX)
+        .err()
+        .unwrap();
+    assert!(matches!(error, ReadError::Broken(_)), "{error}");
+
+    // The whole spool replaced by another chain of the same length: record 3 does not
+    // follow the record 2 that was shipped.
+    std::fs::remove_dir_all(dir.path()).unwrap();
+    let spool = Spool::open(dir.path(), 1 << 20, None).unwrap();
+    for n in 10..14 {
+        spool.append(vec![event(n)]).await.unwrap();
+    }
+    drop(spool);
+    let error = read_batch(dir.path(), at.clone(), 10, u64::MAX)
+        .err()
+        .unwrap();
+    assert!(matches!(error, ReadError::Broken(_)), "{error}");
+
+    // The genuine spool reads on.
+    std::fs::write(&segment, original.join("\n") + "\n").unwrap();
+    let rest = read_batch(dir.path(), at, 10, u64::MAX).unwrap();
+    assert_eq!(rest.events.len(), 2);
 }

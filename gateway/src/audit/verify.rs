@@ -1,23 +1,81 @@
-//! `portvagt audit verify DIR`: walks every segment of a spool and checks the hash chain, the
-//! sequence numbers and each segment's recorded head, and names the first record that breaks
-//! them. A last line cut short by a crash is reported, not counted as tampering.
+//! `portvagt audit verify DIR [--jwks FILE]`: walks every segment of a spool and checks the hash
+//! chain, the sequence numbers and each segment's recorded head, and names the first record
+//! that breaks them. A last line cut short by a crash is reported, not counted as tampering.
+//!
+//! With the seal keys ([`super::seal`]) it also proves completeness: every seal is signed by a
+//! trusted key at its own place in the chain; segments missing at the front were allowed to go
+//! by a `prune` seal; and the chain ends in a `close` seal, or in a fresh one while a gateway
+//! holds the spool's lock (it is writing) — otherwise the trail stops where it should not
+//! ([`End::Unclosed`]).
 
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 
+use super::seal::{Before, Seal, SealKeys, SealKind};
 use super::spool::{GENESIS, RecordLine, SegmentHeader, segments, sha256_hex};
+
+/// Seconds a seal may be late beyond twice its promised interval before a running gateway's
+/// trail counts as stopped.
+const LATE_SEAL_GRACE: u64 = 5;
+
+/// How a verification is made.
+#[derive(Debug, Clone, Copy)]
+pub struct Check<'a> {
+    /// The trusted seal keys; without them only the chain is checked.
+    pub keys: Option<&'a SealKeys>,
+    /// Now, in seconds since the Unix epoch (whether the last seal is fresh).
+    pub now: u64,
+}
+
+impl Check<'_> {
+    /// The chain only, no seals.
+    pub fn chain_only() -> Check<'static> {
+        Check { keys: None, now: 0 }
+    }
+}
+
+/// How the trail ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum End {
+    /// Seals were not checked (no keys given).
+    Unchecked,
+    /// A `close` seal at this time ends it: the gateway stopped cleanly.
+    Closed(u64),
+    /// A gateway holds the spool's lock and the last seal (at this time) is fresh: it is
+    /// writing.
+    Live(u64),
+    /// No close and no fresh seal: the gateway stopped without closing (a crash or a kill),
+    /// or records were cut off the end. The last seal, if any, and the records after it.
+    Unclosed {
+        /// The time of the last seal.
+        last_seal: Option<u64>,
+        /// Records written after it.
+        after: u64,
+    },
+}
 
 /// What a verification found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChainReport {
-    /// Records checked.
+    /// Event records checked.
     pub records: u64,
+    /// Seals found (checked when keys were given).
+    pub seals: u64,
     /// Segments checked.
     pub segments: u64,
+    /// The first and last sequence numbers in the spool.
+    pub first_seq: u64,
+    /// The last sequence number.
+    pub last_seq: u64,
     /// The chain head: the hash of the last record.
     pub head: String,
     /// A last line cut short (never acknowledged), if there is one.
     pub unfinished_tail: Option<PathBuf>,
+    /// How the trail ends.
+    pub end: End,
+    /// Runs that ended without a `close` and were followed by an `open` (a crash, a kill, or
+    /// records cut off before a restart): the sequence number and time of each such `open`.
+    pub unclean_restarts: Vec<(u64, u64)>,
 }
 
 /// The first place the chain is broken.
@@ -32,8 +90,21 @@ pub struct ChainBroken {
     pub problem: String,
 }
 
+/// Whether a process holds the spool's lock (a gateway writing it).
+fn someone_writes(dir: &Path) -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .open(dir.join("spool.lock"))
+        .is_ok_and(|file| {
+            matches!(
+                file.try_lock_shared(),
+                Err(std::fs::TryLockError::WouldBlock)
+            )
+        })
+}
+
 /// Verifies the spool in `dir`.
-pub fn verify(dir: &Path) -> Result<ChainReport, ChainBroken> {
+pub fn verify(dir: &Path, check: Check<'_>) -> Result<ChainReport, ChainBroken> {
     let broken = |segment: &Path, line: u64, problem: String| ChainBroken {
         segment: segment.display().to_string(),
         line,
@@ -46,10 +117,19 @@ pub fn verify(dir: &Path) -> Result<ChainReport, ChainBroken> {
     let (mut next_seq, mut head) = (1u64, GENESIS.to_owned());
     let mut report = ChainReport {
         records: 0,
+        seals: 0,
         segments: 0,
+        first_seq: 1,
+        last_seq: 0,
         head: head.clone(),
         unfinished_tail: None,
+        end: End::Unchecked,
+        unclean_restarts: Vec::new(),
     };
+    // The last seal (and the records after it), and the furthest segment a prune allowed.
+    let mut last_seal: Option<Seal> = None;
+    let mut after_seal = 0u64;
+    let mut pruned_before = 1u64;
     let last = files.len() - 1;
     for (index, (number, path)) in files.iter().enumerate() {
         let expected_number = files[0].0 + index as u64;
@@ -84,9 +164,10 @@ pub fn verify(dir: &Path) -> Result<ChainReport, ChainBroken> {
             if line_number == 1 {
                 let header: SegmentHeader = serde_json::from_slice(body)
                     .map_err(|e| broken(path, 1, format!("not a segment header: {e}")))?;
-                // The first segment may start later than 1 when older ones were archived.
+                // The first segment may start later than 1 when older ones were pruned.
                 if index == 0 {
                     (next_seq, head) = (header.first_seq, header.head.clone());
+                    report.first_seq = header.first_seq;
                 }
                 if header.segment != *number || header.first_seq != next_seq || header.head != head
                 {
@@ -101,7 +182,7 @@ pub fn verify(dir: &Path) -> Result<ChainReport, ChainBroken> {
                 }
                 continue;
             }
-            let record: RecordLine<'_> = serde_json::from_slice(body)
+            let record = RecordLine::parse(body)
                 .map_err(|e| broken(path, line_number, format!("not a record: {e}")))?;
             if record.seq != next_seq {
                 return Err(broken(
@@ -119,9 +200,40 @@ pub fn verify(dir: &Path) -> Result<ChainReport, ChainBroken> {
                     ),
                 ));
             }
+            match (record.seal, check.keys) {
+                (None, _) => {
+                    report.records += 1;
+                    after_seal += 1;
+                }
+                (Some(_), None) => report.seals += 1,
+                (Some(jws), Some(keys)) => {
+                    let seal = keys.check(jws).map_err(|problem| {
+                        broken(path, line_number, format!("seal {next_seq}: {problem}"))
+                    })?;
+                    if seal.seq != record.seq || seal.prev != record.prev {
+                        return Err(broken(
+                            path,
+                            line_number,
+                            format!(
+                                "seal {next_seq} was made for record {} of another place or chain",
+                                seal.seq
+                            ),
+                        ));
+                    }
+                    if seal.kind == SealKind::Prune {
+                        pruned_before = pruned_before.max(seal.first_kept.unwrap_or(0));
+                    }
+                    if seal.before == Some(Before::Unclosed) {
+                        report.unclean_restarts.push((seal.seq, seal.time));
+                    }
+                    report.seals += 1;
+                    after_seal = 0;
+                    last_seal = Some(seal);
+                }
+            }
             head = sha256_hex(body);
+            report.last_seq = next_seq;
             next_seq += 1;
-            report.records += 1;
         }
         if line_number == 0 {
             return Err(broken(path, 1, "an empty segment".into()));
@@ -129,5 +241,48 @@ pub fn verify(dir: &Path) -> Result<ChainReport, ChainBroken> {
         report.segments += 1;
     }
     report.head = head;
+    if check.keys.is_some() {
+        let (first_number, first_path) = &files[0];
+        if report.first_seq > 1 && *first_number > pruned_before {
+            return Err(broken(
+                first_path,
+                1,
+                format!(
+                    "records 1 to {} are gone, and no seal allowed deleting segment {}",
+                    report.first_seq - 1,
+                    first_number - 1
+                ),
+            ));
+        }
+        report.end = match &last_seal {
+            Some(seal) if seal.kind == SealKind::Close && after_seal == 0 => End::Closed(seal.time),
+            Some(seal)
+                if seal.kind != SealKind::Close
+                    && someone_writes(dir)
+                    && check.now
+                        <= seal.time
+                            + 2 * seal.next_within.unwrap_or_default()
+                            + LATE_SEAL_GRACE =>
+            {
+                End::Live(seal.time)
+            }
+            seal => End::Unclosed {
+                last_seal: seal.as_ref().map(|s| s.time),
+                after: after_seal,
+            },
+        };
+    }
+    // The shipper's acknowledged position: records the repository has must still be here.
+    let shipped = super::shipper::position(dir);
+    if shipped.seq > report.last_seq {
+        return Err(broken(
+            dir,
+            0,
+            format!(
+                "the audit repository acknowledged records up to {}, but the spool ends at {}: records were cut off",
+                shipped.seq, report.last_seq
+            ),
+        ));
+    }
     Ok(report)
 }

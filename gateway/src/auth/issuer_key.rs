@@ -62,6 +62,11 @@ impl IssuerKey {
         Ok(())
     }
 
+    /// The private key as PKCS#8 PEM.
+    pub fn pem(&self) -> &str {
+        &self.pem
+    }
+
     /// The public key as a JWK Set.
     pub fn jwks(&self) -> String {
         let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);

@@ -3,8 +3,6 @@
 //! AuditEvents, a chain `portvagt audit verify` confirms, and 503 when the spool cannot be
 //! written (a real write failure: the file size limit of the process).
 
-use std::process::Command;
-
 use base64::Engine as _;
 use bytes::Bytes;
 use http::Request;
@@ -198,17 +196,13 @@ async fn the_events_are_valid_r4_audit_events_and_the_chain_verifies() {
     .await;
     assert_eq!(status, 400, "the backend does validate AuditEvents");
 
-    let output = Command::new(env!("CARGO_BIN_EXE_portvagt"))
-        .args(["audit", "verify"])
-        .arg(gateway.dir.path().join("audit"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}");
+    let (ok, stdout) = gateway.verify_audit();
+    assert!(ok, "{stdout}");
     assert!(
         stdout.starts_with(&format!("OK: {} records", events.len())),
         "{stdout}"
     );
+    assert!(stdout.contains("the gateway is writing"), "{stdout}");
 }
 
 /// A gateway whose process may not grow a file beyond a few KiB (RLIMIT_FSIZE, with SIGXFSZ
@@ -242,12 +236,7 @@ async fn when_the_spool_cannot_be_written_the_access_is_refused() {
     }
     assert_eq!(statuses.last(), Some(&503), "{statuses:?}");
     // Every answer that was given has its record, and the chain is intact.
-    let output = Command::new(env!("CARGO_BIN_EXE_portvagt"))
-        .args(["audit", "verify"])
-        .arg(gateway.dir.path().join("audit"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let (_, stdout) = gateway.verify_audit();
     assert!(
         stdout.starts_with(&format!("OK: {} records", statuses.len() - 1)),
         "{stdout}"
@@ -437,8 +426,19 @@ async fn shipped_segments_are_deleted_and_what_remains_still_verifies() {
         assert!(shipped.contains(id), "{id} not shipped: {shipped:?}");
     }
     let spool = gateway.dir.path().join("audit");
-    let report = portvagt::audit::verify::verify(&spool).unwrap();
+    let keys = gateway.seal_keys();
+    let check = || portvagt::audit::verify::Check {
+        keys: Some(&keys),
+        now: jsonwebtoken::get_current_timestamp(),
+    };
+    // What was deleted, a prune seal allowed: the spool still proves itself complete.
+    let report = portvagt::audit::verify::verify(&spool, check()).unwrap();
     assert!(report.records < 6, "{report:?}");
+    assert!(report.first_seq > 1, "{report:?}");
+    assert!(
+        matches!(report.end, portvagt::audit::verify::End::Live(_)),
+        "{report:?}"
+    );
 
     // After a restart the chain goes on from what was kept.
     gateway.restart();
@@ -448,8 +448,10 @@ async fn shipped_segments_are_deleted_and_what_remains_still_verifies() {
         .await
         .unwrap();
     assert_eq!(answer.status, 200);
-    let after = portvagt::audit::verify::verify(&spool).unwrap();
+    let after = portvagt::audit::verify::verify(&spool, check()).unwrap();
     assert_ne!(after.head, report.head);
+    // The restart after a kill is on record.
+    assert!(!after.unclean_restarts.is_empty(), "{after:?}");
 }
 
 #[tokio::test]
@@ -594,15 +596,11 @@ async fn no_answered_request_loses_its_record_when_the_gateway_is_killed_under_l
     for id in &answered {
         assert_eq!(recorded.get(id), Some(&1), "request {id} answered 2xx");
     }
-    let output = Command::new(env!("CARGO_BIN_EXE_portvagt"))
-        .args(["audit", "verify"])
-        .arg(gateway.dir.path().join("audit"))
-        .output()
-        .unwrap();
+    let (ok, stdout) = gateway.verify_audit();
+    assert!(ok, "{stdout}");
     assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stdout)
+        stdout.contains("ended without a close"),
+        "the kills are on record: {stdout}"
     );
 }
 
@@ -637,4 +635,48 @@ async fn a_practitioner_launched_in_a_patients_context_cannot_read_their_log() {
         .unwrap();
     assert_eq!(answer.status, 403);
     assert_eq!(answer.detail_code(), "audit-log-restricted");
+}
+
+#[tokio::test]
+async fn a_clean_stop_closes_the_trail_and_a_kill_or_a_cut_leaves_it_incomplete() {
+    let mut gateway = Gateway::start();
+    let token = gateway.token(json!({ "scope": "user/*.rs" }));
+    let answer = gateway
+        .client()
+        .get("/fhir/Patient/pat-anne", Some(&token))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200);
+    let (ok, stdout) = gateway.verify_audit();
+    assert!(ok && stdout.contains("the gateway is writing"), "{stdout}");
+
+    // SIGTERM: the answers are out, the chain ends with a close seal.
+    assert!(gateway.terminate().success());
+    let (ok, stdout) = gateway.verify_audit();
+    assert!(ok && stdout.contains("closed cleanly"), "{stdout}");
+    let spool = gateway.dir.path().join("audit");
+    let segment = spool.join("segment-0000000001.jsonl");
+    let closed = std::fs::read_to_string(&segment).unwrap();
+
+    // The close and the last record cut off while the gateway is down: found at once.
+    let lines: Vec<&str> = closed.lines().collect();
+    std::fs::write(&segment, lines[..lines.len() - 2].join("\n") + "\n").unwrap();
+    let (ok, stdout) = gateway.verify_audit();
+    assert!(!ok && stdout.starts_with("INCOMPLETE"), "{stdout}");
+    std::fs::write(&segment, &closed).unwrap();
+
+    // A kill: no close; verified while it is down, the trail is incomplete; started again,
+    // the restart records that the run before did not close.
+    gateway.restart();
+    gateway.kill();
+    let (ok, stdout) = gateway.verify_audit();
+    assert!(!ok && stdout.starts_with("INCOMPLETE"), "{stdout}");
+    gateway.restart();
+    let _ = gateway.terminate();
+    let (ok, stdout) = gateway.verify_audit();
+    assert!(ok, "{stdout}");
+    assert!(
+        stdout.contains("closed cleanly") && stdout.contains("ended without a close"),
+        "{stdout}"
+    );
 }

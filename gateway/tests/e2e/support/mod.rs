@@ -135,6 +135,11 @@ impl Gateway {
         pki.write_to(&dir.path().join("pki")).unwrap();
         let issuer = IssuerKey::generate("test-1").unwrap();
         issuer.save(&dir.path().join("issuer")).unwrap();
+        // The audit chain's seal key, and its public half for `audit verify --jwks`.
+        let seal = IssuerKey::generate("seal-test-1").unwrap();
+        std::fs::create_dir_all(dir.path().join("seal")).unwrap();
+        std::fs::write(dir.path().join("seal/seal.key"), seal.pem()).unwrap();
+        std::fs::write(dir.path().join("seal/seal-jwks.json"), seal.jwks()).unwrap();
         let config = format!(
             r#"
 [server]
@@ -160,6 +165,8 @@ url = "{backend}"
 
 [audit]
 spool_dir = "audit"
+seal_key = "seal/seal.key"
+seal_key_id = "seal-test-1"
 {audit_extra}
 
 [log]
@@ -288,7 +295,7 @@ level = "info"
                     .lines()
                     .skip(1)
                     .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-                    .map(|record| record["event"].clone())
+                    .filter_map(|record| record.get("event").cloned())
                     .collect::<Vec<_>>()
             })
             .collect()
@@ -311,9 +318,36 @@ level = "info"
             .collect()
     }
 
+    /// The seal keys of this gateway's audit chain.
+    pub fn seal_keys(&self) -> portvagt::audit::seal::SealKeys {
+        portvagt::audit::seal::SealKeys::load(&self.dir.path().join("seal/seal-jwks.json")).unwrap()
+    }
+
+    /// `portvagt audit verify` of this gateway's spool with its seal keys: whether it says OK,
+    /// and what it printed.
+    pub fn verify_audit(&self) -> (bool, String) {
+        let output = Command::new(env!("CARGO_BIN_EXE_portvagt"))
+            .args(["audit", "verify"])
+            .arg(self.dir.path().join("audit"))
+            .arg("--jwks")
+            .arg(self.dir.path().join("seal/seal-jwks.json"))
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    }
+
     /// Every stdout line so far.
     pub fn raw_log(&self) -> String {
         self.logs.lock().unwrap().join("\n")
+    }
+
+    /// Kills the process (SIGKILL) and waits for it; [`Gateway::restart`] starts it again.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Sends SIGTERM and waits for exit.
