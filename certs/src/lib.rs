@@ -324,6 +324,9 @@ pub struct DevPki {
     pub crl_pem: String,
     /// The test STS certificate that signs SOSI ID cards and OIOSAML assertions.
     pub sts: IssuedCert,
+    /// The gateway's own client certificate, for the audit repository (which takes writes
+    /// from it alone) and backends that want to know the gateway.
+    pub gateway: IssuedCert,
 }
 
 impl DevPki {
@@ -352,7 +355,14 @@ impl DevPki {
         })?;
         let crl_pem = ca.crl(&[&revoked])?;
         let sts = ca.issue_sts("TEST1-NSP-STS Portvagt Dev")?;
+        let gateway = ca.issue_client(&ClientSubject::Organisation {
+            system_name: "Portvagt".into(),
+            organisation: "Region Demo Sundhed".into(),
+            cvr: DEMO_CVR.into(),
+            uuid: uuid::Uuid::new_v4(),
+        })?;
         Ok(Self {
+            gateway,
             ca,
             server,
             client,
@@ -365,7 +375,7 @@ impl DevPki {
 
     /// Writes the PKI as PEM files with stable names: `ca.crt`, `server.crt`, `server.key`,
     /// `client.crt`, `client.key`, `employee.crt`, `employee.key`, `revoked.crt`, `revoked.key`,
-    /// `sts.crt`, `sts.key`, `crl.pem`. Private keys are written readable by the owner only.
+    /// `sts.crt`, `sts.key`, `gateway.crt`, `gateway.key`, `crl.pem`. Private keys are written readable by the owner only.
     pub fn write_to(&self, dir: &Path) -> anyhow::Result<()> {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         write_file(&dir.join("ca.crt"), &self.ca.certificate().cert_pem, false)?;
@@ -375,6 +385,7 @@ impl DevPki {
             ("employee", &self.employee),
             ("revoked", &self.revoked),
             ("sts", &self.sts),
+            ("gateway", &self.gateway),
         ] {
             write_file(&dir.join(format!("{name}.crt")), &cert.cert_pem, false)?;
             write_file(&dir.join(format!("{name}.key")), &cert.key_pem, true)?;

@@ -21,6 +21,8 @@ pub const DEMO_ISSUER: &str = "https://issuer.demo.portvagt.invalid";
 
 /// The demo issuer key's `kid`.
 pub const DEMO_KEY_ID: &str = "demo-1";
+/// The `kid` of the demo's audit seal key.
+const DEMO_SEAL_KEY_ID: &str = "audit-seal-demo";
 
 /// Where the testbed lives when not told otherwise: beside the gateway crate.
 pub fn default_testbed() -> PathBuf {
@@ -44,6 +46,35 @@ impl BackendProcess {
 
     /// Like [`BackendProcess::start`], on a given port (0: any free port).
     pub fn start_on(testbed: &Path, seed: bool, port: u16) -> anyhow::Result<BackendProcess> {
+        Self::start_with(testbed, seed, port, &[])
+    }
+
+    /// An empty audit repository on `port` (0: any free port), serving HTTPS with the dev PKI
+    /// in `pki` (`server.crt`) and taking writes only from the gateway's certificate
+    /// (`gateway.crt`, presented by the shipper): nobody else can add, change or delete an
+    /// AuditEvent in it.
+    pub fn start_repository(
+        testbed: &Path,
+        pki: &Path,
+        port: u16,
+    ) -> anyhow::Result<BackendProcess> {
+        let file = |name: &str| pki.join(name).display().to_string();
+        let tls = [
+            ("--tls-cert", "server.crt"),
+            ("--tls-key", "server.key"),
+            ("--client-ca", "ca.crt"),
+            ("--writer-cert", "gateway.crt"),
+        ]
+        .map(|(flag, name)| [flag.to_owned(), file(name)]);
+        Self::start_with(testbed, false, port, tls.as_flattened())
+    }
+
+    fn start_with(
+        testbed: &Path,
+        seed: bool,
+        port: u16,
+        extra: &[String],
+    ) -> anyhow::Result<BackendProcess> {
         let mut args = vec![
             "--watch-stdin".to_owned(),
             "--port".into(),
@@ -52,6 +83,7 @@ impl BackendProcess {
         if seed {
             args.extend(["--seed".into(), "seed/bundle.json".into()]);
         }
+        args.extend_from_slice(extra);
         let (child, stdin, announced) =
             start_node(&testbed.join("backend"), &args, "the reference backend")?;
         let base_url = announced["listening"]
@@ -262,6 +294,11 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     pki.write_to(&pki_dir)?;
     IssuerKey::generate(DEMO_KEY_ID)?.save(&issuer_dir)?;
     IssuerKey::generate("portvagt-1")?.save(&dir.join("portvagt-key"))?;
+    // The audit chain's seal key; verify with its public half, audit-seal/seal-jwks.json.
+    let seal = IssuerKey::generate(DEMO_SEAL_KEY_ID)?;
+    std::fs::create_dir_all(dir.join("audit-seal"))?;
+    std::fs::write(dir.join("audit-seal/seal.key"), seal.pem())?;
+    std::fs::write(dir.join("audit-seal/seal-jwks.json"), seal.jwks())?;
 
     eprintln!("starting the reference FHIR backend and the audit repository ...");
     let backend = tokio::task::spawn_blocking({
@@ -270,8 +307,8 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     })
     .await??;
     let audit_repository = tokio::task::spawn_blocking({
-        let testbed = options.testbed.clone();
-        move || BackendProcess::start(&testbed, false)
+        let (testbed, pki_dir) = (options.testbed.clone(), pki_dir.clone());
+        move || BackendProcess::start_repository(&testbed, &pki_dir, 0)
     })
     .await??;
 
@@ -557,9 +594,16 @@ assertion_audiences = ["https://{addr}"]
 # shipped to the audit repository, where citizens read their own.
 [audit]
 spool_dir = "audit"
+# Signed checkpoints in the chain: `audit verify --jwks` proves nothing was cut off.
+seal_key = "audit-seal/seal.key"
+seal_key_id = "{DEMO_SEAL_KEY_ID}"
 
+# The repository takes writes only from the gateway's own certificate.
 [audit.ship]
 url = "{audit_url}"
+ca_file = "pki/ca.crt"
+client_cert = "pki/gateway.crt"
+client_key = "pki/gateway.key"
 
 # Citizens' blocks (Consent resources in the backend) are enforced.
 [consent]
@@ -618,8 +662,8 @@ Portvagt demo is running. In another shell:
   # $PORTVAGT_MINLOG_URL (sign in as anne.hansen, any password, or paste $PATIENT_TOKEN):
   curl -s --cacert "$PORTVAGT_CA" -H "Authorization: Bearer $PATIENT_TOKEN" "$PORTVAGT_CITIZEN_URL/AuditEvent"
 
-  # The audit spool's hash chain:
-  cargo run -p portvagt -- audit verify {dir}/audit
+  # The audit spool's hash chain and its seals (nothing altered, nothing cut off):
+  cargo run -p portvagt -- audit verify {dir}/audit --jwks {dir}/audit-seal/seal-jwks.json
 
   # No token, no access (401 OperationOutcome):
   {curl} -i "$PORTVAGT_URL/Patient/pat-anne"

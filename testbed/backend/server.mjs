@@ -3,15 +3,20 @@
 //
 // A plain node:http server in front of Medplum's FhirRouter + in-memory
 // repository. No authentication: the Portvagt gateway in front of it does that.
+// As an audit repository it serves HTTPS and takes writes from one client
+// certificate only (the gateway's): --tls-cert/--tls-key/--client-ca/--writer-cert.
 //
 //   node server.mjs [--port N] [--host 127.0.0.1] [--base-path /fhir/R4]
 //                   [--seed seed/bundle.json] [--watch-stdin] [--verbose]
+//                   [--tls-cert F --tls-key F [--client-ca F --writer-cert F]]
 //
 // Once listening it prints exactly one JSON line to stdout:
 //   {"listening":"http://127.0.0.1:<port>/fhir/R4","port":<port>}
 
+import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
+import https from 'node:https';
 import { parseArgs } from 'node:util';
 
 import {
@@ -47,7 +52,8 @@ const FHIR_ID = /^[A-Za-z0-9\-.]{1,64}$/;
 // ---------------------------------------------------------------- CLI
 
 const USAGE = `usage: node server.mjs [--port N] [--host 127.0.0.1] [--base-path /fhir/R4]
-                      [--seed seed/bundle.json] [--watch-stdin] [--verbose]`;
+                      [--seed seed/bundle.json] [--watch-stdin] [--verbose]
+                      [--tls-cert F --tls-key F [--client-ca F --writer-cert F]]`;
 
 let args;
 try {
@@ -59,6 +65,10 @@ try {
       seed: { type: 'string' },
       'watch-stdin': { type: 'boolean', default: false },
       verbose: { type: 'boolean', default: false },
+      'tls-cert': { type: 'string' },
+      'tls-key': { type: 'string' },
+      'client-ca': { type: 'string' },
+      'writer-cert': { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
     },
     strict: true,
@@ -76,6 +86,20 @@ if (!Number.isInteger(port) || port < 0 || port > 65535) {
   process.stderr.write(`invalid --port: ${args.port}\n`);
   process.exit(2);
 }
+const tls = args['tls-cert'] !== undefined;
+if (tls !== (args['tls-key'] !== undefined)) {
+  process.stderr.write(`give --tls-cert and --tls-key together\n${USAGE}\n`);
+  process.exit(2);
+}
+if (args['writer-cert'] !== undefined && (!tls || args['client-ca'] === undefined)) {
+  process.stderr.write(`--writer-cert needs --tls-cert, --tls-key and --client-ca\n${USAGE}\n`);
+  process.exit(2);
+}
+// Writes (anything but reads and searches) only from the client presenting this certificate.
+const writerFingerprint =
+  args['writer-cert'] === undefined
+    ? undefined
+    : new X509Certificate(readFileSync(args['writer-cert'])).fingerprint256;
 const basePath = ('/' + args['base-path']).replace(/\/+/g, '/').replace(/\/$/, '');
 const verbose = args.verbose;
 
@@ -271,6 +295,14 @@ async function handleFhir(req, res, method, rel, url) {
   });
 }
 
+/** Whether a request may change what the repository holds (a POST _search does not). */
+function isWrite(method, pathname) {
+  if (method === 'GET' || method === 'HEAD') {
+    return false;
+  }
+  return !(method === 'POST' && pathname.endsWith('/_search'));
+}
+
 async function handle(req, res) {
   const started = performance.now();
   let status = 500;
@@ -283,6 +315,12 @@ async function handle(req, res) {
       throw new HttpError(400, 'invalid', 'Invalid request URL');
     }
     const method = req.method === 'HEAD' ? 'GET' : req.method;
+    if (writerFingerprint !== undefined && isWrite(req.method, url.pathname)) {
+      const peer = req.socket.getPeerCertificate?.();
+      if (!req.socket.authorized || peer?.fingerprint256 !== writerFingerprint) {
+        throw new HttpError(403, 'forbidden', 'Only the gateway writes to this repository');
+      }
+    }
     if (url.pathname === '/healthz') {
       status = send(res, 200, { status: 'ok' }, { 'Content-Type': 'application/json; charset=utf-8' });
     } else if (url.pathname !== basePath && !url.pathname.startsWith(basePath + '/')) {
@@ -347,9 +385,22 @@ ready = new Promise((resolve) => {
   markReady = resolve;
 });
 
-server = http.createServer((req, res) => {
+const handler = (req, res) => {
   handle(req, res).catch((err) => log(`fatal handler error: ${err?.stack ?? err}`));
-});
+};
+server = tls
+  ? https.createServer(
+      {
+        cert: readFileSync(args['tls-cert']),
+        key: readFileSync(args['tls-key']),
+        ca: args['client-ca'] === undefined ? undefined : readFileSync(args['client-ca']),
+        // Readers need no certificate; writers are checked per request.
+        requestCert: args['client-ca'] !== undefined,
+        rejectUnauthorized: false,
+      },
+      handler,
+    )
+  : http.createServer(handler);
 server.on('clientError', (err, socket) => {
   if (socket.writable) {
     socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n');
@@ -371,7 +422,7 @@ server.listen(port, args.host, async () => {
   if (hostPart.includes(':')) {
     hostPart = `[${hostPart}]`;
   }
-  repo.baseUrl = `http://${hostPart}:${actualPort}${basePath}`;
+  repo.baseUrl = `${tls ? 'https' : 'http'}://${hostPart}:${actualPort}${basePath}`;
   capabilityJson = JSON.stringify(buildCapabilityStatement(repo.baseUrl, `medplum-${medplumVersion}`));
   try {
     if (args.seed) {

@@ -6,11 +6,12 @@
 use base64::Engine as _;
 use bytes::Bytes;
 use http::Request;
-use http_body_util::{BodyExt as _, Full};
-use hyper_util::rt::TokioIo;
+use http_body_util::Full;
 use serde_json::{Value, json};
 
-use crate::support::{Answer, Gateway, ISSUER, Options, backend_url, metric_value};
+use std::sync::Arc;
+
+use crate::support::{Answer, Gateway, ISSUER, Options, Repository, backend_url, metric_value};
 
 fn request_id(answer: &Answer) -> String {
     answer.headers["x-request-id"].to_str().unwrap().to_owned()
@@ -261,35 +262,6 @@ async fn failing_open_lets_the_access_through_and_counts_the_lost_record() {
     assert!(gateway.raw_log().contains("AUDIT RECORD LOST"));
 }
 
-/// The AuditEvents in the audit repository at `base` (a reference backend).
-async fn repository_events(base: &str) -> Vec<Value> {
-    let url: http::Uri = format!("{base}/AuditEvent?_count=1000").parse().unwrap();
-    let Ok(tcp) =
-        tokio::net::TcpStream::connect((url.host().unwrap(), url.port_u16().unwrap())).await
-    else {
-        return Vec::new();
-    };
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    let request = Request::get(url.path_and_query().unwrap().as_str())
-        .header("host", url.authority().unwrap().as_str())
-        .header("accept", "application/fhir+json")
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let response = sender.send_request(request).await.unwrap();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    let bundle: Value = serde_json::from_slice(&bytes).unwrap();
-    bundle["entry"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|entry| entry["resource"].clone())
-        .collect()
-}
-
 fn request_ids(events: &[Value]) -> Vec<String> {
     let mut ids: Vec<String> = events
         .iter()
@@ -320,9 +292,11 @@ async fn the_shipper_delivers_everything_once_the_repository_is_up_and_remembers
         .local_addr()
         .unwrap()
         .port();
-    let repository = format!("http://127.0.0.1:{port}/fhir/R4");
+    let url = format!("https://127.0.0.1:{port}/fhir/R4");
+    let pki = Arc::new(portvagt_certs::DevPki::generate().unwrap());
     let mut gateway = Gateway::start_with(Options {
-        audit_extra: format!("[audit.ship]\nurl = \"{repository}\"\nbatch_size = 3"),
+        pki: Some(pki.clone()),
+        audit_extra: Repository::ship(&url, "batch_size = 3"),
         ..Options::default()
     });
     let token = gateway.token(json!({ "scope": "user/*.rs" }));
@@ -346,13 +320,11 @@ async fn the_shipper_delivers_everything_once_the_repository_is_up_and_remembers
     }
     assert!(lag.is_some_and(|lag| lag >= 5.0), "lag {lag:?}");
 
-    let _audit_repository =
-        portvagt::demo::BackendProcess::start_on(&portvagt::demo::default_testbed(), false, port)
-            .unwrap();
+    let repository = Repository::start_with(pki, port);
     let spooled = gateway.audit_events();
     let mut shipped = Vec::new();
     for _ in 0..300 {
-        shipped = repository_events(&repository).await;
+        shipped = repository.events().await;
         if shipped.len() >= spooled.len() {
             break;
         }
@@ -370,14 +342,14 @@ async fn the_shipper_delivers_everything_once_the_repository_is_up_and_remembers
     assert_eq!(answer.status, 200);
     let spooled = gateway.audit_events();
     for _ in 0..100 {
-        shipped = repository_events(&repository).await;
+        shipped = repository.events().await;
         if shipped.len() >= spooled.len() {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     tokio::time::sleep(std::time::Duration::from_millis(600)).await;
-    let shipped = repository_events(&repository).await;
+    let shipped = repository.events().await;
     assert_eq!(request_ids(&shipped), request_ids(&spooled));
     let metrics = gateway.client().get("/metrics", None).await.unwrap().text();
     assert_eq!(
@@ -388,14 +360,14 @@ async fn the_shipper_delivers_everything_once_the_repository_is_up_and_remembers
 
 #[tokio::test]
 async fn shipped_segments_are_deleted_and_what_remains_still_verifies() {
-    let repository =
-        portvagt::demo::BackendProcess::start(&portvagt::demo::default_testbed(), false).unwrap();
+    let repository = Repository::start();
     // Segments of about one record each, deleted as soon as they are shipped.
     let mut gateway = Gateway::start_with(Options {
         audit_extra: format!(
-            "segment_bytes = 2048\n[audit.ship]\nurl = \"{}\"\nkeep_shipped = \"0s\"",
-            repository.base_url()
+            "segment_bytes = 2048\n{}",
+            Repository::ship(repository.base_url(), "keep_shipped = \"0s\"")
         ),
+        pki: Some(repository.pki.clone()),
         ..Options::default()
     });
     let token = gateway.token(json!({ "scope": "user/*.rs" }));
@@ -421,7 +393,7 @@ async fn shipped_segments_are_deleted_and_what_remains_still_verifies() {
     }
     assert!(deleted >= 5.0, "{deleted} segments deleted");
     // Everything is in the repository; the spool keeps only the segment being written.
-    let shipped = request_ids(&repository_events(repository.base_url()).await);
+    let shipped = request_ids(&repository.events().await);
     for id in &answered {
         assert!(shipped.contains(id), "{id} not shipped: {shipped:?}");
     }
@@ -456,12 +428,8 @@ async fn shipped_segments_are_deleted_and_what_remains_still_verifies() {
 
 #[tokio::test]
 async fn a_citizen_reads_who_looked_at_their_record_and_nothing_else() {
-    let repository =
-        portvagt::demo::BackendProcess::start(&portvagt::demo::default_testbed(), false).unwrap();
-    let gateway = Gateway::start_with(Options {
-        audit_extra: format!("[audit.ship]\nurl = \"{}\"", repository.base_url()),
-        ..Options::default()
-    });
+    let repository = Repository::start();
+    let gateway = Gateway::start_with(repository.gateway_options(""));
     let client = gateway.client();
     let physician = gateway.token(json!({
         "scope": "user/*.rs", "name": "Mette Kjær", "role": "7170",
@@ -494,7 +462,7 @@ async fn a_citizen_reads_who_looked_at_their_record_and_nothing_else() {
     );
     let spooled = gateway.audit_events().len();
     for _ in 0..100 {
-        if repository_events(repository.base_url()).await.len() >= spooled {
+        if repository.events().await.len() >= spooled {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -679,4 +647,70 @@ async fn a_clean_stop_closes_the_trail_and_a_kill_or_a_cut_leaves_it_incomplete(
         stdout.contains("closed cleanly") && stdout.contains("ended without a close"),
         "{stdout}"
     );
+}
+
+#[tokio::test]
+async fn only_the_gateway_writes_to_the_audit_repository() {
+    let repository = Repository::start();
+    let gateway = Gateway::start_with(repository.gateway_options(""));
+    let token = gateway.token(json!({ "scope": "user/*.rs" }));
+    let answer = gateway
+        .client()
+        .get("/fhir/Patient/pat-anne", Some(&token))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200);
+    let mut shipped = Vec::new();
+    for _ in 0..100 {
+        shipped = repository.events().await;
+        if !shipped.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let id = shipped[0]["id"]
+        .as_str()
+        .expect("the gateway's shipper wrote")
+        .to_owned();
+
+    // Nobody else adds, changes or deletes an event: no certificate, an application's
+    // organisation certificate, an employee's.
+    let pki = &repository.pki;
+    let forged = json!({ "resourceType": "AuditEvent", "id": id, "recorded": "2026-01-01T00:00:00Z",
+        "type": { "code": "rest" }, "agent": [], "source": { "observer": { "display": "x" } } });
+    for cert in [None, Some(&pki.client), Some(&pki.employee)] {
+        let client = repository.client(cert);
+        for (method, path, body) in [
+            ("PUT", format!("AuditEvent/{id}"), forged.clone()),
+            ("POST", "AuditEvent".to_owned(), forged.clone()),
+            ("DELETE", format!("AuditEvent/{id}"), Value::Null),
+            (
+                "POST",
+                String::new(),
+                json!({ "resourceType": "Bundle", "type": "transaction", "entry": [
+                    { "request": { "method": "DELETE", "url": format!("AuditEvent/{id}") } }] }),
+            ),
+        ] {
+            let request = Request::builder()
+                .method(method)
+                .uri(repository.path(&path).trim_end_matches('/'))
+                .header("content-type", "application/fhir+json")
+                .body(Full::new(Bytes::from(if body.is_null() {
+                    Vec::new()
+                } else {
+                    serde_json::to_vec(&body).unwrap()
+                })))
+                .unwrap();
+            let answer = client.send(request).await.unwrap();
+            assert_eq!(answer.status, 403, "{method} {path}: {}", answer.text());
+        }
+    }
+    // Reads stay open to the auditors, and the event is as the gateway shipped it.
+    let read = repository
+        .client(None)
+        .get(&repository.path(&format!("AuditEvent/{id}")), None)
+        .await
+        .unwrap();
+    assert_eq!(read.status, 200);
+    assert_eq!(read.json()["recorded"], shipped[0]["recorded"]);
 }

@@ -6,13 +6,12 @@ use serde_json::{Value, json};
 
 use http::Method;
 
-use crate::support::{Gateway, Options, request};
+use crate::support::{Gateway, Options, Repository, request};
 
-fn gateway(repository: &portvagt::demo::BackendProcess, citizen_extra: &str) -> Gateway {
+fn gateway(repository: &Repository, citizen_extra: &str) -> Gateway {
     Gateway::start_with(Options {
-        audit_extra: format!("[audit.ship]\nurl = \"{}\"", repository.base_url()),
         extra_config: format!("[citizen]\nlisten = \"127.0.0.1:0\"\n{citizen_extra}"),
-        ..Options::default()
+        ..repository.gateway_options("")
     })
 }
 
@@ -26,8 +25,7 @@ fn anne(gateway: &Gateway, scope: &str) -> String {
 
 #[tokio::test]
 async fn citizens_read_their_own_log_without_a_certificate_and_nothing_else() {
-    let repository =
-        portvagt::demo::BackendProcess::start(&portvagt::demo::default_testbed(), false).unwrap();
+    let repository = Repository::start();
     let gateway = gateway(&repository, "");
     let physician_claims = json!({
         "scope": "user/*.rs", "name": "Mette Kjær", "role": "7170",
@@ -179,8 +177,7 @@ async fn citizens_read_their_own_log_without_a_certificate_and_nothing_else() {
 
 #[tokio::test]
 async fn the_page_is_served_with_a_strict_content_security_policy() {
-    let repository =
-        portvagt::demo::BackendProcess::start(&portvagt::demo::default_testbed(), false).unwrap();
+    let repository = Repository::start();
     let gateway = gateway(&repository, "client_id = \"min-sundhed\"");
     let browser = gateway.citizen_client();
     let page = browser.get("/minlog/", None).await.unwrap();
@@ -200,8 +197,7 @@ async fn the_page_is_served_with_a_strict_content_security_policy() {
 
 #[tokio::test]
 async fn types_the_operator_opens_are_readable_in_the_citizens_own_compartment() {
-    let repository =
-        portvagt::demo::BackendProcess::start(&portvagt::demo::default_testbed(), false).unwrap();
+    let repository = Repository::start();
     let gateway = gateway(&repository, "resource_types = [\"Observation\"]");
     let browser = gateway.citizen_client();
     let token = anne(
@@ -247,13 +243,11 @@ async fn types_the_operator_opens_are_readable_in_the_citizens_own_compartment()
 
 #[tokio::test]
 async fn citizens_are_rate_limited_one_by_one_without_certificates() {
-    let repository =
-        portvagt::demo::BackendProcess::start(&portvagt::demo::default_testbed(), false).unwrap();
+    let repository = Repository::start();
     // Limits per certificate: on the citizen listener, where there is none, per citizen.
     let gateway = Gateway::start_with(Options {
-        audit_extra: format!("[audit.ship]\nurl = \"{}\"", repository.base_url()),
         extra_config: "[citizen]\nlisten = \"127.0.0.1:0\"\n\n[rate_limit]\nrequests = 2\nwindow = \"600s\"\nkey = \"certificate\"\n".into(),
-        ..Options::default()
+        ..repository.gateway_options("")
     });
     let browser = gateway.citizen_client();
     let anne = anne(&gateway, "patient/AuditEvent.rs");

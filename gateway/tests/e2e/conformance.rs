@@ -11,7 +11,7 @@ use portvagt_conformance::client::Identity;
 use portvagt_conformance::{Settings, Tokens};
 use serde_json::json;
 
-use crate::support::{Gateway, Options, backend_url};
+use crate::support::{Gateway, Options, Repository, backend_url};
 
 fn identity(cert: &portvagt_certs::IssuedCert) -> Identity {
     Identity {
@@ -22,20 +22,19 @@ fn identity(cert: &portvagt_certs::IssuedCert) -> Identity {
 
 /// A gateway with everything the suite exercises: audit shipped to a repository, token
 /// exchange.
-fn deployment(repository: &str) -> Gateway {
+fn deployment(repository: &Repository) -> Gateway {
     let key = portvagt::auth::issuer_key::IssuerKey::generate("portvagt-conf").unwrap();
     let dir = tempfile::tempdir().unwrap();
     key.save(dir.path()).unwrap();
     let pem = std::fs::read_to_string(dir.path().join("issuer.key")).unwrap();
     Gateway::start_with(Options {
         files: vec![("exchange.key".into(), pem)],
-        audit_extra: format!("[audit.ship]\nurl = \"{repository}\"\nbatch_size = 5"),
         extra_config:
             "[consent]\n\n[token_exchange]\nissuer = \"https://portvagt.conformance.invalid\"\n\
                        signing_key = \"exchange.key\"\ntrusted_sts = [\"pki/sts.crt\"]\n\n\
                        [citizen]\nlisten = \"127.0.0.1:0\"\n"
                 .into(),
-        ..Options::default()
+        ..repository.gateway_options("batch_size = 5")
     })
 }
 
@@ -93,9 +92,8 @@ fn settings(gateway: &Gateway, target: &str) -> Settings {
 
 #[tokio::test]
 async fn the_suite_passes_against_a_local_deployment() {
-    let repository =
-        portvagt::demo::BackendProcess::start(&portvagt::demo::default_testbed(), false).unwrap();
-    let gateway = deployment(repository.base_url());
+    let repository = Repository::start();
+    let gateway = deployment(&repository);
     let mut settings = settings(&gateway, &gateway.base_url);
     settings.citizen_base_url = Some(format!("https://{}/fhir", gateway.citizen_addr()));
     let report = portvagt_conformance::run(settings, &[], |_, _, _| {})

@@ -269,6 +269,17 @@ async fn demo_runs_a_working_deployment_and_stops_on_ctrl_c() {
         client.get("/healthz", None).await.is_err(),
         "the gateway still answers after Ctrl-C"
     );
+    // The command the demo prints proves the audit trail complete: sealed, closed on Ctrl-C.
+    let verify = Command::new(env!("CARGO_BIN_EXE_portvagt"))
+        .args(["audit", "verify"])
+        .arg(dir.path().join("audit"))
+        .arg("--jwks")
+        .arg(dir.path().join("audit-seal/seal-jwks.json"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&verify.stdout);
+    assert!(verify.status.success(), "{stdout}");
+    assert!(stdout.contains("closed cleanly"), "{stdout}");
 }
 
 fn portvagt_certs_from_files(dir: &std::path::Path) -> portvagt_certs::IssuedCert {

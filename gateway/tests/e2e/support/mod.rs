@@ -751,3 +751,89 @@ pub fn mtls_acceptor(pki: &DevPki) -> tokio_rustls::TlsAcceptor {
         .unwrap();
     tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
+
+/// An audit repository as deployed: HTTPS, taking writes only from the gateway's own
+/// certificate (`gateway.crt` of the PKI it shares with the gateways that ship to it).
+pub struct Repository {
+    pub process: portvagt::demo::BackendProcess,
+    pub pki: Arc<DevPki>,
+    _dir: tempfile::TempDir,
+}
+
+impl Repository {
+    pub fn start() -> Repository {
+        Self::start_with(Arc::new(DevPki::generate().unwrap()), 0)
+    }
+
+    /// With the PKI `pki`, on `port` (0: any free port).
+    pub fn start_with(pki: Arc<DevPki>, port: u16) -> Repository {
+        let dir = tempfile::tempdir().unwrap();
+        pki.write_to(dir.path()).unwrap();
+        let process = portvagt::demo::BackendProcess::start_repository(
+            &portvagt::demo::default_testbed(),
+            dir.path(),
+            port,
+        )
+        .unwrap();
+        Repository {
+            process,
+            pki,
+            _dir: dir,
+        }
+    }
+
+    pub fn base_url(&self) -> &str {
+        self.process.base_url()
+    }
+
+    /// The `[audit.ship]` table for `url` (this repository's, or one not yet listening), for a
+    /// gateway started with `pki: Some(repository.pki.clone())`, then `extra` lines.
+    pub fn ship(url: &str, extra: &str) -> String {
+        format!(
+            "[audit.ship]\nurl = \"{url}\"\nca_file = \"pki/ca.crt\"\nclient_cert = \"pki/gateway.crt\"\nclient_key = \"pki/gateway.key\"\n{extra}"
+        )
+    }
+
+    /// Options for a gateway shipping here, with `extra` lines in `[audit.ship]`.
+    pub fn gateway_options(&self, extra: &str) -> Options {
+        Options {
+            pki: Some(self.pki.clone()),
+            audit_extra: Self::ship(self.base_url(), extra),
+            ..Options::default()
+        }
+    }
+
+    /// A client of the repository presenting `cert` (or none).
+    pub fn client(&self, cert: Option<&IssuedCert>) -> Client {
+        let url: http::Uri = self.base_url().parse().unwrap();
+        let addr = format!("{}:{}", url.host().unwrap(), url.port_u16().unwrap());
+        Client::new(
+            addr.parse().unwrap(),
+            &self.pki.ca.certificate().cert_pem,
+            cert,
+        )
+    }
+
+    /// The repository's FHIR base path (`/fhir/R4`).
+    pub fn path(&self, rest: &str) -> String {
+        let url: http::Uri = self.base_url().parse().unwrap();
+        format!("{}/{rest}", url.path().trim_end_matches('/'))
+    }
+
+    /// Every AuditEvent it holds (one page of up to 1000).
+    pub async fn events(&self) -> Vec<Value> {
+        let answer = self
+            .client(None)
+            .get(&self.path("AuditEvent?_count=1000"), None)
+            .await
+            .unwrap();
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        answer.json()["entry"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|entry| entry["resource"].clone())
+            .collect()
+    }
+}
