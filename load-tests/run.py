@@ -253,6 +253,9 @@ http {{
             wait_port(ports["sink"])
             shipping = f'[audit.ship]\nurl = "http://127.0.0.1:{ports["sink"]}/fhir"\nbatch_size = 500\nkeep_shipped = "0s"\n'
         consent = '[consent]\ncache_ttl = "30s"\n' if opts.consent else ""
+        # The audit chain is sealed, as deployed.
+        subprocess.run([str(portvagt), "audit", "new-seal-key", str(work / "seal")],
+                       check=True, capture_output=True)
         (work / "portvagt.toml").write_text(f"""
 [server]
 listen = "127.0.0.1:{ports['portvagt']}"
@@ -270,6 +273,7 @@ jwks_file = "issuer/jwks.json"
 url = "http://127.0.0.1:{ports['nginx']}/fhir/R4"
 [audit]
 spool_dir = "audit"
+seal_key = "seal/seal.key"
 {shipping}{consent}[log]
 format = "json"
 level = "info"

@@ -1,6 +1,9 @@
 //! The audit trail as a citizen sees it (IHE BALP, the MinLog idea): an access produces an
-//! AuditEvent the patient can read, the patient sees only their own, and others cannot read it.
+//! AuditEvent the patient can read, the patient sees only their own, and others cannot read it;
+//! accesses that reveal less than a read (a count, a `HEAD`) and each entry of a batch are in
+//! the log too.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use super::{case, check, expect_status};
@@ -36,7 +39,141 @@ pub(super) fn cases() -> Vec<Case> {
             [UserToken, PatientToken],
             no_internals
         ),
+        case!(
+            "AUDIT-05",
+            "a count-only search about the patient reaches the patient's log",
+            "IHE BALP PatientQuery: a count is an access to the patient's data too",
+            [UserToken, PatientToken],
+            count_recorded
+        ),
+        case!(
+            "AUDIT-06",
+            "a HEAD read of the patient reaches the patient's log",
+            "IHE BALP: HEAD answers whether the record exists, which is an access",
+            [UserToken, PatientToken],
+            head_recorded
+        ),
+        case!(
+            "AUDIT-07",
+            "each entry of a batch reaches the patient's log as its own event",
+            "IHE BALP: one AuditEvent per access; a batch is several accesses",
+            [UserToken, PatientToken],
+            batch_entries_recorded
+        ),
     ]
+}
+
+/// The ids of the events on the first page of the patient's log (newest first).
+async fn event_ids(ctx: &Ctx) -> Result<HashSet<String>, Verdict> {
+    let bundle = events(ctx).await?;
+    Ok(bundle["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry["resource"]["id"].as_str())
+        .map(str::to_owned)
+        .collect())
+}
+
+/// Waits (up to 15 s: shipping takes a moment) until the patient's log holds new events, not
+/// among `before`, with each of the `subtypes` (restful-interaction codes).
+async fn new_events(ctx: &Ctx, before: &HashSet<String>, subtypes: &[&str]) -> Verdict {
+    let mut missing = subtypes.to_vec();
+    for _ in 0..60 {
+        let bundle = match events(ctx).await {
+            Ok(bundle) => bundle,
+            Err(verdict) => return verdict,
+        };
+        let mut found: Vec<String> = bundle["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|entry| &entry["resource"])
+            .filter(|event| event["id"].as_str().is_some_and(|id| !before.contains(id)))
+            .filter_map(|event| event["subtype"][0]["code"].as_str())
+            .map(str::to_owned)
+            .collect();
+        missing = subtypes
+            .iter()
+            .copied()
+            .filter(|wanted| {
+                let at = found.iter().position(|code| code == wanted);
+                at.map(|at| found.remove(at)).is_none()
+            })
+            .collect();
+        if missing.is_empty() {
+            return Verdict::Pass;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Verdict::Fail(format!(
+        "no new event ({}) in the patient's log within 15 s",
+        missing.join(", ")
+    ))
+}
+
+async fn count_recorded(ctx: &Ctx) -> Verdict {
+    let own = ctx.settings.own_patient.clone().unwrap_or_default();
+    let before = match event_ids(ctx).await {
+        Ok(ids) => ids,
+        Err(verdict) => return verdict,
+    };
+    let count = ctx
+        .get(
+            &format!("Observation?patient={own}&_summary=count"),
+            ctx.settings.tokens.user.as_deref(),
+        )
+        .await;
+    if !matches!(&count, Ok(answer) if answer.status == 200) {
+        return expect_status(&count, 200);
+    }
+    new_events(ctx, &before, &["search-type"]).await
+}
+
+async fn head_recorded(ctx: &Ctx) -> Verdict {
+    let own = ctx.settings.own_patient.clone().unwrap_or_default();
+    let before = match event_ids(ctx).await {
+        Ok(ids) => ids,
+        Err(verdict) => return verdict,
+    };
+    let head = ctx
+        .send(
+            http::Method::HEAD,
+            &format!("Patient/{own}"),
+            ctx.settings.tokens.user.as_deref(),
+            None,
+        )
+        .await;
+    if !matches!(&head, Ok(answer) if answer.status == 200) {
+        return expect_status(&head, 200);
+    }
+    new_events(ctx, &before, &["read"]).await
+}
+
+async fn batch_entries_recorded(ctx: &Ctx) -> Verdict {
+    let own = ctx.settings.own_patient.clone().unwrap_or_default();
+    let before = match event_ids(ctx).await {
+        Ok(ids) => ids,
+        Err(verdict) => return verdict,
+    };
+    let batch = serde_json::json!({
+        "resourceType": "Bundle", "type": "batch", "entry": [
+            { "request": { "method": "GET", "url": format!("Patient/{own}") } },
+            { "request": { "method": "GET", "url": format!("Observation?patient={own}") } },
+        ]
+    });
+    let answer = ctx
+        .send(
+            http::Method::POST,
+            "",
+            ctx.settings.tokens.user.as_deref(),
+            Some(batch),
+        )
+        .await;
+    if !matches!(&answer, Ok(answer) if answer.status == 200) {
+        return expect_status(&answer, 200);
+    }
+    new_events(ctx, &before, &["read", "search-type"]).await
 }
 
 async fn no_internals(ctx: &Ctx) -> Verdict {
