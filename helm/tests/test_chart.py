@@ -87,6 +87,9 @@ KUBE_VERSIONS = ["1.29.0", kubernetes_validate.utils.latest_version()]
 CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
 CONFIG_PATH = "/etc/portvagt/portvagt.toml"
 SPOOL_DIR = "/var/lib/portvagt/audit"
+# The audit seal key's folder (auditSealKey's Secret) and the file `[audit] seal_key` names in it.
+SEAL_DIR = "/etc/portvagt/audit-seal"
+SEAL_KEY = f"{SEAL_DIR}/seal.key"
 
 
 def load_yaml(path: Path) -> dict:
@@ -157,7 +160,7 @@ VARIANTS: dict[str, dict] = {
             "consent": {"enabled": True, "cache_ttl": "1m", "cache_entries": 5000},
             "citizen": {"enabled": True, "resource_types": ["Observation", "Condition"], "page": False,
                         "client_id": "min-sundhed", "scope": "openid fhirUser launch/patient patient/*.rs"},
-            "audit": {"failure_mode": "open", "segment_bytes": 1048576,
+            "audit": {"failure_mode": "open", "segment_bytes": 1048576, "seal_every": "30s",
                       "ship": {"url": "https://audit.example.dk/fhir", "batch_size": 50,
                                "ca_file": "/etc/portvagt/sor-ca/ca.crt",
                                "tlsSecret": {"existingSecret": "audit-mtls", "certKey": "client.crt",
@@ -171,6 +174,7 @@ VARIANTS: dict[str, dict] = {
             "log": {"format": "text", "level": "portvagt=debug"},
         },
         "redis": {"url": "redis://redis:6379/2", "auth": {"existingSecret": "redis-auth"}},
+        "auditSealKey": {"existingSecret": "audit-seal", "key": "portvagt-seal.pem", "keyId": "upstreams-seal-2"},
         "extraVolumes": [{"name": "sor-ca", "configMap": {"name": "sor-ca"}}],
         "extraVolumeMounts": [{"name": "sor-ca", "mountPath": "/etc/portvagt/sor-ca", "readOnly": True}],
         "networkPolicy": {"egress": {"upstreams": {"enabled": True, "to": [], "ports": [{"port": 443, "protocol": "TCP"}]},
@@ -182,7 +186,15 @@ VARIANTS: dict[str, dict] = {
         "auditSpool": {"type": "existingClaim", "existingClaim": "portvagt-audit"},
         "config": {"audit": {"observer": "portvagt-main"}},
     },
+    # No audit trail: a seal key Secret named all the same is neither mounted nor written.
+    "audit-off": {
+        "config": {"audit": {"enabled": False}},
+        "auditSealKey": {"existingSecret": "audit-seal"},
+    },
 }
+# The variants whose audit chain must come out sealed: production has to be able to prove its
+# trail complete (`portvagt audit verify --jwks`).
+SEALED_VARIANTS = {"production", "upstreams"}
 
 
 # --- reporting ------------------------------------------------------------------------------------
@@ -289,6 +301,12 @@ def check_values_schema(chart: helm.Chart, defaults: dict) -> None:
             "config": {"upstreams": [{"name": "../x", "path_prefix": "/fhir/x", "backend": {"url": "https://x/fhir"}}]}},
         "a backend client certificate Secret key without the private key's": {
             "config": {"backend": {"url": "https://x/fhir", "tlsSecret": {"existingSecret": "s", "certKey": "tls.crt"}}}},
+        "an unknown key in auditSealKey": {"auditSealKey": {"existingSecret": "s", "kid": "audit-seal-2"}},
+        "an empty seal key id": {"auditSealKey": {"existingSecret": "s", "keyId": ""}},
+        "a seal key path in config.audit (it comes from auditSealKey)": {
+            "config": {"audit": {"seal_key": "/etc/portvagt/seal.key"}}},
+        "a seal key id in config.audit (it is auditSealKey.keyId)": {"config": {"audit": {"seal_key_id": "x"}}},
+        "a seal interval that is not a duration": {"config": {"audit": {"seal_every": 10}}},
     }
     for what, values in wrong.items():
         try:
@@ -481,6 +499,14 @@ def check_config(name: str, docs: list[dict], values: dict, gateway: dict) -> No
     audit_on = values["config"]["audit"]["enabled"]
     REPORT.check(f"{name}: the audit spool is the mounted volume",
                  (config.get("audit", {}).get("spool_dir") == SPOOL_DIR) == audit_on)
+    seal_key = values["auditSealKey"]
+    sealed = audit_on and bool(seal_key["existingSecret"])
+    REPORT.check(f"{name}: the audit chain is {'sealed' if name in SEALED_VARIANTS else 'not sealed'} by these values",
+                 sealed == (name in SEALED_VARIANTS))
+    seal = {k: v for k, v in config.get("audit", {}).items() if k.startswith("seal_key")}
+    wanted = {"seal_key": SEAL_KEY, "seal_key_id": seal_key["keyId"]} if sealed else {}
+    REPORT.check(f"{name}: [audit] " + (f"seal_key is {SEAL_KEY}, seal_key_id {seal_key['keyId']!r}" if sealed
+                                        else "has no seal_key and no seal_key_id"), seal == wanted, str(seal))
 
     check_config_values(name, config, values)
     check_config_files(name, docs, config, values)
@@ -505,7 +531,7 @@ CHART_WRITTEN = {
     "server": {"listen", "admin_listen"},
     "tls": {"cert", "key", "client_ca", "crls"},
     "policy": {"rules_file"},
-    "audit": {"spool_dir"},
+    "audit": {"spool_dir", "seal_key", "seal_key_id"},
     "token_exchange": {"signing_key", "trusted_sts", "redis_url"},
     "rate_limit": {"redis_url"},
     "citizen": {"listen"},
@@ -622,6 +648,8 @@ def check_config_files(name: str, docs: list[dict], config: dict, values: dict) 
         files += [config["token_exchange"]["signing_key"], *config["token_exchange"]["trusted_sts"]]
     if "rules_file" in config.get("policy", {}):
         files.append(config["policy"]["rules_file"])
+    if "seal_key" in config.get("audit", {}):
+        files.append(config["audit"]["seal_key"])
     for issuer in config.get("issuer", []):
         files += [issuer[k] for k in ("ca_file", "jwks_file") if k in issuer]
         files += [issuer.get("introspection", {})[k] for k in ("client_secret_file", "client_cert", "client_key")
@@ -721,6 +749,24 @@ def check_pod(name: str, docs: list[dict], values: dict) -> None:
     annotations = work["spec"]["template"]["metadata"].get("annotations", {})
     REPORT.check(f"{name}: pods roll when portvagt.toml changes", "checksum/config" in annotations)
 
+    # The seal key: its own Secret, only in the gateway container, read-only, mode 0440, as a
+    # folder (no subPath, like every Secret here), never on the spool's volume.
+    seal_key = values["auditSealKey"]
+    seal_volumes = [v for v in pod["volumes"] if v["name"] == "audit-seal-key"]
+    seal_mounts = [(c["name"], m) for c in pod["containers"] + pod.get("initContainers", [])
+                   for m in c["volumeMounts"] if m["name"] == "audit-seal-key"]
+    if values["config"]["audit"]["enabled"] and seal_key["existingSecret"]:
+        wanted_volume = {"name": "audit-seal-key",
+                         "secret": {"secretName": seal_key["existingSecret"], "defaultMode": 0o440,
+                                    "items": [{"key": seal_key["key"], "path": "seal.key"}]}}
+        wanted_mount = ("portvagt", {"name": "audit-seal-key", "mountPath": SEAL_DIR, "readOnly": True})
+        REPORT.check(f"{name}: Secret {seal_key['existingSecret']} key {seal_key['key']} is mounted read-only, "
+                     f"mode 0440, as {SEAL_KEY}", seal_volumes == [wanted_volume] and seal_mounts == [wanted_mount],
+                     str(seal_volumes + seal_mounts))
+    else:
+        REPORT.check(f"{name}: no seal key is mounted", not seal_volumes and not seal_mounts,
+                     str(seal_volumes + seal_mounts))
+
     spool = [v for v in pod["volumes"] if v["name"] == "audit-spool"]
     claims = [t["metadata"]["name"] for t in work["spec"].get("volumeClaimTemplates", [])]
     spool_type = values["auditSpool"]["type"]
@@ -814,6 +860,12 @@ def check_notes(name: str, notes: str, values: dict) -> None:
                if secret_files(table, folder)]
     REPORT.check(f"{name}: NOTES.txt lists the {len(secrets)} backend TLS Secrets the pods need",
                  all(f"  - {s}: keys " in notes for s in secrets), str(secrets))
+    audit_on = values["config"]["audit"]["enabled"]
+    seal_secret = values["auditSealKey"]["existingSecret"]
+    REPORT.check(f"{name}: NOTES.txt warns of an unsealed audit chain exactly when audit is on without a seal key",
+                 ("audit chain is not sealed" in notes) == (audit_on and not seal_secret))
+    REPORT.check(f"{name}: NOTES.txt lists the seal key Secret exactly when it is mounted",
+                 bool(seal_secret and f"  - {seal_secret}: key " in notes) == bool(audit_on and seal_secret))
 
 
 def checkov_skips(docs: list[dict]) -> dict[str, str]:

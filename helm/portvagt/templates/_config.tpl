@@ -1,7 +1,8 @@
 {{/*
 The gateway's configuration file (README "Configuration"), from `config` and the fixed mount
 paths of the Secrets. TOML wants a table's keys before its sub-tables, hence the order below
-(each [[upstream]]'s keys, then its [upstream.backend]); [token_exchange] comes last.
+(each [[upstream]]'s keys, then its [upstream.backend]; [audit]'s seal key before [audit.ship]);
+[token_exchange] comes last.
 */}}
 {{- define "portvagt.configToml" -}}
 {{- $cfg := .Values.config -}}
@@ -85,7 +86,11 @@ redis_url = {{ include "portvagt.redisUrl" . }}
 
 [audit]
 spool_dir = "/var/lib/portvagt/audit"
-{{- include "portvagt.tomlKeys" (dict "table" $cfg.audit "skip" (list "enabled")) }}
+{{- include "portvagt.tomlKeys" (dict "table" $cfg.audit "skip" (list "enabled" "seal_key" "seal_key_id")) }}
+{{- if include "portvagt.auditSealed" . }}
+seal_key = "/etc/portvagt/audit-seal/seal.key"
+seal_key_id = {{ .Values.auditSealKey.keyId | toJson }}
+{{- end }}
 {{- if $cfg.audit.ship.url }}
 
 [audit.ship]

@@ -95,6 +95,14 @@ after a restart so its unshipped records are shipped. Every other choice is a De
 {{- default (printf "%s-trusted-sts" (include "portvagt.fullname" .)) .Values.tokenExchangeKeys.trustedSts.existingSecret }}
 {{- end }}
 
+{{/*
+Whether the audit chain is sealed: the audit trail is on and auditSealKey names a Secret (no
+default name: without one the chain is not sealed, and NOTES.txt warns).
+*/}}
+{{- define "portvagt.auditSealed" -}}
+{{- if and .Values.config.audit.enabled .Values.auditSealKey.existingSecret }}true{{- end }}
+{{- end }}
+
 {{/* Whether any part of the configuration talks to Redis. */}}
 {{- define "portvagt.usesRedis" -}}
 {{- $exchange := and .Values.config.token_exchange.enabled .Values.config.token_exchange.useRedis }}

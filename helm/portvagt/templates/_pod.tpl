@@ -160,6 +160,11 @@ spec:
         - name: audit-spool
           mountPath: /var/lib/portvagt/audit
         {{- end }}
+        {{- if include "portvagt.auditSealed" . }}
+        - name: audit-seal-key
+          mountPath: /etc/portvagt/audit-seal
+          readOnly: true
+        {{- end }}
         {{- with .Values.extraVolumeMounts }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
@@ -226,6 +231,15 @@ spec:
           - key: {{ . }}
             path: {{ . }}
           {{- end }}
+    {{- end }}
+    {{- if include "portvagt.auditSealed" . }}
+    - name: audit-seal-key
+      secret:
+        secretName: {{ .Values.auditSealKey.existingSecret }}
+        defaultMode: 0440
+        items:
+          - key: {{ .Values.auditSealKey.key }}
+            path: seal.key
     {{- end }}
     {{- /* CA and client certificates of the backends and the audit repository (tlsSecret). */}}
     {{- range (include "portvagt.tlsSecretMounts" . | fromYaml).mounts }}
