@@ -110,6 +110,10 @@ enum AuditCommand {
         /// The JWK Set of the seal key(s) (`[audit] seal_key`): proves nothing was cut off.
         #[arg(long)]
         jwks: Option<PathBuf>,
+        /// A restart after a run that did not close (at this open seal's sequence number),
+        /// investigated and accepted (a known crash); repeat for several.
+        #[arg(long = "accept-restart", value_name = "SEQ")]
+        accepted: Vec<u64>,
     },
     /// Make a seal key: DIR/seal.key (for `[audit] seal_key`, keep it secret) and
     /// DIR/seal-jwks.json (for `audit verify --jwks`).
@@ -157,7 +161,11 @@ fn init_logging(format: LogFormat, level: &str) -> tracing_appender::non_blockin
 }
 
 /// `portvagt audit verify`: the chain, and with seal keys its completeness.
-fn verify_audit(dir: &std::path::Path, jwks: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
+fn verify_audit(
+    dir: &std::path::Path,
+    jwks: Option<&std::path::Path>,
+    accepted: &[u64],
+) -> anyhow::Result<ExitCode> {
     use portvagt::audit::verify::{Check, End, verify};
     let keys = jwks
         .map(portvagt::audit::seal::SealKeys::load)
@@ -199,13 +207,31 @@ fn verify_audit(dir: &std::path::Path, jwks: Option<&std::path::Path>) -> anyhow
             segment.display()
         ));
     }
-    for (seq, time) in &report.unclean_restarts {
-        notes.push(format!(
-            "note: the run before record {seq} ({}) ended without a close: a crash or kill, or records cut off before the restart",
-            when(*time)
-        ));
+    let mut unaccepted = Vec::new();
+    for restart in &report.unclean_restarts {
+        let seq = restart.seq;
+        let what = format!(
+            "the run before record {seq} ({}) ended without a close, {} records after its last seal: a crash or kill, or records cut off or forged while it was down",
+            when(restart.time),
+            restart.unsealed
+        );
+        if accepted.contains(&seq) {
+            notes.push(format!("note (accepted): {what}"));
+        } else {
+            notes.push(format!(
+                "UNCLEAN RESTART: {what}; once investigated, accept it with --accept-restart {seq}"
+            ));
+            unaccepted.push(seq);
+        }
     }
     let code = match report.end {
+        End::Closed(_) | End::Live(_) if !unaccepted.is_empty() => {
+            println!(
+                "INCOMPLETE: {summary}; {} restarts after runs that did not close are not accepted",
+                unaccepted.len()
+            );
+            ExitCode::FAILURE
+        }
         End::Unchecked if report.seals > 0 => {
             println!(
                 "OK (chain only): {summary}; its {} seals were not checked: give --jwks to prove nothing was cut off",
@@ -279,8 +305,13 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Audit {
-            command: AuditCommand::Verify { dir, jwks },
-        } => verify_audit(&dir, jwks.as_deref()),
+            command:
+                AuditCommand::Verify {
+                    dir,
+                    jwks,
+                    accepted,
+                },
+        } => verify_audit(&dir, jwks.as_deref(), &accepted),
         Command::Audit {
             command: AuditCommand::NewSealKey { dir, kid },
         } => {

@@ -23,6 +23,7 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
+use crate::auth::issuer_key::IssuerKey;
 use crate::config::ConfigError;
 
 /// The JWS `typ` of a seal: a seal is never mistaken for a token signed by the same key.
@@ -36,7 +37,7 @@ pub enum SealKind {
     Open,
     /// The gateway is running; everything up to here is as written.
     Seal,
-    /// Segments before `first_kept` may be deleted: every record in them was shipped.
+    /// Records before `first_kept_seq` may be deleted: every one of them was shipped.
     Prune,
     /// The gateway stopped cleanly; nothing follows until the next `open`.
     Close,
@@ -70,9 +71,9 @@ pub struct Seal {
     /// While the gateway runs, the next seal follows within this many seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_within: Option<u64>,
-    /// `prune`: the first segment that must still be there.
+    /// `prune`: the first record that must still be there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub first_kept: Option<u64>,
+    pub first_kept_seq: Option<u64>,
     /// `open`: how the run before ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub before: Option<Before>,
@@ -100,6 +101,8 @@ pub(crate) fn unix_now() -> u64 {
 /// Makes seals: the private seal key, this instance's name, and how often to seal.
 pub struct Sealer {
     key: EncodingKey,
+    /// Its public half, for the shipper's checks.
+    public: SealKeys,
     kid: String,
     observer: String,
     every: Duration,
@@ -128,11 +131,18 @@ impl Sealer {
             .map_err(|e| ConfigError::new(field, format!("{}: {e}", path.display())))?;
         let key = EncodingKey::from_ec_pem(&pem)
             .map_err(|e| ConfigError::new(field, format!("not a P-256 PKCS#8 key: {e}")))?;
+        let public = std::str::from_utf8(&pem)
+            .ok()
+            .and_then(|pem| IssuerKey::from_pem(kid, pem).ok())
+            .and_then(|key| serde_json::from_str(&key.jwks()).ok())
+            .map(|keys| SealKeys { keys })
+            .ok_or_else(|| ConfigError::new(field, "not a P-256 PKCS#8 key"))?;
         if every < Duration::from_secs(1) {
             return Err(ConfigError::new("audit.seal_every", "must be at least 1s"));
         }
         let sealer = Sealer {
             key,
+            public,
             kid: kid.to_owned(),
             observer: observer.to_owned(),
             every,
@@ -142,6 +152,11 @@ impl Sealer {
             .sign(SealKind::Seal, 0, "", None, None)
             .map_err(|e| ConfigError::new(field, e))?;
         Ok(sealer)
+    }
+
+    /// The public key, as a verifier holds it.
+    pub fn keys(&self) -> &SealKeys {
+        &self.public
     }
 
     /// How often the writer seals.
@@ -155,7 +170,7 @@ impl Sealer {
         kind: SealKind,
         seq: u64,
         prev: &str,
-        first_kept: Option<u64>,
+        first_kept_seq: Option<u64>,
         before: Option<Before>,
     ) -> Result<String, String> {
         let seal = Seal {
@@ -165,7 +180,7 @@ impl Sealer {
             time: unix_now(),
             observer: self.observer.clone(),
             next_within: (kind != SealKind::Close).then_some(self.every.as_secs()),
-            first_kept,
+            first_kept_seq,
             before,
         };
         let mut header = Header::new(Algorithm::ES256);

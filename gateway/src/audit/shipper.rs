@@ -14,7 +14,7 @@
 //! repository must allow client-assigned ids (update as create), as HAPI, Medplum and Azure
 //! do.
 
-use std::io::{BufRead as _, BufReader, Seek as _, SeekFrom};
+use std::io::{BufRead as _, BufReader, Read as _, Seek as _, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -203,6 +203,16 @@ pub(crate) fn deletable(
         found.push((number, path));
     }
     Ok(found)
+}
+
+/// The sequence number of the first record of segment `number` (from its header).
+pub(crate) fn first_seq_of(dir: &Path, number: u64) -> std::io::Result<u64> {
+    let file = std::fs::File::open(dir.join(segment_name(number)))?;
+    let mut line = Vec::new();
+    BufReader::new(file.take(4096)).read_until(b'\n', &mut line)?;
+    serde_json::from_slice::<SegmentHeader>(line.trim_ascii_end())
+        .map(|header| header.first_seq)
+        .map_err(std::io::Error::other)
 }
 
 /// Deletes `segments` (from [`deletable`]), oldest first; returns how many went.
@@ -428,7 +438,14 @@ impl Shipper {
         let Some((newest, _)) = found.last() else {
             return (now, at.segment);
         };
-        if let Err(error) = spool.seal_prune(newest + 1).await {
+        // The prune seal names the first record kept: the first of the segment after.
+        let (dir, kept) = (self.dir.clone(), newest + 1);
+        let first_kept_seq =
+            match tokio::task::spawn_blocking(move || first_seq_of(&dir, kept)).await {
+                Ok(Ok(seq)) => seq,
+                _ => return (now, at.segment),
+            };
+        if let Err(error) = spool.seal_prune(first_kept_seq).await {
             tracing::error!(%error, "audit shipper: the prune seal could not be written; nothing deleted");
             return (now, at.segment);
         }

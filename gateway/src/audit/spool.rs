@@ -92,10 +92,12 @@ pub(crate) fn segments(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name();
+        // Exactly the names the writer gives: ten digits, no sign, no other spelling.
         let Some(number) = name
             .to_str()
             .and_then(|n| n.strip_prefix("segment-"))
             .and_then(|n| n.strip_suffix(".jsonl"))
+            .filter(|n| n.len() == 10 && n.bytes().all(|b| b.is_ascii_digit()))
             .and_then(|n| n.parse::<u64>().ok())
         else {
             continue;
@@ -127,7 +129,7 @@ struct Job {
 enum Work {
     /// Serialized AuditEvents.
     Append(Vec<Vec<u8>>),
-    /// A `prune` seal: segments before this one may go.
+    /// A `prune` seal: records before this one may go.
     Prune(u64),
     /// A `close` seal; appends after it are refused.
     Close,
@@ -196,10 +198,11 @@ impl Spool {
         self.submit(Work::Append(events)).await
     }
 
-    /// Writes a `prune` seal allowing the segments before `first_kept` to be deleted (when
-    /// the spool is sealed; otherwise nothing), durable when this returns.
-    pub async fn seal_prune(&self, first_kept: u64) -> Result<u64, SpoolError> {
-        self.submit(Work::Prune(first_kept)).await
+    /// Writes a `prune` seal allowing the records before `first_kept_seq` to be deleted (when
+    /// the spool is sealed; otherwise nothing), durable when this returns. Refused once the
+    /// spool is closed.
+    pub async fn seal_prune(&self, first_kept_seq: u64) -> Result<u64, SpoolError> {
+        self.submit(Work::Prune(first_kept_seq)).await
     }
 
     /// Closes the spool: a `close` seal when it is sealed, and every later append is refused.
@@ -460,7 +463,7 @@ impl Writer {
         let mut ends = Vec::with_capacity(jobs.len());
         for job in &jobs {
             match &job.work {
-                Work::Append(_) if closing => {
+                Work::Append(_) | Work::Prune(_) if closing => {
                     ends.push(None);
                     continue;
                 }

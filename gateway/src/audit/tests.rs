@@ -450,15 +450,69 @@ mod sealed {
             std::fs::write(path, bytes).unwrap();
         }
 
-        // A prune seal allows segments before the third to go; it is durable first.
-        spool.seal_prune(all[2].0).await.unwrap();
+        // Cut, and the gap hidden: the first segments replaced by header-only files that
+        // claim to continue where the third begins, numbered as the originals.
+        let third = super::super::shipper::first_seq_of(dir.path(), all[2].0).unwrap();
+        let header = lines(dir.path(), all[2].0)[0].clone();
+        for (number, path) in &all[..2] {
+            let renumbered = header.replacen(
+                &format!("\"segment\":{}", all[2].0),
+                &format!("\"segment\":{number}"),
+                1,
+            );
+            std::fs::write(path, renumbered + "\n").unwrap();
+        }
+        let broken = verify(dir.path(), check(&keys, now)).unwrap_err();
+        assert!(broken.problem.contains("without records"), "{broken}");
+        // ... or the later segments renumbered from 1: record 1 must follow the genesis head,
+        // and a later start needs a prune seal.
+        for (path, bytes) in &saved {
+            std::fs::write(path, bytes).unwrap();
+        }
+        let renamed = tempfile::tempdir().unwrap();
+        for (index, (number, path)) in all[2..].iter().enumerate() {
+            let new = index as u64 + 1;
+            let text = std::fs::read_to_string(path).unwrap().replacen(
+                &format!("\"segment\":{number}"),
+                &format!("\"segment\":{new}"),
+                1,
+            );
+            std::fs::write(renamed.path().join(segment_name(new)), text).unwrap();
+        }
+        let broken = verify(renamed.path(), check(&keys, now)).unwrap_err();
+        assert!(broken.problem.contains("no seal allowed"), "{broken}");
+        let with_one = renamed.path().join(segment_name(1));
+        let text = std::fs::read_to_string(&with_one).unwrap();
+        let first_line = text.lines().next().unwrap().to_owned();
+        let header: serde_json::Value = serde_json::from_str(&first_line).unwrap();
+        let claimed = text.replacen(
+            &first_line,
+            &first_line.replacen(
+                &format!("\"first_seq\":{}", header["first_seq"]),
+                "\"first_seq\":1",
+                1,
+            ),
+            1,
+        );
+        std::fs::write(&with_one, claimed).unwrap();
+        assert!(verify(renamed.path(), check(&keys, now)).is_err());
+
+        // A prune seal allows the records before the third segment to go; it is durable
+        // first.
+        spool.seal_prune(third).await.unwrap();
         remove(2);
         let report = verify(dir.path(), check(&keys, now)).unwrap();
-        assert!(report.first_seq > 1, "{report:?}");
+        assert_eq!(report.first_seq, third, "{report:?}");
         // One segment more than allowed is a cut.
         remove(3);
         let broken = verify(dir.path(), check(&keys, now)).unwrap_err();
         assert!(broken.problem.contains("no seal allowed"), "{broken}");
+        // Once closed, the spool allows no more pruning.
+        spool.close().await.unwrap();
+        assert!(matches!(
+            spool.seal_prune(u64::MAX).await,
+            Err(SpoolError::Stopped)
+        ));
     }
 
     #[tokio::test]
@@ -498,7 +552,56 @@ mod sealed {
         );
         let report = verify(dir.path(), check(&keys, unix_now())).unwrap();
         assert_eq!(report.unclean_restarts.len(), 1, "{report:?}");
+        assert_eq!(report.unclean_restarts[0].unsealed, 1, "{report:?}");
         assert_eq!(report.records, 3);
+    }
+
+    #[tokio::test]
+    async fn records_forged_while_the_gateway_is_down_show_as_an_unclean_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let keydir = tempfile::tempdir().unwrap();
+        let (sealer, keys) = keys(keydir.path(), "seal-1", Duration::from_secs(60));
+        {
+            let spool = Spool::open(dir.path(), 1 << 20, Some(sealer.clone())).unwrap();
+            spool.append(vec![event(0), event(1)]).await.unwrap();
+        }
+        let original = lines(dir.path(), 1);
+        let close: serde_json::Value = serde_json::from_str(original.last().unwrap()).unwrap();
+        let forge = |with_close: bool| {
+            // Down: the close cut off, a forged record chained on in its place (and, to make
+            // the next open say "closed", the genuine close moved after it).
+            let mut forged = original[..original.len() - 1].to_vec();
+            forged.push(
+                serde_json::json!({ "seq": 0, "prev": "",
+                    "event": { "resourceType": "AuditEvent", "n": 99 } })
+                .to_string(),
+            );
+            if with_close {
+                forged.push(
+                    serde_json::json!({ "seq": 0, "prev": "", "seal": close["seal"] }).to_string(),
+                );
+            }
+            let _ = std::fs::remove_dir_all(dir.path());
+            std::fs::create_dir_all(dir.path()).unwrap();
+            rewrite_chain(dir.path(), 1, forged);
+        };
+        let restart = || async {
+            let spool = Spool::open(dir.path(), 1 << 20, Some(sealer.clone())).unwrap();
+            spool.append(vec![event(2)]).await.unwrap();
+        };
+
+        forge(false);
+        restart().await;
+        let report = verify(dir.path(), check(&keys, unix_now())).unwrap();
+        assert_eq!(report.unclean_restarts.len(), 1, "{report:?}");
+        // The two genuine records after the run's open seal and the forged one: no seal of
+        // that run vouches for any of them, and the report says so.
+        assert_eq!(report.unclean_restarts[0].unsealed, 3, "{report:?}");
+
+        forge(true);
+        restart().await;
+        let broken = verify(dir.path(), check(&keys, unix_now())).unwrap_err();
+        assert!(broken.problem.contains("another place"), "{broken}");
     }
 
     #[tokio::test]

@@ -11,7 +11,7 @@
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 
-use super::seal::{Before, Seal, SealKeys, SealKind};
+use super::seal::{Seal, SealKeys, SealKind};
 use super::spool::{GENESIS, RecordLine, SegmentHeader, segments, sha256_hex};
 
 /// Seconds a seal may be late beyond twice its promised interval before a running gateway's
@@ -73,9 +73,22 @@ pub struct ChainReport {
     pub unfinished_tail: Option<PathBuf>,
     /// How the trail ends.
     pub end: End,
-    /// Runs that ended without a `close` and were followed by an `open` (a crash, a kill, or
-    /// records cut off before a restart): the sequence number and time of each such `open`.
-    pub unclean_restarts: Vec<(u64, u64)>,
+    /// Runs that ended without a `close` and were followed by an `open`: a crash, a kill, or
+    /// records cut off (or forged) while the gateway was down. Found from the chain itself
+    /// (the record before the `open` is not a close that holds), checked only with keys.
+    pub unclean_restarts: Vec<Restart>,
+}
+
+/// An `open` seal that does not follow a `close`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restart {
+    /// The `open` seal's sequence number.
+    pub seq: u64,
+    /// Its time.
+    pub time: u64,
+    /// The records between the run's last seal and the `open`: no seal of their own run
+    /// vouches for them (written just before a crash, or forged).
+    pub unsealed: u64,
 }
 
 /// The first place the chain is broken.
@@ -126,10 +139,13 @@ pub fn verify(dir: &Path, check: Check<'_>) -> Result<ChainReport, ChainBroken> 
         end: End::Unchecked,
         unclean_restarts: Vec::new(),
     };
-    // The last seal (and the records after it), and the furthest segment a prune allowed.
+    // The last seal (and the records after it), whether the last record was a close, and the
+    // first record a prune requires to be kept.
     let mut last_seal: Option<Seal> = None;
     let mut after_seal = 0u64;
-    let mut pruned_before = 1u64;
+    let mut after_close = false;
+    let mut kept_from = 1u64;
+    let mut first_record = true;
     let last = files.len() - 1;
     for (index, (number, path)) in files.iter().enumerate() {
         let expected_number = files[0].0 + index as u64;
@@ -168,6 +184,13 @@ pub fn verify(dir: &Path, check: Check<'_>) -> Result<ChainReport, ChainBroken> 
                 if index == 0 {
                     (next_seq, head) = (header.first_seq, header.head.clone());
                     report.first_seq = header.first_seq;
+                    if header.first_seq == 1 && header.head != GENESIS {
+                        return Err(broken(
+                            path,
+                            1,
+                            "record 1 must follow the genesis head".into(),
+                        ));
+                    }
                 }
                 if header.segment != *number || header.first_seq != next_seq || header.head != head
                 {
@@ -200,12 +223,16 @@ pub fn verify(dir: &Path, check: Check<'_>) -> Result<ChainReport, ChainBroken> 
                     ),
                 ));
             }
-            match (record.seal, check.keys) {
+            let close = match (record.seal, check.keys) {
                 (None, _) => {
                     report.records += 1;
                     after_seal += 1;
+                    false
                 }
-                (Some(_), None) => report.seals += 1,
+                (Some(_), None) => {
+                    report.seals += 1;
+                    false
+                }
                 (Some(jws), Some(keys)) => {
                     let seal = keys.check(jws).map_err(|problem| {
                         broken(path, line_number, format!("seal {next_seq}: {problem}"))
@@ -221,16 +248,26 @@ pub fn verify(dir: &Path, check: Check<'_>) -> Result<ChainReport, ChainBroken> 
                         ));
                     }
                     if seal.kind == SealKind::Prune {
-                        pruned_before = pruned_before.max(seal.first_kept.unwrap_or(0));
+                        kept_from = kept_from.max(seal.first_kept_seq.unwrap_or(0));
                     }
-                    if seal.before == Some(Before::Unclosed) {
-                        report.unclean_restarts.push((seal.seq, seal.time));
+                    // What the open says of the run before is not taken on trust: the chain
+                    // shows whether a close that holds came right before it.
+                    if seal.kind == SealKind::Open && !first_record && !after_close {
+                        report.unclean_restarts.push(Restart {
+                            seq: seal.seq,
+                            time: seal.time,
+                            unsealed: after_seal,
+                        });
                     }
                     report.seals += 1;
                     after_seal = 0;
+                    let close = seal.kind == SealKind::Close;
                     last_seal = Some(seal);
+                    close
                 }
-            }
+            };
+            after_close = close;
+            first_record = false;
             head = sha256_hex(body);
             report.last_seq = next_seq;
             next_seq += 1;
@@ -238,19 +275,21 @@ pub fn verify(dir: &Path, check: Check<'_>) -> Result<ChainReport, ChainBroken> 
         if line_number == 0 {
             return Err(broken(path, 1, "an empty segment".into()));
         }
+        // Only the segment being written may hold no record yet.
+        if line_number == 1 && index != last {
+            return Err(broken(path, 1, "a segment without records".into()));
+        }
         report.segments += 1;
     }
     report.head = head;
     if check.keys.is_some() {
-        let (first_number, first_path) = &files[0];
-        if report.first_seq > 1 && *first_number > pruned_before {
+        if report.first_seq > kept_from {
             return Err(broken(
-                first_path,
+                &files[0].1,
                 1,
                 format!(
-                    "records 1 to {} are gone, and no seal allowed deleting segment {}",
-                    report.first_seq - 1,
-                    first_number - 1
+                    "records {kept_from} to {} are gone, and no seal allowed deleting them",
+                    report.first_seq - 1
                 ),
             ));
         }

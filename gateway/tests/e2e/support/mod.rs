@@ -326,17 +326,34 @@ level = "info"
     /// `portvagt audit verify` of this gateway's spool with its seal keys: whether it says OK,
     /// and what it printed.
     pub fn verify_audit(&self) -> (bool, String) {
+        self.verify_audit_accepting(&[])
+    }
+
+    /// [`Gateway::verify_audit`], accepting the unclean restarts at `restarts` (the sequence
+    /// numbers it names in `--accept-restart N`).
+    pub fn verify_audit_accepting(&self, restarts: &[String]) -> (bool, String) {
         let output = Command::new(env!("CARGO_BIN_EXE_portvagt"))
             .args(["audit", "verify"])
             .arg(self.dir.path().join("audit"))
             .arg("--jwks")
             .arg(self.dir.path().join("seal/seal-jwks.json"))
+            .args(restarts.iter().flat_map(|seq| ["--accept-restart", seq]))
             .output()
             .unwrap();
         (
             output.status.success(),
             String::from_utf8_lossy(&output.stdout).into_owned(),
         )
+    }
+
+    /// The unclean restarts `audit verify` named (the N of each `--accept-restart N`).
+    pub fn unclean_restarts(verify_output: &str) -> Vec<String> {
+        verify_output
+            .split("--accept-restart ")
+            .skip(1)
+            .filter_map(|rest| rest.split_whitespace().next())
+            .map(str::to_owned)
+            .collect()
     }
 
     /// Every stdout line so far.
