@@ -199,7 +199,8 @@ impl Auditor {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .take();
         if let (Some(shipper), Some(spool)) = (shipper, self.spool.get()) {
-            tokio::spawn(shipper.run(spool.clone()));
+            let keys = self.sealer.as_ref().map(|sealer| sealer.keys().clone());
+            tokio::spawn(shipper.run(spool.clone(), keys));
         }
     }
 }

@@ -26,7 +26,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use super::spool::{RecordLine, SegmentHeader, Spool, segment_name, segments, sha256_hex};
+use super::seal::SealKeys;
+use super::spool::{
+    RecordLine, SegmentHeader, Spool, read_line, segment_name, segments, sha256_hex,
+};
 use crate::auth::https::{ClientIdentity, HttpsClient};
 use crate::config::{AuditShipConfig, ConfigError};
 use crate::metrics::Metrics;
@@ -43,6 +46,10 @@ pub struct Position {
     /// The hash of that record (absent: not known yet; the next one read is not checked).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub head: Option<String>,
+    /// The hash (the repository's id) of the last event shipped: at start the repository must
+    /// hold it, or the position was altered (or the repository lost what it acknowledged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_event: Option<String>,
 }
 
 const POSITION_FILE: &str = "shipped.json";
@@ -68,10 +75,11 @@ fn save_position(dir: &Path, position: Position) -> std::io::Result<()> {
 }
 
 /// A batch read from the spool: the events (each with its record hash, which becomes its id
-/// in the repository) and where the next batch starts.
+/// in the repository), where the next batch starts, and the last seal read (checked).
 pub(crate) struct Batch {
     pub(crate) events: Vec<(String, Box<RawValue>)>,
     pub(crate) next: Position,
+    pub(crate) last_seal: Option<u64>,
 }
 
 /// Why a batch could not be read.
@@ -84,35 +92,45 @@ pub(crate) enum ReadError {
     Broken(String),
 }
 
-/// Reads up to `limit` records after `from`, none beyond sequence number `durable` (written
-/// and synced: a record not yet durable could vanish in a power cut after being shipped).
-/// Every line must continue the chain from `from`.
+/// How far a read goes, and what it keeps.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Reading<'a> {
+    /// At most this many events.
+    pub(crate) limit: usize,
+    /// No record beyond this sequence number.
+    pub(crate) through: u64,
+    /// Check every seal with these keys (a seal that does not hold is a broken chain).
+    pub(crate) keys: Option<&'a SealKeys>,
+    /// Keep the events (a scan for seals does not).
+    pub(crate) keep_events: bool,
+}
+
+/// Reads the records after `from`, none beyond `reading.through`, up to `reading.limit`
+/// events. Every line must continue the chain from `from` (sequence number, the previous
+/// record's hash, segment headers).
 pub(crate) fn read_batch(
     dir: &Path,
     from: Position,
-    limit: usize,
-    durable: u64,
+    reading: Reading<'_>,
 ) -> Result<Batch, ReadError> {
     let mut at = from.clone();
+    let mut batch = Batch {
+        events: Vec::new(),
+        next: from,
+        last_seal: None,
+    };
     if at.segment == 0 {
         match segments(dir)?.first() {
             Some((number, _)) => {
                 at = Position {
                     segment: *number,
-                    offset: 0,
-                    seq: 0,
-                    head: None,
+                    ..Position::default()
                 }
             }
-            None => {
-                return Ok(Batch {
-                    events: Vec::new(),
-                    next: from,
-                });
-            }
+            None => return Ok(batch),
         }
     }
-    let mut events = Vec::new();
+    let mut count = 0usize;
     loop {
         // The writer starts segment N+1 only when N is complete: if N+1 exists before N is
         // read to its end, that read sees all of N.
@@ -122,11 +140,11 @@ pub(crate) fn read_batch(
         let mut reader = BufReader::new(file);
         let mut line = Vec::new();
         loop {
-            if events.len() >= limit {
-                return Ok(Batch { events, next: at });
+            if count >= reading.limit {
+                batch.next = at;
+                return Ok(batch);
             }
-            line.clear();
-            let read = reader.read_until(b'\n', &mut line)?;
+            let read = read_line(&mut reader, &mut line)?;
             if read == 0 || !line.ends_with(b"\n") {
                 break;
             }
@@ -150,8 +168,8 @@ pub(crate) fn read_batch(
             }
             let record = RecordLine::parse(body)
                 .map_err(|e| ReadError::Broken(format!("record after {}: {e}", at.seq)))?;
-            if record.seq > durable {
-                return Ok(Batch { events, next: at });
+            if record.seq > reading.through {
+                break;
             }
             if (at.seq != 0 && record.seq != at.seq + 1)
                 || at.head.as_ref().is_some_and(|head| *head != record.prev)
@@ -162,15 +180,35 @@ pub(crate) fn read_batch(
                 )));
             }
             let hash = sha256_hex(body);
-            if let Some(event) = record.event {
-                events.push((hash.clone(), event.to_owned()));
+            match (record.event, record.seal, reading.keys) {
+                (Some(event), _, _) => {
+                    count += 1;
+                    if reading.keep_events {
+                        batch.events.push((hash.clone(), event.to_owned()));
+                    }
+                    at.last_event = Some(hash.clone());
+                }
+                (None, Some(jws), Some(keys)) => {
+                    let seal = keys.check(jws).map_err(|problem| {
+                        ReadError::Broken(format!("seal {}: {problem}", record.seq))
+                    })?;
+                    if seal.seq != record.seq || seal.prev != record.prev {
+                        return Err(ReadError::Broken(format!(
+                            "seal {} was made for another place",
+                            record.seq
+                        )));
+                    }
+                    batch.last_seal = Some(record.seq);
+                }
+                (None, _, _) => {}
             }
             at.offset += read as u64;
             at.seq = record.seq;
             at.head = Some(hash);
         }
-        if !next_exists {
-            return Ok(Batch { events, next: at });
+        if !next_exists || at.seq >= reading.through {
+            batch.next = at;
+            return Ok(batch);
         }
         at = Position {
             segment: at.segment + 1,
@@ -334,13 +372,25 @@ impl Shipper {
 
     /// Ships forever: what is new, as soon as it is durable; after a failure, again after a
     /// growing pause (1 s doubling to 60 s).
-    pub async fn run(self, spool: Spool) {
+    pub async fn run(self, spool: Spool, keys: Option<SealKeys>) {
         let written = spool.written();
         let mut backoff = Duration::from_secs(1);
         let dir = self.dir.clone();
         let Ok(mut at) = tokio::task::spawn_blocking(move || position(&dir)).await else {
             return;
         };
+        // The position on disk is not taken on trust: the repository must hold the last
+        // event it says was shipped.
+        while let Err(problem) = self.holds_last_event(&at).await {
+            self.broken(&problem);
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(60));
+        }
+        // On a sealed spool only records a later seal vouches for are shipped: how far the
+        // scan for seals has read, the last seal it checked, and when a seal was last asked for.
+        let mut scan = at.clone();
+        let mut sealed_to = 0u64;
+        let mut asked = tokio::time::Instant::now() - Duration::from_secs(1);
         // When and up to which segment the last pruning looked.
         let mut pruned = (tokio::time::Instant::now(), 0);
         loop {
@@ -349,36 +399,47 @@ impl Shipper {
             self.metrics
                 .audit_ship_lag
                 .set(i64::try_from(lag).unwrap_or(i64::MAX));
+            if let Some(keys) = &keys {
+                let (dir, from, keys) = (self.dir.clone(), scan.clone(), keys.clone());
+                let reading = move || {
+                    let reading = Reading {
+                        limit: usize::MAX,
+                        through: durable,
+                        keys: Some(&keys),
+                        keep_events: false,
+                    };
+                    read_batch(&dir, from, reading)
+                };
+                match self.read(tokio::task::spawn_blocking(reading).await) {
+                    Some(read) => {
+                        scan = read.next;
+                        sealed_to = read.last_seal.unwrap_or(sealed_to);
+                    }
+                    None => {
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(60));
+                        continue;
+                    }
+                }
+            }
+            let through = if keys.is_some() { sealed_to } else { durable };
             let batch = {
-                let dir = self.dir.clone();
-                let (limit, from) = (self.batch, at.clone());
-                tokio::task::spawn_blocking(move || read_batch(&dir, from, limit, durable)).await
+                let (dir, from, limit) = (self.dir.clone(), at.clone(), self.batch);
+                let reading = move || {
+                    let reading = Reading {
+                        limit,
+                        through,
+                        keys: None,
+                        keep_events: true,
+                    };
+                    read_batch(&dir, from, reading)
+                };
+                self.read(tokio::task::spawn_blocking(reading).await)
             };
-            let batch = match batch {
-                Ok(Ok(batch)) => {
-                    self.metrics.audit_chain_broken.set(0);
-                    batch
-                }
-                Ok(Err(ReadError::Broken(problem))) => {
-                    self.metrics.audit_chain_broken.set(1);
-                    tracing::error!(
-                        %problem,
-                        "AUDIT CHAIN BROKEN: the spool does not continue what was shipped; shipping stops here (run `portvagt audit verify`)"
-                    );
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(60));
-                    continue;
-                }
-                Ok(Err(error)) => {
-                    tracing::error!(%error, "audit shipper: reading the spool failed");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(60));
-                    continue;
-                }
-                Err(_) => {
-                    tracing::error!("audit shipper: the spool reader failed; shipping stops");
-                    return;
-                }
+            let Some(batch) = batch else {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(60));
+                continue;
             };
             if batch.events.is_empty() {
                 if batch.next != at {
@@ -386,6 +447,17 @@ impl Shipper {
                     self.save(at.clone()).await;
                 }
                 pruned = self.prune(&spool, &at, pruned).await;
+                // Records no seal vouches for yet: ask for one rather than wait for the next
+                // periodic seal (at most four times a second).
+                if keys.is_some()
+                    && durable > sealed_to
+                    && asked.elapsed() >= Duration::from_millis(250)
+                {
+                    asked = tokio::time::Instant::now();
+                    if spool.seal_now().await.is_ok() {
+                        continue;
+                    }
+                }
                 tokio::time::sleep(Duration::from_millis(250)).await;
                 continue;
             }
@@ -405,6 +477,70 @@ impl Shipper {
                     backoff = (backoff * 2).min(Duration::from_secs(60));
                 }
             }
+        }
+    }
+
+    /// A read's batch, or `None` after logging why there is none (a broken chain sets
+    /// `portvagt_audit_chain_broken`).
+    fn read(
+        &self,
+        read: Result<Result<Batch, ReadError>, tokio::task::JoinError>,
+    ) -> Option<Batch> {
+        match read {
+            Ok(Ok(batch)) => {
+                self.metrics.audit_chain_broken.set(0);
+                Some(batch)
+            }
+            Ok(Err(ReadError::Broken(problem))) => {
+                self.broken(&problem);
+                None
+            }
+            Ok(Err(error)) => {
+                tracing::error!(%error, "audit shipper: reading the spool failed");
+                None
+            }
+            Err(_) => {
+                tracing::error!("audit shipper: the spool reader failed");
+                None
+            }
+        }
+    }
+
+    fn broken(&self, problem: &str) {
+        self.metrics.audit_chain_broken.set(1);
+        tracing::error!(
+            %problem,
+            "AUDIT CHAIN BROKEN: the spool does not continue what was shipped; shipping stops here (run `portvagt audit verify`)"
+        );
+    }
+
+    /// Whether the repository holds the last event `at` says was shipped (nothing shipped
+    /// yet: yes). A repository that cannot be asked is asked again.
+    async fn holds_last_event(&self, at: &Position) -> Result<(), String> {
+        let Some(hash) = &at.last_event else {
+            return Ok(());
+        };
+        loop {
+            let request = Request::get(format!("{}/AuditEvent/{hash}", self.url))
+                .header(header::ACCEPT, "application/fhir+json")
+                .body(Full::new(Bytes::new()))
+                .map_err(|e| e.to_string())?;
+            match self.client.send(request).await {
+                Ok(answer) if answer.status().is_success() => return Ok(()),
+                Ok(answer) if matches!(answer.status().as_u16(), 404 | 410) => {
+                    return Err(format!(
+                        "the repository does not hold AuditEvent/{hash}, which shipped.json says was shipped (record {}): the position was altered, or the repository lost what it acknowledged",
+                        at.seq
+                    ));
+                }
+                Ok(answer) => {
+                    tracing::warn!(status = %answer.status(), "audit shipper: the repository did not answer the position check");
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "audit shipper: the repository did not answer the position check");
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
 

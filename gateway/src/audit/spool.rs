@@ -19,7 +19,7 @@
 //! its own when idle), before shipped segments are pruned, and when it closes.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead as _, BufReader, Seek as _, SeekFrom, Write as _};
+use std::io::{BufRead, BufReader, Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -108,6 +108,23 @@ pub(crate) fn segments(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
     Ok(found)
 }
 
+/// The longest line a spool holds (an AuditEvent is a few KiB).
+const MAX_LINE: u64 = 16 * 1024 * 1024;
+
+/// Reads one line (with its newline, if it has one) into `line`, at most [`MAX_LINE`] bytes: a
+/// longer one is not a spool line.
+pub(crate) fn read_line(reader: &mut impl BufRead, line: &mut Vec<u8>) -> std::io::Result<usize> {
+    line.clear();
+    let read = reader.take(MAX_LINE).read_until(b'\n', line)?;
+    if read as u64 == MAX_LINE && !line.ends_with(b"\n") {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "a line longer than 16 MiB",
+        ));
+    }
+    Ok(read)
+}
+
 /// Lowercase hex SHA-256 of `bytes`.
 pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
@@ -133,6 +150,8 @@ enum Work {
     Prune(u64),
     /// A `close` seal; appends after it are refused.
     Close,
+    /// A `seal` now (the shipper wants what is written vouched for).
+    Seal,
 }
 
 /// One line to write.
@@ -203,6 +222,11 @@ impl Spool {
     /// spool is closed.
     pub async fn seal_prune(&self, first_kept_seq: u64) -> Result<u64, SpoolError> {
         self.submit(Work::Prune(first_kept_seq)).await
+    }
+
+    /// Writes a `seal` now (on a sealed spool; otherwise nothing), durable when this returns.
+    pub async fn seal_now(&self) -> Result<u64, SpoolError> {
+        self.submit(Work::Seal).await
     }
 
     /// Closes the spool: a `close` seal when it is sealed, and every later append is refused.
@@ -463,7 +487,7 @@ impl Writer {
         let mut ends = Vec::with_capacity(jobs.len());
         for job in &jobs {
             match &job.work {
-                Work::Append(_) | Work::Prune(_) if closing => {
+                Work::Append(_) | Work::Prune(_) | Work::Seal if closing => {
                     ends.push(None);
                     continue;
                 }
@@ -475,8 +499,11 @@ impl Writer {
                     entries.push(Entry::Seal(SealKind::Close, None, None));
                     closing = true;
                 }
+                Work::Seal if sealed => {
+                    entries.push(Entry::Seal(SealKind::Seal, None, None));
+                }
                 Work::Close => closing = true,
-                Work::Prune(_) => {}
+                Work::Prune(_) | Work::Seal => {}
             }
             ends.push(Some(entries.len()));
         }
@@ -594,7 +621,7 @@ impl Job {
     fn size(&self) -> usize {
         match &self.work {
             Work::Append(events) => events.len(),
-            Work::Prune(_) | Work::Close => 1,
+            Work::Prune(_) | Work::Close | Work::Seal => 1,
         }
     }
 }
@@ -615,9 +642,7 @@ fn scan_tail(path: &Path) -> Result<Tail, String> {
     let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut reader = BufReader::new(file);
     let mut line = Vec::new();
-    let read = reader
-        .read_until(b'\n', &mut line)
-        .map_err(|e| e.to_string())?;
+    let read = read_line(&mut reader, &mut line).map_err(|e| e.to_string())?;
     if read == 0 || !line.ends_with(b"\n") {
         return Err(format!("{}: no segment header", path.display()));
     }
@@ -630,10 +655,7 @@ fn scan_tail(path: &Path) -> Result<Tail, String> {
         last_seal: None,
     };
     loop {
-        line.clear();
-        let read = reader
-            .read_until(b'\n', &mut line)
-            .map_err(|e| e.to_string())?;
+        let read = read_line(&mut reader, &mut line).map_err(|e| e.to_string())?;
         if read == 0 || !line.ends_with(b"\n") {
             break;
         }

@@ -627,14 +627,20 @@ mod sealed {
 
 #[tokio::test]
 async fn the_shipper_reads_only_a_chain_that_continues_what_it_shipped() {
-    use super::shipper::{Position, ReadError, read_batch};
+    use super::shipper::{Position, ReadError, Reading, read_batch};
+    let up_to = |limit| Reading {
+        limit,
+        through: u64::MAX,
+        keys: None,
+        keep_events: true,
+    };
     let dir = tempfile::tempdir().unwrap();
     let spool = Spool::open(dir.path(), 1 << 20, None).unwrap();
     for n in 0..4 {
         spool.append(vec![event(n)]).await.unwrap();
     }
     drop(spool);
-    let first = read_batch(dir.path(), Position::default(), 2, u64::MAX).unwrap();
+    let first = read_batch(dir.path(), Position::default(), up_to(2)).unwrap();
     assert_eq!(first.events.len(), 2);
     let at = first.next;
     let original = lines(dir.path(), 1);
@@ -644,9 +650,7 @@ async fn the_shipper_reads_only_a_chain_that_continues_what_it_shipped() {
     let mut altered = original.clone();
     altered[3] = altered[3].replace("\"n\":2", "\"n\":7");
     std::fs::write(&segment, altered.join("\n") + "\n").unwrap();
-    let error = read_batch(dir.path(), at.clone(), 10, u64::MAX)
-        .err()
-        .unwrap();
+    let error = read_batch(dir.path(), at.clone(), up_to(10)).err().unwrap();
     assert!(matches!(error, ReadError::Broken(_)), "{error}");
 
     // The whole spool replaced by another chain of the same length: record 3 does not
@@ -657,13 +661,55 @@ async fn the_shipper_reads_only_a_chain_that_continues_what_it_shipped() {
         spool.append(vec![event(n)]).await.unwrap();
     }
     drop(spool);
-    let error = read_batch(dir.path(), at.clone(), 10, u64::MAX)
-        .err()
-        .unwrap();
+    let error = read_batch(dir.path(), at.clone(), up_to(10)).err().unwrap();
     assert!(matches!(error, ReadError::Broken(_)), "{error}");
 
     // The genuine spool reads on.
     std::fs::write(&segment, original.join("\n") + "\n").unwrap();
-    let rest = read_batch(dir.path(), at, 10, u64::MAX).unwrap();
+    let rest = read_batch(dir.path(), at, up_to(10)).unwrap();
     assert_eq!(rest.events.len(), 2);
+}
+
+#[tokio::test]
+async fn the_shipper_checks_every_seal_it_passes() {
+    use super::shipper::{Position, ReadError, Reading, read_batch};
+    let dir = tempfile::tempdir().unwrap();
+    let keydir = tempfile::tempdir().unwrap();
+    let key = crate::auth::issuer_key::IssuerKey::generate("seal-1").unwrap();
+    let other = crate::auth::issuer_key::IssuerKey::generate("seal-1").unwrap();
+    std::fs::write(keydir.path().join("seal.key"), key.pem()).unwrap();
+    std::fs::write(keydir.path().join("other.json"), other.jwks()).unwrap();
+    let sealer = std::sync::Arc::new(
+        super::seal::Sealer::load(
+            &keydir.path().join("seal.key"),
+            "seal-1",
+            "test",
+            std::time::Duration::from_secs(60),
+        )
+        .unwrap(),
+    );
+    let keys = sealer.keys().clone();
+    let spool = Spool::open(dir.path(), 1 << 20, Some(sealer)).unwrap();
+    spool.append(vec![event(0), event(1)]).await.unwrap();
+    let sealed = spool.seal_now().await.unwrap();
+    spool.append(vec![event(2)]).await.unwrap();
+    let scan = |keys| Reading {
+        limit: usize::MAX,
+        through: u64::MAX,
+        keys: Some(keys),
+        keep_events: false,
+    };
+    let read = read_batch(dir.path(), Position::default(), scan(&keys)).unwrap();
+    assert_eq!(
+        read.last_seal,
+        Some(sealed),
+        "the last seal the scan checked"
+    );
+    assert!(read.events.is_empty(), "a scan keeps no events");
+    // A seal by a key the shipper does not hold: the spool is not shipped past it.
+    let strangers = super::seal::SealKeys::load(&keydir.path().join("other.json")).unwrap();
+    let error = read_batch(dir.path(), Position::default(), scan(&strangers))
+        .err()
+        .unwrap();
+    assert!(matches!(error, ReadError::Broken(_)), "{error}");
 }

@@ -8,11 +8,11 @@
 //! holds the spool's lock (it is writing) — otherwise the trail stops where it should not
 //! ([`End::Unclosed`]).
 
-use std::io::{BufRead as _, BufReader};
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
 use super::seal::{Seal, SealKeys, SealKind};
-use super::spool::{GENESIS, RecordLine, SegmentHeader, segments, sha256_hex};
+use super::spool::{GENESIS, RecordLine, SegmentHeader, read_line, segments, sha256_hex};
 
 /// Seconds a seal may be late beyond twice its promised interval before a running gateway's
 /// trail counts as stopped.
@@ -161,9 +161,7 @@ pub fn verify(dir: &Path, check: Check<'_>) -> Result<ChainReport, ChainBroken> 
         let mut line = Vec::new();
         let mut line_number = 0u64;
         loop {
-            line.clear();
-            let read = reader
-                .read_until(b'\n', &mut line)
+            let read = read_line(&mut reader, &mut line)
                 .map_err(|e| broken(path, line_number + 1, e.to_string()))?;
             if read == 0 {
                 break;

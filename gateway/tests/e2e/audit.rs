@@ -720,3 +720,57 @@ async fn only_the_gateway_writes_to_the_audit_repository() {
     assert_eq!(read.status, 200);
     assert_eq!(read.json()["recorded"], shipped[0]["recorded"]);
 }
+
+#[tokio::test]
+async fn a_shipped_position_altered_while_the_gateway_is_down_stops_the_shipping() {
+    let repository = Repository::start();
+    let mut gateway = Gateway::start_with(repository.gateway_options(""));
+    let token = gateway.token(json!({ "scope": "user/*.rs" }));
+    let read = |gateway: &Gateway| {
+        let (client, token) = (gateway.client(), token.clone());
+        async move {
+            let answer = client
+                .get("/fhir/Patient/pat-anne", Some(&token))
+                .await
+                .unwrap();
+            assert_eq!(answer.status, 200);
+        }
+    };
+    read(&gateway).await;
+    let mut shipped = 0;
+    for _ in 0..100 {
+        shipped = repository.events().await.len();
+        if shipped >= 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(shipped, 1);
+    assert!(gateway.terminate().success());
+
+    // Down: the position claims more was shipped than the repository holds (to skip records,
+    // and have the gateway prune them).
+    let position = gateway.dir.path().join("audit/shipped.json");
+    let mut claimed: Value = serde_json::from_slice(&std::fs::read(&position).unwrap()).unwrap();
+    claimed["last_event"] = json!("f".repeat(64));
+    std::fs::write(&position, claimed.to_string()).unwrap();
+    gateway.restart();
+    read(&gateway).await;
+    let mut broken = None;
+    for _ in 0..100 {
+        let metrics = gateway.client().get("/metrics", None).await.unwrap().text();
+        broken = metric_value(&metrics, "portvagt_audit_chain_broken");
+        if broken == Some(1.0) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(broken, Some(1.0), "{}", gateway.raw_log());
+    assert!(gateway.raw_log().contains("AUDIT CHAIN BROKEN"));
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(
+        repository.events().await.len(),
+        1,
+        "nothing shipped past the alarm"
+    );
+}
