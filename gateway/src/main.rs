@@ -114,6 +114,13 @@ enum AuditCommand {
         /// investigated and accepted (a known crash); repeat for several.
         #[arg(long = "accept-restart", value_name = "SEQ")]
         accepted: Vec<u64>,
+        /// The audit repository's FHIR base: the spool must reach the chain's anchor there
+        /// (with --jwks).
+        #[arg(long, requires = "jwks")]
+        repository: Option<String>,
+        /// CA certificates for an https repository (default: the public web PKI roots).
+        #[arg(long, requires = "repository")]
+        repository_ca: Option<PathBuf>,
     },
     /// Make a seal key: DIR/seal.key (for `[audit] seal_key`, keep it secret) and
     /// DIR/seal-jwks.json (for `audit verify --jwks`).
@@ -165,6 +172,7 @@ fn verify_audit(
     dir: &std::path::Path,
     jwks: Option<&std::path::Path>,
     accepted: &[u64],
+    repository: Option<(&str, Option<&std::path::Path>)>,
 ) -> anyhow::Result<ExitCode> {
     use portvagt::audit::verify::{Check, End, verify};
     let keys = jwks
@@ -187,6 +195,24 @@ fn verify_audit(
             return Ok(ExitCode::FAILURE);
         }
     };
+    let mut anchored = None;
+    if let (Some((url, ca)), Some(keys)) = (repository, &keys) {
+        let Some(observer) = &report.observer else {
+            println!("BROKEN: the spool holds no seal to compare with the repository's anchor");
+            return Ok(ExitCode::FAILURE);
+        };
+        match fetch_anchor(url, ca, observer)? {
+            Some(jws) => {
+                if let Err(broken) = portvagt::audit::verify::check_anchor(dir, &report, keys, &jws)
+                {
+                    println!("BROKEN: {broken}");
+                    return Ok(ExitCode::FAILURE);
+                }
+                anchored = Some(format!("the spool reaches the anchor in {url}"));
+            }
+            None => anchored = Some(format!("{url} holds no anchor for {observer} yet")),
+        }
+    }
     let when = |time: u64| {
         time::OffsetDateTime::from_unix_timestamp(i64::try_from(time).unwrap_or(0))
             .ok()
@@ -272,10 +298,49 @@ fn verify_audit(
             ExitCode::FAILURE
         }
     };
+    if let Some(anchored) = anchored {
+        println!("note: {anchored}");
+    }
     for note in notes {
         println!("{note}");
     }
     Ok(code)
+}
+
+/// The seal the audit repository at `url` holds as the anchor of `observer`'s chain (none:
+/// nothing anchored yet).
+fn fetch_anchor(
+    url: &str,
+    ca: Option<&std::path::Path>,
+    observer: &str,
+) -> anyhow::Result<Option<String>> {
+    use portvagt::audit::anchor::{anchor_id, anchor_seal};
+    let client = portvagt::auth::https::HttpsClient::allowing_plain_http(
+        ca,
+        None,
+        std::time::Duration::from_secs(30),
+    )
+    .map_err(|e| anyhow::anyhow!("--repository: {e}"))?;
+    let request = http::Request::get(format!(
+        "{}/Provenance/{}",
+        url.trim_end_matches('/'),
+        anchor_id(observer)
+    ))
+    .header(http::header::ACCEPT, "application/fhir+json")
+    .body(http_body_util::Full::new(bytes::Bytes::new()))?;
+    let answer = tokio::runtime::Runtime::new()?
+        .block_on(client.send(request))
+        .map_err(|e| anyhow::anyhow!("--repository: {e}"))?;
+    match answer.status().as_u16() {
+        200 => {
+            let resource: serde_json::Value = serde_json::from_slice(answer.body())?;
+            anchor_seal(&resource)
+                .map(Some)
+                .context("the repository's anchor holds no seal")
+        }
+        404 | 410 => Ok(None),
+        status => anyhow::bail!("--repository answered {status}"),
+    }
 }
 
 /// Writes a private key readable by its owner only.
@@ -310,8 +375,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     dir,
                     jwks,
                     accepted,
+                    repository,
+                    repository_ca,
                 },
-        } => verify_audit(&dir, jwks.as_deref(), &accepted),
+        } => verify_audit(
+            &dir,
+            jwks.as_deref(),
+            &accepted,
+            repository
+                .as_deref()
+                .map(|url| (url, repository_ca.as_deref())),
+        ),
         Command::Audit {
             command: AuditCommand::NewSealKey { dir, kid },
         } => {

@@ -5,6 +5,7 @@
 //! and logged loudly. With a seal key the chain carries signed checkpoints ([`seal`]), and
 //! `portvagt audit verify DIR --jwks FILE` proves it complete ([`verify`]).
 
+pub mod anchor;
 pub mod citizen;
 pub mod event;
 pub mod seal;
@@ -72,7 +73,7 @@ impl Auditor {
         let shipper = config
             .ship
             .as_ref()
-            .map(|ship| Shipper::new(&config.spool_dir, ship, metrics.clone()))
+            .map(|ship| Shipper::new(&config.spool_dir, ship, &observer, metrics.clone()))
             .transpose()?;
         let sealer = config
             .seal_key

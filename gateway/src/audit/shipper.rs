@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+use super::anchor::{anchor_id, anchor_resource, anchor_seal};
 use super::seal::SealKeys;
 use super::spool::{
     RecordLine, SegmentHeader, Spool, read_line, segment_name, segments, sha256_hex,
@@ -79,7 +80,7 @@ fn save_position(dir: &Path, position: Position) -> std::io::Result<()> {
 pub(crate) struct Batch {
     pub(crate) events: Vec<(String, Box<RawValue>)>,
     pub(crate) next: Position,
-    pub(crate) last_seal: Option<u64>,
+    pub(crate) last_seal: Option<(u64, String)>,
 }
 
 /// Why a batch could not be read.
@@ -198,7 +199,7 @@ pub(crate) fn read_batch(
                             record.seq
                         )));
                     }
-                    batch.last_seal = Some(record.seq);
+                    batch.last_seal = Some((record.seq, jws.to_owned()));
                 }
                 (None, _, _) => {}
             }
@@ -270,7 +271,7 @@ pub(crate) fn delete(dir: &Path, segments: &[(u64, PathBuf)]) -> std::io::Result
 /// and written again: shipping costs a copy, not a parse per event). Each entry PUTs its event
 /// under its record hash, which becomes the event's `id`; a spooled event has no `id` of its own
 /// (the gateway writes none), so the id is put first into its object.
-fn transaction(events: &[(String, Box<RawValue>)]) -> Vec<u8> {
+fn transaction(events: &[(String, Box<RawValue>)], anchor: Option<&Value>) -> Vec<u8> {
     let size: usize = events
         .iter()
         .map(|(_, event)| event.get().len() + 300)
@@ -302,8 +303,27 @@ fn transaction(events: &[(String, Box<RawValue>)]) -> Vec<u8> {
         out.extend_from_slice(hash.as_bytes());
         out.extend_from_slice(b"\"}}");
     }
+    if let Some(anchor) = anchor {
+        let id = anchor["id"].as_str().unwrap_or_default();
+        let entry = serde_json::json!({
+            "fullUrl": format!("urn:uuid:{}", uuid_from_hash(&sha256_hex(id.as_bytes()))),
+            "resource": anchor,
+            "request": { "method": "PUT", "url": format!("Provenance/{id}") },
+        });
+        if !events.is_empty() {
+            out.push(b',');
+        }
+        out.extend_from_slice(entry.to_string().as_bytes());
+    }
     out.extend_from_slice(b"]}");
     out
+}
+
+/// Now, as an RFC 3339 instant.
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 /// A UUID-shaped `fullUrl` for a transaction entry, from the record hash.
@@ -319,6 +339,14 @@ fn uuid_from_hash(hash: &str) -> String {
     )
 }
 
+/// Why a start check did not pass.
+enum Check {
+    /// The spool and the repository disagree: shipping stops.
+    Broken(String),
+    /// The repository could not be asked: asked again.
+    Unanswered(String),
+}
+
 /// Ships one spool to one repository.
 #[derive(Debug)]
 pub struct Shipper {
@@ -328,6 +356,8 @@ pub struct Shipper {
     batch: usize,
     keep_shipped: Option<Duration>,
     metrics: Arc<Metrics>,
+    /// This instance's name: whose anchor in the repository is ours.
+    observer: String,
 }
 
 impl Shipper {
@@ -335,6 +365,7 @@ impl Shipper {
     pub fn new(
         dir: &Path,
         config: &AuditShipConfig,
+        observer: &str,
         metrics: Arc<Metrics>,
     ) -> Result<Shipper, ConfigError> {
         let url = config.url.trim_end_matches('/').to_owned();
@@ -367,6 +398,7 @@ impl Shipper {
             batch: config.batch_size.max(1),
             keep_shipped: config.keep_shipped,
             metrics,
+            observer: observer.to_owned(),
         })
     }
 
@@ -380,16 +412,34 @@ impl Shipper {
             return;
         };
         // The position on disk is not taken on trust: the repository must hold the last
-        // event it says was shipped.
-        while let Err(problem) = self.holds_last_event(&at).await {
-            self.broken(&problem);
+        // event it says was shipped, and the spool must reach as far as the anchor there.
+        let written_at_start = written.load(std::sync::atomic::Ordering::Relaxed);
+        loop {
+            let checked = match self.holds_last_event(&at).await {
+                Ok(()) => self.reaches_anchor(keys.as_ref(), written_at_start).await,
+                Err(problem) => Err(problem),
+            };
+            match checked {
+                Ok(()) => break,
+                Err(Check::Broken(problem)) => self.broken(&problem),
+                Err(Check::Unanswered(error)) => {
+                    // The repository is not there yet: what waits is lag.
+                    self.metrics.audit_ship_failures.inc();
+                    let durable = written.load(std::sync::atomic::Ordering::Relaxed);
+                    self.metrics
+                        .audit_ship_lag
+                        .set(i64::try_from(durable.saturating_sub(at.seq)).unwrap_or(i64::MAX));
+                    tracing::warn!(%error, retry_in = ?backoff, "audit shipper: the repository did not answer the start check");
+                }
+            }
             tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(60));
+            backoff = (backoff * 2).min(Duration::from_secs(10));
         }
+        backoff = Duration::from_secs(1);
         // On a sealed spool only records a later seal vouches for are shipped: how far the
         // scan for seals has read, the last seal it checked, and when a seal was last asked for.
         let mut scan = at.clone();
-        let mut sealed_to = 0u64;
+        let mut sealed: Option<(u64, String)> = None;
         let mut asked = tokio::time::Instant::now() - Duration::from_secs(1);
         // When and up to which segment the last pruning looked.
         let mut pruned = (tokio::time::Instant::now(), 0);
@@ -413,7 +463,7 @@ impl Shipper {
                 match self.read(tokio::task::spawn_blocking(reading).await) {
                     Some(read) => {
                         scan = read.next;
-                        sealed_to = read.last_seal.unwrap_or(sealed_to);
+                        sealed = read.last_seal.or(sealed);
                     }
                     None => {
                         tokio::time::sleep(backoff).await;
@@ -422,6 +472,7 @@ impl Shipper {
                     }
                 }
             }
+            let sealed_to = sealed.as_ref().map_or(0, |(seq, _)| *seq);
             let through = if keys.is_some() { sealed_to } else { durable };
             let batch = {
                 let (dir, from, limit) = (self.dir.clone(), at.clone(), self.batch);
@@ -462,7 +513,13 @@ impl Shipper {
                 continue;
             }
             let count = batch.events.len();
-            match self.send(batch.events).await {
+            // A batch that reaches the last seal moves the anchor up to it.
+            let anchor = sealed
+                .as_ref()
+                .filter(|(seq, _)| batch.next.seq >= *seq)
+                .zip(batch.next.last_event.as_deref())
+                .map(|((_, jws), last)| anchor_resource(&self.observer, jws, last, &now_rfc3339()));
+            match self.send(batch.events, anchor).await {
                 Ok(()) => {
                     at = batch.next;
                     self.save(at.clone()).await;
@@ -514,33 +571,62 @@ impl Shipper {
         );
     }
 
+    /// The repository's answer to `GET {url}/{path}`: the resource, or `None` when it holds
+    /// none (404, 410).
+    async fn fetch(&self, path: &str) -> Result<Option<Value>, Check> {
+        let request = Request::get(format!("{}/{path}", self.url))
+            .header(header::ACCEPT, "application/fhir+json")
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| Check::Unanswered(e.to_string()))?;
+        let answer = self.client.send(request).await.map_err(Check::Unanswered)?;
+        match answer.status().as_u16() {
+            200..=299 => Ok(Some(
+                serde_json::from_slice(answer.body()).unwrap_or_default(),
+            )),
+            404 | 410 => Ok(None),
+            status => Err(Check::Unanswered(format!(
+                "the repository answered {status}"
+            ))),
+        }
+    }
+
+    /// Whether the spool (ending at `end`) reaches the seal the repository's anchor holds
+    /// (no anchor yet, or an unsealed spool: yes).
+    async fn reaches_anchor(&self, keys: Option<&SealKeys>, end: u64) -> Result<(), Check> {
+        let Some(keys) = keys else {
+            return Ok(());
+        };
+        let Some(resource) = self
+            .fetch(&format!("Provenance/{}", anchor_id(&self.observer)))
+            .await?
+        else {
+            return Ok(());
+        };
+        let seal = anchor_seal(&resource)
+            .ok_or("the repository's anchor holds no seal".to_owned())
+            .and_then(|jws| keys.check(&jws))
+            .map_err(|problem| Check::Broken(format!("the repository's anchor: {problem}")))?;
+        if seal.seq > end {
+            return Err(Check::Broken(format!(
+                "the audit repository's anchor shows the chain reached record {} (sealed), but the spool ends at {end}: records were cut off",
+                seal.seq
+            )));
+        }
+        Ok(())
+    }
+
     /// Whether the repository holds the last event `at` says was shipped (nothing shipped
-    /// yet: yes). A repository that cannot be asked is asked again.
-    async fn holds_last_event(&self, at: &Position) -> Result<(), String> {
+    /// yet: yes).
+    async fn holds_last_event(&self, at: &Position) -> Result<(), Check> {
         let Some(hash) = &at.last_event else {
             return Ok(());
         };
-        loop {
-            let request = Request::get(format!("{}/AuditEvent/{hash}", self.url))
-                .header(header::ACCEPT, "application/fhir+json")
-                .body(Full::new(Bytes::new()))
-                .map_err(|e| e.to_string())?;
-            match self.client.send(request).await {
-                Ok(answer) if answer.status().is_success() => return Ok(()),
-                Ok(answer) if matches!(answer.status().as_u16(), 404 | 410) => {
-                    return Err(format!(
-                        "the repository does not hold AuditEvent/{hash}, which shipped.json says was shipped (record {}): the position was altered, or the repository lost what it acknowledged",
-                        at.seq
-                    ));
-                }
-                Ok(answer) => {
-                    tracing::warn!(status = %answer.status(), "audit shipper: the repository did not answer the position check");
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "audit shipper: the repository did not answer the position check");
-                }
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+        match self.fetch(&format!("AuditEvent/{hash}")).await? {
+            Some(_) => Ok(()),
+            None => Err(Check::Broken(format!(
+                "the repository does not hold AuditEvent/{hash}, which shipped.json says was shipped (record {}): the position was altered, or the repository lost what it acknowledged",
+                at.seq
+            ))),
         }
     }
 
@@ -610,9 +696,13 @@ impl Shipper {
 
     /// One transaction: every event stored, or none. Each is PUT under its record's hash, so a
     /// batch sent twice stores nothing twice.
-    async fn send(&self, events: Vec<(String, Box<RawValue>)>) -> Result<(), String> {
-        let count = events.len();
-        let bundle = transaction(&events);
+    async fn send(
+        &self,
+        events: Vec<(String, Box<RawValue>)>,
+        anchor: Option<Value>,
+    ) -> Result<(), String> {
+        let count = events.len() + usize::from(anchor.is_some());
+        let bundle = transaction(&events, anchor.as_ref());
         let request = Request::post(&self.url)
             .header(header::CONTENT_TYPE, "application/fhir+json")
             .header(header::ACCEPT, "application/fhir+json")
@@ -664,7 +754,7 @@ mod tests {
             (hash('b'), raw("{ }")),
             (hash('c'), raw(r#" {"resourceType":"AuditEvent"}"#)),
         ];
-        let bundle: Value = serde_json::from_slice(&transaction(&events)).unwrap();
+        let bundle: Value = serde_json::from_slice(&transaction(&events, None)).unwrap();
         assert_eq!(bundle["resourceType"], "Bundle");
         assert_eq!(bundle["type"], "transaction");
         let entries = bundle["entry"].as_array().unwrap();
@@ -681,7 +771,7 @@ mod tests {
             );
         }
         assert_eq!(
-            serde_json::from_slice::<Value>(&transaction(&[])).unwrap()["entry"],
+            serde_json::from_slice::<Value>(&transaction(&[], None)).unwrap()["entry"],
             serde_json::json!([])
         );
     }

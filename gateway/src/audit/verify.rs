@@ -73,6 +73,8 @@ pub struct ChainReport {
     pub unfinished_tail: Option<PathBuf>,
     /// How the trail ends.
     pub end: End,
+    /// The gateway instance that made the last seal (checked with keys).
+    pub observer: Option<String>,
     /// Runs that ended without a `close` and were followed by an `open`: a crash, a kill, or
     /// records cut off (or forged) while the gateway was down. Found from the chain itself
     /// (the record before the `open` is not a close that holds), checked only with keys.
@@ -137,6 +139,7 @@ pub fn verify(dir: &Path, check: Check<'_>) -> Result<ChainReport, ChainBroken> 
         head: head.clone(),
         unfinished_tail: None,
         end: End::Unchecked,
+        observer: None,
         unclean_restarts: Vec::new(),
     };
     // The last seal (and the records after it), whether the last record was a close, and the
@@ -280,6 +283,7 @@ pub fn verify(dir: &Path, check: Check<'_>) -> Result<ChainReport, ChainBroken> 
         report.segments += 1;
     }
     report.head = head;
+    report.observer = last_seal.as_ref().map(|seal| seal.observer.clone());
     if check.keys.is_some() {
         if report.first_seq > kept_from {
             return Err(broken(
@@ -322,4 +326,58 @@ pub fn verify(dir: &Path, check: Check<'_>) -> Result<ChainReport, ChainBroken> 
         ));
     }
     Ok(report)
+}
+
+/// Checks the spool against the anchor the audit repository holds for it (the seal `jws` of
+/// [`super::anchor`]): the spool must reach that seal, and hold that very seal at its place.
+pub fn check_anchor(
+    dir: &Path,
+    report: &ChainReport,
+    keys: &SealKeys,
+    jws: &str,
+) -> Result<(), ChainBroken> {
+    let broken = |problem: String| ChainBroken {
+        segment: dir.display().to_string(),
+        line: 0,
+        problem,
+    };
+    let seal = keys
+        .check(jws)
+        .map_err(|problem| broken(format!("the audit repository's anchor: {problem}")))?;
+    if seal.seq > report.last_seq {
+        return Err(broken(format!(
+            "the audit repository's anchor shows the chain reached record {} (sealed), but the spool ends at {}: records were cut off",
+            seal.seq, report.last_seq
+        )));
+    }
+    if seal.seq < report.first_seq {
+        // Pruned after shipping: nothing left here to compare.
+        return Ok(());
+    }
+    let found = seal_at(dir, seal.seq).map_err(broken)?;
+    if found.as_deref() != Some(jws) {
+        return Err(broken(format!(
+            "record {} is not the seal the audit repository holds for it: the chain was rewritten",
+            seal.seq
+        )));
+    }
+    Ok(())
+}
+
+/// The seal (JWS) at sequence number `seq`, if that record is one.
+fn seal_at(dir: &Path, seq: u64) -> Result<Option<String>, String> {
+    for (_, path) in segments(dir).map_err(|e| e.to_string())? {
+        let file = std::fs::File::open(&path).map_err(|e| e.to_string())?;
+        let mut reader = BufReader::new(file);
+        let mut line = Vec::new();
+        while read_line(&mut reader, &mut line).map_err(|e| e.to_string())? > 0 {
+            let Ok(record) = RecordLine::parse(line.trim_ascii_end()) else {
+                continue;
+            };
+            if record.seq == seq {
+                return Ok(record.seal.map(str::to_owned));
+            }
+        }
+    }
+    Ok(None)
 }

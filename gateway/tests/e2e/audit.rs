@@ -774,3 +774,116 @@ async fn a_shipped_position_altered_while_the_gateway_is_down_stops_the_shipping
         "nothing shipped past the alarm"
     );
 }
+
+/// Copies the files of `from` into `to` (emptied first).
+fn copy_spool(from: &std::path::Path, to: &std::path::Path) {
+    let _ = std::fs::remove_dir_all(to);
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_spool_cut_back_while_the_gateway_is_down_is_found_against_the_repositorys_anchor() {
+    let repository = Repository::start();
+    let mut gateway = Gateway::start_with(Options {
+        pki: Some(repository.pki.clone()),
+        audit_extra: format!(
+            "observer = \"portvagt-anchor-test\"\n{}",
+            Repository::ship(repository.base_url(), "")
+        ),
+        ..Options::default()
+    });
+    let token = gateway.token(json!({ "scope": "user/*.rs" }));
+    let anchor = repository.path(&format!(
+        "Provenance/{}",
+        portvagt::audit::anchor::anchor_id("portvagt-anchor-test")
+    ));
+    // A run: reads, shipped (on a sealed spool every shipped batch ends at a seal and moves
+    // the anchor up to it, in the same transaction).
+    let run = |gateway: &Gateway, reads: usize, total: usize| {
+        let (client, token) = (gateway.client(), token.clone());
+        let repository = &repository;
+        async move {
+            for _ in 0..reads {
+                let answer = client
+                    .get("/fhir/Patient/pat-anne", Some(&token))
+                    .await
+                    .unwrap();
+                assert_eq!(answer.status, 200);
+            }
+            let mut shipped = 0;
+            for _ in 0..100 {
+                shipped = repository.events().await.len();
+                if shipped >= total {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            shipped
+        }
+    };
+    assert_eq!(run(&gateway, 2, 2).await, 2);
+    let anchored = repository.client(None).get(&anchor, None).await.unwrap();
+    assert_eq!(anchored.status, 200, "{}", anchored.text());
+    assert!(gateway.terminate().success());
+    let spool = gateway.dir.path().join("audit");
+    let earlier = gateway.dir.path().join("audit-earlier");
+    copy_spool(&spool, &earlier);
+
+    gateway.restart();
+    assert_eq!(run(&gateway, 3, 5).await, 5);
+    assert!(gateway.terminate().success());
+    let verify = |extra: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_portvagt"))
+            .args(["audit", "verify"])
+            .arg(&spool)
+            .arg("--jwks")
+            .arg(gateway.dir.path().join("seal/seal-jwks.json"))
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+    let ca = gateway.dir.path().join("pki/ca.crt");
+    let against_repository = [
+        "--repository",
+        repository.base_url(),
+        "--repository-ca",
+        ca.to_str().unwrap(),
+    ];
+    let (ok, stdout) = verify(&against_repository);
+    assert!(ok && stdout.contains("reaches the anchor"), "{stdout}");
+
+    // Down: the spool (and shipped.json with it) put back as it was after the first run.
+    // Locally that is a spool that closed cleanly; the repository's anchor says otherwise.
+    copy_spool(&earlier, &spool);
+    let (ok, stdout) = verify(&[]);
+    assert!(
+        ok && stdout.contains("closed cleanly"),
+        "alone, it cannot tell: {stdout}"
+    );
+    let (ok, stdout) = verify(&against_repository);
+    assert!(!ok && stdout.contains("records were cut off"), "{stdout}");
+
+    // Started on the cut spool, the gateway finds it too, and ships nothing.
+    gateway.restart();
+    let mut broken = None;
+    for _ in 0..100 {
+        let metrics = gateway.client().get("/metrics", None).await.unwrap().text();
+        broken = metric_value(&metrics, "portvagt_audit_chain_broken");
+        if broken == Some(1.0) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(broken, Some(1.0));
+    assert!(gateway.raw_log().contains("records were cut off"));
+}

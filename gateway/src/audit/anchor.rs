@@ -1,0 +1,68 @@
+//! The chain's anchor outside the gateway: with every batch that reaches a seal, the shipper
+//! also stores, in the audit repository (which takes writes from the gateway alone), one
+//! `Provenance` per gateway instance whose signature is that seal and whose target is the last
+//! event shipped. The spool may be cut back while the gateway is down, shipped.json with it;
+//! the anchor says how far the chain reached, signed, somewhere the spool's writer cannot
+//! reach. The gateway checks it at start, and `audit verify --repository` checks it too.
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+use super::spool::sha256_hex;
+
+/// The repository id of the anchor of the chain written by `observer`.
+pub fn anchor_id(observer: &str) -> String {
+    let hash = sha256_hex(observer.as_bytes());
+    format!("portvagt-chain-{}", &hash[..32])
+}
+
+/// The anchor resource: the last seal shipped (`seal`, a JWS), over the last event shipped.
+pub fn anchor_resource(observer: &str, seal: &str, last_event: &str, time: &str) -> Value {
+    let data = base64::engine::general_purpose::STANDARD.encode(seal);
+    json!({
+        "resourceType": "Provenance",
+        "id": anchor_id(observer),
+        "target": [{ "reference": format!("AuditEvent/{last_event}") }],
+        "recorded": time,
+        "agent": [{ "who": { "display": observer } }],
+        "signature": [{
+            "type": [{
+                "system": "urn:iso-astm:E1762-95:2013",
+                "code": "1.2.840.10065.1.12.1.5",
+                "display": "Verification Signature",
+            }],
+            "when": time,
+            "who": { "display": observer },
+            "sigFormat": "application/jose",
+            "data": data,
+        }],
+    })
+}
+
+/// The seal (JWS) an anchor resource carries.
+pub fn anchor_seal(resource: &Value) -> Option<String> {
+    let data = resource.pointer("/signature/0/data")?.as_str()?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .ok()?;
+    String::from_utf8(bytes).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_anchor_carries_its_seal_and_one_id_per_instance() {
+        let resource = anchor_resource(
+            "portvagt@a",
+            "h.p.s",
+            &"a".repeat(64),
+            "2026-12-03T00:00:00Z",
+        );
+        assert_eq!(anchor_seal(&resource).as_deref(), Some("h.p.s"));
+        assert_eq!(resource["id"], anchor_id("portvagt@a"));
+        assert_ne!(anchor_id("portvagt@a"), anchor_id("portvagt@b"));
+        assert!(anchor_id("x").len() <= 64, "a FHIR id");
+    }
+}
