@@ -449,7 +449,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         backend.base_url().to_owned(),
         samples,
     ));
-    print_instructions(&dir);
+    print_instructions(&dir, audit_repository.base_url());
 
     crate::server::serve(
         runtime,
@@ -619,7 +619,7 @@ format = "text"
     )
 }
 
-fn print_instructions(dir: &Path) {
+fn print_instructions(dir: &Path, audit_url: &str) {
     let env = dir.join("demo.env");
     let curl =
         "curl -s --cacert \"$PORTVAGT_CA\" --cert \"$PORTVAGT_CERT\" --key \"$PORTVAGT_KEY\"";
@@ -662,8 +662,10 @@ Portvagt demo is running. In another shell:
   # $PORTVAGT_MINLOG_URL (sign in as anne.hansen, any password, or paste $PATIENT_TOKEN):
   curl -s --cacert "$PORTVAGT_CA" -H "Authorization: Bearer $PATIENT_TOKEN" "$PORTVAGT_CITIZEN_URL/AuditEvent"
 
-  # The audit spool's hash chain and its seals (nothing altered, nothing cut off):
-  cargo run -p portvagt -- audit verify {dir}/audit --jwks {dir}/audit-seal/seal-jwks.json
+  # The audit spool's hash chain and its seals (nothing altered, nothing cut off), and that it
+  # reaches the anchor the audit repository holds:
+  cargo run -p portvagt -- audit verify {dir}/audit --jwks {dir}/audit-seal/seal-jwks.json \
+    --repository {audit_url} --repository-ca {dir}/pki/ca.crt
 
   # No token, no access (401 OperationOutcome):
   {curl} -i "$PORTVAGT_URL/Patient/pat-anne"

@@ -250,6 +250,35 @@ async fn demo_runs_a_working_deployment_and_stops_on_ctrl_c() {
         403
     );
 
+    // While it runs: the audit trail is sealed and reaches its anchor in the audit repository
+    // (the command the demo prints).
+    let config = std::fs::read_to_string(dir.path().join("portvagt.toml")).unwrap();
+    let repository = config
+        .split("[audit.ship]")
+        .nth(1)
+        .and_then(|table| table.split("url = \"").nth(1))
+        .and_then(|rest| rest.split('"').next())
+        .expect("the demo ships its audit trail")
+        .to_owned();
+    let mut shipped = String::new();
+    for _ in 0..100 {
+        let verify = Command::new(env!("CARGO_BIN_EXE_portvagt"))
+            .args(["audit", "verify"])
+            .arg(dir.path().join("audit"))
+            .arg("--jwks")
+            .arg(dir.path().join("audit-seal/seal-jwks.json"))
+            .args(["--repository", &repository, "--repository-ca"])
+            .arg(dir.path().join("pki/ca.crt"))
+            .output()
+            .unwrap();
+        shipped = String::from_utf8_lossy(&verify.stdout).into_owned();
+        if verify.status.success() && shipped.contains("reaches the anchor") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(shipped.contains("reaches the anchor"), "{shipped}");
+
     Command::new("kill")
         .arg("-INT")
         .arg(demo.id().to_string())
