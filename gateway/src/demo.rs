@@ -287,6 +287,8 @@ pub struct DemoOptions {
 
 /// Runs the demo until Ctrl-C.
 pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
+    // Ctrl-C from here on stops everything cleanly (the audit trail closed).
+    let stop = crate::server::shutdown_signal();
     let dir = std::path::absolute(&options.dir)?;
     let pki_dir = dir.join("pki");
     let issuer_dir = dir.join("issuer");
@@ -458,7 +460,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
             admin: None,
             citizen: Some(citizen_listener),
         },
-        crate::server::shutdown_signal(),
+        stop,
     )
     .await;
     drop(backend);

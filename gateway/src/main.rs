@@ -499,6 +499,8 @@ fn demo_url(dir: &std::path::Path) -> anyhow::Result<String> {
 }
 
 async fn serve(config: Config, path: &std::path::Path) -> anyhow::Result<()> {
+    // Before anything is opened: a stop asked for during start-up is a clean stop.
+    let stop = portvagt::server::shutdown_signal();
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("server.listen: cannot bind {}", config.server.listen))?;
@@ -519,11 +521,6 @@ async fn serve(config: Config, path: &std::path::Path) -> anyhow::Result<()> {
         backend = %runtime.backend.base_url(),
         "listening"
     );
-    portvagt::server::serve(
-        Arc::new(runtime),
-        listeners,
-        portvagt::server::shutdown_signal(),
-    )
-    .await;
+    portvagt::server::serve(Arc::new(runtime), listeners, stop).await;
     Ok(())
 }
