@@ -96,19 +96,27 @@ pub(crate) enum ReadError {
 /// How far a read goes, and what it keeps.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Reading<'a> {
-    /// At most this many events.
+    /// At least this many events, when there are (with seal keys: on to the next seal).
     pub(crate) limit: usize,
     /// No record beyond this sequence number.
     pub(crate) through: u64,
-    /// Check every seal with these keys (a seal that does not hold is a broken chain).
+    /// A sealed spool: every seal is checked with these keys (a seal that does not hold is a
+    /// broken chain), and only events a seal read in this same read vouches for are returned.
     pub(crate) keys: Option<&'a SealKeys>,
-    /// Keep the events (a scan for seals does not).
+    /// Keep the events (a check of the chain does not).
     pub(crate) keep_events: bool,
 }
 
+/// Events read past `limit` while looking for the seal that vouches for them, at most: the
+/// writer seals every [`super::spool::SEAL_EVERY_RECORDS`] events, so this is never reached
+/// on a spool it wrote.
+const MAX_UNSEALED: usize = 4 * super::spool::SEAL_EVERY_RECORDS as usize;
+
 /// Reads the records after `from`, none beyond `reading.through`, up to `reading.limit`
 /// events. Every line must continue the chain from `from` (sequence number, the previous
-/// record's hash, segment headers).
+/// record's hash, segment headers). With seal keys the read ends at a seal it checked: what
+/// it returns was vouched for by a seal in the bytes it read itself (no window between a check
+/// and a later read).
 pub(crate) fn read_batch(
     dir: &Path,
     from: Position,
@@ -117,9 +125,11 @@ pub(crate) fn read_batch(
     let mut at = from.clone();
     let mut batch = Batch {
         events: Vec::new(),
-        next: from,
+        next: from.clone(),
         last_seal: None,
     };
+    // With keys: the events, and the position, as of the last seal checked.
+    let mut vouched = (0usize, from);
     if at.segment == 0 {
         match segments(dir)?.first() {
             Some((number, _)) => {
@@ -131,6 +141,15 @@ pub(crate) fn read_batch(
             None => return Ok(batch),
         }
     }
+    let finish = |mut batch: Batch, at: Position, vouched: (usize, Position)| {
+        if reading.keys.is_some() {
+            batch.events.truncate(vouched.0);
+            batch.next = vouched.1;
+        } else {
+            batch.next = at;
+        }
+        batch
+    };
     let mut count = 0usize;
     loop {
         // The writer starts segment N+1 only when N is complete: if N+1 exists before N is
@@ -141,9 +160,20 @@ pub(crate) fn read_batch(
         let mut reader = BufReader::new(file);
         let mut line = Vec::new();
         loop {
-            if count >= reading.limit {
-                batch.next = at;
-                return Ok(batch);
+            let enough = match reading.keys {
+                None => count >= reading.limit,
+                // On to the seal after the limit.
+                Some(_) => count >= reading.limit && vouched.0 == count,
+            };
+            if enough {
+                return Ok(finish(batch, at, vouched));
+            }
+            if reading.keys.is_some() && count - vouched.0 >= MAX_UNSEALED {
+                return Err(ReadError::Broken(format!(
+                    "{MAX_UNSEALED} records after record {} without a seal: the writer seals every {} (records written before sealing was turned on cannot be vouched for)",
+                    vouched.1.seq,
+                    super::spool::SEAL_EVERY_RECORDS
+                )));
             }
             let read = read_line(&mut reader, &mut line)?;
             if read == 0 || !line.ends_with(b"\n") {
@@ -200,6 +230,11 @@ pub(crate) fn read_batch(
                         )));
                     }
                     batch.last_seal = Some((record.seq, jws.to_owned()));
+                    at.offset += read as u64;
+                    at.seq = record.seq;
+                    at.head = Some(hash);
+                    vouched = (count, at.clone());
+                    continue;
                 }
                 (None, _, _) => {}
             }
@@ -208,8 +243,7 @@ pub(crate) fn read_batch(
             at.head = Some(hash);
         }
         if !next_exists || at.seq >= reading.through {
-            batch.next = at;
-            return Ok(batch);
+            return Ok(finish(batch, at, vouched));
         }
         at = Position {
             segment: at.segment + 1,
@@ -436,10 +470,8 @@ impl Shipper {
             backoff = (backoff * 2).min(Duration::from_secs(10));
         }
         backoff = Duration::from_secs(1);
-        // On a sealed spool only records a later seal vouches for are shipped: how far the
-        // scan for seals has read, the last seal it checked, and when a seal was last asked for.
-        let mut scan = at.clone();
-        let mut sealed: Option<(u64, String)> = None;
+        // On a sealed spool only records a seal vouches for are shipped, and when records
+        // wait for one a seal is asked for (at most once a second).
         let mut asked = tokio::time::Instant::now() - Duration::from_secs(1);
         // When and up to which segment the last pruning looked.
         let mut pruned = (tokio::time::Instant::now(), 0);
@@ -449,38 +481,14 @@ impl Shipper {
             self.metrics
                 .audit_ship_lag
                 .set(i64::try_from(lag).unwrap_or(i64::MAX));
-            if let Some(keys) = &keys {
-                let (dir, from, keys) = (self.dir.clone(), scan.clone(), keys.clone());
-                let reading = move || {
-                    let reading = Reading {
-                        limit: usize::MAX,
-                        through: durable,
-                        keys: Some(&keys),
-                        keep_events: false,
-                    };
-                    read_batch(&dir, from, reading)
-                };
-                match self.read(tokio::task::spawn_blocking(reading).await) {
-                    Some(read) => {
-                        scan = read.next;
-                        sealed = read.last_seal.or(sealed);
-                    }
-                    None => {
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(60));
-                        continue;
-                    }
-                }
-            }
-            let sealed_to = sealed.as_ref().map_or(0, |(seq, _)| *seq);
-            let through = if keys.is_some() { sealed_to } else { durable };
             let batch = {
                 let (dir, from, limit) = (self.dir.clone(), at.clone(), self.batch);
+                let keys = keys.clone();
                 let reading = move || {
                     let reading = Reading {
                         limit,
-                        through,
-                        keys: None,
+                        through: durable,
+                        keys: keys.as_ref(),
                         keep_events: true,
                     };
                     read_batch(&dir, from, reading)
@@ -498,12 +506,7 @@ impl Shipper {
                     self.save(at.clone()).await;
                 }
                 pruned = self.prune(&spool, &at, pruned).await;
-                // Records no seal vouches for yet: ask for one rather than wait for the next
-                // periodic seal (at most four times a second).
-                if keys.is_some()
-                    && durable > sealed_to
-                    && asked.elapsed() >= Duration::from_millis(250)
-                {
+                if keys.is_some() && durable > at.seq && asked.elapsed() >= Duration::from_secs(1) {
                     asked = tokio::time::Instant::now();
                     if spool.seal_now().await.is_ok() {
                         continue;
@@ -513,13 +516,13 @@ impl Shipper {
                 continue;
             }
             let count = batch.events.len();
-            // A batch that reaches the last seal moves the anchor up to it.
-            let anchor = sealed
+            // The seal the batch ends at moves the anchor up to it, in the same transaction.
+            let anchor = batch
+                .last_seal
                 .as_ref()
-                .filter(|(seq, _)| batch.next.seq >= *seq)
                 .zip(batch.next.last_event.as_deref())
                 .map(|((_, jws), last)| anchor_resource(&self.observer, jws, last, &now_rfc3339()));
-            match self.send(batch.events, anchor).await {
+            match self.send_all(batch.events, anchor).await {
                 Ok(()) => {
                     at = batch.next;
                     self.save(at.clone()).await;
@@ -662,9 +665,10 @@ impl Shipper {
         };
         // The prune seal names the first record kept: the first of the segment after.
         let (dir, kept) = (self.dir.clone(), newest + 1);
+        // A header is not signed: never beyond what was read and shipped.
         let first_kept_seq =
             match tokio::task::spawn_blocking(move || first_seq_of(&dir, kept)).await {
-                Ok(Ok(seq)) => seq,
+                Ok(Ok(seq)) => seq.min(at.seq + 1),
                 _ => return (now, at.segment),
             };
         if let Err(error) = spool.seal_prune(first_kept_seq).await {
@@ -694,6 +698,24 @@ impl Shipper {
         }
     }
 
+    /// The events (and the anchor, with the last of them) in transactions of at most
+    /// `batch_size` entries each: a repository limits how many updates one transaction holds
+    /// (Medplum: 50), and a read that goes on to its seal may hold more. A failure is retried
+    /// from the first: PUTs under the record hashes store nothing twice.
+    async fn send_all(
+        &self,
+        mut events: Vec<(String, Box<RawValue>)>,
+        anchor: Option<Value>,
+    ) -> Result<(), String> {
+        let size = self.batch.saturating_sub(1).max(1);
+        while events.len() > size {
+            let rest = events.split_off(size);
+            self.send(events, None).await?;
+            events = rest;
+        }
+        self.send(events, anchor).await
+    }
+
     /// One transaction: every event stored, or none. Each is PUT under its record's hash, so a
     /// batch sent twice stores nothing twice.
     async fn send(
@@ -710,7 +732,20 @@ impl Shipper {
             .map_err(|e| e.to_string())?;
         let response = self.client.send(request).await?;
         if !response.status().is_success() {
-            return Err(format!("the repository answered {}", response.status()));
+            // What the repository says is wrong (an OperationOutcome), for the operator.
+            let said: String = serde_json::from_slice::<Value>(response.body())
+                .ok()
+                .and_then(|outcome| {
+                    outcome["issue"][0]["diagnostics"]
+                        .as_str()
+                        .or(outcome["issue"][0]["details"]["text"].as_str())
+                        .map(|text| text.chars().take(300).collect())
+                })
+                .unwrap_or_default();
+            return Err(format!(
+                "the repository answered {}: {said}",
+                response.status()
+            ));
         }
         let answer: Value = serde_json::from_slice(response.body())
             .map_err(|_| "the repository's answer is not JSON".to_owned())?;

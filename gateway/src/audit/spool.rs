@@ -36,6 +36,9 @@ use super::seal::{Before, Seal, SealKind, Sealer};
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 /// The most records written in one group commit.
 const MAX_BATCH: usize = 4096;
+/// A sealed spool seals at least once every this many events (and every `seal_every`), so the
+/// shipper, which ships only what a seal vouches for, never reads far for one.
+pub(crate) const SEAL_EVERY_RECORDS: u64 = 1000;
 
 /// Why the spool could not take a record.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -281,6 +284,8 @@ struct Seals {
     sealer: Arc<Sealer>,
     /// When the last seal was written (or tried).
     last: Instant,
+    /// Events written since the last seal.
+    since: u64,
 }
 
 /// What the writer does next.
@@ -323,6 +328,7 @@ impl Writer {
             writer.seals = Some(Seals {
                 sealer,
                 last: Instant::now(),
+                since: 0,
             });
             writer.commit(&[Entry::Seal(SealKind::Open, None, Some(before))])?;
         }
@@ -443,10 +449,9 @@ impl Writer {
 
     fn seal_due(&self) -> bool {
         !self.closed
-            && self
-                .seals
-                .as_ref()
-                .is_some_and(|s| s.last.elapsed() >= s.sealer.every())
+            && self.seals.as_ref().is_some_and(|s| {
+                s.last.elapsed() >= s.sealer.every() || s.since >= SEAL_EVERY_RECORDS
+            })
     }
 
     fn run(mut self, queue: mpsc::Receiver<Job>, written: &AtomicU64) {
@@ -482,6 +487,8 @@ impl Writer {
     fn serve(&mut self, jobs: Vec<Job>, written: &AtomicU64) {
         let sealed = self.seals.is_some();
         let mut closing = self.closed;
+        // Events since the last seal: a seal goes before the event that would pass the bound.
+        let mut since = self.seals.as_ref().map_or(0, |s| s.since);
         let mut entries = Vec::new();
         // Per job: the number of entries up to its own last one, or refused (after a close).
         let mut ends = Vec::with_capacity(jobs.len());
@@ -491,7 +498,16 @@ impl Writer {
                     ends.push(None);
                     continue;
                 }
-                Work::Append(events) => entries.extend(events.iter().map(|e| Entry::Event(e))),
+                Work::Append(events) => {
+                    for event in events {
+                        if sealed && since >= SEAL_EVERY_RECORDS {
+                            entries.push(Entry::Seal(SealKind::Seal, None, None));
+                            since = 0;
+                        }
+                        entries.push(Entry::Event(event));
+                        since += 1;
+                    }
+                }
                 Work::Prune(first_kept) if sealed && !closing => {
                     entries.push(Entry::Seal(SealKind::Prune, Some(*first_kept), None));
                 }
@@ -575,6 +591,7 @@ impl Writer {
         let mut buffer = Vec::new();
         let (mut seq, mut head) = (self.next_seq, self.head.clone());
         let mut sealed = None;
+        let mut since = self.seals.as_ref().map_or(0, |s| s.since);
         for entry in entries {
             let start = buffer.len();
             buffer.extend_from_slice(format!("{{\"seq\":{seq},\"prev\":\"{head}\",").as_bytes());
@@ -582,6 +599,7 @@ impl Writer {
                 Entry::Event(event) => {
                     buffer.extend_from_slice(b"\"event\":");
                     buffer.extend_from_slice(event);
+                    since += 1;
                 }
                 Entry::Seal(kind, first_kept, before) => {
                     let sealer = &self.seals.as_ref().ok_or(SpoolError::Stopped)?.sealer;
@@ -591,6 +609,7 @@ impl Writer {
                     // A compact JWS is base64url and dots: nothing in it needs escaping.
                     buffer.extend_from_slice(format!("\"seal\":\"{jws}\"").as_bytes());
                     sealed = Some(*kind);
+                    since = 0;
                 }
             }
             buffer.push(b'}');
@@ -608,9 +627,12 @@ impl Writer {
         }
         self.size += buffer.len() as u64;
         (self.next_seq, self.head) = (seq, head);
-        if let (Some(kind), Some(seals)) = (sealed, &mut self.seals) {
-            seals.last = Instant::now();
-            self.closed |= kind == SealKind::Close;
+        if let Some(seals) = &mut self.seals {
+            seals.since = since;
+            if let Some(kind) = sealed {
+                seals.last = Instant::now();
+                self.closed |= kind == SealKind::Close;
+            }
         }
         Ok(())
     }

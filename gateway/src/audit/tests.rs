@@ -713,3 +713,77 @@ async fn the_shipper_checks_every_seal_it_passes() {
         .unwrap();
     assert!(matches!(error, ReadError::Broken(_)), "{error}");
 }
+
+#[tokio::test]
+async fn a_sealed_spool_ships_only_what_a_seal_read_with_it_vouches_for() {
+    use super::shipper::{Position, ReadError, Reading, read_batch};
+    let dir = tempfile::tempdir().unwrap();
+    let keydir = tempfile::tempdir().unwrap();
+    let key = crate::auth::issuer_key::IssuerKey::generate("seal-1").unwrap();
+    std::fs::write(keydir.path().join("seal.key"), key.pem()).unwrap();
+    let sealer = std::sync::Arc::new(
+        super::seal::Sealer::load(
+            &keydir.path().join("seal.key"),
+            "seal-1",
+            "test",
+            std::time::Duration::from_secs(3600),
+        )
+        .unwrap(),
+    );
+    let keys = sealer.keys().clone();
+    let spool = Spool::open(dir.path(), 1 << 30, Some(sealer)).unwrap();
+    spool.append(vec![event(0), event(1)]).await.unwrap();
+    let sealed = spool.seal_now().await.unwrap();
+    spool.append(vec![event(2)]).await.unwrap();
+    let reading = |limit| Reading {
+        limit,
+        through: u64::MAX,
+        keys: Some(&keys),
+        keep_events: true,
+    };
+    let read = read_batch(dir.path(), Position::default(), reading(1)).unwrap();
+    assert_eq!(
+        read.events.len(),
+        2,
+        "on to the seal after the limit, no further"
+    );
+    assert_eq!(read.next.seq, sealed);
+    assert_eq!(read.last_seal.as_ref().map(|(seq, _)| *seq), Some(sealed));
+    let rest = read_batch(dir.path(), read.next, reading(10)).unwrap();
+    assert!(rest.events.is_empty(), "event 2 waits for its seal");
+
+    // Many events in one append: the writer seals at least every SEAL_EVERY_RECORDS.
+    let many = super::spool::SEAL_EVERY_RECORDS as usize * 2 + 500;
+    spool
+        .append((0..many).map(|n| event(10 + n)).collect())
+        .await
+        .unwrap();
+    spool.seal_now().await.unwrap();
+    drop(spool);
+    let mut gap = 0u64;
+    for line in lines(dir.path(), 1).iter().skip(1) {
+        if line.contains("\"seal\":") {
+            gap = 0;
+        } else {
+            gap += 1;
+            assert!(gap <= super::spool::SEAL_EVERY_RECORDS, "a gap of {gap}");
+        }
+    }
+    let all = read_batch(
+        dir.path(),
+        Position::default(),
+        reading(usize::MAX - 10_000),
+    )
+    .unwrap();
+    assert_eq!(all.events.len(), many + 3);
+
+    // A long run without seals (an unsealed writer) is refused, not shipped unvouched.
+    let unsealed = tempfile::tempdir().unwrap();
+    let spool = Spool::open(unsealed.path(), 1 << 30, None).unwrap();
+    spool.append((0..5000).map(event).collect()).await.unwrap();
+    drop(spool);
+    let error = read_batch(unsealed.path(), Position::default(), reading(10))
+        .err()
+        .unwrap();
+    assert!(matches!(error, ReadError::Broken(_)), "{error}");
+}
