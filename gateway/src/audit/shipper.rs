@@ -288,6 +288,37 @@ pub(crate) fn first_seq_of(dir: &Path, number: u64) -> std::io::Result<u64> {
         .map_err(std::io::Error::other)
 }
 
+/// Checks that `at` is a record boundary of the chain in `dir` (its sequence number, segment,
+/// offset and hash as read from the spool), and returns the hash of the last event at or
+/// before it that is still in the spool.
+fn position_holds(dir: &Path, at: &Position) -> Result<Option<String>, String> {
+    if at.seq == 0 && at.segment == 0 {
+        return Ok(None);
+    }
+    let reading = Reading {
+        limit: usize::MAX,
+        through: at.seq,
+        keys: None,
+        keep_events: false,
+    };
+    let read = read_batch(dir, Position::default(), reading).map_err(|e| e.to_string())?;
+    let next = read.next;
+    // The boundary is the record and its hash; a byte offset that does not lead to the next
+    // record is found by the first read from it.
+    let matches = next.seq == at.seq
+        && at
+            .head
+            .as_ref()
+            .is_none_or(|head| next.head.as_ref() == Some(head));
+    if !matches {
+        return Err(format!(
+            "shipped.json says shipping reached record {}; the spool's chain does not hold that record with that hash (it reaches record {}): the position was altered",
+            at.seq, next.seq
+        ));
+    }
+    Ok(next.last_event)
+}
+
 /// Deletes `segments` (from [`deletable`]), oldest first; returns how many went.
 pub(crate) fn delete(dir: &Path, segments: &[(u64, PathBuf)]) -> std::io::Result<u64> {
     let mut deleted = 0;
@@ -374,7 +405,7 @@ fn uuid_from_hash(hash: &str) -> String {
 }
 
 /// Why a start check did not pass.
-enum Check {
+enum Trouble {
     /// The spool and the repository disagree: shipping stops.
     Broken(String),
     /// The repository could not be asked: asked again.
@@ -447,16 +478,11 @@ impl Shipper {
         };
         // The position on disk is not taken on trust: the repository must hold the last
         // event it says was shipped, and the spool must reach as far as the anchor there.
-        let written_at_start = written.load(std::sync::atomic::Ordering::Relaxed);
         loop {
-            let checked = match self.holds_last_event(&at).await {
-                Ok(()) => self.reaches_anchor(keys.as_ref(), written_at_start).await,
-                Err(problem) => Err(problem),
-            };
-            match checked {
+            match self.start_check(&at, keys.as_ref()).await {
                 Ok(()) => break,
-                Err(Check::Broken(problem)) => self.broken(&problem),
-                Err(Check::Unanswered(error)) => {
+                Err(Trouble::Broken(problem)) => self.broken(&problem),
+                Err(Trouble::Unanswered(error)) => {
                     // The repository is not there yet: what waits is lag.
                     self.metrics.audit_ship_failures.inc();
                     let durable = written.load(std::sync::atomic::Ordering::Relaxed);
@@ -576,61 +602,71 @@ impl Shipper {
 
     /// The repository's answer to `GET {url}/{path}`: the resource, or `None` when it holds
     /// none (404, 410).
-    async fn fetch(&self, path: &str) -> Result<Option<Value>, Check> {
+    async fn fetch(&self, path: &str) -> Result<Option<Value>, Trouble> {
         let request = Request::get(format!("{}/{path}", self.url))
             .header(header::ACCEPT, "application/fhir+json")
             .body(Full::new(Bytes::new()))
-            .map_err(|e| Check::Unanswered(e.to_string()))?;
-        let answer = self.client.send(request).await.map_err(Check::Unanswered)?;
+            .map_err(|e| Trouble::Unanswered(e.to_string()))?;
+        let answer = self
+            .client
+            .send(request)
+            .await
+            .map_err(Trouble::Unanswered)?;
         match answer.status().as_u16() {
             200..=299 => Ok(Some(
                 serde_json::from_slice(answer.body()).unwrap_or_default(),
             )),
             404 | 410 => Ok(None),
-            status => Err(Check::Unanswered(format!(
+            status => Err(Trouble::Unanswered(format!(
                 "the repository answered {status}"
             ))),
         }
     }
 
-    /// Whether the spool (ending at `end`) reaches the seal the repository's anchor holds
-    /// (no anchor yet, or an unsealed spool: yes).
-    async fn reaches_anchor(&self, keys: Option<&SealKeys>, end: u64) -> Result<(), Check> {
-        let Some(keys) = keys else {
+    /// Before anything is shipped: the spool verifies whole (with the seal keys), the shipped
+    /// position is a record boundary of this chain, the repository holds the last event at or
+    /// before it (a position moved forward over unshipped events is found), and the spool
+    /// reaches, and holds, the seal the repository's anchor names.
+    async fn start_check(&self, at: &Position, keys: Option<&SealKeys>) -> Result<(), Trouble> {
+        let (dir, position, owned_keys) = (self.dir.clone(), at.clone(), keys.cloned());
+        let local = tokio::task::spawn_blocking(move || {
+            let report = owned_keys
+                .as_ref()
+                .map(|keys| {
+                    let check = super::verify::Check {
+                        keys: Some(keys),
+                        now: super::seal::unix_now(),
+                    };
+                    super::verify::verify(&dir, check).map_err(|broken| broken.to_string())
+                })
+                .transpose()?;
+            let last_event = position_holds(&dir, &position)?;
+            Ok::<_, String>((report, last_event))
+        })
+        .await
+        .map_err(|_| Trouble::Unanswered("the spool check did not finish".into()))?;
+        let (report, last_event) = local.map_err(Trouble::Broken)?;
+        if let Some(hash) = &last_event
+            && self.fetch(&format!("AuditEvent/{hash}")).await?.is_none()
+        {
+            return Err(Trouble::Broken(format!(
+                "the repository does not hold AuditEvent/{hash}, at or before record {} where shipped.json says shipping reached: the position was moved over unshipped records, or the repository lost what it acknowledged",
+                at.seq
+            )));
+        }
+        let (Some(keys), Some(report)) = (keys, report) else {
             return Ok(());
         };
-        let Some(resource) = self
+        let Some(anchor) = self
             .fetch(&format!("Provenance/{}", anchor_id(&self.observer)))
             .await?
         else {
             return Ok(());
         };
-        let seal = anchor_seal(&resource)
-            .ok_or("the repository's anchor holds no seal".to_owned())
-            .and_then(|jws| keys.check(&jws))
-            .map_err(|problem| Check::Broken(format!("the repository's anchor: {problem}")))?;
-        if seal.seq > end {
-            return Err(Check::Broken(format!(
-                "the audit repository's anchor shows the chain reached record {} (sealed), but the spool ends at {end}: records were cut off",
-                seal.seq
-            )));
-        }
-        Ok(())
-    }
-
-    /// Whether the repository holds the last event `at` says was shipped (nothing shipped
-    /// yet: yes).
-    async fn holds_last_event(&self, at: &Position) -> Result<(), Check> {
-        let Some(hash) = &at.last_event else {
-            return Ok(());
-        };
-        match self.fetch(&format!("AuditEvent/{hash}")).await? {
-            Some(_) => Ok(()),
-            None => Err(Check::Broken(format!(
-                "the repository does not hold AuditEvent/{hash}, which shipped.json says was shipped (record {}): the position was altered, or the repository lost what it acknowledged",
-                at.seq
-            ))),
-        }
+        let jws = anchor_seal(&anchor)
+            .ok_or_else(|| Trouble::Broken("the repository's anchor holds no seal".into()))?;
+        super::verify::check_anchor(&self.dir, &report, keys, &jws)
+            .map_err(|broken| Trouble::Broken(broken.problem))
     }
 
     /// Deletes the segments before `at` (acknowledged in full, the position saved) whose

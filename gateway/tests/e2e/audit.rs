@@ -723,7 +723,7 @@ async fn only_the_gateway_writes_to_the_audit_repository() {
 }
 
 #[tokio::test]
-async fn a_shipped_position_altered_while_the_gateway_is_down_stops_the_shipping() {
+async fn a_shipped_position_moved_over_unshipped_records_stops_the_shipping() {
     let repository = Repository::start();
     let mut gateway = Gateway::start_with(repository.gateway_options(""));
     let token = gateway.token(json!({ "scope": "user/*.rs" }));
@@ -738,25 +738,48 @@ async fn a_shipped_position_altered_while_the_gateway_is_down_stops_the_shipping
         }
     };
     read(&gateway).await;
-    let mut shipped = 0;
+    let mut shipped = Vec::new();
     for _ in 0..100 {
-        shipped = repository.events().await.len();
-        if shipped >= 1 {
+        shipped = repository.events().await;
+        if !shipped.is_empty() {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    assert_eq!(shipped, 1);
+    let shipped_id = shipped[0]["id"].as_str().unwrap().to_owned();
     assert!(gateway.terminate().success());
 
-    // Down: the position claims more was shipped than the repository holds (to skip records,
-    // and have the gateway prune them).
-    let position = gateway.dir.path().join("audit/shipped.json");
-    let mut claimed: Value = serde_json::from_slice(&std::fs::read(&position).unwrap()).unwrap();
-    claimed["last_event"] = json!("f".repeat(64));
-    std::fs::write(&position, claimed.to_string()).unwrap();
+    // A run whose repository is out of reach: its records stay unshipped.
+    let config = gateway.dir.path().join("portvagt.toml");
+    let original = std::fs::read_to_string(&config).unwrap();
+    let unreachable = original.replace(repository.base_url(), "https://127.0.0.1:9/fhir/R4");
+    std::fs::write(&config, &unreachable).unwrap();
     gateway.restart();
     read(&gateway).await;
+    read(&gateway).await;
+    assert!(gateway.terminate().success());
+
+    // Down: shipped.json moved to the end of the chain, naming an event the repository does
+    // hold, so the unshipped records would be skipped (and later pruned).
+    let spool = gateway.dir.path().join("audit");
+    let segment = spool.join("segment-0000000001.jsonl");
+    let text = std::fs::read_to_string(&segment).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let hash = |line: &str| {
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, line.as_bytes())
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let last: Value = serde_json::from_str(lines.last().unwrap()).unwrap();
+    let forged = json!({
+        "segment": 1, "offset": text.len(), "seq": last["seq"],
+        "head": hash(lines.last().unwrap()), "last_event": shipped_id,
+    });
+    std::fs::write(spool.join("shipped.json"), forged.to_string()).unwrap();
+    std::fs::write(&config, &original).unwrap();
+    gateway.restart();
     let mut broken = None;
     for _ in 0..100 {
         let metrics = gateway.client().get("/metrics", None).await.unwrap().text();
@@ -767,7 +790,7 @@ async fn a_shipped_position_altered_while_the_gateway_is_down_stops_the_shipping
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert_eq!(broken, Some(1.0), "{}", gateway.raw_log());
-    assert!(logged(&gateway, "AUDIT CHAIN BROKEN").await);
+    assert!(logged(&gateway, "moved over unshipped records").await);
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert_eq!(
         repository.events().await.len(),
