@@ -121,6 +121,10 @@ enum AuditCommand {
         /// CA certificates for an https repository (default: the public web PKI roots).
         #[arg(long, requires = "repository")]
         repository_ca: Option<PathBuf>,
+        /// The chain id this spool must have (printed by an earlier verify): a spool swapped
+        /// for another one sealed with the same key is found (with --jwks).
+        #[arg(long, requires = "jwks")]
+        chain: Option<String>,
     },
     /// Make a seal key: DIR/seal.key (for `[audit] seal_key`, keep it secret) and
     /// DIR/seal-jwks.json (for `audit verify --jwks`).
@@ -173,6 +177,7 @@ fn verify_audit(
     jwks: Option<&std::path::Path>,
     accepted: &[u64],
     repository: Option<(&str, Option<&std::path::Path>)>,
+    expected_chain: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
     use portvagt::audit::verify::{Check, End, verify};
     let keys = jwks
@@ -195,13 +200,22 @@ fn verify_audit(
             return Ok(ExitCode::FAILURE);
         }
     };
+    if let Some(expected) = expected_chain
+        && report.chain.as_deref() != Some(expected)
+    {
+        println!(
+            "BROKEN: this spool's chain is {}, not {expected}: another spool (swapped, or a new one after a wipe)",
+            report.chain.as_deref().unwrap_or("unknown (no seal)")
+        );
+        return Ok(ExitCode::FAILURE);
+    }
     let mut anchored = None;
     if let (Some((url, ca)), Some(keys)) = (repository, &keys) {
-        let Some(observer) = &report.observer else {
+        let Some(chain) = &report.chain else {
             println!("BROKEN: the spool holds no seal to compare with the repository's anchor");
             return Ok(ExitCode::FAILURE);
         };
-        match fetch_anchor(url, ca, observer)? {
+        match fetch_anchor(url, ca, chain)? {
             Some(jws) => {
                 if let Err(broken) = portvagt::audit::verify::check_anchor(dir, &report, keys, &jws)
                 {
@@ -210,7 +224,7 @@ fn verify_audit(
                 }
                 anchored = Some(format!("the spool reaches the anchor in {url}"));
             }
-            None => anchored = Some(format!("{url} holds no anchor for {observer} yet")),
+            None => anchored = Some(format!("{url} holds no anchor for chain {chain} yet")),
         }
     }
     let when = |time: u64| {
@@ -223,8 +237,17 @@ fn verify_audit(
             .unwrap_or_else(|| time.to_string())
     };
     let summary = format!(
-        "{} records (sequence {} to {}) in {} segments, chain head {}",
-        report.records, report.first_seq, report.last_seq, report.segments, report.head
+        "{} records (sequence {} to {}) in {} segments{}, chain head {}",
+        report.records,
+        report.first_seq,
+        report.last_seq,
+        report.segments,
+        report
+            .chain
+            .as_ref()
+            .map(|chain| format!(" of chain {chain}"))
+            .unwrap_or_default(),
+        report.head
     );
     let mut notes = Vec::new();
     if let Some(segment) = &report.unfinished_tail {
@@ -307,12 +330,12 @@ fn verify_audit(
     Ok(code)
 }
 
-/// The seal the audit repository at `url` holds as the anchor of `observer`'s chain (none:
+/// The seal the audit repository at `url` holds as the anchor of the chain `chain` (none:
 /// nothing anchored yet).
 fn fetch_anchor(
     url: &str,
     ca: Option<&std::path::Path>,
-    observer: &str,
+    chain: &str,
 ) -> anyhow::Result<Option<String>> {
     use portvagt::audit::anchor::{anchor_id, anchor_seal};
     let client = portvagt::auth::https::HttpsClient::allowing_plain_http(
@@ -324,7 +347,7 @@ fn fetch_anchor(
     let request = http::Request::get(format!(
         "{}/Provenance/{}",
         url.trim_end_matches('/'),
-        anchor_id(observer)
+        anchor_id(chain)
     ))
     .header(http::header::ACCEPT, "application/fhir+json")
     .body(http_body_util::Full::new(bytes::Bytes::new()))?;
@@ -377,6 +400,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     accepted,
                     repository,
                     repository_ca,
+                    chain,
                 },
         } => verify_audit(
             &dir,
@@ -385,6 +409,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             repository
                 .as_deref()
                 .map(|url| (url, repository_ca.as_deref())),
+            chain.as_deref(),
         ),
         Command::Audit {
             command: AuditCommand::NewSealKey { dir, kid },

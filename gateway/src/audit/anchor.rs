@@ -1,7 +1,7 @@
 //! The chain's anchor outside the gateway: with every batch that reaches a seal, the shipper
 //! also stores, in the audit repository (which takes writes from the gateway alone), one
-//! `Provenance` per gateway instance whose signature is that seal and whose target is the last
-//! event shipped. The spool may be cut back while the gateway is down, shipped.json with it;
+//! `Provenance` per chain (a spool's id, kept across restarts and renamed pods) whose
+//! signature is that seal and whose target is the last event shipped. The spool may be cut back while the gateway is down, shipped.json with it;
 //! the anchor says how far the chain reached, signed, somewhere the spool's writer cannot
 //! reach. The gateway checks it at start, and `audit verify --repository` checks it too.
 
@@ -10,18 +10,24 @@ use serde_json::{Value, json};
 
 use super::spool::sha256_hex;
 
-/// The repository id of the anchor of the chain written by `observer`.
-pub fn anchor_id(observer: &str) -> String {
-    let hash = sha256_hex(observer.as_bytes());
+/// The repository id of the anchor of the chain `chain`.
+pub fn anchor_id(chain: &str) -> String {
+    let hash = sha256_hex(chain.as_bytes());
     format!("portvagt-chain-{}", &hash[..32])
 }
 
 /// The anchor resource: the last seal shipped (`seal`, a JWS), over the last event shipped.
-pub fn anchor_resource(observer: &str, seal: &str, last_event: &str, time: &str) -> Value {
+pub fn anchor_resource(
+    chain: &str,
+    observer: &str,
+    seal: &str,
+    last_event: &str,
+    time: &str,
+) -> Value {
     let data = base64::engine::general_purpose::STANDARD.encode(seal);
     json!({
         "resourceType": "Provenance",
-        "id": anchor_id(observer),
+        "id": anchor_id(chain),
         "target": [{ "reference": format!("AuditEvent/{last_event}") }],
         "recorded": time,
         "agent": [{ "who": { "display": observer } }],
@@ -53,16 +59,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_anchor_carries_its_seal_and_one_id_per_instance() {
+    fn the_anchor_carries_its_seal_and_one_id_per_chain() {
         let resource = anchor_resource(
+            "c1",
             "portvagt@a",
             "h.p.s",
             &"a".repeat(64),
             "2026-12-03T00:00:00Z",
         );
         assert_eq!(anchor_seal(&resource).as_deref(), Some("h.p.s"));
-        assert_eq!(resource["id"], anchor_id("portvagt@a"));
-        assert_ne!(anchor_id("portvagt@a"), anchor_id("portvagt@b"));
+        assert_eq!(resource["id"], anchor_id("c1"));
+        assert_ne!(anchor_id("c1"), anchor_id("c2"));
         assert!(anchor_id("x").len() <= 64, "a FHIR id");
     }
 }

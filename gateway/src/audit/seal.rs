@@ -68,6 +68,10 @@ pub struct Seal {
     pub time: u64,
     /// The gateway instance that made it.
     pub observer: String,
+    /// The chain's own id, chosen at random when the spool began: the same in every seal of
+    /// one spool, whoever wrote it; the key of its anchor in the repository.
+    #[serde(default)]
+    pub chain: String,
     /// While the gateway runs, the next seal follows within this many seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_within: Option<u64>,
@@ -149,7 +153,7 @@ impl Sealer {
         };
         // A key that cannot sign is found now, not at the first seal.
         sealer
-            .sign(SealKind::Seal, 0, "", None, None)
+            .sign("", SealKind::Seal, 0, "", None, None)
             .map_err(|e| ConfigError::new(field, e))?;
         Ok(sealer)
     }
@@ -167,6 +171,7 @@ impl Sealer {
     /// The JWS of a seal at `seq` after `prev`.
     pub(crate) fn sign(
         &self,
+        chain: &str,
         kind: SealKind,
         seq: u64,
         prev: &str,
@@ -179,6 +184,7 @@ impl Sealer {
             kind,
             time: unix_now(),
             observer: self.observer.clone(),
+            chain: chain.to_owned(),
             next_within: (kind != SealKind::Close).then_some(self.every.as_secs()),
             first_kept_seq,
             before,

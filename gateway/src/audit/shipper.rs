@@ -479,7 +479,7 @@ impl Shipper {
         // The position on disk is not taken on trust: the repository must hold the last
         // event it says was shipped, and the spool must reach as far as the anchor there.
         loop {
-            match self.start_check(&at, keys.as_ref()).await {
+            match self.start_check(&at, keys.as_ref(), spool.chain()).await {
                 Ok(()) => break,
                 Err(Trouble::Broken(problem)) => self.broken(&problem),
                 Err(Trouble::Unanswered(error)) => {
@@ -547,7 +547,9 @@ impl Shipper {
                 .last_seal
                 .as_ref()
                 .zip(batch.next.last_event.as_deref())
-                .map(|((_, jws), last)| anchor_resource(&self.observer, jws, last, &now_rfc3339()));
+                .map(|((_, jws), last)| {
+                    anchor_resource(spool.chain(), &self.observer, jws, last, &now_rfc3339())
+                });
             match self.send_all(batch.events, anchor).await {
                 Ok(()) => {
                     at = batch.next;
@@ -627,7 +629,12 @@ impl Shipper {
     /// position is a record boundary of this chain, the repository holds the last event at or
     /// before it (a position moved forward over unshipped events is found), and the spool
     /// reaches, and holds, the seal the repository's anchor names.
-    async fn start_check(&self, at: &Position, keys: Option<&SealKeys>) -> Result<(), Trouble> {
+    async fn start_check(
+        &self,
+        at: &Position,
+        keys: Option<&SealKeys>,
+        chain: &str,
+    ) -> Result<(), Trouble> {
         let (dir, position, owned_keys) = (self.dir.clone(), at.clone(), keys.cloned());
         let local = tokio::task::spawn_blocking(move || {
             let report = owned_keys
@@ -658,7 +665,7 @@ impl Shipper {
             return Ok(());
         };
         let Some(anchor) = self
-            .fetch(&format!("Provenance/{}", anchor_id(&self.observer)))
+            .fetch(&format!("Provenance/{}", anchor_id(chain)))
             .await?
         else {
             return Ok(());

@@ -60,6 +60,9 @@ pub(crate) struct SegmentHeader {
     pub(crate) segment: u64,
     pub(crate) first_seq: u64,
     pub(crate) head: String,
+    /// The chain's id (absent in spools from before chains had one).
+    #[serde(default)]
+    pub(crate) chain: Option<String>,
 }
 
 /// A record line: an event (left unparsed) or a seal.
@@ -173,6 +176,7 @@ pub struct Spool {
     dir: PathBuf,
     written: Arc<AtomicU64>,
     sealed: bool,
+    chain: String,
 }
 
 /// The writer thread, joined when the last [`Spool`] handle goes.
@@ -198,6 +202,7 @@ impl Spool {
     ) -> Result<Spool, SpoolError> {
         let sealed = sealer.is_some();
         let writer = Writer::open(dir, segment_bytes, sealer)?;
+        let chain = writer.chain.clone();
         let written = Arc::new(AtomicU64::new(writer.next_seq.saturating_sub(1)));
         let (jobs, queue) = mpsc::channel::<Job>();
         let counter = written.clone();
@@ -211,7 +216,14 @@ impl Spool {
             dir: dir.to_owned(),
             written,
             sealed,
+            chain,
         })
+    }
+
+    /// The chain's id: chosen at random when the spool began, kept in every segment header
+    /// and signed into every seal.
+    pub fn chain(&self) -> &str {
+        &self.chain
     }
 
     /// Appends `events` (serialized AuditEvents) and returns the last one's sequence number
@@ -277,6 +289,8 @@ struct Writer {
     /// After [`Spool::close`] nothing more is written.
     closed: bool,
     seals: Option<Seals>,
+    /// The chain's id.
+    chain: String,
 }
 
 /// A sealed spool's sealing state.
@@ -319,7 +333,13 @@ impl Writer {
         let existing = segments(dir).map_err(|e| SpoolError::Write(e.to_string()))?;
         let (mut writer, before) = match existing.last().cloned() {
             None => (
-                Writer::start_segment(lock, dir, segment_bytes, 1, 1, GENESIS.to_owned())?,
+                Writer::start_segment(
+                    lock,
+                    dir,
+                    segment_bytes,
+                    (1, 1, GENESIS.to_owned()),
+                    uuid::Uuid::new_v4().simple().to_string(),
+                )?,
                 Before::New,
             ),
             Some((number, path)) => Writer::resume(lock, dir, segment_bytes, number, &path)?,
@@ -382,25 +402,32 @@ impl Writer {
             damaged: false,
             closed: false,
             seals: None,
+            // A spool from before chains had ids gets one now.
+            chain: tail
+                .chain
+                .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()),
         };
         Ok((writer, before))
     }
 
+    /// Starts segment `number` at record `first_seq` after `head` (`at`).
     fn start_segment(
         lock: Arc<File>,
         dir: &Path,
         segment_bytes: u64,
-        number: u64,
-        first_seq: u64,
-        head: String,
+        at: (u64, u64, String),
+        chain: String,
     ) -> Result<Writer, SpoolError> {
+        let (number, first_seq, head) = at;
         let io = |e: std::io::Error| SpoolError::Write(e.to_string());
         let path = dir.join(segment_name(number));
         // Written aside and renamed into place: a segment file either has its header or does
         // not exist, whatever fails (disk full) or crashes in between.
         let staging = dir.join(format!("{}.new", segment_name(number)));
-        let header =
-            format!("{{\"segment\":{number},\"first_seq\":{first_seq},\"head\":\"{head}\"}}\n");
+        // The chain id is hex from a UUID: nothing in it needs escaping.
+        let header = format!(
+            "{{\"segment\":{number},\"first_seq\":{first_seq},\"head\":\"{head}\",\"chain\":\"{chain}\"}}\n"
+        );
         {
             let mut staged = File::create(&staging).map_err(io)?;
             staged.write_all(header.as_bytes()).map_err(io)?;
@@ -428,6 +455,7 @@ impl Writer {
             damaged: false,
             closed: false,
             seals: None,
+            chain,
         })
     }
 
@@ -582,9 +610,8 @@ impl Writer {
                 self._lock.clone(),
                 &self.dir,
                 self.segment_bytes,
-                self.segment + 1,
-                self.next_seq,
-                self.head.clone(),
+                (self.segment + 1, self.next_seq, self.head.clone()),
+                self.chain.clone(),
             )?;
             (self.seals, self.closed) = (seals, closed);
         }
@@ -604,7 +631,7 @@ impl Writer {
                 Entry::Seal(kind, first_kept, before) => {
                     let sealer = &self.seals.as_ref().ok_or(SpoolError::Stopped)?.sealer;
                     let jws = sealer
-                        .sign(*kind, seq, &head, *first_kept, *before)
+                        .sign(&self.chain, *kind, seq, &head, *first_kept, *before)
                         .map_err(SpoolError::Write)?;
                     // A compact JWS is base64url and dots: nothing in it needs escaping.
                     buffer.extend_from_slice(format!("\"seal\":\"{jws}\"").as_bytes());
@@ -656,6 +683,8 @@ struct Tail {
     good_len: u64,
     /// The kind of the last record, when it is a seal.
     last_seal: Option<SealKind>,
+    /// The chain's id: from the header, or else from a seal.
+    chain: Option<String>,
 }
 
 /// Reads a segment: the next sequence number, the chain head, and the length of its complete,
@@ -675,6 +704,7 @@ fn scan_tail(path: &Path) -> Result<Tail, String> {
         head: header.head,
         good_len: read as u64,
         last_seal: None,
+        chain: header.chain,
     };
     loop {
         let read = read_line(&mut reader, &mut line).map_err(|e| e.to_string())?;
@@ -696,7 +726,14 @@ fn scan_tail(path: &Path) -> Result<Tail, String> {
                 tail.next_seq
             ));
         }
-        tail.last_seal = record.seal.and_then(Seal::peek).map(|seal| seal.kind);
+        let seal = record.seal.and_then(Seal::peek);
+        if let Some(seal) = &seal
+            && tail.chain.is_none()
+            && !seal.chain.is_empty()
+        {
+            tail.chain = Some(seal.chain.clone());
+        }
+        tail.last_seal = seal.map(|seal| seal.kind);
         tail.head = sha256_hex(body);
         tail.next_seq += 1;
         tail.good_len += read as u64;

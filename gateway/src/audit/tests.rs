@@ -605,6 +605,41 @@ mod sealed {
     }
 
     #[tokio::test]
+    async fn a_spool_keeps_its_chain_id_and_a_segment_of_another_chain_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let keydir = tempfile::tempdir().unwrap();
+        let (sealer, keys) = keys(keydir.path(), "seal-1", Duration::from_secs(60));
+        let chain = {
+            let spool = Spool::open(dir.path(), 400, Some(sealer.clone())).unwrap();
+            spool.append(vec![event(0), event(1)]).await.unwrap();
+            spool.chain().to_owned()
+        };
+        let spool = Spool::open(dir.path(), 400, Some(sealer.clone())).unwrap();
+        assert_eq!(spool.chain(), chain, "kept across a restart");
+        for n in 2..8 {
+            spool.append(vec![event(n)]).await.unwrap();
+        }
+        drop(spool);
+        let another = Spool::open(other.path(), 400, Some(sealer)).unwrap();
+        assert_ne!(another.chain(), chain, "each spool its own");
+        drop(another);
+        let report = verify(dir.path(), check(&keys, unix_now())).unwrap();
+        assert_eq!(report.chain.as_deref(), Some(chain.as_str()));
+        assert!(report.segments > 1, "{report:?}");
+        // A later segment's header claiming another chain.
+        let (_, second) = segments(dir.path()).unwrap()[1].clone();
+        let text = std::fs::read_to_string(&second).unwrap();
+        std::fs::write(
+            &second,
+            text.replacen(&chain, "ffffffffffffffffffffffffffffffff", 1),
+        )
+        .unwrap();
+        let broken = verify(dir.path(), check(&keys, unix_now())).unwrap_err();
+        assert!(broken.problem.contains("another chain"), "{broken}");
+    }
+
+    #[tokio::test]
     async fn the_shipped_position_beyond_the_end_is_a_cut() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path(), 1 << 20, None).unwrap();

@@ -75,6 +75,8 @@ pub struct ChainReport {
     pub end: End,
     /// The gateway instance that made the last seal (checked with keys).
     pub observer: Option<String>,
+    /// The chain's id, the same in every seal and segment header (checked with keys).
+    pub chain: Option<String>,
     /// Runs that ended without a `close` and were followed by an `open`: a crash, a kill, or
     /// records cut off (or forged) while the gateway was down. Found from the chain itself
     /// (the record before the `open` is not a close that holds), checked only with keys.
@@ -140,6 +142,7 @@ pub fn verify(dir: &Path, check: Check<'_>) -> Result<ChainReport, ChainBroken> 
         unfinished_tail: None,
         end: End::Unchecked,
         observer: None,
+        chain: None,
         unclean_restarts: Vec::new(),
     };
     // The last seal (and the records after it), whether the last record was a close, and the
@@ -149,6 +152,7 @@ pub fn verify(dir: &Path, check: Check<'_>) -> Result<ChainReport, ChainBroken> 
     let mut after_close = false;
     let mut kept_from = 1u64;
     let mut first_record = true;
+    let mut headers_chain: Option<String> = None;
     let last = files.len() - 1;
     for (index, (number, path)) in files.iter().enumerate() {
         let expected_number = files[0].0 + index as u64;
@@ -181,6 +185,12 @@ pub fn verify(dir: &Path, check: Check<'_>) -> Result<ChainReport, ChainBroken> 
             if line_number == 1 {
                 let header: SegmentHeader = serde_json::from_slice(body)
                     .map_err(|e| broken(path, 1, format!("not a segment header: {e}")))?;
+                if let Some(chain) = &header.chain {
+                    headers_chain.get_or_insert_with(|| chain.clone());
+                    if headers_chain.as_ref() != Some(chain) {
+                        return Err(broken(path, 1, "a segment of another chain".into()));
+                    }
+                }
                 // The first segment may start later than 1 when older ones were pruned.
                 if index == 0 {
                     (next_seq, head) = (header.first_seq, header.head.clone());
@@ -238,6 +248,13 @@ pub fn verify(dir: &Path, check: Check<'_>) -> Result<ChainReport, ChainBroken> 
                     let seal = keys.check(jws).map_err(|problem| {
                         broken(path, line_number, format!("seal {next_seq}: {problem}"))
                     })?;
+                    if report.chain.get_or_insert_with(|| seal.chain.clone()) != &seal.chain {
+                        return Err(broken(
+                            path,
+                            line_number,
+                            format!("seal {next_seq} belongs to another chain"),
+                        ));
+                    }
                     if seal.seq != record.seq || seal.prev != record.prev {
                         return Err(broken(
                             path,
@@ -284,6 +301,13 @@ pub fn verify(dir: &Path, check: Check<'_>) -> Result<ChainReport, ChainBroken> 
     }
     report.head = head;
     report.observer = last_seal.as_ref().map(|seal| seal.observer.clone());
+    if report.chain.is_some() && headers_chain.is_some() && report.chain != headers_chain {
+        return Err(broken(
+            &files[0].1,
+            1,
+            "the segments name another chain than the seals".into(),
+        ));
+    }
     if check.keys.is_some() {
         if report.first_seq > kept_from {
             return Err(broken(

@@ -823,9 +823,17 @@ async fn a_spool_cut_back_while_the_gateway_is_down_is_found_against_the_reposit
         ..Options::default()
     });
     let token = gateway.token(json!({ "scope": "user/*.rs" }));
+    // The anchor is the chain's: its id is in every segment header.
+    let header = std::fs::read_to_string(gateway.dir.path().join("audit/segment-0000000001.jsonl"))
+        .unwrap()
+        .lines()
+        .next()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .unwrap();
+    let chain = header["chain"].as_str().unwrap().to_owned();
     let anchor = repository.path(&format!(
         "Provenance/{}",
-        portvagt::audit::anchor::anchor_id("portvagt-anchor-test")
+        portvagt::audit::anchor::anchor_id(&chain)
     ));
     // A run: reads, shipped (on a sealed spool every shipped batch ends at a seal and moves
     // the anchor up to it, in the same transaction).
@@ -885,6 +893,9 @@ async fn a_spool_cut_back_while_the_gateway_is_down_is_found_against_the_reposit
     ];
     let (ok, stdout) = verify(&against_repository);
     assert!(ok && stdout.contains("reaches the anchor"), "{stdout}");
+    assert!(stdout.contains(&format!("of chain {chain}")), "{stdout}");
+    let (ok, stdout) = verify(&["--chain", "0123456789abcdef0123456789abcdef"]);
+    assert!(!ok && stdout.contains("another spool"), "{stdout}");
 
     // Down: the spool (and shipped.json with it) put back as it was after the first run.
     // Locally that is a spool that closed cleanly; the repository's anchor says otherwise.
