@@ -152,6 +152,10 @@ pub struct AuditConfig {
     /// The seal key's `kid`, as in the JWK Set given to `audit verify`.
     #[serde(default = "defaults::seal_key_id")]
     pub seal_key_id: String,
+    /// The JWK Set of every seal key the spool's chain may hold (the key before a rotation
+    /// and the current one): what the shipper's checks trust. Absent: the seal key alone.
+    #[serde(default)]
+    pub seal_jwks: Option<PathBuf>,
     /// A seal at least this often while the gateway runs (busy or idle).
     #[serde(default = "defaults::seal_every", with = "humantime_serde")]
     pub seal_every: Duration,
@@ -749,8 +753,11 @@ impl Config {
         }
         if let Some(audit) = &mut self.audit {
             resolve(&mut audit.spool_dir);
-            if let Some(key) = &mut audit.seal_key {
-                resolve(key);
+            for file in [&mut audit.seal_key, &mut audit.seal_jwks]
+                .into_iter()
+                .flatten()
+            {
+                resolve(file);
             }
             if let Some(ship) = &mut audit.ship {
                 for file in [

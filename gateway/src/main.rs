@@ -260,9 +260,12 @@ fn verify_audit(
     for restart in &report.unclean_restarts {
         let seq = restart.seq;
         let what = format!(
-            "the run before record {seq} ({}) ended without a close, {} records after its last seal: a crash or kill, or records cut off or forged while it was down",
+            "the run before record {seq} ({}) ended without a close, {} after its last seal: a crash or kill, or records cut off or forged while it was down",
             when(restart.time),
-            restart.unsealed
+            restart.unsealed.map_or_else(
+                || "records (the segment was pruned) ".to_owned(),
+                |n| format!("{n} records")
+            )
         );
         if accepted.contains(&seq) {
             notes.push(format!("note (accepted): {what}"));

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use self::event::{AccessFacts, AuditSource, audit_events};
-use self::seal::Sealer;
+use self::seal::{SealKeys, Sealer};
 use self::shipper::Shipper;
 use self::spool::{Spool, SpoolError};
 use crate::config::{AuditConfig, AuditFailureMode, ConfigError};
@@ -47,6 +47,8 @@ pub struct Auditor {
     shipper: Mutex<Option<Shipper>>,
     /// Seals the chain, when a seal key is configured.
     sealer: Option<Arc<Sealer>>,
+    /// The seal keys the shipper's checks trust (`seal_jwks` and the seal key's own).
+    trusted: Option<SealKeys>,
 }
 
 impl Auditor {
@@ -81,8 +83,24 @@ impl Auditor {
             .map(|key| Sealer::load(key, &config.seal_key_id, &observer, config.seal_every))
             .transpose()?
             .map(Arc::new);
+        let trusted = match (&sealer, &config.seal_jwks) {
+            (Some(sealer), Some(path)) => Some(
+                SealKeys::load(path)
+                    .map_err(|e| ConfigError::new("audit.seal_jwks", e))?
+                    .with(sealer.keys()),
+            ),
+            (Some(sealer), None) => Some(sealer.keys().clone()),
+            (None, Some(_)) => {
+                return Err(ConfigError::new(
+                    "audit.seal_jwks",
+                    "needs audit.seal_key (the chain is not sealed without it)",
+                ));
+            }
+            (None, None) => None,
+        };
         Ok(Auditor {
             sealer,
+            trusted,
             shipper: Mutex::new(shipper),
             spool: OnceLock::new(),
             spool_dir: config.spool_dir.clone(),
@@ -200,8 +218,7 @@ impl Auditor {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .take();
         if let (Some(shipper), Some(spool)) = (shipper, self.spool.get()) {
-            let keys = self.sealer.as_ref().map(|sealer| sealer.keys().clone());
-            tokio::spawn(shipper.run(spool.clone(), keys));
+            tokio::spawn(shipper.run(spool.clone(), self.trusted.clone()));
         }
     }
 }

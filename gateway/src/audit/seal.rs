@@ -81,6 +81,18 @@ pub struct Seal {
     /// `open`: how the run before ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub before: Option<Before>,
+    /// `prune`: every unclean restart (its `open` seal's sequence number) the chain has held,
+    /// so that pruning the segment that shows one does not hide it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unclean: Vec<u64>,
+}
+
+/// What a seal says beyond its kind and place.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Marks {
+    pub(crate) first_kept_seq: Option<u64>,
+    pub(crate) before: Option<Before>,
+    pub(crate) unclean: Vec<u64>,
 }
 
 impl Seal {
@@ -153,7 +165,7 @@ impl Sealer {
         };
         // A key that cannot sign is found now, not at the first seal.
         sealer
-            .sign("", SealKind::Seal, 0, "", None, None)
+            .sign("", SealKind::Seal, 0, "", &Marks::default())
             .map_err(|e| ConfigError::new(field, e))?;
         Ok(sealer)
     }
@@ -175,8 +187,7 @@ impl Sealer {
         kind: SealKind,
         seq: u64,
         prev: &str,
-        first_kept_seq: Option<u64>,
-        before: Option<Before>,
+        marks: &Marks,
     ) -> Result<String, String> {
         let seal = Seal {
             seq,
@@ -186,8 +197,9 @@ impl Sealer {
             observer: self.observer.clone(),
             chain: chain.to_owned(),
             next_within: (kind != SealKind::Close).then_some(self.every.as_secs()),
-            first_kept_seq,
-            before,
+            first_kept_seq: marks.first_kept_seq,
+            before: marks.before,
+            unclean: marks.unclean.clone(),
         };
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(self.kid.clone());
@@ -212,6 +224,20 @@ impl SealKeys {
             return Err(format!("{}: the JWK Set holds no key", path.display()));
         }
         Ok(SealKeys { keys })
+    }
+
+    /// These keys and `other`'s (a key in both is kept once).
+    pub fn with(&self, other: &SealKeys) -> SealKeys {
+        let mut keys = self.keys.clone();
+        for key in &other.keys.keys {
+            if keys
+                .find(key.common.key_id.as_deref().unwrap_or_default())
+                .is_none()
+            {
+                keys.keys.push(key.clone());
+            }
+        }
+        SealKeys { keys }
     }
 
     /// The seal a JWS carries, if it is one and a trusted key signed it.

@@ -478,9 +478,10 @@ impl Shipper {
         };
         // The position on disk is not taken on trust: the repository must hold the last
         // event it says was shipped, and the spool must reach as far as the anchor there.
-        loop {
+        // The unclean restarts the spool shows, carried on in every prune seal.
+        let unclean = loop {
             match self.start_check(&at, keys.as_ref(), spool.chain()).await {
-                Ok(()) => break,
+                Ok(unclean) => break unclean,
                 Err(Trouble::Broken(problem)) => self.broken(&problem),
                 Err(Trouble::Unanswered(error)) => {
                     // The repository is not there yet: what waits is lag.
@@ -494,7 +495,7 @@ impl Shipper {
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(10));
-        }
+        };
         backoff = Duration::from_secs(1);
         // On a sealed spool only records a seal vouches for are shipped, and when records
         // wait for one a seal is asked for (at most once a second).
@@ -531,7 +532,7 @@ impl Shipper {
                     at = batch.next;
                     self.save(at.clone()).await;
                 }
-                pruned = self.prune(&spool, &at, pruned).await;
+                pruned = self.prune(&spool, &at, pruned, &unclean).await;
                 if keys.is_some() && durable > at.seq && asked.elapsed() >= Duration::from_secs(1) {
                     asked = tokio::time::Instant::now();
                     if spool.seal_now().await.is_ok() {
@@ -556,7 +557,7 @@ impl Shipper {
                     self.save(at.clone()).await;
                     self.metrics.audit_shipped.inc_by(count as u64);
                     backoff = Duration::from_secs(1);
-                    pruned = self.prune(&spool, &at, pruned).await;
+                    pruned = self.prune(&spool, &at, pruned, &unclean).await;
                 }
                 Err(error) => {
                     self.metrics.audit_ship_failures.inc();
@@ -634,7 +635,7 @@ impl Shipper {
         at: &Position,
         keys: Option<&SealKeys>,
         chain: &str,
-    ) -> Result<(), Trouble> {
+    ) -> Result<Vec<u64>, Trouble> {
         let (dir, position, owned_keys) = (self.dir.clone(), at.clone(), keys.cloned());
         let local = tokio::task::spawn_blocking(move || {
             let report = owned_keys
@@ -662,18 +663,20 @@ impl Shipper {
             )));
         }
         let (Some(keys), Some(report)) = (keys, report) else {
-            return Ok(());
+            return Ok(Vec::new());
         };
+        let unclean = report.unclean_restarts.iter().map(|r| r.seq).collect();
         let Some(anchor) = self
             .fetch(&format!("Provenance/{}", anchor_id(chain)))
             .await?
         else {
-            return Ok(());
+            return Ok(unclean);
         };
         let jws = anchor_seal(&anchor)
             .ok_or_else(|| Trouble::Broken("the repository's anchor holds no seal".into()))?;
         super::verify::check_anchor(&self.dir, &report, keys, &jws)
-            .map_err(|broken| Trouble::Broken(broken.problem))
+            .map_err(|broken| Trouble::Broken(broken.problem))?;
+        Ok(unclean)
     }
 
     /// Deletes the segments before `at` (acknowledged in full, the position saved) whose
@@ -685,6 +688,7 @@ impl Shipper {
         spool: &Spool,
         at: &Position,
         last: (tokio::time::Instant, u64),
+        unclean: &[u64],
     ) -> (tokio::time::Instant, u64) {
         let Some(keep) = self.keep_shipped else {
             return last;
@@ -714,7 +718,7 @@ impl Shipper {
                 Ok(Ok(seq)) => seq.min(at.seq + 1),
                 _ => return (now, at.segment),
             };
-        if let Err(error) = spool.seal_prune(first_kept_seq).await {
+        if let Err(error) = spool.seal_prune(first_kept_seq, unclean.to_vec()).await {
             tracing::error!(%error, "audit shipper: the prune seal could not be written; nothing deleted");
             return (now, at.segment);
         }

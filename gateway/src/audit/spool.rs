@@ -30,7 +30,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
-use super::seal::{Before, Seal, SealKind, Sealer};
+use super::seal::{Before, Marks, Seal, SealKind, Sealer};
 
 /// The chain head before the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -152,8 +152,8 @@ struct Job {
 enum Work {
     /// Serialized AuditEvents.
     Append(Vec<Vec<u8>>),
-    /// A `prune` seal: records before this one may go.
-    Prune(u64),
+    /// A `prune` seal: records before this one may go; the unclean restarts to carry on.
+    Prune(u64, Vec<u64>),
     /// A `close` seal; appends after it are refused.
     Close,
     /// A `seal` now (the shipper wants what is written vouched for).
@@ -163,7 +163,7 @@ enum Work {
 /// One line to write.
 enum Entry<'a> {
     Event(&'a [u8]),
-    Seal(SealKind, Option<u64>, Option<Before>),
+    Seal(SealKind, Marks),
 }
 
 /// The spool's handle; cheap to clone, shared by every request.
@@ -235,8 +235,12 @@ impl Spool {
     /// Writes a `prune` seal allowing the records before `first_kept_seq` to be deleted (when
     /// the spool is sealed; otherwise nothing), durable when this returns. Refused once the
     /// spool is closed.
-    pub async fn seal_prune(&self, first_kept_seq: u64) -> Result<u64, SpoolError> {
-        self.submit(Work::Prune(first_kept_seq)).await
+    pub async fn seal_prune(
+        &self,
+        first_kept_seq: u64,
+        unclean: Vec<u64>,
+    ) -> Result<u64, SpoolError> {
+        self.submit(Work::Prune(first_kept_seq, unclean)).await
     }
 
     /// Writes a `seal` now (on a sealed spool; otherwise nothing), durable when this returns.
@@ -350,7 +354,11 @@ impl Writer {
                 last: Instant::now(),
                 since: 0,
             });
-            writer.commit(&[Entry::Seal(SealKind::Open, None, Some(before))])?;
+            let marks = Marks {
+                before: Some(before),
+                ..Marks::default()
+            };
+            writer.commit(&[Entry::Seal(SealKind::Open, marks)])?;
         }
         Ok(writer)
     }
@@ -522,37 +530,42 @@ impl Writer {
         let mut ends = Vec::with_capacity(jobs.len());
         for job in &jobs {
             match &job.work {
-                Work::Append(_) | Work::Prune(_) | Work::Seal if closing => {
+                Work::Append(_) | Work::Prune(..) | Work::Seal if closing => {
                     ends.push(None);
                     continue;
                 }
                 Work::Append(events) => {
                     for event in events {
                         if sealed && since >= SEAL_EVERY_RECORDS {
-                            entries.push(Entry::Seal(SealKind::Seal, None, None));
+                            entries.push(Entry::Seal(SealKind::Seal, Marks::default()));
                             since = 0;
                         }
                         entries.push(Entry::Event(event));
                         since += 1;
                     }
                 }
-                Work::Prune(first_kept) if sealed && !closing => {
-                    entries.push(Entry::Seal(SealKind::Prune, Some(*first_kept), None));
+                Work::Prune(first_kept, unclean) if sealed && !closing => {
+                    let marks = Marks {
+                        first_kept_seq: Some(*first_kept),
+                        unclean: unclean.clone(),
+                        ..Marks::default()
+                    };
+                    entries.push(Entry::Seal(SealKind::Prune, marks));
                 }
                 Work::Close if sealed && !closing => {
-                    entries.push(Entry::Seal(SealKind::Close, None, None));
+                    entries.push(Entry::Seal(SealKind::Close, Marks::default()));
                     closing = true;
                 }
                 Work::Seal if sealed => {
-                    entries.push(Entry::Seal(SealKind::Seal, None, None));
+                    entries.push(Entry::Seal(SealKind::Seal, Marks::default()));
                 }
                 Work::Close => closing = true,
-                Work::Prune(_) | Work::Seal => {}
+                Work::Prune(..) | Work::Seal => {}
             }
             ends.push(Some(entries.len()));
         }
         if !closing && self.seal_due() {
-            entries.push(Entry::Seal(SealKind::Seal, None, None));
+            entries.push(Entry::Seal(SealKind::Seal, Marks::default()));
         }
         let start = self.next_seq;
         let outcome = if entries.is_empty() {
@@ -581,7 +594,7 @@ impl Writer {
     /// Writes one seal on its own (idle, or at the end); a failure is logged, and tried again
     /// one interval later.
     fn write_alone(&mut self, kind: SealKind, written: &AtomicU64) {
-        match self.commit(&[Entry::Seal(kind, None, None)]) {
+        match self.commit(&[Entry::Seal(kind, Marks::default())]) {
             Ok(()) => written.store(self.next_seq.saturating_sub(1), Ordering::Relaxed),
             Err(error) => {
                 tracing::error!(%error, "audit spool: writing a seal failed");
@@ -628,10 +641,10 @@ impl Writer {
                     buffer.extend_from_slice(event);
                     since += 1;
                 }
-                Entry::Seal(kind, first_kept, before) => {
+                Entry::Seal(kind, marks) => {
                     let sealer = &self.seals.as_ref().ok_or(SpoolError::Stopped)?.sealer;
                     let jws = sealer
-                        .sign(&self.chain, *kind, seq, &head, *first_kept, *before)
+                        .sign(&self.chain, *kind, seq, &head, marks)
                         .map_err(SpoolError::Write)?;
                     // A compact JWS is base64url and dots: nothing in it needs escaping.
                     buffer.extend_from_slice(format!("\"seal\":\"{jws}\"").as_bytes());
@@ -670,7 +683,7 @@ impl Job {
     fn size(&self) -> usize {
         match &self.work {
             Work::Append(events) => events.len(),
-            Work::Prune(_) | Work::Close | Work::Seal => 1,
+            Work::Prune(..) | Work::Close | Work::Seal => 1,
         }
     }
 }

@@ -499,7 +499,7 @@ mod sealed {
 
         // A prune seal allows the records before the third segment to go; it is durable
         // first.
-        spool.seal_prune(third).await.unwrap();
+        spool.seal_prune(third, Vec::new()).await.unwrap();
         remove(2);
         let report = verify(dir.path(), check(&keys, now)).unwrap();
         assert_eq!(report.first_seq, third, "{report:?}");
@@ -510,7 +510,7 @@ mod sealed {
         // Once closed, the spool allows no more pruning.
         spool.close().await.unwrap();
         assert!(matches!(
-            spool.seal_prune(u64::MAX).await,
+            spool.seal_prune(u64::MAX, Vec::new()).await,
             Err(SpoolError::Stopped)
         ));
     }
@@ -552,7 +552,7 @@ mod sealed {
         );
         let report = verify(dir.path(), check(&keys, unix_now())).unwrap();
         assert_eq!(report.unclean_restarts.len(), 1, "{report:?}");
-        assert_eq!(report.unclean_restarts[0].unsealed, 1, "{report:?}");
+        assert_eq!(report.unclean_restarts[0].unsealed, Some(1), "{report:?}");
         assert_eq!(report.records, 3);
     }
 
@@ -596,7 +596,7 @@ mod sealed {
         assert_eq!(report.unclean_restarts.len(), 1, "{report:?}");
         // The two genuine records after the run's open seal and the forged one: no seal of
         // that run vouches for any of them, and the report says so.
-        assert_eq!(report.unclean_restarts[0].unsealed, 3, "{report:?}");
+        assert_eq!(report.unclean_restarts[0].unsealed, Some(3), "{report:?}");
 
         forge(true);
         restart().await;
@@ -637,6 +637,44 @@ mod sealed {
         .unwrap();
         let broken = verify(dir.path(), check(&keys, unix_now())).unwrap_err();
         assert!(broken.problem.contains("another chain"), "{broken}");
+    }
+
+    #[tokio::test]
+    async fn an_unclean_restart_stays_on_record_when_its_segment_is_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let keydir = tempfile::tempdir().unwrap();
+        let (sealer, keys) = keys(keydir.path(), "seal-1", Duration::from_secs(60));
+        {
+            let spool = Spool::open(dir.path(), 1 << 20, Some(sealer.clone())).unwrap();
+            spool.append(vec![event(0)]).await.unwrap();
+        }
+        // A crash: the close never written.
+        let segment = dir.path().join(segment_name(1));
+        let mut kept = lines(dir.path(), 1);
+        kept.pop();
+        std::fs::write(&segment, kept.join("\n") + "\n").unwrap();
+        let spool = Spool::open(dir.path(), 400, Some(sealer)).unwrap();
+        for n in 1..6 {
+            spool.append(vec![event(n)]).await.unwrap();
+        }
+        let report = verify(dir.path(), check(&keys, unix_now())).unwrap();
+        let restarts: Vec<u64> = report.unclean_restarts.iter().map(|r| r.seq).collect();
+        assert_eq!(restarts.len(), 1);
+        // The shipper prunes the first segment, carrying the restart on in its prune seal.
+        let all = segments(dir.path()).unwrap();
+        let second = super::super::shipper::first_seq_of(dir.path(), all[1].0).unwrap();
+        spool.seal_prune(second, restarts.clone()).await.unwrap();
+        std::fs::remove_file(&all[0].1).unwrap();
+        let report = verify(dir.path(), check(&keys, unix_now())).unwrap();
+        assert_eq!(
+            report
+                .unclean_restarts
+                .iter()
+                .map(|r| r.seq)
+                .collect::<Vec<_>>(),
+            restarts
+        );
+        assert_eq!(report.unclean_restarts[0].unsealed, None, "{report:?}");
     }
 
     #[tokio::test]

@@ -91,8 +91,9 @@ pub struct Restart {
     /// Its time.
     pub time: u64,
     /// The records between the run's last seal and the `open`: no seal of their own run
-    /// vouches for them (written just before a crash, or forged).
-    pub unsealed: u64,
+    /// vouches for them (written just before a crash, or forged). Unknown (`None`) when the
+    /// segment that showed it was pruned and a prune seal carried it on.
+    pub unsealed: Option<u64>,
 }
 
 /// The first place the chain is broken.
@@ -267,6 +268,16 @@ pub fn verify(dir: &Path, check: Check<'_>) -> Result<ChainReport, ChainBroken> 
                     }
                     if seal.kind == SealKind::Prune {
                         kept_from = kept_from.max(seal.first_kept_seq.unwrap_or(0));
+                        // Restarts a pruned segment showed, carried on by the prune.
+                        for &seq in &seal.unclean {
+                            if !report.unclean_restarts.iter().any(|r| r.seq == seq) {
+                                report.unclean_restarts.push(Restart {
+                                    seq,
+                                    time: seal.time,
+                                    unsealed: None,
+                                });
+                            }
+                        }
                     }
                     // What the open says of the run before is not taken on trust: the chain
                     // shows whether a close that holds came right before it.
@@ -274,7 +285,7 @@ pub fn verify(dir: &Path, check: Check<'_>) -> Result<ChainReport, ChainBroken> 
                         report.unclean_restarts.push(Restart {
                             seq: seal.seq,
                             time: seal.time,
-                            unsealed: after_seal,
+                            unsealed: Some(after_seal),
                         });
                     }
                     report.seals += 1;

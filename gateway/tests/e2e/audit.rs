@@ -934,3 +934,85 @@ async fn logged(gateway: &Gateway, text: &str) -> bool {
     }
     false
 }
+
+#[tokio::test]
+async fn a_seal_key_rotated_with_the_old_key_trusted_ships_on() {
+    let repository = Repository::start();
+    let mut gateway = Gateway::start_with(repository.gateway_options(""));
+    let token = gateway.token(json!({ "scope": "user/*.rs" }));
+    let read_and_ship = |gateway: &Gateway, total: usize| {
+        let (client, token, repository) = (gateway.client(), token.clone(), &repository);
+        async move {
+            let answer = client
+                .get("/fhir/Patient/pat-anne", Some(&token))
+                .await
+                .unwrap();
+            assert_eq!(answer.status, 200);
+            for _ in 0..100 {
+                if repository.events().await.len() >= total {
+                    return true;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            false
+        }
+    };
+    assert!(read_and_ship(&gateway, 1).await);
+    assert!(gateway.terminate().success());
+
+    // A new key; the old one's seals (and the anchor) stay in the chain.
+    let dir = gateway.dir.path().to_owned();
+    let new = portvagt::auth::issuer_key::IssuerKey::generate("seal-test-2").unwrap();
+    std::fs::create_dir_all(dir.join("seal2")).unwrap();
+    std::fs::write(dir.join("seal2/seal.key"), new.pem()).unwrap();
+    let old: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("seal/seal-jwks.json")).unwrap()).unwrap();
+    let mut both: Value = serde_json::from_str(&new.jwks()).unwrap();
+    both["keys"]
+        .as_array_mut()
+        .unwrap()
+        .extend(old["keys"].as_array().unwrap().iter().cloned());
+    std::fs::write(dir.join("seal2/both.json"), both.to_string()).unwrap();
+    let config = dir.join("portvagt.toml");
+    let original = std::fs::read_to_string(&config).unwrap();
+    let rotated = original
+        .replace(
+            "seal_key = \"seal/seal.key\"",
+            "seal_key = \"seal2/seal.key\"",
+        )
+        .replace(
+            "seal_key_id = \"seal-test-1\"",
+            "seal_key_id = \"seal-test-2\"",
+        );
+
+    // Without the old key trusted, the shipper cannot check the chain: it stops, loudly.
+    std::fs::write(&config, &rotated).unwrap();
+    gateway.restart();
+    assert!(logged(&gateway, "AUDIT CHAIN BROKEN").await);
+    assert!(gateway.terminate().success());
+
+    // With it, shipping goes on, and the chain verifies with both keys.
+    std::fs::write(
+        &config,
+        rotated.replace(
+            "seal_key_id = \"seal-test-2\"",
+            "seal_key_id = \"seal-test-2\"\nseal_jwks = \"seal2/both.json\"",
+        ),
+    )
+    .unwrap();
+    gateway.restart();
+    assert!(read_and_ship(&gateway, 2).await, "{}", gateway.raw_log());
+    assert!(gateway.terminate().success());
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_portvagt"))
+        .args(["audit", "verify"])
+        .arg(dir.join("audit"))
+        .arg("--jwks")
+        .arg(dir.join("seal2/both.json"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("closed cleanly"),
+        "{stdout}"
+    );
+}
