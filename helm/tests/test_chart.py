@@ -87,9 +87,11 @@ KUBE_VERSIONS = ["1.29.0", kubernetes_validate.utils.latest_version()]
 CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
 CONFIG_PATH = "/etc/portvagt/portvagt.toml"
 SPOOL_DIR = "/var/lib/portvagt/audit"
-# The audit seal key's folder (auditSealKey's Secret) and the file `[audit] seal_key` names in it.
+# The audit seal key's folder (auditSealKey's Secret) and the files `[audit] seal_key` and
+# `seal_jwks` (auditSealKey.trustedJwksKey) name in it.
 SEAL_DIR = "/etc/portvagt/audit-seal"
 SEAL_KEY = f"{SEAL_DIR}/seal.key"
+SEAL_JWKS = f"{SEAL_DIR}/trusted-jwks.json"
 
 
 def load_yaml(path: Path) -> dict:
@@ -174,7 +176,8 @@ VARIANTS: dict[str, dict] = {
             "log": {"format": "text", "level": "portvagt=debug"},
         },
         "redis": {"url": "redis://redis:6379/2", "auth": {"existingSecret": "redis-auth"}},
-        "auditSealKey": {"existingSecret": "audit-seal", "key": "portvagt-seal.pem", "keyId": "upstreams-seal-2"},
+        "auditSealKey": {"existingSecret": "audit-seal", "key": "portvagt-seal.pem", "keyId": "upstreams-seal-2",
+                         "trustedJwksKey": "seal-1-and-2.jwks.json"},
         "extraVolumes": [{"name": "sor-ca", "configMap": {"name": "sor-ca"}}],
         "extraVolumeMounts": [{"name": "sor-ca", "mountPath": "/etc/portvagt/sor-ca", "readOnly": True}],
         "networkPolicy": {"egress": {"upstreams": {"enabled": True, "to": [], "ports": [{"port": 443, "protocol": "TCP"}]},
@@ -186,10 +189,11 @@ VARIANTS: dict[str, dict] = {
         "auditSpool": {"type": "existingClaim", "existingClaim": "portvagt-audit"},
         "config": {"audit": {"observer": "portvagt-main"}},
     },
-    # No audit trail: a seal key Secret named all the same is neither mounted nor written.
+    # No audit trail: a seal key Secret (and its JWK Set) named all the same is neither mounted nor
+    # written.
     "audit-off": {
         "config": {"audit": {"enabled": False}},
-        "auditSealKey": {"existingSecret": "audit-seal"},
+        "auditSealKey": {"existingSecret": "audit-seal", "trustedJwksKey": "trusted-jwks.json"},
     },
 }
 # The variants whose audit chain must come out sealed: production has to be able to prove its
@@ -306,6 +310,10 @@ def check_values_schema(chart: helm.Chart, defaults: dict) -> None:
         "a seal key path in config.audit (it comes from auditSealKey)": {
             "config": {"audit": {"seal_key": "/etc/portvagt/seal.key"}}},
         "a seal key id in config.audit (it is auditSealKey.keyId)": {"config": {"audit": {"seal_key_id": "x"}}},
+        "a trusted seal keys path in config.audit (it comes from auditSealKey.trustedJwksKey)": {
+            "config": {"audit": {"seal_jwks": "/etc/portvagt/jwks.json"}}},
+        "a trusted seal keys Secret key that cannot be a file name": {
+            "auditSealKey": {"existingSecret": "s", "trustedJwksKey": "../jwks.json"}},
         "a seal interval that is not a duration": {"config": {"audit": {"seal_every": 10}}},
     }
     for what, values in wrong.items():
@@ -503,10 +511,14 @@ def check_config(name: str, docs: list[dict], values: dict, gateway: dict) -> No
     sealed = audit_on and bool(seal_key["existingSecret"])
     REPORT.check(f"{name}: the audit chain is {'sealed' if name in SEALED_VARIANTS else 'not sealed'} by these values",
                  sealed == (name in SEALED_VARIANTS))
-    seal = {k: v for k, v in config.get("audit", {}).items() if k.startswith("seal_key")}
+    seal = {k: v for k, v in config.get("audit", {}).items() if k in ("seal_key", "seal_key_id", "seal_jwks")}
     wanted = {"seal_key": SEAL_KEY, "seal_key_id": seal_key["keyId"]} if sealed else {}
+    trusted = sealed and bool(seal_key["trustedJwksKey"])
+    if trusted:
+        wanted["seal_jwks"] = SEAL_JWKS
     REPORT.check(f"{name}: [audit] " + (f"seal_key is {SEAL_KEY}, seal_key_id {seal_key['keyId']!r}" if sealed
-                                        else "has no seal_key and no seal_key_id"), seal == wanted, str(seal))
+                                        else "has no seal_key and no seal_key_id")
+                 + (f", seal_jwks {SEAL_JWKS}" if trusted else ", no seal_jwks"), seal == wanted, str(seal))
 
     check_config_values(name, config, values)
     check_config_files(name, docs, config, values)
@@ -531,7 +543,7 @@ CHART_WRITTEN = {
     "server": {"listen", "admin_listen"},
     "tls": {"cert", "key", "client_ca", "crls"},
     "policy": {"rules_file"},
-    "audit": {"spool_dir", "seal_key", "seal_key_id"},
+    "audit": {"spool_dir", "seal_key", "seal_key_id", "seal_jwks"},
     "token_exchange": {"signing_key", "trusted_sts", "redis_url"},
     "rate_limit": {"redis_url"},
     "citizen": {"listen"},
@@ -648,8 +660,7 @@ def check_config_files(name: str, docs: list[dict], config: dict, values: dict) 
         files += [config["token_exchange"]["signing_key"], *config["token_exchange"]["trusted_sts"]]
     if "rules_file" in config.get("policy", {}):
         files.append(config["policy"]["rules_file"])
-    if "seal_key" in config.get("audit", {}):
-        files.append(config["audit"]["seal_key"])
+    files += [config.get("audit", {})[k] for k in ("seal_key", "seal_jwks") if k in config.get("audit", {})]
     for issuer in config.get("issuer", []):
         files += [issuer[k] for k in ("ca_file", "jwks_file") if k in issuer]
         files += [issuer.get("introspection", {})[k] for k in ("client_secret_file", "client_cert", "client_key")
@@ -756,12 +767,16 @@ def check_pod(name: str, docs: list[dict], values: dict) -> None:
     seal_mounts = [(c["name"], m) for c in pod["containers"] + pod.get("initContainers", [])
                    for m in c["volumeMounts"] if m["name"] == "audit-seal-key"]
     if values["config"]["audit"]["enabled"] and seal_key["existingSecret"]:
+        items = [{"key": seal_key["key"], "path": "seal.key"}]
+        if seal_key["trustedJwksKey"]:
+            items.append({"key": seal_key["trustedJwksKey"], "path": "trusted-jwks.json"})
         wanted_volume = {"name": "audit-seal-key",
                          "secret": {"secretName": seal_key["existingSecret"], "defaultMode": 0o440,
-                                    "items": [{"key": seal_key["key"], "path": "seal.key"}]}}
+                                    "items": items}}
         wanted_mount = ("portvagt", {"name": "audit-seal-key", "mountPath": SEAL_DIR, "readOnly": True})
+        jwks = f" and key {seal_key['trustedJwksKey']} as {SEAL_JWKS}" if seal_key["trustedJwksKey"] else ""
         REPORT.check(f"{name}: Secret {seal_key['existingSecret']} key {seal_key['key']} is mounted read-only, "
-                     f"mode 0440, as {SEAL_KEY}", seal_volumes == [wanted_volume] and seal_mounts == [wanted_mount],
+                     f"mode 0440, as {SEAL_KEY}{jwks}", seal_volumes == [wanted_volume] and seal_mounts == [wanted_mount],
                      str(seal_volumes + seal_mounts))
     else:
         REPORT.check(f"{name}: no seal key is mounted", not seal_volumes and not seal_mounts,
@@ -866,6 +881,9 @@ def check_notes(name: str, notes: str, values: dict) -> None:
                  ("audit chain is not sealed" in notes) == (audit_on and not seal_secret))
     REPORT.check(f"{name}: NOTES.txt lists the seal key Secret exactly when it is mounted",
                  bool(seal_secret and f"  - {seal_secret}: key " in notes) == bool(audit_on and seal_secret))
+    jwks_key = values["auditSealKey"]["trustedJwksKey"]
+    REPORT.check(f"{name}: NOTES.txt lists the trusted seal keys' JWK Set exactly when it is mounted",
+                 bool(jwks_key and f", key {jwks_key} (JWK Set" in notes) == bool(audit_on and seal_secret and jwks_key))
 
 
 def checkov_skips(docs: list[dict]) -> dict[str, str]:

@@ -1,7 +1,7 @@
 {{/*
 The gateway's configuration file (README "Configuration"), from `config` and the fixed mount
 paths of the Secrets. TOML wants a table's keys before its sub-tables, hence the order below
-(each [[upstream]]'s keys, then its [upstream.backend]; [audit]'s seal key before [audit.ship]);
+(each [[upstream]]'s keys, then its [upstream.backend]; [audit]'s seal key and trusted seal keys before [audit.ship]);
 [token_exchange] comes last.
 */}}
 {{- define "portvagt.configToml" -}}
@@ -86,10 +86,13 @@ redis_url = {{ include "portvagt.redisUrl" . }}
 
 [audit]
 spool_dir = "/var/lib/portvagt/audit"
-{{- include "portvagt.tomlKeys" (dict "table" $cfg.audit "skip" (list "enabled" "seal_key" "seal_key_id")) }}
+{{- include "portvagt.tomlKeys" (dict "table" $cfg.audit "skip" (list "enabled" "seal_key" "seal_key_id" "seal_jwks")) }}
 {{- if include "portvagt.auditSealed" . }}
 seal_key = "/etc/portvagt/audit-seal/seal.key"
 seal_key_id = {{ .Values.auditSealKey.keyId | toJson }}
+{{- if .Values.auditSealKey.trustedJwksKey }}
+seal_jwks = "/etc/portvagt/audit-seal/trusted-jwks.json"
+{{- end }}
 {{- end }}
 {{- if $cfg.audit.ship.url }}
 

@@ -240,6 +240,10 @@ spec:
         items:
           - key: {{ .Values.auditSealKey.key }}
             path: seal.key
+          {{- with .Values.auditSealKey.trustedJwksKey }}
+          - key: {{ . }}
+            path: trusted-jwks.json
+          {{- end }}
     {{- end }}
     {{- /* CA and client certificates of the backends and the audit repository (tlsSecret). */}}
     {{- range (include "portvagt.tlsSecretMounts" . | fromYaml).mounts }}
