@@ -112,68 +112,56 @@ async fn new_events(ctx: &Ctx, before: &HashSet<String>, subtypes: &[&str]) -> V
     ))
 }
 
-async fn count_recorded(ctx: &Ctx) -> Verdict {
-    let own = ctx.settings.own_patient.clone().unwrap_or_default();
+/// Passes when `method path` (with `body`) by the user token is answered 200 and then adds
+/// events with `subtypes` to the patient's log.
+async fn logged_after(
+    ctx: &Ctx,
+    method: http::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+    subtypes: &[&str],
+) -> Verdict {
     let before = match event_ids(ctx).await {
         Ok(ids) => ids,
         Err(verdict) => return verdict,
     };
-    let count = ctx
-        .get(
-            &format!("Observation?patient={own}&_summary=count"),
-            ctx.settings.tokens.user.as_deref(),
-        )
+    let answer = ctx
+        .send(method, path, ctx.settings.tokens.user.as_deref(), body)
         .await;
-    if !matches!(&count, Ok(answer) if answer.status == 200) {
-        return expect_status(&count, 200);
+    if !matches!(&answer, Ok(answer) if answer.status == 200) {
+        return expect_status(&answer, 200);
     }
-    new_events(ctx, &before, &["search-type"]).await
+    new_events(ctx, &before, subtypes).await
+}
+
+async fn count_recorded(ctx: &Ctx) -> Verdict {
+    let own = ctx.settings.own_patient.clone().unwrap_or_default();
+    let path = format!("Observation?patient={own}&_summary=count");
+    logged_after(ctx, http::Method::GET, &path, None, &["search-type"]).await
 }
 
 async fn head_recorded(ctx: &Ctx) -> Verdict {
     let own = ctx.settings.own_patient.clone().unwrap_or_default();
-    let before = match event_ids(ctx).await {
-        Ok(ids) => ids,
-        Err(verdict) => return verdict,
-    };
-    let head = ctx
-        .send(
-            http::Method::HEAD,
-            &format!("Patient/{own}"),
-            ctx.settings.tokens.user.as_deref(),
-            None,
-        )
-        .await;
-    if !matches!(&head, Ok(answer) if answer.status == 200) {
-        return expect_status(&head, 200);
-    }
-    new_events(ctx, &before, &["read"]).await
+    let path = format!("Patient/{own}");
+    logged_after(ctx, http::Method::HEAD, &path, None, &["read"]).await
 }
 
 async fn batch_entries_recorded(ctx: &Ctx) -> Verdict {
     let own = ctx.settings.own_patient.clone().unwrap_or_default();
-    let before = match event_ids(ctx).await {
-        Ok(ids) => ids,
-        Err(verdict) => return verdict,
-    };
     let batch = serde_json::json!({
         "resourceType": "Bundle", "type": "batch", "entry": [
             { "request": { "method": "GET", "url": format!("Patient/{own}") } },
             { "request": { "method": "GET", "url": format!("Observation?patient={own}") } },
         ]
     });
-    let answer = ctx
-        .send(
-            http::Method::POST,
-            "",
-            ctx.settings.tokens.user.as_deref(),
-            Some(batch),
-        )
-        .await;
-    if !matches!(&answer, Ok(answer) if answer.status == 200) {
-        return expect_status(&answer, 200);
-    }
-    new_events(ctx, &before, &["read", "search-type"]).await
+    logged_after(
+        ctx,
+        http::Method::POST,
+        "",
+        Some(batch),
+        &["read", "search-type"],
+    )
+    .await
 }
 
 async fn no_internals(ctx: &Ctx) -> Verdict {

@@ -216,14 +216,28 @@ mod sealed {
     use std::sync::Arc;
     use std::time::Duration;
 
+    use tempfile::TempDir;
+
     use super::super::seal::{Before, Seal, SealKeys, SealKind, Sealer, unix_now};
     use super::super::spool::{GENESIS, Spool, SpoolError, segment_name, segments, sha256_hex};
     use super::super::verify::{Check, End, verify};
     use super::{event, lines};
     use crate::auth::issuer_key::IssuerKey;
 
+    /// A spool folder, a sealer (kid `seal-1`), the keys that check its seals, and the folder
+    /// its key is in.
+    fn fixture(every: Duration) -> (TempDir, Arc<Sealer>, SealKeys, TempDir) {
+        let keydir = tempfile::tempdir().unwrap();
+        let (sealer, keys) = keys(keydir.path(), "seal-1", every);
+        (tempfile::tempdir().unwrap(), sealer, keys, keydir)
+    }
+
     /// A seal key in `dir`: the sealer and the keys that check it.
-    fn keys(dir: &std::path::Path, kid: &str, every: Duration) -> (Arc<Sealer>, SealKeys) {
+    pub(super) fn keys(
+        dir: &std::path::Path,
+        kid: &str,
+        every: Duration,
+    ) -> (Arc<Sealer>, SealKeys) {
         let key = IssuerKey::generate(kid).unwrap();
         let (private, public) = (
             dir.join(format!("{kid}.key")),
@@ -268,9 +282,7 @@ mod sealed {
 
     #[tokio::test]
     async fn a_cleanly_closed_spool_verifies_and_refuses_appends_after_its_close() {
-        let dir = tempfile::tempdir().unwrap();
-        let keydir = tempfile::tempdir().unwrap();
-        let (sealer, keys) = keys(keydir.path(), "seal-1", Duration::from_secs(60));
+        let (dir, sealer, keys, _keydir) = fixture(Duration::from_secs(60));
         let spool = Spool::open(dir.path(), 1 << 20, Some(sealer)).unwrap();
         for n in 0..3 {
             spool.append(vec![event(n)]).await.unwrap();
@@ -295,9 +307,7 @@ mod sealed {
 
     #[tokio::test]
     async fn records_cut_off_the_end_are_found_even_back_to_a_seal() {
-        let dir = tempfile::tempdir().unwrap();
-        let keydir = tempfile::tempdir().unwrap();
-        let (sealer, keys) = keys(keydir.path(), "seal-1", Duration::from_secs(1));
+        let (dir, sealer, keys, _keydir) = fixture(Duration::from_secs(1));
         let spool = Spool::open(dir.path(), 1 << 20, Some(sealer)).unwrap();
         spool.append(vec![event(0)]).await.unwrap();
         // Idle: the writer seals on its own.
@@ -354,9 +364,7 @@ mod sealed {
 
     #[tokio::test]
     async fn a_rewritten_chain_a_forged_seal_and_a_moved_seal_are_broken() {
-        let dir = tempfile::tempdir().unwrap();
-        let keydir = tempfile::tempdir().unwrap();
-        let (sealer, keys) = keys(keydir.path(), "seal-1", Duration::from_secs(60));
+        let (dir, sealer, keys, keydir) = fixture(Duration::from_secs(60));
         let spool = Spool::open(dir.path(), 1 << 20, Some(sealer)).unwrap();
         for n in 0..4 {
             spool.append(vec![event(n)]).await.unwrap();
@@ -421,9 +429,7 @@ mod sealed {
 
     #[tokio::test]
     async fn front_segments_may_go_only_as_far_as_a_prune_seal_allows() {
-        let dir = tempfile::tempdir().unwrap();
-        let keydir = tempfile::tempdir().unwrap();
-        let (sealer, keys) = keys(keydir.path(), "seal-1", Duration::from_secs(60));
+        let (dir, sealer, keys, _keydir) = fixture(Duration::from_secs(60));
         let spool = Spool::open(dir.path(), 600, Some(sealer)).unwrap();
         for n in 0..12 {
             spool.append(vec![event(n)]).await.unwrap();
@@ -517,9 +523,7 @@ mod sealed {
 
     #[tokio::test]
     async fn a_restart_after_a_crash_is_on_record_and_after_a_close_is_not() {
-        let dir = tempfile::tempdir().unwrap();
-        let keydir = tempfile::tempdir().unwrap();
-        let (sealer, keys) = keys(keydir.path(), "seal-1", Duration::from_secs(60));
+        let (dir, sealer, keys, _keydir) = fixture(Duration::from_secs(60));
         {
             let spool = Spool::open(dir.path(), 1 << 20, Some(sealer.clone())).unwrap();
             spool.append(vec![event(0)]).await.unwrap();
@@ -558,9 +562,7 @@ mod sealed {
 
     #[tokio::test]
     async fn records_forged_while_the_gateway_is_down_show_as_an_unclean_restart() {
-        let dir = tempfile::tempdir().unwrap();
-        let keydir = tempfile::tempdir().unwrap();
-        let (sealer, keys) = keys(keydir.path(), "seal-1", Duration::from_secs(60));
+        let (dir, sealer, keys, _keydir) = fixture(Duration::from_secs(60));
         {
             let spool = Spool::open(dir.path(), 1 << 20, Some(sealer.clone())).unwrap();
             spool.append(vec![event(0), event(1)]).await.unwrap();
@@ -641,9 +643,7 @@ mod sealed {
 
     #[tokio::test]
     async fn an_unclean_restart_stays_on_record_when_its_segment_is_pruned() {
-        let dir = tempfile::tempdir().unwrap();
-        let keydir = tempfile::tempdir().unwrap();
-        let (sealer, keys) = keys(keydir.path(), "seal-1", Duration::from_secs(60));
+        let (dir, sealer, keys, _keydir) = fixture(Duration::from_secs(60));
         {
             let spool = Spool::open(dir.path(), 1 << 20, Some(sealer.clone())).unwrap();
             spool.append(vec![event(0)]).await.unwrap();
@@ -748,20 +748,9 @@ async fn the_shipper_checks_every_seal_it_passes() {
     use super::shipper::{Position, ReadError, Reading, read_batch};
     let dir = tempfile::tempdir().unwrap();
     let keydir = tempfile::tempdir().unwrap();
-    let key = crate::auth::issuer_key::IssuerKey::generate("seal-1").unwrap();
+    let (sealer, keys) = sealed::keys(keydir.path(), "seal-1", std::time::Duration::from_secs(60));
     let other = crate::auth::issuer_key::IssuerKey::generate("seal-1").unwrap();
-    std::fs::write(keydir.path().join("seal.key"), key.pem()).unwrap();
     std::fs::write(keydir.path().join("other.json"), other.jwks()).unwrap();
-    let sealer = std::sync::Arc::new(
-        super::seal::Sealer::load(
-            &keydir.path().join("seal.key"),
-            "seal-1",
-            "test",
-            std::time::Duration::from_secs(60),
-        )
-        .unwrap(),
-    );
-    let keys = sealer.keys().clone();
     let spool = Spool::open(dir.path(), 1 << 20, Some(sealer)).unwrap();
     spool.append(vec![event(0), event(1)]).await.unwrap();
     let sealed = spool.seal_now().await.unwrap();
@@ -792,18 +781,11 @@ async fn a_sealed_spool_ships_only_what_a_seal_read_with_it_vouches_for() {
     use super::shipper::{Position, ReadError, Reading, read_batch};
     let dir = tempfile::tempdir().unwrap();
     let keydir = tempfile::tempdir().unwrap();
-    let key = crate::auth::issuer_key::IssuerKey::generate("seal-1").unwrap();
-    std::fs::write(keydir.path().join("seal.key"), key.pem()).unwrap();
-    let sealer = std::sync::Arc::new(
-        super::seal::Sealer::load(
-            &keydir.path().join("seal.key"),
-            "seal-1",
-            "test",
-            std::time::Duration::from_secs(3600),
-        )
-        .unwrap(),
+    let (sealer, keys) = sealed::keys(
+        keydir.path(),
+        "seal-1",
+        std::time::Duration::from_secs(3600),
     );
-    let keys = sealer.keys().clone();
     let spool = Spool::open(dir.path(), 1 << 30, Some(sealer)).unwrap();
     spool.append(vec![event(0), event(1)]).await.unwrap();
     let sealed = spool.seal_now().await.unwrap();
