@@ -86,8 +86,8 @@ impl Auditor {
         let trusted = match (&sealer, &config.seal_jwks) {
             (Some(sealer), Some(path)) => Some(
                 SealKeys::load(path)
-                    .map_err(|e| ConfigError::new("audit.seal_jwks", e))?
-                    .with(sealer.keys()),
+                    .and_then(|keys| sealer.keys().with(&keys))
+                    .map_err(|e| ConfigError::new("audit.seal_jwks", e))?,
             ),
             (Some(sealer), None) => Some(sealer.keys().clone()),
             (None, Some(_)) => {

@@ -226,18 +226,18 @@ impl SealKeys {
         Ok(SealKeys { keys })
     }
 
-    /// These keys and `other`'s (a key in both is kept once).
-    pub fn with(&self, other: &SealKeys) -> SealKeys {
+    /// These keys and `other`'s; a `kid` in both must name the same key.
+    pub fn with(&self, other: &SealKeys) -> Result<SealKeys, String> {
         let mut keys = self.keys.clone();
         for key in &other.keys.keys {
-            if keys
-                .find(key.common.key_id.as_deref().unwrap_or_default())
-                .is_none()
-            {
-                keys.keys.push(key.clone());
+            let kid = key.common.key_id.as_deref().unwrap_or_default();
+            match keys.find(kid) {
+                None => keys.keys.push(key.clone()),
+                Some(known) if known.algorithm == key.algorithm => {}
+                Some(_) => return Err(format!("two different keys have the kid {kid:?}")),
             }
         }
-        SealKeys { keys }
+        Ok(SealKeys { keys })
     }
 
     /// The seal a JWS carries, if it is one and a trusted key signed it.

@@ -278,6 +278,16 @@ pub(crate) fn deletable(
     Ok(found)
 }
 
+/// The length of segment `number`'s header line, with its newline.
+fn header_len(dir: &Path, number: u64) -> Option<u64> {
+    let file = std::fs::File::open(dir.join(segment_name(number))).ok()?;
+    let mut line = Vec::new();
+    BufReader::new(file.take(4096))
+        .read_until(b'\n', &mut line)
+        .ok()?;
+    line.ends_with(b"\n").then_some(line.len() as u64)
+}
+
 /// The sequence number of the first record of segment `number` (from its header).
 pub(crate) fn first_seq_of(dir: &Path, number: u64) -> std::io::Result<u64> {
     let file = std::fs::File::open(dir.join(segment_name(number)))?;
@@ -291,9 +301,29 @@ pub(crate) fn first_seq_of(dir: &Path, number: u64) -> std::io::Result<u64> {
 /// Checks that `at` is a record boundary of the chain in `dir` (its sequence number, segment,
 /// offset and hash as read from the spool), and returns the hash of the last event at or
 /// before it that is still in the spool.
-fn position_holds(dir: &Path, at: &Position) -> Result<Option<String>, String> {
-    if at.seq == 0 && at.segment == 0 {
+pub(crate) fn position_holds(dir: &Path, at: &Position) -> Result<Option<String>, String> {
+    if at.seq == 0 {
+        // Nothing shipped: the position is the spool's very beginning, record 1 next.
+        let first = segments(dir)
+            .map_err(|e| e.to_string())?
+            .first()
+            .map(|(n, _)| *n);
+        let from_start = (at.segment == 0 && at.offset == 0)
+            || (Some(at.segment) == first
+                && first_seq_of(dir, at.segment).ok() == Some(1)
+                && (at.offset == 0 || Some(at.offset) == header_len(dir, at.segment)));
+        if !from_start {
+            return Err(
+                "shipped.json says nothing was shipped, yet names a place past the spool's beginning: the position was altered".into(),
+            );
+        }
         return Ok(None);
+    }
+    if at.head.is_none() {
+        return Err(format!(
+            "shipped.json names record {} without its hash: the position was altered",
+            at.seq
+        ));
     }
     let reading = Reading {
         limit: usize::MAX,
@@ -404,6 +434,14 @@ fn uuid_from_hash(hash: &str) -> String {
     )
 }
 
+/// What the spool's side of the start check found.
+struct Local {
+    /// The verification (with seal keys).
+    report: Option<super::verify::ChainReport>,
+    /// The last event at or before the shipped position.
+    last_event: Option<String>,
+}
+
 /// Why a start check did not pass.
 enum Trouble {
     /// The spool and the repository disagree: shipping stops.
@@ -421,8 +459,10 @@ pub struct Shipper {
     batch: usize,
     keep_shipped: Option<Duration>,
     metrics: Arc<Metrics>,
-    /// This instance's name: whose anchor in the repository is ours.
+    /// This instance's name, shown in the anchor.
     observer: String,
+    /// Reads of the spool that failed in a row.
+    io_failures: std::sync::atomic::AtomicU32,
 }
 
 impl Shipper {
@@ -464,6 +504,7 @@ impl Shipper {
             keep_shipped: config.keep_shipped,
             metrics,
             observer: observer.to_owned(),
+            io_failures: std::sync::atomic::AtomicU32::new(0),
         })
     }
 
@@ -479,10 +520,36 @@ impl Shipper {
         // The position on disk is not taken on trust: the repository must hold the last
         // event it says was shipped, and the spool must reach as far as the anchor there.
         // The unclean restarts the spool shows, carried on in every prune seal.
-        let unclean = loop {
-            match self.start_check(&at, keys.as_ref(), spool.chain()).await {
-                Ok(unclean) => break unclean,
-                Err(Trouble::Broken(problem)) => self.broken(&problem),
+        let mut local = None;
+        let (unclean, mut anchored) = loop {
+            let checked = match &local {
+                Some(local) => Ok(local),
+                None => self
+                    .local_check(&at, keys.as_ref())
+                    .await
+                    .map(|found| &*local.insert(found)),
+            };
+            let checked = match checked {
+                Ok(found) => self
+                    .repository_check(&at, found, keys.as_ref(), spool.chain())
+                    .await
+                    .map(|anchored| (found, anchored)),
+                Err(trouble) => Err(trouble),
+            };
+            match checked {
+                Ok((found, anchored)) => {
+                    let unclean: Vec<u64> = found
+                        .report
+                        .iter()
+                        .flat_map(|report| report.unclean_restarts.iter().map(|r| r.seq))
+                        .collect();
+                    break (unclean, anchored);
+                }
+                Err(Trouble::Broken(problem)) => {
+                    // Checked again from the spool, in case the operator put it right.
+                    local = None;
+                    self.broken(&problem);
+                }
                 Err(Trouble::Unanswered(error)) => {
                     // The repository is not there yet: what waits is lag.
                     self.metrics.audit_ship_failures.inc();
@@ -528,6 +595,18 @@ impl Shipper {
                 continue;
             };
             if batch.events.is_empty() {
+                // Seals without events (the open, idle seals, a close) move the anchor too,
+                // over the last event shipped.
+                let anchor = self.anchor(&batch, &at, anchored, spool.chain());
+                if let Some((seq, anchor)) = anchor {
+                    if let Err(error) = self.send(Vec::new(), Some(anchor)).await {
+                        tracing::warn!(%error, "audit shipper: the repository did not take the anchor");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(60));
+                        continue;
+                    }
+                    anchored = seq;
+                }
                 if batch.next != at {
                     at = batch.next;
                     self.save(at.clone()).await;
@@ -544,15 +623,14 @@ impl Shipper {
             }
             let count = batch.events.len();
             // The seal the batch ends at moves the anchor up to it, in the same transaction.
-            let anchor = batch
-                .last_seal
-                .as_ref()
-                .zip(batch.next.last_event.as_deref())
-                .map(|((_, jws), last)| {
-                    anchor_resource(spool.chain(), &self.observer, jws, last, &now_rfc3339())
-                });
-            match self.send_all(batch.events, anchor).await {
+            let anchor = self.anchor(&batch, &at, anchored, spool.chain());
+            let moved = anchor.as_ref().map(|(seq, _)| *seq);
+            match self
+                .send_all(batch.events, anchor.map(|(_, anchor)| anchor))
+                .await
+            {
                 Ok(()) => {
+                    anchored = moved.unwrap_or(anchored);
                     at = batch.next;
                     self.save(at.clone()).await;
                     self.metrics.audit_shipped.inc_by(count as u64);
@@ -569,6 +647,29 @@ impl Shipper {
         }
     }
 
+    /// The anchor for the seal `batch` ends at, over the last event shipped with or before
+    /// it, if that seal is later than the one `anchored` (an anchor never moves back, not even
+    /// when old segments are shipped again).
+    fn anchor(
+        &self,
+        batch: &Batch,
+        at: &Position,
+        anchored: u64,
+        chain: &str,
+    ) -> Option<(u64, Value)> {
+        let (seq, jws) = batch
+            .last_seal
+            .as_ref()
+            .filter(|(seq, _)| *seq > anchored)?;
+        let last = batch
+            .next
+            .last_event
+            .as_deref()
+            .or(at.last_event.as_deref())?;
+        let anchor = anchor_resource(chain, &self.observer, jws, last, &now_rfc3339());
+        Some((*seq, anchor))
+    }
+
     /// A read's batch, or `None` after logging why there is none (a broken chain sets
     /// `portvagt_audit_chain_broken`).
     fn read(
@@ -578,6 +679,8 @@ impl Shipper {
         match read {
             Ok(Ok(batch)) => {
                 self.metrics.audit_chain_broken.set(0);
+                self.io_failures
+                    .store(0, std::sync::atomic::Ordering::Relaxed);
                 Some(batch)
             }
             Ok(Err(ReadError::Broken(problem))) => {
@@ -585,7 +688,15 @@ impl Shipper {
                 None
             }
             Ok(Err(error)) => {
-                tracing::error!(%error, "audit shipper: reading the spool failed");
+                // A segment gone or unreadable where shipping stands does not heal by itself.
+                let failures = self
+                    .io_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if failures + 1 >= 3 {
+                    self.broken(&format!("reading the spool where shipping stands: {error}"));
+                } else {
+                    tracing::error!(%error, "audit shipper: reading the spool failed");
+                }
                 None
             }
             Err(_) => {
@@ -626,16 +737,10 @@ impl Shipper {
         }
     }
 
-    /// Before anything is shipped: the spool verifies whole (with the seal keys), the shipped
-    /// position is a record boundary of this chain, the repository holds the last event at or
-    /// before it (a position moved forward over unshipped events is found), and the spool
-    /// reaches, and holds, the seal the repository's anchor names.
-    async fn start_check(
-        &self,
-        at: &Position,
-        keys: Option<&SealKeys>,
-        chain: &str,
-    ) -> Result<Vec<u64>, Trouble> {
+    /// Before anything is shipped, on the spool's side: it verifies whole (with the seal
+    /// keys), and the shipped position is a record boundary of this chain. Returns what the
+    /// repository's side needs.
+    async fn local_check(&self, at: &Position, keys: Option<&SealKeys>) -> Result<Local, Trouble> {
         let (dir, position, owned_keys) = (self.dir.clone(), at.clone(), keys.cloned());
         let local = tokio::task::spawn_blocking(move || {
             let report = owned_keys
@@ -649,12 +754,25 @@ impl Shipper {
                 })
                 .transpose()?;
             let last_event = position_holds(&dir, &position)?;
-            Ok::<_, String>((report, last_event))
+            Ok::<_, String>(Local { report, last_event })
         })
         .await
         .map_err(|_| Trouble::Unanswered("the spool check did not finish".into()))?;
-        let (report, last_event) = local.map_err(Trouble::Broken)?;
-        if let Some(hash) = &last_event
+        local.map_err(Trouble::Broken)
+    }
+
+    /// ... and on the repository's: it holds the last event at or before the shipped position
+    /// (a position moved forward over unshipped events is found), and the spool reaches, and
+    /// holds, the seal the repository's anchor names. Returns the anchored seal's sequence
+    /// number (0: none yet).
+    async fn repository_check(
+        &self,
+        at: &Position,
+        local: &Local,
+        keys: Option<&SealKeys>,
+        chain: &str,
+    ) -> Result<u64, Trouble> {
+        if let Some(hash) = &local.last_event
             && self.fetch(&format!("AuditEvent/{hash}")).await?.is_none()
         {
             return Err(Trouble::Broken(format!(
@@ -662,21 +780,20 @@ impl Shipper {
                 at.seq
             )));
         }
-        let (Some(keys), Some(report)) = (keys, report) else {
-            return Ok(Vec::new());
+        let (Some(keys), Some(report)) = (keys, &local.report) else {
+            return Ok(0);
         };
-        let unclean = report.unclean_restarts.iter().map(|r| r.seq).collect();
         let Some(anchor) = self
             .fetch(&format!("Provenance/{}", anchor_id(chain)))
             .await?
         else {
-            return Ok(unclean);
+            return Ok(0);
         };
         let jws = anchor_seal(&anchor)
             .ok_or_else(|| Trouble::Broken("the repository's anchor holds no seal".into()))?;
-        super::verify::check_anchor(&self.dir, &report, keys, &jws)
+        super::verify::check_anchor(&self.dir, report, keys, &jws)
             .map_err(|broken| Trouble::Broken(broken.problem))?;
-        Ok(unclean)
+        Ok(keys.check(&jws).map_or(0, |seal| seal.seq))
     }
 
     /// Deletes the segments before `at` (acknowledged in full, the position saved) whose
@@ -759,6 +876,10 @@ impl Shipper {
             let rest = events.split_off(size);
             self.send(events, None).await?;
             events = rest;
+        }
+        if self.batch <= 1 && anchor.is_some() {
+            self.send(events, None).await?;
+            return self.send(Vec::new(), anchor).await;
         }
         self.send(events, anchor).await
     }

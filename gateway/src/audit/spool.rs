@@ -618,15 +618,17 @@ impl Writer {
             self.damaged = false;
         }
         if self.size >= self.segment_bytes {
-            let (seals, closed) = (self.seals.take(), self.closed);
-            *self = Writer::start_segment(
+            // The new segment first; only when it stands does it replace the old one (a
+            // failure leaves this writer, its seals included, as it was).
+            let mut next = Writer::start_segment(
                 self._lock.clone(),
                 &self.dir,
                 self.segment_bytes,
                 (self.segment + 1, self.next_seq, self.head.clone()),
                 self.chain.clone(),
             )?;
-            (self.seals, self.closed) = (seals, closed);
+            (next.seals, next.closed) = (self.seals.take(), self.closed);
+            *self = next;
         }
         let mut buffer = Vec::new();
         let (mut seq, mut head) = (self.next_seq, self.head.clone());

@@ -678,6 +678,68 @@ mod sealed {
     }
 
     #[tokio::test]
+    async fn a_failed_rollover_keeps_the_spool_sealed() {
+        let (dir, sealer, keys, _keydir) = fixture(Duration::from_secs(3600));
+        // The open seal alone fills the first segment: the first append rolls over.
+        let spool = Spool::open(dir.path(), 300, Some(sealer)).unwrap();
+        // The next segment's name taken: the rollover fails, the append with it.
+        let planted = dir.path().join(segment_name(2));
+        std::fs::write(&planted, b"not ours").unwrap();
+        assert!(spool.append(vec![event(1)]).await.is_err());
+        std::fs::remove_file(&planted).unwrap();
+        spool.append(vec![event(2)]).await.unwrap();
+        // Still sealed: an asked-for seal is written, and the close.
+        spool.seal_now().await.unwrap();
+        spool.close().await.unwrap();
+        drop(spool);
+        let kinds: Vec<SealKind> = segments(dir.path())
+            .unwrap()
+            .iter()
+            .flat_map(|(number, _)| seals(dir.path(), *number))
+            .map(|seal| seal.kind)
+            .collect();
+        assert_eq!(
+            kinds,
+            [SealKind::Open, SealKind::Seal, SealKind::Close],
+            "{kinds:?}"
+        );
+        let report = verify(dir.path(), check(&keys, unix_now())).unwrap();
+        assert!(matches!(report.end, End::Closed(_)), "{report:?}");
+    }
+
+    #[tokio::test]
+    async fn a_shipped_position_must_be_a_record_of_this_chain() {
+        use super::super::shipper::{Position, position_holds};
+        let (dir, sealer, _keys, _keydir) = fixture(Duration::from_secs(3600));
+        let spool = Spool::open(dir.path(), 1 << 20, Some(sealer)).unwrap();
+        spool.append(vec![event(0), event(1)]).await.unwrap();
+        drop(spool);
+        let at = |segment, offset, seq, head: Option<&str>| Position {
+            segment,
+            offset,
+            seq,
+            head: head.map(str::to_owned),
+            last_event: None,
+        };
+        assert_eq!(position_holds(dir.path(), &at(0, 0, 0, None)), Ok(None));
+        // "Nothing shipped" somewhere past the beginning: skips what lies before it.
+        assert!(position_holds(dir.path(), &at(1, 900, 0, None)).is_err());
+        // A record without its hash, or with another.
+        assert!(position_holds(dir.path(), &at(1, 900, 2, None)).is_err());
+        assert!(position_holds(dir.path(), &at(1, 900, 2, Some(&"0".repeat(64)))).is_err());
+        let record = lines(dir.path(), 1)[2].clone();
+        let held = position_holds(
+            dir.path(),
+            &at(1, 900, 2, Some(&sha256_hex(record.as_bytes()))),
+        );
+        assert_eq!(
+            held,
+            Ok(Some(sha256_hex(record.as_bytes()))),
+            "event 0 is the last up to record 2"
+        );
+    }
+
+    #[tokio::test]
     async fn the_shipped_position_beyond_the_end_is_a_cut() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path(), 1 << 20, None).unwrap();

@@ -128,6 +128,8 @@ pub fn verify(dir: &Path, check: Check<'_>) -> Result<ChainReport, ChainBroken> 
         line,
         problem,
     };
+    // Read before the segments are listed: a gateway shipping meanwhile only moves it on.
+    let shipped = super::shipper::position(dir);
     let files = segments(dir).map_err(|e| broken(dir, 0, e.to_string()))?;
     if files.is_empty() {
         return Err(broken(dir, 0, "no segment files".into()));
@@ -249,7 +251,10 @@ pub fn verify(dir: &Path, check: Check<'_>) -> Result<ChainReport, ChainBroken> 
                     let seal = keys.check(jws).map_err(|problem| {
                         broken(path, line_number, format!("seal {next_seq}: {problem}"))
                     })?;
-                    if report.chain.get_or_insert_with(|| seal.chain.clone()) != &seal.chain {
+                    // Seals from before chains had ids carry none.
+                    if !seal.chain.is_empty()
+                        && report.chain.get_or_insert_with(|| seal.chain.clone()) != &seal.chain
+                    {
                         return Err(broken(
                             path,
                             line_number,
@@ -349,7 +354,6 @@ pub fn verify(dir: &Path, check: Check<'_>) -> Result<ChainReport, ChainBroken> 
         };
     }
     // The shipper's acknowledged position: records the repository has must still be here.
-    let shipped = super::shipper::position(dir);
     if shipped.seq > report.last_seq {
         return Err(broken(
             dir,
@@ -379,6 +383,15 @@ pub fn check_anchor(
     let seal = keys
         .check(jws)
         .map_err(|problem| broken(format!("the audit repository's anchor: {problem}")))?;
+    if report
+        .chain
+        .as_deref()
+        .is_some_and(|chain| chain != seal.chain)
+    {
+        return Err(broken(
+            "the audit repository's anchor belongs to another chain".into(),
+        ));
+    }
     if seal.seq > report.last_seq {
         return Err(broken(format!(
             "the audit repository's anchor shows the chain reached record {} (sealed), but the spool ends at {}: records were cut off",
