@@ -8,6 +8,8 @@
 pub mod anchor;
 pub mod citizen;
 pub mod event;
+pub mod position;
+pub(crate) mod reading;
 pub mod seal;
 pub mod shipper;
 pub mod spool;

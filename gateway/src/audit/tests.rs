@@ -174,8 +174,8 @@ async fn shipped_segments_go_when_old_enough_and_the_rest_still_verifies_and_con
     assert!(before.len() > 3, "{before:?}");
     let shipped_to = before[3].0;
     let keep = |d| {
-        let found = super::shipper::deletable(dir.path(), shipped_to, d).unwrap();
-        super::shipper::delete(dir.path(), &found).unwrap()
+        let found = super::reading::deletable(dir.path(), shipped_to, d).unwrap();
+        super::reading::delete(dir.path(), &found).unwrap()
     };
 
     // Not old enough: nothing goes.
@@ -458,7 +458,7 @@ mod sealed {
 
         // Cut, and the gap hidden: the first segments replaced by header-only files that
         // claim to continue where the third begins, numbered as the originals.
-        let third = super::super::shipper::first_seq_of(dir.path(), all[2].0).unwrap();
+        let third = super::super::reading::first_seq_of(dir.path(), all[2].0).unwrap();
         let header = lines(dir.path(), all[2].0)[0].clone();
         for (number, path) in &all[..2] {
             let renumbered = header.replacen(
@@ -662,7 +662,7 @@ mod sealed {
         assert_eq!(restarts.len(), 1);
         // The shipper prunes the first segment, carrying the restart on in its prune seal.
         let all = segments(dir.path()).unwrap();
-        let second = super::super::shipper::first_seq_of(dir.path(), all[1].0).unwrap();
+        let second = super::super::reading::first_seq_of(dir.path(), all[1].0).unwrap();
         spool.seal_prune(second, restarts.clone()).await.unwrap();
         std::fs::remove_file(&all[0].1).unwrap();
         let report = verify(dir.path(), check(&keys, unix_now())).unwrap();
@@ -709,7 +709,8 @@ mod sealed {
 
     #[tokio::test]
     async fn a_shipped_position_must_be_a_record_of_this_chain() {
-        use super::super::shipper::{Position, position_holds};
+        use super::super::position::Position;
+        use super::super::reading::position_holds;
         let (dir, sealer, _keys, _keydir) = fixture(Duration::from_secs(3600));
         let spool = Spool::open(dir.path(), 1 << 20, Some(sealer)).unwrap();
         spool.append(vec![event(0), event(1)]).await.unwrap();
@@ -762,7 +763,8 @@ mod sealed {
 
 #[tokio::test]
 async fn the_shipper_reads_only_a_chain_that_continues_what_it_shipped() {
-    use super::shipper::{Position, ReadError, Reading, read_batch};
+    use super::position::Position;
+    use super::reading::{ReadError, Reading, read_batch};
     let up_to = |limit| Reading {
         limit,
         through: u64::MAX,
@@ -807,7 +809,8 @@ async fn the_shipper_reads_only_a_chain_that_continues_what_it_shipped() {
 
 #[tokio::test]
 async fn the_shipper_checks_every_seal_it_passes() {
-    use super::shipper::{Position, ReadError, Reading, read_batch};
+    use super::position::Position;
+    use super::reading::{ReadError, Reading, read_batch};
     let dir = tempfile::tempdir().unwrap();
     let keydir = tempfile::tempdir().unwrap();
     let (sealer, keys) = sealed::keys(keydir.path(), "seal-1", std::time::Duration::from_secs(60));
@@ -840,7 +843,8 @@ async fn the_shipper_checks_every_seal_it_passes() {
 
 #[tokio::test]
 async fn a_sealed_spool_ships_only_what_a_seal_read_with_it_vouches_for() {
-    use super::shipper::{Position, ReadError, Reading, read_batch};
+    use super::position::Position;
+    use super::reading::{ReadError, Reading, read_batch};
     let dir = tempfile::tempdir().unwrap();
     let keydir = tempfile::tempdir().unwrap();
     let (sealer, keys) = sealed::keys(

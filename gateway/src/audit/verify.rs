@@ -129,7 +129,7 @@ pub fn verify(dir: &Path, check: Check<'_>) -> Result<ChainReport, ChainBroken> 
         problem,
     };
     // Read before the segments are listed: a gateway shipping meanwhile only moves it on.
-    let shipped = super::shipper::position(dir);
+    let shipped = super::position::position(dir);
     let files = segments(dir).map_err(|e| broken(dir, 0, e.to_string()))?;
     if files.is_empty() {
         return Err(broken(dir, 0, "no segment files".into()));

@@ -1,0 +1,300 @@
+//! Reading the spool for the shipper: batches of events that continue the chain already
+//! shipped (and, on a sealed spool, that a seal read in the same read vouches for), and the
+//! segments that may be deleted once shipped.
+
+use std::io::{BufRead as _, BufReader, Read as _, Seek as _, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::value::RawValue;
+
+use super::position::Position;
+use super::seal::SealKeys;
+use super::spool::{RecordLine, SegmentHeader, read_line, segment_name, segments, sha256_hex};
+
+/// A batch read from the spool: the events (each with its record hash, which becomes its id
+/// in the repository), where the next batch starts, and the last seal read (checked).
+pub(crate) struct Batch {
+    pub(crate) events: Vec<(String, Box<RawValue>)>,
+    pub(crate) next: Position,
+    pub(crate) last_seal: Option<(u64, String)>,
+}
+
+/// Why a batch could not be read.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReadError {
+    #[error("reading the spool: {0}")]
+    Io(#[from] std::io::Error),
+    /// The spool does not continue what was shipped: altered, cut or replaced.
+    #[error("the spool's chain is broken: {0}")]
+    Broken(String),
+}
+
+/// How far a read goes, and what it keeps.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Reading<'a> {
+    /// At least this many events, when there are (with seal keys: on to the next seal).
+    pub(crate) limit: usize,
+    /// No record beyond this sequence number.
+    pub(crate) through: u64,
+    /// A sealed spool: every seal is checked with these keys (a seal that does not hold is a
+    /// broken chain), and only events a seal read in this same read vouches for are returned.
+    pub(crate) keys: Option<&'a SealKeys>,
+    /// Keep the events (a check of the chain does not).
+    pub(crate) keep_events: bool,
+}
+
+/// Events read past `limit` while looking for the seal that vouches for them, at most: the
+/// writer seals every [`super::spool::SEAL_EVERY_RECORDS`] events, so this is never reached
+/// on a spool it wrote.
+const MAX_UNSEALED: usize = 4 * super::spool::SEAL_EVERY_RECORDS as usize;
+
+/// Reads the records after `from`, none beyond `reading.through`, up to `reading.limit`
+/// events. Every line must continue the chain from `from` (sequence number, the previous
+/// record's hash, segment headers). With seal keys the read ends at a seal it checked: what
+/// it returns was vouched for by a seal in the bytes it read itself (no window between a check
+/// and a later read).
+pub(crate) fn read_batch(
+    dir: &Path,
+    from: Position,
+    reading: Reading<'_>,
+) -> Result<Batch, ReadError> {
+    let mut at = from.clone();
+    let mut batch = Batch {
+        events: Vec::new(),
+        next: from.clone(),
+        last_seal: None,
+    };
+    // With keys: the events, and the position, as of the last seal checked.
+    let mut vouched = (0usize, from);
+    if at.segment == 0 {
+        match segments(dir)?.first() {
+            Some((number, _)) => {
+                at = Position {
+                    segment: *number,
+                    ..Position::default()
+                }
+            }
+            None => return Ok(batch),
+        }
+    }
+    let finish = |mut batch: Batch, at: Position, vouched: (usize, Position)| {
+        if reading.keys.is_some() {
+            batch.events.truncate(vouched.0);
+            batch.next = vouched.1;
+        } else {
+            batch.next = at;
+        }
+        batch
+    };
+    let mut count = 0usize;
+    loop {
+        // The writer starts segment N+1 only when N is complete: if N+1 exists before N is
+        // read to its end, that read sees all of N.
+        let next_exists = dir.join(segment_name(at.segment + 1)).exists();
+        let mut file = std::fs::File::open(dir.join(segment_name(at.segment)))?;
+        file.seek(SeekFrom::Start(at.offset))?;
+        let mut reader = BufReader::new(file);
+        let mut line = Vec::new();
+        loop {
+            let enough = match reading.keys {
+                None => count >= reading.limit,
+                // On to the seal after the limit.
+                Some(_) => count >= reading.limit && vouched.0 == count,
+            };
+            if enough {
+                return Ok(finish(batch, at, vouched));
+            }
+            if reading.keys.is_some() && count - vouched.0 >= MAX_UNSEALED {
+                return Err(ReadError::Broken(format!(
+                    "{MAX_UNSEALED} records after record {} without a seal: the writer seals every {} (records written before sealing was turned on cannot be vouched for)",
+                    vouched.1.seq,
+                    super::spool::SEAL_EVERY_RECORDS
+                )));
+            }
+            let read = read_line(&mut reader, &mut line)?;
+            if read == 0 || !line.ends_with(b"\n") {
+                break;
+            }
+            let body = &line[..line.len() - 1];
+            if at.offset == 0 {
+                let header: SegmentHeader = serde_json::from_slice(body).map_err(|e| {
+                    ReadError::Broken(format!("segment {}: header: {e}", at.segment))
+                })?;
+                let continues = header.segment == at.segment
+                    && (at.seq == 0 || header.first_seq == at.seq + 1)
+                    && at.head.as_ref().is_none_or(|head| *head == header.head);
+                if !continues {
+                    return Err(ReadError::Broken(format!(
+                        "segment {} does not continue from record {}",
+                        at.segment, at.seq
+                    )));
+                }
+                at.head = Some(header.head);
+                at.offset += read as u64;
+                continue;
+            }
+            let record = RecordLine::parse(body)
+                .map_err(|e| ReadError::Broken(format!("record after {}: {e}", at.seq)))?;
+            if record.seq > reading.through {
+                break;
+            }
+            if (at.seq != 0 && record.seq != at.seq + 1)
+                || at.head.as_ref().is_some_and(|head| *head != record.prev)
+            {
+                return Err(ReadError::Broken(format!(
+                    "record {} does not follow record {}",
+                    record.seq, at.seq
+                )));
+            }
+            let hash = sha256_hex(body);
+            match (record.event, record.seal, reading.keys) {
+                (Some(event), _, _) => {
+                    count += 1;
+                    if reading.keep_events {
+                        batch.events.push((hash.clone(), event.to_owned()));
+                    }
+                    at.last_event = Some(hash.clone());
+                }
+                (None, Some(jws), Some(keys)) => {
+                    let seal = keys.check(jws).map_err(|problem| {
+                        ReadError::Broken(format!("seal {}: {problem}", record.seq))
+                    })?;
+                    if seal.seq != record.seq || seal.prev != record.prev {
+                        return Err(ReadError::Broken(format!(
+                            "seal {} was made for another place",
+                            record.seq
+                        )));
+                    }
+                    batch.last_seal = Some((record.seq, jws.to_owned()));
+                    at.offset += read as u64;
+                    at.seq = record.seq;
+                    at.head = Some(hash);
+                    vouched = (count, at.clone());
+                    continue;
+                }
+                (None, _, _) => {}
+            }
+            at.offset += read as u64;
+            at.seq = record.seq;
+            at.head = Some(hash);
+        }
+        if !next_exists || at.seq >= reading.through {
+            return Ok(finish(batch, at, vouched));
+        }
+        at = Position {
+            segment: at.segment + 1,
+            offset: 0,
+            ..at
+        };
+    }
+}
+
+/// The segments numbered below `shipped_to` (every record in them acknowledged) whose last
+/// write is at least `keep` old, oldest first, up to the first one still kept, so that what
+/// stays is one unbroken run of segments.
+pub(crate) fn deletable(
+    dir: &Path,
+    shipped_to: u64,
+    keep: Duration,
+) -> std::io::Result<Vec<(u64, PathBuf)>> {
+    let mut found = Vec::new();
+    for (number, path) in segments(dir)? {
+        if number >= shipped_to {
+            break;
+        }
+        let age = std::fs::metadata(&path)?
+            .modified()?
+            .elapsed()
+            .unwrap_or_default();
+        if age < keep {
+            break;
+        }
+        found.push((number, path));
+    }
+    Ok(found)
+}
+
+/// The length of segment `number`'s header line, with its newline.
+pub(crate) fn header_len(dir: &Path, number: u64) -> Option<u64> {
+    let file = std::fs::File::open(dir.join(segment_name(number))).ok()?;
+    let mut line = Vec::new();
+    BufReader::new(file.take(4096))
+        .read_until(b'\n', &mut line)
+        .ok()?;
+    line.ends_with(b"\n").then_some(line.len() as u64)
+}
+
+/// The sequence number of the first record of segment `number` (from its header).
+pub(crate) fn first_seq_of(dir: &Path, number: u64) -> std::io::Result<u64> {
+    let file = std::fs::File::open(dir.join(segment_name(number)))?;
+    let mut line = Vec::new();
+    BufReader::new(file.take(4096)).read_until(b'\n', &mut line)?;
+    serde_json::from_slice::<SegmentHeader>(line.trim_ascii_end())
+        .map(|header| header.first_seq)
+        .map_err(std::io::Error::other)
+}
+
+/// Deletes `segments` (from [`deletable`]), oldest first; returns how many went.
+pub(crate) fn delete(dir: &Path, segments: &[(u64, PathBuf)]) -> std::io::Result<u64> {
+    let mut deleted = 0;
+    for (_, path) in segments {
+        std::fs::remove_file(path)?;
+        deleted += 1;
+    }
+    if deleted > 0 {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(deleted)
+}
+
+/// Checks that `at` is a record boundary of the chain in `dir` (its sequence number, segment,
+/// offset and hash as read from the spool), and returns the hash of the last event at or
+/// before it that is still in the spool.
+pub(crate) fn position_holds(dir: &Path, at: &Position) -> Result<Option<String>, String> {
+    if at.seq == 0 {
+        // Nothing shipped: the position is the spool's very beginning, record 1 next.
+        let first = segments(dir)
+            .map_err(|e| e.to_string())?
+            .first()
+            .map(|(n, _)| *n);
+        let from_start = (at.segment == 0 && at.offset == 0)
+            || (Some(at.segment) == first
+                && first_seq_of(dir, at.segment).ok() == Some(1)
+                && (at.offset == 0 || Some(at.offset) == header_len(dir, at.segment)));
+        if !from_start {
+            return Err(
+                "shipped.json says nothing was shipped, yet names a place past the spool's beginning: the position was altered".into(),
+            );
+        }
+        return Ok(None);
+    }
+    if at.head.is_none() {
+        return Err(format!(
+            "shipped.json names record {} without its hash: the position was altered",
+            at.seq
+        ));
+    }
+    let reading = Reading {
+        limit: usize::MAX,
+        through: at.seq,
+        keys: None,
+        keep_events: false,
+    };
+    let read = read_batch(dir, Position::default(), reading).map_err(|e| e.to_string())?;
+    let next = read.next;
+    // The boundary is the record and its hash; a byte offset that does not lead to the next
+    // record is found by the first read from it.
+    let matches = next.seq == at.seq
+        && at
+            .head
+            .as_ref()
+            .is_none_or(|head| next.head.as_ref() == Some(head));
+    if !matches {
+        return Err(format!(
+            "shipped.json says shipping reached record {}; the spool's chain does not hold that record with that hash (it reaches record {}): the position was altered",
+            at.seq, next.seq
+        ));
+    }
+    Ok(next.last_event)
+}
