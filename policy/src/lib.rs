@@ -21,6 +21,8 @@ pub mod request;
 pub mod resource_type;
 pub mod rules;
 pub mod scope;
+mod shape;
+pub mod verdict;
 
 pub use decision::{Decision, DenyReason, Obligations, Subject, decide, decide_with_rules};
 pub use filter::{FilterMode, Filtered, ResponseCheck, check_response, filter_response};

@@ -14,11 +14,12 @@
 use crate::compartment::{
     Membership, is_compartment_type, is_shared_type, membership, narrowing_param, pinning_params,
 };
-use crate::decision::{DenyReason, Obligations, granular, is_everything, reaches_other_types};
 use crate::reach::Reach;
 use crate::request::{FhirRequest, Interaction, RequestBody};
 use crate::resource_type::ResourceType;
 use crate::scope::Scope;
+use crate::shape::{granular, is_everything, reaches_other_types};
+use crate::verdict::{DenyReason, Obligations};
 
 /// Checks `request` under a patient-context `scope` for `patient`.
 pub(crate) fn check(

@@ -21,10 +21,10 @@ use std::fmt;
 
 use serde::Deserialize;
 
-use crate::decision::{is_everything, reaches_other_types};
 use crate::request::{FhirRequest, Interaction};
 use crate::resource_type::ResourceType;
 use crate::scope::ScopeContext;
+use crate::shape::{is_everything, reaches_other_types};
 
 /// A rules file as written.
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -14,9 +14,9 @@ use serde_json::Value;
 
 use super::{Access, Block, CallerIds, ConsentVerdict, Emergency, check, denies};
 use crate::compartment::patients_of;
-use crate::decision::DenyReason;
 use crate::reach::Reach;
 use crate::request::{FhirRequest, RequestBody};
+use crate::verdict::DenyReason;
 
 /// Each patient's Consents (that can deny somebody something), by patient id.
 pub type PatientBlocks = HashMap<String, Arc<Vec<Block>>>;

@@ -1,0 +1,167 @@
+//! What a decision is made of: [`Decision`] (allow with [`Obligations`], or deny with a
+//! [`DenyReason`] whose code is stable for integrators and metrics). The values only; how they
+//! are reached is [`crate::decision`].
+
+use std::fmt;
+
+use crate::scope::Scope;
+
+/// What the gateway must do for an allowed request.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Obligations {
+    /// Every resource in the answer must be in this patient's compartment (or shared reference
+    /// data); others are removed from Bundles, and a single one makes the answer a 403.
+    pub compartment: Option<String>,
+    /// Search parameters to add to the forwarded request, narrowing it (to the patient, or to a
+    /// v2 granular scope's restriction). FHIR ANDs repeated parameters, so adding never widens.
+    pub add_params: Vec<(String, String)>,
+    /// For a batch or transaction: the decision for each entry, in order.
+    pub entries: Vec<Decision>,
+    /// A v2 granular scope's restriction (`category=laboratory`): every resource in the answer
+    /// must satisfy it, else it is removed (Bundles) or the answer is a 403.
+    pub restriction: Vec<(String, String)>,
+    /// Before an update, patch or delete: read the target first; it must be in the
+    /// [`Obligations::compartment`] (or not exist), and the write is bound to the version read.
+    pub verify_target: bool,
+}
+
+/// The outcome of policy evaluation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// The request may proceed, under obligations.
+    Allow {
+        /// The scope that granted it, as written in the token (empty for open interactions and
+        /// for batches, whose entries carry their own).
+        granted_by: String,
+        /// What the gateway must do.
+        obligations: Obligations,
+    },
+    /// The request is refused.
+    Deny {
+        /// Why.
+        reason: DenyReason,
+    },
+}
+
+impl Decision {
+    /// Whether this is an allow.
+    pub fn is_allow(&self) -> bool {
+        matches!(self, Decision::Allow { .. })
+    }
+
+    /// The deny reason, if this is a deny.
+    pub fn deny_reason(&self) -> Option<DenyReason> {
+        match self {
+            Decision::Allow { .. } => None,
+            Decision::Deny { reason } => Some(*reason),
+        }
+    }
+
+    pub(crate) fn allow(scope: &Scope, obligations: Obligations) -> Decision {
+        Decision::Allow {
+            granted_by: scope.as_str().to_owned(),
+            obligations,
+        }
+    }
+}
+
+/// Why a request was denied. [`DenyReason::code`] is stable for integrators and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DenyReason {
+    /// No scope grants this interaction on this resource type.
+    InsufficientScope,
+    /// Only patient-context scopes would grant it, but the token has no `patient` claim.
+    NoPatientContext,
+    /// The request reaches outside the patient compartment, or cannot be kept inside it.
+    OutsideCompartment,
+    /// A write under a patient-context scope whose target the gateway cannot prove to be the
+    /// patient's (update, patch, delete, conditional writes).
+    WriteNotVerifiable,
+    /// A v2 granular scope (`?param=...`) would grant it, but only searches can be narrowed to
+    /// the restriction.
+    GranularScopeUnsupported,
+    /// An operation other than `$everything`, or a batch/transaction without a readable body.
+    UnsupportedInteraction,
+    /// The search would return or test resources of other types (`_include`, `_revinclude`,
+    /// `_has`, chained parameters), and only a scope on every type (`*`) covers that.
+    SearchReachesOtherTypes,
+    /// The answer held resources outside a v2 granular scope's restriction.
+    OutsideGranularScope,
+    /// An operator rule with `effect = "deny"` matched.
+    DeniedByRule,
+    /// Operator rules are in force and none allows this.
+    NoRuleAllows,
+    /// The patient has blocked this professional or organisation (negative consent).
+    ConsentBlock,
+    /// A consent block applies; purpose EMERGENCY was claimed but no break-the-glass reason
+    /// was given.
+    BreakGlassReasonRequired,
+    /// The audit log: citizens read their own (patient-context scopes); anyone else only where
+    /// an operator rule names `AuditEvent`; nobody writes it through the gateway.
+    AuditLogRestricted,
+    /// A count-only search (`_summary=count`, `_count=0`) not bounded to patients it names,
+    /// while citizens' blocks are enforced: its number would count what blocks withhold.
+    CountNotPinned,
+    /// `_elements` or a `_summary` other than `count`/`false` would hide the references that
+    /// tell whose data an answer holds, while consent or the audit trail must know.
+    ReferencesHidden,
+    /// A batch entry that reached a blocked patient's data without naming her: answered as if
+    /// nothing were there (`404 not-found`).
+    Withheld,
+    /// The citizen listener (no client certificate) serves citizens only: a patient-context
+    /// token about the citizen themselves, reading their own audit log or what the operator
+    /// opened there, and nothing else.
+    CitizenListener,
+}
+
+impl DenyReason {
+    /// The stable code used in OperationOutcomes, logs and metric labels.
+    pub fn code(self) -> &'static str {
+        match self {
+            DenyReason::InsufficientScope => "insufficient-scope",
+            DenyReason::NoPatientContext => "no-patient-context",
+            DenyReason::OutsideCompartment => "outside-compartment",
+            DenyReason::WriteNotVerifiable => "write-not-verifiable",
+            DenyReason::GranularScopeUnsupported => "granular-scope-unsupported",
+            DenyReason::UnsupportedInteraction => "unsupported-interaction",
+            DenyReason::SearchReachesOtherTypes => "search-reaches-other-types",
+            DenyReason::OutsideGranularScope => "outside-granular-scope",
+            DenyReason::DeniedByRule => "denied-by-rule",
+            DenyReason::NoRuleAllows => "no-rule-allows",
+            DenyReason::ConsentBlock => "consent-block",
+            DenyReason::BreakGlassReasonRequired => "break-glass-reason-required",
+            DenyReason::AuditLogRestricted => "audit-log-restricted",
+            DenyReason::CountNotPinned => "count-not-pinned",
+            DenyReason::ReferencesHidden => "references-hidden",
+            DenyReason::Withheld => "not-found",
+            DenyReason::CitizenListener => "citizen-listener",
+        }
+    }
+
+    /// Every reason, for documentation and metric pre-registration.
+    pub const ALL: [DenyReason; 17] = [
+        DenyReason::InsufficientScope,
+        DenyReason::NoPatientContext,
+        DenyReason::OutsideCompartment,
+        DenyReason::WriteNotVerifiable,
+        DenyReason::GranularScopeUnsupported,
+        DenyReason::UnsupportedInteraction,
+        DenyReason::SearchReachesOtherTypes,
+        DenyReason::OutsideGranularScope,
+        DenyReason::DeniedByRule,
+        DenyReason::NoRuleAllows,
+        DenyReason::ConsentBlock,
+        DenyReason::BreakGlassReasonRequired,
+        DenyReason::AuditLogRestricted,
+        DenyReason::CountNotPinned,
+        DenyReason::ReferencesHidden,
+        DenyReason::Withheld,
+        DenyReason::CitizenListener,
+    ];
+}
+
+impl fmt::Display for DenyReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
