@@ -10,12 +10,12 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Response, StatusCode, header};
 
 use crate::audit::Auditor;
+use crate::backend::circuit::CircuitState;
 use crate::body::{Body, full};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::outcome::Outcome;
-use crate::proxy::SharedRoutes;
-use crate::proxy::circuit::CircuitState;
+use crate::routing::SharedRoutes;
 use crate::smart::SmartDocuments;
 
 /// Answers the local endpoints.

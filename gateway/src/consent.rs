@@ -22,9 +22,9 @@ use portvagt_policy::filter::{bundle_resources, has_next_page};
 use serde_json::Value;
 
 use crate::auth::Principal;
+use crate::backend::{Backend, Fetched};
 use crate::config::ConsentConfig;
 use crate::metrics::Metrics;
-use crate::proxy::{Backend, Fetched};
 
 /// How many Practitioners, roles and organisations one caller's identities may take to read.
 const MAX_IDENTITY_READS: usize = 32;
@@ -400,15 +400,7 @@ pub fn consent_refusal() -> Value {
     })
 }
 
-/// The gateway's answer for a resource that is not there.
-pub fn not_found() -> crate::outcome::Outcome {
-    crate::outcome::Outcome::new(
-        http::StatusCode::NOT_FOUND,
-        "not-found",
-        "not-found",
-        "the resource was not found",
-    )
-}
+pub use crate::outcome::not_found;
 
 /// [`not_found`] as an OperationOutcome (a withheld batch entry that did not name its
 /// patient).

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod audit;
 pub mod auth;
+pub mod backend;
 pub mod body;
 pub mod config;
 pub mod consent;
@@ -22,8 +23,10 @@ pub mod proxy;
 pub mod redis;
 pub mod reload;
 pub mod rescue;
+pub mod routing;
 pub mod runtime;
 pub mod server;
 pub mod smart;
 pub mod stack;
 pub mod tls;
+pub mod watched;

@@ -4,6 +4,7 @@
 //! in `details.coding` that tells an integrator what to fix.
 
 use http::{HeaderValue, Response, StatusCode, header};
+use portvagt_policy::DenyReason;
 use serde_json::json;
 
 use crate::body::{Body, full};
@@ -69,6 +70,30 @@ impl Outcome {
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
         response
     }
+}
+
+/// The gateway's answer for a resource that is not there.
+pub fn not_found() -> Outcome {
+    Outcome::new(
+        StatusCode::NOT_FOUND,
+        "not-found",
+        "not-found",
+        "the resource was not found",
+    )
+}
+
+/// The answer to a policy denial (also used for denied batch entries).
+pub fn denied_outcome(reason: DenyReason) -> Outcome {
+    if reason == DenyReason::Withheld {
+        return not_found();
+    }
+    let code = reason.code();
+    Outcome::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        code,
+        format!("access denied: {code}"),
+    )
 }
 
 #[cfg(test)]

@@ -7,7 +7,6 @@
 //! `portvagt_config_reloads_total{outcome="error"}`, and the previous one keeps serving.
 //! New connections get the new TLS configuration; open ones keep theirs.
 
-use std::os::unix::fs::MetadataExt as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -18,43 +17,10 @@ use x509_parser::prelude::FromDer as _;
 
 use crate::config::ConfigError;
 use crate::runtime::{Runtime, load_rules};
+use crate::watched::{Fingerprint, fingerprint};
 
 /// How often files are looked at.
 const POLL: Duration = Duration::from_secs(2);
-
-/// What a file looks like from outside: `None` if it is missing.
-pub type Fingerprint = Option<(u64, u64, u64, i64, i64)>;
-
-pub(crate) fn fingerprint(path: &PathBuf) -> Fingerprint {
-    std::fs::metadata(path)
-        .ok()
-        .map(|m| (m.dev(), m.ino(), m.len(), m.mtime(), m.mtime_nsec()))
-}
-
-/// Every file a reload reads, with how it looks now. Taken before the files are read at
-/// start, so a change made while the gateway starts is still seen as one.
-pub fn fingerprints(config: &crate::config::Config) -> Vec<(PathBuf, Fingerprint)> {
-    watched(config)
-        .into_iter()
-        .map(|path| {
-            let print = fingerprint(&path);
-            (path, print)
-        })
-        .collect()
-}
-
-/// Every file a reload reads.
-fn watched(config: &crate::config::Config) -> Vec<PathBuf> {
-    let mut paths = vec![
-        config.tls.cert.clone(),
-        config.tls.key.clone(),
-        config.tls.client_ca.clone(),
-    ];
-    paths.extend(config.tls.crls.iter().cloned());
-    paths.extend(config.issuers.iter().filter_map(|i| i.jwks_file.clone()));
-    paths.extend(config.policy.rules_file.iter().cloned());
-    paths
-}
 
 /// Watches for SIGHUP and changed files, and reloads; runs until the process ends.
 pub async fn watch(runtime: Arc<Runtime>) {
@@ -135,7 +101,7 @@ pub fn reload(runtime: &Runtime) {
             crate::config::Config::load(path)
                 .map_err(|e| e.to_string())
                 .and_then(|config| {
-                    crate::runtime::build_routes(
+                    crate::routing::build_routes(
                         &config,
                         &runtime.fhir_base_path,
                         &runtime.public_base_url,

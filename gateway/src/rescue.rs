@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{HeaderValue, Request, Response, StatusCode, header};
-use portvagt_policy::{ClassifyError, DenyReason};
+use portvagt_policy::ClassifyError;
 use tower::{Layer, Service};
 
 use crate::auth::AuthnError;
+use crate::backend::ProxyError;
 use crate::body::{Body, BoxError};
 use crate::context::RequestRecord;
 use crate::layers::authorize::AccessDenied;
@@ -20,7 +21,6 @@ use crate::layers::request_id::RequestId;
 use crate::layers::{BoxFuture, take_ready};
 use crate::metrics::Metrics;
 use crate::outcome::Outcome;
-use crate::proxy::ProxyError;
 
 /// The realm in `WWW-Authenticate` challenges.
 const REALM: &str = "portvagt";
@@ -151,20 +151,6 @@ pub fn rescue(error: &(dyn std::error::Error + 'static)) -> Rescued {
     ))
 }
 
-/// The answer to a policy denial (also used for denied batch entries).
-pub fn denied_outcome(reason: DenyReason) -> Outcome {
-    if reason == DenyReason::Withheld {
-        return crate::consent::not_found();
-    }
-    let code = reason.code();
-    Outcome::new(
-        StatusCode::FORBIDDEN,
-        "forbidden",
-        code,
-        format!("access denied: {code}"),
-    )
-}
-
 fn plain(outcome: Outcome) -> Rescued {
     Rescued {
         outcome,
@@ -215,7 +201,7 @@ fn rescue_one(error: &(dyn std::error::Error + 'static)) -> Option<Rescued> {
         ))
         .ok();
         return Some(Rescued {
-            outcome: denied_outcome(denied.reason),
+            outcome: crate::outcome::denied_outcome(denied.reason),
             challenge,
             retry_after: None,
         });
@@ -317,7 +303,7 @@ fn rescue_one(error: &(dyn std::error::Error + 'static)) -> Option<Rescued> {
         });
     }
     if error.is::<crate::consent::NotFound>() {
-        return Some(plain(crate::consent::not_found()));
+        return Some(plain(crate::outcome::not_found()));
     }
     if error.is::<crate::consent::ConsentUnavailable>() {
         return Some(Rescued {

@@ -13,13 +13,14 @@ use crate::admin::Admin;
 use crate::audit::Auditor;
 use crate::auth::TokenVerifier;
 use crate::auth::exchange::TokenExchange;
-use crate::config::{BackendConfig, Config, ConfigError};
+use crate::backend::Backend;
+use crate::config::{Config, ConfigError};
 use crate::consent::ConsentStore;
 use crate::layers::authenticate::RouteRules;
 use crate::layers::authorize::SharedRules;
 use crate::layers::rate_limit::RateLimiter;
 use crate::metrics::Metrics;
-use crate::proxy::{Backend, Route, SharedRoutes};
+use crate::routing::{SharedRoutes, build_routes};
 use crate::smart::SmartDocuments;
 
 /// Everything built at start, shared by every connection.
@@ -63,7 +64,7 @@ pub struct Runtime {
     /// The config file, when the runtime was built from one (reload reads it again).
     pub config_path: Option<std::path::PathBuf>,
     /// The files reloads read, as they were when this runtime was built.
-    pub loaded_files: Vec<(std::path::PathBuf, crate::reload::Fingerprint)>,
+    pub loaded_files: Vec<(std::path::PathBuf, crate::watched::Fingerprint)>,
     /// Per-client rate limits, when configured.
     pub rate_limiter: Option<Arc<RateLimiter>>,
 }
@@ -72,7 +73,7 @@ impl Runtime {
     /// Builds the runtime for a listener bound to `local_addr`. Reports every problem found, not
     /// just the first, each naming its config field.
     pub fn build(config: Config, local_addr: SocketAddr) -> Result<Runtime, Vec<ConfigError>> {
-        let loaded_files = crate::reload::fingerprints(&config);
+        let loaded_files = crate::watched::fingerprints(&config);
         let mut errors = Vec::new();
         let public_base_url = config
             .server
@@ -243,7 +244,7 @@ impl Runtime {
     /// again when it changes.
     pub fn watch_config_file(&mut self, path: &std::path::Path) {
         let path = path.to_path_buf();
-        let print = crate::reload::fingerprint(&path);
+        let print = crate::watched::fingerprint(&path);
         self.loaded_files.push((path.clone(), print));
         self.config_path = Some(path);
     }
@@ -257,95 +258,6 @@ impl Runtime {
                 .map_err(|e| ConfigError::new("audit.spool_dir", e.to_string()))?;
         }
         Ok(())
-    }
-}
-
-/// The routes: each `[[upstream]]` (its own FHIR base, or resource types under the main one),
-/// the audit repository for `AuditEvent` (where the shipper puts them, and citizens read their
-/// log), and last the main backend.
-pub(crate) fn build_routes(
-    config: &Config,
-    fhir_base_path: &str,
-    public_base_url: &str,
-    backend: &Arc<Backend>,
-) -> Result<Vec<Route>, Vec<ConfigError>> {
-    let origin = public_base_url
-        .strip_suffix(fhir_base_path)
-        .unwrap_or(public_base_url)
-        .to_owned();
-    let mut routes = Vec::new();
-    let mut errors = Vec::new();
-    for (index, upstream) in config.upstreams.iter().enumerate() {
-        let field = |name: &str| format!("upstream[{index}].{name}");
-        let base_path = match &upstream.path_prefix {
-            None if upstream.resource_types.is_empty() => {
-                errors.push(ConfigError::new(
-                    field("path_prefix"),
-                    "give a path_prefix, resource_types, or both",
-                ));
-                continue;
-            }
-            None => fhir_base_path.to_owned(),
-            Some(prefix) => {
-                let prefix = prefix.trim_end_matches('/');
-                if !prefix.starts_with('/') || prefix == fhir_base_path {
-                    errors.push(ConfigError::new(
-                        field("path_prefix"),
-                        "must be a path of its own, like /fhir/regionh",
-                    ));
-                    continue;
-                }
-                prefix.to_owned()
-            }
-        };
-        for name in &upstream.resource_types {
-            if portvagt_policy::ResourceType::parse(name).is_none() {
-                errors.push(ConfigError::new(
-                    field("resource_types"),
-                    format!("{name:?} is not an R4 resource type"),
-                ));
-            }
-        }
-        match Backend::named(&upstream.backend, &field("backend"), &upstream.name) {
-            Ok(backend) => routes.push(Route::new(
-                base_path.clone(),
-                upstream.resource_types.clone(),
-                Arc::new(backend),
-                &format!("{origin}{base_path}"),
-            )),
-            Err(error) => errors.push(error),
-        }
-    }
-    if let Some(ship) = config.audit.as_ref().and_then(|audit| audit.ship.as_ref()) {
-        let repository = BackendConfig {
-            url: ship.url.clone(),
-            ca_file: ship.ca_file.clone(),
-            client_cert: ship.client_cert.clone(),
-            client_key: ship.client_key.clone(),
-            ..config.backend.clone()
-        };
-        match Backend::named(&repository, "audit.ship", "audit") {
-            Ok(backend) => routes.push(Route::new(
-                fhir_base_path.to_owned(),
-                vec!["AuditEvent".into()],
-                Arc::new(backend),
-                public_base_url,
-            )),
-            Err(error) => errors.push(error),
-        }
-    }
-    // Resource-type routes before the catch-all ones of their base.
-    routes.sort_by_key(|route| route.resource_types.is_empty());
-    routes.push(Route::new(
-        fhir_base_path.to_owned(),
-        Vec::new(),
-        backend.clone(),
-        public_base_url,
-    ));
-    if errors.is_empty() {
-        Ok(routes)
-    } else {
-        Err(errors)
     }
 }
 

@@ -33,12 +33,12 @@ use super::issuer_key::IssuerKey;
 use super::jwks::{self, VerificationKey};
 use super::saml::replay::{MemoryReplayCache, ReplayError, ReplayStore};
 use super::saml::{AssertionPolicy, SamlError, TrustedSigner, VerifiedAssertion};
+use crate::backend::Backend;
 use crate::body::{Body, BoxError, full};
 use crate::config::{ClaimNames, ConfigError, IssuerConfig, TokenExchangeConfig};
 use crate::context::RequestRecord;
 use crate::encoding::form_decode;
 use crate::metrics::Metrics;
-use crate::proxy::Backend;
 use crate::redis::RedisClient;
 use crate::tls::PeerIdentity;
 

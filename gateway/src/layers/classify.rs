@@ -14,24 +14,10 @@ use tower::{Layer, Service};
 use super::{BoxFuture, take_ready};
 use crate::body::{Body, BoxError, empty, full};
 use crate::context::record;
-use crate::proxy::SharedRoutes;
+use crate::routing::{FhirPath, SharedRoutes};
 
 /// `If-None-Exist` (FHIR R4 §3.1.0.8.1 conditional create).
 static IF_NONE_EXIST: HeaderName = HeaderName::from_static("if-none-exist");
-
-/// What the proxy forwards: the canonical path below the FHIR base (as classified, see
-/// [`FhirRequest::path`]) and the raw query.
-#[derive(Debug, Clone)]
-pub struct FhirPath {
-    /// The FHIR base on the gateway the request was under (which route it takes).
-    pub base: String,
-    /// Canonical path relative to the base, without the leading slash (`Patient/1`).
-    pub relative: String,
-    /// The raw query string, if any.
-    pub query: Option<String>,
-    /// For `POST _search`: every parameter, as the form body to forward (the URL then has none).
-    pub form: Option<String>,
-}
 
 /// Classifies FHIR requests below the gateway's FHIR bases (those of the routes in force).
 #[derive(Debug, Clone)]

@@ -56,7 +56,7 @@ pub(crate) fn plan(
             Decision::Deny { reason } => {
                 plan.entries.push(None);
                 plan.denied
-                    .push(Some(crate::rescue::denied_outcome(*reason)));
+                    .push(Some(crate::outcome::denied_outcome(*reason)));
             }
             Decision::Allow { obligations, .. } => {
                 if !obligations.add_params.is_empty()
@@ -132,9 +132,9 @@ fn checked_entry(mut entry: Value, obligations: &Obligations, mode: FilterMode) 
                 *resource = filtered;
                 entry
             }
-            Err(_) => outcome_entry(&crate::rescue::denied_outcome(reason)),
+            Err(_) => outcome_entry(&crate::outcome::denied_outcome(reason)),
         },
-        Filtered::Forbidden => outcome_entry(&crate::rescue::denied_outcome(reason)),
+        Filtered::Forbidden => outcome_entry(&crate::outcome::denied_outcome(reason)),
     }
 }
 

@@ -6,9 +6,7 @@
 //! URLs; other responses stream through. Backend failures never reach the client as they are:
 //! a 5xx becomes the gateway's own 502 (or 503), so stack traces and backend versions stay inside.
 
-mod backend;
 mod bundle;
-pub mod circuit;
 mod consent;
 pub mod headers;
 pub mod rewrite;
@@ -28,11 +26,10 @@ use portvagt_policy::{
 };
 use tower::Service;
 
-pub use self::backend::{Backend, Fetched};
-use self::circuit::CircuitOpen;
 use self::consent::{ConsentContext, Touched, overlaps};
 use self::rewrite::UrlRewriter;
 use crate::auth::Principal;
+pub use crate::backend::{Backend, Fetched, ProxyError};
 use crate::body::{Body, BoxError, boxed, full};
 use crate::config::FilteredEntries;
 use crate::consent::{
@@ -41,9 +38,8 @@ use crate::consent::{
 use crate::context::{EntryRecord, RequestRecord};
 use crate::encoding::form_encode;
 use crate::layers::BoxFuture;
-use crate::layers::classify::FhirPath;
 use crate::metrics::{Metrics, status_class};
-use crate::outcome::Outcome;
+use crate::routing::{FhirPath, SharedRoutes};
 use crate::runtime::Runtime;
 use crate::smart::SmartDocuments;
 use portvagt_policy::consent::{
@@ -54,120 +50,6 @@ use portvagt_policy::request::RequestBody;
 /// The client's address, put into request extensions by the server.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub SocketAddr);
-
-/// Why the backend could not give a usable answer.
-#[derive(Debug, thiserror::Error)]
-pub enum ProxyError {
-    /// No connection to the backend could be made.
-    #[error("the backend is unreachable")]
-    Unreachable(#[source] hyper_util::client::legacy::Error),
-    /// The connection failed while the request or response was under way.
-    #[error("the backend connection failed")]
-    Failed(#[source] hyper_util::client::legacy::Error),
-    /// The backend answered 5xx.
-    #[error("the backend answered {0}")]
-    BackendStatus(StatusCode),
-    /// A response to be rewritten was larger than `limits.max_response_bytes`.
-    #[error("the backend response is too large to process")]
-    ResponseTooLarge,
-    /// A batch or transaction Bundle (request or backend answer) that cannot be mapped entry by
-    /// entry.
-    #[error("a batch or transaction Bundle could not be processed")]
-    MalformedBundle,
-    /// A response body could not be read.
-    #[error("the backend response body failed")]
-    ResponseBody(#[source] BoxError),
-    /// The backend did not answer within `backend.response_timeout`.
-    #[error("the backend did not answer in time")]
-    Timeout,
-    /// The backend's circuit is open after repeated failures.
-    #[error("the backend is failing; requests are paused")]
-    CircuitOpen(CircuitOpen),
-    /// A read the gateway made on its own behalf before forwarding (what a write changes,
-    /// patients by identifier) was answered with something else than 2xx, 404 or 410.
-    #[error("the backend answered {0} to the gateway's own lookup")]
-    LookupFailed(StatusCode),
-    /// A request names more patients by identifier than the gateway looks up for one request.
-    #[error("the request names too many patients by identifier")]
-    TooManyLookups,
-    /// `max_in_flight` requests are already under way to the backend.
-    #[error("the backend has as many requests in flight as it may")]
-    Saturated,
-}
-
-impl ProxyError {
-    /// The answer for the client: the gateway's words, never the backend's.
-    pub fn outcome(&self) -> Outcome {
-        match self {
-            ProxyError::Unreachable(_) => Outcome::new(
-                StatusCode::BAD_GATEWAY,
-                "transient",
-                "backend-unreachable",
-                "the backend FHIR server cannot be reached",
-            ),
-            ProxyError::Failed(_) | ProxyError::ResponseBody(_) => Outcome::new(
-                StatusCode::BAD_GATEWAY,
-                "transient",
-                "backend-failed",
-                "the backend FHIR server connection failed",
-            ),
-            ProxyError::BackendStatus(StatusCode::SERVICE_UNAVAILABLE) => Outcome::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "transient",
-                "backend-unavailable",
-                "the backend FHIR server is unavailable",
-            ),
-            ProxyError::BackendStatus(_) => Outcome::new(
-                StatusCode::BAD_GATEWAY,
-                "exception",
-                "backend-error",
-                "the backend FHIR server failed to process the request",
-            ),
-            ProxyError::MalformedBundle => Outcome::new(
-                StatusCode::BAD_GATEWAY,
-                "exception",
-                "bundle-mismatch",
-                "the backend's batch answer does not match the request",
-            ),
-            ProxyError::Timeout => Outcome::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "timeout",
-                "backend-timeout",
-                "the backend FHIR server did not answer in time",
-            ),
-            ProxyError::LookupFailed(_) => Outcome::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "transient",
-                "lookup-failed",
-                "the gateway could not read what the request touches from the backend FHIR server; retry shortly",
-            ),
-            ProxyError::TooManyLookups => Outcome::new(
-                StatusCode::BAD_REQUEST,
-                "too-costly",
-                "too-many-lookups",
-                "a request may name at most 20 patients by identifier; split it",
-            ),
-            ProxyError::Saturated => Outcome::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "transient",
-                "backend-saturated",
-                "the backend FHIR server has as many requests as the gateway sends it; retry shortly",
-            ),
-            ProxyError::CircuitOpen(_) => Outcome::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "transient",
-                "backend-circuit-open",
-                "the backend FHIR server is failing; requests to it are paused, retry shortly",
-            ),
-            ProxyError::ResponseTooLarge => Outcome::new(
-                StatusCode::BAD_GATEWAY,
-                "too-costly",
-                "response-too-large",
-                "the backend response is larger than the gateway processes; narrow the search or page it",
-            ),
-        }
-    }
-}
 
 /// The innermost service: forwards to the backend.
 #[derive(Debug, Clone)]
@@ -186,50 +68,11 @@ pub struct Proxy {
     routes: SharedRoutes,
 }
 
-/// The routes in force; swapped whole when the config file's `[[upstream]]`s are reloaded.
-pub type SharedRoutes = Arc<arc_swap::ArcSwap<Vec<Route>>>;
-
 /// A backend and the rewriter for the URLs in its answers.
 #[derive(Debug, Clone)]
 struct Upstream {
     backend: Arc<Backend>,
     rewriter: Arc<UrlRewriter>,
-}
-
-/// Where requests go: below the gateway path `base_path` (a FHIR base), for `resource_types`
-/// (all when empty), to `backend`, whose URLs in answers are rewritten to the public base.
-#[derive(Debug, Clone)]
-pub struct Route {
-    /// The FHIR base on the gateway, e.g. `/fhir` or `/fhir/regionh`.
-    pub base_path: String,
-    /// The resource types it takes (all when empty).
-    pub resource_types: Vec<String>,
-    /// The backend.
-    pub backend: Arc<Backend>,
-    rewriter: Arc<UrlRewriter>,
-}
-
-impl Route {
-    /// A route; `public_base` is the URL clients know this base by.
-    pub fn new(
-        base_path: String,
-        resource_types: Vec<String>,
-        backend: Arc<Backend>,
-        public_base: &str,
-    ) -> Route {
-        Route {
-            rewriter: Arc::new(UrlRewriter::new(backend.base_url(), public_base)),
-            base_path,
-            resource_types,
-            backend,
-        }
-    }
-
-    fn takes(&self, base_path: &str, resource_type: Option<&str>) -> bool {
-        self.base_path == base_path
-            && (self.resource_types.is_empty()
-                || resource_type.is_some_and(|t| self.resource_types.iter().any(|r| r == t)))
-    }
 }
 
 impl Proxy {
@@ -314,17 +157,6 @@ pub(crate) fn with_params(url: &str, params: &[(String, String)]) -> String {
         Some((path, query)) => format!("{path}?{}", append_params(query, params)),
         None => format!("{url}?{}", append_params("", params)),
     }
-}
-
-pub(super) fn caused_by_body_limit(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current = Some(error);
-    while let Some(error) = current {
-        if error.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        current = error.source();
-    }
-    false
 }
 
 impl Proxy {

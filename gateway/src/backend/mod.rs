@@ -12,8 +12,12 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use super::circuit::{CircuitBreaker, CircuitState};
-use super::{ProxyError, caused_by_body_limit};
+pub mod circuit;
+mod error;
+
+use self::circuit::{CircuitBreaker, CircuitState};
+pub use self::error::ProxyError;
+pub(crate) use self::error::caused_by_body_limit;
 use crate::auth::https::{ClientIdentity, client_tls};
 use crate::body::{Body, BoxError, empty};
 use crate::config::{BackendConfig, ConfigError};
@@ -27,7 +31,7 @@ pub struct Backend {
     name: String,
     in_flight: tokio::sync::Semaphore,
     max_in_flight: usize,
-    pub(super) client: Client<HttpsConnector<HttpConnector>, Body>,
+    pub(crate) client: Client<HttpsConnector<HttpConnector>, Body>,
     circuit: CircuitBreaker,
     response_timeout: Duration,
     retries: u32,
@@ -35,7 +39,7 @@ pub struct Backend {
     authority: Authority,
     base_path: String,
     base_url: String,
-    pub(super) forward_authorization: bool,
+    pub(crate) forward_authorization: bool,
 }
 
 impl Backend {
@@ -130,7 +134,7 @@ impl Backend {
 
     /// Sends a request through the circuit breaker, with the response timeout, retrying a GET
     /// or HEAD whose connection failed (its body is empty, so it can be sent again).
-    pub(super) async fn send(
+    pub(crate) async fn send(
         &self,
         request: Request<Body>,
         metrics: &Metrics,
@@ -211,7 +215,7 @@ impl Backend {
         }
     }
 
-    pub(super) fn uri(&self, relative: &str, query: Option<&str>) -> Result<Uri, http::Error> {
+    pub(crate) fn uri(&self, relative: &str, query: Option<&str>) -> Result<Uri, http::Error> {
         let path = match query {
             Some(query) => format!("{}/{relative}?{query}", self.base_path),
             None => format!("{}/{relative}", self.base_path),
