@@ -40,12 +40,12 @@ pub const BREAK_GLASS_HEADER: &str = "x-portvagt-break-glass-reason";
 /// like, so that existence tells nothing either.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("the resource was not found")]
-pub struct NotFound;
+pub struct NotFoundError;
 
 /// Consents could not be loaded: the access is refused (503), never let through unchecked.
 #[derive(Debug, thiserror::Error)]
 #[error("the patients' consents could not be checked")]
-pub struct ConsentUnavailable;
+pub struct ConsentUnavailableError;
 
 /// The blocks of each patient, loaded from the backend and cached.
 #[derive(Debug)]
@@ -84,7 +84,7 @@ impl ConsentStore {
         &self,
         backend: &Backend,
         patients: &[String],
-    ) -> Result<PatientBlocks, ConsentUnavailable> {
+    ) -> Result<PatientBlocks, ConsentUnavailableError> {
         let name = backend.name();
         let now = Instant::now();
         let mut found = HashMap::new();
@@ -163,7 +163,7 @@ impl ConsentStore {
         &self,
         backend: &Backend,
         caller: &CallerIds,
-    ) -> Result<Arc<CallerIds>, ConsentUnavailable> {
+    ) -> Result<Arc<CallerIds>, ConsentUnavailableError> {
         let mut key = vec![(backend.name().to_owned(), String::new())];
         key.extend(caller.identifiers.iter().cloned());
         key.extend(caller.references.iter().map(|r| (String::new(), r.clone())));
@@ -205,7 +205,7 @@ impl ConsentStore {
         practitioners.sort();
         practitioners.dedup();
         if practitioners.len() > MAX_IDENTITY_READS {
-            return Err(ConsentUnavailable);
+            return Err(ConsentUnavailableError);
         }
         let mut linked = Vec::new();
         for practitioner in practitioners {
@@ -240,7 +240,7 @@ impl ConsentStore {
                 }
                 // A caller linked to more than this is not followed halfway: refused.
                 if seen.len() > MAX_IDENTITY_READS {
-                    return Err(ConsentUnavailable);
+                    return Err(ConsentUnavailableError);
                 }
                 let Some(resource) = self.fetch(backend, &relative, None).await? else {
                     continue;
@@ -274,7 +274,7 @@ impl ConsentStore {
         &self,
         backend: &Backend,
         patients: &[String],
-    ) -> Result<Vec<Value>, ConsentUnavailable> {
+    ) -> Result<Vec<Value>, ConsentUnavailableError> {
         let references: Vec<String> = patients.iter().map(|p| format!("Patient/{p}")).collect();
         let query = format!(
             "patient={}&status=active&_count=1000",
@@ -284,10 +284,10 @@ impl ConsentStore {
             .fetch_limited(backend, "Consent", Some(&query), 8 * 1024 * 1024)
             .await?
             .filter(|b| b.get("resourceType").and_then(Value::as_str) == Some("Bundle"))
-            .ok_or(ConsentUnavailable)?;
+            .ok_or(ConsentUnavailableError)?;
         let more_pages = has_next_page(&bundle);
         if more_pages {
-            return Err(ConsentUnavailable);
+            return Err(ConsentUnavailableError);
         }
         Ok(bundle_resources(&bundle).cloned().collect())
     }
@@ -299,11 +299,11 @@ impl ConsentStore {
         backend: &Backend,
         resource_type: &str,
         query: &str,
-    ) -> Result<Option<Value>, ConsentUnavailable> {
+    ) -> Result<Option<Value>, ConsentUnavailableError> {
         let bundle = self.fetch(backend, resource_type, Some(query)).await?;
         let more = bundle.as_ref().is_some_and(has_next_page);
         if more {
-            return Err(ConsentUnavailable);
+            return Err(ConsentUnavailableError);
         }
         Ok(bundle)
     }
@@ -313,7 +313,7 @@ impl ConsentStore {
         backend: &Backend,
         relative: &str,
         query: Option<&str>,
-    ) -> Result<Option<Value>, ConsentUnavailable> {
+    ) -> Result<Option<Value>, ConsentUnavailableError> {
         self.fetch_limited(backend, relative, query, 1024 * 1024)
             .await
     }
@@ -324,14 +324,14 @@ impl ConsentStore {
         relative: &str,
         query: Option<&str>,
         limit: usize,
-    ) -> Result<Option<Value>, ConsentUnavailable> {
+    ) -> Result<Option<Value>, ConsentUnavailableError> {
         match backend
             .fetch_json(relative, query, limit, &self.metrics)
             .await
         {
             Ok(Fetched::Found(value)) => Ok(Some(value)),
             Ok(Fetched::Missing) => Ok(None),
-            Err(_) => Err(ConsentUnavailable),
+            Err(_) => Err(ConsentUnavailableError),
         }
     }
 }

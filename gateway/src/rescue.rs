@@ -13,10 +13,10 @@ use crate::auth::AuthnError;
 use crate::backend::ProxyError;
 use crate::body::{Body, BoxError};
 use crate::context::RequestRecord;
-use crate::layers::authorize::AccessDenied;
-use crate::layers::body_limit::{BodyTooLarge, ClientBodyError};
-use crate::layers::classify::SearchBodyNotForm;
-use crate::layers::framing::BadFraming;
+use crate::layers::authorize::AccessDeniedError;
+use crate::layers::body_limit::{BodyTooLargeError, ClientBodyError};
+use crate::layers::classify::SearchBodyNotFormError;
+use crate::layers::framing::FramingError;
 use crate::layers::request_id::RequestId;
 use crate::layers::{BoxFuture, take_ready};
 use crate::metrics::Metrics;
@@ -194,7 +194,7 @@ fn rescue_one(error: &(dyn std::error::Error + 'static)) -> Option<Rescued> {
             retry_after: None,
         });
     }
-    if let Some(denied) = error.downcast_ref::<AccessDenied>() {
+    if let Some(denied) = error.downcast_ref::<AccessDeniedError>() {
         let code = denied.reason.code();
         let challenge = HeaderValue::try_from(format!(
             "Bearer realm=\"{REALM}\", error=\"insufficient_scope\", error_description=\"{code}\""
@@ -230,7 +230,7 @@ fn rescue_one(error: &(dyn std::error::Error + 'static)) -> Option<Rescued> {
             "the request body could not be read (broken chunked encoding, or cut short)",
         )));
     }
-    if let Some(refused) = error.downcast_ref::<BadFraming>() {
+    if let Some(refused) = error.downcast_ref::<FramingError>() {
         let kind = if refused.status == StatusCode::METHOD_NOT_ALLOWED {
             "not-supported"
         } else {
@@ -243,7 +243,7 @@ fn rescue_one(error: &(dyn std::error::Error + 'static)) -> Option<Rescued> {
             refused.message,
         )));
     }
-    if error.is::<SearchBodyNotForm>() {
+    if error.is::<SearchBodyNotFormError>() {
         return Some(plain(Outcome::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "not-supported",
@@ -251,7 +251,7 @@ fn rescue_one(error: &(dyn std::error::Error + 'static)) -> Option<Rescued> {
             error.to_string(),
         )));
     }
-    if error.is::<BodyTooLarge>() || error.is::<http_body_util::LengthLimitError>() {
+    if error.is::<BodyTooLargeError>() || error.is::<http_body_util::LengthLimitError>() {
         return Some(plain(Outcome::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too-costly",
@@ -290,7 +290,7 @@ fn rescue_one(error: &(dyn std::error::Error + 'static)) -> Option<Rescued> {
             retry_after,
         });
     }
-    if let Some(limited) = error.downcast_ref::<crate::layers::rate_limit::RateLimited>() {
+    if let Some(limited) = error.downcast_ref::<crate::layers::rate_limit::RateLimitedError>() {
         return Some(Rescued {
             outcome: Outcome::new(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -302,10 +302,10 @@ fn rescue_one(error: &(dyn std::error::Error + 'static)) -> Option<Rescued> {
             retry_after: Some(limited.retry_after),
         });
     }
-    if error.is::<crate::consent::NotFound>() {
+    if error.is::<crate::consent::NotFoundError>() {
         return Some(plain(crate::outcome::not_found()));
     }
-    if error.is::<crate::consent::ConsentUnavailable>() {
+    if error.is::<crate::consent::ConsentUnavailableError>() {
         return Some(Rescued {
             outcome: Outcome::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -317,7 +317,7 @@ fn rescue_one(error: &(dyn std::error::Error + 'static)) -> Option<Rescued> {
             retry_after: Some(5),
         });
     }
-    if error.is::<crate::audit::AuditUnavailable>() {
+    if error.is::<crate::audit::AuditUnavailableError>() {
         return Some(Rescued {
             outcome: Outcome::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -361,9 +361,9 @@ mod tests {
     fn wrapped_errors_are_found_through_the_source_chain() {
         #[derive(Debug, thiserror::Error)]
         #[error("outer")]
-        struct Outer(#[source] BodyTooLarge);
+        struct Outer(#[source] BodyTooLargeError);
         assert_eq!(
-            rescue(&Outer(BodyTooLarge)).outcome.status,
+            rescue(&Outer(BodyTooLargeError)).outcome.status,
             StatusCode::PAYLOAD_TOO_LARGE
         );
     }

@@ -32,7 +32,7 @@ const DURABLE_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
 /// The audit record of a request could not be made durable: the request is answered 503.
 #[derive(Debug, thiserror::Error)]
 #[error("the access could not be recorded in the audit trail")]
-pub struct AuditUnavailable;
+pub struct AuditUnavailableError;
 
 /// Writes audit records. Built once at start.
 #[derive(Debug)]
@@ -142,13 +142,13 @@ impl Auditor {
     }
 
     /// Records one access: its AuditEvents are durable when this returns `Ok`.
-    pub async fn record(&self, facts: &AccessFacts<'_>) -> Result<(), AuditUnavailable> {
+    pub async fn record(&self, facts: &AccessFacts<'_>) -> Result<(), AuditUnavailableError> {
         self.record_all(std::slice::from_ref(facts)).await
     }
 
     /// Records several accesses made by one request (a batch's entries) in one append: all of
     /// them are on disk, or none is acknowledged.
-    pub async fn record_all(&self, all: &[AccessFacts<'_>]) -> Result<(), AuditUnavailable> {
+    pub async fn record_all(&self, all: &[AccessFacts<'_>]) -> Result<(), AuditUnavailableError> {
         let Some(spool) = self.spool.get() else {
             return self.failed(&SpoolError::Stopped);
         };
@@ -175,7 +175,7 @@ impl Auditor {
         }
     }
 
-    fn failed(&self, error: &SpoolError) -> Result<(), AuditUnavailable> {
+    fn failed(&self, error: &SpoolError) -> Result<(), AuditUnavailableError> {
         self.metrics.audit_write_failures.inc();
         if self.fail_open {
             tracing::error!(
@@ -186,7 +186,7 @@ impl Auditor {
             Ok(())
         } else {
             tracing::error!(%error, "audit spool unavailable: answering 503");
-            Err(AuditUnavailable)
+            Err(AuditUnavailableError)
         }
     }
 

@@ -99,7 +99,7 @@ pub struct Restart {
 /// The first place the chain is broken.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{segment}, line {line}: {problem}")]
-pub struct ChainBroken {
+pub struct ChainBrokenError {
     /// The segment file.
     pub segment: String,
     /// The line within it (1 = the header).
@@ -122,8 +122,8 @@ fn someone_writes(dir: &Path) -> bool {
 }
 
 /// Verifies the spool in `dir`.
-pub fn verify(dir: &Path, check: Check<'_>) -> Result<ChainReport, ChainBroken> {
-    let broken = |segment: &Path, line: u64, problem: String| ChainBroken {
+pub fn verify(dir: &Path, check: Check<'_>) -> Result<ChainReport, ChainBrokenError> {
+    let broken = |segment: &Path, line: u64, problem: String| ChainBrokenError {
         segment: segment.display().to_string(),
         line,
         problem,
@@ -374,8 +374,8 @@ pub fn check_anchor(
     report: &ChainReport,
     keys: &SealKeys,
     jws: &str,
-) -> Result<(), ChainBroken> {
-    let broken = |problem: String| ChainBroken {
+) -> Result<(), ChainBrokenError> {
+    let broken = |problem: String| ChainBrokenError {
         segment: dir.display().to_string(),
         line: 0,
         problem,

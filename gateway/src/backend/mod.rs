@@ -22,7 +22,7 @@ use crate::auth::https::{ClientIdentity, client_tls};
 use crate::body::{Body, BoxError, empty};
 use crate::config::{BackendConfig, ConfigError};
 use crate::encoding::form_encode;
-use crate::layers::body_limit::BodyTooLarge;
+use crate::layers::body_limit::BodyTooLargeError;
 use crate::metrics::Metrics;
 
 /// The backend FHIR server and the pooled client that reaches it.
@@ -193,7 +193,7 @@ impl Backend {
                 Ok(Err(error)) => {
                     if caused_by_body_limit(&error) {
                         // The client's streamed body outgrew the limit: not the backend's fault.
-                        return Err(BodyTooLarge.into());
+                        return Err(BodyTooLargeError.into());
                     }
                     failed(self.circuit.failure(Instant::now()));
                     if template.is_some() && attempt < self.retries {

@@ -13,7 +13,7 @@ use tower::{Layer, Service};
 use super::request_id::RequestId;
 use super::{BoxFuture, take_ready};
 use crate::audit::event::{AccessFacts, AccessKind};
-use crate::audit::{AuditUnavailable, Auditor};
+use crate::audit::{AuditUnavailableError, Auditor};
 use crate::auth::Principal;
 use crate::body::{Body, BoxError};
 use crate::context::RequestRecord;
@@ -164,10 +164,13 @@ where
             auditor
                 .record_all(&all)
                 .await
-                .map_err(|AuditUnavailable| -> BoxError { AuditUnavailable.into() })?;
+                .map_err(|AuditUnavailableError| -> BoxError { AuditUnavailableError.into() })?;
             result
         });
-        Box::pin(async move { task.await.unwrap_or_else(|_| Err(AuditUnavailable.into())) })
+        Box::pin(async move {
+            task.await
+                .unwrap_or_else(|_| Err(AuditUnavailableError.into()))
+        })
     }
 }
 

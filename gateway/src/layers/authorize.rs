@@ -1,5 +1,5 @@
 //! Authorization: asks `portvagt_policy::decide` and lets only allowed requests through.
-//! A denial becomes [`AccessDenied`], which [`crate::rescue`] answers with 403.
+//! A denial becomes [`AccessDeniedError`], which [`crate::rescue`] answers with 403.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -20,7 +20,7 @@ use crate::metrics::Metrics;
 /// The policy said no.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("access denied: {reason}")]
-pub struct AccessDenied {
+pub struct AccessDeniedError {
     /// Why.
     pub reason: DenyReason,
 }
@@ -164,7 +164,7 @@ where
                     .access_denied
                     .with_label_values(&[reason.code()])
                     .inc();
-                return Box::pin(std::future::ready(Err(AccessDenied { reason }.into())));
+                return Box::pin(std::future::ready(Err(AccessDeniedError { reason }.into())));
             }
         }
         request.extensions_mut().insert(decision);

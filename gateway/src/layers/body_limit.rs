@@ -13,7 +13,7 @@ use crate::body::{Body, BoxError, boxed};
 /// The declared body is larger than the limit.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("request body too large")]
-pub struct BodyTooLarge;
+pub struct BodyTooLargeError;
 
 /// The client's request body could not be read: broken chunked framing, a connection cut
 /// mid-body. The client's fault, answered 400, never 500 (and not 502 when the body was being
@@ -73,7 +73,7 @@ where
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|len| len > self.max_bytes) {
-            return Box::pin(std::future::ready(Err(BodyTooLarge.into())));
+            return Box::pin(std::future::ready(Err(BodyTooLargeError.into())));
         }
         let limit = usize::try_from(self.max_bytes).unwrap_or(usize::MAX);
         let request = request.map(|body| {

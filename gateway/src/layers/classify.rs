@@ -62,7 +62,7 @@ fn relative_path<'a>(base: &str, path: &'a str) -> Option<&'a str> {
 /// A `POST _search` whose body is not a form.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("a POST _search body must be application/x-www-form-urlencoded")]
-pub struct SearchBodyNotForm;
+pub struct SearchBodyNotFormError;
 
 fn is_post_search(method: &http::Method, fhir: &FhirRequest) -> bool {
     method == http::Method::POST
@@ -184,7 +184,7 @@ async fn canonical_search_form(
         });
     let bytes = body.collect().await?.to_bytes();
     if !is_form && !bytes.is_empty() {
-        return Err(SearchBodyNotForm.into());
+        return Err(SearchBodyNotFormError.into());
     }
     let form = std::str::from_utf8(&bytes).map_err(|_| ClassifyError::BadEncoding)?;
     fhir.add_form_params(parse_form(form)?)?;

@@ -25,13 +25,13 @@ use tower::{Layer, Service};
 use super::{BoxFuture, take_ready};
 use crate::body::{Body, BoxError};
 
-/// The detail codes of [`BadFraming`]; the rescue layer closes the connection after them.
+/// The detail codes of [`FramingError`]; the rescue layer closes the connection after them.
 pub const CLOSE_AFTER: [&str; 3] = ["bad-host", "absolute-form", "method-not-allowed"];
 
 /// A request refused for its framing or target.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("{message}")]
-pub struct BadFraming {
+pub struct FramingError {
     /// One of [`CLOSE_AFTER`].
     pub code: &'static str,
     /// 400 or 405.
@@ -41,10 +41,10 @@ pub struct BadFraming {
 }
 
 /// Why `request` must be refused, if it must.
-pub fn check<B>(request: &Request<B>) -> Result<(), BadFraming> {
+pub fn check<B>(request: &Request<B>) -> Result<(), FramingError> {
     let headers = request.headers();
     if matches!(*request.method(), Method::CONNECT | Method::TRACE) {
-        return Err(BadFraming {
+        return Err(FramingError {
             code: "method-not-allowed",
             status: StatusCode::METHOD_NOT_ALLOWED,
             message: "CONNECT and TRACE are not served",
@@ -52,14 +52,14 @@ pub fn check<B>(request: &Request<B>) -> Result<(), BadFraming> {
     }
     if request.version() == Version::HTTP_11 {
         if headers.get_all(header::HOST).iter().count() != 1 {
-            return Err(BadFraming {
+            return Err(FramingError {
                 code: "bad-host",
                 status: StatusCode::BAD_REQUEST,
                 message: "an HTTP/1.1 request needs exactly one Host header",
             });
         }
         if request.uri().scheme().is_some() {
-            return Err(BadFraming {
+            return Err(FramingError {
                 code: "absolute-form",
                 status: StatusCode::BAD_REQUEST,
                 message: "send the request target as a path (origin form), not a full URL",

@@ -24,7 +24,7 @@ use crate::tls::PeerIdentity;
 /// Over the limit: answered 429.
 #[derive(Debug, thiserror::Error)]
 #[error("too many requests from this client")]
-pub struct RateLimited {
+pub struct RateLimitedError {
     /// Seconds until the window ends.
     pub retry_after: u64,
 }
@@ -77,7 +77,7 @@ impl RateLimiter {
     }
 
     /// Counts one request of `client`; refuses it beyond the limit.
-    async fn admit(&self, client: &str) -> Result<(), RateLimited> {
+    async fn admit(&self, client: &str) -> Result<(), RateLimitedError> {
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
@@ -94,7 +94,7 @@ impl RateLimiter {
         };
         if count > self.requests {
             self.metrics.rate_limited.inc();
-            return Err(RateLimited { retry_after });
+            return Err(RateLimitedError { retry_after });
         }
         Ok(())
     }

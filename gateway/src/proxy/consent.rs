@@ -18,7 +18,7 @@ use super::{Proxy, ProxyError, Upstream, append_params};
 use crate::body::BoxError;
 use crate::consent::ConsentStore;
 use crate::context::RequestRecord;
-use crate::layers::authorize::AccessDenied;
+use crate::layers::authorize::AccessDeniedError;
 use crate::proxy::{Backend, Fetched};
 
 /// The caller as consent sees them, for one request.
@@ -403,7 +403,7 @@ impl Proxy {
         record_handle: Option<&RequestRecord>,
     ) -> BoxError {
         let _ = self.deny(DenyReason::ConsentBlock, record_handle, Some(patients));
-        crate::consent::NotFound.into()
+        crate::consent::NotFoundError.into()
     }
 
     /// A refusal: recorded (decision, reason, and the patients whose logs must show the
@@ -426,7 +426,7 @@ impl Proxy {
             .access_denied
             .with_label_values(&[reason.code()])
             .inc();
-        AccessDenied { reason }.into()
+        AccessDeniedError { reason }.into()
     }
 }
 

@@ -384,7 +384,7 @@ impl Proxy {
             && (status == StatusCode::NOT_FOUND || status == StatusCode::GONE)
             && answers_not_found(fhir.interaction())
         {
-            return Err(crate::consent::NotFound.into());
+            return Err(crate::consent::NotFoundError.into());
         }
         if status.is_server_error() {
             tracing::warn!(
@@ -525,7 +525,7 @@ impl Proxy {
                 Ok(answer) => Some(answer),
                 // What cannot be read cannot be checked against consents: refused.
                 Err(_) if consent.is_some() => {
-                    return Err(crate::consent::ConsentUnavailable.into());
+                    return Err(crate::consent::ConsentUnavailableError.into());
                 }
                 Err(_) => None,
             }
