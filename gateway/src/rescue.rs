@@ -151,6 +151,78 @@ pub fn rescue(error: &(dyn std::error::Error + 'static)) -> Rescued {
     ))
 }
 
+/// The answer for a backend failure: the gateway's words, never the backend's.
+fn backend_outcome(error: &ProxyError) -> Outcome {
+    match error {
+        ProxyError::Unreachable(_) => Outcome::new(
+            StatusCode::BAD_GATEWAY,
+            "transient",
+            "backend-unreachable",
+            "the backend FHIR server cannot be reached",
+        ),
+        ProxyError::Failed(_) | ProxyError::ResponseBody(_) => Outcome::new(
+            StatusCode::BAD_GATEWAY,
+            "transient",
+            "backend-failed",
+            "the backend FHIR server connection failed",
+        ),
+        ProxyError::BackendStatus(StatusCode::SERVICE_UNAVAILABLE) => Outcome::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "transient",
+            "backend-unavailable",
+            "the backend FHIR server is unavailable",
+        ),
+        ProxyError::BackendStatus(_) => Outcome::new(
+            StatusCode::BAD_GATEWAY,
+            "exception",
+            "backend-error",
+            "the backend FHIR server failed to process the request",
+        ),
+        ProxyError::MalformedBundle => Outcome::new(
+            StatusCode::BAD_GATEWAY,
+            "exception",
+            "bundle-mismatch",
+            "the backend's batch answer does not match the request",
+        ),
+        ProxyError::Timeout => Outcome::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            "backend-timeout",
+            "the backend FHIR server did not answer in time",
+        ),
+        ProxyError::LookupFailed(_) => Outcome::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "transient",
+            "lookup-failed",
+            "the gateway could not read what the request touches from the backend FHIR server; retry shortly",
+        ),
+        ProxyError::TooManyLookups => Outcome::new(
+            StatusCode::BAD_REQUEST,
+            "too-costly",
+            "too-many-lookups",
+            "a request may name at most 20 patients by identifier; split it",
+        ),
+        ProxyError::Saturated => Outcome::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "transient",
+            "backend-saturated",
+            "the backend FHIR server has as many requests as the gateway sends it; retry shortly",
+        ),
+        ProxyError::CircuitOpen(_) => Outcome::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "transient",
+            "backend-circuit-open",
+            "the backend FHIR server is failing; requests to it are paused, retry shortly",
+        ),
+        ProxyError::ResponseTooLarge => Outcome::new(
+            StatusCode::BAD_GATEWAY,
+            "too-costly",
+            "response-too-large",
+            "the backend response is larger than the gateway processes; narrow the search or page it",
+        ),
+    }
+}
+
 fn plain(outcome: Outcome) -> Rescued {
     Rescued {
         outcome,
@@ -285,7 +357,7 @@ fn rescue_one(error: &(dyn std::error::Error + 'static)) -> Option<Rescued> {
             _ => None,
         };
         return Some(Rescued {
-            outcome: error.outcome(),
+            outcome: backend_outcome(error),
             challenge: None,
             retry_after,
         });

@@ -4,7 +4,6 @@ use http::StatusCode;
 
 use super::circuit::CircuitOpen;
 use crate::body::BoxError;
-use crate::outcome::Outcome;
 
 /// Why the backend could not give a usable answer.
 #[derive(Debug, thiserror::Error)]
@@ -44,80 +43,6 @@ pub enum ProxyError {
     /// `max_in_flight` requests are already under way to the backend.
     #[error("the backend has as many requests in flight as it may")]
     Saturated,
-}
-
-impl ProxyError {
-    /// The answer for the client: the gateway's words, never the backend's.
-    pub fn outcome(&self) -> Outcome {
-        match self {
-            ProxyError::Unreachable(_) => Outcome::new(
-                StatusCode::BAD_GATEWAY,
-                "transient",
-                "backend-unreachable",
-                "the backend FHIR server cannot be reached",
-            ),
-            ProxyError::Failed(_) | ProxyError::ResponseBody(_) => Outcome::new(
-                StatusCode::BAD_GATEWAY,
-                "transient",
-                "backend-failed",
-                "the backend FHIR server connection failed",
-            ),
-            ProxyError::BackendStatus(StatusCode::SERVICE_UNAVAILABLE) => Outcome::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "transient",
-                "backend-unavailable",
-                "the backend FHIR server is unavailable",
-            ),
-            ProxyError::BackendStatus(_) => Outcome::new(
-                StatusCode::BAD_GATEWAY,
-                "exception",
-                "backend-error",
-                "the backend FHIR server failed to process the request",
-            ),
-            ProxyError::MalformedBundle => Outcome::new(
-                StatusCode::BAD_GATEWAY,
-                "exception",
-                "bundle-mismatch",
-                "the backend's batch answer does not match the request",
-            ),
-            ProxyError::Timeout => Outcome::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "timeout",
-                "backend-timeout",
-                "the backend FHIR server did not answer in time",
-            ),
-            ProxyError::LookupFailed(_) => Outcome::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "transient",
-                "lookup-failed",
-                "the gateway could not read what the request touches from the backend FHIR server; retry shortly",
-            ),
-            ProxyError::TooManyLookups => Outcome::new(
-                StatusCode::BAD_REQUEST,
-                "too-costly",
-                "too-many-lookups",
-                "a request may name at most 20 patients by identifier; split it",
-            ),
-            ProxyError::Saturated => Outcome::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "transient",
-                "backend-saturated",
-                "the backend FHIR server has as many requests as the gateway sends it; retry shortly",
-            ),
-            ProxyError::CircuitOpen(_) => Outcome::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "transient",
-                "backend-circuit-open",
-                "the backend FHIR server is failing; requests to it are paused, retry shortly",
-            ),
-            ProxyError::ResponseTooLarge => Outcome::new(
-                StatusCode::BAD_GATEWAY,
-                "too-costly",
-                "response-too-large",
-                "the backend response is larger than the gateway processes; narrow the search or page it",
-            ),
-        }
-    }
 }
 
 /// Whether `error` (or a cause of it) is a body over its limit.
