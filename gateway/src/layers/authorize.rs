@@ -14,7 +14,7 @@ use tower::{Layer, Service};
 use super::{BoxFuture, take_ready};
 use crate::auth::Principal;
 use crate::body::BoxError;
-use crate::context::record;
+use crate::context::{RequestRecord, record};
 use crate::metrics::Metrics;
 
 /// The policy said no.
@@ -155,22 +155,49 @@ where
         match &decision {
             Decision::Allow { .. } => record(&request, |fields| fields.decision = Some("allow")),
             Decision::Deny { reason } => {
-                let reason = *reason;
-                record(&request, |fields| {
-                    fields.decision = Some("deny");
-                    fields.reason = Some(reason.code());
-                });
-                self.metrics
-                    .access_denied
-                    .with_label_values(&[reason.code()])
-                    .inc();
-                return Box::pin(std::future::ready(Err(AccessDeniedError { reason }.into())));
+                let refused = refuse(
+                    &self.metrics,
+                    *reason,
+                    request.extensions().get::<RequestRecord>(),
+                    None,
+                );
+                return Box::pin(std::future::ready(Err(refused)));
             }
         }
         request.extensions_mut().insert(decision);
         let mut inner = take_ready(&mut self.inner);
         Box::pin(async move { inner.call(request).await })
     }
+}
+
+/// A refusal, booked in the one way every refusal is: recorded on the request (decision,
+/// reason, and the patients whose logs must show the attempt), counted in
+/// `portvagt_access_denied_total`, and returned as the error the rescue layer answers.
+pub(crate) fn refuse(
+    metrics: &Metrics,
+    reason: DenyReason,
+    record: Option<&RequestRecord>,
+    patients: Option<&[String]>,
+) -> BoxError {
+    if let Some(record) = record {
+        let mut fields = record.fields();
+        fields.decision = Some("deny");
+        fields.reason = Some(reason.code());
+        if let Some(patients) = patients {
+            fields.patients = patients.to_vec();
+        }
+    }
+    count_refusal(metrics, reason);
+    AccessDeniedError { reason }.into()
+}
+
+/// Counts a refusal in `portvagt_access_denied_total` (batch entries refused one by one are
+/// counted without failing their request).
+pub(crate) fn count_refusal(metrics: &Metrics, reason: DenyReason) {
+    metrics
+        .access_denied
+        .with_label_values(&[reason.code()])
+        .inc();
 }
 
 /// Whether the caller is the patient in their own context: `fhirUser` names that Patient

@@ -18,7 +18,7 @@ use super::{Proxy, ProxyError, Upstream, append_params};
 use crate::body::BoxError;
 use crate::consent::ConsentStore;
 use crate::context::RequestRecord;
-use crate::layers::authorize::AccessDeniedError;
+use crate::layers::authorize::{count_refusal, refuse};
 use crate::proxy::{Backend, Fetched};
 
 /// The caller as consent sees them, for one request.
@@ -293,10 +293,7 @@ impl Proxy {
                 (true, false) => DenyReason::ConsentBlock,
                 (false, _) => DenyReason::Withheld,
             };
-            self.metrics
-                .access_denied
-                .with_label_values(&[reason.code()])
-                .inc();
+            count_refusal(&self.metrics, reason);
             refused.push((*index, reason));
         }
         Ok(refused)
@@ -414,19 +411,7 @@ impl Proxy {
         record_handle: Option<&RequestRecord>,
         patients: Option<&[String]>,
     ) -> BoxError {
-        if let Some(record_handle) = record_handle {
-            let mut fields = record_handle.fields();
-            fields.decision = Some("deny");
-            fields.reason = Some(reason.code());
-            if let Some(patients) = patients {
-                fields.patients = patients.to_vec();
-            }
-        }
-        self.metrics
-            .access_denied
-            .with_label_values(&[reason.code()])
-            .inc();
-        AccessDeniedError { reason }.into()
+        refuse(&self.metrics, reason, record_handle, patients)
     }
 }
 
