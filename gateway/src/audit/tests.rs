@@ -908,3 +908,54 @@ async fn a_sealed_spool_ships_only_what_a_seal_read_with_it_vouches_for() {
         .unwrap();
     assert!(matches!(error, ReadError::Broken(_)), "{error}");
 }
+
+#[test]
+fn a_seal_key_or_jwks_that_cannot_serve_is_a_config_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+    let config = |extra: &str| -> crate::config::AuditConfig {
+        toml::from_str(&format!(
+            "spool_dir = \"{}\"\n{extra}",
+            dir.path().join("spool").display()
+        ))
+        .unwrap()
+    };
+    let field = |extra: &str| {
+        super::Auditor::new(&config(extra), "https://gw", metrics.clone())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    std::fs::write(dir.path().join("not-a-key.pem"), "nonsense").unwrap();
+    let missing = field("seal_key = \"/nonexistent/seal.key\"");
+    assert!(missing.contains("audit.seal_key"), "{missing}");
+    let bad = field(&format!(
+        "seal_key = \"{}\"",
+        dir.path().join("not-a-key.pem").display()
+    ));
+    assert!(bad.contains("audit.seal_key"), "{bad}");
+    let alone = field("seal_jwks = \"/nonexistent/jwks.json\"");
+    assert!(alone.contains("audit.seal_jwks"), "{alone}");
+    // The seal key's kid given to another key in seal_jwks.
+    let key = crate::auth::issuer_key::IssuerKey::generate("audit-seal-1").unwrap();
+    let other = crate::auth::issuer_key::IssuerKey::generate("audit-seal-1").unwrap();
+    std::fs::write(dir.path().join("seal.key"), key.pem()).unwrap();
+    std::fs::write(dir.path().join("other.json"), other.jwks()).unwrap();
+    let clash = field(&format!(
+        "seal_key = \"{}\"\nseal_jwks = \"{}\"",
+        dir.path().join("seal.key").display(),
+        dir.path().join("other.json").display()
+    ));
+    assert!(
+        clash.contains("audit.seal_jwks") && clash.contains("kid"),
+        "{clash}"
+    );
+    assert_eq!(
+        field(&format!(
+            "seal_key = \"{}\"",
+            dir.path().join("seal.key").display()
+        )),
+        "",
+        "a good key is taken"
+    );
+}
