@@ -1,0 +1,271 @@
+//! The request phase: what the proxy does before anything reaches the backend. It takes the
+//! classified, authorised request, finds the route, narrows the search, reads the target of a
+//! patient-context write, works out whose data the request touches and checks citizens'
+//! blocks against it, plans a batch (answering entries the gateway refuses itself), and builds
+//! the request the backend gets.
+
+use std::sync::Arc;
+
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
+use http_body_util::BodyExt as _;
+use portvagt_policy::consent::{Duties, count_only, shape_refusal};
+use portvagt_policy::{Decision, FhirRequest, Interaction, Obligations, Reach};
+
+use super::bundle::{self, BatchPlan};
+use super::consent::{ConsentContext, Touched};
+use super::{
+    ClientAddr, Proxy, Upstream, append_params, fhir_json_response, headers, record_entries,
+    response_check,
+};
+use crate::auth::Principal;
+use crate::body::{Body, BoxError, full};
+use crate::consent::{BREAK_GLASS_HEADER, caller_ids};
+use crate::context::RequestRecord;
+use crate::routing::FhirPath;
+
+/// What the request phase learned, for the exchange and the response phase.
+pub(super) struct Exchange {
+    pub(super) fhir: Arc<FhirRequest>,
+    pub(super) obligations: Obligations,
+    pub(super) upstream: Upstream,
+    /// A citizen reading their own audit log: newest first, in the citizen's view.
+    pub(super) citizen_view: bool,
+    pub(super) record_handle: Option<RequestRecord>,
+    pub(super) consent: Option<ConsentContext>,
+    pub(super) touched: Touched,
+    /// The answer's `total` goes (it would count what blocks withhold).
+    pub(super) strip_total: bool,
+    pub(super) batch: Option<BatchPlan>,
+    pub(super) is_head: bool,
+}
+
+/// The request phase's outcome.
+pub(super) enum Prepared {
+    /// The gateway answers itself (a batch whose every entry it refused).
+    Answered(Response<Body>),
+    /// Send this to the backend.
+    Forward(Box<(Exchange, Request<Body>)>),
+}
+
+impl Proxy {
+    /// The request phase (see the module documentation).
+    pub(super) async fn prepare(&self, request: Request<Body>) -> Result<Prepared, BoxError> {
+        let (mut parts, body) = request.into_parts();
+        // Classification and authorization always run before the proxy; without their results
+        // nothing is forwarded.
+        let path = parts
+            .extensions
+            .remove::<FhirPath>()
+            .ok_or("request reached the proxy unclassified")?;
+        let fhir = parts
+            .extensions
+            .get::<Arc<FhirRequest>>()
+            .cloned()
+            .ok_or("request reached the proxy unclassified")?;
+        let Some(Decision::Allow {
+            mut obligations,
+            granted_by,
+        }) = parts.extensions.remove::<Decision>()
+        else {
+            return Err("request reached the proxy unauthorised".into());
+        };
+        // The audit log lives in the audit repository; a citizen reading theirs (a
+        // patient-context scope) sees it newest first and in the citizen's view.
+        let reads_audit_log = fhir
+            .resource_type()
+            .is_some_and(|t| t.as_str() == "AuditEvent");
+        let routes = self.routes.load();
+        // No route takes this type under this base: not found, never the main backend by
+        // another path (which would skip the rules written for the main base's paths).
+        let upstream = routes
+            .iter()
+            .find(|route| route.takes(&path.base, fhir.resource_type().map(|t| t.as_str())))
+            .map(|route| Upstream {
+                backend: route.backend.clone(),
+                rewriter: route.rewriter.clone(),
+            })
+            .ok_or(portvagt_policy::ClassifyError::UnknownPath)?;
+        let citizen_view = reads_audit_log && granted_by.starts_with("patient/");
+        let record_handle = parts.extensions.get::<RequestRecord>().cloned();
+        let client_ip = parts.extensions.get::<ClientAddr>().map(|addr| addr.0.ip());
+
+        // Request phase: narrowing, the canonical search form, the planned batch.
+        let mut query = path.query;
+        let mut form = path.form;
+        if !obligations.add_params.is_empty() {
+            match &mut form {
+                Some(form) => *form = append_params(form, &obligations.add_params),
+                None => {
+                    query = Some(append_params(
+                        query.as_deref().unwrap_or(""),
+                        &obligations.add_params,
+                    ))
+                }
+            }
+        }
+        if citizen_view
+            && fhir.interaction().returns_bundle()
+            && !fhir.params().iter().any(|(name, _)| name == "_sort")
+        {
+            let newest_first = [("_sort".to_owned(), "-date".to_owned())];
+            match &mut form {
+                Some(form) => *form = append_params(form, &newest_first),
+                None => query = Some(append_params(query.as_deref().unwrap_or(""), &newest_first)),
+            }
+        }
+        if obligations.verify_target
+            && let Some(patient) = &obligations.compartment
+        {
+            self.verify_target(
+                &upstream,
+                &path.relative,
+                patient,
+                &mut parts.headers,
+                record_handle.as_ref(),
+            )
+            .await?;
+        }
+        // Negative consent, before anything reaches the backend: the patients the request
+        // touches (its reach, with identifiers resolved and the owners of what it writes).
+        let consent = self.consent.as_ref().and_then(|store| {
+            let principal = parts.extensions.get::<Arc<Principal>>()?;
+            // UTF-8 as sent (a Danish reason has æ, ø, å), not only visible ASCII.
+            let reason = parts
+                .headers
+                .get(BREAK_GLASS_HEADER)
+                .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+                .map(|v| v.chars().take(500).collect::<String>())
+                .or_else(|| principal.identity().break_glass_reason.clone());
+            let backend = routes
+                .iter()
+                .find(|route| route.takes(&path.base, Some("Consent")))
+                .map_or_else(|| self.backend.clone(), |route| route.backend.clone());
+            Some(ConsentContext {
+                store: store.clone(),
+                backend,
+                caller: caller_ids(principal),
+                purpose: principal.purpose_of_use().map(str::to_owned),
+                reason,
+            })
+        });
+        parts.headers.remove(BREAK_GLASS_HEADER);
+        let reach = Reach::of(&fhir);
+        // Request shapes whose answer would count, hide or move what consent and the audit
+        // trail must see (a count naming nobody, `_elements`, `_has` on reference data, a
+        // patch that moves values): refused whatever the scopes.
+        let duties = Duties {
+            consent: consent.is_some(),
+            audit: self.audited,
+        };
+        if let Some(reason) = shape_refusal(&fhir, &reach, duties) {
+            return Err(self.deny(reason, record_handle.as_ref(), None));
+        }
+        let touched = if consent.is_some() || self.audited {
+            let touched = self
+                .touched(
+                    &upstream,
+                    &fhir,
+                    &reach,
+                    &obligations.entries,
+                    obligations.compartment.is_some(),
+                )
+                .await?;
+            if let Some(record_handle) = &record_handle {
+                record_handle.fields().touched = Some(touched.patients.clone());
+            }
+            touched
+        } else {
+            Touched::default()
+        };
+        if let Some(consent) = &consent {
+            // Batch entries a Consent refuses are answered by the gateway one by one (403 if
+            // they named the patient, else 404) and never sent; a transaction is refused whole.
+            for (index, reason) in self
+                .check_consent(consent, &fhir, &touched, record_handle.as_ref())
+                .await?
+            {
+                if let Some(decision) = obligations.entries.get_mut(index) {
+                    *decision = Decision::Deny { reason };
+                }
+            }
+        }
+        // The write changes the version that was read and checked, or nothing.
+        if let Some(version) = &touched.owner_version
+            && !parts.headers.contains_key(header::IF_MATCH)
+            && let Ok(value) = HeaderValue::try_from(format!("W/\"{version}\""))
+        {
+            parts.headers.insert(header::IF_MATCH, value);
+        }
+        // A total counts what blocks withhold (a class or a resource of a named patient's, a
+        // resource in two compartments): none is given while blocks are enforced, except the
+        // one a count of named patients exists to answer (checked above as strictly as a
+        // write: any Consent of theirs that could withhold part of it refused it).
+        let strip_total = consent.is_some() && !(count_only(&fhir) && reach.pinned());
+        let mut body = body;
+        let mut batch = None;
+        if fhir.interaction() == Interaction::BatchOrTransaction {
+            let bytes = body.collect().await?.to_bytes();
+            let (forwarded, plan) = bundle::plan(&bytes, &obligations.entries)?;
+            if !plan.forwards_anything() {
+                let answer = bundle::merge(None, &plan, self.filter_mode)?;
+                record_entries(
+                    record_handle.as_ref(),
+                    &fhir,
+                    &touched.entry_patients,
+                    &answer,
+                );
+                return Ok(Prepared::Answered(fhir_json_response(
+                    StatusCode::OK,
+                    answer,
+                )));
+            }
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(forwarded.len()));
+            body = full(forwarded);
+            batch = Some(plan);
+        }
+        if let Some(form) = form {
+            parts.headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/x-www-form-urlencoded"),
+            );
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(form.len()));
+            body = full(form);
+        }
+        parts.uri = upstream
+            .backend
+            .uri(&path.relative, query.as_deref().filter(|q| !q.is_empty()))?;
+        parts.version = Version::HTTP_11;
+        headers::sanitize_request(
+            &mut parts.headers,
+            upstream.backend.forward_authorization,
+            client_ip,
+            self.public_host.as_ref(),
+        );
+        let is_head = parts.method == Method::HEAD;
+        if is_head && (response_check(&obligations).is_some() || consent.is_some() || self.audited)
+        {
+            // A HEAD answer has no body to check: fetch it with GET, check it (compartment,
+            // consent), and let the HTTP layer leave the body out. Otherwise HEAD would tell
+            // whose resource exists and when it changed.
+            parts.method = Method::GET;
+        }
+        let outgoing = Request::from_parts(parts, body);
+        let exchange = Exchange {
+            fhir,
+            obligations,
+            upstream,
+            citizen_view,
+            record_handle,
+            consent,
+            touched,
+            strip_total,
+            batch,
+            is_head,
+        };
+        Ok(Prepared::Forward(Box::new((exchange, outgoing))))
+    }
+}

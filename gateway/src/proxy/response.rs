@@ -1,0 +1,320 @@
+//! The exchange with the backend and the response phase: the backend's answer is timed and
+//! recorded, a 5xx becomes the gateway's own words, and an answer to be checked is read whole:
+//! its headers cleaned and URLs rewritten, checked against the compartment and a granular
+//! scope, a batch merged with the entries the gateway answered, citizens' blocks applied to
+//! what it holds (withheld entry by entry, or refused), totals and last links dropped where
+//! they would tell, the citizen's view of an audit log, and whose data left recorded.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt as _, Limited};
+use portvagt_policy::compartment::{patients_in_answer, patients_in_body};
+use portvagt_policy::consent::{Refusals, answers_not_found, not_found_alike, withhold};
+use portvagt_policy::request::RequestBody;
+use portvagt_policy::{DenyReason, Filtered, Interaction, check_response};
+
+use super::consent::overlaps;
+use super::request::Exchange;
+use super::{Proxy, bundle, headers, record_entries, response_check, rewrite_bundle};
+use crate::backend::ProxyError;
+use crate::body::{Body, BoxError, boxed, full};
+use crate::consent::{consent_refusal, not_found_outcome};
+use crate::metrics::status_class;
+
+impl Proxy {
+    /// Sends the request to the routed backend: timed, recorded, and a 5xx (or, under
+    /// citizens' blocks, a 404 or 410) answered in the gateway's words.
+    pub(super) async fn send(
+        &self,
+        exchange: &Exchange,
+        outgoing: Request<Body>,
+    ) -> Result<Response<hyper::body::Incoming>, BoxError> {
+        let Exchange {
+            fhir,
+            upstream,
+            record_handle,
+            consent,
+            ..
+        } = exchange;
+
+        let started = Instant::now();
+        let result = upstream.backend.send(outgoing, &self.metrics).await;
+        let upstream_latency = started.elapsed();
+        let response = result?;
+        let status = response.status();
+        self.metrics
+            .upstream_duration
+            .with_label_values(&[upstream.backend.name(), status_class(status.as_u16())])
+            .observe(upstream_latency.as_secs_f64());
+        if let Some(record_handle) = &record_handle {
+            let mut fields = record_handle.fields();
+            fields.upstream_latency = Some(upstream_latency);
+            fields.upstream_status = Some(status.as_u16());
+        }
+        // Under citizens' blocks a missing resource is answered in the gateway's words, the
+        // same as one withheld: the backend's own 404 might differ from it, and a 410 would
+        // say that it existed.
+        if consent.is_some()
+            && (status == StatusCode::NOT_FOUND || status == StatusCode::GONE)
+            && answers_not_found(fhir.interaction())
+        {
+            return Err(crate::consent::NotFoundError.into());
+        }
+        if status.is_server_error() {
+            tracing::warn!(
+                upstream_status = status.as_u16(),
+                "backend answered with a server error"
+            );
+            return Err(ProxyError::BackendStatus(status).into());
+        }
+
+        Ok(response)
+    }
+
+    /// The response phase (see the module documentation).
+    pub(super) async fn respond(
+        &self,
+        exchange: Exchange,
+        response: Response<hyper::body::Incoming>,
+    ) -> Result<Response<Body>, BoxError> {
+        let Exchange {
+            fhir,
+            obligations,
+            upstream,
+            citizen_view,
+            record_handle,
+            consent,
+            touched,
+            strip_total,
+            batch,
+            is_head,
+        } = exchange;
+        let status = response.status();
+        // Response phase: header hygiene, URL rewriting, compartment checks, batch merging.
+        let (mut parts, body) = response.into_parts();
+        headers::sanitize_response(&mut parts.headers);
+        for name in [header::LOCATION, header::CONTENT_LOCATION] {
+            if let Some(rewritten) = parts
+                .headers
+                .get(&name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| upstream.rewriter.rewrite(v))
+                && let Ok(value) = HeaderValue::try_from(rewritten)
+            {
+                parts.headers.insert(name, value);
+            }
+        }
+        let is_json = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("json"));
+        let check = response_check(&obligations);
+        let must_check = check.is_some() || batch.is_some();
+        let rewrites_urls = fhir.interaction().returns_bundle() && is_json;
+        // The CapabilityStatement describes the gateway's security, not the backend's.
+        let describes_security =
+            fhir.interaction() == Interaction::Capabilities && is_json && status.is_success();
+        let audits_patients =
+            (self.audited || consent.is_some() || citizen_view) && is_json && status.is_success();
+        if !must_check
+            && !describes_security
+            && !audits_patients
+            && ((is_head && consent.is_none()) || (!is_head && !rewrites_urls))
+        {
+            return Ok(Response::from_parts(parts, boxed(body)));
+        }
+        let bytes = Limited::new(body, self.max_response_bytes)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    ProxyError::ResponseTooLarge
+                } else {
+                    ProxyError::ResponseBody(e)
+                }
+            })?;
+        let mut bytes = rewrite_bundle(&upstream, bytes.to_bytes());
+        if describes_security
+            && let Some(rewritten) = self.smart.rewrite_capability_statement(&bytes)
+        {
+            bytes = Bytes::from(rewritten);
+        }
+        if let Some(check) = &check
+            && status.is_success()
+            && !bytes.is_empty()
+        {
+            // Fail closed: what cannot be read as FHIR JSON cannot be shown to be the patient's.
+            let verdict = if is_json {
+                check_response(&bytes, check, self.filter_mode)
+            } else {
+                Filtered::Forbidden
+            };
+            match verdict {
+                Filtered::Unchanged => {}
+                Filtered::Rewritten(filtered) => bytes = Bytes::from(filtered),
+                Filtered::Forbidden => {
+                    let reason = if obligations.compartment.is_some() {
+                        DenyReason::OutsideCompartment
+                    } else {
+                        DenyReason::OutsideGranularScope
+                    };
+                    return Err(self.deny(reason, record_handle.as_ref(), None));
+                }
+            }
+        }
+        if let Some(plan) = &batch
+            && status.is_success()
+        {
+            bytes = Bytes::from(bundle::merge(Some(&bytes), plan, self.filter_mode)?);
+            // Entry by entry as for single requests: not found in the gateway's words.
+            if consent.is_some()
+                && let Some(RequestBody::Bundle { entries, .. }) = fhir.body()
+                && let Ok(mut answer) = serde_json::from_slice::<serde_json::Value>(&bytes)
+            {
+                let applies: Vec<bool> = entries
+                    .iter()
+                    .map(|entry| answers_not_found(entry.interaction()))
+                    .collect();
+                if not_found_alike(&mut answer, &applies, &not_found_outcome()) {
+                    bytes = Bytes::from(serde_json::to_vec(&answer)?);
+                }
+            }
+        }
+        if strip_total
+            && status.is_success()
+            && fhir.interaction().returns_bundle()
+            && let Some(without) = portvagt_policy::filter::without_total(&bytes)
+        {
+            bytes = Bytes::from(without);
+        }
+        if consent.is_some()
+            && status.is_success()
+            && fhir.interaction().returns_bundle()
+            && let Some(without) = portvagt_policy::filter::without_last_link(&bytes)
+        {
+            bytes = Bytes::from(without);
+        }
+        // The patients (for the audit record, and the consent check) read from the bytes, no
+        // tree built: unless the citizen view rewrites the answer, or a Consent may withhold
+        // part of it, that is all that is needed.
+        let from_bytes = if audits_patients && !citizen_view && !bytes.is_empty() {
+            patients_in_body(&bytes)
+        } else {
+            None
+        };
+        let decided = match from_bytes {
+            Some(patients) => {
+                let blocks = self
+                    .answer_blocks(consent.as_ref(), &patients, record_handle.as_ref())
+                    .await?;
+                Some((patients, blocks))
+            }
+            None => None,
+        };
+        let needs_tree = match &decided {
+            Some((_, blocks)) => blocks.is_some(),
+            None => audits_patients && !bytes.is_empty(),
+        };
+        let parsed = if needs_tree {
+            match serde_json::from_slice::<serde_json::Value>(&bytes) {
+                Ok(answer) => Some(answer),
+                // What cannot be read cannot be checked against consents: refused.
+                Err(_) if consent.is_some() => {
+                    return Err(crate::consent::ConsentUnavailableError.into());
+                }
+                Err(_) => None,
+            }
+        } else {
+            None
+        };
+        let audited_patients = match (parsed, decided) {
+            (Some(mut answer), decided) => {
+                let (mut patients, blocks) = match decided {
+                    Some(decided) => decided,
+                    None => {
+                        let patients = patients_in_answer(&answer);
+                        let blocks = self
+                            .answer_blocks(consent.as_ref(), &patients, record_handle.as_ref())
+                            .await?;
+                        (patients, blocks)
+                    }
+                };
+                if let (Some(consent), Some(blocks)) = (&consent, &blocks) {
+                    // A searchset, history or batch answer is withheld from entry by entry; a
+                    // stored Bundle that was read (a document) is one resource, withheld whole.
+                    let is_bundle = fhir.interaction().returns_bundle()
+                        && answer.get("resourceType").and_then(|t| t.as_str()) == Some("Bundle");
+                    if !is_bundle {
+                        // Asked for by the patient's name: refused, and break-the-glass can
+                        // follow. Asked for by another name: as if it did not exist.
+                        if blocks.withholds(&answer) {
+                            return Err(if overlaps(&blocks.patients, &touched.named) {
+                                self.consent_denial(
+                                    &blocks.patients,
+                                    consent,
+                                    record_handle.as_ref(),
+                                )
+                            } else {
+                                self.withheld(&blocks.patients, record_handle.as_ref())
+                            });
+                        }
+                    } else {
+                        let withheld = withhold(
+                            &mut answer,
+                            &|r| blocks.withholds(r),
+                            &Refusals {
+                                forbidden: &consent_refusal(),
+                                not_found: &not_found_outcome(),
+                                named: &touched.entry_named,
+                            },
+                        );
+                        let emptied = answer
+                            .get("entry")
+                            .and_then(|e| e.as_array())
+                            .is_none_or(Vec::is_empty);
+                        if withheld > 0
+                            && emptied
+                            && fhir.interaction() == Interaction::HistoryInstance
+                            && !overlaps(&blocks.patients, &touched.named)
+                        {
+                            // The history of a resource that is all withheld: as if it never
+                            // existed.
+                            return Err(self.withheld(&blocks.patients, record_handle.as_ref()));
+                        }
+                        if withheld > 0 {
+                            self.metrics.consent_withheld.inc_by(withheld as u64);
+                            bytes = Bytes::from(serde_json::to_vec(&answer)?);
+                            patients = patients_in_answer(&answer);
+                        }
+                    }
+                }
+                if citizen_view {
+                    crate::audit::citizen::citizen_view(&mut answer);
+                    bytes = Bytes::from(serde_json::to_vec(&answer)?);
+                }
+                Some(patients)
+            }
+            (None, Some((patients, _))) => Some(patients),
+            (None, None) => None,
+        };
+        // What leaves is what is audited: after filtering, merging and withholding.
+        if let (Some(patients), Some(record_handle)) = (audited_patients, &record_handle) {
+            record_handle.fields().patients = patients;
+        }
+        if batch.is_some() && status.is_success() {
+            record_entries(
+                record_handle.as_ref(),
+                &fhir,
+                &touched.entry_patients,
+                &bytes,
+            );
+        }
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+        Ok(Response::from_parts(parts, full(bytes)))
+    }
+}
