@@ -198,7 +198,8 @@ impl Auditor {
         }
         let probe = self.spool_dir.join(".readyz-probe");
         tokio::task::spawn_blocking(move || {
-            std::fs::write(&probe, b"probe")
+            spool::create_fresh(&probe)
+                .and_then(|mut file| std::io::Write::write_all(&mut file, b"probe"))
                 .and_then(|()| std::fs::remove_file(&probe))
                 .is_ok()
         })

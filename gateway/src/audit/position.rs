@@ -38,7 +38,7 @@ pub(crate) fn save_position(dir: &Path, position: Position) -> std::io::Result<(
     let temporary = dir.join(format!("{POSITION_FILE}.tmp"));
     let bytes = serde_json::to_vec(&position).map_err(std::io::Error::other)?;
     {
-        let mut file = std::fs::File::create(&temporary)?;
+        let mut file = super::spool::create_fresh(&temporary)?;
         std::io::Write::write_all(&mut file, &bytes)?;
         file.sync_all()?;
     }

@@ -108,10 +108,36 @@ pub(crate) fn segments(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
         else {
             continue;
         };
+        // A symbolic link, a FIFO or a folder by that name is not a segment (reading a FIFO
+        // would hang): the writer never makes one, so its absence shows as a gap.
+        if !entry.file_type()?.is_file() {
+            continue;
+        }
         found.push((number, entry.path()));
     }
     found.sort();
     Ok(found)
+}
+
+/// Creates `path` anew for writing: whatever is there (a file left by a crash, or a symbolic
+/// link planted to make the gateway write elsewhere) is removed first, and the file is created
+/// exclusively, so a link put there in between is not followed either.
+pub(crate) fn create_fresh(path: &Path) -> std::io::Result<File> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error),
+    }
+    OpenOptions::new().write(true).create_new(true).open(path)
+}
+
+/// Opens the spool's lock file, making it when it is missing, or is not a plain file (a
+/// symbolic link or a FIFO someone put there).
+fn open_lock(path: &Path) -> std::io::Result<File> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_file() => OpenOptions::new().write(true).open(path),
+        Ok(_) | Err(_) => create_fresh(path),
+    }
 }
 
 /// The longest line a spool holds (an AuditEvent is a few KiB).
@@ -322,7 +348,7 @@ impl Writer {
         let corrupt = |message: String| SpoolError::Corrupt(dir.display().to_string(), message);
         std::fs::create_dir_all(dir).map_err(|e| SpoolError::Write(e.to_string()))?;
         let lock =
-            File::create(dir.join("spool.lock")).map_err(|e| SpoolError::Write(e.to_string()))?;
+            open_lock(&dir.join("spool.lock")).map_err(|e| SpoolError::Write(e.to_string()))?;
         lock.try_lock().map_err(|_| {
             corrupt("another process is writing this spool (spool.lock is held)".into())
         })?;
@@ -437,7 +463,7 @@ impl Writer {
             "{{\"segment\":{number},\"first_seq\":{first_seq},\"head\":\"{head}\",\"chain\":\"{chain}\"}}\n"
         );
         {
-            let mut staged = File::create(&staging).map_err(io)?;
+            let mut staged = create_fresh(&staging).map_err(io)?;
             staged.write_all(header.as_bytes()).map_err(io)?;
             staged.sync_all().map_err(io)?;
         }

@@ -5,7 +5,7 @@ use std::io::Write as _;
 
 use serde_json::json;
 
-use super::spool::{Spool, segment_name};
+use super::spool::{Spool, segment_name, segments};
 use super::verify::{Check, verify};
 
 fn event(n: usize) -> Vec<u8> {
@@ -958,4 +958,49 @@ fn a_seal_key_or_jwks_that_cannot_serve_is_a_config_error_naming_it() {
         "",
         "a good key is taken"
     );
+}
+
+#[tokio::test]
+async fn links_and_fifos_planted_in_the_spool_are_not_followed() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let victim = outside.path().join("victim");
+    std::fs::write(&victim, b"keep me").unwrap();
+    // The lock file a FIFO (opening it would hang), the next segment's staging file a link.
+    let fifo = std::process::Command::new("mkfifo")
+        .arg(dir.path().join("spool.lock"))
+        .status()
+        .unwrap();
+    assert!(fifo.success());
+    symlink(&victim, dir.path().join(format!("{}.new", segment_name(2)))).unwrap();
+    let spool = Spool::open(dir.path(), 300, None).unwrap();
+    for n in 0..8 {
+        spool.append(vec![event(n)]).await.unwrap();
+    }
+    assert!(segments(dir.path()).unwrap().len() > 2);
+    // The rollover staged its own file; the link's target is as it was.
+    assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
+    assert!(
+        dir.path()
+            .join(segment_name(2))
+            .symlink_metadata()
+            .unwrap()
+            .is_file(),
+        "segment 2 is a file of its own"
+    );
+    drop(spool);
+    // A link posing as a segment is no segment: the verifier sees a gap, and does not hang.
+    std::fs::rename(
+        dir.path().join(segment_name(2)),
+        outside.path().join("moved"),
+    )
+    .unwrap();
+    symlink(
+        outside.path().join("moved"),
+        dir.path().join(segment_name(2)),
+    )
+    .unwrap();
+    let broken = verify(dir.path(), Check::chain_only()).unwrap_err();
+    assert!(broken.problem.contains("missing"), "{broken}");
 }

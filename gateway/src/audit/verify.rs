@@ -110,9 +110,14 @@ pub struct ChainBrokenError {
 
 /// Whether a process holds the spool's lock (a gateway writing it).
 fn someone_writes(dir: &Path) -> bool {
+    let lock = dir.join("spool.lock");
+    // Only a plain file: opening a FIFO put there would hang.
+    if !std::fs::symlink_metadata(&lock).is_ok_and(|meta| meta.file_type().is_file()) {
+        return false;
+    }
     std::fs::OpenOptions::new()
         .read(true)
-        .open(dir.join("spool.lock"))
+        .open(&lock)
         .is_ok_and(|file| {
             matches!(
                 file.try_lock_shared(),
