@@ -211,3 +211,43 @@ fn is_the_patient(principal: &Principal) -> bool {
         _ => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn denied(metrics: &Metrics, reason: DenyReason) -> u64 {
+        metrics
+            .access_denied
+            .with_label_values(&[reason.code()])
+            .get()
+    }
+
+    #[test]
+    fn a_refusal_is_recorded_counted_and_answered_one_way() {
+        let metrics = Metrics::new();
+        let record = RequestRecord::default();
+        let patients = ["pat-anne".to_owned()];
+        let error = refuse(
+            &metrics,
+            DenyReason::ConsentBlock,
+            Some(&record),
+            Some(&patients),
+        );
+        let denied_error = error.downcast_ref::<AccessDeniedError>().unwrap();
+        assert_eq!(denied_error.reason, DenyReason::ConsentBlock);
+        let fields = record.fields();
+        assert_eq!(fields.decision, Some("deny"));
+        assert_eq!(fields.reason, Some("consent-block"));
+        assert_eq!(fields.patients, patients);
+        drop(fields);
+        assert_eq!(denied(&metrics, DenyReason::ConsentBlock), 1);
+        // Without a record (nothing to write to) it is still counted and answered.
+        let error = refuse(&metrics, DenyReason::InsufficientScope, None, None);
+        assert!(error.is::<AccessDeniedError>());
+        assert_eq!(denied(&metrics, DenyReason::InsufficientScope), 1);
+        // A batch entry refused alone is counted, its request not failed.
+        count_refusal(&metrics, DenyReason::Withheld);
+        assert_eq!(denied(&metrics, DenyReason::Withheld), 1);
+    }
+}

@@ -259,3 +259,59 @@ fn rewrite_bundle(upstream: &Upstream, bytes: Bytes) -> Bytes {
     }
     serde_json::to_vec(&value).map(Bytes::from).unwrap_or(bytes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn narrowing_appends_encoded_parameters_and_never_replaces_any() {
+        let patient = params(&[("patient", "Patient/pat anne&x=1")]);
+        // FHIR ANDs repeated parameters: what the client sent stays, the narrowing is added.
+        assert_eq!(
+            append_params("patient=pat-bo", &patient),
+            "patient=pat-bo&patient=Patient%2Fpat%20anne%26x%3D1"
+        );
+        assert_eq!(
+            append_params("", &params(&[("_sort", "-date")])),
+            "_sort=-date"
+        );
+        assert_eq!(
+            with_params("Observation?code=1", &params(&[("patient", "p1")])),
+            "Observation?code=1&patient=p1"
+        );
+        assert_eq!(
+            with_params("Observation", &params(&[("patient", "p1")])),
+            "Observation?patient=p1"
+        );
+    }
+
+    #[test]
+    fn only_obligations_that_bind_the_answer_make_it_checked() {
+        assert!(response_check(&Obligations::default()).is_none());
+        let compartment = Obligations {
+            compartment: Some("pat-anne".into()),
+            ..Obligations::default()
+        };
+        let check = response_check(&compartment).unwrap();
+        assert_eq!(check.compartment, Some("pat-anne"));
+        let granular = Obligations {
+            restriction: params(&[("category", "laboratory")]),
+            ..Obligations::default()
+        };
+        assert_eq!(response_check(&granular).unwrap().restriction.len(), 1);
+        // Narrowing alone (add_params) binds the request, not the answer.
+        let narrowed = Obligations {
+            add_params: params(&[("patient", "p1")]),
+            ..Obligations::default()
+        };
+        assert!(response_check(&narrowed).is_none());
+    }
+}
