@@ -90,7 +90,8 @@ impl Proxy {
             strip_total,
             batch,
             is_head,
-        } = exchange;
+        } = &exchange;
+        let (citizen_view, strip_total, is_head) = (*citizen_view, *strip_total, *is_head);
         let status = response.status();
         // Response phase: header hygiene, URL rewriting, compartment checks, batch merging.
         let (mut parts, body) = response.into_parts();
@@ -111,7 +112,7 @@ impl Proxy {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.contains("json"));
-        let check = response_check(&obligations);
+        let check = response_check(obligations);
         let must_check = check.is_some() || batch.is_some();
         let rewrites_urls = fhir.interaction().returns_bundle() && is_json;
         // The CapabilityStatement describes the gateway's security, not the backend's.
@@ -136,7 +137,7 @@ impl Proxy {
                     ProxyError::ResponseBody(e)
                 }
             })?;
-        let mut bytes = rewrite_bundle(&upstream, bytes.to_bytes());
+        let mut bytes = rewrite_bundle(upstream, bytes.to_bytes());
         if describes_security
             && let Some(rewritten) = self.smart.rewrite_capability_statement(&bytes)
         {
@@ -197,6 +198,45 @@ impl Proxy {
         {
             bytes = Bytes::from(without);
         }
+        let (bytes, audited_patients) = self.withhold(bytes, audits_patients, &exchange).await?;
+        // What leaves is what is audited: after filtering, merging and withholding.
+        if let (Some(patients), Some(record_handle)) = (audited_patients, &record_handle) {
+            record_handle.fields().patients = patients;
+        }
+        if batch.is_some() && status.is_success() {
+            record_entries(
+                record_handle.as_ref(),
+                fhir,
+                &touched.entry_patients,
+                &bytes,
+            );
+        }
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+        Ok(Response::from_parts(parts, full(bytes)))
+    }
+    /// Citizens' blocks applied to what an answer holds, and whose data it holds (for the audit
+    /// record): the patients read from the bytes when that is all that is needed; else the
+    /// answer parsed, entries a block withholds taken out (or, asked for by the patient's name,
+    /// the whole answer refused), and the citizen's view of an audit log made. Returns the
+    /// answer as it leaves, and its patients.
+    async fn withhold(
+        &self,
+        mut bytes: Bytes,
+        audits_patients: bool,
+        exchange: &Exchange,
+    ) -> Result<(Bytes, Option<Vec<String>>), BoxError> {
+        let Exchange {
+            fhir,
+            citizen_view,
+            record_handle,
+            consent,
+            touched,
+            ..
+        } = exchange;
+        let (consent, record_handle, citizen_view) =
+            (consent.as_ref(), record_handle.as_ref(), *citizen_view);
         // The patients (for the audit record, and the consent check) read from the bytes, no
         // tree built: unless the citizen view rewrites the answer, or a Consent may withhold
         // part of it, that is all that is needed.
@@ -208,7 +248,7 @@ impl Proxy {
         let decided = match from_bytes {
             Some(patients) => {
                 let blocks = self
-                    .answer_blocks(consent.as_ref(), &patients, record_handle.as_ref())
+                    .answer_blocks(consent, &patients, record_handle)
                     .await?;
                 Some((patients, blocks))
             }
@@ -237,12 +277,12 @@ impl Proxy {
                     None => {
                         let patients = patients_in_answer(&answer);
                         let blocks = self
-                            .answer_blocks(consent.as_ref(), &patients, record_handle.as_ref())
+                            .answer_blocks(consent, &patients, record_handle)
                             .await?;
                         (patients, blocks)
                     }
                 };
-                if let (Some(consent), Some(blocks)) = (&consent, &blocks) {
+                if let (Some(consent), Some(blocks)) = (consent, &blocks) {
                     // A searchset, history or batch answer is withheld from entry by entry; a
                     // stored Bundle that was read (a document) is one resource, withheld whole.
                     let is_bundle = fhir.interaction().returns_bundle()
@@ -252,13 +292,9 @@ impl Proxy {
                         // follow. Asked for by another name: as if it did not exist.
                         if blocks.withholds(&answer) {
                             return Err(if overlaps(&blocks.patients, &touched.named) {
-                                self.consent_denial(
-                                    &blocks.patients,
-                                    consent,
-                                    record_handle.as_ref(),
-                                )
+                                self.consent_denial(&blocks.patients, consent, record_handle)
                             } else {
-                                self.withheld(&blocks.patients, record_handle.as_ref())
+                                self.withheld(&blocks.patients, record_handle)
                             });
                         }
                     } else {
@@ -282,7 +318,7 @@ impl Proxy {
                         {
                             // The history of a resource that is all withheld: as if it never
                             // existed.
-                            return Err(self.withheld(&blocks.patients, record_handle.as_ref()));
+                            return Err(self.withheld(&blocks.patients, record_handle));
                         }
                         if withheld > 0 {
                             self.metrics.consent_withheld.inc_by(withheld as u64);
@@ -300,21 +336,6 @@ impl Proxy {
             (None, Some((patients, _))) => Some(patients),
             (None, None) => None,
         };
-        // What leaves is what is audited: after filtering, merging and withholding.
-        if let (Some(patients), Some(record_handle)) = (audited_patients, &record_handle) {
-            record_handle.fields().patients = patients;
-        }
-        if batch.is_some() && status.is_success() {
-            record_entries(
-                record_handle.as_ref(),
-                &fhir,
-                &touched.entry_patients,
-                &bytes,
-            );
-        }
-        parts
-            .headers
-            .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-        Ok(Response::from_parts(parts, full(bytes)))
+        Ok((bytes, audited_patients))
     }
 }
