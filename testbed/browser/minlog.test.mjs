@@ -111,7 +111,11 @@ async function main() {
     await page.keyboard.press('Tab');
     check(await page.evaluate(() => document.activeElement.textContent.trim()) === 'Spring til indholdet',
       'the first Tab reaches the skip link');
-    check(await page.getByRole('button', { name: 'Log ind' }).isVisible(), 'a signed-out citizen is asked to sign in');
+    // The button appears once the page has read the SMART configuration: waited for, not raced.
+    const signIn = await page.getByRole('button', { name: 'Log ind' })
+      .waitFor({ state: 'visible', timeout: 5000 })
+      .then(() => true, () => false);
+    check(signIn, 'a signed-out citizen is asked to sign in');
     const smart = await page.evaluate(async (base) => (await fetch(`${base}/.well-known/smart-configuration`)).json(),
       new URL(env.PORTVAGT_CITIZEN_URL).pathname);
 
