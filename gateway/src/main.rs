@@ -184,9 +184,7 @@ fn verify_audit(
         .map(portvagt::audit::seal::SealKeys::load)
         .transpose()
         .map_err(|e| anyhow::anyhow!(e))?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = portvagt::audit::seal::unix_now();
     let report = match verify(
         dir,
         Check {
@@ -340,33 +338,20 @@ fn fetch_anchor(
     ca: Option<&std::path::Path>,
     chain: &str,
 ) -> anyhow::Result<Option<String>> {
-    use portvagt::audit::anchor::{anchor_id, anchor_seal};
+    use portvagt::audit::anchor::{anchor_id, anchor_seal, repository_get};
     let client = portvagt::auth::https::HttpsClient::allowing_plain_http(
         ca,
         None,
         std::time::Duration::from_secs(30),
     )
     .map_err(|e| anyhow::anyhow!("--repository: {e}"))?;
-    let request = http::Request::get(format!(
-        "{}/Provenance/{}",
-        url.trim_end_matches('/'),
-        anchor_id(chain)
-    ))
-    .header(http::header::ACCEPT, "application/fhir+json")
-    .body(http_body_util::Full::new(bytes::Bytes::new()))?;
-    let answer = tokio::runtime::Runtime::new()?
-        .block_on(client.send(request))
+    let path = format!("Provenance/{}", anchor_id(chain));
+    let anchor = tokio::runtime::Runtime::new()?
+        .block_on(repository_get(&client, url, &path))
         .map_err(|e| anyhow::anyhow!("--repository: {e}"))?;
-    match answer.status().as_u16() {
-        200 => {
-            let resource: serde_json::Value = serde_json::from_slice(answer.body())?;
-            anchor_seal(&resource)
-                .map(Some)
-                .context("the repository's anchor holds no seal")
-        }
-        404 | 410 => Ok(None),
-        status => anyhow::bail!("--repository answered {status}"),
-    }
+    anchor
+        .map(|resource| anchor_seal(&resource).context("the repository's anchor holds no seal"))
+        .transpose()
 }
 
 /// Writes a private key readable by its owner only.

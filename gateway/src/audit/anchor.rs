@@ -6,9 +6,13 @@
 //! reach. The gateway checks it at start, and `audit verify --repository` checks it too.
 
 use base64::Engine as _;
+use bytes::Bytes;
+use http::{Request, header};
+use http_body_util::Full;
 use serde_json::{Value, json};
 
 use super::spool::sha256_hex;
+use crate::auth::https::HttpsClient;
 
 /// The repository id of the anchor of the chain `chain`.
 pub fn anchor_id(chain: &str) -> String {
@@ -52,6 +56,27 @@ pub fn anchor_seal(resource: &Value) -> Option<String> {
         .decode(data)
         .ok()?;
     String::from_utf8(bytes).ok()
+}
+
+/// `GET {base}/{path}` in the audit repository: the resource, `None` when it holds none (404,
+/// 410), or why it could not be asked (any other answer, or none).
+pub async fn repository_get(
+    client: &HttpsClient,
+    base: &str,
+    path: &str,
+) -> Result<Option<Value>, String> {
+    let request = Request::get(format!("{}/{path}", base.trim_end_matches('/')))
+        .header(header::ACCEPT, "application/fhir+json")
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| e.to_string())?;
+    let answer = client.send(request).await?;
+    match answer.status().as_u16() {
+        200..=299 => Ok(Some(
+            serde_json::from_slice(answer.body()).unwrap_or_default(),
+        )),
+        404 | 410 => Ok(None),
+        status => Err(format!("the repository answered {status}")),
+    }
 }
 
 #[cfg(test)]

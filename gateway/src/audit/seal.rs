@@ -108,7 +108,7 @@ impl Seal {
 }
 
 /// Seconds since the Unix epoch, now.
-pub(crate) fn unix_now() -> u64 {
+pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())

@@ -25,7 +25,7 @@ use http_body_util::Full;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use super::anchor::{anchor_id, anchor_resource, anchor_seal};
+use super::anchor::{anchor_id, anchor_resource, anchor_seal, repository_get};
 use super::position::{Position, position, save_position};
 use super::reading::{
     Batch, ReadError, Reading, deletable, delete, first_seq_of, position_holds, read_batch,
@@ -391,24 +391,9 @@ impl Shipper {
     /// The repository's answer to `GET {url}/{path}`: the resource, or `None` when it holds
     /// none (404, 410).
     async fn fetch(&self, path: &str) -> Result<Option<Value>, Trouble> {
-        let request = Request::get(format!("{}/{path}", self.url))
-            .header(header::ACCEPT, "application/fhir+json")
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| Trouble::Unanswered(e.to_string()))?;
-        let answer = self
-            .client
-            .send(request)
+        repository_get(&self.client, &self.url, path)
             .await
-            .map_err(Trouble::Unanswered)?;
-        match answer.status().as_u16() {
-            200..=299 => Ok(Some(
-                serde_json::from_slice(answer.body()).unwrap_or_default(),
-            )),
-            404 | 410 => Ok(None),
-            status => Err(Trouble::Unanswered(format!(
-                "the repository answered {status}"
-            ))),
-        }
+            .map_err(Trouble::Unanswered)
     }
 
     /// Before anything is shipped, on the spool's side: it verifies whole (with the seal
@@ -466,8 +451,7 @@ impl Shipper {
         let jws = anchor_seal(&anchor)
             .ok_or_else(|| Trouble::Broken("the repository's anchor holds no seal".into()))?;
         super::verify::check_anchor(&self.dir, report, keys, &jws)
-            .map_err(|broken| Trouble::Broken(broken.problem))?;
-        Ok(keys.check(&jws).map_or(0, |seal| seal.seq))
+            .map_err(|broken| Trouble::Broken(broken.problem))
     }
 
     /// Deletes the segments before `at` (acknowledged in full, the position saved) whose

@@ -509,11 +509,14 @@ impl Writer {
         }
     }
 
+    /// Whether `seal_every` has passed since the last seal (the bound on events between
+    /// seals is kept where events are added, in [`Writer::serve`]).
     fn seal_due(&self) -> bool {
         !self.closed
-            && self.seals.as_ref().is_some_and(|s| {
-                s.last.elapsed() >= s.sealer.every() || s.since >= SEAL_EVERY_RECORDS
-            })
+            && self
+                .seals
+                .as_ref()
+                .is_some_and(|s| s.last.elapsed() >= s.sealer.every())
     }
 
     fn run(mut self, queue: mpsc::Receiver<Job>, written: &AtomicU64) {

@@ -374,12 +374,13 @@ pub fn verify(dir: &Path, check: Check<'_>) -> Result<ChainReport, ChainBrokenEr
 
 /// Checks the spool against the anchor the audit repository holds for it (the seal `jws` of
 /// [`super::anchor`]): the spool must reach that seal, and hold that very seal at its place.
+/// Returns the anchored seal's sequence number.
 pub fn check_anchor(
     dir: &Path,
     report: &ChainReport,
     keys: &SealKeys,
     jws: &str,
-) -> Result<(), ChainBrokenError> {
+) -> Result<u64, ChainBrokenError> {
     let broken = |problem: String| ChainBrokenError {
         segment: dir.display().to_string(),
         line: 0,
@@ -405,7 +406,7 @@ pub fn check_anchor(
     }
     if seal.seq < report.first_seq {
         // Pruned after shipping: nothing left here to compare.
-        return Ok(());
+        return Ok(seal.seq);
     }
     let found = seal_at(dir, seal.seq).map_err(broken)?;
     if found.as_deref() != Some(jws) {
@@ -414,7 +415,7 @@ pub fn check_anchor(
             seal.seq
         )));
     }
-    Ok(())
+    Ok(seal.seq)
 }
 
 /// The seal (JWS) at sequence number `seq`, if that record is one.
