@@ -14,6 +14,7 @@ mod response;
 pub mod rewrite;
 
 use std::net::SocketAddr;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -23,7 +24,6 @@ use portvagt_policy::compartment::{Membership, membership, patients_in_answer};
 use portvagt_policy::{DenyReason, FhirRequest, FilterMode, Obligations, ResponseCheck};
 use tower::Service;
 
-use self::request::Prepared;
 use self::rewrite::UrlRewriter;
 pub use crate::backend::{Backend, Fetched, ProxyError};
 use crate::body::{Body, BoxError, full};
@@ -156,8 +156,8 @@ impl Proxy {
     /// ([`Proxy::respond`]: check, merge, withhold, rewrite, record whose data left).
     async fn forward(self, request: Request<Body>) -> Result<Response<Body>, BoxError> {
         let (exchange, outgoing) = match self.prepare(request).await? {
-            Prepared::Answered(response) => return Ok(response),
-            Prepared::Forward(forward) => *forward,
+            ControlFlow::Break(answered) => return Ok(answered),
+            ControlFlow::Continue(forward) => forward,
         };
         let response = self.send(&exchange, outgoing).await?;
         self.respond(exchange, response).await

@@ -4,6 +4,7 @@
 //! blocks against it, plans a batch (answering entries the gateway refuses itself), and builds
 //! the request the backend gets.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
@@ -39,13 +40,9 @@ pub(super) struct Exchange {
     pub(super) is_head: bool,
 }
 
-/// The request phase's outcome.
-pub(super) enum Prepared {
-    /// The gateway answers itself (a batch whose every entry it refused).
-    Answered(Response<Body>),
-    /// Send this to the backend.
-    Forward(Box<(Exchange, Request<Body>)>),
-}
+/// The request phase's outcome: the gateway answers itself (`Break`: a batch whose every entry
+/// it refused), or the exchange goes on with this request for the backend (`Continue`).
+pub(super) type Prepared = ControlFlow<Response<Body>, (Exchange, Request<Body>)>;
 
 impl Proxy {
     /// The request phase (see the module documentation).
@@ -214,7 +211,7 @@ impl Proxy {
                     &touched.entry_patients,
                     &answer,
                 );
-                return Ok(Prepared::Answered(fhir_json_response(
+                return Ok(ControlFlow::Break(fhir_json_response(
                     StatusCode::OK,
                     answer,
                 )));
@@ -266,6 +263,6 @@ impl Proxy {
             batch,
             is_head,
         };
-        Ok(Prepared::Forward(Box::new((exchange, outgoing))))
+        Ok(ControlFlow::Continue((exchange, outgoing)))
     }
 }
