@@ -65,6 +65,12 @@ pub(crate) fn plan(
                 {
                     *url = Value::String(super::with_params(text, &obligations.add_params));
                 }
+                // As for a single request (`headers::sanitize_request`): no conditional read,
+                // whose 304 would say, without a resource to check, that it is there.
+                if let Some(request) = entry.get_mut("request").and_then(Value::as_object_mut) {
+                    request.remove("ifNoneMatch");
+                    request.remove("ifModifiedSince");
+                }
                 kept.push(entry);
                 plan.entries.push(Some(obligations.clone()));
                 plan.denied.push(None);
@@ -224,6 +230,22 @@ mod tests {
             "Bo's observation was removed"
         );
         assert_eq!(entries[2]["resource"]["id"], "pat-anne");
+    }
+
+    #[test]
+    fn conditional_reads_in_entries_are_not_forwarded() {
+        let request = json!({ "resourceType": "Bundle", "type": "batch", "entry": [
+            { "request": { "method": "GET", "url": "Observation/o1",
+                           "ifNoneMatch": "W/\"3\"", "ifModifiedSince": "2026-01-01T00:00:00Z" } },
+        ]});
+        let decisions = vec![allow(Obligations::default())];
+        let (forwarded, _) = plan(request.to_string().as_bytes(), &decisions).unwrap();
+        let forwarded: Value = serde_json::from_slice(&forwarded).unwrap();
+        // A 304 would say the resource is there without one to check against blocks.
+        assert_eq!(
+            forwarded["entry"][0]["request"],
+            json!({ "method": "GET", "url": "Observation/o1" })
+        );
     }
 
     #[test]
