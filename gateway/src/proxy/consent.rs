@@ -105,9 +105,18 @@ impl Proxy {
             let mut patients: Vec<String> = Vec::new();
             if !refused {
                 named.extend(entry_reach.to_record().map(str::to_owned));
-                // A patient-context request is narrowed to its own patient: whoever else an
-                // identifier names, the answer cannot be theirs, so nobody is looked up (a lookup
-                // would put them in this access's record and test their Consents).
+                // A patient-context request (or batch entry) is narrowed to its own patient:
+                // whoever else an identifier names, the answer cannot be theirs, so nobody is
+                // looked up (a lookup would put them in this access's record and test their
+                // Consents).
+                let narrowed = if single {
+                    narrowed
+                } else {
+                    decisions.get(index).is_some_and(|decision| {
+                        matches!(decision, Decision::Allow { obligations, .. }
+                            if obligations.compartment.is_some())
+                    })
+                };
                 if !narrowed {
                     for identifier in entry_reach.identifiers() {
                         named.extend(self.patients_by_identifier(upstream, identifier).await?);

@@ -850,6 +850,22 @@ async fn a_citizen_naming_someone_by_identifier_tests_and_logs_nobody_else() {
         .unwrap();
     assert_eq!(answer.status, 200, "{}", answer.text());
     assert_eq!(audited_patients(&gateway, &answer), ["Patient/pat-anne"]);
+
+    // The same as a batch entry: narrowed to her, so nobody else is looked up, or logged.
+    let batch = json!({ "resourceType": "Bundle", "type": "batch", "entry": [
+        { "request": { "method": "GET", "url": format!("Patient?identifier={CPR}|0501792275") } }
+    ]});
+    let answer = gateway
+        .client()
+        .send(request(Method::POST, "/fhir", Some(&anne), Some(batch)))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let audited = audited_patients(&gateway, &answer);
+    assert!(
+        !audited.contains(&"Patient/pat-bo".to_owned()),
+        "{audited:?}"
+    );
 }
 
 #[tokio::test]
