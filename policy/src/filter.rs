@@ -264,17 +264,44 @@ pub fn has_next_page(bundle: &serde_json::Value) -> bool {
         .any(|link| link.get("relation").and_then(serde_json::Value::as_str) == Some("next"))
 }
 
-/// A searchset without its `last` link: a server's last page offset tells how many matched,
-/// withheld entries included. `None` when it has none.
+/// A searchset without its `last` link (and the searchsets in a batch answer without theirs):
+/// a server's last page offset tells how many matched, withheld entries included. `None` when
+/// there is none.
 pub fn without_last_link(body: &[u8]) -> Option<Vec<u8>> {
     memchr::memmem::find(body, b"\"last\"")?;
     let mut tree: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let links = tree.get_mut("link")?.as_array_mut()?;
-    let before = links.len();
-    links.retain(|link| link.get("relation").and_then(serde_json::Value::as_str) != Some("last"));
-    (links.len() != before)
-        .then(|| serde_json::to_vec(&tree).ok())
+    let drop_last = |bundle: &mut serde_json::Value| {
+        if bundle
+            .get("resourceType")
+            .and_then(serde_json::Value::as_str)
+            != Some("Bundle")
+        {
+            return false;
+        }
+        let Some(links) = bundle
+            .get_mut("link")
+            .and_then(serde_json::Value::as_array_mut)
+        else {
+            return false;
+        };
+        let before = links.len();
+        links.retain(|link| {
+            link.get("relation").and_then(serde_json::Value::as_str) != Some("last")
+        });
+        links.len() != before
+    };
+    let mut removed = drop_last(&mut tree);
+    for entry in tree
+        .get_mut("entry")
+        .and_then(serde_json::Value::as_array_mut)
+        .into_iter()
         .flatten()
+    {
+        if let Some(resource) = entry.get_mut("resource") {
+            removed |= drop_last(resource);
+        }
+    }
+    removed.then(|| serde_json::to_vec(&tree).ok()).flatten()
 }
 
 /// [`without_total`] on a parsed tree: the top level and each entry's resource.
@@ -368,6 +395,32 @@ mod tests {
         assert_eq!(without["link"].as_array().unwrap().len(), 1);
         assert_eq!(without["link"][0]["relation"], "self");
         assert!(without_last_link(br#"{"resourceType":"Bundle","link":[]}"#).is_none());
+    }
+
+    #[test]
+    fn the_last_links_of_searchsets_in_a_batch_answer_are_removed_too() {
+        let body = json!({ "resourceType": "Bundle", "type": "batch-response", "entry": [
+            { "resource": { "resourceType": "Bundle", "type": "searchset", "link": [
+                { "relation": "self", "url": "a" },
+                { "relation": "last", "url": "a?_getpagesoffset=40" } ] } },
+            // A Patient's own `link` is not paging: left alone.
+            { "resource": { "resourceType": "Patient", "link": [
+                { "other": { "reference": "Patient/x" }, "type": "seealso" } ] } }
+        ]})
+        .to_string();
+        let without: Value =
+            serde_json::from_slice(&without_last_link(body.as_bytes()).unwrap()).unwrap();
+        assert_eq!(
+            without["entry"][0]["resource"]["link"],
+            json!([{ "relation": "self", "url": "a" }])
+        );
+        assert_eq!(
+            without["entry"][1]["resource"]["link"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
     }
 
     #[test]
