@@ -90,13 +90,18 @@ pub fn classify(data: &[u8]) {
         return;
     }
     let scopes = ScopeSet::parse("patient/*.cruds user/Observation.rs system/Patient.cruds");
-    let _ = portvagt_policy::decide(
-        portvagt_policy::Subject {
-            scopes: &scopes,
-            patient: Some("pat-anne"),
-        },
-        &request,
-    );
+    let opened = ["Observation".to_owned()];
+    for channel in [
+        portvagt_policy::Channel::Professional,
+        portvagt_policy::Channel::Citizen { opened: &opened },
+    ] {
+        let subject = portvagt_policy::Subject {
+            fhir_user: Some("Patient/pat-anne"),
+            channel,
+            ..portvagt_policy::Subject::new(&scopes, Some("pat-anne"))
+        };
+        let _ = portvagt_policy::decide(subject, &request);
+    }
 }
 
 /// SMART scope parsing: never more scopes than words.

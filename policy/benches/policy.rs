@@ -75,7 +75,7 @@ fn classify_and_decide(c: &mut Criterion) {
             b.iter(|| {
                 let request = classify(black_box(method), black_box(path), black_box(query))
                     .expect("valid request");
-                decide(Subject { scopes, patient }, &request)
+                decide(Subject::new(scopes, patient), &request)
             })
         });
     }

@@ -6,6 +6,11 @@
 //! response against the compartment, per-entry answers of a batch), or [`Decision::Deny`] with
 //! a stable reason. Deny is the default: a request is allowed only when some scope provably
 //! covers it.
+//!
+//! Who may read the audit log, and what the citizen listener serves, are decided here too: the
+//! [`Subject`] says who the user is (`fhirUser`) and which listener they came through
+//! ([`Channel`]), and an allowed read of a citizen's own log carries the obligation to answer in
+//! the citizen's view ([`Obligations::citizen_view`]).
 
 use crate::patient_rules;
 use crate::request::{BundleKind, FhirRequest, Interaction, RequestBody};
@@ -22,6 +27,62 @@ pub struct Subject<'a> {
     pub scopes: &'a ScopeSet,
     /// The `patient` launch context of the token, if any.
     pub patient: Option<&'a str>,
+    /// The token's `fhirUser`: who the user is (a relative or absolute reference), if known.
+    pub fhir_user: Option<&'a str>,
+    /// The listener the request came through.
+    pub channel: Channel<'a>,
+}
+
+/// The listener a request came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel<'a> {
+    /// The mTLS listener: professionals' and systems' clients with a client certificate.
+    Professional,
+    /// The citizen listener (no client certificate): it serves a citizen about themselves only,
+    /// reading or searching their own audit log or one of the resource types the operator
+    /// `opened` there, and nothing else.
+    Citizen {
+        /// The resource types besides `AuditEvent` the operator opened to citizens.
+        opened: &'a [String],
+    },
+}
+
+impl<'a> Subject<'a> {
+    /// A caller on the mTLS listener with these scopes and launch context, and no `fhirUser`.
+    pub fn new(scopes: &'a ScopeSet, patient: Option<&'a str>) -> Self {
+        Subject {
+            scopes,
+            patient,
+            fhir_user: None,
+            channel: Channel::Professional,
+        }
+    }
+
+    /// Whether the user is the patient of their own launch context: `fhirUser` names that
+    /// Patient (relative, or absolute ending in `/Patient/<id>`).
+    pub fn is_the_patient(&self) -> bool {
+        let (Some(user), Some(patient)) = (self.fhir_user, self.patient) else {
+            return false;
+        };
+        let own = format!("Patient/{patient}");
+        user == own
+            || user
+                .strip_suffix(&own)
+                .is_some_and(|base| base.ends_with('/'))
+    }
+}
+
+/// Whether the citizen listener serves this: a citizen about themselves, reading or searching
+/// `AuditEvent` or a type the operator opened.
+fn citizen_may(subject: &Subject<'_>, request: &FhirRequest, opened: &[String]) -> bool {
+    let reads = matches!(
+        request.interaction(),
+        Interaction::Read | Interaction::Vread | Interaction::SearchType
+    );
+    let type_open = request
+        .resource_type()
+        .is_some_and(|t| t.as_str() == "AuditEvent" || opened.iter().any(|o| o == t.as_str()));
+    reads && type_open && subject.is_the_patient()
 }
 
 /// Decides whether `subject` may perform `request`, on scopes alone.
@@ -44,6 +105,13 @@ fn decide_inner(
     rules: Option<(&Caller<'_>, &RuleSet)>,
     request: &FhirRequest,
 ) -> Decision {
+    if let Channel::Citizen { opened } = subject.channel
+        && !citizen_may(&subject, request, opened)
+    {
+        return Decision::Deny {
+            reason: DenyReason::CitizenListener,
+        };
+    }
     let (resource_type, needed) = match requirement(request) {
         Requirement::Open => {
             return Decision::Allow {
@@ -96,7 +164,17 @@ fn decide_inner(
             ScopeContext::User | ScopeContext::System => user_rules(request, scope),
             ScopeContext::Patient => match subject.patient {
                 None => Err(DenyReason::NoPatientContext),
-                Some(patient) => patient_rules::check(request, scope, patient),
+                // A patient-context scope opens the audit log only to the citizen it is about:
+                // the user must BE that patient, not a practitioner launched in their context.
+                Some(_) if audit_log && !subject.is_the_patient() => {
+                    Err(DenyReason::AuditLogRestricted)
+                }
+                Some(patient) => {
+                    patient_rules::check(request, scope, patient).map(|obligations| Obligations {
+                        citizen_view: audit_log,
+                        ..obligations
+                    })
+                }
             },
         };
         let verdict = verdict.and_then(|obligations| match rules {

@@ -24,7 +24,9 @@ pub mod scope;
 mod shape;
 pub mod verdict;
 
-pub use decision::{Decision, DenyReason, Obligations, Subject, decide, decide_with_rules};
+pub use decision::{
+    Channel, Decision, DenyReason, Obligations, Subject, decide, decide_with_rules,
+};
 pub use filter::{FilterMode, Filtered, ResponseCheck, check_response, filter_response};
 pub use reach::Reach;
 pub use request::{ClassifyError, FhirRequest, Interaction, classify, parse_form};

@@ -23,6 +23,10 @@ pub struct Obligations {
     /// Before an update, patch or delete: read the target first; it must be in the
     /// [`Obligations::compartment`] (or not exist), and the write is bound to the version read.
     pub verify_target: bool,
+    /// A citizen reading their own audit log: searches newest first (unless the request sorts),
+    /// and every AuditEvent answered in the citizen's view (who, from where, why; no network
+    /// or system details).
+    pub citizen_view: bool,
 }
 
 /// The outcome of policy evaluation.

@@ -14,13 +14,7 @@ fn with_body(method: &str, path: &str, body: &Value) -> FhirRequest {
 
 fn decide_as(scopes: &str, patient: Option<&str>, request: &FhirRequest) -> Decision {
     let scopes = ScopeSet::parse(scopes);
-    decide(
-        Subject {
-            scopes: &scopes,
-            patient,
-        },
-        request,
-    )
+    decide(Subject::new(&scopes, patient), request)
 }
 
 fn observation_for(patient: &str) -> Value {
@@ -115,6 +109,41 @@ fn a_batch_is_decided_entry_by_entry() {
         narrowed.add_params,
         [("subject".to_owned(), "Patient/pat-anne".to_owned())]
     );
+}
+
+#[test]
+fn a_batch_entry_reads_the_audit_log_only_as_a_single_request_would() {
+    // A practitioner launched in Anne's context is not Anne: the audit log stays closed to
+    // them inside a batch as it does outside one.
+    let request = bundle("batch", vec![get("AuditEvent"), get("Observation?code=x")]);
+    let scopes = ScopeSet::parse("patient/*.rs");
+    let practitioner = Subject {
+        fhir_user: Some("Practitioner/prac-ns363"),
+        ..Subject::new(&scopes, Some("pat-anne"))
+    };
+    let Decision::Allow { obligations, .. } = decide(practitioner, &request) else {
+        panic!("the batch itself is allowed")
+    };
+    assert_eq!(
+        obligations.entries[0].deny_reason(),
+        Some(DenyReason::AuditLogRestricted)
+    );
+    assert!(obligations.entries[1].is_allow());
+    // Anne herself reads hers, in the citizen's view.
+    let anne = Subject {
+        fhir_user: Some("Patient/pat-anne"),
+        ..Subject::new(&scopes, Some("pat-anne"))
+    };
+    let Decision::Allow { obligations, .. } = decide(anne, &request) else {
+        panic!("the batch itself is allowed")
+    };
+    let Decision::Allow {
+        obligations: entry, ..
+    } = &obligations.entries[0]
+    else {
+        panic!("{:?}", obligations.entries[0])
+    };
+    assert!(entry.citizen_view);
 }
 
 #[test]

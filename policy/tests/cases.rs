@@ -3,13 +3,16 @@
 //!
 //! `scopes | patient | method | url | expected`
 //!
-//! where `patient` is the token's `patient` claim (`-`: none) and `expected` is `allow`,
+//! where `patient` is the token's `patient` claim (`-`: none), followed by `@<fhirUser>` when
+//! the token names its user and preceded by `citizen:` for a request on the citizen listener
+//! (where the operator opened `Observation` besides the audit log), and `expected` is `allow`,
 //! `allow+check` (answer checked against the compartment), `allow+verify` (the target of a write
 //! is read and checked first), `allow+narrow:<param>=<value>`
 //! (search narrowed, answer checked), `allow+restrict:<param>=<value>` (answers must satisfy a
-//! granular scope), `deny:<reason code>` or `invalid:<classify error code>`.
+//! granular scope), `deny:<reason code>` or `invalid:<classify error code>`; `+view` is added
+//! when the answer must be given in the citizen's view.
 
-use portvagt_policy::{Decision, ScopeSet, Subject, classify, decide};
+use portvagt_policy::{Channel, Decision, ScopeSet, Subject, classify, decide};
 
 const CASES: &str = r#"
 # --- user and system scopes: type and permission ---------------------------------------------
@@ -224,17 +227,51 @@ patient/Observation.cruds   | pat-anne | DELETE | Observation?patient=pat-anne  
 patient/Observation.cruds   | pat-anne | PUT    | Observation?identifier=x       | deny:write-not-verifiable
 patient/Observation.cruds   | pat-anne | POST   | Observation                    | deny:write-not-verifiable
 # --- the audit log: a citizen's own, nobody else's, never written through the gateway -------
-patient/AuditEvent.rs       | pat-anne | GET | AuditEvent                          | allow+narrow:patient=Patient/pat-anne
-patient/AuditEvent.rs       | pat-anne | GET | AuditEvent?patient=pat-bo           | deny:outside-compartment
+patient/AuditEvent.rs       | pat-anne@Patient/pat-anne | GET | AuditEvent        | allow+narrow:patient=Patient/pat-anne+view
+patient/AuditEvent.rs       | pat-anne@https://fhir.example/Patient/pat-anne | GET | AuditEvent/ae-1 | allow+check+view
+patient/AuditEvent.rs       | pat-anne@Patient/pat-anne | GET | AuditEvent?patient=pat-bo | deny:outside-compartment
+patient/AuditEvent.rs       | pat-anne | GET | AuditEvent                          | deny:audit-log-restricted
+patient/AuditEvent.rs       | pat-anne@Practitioner/prac-ns363 | GET | AuditEvent  | deny:audit-log-restricted
+patient/AuditEvent.rs       | pat-anne@Patient/pat-bo | GET | AuditEvent            | deny:audit-log-restricted
+patient/AuditEvent.rs       | pat-anne@Patient/pat-anne-2 | GET | AuditEvent        | deny:audit-log-restricted
+patient/AuditEvent.rs       | pat-anne@xPatient/pat-anne | GET | AuditEvent         | deny:audit-log-restricted
+patient/AuditEvent.rs       | pat-anne@Patient/pat-anne/_history/1 | GET | AuditEvent | deny:audit-log-restricted
+patient/*.rs                | pat-anne | GET | Observation/obs-anne-bp             | allow+check
 user/*.cruds                | - | GET    | AuditEvent?patient=pat-anne            | deny:audit-log-restricted
 system/AuditEvent.rs        | - | GET    | AuditEvent/ae-1                        | deny:audit-log-restricted
 user/*.cruds                | - | POST   | AuditEvent                             | deny:audit-log-restricted
 patient/AuditEvent.cruds    | pat-anne | DELETE | AuditEvent/ae-1                 | deny:audit-log-restricted
+# --- the citizen listener: the citizen about themselves, their log and what is opened -------
+patient/*.rs                | citizen:pat-anne@Patient/pat-anne | GET | AuditEvent   | allow+narrow:patient=Patient/pat-anne+view
+patient/*.rs                | citizen:pat-anne@Patient/pat-anne | GET | AuditEvent/ae-1 | allow+check+view
+patient/*.rs                | citizen:pat-anne@Patient/pat-anne | GET | Observation?code=x | allow+narrow:subject=Patient/pat-anne
+patient/*.rs                | citizen:pat-anne@Patient/pat-anne | GET | Observation/obs-anne-bp/_history/1 | allow+check
+patient/*.rs                | citizen:pat-anne@Patient/pat-anne | GET | Condition?code=x   | deny:citizen-listener
+patient/*.rs                | citizen:pat-anne@Patient/pat-anne | GET | Patient/pat-anne   | deny:citizen-listener
+patient/*.cruds             | citizen:pat-anne@Patient/pat-anne | POST | Observation       | deny:citizen-listener
+patient/*.cruds             | citizen:pat-anne@Patient/pat-anne | DELETE | AuditEvent/ae-1 | deny:citizen-listener
+patient/*.rs                | citizen:pat-anne@Patient/pat-anne | GET | Observation/obs-anne-bp/_history | deny:citizen-listener
+patient/*.rs                | citizen:pat-anne@Patient/pat-anne | GET | Patient/pat-anne/$everything | deny:citizen-listener
+patient/*.rs                | citizen:pat-anne@Patient/pat-anne | GET | metadata           | deny:citizen-listener
+patient/*.rs                | citizen:pat-anne@Patient/pat-anne | GET | ?_type=AuditEvent  | deny:citizen-listener
+patient/*.rs                | citizen:pat-anne | GET | AuditEvent                        | deny:citizen-listener
+patient/*.rs                | citizen:pat-anne@Practitioner/prac-ns363 | GET | AuditEvent | deny:citizen-listener
+user/*.rs                   | citizen:-@Patient/pat-anne | GET | AuditEvent              | deny:citizen-listener
+patient/*.rs                | citizen:pat-anne@Patient/pat-anne | GET | AuditEvent?patient=pat-bo | deny:outside-compartment
+patient/Observation.rs      | citizen:pat-anne@Patient/pat-anne | GET | AuditEvent     | deny:insufficient-scope
 # --- a user scope is not narrowed by a patient scope beside it ------------------------------
 patient/Observation.rs user/Observation.rs | pat-anne | GET | Observation/obs-bo-bp  | allow
 "#;
 
 fn expectation(decision: &Decision) -> String {
+    let view = match decision {
+        Decision::Allow { obligations, .. } if obligations.citizen_view => "+view",
+        _ => "",
+    };
+    expectation_without_view(decision) + view
+}
+
+fn expectation_without_view(decision: &Decision) -> String {
     match decision {
         Decision::Deny { reason } => format!("deny:{}", reason.code()),
         Decision::Allow { obligations, .. } if obligations.verify_target => {
@@ -260,6 +297,7 @@ fn expectation(decision: &Decision) -> String {
 fn every_case_in_the_table() {
     let mut failures = Vec::new();
     let mut count = 0;
+    let opened = ["Observation".to_owned()];
     for (line_number, line) in CASES.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -271,6 +309,14 @@ fn every_case_in_the_table() {
             panic!("line {}: {line}", line_number + 1);
         };
         let scopes = ScopeSet::parse(if scopes == "-" { "" } else { scopes });
+        let (channel, patient) = match patient.strip_prefix("citizen:") {
+            Some(patient) => (Channel::Citizen { opened: &opened }, patient),
+            None => (Channel::Professional, patient),
+        };
+        let (patient, fhir_user) = match patient.split_once('@') {
+            Some((patient, fhir_user)) => (patient, Some(fhir_user)),
+            None => (patient, None),
+        };
         let patient = (patient != "-").then_some(patient);
         let (path, query) = match url.split_once('?') {
             Some((path, query)) => (path, Some(query)),
@@ -282,6 +328,8 @@ fn every_case_in_the_table() {
                 Subject {
                     scopes: &scopes,
                     patient,
+                    fhir_user,
+                    channel,
                 },
                 &request,
             )),

@@ -43,7 +43,7 @@ proptest! {
     fn scope_parsing_never_panics_and_unparsed_scopes_grant_nothing(claim in "\\PC{0,120}", path in "(Patient|Observation)/[a-z0-9-]{1,10}") {
         let scopes = ScopeSet::parse(&claim);
         let request = classify("GET", &path, None).unwrap();
-        let decision = decide(Subject { scopes: &scopes, patient: None }, &request);
+        let decision = decide(Subject::new(&scopes, None), &request);
         if scopes.is_empty() {
             let denied = matches!(decision, portvagt_policy::Decision::Deny { .. });
             prop_assert!(denied, "{:?}", decision);
@@ -106,7 +106,7 @@ proptest! {
             return Ok(());
         };
         let scopes = ScopeSet::parse(scopes);
-        if let portvagt_policy::Decision::Allow { obligations, .. } = decide(Subject { scopes: &scopes, patient: Some("pat-anne") }, &request) {
+        if let portvagt_policy::Decision::Allow { obligations, .. } = decide(Subject::new(&scopes, Some("pat-anne")), &request) {
             prop_assert!(!request.path().contains("pat-bo"), "{} allowed", request.path());
             let is_patient_type = request.resource_type().is_some_and(|t| t.as_str() == "Patient");
             for (name, value) in request.params() {

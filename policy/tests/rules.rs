@@ -20,10 +20,7 @@ fn rules(toml_like: Vec<(&str, &str, Vec<&str>, Vec<&str>)>) -> RuleSet {
 #[test]
 fn scopes_grant_and_rules_still_decide() {
     let scopes = ScopeSet::parse("user/*.cruds");
-    let subject = Subject {
-        scopes: &scopes,
-        patient: None,
-    };
+    let subject = Subject::new(&scopes, None);
     let set = rules(vec![
         (
             "physicians read",
@@ -59,10 +56,7 @@ fn scopes_grant_and_rules_still_decide() {
 
     // Rules never widen what scopes grant.
     let narrow_scopes = ScopeSet::parse("user/Patient.rs");
-    let narrow = Subject {
-        scopes: &narrow_scopes,
-        patient: None,
-    };
+    let narrow = Subject::new(&narrow_scopes, None);
     assert_eq!(
         decide_with_rules(narrow, &as_physician, &set, &read).deny_reason(),
         Some(DenyReason::InsufficientScope)
@@ -72,10 +66,7 @@ fn scopes_grant_and_rules_still_decide() {
 #[test]
 fn batch_entries_meet_the_rules_one_by_one() {
     let scopes = ScopeSet::parse("user/*.cruds");
-    let subject = Subject {
-        scopes: &scopes,
-        patient: None,
-    };
+    let subject = Subject::new(&scopes, None);
     let set = rules(vec![("reads only", "allow", vec![], vec!["read"])]);
     let mut batch = classify("POST", "", None).unwrap();
     let body = serde_json::json!({ "resourceType": "Bundle", "type": "batch", "entry": [
@@ -99,10 +90,7 @@ fn batch_entries_meet_the_rules_one_by_one() {
 #[test]
 fn only_a_rule_that_names_the_audit_log_opens_it_to_users() {
     let scopes = ScopeSet::parse("user/*.rs");
-    let subject = Subject {
-        scopes: &scopes,
-        patient: None,
-    };
+    let subject = Subject::new(&scopes, None);
     let compile = |resource_types: Vec<&str>| {
         let spec = serde_json::from_value(serde_json::json!({
             "name": "privacy officers", "effect": "allow", "roles": ["privacy-officer"],
@@ -128,10 +116,7 @@ fn only_a_rule_that_names_the_audit_log_opens_it_to_users() {
     let write = classify("DELETE", "AuditEvent/ae-1", None).unwrap();
     let writer = compile(vec!["AuditEvent"]);
     let scopes = ScopeSet::parse("user/*.cruds");
-    let subject = Subject {
-        scopes: &scopes,
-        patient: None,
-    };
+    let subject = Subject::new(&scopes, None);
     assert_eq!(
         decide_with_rules(subject, &caller, &writer, &write).deny_reason(),
         Some(DenyReason::AuditLogRestricted)

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use portvagt_policy::{Caller, ScopeSet, Subject};
+use portvagt_policy::{Caller, Channel, ScopeSet, Subject};
 
 use crate::tls::PeerIdentity;
 
@@ -134,11 +134,13 @@ impl Principal {
     pub fn peer(&self) -> &PeerIdentity {
         &self.peer
     }
-    /// What the policy engine needs.
-    pub fn policy_subject(&self) -> Subject<'_> {
+    /// What the policy engine needs, for a request that came through `channel`.
+    pub fn policy_subject<'a>(&'a self, channel: Channel<'a>) -> Subject<'a> {
         Subject {
             scopes: &self.scopes,
             patient: self.patient.as_deref(),
+            fhir_user: self.fhir_user.as_deref(),
+            channel,
         }
     }
 }

@@ -1,5 +1,9 @@
 //! Authorization: asks `portvagt_policy::decide` and lets only allowed requests through.
 //! A denial becomes [`AccessDeniedError`], which [`crate::rescue`] answers with 403.
+//!
+//! This layer decides nothing itself: who the caller is, which listener they came through and
+//! the operator's rules go to the policy, and its decision (with the obligations the proxy
+//! carries out) goes on the request. It may not add rules of its own.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -7,7 +11,7 @@ use std::task::{Context, Poll};
 use arc_swap::ArcSwapOption;
 use http::Request;
 use portvagt_policy::{
-    Decision, DenyReason, FhirRequest, Interaction, RuleSet, decide, decide_with_rules,
+    Channel, Decision, DenyReason, FhirRequest, RuleSet, decide, decide_with_rules,
 };
 use tower::{Layer, Service};
 
@@ -47,9 +51,9 @@ impl AuthorizeLayer {
         }
     }
 
-    /// As [`AuthorizeLayer::new`], for the citizen listener: first of all the caller must be a
-    /// citizen (a patient-context token about themselves), reading or searching their audit
-    /// log or one of `resource_types`; then the policy decides as everywhere.
+    /// As [`AuthorizeLayer::new`], for the citizen listener ([`Channel::Citizen`]): the policy
+    /// lets through only a citizen about themselves, reading or searching their audit log or
+    /// one of `resource_types`.
     pub fn citizen(metrics: Arc<Metrics>, rules: SharedRules, resource_types: &[String]) -> Self {
         Self {
             metrics,
@@ -57,19 +61,6 @@ impl AuthorizeLayer {
             citizen: Some(resource_types.iter().cloned().collect()),
         }
     }
-}
-
-/// Whether the citizen listener serves this: a citizen about themselves, a read or search of
-/// `AuditEvent` or of a type the operator opened.
-fn citizen_may(principal: &Principal, fhir: &FhirRequest, opened: &[String]) -> bool {
-    let reads = matches!(
-        fhir.interaction(),
-        Interaction::Read | Interaction::Vread | Interaction::SearchType
-    );
-    let type_open = fhir
-        .resource_type()
-        .is_some_and(|t| t.as_str() == "AuditEvent" || opened.iter().any(|o| o == t.as_str()));
-    reads && type_open && is_the_patient(principal)
 }
 
 impl<S> Layer<S> for AuthorizeLayer {
@@ -110,47 +101,24 @@ where
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         // Both are put there by earlier layers; without them there is nothing to allow.
+        let channel = match &self.citizen {
+            Some(opened) => Channel::Citizen { opened },
+            None => Channel::Professional,
+        };
         let decision = match (
             request.extensions().get::<Arc<Principal>>(),
             request.extensions().get::<Arc<FhirRequest>>(),
         ) {
-            (Some(principal), Some(fhir))
-                if self
-                    .citizen
-                    .as_ref()
-                    .is_some_and(|opened| !citizen_may(principal, fhir, opened)) =>
-            {
-                Decision::Deny {
-                    reason: DenyReason::CitizenListener,
+            (Some(principal), Some(fhir)) => {
+                let subject = principal.policy_subject(channel);
+                match self.rules.load().as_deref() {
+                    None => decide(subject, fhir),
+                    Some(rules) => decide_with_rules(subject, &principal.caller(), rules, fhir),
                 }
             }
-            (Some(principal), Some(fhir)) => match self.rules.load().as_deref() {
-                None => decide(principal.policy_subject(), fhir),
-                Some(rules) => {
-                    decide_with_rules(principal.policy_subject(), &principal.caller(), rules, fhir)
-                }
-            },
             _ => Decision::Deny {
                 reason: DenyReason::InsufficientScope,
             },
-        };
-        // A patient-context scope opens the audit log only to the citizen it is about: the user
-        // must BE that patient (`fhirUser`), not a practitioner launched in their context.
-        let decision = match (decision, request.extensions().get::<Arc<Principal>>()) {
-            (Decision::Allow { granted_by, .. }, Some(principal))
-                if granted_by.starts_with("patient/")
-                    && request
-                        .extensions()
-                        .get::<Arc<FhirRequest>>()
-                        .and_then(|fhir| fhir.resource_type())
-                        .is_some_and(|t| t.as_str() == "AuditEvent")
-                    && !is_the_patient(principal) =>
-            {
-                Decision::Deny {
-                    reason: DenyReason::AuditLogRestricted,
-                }
-            }
-            (decision, _) => decision,
         };
         match &decision {
             Decision::Allow { .. } => record(&request, |fields| fields.decision = Some("allow")),
@@ -200,21 +168,111 @@ pub(crate) fn count_refusal(metrics: &Metrics, reason: DenyReason) {
         .inc();
 }
 
-/// Whether the caller is the patient in their own context: `fhirUser` names that Patient
-/// (relative or absolute).
-fn is_the_patient(principal: &Principal) -> bool {
-    match (principal.fhir_user(), principal.patient()) {
-        (Some(user), Some(patient)) => {
-            let own = format!("Patient/{patient}");
-            user == own || user.ends_with(&format!("/{own}"))
-        }
-        _ => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use portvagt_policy::{ScopeSet, classify};
+    use tower::ServiceExt as _;
+
     use super::*;
+    use crate::auth::principal::Identity;
+    use crate::tls::PeerIdentity;
+
+    fn principal(scopes: &str, patient: Option<&str>, fhir_user: Option<&str>) -> Principal {
+        Principal {
+            subject: "sub".into(),
+            issuer: "iss".into(),
+            client_id: None,
+            jti: None,
+            scopes: ScopeSet::parse(scopes),
+            patient: patient.map(str::to_owned),
+            fhir_user: fhir_user.map(str::to_owned),
+            certificate_bound: false,
+            expires_at: u64::MAX,
+            roles: Vec::new(),
+            purpose_of_use: None,
+            identity: Identity::default(),
+            peer: Arc::new(PeerIdentity::without_certificate()),
+        }
+    }
+
+    /// What the layer lets through: the decision it put on the request, or the refusal's reason.
+    async fn through(
+        layer: &AuthorizeLayer,
+        principal: Principal,
+        method: &str,
+        url: &str,
+    ) -> Result<Decision, DenyReason> {
+        let (path, query) = url
+            .split_once('?')
+            .map_or((url, None), |(p, q)| (p, Some(q)));
+        let mut request = Request::builder().body(()).unwrap();
+        request.extensions_mut().insert(Arc::new(principal));
+        request
+            .extensions_mut()
+            .insert(Arc::new(classify(method, path, query).unwrap()));
+        let inner = tower::service_fn(|request: Request<()>| async move {
+            Ok::<_, BoxError>(request.extensions().get::<Decision>().cloned())
+        });
+        match layer.layer(inner).oneshot(request).await {
+            Ok(decision) => Ok(decision.expect("an allowed request carries its decision")),
+            Err(error) => Err(error.downcast_ref::<AccessDeniedError>().unwrap().reason),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_layer_asks_the_policy_with_the_listener_and_the_user_and_carries_its_obligations()
+    {
+        let rules: SharedRules = Arc::default();
+        let citizen = AuthorizeLayer::citizen(
+            Arc::new(Metrics::new()),
+            rules.clone(),
+            &["Observation".into()],
+        );
+        let mtls = AuthorizeLayer::new(Arc::new(Metrics::new()), rules);
+        let anne = || principal("patient/*.rs", Some("pat-anne"), Some("Patient/pat-anne"));
+        let nurse = || {
+            principal(
+                "patient/*.rs",
+                Some("pat-anne"),
+                Some("Practitioner/prac-ns363"),
+            )
+        };
+
+        // Anne reads her own log on the citizen listener: in her view.
+        let Ok(Decision::Allow { obligations, .. }) =
+            through(&citizen, anne(), "GET", "AuditEvent").await
+        else {
+            panic!("Anne reads her own log")
+        };
+        assert!(obligations.citizen_view);
+        // What the operator did not open, and any write, the citizen listener refuses.
+        assert_eq!(
+            through(&citizen, anne(), "GET", "Condition?code=x").await,
+            Err(DenyReason::CitizenListener)
+        );
+        assert_eq!(
+            through(&citizen, anne(), "POST", "Observation").await,
+            Err(DenyReason::CitizenListener)
+        );
+        // A practitioner launched in Anne's context is not Anne: not on the citizen listener,
+        // and not her log anywhere.
+        assert_eq!(
+            through(&citizen, nurse(), "GET", "Observation?code=x").await,
+            Err(DenyReason::CitizenListener)
+        );
+        assert_eq!(
+            through(&mtls, nurse(), "GET", "AuditEvent").await,
+            Err(DenyReason::AuditLogRestricted)
+        );
+        // On the mTLS listener the nurse reads Anne's data, narrowed to her.
+        let Ok(Decision::Allow { obligations, .. }) =
+            through(&mtls, nurse(), "GET", "Condition?code=x").await
+        else {
+            panic!("the nurse reads Anne's conditions")
+        };
+        assert_eq!(obligations.compartment.as_deref(), Some("pat-anne"));
+        assert!(!obligations.citizen_view);
+    }
 
     fn denied(metrics: &Metrics, reason: DenyReason) -> u64 {
         metrics

@@ -118,7 +118,23 @@ pub(crate) fn merge(
     serde_json::to_vec(&bundle).map_err(|_| ProxyError::MalformedBundle)
 }
 
-fn checked_entry(mut entry: Value, obligations: &Obligations, mode: FilterMode) -> Value {
+fn checked_entry(entry: Value, obligations: &Obligations, mode: FilterMode) -> Value {
+    let mut entry = compartment_checked_entry(entry, obligations, mode);
+    // A citizen's own audit log, read in a batch, is answered in the citizen's view as a single
+    // read of it is.
+    if obligations.citizen_view
+        && let Some(resource) = entry.get_mut("resource")
+    {
+        crate::audit::citizen::citizen_view(resource);
+    }
+    entry
+}
+
+fn compartment_checked_entry(
+    mut entry: Value,
+    obligations: &Obligations,
+    mode: FilterMode,
+) -> Value {
     let Some(check) = super::response_check(obligations) else {
         return entry;
     };
@@ -230,6 +246,43 @@ mod tests {
             "Bo's observation was removed"
         );
         assert_eq!(entries[2]["resource"]["id"], "pat-anne");
+    }
+
+    #[test]
+    fn a_citizens_audit_log_in_a_batch_is_answered_in_the_citizens_view() {
+        let request = json!({ "resourceType": "Bundle", "type": "batch", "entry": [
+            { "request": { "method": "GET", "url": "AuditEvent/ae-1" } },
+            { "request": { "method": "GET", "url": "AuditEvent/ae-2" } },
+        ]});
+        let own_log = Obligations {
+            citizen_view: true,
+            ..Obligations::default()
+        };
+        let decisions = vec![allow(own_log), allow(Obligations::default())];
+        let (_, plan) = plan(request.to_string().as_bytes(), &decisions).unwrap();
+        let event = |id: &str| {
+            json!({ "resourceType": "AuditEvent", "id": id,
+                    "source": { "observer": { "display": "gw-7 10.0.0.7" } } })
+        };
+        let backend = json!({ "resourceType": "Bundle", "type": "batch-response", "entry": [
+            { "resource": event("ae-1"), "response": { "status": "200 OK" } },
+            { "resource": event("ae-2"), "response": { "status": "200 OK" } },
+        ]});
+        let merged = merge(
+            Some(backend.to_string().as_bytes()),
+            &plan,
+            FilterMode::Remove,
+        )
+        .unwrap();
+        let merged: Value = serde_json::from_slice(&merged).unwrap();
+        assert_eq!(
+            merged["entry"][0]["resource"]["source"]["observer"]["display"],
+            "Portvagt"
+        );
+        assert_eq!(
+            merged["entry"][1]["resource"]["source"]["observer"]["display"], "gw-7 10.0.0.7",
+            "only the entry with the obligation is rewritten"
+        );
     }
 
     #[test]

@@ -60,17 +60,11 @@ impl Proxy {
             .cloned()
             .ok_or("request reached the proxy unclassified")?;
         let Some(Decision::Allow {
-            mut obligations,
-            granted_by,
+            mut obligations, ..
         }) = parts.extensions.remove::<Decision>()
         else {
             return Err("request reached the proxy unauthorised".into());
         };
-        // The audit log lives in the audit repository; a citizen reading theirs (a
-        // patient-context scope) sees it newest first and in the citizen's view.
-        let reads_audit_log = fhir
-            .resource_type()
-            .is_some_and(|t| t.as_str() == "AuditEvent");
         let routes = self.routes.load();
         // No route takes this type under this base: not found, never the main backend by
         // another path (which would skip the rules written for the main base's paths).
@@ -82,7 +76,8 @@ impl Proxy {
                 rewriter: route.rewriter.clone(),
             })
             .ok_or(portvagt_policy::ClassifyError::UnknownPath)?;
-        let citizen_view = reads_audit_log && granted_by.starts_with("patient/");
+        // A citizen reading their own audit log sees it newest first, in the citizen's view.
+        let citizen_view = obligations.citizen_view;
         let record_handle = parts.extensions.get::<RequestRecord>().cloned();
         let client_ip = parts.extensions.get::<ClientAddr>().map(|addr| addr.0.ip());
 

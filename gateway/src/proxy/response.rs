@@ -8,15 +8,19 @@
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt as _, Limited};
 use portvagt_policy::compartment::{patients_in_answer, patients_in_body};
 use portvagt_policy::consent::{Refusals, answers_not_found, not_found_alike, withhold};
 use portvagt_policy::request::RequestBody;
-use portvagt_policy::{DenyReason, Filtered, Interaction, check_response};
+use portvagt_policy::{
+    DenyReason, FhirRequest, FilterMode, Filtered, Interaction, Obligations, check_response,
+};
 
+use super::bundle::BatchPlan;
 use super::consent::overlaps;
 use super::request::Exchange;
+use super::rewrite::UrlRewriter;
 use super::{Proxy, bundle, headers, record_entries, response_check, rewrite_bundle};
 use crate::backend::ProxyError;
 use crate::body::{Body, BoxError, boxed, full};
@@ -73,60 +77,34 @@ impl Proxy {
         Ok(response)
     }
 
-    /// The response phase (see the module documentation).
+    /// The response phase (see the module documentation), in its steps: headers cleaned; an
+    /// answer nothing has to look at streams through; else it is read whole, checked
+    /// ([`checked_answer`]), merged with a batch's refused entries ([`merged_batch`]), stripped
+    /// of counts that would tell ([`counts_hidden`]), withheld from under citizens' blocks, and
+    /// whose data it holds recorded.
     pub(super) async fn respond(
         &self,
         exchange: Exchange,
         response: Response<hyper::body::Incoming>,
     ) -> Result<Response<Body>, BoxError> {
+        let status = response.status();
+        let (mut parts, body) = response.into_parts();
+        clean_headers(&mut parts.headers, &exchange.upstream.rewriter);
+        let duties = Duties::of(&exchange, status, is_json(&parts.headers), self.audited);
+        if duties.streams_through() {
+            return Ok(Response::from_parts(parts, boxed(body)));
+        }
         let Exchange {
             fhir,
             obligations,
             upstream,
-            citizen_view,
             record_handle,
             consent,
             touched,
             strip_total,
             batch,
-            is_head,
+            ..
         } = &exchange;
-        let (citizen_view, strip_total, is_head) = (*citizen_view, *strip_total, *is_head);
-        let status = response.status();
-        // Response phase: header hygiene, URL rewriting, compartment checks, batch merging.
-        let (mut parts, body) = response.into_parts();
-        headers::sanitize_response(&mut parts.headers);
-        for name in [header::LOCATION, header::CONTENT_LOCATION] {
-            if let Some(rewritten) = parts
-                .headers
-                .get(&name)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| upstream.rewriter.rewrite(v))
-                && let Ok(value) = HeaderValue::try_from(rewritten)
-            {
-                parts.headers.insert(name, value);
-            }
-        }
-        let is_json = parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.contains("json"));
-        let check = response_check(obligations);
-        let must_check = check.is_some() || batch.is_some();
-        let rewrites_urls = fhir.interaction().returns_bundle() && is_json;
-        // The CapabilityStatement describes the gateway's security, not the backend's.
-        let describes_security =
-            fhir.interaction() == Interaction::Capabilities && is_json && status.is_success();
-        let audits_patients =
-            (self.audited || consent.is_some() || citizen_view) && is_json && status.is_success();
-        if !must_check
-            && !describes_security
-            && !audits_patients
-            && ((is_head && consent.is_none()) || (!is_head && !rewrites_urls))
-        {
-            return Ok(Response::from_parts(parts, boxed(body)));
-        }
         let bytes = Limited::new(body, self.max_response_bytes)
             .collect()
             .await
@@ -138,67 +116,22 @@ impl Proxy {
                 }
             })?;
         let mut bytes = rewrite_bundle(upstream, bytes.to_bytes());
-        if describes_security
+        if duties.describes_security
             && let Some(rewritten) = self.smart.rewrite_capability_statement(&bytes)
         {
             bytes = Bytes::from(rewritten);
         }
-        if let Some(check) = &check
-            && status.is_success()
-            && !bytes.is_empty()
-        {
-            // Fail closed: what cannot be read as FHIR JSON cannot be shown to be the patient's.
-            let verdict = if is_json {
-                check_response(&bytes, check, self.filter_mode)
-            } else {
-                Filtered::Forbidden
-            };
-            match verdict {
-                Filtered::Unchanged => {}
-                Filtered::Rewritten(filtered) => bytes = Bytes::from(filtered),
-                Filtered::Forbidden => {
-                    let reason = if obligations.compartment.is_some() {
-                        DenyReason::OutsideCompartment
-                    } else {
-                        DenyReason::OutsideGranularScope
-                    };
-                    return Err(self.deny(reason, record_handle.as_ref(), None));
-                }
+        if status.is_success() {
+            bytes = checked_answer(bytes, obligations, duties.is_json, self.filter_mode)
+                .map_err(|reason| self.deny(reason, record_handle.as_ref(), None))?;
+            if let Some(plan) = batch {
+                bytes = merged_batch(&bytes, plan, fhir, consent.is_some(), self.filter_mode)?;
             }
+            bytes = counts_hidden(bytes, fhir, *strip_total, consent.is_some());
         }
-        if let Some(plan) = &batch
-            && status.is_success()
-        {
-            bytes = Bytes::from(bundle::merge(Some(&bytes), plan, self.filter_mode)?);
-            // Entry by entry as for single requests: not found in the gateway's words.
-            if consent.is_some()
-                && let Some(RequestBody::Bundle { entries, .. }) = fhir.body()
-                && let Ok(mut answer) = serde_json::from_slice::<serde_json::Value>(&bytes)
-            {
-                let applies: Vec<bool> = entries
-                    .iter()
-                    .map(|entry| answers_not_found(entry.interaction()))
-                    .collect();
-                if not_found_alike(&mut answer, &applies, &not_found_outcome()) {
-                    bytes = Bytes::from(serde_json::to_vec(&answer)?);
-                }
-            }
-        }
-        if strip_total
-            && status.is_success()
-            && fhir.interaction().returns_bundle()
-            && let Some(without) = portvagt_policy::filter::without_total(&bytes)
-        {
-            bytes = Bytes::from(without);
-        }
-        if consent.is_some()
-            && status.is_success()
-            && fhir.interaction().returns_bundle()
-            && let Some(without) = portvagt_policy::filter::without_last_link(&bytes)
-        {
-            bytes = Bytes::from(without);
-        }
-        let (bytes, audited_patients) = self.withhold(bytes, audits_patients, &exchange).await?;
+        let (bytes, audited_patients) = self
+            .withhold(bytes, duties.audits_patients, &exchange)
+            .await?;
         // What leaves is what is audited: after filtering, merging and withholding.
         if let (Some(patients), Some(record_handle)) = (audited_patients, &record_handle) {
             record_handle.fields().patients = patients;
@@ -337,5 +270,381 @@ impl Proxy {
             (None, None) => None,
         };
         Ok((bytes, audited_patients))
+    }
+}
+
+/// Hop-by-hop and backend-internal headers removed, and `Location` / `Content-Location` made to
+/// point at the gateway instead of the backend.
+fn clean_headers(headers: &mut HeaderMap, rewriter: &UrlRewriter) {
+    headers::sanitize_response(headers);
+    for name in [header::LOCATION, header::CONTENT_LOCATION] {
+        if let Some(rewritten) = headers
+            .get(&name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| rewriter.rewrite(v))
+            && let Ok(value) = HeaderValue::try_from(rewritten)
+        {
+            headers.insert(name, value);
+        }
+    }
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("json"))
+}
+
+/// What the response phase must do with one answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Duties {
+    is_json: bool,
+    is_head: bool,
+    /// Checked against the compartment or a granular scope, or merged into a batch answer.
+    must_check: bool,
+    /// A searchset or history whose URLs point at the backend.
+    rewrites_urls: bool,
+    /// The CapabilityStatement, which describes the gateway's security, not the backend's.
+    describes_security: bool,
+    /// Whose data it holds must be known (audit, consent, the citizen's view).
+    audits_patients: bool,
+    /// Citizens' blocks are enforced.
+    consent: bool,
+}
+
+impl Duties {
+    fn of(exchange: &Exchange, status: StatusCode, is_json: bool, audited: bool) -> Self {
+        let interaction = exchange.fhir.interaction();
+        let consent = exchange.consent.is_some();
+        Duties {
+            is_json,
+            is_head: exchange.is_head,
+            must_check: response_check(&exchange.obligations).is_some() || exchange.batch.is_some(),
+            rewrites_urls: interaction.returns_bundle() && is_json,
+            describes_security: interaction == Interaction::Capabilities
+                && is_json
+                && status.is_success(),
+            audits_patients: (audited || consent || exchange.citizen_view)
+                && is_json
+                && status.is_success(),
+            consent,
+        }
+    }
+
+    /// Nothing has to look at the answer: its body streams through as the backend sends it
+    /// (a HEAD answer has none, unless a block may apply to what the GET behind it read).
+    fn streams_through(&self) -> bool {
+        !self.must_check
+            && !self.describes_security
+            && !self.audits_patients
+            && ((self.is_head && !self.consent) || (!self.is_head && !self.rewrites_urls))
+    }
+}
+
+/// A successful answer checked against the compartment or a granular scope: unchanged,
+/// filtered (entries outside taken out), or refused with the reason. Fail closed: what cannot
+/// be read as FHIR JSON cannot be shown to be the patient's.
+fn checked_answer(
+    bytes: Bytes,
+    obligations: &Obligations,
+    is_json: bool,
+    mode: FilterMode,
+) -> Result<Bytes, DenyReason> {
+    let Some(check) = response_check(obligations) else {
+        return Ok(bytes);
+    };
+    if bytes.is_empty() {
+        return Ok(bytes);
+    }
+    let verdict = if is_json {
+        check_response(&bytes, &check, mode)
+    } else {
+        Filtered::Forbidden
+    };
+    match verdict {
+        Filtered::Unchanged => Ok(bytes),
+        Filtered::Rewritten(filtered) => Ok(Bytes::from(filtered)),
+        Filtered::Forbidden if obligations.compartment.is_some() => {
+            Err(DenyReason::OutsideCompartment)
+        }
+        Filtered::Forbidden => Err(DenyReason::OutsideGranularScope),
+    }
+}
+
+/// A successful batch answer merged with the entries the gateway answered itself; under
+/// citizens' blocks, an entry the backend did not find is answered in the gateway's words, as
+/// a single request is.
+fn merged_batch(
+    bytes: &[u8],
+    plan: &BatchPlan,
+    fhir: &FhirRequest,
+    consent: bool,
+    mode: FilterMode,
+) -> Result<Bytes, BoxError> {
+    let merged = bundle::merge(Some(bytes), plan, mode)?;
+    if consent
+        && let Some(RequestBody::Bundle { entries, .. }) = fhir.body()
+        && let Ok(mut answer) = serde_json::from_slice::<serde_json::Value>(&merged)
+    {
+        let applies: Vec<bool> = entries
+            .iter()
+            .map(|entry| answers_not_found(entry.interaction()))
+            .collect();
+        if not_found_alike(&mut answer, &applies, &not_found_outcome()) {
+            return Ok(Bytes::from(serde_json::to_vec(&answer)?));
+        }
+    }
+    Ok(Bytes::from(merged))
+}
+
+/// A searchset or history without the numbers that would count what blocks withhold: the
+/// `total` when `strip_total`, and, under blocks, the `last` link (its offset counts them too).
+fn counts_hidden(mut bytes: Bytes, fhir: &FhirRequest, strip_total: bool, consent: bool) -> Bytes {
+    if !fhir.interaction().returns_bundle() {
+        return bytes;
+    }
+    if strip_total && let Some(without) = portvagt_policy::filter::without_total(&bytes) {
+        bytes = Bytes::from(without);
+    }
+    if consent && let Some(without) = portvagt_policy::filter::without_last_link(&bytes) {
+        bytes = Bytes::from(without);
+    }
+    bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use portvagt_policy::{Decision, classify};
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    fn anne_only() -> Obligations {
+        Obligations {
+            compartment: Some("pat-anne".into()),
+            ..Obligations::default()
+        }
+    }
+
+    fn observation(id: &str, patient: &str) -> Value {
+        json!({ "resourceType": "Observation", "id": id,
+                "subject": { "reference": format!("Patient/{patient}") } })
+    }
+
+    fn bytes(value: &Value) -> Bytes {
+        Bytes::from(value.to_string())
+    }
+
+    fn json_of(bytes: &[u8]) -> Value {
+        serde_json::from_slice(bytes).unwrap()
+    }
+
+    #[test]
+    fn headers_are_cleaned_and_locations_point_at_the_gateway() {
+        let rewriter = UrlRewriter::new("http://backend:8080/fhir", "https://gw.example/fhir");
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::LOCATION,
+            HeaderValue::from_static("http://backend:8080/fhir/Observation/o1/_history/2"),
+        );
+        headers.insert(
+            header::CONTENT_LOCATION,
+            HeaderValue::from_static("https://elsewhere.example/x"),
+        );
+        headers.insert(header::SERVER, HeaderValue::from_static("HAPI 7.2"));
+        clean_headers(&mut headers, &rewriter);
+        assert_eq!(
+            headers[header::LOCATION],
+            "https://gw.example/fhir/Observation/o1/_history/2"
+        );
+        assert_eq!(
+            headers[header::CONTENT_LOCATION],
+            "https://elsewhere.example/x",
+            "a URL not below the backend is left as it is"
+        );
+        assert!(!headers.contains_key(header::SERVER));
+    }
+
+    #[test]
+    fn only_an_answer_nobody_must_look_at_streams_through() {
+        let plain = Duties {
+            is_json: true,
+            is_head: false,
+            must_check: false,
+            rewrites_urls: false,
+            describes_security: false,
+            audits_patients: false,
+            consent: false,
+        };
+        assert!(plain.streams_through());
+        for duty in [
+            Duties {
+                must_check: true,
+                ..plain
+            },
+            Duties {
+                rewrites_urls: true,
+                ..plain
+            },
+            Duties {
+                describes_security: true,
+                ..plain
+            },
+            Duties {
+                audits_patients: true,
+                ..plain
+            },
+        ] {
+            assert!(!duty.streams_through(), "{duty:?}");
+        }
+        // A HEAD has no body to rewrite, but under blocks the GET behind it is read and checked.
+        let head = Duties {
+            is_head: true,
+            rewrites_urls: true,
+            ..plain
+        };
+        assert!(head.streams_through());
+        assert!(
+            !Duties {
+                consent: true,
+                ..head
+            }
+            .streams_through()
+        );
+    }
+
+    #[test]
+    fn an_answer_outside_the_compartment_is_refused_or_filtered_and_unreadable_is_refused() {
+        let own = bytes(&observation("o1", "pat-anne"));
+        assert_eq!(
+            checked_answer(own.clone(), &anne_only(), true, FilterMode::Remove),
+            Ok(own.clone())
+        );
+        let other = bytes(&observation("o2", "pat-bo"));
+        assert_eq!(
+            checked_answer(other, &anne_only(), true, FilterMode::Remove),
+            Err(DenyReason::OutsideCompartment)
+        );
+        // Fail closed on what is not JSON, whatever it holds.
+        assert_eq!(
+            checked_answer(own.clone(), &anne_only(), false, FilterMode::Remove),
+            Err(DenyReason::OutsideCompartment)
+        );
+        // A searchset loses the entry that is not hers.
+        let searchset = json!({ "resourceType": "Bundle", "type": "searchset", "entry": [
+            { "resource": observation("o1", "pat-anne") },
+            { "resource": observation("o2", "pat-bo") },
+        ]});
+        let filtered =
+            checked_answer(bytes(&searchset), &anne_only(), true, FilterMode::Remove).unwrap();
+        let ids: Vec<Value> = json_of(&filtered)["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|entry| entry["resource"]["id"].clone())
+            .collect();
+        assert_eq!(ids, [json!("o1")]);
+        // A granular scope's restriction refuses in its own words.
+        let laboratory = Obligations {
+            restriction: vec![("category".into(), "laboratory".into())],
+            ..Obligations::default()
+        };
+        assert_eq!(
+            checked_answer(own, &laboratory, true, FilterMode::Remove),
+            Err(DenyReason::OutsideGranularScope)
+        );
+        // Nothing to check: untouched, even what is not JSON.
+        let html = Bytes::from_static(b"<html>");
+        assert_eq!(
+            checked_answer(
+                html.clone(),
+                &Obligations::default(),
+                false,
+                FilterMode::Remove
+            ),
+            Ok(html)
+        );
+    }
+
+    /// A batch of reads: its body, and the request as classified.
+    fn batch_of_reads(urls: &[&str]) -> (Vec<u8>, FhirRequest) {
+        let entries: Vec<Value> = urls
+            .iter()
+            .map(|url| json!({ "request": { "method": "GET", "url": url } }))
+            .collect();
+        let body = json!({ "resourceType": "Bundle", "type": "batch", "entry": entries });
+        let body = body.to_string().into_bytes();
+        let mut request = classify("POST", "", None).unwrap();
+        request
+            .attach_body(Some("application/fhir+json"), &body)
+            .unwrap();
+        (body, request)
+    }
+
+    #[test]
+    fn a_batch_entry_the_backend_did_not_find_is_answered_in_the_gateways_words_under_blocks() {
+        let (body, fhir) = batch_of_reads(&["Observation/o1", "Observation/o-gone"]);
+        let allowed = Decision::Allow {
+            granted_by: "user/*.rs".into(),
+            obligations: Obligations::default(),
+        };
+        let (_, plan) = bundle::plan(&body, &[allowed.clone(), allowed]).unwrap();
+        let backend_outcome = json!({ "resourceType": "OperationOutcome", "issue": [
+            { "severity": "error", "code": "not-found",
+              "diagnostics": "HAPI-2001: Resource Observation/o-gone is gone (deleted)" } ] });
+        let answer = json!({ "resourceType": "Bundle", "type": "batch-response", "entry": [
+            { "resource": observation("o1", "pat-anne"), "response": { "status": "200 OK" } },
+            { "response": { "status": "410 Gone", "outcome": backend_outcome } },
+        ]});
+        let answer = bytes(&answer);
+        let blocked =
+            json_of(&merged_batch(&answer, &plan, &fhir, true, FilterMode::Remove).unwrap());
+        assert_eq!(blocked["entry"][0]["resource"]["id"], "o1");
+        assert_eq!(blocked["entry"][1]["response"]["status"], "404 Not Found");
+        assert_eq!(
+            blocked["entry"][1]["response"]["outcome"],
+            not_found_outcome()
+        );
+        // Without blocks there is nothing a 410 could give away that the gateway guards.
+        let open =
+            json_of(&merged_batch(&answer, &plan, &fhir, false, FilterMode::Remove).unwrap());
+        assert_eq!(open["entry"][1]["response"]["status"], "410 Gone");
+    }
+
+    #[test]
+    fn counts_that_would_tell_what_blocks_withhold_are_dropped() {
+        let searchset = json!({ "resourceType": "Bundle", "type": "searchset", "total": 7,
+            "link": [
+                { "relation": "self", "url": "https://gw.example/fhir/Observation?code=x" },
+                { "relation": "last", "url": "https://gw.example/fhir/Observation?code=x&_offset=5" },
+            ],
+            "entry": [ { "resource": observation("o1", "pat-anne") } ] });
+        let search = classify("GET", "Observation", Some("code=x")).unwrap();
+        let relations = |value: &Value| -> Vec<Value> {
+            value["link"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|link| link["relation"].clone())
+                .collect()
+        };
+        let both = json_of(&counts_hidden(bytes(&searchset), &search, true, true));
+        assert!(both.get("total").is_none());
+        assert_eq!(relations(&both), [json!("self")]);
+        assert_eq!(both["entry"][0]["resource"]["id"], "o1");
+        // A count of named patients keeps its total; blocks still drop the last link.
+        let total_kept = json_of(&counts_hidden(bytes(&searchset), &search, false, true));
+        assert_eq!(total_kept["total"], 7);
+        assert_eq!(relations(&total_kept), [json!("self")]);
+        // Without blocks, nothing to hide.
+        let untouched = counts_hidden(bytes(&searchset), &search, false, false);
+        assert_eq!(json_of(&untouched), searchset);
+        // A read of a stored Bundle is a resource, not a searchset: untouched.
+        let read = classify("GET", "Bundle/b1", None).unwrap();
+        assert_eq!(
+            json_of(&counts_hidden(bytes(&searchset), &read, true, true)),
+            searchset
+        );
     }
 }
