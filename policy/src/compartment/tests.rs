@@ -1,0 +1,213 @@
+//! Tests of compartment membership: the generated table, references followed through arrays,
+//! lookalike and identifier-only references that place nobody, and the patients an answer is
+//! about. Test code only: the compartment module may not depend on anything here.
+
+use serde_json::json;
+
+#[test]
+fn a_reference_by_identifier_only_is_nobody_we_can_place() {
+    use super::{Membership, membership, patient_reference_id};
+    // Bo's, by CPR, with Anne as performer: not Anne's.
+    let by_identifier = json!({ "resourceType": "Observation",
+        "subject": { "identifier": { "system": "urn:oid:1.2.208.176.1.2", "value": "0501792275" } },
+        "performer": [{ "reference": "Patient/pat-anne" }] });
+    assert_eq!(membership(&by_identifier, "pat-anne"), Membership::Outside);
+    let typed = json!({ "resourceType": "Observation",
+        "subject": { "reference": "Patient/pat-anne" },
+        "performer": [{ "type": "Patient", "identifier": { "value": "x" } }] });
+    assert_eq!(membership(&typed, "pat-anne"), Membership::Outside);
+    // A professional named by identifier is no patient.
+    let professional = json!({ "resourceType": "Observation",
+        "subject": { "reference": "Patient/pat-anne" },
+        "performer": [{ "identifier": { "system": "https://autregweb.sst.dk", "value": "NS363" } }] });
+    assert_eq!(membership(&professional, "pat-anne"), Membership::Member);
+    // An access log entry: its system agent by identifier is nobody's patient.
+    let event = json!({ "resourceType": "AuditEvent",
+        "agent": [{ "who": { "identifier": { "value": "journalsystem" } } }],
+        "entity": [{ "what": { "reference": "Patient/pat-anne" } }] });
+    assert_eq!(membership(&event, "pat-anne"), Membership::Member);
+    assert_eq!(
+        patient_reference_id("https://x.example/fhir/Patient/a/_history/2"),
+        Some("a")
+    );
+    assert_eq!(patient_reference_id("Patient/a"), Some("a"));
+    // Outside the compartment, still hers: an implant, a stored document.
+    let device =
+        json!({ "resourceType": "Device", "patient": { "reference": "Patient/pat-anne" } });
+    let binary =
+        json!({ "resourceType": "Binary", "securityContext": { "reference": "Patient/pat-anne" } });
+    for resource in [device, binary] {
+        assert_eq!(super::patients_of(&resource), ["pat-anne"], "{resource}");
+        let bytes = serde_json::to_vec(&resource).unwrap();
+        assert_eq!(
+            super::patients_in_body(&bytes).unwrap(),
+            ["pat-anne"],
+            "{resource}"
+        );
+    }
+    assert_eq!(patient_reference_id("Group/a"), None);
+    assert_eq!(patient_reference_id("xPatient/a"), None);
+}
+
+#[test]
+fn the_patients_read_from_bytes_are_those_of_the_parsed_answer() {
+    let seed: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../testbed/backend/seed/bundle.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let answers = [
+        seed.clone(),
+        json!({ "resourceType": "Bundle", "type": "batch-response", "entry": [
+            { "resource": seed },
+            { "resource": { "resourceType": "Patient", "id": "pat-x" } },
+            { "response": { "status": "404" } },
+        ]}),
+        json!({ "resourceType": "Observation", "subject": { "reference": "Patient/pat-anne" },
+                "performer": [{ "reference": "Patient/pat-bo/_history/2" }, { "reference": "Practitioner/p" }] }),
+        json!({ "resourceType": "Patient", "id": "pat-anne" }),
+        json!({ "resourceType": "Patient", "id": 7 }),
+        json!({ "resourceType": "Organization", "id": "org" }),
+        json!({ "resourceType": "Bundle", "entry": "odd" }),
+        json!({ "resourceType": 1, "subject": { "reference": "Patient/pat-anne" } }),
+    ];
+    let mut seen = 0;
+    for answer in answers {
+        let expected = super::patients_in_answer(&answer);
+        seen += expected.len();
+        match super::patients_in_body(answer.to_string().as_bytes()) {
+            Some(patients) => assert_eq!(patients, expected, "{answer}"),
+            // Only where the light reading cannot be faithful.
+            None => assert_eq!(answer["entry"], "odd"),
+        }
+    }
+    assert!(seen > 5, "the answers name patients: {seen}");
+    // Not an object, or a key given twice: the caller parses the answer instead.
+    assert_eq!(super::patients_in_body(b"[1]"), None);
+    assert_eq!(super::patients_in_body(b"not json"), None);
+    assert_eq!(
+        super::patients_in_body(
+            br#"{"resourceType":"Observation","subject":{"reference":"Patient/a"},"subject":{"reference":"Patient/b"}}"#
+        ),
+        None
+    );
+}
+
+#[test]
+fn the_patients_an_answer_is_about_are_found_on_compartment_paths() {
+    let observation = json!({
+        "resourceType": "Observation", "id": "o1",
+        "subject": { "reference": "Patient/anne" },
+        "performer": [{ "reference": "Patient/bo/_history/2" }, { "reference": "Practitioner/p" }],
+        "note": [{ "authorReference": { "reference": "Patient/ignored-not-a-compartment-path" } }]
+    });
+    assert_eq!(super::patients_of(&observation), vec!["anne", "bo"]);
+    assert_eq!(
+        super::patients_of(&json!({ "resourceType": "Patient", "id": "carla" })),
+        vec!["carla"]
+    );
+    assert!(super::patients_of(&json!({ "resourceType": "Organization", "id": "x" })).is_empty());
+    let bundle = json!({ "resourceType": "Bundle", "entry": [
+        { "resource": observation },
+        { "resource": { "resourceType": "Condition", "subject": { "reference": "Patient/anne" } } },
+        { "resource": { "resourceType": "Patient", "id": "dan" } },
+        { "response": { "status": "204" } }
+    ]});
+    assert_eq!(
+        super::patients_in_answer(&bundle),
+        vec!["anne", "bo", "dan"]
+    );
+}
+
+use super::*;
+
+#[test]
+fn the_generated_table_is_sorted_and_knows_the_clinical_types() {
+    assert!(PATIENT_COMPARTMENT.windows(2).all(|w| w[0].0 < w[1].0));
+    for t in [
+        "Observation",
+        "Condition",
+        "Encounter",
+        "MedicationRequest",
+        "AllergyIntolerance",
+        "AuditEvent",
+    ] {
+        assert!(links(t).is_some(), "{t}");
+    }
+    for t in ["Practitioner", "Organization", "Medication", "Binary"] {
+        assert!(links(t).is_none(), "{t}");
+    }
+    assert!(SHARED_TYPES.windows(2).all(|w| w[0] < w[1]));
+}
+
+#[test]
+fn membership_follows_compartment_paths_through_arrays() {
+    let observation =
+        json!({ "resourceType": "Observation", "subject": { "reference": "Patient/pat-anne" } });
+    assert_eq!(membership(&observation, "pat-anne"), Membership::Member);
+    assert_eq!(membership(&observation, "pat-bo"), Membership::Outside);
+    let performed = json!({ "resourceType": "Observation", "subject": { "reference": "Group/g1" },
+        "performer": [{ "reference": "Practitioner/p" }, { "reference": "Patient/pat-bo" }] });
+    assert_eq!(membership(&performed, "pat-bo"), Membership::Member);
+    let audit = json!({ "resourceType": "AuditEvent", "entity": [{ "what": { "reference": "Patient/pat-anne/_history/3" } }] });
+    assert_eq!(membership(&audit, "pat-anne"), Membership::Member);
+}
+
+#[test]
+fn lookalike_references_are_not_the_patient() {
+    for reference in [
+        "Patient/pat-anne2",
+        "Patient/pat-ann",
+        "patient/pat-anne",
+        "Group/pat-anne",
+        "Patient/pat-anne/x",
+        "https://evil/Patient/pat-anne",
+    ] {
+        assert!(!references_patient(reference, "pat-anne"), "{reference}");
+    }
+    assert!(references_patient("Patient/pat-anne", "pat-anne"));
+}
+
+#[test]
+fn the_patient_itself_shared_data_and_unknown_types() {
+    assert_eq!(
+        membership(
+            &json!({ "resourceType": "Patient", "id": "pat-anne" }),
+            "pat-anne"
+        ),
+        Membership::Member
+    );
+    assert_eq!(
+        membership(
+            &json!({ "resourceType": "Patient", "id": "pat-bo" }),
+            "pat-anne"
+        ),
+        Membership::Outside
+    );
+    assert_eq!(
+        membership(
+            &json!({ "resourceType": "Practitioner", "id": "p" }),
+            "pat-anne"
+        ),
+        Membership::Shared
+    );
+    assert_eq!(
+        membership(&json!({ "resourceType": "Binary", "id": "b" }), "pat-anne"),
+        Membership::Outside
+    );
+    assert_eq!(
+        membership(&json!({ "id": "x" }), "pat-anne"),
+        Membership::Outside
+    );
+}
+
+#[test]
+fn narrowing_prefers_patient_then_subject() {
+    assert_eq!(narrowing_param("Observation"), Some("subject"));
+    assert_eq!(narrowing_param("AllergyIntolerance"), Some("patient"));
+    assert_eq!(narrowing_param("Patient"), Some("_id"));
+    assert_eq!(narrowing_param("Practitioner"), None);
+}

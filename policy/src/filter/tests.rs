@@ -1,0 +1,276 @@
+//! Tests of the response check: own data passes byte for byte, other patients' entries are
+//! removed (with `total` and `last` links that would tell the count), disguises and duplicate
+//! keys are refused. Test code only: the filter may not depend on anything here.
+
+use serde_json::{Value, json};
+
+use super::*;
+
+#[test]
+fn a_last_link_that_would_tell_the_count_is_removed() {
+    let body = br#"{"resourceType":"Bundle","type":"searchset","link":[{"relation":"self","url":"a"},{"relation":"last","url":"a?_getpagesoffset=40"}],"entry":[]}"#;
+    let without: Value = serde_json::from_slice(&without_last_link(body).unwrap()).unwrap();
+    assert_eq!(without["link"].as_array().unwrap().len(), 1);
+    assert_eq!(without["link"][0]["relation"], "self");
+    assert!(without_last_link(br#"{"resourceType":"Bundle","link":[]}"#).is_none());
+}
+
+#[test]
+fn the_last_links_of_searchsets_in_a_batch_answer_are_removed_too() {
+    let body = json!({ "resourceType": "Bundle", "type": "batch-response", "entry": [
+        { "resource": { "resourceType": "Bundle", "type": "searchset", "link": [
+            { "relation": "self", "url": "a" },
+            { "relation": "last", "url": "a?_getpagesoffset=40" } ] } },
+        // A Patient's own `link` is not paging: left alone.
+        { "resource": { "resourceType": "Patient", "link": [
+            { "other": { "reference": "Patient/x" }, "type": "seealso" } ] } }
+    ]})
+    .to_string();
+    let without: Value =
+        serde_json::from_slice(&without_last_link(body.as_bytes()).unwrap()).unwrap();
+    assert_eq!(
+        without["entry"][0]["resource"]["link"],
+        json!([{ "relation": "self", "url": "a" }])
+    );
+    assert_eq!(
+        without["entry"][1]["resource"]["link"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn a_total_is_cut_out_wherever_and_however_it_is_written() {
+    let cases = [
+        r#"{"resourceType":"Bundle","type":"searchset","total":3,"entry":[]}"#,
+        r#"{"resourceType":"Bundle","total" : 3 , "type":"searchset","entry":[]}"#,
+        r#"{"resourceType":"Bundle","type":"searchset","entry":[],"total":3}"#,
+        r#"{ "total": 3, "resourceType": "Bundle", "type": "searchset", "entry": [] }"#,
+        r#"{"resourceType":"Bundle","type":"searchset","entry":[],"tot\u0061l":3}"#,
+        r#"{"resourceType":"Bundle","type":"searchset","total":3,"total":4,"entry":[]}"#,
+        r#"{"resourceType":"Bundle","type":"batch-response","entry":[{"resource":{"resourceType":"Bundle","total":2}}]}"#,
+    ];
+    for case in cases {
+        let without = without_total(case.as_bytes()).unwrap_or_else(|| panic!("{case}"));
+        let value: Value =
+            serde_json::from_slice(&without).unwrap_or_else(|e| panic!("{case}: {e}"));
+        assert!(value.get("total").is_none(), "{case}");
+        assert!(
+            !String::from_utf8_lossy(&without).contains("total"),
+            "{case}"
+        );
+        assert!(
+            !String::from_utf8_lossy(&without).contains("tot\\u0061l"),
+            "{case}"
+        );
+        assert_eq!(value["resourceType"], "Bundle", "{case}");
+    }
+    assert!(without_total(br#"{"resourceType":"Bundle","type":"searchset"}"#).is_none());
+    assert!(without_total(br#"{"resourceType":"Patient","total":1}"#).is_none());
+}
+
+fn observation(id: &str, patient: &str) -> Value {
+    json!({ "resourceType": "Observation", "id": id, "subject": { "reference": format!("Patient/{patient}") } })
+}
+
+fn bundle(entries: Vec<Value>) -> Vec<u8> {
+    let total = entries.len();
+    let entries: Vec<Value> = entries
+        .into_iter()
+        .map(|resource| json!({ "fullUrl": "x", "resource": resource, "search": { "mode": "match" } }))
+        .collect();
+    json!({ "resourceType": "Bundle", "type": "searchset", "total": total, "link": [], "entry": entries }).to_string().into_bytes()
+}
+
+#[test]
+fn own_data_passes_untouched() {
+    let body = bundle(vec![observation("1", "anne"), observation("2", "anne")]);
+    assert_eq!(
+        filter_response(&body, "anne", FilterMode::Remove),
+        Filtered::Unchanged
+    );
+    let single = observation("1", "anne").to_string();
+    assert_eq!(
+        filter_response(single.as_bytes(), "anne", FilterMode::Remove),
+        Filtered::Unchanged
+    );
+}
+
+#[test]
+fn other_patients_entries_are_removed_and_total_fixed() {
+    let body = bundle(vec![
+        observation("1", "anne"),
+        observation("2", "bo"),
+        json!({ "resourceType": "Practitioner", "id": "p" }),
+    ]);
+    let Filtered::Rewritten(bytes) = filter_response(&body, "anne", FilterMode::Remove) else {
+        panic!("not rewritten")
+    };
+    let value: Value = serde_json::from_slice(&bytes).unwrap();
+    let ids: Vec<&str> = value["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["1", "p"]);
+    assert_eq!(value["total"], 2);
+    assert_eq!(value["type"], "searchset");
+    assert!(
+        String::from_utf8(bytes)
+            .unwrap()
+            .starts_with("{\"resourceType\":\"Bundle\"")
+    );
+    assert_eq!(
+        filter_response(&body, "anne", FilterMode::Deny),
+        Filtered::Forbidden
+    );
+}
+
+#[test]
+fn single_resources_outside_are_forbidden() {
+    for resource in [
+        observation("2", "bo"),
+        json!({ "resourceType": "Patient", "id": "bo" }),
+        json!({ "resourceType": "Binary", "id": "b" }),
+    ] {
+        assert_eq!(
+            filter_response(resource.to_string().as_bytes(), "anne", FilterMode::Remove),
+            Filtered::Forbidden,
+            "{resource}"
+        );
+    }
+    assert_eq!(
+        filter_response(b"not json", "anne", FilterMode::Remove),
+        Filtered::Forbidden
+    );
+    assert_eq!(
+        filter_response(b"[1,2]", "anne", FilterMode::Remove),
+        Filtered::Forbidden
+    );
+}
+
+#[test]
+fn outcomes_and_empty_bundles_pass() {
+    let outcome = json!({ "resourceType": "OperationOutcome", "issue": [] }).to_string();
+    assert_eq!(
+        filter_response(outcome.as_bytes(), "anne", FilterMode::Remove),
+        Filtered::Unchanged
+    );
+    let empty = json!({ "resourceType": "Bundle", "type": "searchset", "total": 0 }).to_string();
+    assert_eq!(
+        filter_response(empty.as_bytes(), "anne", FilterMode::Remove),
+        Filtered::Unchanged
+    );
+}
+
+#[test]
+fn included_resources_outside_do_not_lower_total() {
+    let body = json!({ "resourceType": "Bundle", "type": "searchset", "total": 1, "entry": [
+        { "resource": observation("1", "anne"), "search": { "mode": "match" } },
+        { "resource": { "resourceType": "Patient", "id": "bo" }, "search": { "mode": "include" } }
+    ]})
+    .to_string();
+    let Filtered::Rewritten(bytes) = filter_response(body.as_bytes(), "anne", FilterMode::Remove)
+    else {
+        panic!()
+    };
+    let value: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(value["total"], 1);
+    assert_eq!(value["entry"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn disguises_are_removed() {
+    let mut about_bo_by_anne = observation("3", "pat-bo");
+    about_bo_by_anne["performer"] = json!([{ "reference": "Patient/anne" }]);
+    let mut contained_bo = observation("4", "anne");
+    contained_bo["contained"] =
+        json!([{ "resourceType": "Patient", "id": "p", "name": [{ "family": "Jensen" }] }]);
+    let outcome_as_match = json!({ "resourceType": "OperationOutcome", "issue": [],
+        "contained": [{ "resourceType": "Patient", "id": "bo" }] });
+    let body = bundle(vec![
+        observation("1", "anne"),
+        about_bo_by_anne,
+        contained_bo,
+        outcome_as_match,
+    ]);
+    let Filtered::Rewritten(bytes) = filter_response(&body, "anne", FilterMode::Remove) else {
+        panic!("not rewritten")
+    };
+    let value: Value = serde_json::from_slice(&bytes).unwrap();
+    let kept: Vec<&str> = value["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["id"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(kept, ["1"]);
+    assert_eq!(value["total"], 1);
+}
+
+#[test]
+fn duplicate_keys_are_refused() {
+    let body = br#"{"resourceType":"Observation","subject":{"reference":"Patient/anne"},"subject":{"reference":"Patient/bo"}}"#;
+    assert_eq!(
+        filter_response(body, "anne", FilterMode::Remove),
+        Filtered::Forbidden
+    );
+}
+
+#[test]
+fn granular_restrictions_are_checked_on_every_resource() {
+    let lab = json!({ "resourceType": "Observation", "id": "lab",
+        "category": [{ "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "laboratory" }] }] });
+    let vitals = json!({ "resourceType": "Observation", "id": "vitals",
+        "category": [{ "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs" }] }] });
+    let bare = json!({ "resourceType": "Observation", "id": "bare" });
+    let restriction = vec![(
+        "category".to_owned(),
+        "http://terminology.hl7.org/CodeSystem/observation-category|laboratory".to_owned(),
+    )];
+    let check = ResponseCheck {
+        compartment: None,
+        restriction: &restriction,
+    };
+    let Filtered::Rewritten(bytes) = check_response(
+        &bundle(vec![lab.clone(), vitals.clone(), bare]),
+        &check,
+        FilterMode::Remove,
+    ) else {
+        panic!()
+    };
+    let value: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(value["entry"].as_array().unwrap().len(), 1);
+    assert_eq!(value["entry"][0]["resource"]["id"], "lab");
+    assert_eq!(
+        check_response(lab.to_string().as_bytes(), &check, FilterMode::Remove),
+        Filtered::Unchanged
+    );
+    assert_eq!(
+        check_response(vitals.to_string().as_bytes(), &check, FilterMode::Remove),
+        Filtered::Forbidden
+    );
+
+    let code_only = vec![("category".to_owned(), "vital-signs,laboratory".to_owned())];
+    let check = ResponseCheck {
+        compartment: None,
+        restriction: &code_only,
+    };
+    assert_eq!(
+        check_response(vitals.to_string().as_bytes(), &check, FilterMode::Remove),
+        Filtered::Unchanged
+    );
+    let status = vec![("clinical-status".to_owned(), "active".to_owned())];
+    let condition = json!({ "resourceType": "Condition", "clinicalStatus": { "coding": [{ "code": "active" }] } });
+    let check = ResponseCheck {
+        compartment: None,
+        restriction: &status,
+    };
+    assert_eq!(
+        check_response(condition.to_string().as_bytes(), &check, FilterMode::Remove),
+        Filtered::Unchanged
+    );
+}
