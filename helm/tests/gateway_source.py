@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-# Each table of portvagt.toml and the struct in gateway/src/config.rs that reads it.
+# Each table of portvagt.toml and the struct in gateway/src/config/ that reads it.
 CONFIG_TABLES = {
     "": "Config",
     "server": "ServerConfig",
@@ -65,12 +65,18 @@ def struct_fields(source: str, struct: str) -> dict[str, bool]:
     return {key: required for key, (_, required) in struct_field_types(source, struct).items()}
 
 
+def config_source(repo: Path) -> str:
+    """The source of the gateway's configuration structs: every file of gateway/src/config/."""
+    folder = repo / "gateway" / "src" / "config"
+    return "\n".join(path.read_text() for path in sorted(folder.glob("*.rs")))
+
+
 def unmapped_tables(repo: Path) -> list[str]:
     """Sub-tables of the configuration (fields whose type, inside `Option<...>` or `Vec<...>`,
-    is a struct of config.rs with named fields) that CONFIG_TABLES does not map to that struct:
-    a table added to the gateway must be added here, or the chart's checks would not look into
-    it."""
-    source = (repo / "gateway" / "src" / "config.rs").read_text()
+    is a struct of gateway/src/config/ with named fields) that CONFIG_TABLES does not map to
+    that struct: a table added to the gateway must be added here, or the chart's checks would
+    not look into it."""
+    source = config_source(repo)
     structs = set(re.findall(r"pub struct (\w+) \{", source))
     problems = []
     for path, struct in CONFIG_TABLES.items():
@@ -85,7 +91,7 @@ def unmapped_tables(repo: Path) -> list[str]:
 
 def config_tables(repo: Path) -> dict[str, dict[str, bool]]:
     """Table path -> its fields, for every table of the gateway's configuration file."""
-    source = (repo / "gateway" / "src" / "config.rs").read_text()
+    source = config_source(repo)
     return {path: struct_fields(source, struct) for path, struct in CONFIG_TABLES.items()}
 
 

@@ -9,7 +9,7 @@ The chart is rendered with several sets of values (`VARIANTS`); every rendered m
 validated against the Kubernetes API schemas in strict mode, scanned by checkov, and checked for
 what matters here: a configuration the gateway accepts, no secret material in a ConfigMap, a
 locked-down pod, probes on the admin port. The rendered configuration is compared with the
-gateway's own config structs (gateway/src/config.rs), so the chart cannot drift from what
+gateway's own config structs (gateway/src/config/), so the chart cannot drift from what
 `deny_unknown_fields` accepts.
 
 Exit status 0 when everything passed, 1 otherwise.
@@ -392,8 +392,8 @@ def schema_node(schema: dict, pointer: str) -> dict:
 def check_gateway_coverage(gateway: dict) -> None:
     """Every table and key of the gateway's configuration can be set through the chart's values
     (values.schema.json accepts it under `config`) or is written by the chart itself: a field
-    added to gateway/src/config.rs fails here until the chart offers it."""
-    REPORT.section("the gateway's configuration (gateway/src/config.rs)")
+    added to gateway/src/config/ fails here until the chart offers it."""
+    REPORT.section("the gateway's configuration (gateway/src/config/)")
     unmapped = gateway_source.unmapped_tables(REPO)
     REPORT.check(f"the tests know all {len(gateway) - 1} tables of portvagt.toml, [upstream.backend] included",
                  not unmapped, "; ".join(unmapped))

@@ -1,0 +1,318 @@
+//! Operator configuration: one TOML file, parsed into typed structs with `deny_unknown_fields`.
+//!
+//! This module is what the operator SAID. [`crate::runtime::Runtime`] is what the gateway BUILT
+//! from it at start (loaded keys, TLS config, clients). Validation that needs the file system
+//! (certificates, keys) happens there, with errors that name the config field.
+//!
+//! The sections are in files by concern (`server`, `auth`, `backend`, `audit`, `policy`, and
+//! their `defaults`) and re-exported here, so every type is `crate::config::X`; this file holds
+//! the whole [`Config`], its loading and [`ConfigError`].
+
+mod audit;
+mod auth;
+mod backend;
+mod defaults;
+mod policy;
+mod server;
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub use self::audit::{AuditConfig, AuditFailureMode, AuditShipConfig};
+pub use self::auth::{
+    ClaimNames, IntrospectionConfig, IssuerConfig, SmartConfig, TokenExchangeConfig,
+};
+pub use self::backend::{BackendConfig, RouteConfig, UpstreamConfig};
+pub use self::policy::{ConsentConfig, FilteredEntries, PolicyConfig};
+pub use self::server::{
+    CitizenConfig, LimitsConfig, LogConfig, LogFormat, RateLimitConfig, RateLimitKey, ServerConfig,
+    TlsConfig,
+};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The client-facing listener.
+    pub server: ServerConfig,
+    /// TLS for the client-facing listener.
+    pub tls: TlsConfig,
+    /// Request limits.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Trusted token issuers.
+    #[serde(default, rename = "issuer")]
+    pub issuers: Vec<IssuerConfig>,
+    /// Per-path requirements.
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RouteConfig>,
+    /// The backend FHIR server.
+    pub backend: BackendConfig,
+    /// More backends, by path prefix and/or resource type.
+    #[serde(default, rename = "upstream")]
+    pub upstreams: Vec<UpstreamConfig>,
+    /// The `/.well-known/smart-configuration` document.
+    #[serde(default)]
+    pub smart: SmartConfig,
+    /// Policy enforcement choices.
+    #[serde(default)]
+    pub policy: PolicyConfig,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// `POST /token`: SOSI ID cards and OIOSAML assertions exchanged for Portvagt tokens.
+    #[serde(default)]
+    pub token_exchange: Option<TokenExchangeConfig>,
+    /// The audit trail (IHE BALP AuditEvents in a durable spool).
+    #[serde(default)]
+    pub audit: Option<AuditConfig>,
+    /// Citizens' blocks (negative consent) and break-the-glass.
+    #[serde(default)]
+    pub consent: Option<ConsentConfig>,
+    /// Per-client rate limits.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitConfig>,
+    /// The citizen listener: no client certificate, citizens' own tokens, their access log.
+    #[serde(default)]
+    pub citizen: Option<CitizenConfig>,
+}
+
+/// A configuration problem, naming the field it is about.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ConfigError {
+    /// Dotted path of the field, e.g. `tls.client_ca` or `issuer[0].jwks_file`.
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl ConfigError {
+    /// A problem with `field`.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Several problems as one text, each as it displays, `separator` between them.
+    pub fn join(errors: &[ConfigError], separator: &str) -> String {
+        errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(separator)
+    }
+}
+
+impl Config {
+    /// Reads and parses a config file. Relative paths in it are resolved against the file's
+    /// folder, so a config can travel with its certificates.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new("(file)", format!("cannot read {}: {e}", path.display()))
+        })?;
+        let mut config = Self::parse(&text)?;
+        if let Some(dir) = path.parent() {
+            config.resolve_paths(dir);
+        }
+        Ok(config)
+    }
+
+    /// Parses config text. Unknown fields and wrong types are errors that name the field.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| {
+            let message = e.message().to_owned();
+            let field = match e.span() {
+                Some(span) => field_at(text, span.start),
+                None => "(file)".to_owned(),
+            };
+            ConfigError::new(field, message)
+        })
+    }
+
+    /// The issuer the SMART documents describe: `[smart] issuer`, else the first issuer.
+    pub fn smart_issuer(&self) -> Option<&str> {
+        self.smart
+            .issuer
+            .as_deref()
+            .or_else(|| self.issuers.first().map(|issuer| issuer.issuer.as_str()))
+    }
+
+    fn resolve_paths(&mut self, dir: &Path) {
+        let resolve = |path: &mut PathBuf| {
+            if path.is_relative() {
+                *path = dir.join(&*path);
+            }
+        };
+        resolve(&mut self.tls.cert);
+        resolve(&mut self.tls.key);
+        resolve(&mut self.tls.client_ca);
+        self.tls.crls.iter_mut().for_each(resolve);
+        for issuer in &mut self.issuers {
+            if let Some(file) = &mut issuer.jwks_file {
+                resolve(file);
+            }
+            if let Some(file) = &mut issuer.ca_file {
+                resolve(file);
+            }
+            if let Some(introspection) = &mut issuer.introspection {
+                for file in [
+                    &mut introspection.client_secret_file,
+                    &mut introspection.client_cert,
+                    &mut introspection.client_key,
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    resolve(file);
+                }
+            }
+        }
+        if let Some(rules_file) = &mut self.policy.rules_file {
+            resolve(rules_file);
+        }
+        for backend in std::iter::once(&mut self.backend).chain(
+            self.upstreams
+                .iter_mut()
+                .map(|upstream| &mut upstream.backend),
+        ) {
+            for file in [
+                &mut backend.ca_file,
+                &mut backend.client_cert,
+                &mut backend.client_key,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                resolve(file);
+            }
+        }
+        if let Some(audit) = &mut self.audit {
+            resolve(&mut audit.spool_dir);
+            for file in [&mut audit.seal_key, &mut audit.seal_jwks]
+                .into_iter()
+                .flatten()
+            {
+                resolve(file);
+            }
+            if let Some(ship) = &mut audit.ship {
+                for file in [
+                    &mut ship.ca_file,
+                    &mut ship.client_cert,
+                    &mut ship.client_key,
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    resolve(file);
+                }
+            }
+        }
+        if let Some(exchange) = &mut self.token_exchange {
+            resolve(&mut exchange.signing_key);
+            exchange.trusted_sts.iter_mut().for_each(resolve);
+        }
+    }
+}
+
+/// Names the TOML key in effect at byte `offset`: the nearest `[table]` header above plus the
+/// key on the offending line, e.g. `limits.max_body_bytes`.
+fn field_at(text: &str, offset: usize) -> String {
+    let before = &text[..offset.min(text.len())];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[line_start..]
+        .find('\n')
+        .map_or(text.len(), |i| line_start + i);
+    let line = text[line_start..line_end].trim();
+    let table = before[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim().to_owned())
+        .filter(|k| !k.starts_with('['));
+    match (table, key) {
+        (Some(table), Some(key)) => format!("{table}.{key}"),
+        (Some(table), None) => table,
+        (None, Some(key)) => key,
+        (None, None) => "(file)".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+
+[tls]
+cert = "server.crt"
+key = "server.key"
+client_ca = "ca.crt"
+
+[[issuer]]
+issuer = "https://auth.example.dk"
+audiences = ["https://fhir.example.dk/fhir"]
+jwks_file = "jwks.json"
+
+[backend]
+url = "http://127.0.0.1:8080/fhir/R4"
+"#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let config = Config::parse(MINIMAL).unwrap();
+        assert_eq!(config.limits.max_body_bytes, 10 * 1024 * 1024);
+        assert_eq!(
+            config.issuers[0].algorithms,
+            ["RS256", "PS256", "ES256", "EdDSA"]
+        );
+        assert_eq!(config.issuers[0].leeway, Duration::from_secs(30));
+        assert_eq!(config.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let text = MINIMAL.replace("[backend]\n", "[backend]\nurll = \"x\"\n");
+        let error = Config::parse(&text).unwrap_err();
+        assert_eq!(error.field, "backend.urll");
+        assert!(error.message.contains("unknown field"), "{error}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let text = format!("{MINIMAL}\n[limits]\nmax_body_bytes = \"ten\"\n");
+        let error = Config::parse(&text).unwrap_err();
+        assert_eq!(error.field, "limits.max_body_bytes", "{error}");
+    }
+
+    #[test]
+    fn bad_duration_is_named() {
+        let text = format!("{MINIMAL}\n[limits]\nrequest_timeout = \"soon\"\n");
+        let error = Config::parse(&text).unwrap_err();
+        assert_eq!(error.field, "limits.request_timeout", "{error}");
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("portvagt.toml");
+        std::fs::write(&path, MINIMAL).unwrap();
+        let config = Config::load(&path).unwrap();
+        assert_eq!(config.tls.cert, dir.path().join("server.crt"));
+        assert_eq!(
+            config.issuers[0].jwks_file,
+            Some(dir.path().join("jwks.json"))
+        );
+    }
+}

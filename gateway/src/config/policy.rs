@@ -1,0 +1,48 @@
+//! What is enforced beyond scopes: `[policy]` (compartment filtering, the operator's rules
+//! file) and `[consent]` (citizens' blocks). Only what the operator wrote, with its defaults:
+//! nothing here reads the rules file (that is [`crate::runtime`]'s, at start).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::defaults;
+
+/// `[consent]`: citizens' blocks are FHIR `Consent` resources in the backend, enforced on
+/// every interaction.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentConfig {
+    /// How long a patient's loaded Consents are used before they are read again.
+    #[serde(default = "defaults::consent_cache_ttl", with = "humantime_serde")]
+    pub cache_ttl: Duration,
+    /// How many patients' Consents are cached.
+    #[serde(default = "defaults::consent_cache_entries")]
+    pub cache_entries: usize,
+}
+
+/// `[policy]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// What happens to search results outside a patient-context token's compartment:
+    /// `remove` them (and lower `total`), or `deny` the whole answer with 403.
+    #[serde(default)]
+    pub filtered_entries: FilteredEntries,
+    /// Operator rules (TOML, `[[rule]]` tables), evaluated after scopes, deny by default.
+    /// Without it, scopes alone decide.
+    #[serde(default)]
+    pub rules_file: Option<PathBuf>,
+}
+
+/// See [`PolicyConfig::filtered_entries`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FilteredEntries {
+    /// Remove them.
+    #[default]
+    Remove,
+    /// Refuse the answer.
+    Deny,
+}

@@ -1,0 +1,171 @@
+//! How the gateway serves: `[server]` (the client listener), `[tls]`, `[limits]`,
+//! `[rate_limit]`, `[citizen]` (the citizens' listener) and `[log]`. Only what the operator
+//! wrote, with its defaults: nothing here opens a file or a socket (that is
+//! [`crate::runtime`]'s, at start).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::defaults;
+
+/// `[citizen]`: a second listener for citizens' browsers, which have no client certificate.
+/// TLS with the `[tls]` certificate but no client certificate requested; only tokens that are
+/// not certificate-bound, from issuers that do not require binding, in a patient context about
+/// the citizen themselves (`fhirUser` = `Patient/<patient>`); only reads and searches of their
+/// own audit log and of the resource types listed here; the `/minlog/` page.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CitizenConfig {
+    /// Address to listen on, e.g. `0.0.0.0:8444`.
+    pub listen: SocketAddr,
+    /// More resource types citizens may read and search here (their own, as scopes and the
+    /// patient compartment allow), besides `AuditEvent`. Default: none.
+    #[serde(default)]
+    pub resource_types: Vec<String>,
+    /// Serve the access-log page at `/minlog/`.
+    #[serde(default = "defaults::yes")]
+    pub page: bool,
+    /// The page's OAuth client id at the issuer (authorization code flow with PKCE, the
+    /// endpoints from `[smart]`).
+    #[serde(default = "defaults::citizen_client_id")]
+    pub client_id: String,
+    /// The scopes the page asks for.
+    #[serde(default = "defaults::citizen_scope")]
+    pub scope: String,
+}
+
+/// `[rate_limit]`: at most `requests` per `window` per client.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Requests allowed per window and client.
+    pub requests: u64,
+    /// The window (fixed, aligned to the clock).
+    #[serde(default = "defaults::rate_window", with = "humantime_serde")]
+    pub window: Duration,
+    /// What a client is: `subject` (the token's issuer and `sub`) or `certificate`.
+    #[serde(default)]
+    pub key: RateLimitKey,
+    /// Count across replicas in Redis (`redis://host:port/db`).
+    #[serde(default)]
+    pub redis_url: Option<String>,
+}
+
+/// How clients are told apart for rate limits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RateLimitKey {
+    /// The token's issuer and subject.
+    #[default]
+    Subject,
+    /// The client certificate.
+    Certificate,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on, e.g. `0.0.0.0:8443`; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// The FHIR base URL clients see, e.g. `https://fhir.example.dk/fhir`. Backend URLs in
+    /// responses are rewritten to it. Default: `https://<listen address>/fhir`.
+    #[serde(default)]
+    pub public_base_url: Option<String>,
+    /// How long in-flight requests may run after SIGTERM/SIGINT before the gateway exits.
+    #[serde(default = "defaults::shutdown_grace", with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// How long a client has to complete the TLS handshake.
+    #[serde(default = "defaults::handshake_timeout", with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// How long an HTTP/1.1 client has to send a request's whole header block once it has
+    /// begun (slowloris); past it the connection is closed.
+    #[serde(default = "defaults::header_read_timeout", with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Plain-HTTP listener for `/healthz`, `/readyz` and `/metrics` only (for probes and
+    /// scrapers that have no client certificate). Keep it on a private address.
+    #[serde(default)]
+    pub admin_listen: Option<SocketAddr>,
+}
+
+/// `[tls]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Server certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Server private key (PEM, PKCS#8, SEC1 or PKCS#1).
+    pub key: PathBuf,
+    /// CA certificates that client certificates must chain to (PEM bundle).
+    pub client_ca: PathBuf,
+    /// CRLs (PEM or DER) checked for every client certificate in the chain.
+    #[serde(default)]
+    pub crls: Vec<PathBuf>,
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest request header block (HTTP/1.1 read buffer, HTTP/2 header list), bytes.
+    #[serde(default = "defaults::max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Largest request body, bytes (413 beyond it).
+    #[serde(default = "defaults::max_body_bytes")]
+    pub max_body_bytes: u64,
+    /// Largest backend response the gateway buffers to rewrite (Bundles), bytes.
+    #[serde(default = "defaults::max_response_bytes")]
+    pub max_response_bytes: u64,
+    /// Longest a request may take end to end (504 beyond it).
+    #[serde(default = "defaults::request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Requests processed at once; more are shed with 503.
+    #[serde(default = "defaults::max_concurrent_requests")]
+    pub max_concurrent_requests: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: defaults::max_header_bytes(),
+            max_body_bytes: defaults::max_body_bytes(),
+            max_response_bytes: defaults::max_response_bytes(),
+            request_timeout: defaults::request_timeout(),
+            max_concurrent_requests: defaults::max_concurrent_requests(),
+        }
+    }
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `json` (one object per line) or `text`.
+    #[serde(default = "defaults::log_format")]
+    pub format: LogFormat,
+    /// A `tracing` filter, e.g. `info` or `portvagt=debug`. `RUST_LOG` overrides it.
+    #[serde(default = "defaults::log_level")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: defaults::log_format(),
+            level: defaults::log_level(),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable lines.
+    Text,
+}
