@@ -1,190 +1,22 @@
-//! The durable audit spool: append-only segment files of JSON lines, each record carrying the
-//! SHA-256 of the record before it (a hash chain), each segment opening with the chain head it
-//! continues from. A record is on disk (written and `fdatasync`ed) before
-//! [`Spool::append`] returns, and one dedicated thread writes and syncs for all requests
-//! waiting at that moment (group commit), so throughput does not pay one fsync per request.
-//!
-//! Layout of `segment-0000000001.jsonl`:
-//! ```text
-//! {"segment":1,"first_seq":1,"head":"000…000"}
-//! {"seq":1,"prev":"000…000","event":{…AuditEvent…}}
-//! {"seq":2,"prev":"<sha256 of line 2>","event":{…}}
-//! ```
-//! The hash of a record is the SHA-256 of its line without the newline. A crash can leave the
-//! last line cut short: such a line was never acknowledged, so it is cut off at start.
-//!
-//! With a seal key the writer also writes seals, chain records of their own that sign their
-//! place in the chain (`{"seq":9,"prev":"…","seal":"<JWS>"}`, see [`super::seal`]): when it
-//! opens, at least every `seal_every` (in the same group commit when requests are writing, on
-//! its own when idle), before shipped segments are pruned, and when it closes.
+//! The writer thread: takes the queued work in groups, writes events and seals to the open
+//! segment with one sync per group (group commit), rolls segments over, and continues a spool a
+//! crash left. It is the only code that writes the chain; requests reach it only through the
+//! queue of [`super::Spool`].
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Read as _, Seek as _, SeekFrom, Write as _};
+use std::io::{Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::Instant;
 
-use serde::Deserialize;
-use serde_json::value::RawValue;
-use tokio::sync::oneshot;
+use super::super::seal::{Before, Marks, SealKind, Sealer};
+use super::files::{create_fresh, open_lock, scan_tail, segment_name, segments, sha256_hex};
+use super::{GENESIS, Job, SEAL_EVERY_RECORDS, SpoolError, Work};
 
-use super::seal::{Before, Marks, Seal, SealKind, Sealer};
-
-/// The chain head before the first record.
-pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 /// The most records written in one group commit.
 const MAX_BATCH: usize = 4096;
-/// A sealed spool seals at least once every this many events (and every `seal_every`), so the
-/// shipper, which ships only what a seal vouches for, never reads far for one.
-pub(crate) const SEAL_EVERY_RECORDS: u64 = 1000;
-
-/// Why the spool could not take a record.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum SpoolError {
-    /// Writing or syncing failed (disk full, I/O error).
-    #[error("the audit spool could not be written: {0}")]
-    Write(String),
-    /// The writer thread is gone.
-    #[error("the audit spool writer has stopped")]
-    Stopped,
-    /// The spool on disk is not one this version can continue.
-    #[error("the audit spool in {0} cannot be continued: {1}")]
-    Corrupt(String, String),
-}
-
-/// A segment's first line.
-#[derive(Debug, Deserialize)]
-pub(crate) struct SegmentHeader {
-    pub(crate) segment: u64,
-    pub(crate) first_seq: u64,
-    pub(crate) head: String,
-    /// The chain's id (absent in spools from before chains had one).
-    #[serde(default)]
-    pub(crate) chain: Option<String>,
-}
-
-/// A record line: an event (left unparsed) or a seal.
-#[derive(Debug, Deserialize)]
-pub(crate) struct RecordLine<'a> {
-    pub(crate) seq: u64,
-    pub(crate) prev: String,
-    #[serde(borrow, default)]
-    pub(crate) event: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    pub(crate) seal: Option<&'a str>,
-}
-
-impl RecordLine<'_> {
-    /// Reads a record line: exactly one of an event or a seal.
-    pub(crate) fn parse(body: &[u8]) -> Result<RecordLine<'_>, String> {
-        let record: RecordLine<'_> = serde_json::from_slice(body).map_err(|e| e.to_string())?;
-        if record.event.is_some() == record.seal.is_some() {
-            return Err("a record holds an event or a seal".into());
-        }
-        Ok(record)
-    }
-}
-
-/// The name of segment `number`.
-pub(crate) fn segment_name(number: u64) -> String {
-    format!("segment-{number:010}.jsonl")
-}
-
-/// The segment files in `dir`, in order: (number, path).
-pub(crate) fn segments(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        // Exactly the names the writer gives: ten digits, no sign, no other spelling.
-        let Some(number) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("segment-"))
-            .and_then(|n| n.strip_suffix(".jsonl"))
-            .filter(|n| n.len() == 10 && n.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|n| n.parse::<u64>().ok())
-        else {
-            continue;
-        };
-        // A symbolic link, a FIFO or a folder by that name is not a segment (reading a FIFO
-        // would hang): the writer never makes one, so its absence shows as a gap.
-        if !entry.file_type()?.is_file() {
-            continue;
-        }
-        found.push((number, entry.path()));
-    }
-    found.sort();
-    Ok(found)
-}
-
-/// Creates `path` anew for writing: whatever is there (a file left by a crash, or a symbolic
-/// link planted to make the gateway write elsewhere) is removed first, and the file is created
-/// exclusively, so a link put there in between is not followed either.
-pub(crate) fn create_fresh(path: &Path) -> std::io::Result<File> {
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-        Err(error) => return Err(error),
-    }
-    OpenOptions::new().write(true).create_new(true).open(path)
-}
-
-/// Opens the spool's lock file, making it when it is missing, or is not a plain file (a
-/// symbolic link or a FIFO someone put there).
-fn open_lock(path: &Path) -> std::io::Result<File> {
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_file() => OpenOptions::new().write(true).open(path),
-        Ok(_) | Err(_) => create_fresh(path),
-    }
-}
-
-/// The longest line a spool holds (an AuditEvent is a few KiB).
-const MAX_LINE: u64 = 16 * 1024 * 1024;
-
-/// Reads one line (with its newline, if it has one) into `line`, at most [`MAX_LINE`] bytes: a
-/// longer one is not a spool line.
-pub(crate) fn read_line(reader: &mut impl BufRead, line: &mut Vec<u8>) -> std::io::Result<usize> {
-    line.clear();
-    let read = reader.take(MAX_LINE).read_until(b'\n', line)?;
-    if read as u64 == MAX_LINE && !line.ends_with(b"\n") {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "a line longer than 16 MiB",
-        ));
-    }
-    Ok(read)
-}
-
-/// Lowercase hex SHA-256 of `bytes`.
-pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
-    let mut out = String::with_capacity(64);
-    for byte in digest.as_ref() {
-        out.push(char::from(b"0123456789abcdef"[usize::from(byte >> 4)]));
-        out.push(char::from(b"0123456789abcdef"[usize::from(byte & 15)]));
-    }
-    out
-}
-
-/// Work waiting for the writer, and where to say it is durable (with the last sequence
-/// number written for it).
-struct Job {
-    work: Work,
-    done: oneshot::Sender<Result<u64, SpoolError>>,
-}
-
-enum Work {
-    /// Serialized AuditEvents.
-    Append(Vec<Vec<u8>>),
-    /// A `prune` seal: records before this one may go; the unclean restarts to carry on.
-    Prune(u64, Vec<u64>),
-    /// A `close` seal; appends after it are refused.
-    Close,
-    /// A `seal` now (the shipper wants what is written vouched for).
-    Seal,
-}
 
 /// One line to write.
 enum Entry<'a> {
@@ -192,119 +24,8 @@ enum Entry<'a> {
     Seal(SealKind, Marks),
 }
 
-/// The spool's handle; cheap to clone, shared by every request.
-#[derive(Debug, Clone)]
-pub struct Spool {
-    // Declared before `_writer`: dropping the last handle closes the queue first, so the
-    // writer thread ends, and then waits for it (releasing the spool's lock).
-    jobs: mpsc::Sender<Job>,
-    _writer: Arc<WriterThread>,
-    dir: PathBuf,
-    written: Arc<AtomicU64>,
-    sealed: bool,
-    chain: String,
-}
-
-/// The writer thread, joined when the last [`Spool`] handle goes.
-#[derive(Debug)]
-struct WriterThread(Option<std::thread::JoinHandle<()>>);
-
-impl Drop for WriterThread {
-    fn drop(&mut self) {
-        if let Some(thread) = self.0.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-impl Spool {
-    /// Opens (or creates) the spool in `dir`, cutting off a record a crash left unfinished,
-    /// and starts its writer thread. Segments roll over at `segment_bytes`. With a `sealer`,
-    /// the spool is sealed (an `open` seal is durable when this returns).
-    pub fn open(
-        dir: &Path,
-        segment_bytes: u64,
-        sealer: Option<Arc<Sealer>>,
-    ) -> Result<Spool, SpoolError> {
-        let sealed = sealer.is_some();
-        let writer = Writer::open(dir, segment_bytes, sealer)?;
-        let chain = writer.chain.clone();
-        let written = Arc::new(AtomicU64::new(writer.next_seq.saturating_sub(1)));
-        let (jobs, queue) = mpsc::channel::<Job>();
-        let counter = written.clone();
-        let thread = std::thread::Builder::new()
-            .name("audit-spool".into())
-            .spawn(move || writer.run(queue, &counter))
-            .map_err(|e| SpoolError::Write(e.to_string()))?;
-        Ok(Spool {
-            jobs,
-            _writer: Arc::new(WriterThread(Some(thread))),
-            dir: dir.to_owned(),
-            written,
-            sealed,
-            chain,
-        })
-    }
-
-    /// The chain's id: chosen at random when the spool began, kept in every segment header
-    /// and signed into every seal.
-    pub fn chain(&self) -> &str {
-        &self.chain
-    }
-
-    /// Appends `events` (serialized AuditEvents) and returns the last one's sequence number
-    /// once they are durable.
-    pub async fn append(&self, events: Vec<Vec<u8>>) -> Result<u64, SpoolError> {
-        self.submit(Work::Append(events)).await
-    }
-
-    /// Writes a `prune` seal allowing the records before `first_kept_seq` to be deleted (when
-    /// the spool is sealed; otherwise nothing), durable when this returns. Refused once the
-    /// spool is closed.
-    pub async fn seal_prune(
-        &self,
-        first_kept_seq: u64,
-        unclean: Vec<u64>,
-    ) -> Result<u64, SpoolError> {
-        self.submit(Work::Prune(first_kept_seq, unclean)).await
-    }
-
-    /// Writes a `seal` now (on a sealed spool; otherwise nothing), durable when this returns.
-    pub async fn seal_now(&self) -> Result<u64, SpoolError> {
-        self.submit(Work::Seal).await
-    }
-
-    /// Closes the spool: a `close` seal when it is sealed, and every later append is refused.
-    pub async fn close(&self) -> Result<u64, SpoolError> {
-        self.submit(Work::Close).await
-    }
-
-    /// Whether the writer seals the chain.
-    pub fn sealed(&self) -> bool {
-        self.sealed
-    }
-
-    async fn submit(&self, work: Work) -> Result<u64, SpoolError> {
-        let (done, durable) = oneshot::channel();
-        self.jobs
-            .send(Job { work, done })
-            .map_err(|_| SpoolError::Stopped)?;
-        durable.await.map_err(|_| SpoolError::Stopped)?
-    }
-
-    /// The spool's folder.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// The sequence number of the last durable record, kept current by the writer.
-    pub fn written(&self) -> Arc<AtomicU64> {
-        self.written.clone()
-    }
-}
-
 /// The writer thread's state: the open segment and the chain's end.
-struct Writer {
+pub(super) struct Writer {
     /// Held while the process lives: one writer per spool.
     _lock: Arc<File>,
     dir: PathBuf,
@@ -312,15 +33,15 @@ struct Writer {
     segment: u64,
     file: File,
     size: u64,
-    next_seq: u64,
+    pub(super) next_seq: u64,
     head: String,
     /// Set after a failed write: the file's end is re-read before the next one.
     damaged: bool,
-    /// After [`Spool::close`] nothing more is written.
+    /// After [`super::Spool::close`] nothing more is written.
     closed: bool,
     seals: Option<Seals>,
     /// The chain's id.
-    chain: String,
+    pub(super) chain: String,
 }
 
 /// A sealed spool's sealing state.
@@ -340,7 +61,7 @@ enum Next {
 }
 
 impl Writer {
-    fn open(
+    pub(super) fn open(
         dir: &Path,
         segment_bytes: u64,
         sealer: Option<Arc<Sealer>>,
@@ -519,7 +240,7 @@ impl Writer {
                 .is_some_and(|s| s.last.elapsed() >= s.sealer.every())
     }
 
-    fn run(mut self, queue: mpsc::Receiver<Job>, written: &AtomicU64) {
+    pub(super) fn run(mut self, queue: mpsc::Receiver<Job>, written: &AtomicU64) {
         loop {
             let first = match self.next(&queue) {
                 Next::Job(job) => job,
@@ -707,80 +428,4 @@ impl Writer {
         }
         Ok(())
     }
-}
-
-impl Job {
-    /// How many lines it adds (for the group's size limit).
-    fn size(&self) -> usize {
-        match &self.work {
-            Work::Append(events) => events.len(),
-            Work::Prune(..) | Work::Close | Work::Seal => 1,
-        }
-    }
-}
-
-/// What [`scan_tail`] found at the end of a segment.
-struct Tail {
-    next_seq: u64,
-    head: String,
-    /// The length of its complete, well-formed lines.
-    good_len: u64,
-    /// The kind of the last record, when it is a seal.
-    last_seal: Option<SealKind>,
-    /// The chain's id: from the header, or else from a seal.
-    chain: Option<String>,
-}
-
-/// Reads a segment: the next sequence number, the chain head, and the length of its complete,
-/// well-formed lines (what follows, a line without its newline, was never acknowledged).
-fn scan_tail(path: &Path) -> Result<Tail, String> {
-    let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut reader = BufReader::new(file);
-    let mut line = Vec::new();
-    let read = read_line(&mut reader, &mut line).map_err(|e| e.to_string())?;
-    if read == 0 || !line.ends_with(b"\n") {
-        return Err(format!("{}: no segment header", path.display()));
-    }
-    let header: SegmentHeader = serde_json::from_slice(&line[..line.len() - 1])
-        .map_err(|e| format!("{}: bad segment header: {e}", path.display()))?;
-    let mut tail = Tail {
-        next_seq: header.first_seq,
-        head: header.head,
-        good_len: read as u64,
-        last_seal: None,
-        chain: header.chain,
-    };
-    loop {
-        let read = read_line(&mut reader, &mut line).map_err(|e| e.to_string())?;
-        if read == 0 || !line.ends_with(b"\n") {
-            break;
-        }
-        let body = &line[..line.len() - 1];
-        let record = RecordLine::parse(body).map_err(|e| {
-            format!(
-                "{}: record {} is not readable ({e}); run `portvagt audit verify`",
-                path.display(),
-                tail.next_seq
-            )
-        })?;
-        if record.seq != tail.next_seq || record.prev != tail.head {
-            return Err(format!(
-                "{}: the chain breaks at record {}; run `portvagt audit verify`",
-                path.display(),
-                tail.next_seq
-            ));
-        }
-        let seal = record.seal.and_then(Seal::peek);
-        if let Some(seal) = &seal
-            && tail.chain.is_none()
-            && !seal.chain.is_empty()
-        {
-            tail.chain = Some(seal.chain.clone());
-        }
-        tail.last_seal = seal.map(|seal| seal.kind);
-        tail.head = sha256_hex(body);
-        tail.next_seq += 1;
-        tail.good_len += read as u64;
-    }
-    Ok(tail)
 }
