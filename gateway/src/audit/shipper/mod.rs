@@ -14,6 +14,10 @@
 //! repository must allow client-assigned ids (update as create), as HAPI, Medplum and Azure
 //! do. What it reads, and how, is [`super::reading`]; where it stands, [`super::position`];
 //! the anchor it keeps in the repository, [`super::anchor`].
+//! The Bundle it sends is written in `bundle`, around each event's spooled bytes: this file
+//! neither parses nor rewrites an event.
+
+mod bundle;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,87 +29,23 @@ use http_body_util::Full;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+use self::bundle::transaction;
 use super::anchor::{anchor_id, anchor_resource, anchor_seal, repository_get};
 use super::position::{Position, position, save_position};
 use super::reading::{
     Batch, ReadError, Reading, deletable, delete, first_seq_of, position_holds, read_batch,
 };
 use super::seal::SealKeys;
-use super::spool::{Spool, sha256_hex};
+use super::spool::Spool;
 use crate::auth::https::{ClientIdentity, HttpsClient};
 use crate::config::{AuditShipConfig, ConfigError};
 use crate::metrics::Metrics;
-
-/// The transaction Bundle for `events`, written as bytes around each spooled event (not parsed
-/// and written again: shipping costs a copy, not a parse per event). Each entry PUTs its event
-/// under its record hash, which becomes the event's `id`; a spooled event has no `id` of its own
-/// (the gateway writes none), so the id is put first into its object.
-fn transaction(events: &[(String, Box<RawValue>)], anchor: Option<&Value>) -> Vec<u8> {
-    let size: usize = events
-        .iter()
-        .map(|(_, event)| event.get().len() + 300)
-        .sum();
-    let mut out = Vec::with_capacity(size + 64);
-    out.extend_from_slice(br#"{"resourceType":"Bundle","type":"transaction","entry":["#);
-    for (index, (hash, event)) in events.iter().enumerate() {
-        if index > 0 {
-            out.push(b',');
-        }
-        // Hashes are lowercase hex: nothing in them needs escaping.
-        out.extend_from_slice(br#"{"fullUrl":"urn:uuid:"#);
-        out.extend_from_slice(uuid_from_hash(hash).as_bytes());
-        out.extend_from_slice(br#"","resource":{"id":""#);
-        out.extend_from_slice(hash.as_bytes());
-        out.push(b'"');
-        // The event is a JSON object (the spool line parsed): what follows its `{`.
-        let rest = event
-            .get()
-            .trim_start()
-            .strip_prefix('{')
-            .unwrap_or("}")
-            .trim_start();
-        if !rest.starts_with('}') {
-            out.push(b',');
-        }
-        out.extend_from_slice(rest.as_bytes());
-        out.extend_from_slice(br#","request":{"method":"PUT","url":"AuditEvent/"#);
-        out.extend_from_slice(hash.as_bytes());
-        out.extend_from_slice(b"\"}}");
-    }
-    if let Some(anchor) = anchor {
-        let id = anchor["id"].as_str().unwrap_or_default();
-        let entry = serde_json::json!({
-            "fullUrl": format!("urn:uuid:{}", uuid_from_hash(&sha256_hex(id.as_bytes()))),
-            "resource": anchor,
-            "request": { "method": "PUT", "url": format!("Provenance/{id}") },
-        });
-        if !events.is_empty() {
-            out.push(b',');
-        }
-        out.extend_from_slice(entry.to_string().as_bytes());
-    }
-    out.extend_from_slice(b"]}");
-    out
-}
 
 /// Now, as an RFC 3339 instant.
 fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
-}
-
-/// A UUID-shaped `fullUrl` for a transaction entry, from the record hash.
-fn uuid_from_hash(hash: &str) -> String {
-    let h = |range: std::ops::Range<usize>| hash.get(range).unwrap_or("0");
-    format!(
-        "{}-{}-{}-{}-{}",
-        h(0..8),
-        h(8..12),
-        h(12..16),
-        h(16..20),
-        h(20..32)
-    )
 }
 
 /// What the spool's side of the start check found.
@@ -591,49 +531,5 @@ impl Shipper {
             ));
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn raw(text: &str) -> Box<RawValue> {
-        RawValue::from_string(text.to_owned()).unwrap()
-    }
-
-    #[test]
-    fn the_transaction_puts_each_event_under_its_hash_unchanged_otherwise() {
-        let hash = |c: char| c.to_string().repeat(64);
-        let events = vec![
-            (
-                hash('a'),
-                raw(
-                    r#"{"resourceType":"AuditEvent","action":"R","agent":[{"who":{"display":"A \"B\""}}]}"#,
-                ),
-            ),
-            (hash('b'), raw("{ }")),
-            (hash('c'), raw(r#" {"resourceType":"AuditEvent"}"#)),
-        ];
-        let bundle: Value = serde_json::from_slice(&transaction(&events, None)).unwrap();
-        assert_eq!(bundle["resourceType"], "Bundle");
-        assert_eq!(bundle["type"], "transaction");
-        let entries = bundle["entry"].as_array().unwrap();
-        assert_eq!(entries.len(), 3);
-        for (entry, (hash, event)) in entries.iter().zip(&events) {
-            let mut expected: Value = serde_json::from_str(event.get()).unwrap();
-            expected["id"] = Value::String(hash.clone());
-            assert_eq!(entry["resource"], expected);
-            assert_eq!(entry["request"]["method"], "PUT");
-            assert_eq!(entry["request"]["url"], format!("AuditEvent/{hash}"));
-            assert_eq!(
-                entry["fullUrl"],
-                format!("urn:uuid:{}", uuid_from_hash(hash))
-            );
-        }
-        assert_eq!(
-            serde_json::from_slice::<Value>(&transaction(&[], None)).unwrap()["entry"],
-            serde_json::json!([])
-        );
     }
 }
