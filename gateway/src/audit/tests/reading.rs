@@ -1,0 +1,157 @@
+//! What the shipper reads: only a chain that continues what it shipped, every seal it passes
+//! checked, and on a sealed spool only what a seal read with it vouches for. Test code only:
+//! nothing outside the audit tests may use it.
+
+use super::super::spool::{Spool, segment_name};
+use super::{event, lines, sealed};
+
+#[tokio::test]
+async fn the_shipper_reads_only_a_chain_that_continues_what_it_shipped() {
+    use super::super::position::Position;
+    use super::super::reading::{ReadError, Reading, read_batch};
+    let up_to = |limit| Reading {
+        limit,
+        through: u64::MAX,
+        keys: None,
+        keep_events: true,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path(), 1 << 20, None).unwrap();
+    for n in 0..4 {
+        spool.append(vec![event(n)]).await.unwrap();
+    }
+    drop(spool);
+    let first = read_batch(dir.path(), Position::default(), up_to(2)).unwrap();
+    assert_eq!(first.events.len(), 2);
+    let at = first.next;
+    let original = lines(dir.path(), 1);
+    let segment = dir.path().join(segment_name(1));
+
+    // Record 3 altered: record 4 no longer follows it.
+    let mut altered = original.clone();
+    altered[3] = altered[3].replace("\"n\":2", "\"n\":7");
+    std::fs::write(&segment, altered.join("\n") + "\n").unwrap();
+    let error = read_batch(dir.path(), at.clone(), up_to(10)).err().unwrap();
+    assert!(matches!(error, ReadError::Broken(_)), "{error}");
+
+    // The whole spool replaced by another chain of the same length: record 3 does not
+    // follow the record 2 that was shipped.
+    std::fs::remove_dir_all(dir.path()).unwrap();
+    let spool = Spool::open(dir.path(), 1 << 20, None).unwrap();
+    for n in 10..14 {
+        spool.append(vec![event(n)]).await.unwrap();
+    }
+    drop(spool);
+    let error = read_batch(dir.path(), at.clone(), up_to(10)).err().unwrap();
+    assert!(matches!(error, ReadError::Broken(_)), "{error}");
+
+    // The genuine spool reads on.
+    std::fs::write(&segment, original.join("\n") + "\n").unwrap();
+    let rest = read_batch(dir.path(), at, up_to(10)).unwrap();
+    assert_eq!(rest.events.len(), 2);
+}
+
+#[tokio::test]
+async fn the_shipper_checks_every_seal_it_passes() {
+    use super::super::position::Position;
+    use super::super::reading::{ReadError, Reading, read_batch};
+    let dir = tempfile::tempdir().unwrap();
+    let keydir = tempfile::tempdir().unwrap();
+    let (sealer, keys) = sealed::keys(keydir.path(), "seal-1", std::time::Duration::from_secs(60));
+    let other = crate::auth::issuer_key::IssuerKey::generate("seal-1").unwrap();
+    std::fs::write(keydir.path().join("other.json"), other.jwks()).unwrap();
+    let spool = Spool::open(dir.path(), 1 << 20, Some(sealer)).unwrap();
+    spool.append(vec![event(0), event(1)]).await.unwrap();
+    let sealed = spool.seal_now().await.unwrap();
+    spool.append(vec![event(2)]).await.unwrap();
+    let scan = |keys| Reading {
+        limit: usize::MAX,
+        through: u64::MAX,
+        keys: Some(keys),
+        keep_events: false,
+    };
+    let read = read_batch(dir.path(), Position::default(), scan(&keys)).unwrap();
+    assert_eq!(
+        read.last_seal.map(|(seq, _)| seq),
+        Some(sealed),
+        "the last seal the scan checked"
+    );
+    assert!(read.events.is_empty(), "a scan keeps no events");
+    // A seal by a key the shipper does not hold: the spool is not shipped past it.
+    let strangers = super::super::seal::SealKeys::load(&keydir.path().join("other.json")).unwrap();
+    let error = read_batch(dir.path(), Position::default(), scan(&strangers))
+        .err()
+        .unwrap();
+    assert!(matches!(error, ReadError::Broken(_)), "{error}");
+}
+
+#[tokio::test]
+async fn a_sealed_spool_ships_only_what_a_seal_read_with_it_vouches_for() {
+    use super::super::position::Position;
+    use super::super::reading::{ReadError, Reading, read_batch};
+    let dir = tempfile::tempdir().unwrap();
+    let keydir = tempfile::tempdir().unwrap();
+    let (sealer, keys) = sealed::keys(
+        keydir.path(),
+        "seal-1",
+        std::time::Duration::from_secs(3600),
+    );
+    let spool = Spool::open(dir.path(), 1 << 30, Some(sealer)).unwrap();
+    spool.append(vec![event(0), event(1)]).await.unwrap();
+    let sealed = spool.seal_now().await.unwrap();
+    spool.append(vec![event(2)]).await.unwrap();
+    let reading = |limit| Reading {
+        limit,
+        through: u64::MAX,
+        keys: Some(&keys),
+        keep_events: true,
+    };
+    let read = read_batch(dir.path(), Position::default(), reading(1)).unwrap();
+    assert_eq!(
+        read.events.len(),
+        2,
+        "on to the seal after the limit, no further"
+    );
+    assert_eq!(read.next.seq, sealed);
+    assert_eq!(read.last_seal.as_ref().map(|(seq, _)| *seq), Some(sealed));
+    let rest = read_batch(dir.path(), read.next, reading(10)).unwrap();
+    assert!(rest.events.is_empty(), "event 2 waits for its seal");
+
+    // Many events in one append: the writer seals at least every SEAL_EVERY_RECORDS.
+    let many = super::super::spool::SEAL_EVERY_RECORDS as usize * 2 + 500;
+    spool
+        .append((0..many).map(|n| event(10 + n)).collect())
+        .await
+        .unwrap();
+    spool.seal_now().await.unwrap();
+    drop(spool);
+    let mut gap = 0u64;
+    for line in lines(dir.path(), 1).iter().skip(1) {
+        if line.contains("\"seal\":") {
+            gap = 0;
+        } else {
+            gap += 1;
+            assert!(
+                gap <= super::super::spool::SEAL_EVERY_RECORDS,
+                "a gap of {gap}"
+            );
+        }
+    }
+    let all = read_batch(
+        dir.path(),
+        Position::default(),
+        reading(usize::MAX - 10_000),
+    )
+    .unwrap();
+    assert_eq!(all.events.len(), many + 3);
+
+    // A long run without seals (an unsealed writer) is refused, not shipped unvouched.
+    let unsealed = tempfile::tempdir().unwrap();
+    let spool = Spool::open(unsealed.path(), 1 << 30, None).unwrap();
+    spool.append((0..5000).map(event).collect()).await.unwrap();
+    drop(spool);
+    let error = read_batch(unsealed.path(), Position::default(), reading(10))
+        .err()
+        .unwrap();
+    assert!(matches!(error, ReadError::Broken(_)), "{error}");
+}
