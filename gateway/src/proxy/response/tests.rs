@@ -1,0 +1,232 @@
+//! The response phase's steps, each on its own.
+
+use portvagt_policy::{Decision, classify};
+use serde_json::{Value, json};
+
+use super::*;
+
+fn anne_only() -> Obligations {
+    Obligations {
+        compartment: Some("pat-anne".into()),
+        ..Obligations::default()
+    }
+}
+
+fn observation(id: &str, patient: &str) -> Value {
+    json!({ "resourceType": "Observation", "id": id,
+            "subject": { "reference": format!("Patient/{patient}") } })
+}
+
+fn bytes(value: &Value) -> Bytes {
+    Bytes::from(value.to_string())
+}
+
+fn json_of(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes).unwrap()
+}
+
+#[test]
+fn headers_are_cleaned_and_locations_point_at_the_gateway() {
+    let rewriter = UrlRewriter::new("http://backend:8080/fhir", "https://gw.example/fhir");
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::LOCATION,
+        HeaderValue::from_static("http://backend:8080/fhir/Observation/o1/_history/2"),
+    );
+    headers.insert(
+        header::CONTENT_LOCATION,
+        HeaderValue::from_static("https://elsewhere.example/x"),
+    );
+    headers.insert(header::SERVER, HeaderValue::from_static("HAPI 7.2"));
+    clean_headers(&mut headers, &rewriter);
+    assert_eq!(
+        headers[header::LOCATION],
+        "https://gw.example/fhir/Observation/o1/_history/2"
+    );
+    assert_eq!(
+        headers[header::CONTENT_LOCATION],
+        "https://elsewhere.example/x",
+        "a URL not below the backend is left as it is"
+    );
+    assert!(!headers.contains_key(header::SERVER));
+}
+
+#[test]
+fn only_an_answer_nobody_must_look_at_streams_through() {
+    let plain = Duties {
+        is_json: true,
+        is_head: false,
+        must_check: false,
+        rewrites_urls: false,
+        describes_security: false,
+        audits_patients: false,
+        consent: false,
+    };
+    assert!(plain.streams_through());
+    for duty in [
+        Duties {
+            must_check: true,
+            ..plain
+        },
+        Duties {
+            rewrites_urls: true,
+            ..plain
+        },
+        Duties {
+            describes_security: true,
+            ..plain
+        },
+        Duties {
+            audits_patients: true,
+            ..plain
+        },
+    ] {
+        assert!(!duty.streams_through(), "{duty:?}");
+    }
+    // A HEAD has no body to rewrite, but under blocks the GET behind it is read and checked.
+    let head = Duties {
+        is_head: true,
+        rewrites_urls: true,
+        ..plain
+    };
+    assert!(head.streams_through());
+    assert!(
+        !Duties {
+            consent: true,
+            ..head
+        }
+        .streams_through()
+    );
+}
+
+#[test]
+fn an_answer_outside_the_compartment_is_refused_or_filtered_and_unreadable_is_refused() {
+    let own = bytes(&observation("o1", "pat-anne"));
+    assert_eq!(
+        checked_answer(own.clone(), &anne_only(), true, FilterMode::Remove),
+        Ok(own.clone())
+    );
+    let other = bytes(&observation("o2", "pat-bo"));
+    assert_eq!(
+        checked_answer(other, &anne_only(), true, FilterMode::Remove),
+        Err(DenyReason::OutsideCompartment)
+    );
+    // Fail closed on what is not JSON, whatever it holds.
+    assert_eq!(
+        checked_answer(own.clone(), &anne_only(), false, FilterMode::Remove),
+        Err(DenyReason::OutsideCompartment)
+    );
+    // A searchset loses the entry that is not hers.
+    let searchset = json!({ "resourceType": "Bundle", "type": "searchset", "entry": [
+        { "resource": observation("o1", "pat-anne") },
+        { "resource": observation("o2", "pat-bo") },
+    ]});
+    let filtered =
+        checked_answer(bytes(&searchset), &anne_only(), true, FilterMode::Remove).unwrap();
+    let ids: Vec<Value> = json_of(&filtered)["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| entry["resource"]["id"].clone())
+        .collect();
+    assert_eq!(ids, [json!("o1")]);
+    // A granular scope's restriction refuses in its own words.
+    let laboratory = Obligations {
+        restriction: vec![("category".into(), "laboratory".into())],
+        ..Obligations::default()
+    };
+    assert_eq!(
+        checked_answer(own, &laboratory, true, FilterMode::Remove),
+        Err(DenyReason::OutsideGranularScope)
+    );
+    // Nothing to check: untouched, even what is not JSON.
+    let html = Bytes::from_static(b"<html>");
+    assert_eq!(
+        checked_answer(
+            html.clone(),
+            &Obligations::default(),
+            false,
+            FilterMode::Remove
+        ),
+        Ok(html)
+    );
+}
+
+/// A batch of reads: its body, and the request as classified.
+fn batch_of_reads(urls: &[&str]) -> (Vec<u8>, FhirRequest) {
+    let entries: Vec<Value> = urls
+        .iter()
+        .map(|url| json!({ "request": { "method": "GET", "url": url } }))
+        .collect();
+    let body = json!({ "resourceType": "Bundle", "type": "batch", "entry": entries });
+    let body = body.to_string().into_bytes();
+    let mut request = classify("POST", "", None).unwrap();
+    request
+        .attach_body(Some("application/fhir+json"), &body)
+        .unwrap();
+    (body, request)
+}
+
+#[test]
+fn a_batch_entry_the_backend_did_not_find_is_answered_in_the_gateways_words_under_blocks() {
+    let (body, fhir) = batch_of_reads(&["Observation/o1", "Observation/o-gone"]);
+    let allowed = Decision::Allow {
+        granted_by: "user/*.rs".into(),
+        obligations: Obligations::default(),
+    };
+    let (_, plan) = bundle::plan(&body, &[allowed.clone(), allowed]).unwrap();
+    let backend_outcome = json!({ "resourceType": "OperationOutcome", "issue": [
+        { "severity": "error", "code": "not-found",
+          "diagnostics": "HAPI-2001: Resource Observation/o-gone is gone (deleted)" } ] });
+    let answer = json!({ "resourceType": "Bundle", "type": "batch-response", "entry": [
+        { "resource": observation("o1", "pat-anne"), "response": { "status": "200 OK" } },
+        { "response": { "status": "410 Gone", "outcome": backend_outcome } },
+    ]});
+    let answer = bytes(&answer);
+    let blocked = json_of(&merged_batch(&answer, &plan, &fhir, true, FilterMode::Remove).unwrap());
+    assert_eq!(blocked["entry"][0]["resource"]["id"], "o1");
+    assert_eq!(blocked["entry"][1]["response"]["status"], "404 Not Found");
+    assert_eq!(
+        blocked["entry"][1]["response"]["outcome"],
+        not_found_outcome()
+    );
+    // Without blocks there is nothing a 410 could give away that the gateway guards.
+    let open = json_of(&merged_batch(&answer, &plan, &fhir, false, FilterMode::Remove).unwrap());
+    assert_eq!(open["entry"][1]["response"]["status"], "410 Gone");
+}
+
+#[test]
+fn counts_that_would_tell_what_blocks_withhold_are_dropped() {
+    let searchset = json!({ "resourceType": "Bundle", "type": "searchset", "total": 7,
+        "link": [
+            { "relation": "self", "url": "https://gw.example/fhir/Observation?code=x" },
+            { "relation": "last", "url": "https://gw.example/fhir/Observation?code=x&_offset=5" },
+        ],
+        "entry": [ { "resource": observation("o1", "pat-anne") } ] });
+    let search = classify("GET", "Observation", Some("code=x")).unwrap();
+    let relations = |value: &Value| -> Vec<Value> {
+        value["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|link| link["relation"].clone())
+            .collect()
+    };
+    let both = json_of(&counts_hidden(bytes(&searchset), &search, true, true));
+    assert!(both.get("total").is_none());
+    assert_eq!(relations(&both), [json!("self")]);
+    assert_eq!(both["entry"][0]["resource"]["id"], "o1");
+    // A count of named patients keeps its total; blocks still drop the last link.
+    let total_kept = json_of(&counts_hidden(bytes(&searchset), &search, false, true));
+    assert_eq!(total_kept["total"], 7);
+    assert_eq!(relations(&total_kept), [json!("self")]);
+    // Without blocks, nothing to hide.
+    let untouched = counts_hidden(bytes(&searchset), &search, false, false);
+    assert_eq!(json_of(&untouched), searchset);
+    // A read of a stored Bundle is a resource, not a searchset: untouched.
+    let read = classify("GET", "Bundle/b1", None).unwrap();
+    assert_eq!(
+        json_of(&counts_hidden(bytes(&searchset), &read, true, true)),
+        searchset
+    );
+}
