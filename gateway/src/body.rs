@@ -11,7 +11,7 @@ use http_body::{Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt as _, Empty, Full};
 
-/// Any error the stack carries; [`crate::rescue`] turns it into a response.
+/// Any error the stack carries; [`crate::layers::rescue`] turns it into a response.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Request and response body inside the stack.
@@ -60,3 +60,15 @@ where
 {
     Body(body.map_err(Into::into).boxed_unsync())
 }
+
+/// The declared body is larger than the limit.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("request body too large")]
+pub struct BodyTooLargeError;
+
+/// The client's request body could not be read: broken chunked framing, a connection cut
+/// mid-body. The client's fault, answered 400, never 500 (and not 502 when the body was being
+/// streamed to the backend).
+#[derive(Debug, thiserror::Error)]
+#[error("the request body could not be read")]
+pub struct ClientBodyError(#[source] pub BoxError);

@@ -4,6 +4,7 @@
 //! puts one shared [`RequestRecord`] into the request; inner layers fill it in as they go (the
 //! way pingora keeps one per-request context instead of scattered state).
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -80,3 +81,7 @@ pub fn record<B>(request: &http::Request<B>, fill: impl FnOnce(&mut RecordFields
         fill(&mut record.fields());
     }
 }
+
+/// The client's address, put into request extensions by the server.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub SocketAddr);

@@ -339,7 +339,7 @@ fn fetch_anchor(
     chain: &str,
 ) -> anyhow::Result<Option<String>> {
     use portvagt::audit::anchor::{anchor_id, anchor_seal, repository_get};
-    let client = portvagt::auth::https::HttpsClient::allowing_plain_http(
+    let client = portvagt::https::HttpsClient::allowing_plain_http(
         ca,
         None,
         std::time::Duration::from_secs(30),

@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use crate::backend::Backend;
+use crate::backend::rewrite::UrlRewriter;
 use crate::config::{BackendConfig, Config, ConfigError};
-use crate::proxy::rewrite::UrlRewriter;
 
 /// The routes in force; swapped whole when the config file's `[[upstream]]`s are reloaded.
 pub type SharedRoutes = Arc<arc_swap::ArcSwap<Vec<Route>>>;

@@ -20,8 +20,8 @@ use tower::ServiceExt as _;
 
 use crate::admin::Listener;
 use crate::body::{Body, boxed};
+use crate::context::ClientAddr;
 use crate::outcome::Outcome;
-use crate::proxy::ClientAddr;
 use crate::runtime::Runtime;
 use crate::stack::{self, GatewayService};
 use crate::tls::{PeerIdentity, handshake_failure_reason};
@@ -260,7 +260,9 @@ impl Connection {
             async move {
                 // Rescue answers every error inside the stack; this is the last line of defence.
                 Ok::<_, Infallible>(call.await.unwrap_or_else(|error| {
-                    crate::rescue::rescue(&*error).outcome.into_response(None)
+                    crate::layers::rescue::rescue(&*error)
+                        .outcome
+                        .into_response(None)
                 }))
             }
         });

@@ -70,7 +70,9 @@ fn build_for(runtime: &Runtime, listener: Listener) -> GatewayService {
         // One access-log line and the request metrics, when the response body ends.
         .layer(AccessLogLayer::new(runtime.metrics.clone()))
         // The one place where errors from any layer below become OperationOutcomes.
-        .layer(crate::rescue::RescueLayer::new(runtime.metrics.clone()))
+        .layer(crate::layers::rescue::RescueLayer::new(
+            runtime.metrics.clone(),
+        ))
         // Framing and target hygiene: smuggling shapes, Host, absolute form, CONNECT (400/405,
         // connection closed).
         .layer(crate::layers::framing::FramingLayer)

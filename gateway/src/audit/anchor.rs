@@ -12,7 +12,7 @@ use http_body_util::Full;
 use serde_json::{Value, json};
 
 use super::spool::sha256_hex;
-use crate::auth::https::HttpsClient;
+use crate::https::HttpsClient;
 
 /// The repository id of the anchor of the chain `chain`.
 pub fn anchor_id(chain: &str) -> String {

@@ -20,9 +20,9 @@ use http_body_util::Full;
 use serde_json::{Map, Value};
 
 use super::AuthnError;
-use super::https::{ClientIdentity, HttpsClient, https_uri};
 use crate::config::{ConfigError, IntrospectionConfig, IssuerConfig};
 use crate::encoding::form_encode;
+use crate::https::{ClientIdentity, HttpsClient, https_uri};
 use crate::metrics::Metrics;
 
 /// Longest an introspection call may take.

@@ -1,5 +1,5 @@
 //! An ES256 token-signing key with its JWKS: Portvagt's own issuer key for tokens made by SAML
-//! token exchange ([`crate::auth::exchange`]), and the development issuer of `portvagt demo`,
+//! token exchange ([`crate::exchange`]), and the development issuer of `portvagt demo`,
 //! `portvagt token` and the tests.
 
 use std::path::Path;

@@ -6,8 +6,6 @@
 //! [`claims::ClaimMapping`]).
 
 pub mod claims;
-pub mod exchange;
-pub mod https;
 pub mod introspection;
 pub mod issuer_key;
 pub mod jwks;

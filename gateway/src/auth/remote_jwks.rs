@@ -15,9 +15,9 @@ use bytes::Bytes;
 use http::{Request, Uri, header};
 use http_body_util::Full;
 
-use super::https::{HttpsClient, https_uri};
 use super::jwks::{self, VerificationKey};
 use crate::config::{ConfigError, IssuerConfig};
+use crate::https::{HttpsClient, https_uri};
 use crate::metrics::Metrics;
 
 /// Longest a fetch may take.

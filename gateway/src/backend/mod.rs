@@ -14,15 +14,15 @@ use hyper_util::rt::TokioExecutor;
 
 pub mod circuit;
 mod error;
+pub mod rewrite;
 
 use self::circuit::{CircuitBreaker, CircuitState};
 pub use self::error::ProxyError;
 pub(crate) use self::error::caused_by_body_limit;
-use crate::auth::https::{ClientIdentity, client_tls};
-use crate::body::{Body, BoxError, empty};
+use crate::body::{Body, BodyTooLargeError, BoxError, empty};
 use crate::config::{BackendConfig, ConfigError};
 use crate::encoding::form_encode;
-use crate::layers::body_limit::BodyTooLargeError;
+use crate::https::{ClientIdentity, client_tls};
 use crate::metrics::Metrics;
 
 /// The backend FHIR server and the pooled client that reaches it.

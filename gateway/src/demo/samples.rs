@@ -30,20 +30,17 @@ pub(super) async fn sample_accesses(
         }]}
     });
     let run = async {
-        let plain = crate::auth::https::HttpsClient::allowing_plain_http(
-            None,
-            None,
-            Duration::from_secs(10),
-        )?;
+        let plain =
+            crate::https::HttpsClient::allowing_plain_http(None, None, Duration::from_secs(10))?;
         let put = http::Request::put(format!("{backend_url}/Consent/consent-anne-blocks-zk482"))
             .header(http::header::CONTENT_TYPE, "application/fhir+json")
             .body(Full::new(bytes::Bytes::from(block.to_string())))
             .map_err(|e| e.to_string())?;
         plain.send(put).await?;
         let (cert, key) = (pki.join("client.crt"), pki.join("client.key"));
-        let client = crate::auth::https::HttpsClient::new(
+        let client = crate::https::HttpsClient::new(
             Some(&pki.join("ca.crt")),
-            Some(crate::auth::https::ClientIdentity {
+            Some(crate::https::ClientIdentity {
                 cert: &cert,
                 key: &key,
             }),

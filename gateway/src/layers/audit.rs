@@ -16,9 +16,9 @@ use crate::audit::event::{AccessFacts, AccessKind};
 use crate::audit::{AuditUnavailableError, Auditor};
 use crate::auth::Principal;
 use crate::body::{Body, BoxError};
+use crate::context::ClientAddr;
 use crate::context::RequestRecord;
 use crate::encoding::form_encode;
-use crate::proxy::ClientAddr;
 use crate::tls::PeerIdentity;
 
 /// Records every request with `auditor`; with `None`, nothing is recorded.
@@ -99,7 +99,7 @@ where
             let (status, reason) = match &result {
                 Ok(response) => (response.status().as_u16(), None),
                 Err(error) => {
-                    let rescued = crate::rescue::rescue(error.as_ref());
+                    let rescued = crate::layers::rescue::rescue(error.as_ref());
                     (rescued.outcome.status.as_u16(), Some(rescued.outcome.code))
                 }
             };

@@ -1,5 +1,5 @@
 //! Authorization: asks `portvagt_policy::decide` and lets only allowed requests through.
-//! A denial becomes [`AccessDeniedError`], which [`crate::rescue`] answers with 403.
+//! A denial becomes [`AccessDeniedError`], which [`crate::layers::rescue`] answers with 403.
 //!
 //! This layer decides nothing itself: who the caller is, which listener they came through and
 //! the operator's rules go to the policy, and its decision (with the obligations the proxy

@@ -8,19 +8,7 @@ use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use tower::{Layer, Service};
 
 use super::{BoxFuture, take_ready};
-use crate::body::{Body, BoxError, boxed};
-
-/// The declared body is larger than the limit.
-#[derive(Debug, Clone, Copy, thiserror::Error)]
-#[error("request body too large")]
-pub struct BodyTooLargeError;
-
-/// The client's request body could not be read: broken chunked framing, a connection cut
-/// mid-body. The client's fault, answered 400, never 500 (and not 502 when the body was being
-/// streamed to the backend).
-#[derive(Debug, thiserror::Error)]
-#[error("the request body could not be read")]
-pub struct ClientBodyError(#[source] pub BoxError);
+use crate::body::{Body, BodyTooLargeError, BoxError, ClientBodyError, boxed};
 
 /// Limits request bodies to `max_bytes`.
 #[derive(Debug, Clone, Copy)]

@@ -11,6 +11,7 @@ pub mod framing;
 pub mod local;
 pub mod rate_limit;
 pub mod request_id;
+pub mod rescue;
 pub mod token_endpoint;
 
 use std::future::Future;

@@ -10,8 +10,8 @@ use http::{HeaderValue, Method, Request, Response, header};
 use tower::{Layer, Service};
 
 use super::{BoxFuture, take_ready};
-use crate::auth::exchange::TokenExchange;
 use crate::body::{Body, BoxError, full};
+use crate::exchange::TokenExchange;
 
 /// Where the endpoints are.
 const TOKEN_PATH: &str = "/token";

@@ -11,9 +11,7 @@ mod consent;
 pub mod headers;
 mod request;
 mod response;
-pub mod rewrite;
 
-use std::net::SocketAddr;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -24,7 +22,7 @@ use portvagt_policy::compartment::{Membership, membership, patients_in_answer};
 use portvagt_policy::{DenyReason, FhirRequest, FilterMode, Obligations, ResponseCheck};
 use tower::Service;
 
-use self::rewrite::UrlRewriter;
+use crate::backend::rewrite::UrlRewriter;
 pub use crate::backend::{Backend, Fetched, ProxyError};
 use crate::body::{Body, BoxError, full};
 use crate::config::FilteredEntries;
@@ -37,10 +35,6 @@ use crate::routing::SharedRoutes;
 use crate::runtime::Runtime;
 use crate::smart::SmartDocuments;
 use portvagt_policy::request::RequestBody;
-
-/// The client's address, put into request extensions by the server.
-#[derive(Debug, Clone, Copy)]
-pub struct ClientAddr(pub SocketAddr);
 
 /// The innermost service: forwards to the backend.
 #[derive(Debug, Clone)]

@@ -15,13 +15,12 @@ use portvagt_policy::{Decision, FhirRequest, Interaction, Obligations, Reach};
 use super::bundle::{self, BatchPlan};
 use super::consent::{ConsentContext, Touched};
 use super::{
-    ClientAddr, Proxy, Upstream, append_params, fhir_json_response, headers, record_entries,
-    response_check,
+    Proxy, Upstream, append_params, fhir_json_response, headers, record_entries, response_check,
 };
 use crate::auth::Principal;
 use crate::body::{Body, BoxError, full};
 use crate::consent::{BREAK_GLASS_HEADER, caller_ids};
-use crate::context::RequestRecord;
+use crate::context::{ClientAddr, RequestRecord};
 use crate::routing::FhirPath;
 
 /// What the request phase learned, for the exchange and the response phase.

@@ -20,9 +20,9 @@ use portvagt_policy::{
 use super::bundle::BatchPlan;
 use super::consent::overlaps;
 use super::request::Exchange;
-use super::rewrite::UrlRewriter;
 use super::{Proxy, bundle, headers, record_entries, response_check, rewrite_bundle};
 use crate::backend::ProxyError;
+use crate::backend::rewrite::UrlRewriter;
 use crate::body::{Body, BoxError, boxed, full};
 use crate::consent::{consent_refusal, not_found_outcome};
 use crate::metrics::status_class;

@@ -37,8 +37,8 @@ use super::reading::{
 };
 use super::seal::SealKeys;
 use super::spool::Spool;
-use crate::auth::https::{ClientIdentity, HttpsClient};
 use crate::config::{AuditShipConfig, ConfigError};
+use crate::https::{ClientIdentity, HttpsClient};
 use crate::metrics::Metrics;
 
 /// Now, as an RFC 3339 instant.

@@ -1,6 +1,6 @@
 //! SAML assertions from the SOAP world: SOSI ID cards (DGWS 1.0/1.0.1) and OIOSAML / IDWS XUA
 //! assertions, verified so that they can be exchanged for a Portvagt token
-//! ([`crate::auth::exchange`]).
+//! ([`crate::exchange`]).
 //!
 //! Order of checks, each refusing with its own [`SamlError`]: size; XML parsing with DTDs (so
 //! entities) refused and a node limit; no comments or processing instructions anywhere (they

@@ -7,7 +7,7 @@
 //!   `subject_token=<base64url assertion>`, `subject_token_type=...:saml2`;
 //! - OIO IDWS REST: `saml-token=<base64 assertion>`.
 //!
-//! The assertion is verified ([`super::saml`]), accepted once ([`super::saml::replay`]), and
+//! The assertion is verified ([`crate::auth::saml`]), accepted once ([`crate::auth::saml::replay`]), and
 //! turned into an ES256 JWT signed with Portvagt's key: `exp` at most the configured lifetime
 //! (≤ 1 h) and never after the assertion's end, `cnf.x5t#S256` = the client certificate
 //! ([RFC 8705]), claims mapped from the assertion as `dk-security` tabulates them. Errors are
@@ -34,11 +34,11 @@ use serde_json::{Map, Value, json};
 
 use self::answer::{TokenError, error_response, json_response};
 use self::request::{ACCESS_TOKEN, ExchangeRequest, decode_assertion};
-use super::claims::{BindingRule, ClaimMapping};
-use super::issuer_key::IssuerKey;
-use super::jwks::{self, VerificationKey};
-use super::saml::replay::{MemoryReplayCache, ReplayError, ReplayStore};
-use super::saml::{AssertionPolicy, SamlError, TrustedSigner, VerifiedAssertion};
+use crate::auth::claims::{BindingRule, ClaimMapping};
+use crate::auth::issuer_key::IssuerKey;
+use crate::auth::jwks::{self, VerificationKey};
+use crate::auth::saml::replay::{MemoryReplayCache, ReplayError, ReplayStore};
+use crate::auth::saml::{AssertionPolicy, SamlError, TrustedSigner, VerifiedAssertion};
 use crate::backend::Backend;
 use crate::body::{Body, BoxError};
 use crate::config::{ClaimNames, ConfigError, IssuerConfig, TokenExchangeConfig};
@@ -305,8 +305,8 @@ impl TokenExchange {
         };
         let granted = match (&patient, assertion.card_type) {
             (Some(_), _) => &self.patient_scope,
-            (None, super::saml::CardType::User) => &self.user_scope,
-            (None, super::saml::CardType::System) => &self.system_scope,
+            (None, crate::auth::saml::CardType::User) => &self.user_scope,
+            (None, crate::auth::saml::CardType::System) => &self.system_scope,
         };
         let scope = match &request.scope {
             None => granted.clone(),

@@ -1,6 +1,7 @@
-//! The HTTPS client the gateway uses towards authorization servers (JWKS, discovery,
-//! introspection): rustls with the configured CA (or the public web PKI roots), optionally
-//! presenting the gateway's own client certificate (RFC 8705 `tls_client_auth`).
+//! The HTTPS client for the gateway's own requests (JWKS, discovery and introspection at
+//! authorization servers, the audit repository) and the client TLS of backends: rustls with the
+//! configured CA (or the public web PKI roots), optionally presenting the gateway's own client
+//! certificate (RFC 8705 `tls_client_auth`). It knows nothing of tokens or FHIR.
 
 use std::path::Path;
 use std::sync::Arc;

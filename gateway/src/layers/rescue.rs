@@ -11,10 +11,9 @@ use tower::{Layer, Service};
 
 use crate::auth::AuthnError;
 use crate::backend::ProxyError;
-use crate::body::{Body, BoxError};
+use crate::body::{Body, BodyTooLargeError, BoxError, ClientBodyError};
 use crate::context::RequestRecord;
 use crate::layers::authorize::AccessDeniedError;
-use crate::layers::body_limit::{BodyTooLargeError, ClientBodyError};
 use crate::layers::classify::SearchBodyNotFormError;
 use crate::layers::framing::FramingError;
 use crate::layers::request_id::RequestId;

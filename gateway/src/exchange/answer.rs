@@ -5,7 +5,7 @@
 use http::{HeaderValue, Response, StatusCode, header};
 use serde_json::{Value, json};
 
-use super::super::saml::SamlError;
+use crate::auth::saml::SamlError;
 use crate::body::{Body, full};
 
 /// An RFC 6749 error answer.
