@@ -1,6 +1,6 @@
 # Portvagt: the two set-up commands are `make demo` and `make test` (see README.md).
 
-.PHONY: demo test backend chart browser bench build-packages test-packages deny-tool supply-chain advisories
+.PHONY: demo test backend fhir-examples chart browser bench build-packages test-packages deny-tool supply-chain advisories
 
 # Debian packages, installed only when missing. Building needs OpenSSL's headers (the openssl
 # crate verifies SAML signatures); the tests also run libxmlsec1's `xmlsec1` (an independent
@@ -27,6 +27,10 @@ backend:
 	cd testbed/backend && npm ci --no-audit --no-fund --loglevel=error
 	cd testbed/authserver && npm ci --no-audit --no-fund --loglevel=error
 	cd testbed/browser && npm ci --no-audit --no-fund --loglevel=error
+
+# The R4 specification's 5,300 example resources, for the FHIR XML round-trip tests (tests only).
+fhir-examples:
+	cd testbed/fhir-examples && npm ci --no-audit --no-fund --loglevel=error
 
 # The citizen's access-log page in headless Chromium, against `portvagt demo`.
 browser:
@@ -58,7 +62,7 @@ demo: build-packages backend
 	cargo run --locked -p portvagt -- demo --dir demo
 
 # Everything CI checks: formatting, lints, unit, property, end-to-end and browser tests.
-test: test-packages backend chart supply-chain
+test: test-packages backend fhir-examples chart supply-chain
 	python3 policy/gen/patient_compartment.py --check
 	cargo fmt --all -- --check
 	cargo clippy --locked --workspace --all-targets -- -D warnings
