@@ -8,7 +8,7 @@ set -eu
 cd "$(dirname "$0")"
 seconds=${1:-300}
 [ $# -gt 0 ] && shift
-targets=${*:-"classify scope jwt saml response_filter config"}
+targets=${*:-"classify scope jwt saml response_filter config fhir_xml"}
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 report=results.md
 printf '# Fuzzing, %s\n\n`fuzz/run.sh %s`, %s s per target.\n\n| target | runs | corpus | crashes |\n|---|---|---|---|\n' \

@@ -16,6 +16,7 @@ pub mod context;
 pub mod demo;
 mod encoding;
 pub mod exchange;
+pub mod format;
 pub mod https;
 pub mod layers;
 pub mod metrics;

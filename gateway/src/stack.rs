@@ -18,6 +18,7 @@ use crate::layers::authenticate::AuthenticateLayer;
 use crate::layers::authorize::AuthorizeLayer;
 use crate::layers::body_limit::BodyLimitLayer;
 use crate::layers::classify::ClassifyLayer;
+use crate::layers::format::FormatLayer;
 use crate::layers::local::LocalEndpointsLayer;
 use crate::layers::rate_limit::RateLimitLayer;
 use crate::layers::request_id::RequestIdLayer;
@@ -88,6 +89,10 @@ fn build_for(runtime: &Runtime, listener: Listener) -> GatewayService {
         .layer(ConcurrencyLimitLayer::new(limits.max_concurrent_requests))
         // ... and bound the body size (413).
         .layer(BodyLimitLayer::new(limits.max_body_bytes))
+        // FHIR XML for clients that ask for it: `_format` taken out of the query (everything
+        // below, the audit record too, sees the JSON twin), JSON answers written as XML on the
+        // way out, inside the concurrency limit (writing XML costs more than proxying).
+        .layer(FormatLayer::new(limits.max_response_bytes))
         // Audit: every request from here in, whatever its fate (a timeout, a client that hangs
         // up), becomes BALP AuditEvents that are durable before the answer leaves (503 if they
         // cannot be written).

@@ -55,3 +55,8 @@ fn response_filter() {
 fn config() {
     replay("config", targets::config);
 }
+
+#[test]
+fn fhir_xml() {
+    replay("fhir_xml", targets::fhir_xml);
+}

@@ -64,8 +64,8 @@ pub(super) fn cases() -> Vec<Case> {
         ),
         case!(
             "ERR-09",
-            "a non-JSON _format is refused",
-            "FHIR R4 §3.1.0.1.6 _format; the gateway checks JSON only",
+            "_format=xml is answered in FHIR XML; a format the gateway cannot check is refused",
+            "FHIR R4 §3.1.0.1.9 _format; the gateway decides on JSON and writes XML itself",
             [UserToken],
             xml_format
         ),
@@ -215,24 +215,29 @@ async fn request_id(ctx: &Ctx) -> Verdict {
 }
 
 async fn xml_format(ctx: &Ctx) -> Verdict {
-    match ctx
-        .get(
-            "Patient?_count=1&_format=xml",
-            ctx.settings.tokens.user.as_deref(),
-        )
-        .await
+    let token = ctx.settings.tokens.user.as_deref();
+    let xml = match ctx.get("Patient?_count=1&_format=xml", token).await {
+        Ok(answer) => answer,
+        Err(error) => return Verdict::Fail(format!("no answer: {error}")),
+    };
+    let body = String::from_utf8_lossy(&xml.body);
+    if xml.status != 200
+        || !xml
+            .header("content-type")
+            .starts_with("application/fhir+xml")
+        || !body.contains("<Bundle xmlns=\"http://hl7.org/fhir\">")
     {
-        Ok(answer) if answer.status == 406 => Verdict::Pass,
-        Ok(answer) => {
-            let content_type = answer.header("content-type");
-            check(
-                !content_type.contains("xml"),
-                format!(
-                    "an XML answer ({}) went past the JSON checks",
-                    answer.status
-                ),
-            )
-        }
+        return Verdict::Fail(format!(
+            "_format=xml: {} {} is no FHIR XML searchset",
+            xml.status,
+            xml.header("content-type")
+        ));
+    }
+    match ctx.get("Patient?_count=1&_format=turtle", token).await {
+        Ok(answer) => check(
+            answer.status == 406,
+            format!("_format=turtle answered {}, not 406", answer.status),
+        ),
         Err(error) => Verdict::Fail(format!("no answer: {error}")),
     }
 }

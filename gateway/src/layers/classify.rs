@@ -1,12 +1,13 @@
 //! Classification: the path under the FHIR base becomes a [`FhirRequest`] (see
 //! `portvagt_policy::request`), together with what else changes a request's meaning: the form
 //! body of `POST _search` and the `If-None-Exist` header of a conditional create. Requests
-//! outside the FHIR base are not FHIR and get 404.
+//! outside the FHIR base are not FHIR and get 404. An XML body is read into FHIR JSON here,
+//! before anything decides on it, and forwarded as that JSON.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::{HeaderName, Request, header};
+use http::{HeaderName, HeaderValue, Request, header};
 use http_body_util::BodyExt as _;
 use portvagt_policy::{ClassifyError, FhirRequest, Interaction, classify, parse_form};
 use tower::{Layer, Service};
@@ -146,7 +147,19 @@ where
             } else if fhir.needs_body() {
                 // Writes, patches and bundles are decided on their content: read it (the body
                 // limit already bounds it) and forward the very bytes that were decided on.
-                let bytes = body.collect().await?.to_bytes();
+                let mut bytes = body.collect().await?.to_bytes();
+                let mut content_type = content_type;
+                if content_type.as_deref().is_some_and(crate::format::is_xml) {
+                    // FHIR XML is read into its JSON twin, which is what policy decides on and
+                    // what the backend gets: the two cannot be judged apart.
+                    bytes = portvagt_fhir::xml_to_json(&bytes)?.into();
+                    let json = HeaderValue::from_static("application/fhir+json");
+                    content_type = Some("application/fhir+json".to_owned());
+                    parts.headers.insert(header::CONTENT_TYPE, json);
+                    parts
+                        .headers
+                        .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+                }
                 fhir.attach_body(content_type.as_deref(), &bytes)?;
                 full(bytes)
             } else {

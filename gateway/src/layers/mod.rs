@@ -7,6 +7,7 @@ pub mod authenticate;
 pub mod authorize;
 pub mod body_limit;
 pub mod classify;
+pub mod format;
 pub mod framing;
 pub mod local;
 pub mod rate_limit;

@@ -13,6 +13,7 @@ use crate::auth::AuthnError;
 use crate::backend::ProxyError;
 use crate::body::{Body, BodyTooLargeError, BoxError, ClientBodyError};
 use crate::context::RequestRecord;
+use crate::format::negotiate;
 use crate::layers::authorize::AccessDeniedError;
 use crate::layers::classify::SearchBodyNotFormError;
 use crate::layers::framing::FramingError;
@@ -74,6 +75,8 @@ where
             .get::<RequestId>()
             .map(|id| id.as_str().to_owned());
         let record = request.extensions().get::<RequestRecord>().cloned();
+        // Asked for XML, answered in XML, errors too.
+        let representation = negotiate(request.headers(), request.uri().query());
         let metrics = self.metrics.clone();
         let mut inner = take_ready(&mut self.inner);
         Box::pin(async move {
@@ -98,7 +101,9 @@ where
                         tracing::error!(error = %error, request_id = request_id.as_deref().unwrap_or(""), "internal error");
                     }
                     let close = crate::layers::framing::CLOSE_AFTER.contains(&rescued.outcome.code);
-                    let mut response = rescued.outcome.into_response(request_id.as_deref());
+                    let mut response = rescued
+                        .outcome
+                        .into_response_as(request_id.as_deref(), representation);
                     if close {
                         response
                             .headers_mut()
@@ -276,6 +281,14 @@ fn rescue_one(error: &(dyn std::error::Error + 'static)) -> Option<Rescued> {
             challenge,
             retry_after: None,
         });
+    }
+    if let Some(error) = error.downcast_ref::<portvagt_fhir::XmlError>() {
+        return Some(plain(Outcome::new(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "malformed-xml",
+            error.to_string(),
+        )));
     }
     if let Some(error) = error.downcast_ref::<ClassifyError>() {
         let (status, issue_type) = match error {

@@ -182,7 +182,7 @@ async fn overrides_formats_and_duplicate_credentials_are_refused() {
     );
 
     let answer = client
-        .get("/fhir/Patient/pat-anne?_format=xml", Some(&token))
+        .get("/fhir/Patient/pat-anne?_format=turtle", Some(&token))
         .await
         .unwrap();
     assert_eq!(

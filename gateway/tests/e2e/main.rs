@@ -24,3 +24,4 @@ mod routing;
 mod rules;
 mod token_exchange;
 mod transport;
+mod xml;
