@@ -186,7 +186,13 @@ fn decide_inner(
             },
         });
         match verdict {
-            Ok(obligations) => return Decision::allow(scope, obligations),
+            Ok(obligations) => {
+                let obligations = Obligations {
+                    add_elements: crate::elements::widening(request),
+                    ..obligations
+                };
+                return Decision::allow(scope, obligations);
+            }
             Err(reason) => best = reason,
         }
     }

@@ -13,6 +13,7 @@ pub mod compartment;
 mod compartment_table;
 pub mod consent;
 pub mod decision;
+pub mod elements;
 pub mod filter;
 mod patient_rules;
 mod raw;

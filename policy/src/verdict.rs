@@ -27,6 +27,9 @@ pub struct Obligations {
     /// and every AuditEvent answered in the citizen's view (who, from where, why; no network
     /// or system details).
     pub citizen_view: bool,
+    /// Elements to add to the request's `_elements` (the references that say whose data the
+    /// answer is), and to take out of the answer again once every check has read them.
+    pub add_elements: Vec<String>,
 }
 
 /// The outcome of policy evaluation.

@@ -10,7 +10,8 @@
 //! is read and checked first), `allow+narrow:<param>=<value>`
 //! (search narrowed, answer checked), `allow+restrict:<param>=<value>` (answers must satisfy a
 //! granular scope), `deny:<reason code>` or `invalid:<classify error code>`; `+view` is added
-//! when the answer must be given in the citizen's view.
+//! when the answer must be given in the citizen's view, `+elements:<a,b>` when the gateway adds
+//! those elements to `_elements` (and takes them out of the answer).
 
 use portvagt_policy::{Channel, Decision, ScopeSet, Subject, classify, decide};
 
@@ -189,7 +190,14 @@ patient/*.rs                | pat-anne | GET | Patient?_has:Observation:patient:
 patient/*.rs                | pat-anne | GET | Practitioner?name=Kjaer                        | allow+check
 patient/*.rs                | pat-anne | GET | Organization?_revinclude=Patient:organization  | allow+check
 patient/*.rs                | pat-anne | GET | Practitioner?_revinclude=Observation:performer | allow+check
-patient/*.rs                | pat-anne | GET | Observation?_elements=id                       | deny:outside-compartment
+patient/*.rs                | pat-anne | GET | Observation?_elements=id                       | allow+narrow:subject=Patient/pat-anne+elements:performer,subject,contained
+patient/*.rs                | pat-anne | GET | Observation/obs-anne-bp?_elements=code,subject | allow+check+elements:performer,contained
+user/*.rs                   | - | GET    | Observation?_elements=code                 | allow+elements:performer,subject,contained
+patient/*.rs                | pat-anne | GET | Observation?_elements:exclude=subject          | deny:outside-compartment
+patient/*.rs                | pat-anne | GET | Observation?_elements=id&_elements=code        | deny:outside-compartment
+patient/*.rs                | pat-anne | GET | Observation?_elements=id&_include=Observation:subject | deny:outside-compartment
+patient/*.rs                | pat-anne | GET | Observation?_summary=true                      | deny:outside-compartment
+patient/*.rs                | pat-anne | GET | Observation?_summary=data                      | allow+narrow:subject=Patient/pat-anne
 patient/*.rs                | pat-anne | GET | Observation?_summary=text                      | deny:outside-compartment
 patient/*.rs                | pat-anne | GET | Observation?_summary=count                     | allow+narrow:subject=Patient/pat-anne
 patient/*.rs                | pat-anne | GET | Observation?_filter=subject%20eq%20x           | deny:outside-compartment
@@ -264,11 +272,22 @@ patient/Observation.rs user/Observation.rs | pat-anne | GET | Observation/obs-bo
 "#;
 
 fn expectation(decision: &Decision) -> String {
-    let view = match decision {
-        Decision::Allow { obligations, .. } if obligations.citizen_view => "+view",
-        _ => "",
+    let (view, elements) = match decision {
+        Decision::Allow { obligations, .. } => (
+            if obligations.citizen_view {
+                "+view"
+            } else {
+                ""
+            },
+            if obligations.add_elements.is_empty() {
+                String::new()
+            } else {
+                format!("+elements:{}", obligations.add_elements.join(","))
+            },
+        ),
+        _ => ("", String::new()),
     };
-    expectation_without_view(decision) + view
+    expectation_without_view(decision) + view + &elements
 }
 
 fn expectation_without_view(decision: &Decision) -> String {

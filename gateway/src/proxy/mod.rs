@@ -136,6 +136,30 @@ fn append_params(existing: &str, params: &[(String, String)]) -> String {
     out
 }
 
+/// `existing` (a query or form) with its `_elements` widened: every `_elements` pair replaced
+/// by one naming what the client `asked` for and what the gateway `added`
+/// ([`portvagt_policy::elements`]).
+fn widen_elements(existing: &str, asked: &[&str], added: &[String]) -> String {
+    let kept: Vec<&str> = existing
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .filter(|pair| {
+            crate::encoding::form_decode(pair.as_bytes())
+                .and_then(|pairs| pairs.into_iter().next())
+                .is_none_or(|(name, _)| name != "_elements")
+        })
+        .collect();
+    let elements: Vec<&str> = asked
+        .iter()
+        .copied()
+        .chain(added.iter().map(String::as_str))
+        .collect();
+    append_params(
+        &kept.join("&"),
+        &[("_elements".to_owned(), elements.join(","))],
+    )
+}
+
 /// Appends `params` to an entry URL (`Type?query` or `Type`).
 pub(crate) fn with_params(url: &str, params: &[(String, String)]) -> String {
     match url.split_once('?') {
@@ -263,6 +287,28 @@ mod tests {
             .iter()
             .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
             .collect()
+    }
+
+    #[test]
+    fn elements_are_widened_in_one_parameter_whatever_its_spelling() {
+        let added = ["subject".to_owned(), "contained".to_owned()];
+        assert_eq!(
+            widen_elements(
+                "code=x&_elements=code,value&_count=5",
+                &["code", "value"],
+                &added
+            ),
+            "code=x&_count=5&_elements=code%2Cvalue%2Csubject%2Ccontained"
+        );
+        // Spelled with an encoded name or value, it is still the one parameter replaced.
+        assert_eq!(
+            widen_elements("%5Felements=code%2Cvalue", &["code", "value"], &added),
+            "_elements=code%2Cvalue%2Csubject%2Ccontained"
+        );
+        assert_eq!(
+            widen_elements("_elements=code", &["code"], &added),
+            "_elements=code%2Csubject%2Ccontained"
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ use super::bundle::{self, BatchPlan};
 use super::consent::{ConsentContext, Touched};
 use super::{
     Proxy, Upstream, append_params, fhir_json_response, headers, record_entries, response_check,
+    widen_elements,
 };
 use crate::auth::Principal;
 use crate::body::{Body, BoxError, full};
@@ -90,6 +91,22 @@ impl Proxy {
                     query = Some(append_params(
                         query.as_deref().unwrap_or(""),
                         &obligations.add_params,
+                    ))
+                }
+            }
+        }
+        if !obligations.add_elements.is_empty() {
+            // The references that say whose data the answer is, asked for too; the response
+            // phase takes them out again.
+            let asked: Vec<&str> = fhir.elements().map(str::trim).collect();
+            let added = &obligations.add_elements;
+            match &mut form {
+                Some(form) => *form = widen_elements(form, &asked, added),
+                None => {
+                    query = Some(widen_elements(
+                        query.as_deref().unwrap_or(""),
+                        &asked,
+                        added,
                     ))
                 }
             }

@@ -132,6 +132,12 @@ impl Proxy {
         let (bytes, audited_patients) = self
             .withhold(bytes, duties.audits_patients, &exchange)
             .await?;
+        // Every check has read the references the gateway added to `_elements`: out again.
+        let bytes = if status.is_success() && !obligations.add_elements.is_empty() {
+            elements_trimmed(bytes, fhir, &obligations.add_elements)
+        } else {
+            bytes
+        };
         // What leaves is what is audited: after filtering, merging and withholding.
         if let (Some(patients), Some(record_handle)) = (audited_patients, &record_handle) {
             record_handle.fields().patients = patients;
@@ -320,7 +326,9 @@ impl Duties {
         Duties {
             is_json,
             is_head: exchange.is_head,
-            must_check: response_check(&exchange.obligations).is_some() || exchange.batch.is_some(),
+            must_check: response_check(&exchange.obligations).is_some()
+                || exchange.batch.is_some()
+                || !exchange.obligations.add_elements.is_empty(),
             rewrites_urls: interaction.returns_bundle() && is_json,
             describes_security: interaction == Interaction::Capabilities
                 && is_json
@@ -396,6 +404,41 @@ fn merged_batch(
         }
     }
     Ok(Bytes::from(merged))
+}
+
+/// The answer without the `added` elements, in every resource of the requested type (the
+/// resource read, or the entries of a searchset): the client asked for an answer without them.
+fn elements_trimmed(bytes: Bytes, fhir: &FhirRequest, added: &[String]) -> Bytes {
+    let Some(resource_type) = fhir.resource_type() else {
+        return bytes;
+    };
+    let Ok(mut answer) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return bytes;
+    };
+    let trim = |resource: &mut serde_json::Value| {
+        if resource.get("resourceType").and_then(|t| t.as_str()) == Some(resource_type.as_str())
+            && let Some(fields) = resource.as_object_mut()
+        {
+            for element in added {
+                fields.shift_remove(element.as_str());
+            }
+        }
+    };
+    if fhir.interaction().returns_bundle() {
+        for entry in answer
+            .get_mut("entry")
+            .and_then(|e| e.as_array_mut())
+            .into_iter()
+            .flatten()
+        {
+            if let Some(resource) = entry.get_mut("resource") {
+                trim(resource);
+            }
+        }
+    } else {
+        trim(&mut answer);
+    }
+    serde_json::to_vec(&answer).map_or(bytes, Bytes::from)
 }
 
 /// A searchset or history without the numbers that would count what blocks withhold: the

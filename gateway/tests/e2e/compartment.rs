@@ -463,3 +463,56 @@ async fn head_tells_nothing_that_get_would_not() {
     assert_eq!(other.status, 403);
     assert!(other.headers.get("etag").is_none());
 }
+
+#[tokio::test]
+async fn elements_are_answered_and_still_checked_and_audited() {
+    let gateway = Gateway::start();
+    let client = gateway.client();
+    let token = anne(&gateway, "patient/Observation.rs");
+
+    // A search naming nobody, cut to `code`: narrowed to Anne, checked on the references the
+    // gateway asked for too, and answered without them.
+    let answer = client
+        .get("/fhir/Observation?_elements=code", Some(&token))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let bundle = answer.json();
+    let entries = bundle["entry"].as_array().unwrap();
+    assert!(!entries.is_empty());
+    for entry in entries {
+        let resource = &entry["resource"];
+        assert!(resource.get("code").is_some(), "{resource}");
+        for added in ["subject", "performer", "contained"] {
+            assert!(resource.get(added).is_none(), "{added} in {resource}");
+        }
+    }
+    // The audit record still knows whose data left.
+    let request_id = answer.headers["x-request-id"].to_str().unwrap();
+    let named: Vec<String> = gateway
+        .audit_events_for(request_id)
+        .iter()
+        .flat_map(|event| event["entity"].as_array().cloned().unwrap_or_default())
+        .filter_map(|entity| entity["what"]["reference"].as_str().map(str::to_owned))
+        .collect();
+    assert!(named.contains(&"Patient/pat-anne".to_owned()), "{named:?}");
+
+    // Another patient's resource, cut to `status`: still refused.
+    let answer = client
+        .get("/fhir/Observation/obs-bo-bp?_elements=status", Some(&token))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 403, "{}", answer.text());
+    // What the client asked for is kept: `subject` asked is `subject` answered.
+    let answer = client
+        .get(
+            "/fhir/Observation/obs-anne-bp?_elements=subject",
+            Some(&token),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let resource = answer.json();
+    assert_eq!(resource["subject"]["reference"], "Patient/pat-anne");
+    assert!(resource.get("performer").is_none(), "{resource}");
+}

@@ -576,10 +576,20 @@ async fn shapes_that_hide_whose_data_it_is_are_refused_or_checked_entry_by_entry
     let client = gateway.client();
     let blocked = professional(&gateway, json!({ "authorization_id": "NS363" }));
 
+    // A plain `_elements` is widened with the references and checked: Anne's blocked
+    // observation is as if it were not there, as without `_elements`.
+    let answer = client
+        .get(
+            "/fhir/Observation/obs-anne-bp?_elements=code,value",
+            Some(&blocked),
+        )
+        .await
+        .unwrap();
+    assert_eq!(denial(&answer), (404, "not-found".into()));
     // Answers without the references that say whose they are: neither checkable nor auditable.
     for path in [
-        "/fhir/Observation/obs-anne-bp?_elements=code,value",
         "/fhir/Observation?_elements:exclude=subject",
+        "/fhir/Observation?_elements=code&_elements=value",
         "/fhir/Observation?_summary=text",
     ] {
         let answer = client.get(path, Some(&blocked)).await.unwrap();

@@ -315,8 +315,9 @@ pub fn count_only(request: &FhirRequest) -> bool {
 }
 
 /// Whether a request asks for answers without the references whose patients they are
-/// (`_elements` with any modifier, `_summary` other than `count` or `false`), alone or in a
-/// batch entry: neither consent nor the audit record could tell whose data they hold.
+/// (`_elements` in any form but the one the gateway widens, `_summary` other than `count`,
+/// `data` or `false`), alone or in a batch entry: neither consent nor the audit record could
+/// tell whose data they hold.
 pub fn hides_references(request: &FhirRequest) -> bool {
     let hides = |request: &FhirRequest| {
         // Reference data names no patient (unless it brings in what does).
@@ -327,13 +328,17 @@ pub fn hides_references(request: &FhirRequest) -> bool {
                         name.starts_with("_include") || name.starts_with("_revinclude")
                     })
             });
+        // The plain `_elements` is widened with the references (crate::elements); `_summary`
+        // keeps them only as `count`, `data` (all but the narrative) and `false`.
+        let widened = crate::elements::widenable(request);
         !about_no_patient
             && request.params().iter().any(|(name, value)| {
                 let base = name.split(':').next().unwrap_or(name);
-                base == "_elements"
+                (base == "_elements" && !widened)
                     || (base == "_summary"
-                        && !value.trim().eq_ignore_ascii_case("count")
-                        && !value.trim().eq_ignore_ascii_case("false"))
+                        && !["count", "data", "false"]
+                            .iter()
+                            .any(|kept| value.trim().eq_ignore_ascii_case(kept)))
             })
     };
     match request.body() {
