@@ -11,6 +11,10 @@
 //! nesting deeper than [`MAX_DEPTH`]. The public functions are concrete (not generic), so the
 //! element model is compiled once, here.
 //!
+//! [`json_to_xml`] reads what it wrote back and refuses XML that would say something else than
+//! the JSON (the element model writes some JSON it does not understand as markup of its own),
+//! and escapes line breaks in attribute values; the caller then answers in JSON.
+//!
 //! Known limits: reading XML drops whitespace-only text and comments inside the XHTML narrative
 //! (`text.div`) and trims text next to its tags (the narrative only; no coded or referenced
 //! data). The element model costs about 70 µs per entry of a typical Observation Bundle either
@@ -56,13 +60,36 @@ fn strict() -> Option<DeserializationConfig> {
     })
 }
 
+/// The most attributes one element may carry (FHIR elements have at most `id`, `url`, `value`
+/// and namespace declarations; XHTML in a narrative a few more). The XML reader checks every
+/// attribute against all before it, so a million of them would take it minutes.
+pub const MAX_ATTRIBUTES: usize = 32;
+
+/// Runs a conversion of the element model; a panic in it (it has `unwrap`s on input it did
+/// not expect) is a refusal, never a crashed request.
+fn contained<T>(
+    convert: impl FnOnce() -> Result<T, XmlError>,
+    refused: fn(String) -> XmlError,
+) -> Result<T, XmlError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(convert))
+        .unwrap_or_else(|_| Err(refused("the element model could not read it".to_owned())))
+}
+
 /// An R4 resource in XML (`application/fhir+xml`) as FHIR JSON.
 pub fn xml_to_json(xml: &[u8]) -> Result<Vec<u8>, XmlError> {
+    if std::str::from_utf8(xml).is_err() {
+        return Err(XmlError::NotFhirXml("not UTF-8".to_owned()));
+    }
     guard(xml)?;
-    let resource: R4Resource = fhirbolt::xml::from_slice(xml, strict())
-        .map_err(|error| XmlError::NotFhirXml(error.to_string()))?;
-    let json = fhirbolt::json::to_vec(&resource, None)
-        .map_err(|error| XmlError::NotFhirXml(error.to_string()))?;
+    let json = contained(
+        || {
+            let resource: R4Resource = fhirbolt::xml::from_slice(xml, strict())
+                .map_err(|error| XmlError::NotFhirXml(error.to_string()))?;
+            fhirbolt::json::to_vec(&resource, None)
+                .map_err(|error| XmlError::NotFhirXml(error.to_string()))
+        },
+        XmlError::NotFhirXml,
+    )?;
     // The element model reads a repeated element as a list whatever R4 allows: an XML body
     // with two `subject`s (or two `id`s) would become JSON no FHIR server writes, and no
     // check should have to guess at. Refused.
@@ -74,8 +101,30 @@ pub fn xml_to_json(xml: &[u8]) -> Result<Vec<u8>, XmlError> {
 }
 
 /// An R4 resource in FHIR JSON as XML (`application/fhir+xml`): UTF-8, with the XML
-/// declaration, elements in the order of the R4 definitions.
+/// declaration, elements in the order of the R4 definitions. The XML is read back and must
+/// say what the JSON says (but for narrative whitespace): the element model writes some JSON
+/// it does not understand as XML that means something else (a `resourceType` naming no type
+/// becomes markup of its own, a narrative is copied unchecked, a too large integer wraps).
+/// What fails that is refused, and the caller answers in JSON.
 pub fn json_to_xml(json: &[u8]) -> Result<Vec<u8>, XmlError> {
+    let xml = contained(|| written_as_xml(json), XmlError::NotFhirJson)?;
+    let xml = attribute_controls_escaped(xml)?;
+    let says = |bytes: &[u8]| -> Option<Value> {
+        serde_json::from_slice::<Value>(bytes)
+            .ok()
+            .map(|value| narrative_alike(&value))
+    };
+    let read_back = xml_to_json(&xml)
+        .map_err(|error| XmlError::NotFhirJson(format!("its XML does not read back: {error}")))?;
+    match (says(json), says(&read_back)) {
+        (Some(original), Some(back)) if original == back => Ok(xml),
+        _ => Err(XmlError::NotFhirJson(
+            "its XML would say something else".to_owned(),
+        )),
+    }
+}
+
+fn written_as_xml(json: &[u8]) -> Result<Vec<u8>, XmlError> {
     let resource: R4Resource = match fhirbolt::json::from_slice(json, strict()) {
         Ok(resource) => resource,
         // The element model learns a resource's type from `resourceType`, so it must come
@@ -107,11 +156,7 @@ fn guard(xml: &[u8]) -> Result<(), XmlError> {
     // one's content into the resource around it.
     let mut children: Vec<(usize, bool)> = Vec::new();
     let child = |name: &[u8], children: &mut Vec<(usize, bool)>| {
-        let resource = name
-            .rsplit(|b| *b == b':')
-            .next()
-            .and_then(|local| local.first())
-            .is_some_and(u8::is_ascii_uppercase);
+        let resource = is_resource_name(name);
         match children.last_mut() {
             Some((count, holds_resource)) => {
                 *count += 1;
@@ -139,6 +184,14 @@ fn guard(xml: &[u8]) -> Result<(), XmlError> {
                 if !child(start.name().as_ref(), &mut children) {
                     return not_fhir("a resource beside another element in one wrapper");
                 }
+                if start
+                    .attributes()
+                    .with_checks(false)
+                    .nth(MAX_ATTRIBUTES)
+                    .is_some()
+                {
+                    return not_fhir("too many attributes");
+                }
                 roots += usize::from(depth == 0);
                 depth += 1;
                 if depth > MAX_DEPTH {
@@ -149,6 +202,18 @@ fn guard(xml: &[u8]) -> Result<(), XmlError> {
             Event::Empty(empty) => {
                 if !child(empty.name().as_ref(), &mut children) {
                     return not_fhir("a resource beside another element in one wrapper");
+                }
+                // An empty resource in a wrapper: the element model reads past its end.
+                if depth > 0 && is_resource_name(empty.name().as_ref()) {
+                    return not_fhir("an empty resource");
+                }
+                if empty
+                    .attributes()
+                    .with_checks(false)
+                    .nth(MAX_ATTRIBUTES)
+                    .is_some()
+                {
+                    return not_fhir("too many attributes");
                 }
                 roots += usize::from(depth == 0);
             }
@@ -162,6 +227,95 @@ fn guard(xml: &[u8]) -> Result<(), XmlError> {
             _ => {}
         }
     }
+}
+
+/// Whether an element name (prefix aside) is a resource's: FHIR names resources in
+/// UpperCamelCase and elements in lowerCamelCase.
+fn is_resource_name(name: &[u8]) -> bool {
+    name.rsplit(|b| *b == b':')
+        .next()
+        .and_then(|local| local.first())
+        .is_some_and(u8::is_ascii_uppercase)
+}
+
+/// The element model writes tab, CR and LF inside attribute values as they are, which XML
+/// readers turn into spaces (multi-line text would arrive flattened): written as character
+/// references. Other control characters have no XML 1.0 form at all: refused.
+fn attribute_controls_escaped(xml: Vec<u8>) -> Result<Vec<u8>, XmlError> {
+    let mut out = Vec::with_capacity(xml.len() + 16);
+    // Inside a tag, an attribute value runs from its opening quote to the same quote again
+    // (a narrative's XHTML may use either).
+    let (mut in_tag, mut quote) = (false, None::<u8>);
+    for &byte in &xml {
+        match (byte, quote) {
+            (b'<', None) => in_tag = true,
+            (b'>', None) => in_tag = false,
+            (b'"' | b'\'', None) if in_tag => quote = Some(byte),
+            (_, Some(open)) if byte == open => quote = None,
+            _ => {}
+        }
+        match byte {
+            b'\t' | b'\n' | b'\r' if quote.is_some() => {
+                out.extend_from_slice(format!("&#{byte};").as_bytes());
+            }
+            b'\t' | b'\n' | b'\r' => out.push(byte),
+            control if control < 0x20 => {
+                return Err(XmlError::NotFhirJson(
+                    "a control character XML cannot hold".to_owned(),
+                ));
+            }
+            other => out.push(other),
+        }
+    }
+    Ok(out)
+}
+
+/// `value` with every narrative (`div`) compared without the whitespace and comments the XML
+/// reader drops (whitespace next to tags, whitespace-only text, comments).
+fn narrative_alike(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(key, value)| match (key.as_str(), value) {
+                    ("div", Value::String(xhtml)) => (key.clone(), Value::String(tight(xhtml))),
+                    _ => (key.clone(), narrative_alike(value)),
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(narrative_alike).collect()),
+        other => other.clone(),
+    }
+}
+
+fn tight(xhtml: &str) -> String {
+    // A line break in an XHTML attribute is written as a character reference.
+    let xhtml = xhtml
+        .replace("&#10;", " ")
+        .replace("&#13;", " ")
+        .replace("&#9;", " ");
+    let mut uncommented = String::with_capacity(xhtml.len());
+    let mut rest = xhtml.as_str();
+    while let Some(start) = rest.find("<!--") {
+        uncommented.push_str(&rest[..start]);
+        rest = rest[start..]
+            .find("-->")
+            .map_or("", |end| &rest[start + end + 3..]);
+    }
+    uncommented.push_str(rest);
+    let mut out = String::with_capacity(xhtml.len());
+    let mut pending_space = false;
+    for c in uncommented.trim().chars() {
+        if c.is_whitespace() {
+            pending_space = true;
+            continue;
+        }
+        if pending_space && c != '<' && !out.ends_with('>') {
+            out.push(' ');
+        }
+        pending_space = false;
+        out.push(c);
+    }
+    out
 }
 
 /// Refuses a list where R4 allows one element, in `value` (a resource) and every resource in

@@ -216,3 +216,60 @@ fn an_element_repeated_where_r4_allows_one_is_refused() {
     );
     assert_eq!(notes["note"].as_array().map(Vec::len), Some(2));
 }
+
+#[test]
+fn what_would_crash_or_stall_the_reader_is_refused_first() {
+    // A million attributes: the reader's duplicate check is quadratic.
+    let attributes: String = (0..100_000).map(|i| format!(" a{i}=\"\"")).collect();
+    let xml = format!(r#"<Patient xmlns="http://hl7.org/fhir"{attributes}/>"#);
+    let started = std::time::Instant::now();
+    assert!(matches!(
+        xml_to_json(xml.as_bytes()),
+        Err(XmlError::NotFhirXml(_))
+    ));
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    // Not UTF-8 where the reader unwraps it (a namespace, a prefix).
+    for xml in [
+        &b"<Patient xmlns=\"http://hl7.org/fhi\xff\"/>"[..],
+        &b"<a\xff:Patient xmlns:a\xff=\"http://hl7.org/fhir\"/>"[..],
+        &b"<Patient xmlns=\"http://hl7.org/fhir\" a\xff:b=\"c\"/>"[..],
+    ] {
+        assert!(matches!(xml_to_json(xml), Err(XmlError::NotFhirXml(_))));
+    }
+    // An empty resource in its wrapper: the reader would swallow the element after it.
+    let swallowing = r#"<Observation xmlns="http://hl7.org/fhir"><contained><Patient/></contained><status value="final"/><code><text value="x"/></code></Observation>"#;
+    assert!(matches!(
+        xml_to_json(swallowing.as_bytes()),
+        Err(XmlError::NotFhirXml(_))
+    ));
+}
+
+#[test]
+fn json_whose_xml_would_say_something_else_is_not_written_as_xml() {
+    for json in [
+        // A resourceType that is markup.
+        r#"{"resourceType":"Observation","status":"final","code":{"text":"x"},"contained":[{"resourceType":"Binary/></contained><identifier><value value=\"forged\"/></identifier><contained><Binary"}]}"#,
+        // A narrative that is not one XHTML div.
+        r#"{"resourceType":"Patient","text":{"status":"generated","div":"<div xmlns=\"http://www.w3.org/1999/xhtml\">ok</div><div xmlns=\"http://www.w3.org/1999/xhtml\">forged</div>"}}"#,
+        r#"{"resourceType":"Patient","text":{"status":"generated","div":"<div xmlns=\"http://www.w3.org/1999/xhtml\"><p>&nbsp;</div>"}}"#,
+        // A narrative with attributes only (the writer unwraps its missing value).
+        r#"{"resourceType":"Patient","text":{"status":"generated","_div":{"id":"n"}}}"#,
+        // An integer the element model wraps.
+        r#"{"resourceType":"Observation","status":"final","code":{"text":"x"},"valueInteger":4294967338}"#,
+        // A control character XML cannot hold.
+        "{\"resourceType\":\"Patient\",\"id\":\"p1\",\"name\":[{\"text\":\"a\\u0001b\"}]}",
+    ] {
+        assert!(
+            matches!(
+                portvagt_fhir::json_to_xml(json.as_bytes()),
+                Err(XmlError::NotFhirJson(_))
+            ),
+            "{json}"
+        );
+    }
+    // Multi-line text stays multi-line for XML readers that normalise attribute values.
+    let note = r#"{"resourceType":"Patient","id":"p1","name":[{"text":"line one\nline\ttwo"}]}"#;
+    let xml = String::from_utf8(portvagt_fhir::json_to_xml(note.as_bytes()).unwrap()).unwrap();
+    assert!(xml.contains(r#"value="line one&#10;line&#9;two""#), "{xml}");
+    assert_eq!(json_of(&xml)["name"][0]["text"], "line one\nline\ttwo");
+}

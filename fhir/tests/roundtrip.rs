@@ -111,9 +111,14 @@ fn narrative_alike(value: &Value) -> Value {
 }
 
 fn tight(xhtml: &str) -> String {
+    // A line break in an XHTML attribute is written as a character reference.
+    let xhtml = xhtml
+        .replace("&#10;", " ")
+        .replace("&#13;", " ")
+        .replace("&#9;", " ");
     // Comments inside the narrative are dropped by the XML reader too.
     let mut uncommented = String::with_capacity(xhtml.len());
-    let mut rest = xhtml;
+    let mut rest = xhtml.as_str();
     while let Some(start) = rest.find("<!--") {
         uncommented.push_str(&rest[..start]);
         rest = rest[start..]

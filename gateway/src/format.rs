@@ -7,6 +7,22 @@
 use http::HeaderMap;
 use http::header::{ACCEPT, CONTENT_TYPE};
 
+/// At most this many conversions between XML and JSON at once, each on a blocking thread: the
+/// element model costs about 70 µs per Bundle entry, and must neither hold up the workers
+/// that serve everyone else nor take every core.
+const CONVERSIONS_AT_ONCE: usize = 2;
+
+static CONVERSIONS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(CONVERSIONS_AT_ONCE);
+
+/// `convert` (an XML/JSON conversion) on a blocking thread, once one of
+/// [`CONVERSIONS_AT_ONCE`] permits is free.
+pub async fn convert<T: Send + 'static>(
+    convert: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, crate::body::BoxError> {
+    let _permit = CONVERSIONS.acquire().await?;
+    Ok(tokio::task::spawn_blocking(convert).await?)
+}
+
 /// The FHIR XML content type of the gateway's XML answers.
 pub const FHIR_XML: &str = "application/fhir+xml; charset=utf-8";
 

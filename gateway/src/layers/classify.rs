@@ -152,7 +152,10 @@ where
                 if content_type.as_deref().is_some_and(crate::format::is_xml) {
                     // FHIR XML is read into its JSON twin, which is what policy decides on and
                     // what the backend gets: the two cannot be judged apart.
-                    bytes = portvagt_fhir::xml_to_json(&bytes)?.into();
+                    let xml = bytes.clone();
+                    bytes = crate::format::convert(move || portvagt_fhir::xml_to_json(&xml))
+                        .await??
+                        .into();
                     let json = HeaderValue::from_static("application/fhir+json");
                     content_type = Some("application/fhir+json".to_owned());
                     parts.headers.insert(header::CONTENT_TYPE, json);
@@ -162,6 +165,17 @@ where
                 }
                 fhir.attach_body(content_type.as_deref(), &bytes)?;
                 full(bytes)
+            } else if content_type.as_deref().is_some_and(crate::format::is_xml) {
+                // An XML body on an interaction that takes none (an operation, a read) would
+                // reach the backend unread and unconverted: only an empty one goes on.
+                let bytes = body.collect().await?.to_bytes();
+                if !bytes.is_empty() {
+                    return Err(portvagt_fhir::XmlError::NotFhirXml(
+                        "this interaction takes no body".to_owned(),
+                    )
+                    .into());
+                }
+                empty()
             } else {
                 body
             };

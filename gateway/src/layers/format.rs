@@ -144,7 +144,8 @@ async fn as_xml(
     // JSON that names no resource type (an OAuth answer) has no XML form: not even tried.
     let resource = memchr::memmem::find(&bytes, b"\"resourceType\"").is_some();
     let converted = if resource {
-        portvagt_fhir::json_to_xml(&bytes)
+        let json = bytes.clone();
+        crate::format::convert(move || portvagt_fhir::json_to_xml(&json)).await?
     } else {
         Err(portvagt_fhir::XmlError::NotFhirJson(
             "no resourceType".to_owned(),
@@ -157,9 +158,10 @@ async fn as_xml(
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_XML));
             xml.into()
         }
-        Err(error) => {
+        Err(_) => {
+            // Not the error's text: it may quote the answer's data.
             if resource {
-                tracing::warn!(%error, "an answer could not be written as XML; it goes out as JSON");
+                tracing::warn!("an answer could not be written as XML; it goes out as JSON");
             }
             bytes
         }

@@ -300,4 +300,18 @@ async fn hostile_xml_is_refused_unread_in_the_clients_words() {
         );
         assert!(!answer.text().contains("root:"), "nothing was read from a file");
     }
+    // An XML body on an interaction that takes none is not forwarded unread.
+    let everything = gateway.token(json!({ "scope": "user/*.rs" }));
+    let answer = client
+        .send(xml_request(
+            Method::POST,
+            "/fhir/Patient/pat-anne/$everything",
+            &everything,
+            "",
+            Some(r#"<!DOCTYPE x SYSTEM "http://127.0.0.1:9/x.dtd"><Parameters xmlns="http://hl7.org/fhir"/>"#),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 400, "{}", answer.text());
+    assert_eq!(detail_code(&json_of_xml(&answer)), "malformed-xml");
 }
