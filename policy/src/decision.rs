@@ -238,6 +238,14 @@ fn requirement(request: &FhirRequest) -> Requirement {
         Interaction::Operation if is_everything(request) => {
             return Requirement::Scope(None, P::READ.union(P::SEARCH));
         }
+        // A declared operation (terminology) reads its type; any other is refused. It reaches
+        // nothing else, whatever the scope: its answer is never checked against a compartment.
+        Interaction::Operation
+            if crate::operations::declared(request).is_some() && reaches_other_types(request) =>
+        {
+            return Requirement::Refused(DenyReason::SearchReachesOtherTypes);
+        }
+        Interaction::Operation if crate::operations::declared(request).is_some() => P::READ,
         Interaction::Operation => return Requirement::Refused(DenyReason::UnsupportedInteraction),
     };
     Requirement::Scope(t, needed)

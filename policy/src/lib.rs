@@ -15,6 +15,7 @@ pub mod consent;
 pub mod decision;
 pub mod elements;
 pub mod filter;
+pub mod operations;
 mod patient_rules;
 mod raw;
 pub mod reach;

@@ -74,6 +74,23 @@ user/*.rs                   | - | GET    | Basic/b1/Observation                 
 user/*.rs                   | - | GET    | Patient/pat-bo/$everything            | allow
 user/Patient.rs             | - | GET    | Patient/pat-bo/$everything            | deny:insufficient-scope
 user/*.cruds                | - | POST   | $export                               | deny:unsupported-interaction
+# --- declared operations: terminology, granted by reading its type ----------------------------
+user/ValueSet.rs            | - | GET    | ValueSet/$expand?url=http://x.dk/vs   | allow
+user/ValueSet.r             | - | POST   | ValueSet/vs-1/$expand                 | allow
+user/CodeSystem.r           | - | GET    | CodeSystem/$lookup?system=x&code=y    | allow
+user/*.rs                   | - | GET    | CodeSystem/$validate-code?code=y      | allow
+system/ConceptMap.r         | - | GET    | ConceptMap/cm-1/$translate?code=y     | allow
+patient/*.rs                | pat-anne | GET | ValueSet/$expand?url=http://x.dk/vs | allow
+patient/ValueSet.r          | pat-anne | GET | ValueSet/$expand                    | allow
+user/ValueSet.s             | - | GET    | ValueSet/$expand                      | deny:insufficient-scope
+user/Observation.rs         | - | GET    | ValueSet/$expand                      | deny:insufficient-scope
+patient/ValueSet.r          | pat-anne | GET | ConceptMap/$translate               | deny:insufficient-scope
+user/*.rs                   | - | GET    | Observation/$expand                   | deny:unsupported-interaction
+user/*.rs                   | - | GET    | $expand                               | deny:unsupported-interaction
+user/*.rs                   | - | GET    | CodeSystem/cs-1/$lookup               | deny:unsupported-interaction
+user/*.rs                   | - | GET    | ValueSet/$expand?_include=*           | deny:search-reaches-other-types
+patient/*.rs                | pat-anne | GET | ValueSet/$expand?_revinclude=Observation:value-concept | deny:search-reaches-other-types
+user/*.rs                   | - | GET    | ValueSet/$expand?_has:Observation:code:subject=Patient/pat-bo | deny:search-reaches-other-types
 user/*.cruds                | - | POST   | Observation/$validate                 | deny:unsupported-interaction
 user/*.cruds                | - | GET    | Patient/pat-bo/$meta                  | deny:unsupported-interaction
 user/*.cruds                | - | POST   | $graphql                              | deny:unsupported-interaction

@@ -166,16 +166,34 @@ where
                 fhir.attach_body(content_type.as_deref(), &bytes)?;
                 full(bytes)
             } else if content_type.as_deref().is_some_and(crate::format::is_xml) {
-                // An XML body on an interaction that takes none (an operation, a read) would
-                // reach the backend unread and unconverted: only an empty one goes on.
+                // An XML body on an interaction that takes none (a read) would reach the backend
+                // unread and unconverted: only an empty one goes on. An operation's Parameters
+                // go on as the JSON the backend is always sent.
                 let bytes = body.collect().await?.to_bytes();
-                if !bytes.is_empty() {
+                if bytes.is_empty() {
+                    empty()
+                } else if parts.method == http::Method::POST
+                    && fhir.interaction() == Interaction::Operation
+                {
+                    let xml = bytes.clone();
+                    let json: bytes::Bytes =
+                        crate::format::convert(move || portvagt_fhir::xml_to_json(&xml))
+                            .await??
+                            .into();
+                    parts.headers.insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/fhir+json"),
+                    );
+                    parts
+                        .headers
+                        .insert(header::CONTENT_LENGTH, HeaderValue::from(json.len()));
+                    full(json)
+                } else {
                     return Err(portvagt_fhir::XmlError::NotFhirXml(
                         "this interaction takes no body".to_owned(),
                     )
                     .into());
                 }
-                empty()
             } else {
                 body
             };

@@ -209,3 +209,80 @@ async fn a_granular_scope_holds_for_reads_and_searches() {
         .unwrap();
     assert_eq!(write.status, 403);
 }
+
+#[tokio::test]
+async fn declared_terminology_operations_pass_and_others_do_not() {
+    let gateway = Gateway::start();
+    let client = gateway.client();
+    let terminology = gateway.token(json!({ "scope": "user/ValueSet.r user/CodeSystem.r" }));
+    let gateway_refusal = |answer: &crate::support::Answer| {
+        answer.status == 403
+            || (answer.status == 400
+                && answer.json()["issue"][0]["details"]["coding"][0]["system"]
+                    == "urn:portvagt:error-code")
+    };
+    // Forwarded: whatever the backend makes of them, the gateway does not refuse them.
+    let expand = client
+        .get(
+            "/fhir/ValueSet/$expand?url=http://hl7.org/fhir/ValueSet/administrative-gender",
+            Some(&terminology),
+        )
+        .await
+        .unwrap();
+    assert!(
+        !gateway_refusal(&expand),
+        "{} {}",
+        expand.status,
+        expand.text()
+    );
+    let audited = gateway.audit_events_for(expand.headers["x-request-id"].to_str().unwrap());
+    assert!(!audited.is_empty(), "recorded like any access");
+    // An XML Parameters body goes to the backend as its JSON twin.
+    let xml_body = r#"<Parameters xmlns="http://hl7.org/fhir"><parameter><name value="url"/><valueUri value="http://hl7.org/fhir/ValueSet/administrative-gender"/></parameter></Parameters>"#;
+    let posted = client
+        .send(
+            http::Request::builder()
+                .method(Method::POST)
+                .uri("/fhir/ValueSet/$expand")
+                .header("authorization", format!("Bearer {terminology}"))
+                .header("content-type", "application/fhir+xml")
+                .header("accept", "application/fhir+json")
+                .body(http_body_util::Full::new(bytes::Bytes::from(xml_body)))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        !gateway_refusal(&posted),
+        "{} {}",
+        posted.status,
+        posted.text()
+    );
+
+    // Not granted by another type's scope; not declared on another type; not reaching further.
+    let observations = gateway.token(json!({ "scope": "user/Observation.rs" }));
+    for (path, token, code) in [
+        (
+            "/fhir/ValueSet/$expand?url=x",
+            &observations,
+            "insufficient-scope",
+        ),
+        (
+            "/fhir/Observation/$expand?url=x",
+            &terminology,
+            "unsupported-interaction",
+        ),
+        (
+            "/fhir/ValueSet/$expand?url=x&_revinclude=Observation:value-concept",
+            &terminology,
+            "search-reaches-other-types",
+        ),
+    ] {
+        let answer = client.get(path, Some(token)).await.unwrap();
+        assert_eq!(
+            (answer.status.as_u16(), answer.detail_code()),
+            (403, code.to_owned()),
+            "{path}"
+        );
+    }
+}
