@@ -230,7 +230,7 @@ const PATIENT_LINKS_OUTSIDE_COMPARTMENT: &[(&str, &[&str])] = &[
 
 /// The element paths of `resource_type` that may reference the patient whose data it is: the
 /// compartment's, and for a few types outside it, [`PATIENT_LINKS_OUTSIDE_COMPARTMENT`].
-fn patient_paths(resource_type: &str) -> impl Iterator<Item = &'static str> {
+pub(crate) fn patient_paths(resource_type: &str) -> impl Iterator<Item = &'static str> {
     let outside = PATIENT_LINKS_OUTSIDE_COMPARTMENT
         .iter()
         .find(|(name, _)| *name == resource_type)

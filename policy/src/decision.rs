@@ -292,6 +292,12 @@ fn decide_bundle(
             Decision::Allow { obligations, .. } if obligations.verify_target => Decision::Deny {
                 reason: DenyReason::WriteNotVerifiable,
             },
+            // Nor widens `_elements` inside them.
+            Decision::Allow { obligations, .. } if !obligations.add_elements.is_empty() => {
+                Decision::Deny {
+                    reason: DenyReason::ReferencesHidden,
+                }
+            }
             decision => decision,
         })
         .collect();

@@ -193,3 +193,21 @@ fn a_bundle_without_its_body_is_not_authorised() {
         Some(DenyReason::UnsupportedInteraction)
     );
 }
+
+#[test]
+fn a_batch_entry_never_widens_elements() {
+    let request = bundle(
+        "batch",
+        vec![get("Observation?_elements=code"), get("Observation?code=x")],
+    );
+    let Decision::Allow { obligations, .. } = decide_as("user/*.rs", None, &request) else {
+        panic!("the batch itself is allowed")
+    };
+    assert_eq!(
+        obligations.entries[0].deny_reason(),
+        Some(DenyReason::ReferencesHidden)
+    );
+    assert!(obligations.entries[1].is_allow());
+    // And while consent or the audit trail must know whose data it is, the batch is refused.
+    assert!(portvagt_policy::consent::hides_references(&request));
+}

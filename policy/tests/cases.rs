@@ -215,6 +215,12 @@ patient/*.rs                | pat-anne | GET | Observation?_elements=id&_element
 patient/*.rs                | pat-anne | GET | Observation?_elements=id&_include=Observation:subject | deny:outside-compartment
 patient/*.rs                | pat-anne | GET | Observation?_summary=true                      | deny:outside-compartment
 patient/*.rs                | pat-anne | GET | Observation?_summary=data                      | allow+narrow:subject=Patient/pat-anne
+patient/*.rs                | pat-anne | GET | Observation?_summary=DATA                      | deny:outside-compartment
+patient/*.rs                | pat-anne | GET | Observation?_fields=code                       | deny:outside-compartment
+patient/*.rs                | pat-anne | GET | Observation?_elements=subject.reference        | deny:outside-compartment
+patient/*.rs                | pat-anne | GET | Observation?_elements=code&_contained=true     | deny:outside-compartment
+user/*.rs                   | - | GET    | Device/dev-1?_elements=type                | allow+elements:patient,contained
+user/*.rs                   | - | GET    | Practitioner?_elements=name                | allow
 patient/*.rs                | pat-anne | GET | Observation?_summary=text                      | deny:outside-compartment
 patient/*.rs                | pat-anne | GET | Observation?_summary=count                     | allow+narrow:subject=Patient/pat-anne
 patient/*.rs                | pat-anne | GET | Observation?_filter=subject%20eq%20x           | deny:outside-compartment

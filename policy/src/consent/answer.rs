@@ -319,7 +319,7 @@ pub fn count_only(request: &FhirRequest) -> bool {
 /// `data` or `false`), alone or in a batch entry: neither consent nor the audit record could
 /// tell whose data they hold.
 pub fn hides_references(request: &FhirRequest) -> bool {
-    let hides = |request: &FhirRequest| {
+    let hides = |request: &FhirRequest, in_batch: bool| {
         // Reference data names no patient (unless it brings in what does).
         let about_no_patient = request.interaction() == crate::request::Interaction::Capabilities
             || request.resource_type().is_some_and(|t| {
@@ -328,22 +328,22 @@ pub fn hides_references(request: &FhirRequest) -> bool {
                         name.starts_with("_include") || name.starts_with("_revinclude")
                     })
             });
-        // The plain `_elements` is widened with the references (crate::elements); `_summary`
-        // keeps them only as `count`, `data` (all but the narrative) and `false`.
-        let widened = crate::elements::widenable(request);
+        // The plain `_elements` of a single request is widened with the references
+        // (crate::elements); a batch entry's never is. `_fields` is `_elements` to some
+        // servers. `_summary` keeps the references only as `count`, `data` (all but the
+        // narrative) and `false`.
+        let widened = !in_batch && crate::elements::widenable(request);
         !about_no_patient
             && request.params().iter().any(|(name, value)| {
                 let base = name.split(':').next().unwrap_or(name);
                 (base == "_elements" && !widened)
-                    || (base == "_summary"
-                        && !["count", "data", "false"]
-                            .iter()
-                            .any(|kept| value.trim().eq_ignore_ascii_case(kept)))
+                    || base == "_fields"
+                    || (base == "_summary" && !["count", "data", "false"].contains(&value.trim()))
             })
     };
     match request.body() {
-        Some(RequestBody::Bundle { entries, .. }) => entries.iter().any(hides),
-        _ => hides(request),
+        Some(RequestBody::Bundle { entries, .. }) => entries.iter().any(|e| hides(e, true)),
+        _ => hides(request, false),
     }
 }
 
