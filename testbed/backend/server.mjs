@@ -291,8 +291,30 @@ async function handleFhir(req, res, method, rel, url) {
     if (interaction === 'batch' && resource.resourceType === 'Bundle') {
       absolutizeBatchResponse(resource);
     }
+    const elements = pairs.filter(([name]) => name === '_elements').flatMap(([, v]) => v.split(','));
+    if (elements.length && (method === 'GET' || second === '_search')) {
+      return send(res, status, subsetted(resource, type, elements), headers);
+    }
     return send(res, status, resource, headers);
   });
+}
+
+/**
+ * `_elements` (R4 §3.1.1.5.9): a read, or the matches of a search, cut to the named top-level
+ * elements and what every resource carries (`resourceType`, `id`, `meta`).
+ */
+function subsetted(resource, type, elements) {
+  const keep = new Set(['resourceType', 'id', 'meta', ...elements.map((e) => e.trim())]);
+  const cut = (r) => Object.fromEntries(Object.entries(r).filter(([k]) => keep.has(k)));
+  if (resource.resourceType === 'Bundle' && resource.type === 'searchset') {
+    for (const entry of resource.entry ?? []) {
+      if (entry.resource?.resourceType === type && entry.search?.mode !== 'include') {
+        entry.resource = cut(entry.resource);
+      }
+    }
+    return resource;
+  }
+  return resource.resourceType === type ? cut(resource) : resource;
 }
 
 /** Whether a request may change what the repository holds (a POST _search does not). */

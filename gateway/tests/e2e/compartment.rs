@@ -469,6 +469,13 @@ async fn elements_are_answered_and_still_checked_and_audited() {
     let gateway = Gateway::start();
     let client = gateway.client();
     let token = anne(&gateway, "patient/Observation.rs");
+    // The backend honours `_elements`: asked as the client asks, the answer would have no
+    // reference left to check.
+    let (_, direct) = crate::support::backend_get("Observation/obs-anne-bp?_elements=code").await;
+    assert!(
+        direct.get("code").is_some() && direct.get("subject").is_none(),
+        "{direct}"
+    );
 
     // A search naming nobody, cut to `code`: narrowed to Anne, checked on the references the
     // gateway asked for too, and answered without them.
