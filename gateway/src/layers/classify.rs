@@ -9,6 +9,7 @@ use std::task::{Context, Poll};
 
 use http::{HeaderName, HeaderValue, Request, header};
 use http_body_util::BodyExt as _;
+use portvagt_policy::request::operation_parameters;
 use portvagt_policy::{ClassifyError, FhirRequest, Interaction, classify, parse_form};
 use tower::{Layer, Service};
 
@@ -165,35 +166,53 @@ where
                 }
                 fhir.attach_body(content_type.as_deref(), &bytes)?;
                 full(bytes)
-            } else if content_type.as_deref().is_some_and(crate::format::is_xml) {
-                // An XML body on an interaction that takes none (a read) would reach the backend
-                // unread and unconverted: only an empty one goes on. An operation's Parameters
-                // go on as the JSON the backend is always sent.
-                let bytes = body.collect().await?.to_bytes();
-                if bytes.is_empty() {
-                    empty()
-                } else if parts.method == http::Method::POST
-                    && fhir.interaction() == Interaction::Operation
-                {
-                    let xml = bytes.clone();
-                    let json: bytes::Bytes =
-                        crate::format::convert(move || portvagt_fhir::xml_to_json(&xml))
+            } else if parts.method == http::Method::POST
+                && fhir.interaction() == Interaction::Operation
+            {
+                // An operation's body parameters are decided on like its query's: a form, or a
+                // Parameters resource (XML read into its JSON twin, which is what goes on).
+                let mut bytes = body.collect().await?.to_bytes();
+                let media = content_type.as_deref().unwrap_or("");
+                let params = if bytes.is_empty() {
+                    Vec::new()
+                } else if media.split(';').next().is_some_and(|m| {
+                    m.trim()
+                        .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+                }) {
+                    let form =
+                        std::str::from_utf8(&bytes).map_err(|_| ClassifyError::BadEncoding)?;
+                    parse_form(form)?
+                } else if crate::format::is_xml(media) || crate::format::is_json(media) {
+                    if crate::format::is_xml(media) {
+                        let xml = bytes.clone();
+                        bytes = crate::format::convert(move || portvagt_fhir::xml_to_json(&xml))
                             .await??
                             .into();
-                    parts.headers.insert(
-                        header::CONTENT_TYPE,
-                        HeaderValue::from_static("application/fhir+json"),
-                    );
-                    parts
-                        .headers
-                        .insert(header::CONTENT_LENGTH, HeaderValue::from(json.len()));
-                    full(json)
+                        parts.headers.insert(
+                            header::CONTENT_TYPE,
+                            HeaderValue::from_static("application/fhir+json"),
+                        );
+                        parts
+                            .headers
+                            .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+                    }
+                    operation_parameters(&bytes)?
                 } else {
+                    return Err(ClassifyError::UnsupportedFormat.into());
+                };
+                fhir.add_form_params(params)?;
+                full(bytes)
+            } else if content_type.as_deref().is_some_and(crate::format::is_xml) {
+                // An XML body on an interaction that takes none (a read) would reach the backend
+                // unread and unconverted: only an empty one goes on.
+                let bytes = body.collect().await?.to_bytes();
+                if !bytes.is_empty() {
                     return Err(portvagt_fhir::XmlError::NotFhirXml(
                         "this interaction takes no body".to_owned(),
                     )
                     .into());
                 }
+                empty()
             } else {
                 body
             };

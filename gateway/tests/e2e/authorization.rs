@@ -258,6 +258,59 @@ async fn declared_terminology_operations_pass_and_others_do_not() {
         posted.status,
         posted.text()
     );
+    // Body parameters are decided on like query parameters.
+    let reaching = client
+        .send(request(
+            Method::POST,
+            "/fhir/ValueSet/$expand",
+            Some(&terminology),
+            Some(json!({ "resourceType": "Parameters", "parameter": [
+                { "name": "url", "valueUri": "x" },
+                { "name": "_revinclude", "valueString": "Observation:value-concept" }] })),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        (reaching.status.as_u16(), reaching.detail_code()),
+        (403, "search-reaches-other-types".to_owned())
+    );
+    let anne = gateway.token(json!({ "patient": "pat-anne", "scope": "patient/*.rs" }));
+    let naming_bo = client
+        .send(request(
+            Method::POST,
+            "/fhir/Patient/pat-anne/$everything",
+            Some(&anne),
+            Some(json!({ "resourceType": "Parameters", "parameter": [
+                { "name": "_id", "valueString": "pat-bo" }] })),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(naming_bo.status, 403, "{}", naming_bo.text());
+    let referencing = client
+        .send(request(
+            Method::POST,
+            "/fhir/Patient/pat-anne/$everything",
+            Some(&anne),
+            Some(json!({ "resourceType": "Parameters", "parameter": [
+                { "name": "x", "valueReference": { "reference": "Patient/pat-bo" } }] })),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        (referencing.status.as_u16(), referencing.detail_code()),
+        (400, "malformed-body".to_owned())
+    );
+    let everything = client
+        .send(request(
+            Method::POST,
+            "/fhir/Patient/pat-anne/$everything",
+            Some(&anne),
+            Some(json!({ "resourceType": "Parameters", "parameter": [
+                { "name": "_count", "valueInteger": 50 }] })),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(everything.status, 200, "{}", everything.text());
 
     // Not granted by another type's scope; not declared on another type; not reaching further.
     let observations = gateway.token(json!({ "scope": "user/Observation.rs" }));

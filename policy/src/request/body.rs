@@ -114,6 +114,58 @@ pub(super) fn parse(
     }
 }
 
+/// The parameters of an operation's `Parameters` body (FHIR JSON), as name and value pairs the
+/// policy decides on like query parameters: every parameter with a primitive `value[x]`. A
+/// parameter whose value is a Reference, or anything in the body that holds a `reference`,
+/// could name a patient the pairs do not show: refused (`malformed-body`), as is a body that
+/// is not a `Parameters` resource.
+pub fn operation_parameters(json: &[u8]) -> Result<Vec<(String, String)>, ClassifyError> {
+    fn holds_reference(value: &Value) -> bool {
+        match value {
+            Value::Object(map) => map
+                .iter()
+                .any(|(key, value)| key == "reference" || holds_reference(value)),
+            Value::Array(items) => items.iter().any(holds_reference),
+            _ => false,
+        }
+    }
+    let body: Value = serde_json::from_slice(json).map_err(|_| ClassifyError::MalformedBody)?;
+    if body.get("resourceType").and_then(Value::as_str) != Some("Parameters")
+        || holds_reference(&body)
+    {
+        return Err(ClassifyError::MalformedBody);
+    }
+    let mut pairs = Vec::new();
+    for parameter in body
+        .get("parameter")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let Some(name) = parameter.get("name").and_then(Value::as_str) else {
+            return Err(ClassifyError::MalformedBody);
+        };
+        let primitive = parameter
+            .as_object()
+            .into_iter()
+            .flatten()
+            .find_map(|(key, value)| {
+                let primitive = match value {
+                    Value::String(text) => Some(text.clone()),
+                    Value::Number(number) => Some(number.to_string()),
+                    Value::Bool(flag) => Some(flag.to_string()),
+                    _ => None,
+                };
+                key.starts_with("value").then_some(primitive).flatten()
+            });
+        if let Some(value) = primitive {
+            pairs.push((name.to_owned(), value));
+        }
+    }
+    super::url::check_params(&pairs)?;
+    Ok(pairs)
+}
+
 /// The resource must be of the URL's type; an update's `id` must be the URL's id.
 fn check_resource(request: &FhirRequest, resource: &Value) -> Result<(), ClassifyError> {
     if !resource.is_object() {
@@ -306,6 +358,45 @@ mod tests {
             )
             .err(),
             Some(ClassifyError::UnsupportedFormat)
+        );
+    }
+
+    #[test]
+    fn operation_parameters_are_read_as_query_parameters_would_be() {
+        let body = json!({ "resourceType": "Parameters", "parameter": [
+            { "name": "url", "valueUri": "http://x.dk/vs" },
+            { "name": "count", "valueInteger": 5 },
+            { "name": "activeOnly", "valueBoolean": true },
+            { "name": "coding", "valueCoding": { "system": "http://loinc.org", "code": "8867-4" } },
+        ]});
+        assert_eq!(
+            operation_parameters(body.to_string().as_bytes()).unwrap(),
+            [
+                ("url".to_owned(), "http://x.dk/vs".to_owned()),
+                ("count".to_owned(), "5".to_owned()),
+                ("activeOnly".to_owned(), "true".to_owned()),
+            ]
+        );
+        for refused in [
+            json!({ "resourceType": "Parameters", "parameter": [
+                { "name": "subject", "valueReference": { "reference": "Patient/pat-bo" } }] }),
+            json!({ "resourceType": "Parameters", "parameter": [
+                { "name": "x", "resource": { "resourceType": "Observation",
+                  "subject": { "reference": "Patient/pat-bo" } } }] }),
+            json!({ "resourceType": "Parameters", "parameter": [{ "valueString": "no name" }] }),
+            json!({ "resourceType": "Observation" }),
+        ] {
+            assert_eq!(
+                operation_parameters(refused.to_string().as_bytes()),
+                Err(ClassifyError::MalformedBody),
+                "{refused}"
+            );
+        }
+        let overriding = json!({ "resourceType": "Parameters", "parameter": [
+            { "name": "_method", "valueString": "DELETE" }] });
+        assert_eq!(
+            operation_parameters(overriding.to_string().as_bytes()),
+            Err(ClassifyError::MethodOverride)
         );
     }
 

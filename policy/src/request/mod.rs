@@ -10,7 +10,7 @@ use std::fmt;
 pub mod body;
 mod url;
 
-pub use self::body::{BundleKind, PatchFormat, RequestBody};
+pub use self::body::{BundleKind, PatchFormat, RequestBody, operation_parameters};
 pub(crate) use self::url::is_valid_id;
 pub use self::url::parse_form;
 use self::url::{check_params, parse_query, split_path};
