@@ -155,16 +155,21 @@ fn guard(xml: &[u8]) -> Result<(), XmlError> {
     // only child (`<contained><Patient/></contained>`): the element model would read a second
     // one's content into the resource around it.
     let mut children: Vec<(usize, bool)> = Vec::new();
-    let child = |name: &[u8], children: &mut Vec<(usize, bool)>| {
-        let resource = is_resource_name(name);
-        match children.last_mut() {
-            Some((count, holds_resource)) => {
-                *count += 1;
-                *holds_resource |= resource;
-                !(*holds_resource && *count > 1)
+    // An element (start or empty): why it is refused, if it is.
+    let element_refused = |element: &quick_xml::events::BytesStart<'_>,
+                           children: &mut Vec<(usize, bool)>| {
+        if let Some((count, holds_resource)) = children.last_mut() {
+            *count += 1;
+            *holds_resource |= is_resource_name(element.name().as_ref());
+            if *holds_resource && *count > 1 {
+                return Some("a resource beside another element in one wrapper");
             }
-            None => true,
         }
+        let mut attributes = element.attributes();
+        attributes
+            .with_checks(false)
+            .nth(MAX_ATTRIBUTES)
+            .map(|_| "too many attributes")
     };
     loop {
         let event = reader
@@ -181,16 +186,8 @@ fn guard(xml: &[u8]) -> Result<(), XmlError> {
                 return not_fhir("more than one root element");
             }
             Event::Start(start) => {
-                if !child(start.name().as_ref(), &mut children) {
-                    return not_fhir("a resource beside another element in one wrapper");
-                }
-                if start
-                    .attributes()
-                    .with_checks(false)
-                    .nth(MAX_ATTRIBUTES)
-                    .is_some()
-                {
-                    return not_fhir("too many attributes");
+                if let Some(refused) = element_refused(&start, &mut children) {
+                    return not_fhir(refused);
                 }
                 roots += usize::from(depth == 0);
                 depth += 1;
@@ -200,20 +197,12 @@ fn guard(xml: &[u8]) -> Result<(), XmlError> {
                 children.push((0, false));
             }
             Event::Empty(empty) => {
-                if !child(empty.name().as_ref(), &mut children) {
-                    return not_fhir("a resource beside another element in one wrapper");
+                if let Some(refused) = element_refused(&empty, &mut children) {
+                    return not_fhir(refused);
                 }
                 // An empty resource in a wrapper: the element model reads past its end.
                 if depth > 0 && is_resource_name(empty.name().as_ref()) {
                     return not_fhir("an empty resource");
-                }
-                if empty
-                    .attributes()
-                    .with_checks(false)
-                    .nth(MAX_ATTRIBUTES)
-                    .is_some()
-                {
-                    return not_fhir("too many attributes");
                 }
                 roots += usize::from(depth == 0);
             }
@@ -270,9 +259,11 @@ fn attribute_controls_escaped(xml: Vec<u8>) -> Result<Vec<u8>, XmlError> {
     Ok(out)
 }
 
-/// `value` with every narrative (`div`) compared without the whitespace and comments the XML
-/// reader drops (whitespace next to tags, whitespace-only text, comments).
-fn narrative_alike(value: &Value) -> Value {
+/// `value` (FHIR JSON) with every narrative (`div`) in the form it keeps through XML: without
+/// the whitespace and comments the XML reader drops (whitespace next to tags, whitespace-only
+/// text, comments), line breaks in its attributes as spaces. Two resources that are equal in
+/// this form say the same in JSON and in XML.
+pub fn narrative_alike(value: &Value) -> Value {
     match value {
         Value::Object(map) => Value::Object(
             map.iter()

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use portvagt_fhir::narrative_alike;
 use serde_json::Value;
 
 fn root() -> PathBuf {
@@ -91,57 +92,6 @@ fn first_difference(at: &str, a: &Value, b: &Value) -> String {
         _ => format!("{at}: {a} / {b}"),
     }
 }
-
-/// `value` with every narrative (`div`) compared without the whitespace next to its tags: the
-/// XML reader drops whitespace-only text between XHTML elements and trims text at tags (a
-/// known loss, in narrative only; see `portvagt_fhir`).
-fn narrative_alike(value: &Value) -> Value {
-    match value {
-        Value::Object(map) => Value::Object(
-            map.iter()
-                .map(|(key, value)| match (key.as_str(), value) {
-                    ("div", Value::String(xhtml)) => (key.clone(), Value::String(tight(xhtml))),
-                    _ => (key.clone(), narrative_alike(value)),
-                })
-                .collect(),
-        ),
-        Value::Array(items) => Value::Array(items.iter().map(narrative_alike).collect()),
-        other => other.clone(),
-    }
-}
-
-fn tight(xhtml: &str) -> String {
-    // A line break in an XHTML attribute is written as a character reference.
-    let xhtml = xhtml
-        .replace("&#10;", " ")
-        .replace("&#13;", " ")
-        .replace("&#9;", " ");
-    // Comments inside the narrative are dropped by the XML reader too.
-    let mut uncommented = String::with_capacity(xhtml.len());
-    let mut rest = xhtml.as_str();
-    while let Some(start) = rest.find("<!--") {
-        uncommented.push_str(&rest[..start]);
-        rest = rest[start..]
-            .find("-->")
-            .map_or("", |end| &rest[start + end + 3..]);
-    }
-    uncommented.push_str(rest);
-    let mut out = String::with_capacity(xhtml.len());
-    let mut pending_space = false;
-    for c in uncommented.trim().chars() {
-        if c.is_whitespace() {
-            pending_space = true;
-            continue;
-        }
-        if pending_space && c != '<' && !out.ends_with('>') {
-            out.push(' ');
-        }
-        pending_space = false;
-        out.push(c);
-    }
-    out
-}
-
 /// The examples among `files` that do not come back as they went.
 fn failed(files: &[PathBuf]) -> Vec<String> {
     let mut failures = Vec::new();

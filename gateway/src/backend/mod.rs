@@ -18,6 +18,27 @@ pub mod rewrite;
 
 use self::circuit::{CircuitBreaker, CircuitState};
 pub use self::error::ProxyError;
+
+/// A response body read whole, up to `max_bytes`: more is the gateway's 502
+/// ([`ProxyError::ResponseTooLarge`]), never a cut answer.
+pub async fn read_limited<B>(body: B, max_bytes: usize) -> Result<bytes::Bytes, ProxyError>
+where
+    B: http_body::Body<Data = bytes::Bytes>,
+    B::Error: Into<crate::body::BoxError>,
+{
+    use http_body_util::BodyExt as _;
+    http_body_util::Limited::new(body, max_bytes)
+        .collect()
+        .await
+        .map(http_body_util::Collected::to_bytes)
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                ProxyError::ResponseTooLarge
+            } else {
+                ProxyError::ResponseBody(e)
+            }
+        })
+}
 pub(crate) use self::error::caused_by_body_limit;
 use crate::body::{Body, BodyTooLargeError, BoxError, empty};
 use crate::config::{BackendConfig, ConfigError};

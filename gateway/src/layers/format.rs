@@ -9,11 +9,10 @@ use std::task::{Context, Poll};
 
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, header};
-use http_body_util::{BodyExt as _, Limited};
 use tower::{Layer, Service};
 
 use super::{BoxFuture, take_ready};
-use crate::backend::ProxyError;
+
 use crate::body::{Body, BoxError, full};
 use crate::format::{FHIR_XML, Representation, is_json, negotiate, without_format};
 
@@ -130,17 +129,7 @@ async fn as_xml(
         return Ok(Response::from_parts(parts, body));
     }
     let limit = usize::try_from(max_bytes).unwrap_or(usize::MAX);
-    let bytes = Limited::new(body, limit)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                ProxyError::ResponseTooLarge
-            } else {
-                ProxyError::ResponseBody(e)
-            }
-        })?
-        .to_bytes();
+    let bytes = crate::backend::read_limited(body, limit).await?;
     // JSON that names no resource type (an OAuth answer) has no XML form: not even tried.
     let resource = memchr::memmem::find(&bytes, b"\"resourceType\"").is_some();
     let converted = if resource {
@@ -174,7 +163,10 @@ async fn as_xml(
 
 #[cfg(test)]
 mod tests {
+    use http_body_util::BodyExt as _;
+
     use super::*;
+    use crate::backend::ProxyError;
 
     #[test]
     fn the_formats_the_gateway_answers_leave_the_uri_and_nothing_else_does() {

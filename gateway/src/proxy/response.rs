@@ -9,7 +9,6 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt as _, Limited};
 use portvagt_policy::compartment::{patients_in_answer, patients_in_body};
 use portvagt_policy::consent::{Refusals, answers_not_found, not_found_alike, withhold};
 use portvagt_policy::request::RequestBody;
@@ -105,17 +104,8 @@ impl Proxy {
             batch,
             ..
         } = &exchange;
-        let bytes = Limited::new(body, self.max_response_bytes)
-            .collect()
-            .await
-            .map_err(|e| {
-                if e.is::<http_body_util::LengthLimitError>() {
-                    ProxyError::ResponseTooLarge
-                } else {
-                    ProxyError::ResponseBody(e)
-                }
-            })?;
-        let mut bytes = rewrite_bundle(upstream, bytes.to_bytes());
+        let bytes = crate::backend::read_limited(body, self.max_response_bytes).await?;
+        let mut bytes = rewrite_bundle(upstream, bytes);
         if duties.describes_security
             && let Some(rewritten) = self.smart.rewrite_capability_statement(&bytes)
         {
