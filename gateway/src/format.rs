@@ -88,6 +88,9 @@ pub fn format_param(raw: &str) -> Option<Representation> {
 /// the request its JSON twin would be; a `_format` the gateway does not produce stays, for the
 /// classifier to refuse.
 pub fn without_format(query: &str) -> Option<String> {
+    if !query.contains("_format") {
+        return None;
+    }
     let mut removed = false;
     let kept: Vec<&str> = query
         .split('&')

@@ -8,7 +8,6 @@ use portvagt_policy::DenyReason;
 use serde_json::json;
 
 use crate::body::{Body, full};
-use crate::format::{FHIR_XML, Representation};
 
 /// The code system of Portvagt's detail codes.
 pub const DETAIL_SYSTEM: &str = "urn:portvagt:error-code";
@@ -61,30 +60,14 @@ impl Outcome {
         json!({ "resourceType": "OperationOutcome", "issue": [issue] })
     }
 
-    /// The HTTP response, in FHIR JSON.
+    /// The HTTP response (FHIR JSON; the format layer writes it as XML for an XML client).
     pub fn into_response(self, request_id: Option<&str>) -> Response<Body> {
-        self.into_response_as(request_id, Representation::Json)
-    }
-
-    /// The HTTP response, in the representation the client asked for.
-    pub fn into_response_as(
-        self,
-        request_id: Option<&str>,
-        representation: Representation,
-    ) -> Response<Body> {
-        let json = serde_json::to_vec(&self.to_json(request_id)).unwrap_or_default();
-        let (body, content_type) = match representation {
-            Representation::Json => (json, FHIR_JSON),
-            Representation::Xml => match portvagt_fhir::json_to_xml(&json) {
-                Ok(xml) => (xml, FHIR_XML),
-                Err(_) => (json, FHIR_JSON),
-            },
-        };
+        let body = serde_json::to_vec(&self.to_json(request_id)).unwrap_or_default();
         let mut response = Response::new(full(body));
         *response.status_mut() = self.status;
         response
             .headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
         response
     }
 }

@@ -70,6 +70,10 @@ fn build_for(runtime: &Runtime, listener: Listener) -> GatewayService {
         .layer(RequestIdLayer)
         // One access-log line and the request metrics, when the response body ends.
         .layer(AccessLogLayer::new(runtime.metrics.clone()))
+        // FHIR XML for clients that ask for it: `_format` taken out of the query (everything
+        // below, the audit record too, sees the JSON twin), JSON answers (the rescue layer's
+        // OperationOutcomes too) written as XML on the way out, two conversions at a time.
+        .layer(FormatLayer::new(limits.max_response_bytes))
         // The one place where errors from any layer below become OperationOutcomes.
         .layer(crate::layers::rescue::RescueLayer::new(
             runtime.metrics.clone(),
@@ -89,10 +93,6 @@ fn build_for(runtime: &Runtime, listener: Listener) -> GatewayService {
         .layer(ConcurrencyLimitLayer::new(limits.max_concurrent_requests))
         // ... and bound the body size (413).
         .layer(BodyLimitLayer::new(limits.max_body_bytes))
-        // FHIR XML for clients that ask for it: `_format` taken out of the query (everything
-        // below, the audit record too, sees the JSON twin), JSON answers written as XML on the
-        // way out, inside the concurrency limit (writing XML costs more than proxying).
-        .layer(FormatLayer::new(limits.max_response_bytes))
         // Audit: every request from here in, whatever its fate (a timeout, a client that hangs
         // up), becomes BALP AuditEvents that are durable before the answer leaves (503 if they
         // cannot be written).

@@ -240,13 +240,13 @@ fn requirement(request: &FhirRequest) -> Requirement {
         }
         // A declared operation (terminology) reads its type; any other is refused. It reaches
         // nothing else, whatever the scope: its answer is never checked against a compartment.
-        Interaction::Operation
-            if crate::operations::declared(request).is_some() && reaches_other_types(request) =>
-        {
-            return Requirement::Refused(DenyReason::SearchReachesOtherTypes);
-        }
-        Interaction::Operation if crate::operations::declared(request).is_some() => P::READ,
-        Interaction::Operation => return Requirement::Refused(DenyReason::UnsupportedInteraction),
+        Interaction::Operation => match crate::operations::declared(request) {
+            Some(_) if reaches_other_types(request) => {
+                return Requirement::Refused(DenyReason::SearchReachesOtherTypes);
+            }
+            Some(_) => P::READ,
+            None => return Requirement::Refused(DenyReason::UnsupportedInteraction),
+        },
     };
     Requirement::Scope(t, needed)
 }

@@ -16,13 +16,6 @@ use crate::shape::reaches_other_types;
 /// (`_include`, `_has`, chains, `_contained`). A batch entry is never widened (its caller
 /// decides that, [`crate::consent::hides_references`]).
 pub(crate) fn widenable(request: &FhirRequest) -> bool {
-    let plain_read = matches!(
-        request.interaction(),
-        Interaction::Read
-            | Interaction::Vread
-            | Interaction::SearchType
-            | Interaction::SearchCompartment
-    );
     let mut elements = request
         .params()
         .iter()
@@ -31,6 +24,17 @@ pub(crate) fn widenable(request: &FhirRequest) -> bool {
         (elements.next(), elements.next()),
         (Some((name, value)), None)
             if name == "_elements" && !value.contains(['.', '*'])
+    );
+    // Decided for every request: most have no `_elements`, and are done here.
+    if !one_plain {
+        return false;
+    }
+    let plain_read = matches!(
+        request.interaction(),
+        Interaction::Read
+            | Interaction::Vread
+            | Interaction::SearchType
+            | Interaction::SearchCompartment
     );
     let reaches_further = reaches_other_types(request)
         || request
@@ -41,7 +45,6 @@ pub(crate) fn widenable(request: &FhirRequest) -> bool {
         .resource_type()
         .is_some_and(|t| is_shared_type(t.as_str()) || patient_paths(t.as_str()).next().is_some());
     plain_read
-        && one_plain
         && !reaches_further
         && known
         && !matches!(request.body(), Some(RequestBody::Bundle { .. }))

@@ -7,7 +7,8 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::{HeaderName, HeaderValue, Request, header};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Request, header};
 use http_body_util::BodyExt as _;
 use portvagt_policy::request::operation_parameters;
 use portvagt_policy::{ClassifyError, FhirRequest, Interaction, classify, parse_form};
@@ -151,18 +152,8 @@ where
                 let mut bytes = body.collect().await?.to_bytes();
                 let mut content_type = content_type;
                 if content_type.as_deref().is_some_and(crate::format::is_xml) {
-                    // FHIR XML is read into its JSON twin, which is what policy decides on and
-                    // what the backend gets: the two cannot be judged apart.
-                    let xml = bytes.clone();
-                    bytes = crate::format::convert(move || portvagt_fhir::xml_to_json(&xml))
-                        .await??
-                        .into();
-                    let json = HeaderValue::from_static("application/fhir+json");
-                    content_type = Some("application/fhir+json".to_owned());
-                    parts.headers.insert(header::CONTENT_TYPE, json);
-                    parts
-                        .headers
-                        .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+                    bytes = json_twin(bytes, &mut parts.headers).await?;
+                    content_type = Some(FHIR_JSON_TYPE.to_owned());
                 }
                 fhir.attach_body(content_type.as_deref(), &bytes)?;
                 full(bytes)
@@ -175,26 +166,13 @@ where
                 let media = content_type.as_deref().unwrap_or("");
                 let params = if bytes.is_empty() {
                     Vec::new()
-                } else if media.split(';').next().is_some_and(|m| {
-                    m.trim()
-                        .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-                }) {
+                } else if is_form(Some(media)) {
                     let form =
                         std::str::from_utf8(&bytes).map_err(|_| ClassifyError::BadEncoding)?;
                     parse_form(form)?
                 } else if crate::format::is_xml(media) || crate::format::is_json(media) {
                     if crate::format::is_xml(media) {
-                        let xml = bytes.clone();
-                        bytes = crate::format::convert(move || portvagt_fhir::xml_to_json(&xml))
-                            .await??
-                            .into();
-                        parts.headers.insert(
-                            header::CONTENT_TYPE,
-                            HeaderValue::from_static("application/fhir+json"),
-                        );
-                        parts
-                            .headers
-                            .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+                        bytes = json_twin(bytes, &mut parts.headers).await?;
                     }
                     operation_parameters(&bytes)?
                 } else {
@@ -230,6 +208,33 @@ where
     }
 }
 
+/// The media type of what the gateway forwards in place of an XML body.
+const FHIR_JSON_TYPE: &str = "application/fhir+json";
+
+/// Whether a `Content-Type` is a form (`application/x-www-form-urlencoded`).
+fn is_form(content_type: Option<&str>) -> bool {
+    content_type
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| {
+            v.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        })
+}
+
+/// An XML body read into its JSON twin (`portvagt_fhir`), which is what policy decides on and
+/// what the backend gets, with `headers` saying so: the two cannot be judged apart.
+async fn json_twin(xml: Bytes, headers: &mut HeaderMap) -> Result<Bytes, BoxError> {
+    let json: Bytes = crate::format::convert(move || portvagt_fhir::xml_to_json(&xml))
+        .await??
+        .into();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(FHIR_JSON_TYPE),
+    );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(json.len()));
+    Ok(json)
+}
+
 /// `POST [type]/_search`: the form body is read (it is already size-limited), its parameters
 /// are classified together with the URL's, and ONE canonical form is forwarded: every
 /// parameter in the body, none in the URL. Backends differ in whether they read the URL, the
@@ -240,14 +245,8 @@ async fn canonical_search_form(
     content_type: Option<&str>,
     body: Body,
 ) -> Result<String, BoxError> {
-    let is_form = content_type
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| {
-            v.trim()
-                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-        });
     let bytes = body.collect().await?.to_bytes();
-    if !is_form && !bytes.is_empty() {
+    if !is_form(content_type) && !bytes.is_empty() {
         return Err(SearchBodyNotFormError.into());
     }
     let form = std::str::from_utf8(&bytes).map_err(|_| ClassifyError::BadEncoding)?;

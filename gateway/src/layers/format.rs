@@ -4,6 +4,7 @@
 //! a FHIR JSON answer is written as FHIR XML when the client asked for XML ([`negotiate`]).
 //! This layer decides nothing and never changes what an answer says, only how it is written;
 //! an answer that cannot be written as XML (never one a FHIR server gives) goes out as JSON.
+//! It stands above the rescue layer, so every answer passes it once, errors included.
 
 use std::task::{Context, Poll};
 
@@ -11,6 +12,8 @@ use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, header};
 use tower::{Layer, Service};
 
+use super::request_id::RequestId;
+use super::rescue::rescue;
 use super::{BoxFuture, take_ready};
 
 use crate::body::{Body, BoxError, full};
@@ -66,6 +69,7 @@ where
         }
         let is_head = request.method() == Method::HEAD;
         let max = self.max_response_bytes;
+        let request_id = request.extensions().get::<RequestId>().cloned();
         let mut inner = take_ready(&mut self.inner);
         Box::pin(async move {
             let mut response = inner.call(request).await?;
@@ -83,7 +87,16 @@ where
             }
             match representation {
                 Representation::Json => Ok(response),
-                Representation::Xml => as_xml(response, is_head, max).await,
+                Representation::Xml => match as_xml(response, is_head, max).await {
+                    Ok(response) => Ok(response),
+                    // The answer could not be read (over the limit): the gateway's own answer,
+                    // in XML. This layer is above the rescue layer, so it rescues its own.
+                    Err(error) => {
+                        let id = request_id.as_ref().map(RequestId::as_str);
+                        let outcome = rescue(&*error).outcome.into_response(id);
+                        as_xml(outcome, is_head, max).await
+                    }
+                },
             }
         })
     }

@@ -13,7 +13,6 @@ use crate::auth::AuthnError;
 use crate::backend::ProxyError;
 use crate::body::{Body, BodyTooLargeError, BoxError, ClientBodyError};
 use crate::context::RequestRecord;
-use crate::format::negotiate;
 use crate::layers::authorize::AccessDeniedError;
 use crate::layers::classify::SearchBodyNotFormError;
 use crate::layers::framing::FramingError;
@@ -75,8 +74,6 @@ where
             .get::<RequestId>()
             .map(|id| id.as_str().to_owned());
         let record = request.extensions().get::<RequestRecord>().cloned();
-        // Asked for XML, answered in XML, errors too.
-        let representation = negotiate(request.headers(), request.uri().query());
         let metrics = self.metrics.clone();
         let mut inner = take_ready(&mut self.inner);
         Box::pin(async move {
@@ -101,9 +98,7 @@ where
                         tracing::error!(error = %error, request_id = request_id.as_deref().unwrap_or(""), "internal error");
                     }
                     let close = crate::layers::framing::CLOSE_AFTER.contains(&rescued.outcome.code);
-                    let mut response = rescued
-                        .outcome
-                        .into_response_as(request_id.as_deref(), representation);
+                    let mut response = rescued.outcome.into_response(request_id.as_deref());
                     if close {
                         response
                             .headers_mut()

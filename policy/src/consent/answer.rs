@@ -332,11 +332,10 @@ pub fn hides_references(request: &FhirRequest) -> bool {
         // (crate::elements); a batch entry's never is. `_fields` is `_elements` to some
         // servers. `_summary` keeps the references only as `count`, `data` (all but the
         // narrative) and `false`.
-        let widened = !in_batch && crate::elements::widenable(request);
         !about_no_patient
             && request.params().iter().any(|(name, value)| {
                 let base = name.split(':').next().unwrap_or(name);
-                (base == "_elements" && !widened)
+                (base == "_elements" && (in_batch || !crate::elements::widenable(request)))
                     || base == "_fields"
                     || (base == "_summary" && !["count", "data", "false"].contains(&value.trim()))
             })
