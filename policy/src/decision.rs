@@ -125,11 +125,13 @@ fn decide_inner(
     };
     let mut best = DenyReason::InsufficientScope;
     // User and system scopes first: when one grants the request, a patient-context scope beside
-    // it must not narrow what it grants.
+    // it must not narrow what it grants. On the citizen listener only patient-context scopes
+    // grant anything: it serves a citizen about herself, whatever else the token carries.
+    let citizen = matches!(subject.channel, Channel::Citizen { .. });
     let by_breadth = subject
         .scopes
         .iter()
-        .filter(|scope| scope.context() != ScopeContext::Patient)
+        .filter(|scope| scope.context() != ScopeContext::Patient && !citizen)
         .chain(
             subject
                 .scopes

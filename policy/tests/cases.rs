@@ -290,6 +290,9 @@ patient/*.rs                | citizen:pat-anne@Practitioner/prac-ns363 | GET | A
 user/*.rs                   | citizen:-@Patient/pat-anne | GET | AuditEvent              | deny:citizen-listener
 patient/*.rs                | citizen:pat-anne@Patient/pat-anne | GET | AuditEvent?patient=pat-bo | deny:outside-compartment
 patient/Observation.rs      | citizen:pat-anne@Patient/pat-anne | GET | AuditEvent     | deny:insufficient-scope
+user/Observation.rs         | citizen:pat-anne@Patient/pat-anne | GET | Observation?code=x | deny:insufficient-scope
+user/*.rs patient/*.rs      | citizen:pat-anne@Patient/pat-anne | GET | Observation?code=x | allow+narrow:subject=Patient/pat-anne
+system/*.rs patient/*.rs    | citizen:pat-anne@Patient/pat-anne | GET | Observation/obs-bo-bp | allow+check
 # --- a user scope is not narrowed by a patient scope beside it ------------------------------
 patient/Observation.rs user/Observation.rs | pat-anne | GET | Observation/obs-bo-bp  | allow
 "#;
