@@ -22,6 +22,7 @@ pub mod layers;
 pub mod metrics;
 pub mod minlog;
 pub mod outcome;
+pub mod paging;
 pub mod proxy;
 pub mod redis;
 pub mod reload;

@@ -20,6 +20,7 @@ use crate::layers::authenticate::RouteRules;
 use crate::layers::authorize::SharedRules;
 use crate::layers::rate_limit::RateLimiter;
 use crate::metrics::Metrics;
+use crate::paging::Pager;
 use crate::routing::{SharedRoutes, build_routes};
 use crate::smart::SmartDocuments;
 
@@ -67,6 +68,8 @@ pub struct Runtime {
     pub loaded_files: Vec<(std::path::PathBuf, crate::watched::Fingerprint)>,
     /// Per-client rate limits, when configured.
     pub rate_limiter: Option<Arc<RateLimiter>>,
+    /// Signs and opens the paging links handed to clients.
+    pub pager: Arc<Pager>,
 }
 
 impl Runtime {
@@ -156,8 +159,11 @@ impl Runtime {
                 }
             },
         };
-        let (Some(tls), Some(mut verifier), Some(routes), Some(backend), true) =
-            (tls, verifier, routes, backend, errors.is_empty())
+        let pager = Pager::from_config(&config.paging)
+            .map_err(|e| errors.push(e))
+            .ok();
+        let (Some(tls), Some(mut verifier), Some(routes), Some(backend), Some(pager), true) =
+            (tls, verifier, routes, backend, pager, errors.is_empty())
         else {
             return Err(errors);
         };
@@ -235,6 +241,7 @@ impl Runtime {
             config_path: None,
             loaded_files,
             rate_limiter,
+            pager: Arc::new(pager),
         })
     }
 }

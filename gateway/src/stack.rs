@@ -109,8 +109,12 @@ fn build_for(runtime: &Runtime, listener: Listener) -> GatewayService {
         ))
         // How often: per-client rate limits (429 with Retry-After beyond them).
         .layer(RateLimitLayer::new(runtime.rate_limiter.clone()))
-        // What: the FHIR interaction, resource type, id and parameters (400/404 if unclear).
-        .layer(ClassifyLayer::new(runtime.upstreams.clone()))
+        // What: the FHIR interaction, resource type, id and parameters (400/404 if unclear);
+        // a followed paging link is the request it continues, if it is the caller's (403/410).
+        .layer(ClassifyLayer::new(
+            runtime.upstreams.clone(),
+            runtime.pager.clone(),
+        ))
         // May they: the policy decision (403 otherwise).
         .layer(authorize)
         // Header hygiene, forwarding, URL rewriting: the backend.

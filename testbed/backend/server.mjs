@@ -13,7 +13,7 @@
 // Once listening it prints exactly one JSON line to stdout:
 //   {"listening":"http://127.0.0.1:<port>/fhir/R4","port":<port>}
 
-import { X509Certificate } from 'node:crypto';
+import { X509Certificate, randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
@@ -53,7 +53,8 @@ const FHIR_ID = /^[A-Za-z0-9\-.]{1,64}$/;
 
 const USAGE = `usage: node server.mjs [--port N] [--host 127.0.0.1] [--base-path /fhir/R4]
                       [--seed seed/bundle.json] [--watch-stdin] [--verbose]
-                      [--tls-cert F --tls-key F [--client-ca F --writer-cert F]]`;
+                      [--tls-cert F --tls-key F [--client-ca F --writer-cert F]]
+                      [--paging offset|opaque]`;
 
 let args;
 try {
@@ -69,6 +70,7 @@ try {
       'tls-key': { type: 'string' },
       'client-ca': { type: 'string' },
       'writer-cert': { type: 'string' },
+      paging: { type: 'string', default: 'offset' },
       help: { type: 'boolean', short: 'h', default: false },
     },
     strict: true,
@@ -100,6 +102,13 @@ const writerFingerprint =
   args['writer-cert'] === undefined
     ? undefined
     : new X509Certificate(readFileSync(args['writer-cert'])).fingerprint256;
+if (args.paging !== 'offset' && args.paging !== 'opaque') {
+  process.stderr.write(`invalid --paging: ${args.paging}\n${USAGE}\n`);
+  process.exit(2);
+}
+// `opaque`: searchset and history paging links name a stored search by id, as HAPI FHIR's
+// `_getpages` do, and say nothing of what was searched for.
+const opaquePaging = args.paging === 'opaque';
 const basePath = ('/' + args['base-path']).replace(/\/+/g, '/').replace(/\/$/, '');
 const verbose = args.verbose;
 
@@ -186,7 +195,54 @@ function absolutizeBatchResponse(bundle) {
 let capabilityJson = '';
 let ready;
 
+// ---------------------------------------------------------------- opaque paging
+
+const PAGING_RELATIONS = new Set(['first', 'previous', 'prev', 'next', 'last']);
+const storedSearches = new Map(); // id -> { rel, query } (without _offset and _count)
+const MAX_STORED_SEARCHES = 10000;
+
+/** The Bundle's paging links replaced by `?_getpages=<id>&_getpagesoffset=<n>&_count=<n>`. */
+function opaqueLinks(bundle) {
+  for (const link of bundle.link ?? []) {
+    if (!PAGING_RELATIONS.has(link.relation) || !link.url?.startsWith(repo.baseUrl)) {
+      continue;
+    }
+    const target = new URL(link.url);
+    const offset = target.searchParams.get('_offset') ?? '0';
+    const count = target.searchParams.get('_count');
+    target.searchParams.delete('_offset');
+    target.searchParams.delete('_count');
+    const id = randomUUID();
+    if (storedSearches.size >= MAX_STORED_SEARCHES) {
+      storedSearches.delete(storedSearches.keys().next().value);
+    }
+    storedSearches.set(id, { rel: target.pathname.slice(basePath.length), query: target.searchParams.toString() });
+    const page = new URLSearchParams({ _getpages: id, _getpagesoffset: offset });
+    if (count !== null) {
+      page.set('_count', count);
+    }
+    link.url = `${repo.baseUrl}?${page}`;
+  }
+}
+
+/** `GET [base]?_getpages=<id>&_getpagesoffset=<n>&_count=<n>`: that page of a stored search. */
+async function storedPage(req, res, url) {
+  const stored = storedSearches.get(url.searchParams.get('_getpages'));
+  if (!stored) {
+    throw new HttpError(410, 'not-found', 'Search expired or unknown');
+  }
+  const page = new URLSearchParams(stored.query);
+  page.set('_offset', url.searchParams.get('_getpagesoffset') ?? '0');
+  if (url.searchParams.has('_count')) {
+    page.set('_count', url.searchParams.get('_count'));
+  }
+  return handleFhir(req, res, 'GET', stored.rel, new URL(`http://localhost${basePath}${stored.rel}?${page}`));
+}
+
 async function handleFhir(req, res, method, rel, url) {
+  if (opaquePaging && method === 'GET' && rel.replace(/\/+$/, '') === '' && url.searchParams.has('_getpages')) {
+    return storedPage(req, res, url);
+  }
   const segments = rel.split('/').filter(Boolean).map(decodeURIComponent);
   if (segments.some((s) => s.includes('/') || s.includes('?'))) {
     throw new HttpError(400, 'invalid', 'Invalid path');
@@ -290,6 +346,9 @@ async function handleFhir(req, res, method, rel, url) {
     }
     if (interaction === 'batch' && resource.resourceType === 'Bundle') {
       absolutizeBatchResponse(resource);
+    }
+    if (opaquePaging && resource.resourceType === 'Bundle' && ['searchset', 'history'].includes(resource.type)) {
+      opaqueLinks(resource);
     }
     const elements = pairs.filter(([name]) => name === '_elements').flatMap(([, v]) => v.split(','));
     if (elements.length && (method === 'GET' || second === '_search')) {

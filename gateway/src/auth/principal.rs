@@ -134,6 +134,38 @@ impl Principal {
     pub fn peer(&self) -> &PeerIdentity {
         &self.peer
     }
+    /// Who this caller is, as one value that changes when any part of it does: the issuer and
+    /// subject, the OAuth client, the patient context, the `fhirUser` and the client
+    /// certificate (none on the citizen listener). Something handed to one caller (a paging
+    /// link) is bound to it; a new token for the same caller in the same context keeps it.
+    pub fn fingerprint(&self) -> String {
+        let mut digest = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        let certificate = self
+            .peer
+            .has_certificate()
+            .then(|| self.peer.thumbprint_sha256());
+        for part in [
+            Some(self.issuer.as_str()),
+            Some(self.subject.as_str()),
+            self.client_id.as_deref(),
+            self.patient.as_deref(),
+            self.fhir_user.as_deref(),
+            certificate,
+        ] {
+            // Length-prefixed, and absent apart from empty: no two callers run together.
+            match part {
+                Some(part) => {
+                    digest.update(&(part.len() as u64 + 1).to_be_bytes());
+                    digest.update(part.as_bytes());
+                }
+                None => digest.update(&0u64.to_be_bytes()),
+            }
+        }
+        base64::Engine::encode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            digest.finish().as_ref(),
+        )
+    }
     /// What the policy engine needs, for a request that came through `channel`.
     pub fn policy_subject<'a>(&'a self, channel: Channel<'a>) -> Subject<'a> {
         Subject {
@@ -141,6 +173,76 @@ impl Principal {
             patient: self.patient.as_deref(),
             fhir_user: self.fhir_user.as_deref(),
             channel,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn principal() -> Principal {
+        Principal {
+            subject: "anne".into(),
+            issuer: "https://issuer".into(),
+            client_id: Some("app".into()),
+            jti: Some("1".into()),
+            scopes: ScopeSet::parse("patient/*.rs"),
+            patient: Some("pat-anne".into()),
+            fhir_user: None,
+            certificate_bound: false,
+            expires_at: 1,
+            roles: Vec::new(),
+            purpose_of_use: None,
+            identity: Identity::default(),
+            peer: Arc::new(PeerIdentity::without_certificate()),
+        }
+    }
+
+    #[test]
+    fn the_fingerprint_changes_with_who_and_in_which_context_but_not_with_the_token() {
+        let anne = principal();
+        let renewed = Principal {
+            jti: Some("2".into()),
+            expires_at: 2,
+            scopes: ScopeSet::parse("patient/Observation.rs"),
+            ..principal()
+        };
+        assert_eq!(anne.fingerprint(), renewed.fingerprint());
+        let others = [
+            Principal {
+                subject: "bo".into(),
+                ..principal()
+            },
+            Principal {
+                issuer: "https://other".into(),
+                ..principal()
+            },
+            Principal {
+                client_id: None,
+                ..principal()
+            },
+            Principal {
+                patient: Some("pat-bo".into()),
+                ..principal()
+            },
+            Principal {
+                fhir_user: Some("Patient/pat-anne".into()),
+                ..principal()
+            },
+            // Parts that run together differently are different callers.
+            Principal {
+                subject: "ann".into(),
+                client_id: Some("eapp".into()),
+                ..principal()
+            },
+            Principal {
+                client_id: Some(String::new()),
+                ..principal()
+            },
+        ];
+        for other in others {
+            assert_ne!(anne.fingerprint(), other.fingerprint(), "{other:?}");
         }
     }
 }

@@ -248,6 +248,27 @@ impl Backend {
             .build()
     }
 
+    /// The URI of the backend's own link below its base: `rest` is what followed the base in
+    /// it (`/Observation?...`, `?_getpages=...`, or nothing), sent as the backend wrote it.
+    pub(crate) fn uri_below(&self, rest: &str) -> Result<Uri, http::Error> {
+        let rest = if rest.is_empty() || rest.starts_with('/') || rest.starts_with('?') {
+            rest
+        } else {
+            "/"
+        };
+        let path = format!("{}{rest}", self.base_path);
+        let path = if path.is_empty() || path.starts_with('?') {
+            format!("/{path}")
+        } else {
+            path
+        };
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(PathAndQuery::try_from(path)?)
+            .build()
+    }
+
     /// Whether the backend answers `GET metadata` without a server error, within 2 s.
     pub async fn is_ready(&self) -> bool {
         let Ok(uri) = self.uri("metadata", None) else {

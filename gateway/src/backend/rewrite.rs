@@ -4,6 +4,24 @@
 
 use serde_json::Value;
 
+/// How a Bundle's paging links are handed out: the relations that page, and the public link
+/// made of what follows the backend base in one.
+pub struct Paging<'a> {
+    /// The link relations that page (`next`, `previous`, ...).
+    pub relations: &'a [&'a str],
+    /// The public URL for the part of a backend link below the backend base, if one can be
+    /// made (else the link is dropped).
+    pub link: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl std::fmt::Debug for Paging<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Paging")
+            .field("relations", &self.relations)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Maps URLs below the backend base to the same path below the public base.
 #[derive(Debug, Clone)]
 pub struct UrlRewriter {
@@ -22,23 +40,52 @@ impl UrlRewriter {
 
     /// The public URL for `url`, if `url` is below the backend base.
     pub fn rewrite(&self, url: &str) -> Option<String> {
-        let rest = url.strip_prefix(&self.backend)?;
-        if rest.is_empty() || rest.starts_with('/') || rest.starts_with('?') {
-            Some(format!("{}{rest}", self.public))
-        } else {
-            None
-        }
+        self.below(url).map(|rest| format!("{}{rest}", self.public))
     }
 
-    /// Rewrites the URLs of a Bundle in place; returns whether `value` was a Bundle.
-    pub fn rewrite_bundle(&self, value: &mut Value) -> bool {
+    /// What follows the backend base in `url` (`/Patient/1`, `?_getpages=x`, or nothing), if
+    /// `url` is below it.
+    pub fn below<'a>(&self, url: &'a str) -> Option<&'a str> {
+        let rest = url.strip_prefix(&self.backend)?;
+        (rest.is_empty() || rest.starts_with('/') || rest.starts_with('?')).then_some(rest)
+    }
+
+    /// The gateway's public base URL for this backend.
+    pub fn public_base(&self) -> &str {
+        &self.public
+    }
+
+    /// Rewrites the URLs of a Bundle in place; returns whether `value` was a Bundle. With
+    /// `paging`, a link whose relation is one of `paging`'s is replaced by what `paging` makes
+    /// of the part of it below the backend base, and dropped if it is not below the base (a
+    /// link the gateway cannot vouch for does not reach the client).
+    pub fn rewrite_bundle(&self, value: &mut Value, paging: Option<&Paging<'_>>) -> bool {
         if value.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
             return false;
         }
         if let Some(links) = value.get_mut("link").and_then(Value::as_array_mut) {
-            for link in links {
-                self.rewrite_field(link, "url");
-            }
+            links.retain_mut(|link| {
+                let Some(paging) = paging.filter(|paging| {
+                    link.get("relation")
+                        .and_then(Value::as_str)
+                        .is_some_and(|relation| paging.relations.contains(&relation))
+                }) else {
+                    self.rewrite_field(link, "url");
+                    return true;
+                };
+                let made = link
+                    .get("url")
+                    .and_then(Value::as_str)
+                    .and_then(|url| self.below(url))
+                    .and_then(paging.link);
+                match made {
+                    Some(url) => {
+                        link["url"] = Value::String(url);
+                        true
+                    }
+                    None => false,
+                }
+            });
         }
         if let Some(entries) = value.get_mut("entry").and_then(Value::as_array_mut) {
             for entry in entries {
@@ -104,7 +151,7 @@ mod tests {
                 { "fullUrl": "urn:uuid:1234", "response": { "status": "201", "location": "http://10.0.0.5:8080/fhir/R4/Patient/2/_history/1" } }
             ]
         });
-        assert!(rewriter().rewrite_bundle(&mut bundle));
+        assert!(rewriter().rewrite_bundle(&mut bundle, None));
         assert_eq!(
             bundle["link"][0]["url"],
             "https://fhir.example.dk/fhir/Observation?patient=1"
@@ -121,9 +168,38 @@ mod tests {
     }
 
     #[test]
+    fn paging_links_are_handed_out_as_paging_makes_them_or_not_at_all() {
+        let mut bundle = json!({
+            "resourceType": "Bundle",
+            "link": [
+                { "relation": "self", "url": "http://10.0.0.5:8080/fhir/R4/Observation?patient=1" },
+                { "relation": "next", "url": "http://10.0.0.5:8080/fhir/R4?_getpages=abc&_getpagesoffset=10" },
+                { "relation": "previous", "url": "http://10.0.0.5:8080/fhir/R4/Observation?patient=1&_offset=0" },
+                { "relation": "last", "url": "http://elsewhere.example/fhir/Observation?page=9" },
+                { "relation": "previous", "url": "http://10.0.0.5:8080/fhir/R4?drop" },
+                { "relation": "next", "url": 7 }
+            ]
+        });
+        let link = |rest: &str| (!rest.contains("drop")).then(|| format!("signed<{rest}>"));
+        let paging = Paging {
+            relations: &["next", "previous", "last"],
+            link: &link,
+        };
+        assert!(rewriter().rewrite_bundle(&mut bundle, Some(&paging)));
+        assert_eq!(
+            bundle["link"],
+            json!([
+                { "relation": "self", "url": "https://fhir.example.dk/fhir/Observation?patient=1" },
+                { "relation": "next", "url": "signed<?_getpages=abc&_getpagesoffset=10>" },
+                { "relation": "previous", "url": "signed</Observation?patient=1&_offset=0>" }
+            ])
+        );
+    }
+
+    #[test]
     fn non_bundles_are_left_alone() {
         let mut patient = json!({ "resourceType": "Patient", "link": [{ "url": "http://10.0.0.5:8080/fhir/R4/x" }] });
-        assert!(!rewriter().rewrite_bundle(&mut patient));
+        assert!(!rewriter().rewrite_bundle(&mut patient, None));
         assert_eq!(patient["link"][0]["url"], "http://10.0.0.5:8080/fhir/R4/x");
     }
 }

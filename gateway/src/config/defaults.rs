@@ -157,3 +157,7 @@ pub(super) fn log_format() -> LogFormat {
 pub(super) fn log_level() -> String {
     "info".to_owned()
 }
+
+pub(super) fn link_lifetime() -> Duration {
+    Duration::from_secs(30 * 60)
+}

@@ -26,8 +26,8 @@ pub use self::auth::{
 pub use self::backend::{BackendConfig, RouteConfig, UpstreamConfig};
 pub use self::policy::{ConsentConfig, FilteredEntries, PolicyConfig};
 pub use self::server::{
-    CitizenConfig, LimitsConfig, LogConfig, LogFormat, RateLimitConfig, RateLimitKey, ServerConfig,
-    TlsConfig,
+    CitizenConfig, LimitsConfig, LogConfig, LogFormat, PagingConfig, RateLimitConfig, RateLimitKey,
+    ServerConfig, TlsConfig,
 };
 
 /// The whole configuration file.
@@ -76,6 +76,9 @@ pub struct Config {
     /// The citizen listener: no client certificate, citizens' own tokens, their access log.
     #[serde(default)]
     pub citizen: Option<CitizenConfig>,
+    /// Signed paging links.
+    #[serde(default)]
+    pub paging: PagingConfig,
 }
 
 /// A configuration problem, naming the field it is about.
@@ -173,6 +176,9 @@ impl Config {
         }
         if let Some(rules_file) = &mut self.policy.rules_file {
             resolve(rules_file);
+        }
+        if let Some(key_file) = &mut self.paging.key_file {
+            resolve(key_file);
         }
         for backend in std::iter::once(&mut self.backend).chain(
             self.upstreams

@@ -37,6 +37,32 @@ pub struct CitizenConfig {
     pub scope: String,
 }
 
+/// `[paging]`: the next and previous links of searchsets and histories are handed to clients
+/// as links the gateway signs and checks (`<base>/_page/<token>`), so a patient-context token
+/// can page through any backend's links (offsets, cursors, `_getpages`) and a link is good only
+/// for the client it was given to, unaltered, until it expires.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PagingConfig {
+    /// A file holding the key the links are signed with (at least 32 bytes; `base64` text or
+    /// raw). Replicas behind one address need the same key, or a link made by one is refused
+    /// by the others. Without it each process makes its own key at start.
+    #[serde(default)]
+    pub key_file: Option<std::path::PathBuf>,
+    /// How long a link is good for after the answer that carried it (1 s to 24 h).
+    #[serde(default = "defaults::link_lifetime", with = "humantime_serde")]
+    pub link_lifetime: Duration,
+}
+
+impl Default for PagingConfig {
+    fn default() -> Self {
+        Self {
+            key_file: None,
+            link_lifetime: defaults::link_lifetime(),
+        }
+    }
+}
+
 /// `[rate_limit]`: at most `requests` per `window` per client.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -34,6 +34,17 @@ impl BackendProcess {
         Self::start_with(testbed, seed, port, &[])
     }
 
+    /// Like [`BackendProcess::start`], with more of the backend's flags (e.g. `--paging
+    /// opaque`).
+    pub fn start_flagged(
+        testbed: &Path,
+        seed: bool,
+        flags: &[&str],
+    ) -> anyhow::Result<BackendProcess> {
+        let flags: Vec<String> = flags.iter().map(|f| (*f).to_owned()).collect();
+        Self::start_with(testbed, seed, 0, &flags)
+    }
+
     /// An empty audit repository on `port` (0: any free port), serving HTTPS with the dev PKI
     /// in `pki` (`server.crt`) and taking writes only from the gateway's certificate
     /// (`gateway.crt`, presented by the shipper): nobody else can add, change or delete an

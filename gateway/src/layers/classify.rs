@@ -15,8 +15,10 @@ use portvagt_policy::{ClassifyError, FhirRequest, Interaction, classify, parse_f
 use tower::{Layer, Service};
 
 use super::{BoxFuture, take_ready};
+use crate::auth::Principal;
 use crate::body::{Body, BoxError, empty, full};
 use crate::context::record;
+use crate::paging::{PAGE_SEGMENT, PageFollow, PageLinkError, Pager};
 use crate::routing::{FhirPath, SharedRoutes};
 
 /// `If-None-Exist` (FHIR R4 §3.1.0.8.1 conditional create).
@@ -26,13 +28,15 @@ static IF_NONE_EXIST: HeaderName = HeaderName::from_static("if-none-exist");
 #[derive(Debug, Clone)]
 pub struct ClassifyLayer {
     routes: SharedRoutes,
+    pager: Arc<Pager>,
 }
 
 impl ClassifyLayer {
     /// FHIR lives below each route's base (e.g. `/fhir` and `/fhir/regionh`); a request
-    /// belongs to the longest that contains it.
-    pub fn new(routes: SharedRoutes) -> Self {
-        Self { routes }
+    /// belongs to the longest that contains it. A paging link (`<base>/_page/<token>`) opened
+    /// with `pager` is classified as the request it continues.
+    pub fn new(routes: SharedRoutes, pager: Arc<Pager>) -> Self {
+        Self { routes, pager }
     }
 }
 
@@ -42,6 +46,7 @@ impl<S> Layer<S> for ClassifyLayer {
         Classify {
             inner,
             routes: self.routes.clone(),
+            pager: self.pager.clone(),
         }
     }
 }
@@ -51,6 +56,38 @@ impl<S> Layer<S> for ClassifyLayer {
 pub struct Classify<S> {
     inner: S,
     routes: SharedRoutes,
+    pager: Arc<Pager>,
+}
+
+/// A paging link followed: opened for the caller (only with `GET` or `HEAD`), and the request
+/// it continues classified as the client first made it.
+fn follow_page(
+    pager: &Pager,
+    request: &Request<Body>,
+    base: &str,
+    token: &str,
+) -> Result<(FhirRequest, PageFollow), BoxError> {
+    if request.method() != http::Method::GET && request.method() != http::Method::HEAD {
+        return Err(PageLinkError::Method.into());
+    }
+    if request.uri().query().is_some_and(|q| !q.is_empty()) {
+        return Err(PageLinkError::Parameters.into());
+    }
+    let holder = request
+        .extensions()
+        .get::<Arc<Principal>>()
+        .map(|principal| principal.fingerprint())
+        .ok_or(PageLinkError::NotYours)?;
+    let follow = pager.open(token, base, &holder)?;
+    let origin = &follow.origin;
+    let fhir = if origin.post_search {
+        let mut fhir = classify("POST", &origin.relative, None)?;
+        fhir.add_form_params(parse_form(origin.query.as_deref().unwrap_or(""))?)?;
+        fhir
+    } else {
+        classify("GET", &origin.relative, origin.query.as_deref())?
+    };
+    Ok((fhir, follow))
 }
 
 fn relative_path<'a>(base: &str, path: &'a str) -> Option<&'a str> {
@@ -103,22 +140,28 @@ where
             .as_ref()
             .map(|(base, _)| base.clone())
             .unwrap_or_default();
-        let classified = located
-            .map(|(_, relative)| relative)
-            .ok_or(ClassifyError::UnknownPath)
-            .and_then(|relative| {
-                classify(request.method().as_str(), relative, request.uri().query())
-            })
-            .and_then(|mut fhir| {
-                if let Some(value) = request.headers().get(&IF_NONE_EXIST) {
-                    let query = value.to_str().map_err(|_| ClassifyError::BadEncoding)?;
-                    fhir.set_if_none_exist(query.trim_start_matches('?'))?;
-                }
-                Ok(fhir)
-            });
-        let mut fhir = match classified {
-            Ok(fhir) => fhir,
-            Err(error) => return Box::pin(std::future::ready(Err(error.into()))),
+        let relative = located.map(|(_, relative)| relative);
+        let page_token = relative.and_then(|r| r.strip_prefix(PAGE_SEGMENT)?.strip_prefix('/'));
+        let classified = match page_token {
+            Some(token) => follow_page(&self.pager, &request, &base, token)
+                .map(|(fhir, follow)| (fhir, Some(follow))),
+            None => relative
+                .ok_or(ClassifyError::UnknownPath)
+                .and_then(|relative| {
+                    classify(request.method().as_str(), relative, request.uri().query())
+                })
+                .and_then(|mut fhir| {
+                    if let Some(value) = request.headers().get(&IF_NONE_EXIST) {
+                        let query = value.to_str().map_err(|_| ClassifyError::BadEncoding)?;
+                        fhir.set_if_none_exist(query.trim_start_matches('?'))?;
+                    }
+                    Ok((fhir, None))
+                })
+                .map_err(BoxError::from),
+        };
+        let (mut fhir, follow) = match classified {
+            Ok(classified) => classified,
+            Err(error) => return Box::pin(std::future::ready(Err(error))),
         };
         let mut inner = take_ready(&mut self.inner);
         Box::pin(async move {
@@ -126,9 +169,16 @@ where
             let mut forwarded = FhirPath {
                 base,
                 relative: fhir.path().to_owned(),
-                query: parts.uri.query().map(str::to_owned),
+                query: match &follow {
+                    Some(follow) => follow.origin.query.clone(),
+                    None => parts.uri.query().map(str::to_owned),
+                },
                 form: None,
             };
+            if let Some(follow) = follow {
+                // What is sent is the backend's link; nothing else of the request is read.
+                parts.extensions.insert(follow);
+            }
             let content_type = parts
                 .headers
                 .get(header::CONTENT_TYPE)

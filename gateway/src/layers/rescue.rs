@@ -20,6 +20,7 @@ use crate::layers::request_id::RequestId;
 use crate::layers::{BoxFuture, take_ready};
 use crate::metrics::Metrics;
 use crate::outcome::Outcome;
+use crate::paging::PageLinkError;
 
 /// The realm in `WWW-Authenticate` challenges.
 const REALM: &str = "portvagt";
@@ -276,6 +277,22 @@ fn rescue_one(error: &(dyn std::error::Error + 'static)) -> Option<Rescued> {
             challenge,
             retry_after: None,
         });
+    }
+    if let Some(error) = error.downcast_ref::<PageLinkError>() {
+        let (status, issue_type) = match error {
+            PageLinkError::Invalid | PageLinkError::NotYours => {
+                (StatusCode::FORBIDDEN, "forbidden")
+            }
+            PageLinkError::Expired => (StatusCode::GONE, "expired"),
+            PageLinkError::Method => (StatusCode::METHOD_NOT_ALLOWED, "not-supported"),
+            PageLinkError::Parameters => (StatusCode::BAD_REQUEST, "invalid"),
+        };
+        return Some(plain(Outcome::new(
+            status,
+            issue_type,
+            error.code(),
+            error.to_string(),
+        )));
     }
     if let Some(error) = error.downcast_ref::<portvagt_fhir::XmlError>() {
         return Some(plain(Outcome::new(

@@ -22,7 +22,7 @@ use portvagt_policy::compartment::{Membership, membership, patients_in_answer};
 use portvagt_policy::{DenyReason, FhirRequest, FilterMode, Obligations, ResponseCheck};
 use tower::Service;
 
-use crate::backend::rewrite::UrlRewriter;
+use crate::backend::rewrite::{Paging, UrlRewriter};
 pub use crate::backend::{Backend, Fetched, ProxyError};
 use crate::body::{Body, BoxError, full};
 use crate::config::FilteredEntries;
@@ -31,6 +31,7 @@ use crate::context::{EntryRecord, RequestRecord};
 use crate::encoding::form_encode;
 use crate::layers::BoxFuture;
 use crate::metrics::Metrics;
+use crate::paging::{PAGE_SEGMENT, PAGING_RELATIONS, PAGING_RELATIONS_AND_SELF, PageOrigin, Pager};
 use crate::routing::SharedRoutes;
 use crate::runtime::Runtime;
 use crate::smart::SmartDocuments;
@@ -51,6 +52,9 @@ pub struct Proxy {
     consent: Option<Arc<ConsentStore>>,
     /// Where requests go, most specific first.
     routes: SharedRoutes,
+    /// Signs the paging links handed out, and the proxy sends the backend's own link when one
+    /// is followed.
+    pager: Arc<Pager>,
 }
 
 /// A backend and the rewriter for the URLs in its answers.
@@ -82,6 +86,7 @@ impl Proxy {
             audited: runtime.auditor.is_some(),
             consent: runtime.consent.clone(),
             routes: runtime.upstreams.clone(),
+            pager: runtime.pager.clone(),
         }
     }
 }
@@ -262,8 +267,18 @@ fn record_entries(
     record_handle.fields().entries = records;
 }
 
-/// Rewrites the backend's URLs in a Bundle to the gateway's.
-fn rewrite_bundle(upstream: &Upstream, bytes: Bytes) -> Bytes {
+/// How the paging links of an answer are signed: by whom, continuing which request, and
+/// whether the answer is itself a followed page.
+#[derive(Debug, Clone, Copy)]
+struct PageSigning<'a> {
+    pager: &'a Pager,
+    origin: &'a PageOrigin,
+    followed: bool,
+}
+
+/// Rewrites the backend's URLs in a Bundle to the gateway's; with `paging`, its paging links
+/// become links the gateway signs for the caller, continuing the request it began with.
+fn rewrite_bundle(upstream: &Upstream, bytes: Bytes, paging: Option<PageSigning<'_>>) -> Bytes {
     // Cheap check first: no backend URL in the body means nothing to rewrite.
     let needle = upstream.backend.base_url().as_bytes();
     if memchr::memmem::find(&bytes, needle).is_none() {
@@ -272,7 +287,25 @@ fn rewrite_bundle(upstream: &Upstream, bytes: Bytes) -> Bytes {
     let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
         return bytes;
     };
-    if !upstream.rewriter.rewrite_bundle(&mut value) {
+    let public = upstream.rewriter.public_base();
+    let link = |rest: &str| {
+        let signing = paging.as_ref()?;
+        let token = signing.pager.mint(signing.origin, rest)?;
+        Some(format!("{public}/{PAGE_SEGMENT}/{token}"))
+    };
+    let signed = paging.as_ref().map(|signing| Paging {
+        // A followed page's `self` is a page too: the backend's link to it, signed.
+        relations: if signing.followed {
+            &PAGING_RELATIONS_AND_SELF
+        } else {
+            &PAGING_RELATIONS
+        },
+        link: &link,
+    });
+    if !upstream
+        .rewriter
+        .rewrite_bundle(&mut value, signed.as_ref())
+    {
         return bytes;
     }
     serde_json::to_vec(&value).map(Bytes::from).unwrap_or(bytes)

@@ -22,6 +22,7 @@ use crate::auth::Principal;
 use crate::body::{Body, BoxError, full};
 use crate::consent::{BREAK_GLASS_HEADER, caller_ids};
 use crate::context::{ClientAddr, RequestRecord};
+use crate::paging::{PageFollow, PageOrigin};
 use crate::routing::FhirPath;
 
 /// What the request phase learned, for the exchange and the response phase.
@@ -38,6 +39,10 @@ pub(super) struct Exchange {
     pub(super) strip_total: bool,
     pub(super) batch: Option<BatchPlan>,
     pub(super) is_head: bool,
+    /// The request the paging links in the answer continue, when they are signed.
+    pub(super) page_origin: Option<PageOrigin>,
+    /// The request is a followed paging link.
+    pub(super) followed: bool,
 }
 
 /// The request phase's outcome: the gateway answers itself (`Break`: a batch whose every entry
@@ -65,6 +70,13 @@ impl Proxy {
         else {
             return Err("request reached the proxy unauthorised".into());
         };
+        // A followed paging link: the request it continues was classified and decided again;
+        // the backend gets its own link, which already holds the narrowing.
+        let follow = parts.extensions.remove::<PageFollow>();
+        let page_origin = match &follow {
+            Some(follow) => Some(follow.origin.clone()),
+            None => page_origin(&parts.method, &fhir, &path, parts.extensions.get()),
+        };
         let routes = self.routes.load();
         // No route takes this type under this base: not found, never the main backend by
         // another path (which would skip the rules written for the main base's paths).
@@ -84,7 +96,8 @@ impl Proxy {
         // Request phase: narrowing, the canonical search form, the planned batch.
         let mut query = path.query;
         let mut form = path.form;
-        if !obligations.add_params.is_empty() {
+        let narrows = follow.is_none();
+        if narrows && !obligations.add_params.is_empty() {
             match &mut form {
                 Some(form) => *form = append_params(form, &obligations.add_params),
                 None => {
@@ -95,7 +108,7 @@ impl Proxy {
                 }
             }
         }
-        if !obligations.add_elements.is_empty() {
+        if narrows && !obligations.add_elements.is_empty() {
             // The references that say whose data the answer is, asked for too; the response
             // phase takes them out again.
             let asked: Vec<&str> = fhir.elements().map(str::trim).collect();
@@ -111,7 +124,8 @@ impl Proxy {
                 }
             }
         }
-        if citizen_view
+        if narrows
+            && citizen_view
             && fhir.interaction().returns_bundle()
             && !fhir.params().iter().any(|(name, _)| name == "_sort")
         {
@@ -243,9 +257,12 @@ impl Proxy {
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(form.len()));
             body = full(form);
         }
-        parts.uri = upstream
-            .backend
-            .uri(&path.relative, query.as_deref().filter(|q| !q.is_empty()))?;
+        parts.uri = match &follow {
+            Some(follow) => upstream.backend.uri_below(&follow.link)?,
+            None => upstream
+                .backend
+                .uri(&path.relative, query.as_deref().filter(|q| !q.is_empty()))?,
+        };
         parts.version = Version::HTTP_11;
         headers::sanitize_request(
             &mut parts.headers,
@@ -273,7 +290,39 @@ impl Proxy {
             strip_total,
             batch,
             is_head,
+            page_origin,
+            followed: follow.is_some(),
         };
         Ok(ControlFlow::Continue((exchange, outgoing)))
     }
+}
+
+/// The request the paging links of this request's answer continue: a search, history or
+/// operation read with `GET` (or `HEAD`), or a `POST _search` (its canonical form), as the
+/// client made it, for the caller who made it. Other requests' links are not signed.
+fn page_origin(
+    method: &Method,
+    fhir: &FhirRequest,
+    path: &FhirPath,
+    principal: Option<&Arc<Principal>>,
+) -> Option<PageOrigin> {
+    let interaction = fhir.interaction();
+    if !interaction.returns_bundle() || interaction == Interaction::BatchOrTransaction {
+        return None;
+    }
+    let post_search = path.form.is_some();
+    if !(post_search || method == Method::GET || method == Method::HEAD) {
+        return None;
+    }
+    Some(PageOrigin {
+        base: path.base.clone(),
+        post_search,
+        relative: path.relative.clone(),
+        query: if post_search {
+            path.form.clone()
+        } else {
+            path.query.clone()
+        },
+        holder: principal?.fingerprint(),
+    })
 }

@@ -19,7 +19,7 @@ use portvagt_policy::{
 use super::bundle::BatchPlan;
 use super::consent::overlaps;
 use super::request::Exchange;
-use super::{Proxy, bundle, headers, record_entries, response_check, rewrite_bundle};
+use super::{PageSigning, Proxy, bundle, headers, record_entries, response_check, rewrite_bundle};
 use crate::backend::ProxyError;
 use crate::backend::rewrite::UrlRewriter;
 use crate::body::{Body, BoxError, boxed, full};
@@ -105,7 +105,12 @@ impl Proxy {
             ..
         } = &exchange;
         let bytes = crate::backend::read_limited(body, self.max_response_bytes).await?;
-        let mut bytes = rewrite_bundle(upstream, bytes);
+        let paging = exchange.page_origin.as_ref().map(|origin| PageSigning {
+            pager: &self.pager,
+            origin,
+            followed: exchange.followed,
+        });
+        let mut bytes = rewrite_bundle(upstream, bytes, paging);
         if duties.describes_security
             && let Some(rewritten) = self.smart.rewrite_capability_statement(&bytes)
         {

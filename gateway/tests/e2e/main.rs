@@ -16,6 +16,7 @@ mod consent;
 mod demo;
 mod load_smoke;
 mod operations;
+mod paging;
 mod proxying;
 mod reach;
 mod reload;
