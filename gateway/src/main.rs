@@ -431,8 +431,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let addr = config.server.listen;
             match Runtime::build(config, addr) {
-                Ok(_) => {
+                Ok(runtime) => {
                     println!("{}: OK", path.display());
+                    if !runtime.pager.shares_key() {
+                        println!(
+                            "note: no [paging] key_file: a paging link is good only in the process \
+                             that made it (one replica, until it restarts)"
+                        );
+                    }
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(errors) => {

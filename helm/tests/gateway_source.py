@@ -32,6 +32,7 @@ CONFIG_TABLES = {
     "consent": "ConsentConfig",
     "rate_limit": "RateLimitConfig",
     "citizen": "CitizenConfig",
+    "paging": "PagingConfig",
 }
 
 

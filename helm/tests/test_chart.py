@@ -173,11 +173,13 @@ VARIANTS: dict[str, dict] = {
                                "replay_cache_entries": 1000, "assertion_audiences": ["https://fhir.example.dk"]},
             "smart": {"token_endpoint": "https://auth.example.dk/token", "capabilities": ["permission-v2"]},
             "policy": {"filtered_entries": "deny"},
+            "paging": {"link_lifetime": "10m"},
             "log": {"format": "text", "level": "portvagt=debug"},
         },
         "redis": {"url": "redis://redis:6379/2", "auth": {"existingSecret": "redis-auth"}},
         "auditSealKey": {"existingSecret": "audit-seal", "key": "portvagt-seal.pem", "keyId": "upstreams-seal-2",
                          "trustedJwksKey": "seal-1-and-2.jwks.json"},
+        "pagingKey": {"existingSecret": "paging-key", "key": "paging-hmac"},
         "extraVolumes": [{"name": "sor-ca", "configMap": {"name": "sor-ca"}}],
         "extraVolumeMounts": [{"name": "sor-ca", "mountPath": "/etc/portvagt/sor-ca", "readOnly": True}],
         "networkPolicy": {"egress": {"upstreams": {"enabled": True, "to": [], "ports": [{"port": 443, "protocol": "TCP"}]},
@@ -199,6 +201,8 @@ VARIANTS: dict[str, dict] = {
 # The variants whose audit chain must come out sealed: production has to be able to prove its
 # trail complete (`portvagt audit verify --jwks`).
 SEALED_VARIANTS = {"production", "upstreams"}
+# The paging links' key (pagingKey's Secret), as `[paging] key_file`.
+PAGING_KEY = "/etc/portvagt/paging/paging.key"
 
 
 # --- reporting ------------------------------------------------------------------------------------
@@ -375,6 +379,7 @@ SCHEMA_OF = {
     "consent": "/properties/config/properties/consent",
     "rate_limit": "/properties/config/properties/rate_limit",
     "citizen": "/properties/config/properties/citizen",
+    "paging": "/properties/config/properties/paging",
 }
 
 
@@ -520,6 +525,11 @@ def check_config(name: str, docs: list[dict], values: dict, gateway: dict) -> No
                                         else "has no seal_key and no seal_key_id")
                  + (f", seal_jwks {SEAL_JWKS}" if trusted else ", no seal_jwks"), seal == wanted, str(seal))
 
+    paging_key = values["pagingKey"]["existingSecret"]
+    REPORT.check(f"{name}: [paging] key_file is " + (f"{PAGING_KEY} (from {paging_key})" if paging_key else "not set"),
+                 config.get("paging", {}).get("key_file") == (PAGING_KEY if paging_key else None),
+                 str(config.get("paging")))
+
     check_config_values(name, config, values)
     check_config_files(name, docs, config, values)
 
@@ -547,6 +557,7 @@ CHART_WRITTEN = {
     "token_exchange": {"signing_key", "trusted_sts", "redis_url"},
     "rate_limit": {"redis_url"},
     "citizen": {"listen"},
+    "paging": {"key_file"},
 }
 # The chart's own switches inside `config`: never written to portvagt.toml.
 CHART_SWITCHES = {"enabled", "useRedis", "tlsSecret"}
@@ -596,7 +607,7 @@ def check_config_values(name: str, config: dict, values: dict) -> None:
     switched = [t for t in ("consent", "rate_limit", "audit", "token_exchange", "citizen") if cfg[t]["enabled"]]
     listed = [toml for toml, key in (("issuer", "issuers"), ("route", "routes"), ("upstream", "upstreams"))
               if cfg.get(key)]
-    tables = {"server", "tls", "limits", "backend", "smart", "policy", "log", *switched, *listed}
+    tables = {"server", "tls", "limits", "backend", "smart", "policy", "paging", "log", *switched, *listed}
     REPORT.check(f"{name}: portvagt.toml has the tables {', '.join(sorted(tables))}", set(config) == tables,
                  f"has {sorted(config)}")
 
@@ -661,6 +672,7 @@ def check_config_files(name: str, docs: list[dict], config: dict, values: dict) 
     if "rules_file" in config.get("policy", {}):
         files.append(config["policy"]["rules_file"])
     files += [config.get("audit", {})[k] for k in ("seal_key", "seal_jwks") if k in config.get("audit", {})]
+    files += [config["paging"]["key_file"]] if "key_file" in config.get("paging", {}) else []
     for issuer in config.get("issuer", []):
         files += [issuer[k] for k in ("ca_file", "jwks_file") if k in issuer]
         files += [issuer.get("introspection", {})[k] for k in ("client_secret_file", "client_cert", "client_key")
@@ -884,6 +896,12 @@ def check_notes(name: str, notes: str, values: dict) -> None:
     jwks_key = values["auditSealKey"]["trustedJwksKey"]
     REPORT.check(f"{name}: NOTES.txt lists the trusted seal keys' JWK Set exactly when it is mounted",
                  bool(jwks_key and f", key {jwks_key} (JWK Set" in notes) == bool(audit_on and seal_secret and jwks_key))
+    paging_key = values["pagingKey"]["existingSecret"]
+    replicas = values["autoscaling"]["enabled"] or values["replicaCount"] > 1
+    REPORT.check(f"{name}: NOTES.txt warns that paging links work on one pod only exactly when they do",
+                 ("no paging key" in notes) == (replicas and not paging_key))
+    REPORT.check(f"{name}: NOTES.txt lists the paging key Secret exactly when it is mounted",
+                 bool(paging_key and f"  - {paging_key}: key " in notes) == bool(paging_key))
 
 
 def checkov_skips(docs: list[dict]) -> dict[str, str]:

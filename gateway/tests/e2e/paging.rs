@@ -354,3 +354,42 @@ async fn a_key_file_keeps_links_good_across_restarts_and_replicas_and_none_does_
         }
     }
 }
+
+#[test]
+fn check_config_says_whether_links_outlive_the_process_and_refuses_a_short_key() {
+    let gateway = Gateway::start_with(Options {
+        backend_url: Some(opaque_backend().to_owned()),
+        extra_config: "[paging]\nkey_file = \"paging.key\"\n".to_owned(),
+        files: vec![("paging.key".to_owned(), "k".repeat(64))],
+        ..Options::default()
+    });
+    let config = gateway.dir.path().join("portvagt.toml");
+    let check = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_portvagt"))
+            .arg("check-config")
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap()
+    };
+    let key = gateway.dir.path().join("paging.key");
+    std::fs::write(&key, "0123456789abcdef").unwrap();
+    let output = check();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("paging.key_file"), "{stderr}");
+
+    std::fs::write(&key, [9u8; 48]).unwrap();
+    let output = check();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("no [paging] key_file"));
+
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("key_file = \"paging.key\"", "")).unwrap();
+    let output = check();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("no [paging] key_file"),
+        "{output:?}"
+    );
+}

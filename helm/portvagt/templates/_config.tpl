@@ -67,6 +67,12 @@ crls = {{ include "portvagt.crlPaths" . }}
 rules_file = "/etc/portvagt/rules/rules.toml"
 {{- end }}
 
+[paging]
+{{- include "portvagt.tomlKeys" (dict "table" $cfg.paging) }}
+{{- if .Values.pagingKey.existingSecret }}
+key_file = "/etc/portvagt/paging/paging.key"
+{{- end }}
+
 [log]
 {{- include "portvagt.tomlKeys" (dict "table" $cfg.log) }}
 {{- if $cfg.consent.enabled }}

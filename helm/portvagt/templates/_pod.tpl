@@ -165,6 +165,11 @@ spec:
           mountPath: /etc/portvagt/audit-seal
           readOnly: true
         {{- end }}
+        {{- if .Values.pagingKey.existingSecret }}
+        - name: paging-key
+          mountPath: /etc/portvagt/paging
+          readOnly: true
+        {{- end }}
         {{- with .Values.extraVolumeMounts }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
@@ -244,6 +249,15 @@ spec:
           - key: {{ . }}
             path: trusted-jwks.json
           {{- end }}
+    {{- end }}
+    {{- if .Values.pagingKey.existingSecret }}
+    - name: paging-key
+      secret:
+        secretName: {{ .Values.pagingKey.existingSecret }}
+        defaultMode: 0440
+        items:
+          - key: {{ .Values.pagingKey.key }}
+            path: paging.key
     {{- end }}
     {{- /* CA and client certificates of the backends and the audit repository (tlsSecret). */}}
     {{- range (include "portvagt.tlsSecretMounts" . | fromYaml).mounts }}
