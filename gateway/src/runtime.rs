@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use http::Uri;
+use portvagt_policy::operations::{Kind, Level, Operation, Operations};
 use portvagt_policy::{RuleSet, RulesFile};
 
 use crate::admin::Admin;
@@ -70,6 +71,8 @@ pub struct Runtime {
     pub rate_limiter: Option<Arc<RateLimiter>>,
     /// Signs and opens the paging links handed to clients.
     pub pager: Arc<Pager>,
+    /// The operations let through: the operator's `[[operation]]` rows, then the built-in ones.
+    pub operations: Arc<Operations>,
 }
 
 impl Runtime {
@@ -159,11 +162,29 @@ impl Runtime {
                 }
             },
         };
+        let operations = operations(&config.operations)
+            .map_err(|mut e| errors.append(&mut e))
+            .ok();
         let pager = Pager::from_config(&config.paging)
             .map_err(|e| errors.push(e))
             .ok();
-        let (Some(tls), Some(mut verifier), Some(routes), Some(backend), Some(pager), true) =
-            (tls, verifier, routes, backend, pager, errors.is_empty())
+        let (
+            Some(tls),
+            Some(mut verifier),
+            Some(routes),
+            Some(backend),
+            Some(pager),
+            Some(operations),
+            true,
+        ) = (
+            tls,
+            verifier,
+            routes,
+            backend,
+            pager,
+            operations,
+            errors.is_empty(),
+        )
         else {
             return Err(errors);
         };
@@ -242,6 +263,7 @@ impl Runtime {
             loaded_files,
             rate_limiter,
             pager: Arc::new(pager),
+            operations: Arc::new(operations),
         })
     }
 }
@@ -285,4 +307,52 @@ pub(crate) fn load_rules(path: &std::path::Path) -> Result<RuleSet, Vec<ConfigEr
             .map(|error| ConfigError::new(field, format!("{}: {error}", path.display())))
             .collect()
     })
+}
+
+/// The operations table: `[[operation]]` rows ahead of the built-in ones. Every problem is
+/// reported, each naming its row and field.
+fn operations(rows: &[crate::config::OperationConfig]) -> Result<Operations, Vec<ConfigError>> {
+    let mut errors = Vec::new();
+    let mut table = Vec::new();
+    for (index, row) in rows.iter().enumerate() {
+        let field = |name: &str| format!("operation[{index}].{name}");
+        let before = errors.len();
+        let levels: Vec<Level> = row
+            .levels
+            .iter()
+            .filter_map(|level| {
+                let parsed = Level::parse(level);
+                if parsed.is_none() {
+                    errors.push(ConfigError::new(
+                        field("levels"),
+                        format!("{level:?} is not system, type or instance"),
+                    ));
+                }
+                parsed
+            })
+            .collect();
+        let kind = Kind::parse(&row.kind);
+        if kind.is_none() {
+            errors.push(ConfigError::new(
+                field("kind"),
+                format!(
+                    "{:?} is not reference, search, instance or refused",
+                    row.kind
+                ),
+            ));
+        }
+        let (Some(kind), true) = (kind, errors.len() == before) else {
+            continue;
+        };
+        let types: Vec<&str> = row.resource_types.iter().map(String::as_str).collect();
+        match Operation::new(&row.name, &types, &levels, kind) {
+            Ok(operation) => table.push(operation),
+            Err(message) => errors.push(ConfigError::new(format!("operation[{index}]"), message)),
+        }
+    }
+    if errors.is_empty() {
+        Ok(Operations::with_rows(table))
+    } else {
+        Err(errors)
+    }
 }

@@ -114,6 +114,7 @@ fn build_for(runtime: &Runtime, listener: Listener) -> GatewayService {
         .layer(ClassifyLayer::new(
             runtime.upstreams.clone(),
             runtime.pager.clone(),
+            (!runtime.config.operations.is_empty()).then(|| runtime.operations.clone()),
         ))
         // May they: the policy decision (403 otherwise).
         .layer(authorize)

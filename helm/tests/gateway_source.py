@@ -33,6 +33,7 @@ CONFIG_TABLES = {
     "rate_limit": "RateLimitConfig",
     "citizen": "CitizenConfig",
     "paging": "PagingConfig",
+    "operation": "OperationConfig",
 }
 
 

@@ -174,6 +174,9 @@ VARIANTS: dict[str, dict] = {
             "smart": {"token_endpoint": "https://auth.example.dk/token", "capabilities": ["permission-v2"]},
             "policy": {"filtered_entries": "deny"},
             "paging": {"link_lifetime": "10m"},
+            "operations": [{"name": "match", "resource_types": ["Patient"], "levels": ["type"], "kind": "search"},
+                           {"name": "expand", "resource_types": ["ValueSet"], "levels": ["type", "instance"],
+                            "kind": "refused"}],
             "log": {"format": "text", "level": "portvagt=debug"},
         },
         "redis": {"url": "redis://redis:6379/2", "auth": {"existingSecret": "redis-auth"}},
@@ -380,6 +383,7 @@ SCHEMA_OF = {
     "rate_limit": "/properties/config/properties/rate_limit",
     "citizen": "/properties/config/properties/citizen",
     "paging": "/properties/config/properties/paging",
+    "operation": "/properties/config/properties/operations/items",
 }
 
 
@@ -605,7 +609,8 @@ def check_config_values(name: str, config: dict, values: dict) -> None:
     gives it (and the paths of its tlsSecret), nothing else but what the chart writes itself."""
     cfg = values["config"]
     switched = [t for t in ("consent", "rate_limit", "audit", "token_exchange", "citizen") if cfg[t]["enabled"]]
-    listed = [toml for toml, key in (("issuer", "issuers"), ("route", "routes"), ("upstream", "upstreams"))
+    listed = [toml for toml, key in (("issuer", "issuers"), ("route", "routes"), ("upstream", "upstreams"),
+                                     ("operation", "operations"))
               if cfg.get(key)]
     tables = {"server", "tls", "limits", "backend", "smart", "policy", "paging", "log", *switched, *listed}
     REPORT.check(f"{name}: portvagt.toml has the tables {', '.join(sorted(tables))}", set(config) == tables,
@@ -625,6 +630,8 @@ def check_config_values(name: str, config: dict, values: dict) -> None:
                 expected.append((f"issuer[{i}].{sub}", rendered.get(sub, {}), given(issuer[sub])))
     for i, route in enumerate(cfg.get("routes") or []):
         expected.append((f"route[{i}]", (config.get("route") or [{}] * (i + 1))[i], given(route)))
+    for i, operation in enumerate(cfg.get("operations") or []):
+        expected.append((f"operation[{i}]", (config.get("operation") or [{}] * (i + 1))[i], given(operation)))
     expected.append(("backend", config["backend"], given(cfg["backend"])))
     for i, upstream in enumerate(cfg.get("upstreams") or []):
         rendered = config["upstream"][i] if i < len(config.get("upstream", [])) else {}

@@ -12,6 +12,7 @@
 //! ([`Channel`]), and an allowed read of a citizen's own log carries the obligation to answer in
 //! the citizen's view ([`Obligations::citizen_view`]).
 
+use crate::operations::Kind;
 use crate::patient_rules;
 use crate::request::{BundleKind, FhirRequest, Interaction, RequestBody};
 use crate::resource_type::ResourceType;
@@ -236,18 +237,27 @@ fn requirement(request: &FhirRequest) -> Requirement {
         Interaction::ConditionalPatch => P::UPDATE.union(P::SEARCH),
         Interaction::Delete => P::DELETE,
         Interaction::ConditionalDelete => P::DELETE.union(P::SEARCH),
-        // $everything reads the whole compartment: only a scope on every type covers it.
-        Interaction::Operation if is_everything(request) => {
-            return Requirement::Scope(None, P::READ.union(P::SEARCH));
-        }
-        // A declared operation (terminology) reads its type; any other is refused. It reaches
-        // nothing else, whatever the scope: its answer is never checked against a compartment.
-        Interaction::Operation => match crate::operations::declared(request) {
-            Some(_) if reaches_other_types(request) => {
+        // A declared operation ([`crate::operations`]); any other is refused.
+        Interaction::Operation => match request.operation_kind() {
+            // Declared as reading, asked to write: refused.
+            Some(_) if crate::operations::writes(request) => {
+                return Requirement::Refused(DenyReason::UnsupportedInteraction);
+            }
+            // $everything reads the whole compartment: only a scope on every type covers it.
+            Some(Kind::Everything) if is_everything(request) => {
+                return Requirement::Scope(None, P::READ.union(P::SEARCH));
+            }
+            // Reference data reads its type and reaches nothing else, whatever the scope: its
+            // answer is never checked against a compartment.
+            Some(Kind::Reference) if reaches_other_types(request) => {
                 return Requirement::Refused(DenyReason::SearchReachesOtherTypes);
             }
-            Some(_) => P::READ,
-            None => return Requirement::Refused(DenyReason::UnsupportedInteraction),
+            Some(Kind::Reference | Kind::Instance) => P::READ,
+            // A search by another name, granted as one.
+            Some(Kind::Search) => P::SEARCH,
+            Some(Kind::Everything | Kind::Refused) | None => {
+                return Requirement::Refused(DenyReason::UnsupportedInteraction);
+            }
         },
     };
     Requirement::Scope(t, needed)

@@ -80,9 +80,27 @@ pub fn check_response(body: &[u8], check: &ResponseCheck<'_>, mode: FilterMode) 
         Some("Bundle") => filter_bundle(top, check, mode),
         // An OperationOutcome carries no patient data unless something is packed inside it.
         Some("OperationOutcome") if top.get("contained").is_none() => Filtered::Unchanged,
+        // Nor does the Parameters an operation on an instance answers with (`$meta`), unless
+        // a resource is packed inside it; the instance itself was read and checked first.
+        Some("Parameters") if !holds_resources(body) => Filtered::Unchanged,
         Some(_) if check.accepts(&top) => Filtered::Unchanged,
         _ => Filtered::Forbidden,
     }
+}
+
+/// Whether a Parameters resource holds resources (`parameter[].resource`, at any depth of
+/// `part`, or `contained`): unreadable counts as holding them.
+fn holds_resources(body: &[u8]) -> bool {
+    fn holds(value: &serde_json::Value) -> bool {
+        match value {
+            serde_json::Value::Object(map) => map
+                .iter()
+                .any(|(key, item)| key == "resource" || key == "contained" || holds(item)),
+            serde_json::Value::Array(items) => items.iter().any(holds),
+            _ => false,
+        }
+    }
+    serde_json::from_slice::<serde_json::Value>(body).map_or(true, |value| holds(&value))
 }
 
 /// Whether the resource's element for search parameter `param` matches the token `value`

@@ -1,82 +1,262 @@
 //! The FHIR operations the gateway lets through, declared: which operation, on which resource
-//! types, at which level, and what its answer is. An operation not in the table is refused
-//! (`unsupported-interaction`): the gateway cannot know whose data an unknown operation reads
-//! or returns. `$everything` on a Patient is decided apart (it reads the whole compartment;
-//! [`crate::shape::is_everything`]).
+//! types, at which level, and what it is ([`Kind`]): reference data anyone who reads the type
+//! may have, a search of its type by another name, a read of the instance it is invoked on, or
+//! a patient's whole record. An operation not in the table is refused (`unsupported-interaction`):
+//! the gateway cannot know whose data an unknown operation reads or returns.
 //!
-//! The operations here answer with reference data (terminology): a scope that reads the
-//! operation's resource type grants them, in every context, and their answers name no patient.
+//! The table is R4's and SMART's ([`Operations::builtin`]); operators put rows ahead of it in
+//! the configuration (`[[operation]]`), to declare more operations or to refuse or redefine
+//! these. The first row that matches decides. [`crate::classify`] records the built-in kind of
+//! an operation; the gateway applies its own table with [`crate::FhirRequest::apply_operations`].
+
+use std::sync::LazyLock;
 
 use crate::request::{FhirRequest, Interaction};
+use crate::resource_type::ResourceType;
 
 /// Where an operation may be invoked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
+    /// `[base]/$op`.
+    System,
     /// `[type]/$op`.
     Type,
     /// `[type]/[id]/$op`.
     Instance,
 }
 
-/// One declared operation.
+impl Level {
+    /// `system`, `type` or `instance`.
+    pub fn parse(text: &str) -> Option<Level> {
+        match text {
+            "system" => Some(Level::System),
+            "type" => Some(Level::Type),
+            "instance" => Some(Level::Instance),
+            _ => None,
+        }
+    }
+}
+
+/// What an operation is, for the policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Declared {
-    /// Its name without the `$`.
-    pub name: &'static str,
-    /// The resource types it is invoked on.
-    pub types: &'static [&'static str],
-    /// The levels it is invoked at.
-    pub levels: &'static [Level],
+pub enum Kind {
+    /// It answers with reference data (terminology, validation outcomes), nobody's record: a
+    /// scope that reads its type grants it in every context, and its answer names no patient.
+    Reference,
+    /// A search of its type by another name (`Observation/$lastn`, `DocumentReference/$docref`):
+    /// granted, pinned to the patient, narrowed and checked exactly as a search of that type.
+    Search,
+    /// A read of the instance it is invoked on (`Composition/[id]/$document`,
+    /// `[type]/[id]/$meta`): granted as a read; under a patient-context scope the instance is
+    /// read first and must be the patient's, and the answer is checked.
+    Instance,
+    /// `Patient/[id]/$everything`: the patient's whole compartment.
+    Everything,
+    /// Refused whatever the scopes (an operator's override of a built-in row).
+    Refused,
+}
+
+impl Kind {
+    /// `reference`, `search`, `instance` or `refused` (what an operator may declare).
+    pub fn parse(text: &str) -> Option<Kind> {
+        match text {
+            "reference" => Some(Kind::Reference),
+            "search" => Some(Kind::Search),
+            "instance" => Some(Kind::Instance),
+            "refused" => Some(Kind::Refused),
+            _ => None,
+        }
+    }
+
+    /// The interaction the policy decides an operation of this kind as: a search of its type,
+    /// a read of its instance, or an operation.
+    pub fn acts_as(self) -> Interaction {
+        match self {
+            Kind::Search => Interaction::SearchType,
+            Kind::Instance => Interaction::Read,
+            _ => Interaction::Operation,
+        }
+    }
+}
+
+/// One row of the table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Operation {
+    name: String,
+    /// Empty: any type.
+    types: Vec<ResourceType>,
+    levels: Vec<Level>,
+    kind: Kind,
+}
+
+impl Operation {
+    /// A row: `name` without the `$`, the resource `types` it is invoked on (none: any), the
+    /// `levels`, and its `kind`. Refused when it could not mean anything: an empty or invalid
+    /// name, no level, an unknown type, a search without one type level, an instance read
+    /// without the instance level, a system-level row naming types.
+    pub fn new(name: &str, types: &[&str], levels: &[Level], kind: Kind) -> Result<Self, String> {
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        {
+            return Err(format!("{name:?} is not an operation name (without the $)"));
+        }
+        if levels.is_empty() {
+            return Err("at least one level (system, type, instance) is needed".to_owned());
+        }
+        let types = types
+            .iter()
+            .map(|t| {
+                ResourceType::parse(t).ok_or_else(|| format!("{t:?} is not an R4 resource type"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if levels.contains(&Level::System) && !types.is_empty() {
+            return Err("a system-level operation names no resource types".to_owned());
+        }
+        match kind {
+            Kind::Search if types.len() != 1 || levels != [Level::Type] => {
+                return Err("a search is of one resource type, at the type level".to_owned());
+            }
+            Kind::Instance if levels != [Level::Instance] => {
+                return Err("an instance read is at the instance level only".to_owned());
+            }
+            Kind::Everything => {
+                return Err("$everything is the gateway's own".to_owned());
+            }
+            _ => {}
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            types,
+            levels: levels.to_vec(),
+            kind,
+        })
+    }
+
+    fn builtin(name: &str, types: &[&str], levels: &[Level], kind: Kind) -> Self {
+        Self {
+            name: name.to_owned(),
+            types: types
+                .iter()
+                .filter_map(|t| ResourceType::parse(t))
+                .collect(),
+            levels: levels.to_vec(),
+            kind,
+        }
+    }
+
+    /// The operation's name without the `$`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// What it is.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    fn matches(&self, name: &str, resource_type: Option<ResourceType>, level: Level) -> bool {
+        self.name == name
+            && self.levels.contains(&level)
+            && (self.types.is_empty() || resource_type.is_some_and(|t| self.types.contains(&t)))
+    }
+}
+
+/// The table: rows in order, the first match decides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Operations {
+    rows: Vec<Operation>,
 }
 
 const TYPE_AND_INSTANCE: &[Level] = &[Level::Type, Level::Instance];
 
-/// The terminology operations of R4 (§4.9 ValueSet, §4.8 CodeSystem, §4.10 ConceptMap): they
-/// read and answer terminology, never patient data.
-pub static DECLARED: &[Declared] = &[
-    Declared {
-        name: "expand",
-        types: &["ValueSet"],
-        levels: TYPE_AND_INSTANCE,
-    },
-    Declared {
-        name: "validate-code",
-        types: &["ValueSet", "CodeSystem"],
-        levels: TYPE_AND_INSTANCE,
-    },
-    Declared {
-        name: "lookup",
-        types: &["CodeSystem"],
-        levels: &[Level::Type],
-    },
-    Declared {
-        name: "subsumes",
-        types: &["CodeSystem"],
-        levels: TYPE_AND_INSTANCE,
-    },
-    Declared {
-        name: "translate",
-        types: &["ConceptMap"],
-        levels: TYPE_AND_INSTANCE,
-    },
-];
-
-/// The declared operation `request` invokes, if it is one (at a declared level, on a declared
-/// type).
-pub fn declared(request: &FhirRequest) -> Option<&'static Declared> {
-    if request.interaction() != Interaction::Operation {
-        return None;
+static BUILTIN: LazyLock<Operations> = LazyLock::new(|| {
+    use Kind::{Everything, Instance, Reference, Search};
+    use Level::Type;
+    let row = Operation::builtin;
+    Operations {
+        rows: vec![
+            // R4 Patient-everything: the patient's whole compartment.
+            row("everything", &["Patient"], &[Level::Instance], Everything),
+            // Terminology (R4 §4.8 CodeSystem, §4.9 ValueSet, §4.10 ConceptMap).
+            row("expand", &["ValueSet"], TYPE_AND_INSTANCE, Reference),
+            row(
+                "validate-code",
+                &["ValueSet", "CodeSystem"],
+                TYPE_AND_INSTANCE,
+                Reference,
+            ),
+            row("lookup", &["CodeSystem"], &[Type], Reference),
+            row("subsumes", &["CodeSystem"], TYPE_AND_INSTANCE, Reference),
+            row("translate", &["ConceptMap"], TYPE_AND_INSTANCE, Reference),
+            // Resource-validate (R4 §2.38.0.6): of a resource sent, an outcome; against an
+            // existing instance, it reads that instance.
+            row("validate", &[], &[Type], Reference),
+            row("validate", &[], &[Level::Instance], Instance),
+            // Resource-meta of one instance (its tags, labels and profiles); the type and
+            // system levels (everything in use, anybody's) are not declared.
+            row("meta", &[], &[Level::Instance], Instance),
+            // Observation-lastn (R4 §8.11.4.4) and DocumentReference-docref (IHE MHD / US
+            // Core): searches of their type.
+            row("lastn", &["Observation"], &[Type], Search),
+            row("docref", &["DocumentReference"], &[Type], Search),
+            // Composition-document (R4 §3.3.1.4.8): the document a Composition heads.
+            row("document", &["Composition"], &[Level::Instance], Instance),
+        ],
     }
-    let name = request.operation()?;
-    let resource_type = request.resource_type()?;
-    let level = if request.id().is_some() {
-        Level::Instance
-    } else {
-        Level::Type
-    };
-    DECLARED.iter().find(|op| {
-        op.name == name && op.types.contains(&resource_type.as_str()) && op.levels.contains(&level)
-    })
+});
+
+impl Operations {
+    /// R4's and SMART's operations, as the gateway declares them.
+    pub fn builtin() -> &'static Operations {
+        &BUILTIN
+    }
+
+    /// The operator's `rows` ahead of the built-in ones: they declare more operations, and
+    /// refuse or redefine built-in ones.
+    pub fn with_rows(rows: Vec<Operation>) -> Operations {
+        Operations {
+            rows: rows
+                .into_iter()
+                .chain(BUILTIN.rows.iter().cloned())
+                .collect(),
+        }
+    }
+
+    /// Every row, the first match first.
+    pub fn rows(&self) -> &[Operation] {
+        &self.rows
+    }
+
+    /// What the operation `request` invokes is, if declared (at its level, on its type).
+    pub fn kind_of(&self, request: &FhirRequest) -> Option<Kind> {
+        if request.interaction() != Interaction::Operation {
+            return None;
+        }
+        let name = request.operation()?;
+        let level = match (request.resource_type(), request.id()) {
+            (None, _) => Level::System,
+            (Some(_), None) => Level::Type,
+            (Some(_), Some(_)) => Level::Instance,
+        };
+        self.rows
+            .iter()
+            .find(|row| row.matches(name, request.resource_type(), level))
+            .map(Operation::kind)
+    }
+}
+
+/// Whether a declared operation would write with these parameters: `$document` with
+/// `persist` anything but `false` stores the document it makes (R4 Composition-document).
+/// Operations declared as reading are refused when they would write.
+pub fn writes(request: &FhirRequest) -> bool {
+    request.operation() == Some("document")
+        && request
+            .params()
+            .iter()
+            .any(|(name, value)| name.split(':').next() == Some("persist") && value != "false")
 }
 
 #[cfg(test)]
@@ -84,24 +264,91 @@ mod tests {
     use super::*;
     use crate::request::classify;
 
-    fn op(method: &str, path: &str) -> Option<&'static str> {
-        declared(&classify(method, path, None).unwrap()).map(|op| op.name)
+    fn kind(method: &str, path: &str) -> Option<Kind> {
+        classify(method, path, None).unwrap().operation_kind()
     }
 
     #[test]
-    fn only_declared_operations_on_their_types_and_levels() {
-        assert_eq!(op("GET", "ValueSet/$expand"), Some("expand"));
-        assert_eq!(op("POST", "ValueSet/vs-1/$expand"), Some("expand"));
+    fn each_operation_on_its_types_and_levels() {
+        use Kind::*;
+        assert_eq!(kind("GET", "ValueSet/$expand"), Some(Reference));
+        assert_eq!(kind("POST", "ValueSet/vs-1/$expand"), Some(Reference));
+        assert_eq!(kind("GET", "CodeSystem/$validate-code"), Some(Reference));
+        assert_eq!(kind("GET", "CodeSystem/$lookup"), Some(Reference));
+        assert_eq!(kind("GET", "CodeSystem/cs-1/$lookup"), None);
+        assert_eq!(kind("GET", "ConceptMap/$translate"), Some(Reference));
+        assert_eq!(kind("GET", "Observation/$expand"), None);
+        assert_eq!(kind("GET", "$expand"), None);
         assert_eq!(
-            op("GET", "CodeSystem/$validate-code"),
-            Some("validate-code")
+            kind("GET", "Patient/pat-anne/$everything"),
+            Some(Everything)
         );
-        assert_eq!(op("GET", "CodeSystem/$lookup"), Some("lookup"));
-        assert_eq!(op("GET", "CodeSystem/cs-1/$lookup"), None);
-        assert_eq!(op("GET", "ConceptMap/$translate"), Some("translate"));
-        assert_eq!(op("GET", "Observation/$expand"), None);
-        assert_eq!(op("GET", "$expand"), None);
-        assert_eq!(op("GET", "Patient/pat-anne/$everything"), None);
-        assert_eq!(op("POST", "Observation/$validate"), None);
+        assert_eq!(kind("GET", "Patient/$everything"), None);
+        assert_eq!(kind("GET", "Encounter/e-1/$everything"), None);
+        assert_eq!(kind("POST", "Observation/$validate"), Some(Reference));
+        assert_eq!(kind("POST", "Observation/o-1/$validate"), Some(Instance));
+        assert_eq!(kind("POST", "$validate"), None);
+        assert_eq!(kind("GET", "Patient/pat-bo/$meta"), Some(Instance));
+        assert_eq!(kind("GET", "Patient/$meta"), None);
+        assert_eq!(kind("GET", "$meta"), None);
+        assert_eq!(kind("GET", "Observation/$lastn"), Some(Search));
+        assert_eq!(kind("GET", "Condition/$lastn"), None);
+        assert_eq!(kind("GET", "DocumentReference/$docref"), Some(Search));
+        assert_eq!(kind("GET", "Composition/c-1/$document"), Some(Instance));
+        assert_eq!(kind("GET", "Composition/$document"), None);
+        assert_eq!(kind("GET", "Observation"), None);
+    }
+
+    #[test]
+    fn operator_rows_come_first_and_are_checked() {
+        let refuse =
+            Operation::new("expand", &["ValueSet"], &[Level::Type], Kind::Refused).unwrap();
+        let declare = Operation::new("match", &["Patient"], &[Level::Type], Kind::Search).unwrap();
+        let table = Operations::with_rows(vec![refuse, declare]);
+        let mut request = classify("GET", "ValueSet/$expand", None).unwrap();
+        request.apply_operations(&table);
+        assert_eq!(request.operation_kind(), Some(Kind::Refused));
+        // The instance level was not overridden: the built-in row still answers.
+        let mut request = classify("GET", "ValueSet/vs-1/$expand", None).unwrap();
+        request.apply_operations(&table);
+        assert_eq!(request.operation_kind(), Some(Kind::Reference));
+        let mut request = classify("POST", "Patient/$match", None).unwrap();
+        assert_eq!(request.operation_kind(), None);
+        request.apply_operations(&table);
+        assert_eq!(request.operation_kind(), Some(Kind::Search));
+
+        for (name, types, levels, kind) in [
+            ("", &[][..], &[Level::Type][..], Kind::Reference),
+            ("$x", &[], &[Level::Type], Kind::Reference),
+            ("x", &[], &[], Kind::Reference),
+            ("x", &["Nope"], &[Level::Type], Kind::Reference),
+            ("x", &["Patient"], &[Level::System], Kind::Reference),
+            ("x", &[], &[Level::Type], Kind::Search),
+            ("x", &["Observation"], &[Level::Instance], Kind::Search),
+            ("x", &["Observation"], &[Level::Type], Kind::Instance),
+            ("x", &["Patient"], &[Level::Instance], Kind::Everything),
+        ] {
+            assert!(
+                Operation::new(name, types, levels, kind).is_err(),
+                "{name:?} {types:?} {levels:?} {kind:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_batch_entry_gets_the_operators_table_too() {
+        let refuse =
+            Operation::new("expand", &["ValueSet"], &[Level::Type], Kind::Refused).unwrap();
+        let table = Operations::with_rows(vec![refuse]);
+        let mut request = classify("POST", "", None).unwrap();
+        let bundle = br#"{"resourceType":"Bundle","type":"batch","entry":[{"request":{"method":"GET","url":"ValueSet/$expand?url=x"}}]}"#;
+        request
+            .attach_body(Some("application/fhir+json"), bundle)
+            .unwrap();
+        request.apply_operations(&table);
+        let Some(crate::request::RequestBody::Bundle { entries, .. }) = request.body() else {
+            panic!("a bundle");
+        };
+        assert_eq!(entries[0].operation_kind(), Some(Kind::Refused));
     }
 }

@@ -14,6 +14,7 @@
 use crate::compartment::{
     Membership, is_compartment_type, is_shared_type, membership, narrowing_param, pinning_params,
 };
+use crate::operations::Kind;
 use crate::reach::Reach;
 use crate::request::{FhirRequest, Interaction, RequestBody};
 use crate::resource_type::ResourceType;
@@ -47,11 +48,19 @@ pub(crate) fn check(
         ..Obligations::default()
     };
     let type_name = request.resource_type().map(ResourceType::as_str);
-    match request.interaction() {
+    // An operation that reads its instance (`$document`, `$meta`) answers with something else
+    // than the instance, which cannot show whose it is: the instance is read first.
+    let instance_operation = request.interaction() == Interaction::Operation;
+    // Declared operations that are searches or instance reads are decided as those.
+    match request.acts_as() {
         Interaction::Capabilities => Ok(Obligations::default()),
         Interaction::Read | Interaction::Vread | Interaction::HistoryInstance => match type_name {
             Some("Patient") if request.id() == Some(patient) => Ok(checked),
             Some("Patient") => Err(DenyReason::OutsideCompartment),
+            Some(t) if is_compartment_type(t) && instance_operation => Ok(Obligations {
+                verify_target: true,
+                ..checked
+            }),
             Some(t) if is_compartment_type(t) => Ok(checked),
             // Shared reference data: still checked, so nothing else rides along.
             Some(t) if is_shared_type(t) => Ok(checked),
@@ -88,8 +97,8 @@ pub(crate) fn check(
         Interaction::Operation if is_everything(request) && request.id() == Some(patient) => {
             Ok(checked)
         }
-        // Terminology: answered with reference data, nobody's.
-        Interaction::Operation if crate::operations::declared(request).is_some() => {
+        // Terminology, validation: answered with reference data, nobody's.
+        Interaction::Operation if request.operation_kind() == Some(Kind::Reference) => {
             Ok(Obligations::default())
         }
         // A conditional create is a search the pin rules do not see: refused.

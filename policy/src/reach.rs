@@ -529,7 +529,7 @@ fn pinned(request: &FhirRequest, reach: &Reach) -> bool {
                 })
         })
     };
-    match request.interaction() {
+    match request.acts_as() {
         Interaction::SearchCompartment => {
             request.compartment().map(|(t, _)| t.as_str()) == Some("Patient")
         }

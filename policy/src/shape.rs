@@ -18,7 +18,8 @@ const OTHER_TYPE_PARAMS: &[&str] = &[
 
 /// `Patient/[id]/$everything` (R4 Patient-everything).
 pub(crate) fn is_everything(request: &FhirRequest) -> bool {
-    request.operation() == Some("everything")
+    request.operation_kind() == Some(crate::operations::Kind::Everything)
+        && request.operation() == Some("everything")
         && request.resource_type().map(ResourceType::as_str) == Some("Patient")
         && request.id().is_some()
 }
@@ -40,7 +41,8 @@ pub(crate) fn granular(request: &FhirRequest, scope: &Scope) -> Result<Granular,
         return Ok(Granular::default());
     };
     let restriction = parse_form(query).map_err(|_| DenyReason::GranularScopeUnsupported)?;
-    match request.interaction() {
+    // A declared search or instance-read operation is narrowed and checked as that.
+    match request.acts_as() {
         Interaction::SearchType | Interaction::SearchCompartment
             if !reaches_other_types(request) =>
         {

@@ -32,6 +32,7 @@ import { FhirRouter } from '@medplum/fhir-router';
 
 import { buildCapabilityStatement } from './capability.mjs';
 import { parametersToPairs, patientEverythingHandler } from './everything.mjs';
+import { documentHandler, lastnHandler, metaHandler } from './operations.mjs';
 import {
   FORM_TYPE,
   HttpError,
@@ -153,6 +154,9 @@ const router = new FhirRouter();
 const repo = new TestbedRepository();
 router.add('GET', 'Patient/:id/$everything', patientEverythingHandler(repo), 'operation');
 router.add('POST', 'Patient/:id/$everything', patientEverythingHandler(repo), 'operation');
+router.add('GET', ':resourceType/:id/$meta', metaHandler(repo), 'operation');
+router.add('GET', 'Observation/$lastn', lastnHandler(repo), 'operation');
+router.add('GET', 'Composition/:id/$document', documentHandler(repo), 'operation');
 const requestConfig = { transactions: true };
 const medplumVersion = JSON.parse(readFileSync(new URL('./package.json', import.meta.url), 'utf8')).dependencies[
   '@medplum/fhir-router'
@@ -258,7 +262,8 @@ async function handleFhir(req, res, method, rel, url) {
     }
     throw new HttpError(404, 'not-found', `Unknown resource type: ${type}`);
   }
-  if (second !== undefined && !FHIR_ID.test(second) && !(method === 'POST' && second === '_search')) {
+  const operation = second?.startsWith('$') && router.find(method, segments.join('/'));
+  if (second !== undefined && !FHIR_ID.test(second) && !(method === 'POST' && second === '_search') && !operation) {
     if (/^[_$]/.test(second)) {
       throw new HttpError(400, 'not-supported', `Interaction not supported: ${method} ${type}/${second}`);
     }

@@ -24,7 +24,7 @@ pub use self::auth::{
     ClaimNames, IntrospectionConfig, IssuerConfig, SmartConfig, TokenExchangeConfig,
 };
 pub use self::backend::{BackendConfig, RouteConfig, UpstreamConfig};
-pub use self::policy::{ConsentConfig, FilteredEntries, PolicyConfig};
+pub use self::policy::{ConsentConfig, FilteredEntries, OperationConfig, PolicyConfig};
 pub use self::server::{
     CitizenConfig, LimitsConfig, LogConfig, LogFormat, PagingConfig, RateLimitConfig, RateLimitKey,
     ServerConfig, TlsConfig,
@@ -79,6 +79,9 @@ pub struct Config {
     /// Signed paging links.
     #[serde(default)]
     pub paging: PagingConfig,
+    /// Operations declared by the operator, tried before the built-in ones.
+    #[serde(default, rename = "operation")]
+    pub operations: Vec<OperationConfig>,
 }
 
 /// A configuration problem, naming the field it is about.

@@ -46,3 +46,21 @@ pub enum FilteredEntries {
     /// Refuse the answer.
     Deny,
 }
+
+/// `[[operation]]`: an operation the gateway lets through besides (or instead of) the ones it
+/// declares itself (README "Operations"). Rows are tried in order, before the built-in ones.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperationConfig {
+    /// The name without the `$`, e.g. `match`.
+    pub name: String,
+    /// The resource types it is invoked on; none: any type (or the system level).
+    #[serde(default)]
+    pub resource_types: Vec<String>,
+    /// `system`, `type` and/or `instance`.
+    pub levels: Vec<String>,
+    /// What it is: `reference` (answers with nobody's data; granted by reading its type),
+    /// `search` (a search of its one type, pinned and checked as one), `instance` (a read of
+    /// the instance it is invoked on), or `refused`.
+    pub kind: String,
+}

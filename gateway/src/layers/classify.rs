@@ -10,6 +10,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, header};
 use http_body_util::BodyExt as _;
+use portvagt_policy::operations::Operations;
 use portvagt_policy::request::operation_parameters;
 use portvagt_policy::{ClassifyError, FhirRequest, Interaction, classify, parse_form};
 use tower::{Layer, Service};
@@ -29,14 +30,24 @@ static IF_NONE_EXIST: HeaderName = HeaderName::from_static("if-none-exist");
 pub struct ClassifyLayer {
     routes: SharedRoutes,
     pager: Arc<Pager>,
+    operations: Option<Arc<Operations>>,
 }
 
 impl ClassifyLayer {
     /// FHIR lives below each route's base (e.g. `/fhir` and `/fhir/regionh`); a request
     /// belongs to the longest that contains it. A paging link (`<base>/_page/<token>`) opened
-    /// with `pager` is classified as the request it continues.
-    pub fn new(routes: SharedRoutes, pager: Arc<Pager>) -> Self {
-        Self { routes, pager }
+    /// with `pager` is classified as the request it continues. `operations`, when the operator
+    /// declared any, say what each operation is instead of the built-in table.
+    pub fn new(
+        routes: SharedRoutes,
+        pager: Arc<Pager>,
+        operations: Option<Arc<Operations>>,
+    ) -> Self {
+        Self {
+            routes,
+            pager,
+            operations,
+        }
     }
 }
 
@@ -47,6 +58,7 @@ impl<S> Layer<S> for ClassifyLayer {
             inner,
             routes: self.routes.clone(),
             pager: self.pager.clone(),
+            operations: self.operations.clone(),
         }
     }
 }
@@ -57,6 +69,7 @@ pub struct Classify<S> {
     inner: S,
     routes: SharedRoutes,
     pager: Arc<Pager>,
+    operations: Option<Arc<Operations>>,
 }
 
 /// A paging link followed: opened for the caller (only with `GET` or `HEAD`), and the request
@@ -164,6 +177,7 @@ where
             Err(error) => return Box::pin(std::future::ready(Err(error))),
         };
         let mut inner = take_ready(&mut self.inner);
+        let operations = self.operations.clone();
         Box::pin(async move {
             let (mut parts, body) = request.into_parts();
             let mut forwarded = FhirPath {
@@ -244,6 +258,10 @@ where
             } else {
                 body
             };
+            // The operator's operations decide what an operation is, in a batch entry too.
+            if let Some(operations) = &operations {
+                fhir.apply_operations(operations);
+            }
             let mut request = Request::from_parts(parts, body);
             let fhir = Arc::new(fhir);
             record(&request, |fields| {

@@ -186,15 +186,16 @@ impl Proxy {
         self.respond(exchange, response).await
     }
 
-    /// Reads the target of a patient-context update, patch or delete before it is written: it
-    /// must be the patient's (or not exist), and the write is bound to the version read with
-    /// `If-Match`, so it cannot have changed hands in between.
+    /// Reads the target of a patient-context update, patch or delete (or of an operation on
+    /// an instance) before it is sent: it must be the patient's (or not exist), and a write
+    /// (whose `headers` are given) is bound to the version read with `If-Match`, so it cannot
+    /// have changed hands in between.
     async fn verify_target(
         &self,
         upstream: &Upstream,
         relative: &str,
         patient: &str,
-        headers: &mut http::HeaderMap,
+        headers: Option<&mut http::HeaderMap>,
         record_handle: Option<&RequestRecord>,
     ) -> Result<(), BoxError> {
         let current = match upstream
@@ -213,7 +214,8 @@ impl Proxy {
         let version = current
             .pointer("/meta/versionId")
             .and_then(serde_json::Value::as_str);
-        if !headers.contains_key(header::IF_MATCH)
+        if let Some(headers) = headers
+            && !headers.contains_key(header::IF_MATCH)
             && let Some(value) =
                 version.and_then(|v| HeaderValue::try_from(format!("W/\"{v}\"")).ok())
         {

@@ -138,11 +138,17 @@ impl Proxy {
         if obligations.verify_target
             && let Some(patient) = &obligations.compartment
         {
+            // The instance itself (`Type/id`), also when an operation on it is what is sent;
+            // only a write is bound to the version read.
+            let instance = match (fhir.resource_type(), fhir.id()) {
+                (Some(resource_type), Some(id)) => format!("{resource_type}/{id}"),
+                _ => path.relative.clone(),
+            };
             self.verify_target(
                 &upstream,
-                &path.relative,
+                &instance,
                 patient,
-                &mut parts.headers,
+                fhir.interaction().is_write().then_some(&mut parts.headers),
                 record_handle.as_ref(),
             )
             .await?;

@@ -46,6 +46,11 @@ crls = {{ include "portvagt.crlPaths" . }}
 [[route]]
 {{- include "portvagt.tomlKeys" (dict "table" . "first" (list "path_prefix")) }}
 {{- end }}
+{{- range $cfg.operations }}
+
+[[operation]]
+{{- include "portvagt.tomlKeys" (dict "table" . "first" (list "name")) }}
+{{- end }}
 
 [backend]
 {{- include "portvagt.tlsTomlKeys" (dict "table" $cfg.backend "files" (get $tlsFiles "config.backend") "first" (list "url")) }}

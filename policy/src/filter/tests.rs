@@ -167,6 +167,30 @@ fn outcomes_and_empty_bundles_pass() {
 }
 
 #[test]
+fn a_parameters_passes_only_without_resources_inside() {
+    let meta = json!({ "resourceType": "Parameters", "parameter": [
+        { "name": "return", "valueMeta": { "versionId": "1", "tag": [{ "code": "x" }] } }
+    ]});
+    assert_eq!(
+        filter_response(meta.to_string().as_bytes(), "anne", FilterMode::Remove),
+        Filtered::Unchanged
+    );
+    for packed in [
+        json!({ "resourceType": "Parameters", "parameter": [
+            { "name": "return", "resource": observation("1", "bo") } ]}),
+        json!({ "resourceType": "Parameters", "parameter": [
+            { "name": "x", "part": [{ "name": "y", "resource": observation("1", "bo") }] } ]}),
+        json!({ "resourceType": "Parameters", "contained": [observation("1", "bo")] }),
+    ] {
+        assert_eq!(
+            filter_response(packed.to_string().as_bytes(), "anne", FilterMode::Remove),
+            Filtered::Forbidden,
+            "{packed}"
+        );
+    }
+}
+
+#[test]
 fn included_resources_outside_do_not_lower_total() {
     let body = json!({ "resourceType": "Bundle", "type": "searchset", "total": 1, "entry": [
         { "resource": observation("1", "anne"), "search": { "mode": "match" } },

@@ -14,6 +14,7 @@ pub use self::body::{BundleKind, PatchFormat, RequestBody, operation_parameters}
 pub(crate) use self::url::is_valid_id;
 pub use self::url::parse_form;
 use self::url::{check_params, parse_query, split_path};
+use crate::operations::{Kind, Operations};
 use crate::resource_type::ResourceType;
 
 /// A FHIR RESTful interaction (R4 §3.1.0.1).
@@ -127,6 +128,7 @@ pub struct FhirRequest {
     id: Option<String>,
     version: Option<String>,
     operation: Option<String>,
+    operation_kind: Option<Kind>,
     params: Vec<(String, String)>,
     path: String,
     if_none_exist: Option<Vec<(String, String)>>,
@@ -161,6 +163,29 @@ impl FhirRequest {
     /// The operation name without `$`, for operations.
     pub fn operation(&self) -> Option<&str> {
         self.operation.as_deref()
+    }
+    /// What the operation is, if it is a declared one ([`crate::operations`]; the built-in
+    /// table unless [`FhirRequest::apply_operations`] gave another).
+    pub fn operation_kind(&self) -> Option<Kind> {
+        self.operation_kind
+    }
+    /// The operations declared in `table` (the operator's rows ahead of the built-in ones)
+    /// decide what this request's operation is, and each batch entry's.
+    pub fn apply_operations(&mut self, table: &Operations) {
+        self.operation_kind = table.kind_of(self);
+        if let Some(RequestBody::Bundle { entries, .. }) = &mut self.body {
+            for entry in entries {
+                entry.apply_operations(table);
+            }
+        }
+    }
+    /// The interaction this request is decided as: its own, or for a declared operation that
+    /// is a search or an instance read, that ([`Kind::acts_as`]).
+    pub fn acts_as(&self) -> Interaction {
+        match self.operation_kind {
+            Some(kind) if self.interaction == Interaction::Operation => kind.acts_as(),
+            _ => self.interaction,
+        }
     }
     /// The decoded query parameters, in order (names keep their modifiers, e.g. `code:text`).
     pub fn params(&self) -> &[(String, String)] {
@@ -417,18 +442,21 @@ pub fn classify(
             return Err(ClassifyError::MalformedId);
         }
     }
-    Ok(FhirRequest {
+    let mut request = FhirRequest {
         interaction,
         resource_type,
         id: id.map(str::to_owned),
         version: version.map(str::to_owned),
         operation,
+        operation_kind: None,
         params,
         path: segments.join("/"),
         if_none_exist: None,
         compartment,
         body: None,
-    })
+    };
+    request.operation_kind = Operations::builtin().kind_of(&request);
+    Ok(request)
 }
 
 /// The compartments R4 defines (CompartmentDefinition resources).
