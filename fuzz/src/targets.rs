@@ -170,6 +170,7 @@ pub fn response_filter(data: &[u8]) {
     let check = ResponseCheck {
         compartment: Some("pat-anne"),
         restriction: &[],
+        instance_verified: data.first().is_some_and(|b| b & 1 == 1),
     };
     for mode in [FilterMode::Remove, FilterMode::Deny] {
         if let Filtered::Rewritten(bytes) = check_response(data, &check, mode) {

@@ -48,6 +48,9 @@ pub struct RecordFields {
     pub break_glass: Option<String>,
     /// The patients whose consent blocks the break-the-glass access set aside.
     pub break_glass_patients: Vec<String>,
+    /// For a followed paging link: the request it continues (`/fhir/Observation?code=x`),
+    /// which is what the audit record names instead of the link.
+    pub continues: Option<String>,
 }
 
 /// One entry of a batch or transaction, as it was answered.

@@ -10,7 +10,8 @@
 //!
 //! A token is `base64url(claims JSON) "." base64url(HMAC-SHA-256)`; the claims are not secret
 //! (they hold the backend's link, which says what the backend was asked) but cannot be
-//! changed. Who the client is enters as a digest ([`Pager::open`]'s `holder`).
+//! changed. Who the client is enters as a digest made with the key ([`Pager::open`]'s
+//! `holder`), so the claims do not tell who it is.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -23,12 +24,6 @@ use crate::config::{ConfigError, PagingConfig};
 
 /// The path segment below a FHIR base that paging links live under.
 pub const PAGE_SEGMENT: &str = "_page";
-
-/// Bundle link relations that page (R4 §2.36 Bundle.link; `prev` as some servers spell it).
-pub const PAGING_RELATIONS: [&str; 5] = ["first", "previous", "prev", "next", "last"];
-/// [`PAGING_RELATIONS`] and `self`: on a page reached by a paging link, `self` is a page too.
-pub const PAGING_RELATIONS_AND_SELF: [&str; 6] =
-    ["first", "previous", "prev", "next", "last", "self"];
 
 /// The shortest key accepted, in bytes.
 const MIN_KEY_BYTES: usize = 32;
@@ -69,6 +64,8 @@ pub struct PageFollow {
     pub origin: PageOrigin,
     /// The backend's link below its base (`/Observation?...`, `?_getpages=...`).
     pub link: String,
+    /// `DELETE` may be sent to it: a Bulk Data export's status link (cancelling the export).
+    pub cancellable: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -79,6 +76,8 @@ struct Claims {
     link: String,
     #[serde(rename = "e")]
     expires: u64,
+    #[serde(rename = "c", default, skip_serializing_if = "is_false")]
+    cancellable: bool,
 }
 
 /// Why a link is refused.
@@ -93,8 +92,10 @@ pub enum PageLinkError {
     /// Past its lifetime (410): repeat the search.
     #[error("this paging link has expired: repeat the search")]
     Expired,
-    /// Only `GET` (or `HEAD`) follows a link (405).
-    #[error("a paging link is followed with GET")]
+    /// Only `GET` (or `HEAD`) follows a link, and `DELETE` cancels an export (405).
+    #[error(
+        "a paging link is followed with GET (an export's status link is cancelled with DELETE)"
+    )]
     Method,
     /// A link is followed as it was given: parameters added to it would be ignored (400).
     #[error("a paging link is followed as it was given, without parameters")]
@@ -179,15 +180,33 @@ impl Pager {
     /// A token for the backend's `link` (below its base) continuing `origin`, good from now
     /// for the lifetime; none if it would be longer than a token is allowed to be.
     pub fn mint(&self, origin: &PageOrigin, link: &str) -> Option<String> {
-        self.mint_at(origin, link, unix_now())
+        self.mint_at(origin, link, false, unix_now())
+    }
+
+    /// [`Pager::mint`] for a link `DELETE` may be sent to (an export's status link).
+    pub fn mint_cancellable(&self, origin: &PageOrigin, link: &str) -> Option<String> {
+        self.mint_at(origin, link, true, unix_now())
     }
 
     /// [`Pager::mint`] at `now` (seconds since the epoch).
-    pub fn mint_at(&self, origin: &PageOrigin, link: &str, now: u64) -> Option<String> {
+    pub fn mint_at(
+        &self,
+        origin: &PageOrigin,
+        link: &str,
+        cancellable: bool,
+        now: u64,
+    ) -> Option<String> {
+        // Who holds it, as a digest only this key makes: the claims can be read by anyone who
+        // sees the link, and a plain digest of a token's subject could be reversed.
+        let origin = PageOrigin {
+            holder: self.keyed_holder(&origin.holder),
+            ..origin.clone()
+        };
         let claims = Claims {
-            origin: origin.clone(),
+            origin,
             link: link.to_owned(),
             expires: now.saturating_add(self.lifetime.as_secs()),
+            cancellable,
         };
         // Serialising plain strings and numbers cannot fail.
         let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap_or_default());
@@ -225,16 +244,27 @@ impl Pager {
             .ok()
             .and_then(|json| serde_json::from_slice(&json).ok())
             .ok_or(PageLinkError::Invalid)?;
-        if claims.origin.holder != holder || claims.origin.base != base {
+        if claims.origin.holder != self.keyed_holder(holder) || claims.origin.base != base {
             return Err(PageLinkError::NotYours);
         }
         if now >= claims.expires {
             return Err(PageLinkError::Expired);
         }
         Ok(PageFollow {
-            origin: claims.origin,
+            origin: PageOrigin {
+                holder: holder.to_owned(),
+                ..claims.origin
+            },
             link: claims.link,
+            cancellable: claims.cancellable,
         })
+    }
+
+    fn keyed_holder(&self, holder: &str) -> String {
+        let mut context = hmac::Context::with_key(&self.key);
+        context.update(b"portvagt paging holder v1\0");
+        context.update(holder.as_bytes());
+        URL_SAFE_NO_PAD.encode(&context.sign().as_ref()[..16])
     }
 
     fn tag(&self, payload: &[u8]) -> hmac::Tag {
@@ -286,7 +316,7 @@ mod tests {
 
     #[test]
     fn a_link_opens_for_its_holder_under_its_base_until_it_expires() {
-        let token = pager().mint_at(&origin(), LINK, 1_000).unwrap();
+        let token = pager().mint_at(&origin(), LINK, false, 1_000).unwrap();
         let opened = pager()
             .open_at(&token, "/fhir", "anne's app", 1_599)
             .unwrap();
@@ -307,8 +337,22 @@ mod tests {
     }
 
     #[test]
+    fn the_claims_do_not_tell_who_holds_the_link() {
+        let token = pager().mint_at(&origin(), LINK, false, 1_000).unwrap();
+        let payload = token.split_once('.').unwrap().0;
+        let claims = String::from_utf8(URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+        assert!(!claims.contains("anne"), "{claims}");
+        // Another key makes another digest of the same holder.
+        let other = Pager::new(&[8u8; 32], Duration::from_secs(600)).unwrap();
+        assert_ne!(
+            pager().keyed_holder("anne's app"),
+            other.keyed_holder("anne's app")
+        );
+    }
+
+    #[test]
     fn a_changed_or_foreign_link_is_refused() {
-        let token = pager().mint_at(&origin(), LINK, 1_000).unwrap();
+        let token = pager().mint_at(&origin(), LINK, false, 1_000).unwrap();
         let (payload, tag) = token.split_once('.').unwrap();
         // Each byte of the payload or the tag changed: refused.
         for at in 0..token.len() {
@@ -344,10 +388,10 @@ mod tests {
         }
         // Another key's link, garbage, and a huge token: refused.
         let other = Pager::new(&[8u8; 32], Duration::from_secs(600)).unwrap();
-        let theirs = other.mint_at(&origin(), LINK, 1_000).unwrap();
+        let theirs = other.mint_at(&origin(), LINK, false, 1_000).unwrap();
         // A backend link too long for a token makes none (the link is not handed out).
         assert_eq!(
-            pager().mint_at(&origin(), &"x".repeat(MAX_TOKEN_BYTES), 0),
+            pager().mint_at(&origin(), &"x".repeat(MAX_TOKEN_BYTES), false, 0),
             None
         );
         for token in [
@@ -366,7 +410,7 @@ mod tests {
     #[test]
     fn a_link_is_a_url_path_segment_as_it_is() {
         let token = pager()
-            .mint_at(&origin(), "/Observation?patient=a%2Fb&x=æ", 0)
+            .mint_at(&origin(), "/Observation?patient=a%2Fb&x=æ", false, 0)
             .unwrap();
         assert!(
             token

@@ -113,7 +113,7 @@ fn decide_inner(
             reason: DenyReason::CitizenListener,
         };
     }
-    let (resource_type, needed) = match requirement(request) {
+    let (resource_type, needed, system_only) = match requirement(request) {
         Requirement::Open => {
             return Decision::Allow {
                 granted_by: String::new(),
@@ -122,7 +122,8 @@ fn decide_inner(
         }
         Requirement::Bundle => return decide_bundle(subject, rules, request),
         Requirement::Refused(reason) => return Decision::Deny { reason },
-        Requirement::Scope(resource_type, needed) => (resource_type, needed),
+        Requirement::Scope(resource_type, needed) => (resource_type, needed, false),
+        Requirement::SystemScope(resource_type, needed) => (resource_type, needed, true),
     };
     let mut best = DenyReason::InsufficientScope;
     // User and system scopes first: when one grants the request, a patient-context scope beside
@@ -140,7 +141,9 @@ fn decide_inner(
                 .filter(|scope| scope.context() == ScopeContext::Patient),
         );
     for scope in by_breadth {
-        if !scope.covers(resource_type, needed) {
+        if !scope.covers(resource_type, needed)
+            || (system_only && scope.context() != ScopeContext::System)
+        {
             continue;
         }
         let audit_log = resource_type.is_some_and(|t| t.as_str() == "AuditEvent");
@@ -211,6 +214,8 @@ enum Requirement {
     Refused(DenyReason),
     /// A scope covering this type (`None`: only `*` scopes) with these permissions.
     Scope(Option<ResourceType>, Permissions),
+    /// The same, and only a `system/` scope (a backend service, not a user or a patient app).
+    SystemScope(Option<ResourceType>, Permissions),
 }
 
 /// What a scope must grant for the interaction. SMART v2: `c` create, `r` read/vread,
@@ -255,6 +260,17 @@ fn requirement(request: &FhirRequest) -> Requirement {
             Some(Kind::Reference | Kind::Instance) => P::READ,
             // A search by another name, granted as one.
             Some(Kind::Search) => P::SEARCH,
+            // Bulk Data: every patient's data of the types exported, for backend services. An
+            // export that hides references could not be audited patient by patient.
+            Some(Kind::Export) if crate::consent::hides_references(request) => {
+                return Requirement::Refused(DenyReason::ReferencesHidden);
+            }
+            Some(Kind::Export) => {
+                return Requirement::SystemScope(
+                    crate::operations::export_type(request),
+                    P::READ.union(P::SEARCH),
+                );
+            }
             Some(Kind::Everything | Kind::Refused) | None => {
                 return Requirement::Refused(DenyReason::UnsupportedInteraction);
             }

@@ -43,6 +43,9 @@ pub struct ResponseCheck<'a> {
     pub compartment: Option<&'a str>,
     /// Satisfy a granular scope's token restriction (`category=laboratory`, `code=sys|c`).
     pub restriction: &'a [(String, String)],
+    /// The instance an operation was invoked on was read and checked first (`$meta`): its
+    /// answer, a `Parameters` holding no resource and no reference, is about that instance.
+    pub instance_verified: bool,
 }
 
 impl ResponseCheck<'_> {
@@ -65,6 +68,7 @@ pub fn filter_response(body: &[u8], patient: &str, mode: FilterMode) -> Filtered
         &ResponseCheck {
             compartment: Some(patient),
             restriction: &[],
+            instance_verified: false,
         },
         mode,
     )
@@ -82,20 +86,26 @@ pub fn check_response(body: &[u8], check: &ResponseCheck<'_>, mode: FilterMode) 
         Some("OperationOutcome") if top.get("contained").is_none() => Filtered::Unchanged,
         // Nor does the Parameters an operation on an instance answers with (`$meta`), unless
         // a resource is packed inside it; the instance itself was read and checked first.
-        Some("Parameters") if !holds_resources(body) => Filtered::Unchanged,
+        Some("Parameters")
+            if check.instance_verified
+                && check.restriction.is_empty()
+                && !holds_resources(body) =>
+        {
+            Filtered::Unchanged
+        }
         Some(_) if check.accepts(&top) => Filtered::Unchanged,
         _ => Filtered::Forbidden,
     }
 }
 
-/// Whether a Parameters resource holds resources (`parameter[].resource`, at any depth of
-/// `part`, or `contained`): unreadable counts as holding them.
+/// Whether a Parameters resource holds resources or references (`parameter[].resource`, a
+/// `reference` at any depth of `part`, or `contained`): unreadable counts as holding them.
 fn holds_resources(body: &[u8]) -> bool {
     fn holds(value: &serde_json::Value) -> bool {
         match value {
-            serde_json::Value::Object(map) => map
-                .iter()
-                .any(|(key, item)| key == "resource" || key == "contained" || holds(item)),
+            serde_json::Value::Object(map) => map.iter().any(|(key, item)| {
+                key == "resource" || key == "contained" || key == "reference" || holds(item)
+            }),
             serde_json::Value::Array(items) => items.iter().any(holds),
             _ => false,
         }

@@ -52,6 +52,10 @@ pub enum Kind {
     Instance,
     /// `Patient/[id]/$everything`: the patient's whole compartment.
     Everything,
+    /// Bulk Data `$export` (system, `Patient`, `Group/[id]`): every resource of the types
+    /// asked for, of every patient (or the group's), for a backend service: only `system/`
+    /// scopes grant it, one that covers every type exported.
+    Export,
     /// Refused whatever the scopes (an operator's override of a built-in row).
     Refused,
 }
@@ -122,10 +126,30 @@ impl Operation {
             Kind::Instance if levels != [Level::Instance] => {
                 return Err("an instance read is at the instance level only".to_owned());
             }
-            Kind::Everything => {
-                return Err("$everything is the gateway's own".to_owned());
+            Kind::Everything | Kind::Export => {
+                return Err(format!("${name} is the gateway's own"));
+            }
+            // Reference data is nobody's: a row saying so of patients' records (or of any
+            // type) would let their data through unchecked.
+            Kind::Reference
+                if types.is_empty()
+                    || types.iter().any(|t| {
+                        t.as_str() == "Patient"
+                            || crate::compartment::is_compartment_type(t.as_str())
+                    }) =>
+            {
+                return Err(
+                    "reference data is of types that are nobody's record: name them, and no type in the patient compartment".to_owned(),
+                );
             }
             _ => {}
+        }
+        // The gateway's own operations may be refused, not redefined (a redefinition could
+        // take their checks away).
+        if kind != Kind::Refused && BUILTIN.rows.iter().any(|row| row.name == name) {
+            return Err(format!(
+                "${name} is declared by the gateway: an operator row may only refuse it"
+            ));
         }
         Ok(Self {
             name: name.to_owned(),
@@ -173,7 +197,7 @@ pub struct Operations {
 const TYPE_AND_INSTANCE: &[Level] = &[Level::Type, Level::Instance];
 
 static BUILTIN: LazyLock<Operations> = LazyLock::new(|| {
-    use Kind::{Everything, Instance, Reference, Search};
+    use Kind::{Everything, Export, Instance, Reference, Search};
     use Level::Type;
     let row = Operation::builtin;
     Operations {
@@ -204,6 +228,11 @@ static BUILTIN: LazyLock<Operations> = LazyLock::new(|| {
             row("docref", &["DocumentReference"], &[Type], Search),
             // Composition-document (R4 §3.3.1.4.8): the document a Composition heads.
             row("document", &["Composition"], &[Level::Instance], Instance),
+            // Bulk Data Access (SMART/HL7 IG v2): kick-off at the system level, for all
+            // patients, or for a Group's members.
+            row("export", &[], &[Level::System], Export),
+            row("export", &["Patient"], &[Type], Export),
+            row("export", &["Group"], &[Level::Instance], Export),
         ],
     }
 });
@@ -248,15 +277,37 @@ impl Operations {
     }
 }
 
-/// Whether a declared operation would write with these parameters: `$document` with
-/// `persist` anything but `false` stores the document it makes (R4 Composition-document).
-/// Operations declared as reading are refused when they would write.
+/// Whether a declared operation would do more than read with these parameters: `$document`
+/// with `persist` anything but `false` stores the document it makes (R4 Composition-document);
+/// `$validate` with `mode=delete` reports what refers to the instance. Refused.
 pub fn writes(request: &FhirRequest) -> bool {
-    request.operation() == Some("document")
-        && request
+    let any = |wanted: &str, test: &dyn Fn(&str) -> bool| {
+        request
             .params()
             .iter()
-            .any(|(name, value)| name.split(':').next() == Some("persist") && value != "false")
+            .any(|(name, value)| name.split(':').next() == Some(wanted) && test(value))
+    };
+    match request.operation() {
+        Some("document") => any("persist", &|value| value != "false"),
+        // `$validate?mode=delete` tells what refers to the instance (a delete conflict names
+        // it): another patient's record, through a resource that is nobody's.
+        Some("validate") => any("mode", &|value| value.trim() == "delete"),
+        _ => false,
+    }
+}
+
+/// The one resource type a Bulk Data `$export` is limited to (`_type` naming exactly one
+/// type, once), if it is; otherwise it exports every type (or several) and only a scope on
+/// every type covers it.
+pub fn export_type(request: &FhirRequest) -> Option<ResourceType> {
+    let mut types = request
+        .params()
+        .iter()
+        .filter(|(name, _)| name.split(':').next() == Some("_type"))
+        .flat_map(|(_, value)| value.split(','))
+        .map(str::trim);
+    let only = ResourceType::parse(types.next()?)?;
+    types.next().is_none().then_some(only)
 }
 
 #[cfg(test)]
@@ -297,6 +348,12 @@ mod tests {
         assert_eq!(kind("GET", "Composition/c-1/$document"), Some(Instance));
         assert_eq!(kind("GET", "Composition/$document"), None);
         assert_eq!(kind("GET", "Observation"), None);
+        assert_eq!(kind("GET", "$export"), Some(Export));
+        assert_eq!(kind("GET", "Patient/$export"), Some(Export));
+        assert_eq!(kind("GET", "Group/g-1/$export"), Some(Export));
+        assert_eq!(kind("GET", "Group/$export"), None);
+        assert_eq!(kind("GET", "Observation/$export"), None);
+        assert_eq!(kind("GET", "Patient/pat-anne/$export"), None);
     }
 
     #[test]
@@ -327,6 +384,7 @@ mod tests {
             ("x", &["Observation"], &[Level::Instance], Kind::Search),
             ("x", &["Observation"], &[Level::Type], Kind::Instance),
             ("x", &["Patient"], &[Level::Instance], Kind::Everything),
+            ("x", &[], &[Level::System], Kind::Export),
         ] {
             assert!(
                 Operation::new(name, types, levels, kind).is_err(),

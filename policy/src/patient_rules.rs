@@ -55,12 +55,21 @@ pub(crate) fn check(
     match request.acts_as() {
         Interaction::Capabilities => Ok(Obligations::default()),
         Interaction::Read | Interaction::Vread | Interaction::HistoryInstance => match type_name {
+            Some("Patient") if request.id() == Some(patient) && instance_operation => {
+                Ok(Obligations {
+                    verify_target: true,
+                    ..checked
+                })
+            }
             Some("Patient") if request.id() == Some(patient) => Ok(checked),
             Some("Patient") => Err(DenyReason::OutsideCompartment),
             Some(t) if is_compartment_type(t) && instance_operation => Ok(Obligations {
                 verify_target: true,
                 ..checked
             }),
+            // An operation on reference data answers with something that is neither the
+            // instance nor checkable as anybody's: not for a patient's app.
+            Some(_) if instance_operation => Err(DenyReason::OutsideCompartment),
             Some(t) if is_compartment_type(t) => Ok(checked),
             // Shared reference data: still checked, so nothing else rides along.
             Some(t) if is_shared_type(t) => Ok(checked),

@@ -477,6 +477,12 @@ fn owner(request: &FhirRequest) -> Option<Owner> {
         Interaction::Update | Interaction::Patch | Interaction::Delete => Some(Owner::Instance(
             format!("{}/{}", resource_type.as_str(), request.id()?),
         )),
+        // An operation on an instance (`$meta`, `$validate`, `$document`) answers with
+        // something else than the instance: whose it is must be read first, for consent and
+        // the audit record alike.
+        Interaction::Operation if request.acts_as() == Interaction::Read => Some(Owner::Instance(
+            format!("{}/{}", resource_type.as_str(), request.id()?),
+        )),
         Interaction::ConditionalUpdate
         | Interaction::ConditionalPatch
         | Interaction::ConditionalDelete => Some(Owner::Search {

@@ -339,7 +339,10 @@ impl Rule {
             && any_of(&self.organisations, caller.organisation)
             && (self.contexts.is_empty() || context.is_none_or(|c| self.contexts.contains(&c)))
             && self.types_match(request)
-            && (self.interactions.is_empty() || self.interactions.contains(&request.interaction()))
+            // A declared search or instance read (`$lastn`, `$meta`) is what it acts as too.
+            && (self.interactions.is_empty()
+                || self.interactions.contains(&request.interaction())
+                || self.interactions.contains(&request.acts_as()))
     }
 }
 

@@ -41,7 +41,12 @@ pub(crate) fn granular(request: &FhirRequest, scope: &Scope) -> Result<Granular,
         return Ok(Granular::default());
     };
     let restriction = parse_form(query).map_err(|_| DenyReason::GranularScopeUnsupported)?;
-    // A declared search or instance-read operation is narrowed and checked as that.
+    // A declared search is narrowed and checked as one. An operation on an instance answers
+    // with something else than the instance (`$meta`'s labels), which no restriction can be
+    // checked on: refused.
+    if request.interaction() == Interaction::Operation && request.acts_as() == Interaction::Read {
+        return Err(DenyReason::GranularScopeUnsupported);
+    }
     match request.acts_as() {
         Interaction::SearchType | Interaction::SearchCompartment
             if !reaches_other_types(request) =>

@@ -73,7 +73,25 @@ user/*.rs                   | - | GET    | Encounter/enc-1/Observation          
 user/*.rs                   | - | GET    | Basic/b1/Observation                  | invalid:unknown-path
 user/*.rs                   | - | GET    | Patient/pat-bo/$everything            | allow
 user/Patient.rs             | - | GET    | Patient/pat-bo/$everything            | deny:insufficient-scope
-user/*.cruds                | - | POST   | $export                               | deny:unsupported-interaction
+# --- Bulk Data $export: system scopes only, one covering every type exported ----------------
+system/*.rs                 | - | GET    | $export                               | allow
+system/*.rs                 | - | GET    | Patient/$export?_type=Observation,Condition | allow
+system/*.rs                 | - | GET    | Group/grp-1/$export                   | allow
+system/Observation.rs       | - | GET    | $export?_type=Observation             | allow
+system/Observation.rs       | - | GET    | Patient/$export?_type=Observation     | allow
+system/Observation.rs       | - | GET    | $export                               | deny:insufficient-scope
+system/Observation.rs       | - | GET    | $export?_type=Observation,Patient     | deny:insufficient-scope
+system/Observation.rs       | - | GET    | $export?_type=Observation&_type=Patient | deny:insufficient-scope
+system/Observation.rs system/Patient.rs | - | GET | $export?_type=Observation,Patient | deny:insufficient-scope
+system/*.r                  | - | GET    | $export                               | deny:insufficient-scope
+user/*.cruds                | - | GET    | $export                               | deny:insufficient-scope
+user/*.cruds                | - | GET    | Patient/$export                       | deny:insufficient-scope
+patient/*.rs                | pat-anne | GET | Patient/$export                    | deny:insufficient-scope
+patient/*.rs                | pat-anne | GET | Group/grp-1/$export                | deny:insufficient-scope
+system/*.rs                 | - | GET    | $export?_elements=id                  | deny:references-hidden
+system/*.rs                 | - | GET    | Observation/$export                   | deny:unsupported-interaction
+system/*.rs                 | - | GET    | Patient/pat-anne/$export              | deny:unsupported-interaction
+system/*.rs                 | citizen:- | GET | $export                            | deny:citizen-listener
 # --- declared operations: terminology, granted by reading its type ----------------------------
 user/ValueSet.rs            | - | GET    | ValueSet/$expand?url=http://x.dk/vs   | allow
 user/ValueSet.r             | - | POST   | ValueSet/vs-1/$expand                 | allow
@@ -98,11 +116,16 @@ user/Observation.s          | - | POST   | Observation/$validate                
 user/Observation.r          | - | POST   | Observation/obs-1/$validate           | allow
 patient/Observation.r       | pat-anne | POST | Observation/obs-bo-bp/$validate  | allow+verify
 user/*.cruds                | - | POST   | $validate                             | deny:unsupported-interaction
+user/*.cruds                | - | POST   | Practitioner/prac-1/$validate?mode=delete | deny:unsupported-interaction
+patient/*.rs                | pat-anne | POST | Patient/pat-anne/$validate?mode=delete | deny:unsupported-interaction
+patient/*.rs                | pat-anne | POST | Patient/pat-anne/$validate?mode=update | allow+verify
+patient/Observation.rs?category=laboratory | pat-anne | GET | Observation/obs-1/$meta | deny:granular-scope-unsupported
+user/Observation.rs?category=laboratory | - | GET | Observation/obs-1/$meta | deny:granular-scope-unsupported
 user/*.cruds                | - | GET    | Patient/pat-bo/$meta                  | allow
-patient/*.rs                | pat-anne | GET | Patient/pat-anne/$meta             | allow+check
+patient/*.rs                | pat-anne | GET | Patient/pat-anne/$meta             | allow+verify
 patient/*.rs                | pat-anne | GET | Patient/pat-bo/$meta               | deny:outside-compartment
 patient/*.rs                | pat-anne | GET | Observation/obs-bo-bp/$meta        | allow+verify
-patient/*.rs                | pat-anne | GET | Practitioner/prac-1/$meta          | allow+check
+patient/*.rs                | pat-anne | GET | Practitioner/prac-1/$meta          | deny:outside-compartment
 user/*.rs                   | - | GET    | Observation/$meta                     | deny:unsupported-interaction
 user/*.rs                   | - | GET    | $meta                                 | deny:unsupported-interaction
 user/Observation.s          | - | GET    | Observation/$lastn?patient=pat-bo&category=vital-signs | allow

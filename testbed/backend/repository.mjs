@@ -178,6 +178,11 @@ export class TestbedRepository extends MemoryRepository {
     };
   }
 
+  /** The resource types with at least one stored resource. */
+  storedTypes() {
+    return [...this.resources].filter(([, byId]) => byId.size).map(([type]) => type);
+  }
+
   // --- search ------------------------------------------------------------
 
   async search(searchRequest) {

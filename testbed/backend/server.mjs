@@ -32,6 +32,7 @@ import { FhirRouter } from '@medplum/fhir-router';
 
 import { buildCapabilityStatement } from './capability.mjs';
 import { parametersToPairs, patientEverythingHandler } from './everything.mjs';
+import { bulk, kickOff } from './bulk.mjs';
 import { documentHandler, lastnHandler, metaHandler } from './operations.mjs';
 import {
   FORM_TYPE,
@@ -252,6 +253,17 @@ async function handleFhir(req, res, method, rel, url) {
     throw new HttpError(400, 'invalid', 'Invalid path');
   }
   const [type, second] = segments;
+  const exportLevel =
+    segments.at(-1) === '$export' &&
+    (segments.length === 1 ||
+      (segments.length === 2 && type === 'Patient') ||
+      (segments.length === 3 && type === 'Group' && FHIR_ID.test(second)));
+  if (exportLevel && (method === 'GET' || method === 'POST')) {
+    return serialized(() => kickOff(repo, req, res, segments, url));
+  }
+  if (type === '_bulk') {
+    return bulk(repo, req, res, method, segments);
+  }
 
   if (method === 'GET' && segments.length === 1 && type === 'metadata') {
     return send(res, 200, capabilityJson);

@@ -43,6 +43,9 @@ pub enum ProxyError {
     /// `max_in_flight` requests are already under way to the backend.
     #[error("the backend has as many requests in flight as it may")]
     Saturated,
+    /// A Bulk Data export file held a line that is not a FHIR resource: it cannot be checked.
+    #[error("an export file held a line that is not a FHIR resource")]
+    UnreadableExport,
 }
 
 /// Whether `error` (or a cause of it) is a body over its limit.

@@ -7,8 +7,9 @@ use serde_json::Value;
 /// How a Bundle's paging links are handed out: the relations that page, and the public link
 /// made of what follows the backend base in one.
 pub struct Paging<'a> {
-    /// The link relations that page (`next`, `previous`, ...).
-    pub relations: &'a [&'a str],
+    /// Whether `self` is handed out as a paging link too (on a page reached by one); every
+    /// other relation always is, whatever its spelling.
+    pub sign_self: bool,
     /// The public URL for the part of a backend link below the backend base, if one can be
     /// made (else the link is dropped).
     pub link: &'a dyn Fn(&str) -> Option<String>,
@@ -17,7 +18,7 @@ pub struct Paging<'a> {
 impl std::fmt::Debug for Paging<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Paging")
-            .field("relations", &self.relations)
+            .field("sign_self", &self.sign_self)
             .finish_non_exhaustive()
     }
 }
@@ -56,9 +57,10 @@ impl UrlRewriter {
     }
 
     /// Rewrites the URLs of a Bundle in place; returns whether `value` was a Bundle. With
-    /// `paging`, a link whose relation is one of `paging`'s is replaced by what `paging` makes
-    /// of the part of it below the backend base, and dropped if it is not below the base (a
-    /// link the gateway cannot vouch for does not reach the client).
+    /// `paging`, every link but `self` (relations compared without case, RFC 8288; `self` too
+    /// when `paging` says so) is replaced by what `paging` makes of the part of it below the
+    /// backend base, and dropped if it is not below the base or none can be made (a link the
+    /// gateway cannot vouch for does not reach the client).
     pub fn rewrite_bundle(&self, value: &mut Value, paging: Option<&Paging<'_>>) -> bool {
         if value.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
             return false;
@@ -66,9 +68,11 @@ impl UrlRewriter {
         if let Some(links) = value.get_mut("link").and_then(Value::as_array_mut) {
             links.retain_mut(|link| {
                 let Some(paging) = paging.filter(|paging| {
-                    link.get("relation")
-                        .and_then(Value::as_str)
-                        .is_some_and(|relation| paging.relations.contains(&relation))
+                    paging.sign_self
+                        || !link
+                            .get("relation")
+                            .and_then(Value::as_str)
+                            .is_some_and(|relation| relation.eq_ignore_ascii_case("self"))
                 }) else {
                     self.rewrite_field(link, "url");
                     return true;
@@ -182,7 +186,7 @@ mod tests {
         });
         let link = |rest: &str| (!rest.contains("drop")).then(|| format!("signed<{rest}>"));
         let paging = Paging {
-            relations: &["next", "previous", "last"],
+            sign_self: false,
             link: &link,
         };
         assert!(rewriter().rewrite_bundle(&mut bundle, Some(&paging)));
@@ -192,6 +196,31 @@ mod tests {
                 { "relation": "self", "url": "https://fhir.example.dk/fhir/Observation?patient=1" },
                 { "relation": "next", "url": "signed<?_getpages=abc&_getpagesoffset=10>" },
                 { "relation": "previous", "url": "signed</Observation?patient=1&_offset=0>" }
+            ])
+        );
+        // Any other spelling or relation is signed too (or dropped); `self` when asked.
+        let mut bundle = json!({
+            "resourceType": "Bundle",
+            "link": [
+                { "relation": "SELF", "url": "http://10.0.0.5:8080/fhir/R4?_getpages=abc" },
+                { "relation": "Next", "url": "http://10.0.0.5:8080/fhir/R4?_getpages=abc&o=2" },
+                { "relation": "page-9", "url": "http://10.0.0.5:8080/fhir/R4?_getpages=abc&o=9" },
+                { "relation": "next", "url": "?_getpages=relative" },
+                { "url": "http://10.0.0.5:8080/fhir/R4?_getpages=abc&o=3" }
+            ]
+        });
+        let paging = Paging {
+            sign_self: true,
+            link: &link,
+        };
+        assert!(rewriter().rewrite_bundle(&mut bundle, Some(&paging)));
+        assert_eq!(
+            bundle["link"],
+            json!([
+                { "relation": "SELF", "url": "signed<?_getpages=abc>" },
+                { "relation": "Next", "url": "signed<?_getpages=abc&o=2>" },
+                { "relation": "page-9", "url": "signed<?_getpages=abc&o=9>" },
+                { "url": "signed<?_getpages=abc&o=3>" }
             ])
         );
     }

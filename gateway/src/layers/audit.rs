@@ -103,7 +103,7 @@ where
                     (rescued.outcome.status.as_u16(), Some(rescued.outcome.code))
                 }
             };
-            let (caller, fhir, answered, touched, entries, break_glass, recorded_reason) = {
+            let (caller, fhir, answered, touched, entries, break_glass, recorded_reason, continues) = {
                 let fields = record.fields();
                 (
                     fields.caller.clone(),
@@ -116,8 +116,11 @@ where
                         .clone()
                         .map(|reason| (reason, fields.break_glass_patients.clone())),
                     fields.reason,
+                    fields.continues.clone(),
                 )
             };
+            // A followed paging link is recorded as the search it continues.
+            let target = continues.unwrap_or(target);
             // A batch or transaction whose entries were answered: each entry is an access of
             // its own, in the logs of the patients it touched; the Bundle itself names nobody.
             let patients = if entries.is_empty() {

@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, header};
 use http_body_util::BodyExt as _;
-use portvagt_policy::operations::Operations;
+use portvagt_policy::operations::{Kind, Operations};
 use portvagt_policy::request::operation_parameters;
 use portvagt_policy::{ClassifyError, FhirRequest, Interaction, classify, parse_form};
 use tower::{Layer, Service};
@@ -72,15 +72,18 @@ pub struct Classify<S> {
     operations: Option<Arc<Operations>>,
 }
 
-/// A paging link followed: opened for the caller (only with `GET` or `HEAD`), and the request
-/// it continues classified as the client first made it.
+/// A paging link followed: opened for the caller (with `GET` or `HEAD`; `DELETE` only to
+/// cancel a Bulk Data export), and the request it continues classified as the client first
+/// made it.
 fn follow_page(
     pager: &Pager,
     request: &Request<Body>,
     base: &str,
     token: &str,
 ) -> Result<(FhirRequest, PageFollow), BoxError> {
-    if request.method() != http::Method::GET && request.method() != http::Method::HEAD {
+    let method = request.method();
+    let reads = method == http::Method::GET || method == http::Method::HEAD;
+    if !reads && method != http::Method::DELETE {
         return Err(PageLinkError::Method.into());
     }
     if request.uri().query().is_some_and(|q| !q.is_empty()) {
@@ -100,6 +103,11 @@ fn follow_page(
     } else {
         classify("GET", &origin.relative, origin.query.as_deref())?
     };
+    // `DELETE` cancels a Bulk Data export (its status link); nothing else is deleted this way.
+    let cancels = follow.cancellable && fhir.operation_kind() == Some(Kind::Export);
+    if !(reads || cancels) {
+        return Err(PageLinkError::Method.into());
+    }
     Ok((fhir, follow))
 }
 
@@ -189,8 +197,19 @@ where
                 },
                 form: None,
             };
+            // A followed link: what is sent is the backend's link, without any body, and what
+            // is recorded is the request it continues.
+            let continues = follow.as_ref().map(|follow| {
+                let origin = &follow.origin;
+                match &origin.query {
+                    Some(query) if !query.is_empty() => {
+                        format!("{}/{}?{query}", origin.base, origin.relative)
+                    }
+                    _ => format!("{}/{}", origin.base, origin.relative),
+                }
+            });
+            let followed = follow.is_some();
             if let Some(follow) = follow {
-                // What is sent is the backend's link; nothing else of the request is read.
                 parts.extensions.insert(follow);
             }
             let content_type = parts
@@ -198,7 +217,11 @@ where
                 .get(header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned);
-            let body = if is_post_search(&parts.method, &fhir) {
+            let body = if followed {
+                parts.headers.remove(header::CONTENT_LENGTH);
+                parts.headers.remove(header::CONTENT_TYPE);
+                empty()
+            } else if is_post_search(&parts.method, &fhir) {
                 forwarded.form = Some(
                     canonical_search_form(
                         &mut fhir,
@@ -268,6 +291,7 @@ where
                 fields.interaction = Some(fhir.interaction());
                 fields.resource_type = fhir.resource_type();
                 fields.request = Some(fhir.clone());
+                fields.continues = continues;
             });
             request.extensions_mut().insert(fhir);
             request.extensions_mut().insert(forwarded);

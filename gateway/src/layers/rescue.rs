@@ -178,6 +178,12 @@ fn backend_outcome(error: &ProxyError) -> Outcome {
             "backend-error",
             "the backend FHIR server failed to process the request",
         ),
+        ProxyError::UnreadableExport => Outcome::new(
+            StatusCode::BAD_GATEWAY,
+            "exception",
+            "export-unreadable",
+            "the backend's export file could not be read as FHIR resources",
+        ),
         ProxyError::MalformedBundle => Outcome::new(
             StatusCode::BAD_GATEWAY,
             "exception",

@@ -78,6 +78,41 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Prepares client request headers for the backend.
+/// Bulk Data `$export` (after [`sanitize_request`]): the kick-off's `Prefer: respond-async`
+/// passes when the client sent it (an export is asked for no other way), and a followed
+/// status or file link asks for what those answer, a JSON manifest or NDJSON, both of which
+/// the gateway reads and checks.
+pub fn for_export(headers: &mut HeaderMap, respond_async: bool, followed: bool) {
+    let prefer = HeaderName::from_static("prefer");
+    if respond_async {
+        let value = match headers.get(&prefer).and_then(|v| v.to_str().ok()) {
+            Some(kept) => format!("respond-async, {kept}"),
+            None => "respond-async".to_owned(),
+        };
+        if let Ok(value) = HeaderValue::try_from(value) {
+            headers.insert(prefer, value);
+        }
+    }
+    if followed {
+        headers.insert(
+            header::ACCEPT,
+            HeaderValue::from_static(
+                "application/fhir+ndjson, application/json;q=0.9, application/fhir+json;q=0.8",
+            ),
+        );
+    }
+}
+
+/// Whether the client's `Prefer` asks for asynchronous processing (`respond-async`).
+pub fn prefers_async(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(HeaderName::from_static("prefer"))
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim().eq_ignore_ascii_case("respond-async"))
+}
+
 pub fn sanitize_request(
     headers: &mut HeaderMap,
     forward_authorization: bool,

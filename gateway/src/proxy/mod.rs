@@ -8,6 +8,7 @@
 
 mod bundle;
 mod consent;
+mod export;
 pub mod headers;
 mod request;
 mod response;
@@ -31,7 +32,7 @@ use crate::context::{EntryRecord, RequestRecord};
 use crate::encoding::form_encode;
 use crate::layers::BoxFuture;
 use crate::metrics::Metrics;
-use crate::paging::{PAGE_SEGMENT, PAGING_RELATIONS, PAGING_RELATIONS_AND_SELF, PageOrigin, Pager};
+use crate::paging::{PAGE_SEGMENT, PageOrigin, Pager};
 use crate::routing::SharedRoutes;
 use crate::runtime::Runtime;
 use crate::smart::SmartDocuments;
@@ -112,6 +113,8 @@ pub(crate) fn response_check(obligations: &Obligations) -> Option<ResponseCheck<
         ResponseCheck {
             compartment: obligations.compartment.as_deref(),
             restriction: &obligations.restriction,
+            // The proxy reads the target first whenever the obligation says so.
+            instance_verified: obligations.verify_target,
         }
     })
 }
@@ -206,7 +209,10 @@ impl Proxy {
             Fetched::Found(current) => current,
             // Nothing is overwritten: an update creates (its body was checked), a patch or
             // delete gets the backend's own answer.
-            Fetched::Missing => return Ok(()),
+            Fetched::Missing if headers.is_some() => return Ok(()),
+            // An operation on an instance that is not there (or was deleted) is not sent: what
+            // it might still tell of a deleted resource is nobody's to check.
+            Fetched::Missing => return Err(crate::consent::NotFoundError.into()),
         };
         if membership(&current, patient) != Membership::Member {
             return Err(self.deny(DenyReason::OutsideCompartment, record_handle, None));
@@ -278,30 +284,43 @@ struct PageSigning<'a> {
     followed: bool,
 }
 
+impl PageSigning<'_> {
+    /// The gateway's signed link for the part of a backend link below the backend's base.
+    fn link(&self, rewriter: &UrlRewriter, rest: &str) -> Option<String> {
+        let token = self.pager.mint(self.origin, rest)?;
+        Some(format!("{}/{PAGE_SEGMENT}/{token}", rewriter.public_base()))
+    }
+
+    /// The signed link for a whole backend URL, if it is below the backend's base.
+    fn url(&self, rewriter: &UrlRewriter, url: &str) -> Option<String> {
+        self.link(rewriter, rewriter.below(url)?)
+    }
+
+    /// [`PageSigning::url`] for an export's status URL, which `DELETE` may be sent to.
+    fn cancellable_url(&self, rewriter: &UrlRewriter, url: &str) -> Option<String> {
+        let token = self
+            .pager
+            .mint_cancellable(self.origin, rewriter.below(url)?)?;
+        Some(format!("{}/{PAGE_SEGMENT}/{token}", rewriter.public_base()))
+    }
+}
+
 /// Rewrites the backend's URLs in a Bundle to the gateway's; with `paging`, its paging links
 /// become links the gateway signs for the caller, continuing the request it began with.
 fn rewrite_bundle(upstream: &Upstream, bytes: Bytes, paging: Option<PageSigning<'_>>) -> Bytes {
-    // Cheap check first: no backend URL in the body means nothing to rewrite.
+    // Cheap check first: no backend URL in the body means nothing to rewrite, unless links are
+    // signed, where a link in any other form must not reach the client as it is.
     let needle = upstream.backend.base_url().as_bytes();
-    if memchr::memmem::find(&bytes, needle).is_none() {
+    if paging.is_none() && memchr::memmem::find(&bytes, needle).is_none() {
         return bytes;
     }
     let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
         return bytes;
     };
-    let public = upstream.rewriter.public_base();
-    let link = |rest: &str| {
-        let signing = paging.as_ref()?;
-        let token = signing.pager.mint(signing.origin, rest)?;
-        Some(format!("{public}/{PAGE_SEGMENT}/{token}"))
-    };
+    let link = |rest: &str| paging.as_ref()?.link(&upstream.rewriter, rest);
     let signed = paging.as_ref().map(|signing| Paging {
         // A followed page's `self` is a page too: the backend's link to it, signed.
-        relations: if signing.followed {
-            &PAGING_RELATIONS_AND_SELF
-        } else {
-            &PAGING_RELATIONS
-        },
+        sign_self: signing.followed,
         link: &link,
     });
     if !upstream

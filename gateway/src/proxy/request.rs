@@ -10,6 +10,7 @@ use std::sync::Arc;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use http_body_util::BodyExt as _;
 use portvagt_policy::consent::{Duties, count_only, shape_refusal};
+use portvagt_policy::operations::Kind;
 use portvagt_policy::{Decision, FhirRequest, Interaction, Obligations, Reach};
 
 use super::bundle::{self, BatchPlan};
@@ -97,6 +98,19 @@ impl Proxy {
         let mut query = path.query;
         let mut form = path.form;
         let narrows = follow.is_none();
+        // A POST operation's parameters are in its body, where a narrowing appended to the URL
+        // might not be read: an operation that must be narrowed is sent with GET only.
+        if narrows
+            && !obligations.add_params.is_empty()
+            && fhir.interaction() == Interaction::Operation
+            && parts.method == Method::POST
+        {
+            return Err(self.deny(
+                portvagt_policy::DenyReason::OutsideCompartment,
+                record_handle.as_ref(),
+                None,
+            ));
+        }
         if narrows && !obligations.add_params.is_empty() {
             match &mut form {
                 Some(form) => *form = append_params(form, &obligations.add_params),
@@ -219,6 +233,7 @@ impl Proxy {
         }
         // The write changes the version that was read and checked, or nothing.
         if let Some(version) = &touched.owner_version
+            && fhir.interaction().is_write()
             && !parts.headers.contains_key(header::IF_MATCH)
             && let Ok(value) = HeaderValue::try_from(format!("W/\"{version}\""))
         {
@@ -270,12 +285,17 @@ impl Proxy {
                 .uri(&path.relative, query.as_deref().filter(|q| !q.is_empty()))?,
         };
         parts.version = Version::HTTP_11;
+        let export = fhir.operation_kind() == Some(Kind::Export);
+        let respond_async = export && headers::prefers_async(&parts.headers);
         headers::sanitize_request(
             &mut parts.headers,
             upstream.backend.forward_authorization,
             client_ip,
             self.public_host.as_ref(),
         );
+        if export {
+            headers::for_export(&mut parts.headers, respond_async, follow.is_some());
+        }
         let is_head = parts.method == Method::HEAD;
         if is_head && (response_check(&obligations).is_some() || consent.is_some() || self.audited)
         {

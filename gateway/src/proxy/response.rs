@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use portvagt_policy::compartment::{patients_in_answer, patients_in_body};
 use portvagt_policy::consent::{Refusals, answers_not_found, not_found_alike, withhold};
+use portvagt_policy::operations::Kind;
 use portvagt_policy::request::RequestBody;
 use portvagt_policy::{
     DenyReason, FhirRequest, FilterMode, Filtered, Interaction, Obligations, check_response,
@@ -18,6 +19,7 @@ use portvagt_policy::{
 
 use super::bundle::BatchPlan;
 use super::consent::overlaps;
+use super::export;
 use super::request::Exchange;
 use super::{PageSigning, Proxy, bundle, headers, record_entries, response_check, rewrite_bundle};
 use crate::backend::ProxyError;
@@ -88,9 +90,20 @@ impl Proxy {
     ) -> Result<Response<Body>, BoxError> {
         let status = response.status();
         let (mut parts, body) = response.into_parts();
+        let paging = exchange.page_origin.as_ref().map(|origin| PageSigning {
+            pager: &self.pager,
+            origin,
+            followed: exchange.followed,
+        });
+        // Bulk Data: the status, manifest and files reach only the client that asked for them.
+        let export = exchange.fhir.operation_kind() == Some(Kind::Export);
+        if let (true, Some(signing)) = (export, &paging) {
+            export::sign_status_location(&mut parts.headers, &exchange.upstream.rewriter, signing);
+        }
         clean_headers(&mut parts.headers, &exchange.upstream.rewriter);
         let duties = Duties::of(&exchange, status, is_json(&parts.headers), self.audited);
-        if duties.streams_through() {
+        // An export's manifest and files are always read: their URLs and resources must be seen.
+        if duties.streams_through() && !export {
             return Ok(Response::from_parts(parts, boxed(body)));
         }
         let Exchange {
@@ -105,12 +118,20 @@ impl Proxy {
             ..
         } = &exchange;
         let bytes = crate::backend::read_limited(body, self.max_response_bytes).await?;
-        let paging = exchange.page_origin.as_ref().map(|origin| PageSigning {
-            pager: &self.pager,
-            origin,
-            followed: exchange.followed,
-        });
-        let mut bytes = rewrite_bundle(upstream, bytes, paging);
+        // An export file's resources are checked, withheld and audited as a Bundle's entries.
+        // What says it is neither NDJSON nor JSON is read as NDJSON too (or refused): a file is
+        // never let through unread.
+        let ndjson = export
+            && status == StatusCode::OK
+            && (export::is_ndjson(&parts.headers) || !duties.is_json);
+        let mut bytes = if ndjson {
+            export::ndjson_as_bundle(&bytes)?
+        } else {
+            rewrite_bundle(upstream, bytes, paging)
+        };
+        if let (true, Some(signing)) = (export && !ndjson && status.is_success(), &paging) {
+            bytes = export::signed_manifest(bytes, &upstream.rewriter, signing);
+        }
         if duties.describes_security
             && let Some(rewritten) = self.smart.rewrite_capability_statement(&bytes)
         {
@@ -145,6 +166,11 @@ impl Proxy {
                 &bytes,
             );
         }
+        let bytes = if ndjson {
+            export::bundle_as_ndjson(&bytes)?
+        } else {
+            bytes
+        };
         parts
             .headers
             .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));

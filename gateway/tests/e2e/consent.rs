@@ -289,3 +289,38 @@ async fn breaking_the_glass_needs_a_reason_lifts_only_the_block_and_is_audited()
         Some(1.0)
     );
 }
+
+#[tokio::test]
+async fn an_operation_on_a_blocked_patients_resource_is_withheld_and_audited_like_a_read() {
+    let backend = backend_with_block().await;
+    let gateway = gateway(&backend);
+    let client = gateway.client();
+    let blocked = physician(&gateway, "NS363", "TREATMENT", "user/*.rs");
+    let colleague = physician(&gateway, "XY123", "TREATMENT", "user/*.rs");
+    // `$meta` answers with labels and versions, not the resource: the instance is read first,
+    // so the block holds as it does on a read of it, in the same words.
+    let read = client
+        .get("/fhir/Observation/obs-anne-bp", Some(&blocked))
+        .await
+        .unwrap();
+    let meta = client
+        .get("/fhir/Observation/obs-anne-bp/$meta", Some(&blocked))
+        .await
+        .unwrap();
+    assert_eq!(meta.status, read.status, "{}", meta.text());
+    assert_eq!(meta.status, 404, "{}", meta.text());
+    let allowed = client
+        .get("/fhir/Observation/obs-anne-bp/$meta", Some(&colleague))
+        .await
+        .unwrap();
+    assert_eq!(allowed.status, 200, "{}", allowed.text());
+    // The colleague's access is in Anne's log.
+    let request_id = allowed.headers["x-request-id"].to_str().unwrap();
+    let events = gateway.audit_events_for(request_id);
+    assert!(
+        serde_json::to_string(&events)
+            .unwrap()
+            .contains("Patient/pat-anne"),
+        "{events:#?}"
+    );
+}

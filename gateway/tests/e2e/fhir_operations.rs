@@ -199,8 +199,9 @@ levels = ["type"]
 kind = "refused"
 
 [[operation]]
-name = "meta"
-levels = ["instance"]
+name = "questionnaire"
+resource_types = ["Questionnaire"]
+levels = ["type"]
 kind = "reference"
 "#
         .to_owned(),
@@ -234,14 +235,22 @@ kind = "reference"
             .starts_with("200")
     );
 
-    // Redefined as reference data: a patient token reads Bo's meta unchecked, as the operator
-    // said it may (the operator's table is what is enforced).
-    let anne = anne(&gateway);
+    // An operation the operator declared reaches the backend (which does not know it: its
+    // own 4xx comes back), one nobody declared does not.
     let answer = client
-        .get("/fhir/Observation/obs-bo-bp/$meta", Some(&anne))
+        .get("/fhir/Questionnaire/$questionnaire", Some(&token))
         .await
         .unwrap();
-    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert!(
+        answer.status.is_client_error() && answer.status != 403,
+        "{}",
+        answer.text()
+    );
+    let answer = client
+        .get("/fhir/Questionnaire/$populate", Some(&token))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 403, "{}", answer.text());
 }
 
 #[test]
@@ -273,6 +282,18 @@ kind = "maybe"
 name = "z"
 levels = ["type"]
 kind = "search"
+
+[[operation]]
+name = "everything"
+resource_types = ["Patient"]
+levels = ["instance"]
+kind = "instance"
+
+[[operation]]
+name = "summary"
+resource_types = ["Observation"]
+levels = ["type"]
+kind = "reference"
 "#
         ),
     )
@@ -290,6 +311,8 @@ kind = "search"
         "operation[1].levels",
         "operation[2].kind",
         "operation[3]: a search is of one resource type",
+        "operation[4]: $everything",
+        "operation[5]: reference data",
     ] {
         assert!(stderr.contains(field), "{field} not named in: {stderr}");
     }

@@ -14,6 +14,7 @@ mod compartment;
 mod conformance;
 mod consent;
 mod demo;
+mod export;
 mod fhir_operations;
 mod load_smoke;
 mod operations;

@@ -162,6 +162,16 @@ async fn a_patient_token_pages_through_a_backend_whose_links_name_only_a_search_
         "{:#?}",
         events[0]
     );
+    // ... and its query is the search, not the link.
+    let query = events[0]["entity"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|entity| entity["query"].as_str())
+        .expect("the query entity");
+    let query = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, query).unwrap();
+    let query = String::from_utf8(query).unwrap();
+    assert!(query.starts_with("/fhir/Observation?_count=1"), "{query}");
 }
 
 #[tokio::test]

@@ -167,13 +167,32 @@ fn outcomes_and_empty_bundles_pass() {
 }
 
 #[test]
-fn a_parameters_passes_only_without_resources_inside() {
+fn a_parameters_passes_only_about_a_verified_instance_and_without_resources_inside() {
     let meta = json!({ "resourceType": "Parameters", "parameter": [
         { "name": "return", "valueMeta": { "versionId": "1", "tag": [{ "code": "x" }] } }
     ]});
+    let verified = ResponseCheck {
+        compartment: Some("anne"),
+        restriction: &[],
+        instance_verified: true,
+    };
+    assert_eq!(
+        check_response(meta.to_string().as_bytes(), &verified, FilterMode::Remove),
+        Filtered::Unchanged
+    );
+    // Not about an instance read first, or under a granular restriction: refused.
     assert_eq!(
         filter_response(meta.to_string().as_bytes(), "anne", FilterMode::Remove),
-        Filtered::Unchanged
+        Filtered::Forbidden
+    );
+    let restriction = [("category".to_owned(), "laboratory".to_owned())];
+    let restricted = ResponseCheck {
+        restriction: &restriction,
+        ..verified
+    };
+    assert_eq!(
+        check_response(meta.to_string().as_bytes(), &restricted, FilterMode::Remove),
+        Filtered::Forbidden
     );
     for packed in [
         json!({ "resourceType": "Parameters", "parameter": [
@@ -181,9 +200,11 @@ fn a_parameters_passes_only_without_resources_inside() {
         json!({ "resourceType": "Parameters", "parameter": [
             { "name": "x", "part": [{ "name": "y", "resource": observation("1", "bo") }] } ]}),
         json!({ "resourceType": "Parameters", "contained": [observation("1", "bo")] }),
+        json!({ "resourceType": "Parameters", "parameter": [
+            { "name": "x", "valueReference": { "reference": "Patient/bo" } } ]}),
     ] {
         assert_eq!(
-            filter_response(packed.to_string().as_bytes(), "anne", FilterMode::Remove),
+            check_response(packed.to_string().as_bytes(), &verified, FilterMode::Remove),
             Filtered::Forbidden,
             "{packed}"
         );
@@ -258,6 +279,7 @@ fn granular_restrictions_are_checked_on_every_resource() {
     let check = ResponseCheck {
         compartment: None,
         restriction: &restriction,
+        instance_verified: false,
     };
     let Filtered::Rewritten(bytes) = check_response(
         &bundle(vec![lab.clone(), vitals.clone(), bare]),
@@ -282,6 +304,7 @@ fn granular_restrictions_are_checked_on_every_resource() {
     let check = ResponseCheck {
         compartment: None,
         restriction: &code_only,
+        instance_verified: false,
     };
     assert_eq!(
         check_response(vitals.to_string().as_bytes(), &check, FilterMode::Remove),
@@ -292,6 +315,7 @@ fn granular_restrictions_are_checked_on_every_resource() {
     let check = ResponseCheck {
         compartment: None,
         restriction: &status,
+        instance_verified: false,
     };
     assert_eq!(
         check_response(condition.to_string().as_bytes(), &check, FilterMode::Remove),
