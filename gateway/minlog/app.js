@@ -225,12 +225,14 @@
     return `${settings.fhirBase}/AuditEvent?${params}`;
   }
 
-  // A next link names the gateway's public address; the page reads it on its own origin.
+  // A next link names the gateway's public address; the page reads it on its own origin. The
+  // gateway hands out its own signed paging links (`<base>/_page/<token>`).
   function sameOrigin(link) {
     try {
       const url = new URL(link, location.href);
       const path = url.pathname + url.search;
-      return path.startsWith(`${settings.fhirBase}/AuditEvent`) ? path : null;
+      const own = path.startsWith(`${settings.fhirBase}/AuditEvent`) || path.startsWith(`${settings.fhirBase}/_page/`);
+      return own ? path : null;
     } catch {
       return null;
     }
