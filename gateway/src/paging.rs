@@ -64,8 +64,29 @@ pub struct PageFollow {
     pub origin: PageOrigin,
     /// The backend's link below its base (`/Observation?...`, `?_getpages=...`).
     pub link: String,
-    /// `DELETE` may be sent to it: a Bulk Data export's status link (cancelling the export).
-    pub cancellable: bool,
+    /// What the link is to.
+    pub kind: LinkKind,
+}
+
+/// What a signed link is to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum LinkKind {
+    /// Another page of a searchset or history.
+    #[default]
+    #[serde(rename = "p")]
+    Page,
+    /// A Bulk Data export's status (polled; `DELETE` cancels the export).
+    #[serde(rename = "s")]
+    ExportStatus,
+    /// A Bulk Data export's file (NDJSON).
+    #[serde(rename = "f")]
+    ExportFile,
+}
+
+impl LinkKind {
+    fn is_page(&self) -> bool {
+        *self == LinkKind::Page
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -76,8 +97,8 @@ struct Claims {
     link: String,
     #[serde(rename = "e")]
     expires: u64,
-    #[serde(rename = "c", default, skip_serializing_if = "is_false")]
-    cancellable: bool,
+    #[serde(rename = "k", default, skip_serializing_if = "LinkKind::is_page")]
+    kind: LinkKind,
 }
 
 /// Why a link is refused.
@@ -119,6 +140,8 @@ impl PageLinkError {
 pub struct Pager {
     key: hmac::Key,
     lifetime: Duration,
+    /// How long an export's status and file links live (exports take long).
+    export_lifetime: Duration,
     /// The key came from a file (replicas can share it), not made at start.
     from_file: bool,
 }
@@ -127,6 +150,7 @@ impl std::fmt::Debug for Pager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pager")
             .field("lifetime", &self.lifetime)
+            .field("export_lifetime", &self.export_lifetime)
             .field("from_file", &self.from_file)
             .finish_non_exhaustive()
     }
@@ -144,6 +168,7 @@ impl Pager {
         Ok(Self {
             key: hmac::Key::new(hmac::HMAC_SHA256, key),
             lifetime,
+            export_lifetime: lifetime.max(crate::config::default_export_link_lifetime()),
             from_file: false,
         })
     }
@@ -151,24 +176,33 @@ impl Pager {
     /// The pager `[paging]` describes: the key from `key_file`, or a fresh random one.
     pub fn from_config(config: &PagingConfig) -> Result<Self, ConfigError> {
         let lifetime = config.link_lifetime;
-        if lifetime < Duration::from_secs(1) || lifetime > Duration::from_secs(24 * 3600) {
-            return Err(ConfigError::new(
-                "paging.link_lifetime",
-                "must be between 1 s and 24 h",
-            ));
+        for (field, value) in [
+            ("paging.link_lifetime", lifetime),
+            ("paging.export_link_lifetime", config.export_link_lifetime),
+        ] {
+            if value < Duration::from_secs(1) || value > Duration::from_secs(7 * 24 * 3600) {
+                return Err(ConfigError::new(field, "must be between 1 s and 7 days"));
+            }
         }
-        let Some(path) = &config.key_file else {
-            let mut key = [0u8; MIN_KEY_BYTES];
-            aws_lc_rs::rand::fill(&mut key)
-                .map_err(|_| ConfigError::new("paging", "no random key could be made"))?;
-            return Self::new(&key, lifetime).map_err(|e| ConfigError::new("paging", e));
+        let mut pager = match &config.key_file {
+            None => {
+                let mut key = [0u8; MIN_KEY_BYTES];
+                aws_lc_rs::rand::fill(&mut key)
+                    .map_err(|_| ConfigError::new("paging", "no random key could be made"))?;
+                Self::new(&key, lifetime).map_err(|e| ConfigError::new("paging", e))?
+            }
+            Some(path) => {
+                let field = "paging.key_file";
+                let bytes = std::fs::read(path).map_err(|e| {
+                    ConfigError::new(field, format!("cannot read {}: {e}", path.display()))
+                })?;
+                let mut pager = Self::new(&key_bytes(&bytes), lifetime)
+                    .map_err(|e| ConfigError::new(field, e))?;
+                pager.from_file = true;
+                pager
+            }
         };
-        let field = "paging.key_file";
-        let bytes = std::fs::read(path)
-            .map_err(|e| ConfigError::new(field, format!("cannot read {}: {e}", path.display())))?;
-        let key = key_bytes(&bytes);
-        let mut pager = Self::new(&key, lifetime).map_err(|e| ConfigError::new(field, e))?;
-        pager.from_file = true;
+        pager.export_lifetime = config.export_link_lifetime;
         Ok(pager)
     }
 
@@ -179,13 +213,8 @@ impl Pager {
 
     /// A token for the backend's `link` (below its base) continuing `origin`, good from now
     /// for the lifetime; none if it would be longer than a token is allowed to be.
-    pub fn mint(&self, origin: &PageOrigin, link: &str) -> Option<String> {
-        self.mint_at(origin, link, false, unix_now())
-    }
-
-    /// [`Pager::mint`] for a link `DELETE` may be sent to (an export's status link).
-    pub fn mint_cancellable(&self, origin: &PageOrigin, link: &str) -> Option<String> {
-        self.mint_at(origin, link, true, unix_now())
+    pub fn mint(&self, origin: &PageOrigin, link: &str, kind: LinkKind) -> Option<String> {
+        self.mint_at(origin, link, kind, unix_now())
     }
 
     /// [`Pager::mint`] at `now` (seconds since the epoch).
@@ -193,9 +222,13 @@ impl Pager {
         &self,
         origin: &PageOrigin,
         link: &str,
-        cancellable: bool,
+        kind: LinkKind,
         now: u64,
     ) -> Option<String> {
+        let lifetime = match kind {
+            LinkKind::Page => self.lifetime,
+            LinkKind::ExportStatus | LinkKind::ExportFile => self.export_lifetime,
+        };
         // Who holds it, as a digest only this key makes: the claims can be read by anyone who
         // sees the link, and a plain digest of a token's subject could be reversed.
         let origin = PageOrigin {
@@ -205,8 +238,8 @@ impl Pager {
         let claims = Claims {
             origin,
             link: link.to_owned(),
-            expires: now.saturating_add(self.lifetime.as_secs()),
-            cancellable,
+            expires: now.saturating_add(lifetime.as_secs()),
+            kind,
         };
         // Serialising plain strings and numbers cannot fail.
         let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap_or_default());
@@ -256,7 +289,7 @@ impl Pager {
                 ..claims.origin
             },
             link: claims.link,
-            cancellable: claims.cancellable,
+            kind: claims.kind,
         })
     }
 
@@ -316,7 +349,9 @@ mod tests {
 
     #[test]
     fn a_link_opens_for_its_holder_under_its_base_until_it_expires() {
-        let token = pager().mint_at(&origin(), LINK, false, 1_000).unwrap();
+        let token = pager()
+            .mint_at(&origin(), LINK, LinkKind::Page, 1_000)
+            .unwrap();
         let opened = pager()
             .open_at(&token, "/fhir", "anne's app", 1_599)
             .unwrap();
@@ -337,8 +372,23 @@ mod tests {
     }
 
     #[test]
+    fn an_export_link_says_what_it_is_to_and_lives_longer() {
+        let mut pager = pager();
+        pager.export_lifetime = Duration::from_secs(3_600);
+        for kind in [LinkKind::Page, LinkKind::ExportStatus, LinkKind::ExportFile] {
+            let token = pager.mint_at(&origin(), LINK, kind, 1_000).unwrap();
+            let opened = pager.open_at(&token, "/fhir", "anne's app", 1_599).unwrap();
+            assert_eq!(opened.kind, kind);
+            let later = pager.open_at(&token, "/fhir", "anne's app", 2_000);
+            assert_eq!(later.is_ok(), kind != LinkKind::Page, "{kind:?}");
+        }
+    }
+
+    #[test]
     fn the_claims_do_not_tell_who_holds_the_link() {
-        let token = pager().mint_at(&origin(), LINK, false, 1_000).unwrap();
+        let token = pager()
+            .mint_at(&origin(), LINK, LinkKind::Page, 1_000)
+            .unwrap();
         let payload = token.split_once('.').unwrap().0;
         let claims = String::from_utf8(URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
         assert!(!claims.contains("anne"), "{claims}");
@@ -352,7 +402,9 @@ mod tests {
 
     #[test]
     fn a_changed_or_foreign_link_is_refused() {
-        let token = pager().mint_at(&origin(), LINK, false, 1_000).unwrap();
+        let token = pager()
+            .mint_at(&origin(), LINK, LinkKind::Page, 1_000)
+            .unwrap();
         let (payload, tag) = token.split_once('.').unwrap();
         // Each byte of the payload or the tag changed: refused.
         for at in 0..token.len() {
@@ -388,10 +440,12 @@ mod tests {
         }
         // Another key's link, garbage, and a huge token: refused.
         let other = Pager::new(&[8u8; 32], Duration::from_secs(600)).unwrap();
-        let theirs = other.mint_at(&origin(), LINK, false, 1_000).unwrap();
+        let theirs = other
+            .mint_at(&origin(), LINK, LinkKind::Page, 1_000)
+            .unwrap();
         // A backend link too long for a token makes none (the link is not handed out).
         assert_eq!(
-            pager().mint_at(&origin(), &"x".repeat(MAX_TOKEN_BYTES), false, 0),
+            pager().mint_at(&origin(), &"x".repeat(MAX_TOKEN_BYTES), LinkKind::Page, 0),
             None
         );
         for token in [
@@ -410,7 +464,12 @@ mod tests {
     #[test]
     fn a_link_is_a_url_path_segment_as_it_is() {
         let token = pager()
-            .mint_at(&origin(), "/Observation?patient=a%2Fb&x=æ", false, 0)
+            .mint_at(
+                &origin(),
+                "/Observation?patient=a%2Fb&x=æ",
+                LinkKind::Page,
+                0,
+            )
             .unwrap();
         assert!(
             token
@@ -430,8 +489,8 @@ mod tests {
         assert_eq!(key_bytes(&[0xffu8; 33]), [0xffu8; 33]);
         assert!(Pager::new(&[1u8; 31], Duration::from_secs(1)).is_err());
         let short = PagingConfig {
-            key_file: None,
             link_lifetime: Duration::from_millis(10),
+            ..PagingConfig::default()
         };
         assert_eq!(
             Pager::from_config(&short).unwrap_err().field,
@@ -443,6 +502,7 @@ mod tests {
         let config = PagingConfig {
             key_file: Some(file.clone()),
             link_lifetime: Duration::from_secs(60),
+            ..PagingConfig::default()
         };
         assert_eq!(
             Pager::from_config(&config).unwrap_err().field,
@@ -452,7 +512,7 @@ mod tests {
         let pager = Pager::from_config(&config).unwrap();
         assert!(pager.shares_key());
         let twin = Pager::from_config(&config).unwrap();
-        let token = pager.mint(&origin(), LINK).unwrap();
+        let token = pager.mint(&origin(), LINK, LinkKind::Page).unwrap();
         assert!(twin.open(&token, "/fhir", "anne's app").is_ok());
         assert!(
             !Pager::from_config(&PagingConfig::default())

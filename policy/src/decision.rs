@@ -265,6 +265,11 @@ fn requirement(request: &FhirRequest) -> Requirement {
             Some(Kind::Export) if crate::consent::hides_references(request) => {
                 return Requirement::Refused(DenyReason::ReferencesHidden);
             }
+            // Only the kick-off parameters the IG defines, as spelled: one a server does not
+            // know might be ignored, and more exported than was decided on.
+            Some(Kind::Export) if !crate::operations::export_parameters_known(request) => {
+                return Requirement::Refused(DenyReason::UnsupportedInteraction);
+            }
             Some(Kind::Export) => {
                 return Requirement::SystemScope(
                     crate::operations::export_type(request),

@@ -303,11 +303,36 @@ pub fn export_type(request: &FhirRequest) -> Option<ResourceType> {
     let mut types = request
         .params()
         .iter()
-        .filter(|(name, _)| name.split(':').next() == Some("_type"))
+        .filter(|(name, _)| name == "_type")
         .flat_map(|(_, value)| value.split(','))
         .map(str::trim);
     let only = ResourceType::parse(types.next()?)?;
     types.next().is_none().then_some(only)
+}
+
+/// The Bulk Data kick-off parameters (IG v2) an export may carry; `includeAssociatedData`
+/// adds types of the server's choosing, so it is taken only where every type is exported.
+const EXPORT_PARAMETERS: &[&str] = &[
+    "_outputFormat",
+    "_since",
+    "_until",
+    "_type",
+    "_typeFilter",
+    "patient",
+    "organizeOutputBy",
+    "allowPartialManifests",
+    "includeAssociatedData",
+];
+
+/// Whether an export's parameters are ones it may carry, as spelled (no modifier: a server
+/// may ignore a parameter it does not know, and export more than was decided on), and
+/// `includeAssociatedData` only when no single type was asked for.
+pub fn export_parameters_known(request: &FhirRequest) -> bool {
+    let single_type = export_type(request).is_some();
+    request.params().iter().all(|(name, _)| {
+        EXPORT_PARAMETERS.contains(&name.as_str())
+            && !(single_type && name == "includeAssociatedData")
+    })
 }
 
 #[cfg(test)]

@@ -89,6 +89,12 @@ user/*.cruds                | - | GET    | Patient/$export                      
 patient/*.rs                | pat-anne | GET | Patient/$export                    | deny:insufficient-scope
 patient/*.rs                | pat-anne | GET | Group/grp-1/$export                | deny:insufficient-scope
 system/*.rs                 | - | GET    | $export?_elements=id                  | deny:references-hidden
+system/Observation.rs       | - | GET    | $export?_type:x=Observation           | deny:unsupported-interaction
+system/*.rs                 | - | GET    | $export?_type:x=Observation           | deny:unsupported-interaction
+system/Observation.rs       | - | GET    | $export?_type=Observation&includeAssociatedData=LatestProvenanceResources | deny:unsupported-interaction
+system/*.rs                 | - | GET    | $export?includeAssociatedData=LatestProvenanceResources | allow
+system/Observation.rs       | - | GET    | $export?_type=Observation&_typeFilter=Observation%3Fstatus%3Dfinal&_since=2026-01-01 | allow
+system/*.rs                 | - | GET    | $export?handling=lenient              | deny:unsupported-interaction
 system/*.rs                 | - | GET    | Observation/$export                   | deny:unsupported-interaction
 system/*.rs                 | - | GET    | Patient/pat-anne/$export              | deny:unsupported-interaction
 system/*.rs                 | citizen:- | GET | $export                            | deny:citizen-listener

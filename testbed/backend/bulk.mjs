@@ -3,8 +3,9 @@
 //
 // - kick-off: `GET|POST [base]/$export`, `[base]/Patient/$export`, `[base]/Group/[id]/$export`
 //   with `Prefer: respond-async` (else 400): `202` with `Content-Location` naming the job's
-//   status URL `[base]/_bulk/status/[job]`. `_type` limits the types; `_since` and
-//   `_typeFilter` are refused (400) rather than ignored.
+//   status URL `[base]/_bulk/status/[job]`. `_type` limits the types; every other parameter
+//   is ignored, as HAPI FHIR ignores what it does not know (the gateway must refuse what it
+//   cannot vouch for).
 // - status: the first poll answers `202` with `X-Progress` (so clients see one), later ones
 //   `200` with the manifest (`output[].url` = `[base]/_bulk/file/[job]/[Type].ndjson`,
 //   `requiresAccessToken: true`); `DELETE` cancels (`202`), an unknown job is `404`.
@@ -15,8 +16,6 @@
 // (`patientEverything`), the Group level only the Group's `member` Patients.
 
 import { randomUUID } from 'node:crypto';
-
-import { OperationOutcomeError, badRequest } from '@medplum/core';
 
 import { patientEverything } from './everything.mjs';
 import { MAX_PAGE_SIZE } from './repository.mjs';
@@ -30,11 +29,6 @@ export async function kickOff(repo, req, res, segments, url) {
   const prefer = String(req.headers.prefer ?? '');
   if (!prefer.split(',').some((p) => p.trim() === 'respond-async')) {
     throw new HttpError(400, 'invalid', '$export needs Prefer: respond-async');
-  }
-  for (const name of url.searchParams.keys()) {
-    if (name !== '_type' && name !== '_outputFormat') {
-      throw new OperationOutcomeError(badRequest(`Parameter not supported by $export: ${name}`));
-    }
   }
   const types = url.searchParams
     .getAll('_type')

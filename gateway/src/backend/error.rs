@@ -46,6 +46,9 @@ pub enum ProxyError {
     /// A Bulk Data export file held a line that is not a FHIR resource: it cannot be checked.
     #[error("an export file held a line that is not a FHIR resource")]
     UnreadableExport,
+    /// A Bulk Data export file is larger than `limits.max_response_bytes`.
+    #[error("the export file is larger than the gateway reads and checks")]
+    ExportFileTooLarge,
 }
 
 /// Whether `error` (or a cause of it) is a body over its limit.

@@ -161,3 +161,7 @@ pub(super) fn log_level() -> String {
 pub(super) fn link_lifetime() -> Duration {
     Duration::from_secs(30 * 60)
 }
+
+pub(super) fn export_link_lifetime() -> Duration {
+    Duration::from_secs(6 * 3600)
+}

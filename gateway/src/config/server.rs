@@ -49,9 +49,12 @@ pub struct PagingConfig {
     /// by the others. Without it each process makes its own key at start.
     #[serde(default)]
     pub key_file: Option<std::path::PathBuf>,
-    /// How long a link is good for after the answer that carried it (1 s to 24 h).
+    /// How long a link is good for after the answer that carried it (1 s to 7 days).
     #[serde(default = "defaults::link_lifetime", with = "humantime_serde")]
     pub link_lifetime: Duration,
+    /// How long a Bulk Data export's status and file links are good for (exports take long).
+    #[serde(default = "defaults::export_link_lifetime", with = "humantime_serde")]
+    pub export_link_lifetime: Duration,
 }
 
 impl Default for PagingConfig {
@@ -59,6 +62,7 @@ impl Default for PagingConfig {
         Self {
             key_file: None,
             link_lifetime: defaults::link_lifetime(),
+            export_link_lifetime: defaults::export_link_lifetime(),
         }
     }
 }

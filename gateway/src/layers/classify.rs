@@ -19,7 +19,7 @@ use super::{BoxFuture, take_ready};
 use crate::auth::Principal;
 use crate::body::{Body, BoxError, empty, full};
 use crate::context::record;
-use crate::paging::{PAGE_SEGMENT, PageFollow, PageLinkError, Pager};
+use crate::paging::{LinkKind, PAGE_SEGMENT, PageFollow, PageLinkError, Pager};
 use crate::routing::{FhirPath, SharedRoutes};
 
 /// `If-None-Exist` (FHIR R4 §3.1.0.8.1 conditional create).
@@ -104,7 +104,8 @@ fn follow_page(
         classify("GET", &origin.relative, origin.query.as_deref())?
     };
     // `DELETE` cancels a Bulk Data export (its status link); nothing else is deleted this way.
-    let cancels = follow.cancellable && fhir.operation_kind() == Some(Kind::Export);
+    let cancels =
+        follow.kind == LinkKind::ExportStatus && fhir.operation_kind() == Some(Kind::Export);
     if !(reads || cancels) {
         return Err(PageLinkError::Method.into());
     }

@@ -178,6 +178,13 @@ fn backend_outcome(error: &ProxyError) -> Outcome {
             "backend-error",
             "the backend FHIR server failed to process the request",
         ),
+        ProxyError::ExportFileTooLarge => Outcome::new(
+            StatusCode::BAD_GATEWAY,
+            "too-costly",
+            "export-file-too-large",
+            "the export file is larger than limits.max_response_bytes: have the backend split \
+             its export files below it (most servers have a maximum file size), or raise the limit",
+        ),
         ProxyError::UnreadableExport => Outcome::new(
             StatusCode::BAD_GATEWAY,
             "exception",

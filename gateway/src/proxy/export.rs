@@ -12,40 +12,44 @@ use serde_json::{Value, json};
 use super::PageSigning;
 use crate::backend::ProxyError;
 use crate::backend::rewrite::UrlRewriter;
+use crate::paging::LinkKind;
 
-/// `Content-Location` of a kick-off's `202`: the backend's status URL, as the gateway's signed
-/// link; a status URL not below the backend's base is removed (it could not be vouched for).
-pub(super) fn sign_status_location(
+/// The locations of an export's answers: the `Content-Location` of a kick-off's `202` (the
+/// backend's status URL) as the gateway's signed status link when `kick_off` signs it, and
+/// removed otherwise, as is every `Location` and `Link` of an export answer (a file's own
+/// location, a redirect to storage elsewhere: nothing the gateway could vouch for, nor a link
+/// `DELETE` could be sent to).
+pub(super) fn only_signed_locations(
     headers: &mut HeaderMap,
     rewriter: &UrlRewriter,
-    signing: &PageSigning<'_>,
+    kick_off: Option<&PageSigning<'_>>,
 ) {
-    let Some(location) = headers
-        .get(header::CONTENT_LOCATION)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return;
-    };
-    match signing
-        .cancellable_url(rewriter, location)
-        .and_then(|url| HeaderValue::try_from(url).ok())
-    {
-        Some(signed) => {
-            headers.insert(header::CONTENT_LOCATION, signed);
-        }
-        None => {
-            headers.remove(header::CONTENT_LOCATION);
-        }
+    let status = kick_off.and_then(|signing| {
+        let location = headers
+            .get(header::CONTENT_LOCATION)
+            .and_then(|v| v.to_str().ok())?;
+        let url = signing.url(rewriter, location, LinkKind::ExportStatus)?;
+        HeaderValue::try_from(url).ok()
+    });
+    for name in [header::CONTENT_LOCATION, header::LOCATION, header::LINK] {
+        headers.remove(name);
+    }
+    if let Some(status) = status {
+        headers.insert(header::CONTENT_LOCATION, status);
     }
 }
 
 /// A completed export's manifest with the URL of every `output`, `error` and `deleted` file as
-/// the gateway's signed link (a file not below the backend's base is left out), and `request`
-/// pointing at the gateway. Anything else is returned as it came.
+/// the gateway's signed link (a file not below the backend's base is left out, and with
+/// `only_type` an output of another type), `request` pointing at the gateway, and, under
+/// citizens' blocks (`consent`), no `count` (it would tell what they withheld). Anything that
+/// is not a manifest is returned as it came.
 pub(super) fn signed_manifest(
     bytes: Bytes,
     rewriter: &UrlRewriter,
     signing: &PageSigning<'_>,
+    only_type: Option<&str>,
+    consent: bool,
 ) -> Bytes {
     let Ok(mut manifest) = serde_json::from_slice::<Value>(&bytes) else {
         return bytes;
@@ -57,21 +61,31 @@ pub(super) fn signed_manifest(
         return bytes;
     }
     for list in ["output", "error", "deleted"] {
-        if let Some(files) = fields.get_mut(list).and_then(Value::as_array_mut) {
-            files.retain_mut(|file| {
-                let signed = file
-                    .get("url")
-                    .and_then(Value::as_str)
-                    .and_then(|url| signing.url(rewriter, url));
-                match signed {
-                    Some(url) => {
-                        file["url"] = Value::String(url);
-                        true
-                    }
-                    None => false,
+        let Some(files) = fields.get_mut(list).and_then(Value::as_array_mut) else {
+            continue;
+        };
+        files.retain_mut(|file| {
+            if list == "output"
+                && let Some(only) = only_type
+                && file.get("type").and_then(Value::as_str) != Some(only)
+            {
+                return false;
+            }
+            if consent && let Some(fields) = file.as_object_mut() {
+                fields.remove("count");
+            }
+            let signed = file
+                .get("url")
+                .and_then(Value::as_str)
+                .and_then(|url| signing.url(rewriter, url, LinkKind::ExportFile));
+            match signed {
+                Some(url) => {
+                    file["url"] = Value::String(url);
+                    true
                 }
-            });
-        }
+                None => false,
+            }
+        });
     }
     if let Some(request) = fields.get_mut("request") {
         *request = request
@@ -82,18 +96,9 @@ pub(super) fn signed_manifest(
     serde_json::to_vec(&manifest).map_or(bytes, Bytes::from)
 }
 
-/// Whether an answer is NDJSON (`application/fhir+ndjson`, `application/ndjson`).
-pub(super) fn is_ndjson(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| v.trim().to_ascii_lowercase().ends_with("ndjson"))
-}
-
 /// The resources of an NDJSON file as the entries of a `collection` Bundle (blank lines
-/// skipped).
-pub(super) fn ndjson_as_bundle(bytes: &[u8]) -> Result<Bytes, ProxyError> {
+/// skipped; with `only_type`, resources of other types left out).
+pub(super) fn ndjson_as_bundle(bytes: &[u8], only_type: Option<&str>) -> Result<Bytes, ProxyError> {
     let mut entries = Vec::new();
     for line in bytes.split(|b| *b == b'\n') {
         if line.iter().all(u8::is_ascii_whitespace) {
@@ -101,12 +106,11 @@ pub(super) fn ndjson_as_bundle(bytes: &[u8]) -> Result<Bytes, ProxyError> {
         }
         let resource: Value =
             serde_json::from_slice(line).map_err(|_| ProxyError::UnreadableExport)?;
-        if resource
-            .get("resourceType")
-            .and_then(Value::as_str)
-            .is_none()
-        {
+        let Some(resource_type) = resource.get("resourceType").and_then(Value::as_str) else {
             return Err(ProxyError::UnreadableExport);
+        };
+        if only_type.is_some_and(|only| only != resource_type) {
+            continue;
         }
         entries.push(json!({ "resource": resource }));
     }
@@ -141,7 +145,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::paging::{PageOrigin, Pager};
+    use crate::paging::{PageFollow, PageOrigin, Pager};
 
     fn rewriter() -> UrlRewriter {
         UrlRewriter::new("http://backend:8080/fhir/R4", "https://gw.example/fhir")
@@ -159,41 +163,48 @@ mod tests {
         let signing = PageSigning {
             pager: &pager,
             origin: &origin,
-            followed: false,
+            followed: None,
         };
         check(&signing, &pager);
     }
 
-    fn opened(pager: &Pager, url: &str) -> String {
+    fn opened(pager: &Pager, url: &str) -> PageFollow {
         let token = url
             .strip_prefix("https://gw.example/fhir/_page/")
             .unwrap_or_else(|| panic!("not a signed link: {url}"));
-        pager.open(token, "/fhir", "backend-service").unwrap().link
+        pager.open(token, "/fhir", "backend-service").unwrap()
     }
 
     #[test]
-    fn the_status_location_is_signed_or_removed() {
+    fn only_a_kick_offs_status_location_is_handed_out_signed() {
         with_signing(|signing, pager| {
-            let mut headers = HeaderMap::new();
-            headers.insert(
-                header::CONTENT_LOCATION,
-                HeaderValue::from_static("http://backend:8080/fhir/R4/_bulk/status/j1"),
-            );
-            sign_status_location(&mut headers, &rewriter(), signing);
-            let signed = headers[header::CONTENT_LOCATION].to_str().unwrap();
-            assert_eq!(opened(pager, signed), "/_bulk/status/j1");
-
-            headers.insert(
-                header::CONTENT_LOCATION,
-                HeaderValue::from_static("https://s3.example/bucket/j1"),
-            );
-            sign_status_location(&mut headers, &rewriter(), signing);
-            assert!(!headers.contains_key(header::CONTENT_LOCATION));
+            let headers = |location: &'static str| {
+                let mut headers = HeaderMap::new();
+                headers.insert(header::CONTENT_LOCATION, HeaderValue::from_static(location));
+                headers.insert(header::LOCATION, HeaderValue::from_static(location));
+                headers.insert(header::LINK, HeaderValue::from_static("<x>; rel=next"));
+                headers
+            };
+            let mut kick_off = headers("http://backend:8080/fhir/R4/_bulk/status/j1");
+            only_signed_locations(&mut kick_off, &rewriter(), Some(signing));
+            let status = opened(pager, kick_off[header::CONTENT_LOCATION].to_str().unwrap());
+            assert_eq!(status.link, "/_bulk/status/j1");
+            assert_eq!(status.kind, LinkKind::ExportStatus);
+            assert!(!kick_off.contains_key(header::LOCATION));
+            assert!(!kick_off.contains_key(header::LINK));
+            // Elsewhere than below the backend's base, or not a kick-off: removed.
+            let mut foreign = headers("https://s3.example/bucket/j1");
+            only_signed_locations(&mut foreign, &rewriter(), Some(signing));
+            let mut file = headers("http://backend:8080/fhir/R4/Binary/b1");
+            only_signed_locations(&mut file, &rewriter(), None);
+            for headers in [foreign, file] {
+                assert!(headers.is_empty(), "{headers:?}");
+            }
         });
     }
 
     #[test]
-    fn manifest_files_are_signed_and_foreign_ones_left_out() {
+    fn manifest_files_are_signed_and_foreign_or_other_types_left_out() {
         with_signing(|signing, pager| {
             let manifest = json!({
                 "transactionTime": "2026-12-03T10:00:00Z",
@@ -205,30 +216,33 @@ mod tests {
                 ],
                 "error": [{ "type": "OperationOutcome", "url": "http://backend:8080/fhir/R4/_bulk/file/j1/errors.ndjson" }]
             });
-            let signed: Value = serde_json::from_slice(&signed_manifest(
-                Bytes::from(manifest.to_string()),
-                &rewriter(),
-                signing,
-            ))
-            .unwrap();
-            assert_eq!(signed["output"].as_array().unwrap().len(), 1);
+            let signed = |only: Option<&str>, consent: bool| -> Value {
+                let bytes = Bytes::from(manifest.to_string());
+                serde_json::from_slice(&signed_manifest(bytes, &rewriter(), signing, only, consent))
+                    .unwrap()
+            };
+            let all = signed(None, false);
+            assert_eq!(all["output"].as_array().unwrap().len(), 1);
+            let file = opened(pager, all["output"][0]["url"].as_str().unwrap());
+            assert_eq!(file.link, "/_bulk/file/j1/Observation.ndjson");
+            assert_eq!(file.kind, LinkKind::ExportFile);
+            assert_eq!(all["output"][0]["count"], 9);
+            let errors = opened(pager, all["error"][0]["url"].as_str().unwrap());
+            assert_eq!(errors.link, "/_bulk/file/j1/errors.ndjson");
             assert_eq!(
-                opened(pager, signed["output"][0]["url"].as_str().unwrap()),
-                "/_bulk/file/j1/Observation.ndjson"
-            );
-            assert_eq!(
-                opened(pager, signed["error"][0]["url"].as_str().unwrap()),
-                "/_bulk/file/j1/errors.ndjson"
-            );
-            assert_eq!(
-                signed["request"],
+                all["request"],
                 "https://gw.example/fhir/$export?_type=Observation"
             );
-            assert!(!signed.to_string().contains("backend:8080"), "{signed}");
+            assert!(!all.to_string().contains("backend:8080"), "{all}");
+            // One type exported: another type's file is not handed out; under blocks no counts.
+            let only = signed(Some("Patient"), true);
+            assert!(only["output"].as_array().unwrap().is_empty(), "{only}");
+            let counted = signed(Some("Observation"), true);
+            assert!(counted["output"][0].get("count").is_none(), "{counted}");
             // A FHIR resource is no manifest.
             let outcome = Bytes::from_static(br#"{"resourceType":"OperationOutcome","output":[]}"#);
             assert_eq!(
-                signed_manifest(outcome.clone(), &rewriter(), signing),
+                signed_manifest(outcome.clone(), &rewriter(), signing, None, false),
                 outcome
             );
         });
@@ -237,7 +251,7 @@ mod tests {
     #[test]
     fn ndjson_goes_through_a_bundle_and_back() {
         let file = b"{\"resourceType\":\"Observation\",\"id\":\"1\"}\n\n{\"resourceType\":\"Patient\",\"id\":\"p\"}\n";
-        let bundle = ndjson_as_bundle(file).unwrap();
+        let bundle = ndjson_as_bundle(file, None).unwrap();
         let value: Value = serde_json::from_slice(&bundle).unwrap();
         assert_eq!(value["entry"].as_array().unwrap().len(), 2);
         assert_eq!(value["entry"][1]["resource"]["id"], "p");
@@ -246,18 +260,12 @@ mod tests {
             b"{\"resourceType\":\"Observation\",\"id\":\"1\"}\n{\"resourceType\":\"Patient\",\"id\":\"p\"}\n"
         );
         for bad in [&b"{\"id\":\"1\"}\n"[..], b"not json\n", b"[1]\n"] {
-            assert!(ndjson_as_bundle(bad).is_err());
+            assert!(ndjson_as_bundle(bad, None).is_err());
         }
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/fhir+ndjson; charset=utf-8"),
-        );
-        assert!(is_ndjson(&headers));
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        assert!(!is_ndjson(&headers));
+        // One type exported: a line of another type does not leave.
+        let only: Value =
+            serde_json::from_slice(&ndjson_as_bundle(file, Some("Patient")).unwrap()).unwrap();
+        assert_eq!(only["entry"].as_array().unwrap().len(), 1);
+        assert_eq!(only["entry"][0]["resource"]["resourceType"], "Patient");
     }
 }

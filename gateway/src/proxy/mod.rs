@@ -32,7 +32,7 @@ use crate::context::{EntryRecord, RequestRecord};
 use crate::encoding::form_encode;
 use crate::layers::BoxFuture;
 use crate::metrics::Metrics;
-use crate::paging::{PAGE_SEGMENT, PageOrigin, Pager};
+use crate::paging::{LinkKind, PAGE_SEGMENT, PageOrigin, Pager};
 use crate::routing::SharedRoutes;
 use crate::runtime::Runtime;
 use crate::smart::SmartDocuments;
@@ -281,27 +281,21 @@ fn record_entries(
 struct PageSigning<'a> {
     pager: &'a Pager,
     origin: &'a PageOrigin,
-    followed: bool,
+    /// The request followed a signed link of this kind.
+    followed: Option<LinkKind>,
 }
 
 impl PageSigning<'_> {
-    /// The gateway's signed link for the part of a backend link below the backend's base.
-    fn link(&self, rewriter: &UrlRewriter, rest: &str) -> Option<String> {
-        let token = self.pager.mint(self.origin, rest)?;
+    /// The gateway's signed link of `kind` for the part of a backend link below the backend's
+    /// base.
+    fn link(&self, rewriter: &UrlRewriter, rest: &str, kind: LinkKind) -> Option<String> {
+        let token = self.pager.mint(self.origin, rest, kind)?;
         Some(format!("{}/{PAGE_SEGMENT}/{token}", rewriter.public_base()))
     }
 
-    /// The signed link for a whole backend URL, if it is below the backend's base.
-    fn url(&self, rewriter: &UrlRewriter, url: &str) -> Option<String> {
-        self.link(rewriter, rewriter.below(url)?)
-    }
-
-    /// [`PageSigning::url`] for an export's status URL, which `DELETE` may be sent to.
-    fn cancellable_url(&self, rewriter: &UrlRewriter, url: &str) -> Option<String> {
-        let token = self
-            .pager
-            .mint_cancellable(self.origin, rewriter.below(url)?)?;
-        Some(format!("{}/{PAGE_SEGMENT}/{token}", rewriter.public_base()))
+    /// The signed link of `kind` for a whole backend URL, if it is below the backend's base.
+    fn url(&self, rewriter: &UrlRewriter, url: &str, kind: LinkKind) -> Option<String> {
+        self.link(rewriter, rewriter.below(url)?, kind)
     }
 }
 
@@ -317,10 +311,14 @@ fn rewrite_bundle(upstream: &Upstream, bytes: Bytes, paging: Option<PageSigning<
     let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
         return bytes;
     };
-    let link = |rest: &str| paging.as_ref()?.link(&upstream.rewriter, rest);
+    let link = |rest: &str| {
+        paging
+            .as_ref()?
+            .link(&upstream.rewriter, rest, LinkKind::Page)
+    };
     let signed = paging.as_ref().map(|signing| Paging {
         // A followed page's `self` is a page too: the backend's link to it, signed.
-        sign_self: signing.followed,
+        sign_self: signing.followed.is_some(),
         link: &link,
     });
     if !upstream

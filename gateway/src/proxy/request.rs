@@ -23,7 +23,7 @@ use crate::auth::Principal;
 use crate::body::{Body, BoxError, full};
 use crate::consent::{BREAK_GLASS_HEADER, caller_ids};
 use crate::context::{ClientAddr, RequestRecord};
-use crate::paging::{PageFollow, PageOrigin};
+use crate::paging::{LinkKind, PageFollow, PageOrigin};
 use crate::routing::FhirPath;
 
 /// What the request phase learned, for the exchange and the response phase.
@@ -42,8 +42,8 @@ pub(super) struct Exchange {
     pub(super) is_head: bool,
     /// The request the paging links in the answer continue, when they are signed.
     pub(super) page_origin: Option<PageOrigin>,
-    /// The request is a followed paging link.
-    pub(super) followed: bool,
+    /// The request followed a signed link of this kind.
+    pub(super) followed: Option<LinkKind>,
 }
 
 /// The request phase's outcome: the gateway answers itself (`Break`: a batch whose every entry
@@ -98,6 +98,18 @@ impl Proxy {
         let mut query = path.query;
         let mut form = path.form;
         let narrows = follow.is_none();
+        // A Bulk Data kick-off is a GET: a POST's parameters (in its body) could not be carried
+        // into the links that poll and download it.
+        if follow.is_none()
+            && fhir.operation_kind() == Some(Kind::Export)
+            && parts.method != Method::GET
+        {
+            return Err(self.deny(
+                portvagt_policy::DenyReason::UnsupportedInteraction,
+                record_handle.as_ref(),
+                None,
+            ));
+        }
         // A POST operation's parameters are in its body, where a narrowing appended to the URL
         // might not be read: an operation that must be narrowed is sent with GET only.
         if narrows
@@ -317,7 +329,7 @@ impl Proxy {
             batch,
             is_head,
             page_origin,
-            followed: follow.is_some(),
+            followed: follow.as_ref().map(|follow| follow.kind),
         };
         Ok(ControlFlow::Continue((exchange, outgoing)))
     }

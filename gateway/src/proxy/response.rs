@@ -27,6 +27,7 @@ use crate::backend::rewrite::UrlRewriter;
 use crate::body::{Body, BoxError, boxed, full};
 use crate::consent::{consent_refusal, not_found_outcome};
 use crate::metrics::status_class;
+use crate::paging::LinkKind;
 
 impl Proxy {
     /// Sends the request to the routed backend: timed, recorded, and a 5xx (or, under
@@ -97,8 +98,15 @@ impl Proxy {
         });
         // Bulk Data: the status, manifest and files reach only the client that asked for them.
         let export = exchange.fhir.operation_kind() == Some(Kind::Export);
-        if let (true, Some(signing)) = (export, &paging) {
-            export::sign_status_location(&mut parts.headers, &exchange.upstream.rewriter, signing);
+        if export {
+            let kick_off = paging
+                .as_ref()
+                .filter(|_| exchange.followed.is_none() && status == StatusCode::ACCEPTED);
+            export::only_signed_locations(
+                &mut parts.headers,
+                &exchange.upstream.rewriter,
+                kick_off,
+            );
         }
         clean_headers(&mut parts.headers, &exchange.upstream.rewriter);
         let duties = Duties::of(&exchange, status, is_json(&parts.headers), self.audited);
@@ -117,20 +125,34 @@ impl Proxy {
             batch,
             ..
         } = &exchange;
-        let bytes = crate::backend::read_limited(body, self.max_response_bytes).await?;
-        // An export file's resources are checked, withheld and audited as a Bundle's entries.
-        // What says it is neither NDJSON nor JSON is read as NDJSON too (or refused): a file is
-        // never let through unread.
-        let ndjson = export
-            && status == StatusCode::OK
-            && (export::is_ndjson(&parts.headers) || !duties.is_json);
+        // An export file's resources are checked, withheld and audited as a Bundle's entries,
+        // whatever its answer says it is: a file is never let through unread.
+        let file = export && exchange.followed == Some(LinkKind::ExportFile);
+        let bytes = match crate::backend::read_limited(body, self.max_response_bytes).await {
+            Err(ProxyError::ResponseTooLarge) if file => {
+                return Err(ProxyError::ExportFileTooLarge.into());
+            }
+            read => read?,
+        };
+        let ndjson = file && status.is_success();
+        let exported_type = portvagt_policy::operations::export_type(fhir);
+        let exported_type = exported_type.as_ref().map(|t| t.as_str());
         let mut bytes = if ndjson {
-            export::ndjson_as_bundle(&bytes)?
+            export::ndjson_as_bundle(&bytes, exported_type)?
         } else {
             rewrite_bundle(upstream, bytes, paging)
         };
-        if let (true, Some(signing)) = (export && !ndjson && status.is_success(), &paging) {
-            bytes = export::signed_manifest(bytes, &upstream.rewriter, signing);
+        if let (true, Some(signing)) = (
+            export && exchange.followed == Some(LinkKind::ExportStatus) && status.is_success(),
+            &paging,
+        ) {
+            bytes = export::signed_manifest(
+                bytes,
+                &upstream.rewriter,
+                signing,
+                exported_type,
+                consent.is_some(),
+            );
         }
         if duties.describes_security
             && let Some(rewritten) = self.smart.rewrite_capability_statement(&bytes)

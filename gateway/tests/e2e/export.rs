@@ -174,9 +174,76 @@ async fn only_a_system_scope_covering_what_is_exported_kicks_off() {
         let answer = kick_off(&gateway, path, &token).await;
         assert_eq!(answer.status, expected, "{scope} {path}: {}", answer.text());
     }
+    // A modifier the backend would not know (and ignore, exporting every type), an added
+    // type, and a POST kick-off whose body parameters no link could carry: refused.
+    let typed = service(&gateway, "registry", "system/Observation.rs");
+    for path in [
+        "/fhir/$export?_type:x=Observation",
+        "/fhir/$export?_type=Observation&includeAssociatedData=LatestProvenanceResources",
+        "/fhir/$export?_type=Observation&handling=lenient",
+    ] {
+        let answer = kick_off(&gateway, path, &typed).await;
+        assert_eq!(answer.status, 403, "{path}: {}", answer.text());
+    }
+    let mut post = request(
+        Method::POST,
+        "/fhir/$export?_type=Observation",
+        Some(&typed),
+        None,
+    );
+    post.headers_mut()
+        .insert("prefer", HeaderValue::from_static("respond-async"));
+    let answer = gateway.client().send(post).await.unwrap();
+    assert_eq!(answer.status, 403, "{}", answer.text());
+
     let patient = gateway.token(json!({
         "sub": "anne", "client_id": "min-sundhed", "patient": "pat-anne", "scope": "patient/*.rs",
     }));
     let answer = kick_off(&gateway, "/fhir/Patient/$export", &patient).await;
     assert_eq!(answer.status, 403, "{}", answer.text());
+}
+
+#[tokio::test]
+async fn an_exports_links_outlive_a_short_page_link_lifetime() {
+    let gateway = Gateway::start_with(crate::support::Options {
+        extra_config: "[paging]\nlink_lifetime = \"1s\"\n".to_owned(),
+        ..crate::support::Options::default()
+    });
+    let token = service(&gateway, "registry", "system/Observation.rs");
+    let answer = kick_off(&gateway, "/fhir/$export?_type=Observation", &token).await;
+    assert_eq!(answer.status, 202, "{}", answer.text());
+    let status = path_of(
+        &gateway,
+        answer.headers["content-location"].to_str().unwrap(),
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let mut manifest = None;
+    for _ in 0..5 {
+        let answer = get(&gateway, &status, &token, "application/json").await;
+        assert!(
+            answer.status == 200 || answer.status == 202,
+            "{}",
+            answer.text()
+        );
+        if answer.status == 200 {
+            manifest = Some(answer.json());
+            break;
+        }
+    }
+    let manifest = manifest.expect("a manifest");
+    // Only the type exported, and its file downloads.
+    let outputs = manifest["output"].as_array().unwrap();
+    assert!(
+        outputs.iter().all(|o| o["type"] == "Observation"),
+        "{manifest}"
+    );
+    let file = path_of(&gateway, outputs[0]["url"].as_str().unwrap());
+    let answer = get(&gateway, &file, &token, "application/fhir+ndjson").await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert!(
+        answer
+            .text()
+            .lines()
+            .all(|l| l.contains("\"resourceType\":\"Observation\""))
+    );
 }

@@ -145,6 +145,16 @@ pub fn operation_parameters(json: &[u8]) -> Result<Vec<(String, String)>, Classi
         let Some(name) = parameter.get("name").and_then(Value::as_str) else {
             return Err(ClassifyError::MalformedBody);
         };
+        // One `value[x]` (R4 Parameters): two could be read as either by different servers.
+        let values = parameter
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(key, _)| key.starts_with("value"))
+            .count();
+        if values > 1 {
+            return Err(ClassifyError::MalformedBody);
+        }
         let primitive = parameter
             .as_object()
             .into_iter()
