@@ -1,6 +1,6 @@
 # Portvagt: the two set-up commands are `make demo` and `make test` (see README.md).
 
-.PHONY: demo test backend fhir-examples chart browser bench build-packages test-packages deny-tool supply-chain advisories
+.PHONY: demo test backend fhir-examples chart browser bench compat build-packages test-packages deny-tool supply-chain advisories
 
 # Debian packages, installed only when missing. Building needs OpenSSL's headers (the openssl
 # crate verifies SAML signatures); the tests also run libxmlsec1's `xmlsec1` (an independent
@@ -36,6 +36,12 @@ fhir-examples:
 browser:
 	cargo build --locked -p portvagt
 	node testbed/browser/minlog.test.mjs
+
+# Portvagt in front of a second real FHIR server, the Helios FHIR Server: built once into
+# .cache/compat (long, so not part of `test`), seeded with the sample data, and the end-to-end
+# modules that make sense against any server run against it (compat/run.py).
+compat: test-packages backend
+	python3 compat/run.py
 
 # The Helm chart (helm/portvagt): lint, render with several values files, Kubernetes schemas,
 # checkov. Its Python tools are installed into helm/.venv on first use (pinned in

@@ -13,8 +13,12 @@ use http::Method;
 
 use crate::support::{Answer, Gateway, Options, backend_exchange, request};
 
-/// The reference backend paging with opaque links, started once per test process.
+/// The reference backend paging with opaque links, started once per test process (under
+/// `make compat`, the other FHIR server, paging its own way).
 fn opaque_backend() -> &'static str {
+    if let Some(other) = crate::support::other_backend() {
+        return other;
+    }
     static BACKEND: OnceLock<portvagt::demo::BackendProcess> = OnceLock::new();
     BACKEND
         .get_or_init(|| {
@@ -72,6 +76,17 @@ fn anne(gateway: &Gateway) -> String {
         "sub": "anne", "client_id": "min-sundhed", "patient": "pat-anne",
         "scope": "patient/Observation.rs",
     }))
+}
+
+/// Anne's search of her Observations, one per page: the path of the first page's next link.
+async fn annes_next(gateway: &Gateway, token: &str) -> String {
+    let first = gateway
+        .client()
+        .get("/fhir/Observation?_count=1", Some(token))
+        .await
+        .unwrap();
+    assert_eq!(first.status, 200, "{}", first.text());
+    path_of(gateway, &link(&first.json(), "next").expect("a next link"))
 }
 
 /// Follows `next` links from `first` until there is none, at most `limit` pages.
@@ -202,13 +217,7 @@ async fn the_backends_own_link_is_refused_to_a_patient_token_so_the_signed_one_i
 async fn a_link_changed_borrowed_or_posted_is_refused() {
     let gateway = gateway_with("");
     let token = anne(&gateway);
-    let first = gateway
-        .client()
-        .get("/fhir/Observation?_count=1", Some(&token))
-        .await
-        .unwrap();
-    assert_eq!(first.status, 200, "{}", first.text());
-    let next = path_of(&gateway, &link(&first.json(), "next").unwrap());
+    let next = annes_next(&gateway, &token).await;
 
     // One character changed anywhere in the token: not a link this gateway made.
     let (head, token_part) = next.rsplit_once('/').unwrap();
@@ -273,13 +282,7 @@ async fn a_link_changed_borrowed_or_posted_is_refused() {
 async fn a_link_past_its_lifetime_is_gone() {
     let gateway = gateway_with("[paging]\nlink_lifetime = \"1s\"\n");
     let token = anne(&gateway);
-    let first = gateway
-        .client()
-        .get("/fhir/Observation?_count=1", Some(&token))
-        .await
-        .unwrap();
-    assert_eq!(first.status, 200, "{}", first.text());
-    let next = path_of(&gateway, &link(&first.json(), "next").unwrap());
+    let next = annes_next(&gateway, &token).await;
     tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
     let answer = gateway.client().get(&next, Some(&token)).await.unwrap();
     assert_eq!(answer.status, 410, "{}", answer.text());
@@ -345,13 +348,7 @@ async fn a_key_file_keeps_links_good_across_restarts_and_replicas_and_none_does_
     let mut unkeyed = gateway_with("");
     for (gateway, survives) in [(&mut keyed, true), (&mut unkeyed, false)] {
         let token = anne(gateway);
-        let first = gateway
-            .client()
-            .get("/fhir/Observation?_count=1", Some(&token))
-            .await
-            .unwrap();
-        assert_eq!(first.status, 200, "{}", first.text());
-        let next = path_of(gateway, &link(&first.json(), "next").unwrap());
+        let next = annes_next(gateway, &token).await;
         // Another process with the same configuration, as another replica would be.
         gateway.restart();
         let answer = gateway.client().get(&next, Some(&token)).await.unwrap();

@@ -352,8 +352,9 @@ pub fn hides_references(request: &FhirRequest) -> bool {
 pub fn tests_unwithheld(request: &FhirRequest) -> bool {
     use crate::request::Interaction as I;
     let one = |request: &FhirRequest| {
+        // A declared search by another name (`$lastn`) too.
         let search = matches!(
-            request.interaction(),
+            request.acts_as(),
             I::SearchType | I::SearchSystem | I::SearchCompartment
         );
         let answers_of_nobody = request

@@ -25,8 +25,21 @@ use serde_json::{Value, json};
 pub const ISSUER: &str = "https://issuer.test.portvagt.invalid";
 pub const AUDIENCE: &str = "https://fhir.test.portvagt.invalid/fhir";
 
-/// The reference backend, started once per test process; it exits with the process.
+/// Another FHIR server to run against instead of the reference backend (`make compat`): its
+/// base URL, seeded with the testbed's sample data.
+pub fn other_backend() -> Option<&'static str> {
+    static OTHER: OnceLock<Option<String>> = OnceLock::new();
+    OTHER
+        .get_or_init(|| std::env::var("PORTVAGT_TEST_BACKEND").ok())
+        .as_deref()
+}
+
+/// The reference backend, started once per test process; it exits with the process. Under
+/// `make compat`, the other FHIR server instead.
 pub fn backend_url() -> &'static str {
+    if let Some(other) = other_backend() {
+        return other;
+    }
     static BACKEND: OnceLock<BackendProcess> = OnceLock::new();
     BACKEND
         .get_or_init(|| {
