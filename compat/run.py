@@ -81,13 +81,30 @@ def request(method: str, url: str, body: bytes | None = None) -> tuple[int, byte
         return error.code, error.read()
 
 
+DEFINITIONS = ROOT / "testbed" / "backend" / "node_modules" / "@medplum" / "definitions" / "dist" / "fhir" / "r4"
+
+
+def data_dir(workdir: Path) -> Path:
+    """The definitions Helios reads at start (its `--data-dir`): the official R4 search
+    parameters and the Patient CompartmentDefinition, as the testbed's FHIR definitions package
+    ships them. Without them Helios knows almost no search parameter and ignores the rest."""
+    data = workdir / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    (data / "search-parameters-r4.json").write_bytes((DEFINITIONS / "search-parameters.json").read_bytes())
+    compartment = json.loads((DEFINITIONS / "compartmentdefinition-patient.json").read_text())
+    bundle = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": compartment}]}
+    (data / "compartment-definitions-r4.json").write_text(json.dumps(bundle))
+    return data
+
+
 def start(workdir: Path) -> tuple[subprocess.Popen, str]:
+    data = data_dir(workdir)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = dict(os.environ, HFS_BASE_URL=base, HFS_UI_ENABLED="false", HFS_LOG_LEVEL="warn")
     log = open(workdir / "helios.log", "w")
     process = subprocess.Popen(
-        [str(HFS), "--port", str(port), "--database-url", ":memory:"],
+        [str(HFS), "--port", str(port), "--database-url", ":memory:", "--data-dir", str(data)],
         cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     for _ in range(120):

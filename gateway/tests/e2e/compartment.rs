@@ -83,6 +83,7 @@ async fn a_transaction_with_a_denied_entry_is_refused_whole() {
     let transaction = json!({ "resourceType": "Bundle", "type": "transaction", "entry": [
         { "request": { "method": "POST", "url": "Observation" },
           "resource": { "resourceType": "Observation", "status": "final", "code": { "text": marker },
+                        "identifier": [{ "system": crate::support::MARKER_SYSTEM, "value": marker }],
                         "subject": { "reference": "Patient/pat-anne" } } },
         { "request": { "method": "GET", "url": "Patient/pat-bo" } },
     ]});
@@ -98,9 +99,10 @@ async fn a_transaction_with_a_denied_entry_is_refused_whole() {
         .unwrap();
     assert_eq!(answer.status, 403, "{}", answer.text());
     assert_eq!(answer.detail_code(), "outside-compartment");
-    let (_, found) = crate::support::backend_get(&format!("Observation?code:text={marker}")).await;
+    let found = crate::support::marked("Observation", &marker).await;
     assert_eq!(
-        found["total"], 0,
+        found.len(),
+        0,
         "nothing of the refused transaction was written"
     );
 }

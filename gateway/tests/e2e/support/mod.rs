@@ -722,6 +722,27 @@ pub async fn backend_send(base: &str, method: Method, path: &str, body: Option<V
     backend_exchange(base, method, path, body.as_ref()).await.1
 }
 
+/// An identifier system the tests mark what they write with: a token search on `identifier`
+/// finds it on any FHIR server (`code:text` and `total` are not everywhere).
+pub const MARKER_SYSTEM: &str = "urn:portvagt:test-marker";
+
+/// The resources of `resource_type` carrying the test marker `marker`, straight from the
+/// shared backend (outcome entries a server adds to a searchset left out).
+pub async fn marked(resource_type: &str, marker: &str) -> Vec<Value> {
+    let (status, bundle) = backend_get(&format!(
+        "{resource_type}?identifier={MARKER_SYSTEM}%7C{marker}"
+    ))
+    .await;
+    assert_eq!(status, StatusCode::OK, "{bundle}");
+    bundle["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|entry| entry["resource"]["resourceType"] == resource_type)
+        .map(|entry| entry["resource"].clone())
+        .collect()
+}
+
 /// A plain-HTTP GET straight to the shared reference backend, for comparisons.
 pub async fn backend_get(path: &str) -> (StatusCode, Value) {
     backend_exchange(backend_url(), Method::GET, path, None).await
