@@ -7,7 +7,7 @@ use http::{Method, Request};
 use http_body_util::Full;
 use serde_json::{Value, json};
 
-use crate::support::{Answer, Client, Gateway, backend_get, request};
+use crate::support::{Answer, Client, Gateway, request};
 
 /// A request with an XML body (or none), asking for `accept`.
 fn xml_request(
