@@ -65,7 +65,7 @@ advisories: deny-tool
 
 # A complete local deployment: dev PKI, reference backend with sample data, gateway.
 demo: build-packages backend
-	cargo run --locked -p portvagt -- demo --dir demo
+	cargo run --locked -p portvagt -- demo --dir demo $(if $(PORT),--port $(PORT))
 
 # Everything CI checks: formatting, lints, unit, property, end-to-end and browser tests.
 test: test-packages backend fhir-examples chart supply-chain

@@ -157,8 +157,10 @@ fn init_logging(format: LogFormat, level: &str) -> tracing_appender::non_blockin
             64 * 1024,
             std::io::stdout(),
         ));
+    // Colour only for a terminal: log files and collectors get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_writer(writer);
     match format {
         LogFormat::Json => builder

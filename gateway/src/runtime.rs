@@ -168,6 +168,9 @@ impl Runtime {
         let pager = Pager::from_config(&config.paging)
             .map_err(|e| errors.push(e))
             .ok();
+        // The same problem found twice (the listeners share `[tls]`) is reported once.
+        let mut seen = std::collections::HashSet::new();
+        errors.retain(|error| seen.insert(error.to_string()));
         let (
             Some(tls),
             Some(mut verifier),

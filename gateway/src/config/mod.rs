@@ -135,9 +135,13 @@ impl Config {
     /// Parses config text. Unknown fields and wrong types are errors that name the field.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         toml::from_str(text).map_err(|e| {
-            let message = e.message().to_owned();
+            let mut message = e.message().to_owned();
             let field = match e.span() {
-                Some(span) => field_at(text, span.start),
+                Some(span) => {
+                    let (line, column) = line_and_column(text, span.start);
+                    message.push_str(&format!(" (line {line}, column {column})"));
+                    field_at(text, span.start)
+                }
                 None => "(file)".to_owned(),
             };
             ConfigError::new(field, message)
@@ -234,13 +238,36 @@ impl Config {
 
 /// Names the TOML key in effect at byte `offset`: the nearest `[table]` header above plus the
 /// key on the offending line, e.g. `limits.max_body_bytes`.
+/// The 1-based line and column (in characters) of byte `offset` in `text`.
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
 fn field_at(text: &str, offset: usize) -> String {
-    let before = &text[..offset.min(text.len())];
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
     let line_end = text[line_start..]
         .find('\n')
         .map_or(text.len(), |i| line_start + i);
     let line = text[line_start..line_end].trim();
+    // The error is in a table header itself (`[tlss]`, `[tls`): that table, not the one before.
+    if line.starts_with('[') {
+        return line
+            .trim_matches(|c| c == '[' || c == ']')
+            .trim()
+            .to_owned();
+    }
     let table = before[..line_start]
         .lines()
         .rev()
@@ -264,6 +291,26 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn a_syntax_error_names_its_table_and_line() {
+        let text = "[server]\nlisten = \"127.0.0.1:0\"\n\n[tls\ncert = \"a\"\n";
+        let error = Config::parse(text).unwrap_err();
+        assert_eq!(error.field, "tls", "{error}");
+        assert!(error.message.contains("line 4"), "{error}");
+        let text = "[server]\nlisten = \"127.0.0.1:0\"\n[tlss]\ncert = \"a\"\n";
+        let error = Config::parse(text).unwrap_err();
+        assert!(
+            error.field == "tlss" || error.to_string().contains("tlss"),
+            "{error}"
+        );
+        assert!(error.message.contains("line 3"), "{error}");
+        let text = "[server]\nlisten = \"127.0.0.1:0\"\nlisen = 1\n";
+        let error = Config::parse(text).unwrap_err();
+        assert_eq!(error.field, "server.lisen", "{error}");
+        assert!(error.message.contains("line 3, column 1"), "{error}");
+        assert_eq!(line_and_column("ab\nøc", 5), (2, 2));
+    }
 
     const MINIMAL: &str = r#"
 [server]

@@ -284,7 +284,8 @@ Portvagt demo is running. In another shell:
   {curl} "${{PORTVAGT_URL%/fhir}}/metrics" | grep portvagt_requests_total
   {curl} "$PORTVAGT_URL/.well-known/smart-configuration"
 
-Mint more tokens with `portvagt token --dir {dir} --sub ... --scope ...`. Ctrl-C stops everything.
+Mint more tokens with `cargo run -p portvagt -- token --dir {dir} --sub ... --scope ...`.
+Ctrl-C stops everything.
 "#,
         env = env.display(),
         dir = dir.display(),

@@ -17,10 +17,12 @@ fn env_value(env: &str, name: &str) -> String {
 #[tokio::test]
 async fn demo_runs_a_working_deployment_and_stops_on_ctrl_c() {
     let dir = tempfile::tempdir().unwrap();
+    // What it prints goes to a file, as when a newcomer keeps its output.
+    let printed = tempfile::NamedTempFile::new().unwrap();
     let mut demo = Command::new(env!("CARGO_BIN_EXE_portvagt"))
         .args(["demo", "--port", "0", "--dir"])
         .arg(dir.path())
-        .stdout(Stdio::null())
+        .stdout(printed.reopen().unwrap())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
@@ -294,6 +296,25 @@ async fn demo_runs_a_working_deployment_and_stops_on_ctrl_c() {
     }
     let status = exited.expect("the demo stops on Ctrl-C");
     assert!(status.success(), "{status:?}");
+    // What it printed to a file: no terminal colour codes, and every command runnable as
+    // printed from the checkout (no bare `portvagt`, which is not on the PATH).
+    let printed = std::fs::read_to_string(printed.path()).unwrap();
+    assert!(printed.contains("Portvagt demo is running"), "{printed}");
+    assert!(
+        !printed.contains('\u{1b}'),
+        "colour codes in a file: {printed}"
+    );
+    for line in printed.lines() {
+        let command = line.trim_start().trim_start_matches('`');
+        assert!(
+            !command.starts_with("portvagt "),
+            "not runnable as printed: {line}"
+        );
+        assert!(
+            !line.contains("with `portvagt "),
+            "not runnable as printed: {line}"
+        );
+    }
     assert!(
         client.get("/healthz", None).await.is_err(),
         "the gateway still answers after Ctrl-C"

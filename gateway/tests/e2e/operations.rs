@@ -284,6 +284,9 @@ algorithms = ["HS256"]
 
 [backend]
 url = "ftp://backend"
+
+[citizen]
+listen = "127.0.0.1:0"
 "#,
     )
     .unwrap();
@@ -298,6 +301,14 @@ url = "ftp://backend"
     for field in ["tls.cert", "issuer[0].algorithms", "backend.url"] {
         assert!(stderr.contains(field), "{field} not named in: {stderr}");
     }
+    // Both listeners read `[tls]`: each problem is still said once.
+    for line in stderr.lines() {
+        assert_eq!(
+            stderr.matches(line).count(),
+            1,
+            "said twice: {line}\n{stderr}"
+        );
+    }
 
     std::fs::write(&path, "[server]\nlisten = \"127.0.0.1:0\"\nlisen = 1\n").unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_portvagt"))
@@ -307,7 +318,9 @@ url = "ftp://backend"
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("server.lisen"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("server.lisen"), "{stderr}");
+    assert!(stderr.contains("line 3"), "{stderr}");
 }
 
 #[tokio::test]
