@@ -260,7 +260,7 @@ pub fn patient_reference_id(reference: &str) -> Option<&str> {
     let (rest, id) = reference.rsplit_once('/')?;
     let relative_or_absolute =
         rest == "Patient" || (rest.ends_with("/Patient") && rest.contains("://"));
-    (relative_or_absolute && crate::request::is_valid_id(id)).then_some(id)
+    (relative_or_absolute && crate::resource_type::is_valid_id(id)).then_some(id)
 }
 
 /// [`patients_in_answer`] read from the answer's bytes without building its tree: each

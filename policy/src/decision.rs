@@ -192,6 +192,11 @@ fn decide_inner(
             },
         });
         match verdict {
+            // A POST operation's parameters are in its body, where a narrowing appended to the
+            // URL might not be read: an operation that must be narrowed is sent with GET only.
+            Ok(obligations) if request.posted() && !obligations.add_params.is_empty() => {
+                best = DenyReason::OutsideCompartment;
+            }
             Ok(obligations) => {
                 let obligations = Obligations {
                     add_elements: crate::elements::widening(request),
@@ -245,7 +250,7 @@ fn requirement(request: &FhirRequest) -> Requirement {
         // A declared operation ([`crate::operations`]); any other is refused.
         Interaction::Operation => match request.operation_kind() {
             // Declared as reading, asked to write: refused.
-            Some(_) if crate::operations::writes(request) => {
+            Some(_) if crate::operations::writes(request.operation(), request.params()) => {
                 return Requirement::Refused(DenyReason::UnsupportedInteraction);
             }
             // $everything reads the whole compartment: only a scope on every type covers it.
@@ -262,17 +267,22 @@ fn requirement(request: &FhirRequest) -> Requirement {
             Some(Kind::Search) => P::SEARCH,
             // Bulk Data: every patient's data of the types exported, for backend services. An
             // export that hides references could not be audited patient by patient.
+            // A Bulk Data kick-off is a GET: a POST's parameters (in its body) could not be
+            // carried into the links that poll and download it.
+            Some(Kind::Export) if request.posted() => {
+                return Requirement::Refused(DenyReason::UnsupportedInteraction);
+            }
             Some(Kind::Export) if crate::consent::hides_references(request) => {
                 return Requirement::Refused(DenyReason::ReferencesHidden);
             }
             // Only the kick-off parameters the IG defines, as spelled: one a server does not
             // know might be ignored, and more exported than was decided on.
-            Some(Kind::Export) if !crate::operations::export_parameters_known(request) => {
+            Some(Kind::Export) if !crate::operations::export_parameters_known(request.params()) => {
                 return Requirement::Refused(DenyReason::UnsupportedInteraction);
             }
             Some(Kind::Export) => {
                 return Requirement::SystemScope(
-                    crate::operations::export_type(request),
+                    crate::operations::export_type(request.params()),
                     P::READ.union(P::SEARCH),
                 );
             }

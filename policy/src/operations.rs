@@ -6,12 +6,11 @@
 //!
 //! The table is R4's and SMART's ([`Operations::builtin`]); operators put rows ahead of it in
 //! the configuration (`[[operation]]`), to declare more operations or to refuse or redefine
-//! these. The first row that matches decides. [`crate::classify`] records the built-in kind of
-//! an operation; the gateway applies its own table with [`crate::FhirRequest::apply_operations`].
+//! these. The first row that matches decides. classification records the built-in kind of
+//! an operation; the gateway applies its own table with `FhirRequest::apply_operations`.
 
 use std::sync::LazyLock;
 
-use crate::request::{FhirRequest, Interaction};
 use crate::resource_type::ResourceType;
 
 /// Where an operation may be invoked.
@@ -69,16 +68,6 @@ impl Kind {
             "instance" => Some(Kind::Instance),
             "refused" => Some(Kind::Refused),
             _ => None,
-        }
-    }
-
-    /// The interaction the policy decides an operation of this kind as: a search of its type,
-    /// a read of its instance, or an operation.
-    pub fn acts_as(self) -> Interaction {
-        match self {
-            Kind::Search => Interaction::SearchType,
-            Kind::Instance => Interaction::Read,
-            _ => Interaction::Operation,
         }
     }
 }
@@ -259,20 +248,16 @@ impl Operations {
         &self.rows
     }
 
-    /// What the operation `request` invokes is, if declared (at its level, on its type).
-    pub fn kind_of(&self, request: &FhirRequest) -> Option<Kind> {
-        if request.interaction() != Interaction::Operation {
-            return None;
-        }
-        let name = request.operation()?;
-        let level = match (request.resource_type(), request.id()) {
-            (None, _) => Level::System,
-            (Some(_), None) => Level::Type,
-            (Some(_), Some(_)) => Level::Instance,
-        };
+    /// What the operation `name` invoked at `level` (on `resource_type`) is, if declared.
+    pub fn kind(
+        &self,
+        name: &str,
+        resource_type: Option<ResourceType>,
+        level: Level,
+    ) -> Option<Kind> {
         self.rows
             .iter()
-            .find(|row| row.matches(name, request.resource_type(), level))
+            .find(|row| row.matches(name, resource_type, level))
             .map(Operation::kind)
     }
 }
@@ -280,14 +265,13 @@ impl Operations {
 /// Whether a declared operation would do more than read with these parameters: `$document`
 /// with `persist` anything but `false` stores the document it makes (R4 Composition-document);
 /// `$validate` with `mode=delete` reports what refers to the instance. Refused.
-pub fn writes(request: &FhirRequest) -> bool {
+pub fn writes(operation: Option<&str>, params: &[(String, String)]) -> bool {
     let any = |wanted: &str, test: &dyn Fn(&str) -> bool| {
-        request
-            .params()
+        params
             .iter()
             .any(|(name, value)| name.split(':').next() == Some(wanted) && test(value))
     };
-    match request.operation() {
+    match operation {
         Some("document") => any("persist", &|value| value != "false"),
         // `$validate?mode=delete` tells what refers to the instance (a delete conflict names
         // it): another patient's record, through a resource that is nobody's.
@@ -299,9 +283,8 @@ pub fn writes(request: &FhirRequest) -> bool {
 /// The one resource type a Bulk Data `$export` is limited to (`_type` naming exactly one
 /// type, once), if it is; otherwise it exports every type (or several) and only a scope on
 /// every type covers it.
-pub fn export_type(request: &FhirRequest) -> Option<ResourceType> {
-    let mut types = request
-        .params()
+pub fn export_type(params: &[(String, String)]) -> Option<ResourceType> {
+    let mut types = params
         .iter()
         .filter(|(name, _)| name == "_type")
         .flat_map(|(_, value)| value.split(','))
@@ -327,111 +310,10 @@ const EXPORT_PARAMETERS: &[&str] = &[
 /// Whether an export's parameters are ones it may carry, as spelled (no modifier: a server
 /// may ignore a parameter it does not know, and export more than was decided on), and
 /// `includeAssociatedData` only when no single type was asked for.
-pub fn export_parameters_known(request: &FhirRequest) -> bool {
-    let single_type = export_type(request).is_some();
-    request.params().iter().all(|(name, _)| {
+pub fn export_parameters_known(params: &[(String, String)]) -> bool {
+    let single_type = export_type(params).is_some();
+    params.iter().all(|(name, _)| {
         EXPORT_PARAMETERS.contains(&name.as_str())
             && !(single_type && name == "includeAssociatedData")
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::request::classify;
-
-    fn kind(method: &str, path: &str) -> Option<Kind> {
-        classify(method, path, None).unwrap().operation_kind()
-    }
-
-    #[test]
-    fn each_operation_on_its_types_and_levels() {
-        use Kind::*;
-        assert_eq!(kind("GET", "ValueSet/$expand"), Some(Reference));
-        assert_eq!(kind("POST", "ValueSet/vs-1/$expand"), Some(Reference));
-        assert_eq!(kind("GET", "CodeSystem/$validate-code"), Some(Reference));
-        assert_eq!(kind("GET", "CodeSystem/$lookup"), Some(Reference));
-        assert_eq!(kind("GET", "CodeSystem/cs-1/$lookup"), None);
-        assert_eq!(kind("GET", "ConceptMap/$translate"), Some(Reference));
-        assert_eq!(kind("GET", "Observation/$expand"), None);
-        assert_eq!(kind("GET", "$expand"), None);
-        assert_eq!(
-            kind("GET", "Patient/pat-anne/$everything"),
-            Some(Everything)
-        );
-        assert_eq!(kind("GET", "Patient/$everything"), None);
-        assert_eq!(kind("GET", "Encounter/e-1/$everything"), None);
-        assert_eq!(kind("POST", "Observation/$validate"), Some(Reference));
-        assert_eq!(kind("POST", "Observation/o-1/$validate"), Some(Instance));
-        assert_eq!(kind("POST", "$validate"), None);
-        assert_eq!(kind("GET", "Patient/pat-bo/$meta"), Some(Instance));
-        assert_eq!(kind("GET", "Patient/$meta"), None);
-        assert_eq!(kind("GET", "$meta"), None);
-        assert_eq!(kind("GET", "Observation/$lastn"), Some(Search));
-        assert_eq!(kind("GET", "Condition/$lastn"), None);
-        assert_eq!(kind("GET", "DocumentReference/$docref"), Some(Search));
-        assert_eq!(kind("GET", "Composition/c-1/$document"), Some(Instance));
-        assert_eq!(kind("GET", "Composition/$document"), None);
-        assert_eq!(kind("GET", "Observation"), None);
-        assert_eq!(kind("GET", "$export"), Some(Export));
-        assert_eq!(kind("GET", "Patient/$export"), Some(Export));
-        assert_eq!(kind("GET", "Group/g-1/$export"), Some(Export));
-        assert_eq!(kind("GET", "Group/$export"), None);
-        assert_eq!(kind("GET", "Observation/$export"), None);
-        assert_eq!(kind("GET", "Patient/pat-anne/$export"), None);
-    }
-
-    #[test]
-    fn operator_rows_come_first_and_are_checked() {
-        let refuse =
-            Operation::new("expand", &["ValueSet"], &[Level::Type], Kind::Refused).unwrap();
-        let declare = Operation::new("match", &["Patient"], &[Level::Type], Kind::Search).unwrap();
-        let table = Operations::with_rows(vec![refuse, declare]);
-        let mut request = classify("GET", "ValueSet/$expand", None).unwrap();
-        request.apply_operations(&table);
-        assert_eq!(request.operation_kind(), Some(Kind::Refused));
-        // The instance level was not overridden: the built-in row still answers.
-        let mut request = classify("GET", "ValueSet/vs-1/$expand", None).unwrap();
-        request.apply_operations(&table);
-        assert_eq!(request.operation_kind(), Some(Kind::Reference));
-        let mut request = classify("POST", "Patient/$match", None).unwrap();
-        assert_eq!(request.operation_kind(), None);
-        request.apply_operations(&table);
-        assert_eq!(request.operation_kind(), Some(Kind::Search));
-
-        for (name, types, levels, kind) in [
-            ("", &[][..], &[Level::Type][..], Kind::Reference),
-            ("$x", &[], &[Level::Type], Kind::Reference),
-            ("x", &[], &[], Kind::Reference),
-            ("x", &["Nope"], &[Level::Type], Kind::Reference),
-            ("x", &["Patient"], &[Level::System], Kind::Reference),
-            ("x", &[], &[Level::Type], Kind::Search),
-            ("x", &["Observation"], &[Level::Instance], Kind::Search),
-            ("x", &["Observation"], &[Level::Type], Kind::Instance),
-            ("x", &["Patient"], &[Level::Instance], Kind::Everything),
-            ("x", &[], &[Level::System], Kind::Export),
-        ] {
-            assert!(
-                Operation::new(name, types, levels, kind).is_err(),
-                "{name:?} {types:?} {levels:?} {kind:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn a_batch_entry_gets_the_operators_table_too() {
-        let refuse =
-            Operation::new("expand", &["ValueSet"], &[Level::Type], Kind::Refused).unwrap();
-        let table = Operations::with_rows(vec![refuse]);
-        let mut request = classify("POST", "", None).unwrap();
-        let bundle = br#"{"resourceType":"Bundle","type":"batch","entry":[{"request":{"method":"GET","url":"ValueSet/$expand?url=x"}}]}"#;
-        request
-            .attach_body(Some("application/fhir+json"), bundle)
-            .unwrap();
-        request.apply_operations(&table);
-        let Some(crate::request::RequestBody::Bundle { entries, .. }) = request.body() else {
-            panic!("a bundle");
-        };
-        assert_eq!(entries[0].operation_kind(), Some(Kind::Refused));
-    }
 }

@@ -185,6 +185,16 @@ impl fmt::Display for ResourceType {
     }
 }
 
+/// FHIR R4 `id`: `[A-Za-z0-9\-\.]{1,64}`.
+pub(crate) fn is_valid_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && id != "."
+        && id != ".."
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,6 @@
 //! v2 granular scope makes of it.
 
 use crate::request::{FhirRequest, Interaction, parse_form};
-use crate::resource_type::ResourceType;
 use crate::scope::Scope;
 use crate::verdict::DenyReason;
 
@@ -18,10 +17,8 @@ const OTHER_TYPE_PARAMS: &[&str] = &[
 
 /// `Patient/[id]/$everything` (R4 Patient-everything).
 pub(crate) fn is_everything(request: &FhirRequest) -> bool {
+    // Only the built-in row is of this kind (an operator may refuse it, not declare another).
     request.operation_kind() == Some(crate::operations::Kind::Everything)
-        && request.operation() == Some("everything")
-        && request.resource_type().map(ResourceType::as_str) == Some("Patient")
-        && request.id().is_some()
 }
 
 /// Whether the request's parameters (or its conditional-create search) reach other types.

@@ -95,6 +95,7 @@ system/Observation.rs       | - | GET    | $export?_type=Observation&includeAsso
 system/*.rs                 | - | GET    | $export?includeAssociatedData=LatestProvenanceResources | allow
 system/Observation.rs       | - | GET    | $export?_type=Observation&_typeFilter=Observation%3Fstatus%3Dfinal&_since=2026-01-01 | allow
 system/*.rs                 | - | GET    | $export?handling=lenient              | deny:unsupported-interaction
+system/*.rs                 | - | POST   | $export                               | deny:unsupported-interaction
 system/*.rs                 | - | GET    | Observation/$export                   | deny:unsupported-interaction
 system/*.rs                 | - | GET    | Patient/pat-anne/$export              | deny:unsupported-interaction
 system/*.rs                 | citizen:- | GET | $export                            | deny:citizen-listener
@@ -146,6 +147,9 @@ patient/Observation.rs      | pat-anne | GET | Observation/$lastn?_include=Obser
 patient/Observation.rs      | pat-anne | GET | Observation/$lastn?patient.name=Hansen | deny:search-reaches-other-types
 patient/Observation.rs?category=laboratory | pat-anne | GET | Observation/$lastn?patient=pat-anne | allow+narrow:category=laboratory
 user/*.rs                   | - | GET    | Condition/$lastn                      | deny:unsupported-interaction
+patient/Observation.rs      | pat-anne | POST | Observation/$lastn                 | deny:outside-compartment
+patient/Observation.rs      | pat-anne | POST | Observation/$lastn?patient=pat-anne | allow+check
+user/Observation.rs         | - | POST   | Observation/$lastn                    | allow
 user/DocumentReference.s    | - | GET    | DocumentReference/$docref?patient=pat-bo | allow
 patient/DocumentReference.rs | pat-anne | GET | DocumentReference/$docref?patient=pat-anne | allow+check
 patient/DocumentReference.rs | pat-anne | GET | DocumentReference/$docref?patient=pat-bo | deny:outside-compartment

@@ -98,31 +98,6 @@ impl Proxy {
         let mut query = path.query;
         let mut form = path.form;
         let narrows = follow.is_none();
-        // A Bulk Data kick-off is a GET: a POST's parameters (in its body) could not be carried
-        // into the links that poll and download it.
-        if follow.is_none()
-            && fhir.operation_kind() == Some(Kind::Export)
-            && parts.method != Method::GET
-        {
-            return Err(self.deny(
-                portvagt_policy::DenyReason::UnsupportedInteraction,
-                record_handle.as_ref(),
-                None,
-            ));
-        }
-        // A POST operation's parameters are in its body, where a narrowing appended to the URL
-        // might not be read: an operation that must be narrowed is sent with GET only.
-        if narrows
-            && !obligations.add_params.is_empty()
-            && fhir.interaction() == Interaction::Operation
-            && parts.method == Method::POST
-        {
-            return Err(self.deny(
-                portvagt_policy::DenyReason::OutsideCompartment,
-                record_handle.as_ref(),
-                None,
-            ));
-        }
         if narrows && !obligations.add_params.is_empty() {
             match &mut form {
                 Some(form) => *form = append_params(form, &obligations.add_params),

@@ -135,7 +135,9 @@ impl Proxy {
             read => read?,
         };
         let ndjson = file && status.is_success();
-        let exported_type = portvagt_policy::operations::export_type(fhir);
+        let exported_type = export
+            .then(|| portvagt_policy::operations::export_type(fhir.params()))
+            .flatten();
         let exported_type = exported_type.as_ref().map(|t| t.as_str());
         let mut bytes = if ndjson {
             export::ndjson_as_bundle(&bytes, exported_type)?

@@ -11,11 +11,11 @@ pub mod body;
 mod url;
 
 pub use self::body::{BundleKind, PatchFormat, RequestBody, operation_parameters};
-pub(crate) use self::url::is_valid_id;
 pub use self::url::parse_form;
 use self::url::{check_params, parse_query, split_path};
-use crate::operations::{Kind, Operations};
+use crate::operations::{Kind, Level, Operations};
 use crate::resource_type::ResourceType;
+pub(crate) use crate::resource_type::is_valid_id;
 
 /// A FHIR RESTful interaction (R4 §3.1.0.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -129,6 +129,8 @@ pub struct FhirRequest {
     version: Option<String>,
     operation: Option<String>,
     operation_kind: Option<Kind>,
+    /// An operation invoked with `POST` (its parameters may be in the body).
+    posted: bool,
     params: Vec<(String, String)>,
     path: String,
     if_none_exist: Option<Vec<(String, String)>>,
@@ -169,22 +171,40 @@ impl FhirRequest {
     pub fn operation_kind(&self) -> Option<Kind> {
         self.operation_kind
     }
+    /// Whether this is an operation invoked with `POST`, whose parameters a body may carry.
+    pub fn posted(&self) -> bool {
+        self.posted
+    }
     /// The operations declared in `table` (the operator's rows ahead of the built-in ones)
     /// decide what this request's operation is, and each batch entry's.
     pub fn apply_operations(&mut self, table: &Operations) {
-        self.operation_kind = table.kind_of(self);
+        self.operation_kind = self.kind_in(table);
         if let Some(RequestBody::Bundle { entries, .. }) = &mut self.body {
             for entry in entries {
                 entry.apply_operations(table);
             }
         }
     }
+    /// What this request's operation is in `table`, if it invokes a declared one (at its
+    /// level, on its type).
+    fn kind_in(&self, table: &Operations) -> Option<Kind> {
+        if self.interaction != Interaction::Operation {
+            return None;
+        }
+        let level = match (self.resource_type, &self.id) {
+            (None, _) => Level::System,
+            (Some(_), None) => Level::Type,
+            (Some(_), Some(_)) => Level::Instance,
+        };
+        table.kind(self.operation.as_deref()?, self.resource_type, level)
+    }
     /// The interaction this request is decided as: its own, or for a declared operation that
-    /// is a search or an instance read, that ([`Kind::acts_as`]).
+    /// is a search of its type or a read of its instance, that.
     pub fn acts_as(&self) -> Interaction {
-        match self.operation_kind {
-            Some(kind) if self.interaction == Interaction::Operation => kind.acts_as(),
-            _ => self.interaction,
+        match (self.interaction, self.operation_kind) {
+            (Interaction::Operation, Some(Kind::Search)) => Interaction::SearchType,
+            (Interaction::Operation, Some(Kind::Instance)) => Interaction::Read,
+            (interaction, _) => interaction,
         }
     }
     /// The decoded query parameters, in order (names keep their modifiers, e.g. `code:text`).
@@ -449,13 +469,14 @@ pub fn classify(
         version: version.map(str::to_owned),
         operation,
         operation_kind: None,
+        posted: method == "POST" && interaction == Interaction::Operation,
         params,
         path: segments.join("/"),
         if_none_exist: None,
         compartment,
         body: None,
     };
-    request.operation_kind = Operations::builtin().kind_of(&request);
+    request.operation_kind = request.kind_in(Operations::builtin());
     Ok(request)
 }
 

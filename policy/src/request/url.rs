@@ -4,16 +4,6 @@
 
 use super::ClassifyError;
 
-/// FHIR R4 `id`: `[A-Za-z0-9\-\.]{1,64}`.
-pub(crate) fn is_valid_id(id: &str) -> bool {
-    (1..=64).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-        && id != "."
-        && id != ".."
-}
-
 pub(super) fn split_path(path: &str) -> Result<Vec<String>, ClassifyError> {
     if path.is_empty() {
         return Ok(Vec::new());
