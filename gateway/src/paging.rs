@@ -157,7 +157,7 @@ impl std::fmt::Debug for Pager {
 }
 
 impl Pager {
-    /// A pager with `key` (at least 32 bytes) whose links live `lifetime`.
+    /// A pager with `key` (at least 32 bytes) whose links, an export's too, live `lifetime`.
     pub fn new(key: &[u8], lifetime: Duration) -> Result<Self, String> {
         if key.len() < MIN_KEY_BYTES {
             return Err(format!(
@@ -168,7 +168,7 @@ impl Pager {
         Ok(Self {
             key: hmac::Key::new(hmac::HMAC_SHA256, key),
             lifetime,
-            export_lifetime: lifetime.max(crate::config::default_export_link_lifetime()),
+            export_lifetime: lifetime,
             from_file: false,
         })
     }

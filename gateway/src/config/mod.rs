@@ -84,11 +84,6 @@ pub struct Config {
     pub operations: Vec<OperationConfig>,
 }
 
-/// How long a Bulk Data export's links live unless `[paging] export_link_lifetime` says.
-pub fn default_export_link_lifetime() -> std::time::Duration {
-    defaults::export_link_lifetime()
-}
-
 /// A configuration problem, naming the field it is about.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]
