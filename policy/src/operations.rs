@@ -122,13 +122,12 @@ impl Operation {
             // type) would let their data through unchecked.
             Kind::Reference
                 if types.is_empty()
-                    || types.iter().any(|t| {
-                        t.as_str() == "Patient"
-                            || crate::compartment::is_compartment_type(t.as_str())
-                    }) =>
+                    || !types
+                        .iter()
+                        .all(|t| crate::compartment::is_shared_type(t.as_str())) =>
             {
                 return Err(
-                    "reference data is of types that are nobody's record: name them, and no type in the patient compartment".to_owned(),
+                    "reference data is of types that are nobody's record: name them, each shared reference data (Practitioner, Organization, ValueSet, ...)".to_owned(),
                 );
             }
             _ => {}

@@ -21,6 +21,7 @@ use std::fmt;
 
 use serde::Deserialize;
 
+use crate::operations::Kind;
 use crate::request::{FhirRequest, Interaction};
 use crate::resource_type::ResourceType;
 use crate::scope::ScopeContext;
@@ -353,9 +354,13 @@ impl Rule {
         if self.resource_types.is_empty() {
             return true;
         }
-        let single_type = request
-            .resource_type()
-            .filter(|_| !reaches_other_types(request) && !is_everything(request));
+        // An export is of the types it exports (`_type`), not of the path's `Patient`/`Group`.
+        let named = match request.operation_kind() {
+            Some(Kind::Export) => crate::operations::export_type(request.params()),
+            _ => request.resource_type(),
+        };
+        let single_type =
+            named.filter(|_| !reaches_other_types(request) && !is_everything(request));
         match single_type {
             Some(t) => self.resource_types.contains(&t),
             None => self.effect == Effect::Deny,
@@ -488,6 +493,9 @@ mod tests {
             ("GET", "Patient/p1/*", None),
             ("GET", "Patient/p1/$everything", None),
             ("GET", "Patient", Some("_revinclude=Condition:subject")),
+            // An export is of the types it exports, not of the path's Patient or Group.
+            ("GET", "Patient/$export", Some("_type=Condition")),
+            ("GET", "Group/g1/$export", None),
         ] {
             let request = classify(method, path, query).unwrap();
             assert_eq!(
@@ -500,6 +508,15 @@ mod tests {
         assert_eq!(
             set.evaluate(&caller, ScopeContext::User, &observation),
             RuleVerdict::Allowed
+        );
+        // An allow rule on Patient does not grant an export of every type from `Patient/`.
+        let mut patients = spec("patients only", Effect::Allow);
+        patients.resource_types = vec!["Patient".into()];
+        let set = rules(vec![patients]);
+        let export = classify("GET", "Patient/$export", None).unwrap();
+        assert_eq!(
+            set.evaluate(&caller, ScopeContext::System, &export),
+            RuleVerdict::NotAllowed
         );
     }
 

@@ -96,6 +96,7 @@ system/*.rs                 | - | GET    | $export?includeAssociatedData=LatestP
 system/Observation.rs       | - | GET    | $export?_type=Observation&_typeFilter=Observation%3Fstatus%3Dfinal&_since=2026-01-01 | allow
 system/*.rs                 | - | GET    | $export?handling=lenient              | deny:unsupported-interaction
 system/*.rs                 | - | POST   | $export                               | deny:unsupported-interaction
+system/*.rs                 | - | GET    | Patient/$export?_type=AuditEvent      | deny:audit-log-restricted
 system/*.rs                 | - | GET    | Observation/$export                   | deny:unsupported-interaction
 system/*.rs                 | - | GET    | Patient/pat-anne/$export              | deny:unsupported-interaction
 system/*.rs                 | citizen:- | GET | $export                            | deny:citizen-listener

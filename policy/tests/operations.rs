@@ -69,6 +69,8 @@ fn operator_rows_come_first_and_are_checked() {
         Operation::new("x", &["Observation"], &[Level::Type], Kind::Reference),
         Operation::new("x", &[], &[Level::Type], Kind::Reference),
         Operation::new("x", &["Patient"], &[Level::Instance], Kind::Reference),
+        Operation::new("x", &["Bundle"], &[Level::Type], Kind::Reference),
+        Operation::new("x", &["Binary"], &[Level::Instance], Kind::Reference),
     ] {
         assert!(redefined.is_err(), "{redefined:?}");
     }

@@ -3,7 +3,8 @@
 //!
 //! The line carries the request id, the client certificate subject, the principal, the
 //! interaction, resource type, decision and reason, status, bytes, and upstream and total
-//! latency. Never a token, never a query string (queries can hold CPR numbers).
+//! latency. Never a token, never a query string (queries can hold CPR numbers), and so never a
+//! paging link's token either (it carries the query it continues).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -71,7 +72,7 @@ where
         let entry = Entry {
             started: Instant::now(),
             method: request.method().to_string(),
-            path: request.uri().path().to_owned(),
+            path: logged_path(request.uri().path()),
             request_id: request
                 .extensions()
                 .get::<RequestId>()
@@ -199,5 +200,36 @@ impl HttpBody for LoggedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// The path as logged: a signed paging link's token (`.../_page/<token>`) left out, since it
+/// carries the query of the search it continues.
+fn logged_path(path: &str) -> String {
+    let marker = format!("/{}/", crate::paging::PAGE_SEGMENT);
+    match path.find(&marker) {
+        Some(at) => format!("{}…", &path[..at + marker.len()]),
+        None => path.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::logged_path;
+
+    #[test]
+    fn a_paging_links_token_is_not_logged() {
+        assert_eq!(
+            logged_path("/fhir/Patient/pat-anne"),
+            "/fhir/Patient/pat-anne"
+        );
+        assert_eq!(
+            logged_path("/fhir/_page/eyJvIjp7InEiOiJpZGVudGlmaWVyPTAxMDE5MCJ9fQ.c2ln"),
+            "/fhir/_page/…"
+        );
+        assert_eq!(
+            logged_path("/fhir/regionh/_page/x.y"),
+            "/fhir/regionh/_page/…"
+        );
     }
 }

@@ -14,6 +14,12 @@ use crate::backend::ProxyError;
 use crate::backend::rewrite::UrlRewriter;
 use crate::paging::LinkKind;
 
+/// Whether resources of `resource_type` leave in an export limited to `only` (`_type=T`):
+/// that type, or any, but never the audit log (`AuditEvent`), whoever may read it otherwise.
+pub(super) fn exported(only: Option<&str>, resource_type: &str) -> bool {
+    resource_type != "AuditEvent" && only.is_none_or(|only| only == resource_type)
+}
+
 /// The locations of an export's answers: the `Content-Location` of a kick-off's `202` (the
 /// backend's status URL) as the gateway's signed status link when `kick_off` signs it, and
 /// removed otherwise, as is every `Location` and `Link` of an export answer (a file's own
@@ -41,14 +47,14 @@ pub(super) fn only_signed_locations(
 
 /// A completed export's manifest with the URL of every `output`, `error` and `deleted` file as
 /// the gateway's signed link (a file not below the backend's base is left out, and with
-/// `only_type` an output of another type), `request` pointing at the gateway, and, under
+/// an output of a type not `exported`), `request` pointing at the gateway, and, under
 /// citizens' blocks (`consent`), no `count` (it would tell what they withheld). Anything that
 /// is not a manifest is returned as it came.
 pub(super) fn signed_manifest(
     bytes: Bytes,
     rewriter: &UrlRewriter,
     signing: &PageSigning<'_>,
-    only_type: Option<&str>,
+    exported: &dyn Fn(&str) -> bool,
     consent: bool,
 ) -> Bytes {
     let Ok(mut manifest) = serde_json::from_slice::<Value>(&bytes) else {
@@ -66,8 +72,10 @@ pub(super) fn signed_manifest(
         };
         files.retain_mut(|file| {
             if list == "output"
-                && let Some(only) = only_type
-                && file.get("type").and_then(Value::as_str) != Some(only)
+                && !file
+                    .get("type")
+                    .and_then(Value::as_str)
+                    .is_some_and(exported)
             {
                 return false;
             }
@@ -97,8 +105,11 @@ pub(super) fn signed_manifest(
 }
 
 /// The resources of an NDJSON file as the entries of a `collection` Bundle (blank lines
-/// skipped; with `only_type`, resources of other types left out).
-pub(super) fn ndjson_as_bundle(bytes: &[u8], only_type: Option<&str>) -> Result<Bytes, ProxyError> {
+/// skipped; resources of a type not `exported` left out).
+pub(super) fn ndjson_as_bundle(
+    bytes: &[u8],
+    exported: &dyn Fn(&str) -> bool,
+) -> Result<Bytes, ProxyError> {
     let mut entries = Vec::new();
     for line in bytes.split(|b| *b == b'\n') {
         if line.iter().all(u8::is_ascii_whitespace) {
@@ -109,7 +120,7 @@ pub(super) fn ndjson_as_bundle(bytes: &[u8], only_type: Option<&str>) -> Result<
         let Some(resource_type) = resource.get("resourceType").and_then(Value::as_str) else {
             return Err(ProxyError::UnreadableExport);
         };
-        if only_type.is_some_and(|only| only != resource_type) {
+        if !exported(resource_type) {
             continue;
         }
         entries.push(json!({ "resource": resource }));
@@ -218,8 +229,15 @@ mod tests {
             });
             let signed = |only: Option<&str>, consent: bool| -> Value {
                 let bytes = Bytes::from(manifest.to_string());
-                serde_json::from_slice(&signed_manifest(bytes, &rewriter(), signing, only, consent))
-                    .unwrap()
+                let exported = |t: &str| exported(only, t);
+                serde_json::from_slice(&signed_manifest(
+                    bytes,
+                    &rewriter(),
+                    signing,
+                    &exported,
+                    consent,
+                ))
+                .unwrap()
             };
             let all = signed(None, false);
             assert_eq!(all["output"].as_array().unwrap().len(), 1);
@@ -242,7 +260,7 @@ mod tests {
             // A FHIR resource is no manifest.
             let outcome = Bytes::from_static(br#"{"resourceType":"OperationOutcome","output":[]}"#);
             assert_eq!(
-                signed_manifest(outcome.clone(), &rewriter(), signing, None, false),
+                signed_manifest(outcome.clone(), &rewriter(), signing, &|_| true, false),
                 outcome
             );
         });
@@ -251,7 +269,8 @@ mod tests {
     #[test]
     fn ndjson_goes_through_a_bundle_and_back() {
         let file = b"{\"resourceType\":\"Observation\",\"id\":\"1\"}\n\n{\"resourceType\":\"Patient\",\"id\":\"p\"}\n";
-        let bundle = ndjson_as_bundle(file, None).unwrap();
+        let all = |t: &str| exported(None, t);
+        let bundle = ndjson_as_bundle(file, &all).unwrap();
         let value: Value = serde_json::from_slice(&bundle).unwrap();
         assert_eq!(value["entry"].as_array().unwrap().len(), 2);
         assert_eq!(value["entry"][1]["resource"]["id"], "p");
@@ -260,12 +279,22 @@ mod tests {
             b"{\"resourceType\":\"Observation\",\"id\":\"1\"}\n{\"resourceType\":\"Patient\",\"id\":\"p\"}\n"
         );
         for bad in [&b"{\"id\":\"1\"}\n"[..], b"not json\n", b"[1]\n"] {
-            assert!(ndjson_as_bundle(bad, None).is_err());
+            assert!(ndjson_as_bundle(bad, &all).is_err());
         }
         // One type exported: a line of another type does not leave.
-        let only: Value =
-            serde_json::from_slice(&ndjson_as_bundle(file, Some("Patient")).unwrap()).unwrap();
+        let only: Value = serde_json::from_slice(
+            &ndjson_as_bundle(file, &|t: &str| exported(Some("Patient"), t)).unwrap(),
+        )
+        .unwrap();
         assert_eq!(only["entry"].as_array().unwrap().len(), 1);
         assert_eq!(only["entry"][0]["resource"]["resourceType"], "Patient");
+        // The audit log never leaves in an export, whatever was asked.
+        let logs = b"{\"resourceType\":\"AuditEvent\",\"id\":\"a\"}\n";
+        for only in [None, Some("AuditEvent")] {
+            let asked = |t: &str| exported(only, t);
+            let kept: Value =
+                serde_json::from_slice(&ndjson_as_bundle(logs, &asked).unwrap()).unwrap();
+            assert!(kept["entry"].as_array().unwrap().is_empty(), "{kept}");
+        }
     }
 }

@@ -64,7 +64,7 @@ impl Proxy {
         // say that it existed.
         if consent.is_some()
             && (status == StatusCode::NOT_FOUND || status == StatusCode::GONE)
-            && answers_not_found(fhir.interaction())
+            && answers_not_found(fhir.acts_as())
         {
             return Err(crate::consent::NotFoundError.into());
         }
@@ -109,7 +109,15 @@ impl Proxy {
             );
         }
         clean_headers(&mut parts.headers, &exchange.upstream.rewriter);
-        let duties = Duties::of(&exchange, status, is_json(&parts.headers), self.audited);
+        // An export file is read as the FHIR resources it holds, whatever its answer calls it:
+        // its resources are checked, withheld and audited like a Bundle's entries.
+        let file = export && exchange.followed == Some(LinkKind::ExportFile);
+        let duties = Duties::of(
+            &exchange,
+            status,
+            file || is_json(&parts.headers),
+            self.audited,
+        );
         // An export's manifest and files are always read: their URLs and resources must be seen.
         if duties.streams_through() && !export {
             return Ok(Response::from_parts(parts, boxed(body)));
@@ -127,7 +135,6 @@ impl Proxy {
         } = &exchange;
         // An export file's resources are checked, withheld and audited as a Bundle's entries,
         // whatever its answer says it is: a file is never let through unread.
-        let file = export && exchange.followed == Some(LinkKind::ExportFile);
         let bytes = match crate::backend::read_limited(body, self.max_response_bytes).await {
             Err(ProxyError::ResponseTooLarge) if file => {
                 return Err(ProxyError::ExportFileTooLarge.into());
@@ -139,8 +146,9 @@ impl Proxy {
             .then(|| portvagt_policy::operations::export_type(fhir.params()))
             .flatten();
         let exported_type = exported_type.as_ref().map(|t| t.as_str());
+        let exported = |resource_type: &str| export::exported(exported_type, resource_type);
         let mut bytes = if ndjson {
-            export::ndjson_as_bundle(&bytes, exported_type)?
+            export::ndjson_as_bundle(&bytes, &exported)?
         } else {
             rewrite_bundle(upstream, bytes, paging)
         };
@@ -152,7 +160,7 @@ impl Proxy {
                 bytes,
                 &upstream.rewriter,
                 signing,
-                exported_type,
+                &exported,
                 consent.is_some(),
             );
         }
@@ -442,7 +450,7 @@ fn merged_batch(
     {
         let applies: Vec<bool> = entries
             .iter()
-            .map(|entry| answers_not_found(entry.interaction()))
+            .map(|entry| answers_not_found(entry.acts_as()))
             .collect();
         if not_found_alike(&mut answer, &applies, &not_found_outcome()) {
             return Ok(Bytes::from(serde_json::to_vec(&answer)?));

@@ -309,6 +309,16 @@ async fn an_operation_on_a_blocked_patients_resource_is_withheld_and_audited_lik
         .unwrap();
     assert_eq!(meta.status, read.status, "{}", meta.text());
     assert_eq!(meta.status, 404, "{}", meta.text());
+    // ... in the same words as an instance that is not there: nothing tells them apart.
+    let missing = client
+        .get(
+            "/fhir/Observation/no-such-observation/$meta",
+            Some(&blocked),
+        )
+        .await
+        .unwrap();
+    assert_eq!(missing.status, 404, "{}", missing.text());
+    assert_eq!(missing.detail_code(), meta.detail_code());
     let allowed = client
         .get("/fhir/Observation/obs-anne-bp/$meta", Some(&colleague))
         .await
