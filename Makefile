@@ -1,6 +1,6 @@
 # Portvagt: the two set-up commands are `make demo` and `make test` (see README.md).
 
-.PHONY: demo test backend fhir-examples chart browser bench compat build-packages test-packages deny-tool supply-chain advisories
+.PHONY: demo conformance test backend fhir-examples chart browser bench compat build-packages test-packages deny-tool supply-chain advisories
 
 # Debian packages, installed only when missing. Building needs OpenSSL's headers (the openssl
 # crate verifies SAML signatures); the tests also run libxmlsec1's `xmlsec1` (an independent
@@ -66,6 +66,13 @@ advisories: deny-tool
 # A complete local deployment: dev PKI, reference backend with sample data, gateway.
 demo: build-packages backend
 	cargo run --locked -p portvagt -- demo --dir demo $(if $(PORT),--port $(PORT))
+
+# The conformance suite against the running `make demo` (start it in another shell first), every
+# token, certificate and SOSI card made from the demo's files; the reports go to
+# $(DEMO_DIR)/conformance/.
+DEMO_DIR ?= demo
+conformance: build-packages
+	cargo run --locked -p portvagt-conformance -- --demo $(DEMO_DIR)
 
 # Everything CI checks: formatting, lints, unit, property, end-to-end and browser tests.
 test: test-packages backend fhir-examples chart supply-chain

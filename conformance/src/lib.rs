@@ -13,6 +13,7 @@ use std::time::Instant;
 
 pub mod cases;
 pub mod client;
+pub mod demo;
 pub mod report;
 
 use client::{Answer, Client, Identity};

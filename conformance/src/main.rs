@@ -16,17 +16,22 @@ use portvagt_conformance::{Settings, Tokens, Verdict};
     about = "Checks that a Portvagt deployment enforces what it should"
 )]
 struct Cli {
+    /// A running `portvagt demo`'s folder: every input is made from its files (its URLs,
+    /// certificates, STS and token issuer key), and the reports go to DIR/conformance/ unless
+    /// given. Instead of --target, --ca, --cert, --key and the tokens.
+    #[arg(long, conflicts_with_all = ["target", "ca", "cert", "key", "tokens", "token_commands"])]
+    demo: Option<PathBuf>,
     /// The deployment's FHIR base URL, e.g. https://fhir.example.dk/fhir
-    #[arg(long)]
-    target: String,
+    #[arg(long, required_unless_present = "demo")]
+    target: Option<String>,
     /// The CA certificate(s) of the deployment's server certificate (PEM).
-    #[arg(long)]
-    ca: PathBuf,
+    #[arg(long, required_unless_present = "demo")]
+    ca: Option<PathBuf>,
     /// The client certificate the deployment accepts (PEM), and its key.
-    #[arg(long)]
-    cert: PathBuf,
-    #[arg(long)]
-    key: PathBuf,
+    #[arg(long, required_unless_present = "demo")]
+    cert: Option<PathBuf>,
+    #[arg(long, required_unless_present = "demo")]
+    key: Option<PathBuf>,
     /// A token: NAME=VALUE, NAME one of user, patient, narrow, expired, wrong-audience,
     /// granular, v1, blocked, emergency.
     #[arg(long = "token", value_parser = pair)]
@@ -95,6 +100,14 @@ fn identity(cert: &Option<PathBuf>, key: &Option<PathBuf>) -> anyhow::Result<Opt
 }
 
 fn settings(cli: &Cli) -> anyhow::Result<Settings> {
+    if let Some(dir) = &cli.demo {
+        return portvagt_conformance::demo::settings(dir);
+    }
+    let (Some(target), Some(ca), Some(cert), Some(key)) =
+        (&cli.target, &cli.ca, &cli.cert, &cli.key)
+    else {
+        anyhow::bail!("--target, --ca, --cert and --key are needed without --demo");
+    };
     let mut tokens = Tokens::default();
     let mut given = cli.tokens.clone();
     for (name, command) in &cli.token_commands {
@@ -124,11 +137,11 @@ fn settings(cli: &Cli) -> anyhow::Result<Settings> {
         *slot = Some(value);
     }
     Ok(Settings {
-        base_url: cli.target.trim_end_matches('/').to_owned(),
-        ca_pem: read(&cli.ca)?,
+        base_url: target.trim_end_matches('/').to_owned(),
+        ca_pem: read(ca)?,
         identity: Identity {
-            cert_pem: read(&cli.cert)?,
-            key_pem: read(&cli.key)?,
+            cert_pem: read(cert)?,
+            key_pem: read(key)?,
         },
         other_identity: identity(&cli.other_cert, &cli.other_key)?,
         foreign_identity: identity(&cli.foreign_cert, &cli.foreign_key)?,
@@ -156,8 +169,20 @@ fn main() -> ExitCode {
 }
 
 fn run() -> anyhow::Result<bool> {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Some(dir) = cli.demo.clone() {
+        let reports = portvagt_conformance::demo::report_dir(&dir);
+        std::fs::create_dir_all(&reports)
+            .with_context(|| format!("creating {}", reports.display()))?;
+        cli.junit.get_or_insert_with(|| reports.join("junit.xml"));
+        cli.json.get_or_insert_with(|| reports.join("report.json"));
+        cli.markdown
+            .get_or_insert_with(|| reports.join("report.md"));
+    }
     let settings = settings(&cli)?;
+    if cli.demo.is_some() {
+        portvagt_conformance::demo::check_running(&settings.base_url)?;
+    }
     let terminal = std::io::stderr().is_terminal();
     let runtime = tokio::runtime::Runtime::new()?;
     let report = runtime.block_on(portvagt_conformance::run(
@@ -190,17 +215,16 @@ fn run() -> anyhow::Result<bool> {
     let now = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
-    if let Some(path) = &cli.junit {
-        std::fs::write(path, report.junit())
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    if let Some(path) = &cli.json {
-        std::fs::write(path, report.json())
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    if let Some(path) = &cli.markdown {
-        std::fs::write(path, report.markdown(&now))
-            .with_context(|| format!("writing {}", path.display()))?;
+    let reports = [
+        ("JUnit", &cli.junit, report.junit()),
+        ("JSON", &cli.json, report.json()),
+        ("Markdown", &cli.markdown, report.markdown(&now)),
+    ];
+    for (kind, path, text) in reports {
+        if let Some(path) = path {
+            std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+            println!("{kind} report: {}", path.display());
+        }
     }
     Ok(report.all_passed())
 }

@@ -50,6 +50,29 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     // Ctrl-C from here on stops everything cleanly (the audit trail closed).
     let stop = crate::server::shutdown_signal();
     let dir = std::path::absolute(&options.dir)?;
+    // The ports first: a second demo started beside a running one fails here, before it writes
+    // anything into a folder the first one may be using.
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", options.port))
+        .await
+        .with_context(|| {
+            format!(
+                "binding 127.0.0.1:{} (is another demo running? try --port)",
+                options.port
+            )
+        })?;
+    let addr = listener.local_addr()?;
+    let public_url = format!("https://{addr}/fhir");
+    // The citizen listener, on the next port (no client certificate: a browser's).
+    let citizen_port = if options.port == 0 {
+        0
+    } else {
+        options.port + 1
+    };
+    let citizen_listener = tokio::net::TcpListener::bind(("127.0.0.1", citizen_port))
+        .await
+        .with_context(|| format!("binding 127.0.0.1:{citizen_port} for the citizen listener"))?;
+    let citizen_addr = citizen_listener.local_addr()?;
+    let citizen_url = format!("https://{citizen_addr}/fhir");
     let pki_dir = dir.join("pki");
     let issuer_dir = dir.join("issuer");
     let pki = portvagt_certs::DevPki::generate()?;
@@ -74,27 +97,6 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     })
     .await??;
 
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", options.port))
-        .await
-        .with_context(|| {
-            format!(
-                "binding 127.0.0.1:{} (is another demo running? try --port)",
-                options.port
-            )
-        })?;
-    let addr = listener.local_addr()?;
-    let public_url = format!("https://{addr}/fhir");
-    // The citizen listener, on the next port (no client certificate: a browser's).
-    let citizen_port = if options.port == 0 {
-        0
-    } else {
-        options.port + 1
-    };
-    let citizen_listener = tokio::net::TcpListener::bind(("127.0.0.1", citizen_port))
-        .await
-        .with_context(|| format!("binding 127.0.0.1:{citizen_port} for the citizen listener"))?;
-    let citizen_addr = citizen_listener.local_addr()?;
-    let citizen_url = format!("https://{citizen_addr}/fhir");
     // Citizens sign in to the page at the testbed authorization server (PKCE).
     let auth_server = tokio::task::spawn_blocking({
         let testbed = options.testbed.clone();
@@ -169,7 +171,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         "PORTVAGT_URL={public_url}\nPORTVAGT_CITIZEN_URL={citizen_url}\nPORTVAGT_MINLOG_URL=https://{citizen_addr}/minlog/\n\
          PORTVAGT_CA={pki}/ca.crt\nPORTVAGT_CERT={pki}/client.crt\nPORTVAGT_KEY={pki}/client.key\n\
          PRACTITIONER_TOKEN={practitioner}\nEMERGENCY_TOKEN={emergency}\nPATIENT_TOKEN={patient}\nSYSTEM_TOKEN={system}\n\
-         PORTVAGT_TOKEN_URL=https://{addr}/token\nSOSI_CARD={card}\n",
+         PORTVAGT_TOKEN_URL=https://{addr}/token\nSOSI_CARD={card}\nPORTVAGT_DEMO_ISSUER={DEMO_ISSUER}\n",
         pki = pki_dir.display(),
         card = card.display(),
     );

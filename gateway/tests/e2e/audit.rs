@@ -358,6 +358,43 @@ async fn the_shipper_delivers_everything_once_the_repository_is_up_and_remembers
     );
 }
 
+/// The reference repository (Medplum) takes at most 50 updates in one transaction, fewer than
+/// the default `batch_size`: once more events wait than it takes, the shipper sends smaller
+/// transactions instead of the same refused one forever.
+#[tokio::test]
+async fn a_repository_that_refuses_a_transaction_as_too_large_gets_smaller_ones() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("https://127.0.0.1:{port}/fhir/R4");
+    let pki = Arc::new(portvagt_certs::DevPki::generate().unwrap());
+    let gateway = Gateway::start_with(Options {
+        pki: Some(pki.clone()),
+        audit_extra: Repository::ship(&url, ""),
+        ..Options::default()
+    });
+    let token = gateway.token(json!({ "scope": "user/*.rs" }));
+    // While the repository is down, 70 events wait in the spool.
+    for _ in 0..70 {
+        read_anne(&gateway, &token).await;
+    }
+    let repository = Repository::start_with(pki, port);
+    let spooled = gateway.audit_events();
+    assert!(spooled.len() >= 70, "{}", spooled.len());
+    // The shipper's back-off while the repository was down may be several seconds.
+    let mut shipped = Vec::new();
+    for _ in 0..300 {
+        shipped = repository.events().await;
+        if shipped.len() >= spooled.len() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(request_ids(&shipped), request_ids(&spooled));
+}
+
 #[tokio::test]
 async fn shipped_segments_are_deleted_and_what_remains_still_verifies() {
     let repository = Repository::start();

@@ -14,19 +14,17 @@ fn env_value(env: &str, name: &str) -> String {
         .to_owned()
 }
 
-#[tokio::test]
-async fn demo_runs_a_working_deployment_and_stops_on_ctrl_c() {
-    let dir = tempfile::tempdir().unwrap();
-    // What it prints goes to a file, as when a newcomer keeps its output.
-    let printed = tempfile::NamedTempFile::new().unwrap();
-    let mut demo = Command::new(env!("CARGO_BIN_EXE_portvagt"))
+/// Starts `portvagt demo` on free ports in `dir`, its output to `printed`; returns the process
+/// and its `demo.env` once written.
+async fn start_demo(dir: &std::path::Path, printed: Stdio) -> (std::process::Child, String) {
+    let demo = Command::new(env!("CARGO_BIN_EXE_portvagt"))
         .args(["demo", "--port", "0", "--dir"])
-        .arg(dir.path())
-        .stdout(printed.reopen().unwrap())
+        .arg(dir)
+        .stdout(printed)
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let env_path = dir.path().join("demo.env");
+    let env_path = dir.join("demo.env");
     for _ in 0..300 {
         if env_path.exists() {
             break;
@@ -34,6 +32,62 @@ async fn demo_runs_a_working_deployment_and_stops_on_ctrl_c() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let env = std::fs::read_to_string(&env_path).expect("the demo wrote demo.env");
+    (demo, env)
+}
+
+/// The integrator's one command (`portvagt-conformance --demo DIR`, `make conformance`): every
+/// input made from the demo's files, every case runs, and every case passes.
+#[tokio::test]
+async fn the_conformance_suite_passes_against_the_demo_with_inputs_from_its_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut demo, _) = start_demo(dir.path(), Stdio::null()).await;
+    let settings = portvagt_conformance::demo::settings(dir.path()).unwrap();
+    let mut running = Err(anyhow::anyhow!("not yet"));
+    for _ in 0..100 {
+        running = portvagt_conformance::demo::check_running(&settings.base_url);
+        if running.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    running.unwrap();
+    let report = portvagt_conformance::run(settings, &[], |_, _, _| {})
+        .await
+        .unwrap();
+    demo.kill().unwrap();
+    let _ = demo.wait();
+    let (passed, failed, skipped) = report.counts();
+    assert_eq!((failed, skipped), (0, 0), "{}", report.summary());
+    assert!(passed >= 100, "{passed} cases");
+}
+
+/// A second demo on a port in use stops before it writes anything into its folder.
+#[test]
+fn a_second_demo_on_a_taken_port_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let output = Command::new(env!("CARGO_BIN_EXE_portvagt"))
+        .args(["demo", "--port", &port, "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("is another demo running"), "{stderr}");
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test]
+async fn demo_runs_a_working_deployment_and_stops_on_ctrl_c() {
+    let dir = tempfile::tempdir().unwrap();
+    // What it prints goes to a file, as when a newcomer keeps its output.
+    let printed = tempfile::NamedTempFile::new().unwrap();
+    let (mut demo, env) = start_demo(dir.path(), printed.reopen().unwrap().into()).await;
     let url = env_value(&env, "PORTVAGT_URL");
     for file in [
         "ca.crt",

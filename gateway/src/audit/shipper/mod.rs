@@ -70,7 +70,11 @@ pub struct Shipper {
     dir: PathBuf,
     url: String,
     client: HttpsClient,
-    batch: usize,
+    /// The most entries one transaction holds: `batch_size`, halved each time the repository
+    /// refuses a transaction of more than one entry as malformed or too large (Medplum takes at
+    /// most 50 updates in one), so a repository with a lower limit than configured still gets
+    /// every event instead of the same refused batch forever.
+    batch: std::sync::atomic::AtomicUsize,
     keep_shipped: Option<Duration>,
     metrics: Arc<Metrics>,
     /// This instance's name, shown in the anchor.
@@ -114,7 +118,7 @@ impl Shipper {
             dir: dir.to_owned(),
             url,
             client,
-            batch: config.batch_size.max(1),
+            batch: std::sync::atomic::AtomicUsize::new(config.batch_size.max(1)),
             keep_shipped: config.keep_shipped,
             metrics,
             observer: observer.to_owned(),
@@ -190,7 +194,7 @@ impl Shipper {
                 .audit_ship_lag
                 .set(i64::try_from(lag).unwrap_or(i64::MAX));
             let batch = {
-                let (dir, from, limit) = (self.dir.clone(), at.clone(), self.batch);
+                let (dir, from, limit) = (self.dir.clone(), at.clone(), self.batch());
                 let keys = keys.clone();
                 let reading = move || {
                     let reading = Reading {
@@ -250,6 +254,10 @@ impl Shipper {
                     self.metrics.audit_shipped.inc_by(count as u64);
                     backoff = Duration::from_secs(1);
                     pruned = self.prune(&spool, &at, pruned, &unclean).await;
+                }
+                Err(error) if error.refused && self.smaller_batches() => {
+                    self.metrics.audit_ship_failures.inc();
+                    tracing::warn!(%error, batch_size = self.batch(), "audit shipper: the repository refused the transaction; sending smaller ones");
                 }
                 Err(error) => {
                     self.metrics.audit_ship_failures.inc();
@@ -460,6 +468,21 @@ impl Shipper {
         }
     }
 
+    fn batch(&self) -> usize {
+        self.batch.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Halves the transaction size, if it can be halved.
+    fn smaller_batches(&self) -> bool {
+        let batch = self.batch();
+        if batch <= 1 {
+            return false;
+        }
+        self.batch
+            .store(batch / 2, std::sync::atomic::Ordering::Relaxed);
+        true
+    }
+
     /// The events (and the anchor, with the last of them) in transactions of at most
     /// `batch_size` entries each: a repository limits how many updates one transaction holds
     /// (Medplum: 50), and a read that goes on to its seal may hold more. A failure is retried
@@ -468,14 +491,15 @@ impl Shipper {
         &self,
         mut events: Vec<(String, Box<RawValue>)>,
         anchor: Option<Value>,
-    ) -> Result<(), String> {
-        let size = self.batch.saturating_sub(1).max(1);
+    ) -> Result<(), SendError> {
+        let batch = self.batch();
+        let size = batch.saturating_sub(1).max(1);
         while events.len() > size {
             let rest = events.split_off(size);
             self.send(events, None).await?;
             events = rest;
         }
-        if self.batch <= 1 && anchor.is_some() {
+        if batch <= 1 && anchor.is_some() {
             self.send(events, None).await?;
             return self.send(Vec::new(), anchor).await;
         }
@@ -488,7 +512,7 @@ impl Shipper {
         &self,
         events: Vec<(String, Box<RawValue>)>,
         anchor: Option<Value>,
-    ) -> Result<(), String> {
+    ) -> Result<(), SendError> {
         let count = events.len() + usize::from(anchor.is_some());
         let bundle = transaction(&events, anchor.as_ref());
         let request = Request::post(&self.url)
@@ -508,10 +532,16 @@ impl Shipper {
                         .map(|text| text.chars().take(300).collect())
                 })
                 .unwrap_or_default();
-            return Err(format!(
-                "the repository answered {}: {said}",
-                response.status()
-            ));
+            return Err(SendError {
+                // It read the transaction and said no to its shape or size; smaller ones may
+                // pass. Any other answer is the repository's trouble, retried as it is.
+                refused: count > 1
+                    && matches!(
+                        response.status(),
+                        http::StatusCode::BAD_REQUEST | http::StatusCode::PAYLOAD_TOO_LARGE
+                    ),
+                text: format!("the repository answered {}: {said}", response.status()),
+            });
         }
         let answer: Value = serde_json::from_slice(response.body())
             .map_err(|_| "the repository's answer is not JSON".to_owned())?;
@@ -526,10 +556,32 @@ impl Shipper {
             .unwrap_or_default();
         let stored = |status: &&str| status.starts_with("200") || status.starts_with("201");
         if statuses.len() != count || !statuses.iter().all(stored) {
-            return Err(format!(
-                "the repository did not store every event: {statuses:?}"
-            ));
+            return Err(format!("the repository did not store every event: {statuses:?}").into());
         }
         Ok(())
+    }
+}
+
+/// Why the repository did not store a transaction.
+#[derive(Debug)]
+struct SendError {
+    /// The repository refused the transaction itself (400, 413) and it held more than one
+    /// entry.
+    refused: bool,
+    text: String,
+}
+
+impl From<String> for SendError {
+    fn from(text: String) -> SendError {
+        SendError {
+            refused: false,
+            text,
+        }
+    }
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
     }
 }
