@@ -13,6 +13,7 @@ pub mod body;
 pub mod config;
 pub mod consent;
 pub mod context;
+pub mod decisions;
 pub mod demo;
 mod encoding;
 pub mod exchange;

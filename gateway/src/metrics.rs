@@ -75,6 +75,14 @@ pub struct Metrics {
     pub backend_in_flight: IntGaugeVec,
     /// `portvagt_backend_circuit_open{backend}`: 1 while a backend's circuit is open.
     pub backend_circuit_open: IntGaugeVec,
+    /// `portvagt_shadow_decisions_total`: requests the shadow rules decided too.
+    pub shadow_decisions: IntCounter,
+    /// `portvagt_shadow_disagreements_total{enforced, shadow}`: requests on which the shadow
+    /// rules reached another verdict (`allow` or a deny reason's code, each).
+    pub shadow_disagreements: IntCounterVec,
+    /// `portvagt_decision_log_dropped_total`: decision log records not written (the writer
+    /// fell behind, or the file could not be written).
+    pub decision_log_dropped: IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -286,8 +294,29 @@ impl Metrics {
             &["backend"],
         )
         .expect("valid metric");
+        let shadow_decisions = IntCounter::new(
+            "portvagt_shadow_decisions_total",
+            "Requests decided by the shadow rules beside the enforced ones",
+        )
+        .expect("valid metric");
+        let shadow_disagreements = IntCounterVec::new(
+            Opts::new(
+                "portvagt_shadow_disagreements_total",
+                "Requests on which the shadow rules reached another verdict than the enforced ones",
+            ),
+            &["enforced", "shadow"],
+        )
+        .expect("valid metric");
+        let decision_log_dropped = IntCounter::new(
+            "portvagt_decision_log_dropped_total",
+            "Decision log records not written: the writer fell behind or the file failed",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(shadow_decisions.clone()),
+            Box::new(shadow_disagreements.clone()),
+            Box::new(decision_log_dropped.clone()),
             Box::new(request_duration.clone()),
             Box::new(upstream_duration.clone()),
             Box::new(auth_failures.clone()),
@@ -354,6 +383,9 @@ impl Metrics {
             crl_next_update,
             backend_in_flight,
             backend_circuit_open,
+            shadow_decisions,
+            shadow_disagreements,
+            decision_log_dropped,
         }
     }
 

@@ -93,13 +93,18 @@ pub fn reload(runtime: &Runtime) {
             errors => Err(ConfigError::join(errors, "; ")),
         },
     );
-    if let Some(path) = &runtime.config_path {
-        // From the config file itself, the routes to backends ([[upstream]]); the rest of it is
-        // read at start only.
+    // From the config file itself: the routes to backends ([[upstream]]) and which rules
+    // files `[policy]` names (so naming the shadow rules as `rules_file` promotes them); the
+    // rest of it is read at start only.
+    let reread = runtime
+        .config_path
+        .as_ref()
+        .map(|path| crate::config::Config::load(path).map_err(|e| e.to_string()));
+    if let Some(reread) = &reread {
         outcome(
             "routes",
-            crate::config::Config::load(path)
-                .map_err(|e| e.to_string())
+            reread
+                .clone()
                 .and_then(|config| {
                     crate::routing::build_routes(
                         &config,
@@ -112,13 +117,55 @@ pub fn reload(runtime: &Runtime) {
                 .map(|routes| runtime.upstreams.store(Arc::new(routes))),
         );
     }
-    if let Some(path) = &runtime.config.policy.rules_file {
+    // A config file that does not load leaves the rules files named at start.
+    let policy = match reread {
+        Some(Ok(config)) => config.policy,
+        _ => runtime.config.policy.clone(),
+    };
+    outcome(
+        "rules",
+        reload_rules(&policy.rules_file, "policy.rules_file", &runtime.rules),
+    );
+    if policy.shadow_rules_file.is_some() && !runtime.decisions.logs() {
         outcome(
-            "rules",
-            load_rules(path)
-                .map(|rules| runtime.rules.store(Some(Arc::new(rules))))
-                .map_err(|errors| ConfigError::join(&errors, "; ")),
+            "shadow_rules",
+            Err(
+                "policy.shadow_rules_file: the shadow rules' disagreements are written to the \
+                 decision log, and [decision_log] is read at start only: restart with it"
+                    .into(),
+            ),
         );
+    } else {
+        outcome(
+            "shadow_rules",
+            reload_rules(
+                &policy.shadow_rules_file,
+                "policy.shadow_rules_file",
+                &runtime.decisions.shadow,
+            ),
+        );
+    }
+}
+
+/// Loads the rules file `path` names into `rules`; none named, none enforced (or tried).
+fn reload_rules(
+    path: &Option<PathBuf>,
+    field: &str,
+    rules: &crate::decisions::SharedRules,
+) -> Result<(), String> {
+    match path {
+        None => {
+            if rules.swap(None).is_some() {
+                tracing::warn!(
+                    field,
+                    "the configuration names no rules file any more: none are used"
+                );
+            }
+            Ok(())
+        }
+        Some(path) => load_rules(path, field)
+            .map(|loaded| rules.store(Some(Arc::new(loaded))))
+            .map_err(|errors| ConfigError::join(&errors, "; ")),
     }
 }
 

@@ -54,6 +54,8 @@ pub struct Runtime {
     pub fhir_base_path: String,
     /// Operator rules, when configured.
     pub rules: SharedRules,
+    /// The decision log and the shadow rules.
+    pub decisions: Arc<crate::decisions::Decisions>,
     /// SAML token exchange (`POST /token`), when configured.
     pub token_exchange: Option<Arc<TokenExchange>>,
     /// The audit trail, when configured.
@@ -152,16 +154,21 @@ impl Runtime {
         let backend = Backend::new(&config.backend)
             .map_err(|e| errors.push(e))
             .ok();
-        let rules = match &config.policy.rules_file {
+        let mut rules_from = |path: &Option<std::path::PathBuf>, field: &str| match path {
             None => None,
-            Some(path) => match load_rules(path) {
-                Ok(rules) => Some(Arc::new(rules)),
+            Some(path) => match load_rules(path, field) {
+                Ok(rules) => Some(rules),
                 Err(mut rule_errors) => {
                     errors.append(&mut rule_errors);
                     None
                 }
             },
         };
+        let rules = rules_from(&config.policy.rules_file, "policy.rules_file").map(Arc::new);
+        let shadow_rules = rules_from(&config.policy.shadow_rules_file, "policy.shadow_rules_file");
+        if let Err(error) = check_decision_log(&config) {
+            errors.push(error);
+        }
         let operations = operations(&config.operations)
             .map_err(|mut e| errors.append(&mut e))
             .ok();
@@ -245,6 +252,11 @@ impl Runtime {
             .map(|limits| RateLimiter::new(limits, metrics.clone()).map(Arc::new))
             .transpose()
             .map_err(|e| vec![e])?;
+        let decisions = Arc::new(crate::decisions::Decisions::new(
+            config.decision_log.clone(),
+            shadow_rules,
+            metrics.clone(),
+        ));
         Ok(Runtime {
             config,
             tls: Arc::new(ArcSwap::new(tls)),
@@ -258,6 +270,7 @@ impl Runtime {
             public_base_url,
             fhir_base_path,
             rules: Arc::new(ArcSwapOption::new(rules)),
+            decisions,
             token_exchange,
             auditor,
             consent,
@@ -284,6 +297,7 @@ impl Runtime {
     /// Opens what serving needs beyond configuration: the audit spool (locked for this
     /// process). `check-config` does not call it, so it never touches a live spool.
     pub fn open(&self) -> Result<(), ConfigError> {
+        self.decisions.open()?;
         if let Some(auditor) = &self.auditor {
             auditor
                 .open()
@@ -293,9 +307,46 @@ impl Runtime {
     }
 }
 
-/// Reads and compiles an operator rules file; each problem names the rule.
-pub(crate) fn load_rules(path: &std::path::Path) -> Result<RuleSet, Vec<ConfigError>> {
-    let field = "policy.rules_file";
+/// Shadow rules need somewhere to write their disagreements; the decision log needs a folder.
+fn check_decision_log(config: &Config) -> Result<(), ConfigError> {
+    let Some(log) = &config.decision_log else {
+        return match config.policy.shadow_rules_file {
+            Some(_) => Err(ConfigError::new(
+                "policy.shadow_rules_file",
+                "the shadow rules' disagreements are written to the decision log: add \
+                 [decision_log] (decisions = \"disagreements\" writes only those)",
+            )),
+            None => Ok(()),
+        };
+    };
+    let folder = log
+        .path
+        .parent()
+        .filter(|parent| !parent.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    if !folder.is_dir() {
+        return Err(ConfigError::new(
+            "decision_log.path",
+            format!("{}: no such folder", folder.display()),
+        ));
+    }
+    if log.path.is_dir() {
+        return Err(ConfigError::new(
+            "decision_log.path",
+            format!("{} is a folder; name a file", log.path.display()),
+        ));
+    }
+    if log.max_bytes < 4096 {
+        return Err(ConfigError::new(
+            "decision_log.max_bytes",
+            "at least 4096: a decision is a few hundred bytes",
+        ));
+    }
+    Ok(())
+}
+
+/// Reads and compiles an operator rules file; each problem names `field` and the rule.
+pub(crate) fn load_rules(path: &std::path::Path, field: &str) -> Result<RuleSet, Vec<ConfigError>> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| vec![ConfigError::new(field, format!("{}: {e}", path.display()))])?;
     let file: RulesFile = toml::from_str(&text).map_err(|e| {

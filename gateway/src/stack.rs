@@ -60,7 +60,8 @@ fn build_for(runtime: &Runtime, listener: Listener) -> GatewayService {
             &c.resource_types,
         ),
         None => AuthorizeLayer::new(runtime.metrics.clone(), runtime.rules.clone()),
-    };
+    }
+    .with_decisions(runtime.decisions.clone());
     let token_exchange = match listener {
         Listener::Citizen => None,
         _ => runtime.token_exchange.clone(),
@@ -116,7 +117,8 @@ fn build_for(runtime: &Runtime, listener: Listener) -> GatewayService {
             runtime.pager.clone(),
             (!runtime.config.operations.is_empty()).then(|| runtime.operations.clone()),
         ))
-        // May they: the policy decision (403 otherwise).
+        // May they: the policy decision (403 otherwise); the decision log and the shadow rules
+        // see each decision here.
         .layer(authorize)
         // Header hygiene, forwarding, URL rewriting: the backend.
         .service(Proxy::new(runtime));

@@ -35,5 +35,6 @@ fn watched(config: &crate::config::Config) -> Vec<PathBuf> {
     paths.extend(config.tls.crls.iter().cloned());
     paths.extend(config.issuers.iter().filter_map(|i| i.jwks_file.clone()));
     paths.extend(config.policy.rules_file.iter().cloned());
+    paths.extend(config.policy.shadow_rules_file.iter().cloned());
     paths
 }

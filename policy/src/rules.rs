@@ -277,6 +277,28 @@ impl RuleSet {
         }
     }
 
+    /// The names of the rules that match a request in any of `contexts` (the contexts of the
+    /// caller's scopes), deny rules first: what a decision log shows as the rules it met.
+    pub fn matching(
+        &self,
+        caller: &Caller<'_>,
+        contexts: &[ScopeContext],
+        request: &FhirRequest,
+    ) -> Vec<&str> {
+        let matched = |effect: Effect| {
+            self.rules.iter().filter(move |rule| {
+                rule.effect == effect
+                    && contexts
+                        .iter()
+                        .any(|context| rule.matches(caller, *context, request))
+            })
+        };
+        matched(Effect::Deny)
+            .chain(matched(Effect::Allow))
+            .map(|rule| rule.name.as_str())
+            .collect()
+    }
+
     /// Whether an allow rule that names the request's resource type explicitly (not by an
     /// empty list) matches, and no deny rule does.
     pub fn names_type(
@@ -299,20 +321,6 @@ impl RuleSet {
         self.rules
             .iter()
             .any(|rule| rule.effect == Effect::Deny && rule.matches_in(caller, None, request))
-    }
-
-    /// The names of the rules that match (for `check-config` explanations and tests).
-    pub fn matching(
-        &self,
-        caller: &Caller<'_>,
-        context: ScopeContext,
-        request: &FhirRequest,
-    ) -> Vec<&str> {
-        self.rules
-            .iter()
-            .filter(|rule| rule.matches(caller, context, request))
-            .map(|rule| rule.name.as_str())
-            .collect()
     }
 }
 
@@ -392,6 +400,34 @@ mod tests {
     }
 
     #[test]
+    fn matching_names_deny_rules_first_and_only_in_the_callers_contexts() {
+        let read = classify("GET", "Observation/o1", None).unwrap();
+        let roles = vec!["7170".to_owned()];
+        let caller = Caller {
+            roles: &roles,
+            ..Caller::default()
+        };
+        let mut physicians = spec("physicians", Effect::Allow);
+        physicians.roles = vec!["7170".into()];
+        let mut systems_only = spec("systems only", Effect::Allow);
+        systems_only.contexts = vec!["system".into()];
+        let mut no_observations = spec("no observations", Effect::Deny);
+        no_observations.resource_types = vec!["Observation".into()];
+        let mut nurses = spec("nurses", Effect::Allow);
+        nurses.roles = vec!["5166".into()];
+        let set = rules(vec![physicians, systems_only, no_observations, nurses]);
+        assert_eq!(
+            set.matching(&caller, &[ScopeContext::User], &read),
+            vec!["no observations", "physicians"]
+        );
+        assert_eq!(
+            set.matching(&caller, &[ScopeContext::User, ScopeContext::System], &read),
+            vec!["no observations", "physicians", "systems only"]
+        );
+        assert!(set.matching(&caller, &[], &read).is_empty());
+    }
+
+    #[test]
     fn deny_by_default_and_deny_wins() {
         let read = classify("GET", "Observation/o1", None).unwrap();
         let roles = vec!["7170".to_owned()];
@@ -438,8 +474,8 @@ mod tests {
             RuleVerdict::Denied
         );
         assert_eq!(
-            set.matching(&research, ScopeContext::User, &read),
-            ["physicians", "no research"]
+            set.matching(&research, &[ScopeContext::User], &read),
+            ["no research", "physicians"]
         );
     }
 

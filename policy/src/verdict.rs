@@ -64,6 +64,40 @@ impl Decision {
         }
     }
 
+    /// `allow`, or the deny reason's code: what a decision log and a metric label show.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Decision::Allow { .. } => "allow",
+            Decision::Deny { reason } => reason.code(),
+        }
+    }
+
+    /// Whether `other` reaches the same verdict: both allow, or both deny for the same reason,
+    /// and for a batch or transaction the same verdict entry by entry. Obligations are not
+    /// compared: two rule sets differ in what they let through, not in how it is narrowed.
+    pub fn same_verdict(&self, other: &Decision) -> bool {
+        match (self, other) {
+            (
+                Decision::Allow {
+                    obligations: mine, ..
+                },
+                Decision::Allow {
+                    obligations: theirs,
+                    ..
+                },
+            ) => {
+                mine.entries.len() == theirs.entries.len()
+                    && mine
+                        .entries
+                        .iter()
+                        .zip(&theirs.entries)
+                        .all(|(mine, theirs)| mine.same_verdict(theirs))
+            }
+            (Decision::Deny { reason: mine }, Decision::Deny { reason: theirs }) => mine == theirs,
+            _ => false,
+        }
+    }
+
     pub(crate) fn allow(scope: &Scope, obligations: Obligations) -> Decision {
         Decision::Allow {
             granted_by: scope.as_str().to_owned(),
@@ -170,5 +204,46 @@ impl DenyReason {
 impl fmt::Display for DenyReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.code())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn allow(entries: Vec<Decision>) -> Decision {
+        Decision::Allow {
+            granted_by: "user/*.rs".into(),
+            obligations: Obligations {
+                entries,
+                ..Obligations::default()
+            },
+        }
+    }
+
+    fn deny(reason: DenyReason) -> Decision {
+        Decision::Deny { reason }
+    }
+
+    #[test]
+    fn the_same_verdict_is_the_same_outcome_entry_by_entry() {
+        let narrowed = Decision::Allow {
+            granted_by: "patient/*.rs".into(),
+            obligations: Obligations {
+                compartment: Some("pat-anne".into()),
+                ..Obligations::default()
+            },
+        };
+        assert!(allow(vec![]).same_verdict(&narrowed), "obligations aside");
+        assert!(deny(DenyReason::NoRuleAllows).same_verdict(&deny(DenyReason::NoRuleAllows)));
+        assert!(!deny(DenyReason::NoRuleAllows).same_verdict(&deny(DenyReason::DeniedByRule)));
+        assert!(!allow(vec![]).same_verdict(&deny(DenyReason::DeniedByRule)));
+        assert!(!deny(DenyReason::DeniedByRule).same_verdict(&allow(vec![])));
+        let batch = allow(vec![allow(vec![]), deny(DenyReason::NoRuleAllows)]);
+        assert!(batch.same_verdict(&allow(vec![allow(vec![]), deny(DenyReason::NoRuleAllows)])));
+        assert!(!batch.same_verdict(&allow(vec![allow(vec![]), allow(vec![])])));
+        assert!(!batch.same_verdict(&allow(vec![allow(vec![])])));
+        assert_eq!(batch.outcome(), "allow");
+        assert_eq!(deny(DenyReason::DeniedByRule).outcome(), "denied-by-rule");
     }
 }

@@ -165,3 +165,9 @@ pub(super) fn link_lifetime() -> Duration {
 pub(super) fn export_link_lifetime() -> Duration {
     Duration::from_secs(6 * 3600)
 }
+pub(super) fn decision_log_max_bytes() -> u64 {
+    100 * 1024 * 1024
+}
+pub(super) fn decision_log_keep() -> u32 {
+    5
+}

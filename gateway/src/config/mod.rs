@@ -24,7 +24,10 @@ pub use self::auth::{
     ClaimNames, IntrospectionConfig, IssuerConfig, SmartConfig, TokenExchangeConfig,
 };
 pub use self::backend::{BackendConfig, RouteConfig, UpstreamConfig};
-pub use self::policy::{ConsentConfig, FilteredEntries, OperationConfig, PolicyConfig};
+pub use self::policy::{
+    ConsentConfig, DecisionLogConfig, FilteredEntries, LoggedDecisions, OperationConfig,
+    PolicyConfig,
+};
 pub use self::server::{
     CitizenConfig, LimitsConfig, LogConfig, LogFormat, PagingConfig, RateLimitConfig, RateLimitKey,
     ServerConfig, TlsConfig,
@@ -82,6 +85,9 @@ pub struct Config {
     /// Operations declared by the operator, tried before the built-in ones.
     #[serde(default, rename = "operation")]
     pub operations: Vec<OperationConfig>,
+    /// Every decision as JSON lines (and the shadow rules' disagreements).
+    #[serde(default)]
+    pub decision_log: Option<DecisionLogConfig>,
 }
 
 /// A configuration problem, naming the field it is about.
@@ -181,8 +187,17 @@ impl Config {
                 }
             }
         }
-        if let Some(rules_file) = &mut self.policy.rules_file {
+        for rules_file in [
+            &mut self.policy.rules_file,
+            &mut self.policy.shadow_rules_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
             resolve(rules_file);
+        }
+        if let Some(log) = &mut self.decision_log {
+            resolve(&mut log.path);
         }
         if let Some(key_file) = &mut self.paging.key_file {
             resolve(key_file);

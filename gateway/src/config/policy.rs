@@ -34,6 +34,40 @@ pub struct PolicyConfig {
     /// Without it, scopes alone decide.
     #[serde(default)]
     pub rules_file: Option<PathBuf>,
+    /// A rules file tried beside the enforced one: decided on every request, never enforced;
+    /// each disagreement is counted and written to the decision log. A reload that names it as
+    /// `rules_file` promotes it.
+    #[serde(default)]
+    pub shadow_rules_file: Option<PathBuf>,
+}
+
+/// `[decision_log]`: every decision (or only the shadow rules' disagreements) as JSON lines,
+/// rotated by size (README "Decision log" gives the schema).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionLogConfig {
+    /// The file; rotated files are `<path>.1` (newest) to `<path>.<keep>`.
+    pub path: PathBuf,
+    /// Rotate when the file would pass this size.
+    #[serde(default = "defaults::decision_log_max_bytes")]
+    pub max_bytes: u64,
+    /// How many rotated files are kept.
+    #[serde(default = "defaults::decision_log_keep")]
+    pub keep: u32,
+    /// `all` decisions, or only the shadow rules' `disagreements`.
+    #[serde(default)]
+    pub decisions: LoggedDecisions,
+}
+
+/// See [`DecisionLogConfig::decisions`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LoggedDecisions {
+    /// Every decision.
+    #[default]
+    All,
+    /// Only those where the shadow rules disagree.
+    Disagreements,
 }
 
 /// See [`PolicyConfig::filtered_entries`].

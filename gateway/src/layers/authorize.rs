@@ -8,17 +8,17 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use arc_swap::ArcSwapOption;
 use http::Request;
-use portvagt_policy::{
-    Channel, Decision, DenyReason, FhirRequest, RuleSet, decide, decide_with_rules,
-};
+use portvagt_policy::{Channel, Decision, DenyReason, FhirRequest, decide, decide_with_rules};
 use tower::{Layer, Service};
 
 use super::{BoxFuture, take_ready};
 use crate::auth::Principal;
 use crate::body::BoxError;
 use crate::context::{RequestRecord, record};
+pub use crate::decisions::SharedRules;
+use crate::decisions::{Decisions, Observed};
+use crate::layers::request_id::RequestId;
 use crate::metrics::Metrics;
 
 /// The policy said no.
@@ -29,15 +29,13 @@ pub struct AccessDeniedError {
     pub reason: DenyReason,
 }
 
-/// The operator rules in force; swapped whole when the rules file is reloaded.
-pub type SharedRules = Arc<ArcSwapOption<RuleSet>>;
-
 /// Enforces the policy decision.
 #[derive(Debug, Clone)]
 pub struct AuthorizeLayer {
     metrics: Arc<Metrics>,
     rules: SharedRules,
     citizen: Option<Arc<[String]>>,
+    decisions: Option<Arc<Decisions>>,
 }
 
 impl AuthorizeLayer {
@@ -48,6 +46,15 @@ impl AuthorizeLayer {
             metrics,
             rules,
             citizen: None,
+            decisions: None,
+        }
+    }
+
+    /// Every decision also shown to `decisions`: the decision log, the shadow rules.
+    pub fn with_decisions(self, decisions: Arc<Decisions>) -> Self {
+        Self {
+            decisions: Some(decisions),
+            ..self
         }
     }
 
@@ -59,6 +66,7 @@ impl AuthorizeLayer {
             metrics,
             rules,
             citizen: Some(resource_types.iter().cloned().collect()),
+            decisions: None,
         }
     }
 }
@@ -71,6 +79,7 @@ impl<S> Layer<S> for AuthorizeLayer {
             metrics: self.metrics.clone(),
             rules: self.rules.clone(),
             citizen: self.citizen.clone(),
+            decisions: self.decisions.clone(),
         }
     }
 }
@@ -82,6 +91,7 @@ pub struct Authorize<S> {
     metrics: Arc<Metrics>,
     rules: SharedRules,
     citizen: Option<Arc<[String]>>,
+    decisions: Option<Arc<Decisions>>,
 }
 
 impl<S, B, R> Service<Request<B>> for Authorize<S>
@@ -111,10 +121,24 @@ where
         ) {
             (Some(principal), Some(fhir)) => {
                 let subject = principal.policy_subject(channel);
-                match self.rules.load().as_deref() {
+                let rules = self.rules.load();
+                let decision = match rules.as_deref() {
                     None => decide(subject, fhir),
                     Some(rules) => decide_with_rules(subject, &principal.caller(), rules, fhir),
+                };
+                if let Some(decisions) = self.decisions.as_ref().filter(|d| d.active()) {
+                    let request_id = request.extensions().get::<RequestId>();
+                    let observed = Observed {
+                        request_id: request_id.map_or("", RequestId::as_str),
+                        method: request.method().as_str(),
+                        principal,
+                        channel,
+                        request: fhir,
+                        rules: rules.as_deref(),
+                    };
+                    decisions.observe(observed, &decision);
                 }
+                decision
             }
             _ => Decision::Deny {
                 reason: DenyReason::InsufficientScope,

@@ -13,6 +13,7 @@ mod citizen;
 mod compartment;
 mod conformance;
 mod consent;
+mod decisions;
 mod demo;
 mod export;
 mod fhir_operations;

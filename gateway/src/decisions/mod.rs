@@ -1,0 +1,245 @@
+//! What was decided, for the operator: the decision log and shadow rules.
+//!
+//! - **Decision log** (`[decision_log]`): one JSON line per policy decision, the way OPA's
+//!   decision logs work: the inputs summarised (who, through which listener, what interaction
+//!   on what type, which parameter names: never their values, never a token), the outcome, the
+//!   scope that granted it and the operator rules it met. The schema is in the README
+//!   ("Decision log"); `schema` names its version.
+//! - **Shadow rules** (`[policy] shadow_rules_file`): a second rules file decided on every
+//!   request beside the enforced one and never enforced. Each disagreement is counted
+//!   (`portvagt_shadow_disagreements_total{enforced, shadow}`) and written to the decision log
+//!   with the request id, so a policy change is tried on live traffic before it is enforced.
+//!
+//! The decisions themselves are the policy crate's ([`portvagt_policy::decide_with_rules`]);
+//! this module only asks it a second time and writes down what both said.
+
+mod log;
+
+use std::sync::{Arc, OnceLock};
+
+use arc_swap::ArcSwapOption;
+use portvagt_policy::{Channel, Decision, FhirRequest, RuleSet, ScopeContext, decide_with_rules};
+use serde_json::{Value, json};
+
+use self::log::LogWriter;
+use crate::auth::Principal;
+use crate::config::{ConfigError, DecisionLogConfig, LoggedDecisions};
+use crate::metrics::Metrics;
+
+/// The schema version of a decision log line.
+pub const SCHEMA: &str = "portvagt.decision/1";
+
+/// Operator rules, swapped whole on reload.
+pub type SharedRules = Arc<ArcSwapOption<RuleSet>>;
+
+/// The decision log and the shadow rules of one gateway.
+#[derive(Debug)]
+pub struct Decisions {
+    /// The shadow rules, when configured.
+    pub shadow: SharedRules,
+    config: Option<DecisionLogConfig>,
+    writer: OnceLock<LogWriter>,
+    metrics: Arc<Metrics>,
+}
+
+impl Decisions {
+    /// Nothing is written until [`Decisions::open`].
+    pub fn new(
+        config: Option<DecisionLogConfig>,
+        shadow: Option<RuleSet>,
+        metrics: Arc<Metrics>,
+    ) -> Decisions {
+        Decisions {
+            shadow: Arc::new(ArcSwapOption::from(shadow.map(Arc::new))),
+            config,
+            writer: OnceLock::new(),
+            metrics,
+        }
+    }
+
+    /// Whether a decision log is configured (shadow rules need one).
+    pub fn logs(&self) -> bool {
+        self.config.is_some()
+    }
+
+    /// Whether a request's decision is looked at at all (the hot path asks this first).
+    pub fn active(&self) -> bool {
+        self.config.is_some() || self.shadow.load().is_some()
+    }
+
+    /// Starts writing the log (when serving; `check-config` never calls it).
+    pub fn open(&self) -> Result<(), ConfigError> {
+        let Some(config) = &self.config else {
+            return Ok(());
+        };
+        if self.writer.get().is_some() {
+            return Ok(());
+        }
+        let writer = LogWriter::start(config, self.metrics.clone()).map_err(|e| {
+            ConfigError::new(
+                "decision_log.path",
+                format!("{}: {e}", config.path.display()),
+            )
+        })?;
+        let _ = self.writer.set(writer);
+        Ok(())
+    }
+
+    /// Looks at one decision: decides again under the shadow rules (if any), counts a
+    /// disagreement, and writes the line the log wants.
+    pub fn observe(&self, observed: Observed<'_>, enforced: &Decision) {
+        let shadow = self.shadow.load();
+        let shadow = shadow.as_deref().map(|rules| {
+            self.metrics.shadow_decisions.inc();
+            let subject = observed.principal.policy_subject(observed.channel);
+            let decision = decide_with_rules(
+                subject,
+                &observed.principal.caller(),
+                rules,
+                observed.request,
+            );
+            (rules, decision)
+        });
+        let agrees = shadow
+            .as_ref()
+            .is_none_or(|(_, decision)| decision.same_verdict(enforced));
+        if let Some((_, decision)) = &shadow
+            && !agrees
+        {
+            self.metrics
+                .shadow_disagreements
+                .with_label_values(&[enforced.outcome(), decision.outcome()])
+                .inc();
+        }
+        let Some(config) = &self.config else {
+            return;
+        };
+        if config.decisions == LoggedDecisions::Disagreements && agrees {
+            return;
+        }
+        let Some(writer) = self.writer.get() else {
+            return;
+        };
+        let mut line = record(&observed, enforced);
+        if let Some((rules, decision)) = &shadow {
+            let mut shadow = result(&observed, decision, Some(rules));
+            shadow["agrees"] = json!(agrees);
+            line["shadow"] = shadow;
+        }
+        writer.write(line.to_string());
+    }
+}
+
+/// One decision's inputs, as the authorize layer has them.
+#[derive(Debug, Clone, Copy)]
+pub struct Observed<'a> {
+    /// The request id.
+    pub request_id: &'a str,
+    /// The HTTP method.
+    pub method: &'a str,
+    /// Who asked.
+    pub principal: &'a Principal,
+    /// Through which listener.
+    pub channel: Channel<'a>,
+    /// What was asked, as classified.
+    pub request: &'a FhirRequest,
+    /// The enforced operator rules, if any.
+    pub rules: Option<&'a RuleSet>,
+}
+
+/// The decision log line for `enforced` (without the shadow part).
+fn record(observed: &Observed<'_>, enforced: &Decision) -> Value {
+    let principal = observed.principal;
+    let request = observed.request;
+    let mut params: Vec<&str> = request
+        .params()
+        .iter()
+        .map(|(name, _)| name.as_str())
+        .collect();
+    params.dedup();
+    let entries = match request.body() {
+        Some(portvagt_policy::request::RequestBody::Bundle { entries, .. }) => Some(entries.len()),
+        _ => None,
+    };
+    let scopes: Vec<&str> = principal
+        .scopes
+        .iter()
+        .map(|scope| scope.as_str())
+        .collect();
+    json!({
+        "schema": SCHEMA,
+        "time": now(),
+        "request_id": observed.request_id,
+        "listener": match observed.channel {
+            Channel::Professional => "mtls",
+            Channel::Citizen { .. } => "citizen",
+        },
+        "input": {
+            "method": observed.method,
+            "path": request.path(),
+            "params": params,
+            "interaction": request.interaction().as_str(),
+            "resource_type": request.resource_type().map(|t| t.as_str()),
+            "operation": request.operation(),
+            "entries": entries,
+            "caller": {
+                "issuer": principal.issuer,
+                "subject": principal.subject,
+                "client_id": principal.client_id,
+                "scopes": scopes,
+                "patient": principal.patient,
+                "fhir_user": principal.fhir_user,
+                "roles": principal.roles,
+                "purpose_of_use": principal.purpose_of_use,
+                "organisation": principal.peer().cvr(),
+                "certificate_bound": principal.certificate_bound,
+            },
+        },
+        "result": result(observed, enforced, observed.rules),
+    })
+}
+
+/// What one rule set decided: outcome, the granting scope, the rules met, and the entries'
+/// outcomes for a batch or transaction.
+fn result(observed: &Observed<'_>, decision: &Decision, rules: Option<&RuleSet>) -> Value {
+    let (granted_by, entries) = match decision {
+        Decision::Allow {
+            granted_by,
+            obligations,
+        } => (
+            Some(granted_by.as_str()).filter(|scope| !scope.is_empty()),
+            obligations.entries.iter().map(Decision::outcome).collect(),
+        ),
+        Decision::Deny { .. } => (None, Vec::new()),
+    };
+    let contexts = contexts(observed.principal);
+    let met: Option<Vec<&str>> = rules
+        .map(|rules| rules.matching(&observed.principal.caller(), &contexts, observed.request));
+    let mut result = json!({
+        "decision": if decision.is_allow() { "allow" } else { "deny" },
+        "reason": decision.deny_reason().map(|reason| reason.code()),
+        "granted_by": granted_by,
+        "rules": met,
+    });
+    if !entries.is_empty() {
+        result["entries"] = json!(entries);
+    }
+    result
+}
+
+/// The contexts of the caller's scopes (`patient`, `user`, `system`), each once.
+fn contexts(principal: &Principal) -> Vec<ScopeContext> {
+    let mut contexts: Vec<ScopeContext> = Vec::with_capacity(3);
+    for scope in principal.scopes.iter() {
+        if !contexts.contains(&scope.context()) {
+            contexts.push(scope.context());
+        }
+    }
+    contexts
+}
+
+fn now() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
