@@ -1,7 +1,8 @@
 //! Local endpoints the gateway answers itself: `/healthz` (the process runs), `/readyz` (the
 //! backend answers), `/metrics` (Prometheus) and the SMART configuration document
 //! (SMART App Launch 2.2 §2.1, at `/.well-known/smart-configuration` below the FHIR base and at
-//! the root).
+//! the root), and the public keys backends check the gateway's identity assertions with
+//! (`/.well-known/portvagt-identity-jwks.json`, [`crate::backend::identity`]).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -60,6 +61,8 @@ pub enum LocalEndpoint {
     Metrics,
     /// `/.well-known/smart-configuration`
     SmartConfiguration,
+    /// `/.well-known/portvagt-identity-jwks.json`
+    IdentityKeys,
 }
 
 impl Admin {
@@ -106,6 +109,9 @@ impl Admin {
             {
                 Some(LocalEndpoint::Metrics)
             }
+            // Public keys: on every listener, the admin one too (where a backend inside the
+            // cluster may fetch them without a client certificate).
+            "/.well-known/portvagt-identity-jwks.json" => Some(LocalEndpoint::IdentityKeys),
             "/.well-known/smart-configuration" if serves_smart => {
                 Some(LocalEndpoint::SmartConfiguration)
             }
@@ -186,6 +192,23 @@ impl Admin {
                     HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
                 );
                 response
+            }
+            LocalEndpoint::IdentityKeys => {
+                // Every backend's key, once each (the routes in force: a reload that adds a
+                // backend publishes its key).
+                let mut keys: Vec<serde_json::Value> = Vec::new();
+                for route in self.upstreams.load().iter() {
+                    if let Some(asserter) = &route.backend.identity {
+                        let key = asserter.jwk();
+                        if !keys.contains(&key) {
+                            keys.push(key);
+                        }
+                    }
+                }
+                json_response(
+                    StatusCode::OK,
+                    Bytes::from(serde_json::json!({ "keys": keys }).to_string()),
+                )
             }
             LocalEndpoint::SmartConfiguration => json_response(
                 StatusCode::OK,

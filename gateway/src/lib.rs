@@ -19,6 +19,7 @@ mod encoding;
 pub mod exchange;
 pub mod format;
 pub mod https;
+pub mod issuer_key;
 pub mod layers;
 pub mod metrics;
 pub mod minlog;

@@ -9,6 +9,11 @@
 //   node server.mjs [--port N] [--host 127.0.0.1] [--base-path /fhir/R4]
 //                   [--seed seed/bundle.json] [--watch-stdin] [--verbose]
 //                   [--tls-cert F --tls-key F [--client-ca F --writer-cert F]]
+//                   [--identity-jwks URL --identity-issuer ISS --identity-audience AUD
+//                    [--identity-ca F]]
+//
+// With --identity-jwks it checks the gateway's identity assertion (identity.mjs): writes need
+// one, a forged or replayed one is refused, and each write gets a Provenance naming the actor.
 //
 // Once listening it prints exactly one JSON line to stdout:
 //   {"listening":"http://127.0.0.1:<port>/fhir/R4","port":<port>}
@@ -34,6 +39,7 @@ import { buildCapabilityStatement } from './capability.mjs';
 import { parametersToPairs, patientEverythingHandler } from './everything.mjs';
 import { bulk, kickOff } from './bulk.mjs';
 import { documentHandler, lastnHandler, metaHandler } from './operations.mjs';
+import { identityVerifier, provenance } from './identity.mjs';
 import {
   FORM_TYPE,
   HttpError,
@@ -56,7 +62,8 @@ const FHIR_ID = /^[A-Za-z0-9\-.]{1,64}$/;
 const USAGE = `usage: node server.mjs [--port N] [--host 127.0.0.1] [--base-path /fhir/R4]
                       [--seed seed/bundle.json] [--watch-stdin] [--verbose]
                       [--tls-cert F --tls-key F [--client-ca F --writer-cert F]]
-                      [--paging offset|opaque]`;
+                      [--paging offset|opaque]
+                      [--identity-jwks URL --identity-issuer ISS --identity-audience AUD [--identity-ca F]]`;
 
 let args;
 try {
@@ -73,6 +80,10 @@ try {
       'client-ca': { type: 'string' },
       'writer-cert': { type: 'string' },
       paging: { type: 'string', default: 'offset' },
+      'identity-jwks': { type: 'string' },
+      'identity-issuer': { type: 'string' },
+      'identity-audience': { type: 'string' },
+      'identity-ca': { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
     },
     strict: true,
@@ -111,6 +122,13 @@ if (args.paging !== 'offset' && args.paging !== 'opaque') {
 // `opaque`: searchset and history paging links name a stored search by id, as HAPI FHIR's
 // `_getpages` do, and say nothing of what was searched for.
 const opaquePaging = args.paging === 'opaque';
+let identity;
+try {
+  identity = identityVerifier(args);
+} catch (err) {
+  process.stderr.write(`${err.message}\n${USAGE}\n`);
+  process.exit(2);
+}
 const basePath = ('/' + args['base-path']).replace(/\/+/g, '/').replace(/\/$/, '');
 const verbose = args.verbose;
 
@@ -339,6 +357,10 @@ async function handleFhir(req, res, method, rel, url) {
     };
     const [result, resource, options] = await router.handleRequest(fhirReq, repo);
     let status = getStatus(result);
+    const actor = req.portvagtActor;
+    if (actor && ['create', 'update', 'patch'].includes(interaction) && resource?.id && status < 300) {
+      await repo.createResource(provenance(resource, interaction, actor));
+    }
     const headers = {};
     if (!resource) {
       return send(res, status, result);
@@ -427,6 +449,7 @@ async function handle(req, res) {
       res.setHeader('Allow', [...METHODS].join(', '));
       throw new HttpError(405, 'not-supported', `Method not allowed: ${req.method}`);
     } else {
+      req.portvagtActor = await identity?.check(req, isWrite(req.method, url.pathname));
       status = await handleFhir(req, res, method, url.pathname.slice(basePath.length), url);
     }
   } catch (err) {

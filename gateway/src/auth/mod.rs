@@ -7,7 +7,8 @@
 
 pub mod claims;
 pub mod introspection;
-pub mod issuer_key;
+/// ES256 signing keys live on the ground floor (the backends sign identity assertions too).
+pub use crate::issuer_key;
 pub mod jwks;
 pub mod jwt;
 pub mod principal;

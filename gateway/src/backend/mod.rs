@@ -14,6 +14,7 @@ use hyper_util::rt::TokioExecutor;
 
 pub mod circuit;
 mod error;
+pub mod identity;
 pub mod rewrite;
 
 use self::circuit::{CircuitBreaker, CircuitState};
@@ -61,6 +62,8 @@ pub struct Backend {
     base_path: String,
     base_url: String,
     pub(crate) forward_authorization: bool,
+    /// Signs the identity assertion every forwarded request carries, when configured.
+    pub(crate) identity: Option<identity::IdentityAsserter>,
 }
 
 impl Backend {
@@ -117,6 +120,12 @@ impl Backend {
             .pool_max_idle_per_host(config.pool_max_idle_per_host)
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
+        let base_url = format!("{scheme}://{authority}{base_path}");
+        let identity = config
+            .identity
+            .as_ref()
+            .map(|identity| identity::IdentityAsserter::new(identity, field, &base_url))
+            .transpose()?;
         Ok(Backend {
             name: name.to_owned(),
             in_flight: tokio::sync::Semaphore::new(config.max_in_flight.max(1)),
@@ -125,11 +134,12 @@ impl Backend {
             circuit: CircuitBreaker::new(config.circuit_failures, config.circuit_open),
             response_timeout: config.response_timeout,
             retries: config.retries,
-            base_url: format!("{scheme}://{authority}{base_path}"),
+            base_url,
             scheme,
             authority,
             base_path,
             forward_authorization: config.forward_authorization,
+            identity,
         })
     }
 

@@ -62,6 +62,29 @@ pub struct BackendConfig {
     /// Its key.
     #[serde(default)]
     pub client_key: Option<PathBuf>,
+    /// Tell this backend who acted, verifiably: a short-lived JWT the gateway signs in
+    /// `X-Portvagt-Identity` on every request it forwards.
+    #[serde(default)]
+    pub identity: Option<IdentityAssertionConfig>,
+}
+
+/// `[backend.identity]`: the verified identity assertion (README "Telling the backend who
+/// acted").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityAssertionConfig {
+    /// The gateway's ES256 signing key (PKCS#8 PEM), published with its `key_id` at
+    /// `/.well-known/portvagt-identity-jwks.json`.
+    pub signing_key: PathBuf,
+    /// The key's `kid`.
+    #[serde(default = "defaults::identity_key_id")]
+    pub key_id: String,
+    /// How long an assertion is good for (at most 5 minutes).
+    #[serde(default = "defaults::identity_lifetime", with = "humantime_serde")]
+    pub lifetime: Duration,
+    /// The assertion's `aud` (default: the backend's URL).
+    #[serde(default)]
+    pub audience: Option<String>,
 }
 
 /// `[[upstream]]`: another backend, for requests below its own FHIR base on the gateway

@@ -23,7 +23,7 @@ pub use self::audit::{AuditConfig, AuditFailureMode, AuditShipConfig};
 pub use self::auth::{
     ClaimNames, IntrospectionConfig, IssuerConfig, SmartConfig, TokenExchangeConfig,
 };
-pub use self::backend::{BackendConfig, RouteConfig, UpstreamConfig};
+pub use self::backend::{BackendConfig, IdentityAssertionConfig, RouteConfig, UpstreamConfig};
 pub use self::policy::{
     ConsentConfig, DecisionLogConfig, FilteredEntries, LoggedDecisions, OperationConfig,
     PolicyConfig,
@@ -216,6 +216,9 @@ impl Config {
             .flatten()
             {
                 resolve(file);
+            }
+            if let Some(identity) = &mut backend.identity {
+                resolve(&mut identity.signing_key);
             }
         }
         if let Some(audit) = &mut self.audit {

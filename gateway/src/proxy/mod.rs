@@ -43,6 +43,8 @@ use portvagt_policy::request::RequestBody;
 pub struct Proxy {
     backend: Arc<Backend>,
     public_host: Option<HeaderValue>,
+    /// The gateway's public base URL: the `iss` of the identity assertions it signs.
+    public_base_url: Arc<str>,
     max_response_bytes: usize,
     filter_mode: FilterMode,
     metrics: Arc<Metrics>,
@@ -76,6 +78,7 @@ impl Proxy {
         Self {
             backend: runtime.backend.clone(),
             public_host,
+            public_base_url: Arc::from(public_base_url.as_str()),
             max_response_bytes: usize::try_from(runtime.config.limits.max_response_bytes)
                 .unwrap_or(usize::MAX),
             filter_mode: match runtime.config.policy.filtered_entries {

@@ -7,7 +7,7 @@
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
-use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use http_body_util::BodyExt as _;
 use portvagt_policy::consent::{Duties, count_only, shape_refusal};
 use portvagt_policy::operations::Kind;
@@ -20,9 +20,11 @@ use super::{
     widen_elements,
 };
 use crate::auth::Principal;
+use crate::backend::identity::{Actor, IDENTITY_HEADER, IdentityAsserter};
 use crate::body::{Body, BoxError, full};
 use crate::consent::{BREAK_GLASS_HEADER, caller_ids};
 use crate::context::{ClientAddr, RequestRecord};
+use crate::layers::request_id::RequestId;
 use crate::paging::{LinkKind, PageFollow, PageOrigin};
 use crate::routing::FhirPath;
 
@@ -156,15 +158,19 @@ impl Proxy {
         }
         // Negative consent, before anything reaches the backend: the patients the request
         // touches (its reach, with identifiers resolved and the owners of what it writes).
-        let consent = self.consent.as_ref().and_then(|store| {
-            let principal = parts.extensions.get::<Arc<Principal>>()?;
-            // UTF-8 as sent (a Danish reason has æ, ø, å), not only visible ASCII.
-            let reason = parts
+        let principal = parts.extensions.get::<Arc<Principal>>().cloned();
+        // UTF-8 as sent (a Danish reason has æ, ø, å), not only visible ASCII.
+        let break_glass_reason = principal.as_ref().and_then(|principal| {
+            parts
                 .headers
                 .get(BREAK_GLASS_HEADER)
                 .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
                 .map(|v| v.chars().take(500).collect::<String>())
-                .or_else(|| principal.identity().break_glass_reason.clone());
+                .or_else(|| principal.identity().break_glass_reason.clone())
+        });
+        let consent = self.consent.as_ref().and_then(|store| {
+            let principal = principal.as_ref()?;
+            let reason = break_glass_reason.clone();
             let backend = routes
                 .iter()
                 .find(|route| route.takes(&path.base, Some("Consent")))
@@ -283,6 +289,19 @@ impl Proxy {
         if export {
             headers::for_export(&mut parts.headers, respond_async, follow.is_some());
         }
+        if let (Some(asserter), Some(principal)) = (&upstream.backend.identity, &principal) {
+            let request_id = parts.extensions.get::<RequestId>();
+            let assertion = identity_assertion(
+                asserter,
+                &self.public_base_url,
+                principal,
+                request_id.map(RequestId::as_str),
+                break_glass_reason.as_deref(),
+            )?;
+            parts
+                .headers
+                .insert(HeaderName::from_static(IDENTITY_HEADER), assertion);
+        }
         let is_head = parts.method == Method::HEAD;
         if is_head && (response_check(&obligations).is_some() || consent.is_some() || self.audited)
         {
@@ -308,6 +327,47 @@ impl Proxy {
         };
         Ok(ControlFlow::Continue((exchange, outgoing)))
     }
+}
+
+/// The signed assertion of who acts, for a backend that takes one.
+fn identity_assertion(
+    asserter: &IdentityAsserter,
+    issuer: &str,
+    principal: &Principal,
+    request_id: Option<&str>,
+    break_glass_reason: Option<&str>,
+) -> Result<HeaderValue, BoxError> {
+    let identity = principal.identity();
+    let organisation = identity
+        .organisation
+        .as_ref()
+        .map(|organisation| (organisation.system(), organisation));
+    let peer = principal.peer();
+    let actor = Actor {
+        subject: principal.subject(),
+        token_issuer: principal.issuer(),
+        name: identity.name.as_deref(),
+        roles: principal.roles(),
+        authorization_id: identity.authorization_id.as_deref(),
+        organisation: organisation.as_ref().map(|(system, organisation)| {
+            (
+                system.as_str(),
+                organisation.id.as_str(),
+                organisation.name.as_deref(),
+            )
+        }),
+        certificate_cvr: peer.cvr(),
+        client_id: principal.client_id(),
+        certificate_thumbprint: Some(peer.thumbprint_sha256()).filter(|t| !t.is_empty()),
+        purpose_of_use: principal.purpose_of_use(),
+        patient: principal.patient(),
+        fhir_user: principal.fhir_user(),
+        // Only an emergency sets a block aside; a reason given otherwise says nothing.
+        break_glass_reason: break_glass_reason
+            .filter(|_| principal.purpose_of_use() == Some("EMERGENCY")),
+        request_id,
+    };
+    Ok(asserter.assert(issuer, &actor)?)
 }
 
 /// The request the paging links of this request's answer continue: a search, history or

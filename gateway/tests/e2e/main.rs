@@ -17,6 +17,7 @@ mod decisions;
 mod demo;
 mod export;
 mod fhir_operations;
+mod identity;
 mod load_smoke;
 mod operations;
 mod paging;

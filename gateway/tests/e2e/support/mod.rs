@@ -690,6 +690,17 @@ pub async fn backend_exchange(
     path: &str,
     body: Option<&Value>,
 ) -> (StatusCode, Value) {
+    backend_exchange_with(base, method, path, &[], body).await
+}
+
+/// [`backend_exchange`] with more request headers.
+pub async fn backend_exchange_with(
+    base: &str,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&Value>,
+) -> (StatusCode, Value) {
     let url: http::Uri = format!("{base}/{path}").parse().unwrap();
     let tcp = tokio::net::TcpStream::connect((url.host().unwrap(), url.port_u16().unwrap()))
         .await
@@ -698,12 +709,16 @@ pub async fn backend_exchange(
         .await
         .unwrap();
     tokio::spawn(connection);
-    let request = Request::builder()
+    let mut request = Request::builder()
         .method(method)
         .uri(url.path_and_query().unwrap().as_str())
         .header("host", url.authority().unwrap().as_str())
         .header("accept", "application/fhir+json")
-        .header("content-type", "application/fhir+json")
+        .header("content-type", "application/fhir+json");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request
         .body(Full::new(Bytes::from(
             body.map(Value::to_string).unwrap_or_default(),
         )))

@@ -69,22 +69,31 @@ impl IssuerKey {
 
     /// The public key as a JWK Set.
     pub fn jwks(&self) -> String {
+        json!({ "keys": [self.jwk()] }).to_string()
+    }
+
+    /// The public key as one JWK.
+    pub fn jwk(&self) -> serde_json::Value {
         let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
         // Uncompressed point: 0x04 || X || Y.
         let point = self.public_point.get(1..).unwrap_or_default();
         let (x, y) = point.split_at(point.len() / 2);
-        json!({ "keys": [{
+        json!({
             "kty": "EC", "crv": "P-256", "use": "sig", "alg": "ES256",
             "kid": self.kid, "x": b64(x), "y": b64(y),
-        }]})
-        .to_string()
+        })
     }
 
-    /// Signs `claims` as an ES256 JWT with this key's `kid`.
+    /// Signs `claims` as an ES256 access token (`typ` `at+jwt`, RFC 9068) with this key's `kid`.
     pub fn sign(&self, claims: &serde_json::Value) -> anyhow::Result<String> {
+        self.sign_typed(claims, "at+jwt")
+    }
+
+    /// Signs `claims` as an ES256 JWT of type `typ` with this key's `kid`.
+    pub fn sign_typed(&self, claims: &serde_json::Value, typ: &str) -> anyhow::Result<String> {
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(self.kid.clone());
-        header.typ = Some("at+jwt".into());
+        header.typ = Some(typ.into());
         Ok(jsonwebtoken::encode(&header, claims, &self.encoding)?)
     }
 }

@@ -1,0 +1,263 @@
+//! The verified identity assertion: who acted, told to a backend in a way it can check. A
+//! backend records the actor of a write (its Provenance, its own audit) from what the gateway
+//! verified, never from headers a client could send (those are stripped:
+//! `proxy/headers.rs` drops every `x-portvagt-*` header a client sends).
+//!
+//! Per backend, opt-in (`[backend.identity]`): every request forwarded to it carries
+//! `X-Portvagt-Identity`, a JWT (RFC 7519) signed ES256 with the gateway's own key, `typ`
+//! `portvagt-identity+jwt`, short-lived (60 s by default) and unique (`jti`), for the backend's
+//! audience only. The key is published at `/.well-known/portvagt-identity-jwks.json`; the
+//! backend verifies the signature, `iss`, `aud`, the lifetime, and refuses a `jti` twice.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::HeaderValue;
+use serde_json::{Map, Value, json};
+
+use crate::config::{ConfigError, IdentityAssertionConfig};
+use crate::issuer_key::IssuerKey;
+
+/// The header the assertion travels in.
+pub const IDENTITY_HEADER: &str = "x-portvagt-identity";
+
+/// The assertion's JOSE `typ`.
+pub const IDENTITY_TYPE: &str = "portvagt-identity+jwt";
+
+/// The longest lifetime an operator may give assertions.
+const MAX_LIFETIME: Duration = Duration::from_secs(300);
+
+/// Signs identity assertions for one backend.
+#[derive(Debug)]
+pub struct IdentityAsserter {
+    key: IssuerKey,
+    audience: String,
+    lifetime: Duration,
+}
+
+/// Who acted, as the gateway verified it; each part is left out of the assertion when unknown.
+#[derive(Debug, Default, Clone)]
+pub struct Actor<'a> {
+    /// The token's `sub`.
+    pub subject: &'a str,
+    /// The token's issuer.
+    pub token_issuer: &'a str,
+    /// The person's name.
+    pub name: Option<&'a str>,
+    /// Profession codes (Autorisationsregister roles).
+    pub roles: &'a [String],
+    /// The Autorisationsregister id.
+    pub authorization_id: Option<&'a str>,
+    /// The organisation acted for: identifier system, value, name.
+    pub organisation: Option<(&'a str, &'a str, Option<&'a str>)>,
+    /// CVR of the client certificate's organisation.
+    pub certificate_cvr: Option<&'a str>,
+    /// The OAuth client.
+    pub client_id: Option<&'a str>,
+    /// SHA-256 thumbprint of the client certificate (RFC 8705 `x5t#S256`).
+    pub certificate_thumbprint: Option<&'a str>,
+    /// `purpose_of_use`.
+    pub purpose_of_use: Option<&'a str>,
+    /// The patient launch context.
+    pub patient: Option<&'a str>,
+    /// `fhirUser`.
+    pub fhir_user: Option<&'a str>,
+    /// Why a consent block was set aside, for an emergency access.
+    pub break_glass_reason: Option<&'a str>,
+    /// The gateway's request id.
+    pub request_id: Option<&'a str>,
+}
+
+impl IdentityAsserter {
+    /// Loads the key; `field` names the config table in errors; `backend_url` is the default
+    /// audience.
+    pub fn new(
+        config: &IdentityAssertionConfig,
+        field: &str,
+        backend_url: &str,
+    ) -> Result<IdentityAsserter, ConfigError> {
+        let at = |key: &str| format!("{field}.identity.{key}");
+        let pem = std::fs::read_to_string(&config.signing_key).map_err(|e| {
+            ConfigError::new(
+                at("signing_key"),
+                format!("{}: {e}", config.signing_key.display()),
+            )
+        })?;
+        let key = IssuerKey::from_pem(&config.key_id, &pem).map_err(|e| {
+            ConfigError::new(
+                at("signing_key"),
+                format!(
+                    "{}: not a P-256 key (PKCS#8 PEM): {e:#}",
+                    config.signing_key.display()
+                ),
+            )
+        })?;
+        if config.lifetime.is_zero() || config.lifetime > MAX_LIFETIME {
+            return Err(ConfigError::new(
+                at("lifetime"),
+                "between 1s and 5m: an assertion is for one request",
+            ));
+        }
+        if config.key_id.trim().is_empty() {
+            return Err(ConfigError::new(at("key_id"), "must not be empty"));
+        }
+        Ok(IdentityAsserter {
+            key,
+            audience: config
+                .audience
+                .clone()
+                .unwrap_or_else(|| backend_url.to_owned()),
+            lifetime: config.lifetime,
+        })
+    }
+
+    /// The public key, for the published JWK Set.
+    pub fn jwk(&self) -> Value {
+        self.key.jwk()
+    }
+
+    /// The claims of an assertion that `actor` acted, issued by `issuer` (the gateway's public
+    /// base URL) now.
+    pub fn claims(&self, issuer: &str, actor: &Actor<'_>) -> Value {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
+        let mut claims = Map::new();
+        let mut put = |name: &str, value: Value| {
+            if !value.is_null() {
+                claims.insert(name.to_owned(), value);
+            }
+        };
+        put("iss", json!(issuer));
+        put("aud", json!(self.audience));
+        put("iat", json!(now));
+        put("nbf", json!(now));
+        put("exp", json!(now + self.lifetime.as_secs()));
+        put("jti", json!(uuid::Uuid::new_v4().to_string()));
+        put("sub", json!(actor.subject));
+        put("token_issuer", json!(actor.token_issuer));
+        put("name", json!(actor.name));
+        if !actor.roles.is_empty() {
+            put("roles", json!(actor.roles));
+        }
+        put("authorization_id", json!(actor.authorization_id));
+        if let Some((system, value, name)) = actor.organisation {
+            put(
+                "organisation",
+                json!({ "system": system, "value": value, "name": name }),
+            );
+        }
+        put("certificate_cvr", json!(actor.certificate_cvr));
+        put("client_id", json!(actor.client_id));
+        if let Some(thumbprint) = actor.certificate_thumbprint {
+            put("cnf", json!({ "x5t#S256": thumbprint }));
+        }
+        put("purpose_of_use", json!(actor.purpose_of_use));
+        put("patient", json!(actor.patient));
+        put("fhirUser", json!(actor.fhir_user));
+        put("break_glass_reason", json!(actor.break_glass_reason));
+        put("request_id", json!(actor.request_id));
+        Value::Object(claims)
+    }
+
+    /// The header value: the signed assertion.
+    pub fn assert(&self, issuer: &str, actor: &Actor<'_>) -> Result<HeaderValue, String> {
+        let token = self
+            .key
+            .sign_typed(&self.claims(issuer, actor), IDENTITY_TYPE)
+            .map_err(|e| format!("signing the identity assertion: {e:#}"))?;
+        HeaderValue::try_from(token).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn asserter(
+        dir: &std::path::Path,
+        lifetime: Duration,
+    ) -> Result<IdentityAsserter, ConfigError> {
+        let key = IssuerKey::generate("id-1").unwrap();
+        std::fs::write(dir.join("identity.key"), key.pem()).unwrap();
+        IdentityAsserter::new(
+            &IdentityAssertionConfig {
+                signing_key: dir.join("identity.key"),
+                key_id: "id-1".into(),
+                lifetime,
+                audience: None,
+            },
+            "backend",
+            "https://fhir.internal/fhir/R4",
+        )
+    }
+
+    #[test]
+    fn an_assertion_names_what_is_known_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let asserter = asserter(dir.path(), Duration::from_secs(60)).unwrap();
+        let roles = vec!["7170".to_owned()];
+        let actor = Actor {
+            subject: "mette.kjaer",
+            token_issuer: "https://issuer.example",
+            name: Some("Mette Kjær"),
+            roles: &roles,
+            authorization_id: Some("NS363"),
+            organisation: Some(("urn:oid:1.2.208.176.1.1", "123451000016004", None)),
+            client_id: Some("journal"),
+            purpose_of_use: Some("EMERGENCY"),
+            break_glass_reason: Some("bevidstløs"),
+            request_id: Some("req-1"),
+            ..Actor::default()
+        };
+        let claims = asserter.claims("https://gw.example/fhir", &actor);
+        assert_eq!(claims["aud"], "https://fhir.internal/fhir/R4");
+        assert_eq!(claims["iss"], "https://gw.example/fhir");
+        assert_eq!(
+            claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
+            60
+        );
+        assert_eq!(claims["roles"], json!(["7170"]));
+        assert_eq!(claims["organisation"]["value"], "123451000016004");
+        assert_eq!(claims["break_glass_reason"], "bevidstløs");
+        for absent in ["patient", "fhirUser", "cnf", "certificate_cvr"] {
+            assert!(claims.get(absent).is_none(), "{absent}: {claims}");
+        }
+        let other = asserter.claims("https://gw.example/fhir", &actor);
+        assert_ne!(claims["jti"], other["jti"], "each assertion is unique");
+        let token = asserter.assert("https://gw.example/fhir", &actor).unwrap();
+        let header = token
+            .to_str()
+            .unwrap()
+            .split('.')
+            .next()
+            .unwrap()
+            .to_owned();
+        let header: Value = serde_json::from_slice(
+            &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, header)
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(header["typ"], IDENTITY_TYPE);
+        assert_eq!(header["kid"], "id-1");
+        assert_eq!(header["alg"], "ES256");
+    }
+
+    #[test]
+    fn a_long_lifetime_or_a_missing_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let error = asserter(dir.path(), Duration::from_secs(3600)).unwrap_err();
+        assert_eq!(error.field, "backend.identity.lifetime");
+        let error = IdentityAsserter::new(
+            &IdentityAssertionConfig {
+                signing_key: dir.path().join("missing.key"),
+                key_id: "id-1".into(),
+                lifetime: Duration::from_secs(60),
+                audience: None,
+            },
+            "upstream[0].backend",
+            "https://x",
+        )
+        .unwrap_err();
+        assert_eq!(error.field, "upstream[0].backend.identity.signing_key");
+    }
+}
