@@ -96,10 +96,11 @@ pub fn settings(dir: &Path) -> anyhow::Result<Settings> {
     };
     let thumbprint = thumbprint(&client.cert_der);
     let now = now();
+    // The block names the professional by authorisation id only, as the suite's own CI does.
     let professional = |purpose: &str| {
         json!({
             "scope": "user/*.rs", "authorization_id": BLOCKED_AUTHORIZATION_ID,
-            "purpose_of_use": purpose, "fhirUser": "Practitioner/prac-ns363",
+            "purpose_of_use": purpose,
         })
     };
     let tokens = Tokens {

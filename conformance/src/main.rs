@@ -19,7 +19,11 @@ struct Cli {
     /// A running `portvagt demo`'s folder: every input is made from its files (its URLs,
     /// certificates, STS and token issuer key), and the reports go to DIR/conformance/ unless
     /// given. Instead of --target, --ca, --cert, --key and the tokens.
-    #[arg(long, conflicts_with_all = ["target", "ca", "cert", "key", "tokens", "token_commands"])]
+    #[arg(long, conflicts_with_all = [
+        "target", "ca", "cert", "key", "tokens", "token_commands", "own_patient", "other_patient",
+        "other_cert", "other_key", "foreign_cert", "foreign_key", "sosi_card", "blocked_patient",
+        "citizen_target",
+    ])]
     demo: Option<PathBuf>,
     /// The deployment's FHIR base URL, e.g. https://fhir.example.dk/fhir
     #[arg(long, required_unless_present = "demo")]
@@ -170,7 +174,9 @@ fn main() -> ExitCode {
 
 fn run() -> anyhow::Result<bool> {
     let mut cli = Cli::parse();
+    let settings = settings(&cli)?;
     if let Some(dir) = cli.demo.clone() {
+        portvagt_conformance::demo::check_running(&settings.base_url)?;
         let reports = portvagt_conformance::demo::report_dir(&dir);
         std::fs::create_dir_all(&reports)
             .with_context(|| format!("creating {}", reports.display()))?;
@@ -178,10 +184,6 @@ fn run() -> anyhow::Result<bool> {
         cli.json.get_or_insert_with(|| reports.join("report.json"));
         cli.markdown
             .get_or_insert_with(|| reports.join("report.md"));
-    }
-    let settings = settings(&cli)?;
-    if cli.demo.is_some() {
-        portvagt_conformance::demo::check_running(&settings.base_url)?;
     }
     let terminal = std::io::stderr().is_terminal();
     let runtime = tokio::runtime::Runtime::new()?;

@@ -93,7 +93,7 @@ impl Admin {
     /// and metrics only; the client listener serves probes, the SMART document, and metrics
     /// only when there is no admin listener to keep them private on; the citizen listener
     /// serves `/healthz` and the SMART document (its page signs in with it), never readiness
-    /// details or metrics.
+    /// details or metrics. Every listener serves the identity assertions' public keys.
     pub fn route(&self, method: &Method, path: &str, listener: Listener) -> Option<LocalEndpoint> {
         if method != Method::GET && method != Method::HEAD {
             return None;

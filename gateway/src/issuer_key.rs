@@ -84,6 +84,19 @@ impl IssuerKey {
         })
     }
 
+    /// The RFC 7638 thumbprint of the public key: base64url SHA-256 of its required members
+    /// in lexicographic order. A `kid` that changes whenever the key does.
+    pub fn thumbprint(&self) -> String {
+        let jwk = self.jwk();
+        let canonical = format!(
+            r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}"#,
+            jwk["x"].as_str().unwrap_or_default(),
+            jwk["y"].as_str().unwrap_or_default()
+        );
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical.as_bytes());
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_ref())
+    }
+
     /// Signs `claims` as an ES256 access token (`typ` `at+jwt`, RFC 9068) with this key's `kid`.
     pub fn sign(&self, claims: &serde_json::Value) -> anyhow::Result<String> {
         self.sign_typed(claims, "at+jwt")

@@ -75,6 +75,9 @@ pub struct Metrics {
     pub backend_in_flight: IntGaugeVec,
     /// `portvagt_backend_circuit_open{backend}`: 1 while a backend's circuit is open.
     pub backend_circuit_open: IntGaugeVec,
+    /// `portvagt_audit_ship_batch_size`: the most events the shipper now sends in one
+    /// transaction (lowered while the repository refuses larger ones).
+    pub audit_ship_batch_size: IntGauge,
     /// `portvagt_shadow_decisions_total`: requests the shadow rules decided too.
     pub shadow_decisions: IntCounter,
     /// `portvagt_shadow_disagreements_total{enforced, shadow}`: requests on which the shadow
@@ -294,6 +297,11 @@ impl Metrics {
             &["backend"],
         )
         .expect("valid metric");
+        let audit_ship_batch_size = IntGauge::new(
+            "portvagt_audit_ship_batch_size",
+            "The most events the audit shipper sends in one transaction now",
+        )
+        .expect("valid metric");
         let shadow_decisions = IntCounter::new(
             "portvagt_shadow_decisions_total",
             "Requests decided by the shadow rules beside the enforced ones",
@@ -314,6 +322,7 @@ impl Metrics {
         .expect("valid metric");
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(audit_ship_batch_size.clone()),
             Box::new(shadow_decisions.clone()),
             Box::new(shadow_disagreements.clone()),
             Box::new(decision_log_dropped.clone()),
@@ -383,6 +392,7 @@ impl Metrics {
             crl_next_update,
             backend_in_flight,
             backend_circuit_open,
+            audit_ship_batch_size,
             shadow_decisions,
             shadow_disagreements,
             decision_log_dropped,

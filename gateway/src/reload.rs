@@ -25,11 +25,12 @@ const POLL: Duration = Duration::from_secs(2);
 /// Watches for SIGHUP and changed files, and reloads; runs until the process ends.
 pub async fn watch(runtime: Arc<Runtime>) {
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    let paths: Vec<PathBuf> = runtime
+    let started: Vec<PathBuf> = runtime
         .loaded_files
         .iter()
         .map(|(p, _)| p.clone())
         .collect();
+    let mut paths = started.clone();
     let mut seen: Vec<Fingerprint> = runtime.loaded_files.iter().map(|(_, f)| *f).collect();
     update_expiry(&runtime);
     loop {
@@ -45,15 +46,30 @@ pub async fn watch(runtime: Arc<Runtime>) {
         let now: Vec<Fingerprint> = paths.iter().map(fingerprint).collect();
         if signalled || now != seen {
             tracing::info!(signalled, "reloading certificates, keys and policy");
-            reload(&runtime);
-            seen = now;
+            // A rules file the configuration names since (a promoted or new shadow file) is
+            // watched from now on.
+            let before = paths.clone();
+            if let Some(named) = reload(&runtime) {
+                paths = started.clone();
+                paths.extend(named.into_iter().filter(|path| !started.contains(path)));
+            }
+            // As they looked before the reload read them (a change made meanwhile is seen next
+            // time); a newly watched file as it looks now.
+            seen = paths
+                .iter()
+                .map(|path| match before.iter().position(|old| old == path) {
+                    Some(at) => now[at],
+                    None => fingerprint(path),
+                })
+                .collect();
         }
         update_expiry(&runtime);
     }
 }
 
-/// Reloads every part; each is swapped only if it loads.
-pub fn reload(runtime: &Runtime) {
+/// Reloads every part; each is swapped only if it loads. Answers the rules files the
+/// configuration now names (for the watcher), or `None` when it could not be read.
+pub fn reload(runtime: &Runtime) -> Option<Vec<PathBuf>> {
     let outcome = |component: &str, result: Result<(), String>| {
         let label = match &result {
             Ok(()) => "ok",
@@ -117,14 +133,37 @@ pub fn reload(runtime: &Runtime) {
                 .map(|routes| runtime.upstreams.store(Arc::new(routes))),
         );
     }
-    // A config file that does not load leaves the rules files named at start.
     let policy = match reread {
         Some(Ok(config)) => config.policy,
-        _ => runtime.config.policy.clone(),
+        None => runtime.config.policy.clone(),
+        // A config file that does not load (or is caught half written) changes no rules: the
+        // ones in force stay, whatever files the last good one named.
+        Some(Err(error)) => {
+            outcome(
+                "rules",
+                Err(format!(
+                    "the config file does not load ({error}): the rules in force stay"
+                )),
+            );
+            return None;
+        }
     };
+    let named: Vec<PathBuf> = [&policy.rules_file, &policy.shadow_rules_file]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
     outcome(
         "rules",
-        reload_rules(&policy.rules_file, "policy.rules_file", &runtime.rules),
+        match &policy.rules_file {
+            // Rules stop being enforced only by a restart, never by a file that lost a line.
+            None if runtime.rules.load().is_some() => Err(
+                "policy.rules_file is no longer named: the rules in force stay until a restart"
+                    .into(),
+            ),
+            None => Ok(()),
+            Some(path) => reload_rules(path, "policy.rules_file", &runtime.rules),
+        },
     );
     if policy.shadow_rules_file.is_some() && !runtime.decisions.logs() {
         outcome(
@@ -138,35 +177,30 @@ pub fn reload(runtime: &Runtime) {
     } else {
         outcome(
             "shadow_rules",
-            reload_rules(
-                &policy.shadow_rules_file,
-                "policy.shadow_rules_file",
-                &runtime.decisions.shadow,
-            ),
+            match &policy.shadow_rules_file {
+                // Shadow rules are never enforced: dropping them loosens nothing.
+                None => {
+                    runtime.decisions.shadow.store(None);
+                    Ok(())
+                }
+                Some(path) => {
+                    reload_rules(path, "policy.shadow_rules_file", &runtime.decisions.shadow)
+                }
+            },
         );
     }
+    Some(named)
 }
 
-/// Loads the rules file `path` names into `rules`; none named, none enforced (or tried).
+/// Loads the rules file at `path` into `rules`, if it compiles.
 fn reload_rules(
-    path: &Option<PathBuf>,
+    path: &std::path::Path,
     field: &str,
     rules: &crate::decisions::SharedRules,
 ) -> Result<(), String> {
-    match path {
-        None => {
-            if rules.swap(None).is_some() {
-                tracing::warn!(
-                    field,
-                    "the configuration names no rules file any more: none are used"
-                );
-            }
-            Ok(())
-        }
-        Some(path) => load_rules(path, field)
-            .map(|loaded| rules.store(Some(Arc::new(loaded))))
-            .map_err(|errors| ConfigError::join(&errors, "; ")),
-    }
+    load_rules(path, field)
+        .map(|loaded| rules.store(Some(Arc::new(loaded))))
+        .map_err(|errors| ConfigError::join(&errors, "; "))
 }
 
 /// Sets the expiry gauges: seconds until the server certificate and the client CA expire, and

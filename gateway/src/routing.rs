@@ -126,6 +126,8 @@ pub(crate) fn build_routes(
             ca_file: ship.ca_file.clone(),
             client_cert: ship.client_cert.clone(),
             client_key: ship.client_key.clone(),
+            // The main backend's identity assertions are for the main backend's audience.
+            identity: None,
             ..config.backend.clone()
         };
         match Backend::named(&repository, "audit.ship", "audit") {

@@ -309,6 +309,18 @@ impl Runtime {
 
 /// Shadow rules need somewhere to write their disagreements; the decision log needs a folder.
 fn check_decision_log(config: &Config) -> Result<(), ConfigError> {
+    if config.policy.shadow_rules_file.is_none()
+        && config
+            .decision_log
+            .as_ref()
+            .is_some_and(|log| log.decisions == crate::config::LoggedDecisions::Disagreements)
+    {
+        return Err(ConfigError::new(
+            "decision_log.decisions",
+            "\"disagreements\" are the shadow rules': without policy.shadow_rules_file \
+             nothing would be written (\"all\" writes every decision)",
+        ));
+    }
     let Some(log) = &config.decision_log else {
         return match config.policy.shadow_rules_file {
             Some(_) => Err(ConfigError::new(

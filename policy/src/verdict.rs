@@ -72,21 +72,29 @@ impl Decision {
         }
     }
 
-    /// Whether `other` reaches the same verdict: both allow, or both deny for the same reason,
-    /// and for a batch or transaction the same verdict entry by entry. Obligations are not
-    /// compared: two rule sets differ in what they let through, not in how it is narrowed.
+    /// Whether `other` reaches the same verdict: both deny for the same reason, or both allow
+    /// through the same scope with the same narrowing (compartment, added parameters, granular
+    /// restriction: rules are met per scope context, so one rule set may let a request through
+    /// a broad scope that the other lets through only a patient's), and for a batch the same
+    /// verdict entry by entry. A transaction denied by both for the same reason agrees, whichever
+    /// entry each refused.
     pub fn same_verdict(&self, other: &Decision) -> bool {
         match (self, other) {
             (
                 Decision::Allow {
-                    obligations: mine, ..
+                    granted_by: my_scope,
+                    obligations: mine,
                 },
                 Decision::Allow {
+                    granted_by: their_scope,
                     obligations: theirs,
-                    ..
                 },
             ) => {
-                mine.entries.len() == theirs.entries.len()
+                my_scope == their_scope
+                    && mine.compartment == theirs.compartment
+                    && mine.add_params == theirs.add_params
+                    && mine.restriction == theirs.restriction
+                    && mine.entries.len() == theirs.entries.len()
                     && mine
                         .entries
                         .iter()
@@ -234,7 +242,11 @@ mod tests {
                 ..Obligations::default()
             },
         };
-        assert!(allow(vec![]).same_verdict(&narrowed), "obligations aside");
+        assert!(
+            !allow(vec![]).same_verdict(&narrowed),
+            "a broad scope against a patient's"
+        );
+        assert!(narrowed.same_verdict(&narrowed.clone()));
         assert!(deny(DenyReason::NoRuleAllows).same_verdict(&deny(DenyReason::NoRuleAllows)));
         assert!(!deny(DenyReason::NoRuleAllows).same_verdict(&deny(DenyReason::DeniedByRule)));
         assert!(!allow(vec![]).same_verdict(&deny(DenyReason::DeniedByRule)));

@@ -2,8 +2,9 @@
 // `X-Portvagt-Identity` is a JWT signed ES256 by the gateway (typ portvagt-identity+jwt), whose
 // key is published at the gateway's /.well-known/portvagt-identity-jwks.json. A write must carry
 // one; any request that carries one must carry a good one: signature, issuer, audience,
-// lifetime, and a jti never seen before (a replayed assertion is refused). After a write, a
-// Provenance names the actor the assertion verified.
+// lifetime, the request it was made for (htm: the method, htu: the path and query), and a jti
+// never seen before (a replayed assertion is refused). After a write, a Provenance names the
+// actor the assertion verified.
 
 import { createPublicKey, verify } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -60,10 +61,11 @@ class IdentityVerifier {
     if (header?.alg !== 'ES256' || header?.typ !== TYPE || typeof header?.kid !== 'string' || header.crit) {
       throw refused('the identity assertion header is not the gateway\'s');
     }
-    const key = await this.key(header.kid);
     const signed = Buffer.from(`${parts[0]}.${parts[1]}`);
     const signature = Buffer.from(parts[2], 'base64url');
-    if (!key || !verify('sha256', signed, { key, dsaEncoding: 'ieee-p1363' }, signature)) {
+    const verifies = (key) => key !== undefined && verify('sha256', signed, { key, dsaEncoding: 'ieee-p1363' }, signature);
+    // A key replaced under the same kid (a rotation): fetched again, at most every 5 s.
+    if (!verifies(await this.key(header.kid)) && !verifies(await this.key(header.kid, true))) {
       throw refused('the identity assertion signature does not verify');
     }
     const now = Math.floor(Date.now() / 1000);
@@ -80,6 +82,9 @@ class IdentityVerifier {
     ) {
       throw refused('the identity assertion has expired or lives too long');
     }
+    if (claims.htm !== req.method || claims.htu !== req.url) {
+      throw refused('the identity assertion was made for another request');
+    }
     if (typeof claims.jti !== 'string' || claims.jti === '') {
       throw refused('the identity assertion has no jti');
     }
@@ -91,7 +96,12 @@ class IdentityVerifier {
     return claims;
   }
 
+  /** Drops what has expired, at most once a second (a full sweep). */
   forgetExpired(now) {
+    if (now === this.sweptAt) {
+      return;
+    }
+    this.sweptAt = now;
     for (const [jti, until] of this.seen) {
       if (until < now) {
         this.seen.delete(jti);
@@ -99,9 +109,10 @@ class IdentityVerifier {
     }
   }
 
-  /** The key `kid`, fetching the JWK Set again (at most every 5 s) when it is unknown. */
-  async key(kid) {
-    if (!this.keys.has(kid) && Date.now() - this.fetchedAt > 5000) {
+  /** The key `kid`, fetching the JWK Set again (at most every 5 s) when it is unknown, or when
+   * `again` (the one held did not verify). */
+  async key(kid, again = false) {
+    if ((again || !this.keys.has(kid)) && Date.now() - this.fetchedAt > 5000) {
       this.fetchedAt = Date.now();
       try {
         const set = JSON.parse(await fetchText(this.jwksUrl, this.ca));

@@ -6,9 +6,15 @@
 //! Per backend, opt-in (`[backend.identity]`): every request forwarded to it carries
 //! `X-Portvagt-Identity`, a JWT (RFC 7519) signed ES256 with the gateway's own key, `typ`
 //! `portvagt-identity+jwt`, short-lived (60 s by default) and unique (`jti`), for the backend's
-//! audience only. The key is published at `/.well-known/portvagt-identity-jwks.json`; the
-//! backend verifies the signature, `iss`, `aud`, the lifetime, and refuses a `jti` twice.
+//! audience only, and for the one request it travels with (`htm`, `htu`: its method and path
+//! with query, as DPoP binds a proof, RFC 9449 §4.2). The key is published at
+//! `/.well-known/portvagt-identity-jwks.json`; the backend verifies the signature, `iss`, `aud`,
+//! the lifetime, the request, and refuses a `jti` twice.
+//!
+//! The proxy says who acts ([`ActorClaims`], on the request); the backend client signs per
+//! attempt ([`IdentityAsserter::assert`]), so a retried GET carries a fresh assertion.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::HeaderValue;
@@ -32,6 +38,14 @@ pub struct IdentityAsserter {
     key: IssuerKey,
     audience: String,
     lifetime: Duration,
+}
+
+/// Who acts on a request, as claims (without the per-attempt ones), with the `iss` to sign
+/// them under: put on the request for the backend client.
+#[derive(Debug, Clone)]
+pub struct ActorClaims {
+    issuer: Arc<str>,
+    claims: Map<String, Value>,
 }
 
 /// Who acted, as the gateway verified it; each part is left out of the assertion when unknown.
@@ -61,6 +75,8 @@ pub struct Actor<'a> {
     pub patient: Option<&'a str>,
     /// `fhirUser`.
     pub fhir_user: Option<&'a str>,
+    /// Whom a secretary acts for.
+    pub on_behalf_of: Option<&'a str>,
     /// Why a consent block was set aside, for an emergency access.
     pub break_glass_reason: Option<&'a str>,
     /// The gateway's request id.
@@ -82,23 +98,29 @@ impl IdentityAsserter {
                 format!("{}: {e}", config.signing_key.display()),
             )
         })?;
-        let key = IssuerKey::from_pem(&config.key_id, &pem).map_err(|e| {
-            ConfigError::new(
-                at("signing_key"),
-                format!(
-                    "{}: not a P-256 key (PKCS#8 PEM): {e:#}",
-                    config.signing_key.display()
-                ),
-            )
-        })?;
+        let read = |kid: &str| {
+            IssuerKey::from_pem(kid, &pem).map_err(|e| {
+                ConfigError::new(
+                    at("signing_key"),
+                    format!(
+                        "{}: not a P-256 key (PKCS#8 PEM): {e:#}",
+                        config.signing_key.display()
+                    ),
+                )
+            })
+        };
+        let key = match &config.key_id {
+            Some(kid) if kid.trim().is_empty() => {
+                return Err(ConfigError::new(at("key_id"), "must not be empty"));
+            }
+            Some(kid) => read(kid)?,
+            None => read(&read("")?.thumbprint())?,
+        };
         if config.lifetime.is_zero() || config.lifetime > MAX_LIFETIME {
             return Err(ConfigError::new(
                 at("lifetime"),
                 "between 1s and 5m: an assertion is for one request",
             ));
-        }
-        if config.key_id.trim().is_empty() {
-            return Err(ConfigError::new(at("key_id"), "must not be empty"));
         }
         Ok(IdentityAsserter {
             key,
@@ -115,24 +137,52 @@ impl IdentityAsserter {
         self.key.jwk()
     }
 
-    /// The claims of an assertion that `actor` acted, issued by `issuer` (the gateway's public
-    /// base URL) now.
-    pub fn claims(&self, issuer: &str, actor: &Actor<'_>) -> Value {
+    /// The claims of an assertion that the actor of `actor` makes the request `method`
+    /// `target` (path and query) now.
+    pub fn claims(&self, actor: &ActorClaims, method: &str, target: &str) -> Value {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |since| since.as_secs());
+        let mut claims = Map::new();
+        claims.insert("iss".into(), json!(&*actor.issuer));
+        claims.insert("aud".into(), json!(self.audience));
+        claims.insert("iat".into(), json!(now));
+        claims.insert("nbf".into(), json!(now));
+        claims.insert("exp".into(), json!(now + self.lifetime.as_secs()));
+        claims.insert("jti".into(), json!(uuid::Uuid::new_v4().to_string()));
+        claims.insert("htm".into(), json!(method));
+        claims.insert("htu".into(), json!(target));
+        for (name, value) in &actor.claims {
+            claims.insert(name.clone(), value.clone());
+        }
+        Value::Object(claims)
+    }
+
+    /// The header value: the signed assertion for one attempt of the request `method`
+    /// `target`.
+    pub fn assert(
+        &self,
+        actor: &ActorClaims,
+        method: &str,
+        target: &str,
+    ) -> Result<HeaderValue, String> {
+        let token = self
+            .key
+            .sign_typed(&self.claims(actor, method, target), IDENTITY_TYPE)
+            .map_err(|e| format!("signing the identity assertion: {e:#}"))?;
+        HeaderValue::try_from(token).map_err(|e| e.to_string())
+    }
+}
+
+impl ActorClaims {
+    /// What is known of `actor`, to be signed under `issuer` (the gateway's public base URL).
+    pub fn new(issuer: Arc<str>, actor: &Actor<'_>) -> ActorClaims {
         let mut claims = Map::new();
         let mut put = |name: &str, value: Value| {
             if !value.is_null() {
                 claims.insert(name.to_owned(), value);
             }
         };
-        put("iss", json!(issuer));
-        put("aud", json!(self.audience));
-        put("iat", json!(now));
-        put("nbf", json!(now));
-        put("exp", json!(now + self.lifetime.as_secs()));
-        put("jti", json!(uuid::Uuid::new_v4().to_string()));
         put("sub", json!(actor.subject));
         put("token_issuer", json!(actor.token_issuer));
         put("name", json!(actor.name));
@@ -148,24 +198,15 @@ impl IdentityAsserter {
         }
         put("certificate_cvr", json!(actor.certificate_cvr));
         put("client_id", json!(actor.client_id));
-        if let Some(thumbprint) = actor.certificate_thumbprint {
-            put("cnf", json!({ "x5t#S256": thumbprint }));
-        }
+        // Not `cnf` (RFC 7800 binds the presenter, here the gateway): the client's certificate.
+        put("client_x5t#S256", json!(actor.certificate_thumbprint));
         put("purpose_of_use", json!(actor.purpose_of_use));
         put("patient", json!(actor.patient));
         put("fhirUser", json!(actor.fhir_user));
+        put("on_behalf_of", json!(actor.on_behalf_of));
         put("break_glass_reason", json!(actor.break_glass_reason));
         put("request_id", json!(actor.request_id));
-        Value::Object(claims)
-    }
-
-    /// The header value: the signed assertion.
-    pub fn assert(&self, issuer: &str, actor: &Actor<'_>) -> Result<HeaderValue, String> {
-        let token = self
-            .key
-            .sign_typed(&self.claims(issuer, actor), IDENTITY_TYPE)
-            .map_err(|e| format!("signing the identity assertion: {e:#}"))?;
-        HeaderValue::try_from(token).map_err(|e| e.to_string())
+        ActorClaims { issuer, claims }
     }
 }
 
@@ -182,7 +223,7 @@ mod tests {
         IdentityAsserter::new(
             &IdentityAssertionConfig {
                 signing_key: dir.join("identity.key"),
-                key_id: "id-1".into(),
+                key_id: Some("id-1".into()),
                 lifetime,
                 audience: None,
             },
@@ -209,8 +250,11 @@ mod tests {
             request_id: Some("req-1"),
             ..Actor::default()
         };
-        let claims = asserter.claims("https://gw.example/fhir", &actor);
+        let actor = ActorClaims::new(Arc::from("https://gw.example/fhir"), &actor);
+        let claims = asserter.claims(&actor, "POST", "/fhir/R4/Observation");
         assert_eq!(claims["aud"], "https://fhir.internal/fhir/R4");
+        assert_eq!(claims["htm"], "POST");
+        assert_eq!(claims["htu"], "/fhir/R4/Observation");
         assert_eq!(claims["iss"], "https://gw.example/fhir");
         assert_eq!(
             claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
@@ -219,12 +263,14 @@ mod tests {
         assert_eq!(claims["roles"], json!(["7170"]));
         assert_eq!(claims["organisation"]["value"], "123451000016004");
         assert_eq!(claims["break_glass_reason"], "bevidstløs");
-        for absent in ["patient", "fhirUser", "cnf", "certificate_cvr"] {
+        for absent in ["patient", "fhirUser", "client_x5t#S256", "certificate_cvr"] {
             assert!(claims.get(absent).is_none(), "{absent}: {claims}");
         }
-        let other = asserter.claims("https://gw.example/fhir", &actor);
+        let other = asserter.claims(&actor, "POST", "/fhir/R4/Observation");
         assert_ne!(claims["jti"], other["jti"], "each assertion is unique");
-        let token = asserter.assert("https://gw.example/fhir", &actor).unwrap();
+        let token = asserter
+            .assert(&actor, "POST", "/fhir/R4/Observation")
+            .unwrap();
         let header = token
             .to_str()
             .unwrap()
@@ -243,6 +289,30 @@ mod tests {
     }
 
     #[test]
+    fn the_default_kid_is_the_keys_thumbprint() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = IssuerKey::generate("ignored").unwrap();
+        std::fs::write(dir.path().join("identity.key"), key.pem()).unwrap();
+        let asserter = IdentityAsserter::new(
+            &IdentityAssertionConfig {
+                signing_key: dir.path().join("identity.key"),
+                key_id: None,
+                lifetime: Duration::from_secs(60),
+                audience: None,
+            },
+            "backend",
+            "https://x",
+        )
+        .unwrap();
+        assert_eq!(asserter.jwk()["kid"], key.thumbprint());
+        assert_eq!(key.thumbprint().len(), 43, "base64url of 32 bytes");
+        assert_ne!(
+            key.thumbprint(),
+            IssuerKey::generate("ignored").unwrap().thumbprint()
+        );
+    }
+
+    #[test]
     fn a_long_lifetime_or_a_missing_key_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let error = asserter(dir.path(), Duration::from_secs(3600)).unwrap_err();
@@ -250,7 +320,7 @@ mod tests {
         let error = IdentityAsserter::new(
             &IdentityAssertionConfig {
                 signing_key: dir.path().join("missing.key"),
-                key_id: "id-1".into(),
+                key_id: None,
                 lifetime: Duration::from_secs(60),
                 audience: None,
             },

@@ -179,6 +179,11 @@ impl Backend {
             .try_acquire()
             .map_err(|_| ProxyError::Saturated)?;
         let retryable = matches!(*request.method(), Method::GET | Method::HEAD);
+        // Who acts, signed anew for each attempt (an assertion is good for one request once).
+        let actor = self
+            .identity
+            .as_ref()
+            .and_then(|_| request.extensions().get::<identity::ActorClaims>().cloned());
         let template = retryable.then(|| {
             (
                 request.method().clone(),
@@ -200,6 +205,17 @@ impl Backend {
                 }
                 (None, None) => return Err("no request to send".into()),
             };
+            let mut outgoing = outgoing;
+            if let (Some(asserter), Some(actor)) = (&self.identity, &actor) {
+                let target = outgoing
+                    .uri()
+                    .path_and_query()
+                    .map_or("/", PathAndQuery::as_str);
+                let assertion = asserter.assert(actor, outgoing.method().as_str(), target)?;
+                outgoing
+                    .headers_mut()
+                    .insert(identity::IDENTITY_HEADER, assertion);
+            }
             let answer =
                 tokio::time::timeout(self.response_timeout, self.client.request(outgoing)).await;
             let failed = |opened: bool| {

@@ -76,9 +76,9 @@ pub struct IdentityAssertionConfig {
     /// The gateway's ES256 signing key (PKCS#8 PEM), published with its `key_id` at
     /// `/.well-known/portvagt-identity-jwks.json`.
     pub signing_key: PathBuf,
-    /// The key's `kid`.
-    #[serde(default = "defaults::identity_key_id")]
-    pub key_id: String,
+    /// The key's `kid` (default: its RFC 7638 thumbprint, which changes with the key).
+    #[serde(default)]
+    pub key_id: Option<String>,
     /// How long an assertion is good for (at most 5 minutes).
     #[serde(default = "defaults::identity_lifetime", with = "humantime_serde")]
     pub lifetime: Duration,

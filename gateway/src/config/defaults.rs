@@ -171,9 +171,6 @@ pub(super) fn decision_log_max_bytes() -> u64 {
 pub(super) fn decision_log_keep() -> u32 {
     5
 }
-pub(super) fn identity_key_id() -> String {
-    "portvagt-identity-1".into()
-}
 pub(super) fn identity_lifetime() -> Duration {
     Duration::from_secs(60)
 }

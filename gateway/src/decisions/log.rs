@@ -2,12 +2,17 @@
 //! on the disk, and rotated by size the way logrotate's `size` + `rotate N` would: when a line
 //! would take the file past `max_bytes`, `<path>.N-1` becomes `<path>.N`, ..., the file becomes
 //! `<path>.1`, and a new file is started. A record the writer cannot take (it is `QUEUE` lines
-//! behind) or cannot write is counted in `portvagt_decision_log_dropped_total`, never waited for.
+//! or `QUEUE_BYTES` behind) or cannot write is counted in `portvagt_decision_log_dropped_total`,
+//! never waited for. A rotation that fails (a file moved away by hand, a full disk) leaves the
+//! lines in the current file rather than losing them. The file is the gateway's alone: made
+//! with mode 0600, and never a symbolic link or anything but a plain file.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write as _};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 
 use crate::config::DecisionLogConfig;
@@ -15,11 +20,14 @@ use crate::metrics::Metrics;
 
 /// How many records may wait for the writer.
 const QUEUE: usize = 16 * 1024;
+/// How many bytes of records may wait for the writer.
+const QUEUE_BYTES: usize = 32 * 1024 * 1024;
 
 /// Sends records to the writer thread.
 #[derive(Debug)]
 pub(crate) struct LogWriter {
     sender: SyncSender<String>,
+    queued: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
 }
 
@@ -31,18 +39,30 @@ impl LogWriter {
     ) -> std::io::Result<LogWriter> {
         let file = RotatingFile::open(&config.path, config.max_bytes, config.keep)?;
         let (sender, receiver) = std::sync::mpsc::sync_channel(QUEUE);
-        let dropped = metrics.clone();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let (dropped, written) = (metrics.clone(), queued.clone());
         std::thread::Builder::new()
             .name("decision-log".into())
-            .spawn(move || write_all(receiver, file, &dropped))?;
-        Ok(LogWriter { sender, metrics })
+            .spawn(move || write_all(receiver, file, &written, &dropped))?;
+        Ok(LogWriter {
+            sender,
+            queued,
+            metrics,
+        })
     }
 
     /// Queues one record (a JSON object without its newline).
     pub(crate) fn write(&self, line: String) {
+        let length = line.len();
+        if self.queued.fetch_add(length, Ordering::Relaxed) + length > QUEUE_BYTES {
+            self.queued.fetch_sub(length, Ordering::Relaxed);
+            self.metrics.decision_log_dropped.inc();
+            return;
+        }
         match self.sender.try_send(line) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.queued.fetch_sub(length, Ordering::Relaxed);
                 self.metrics.decision_log_dropped.inc();
             }
         }
@@ -50,11 +70,17 @@ impl LogWriter {
 }
 
 /// The writer thread: lines as they come, flushed whenever none is waiting.
-fn write_all(receiver: Receiver<String>, mut file: RotatingFile, metrics: &Metrics) {
+fn write_all(
+    receiver: Receiver<String>,
+    mut file: RotatingFile,
+    queued: &AtomicUsize,
+    metrics: &Metrics,
+) {
     let mut failing = false;
     while let Ok(first) = receiver.recv() {
         let mut next = Some(first);
         while let Some(line) = next.take() {
+            queued.fetch_sub(line.len(), Ordering::Relaxed);
             match file.append(&line) {
                 Ok(()) => failing = false,
                 Err(error) => {
@@ -87,7 +113,7 @@ pub(crate) struct RotatingFile {
 
 impl RotatingFile {
     pub(crate) fn open(path: &Path, max_bytes: u64, keep: u32) -> std::io::Result<RotatingFile> {
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let file = open_plain(path)?;
         let size = file.metadata()?.len();
         Ok(RotatingFile {
             path: path.to_owned(),
@@ -98,11 +124,16 @@ impl RotatingFile {
         })
     }
 
-    /// Appends `line` and a newline, rotating first if it would not fit.
+    /// Appends `line` and a newline, rotating first if it would not fit (and, when rotating
+    /// fails, appending all the same: the next try is a file's size later).
     pub(crate) fn append(&mut self, line: &str) -> std::io::Result<()> {
         let length = line.len() as u64 + 1;
-        if self.size > 0 && self.size + length > self.max_bytes {
-            self.rotate()?;
+        if self.size > 0
+            && self.size + length > self.max_bytes
+            && let Err(error) = self.rotate()
+        {
+            tracing::error!(%error, "decision log: rotating failed; writing on in the same file");
+            self.size = 0;
         }
         self.file.write_all(line.as_bytes())?;
         self.file.write_all(b"\n")?;
@@ -121,27 +152,42 @@ impl RotatingFile {
             name.push(format!(".{n}"));
             PathBuf::from(name)
         };
+        // A file moved or deleted by hand is no reason to stop: what is missing is not moved.
+        let gone = |result: std::io::Result<()>| match result {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error),
+            _ => Ok(()),
+        };
         if self.keep == 0 {
-            std::fs::remove_file(&self.path)?;
+            gone(std::fs::remove_file(&self.path))?;
         } else {
             for n in (1..self.keep).rev() {
-                match std::fs::rename(numbered(n), numbered(n + 1)) {
-                    Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
-                        return Err(error);
-                    }
-                    _ => {}
-                }
+                gone(std::fs::rename(numbered(n), numbered(n + 1)))?;
             }
-            std::fs::rename(&self.path, numbered(1))?;
+            gone(std::fs::rename(&self.path, numbered(1)))?;
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)?;
-        self.file = BufWriter::new(file);
+        self.file = BufWriter::new(open_plain(&self.path)?);
         self.size = 0;
         Ok(())
     }
+}
+
+/// Opens `path` to append, made with mode 0600 if missing; refused if it is anything but a
+/// plain file (a symbolic link planted there, a FIFO).
+fn open_plain(path: &Path) -> std::io::Result<File> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_file() => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a plain file (a symbolic link?)",
+            ));
+        }
+        _ => {}
+    }
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
 }
 
 #[cfg(test)]
@@ -188,6 +234,32 @@ mod tests {
         file.flush().unwrap();
         assert_eq!(lines(&path), ["another long line"]);
         assert!(!dir.path().join("decisions.jsonl.1").exists());
+    }
+
+    #[test]
+    fn a_file_moved_away_by_hand_does_not_stop_the_log_and_a_link_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("decisions.jsonl");
+        let mut file = RotatingFile::open(&path, 25, 2).unwrap();
+        file.append("record-00").unwrap();
+        file.append("record-01").unwrap();
+        file.flush().unwrap();
+        std::fs::rename(&path, dir.path().join("elsewhere")).unwrap();
+        for n in 2..6 {
+            file.append(&format!("record-{n:02}")).unwrap();
+        }
+        file.flush().unwrap();
+        assert_eq!(lines(&path), ["record-04", "record-05"]);
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+
+        let link = dir.path().join("link.jsonl");
+        std::os::unix::fs::symlink(dir.path().join("victim"), &link).unwrap();
+        assert!(RotatingFile::open(&link, 25, 2).is_err());
+        assert!(!dir.path().join("victim").exists());
     }
 
     #[test]

@@ -151,12 +151,12 @@ pub struct Observed<'a> {
 fn record(observed: &Observed<'_>, enforced: &Decision) -> Value {
     let principal = observed.principal;
     let request = observed.request;
-    let mut params: Vec<&str> = request
-        .params()
-        .iter()
-        .map(|(name, _)| name.as_str())
-        .collect();
-    params.dedup();
+    let mut params: Vec<&str> = Vec::new();
+    for (name, _) in request.params() {
+        if !params.contains(&name.as_str()) {
+            params.push(name);
+        }
+    }
     let entries = match request.body() {
         Some(portvagt_policy::request::RequestBody::Bundle { entries, .. }) => Some(entries.len()),
         _ => None,
@@ -184,7 +184,7 @@ fn record(observed: &Observed<'_>, enforced: &Decision) -> Value {
             "entries": entries,
             "caller": {
                 "issuer": principal.issuer,
-                "subject": principal.subject,
+                "subject": subject(&principal.subject),
                 "client_id": principal.client_id,
                 "scopes": scopes,
                 "patient": principal.patient,
@@ -227,6 +227,17 @@ fn result(observed: &Observed<'_>, decision: &Decision, rules: Option<&RuleSet>)
     result
 }
 
+/// The token's `sub`, unless it is a CPR number (a SOSI card's `NameID` may be one): this file
+/// is kept long and read by operators, who find the person by the request id in the audit
+/// trail.
+fn subject(sub: &str) -> &str {
+    let digits: Vec<char> = sub.chars().filter(|c| *c != '-').collect();
+    let cpr = digits.len() == 10
+        && digits.iter().all(char::is_ascii_digit)
+        && sub.chars().filter(|c| *c == '-').count() <= 1;
+    if cpr { "cpr-withheld" } else { sub }
+}
+
 /// The contexts of the caller's scopes (`patient`, `user`, `system`), each once.
 fn contexts(principal: &Principal) -> Vec<ScopeContext> {
     let mut contexts: Vec<ScopeContext> = Vec::with_capacity(3);
@@ -238,8 +249,39 @@ fn contexts(principal: &Principal) -> Vec<ScopeContext> {
     contexts
 }
 
+/// RFC 3339 UTC to the millisecond.
 fn now() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
+    let now = time::OffsetDateTime::now_utc();
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second(),
+        now.millisecond()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cpr_number_is_never_the_logged_subject() {
+        assert_eq!(subject("0501792275"), "cpr-withheld");
+        assert_eq!(subject("050179-2275"), "cpr-withheld");
+        assert_eq!(subject("mette.kjaer"), "mette.kjaer");
+        assert_eq!(subject("05017922751"), "05017922751");
+        assert_eq!(subject("050179--2275"), "050179--2275");
+    }
+
+    #[test]
+    fn the_time_is_to_the_millisecond() {
+        let time = now();
+        let fraction = time.split('.').nth(1).unwrap_or_default();
+        assert_eq!(fraction.len(), 4, "{time}");
+        assert!(time.ends_with('Z'), "{time}");
+    }
 }

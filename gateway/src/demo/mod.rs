@@ -66,13 +66,22 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     let citizen_port = if options.port == 0 {
         0
     } else {
-        options.port + 1
+        options
+            .port
+            .checked_add(1)
+            .context("--port leaves no port above it for the citizen listener")?
     };
     let citizen_listener = tokio::net::TcpListener::bind(("127.0.0.1", citizen_port))
         .await
         .with_context(|| format!("binding 127.0.0.1:{citizen_port} for the citizen listener"))?;
     let citizen_addr = citizen_listener.local_addr()?;
     let citizen_url = format!("https://{citizen_addr}/fhir");
+    // An earlier run's demo.env names ports and tokens no longer good: gone until this run
+    // writes its own, once the gateway is about to serve.
+    match std::fs::remove_file(dir.join("demo.env")) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error.into()),
+        _ => {}
+    }
     let pki_dir = dir.join("pki");
     let issuer_dir = dir.join("issuer");
     let pki = portvagt_certs::DevPki::generate()?;

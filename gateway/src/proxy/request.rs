@@ -7,7 +7,7 @@
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
-use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version, header};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use http_body_util::BodyExt as _;
 use portvagt_policy::consent::{Duties, count_only, shape_refusal};
 use portvagt_policy::operations::Kind;
@@ -20,7 +20,7 @@ use super::{
     widen_elements,
 };
 use crate::auth::Principal;
-use crate::backend::identity::{Actor, IDENTITY_HEADER, IdentityAsserter};
+use crate::backend::identity::{Actor, ActorClaims};
 use crate::body::{Body, BoxError, full};
 use crate::consent::{BREAK_GLASS_HEADER, caller_ids};
 use crate::context::{ClientAddr, RequestRecord};
@@ -289,18 +289,15 @@ impl Proxy {
         if export {
             headers::for_export(&mut parts.headers, respond_async, follow.is_some());
         }
-        if let (Some(asserter), Some(principal)) = (&upstream.backend.identity, &principal) {
+        if let (Some(_), Some(principal)) = (&upstream.backend.identity, &principal) {
             let request_id = parts.extensions.get::<RequestId>();
-            let assertion = identity_assertion(
-                asserter,
+            let actor = actor_claims(
                 &self.public_base_url,
                 principal,
                 request_id.map(RequestId::as_str),
                 break_glass_reason.as_deref(),
-            )?;
-            parts
-                .headers
-                .insert(HeaderName::from_static(IDENTITY_HEADER), assertion);
+            );
+            parts.extensions.insert(actor);
         }
         let is_head = parts.method == Method::HEAD;
         if is_head && (response_check(&obligations).is_some() || consent.is_some() || self.audited)
@@ -329,14 +326,14 @@ impl Proxy {
     }
 }
 
-/// The signed assertion of who acts, for a backend that takes one.
-fn identity_assertion(
-    asserter: &IdentityAsserter,
-    issuer: &str,
+/// Who acts, for a backend that takes the identity assertion (signed per attempt by the
+/// backend client).
+fn actor_claims(
+    issuer: &Arc<str>,
     principal: &Principal,
     request_id: Option<&str>,
     break_glass_reason: Option<&str>,
-) -> Result<HeaderValue, BoxError> {
+) -> ActorClaims {
     let identity = principal.identity();
     let organisation = identity
         .organisation
@@ -362,12 +359,13 @@ fn identity_assertion(
         purpose_of_use: principal.purpose_of_use(),
         patient: principal.patient(),
         fhir_user: principal.fhir_user(),
+        on_behalf_of: identity.on_behalf_of.as_deref(),
         // Only an emergency sets a block aside; a reason given otherwise says nothing.
         break_glass_reason: break_glass_reason
             .filter(|_| principal.purpose_of_use() == Some("EMERGENCY")),
         request_id,
     };
-    Ok(asserter.assert(issuer, &actor)?)
+    ActorClaims::new(issuer.clone(), &actor)
 }
 
 /// The request the paging links of this request's answer continue: a search, history or

@@ -393,6 +393,10 @@ async fn a_repository_that_refuses_a_transaction_as_too_large_gets_smaller_ones(
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert_eq!(request_ids(&shipped), request_ids(&spooled));
+    // Below the repository's limit now, and said so.
+    let metrics = gateway.client().get("/metrics", None).await.unwrap().text();
+    let size = metric_value(&metrics, "portvagt_audit_ship_batch_size").unwrap();
+    assert!((1.0..=50.0).contains(&size), "{size}");
 }
 
 #[tokio::test]

@@ -314,6 +314,13 @@ fn check_config_validates_the_shadow_rules_and_where_they_are_logged() {
 
     let (code, stderr) = check_config(
         dir.path(),
+        "[decision_log]\npath = \"decisions.jsonl\"\ndecisions = \"disagreements\"\n",
+    );
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("decision_log.decisions"), "{stderr}");
+
+    let (code, stderr) = check_config(
+        dir.path(),
         "[policy]\nshadow_rules_file = \"rules-next.toml\"\n\n\
          [decision_log]\npath = \"decisions.jsonl\"\n",
     );
@@ -321,5 +328,93 @@ fn check_config_validates_the_shadow_rules_and_where_they_are_logged() {
     assert!(
         !dir.path().join("decisions.jsonl").exists(),
         "check-config writes no log"
+    );
+}
+
+/// Replaces the gateway's config file at once (as a config management tool would).
+fn rewrite_config(gateway: &Gateway, change: impl Fn(&str) -> String) {
+    let path = gateway.dir.path().join("portvagt.toml");
+    let changed = change(&std::fs::read_to_string(&path).unwrap());
+    let staging = path.with_extension("staging");
+    std::fs::write(&staging, changed).unwrap();
+    std::fs::rename(&staging, &path).unwrap();
+}
+
+/// Waits until `portvagt_config_reloads_total{component="rules",outcome=...}` passes `above`.
+async fn rules_reloads(gateway: &Gateway, outcome: &str, above: f64) -> f64 {
+    let line =
+        format!("portvagt_config_reloads_total{{component=\"rules\",outcome=\"{outcome}\"}}");
+    let mut value = 0.0;
+    for _ in 0..80 {
+        let metrics = gateway.client().get("/metrics", None).await.unwrap().text();
+        value = metric_value(&metrics, &line).unwrap_or(0.0);
+        if value > above {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    value
+}
+
+#[tokio::test]
+async fn a_reload_never_drops_rules_for_a_broken_or_shortened_config_and_watches_new_files() {
+    let gateway = Gateway::start_with(Options {
+        extra_config: "[policy]\nrules_file = \"rules.toml\"\n".into(),
+        files: vec![
+            ("rules.toml".into(), SHADOW.into()),
+            ("rules-3.toml".into(), ENFORCED.into()),
+        ],
+        ..Options::default()
+    });
+    let client = gateway.client();
+    let token = gateway.token(json!({ "scope": "user/*.rs" }));
+    let condition = async || {
+        client
+            .get("/fhir/Condition/cond-bo-1", Some(&token))
+            .await
+            .unwrap()
+            .status
+    };
+    assert_eq!(condition().await, 403);
+
+    // Half written: no [policy] at all (it parses). Then not TOML. The rules stay each time.
+    rewrite_config(&gateway, |config| {
+        config.replace("[policy]\nrules_file = \"rules.toml\"\n", "")
+    });
+    assert!(rules_reloads(&gateway, "error", 0.0).await >= 1.0);
+    assert_eq!(condition().await, 403);
+    rewrite_config(&gateway, |config| format!("{config}\n[policy\n"));
+    assert!(rules_reloads(&gateway, "error", 1.0).await >= 2.0);
+    assert_eq!(condition().await, 403);
+
+    // A config naming a new rules file: enforced, and that file watched from then on.
+    rewrite_config(&gateway, |config| {
+        format!(
+            "{}\n[policy]\nrules_file = \"rules-3.toml\"\n",
+            config.trim_end().trim_end_matches("[policy")
+        )
+    });
+    let mut status = 0;
+    for _ in 0..80 {
+        status = condition().await.as_u16();
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 200);
+    let staging = gateway.dir.path().join("rules-3.staging");
+    std::fs::write(&staging, SHADOW).unwrap();
+    std::fs::rename(&staging, gateway.dir.path().join("rules-3.toml")).unwrap();
+    for _ in 0..80 {
+        status = condition().await.as_u16();
+        if status == 403 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        status, 403,
+        "a change to the newly named rules file is seen"
     );
 }

@@ -8,7 +8,9 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use http::Method;
-use portvagt::backend::identity::{Actor, IDENTITY_HEADER, IDENTITY_TYPE, IdentityAsserter};
+use portvagt::backend::identity::{
+    Actor, ActorClaims, IDENTITY_HEADER, IDENTITY_TYPE, IdentityAsserter,
+};
 use portvagt::config::IdentityAssertionConfig;
 use portvagt::issuer_key::IssuerKey;
 use serde_json::{Value, json};
@@ -91,15 +93,19 @@ fn observation(marker: &str) -> Value {
     })
 }
 
-/// An assertion made as the gateway makes them, with its key, for `audience`.
-fn assertion(key_pem: &str, audience: &str, lifetime: Duration) -> String {
+/// Where the tests write on the backend directly.
+const WRITE_TARGET: &str = "/fhir/R4/Observation";
+
+/// An assertion made as the gateway makes them, with its key, for `audience`, for a `method`
+/// request to [`WRITE_TARGET`].
+fn assertion(key_pem: &str, audience: &str, method: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("k.pem"), key_pem).unwrap();
     let asserter = IdentityAsserter::new(
         &IdentityAssertionConfig {
             signing_key: dir.path().join("k.pem"),
-            key_id: "portvagt-identity-test".into(),
-            lifetime,
+            key_id: Some("portvagt-identity-test".into()),
+            lifetime: Duration::from_secs(60),
             audience: Some(audience.into()),
         },
         "backend",
@@ -112,7 +118,11 @@ fn assertion(key_pem: &str, audience: &str, lifetime: Duration) -> String {
         ..Actor::default()
     };
     asserter
-        .assert(AUDIENCE, &actor)
+        .assert(
+            &ActorClaims::new(std::sync::Arc::from(AUDIENCE), &actor),
+            method,
+            WRITE_TARGET,
+        )
         .unwrap()
         .to_str()
         .unwrap()
@@ -181,7 +191,7 @@ async fn the_backend_records_the_actor_the_gateway_asserts() {
     assert_eq!(read.status, 200, "{}", read.text());
 
     // A client's own assertion, for someone else, is not what the backend sees.
-    let forged = assertion(setup().key.pem(), BACKEND_AUDIENCE, Duration::from_secs(60));
+    let forged = assertion(setup().key.pem(), BACKEND_AUDIENCE, "POST");
     let mut create = request(
         Method::POST,
         "/fhir/Observation",
@@ -217,7 +227,7 @@ async fn a_clients_assertion_never_reaches_the_backend() {
     // backend sees a write without an assertion and refuses it.
     let gateway = gateway(false);
     let token = gateway.token(json!({ "scope": "user/*.cruds" }));
-    let forged = assertion(setup().key.pem(), BACKEND_AUDIENCE, Duration::from_secs(60));
+    let forged = assertion(setup().key.pem(), BACKEND_AUDIENCE, "POST");
     let mut create = request(
         Method::POST,
         "/fhir/Observation",
@@ -249,14 +259,10 @@ async fn the_backend_refuses_assertions_that_are_forged_replayed_expired_or_for_
     assert_eq!(post(&[]).await, 401);
     // Signed by another key under the same kid.
     let other = IssuerKey::generate("portvagt-identity-test").unwrap();
-    let forged = assertion(other.pem(), BACKEND_AUDIENCE, Duration::from_secs(60));
+    let forged = assertion(other.pem(), BACKEND_AUDIENCE, "POST");
     assert_eq!(post(&[(IDENTITY_HEADER, &forged)]).await, 401);
     // For another backend.
-    let elsewhere = assertion(
-        setup().key.pem(),
-        "urn:another-backend",
-        Duration::from_secs(60),
-    );
+    let elsewhere = assertion(setup().key.pem(), "urn:another-backend", "POST");
     assert_eq!(post(&[(IDENTITY_HEADER, &elsewhere)]).await, 401);
     // Expired: as the gateway makes them, two minutes old.
     let mut claims: Value = serde_json::from_slice(
@@ -274,20 +280,23 @@ async fn the_backend_refuses_assertions_that_are_forged_replayed_expired_or_for_
     let expired = setup().key.sign_typed(&claims, IDENTITY_TYPE).unwrap();
     assert_eq!(post(&[(IDENTITY_HEADER, &expired)]).await, 401);
     // A good one is taken once; the same again is a replay.
-    let good = assertion(setup().key.pem(), BACKEND_AUDIENCE, Duration::from_secs(60));
+    let good = assertion(setup().key.pem(), BACKEND_AUDIENCE, "POST");
     assert_eq!(post(&[(IDENTITY_HEADER, &good)]).await, 201);
     assert_eq!(post(&[(IDENTITY_HEADER, &good)]).await, 401);
     // Tampered: the payload of one, the signature of another.
-    let fresh = assertion(setup().key.pem(), BACKEND_AUDIENCE, Duration::from_secs(60));
+    let fresh = assertion(setup().key.pem(), BACKEND_AUDIENCE, "POST");
     let parts: Vec<&str> = fresh.split('.').collect();
     let theirs: Vec<&str> = forged.split('.').collect();
     let spliced = format!("{}.{}.{}", parts[0], theirs[1], parts[2]);
     assert_eq!(post(&[(IDENTITY_HEADER, &spliced)]).await, 401);
+    // Made for another request (a read), used for a write.
+    let read = assertion(setup().key.pem(), BACKEND_AUDIENCE, "GET");
+    assert_eq!(post(&[(IDENTITY_HEADER, &read)]).await, 401);
 }
 
 /// The payload part of a fresh assertion for the backend.
 fn good_claims() -> String {
-    assertion(setup().key.pem(), BACKEND_AUDIENCE, Duration::from_secs(60))
+    assertion(setup().key.pem(), BACKEND_AUDIENCE, "POST")
         .split('.')
         .nth(1)
         .unwrap()

@@ -64,17 +64,25 @@ enum Trouble {
     Unanswered(String),
 }
 
+/// Transactions taken in a row before a lowered transaction size is doubled again.
+const GROW_AFTER: u32 = 16;
+
 /// Ships one spool to one repository.
 #[derive(Debug)]
 pub struct Shipper {
     dir: PathBuf,
     url: String,
     client: HttpsClient,
-    /// The most entries one transaction holds: `batch_size`, halved each time the repository
-    /// refuses a transaction of more than one entry as malformed or too large (Medplum takes at
-    /// most 50 updates in one), so a repository with a lower limit than configured still gets
-    /// every event instead of the same refused batch forever.
+    /// The most entries one transaction holds: `batch_size`, halved (below the size that was
+    /// refused) each time the repository refuses a transaction of more than one entry as
+    /// malformed or too large (Medplum takes at most 50 updates in one), so a repository with a
+    /// lower limit than configured still gets every event instead of the same refused batch
+    /// forever; doubled again, up to `batch_size`, after [`GROW_AFTER`] shipped in a row.
     batch: std::sync::atomic::AtomicUsize,
+    /// `batch_size` as configured.
+    configured_batch: usize,
+    /// Transactions taken in a row since the size last changed.
+    taken: std::sync::atomic::AtomicU32,
     keep_shipped: Option<Duration>,
     metrics: Arc<Metrics>,
     /// This instance's name, shown in the anchor.
@@ -114,11 +122,16 @@ impl Shipper {
             Duration::from_secs(30),
         )
         .map_err(|e| ConfigError::new("audit.ship", e))?;
+        metrics
+            .audit_ship_batch_size
+            .set(i64::try_from(config.batch_size.max(1)).unwrap_or(i64::MAX));
         Ok(Shipper {
             dir: dir.to_owned(),
             url,
             client,
             batch: std::sync::atomic::AtomicUsize::new(config.batch_size.max(1)),
+            configured_batch: config.batch_size.max(1),
+            taken: std::sync::atomic::AtomicU32::new(0),
             keep_shipped: config.keep_shipped,
             metrics,
             observer: observer.to_owned(),
@@ -249,13 +262,14 @@ impl Shipper {
             {
                 Ok(()) => {
                     anchored = moved.unwrap_or(anchored);
+                    self.grow_batches();
                     at = batch.next;
                     self.save(at.clone()).await;
                     self.metrics.audit_shipped.inc_by(count as u64);
                     backoff = Duration::from_secs(1);
                     pruned = self.prune(&spool, &at, pruned, &unclean).await;
                 }
-                Err(error) if error.refused && self.smaller_batches() => {
+                Err(error) if error.refused && self.smaller_batches(error.entries) => {
                     self.metrics.audit_ship_failures.inc();
                     tracing::warn!(%error, batch_size = self.batch(), "audit shipper: the repository refused the transaction; sending smaller ones");
                 }
@@ -472,15 +486,36 @@ impl Shipper {
         self.batch.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Halves the transaction size, if it can be halved.
-    fn smaller_batches(&self) -> bool {
-        let batch = self.batch();
-        if batch <= 1 {
+    /// Halves the transaction size below the `sent` entries the repository refused, if it
+    /// can be.
+    fn smaller_batches(&self, sent: usize) -> bool {
+        let smaller = (self.batch().min(sent) / 2).max(1);
+        if sent <= 1 || smaller >= self.batch() {
             return false;
         }
         self.batch
-            .store(batch / 2, std::sync::atomic::Ordering::Relaxed);
+            .store(smaller, std::sync::atomic::Ordering::Relaxed);
+        self.taken.store(0, std::sync::atomic::Ordering::Relaxed);
+        self.metrics
+            .audit_ship_batch_size
+            .set(i64::try_from(smaller).unwrap_or(i64::MAX));
         true
+    }
+
+    /// After [`GROW_AFTER`] transactions taken in a row at a lowered size, tries twice the size
+    /// (never more than configured): a repository's limit may have been a passing one.
+    fn grow_batches(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let batch = self.batch();
+        if batch >= self.configured_batch || self.taken.fetch_add(1, Relaxed) + 1 < GROW_AFTER {
+            return;
+        }
+        let larger = (batch * 2).min(self.configured_batch);
+        self.batch.store(larger, Relaxed);
+        self.taken.store(0, Relaxed);
+        self.metrics
+            .audit_ship_batch_size
+            .set(i64::try_from(larger).unwrap_or(i64::MAX));
     }
 
     /// The events (and the anchor, with the last of them) in transactions of at most
@@ -533,6 +568,7 @@ impl Shipper {
                 })
                 .unwrap_or_default();
             return Err(SendError {
+                entries: count,
                 // It read the transaction and said no to its shape or size; smaller ones may
                 // pass. Any other answer is the repository's trouble, retried as it is.
                 refused: count > 1
@@ -568,6 +604,8 @@ struct SendError {
     /// The repository refused the transaction itself (400, 413) and it held more than one
     /// entry.
     refused: bool,
+    /// How many entries the transaction held.
+    entries: usize,
     text: String,
 }
 
@@ -575,6 +613,7 @@ impl From<String> for SendError {
     fn from(text: String) -> SendError {
         SendError {
             refused: false,
+            entries: 0,
             text,
         }
     }
