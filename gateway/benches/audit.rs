@@ -72,6 +72,7 @@ fn build_events(c: &mut Criterion) {
             b.iter(|| {
                 let facts = AccessFacts {
                     request_id: "0f8fad5b-d9cb-469f-a165-70867728950e",
+                    trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736"),
                     recorded: time::OffsetDateTime::now_utc(),
                     method: "GET",
                     target,

@@ -78,6 +78,10 @@ pub struct Metrics {
     /// `portvagt_audit_ship_batch_size`: the most events the shipper now sends in one
     /// transaction (lowered while the repository refuses larger ones).
     pub audit_ship_batch_size: IntGauge,
+    /// `portvagt_trace_spans_exported_total`: spans the OTLP endpoint took.
+    pub trace_spans_exported: IntCounter,
+    /// `portvagt_trace_spans_dropped_total`: spans not exported (queue full, export failed).
+    pub trace_spans_dropped: IntCounter,
     /// `portvagt_shadow_decisions_total`: requests the shadow rules decided too.
     pub shadow_decisions: IntCounter,
     /// `portvagt_shadow_disagreements_total{enforced, shadow}`: requests on which the shadow
@@ -302,6 +306,16 @@ impl Metrics {
             "The most events the audit shipper sends in one transaction now",
         )
         .expect("valid metric");
+        let trace_spans_exported = IntCounter::new(
+            "portvagt_trace_spans_exported_total",
+            "Spans the OTLP endpoint took",
+        )
+        .expect("valid metric");
+        let trace_spans_dropped = IntCounter::new(
+            "portvagt_trace_spans_dropped_total",
+            "Spans not exported: the queue was full or the export failed",
+        )
+        .expect("valid metric");
         let shadow_decisions = IntCounter::new(
             "portvagt_shadow_decisions_total",
             "Requests decided by the shadow rules beside the enforced ones",
@@ -323,6 +337,8 @@ impl Metrics {
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(audit_ship_batch_size.clone()),
+            Box::new(trace_spans_exported.clone()),
+            Box::new(trace_spans_dropped.clone()),
             Box::new(shadow_decisions.clone()),
             Box::new(shadow_disagreements.clone()),
             Box::new(decision_log_dropped.clone()),
@@ -393,6 +409,8 @@ impl Metrics {
             backend_in_flight,
             backend_circuit_open,
             audit_ship_batch_size,
+            trace_spans_exported,
+            trace_spans_dropped,
             shadow_decisions,
             shadow_disagreements,
             decision_log_dropped,

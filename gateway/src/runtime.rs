@@ -56,6 +56,8 @@ pub struct Runtime {
     pub rules: SharedRules,
     /// The decision log and the shadow rules.
     pub decisions: Arc<crate::decisions::Decisions>,
+    /// Exports requests' spans, when `[tracing] otlp_endpoint` is set.
+    pub tracer: Option<Arc<crate::otlp::OtlpExporter>>,
     /// SAML token exchange (`POST /token`), when configured.
     pub token_exchange: Option<Arc<TokenExchange>>,
     /// The audit trail, when configured.
@@ -169,6 +171,11 @@ impl Runtime {
         if let Err(error) = check_decision_log(&config) {
             errors.push(error);
         }
+        let tracer = crate::otlp::OtlpExporter::new(&config.tracing, metrics.clone())
+            .map_err(|e| errors.push(e))
+            .ok()
+            .flatten()
+            .map(Arc::new);
         let operations = operations(&config.operations)
             .map_err(|mut e| errors.append(&mut e))
             .ok();
@@ -271,6 +278,7 @@ impl Runtime {
             fhir_base_path,
             rules: Arc::new(ArcSwapOption::new(rules)),
             decisions,
+            tracer,
             token_exchange,
             auditor,
             consent,
@@ -298,6 +306,9 @@ impl Runtime {
     /// process). `check-config` does not call it, so it never touches a live spool.
     pub fn open(&self) -> Result<(), ConfigError> {
         self.decisions.open()?;
+        if let Some(tracer) = &self.tracer {
+            tracer.start();
+        }
         if let Some(auditor) = &self.auditor {
             auditor
                 .open()

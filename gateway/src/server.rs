@@ -21,6 +21,7 @@ use tower::ServiceExt as _;
 use crate::admin::Listener;
 use crate::body::{Body, boxed};
 use crate::context::ClientAddr;
+use crate::layers::trace::TlsHandshake;
 use crate::outcome::Outcome;
 use crate::runtime::Runtime;
 use crate::stack::{self, GatewayService};
@@ -212,6 +213,7 @@ impl Connection {
     async fn run(self, stream: TcpStream, addr: SocketAddr) {
         let _ = stream.set_nodelay(true);
         let timeout = self.runtime.config.server.handshake_timeout;
+        let handshake_start = crate::trace::now_nanos();
         let tls = match tokio::time::timeout(timeout, self.acceptor.accept(stream)).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(error)) => {
@@ -252,10 +254,18 @@ impl Connection {
                 .inc();
             return;
         };
+        let handshake = std::sync::Mutex::new(Some(TlsHandshake {
+            start: handshake_start,
+            end: crate::trace::now_nanos(),
+        }));
         let service = self.service;
         let per_request = hyper::service::service_fn(move |mut request: Request<Incoming>| {
             request.extensions_mut().insert(peer.clone());
             request.extensions_mut().insert(ClientAddr(addr));
+            // The handshake is the first request's: later ones on the connection paid none.
+            if let Some(handshake) = handshake.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                request.extensions_mut().insert(handshake);
+            }
             let call = service.clone().oneshot(request.map(boxed));
             async move {
                 // Rescue answers every error inside the stack; this is the last line of defence.

@@ -23,6 +23,7 @@ use crate::layers::local::LocalEndpointsLayer;
 use crate::layers::rate_limit::RateLimitLayer;
 use crate::layers::request_id::RequestIdLayer;
 use crate::layers::token_endpoint::TokenEndpointLayer;
+use crate::layers::trace::TraceLayer;
 use crate::minlog::Page;
 use crate::proxy::Proxy;
 use crate::runtime::Runtime;
@@ -69,8 +70,18 @@ fn build_for(runtime: &Runtime, listener: Listener) -> GatewayService {
     let service = ServiceBuilder::new()
         // Request id first, so the access log and every error answer carry it.
         .layer(RequestIdLayer)
-        // One access-log line and the request metrics, when the response body ends.
-        .layer(AccessLogLayer::new(runtime.metrics.clone()))
+        // The W3C trace context (continued from a trusted client, or started), so the access
+        // log, the audit record and the phases' spans carry the trace id.
+        .layer(TraceLayer::new(
+            &runtime.config.tracing,
+            runtime.tracer.is_some(),
+        ))
+        // One access-log line and the request metrics, when the response body ends; the
+        // request's spans exported then.
+        .layer(AccessLogLayer::new(
+            runtime.metrics.clone(),
+            runtime.tracer.clone(),
+        ))
         // FHIR XML for clients that ask for it: `_format` taken out of the query (everything
         // below, the audit record too, sees the JSON twin), JSON answers (the rescue layer's
         // OperationOutcomes too) written as XML on the way out, two conversions at a time.

@@ -18,7 +18,7 @@
 // Once listening it prints exactly one JSON line to stdout:
 //   {"listening":"http://127.0.0.1:<port>/fhir/R4","port":<port>}
 
-import { X509Certificate, randomUUID } from 'node:crypto';
+import { X509Certificate, randomBytes, randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
@@ -423,9 +423,22 @@ function isWrite(method, pathname) {
   return !(method === 'POST' && pathname.endsWith('/_search'));
 }
 
+/**
+ * W3C Trace Context: a request that names its trace (`traceparent`) is answered with a
+ * `traceresponse` (Trace Context Level 2) naming the same trace and this server's span, so a
+ * caller can see that the trace reached it.
+ */
+function answerTrace(req, res) {
+  const match = /^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$/.exec(req.headers.traceparent ?? '');
+  if (match) {
+    res.setHeader('traceresponse', `00-${match[1]}-${randomBytes(8).toString('hex')}-${match[3]}`);
+  }
+}
+
 async function handle(req, res) {
   const started = performance.now();
   let status = 500;
+  answerTrace(req, res);
   try {
     await ready;
     let url;

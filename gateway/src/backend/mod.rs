@@ -46,6 +46,7 @@ use crate::config::{BackendConfig, ConfigError};
 use crate::encoding::form_encode;
 use crate::https::{ClientIdentity, client_tls};
 use crate::metrics::Metrics;
+use crate::trace::{Phase, TRACEPARENT, TRACESTATE, Traced};
 
 /// The backend FHIR server and the pooled client that reaches it.
 #[derive(Debug)]
@@ -184,6 +185,9 @@ impl Backend {
             .identity
             .as_ref()
             .and_then(|_| request.extensions().get::<identity::ActorClaims>().cloned());
+        // The call is a span of the request's trace; the backend is told it is the parent.
+        let traced = request.extensions().get::<Traced>().cloned();
+        let phase = Phase::start(traced.as_ref(), "portvagt.backend");
         let template = retryable.then(|| {
             (
                 request.method().clone(),
@@ -206,6 +210,14 @@ impl Backend {
                 (None, None) => return Err("no request to send".into()),
             };
             let mut outgoing = outgoing;
+            if let Some(traced) = &traced {
+                let headers = outgoing.headers_mut();
+                headers.insert(TRACEPARENT, traced.context.traceparent(phase.span_id()));
+                match &traced.context.state {
+                    Some(state) => headers.insert(TRACESTATE, state.clone()),
+                    None => headers.remove(TRACESTATE),
+                };
+            }
             if let (Some(asserter), Some(actor)) = (&self.identity, &actor) {
                 let target = outgoing
                     .uri()
@@ -230,11 +242,14 @@ impl Backend {
                     return Err(ProxyError::Timeout.into());
                 }
                 Ok(Ok(response)) => {
-                    if response.status().is_server_error() {
+                    let server_error = response.status().is_server_error();
+                    if server_error {
                         failed(self.circuit.failure(Instant::now()));
                     } else {
                         self.circuit.success();
                     }
+                    // Until the answer's headers: its body is read by the response phase.
+                    phase.end(server_error);
                     return Ok(response);
                 }
                 Ok(Err(error)) => {

@@ -174,3 +174,9 @@ pub(super) fn decision_log_keep() -> u32 {
 pub(super) fn identity_lifetime() -> Duration {
     Duration::from_secs(60)
 }
+pub(super) fn service_name() -> String {
+    "portvagt".into()
+}
+pub(super) fn sample_ratio() -> f64 {
+    1.0
+}

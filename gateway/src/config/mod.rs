@@ -30,7 +30,7 @@ pub use self::policy::{
 };
 pub use self::server::{
     CitizenConfig, LimitsConfig, LogConfig, LogFormat, PagingConfig, RateLimitConfig, RateLimitKey,
-    ServerConfig, TlsConfig,
+    ServerConfig, TlsConfig, TracingConfig,
 };
 
 /// The whole configuration file.
@@ -88,6 +88,9 @@ pub struct Config {
     /// Every decision as JSON lines (and the shadow rules' disagreements).
     #[serde(default)]
     pub decision_log: Option<DecisionLogConfig>,
+    /// W3C Trace Context and span export.
+    #[serde(default)]
+    pub tracing: TracingConfig,
 }
 
 /// A configuration problem, naming the field it is about.
@@ -198,6 +201,9 @@ impl Config {
         }
         if let Some(log) = &mut self.decision_log {
             resolve(&mut log.path);
+        }
+        if let Some(ca) = &mut self.tracing.otlp_ca_file {
+            resolve(ca);
         }
         if let Some(key_file) = &mut self.paging.key_file {
             resolve(key_file);

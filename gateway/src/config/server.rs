@@ -199,3 +199,26 @@ pub enum LogFormat {
     /// Human-readable lines.
     Text,
 }
+
+/// `[tracing]`: W3C Trace Context and span export (README "Traces").
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingConfig {
+    /// Continue the trace a client's `traceparent` names (its flag decides sampling); off: every
+    /// request starts a trace of its own, and what a client sends is not passed on.
+    #[serde(default)]
+    pub trust_incoming: bool,
+    /// Export spans with OTLP/HTTP (JSON) to this URL, e.g.
+    /// `http://otel-collector:4318/v1/traces`.
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
+    /// CA certificates for an https endpoint (default: the public web PKI roots).
+    #[serde(default)]
+    pub otlp_ca_file: Option<PathBuf>,
+    /// `service.name` of the exported spans.
+    #[serde(default = "defaults::service_name")]
+    pub service_name: String,
+    /// The share of new traces sampled (0.0 to 1.0); a trusted client's flag decides for its own.
+    #[serde(default = "defaults::sample_ratio")]
+    pub sample_ratio: f64,
+}

@@ -21,18 +21,21 @@ use super::{BoxFuture, take_ready};
 use crate::body::{Body, BoxError};
 use crate::context::RequestRecord;
 use crate::metrics::{Metrics, status_class};
+use crate::otlp::{FinishedRequest, OtlpExporter};
 use crate::tls::PeerIdentity;
+use crate::trace::Traced;
 
 /// Writes the access log and request metrics.
 #[derive(Debug, Clone)]
 pub struct AccessLogLayer {
     metrics: Arc<Metrics>,
+    tracer: Option<Arc<OtlpExporter>>,
 }
 
 impl AccessLogLayer {
-    /// A layer recording into `metrics`.
-    pub fn new(metrics: Arc<Metrics>) -> Self {
-        Self { metrics }
+    /// A layer recording into `metrics`, and handing a request's spans to `tracer`.
+    pub fn new(metrics: Arc<Metrics>, tracer: Option<Arc<OtlpExporter>>) -> Self {
+        Self { metrics, tracer }
     }
 }
 
@@ -42,6 +45,7 @@ impl<S> Layer<S> for AccessLogLayer {
         AccessLog {
             inner,
             metrics: self.metrics.clone(),
+            tracer: self.tracer.clone(),
         }
     }
 }
@@ -51,6 +55,7 @@ impl<S> Layer<S> for AccessLogLayer {
 pub struct AccessLog<S> {
     inner: S,
     metrics: Arc<Metrics>,
+    tracer: Option<Arc<OtlpExporter>>,
 }
 
 impl<S> Service<Request<Body>> for AccessLog<S>
@@ -69,8 +74,15 @@ where
     fn call(&mut self, mut request: Request<Body>) -> Self::Future {
         let record = RequestRecord::default();
         request.extensions_mut().insert(record.clone());
+        let traced = request.extensions().get::<Traced>().cloned();
         let entry = Entry {
             started: Instant::now(),
+            started_at: crate::trace::now_nanos(),
+            tracer: self
+                .tracer
+                .clone()
+                .filter(|_| traced.as_ref().is_some_and(|t| t.recording)),
+            traced,
             method: request.method().to_string(),
             path: logged_path(request.uri().path()),
             request_id: request
@@ -110,6 +122,11 @@ where
 
 struct Entry {
     started: Instant,
+    /// Nanoseconds since the Unix epoch, for the server span.
+    started_at: u64,
+    traced: Option<Traced>,
+    /// Where the request's spans go, when they are recorded.
+    tracer: Option<Arc<OtlpExporter>>,
     method: String,
     path: String,
     request_id: Option<String>,
@@ -141,9 +158,14 @@ impl Entry {
             .request_duration
             .with_label_values(&[interaction, class])
             .observe(elapsed.as_secs_f64());
+        let trace_id = self
+            .traced
+            .as_ref()
+            .map(|traced| traced.context.trace_id.hex());
         tracing::info!(
             target: "portvagt::access",
             request_id = self.request_id.as_deref().unwrap_or(""),
+            trace_id = trace_id.as_deref().unwrap_or(""),
             method = %self.method,
             path = %self.path,
             client_subject = self.peer.as_ref().map_or("", |p| p.subject()),
@@ -161,6 +183,33 @@ impl Entry {
             latency_ms = elapsed.as_secs_f64() * 1000.0,
             "access"
         );
+        if let (Some(tracer), Some(traced)) = (&self.tracer, &self.traced) {
+            let mut attributes = vec![
+                ("http.request.method", self.method.clone()),
+                ("url.path", self.path.clone()),
+                ("fhir.interaction", interaction.to_owned()),
+                ("fhir.resource_type", resource_type.to_owned()),
+                (
+                    "portvagt.decision",
+                    fields.decision.unwrap_or("").to_owned(),
+                ),
+            ];
+            if let Some(reason) = fields.reason {
+                attributes.push(("portvagt.reason", reason.to_owned()));
+            }
+            if let Some(id) = &self.request_id {
+                attributes.push(("portvagt.request_id", id.clone()));
+            }
+            tracer.export(FinishedRequest {
+                context: traced.context.clone(),
+                name: format!("{} {resource_type}", self.method),
+                start: self.started_at,
+                end: crate::trace::now_nanos(),
+                status: self.status,
+                attributes,
+                phases: traced.spans.take(),
+            });
+        }
     }
 }
 

@@ -20,6 +20,7 @@ use crate::context::ClientAddr;
 use crate::context::RequestRecord;
 use crate::encoding::form_encode;
 use crate::tls::PeerIdentity;
+use crate::trace::{Phase, Traced};
 
 /// Records every request with `auditor`; with `None`, nothing is recorded.
 #[derive(Debug, Clone)]
@@ -83,6 +84,8 @@ where
             .unwrap_or_default();
         let peer = request.extensions().get::<Arc<PeerIdentity>>().cloned();
         let client_ip = request.extensions().get::<ClientAddr>().map(|a| a.0.ip());
+        let traced = request.extensions().get::<Traced>().cloned();
+        let trace_id = traced.as_ref().map(|t| t.context.trace_id.hex());
         let record = match request.extensions().get::<RequestRecord>() {
             Some(record) => record.clone(),
             None => {
@@ -130,6 +133,7 @@ where
             };
             let facts = AccessFacts {
                 request_id: &request_id,
+                trace_id: trace_id.as_deref(),
                 recorded,
                 method: &method,
                 target: &target,
@@ -164,10 +168,12 @@ where
                     ..all[0]
                 });
             }
+            let phase = Phase::start(traced.as_ref(), "portvagt.audit");
             auditor
                 .record_all(&all)
                 .await
                 .map_err(|AuditUnavailableError| -> BoxError { AuditUnavailableError.into() })?;
+            phase.end(false);
             result
         });
         Box::pin(async move {

@@ -20,6 +20,7 @@ use crate::body::BoxError;
 use crate::config::{ConfigError, RouteConfig};
 use crate::context::record;
 use crate::tls::PeerIdentity;
+use crate::trace::{Phase, Traced};
 
 /// Requires a valid access token.
 #[derive(Debug, Clone)]
@@ -161,6 +162,11 @@ where
         let routes = self.routes.clone();
         let mut inner = take_ready(&mut self.inner);
         Box::pin(async move {
+            // Ends with the token verified; a refusal drops it, recorded as failed.
+            let phase = Phase::start(
+                request.extensions().get::<Traced>(),
+                "portvagt.authenticate",
+            );
             let peer = request
                 .extensions()
                 .get::<Arc<PeerIdentity>>()
@@ -185,6 +191,7 @@ where
                 fields.caller = Some(principal.clone());
             });
             request.extensions_mut().insert(principal);
+            phase.end(false);
             inner.call(request).await
         })
     }

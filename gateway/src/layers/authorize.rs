@@ -20,6 +20,7 @@ pub use crate::decisions::SharedRules;
 use crate::decisions::{Decisions, Observed};
 use crate::layers::request_id::RequestId;
 use crate::metrics::Metrics;
+use crate::trace::{Phase, Traced};
 
 /// The policy said no.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
@@ -115,6 +116,7 @@ where
             Some(opened) => Channel::Citizen { opened },
             None => Channel::Professional,
         };
+        let phase = Phase::start(request.extensions().get::<Traced>(), "portvagt.decide");
         let decision = match (
             request.extensions().get::<Arc<Principal>>(),
             request.extensions().get::<Arc<FhirRequest>>(),
@@ -144,6 +146,7 @@ where
                 reason: DenyReason::InsufficientScope,
             },
         };
+        phase.end(!decision.is_allow());
         match &decision {
             Decision::Allow { .. } => record(&request, |fields| fields.decision = Some("allow")),
             Decision::Deny { reason } => {

@@ -21,6 +21,7 @@ use crate::body::{Body, BoxError, empty, full};
 use crate::context::record;
 use crate::paging::{LinkKind, PAGE_SEGMENT, PageFollow, PageLinkError, Pager};
 use crate::routing::{FhirPath, SharedRoutes};
+use crate::trace::{Phase, Traced};
 
 /// `If-None-Exist` (FHIR R4 §3.1.0.8.1 conditional create).
 static IF_NONE_EXIST: HeaderName = HeaderName::from_static("if-none-exist");
@@ -149,6 +150,9 @@ where
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
+        // Ends once the request is classified (its body read, if decided on); a refusal drops
+        // it, recorded as failed.
+        let phase = Phase::start(request.extensions().get::<Traced>(), "portvagt.classify");
         let routes = self.routes.load();
         let located = routes
             .iter()
@@ -296,6 +300,7 @@ where
             });
             request.extensions_mut().insert(fhir);
             request.extensions_mut().insert(forwarded);
+            phase.end(false);
             inner.call(request).await
         })
     }

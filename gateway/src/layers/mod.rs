@@ -14,6 +14,7 @@ pub mod rate_limit;
 pub mod request_id;
 pub mod rescue;
 pub mod token_endpoint;
+pub mod trace;
 
 use std::future::Future;
 use std::pin::Pin;

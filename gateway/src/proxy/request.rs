@@ -27,6 +27,7 @@ use crate::context::{ClientAddr, RequestRecord};
 use crate::layers::request_id::RequestId;
 use crate::paging::{LinkKind, PageFollow, PageOrigin};
 use crate::routing::FhirPath;
+use crate::trace::{Phase, Traced};
 
 /// What the request phase learned, for the exchange and the response phase.
 pub(super) struct Exchange {
@@ -195,6 +196,9 @@ impl Proxy {
         if let Some(reason) = shape_refusal(&fhir, &reach, duties) {
             return Err(self.deny(reason, record_handle.as_ref(), None));
         }
+        // Whose data the request touches (the backend asked, where it must be) and whether their
+        // blocks let it through: one phase.
+        let phase = Phase::start(parts.extensions.get::<Traced>(), "portvagt.consent");
         let touched = if consent.is_some() || self.audited {
             let touched = self
                 .touched(
@@ -224,6 +228,7 @@ impl Proxy {
                 }
             }
         }
+        phase.end(false);
         // The write changes the version that was read and checked, or nothing.
         if let Some(version) = &touched.owner_version
             && fhir.interaction().is_write()

@@ -28,5 +28,6 @@ mod resilience;
 mod routing;
 mod rules;
 mod token_exchange;
+mod traces;
 mod transport;
 mod xml;

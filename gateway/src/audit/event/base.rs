@@ -96,6 +96,20 @@ pub(super) fn base_event<'a>(facts: &'a AccessFacts<'a>, source: &'a AuditSource
         r#type: Coding::new(BALP_ENTITY_TYPE, "XrequestId", Some("Request Id")),
         ..Entity::default()
     });
+    // The W3C trace the request was part of, to find its spans (BALP has no code for it).
+    if let Some(trace_id) = facts.trace_id {
+        entity.push(Entity {
+            what: Some(What {
+                reference: None,
+                identifier: Some(Identifier {
+                    system: Some("https://www.w3.org/TR/trace-context/#trace-id".into()),
+                    value: trace_id.into(),
+                }),
+            }),
+            r#type: Coding::new(PORTVAGT_AUDIT, "trace-id", Some("W3C trace id")),
+            ..Entity::default()
+        });
+    }
     Event {
         resource_type: "AuditEvent",
         r#type: Coding::new(

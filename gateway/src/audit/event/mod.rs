@@ -45,6 +45,8 @@ pub enum AccessKind<'a> {
 #[derive(Debug)]
 pub struct AccessFacts<'a> {
     pub request_id: &'a str,
+    /// The W3C trace id (hex), if the request was traced.
+    pub trace_id: Option<&'a str>,
     pub recorded: OffsetDateTime,
     pub method: &'a str,
     /// The request target as received, with its query (the raw query of a search).
