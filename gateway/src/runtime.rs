@@ -171,6 +171,26 @@ impl Runtime {
         if let Err(error) = check_decision_log(&config) {
             errors.push(error);
         }
+        if let Some(url) = config
+            .citizen
+            .as_ref()
+            .and_then(|citizen| citizen.public_base_url.as_deref())
+        {
+            let same_path = url
+                .parse::<Uri>()
+                .ok()
+                .filter(|uri| uri.scheme_str() == Some("https") && uri.host().is_some())
+                .is_some_and(|uri| uri.path().trim_end_matches('/') == fhir_base_path);
+            if !same_path {
+                errors.push(ConfigError::new(
+                    "citizen.public_base_url",
+                    format!(
+                        "an https:// URL whose path is the FHIR base's, {fhir_base_path:?}: the \
+                         citizen listener serves the same paths"
+                    ),
+                ));
+            }
+        }
         let tracer = crate::otlp::OtlpExporter::new(&config.tracing, metrics.clone())
             .map_err(|e| errors.push(e))
             .ok()

@@ -99,7 +99,10 @@ pub async fn serve(
     // The citizen listener: its own stack and TLS configuration, the same drain.
     let citizen = match (citizen_listener, &runtime.citizen_tls) {
         (Some(listener), Some(tls)) => {
-            Some((listener, tls.clone(), stack::build_citizen(&runtime)))
+            let local = listener
+                .local_addr()
+                .unwrap_or(runtime.config.server.listen);
+            Some((listener, tls.clone(), stack::build_citizen(&runtime, local)))
         }
         _ => None,
     };

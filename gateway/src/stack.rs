@@ -34,17 +34,21 @@ pub type GatewayService = BoxCloneService<Request<Body>, Response<Body>, BoxErro
 /// Builds the stack for `runtime`. The connection layer (TLS, [`crate::tls::PeerIdentity`],
 /// client address) is in [`crate::server`].
 pub fn build(runtime: &Runtime) -> GatewayService {
-    build_for(runtime, Listener::Client)
+    build_for(runtime, Listener::Client, None)
 }
 
 /// The citizen listener's stack: the same path, but the local endpoints without metrics and
 /// with the `/minlog/` page, no token exchange (it needs a client certificate), and only what
 /// a citizen may do on this listener getting to the policy.
-pub fn build_citizen(runtime: &Runtime) -> GatewayService {
-    build_for(runtime, Listener::Citizen)
+pub fn build_citizen(runtime: &Runtime, local: std::net::SocketAddr) -> GatewayService {
+    build_for(runtime, Listener::Citizen, Some(local))
 }
 
-fn build_for(runtime: &Runtime, listener: Listener) -> GatewayService {
+fn build_for(
+    runtime: &Runtime,
+    listener: Listener,
+    citizen_addr: Option<std::net::SocketAddr>,
+) -> GatewayService {
     let limits = &runtime.config.limits;
     let citizen = runtime
         .config
@@ -132,6 +136,13 @@ fn build_for(runtime: &Runtime, listener: Listener) -> GatewayService {
         // see each decision here.
         .layer(authorize)
         // Header hygiene, forwarding, URL rewriting: the backend.
-        .service(Proxy::new(runtime));
+        .service(match (citizen, citizen_addr) {
+            // The citizen listener's answers name the citizen listener, not the mTLS one.
+            (Some(c), Some(local)) => Proxy::new(runtime).at_origin(&match &c.public_base_url {
+                Some(url) => crate::proxy::origin_of(url),
+                None => format!("https://{local}"),
+            }),
+            _ => Proxy::new(runtime),
+        });
     BoxCloneService::new(service)
 }

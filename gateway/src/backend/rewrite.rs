@@ -39,6 +39,19 @@ impl UrlRewriter {
         }
     }
 
+    /// The same backend base, its public URL's origin (`https://host:port`) `from` swapped for
+    /// `to`: the answers of a listener clients reach at another address.
+    pub fn with_origin(&self, from: &str, to: &str) -> UrlRewriter {
+        let public = match self.public.strip_prefix(from) {
+            Some(rest) => format!("{to}{rest}"),
+            None => self.public.clone(),
+        };
+        UrlRewriter {
+            backend: self.backend.clone(),
+            public,
+        }
+    }
+
     /// The public URL for `url`, if `url` is below the backend base.
     pub fn rewrite(&self, url: &str) -> Option<String> {
         self.below(url).map(|rest| format!("{}{rest}", self.public))

@@ -35,6 +35,11 @@ pub struct CitizenConfig {
     /// The scopes the page asks for.
     #[serde(default = "defaults::citizen_scope")]
     pub scope: String,
+    /// This listener's FHIR base URL as browsers reach it, e.g.
+    /// `https://minlog.example.dk/fhir` (its path the same as `server.public_base_url`'s): the
+    /// links in its answers name it. Default: `https://<the address it listens on><that path>`.
+    #[serde(default)]
+    pub public_base_url: Option<String>,
 }
 
 /// `[paging]`: the next and previous links of searchsets and histories are handed to clients

@@ -45,6 +45,9 @@ pub struct Proxy {
     public_host: Option<HeaderValue>,
     /// The gateway's public base URL: the `iss` of the identity assertions it signs.
     public_base_url: Arc<str>,
+    /// On a listener clients reach at another origin (the citizen listener): the main
+    /// listener's origin and this one's, swapped in the URLs of answers.
+    origin: Option<Arc<(String, String)>>,
     max_response_bytes: usize,
     filter_mode: FilterMode,
     metrics: Arc<Metrics>,
@@ -79,6 +82,7 @@ impl Proxy {
             backend: runtime.backend.clone(),
             public_host,
             public_base_url: Arc::from(public_base_url.as_str()),
+            origin: None,
             max_response_bytes: usize::try_from(runtime.config.limits.max_response_bytes)
                 .unwrap_or(usize::MAX),
             filter_mode: match runtime.config.policy.filtered_entries {
@@ -92,6 +96,27 @@ impl Proxy {
             routes: runtime.upstreams.clone(),
             pager: runtime.pager.clone(),
         }
+    }
+}
+
+impl Proxy {
+    /// The same proxy for a listener clients reach at `origin` (`https://host:port`): the
+    /// links, `fullUrl`s and `Location`s of its answers name it.
+    pub fn at_origin(self, origin: &str) -> Self {
+        let main = origin_of(&self.public_base_url);
+        Self {
+            origin: Some(Arc::new((main, origin.trim_end_matches('/').to_owned()))),
+            ..self
+        }
+    }
+}
+
+/// `https://host:port` of a URL (what precedes its path).
+pub(crate) fn origin_of(url: &str) -> String {
+    let after_scheme = url.find("://").map_or(0, |at| at + 3);
+    match url[after_scheme..].find('/') {
+        Some(path) => url[..after_scheme + path].to_owned(),
+        None => url.to_owned(),
     }
 }
 

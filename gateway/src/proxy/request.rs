@@ -89,7 +89,10 @@ impl Proxy {
             .find(|route| route.takes(&path.base, fhir.resource_type().map(|t| t.as_str())))
             .map(|route| Upstream {
                 backend: route.backend.clone(),
-                rewriter: route.rewriter.clone(),
+                rewriter: match &self.origin {
+                    Some(origin) => Arc::new(route.rewriter.with_origin(&origin.0, &origin.1)),
+                    None => route.rewriter.clone(),
+                },
             })
             .ok_or(portvagt_policy::ClassifyError::UnknownPath)?;
         // A citizen reading their own audit log sees it newest first, in the citizen's view.

@@ -205,11 +205,48 @@ async fn types_the_operator_opens_are_readable_in_the_citizens_own_compartment()
         "launch/patient patient/Observation.rs patient/AuditEvent.rs",
     );
     let own = browser
-        .get("/fhir/Observation?patient=pat-anne", Some(&token))
+        .get("/fhir/Observation?patient=pat-anne&_count=1", Some(&token))
         .await
         .unwrap();
     assert_eq!(own.status, 200, "{}", own.text());
     assert_eq!(own.json()["resourceType"], "Bundle");
+    // Its links and full URLs name the citizen listener, where her browser is.
+    let citizen_base = format!("https://{}/fhir/", gateway.citizen_addr());
+    let bundle = own.json();
+    let urls: Vec<&str> = bundle["link"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|link| link["url"].as_str().unwrap())
+        .chain(
+            bundle["entry"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|entry| entry["fullUrl"].as_str()),
+        )
+        .collect();
+    assert!(urls.len() >= 2, "{bundle}");
+    for url in &urls {
+        assert!(
+            url.starts_with(&citizen_base),
+            "{url} is not below {citizen_base}"
+        );
+    }
+    // Followed there, the next page is hers too.
+    if let Some(next) = bundle["link"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|link| link["relation"] == "next")
+    {
+        let path = next["url"]
+            .as_str()
+            .unwrap()
+            .replace(&citizen_base, "/fhir/");
+        let page = browser.get(&path, Some(&token)).await.unwrap();
+        assert_eq!(page.status, 200, "{}", page.text());
+    }
     let others = browser
         .get("/fhir/Observation?patient=pat-bo", Some(&token))
         .await
