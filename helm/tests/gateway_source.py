@@ -21,8 +21,10 @@ CONFIG_TABLES = {
     "issuer.introspection": "IntrospectionConfig",
     "route": "RouteConfig",
     "backend": "BackendConfig",
+    "backend.identity": "IdentityAssertionConfig",
     "upstream": "UpstreamConfig",
     "upstream.backend": "BackendConfig",
+    "upstream.backend.identity": "IdentityAssertionConfig",
     "smart": "SmartConfig",
     "policy": "PolicyConfig",
     "log": "LogConfig",
@@ -34,6 +36,8 @@ CONFIG_TABLES = {
     "citizen": "CitizenConfig",
     "paging": "PagingConfig",
     "operation": "OperationConfig",
+    "decision_log": "DecisionLogConfig",
+    "tracing": "TracingConfig",
 }
 
 

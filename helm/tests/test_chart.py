@@ -146,14 +146,17 @@ VARIANTS: dict[str, dict] = {
             "limits": {"max_header_bytes": 32768, "max_body_bytes": 1048576, "max_response_bytes": 33554432,
                        "request_timeout": "40s", "max_concurrent_requests": 256},
             "backend": {"url": "https://fhir.internal.example.dk/fhir/R4", "max_in_flight": 300,
-                        "forward_authorization": True, "tlsSecret": {"existingSecret": "backend-ca", "caKey": "ca.pem"}},
+                        "forward_authorization": True, "tlsSecret": {"existingSecret": "backend-ca", "caKey": "ca.pem"},
+                        "identity": {"enabled": True, "lifetime": "30s",
+                                     "audience": "https://fhir.internal.example.dk"}},
             "upstreams": [
                 {"name": "regionh", "path_prefix": "/fhir/regionh",
                  "backend": {"url": "https://fhir.regionh.example.dk/fhir/R4", "connect_timeout": "3s",
                              "response_timeout": "20s", "retries": 0, "circuit_failures": 3, "circuit_open": "30s",
                              "max_in_flight": 64, "pool_max_idle_per_host": 16, "forward_authorization": False,
                              "tlsSecret": {"existingSecret": "regionh-mtls", "caKey": "ca.crt",
-                                           "certKey": "tls.crt", "keyKey": "tls.key"}}},
+                                           "certKey": "tls.crt", "keyKey": "tls.key"},
+                             "identity": {"enabled": True, "key_id": "regionh-identity-1"}}},
                 {"name": "sor", "path_prefix": "/fhir/sor", "resource_types": ["Organization", "Location"],
                  "backend": {"url": "https://sor.example.dk/fhir", "ca_file": "/etc/portvagt/sor-ca/ca.crt",
                              "response_timeout": "5s"}},
@@ -161,7 +164,11 @@ VARIANTS: dict[str, dict] = {
             "rate_limit": {"enabled": True, "requests": 50, "window": "10s", "key": "certificate", "useRedis": False},
             "consent": {"enabled": True, "cache_ttl": "1m", "cache_entries": 5000},
             "citizen": {"enabled": True, "resource_types": ["Observation", "Condition"], "page": False,
-                        "client_id": "min-sundhed", "scope": "openid fhirUser launch/patient patient/*.rs"},
+                        "client_id": "min-sundhed", "scope": "openid fhirUser launch/patient patient/*.rs",
+                        "public_base_url": "https://minlog.example.dk/fhir"},
+            "decision_log": {"enabled": True, "decisions": "disagreements", "max_bytes": 10485760, "keep": 2},
+            "tracing": {"trust_incoming": True, "otlp_endpoint": "http://otel-collector.observability:4318/v1/traces",
+                        "service_name": "portvagt-regions", "sample_ratio": 0.25},
             "audit": {"failure_mode": "open", "segment_bytes": 1048576, "seal_every": "30s",
                       "ship": {"url": "https://audit.example.dk/fhir", "batch_size": 50,
                                "ca_file": "/etc/portvagt/sor-ca/ca.crt",
@@ -183,6 +190,11 @@ VARIANTS: dict[str, dict] = {
         "auditSealKey": {"existingSecret": "audit-seal", "key": "portvagt-seal.pem", "keyId": "upstreams-seal-2",
                          "trustedJwksKey": "seal-1-and-2.jwks.json"},
         "pagingKey": {"existingSecret": "paging-key", "key": "paging-hmac"},
+        "backendIdentityKey": {"existingSecret": "backend-identity", "key": "identity.pem"},
+        "policyRules": {"enabled": True,
+                        "rules": [{"name": "reads", "effect": "allow", "interactions": ["read", "search-type"]}],
+                        "shadowRules": [{"name": "reads of patients", "effect": "allow",
+                                         "resource_types": ["Patient"], "interactions": ["read"]}]},
         "extraVolumes": [{"name": "sor-ca", "configMap": {"name": "sor-ca"}}],
         "extraVolumeMounts": [{"name": "sor-ca", "mountPath": "/etc/portvagt/sor-ca", "readOnly": True}],
         "networkPolicy": {"egress": {"upstreams": {"enabled": True, "to": [], "ports": [{"port": 443, "protocol": "TCP"}]},
@@ -299,6 +311,10 @@ def check_values_schema(chart: helm.Chart, defaults: dict) -> None:
         "two key sources for one issuer": {"config": {"issuers": [{"issuer": "https://a", "audiences": ["b"],
                                                                    "discovery": True, "jwks_url": "https://a/jwks"}]}},
         "rules switched on without rules": {"policyRules": {"enabled": True, "rules": []}},
+        "an identity assertion without its key": {"config": {"backend": {"identity": {"enabled": True}}}},
+        "shadow rules without a decision log": {"policyRules": {
+            "enabled": True, "rules": [{"name": "r", "effect": "allow"}],
+            "shadowRules": [{"name": "s", "effect": "allow"}]}},
         "Redis switched on without a URL": {"config": {"token_exchange": {"enabled": True, "useRedis": True}}},
         "rate limits in Redis without a URL": {"config": {"rate_limit": {"enabled": True, "useRedis": True}}},
         "a rate limit key that is neither subject nor certificate": {"config": {"rate_limit": {"key": "address"}}},
@@ -384,6 +400,10 @@ SCHEMA_OF = {
     "citizen": "/properties/config/properties/citizen",
     "paging": "/properties/config/properties/paging",
     "operation": "/properties/config/properties/operations/items",
+    "backend.identity": "/properties/config/properties/backend/properties/identity",
+    "upstream.backend.identity": "/properties/config/properties/upstreams/items/properties/backend/properties/identity",
+    "decision_log": "/properties/config/properties/decision_log",
+    "tracing": "/properties/config/properties/tracing",
 }
 
 
@@ -556,7 +576,10 @@ def check_config(name: str, docs: list[dict], values: dict, gateway: dict) -> No
 CHART_WRITTEN = {
     "server": {"listen", "admin_listen"},
     "tls": {"cert", "key", "client_ca", "crls"},
-    "policy": {"rules_file"},
+    "policy": {"rules_file", "shadow_rules_file"},
+    "backend.identity": {"signing_key"},
+    "upstream.backend.identity": {"signing_key"},
+    "decision_log": {"path"},
     "audit": {"spool_dir", "seal_key", "seal_key_id", "seal_jwks"},
     "token_exchange": {"signing_key", "trusted_sts", "redis_url"},
     "rate_limit": {"redis_url"},
@@ -612,13 +635,16 @@ def check_config_values(name: str, config: dict, values: dict) -> None:
     listed = [toml for toml, key in (("issuer", "issuers"), ("route", "routes"), ("upstream", "upstreams"),
                                      ("operation", "operations"))
               if cfg.get(key)]
-    tables = {"server", "tls", "limits", "backend", "smart", "policy", "paging", "log", *switched, *listed}
+    if cfg["decision_log"]["enabled"]:
+        switched.append("decision_log")
+    tables = {"server", "tls", "limits", "backend", "smart", "policy", "paging", "tracing", "log", *switched,
+              *listed}
     REPORT.check(f"{name}: portvagt.toml has the tables {', '.join(sorted(tables))}", set(config) == tables,
                  f"has {sorted(config)}")
 
     # (where, the rendered table, what it should hold)
     expected: list[tuple[str, dict, dict]] = []
-    for table in ("server", "limits", "smart", "policy", "log", *switched):
+    for table in ("server", "limits", "smart", "policy", "tracing", "log", *switched):
         expected.append((table, config.get(table, {}), given(cfg[table])))
     if "audit" in switched and cfg["audit"]["ship"].get("url"):
         expected.append(("audit.ship", config["audit"].get("ship", {}), given(cfg["audit"]["ship"])))
@@ -633,10 +659,17 @@ def check_config_values(name: str, config: dict, values: dict) -> None:
     for i, operation in enumerate(cfg.get("operations") or []):
         expected.append((f"operation[{i}]", (config.get("operation") or [{}] * (i + 1))[i], given(operation)))
     expected.append(("backend", config["backend"], given(cfg["backend"])))
+    if (cfg["backend"].get("identity") or {}).get("enabled"):
+        expected.append(("backend.identity", config["backend"].get("identity", {}),
+                         given(cfg["backend"]["identity"])))
     for i, upstream in enumerate(cfg.get("upstreams") or []):
         rendered = config["upstream"][i] if i < len(config.get("upstream", [])) else {}
         expected.append((f"upstream[{i}]", rendered, given(upstream)))
         expected.append((f"upstream[{i}].backend", rendered.get("backend", {}), given(upstream["backend"])))
+        if (upstream["backend"].get("identity") or {}).get("enabled"):
+            expected.append((f"upstream[{i}].backend.identity",
+                             rendered.get("backend", {}).get("identity", {}),
+                             given(upstream["backend"]["identity"])))
     # The tlsSecret files, by their paths.
     wanted_of = {where: wanted for where, _, wanted in expected}
     for _, where, table, folder in tls_tables(values):
@@ -648,7 +681,7 @@ def check_config_values(name: str, config: dict, values: dict) -> None:
 
     wrong = []
     for where, rendered, wanted in expected:
-        written = CHART_WRITTEN.get(where, set())
+        written = CHART_WRITTEN.get(re.sub(r"\[\d+\]", "", where), set())
         actual = {k: v for k, v in rendered.items() if k not in written and not sub_table(v)}
         if actual != wanted:
             missing = {k: v for k, v in wanted.items() if actual.get(k) != v}
@@ -676,8 +709,9 @@ def check_config_files(name: str, docs: list[dict], config: dict, values: dict) 
     files = [config["tls"][k] for k in ("cert", "key", "client_ca")] + config["tls"].get("crls", [])
     if "token_exchange" in config:
         files += [config["token_exchange"]["signing_key"], *config["token_exchange"]["trusted_sts"]]
-    if "rules_file" in config.get("policy", {}):
-        files.append(config["policy"]["rules_file"])
+    files += [config["policy"][k] for k in ("rules_file", "shadow_rules_file") if k in config.get("policy", {})]
+    files += [b["identity"]["signing_key"] for b in [config["backend"], *[u["backend"] for u in config.get("upstream", [])]]
+              if "identity" in b]
     files += [config.get("audit", {})[k] for k in ("seal_key", "seal_jwks") if k in config.get("audit", {})]
     files += [config["paging"]["key_file"]] if "key_file" in config.get("paging", {}) else []
     for issuer in config.get("issuer", []):

@@ -54,6 +54,14 @@ crls = {{ include "portvagt.crlPaths" . }}
 
 [backend]
 {{- include "portvagt.tlsTomlKeys" (dict "table" $cfg.backend "files" (get $tlsFiles "config.backend") "first" (list "url")) }}
+{{- with $cfg.backend.identity }}
+{{- if .enabled }}
+
+[backend.identity]
+signing_key = "/etc/portvagt/backend-identity/signing-key.pem"
+{{- include "portvagt.tomlKeys" (dict "table" . "skip" (list "enabled")) }}
+{{- end }}
+{{- end }}
 {{- range $i, $upstream := $cfg.upstreams }}
 
 [[upstream]]
@@ -61,6 +69,14 @@ crls = {{ include "portvagt.crlPaths" . }}
 
 [upstream.backend]
 {{- include "portvagt.tlsTomlKeys" (dict "table" $upstream.backend "files" (get $tlsFiles (printf "config.upstreams[%d].backend" $i)) "first" (list "url")) }}
+{{- with $upstream.backend.identity }}
+{{- if .enabled }}
+
+[upstream.backend.identity]
+signing_key = "/etc/portvagt/backend-identity/signing-key.pem"
+{{- include "portvagt.tomlKeys" (dict "table" . "skip" (list "enabled")) }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 [smart]
@@ -70,12 +86,24 @@ crls = {{ include "portvagt.crlPaths" . }}
 {{- include "portvagt.tomlKeys" (dict "table" $cfg.policy) }}
 {{- if .Values.policyRules.enabled }}
 rules_file = "/etc/portvagt/rules/rules.toml"
+{{- if .Values.policyRules.shadowRules }}
+shadow_rules_file = "/etc/portvagt/rules/rules-next.toml"
+{{- end }}
 {{- end }}
 
 [paging]
 {{- include "portvagt.tomlKeys" (dict "table" $cfg.paging) }}
 {{- if .Values.pagingKey.existingSecret }}
 key_file = "/etc/portvagt/paging/paging.key"
+{{- end }}
+
+[tracing]
+{{- include "portvagt.tomlKeys" (dict "table" $cfg.tracing) }}
+{{- if $cfg.decision_log.enabled }}
+
+[decision_log]
+path = "/var/lib/portvagt/decisions/decisions.jsonl"
+{{- include "portvagt.tomlKeys" (dict "table" $cfg.decision_log "skip" (list "enabled")) }}
 {{- end }}
 
 [log]
@@ -126,6 +154,17 @@ trusted_sts = {{ include "portvagt.trustedStsPaths" . }}
 {{- if $cfg.token_exchange.useRedis }}
 redis_url = {{ include "portvagt.redisUrl" . }}
 {{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The shadow rules file, from policyRules.shadowRules. */}}
+{{- define "portvagt.shadowRulesToml" -}}
+# Rendered by the portvagt Helm chart from policyRules.shadowRules: decided beside the rules on every
+# request and never enforced; disagreements go to the decision log.
+{{- range .Values.policyRules.shadowRules }}
+
+[[rule]]
+{{- include "portvagt.tomlKeys" (dict "table" . "first" (list "name" "effect")) }}
 {{- end }}
 {{- end }}
 

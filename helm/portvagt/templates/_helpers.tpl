@@ -183,6 +183,19 @@ Settings that cannot work together are refused at render time, with the value to
 {{- fail "auditSpool.type existingClaim allows one replica only (the spool is locked to one process): use persistentVolumeClaim for more" }}
 {{- end }}
 {{- end }}
+{{- $identity := .Values.config.backend.identity.enabled }}
+{{- range .Values.config.upstreams }}
+{{- if and .backend.identity .backend.identity.enabled }}{{- $identity = true }}{{- end }}
+{{- end }}
+{{- if and $identity (not .Values.backendIdentityKey.existingSecret) }}
+{{- fail "an identity assertion is enabled for a backend: set backendIdentityKey.existingSecret (the key it is signed with)" }}
+{{- end }}
+{{- if and .Values.policyRules.shadowRules (not .Values.config.decision_log.enabled) }}
+{{- fail "policyRules.shadowRules write their disagreements to the decision log: enable config.decision_log" }}
+{{- end }}
+{{- if and .Values.policyRules.shadowRules (not .Values.policyRules.enabled) }}
+{{- fail "policyRules.shadowRules are tried beside policyRules.rules: enable policyRules" }}
+{{- end }}
 {{- if and .Values.policyRules.enabled (not .Values.policyRules.rules) }}
 {{- fail "policyRules.enabled with no rules refuses every request: add rules or disable policyRules" }}
 {{- end }}

@@ -170,6 +170,15 @@ spec:
           mountPath: /etc/portvagt/paging
           readOnly: true
         {{- end }}
+        {{- if .Values.backendIdentityKey.existingSecret }}
+        - name: backend-identity-key
+          mountPath: /etc/portvagt/backend-identity
+          readOnly: true
+        {{- end }}
+        {{- if .Values.config.decision_log.enabled }}
+        - name: decisions
+          mountPath: /var/lib/portvagt/decisions
+        {{- end }}
         {{- with .Values.extraVolumeMounts }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
@@ -258,6 +267,20 @@ spec:
         items:
           - key: {{ .Values.pagingKey.key }}
             path: paging.key
+    {{- end }}
+    {{- if .Values.backendIdentityKey.existingSecret }}
+    - name: backend-identity-key
+      secret:
+        secretName: {{ .Values.backendIdentityKey.existingSecret }}
+        defaultMode: 0440
+        items:
+          - key: {{ .Values.backendIdentityKey.key }}
+            path: signing-key.pem
+    {{- end }}
+    {{- if .Values.config.decision_log.enabled }}
+    - name: decisions
+      emptyDir:
+        sizeLimit: {{ mul (add1 (int .Values.config.decision_log.keep)) (int64 .Values.config.decision_log.max_bytes) }}
     {{- end }}
     {{- /* CA and client certificates of the backends and the audit repository (tlsSecret). */}}
     {{- range (include "portvagt.tlsSecretMounts" . | fromYaml).mounts }}
