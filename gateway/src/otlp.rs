@@ -104,6 +104,11 @@ impl OtlpExporter {
             resource: json!({ "attributes": [
                 attribute("service.name", &config.service_name),
                 attribute("service.version", env!("CARGO_PKG_VERSION")),
+                // Replicas told apart (a pod's name in Kubernetes).
+                attribute(
+                    "service.instance.id",
+                    &std::env::var("HOSTNAME").unwrap_or_else(|_| uuid::Uuid::new_v4().to_string()),
+                ),
             ]}),
             metrics: metrics.clone(),
         };
@@ -160,35 +165,72 @@ impl Export {
         }
     }
 
+    /// One export, sent again (twice at most, after 1 s and 2 s, or the `Retry-After` the
+    /// collector asks for, up to 5 s) when the collector is busy or away: 429, 502, 503, 504
+    /// or no answer (OTLP/HTTP §Failures). Meanwhile the queue holds what comes.
     async fn send(&self, spans: Vec<Value>) {
         let count = spans.len() as u64;
-        let body = json!({ "resourceSpans": [{
-            "resource": self.resource,
-            "scopeSpans": [{
-                "scope": { "name": "portvagt", "version": env!("CARGO_PKG_VERSION") },
-                "spans": spans,
-            }],
-        }]});
-        let request = Request::post(self.endpoint.clone())
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body.to_string())));
-        let sent = match request {
-            Ok(request) => self.client.send(request).await,
-            Err(error) => Err(error.to_string()),
-        };
-        match sent {
-            Ok(response) if response.status().is_success() => {
-                self.metrics.trace_spans_exported.inc_by(count);
-            }
-            Ok(response) => {
-                self.metrics.trace_spans_dropped.inc_by(count);
-                tracing::warn!(status = %response.status(), "span export refused");
-            }
-            Err(error) => {
-                self.metrics.trace_spans_dropped.inc_by(count);
-                tracing::warn!(%error, "span export failed");
+        let body = Bytes::from(
+            json!({ "resourceSpans": [{
+                "resource": self.resource,
+                "scopeSpans": [{
+                    "scope": { "name": "portvagt", "version": env!("CARGO_PKG_VERSION") },
+                    "spans": spans,
+                }],
+            }]})
+            .to_string(),
+        );
+        for attempt in 0..3_u64 {
+            let request = Request::post(self.endpoint.clone())
+                .header(header::CONTENT_TYPE, "application/json")
+                .header(
+                    header::USER_AGENT,
+                    concat!("portvagt/", env!("CARGO_PKG_VERSION")),
+                )
+                .body(Full::new(body.clone()));
+            let sent = match request {
+                Ok(request) => self.client.send(request).await,
+                Err(error) => Err(error.to_string()),
+            };
+            let wait = match &sent {
+                Ok(response) if response.status().is_success() => {
+                    // A partial success names the spans it rejected.
+                    let rejected = serde_json::from_slice::<Value>(response.body())
+                        .ok()
+                        .and_then(|answer| {
+                            let rejected = &answer["partialSuccess"]["rejectedSpans"];
+                            rejected
+                                .as_u64()
+                                .or_else(|| rejected.as_str()?.parse().ok())
+                        })
+                        .unwrap_or(0)
+                        .min(count);
+                    self.metrics.trace_spans_exported.inc_by(count - rejected);
+                    self.metrics.trace_spans_dropped.inc_by(rejected);
+                    return;
+                }
+                Ok(response) if matches!(response.status().as_u16(), 429 | 502 | 503 | 504) => {
+                    let asked = response
+                        .headers()
+                        .get(header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok());
+                    asked.unwrap_or(attempt + 1).min(5)
+                }
+                Ok(response) => {
+                    tracing::warn!(status = %response.status(), "span export refused");
+                    break;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "span export failed");
+                    attempt + 1
+                }
+            };
+            if attempt < 2 {
+                tokio::time::sleep(Duration::from_secs(wait)).await;
             }
         }
+        self.metrics.trace_spans_dropped.inc_by(count);
     }
 }
 

@@ -79,6 +79,9 @@ fn build_for(
         .layer(TraceLayer::new(
             &runtime.config.tracing,
             runtime.tracer.is_some(),
+            // Only the mTLS listener's callers (systems with certificates) may be trusted to
+            // start traces; never anonymous browsers on the citizen listener.
+            runtime.config.tracing.trust_incoming && listener == Listener::Client,
         ))
         // One access-log line and the request metrics, when the response body ends; the
         // request's spans exported then.

@@ -186,8 +186,31 @@ fn tracestate(headers: &HeaderMap) -> Option<HeaderValue> {
         .map(|value| value.to_str().ok())
         .collect::<Option<_>>()?;
     let joined = joined.join(",");
-    let printable = joined.bytes().all(|b| (0x20..0x7f).contains(&b));
-    if joined.is_empty() || joined.len() > MAX_TRACESTATE || !printable {
+    // §3.3.1: list-members `key=value`, at most 32, empty ones allowed and dropped; the key
+    // lower-case letters, digits and `_-*/@`, the value printable ASCII without `,` and `=`.
+    let members: Vec<&str> = joined
+        .split(',')
+        .map(|member| member.trim_matches([' ', '\t']))
+        .filter(|member| !member.is_empty())
+        .collect();
+    let well_formed = |member: &&str| {
+        member.split_once('=').is_some_and(|(key, value)| {
+            (1..=256).contains(&key.len())
+                && key
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-*/@".contains(&b))
+                && (1..=256).contains(&value.len())
+                && value
+                    .bytes()
+                    .all(|b| (0x20..0x7f).contains(&b) && b != b',' && b != b'=')
+                && !value.ends_with(' ')
+        })
+    };
+    if members.is_empty() || members.len() > 32 || !members.iter().all(well_formed) {
+        return None;
+    }
+    let joined = members.join(",");
+    if joined.len() > MAX_TRACESTATE {
         return None;
     }
     HeaderValue::try_from(joined).ok()
@@ -210,19 +233,36 @@ pub struct SpanRecord {
     pub error: bool,
 }
 
-/// The spans of one request, gathered as its phases end.
-#[derive(Debug, Clone, Default)]
-pub struct Spans(Arc<Mutex<Vec<SpanRecord>>>);
+/// The spans of one request, gathered as its phases end (nothing at all, not even an
+/// allocation, for a request not recorded).
+#[derive(Debug, Clone)]
+pub struct Spans(Option<Arc<Mutex<Vec<SpanRecord>>>>);
+
+impl Default for Spans {
+    fn default() -> Self {
+        Spans(Some(Arc::default()))
+    }
+}
 
 impl Spans {
+    /// Spans that keep nothing.
+    pub fn none() -> Spans {
+        Spans(None)
+    }
+
     /// Adds a finished span.
     pub fn push(&self, span: SpanRecord) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(span);
+        if let Some(spans) = &self.0 {
+            spans.lock().unwrap_or_else(|p| p.into_inner()).push(span);
+        }
     }
 
     /// Takes every span gathered so far.
     pub fn take(&self) -> Vec<SpanRecord> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+        match &self.0 {
+            Some(spans) => std::mem::take(&mut *spans.lock().unwrap_or_else(|p| p.into_inner())),
+            None => Vec::new(),
+        }
     }
 }
 
@@ -382,6 +422,26 @@ mod tests {
         let context = TraceContext::of(&headers(&[(TRACEPARENT, future)]), true, true);
         assert_eq!(context.trace_id.hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert!(!context.sampled, "the caller's flag decides");
+    }
+
+    #[test]
+    fn a_tracestate_is_passed_on_only_well_formed() {
+        let state = |value: &str| {
+            TraceContext::of(
+                &headers(&[(TRACEPARENT, GOOD), (TRACESTATE, value)]),
+                true,
+                true,
+            )
+            .state
+            .map(|v| v.to_str().unwrap().to_owned())
+        };
+        assert_eq!(state("a=1, ,b@x=2").as_deref(), Some("a=1,b@x=2"));
+        assert_eq!(state("Upper=1"), None);
+        assert_eq!(state("a=1=2"), None);
+        assert_eq!(state("novalue"), None);
+        assert_eq!(state("   "), None);
+        let many: Vec<String> = (0..33).map(|n| format!("k{n}=v")).collect();
+        assert_eq!(state(&many.join(",")), None);
     }
 
     #[test]

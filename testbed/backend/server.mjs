@@ -18,7 +18,7 @@
 // Once listening it prints exactly one JSON line to stdout:
 //   {"listening":"http://127.0.0.1:<port>/fhir/R4","port":<port>}
 
-import { X509Certificate, randomBytes, randomUUID } from 'node:crypto';
+import { X509Certificate, randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
@@ -424,21 +424,29 @@ function isWrite(method, pathname) {
 }
 
 /**
- * W3C Trace Context: a request that names its trace (`traceparent`) is answered with a
- * `traceresponse` (Trace Context Level 2) naming the same trace and this server's span, so a
- * caller can see that the trace reached it.
+ * W3C Trace Context: the traces requests named (`traceparent`), the last 10,000, as tests ask
+ * for them at `GET /_testbed/traces/<trace-id>` (the `traceparent`, `tracestate` and `baggage` received;
+ * 404 for a trace never seen): whether a trace reached the backend, and with what.
  */
-function answerTrace(req, res) {
+const seenTraces = new Map();
+function noteTrace(req) {
   const match = /^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$/.exec(req.headers.traceparent ?? '');
   if (match) {
-    res.setHeader('traceresponse', `00-${match[1]}-${randomBytes(8).toString('hex')}-${match[3]}`);
+    seenTraces.set(match[1], {
+      traceparent: req.headers.traceparent,
+      tracestate: req.headers.tracestate ?? null,
+      baggage: req.headers.baggage ?? null,
+    });
+    if (seenTraces.size > 10000) {
+      seenTraces.delete(seenTraces.keys().next().value);
+    }
   }
 }
 
 async function handle(req, res) {
   const started = performance.now();
   let status = 500;
-  answerTrace(req, res);
+  noteTrace(req);
   try {
     await ready;
     let url;
@@ -454,7 +462,13 @@ async function handle(req, res) {
         throw new HttpError(403, 'forbidden', 'Only the gateway writes to this repository');
       }
     }
-    if (url.pathname === '/healthz') {
+    const traceAsked = /^\/_testbed\/traces\/([0-9a-f]{32})$/.exec(url.pathname);
+    if (traceAsked && req.method === 'GET') {
+      const seen = seenTraces.get(traceAsked[1]);
+      status = seen
+        ? send(res, 200, seen, { 'Content-Type': 'application/json; charset=utf-8' })
+        : send(res, 404, outcome('not-found', 'No request named this trace'));
+    } else if (url.pathname === '/healthz') {
       status = send(res, 200, { status: 'ok' }, { 'Content-Type': 'application/json; charset=utf-8' });
     } else if (url.pathname !== basePath && !url.pathname.startsWith(basePath + '/')) {
       throw new HttpError(404, 'not-found', `Not found: ${url.pathname}`);

@@ -183,10 +183,17 @@ impl Entry {
             latency_ms = elapsed.as_secs_f64() * 1000.0,
             "access"
         );
-        if let (Some(tracer), Some(traced)) = (&self.tracer, &self.traced) {
+        // Probes are not worth a trace.
+        let probe = matches!(self.path.as_str(), "/healthz" | "/readyz" | "/metrics");
+        if let (Some(tracer), Some(traced), false) = (&self.tracer, &self.traced, probe) {
+            // The method as HTTP names it, else `_OTHER` (OTel's convention): a client cannot
+            // make up span names. No path: resource ids stay in the access log.
+            let method = match self.method.as_str() {
+                known @ ("GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS") => known,
+                _ => "_OTHER",
+            };
             let mut attributes = vec![
-                ("http.request.method", self.method.clone()),
-                ("url.path", self.path.clone()),
+                ("http.request.method", method.to_owned()),
                 ("fhir.interaction", interaction.to_owned()),
                 ("fhir.resource_type", resource_type.to_owned()),
                 (
@@ -202,7 +209,11 @@ impl Entry {
             }
             tracer.export(FinishedRequest {
                 context: traced.context.clone(),
-                name: format!("{} {resource_type}", self.method),
+                name: match fields.resource_type {
+                    Some(resource_type) => format!("{method} {}", resource_type.as_str()),
+                    None if self.path == "/token" => format!("{method} /token"),
+                    None => method.to_owned(),
+                },
                 start: self.started_at,
                 end: crate::trace::now_nanos(),
                 status: self.status,

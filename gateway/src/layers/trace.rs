@@ -38,11 +38,12 @@ struct Settings {
 }
 
 impl TraceLayer {
-    /// `exporting`: an OTLP exporter is configured (otherwise nothing is recorded).
-    pub fn new(config: &TracingConfig, exporting: bool) -> Self {
+    /// `exporting`: an OTLP exporter is configured (otherwise nothing is recorded, and the
+    /// backend is told nothing is sampled); `trust`: continue the caller's trace.
+    pub fn new(config: &TracingConfig, exporting: bool, trust: bool) -> Self {
         Self {
             settings: Arc::new(Settings {
-                trust_incoming: config.trust_incoming,
+                trust_incoming: trust,
                 sample_ratio: config.sample_ratio,
                 exporting,
             }),
@@ -65,6 +66,39 @@ impl<S> Layer<S> for TraceLayer {
 pub struct TraceService<S> {
     inner: S,
     settings: Arc<Settings>,
+}
+
+/// Trace and correlation headers of the tracing systems in use (W3C, its baggage, Zipkin B3,
+/// Jaeger, Datadog, Sentry, AWS X-Ray), as a client sends them.
+const CLIENT_TRACE_HEADERS: &[&str] = &[
+    TRACEPARENT,
+    TRACESTATE,
+    "traceresponse",
+    "baggage",
+    "b3",
+    "uber-trace-id",
+    "sentry-trace",
+    "x-amzn-trace-id",
+    "x-cloud-trace-context",
+];
+const CLIENT_TRACE_PREFIXES: &[&str] = &["x-b3-", "x-datadog-", "uberctx-", "ot-tracer-"];
+
+fn strip_client_trace_headers(headers: &mut http::HeaderMap) {
+    for name in CLIENT_TRACE_HEADERS {
+        headers.remove(*name);
+    }
+    let prefixed: Vec<http::HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            CLIENT_TRACE_PREFIXES
+                .iter()
+                .any(|prefix| name.as_str().starts_with(prefix))
+        })
+        .cloned()
+        .collect();
+    for name in prefixed {
+        headers.remove(name);
+    }
 }
 
 /// Whether a new trace is sampled, at `ratio`.
@@ -99,15 +133,20 @@ where
         let context = TraceContext::of(
             request.headers(),
             settings.trust_incoming,
-            sampled(settings.sample_ratio),
+            settings.exporting && sampled(settings.sample_ratio),
         );
-        // The backend gets the gateway's own trace headers, never a client's.
-        request.headers_mut().remove(TRACEPARENT);
-        request.headers_mut().remove(TRACESTATE);
+        // The backend gets the gateway's own trace headers, never a client's, of any tracing
+        // system.
+        strip_client_trace_headers(request.headers_mut());
+        let recording = settings.exporting && context.sampled;
         let traced = Traced {
-            recording: settings.exporting && context.sampled,
+            recording,
             context,
-            spans: Spans::default(),
+            spans: if recording {
+                Spans::default()
+            } else {
+                Spans::none()
+            },
         };
         if traced.recording
             && let Some(handshake) = request.extensions_mut().remove::<TlsHandshake>()

@@ -58,6 +58,8 @@ const BACKEND_DISCLOSURE: &[&str] = &[
     "x-aspnetmvc-version",
     // The backend has no business setting cookies on the gateway's clients.
     "set-cookie",
+    // Nor telling them its spans (W3C Trace Context Level 2).
+    "traceresponse",
 ];
 
 /// Removes hop-by-hop headers, including those named in `Connection`.

@@ -1,7 +1,7 @@
 //! Traces: a trusted client's W3C `traceparent` is continued, an untrusted one's never; the
-//! backend gets the trace (the reference backend answers it with a `traceresponse`); the
-//! access log and the AuditEvent carry the trace id; and the request's spans, one per phase,
-//! reach an OTLP/HTTP receiver.
+//! backend gets the gateway's trace and nothing else of the client's (the reference backend
+//! says what it received at `/_testbed/traces/<id>`); the access log and the AuditEvent carry
+//! the trace id; and the request's spans, one per phase, reach an OTLP/HTTP receiver.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,6 +16,8 @@ use crate::support::{Answer, Gateway, Options, request};
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT: &str = "00f067aa0ba902b7";
+/// The trace an untrusted client names (another, as the tests share one backend).
+const UNTRUSTED_TRACE: &str = "5cf92f3577b34da6a3ce929d0e0e4737";
 
 /// A small OTLP/HTTP receiver: every JSON body POSTed to it, kept.
 async fn receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
@@ -57,14 +59,16 @@ fn gateway(otlp: &str, trust: bool) -> Gateway {
     })
 }
 
-async fn traced_read(gateway: &Gateway, token: Option<&str>) -> Answer {
+async fn traced_read(gateway: &Gateway, token: Option<&str>, trace: &str) -> Answer {
     let mut read = request(Method::GET, "/fhir/Patient/pat-anne", token, None);
     let headers = read.headers_mut();
     headers.insert(
         "traceparent",
-        format!("00-{TRACE}-{PARENT}-01").parse().unwrap(),
+        format!("00-{trace}-{PARENT}-01").parse().unwrap(),
     );
     headers.insert("tracestate", "vendor=opaque".parse().unwrap());
+    headers.insert("baggage", "user=someone-else".parse().unwrap());
+    headers.insert("x-b3-traceid", trace.parse().unwrap());
     gateway.client().send(read).await.unwrap()
 }
 
@@ -99,14 +103,29 @@ async fn spans_of(received: &Mutex<Vec<Value>>, trace: &str, count: usize) -> Ve
     spans
 }
 
-fn trace_of(traceresponse: &Answer) -> String {
-    traceresponse.headers["traceresponse"]
-        .to_str()
-        .unwrap()
-        .split('-')
-        .nth(1)
-        .unwrap()
-        .to_owned()
+/// What the reference backend received of the trace `trace`, if a request named it.
+async fn seen_by_backend(trace: &str) -> Option<Value> {
+    let base = crate::support::backend_url();
+    let origin = &base[..base[8..].find('/').map_or(base.len(), |at| at + 8)];
+    let (status, seen) = crate::support::backend_exchange(
+        origin,
+        Method::GET,
+        &format!("_testbed/traces/{trace}"),
+        None,
+    )
+    .await;
+    (status == 200).then_some(seen)
+}
+
+/// The trace id the access log gives the request `answer` answered.
+fn logged_trace(gateway: &Gateway, answer: &Answer) -> String {
+    let request_id = answer.headers["x-request-id"].to_str().unwrap();
+    gateway
+        .access_log()
+        .into_iter()
+        .find(|line| line["request_id"] == request_id)
+        .and_then(|line| line["trace_id"].as_str().map(str::to_owned))
+        .expect("an access log line with a trace id")
 }
 
 #[tokio::test]
@@ -114,10 +133,21 @@ async fn a_trusted_trace_is_continued_to_the_backend_logged_audited_and_exported
     let (otlp, received) = receiver().await;
     let gateway = gateway(&otlp, true);
     let token = gateway.token(json!({ "scope": "user/*.rs" }));
-    let answer = traced_read(&gateway, Some(&token)).await;
+    let answer = traced_read(&gateway, Some(&token), TRACE).await;
     assert_eq!(answer.status, 200, "{}", answer.text());
-    // The backend was told the trace.
-    assert_eq!(trace_of(&answer), TRACE);
+    // The backend was told the trace, by the gateway's call, and nothing else of the client's.
+    let seen = seen_by_backend(TRACE)
+        .await
+        .expect("the trace reached the backend");
+    let traceparent = seen["traceparent"].as_str().unwrap();
+    assert!(traceparent.starts_with(&format!("00-{TRACE}-")), "{seen}");
+    assert!(
+        !traceparent.contains(PARENT),
+        "the gateway's span is the parent: {seen}"
+    );
+    assert_eq!(seen["tracestate"], "vendor=opaque");
+    assert_eq!(seen["baggage"], Value::Null);
+    assert!(answer.headers.get("traceresponse").is_none());
     let request_id = answer.headers["x-request-id"].to_str().unwrap().to_owned();
 
     let phases = [
@@ -173,7 +203,7 @@ async fn a_trusted_trace_is_continued_to_the_backend_logged_audited_and_exported
     }));
 
     // A refused request is traced too: its authentication failed.
-    let refused = traced_read(&gateway, Some("not-a-token")).await;
+    let refused = traced_read(&gateway, Some("not-a-token"), TRACE).await;
     assert_eq!(refused.status, 401);
     let spans = spans_of(&received, TRACE, spans.len() + 3).await;
     assert!(
@@ -195,14 +225,22 @@ async fn an_untrusted_clients_trace_is_not_continued_nor_passed_on() {
     let (otlp, received) = receiver().await;
     let gateway = gateway(&otlp, false);
     let token = gateway.token(json!({ "scope": "user/*.rs" }));
-    let answer = traced_read(&gateway, Some(&token)).await;
+    let answer = traced_read(&gateway, Some(&token), UNTRUSTED_TRACE).await;
     assert_eq!(answer.status, 200);
-    let own = trace_of(&answer);
-    assert_ne!(own, TRACE, "the client's trace reached the backend");
+    assert!(
+        seen_by_backend(UNTRUSTED_TRACE).await.is_none(),
+        "the client's trace reached the backend"
+    );
+    let own = logged_trace(&gateway, &answer);
     assert_eq!(own.len(), 32);
+    let seen = seen_by_backend(&own)
+        .await
+        .expect("the gateway's trace reached the backend");
+    assert_eq!(seen["tracestate"], Value::Null);
+    assert_eq!(seen["baggage"], Value::Null);
     let spans = spans_of(&received, &own, 2).await;
     let server = spans.iter().find(|span| span["kind"] == 2).unwrap();
     assert!(server.get("parentSpanId").is_none(), "{server}");
     assert!(server.get("traceState").is_none(), "{server}");
-    assert!(spans_of(&received, TRACE, 1).await.is_empty());
+    assert!(spans_of(&received, UNTRUSTED_TRACE, 1).await.is_empty());
 }
