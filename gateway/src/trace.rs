@@ -55,21 +55,65 @@ impl SpanId {
     }
 }
 
-/// Fills `bytes` from the system's random generator, never all zeroes.
+/// Fills `bytes` with random bytes, never all zeroes. Ids must be unique and unguessable
+/// enough to be useless to forge (§3.2.2.3 asks for randomness, not secrecy): a per-thread
+/// xoshiro256** generator, seeded once from the system's, costs a few nanoseconds a request
+/// instead of a call into the system's generator.
 fn random_bytes(bytes: &mut [u8]) {
-    if aws_lc_rs::rand::fill(bytes).is_err() || bytes.iter().all(|b| *b == 0) {
-        // Not secret, only unique: the clock's nanoseconds will do.
-        for (byte, from) in bytes
-            .iter_mut()
-            .zip(now_nanos().to_le_bytes().iter().cycle())
-        {
-            *byte ^= from | 1;
+    thread_local! {
+        static STATE: std::cell::Cell<[u64; 4]> = std::cell::Cell::new(seed());
+    }
+    STATE.with(|cell| {
+        let mut state = cell.get();
+        for chunk in bytes.chunks_mut(8) {
+            let next = xoshiro256(&mut state).to_le_bytes();
+            chunk.copy_from_slice(&next[..chunk.len()]);
         }
+        cell.set(state);
+    });
+    if bytes.iter().all(|b| *b == 0)
+        && let Some(last) = bytes.last_mut()
+    {
+        *last = 1;
     }
 }
 
+fn seed() -> [u64; 4] {
+    let mut bytes = [0u8; 32];
+    if aws_lc_rs::rand::fill(&mut bytes).is_err() {
+        bytes[..16].copy_from_slice(&u128::from(now_nanos()).to_le_bytes());
+    }
+    let mut state = [0u64; 4];
+    for (word, chunk) in state.iter_mut().zip(bytes.chunks(8)) {
+        *word = u64::from_le_bytes(chunk.try_into().unwrap_or([1; 8]));
+    }
+    if state == [0; 4] {
+        state[0] = 1;
+    }
+    state
+}
+
+/// xoshiro256** (Blackman and Vigna).
+fn xoshiro256(state: &mut [u64; 4]) -> u64 {
+    let result = state[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
+    let t = state[1] << 17;
+    state[2] ^= state[0];
+    state[3] ^= state[1];
+    state[1] ^= state[2];
+    state[0] ^= state[3];
+    state[2] ^= t;
+    state[3] = state[3].rotate_left(45);
+    result
+}
+
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        text.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        text.push(char::from(DIGITS[usize::from(byte & 0xf)]));
+    }
+    text
 }
 
 /// A request's place in a trace.
@@ -442,6 +486,17 @@ mod tests {
         assert_eq!(state("   "), None);
         let many: Vec<String> = (0..33).map(|n| format!("k{n}=v")).collect();
         assert_eq!(state(&many.join(",")), None);
+    }
+
+    #[test]
+    fn ids_are_lower_hex_and_do_not_repeat() {
+        let ids: std::collections::HashSet<String> =
+            (0..10_000).map(|_| TraceId::random().hex()).collect();
+        assert_eq!(ids.len(), 10_000);
+        let id = SpanId::random().hex();
+        assert_eq!(id.len(), 16);
+        assert!(is_lower_hex(&id));
+        assert_eq!(hex(&[0x0f, 0xa0]), "0fa0");
     }
 
     #[test]

@@ -322,14 +322,7 @@ async fn the_shipper_delivers_everything_once_the_repository_is_up_and_remembers
 
     let repository = Repository::start_with(pki, port);
     let spooled = gateway.audit_events();
-    let mut shipped = Vec::new();
-    for _ in 0..300 {
-        shipped = repository.events().await;
-        if shipped.len() >= spooled.len() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let mut shipped = shipped_events_within(&repository, spooled.len(), 30).await;
     assert_eq!(request_ids(&shipped), request_ids(&spooled));
 
     // A hard restart: what was acknowledged is not sent again; what is new is.
@@ -383,15 +376,7 @@ async fn a_repository_that_refuses_a_transaction_as_too_large_gets_smaller_ones(
     let repository = Repository::start_with(pki, port);
     let spooled = gateway.audit_events();
     assert!(spooled.len() >= 70, "{}", spooled.len());
-    // The shipper's back-off while the repository was down may be several seconds.
-    let mut shipped = Vec::new();
-    for _ in 0..300 {
-        shipped = repository.events().await;
-        if shipped.len() >= spooled.len() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let shipped = shipped_events_within(&repository, spooled.len(), 30).await;
     assert_eq!(request_ids(&shipped), request_ids(&spooled));
     // Below the repository's limit now, and said so.
     let metrics = gateway.client().get("/metrics", None).await.unwrap().text();
@@ -999,8 +984,14 @@ async fn read_anne(gateway: &Gateway, token: &str) {
 
 /// The events in `repository` once it holds at least `count` (or what it holds after 10 s).
 async fn shipped_events(repository: &Repository, count: usize) -> Vec<Value> {
+    shipped_events_within(repository, count, 10).await
+}
+
+/// [`shipped_events`], waiting up to `seconds` (the shipper's back-off after a repository that
+/// was down may be several seconds).
+async fn shipped_events_within(repository: &Repository, count: usize, seconds: u64) -> Vec<Value> {
     let mut shipped = Vec::new();
-    for _ in 0..100 {
+    for _ in 0..seconds * 10 {
         shipped = repository.events().await;
         if shipped.len() >= count {
             break;

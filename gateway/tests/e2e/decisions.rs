@@ -4,7 +4,6 @@
 //! as `rules_file` enforces them; `check-config` refuses shadow rules it cannot log.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -257,18 +256,7 @@ url = "http://127.0.0.1:1/fhir"
 {policy}
 "#
     );
-    let path = dir.join("portvagt.toml");
-    std::fs::write(&path, config).unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_portvagt"))
-        .arg("check-config")
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .unwrap();
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    crate::support::check_config(dir, &config)
 }
 
 #[test]

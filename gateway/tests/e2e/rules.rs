@@ -1,10 +1,8 @@
 //! Operator rules through the gateway: after scopes, deny by default, and checked at start.
 
-use std::process::Command;
-
 use serde_json::json;
 
-use crate::support::{Gateway, Options};
+use crate::support::{Gateway, Options, check_config};
 
 const RULES: &str = r#"
 [[rule]]
@@ -114,16 +112,8 @@ url = "http://127.0.0.1:1/fhir"
 [policy]
 rules_file = "rules.toml"
 "#;
-    let path = dir.path().join("portvagt.toml");
-    std::fs::write(&path, config).unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_portvagt"))
-        .arg("check-config")
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (code, stderr) = check_config(dir.path(), config);
+    assert_eq!(code, Some(1));
     assert!(
         stderr.contains("policy.rules_file") && stderr.contains("rule[0] \"typo\": resource_types"),
         "{stderr}"
@@ -134,16 +124,6 @@ rules_file = "rules.toml"
         "[[rule]]\nname = \"fine\"\neffect = \"allow\"\n",
     )
     .unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_portvagt"))
-        .arg("check-config")
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let (code, stderr) = check_config(dir.path(), config);
+    assert_eq!(code, Some(0), "{stderr}");
 }

@@ -584,20 +584,7 @@ signing_key = "key/issuer.key"
 "#
         )
     };
-    let check = |text: String| {
-        let path = dir.path().join("portvagt.toml");
-        std::fs::write(&path, text).unwrap();
-        let output = Command::new(env!("CARGO_BIN_EXE_portvagt"))
-            .arg("check-config")
-            .arg("--config")
-            .arg(&path)
-            .output()
-            .unwrap();
-        (
-            output.status.code(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
-    };
+    let check = |text: String| crate::support::check_config(dir.path(), &text);
     let cases = [
         (
             "trusted_sts = [\"pki/missing.crt\"]",

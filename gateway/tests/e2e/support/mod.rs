@@ -732,6 +732,23 @@ pub async fn backend_exchange_with(
     )
 }
 
+/// `portvagt check-config` on `config`, written as `dir/portvagt.toml`: its exit code and what
+/// it said.
+pub fn check_config(dir: &std::path::Path, config: &str) -> (Option<i32>, String) {
+    let path = dir.join("portvagt.toml");
+    std::fs::write(&path, config).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_portvagt"))
+        .arg("check-config")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 /// [`backend_exchange`], its JSON answer only.
 pub async fn backend_send(base: &str, method: Method, path: &str, body: Option<Value>) -> Value {
     backend_exchange(base, method, path, body.as_ref()).await.1
