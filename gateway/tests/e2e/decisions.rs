@@ -239,37 +239,15 @@ async fn only_disagreements_are_logged_when_asked() {
 }
 
 fn check_config(dir: &Path, policy: &str) -> (Option<i32>, String) {
-    let config = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-[tls]
-cert = "pki/server.crt"
-key = "pki/server.key"
-client_ca = "pki/ca.crt"
-[[issuer]]
-issuer = "https://issuer.example"
-audiences = ["https://fhir.example/fhir"]
-jwks_file = "issuer/jwks.json"
-[backend]
-url = "http://127.0.0.1:1/fhir"
-{policy}
-"#
-    );
-    crate::support::check_config(dir, &config)
+    crate::support::check_config(
+        dir,
+        &format!("{}{policy}", crate::support::CHECKABLE_CONFIG),
+    )
 }
 
 #[test]
 fn check_config_validates_the_shadow_rules_and_where_they_are_logged() {
-    let dir = tempfile::tempdir().unwrap();
-    portvagt_certs::DevPki::generate()
-        .unwrap()
-        .write_to(&dir.path().join("pki"))
-        .unwrap();
-    portvagt::auth::issuer_key::IssuerKey::generate("k")
-        .unwrap()
-        .save(&dir.path().join("issuer"))
-        .unwrap();
+    let dir = crate::support::checkable_dir();
     std::fs::write(dir.path().join("rules.toml"), ENFORCED).unwrap();
     std::fs::write(
         dir.path().join("rules-next.toml"),

@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::support::{Gateway, Options, check_config};
+use crate::support::{CHECKABLE_CONFIG, Gateway, Options, check_config, checkable_dir};
 
 const RULES: &str = r#"
 [[rule]]
@@ -84,34 +84,13 @@ async fn rules_decide_after_scopes() {
 
 #[test]
 fn check_config_names_the_bad_rule() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = portvagt_certs::DevPki::generate().unwrap();
-    pki.write_to(&dir.path().join("pki")).unwrap();
-    portvagt::auth::issuer_key::IssuerKey::generate("k")
-        .unwrap()
-        .save(&dir.path().join("issuer"))
-        .unwrap();
+    let dir = checkable_dir();
     std::fs::write(
         dir.path().join("rules.toml"),
         "[[rule]]\nname = \"typo\"\neffect = \"allow\"\nresource_types = [\"Observaton\"]\n",
     )
     .unwrap();
-    let config = r#"
-[server]
-listen = "127.0.0.1:0"
-[tls]
-cert = "pki/server.crt"
-key = "pki/server.key"
-client_ca = "pki/ca.crt"
-[[issuer]]
-issuer = "https://issuer.example"
-audiences = ["https://fhir.example/fhir"]
-jwks_file = "issuer/jwks.json"
-[backend]
-url = "http://127.0.0.1:1/fhir"
-[policy]
-rules_file = "rules.toml"
-"#;
+    let config = &format!("{CHECKABLE_CONFIG}[policy]\nrules_file = \"rules.toml\"\n");
     let (code, stderr) = check_config(dir.path(), config);
     assert_eq!(code, Some(1));
     assert!(

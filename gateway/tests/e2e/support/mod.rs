@@ -732,6 +732,37 @@ pub async fn backend_exchange_with(
     )
 }
 
+/// A configuration `check-config` can read without a backend or an issuer running, for `dir`
+/// as [`checkable_dir`] makes it; what a test checks goes after it.
+pub const CHECKABLE_CONFIG: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+[tls]
+cert = "pki/server.crt"
+key = "pki/server.key"
+client_ca = "pki/ca.crt"
+[[issuer]]
+issuer = "https://issuer.example"
+audiences = ["https://fhir.example/fhir"]
+jwks_file = "issuer/jwks.json"
+[backend]
+url = "http://127.0.0.1:1/fhir"
+"#;
+
+/// A folder with what [`CHECKABLE_CONFIG`] names: a dev PKI and an issuer key.
+pub fn checkable_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    DevPki::generate()
+        .unwrap()
+        .write_to(&dir.path().join("pki"))
+        .unwrap();
+    IssuerKey::generate("k")
+        .unwrap()
+        .save(&dir.path().join("issuer"))
+        .unwrap();
+    dir
+}
+
 /// `portvagt check-config` on `config`, written as `dir/portvagt.toml`: its exit code and what
 /// it said.
 pub fn check_config(dir: &std::path::Path, config: &str) -> (Option<i32>, String) {
