@@ -266,7 +266,7 @@ fn spans_of(request: FinishedRequest) -> Vec<Value> {
     }
     let mut spans = vec![server];
     for phase in request.phases {
-        let kind = if phase.name == "portvagt.backend" {
+        let kind = if phase.name.starts_with("portvagt.backend") {
             SpanKind::Client
         } else {
             SpanKind::Internal

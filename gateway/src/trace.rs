@@ -321,6 +321,29 @@ pub struct Traced {
     pub recording: bool,
 }
 
+tokio::task_local! {
+    /// The trace of the request the current task forwards, for the gateway's own reads on its
+    /// behalf (Consents, a write's target), which are made far from the request's extensions.
+    static CURRENT: Traced;
+}
+
+/// Runs `work` with `traced` as the current request's trace (see [`current`]).
+pub async fn within<F: std::future::Future>(traced: Option<Traced>, work: F) -> F::Output {
+    match traced {
+        Some(traced) => CURRENT.scope(traced, work).await,
+        None => work.await,
+    }
+}
+
+/// The trace of the request being forwarded, if any.
+pub fn current() -> Option<Traced> {
+    CURRENT.try_with(Traced::clone).ok()
+}
+
+/// Marks a request to a backend as one of the gateway's own reads for a client's request.
+#[derive(Debug, Clone, Copy)]
+pub struct Lookup;
+
 /// A phase under way; recorded when [`Phase::end`] is called (or when dropped, as failed: a
 /// phase that never ended normally was cut short).
 #[derive(Debug)]

@@ -46,7 +46,7 @@ use crate::config::{BackendConfig, ConfigError};
 use crate::encoding::form_encode;
 use crate::https::{ClientIdentity, client_tls};
 use crate::metrics::Metrics;
-use crate::trace::{Phase, TRACEPARENT, TRACESTATE, Traced};
+use crate::trace::{Lookup, Phase, TRACEPARENT, TRACESTATE, Traced};
 
 /// The backend FHIR server and the pooled client that reaches it.
 #[derive(Debug)]
@@ -187,7 +187,14 @@ impl Backend {
             .and_then(|_| request.extensions().get::<identity::ActorClaims>().cloned());
         // The call is a span of the request's trace; the backend is told it is the parent.
         let traced = request.extensions().get::<Traced>().cloned();
-        let phase = Phase::start(traced.as_ref(), "portvagt.backend");
+        let phase = Phase::start(
+            traced.as_ref(),
+            if request.extensions().get::<Lookup>().is_some() {
+                "portvagt.backend.lookup"
+            } else {
+                "portvagt.backend"
+            },
+        );
         let template = retryable.then(|| {
             (
                 request.method().clone(),
@@ -347,9 +354,13 @@ impl Backend {
         limit: usize,
         metrics: &Metrics,
     ) -> Result<Fetched, BoxError> {
-        let request = Request::get(self.uri(relative, query)?)
+        let mut request = Request::get(self.uri(relative, query)?)
             .header(header::ACCEPT, "application/fhir+json")
             .body(empty())?;
+        if let Some(traced) = crate::trace::current() {
+            request.extensions_mut().insert(traced);
+            request.extensions_mut().insert(Lookup);
+        }
         let response = self.send(request, metrics).await?;
         let status = response.status();
         if status == http::StatusCode::NOT_FOUND || status == http::StatusCode::GONE {

@@ -131,7 +131,10 @@ impl Service<Request<Body>> for Proxy {
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
         let this = self.clone();
-        Box::pin(async move { this.forward(request).await })
+        // The gateway's own reads for this request (Consents, a write's target) are part of its
+        // trace too.
+        let traced = request.extensions().get::<crate::trace::Traced>().cloned();
+        Box::pin(async move { crate::trace::within(traced, this.forward(request)).await })
     }
 }
 

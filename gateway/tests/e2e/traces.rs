@@ -50,10 +50,12 @@ async fn receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
     (url, received)
 }
 
+/// A gateway exporting to `otlp`; it enforces consent, so it reads Consents on a request's
+/// behalf.
 fn gateway(otlp: &str, trust: bool) -> Gateway {
     Gateway::start_with(Options {
         extra_config: format!(
-            "[tracing]\ntrust_incoming = {trust}\notlp_endpoint = \"{otlp}\"\nservice_name = \"portvagt-test\"\n"
+            "[consent]\n\n[tracing]\ntrust_incoming = {trust}\notlp_endpoint = \"{otlp}\"\nservice_name = \"portvagt-test\"\n"
         ),
         ..Options::default()
     })
@@ -184,6 +186,13 @@ async fn a_trusted_trace_is_continued_to_the_backend_logged_audited_and_exported
         .find(|span| span["name"] == "portvagt.backend")
         .unwrap();
     assert_eq!(backend["kind"], 3);
+    // The gateway's own read of the patient's Consents, for this request, in its trace.
+    let lookup = spans
+        .iter()
+        .find(|span| span["name"] == "portvagt.backend.lookup")
+        .unwrap_or_else(|| panic!("no lookup span: {spans:#?}"));
+    assert_eq!(lookup["kind"], 3);
+    assert_eq!(lookup["parentSpanId"], server["spanId"]);
     let resource = received.lock().unwrap()[0]["resourceSpans"][0]["resource"].clone();
     assert!(resource.to_string().contains("portvagt-test"), "{resource}");
 
