@@ -63,6 +63,13 @@ pub struct OtlpExporter {
     sender: mpsc::Sender<FinishedRequest>,
     /// The export task's half, until [`OtlpExporter::start`] takes it.
     pending: std::sync::Mutex<Option<(Export, mpsc::Receiver<FinishedRequest>)>>,
+    /// Tells the running task to send what waits and end, and the task.
+    running: std::sync::Mutex<
+        Option<(
+            tokio::sync::oneshot::Sender<()>,
+            tokio::task::JoinHandle<()>,
+        )>,
+    >,
     metrics: Arc<Metrics>,
 }
 
@@ -115,6 +122,7 @@ impl OtlpExporter {
         Ok(Some(OtlpExporter {
             sender,
             pending: std::sync::Mutex::new(Some((export, receiver))),
+            running: std::sync::Mutex::new(None),
             metrics,
         }))
     }
@@ -127,7 +135,24 @@ impl OtlpExporter {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         if let Some((export, receiver)) = pending {
-            tokio::spawn(export.run(receiver));
+            let (stop, stopped) = tokio::sync::oneshot::channel();
+            let task = tokio::spawn(export.run(receiver, stopped));
+            *self.running.lock().unwrap_or_else(|p| p.into_inner()) = Some((stop, task));
+        }
+    }
+
+    /// When the gateway stops: sends every span still waiting, within `deadline`.
+    pub async fn flush(&self, deadline: Duration) {
+        let running = self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some((stop, task)) = running {
+            let _ = stop.send(());
+            if tokio::time::timeout(deadline, task).await.is_err() {
+                tracing::warn!("spans still waiting when the gateway stopped were not sent");
+            }
         }
     }
 
@@ -151,16 +176,47 @@ struct Export {
 
 impl Export {
     /// Gathers spans and sends them: when [`BATCH`] are waiting, or a second after the first.
-    async fn run(self, mut receiver: mpsc::Receiver<FinishedRequest>) {
-        while let Some(first) = receiver.recv().await {
+    /// Until `stopped`: then what waits is sent at once, and the task ends.
+    async fn run(
+        self,
+        mut receiver: mpsc::Receiver<FinishedRequest>,
+        mut stopped: tokio::sync::oneshot::Receiver<()>,
+    ) {
+        loop {
+            let first = tokio::select! {
+                first = receiver.recv() => first,
+                _ = &mut stopped => break,
+            };
+            let Some(first) = first else { return };
             let mut spans = spans_of(first);
             let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+            let mut stopping = false;
             while spans.len() < BATCH {
-                match tokio::time::timeout_at(deadline, receiver.recv()).await {
-                    Ok(Some(next)) => spans.extend(spans_of(next)),
-                    Ok(None) | Err(_) => break,
+                tokio::select! {
+                    next = tokio::time::timeout_at(deadline, receiver.recv()) => match next {
+                        Ok(Some(next)) => spans.extend(spans_of(next)),
+                        Ok(None) | Err(_) => break,
+                    },
+                    _ = &mut stopped, if !stopping => {
+                        stopping = true;
+                        break;
+                    }
                 }
             }
+            self.send(spans).await;
+            if stopping {
+                break;
+            }
+        }
+        // Stopping: what is queued goes now, in batches.
+        let mut spans = Vec::new();
+        while let Ok(next) = receiver.try_recv() {
+            spans.extend(spans_of(next));
+            if spans.len() >= BATCH {
+                self.send(std::mem::take(&mut spans)).await;
+            }
+        }
+        if !spans.is_empty() {
             self.send(spans).await;
         }
     }

@@ -168,9 +168,13 @@ pub async fn serve(
     if let Some(task) = admin_task {
         task.abort();
     }
-    // Every answer is out: the audit chain ends with a clean close.
+    // Every answer is out: the audit chain ends with a clean close, and the spans still
+    // waiting are sent (briefly: a collector that is away does not hold up the stop).
     if let Some(auditor) = &runtime.auditor {
         auditor.close().await;
+    }
+    if let Some(tracer) = &runtime.tracer {
+        tracer.flush(std::time::Duration::from_secs(2)).await;
     }
     tracing::info!("stopped");
 }

@@ -230,6 +230,25 @@ async fn a_trusted_trace_is_continued_to_the_backend_logged_audited_and_exported
 }
 
 #[tokio::test]
+async fn the_spans_still_waiting_are_sent_when_the_gateway_stops() {
+    let (otlp, received) = receiver().await;
+    let mut gateway = gateway(&otlp, true);
+    let token = gateway.token(json!({ "scope": "user/*.rs" }));
+    const STOPPING: &str = "6df92f3577b34da6a3ce929d0e0e4738";
+    assert_eq!(
+        traced_read(&gateway, Some(&token), STOPPING).await.status,
+        200
+    );
+    // At once, inside the exporter's one-second batch window.
+    assert!(gateway.terminate().success());
+    let spans = spans_of(&received, STOPPING, 2).await;
+    assert!(
+        spans.iter().any(|span| span["kind"] == 2),
+        "the last request's spans were lost at the stop: {spans:#?}"
+    );
+}
+
+#[tokio::test]
 async fn an_untrusted_clients_trace_is_not_continued_nor_passed_on() {
     let (otlp, received) = receiver().await;
     let gateway = gateway(&otlp, false);
