@@ -18,7 +18,7 @@
 // Once listening it prints exactly one JSON line to stdout:
 //   {"listening":"http://127.0.0.1:<port>/fhir/R4","port":<port>}
 
-import { X509Certificate, randomUUID } from 'node:crypto';
+import { X509Certificate, createHash, randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
@@ -309,6 +309,7 @@ async function handleFhir(req, res, method, rel, url) {
   let body;
   let pairs = normalizeQuery(type, [...url.searchParams]);
   const raw = await readBody(req);
+  checkBodyDigest(req, raw);
   if (method === 'POST' && second === '_search') {
     const mt = mediaType(req);
     if (raw.length && mt !== FORM_TYPE) {
@@ -413,6 +414,23 @@ function subsetted(resource, type, elements) {
     return resource;
   }
   return resource.resourceType === type ? cut(resource) : resource;
+}
+
+/**
+ * The identity assertion binds the body it was made for (`body_sha256`): another body under it
+ * is refused, and so is a write whose body the assertion does not name.
+ */
+function checkBodyDigest(req, raw) {
+  const actor = req.portvagtActor;
+  if (!actor) {
+    return;
+  }
+  const digest = createHash('sha256').update(raw).digest('base64url');
+  const named = actor.body_sha256;
+  const unnamed = named === undefined && raw.length > 0 && isWrite(req.method, new URL(req.url, 'http://x').pathname);
+  if ((named !== undefined && named !== digest) || unnamed) {
+    throw new HttpError(401, 'security', 'the identity assertion was made for another body');
+  }
 }
 
 /** Whether a request may change what the repository holds (a POST _search does not). */

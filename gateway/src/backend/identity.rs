@@ -29,6 +29,23 @@ pub const IDENTITY_HEADER: &str = "x-portvagt-identity";
 /// The assertion's JOSE `typ`.
 pub const IDENTITY_TYPE: &str = "portvagt-identity+jwt";
 
+/// The body a request forwards, when the gateway read it whole (writes, bundles, POST
+/// operations and searches): an identity assertion binds it by its SHA-256 (`body_sha256`).
+/// Cheap to carry (shared bytes); hashed only for a backend that takes assertions.
+#[derive(Debug, Clone)]
+pub struct ForwardedBody(pub bytes::Bytes);
+
+impl ForwardedBody {
+    /// Base64url (unpadded) SHA-256 of the body.
+    pub fn sha256(&self) -> String {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &self.0);
+        base64::Engine::encode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            digest.as_ref(),
+        )
+    }
+}
+
 /// The longest lifetime an operator may give assertions.
 const MAX_LIFETIME: Duration = Duration::from_secs(300);
 
@@ -77,6 +94,8 @@ pub struct Actor<'a> {
     pub fhir_user: Option<&'a str>,
     /// Whom a secretary acts for.
     pub on_behalf_of: Option<&'a str>,
+    /// The forwarded body's SHA-256 (base64url), when the request has one.
+    pub body_sha256: Option<&'a str>,
     /// Why a consent block was set aside, for an emergency access.
     pub break_glass_reason: Option<&'a str>,
     /// The gateway's request id.
@@ -204,6 +223,7 @@ impl ActorClaims {
         put("patient", json!(actor.patient));
         put("fhirUser", json!(actor.fhir_user));
         put("on_behalf_of", json!(actor.on_behalf_of));
+        put("body_sha256", json!(actor.body_sha256));
         put("break_glass_reason", json!(actor.break_glass_reason));
         put("request_id", json!(actor.request_id));
         ActorClaims { issuer, claims }

@@ -17,6 +17,7 @@ use tower::{Layer, Service};
 
 use super::{BoxFuture, take_ready};
 use crate::auth::Principal;
+use crate::backend::identity::ForwardedBody;
 use crate::body::{Body, BoxError, empty, full};
 use crate::context::record;
 use crate::paging::{LinkKind, PAGE_SEGMENT, PageFollow, PageLinkError, Pager};
@@ -248,6 +249,7 @@ where
                     content_type = Some(FHIR_JSON_TYPE.to_owned());
                 }
                 fhir.attach_body(content_type.as_deref(), &bytes)?;
+                parts.extensions.insert(ForwardedBody(bytes.clone()));
                 full(bytes)
             } else if parts.method == http::Method::POST
                 && fhir.interaction() == Interaction::Operation
@@ -271,6 +273,7 @@ where
                     return Err(ClassifyError::UnsupportedFormat.into());
                 };
                 fhir.add_form_params(params)?;
+                parts.extensions.insert(ForwardedBody(bytes.clone()));
                 full(bytes)
             } else if content_type.as_deref().is_some_and(crate::format::is_xml) {
                 // An XML body on an interaction that takes none (a read) would reach the backend

@@ -20,7 +20,7 @@ use super::{
     widen_elements,
 };
 use crate::auth::Principal;
-use crate::backend::identity::{Actor, ActorClaims};
+use crate::backend::identity::{Actor, ActorClaims, ForwardedBody};
 use crate::body::{Body, BoxError, full};
 use crate::consent::{BREAK_GLASS_HEADER, caller_ids};
 use crate::context::{ClientAddr, RequestRecord};
@@ -266,6 +266,8 @@ impl Proxy {
             parts
                 .headers
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(forwarded.len()));
+            let forwarded = bytes::Bytes::from(forwarded);
+            parts.extensions.insert(ForwardedBody(forwarded.clone()));
             body = full(forwarded);
             batch = Some(plan);
         }
@@ -277,6 +279,8 @@ impl Proxy {
             parts
                 .headers
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(form.len()));
+            let form = bytes::Bytes::from(form);
+            parts.extensions.insert(ForwardedBody(form.clone()));
             body = full(form);
         }
         parts.uri = match &follow {
@@ -299,11 +303,20 @@ impl Proxy {
         }
         if let (Some(_), Some(principal)) = (&upstream.backend.identity, &principal) {
             let request_id = parts.extensions.get::<RequestId>();
+            // A followed link sends no body; any other read body is bound by its digest.
+            let body_sha256 = match &follow {
+                Some(_) => None,
+                None => parts
+                    .extensions
+                    .get::<ForwardedBody>()
+                    .map(ForwardedBody::sha256),
+            };
             let actor = actor_claims(
                 &self.public_base_url,
                 principal,
                 request_id.map(RequestId::as_str),
                 break_glass_reason.as_deref(),
+                body_sha256.as_deref(),
             );
             parts.extensions.insert(actor);
         }
@@ -341,6 +354,7 @@ fn actor_claims(
     principal: &Principal,
     request_id: Option<&str>,
     break_glass_reason: Option<&str>,
+    body_sha256: Option<&str>,
 ) -> ActorClaims {
     let identity = principal.identity();
     let organisation = identity
@@ -368,6 +382,7 @@ fn actor_claims(
         patient: principal.patient(),
         fhir_user: principal.fhir_user(),
         on_behalf_of: identity.on_behalf_of.as_deref(),
+        body_sha256,
         // Only an emergency sets a block aside; a reason given otherwise says nothing.
         break_glass_reason: break_glass_reason
             .filter(|_| principal.purpose_of_use() == Some("EMERGENCY")),

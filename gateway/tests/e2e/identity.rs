@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use http::Method;
 use portvagt::backend::identity::{
-    Actor, ActorClaims, IDENTITY_HEADER, IDENTITY_TYPE, IdentityAsserter,
+    Actor, ActorClaims, ForwardedBody, IDENTITY_HEADER, IDENTITY_TYPE, IdentityAsserter,
 };
 use portvagt::config::IdentityAssertionConfig;
 use portvagt::issuer_key::IssuerKey;
@@ -96,9 +96,12 @@ fn observation(marker: &str) -> Value {
 /// Where the tests write on the backend directly.
 const WRITE_TARGET: &str = "/fhir/R4/Observation";
 
+/// The marker of the Observation the tests write straight to the backend.
+const DIRECT: &str = "identity-direct";
+
 /// An assertion made as the gateway makes them, with its key, for `audience`, for a `method`
-/// request to [`WRITE_TARGET`].
-fn assertion(key_pem: &str, audience: &str, method: &str) -> String {
+/// request to [`WRITE_TARGET`] with the Observation `marker` as its body (a `POST`).
+fn assertion_for(key_pem: &str, audience: &str, method: &str, marker: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("k.pem"), key_pem).unwrap();
     let asserter = IdentityAsserter::new(
@@ -112,9 +115,12 @@ fn assertion(key_pem: &str, audience: &str, method: &str) -> String {
         "unused",
     )
     .unwrap();
+    let body = (method == "POST")
+        .then(|| ForwardedBody(bytes::Bytes::from(observation(marker).to_string())).sha256());
     let actor = Actor {
         subject: "intruder",
         name: Some("Someone Else"),
+        body_sha256: body.as_deref(),
         ..Actor::default()
     };
     asserter
@@ -127,6 +133,11 @@ fn assertion(key_pem: &str, audience: &str, method: &str) -> String {
         .to_str()
         .unwrap()
         .to_owned()
+}
+
+/// [`assertion_for`] the direct write.
+fn assertion(key_pem: &str, audience: &str, method: &str) -> String {
+    assertion_for(key_pem, audience, method, DIRECT)
 }
 
 async fn provenance_of(target: &str) -> Vec<Value> {
@@ -227,7 +238,13 @@ async fn a_clients_assertion_never_reaches_the_backend() {
     // backend sees a write without an assertion and refuses it.
     let gateway = gateway(false);
     let token = gateway.token(json!({ "scope": "user/*.cruds" }));
-    let forged = assertion(setup().key.pem(), BACKEND_AUDIENCE, "POST");
+    // Made for exactly the write the client sends: only stripping keeps it from the backend.
+    let forged = assertion_for(
+        setup().key.pem(),
+        BACKEND_AUDIENCE,
+        "POST",
+        "identity-stripped",
+    );
     let mut create = request(
         Method::POST,
         "/fhir/Observation",
@@ -250,7 +267,7 @@ async fn the_backend_refuses_assertions_that_are_forged_replayed_expired_or_for_
             Method::POST,
             "Observation",
             headers,
-            Some(&observation("identity-direct")),
+            Some(&observation(DIRECT)),
         )
         .await
         .0
@@ -292,6 +309,21 @@ async fn the_backend_refuses_assertions_that_are_forged_replayed_expired_or_for_
     // Made for another request (a read), used for a write.
     let read = assertion(setup().key.pem(), BACKEND_AUDIENCE, "GET");
     assert_eq!(post(&[(IDENTITY_HEADER, &read)]).await, 401);
+    // Made for this write's target, but for another body.
+    let mut claims = decoded(&assertion(setup().key.pem(), BACKEND_AUDIENCE, "POST"));
+    claims["body_sha256"] = json!("47DEQpj8HBSa-_TImW-5JCeuQeRkm5NMpJWZG3hSuFU");
+    let other_body = setup().key.sign_typed(&claims, IDENTITY_TYPE).unwrap();
+    assert_eq!(post(&[(IDENTITY_HEADER, &other_body)]).await, 401);
+}
+
+/// The claims of an assertion.
+fn decoded(assertion: &str) -> Value {
+    let payload = assertion.split('.').nth(1).unwrap();
+    serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+            .unwrap(),
+    )
+    .unwrap()
 }
 
 /// The payload part of a fresh assertion for the backend.
