@@ -92,15 +92,9 @@ impl Runtime {
             .unwrap_or_else(|| format!("https://{local_addr}/fhir"))
             .trim_end_matches('/')
             .to_owned();
-        let fhir_base_path = match public_base_url.parse::<Uri>() {
-            Ok(uri)
-                if uri.scheme_str() == Some("https")
-                    && uri.host().is_some()
-                    && uri.query().is_none() =>
-            {
-                uri.path().trim_end_matches('/').to_owned()
-            }
-            _ => {
+        let fhir_base_path = match https_base_path(&public_base_url) {
+            Some(path) => path,
+            None => {
                 errors.push(ConfigError::new(
                     "server.public_base_url",
                     "must be an https:// URL without a query",
@@ -175,21 +169,15 @@ impl Runtime {
             .citizen
             .as_ref()
             .and_then(|citizen| citizen.public_base_url.as_deref())
+            && https_base_path(url).as_deref() != Some(fhir_base_path.as_str())
         {
-            let same_path = url
-                .parse::<Uri>()
-                .ok()
-                .filter(|uri| uri.scheme_str() == Some("https") && uri.host().is_some())
-                .is_some_and(|uri| uri.path().trim_end_matches('/') == fhir_base_path);
-            if !same_path {
-                errors.push(ConfigError::new(
-                    "citizen.public_base_url",
-                    format!(
-                        "an https:// URL whose path is the FHIR base's, {fhir_base_path:?}: the \
-                         citizen listener serves the same paths"
-                    ),
-                ));
-            }
+            errors.push(ConfigError::new(
+                "citizen.public_base_url",
+                format!(
+                    "an https:// URL whose path is the FHIR base's, {fhir_base_path:?}: the \
+                     citizen listener serves the same paths"
+                ),
+            ));
         }
         let tracer = crate::otlp::OtlpExporter::new(&config.tracing, metrics.clone())
             .map_err(|e| errors.push(e))
@@ -336,6 +324,13 @@ impl Runtime {
         }
         Ok(())
     }
+}
+
+/// The path of an `https://` base URL with a host and no query, without a trailing slash.
+fn https_base_path(url: &str) -> Option<String> {
+    let uri = url.parse::<Uri>().ok()?;
+    (uri.scheme_str() == Some("https") && uri.host().is_some() && uri.query().is_none())
+        .then(|| uri.path().trim_end_matches('/').to_owned())
 }
 
 /// Shadow rules need somewhere to write their disagreements; the decision log needs a folder.

@@ -168,7 +168,7 @@ impl Backend {
     /// or HEAD whose connection failed (its body is empty, so it can be sent again).
     pub(crate) async fn send(
         &self,
-        request: Request<Body>,
+        mut request: Request<Body>,
         metrics: &Metrics,
     ) -> Result<Response<hyper::body::Incoming>, BoxError> {
         self.circuit
@@ -181,12 +181,10 @@ impl Backend {
             .map_err(|_| ProxyError::Saturated)?;
         let retryable = matches!(*request.method(), Method::GET | Method::HEAD);
         // Who acts, signed anew for each attempt (an assertion is good for one request once).
-        let actor = self
-            .identity
-            .as_ref()
-            .and_then(|_| request.extensions().get::<identity::ActorClaims>().cloned());
+        // Taken off the request (nothing after this reads them): no copies per request.
+        let actor = request.extensions_mut().remove::<identity::ActorClaims>();
         // The call is a span of the request's trace; the backend is told it is the parent.
-        let traced = request.extensions().get::<Traced>().cloned();
+        let traced = request.extensions_mut().remove::<Traced>();
         let phase = Phase::start(
             traced.as_ref(),
             if request.extensions().get::<Lookup>().is_some() {

@@ -163,15 +163,21 @@ impl Proxy {
         // Negative consent, before anything reaches the backend: the patients the request
         // touches (its reach, with identifiers resolved and the owners of what it writes).
         let principal = parts.extensions.get::<Arc<Principal>>().cloned();
-        // UTF-8 as sent (a Danish reason has æ, ø, å), not only visible ASCII.
-        let break_glass_reason = principal.as_ref().and_then(|principal| {
-            parts
-                .headers
-                .get(BREAK_GLASS_HEADER)
-                .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
-                .map(|v| v.chars().take(500).collect::<String>())
-                .or_else(|| principal.identity().break_glass_reason.clone())
-        });
+        // Read only for what needs it: consent, or a backend told who acted. UTF-8 as sent (a
+        // Danish reason has æ, ø, å), not only visible ASCII.
+        let wants_reason = self.consent.is_some() || upstream.backend.identity.is_some();
+        let break_glass_reason =
+            principal
+                .as_ref()
+                .filter(|_| wants_reason)
+                .and_then(|principal| {
+                    parts
+                        .headers
+                        .get(BREAK_GLASS_HEADER)
+                        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+                        .map(|v| v.chars().take(500).collect::<String>())
+                        .or_else(|| principal.identity().break_glass_reason.clone())
+                });
         let consent = self.consent.as_ref().and_then(|store| {
             let principal = principal.as_ref()?;
             let reason = break_glass_reason.clone();

@@ -287,11 +287,7 @@ fn request_ids(events: &[Value]) -> Vec<String> {
 #[tokio::test]
 async fn the_shipper_delivers_everything_once_the_repository_is_up_and_remembers_across_restarts() {
     // The repository is down at first: the port is chosen, nothing listens yet.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::support::free_port();
     let url = format!("https://127.0.0.1:{port}/fhir/R4");
     let pki = Arc::new(portvagt_certs::DevPki::generate().unwrap());
     let mut gateway = Gateway::start_with(Options {
@@ -356,11 +352,7 @@ async fn the_shipper_delivers_everything_once_the_repository_is_up_and_remembers
 /// transactions instead of the same refused one forever.
 #[tokio::test]
 async fn a_repository_that_refuses_a_transaction_as_too_large_gets_smaller_ones() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::support::free_port();
     let url = format!("https://127.0.0.1:{port}/fhir/R4");
     let pki = Arc::new(portvagt_certs::DevPki::generate().unwrap());
     let gateway = Gateway::start_with(Options {

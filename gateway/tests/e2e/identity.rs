@@ -32,11 +32,7 @@ fn setup() -> &'static Setup {
     static SETUP: OnceLock<Setup> = OnceLock::new();
     SETUP.get_or_init(|| {
         let key = IssuerKey::generate("portvagt-identity-test").unwrap();
-        let admin_port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let admin_port = crate::support::free_port();
         let jwks = format!("http://127.0.0.1:{admin_port}/.well-known/portvagt-identity-jwks.json");
         let backend = portvagt::demo::BackendProcess::start_flagged(
             &portvagt::demo::default_testbed(),

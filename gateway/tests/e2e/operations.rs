@@ -210,11 +210,7 @@ async fn probes_and_smart_configuration() {
 
 #[tokio::test]
 async fn admin_listener_serves_probes_without_tls_and_nothing_else() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::support::free_port();
     let gateway = Gateway::start_with(Options {
         server_extra: format!("admin_listen = \"127.0.0.1:{port}\""),
         ..Default::default()

@@ -732,6 +732,15 @@ pub async fn backend_exchange_with(
     )
 }
 
+/// A port nothing listens on now (for a server a test starts later, or never).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A configuration `check-config` can read without a backend or an issuer running, for `dir`
 /// as [`checkable_dir`] makes it; what a test checks goes after it.
 pub const CHECKABLE_CONFIG: &str = r#"
