@@ -253,7 +253,7 @@ fn read_period(value: &Value) -> Condition<Period> {
 
 /// A FHIR `dateTime` as Unix seconds: the first instant it covers, or with `end` the first
 /// instant after it (`2026` ends at the start of 2027). Partial dates are read in UTC.
-fn instant(value: &str, end: bool) -> Option<i64> {
+pub(crate) fn instant(value: &str, end: bool) -> Option<i64> {
     use time::format_description::well_known::Rfc3339;
     use time::{Date, Month};
     if value.contains('T') {

@@ -19,6 +19,7 @@ pub mod operations;
 mod patient_rules;
 mod raw;
 pub mod reach;
+pub mod relationship;
 pub mod request;
 pub mod resource_type;
 pub mod rules;
