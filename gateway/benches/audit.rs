@@ -84,6 +84,7 @@ fn build_events(c: &mut Criterion) {
                     client_ip: Some(std::net::IpAddr::from([10, 0, 0, 7])),
                     patients,
                     break_glass: None,
+                    bases: &[],
                 };
                 audit_events(black_box(&facts), &source)
             })

@@ -46,6 +46,9 @@
       you: 'Dig selv',
       breakGlass: 'Værdispring',
       breakGlassText: 'Adgang trods din spærring, i en nødsituation',
+      breakGlassUnrelatedText: 'Adgang uden behandlingsrelation, i en nødsituation. Den bliver fulgt op',
+      basis: 'Grundlag',
+      bases: { relationship: 'Behandlingsrelation', vaerdispring: 'Værdispring: ingen behandlingsrelation' },
       denied: 'Afvist',
       deniedText: 'Forsøget blev afvist: der blev ikke vist data',
       actions: { C: 'Oprettede', R: 'Så', U: 'Ændrede', D: 'Slettede', E: 'Udførte en handling på' },
@@ -108,6 +111,9 @@
       you: 'You',
       breakGlass: 'Break the glass',
       breakGlassText: 'Access despite your block, in an emergency',
+      breakGlassUnrelatedText: 'Access without a treatment relationship, in an emergency. It is followed up',
+      basis: 'Basis',
+      bases: { relationship: 'Treatment relationship', vaerdispring: 'Break the glass: no treatment relationship' },
       denied: 'Refused',
       deniedText: 'The attempt was refused: no data was shown',
       actions: { C: 'Created', R: 'Viewed', U: 'Changed', D: 'Deleted', E: 'Performed an operation on' },
@@ -300,6 +306,11 @@
       .flatMap((entity) => entity.detail || [])
       .filter((detail) => detail.type === 'break-glass-reason')
       .map((detail) => detail.valueString);
+    // Where a treatment relationship is required: what the access rested on.
+    const bases = (event.entity || [])
+      .flatMap((entity) => entity.detail || [])
+      .filter((detail) => detail.type === 'access-basis')
+      .map((detail) => String(detail.valueString || '').split(' ')[0]);
     const subtype = code((event.subtype || [])[0]);
     const searched = subtype === 'search-type' || subtype === 'search-system';
     // In a search the Patient entity is whose data was searched, not what was found.
@@ -324,6 +335,8 @@
       purposes: [...new Set(purposes.filter((p) => p !== 'BTG'))].map((p) => t('purposes')[p] || p),
       breakGlass,
       reason: reasons[0] || null,
+      basis: bases.length ? (t('bases')[bases[0]] || null) : null,
+      unrelated: bases.includes('vaerdispring'),
       denied: event.outcome !== undefined && event.outcome !== '0',
     };
   }
@@ -381,7 +394,8 @@
       article.append(heading);
       if (entry.breakGlass) {
         const badge = element('p', 'badge badge-break-glass');
-        badge.append(element('strong', null, t('breakGlass')), document.createTextNode(` – ${t('breakGlassText')}`));
+        const text = entry.unrelated ? t('breakGlassUnrelatedText') : t('breakGlassText');
+        badge.append(element('strong', null, t('breakGlass')), document.createTextNode(` – ${text}`));
         article.append(badge);
       }
       if (entry.denied) {
@@ -397,6 +411,7 @@
       if (person) fact(facts, t('system'), entry.system);
       fact(facts, t('what'), `${entry.action} ${entry.data}`);
       fact(facts, t('purpose'), entry.purposes.join(', '));
+      fact(facts, t('basis'), entry.basis);
       fact(facts, t('reason'), entry.reason);
       article.append(facts);
       item.append(article);

@@ -46,8 +46,12 @@ pub struct RecordFields {
     pub entries: Vec<EntryRecord>,
     /// The reason given for a break-the-glass access.
     pub break_glass: Option<String>,
-    /// The patients whose consent blocks the break-the-glass access set aside.
+    /// The patients whose consent blocks the break-the-glass access set aside, or whose data
+    /// it read without a treatment relationship (værdispring).
     pub break_glass_patients: Vec<String>,
+    /// Per patient, the basis of the access where the treatment relationship is checked:
+    /// `relationship <evidence>` or `vaerdispring`.
+    pub bases: Vec<(String, String)>,
     /// For a followed paging link: the request it continues (`/fhir/Observation?code=x`),
     /// which is what the audit record names instead of the link.
     pub continues: Option<String>,

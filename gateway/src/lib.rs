@@ -28,6 +28,7 @@ pub mod outcome;
 pub mod paging;
 pub mod proxy;
 pub mod redis;
+pub mod relationship;
 pub mod reload;
 pub mod routing;
 pub mod runtime;

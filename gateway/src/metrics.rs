@@ -58,6 +58,9 @@ pub struct Metrics {
     pub break_glass: IntCounter,
     /// `portvagt_consent_withheld_entries_total`: answer entries withheld by consent blocks.
     pub consent_withheld: IntCounter,
+    /// `portvagt_relationship_checks_total{outcome}`: patients checked for a treatment
+    /// relationship: `related`, `refused`, `vaerdispring` (to be followed up), `unavailable`.
+    pub relationship_checks: IntCounterVec,
     /// `portvagt_backend_circuit_opened_total`: times a backend's circuit opened.
     pub circuit_opened: IntCounter,
     /// `portvagt_upstream_retries_total`: GET/HEAD requests sent again after a failed
@@ -244,6 +247,17 @@ impl Metrics {
             "Accesses that set a citizen's consent block aside (purpose EMERGENCY with a reason)",
         )
         .expect("valid metric");
+        let relationship_checks = IntCounterVec::new(
+            Opts::new(
+                "portvagt_relationship_checks_total",
+                "Patients checked for a treatment relationship, by outcome (related, refused, vaerdispring: to be followed up, unavailable)",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        for outcome in ["related", "refused", "vaerdispring", "unavailable"] {
+            relationship_checks.with_label_values(&[outcome]);
+        }
         let consent_withheld = IntCounter::new(
             "portvagt_consent_withheld_entries_total",
             "Search, history and batch entries withheld because of a consent block",
@@ -363,6 +377,7 @@ impl Metrics {
             Box::new(audit_chain_broken.clone()),
             Box::new(break_glass.clone()),
             Box::new(consent_withheld.clone()),
+            Box::new(relationship_checks.clone()),
             Box::new(circuit_opened.clone()),
             Box::new(upstream_retries.clone()),
             Box::new(rate_limited.clone()),
@@ -400,6 +415,7 @@ impl Metrics {
             audit_chain_broken,
             break_glass,
             consent_withheld,
+            relationship_checks,
             circuit_opened,
             upstream_retries,
             rate_limited,

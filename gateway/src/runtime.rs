@@ -22,6 +22,7 @@ use crate::layers::authorize::SharedRules;
 use crate::layers::rate_limit::RateLimiter;
 use crate::metrics::Metrics;
 use crate::paging::Pager;
+use crate::relationship::Relationships;
 use crate::routing::{SharedRoutes, build_routes};
 use crate::smart::SmartDocuments;
 
@@ -64,6 +65,8 @@ pub struct Runtime {
     pub auditor: Option<Arc<Auditor>>,
     /// Citizens' blocks, when enforced.
     pub consent: Option<Arc<ConsentStore>>,
+    /// The treatment relationship professionals need, when checked.
+    pub relationships: Option<Arc<Relationships>>,
     /// Where requests go, most specific first; the last is the main backend. Swapped whole
     /// when the config file's `[[upstream]]`s change.
     pub upstreams: SharedRoutes,
@@ -261,6 +264,12 @@ impl Runtime {
             .consent
             .as_ref()
             .map(|consent| Arc::new(ConsentStore::new(consent, metrics.clone())));
+        let relationships = config
+            .relationship
+            .as_ref()
+            .map(|relationship| Relationships::new(relationship, metrics.clone()).map(Arc::new))
+            .transpose()
+            .map_err(|e| vec![e])?;
         let rate_limiter = config
             .rate_limit
             .as_ref()
@@ -290,6 +299,7 @@ impl Runtime {
             token_exchange,
             auditor,
             consent,
+            relationships,
             upstreams,
             config_path: None,
             loaded_files,

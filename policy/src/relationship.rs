@@ -326,10 +326,14 @@ pub enum ServiceAnswer {
     Unrelated,
 }
 
-/// Reads a relation service's answer (README "Treatment relationship"):
-/// `{"relationship": true, "basis": "..."}` or `{"relationship": false}`. Anything else is not
-/// an answer (`None`): the gateway refuses the access as it would with no service at all.
-pub fn service_answer(answer: &Value) -> Option<ServiceAnswer> {
+/// Reads a relation service's answer about `patient` (README "Treatment relationship"):
+/// `{"patient": "<id>", "relationship": true, "basis": "..."}` or `{"patient": "<id>",
+/// "relationship": false}`. Anything else, an answer about another patient included, is not an
+/// answer (`None`): the gateway refuses the access as it would with no service at all.
+pub fn service_answer(answer: &Value, patient: &str) -> Option<ServiceAnswer> {
+    if answer.get("patient")?.as_str()? != patient {
+        return None;
+    }
     match answer.get("relationship")?.as_bool()? {
         true => Some(ServiceAnswer::Related {
             basis: answer

@@ -142,6 +142,9 @@ pub enum DenyReason {
     NoRuleAllows,
     /// The patient has blocked this professional or organisation (negative consent).
     ConsentBlock,
+    /// The caller's role needs a treatment relationship with the patient, and none was found
+    /// (værdispring: purpose EMERGENCY with a reason lets the access through, followed up).
+    RelationshipRequired,
     /// A consent block applies; purpose EMERGENCY was claimed but no break-the-glass reason
     /// was given.
     BreakGlassReasonRequired,
@@ -178,6 +181,7 @@ impl DenyReason {
             DenyReason::DeniedByRule => "denied-by-rule",
             DenyReason::NoRuleAllows => "no-rule-allows",
             DenyReason::ConsentBlock => "consent-block",
+            DenyReason::RelationshipRequired => "relationship-required",
             DenyReason::BreakGlassReasonRequired => "break-glass-reason-required",
             DenyReason::AuditLogRestricted => "audit-log-restricted",
             DenyReason::CountNotPinned => "count-not-pinned",
@@ -188,7 +192,7 @@ impl DenyReason {
     }
 
     /// Every reason, for documentation and metric pre-registration.
-    pub const ALL: [DenyReason; 17] = [
+    pub const ALL: [DenyReason; 18] = [
         DenyReason::InsufficientScope,
         DenyReason::NoPatientContext,
         DenyReason::OutsideCompartment,
@@ -200,6 +204,7 @@ impl DenyReason {
         DenyReason::DeniedByRule,
         DenyReason::NoRuleAllows,
         DenyReason::ConsentBlock,
+        DenyReason::RelationshipRequired,
         DenyReason::BreakGlassReasonRequired,
         DenyReason::AuditLogRestricted,
         DenyReason::CountNotPinned,

@@ -40,6 +40,7 @@ import { parametersToPairs, patientEverythingHandler } from './everything.mjs';
 import { bulk, kickOff } from './bulk.mjs';
 import { documentHandler, lastnHandler, metaHandler } from './operations.mjs';
 import { identityVerifier, provenance } from './identity.mjs';
+import { relationService } from './relations.mjs';
 import {
   FORM_TYPE,
   HttpError,
@@ -486,6 +487,8 @@ async function handle(req, res) {
       status = seen
         ? send(res, 200, seen, { 'Content-Type': 'application/json; charset=utf-8' })
         : send(res, 404, outcome('not-found', 'No request named this trace'));
+    } else if (url.pathname.startsWith('/_relations/')) {
+      status = await relationService(req, res, url);
     } else if (url.pathname === '/healthz') {
       status = send(res, 200, { status: 'ok' }, { 'Content-Type': 'application/json; charset=utf-8' });
     } else if (url.pathname !== basePath && !url.pathname.startsWith(basePath + '/')) {

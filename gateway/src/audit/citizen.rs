@@ -160,7 +160,7 @@ mod tests {
             ],
             "source": { "site": "https://internal:8443/fhir", "observer": { "display": "portvagt@node-7" } },
             "entity": [
-                { "what": { "reference": "Patient/pat-anne" }, "detail": [{ "type": "break-glass-reason", "valueString": "unconscious" }] },
+                { "what": { "reference": "Patient/pat-anne" }, "detail": [{ "type": "break-glass-reason", "valueString": "unconscious" }, { "type": "access-basis", "valueString": "vaerdispring" }] },
                 { "what": { "reference": "Observation/o1" } },
                 { "role": { "code": "24" }, "query": "R0VUIC9zZWNyZXQ=" },
                 { "what": { "identifier": { "value": "req-1" } }, "type": { "code": "XrequestId" } }
@@ -190,6 +190,7 @@ mod tests {
             "Journalsystem",
             "BTG",
             "unconscious",
+            "vaerdispring",
             "Observation/o1",
             "2026-11-30T07:00:00Z",
         ] {

@@ -100,6 +100,18 @@ pub(super) fn circuit_open() -> Duration {
 pub(super) fn consent_cache_ttl() -> Duration {
     Duration::from_secs(30)
 }
+pub(super) fn relationship_window() -> Duration {
+    Duration::from_secs(90 * 86_400)
+}
+pub(super) fn relationship_ahead() -> Duration {
+    Duration::from_secs(30 * 86_400)
+}
+pub(super) fn relationship_cache_ttl() -> Duration {
+    Duration::from_secs(300)
+}
+pub(super) fn relationship_negative_ttl() -> Duration {
+    Duration::from_secs(30)
+}
 pub(super) fn consent_cache_entries() -> usize {
     100_000
 }

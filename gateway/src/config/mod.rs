@@ -26,7 +26,7 @@ pub use self::auth::{
 pub use self::backend::{BackendConfig, IdentityAssertionConfig, RouteConfig, UpstreamConfig};
 pub use self::policy::{
     ConsentConfig, DecisionLogConfig, FilteredEntries, LoggedDecisions, OperationConfig,
-    PolicyConfig,
+    PolicyConfig, RelationshipConfig, RelationshipSource,
 };
 pub use self::server::{
     CitizenConfig, LimitsConfig, LogConfig, LogFormat, PagingConfig, RateLimitConfig, RateLimitKey,
@@ -73,6 +73,9 @@ pub struct Config {
     /// Citizens' blocks (negative consent) and break-the-glass.
     #[serde(default)]
     pub consent: Option<ConsentConfig>,
+    /// The treatment relationship a professional needs to read a patient's data.
+    #[serde(default)]
+    pub relationship: Option<RelationshipConfig>,
     /// Per-client rate limits.
     #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
@@ -208,11 +211,18 @@ impl Config {
         if let Some(key_file) = &mut self.paging.key_file {
             resolve(key_file);
         }
-        for backend in std::iter::once(&mut self.backend).chain(
-            self.upstreams
-                .iter_mut()
-                .map(|upstream| &mut upstream.backend),
-        ) {
+        let service = self
+            .relationship
+            .as_mut()
+            .and_then(|relationship| relationship.service.as_mut());
+        for backend in std::iter::once(&mut self.backend)
+            .chain(
+                self.upstreams
+                    .iter_mut()
+                    .map(|upstream| &mut upstream.backend),
+            )
+            .chain(service)
+        {
             for file in [
                 &mut backend.ca_file,
                 &mut backend.client_cert,

@@ -22,6 +22,51 @@ pub struct ConsentConfig {
     pub cache_entries: usize,
 }
 
+/// `[relationship]`: a professional in one of `roles` reads a patient's data only with a
+/// current treatment relationship, or by værdispring (README "Treatment relationship").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelationshipConfig {
+    /// The roles (the token's `role`, e.g. `7170` physician, `5166` nurse) the check binds;
+    /// callers in other roles, systems and patient-context tokens are not checked.
+    pub roles: Vec<String>,
+    /// Where relationships are found: `fhir` (the backend's own EpisodeOfCare, Encounter,
+    /// CareTeam, ServiceRequest and Appointment resources) or `http` (a relation service).
+    pub source: RelationshipSource,
+    /// `fhir`: how far back care that is over still counts.
+    #[serde(default = "defaults::relationship_window", with = "humantime_serde")]
+    pub window: Duration,
+    /// `fhir`: how far ahead planned care (a booked appointment) already counts.
+    #[serde(default = "defaults::relationship_ahead", with = "humantime_serde")]
+    pub ahead: Duration,
+    /// How long a relationship found is used before it is asked again.
+    #[serde(default = "defaults::relationship_cache_ttl", with = "humantime_serde")]
+    pub cache_ttl: Duration,
+    /// How long "no relationship" is used (short: new care should count soon).
+    #[serde(
+        default = "defaults::relationship_negative_ttl",
+        with = "humantime_serde"
+    )]
+    pub negative_cache_ttl: Duration,
+    /// How many (professional, patient) answers are cached.
+    #[serde(default = "defaults::consent_cache_entries")]
+    pub cache_entries: usize,
+    /// `http`: the relation service (its `url`, timeouts, TLS and client certificate, as for a
+    /// backend); when it cannot answer, the access is refused (503).
+    #[serde(default)]
+    pub service: Option<super::BackendConfig>,
+}
+
+/// See [`RelationshipConfig::source`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RelationshipSource {
+    /// The backend's own resources.
+    Fhir,
+    /// A relation service.
+    Http,
+}
+
 /// `[policy]`
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

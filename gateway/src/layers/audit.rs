@@ -106,7 +106,17 @@ where
                     (rescued.outcome.status.as_u16(), Some(rescued.outcome.code))
                 }
             };
-            let (caller, fhir, answered, touched, entries, break_glass, recorded_reason, continues) = {
+            let (
+                caller,
+                fhir,
+                answered,
+                touched,
+                entries,
+                break_glass,
+                recorded_reason,
+                continues,
+                bases,
+            ) = {
                 let fields = record.fields();
                 (
                     fields.caller.clone(),
@@ -120,6 +130,7 @@ where
                         .map(|reason| (reason, fields.break_glass_patients.clone())),
                     fields.reason,
                     fields.continues.clone(),
+                    fields.bases.clone(),
                 )
             };
             // A followed paging link is recorded as the search it continues.
@@ -151,6 +162,7 @@ where
                 break_glass: break_glass
                     .as_ref()
                     .map(|(reason, patients)| (reason.as_str(), patients.as_slice())),
+                bases: &bases,
             };
             let targets: Vec<String> = entries
                 .iter()

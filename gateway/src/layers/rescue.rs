@@ -426,6 +426,18 @@ fn rescue_one(error: &(dyn std::error::Error + 'static)) -> Option<Rescued> {
             retry_after: Some(5),
         });
     }
+    if error.is::<crate::relationship::RelationshipUnavailableError>() {
+        return Some(Rescued {
+            outcome: Outcome::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "transient",
+                "relationship-unavailable",
+                "the treatment relationship could not be checked, so the access was not made",
+            ),
+            challenge: None,
+            retry_after: Some(5),
+        });
+    }
     if error.is::<crate::audit::AuditUnavailableError>() {
         return Some(Rescued {
             outcome: Outcome::new(

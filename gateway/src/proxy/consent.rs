@@ -11,6 +11,7 @@ use portvagt_policy::consent::{
 };
 use portvagt_policy::filter::has_next_page;
 use portvagt_policy::reach::Owner;
+use portvagt_policy::relationship::{RelationVerdict, decide};
 use portvagt_policy::request::{BundleKind, RequestBody};
 use portvagt_policy::{Decision, DenyReason, FhirRequest, Reach};
 
@@ -20,10 +21,17 @@ use crate::consent::ConsentStore;
 use crate::context::RequestRecord;
 use crate::layers::authorize::{count_refusal, refuse};
 use crate::proxy::{Backend, Fetched};
+use crate::relationship::Relationships;
 
-/// The caller as consent sees them, for one request.
+/// The caller as consent and the treatment relationship see them, for one request: present
+/// when citizens' blocks are enforced, or the relationship check binds the caller (both
+/// withhold data the same way: refused when the request names the patient, else as if it did
+/// not exist).
 pub(super) struct ConsentContext {
-    pub(super) store: Arc<ConsentStore>,
+    /// Citizens' blocks, when enforced.
+    pub(super) store: Option<Arc<ConsentStore>>,
+    /// The treatment relationship, when it binds this caller.
+    pub(super) relationships: Option<Arc<Relationships>>,
     /// Where the request's patients' Consents and the caller's identities are read: the
     /// backend the routes send `Consent` to under the request's FHIR base.
     pub(super) backend: Arc<Backend>,
@@ -261,16 +269,17 @@ impl Proxy {
             let found = self
                 .consent_verdict(consent, &all, &access, record_handle)
                 .await?;
-            if found.blocked.is_empty() {
+            let refused = found.refused();
+            if refused.is_empty() {
                 return Ok(Vec::new());
             }
-            return Err(if overlaps(&found.blocked, &touched.named) {
-                self.consent_denial(&found.blocked, consent, record_handle)
+            return Err(if overlaps(&refused, &touched.named) {
+                self.consent_denial(&found, &touched.named, consent, record_handle)
             } else {
-                self.withheld(&found.blocked, record_handle)
+                self.withheld(&refused, record_handle)
             });
         };
-        let mut refused = Vec::new();
+        let mut refusals = Vec::new();
         for (index, patients) in &touched.entries {
             let Some(entry) = entries.get(*index) else {
                 continue;
@@ -282,30 +291,32 @@ impl Proxy {
             let found = self
                 .consent_verdict(consent, patients, &access, record_handle)
                 .await?;
-            if found.blocked.is_empty() {
+            let refused = found.refused();
+            if refused.is_empty() {
                 continue;
             }
-            let named = touched
+            let entry_named = touched
                 .entry_named
                 .get(*index)
-                .is_some_and(|named| overlaps(&found.blocked, named));
+                .map_or(&[][..], Vec::as_slice);
+            let named = overlaps(&refused, entry_named);
             if *kind == BundleKind::Transaction {
                 // All or nothing: the whole transaction is refused, as a single request would be.
                 return Err(if named {
-                    self.consent_denial(&found.blocked, consent, record_handle)
+                    self.consent_denial(&found, entry_named, consent, record_handle)
                 } else {
-                    self.withheld(&found.blocked, record_handle)
+                    self.withheld(&refused, record_handle)
                 });
             }
-            let reason = match (named, found.reason_missing) {
-                (true, true) => DenyReason::BreakGlassReasonRequired,
-                (true, false) => DenyReason::ConsentBlock,
-                (false, _) => DenyReason::Withheld,
+            let reason = if named {
+                found.reason(entry_named)
+            } else {
+                DenyReason::Withheld
             };
             count_refusal(&self.metrics, reason);
-            refused.push((*index, reason));
+            refusals.push((*index, reason));
         }
-        Ok(refused)
+        Ok(refusals)
     }
 
     /// The Consents of the patients in an answer, and those of them that may withhold
@@ -335,8 +346,12 @@ impl Proxy {
         let found = self
             .consent_verdict(consent, patients, &access, record_handle)
             .await?;
-        Ok((!found.blocked.is_empty()).then(|| AnswerBlocks {
-            patients: found.blocked,
+        let refused = found.refused();
+        Ok((!refused.is_empty()).then(|| AnswerBlocks {
+            patients: refused,
+            reason_of_named: found.reason(&[]),
+            consent_blocked: found.blocked,
+            unrelated: found.unrelated,
             blocks: found.blocks,
             caller: found.caller,
             purpose: consent.purpose.clone(),
@@ -350,15 +365,16 @@ impl Proxy {
         access: &Access<'_>,
         record_handle: Option<&RequestRecord>,
     ) -> Result<Verdicts, BoxError> {
-        let blocks = consent.store.blocks(&consent.backend, patients).await?;
+        let blocks = match &consent.store {
+            Some(store) => store.blocks(&consent.backend, patients).await?,
+            None => PatientBlocks::new(),
+        };
         // The caller's other identities matter only where some Consent names somebody.
-        let caller = if names_actors(&blocks) {
-            consent
-                .store
-                .identify(&consent.backend, &consent.caller)
-                .await?
-        } else {
-            Arc::new(consent.caller.clone())
+        let caller = match &consent.store {
+            Some(store) if names_actors(&blocks) => {
+                store.identify(&consent.backend, &consent.caller).await?
+            }
+            _ => Arc::new(consent.caller.clone()),
         };
         let checked = check_patients(patients, &blocks, &caller, access, consent.emergency());
         if !checked.broken_glass.is_empty()
@@ -379,26 +395,110 @@ impl Proxy {
                 }
             }
         }
+        let unrelated = match &consent.relationships {
+            Some(relationships) => {
+                self.relationship_verdict(relationships, consent, patients, record_handle)
+                    .await?
+            }
+            None => Vec::new(),
+        };
         Ok(Verdicts {
-            reason_missing: checked.reason_missing,
             blocked: checked.blocked,
+            unrelated,
+            emergency_without_reason: consent.emergency() == Emergency::WithoutReason,
             blocks,
             caller,
         })
     }
 
-    pub(super) fn consent_denial(
+    /// The treatment relationship with each of `patients`: the basis of each access recorded
+    /// (the evidence, or værdispring with its reason, to be followed up), and the patients
+    /// without one returned, with whether EMERGENCY was claimed without the reason that would
+    /// have let it through. Not found out: refused (503).
+    async fn relationship_verdict(
         &self,
-        blocked: &[String],
+        relationships: &Relationships,
         consent: &ConsentContext,
+        patients: &[String],
+        record_handle: Option<&RequestRecord>,
+    ) -> Result<Vec<String>, BoxError> {
+        let checks = &self.metrics.relationship_checks;
+        let found = match relationships
+            .evidence(&consent.backend, &consent.caller, patients)
+            .await
+        {
+            Ok(found) => found,
+            Err(unavailable) => {
+                checks.with_label_values(&["unavailable"]).inc();
+                return Err(unavailable.into());
+            }
+        };
+        let emergency = consent.emergency();
+        let mut unrelated = Vec::new();
+        let mut fields = record_handle.map(RequestRecord::fields);
+        for patient in patients {
+            let evidence = found.get(patient).cloned().flatten();
+            let (basis, outcome) = match decide(evidence.as_deref(), emergency) {
+                RelationVerdict::Related { evidence } => {
+                    (format!("relationship {evidence}"), "related")
+                }
+                RelationVerdict::Vaerdispring => ("vaerdispring".to_owned(), "vaerdispring"),
+                RelationVerdict::Refused => {
+                    checks.with_label_values(&["refused"]).inc();
+                    unrelated.push(patient.clone());
+                    continue;
+                }
+            };
+            let Some(fields) = fields.as_mut() else {
+                checks.with_label_values(&[outcome]).inc();
+                continue;
+            };
+            // Each patient's basis once per request (the answer is checked again).
+            if fields.bases.iter().any(|(p, _)| p == patient) {
+                continue;
+            }
+            checks.with_label_values(&[outcome]).inc();
+            if outcome == "vaerdispring" {
+                if fields.break_glass.is_none() {
+                    fields.break_glass = consent.reason.clone();
+                }
+                if !fields.break_glass_patients.contains(patient) {
+                    fields.break_glass_patients.push(patient.clone());
+                }
+                tracing::warn!(
+                    reason = consent.reason.as_deref().unwrap_or_default(),
+                    "værdispring: a patient's data read without a treatment relationship"
+                );
+            }
+            fields.bases.push((patient.clone(), basis));
+        }
+        Ok(unrelated)
+    }
+
+    /// The refusal of a request that named a patient it may not reach: for her block, for
+    /// the missing treatment relationship, or for EMERGENCY claimed without a reason.
+    fn consent_denial(
+        &self,
+        found: &Verdicts,
+        named: &[String],
+        _consent: &ConsentContext,
         record_handle: Option<&RequestRecord>,
     ) -> BoxError {
-        let reason = if consent.emergency() == Emergency::WithoutReason {
-            DenyReason::BreakGlassReasonRequired
-        } else {
-            DenyReason::ConsentBlock
-        };
-        self.deny(reason, record_handle, Some(blocked))
+        self.deny(found.reason(named), record_handle, Some(&found.refused()))
+    }
+
+    /// The refusal of a request whose answer, asked for by the patient's name, may not be
+    /// given.
+    pub(super) fn answer_denial(
+        &self,
+        blocks: &AnswerBlocks,
+        record_handle: Option<&RequestRecord>,
+    ) -> BoxError {
+        self.deny(
+            blocks.reason_of_named,
+            record_handle,
+            Some(&blocks.patients),
+        )
     }
 
     /// A read withheld without saying so (the request did not name the patient): recorded as
@@ -425,16 +525,54 @@ impl Proxy {
 }
 
 struct Verdicts {
+    /// Patients whose Consent blocks the caller.
     blocked: Vec<String>,
-    reason_missing: bool,
+    /// Patients the caller (bound by the relationship check) has no relationship with.
+    unrelated: Vec<String>,
+    emergency_without_reason: bool,
     blocks: PatientBlocks,
     caller: Arc<CallerIds>,
 }
 
+impl Verdicts {
+    /// Every patient the caller may not reach.
+    fn refused(&self) -> Vec<String> {
+        let mut refused = self.blocked.clone();
+        refused.extend(self.unrelated.iter().cloned());
+        refused.sort_unstable();
+        refused.dedup();
+        refused
+    }
+
+    /// Why a request naming `named` is refused: EMERGENCY without a reason (either would have
+    /// been set aside with one), a block of a named patient, else no relationship. With no
+    /// `named` (an answer asked for by its patient's name), a block first.
+    fn reason(&self, named: &[String]) -> DenyReason {
+        let blocks_named = if named.is_empty() {
+            !self.blocked.is_empty()
+        } else {
+            overlaps(&self.blocked, named)
+        };
+        if self.emergency_without_reason {
+            DenyReason::BreakGlassReasonRequired
+        } else if blocks_named {
+            DenyReason::ConsentBlock
+        } else {
+            DenyReason::RelationshipRequired
+        }
+    }
+}
+
 /// The Consents that may withhold part of an answer.
 pub(super) struct AnswerBlocks {
-    /// The patients whose Consents may withhold something.
+    /// The patients whose Consents may withhold something, or who the caller has no
+    /// relationship with.
     pub(super) patients: Vec<String>,
+    /// Why an answer asked for by its patient's name is refused.
+    reason_of_named: DenyReason,
+    consent_blocked: Vec<String>,
+    /// The patients whose every resource is withheld: no treatment relationship.
+    unrelated: Vec<String>,
     blocks: PatientBlocks,
     caller: Arc<CallerIds>,
     purpose: Option<String>,
@@ -443,12 +581,28 @@ pub(super) struct AnswerBlocks {
 impl AnswerBlocks {
     /// Whether `resource` is withheld.
     pub(super) fn withholds(&self, resource: &serde_json::Value) -> bool {
-        resource_withheld(
-            resource,
-            &self.blocks,
-            &self.caller,
-            self.purpose.as_deref(),
-            now(),
-        )
+        if resource
+            .get("resourceType")
+            .and_then(serde_json::Value::as_str)
+            == Some("Bundle")
+        {
+            return portvagt_policy::filter::bundle_resources(resource)
+                .any(|inner| self.withholds(inner));
+        }
+        if !self.unrelated.is_empty()
+            && portvagt_policy::compartment::patients_of(resource)
+                .iter()
+                .any(|patient| self.unrelated.contains(patient))
+        {
+            return true;
+        }
+        !self.consent_blocked.is_empty()
+            && resource_withheld(
+                resource,
+                &self.blocks,
+                &self.caller,
+                self.purpose.as_deref(),
+                now(),
+            )
     }
 }

@@ -33,6 +33,7 @@ use crate::encoding::form_encode;
 use crate::layers::BoxFuture;
 use crate::metrics::Metrics;
 use crate::paging::{LinkKind, PAGE_SEGMENT, PageOrigin, Pager};
+use crate::relationship::Relationships;
 use crate::routing::SharedRoutes;
 use crate::runtime::Runtime;
 use crate::smart::SmartDocuments;
@@ -56,6 +57,8 @@ pub struct Proxy {
     audited: bool,
     /// Citizens' blocks, when enforced.
     consent: Option<Arc<ConsentStore>>,
+    /// The treatment relationship professionals need, when checked.
+    relationships: Option<Arc<Relationships>>,
     /// Where requests go, most specific first.
     routes: SharedRoutes,
     /// Signs the paging links handed out, and the proxy sends the backend's own link when one
@@ -93,6 +96,7 @@ impl Proxy {
             smart: runtime.smart.clone(),
             audited: runtime.auditor.is_some(),
             consent: runtime.consent.clone(),
+            relationships: runtime.relationships.clone(),
             routes: runtime.upstreams.clone(),
             pager: runtime.pager.clone(),
         }

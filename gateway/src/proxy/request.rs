@@ -165,7 +165,14 @@ impl Proxy {
         let principal = parts.extensions.get::<Arc<Principal>>().cloned();
         // Read only for what needs it: consent, or a backend told who acted. UTF-8 as sent (a
         // Danish reason has æ, ø, å), not only visible ASCII.
-        let wants_reason = self.consent.is_some() || upstream.backend.identity.is_some();
+        // The relationship check binds some callers (a role the operator named).
+        let bound = self.relationships.as_ref().filter(|relationships| {
+            principal
+                .as_ref()
+                .is_some_and(|principal| relationships.binds(principal))
+        });
+        let wants_reason =
+            self.consent.is_some() || bound.is_some() || upstream.backend.identity.is_some();
         let break_glass_reason =
             principal
                 .as_ref()
@@ -178,21 +185,24 @@ impl Proxy {
                         .map(|v| v.chars().take(500).collect::<String>())
                         .or_else(|| principal.identity().break_glass_reason.clone())
                 });
-        let consent = self.consent.as_ref().and_then(|store| {
-            let principal = principal.as_ref()?;
-            let reason = break_glass_reason.clone();
-            let backend = routes
-                .iter()
-                .find(|route| route.takes(&path.base, Some("Consent")))
-                .map_or_else(|| self.backend.clone(), |route| route.backend.clone());
-            Some(ConsentContext {
-                store: store.clone(),
-                backend,
-                caller: caller_ids(principal),
-                purpose: principal.purpose_of_use().map(str::to_owned),
-                reason,
-            })
-        });
+        let consent = (self.consent.is_some() || bound.is_some())
+            .then_some(())
+            .and_then(|()| {
+                let principal = principal.as_ref()?;
+                let reason = break_glass_reason.clone();
+                let backend = routes
+                    .iter()
+                    .find(|route| route.takes(&path.base, Some("Consent")))
+                    .map_or_else(|| self.backend.clone(), |route| route.backend.clone());
+                Some(ConsentContext {
+                    store: self.consent.clone(),
+                    relationships: bound.cloned(),
+                    backend,
+                    caller: caller_ids(principal),
+                    purpose: principal.purpose_of_use().map(str::to_owned),
+                    reason,
+                })
+            });
         parts.headers.remove(BREAK_GLASS_HEADER);
         let reach = Reach::of(&fhir);
         // Request shapes whose answer would count, hide or move what consent and the audit

@@ -274,7 +274,7 @@ impl Proxy {
                         (patients, blocks)
                     }
                 };
-                if let (Some(consent), Some(blocks)) = (consent, &blocks) {
+                if let (Some(_), Some(blocks)) = (consent, &blocks) {
                     // A searchset, history or batch answer is withheld from entry by entry; a
                     // stored Bundle that was read (a document) is one resource, withheld whole.
                     let is_bundle = fhir.interaction().returns_bundle()
@@ -284,7 +284,7 @@ impl Proxy {
                         // follow. Asked for by another name: as if it did not exist.
                         if blocks.withholds(&answer) {
                             return Err(if overlaps(&blocks.patients, &touched.named) {
-                                self.consent_denial(&blocks.patients, consent, record_handle)
+                                self.answer_denial(blocks, record_handle)
                             } else {
                                 self.withheld(&blocks.patients, record_handle)
                             });

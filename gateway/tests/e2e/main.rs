@@ -23,6 +23,7 @@ mod operations;
 mod paging;
 mod proxying;
 mod reach;
+mod relationship;
 mod reload;
 mod resilience;
 mod routing;

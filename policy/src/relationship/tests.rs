@@ -225,22 +225,31 @@ fn the_verdict_lets_vaerdispring_through_only_with_a_reason() {
 #[test]
 fn a_relation_service_answer_is_a_boolean_or_nothing() {
     assert_eq!(
-        service_answer(&json!({ "relationship": true, "basis": "GP list" })),
+        service_answer(
+            &json!({ "patient": "pat-anne", "relationship": true, "basis": "GP list" }),
+            "pat-anne"
+        ),
         Some(ServiceAnswer::Related {
             basis: "GP list".into()
         })
     );
     assert_eq!(
-        service_answer(&json!({ "relationship": false })),
+        service_answer(
+            &json!({ "patient": "pat-anne", "relationship": false }),
+            "pat-anne"
+        ),
         Some(ServiceAnswer::Unrelated)
     );
     for wrong in [
-        json!({ "relationship": "true" }),
-        json!({ "relationship": 1 }),
-        json!({ "related": true }),
+        json!({ "patient": "pat-anne", "relationship": "true" }),
+        json!({ "patient": "pat-anne", "relationship": 1 }),
+        json!({ "patient": "pat-anne", "related": true }),
+        // About somebody else, or nobody: a mixed-up answer is no answer.
+        json!({ "patient": "pat-bo", "relationship": true }),
+        json!({ "relationship": true }),
         json!([true]),
         json!(null),
     ] {
-        assert_eq!(service_answer(&wrong), None, "{wrong}");
+        assert_eq!(service_answer(&wrong, "pat-anne"), None, "{wrong}");
     }
 }

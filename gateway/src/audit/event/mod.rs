@@ -60,8 +60,12 @@ pub struct AccessFacts<'a> {
     pub client_ip: Option<IpAddr>,
     /// The patients the access was about.
     pub patients: &'a [String],
-    /// A break-the-glass access: its reason, and the patients whose blocks it set aside.
+    /// A break-the-glass access: its reason, and the patients whose blocks it set aside (or
+    /// whose data it read without a treatment relationship: værdispring).
     pub break_glass: Option<(&'a str, &'a [String])>,
+    /// Per patient, the basis of the access where the treatment relationship is checked
+    /// (`relationship <evidence>`, `vaerdispring`): the patient entity's `access-basis` detail.
+    pub bases: &'a [(String, String)],
 }
 
 /// This gateway, as the audit source and the destination agent.
@@ -104,13 +108,22 @@ pub fn audit_events(facts: &AccessFacts<'_>, source: &AuditSource) -> Vec<Vec<u8
             r#type: Coding::new(ENTITY_TYPE, "1", Some("Person")),
             role: Some(Coding::new(OBJECT_ROLE, "1", Some("Patient"))),
             detail: broken
-                .map(|reason| {
-                    vec![Detail {
-                        r#type: "break-glass-reason",
-                        value_string: reason,
-                    }]
+                .map(|reason| Detail {
+                    r#type: "break-glass-reason",
+                    value_string: reason,
                 })
-                .unwrap_or_default(),
+                .into_iter()
+                .chain(
+                    facts
+                        .bases
+                        .iter()
+                        .filter(|(p, _)| p == patient)
+                        .map(|(_, basis)| Detail {
+                            r#type: "access-basis",
+                            value_string: basis,
+                        }),
+                )
+                .collect(),
             ..Entity::default()
         });
         events.push(serialize(&event));
