@@ -126,6 +126,16 @@ enum AuditCommand {
         #[arg(long, requires = "jwks")]
         chain: Option<String>,
     },
+    /// The accesses to follow up: every værdispring (a professional reading a patient without a
+    /// treatment relationship, in an emergency) in the spool, one JSON object per line: when,
+    /// who, organisation, patient, reason, request id.
+    FollowUp {
+        /// The spool folder (`[audit] spool_dir`).
+        dir: PathBuf,
+        /// Only those recorded at or after this time (RFC 3339, or a date: `2026-12-01`).
+        #[arg(long)]
+        since: Option<String>,
+    },
     /// Make a seal key: DIR/seal.key (for `[audit] seal_key`, keep it secret) and
     /// DIR/seal-jwks.json (for `audit verify --jwks`).
     NewSealKey {
@@ -401,6 +411,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .map(|url| (url, repository_ca.as_deref())),
             chain.as_deref(),
         ),
+        Command::Audit {
+            command: AuditCommand::FollowUp { dir, since },
+        } => {
+            let found = portvagt::audit::follow_up::follow_ups(&dir, since.as_deref())?;
+            for access in &found {
+                println!("{}", serde_json::to_string(access)?);
+            }
+            eprintln!("{} access(es) to follow up", found.len());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Audit {
             command: AuditCommand::NewSealKey { dir, kid },
         } => {

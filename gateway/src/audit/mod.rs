@@ -8,6 +8,7 @@
 pub mod anchor;
 pub mod citizen;
 pub mod event;
+pub mod follow_up;
 pub mod position;
 pub(crate) mod reading;
 pub mod seal;

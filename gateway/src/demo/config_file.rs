@@ -72,6 +72,12 @@ client_key = "pki/gateway.key"
 # Citizens' blocks (Consent resources in the backend) are enforced.
 [consent]
 
+# Physicians and nurses read a patient's data only with a treatment relationship found in the
+# backend (Dr. Kjær's practice has Anne on its list, not Bo), or by værdispring.
+[relationship]
+roles = ["7170", "5166"]
+source = "fhir"
+
 # Citizens' browsers (no client certificate) read their own access log here, and the
 # page /minlog/ shows it.
 [citizen]

@@ -214,6 +214,11 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
             "Patient/pat-anne",
         ),
         (practitioner, None, "Patient/pat-bo"),
+        (
+            emergency,
+            Some("Indlagt akut, kan ikke svare"),
+            "Patient/pat-bo",
+        ),
     ];
     let runtime = Arc::new(runtime);
     tokio::spawn(sample_accesses(
@@ -269,6 +274,14 @@ Portvagt demo is running. In another shell:
   {curl} -H "Authorization: Holder-of-key $TOKEN" "$PORTVAGT_URL/Patient/pat-anne"
   # (a card is accepted once; sign another with
   #  `cargo run -p portvagt-certs -- sosi-card --pki {dir}/pki --out "$SOSI_CARD"`)
+
+  # Dr. Kjær treats Anne (an EpisodeOfCare: Anne is on her practice's list), not Bo: without a
+  # treatment relationship she is refused; værdispring (EMERGENCY with a reason) lets her
+  # through, marked in Bo's log and listed for follow-up:
+  {curl} -H "Authorization: Bearer $PRACTITIONER_TOKEN" "$PORTVAGT_URL/Patient/pat-bo"
+  {curl} -H "Authorization: Bearer $EMERGENCY_TOKEN" \
+    -H "X-Portvagt-Break-Glass-Reason: indlagt akut, kan ikke svare" "$PORTVAGT_URL/Patient/pat-bo"
+  cargo run -p portvagt -- audit follow-up {dir}/audit
 
   # Carla has blocked Dr. Kjær (a Consent in the backend): refused. In an emergency, with a
   # reason, the block is set aside, and the access is marked in the audit trail:

@@ -117,12 +117,19 @@ async fn demo_runs_a_working_deployment_and_stops_on_ctrl_c() {
     let practitioner = env_value(&env, "PRACTITIONER_TOKEN");
     let patient = env_value(&env, "PATIENT_TOKEN");
     let system = env_value(&env, "SYSTEM_TOKEN");
+    // Dr. Kjær treats Anne (her practice's list), not Bo.
+    let answer = client
+        .get("/fhir/Patient/pat-anne", Some(&practitioner))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.json()["name"][0]["family"], "Hansen");
     let answer = client
         .get("/fhir/Patient/pat-bo", Some(&practitioner))
         .await
         .unwrap();
-    assert_eq!(answer.status, 200, "{}", answer.text());
-    assert_eq!(answer.json()["name"][0]["family"], "Jensen");
+    assert_eq!(answer.status, 403, "{}", answer.text());
+    assert_eq!(answer.detail_code(), "relationship-required");
     assert_eq!(
         client
             .get("/fhir/Observation?patient=pat-anne", Some(&patient))
@@ -197,6 +204,47 @@ async fn demo_runs_a_working_deployment_and_stops_on_ctrl_c() {
         log.iter()
             .any(|entry| entry.to_string().contains("Mette Kjær")),
         "{log:?}"
+    );
+    // On the basis of her treatment relationship.
+    assert!(
+        log.iter().any(|entry| entry
+            .to_string()
+            .contains("relationship EpisodeOfCare/eoc-anne-laegehuset")),
+        "{log:?}"
+    );
+
+    // The demo's værdispring into Bo's record is listed for follow-up.
+    let mut listed = String::new();
+    for _ in 0..100 {
+        let output = Command::new(env!("CARGO_BIN_EXE_portvagt"))
+            .args(["audit", "follow-up"])
+            .arg(dir.path().join("audit"))
+            .output()
+            .unwrap();
+        assert!(output.status.success());
+        listed = String::from_utf8_lossy(&output.stdout).into_owned();
+        if listed.contains("Patient/pat-bo") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The nurse's emergency read of Anne too: she has no relationship with Anne either.
+    let accesses: Vec<serde_json::Value> = listed
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let bo = accesses
+        .iter()
+        .find(|access| access["patient"] == "Patient/pat-bo")
+        .unwrap_or_else(|| panic!("{listed}"));
+    assert_eq!(bo["who"], "Mette Kjær", "{listed}");
+    assert_eq!(bo["authorization_id"], "NS363", "{listed}");
+    assert_eq!(bo["reason"], "Indlagt akut, kan ikke svare", "{listed}");
+    assert!(
+        accesses
+            .iter()
+            .any(|access| access["patient"] == "Patient/pat-anne" && access["who"] == "Jonas Holm"),
+        "{listed}"
     );
 
     // The citizen listener: no client certificate; Anne's own token reads her log there,
