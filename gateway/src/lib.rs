@@ -21,6 +21,7 @@ pub mod format;
 pub mod https;
 pub mod issuer_key;
 pub mod layers;
+pub mod mass_lookup;
 pub mod metrics;
 pub mod minlog;
 pub mod otlp;

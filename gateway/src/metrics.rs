@@ -61,6 +61,9 @@ pub struct Metrics {
     /// `portvagt_relationship_checks_total{outcome}`: patients checked for a treatment
     /// relationship: `related`, `refused`, `vaerdispring` (to be followed up), `unavailable`.
     pub relationship_checks: IntCounterVec,
+    /// `portvagt_mass_lookups_total{action}`: accesses that took a professional past the
+    /// mass-lookup threshold, `refused` or `flagged`.
+    pub mass_lookups: IntCounterVec,
     /// `portvagt_backend_circuit_opened_total`: times a backend's circuit opened.
     pub circuit_opened: IntCounter,
     /// `portvagt_upstream_retries_total`: GET/HEAD requests sent again after a failed
@@ -258,6 +261,17 @@ impl Metrics {
         for outcome in ["related", "refused", "vaerdispring", "unavailable"] {
             relationship_checks.with_label_values(&[outcome]);
         }
+        let mass_lookups = IntCounterVec::new(
+            Opts::new(
+                "portvagt_mass_lookups_total",
+                "Accesses that took one professional past the mass-lookup threshold of distinct patients, by action (refused, flagged)",
+            ),
+            &["action"],
+        )
+        .expect("valid metric");
+        for action in ["refused", "flagged"] {
+            mass_lookups.with_label_values(&[action]);
+        }
         let consent_withheld = IntCounter::new(
             "portvagt_consent_withheld_entries_total",
             "Search, history and batch entries withheld because of a consent block",
@@ -378,6 +392,7 @@ impl Metrics {
             Box::new(break_glass.clone()),
             Box::new(consent_withheld.clone()),
             Box::new(relationship_checks.clone()),
+            Box::new(mass_lookups.clone()),
             Box::new(circuit_opened.clone()),
             Box::new(upstream_retries.clone()),
             Box::new(rate_limited.clone()),
@@ -416,6 +431,7 @@ impl Metrics {
             break_glass,
             consent_withheld,
             relationship_checks,
+            mass_lookups,
             circuit_opened,
             upstream_retries,
             rate_limited,

@@ -20,6 +20,7 @@ use crate::exchange::TokenExchange;
 use crate::layers::authenticate::RouteRules;
 use crate::layers::authorize::SharedRules;
 use crate::layers::rate_limit::RateLimiter;
+use crate::mass_lookup::MassLookupGuard;
 use crate::metrics::Metrics;
 use crate::paging::Pager;
 use crate::relationship::Relationships;
@@ -67,6 +68,8 @@ pub struct Runtime {
     pub consent: Option<Arc<ConsentStore>>,
     /// The treatment relationship professionals need, when checked.
     pub relationships: Option<Arc<Relationships>>,
+    /// The mass-lookup guard, when configured.
+    pub mass_lookup: Option<Arc<MassLookupGuard>>,
     /// Where requests go, most specific first; the last is the main backend. Swapped whole
     /// when the config file's `[[upstream]]`s change.
     pub upstreams: SharedRoutes,
@@ -270,6 +273,12 @@ impl Runtime {
             .map(|relationship| Relationships::new(relationship, metrics.clone()).map(Arc::new))
             .transpose()
             .map_err(|e| vec![e])?;
+        let mass_lookup = config
+            .mass_lookup
+            .as_ref()
+            .map(|guard| MassLookupGuard::new(guard, metrics.clone()).map(Arc::new))
+            .transpose()
+            .map_err(|e| vec![e])?;
         let rate_limiter = config
             .rate_limit
             .as_ref()
@@ -300,6 +309,7 @@ impl Runtime {
             auditor,
             consent,
             relationships,
+            mass_lookup,
             upstreams,
             config_path: None,
             loaded_files,

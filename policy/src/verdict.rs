@@ -145,6 +145,9 @@ pub enum DenyReason {
     /// The caller's role needs a treatment relationship with the patient, and none was found
     /// (værdispring: purpose EMERGENCY with a reason lets the access through, followed up).
     RelationshipRequired,
+    /// The access would take one professional past the mass-lookup threshold of distinct
+    /// patients in its window.
+    TooManyPatients,
     /// A consent block applies; purpose EMERGENCY was claimed but no break-the-glass reason
     /// was given.
     BreakGlassReasonRequired,
@@ -182,6 +185,7 @@ impl DenyReason {
             DenyReason::NoRuleAllows => "no-rule-allows",
             DenyReason::ConsentBlock => "consent-block",
             DenyReason::RelationshipRequired => "relationship-required",
+            DenyReason::TooManyPatients => "too-many-patients",
             DenyReason::BreakGlassReasonRequired => "break-glass-reason-required",
             DenyReason::AuditLogRestricted => "audit-log-restricted",
             DenyReason::CountNotPinned => "count-not-pinned",
@@ -192,7 +196,7 @@ impl DenyReason {
     }
 
     /// Every reason, for documentation and metric pre-registration.
-    pub const ALL: [DenyReason; 18] = [
+    pub const ALL: [DenyReason; 19] = [
         DenyReason::InsufficientScope,
         DenyReason::NoPatientContext,
         DenyReason::OutsideCompartment,
@@ -205,6 +209,7 @@ impl DenyReason {
         DenyReason::NoRuleAllows,
         DenyReason::ConsentBlock,
         DenyReason::RelationshipRequired,
+        DenyReason::TooManyPatients,
         DenyReason::BreakGlassReasonRequired,
         DenyReason::AuditLogRestricted,
         DenyReason::CountNotPinned,

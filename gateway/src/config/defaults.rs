@@ -100,6 +100,9 @@ pub(super) fn circuit_open() -> Duration {
 pub(super) fn consent_cache_ttl() -> Duration {
     Duration::from_secs(30)
 }
+pub(super) fn mass_lookup_window() -> Duration {
+    Duration::from_secs(3600)
+}
 pub(super) fn relationship_window() -> Duration {
     Duration::from_secs(90 * 86_400)
 }

@@ -25,8 +25,8 @@ pub use self::auth::{
 };
 pub use self::backend::{BackendConfig, IdentityAssertionConfig, RouteConfig, UpstreamConfig};
 pub use self::policy::{
-    ConsentConfig, DecisionLogConfig, FilteredEntries, LoggedDecisions, OperationConfig,
-    PolicyConfig, RelationshipConfig, RelationshipSource,
+    ConsentConfig, DecisionLogConfig, FilteredEntries, LoggedDecisions, MassLookupAction,
+    MassLookupConfig, OperationConfig, PolicyConfig, RelationshipConfig, RelationshipSource,
 };
 pub use self::server::{
     CitizenConfig, LimitsConfig, LogConfig, LogFormat, PagingConfig, RateLimitConfig, RateLimitKey,
@@ -76,6 +76,9 @@ pub struct Config {
     /// The treatment relationship a professional needs to read a patient's data.
     #[serde(default)]
     pub relationship: Option<RelationshipConfig>,
+    /// How many distinct patients one professional may reach in a window.
+    #[serde(default)]
+    pub mass_lookup: Option<MassLookupConfig>,
     /// Per-client rate limits.
     #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,

@@ -57,6 +57,40 @@ pub struct RelationshipConfig {
     pub service: Option<super::BackendConfig>,
 }
 
+/// `[mass_lookup]`: how many distinct patients one professional may reach in a sliding window
+/// (README "Mass-lookup guard").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MassLookupConfig {
+    /// Distinct patients per professional in `window`; one more is refused (or flagged).
+    pub max_patients: u32,
+    /// The sliding window.
+    #[serde(default = "defaults::mass_lookup_window", with = "humantime_serde")]
+    pub window: Duration,
+    /// `refuse` (403 `too-many-patients`) or only `flag` (counted and logged).
+    #[serde(default)]
+    pub action: MassLookupAction,
+    /// The roles it binds (a token's `role`); empty: every professional (a token with a role
+    /// and no patient context).
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Count across replicas in Redis (`redis://[:password@]host:port[/db]`); without it, or
+    /// while Redis cannot answer, each replica counts on its own.
+    #[serde(default)]
+    pub redis_url: Option<String>,
+}
+
+/// See [`MassLookupConfig::action`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MassLookupAction {
+    /// Refuse the access that would pass the threshold.
+    #[default]
+    Refuse,
+    /// Let it through, counted and logged.
+    Flag,
+}
+
 /// See [`RelationshipConfig::source`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]

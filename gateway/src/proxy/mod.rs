@@ -31,6 +31,7 @@ use crate::consent::ConsentStore;
 use crate::context::{EntryRecord, RequestRecord};
 use crate::encoding::form_encode;
 use crate::layers::BoxFuture;
+use crate::mass_lookup::MassLookupGuard;
 use crate::metrics::Metrics;
 use crate::paging::{LinkKind, PAGE_SEGMENT, PageOrigin, Pager};
 use crate::relationship::Relationships;
@@ -59,6 +60,8 @@ pub struct Proxy {
     consent: Option<Arc<ConsentStore>>,
     /// The treatment relationship professionals need, when checked.
     relationships: Option<Arc<Relationships>>,
+    /// The mass-lookup guard, when configured.
+    mass_lookup: Option<Arc<MassLookupGuard>>,
     /// Where requests go, most specific first.
     routes: SharedRoutes,
     /// Signs the paging links handed out, and the proxy sends the backend's own link when one
@@ -97,6 +100,7 @@ impl Proxy {
             audited: runtime.auditor.is_some(),
             consent: runtime.consent.clone(),
             relationships: runtime.relationships.clone(),
+            mass_lookup: runtime.mass_lookup.clone(),
             routes: runtime.upstreams.clone(),
             pager: runtime.pager.clone(),
         }

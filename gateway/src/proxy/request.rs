@@ -11,7 +11,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use http_body_util::BodyExt as _;
 use portvagt_policy::consent::{Duties, count_only, shape_refusal};
 use portvagt_policy::operations::Kind;
-use portvagt_policy::{Decision, FhirRequest, Interaction, Obligations, Reach};
+use portvagt_policy::{Decision, DenyReason, FhirRequest, Interaction, Obligations, Reach};
 
 use super::bundle::{self, BatchPlan};
 use super::consent::{ConsentContext, Touched};
@@ -25,6 +25,7 @@ use crate::body::{Body, BoxError, full};
 use crate::consent::{BREAK_GLASS_HEADER, caller_ids};
 use crate::context::{ClientAddr, RequestRecord};
 use crate::layers::request_id::RequestId;
+use crate::mass_lookup::Admission;
 use crate::paging::{LinkKind, PageFollow, PageOrigin};
 use crate::routing::FhirPath;
 use crate::trace::{Phase, Traced};
@@ -47,6 +48,8 @@ pub(super) struct Exchange {
     pub(super) page_origin: Option<PageOrigin>,
     /// The request followed a signed link of this kind.
     pub(super) followed: Option<LinkKind>,
+    /// The professional the mass-lookup guard counts for, if it binds the caller.
+    pub(super) professional: Option<String>,
 }
 
 /// The request phase's outcome: the gateway answers itself (`Break`: a batch whose every entry
@@ -248,6 +251,24 @@ impl Proxy {
             }
         }
         phase.end(false);
+        // The patients the request names or changes count against the mass-lookup threshold
+        // before anything is sent (those its answer holds, after).
+        let professional = self
+            .mass_lookup
+            .as_ref()
+            .zip(principal.as_ref())
+            .and_then(|(guard, principal)| guard.professional(principal));
+        if let (Some(guard), Some(professional)) = (&self.mass_lookup, &professional) {
+            let mut reached = touched.patients.clone();
+            reached.extend(touched.named.iter().cloned());
+            if guard.admit(professional, &reached).await == Admission::Refused {
+                return Err(self.deny(
+                    DenyReason::TooManyPatients,
+                    record_handle.as_ref(),
+                    Some(&reached),
+                ));
+            }
+        }
         // The write changes the version that was read and checked, or nothing.
         if let Some(version) = &touched.owner_version
             && fhir.interaction().is_write()
@@ -358,6 +379,7 @@ impl Proxy {
             is_head,
             page_origin,
             followed: follow.as_ref().map(|follow| follow.kind),
+            professional,
         };
         Ok(ControlFlow::Continue((exchange, outgoing)))
     }

@@ -26,6 +26,7 @@ use crate::backend::ProxyError;
 use crate::backend::rewrite::UrlRewriter;
 use crate::body::{Body, BoxError, boxed, full};
 use crate::consent::{consent_refusal, not_found_outcome};
+use crate::mass_lookup::Admission;
 use crate::metrics::status_class;
 use crate::paging::LinkKind;
 
@@ -186,6 +187,19 @@ impl Proxy {
         } else {
             bytes
         };
+        // Whose data leaves counts against the mass-lookup threshold: past it, nothing leaves.
+        if let (Some(guard), Some(professional), Some(patients)) = (
+            &self.mass_lookup,
+            &exchange.professional,
+            audited_patients.as_ref(),
+        ) && guard.admit(professional, patients).await == Admission::Refused
+        {
+            return Err(self.deny(
+                DenyReason::TooManyPatients,
+                record_handle.as_ref(),
+                Some(patients),
+            ));
+        }
         // What leaves is what is audited: after filtering, merging and withholding.
         if let (Some(patients), Some(record_handle)) = (audited_patients, &record_handle) {
             record_handle.fields().patients = patients;
@@ -366,7 +380,8 @@ struct Duties {
     rewrites_urls: bool,
     /// The CapabilityStatement, which describes the gateway's security, not the backend's.
     describes_security: bool,
-    /// Whose data it holds must be known (audit, consent, the citizen's view).
+    /// Whose data it holds must be known (audit, consent, the citizen's view, the mass-lookup
+    /// guard).
     audits_patients: bool,
     /// Citizens' blocks are enforced.
     consent: bool,
@@ -386,7 +401,10 @@ impl Duties {
             describes_security: interaction == Interaction::Capabilities
                 && is_json
                 && status.is_success(),
-            audits_patients: (audited || consent || exchange.citizen_view)
+            audits_patients: (audited
+                || consent
+                || exchange.citizen_view
+                || exchange.professional.is_some())
                 && is_json
                 && status.is_success(),
             consent,

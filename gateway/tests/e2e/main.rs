@@ -19,6 +19,7 @@ mod export;
 mod fhir_operations;
 mod identity;
 mod load_smoke;
+mod mass_lookup;
 mod operations;
 mod paging;
 mod proxying;

@@ -1,0 +1,158 @@
+//! The mass-lookup guard end to end: a professional who reaches more distinct patients than the
+//! threshold in the window is refused (`403 too-many-patients`) or only flagged, counted across
+//! replicas through a real Redis, per replica without it, and on in each replica while Redis is
+//! gone. Patients reached by name and patients in answers both count; the same patient again
+//! does not; systems and citizens are not counted.
+
+use serde_json::json;
+
+use crate::support::{Gateway, Options, metric_value};
+use crate::token_exchange::Redis;
+
+fn guarded(max: u32, action: &str, redis: Option<&Redis>) -> Gateway {
+    let shared = redis.map_or_else(String::new, |redis| {
+        format!("redis_url = \"{}\"\n", redis.url)
+    });
+    Gateway::start_with(Options {
+        extra_config: format!(
+            "[mass_lookup]\nmax_patients = {max}\nwindow = \"1h\"\naction = \"{action}\"\n{shared}"
+        ),
+        ..Options::default()
+    })
+}
+
+/// A physician's token (`authorization` names her across gateways and tokens).
+fn physician(gateway: &Gateway, authorization: &str) -> String {
+    gateway.token(json!({ "scope": "user/*.rs", "role": "7170",
+        "authorization_id": authorization, "name": "Læge" }))
+}
+
+async fn status(gateway: &Gateway, path: &str, token: &str) -> (u16, Option<String>) {
+    let answer = gateway.client().get(path, Some(token)).await.unwrap();
+    let code = (answer.status != 200).then(|| answer.detail_code());
+    (answer.status.as_u16(), code)
+}
+
+#[tokio::test]
+async fn replicas_sharing_redis_count_one_professional_s_patients_together() {
+    let redis = Redis::start();
+    let first = guarded(2, "refuse", Some(&redis));
+    let second = guarded(2, "refuse", Some(&redis));
+    let on_first = physician(&first, "AB123");
+    let on_second = physician(&second, "ab123");
+    let refused = (403, Some("too-many-patients".to_owned()));
+
+    // Anne on one replica, Bo on the other: the first replica alone has seen one patient.
+    assert_eq!(
+        status(&first, "/fhir/Patient/pat-anne", &on_first).await,
+        (200, None)
+    );
+    assert_eq!(
+        status(&second, "/fhir/Observation?patient=pat-bo", &on_second).await,
+        (200, None)
+    );
+    // A third patient, on either replica: refused, and not counted.
+    assert_eq!(
+        status(&first, "/fhir/Patient/pat-carla", &on_first).await,
+        refused
+    );
+    // Anne and Bo again, anywhere: nobody new.
+    assert_eq!(
+        status(&second, "/fhir/Patient/pat-anne", &on_second).await,
+        (200, None)
+    );
+    assert_eq!(
+        status(&first, "/fhir/Condition?patient=pat-bo", &on_first).await,
+        (200, None)
+    );
+    assert_eq!(
+        status(&second, "/fhir/Patient/pat-carla", &on_second).await,
+        refused
+    );
+    assert_eq!(
+        status(&first, "/fhir/Patient/pat-anne", &on_first).await,
+        (200, None)
+    );
+
+    // Another professional counts on her own; a search whose answer holds three patients is
+    // past the threshold by itself: nothing of it leaves.
+    let colleague = physician(&first, "CD456");
+    assert_eq!(
+        status(&first, "/fhir/Observation?_count=100", &colleague).await,
+        refused
+    );
+    assert_eq!(
+        status(&first, "/fhir/Patient/pat-carla", &colleague).await,
+        (200, None)
+    );
+
+    // Systems and citizens are not counted.
+    let system = first.token(json!({ "scope": "system/*.rs", "sub": "journalsystem" }));
+    assert_eq!(
+        status(&first, "/fhir/Observation?_count=100", &system).await,
+        (200, None)
+    );
+    let metrics = first.client().get("/metrics", None).await.unwrap().text();
+    assert_eq!(
+        metric_value(&metrics, "portvagt_mass_lookups_total{action=\"refused\"}"),
+        Some(2.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "portvagt_access_denied_total{reason=\"too-many-patients\"}"
+        ),
+        Some(2.0),
+        "{metrics}"
+    );
+
+    // The refused attempt is in the patient's audit trail.
+    let events = first.audit_events();
+    assert!(
+        events.iter().any(|event| event["outcome"] != "0"
+            && event["entity"][0]["what"]["reference"] == "Patient/pat-carla"),
+        "{events:?}"
+    );
+
+    // Redis gone: each replica goes on counting on its own (refusing, never failing open
+    // for what it has seen itself).
+    drop(redis);
+    let fresh = physician(&first, "EF789");
+    assert_eq!(
+        status(&first, "/fhir/Patient/pat-anne", &fresh).await,
+        (200, None)
+    );
+    assert_eq!(
+        status(&first, "/fhir/Patient/pat-bo", &fresh).await,
+        (200, None)
+    );
+    assert_eq!(
+        status(&first, "/fhir/Patient/pat-carla", &fresh).await,
+        refused
+    );
+}
+
+#[tokio::test]
+async fn flagging_lets_the_access_through_and_counts_it() {
+    let gateway = guarded(1, "flag", None);
+    let token = physician(&gateway, "GH012");
+    assert_eq!(
+        status(&gateway, "/fhir/Patient/pat-anne", &token).await,
+        (200, None)
+    );
+    assert_eq!(
+        status(&gateway, "/fhir/Patient/pat-bo", &token).await,
+        (200, None)
+    );
+    assert_eq!(
+        status(&gateway, "/fhir/Patient/pat-carla", &token).await,
+        (200, None)
+    );
+    let metrics = gateway.client().get("/metrics", None).await.unwrap().text();
+    assert_eq!(
+        metric_value(&metrics, "portvagt_mass_lookups_total{action=\"flagged\"}"),
+        Some(2.0),
+        "{metrics}"
+    );
+}
