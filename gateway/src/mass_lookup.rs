@@ -98,11 +98,14 @@ impl MassLookupGuard {
     }
 
     /// The professional `principal` is, if the guard binds her: a token with a role (one of
-    /// `roles`, when named) and no patient context, known by her authorisation id (the same
+    /// `roles`, when named) that is not the citizen's own, known by her authorisation id (the same
     /// person whichever token or issuer) or else by issuer and subject.
     pub fn professional(&self, principal: &Principal) -> Option<String> {
         let roles = principal.roles();
-        let bound = principal.patient().is_none()
+        let the_patient = principal
+            .policy_subject(portvagt_policy::decision::Channel::Professional)
+            .is_the_patient();
+        let bound = !the_patient
             && !roles.is_empty()
             && (self.roles.is_empty() || roles.iter().any(|role| self.roles.contains(role)));
         if !bound {

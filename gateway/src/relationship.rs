@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use portvagt_policy::consent::{CPR_SYSTEM, CallerIds};
+use portvagt_policy::consent::{AUTHORIZATION_SYSTEM, CPR_SYSTEM, CallerIds};
 use portvagt_policy::filter::bundle_resources;
 use portvagt_policy::relationship::{
     EVIDENCE_TYPES, ServiceAnswer, Window, evidence, patient_parameter, service_answer,
@@ -16,8 +16,7 @@ use serde_json::Value;
 
 use crate::auth::Principal;
 use crate::backend::{Backend, Fetched};
-use crate::config::{ConfigError, ConsentConfig, RelationshipConfig, RelationshipSource};
-use crate::consent::ConsentStore;
+use crate::config::{ConfigError, RelationshipConfig, RelationshipSource};
 use crate::metrics::Metrics;
 
 /// The relationship could not be found out (the relation service or the backend did not
@@ -33,12 +32,7 @@ const CHUNK: usize = 20;
 #[derive(Debug)]
 enum Source {
     /// The backend's own resources.
-    Fhir {
-        window: Window,
-        /// The caller's other identities (their PractitionerRoles and organisations), found
-        /// as the consent check finds them.
-        directory: ConsentStore,
-    },
+    Fhir { window: Window },
     /// A relation service.
     Http(Arc<Backend>),
 }
@@ -56,6 +50,8 @@ pub struct Relationships {
     capacity: usize,
     /// By (backend, professional, patient).
     cache: Mutex<HashMap<(String, String, String), Cached>>,
+    /// The professional as the backend knows her, by (backend, professional).
+    professionals: Mutex<HashMap<(String, String), (Instant, Arc<CallerIds>)>>,
     metrics: Arc<Metrics>,
 }
 
@@ -72,13 +68,6 @@ impl Relationships {
                     past: seconds(config.window),
                     ahead: seconds(config.ahead),
                 },
-                directory: ConsentStore::new(
-                    &ConsentConfig {
-                        cache_ttl: config.cache_ttl,
-                        cache_entries: config.cache_entries,
-                    },
-                    metrics.clone(),
-                ),
             },
             (RelationshipSource::Http, Some(service)) => Source::Http(Arc::new(Backend::named(
                 service,
@@ -111,16 +100,20 @@ impl Relationships {
             negative_ttl: config.negative_cache_ttl,
             capacity: config.cache_entries.max(1),
             cache: Mutex::new(HashMap::new()),
+            professionals: Mutex::new(HashMap::new()),
             metrics,
         })
     }
 
-    /// Whether the check binds `principal`: a person in a bound role, no patient context.
+    /// Whether the check binds `principal`: a person in a bound role, unless the token is the
+    /// citizen's own.
     pub fn binds(&self, principal: &Principal) -> bool {
         portvagt_policy::relationship::binds(
             principal.roles(),
             &self.roles,
-            principal.patient().is_some(),
+            principal
+                .policy_subject(portvagt_policy::decision::Channel::Professional)
+                .is_the_patient(),
         )
     }
 
@@ -133,33 +126,13 @@ impl Relationships {
         caller: &CallerIds,
         patients: &[String],
     ) -> Result<HashMap<String, Option<Arc<str>>>, RelationshipUnavailableError> {
-        let who = caller_key(caller);
-        let now = Instant::now();
-        let mut found = HashMap::new();
-        let mut missing = Vec::new();
-        {
-            let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-            for patient in patients {
-                let key = (backend.name().to_owned(), who.clone(), patient.clone());
-                match cache.get(&key) {
-                    Some((until, evidence)) if *until > now => {
-                        found.insert(patient.clone(), evidence.clone());
-                    }
-                    _ => missing.push(patient.clone()),
-                }
-            }
-        }
-        missing.sort_unstable();
-        missing.dedup();
+        let (mut found, missing) = self.cached(backend.name(), caller, patients);
         if missing.is_empty() {
             return Ok(found);
         }
         let loaded = match &self.source {
-            Source::Fhir { window, directory } => {
-                let caller = directory
-                    .identify(backend, caller)
-                    .await
-                    .map_err(|_| RelationshipUnavailableError)?;
+            Source::Fhir { window } => {
+                let caller = self.resolve(backend, caller).await?;
                 self.from_backend(backend, &caller, &missing, *window)
                     .await?
             }
@@ -168,6 +141,48 @@ impl Relationships {
                     .await?
             }
         };
+        self.remember(backend.name(), caller, &loaded);
+        found.extend(loaded);
+        Ok(found)
+    }
+
+    /// What the cache knows of `caller` and `patients` in the backend named `backend`: the
+    /// evidence per patient found there, and the patients it must ask about (sorted).
+    pub fn cached(
+        &self,
+        backend: &str,
+        caller: &CallerIds,
+        patients: &[String],
+    ) -> (HashMap<String, Option<Arc<str>>>, Vec<String>) {
+        let who = caller_key(caller);
+        let now = Instant::now();
+        let mut found = HashMap::new();
+        let mut missing = Vec::new();
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        for patient in patients {
+            let key = (backend.to_owned(), who.clone(), patient.clone());
+            match cache.get(&key) {
+                Some((until, evidence)) if *until > now => {
+                    found.insert(patient.clone(), evidence.clone());
+                }
+                _ => missing.push(patient.clone()),
+            }
+        }
+        missing.sort_unstable();
+        missing.dedup();
+        (found, missing)
+    }
+
+    /// Caches what was found out about `caller` and each patient: a relationship for
+    /// `cache_ttl`, none for `negative_cache_ttl`.
+    pub fn remember(
+        &self,
+        backend: &str,
+        caller: &CallerIds,
+        loaded: &[(String, Option<Arc<str>>)],
+    ) {
+        let who = caller_key(caller);
+        let now = Instant::now();
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() + loaded.len() > self.capacity {
             cache.retain(|_, (until, _)| *until > now);
@@ -182,12 +197,10 @@ impl Relationships {
                 self.negative_ttl
             };
             cache.insert(
-                (backend.name().to_owned(), who.clone(), patient.clone()),
+                (backend.to_owned(), who.clone(), patient.clone()),
                 (now + ttl, evidence.clone()),
             );
-            found.insert(patient, evidence);
         }
-        Ok(found)
     }
 
     /// The backend's own evidence: one search per evidence type for a few patients at a time
@@ -311,6 +324,181 @@ impl Relationships {
     }
 }
 
+impl Relationships {
+    /// The professional as evidence may name her: her Practitioners (by authorisation id or
+    /// CPR, and her `fhirUser`), her PractitionerRoles that are active now, and the
+    /// organisation she acts for (the token's, by SOR or CVR; or, acting in a
+    /// PractitionerRole as `fhirUser`, its organisation). Not every organisation she ever had
+    /// a role at, nor the client certificate's owner: a relationship grants access, so only
+    /// who she is now counts. Cached like the answers; read on one page each.
+    async fn resolve(
+        &self,
+        backend: &Backend,
+        caller: &CallerIds,
+    ) -> Result<Arc<CallerIds>, RelationshipUnavailableError> {
+        let key = (backend.name().to_owned(), caller_key(caller));
+        let now = Instant::now();
+        if let Some((until, known)) = self
+            .professionals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            && *until > now
+        {
+            return Ok(known.clone());
+        }
+        let today = time::OffsetDateTime::now_utc().unix_timestamp();
+        let mut known = caller.clone();
+        let mut practitioners: Vec<String> = caller
+            .references
+            .iter()
+            .filter(|r| portvagt_policy::consent::relative(r).starts_with("Practitioner/"))
+            .map(|r| portvagt_policy::consent::relative(r).to_owned())
+            .collect();
+        for (system, value) in &caller.identifiers {
+            let resource_type = if is_organisation(system) {
+                "Organization"
+            } else if [AUTHORIZATION_SYSTEM, CPR_SYSTEM].contains(&system.as_str()) {
+                "Practitioner"
+            } else {
+                continue;
+            };
+            let query = format!(
+                "identifier={}&_count=50",
+                crate::encoding::form_encode(&format!("{system}|{value}"))
+            );
+            for found in self.search(backend, resource_type, &query).await? {
+                if let Some(id) = found.get("id").and_then(Value::as_str) {
+                    let reference = format!("{resource_type}/{id}");
+                    if resource_type == "Practitioner" {
+                        practitioners.push(reference.clone());
+                    }
+                    known.references.push(reference);
+                }
+            }
+        }
+        practitioners.sort_unstable();
+        practitioners.dedup();
+        if practitioners.len() > 8 {
+            return Err(RelationshipUnavailableError);
+        }
+        for practitioner in &practitioners {
+            let query = format!(
+                "practitioner={}&_count=100",
+                crate::encoding::form_encode(practitioner)
+            );
+            for role in self.search(backend, "PractitionerRole", &query).await? {
+                if let (true, Some(id)) = (
+                    role_in_force(&role, today),
+                    role.get("id").and_then(Value::as_str),
+                ) {
+                    known.references.push(format!("PractitionerRole/{id}"));
+                }
+            }
+        }
+        // Acting in a role: its organisation is the one she acts for.
+        for reference in &caller.references {
+            let relative = portvagt_policy::consent::relative(reference);
+            if !relative.starts_with("PractitionerRole/") || relative.contains(['?', '#']) {
+                continue;
+            }
+            let role = match backend
+                .fetch_json(relative, None, 1024 * 1024, &self.metrics)
+                .await
+            {
+                Ok(Fetched::Found(role)) => role,
+                Ok(Fetched::Missing) => continue,
+                Err(_) => return Err(RelationshipUnavailableError),
+            };
+            if role_in_force(&role, today) {
+                for link in ["/practitioner/reference", "/organization/reference"] {
+                    if let Some(linked) = role.pointer(link).and_then(Value::as_str) {
+                        known.references.push(linked.to_owned());
+                    }
+                }
+            }
+        }
+        known.references.sort();
+        known.references.dedup();
+        let known = Arc::new(known);
+        let mut professionals = self.professionals.lock().unwrap_or_else(|p| p.into_inner());
+        if professionals.len() >= self.capacity {
+            professionals.clear();
+        }
+        professionals.insert(key, (now + self.ttl, known.clone()));
+        Ok(known)
+    }
+
+    /// The resources of a search's first page; anything but a search Bundle: unavailable.
+    async fn search(
+        &self,
+        backend: &Backend,
+        resource_type: &str,
+        query: &str,
+    ) -> Result<Vec<Value>, RelationshipUnavailableError> {
+        match backend
+            .fetch_json(resource_type, Some(query), 1024 * 1024, &self.metrics)
+            .await
+        {
+            Ok(Fetched::Found(bundle))
+                if bundle.get("resourceType").and_then(Value::as_str) == Some("Bundle") =>
+            {
+                Ok(bundle_resources(&bundle).cloned().collect())
+            }
+            _ => Err(RelationshipUnavailableError),
+        }
+    }
+}
+
+/// Whether a PractitionerRole is in force at `now`: not marked inactive, and its period (if
+/// readable) covers now.
+fn role_in_force(role: &Value, now: i64) -> bool {
+    if role.get("active").and_then(Value::as_bool) == Some(false) {
+        return false;
+    }
+    let Some(period) = role.get("period") else {
+        return true;
+    };
+    let instant = |key: &str| {
+        period
+            .get(key)
+            .and_then(Value::as_str)
+            .and_then(|text| {
+                let rfc3339 = &time::format_description::well_known::Rfc3339;
+                time::OffsetDateTime::parse(text, rfc3339).ok().or_else(|| {
+                    time::OffsetDateTime::parse(&format!("{text}T00:00:00Z"), rfc3339).ok()
+                })
+            })
+            .map(time::OffsetDateTime::unix_timestamp)
+    };
+    let started = period.get("start").is_none() || instant("start").is_some_and(|s| s <= now);
+    let open = period.get("end").is_none() || instant("end").is_some_and(|e| e > now);
+    started && open
+}
+
+/// The professional as the relationship check sees her: her authorisation id and CPR, the
+/// organisation the token says she acts for (SOR or CVR), and her `fhirUser`; never the client
+/// certificate's CVR (the system's owner, not necessarily hers).
+pub fn professional_ids(principal: &Principal) -> CallerIds {
+    let identity = principal.identity();
+    let mut ids = CallerIds::default();
+    if let Some(authorization) = &identity.authorization_id {
+        ids.identifiers
+            .push((AUTHORIZATION_SYSTEM.into(), authorization.clone()));
+    }
+    if let Some(cpr) = &identity.cpr {
+        ids.identifiers.push((CPR_SYSTEM.into(), cpr.clone()));
+    }
+    if let Some(organisation) = &identity.organisation {
+        ids.identifiers
+            .push((organisation.system(), organisation.id.clone()));
+    }
+    if let Some(fhir_user) = principal.fhir_user() {
+        ids.references.push(fhir_user.to_owned());
+    }
+    ids
+}
+
 fn is_organisation(system: &str) -> bool {
     [
         portvagt_policy::consent::SOR_SYSTEM,
@@ -319,14 +507,20 @@ fn is_organisation(system: &str) -> bool {
     .contains(&system)
 }
 
-/// The professional as the cache knows them: every identity, sorted.
+/// The professional as the cache knows them: every identity, sorted, each part prefixed by its
+/// length (no value can end one part and begin the next).
 fn caller_key(caller: &CallerIds) -> String {
     let mut parts: Vec<String> = caller
         .identifiers
         .iter()
-        .map(|(system, value)| format!("{system}|{value}"))
-        .chain(caller.references.iter().cloned())
+        .map(|(system, value)| format!("i{}:{system}{}:{value}", system.len(), value.len()))
+        .chain(
+            caller
+                .references
+                .iter()
+                .map(|reference| format!("r{}:{reference}", reference.len())),
+        )
         .collect();
     parts.sort_unstable();
-    parts.join("\n")
+    parts.concat()
 }

@@ -43,11 +43,13 @@ pub fn patient_parameter(resource_type: &str) -> Option<&'static str> {
 }
 
 /// Whether the relationship check binds a caller: a person acting in one of the `bound` roles
-/// (the token's `role`, e.g. the authorisation register's profession code `7170`), outside a
-/// patient context (a patient-context token is the citizen's own, or narrowed to one patient by
-/// the launch that a relationship check would have to trust anyway).
-pub fn binds(roles: &[String], bound: &[String], patient_context: bool) -> bool {
-    !patient_context && roles.iter().any(|role| bound.iter().any(|b| b == role))
+/// (the token's `role`, e.g. the authorisation register's profession code `7170`), unless the
+/// token is the citizen's own (`the_patient`: its `fhirUser` is the Patient of its launch
+/// context). A professional's launch context binds her like any other token: it names a
+/// record she has open, which is no evidence that she treats its patient, and her `user/`
+/// scopes reach beyond it.
+pub fn binds(roles: &[String], bound: &[String], the_patient: bool) -> bool {
+    !the_patient && roles.iter().any(|role| bound.iter().any(|b| b == role))
 }
 
 /// How the window around now is read: evidence counts if its time overlaps
@@ -82,7 +84,11 @@ pub fn shows_relationship(
         return false;
     }
     match when(resource_type, resource, ongoing) {
+        // Care that is over ends when it ended, or (said only when it began) then: it never
+        // stays open; over without any time, when it was cannot be told.
+        When::Read(None, None) if !ongoing => false,
         When::Read(start, end) => {
+            let end = if ongoing { end } else { end.or(start) };
             start.is_none_or(|start| start <= now + window.ahead)
                 && end.is_none_or(|end| end >= now - window.past)
         }
@@ -240,6 +246,9 @@ enum When {
 
 fn when(resource_type: &str, resource: &Value, ongoing: bool) -> When {
     let period = |value: &Value| {
+        if !value.is_object() {
+            return When::Unreadable;
+        }
         let side = |key: &str, end: bool| match value.get(key) {
             None => Some(None),
             Some(item) => item.as_str().and_then(|s| instant(s, end)).map(Some),

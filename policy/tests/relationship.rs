@@ -36,6 +36,14 @@ CareTeam active           | subject=Patient/pat-anne | participant.member=Practi
 CareTeam active           | subject=Patient/pat-anne | participant.onBehalfOf=Organization/org-laegehuset | -                | -                | related
 CareTeam inactive         | subject=Patient/pat-anne | participant.member=Practitioner/prac-ns363     | period=2025-01-01..2025-06-30 | - | refused
 CareTeam proposed         | subject=Patient/pat-anne | participant.member=Practitioner/prac-ns363     | -                    | -                | refused
+# --- care that is over ends: a start alone is when it was, an empty period is no time ----------------
+Encounter finished        | subject=Patient/pat-anne | participant.individual=Practitioner/prac-ns363 | period=2024-03-12..  | -                | refused
+Encounter finished        | subject=Patient/pat-anne | participant.individual=Practitioner/prac-ns363 | period=2026-11-20..  | -                | related
+Encounter finished        | subject=Patient/pat-anne | participant.individual=Practitioner/prac-ns363 | period=..            | -                | refused
+CareTeam inactive         | subject=Patient/pat-anne | participant.member=Practitioner/prac-ns363     | period=2020-01-01..  | -                | refused
+Appointment fulfilled     | participant.actor=Patient/pat-anne | participant.actor=Practitioner/prac-ns363 | appointment=2023-05-01T10:00:00Z.. | - | refused
+Encounter in-progress     | subject=Patient/pat-anne | participant.individual=Practitioner/prac-ns363 | period=..            | -                | related
+Encounter in-progress     | subject=Patient/pat-anne | participant.individual=Practitioner/prac-ns363 | period=2019-01-01..  | -                | related
 ServiceRequest active     | subject=Patient/pat-anne | performer=Organization/org-laegehuset          | at=2026-11-20        | -                | related
 ServiceRequest active     | subject=Patient/pat-anne | requester=Practitioner/prac-ns363              | at=2025-01-02        | -                | related
 ServiceRequest completed  | subject=Patient/pat-anne | performer=Practitioner/prac-ns363              | at=2025-01-02        | -                | refused
@@ -111,8 +119,12 @@ fn resource(head: &str, patient: &str, named: &str, time: &str) -> Value {
         resource["authoredOn"] = json!(at);
     } else if let Some(appointment) = time.strip_prefix("appointment=") {
         let (start, end) = range(appointment);
-        resource["start"] = json!(start);
-        resource["end"] = json!(end);
+        if let Some(start) = start {
+            resource["start"] = json!(start);
+        }
+        if let Some(end) = end {
+            resource["end"] = json!(end);
+        }
     } else {
         assert_eq!(time, "-", "time");
     }

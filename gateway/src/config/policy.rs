@@ -71,7 +71,7 @@ pub struct MassLookupConfig {
     #[serde(default)]
     pub action: MassLookupAction,
     /// The roles it binds (a token's `role`); empty: every professional (a token with a role
-    /// and no patient context).
+    /// that is not the citizen's own).
     #[serde(default)]
     pub roles: Vec<String>,
     /// Count across replicas in Redis (`redis://[:password@]host:port[/db]`); without it, or

@@ -32,6 +32,8 @@ pub(super) struct ConsentContext {
     pub(super) store: Option<Arc<ConsentStore>>,
     /// The treatment relationship, when it binds this caller.
     pub(super) relationships: Option<Arc<Relationships>>,
+    /// The caller as the relationship check sees her (no certificate owner).
+    pub(super) professional: CallerIds,
     /// Where the request's patients' Consents and the caller's identities are read: the
     /// backend the routes send `Consent` to under the request's FHIR base.
     pub(super) backend: Arc<Backend>,
@@ -267,7 +269,13 @@ impl Proxy {
             }
             let access = Access::for_request(request, purpose, now);
             let found = self
-                .consent_verdict(consent, &all, &access, record_handle)
+                .consent_verdict(
+                    consent,
+                    &all,
+                    &access,
+                    request.interaction().is_write(),
+                    record_handle,
+                )
                 .await?;
             let refused = found.refused();
             if refused.is_empty() {
@@ -289,7 +297,13 @@ impl Proxy {
             }
             let access = Access::for_request(entry, purpose, now);
             let found = self
-                .consent_verdict(consent, patients, &access, record_handle)
+                .consent_verdict(
+                    consent,
+                    patients,
+                    &access,
+                    entry.interaction().is_write(),
+                    record_handle,
+                )
                 .await?;
             let refused = found.refused();
             if refused.is_empty() {
@@ -344,7 +358,7 @@ impl Proxy {
             unknown_denies: true,
         };
         let found = self
-            .consent_verdict(consent, patients, &access, record_handle)
+            .consent_verdict(consent, patients, &access, false, record_handle)
             .await?;
         let refused = found.refused();
         Ok((!refused.is_empty()).then(|| AnswerBlocks {
@@ -363,6 +377,7 @@ impl Proxy {
         consent: &ConsentContext,
         patients: &[String],
         access: &Access<'_>,
+        writes: bool,
         record_handle: Option<&RequestRecord>,
     ) -> Result<Verdicts, BoxError> {
         let blocks = match &consent.store {
@@ -397,7 +412,7 @@ impl Proxy {
         }
         let unrelated = match &consent.relationships {
             Some(relationships) => {
-                self.relationship_verdict(relationships, consent, patients, record_handle)
+                self.relationship_verdict(relationships, consent, patients, writes, record_handle)
                     .await?
             }
             None => Vec::new(),
@@ -420,11 +435,12 @@ impl Proxy {
         relationships: &Relationships,
         consent: &ConsentContext,
         patients: &[String],
+        writes: bool,
         record_handle: Option<&RequestRecord>,
     ) -> Result<Vec<String>, BoxError> {
         let checks = &self.metrics.relationship_checks;
         let found = match relationships
-            .evidence(&consent.backend, &consent.caller, patients)
+            .evidence(&consent.backend, &consent.professional, patients)
             .await
         {
             Ok(found) => found,
@@ -433,7 +449,13 @@ impl Proxy {
                 return Err(unavailable.into());
             }
         };
-        let emergency = consent.emergency();
+        // Værdispring is a look-up: it never lets a write into a record without a
+        // relationship (a write there could make the evidence that ends the follow-up).
+        let emergency = if writes {
+            Emergency::None
+        } else {
+            consent.emergency()
+        };
         let mut unrelated = Vec::new();
         let mut fields = record_handle.map(RequestRecord::fields);
         for patient in patients {

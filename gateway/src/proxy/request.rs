@@ -200,6 +200,7 @@ impl Proxy {
                 Some(ConsentContext {
                     store: self.consent.clone(),
                     relationships: bound.cloned(),
+                    professional: crate::relationship::professional_ids(principal),
                     backend,
                     caller: caller_ids(principal),
                     purpose: principal.purpose_of_use().map(str::to_owned),

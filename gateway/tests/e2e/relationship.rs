@@ -161,6 +161,43 @@ async fn without_a_relationship_every_spelling_of_the_patient_is_refused() {
         answer.text()
     );
 
+    // What a withheld match brought along goes with it: Anne's encounter and Dr. Kjær, not
+    // the nurse who saw Bo and Carla.
+    let answer = client
+        .get(
+            "/fhir/Encounter?_include=Encounter:participant&_count=100",
+            Some(&token),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let found: Vec<String> = answer.json()["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            format!(
+                "{}/{}",
+                e["resource"]["resourceType"].as_str().unwrap(),
+                e["resource"]["id"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert!(
+        found.contains(&"Encounter/enc-anne-1".to_owned()),
+        "{found:?}"
+    );
+    assert!(
+        found.contains(&"Practitioner/prac-ns363".to_owned()),
+        "{found:?}"
+    );
+    assert!(
+        !found.iter().any(|f| f == "Practitioner/prac-nurse-5166"
+            || f.starts_with("Encounter/enc-bo")
+            || f.starts_with("Encounter/enc-carla")),
+        "{found:?}"
+    );
+
     // A batch, entry by entry: Anne's answered, Bo's refused.
     let batch = json!({ "resourceType": "Bundle", "type": "batch", "entry": [
         { "request": { "method": "GET", "url": "Patient/pat-anne" } },
@@ -210,6 +247,21 @@ async fn without_a_relationship_every_spelling_of_the_patient_is_refused() {
         .await
         .unwrap();
     assert_eq!(denial(&answer), (403, "relationship-required".into()));
+
+    // A launch context is no relationship: a professional with Bo's record open is bound like
+    // any other token.
+    let launched = gateway.token(json!({
+        "scope": "openid fhirUser launch/patient user/*.rs", "patient": "pat-bo",
+        "authorization_id": "NS363", "role": "7170", "fhirUser": "Practitioner/prac-ns363",
+    }));
+    for path in ["/fhir/Patient/pat-bo", "/fhir/Observation?patient=pat-bo"] {
+        let answer = client.get(path, Some(&launched)).await.unwrap();
+        assert_eq!(
+            denial(&answer),
+            (403, "relationship-required".into()),
+            "{path}"
+        );
+    }
 
     // Not bound: another role, a system, the citizen's own token.
     let nurse = gateway.token(json!({ "scope": "user/*.rs", "authorization_id": "ZZ4Q1",
@@ -269,6 +321,29 @@ async fn vaerdispring_lets_the_access_through_marked_and_counted() {
     let answer = client.send(with_reason).await.unwrap();
     assert_eq!(answer.status, 200, "{}", answer.text());
     assert!(!answer.json()["entry"].as_array().unwrap().is_empty());
+
+    // Værdispring is a look-up: a write into Bo's record (which could make the evidence that
+    // ends the follow-up) stays refused.
+    let emergency_writer = gateway.token(json!({
+        "scope": "user/*.rs user/EpisodeOfCare.c user/Observation.c",
+        "authorization_id": "NS363", "role": "7170", "fhirUser": "Practitioner/prac-ns363",
+        "purpose_of_use": "EMERGENCY",
+    }));
+    let episode = json!({ "resourceType": "EpisodeOfCare", "status": "active",
+        "patient": { "reference": "Patient/pat-bo" },
+        "careManager": { "reference": "Practitioner/prac-ns363" } });
+    let mut write = request(
+        Method::POST,
+        "/fhir/EpisodeOfCare",
+        Some(&emergency_writer),
+        Some(episode),
+    );
+    write.headers_mut().insert(
+        "x-portvagt-break-glass-reason",
+        http::HeaderValue::from_static("akut"),
+    );
+    let written = client.send(write).await.unwrap();
+    assert_eq!(denial(&written), (403, "relationship-required".into()));
 
     // The event in Bo's log: værdispring, break-the-glass, the reason.
     let events = gateway.audit_events_for(&request_id(&answer));
@@ -354,8 +429,54 @@ async fn a_relationship_begun_in_the_backend_counts_within_the_negative_cache_ti
         Some(encounter("in-progress")),
     )
     .await;
-    let id = ongoing["id"].as_str().unwrap();
+    let id = ongoing["id"].as_str().unwrap().to_owned();
+    // Who she is now, not who she was or whose system she uses: a role she no longer holds,
+    // and the organisation owning the client certificate (CVR), are no relationship.
+    let former = backend_send(
+        backend.base_url(),
+        Method::POST,
+        "PractitionerRole",
+        Some(json!({ "resourceType": "PractitionerRole", "active": false,
+            "practitioner": { "reference": "Practitioner/prac-ns363" } })),
+    )
+    .await;
+    let certificate_owner = backend_send(
+        backend.base_url(),
+        Method::POST,
+        "Organization",
+        Some(
+            json!({ "resourceType": "Organization", "name": "Systemleverandøren",
+            "identifier": [{ "system": "http://cvr.dk", "value": portvagt_certs::DEMO_CVR }] }),
+        ),
+    )
+    .await;
+    for (element, reference) in [
+        (
+            "careManager",
+            format!("PractitionerRole/{}", former["id"].as_str().unwrap()),
+        ),
+        (
+            "managingOrganization",
+            format!("Organization/{}", certificate_owner["id"].as_str().unwrap()),
+        ),
+    ] {
+        let mut episode = json!({ "resourceType": "EpisodeOfCare", "status": "active",
+            "patient": { "reference": "Patient/pat-carla" } });
+        episode[element] = json!({ "reference": reference });
+        backend_send(
+            backend.base_url(),
+            Method::POST,
+            "EpisodeOfCare",
+            Some(episode),
+        )
+        .await;
+    }
     tokio::time::sleep(Duration::from_millis(1200)).await;
+    let answer = client
+        .get("/fhir/Patient/pat-carla", Some(&token))
+        .await
+        .unwrap();
+    assert_eq!(denial(&answer), (403, "relationship-required".into()));
     let answer = client
         .get("/fhir/Patient/pat-bo", Some(&token))
         .await

@@ -260,7 +260,67 @@ fn drop_entries(bundle: &mut Value, withheld: &dyn Fn(&Value) -> bool) -> usize 
     };
     let before = entries.len();
     entries.retain(|entry| !entry.get("resource").is_some_and(withheld));
-    before - entries.len()
+    let dropped = before - entries.len();
+    if dropped > 0 {
+        drop_orphaned_includes(entries);
+    }
+    dropped
+}
+
+/// After matches were withheld: the `_include`d and `_revinclude`d entries that no match left
+/// in the answer references or is referenced by. They were there for a withheld match (its
+/// performer, its organisation, what points at it), and would tell that it exists and who
+/// treated whom.
+fn drop_orphaned_includes(entries: &mut Vec<Value>) {
+    let is_include =
+        |entry: &Value| entry.pointer("/search/mode").and_then(Value::as_str) == Some("include");
+    let own = |resource: &Value| -> Option<String> {
+        Some(format!(
+            "{}/{}",
+            resource.get("resourceType")?.as_str()?,
+            resource.get("id")?.as_str()?
+        ))
+    };
+    let mut kept_ids = std::collections::HashSet::new();
+    let mut kept_references = std::collections::HashSet::new();
+    for entry in entries.iter().filter(|entry| !is_include(entry)) {
+        if let Some(resource) = entry.get("resource") {
+            kept_ids.extend(own(resource));
+            references_in(resource, &mut kept_references);
+        }
+    }
+    entries.retain(|entry| {
+        if !is_include(entry) {
+            return true;
+        }
+        let Some(resource) = entry.get("resource") else {
+            return false;
+        };
+        if own(resource).is_some_and(|id| kept_references.contains(&id)) {
+            return true;
+        }
+        let mut its = std::collections::HashSet::new();
+        references_in(resource, &mut its);
+        its.iter().any(|reference| kept_ids.contains(reference))
+    });
+}
+
+/// Every literal `reference` in `value`, as `Type/id`.
+fn references_in(value: &Value, found: &mut std::collections::HashSet<String>) {
+    match value {
+        Value::Object(fields) => {
+            for (key, item) in fields {
+                match (key.as_str(), item) {
+                    ("reference", Value::String(reference)) => {
+                        found.insert(super::relative(reference).to_owned());
+                    }
+                    _ => references_in(item, found),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|item| references_in(item, found)),
+        _ => {}
+    }
 }
 
 /// Which of the gateway's duties are on for a request: consent enforcement, the audit trail.

@@ -385,3 +385,48 @@ fn an_opt_out_without_provisions_denies_everyone_and_its_untyped_root_denies() {
     // Without a policy, a Consent without provisions is no rule at all.
     assert!(blocks_in(&json!({ "resourceType": "Consent", "status": "active" })).is_none());
 }
+
+#[test]
+fn includes_of_withheld_matches_go_with_them() {
+    let entry =
+        |resource: Value, mode: &str| json!({ "resource": resource, "search": { "mode": mode } });
+    let mut bundle = json!({ "resourceType": "Bundle", "type": "searchset", "total": 2, "entry": [
+        entry(json!({ "resourceType": "Encounter", "id": "e-anne", "subject": { "reference": "Patient/pat-anne" },
+            "participant": [{ "individual": { "reference": "Practitioner/p-shared" } }] }), "match"),
+        entry(json!({ "resourceType": "Encounter", "id": "e-bo", "subject": { "reference": "Patient/pat-bo" },
+            "participant": [{ "individual": { "reference": "https://fhir.example/R4/Practitioner/p-bo-only" } }],
+            "serviceProvider": { "reference": "Organization/o-bo-only" } }), "match"),
+        entry(json!({ "resourceType": "Practitioner", "id": "p-shared" }), "include"),
+        entry(json!({ "resourceType": "Practitioner", "id": "p-bo-only" }), "include"),
+        entry(json!({ "resourceType": "Organization", "id": "o-bo-only" }), "include"),
+        // A _revinclude: points at a match; kept with Anne's, gone with Bo's.
+        entry(json!({ "resourceType": "Provenance", "id": "prov-anne", "target": [{ "reference": "Encounter/e-anne" }] }), "include"),
+        entry(json!({ "resourceType": "Provenance", "id": "prov-bo", "target": [{ "reference": "Encounter/e-bo" }] }), "include"),
+    ]});
+    let withheld = |resource: &Value| {
+        resource
+            .pointer("/subject/reference")
+            .and_then(Value::as_str)
+            == Some("Patient/pat-bo")
+    };
+    let refusals = Refusals {
+        forbidden: &json!({}),
+        not_found: &json!({}),
+        named: &[],
+    };
+    assert_eq!(withhold(&mut bundle, &withheld, &refusals), 1);
+    let left: Vec<&str> = bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(left, ["e-anne", "p-shared", "prov-anne"]);
+    assert!(bundle.get("total").is_none());
+
+    // Nothing withheld: includes are left as they are, even ones nothing references.
+    let mut untouched = json!({ "resourceType": "Bundle", "type": "searchset", "entry": [
+        entry(json!({ "resourceType": "Practitioner", "id": "p-alone" }), "include")] });
+    assert_eq!(withhold(&mut untouched, &withheld, &refusals), 0);
+    assert_eq!(untouched["entry"].as_array().unwrap().len(), 1);
+}

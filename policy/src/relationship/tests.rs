@@ -23,10 +23,13 @@ fn kjaer() -> CallerIds {
 }
 
 #[test]
-fn binds_only_a_bound_role_outside_a_patient_context() {
+fn binds_a_bound_role_unless_the_token_is_the_citizen_s_own() {
     let bound = ["7170".to_owned(), "5166".to_owned()];
     assert!(binds(&["7170".into()], &bound, false));
-    assert!(!binds(&["7170".into()], &bound, true), "patient context");
+    assert!(
+        !binds(&["7170".into()], &bound, true),
+        "the citizen's own token"
+    );
     assert!(!binds(&["5433".into()], &bound, false), "another role");
     assert!(!binds(&[], &bound, false), "no role: a system");
     assert!(!binds(&["7170".into()], &[], false), "no role bound");
