@@ -1,7 +1,8 @@
 {{/*
 The gateway's configuration file (README "Configuration"), from `config` and the fixed mount
 paths of the Secrets. TOML wants a table's keys before its sub-tables, hence the order below
-(each [[upstream]]'s keys, then its [upstream.backend]; [audit]'s seal key and trusted seal keys before [audit.ship]);
+(each [[upstream]]'s keys, then its [upstream.backend]; [relationship]'s keys before [relationship.service];
+[audit]'s seal key and trusted seal keys before [audit.ship]);
 [token_exchange] comes last.
 */}}
 {{- define "portvagt.configToml" -}}
@@ -113,11 +114,29 @@ path = "/var/lib/portvagt/decisions/decisions.jsonl"
 [consent]
 {{- include "portvagt.tomlKeys" (dict "table" $cfg.consent "skip" (list "enabled")) }}
 {{- end }}
+{{- if $cfg.relationship.enabled }}
+
+[relationship]
+{{- include "portvagt.tomlKeys" (dict "table" $cfg.relationship "first" (list "roles" "source") "skip" (list "enabled")) }}
+{{- if $cfg.relationship.service.url }}
+
+[relationship.service]
+{{- include "portvagt.tlsTomlKeys" (dict "table" $cfg.relationship.service "files" (get $tlsFiles "config.relationship.service") "first" (list "url")) }}
+{{- end }}
+{{- end }}
 {{- if $cfg.rate_limit.enabled }}
 
 [rate_limit]
 {{- include "portvagt.tomlKeys" (dict "table" $cfg.rate_limit "first" (list "requests" "window") "skip" (list "enabled" "useRedis")) }}
 {{- if $cfg.rate_limit.useRedis }}
+redis_url = {{ include "portvagt.redisUrl" . }}
+{{- end }}
+{{- end }}
+{{- if $cfg.mass_lookup.enabled }}
+
+[mass_lookup]
+{{- include "portvagt.tomlKeys" (dict "table" $cfg.mass_lookup "first" (list "max_patients" "window") "skip" (list "enabled" "useRedis")) }}
+{{- if $cfg.mass_lookup.useRedis }}
 redis_url = {{ include "portvagt.redisUrl" . }}
 {{- end }}
 {{- end }}

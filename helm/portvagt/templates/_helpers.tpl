@@ -107,7 +107,8 @@ default name: without one the chain is not sealed, and NOTES.txt warns).
 {{- define "portvagt.usesRedis" -}}
 {{- $exchange := and .Values.config.token_exchange.enabled .Values.config.token_exchange.useRedis }}
 {{- $rateLimit := and .Values.config.rate_limit.enabled .Values.config.rate_limit.useRedis }}
-{{- if or $exchange $rateLimit }}true{{- end }}
+{{- $massLookup := and .Values.config.mass_lookup.enabled .Values.config.mass_lookup.useRedis }}
+{{- if or $exchange $rateLimit $massLookup }}true{{- end }}
 {{- end }}
 
 {{/*
@@ -126,7 +127,7 @@ The redis_url to write: plain, or with the placeholder as password, as a TOML li
 ('...') so the password needs no escaping.
 */}}
 {{- define "portvagt.redisUrl" -}}
-{{- $url := required "redis.url is required when token exchange or rate limits use Redis" .Values.redis.url }}
+{{- $url := required "redis.url is required when token exchange, rate limits or the mass-lookup guard use Redis" .Values.redis.url }}
 {{- if .Values.redis.auth.existingSecret }}
 {{- printf "'redis://:%s@%s'" (include "portvagt.redisPasswordPlaceholder" .) (trimPrefix "redis://" $url) }}
 {{- else }}
@@ -246,9 +247,10 @@ Settings that cannot work together are refused at render time, with the value to
 
 {{/*
 The tables that talk TLS to a backend and may take their CA and client certificate from an
-existing Secret (`tlsSecret`): `[backend]`, each `[[upstream]]`'s `[upstream.backend]`, and
-`[audit.ship]` when shipping is on. Each with its values path, the volume name and the folder its
-Secret is mounted at.
+existing Secret (`tlsSecret`): `[backend]`, each `[[upstream]]`'s `[upstream.backend]`,
+`[audit.ship]` when shipping is on, and `[relationship.service]` when the relationship check is on
+with a relation service. Each with its values path, the volume name and the folder its Secret is
+mounted at.
 */}}
 {{- define "portvagt.tlsTables" -}}
 {{- $cfg := .Values.config }}
@@ -258,6 +260,9 @@ Secret is mounted at.
 {{- end }}
 {{- if and $cfg.audit.enabled $cfg.audit.ship.url }}
 {{- $tables = append $tables (dict "field" "config.audit.ship" "table" $cfg.audit.ship "volume" "audit-ship-tls" "dir" "/etc/portvagt/audit-ship-tls") }}
+{{- end }}
+{{- if and $cfg.relationship.enabled $cfg.relationship.service.url }}
+{{- $tables = append $tables (dict "field" "config.relationship.service" "table" $cfg.relationship.service "volume" "relationship-service-tls" "dir" "/etc/portvagt/relationship-service-tls") }}
 {{- end }}
 {{- toYaml (dict "tables" $tables) }}
 {{- end }}

@@ -282,7 +282,7 @@ spec:
       emptyDir:
         sizeLimit: {{ mul (add1 (int .Values.config.decision_log.keep)) (int64 .Values.config.decision_log.max_bytes) }}
     {{- end }}
-    {{- /* CA and client certificates of the backends and the audit repository (tlsSecret). */}}
+    {{- /* CA and client certificates of the backends, the audit repository and the relation service (tlsSecret). */}}
     {{- range (include "portvagt.tlsSecretMounts" . | fromYaml).mounts }}
     - name: {{ .volume }}
       secret:
