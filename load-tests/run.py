@@ -181,6 +181,9 @@ def main():
     parser.add_argument("--consent", action="store_true",
                         help="Portvagt with citizens' blocks enforced (a Consent search per patient, cached; "
                              "each request's reach and consent decision): results/<kind>-consent.*")
+    parser.add_argument("--relationship", action="store_true",
+                        help="Portvagt with the treatment-relationship check on for the load token's role (evidence "
+                             "searched in the backend per professional and patient, cached): results/<kind>-relationship.*")
     parser.add_argument("--pin", action="store_true",
                         help="servers on CPU 0, the driver on CPU 1 (results/<kind>-pinned.*)")
     parser.add_argument("--profile", action="store_true",
@@ -229,6 +232,8 @@ http {{
     location = /fhir/R4/Patient/p1 {{ try_files /patient.json =404; }}
     location = /fhir/R4/Observation {{ try_files /obs-$arg__count.json =404; }}
     location = /fhir/R4/Consent {{ return 200 '{{"resourceType":"Bundle","type":"searchset","total":0}}'; }}
+    location = /fhir/R4/EpisodeOfCare {{ return 200 '{{"resourceType":"Bundle","type":"searchset","entry":[{{"resource":{{"resourceType":"EpisodeOfCare","id":"eoc-1","status":"active","patient":{{"reference":"Patient/p1"}},"careManager":{{"reference":"Practitioner/prac-load"}}}}}}]}}'; }}
+    location ~ ^/fhir/R4/(Encounter|CareTeam|ServiceRequest|Appointment|Practitioner|PractitionerRole)$ {{ return 200 '{{"resourceType":"Bundle","type":"searchset","entry":[]}}'; }}
     location = /fhir/R4/metadata {{ return 200 '{{"resourceType":"CapabilityStatement","status":"active","kind":"instance","fhirVersion":"4.0.1","format":["json"]}}'; }}
   }}
 }}
@@ -239,9 +244,12 @@ http {{
         wait_port(ports["nginx"])
 
         base = f"https://localhost:{ports['portvagt']}{AUDIENCE_PATH}"
+        # With --relationship, a physician the check binds (the backend's EpisodeOfCare names her).
+        bound = (["--claim", "role=7170", "--claim", "authorization_id=LD001", "--fhir-user", "Practitioner/prac-load"]
+                 if opts.relationship else [])
         token = subprocess.run(
             [str(portvagt), "token", "--dir", str(work), "--new-issuer", "--sub", "load.user",
-             "--scope", "user/*.rs", "--audience", base, "--ttl", "2h"],
+             "--scope", "user/*.rs", "--audience", base, "--ttl", "2h", *bound],
             check=True, capture_output=True, text=True).stdout.strip()
         jwks = json.loads((work / "issuer" / "jwks.json").read_text())
         # The soak ships its audit events (to a sink that keeps nothing) and deletes the shipped
@@ -253,6 +261,8 @@ http {{
             wait_port(ports["sink"])
             shipping = f'[audit.ship]\nurl = "http://127.0.0.1:{ports["sink"]}/fhir"\nbatch_size = 500\nkeep_shipped = "0s"\n'
         consent = '[consent]\ncache_ttl = "30s"\n' if opts.consent else ""
+        if opts.relationship:
+            consent += '[relationship]\nroles = ["7170"]\nsource = "fhir"\n'
         # The audit chain is sealed, as deployed.
         subprocess.run([str(portvagt), "audit", "new-seal-key", str(work / "seal")],
                        check=True, capture_output=True)
@@ -608,9 +618,10 @@ def envoy_config(ports, pki, jwks, base):
 def report(results, maxima, half, opts, duration, idle, bench):
     RESULTS.mkdir(exist_ok=True)
     stamp = time.strftime("%Y-%m-%d")
-    kind = ("smoke" if opts.smoke else "full") + ("-pinned" if opts.pin else "") + ("-consent" if opts.consent else "")
+    kind = ("smoke" if opts.smoke else "full") + ("-pinned" if opts.pin else "") + ("-consent" if opts.consent else "") \
+        + ("-relationship" if opts.relationship else "")
     command = ("python3 load-tests/run.py" + (" --smoke" if opts.smoke else "") + (" --pin" if opts.pin else "")
-               + (" --consent" if opts.consent else "")
+               + (" --consent" if opts.consent else "") + (" --relationship" if opts.relationship else "")
                + (f" --duration {opts.duration}" if opts.duration else ""))
     summary = {
         "command": command, "date": stamp, "machine": f"{platform.machine()}, {os.cpu_count()} cores",

@@ -20,6 +20,8 @@ use crate::{Settings, Tokens};
 const OWN_PATIENT: &str = "pat-carla";
 /// A patient the patient token must not reach.
 const OTHER_PATIENT: &str = "pat-bo";
+/// The patient Dr. Kjær treats (her practice's list); Bo she does not.
+const RELATED_PATIENT: &str = "pat-anne";
 /// The authorization id Carla's block names.
 const BLOCKED_AUTHORIZATION_ID: &str = "NS363";
 /// How long the tokens live: the suite takes about a minute.
@@ -103,6 +105,13 @@ pub fn settings(dir: &Path) -> anyhow::Result<Settings> {
             "purpose_of_use": purpose,
         })
     };
+    // Dr. Kjær as the relationship check sees her: a physician (7170) with her Practitioner.
+    let physician = |purpose: &str| {
+        json!({
+            "scope": "user/*.rs user/Observation.c", "authorization_id": BLOCKED_AUTHORIZATION_ID,
+            "role": "7170", "fhirUser": "Practitioner/prac-ns363", "purpose_of_use": purpose,
+        })
+    };
     let tokens = Tokens {
         user: Some(minter.mint(json!({
             "scope": "user/*.rs", "cnf": { "x5t#S256": thumbprint },
@@ -124,6 +133,8 @@ pub fn settings(dir: &Path) -> anyhow::Result<Settings> {
         v1: Some(minter.mint(json!({ "scope": "user/Observation.read" }))?),
         blocked: Some(minter.mint(professional("TREATMENT"))?),
         emergency: Some(minter.mint(professional("EMERGENCY"))?),
+        bound: Some(minter.mint(physician("TREATMENT"))?),
+        bound_emergency: Some(minter.mint(physician("EMERGENCY"))?),
     };
     let foreign = portvagt_certs::DevPki::generate()?;
     Ok(Settings {
@@ -144,6 +155,8 @@ pub fn settings(dir: &Path) -> anyhow::Result<Settings> {
         other_patient: Some(OTHER_PATIENT.into()),
         blocked_patient: Some(OWN_PATIENT.into()),
         citizen_base_url: Some(citizen_base_url),
+        related_patient: Some(RELATED_PATIENT.into()),
+        unrelated_patient: Some(OTHER_PATIENT.into()),
     })
 }
 

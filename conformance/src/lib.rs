@@ -45,6 +45,10 @@ pub struct Settings {
     pub blocked_patient: Option<String>,
     /// The citizen listener's FHIR base URL (no client certificate), if the deployment has one.
     pub citizen_base_url: Option<String>,
+    /// A patient the professional of `tokens.bound` has a treatment relationship with.
+    pub related_patient: Option<String>,
+    /// A patient she has none with (and who has not blocked her).
+    pub unrelated_patient: Option<String>,
 }
 
 /// Tokens for the callers the cases play; each is optional, and the cases that need a missing
@@ -69,6 +73,11 @@ pub struct Tokens {
     pub blocked: Option<String>,
     /// The same professional with purpose EMERGENCY.
     pub emergency: Option<String>,
+    /// A professional the treatment-relationship check binds (a role it names), purpose
+    /// TREATMENT, `user/*.rs` and `user/Observation.c`.
+    pub bound: Option<String>,
+    /// The same professional with purpose EMERGENCY.
+    pub bound_emergency: Option<String>,
 }
 
 /// An input a case needs.
@@ -98,6 +107,8 @@ pub enum Need {
     ConsentBlock,
     /// `citizen_base_url`
     CitizenListener,
+    /// `tokens.bound`, `tokens.bound_emergency`, `related_patient` and `unrelated_patient`
+    Relationship,
 }
 
 impl Need {
@@ -123,6 +134,12 @@ impl Need {
                     && settings.blocked_patient.is_some()
             }
             Need::CitizenListener => settings.citizen_base_url.is_some(),
+            Need::Relationship => {
+                settings.tokens.bound.is_some()
+                    && settings.tokens.bound_emergency.is_some()
+                    && settings.related_patient.is_some()
+                    && settings.unrelated_patient.is_some()
+            }
         };
         (!given).then_some(match self {
             Need::UserToken => "no user token (--token user=...)",
@@ -141,6 +158,9 @@ impl Need {
                 "no blocked professional (--token blocked=... --token emergency=... --blocked-patient)"
             }
             Need::CitizenListener => "no citizen listener (--citizen-target)",
+            Need::Relationship => {
+                "no professional bound by the relationship check (--token bound=... --token bound-emergency=... --related-patient --unrelated-patient)"
+            }
         })
     }
 }

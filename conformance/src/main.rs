@@ -22,7 +22,7 @@ struct Cli {
     #[arg(long, conflicts_with_all = [
         "target", "ca", "cert", "key", "tokens", "token_commands", "own_patient", "other_patient",
         "other_cert", "other_key", "foreign_cert", "foreign_key", "sosi_card", "blocked_patient",
-        "citizen_target",
+        "citizen_target", "related_patient", "unrelated_patient",
     ])]
     demo: Option<PathBuf>,
     /// The deployment's FHIR base URL, e.g. https://fhir.example.dk/fhir
@@ -37,7 +37,7 @@ struct Cli {
     #[arg(long, required_unless_present = "demo")]
     key: Option<PathBuf>,
     /// A token: NAME=VALUE, NAME one of user, patient, narrow, expired, wrong-audience,
-    /// granular, v1, blocked, emergency.
+    /// granular, v1, blocked, emergency, bound, bound-emergency.
     #[arg(long = "token", value_parser = pair)]
     tokens: Vec<(String, String)>,
     /// A command that prints a token: NAME=COMMAND (run with sh -c).
@@ -65,6 +65,12 @@ struct Cli {
     /// A patient who has blocked the professional of the blocked/emergency tokens.
     #[arg(long)]
     blocked_patient: Option<String>,
+    /// A patient the professional of the bound/bound-emergency tokens treats (RELATION cases).
+    #[arg(long)]
+    related_patient: Option<String>,
+    /// A patient she does not treat (and who has not blocked her).
+    #[arg(long)]
+    unrelated_patient: Option<String>,
     /// The citizen listener's FHIR base URL (no client certificate), for the CITIZEN cases.
     #[arg(long)]
     citizen_target: Option<String>,
@@ -136,6 +142,8 @@ fn settings(cli: &Cli) -> anyhow::Result<Settings> {
             "v1" => &mut tokens.v1,
             "blocked" => &mut tokens.blocked,
             "emergency" => &mut tokens.emergency,
+            "bound" => &mut tokens.bound,
+            "bound-emergency" => &mut tokens.bound_emergency,
             other => anyhow::bail!("unknown token name {other:?}"),
         };
         *slot = Some(value);
@@ -158,6 +166,8 @@ fn settings(cli: &Cli) -> anyhow::Result<Settings> {
             .citizen_target
             .as_ref()
             .map(|url| url.trim_end_matches('/').to_owned()),
+        related_patient: cli.related_patient.clone(),
+        unrelated_patient: cli.unrelated_patient.clone(),
     })
 }
 

@@ -37,6 +37,9 @@ enum Source {
     Http(Arc<Backend>),
 }
 
+/// A professional's identities, resolved, and until when they are used.
+type Known = (Instant, Arc<CallerIds>);
+
 /// One cached answer: until when, and the evidence (`None`: no relationship).
 type Cached = (Instant, Option<Arc<str>>);
 
@@ -51,7 +54,7 @@ pub struct Relationships {
     /// By (backend, professional, patient).
     cache: Mutex<HashMap<(String, String, String), Cached>>,
     /// The professional as the backend knows her, by (backend, professional).
-    professionals: Mutex<HashMap<(String, String), (Instant, Arc<CallerIds>)>>,
+    professionals: Mutex<HashMap<(String, String), Known>>,
     metrics: Arc<Metrics>,
 }
 
@@ -133,13 +136,10 @@ impl Relationships {
         let loaded = match &self.source {
             Source::Fhir { window } => {
                 let caller = self.resolve(backend, caller).await?;
-                self.from_backend(backend, &caller, &missing, *window)
+                self.search_backend(backend, &caller, &missing, *window)
                     .await?
             }
-            Source::Http(service) => {
-                self.from_service(service, backend, caller, &missing)
-                    .await?
-            }
+            Source::Http(service) => self.ask_service(service, backend, caller, &missing).await?,
         };
         self.remember(backend.name(), caller, &loaded);
         found.extend(loaded);
@@ -205,7 +205,7 @@ impl Relationships {
 
     /// The backend's own evidence: one search per evidence type for a few patients at a time
     /// (the first page, newest first: what is on a page not read counts as not found).
-    async fn from_backend(
+    async fn search_backend(
         &self,
         backend: &Backend,
         caller: &CallerIds,
@@ -253,7 +253,7 @@ impl Relationships {
     /// The relation service's answer for each patient: `GET {url}/relationship` with the
     /// patient's id (and CPR, read from the backend), the professional's identifiers and
     /// organisation.
-    async fn from_service(
+    async fn ask_service(
         &self,
         service: &Backend,
         backend: &Backend,

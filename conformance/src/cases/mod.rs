@@ -1,5 +1,5 @@
 //! The cases, by area. Ids are stable: `TLS-`, `AUTH-`, `SCOPE-`, `PAT-`, `CONSENT-`, `ERR-`,
-//! `XCHG-`, `AUDIT-`, `CITIZEN-`.
+//! `XCHG-`, `AUDIT-`, `CITIZEN-`, `RELATION-`.
 
 use base64::Engine as _;
 
@@ -13,6 +13,7 @@ mod compartment;
 mod consent;
 mod errors;
 mod exchange;
+mod relationship;
 mod scopes;
 mod transport;
 
@@ -38,6 +39,7 @@ pub fn all() -> Vec<Case> {
     cases.extend(scopes::cases());
     cases.extend(compartment::cases());
     cases.extend(consent::cases());
+    cases.extend(relationship::cases());
     cases.extend(errors::cases());
     cases.extend(exchange::cases());
     cases.extend(audit::cases());

@@ -30,7 +30,7 @@ fn deployment(repository: &Repository) -> Gateway {
     Gateway::start_with(Options {
         files: vec![("exchange.key".into(), pem)],
         extra_config:
-            "[consent]\n\n[token_exchange]\nissuer = \"https://portvagt.conformance.invalid\"\n\
+            "[consent]\n\n[relationship]\nroles = [\"7170\"]\nsource = \"fhir\"\n\n[token_exchange]\nissuer = \"https://portvagt.conformance.invalid\"\n\
                        signing_key = \"exchange.key\"\ntrusted_sts = [\"pki/sts.crt\"]\n\n\
                        [citizen]\nlisten = \"127.0.0.1:0\"\n"
                 .into(),
@@ -77,6 +77,15 @@ fn settings(gateway: &Gateway, target: &str) -> Settings {
             emergency: Some(gateway.token(json!({
                 "scope": "user/*.rs", "authorization_id": "NS363", "purpose_of_use": "EMERGENCY",
             }))),
+            // Dr. Kjær treats Anne (the sample data's EpisodeOfCare), not Bo.
+            bound: Some(gateway.token(json!({
+                "scope": "user/*.rs user/Observation.c", "authorization_id": "NS363",
+                "role": "7170", "fhirUser": "Practitioner/prac-ns363", "purpose_of_use": "TREATMENT",
+            }))),
+            bound_emergency: Some(gateway.token(json!({
+                "scope": "user/*.rs user/Observation.c", "authorization_id": "NS363",
+                "role": "7170", "fhirUser": "Practitioner/prac-ns363", "purpose_of_use": "EMERGENCY",
+            }))),
         },
         own_patient: Some("pat-carla".into()),
         other_patient: Some("pat-bo".into()),
@@ -87,6 +96,8 @@ fn settings(gateway: &Gateway, target: &str) -> Settings {
         ),
         blocked_patient: Some("pat-carla".into()),
         citizen_base_url: None,
+        related_patient: Some("pat-anne".into()),
+        unrelated_patient: Some("pat-bo".into()),
     }
 }
 
