@@ -111,22 +111,41 @@ impl MassLookupGuard {
         if !bound {
             return None;
         }
-        Some(match &principal.identity().authorization_id {
-            Some(authorization) => format!("authorization\n{}", authorization.to_lowercase()),
-            None => format!("subject\n{}\n{}", principal.issuer(), principal.subject()),
-        })
+        let identity = principal.identity();
+        let given = |value: &Option<String>| {
+            value
+                .as_deref()
+                .map(str::trim)
+                .filter(|value| !value.is_empty())
+                .map(str::to_owned)
+        };
+        Some(
+            if let Some(authorization) = given(&identity.authorization_id) {
+                format!("authorization\n{}", authorization.to_lowercase())
+            } else if let Some(cpr) = given(&identity.cpr) {
+                format!("cpr\n{}", cpr.replace('-', ""))
+            } else {
+                format!("subject\n{}\n{}", principal.issuer(), principal.subject())
+            },
+        )
     }
 
     /// Counts `patients` (ids) for `professional`: within the threshold, flagged, or refused
-    /// (then nothing of this access is counted).
-    pub async fn admit(&self, professional: &str, patients: &[String]) -> Admission {
+    /// (then nothing of this access is counted). An access that `may_refuse` not (the answer
+    /// to a write, which has happened) is counted and at most flagged.
+    pub async fn admit(
+        &self,
+        professional: &str,
+        patients: &[String],
+        may_refuse: bool,
+    ) -> Admission {
         if patients.is_empty() {
             return Admission::Within;
         }
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        let refuse = self.action == MassLookupAction::Refuse;
+        let refuse = self.action == MassLookupAction::Refuse && may_refuse;
         let shared = match &self.redis {
             Some(redis) => {
                 self.shared(redis, professional, patients, now, refuse)
@@ -148,6 +167,7 @@ impl MassLookupGuard {
         };
         self.metrics.mass_lookups.with_label_values(&[label]).inc();
         tracing::warn!(
+            professional = professional.replace('\n', " "),
             patients = total,
             threshold = self.max_patients,
             action = label,
@@ -264,32 +284,73 @@ mod tests {
     async fn distinct_patients_are_counted_and_the_one_past_the_threshold_refused() {
         let guard = guard(3, MassLookupAction::Refuse);
         assert_eq!(
-            guard.admit("a", &ids(&["p1", "p2"])).await,
+            guard.admit("a", &ids(&["p1", "p2"]), true).await,
             Admission::Within
         );
         // The same patients again count once.
         assert_eq!(
-            guard.admit("a", &ids(&["p1", "p2", "p2"])).await,
+            guard.admit("a", &ids(&["p1", "p2", "p2"]), true).await,
             Admission::Within
         );
-        assert_eq!(guard.admit("a", &ids(&["p3"])).await, Admission::Within);
-        assert_eq!(guard.admit("a", &ids(&["p4"])).await, Admission::Refused);
-        // Refused: not counted, so a patient already reached still is.
-        assert_eq!(guard.admit("a", &ids(&["p1"])).await, Admission::Within);
-        // A search reaching several at once is judged whole.
         assert_eq!(
-            guard.admit("b", &ids(&["p1", "p2", "p3", "p4"])).await,
+            guard.admit("a", &ids(&["p3"]), true).await,
+            Admission::Within
+        );
+        assert_eq!(
+            guard.admit("a", &ids(&["p4"]), true).await,
             Admission::Refused
         );
-        assert_eq!(guard.admit("b", &ids(&["p1"])).await, Admission::Within);
+        // Refused: not counted, so a patient already reached still is.
+        assert_eq!(
+            guard.admit("a", &ids(&["p1"]), true).await,
+            Admission::Within
+        );
+        // A search reaching several at once is judged whole.
+        assert_eq!(
+            guard
+                .admit("b", &ids(&["p1", "p2", "p3", "p4"]), true)
+                .await,
+            Admission::Refused
+        );
+        assert_eq!(
+            guard.admit("b", &ids(&["p1"]), true).await,
+            Admission::Within
+        );
+    }
+
+    #[tokio::test]
+    async fn the_answer_to_a_write_is_counted_never_refused() {
+        let guard = guard(1, MassLookupAction::Refuse);
+        assert_eq!(
+            guard.admit("a", &ids(&["p1"]), true).await,
+            Admission::Within
+        );
+        assert_eq!(
+            guard.admit("a", &ids(&["p2"]), false).await,
+            Admission::Flagged
+        );
+        // Counted: a look-up of a third patient is past the threshold, and refused.
+        assert_eq!(
+            guard.admit("a", &ids(&["p3"]), true).await,
+            Admission::Refused
+        );
     }
 
     #[tokio::test]
     async fn flagging_lets_it_through_and_counts() {
         let guard = guard(1, MassLookupAction::Flag);
-        assert_eq!(guard.admit("a", &ids(&["p1"])).await, Admission::Within);
-        assert_eq!(guard.admit("a", &ids(&["p2"])).await, Admission::Flagged);
-        assert_eq!(guard.admit("a", &ids(&["p3"])).await, Admission::Flagged);
+        assert_eq!(
+            guard.admit("a", &ids(&["p1"]), true).await,
+            Admission::Within
+        );
+        assert_eq!(
+            guard.admit("a", &ids(&["p2"]), true).await,
+            Admission::Flagged
+        );
+        assert_eq!(
+            guard.admit("a", &ids(&["p3"]), true).await,
+            Admission::Flagged
+        );
         let flagged = guard
             .metrics
             .mass_lookups

@@ -186,8 +186,11 @@ impl Relationships {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() + loaded.len() > self.capacity {
             cache.retain(|_, (until, _)| *until > now);
-            if cache.len() + loaded.len() > self.capacity {
-                cache.clear();
+            // Still full: room is made for these, not by forgetting everyone's.
+            let over = (cache.len() + loaded.len()).saturating_sub(self.capacity);
+            let evicted: Vec<_> = cache.keys().take(over).cloned().collect();
+            for key in evicted {
+                cache.remove(&key);
             }
         }
         for (patient, evidence) in loaded {
@@ -365,7 +368,11 @@ impl Relationships {
             };
             let query = format!(
                 "identifier={}&_count=50",
-                crate::encoding::form_encode(&format!("{system}|{value}"))
+                crate::encoding::form_encode(&format!(
+                    "{}|{}",
+                    escape_search(system),
+                    escape_search(value)
+                ))
             );
             for found in self.search(backend, resource_type, &query).await? {
                 if let Some(id) = found.get("id").and_then(Value::as_str) {
@@ -416,6 +423,11 @@ impl Relationships {
                         known.references.push(linked.to_owned());
                     }
                 }
+            } else {
+                // A role she no longer holds is not who she is now, `fhirUser` or not.
+                known
+                    .references
+                    .retain(|r| portvagt_policy::consent::relative(r) != relative);
             }
         }
         known.references.sort();
@@ -459,6 +471,9 @@ fn role_in_force(role: &Value, now: i64) -> bool {
     let Some(period) = role.get("period") else {
         return true;
     };
+    if !period.is_object() {
+        return false;
+    }
     let instant = |key: &str| {
         period
             .get(key)
@@ -474,6 +489,19 @@ fn role_in_force(role: &Value, now: i64) -> bool {
     let started = period.get("start").is_none() || instant("start").is_some_and(|s| s <= now);
     let open = period.get("end").is_none() || instant("end").is_some_and(|e| e > now);
     started && open
+}
+
+/// A value in a FHIR token search, escaped (`\`, `,`, `$`, `|`): an identifier from a token
+/// is one value, never a list or another system.
+fn escape_search(value: &str) -> String {
+    let mut escaped = String::with_capacity(value.len());
+    for c in value.chars() {
+        if matches!(c, '\\' | ',' | '$' | '|') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
 }
 
 /// The professional as the relationship check sees her: her authorisation id and CPR, the

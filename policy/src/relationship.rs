@@ -88,7 +88,12 @@ pub fn shows_relationship(
         // stays open; over without any time, when it was cannot be told.
         When::Read(None, None) if !ongoing => false,
         When::Read(start, end) => {
-            let end = if ongoing { end } else { end.or(start) };
+            // An appointment is at its time, whatever its status says.
+            let end = if ongoing && resource_type != "Appointment" {
+                end
+            } else {
+                end.or(start)
+            };
             start.is_none_or(|start| start <= now + window.ahead)
                 && end.is_none_or(|end| end >= now - window.past)
         }

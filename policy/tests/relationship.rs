@@ -51,6 +51,7 @@ ServiceRequest draft      | subject=Patient/pat-anne | performer=Practitioner/pr
 ServiceRequest revoked    | subject=Patient/pat-anne | performer=Practitioner/prac-ns363              | at=2026-11-30        | -                | refused
 Appointment booked        | participant.actor=Patient/pat-anne | participant.actor=Practitioner/prac-ns363 | appointment=2026-12-20T10:00:00Z..2026-12-20T10:20:00Z | - | related
 Appointment booked        | participant.actor=Patient/pat-anne | participant.actor=Practitioner/prac-ns363 | appointment=2027-03-01T10:00:00Z..2027-03-01T10:20:00Z | - | refused
+Appointment booked        | participant.actor=Patient/pat-anne | participant.actor=Practitioner/prac-ns363 | appointment=2019-05-01T10:00:00Z.. | - | refused
 Appointment cancelled     | participant.actor=Patient/pat-anne | participant.actor=Practitioner/prac-ns363 | - | - | refused
 Appointment noshow        | participant.actor=Patient/pat-anne | participant.actor=Practitioner/prac-ns363 | - | - | refused
 # --- spellings of the same references --------------------------------------------------------------

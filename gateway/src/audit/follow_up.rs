@@ -35,9 +35,20 @@ pub struct FollowUp {
     pub request_id: Option<String>,
 }
 
-/// The værdispring accesses in the spool at `dir` recorded at or after `since` (an RFC 3339
-/// prefix compared as text, e.g. `2026-12-01`), oldest first.
+/// The værdispring accesses in the spool at `dir` recorded at or after `since` (RFC 3339, or a
+/// date: its midnight UTC), oldest first. The spool holds what this replica recorded and has
+/// not deleted after shipping (`keep_shipped`); the audit repository holds the rest.
 pub fn follow_ups(dir: &Path, since: Option<&str>) -> std::io::Result<Vec<FollowUp>> {
+    let since = since
+        .map(|text| {
+            instant(text).ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("--since {text:?} is neither an RFC 3339 time nor a date (2026-12-01)"),
+                )
+            })
+        })
+        .transpose()?;
     let mut found = Vec::new();
     let mut line = Vec::new();
     for (_, path) in segments(dir)? {
@@ -55,13 +66,23 @@ pub fn follow_ups(dir: &Path, since: Option<&str>) -> std::io::Result<Vec<Follow
                 continue;
             };
             if let Some(follow_up) = follow_up(&event)
-                && since.is_none_or(|since| follow_up.recorded.as_str() >= since)
+                && since.is_none_or(|since| {
+                    instant(&follow_up.recorded).is_none_or(|recorded| recorded >= since)
+                })
             {
                 found.push(follow_up);
             }
         }
     }
     Ok(found)
+}
+
+/// A time as RFC 3339, or a date as its midnight UTC.
+fn instant(text: &str) -> Option<time::OffsetDateTime> {
+    let rfc3339 = &time::format_description::well_known::Rfc3339;
+    time::OffsetDateTime::parse(text, rfc3339)
+        .ok()
+        .or_else(|| time::OffsetDateTime::parse(&format!("{text}T00:00:00Z"), rfc3339).ok())
 }
 
 /// The event as an access to follow up, if its patient's basis is værdispring.
@@ -179,6 +200,10 @@ mod tests {
                     { "what": { "identifier": { "value": "req-1" } }, "type": { "code": "XrequestId" } }] })
         };
         assert_eq!(follow_up(&event("relationship EpisodeOfCare/e1")), None);
+        // Times compare as times, whatever their offset.
+        assert!(instant("2026-12-04T10:00:00Z") > instant("2026-12-04T10:30:00+01:00"));
+        assert_eq!(instant("2026-12-04"), instant("2026-12-04T00:00:00Z"));
+        assert_eq!(instant("26-12-04"), None);
         assert_eq!(
             follow_up(&event("vaerdispring")),
             Some(FollowUp {

@@ -71,6 +71,10 @@ pub(super) struct Touched {
     pub(super) owner_version: Option<String>,
 }
 
+/// How many patients one access by a professional the relationship check binds may reach (each
+/// may cost the backend evidence searches).
+const MAX_RELATIONSHIP_PATIENTS: usize = 200;
+
 /// How many patients one request may name by identifier (each is looked up at the backend).
 const MAX_IDENTIFIER_LOOKUPS: usize = 20;
 
@@ -439,6 +443,11 @@ impl Proxy {
         record_handle: Option<&RequestRecord>,
     ) -> Result<Vec<String>, BoxError> {
         let checks = &self.metrics.relationship_checks;
+        // Each patient may cost the backend (or the relation service) a search: one access
+        // reaches at most this many.
+        if patients.len() > MAX_RELATIONSHIP_PATIENTS {
+            return Err(self.deny(DenyReason::TooManyPatients, record_handle, None));
+        }
         let found = match relationships
             .evidence(&consent.backend, &consent.professional, patients)
             .await

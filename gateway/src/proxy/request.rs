@@ -208,13 +208,21 @@ impl Proxy {
                 })
             });
         parts.headers.remove(BREAK_GLASS_HEADER);
+        // The professional the mass-lookup guard counts for: whose data her requests reach must
+        // be known, as for the audit trail.
+        let professional = self
+            .mass_lookup
+            .as_ref()
+            .zip(principal.as_ref())
+            .and_then(|(guard, principal)| guard.professional(principal));
+        let counted = self.audited || professional.is_some();
         let reach = Reach::of(&fhir);
         // Request shapes whose answer would count, hide or move what consent and the audit
         // trail must see (a count naming nobody, `_elements`, `_has` on reference data, a
         // patch that moves values): refused whatever the scopes.
         let duties = Duties {
             consent: consent.is_some(),
-            audit: self.audited,
+            audit: counted,
         };
         if let Some(reason) = shape_refusal(&fhir, &reach, duties) {
             return Err(self.deny(reason, record_handle.as_ref(), None));
@@ -222,7 +230,7 @@ impl Proxy {
         // Whose data the request touches (the backend asked, where it must be) and whether their
         // blocks let it through: one phase.
         let phase = Phase::start(parts.extensions.get::<Traced>(), "portvagt.consent");
-        let touched = if consent.is_some() || self.audited {
+        let touched = if consent.is_some() || counted {
             let touched = self
                 .touched(
                     &upstream,
@@ -254,15 +262,10 @@ impl Proxy {
         phase.end(false);
         // The patients the request names or changes count against the mass-lookup threshold
         // before anything is sent (those its answer holds, after).
-        let professional = self
-            .mass_lookup
-            .as_ref()
-            .zip(principal.as_ref())
-            .and_then(|(guard, principal)| guard.professional(principal));
         if let (Some(guard), Some(professional)) = (&self.mass_lookup, &professional) {
             let mut reached = touched.patients.clone();
             reached.extend(touched.named.iter().cloned());
-            if guard.admit(professional, &reached).await == Admission::Refused {
+            if guard.admit(professional, &reached, true).await == Admission::Refused {
                 return Err(self.deny(
                     DenyReason::TooManyPatients,
                     record_handle.as_ref(),
@@ -359,8 +362,7 @@ impl Proxy {
             parts.extensions.insert(actor);
         }
         let is_head = parts.method == Method::HEAD;
-        if is_head && (response_check(&obligations).is_some() || consent.is_some() || self.audited)
-        {
+        if is_head && (response_check(&obligations).is_some() || consent.is_some() || counted) {
             // A HEAD answer has no body to check: fetch it with GET, check it (compartment,
             // consent), and let the HTTP layer leave the body out. Otherwise HEAD would tell
             // whose resource exists and when it changed.

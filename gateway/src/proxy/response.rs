@@ -188,11 +188,15 @@ impl Proxy {
             bytes
         };
         // Whose data leaves counts against the mass-lookup threshold: past it, nothing leaves.
+        // What a write changed has happened: its answer is counted, never refused.
+        let writes = fhir.interaction().is_write()
+            || matches!(fhir.body(), Some(RequestBody::Bundle { entries, .. })
+                if entries.iter().any(|entry| entry.interaction().is_write()));
         if let (Some(guard), Some(professional), Some(patients)) = (
             &self.mass_lookup,
             &exchange.professional,
             audited_patients.as_ref(),
-        ) && guard.admit(professional, patients).await == Admission::Refused
+        ) && guard.admit(professional, patients, !writes).await == Admission::Refused
         {
             return Err(self.deny(
                 DenyReason::TooManyPatients,

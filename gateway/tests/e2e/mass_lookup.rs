@@ -133,6 +133,39 @@ async fn replicas_sharing_redis_count_one_professional_s_patients_together() {
     );
 }
 
+/// Without an audit trail the guard still knows whose data a request reaches: a HEAD (sent as
+/// a GET and read) counts like a read.
+#[tokio::test]
+async fn without_an_audit_trail_heads_and_reads_count_alike() {
+    let gateway = Gateway::start_with(Options {
+        extra_config: "[mass_lookup]\nmax_patients = 1\n".into(),
+        no_audit: true,
+        ..Options::default()
+    });
+    let token = physician(&gateway, "IJ345");
+    let head = |path: &str| crate::support::request(http::Method::HEAD, path, Some(&token), None);
+    let answer = gateway
+        .client()
+        .send(head("/fhir/Patient/pat-anne"))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200);
+    let answer = gateway
+        .client()
+        .send(head("/fhir/Patient/pat-bo"))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 403);
+    assert_eq!(
+        status(&gateway, "/fhir/Observation?patient=pat-carla", &token).await,
+        (403, Some("too-many-patients".to_owned()))
+    );
+    assert_eq!(
+        status(&gateway, "/fhir/Patient/pat-anne", &token).await,
+        (200, None)
+    );
+}
+
 #[tokio::test]
 async fn flagging_lets_the_access_through_and_counts_it() {
     let gateway = guarded(1, "flag", None);

@@ -116,6 +116,17 @@ async fn without_a_relationship_every_spelling_of_the_patient_is_refused() {
         );
     }
 
+    // One request may not make the gateway look up evidence for hundreds of patients.
+    let many: Vec<String> = (0..201).map(|n| format!("pat-{n}")).collect();
+    let answer = client
+        .get(
+            &format!("/fhir/Observation?patient={}", many.join(",")),
+            Some(&token),
+        )
+        .await
+        .unwrap();
+    assert_eq!(denial(&answer), (403, "too-many-patients".into()));
+
     // A resource of Bo's asked for by its own id: as if it did not exist.
     let answer = client
         .get("/fhir/Observation/obs-bo-bp", Some(&token))

@@ -259,33 +259,43 @@ fn drop_entries(bundle: &mut Value, withheld: &dyn Fn(&Value) -> bool) -> usize 
         return 0;
     };
     let before = entries.len();
-    entries.retain(|entry| !entry.get("resource").is_some_and(withheld));
+    let mut withheld_ids = std::collections::HashSet::new();
+    entries.retain(|entry| {
+        let resource = entry.get("resource");
+        let drop = resource.is_some_and(withheld);
+        if drop {
+            withheld_ids.extend(resource.and_then(own_reference));
+        }
+        !drop
+    });
     let dropped = before - entries.len();
     if dropped > 0 {
-        drop_orphaned_includes(entries);
+        drop_orphaned_includes(entries, &withheld_ids);
     }
     dropped
 }
 
+/// `Type/id` of a resource.
+fn own_reference(resource: &Value) -> Option<String> {
+    Some(format!(
+        "{}/{}",
+        resource.get("resourceType")?.as_str()?,
+        resource.get("id")?.as_str()?
+    ))
+}
+
 /// After matches were withheld: the `_include`d and `_revinclude`d entries that no match left
-/// in the answer references or is referenced by. They were there for a withheld match (its
-/// performer, its organisation, what points at it), and would tell that it exists and who
-/// treated whom.
-fn drop_orphaned_includes(entries: &mut Vec<Value>) {
+/// in the answer references or is referenced by, and those that reference a withheld one.
+/// They were there for a withheld match (its performer, its organisation, what points at it),
+/// and would tell that it exists and who treated whom.
+fn drop_orphaned_includes(entries: &mut Vec<Value>, withheld: &std::collections::HashSet<String>) {
     let is_include =
         |entry: &Value| entry.pointer("/search/mode").and_then(Value::as_str) == Some("include");
-    let own = |resource: &Value| -> Option<String> {
-        Some(format!(
-            "{}/{}",
-            resource.get("resourceType")?.as_str()?,
-            resource.get("id")?.as_str()?
-        ))
-    };
     let mut kept_ids = std::collections::HashSet::new();
     let mut kept_references = std::collections::HashSet::new();
     for entry in entries.iter().filter(|entry| !is_include(entry)) {
         if let Some(resource) = entry.get("resource") {
-            kept_ids.extend(own(resource));
+            kept_ids.extend(own_reference(resource));
             references_in(resource, &mut kept_references);
         }
     }
@@ -296,12 +306,13 @@ fn drop_orphaned_includes(entries: &mut Vec<Value>) {
         let Some(resource) = entry.get("resource") else {
             return false;
         };
-        if own(resource).is_some_and(|id| kept_references.contains(&id)) {
-            return true;
-        }
         let mut its = std::collections::HashSet::new();
         references_in(resource, &mut its);
-        its.iter().any(|reference| kept_ids.contains(reference))
+        if its.iter().any(|reference| withheld.contains(reference)) {
+            return false;
+        }
+        own_reference(resource).is_some_and(|id| kept_references.contains(&id))
+            || its.iter().any(|reference| kept_ids.contains(reference))
     });
 }
 

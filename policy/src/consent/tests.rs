@@ -402,6 +402,9 @@ fn includes_of_withheld_matches_go_with_them() {
         // A _revinclude: points at a match; kept with Anne's, gone with Bo's.
         entry(json!({ "resourceType": "Provenance", "id": "prov-anne", "target": [{ "reference": "Encounter/e-anne" }] }), "include"),
         entry(json!({ "resourceType": "Provenance", "id": "prov-bo", "target": [{ "reference": "Encounter/e-bo" }] }), "include"),
+        // One pointing at both: it would name Bo's encounter.
+        entry(json!({ "resourceType": "Provenance", "id": "prov-both", "target": [
+            { "reference": "Encounter/e-anne" }, { "reference": "Encounter/e-bo" }] }), "include"),
     ]});
     let withheld = |resource: &Value| {
         resource

@@ -128,6 +128,8 @@ pub struct Options {
     pub shell_prefix: Option<String>,
     /// Lines added to the `[backend]` table.
     pub backend_extra: String,
+    /// No `[audit]` table: the gateway keeps no audit trail.
+    pub no_audit: bool,
 }
 
 impl Gateway {
@@ -176,11 +178,7 @@ jwks_file = "issuer/jwks.json"
 url = "{backend}"
 {backend_extra}
 
-[audit]
-spool_dir = "audit"
-seal_key = "seal/seal.key"
-seal_key_id = "seal-test-1"
-{audit_extra}
+{audit}
 
 [log]
 format = "json"
@@ -189,7 +187,15 @@ level = "info"
 {extra}
 "#,
             issuer_extra = options.issuer_extra,
-            audit_extra = options.audit_extra,
+            audit = if options.no_audit {
+                String::new()
+            } else {
+                format!(
+                    "[audit]\nspool_dir = \"audit\"\nseal_key = \"seal/seal.key\"\n\
+                     seal_key_id = \"seal-test-1\"\n{}",
+                    options.audit_extra
+                )
+            },
             backend_extra = options.backend_extra,
             server_extra = options.server_extra,
             extra = options.extra_config,
