@@ -362,9 +362,19 @@ fn add_resource(known: &mut CallerIds, resource: &Value) {
     }
 }
 
-/// The caller as consent actors see them: authorisation id, CPR, organisation (SOR/CVR, from
-/// the token or the client certificate) and `fhirUser`.
+/// The caller as consent actors see them: [`person_ids`] and the client certificate's
+/// organisation (CVR): a block of the organisation holds however its people arrive.
 pub fn caller_ids(principal: &Principal) -> CallerIds {
+    let mut ids = person_ids(principal);
+    if let Some(cvr) = principal.peer().cvr() {
+        ids.identifiers.push((CVR_SYSTEM.into(), cvr.to_owned()));
+    }
+    ids
+}
+
+/// The person the token names: authorisation id, CPR, the organisation the token says she acts
+/// for (SOR/CVR) and `fhirUser`.
+pub fn person_ids(principal: &Principal) -> CallerIds {
     let identity = principal.identity();
     let mut ids = CallerIds::default();
     if let Some(authorization) = &identity.authorization_id {
@@ -377,9 +387,6 @@ pub fn caller_ids(principal: &Principal) -> CallerIds {
     if let Some(organisation) = &identity.organisation {
         ids.identifiers
             .push((organisation.system(), organisation.id.clone()));
-    }
-    if let Some(cvr) = principal.peer().cvr() {
-        ids.identifiers.push((CVR_SYSTEM.into(), cvr.to_owned()));
     }
     if let Some(fhir_user) = principal.fhir_user() {
         ids.references.push(fhir_user.to_owned());

@@ -504,29 +504,6 @@ fn escape_search(value: &str) -> String {
     escaped
 }
 
-/// The professional as the relationship check sees her: her authorisation id and CPR, the
-/// organisation the token says she acts for (SOR or CVR), and her `fhirUser`; never the client
-/// certificate's CVR (the system's owner, not necessarily hers).
-pub fn professional_ids(principal: &Principal) -> CallerIds {
-    let identity = principal.identity();
-    let mut ids = CallerIds::default();
-    if let Some(authorization) = &identity.authorization_id {
-        ids.identifiers
-            .push((AUTHORIZATION_SYSTEM.into(), authorization.clone()));
-    }
-    if let Some(cpr) = &identity.cpr {
-        ids.identifiers.push((CPR_SYSTEM.into(), cpr.clone()));
-    }
-    if let Some(organisation) = &identity.organisation {
-        ids.identifiers
-            .push((organisation.system(), organisation.id.clone()));
-    }
-    if let Some(fhir_user) = principal.fhir_user() {
-        ids.references.push(fhir_user.to_owned());
-    }
-    ids
-}
-
 fn is_organisation(system: &str) -> bool {
     [
         portvagt_policy::consent::SOR_SYSTEM,

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::{case, check, entry_patients, expect_status};
+use super::{all_refused, case, check, entry_patients, expect_status};
 use crate::{Case, Ctx, Verdict};
 
 /// The header that carries a break-the-glass reason.
@@ -133,24 +133,14 @@ async fn blocked_search(ctx: &Ctx) -> Verdict {
 async fn blocked_in_every_spelling(ctx: &Ctx) -> Verdict {
     let id = patient(ctx);
     let token = ctx.settings.tokens.blocked.as_deref();
-    for query in [
+    let queries = [
         format!("Observation?subject={id}&_summary=count"),
         format!("Observation?subject:Patient={id}&_count=0"),
         format!("Observation?patient={id}"),
         format!("Observation?subject=https%3A%2F%2Felsewhere.example%2Ffhir%2FPatient%2F{id}"),
         format!("Observation?subject=Patient%2F{id}%2F_history%2F1"),
-    ] {
-        match ctx.get(&query, token).await {
-            Ok(answer) if answer.status == 403 => {}
-            other => {
-                return match expect_status(&other, 403) {
-                    Verdict::Fail(why) => Verdict::Fail(format!("{query}: {why}")),
-                    verdict => verdict,
-                };
-            }
-        }
-    }
-    Verdict::Pass
+    ];
+    all_refused(ctx, token, &queries).await
 }
 
 async fn unpinned_count_refused(ctx: &Ctx) -> Verdict {

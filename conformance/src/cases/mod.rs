@@ -4,7 +4,7 @@
 use base64::Engine as _;
 
 use crate::client::Answer;
-use crate::{Case, Verdict};
+use crate::{Case, Ctx, Verdict};
 
 mod audit;
 mod authentication;
@@ -45,6 +45,22 @@ pub fn all() -> Vec<Case> {
     cases.extend(audit::cases());
     cases.extend(citizen::cases());
     cases
+}
+
+/// Pass when every one of `queries` is refused (403) with `token`; else the first that is not.
+pub(crate) async fn all_refused(ctx: &Ctx, token: Option<&str>, queries: &[String]) -> Verdict {
+    for query in queries {
+        match ctx.get(query, token).await {
+            Ok(answer) if answer.status == 403 => {}
+            other => {
+                return match expect_status(&other, 403) {
+                    Verdict::Fail(why) => Verdict::Fail(format!("{query}: {why}")),
+                    verdict => verdict,
+                };
+            }
+        }
+    }
+    Verdict::Pass
 }
 
 /// Pass when the answer has status `expected`.

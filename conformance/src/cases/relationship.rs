@@ -3,7 +3,7 @@
 //! of the patient, finds nothing of that patient in searches (no total, no count), and gets
 //! through only by værdispring: purpose EMERGENCY with a reason, for look-ups, never writes.
 
-use super::{case, check, entry_patients, expect_status};
+use super::{all_refused, case, check, entry_patients, expect_status};
 use crate::{Case, Ctx, Verdict};
 
 /// The header that carries a break-the-glass (værdispring) reason.
@@ -137,7 +137,7 @@ async fn unrelated_read(ctx: &Ctx) -> Verdict {
 
 async fn unrelated_in_every_spelling(ctx: &Ctx) -> Verdict {
     let id = unrelated(ctx);
-    for query in [
+    let queries = [
         format!("Observation?patient={id}"),
         format!("Observation?subject:Patient={id}"),
         format!("Observation?subject=Patient%2F{id}"),
@@ -146,18 +146,8 @@ async fn unrelated_in_every_spelling(ctx: &Ctx) -> Verdict {
         format!("Patient?_id={id}"),
         format!("Patient/{id}/Observation"),
         format!("Patient/{id}/$everything"),
-    ] {
-        match ctx.get(&query, bound(ctx)).await {
-            Ok(answer) if answer.status == 403 => {}
-            other => {
-                return match expect_status(&other, 403) {
-                    Verdict::Fail(why) => Verdict::Fail(format!("{query}: {why}")),
-                    verdict => verdict,
-                };
-            }
-        }
-    }
-    Verdict::Pass
+    ];
+    all_refused(ctx, bound(ctx), &queries).await
 }
 
 async fn unrelated_left_out(ctx: &Ctx) -> Verdict {

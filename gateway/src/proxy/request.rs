@@ -200,7 +200,8 @@ impl Proxy {
                 Some(ConsentContext {
                     store: self.consent.clone(),
                     relationships: bound.cloned(),
-                    professional: crate::relationship::professional_ids(principal),
+                    // Who she is, not whose system she uses: a relationship grants access.
+                    professional: crate::consent::person_ids(principal),
                     backend,
                     caller: caller_ids(principal),
                     purpose: principal.purpose_of_use().map(str::to_owned),

@@ -65,6 +65,20 @@ fn bases(gateway: &Gateway, answer: &Answer) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Reads `patient` with `token`: answered, and her AuditEvent gives `basis`.
+async fn read_on_basis(gateway: &Gateway, token: &str, patient: &str, basis: &str) {
+    let answer = gateway
+        .client()
+        .get(&format!("/fhir/Patient/{patient}"), Some(token))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(
+        bases(gateway, &answer),
+        vec![(format!("Patient/{patient}"), basis.to_owned())]
+    );
+}
+
 async fn metrics(gateway: &Gateway) -> String {
     gateway.client().get("/metrics", None).await.unwrap().text()
 }
@@ -76,18 +90,13 @@ async fn without_a_relationship_every_spelling_of_the_patient_is_refused() {
     let token = kjaer(&gateway, "TREATMENT");
 
     // Anne: an ongoing EpisodeOfCare at Dr. Kjær's practice, recorded as the basis.
-    let anne = client
-        .get("/fhir/Patient/pat-anne", Some(&token))
-        .await
-        .unwrap();
-    assert_eq!(anne.status, 200, "{}", anne.text());
-    assert_eq!(
-        bases(&gateway, &anne),
-        vec![(
-            "Patient/pat-anne".to_owned(),
-            "relationship EpisodeOfCare/eoc-anne-laegehuset".to_owned()
-        )]
-    );
+    read_on_basis(
+        &gateway,
+        &token,
+        "pat-anne",
+        "relationship EpisodeOfCare/eoc-anne-laegehuset",
+    )
+    .await;
 
     // Bo, named in every spelling a FHIR server resolves.
     let identifier = format!("{CPR}|{BO_CPR}");
@@ -488,18 +497,13 @@ async fn a_relationship_begun_in_the_backend_counts_within_the_negative_cache_ti
         .await
         .unwrap();
     assert_eq!(denial(&answer), (403, "relationship-required".into()));
-    let answer = client
-        .get("/fhir/Patient/pat-bo", Some(&token))
-        .await
-        .unwrap();
-    assert_eq!(answer.status, 200, "{}", answer.text());
-    assert_eq!(
-        bases(&gateway, &answer),
-        vec![(
-            "Patient/pat-bo".to_owned(),
-            format!("relationship Encounter/{id}")
-        )]
-    );
+    read_on_basis(
+        &gateway,
+        &token,
+        "pat-bo",
+        &format!("relationship Encounter/{id}"),
+    )
+    .await;
 }
 
 /// A gateway asking the relation service beside `backend` (or at `url`).
@@ -561,18 +565,7 @@ async fn the_relation_service_is_asked_cached_and_refused_when_down_slow_or_wron
     let client = gateway.client();
     let token = kjaer(&gateway, "TREATMENT");
 
-    let anne = client
-        .get("/fhir/Patient/pat-anne", Some(&token))
-        .await
-        .unwrap();
-    assert_eq!(anne.status, 200, "{}", anne.text());
-    assert_eq!(
-        bases(&gateway, &anne),
-        vec![(
-            "Patient/pat-anne".to_owned(),
-            "relationship GP list".to_owned()
-        )]
-    );
+    read_on_basis(&gateway, &token, "pat-anne", "relationship GP list").await;
     let bo = client
         .get("/fhir/Patient/pat-bo", Some(&token))
         .await
