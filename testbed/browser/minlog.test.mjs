@@ -152,6 +152,11 @@ async function main() {
       'it says who (name and profession), what kind of access and for what purpose', read[0]);
     check(/Organisation\s*Region Demo Sundhed/.test(read[0]), 'and the organisation, by name', read[0]);
     check(!read[0].includes('Afvist') && !read[0].includes('Værdispring'), 'an ordinary read carries no mark', read[0]);
+    check(/Grundlag\s*Behandlingsrelation/.test(read[0]),
+      "the physician's read rests on her treatment relationship, and says so", read[0]);
+    check(glass.length === 1 && /Grundlag\s*Værdispring: ingen behandlingsrelation/.test(glass[0])
+      && glass[0].includes('uden behandlingsrelation'),
+      "the nurse's emergency read had no treatment relationship: værdispring, followed up", glass.join('\n'));
     check(refused.length === 1 && refused[0].includes('Sygeplejerske'),
       'the read her block refused is shown as refused', refused.join('\n'));
     check(glass.length === 1 && glass[0].includes('Bevidstløs ved indlæggelse, ingen pårørende at spørge'),
