@@ -176,32 +176,22 @@ async fn unpinned_count_refused(ctx: &Ctx) -> Verdict {
     )
 }
 
-async fn emergency_without_reason(ctx: &Ctx) -> Verdict {
+/// The bound professional's EMERGENCY read of the unrelated patient, with `reason`: answered
+/// `expected`.
+async fn emergency_read(ctx: &Ctx, reason: Option<&str>, expected: u16) -> Verdict {
+    let path = format!("Patient/{}", unrelated(ctx));
     expect_status(
-        &emergency(
-            ctx,
-            http::Method::GET,
-            &format!("Patient/{}", unrelated(ctx)),
-            None,
-            None,
-        )
-        .await,
-        403,
+        &emergency(ctx, http::Method::GET, &path, reason, None).await,
+        expected,
     )
 }
 
+async fn emergency_without_reason(ctx: &Ctx) -> Verdict {
+    emergency_read(ctx, None, 403).await
+}
+
 async fn vaerdispring_read(ctx: &Ctx) -> Verdict {
-    expect_status(
-        &emergency(
-            ctx,
-            http::Method::GET,
-            &format!("Patient/{}", unrelated(ctx)),
-            Some("conformance: indlagt akut, kan ikke svare"),
-            None,
-        )
-        .await,
-        200,
-    )
+    emergency_read(ctx, Some("conformance: indlagt akut, kan ikke svare"), 200).await
 }
 
 async fn vaerdispring_write_refused(ctx: &Ctx) -> Verdict {
