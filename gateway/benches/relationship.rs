@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use portvagt::config::{RelationshipConfig, RelationshipSource};
-use portvagt::relationship::Relationships;
+use portvagt::relationship::{Professional, Relationships};
 use portvagt_policy::consent::{AUTHORIZATION_SYSTEM, CallerIds, Emergency};
 use portvagt_policy::relationship::{Window, decide, evidence};
 use serde_json::{Value, json};
@@ -47,9 +47,9 @@ fn cached_decision(c: &mut Criterion) {
                 (format!("pat-{patient}"), evidence)
             })
             .collect();
-        relationships.remember("default", &caller(professional), &loaded);
+        relationships.remember("default", &Professional::new(caller(professional)), &loaded);
     }
-    let kjaer = caller(42);
+    let kjaer = Professional::new(caller(42));
     let patient = vec!["pat-42".to_owned()];
     c.bench_function(
         "relationship/cached decision, 1 patient of 10,000 cached",

@@ -40,6 +40,58 @@ enum Source {
 /// A professional's identities, resolved, and until when they are used.
 type Known = (Instant, Arc<CallerIds>);
 
+/// The answers cached, by backend, professional (her [`Professional::key`]) and patient, and
+/// how many there are.
+#[derive(Debug, Default)]
+struct Cache {
+    entries: usize,
+    by: HashMap<String, HashMap<String, HashMap<String, Cached>>>,
+}
+
+impl Cache {
+    fn forget_expired(&mut self, now: Instant) {
+        let mut entries = 0;
+        for professionals in self.by.values_mut() {
+            for known in professionals.values_mut() {
+                known.retain(|_, (until, _)| *until > now);
+                entries += known.len();
+            }
+            professionals.retain(|_, known| !known.is_empty());
+        }
+        self.entries = entries;
+    }
+
+    /// Forgets at least `over` answers, a professional's at a time.
+    fn forget_some(&mut self, mut over: usize) {
+        for professionals in self.by.values_mut() {
+            while over > 0 {
+                let Some(key) = professionals.keys().next().cloned() else {
+                    break;
+                };
+                let forgotten = professionals.remove(&key).map_or(0, |known| known.len());
+                over = over.saturating_sub(forgotten);
+                self.entries = self.entries.saturating_sub(forgotten);
+            }
+        }
+    }
+}
+
+/// A professional as the relationship check knows her: her identities, and the cache key made
+/// of them once per request.
+#[derive(Debug, Clone)]
+pub struct Professional {
+    ids: CallerIds,
+    key: String,
+}
+
+impl Professional {
+    /// The professional with these identities.
+    pub fn new(ids: CallerIds) -> Professional {
+        let key = caller_key(&ids);
+        Professional { ids, key }
+    }
+}
+
 /// One cached answer: until when, and the evidence (`None`: no relationship).
 type Cached = (Instant, Option<Arc<str>>);
 
@@ -51,8 +103,8 @@ pub struct Relationships {
     ttl: Duration,
     negative_ttl: Duration,
     capacity: usize,
-    /// By (backend, professional, patient).
-    cache: Mutex<HashMap<(String, String, String), Cached>>,
+    /// By backend, professional, patient.
+    cache: Mutex<Cache>,
     /// The professional as the backend knows her, by (backend, professional).
     professionals: Mutex<HashMap<(String, String), Known>>,
     metrics: Arc<Metrics>,
@@ -102,7 +154,7 @@ impl Relationships {
             ttl: config.cache_ttl,
             negative_ttl: config.negative_cache_ttl,
             capacity: config.cache_entries.max(1),
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(Cache::default()),
             professionals: Mutex::new(HashMap::new()),
             metrics,
         })
@@ -120,48 +172,52 @@ impl Relationships {
         )
     }
 
-    /// The evidence of a relationship between `caller` and each of `patients` (ids, in
+    /// The evidence of a relationship between `professional` and each of `patients` (ids, in
     /// `backend`): `Type/id` of a resource, or the relation service's basis; `None` where
     /// there is none.
     pub async fn evidence(
         &self,
         backend: &Backend,
-        caller: &CallerIds,
+        professional: &Professional,
         patients: &[String],
     ) -> Result<HashMap<String, Option<Arc<str>>>, RelationshipUnavailableError> {
-        let (mut found, missing) = self.cached(backend.name(), caller, patients);
+        let (mut found, missing) = self.cached(backend.name(), professional, patients);
         if missing.is_empty() {
             return Ok(found);
         }
+        let caller = &professional.ids;
         let loaded = match &self.source {
             Source::Fhir { window } => {
-                let caller = self.resolve(backend, caller).await?;
+                let caller = self.resolve(backend, professional).await?;
                 self.search_backend(backend, &caller, &missing, *window)
                     .await?
             }
             Source::Http(service) => self.ask_service(service, backend, caller, &missing).await?,
         };
-        self.remember(backend.name(), caller, &loaded);
+        self.remember(backend.name(), professional, &loaded);
         found.extend(loaded);
         Ok(found)
     }
 
-    /// What the cache knows of `caller` and `patients` in the backend named `backend`: the
-    /// evidence per patient found there, and the patients it must ask about (sorted).
+    /// What the cache knows of `professional` and `patients` in the backend named `backend`:
+    /// the evidence per patient found there, and the patients it must ask about (sorted).
+    /// Looked up by reference: nothing is allocated for a patient found.
     pub fn cached(
         &self,
         backend: &str,
-        caller: &CallerIds,
+        professional: &Professional,
         patients: &[String],
     ) -> (HashMap<String, Option<Arc<str>>>, Vec<String>) {
-        let who = caller_key(caller);
         let now = Instant::now();
-        let mut found = HashMap::new();
+        let mut found = HashMap::with_capacity(patients.len());
         let mut missing = Vec::new();
         let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let known = cache
+            .by
+            .get(backend)
+            .and_then(|professionals| professionals.get(professional.key.as_str()));
         for patient in patients {
-            let key = (backend.to_owned(), who.clone(), patient.clone());
-            match cache.get(&key) {
+            match known.and_then(|known| known.get(patient.as_str())) {
                 Some((until, evidence)) if *until > now => {
                     found.insert(patient.clone(), evidence.clone());
                 }
@@ -173,36 +229,40 @@ impl Relationships {
         (found, missing)
     }
 
-    /// Caches what was found out about `caller` and each patient: a relationship for
+    /// Caches what was found out about `professional` and each patient: a relationship for
     /// `cache_ttl`, none for `negative_cache_ttl`.
     pub fn remember(
         &self,
         backend: &str,
-        caller: &CallerIds,
+        professional: &Professional,
         loaded: &[(String, Option<Arc<str>>)],
     ) {
-        let who = caller_key(caller);
         let now = Instant::now();
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() + loaded.len() > self.capacity {
-            cache.retain(|_, (until, _)| *until > now);
+        if cache.entries + loaded.len() > self.capacity {
+            cache.forget_expired(now);
             // Still full: room is made for these, not by forgetting everyone's.
-            let over = (cache.len() + loaded.len()).saturating_sub(self.capacity);
-            let evicted: Vec<_> = cache.keys().take(over).cloned().collect();
-            for key in evicted {
-                cache.remove(&key);
-            }
+            let over = (cache.entries + loaded.len()).saturating_sub(self.capacity);
+            cache.forget_some(over);
         }
+        let Cache { entries, by } = &mut *cache;
+        let known = by
+            .entry(backend.to_owned())
+            .or_default()
+            .entry(professional.key.clone())
+            .or_default();
         for (patient, evidence) in loaded {
             let ttl = if evidence.is_some() {
                 self.ttl
             } else {
                 self.negative_ttl
             };
-            cache.insert(
-                (backend.to_owned(), who.clone(), patient.clone()),
-                (now + ttl, evidence.clone()),
-            );
+            if known
+                .insert(patient.clone(), (now + ttl, evidence.clone()))
+                .is_none()
+            {
+                *entries += 1;
+            }
         }
     }
 
@@ -337,9 +397,10 @@ impl Relationships {
     async fn resolve(
         &self,
         backend: &Backend,
-        caller: &CallerIds,
+        professional: &Professional,
     ) -> Result<Arc<CallerIds>, RelationshipUnavailableError> {
-        let key = (backend.name().to_owned(), caller_key(caller));
+        let caller = &professional.ids;
+        let key = (backend.name().to_owned(), professional.key.clone());
         let now = Instant::now();
         if let Some((until, known)) = self
             .professionals

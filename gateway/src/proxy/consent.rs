@@ -21,7 +21,7 @@ use crate::consent::ConsentStore;
 use crate::context::RequestRecord;
 use crate::layers::authorize::{count_refusal, refuse};
 use crate::proxy::{Backend, Fetched};
-use crate::relationship::Relationships;
+use crate::relationship::{Professional, Relationships};
 
 /// The caller as consent and the treatment relationship see them, for one request: present
 /// when citizens' blocks are enforced, or the relationship check binds the caller (both
@@ -32,12 +32,13 @@ pub(super) struct ConsentContext {
     pub(super) store: Option<Arc<ConsentStore>>,
     /// The treatment relationship, when it binds this caller.
     pub(super) relationships: Option<Arc<Relationships>>,
-    /// The caller as the relationship check sees her (no certificate owner).
-    pub(super) professional: CallerIds,
+    /// The caller as the relationship check sees her (no certificate owner), with her cache
+    /// key.
+    pub(super) professional: Option<Professional>,
     /// Where the request's patients' Consents and the caller's identities are read: the
     /// backend the routes send `Consent` to under the request's FHIR base.
     pub(super) backend: Arc<Backend>,
-    pub(super) caller: CallerIds,
+    pub(super) caller: Arc<CallerIds>,
     pub(super) purpose: Option<String>,
     pub(super) reason: Option<String>,
 }
@@ -393,7 +394,7 @@ impl Proxy {
             Some(store) if names_actors(&blocks) => {
                 store.identify(&consent.backend, &consent.caller).await?
             }
-            _ => Arc::new(consent.caller.clone()),
+            _ => consent.caller.clone(),
         };
         let checked = check_patients(patients, &blocks, &caller, access, consent.emergency());
         if !checked.broken_glass.is_empty()
@@ -443,13 +444,33 @@ impl Proxy {
         record_handle: Option<&RequestRecord>,
     ) -> Result<Vec<String>, BoxError> {
         let checks = &self.metrics.relationship_checks;
+        let Some(professional) = &consent.professional else {
+            return Ok(Vec::new());
+        };
+        // A patient this request was already found to be related to (or reached by værdispring)
+        // is not asked again when its answer is checked.
+        let asked: Vec<String> = match record_handle {
+            Some(record) => {
+                let fields = record.fields();
+                patients
+                    .iter()
+                    .filter(|patient| !fields.bases.iter().any(|(p, _)| p == *patient))
+                    .cloned()
+                    .collect()
+            }
+            None => patients.to_vec(),
+        };
+        if asked.is_empty() {
+            return Ok(Vec::new());
+        }
+        let patients = asked.as_slice();
         // Each patient may cost the backend (or the relation service) a search: one access
         // reaches at most this many.
         if patients.len() > MAX_RELATIONSHIP_PATIENTS {
             return Err(self.deny(DenyReason::TooManyPatients, record_handle, None));
         }
         let found = match relationships
-            .evidence(&consent.backend, &consent.professional, patients)
+            .evidence(&consent.backend, professional, &asked)
             .await
         {
             Ok(found) => found,

@@ -27,6 +27,7 @@ use crate::context::{ClientAddr, RequestRecord};
 use crate::layers::request_id::RequestId;
 use crate::mass_lookup::Admission;
 use crate::paging::{LinkKind, PageFollow, PageOrigin};
+use crate::relationship::Professional;
 use crate::routing::FhirPath;
 use crate::trace::{Phase, Traced};
 
@@ -201,9 +202,11 @@ impl Proxy {
                     store: self.consent.clone(),
                     relationships: bound.cloned(),
                     // Who she is, not whose system she uses: a relationship grants access.
-                    professional: crate::consent::person_ids(principal),
+                    professional: bound
+                        .is_some()
+                        .then(|| Professional::new(crate::consent::person_ids(principal))),
                     backend,
-                    caller: caller_ids(principal),
+                    caller: Arc::new(caller_ids(principal)),
                     purpose: principal.purpose_of_use().map(str::to_owned),
                     reason,
                 })
