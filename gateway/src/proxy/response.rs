@@ -119,6 +119,18 @@ impl Proxy {
             file || is_json(&parts.headers),
             self.audited,
         );
+        // While data is withheld (citizens' blocks, the treatment relationship), an answer to a
+        // read that is not FHIR JSON (a document's raw bytes, say) cannot be shown to be
+        // nobody's the caller may not see: refused (503), never passed on unread.
+        if duties.consent
+            && status.is_success()
+            && !duties.is_json
+            && !export
+            && !exchange.fhir.interaction().is_write()
+            && parts.headers.contains_key(header::CONTENT_TYPE)
+        {
+            return Err(crate::consent::ConsentUnavailableError.into());
+        }
         // An export's manifest and files are always read: their URLs and resources must be seen.
         if duties.streams_through() && !export {
             return Ok(Response::from_parts(parts, boxed(body)));

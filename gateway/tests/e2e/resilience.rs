@@ -25,6 +25,8 @@ const HUGE: u8 = 5;
 const NOT_JSON: u8 = 6;
 /// 429 Too Many Requests, with an OperationOutcome.
 pub(crate) const TOO_MANY: u8 = 7;
+/// A 200 with a document's raw bytes (`application/pdf`), as a server may answer a Binary.
+const DOCUMENT: u8 = 8;
 
 /// A backend whose behaviour the test switches; it counts the requests that reach it.
 pub(crate) struct FaultyBackend {
@@ -76,6 +78,11 @@ impl FaultyBackend {
                         NOT_JSON => {
                             let _ = stream
                                 .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/fhir+json\r\ncontent-length: 9\r\nconnection: close\r\n\r\n<html>oh!")
+                                .await;
+                        }
+                        DOCUMENT => {
+                            let _ = stream
+                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/pdf\r\ncontent-length: 20\r\nconnection: close\r\n\r\n%PDF-1.7 journalnote")
                                 .await;
                         }
                         FAIL => {
@@ -216,6 +223,44 @@ async fn garbage_huge_and_unreadable_answers_are_refused_without_leaking_them() 
         .unwrap();
     assert_eq!(answer.status, 403, "{}", answer.text());
     assert!(!answer.text().contains("oh!"));
+}
+
+/// While data is withheld, a read answered with something that is not FHIR JSON (a document's
+/// raw bytes) cannot be checked: refused, not passed on. Without withholding it passes.
+#[tokio::test]
+async fn an_answer_that_cannot_be_read_is_refused_while_data_is_withheld() {
+    let backend = FaultyBackend::start(DOCUMENT).await;
+    let open = Gateway::start_with(Options {
+        backend_url: Some(backend.url.clone()),
+        ..Options::default()
+    });
+    let token = open.token(json!({ "scope": "user/*.rs" }));
+    let answer = open
+        .client()
+        .get("/fhir/Binary/doc-1", Some(&token))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    for extra in [
+        "[consent]\n",
+        "[relationship]\nroles = [\"7170\"]\nsource = \"fhir\"\n",
+    ] {
+        let gateway = Gateway::start_with(Options {
+            backend_url: Some(backend.url.clone()),
+            extra_config: extra.into(),
+            ..Options::default()
+        });
+        let token = gateway.token(json!({ "scope": "user/*.rs", "role": "7170",
+            "authorization_id": "NS363" }));
+        let answer = gateway
+            .client()
+            .get("/fhir/Binary/doc-1", Some(&token))
+            .await
+            .unwrap();
+        assert_eq!(answer.status, 503, "{extra}: {}", answer.text());
+        assert_eq!(answer.detail_code(), "consent-unavailable");
+        assert!(!answer.text().contains("journalnote"), "{extra}");
+    }
 }
 
 #[tokio::test]
