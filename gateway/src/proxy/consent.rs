@@ -287,7 +287,7 @@ impl Proxy {
                 return Ok(Vec::new());
             }
             return Err(if overlaps(&refused, &touched.named) {
-                self.consent_denial(&found, &touched.named, consent, record_handle)
+                self.consent_denial(&found, &touched.named, record_handle)
             } else {
                 self.withheld(&refused, record_handle)
             });
@@ -322,7 +322,7 @@ impl Proxy {
             if *kind == BundleKind::Transaction {
                 // All or nothing: the whole transaction is refused, as a single request would be.
                 return Err(if named {
-                    self.consent_denial(&found, entry_named, consent, record_handle)
+                    self.consent_denial(&found, entry_named, record_handle)
                 } else {
                     self.withheld(&refused, record_handle)
                 });
@@ -533,7 +533,6 @@ impl Proxy {
         &self,
         found: &Verdicts,
         named: &[String],
-        _consent: &ConsentContext,
         record_handle: Option<&RequestRecord>,
     ) -> BoxError {
         self.deny(found.reason(named), record_handle, Some(&found.refused()))
