@@ -448,9 +448,10 @@ impl Proxy {
             return Ok(Vec::new());
         };
         // A patient this request was already found to be related to (or reached by værdispring)
-        // is not asked again when its answer is checked.
+        // is not asked again when its answer is checked. A write is always asked: værdispring
+        // recorded for a read (another entry of the same batch) never lets a write through.
         let asked: Vec<String> = match record_handle {
-            Some(record) => {
+            Some(record) if !writes => {
                 let fields = record.fields();
                 patients
                     .iter()
@@ -458,7 +459,7 @@ impl Proxy {
                     .cloned()
                     .collect()
             }
-            None => patients.to_vec(),
+            _ => patients.to_vec(),
         };
         if asked.is_empty() {
             return Ok(Vec::new());

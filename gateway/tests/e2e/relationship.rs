@@ -406,6 +406,34 @@ async fn vaerdispring_lets_the_access_through_marked_and_counted() {
         Some(1.0),
         "{log}"
     );
+
+    // Nor in a batch whose read entry of Bo's record was let through by værdispring.
+    let batch = json!({ "resourceType": "Bundle", "type": "batch", "entry": [
+        { "request": { "method": "GET", "url": "Patient/pat-bo" } },
+        { "request": { "method": "POST", "url": "Observation" },
+          "resource": { "resourceType": "Observation", "status": "final", "code": { "text": "akut" },
+                        "subject": { "reference": "Patient/pat-bo" } } }
+    ]});
+    let mut batched = request(Method::POST, "/fhir", Some(&emergency_writer), Some(batch));
+    batched.headers_mut().insert(
+        "x-portvagt-break-glass-reason",
+        http::HeaderValue::from_static("akut"),
+    );
+    let batched = client.send(batched).await.unwrap();
+    assert_eq!(batched.status, 200, "{}", batched.text());
+    let statuses: Vec<String> = batched.json()["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            e["response"]["status"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    assert!(statuses[0].starts_with("200"), "{statuses:?}");
+    assert!(statuses[1].starts_with("403"), "{statuses:?}");
 }
 
 #[tokio::test]
