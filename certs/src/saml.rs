@@ -244,6 +244,9 @@ pub struct OiosamlAssertion {
     pub algorithm: SignatureAlgorithm,
     pub not_before: OffsetDateTime,
     pub not_on_or_after: OffsetDateTime,
+    /// Attributes of `SubjectConfirmationData` (`Recipient`, `InResponseTo`, `Address`), in
+    /// order; none by default.
+    pub confirmation: Vec<(&'static str, String)>,
 }
 
 impl OiosamlAssertion {
@@ -289,6 +292,7 @@ impl OiosamlAssertion {
             algorithm: SignatureAlgorithm::RsaSha256,
             not_before: now - time::Duration::minutes(5),
             not_on_or_after: now + time::Duration::hours(8),
+            confirmation: Vec::new(),
         }
     }
 
@@ -307,13 +311,17 @@ impl OiosamlAssertion {
                     Element::new("saml:SubjectConfirmation")
                         .attr("Method", HOLDER_OF_KEY)
                         .child(
-                            Element::new("saml:SubjectConfirmationData").child(
-                                Element::new("ds:KeyInfo").child(
+                            self.confirmation
+                                .iter()
+                                .fold(
+                                    Element::new("saml:SubjectConfirmationData"),
+                                    |data, (name, value)| data.attr(name, value),
+                                )
+                                .child(Element::new("ds:KeyInfo").child(
                                     Element::new("ds:X509Data").child(
                                         Element::new("ds:X509Certificate").text(&certificate),
                                     ),
-                                ),
-                            ),
+                                )),
                         ),
                 ),
         );

@@ -44,13 +44,18 @@ pub fn fixture() -> &'static Fixture {
         )
         .expect("verifier");
         let saml = AssertionPolicy {
-            signers: TrustedSigner::load_pem(pki.sts.cert_pem.as_bytes()).expect("STS"),
+            signers: TrustedSigner::load_pem(
+                pki.sts.cert_pem.as_bytes(),
+                &["TEST1-NSP-STS".into(), "http://sts.sundhedsdatastyrelsen.dk/".into()],
+            )
+            .expect("STS"),
             allow_sha1: true,
             audiences: vec![AUDIENCE.to_owned()],
             min_authentication_level: 3,
             leeway: 60,
             max_lifetime: 24 * 3600,
             max_bytes: 64 * 1024,
+            token_endpoint: format!("{AUDIENCE}/token"),
         };
         Fixture {
             pki,

@@ -11,16 +11,21 @@ use portvagt::tls::PeerIdentity;
 use portvagt_certs::DevPki;
 use portvagt_certs::saml::{OiosamlAssertion, SignatureAlgorithm, SosiCard};
 
+const TOKEN_ENDPOINT: &str = "https://portvagt.bench/token";
+const ISSUERS: [&str; 2] = ["TEST1-NSP-STS", "http://sts.sundhedsdatastyrelsen.dk/"];
+
 fn verify_assertions(c: &mut Criterion) {
     let pki = DevPki::generate().expect("pki");
     let policy = AssertionPolicy {
-        signers: TrustedSigner::load_pem(pki.sts.cert_pem.as_bytes()).expect("sts"),
+        signers: TrustedSigner::load_pem(pki.sts.cert_pem.as_bytes(), &ISSUERS.map(str::to_owned))
+            .expect("sts"),
         allow_sha1: true,
         audiences: vec!["https://portvagt.bench".into()],
         min_authentication_level: 3,
         leeway: 60,
         max_lifetime: 24 * 3600,
         max_bytes: 64 * 1024,
+        token_endpoint: TOKEN_ENDPOINT.into(),
     };
     let peer = PeerIdentity::from_verified_leaf(&pki.client.cert_der).expect("peer");
     let now = time::OffsetDateTime::now_utc().unix_timestamp() as u64;

@@ -140,6 +140,7 @@ fn verify_cached_introspection(c: &mut Criterion) {
                     cache_ceiling: std::time::Duration::from_secs(600),
                     negative_cache: std::time::Duration::from_secs(10),
                     cache_entries: 100_000,
+                    token_prefix: None,
                 }),
                 ..IssuerConfig::new(
                     "https://issuer.bench",

@@ -27,7 +27,8 @@ pub struct Metrics {
     /// `portvagt_introspection_calls_total{outcome}`: calls to introspection endpoints
     /// (`active`, `inactive`, `error`).
     pub introspection_calls: IntCounterVec,
-    /// `portvagt_introspection_cache_total{result}`: cache `hit`s and `miss`es.
+    /// `portvagt_introspection_cache_total{result}`: cache `hit`s, `miss`es, and misses `coalesced`
+    /// into another request's call.
     pub introspection_cache: IntCounterVec,
     /// `portvagt_jwt_cache_total{result}`: verified-JWT cache `hit`s and `miss`es.
     pub jwt_cache: IntCounterVec,

@@ -29,6 +29,9 @@ CONFIG_TABLES = {
     "policy": "PolicyConfig",
     "log": "LogConfig",
     "token_exchange": "TokenExchangeConfig",
+    # `trusted_sts = [{ certificate, issuers }]`: an untagged enum (TrustedSts) whose only table
+    # form is PinnedSts; its bare-path form is refused at start, so the chart never writes it.
+    "token_exchange.trusted_sts": "PinnedSts",
     "audit": "AuditConfig",
     "audit.ship": "AuditShipConfig",
     "consent": "ConsentConfig",
@@ -55,7 +58,9 @@ def struct_field_types(source: str, struct: str) -> dict[str, tuple[str, bool]]:
     attributes = ""
     for line in body.group(1).splitlines():
         line = line.strip()
-        if line.startswith("#["):
+        # An attribute, or a line of one spread over several (`#[serde(` ... `)]`, as rustfmt
+        # writes a long one).
+        if line.startswith("#[") or attributes.count("[") > attributes.count("]"):
             attributes += line
         elif line.startswith("pub "):
             match = re.match(r"pub (\w+): (.+),$", line)
@@ -81,17 +86,31 @@ def config_source(repo: Path) -> str:
     return "\n".join(path.read_text() for path in sorted(folder.glob("*.rs")))
 
 
+def enum_tables(source: str, structs: set[str]) -> dict[str, str]:
+    """{enum: struct} for the enums of the configuration with a variant that wraps a struct with
+    named fields (`Pinned(PinnedSts)`): a key of such a type is read as that table (an untagged
+    enum's other variants are other shapes of the same key)."""
+    tables = {}
+    for enum, body in re.findall(r"pub enum (\w+) \{(.*?)\n\}", source, re.S):
+        wrapped = [v for v in re.findall(r"^\s*\w+\((\w+)\),?\s*$", body, re.M) if v in structs]
+        if wrapped:
+            tables[enum] = wrapped[0]
+    return tables
+
+
 def unmapped_tables(repo: Path) -> list[str]:
     """Sub-tables of the configuration (fields whose type, inside `Option<...>` or `Vec<...>`,
-    is a struct of gateway/src/config/ with named fields) that CONFIG_TABLES does not map to
-    that struct: a table added to the gateway must be added here, or the chart's checks would
-    not look into it."""
+    is a struct of gateway/src/config/ with named fields, or an enum with a variant wrapping
+    one) that CONFIG_TABLES does not map to that struct: a table added to the gateway must be
+    added here, or the chart's checks would not look into it."""
     source = config_source(repo)
     structs = set(re.findall(r"pub struct (\w+) \{", source))
+    enums = enum_tables(source, structs)
     problems = []
     for path, struct in CONFIG_TABLES.items():
         for key, (rust_type, _) in struct_field_types(source, struct).items():
             inner = re.sub(r"^(?:Option|Vec)<(.+)>$", r"\1", rust_type)
+            inner = enums.get(inner, inner)
             if inner in structs:
                 child = f"{path}.{key}" if path else key
                 if CONFIG_TABLES.get(child) != inner:
@@ -124,6 +143,9 @@ def problems_of(config: dict, tables: dict[str, dict[str, bool]], where: str) ->
             elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
                 for item in value:
                     walk(item, child)
+            elif isinstance(value, list) and child in tables:
+                # A table the chart wrote in another shape (a bare path for `trusted_sts`).
+                problems.append(f"{child} must hold tables, has {value!r}")
         for key, required in fields.items():
             if required and key not in table:
                 problems.append(f"{path or '(top)'}.{key} is required by the gateway")

@@ -186,7 +186,9 @@ VARIANTS: dict[str, dict] = {
             "token_exchange": {"enabled": True, "useRedis": True, "audience": "https://fhir.example.dk/fhir",
                                "max_assertion_lifetime": "8h", "token_lifetime": "30m", "leeway": "2m",
                                "min_authentication_level": 4, "max_assertion_bytes": 32768,
-                               "replay_cache_entries": 1000, "assertion_audiences": ["https://fhir.example.dk"]},
+                               "replay_cache_entries": 1000, "assertion_audiences": ["https://fhir.example.dk"],
+                               "token_endpoint": "https://fhir.example.dk/fhir/token",
+                               "check_confirmation_address": False, "allow_bearer_assertions": True},
             "smart": {"token_endpoint": "https://auth.example.dk/token", "capabilities": ["permission-v2"]},
             "policy": {"filtered_entries": "deny"},
             "paging": {"link_lifetime": "10m"},
@@ -196,6 +198,10 @@ VARIANTS: dict[str, dict] = {
             "log": {"format": "text", "level": "portvagt=debug"},
         },
         "redis": {"url": "redis://redis:6379/2", "auth": {"existingSecret": "redis-auth"}},
+        # Two STS certificates, pinned to issuer names TOML must have quoted and escaped.
+        "tokenExchangeKeys": {"trustedSts": {"existingSecret": "region-sts", "keys": [
+            {"key": "sts-a.pem", "issuers": ["TEST1-NSP-STS", 'STS "Region" \\ Øst <&>', "x\" ]\n[tls] cert = \"/x"]},
+            {"key": "sts-b.pem", "issuers": ["http://sts.sundhedsdatastyrelsen.dk/"]}]}},
         "auditSealKey": {"existingSecret": "audit-seal", "key": "portvagt-seal.pem", "keyId": "upstreams-seal-2",
                          "trustedJwksKey": "seal-1-and-2.jwks.json"},
         "pagingKey": {"existingSecret": "paging-key", "key": "paging-hmac"},
@@ -227,6 +233,8 @@ VARIANTS: dict[str, dict] = {
 # The variants whose audit chain must come out sealed: production has to be able to prove its
 # trail complete (`portvagt audit verify --jwks`).
 SEALED_VARIANTS = {"production", "upstreams"}
+# Where the trusted STS certificates (tokenExchangeKeys.trustedSts) are mounted.
+TRUSTED_STS_DIR = "/etc/portvagt/trusted-sts"
 # The paging links' key (pagingKey's Secret), as `[paging] key_file`.
 PAGING_KEY = "/etc/portvagt/paging/paging.key"
 
@@ -327,6 +335,18 @@ def check_values_schema(chart: helm.Chart, defaults: dict) -> None:
             "enabled": True, "rules": [{"name": "r", "effect": "allow"}],
             "shadowRules": [{"name": "s", "effect": "allow"}]}},
         "Redis switched on without a URL": {"config": {"token_exchange": {"enabled": True, "useRedis": True}}},
+        "a trusted STS certificate without issuers": {"tokenExchangeKeys": {"trustedSts": {"keys": [{"key": "sts.pem"}]}}},
+        "a trusted STS certificate with no issuer": {
+            "tokenExchangeKeys": {"trustedSts": {"keys": [{"key": "sts.pem", "issuers": []}]}}},
+        "a trusted STS certificate as a bare Secret key (not pinned to issuers)": {
+            "tokenExchangeKeys": {"trustedSts": {"keys": ["sts.pem"]}}},
+        "an unknown key in a trusted STS certificate": {
+            "tokenExchangeKeys": {"trustedSts": {"keys": [{"key": "sts.pem", "issuers": ["A"], "certificate": "/x"}]}}},
+        "a trusted STS issuer that is not a string": {
+            "tokenExchangeKeys": {"trustedSts": {"keys": [{"key": "sts.pem", "issuers": [3]}]}}},
+        "a token endpoint that is not https://": {"config": {"token_exchange": {"token_endpoint": "http://gw/token"}}},
+        "authentication level 2 without allow_bearer_assertions": {
+            "config": {"token_exchange": {"enabled": True, "min_authentication_level": 2}}},
         "rate limits in Redis without a URL": {"config": {"rate_limit": {"enabled": True, "useRedis": True}}},
         "the mass-lookup guard in Redis without a URL": {
             "config": {"mass_lookup": {"enabled": True, "useRedis": True}}},
@@ -430,6 +450,8 @@ SCHEMA_OF = {
     "policy": "/properties/config/properties/policy",
     "log": "/properties/config/properties/log",
     "token_exchange": "/properties/config/properties/token_exchange",
+    # `issuers` of each trusted_sts entry; its `certificate` is the chart's (from `key`).
+    "token_exchange.trusted_sts": "/properties/tokenExchangeKeys/properties/trustedSts/properties/keys/items",
     "audit": "/properties/config/properties/audit",
     "audit.ship": "/properties/config/properties/audit/properties/ship",
     "consent": "/properties/config/properties/consent",
@@ -605,6 +627,14 @@ def check_config(name: str, docs: list[dict], values: dict, gateway: dict) -> No
                  config.get("paging", {}).get("key_file") == (PAGING_KEY if paging_key else None),
                  str(config.get("paging")))
 
+    if values["config"]["token_exchange"]["enabled"]:
+        keys = values["tokenExchangeKeys"]["trustedSts"]["keys"]
+        wanted = [{"certificate": f"{TRUSTED_STS_DIR}/{k['key']}", "issuers": k["issuers"]} for k in keys]
+        trusted = config.get("token_exchange", {}).get("trusted_sts")
+        REPORT.check(f"{name}: [token_exchange] trusted_sts pins each of the {len(keys)} STS certificates to the "
+                     "issuers given in tokenExchangeKeys.trustedSts.keys", trusted == wanted,
+                     f"wants {wanted}, has {trusted}")
+
     check_config_values(name, config, values)
     check_config_files(name, docs, config, values)
 
@@ -633,6 +663,7 @@ CHART_WRITTEN = {
     "decision_log": {"path"},
     "audit": {"spool_dir", "seal_key", "seal_key_id", "seal_jwks"},
     "token_exchange": {"signing_key", "trusted_sts", "redis_url"},
+    "token_exchange.trusted_sts": {"certificate"},
     "rate_limit": {"redis_url"},
     "mass_lookup": {"redis_url"},
     "citizen": {"listen"},
@@ -769,7 +800,8 @@ def check_config_files(name: str, docs: list[dict], config: dict, values: dict) 
     volumes = {v["name"]: v for v in pod["volumes"]}
     files = [config["tls"][k] for k in ("cert", "key", "client_ca")] + config["tls"].get("crls", [])
     if "token_exchange" in config:
-        files += [config["token_exchange"]["signing_key"], *config["token_exchange"]["trusted_sts"]]
+        files += [config["token_exchange"]["signing_key"],
+                  *[sts.get("certificate") for sts in config["token_exchange"]["trusted_sts"] if isinstance(sts, dict)]]
     files += [config["policy"][k] for k in ("rules_file", "shadow_rules_file") if k in config.get("policy", {})]
     files += [b["identity"]["signing_key"] for b in [config["backend"], *[u["backend"] for u in config.get("upstream", [])]]
               if "identity" in b]
@@ -1006,6 +1038,11 @@ def check_notes(name: str, notes: str, values: dict) -> None:
     jwks_key = values["auditSealKey"]["trustedJwksKey"]
     REPORT.check(f"{name}: NOTES.txt lists the trusted seal keys' JWK Set exactly when it is mounted",
                  bool(jwks_key and f", key {jwks_key} (JWK Set" in notes) == bool(audit_on and seal_secret and jwks_key))
+    exchange_on = values["config"]["token_exchange"]["enabled"]
+    sts_keys = [k["key"] for k in values["tokenExchangeKeys"]["trustedSts"]["keys"]]
+    listed = [k for k in sts_keys if f"{k} (STS certificate for " in notes]
+    REPORT.check(f"{name}: NOTES.txt lists the {len(sts_keys)} trusted STS certificate keys exactly when they are mounted",
+                 listed == (sts_keys if exchange_on else []), str(listed))
     paging_key = values["pagingKey"]["existingSecret"]
     replicas = values["autoscaling"]["enabled"] or values["replicaCount"] > 1
     REPORT.check(f"{name}: NOTES.txt warns that paging links work on one pod only exactly when they do",

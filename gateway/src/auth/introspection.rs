@@ -48,6 +48,8 @@ enum Cached {
 /// One issuer's introspection endpoint.
 pub struct Introspector {
     issuer: String,
+    /// How this issuer's opaque tokens begin (`token_prefix`).
+    prefix: Option<String>,
     url: Uri,
     client: HttpsClient,
     client_id: String,
@@ -59,7 +61,35 @@ pub struct Introspector {
     negative: Duration,
     capacity: usize,
     cache: Mutex<HashMap<[u8; 32], (Cached, Instant)>>,
+    /// Calls under way, by token digest: concurrent misses for one token wait for one call.
+    in_flight: Mutex<HashMap<[u8; 32], Arc<InFlight>>>,
     metrics: Arc<Metrics>,
+}
+
+/// The outcome of one introspection call, shared by every request that missed the cache for
+/// the same token while it ran.
+type InFlight = tokio::sync::OnceCell<Result<ActiveToken, AuthnError>>;
+
+/// Takes a call off the in-flight map when its last waiter is done with it, answered or
+/// cancelled, so that abandoned calls do not pile up.
+struct FlightGuard<'a> {
+    in_flight: &'a Mutex<HashMap<[u8; 32], Arc<InFlight>>>,
+    key: [u8; 32],
+    flight: Arc<InFlight>,
+}
+
+impl Drop for FlightGuard<'_> {
+    fn drop(&mut self) {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        // Waiters clone the call under this lock, so the count is exact: the map's and ours.
+        if in_flight
+            .get(&self.key)
+            .is_some_and(|current| Arc::ptr_eq(current, &self.flight))
+            && (self.flight.initialized() || Arc::strong_count(&self.flight) == 2)
+        {
+            in_flight.remove(&self.key);
+        }
+    }
 }
 
 impl std::fmt::Debug for Introspector {
@@ -152,8 +182,15 @@ impl Introspector {
             });
         let client = HttpsClient::new(issuer.ca_file.as_deref(), identity, CALL_TIMEOUT)
             .map_err(|e| ConfigError::new(field("client_cert"), e))?;
+        if config.token_prefix.as_deref().is_some_and(str::is_empty) {
+            return Err(ConfigError::new(
+                field("token_prefix"),
+                "is empty; leave it out instead",
+            ));
+        }
         Ok(Introspector {
             issuer: issuer.issuer.clone(),
+            prefix: config.token_prefix.clone(),
             url,
             client,
             client_id: config.client_id.clone(),
@@ -164,6 +201,7 @@ impl Introspector {
             negative: config.negative_cache,
             capacity: config.cache_entries,
             cache: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashMap::new()),
             metrics,
         })
     }
@@ -171,6 +209,11 @@ impl Introspector {
     /// The issuer this endpoint belongs to.
     pub fn issuer(&self) -> &str {
         &self.issuer
+    }
+
+    /// How this issuer's opaque tokens begin, if configured.
+    pub fn prefix(&self) -> Option<&str> {
+        self.prefix.as_deref()
     }
 
     /// Whether `token` is active, from the cache or the endpoint.
@@ -184,7 +227,34 @@ impl Introspector {
                 Cached::Inactive => Err(AuthnError::Inactive),
             };
         }
-        self.count_cache("miss");
+        // One call per token at a time: the first miss asks, the others wait for its answer
+        // (if the first is cancelled, the next waiter asks).
+        let (flight, leader) = {
+            let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            match in_flight.get(&key) {
+                Some(flight) => (Arc::clone(flight), false),
+                None => {
+                    let flight = Arc::new(InFlight::new());
+                    in_flight.insert(key, Arc::clone(&flight));
+                    (flight, true)
+                }
+            }
+        };
+        self.count_cache(if leader { "miss" } else { "coalesced" });
+        let guard = FlightGuard {
+            in_flight: &self.in_flight,
+            key,
+            flight,
+        };
+        guard
+            .flight
+            .get_or_init(|| self.ask(token, key, now))
+            .await
+            .clone()
+    }
+
+    /// Asks the endpoint about `token` and caches the answer.
+    async fn ask(&self, token: &str, key: [u8; 32], now: u64) -> Result<ActiveToken, AuthnError> {
         let answer = match self.call(token).await {
             Ok(answer) => answer,
             Err(error) => {
@@ -358,6 +428,7 @@ mod tests {
             cache_ceiling: Duration::from_secs(300),
             negative_cache: Duration::from_secs(10),
             cache_entries: capacity,
+            token_prefix: None,
         };
         Introspector::new(0, &issuer, &config, Arc::new(Metrics::new())).unwrap()
     }
@@ -453,6 +524,7 @@ mod tests {
             cache_ceiling: Duration::from_secs(300),
             negative_cache: Duration::from_secs(10),
             cache_entries: 10,
+            token_prefix: None,
         };
         let field = |config: IntrospectionConfig| {
             Introspector::new(0, &issuer, &config, Arc::new(Metrics::new()))

@@ -26,8 +26,22 @@ pub struct TokenExchangeConfig {
     /// The key's `kid`.
     #[serde(default = "defaults::signing_key_id")]
     pub key_id: String,
-    /// PEM files of the STS certificates whose signatures are trusted (and only these).
-    pub trusted_sts: Vec<PathBuf>,
+    /// The STS certificates whose signatures are trusted (and only these), each pinned to the
+    /// `Issuer` names it may sign for.
+    pub trusted_sts: Vec<TrustedSts>,
+    /// The public URL of this gateway's `POST /token`: an assertion whose
+    /// `SubjectConfirmationData` names a `Recipient` must name this one. Default:
+    /// `<issuer>/token`.
+    #[serde(default)]
+    pub token_endpoint: Option<String>,
+    /// Compare a `SubjectConfirmationData` `Address` with the connection's address. Turn off
+    /// only where a TCP proxy in front hides the client's address.
+    #[serde(default = "defaults::yes")]
+    pub check_confirmation_address: bool,
+    /// Accept `min_authentication_level` 1 or 2: SOSI cards that are not holder-of-key
+    /// (bearer cards, which whoever holds them can present). Off: such a setting is refused.
+    #[serde(default)]
+    pub allow_bearer_assertions: bool,
     /// Accept SHA-1 digests and RSA-SHA1 signatures, as legacy DGWS cards from the NSP STS
     /// still carry. Off by default.
     #[serde(default)]
@@ -69,6 +83,39 @@ pub struct TokenExchangeConfig {
     /// Share used assertion ids between replicas through Redis (`redis://host:port/db`).
     #[serde(default)]
     pub redis_url: Option<String>,
+}
+
+/// One `trusted_sts` entry: `{ certificate = "sts.pem", issuers = ["TEST1-NSP-STS"] }`. A bare
+/// path (the form before issuers were pinned) is read so that it can be refused with a clear
+/// message.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum TrustedSts {
+    /// A certificate file and the `Issuer` values its signatures may carry.
+    Pinned(PinnedSts),
+    /// A bare path: refused at start, it names no issuers.
+    Unpinned(PathBuf),
+}
+
+/// A trusted STS certificate (PEM, every certificate in the file) pinned to issuer names.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PinnedSts {
+    pub certificate: PathBuf,
+    /// The exact `saml:Issuer` values an assertion signed by this certificate may carry; none
+    /// is refused at start.
+    #[serde(default)]
+    pub issuers: Vec<String>,
+}
+
+impl TrustedSts {
+    /// The certificate file.
+    pub fn path_mut(&mut self) -> &mut PathBuf {
+        match self {
+            TrustedSts::Pinned(pinned) => &mut pinned.certificate,
+            TrustedSts::Unpinned(path) => path,
+        }
+    }
 }
 
 /// `[[issuer]]`: one trusted OAuth authorization server.
@@ -217,6 +264,11 @@ pub struct IntrospectionConfig {
     /// The most answers held; when full, expired ones go first, then the oldest.
     #[serde(default = "defaults::introspection_cache_entries")]
     pub cache_entries: usize,
+    /// How this issuer's opaque tokens begin. An opaque token is shown to one issuer only: the
+    /// one whose prefix it starts with (the longest, if several), else the one introspecting
+    /// issuer without a prefix. With several introspecting issuers, all but one need a prefix.
+    #[serde(default)]
+    pub token_prefix: Option<String>,
 }
 
 /// `[smart]`: fields of `/.well-known/smart-configuration` (SMART App Launch 2.2 §2.1).

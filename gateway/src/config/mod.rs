@@ -21,7 +21,8 @@ use serde::Deserialize;
 
 pub use self::audit::{AuditConfig, AuditFailureMode, AuditShipConfig};
 pub use self::auth::{
-    ClaimNames, IntrospectionConfig, IssuerConfig, SmartConfig, TokenExchangeConfig,
+    ClaimNames, IntrospectionConfig, IssuerConfig, PinnedSts, SmartConfig, TokenExchangeConfig,
+    TrustedSts,
 };
 pub use self::backend::{BackendConfig, IdentityAssertionConfig, RouteConfig, UpstreamConfig};
 pub use self::policy::{
@@ -263,7 +264,10 @@ impl Config {
         }
         if let Some(exchange) = &mut self.token_exchange {
             resolve(&mut exchange.signing_key);
-            exchange.trusted_sts.iter_mut().for_each(resolve);
+            exchange
+                .trusted_sts
+                .iter_mut()
+                .for_each(|sts| resolve(sts.path_mut()));
         }
     }
 }

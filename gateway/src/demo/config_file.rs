@@ -51,7 +51,8 @@ url = "{backend_url}"
 issuer = "https://{addr}"
 signing_key = "portvagt-key/issuer.key"
 key_id = "portvagt-1"
-trusted_sts = ["pki/sts.crt"]
+# Each STS certificate may sign only for the Issuer names it is pinned to.
+trusted_sts = [{{ certificate = "pki/sts.crt", issuers = ["TEST1-NSP-STS", "http://sts.sundhedsdatastyrelsen.dk/"] }}]
 assertion_audiences = ["https://{addr}"]
 
 # Every access becomes IHE BALP AuditEvents: durable in audit/ before the answer leaves,

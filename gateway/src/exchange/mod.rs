@@ -23,6 +23,7 @@
 mod answer;
 mod request;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -41,8 +42,8 @@ use crate::auth::saml::replay::{MemoryReplayCache, ReplayError, ReplayStore};
 use crate::auth::saml::{AssertionPolicy, SamlError, TrustedSigner, VerifiedAssertion};
 use crate::backend::Backend;
 use crate::body::{Body, BoxError};
-use crate::config::{ClaimNames, ConfigError, IssuerConfig, TokenExchangeConfig};
-use crate::context::RequestRecord;
+use crate::config::{ClaimNames, ConfigError, IssuerConfig, TokenExchangeConfig, TrustedSts};
+use crate::context::{ClientAddr, RequestRecord};
 use crate::metrics::Metrics;
 use crate::redis::RedisClient;
 use crate::tls::PeerIdentity;
@@ -54,6 +55,8 @@ const CPR_SYSTEM: &str = "urn:oid:1.2.208.176.1.2";
 pub struct TokenExchange {
     policy: AssertionPolicy,
     replay: ReplayStore,
+    /// Compare a subject confirmation's `Address` with the connection's.
+    check_address: bool,
     key: IssuerKey,
     jwks: Bytes,
     issuer: String,
@@ -93,6 +96,14 @@ impl TokenExchange {
                 "must be 1, 2, 3 or 4",
             ));
         }
+        // Levels 1 and 2 are bearer cards: no certificate binds them to whoever presents them.
+        if config.min_authentication_level < 3 && !config.allow_bearer_assertions {
+            return Err(ConfigError::new(
+                field("min_authentication_level"),
+                "below 3 accepts SOSI cards that are not holder-of-key (bearer cards); set \
+                 allow_bearer_assertions = true to mean it",
+            ));
+        }
         let pem = std::fs::read_to_string(&config.signing_key).map_err(|e| {
             ConfigError::new(
                 field("signing_key"),
@@ -109,13 +120,38 @@ impl TokenExchange {
             ));
         }
         let mut signers = Vec::new();
-        for path in &config.trusted_sts {
+        for sts in &config.trusted_sts {
+            let pinned = match sts {
+                TrustedSts::Pinned(pinned) => pinned,
+                TrustedSts::Unpinned(path) => {
+                    return Err(ConfigError::new(
+                        field("trusted_sts"),
+                        format!(
+                            "{}: pin the certificate to the Issuer names it may sign for: \
+                             {{ certificate = \"{}\", issuers = [\"...\"] }}",
+                            path.display(),
+                            path.display()
+                        ),
+                    ));
+                }
+            };
+            let path = &pinned.certificate;
             let pem = std::fs::read(path).map_err(|e| {
                 ConfigError::new(field("trusted_sts"), format!("{}: {e}", path.display()))
             })?;
-            signers.extend(TrustedSigner::load_pem(&pem).map_err(|e| {
+            signers.extend(TrustedSigner::load_pem(&pem, &pinned.issuers).map_err(|e| {
                 ConfigError::new(field("trusted_sts"), format!("{}: {e}", path.display()))
             })?);
+        }
+        let token_endpoint = config
+            .token_endpoint
+            .clone()
+            .unwrap_or_else(|| format!("{}/token", config.issuer.trim_end_matches('/')));
+        if !token_endpoint.starts_with("https://") {
+            return Err(ConfigError::new(
+                field("token_endpoint"),
+                "must be an https:// URL",
+            ));
         }
         for (name, scope) in [
             ("user_scope", &config.user_scope),
@@ -142,7 +178,9 @@ impl TokenExchange {
                 leeway: config.leeway.as_secs(),
                 max_lifetime: config.max_assertion_lifetime.as_secs(),
                 max_bytes: config.max_assertion_bytes,
+                token_endpoint,
             },
+            check_address: config.check_confirmation_address,
             // base64 (4/3) of the assertion, percent-encoded at worst (3x), and the other fields.
             max_request_bytes: config
                 .max_assertion_bytes
@@ -196,6 +234,7 @@ impl TokenExchange {
             return Ok(response);
         }
         let peer = request.extensions().get::<Arc<PeerIdentity>>().cloned();
+        let client = request.extensions().get::<ClientAddr>().map(|a| a.0.ip());
         let record = request.extensions().get::<RequestRecord>().cloned();
         let form = request
             .headers()
@@ -238,32 +277,35 @@ impl TokenExchange {
                 "not-a-form",
                 "send application/x-www-form-urlencoded",
             )),
-            Some(peer) => self.exchange(&body, &peer).await.map(|(answer, claims)| {
-                // The audit record names who the token was issued to.
-                if let Some(record) = &record {
-                    let caller = self.own_claims.principal(
-                        &claims,
-                        claims
-                            .get("sub")
-                            .and_then(Value::as_str)
-                            .unwrap_or_default()
-                            .to_owned(),
-                        self.issuer.clone(),
-                        claims
-                            .get("exp")
-                            .and_then(Value::as_u64)
-                            .unwrap_or_default(),
-                        BindingRule { required: true },
-                        &peer,
-                    );
-                    let mut fields = record.fields();
-                    fields.caller = caller.ok().map(Arc::new);
-                    if let Some(patient) = claims.get("patient").and_then(Value::as_str) {
-                        fields.patients = vec![patient.to_owned()];
+            Some(peer) => self
+                .exchange(&body, &peer, client)
+                .await
+                .map(|(answer, claims)| {
+                    // The audit record names who the token was issued to.
+                    if let Some(record) = &record {
+                        let caller = self.own_claims.principal(
+                            &claims,
+                            claims
+                                .get("sub")
+                                .and_then(Value::as_str)
+                                .unwrap_or_default()
+                                .to_owned(),
+                            self.issuer.clone(),
+                            claims
+                                .get("exp")
+                                .and_then(Value::as_u64)
+                                .unwrap_or_default(),
+                            BindingRule { required: true },
+                            &peer,
+                        );
+                        let mut fields = record.fields();
+                        fields.caller = caller.ok().map(Arc::new);
+                        if let Some(patient) = claims.get("patient").and_then(Value::as_str) {
+                            fields.patients = vec![patient.to_owned()];
+                        }
                     }
-                }
-                answer
-            }),
+                    answer
+                }),
         };
         if let (Err(error), Some(record)) = (&outcome, &record) {
             record.fields().reason = Some(error.code);
@@ -290,11 +332,18 @@ impl TokenExchange {
         &self,
         body: &[u8],
         peer: &Arc<PeerIdentity>,
+        client: Option<IpAddr>,
     ) -> Result<(Value, Map<String, Value>), TokenError> {
         let request = ExchangeRequest::parse(body)?;
         let xml = decode_assertion(&request.assertion).ok_or(SamlError::Malformed)?;
         let now = now();
         let assertion = self.policy.verify(&xml, peer, now)?;
+        if self.check_address
+            && let Some(address) = &assertion.confirmation_address
+            && !same_address(address, client)
+        {
+            return Err(SamlError::WrongAddress.into());
+        }
         let expires_at = (now + self.lifetime).min(assertion.not_on_or_after);
         if expires_at <= now {
             return Err(SamlError::Expired.into());
@@ -331,8 +380,9 @@ impl TokenExchange {
                 format!("tokens from here are for {}", self.audience),
             ));
         }
-        // Once per assertion, across replicas when Redis is configured.
-        let replay_key = format!("{}\n{}", assertion.issuer, assertion.replay_id);
+        // Once per assertion, across replicas when Redis is configured. Keyed on the certificate
+        // that signed it, never on the issuer it claims: one STS cannot use up another's ids.
+        let replay_key = format!("{}\n{}", assertion.signer_fingerprint, assertion.replay_id);
         let until = assertion.not_on_or_after.saturating_add(self.leeway);
         self.replay
             .first_use(&replay_key, until, now)
@@ -451,6 +501,18 @@ impl TokenExchange {
         put("purpose_of_use", text(&assertion.purpose_of_use));
         put("on_behalf_of", text(&assertion.on_behalf_of));
         claims
+    }
+}
+
+/// Whether the subject confirmation's `Address` (an IPv4 or IPv6 address) is the client's.
+fn same_address(address: &str, client: Option<IpAddr>) -> bool {
+    let canonical = |ip: IpAddr| match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    };
+    match (address.trim().parse::<IpAddr>(), client) {
+        (Ok(named), Some(client)) => canonical(named) == canonical(client),
+        _ => false,
     }
 }
 

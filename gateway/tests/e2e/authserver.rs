@@ -575,6 +575,156 @@ async fn opaque_tokens_are_introspected_cached_and_revocable() {
     );
 }
 
+/// An issuer whose introspection endpoint has nothing listening, listed FIRST, with its own
+/// token prefix: it must never see the real issuer's tokens, whatever the order.
+fn other_introspecting_issuer(server: &AuthServer, prefix_line: &str) -> String {
+    format!(
+        "[[issuer]]\nissuer = \"https://other-as.test.invalid\"\naudiences = [\"{OPAQUE}\"]\nca_file = \"{}\"\n\
+         [issuer.introspection]\nurl = \"https://127.0.0.1:9/introspect\"\nclient_id = \"portvagt-gateway\"\n\
+         client_secret_file = \"introspection.secret\"\n{prefix_line}\n",
+        server.ca_file().display()
+    )
+}
+
+#[tokio::test]
+async fn an_opaque_token_is_shown_to_its_issuer_only_and_concurrent_misses_share_one_call() {
+    let server = AuthServer::start();
+    let gateway = Gateway::start_with(Options {
+        extra_config: format!(
+            "{}\n[[issuer]]\nissuer = \"{}\"\naudiences = [\"{OPAQUE}\"]\ndiscovery = true\nca_file = \"{}\"\nalgorithms = [\"ES256\"]\n{}",
+            other_introspecting_issuer(&server, "token_prefix = \"other.\""),
+            server.issuer,
+            server.ca_file().display(),
+            introspection_block(
+                &server,
+                "client_id = \"portvagt-gateway\"\nclient_secret_file = \"introspection.secret\"",
+            ),
+        ),
+        files: vec![(
+            "introspection.secret".into(),
+            "portvagt-gateway-secret\n".into(),
+        )],
+        pki: Some(server.pki.clone()),
+        ..Default::default()
+    });
+    let client = gateway.client();
+    let opaque = server
+        .token_for(OPAQUE, "system/*.rs", ClientAuth::Secret)
+        .await;
+    assert!(!opaque.starts_with("other."));
+    // Many requests with a token the gateway has not seen, at once.
+    const AT_ONCE: usize = 40;
+    let tasks: Vec<_> = (0..AT_ONCE)
+        .map(|_| {
+            let (client, opaque) = (client.clone(), opaque.clone());
+            tokio::spawn(async move {
+                client
+                    .get("/fhir/Patient/pat-anne", Some(&opaque))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    for task in tasks {
+        let answer = task.await.unwrap();
+        assert_eq!(answer.status, 200, "{}", answer.text());
+    }
+    let metrics = client.get("/metrics", None).await.unwrap().text();
+    let value = |line: &str| metric_value(&metrics, line).unwrap_or(0.0);
+    // One call, to the issuer the token belongs to; the other issuer, listed first, was never
+    // shown it.
+    assert_eq!(
+        value(r#"portvagt_introspection_calls_total{outcome="active"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"portvagt_introspection_calls_total{outcome="error"}"#),
+        0.0
+    );
+    assert_eq!(
+        value(r#"portvagt_introspection_cache_total{result="miss"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"portvagt_introspection_cache_total{result="coalesced"}"#)
+            + value(r#"portvagt_introspection_cache_total{result="hit"}"#),
+        (AT_ONCE - 1) as f64
+    );
+
+    // A token with the other issuer's prefix goes there, and only there: it cannot be asked
+    // (503), and the real issuer is not asked instead.
+    let answer = client
+        .get("/fhir/Patient/pat-anne", Some("other.4f7c2a9e"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (answer.status.as_u16(), answer.detail_code().as_str()),
+        (503, "introspection-unavailable")
+    );
+    let metrics = client.get("/metrics", None).await.unwrap().text();
+    let value = |line: &str| metric_value(&metrics, line).unwrap_or(0.0);
+    assert_eq!(
+        value(r#"portvagt_introspection_calls_total{outcome="error"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"portvagt_introspection_calls_total{outcome="inactive"}"#),
+        0.0
+    );
+}
+
+#[test]
+fn several_introspecting_issuers_need_a_rule_for_opaque_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = DevPki::generate().unwrap();
+    pki.write_to(&dir.path().join("pki")).unwrap();
+    std::fs::write(dir.path().join("introspection.secret"), "s\n").unwrap();
+    let issuer = |name: &str, prefix: &str| {
+        format!(
+            "[[issuer]]\nissuer = \"https://{name}.test.invalid\"\naudiences = [\"{OPAQUE}\"]\n\
+             [issuer.introspection]\nurl = \"https://{name}.test.invalid/introspect\"\nclient_id = \"portvagt\"\n\
+             client_secret_file = \"introspection.secret\"\n{prefix}\n"
+        )
+    };
+    let config = |issuers: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[tls]\ncert = \"pki/server.crt\"\nkey = \"pki/server.key\"\n\
+             client_ca = \"pki/ca.crt\"\n[backend]\nurl = \"http://127.0.0.1:1/fhir\"\n{issuers}"
+        )
+    };
+    let check = |issuers: String| crate::support::check_config(dir.path(), &config(&issuers));
+    for (issuers, field) in [
+        // Two issuers that would both be asked about every opaque token.
+        (
+            format!("{}{}", issuer("a", ""), issuer("b", "")),
+            "issuer[1].introspection.token_prefix",
+        ),
+        // A prefix that begins another makes the choice depend on order.
+        (
+            format!(
+                "{}{}",
+                issuer("a", "token_prefix = \"at_\""),
+                issuer("b", "token_prefix = \"at_b\"")
+            ),
+            "issuer[1].introspection.token_prefix",
+        ),
+        (
+            issuer("a", "token_prefix = \"\""),
+            "issuer[0].introspection.token_prefix",
+        ),
+    ] {
+        let (code, stderr) = check(issuers.clone());
+        assert_eq!(code, Some(1), "{issuers}: {stderr}");
+        assert!(stderr.contains(field), "{issuers}: {stderr}");
+    }
+    let (code, stderr) = check(format!(
+        "{}{}",
+        issuer("a", ""),
+        issuer("b", "token_prefix = \"b.\"")
+    ));
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
 #[tokio::test]
 async fn certificate_bound_tokens_and_binding_routes() {
     let server = AuthServer::start();

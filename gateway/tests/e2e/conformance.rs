@@ -31,7 +31,7 @@ fn deployment(repository: &Repository) -> Gateway {
         files: vec![("exchange.key".into(), pem)],
         extra_config:
             "[consent]\n\n[relationship]\nroles = [\"7170\"]\nsource = \"fhir\"\n\n[token_exchange]\nissuer = \"https://portvagt.conformance.invalid\"\n\
-                       signing_key = \"exchange.key\"\ntrusted_sts = [\"pki/sts.crt\"]\n\n\
+                       signing_key = \"exchange.key\"\ntrusted_sts = [{ certificate = \"pki/sts.crt\", issuers = [\"TEST1-NSP-STS\", \"http://sts.sundhedsdatastyrelsen.dk/\"] }]\n\n\
                        [citizen]\nlisten = \"127.0.0.1:0\"\n"
                 .into(),
         ..repository.gateway_options("batch_size = 5")

@@ -20,6 +20,8 @@ use crate::support::{Answer, Client, Gateway, Options, metric_value};
 const PORTVAGT: &str = "https://portvagt.test.invalid";
 const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const SAML2: &str = "urn:ietf:params:oauth:token-type:saml2";
+/// The test STS, pinned to the issuer names the SOSI cards and OIOSAML assertions it signs use.
+const STS: &str = r#"{ certificate = "pki/sts.crt", issuers = ["TEST1-NSP-STS", "http://sts.sundhedsdatastyrelsen.dk/"] }"#;
 
 /// A gateway with `[token_exchange]` trusting the PKI's STS certificate.
 fn gateway_with(pki: Option<Arc<DevPki>>, extra: &str) -> Gateway {
@@ -42,7 +44,7 @@ fn exchange_options(pki: Option<Arc<DevPki>>, extra: &str) -> Options {
 issuer = "{PORTVAGT}"
 signing_key = "exchange.key"
 key_id = "portvagt-test"
-trusted_sts = ["pki/sts.crt"]
+trusted_sts = [{STS}]
 assertion_audiences = ["{PORTVAGT}"]
 allow_sha1 = true
 {extra}
@@ -300,6 +302,85 @@ async fn oiosaml_assertion_about_a_patient_is_confined_to_that_patient() {
     assert_eq!(
         error_code(&answer),
         ("invalid_grant".into(), "unknown-patient".into())
+    );
+}
+
+#[tokio::test]
+async fn the_subject_confirmation_is_checked_against_this_endpoint_and_this_connection() {
+    let gateway = gateway_with(None, "");
+    let pki = &gateway.pki;
+    let client = gateway.client();
+    let confirmed = |confirmation: &[(&'static str, &str)]| {
+        let mut assertion =
+            OiosamlAssertion::physician(&pki.client.cert_der, PORTVAGT, "1111111118");
+        assertion.confirmation = confirmation
+            .iter()
+            .map(|(name, value)| (*name, (*value).to_owned()))
+            .collect();
+        rfc8693(&assertion.sign(&pki.sts).unwrap())
+    };
+    let endpoint = format!("{PORTVAGT}/token");
+    // The test client connects from the loopback address, IPv4.
+    let answer = post_token(
+        &client,
+        confirmed(&[("Recipient", &endpoint), ("Address", "127.0.0.1")]),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    for (confirmation, code) in [
+        (
+            vec![("Recipient", "https://other-gateway.test.invalid/token")],
+            "wrong-recipient",
+        ),
+        (vec![("Address", "192.0.2.44")], "wrong-address"),
+        (vec![("Address", "not an address")], "wrong-address"),
+        (
+            vec![("InResponseTo", "_authn-request-7")],
+            "in-response-to-refused",
+        ),
+    ] {
+        let answer = post_token(&client, confirmed(&confirmation)).await;
+        assert_eq!(answer.status, 400, "{confirmation:?}: {}", answer.text());
+        assert_eq!(
+            error_code(&answer),
+            ("invalid_grant".into(), code.into()),
+            "{confirmation:?}"
+        );
+    }
+
+    // Behind a TCP proxy that hides the client, the operator turns the Address check off.
+    let proxied = gateway_with(
+        Some(gateway.pki.clone()),
+        "check_confirmation_address = false",
+    );
+    let answer = post_token(&proxied.client(), confirmed(&[("Address", "192.0.2.44")])).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+}
+
+#[tokio::test]
+async fn replay_is_keyed_on_the_signing_certificate_not_on_the_claimed_issuer() {
+    let gateway = gateway_with(None, "");
+    let pki = &gateway.pki;
+    let client = gateway.client();
+    let mut card = SosiCard::system(&pki.client.cert_der);
+    let first = card.sign(&pki.sts).unwrap();
+    assert_eq!(post_token(&client, rfc8693(&first)).await.status, 200);
+    // The same card id under the other issuer name the same STS may use: the same card.
+    card.issuer = "http://sts.sundhedsdatastyrelsen.dk/".into();
+    let answer = post_token(&client, rfc8693(&card.sign(&pki.sts).unwrap())).await;
+    assert_eq!(
+        error_code(&answer),
+        ("invalid_grant".into(), "assertion-replayed".into()),
+        "{}",
+        answer.text()
+    );
+    // A name the STS is not pinned to is refused before replay is looked at.
+    card.issuer = "ROGUE-STS".into();
+    card.card_id = uuid::Uuid::new_v4().to_string();
+    let answer = post_token(&client, rfc8693(&card.sign(&pki.sts).unwrap())).await;
+    assert_eq!(
+        error_code(&answer),
+        ("invalid_grant".into(), "issuer-not-allowed".into())
     );
 }
 
@@ -585,31 +666,51 @@ signing_key = "key/issuer.key"
         )
     };
     let check = |text: String| crate::support::check_config(dir.path(), &text);
+    let pinned = |path: &str| {
+        format!("trusted_sts = [{{ certificate = \"{path}\", issuers = [\"TEST1-NSP-STS\"] }}]")
+    };
+    let sts = pinned("pki/sts.crt");
     let cases = [
-        (
-            "trusted_sts = [\"pki/missing.crt\"]",
-            "token_exchange.trusted_sts",
-        ),
+        (pinned("pki/missing.crt"), "token_exchange.trusted_sts"),
         // An ECDSA certificate (the client's) is not an STS signing certificate.
+        (pinned("pki/client.crt"), "token_exchange.trusted_sts"),
+        // A certificate not pinned to issuer names could sign for any STS.
         (
-            "trusted_sts = [\"pki/client.crt\"]",
+            "trusted_sts = [\"pki/sts.crt\"]".to_owned(),
             "token_exchange.trusted_sts",
         ),
         (
-            "trusted_sts = [\"pki/sts.crt\"]\ntoken_lifetime = \"2h\"",
+            "trusted_sts = [{ certificate = \"pki/sts.crt\", issuers = [] }]".to_owned(),
+            "token_exchange.trusted_sts",
+        ),
+        (
+            format!("{sts}\ntoken_lifetime = \"2h\""),
             "token_exchange.token_lifetime",
         ),
         (
-            "trusted_sts = [\"pki/sts.crt\"]\nredis_url = \"rediss://cache\"",
+            format!("{sts}\nredis_url = \"rediss://cache\""),
             "token_exchange.redis_url",
+        ),
+        (
+            format!("{sts}\ntoken_endpoint = \"http://portvagt.test.invalid/token\""),
+            "token_exchange.token_endpoint",
+        ),
+        // Bearer cards (levels 1 and 2) only with the explicit switch.
+        (
+            format!("{sts}\nmin_authentication_level = 2"),
+            "token_exchange.min_authentication_level",
         ),
     ];
     for (exchange, field) in cases {
-        let (code, stderr) = check(config(exchange));
+        let (code, stderr) = check(config(&exchange));
         assert_eq!(code, Some(1), "{exchange}: {stderr}");
         assert!(stderr.contains(field), "{exchange}: {stderr}");
     }
     // Token exchange alone (no [[issuer]]) is a complete configuration.
-    let (code, stderr) = check(config("trusted_sts = [\"pki/sts.crt\"]"));
+    let (code, stderr) = check(config(&sts));
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, stderr) = check(config(&format!(
+        "{sts}\nmin_authentication_level = 2\nallow_bearer_assertions = true"
+    )));
     assert_eq!(code, Some(0), "{stderr}");
 }

@@ -169,7 +169,7 @@ listen = "0.0.0.0:{{ .Values.containerPorts.citizen }}"
 [token_exchange]
 {{- include "portvagt.tomlKeys" (dict "table" $cfg.token_exchange "first" (list "issuer" "audience") "skip" (list "enabled" "useRedis")) }}
 signing_key = "/etc/portvagt/token-exchange/signing-key.pem"
-trusted_sts = {{ include "portvagt.trustedStsPaths" . }}
+trusted_sts = {{ include "portvagt.trustedStsToml" . }}
 {{- if $cfg.token_exchange.useRedis }}
 redis_url = {{ include "portvagt.redisUrl" . }}
 {{- end }}

@@ -307,13 +307,22 @@ Usage: include "portvagt.tlsTomlKeys" (dict "table" $cfg.backend "files" $files 
 {{- include "portvagt.tomlKeys" (dict "table" $table "first" .first) }}
 {{- end }}
 
-{{/* `[token_exchange] trusted_sts`: one path per certificate key of the trusted STS Secret. */}}
-{{- define "portvagt.trustedStsPaths" -}}
-{{- $paths := list }}
+{{/*
+`[token_exchange] trusted_sts`: a TOML array of inline tables, one per certificate of the trusted
+STS Secret, each pinned to the Issuer names it may sign for:
+[{ certificate = "/etc/portvagt/trusted-sts/sts.pem", issuers = ["TEST1-NSP-STS"] }]
+(strings written with toJson: JSON's escapes are TOML's).
+*/}}
+{{- define "portvagt.trustedStsToml" -}}
+{{- $entries := list }}
 {{- range .Values.tokenExchangeKeys.trustedSts.keys }}
-{{- $paths = append $paths (printf "/etc/portvagt/trusted-sts/%s" .) }}
+{{- $issuers := list }}
+{{- range .issuers }}
+{{- $issuers = append $issuers (toString . | toJson) }}
 {{- end }}
-{{- $paths | toJson }}
+{{- $entries = append $entries (printf "{ certificate = %s, issuers = [%s] }" (printf "/etc/portvagt/trusted-sts/%s" .key | toJson) (join ", " $issuers)) }}
+{{- end }}
+{{- printf "[%s]" (join ", " $entries) }}
 {{- end }}
 
 {{/*

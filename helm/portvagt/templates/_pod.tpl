@@ -242,8 +242,8 @@ spec:
         defaultMode: 0440
         items:
           {{- range .Values.tokenExchangeKeys.trustedSts.keys }}
-          - key: {{ . }}
-            path: {{ . }}
+          - key: {{ .key }}
+            path: {{ .key }}
           {{- end }}
     {{- end }}
     {{- if include "portvagt.auditSealed" . }}

@@ -26,12 +26,52 @@ use crate::config::{ConfigError, IssuerConfig};
 use crate::metrics::Metrics;
 use crate::tls::PeerIdentity;
 
+/// With several introspecting issuers, an opaque token must go to one of them by rule: all
+/// but one name a `token_prefix`, and no prefix begins another (which would make the choice
+/// depend on order).
+fn opaque_token_choice_is_explicit(issuers: &[IssuerConfig]) -> Result<(), ConfigError> {
+    let introspecting: Vec<(usize, Option<&str>)> = issuers
+        .iter()
+        .enumerate()
+        .filter_map(|(index, issuer)| {
+            let config = issuer.introspection.as_ref()?;
+            Some((index, config.token_prefix.as_deref()))
+        })
+        .collect();
+    let field = |index: usize| format!("issuer[{index}].introspection.token_prefix");
+    if let Some((index, _)) = introspecting
+        .iter()
+        .filter(|(_, prefix)| prefix.is_none())
+        .nth(1)
+    {
+        return Err(ConfigError::new(
+            field(*index),
+            "several issuers introspect opaque tokens: give all but one a token_prefix, so that \
+             a token is shown only to the issuer that made it",
+        ));
+    }
+    for (index, prefix) in &introspecting {
+        for (other, other_prefix) in &introspecting {
+            if let (Some(prefix), Some(other_prefix)) = (prefix, other_prefix)
+                && index != other
+                && other_prefix.starts_with(prefix)
+            {
+                return Err(ConfigError::new(
+                    field(*other),
+                    format!("{other_prefix:?} begins with issuer[{index}]'s prefix {prefix:?}"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Verifies access tokens against every configured issuer. Built once at start.
 #[derive(Debug)]
 pub struct TokenVerifier {
     issuers: HashMap<String, IssuerVerifier>,
-    /// The issuers with an introspection endpoint, in configuration order: where an opaque
-    /// token is checked.
+    /// The issuers with an introspection endpoint: an opaque token is shown to exactly one of
+    /// them, chosen by its `token_prefix` ([`TokenVerifier::introspector_for`]).
     introspectors: Vec<Arc<Introspector>>,
     metrics: Arc<Metrics>,
 }
@@ -170,6 +210,7 @@ impl TokenVerifier {
                 return Err(ConfigError::new(field("issuer"), "configured twice"));
             }
         }
+        opaque_token_choice_is_explicit(issuers)?;
         Ok(TokenVerifier {
             issuers: map,
             introspectors,
@@ -293,34 +334,31 @@ impl TokenVerifier {
         }
     }
 
-    /// An opaque token: asked of each introspecting issuer in turn; the first that knows it
-    /// as active wins. If any endpoint could not be asked and none said active, the answer is
-    /// "unavailable" (the token may be good), else the first refusal.
+    /// An opaque token: asked of the one issuer it belongs to ([`Self::introspector_for`]),
+    /// never of the others, which have no business seeing it.
     async fn verify_opaque(
         &self,
         token: &str,
         peer: &Arc<PeerIdentity>,
         binding_required: bool,
     ) -> Result<Principal, AuthnError> {
-        let mut refusal = None;
-        for introspector in &self.introspectors {
-            match introspector.introspect(token, now()).await {
-                Ok(active) => {
-                    let issuer = self
-                        .issuers
-                        .get(introspector.issuer())
-                        .ok_or(AuthnError::UnknownIssuer)?;
-                    return issuer.principal_from_answer(token, active, peer, binding_required);
-                }
-                Err(AuthnError::IntrospectionUnavailable) => {
-                    refusal = Some(AuthnError::IntrospectionUnavailable);
-                }
-                Err(other) => {
-                    refusal.get_or_insert(other);
-                }
-            }
-        }
-        Err(refusal.unwrap_or(AuthnError::Malformed))
+        let introspector = self.introspector_for(token).ok_or(AuthnError::Malformed)?;
+        let active = introspector.introspect(token, now()).await?;
+        self.issuers
+            .get(introspector.issuer())
+            .ok_or(AuthnError::UnknownIssuer)?
+            .principal_from_answer(token, active, peer, binding_required)
+    }
+
+    /// The introspecting issuer an opaque token belongs to: the one with the longest
+    /// `token_prefix` it starts with, else the one without a prefix (at most one; checked at
+    /// start), else none.
+    fn introspector_for(&self, token: &str) -> Option<&Arc<Introspector>> {
+        self.introspectors
+            .iter()
+            .filter(|i| i.prefix().is_some_and(|prefix| token.starts_with(prefix)))
+            .max_by_key(|i| i.prefix().map_or(0, str::len))
+            .or_else(|| self.introspectors.iter().find(|i| i.prefix().is_none()))
     }
 
     /// Verifies a JWT with the keys held now, never touching the network.

@@ -99,8 +99,13 @@ pub struct VerifiedAssertion {
     pub subject_format: Option<String>,
     pub authentication_level: u8,
     pub not_on_or_after: u64,
-    /// The trusted STS certificate that signed it.
+    /// The trusted STS certificate that signed it (its subject).
     pub signer: String,
+    /// SHA-256 of that certificate, hex: replay is keyed on it, not on the claimed issuer.
+    pub signer_fingerprint: String,
+    /// `SubjectConfirmationData/@Address`: the network address the assertion may be presented
+    /// from, for the caller to compare with the connection's.
+    pub confirmation_address: Option<String>,
     pub cpr: Option<String>,
     pub given_name: Option<String>,
     pub family_name: Option<String>,
@@ -139,6 +144,11 @@ pub(super) fn read(
     signer: &TrustedSigner,
 ) -> Result<VerifiedAssertion, SamlError> {
     let issuer = text(only_child(root, "Issuer")?)?;
+    // A trusted STS speaks only for the issuer names it is pinned to: another's cards (and
+    // their replay ids) are not its to make.
+    if !signer.may_sign_for(&issuer) {
+        return Err(SamlError::IssuerNotAllowed);
+    }
     let subject = only_child(root, "Subject")?;
     let name_id = only_child(subject, "NameID")?;
     let subject_value = text(name_id)?;
@@ -185,12 +195,30 @@ pub(super) fn read(
     };
 
     let confirmation = only_child(subject, "SubjectConfirmation")?;
-    if let Ok(data) = only_child(confirmation, "SubjectConfirmationData")
-        && let Some(until) = data.attribute("NotOnOrAfter")
-        && now >= parse_instant(until)?.saturating_add(policy.leeway)
-    {
-        return Err(SamlError::Expired);
+    let data = match only_child(confirmation, "SubjectConfirmationData") {
+        Ok(data) => Some(data),
+        Err(SamlError::MissingAttribute) => None,
+        Err(other) => return Err(other),
+    };
+    if let Some(data) = data {
+        if let Some(until) = data.attribute("NotOnOrAfter")
+            && now >= parse_instant(until)?.saturating_add(policy.leeway)
+        {
+            return Err(SamlError::Expired);
+        }
+        if let Some(recipient) = data.attribute("Recipient")
+            && recipient != policy.token_endpoint
+        {
+            return Err(SamlError::WrongRecipient);
+        }
+        // Portvagt sends no SAML requests: an assertion answering one was made for someone else.
+        if data.attribute("InResponseTo").is_some() {
+            return Err(SamlError::UnsolicitedResponseExpected);
+        }
     }
+    let confirmation_address = data
+        .and_then(|data| data.attribute("Address"))
+        .map(str::to_owned);
     let method = match confirmation.attribute("Method") {
         Some(method) => method.to_owned(),
         // DGWS 1.0 writes the method as a child element.
@@ -234,8 +262,7 @@ pub(super) fn read(
         if method != HOLDER_OF_KEY {
             return Err(SamlError::NotHolderOfKey);
         }
-        let certificate = only_child(confirmation, "SubjectConfirmationData")
-            .ok()
+        let certificate = data
             .and_then(|data| {
                 data.descendants()
                     .find(|n| n.has_tag_name((DSIG_NS, "X509Certificate")))
@@ -295,6 +322,8 @@ pub(super) fn read(
         authentication_level: level,
         not_on_or_after,
         signer: signer.subject().to_owned(),
+        signer_fingerprint: signer.fingerprint().to_owned(),
+        confirmation_address,
         cpr: either(first, second)?,
         given_name: either(sosi::GIVEN_NAME, xua::GIVEN_NAME)?,
         family_name: either(sosi::SURNAME, xua::SURNAME)?,

@@ -38,6 +38,10 @@ const SHA1: &str = "http://www.w3.org/2000/09/xmldsig#sha1";
 #[derive(Clone)]
 pub struct TrustedSigner {
     subject: String,
+    /// SHA-256 of the certificate, hex: what replay protection keys on.
+    fingerprint: String,
+    /// The `saml:Issuer` values this certificate may sign for.
+    issuers: Vec<String>,
     der: Vec<u8>,
     key: PKey<Public>,
 }
@@ -51,8 +55,12 @@ impl std::fmt::Debug for TrustedSigner {
 }
 
 impl TrustedSigner {
-    /// Reads every certificate of a PEM file. RSA keys of at least 2048 bits only.
-    pub fn load_pem(pem: &[u8]) -> Result<Vec<TrustedSigner>, String> {
+    /// Reads every certificate of a PEM file, each allowed to sign for `issuers` (and no
+    /// other `saml:Issuer`). RSA keys of at least 2048 bits only.
+    pub fn load_pem(pem: &[u8], issuers: &[String]) -> Result<Vec<TrustedSigner>, String> {
+        if issuers.iter().all(|issuer| issuer.trim().is_empty()) {
+            return Err("names no issuers it may sign for".into());
+        }
         let certs = X509::stack_from_pem(pem).map_err(|e| format!("not PEM certificates: {e}"))?;
         if certs.is_empty() {
             return Err("no certificate in the file".into());
@@ -73,9 +81,17 @@ impl TrustedSigner {
                     .filter_map(|entry| entry.data().to_string().ok())
                     .collect::<Vec<_>>()
                     .join(", ");
+                let der = cert.to_der().map_err(|e| e.to_string())?;
+                let fingerprint = openssl::hash::hash(MessageDigest::sha256(), &der)
+                    .map_err(|e| e.to_string())?
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
                 Ok(TrustedSigner {
                     subject,
-                    der: cert.to_der().map_err(|e| e.to_string())?,
+                    fingerprint,
+                    issuers: issuers.to_vec(),
+                    der,
                     key,
                 })
             })
@@ -85,6 +101,16 @@ impl TrustedSigner {
     /// The certificate's subject, for logs.
     pub fn subject(&self) -> &str {
         &self.subject
+    }
+
+    /// SHA-256 of the certificate, lower-case hex.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// Whether this certificate may sign assertions whose `saml:Issuer` is `issuer`.
+    pub fn may_sign_for(&self, issuer: &str) -> bool {
+        self.issuers.iter().any(|allowed| allowed == issuer)
     }
 }
 

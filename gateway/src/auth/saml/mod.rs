@@ -8,8 +8,10 @@
 //! 2.0 `Assertion` with exactly one id (`ID`, or DGWS 1.0's `id`) that no other element in the
 //! document shares; its enveloped signature ([`dsig`]) is by a trusted STS certificate and
 //! references that id; only then is anything read, and only from the assertion's own children
-//! ([`assertion`]): validity window, audience, card type, authentication level, holder-of-key.
-//! Replay is checked by the caller, which owns the (possibly shared) cache.
+//! ([`assertion`]): the `Issuer` (one the signing certificate is pinned to), validity window,
+//! audience, subject confirmation (`Recipient` this token endpoint, no `InResponseTo`), card
+//! type, authentication level, holder-of-key. Replay and the confirmation's `Address` are
+//! checked by the caller, which owns the (possibly shared) cache and knows the connection.
 
 mod assertion;
 mod c14n;
@@ -63,6 +65,14 @@ pub enum SamlError {
     UntrustedSigner,
     #[error("the signature does not verify")]
     BadSignature,
+    #[error("the signing STS certificate may not sign for the assertion's Issuer")]
+    IssuerNotAllowed,
+    #[error("the subject confirmation names another Recipient than this token endpoint")]
+    WrongRecipient,
+    #[error("the subject confirmation answers a request (InResponseTo) this gateway never sent")]
+    UnsolicitedResponseExpected,
+    #[error("the subject confirmation names another Address than the connection's")]
+    WrongAddress,
     #[error("the assertion has expired")]
     Expired,
     #[error("the assertion is not valid yet")]
@@ -110,6 +120,10 @@ impl SamlError {
             SamlError::DigestMismatch => "digest-mismatch",
             SamlError::UntrustedSigner => "untrusted-signer",
             SamlError::BadSignature => "bad-signature",
+            SamlError::IssuerNotAllowed => "issuer-not-allowed",
+            SamlError::WrongRecipient => "wrong-recipient",
+            SamlError::UnsolicitedResponseExpected => "in-response-to-refused",
+            SamlError::WrongAddress => "wrong-address",
             SamlError::Expired => "assertion-expired",
             SamlError::NotYetValid => "assertion-not-yet-valid",
             SamlError::MissingConditions => "missing-conditions",
@@ -143,6 +157,8 @@ pub struct AssertionPolicy {
     pub max_lifetime: u64,
     /// The largest assertion accepted, bytes.
     pub max_bytes: usize,
+    /// This gateway's token endpoint URL: the only `Recipient` a subject confirmation may name.
+    pub token_endpoint: String,
 }
 
 /// The most XML nodes an assertion may have (a SOSI card has about 150).

@@ -11,6 +11,9 @@ use super::*;
 use crate::tls::PeerIdentity;
 
 const AUDIENCE: &str = "https://portvagt.test/";
+const TOKEN_ENDPOINT: &str = "https://portvagt.test/token";
+/// The issuer names the test STS is pinned to: its SOSI cards' and its OIOSAML assertions'.
+const ISSUERS: [&str; 2] = ["TEST1-NSP-STS", "http://sts.sundhedsdatastyrelsen.dk/"];
 
 struct Fixture {
     pki: DevPki,
@@ -29,13 +32,18 @@ fn fixture() -> &'static Fixture {
 
 fn policy(allow_sha1: bool) -> AssertionPolicy {
     AssertionPolicy {
-        signers: TrustedSigner::load_pem(fixture().pki.sts.cert_pem.as_bytes()).unwrap(),
+        signers: TrustedSigner::load_pem(
+            fixture().pki.sts.cert_pem.as_bytes(),
+            &ISSUERS.map(str::to_owned),
+        )
+        .unwrap(),
         allow_sha1,
         audiences: vec![AUDIENCE.to_owned()],
         min_authentication_level: 3,
         leeway: 60,
         max_lifetime: 24 * 3600,
         max_bytes: 64 * 1024,
+        token_endpoint: TOKEN_ENDPOINT.into(),
     }
 }
 
@@ -552,5 +560,77 @@ fn costly_inputs_are_refused_before_any_canonicalization() {
     assert_eq!(
         verify(&long_lived.sign(&fixture().pki.sts).unwrap()).unwrap_err(),
         SamlError::LifetimeTooLong
+    );
+}
+
+#[test]
+fn a_trusted_sts_signs_only_for_the_issuers_it_is_pinned_to() {
+    // A good signature by the trusted STS, on a card claiming another STS's name.
+    let mut card = SosiCard::user(&fixture().pki.client.cert_der);
+    card.issuer = "OTHER-REGION-STS".into();
+    let xml = card.sign(&fixture().pki.sts).unwrap();
+    assert_eq!(verify(&xml).unwrap_err(), SamlError::IssuerNotAllowed);
+    let mut assertion = oiosaml();
+    assertion.issuer = "https://sts.other.example/".into();
+    let xml = assertion.sign(&fixture().pki.sts).unwrap();
+    assert_eq!(verify(&xml).unwrap_err(), SamlError::IssuerNotAllowed);
+    // Pinned to the SOSI name only, the same STS's OIOSAML assertions are refused.
+    let mut narrow = policy(false);
+    narrow.signers =
+        TrustedSigner::load_pem(fixture().pki.sts.cert_pem.as_bytes(), &[ISSUERS[0].into()])
+            .unwrap();
+    let xml = oiosaml().sign(&fixture().pki.sts).unwrap();
+    assert_eq!(
+        narrow.verify(xml.as_bytes(), &client(), now()).unwrap_err(),
+        SamlError::IssuerNotAllowed
+    );
+    assert!(
+        narrow
+            .verify(user_card().as_bytes(), &client(), now())
+            .is_ok()
+    );
+    // No issuer at all is no pinning.
+    assert!(TrustedSigner::load_pem(fixture().pki.sts.cert_pem.as_bytes(), &[]).is_err());
+    // The replay key's signer is the certificate, whatever the card claims.
+    let card = verify(&user_card()).unwrap();
+    assert_eq!(card.signer_fingerprint.len(), 64);
+    assert_eq!(
+        card.signer_fingerprint,
+        policy(false).signers[0].fingerprint()
+    );
+}
+
+#[test]
+fn the_subject_confirmation_must_be_for_this_token_endpoint_and_unsolicited() {
+    let with = |confirmation: &[(&'static str, &str)]| {
+        let mut assertion = oiosaml();
+        assertion.confirmation = confirmation
+            .iter()
+            .map(|(name, value)| (*name, (*value).to_owned()))
+            .collect();
+        verify(&assertion.sign(&fixture().pki.sts).unwrap())
+    };
+    let good = with(&[("Recipient", TOKEN_ENDPOINT), ("Address", "192.0.2.7")]).unwrap();
+    assert_eq!(good.confirmation_address.as_deref(), Some("192.0.2.7"));
+    assert_eq!(with(&[]).unwrap().confirmation_address, None);
+    for recipient in [
+        "https://other-gateway.test/token",
+        "https://portvagt.test/token/",
+        "https://portvagt.test/",
+        "",
+    ] {
+        assert_eq!(
+            with(&[("Recipient", recipient)]).unwrap_err(),
+            SamlError::WrongRecipient,
+            "{recipient}"
+        );
+    }
+    assert_eq!(
+        with(&[("InResponseTo", "_request-1")]).unwrap_err(),
+        SamlError::UnsolicitedResponseExpected
+    );
+    assert_eq!(
+        with(&[("Recipient", TOKEN_ENDPOINT), ("InResponseTo", "")]).unwrap_err(),
+        SamlError::UnsolicitedResponseExpected
     );
 }
