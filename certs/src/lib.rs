@@ -270,6 +270,22 @@ impl CertificateAuthority {
         self.sign_with(params, key)
     }
 
+    /// The STS certificate `previous` renewed: a new certificate (serial, validity) for the same
+    /// key, as an STS rollover often is.
+    pub fn renew_sts(
+        &self,
+        previous: &IssuedCert,
+        common_name: &str,
+    ) -> anyhow::Result<IssuedCert> {
+        let mut params = leaf_params(365)?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CountryName, "DK");
+        dn.push(DnType::OrganizationName, "Portvagt Dev PKI");
+        dn.push(DnType::CommonName, common_name);
+        params.distinguished_name = dn;
+        self.sign_with(params, KeyPair::from_pem(&previous.key_pem)?)
+    }
+
     fn sign(&self, params: CertificateParams) -> anyhow::Result<IssuedCert> {
         self.sign_with(params, KeyPair::generate()?)
     }

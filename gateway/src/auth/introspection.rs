@@ -62,7 +62,7 @@ pub struct Introspector {
     capacity: usize,
     cache: Mutex<HashMap<[u8; 32], (Cached, Instant)>>,
     /// Calls under way, by token digest: concurrent misses for one token wait for one call.
-    in_flight: Mutex<HashMap<[u8; 32], Arc<InFlight>>>,
+    in_flight: Mutex<HashMap<[u8; 32], Flight>>,
     metrics: Arc<Metrics>,
 }
 
@@ -70,24 +70,30 @@ pub struct Introspector {
 /// the same token while it ran.
 type InFlight = tokio::sync::OnceCell<Result<ActiveToken, AuthnError>>;
 
-/// Takes a call off the in-flight map when its last waiter is done with it, answered or
-/// cancelled, so that abandoned calls do not pile up.
+/// A call under way and how many requests wait for it (counted under the map's lock).
+struct Flight {
+    call: Arc<InFlight>,
+    waiters: usize,
+}
+
+/// Takes a call off the in-flight map when it is answered or its last waiter is gone
+/// (cancelled), so that abandoned calls do not pile up.
 struct FlightGuard<'a> {
-    in_flight: &'a Mutex<HashMap<[u8; 32], Arc<InFlight>>>,
+    in_flight: &'a Mutex<HashMap<[u8; 32], Flight>>,
     key: [u8; 32],
-    flight: Arc<InFlight>,
+    call: Arc<InFlight>,
 }
 
 impl Drop for FlightGuard<'_> {
     fn drop(&mut self) {
         let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        // Waiters clone the call under this lock, so the count is exact: the map's and ours.
-        if in_flight
-            .get(&self.key)
-            .is_some_and(|current| Arc::ptr_eq(current, &self.flight))
-            && (self.flight.initialized() || Arc::strong_count(&self.flight) == 2)
+        if let Some(flight) = in_flight.get_mut(&self.key)
+            && Arc::ptr_eq(&flight.call, &self.call)
         {
-            in_flight.remove(&self.key);
+            flight.waiters = flight.waiters.saturating_sub(1);
+            if flight.waiters == 0 || self.call.initialized() {
+                in_flight.remove(&self.key);
+            }
         }
     }
 }
@@ -229,14 +235,21 @@ impl Introspector {
         }
         // One call per token at a time: the first miss asks, the others wait for its answer
         // (if the first is cancelled, the next waiter asks).
-        let (flight, leader) = {
+        let (call, leader) = {
             let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-            match in_flight.get(&key) {
-                Some(flight) => (Arc::clone(flight), false),
+            match in_flight.get_mut(&key) {
+                Some(flight) => {
+                    flight.waiters += 1;
+                    (Arc::clone(&flight.call), false)
+                }
                 None => {
-                    let flight = Arc::new(InFlight::new());
-                    in_flight.insert(key, Arc::clone(&flight));
-                    (flight, true)
+                    let call = Arc::new(InFlight::new());
+                    let flight = Flight {
+                        call: Arc::clone(&call),
+                        waiters: 1,
+                    };
+                    in_flight.insert(key, flight);
+                    (call, true)
                 }
             }
         };
@@ -244,10 +257,10 @@ impl Introspector {
         let guard = FlightGuard {
             in_flight: &self.in_flight,
             key,
-            flight,
+            call,
         };
         guard
-            .flight
+            .call
             .get_or_init(|| self.ask(token, key, now))
             .await
             .clone()
@@ -417,9 +430,13 @@ mod tests {
     use super::*;
 
     fn introspector(capacity: usize) -> Introspector {
+        introspector_at("https://as.test/introspect", capacity)
+    }
+
+    fn introspector_at(url: &str, capacity: usize) -> Introspector {
         let issuer = IssuerConfig::new("https://as.test", vec!["https://fhir.test/fhir".into()]);
         let config = IntrospectionConfig {
-            url: "https://as.test/introspect".into(),
+            url: url.into(),
             client_id: "gateway".into(),
             client_secret_file: None,
             client_secret_env: Some("PATH".into()),
@@ -431,6 +448,40 @@ mod tests {
             token_prefix: None,
         };
         Introspector::new(0, &issuer, &config, Arc::new(Metrics::new())).unwrap()
+    }
+
+    #[tokio::test]
+    async fn waiters_that_all_give_up_leave_no_call_behind() {
+        // An endpoint that takes the connection and never answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _held = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        });
+        let introspector = Arc::new(introspector_at(&format!("https://{addr}/introspect"), 10));
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let introspector = Arc::clone(&introspector);
+                tokio::spawn(async move { introspector.introspect("tok", 1).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        {
+            let in_flight = introspector.in_flight.lock().unwrap();
+            assert_eq!(in_flight.len(), 1, "one call for the three");
+            assert_eq!(in_flight.values().next().unwrap().waiters, 3);
+        }
+        // All three hang up at once (clients gone, request timeouts).
+        for waiter in &waiters {
+            waiter.abort();
+        }
+        for waiter in waiters {
+            assert!(waiter.await.unwrap_err().is_cancelled());
+        }
+        assert!(introspector.in_flight.lock().unwrap().is_empty());
     }
 
     fn judge(answer: Value) -> Result<ActiveToken, AuthnError> {

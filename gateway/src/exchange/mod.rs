@@ -143,6 +143,23 @@ impl TokenExchange {
                 ConfigError::new(field("trusted_sts"), format!("{}: {e}", path.display()))
             })?);
         }
+        // A signature says which key made it, not which certificate (`KeyInfo` is unsigned):
+        // certificates sharing a key must be pinned alike, or the presenter picks the pins.
+        for (index, signer) in signers.iter().enumerate() {
+            if signers[..index].iter().any(|earlier| {
+                earlier.fingerprint() == signer.fingerprint()
+                    && earlier.issuers() != signer.issuers()
+            }) {
+                return Err(ConfigError::new(
+                    field("trusted_sts"),
+                    format!(
+                        "{}: the same key is in another entry pinned to other issuers; pin \
+                         certificates that share a key to the same issuers",
+                        signer.subject()
+                    ),
+                ));
+            }
+        }
         let token_endpoint = config
             .token_endpoint
             .clone()

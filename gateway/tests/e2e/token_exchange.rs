@@ -385,6 +385,58 @@ async fn replay_is_keyed_on_the_signing_certificate_not_on_the_claimed_issuer() 
 }
 
 #[tokio::test]
+async fn a_card_is_used_once_whichever_certificate_of_its_key_it_names() {
+    // The STS certificate renewed with the same key, both trusted during the rollover.
+    let pki = Arc::new(DevPki::generate().unwrap());
+    let renewed = pki.ca.renew_sts(&pki.sts, "Test STS (renewed)").unwrap();
+    let both = format!(
+        "{STS}, {{ certificate = \"sts-next.crt\", issuers = [\"TEST1-NSP-STS\", \"http://sts.sundhedsdatastyrelsen.dk/\"] }}"
+    );
+    let mut options = exchange_options(Some(pki.clone()), "");
+    options.extra_config = options.extra_config.replace(
+        &format!("trusted_sts = [{STS}]"),
+        &format!("trusted_sts = [{both}]"),
+    );
+    options
+        .files
+        .push(("sts-next.crt".into(), renewed.cert_pem.clone()));
+    let gateway = Gateway::start_with(options);
+    let client = gateway.client();
+    let card = SosiCard::system(&pki.client.cert_der);
+    let first = post_token(&client, rfc8693(&card.sign(&pki.sts).unwrap())).await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    // The same card, its (unsigned) KeyInfo naming the other certificate of the same key.
+    let again = post_token(&client, rfc8693(&card.sign(&renewed).unwrap())).await;
+    assert_eq!(
+        error_code(&again),
+        ("invalid_grant".into(), "assertion-replayed".into()),
+        "{}",
+        again.text()
+    );
+
+    // Certificates of one key pinned to different issuers: the presenter would pick the pins.
+    let dir = tempfile::tempdir().unwrap();
+    pki.write_to(&dir.path().join("pki")).unwrap();
+    std::fs::write(dir.path().join("pki/sts-next.crt"), &renewed.cert_pem).unwrap();
+    portvagt::auth::issuer_key::IssuerKey::generate("k")
+        .unwrap()
+        .save(&dir.path().join("key"))
+        .unwrap();
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[tls]\ncert = \"pki/server.crt\"\nkey = \"pki/server.key\"\n\
+         client_ca = \"pki/ca.crt\"\n[backend]\nurl = \"http://127.0.0.1:1/fhir\"\n[token_exchange]\n\
+         issuer = \"{PORTVAGT}\"\nsigning_key = \"key/issuer.key\"\ntrusted_sts = [{STS}, \
+         {{ certificate = \"pki/sts-next.crt\", issuers = [\"OTHER-STS\"] }}]\n"
+    );
+    let (code, stderr) = crate::support::check_config(dir.path(), &config);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("token_exchange.trusted_sts") && stderr.contains("same key"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
 async fn refusals_are_rfc6749_errors_with_a_specific_code() {
     let gateway = gateway_with(None, "min_authentication_level = 4");
     let pki = &gateway.pki;

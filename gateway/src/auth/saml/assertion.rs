@@ -101,7 +101,8 @@ pub struct VerifiedAssertion {
     pub not_on_or_after: u64,
     /// The trusted STS certificate that signed it (its subject).
     pub signer: String,
-    /// SHA-256 of that certificate, hex: replay is keyed on it, not on the claimed issuer.
+    /// SHA-256 of that certificate's public key, hex: replay is keyed on it, not on the
+    /// claimed issuer.
     pub signer_fingerprint: String,
     /// `SubjectConfirmationData/@Address`: the network address the assertion may be presented
     /// from, for the caller to compare with the connection's.

@@ -38,7 +38,9 @@ const SHA1: &str = "http://www.w3.org/2000/09/xmldsig#sha1";
 #[derive(Clone)]
 pub struct TrustedSigner {
     subject: String,
-    /// SHA-256 of the certificate, hex: what replay protection keys on.
+    /// SHA-256 of the certificate's public key (SubjectPublicKeyInfo), hex: what replay
+    /// protection keys on. The key, not the certificate: `KeyInfo` is not signed, so which of
+    /// two certificates with one key "signed" is the presenter's choice.
     fingerprint: String,
     /// The `saml:Issuer` values this certificate may sign for.
     issuers: Vec<String>,
@@ -82,7 +84,8 @@ impl TrustedSigner {
                     .collect::<Vec<_>>()
                     .join(", ");
                 let der = cert.to_der().map_err(|e| e.to_string())?;
-                let fingerprint = openssl::hash::hash(MessageDigest::sha256(), &der)
+                let spki = key.public_key_to_der().map_err(|e| e.to_string())?;
+                let fingerprint = openssl::hash::hash(MessageDigest::sha256(), &spki)
                     .map_err(|e| e.to_string())?
                     .iter()
                     .map(|b| format!("{b:02x}"))
@@ -103,9 +106,14 @@ impl TrustedSigner {
         &self.subject
     }
 
-    /// SHA-256 of the certificate, lower-case hex.
+    /// SHA-256 of the certificate's public key (DER SubjectPublicKeyInfo), lower-case hex.
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
+    }
+
+    /// The issuer names it is pinned to.
+    pub fn issuers(&self) -> &[String] {
+        &self.issuers
     }
 
     /// Whether this certificate may sign assertions whose `saml:Issuer` is `issuer`.
