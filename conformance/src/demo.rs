@@ -135,6 +135,10 @@ pub fn settings(dir: &Path) -> anyhow::Result<Settings> {
         emergency: Some(minter.mint(professional("EMERGENCY"))?),
         bound: Some(minter.mint(physician("TREATMENT"))?),
         bound_emergency: Some(minter.mint(physician("EMERGENCY"))?),
+        citizen: Some(minter.mint(json!({
+            "scope": "patient/*.rs", "patient": OWN_PATIENT,
+            "fhirUser": format!("Patient/{OWN_PATIENT}"), "aud": citizen_base_url,
+        }))?),
     };
     let foreign = portvagt_certs::DevPki::generate()?;
     Ok(Settings {

@@ -78,6 +78,9 @@ pub struct Tokens {
     pub bound: Option<String>,
     /// The same professional with purpose EMERGENCY.
     pub bound_emergency: Option<String>,
+    /// The patient of `tokens.patient` as her browser holds her token for the citizen
+    /// listener: the same claims, `aud` the citizen listener's.
+    pub citizen: Option<String>,
 }
 
 /// An input a case needs.
@@ -105,7 +108,7 @@ pub enum Need {
     V1Token,
     /// `tokens.blocked`, `tokens.emergency` and `blocked_patient`
     ConsentBlock,
-    /// `citizen_base_url`
+    /// `citizen_base_url` and `tokens.citizen`
     CitizenListener,
     /// `tokens.bound`, `tokens.bound_emergency`, `related_patient` and `unrelated_patient`
     Relationship,
@@ -133,7 +136,9 @@ impl Need {
                     && settings.tokens.emergency.is_some()
                     && settings.blocked_patient.is_some()
             }
-            Need::CitizenListener => settings.citizen_base_url.is_some(),
+            Need::CitizenListener => {
+                settings.citizen_base_url.is_some() && settings.tokens.citizen.is_some()
+            }
             Need::Relationship => {
                 settings.tokens.bound.is_some()
                     && settings.tokens.bound_emergency.is_some()
@@ -157,7 +162,9 @@ impl Need {
             Need::ConsentBlock => {
                 "no blocked professional (--token blocked=... --token emergency=... --blocked-patient)"
             }
-            Need::CitizenListener => "no citizen listener (--citizen-target)",
+            Need::CitizenListener => {
+                "no citizen listener with a citizen's token (--citizen-target --token citizen=...)"
+            }
             Need::Relationship => {
                 "no professional bound by the relationship check (--token bound=... --token bound-emergency=... --related-patient --unrelated-patient)"
             }

@@ -144,6 +144,7 @@ fn settings(cli: &Cli) -> anyhow::Result<Settings> {
             "emergency" => &mut tokens.emergency,
             "bound" => &mut tokens.bound,
             "bound-emergency" => &mut tokens.bound_emergency,
+            "citizen" => &mut tokens.citizen,
             other => anyhow::bail!("unknown token name {other:?}"),
         };
         *slot = Some(value);

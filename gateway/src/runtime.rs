@@ -17,7 +17,7 @@ use crate::backend::Backend;
 use crate::config::{Config, ConfigError};
 use crate::consent::ConsentStore;
 use crate::exchange::TokenExchange;
-use crate::layers::authenticate::RouteRules;
+use crate::layers::authenticate::{ListenerAudiences, RouteRules};
 use crate::layers::authorize::SharedRules;
 use crate::layers::rate_limit::RateLimiter;
 use crate::mass_lookup::MassLookupGuard;
@@ -42,6 +42,8 @@ pub struct Runtime {
     pub verifier: Arc<TokenVerifier>,
     /// Per-path authentication demands (`[[route]]`).
     pub routes: Arc<RouteRules>,
+    /// Which `aud` values each listener accepts.
+    pub audiences: ListenerAudiences,
     /// The SMART configuration and CapabilityStatement security description.
     pub smart: Arc<SmartDocuments>,
     /// The backend and its client.
@@ -153,6 +155,9 @@ impl Runtime {
         let routes = RouteRules::new(&config.routes)
             .map_err(|e| errors.push(e))
             .ok();
+        let audiences = ListenerAudiences::from_config(&config)
+            .map_err(|e| errors.push(e))
+            .ok();
         let backend = Backend::new(&config.backend)
             .map_err(|e| errors.push(e))
             .ok();
@@ -203,6 +208,7 @@ impl Runtime {
             Some(tls),
             Some(mut verifier),
             Some(routes),
+            Some(audiences),
             Some(backend),
             Some(pager),
             Some(operations),
@@ -211,6 +217,7 @@ impl Runtime {
             tls,
             verifier,
             routes,
+            audiences,
             backend,
             pager,
             operations,
@@ -296,6 +303,7 @@ impl Runtime {
             citizen_tls,
             verifier: Arc::new(verifier),
             routes: Arc::new(routes),
+            audiences,
             smart,
             backend,
             metrics,

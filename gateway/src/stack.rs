@@ -125,6 +125,10 @@ fn build_for(
         .layer(AuthenticateLayer::new(
             runtime.verifier.clone(),
             runtime.routes.clone(),
+            match listener {
+                Listener::Citizen => runtime.audiences.citizen.clone(),
+                _ => runtime.audiences.client.clone(),
+            },
         ))
         // How often: per-client rate limits (429 with Retry-After beyond them).
         .layer(RateLimitLayer::new(runtime.rate_limiter.clone()))

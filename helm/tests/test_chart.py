@@ -143,7 +143,8 @@ VARIANTS: dict[str, dict] = {
     "upstreams": {
         "replicaCount": 2,
         "config": {
-            "server": {"shutdown_grace": "15s", "handshake_timeout": "5s"},
+            "server": {"shutdown_grace": "15s", "handshake_timeout": "5s",
+                       "audiences": ["https://fhir.example.dk/fhir"]},
             "limits": {"max_header_bytes": 32768, "max_body_bytes": 1048576, "max_response_bytes": 33554432,
                        "request_timeout": "40s", "max_concurrent_requests": 256},
             "backend": {"url": "https://fhir.internal.example.dk/fhir/R4", "max_in_flight": 300,
@@ -174,7 +175,8 @@ VARIANTS: dict[str, dict] = {
                                                        "keyKey": "client.key"}}},
             "citizen": {"enabled": True, "resource_types": ["Observation", "Condition"], "page": False,
                         "client_id": "min-sundhed", "scope": "openid fhirUser launch/patient patient/*.rs",
-                        "public_base_url": "https://minlog.example.dk/fhir"},
+                        "public_base_url": "https://minlog.example.dk/fhir",
+                        "audiences": ["https://minlog.example.dk/fhir", "https://minlog.example.dk"]},
             "decision_log": {"enabled": True, "decisions": "disagreements", "max_bytes": 10485760, "keep": 2},
             "tracing": {"trust_incoming": True, "otlp_endpoint": "http://otel-collector.observability:4318/v1/traces",
                         "service_name": "portvagt-regions", "sample_ratio": 0.25},
@@ -387,6 +389,16 @@ def check_values_schema(chart: helm.Chart, defaults: dict) -> None:
         "a relation service that is neither http:// nor https://": {
             "config": {"relationship": {"enabled": True, "roles": ["7170"], "source": "http",
                                         "service": {"url": "brs.example.dk/api"}}}},
+        "the citizen listener without audiences or a public_base_url (its audience)": {
+            "config": {"citizen": {"enabled": True}}},
+        "the citizen listener with an empty audience list and an empty public_base_url": {
+            "config": {"citizen": {"enabled": True, "audiences": [], "public_base_url": ""}}},
+        "an empty citizen audience": {"config": {"citizen": {"audiences": [""]}}},
+        "a citizen audience given twice": {"config": {"citizen": {"audiences": ["https://m/fhir", "https://m/fhir"]}}},
+        "a citizen audience list given as a string": {"config": {"citizen": {"audiences": "https://m/fhir"}}},
+        "an empty server audience": {"config": {"server": {"audiences": [" "]}}},
+        "a server audience given twice": {"config": {"server": {"audiences": ["https://f/fhir", "https://f/fhir"]}}},
+        "a server audience that is not a string": {"config": {"server": {"audiences": [3]}}},
         "an identity assertion for the relation service (it is asked on the gateway's own behalf)": {
             "config": {"relationship": {"enabled": True, "roles": ["7170"], "source": "http",
                                         "service": {"url": "https://brs.example.dk/api",
@@ -401,6 +413,33 @@ def check_values_schema(chart: helm.Chart, defaults: dict) -> None:
         refused_here = not validator.is_valid(merge(defaults, values))
         REPORT.check(f"refuses {what}", refused_by_helm and refused_here,
                      f"helm refused: {refused_by_helm}, jsonschema refused: {refused_here}")
+
+    # The citizen listener's audience from either of its keys: accepted by the schema, rendered as
+    # given, and taken by the gateway.
+    accepted = {
+        "the citizen listener with audiences only": {"config": {"citizen": {
+            "enabled": True, "audiences": ["https://minlog.example.dk/fhir"]}}},
+        "the citizen listener with a public_base_url only (its audience)": {"config": {"citizen": {
+            "enabled": True, "public_base_url": "https://minlog.example.dk/fhir"}}},
+        "both listeners' audiences named": {"config": {
+            "server": {"audiences": ["https://fhir.example.dk/fhir"]},
+            "citizen": {"enabled": True, "audiences": ["https://minlog.example.dk/fhir"]}}},
+    }
+    for what, values in accepted.items():
+        errors = [f"{'/'.join(map(str, e.path))}: {e.message}" for e in validator.iter_errors(merge(defaults, values))]
+        try:
+            docs, _ = render(chart, values)
+            text = find(docs, "ConfigMap", "-config")[0]["data"]["portvagt.toml"]
+            config = tomllib.loads(text)
+            cfg = merge(defaults, values)["config"]
+            rendered = (config["server"].get("audiences"), config.get("citizen", {}).get("audiences"),
+                        config.get("citizen", {}).get("public_base_url"))
+            wanted = (cfg["server"]["audiences"], cfg["citizen"]["audiences"], cfg["citizen"]["public_base_url"] or None)
+            _, _, refusal = listener_audiences(config)
+            detail = "; ".join(errors) or ("" if rendered == wanted else f"rendered {rendered}, wants {wanted}") or refusal
+        except helm.HelmError as e:
+            detail = f"refused: {e}"
+        REPORT.check(f"accepts {what}, renders it as given, and the gateway takes it", not detail, detail)
 
     # Combinations the schema cannot express are refused while rendering, naming the value.
     impossible = {
@@ -426,6 +465,20 @@ def check_values_schema(chart: helm.Chart, defaults: dict) -> None:
                 "url": "http://brs/api", "tlsSecret": {"existingSecret": "s", "caKey": "ca.crt"}}}}},
             "config.relationship.service names TLS files"),
     }
+    citizen = {"enabled": True, "public_base_url": "https://minlog.example.dk/fhir"}
+    impossible.update({
+        "an audience in server.audiences and citizen.audiences": ({"config": {
+            "server": {"audiences": ["https://fhir.example.dk/fhir", "https://minlog.example.dk/fhir"]},
+            "citizen": {**citizen, "audiences": ["https://minlog.example.dk/fhir"]}}},
+            'config.server.audiences: "https://minlog.example.dk/fhir" is the citizen listener\'s audience too'),
+        "the citizen listener's public_base_url (its audience, without the trailing slash) in server.audiences": ({
+            "config": {"server": {"audiences": ["https://minlog.example.dk/fhir"]},
+                       "citizen": {**citizen, "public_base_url": "https://minlog.example.dk/fhir/"}}},
+            'config.server.audiences: "https://minlog.example.dk/fhir" is the citizen listener\'s audience too'),
+        "every issuer audience the citizen listener's, server.audiences empty": ({"config": {
+            "citizen": {**citizen, "audiences": ["https://fhir.example.dk/fhir"]}}},
+            "no token would be accepted on the mTLS listener"),
+    })
     for what, (values, message) in impossible.items():
         try:
             chart.render(values, name=RELEASE, namespace=NAMESPACE)
@@ -635,6 +688,19 @@ def check_config(name: str, docs: list[dict], values: dict, gateway: dict) -> No
                      "issuers given in tokenExchangeKeys.trustedSts.keys", trusted == wanted,
                      f"wants {wanted}, has {trusted}")
 
+    # [server] audiences and [citizen] audiences, as given, and what the gateway makes of them.
+    server_aud = config["server"].get("audiences", [])
+    REPORT.check(f"{name}: [server] audiences is config.server.audiences ({server_aud})",
+                 server_aud == values["config"]["server"].get("audiences", []), str(server_aud))
+    if citizen_on:
+        citizen_aud = config["citizen"].get("audiences", [])
+        REPORT.check(f"{name}: [citizen] audiences is config.citizen.audiences ({citizen_aud})",
+                     citizen_aud == values["config"]["citizen"].get("audiences", []), str(citizen_aud))
+    client, citizen, refusal = listener_audiences(config)
+    REPORT.check(f"{name}: the gateway takes the listeners' audiences (mTLS: "
+                 f"{client if client is not None else 'whatever the issuers accept'}; citizen: "
+                 f"{citizen if citizen is not None else 'no listener'})", not refusal, refusal)
+
     check_config_values(name, config, values)
     check_config_files(name, docs, config, values)
 
@@ -650,6 +716,38 @@ def check_config(name: str, docs: list[dict], values: dict, gateway: dict) -> No
                          not bad, "; ".join(bad))
         except (IndexError, KeyError, tomllib.TOMLDecodeError) as e:
             REPORT.check(f"{name}: rules.toml is valid TOML", False, repr(e))
+
+
+def listener_audiences(config: dict) -> tuple[list[str] | None, list[str] | None, str]:
+    """What ListenerAudiences::from_config (gateway/src/layers/authenticate.rs) makes of a rendered
+    portvagt.toml: (the mTLS listener's audiences, None for whatever the issuers accept; the
+    citizen listener's, None without one; why the gateway would refuse to start, or "")."""
+    table = config.get("citizen")
+    citizen = None
+    if table is not None:
+        if table.get("audiences"):
+            citizen = list(table["audiences"])
+        elif table.get("public_base_url") is not None:
+            citizen = [table["public_base_url"].rstrip("/")]
+        else:
+            return None, None, "citizen.audiences: neither audiences nor public_base_url in [citizen]"
+    named = config["server"].get("audiences", [])
+    if citizen is not None:
+        shared = [aud for aud in named if aud in citizen]
+        if shared:
+            return None, citizen, f"server.audiences: {shared[0]!r} is the citizen listener's audience too"
+    if named:
+        return list(named), citizen, ""
+    if citizen is None:
+        return None, None, ""
+    accepted = [aud for issuer in config.get("issuer", []) for aud in issuer.get("audiences", [])]
+    if "token_exchange" in config:
+        exchange = config["token_exchange"]
+        accepted.append(exchange.get("audience") or exchange["issuer"])
+    accepted = sorted({aud for aud in accepted if aud not in citizen})
+    if not accepted:
+        return None, citizen, "server.audiences: every audience the issuers accept is the citizen listener's"
+    return accepted, citizen, ""
 
 
 # Keys the chart writes itself (fixed ports, mount paths, Redis) in each table of portvagt.toml;

@@ -3,7 +3,7 @@
 // the glass, and a read of Bo's record), and Debian's chromium, headless, driven by
 // playwright-core, opens /minlog/ on the citizen listener as Anne, on a phone-sized screen:
 // she signs in at the demo's authorization server (authorization code with PKCE), and once
-// more with the demo's PATIENT_TOKEN pasted.
+// more with the demo's CITIZEN_TOKEN (a token for the citizen listener's audience) pasted.
 //
 //   node testbed/browser/minlog.test.mjs        (after `cargo build -p portvagt`)
 //
@@ -236,10 +236,10 @@ async function main() {
     await page.getByRole('button', { name: 'Sign out' }).click();
     check(await page.evaluate(() => sessionStorage.length === 0), 'signing out forgets the token');
 
-    // A token given by hand (the demo's PATIENT_TOKEN), by keyboard.
+    // A token given by hand (the demo's CITIZEN_TOKEN), by keyboard.
     await page.getByRole('button', { name: 'Dansk' }).click();
     await page.getByText('Har du allerede et adgangstoken?').click();
-    await page.getByLabel('Adgangstoken').fill(env.PATIENT_TOKEN);
+    await page.getByLabel('Adgangstoken').fill(env.CITIZEN_TOKEN);
     await page.getByLabel('Adgangstoken').press('Tab');
     await page.keyboard.press('Enter');
     await page.waitForFunction(() => document.querySelectorAll('#entries .break-glass').length === 1);
@@ -289,7 +289,7 @@ async function main() {
     await checked.getByRole('button', { name: 'Log ind' }).waitFor();
     await axe('on the sign-in view');
     await checked.getByText('Har du allerede et adgangstoken?').click();
-    await checked.getByLabel('Adgangstoken').fill(env.PATIENT_TOKEN);
+    await checked.getByLabel('Adgangstoken').fill(env.CITIZEN_TOKEN);
     await checked.getByRole('button', { name: 'Vis min log' }).click();
     await checked.waitForFunction(() => document.querySelectorAll('#entries > li').length > 0);
     // Every page, so the refused and the break-the-glass entries are among those checked.

@@ -50,6 +50,20 @@ pub(super) fn cases() -> Vec<Case> {
             [CitizenListener, PatientToken],
             no_metrics
         ),
+        case!(
+            "CITIZEN-07",
+            "there, the patient's token for the API (its audience) is refused",
+            "RFC 9068 §4 / RFC 8707: a token is for the audience it names; Portvagt: audiences per listener",
+            [CitizenListener, PatientToken],
+            api_token_refused
+        ),
+        case!(
+            "CITIZEN-08",
+            "the citizen listener's token is refused on the API, even with a client certificate",
+            "RFC 9068 §4 / RFC 8707: a token is for the audience it names; Portvagt: audiences per listener",
+            [CitizenListener, PatientToken],
+            citizen_token_refused_on_the_api
+        ),
     ]
 }
 
@@ -57,8 +71,9 @@ async fn get(ctx: &Ctx, path: &str, token: Option<&str>) -> Result<Answer, Strin
     ctx.send_citizen(http::Method::GET, path, token, None).await
 }
 
+/// The citizen's own token for this listener (its audience).
 fn patient(ctx: &Ctx) -> Option<&str> {
-    ctx.settings.tokens.patient.as_deref()
+    ctx.settings.tokens.citizen.as_deref()
 }
 
 async fn serves_the_log(ctx: &Ctx) -> Verdict {
@@ -111,6 +126,17 @@ async fn no_writes(ctx: &Ctx) -> Verdict {
         )
         .await;
     expect_one_of(&answer, &[403])
+}
+
+async fn api_token_refused(ctx: &Ctx) -> Verdict {
+    let answer = get(ctx, "AuditEvent", ctx.settings.tokens.patient.as_deref()).await;
+    expect_one_of(&answer, &[401])
+}
+
+async fn citizen_token_refused_on_the_api(ctx: &Ctx) -> Verdict {
+    let own = ctx.settings.own_patient.clone().unwrap_or_default();
+    let answer = ctx.get(&format!("Patient/{own}"), patient(ctx)).await;
+    expect_one_of(&answer, &[401])
 }
 
 async fn no_metrics(ctx: &Ctx) -> Verdict {

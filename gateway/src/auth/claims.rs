@@ -159,6 +159,15 @@ impl ClaimMapping {
             expires_at,
             roles,
             purpose_of_use: self.string(&self.purpose_of_use, claims)?,
+            audiences: match claims.get("aud") {
+                Some(Value::String(aud)) => vec![aud.clone()],
+                Some(Value::Array(items)) => items
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect(),
+                _ => Vec::new(),
+            },
             identity: identity(claims),
             peer: Arc::clone(peer),
         })

@@ -22,6 +22,8 @@ pub struct Principal {
     pub(crate) expires_at: u64,
     pub(crate) roles: Vec<String>,
     pub(crate) purpose_of_use: Option<String>,
+    /// `aud`, as the token names it (one or several).
+    pub(crate) audiences: Vec<String>,
     pub(crate) identity: Identity,
     pub(crate) peer: Arc<PeerIdentity>,
 }
@@ -113,6 +115,10 @@ impl Principal {
     pub fn roles(&self) -> &[String] {
         &self.roles
     }
+    /// `aud`: whom the token is for.
+    pub fn audiences(&self) -> &[String] {
+        &self.audiences
+    }
     /// Purpose of use (`purpose_of_use` claim), e.g. `TREATMENT`.
     pub fn purpose_of_use(&self) -> Option<&str> {
         self.purpose_of_use.as_deref()
@@ -194,6 +200,7 @@ mod tests {
             expires_at: 1,
             roles: Vec::new(),
             purpose_of_use: None,
+            audiences: Vec::new(),
             identity: Identity::default(),
             peer: Arc::new(PeerIdentity::without_certificate()),
         }

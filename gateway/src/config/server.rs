@@ -40,6 +40,11 @@ pub struct CitizenConfig {
     /// links in its answers name it. Default: `https://<the address it listens on><that path>`.
     #[serde(default)]
     pub public_base_url: Option<String>,
+    /// The `aud` values a token used here must name (one of them), and which the mTLS
+    /// listener then refuses: a browser's token for the access-log page is no key to the API.
+    /// Default: `public_base_url`; one of the two is required.
+    #[serde(default)]
+    pub audiences: Vec<String>,
 }
 
 /// `[paging]`: the next and previous links of searchsets and histories are handed to clients
@@ -124,6 +129,11 @@ pub struct ServerConfig {
     /// scrapers that have no client certificate). Keep it on a private address.
     #[serde(default)]
     pub admin_listen: Option<SocketAddr>,
+    /// The `aud` values a token used on this (mTLS) listener must name, one of them. Default:
+    /// every audience the issuers accept (and token exchange's), except the citizen
+    /// listener's.
+    #[serde(default)]
+    pub audiences: Vec<String>,
 }
 
 /// `[tls]`

@@ -83,6 +83,9 @@ source = "fhir"
 # page /minlog/ shows it.
 [citizen]
 listen = "{citizen_addr}"
+# Tokens for the page name this audience; the mTLS listener refuses them (and this listener
+# refuses tokens for the API).
+audiences = ["https://{citizen_addr}/fhir"]
 
 [log]
 format = "text"

@@ -157,6 +157,20 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         ttl: hours,
         ..TokenRequest::default()
     })?;
+    // The same citizen as her browser holds her token: for the citizen listener's audience.
+    let citizen = mint_token(
+        &issuer_dir,
+        &citizen_url,
+        &TokenRequest {
+            subject: "anne.hansen".into(),
+            scope: "openid fhirUser launch/patient patient/AuditEvent.rs".into(),
+            patient: Some("pat-anne".into()),
+            fhir_user: Some("Patient/pat-anne".into()),
+            client_id: Some("minlog-demo".into()),
+            ttl: hours,
+            ..TokenRequest::default()
+        },
+    )?;
     let system = mint_token(
         &issuer_dir,
         &public_url,
@@ -179,7 +193,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     let env = format!(
         "PORTVAGT_URL={public_url}\nPORTVAGT_CITIZEN_URL={citizen_url}\nPORTVAGT_MINLOG_URL=https://{citizen_addr}/minlog/\n\
          PORTVAGT_CA={pki}/ca.crt\nPORTVAGT_CERT={pki}/client.crt\nPORTVAGT_KEY={pki}/client.key\n\
-         PRACTITIONER_TOKEN={practitioner}\nEMERGENCY_TOKEN={emergency}\nPATIENT_TOKEN={patient}\nSYSTEM_TOKEN={system}\n\
+         PRACTITIONER_TOKEN={practitioner}\nEMERGENCY_TOKEN={emergency}\nPATIENT_TOKEN={patient}\nCITIZEN_TOKEN={citizen}\nSYSTEM_TOKEN={system}\n\
          PORTVAGT_TOKEN_URL=https://{addr}/token\nSOSI_CARD={card}\nPORTVAGT_DEMO_ISSUER={DEMO_ISSUER}\n",
         pki = pki_dir.display(),
         card = card.display(),
@@ -292,9 +306,10 @@ Portvagt demo is running. In another shell:
   # Anne reads who has looked at her record (newest first):
   {curl} -H "Authorization: Bearer $PATIENT_TOKEN" "$PORTVAGT_URL/AuditEvent"
 
-  # ... on the citizen listener, as her browser would (no client certificate), or in the page
-  # $PORTVAGT_MINLOG_URL (sign in as anne.hansen, any password, or paste $PATIENT_TOKEN):
-  curl -s --cacert "$PORTVAGT_CA" -H "Authorization: Bearer $PATIENT_TOKEN" "$PORTVAGT_CITIZEN_URL/AuditEvent"
+  # ... on the citizen listener, as her browser would (no client certificate, a token for that
+  # listener's audience), or in the page $PORTVAGT_MINLOG_URL (sign in as anne.hansen, any
+  # password, or paste $CITIZEN_TOKEN):
+  curl -s --cacert "$PORTVAGT_CA" -H "Authorization: Bearer $CITIZEN_TOKEN" "$PORTVAGT_CITIZEN_URL/AuditEvent"
 
   # The audit spool's hash chain and its seals (nothing altered, nothing cut off), and that it
   # reaches the anchor the audit repository holds:

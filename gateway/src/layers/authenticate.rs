@@ -27,12 +27,95 @@ use crate::trace::{Phase, Traced};
 pub struct AuthenticateLayer {
     verifier: Arc<TokenVerifier>,
     routes: Arc<RouteRules>,
+    audiences: Option<Arc<[String]>>,
 }
 
 impl AuthenticateLayer {
-    /// Verifies tokens with `verifier`, with the per-path demands of `routes`.
-    pub fn new(verifier: Arc<TokenVerifier>, routes: Arc<RouteRules>) -> Self {
-        Self { verifier, routes }
+    /// Verifies tokens with `verifier`, with the per-path demands of `routes`; when
+    /// `audiences` is given, a token must also name one of them (this listener's).
+    pub fn new(
+        verifier: Arc<TokenVerifier>,
+        routes: Arc<RouteRules>,
+        audiences: Option<Arc<[String]>>,
+    ) -> Self {
+        Self {
+            verifier,
+            routes,
+            audiences,
+        }
+    }
+}
+
+/// Which `aud` values each listener accepts. An issuer's audiences say whom its tokens are
+/// for; these say which of them a listener serves, so that a token minted for the citizen
+/// listener (a browser's, unbound) is refused on the mTLS listener and the other way round.
+#[derive(Debug, Clone, Default)]
+pub struct ListenerAudiences {
+    /// The mTLS listener's; `None`: whatever the issuer accepts.
+    pub client: Option<Arc<[String]>>,
+    /// The citizen listener's, when it is configured.
+    pub citizen: Option<Arc<[String]>>,
+}
+
+impl ListenerAudiences {
+    /// From `[server] audiences`, `[citizen] audiences` (or its `public_base_url`), the
+    /// issuers' audiences and token exchange's.
+    pub fn from_config(config: &crate::config::Config) -> Result<ListenerAudiences, ConfigError> {
+        let citizen = match &config.citizen {
+            None => None,
+            Some(citizen) if !citizen.audiences.is_empty() => Some(citizen.audiences.clone()),
+            Some(citizen) => match &citizen.public_base_url {
+                Some(url) => Some(vec![url.trim_end_matches('/').to_owned()]),
+                None => {
+                    return Err(ConfigError::new(
+                        "citizen.audiences",
+                        "name the aud values of tokens for the citizen listener (or set \
+                         citizen.public_base_url, which is then the one)",
+                    ));
+                }
+            },
+        };
+        let named = &config.server.audiences;
+        if let Some(citizen) = &citizen
+            && let Some(shared) = named.iter().find(|aud| citizen.contains(aud))
+        {
+            return Err(ConfigError::new(
+                "server.audiences",
+                format!("{shared:?} is the citizen listener's audience too; a listener's own"),
+            ));
+        }
+        let client = if !named.is_empty() {
+            Some(named.clone())
+        } else if let Some(citizen) = &citizen {
+            let mut accepted: Vec<String> = config
+                .issuers
+                .iter()
+                .flat_map(|issuer| issuer.audiences.iter().cloned())
+                .chain(config.token_exchange.as_ref().map(|exchange| {
+                    exchange
+                        .audience
+                        .clone()
+                        .unwrap_or_else(|| exchange.issuer.clone())
+                }))
+                .filter(|aud| !citizen.contains(aud))
+                .collect();
+            accepted.sort();
+            accepted.dedup();
+            if accepted.is_empty() {
+                return Err(ConfigError::new(
+                    "server.audiences",
+                    "every audience the issuers accept is the citizen listener's: no token \
+                     would be accepted on the mTLS listener",
+                ));
+            }
+            Some(accepted)
+        } else {
+            None
+        };
+        Ok(ListenerAudiences {
+            client: client.map(Arc::from),
+            citizen: citizen.map(Arc::from),
+        })
     }
 }
 
@@ -104,6 +187,7 @@ impl<S> Layer<S> for AuthenticateLayer {
             inner,
             verifier: self.verifier.clone(),
             routes: self.routes.clone(),
+            audiences: self.audiences.clone(),
         }
     }
 }
@@ -114,6 +198,7 @@ pub struct Authenticate<S> {
     inner: S,
     verifier: Arc<TokenVerifier>,
     routes: Arc<RouteRules>,
+    audiences: Option<Arc<[String]>>,
 }
 
 /// The token from `Authorization: Bearer <token>` or `Holder-of-key <token>` (schemes
@@ -160,6 +245,7 @@ where
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let verifier = self.verifier.clone();
         let routes = self.routes.clone();
+        let audiences = self.audiences.clone();
         let mut inner = take_ready(&mut self.inner);
         Box::pin(async move {
             // Ends with the token verified; a refusal drops it, recorded as failed.
@@ -184,6 +270,15 @@ where
             // Known keys verify without waiting; an unknown `kid` may wait for one refresh, an
             // opaque token for its introspection (unless cached).
             let principal: Principal = verifier.verify(&token, &peer, binding_required).await?;
+            // The issuer accepts the audience; this listener must serve it too.
+            if let Some(audiences) = &audiences
+                && !principal
+                    .audiences()
+                    .iter()
+                    .any(|aud| audiences.contains(aud))
+            {
+                return Err(AuthnError::WrongAudience.into());
+            }
             let principal = Arc::new(principal);
             record(&request, |fields| {
                 fields.principal = Some(principal.subject().to_owned());

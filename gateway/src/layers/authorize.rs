@@ -217,6 +217,7 @@ mod tests {
             expires_at: u64::MAX,
             roles: Vec::new(),
             purpose_of_use: None,
+            audiences: Vec::new(),
             identity: Identity::default(),
             peer: Arc::new(PeerIdentity::without_certificate()),
         }

@@ -6,18 +6,20 @@ use serde_json::{Value, json};
 
 use http::Method;
 
-use crate::support::{Gateway, Options, Repository, request};
+use crate::support::{CITIZEN_AUDIENCE, Gateway, Options, Repository, request};
 
 fn gateway(repository: &Repository, citizen_extra: &str) -> Gateway {
     Gateway::start_with(Options {
-        extra_config: format!("[citizen]\nlisten = \"127.0.0.1:0\"\n{citizen_extra}"),
+        extra_config: format!(
+            "[citizen]\nlisten = \"127.0.0.1:0\"\naudiences = [\"{CITIZEN_AUDIENCE}\"]\n{citizen_extra}"
+        ),
         ..repository.gateway_options("")
     })
 }
 
 /// Anne's own token, as her browser holds it: patient context, no certificate binding.
 fn anne(gateway: &Gateway, scope: &str) -> String {
-    gateway.token(json!({
+    gateway.citizen_token(json!({
         "sub": "anne.hansen", "scope": scope, "patient": "pat-anne",
         "fhirUser": "Patient/pat-anne", "client_id": "minlog",
     }))
@@ -74,12 +76,17 @@ async fn citizens_read_their_own_log_without_a_certificate_and_nothing_else() {
         (refused.status.as_u16(), refused.detail_code()),
         (403, "citizen-listener".to_owned())
     );
-    let allowed_there = gateway
+    // Nor is her browser's token a key to the main listener, even with a client certificate:
+    // it is for this listener's audience only (a token for the API is below).
+    let not_there = gateway
         .client()
         .get("/fhir/Patient/pat-anne", Some(&token))
         .await
         .unwrap();
-    assert_eq!(allowed_there.status, 200);
+    assert_eq!(
+        (not_there.status.as_u16(), not_there.detail_code()),
+        (401, "wrong-audience".to_owned())
+    );
     // Not another citizen's log, and no writing to her own.
     let others = browser
         .get("/fhir/AuditEvent?patient=pat-bo", Some(&token))
@@ -99,7 +106,7 @@ async fn citizens_read_their_own_log_without_a_certificate_and_nothing_else() {
 
     // A practitioner's certificate-bound token is worthless here (no certificate to match),
     // and an unbound one is not a citizen's.
-    let bound = gateway.token(json!({
+    let bound = gateway.citizen_token(json!({
         "scope": "user/*.rs",
         "cnf": { "x5t#S256": portvagt::tls::PeerIdentity::from_verified_leaf(&gateway.pki.client.cert_der)
             .unwrap()
@@ -113,7 +120,7 @@ async fn citizens_read_their_own_log_without_a_certificate_and_nothing_else() {
             .status,
         401
     );
-    let unbound = gateway.token(physician_claims);
+    let unbound = gateway.citizen_token(physician_claims);
     let answer = browser
         .get("/fhir/AuditEvent?patient=pat-anne", Some(&unbound))
         .await
@@ -123,7 +130,7 @@ async fn citizens_read_their_own_log_without_a_certificate_and_nothing_else() {
         (403, "citizen-listener".to_owned())
     );
     // A practitioner launched in Anne's context is not Anne.
-    let launched = gateway.token(json!({
+    let launched = gateway.citizen_token(json!({
         "scope": "launch/patient patient/AuditEvent.rs", "patient": "pat-anne",
         "fhirUser": "Practitioner/prac-ns363",
     }));
@@ -135,6 +142,40 @@ async fn citizens_read_their_own_log_without_a_certificate_and_nothing_else() {
             .detail_code(),
         "citizen-listener"
     );
+
+    // Each listener serves its own audience: Anne's token for the API is no key here.
+    let for_the_api = gateway.token(json!({
+        "sub": "anne.hansen", "scope": "launch/patient patient/AuditEvent.rs patient/Patient.rs",
+        "patient": "pat-anne", "fhirUser": "Patient/pat-anne", "client_id": "minlog",
+    }));
+    let answer = browser
+        .get("/fhir/AuditEvent", Some(&for_the_api))
+        .await
+        .unwrap();
+    assert_eq!(
+        (answer.status.as_u16(), answer.detail_code()),
+        (401, "wrong-audience".to_owned())
+    );
+    let answer = gateway
+        .client()
+        .get("/fhir/Patient/pat-anne", Some(&for_the_api))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    // A token the issuer made for both is for both.
+    let both = gateway.token(json!({
+        "sub": "anne.hansen", "scope": "launch/patient patient/AuditEvent.rs patient/Patient.rs",
+        "patient": "pat-anne", "fhirUser": "Patient/pat-anne",
+        "aud": [crate::support::AUDIENCE, CITIZEN_AUDIENCE],
+    }));
+    let mtls = gateway.client();
+    for (client, path) in [
+        (&browser, "/fhir/AuditEvent"),
+        (&mtls, "/fhir/Patient/pat-anne"),
+    ] {
+        let answer = client.get(path, Some(&both)).await.unwrap();
+        assert_eq!(answer.status, 200, "{}", answer.text());
+    }
 
     // The operator's endpoints are not here: no metrics, no token exchange.
     let metrics = browser.get("/metrics", Some(&token)).await.unwrap();
@@ -283,12 +324,12 @@ async fn citizens_are_rate_limited_one_by_one_without_certificates() {
     let repository = Repository::start();
     // Limits per certificate: on the citizen listener, where there is none, per citizen.
     let gateway = Gateway::start_with(Options {
-        extra_config: "[citizen]\nlisten = \"127.0.0.1:0\"\n\n[rate_limit]\nrequests = 2\nwindow = \"600s\"\nkey = \"certificate\"\n".into(),
+        extra_config: "[citizen]\nlisten = \"127.0.0.1:0\"\naudiences = [\"https://minlog.test.portvagt.invalid/fhir\"]\n\n[rate_limit]\nrequests = 2\nwindow = \"600s\"\nkey = \"certificate\"\n".into(),
         ..repository.gateway_options("")
     });
     let browser = gateway.citizen_client();
     let anne = anne(&gateway, "patient/AuditEvent.rs");
-    let bo = gateway.token(json!({
+    let bo = gateway.citizen_token(json!({
         "sub": "bo.jensen", "scope": "patient/AuditEvent.rs", "patient": "pat-bo",
         "fhirUser": "Patient/pat-bo",
     }));

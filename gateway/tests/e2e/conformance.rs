@@ -32,7 +32,7 @@ fn deployment(repository: &Repository) -> Gateway {
         extra_config:
             "[consent]\n\n[relationship]\nroles = [\"7170\"]\nsource = \"fhir\"\n\n[token_exchange]\nissuer = \"https://portvagt.conformance.invalid\"\n\
                        signing_key = \"exchange.key\"\ntrusted_sts = [{ certificate = \"pki/sts.crt\", issuers = [\"TEST1-NSP-STS\", \"http://sts.sundhedsdatastyrelsen.dk/\"] }]\n\n\
-                       [citizen]\nlisten = \"127.0.0.1:0\"\n"
+                       [citizen]\nlisten = \"127.0.0.1:0\"\naudiences = [\"https://minlog.test.portvagt.invalid/fhir\"]\n"
                 .into(),
         ..repository.gateway_options("batch_size = 5")
     })
@@ -85,6 +85,9 @@ fn settings(gateway: &Gateway, target: &str) -> Settings {
             bound_emergency: Some(gateway.token(json!({
                 "scope": "user/*.rs user/Observation.c", "authorization_id": "NS363",
                 "role": "7170", "fhirUser": "Practitioner/prac-ns363", "purpose_of_use": "EMERGENCY",
+            }))),
+            citizen: Some(gateway.citizen_token(json!({
+                "scope": "patient/*.rs", "patient": "pat-carla", "fhirUser": "Patient/pat-carla",
             }))),
         },
         own_patient: Some("pat-carla".into()),

@@ -260,10 +260,20 @@ async fn demo_runs_a_working_deployment_and_stops_on_ctrl_c() {
         citizen_url.replace("/fhir", "/minlog/")
     );
     let browser = Client::new(citizen_addr, &ca, None);
+    let citizen = env_value(&env, "CITIZEN_TOKEN");
+    // Each listener takes the tokens for its own audience only.
+    assert_eq!(
+        browser
+            .get("/fhir/AuditEvent", Some(&patient))
+            .await
+            .unwrap()
+            .detail_code(),
+        "wrong-audience"
+    );
     let mut seen = String::new();
     for _ in 0..100 {
         let answer = browser
-            .get("/fhir/AuditEvent", Some(&patient))
+            .get("/fhir/AuditEvent", Some(&citizen))
             .await
             .unwrap();
         assert_eq!(answer.status, 200, "{}", answer.text());
@@ -276,7 +286,7 @@ async fn demo_runs_a_working_deployment_and_stops_on_ctrl_c() {
     assert!(seen.contains("Bevidstløs ved indlæggelse"), "{seen}");
     assert_eq!(
         browser
-            .get("/fhir/Patient/pat-anne", Some(&patient))
+            .get("/fhir/Patient/pat-anne", Some(&citizen))
             .await
             .unwrap()
             .detail_code(),

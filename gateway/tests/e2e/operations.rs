@@ -294,7 +294,12 @@ listen = "127.0.0.1:0"
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    for field in ["tls.cert", "issuer[0].algorithms", "backend.url"] {
+    for field in [
+        "tls.cert",
+        "issuer[0].algorithms",
+        "backend.url",
+        "citizen.audiences",
+    ] {
         assert!(stderr.contains(field), "{field} not named in: {stderr}");
     }
     // Both listeners read `[tls]`: each problem is still said once.

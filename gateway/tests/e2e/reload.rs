@@ -103,7 +103,7 @@ async fn a_new_server_certificate_is_served_while_requests_keep_succeeding() {
 #[tokio::test]
 async fn the_citizen_listener_serves_the_new_certificate_too() {
     let gateway = Gateway::start_with(Options {
-        extra_config: "[citizen]\nlisten = \"127.0.0.1:0\"\n".into(),
+        extra_config: "[citizen]\nlisten = \"127.0.0.1:0\"\naudiences = [\"https://minlog.test.portvagt.invalid/fhir\"]\n".into(),
         ..Options::default()
     });
     let citizen = gateway.citizen_addr();

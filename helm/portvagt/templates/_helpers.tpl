@@ -200,6 +200,7 @@ Settings that cannot work together are refused at render time, with the value to
 {{- if and .Values.policyRules.enabled (not .Values.policyRules.rules) }}
 {{- fail "policyRules.enabled with no rules refuses every request: add rules or disable policyRules" }}
 {{- end }}
+{{- include "portvagt.validateAudiences" . }}
 {{- $names := list }}
 {{- range $i, $upstream := .Values.config.upstreams }}
 {{- if has $upstream.name $names }}
@@ -232,6 +233,60 @@ Settings that cannot work together are refused at render time, with the value to
 {{- end }}
 {{- if and $files (hasPrefix "http://" $entry.table.url) }}
 {{- fail (printf "%s names TLS files (CA, client certificate) but its url is http://: use https:// or drop them" $entry.field) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The citizen listener's audiences (`[citizen] audiences`, else its `public_base_url` without the
+trailing slash), as JSON, when config.citizen is enabled; what the gateway reads at start
+(ListenerAudiences::from_config).
+*/}}
+{{- define "portvagt.citizenAudiences" -}}
+{{- $citizen := .Values.config.citizen }}
+{{- if $citizen.audiences }}
+{{- $citizen.audiences | toJson }}
+{{- else if $citizen.public_base_url }}
+{{- list (regexReplaceAll "/+$" $citizen.public_base_url "") | toJson }}
+{{- else }}
+{{- list | toJson }}
+{{- end }}
+{{- end }}
+
+{{/*
+Which `aud` each listener serves, refused as the gateway would refuse it at start: the citizen
+listener needs an audience of its own (config.citizen.audiences or .public_base_url; the
+schema asks for it too), none of them in config.server.audiences, and with server.audiences
+empty the mTLS listener must keep at least one audience the issuers (or token exchange) accept.
+*/}}
+{{- define "portvagt.validateAudiences" -}}
+{{- if .Values.config.citizen.enabled }}
+{{- $citizen := include "portvagt.citizenAudiences" . | fromJsonArray }}
+{{- if not $citizen }}
+{{- fail "config.citizen.audiences: name the aud values of tokens for the citizen listener, or set config.citizen.public_base_url (which is then the one); the gateway refuses to start without either" }}
+{{- end }}
+{{- $server := default (list) .Values.config.server.audiences }}
+{{- range $server }}
+{{- if has . $citizen }}
+{{- fail (printf "config.server.audiences: %q is the citizen listener's audience too (config.citizen.audiences, or its public_base_url); each listener needs audiences of its own" .) }}
+{{- end }}
+{{- end }}
+{{- if not $server }}
+{{- $accepted := list }}
+{{- range .Values.config.issuers }}
+{{- range .audiences }}
+{{- if not (has . $citizen) }}{{- $accepted = append $accepted . }}{{- end }}
+{{- end }}
+{{- end }}
+{{- with .Values.config.token_exchange }}
+{{- if .enabled }}
+{{- $aud := default .issuer .audience }}
+{{- if not (has $aud $citizen) }}{{- $accepted = append $accepted $aud }}{{- end }}
+{{- end }}
+{{- end }}
+{{- if not $accepted }}
+{{- fail "config.server.audiences is empty and every audience config.issuers (and token exchange) accept is the citizen listener's: no token would be accepted on the mTLS listener; give the issuers the mTLS listener's audience too, or name it in config.server.audiences" }}
+{{- end }}
 {{- end }}
 {{- end }}
 {{- end }}

@@ -24,6 +24,8 @@ use serde_json::{Value, json};
 
 pub const ISSUER: &str = "https://issuer.test.portvagt.invalid";
 pub const AUDIENCE: &str = "https://fhir.test.portvagt.invalid/fhir";
+/// The citizen listener's audience (`[citizen] audiences`): tokens for citizens' browsers.
+pub const CITIZEN_AUDIENCE: &str = "https://minlog.test.portvagt.invalid/fhir";
 
 /// Another FHIR server to run against instead of the reference backend (`make compat`): its
 /// base URL, seeded with the testbed's sample data.
@@ -170,7 +172,7 @@ crls = ["pki/crl.pem"]
 
 [[issuer]]
 issuer = "{ISSUER}"
-audiences = ["{AUDIENCE}"]
+audiences = ["{AUDIENCE}", "{CITIZEN_AUDIENCE}"]
 jwks_file = "issuer/jwks.json"
 {issuer_extra}
 
@@ -254,6 +256,13 @@ level = "info"
     /// A token from this gateway's issuer.
     pub fn token(&self, patch: Value) -> String {
         self.issuer.sign(&self.claims(patch)).unwrap()
+    }
+
+    /// A token for the citizen listener (`aud` its audience), with `patch` applied.
+    pub fn citizen_token(&self, patch: Value) -> String {
+        let mut claims = self.claims(patch);
+        claims["aud"] = Value::String(CITIZEN_AUDIENCE.into());
+        self.issuer.sign(&claims).unwrap()
     }
 
     /// A client presenting the organisation certificate.
