@@ -16,6 +16,7 @@ pub mod decision;
 pub mod elements;
 pub mod filter;
 pub mod operations;
+mod patch;
 mod patient_rules;
 mod raw;
 pub mod reach;

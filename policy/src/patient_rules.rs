@@ -148,8 +148,8 @@ pub(crate) fn check(
                 {
                     Ok(verified)
                 }
-                (Some(t), Interaction::Patch, Some(RequestBody::Patch { document, .. }))
-                    if !patch_touches_compartment(t, document) =>
+                (Some(t), Interaction::Patch, Some(RequestBody::Patch { document, format }))
+                    if !crate::patch::touches_compartment(t, *format, document) =>
                 {
                     Ok(verified)
                 }
@@ -249,65 +249,4 @@ fn pin(request: &FhirRequest, t: &str, patient: &str) -> Result<Vec<(String, Str
         format!("Patient/{patient}")
     };
     Ok(vec![(param.to_owned(), value)])
-}
-
-/// Whether a patch could change whom the resource belongs to: a JSON Patch operation whose
-/// `path` or `from` starts at a compartment element, or a FHIRPath Patch whose `path` names one.
-/// Anything unreadable counts as touching.
-fn patch_touches_compartment(resource_type: &str, document: &serde_json::Value) -> bool {
-    let elements: Vec<&str> = if resource_type == "Patient" {
-        vec!["id", "link"]
-    } else {
-        crate::compartment::links(resource_type)
-            .unwrap_or_default()
-            .iter()
-            .flat_map(|link| link.paths.iter())
-            .filter_map(|path| path.split('.').next())
-            .chain(["id", "contained"])
-            .collect()
-    };
-    let touches_pointer = |pointer: &str| {
-        let first = pointer
-            .trim_start_matches('/')
-            .split('/')
-            .next()
-            .unwrap_or_default();
-        first.is_empty() || elements.contains(&first)
-    };
-    let touches_fhirpath = |path: &str| {
-        // `Observation.subject`, `Observation.performer[0]`, ...: the second step.
-        let step = path.split('.').nth(1).unwrap_or_default();
-        let step = step.split(['[', '(']).next().unwrap_or_default();
-        step.is_empty() || elements.contains(&step)
-    };
-    match document {
-        serde_json::Value::Array(operations) => operations.iter().any(|operation| {
-            ["path", "from"]
-                .iter()
-                .any(|key| match operation.get(*key) {
-                    None => false,
-                    Some(value) => value.as_str().is_none_or(touches_pointer),
-                })
-        }),
-        serde_json::Value::Object(_) => {
-            let Some(parameters) = document
-                .get("parameter")
-                .and_then(serde_json::Value::as_array)
-            else {
-                return true;
-            };
-            parameters.iter().any(|operation| {
-                let parts = operation.get("part").and_then(serde_json::Value::as_array);
-                let Some(parts) = parts else { return true };
-                parts.iter().any(|part| {
-                    part.get("name").and_then(serde_json::Value::as_str) == Some("path")
-                        && part
-                            .get("valueString")
-                            .and_then(serde_json::Value::as_str)
-                            .is_none_or(touches_fhirpath)
-                })
-            })
-        }
-        _ => true,
-    }
 }

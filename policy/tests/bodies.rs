@@ -211,3 +211,42 @@ fn a_batch_entry_never_widens_elements() {
     // And while consent or the audit trail must know whose data it is, the batch is refused.
     assert!(portvagt_policy::consent::hides_references(&request));
 }
+
+#[test]
+fn a_patients_fhirpath_patch_may_not_reach_whom_the_resource_is_about() {
+    let patch = |path: &str, name: Option<&str>| {
+        let mut parts = vec![
+            json!({ "name": "type", "valueCode": if name.is_some() { "add" } else { "replace" } }),
+            json!({ "name": "path", "valueString": path }),
+            json!({ "name": "value", "valueReference": { "reference": "Patient/pat-bo" } }),
+        ];
+        if let Some(name) = name {
+            parts.push(json!({ "name": "name", "valueString": name }));
+        }
+        let body = json!({ "resourceType": "Parameters",
+                           "parameter": [{ "name": "operation", "part": parts }] });
+        let mut request = classify("PATCH", "Observation/obs-anne-bp", None).unwrap();
+        request
+            .attach_body(Some("application/fhir+json"), body.to_string().as_bytes())
+            .unwrap();
+        decide_as("patient/Observation.cruds", Some("pat-anne"), &request)
+    };
+    let allowed = patch("Observation.note", None);
+    assert!(allowed.is_allow(), "{allowed:?}");
+    for (path, name) in [
+        ("Observation.subject", None),
+        ("Observation.select(subject)", None),
+        ("Observation.where(true).subject", None),
+        ("subject", None),
+        ("Observation.`subject`", None),
+        ("Observation.descendants()", None),
+        ("Observation", Some("subject")),
+        ("Observation.where(true)", Some("performer")),
+    ] {
+        assert_eq!(
+            patch(path, name).deny_reason(),
+            Some(DenyReason::OutsideCompartment),
+            "{path} {name:?}"
+        );
+    }
+}
