@@ -176,6 +176,7 @@ pub fn response_filter(data: &[u8]) {
         compartment: Some("pat-anne"),
         restriction: &[],
         instance_verified: data.first().is_some_and(|b| b & 1 == 1),
+        withhold_audit_events: data.first().is_some_and(|b| b & 2 == 2),
     };
     for mode in [FilterMode::Remove, FilterMode::Deny] {
         if let Filtered::Rewritten(bytes) = check_response(data, &check, mode) {

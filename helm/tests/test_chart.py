@@ -721,30 +721,39 @@ def check_config(name: str, docs: list[dict], values: dict, gateway: dict) -> No
 def listener_audiences(config: dict) -> tuple[list[str] | None, list[str] | None, str]:
     """What ListenerAudiences::from_config (gateway/src/layers/authenticate.rs) makes of a rendered
     portvagt.toml: (the mTLS listener's audiences, None for whatever the issuers accept; the
-    citizen listener's, None without one; why the gateway would refuse to start, or "")."""
+    citizen listener's, None without one; why the gateway would refuse to start, or "").
+    Audiences compare without a trailing slash and in ASCII lower case, as there."""
+    def normal(aud: str) -> str:
+        return aud.rstrip("/").lower()
+
     table = config.get("citizen")
     citizen = None
     if table is not None:
         if table.get("audiences"):
-            citizen = list(table["audiences"])
+            citizen = sorted({normal(aud) for aud in table["audiences"]})
         elif table.get("public_base_url") is not None:
-            citizen = [table["public_base_url"].rstrip("/")]
+            citizen = [normal(table["public_base_url"])]
         else:
             return None, None, "citizen.audiences: neither audiences nor public_base_url in [citizen]"
-    named = config["server"].get("audiences", [])
+    named = sorted({normal(aud) for aud in config["server"].get("audiences", [])})
     if citizen is not None:
         shared = [aud for aud in named if aud in citizen]
         if shared:
             return None, citizen, f"server.audiences: {shared[0]!r} is the citizen listener's audience too"
+    exchange_audience = None
+    if "token_exchange" in config:
+        exchange = config["token_exchange"]
+        exchange_audience = exchange.get("audience") or exchange["issuer"]
+    if named and exchange_audience is not None and normal(exchange_audience) not in named:
+        return None, citizen, "server.audiences: lacks token exchange's audience"
     if named:
-        return list(named), citizen, ""
+        return named, citizen, ""
     if citizen is None:
         return None, None, ""
     accepted = [aud for issuer in config.get("issuer", []) for aud in issuer.get("audiences", [])]
-    if "token_exchange" in config:
-        exchange = config["token_exchange"]
-        accepted.append(exchange.get("audience") or exchange["issuer"])
-    accepted = sorted({aud for aud in accepted if aud not in citizen})
+    if exchange_audience is not None:
+        accepted.append(exchange_audience)
+    accepted = sorted({normal(aud) for aud in accepted if normal(aud) not in citizen})
     if not accepted:
         return None, citizen, "server.audiences: every audience the issuers accept is the citizen listener's"
     return accepted, citizen, ""

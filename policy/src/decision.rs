@@ -106,6 +106,46 @@ fn decide_inner(
     rules: Option<(&Caller<'_>, &RuleSet)>,
     request: &FhirRequest,
 ) -> Decision {
+    let mut decision = decide_request(subject, rules, request);
+    if let Decision::Allow { obligations, .. } = &mut decision
+        && request.interaction() != Interaction::BatchOrTransaction
+    {
+        obligations.withhold_audit_events = may_answer_audit_events(request);
+    }
+    decision
+}
+
+/// Whether the answer to `request` may hold AuditEvents although it does not ask for them:
+/// the audit-log rules decided a request FOR `AuditEvent`; these reach them sideways.
+pub fn may_answer_audit_events(request: &FhirRequest) -> bool {
+    if request
+        .resource_type()
+        .is_some_and(|t| t.as_str() == "AuditEvent")
+    {
+        return false;
+    }
+    let includes = request
+        .params()
+        .iter()
+        .any(|(name, _)| matches!(name.split(':').next(), Some("_include" | "_revinclude")));
+    match request.interaction() {
+        Interaction::SearchSystem | Interaction::SearchCompartment | Interaction::HistorySystem => {
+            true
+        }
+        // Bulk export leaves AuditEvents out of its files itself (and its files are NDJSON).
+        Interaction::Operation => request.operation() != Some("export"),
+        Interaction::SearchType | Interaction::HistoryType | Interaction::HistoryInstance => {
+            includes
+        }
+        _ => false,
+    }
+}
+
+fn decide_request(
+    subject: Subject<'_>,
+    rules: Option<(&Caller<'_>, &RuleSet)>,
+    request: &FhirRequest,
+) -> Decision {
     if let Channel::Citizen { opened } = subject.channel
         && !citizen_may(&subject, request, opened)
     {

@@ -46,6 +46,9 @@ pub struct ResponseCheck<'a> {
     /// The instance an operation was invoked on was read and checked first (`$meta`): its
     /// answer, a `Parameters` holding no resource and no reference, is about that instance.
     pub instance_verified: bool,
+    /// No AuditEvent may be in the answer, at any depth (see
+    /// [`crate::Obligations::withhold_audit_events`]).
+    pub withhold_audit_events: bool,
 }
 
 impl ResponseCheck<'_> {
@@ -69,6 +72,7 @@ pub fn filter_response(body: &[u8], patient: &str, mode: FilterMode) -> Filtered
             compartment: Some(patient),
             restriction: &[],
             instance_verified: false,
+            withhold_audit_events: false,
         },
         mode,
     )
@@ -80,6 +84,12 @@ pub fn check_response(body: &[u8], check: &ResponseCheck<'_>, mode: FilterMode) 
         return Filtered::Forbidden;
     };
     let resource_type = top.get_str("resourceType");
+    if check.withhold_audit_events
+        && resource_type.as_deref() != Some("Bundle")
+        && holds_audit_event(body)
+    {
+        return Filtered::Forbidden;
+    }
     match resource_type.as_deref() {
         Some("Bundle") => filter_bundle(top, check, mode),
         // An OperationOutcome carries no patient data unless something is packed inside it.
@@ -96,6 +106,30 @@ pub fn check_response(body: &[u8], check: &ResponseCheck<'_>, mode: FilterMode) 
         Some(_) if check.accepts(&top) => Filtered::Unchanged,
         _ => Filtered::Forbidden,
     }
+}
+
+/// Whether `body` is or holds (contained, in a Parameters, in a nested Bundle) an AuditEvent.
+/// Unreadable JSON that names the type counts as holding one.
+fn holds_audit_event(body: &[u8]) -> bool {
+    fn holds(value: &serde_json::Value) -> bool {
+        match value {
+            serde_json::Value::Object(map) => {
+                map.get("resourceType").and_then(serde_json::Value::as_str) == Some("AuditEvent")
+                    || map.values().any(holds)
+            }
+            serde_json::Value::Array(items) => items.iter().any(holds),
+            _ => false,
+        }
+    }
+    // The name written out is needed to be one (escapes in a type name are read below).
+    if !body
+        .windows(b"AuditEvent".len())
+        .any(|w| w == b"AuditEvent")
+        && !body.contains(&b'\\')
+    {
+        return false;
+    }
+    serde_json::from_slice::<serde_json::Value>(body).map_or(true, |value| holds(&value))
 }
 
 /// Whether a Parameters resource holds resources or references (`parameter[].resource`, a
@@ -205,18 +239,22 @@ fn filter_bundle(mut top: OrderedRaw<'_>, check: &ResponseCheck<'_>, mode: Filte
         let search_mode = probe.search.as_ref().and_then(|s| s.mode.as_deref());
         let allowed = match probe.resource {
             None => true,
-            Some(resource) => match serde_json::from_str::<OrderedRaw<'_>>(resource.get()) {
-                Ok(resource) => {
-                    // The server's own remarks about the search pass; an OperationOutcome posing
-                    // as a match, or carrying contained resources, does not.
-                    let is_remark = resource.get_str("resourceType").as_deref()
-                        == Some("OperationOutcome")
-                        && search_mode == Some("outcome")
-                        && resource.get("contained").is_none();
-                    is_remark || check.accepts(&resource)
+            Some(resource_text) => {
+                match serde_json::from_str::<OrderedRaw<'_>>(resource_text.get()) {
+                    Ok(resource) => {
+                        // The server's own remarks about the search pass; an OperationOutcome posing
+                        // as a match, or carrying contained resources, does not.
+                        let is_remark = resource.get_str("resourceType").as_deref()
+                            == Some("OperationOutcome")
+                            && search_mode == Some("outcome")
+                            && resource.get("contained").is_none();
+                        let audit_event = check.withhold_audit_events
+                            && holds_audit_event(resource_text.get().as_bytes());
+                        !audit_event && (is_remark || check.accepts(&resource))
+                    }
+                    Err(_) => false,
                 }
-                Err(_) => false,
-            },
+            }
         };
         if allowed {
             kept.push(*entry);

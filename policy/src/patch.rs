@@ -6,11 +6,14 @@
 //! - FHIRPath Patch (FHIR R4 §2.1.0.4.3): each operation's `path` is read as a whole. Only a
 //!   small part of FHIRPath is accepted: an optional type or `%resource` root, element names
 //!   (plain or `` `quoted` ``), `[n]` indexers, and the filters `where(…)`, `first()`,
-//!   `last()`, `single()`, `ofType(…)`, `extension(…)`, which narrow a selection but never move
-//!   it elsewhere. Anything else (`select`, `children`, `descendants`, `repeat`, `resolve`,
-//!   `%variables`, operators, comments, escapes) can reach any element and counts as touching.
-//!   The element reached is the first element step below the resource; for `add` at the
-//!   resource itself, it is the `name` added.
+//!   `last()`, `single()`, `ofType(…)`, `extension(…)`, which narrow a selection. Anything
+//!   else (`select`, `children`, `descendants`, `repeat`, `resolve`, `%variables`, operators,
+//!   comments, escapes) can reach any element and counts as touching. A guarded name written
+//!   anywhere in the path, inside a filter's criteria too, counts as touching (HAPI's patch
+//!   follows `where(subject)` into `subject`). Otherwise the element reached is the first
+//!   element step below the resource; for `add` at the resource itself, the `name` added.
+//! - Each `type`, `path` and `name` part holds its name and exactly the one value it should:
+//!   a second value (`valueCode` beside `valueString`) is one a server may read instead.
 //!
 //! Whatever cannot be read counts as touching: the answer is refused, never guessed.
 
@@ -92,15 +95,28 @@ fn fhirpath_patch_touches(document: &Value, guarded: &dyn Fn(&str) -> bool) -> b
                 None => Ok(first),
             }
         };
+        // A part holds its name and the one value it should: a second value (`valueCode` beside
+        // `valueString`) is one a server may read instead.
         let text = |name: &str, key: &str| -> Result<Option<&str>, ()> {
             match part(name)? {
                 None => Ok(None),
-                Some(part) => part.get(key).and_then(Value::as_str).map(Some).ok_or(()),
+                Some(part) => {
+                    let object = part.as_object().ok_or(())?;
+                    if object.keys().any(|k| k != "name" && k != key) {
+                        return Err(());
+                    }
+                    object.get(key).and_then(Value::as_str).map(Some).ok_or(())
+                }
             }
         };
         let reached = (|| -> Result<Option<String>, ()> {
             let kind = text("type", "valueCode")?.ok_or(())?;
             let path = text("path", "valueString")?.ok_or(())?;
+            // A name anywhere in the path, inside a filter's criteria too, may be where a
+            // server's patch lands (HAPI follows `where(subject)` into `subject`).
+            if names_anywhere(path)?.iter().any(|name| guarded(name)) {
+                return Ok(Some(String::new()));
+            }
             let element = first_element(path)?;
             match (kind, element) {
                 (_, Some(element))
@@ -121,6 +137,47 @@ fn fhirpath_patch_touches(document: &Value, guarded: &dyn Fn(&str) -> bool) -> b
             Ok(None) | Err(()) => true,
         }
     })
+}
+
+/// Every name written in `path`, inside function arguments too (not inside string literals):
+/// plain identifiers and `` `quoted` `` ones. `Err` for an unterminated literal.
+fn names_anywhere(path: &str) -> Result<Vec<String>, ()> {
+    let chars: Vec<char> = path.chars().collect();
+    let mut names = Vec::new();
+    let mut at = 0;
+    while let Some(c) = chars.get(at) {
+        match c {
+            '\'' => {
+                at += 1;
+                loop {
+                    match chars.get(at) {
+                        None => return Err(()),
+                        Some('\\') => at += 2,
+                        Some('\'') => break,
+                        Some(_) => at += 1,
+                    }
+                }
+                at += 1;
+            }
+            '`' => {
+                let end = chars[at + 1..].iter().position(|c| *c == '`').ok_or(())?;
+                names.push(chars[at + 1..at + 1 + end].iter().collect());
+                at += end + 2;
+            }
+            c if c.is_ascii_alphabetic() || *c == '_' => {
+                let start = at;
+                while chars
+                    .get(at)
+                    .is_some_and(|c| c.is_ascii_alphanumeric() || *c == '_')
+                {
+                    at += 1;
+                }
+                names.push(chars[start..at].iter().collect());
+            }
+            _ => at += 1,
+        }
+    }
+    Ok(names)
 }
 
 /// One step of a path: an element name, or a function call with its name.
@@ -314,7 +371,8 @@ mod tests {
             "Observation.code.text",
             "Observation.code.coding[0].display",
             "Observation.code.coding.where(system = 'http://loinc.org').first().code",
-            "Observation.where(subject.reference = 'Patient/pat-anne').status",
+            "Observation.where(status = 'final').note.text",
+            "Observation.code.coding.where(display = 'subject').code",
             "status",
             "%resource.status",
             "Observation . note [ 1 ] . text",
@@ -328,6 +386,13 @@ mod tests {
         for path in [
             "Observation.subject",
             "Observation.subject.reference",
+            // A name in a filter's criteria: HAPI follows it into the element.
+            "Observation.where(subject).status",
+            "Observation.where(subject.reference = 'Patient/pat-anne').status",
+            "Observation.ofType(subject).status",
+            "Observation.extension(subject)",
+            "Observation.code.where(%resource.subject.exists())",
+            "Observation.note.where(`performer`.exists())",
             "subject.reference",
             "Observation.performer[0]",
             "Observation.select(subject)",
@@ -395,6 +460,31 @@ mod tests {
     }
 
     #[test]
+    fn a_part_with_two_values_counts_as_touching() {
+        let body = json!({ "resourceType": "Parameters", "parameter": [{ "name": "operation", "part": [
+            { "name": "type", "valueCode": "replace" },
+            { "name": "path", "valueString": "Observation.status", "valueCode": "Observation.subject" },
+            { "name": "value", "valueCode": "final" }
+        ]}]});
+        assert!(touches_compartment(
+            "Observation",
+            PatchFormat::FhirPathPatch,
+            &body
+        ));
+        let body = json!({ "resourceType": "Parameters", "parameter": [{ "name": "operation", "part": [
+            { "name": "type", "valueCode": "add" },
+            { "name": "path", "valueString": "Observation" },
+            { "name": "name", "valueString": "note", "valueCode": "subject" },
+            { "name": "value", "valueString": "x" }
+        ]}]});
+        assert!(touches_compartment(
+            "Observation",
+            PatchFormat::FhirPathPatch,
+            &body
+        ));
+    }
+
+    #[test]
     fn operations_that_cannot_be_read_count_as_touching() {
         for operation in [
             // No type, an unknown one, a path given twice, a path that is not a string.
@@ -411,6 +501,12 @@ mod tests {
             vec![
                 ("type", "valueCode", "delete"),
                 ("path", "valueCode", "Observation.status"),
+            ],
+            // A second value in a part: a server may read the other one.
+            vec![
+                ("type", "valueCode", "replace"),
+                ("path", "valueString", "Observation.status"),
+                ("path", "valueCode", "Observation.subject"),
             ],
             // Deleting or replacing the resource itself.
             vec![

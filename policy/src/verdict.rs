@@ -30,6 +30,12 @@ pub struct Obligations {
     /// Elements to add to the request's `_elements` (the references that say whose data the
     /// answer is), and to take out of the answer again once every check has read them.
     pub add_elements: Vec<String>,
+    /// The request is not for `AuditEvent` (whose reading the audit-log rules decided), yet its
+    /// answer may hold AuditEvents (`_include`/`_revinclude`, a compartment or system search,
+    /// system history, an operation such as `$everything`): every AuditEvent in it is taken
+    /// out (or the answer refused, if it is one), so the audit-log rules hold for what is
+    /// returned, not only for what was asked.
+    pub withhold_audit_events: bool,
 }
 
 /// The outcome of policy evaluation.

@@ -250,3 +250,57 @@ fn a_patients_fhirpath_patch_may_not_reach_whom_the_resource_is_about() {
         );
     }
 }
+
+#[test]
+fn answers_that_may_hold_audit_events_are_marked_to_withhold_them() {
+    let withholds = |method: &str, path: &str, scopes: &str| {
+        let (path_only, query) = path
+            .split_once('?')
+            .map_or((path, None), |(p, q)| (p, Some(q)));
+        let request =
+            classify(method, path_only, query).unwrap_or_else(|e| panic!("{path}: {e:?}"));
+        match decide_as(scopes, None, &request) {
+            Decision::Allow { obligations, .. } => obligations.withhold_audit_events,
+            deny => panic!("{path}: {deny:?}"),
+        }
+    };
+    for path in [
+        "Patient?_revinclude=AuditEvent:patient",
+        "Patient?_id=pat-anne&_revinclude:iterate=AuditEvent:entity",
+        "Observation?_include=Observation:focus",
+        "Patient/pat-anne/$everything",
+        "Patient/pat-anne/Observation?_revinclude=AuditEvent:entity",
+        "_history",
+    ] {
+        assert!(withholds("GET", path, "user/*.rs"), "{path}");
+    }
+    for path in [
+        "Patient/pat-anne",
+        "Observation?code=x",
+        "Patient/pat-anne/_history",
+    ] {
+        // (`Patient/<id>/*` is refused when classified: no type to decide by.)
+        assert!(!withholds("GET", path, "user/*.rs"), "{path}");
+    }
+    // A batch entry carries its own mark.
+    let request = with_body(
+        "POST",
+        "",
+        &json!({ "resourceType": "Bundle", "type": "batch", "entry": [
+            { "request": { "method": "GET", "url": "Patient/pat-anne/$everything" } },
+            { "request": { "method": "GET", "url": "Patient/pat-anne" } }
+        ]}),
+    );
+    let Decision::Allow { obligations, .. } = decide_as("user/*.rs", None, &request) else {
+        panic!("the batch is decided entry by entry")
+    };
+    let marks: Vec<bool> = obligations
+        .entries
+        .iter()
+        .map(|entry| match entry {
+            Decision::Allow { obligations, .. } => obligations.withhold_audit_events,
+            Decision::Deny { .. } => false,
+        })
+        .collect();
+    assert_eq!(marks, [true, false]);
+}

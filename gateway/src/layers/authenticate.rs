@@ -27,7 +27,7 @@ use crate::trace::{Phase, Traced};
 pub struct AuthenticateLayer {
     verifier: Arc<TokenVerifier>,
     routes: Arc<RouteRules>,
-    audiences: Option<Arc<[String]>>,
+    audiences: Option<Arc<Audiences>>,
 }
 
 impl AuthenticateLayer {
@@ -36,7 +36,7 @@ impl AuthenticateLayer {
     pub fn new(
         verifier: Arc<TokenVerifier>,
         routes: Arc<RouteRules>,
-        audiences: Option<Arc<[String]>>,
+        audiences: Option<Arc<Audiences>>,
     ) -> Self {
         Self {
             verifier,
@@ -49,23 +49,53 @@ impl AuthenticateLayer {
 /// Which `aud` values each listener accepts. An issuer's audiences say whom its tokens are
 /// for; these say which of them a listener serves, so that a token minted for the citizen
 /// listener (a browser's, unbound) is refused on the mTLS listener and the other way round.
+/// A token that names audiences of both listeners is refused on both: which one it was meant
+/// for cannot be told. Audiences compare without a trailing `/` and without regard to ASCII
+/// case (a URL's host is case-insensitive; nothing is let in by it that the issuer's own exact
+/// check did not).
 #[derive(Debug, Clone, Default)]
 pub struct ListenerAudiences {
     /// The mTLS listener's; `None`: whatever the issuer accepts.
-    pub client: Option<Arc<[String]>>,
+    pub client: Option<Arc<Audiences>>,
     /// The citizen listener's, when it is configured.
-    pub citizen: Option<Arc<[String]>>,
+    pub citizen: Option<Arc<Audiences>>,
+}
+
+/// One listener's audiences, and the other listener's, which it refuses.
+#[derive(Debug, Clone, Default)]
+pub struct Audiences {
+    accepted: Vec<String>,
+    foreign: Vec<String>,
+}
+
+impl Audiences {
+    /// Whether a token naming `auds` is for this listener.
+    pub fn admit(&self, auds: &[String]) -> bool {
+        let names = |set: &[String]| auds.iter().any(|aud| set.contains(&normal(aud)));
+        names(&self.accepted) && !names(&self.foreign)
+    }
+}
+
+/// An audience as compared: no trailing `/`, ASCII lower case.
+fn normal(aud: &str) -> String {
+    aud.trim_end_matches('/').to_ascii_lowercase()
 }
 
 impl ListenerAudiences {
     /// From `[server] audiences`, `[citizen] audiences` (or its `public_base_url`), the
     /// issuers' audiences and token exchange's.
     pub fn from_config(config: &crate::config::Config) -> Result<ListenerAudiences, ConfigError> {
+        let normalised = |list: &[String]| {
+            let mut list: Vec<String> = list.iter().map(|aud| normal(aud)).collect();
+            list.sort();
+            list.dedup();
+            list
+        };
         let citizen = match &config.citizen {
             None => None,
-            Some(citizen) if !citizen.audiences.is_empty() => Some(citizen.audiences.clone()),
+            Some(citizen) if !citizen.audiences.is_empty() => Some(normalised(&citizen.audiences)),
             Some(citizen) => match &citizen.public_base_url {
-                Some(url) => Some(vec![url.trim_end_matches('/').to_owned()]),
+                Some(url) => Some(vec![normal(url)]),
                 None => {
                     return Err(ConfigError::new(
                         "citizen.audiences",
@@ -75,7 +105,13 @@ impl ListenerAudiences {
                 }
             },
         };
-        let named = &config.server.audiences;
+        let exchange_audience = config.token_exchange.as_ref().map(|exchange| {
+            exchange
+                .audience
+                .clone()
+                .unwrap_or_else(|| exchange.issuer.clone())
+        });
+        let named = normalised(&config.server.audiences);
         if let Some(citizen) = &citizen
             && let Some(shared) = named.iter().find(|aud| citizen.contains(aud))
         {
@@ -84,23 +120,31 @@ impl ListenerAudiences {
                 format!("{shared:?} is the citizen listener's audience too; a listener's own"),
             ));
         }
+        if let Some(exchange) = &exchange_audience
+            && !named.is_empty()
+            && !named.contains(&normal(exchange))
+        {
+            return Err(ConfigError::new(
+                "server.audiences",
+                format!(
+                    "lacks token exchange's audience {exchange:?}: the tokens Portvagt issues \
+                     would be refused"
+                ),
+            ));
+        }
         let client = if !named.is_empty() {
-            Some(named.clone())
+            Some(named)
         } else if let Some(citizen) = &citizen {
-            let mut accepted: Vec<String> = config
+            let all: Vec<String> = config
                 .issuers
                 .iter()
                 .flat_map(|issuer| issuer.audiences.iter().cloned())
-                .chain(config.token_exchange.as_ref().map(|exchange| {
-                    exchange
-                        .audience
-                        .clone()
-                        .unwrap_or_else(|| exchange.issuer.clone())
-                }))
+                .chain(exchange_audience)
+                .collect();
+            let accepted: Vec<String> = normalised(&all)
+                .into_iter()
                 .filter(|aud| !citizen.contains(aud))
                 .collect();
-            accepted.sort();
-            accepted.dedup();
             if accepted.is_empty() {
                 return Err(ConfigError::new(
                     "server.audiences",
@@ -112,9 +156,17 @@ impl ListenerAudiences {
         } else {
             None
         };
+        let listener = |accepted: &Option<Vec<String>>, foreign: &Option<Vec<String>>| {
+            accepted.as_ref().map(|accepted| {
+                Arc::new(Audiences {
+                    accepted: accepted.clone(),
+                    foreign: foreign.clone().unwrap_or_default(),
+                })
+            })
+        };
         Ok(ListenerAudiences {
-            client: client.map(Arc::from),
-            citizen: citizen.map(Arc::from),
+            client: listener(&client, &citizen),
+            citizen: listener(&citizen, &client),
         })
     }
 }
@@ -198,7 +250,7 @@ pub struct Authenticate<S> {
     inner: S,
     verifier: Arc<TokenVerifier>,
     routes: Arc<RouteRules>,
-    audiences: Option<Arc<[String]>>,
+    audiences: Option<Arc<Audiences>>,
 }
 
 /// The token from `Authorization: Bearer <token>` or `Holder-of-key <token>` (schemes
@@ -272,10 +324,7 @@ where
             let principal: Principal = verifier.verify(&token, &peer, binding_required).await?;
             // The issuer accepts the audience; this listener must serve it too.
             if let Some(audiences) = &audiences
-                && !principal
-                    .audiences()
-                    .iter()
-                    .any(|aud| audiences.contains(aud))
+                && !audiences.admit(principal.audiences())
             {
                 return Err(AuthnError::WrongAudience.into());
             }
@@ -295,6 +344,90 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn audiences(extra: &str) -> Result<ListenerAudiences, ConfigError> {
+        audiences_with("", extra)
+    }
+
+    fn audiences_with(server: &str, extra: &str) -> Result<ListenerAudiences, ConfigError> {
+        let config = crate::config::Config::parse(&format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n{server}\n[tls]\ncert = \"c\"\nkey = \"k\"\nclient_ca = \"ca\"\n\
+             [backend]\nurl = \"http://b/fhir\"\n\
+             [[issuer]]\nissuer = \"https://citizen-idp\"\naudiences = [\"https://m.example/fhir/\"]\njwks_file = \"j\"\n\
+             [[issuer]]\nissuer = \"https://region-as\"\naudiences = [\"https://fhir.example/fhir\"]\njwks_file = \"j\"\n\
+             {extra}"
+        ))
+        .unwrap();
+        ListenerAudiences::from_config(&config)
+    }
+
+    fn auds(list: &[&str]) -> Vec<String> {
+        list.iter().map(|aud| (*aud).to_owned()).collect()
+    }
+
+    #[test]
+    fn each_listener_takes_its_own_audience_and_a_token_for_both_is_for_neither() {
+        let both = audiences(
+            "[citizen]\nlisten = \"127.0.0.1:0\"\npublic_base_url = \"https://M.example/fhir\"\n",
+        )
+        .unwrap();
+        let (client, citizen) = (both.client.unwrap(), both.citizen.unwrap());
+        let api = "https://fhir.example/fhir";
+        let page = "https://m.example/fhir/";
+        assert!(client.admit(&auds(&[api])));
+        assert!(!client.admit(&auds(&[page])));
+        assert!(citizen.admit(&auds(&[page])));
+        assert!(citizen.admit(&auds(&["https://M.EXAMPLE/fhir"])));
+        assert!(!citizen.admit(&auds(&[api])));
+        // The citizen IdP's token naming the API's audience too (it passes its issuer's check
+        // by the page's audience): for neither listener.
+        assert!(!client.admit(&auds(&[page, api])));
+        assert!(!citizen.admit(&auds(&[page, api])));
+        assert!(!client.admit(&auds(&[])));
+        // Without a citizen listener, the issuers' own checks are all there is.
+        assert!(audiences("").unwrap().client.is_none());
+    }
+
+    #[test]
+    fn audience_settings_that_cannot_work_are_refused() {
+        let field = |extra: &str| audiences(extra).unwrap_err().field;
+        assert_eq!(
+            field("[citizen]\nlisten = \"127.0.0.1:0\"\n"),
+            "citizen.audiences"
+        );
+        assert_eq!(
+            field(
+                "[citizen]\nlisten = \"127.0.0.1:0\"\naudiences = [\"https://fhir.example/fhir/\", \"https://m.example/fhir\"]\n"
+            ),
+            "server.audiences"
+        );
+        // Named audiences without the one Portvagt's own exchanged tokens carry.
+        let exchange = "[token_exchange]\nissuer = \"https://portvagt.example\"\nsigning_key = \"k\"\n\
+                        trusted_sts = []\n";
+        assert_eq!(
+            audiences_with("audiences = [\"https://fhir.example/fhir\"]", exchange)
+                .unwrap_err()
+                .field,
+            "server.audiences"
+        );
+        assert!(
+            audiences_with(
+                "audiences = [\"https://fhir.example/fhir\", \"https://portvagt.example/\"]",
+                exchange
+            )
+            .is_ok()
+        );
+        // A listener's own audience named for the other too.
+        assert_eq!(
+            audiences_with(
+                "audiences = [\"https://fhir.example/fhir\", \"https://M.example/fhir\"]",
+                "[citizen]\nlisten = \"127.0.0.1:0\"\naudiences = [\"https://m.example/fhir/\"]\n"
+            )
+            .unwrap_err()
+            .field,
+            "server.audiences"
+        );
+    }
 
     fn scheme(value: &str) -> Result<(&'static str, bool), AuthnError> {
         let request = Request::get("/fhir/Patient")

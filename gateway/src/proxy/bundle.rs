@@ -142,11 +142,7 @@ fn compartment_checked_entry(
         return entry;
     };
     let bytes = serde_json::to_vec(resource).unwrap_or_default();
-    let reason = if obligations.compartment.is_some() {
-        portvagt_policy::DenyReason::OutsideCompartment
-    } else {
-        portvagt_policy::DenyReason::OutsideGranularScope
-    };
+    let reason = super::refusal_reason(obligations);
     match check_response(&bytes, &check, mode) {
         Filtered::Unchanged => entry,
         Filtered::Rewritten(filtered) => match serde_json::from_slice(&filtered) {

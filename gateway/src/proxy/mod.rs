@@ -148,14 +148,28 @@ impl Service<Request<Body>> for Proxy {
 
 /// What answers under `obligations` must satisfy, if anything.
 pub(crate) fn response_check(obligations: &Obligations) -> Option<ResponseCheck<'_>> {
-    (obligations.compartment.is_some() || !obligations.restriction.is_empty()).then(|| {
-        ResponseCheck {
+    (obligations.compartment.is_some()
+        || !obligations.restriction.is_empty()
+        || obligations.withhold_audit_events)
+        .then(|| ResponseCheck {
             compartment: obligations.compartment.as_deref(),
             restriction: &obligations.restriction,
             // The proxy reads the target first whenever the obligation says so.
             instance_verified: obligations.verify_target,
-        }
-    })
+            withhold_audit_events: obligations.withhold_audit_events,
+        })
+}
+
+/// Why an answer that failed its [`response_check`] is refused.
+pub(crate) fn refusal_reason(obligations: &Obligations) -> portvagt_policy::DenyReason {
+    use portvagt_policy::DenyReason;
+    if obligations.compartment.is_some() {
+        DenyReason::OutsideCompartment
+    } else if !obligations.restriction.is_empty() {
+        DenyReason::OutsideGranularScope
+    } else {
+        DenyReason::AuditLogRestricted
+    }
 }
 
 /// A FHIR JSON answer the gateway makes itself.

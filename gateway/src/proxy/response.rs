@@ -460,10 +460,7 @@ fn checked_answer(
     match verdict {
         Filtered::Unchanged => Ok(bytes),
         Filtered::Rewritten(filtered) => Ok(Bytes::from(filtered)),
-        Filtered::Forbidden if obligations.compartment.is_some() => {
-            Err(DenyReason::OutsideCompartment)
-        }
-        Filtered::Forbidden => Err(DenyReason::OutsideGranularScope),
+        Filtered::Forbidden => Err(super::refusal_reason(obligations)),
     }
 }
 

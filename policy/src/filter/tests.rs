@@ -175,6 +175,7 @@ fn a_parameters_passes_only_about_a_verified_instance_and_without_resources_insi
         compartment: Some("anne"),
         restriction: &[],
         instance_verified: true,
+        withhold_audit_events: false,
     };
     assert_eq!(
         check_response(meta.to_string().as_bytes(), &verified, FilterMode::Remove),
@@ -280,6 +281,7 @@ fn granular_restrictions_are_checked_on_every_resource() {
         compartment: None,
         restriction: &restriction,
         instance_verified: false,
+        withhold_audit_events: false,
     };
     let Filtered::Rewritten(bytes) = check_response(
         &bundle(vec![lab.clone(), vitals.clone(), bare]),
@@ -305,6 +307,7 @@ fn granular_restrictions_are_checked_on_every_resource() {
         compartment: None,
         restriction: &code_only,
         instance_verified: false,
+        withhold_audit_events: false,
     };
     assert_eq!(
         check_response(vitals.to_string().as_bytes(), &check, FilterMode::Remove),
@@ -316,9 +319,76 @@ fn granular_restrictions_are_checked_on_every_resource() {
         compartment: None,
         restriction: &status,
         instance_verified: false,
+        withhold_audit_events: false,
     };
     assert_eq!(
         check_response(condition.to_string().as_bytes(), &check, FilterMode::Remove),
+        Filtered::Unchanged
+    );
+}
+
+#[test]
+fn audit_events_are_withheld_from_answers_that_reach_them_sideways() {
+    let check = ResponseCheck {
+        withhold_audit_events: true,
+        ..ResponseCheck::default()
+    };
+    // `Patient?_revinclude=AuditEvent:patient`: the Patient stays, the AuditEvent goes, and
+    // `total` (matches only) is unchanged by an include.
+    let searchset = json!({ "resourceType": "Bundle", "type": "searchset", "total": 1, "entry": [
+        { "resource": { "resourceType": "Patient", "id": "anne" }, "search": { "mode": "match" } },
+        { "resource": { "resourceType": "AuditEvent", "id": "a1" }, "search": { "mode": "include" } },
+        // A type name spelled with an escape is the same name.
+        { "resource": { "resourceType": "Audit\u{0045}vent", "id": "a2" }, "search": { "mode": "include" } },
+        // An AuditEvent contained in another resource, or inside a nested Bundle.
+        { "resource": { "resourceType": "Provenance", "id": "p",
+                        "contained": [{ "resourceType": "AuditEvent", "id": "a3" }] },
+          "search": { "mode": "include" } },
+        { "resource": { "resourceType": "Bundle", "entry": [
+            { "resource": { "resourceType": "AuditEvent", "id": "a4" } } ] },
+          "search": { "mode": "include" } },
+        // Text that merely names the type is no AuditEvent.
+        { "resource": { "resourceType": "Observation", "id": "o",
+                        "note": [{ "text": "see the AuditEvent" }] },
+          "search": { "mode": "include" } }
+    ]});
+    let escaped = searchset.to_string().replace(
+        "\"Audit\u{0045}vent\",\"id\":\"a2\"",
+        "\"Audit\\u0045vent\",\"id\":\"a2\"",
+    );
+    let Filtered::Rewritten(bytes) = check_response(escaped.as_bytes(), &check, FilterMode::Remove)
+    else {
+        panic!("the AuditEvents are taken out")
+    };
+    let kept: Value = serde_json::from_slice(&bytes).unwrap();
+    let ids: Vec<&str> = kept["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| entry["resource"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["anne", "o"]);
+    assert_eq!(kept["total"], 1);
+    // One AuditEvent as the answer, or one packed in an operation's Parameters: refused.
+    for body in [
+        json!({ "resourceType": "AuditEvent", "id": "a1" }),
+        json!({ "resourceType": "Parameters", "parameter": [
+            { "name": "return", "resource": { "resourceType": "AuditEvent", "id": "a1" } } ] }),
+        json!({ "resourceType": "OperationOutcome",
+                "contained": [{ "resourceType": "AuditEvent", "id": "a1" }] }),
+    ] {
+        assert_eq!(
+            check_response(body.to_string().as_bytes(), &check, FilterMode::Remove),
+            Filtered::Forbidden,
+            "{body}"
+        );
+    }
+    // Nothing to withhold: the bytes pass as they are.
+    let plain = json!({ "resourceType": "Bundle", "type": "searchset", "entry": [
+        { "resource": { "resourceType": "Patient", "id": "anne" } } ] })
+    .to_string();
+    assert_eq!(
+        check_response(plain.as_bytes(), &check, FilterMode::Remove),
         Filtered::Unchanged
     );
 }
