@@ -238,7 +238,9 @@ fn filter_bundle(mut top: OrderedRaw<'_>, check: &ResponseCheck<'_>, mode: Filte
         };
         let search_mode = probe.search.as_ref().and_then(|s| s.mode.as_deref());
         let allowed = match probe.resource {
-            None => true,
+            // Under a patient's compartment an entry without a resource (a deleted version in
+            // a history) cannot be shown to be hers: its id alone would tell.
+            None => check.compartment.is_none(),
             Some(resource_text) => {
                 match serde_json::from_str::<OrderedRaw<'_>>(resource_text.get()) {
                     Ok(resource) => {

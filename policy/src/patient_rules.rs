@@ -96,6 +96,12 @@ pub(crate) fn check(
                     && id == patient
                     && type_name.is_none_or(is_compartment_type) =>
             {
+                // The compartment holds what merely names her (a performer): a count of it
+                // is pinned to what is about her, as a search of the type would be.
+                if crate::consent::count_only(request) {
+                    let t = type_name.ok_or(DenyReason::CountNotPinned)?;
+                    add_params.extend(pin(request, t, patient)?);
+                }
                 Ok(Obligations {
                     add_params,
                     ..checked
@@ -210,6 +216,10 @@ fn pins_only_the_patient(request: &FhirRequest, patient: &str) -> Result<(), Den
 /// The pin of a search of compartment type `t`: a compartment parameter naming the patient; if
 /// none is given, one is added.
 fn pin(request: &FhirRequest, t: &str, patient: &str) -> Result<Vec<(String, String)>, DenyReason> {
+    // A count cannot be filtered: only the parameter that says whom the resource is about
+    // (`patient`, `subject`) pins it. `performer=Patient/<own>` would count resources about
+    // others that she merely performed, which a search would withhold.
+    let count = crate::consent::count_only(request);
     let mut pinned = false;
     for (name, value) in request.params() {
         let (base, modifier) = match name.split_once(':') {
@@ -218,6 +228,8 @@ fn pin(request: &FhirRequest, t: &str, patient: &str) -> Result<Vec<(String, Str
         };
         let is_pin = if t == "Patient" {
             base == "_id"
+        } else if count {
+            pinning_params(t).any(|p| p == base) && (base == "patient" || base == "subject")
         } else {
             pinning_params(t).any(|p| p == base)
         };

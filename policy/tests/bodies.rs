@@ -304,3 +304,34 @@ fn answers_that_may_hold_audit_events_are_marked_to_withhold_them() {
         .collect();
     assert_eq!(marks, [true, false]);
 }
+
+#[test]
+fn a_patients_count_is_pinned_to_what_is_about_her() {
+    let add_params = |path: &str, query: &str| {
+        let request = classify("GET", path, Some(query)).unwrap();
+        match decide_as("patient/*.rs", Some("pat-anne"), &request) {
+            Decision::Allow { obligations, .. } => obligations.add_params,
+            deny => panic!("{path}?{query}: {deny:?}"),
+        }
+    };
+    let about_her = vec![("subject".to_owned(), "Patient/pat-anne".to_owned())];
+    // Pinned by a parameter that only names her (performer): a count is narrowed to what is
+    // about her; a search is not (its entries are checked one by one).
+    assert_eq!(
+        add_params("Observation", "performer=Patient/pat-anne&_summary=count"),
+        about_her
+    );
+    assert_eq!(
+        add_params("Observation", "performer=Patient/pat-anne&_count=0"),
+        about_her
+    );
+    assert!(add_params("Observation", "performer=Patient/pat-anne").is_empty());
+    assert!(add_params("Observation", "subject=Patient/pat-anne&_summary=count").is_empty());
+    assert!(add_params("Observation", "patient=pat-anne&_summary=count").is_empty());
+    // Her compartment holds what merely names her: its count is narrowed the same way.
+    assert_eq!(
+        add_params("Patient/pat-anne/Observation", "_summary=count"),
+        about_her
+    );
+    assert!(add_params("Patient/pat-anne/Observation", "code=x").is_empty());
+}

@@ -260,15 +260,15 @@ impl Proxy {
             .await?
         {
             Fetched::Found(current) => current,
-            // Nothing is overwritten: an update creates (its body was checked), a patch or
-            // delete gets the backend's own answer.
-            Fetched::Missing if headers.is_some() => return Ok(()),
-            // An operation on an instance that is not there (or was deleted) is not sent: what
-            // it might still tell of a deleted resource is nobody's to check.
+            // A write to, or an operation on, an instance that is not there (or was deleted) is
+            // not sent: answered as another patient's is, so that neither tells whether it
+            // exists (an update does not create under a patient's scope).
             Fetched::Missing => return Err(crate::consent::NotFoundError.into()),
         };
         if membership(&current, patient) != Membership::Member {
-            return Err(self.deny(DenyReason::OutsideCompartment, record_handle, None));
+            // Recorded as the refusal it is; answered as a missing one.
+            let _ = self.deny(DenyReason::OutsideCompartment, record_handle, None);
+            return Err(crate::consent::NotFoundError.into());
         }
         let version = current
             .pointer("/meta/versionId")

@@ -43,6 +43,7 @@ impl Proxy {
             upstream,
             record_handle,
             consent,
+            obligations,
             ..
         } = exchange;
 
@@ -60,10 +61,10 @@ impl Proxy {
             fields.upstream_latency = Some(upstream_latency);
             fields.upstream_status = Some(status.as_u16());
         }
-        // Under citizens' blocks a missing resource is answered in the gateway's words, the
-        // same as one withheld: the backend's own 404 might differ from it, and a 410 would
-        // say that it existed.
-        if consent.is_some()
+        // Under citizens' blocks, and under a patient's compartment, a missing resource is
+        // answered in the gateway's words, the same as one withheld or another patient's: the
+        // backend's own 404 might differ from it, and a 410 would say that it existed.
+        if (consent.is_some() || obligations.compartment.is_some())
             && (status == StatusCode::NOT_FOUND || status == StatusCode::GONE)
             && answers_not_found(fhir.acts_as())
         {
@@ -183,8 +184,37 @@ impl Proxy {
             bytes = Bytes::from(rewritten);
         }
         if status.is_success() {
-            bytes = checked_answer(bytes, obligations, duties.is_json, self.filter_mode)
-                .map_err(|reason| self.deny(reason, record_handle.as_ref(), None))?;
+            let answered = bytes.clone();
+            bytes = match checked_answer(bytes, obligations, duties.is_json, self.filter_mode) {
+                Ok(bytes) => bytes,
+                // Another patient's resource asked for by id is answered as a missing one:
+                // whether it exists is not the caller's to learn (the refusal is recorded). An
+                // answer that cannot be read at all stays a refusal.
+                Err(DenyReason::OutsideCompartment)
+                    if answers_not_found(fhir.acts_as())
+                        && !fhir.interaction().is_write()
+                        && duties.is_json
+                        && serde_json::from_slice::<serde::de::IgnoredAny>(&answered).is_ok() =>
+                {
+                    let _ = self.deny(DenyReason::OutsideCompartment, record_handle.as_ref(), None);
+                    return Err(crate::consent::NotFoundError.into());
+                }
+                Err(reason) => return Err(self.deny(reason, record_handle.as_ref(), None)),
+            };
+            // The history of another patient's resource, all taken out, is answered as the
+            // history of one that never existed.
+            if obligations.compartment.is_some()
+                && fhir.interaction() == Interaction::HistoryInstance
+                && serde_json::from_slice::<serde_json::Value>(&bytes).is_ok_and(|answer| {
+                    answer
+                        .get("entry")
+                        .and_then(serde_json::Value::as_array)
+                        .is_none_or(Vec::is_empty)
+                })
+            {
+                let _ = self.deny(DenyReason::OutsideCompartment, record_handle.as_ref(), None);
+                return Err(crate::consent::NotFoundError.into());
+            }
             if let Some(plan) = batch {
                 bytes = merged_batch(&bytes, plan, fhir, consent.is_some(), self.filter_mode)?;
             }

@@ -109,7 +109,8 @@ async fn patient_token_sees_own_data_and_not_another_patients() {
             "outside-compartment",
         ),
         // Read of a compartment type: allowed, then the answer is checked and refused.
-        ("/fhir/Observation/obs-bo-bp", 403, "outside-compartment"),
+        // By id: answered as a missing one (whether it exists is not hers to learn).
+        ("/fhir/Observation/obs-bo-bp", 404, "not-found"),
         (
             "/fhir/Observation?patient=pat-anne&patient=pat-bo",
             400,

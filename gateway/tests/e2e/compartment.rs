@@ -202,9 +202,10 @@ async fn a_patient_changes_and_deletes_only_her_own_records() {
         ))
         .await
         .unwrap();
+    // Refused, and answered as a missing one would be: nothing tells her it exists.
     assert_eq!(
         (takeover.status.as_u16(), takeover.detail_code().as_str()),
-        (403, "outside-compartment")
+        (404, "not-found")
     );
     let delete = client
         .send(request(
@@ -217,7 +218,7 @@ async fn a_patient_changes_and_deletes_only_her_own_records() {
         .unwrap();
     assert_eq!(
         (delete.status.as_u16(), delete.detail_code().as_str()),
-        (403, "outside-compartment")
+        (404, "not-found")
     );
     let (status, still) = crate::support::backend_get("Observation/obs-bo-weight").await;
     assert_eq!(status, 200);
@@ -301,8 +302,9 @@ async fn filtered_entries_can_be_configured_to_deny() {
         .get("/fhir/Condition/cond-bo-1", Some(&token))
         .await
         .unwrap();
-    assert_eq!(answer.status, 403);
-    assert_eq!(answer.detail_code(), "outside-compartment");
+    // By id: answered as a missing one (whether it exists is not hers to learn).
+    assert_eq!(answer.status, 404);
+    assert_eq!(answer.detail_code(), "not-found");
     let own = gateway
         .client()
         .get("/fhir/Condition/cond-anne-1", Some(&token))
@@ -462,7 +464,7 @@ async fn head_tells_nothing_that_get_would_not() {
         ))
         .await
         .unwrap();
-    assert_eq!(other.status, 403);
+    assert_eq!(other.status, 404);
     assert!(other.headers.get("etag").is_none());
 }
 
@@ -506,12 +508,12 @@ async fn elements_are_answered_and_still_checked_and_audited() {
         .collect();
     assert!(named.contains(&"Patient/pat-anne".to_owned()), "{named:?}");
 
-    // Another patient's resource, cut to `status`: still refused.
+    // Another patient's resource, cut to `status`: still refused (as a missing one).
     let answer = client
         .get("/fhir/Observation/obs-bo-bp?_elements=status", Some(&token))
         .await
         .unwrap();
-    assert_eq!(answer.status, 403, "{}", answer.text());
+    assert_eq!(answer.status, 404, "{}", answer.text());
     // What the client asked for is kept: `subject` asked is `subject` answered.
     let answer = client
         .get(
@@ -524,4 +526,113 @@ async fn elements_are_answered_and_still_checked_and_audited() {
     let resource = answer.json();
     assert_eq!(resource["subject"]["reference"], "Patient/pat-anne");
     assert!(resource.get("performer").is_none(), "{resource}");
+}
+
+/// Under a patient's scope another patient's resource, a missing one and a deleted one are
+/// answered alike (the gateway's 404), by id, by version, as a history, as a write target, and
+/// counted: nothing tells her which ids exist.
+#[tokio::test]
+async fn other_patients_missing_and_deleted_resources_look_alike() {
+    use crate::support::{MARKER_SYSTEM, backend_send, backend_url};
+    let gateway = Gateway::start();
+    let token = anne(&gateway, "patient/Observation.cruds");
+    let client = gateway.client();
+    // One of Bo's, created and deleted in the backend.
+    let marker = uuid::Uuid::new_v4().to_string();
+    let deleted = backend_send(
+        backend_url(),
+        Method::POST,
+        "Observation",
+        Some(
+            json!({ "resourceType": "Observation", "status": "final", "code": { "text": marker },
+                     "identifier": [{ "system": MARKER_SYSTEM, "value": marker }],
+                     "subject": { "reference": "Patient/pat-bo" } }),
+        ),
+    )
+    .await;
+    let deleted = deleted["id"].as_str().unwrap().to_owned();
+    backend_send(
+        backend_url(),
+        Method::DELETE,
+        &format!("Observation/{deleted}"),
+        None,
+    )
+    .await;
+    let outcome = |answer: &crate::support::Answer| {
+        let mut body = answer.json();
+        // The request id differs, nothing else may.
+        body["issue"][0]["diagnostics"] = Value::Null;
+        (answer.status.as_u16(), body)
+    };
+    let missing = client
+        .get("/fhir/Observation/no-such-observation", Some(&token))
+        .await
+        .unwrap();
+    let expected = outcome(&missing);
+    assert_eq!(expected.0, 404, "{}", missing.text());
+    assert_eq!(missing.detail_code(), "not-found");
+    for path in [
+        "/fhir/Observation/obs-bo-weight".to_owned(),
+        format!("/fhir/Observation/{deleted}"),
+        "/fhir/Observation/obs-bo-weight/_history/1".to_owned(),
+        "/fhir/Observation/obs-bo-weight/_history".to_owned(),
+        format!("/fhir/Observation/{deleted}/_history"),
+        "/fhir/Observation/no-such-observation/_history".to_owned(),
+    ] {
+        let answer = client.get(&path, Some(&token)).await.unwrap();
+        assert_eq!(outcome(&answer), expected, "{path}: {}", answer.text());
+    }
+    for method in [Method::DELETE, Method::PUT] {
+        for id in ["obs-bo-weight", "no-such-observation"] {
+            let body = (method == Method::PUT).then(|| {
+                json!({ "resourceType": "Observation", "id": id, "status": "final",
+                        "code": { "text": "x" }, "subject": { "reference": "Patient/pat-anne" } })
+            });
+            let answer = client
+                .send(request(
+                    method.clone(),
+                    &format!("/fhir/Observation/{id}"),
+                    Some(&token),
+                    body,
+                ))
+                .await
+                .unwrap();
+            assert_eq!(
+                outcome(&answer),
+                expected,
+                "{method} {id}: {}",
+                answer.text()
+            );
+        }
+    }
+    let (status, still) = crate::support::backend_get("Observation/obs-bo-weight").await;
+    assert_eq!(status, 200);
+    assert_eq!(still["subject"]["reference"], "Patient/pat-bo");
+    let (status, _) = crate::support::backend_get("Observation/no-such-observation").await;
+    assert_eq!(
+        status, 404,
+        "an update under a patient's scope creates nothing"
+    );
+    // A count pinned by a parameter that merely names her counts only what is about her.
+    let count = |query: &str| {
+        let client = client.clone();
+        let token = token.clone();
+        let query = query.to_owned();
+        async move {
+            let answer = client
+                .get(&format!("/fhir/Observation?{query}"), Some(&token))
+                .await
+                .unwrap();
+            assert_eq!(answer.status, 200, "{query}: {}", answer.text());
+            answer.json()["total"].as_u64()
+        }
+    };
+    assert_eq!(
+        count(&format!("_id={deleted}&_summary=count")).await,
+        count("_id=no-such-observation&_summary=count").await
+    );
+    assert_eq!(
+        count("_id=obs-bo-weight&_summary=count").await,
+        count("_id=no-such-observation&_summary=count").await
+    );
 }

@@ -469,7 +469,8 @@ async fn a_resource_about_another_patient_by_identifier_is_not_hers() {
         .get("/fhir/Observation/obs-bo-by-cpr", Some(&anne))
         .await
         .unwrap();
-    assert_eq!(denial(&answer), (403, "outside-compartment".into()));
+    // Not hers; by id, answered as a missing one.
+    assert_eq!(denial(&answer), (404, "not-found".into()));
 }
 
 #[tokio::test]
@@ -529,7 +530,8 @@ async fn writes_are_checked_against_the_backend_they_go_to() {
         ))
         .await
         .unwrap();
-    assert_eq!(denial(&answer), (403, "outside-compartment".into()));
+    // Refused as the target is not hers, answered as a missing one.
+    assert_eq!(denial(&answer), (404, "not-found".into()));
     let still = backend_send(
         second.base_url(),
         Method::GET,

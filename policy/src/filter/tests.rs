@@ -392,3 +392,32 @@ fn audit_events_are_withheld_from_answers_that_reach_them_sideways() {
         Filtered::Unchanged
     );
 }
+
+#[test]
+fn a_deleted_version_in_a_history_cannot_be_shown_to_be_hers() {
+    let history = json!({ "resourceType": "Bundle", "type": "history", "total": 2, "entry": [
+        { "resource": { "resourceType": "Observation", "id": "o1",
+                        "subject": { "reference": "Patient/anne" } } },
+        { "request": { "method": "DELETE", "url": "Observation/o-bo" },
+          "response": { "status": "410 Gone" } }
+    ]})
+    .to_string();
+    let Filtered::Rewritten(bytes) =
+        filter_response(history.as_bytes(), "anne", FilterMode::Remove)
+    else {
+        panic!("the deleted version is taken out")
+    };
+    let kept: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(kept["entry"].as_array().unwrap().len(), 1);
+    assert_eq!(kept["total"], 1);
+    // Without a compartment to check (a granular restriction only), nothing to hide.
+    let check = ResponseCheck {
+        restriction: &[],
+        withhold_audit_events: true,
+        ..ResponseCheck::default()
+    };
+    assert_eq!(
+        check_response(history.as_bytes(), &check, FilterMode::Remove),
+        Filtered::Unchanged
+    );
+}
