@@ -110,9 +110,36 @@ fn decide_inner(
     if let Decision::Allow { obligations, .. } = &mut decision
         && request.interaction() != Interaction::BatchOrTransaction
     {
+        // A search that filters by what AuditEvents say (`_has:AuditEvent:…`, a chain into
+        // one) reads the audit log as surely as a search of it: decided the same way.
+        if searches_the_audit_log(request) {
+            return Decision::Deny {
+                reason: DenyReason::AuditLogRestricted,
+            };
+        }
         obligations.withhold_audit_events = may_answer_audit_events(request);
     }
     decision
+}
+
+/// Whether parameters of a request that is not for `AuditEvent` test AuditEvents:
+/// `_has:AuditEvent:…`, a chain with the `AuditEvent` type modifier, `_type` naming it.
+fn searches_the_audit_log(request: &FhirRequest) -> bool {
+    if request
+        .resource_type()
+        .is_some_and(|t| t.as_str() == "AuditEvent")
+    {
+        return false;
+    }
+    request.params().iter().any(|(name, value)| {
+        let lower = name.to_ascii_lowercase();
+        lower.starts_with("_has:auditevent:")
+            || lower.contains(":auditevent.")
+            || (lower == "_type"
+                && value
+                    .split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("AuditEvent")))
+    })
 }
 
 /// Whether the answer to `request` may hold AuditEvents although it does not ask for them:
@@ -124,18 +151,25 @@ pub fn may_answer_audit_events(request: &FhirRequest) -> bool {
     {
         return false;
     }
-    let includes = request
-        .params()
-        .iter()
-        .any(|(name, _)| matches!(name.split(':').next(), Some("_include" | "_revinclude")));
+    let includes = request.params().iter().any(|(name, _)| {
+        matches!(
+            name.split(':').next(),
+            Some("_include" | "_revinclude" | "_contained" | "_containedType")
+        )
+    });
+    // A Binary may hold anything, an export's output file among them (read as FHIR there).
+    let binary = request
+        .resource_type()
+        .is_some_and(|t| t.as_str() == "Binary");
     match request.interaction() {
         Interaction::SearchSystem | Interaction::SearchCompartment | Interaction::HistorySystem => {
             true
         }
         // Bulk export leaves AuditEvents out of its files itself (and its files are NDJSON).
-        Interaction::Operation => request.operation() != Some("export"),
+        Interaction::Operation => request.operation_kind() != Some(Kind::Export),
+        Interaction::Read | Interaction::Vread => binary,
         Interaction::SearchType | Interaction::HistoryType | Interaction::HistoryInstance => {
-            includes
+            includes || binary
         }
         _ => false,
     }

@@ -114,18 +114,46 @@ fn holds_audit_event(body: &[u8]) -> bool {
     fn holds(value: &serde_json::Value) -> bool {
         match value {
             serde_json::Value::Object(map) => {
-                map.get("resourceType").and_then(serde_json::Value::as_str) == Some("AuditEvent")
+                let kind = map.get("resourceType").and_then(serde_json::Value::as_str);
+                kind == Some("AuditEvent")
+                    || (kind == Some("Binary") && binary_may_hold(map))
                     || map.values().any(holds)
             }
             serde_json::Value::Array(items) => items.iter().any(holds),
             _ => false,
         }
     }
-    // The name written out is needed to be one (escapes in a type name are read below).
+    // A Binary's content is base64: an export's NDJSON output never leaves but through the
+    // export's own links (where it is read as FHIR), and any other content that spells the
+    // type, or is JSON that holds one, counts.
+    fn binary_may_hold(map: &serde_json::Map<String, serde_json::Value>) -> bool {
+        use base64::Engine as _;
+        let content_type = map
+            .get("contentType")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        if content_type.contains("ndjson") {
+            return true;
+        }
+        let Some(data) = map.get("data").and_then(serde_json::Value::as_str) else {
+            return false;
+        };
+        let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(data.trim()) else {
+            return true;
+        };
+        decoded
+            .windows(b"AuditEvent".len())
+            .any(|w| w.eq_ignore_ascii_case(b"AuditEvent"))
+            || (decoded.contains(&b'\\') && holds_audit_event(&decoded))
+    }
+    // The name written out is needed to be one (escapes in a type name are read below), or a
+    // Binary, whose content is base64.
     if !body
         .windows(b"AuditEvent".len())
         .any(|w| w == b"AuditEvent")
         && !body.contains(&b'\\')
+        && !body.windows(b"Binary".len()).any(|w| w == b"Binary")
     {
         return false;
     }
@@ -215,6 +243,36 @@ struct EntryProbe<'a> {
     resource: Option<&'a RawValue>,
     #[serde(borrow, default)]
     search: Option<SearchProbe<'a>>,
+    #[serde(borrow, default, rename = "fullUrl")]
+    full_url: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    request: Option<RequestProbe<'a>>,
+}
+
+#[derive(Deserialize)]
+struct RequestProbe<'a> {
+    #[serde(borrow, default)]
+    url: Option<Cow<'a, str>>,
+}
+
+impl EntryProbe<'_> {
+    /// Whether an entry without a resource (a deleted version) is of an AuditEvent, by its
+    /// `fullUrl` or `request.url`.
+    fn names_an_audit_event(&self) -> bool {
+        let names = |url: &str| {
+            url.split(['?', '#'])
+                .next()
+                .unwrap_or_default()
+                .split('/')
+                .any(|segment| segment.eq_ignore_ascii_case("AuditEvent"))
+        };
+        self.full_url.as_deref().is_some_and(names)
+            || self
+                .request
+                .as_ref()
+                .and_then(|request| request.url.as_deref())
+                .is_some_and(names)
+    }
 }
 
 #[derive(Deserialize)]
@@ -240,7 +298,10 @@ fn filter_bundle(mut top: OrderedRaw<'_>, check: &ResponseCheck<'_>, mode: Filte
         let allowed = match probe.resource {
             // Under a patient's compartment an entry without a resource (a deleted version in
             // a history) cannot be shown to be hers: its id alone would tell.
-            None => check.compartment.is_none(),
+            None => {
+                check.compartment.is_none()
+                    && !(check.withhold_audit_events && probe.names_an_audit_event())
+            }
             Some(resource_text) => {
                 match serde_json::from_str::<OrderedRaw<'_>>(resource_text.get()) {
                     Ok(resource) => {

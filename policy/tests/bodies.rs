@@ -274,6 +274,25 @@ fn answers_that_may_hold_audit_events_are_marked_to_withhold_them() {
     ] {
         assert!(withholds("GET", path, "user/*.rs"), "{path}");
     }
+    assert!(withholds("GET", "Binary/b1", "user/*.rs"));
+    assert!(withholds("GET", "Binary?_id=b1", "user/*.rs"));
+    assert!(withholds("GET", "Observation?_contained=true", "user/*.rs"));
+    // Searches that test what AuditEvents say read the audit log: decided as reading it.
+    for path in [
+        "Patient?_has:AuditEvent:entity:agent=Practitioner/dr-x",
+        "Patient?_has:auditevent:entity:type=110110",
+        "Observation?subject:AuditEvent.agent=x",
+        "?_type=AuditEvent&_summary=count",
+        "?_type=Patient,AuditEvent",
+    ] {
+        let (path_only, query) = path.split_once('?').unwrap();
+        let request = classify("GET", path_only, Some(query)).unwrap();
+        assert_eq!(
+            decide_as("user/*.rs", None, &request).deny_reason(),
+            Some(DenyReason::AuditLogRestricted),
+            "{path}"
+        );
+    }
     for path in [
         "Patient/pat-anne",
         "Observation?code=x",

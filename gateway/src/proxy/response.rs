@@ -114,10 +114,16 @@ impl Proxy {
         // An export file is read as the FHIR resources it holds, whatever its answer calls it:
         // its resources are checked, withheld and audited like a Bundle's entries.
         let file = export && exchange.followed == Some(LinkKind::ExportFile);
+        let raw_xml = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("xml"));
         let duties = Duties::of(
             &exchange,
             status,
             file || is_json(&parts.headers),
+            raw_xml,
             self.audited,
         );
         // While data is withheld (citizens' blocks, the treatment relationship), an answer to a
@@ -201,6 +207,17 @@ impl Proxy {
                 }
                 Err(reason) => return Err(self.deny(reason, record_handle.as_ref(), None)),
             };
+            // Where AuditEvents may be among the matches (a system search or history, an
+            // operation), a total would count them on every page: it goes.
+            if obligations.withhold_audit_events
+                && matches!(
+                    fhir.interaction(),
+                    Interaction::SearchSystem | Interaction::HistorySystem | Interaction::Operation
+                )
+                && let Some(without) = portvagt_policy::filter::without_total(&bytes)
+            {
+                bytes = Bytes::from(without);
+            }
             // The history of another patient's resource, all taken out, is answered as the
             // history of one that never existed.
             if obligations.compartment.is_some()
@@ -434,13 +451,20 @@ struct Duties {
 }
 
 impl Duties {
-    fn of(exchange: &Exchange, status: StatusCode, is_json: bool, audited: bool) -> Self {
+    fn of(
+        exchange: &Exchange,
+        status: StatusCode,
+        is_json: bool,
+        raw_xml: bool,
+        audited: bool,
+    ) -> Self {
         let interaction = exchange.fhir.interaction();
         let consent = exchange.consent.is_some();
         Duties {
             is_json,
             is_head: exchange.is_head,
-            must_check: response_check(&exchange.obligations).is_some()
+            must_check: (response_check(&exchange.obligations).is_some()
+                && !raw_passes(&exchange.obligations, is_json, raw_xml))
                 || exchange.batch.is_some()
                 || !exchange.obligations.add_elements.is_empty(),
             rewrites_urls: interaction.returns_bundle() && is_json,
@@ -465,6 +489,17 @@ impl Duties {
             && !self.audits_patients
             && ((self.is_head && !self.consent) || (!self.is_head && !self.rewrites_urls))
     }
+}
+
+/// Whether an answer that is not JSON passes unread: only AuditEvents are to be withheld (no
+/// compartment, no granular scope), and what came is a document's bytes (a PDF, an image), not
+/// FHIR in another form (JSON and NDJSON are read, XML is refused).
+fn raw_passes(obligations: &Obligations, is_json: bool, raw_xml: bool) -> bool {
+    obligations.withhold_audit_events
+        && obligations.compartment.is_none()
+        && obligations.restriction.is_empty()
+        && !is_json
+        && !raw_xml
 }
 
 /// A successful answer checked against the compartment or a granular scope: unchanged,

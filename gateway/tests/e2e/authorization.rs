@@ -423,4 +423,42 @@ async fn audit_events_reached_sideways_are_taken_out_of_the_answer() {
     assert_eq!(batch.status, 200, "{}", batch.text());
     assert!(!holds_audit_event(&batch.json()), "{}", batch.text());
     assert!(batch.text().contains(&id));
+
+    // Searching by what AuditEvents say reads them too.
+    for path in [
+        "/fhir/Patient?_has:AuditEvent:entity:type=110110".to_owned(),
+        "/fhir?_type=AuditEvent&_summary=count".to_owned(),
+    ] {
+        let answer = client.get(&path, Some(&token)).await.unwrap();
+        assert_eq!(
+            (answer.status.as_u16(), answer.detail_code()),
+            (403, "audit-log-restricted".to_owned()),
+            "{path}: {}",
+            answer.text()
+        );
+    }
+    // An AuditEvent stored as a Binary's content (as a bulk export's output is).
+    use base64::Engine as _;
+    let stored = backend_send(
+        backend_url(),
+        Method::POST,
+        "Binary",
+        Some(
+            json!({ "resourceType": "Binary", "contentType": "application/fhir+ndjson",
+            "data": base64::engine::general_purpose::STANDARD.encode(event.to_string()) }),
+        ),
+    )
+    .await;
+    let binary = stored["id"].as_str().unwrap().to_owned();
+    let answer = client
+        .get(&format!("/fhir/Binary/{binary}"), Some(&token))
+        .await
+        .unwrap();
+    assert_eq!(
+        (answer.status.as_u16(), answer.detail_code()),
+        (403, "audit-log-restricted".to_owned()),
+        "{}",
+        answer.text()
+    );
+    assert!(!answer.text().contains(&*event["id"].as_str().unwrap()));
 }

@@ -421,3 +421,56 @@ fn a_deleted_version_in_a_history_cannot_be_shown_to_be_hers() {
         Filtered::Unchanged
     );
 }
+
+#[test]
+fn binaries_that_hold_audit_events_and_deleted_audit_events_are_withheld_too() {
+    use base64::Engine as _;
+    let check = ResponseCheck {
+        withhold_audit_events: true,
+        ..ResponseCheck::default()
+    };
+    let encode = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
+    let binary = |content_type: &str, data: &str| json!({ "resourceType": "Binary", "id": "b", "contentType": content_type, "data": encode(data) });
+    for body in [
+        // An export's output file, whatever it holds.
+        binary(
+            "application/fhir+ndjson",
+            r#"{"resourceType":"Patient","id":"p"}"#,
+        ),
+        binary(
+            "application/fhir+json",
+            r#"{"resourceType":"AuditEvent","id":"a"}"#,
+        ),
+        binary(
+            "application/json",
+            r#"{"resourceType":"Audit\u0045vent","id":"a"}"#,
+        ),
+        binary("text/plain", "AuditEvent/a1 recorded"),
+    ] {
+        assert_eq!(
+            check_response(body.to_string().as_bytes(), &check, FilterMode::Remove),
+            Filtered::Forbidden,
+            "{body}"
+        );
+    }
+    let document = binary("application/pdf", "%PDF-1.7 journalnote");
+    assert_eq!(
+        check_response(document.to_string().as_bytes(), &check, FilterMode::Remove),
+        Filtered::Unchanged
+    );
+    // `_history` at the system level: a deleted AuditEvent's entry names it by URL only.
+    let history = json!({ "resourceType": "Bundle", "type": "history", "entry": [
+        { "fullUrl": "https://backend/fhir/AuditEvent/a9",
+          "request": { "method": "DELETE", "url": "AuditEvent/a9" } },
+        { "request": { "method": "DELETE", "url": "Observation/o1" } },
+        { "resource": { "resourceType": "Patient", "id": "p" } }
+    ]})
+    .to_string();
+    let Filtered::Rewritten(bytes) = check_response(history.as_bytes(), &check, FilterMode::Remove)
+    else {
+        panic!("the deleted AuditEvent's entry is taken out")
+    };
+    let kept: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(kept["entry"].as_array().unwrap().len(), 2);
+    assert!(!kept.to_string().contains("a9"));
+}
