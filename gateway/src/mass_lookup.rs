@@ -66,6 +66,7 @@ impl MassLookupGuard {
     pub fn new(
         config: &MassLookupConfig,
         metrics: Arc<Metrics>,
+        redis: &crate::redis::RedisSettings,
     ) -> Result<MassLookupGuard, ConfigError> {
         if config.max_patients == 0 {
             return Err(ConfigError::new(
@@ -83,7 +84,7 @@ impl MassLookupGuard {
         let redis = config
             .redis_url
             .as_deref()
-            .map(|url| RedisClient::from_url(url, Duration::from_millis(500)))
+            .map(|url| RedisClient::from_url(url, Duration::from_millis(500), redis))
             .transpose()
             .map_err(|e| ConfigError::new("mass_lookup.redis_url", e))?;
         Ok(MassLookupGuard {
@@ -272,6 +273,7 @@ mod tests {
                 redis_url: None,
             },
             Arc::new(Metrics::new()),
+            &crate::redis::RedisSettings::default(),
         )
         .unwrap()
     }

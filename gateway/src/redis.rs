@@ -1,13 +1,89 @@
 //! A small Redis client ([RESP2](https://redis.io/docs/latest/develop/reference/protocol-spec/)
-//! over TCP) for the little state replicas share: used SAML assertion ids today, rate limits
-//! later. It sends one command at a time per connection from a small pool, bounds every wait
-//! by a timeout and every reply by size, and never panics on what the server sends.
+//! over TCP, or TLS for `rediss://`) for the little state replicas share: used SAML assertion
+//! ids, rate limits, the mass-lookup counts. It sends one command at a time per connection from
+//! a small pool, bounds every wait by a timeout and every reply by size, and never panics on
+//! what the server sends. `[redis]` ([`RedisSettings`]) says which CA the server's certificate
+//! must chain to and holds the credentials, so that no password needs to be in a URL.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufStream};
+use tokio::io::{
+    AsyncBufRead, AsyncBufReadExt as _, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _,
+    BufStream,
+};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
+
+use crate::config::{ConfigError, RedisConfig};
+
+/// A connection to Redis, plain or TLS.
+trait Connection: AsyncBufRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncBufRead + AsyncWrite + Unpin + Send> Connection for T {}
+
+/// `[redis]` made ready: the TLS client configuration for `rediss://` URLs and the credentials.
+#[derive(Clone, Default)]
+pub struct RedisSettings {
+    tls: Option<Arc<rustls::ClientConfig>>,
+    username: Option<String>,
+    password: Option<String>,
+}
+
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("tls", &self.tls.is_some())
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisSettings {
+    /// Reads the CA, client certificate and password file now; errors name the field.
+    pub fn from_config(config: Option<&RedisConfig>) -> Result<RedisSettings, ConfigError> {
+        let default = RedisConfig::default();
+        let config = config.unwrap_or(&default);
+        let identity = match (&config.client_cert, &config.client_key) {
+            (Some(cert), Some(key)) => Some(crate::https::ClientIdentity { cert, key }),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError::new(
+                    "redis.client_cert",
+                    "client_cert and client_key go together",
+                ));
+            }
+        };
+        let tls = crate::https::client_tls(config.ca_file.as_deref(), identity).map_err(|e| {
+            let field = if e.contains("CA") || config.client_cert.is_none() {
+                "redis.ca_file"
+            } else {
+                "redis.client_cert"
+            };
+            ConfigError::new(field, e)
+        })?;
+        let password = match &config.password_file {
+            None => None,
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError::new("redis.password_file", format!("{}: {e}", path.display()))
+                })?;
+                let password = text.trim_end_matches(['\r', '\n']).to_owned();
+                if password.is_empty() {
+                    return Err(ConfigError::new(
+                        "redis.password_file",
+                        format!("{}: is empty", path.display()),
+                    ));
+                }
+                Some(password)
+            }
+        };
+        Ok(RedisSettings {
+            tls: Some(Arc::new(tls)),
+            username: config.username.clone().filter(|u| !u.is_empty()),
+            password,
+        })
+    }
+}
 
 /// The largest bulk reply accepted.
 const MAX_BULK: usize = 1024 * 1024;
@@ -42,14 +118,21 @@ pub enum Reply {
     Array(Option<Vec<Reply>>),
 }
 
-/// Where Redis is and how to log in, from `redis://[:password@]host:port[/db]`.
+/// Where Redis is and how to log in, from `redis[s]://[user[:password]@]host:port[/db]` and
+/// `[redis]`.
 #[derive(Clone)]
 pub struct RedisClient {
     address: String,
+    /// The server name its certificate must carry, for `rediss://`.
+    tls: Option<(
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
+    username: Option<String>,
     password: Option<String>,
     database: u32,
     timeout: Duration,
-    idle: std::sync::Arc<Mutex<Vec<BufStream<TcpStream>>>>,
+    idle: Arc<Mutex<Vec<Box<dyn Connection>>>>,
 }
 
 impl std::fmt::Debug for RedisClient {
@@ -62,19 +145,37 @@ impl std::fmt::Debug for RedisClient {
 }
 
 impl RedisClient {
-    /// Parses `redis://[:password@]host:port[/db]`. Nothing is connected until first use.
-    pub fn from_url(url: &str, timeout: Duration) -> Result<RedisClient, String> {
-        let rest = url
-            .strip_prefix("redis://")
-            .ok_or("must start with redis:// (TLS to Redis is not supported yet)")?;
+    /// Parses `redis[s]://[user[:password]@]host:port[/db]`; `[redis]`'s user and password
+    /// take the place of the URL's. Nothing is connected until first use.
+    pub fn from_url(
+        url: &str,
+        timeout: Duration,
+        settings: &RedisSettings,
+    ) -> Result<RedisClient, String> {
+        let (secure, rest) = match (url.strip_prefix("rediss://"), url.strip_prefix("redis://")) {
+            (Some(rest), _) => (true, rest),
+            (None, Some(rest)) => (false, rest),
+            (None, None) => return Err("must start with redis:// or rediss:// (TLS)".into()),
+        };
         let (credentials, rest) = match rest.rsplit_once('@') {
             Some((credentials, rest)) => (Some(credentials), rest),
             None => (None, rest),
         };
-        let password = credentials
-            .map(|c| c.split_once(':').map_or(c, |(_, password)| password))
-            .filter(|p| !p.is_empty())
-            .map(str::to_owned);
+        let (url_user, url_password) = match credentials {
+            None => (None, None),
+            Some(credentials) => match credentials.split_once(':') {
+                Some((user, password)) => (Some(user), Some(password)),
+                None => (Some(credentials), None),
+            },
+        };
+        let username = settings
+            .username
+            .clone()
+            .or_else(|| url_user.filter(|u| !u.is_empty()).map(str::to_owned));
+        let password = settings
+            .password
+            .clone()
+            .or_else(|| url_password.filter(|p| !p.is_empty()).map(str::to_owned));
         let (address, database) = match rest.split_once('/') {
             Some((address, "")) => (address, 0),
             Some((address, db)) => (
@@ -87,13 +188,34 @@ impl RedisClient {
         if address.is_empty() {
             return Err("needs host:port".into());
         }
-        let address = if address.contains(':') {
+        let address = if address
+            .rsplit_once(':')
+            .is_some_and(|(_, port)| port.parse::<u16>().is_ok())
+        {
             address.to_owned()
         } else {
             format!("{address}:6379")
         };
+        let tls = if secure {
+            let config = settings
+                .tls
+                .clone()
+                .ok_or("rediss:// needs the [redis] TLS settings")?;
+            let host = address
+                .rsplit_once(':')
+                .map_or(address.as_str(), |(host, _)| host)
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+                .map_err(|_| format!("{host:?} is not a host name or address"))?;
+            Some((config, name))
+        } else {
+            None
+        };
         Ok(RedisClient {
             address,
+            tls,
+            username,
             password,
             database,
             timeout,
@@ -124,16 +246,38 @@ impl RedisClient {
         reply
     }
 
-    async fn connect(&self) -> Result<BufStream<TcpStream>, RedisError> {
+    async fn connect(&self) -> Result<Box<dyn Connection>, RedisError> {
         let stream = tokio::time::timeout(self.timeout, TcpStream::connect(&self.address))
             .await
             .map_err(|_| RedisError::Timeout)?
             .map_err(RedisError::Connect)?;
         stream.set_nodelay(true)?;
-        let mut connection = BufStream::new(stream);
+        let mut connection: Box<dyn Connection> = match &self.tls {
+            None => Box::new(BufStream::new(stream)),
+            Some((config, name)) => {
+                let connector = tokio_rustls::TlsConnector::from(Arc::clone(config));
+                let stream =
+                    tokio::time::timeout(self.timeout, connector.connect(name.clone(), stream))
+                        .await
+                        .map_err(|_| RedisError::Timeout)?
+                        .map_err(RedisError::Connect)?;
+                Box::new(BufStream::new(stream))
+            }
+        };
         let setup = async {
-            if let Some(password) = &self.password {
-                exchange(&mut connection, &[b"AUTH", password.as_bytes()]).await?;
+            match (&self.username, &self.password) {
+                (Some(user), Some(password)) => {
+                    exchange(
+                        &mut connection,
+                        &[b"AUTH", user.as_bytes(), password.as_bytes()],
+                    )
+                    .await?;
+                }
+                (None, Some(password)) => {
+                    exchange(&mut connection, &[b"AUTH", password.as_bytes()]).await?;
+                }
+                // A user without a password: nothing to log in with.
+                (_, None) => {}
             }
             if self.database != 0 {
                 let database = self.database.to_string();
@@ -149,7 +293,7 @@ impl RedisClient {
 }
 
 async fn exchange(
-    connection: &mut BufStream<TcpStream>,
+    connection: &mut Box<dyn Connection>,
     args: &[&[u8]],
 ) -> Result<Reply, RedisError> {
     let mut request = format!("*{}\r\n", args.len()).into_bytes();
@@ -164,7 +308,7 @@ async fn exchange(
 }
 
 async fn read_reply(
-    connection: &mut BufStream<TcpStream>,
+    connection: &mut Box<dyn Connection>,
     depth: usize,
 ) -> Result<Reply, RedisError> {
     if depth > 4 {
@@ -210,7 +354,7 @@ async fn read_reply(
     }
 }
 
-async fn read_line(connection: &mut BufStream<TcpStream>) -> Result<String, RedisError> {
+async fn read_line(connection: &mut Box<dyn Connection>) -> Result<String, RedisError> {
     let mut line = Vec::new();
     let read = (&mut *connection)
         .take(64 * 1024)
@@ -232,16 +376,42 @@ mod tests {
 
     #[test]
     fn urls_are_parsed() {
-        let client = RedisClient::from_url("redis://:secret@cache:6380/2", Duration::ZERO).unwrap();
+        let plain = RedisSettings::default();
+        let parse = |url: &str, settings: &RedisSettings| {
+            RedisClient::from_url(url, Duration::ZERO, settings)
+        };
+        let client = parse("redis://:secret@cache:6380/2", &plain).unwrap();
         assert_eq!(client.address, "cache:6380");
         assert_eq!(client.password.as_deref(), Some("secret"));
+        assert_eq!(client.username, None);
         assert_eq!(client.database, 2);
-        let client = RedisClient::from_url("redis://cache", Duration::ZERO).unwrap();
+        assert!(client.tls.is_none());
+        let client = parse("redis://cache", &plain).unwrap();
         assert_eq!(
             (client.address.as_str(), client.database),
             ("cache:6379", 0)
         );
-        assert!(RedisClient::from_url("rediss://cache", Duration::ZERO).is_err());
-        assert!(RedisClient::from_url("redis://cache/x", Duration::ZERO).is_err());
+        assert!(parse("redis://cache/x", &plain).is_err());
+        assert!(parse("http://cache", &plain).is_err());
+        // TLS needs its settings; with them the server name is the URL's host.
+        assert!(parse("rediss://cache", &plain).is_err());
+        let settings = RedisSettings {
+            username: Some("portvagt".into()),
+            password: Some("from-a-file".into()),
+            ..RedisSettings::from_config(None).unwrap()
+        };
+        let client = parse("rediss://someone:inline@cache.internal:6380/1", &settings).unwrap();
+        assert_eq!(client.address, "cache.internal:6380");
+        assert_eq!(client.username.as_deref(), Some("portvagt"));
+        assert_eq!(client.password.as_deref(), Some("from-a-file"));
+        let (_, name) = client.tls.unwrap();
+        assert_eq!(name.to_str(), "cache.internal");
+        let client = parse(
+            "rediss://reader@[::1]:6380",
+            &RedisSettings::from_config(None).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(client.username.as_deref(), Some("reader"));
+        assert_eq!(client.tls.unwrap().1.to_str(), "::1");
     }
 }

@@ -158,6 +158,9 @@ impl Runtime {
         let audiences = ListenerAudiences::from_config(&config)
             .map_err(|e| errors.push(e))
             .ok();
+        let redis = crate::redis::RedisSettings::from_config(config.redis.as_ref())
+            .map_err(|e| errors.push(e))
+            .unwrap_or_default();
         let backend = Backend::new(&config.backend)
             .map_err(|e| errors.push(e))
             .ok();
@@ -236,8 +239,9 @@ impl Runtime {
         let token_exchange = match &config.token_exchange {
             None => None,
             Some(exchange) => {
-                let exchange = TokenExchange::new(exchange, backend.clone(), metrics.clone())
-                    .map_err(|e| vec![e])?;
+                let exchange =
+                    TokenExchange::new(exchange, backend.clone(), metrics.clone(), &redis)
+                        .map_err(|e| vec![e])?;
                 // Portvagt accepts the tokens it issues, as one more (always bound) issuer.
                 let (issuer, keys) = exchange.own_issuer();
                 verifier
@@ -283,13 +287,13 @@ impl Runtime {
         let mass_lookup = config
             .mass_lookup
             .as_ref()
-            .map(|guard| MassLookupGuard::new(guard, metrics.clone()).map(Arc::new))
+            .map(|guard| MassLookupGuard::new(guard, metrics.clone(), &redis).map(Arc::new))
             .transpose()
             .map_err(|e| vec![e])?;
         let rate_limiter = config
             .rate_limit
             .as_ref()
-            .map(|limits| RateLimiter::new(limits, metrics.clone()).map(Arc::new))
+            .map(|limits| RateLimiter::new(limits, metrics.clone(), &redis).map(Arc::new))
             .transpose()
             .map_err(|e| vec![e])?;
         let decisions = Arc::new(crate::decisions::Decisions::new(

@@ -31,7 +31,7 @@ pub use self::policy::{
 };
 pub use self::server::{
     CitizenConfig, LimitsConfig, LogConfig, LogFormat, PagingConfig, RateLimitConfig, RateLimitKey,
-    ServerConfig, TlsConfig, TracingConfig,
+    RedisConfig, ServerConfig, TlsConfig, TracingConfig,
 };
 
 /// The whole configuration file.
@@ -68,6 +68,9 @@ pub struct Config {
     /// `POST /token`: SOSI ID cards and OIOSAML assertions exchanged for Portvagt tokens.
     #[serde(default)]
     pub token_exchange: Option<TokenExchangeConfig>,
+    /// `[redis]`: TLS and credentials for every `redis_url`.
+    #[serde(default)]
+    pub redis: Option<RedisConfig>,
     /// The audit trail (IHE BALP AuditEvents in a durable spool).
     #[serde(default)]
     pub audit: Option<AuditConfig>,
@@ -260,6 +263,19 @@ impl Config {
                 {
                     resolve(file);
                 }
+            }
+        }
+        if let Some(redis) = &mut self.redis {
+            for file in [
+                &mut redis.ca_file,
+                &mut redis.client_cert,
+                &mut redis.client_key,
+                &mut redis.password_file,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                resolve(file);
             }
         }
         if let Some(exchange) = &mut self.token_exchange {

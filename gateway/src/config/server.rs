@@ -47,6 +47,29 @@ pub struct CitizenConfig {
     pub audiences: Vec<String>,
 }
 
+/// `[redis]`: how Portvagt reaches the Redis that replicas share (every `redis_url`): TLS for
+/// `rediss://` URLs and credentials kept out of the URLs.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// CA certificates (PEM) the Redis server's certificate must chain to (`rediss://`);
+    /// default: the public web PKI.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate (PEM) for a Redis that asks for one, with `client_key`.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    /// The key of `client_cert` (PEM).
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+    /// The ACL user (`AUTH <user> <password>`); default: the URL's user, else Redis' default.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// A file holding the password; it takes the place of one written in a URL.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+}
+
 /// `[paging]`: the next and previous links of searchsets and histories are handed to clients
 /// as links the gateway signs and checks (`<base>/_page/<token>`), so a patient-context token
 /// can page through any backend's links (offsets, cursors, `_getpages`) and a link is good only

@@ -79,6 +79,7 @@ impl TokenExchange {
         config: &TokenExchangeConfig,
         backend: Arc<Backend>,
         metrics: Arc<Metrics>,
+        redis: &crate::redis::RedisSettings,
     ) -> Result<TokenExchange, ConfigError> {
         let field = |name: &str| format!("token_exchange.{name}");
         if !config.issuer.starts_with("https://") {
@@ -182,7 +183,7 @@ impl TokenExchange {
         let replay = match &config.redis_url {
             None => ReplayStore::Memory(MemoryReplayCache::new(config.replay_cache_entries)),
             Some(url) => ReplayStore::Redis(
-                RedisClient::from_url(url, std::time::Duration::from_secs(2))
+                RedisClient::from_url(url, std::time::Duration::from_secs(2), redis)
                     .map_err(|e| ConfigError::new(field("redis_url"), e))?,
             ),
         };

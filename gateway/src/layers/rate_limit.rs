@@ -45,6 +45,7 @@ impl RateLimiter {
     pub fn new(
         config: &RateLimitConfig,
         metrics: Arc<Metrics>,
+        redis: &crate::redis::RedisSettings,
     ) -> Result<RateLimiter, crate::config::ConfigError> {
         let field = |name: &str| format!("rate_limit.{name}");
         if config.requests == 0 {
@@ -63,7 +64,7 @@ impl RateLimiter {
         let redis = config
             .redis_url
             .as_deref()
-            .map(|url| RedisClient::from_url(url, std::time::Duration::from_millis(500)))
+            .map(|url| RedisClient::from_url(url, std::time::Duration::from_millis(500), redis))
             .transpose()
             .map_err(|e| crate::config::ConfigError::new(field("redis_url"), e))?;
         Ok(RateLimiter {

@@ -646,6 +646,47 @@ impl Redis {
     }
 }
 
+impl Redis {
+    /// A Redis that speaks TLS only (its certificate from `pki`'s CA) and lets in only the
+    /// ACL user `portvagt` with `password`; the default user is off.
+    pub(crate) fn start_secure(pki: &DevPki, password: &str) -> (Redis, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let server = pki.ca.issue_server(&["127.0.0.1"]).unwrap();
+        std::fs::write(dir.path().join("redis.crt"), &server.cert_pem).unwrap();
+        std::fs::write(dir.path().join("redis.key"), &server.key_pem).unwrap();
+        std::fs::write(dir.path().join("ca.crt"), &pki.ca.certificate().cert_pem).unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let file = |name: &str| dir.path().join(name).display().to_string();
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--tls-cert-file", &file("redis.crt")])
+            .args(["--tls-key-file", &file("redis.key")])
+            .args(["--tls-ca-cert-file", &file("ca.crt")])
+            .args(["--tls-auth-clients", "no"])
+            .args(["--user", "default", "off"])
+            .args(["--user", "portvagt", "on", &format!(">{password}"), "~*", "&*", "+@all"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian package redis-server) must be installed; `make test` installs it");
+        let redis = Redis {
+            child,
+            url: format!("rediss://portvagt@127.0.0.1:{port}/0"),
+        };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return (redis, dir);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("redis-server did not start listening");
+    }
+}
+
 impl Drop for Redis {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -688,6 +729,60 @@ async fn replicas_sharing_redis_accept_a_card_once_and_fail_closed_without_it() 
             "replay-cache-unavailable".into()
         )
     );
+}
+
+#[tokio::test]
+async fn replicas_share_a_redis_over_tls_with_an_acl_user_and_a_password_from_a_file() {
+    let pki = Arc::new(DevPki::generate().unwrap());
+    let (redis, _dir) = Redis::start_secure(&pki, "s3cret-from-a-file");
+    let replica = |url: &str, password: &str| {
+        let mut options = exchange_options(
+            Some(pki.clone()),
+            &format!(
+                "redis_url = \"{url}\"\n\n[redis]\nca_file = \"pki/ca.crt\"\npassword_file = \"redis.password\"\n"
+            ),
+        );
+        options
+            .files
+            .push(("redis.password".into(), format!("{password}\n")));
+        Gateway::start_with(options)
+    };
+    let first = replica(&redis.url, "s3cret-from-a-file");
+    let second = replica(&redis.url, "s3cret-from-a-file");
+    let card = SosiCard::system(&pki.client.cert_der)
+        .sign(&pki.sts)
+        .unwrap();
+    let answer = post_token(&first.client(), rfc8693(&card)).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let replay = post_token(&second.client(), rfc8693(&card)).await;
+    assert_eq!(
+        error_code(&replay),
+        ("invalid_grant".into(), "assertion-replayed".into())
+    );
+
+    // The wrong password, or plain TCP to the TLS port: Redis cannot be asked, so no token.
+    for (url, password) in [
+        (redis.url.clone(), "wrong"),
+        (
+            redis.url.replace("rediss://", "redis://"),
+            "s3cret-from-a-file",
+        ),
+    ] {
+        let gateway = replica(&url, password);
+        let fresh = SosiCard::system(&pki.client.cert_der)
+            .sign(&pki.sts)
+            .unwrap();
+        let answer = post_token(&gateway.client(), rfc8693(&fresh)).await;
+        assert_eq!(
+            error_code(&answer),
+            (
+                "temporarily_unavailable".into(),
+                "replay-cache-unavailable".into()
+            ),
+            "{url} {password}: {}",
+            answer.text()
+        );
+    }
 }
 
 #[test]
@@ -740,12 +835,20 @@ signing_key = "key/issuer.key"
             "token_exchange.token_lifetime",
         ),
         (
-            format!("{sts}\nredis_url = \"rediss://cache\""),
+            format!("{sts}\nredis_url = \"memcached://cache\""),
             "token_exchange.redis_url",
         ),
         (
             format!("{sts}\ntoken_endpoint = \"http://portvagt.test.invalid/token\""),
             "token_exchange.token_endpoint",
+        ),
+        (
+            format!("{sts}\nredis_url = \"rediss://cache\"\n[redis]\npassword_file = \"nowhere\""),
+            "redis.password_file",
+        ),
+        (
+            format!("{sts}\n[redis]\nca_file = \"pki/missing-ca.crt\""),
+            "redis.ca_file",
         ),
         // Bearer cards (levels 1 and 2) only with the explicit switch.
         (
