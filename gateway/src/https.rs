@@ -3,7 +3,7 @@
 //! configured CA (or the public web PKI roots), optionally presenting the gateway's own client
 //! certificate (RFC 8705 `tls_client_auth`). It knows nothing of tokens or FHIR.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -103,6 +103,64 @@ impl HttpsClient {
         tokio::time::timeout(self.timeout, exchange)
             .await
             .unwrap_or_else(|_| Err(format!("{uri}: timed out")))
+    }
+}
+
+/// An [`HttpsClient`] whose CA and client certificate files are read again on reload (the
+/// audit shipper's): a new client, so new connections, present the new certificate.
+pub struct ReloadableHttps {
+    current: arc_swap::ArcSwap<HttpsClient>,
+    ca_file: Option<PathBuf>,
+    identity: Option<(PathBuf, PathBuf)>,
+    timeout: Duration,
+    https_only: bool,
+}
+
+impl std::fmt::Debug for ReloadableHttps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReloadableHttps")
+            .field("ca_file", &self.ca_file)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReloadableHttps {
+    /// As [`HttpsClient::allowing_plain_http`] (or [`HttpsClient::new`] with `https_only`).
+    pub fn new(
+        ca_file: Option<&Path>,
+        identity: Option<ClientIdentity<'_>>,
+        timeout: Duration,
+        https_only: bool,
+    ) -> Result<ReloadableHttps, String> {
+        let client = HttpsClient::build(ca_file, identity, timeout, https_only)?;
+        Ok(ReloadableHttps {
+            current: arc_swap::ArcSwap::from_pointee(client),
+            ca_file: ca_file.map(Path::to_path_buf),
+            identity: identity.map(|i| (i.cert.to_path_buf(), i.key.to_path_buf())),
+            timeout,
+            https_only,
+        })
+    }
+
+    /// The client in force.
+    pub fn client(&self) -> Arc<HttpsClient> {
+        self.current.load_full()
+    }
+
+    /// Reads the files again; the new client is used only if they load.
+    pub fn reload(&self) -> Result<(), String> {
+        let identity = self
+            .identity
+            .as_ref()
+            .map(|(cert, key)| ClientIdentity { cert, key });
+        let client = HttpsClient::build(
+            self.ca_file.as_deref(),
+            identity,
+            self.timeout,
+            self.https_only,
+        )?;
+        self.current.store(Arc::new(client));
+        Ok(())
     }
 }
 

@@ -111,6 +111,15 @@ pub struct Relationships {
 }
 
 impl Relationships {
+    /// Reads the relation service's CA and client certificate again (nothing to do for the
+    /// `fhir` source).
+    pub fn reload_tls(&self) -> Result<(), String> {
+        match &self.source {
+            Source::Http(service) => service.reload_tls(),
+            Source::Fhir { .. } => Ok(()),
+        }
+    }
+
     /// From `[relationship]`; the relation service's client is made here.
     pub fn new(
         config: &RelationshipConfig,

@@ -1,5 +1,6 @@
 //! Hot reload without dropping a connection: the server certificate and key, the client CA
-//! bundle and CRLs, the issuers' JWKS files, the operator rules file and the config file's
+//! bundle and CRLs, the client certificates and CAs of the backends, the relation service and
+//! the audit shipper, the issuers' JWKS files, the operator rules file and the config file's
 //! routes to backends (`[[upstream]]`) are read again on
 //! SIGHUP and whenever one of them changes (polled every two seconds by device, inode, size and
 //! modification time, so Kubernetes' symlink swap of a mounted Secret counts as a change). Each
@@ -100,6 +101,24 @@ pub fn reload(runtime: &Runtime) -> Option<Vec<PathBuf>> {
                 Ok(())
             })
             .map_err(|e| e.to_string()),
+    );
+    // The client certificates and CAs the gateway reaches its backends and the audit
+    // repository with: new connections use the new ones.
+    outcome(
+        "backend_tls",
+        runtime.backend.reload_tls().and_then(|()| {
+            runtime
+                .relationships
+                .as_ref()
+                .map_or(Ok(()), |relationships| relationships.reload_tls())
+        }),
+    );
+    outcome(
+        "audit_ship_tls",
+        runtime
+            .auditor
+            .as_ref()
+            .map_or(Ok(()), |auditor| auditor.reload_ship_tls()),
     );
     let key_errors = runtime.verifier.reload_key_files();
     outcome(

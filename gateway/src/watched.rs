@@ -34,6 +34,31 @@ fn watched(config: &crate::config::Config) -> Vec<PathBuf> {
     ];
     paths.extend(config.tls.crls.iter().cloned());
     paths.extend(config.issuers.iter().filter_map(|i| i.jwks_file.clone()));
+    // The client TLS of the backends, the relation service and the audit shipper.
+    let backends = std::iter::once(&config.backend)
+        .chain(config.upstreams.iter().map(|upstream| &upstream.backend))
+        .chain(
+            config
+                .relationship
+                .as_ref()
+                .and_then(|relationship| relationship.service.as_ref()),
+        );
+    for backend in backends {
+        paths.extend(
+            [&backend.ca_file, &backend.client_cert, &backend.client_key]
+                .into_iter()
+                .flatten()
+                .cloned(),
+        );
+    }
+    if let Some(ship) = config.audit.as_ref().and_then(|audit| audit.ship.as_ref()) {
+        paths.extend(
+            [&ship.ca_file, &ship.client_cert, &ship.client_key]
+                .into_iter()
+                .flatten()
+                .cloned(),
+        );
+    }
     paths.extend(config.policy.rules_file.iter().cloned());
     paths.extend(config.policy.shadow_rules_file.iter().cloned());
     paths

@@ -48,6 +48,8 @@ pub struct Auditor {
     metrics: Arc<Metrics>,
     /// Taken and started by the server.
     shipper: Mutex<Option<Shipper>>,
+    /// The shipper's client, whose certificates a reload reads again.
+    ship_tls: Option<Arc<crate::https::ReloadableHttps>>,
     /// Seals the chain, when a seal key is configured.
     sealer: Option<Arc<Sealer>>,
     /// The seal keys the shipper's checks trust (`seal_jwks` and the seal key's own).
@@ -104,6 +106,7 @@ impl Auditor {
         Ok(Auditor {
             sealer,
             trusted,
+            ship_tls: shipper.as_ref().map(Shipper::tls),
             shipper: Mutex::new(shipper),
             spool: OnceLock::new(),
             spool_dir: config.spool_dir.clone(),
@@ -211,6 +214,13 @@ impl Auditor {
     /// The spool, once opened.
     pub fn spool(&self) -> Option<&Spool> {
         self.spool.get()
+    }
+
+    /// Reads the shipper's CA and client certificate again (nothing to do without one).
+    pub fn reload_ship_tls(&self) -> Result<(), String> {
+        self.ship_tls.as_ref().map_or(Ok(()), |tls| {
+            tls.reload().map_err(|e| format!("audit.ship: {e}"))
+        })
     }
 
     /// Starts shipping to the audit repository, if one is configured (once; later calls do

@@ -2,6 +2,7 @@
 //! with the backend's own CA and, for backend mTLS, a client certificate), its timeouts, retry
 //! budget and circuit breaker, and the few requests the gateway makes of it on its own behalf.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -54,7 +55,11 @@ pub struct Backend {
     name: String,
     in_flight: tokio::sync::Semaphore,
     max_in_flight: usize,
-    pub(crate) client: Client<HttpsConnector<HttpConnector>, Body>,
+    /// The pooled client; a new one (and so a new pool) when the CA or client certificate
+    /// files are read again ([`Backend::reload_tls`]).
+    client: arc_swap::ArcSwap<Client<HttpsConnector<HttpConnector>, Body>>,
+    /// What the client is built from, to build it again.
+    transport: Transport,
     circuit: CircuitBreaker,
     response_timeout: Duration,
     retries: u32,
@@ -65,6 +70,38 @@ pub struct Backend {
     pub(crate) forward_authorization: bool,
     /// Signs the identity assertion every forwarded request carries, when configured.
     pub(crate) identity: Option<identity::IdentityAsserter>,
+}
+
+/// The files and settings a backend's client is built from.
+#[derive(Debug, Clone)]
+struct Transport {
+    ca_file: Option<std::path::PathBuf>,
+    identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    connect_timeout: Duration,
+    pool_max_idle_per_host: usize,
+}
+
+impl Transport {
+    fn client(&self) -> Result<Client<HttpsConnector<HttpConnector>, Body>, String> {
+        let identity = self
+            .identity
+            .as_ref()
+            .map(|(cert, key)| ClientIdentity { cert, key });
+        let tls = client_tls(self.ca_file.as_deref(), identity)?;
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(self.connect_timeout));
+        connector.set_nodelay(true);
+        connector.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
+        Ok(Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(self.pool_max_idle_per_host)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector))
+    }
 }
 
 impl Backend {
@@ -97,7 +134,7 @@ impl Backend {
         }
         let base_path = uri.path().trim_end_matches('/').to_owned();
         let identity = match (&config.client_cert, &config.client_key) {
-            (Some(cert), Some(key)) => Some(ClientIdentity { cert, key }),
+            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
             (None, None) => None,
             _ => {
                 return Err(ConfigError::new(
@@ -106,21 +143,15 @@ impl Backend {
                 ));
             }
         };
-        let tls = client_tls(config.ca_file.as_deref(), identity)
+        let transport = Transport {
+            ca_file: config.ca_file.clone(),
+            identity,
+            connect_timeout: config.connect_timeout,
+            pool_max_idle_per_host: config.pool_max_idle_per_host,
+        };
+        let client = transport
+            .client()
             .map_err(|e| ConfigError::new(at("ca_file"), e))?;
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_nodelay(true);
-        connector.enforce_http(false);
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(connector);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(config.pool_max_idle_per_host)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
         let base_url = format!("{scheme}://{authority}{base_path}");
         let identity = config
             .identity
@@ -131,7 +162,8 @@ impl Backend {
             name: name.to_owned(),
             in_flight: tokio::sync::Semaphore::new(config.max_in_flight.max(1)),
             max_in_flight: config.max_in_flight.max(1),
-            client,
+            client: arc_swap::ArcSwap::from_pointee(client),
+            transport,
             circuit: CircuitBreaker::new(config.circuit_failures, config.circuit_open),
             response_timeout: config.response_timeout,
             retries: config.retries,
@@ -142,6 +174,17 @@ impl Backend {
             forward_authorization: config.forward_authorization,
             identity,
         })
+    }
+
+    /// Reads the CA and client certificate files again and, if they load, sends new
+    /// connections with them (requests under way finish on the connections they have).
+    pub fn reload_tls(&self) -> Result<(), String> {
+        let client = self
+            .transport
+            .client()
+            .map_err(|e| format!("{}: {e}", self.name))?;
+        self.client.store(Arc::new(client));
+        Ok(())
     }
 
     /// The backend FHIR base URL, without a trailing slash.
@@ -234,7 +277,8 @@ impl Backend {
                     .insert(identity::IDENTITY_HEADER, assertion);
             }
             let answer =
-                tokio::time::timeout(self.response_timeout, self.client.request(outgoing)).await;
+                tokio::time::timeout(self.response_timeout, self.client.load().request(outgoing))
+                    .await;
             let failed = |opened: bool| {
                 if opened {
                     metrics.circuit_opened.inc();
@@ -324,7 +368,9 @@ impl Backend {
             .header(header::ACCEPT, "application/fhir+json")
             .body(empty());
         let Ok(request) = request else { return false };
-        match tokio::time::timeout(Duration::from_secs(2), self.client.request(request)).await {
+        match tokio::time::timeout(Duration::from_secs(2), self.client.load().request(request))
+            .await
+        {
             Ok(Ok(response)) => !response.status().is_server_error(),
             _ => false,
         }
@@ -412,10 +458,11 @@ impl Backend {
             .header(header::ACCEPT, "application/fhir+json")
             .body(empty())
             .ok()?;
-        let response = tokio::time::timeout(Duration::from_secs(5), self.client.request(request))
-            .await
-            .ok()?
-            .ok()?;
+        let response =
+            tokio::time::timeout(Duration::from_secs(5), self.client.load().request(request))
+                .await
+                .ok()?
+                .ok()?;
         if !response.status().is_success() {
             return None;
         }

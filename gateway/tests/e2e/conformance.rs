@@ -2,9 +2,6 @@
 //! passes. And against a "gateway" that forwards everything unchecked: the suite fails the
 //! cases that catch that, so it is shown able to fail.
 
-use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use portvagt_certs::DevPki;
 use portvagt_certs::saml::SosiCard;
 use portvagt_conformance::client::Identity;
@@ -124,69 +121,9 @@ async fn the_suite_passes_against_a_local_deployment() {
 /// unchanged: no token check, no scopes, no compartment. What a misconfigured deployment
 /// looks like from outside.
 async fn passthrough(pki: &DevPki) -> String {
-    let acceptor = crate::support::mtls_acceptor(pki);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let backend: http::Uri = backend_url().parse().unwrap();
-    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-        .build_http::<Full<Bytes>>();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let (acceptor, client, backend) = (acceptor.clone(), client.clone(), backend.clone());
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let service = hyper::service::service_fn(
-                    move |request: http::Request<hyper::body::Incoming>| {
-                        let (client, backend) = (client.clone(), backend.clone());
-                        async move {
-                            let (parts, body) = request.into_parts();
-                            let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-                            let rest = path.strip_prefix("/fhir").unwrap_or(path);
-                            let uri: http::Uri =
-                                format!("{}{rest}", backend.to_string().trim_end_matches('/'))
-                                    .parse()
-                                    .unwrap();
-                            let body = body
-                                .collect()
-                                .await
-                                .map(|b| b.to_bytes())
-                                .unwrap_or_default();
-                            let mut forwarded = http::Request::new(Full::new(body));
-                            *forwarded.method_mut() = parts.method;
-                            *forwarded.uri_mut() = uri;
-                            if let Some(value) = parts.headers.get("content-type") {
-                                forwarded
-                                    .headers_mut()
-                                    .insert("content-type", value.clone());
-                            }
-                            let response = client.request(forwarded).await;
-                            Ok::<_, std::convert::Infallible>(match response {
-                                Ok(response) => {
-                                    let (parts, body) = response.into_parts();
-                                    let bytes = body
-                                        .collect()
-                                        .await
-                                        .map(|b| b.to_bytes())
-                                        .unwrap_or_default();
-                                    http::Response::from_parts(parts, Full::new(bytes))
-                                }
-                                Err(_) => http::Response::builder()
-                                    .status(502)
-                                    .body(Full::new(Bytes::new()))
-                                    .unwrap(),
-                            })
-                        }
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), service)
-                    .await;
-            });
-        }
-    });
-    format!("https://localhost:{}/fhir", address.port())
+    crate::support::TlsFront::start(pki, backend_url())
+        .await
+        .url
 }
 
 #[tokio::test]

@@ -237,3 +237,80 @@ async fn rotated_issuer_keys_and_changed_rules_apply_without_a_restart() {
         .await
     );
 }
+
+/// The client certificates the gateway presents to its backend and to the audit repository are
+/// read again when their files change, without a restart: new connections present the new
+/// one.
+#[tokio::test]
+async fn backend_and_audit_shipper_client_certificates_reload_without_a_restart() {
+    use crate::support::{TlsFront, backend_url};
+    let pki = std::sync::Arc::new(DevPki::generate().unwrap());
+    let backend = TlsFront::start(&pki, backend_url()).await;
+    // The shipper's repository: it need not take the events, only see who connects.
+    let repository = TlsFront::start(&pki, backend_url()).await;
+    let (old, new) = (&pki.gateway, &pki.client);
+    let gateway = Gateway::start_with(Options {
+        pki: Some(pki.clone()),
+        files: vec![
+            ("backend.crt".into(), old.cert_pem.clone()),
+            ("backend.key".into(), old.key_pem.clone()),
+            ("ship.crt".into(), old.cert_pem.clone()),
+            ("ship.key".into(), old.key_pem.clone()),
+        ],
+        backend_url: Some(backend.url.clone()),
+        backend_extra: "ca_file = \"pki/ca.crt\"\nclient_cert = \"backend.crt\"\nclient_key = \"backend.key\"\n".into(),
+        audit_extra: format!(
+            "[audit.ship]\nurl = \"{}\"\nca_file = \"pki/ca.crt\"\nclient_cert = \"ship.crt\"\nclient_key = \"ship.key\"\n",
+            repository.url
+        ),
+        ..Options::default()
+    });
+    let token = gateway.token(json!({ "scope": "user/*.rs" }));
+    let client = gateway.client();
+    let read = || async {
+        let answer = client
+            .get("/fhir/Patient/pat-anne", Some(&token))
+            .await
+            .unwrap();
+        assert_eq!(answer.status, 200, "{}", answer.text());
+    };
+    read().await;
+    let last = |front: &TlsFront| front.presented.lock().unwrap().last().cloned();
+    assert_eq!(last(&backend).as_ref(), Some(&old.cert_der));
+    for _ in 0..100 {
+        if last(&repository).is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(last(&repository).as_ref(), Some(&old.cert_der));
+
+    // Rotated: the key first, as a Secret update brings both at once.
+    for (name, pem) in [
+        ("backend.key", &new.key_pem),
+        ("backend.crt", &new.cert_pem),
+        ("ship.key", &new.key_pem),
+        ("ship.crt", &new.cert_pem),
+    ] {
+        replace(&gateway.dir.path().join(name), pem);
+    }
+    let reloaded = r#"portvagt_config_reloads_total{component="backend_tls",outcome="ok"}"#;
+    let shipped = r#"portvagt_config_reloads_total{component="audit_ship_tls",outcome="ok"}"#;
+    for _ in 0..100 {
+        if metric(&gateway, reloaded).await >= 1.0 && metric(&gateway, shipped).await >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(metric(&gateway, reloaded).await >= 1.0);
+    read().await;
+    assert_eq!(last(&backend).as_ref(), Some(&new.cert_der));
+    // The shipper presents the new one on its next try (it retries after a failed one).
+    for _ in 0..200 {
+        if last(&repository).as_ref() == Some(&new.cert_der) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(last(&repository).as_ref(), Some(&new.cert_der));
+}

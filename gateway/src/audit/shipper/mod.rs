@@ -38,7 +38,7 @@ use super::reading::{
 use super::seal::SealKeys;
 use super::spool::Spool;
 use crate::config::{AuditShipConfig, ConfigError};
-use crate::https::{ClientIdentity, HttpsClient};
+use crate::https::{ClientIdentity, ReloadableHttps};
 use crate::metrics::Metrics;
 
 /// Now, as an RFC 3339 instant.
@@ -72,7 +72,8 @@ const GROW_AFTER: u32 = 16;
 pub struct Shipper {
     dir: PathBuf,
     url: String,
-    client: HttpsClient,
+    /// Its CA and client certificate are read again on reload.
+    client: Arc<ReloadableHttps>,
     /// The most entries one transaction holds: `batch_size`, halved (below the size that was
     /// refused) each time the repository refuses a transaction of more than one entry as
     /// malformed or too large (Medplum takes at most 50 updates in one), so a repository with a
@@ -116,12 +117,15 @@ impl Shipper {
                 ));
             }
         };
-        let client = HttpsClient::allowing_plain_http(
-            config.ca_file.as_deref(),
-            identity,
-            Duration::from_secs(30),
-        )
-        .map_err(|e| ConfigError::new("audit.ship", e))?;
+        let client = Arc::new(
+            ReloadableHttps::new(
+                config.ca_file.as_deref(),
+                identity,
+                Duration::from_secs(30),
+                false,
+            )
+            .map_err(|e| ConfigError::new("audit.ship", e))?,
+        );
         metrics
             .audit_ship_batch_size
             .set(i64::try_from(config.batch_size.max(1)).unwrap_or(i64::MAX));
@@ -137,6 +141,11 @@ impl Shipper {
             observer: observer.to_owned(),
             io_failures: std::sync::atomic::AtomicU32::new(0),
         })
+    }
+
+    /// The client, for reloading its certificates while it ships.
+    pub fn tls(&self) -> Arc<ReloadableHttps> {
+        Arc::clone(&self.client)
     }
 
     /// Ships forever: what is new, as soon as it is durable; after a failure, again after a
@@ -353,7 +362,7 @@ impl Shipper {
     /// The repository's answer to `GET {url}/{path}`: the resource, or `None` when it holds
     /// none (404, 410).
     async fn fetch(&self, path: &str) -> Result<Option<Value>, Trouble> {
-        repository_get(&self.client, &self.url, path)
+        repository_get(&self.client.client(), &self.url, path)
             .await
             .map_err(Trouble::Unanswered)
     }
@@ -555,7 +564,7 @@ impl Shipper {
             .header(header::ACCEPT, "application/fhir+json")
             .body(Full::new(Bytes::from(bundle)))
             .map_err(|e| e.to_string())?;
-        let response = self.client.send(request).await?;
+        let response = self.client.client().send(request).await?;
         if !response.status().is_success() {
             // What the repository says is wrong (an OperationOutcome), for the operator.
             let said: String = serde_json::from_slice::<Value>(response.body())

@@ -975,3 +975,91 @@ impl Repository {
             .collect()
     }
 }
+
+/// A TLS front that checks client certificates and records each connection's (the leaf, DER),
+/// then forwards every request to `target` over plain HTTP, unchanged.
+pub struct TlsFront {
+    /// Its base URL, `https://localhost:<port>/fhir`.
+    pub url: String,
+    /// The client certificate each connection presented, in order.
+    pub presented: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl TlsFront {
+    pub async fn start(pki: &DevPki, target: &str) -> TlsFront {
+        let acceptor = crate::support::mtls_acceptor(pki);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let backend: http::Uri = target.parse().unwrap();
+        let presented: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+        let seen = presented.clone();
+        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .build_http::<Full<Bytes>>();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, client, backend) =
+                    (acceptor.clone(), client.clone(), backend.clone());
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    if let Some(leaf) = tls.get_ref().1.peer_certificates().and_then(|c| c.first())
+                    {
+                        seen.lock().unwrap().push(leaf.to_vec());
+                    }
+                    let service = hyper::service::service_fn(
+                        move |request: http::Request<hyper::body::Incoming>| {
+                            let (client, backend) = (client.clone(), backend.clone());
+                            async move {
+                                let (parts, body) = request.into_parts();
+                                let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+                                let rest = path.strip_prefix("/fhir").unwrap_or(path);
+                                let uri: http::Uri =
+                                    format!("{}{rest}", backend.to_string().trim_end_matches('/'))
+                                        .parse()
+                                        .unwrap();
+                                let body = body
+                                    .collect()
+                                    .await
+                                    .map(|b| b.to_bytes())
+                                    .unwrap_or_default();
+                                let mut forwarded = http::Request::new(Full::new(body));
+                                *forwarded.method_mut() = parts.method;
+                                *forwarded.uri_mut() = uri;
+                                if let Some(value) = parts.headers.get("content-type") {
+                                    forwarded
+                                        .headers_mut()
+                                        .insert("content-type", value.clone());
+                                }
+                                let response = client.request(forwarded).await;
+                                Ok::<_, std::convert::Infallible>(match response {
+                                    Ok(response) => {
+                                        let (parts, body) = response.into_parts();
+                                        let bytes = body
+                                            .collect()
+                                            .await
+                                            .map(|b| b.to_bytes())
+                                            .unwrap_or_default();
+                                        http::Response::from_parts(parts, Full::new(bytes))
+                                    }
+                                    Err(_) => http::Response::builder()
+                                        .status(502)
+                                        .body(Full::new(Bytes::new()))
+                                        .unwrap(),
+                                })
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        TlsFront {
+            url: format!("https://localhost:{}/fhir", address.port()),
+            presented,
+        }
+    }
+}
