@@ -40,6 +40,8 @@ CONFIG_TABLES = {
     "relationship.service.identity": "IdentityAssertionConfig",
     "rate_limit": "RateLimitConfig",
     "mass_lookup": "MassLookupConfig",
+    # How every redis_url is reached: TLS files, the ACL user, the password's file.
+    "redis": "RedisConfig",
     "citizen": "CitizenConfig",
     "paging": "PagingConfig",
     "operation": "OperationConfig",

@@ -113,8 +113,8 @@ def merge(base: dict, override: dict) -> dict:
 VARIANTS: dict[str, dict] = {
     "default": {},
     "production": load_yaml(CHART / "values-production.yaml"),
-    # A Deployment: emptyDir spool, no ServiceMonitor, no network policy, a plain Redis URL and
-    # rules; the cheapest installation that still exercises token exchange.
+    # A Deployment: emptyDir spool, no ServiceMonitor, no network policy, a plain Redis URL (no
+    # [redis] table) and rules; the cheapest installation that still exercises token exchange.
     "emptydir": {
         "replicaCount": 1,
         "auditSpool": {"type": "emptyDir"},
@@ -138,7 +138,8 @@ VARIANTS: dict[str, dict] = {
     # upstreams (one over mTLS with a client certificate Secret, one by path and resource types
     # with its CA from a ConfigMap), an mTLS audit repository mixing a Secret and a mounted CA,
     # rate limits per certificate without Redis, the mass-lookup guard (flagging) and token
-    # exchange with a Redis password, consent, treatment relationships asked of a relation service
+    # exchange in a Redis over TLS (its CA and a client certificate from Secrets, an ACL user and
+    # a password Secret), consent, treatment relationships asked of a relation service
     # over mTLS, and every other table's keys set away from their defaults.
     "upstreams": {
         "replicaCount": 2,
@@ -199,7 +200,10 @@ VARIANTS: dict[str, dict] = {
                             "kind": "refused"}],
             "log": {"format": "text", "level": "portvagt=debug"},
         },
-        "redis": {"url": "redis://redis:6379/2", "auth": {"existingSecret": "redis-auth"}},
+        "redis": {"url": "rediss://redis.cache.svc:6380/2",
+                  "auth": {"username": "portvagt-regions", "existingSecret": "redis-auth", "passwordKey": "redis-password"},
+                  "tls": {"ca": {"existingSecret": "redis-tls", "key": "ca.pem"},
+                          "clientCert": {"existingSecret": "redis-tls", "certKey": "client.crt", "keyKey": "client.key"}}},
         # Two STS certificates, pinned to issuer names TOML must have quoted and escaped.
         "tokenExchangeKeys": {"trustedSts": {"existingSecret": "region-sts", "keys": [
             {"key": "sts-a.pem", "issuers": ["TEST1-NSP-STS", 'STS "Region" \\ Øst <&>', "x\" ]\n[tls] cert = \"/x"]},
@@ -226,10 +230,13 @@ VARIANTS: dict[str, dict] = {
         "config": {"audit": {"observer": "portvagt-main"}},
     },
     # No audit trail: a seal key Secret (and its JWK Set) named all the same is neither mounted nor
-    # written. The mass-lookup guard with its defaults, counted by each of the two replicas alone.
+    # written. The mass-lookup guard with its defaults, counted by each of the two replicas alone:
+    # Redis' URL, user, password Secret and CA named all the same are neither mounted nor written.
     "audit-off": {
         "config": {"audit": {"enabled": False}, "mass_lookup": {"enabled": True}},
         "auditSealKey": {"existingSecret": "audit-seal", "trustedJwksKey": "trusted-jwks.json"},
+        "redis": {"url": "rediss://redis:6380/0", "auth": {"username": "portvagt", "existingSecret": "redis-auth"},
+                  "tls": {"ca": {"existingConfigMap": "redis-ca"}}},
     },
 }
 # The variants whose audit chain must come out sealed: production has to be able to prove its
@@ -239,6 +246,11 @@ SEALED_VARIANTS = {"production", "upstreams"}
 TRUSTED_STS_DIR = "/etc/portvagt/trusted-sts"
 # The paging links' key (pagingKey's Secret), as `[paging] key_file`.
 PAGING_KEY = "/etc/portvagt/paging/paging.key"
+# `[redis]`'s files: the CA (redis.tls.ca, a Secret or ConfigMap), the client certificate
+# (redis.tls.clientCert) and the password (redis.auth.existingSecret), each folder its own volume.
+REDIS_CA_DIR = "/etc/portvagt/redis-ca"
+REDIS_CLIENT_DIR = "/etc/portvagt/redis-client-tls"
+REDIS_AUTH_DIR = "/etc/portvagt/redis-auth"
 
 
 # --- reporting ------------------------------------------------------------------------------------
@@ -327,6 +339,14 @@ def check_values_schema(chart: helm.Chart, defaults: dict) -> None:
         "a wrong type": {"replicaCount": "three"},
         "a misspelt gateway key": {"config": {"backend": {"urll": "http://x"}}},
         "a password in redis.url": {"redis": {"url": "redis://:secret@redis:6379/0"}},
+        "a user and password in a rediss:// redis.url": {"redis": {"url": "rediss://portvagt:secret@redis:6380/0"}},
+        "an http:// redis.url": {"redis": {"url": "http://redis:6379/0"}},
+        "a redis.url with a path that is no database": {"redis": {"url": "rediss://redis:6380/cache"}},
+        "a Redis CA from a Secret and a ConfigMap at once": {
+            "redis": {"tls": {"ca": {"existingSecret": "redis-ca", "existingConfigMap": "redis-ca"}}}},
+        "an unknown key in redis.tls": {"redis": {"tls": {"caFile": "/etc/redis/ca.crt"}}},
+        "a Redis password written into the values": {"redis": {"auth": {"password": "secret"}}},
+        "a Redis user with a space": {"redis": {"auth": {"username": "port vagt"}}},
         "an HMAC algorithm": {"config": {"issuers": [{"issuer": "https://a", "audiences": ["b"],
                                                       "discovery": True, "algorithms": ["HS256"]}]}},
         "two key sources for one issuer": {"config": {"issuers": [{"issuer": "https://a", "audiences": ["b"],
@@ -441,6 +461,22 @@ def check_values_schema(chart: helm.Chart, defaults: dict) -> None:
             detail = f"refused: {e}"
         REPORT.check(f"accepts {what}, renders it as given, and the gateway takes it", not detail, detail)
 
+    # Redis over TLS: a rediss:// URL (with or without the ACL user in it) passes the schema and is
+    # written as given into every redis_url; a plain redis:// one too.
+    uses = {"config": {"rate_limit": {"enabled": True, "useRedis": True}}}
+    for url in ("rediss://redis.cache.svc:6380/0", "rediss://portvagt@redis.cache.svc:6380",
+                "rediss://[fd00::6]:6380/3", "redis://redis:6379"):
+        values = {**uses, "redis": {"url": url}}
+        errors = [f"{'/'.join(map(str, e.path))}: {e.message}" for e in validator.iter_errors(merge(defaults, values))]
+        try:
+            docs, _ = render(chart, values)
+            config = tomllib.loads(find(docs, "ConfigMap", "-config")[0]["data"]["portvagt.toml"])
+            written = config["rate_limit"].get("redis_url")
+            detail = "; ".join(errors) or ("" if written == url else f"written as {written!r}")
+        except helm.HelmError as e:
+            detail = f"refused: {e}"
+        REPORT.check(f"accepts redis.url {url} and writes it as given", not detail, detail)
+
     # Combinations the schema cannot express are refused while rendering, naming the value.
     impossible = {
         "a grace period shorter than the drain": ({"terminationGracePeriodSeconds": 12}, "terminationGracePeriodSeconds"),
@@ -460,6 +496,14 @@ def check_values_schema(chart: helm.Chart, defaults: dict) -> None:
             "existingSecret": "s"}}}}, "config.backend.tlsSecret names Secret s"),
         "a client certificate path without its key": ({"config": {"audit": {"ship": {
             "url": "https://audit/fhir", "client_cert": "/etc/x/tls.crt"}}}}, "config.audit.ship: a client certificate"),
+        "a Redis CA for a redis:// URL": ({"config": {"mass_lookup": {"enabled": True, "useRedis": True}},
+                                           "redis": {"url": "redis://redis:6379/0",
+                                                     "tls": {"ca": {"existingConfigMap": "redis-ca"}}}},
+                                          "redis.tls names TLS files"),
+        "a Redis client certificate for a redis:// URL": ({"config": {"rate_limit": {"enabled": True, "useRedis": True}},
+                                                           "redis": {"url": "redis://redis:6379/0",
+                                                                     "tls": {"clientCert": {"existingSecret": "r"}}}},
+                                                          "redis.tls names TLS files"),
         "relation service TLS files for an http:// URL": ({"config": {"relationship": {
             "enabled": True, "roles": ["7170"], "source": "http", "service": {
                 "url": "http://brs/api", "tlsSecret": {"existingSecret": "s", "caKey": "ca.crt"}}}}},
@@ -512,6 +556,8 @@ SCHEMA_OF = {
     "relationship.service": "/properties/config/properties/relationship/properties/service",
     "rate_limit": "/properties/config/properties/rate_limit",
     "mass_lookup": "/properties/config/properties/mass_lookup",
+    # `username`; the files are the chart's (redis.tls, redis.auth.existingSecret).
+    "redis": "/properties/redis/properties/auth",
     "citizen": "/properties/config/properties/citizen",
     "paging": "/properties/config/properties/paging",
     "operation": "/properties/config/properties/operations/items",
@@ -635,7 +681,6 @@ def check_config(name: str, docs: list[dict], values: dict, gateway: dict) -> No
     if not REPORT.check(f"{name}: one ConfigMap holds portvagt.toml", len(config_maps) == 1):
         return
     text = config_maps[0]["data"]["portvagt.toml"]
-    rendered_with_password = values["redis"]["auth"]["existingSecret"] and "__PORTVAGT_REDIS_PASSWORD__" in text
     try:
         config = tomllib.loads(text)
         REPORT.check(f"{name}: portvagt.toml is valid TOML", True)
@@ -645,12 +690,11 @@ def check_config(name: str, docs: list[dict], values: dict, gateway: dict) -> No
     problems = gateway_source.problems_of(config, gateway, "portvagt.toml")
     REPORT.check(f"{name}: every key is one the gateway knows, every required key is there", not problems,
                  "; ".join(problems))
-    # Secret material: PEM blocks, or a password in a URL (only the placeholder may stand there).
+    # Secret material: PEM blocks, or a password in a URL.
     secrets = [m for m in re.findall(r"-----BEGIN [A-Z ]+-----", text)]
-    secrets += [u for u in re.findall(r"redis://:([^@'\"]+)@", text) if u != "__PORTVAGT_REDIS_PASSWORD__"]
+    secrets += re.findall(r"rediss?://[^@/'\"\s]*:[^@/'\"\s]*@", text)
     REPORT.check(f"{name}: no secret material in the ConfigMap", not secrets, str(secrets))
-    if rendered_with_password:
-        print(f"  note  {name}: the Redis password is put in by the render-config init container")
+    check_redis_password(name, docs, text, config, values)
 
     server = config["server"]
     REPORT.check(f"{name}: listens on 8443 (mTLS) and 9090 (admin)",
@@ -773,6 +817,7 @@ CHART_WRITTEN = {
     "token_exchange.trusted_sts": {"certificate"},
     "rate_limit": {"redis_url"},
     "mass_lookup": {"redis_url"},
+    "redis": {"ca_file", "client_cert", "client_key", "password_file"},
     "citizen": {"listen"},
     "paging": {"key_file"},
 }
@@ -814,11 +859,67 @@ def secret_files(table: dict, folder: str) -> dict[str, tuple[str, str]]:
     return {file: (f"{folder}/{name}", secret[key]) for file, (key, name) in TLS_FILES.items() if secret.get(key)}
 
 
-def redis_url(values: dict) -> str:
-    url = values["redis"]["url"]
-    if values["redis"]["auth"]["existingSecret"]:
-        return "redis://:__PORTVAGT_REDIS_PASSWORD__@" + url.removeprefix("redis://")
-    return url
+def uses_redis(values: dict) -> bool:
+    cfg = values["config"]
+    return any(cfg[t]["enabled"] and cfg[t]["useRedis"] for t in ("token_exchange", "rate_limit", "mass_lookup"))
+
+
+def redis_expected(values: dict) -> tuple[dict, list[dict], list[dict]]:
+    """What redis.auth and redis.tls should make of the pod, while something uses Redis: the
+    `[redis]` table (empty: none), the volumes (mode 0440, only the keys named) and the gateway's
+    read-only folder mounts of them."""
+    if not uses_redis(values):
+        return {}, [], []
+    redis = values["redis"]
+    table: dict = {}
+    volumes: list[dict] = []
+    ca, client, auth = redis["tls"]["ca"], redis["tls"]["clientCert"], redis["auth"]
+    if ca["existingSecret"] or ca["existingConfigMap"]:
+        source = ({"secret": {"secretName": ca["existingSecret"]}} if ca["existingSecret"]
+                  else {"configMap": {"name": ca["existingConfigMap"]}})
+        next(iter(source.values())).update({"defaultMode": 0o440, "items": [{"key": ca["key"], "path": "ca.crt"}]})
+        volumes.append({"name": "redis-ca", **source})
+        table["ca_file"] = f"{REDIS_CA_DIR}/ca.crt"
+    if client["existingSecret"]:
+        volumes.append({"name": "redis-client-tls", "secret": {
+            "secretName": client["existingSecret"], "defaultMode": 0o440,
+            "items": [{"key": client["certKey"], "path": "tls.crt"}, {"key": client["keyKey"], "path": "tls.key"}]}})
+        table.update({"client_cert": f"{REDIS_CLIENT_DIR}/tls.crt", "client_key": f"{REDIS_CLIENT_DIR}/tls.key"})
+    if auth["existingSecret"]:
+        volumes.append({"name": "redis-password", "secret": {
+            "secretName": auth["existingSecret"], "defaultMode": 0o440,
+            "items": [{"key": auth["passwordKey"], "path": "password"}]}})
+        table["password_file"] = f"{REDIS_AUTH_DIR}/password"
+    if auth["username"]:
+        table["username"] = auth["username"]
+    folders = {"redis-ca": REDIS_CA_DIR, "redis-client-tls": REDIS_CLIENT_DIR, "redis-password": REDIS_AUTH_DIR}
+    mounts = [{"name": v["name"], "mountPath": folders[v["name"]], "readOnly": True} for v in volumes]
+    return table, volumes, mounts
+
+
+def check_redis_password(name: str, docs: list[dict], text: str, config: dict, values: dict) -> None:
+    """The Redis password is only ever a mounted file: [redis] names its path, no key of the
+    configuration holds it, no URL carries it, no container has it in its environment, and no
+    init container writes it anywhere."""
+    secret = values["redis"]["auth"]["existingSecret"]
+    table, _, _ = redis_expected(values)
+    pod = workload(docs)["spec"]["template"]["spec"]
+    containers = pod["containers"] + pod.get("initContainers", [])
+    in_env = [f"{c['name']}: {e['name']}" for c in containers for e in c.get("env", [])
+              if ((e.get("valueFrom") or {}).get("secretKeyRef") or {}).get("name") == secret]
+    in_env += [f"{c['name']}: envFrom" for c in containers for e in c.get("envFrom", [])
+               if (e.get("secretRef") or {}).get("name") == secret]
+    keys = [k for k in config.get("redis", {}) if "password" in k and k != "password_file"]
+    problems = in_env + keys + [f"init container {c['name']}" for c in pod.get("initContainers", [])]
+    problems += [f"URL with credentials: {u}" for u in re.findall(r"rediss?://[^@/'\"\s]*:[^@/'\"\s]*@", text)]
+    if "password_file" in table:
+        where = f"only as [redis] password_file = {table['password_file']} (Secret {secret})"
+        problems += [] if config.get("redis", {}).get("password_file") == table["password_file"] \
+            else ["no [redis] password_file"]
+    else:
+        where = "nowhere (no password Secret in use)"
+    REPORT.check(f"{name}: the Redis password appears in no ConfigMap, URL, environment variable or init "
+                 f"container; {where}", not problems, "; ".join(problems))
 
 
 def check_config_values(name: str, config: dict, values: dict) -> None:
@@ -833,8 +934,9 @@ def check_config_values(name: str, config: dict, values: dict) -> None:
               if cfg.get(key)]
     if cfg["decision_log"]["enabled"]:
         switched.append("decision_log")
+    redis_table, _, _ = redis_expected(values)
     tables = {"server", "tls", "limits", "backend", "smart", "policy", "paging", "tracing", "log", *switched,
-              *listed}
+              *listed, *(["redis"] if redis_table else [])}
     REPORT.check(f"{name}: portvagt.toml has the tables {', '.join(sorted(tables))}", set(config) == tables,
                  f"has {sorted(config)}")
 
@@ -889,13 +991,17 @@ def check_config_values(name: str, config: dict, values: dict) -> None:
     REPORT.check(f"{name}: {len(expected)} tables of portvagt.toml hold exactly the values given "
                  f"({sum(len(w) for _, _, w in expected)} keys)", not wrong, "; ".join(wrong))
 
-    # Redis: the same URL (with the password placeholder) for everything that shares it.
+    # Redis: the same URL, as given, for everything that shares it; [redis] with the mounted
+    # files' paths and the ACL user exactly when something uses Redis and one of them is set.
     for table in ("token_exchange", "rate_limit", "mass_lookup"):
         if table in config:
             uses = cfg[table]["useRedis"]
-            ok = config[table].get("redis_url") == (redis_url(values) if uses else None)
+            ok = config[table].get("redis_url") == (values["redis"]["url"] if uses else None)
             REPORT.check(f"{name}: [{table}] redis_url {'is redis.url' if uses else 'is left out'}", ok,
                          str(config[table].get("redis_url")))
+    REPORT.check(f"{name}: [redis] " + (f"is {redis_table}" if redis_table else "is absent"),
+                 config.get("redis", {}) == redis_table and ("redis" in config) == bool(redis_table),
+                 str(config.get("redis")))
 
 
 def check_config_files(name: str, docs: list[dict], config: dict, values: dict) -> None:
@@ -921,6 +1027,7 @@ def check_config_files(name: str, docs: list[dict], config: dict, values: dict) 
     backends = [config["backend"], *[u["backend"] for u in config.get("upstream", [])],
                 config.get("audit", {}).get("ship", {}), config.get("relationship", {}).get("service", {})]
     files += [b[k] for b in backends for k in TLS_FILES if k in b]
+    files += [v for k, v in config.get("redis", {}).items() if k != "username"]
 
     def mount_of(path: str) -> str | None:
         folders = [m for m in mounts if path.startswith(m + "/")]
@@ -1036,6 +1143,23 @@ def check_pod(name: str, docs: list[dict], values: dict) -> None:
         REPORT.check(f"{name}: no seal key is mounted", not seal_volumes and not seal_mounts,
                      str(seal_volumes + seal_mounts))
 
+    # Redis' CA, client certificate and password: each its own volume, only in the gateway
+    # container, read-only folders (no subPath), mode 0440, exactly while [redis] names them.
+    _, wanted_volumes, wanted_mounts = redis_expected(values)
+    redis_names = {"redis-ca", "redis-client-tls", "redis-password"}
+    redis_volumes = [v for v in pod["volumes"] if v["name"] in redis_names]
+    redis_mounts = [(c["name"], m) for c in pod["containers"] + pod.get("initContainers", [])
+                    for m in c["volumeMounts"] if m["name"] in redis_names]
+    if wanted_volumes:
+        sources = ", ".join(f"{'ConfigMap ' + v['configMap']['name'] if 'configMap' in v else v['secret']['secretName']}"
+                            f" as {m['mountPath']}" for v, m in zip(wanted_volumes, wanted_mounts))
+        REPORT.check(f"{name}: Redis' files are mounted read-only, mode 0440, in the gateway only: {sources}",
+                     redis_volumes == wanted_volumes and redis_mounts == [("portvagt", m) for m in wanted_mounts],
+                     str(redis_volumes + redis_mounts))
+    else:
+        REPORT.check(f"{name}: no Redis Secret or ConfigMap is mounted", not redis_volumes and not redis_mounts,
+                     str(redis_volumes + redis_mounts))
+
     spool = [v for v in pod["volumes"] if v["name"] == "audit-spool"]
     claims = [t["metadata"]["name"] for t in work["spec"].get("volumeClaimTemplates", [])]
     spool_type = values["auditSpool"]["type"]
@@ -1150,6 +1274,13 @@ def check_notes(name: str, notes: str, values: dict) -> None:
     listed = [k for k in sts_keys if f"{k} (STS certificate for " in notes]
     REPORT.check(f"{name}: NOTES.txt lists the {len(sts_keys)} trusted STS certificate keys exactly when they are mounted",
                  listed == (sts_keys if exchange_on else []), str(listed))
+    _, redis_volumes, _ = redis_expected(values)
+    redis_sources = [f"ConfigMap {v['configMap']['name']}: key " if "configMap" in v else f"{v['secret']['secretName']}: key"
+                     for v in redis_volumes]
+    listed = [line for line in notes.splitlines() if "(Redis " in line]
+    REPORT.check(f"{name}: NOTES.txt lists the {len(redis_sources)} Redis Secrets and ConfigMaps exactly when they "
+                 "are mounted", len(listed) == len(redis_sources)
+                 and all(line.startswith(f"  - {s}") for line, s in zip(listed, redis_sources)), str(listed))
     paging_key = values["pagingKey"]["existingSecret"]
     replicas = values["autoscaling"]["enabled"] or values["replicaCount"] > 1
     REPORT.check(f"{name}: NOTES.txt warns that paging links work on one pod only exactly when they do",

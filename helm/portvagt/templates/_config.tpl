@@ -3,6 +3,7 @@ The gateway's configuration file (README "Configuration"), from `config` and the
 paths of the Secrets. TOML wants a table's keys before its sub-tables, hence the order below
 (each [[upstream]]'s keys, then its [upstream.backend]; [relationship]'s keys before [relationship.service];
 [audit]'s seal key and trusted seal keys before [audit.ship]);
+[redis] (paths and the ACL user only, never the password) before the tables whose redis_url it serves;
 [token_exchange] comes last.
 */}}
 {{- define "portvagt.configToml" -}}
@@ -123,6 +124,11 @@ path = "/var/lib/portvagt/decisions/decisions.jsonl"
 [relationship.service]
 {{- include "portvagt.tlsTomlKeys" (dict "table" $cfg.relationship.service "files" (get $tlsFiles "config.relationship.service") "first" (list "url")) }}
 {{- end }}
+{{- end }}
+{{- with (include "portvagt.redis" . | fromYaml).table }}
+
+[redis]
+{{- include "portvagt.tomlKeys" (dict "table" . "first" (list "ca_file" "client_cert" "client_key" "username" "password_file")) }}
 {{- end }}
 {{- if $cfg.rate_limit.enabled }}
 

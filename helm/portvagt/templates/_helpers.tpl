@@ -112,27 +112,54 @@ default name: without one the chain is not sealed, and NOTES.txt warns).
 {{- end }}
 
 {{/*
-With a Redis password the ConfigMap holds a placeholder and an init container writes the real
-configuration to an in-memory volume: the password never lands in a ConfigMap.
+The redis_url every table that uses Redis writes: redis.url as given (the schema keeps
+credentials out of it).
 */}}
-{{- define "portvagt.redisPasswordPlaceholder" -}}
-__PORTVAGT_REDIS_PASSWORD__
-{{- end }}
-{{- define "portvagt.renderedConfig" -}}
-{{- if and (include "portvagt.usesRedis" .) .Values.redis.auth.existingSecret }}true{{- end }}
+{{- define "portvagt.redisUrl" -}}
+{{- required "redis.url is required when token exchange, rate limits or the mass-lookup guard use Redis" .Values.redis.url | toJson }}
 {{- end }}
 
 {{/*
-The redis_url to write: plain, or with the placeholder as password, as a TOML literal string
-('...') so the password needs no escaping.
+`[redis]` and the volumes behind it, while something uses Redis (portvagt.usesRedis), as YAML:
+`table`, the keys to write (the paths of the files mounted from redis.tls and redis.auth, and
+the ACL user; empty: no [redis] at all), and `mounts`, each with its volume, folder, Secret
+(`secretName`) or ConfigMap (`configMapName`), items and what it holds. The pod template mounts
+them and the config template writes their paths from this one list, so the two cannot disagree.
+The password is never read here: only the path of its mounted file is written.
 */}}
-{{- define "portvagt.redisUrl" -}}
-{{- $url := required "redis.url is required when token exchange, rate limits or the mass-lookup guard use Redis" .Values.redis.url }}
-{{- if .Values.redis.auth.existingSecret }}
-{{- printf "'redis://:%s@%s'" (include "portvagt.redisPasswordPlaceholder" .) (trimPrefix "redis://" $url) }}
+{{- define "portvagt.redis" -}}
+{{- $table := dict }}
+{{- $mounts := list }}
+{{- if include "portvagt.usesRedis" . }}
+{{- $redis := .Values.redis }}
+{{- $tls := default (dict) $redis.tls }}
+{{- $auth := default (dict) $redis.auth }}
+{{- $ca := default (dict) $tls.ca }}
+{{- if or $ca.existingSecret $ca.existingConfigMap }}
+{{- $mount := dict "volume" "redis-ca" "dir" "/etc/portvagt/redis-ca" "items" (list (dict "key" $ca.key "path" "ca.crt")) "what" "Redis CA bundle" }}
+{{- if $ca.existingSecret }}
+{{- $_ := set $mount "secretName" $ca.existingSecret }}
 {{- else }}
-{{- $url | toJson }}
+{{- $_ := set $mount "configMapName" $ca.existingConfigMap }}
 {{- end }}
+{{- $mounts = append $mounts $mount }}
+{{- $_ := set $table "ca_file" "/etc/portvagt/redis-ca/ca.crt" }}
+{{- end }}
+{{- $client := default (dict) $tls.clientCert }}
+{{- if $client.existingSecret }}
+{{- $mounts = append $mounts (dict "volume" "redis-client-tls" "dir" "/etc/portvagt/redis-client-tls" "secretName" $client.existingSecret "items" (list (dict "key" $client.certKey "path" "tls.crt") (dict "key" $client.keyKey "path" "tls.key")) "what" "Redis client certificate and key") }}
+{{- $_ := set $table "client_cert" "/etc/portvagt/redis-client-tls/tls.crt" }}
+{{- $_ := set $table "client_key" "/etc/portvagt/redis-client-tls/tls.key" }}
+{{- end }}
+{{- if $auth.existingSecret }}
+{{- $mounts = append $mounts (dict "volume" "redis-password" "dir" "/etc/portvagt/redis-auth" "secretName" $auth.existingSecret "items" (list (dict "key" $auth.passwordKey "path" "password")) "what" "Redis password") }}
+{{- $_ := set $table "password_file" "/etc/portvagt/redis-auth/password" }}
+{{- end }}
+{{- with $auth.username }}
+{{- $_ := set $table "username" . }}
+{{- end }}
+{{- end }}
+{{- toYaml (dict "table" $table "mounts" $mounts) }}
 {{- end }}
 
 {{/*
@@ -201,6 +228,10 @@ Settings that cannot work together are refused at render time, with the value to
 {{- fail "policyRules.enabled with no rules refuses every request: add rules or disable policyRules" }}
 {{- end }}
 {{- include "portvagt.validateAudiences" . }}
+{{- $redis := include "portvagt.redis" . | fromYaml }}
+{{- if and (or (hasKey $redis.table "ca_file") (hasKey $redis.table "client_cert")) (hasPrefix "redis://" .Values.redis.url) }}
+{{- fail "redis.tls names TLS files (CA, client certificate) but redis.url is redis://: use rediss:// (TLS) or drop them" }}
+{{- end }}
 {{- $names := list }}
 {{- range $i, $upstream := .Values.config.upstreams }}
 {{- if has $upstream.name $names }}

@@ -32,53 +32,6 @@ spec:
   securityContext:
     {{- toYaml .Values.podSecurityContext | nindent 4 }}
   terminationGracePeriodSeconds: {{ .Values.terminationGracePeriodSeconds }}
-  {{- if include "portvagt.renderedConfig" . }}
-  initContainers:
-    - name: render-config
-      image: {{ include "portvagt.image" . | quote }}
-      imagePullPolicy: {{ .Values.image.pullPolicy }}
-      command:
-        - /bin/sh
-        - -c
-        - |
-          # Puts the Redis password in place of the placeholder. Plain shell string operations:
-          # no character of the password is special to them.
-          set -eu
-          umask 077
-          placeholder='{{ include "portvagt.redisPasswordPlaceholder" . }}'
-          password=$(cat /etc/portvagt/redis/password)
-          case "$password" in
-            *\'*) echo "redis password: a ' cannot be written in a TOML literal string" >&2; exit 1 ;;
-          esac
-          if [ "$(printf '%s' "$password" | wc -l)" -ne 0 ]; then
-            echo "redis password: a line break cannot be written in a TOML literal string" >&2
-            exit 1
-          fi
-          while IFS= read -r line || [ -n "$line" ]; do
-            case "$line" in
-              *"$placeholder"*) printf '%s%s%s\n' "${line%%"$placeholder"*}" "$password" "${line#*"$placeholder"}" ;;
-              *) printf '%s\n' "$line" ;;
-            esac
-          done < /etc/portvagt/template/portvagt.toml > /etc/portvagt/rendered/portvagt.toml
-      securityContext:
-        {{- toYaml .Values.securityContext | nindent 8 }}
-      resources:
-        requests:
-          cpu: 10m
-          memory: 16Mi
-        limits:
-          cpu: 100m
-          memory: 32Mi
-      volumeMounts:
-        - name: config-template
-          mountPath: /etc/portvagt/template
-          readOnly: true
-        - name: redis-password
-          mountPath: /etc/portvagt/redis
-          readOnly: true
-        - name: config
-          mountPath: /etc/portvagt/rendered
-  {{- end }}
   containers:
     - name: portvagt
       image: {{ include "portvagt.image" . | quote }}
@@ -156,6 +109,11 @@ spec:
           mountPath: {{ .dir }}
           readOnly: true
         {{- end }}
+        {{- range (include "portvagt.redis" . | fromYaml).mounts }}
+        - name: {{ .volume }}
+          mountPath: {{ .dir }}
+          readOnly: true
+        {{- end }}
         {{- if .Values.config.audit.enabled }}
         - name: audit-spool
           mountPath: /var/lib/portvagt/audit
@@ -183,26 +141,9 @@ spec:
         {{- toYaml . | nindent 8 }}
         {{- end }}
   volumes:
-    {{- if include "portvagt.renderedConfig" . }}
-    - name: config-template
-      configMap:
-        name: {{ include "portvagt.fullname" . }}-config
-    - name: redis-password
-      secret:
-        secretName: {{ .Values.redis.auth.existingSecret }}
-        defaultMode: 0440
-        items:
-          - key: {{ .Values.redis.auth.passwordKey }}
-            path: password
-    - name: config
-      emptyDir:
-        medium: Memory
-        sizeLimit: 1Mi
-    {{- else }}
     - name: config
       configMap:
         name: {{ include "portvagt.fullname" . }}-config
-    {{- end }}
     - name: server-tls
       secret:
         secretName: {{ include "portvagt.serverTlsSecret" . }}
@@ -287,6 +228,23 @@ spec:
     - name: {{ .volume }}
       secret:
         secretName: {{ .secretName }}
+        defaultMode: 0440
+        items:
+          {{- range .items }}
+          - key: {{ .key }}
+            path: {{ .path }}
+          {{- end }}
+    {{- end }}
+    {{- /* Redis' CA, client certificate and password ([redis]), while something uses Redis. */}}
+    {{- range (include "portvagt.redis" . | fromYaml).mounts }}
+    - name: {{ .volume }}
+      {{- if .secretName }}
+      secret:
+        secretName: {{ .secretName }}
+      {{- else }}
+      configMap:
+        name: {{ .configMapName }}
+      {{- end }}
         defaultMode: 0440
         items:
           {{- range .items }}
