@@ -37,6 +37,8 @@ enum Readiness {
     Ready,
     BackendDown,
     SpoolUnwritable,
+    /// The spool's file system has less than `[audit] min_free_bytes` free.
+    SpoolLow,
 }
 
 /// Which listener a request came in on.
@@ -134,14 +136,15 @@ impl Admin {
             backend_ok &= route.backend.circuit_state() != CircuitState::Open
                 && route.backend.is_ready().await;
         }
-        let spool_ok = match &self.auditor {
-            Some(auditor) => auditor.spool_writable().await,
-            None => true,
+        let (spool_ok, headroom) = match &self.auditor {
+            Some(auditor) => (auditor.spool_writable().await, auditor.spool_has_headroom()),
+            None => (true, true),
         };
-        let readiness = match (backend_ok, spool_ok) {
-            (false, _) => Readiness::BackendDown,
-            (true, false) => Readiness::SpoolUnwritable,
-            (true, true) => Readiness::Ready,
+        let readiness = match (backend_ok, spool_ok, headroom) {
+            (false, _, _) => Readiness::BackendDown,
+            (true, false, _) => Readiness::SpoolUnwritable,
+            (true, true, false) => Readiness::SpoolLow,
+            (true, true, true) => Readiness::Ready,
         };
         *self.last_probe.lock().unwrap_or_else(|p| p.into_inner()) =
             Some((Instant::now(), readiness));
@@ -172,8 +175,18 @@ impl Admin {
                     "the audit spool cannot be written",
                 )
                 .into_response(None),
+                Readiness::SpoolLow => Outcome::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "transient",
+                    "audit-spool-low",
+                    "the audit spool's disk is nearly full",
+                )
+                .into_response(None),
             },
             LocalEndpoint::Metrics => {
+                if let Some(auditor) = &self.auditor {
+                    auditor.spool_space();
+                }
                 for route in self.upstreams.load().iter() {
                     let name = route.backend.name();
                     self.metrics

@@ -85,6 +85,11 @@ pub struct Metrics {
     /// `portvagt_audit_ship_batch_size`: the most events the shipper now sends in one
     /// transaction (lowered while the repository refuses larger ones).
     pub audit_ship_batch_size: IntGauge,
+    /// `portvagt_audit_spool_free_bytes`: free space (for the gateway) on the audit spool's
+    /// file system, as of the last scrape or readiness probe.
+    pub audit_spool_free_bytes: IntGauge,
+    /// `portvagt_audit_spool_capacity_bytes`: the size of that file system.
+    pub audit_spool_capacity_bytes: IntGauge,
     /// `portvagt_trace_spans_exported_total`: spans the OTLP endpoint took.
     pub trace_spans_exported: IntCounter,
     /// `portvagt_trace_spans_dropped_total`: spans not exported (queue full, export failed).
@@ -335,6 +340,16 @@ impl Metrics {
             "The most events the audit shipper sends in one transaction now",
         )
         .expect("valid metric");
+        let audit_spool_free_bytes = IntGauge::new(
+            "portvagt_audit_spool_free_bytes",
+            "Free space on the audit spool's file system, bytes",
+        )
+        .expect("valid metric");
+        let audit_spool_capacity_bytes = IntGauge::new(
+            "portvagt_audit_spool_capacity_bytes",
+            "Size of the audit spool's file system, bytes",
+        )
+        .expect("valid metric");
         let trace_spans_exported = IntCounter::new(
             "portvagt_trace_spans_exported_total",
             "Spans the OTLP endpoint took",
@@ -366,6 +381,8 @@ impl Metrics {
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(audit_ship_batch_size.clone()),
+            Box::new(audit_spool_free_bytes.clone()),
+            Box::new(audit_spool_capacity_bytes.clone()),
             Box::new(trace_spans_exported.clone()),
             Box::new(trace_spans_dropped.clone()),
             Box::new(shadow_decisions.clone()),
@@ -442,6 +459,8 @@ impl Metrics {
             backend_in_flight,
             backend_circuit_open,
             audit_ship_batch_size,
+            audit_spool_free_bytes,
+            audit_spool_capacity_bytes,
             trace_spans_exported,
             trace_spans_dropped,
             shadow_decisions,

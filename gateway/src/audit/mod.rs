@@ -46,6 +46,10 @@ pub struct Auditor {
     source: AuditSource,
     fail_open: bool,
     metrics: Arc<Metrics>,
+    /// `max_patients_per_request`: more make one event, not one each.
+    max_patients: usize,
+    /// `min_free_bytes`: readiness needs this much free on the spool's file system.
+    min_free_bytes: u64,
     /// Taken and started by the server.
     shipper: Mutex<Option<Shipper>>,
     /// The shipper's client, whose certificates a reload reads again.
@@ -117,6 +121,8 @@ impl Auditor {
             },
             fail_open: config.failure_mode == AuditFailureMode::Open,
             metrics,
+            max_patients: config.max_patients_per_request.max(1),
+            min_free_bytes: config.min_free_bytes,
         })
     }
 
@@ -156,9 +162,28 @@ impl Auditor {
         let Some(spool) = self.spool.get() else {
             return self.failed(&SpoolError::Stopped);
         };
+        // One event per patient, up to the bound: a record about more (a refusal that named
+        // them; an answer over the bound is refused before it leaves) is one event, so that no
+        // request can cost the spool more than the bound.
         let events: Vec<Vec<u8>> = all
             .iter()
-            .flat_map(|facts| audit_events(facts, &self.source))
+            .flat_map(|facts| {
+                if facts.patients.len() > self.max_patients {
+                    tracing::warn!(
+                        patients = facts.patients.len(),
+                        bound = self.max_patients,
+                        "audit record about more patients than the bound: recorded as one event"
+                    );
+                    let bounded = AccessFacts {
+                        patients: &[],
+                        bases: &[],
+                        ..*facts
+                    };
+                    audit_events(&bounded, &self.source)
+                } else {
+                    audit_events(facts, &self.source)
+                }
+            })
             .collect();
         let count = events.len() as u64;
         let started = Instant::now();
@@ -192,6 +217,32 @@ impl Auditor {
             tracing::error!(%error, "audit spool unavailable: answering 503");
             Err(AuditUnavailableError)
         }
+    }
+
+    /// The free space (for this process) and the size of the spool's file system, in bytes;
+    /// also set as `portvagt_audit_spool_free_bytes` and `…_capacity_bytes`.
+    pub fn spool_space(&self) -> Option<(u64, u64)> {
+        let stat = rustix::fs::statvfs(&self.spool_dir).ok()?;
+        let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+        let capacity = stat.f_blocks.saturating_mul(stat.f_frsize);
+        self.metrics
+            .audit_spool_free_bytes
+            .set(i64::try_from(free).unwrap_or(i64::MAX));
+        self.metrics
+            .audit_spool_capacity_bytes
+            .set(i64::try_from(capacity).unwrap_or(i64::MAX));
+        Some((free, capacity))
+    }
+
+    /// Whether the spool has at least `[audit] min_free_bytes` free (unknown counts as not).
+    pub fn spool_has_headroom(&self) -> bool {
+        self.spool_space()
+            .is_some_and(|(free, _)| free >= self.min_free_bytes)
+    }
+
+    /// The most patients one request's answer may be about (`max_patients_per_request`).
+    pub fn max_patients_per_request(&self) -> usize {
+        self.max_patients
     }
 
     /// Whether the spool can be written: opened, and a small file can be created and removed

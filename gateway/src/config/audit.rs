@@ -43,6 +43,16 @@ pub struct AuditConfig {
     /// A seal at least this often while the gateway runs (busy or idle).
     #[serde(default = "defaults::seal_every", with = "humantime_serde")]
     pub seal_every: Duration,
+    /// The most patients one request's answer may be about (BALP: one AuditEvent each); an
+    /// answer about more is refused, 403 `too-many-patients`, and recorded as one event. What
+    /// one request can cost the spool is bounded by it (about 3.3 KB per event: under 4 MiB
+    /// for 1,000).
+    #[serde(default = "defaults::max_patients_per_request")]
+    pub max_patients_per_request: usize,
+    /// Below this much free space on the spool's file system the gateway is not ready (503
+    /// `audit-spool-low` on `/readyz`), so traffic goes to replicas that can still record it.
+    #[serde(default = "defaults::min_free_bytes")]
+    pub min_free_bytes: u64,
 }
 
 /// `[audit.ship]`: the audit FHIR repository.

@@ -5,6 +5,12 @@ use std::time::Duration;
 
 use super::LogFormat;
 
+pub(super) fn max_patients_per_request() -> usize {
+    1000
+}
+pub(super) fn min_free_bytes() -> u64 {
+    256 * 1024 * 1024
+}
 pub(super) fn yes() -> bool {
     true
 }

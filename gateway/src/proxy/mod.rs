@@ -56,6 +56,8 @@ pub struct Proxy {
     smart: Arc<SmartDocuments>,
     /// The audit trail needs to know whose data each answer holds.
     audited: bool,
+    /// The most patients one answer may be about (`[audit] max_patients_per_request`).
+    audit_bound: usize,
     /// Citizens' blocks, when enforced.
     consent: Option<Arc<ConsentStore>>,
     /// The treatment relationship professionals need, when checked.
@@ -98,6 +100,10 @@ impl Proxy {
             metrics: runtime.metrics.clone(),
             smart: runtime.smart.clone(),
             audited: runtime.auditor.is_some(),
+            audit_bound: runtime
+                .auditor
+                .as_ref()
+                .map_or(usize::MAX, |auditor| auditor.max_patients_per_request()),
             consent: runtime.consent.clone(),
             relationships: runtime.relationships.clone(),
             mass_lookup: runtime.mass_lookup.clone(),

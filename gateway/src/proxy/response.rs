@@ -251,6 +251,18 @@ impl Proxy {
         let writes = fhir.interaction().is_write()
             || matches!(fhir.body(), Some(RequestBody::Bundle { entries, .. })
                 if entries.iter().any(|entry| entry.interaction().is_write()));
+        // One AuditEvent per patient: an answer about more than the bound would cost the spool
+        // more than any one request may. Refused (what a write changed has happened: recorded
+        // whole), and recorded as one event.
+        if !writes
+            && let Some(patients) = audited_patients.as_ref()
+            && patients.len() > self.audit_bound
+        {
+            if let Some(record_handle) = &record_handle {
+                record_handle.fields().patients.clear();
+            }
+            return Err(self.deny(DenyReason::TooManyPatients, record_handle.as_ref(), None));
+        }
         if let (Some(guard), Some(professional), Some(patients)) = (
             &self.mass_lookup,
             &exchange.professional,

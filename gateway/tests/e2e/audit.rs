@@ -1007,3 +1007,59 @@ async fn read_and_ship(
     }
     shipped_events(repository, total).await.len()
 }
+
+/// One request costs the spool at most `max_patients_per_request` events: an answer about
+/// more is refused and recorded as one event; the spool's free space is a metric, and below
+/// `min_free_bytes` the gateway is not ready.
+#[tokio::test]
+async fn one_request_costs_the_spool_at_most_its_bound_and_readiness_watches_the_headroom() {
+    let gateway = Gateway::start_with(Options {
+        audit_extra: "max_patients_per_request = 2\n".into(),
+        ..Options::default()
+    });
+    let client = gateway.client();
+    let token = gateway.token(json!({ "scope": "user/*.rs" }));
+    let small = client
+        .get("/fhir/Patient?_count=2", Some(&token))
+        .await
+        .unwrap();
+    assert_eq!(small.status, 200, "{}", small.text());
+    let big = client
+        .get("/fhir/Patient?_count=50", Some(&token))
+        .await
+        .unwrap();
+    assert!(
+        big.status == 403,
+        "the seed data has more than two patients: {}",
+        big.text()
+    );
+    assert_eq!(big.detail_code(), "too-many-patients");
+    let request_id = big.headers["x-request-id"].to_str().unwrap().to_owned();
+    let events = gateway.audit_events_for(&request_id);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert!(
+        !events[0].to_string().contains("\"Patient/"),
+        "{}",
+        events[0]
+    );
+    let request_id = small.headers["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(gateway.audit_events_for(&request_id).len(), 2);
+
+    let metrics = client.get("/metrics", None).await.unwrap().text();
+    let free = crate::support::metric_value(&metrics, "portvagt_audit_spool_free_bytes").unwrap();
+    let capacity =
+        crate::support::metric_value(&metrics, "portvagt_audit_spool_capacity_bytes").unwrap();
+    assert!(free > 0.0 && capacity >= free, "{free} of {capacity}");
+    assert_eq!(client.get("/readyz", None).await.unwrap().status, 200);
+
+    // A disk with less free than asked for: not ready, and it says why.
+    let tight = Gateway::start_with(Options {
+        audit_extra: "min_free_bytes = 1125899906842624\n".into(),
+        ..Options::default()
+    });
+    let ready = tight.client().get("/readyz", None).await.unwrap();
+    assert_eq!(
+        (ready.status.as_u16(), ready.detail_code().as_str()),
+        (503, "audit-spool-low")
+    );
+}

@@ -309,3 +309,78 @@ async fn links_and_fifos_planted_in_the_spool_are_not_followed() {
     let broken = verify(dir.path(), Check::chain_only()).unwrap_err();
     assert!(broken.problem.contains("missing"), "{broken}");
 }
+
+/// What one request can cost the spool: an answer about `max_patients_per_request` (1,000 by
+/// default) patients is that many events; each, for a named physician with her organisation
+/// and a search's query, is about 3.3 KB (under 4 KiB), so such a request writes under 4 MiB.
+/// The figure the README gives.
+#[test]
+fn one_request_about_a_thousand_patients_costs_the_spool_under_four_mebibytes() {
+    use std::sync::Arc;
+
+    use crate::audit::event::{AccessFacts, AccessKind, AuditSource, audit_events};
+    use crate::auth::Principal;
+    use crate::auth::principal::{Identity, Organisation};
+
+    let pki = portvagt_certs::DevPki::generate().unwrap();
+    let peer =
+        Arc::new(crate::tls::PeerIdentity::from_verified_leaf(&pki.client.cert_der).unwrap());
+    let principal = Principal {
+        subject: "mette.kjaer@region-demo.dk".into(),
+        issuer: "https://auth.region-demo.dk/realms/sundhed".into(),
+        client_id: Some("journalsystem-demo".into()),
+        jti: Some(uuid::Uuid::new_v4().to_string()),
+        scopes: portvagt_policy::ScopeSet::parse("user/*.rs"),
+        patient: None,
+        fhir_user: Some("Practitioner/prac-ns363".into()),
+        certificate_bound: true,
+        expires_at: u64::MAX,
+        roles: vec!["7170".into()],
+        purpose_of_use: Some("TREATMENT".into()),
+        audiences: Vec::new(),
+        identity: Identity {
+            name: Some("Mette Kjær".into()),
+            cpr: Some("0501792275".into()),
+            authorization_id: Some("NS363".into()),
+            organisation: Some(Organisation {
+                kind: "medcom:sor".into(),
+                id: "123456789012345".into(),
+                name: Some("Region Demo Sundhed, Medicinsk afdeling".into()),
+            }),
+            on_behalf_of: None,
+            system_name: Some("Journalsystem Demo".into()),
+            break_glass_reason: None,
+        },
+        peer: peer.clone(),
+    };
+    let patients: Vec<String> = (0..1000)
+        .map(|_| uuid::Uuid::new_v4().to_string())
+        .collect();
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let facts = AccessFacts {
+        request_id: &request_id,
+        trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736"),
+        recorded: time::OffsetDateTime::now_utc(),
+        method: "GET",
+        target: "/fhir/Patient?organization=Organization/org-demo&birthdate=ge1950-01-01&_count=1000",
+        kind: AccessKind::Fhir(None),
+        status: 200,
+        reason: None,
+        principal: Some(&principal),
+        peer: Some(&peer),
+        client_ip: Some("10.20.30.40".parse().unwrap()),
+        patients: &patients,
+        break_glass: None,
+        bases: &[],
+    };
+    let source = AuditSource {
+        observer: "portvagt@gateway-7c9f8d6b5-x2x9q".into(),
+        site: "https://fhir.region-demo.dk/fhir".into(),
+    };
+    let events = audit_events(&facts, &source);
+    assert_eq!(events.len(), 1000);
+    let total: usize = events.iter().map(Vec::len).sum();
+    println!("1000 events: {total} bytes, {} per event", total / 1000);
+    assert!(total / 1000 < 4096, "{} bytes per event", total / 1000);
+    assert!(total < 4 * 1024 * 1024, "{total} bytes");
+}
