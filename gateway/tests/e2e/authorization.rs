@@ -460,5 +460,5 @@ async fn audit_events_reached_sideways_are_taken_out_of_the_answer() {
         "{}",
         answer.text()
     );
-    assert!(!answer.text().contains(&*event["id"].as_str().unwrap()));
+    assert!(!answer.text().contains(event["id"].as_str().unwrap()));
 }
