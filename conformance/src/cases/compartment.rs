@@ -171,6 +171,13 @@ pub(super) fn cases() -> Vec<Case> {
             [PatientToken],
             vread_other
         ),
+        case!(
+            "PAT-24",
+            "another patient's resource by id is answered as a missing one",
+            "Portvagt: no oracle; whether another patient's id exists is not the patient's to learn",
+            [UserToken, PatientToken],
+            other_resource_looks_missing
+        ),
     ]
 }
 
@@ -457,4 +464,45 @@ async fn vread_other(ctx: &Ctx) -> Verdict {
             .await,
         403,
     )
+}
+
+async fn other_resource_looks_missing(ctx: &Ctx) -> Verdict {
+    // One of the other patient's Observations, found with the user token.
+    let found = ctx
+        .get(
+            &format!("Observation?subject=Patient/{}&_count=1", other(ctx)),
+            ctx.settings.tokens.user.as_deref(),
+        )
+        .await;
+    let id = match &found {
+        Ok(answer) if answer.status == 200 => answer.json()["entry"][0]["resource"]["id"]
+            .as_str()
+            .map(str::to_owned),
+        _ => None,
+    };
+    let Some(id) = id else {
+        return Verdict::Skip(format!(
+            "the other patient ({}) has no Observation the user token can find",
+            other(ctx)
+        ));
+    };
+    let theirs = ctx.get(&format!("Observation/{id}"), token(ctx)).await;
+    let missing = ctx
+        .get(&format!("Observation/{}", uuid::Uuid::new_v4()), token(ctx))
+        .await;
+    match (theirs, missing) {
+        (Ok(theirs), Ok(missing)) => check(
+            theirs.status == missing.status
+                && [403, 404].contains(&theirs.status.as_u16())
+                && theirs.detail_code() == missing.detail_code(),
+            format!(
+                "another patient's Observation answered {} {}, a missing one {} {}",
+                theirs.status,
+                theirs.detail_code(),
+                missing.status,
+                missing.detail_code()
+            ),
+        ),
+        (Err(error), _) | (_, Err(error)) => Verdict::Fail(format!("no answer: {error}")),
+    }
 }

@@ -150,6 +150,7 @@ async fn the_suite_fails_a_deployment_that_does_not_enforce() {
         "SCOPE-05",
         "PAT-02",
         "PAT-03",
+        "PAT-24",
         "ERR-01",
         "CITIZEN-01",
         "CITIZEN-03",
