@@ -156,7 +156,7 @@ fn compartment_checked_entry(
     }
 }
 
-fn outcome_entry(outcome: &Outcome) -> Value {
+pub(super) fn outcome_entry(outcome: &Outcome) -> Value {
     json!({
         "response": {
             "status": format!("{} {}", outcome.status.as_u16(), outcome.status.canonical_reason().unwrap_or("")),

@@ -290,23 +290,18 @@ impl Proxy {
     }
 }
 
-/// Records each entry of a batch or transaction as the access of its own it is: its request,
-/// the status its answer carried, and the patients it touched before (`touched`, per entry)
-/// and in its answer.
-fn record_entries(
-    record_handle: Option<&RequestRecord>,
+/// Each entry of a batch or transaction as the access of its own it is (what its audit record
+/// says): its request, the status its answer carried, and the patients it touched before
+/// (`touched`, per entry) and in its answer. `None` when the answer is not a readable Bundle.
+fn entry_records(
     fhir: &FhirRequest,
     touched: &[Vec<String>],
     answer: &[u8],
-) {
-    let (Some(record_handle), Some(RequestBody::Bundle { entries, .. })) =
-        (record_handle, fhir.body())
-    else {
-        return;
+) -> Option<Vec<EntryRecord>> {
+    let Some(RequestBody::Bundle { entries, .. }) = fhir.body() else {
+        return None;
     };
-    let Ok(answer) = serde_json::from_slice::<serde_json::Value>(answer) else {
-        return;
-    };
+    let answer = serde_json::from_slice::<serde_json::Value>(answer).ok()?;
     let answered = answer.get("entry").and_then(serde_json::Value::as_array);
     let records = entries
         .iter()
@@ -331,7 +326,7 @@ fn record_entries(
             }
         })
         .collect();
-    record_handle.fields().entries = records;
+    Some(records)
 }
 
 /// How the paging links of an answer are signed: by whom, continuing which request, and

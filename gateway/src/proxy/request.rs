@@ -16,7 +16,7 @@ use portvagt_policy::{Decision, DenyReason, FhirRequest, Interaction, Obligation
 use super::bundle::{self, BatchPlan};
 use super::consent::{ConsentContext, Touched};
 use super::{
-    Proxy, Upstream, append_params, fhir_json_response, headers, record_entries, response_check,
+    Proxy, Upstream, append_params, entry_records, fhir_json_response, headers, response_check,
     widen_elements,
 };
 use crate::auth::Principal;
@@ -297,12 +297,12 @@ impl Proxy {
             let (forwarded, plan) = bundle::plan(&bytes, &obligations.entries)?;
             if !plan.forwards_anything() {
                 let answer = bundle::merge(None, &plan, self.filter_mode)?;
-                record_entries(
+                if let (Some(record_handle), Some(entries)) = (
                     record_handle.as_ref(),
-                    &fhir,
-                    &touched.entry_patients,
-                    &answer,
-                );
+                    entry_records(&fhir, &touched.entry_patients, &answer),
+                ) {
+                    record_handle.fields().entries = entries;
+                }
                 return Ok(ControlFlow::Break(fhir_json_response(
                     StatusCode::OK,
                     answer,

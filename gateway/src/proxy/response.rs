@@ -21,7 +21,7 @@ use super::bundle::BatchPlan;
 use super::consent::overlaps;
 use super::export;
 use super::request::Exchange;
-use super::{PageSigning, Proxy, bundle, headers, record_entries, response_check, rewrite_bundle};
+use super::{PageSigning, Proxy, bundle, entry_records, headers, response_check, rewrite_bundle};
 use crate::backend::ProxyError;
 use crate::backend::rewrite::UrlRewriter;
 use crate::body::{Body, BoxError, boxed, full};
@@ -247,45 +247,78 @@ impl Proxy {
             bytes
         };
         // Whose data leaves counts against the mass-lookup threshold: past it, nothing leaves.
-        // What a write changed has happened: its answer is counted, never refused.
-        let writes = fhir.interaction().is_write()
-            || matches!(fhir.body(), Some(RequestBody::Bundle { entries, .. })
-                if entries.iter().any(|entry| entry.interaction().is_write()));
-        // One AuditEvent per patient: an answer about more than the bound would cost the spool
-        // more than any one request may. Refused (what a write changed has happened: recorded
-        // whole), and recorded as one event.
-        if !writes
-            && let Some(patients) = audited_patients.as_ref()
-            && patients.len() > self.audit_bound
-        {
-            if let Some(record_handle) = &record_handle {
-                record_handle.fields().patients.clear();
+        // What a write changed has happened: its answer is counted, never refused. In a batch
+        // or transaction that is the write entries' answers: the read entries' are withheld
+        // like a single read's would be.
+        let is_write = fhir.interaction().is_write();
+        let mut bytes = bytes;
+        let mut audited_patients = audited_patients;
+        let mut entries = if batch.is_some() && status.is_success() {
+            entry_records(fhir, &touched.entry_patients, &bytes)
+        } else {
+            None
+        };
+        // Writes that happened (a refused one changed nothing, and carries nothing past).
+        let batch_writes = entries
+            .as_ref()
+            .is_some_and(|entries| entries.iter().any(wrote));
+        // One AuditEvent per patient (per entry, in a batch): an answer about more than the
+        // bound would cost the spool more than any one request may. Refused, and recorded as
+        // one event.
+        let events = match &entries {
+            Some(entries) => entries
+                .iter()
+                .filter(|e| !wrote(e))
+                .map(|e| e.patients.len())
+                .sum(),
+            None => audited_patients.as_ref().map_or(0, Vec::len),
+        };
+        let mut over = !is_write && events > self.audit_bound;
+        // The mass-lookup guard: what was read counts and may be refused; what was written
+        // counts, never refused.
+        if let (Some(guard), Some(professional)) = (&self.mass_lookup, &exchange.professional) {
+            match &entries {
+                Some(records) if batch_writes => {
+                    let (written, read) = patients_by_kind(records);
+                    guard.admit(professional, &written, false).await;
+                    over |=
+                        !over && guard.admit(professional, &read, true).await == Admission::Refused;
+                }
+                _ => {
+                    if let Some(patients) = audited_patients.as_ref()
+                        && !over
+                        && guard.admit(professional, patients, !is_write).await
+                            == Admission::Refused
+                    {
+                        return Err(self.deny(
+                            DenyReason::TooManyPatients,
+                            record_handle.as_ref(),
+                            Some(patients),
+                        ));
+                    }
+                }
             }
-            return Err(self.deny(DenyReason::TooManyPatients, record_handle.as_ref(), None));
         }
-        if let (Some(guard), Some(professional), Some(patients)) = (
-            &self.mass_lookup,
-            &exchange.professional,
-            audited_patients.as_ref(),
-        ) && guard.admit(professional, patients, !writes).await == Admission::Refused
-        {
-            return Err(self.deny(
-                DenyReason::TooManyPatients,
-                record_handle.as_ref(),
-                Some(patients),
-            ));
+        if over {
+            if batch_writes {
+                // The writes stand; every read entry's answer is withheld.
+                bytes = reads_withheld(&bytes, fhir)?;
+                crate::layers::authorize::count_refusal(&self.metrics, DenyReason::TooManyPatients);
+                entries = entry_records(fhir, &touched.entry_patients, &bytes);
+                audited_patients = Some(patients_in_answer(&serde_json::from_slice(&bytes)?));
+            } else {
+                if let Some(record_handle) = &record_handle {
+                    record_handle.fields().patients.clear();
+                }
+                return Err(self.deny(DenyReason::TooManyPatients, record_handle.as_ref(), None));
+            }
         }
         // What leaves is what is audited: after filtering, merging and withholding.
         if let (Some(patients), Some(record_handle)) = (audited_patients, &record_handle) {
             record_handle.fields().patients = patients;
         }
-        if batch.is_some() && status.is_success() {
-            record_entries(
-                record_handle.as_ref(),
-                fhir,
-                &touched.entry_patients,
-                &bytes,
-            );
+        if let (Some(entries), Some(record_handle)) = (entries, &record_handle) {
+            record_handle.fields().entries = entries;
         }
         let bytes = if ndjson {
             export::bundle_as_ndjson(&bytes)?
@@ -619,3 +652,48 @@ fn counts_hidden(mut bytes: Bytes, fhir: &FhirRequest, strip_total: bool, consen
 
 #[cfg(test)]
 mod tests;
+
+/// Whether a batch entry is a write that happened.
+fn wrote(entry: &crate::context::EntryRecord) -> bool {
+    entry.request.interaction().is_write() && (200..300).contains(&entry.status)
+}
+
+/// The patients of a batch's writes that happened and of its other entries.
+fn patients_by_kind(entries: &[crate::context::EntryRecord]) -> (Vec<String>, Vec<String>) {
+    let (mut written, mut read) = (Vec::new(), Vec::new());
+    for entry in entries {
+        let into = if wrote(entry) {
+            &mut written
+        } else {
+            &mut read
+        };
+        into.extend(entry.patients.iter().cloned());
+    }
+    for list in [&mut written, &mut read] {
+        list.sort_unstable();
+        list.dedup();
+    }
+    (written, read)
+}
+
+/// A batch or transaction answer with every read entry's answer replaced by the refusal
+/// `too-many-patients`; the write entries' answers as they were.
+fn reads_withheld(bytes: &[u8], fhir: &FhirRequest) -> Result<Bytes, BoxError> {
+    let Some(RequestBody::Bundle { entries, .. }) = fhir.body() else {
+        return Ok(Bytes::copy_from_slice(bytes));
+    };
+    let mut answer: serde_json::Value = serde_json::from_slice(bytes)?;
+    let refused =
+        bundle::outcome_entry(&crate::outcome::denied_outcome(DenyReason::TooManyPatients));
+    if let Some(answered) = answer
+        .get_mut("entry")
+        .and_then(serde_json::Value::as_array_mut)
+    {
+        for (entry, request) in answered.iter_mut().zip(entries) {
+            if !request.interaction().is_write() {
+                *entry = refused.clone();
+            }
+        }
+    }
+    Ok(Bytes::from(serde_json::to_vec(&answer)?))
+}

@@ -189,3 +189,87 @@ async fn flagging_lets_the_access_through_and_counts_it() {
         "{metrics}"
     );
 }
+
+/// A write entry in a batch does not carry the read entries past the guard: the write stands
+/// (it has happened), the reads over the threshold are withheld entry by entry.
+#[tokio::test]
+async fn a_write_in_a_batch_does_not_carry_its_reads_past_the_guard() {
+    use crate::support::{MARKER_SYSTEM, marked, send_batch};
+    let gateway = guarded(2, "refuse", None);
+    let token = gateway.token(json!({ "scope": "user/*.cruds", "role": "7170",
+        "authorization_id": "CD456", "name": "Læge" }));
+    let marker = uuid::Uuid::new_v4().to_string();
+    let batch = json!({ "resourceType": "Bundle", "type": "batch", "entry": [
+        { "request": { "method": "POST", "url": "Observation" },
+          "resource": { "resourceType": "Observation", "status": "final", "code": { "text": marker },
+                        "identifier": [{ "system": MARKER_SYSTEM, "value": marker }],
+                        "subject": { "reference": "Patient/pat-anne" } } },
+        // Names nobody: the patients come with the answer, more than the threshold.
+        { "request": { "method": "GET", "url": "Patient?_count=3" } },
+    ]});
+    let answer = send_batch(&gateway.client(), &token, batch).await;
+    let entries = answer.json()["entry"].as_array().unwrap().clone();
+    assert!(
+        entries[0]["response"]["status"]
+            .as_str()
+            .unwrap()
+            .starts_with("201"),
+        "{}",
+        answer.text()
+    );
+    for read in &entries[1..] {
+        assert!(
+            read["response"]["status"]
+                .as_str()
+                .unwrap()
+                .starts_with("403"),
+            "{read}"
+        );
+        assert!(read.get("resource").is_none(), "{read}");
+        assert!(read.to_string().contains("too-many-patients"), "{read}");
+    }
+    assert_eq!(marked("Observation", &marker).await.len(), 1);
+}
+
+/// What a batch costs the audit trail is one event per patient per entry: the same patients
+/// read by several entries count again.
+#[tokio::test]
+async fn a_batch_is_bounded_by_the_events_its_entries_cost() {
+    use crate::support::request;
+    let gateway = Gateway::start_with(Options {
+        audit_extra: "max_patients_per_request = 3\n".into(),
+        ..Options::default()
+    });
+    let token = gateway.token(json!({ "scope": "user/*.rs" }));
+    let twice = |count: usize| {
+        json!({ "resourceType": "Bundle", "type": "batch", "entry": (0..count).map(|_| json!(
+            { "request": { "method": "GET", "url": "Patient?_count=2" } })).collect::<Vec<_>>() })
+    };
+    let client = gateway.client();
+    let one = client
+        .send(request(
+            http::Method::POST,
+            "/fhir",
+            Some(&token),
+            Some(twice(1)),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(one.status, 200, "{}", one.text());
+    // The same two patients twice: four events.
+    let two = client
+        .send(request(
+            http::Method::POST,
+            "/fhir",
+            Some(&token),
+            Some(twice(2)),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        (two.status.as_u16(), two.detail_code()),
+        (403, "too-many-patients".to_owned()),
+        "{}",
+        two.text()
+    );
+}
