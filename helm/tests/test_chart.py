@@ -84,7 +84,7 @@ RELEASE = "portvagt"
 # The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest with schemas.
 KUBE_VERSIONS = ["1.29.0", kubernetes_validate.utils.latest_version()]
 # Custom resources: no schema in kubernetes-validate, so they are checked by their fields below.
-CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
 CONFIG_PATH = "/etc/portvagt/portvagt.toml"
 SPOOL_DIR = "/var/lib/portvagt/audit"
 # The audit seal key's folder (auditSealKey's Secret) and the files `[audit] seal_key` and
@@ -182,6 +182,7 @@ VARIANTS: dict[str, dict] = {
             "tracing": {"trust_incoming": True, "otlp_endpoint": "http://otel-collector.observability:4318/v1/traces",
                         "service_name": "portvagt-regions", "sample_ratio": 0.25},
             "audit": {"failure_mode": "open", "segment_bytes": 1048576, "seal_every": "30s",
+                      "max_patients_per_request": 250, "min_free_bytes": 1073741824,
                       "ship": {"url": "https://audit.example.dk/fhir", "batch_size": 50,
                                "ca_file": "/etc/portvagt/sor-ca/ca.crt",
                                "tlsSecret": {"existingSecret": "audit-mtls", "certKey": "client.crt",
@@ -218,6 +219,14 @@ VARIANTS: dict[str, dict] = {
                                          "resource_types": ["Patient"], "interactions": ["read"]}]},
         "extraVolumes": [{"name": "sor-ca", "configMap": {"name": "sor-ca"}}],
         "extraVolumeMounts": [{"name": "sor-ca", "mountPath": "/etc/portvagt/sor-ca", "readOnly": True}],
+        # The audit alerts with every threshold, window and label set away from the defaults, and
+        # the series chosen by a selector of its own (scraped without the ServiceMonitor).
+        "prometheusRule": {"enabled": True, "labels": {"prometheus": "regions"},
+                           "alertLabels": {"team": "regions", "tier": "1"},
+                           "selector": 'namespace="portvagt", app_kubernetes_io_instance="portvagt"',
+                           "spoolLow": {"freeRatio": 0.3, "for": "15m"},
+                           "spoolCritical": {"freeRatio": 0.1, "minFreeFactor": 1.5, "for": "2m"},
+                           "recordsLost": {"window": "10m"}},
         "networkPolicy": {"egress": {"upstreams": {"enabled": True, "to": [], "ports": [{"port": 443, "protocol": "TCP"}]},
                                      "audit": {"enabled": True, "to": [], "ports": [{"port": 443, "protocol": "TCP"}]},
                                      "relationship": {"enabled": True, "to": [{"ipBlock": {"cidr": "10.50.0.0/24"}}],
@@ -228,13 +237,15 @@ VARIANTS: dict[str, dict] = {
         "replicaCount": 1,
         "auditSpool": {"type": "existingClaim", "existingClaim": "portvagt-audit"},
         "config": {"audit": {"observer": "portvagt-main"}},
+        "prometheusRule": {"enabled": True},
     },
     # No audit trail: a seal key Secret (and its JWK Set) named all the same is neither mounted nor
-    # written. The mass-lookup guard with its defaults, counted by each of the two replicas alone:
+    # written, and the audit alerts switched on all the same are not rendered (nothing to watch). The mass-lookup guard with its defaults, counted by each of the two replicas alone:
     # Redis' URL, user, password Secret and CA named all the same are neither mounted nor written.
     "audit-off": {
         "config": {"audit": {"enabled": False}, "mass_lookup": {"enabled": True}},
         "auditSealKey": {"existingSecret": "audit-seal", "trustedJwksKey": "trusted-jwks.json"},
+        "prometheusRule": {"enabled": True},
         "redis": {"url": "rediss://redis:6380/0", "auth": {"username": "portvagt", "existingSecret": "redis-auth"},
                   "tls": {"ca": {"existingConfigMap": "redis-ca"}}},
     },
@@ -397,6 +408,18 @@ def check_values_schema(chart: helm.Chart, defaults: dict) -> None:
         "a trusted seal keys Secret key that cannot be a file name": {
             "auditSealKey": {"existingSecret": "s", "trustedJwksKey": "../jwks.json"}},
         "a seal interval that is not a duration": {"config": {"audit": {"seal_every": 10}}},
+        "at most 0 patients per request": {"config": {"audit": {"max_patients_per_request": 0}}},
+        "a spool headroom of 0 bytes": {"config": {"audit": {"min_free_bytes": 0}}},
+        "a spool headroom given as a size string": {"config": {"audit": {"min_free_bytes": "256Mi"}}},
+        "a spool alert share above 1": {"prometheusRule": {"spoolLow": {"freeRatio": 20}}},
+        "a spool alert share of 0": {"prometheusRule": {"spoolCritical": {"freeRatio": 0}}},
+        "a headroom factor below 1 (the alert after /readyz fails)": {
+            "prometheusRule": {"spoolCritical": {"minFreeFactor": 0.5}}},
+        "an alert duration Prometheus cannot read": {"prometheusRule": {"spoolLow": {"for": "5 m"}}},
+        "an alert duration with its units out of order": {"prometheusRule": {"spoolCritical": {"for": "30s1m"}}},
+        "an alert label that overrides the severity": {"prometheusRule": {"alertLabels": {"severity": "info"}}},
+        "an alert selector with braces": {"prometheusRule": {"selector": '{job="portvagt"}'}},
+        "a misspelt alert setting": {"prometheusRule": {"recordsLost": {"windows": "5m"}}},
         "the relationship check switched on without roles": {"config": {"relationship": {"enabled": True}}},
         "an empty role": {"config": {"relationship": {"enabled": True, "roles": ["7170", ""]}}},
         "a relationship source that is neither fhir nor http": {
@@ -618,7 +641,7 @@ def check_gateway_coverage(gateway: dict) -> None:
 
 # Maps whose keys are data passed through to Kubernetes (or free-form names), not chart settings:
 # the comment on the map itself documents them.
-FREE_FORM = {"annotations", "labels", "podAnnotations", "podLabels", "nodeSelector", "matchLabels",
+FREE_FORM = {"annotations", "labels", "alertLabels", "podAnnotations", "podLabels", "nodeSelector", "matchLabels",
              "affinity", "behavior", "resources"}
 
 
@@ -1234,12 +1257,147 @@ def check_resources(name: str, docs: list[dict], values: dict) -> None:
         REPORT.check(f"{name}: ServiceMonitor scrapes /metrics on the admin Service", ok)
     else:
         REPORT.check(f"{name}: no ServiceMonitor", not monitors)
+    check_prometheus_rule(name, docs, values)
     dashboards = find(docs, "ConfigMap", "-dashboard")
     if values["dashboards"]["enabled"]:
         ok = len(dashboards) == 1 and json.loads(dashboards[0]["data"]["portvagt.json"])["uid"] == "portvagt-gateway"
         REPORT.check(f"{name}: the Grafana dashboard ConfigMap carries the dashboard", ok)
     else:
         REPORT.check(f"{name}: no dashboard ConfigMap", not dashboards)
+
+
+# The fields of a PrometheusRule (monitoring.coreos.com/v1) the chart uses, as the Prometheus
+# Operator's CRD describes them, strict: kubernetes-validate has no schema for it.
+PROMETHEUS_DURATION = "^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"
+STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+PROMETHEUS_RULE_SCHEMA = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "additionalProperties": False,
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "PrometheusRule"},
+        "metadata": {"type": "object", "required": ["name", "namespace"],
+                     "properties": {"name": {"type": "string"}, "namespace": {"type": "string"},
+                                    "labels": STRING_MAP, "annotations": STRING_MAP},
+                     "additionalProperties": False},
+        "spec": {"type": "object", "additionalProperties": False, "properties": {"groups": {
+            "type": "array", "minItems": 1, "items": {
+                "type": "object", "required": ["name", "rules"], "additionalProperties": False,
+                "properties": {
+                    "name": {"type": "string", "minLength": 1},
+                    "interval": {"type": "string", "pattern": PROMETHEUS_DURATION},
+                    "rules": {"type": "array", "minItems": 1, "items": {
+                        "type": "object", "required": ["expr"], "additionalProperties": False,
+                        "oneOf": [{"required": ["alert"]}, {"required": ["record"]}],
+                        "properties": {
+                            "alert": {"type": "string", "pattern": "^[a-zA-Z_][a-zA-Z0-9_]*$"},
+                            "record": {"type": "string"},
+                            "expr": {"type": ["string", "integer"]},
+                            "for": {"type": "string", "pattern": PROMETHEUS_DURATION},
+                            "keep_firing_for": {"type": "string", "pattern": PROMETHEUS_DURATION},
+                            "labels": STRING_MAP,
+                            "annotations": STRING_MAP}}}}}}}},
+    },
+}
+# The alerts the chart must ship: (severity, the `prometheusRule` table with its `for`).
+AUDIT_ALERTS = {"PortvagtAuditSpoolLow": ("warning", "spoolLow"),
+                "PortvagtAuditSpoolCritical": ("critical", "spoolCritical"),
+                "PortvagtAuditRecordsLost": ("critical", None)}
+
+
+def metrics_in(texts: list[str]) -> set[str]:
+    """The gateway metrics PromQL expressions (or prose) name, histogram series folded into their
+    histogram."""
+    return {re.sub(r"_(bucket|sum|count)$", "", m) for t in texts for m in re.findall(r"portvagt_[a-z0-9_]+", t)}
+
+
+def check_prometheus_rule(name: str, docs: list[dict], values: dict) -> None:
+    """The audit alerts: rendered exactly when switched on with the audit trail; the CRD's fields;
+    every expression naming only the gateway's metrics, each scoped by the selector, with the
+    thresholds and windows from the values; the annotations saying what to do."""
+    rule = values["prometheusRule"]
+    found = find(docs, "PrometheusRule")
+    if not (rule["enabled"] and values["config"]["audit"]["enabled"]):
+        why = "switched off" if not rule["enabled"] else "switched on, but the audit trail is off"
+        REPORT.check(f"{name}: no PrometheusRule ({why})", not found, str([d["metadata"]["name"] for d in found]))
+        return
+    if not REPORT.check(f"{name}: one PrometheusRule", len(found) == 1, str(len(found))):
+        return
+    doc = manifest(found[0])
+    errors = [f"{'/'.join(map(str, e.path))}: {e.message}"
+              for e in jsonschema.Draft7Validator(PROMETHEUS_RULE_SCHEMA).iter_errors(doc)]
+    REPORT.check(f"{name}: the PrometheusRule has only the CRD's fields, durations as Prometheus reads them",
+                 not errors, "; ".join(errors[:5]))
+    if errors:
+        return
+    labels = doc["metadata"].get("labels", {})
+    REPORT.check(f"{name}: the PrometheusRule carries prometheusRule.labels {rule['labels']}",
+                 all(labels.get(k) == v for k, v in rule["labels"].items()), str(labels))
+    alerts = {r["alert"]: r for g in doc["spec"]["groups"] for r in g["rules"] if "alert" in r}
+    REPORT.check(f"{name}: the PrometheusRule has the alerts {', '.join(AUDIT_ALERTS)}",
+                 set(AUDIT_ALERTS) <= set(alerts), str(sorted(alerts)))
+
+    exprs = [str(r["expr"]) for g in doc["spec"]["groups"] for r in g["rules"]]
+    used, known = metrics_in(exprs), gateway_source.metric_names(REPO)
+    REPORT.check(f"{name}: the PrometheusRule's {len(exprs)} expressions use {len(used)} metrics, all of them the gateway's",
+                 bool(exprs) and used <= known, str(sorted(used - known)))
+    prose = [a for r in alerts.values() for a in r.get("annotations", {}).values()]
+    named = metrics_in(prose)
+    REPORT.check(f"{name}: the alerts' annotations name {len(named)} metrics, all of them the gateway's",
+                 named <= known, str(sorted(named - known)))
+    selector = rule["selector"] or f'namespace="{NAMESPACE}", job="{RELEASE}-admin"'
+    unscoped = [m.group(0) for e in exprs for m in re.finditer(r"portvagt_[a-z0-9_]+(\{[^}]*\})?", e)
+                if m.group(1) != "{" + selector + "}"]
+    REPORT.check(f"{name}: every series in the alerts is chosen by {{{selector}}}", not unscoped, str(unscoped))
+
+    def thresholds(expr: str) -> list[float]:
+        return sorted(float(n) for n in re.findall(r"[<>]=?\s*(-?[0-9][0-9.e+\-]*)", expr))
+
+    min_free = values["config"]["audit"]["min_free_bytes"]
+    low, critical = rule["spoolLow"], rule["spoolCritical"]
+    wanted = {
+        "PortvagtAuditSpoolLow": ({"portvagt_audit_spool_free_bytes", "portvagt_audit_spool_capacity_bytes"},
+                                  [low["freeRatio"]]),
+        "PortvagtAuditSpoolCritical": ({"portvagt_audit_spool_free_bytes", "portvagt_audit_spool_capacity_bytes"},
+                                       sorted([0, critical["freeRatio"], int(round(min_free * critical["minFreeFactor"]))])),
+        "PortvagtAuditRecordsLost": ({"portvagt_audit_records_lost_total"}, [0]),
+    }
+    for alert, (severity, table) in AUDIT_ALERTS.items():
+        r = alerts.get(alert)
+        if r is None:
+            continue
+        expr = str(r["expr"])
+        metrics, numbers = wanted[alert]
+        for_ = rule[table]["for"] if table else None
+        problems = []
+        if metrics_in([expr]) != metrics:
+            problems.append(f"metrics {sorted(metrics_in([expr]))}, wants {sorted(metrics)}")
+        if thresholds(expr) != [float(n) for n in numbers]:
+            problems.append(f"thresholds {thresholds(expr)}, wants {numbers}")
+        if r.get("for") != for_:
+            problems.append(f"for {r.get('for')}, wants {for_}")
+        if alert == "PortvagtAuditRecordsLost" and \
+                f"increase(portvagt_audit_records_lost_total{{{selector}}}[{rule['recordsLost']['window']}])" not in expr:
+            problems.append(f"not an increase over recordsLost.window {rule['recordsLost']['window']}")
+        if r.get("labels") != {"severity": severity, **rule["alertLabels"]}:
+            problems.append(f"labels {r.get('labels')}")
+        REPORT.check(f"{name}: {alert} ({severity}"
+                     + (f", for {for_}" if for_ else "") + f") over {', '.join(sorted(metrics))} at "
+                     f"{', '.join(str(n) for n in numbers)}, from the values", not problems, "; ".join(problems))
+
+        annotations = r.get("annotations", {})
+        description = annotations.get("description", "")
+        claim = {"persistentVolumeClaim": "PersistentVolumeClaim audit-spool-{{ $labels.pod }}",
+                 "existingClaim": f"PersistentVolumeClaim {values['auditSpool']['existingClaim']}",
+                 "emptyDir": "auditSpool.type to persistentVolumeClaim"}[values["auditSpool"]["type"]]
+        problems = [f"no {k}" for k in ("summary", "description") if len(annotations.get(k, "")) < 20]
+        problems += [] if "{{ $labels.pod }}" in annotations.get("summary", "") else ["the summary names no pod"]
+        problems += [] if any(m.startswith("portvagt_audit_ship_") for m in metrics_in([description])) \
+            else ["the description names no portvagt_audit_ship_* metric to check"]
+        problems += [] if claim in description else [f"the description does not say how to grow the volume ({claim})"]
+        REPORT.check(f"{name}: {alert} says what to do: check the shipper's metrics, grow the volume ({claim})",
+                     not problems, "; ".join(problems))
 
 
 def check_notes(name: str, notes: str, values: dict) -> None:
@@ -1379,12 +1537,23 @@ def check_dashboard() -> None:
     REPORT.section("Grafana dashboard")
     dashboard = json.loads((CHART / "dashboards" / "portvagt.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
-    used = {re.sub(r"_(bucket|sum|count)$", "", m) for e in exprs for m in re.findall(r"portvagt_[a-z0-9_]+", e)}
+    used = metrics_in(exprs)
     known = gateway_source.metric_names(REPO)
     REPORT.check(f"the dashboard's {len(exprs)} queries use {len(used)} metrics, all of them the gateway's",
                  bool(exprs) and used <= known, str(sorted(used - known)))
     positions = [(p["gridPos"]["x"], p["gridPos"]["y"]) for p in dashboard["panels"]]
     REPORT.check("no two panels share a place", len(positions) == len(set(positions)))
+    boxes = [(p.get("title"), p["gridPos"]) for p in dashboard["panels"]]
+    overlapping = [f"{a} / {b}" for i, (a, g) in enumerate(boxes) for b, h in boxes[i + 1:]
+                   if g["x"] < h["x"] + h["w"] and h["x"] < g["x"] + g["w"]
+                   and g["y"] < h["y"] + h["h"] and h["y"] < g["y"] + g["h"]]
+    REPORT.check("no two panels overlap, none is wider than the 24 columns",
+                 not overlapping and all(g["x"] + g["w"] <= 24 for _, g in boxes), "; ".join(overlapping))
+    ids = [p.get("id") for p in dashboard["panels"]]
+    REPORT.check("every panel has an id of its own", None not in ids and len(ids) == len(set(ids)))
+    spool = [p["title"] for p in dashboard["panels"]
+             if any("portvagt_audit_spool_free_bytes" in t["expr"] for t in p.get("targets", []))]
+    REPORT.check(f"the dashboard shows the audit spool's free space ({', '.join(spool)})", bool(spool))
 
 
 def main() -> int:
