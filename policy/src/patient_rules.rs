@@ -82,9 +82,18 @@ pub(crate) fn check(
                 ..checked
             }),
             Some(t) if is_compartment_type(t) => {
-                add_params.extend(pin(request, t, patient)?);
+                let pinned = pin(request, t, patient)?;
+                // Pinned by what only names her (performer): matches about others count in
+                // the backend's total, and the check takes them out of the entries only.
+                let hide_total = pinned.is_empty()
+                    && t != "Patient"
+                    && !request.params().iter().any(|(name, _)| {
+                        matches!(name.split(':').next(), Some("patient" | "subject"))
+                    });
+                add_params.extend(pinned);
                 Ok(Obligations {
                     add_params,
+                    hide_total,
                     ..checked
                 })
             }
@@ -98,12 +107,15 @@ pub(crate) fn check(
             {
                 // The compartment holds what merely names her (a performer): a count of it
                 // is pinned to what is about her, as a search of the type would be.
-                if crate::consent::count_only(request) {
+                let count = crate::consent::count_only(request);
+                if count {
                     let t = type_name.ok_or(DenyReason::CountNotPinned)?;
                     add_params.extend(pin(request, t, patient)?);
                 }
                 Ok(Obligations {
                     add_params,
+                    // Its matches include what only names her: their total is not hers.
+                    hide_total: !count,
                     ..checked
                 })
             }

@@ -353,4 +353,20 @@ fn a_patients_count_is_pinned_to_what_is_about_her() {
         about_her
     );
     assert!(add_params("Patient/pat-anne/Observation", "code=x").is_empty());
+    // Where the check takes out matches the backend counted, the total goes.
+    let hides = |path: &str, query: &str| {
+        let request = classify("GET", path, Some(query)).unwrap();
+        match decide_as("patient/*.rs", Some("pat-anne"), &request) {
+            Decision::Allow { obligations, .. } => obligations.hide_total,
+            deny => panic!("{path}?{query}: {deny:?}"),
+        }
+    };
+    assert!(hides("Observation", "performer=Patient/pat-anne"));
+    assert!(hides("Patient/pat-anne/Observation", "code=x"));
+    assert!(!hides("Observation", "subject=Patient/pat-anne"));
+    assert!(!hides("Observation", "code=x"));
+    assert!(!hides(
+        "Observation",
+        "performer=Patient/pat-anne&_summary=count"
+    ));
 }

@@ -168,7 +168,9 @@ impl Auditor {
         let events: Vec<Vec<u8>> = all
             .iter()
             .flat_map(|facts| {
-                if facts.patients.len() > self.max_patients {
+                // Only a refusal is cut down: what left is recorded whole (an export's file,
+                // whose patients the bound does not limit, is one per patient too).
+                if facts.patients.len() > self.max_patients && facts.status >= 400 {
                     tracing::warn!(
                         patients = facts.patients.len(),
                         bound = self.max_patients,

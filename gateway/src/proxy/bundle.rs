@@ -20,6 +20,13 @@ pub(crate) struct BatchPlan {
 }
 
 impl BatchPlan {
+    /// Per client entry: whether it was forwarded under a patient's compartment.
+    pub(crate) fn under_compartment(&self) -> impl Iterator<Item = bool> + '_ {
+        self.entries
+            .iter()
+            .map(|entry| entry.as_ref().is_some_and(|o| o.compartment.is_some()))
+    }
+
     /// Whether any entry goes to the backend.
     pub(crate) fn forwards_anything(&self) -> bool {
         self.entries.iter().any(Option::is_some)

@@ -11,6 +11,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use http_body_util::BodyExt as _;
 use portvagt_policy::consent::{Duties, count_only, shape_refusal};
 use portvagt_policy::operations::Kind;
+use portvagt_policy::request::RequestBody;
 use portvagt_policy::{Decision, DenyReason, FhirRequest, Interaction, Obligations, Reach};
 
 use super::bundle::{self, BatchPlan};
@@ -264,6 +265,30 @@ impl Proxy {
             }
         }
         phase.end(false);
+        // What the request would cost the audit trail before its answer adds to it: one event
+        // per patient it names or writes (at least one per batch entry). Over the bound it is
+        // refused before anything is sent, so no write is ever too large to record whole.
+        if self.audited {
+            let events = if touched.entry_patients.is_empty() {
+                touched.patients.len()
+            } else {
+                touched
+                    .entry_patients
+                    .iter()
+                    .map(|patients| patients.len().max(1))
+                    .sum()
+            };
+            let entries = match fhir.body() {
+                Some(RequestBody::Bundle { entries, .. }) => entries.len(),
+                _ => 0,
+            };
+            if events.max(entries) > self.audit_bound {
+                if let Some(record_handle) = &record_handle {
+                    record_handle.fields().touched = None;
+                }
+                return Err(self.deny(DenyReason::TooManyPatients, record_handle.as_ref(), None));
+            }
+        }
         // The patients the request names or changes count against the mass-lookup threshold
         // before anything is sent (those its answer holds, after).
         if let (Some(guard), Some(professional)) = (&self.mass_lookup, &professional) {

@@ -207,6 +207,12 @@ impl Proxy {
                 }
                 Err(reason) => return Err(self.deny(reason, record_handle.as_ref(), None)),
             };
+            // A total that counts what the compartment check takes out goes.
+            if obligations.hide_total
+                && let Some(without) = portvagt_policy::filter::without_total(&bytes)
+            {
+                bytes = Bytes::from(without);
+            }
             // Where AuditEvents may be among the matches (a system search or history, an
             // operation), a total would count them on every page: it goes.
             if obligations.withhold_audit_events
@@ -273,7 +279,8 @@ impl Proxy {
                 .sum(),
             None => audited_patients.as_ref().map_or(0, Vec::len),
         };
-        let mut over = !is_write && events > self.audit_bound;
+        // An export's file is the way to many patients at once: recorded whole, not bounded.
+        let mut over = !is_write && !file && events > self.audit_bound;
         // The mass-lookup guard: what was read counts and may be refused; what was written
         // counts, never refused.
         if let (Some(guard), Some(professional)) = (&self.mass_lookup, &exchange.professional) {
@@ -585,17 +592,60 @@ fn merged_batch(
     mode: FilterMode,
 ) -> Result<Bytes, BoxError> {
     let merged = bundle::merge(Some(bytes), plan, mode)?;
-    if consent
-        && let Some(RequestBody::Bundle { entries, .. }) = fhir.body()
-        && let Ok(mut answer) = serde_json::from_slice::<serde_json::Value>(&merged)
+    let Some(RequestBody::Bundle { entries, .. }) = fhir.body() else {
+        return Ok(Bytes::from(merged));
+    };
+    // Under a patient's compartment, an entry asking for a resource by id is answered as a
+    // single request is: another patient's, a missing one and a deleted one alike.
+    let compartment: Vec<bool> = entries
+        .iter()
+        .zip(plan.under_compartment())
+        .map(|(entry, under)| {
+            under && answers_not_found(entry.acts_as()) && !entry.interaction().is_write()
+        })
+        .collect();
+    let applies: Vec<bool> = entries
+        .iter()
+        .zip(&compartment)
+        .map(|(entry, by_id)| *by_id || (consent && answers_not_found(entry.acts_as())))
+        .collect();
+    if !applies.contains(&true) {
+        return Ok(Bytes::from(merged));
+    }
+    let Ok(mut answer) = serde_json::from_slice::<serde_json::Value>(&merged) else {
+        return Ok(Bytes::from(merged));
+    };
+    let not_found = not_found_outcome();
+    let mut changed = false;
+    if let Some(answered) = answer
+        .get_mut("entry")
+        .and_then(serde_json::Value::as_array_mut)
     {
-        let applies: Vec<bool> = entries
-            .iter()
-            .map(|entry| answers_not_found(entry.acts_as()))
-            .collect();
-        if not_found_alike(&mut answer, &applies, &not_found_outcome()) {
-            return Ok(Bytes::from(serde_json::to_vec(&answer)?));
+        for ((entry, request), by_id) in answered.iter_mut().zip(entries).zip(&compartment) {
+            if !by_id {
+                continue;
+            }
+            let refused = entry
+                .pointer("/response/outcome/issue/0/details/coding/0/code")
+                .and_then(serde_json::Value::as_str)
+                == Some(DenyReason::OutsideCompartment.code());
+            // A history all taken out is the history of nothing.
+            let emptied_history = request.interaction() == Interaction::HistoryInstance
+                && entry.get("resource").is_some_and(|history| {
+                    history
+                        .get("entry")
+                        .and_then(serde_json::Value::as_array)
+                        .is_none_or(Vec::is_empty)
+                });
+            if refused || emptied_history {
+                *entry = bundle::outcome_entry(&crate::outcome::not_found());
+                changed = true;
+            }
         }
+    }
+    changed |= not_found_alike(&mut answer, &applies, &not_found);
+    if changed {
+        return Ok(Bytes::from(serde_json::to_vec(&answer)?));
     }
     Ok(Bytes::from(merged))
 }

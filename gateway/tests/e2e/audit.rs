@@ -1045,6 +1045,41 @@ async fn one_request_costs_the_spool_at_most_its_bound_and_readiness_watches_the
     let request_id = small.headers["x-request-id"].to_str().unwrap().to_owned();
     assert_eq!(gateway.audit_events_for(&request_id).len(), 2);
 
+    // Named in the request, or entries that each cost an event: refused before anything is
+    // sent, and recorded as one event.
+    let named = client
+        .get(
+            "/fhir/Observation?patient=pat-anne,pat-bo,pat-carla",
+            Some(&token),
+        )
+        .await
+        .unwrap();
+    let entries = client
+        .send(crate::support::request(
+            http::Method::POST,
+            "/fhir",
+            Some(&token),
+            Some(
+                json!({ "resourceType": "Bundle", "type": "batch", "entry": [
+                    { "request": { "method": "GET", "url": "Patient/no-such-1" } },
+                    { "request": { "method": "GET", "url": "Patient/no-such-2" } },
+                    { "request": { "method": "GET", "url": "Patient/no-such-3" } }
+                ]}),
+            ),
+        ))
+        .await
+        .unwrap();
+    for answer in [&named, &entries] {
+        assert_eq!(
+            (answer.status.as_u16(), answer.detail_code()),
+            (403, "too-many-patients".to_owned()),
+            "{}",
+            answer.text()
+        );
+        let request_id = answer.headers["x-request-id"].to_str().unwrap();
+        assert_eq!(gateway.audit_events_for(request_id).len(), 1);
+    }
+
     let metrics = client.get("/metrics", None).await.unwrap().text();
     let free = crate::support::metric_value(&metrics, "portvagt_audit_spool_free_bytes").unwrap();
     let capacity =

@@ -61,8 +61,9 @@ async fn a_batch_with_mixed_entries_answers_each_entry() {
         ["Patient/pat-anne"],
         "the search was narrowed to Anne"
     );
-    // Allowed as a read of a compartment type, then refused when the answer turned out to be Bo's.
-    assert_eq!(status(3), "403 Forbidden");
+    // Allowed as a read of a compartment type, then refused when the answer turned out to be
+    // Bo's: answered as a missing one, as a single read is.
+    assert_eq!(status(3), "404 Not Found");
     assert!(entries[3].get("resource").is_none());
     assert_eq!(status(4), "403 Forbidden");
     assert!(
@@ -605,6 +606,22 @@ async fn other_patients_missing_and_deleted_resources_look_alike() {
             );
         }
     }
+    // The same as batch entries: every one answered alike.
+    let batch = json!({ "resourceType": "Bundle", "type": "batch", "entry": [
+        { "request": { "method": "GET", "url": "Observation/obs-bo-weight" } },
+        { "request": { "method": "GET", "url": "Observation/no-such-observation" } },
+        { "request": { "method": "GET", "url": format!("Observation/{deleted}") } },
+        { "request": { "method": "GET", "url": "Observation/obs-bo-weight/_history" } },
+        { "request": { "method": "GET", "url": "Observation/no-such-observation/_history" } },
+        { "request": { "method": "GET", "url": "Observation/obs-bo-weight/_history/1" } },
+    ]});
+    let answer = send_batch(&client, &token, batch).await;
+    let entries = answer.json()["entry"].as_array().unwrap().clone();
+    assert_eq!(entries.len(), 6);
+    for entry in &entries {
+        assert_eq!(entry, &entries[0], "{}", answer.text());
+    }
+    assert_eq!(entries[0]["response"]["status"], "404 Not Found");
     let (status, still) = crate::support::backend_get("Observation/obs-bo-weight").await;
     assert_eq!(status, 200);
     assert_eq!(still["subject"]["reference"], "Patient/pat-bo");
