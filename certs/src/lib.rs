@@ -258,12 +258,7 @@ impl CertificateAuthority {
     /// An STS signing certificate (RSA 2048, as national STS certificates are) whose key signs
     /// SOSI ID cards and OIOSAML assertions ([`saml`]).
     pub fn issue_sts(&self, common_name: &str) -> anyhow::Result<IssuedCert> {
-        let mut params = leaf_params(365)?;
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CountryName, "DK");
-        dn.push(DnType::OrganizationName, "Portvagt Dev PKI");
-        dn.push(DnType::CommonName, common_name);
-        params.distinguished_name = dn;
+        let params = sts_params(common_name)?;
         let rsa = openssl::rsa::Rsa::generate(2048)?;
         let pem = openssl::pkey::PKey::from_rsa(rsa)?.private_key_to_pem_pkcs8()?;
         let key = KeyPair::from_pem(std::str::from_utf8(&pem)?)?;
@@ -277,13 +272,10 @@ impl CertificateAuthority {
         previous: &IssuedCert,
         common_name: &str,
     ) -> anyhow::Result<IssuedCert> {
-        let mut params = leaf_params(365)?;
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CountryName, "DK");
-        dn.push(DnType::OrganizationName, "Portvagt Dev PKI");
-        dn.push(DnType::CommonName, common_name);
-        params.distinguished_name = dn;
-        self.sign_with(params, KeyPair::from_pem(&previous.key_pem)?)
+        self.sign_with(
+            sts_params(common_name)?,
+            KeyPair::from_pem(&previous.key_pem)?,
+        )
     }
 
     fn sign(&self, params: CertificateParams) -> anyhow::Result<IssuedCert> {
@@ -301,6 +293,17 @@ impl CertificateAuthority {
             serial,
         })
     }
+}
+
+/// An STS signing certificate's parameters: the dev PKI's organisation, `common_name`.
+fn sts_params(common_name: &str) -> anyhow::Result<CertificateParams> {
+    let mut params = leaf_params(365)?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CountryName, "DK");
+    dn.push(DnType::OrganizationName, "Portvagt Dev PKI");
+    dn.push(DnType::CommonName, common_name);
+    params.distinguished_name = dn;
+    Ok(params)
 }
 
 fn leaf_params(days: i64) -> anyhow::Result<CertificateParams> {

@@ -71,7 +71,13 @@ pub struct Audiences {
 impl Audiences {
     /// Whether a token naming `auds` is for this listener.
     pub fn admit(&self, auds: &[String]) -> bool {
-        let names = |set: &[String]| auds.iter().any(|aud| set.contains(&normal(aud)));
+        // Compared in place: nothing allocated per request.
+        let names = |set: &[String]| {
+            auds.iter().any(|aud| {
+                let aud = aud.trim_end_matches('/');
+                set.iter().any(|known| known.eq_ignore_ascii_case(aud))
+            })
+        };
         names(&self.accepted) && !names(&self.foreign)
     }
 }

@@ -620,33 +620,14 @@ pub(crate) struct Redis {
 
 impl Redis {
     pub(crate) fn start() -> Redis {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server (Debian package redis-server) must be installed; `make test` installs it");
-        // Owned from here on, so it is stopped however the wait below ends.
-        let redis = Redis {
-            child,
-            url: format!("redis://127.0.0.1:{port}/0"),
-        };
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return redis;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("redis-server did not start listening");
+        Self::spawn(|port| {
+            (
+                vec!["--port".into(), port.to_string()],
+                format!("redis://127.0.0.1:{port}/0"),
+            )
+        })
     }
-}
 
-impl Redis {
     /// A Redis that speaks TLS only (its certificate from `pki`'s CA) and lets in only the
     /// ACL user `portvagt` with `password`; the default user is off.
     pub(crate) fn start_secure(pki: &DevPki, password: &str) -> (Redis, tempfile::TempDir) {
@@ -655,31 +636,60 @@ impl Redis {
         std::fs::write(dir.path().join("redis.crt"), &server.cert_pem).unwrap();
         std::fs::write(dir.path().join("redis.key"), &server.key_pem).unwrap();
         std::fs::write(dir.path().join("ca.crt"), &pki.ca.certificate().cert_pem).unwrap();
+        let file = |name: &str| dir.path().join(name).display().to_string();
+        let redis = Self::spawn(|port| {
+            let args = [
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--tls-cert-file",
+                &file("redis.crt"),
+                "--tls-key-file",
+                &file("redis.key"),
+                "--tls-ca-cert-file",
+                &file("ca.crt"),
+                "--tls-auth-clients",
+                "no",
+                "--user",
+                "default",
+                "off",
+                "--user",
+                "portvagt",
+                "on",
+                &format!(">{password}"),
+                "~*",
+                "&*",
+                "+@all",
+            ];
+            (
+                args.iter().map(|arg| (*arg).to_owned()).collect(),
+                format!("rediss://portvagt@127.0.0.1:{port}/0"),
+            )
+        });
+        (redis, dir)
+    }
+
+    /// Starts redis-server on a free loopback port with the arguments (and answers the URL)
+    /// `setup` makes for it, and waits until it listens.
+    fn spawn(setup: impl FnOnce(u16) -> (Vec<String>, String)) -> Redis {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let file = |name: &str| dir.path().join(name).display().to_string();
+        let (args, url) = setup(port);
         let child = Command::new("redis-server")
-            .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--tls-cert-file", &file("redis.crt")])
-            .args(["--tls-key-file", &file("redis.key")])
-            .args(["--tls-ca-cert-file", &file("ca.crt")])
-            .args(["--tls-auth-clients", "no"])
-            .args(["--user", "default", "off"])
-            .args(["--user", "portvagt", "on", &format!(">{password}"), "~*", "&*", "+@all"])
-            .args(["--save", "", "--appendonly", "no"])
+            .args(&args)
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server (Debian package redis-server) must be installed; `make test` installs it");
-        let redis = Redis {
-            child,
-            url: format!("rediss://portvagt@127.0.0.1:{port}/0"),
-        };
+        // Owned from here on, so it is stopped however the wait below ends.
+        let redis = Redis { child, url };
         for _ in 0..100 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return (redis, dir);
+                return redis;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
