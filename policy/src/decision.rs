@@ -423,6 +423,21 @@ fn decide_bundle(
     {
         return Decision::Deny { reason };
     }
+    // A transaction fails whole on an entry's 404 or 410, where a batch answers each entry:
+    // under a patient's scope a read by id in a transaction would tell another patient's
+    // resource (refused by the gateway, the rest committed) from a missing one. Refused
+    // whatever the id; a batch reads by id as a single request does.
+    if *kind == BundleKind::Transaction
+        && entries.iter().zip(&decisions).any(|(entry, decision)| {
+            matches!(decision, Decision::Allow { obligations, .. } if obligations.compartment.is_some())
+                && crate::consent::answers_not_found(entry.acts_as())
+                && !entry.interaction().is_write()
+        })
+    {
+        return Decision::Deny {
+            reason: DenyReason::OutsideCompartment,
+        };
+    }
     Decision::Allow {
         granted_by: String::new(),
         obligations: Obligations {

@@ -87,8 +87,13 @@ pub(crate) fn check(
                 // the backend's total, and the check takes them out of the entries only.
                 let hide_total = pinned.is_empty()
                     && t != "Patient"
-                    && !request.params().iter().any(|(name, _)| {
-                        matches!(name.split(':').next(), Some("patient" | "subject"))
+                    && !request.params().iter().any(|(name, value)| {
+                        let (base, modifier) = name
+                            .split_once(':')
+                            .map_or((name.as_str(), None), |(b, m)| (b, Some(m)));
+                        matches!(base, "patient" | "subject")
+                            && modifier.is_none_or(|m| m == "Patient")
+                            && (value == patient || value.strip_prefix("Patient/") == Some(patient))
                     });
                 add_params.extend(pinned);
                 Ok(Obligations {

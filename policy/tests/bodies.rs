@@ -362,6 +362,12 @@ fn a_patients_count_is_pinned_to_what_is_about_her() {
         }
     };
     assert!(hides("Observation", "performer=Patient/pat-anne"));
+    // A parameter's name alone pins nothing.
+    assert!(hides("Observation", "performer=Patient/pat-anne&subject="));
+    assert!(hides(
+        "Observation",
+        "performer=Patient/pat-anne&subject:Group=g1"
+    ));
     assert!(hides("Patient/pat-anne/Observation", "code=x"));
     assert!(!hides("Observation", "subject=Patient/pat-anne"));
     assert!(!hides("Observation", "code=x"));

@@ -283,7 +283,11 @@ impl Proxy {
                 _ => 0,
             };
             if events.max(entries) > self.audit_bound {
-                if let Some(record_handle) = &record_handle {
+                // Named within the bound, they learn of the attempt (one event each); beyond
+                // it, the refusal is one event naming nobody.
+                if let Some(record_handle) = &record_handle
+                    && touched.patients.len() > self.audit_bound
+                {
                     record_handle.fields().touched = None;
                 }
                 return Err(self.deny(DenyReason::TooManyPatients, record_handle.as_ref(), None));

@@ -614,14 +614,59 @@ async fn other_patients_missing_and_deleted_resources_look_alike() {
         { "request": { "method": "GET", "url": "Observation/obs-bo-weight/_history" } },
         { "request": { "method": "GET", "url": "Observation/no-such-observation/_history" } },
         { "request": { "method": "GET", "url": "Observation/obs-bo-weight/_history/1" } },
+        // A HEAD entry is read as the GET it is, and answered alike too.
+        { "request": { "method": "HEAD", "url": "Observation/obs-bo-weight" } },
+        { "request": { "method": "HEAD", "url": "Observation/no-such-observation" } },
     ]});
     let answer = send_batch(&client, &token, batch).await;
     let entries = answer.json()["entry"].as_array().unwrap().clone();
-    assert_eq!(entries.len(), 6);
+    assert_eq!(entries.len(), 8);
     for entry in &entries {
         assert_eq!(entry, &entries[0], "{}", answer.text());
     }
     assert_eq!(entries[0]["response"]["status"], "404 Not Found");
+    // A transaction fails whole on a missing entry: reading by id in one is refused, whatever
+    // the id (her own too).
+    for id in ["obs-anne-weight", "obs-bo-weight", "no-such-observation"] {
+        let transaction = json!({ "resourceType": "Bundle", "type": "transaction", "entry": [
+            { "request": { "method": "GET", "url": format!("Observation/{id}") } } ]});
+        let answer = client
+            .send(request(
+                Method::POST,
+                "/fhir",
+                Some(&token),
+                Some(transaction),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(
+            (answer.status.as_u16(), answer.detail_code().as_str()),
+            (403, "outside-compartment"),
+            "{id}"
+        );
+    }
+    // A search pinned by what only names her answers without a total, as an entry too.
+    let batch = json!({ "resourceType": "Bundle", "type": "batch", "entry": [
+        { "request": { "method": "GET", "url": "Observation?performer=Patient/pat-anne&_count=1&_total=accurate" } },
+        { "request": { "method": "GET", "url": "Observation?performer=Patient/pat-anne&subject=&_count=1&_total=accurate" } }
+    ]});
+    // The backend itself counts.
+    let (_, counted) = crate::support::backend_get(
+        "Observation?performer=Patient/pat-anne&_count=1&_total=accurate",
+    )
+    .await;
+    assert!(counted.get("total").is_some(), "{counted}");
+    let answer = send_batch(&client, &token, batch).await;
+    for entry in answer.json()["entry"].as_array().unwrap() {
+        assert!(
+            entry["response"]["status"]
+                .as_str()
+                .unwrap()
+                .starts_with("200"),
+            "{entry}"
+        );
+        assert!(entry["resource"].get("total").is_none(), "{entry}");
+    }
     let (status, still) = crate::support::backend_get("Observation/obs-bo-weight").await;
     assert_eq!(status, 200);
     assert_eq!(still["subject"]["reference"], "Patient/pat-bo");
