@@ -60,6 +60,15 @@ pub fn is_compartment_type(resource_type: &str) -> bool {
     resource_type == "Patient" || links(resource_type).is_some()
 }
 
+/// Whether resources of `resource_type` may name the patients whose data they are: the
+/// compartment's types, and the few outside it that do ([`patient_paths`]).
+pub fn names_patients(resource_type: &str) -> bool {
+    is_compartment_type(resource_type)
+        || PATIENT_LINKS_OUTSIDE_COMPARTMENT
+            .iter()
+            .any(|(name, _)| *name == resource_type)
+}
+
 /// Whether `resource_type` is shared reference data.
 pub fn is_shared_type(resource_type: &str) -> bool {
     SHARED_TYPES.binary_search(&resource_type).is_ok()

@@ -457,8 +457,11 @@ fn strings(value: &Value, visit: &mut dyn FnMut(&str)) {
 
 fn owner(request: &FhirRequest) -> Option<Owner> {
     let resource_type = request.resource_type()?;
-    // A stored Bundle (a document, a message) holds whoever its entries are about.
-    if !is_compartment_type(resource_type.as_str()) && resource_type.as_str() != "Bundle" {
+    // A stored Bundle (a document, a message) holds whoever its entries are about; a Contract,
+    // a Device, a Linkage outside the compartment still name theirs.
+    if !crate::compartment::names_patients(resource_type.as_str())
+        && resource_type.as_str() != "Bundle"
+    {
         return None;
     }
     let matching = |params: &[(String, String)]| -> Vec<(String, String)> {

@@ -1080,6 +1080,61 @@ async fn one_request_costs_the_spool_at_most_its_bound_and_readiness_watches_the
         assert_eq!(gateway.audit_events_for(request_id).len(), 1);
     }
 
+    // A write to a resource outside the compartment that still names its patients (a
+    // Contract): whose they are is read before it is sent, so one naming more than the bound
+    // is refused before anything changes, and one within it is recorded patient by patient.
+    let writer = gateway.token(json!({ "scope": "user/*.cruds" }));
+    let contract = |subjects: &[&str]| {
+        json!({ "resourceType": "Contract", "status": "offered",
+                "subject": subjects.iter().map(|p| json!({ "reference": format!("Patient/{p}") })).collect::<Vec<_>>() })
+    };
+    let base = crate::support::backend_url();
+    let many = crate::support::backend_send(
+        base,
+        http::Method::POST,
+        "Contract",
+        Some(contract(&["pat-anne", "pat-bo", "pat-carla"])),
+    )
+    .await;
+    let few = crate::support::backend_send(
+        base,
+        http::Method::POST,
+        "Contract",
+        Some(contract(&["pat-anne", "pat-bo"])),
+    )
+    .await;
+    let patch = r#"[{ "op": "replace", "path": "/status", "value": "executed" }]"#;
+    let refused = client
+        .send(crate::support::json_patch(
+            &format!("/fhir/Contract/{}", many["id"].as_str().unwrap()),
+            &writer,
+            patch,
+            &[],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        (refused.status.as_u16(), refused.detail_code()),
+        (403, "too-many-patients".to_owned()),
+        "{}",
+        refused.text()
+    );
+    let (_, unchanged) =
+        crate::support::backend_get(&format!("Contract/{}", many["id"].as_str().unwrap())).await;
+    assert_eq!(unchanged["status"], "offered");
+    let done = client
+        .send(crate::support::json_patch(
+            &format!("/fhir/Contract/{}", few["id"].as_str().unwrap()),
+            &writer,
+            patch,
+            &[],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(done.status, 200, "{}", done.text());
+    let request_id = done.headers["x-request-id"].to_str().unwrap();
+    assert_eq!(gateway.audit_events_for(request_id).len(), 2);
+
     let metrics = client.get("/metrics", None).await.unwrap().text();
     let free = crate::support::metric_value(&metrics, "portvagt_audit_spool_free_bytes").unwrap();
     let capacity =
