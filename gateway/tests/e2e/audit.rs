@@ -1153,3 +1153,127 @@ async fn one_request_costs_the_spool_at_most_its_bound_and_readiness_watches_the
         (503, "audit-spool-low")
     );
 }
+
+/// The audit-log rules hold for what is returned (a backend that stores AuditEvents of its own,
+/// as the reference backend does): a user token may not read AuditEvents (403
+/// `audit-log-restricted`), and reaching them sideways (an include, `$everything`, a batch
+/// entry) finds them taken out, while the backend itself would have answered them.
+#[tokio::test]
+async fn audit_events_reached_sideways_are_taken_out_of_the_answer() {
+    use crate::support::{MARKER_SYSTEM, backend_send, request};
+    use http::Method;
+    let gateway = Gateway::start();
+    let client = gateway.client();
+    let token = gateway.token(json!({ "scope": "user/*.rs" }));
+    // A patient of this test's own, and an AuditEvent about her held in the backend.
+    let marker = uuid::Uuid::new_v4().to_string();
+    let patient = backend_send(
+        backend_url(),
+        Method::POST,
+        "Patient",
+        Some(json!({ "resourceType": "Patient",
+                     "identifier": [{ "system": MARKER_SYSTEM, "value": marker }] })),
+    )
+    .await;
+    let id = patient["id"].as_str().unwrap().to_owned();
+    let event = backend_send(
+        backend_url(),
+        Method::POST,
+        "AuditEvent",
+        Some(json!({ "resourceType": "AuditEvent",
+            "type": { "system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110110" },
+            "recorded": "2026-12-01T10:00:00Z",
+            "agent": [{ "requestor": true, "who": { "display": "someone" } }],
+            "source": { "observer": { "display": "another system" } },
+            "entity": [{ "what": { "reference": format!("Patient/{id}") } }] })),
+    )
+    .await;
+    assert_eq!(event["resourceType"], "AuditEvent", "{event}");
+    let holds_audit_event = |body: &serde_json::Value| body.to_string().contains("\"AuditEvent\"");
+
+    // Asked for directly: refused.
+    let direct = client
+        .get(
+            &format!("/fhir/AuditEvent?entity=Patient/{id}"),
+            Some(&token),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (direct.status.as_u16(), direct.detail_code()),
+        (403, "audit-log-restricted".to_owned())
+    );
+    // Sideways: the backend answers the AuditEvent; the gateway does not pass it on.
+    for path in [
+        format!("Patient?_id={id}&_revinclude=AuditEvent:entity"),
+        format!("Patient/{id}/$everything"),
+    ] {
+        let (_, from_backend) = crate::support::backend_get(&path).await;
+        assert!(holds_audit_event(&from_backend), "{path}: {from_backend}");
+        let answer = client
+            .get(&format!("/fhir/{path}"), Some(&token))
+            .await
+            .unwrap();
+        assert_eq!(answer.status, 200, "{path}: {}", answer.text());
+        let body = answer.json();
+        assert!(!holds_audit_event(&body), "{path}: {body}");
+        assert!(
+            body.to_string().contains(&id),
+            "{path}: the patient stays: {body}"
+        );
+    }
+    // The same inside a batch.
+    let batch = client
+        .send(request(
+            Method::POST,
+            "/fhir",
+            Some(&token),
+            Some(json!({ "resourceType": "Bundle", "type": "batch", "entry": [
+                { "request": { "method": "GET", "url": format!("Patient/{id}/$everything") } },
+                { "request": { "method": "GET", "url": format!("Patient?_id={id}&_revinclude=AuditEvent:entity") } }
+            ]})),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(batch.status, 200, "{}", batch.text());
+    assert!(!holds_audit_event(&batch.json()), "{}", batch.text());
+    assert!(batch.text().contains(&id));
+
+    // Searching by what AuditEvents say reads them too.
+    for path in [
+        "/fhir/Patient?_has:AuditEvent:entity:type=110110".to_owned(),
+        "/fhir?_type=AuditEvent&_summary=count".to_owned(),
+    ] {
+        let answer = client.get(&path, Some(&token)).await.unwrap();
+        assert_eq!(
+            (answer.status.as_u16(), answer.detail_code()),
+            (403, "audit-log-restricted".to_owned()),
+            "{path}: {}",
+            answer.text()
+        );
+    }
+    // An AuditEvent stored as a Binary's content (as a bulk export's output is).
+    use base64::Engine as _;
+    let stored = backend_send(
+        backend_url(),
+        Method::POST,
+        "Binary",
+        Some(
+            json!({ "resourceType": "Binary", "contentType": "application/fhir+ndjson",
+            "data": base64::engine::general_purpose::STANDARD.encode(event.to_string()) }),
+        ),
+    )
+    .await;
+    let binary = stored["id"].as_str().unwrap().to_owned();
+    let answer = client
+        .get(&format!("/fhir/Binary/{binary}"), Some(&token))
+        .await
+        .unwrap();
+    assert_eq!(
+        (answer.status.as_u16(), answer.detail_code()),
+        (403, "audit-log-restricted".to_owned()),
+        "{}",
+        answer.text()
+    );
+    assert!(!answer.text().contains(event["id"].as_str().unwrap()));
+}
