@@ -633,18 +633,19 @@ async fn an_opaque_token_is_shown_to_its_issuer_only_and_concurrent_misses_share
     let value = |line: &str| metric_value(&metrics, line).unwrap_or(0.0);
     // One call, to the issuer the token belongs to; the other issuer, listed first, was never
     // shown it.
-    assert_eq!(
-        value(r#"portvagt_introspection_calls_total{outcome="active"}"#),
-        1.0
-    );
-    assert_eq!(
-        value(r#"portvagt_introspection_calls_total{outcome="error"}"#),
-        0.0
-    );
-    assert_eq!(
-        value(r#"portvagt_introspection_cache_total{result="miss"}"#),
-        1.0
-    );
+    for (line, expected) in [
+        (
+            r#"portvagt_introspection_calls_total{outcome="active"}"#,
+            1.0,
+        ),
+        (
+            r#"portvagt_introspection_calls_total{outcome="error"}"#,
+            0.0,
+        ),
+        (r#"portvagt_introspection_cache_total{result="miss"}"#, 1.0),
+    ] {
+        assert_eq!(value(line), expected, "{line}");
+    }
     assert_eq!(
         value(r#"portvagt_introspection_cache_total{result="coalesced"}"#)
             + value(r#"portvagt_introspection_cache_total{result="hit"}"#),
