@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
-use portvagt_load::{Plan, TlsPlan};
+use portvagt_load::{Plan, TlsPlan, Variant};
 use serde_json::json;
 
 use crate::support::Gateway;
@@ -35,6 +35,26 @@ async fn sustained_load_sees_no_failed_request() {
                     gateway.pki.client.key_pem.clone(),
                 )),
             }),
+            // Over HTTP/2, a mix: two callers, two patients, a read and a search, in turn.
+            mix: std::sync::Arc::new(if http2 {
+                let other = gateway.token(json!({ "sub": "another.user", "scope": "user/*.rs" }));
+                [
+                    ("/fhir/Patient/pat-anne", &token),
+                    ("/fhir/Observation?patient=pat-bo&_count=5", &other),
+                    ("/fhir/Patient/pat-bo", &other),
+                ]
+                .into_iter()
+                .map(|(path, token)| Variant {
+                    path: path.to_owned(),
+                    headers: vec![(
+                        HeaderName::from_static("authorization"),
+                        HeaderValue::try_from(format!("Bearer {token}")).unwrap(),
+                    )],
+                })
+                .collect()
+            } else {
+                Vec::new()
+            }),
         };
         let outcome = portvagt_load::run(plan).await.unwrap();
         assert_eq!(
@@ -50,4 +70,16 @@ async fn sustained_load_sees_no_failed_request() {
     }
     // Every answered request has its audit record.
     assert!(gateway.audit_events().len() > 200);
+    // The mix was sent: every one of its requests, by its own caller.
+    let log = gateway.access_log();
+    for (path, principal) in [
+        ("/fhir/Observation", "another.user"),
+        ("/fhir/Patient/pat-bo", "another.user"),
+    ] {
+        assert!(
+            log.iter()
+                .any(|line| line["path"] == path && line["principal"] == principal),
+            "{path} by {principal}"
+        );
+    }
 }

@@ -32,6 +32,19 @@ pub struct Plan {
     pub http2: bool,
     /// TLS: trusted CA (PEM), and a client certificate chain and key (PEM).
     pub tls: Option<TlsPlan>,
+    /// A mix of requests taken in turn over all connections (each connection the n-th of
+    /// every `connections`): a path and query on `url`'s origin, and headers of its own (a
+    /// caller's token). Empty: every request is `url` with `headers`.
+    pub mix: std::sync::Arc<Vec<Variant>>,
+}
+
+/// One request of a mix.
+#[derive(Debug, Clone)]
+pub struct Variant {
+    /// Path and query, e.g. `/fhir/Patient/p7`.
+    pub path: String,
+    /// Headers added to (or replacing) the plan's.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 /// TLS settings.
@@ -164,6 +177,8 @@ pub async fn run(plan: Plan) -> anyhow::Result<Outcome> {
             };
             let offset = interval.map(|i| i.mul_f64(index as f64 / plan.connections as f64));
             let mut next = started + offset.unwrap_or_default();
+            // This connection's turns in the mix: index, index + connections, ...
+            let mut turn = index;
             loop {
                 if interval.is_some() {
                     tokio::time::sleep_until(next.into()).await;
@@ -177,7 +192,8 @@ pub async fn run(plan: Plan) -> anyhow::Result<Outcome> {
                 if due >= deadline {
                     break;
                 }
-                let request = request_for(&plan);
+                let request = request_for(&plan, turn);
+                turn = turn.wrapping_add(plan.connections);
                 let answer = match &mut sender {
                     SendRequest::One(sender) => match sender.ready().await {
                         Ok(()) => sender.send_request(request).await,
@@ -274,18 +290,24 @@ pub async fn run(plan: Plan) -> anyhow::Result<Outcome> {
     })
 }
 
-/// The GET request of `plan`, with its headers.
-fn request_for(plan: &Plan) -> Request<Empty<Bytes>> {
+/// The GET request of `plan` for its `turn` (which request of the mix), with its headers.
+fn request_for(plan: &Plan, turn: usize) -> Request<Empty<Bytes>> {
+    let variant = (!plan.mix.is_empty()).then(|| &plan.mix[turn % plan.mix.len()]);
+    let path = variant.map_or_else(
+        || plan.url.path_and_query().map_or("/", |p| p.as_str()),
+        |variant| variant.path.as_str(),
+    );
     let mut request = Request::new(Empty::<Bytes>::new());
     *request.method_mut() = Method::GET;
     *request.uri_mut() = if plan.http2 {
-        plan.url.clone()
+        let origin = format!(
+            "{}://{}",
+            plan.url.scheme_str().unwrap_or("https"),
+            plan.url.authority().map_or("", |a| a.as_str())
+        );
+        format!("{origin}{path}").parse().unwrap_or_default()
     } else {
-        plan.url
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .parse()
-            .unwrap_or_default()
+        path.parse().unwrap_or_default()
     };
     if !plan.http2
         && let Some(authority) = plan.url.authority()
@@ -293,7 +315,11 @@ fn request_for(plan: &Plan) -> Request<Empty<Bytes>> {
     {
         request.headers_mut().insert(http::header::HOST, value);
     }
-    for (name, value) in &plan.headers {
+    for (name, value) in plan
+        .headers
+        .iter()
+        .chain(variant.into_iter().flat_map(|v| v.headers.iter()))
+    {
         request.headers_mut().insert(name.clone(), value.clone());
     }
     request
@@ -336,11 +362,11 @@ pub async fn hold_idle(
             let answer = match &mut sender {
                 SendRequest::One(s) => {
                     s.ready().await?;
-                    s.send_request(request_for(&plan)).await?
+                    s.send_request(request_for(&plan, 0)).await?
                 }
                 SendRequest::Two(s) => {
                     s.ready().await?;
-                    s.send_request(request_for(&plan)).await?
+                    s.send_request(request_for(&plan, 0)).await?
                 }
             };
             let status = answer.status();

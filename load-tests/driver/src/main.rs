@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use http::{HeaderName, HeaderValue};
-use portvagt_load::{Plan, TlsPlan};
+use portvagt_load::{Plan, TlsPlan, Variant};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -43,6 +43,10 @@ struct Cli {
     /// `ready <n>` on standard error, hold them idle for `--duration`, then report.
     #[arg(long)]
     idle: bool,
+    /// A mix of requests taken in turn (the URL gives the origin): one per line, the path and
+    /// query, then tab-separated `Name: value` headers of its own (a caller's token).
+    #[arg(long)]
+    mix: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -60,19 +64,33 @@ fn main() -> anyhow::Result<()> {
             },
         }),
     };
+    let header = |header: &str| -> anyhow::Result<(HeaderName, HeaderValue)> {
+        let (name, value) = header
+            .split_once(':')
+            .with_context(|| format!("{header:?} is not `Name: value`"))?;
+        Ok((
+            HeaderName::try_from(name.trim())?,
+            HeaderValue::try_from(value.trim())?,
+        ))
+    };
     let headers = cli
         .headers
         .iter()
-        .map(|header| {
-            let (name, value) = header
-                .split_once(':')
-                .with_context(|| format!("{header:?} is not `Name: value`"))?;
-            Ok((
-                HeaderName::try_from(name.trim())?,
-                HeaderValue::try_from(value.trim())?,
-            ))
-        })
+        .map(|text| header(text))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let mix = match &cli.mix {
+        None => Vec::new(),
+        Some(path) => read(path)?
+            .lines()
+            .filter(|line| !line.trim().is_empty())
+            .map(|line| {
+                let mut fields = line.split('\t');
+                let path = fields.next().unwrap_or("/").to_owned();
+                let headers = fields.map(header).collect::<anyhow::Result<Vec<_>>>()?;
+                Ok(Variant { path, headers })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?,
+    };
     let plan = Plan {
         url: cli.url.parse()?,
         headers,
@@ -81,6 +99,7 @@ fn main() -> anyhow::Result<()> {
         rate: cli.rate,
         http2: cli.http2,
         tls,
+        mix: std::sync::Arc::new(mix),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
