@@ -184,6 +184,10 @@ def main():
     parser.add_argument("--relationship", action="store_true",
                         help="Portvagt with the treatment-relationship check on for the load token's role (evidence "
                              "searched in the backend per professional and patient, cached): results/<kind>-relationship.*")
+    parser.add_argument("--realistic", action="store_true",
+                        help="beside the bare Portvagt, one as deployed: citizens' blocks enforced, audit shipped, "
+                             "operator rules, 50 callers reading and searching over many patients, the consent cache "
+                             "warm (40 patients) and cold (4,000 patients, 500 cached): results/<kind>-realistic.*")
     parser.add_argument("--pin", action="store_true",
                         help="servers on CPU 0, the driver on CPU 1 (results/<kind>-pinned.*)")
     parser.add_argument("--profile", action="store_true",
@@ -230,6 +234,7 @@ http {{
     root {work};
     default_type application/fhir+json;
     location = /fhir/R4/Patient/p1 {{ try_files /patient.json =404; }}
+    location ~ ^/fhir/R4/Patient/p[0-9]+$ {{ try_files /patient.json =404; }}
     location = /fhir/R4/Observation {{ try_files /obs-$arg__count.json =404; }}
     location = /fhir/R4/Consent {{ return 200 '{{"resourceType":"Bundle","type":"searchset","total":0}}'; }}
     location = /fhir/R4/EpisodeOfCare {{ return 200 '{{"resourceType":"Bundle","type":"searchset","entry":[{{"resource":{{"resourceType":"EpisodeOfCare","id":"eoc-1","status":"active","patient":{{"reference":"Patient/p1"}},"careManager":{{"reference":"Practitioner/prac-load"}}}}}}]}}'; }}
@@ -255,7 +260,7 @@ http {{
         # The soak ships its audit events (to a sink that keeps nothing) and deletes the shipped
         # segments, as a production spool must: unshipped, 30 minutes at 10k req/s is ~50 GB.
         shipping = ""
-        if opts.soak:
+        if opts.soak or opts.realistic:
             ports["sink"] = free_port()
             processes.append(start([str(sink), str(ports["sink"])], logs))
             wait_port(ports["sink"])
@@ -284,11 +289,13 @@ url = "http://127.0.0.1:{ports['nginx']}/fhir/R4"
 [audit]
 spool_dir = "audit"
 seal_key = "seal/seal.key"
-{shipping}{consent}[log]
+{shipping if opts.soak else ""}{consent}[log]
 format = "json"
 level = "info"
 """)
         env = dict(os.environ, TOKIO_WORKER_THREADS=str(THREADS))
+        if opts.realistic:
+            realistic_setup(work, portvagt, base, ports, shipping, env, processes, pids, logs)
         # The soak's access log (one line per request, ~9 GB in 30 minutes) is written, but to
         # /dev/null.
         log = open(os.devnull if opts.soak else work / "portvagt.log", "w")
@@ -338,6 +345,7 @@ backend be
         wait_port(ports["envoy"], timeout=40)
 
         targets = {
+            "realistic": (f"https://localhost:{ports.get('realistic', 0)}/fhir", pids.get("realistic"), True),
             "load": load,
             "tls_args": ["--cacert", str(pki / "ca.crt"), "--cert", str(pki / "client.crt"), "--key", str(pki / "client.key"),
                          "-H", f"Authorization: Bearer {token}"],
@@ -364,9 +372,11 @@ backend be
                   f"with {outcome['held']} idle connections ({outcome['failed']} failed)", flush=True)
             return result
 
-        def run(name, path, rate=None, http2=False, connections=opts.connections):
+        def run(name, path, rate=None, http2=False, connections=opts.connections, mix=None):
             url, pid, tls = targets[name]
             args = [str(load), f"{url}/{path}", "--connections", str(connections), "--duration", duration]
+            if mix:
+                args += ["--mix", str(mix)]
             if tls:
                 args += ["--cacert", str(pki / "ca.crt"), "--cert", str(pki / "client.crt"), "--key", str(pki / "client.key"),
                          "-H", f"Authorization: Bearer {token}"]
@@ -416,6 +426,13 @@ backend be
                 outcome = run(name, "Patient/p1")
                 results.append(outcome)
                 maxima[name] = max(maxima.get(name, 0), outcome["requests_per_second"])
+        if opts.realistic:
+            print("as deployed: consent, audit shipped, rules; 50 callers, reads and searches:")
+            for label in ("warm", "cold"):
+                outcome = run("realistic", "Patient/p1", mix=work / f"mix-{label}.tsv")
+                outcome["target"] = f"realistic-{label}"
+                outcome["path"] = f"mix ({label} consent cache)"
+                results.append(outcome)
         half = max(int(maxima.get("portvagt", 200) / 2), 100)
         print(f"fixed rate, 50% of Portvagt's maximum ({half} req/s):")
         for name in order:
@@ -451,6 +468,46 @@ backend be
             print(f"work directory kept: {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def realistic_setup(work, portvagt, base, ports, shipping, env, processes, pids, logs):
+    """A second Portvagt as deployed (same issuer, PKI and backend as the bare one): citizens'
+    blocks enforced with a bounded consent cache, its audit shipped, operator rules; and the
+    request mixes for it: 50 callers, a read and a search per patient, over 40 patients (the
+    consent cache warm) and over 4,000 (500 cached: mostly cold)."""
+    ports["realistic"] = free_port()
+    (work / "rules.toml").write_text("""
+[[rule]]
+name = "clinical reads by users"
+effect = "allow"
+contexts = ["user"]
+resource_types = ["Patient", "Observation"]
+interactions = ["read", "vread", "search-type"]
+""")
+    config = (work / "portvagt.toml").read_text()
+    config = config.replace(f'listen = "127.0.0.1:{ports["portvagt"]}"', f'listen = "127.0.0.1:{ports["realistic"]}"')
+    config = config.replace('spool_dir = "audit"', 'spool_dir = "audit-realistic"')
+    if "[consent]" not in config:
+        config = config.replace("[log]", '[consent]\ncache_ttl = "30s"\ncache_entries = 500\n[log]', 1)
+    if "[audit.ship]" not in config and shipping:
+        config = config.replace("[log]", shipping + "[log]", 1)
+    config = config.replace("[backend]", '[policy]\nrules_file = "rules.toml"\n[backend]', 1)
+    (work / "portvagt-realistic.toml").write_text(config)
+    log = open(work / "portvagt-realistic.log", "w")
+    processes.append(start([str(portvagt), "serve", "--config", str(work / "portvagt-realistic.toml")], log, env=env))
+    pids["realistic"] = processes[-1].pid
+    wait_port(ports["realistic"])
+    tokens = [subprocess.run(
+        [str(portvagt), "token", "--dir", str(work), "--sub", f"clinician.{i}", "--scope", "user/*.rs",
+         "--audience", base, "--ttl", "2h"],
+        check=True, capture_output=True, text=True).stdout.strip() for i in range(50)]
+    for label, patients in (("warm", 40), ("cold", 4000)):
+        lines = []
+        for i in range(patients):
+            token = tokens[i % len(tokens)]
+            lines.append(f"/fhir/Patient/p{i + 1}\tAuthorization: Bearer {token}")
+            lines.append(f"/fhir/Observation?patient=p{i + 1}&_count=10\tAuthorization: Bearer {token}")
+        (work / f"mix-{label}.tsv").write_text("\n".join(lines) + "\n")
 
 
 def open_fds(pid):
@@ -619,9 +676,10 @@ def report(results, maxima, half, opts, duration, idle, bench):
     RESULTS.mkdir(exist_ok=True)
     stamp = time.strftime("%Y-%m-%d")
     kind = ("smoke" if opts.smoke else "full") + ("-pinned" if opts.pin else "") + ("-consent" if opts.consent else "") \
-        + ("-relationship" if opts.relationship else "")
+        + ("-relationship" if opts.relationship else "") + ("-realistic" if opts.realistic else "")
     command = ("python3 load-tests/run.py" + (" --smoke" if opts.smoke else "") + (" --pin" if opts.pin else "")
                + (" --consent" if opts.consent else "") + (" --relationship" if opts.relationship else "")
+               + (" --realistic" if opts.realistic else "")
                + (f" --duration {opts.duration}" if opts.duration else ""))
     summary = {
         "command": command, "date": stamp, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
@@ -657,6 +715,21 @@ def report(results, maxima, half, opts, duration, idle, bench):
             f"{r['target']} p50 +{(r['p50_us'] - direct_half['p50_us']) / 1000:.2f} ms, "
             f"p99 +{(r['p99_us'] - direct_half['p99_us']) / 1000:.2f} ms"
             for r in results if r["rate"] and r["target"] != "direct") + "."]
+    bare = next((r for r in results if r["target"] == "portvagt" and not r["rate"] and not r["http2"]
+                 and r["path"] == "Patient/p1"), None)
+    realistic = [r for r in results if r["target"].startswith("realistic")]
+    if realistic and bare:
+        lines += ["", "## As deployed (`--realistic`)", "",
+                  "Citizens' blocks enforced (a Consent search per patient, 500 cached for 30 s), the audit "
+                  "trail shipped to a repository, operator rules; 50 callers, a Patient read and an "
+                  "Observation search per patient, in turn; over 40 patients (the consent cache warm) and "
+                  "over 4,000 (mostly cold).", "",
+                  "| mix | req/s | p50 µs | p99 µs | CPU ms / request | × the bare read's CPU |",
+                  "|---|---|---|---|---|---|"]
+        for r in realistic:
+            lines.append(f"| {r['path']} | {r['requests_per_second']:.0f} | {r['p50_us']} | {r['p99_us']} | "
+                         f"{r['cpu_seconds_per_1000']:.3f} | "
+                         f"{r['cpu_seconds_per_1000'] / max(bare['cpu_seconds_per_1000'], 1e-9):.2f} |")
     if idle:
         lines += ["", f"## Resident memory with {IDLE} idle mTLS connections", "",
                   "| target | held | failed | RSS before MiB | RSS with idle connections MiB |", "|---|---|---|---|---|"]

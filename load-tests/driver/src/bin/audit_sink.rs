@@ -24,6 +24,14 @@ async fn answer(
     request: http::Request<Incoming>,
     taken: Arc<AtomicU64>,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    // It keeps nothing: whatever the shipper looks up (its start check reads the last record
+    // it shipped and the anchor) is not there, which a fresh spool's check accepts.
+    if request.method() == http::Method::GET {
+        return Ok(status(
+            StatusCode::NOT_FOUND,
+            r#"{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"not-found"}]}"#,
+        ));
+    }
     let body = match request.into_body().collect().await {
         Ok(body) => body.to_bytes(),
         Err(_) => return Ok(status(StatusCode::BAD_REQUEST, "")),
