@@ -118,6 +118,13 @@ fn decide_inner(
             };
         }
         obligations.withhold_audit_events = may_answer_audit_events(request);
+        // Where AuditEvents may be among the matches themselves (a system search or history,
+        // an operation), a total would count them on every page.
+        obligations.hide_total |= obligations.withhold_audit_events
+            && matches!(
+                request.interaction(),
+                Interaction::SearchSystem | Interaction::HistorySystem | Interaction::Operation
+            );
     }
     decision
 }
@@ -131,11 +138,17 @@ fn searches_the_audit_log(request: &FhirRequest) -> bool {
     {
         return false;
     }
+    // Compared in place, whatever the case: nothing allocated per parameter.
+    let has = |name: &str, needle: &str| {
+        name.as_bytes()
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+    };
     request.params().iter().any(|(name, value)| {
-        let lower = name.to_ascii_lowercase();
-        lower.starts_with("_has:auditevent:")
-            || lower.contains(":auditevent.")
-            || (lower == "_type"
+        name.get(..16)
+            .is_some_and(|start| start.eq_ignore_ascii_case("_has:auditevent:"))
+            || has(name, ":auditevent.")
+            || (name.eq_ignore_ascii_case("_type")
                 && value
                     .split(',')
                     .any(|t| t.trim().eq_ignore_ascii_case("AuditEvent")))

@@ -36,8 +36,9 @@ pub struct Obligations {
     /// out (or the answer refused, if it is one), so the audit-log rules hold for what is
     /// returned, not only for what was asked.
     pub withhold_audit_events: bool,
-    /// The answer's `total` goes: it would count matches the compartment check takes out (a
-    /// search pinned by a parameter that only names the patient, such as `performer`).
+    /// The answer's `total` goes: it would count matches a check takes out (a patient's search
+    /// pinned by a parameter that only names her, such as `performer`; AuditEvents among a
+    /// system search's matches).
     pub hide_total: bool,
 }
 

@@ -566,6 +566,14 @@ impl Proxy {
 
     /// A refusal: recorded (decision, reason, and the patients whose logs must show the
     /// attempt), counted, and returned as the error the rescue layer answers.
+    /// Another patient's resource asked for by id: recorded as the refusal it is
+    /// (`outside-compartment`), answered as a missing one, so that whether it exists is not the
+    /// caller's to learn.
+    pub(super) fn refused_as_missing(&self, record_handle: Option<&RequestRecord>) -> BoxError {
+        let _ = self.deny(DenyReason::OutsideCompartment, record_handle, None);
+        crate::consent::NotFoundError.into()
+    }
+
     pub(super) fn deny(
         &self,
         reason: DenyReason,

@@ -20,7 +20,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
 use portvagt_policy::compartment::{Membership, membership, patients_in_answer};
-use portvagt_policy::{DenyReason, FhirRequest, FilterMode, Obligations, ResponseCheck};
+use portvagt_policy::{FhirRequest, FilterMode, Obligations, ResponseCheck};
 use tower::Service;
 
 use crate::backend::rewrite::{Paging, UrlRewriter};
@@ -272,9 +272,7 @@ impl Proxy {
             Fetched::Missing => return Err(crate::consent::NotFoundError.into()),
         };
         if membership(&current, patient) != Membership::Member {
-            // Recorded as the refusal it is; answered as a missing one.
-            let _ = self.deny(DenyReason::OutsideCompartment, record_handle, None);
-            return Err(crate::consent::NotFoundError.into());
+            return Err(self.refused_as_missing(record_handle));
         }
         let version = current
             .pointer("/meta/versionId")

@@ -114,16 +114,11 @@ impl Proxy {
         // An export file is read as the FHIR resources it holds, whatever its answer calls it:
         // its resources are checked, withheld and audited like a Bundle's entries.
         let file = export && exchange.followed == Some(LinkKind::ExportFile);
-        let raw_xml = parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.contains("xml"));
         let duties = Duties::of(
             &exchange,
             status,
             file || is_json(&parts.headers),
-            raw_xml,
+            &parts.headers,
             self.audited,
         );
         // While data is withheld (citizens' blocks, the treatment relationship), an answer to a
@@ -202,24 +197,12 @@ impl Proxy {
                         && duties.is_json
                         && serde_json::from_slice::<serde::de::IgnoredAny>(&answered).is_ok() =>
                 {
-                    let _ = self.deny(DenyReason::OutsideCompartment, record_handle.as_ref(), None);
-                    return Err(crate::consent::NotFoundError.into());
+                    return Err(self.refused_as_missing(record_handle.as_ref()));
                 }
                 Err(reason) => return Err(self.deny(reason, record_handle.as_ref(), None)),
             };
-            // A total that counts what the compartment check takes out goes.
+            // A total that counts what a check takes out goes.
             if obligations.hide_total
-                && let Some(without) = portvagt_policy::filter::without_total(&bytes)
-            {
-                bytes = Bytes::from(without);
-            }
-            // Where AuditEvents may be among the matches (a system search or history, an
-            // operation), a total would count them on every page: it goes.
-            if obligations.withhold_audit_events
-                && matches!(
-                    fhir.interaction(),
-                    Interaction::SearchSystem | Interaction::HistorySystem | Interaction::Operation
-                )
                 && let Some(without) = portvagt_policy::filter::without_total(&bytes)
             {
                 bytes = Bytes::from(without);
@@ -235,8 +218,7 @@ impl Proxy {
                         .is_none_or(Vec::is_empty)
                 })
             {
-                let _ = self.deny(DenyReason::OutsideCompartment, record_handle.as_ref(), None);
-                return Err(crate::consent::NotFoundError.into());
+                return Err(self.refused_as_missing(record_handle.as_ref()));
             }
             if let Some(plan) = batch {
                 bytes = merged_batch(&bytes, plan, fhir, consent.is_some(), self.filter_mode)?;
@@ -507,7 +489,7 @@ impl Duties {
         exchange: &Exchange,
         status: StatusCode,
         is_json: bool,
-        raw_xml: bool,
+        headers: &HeaderMap,
         audited: bool,
     ) -> Self {
         let interaction = exchange.fhir.interaction();
@@ -516,7 +498,7 @@ impl Duties {
             is_json,
             is_head: exchange.is_head,
             must_check: (response_check(&exchange.obligations).is_some()
-                && !raw_passes(&exchange.obligations, is_json, raw_xml))
+                && !raw_passes(&exchange.obligations, is_json, headers))
                 || exchange.batch.is_some()
                 || !exchange.obligations.add_elements.is_empty(),
             rewrites_urls: interaction.returns_bundle() && is_json,
@@ -546,12 +528,15 @@ impl Duties {
 /// Whether an answer that is not JSON passes unread: only AuditEvents are to be withheld (no
 /// compartment, no granular scope), and what came is a document's bytes (a PDF, an image), not
 /// FHIR in another form (JSON and NDJSON are read, XML is refused).
-fn raw_passes(obligations: &Obligations, is_json: bool, raw_xml: bool) -> bool {
+fn raw_passes(obligations: &Obligations, is_json: bool, headers: &HeaderMap) -> bool {
     obligations.withhold_audit_events
         && obligations.compartment.is_none()
         && obligations.restriction.is_empty()
         && !is_json
-        && !raw_xml
+        && !headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("xml"))
 }
 
 /// A successful answer checked against the compartment or a granular scope: unchanged,
