@@ -118,12 +118,15 @@ fn decide_inner(
             };
         }
         obligations.withhold_audit_events = may_answer_audit_events(request);
-        // Where AuditEvents may be among the matches themselves (a system search or history,
-        // an operation), a total would count them on every page.
+        // Where AuditEvents may be among the matches themselves (a system or compartment
+        // search, system history, an operation), a total would count them on every page.
         obligations.hide_total |= obligations.withhold_audit_events
             && matches!(
                 request.interaction(),
-                Interaction::SearchSystem | Interaction::HistorySystem | Interaction::Operation
+                Interaction::SearchSystem
+                    | Interaction::SearchCompartment
+                    | Interaction::HistorySystem
+                    | Interaction::Operation
             );
     }
     decision

@@ -274,6 +274,17 @@ fn answers_that_may_hold_audit_events_are_marked_to_withhold_them() {
     ] {
         assert!(withholds("GET", path, "user/*.rs"), "{path}");
     }
+    // A compartment search's matches may be AuditEvents themselves: its total goes too.
+    let request = classify(
+        "GET",
+        "Practitioner/prac-1/Observation",
+        Some("_summary=count"),
+    )
+    .unwrap();
+    let Decision::Allow { obligations, .. } = decide_as("user/*.rs", None, &request) else {
+        panic!("a user may search a practitioner's compartment")
+    };
+    assert!(obligations.withhold_audit_events && obligations.hide_total);
     assert!(withholds("GET", "Binary/b1", "user/*.rs"));
     assert!(withholds("GET", "Binary?_id=b1", "user/*.rs"));
     assert!(withholds("GET", "Observation?_contained=true", "user/*.rs"));

@@ -259,7 +259,13 @@ impl Proxy {
                 .filter(|e| !wrote(e))
                 .map(|e| e.patients.len())
                 .sum(),
-            None => audited_patients.as_ref().map_or(0, Vec::len),
+            // The record names those the request named and those its answer holds.
+            None => audited_patients.as_ref().map_or(0, |answered| {
+                let mut all: Vec<&String> = answered.iter().chain(&touched.patients).collect();
+                all.sort_unstable();
+                all.dedup();
+                all.len()
+            }),
         };
         // An export's file is the way to many patients at once: recorded whole, not bounded.
         let mut over = !is_write && !file && events > self.audit_bound;

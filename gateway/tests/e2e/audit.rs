@@ -1142,6 +1142,38 @@ async fn one_request_costs_the_spool_at_most_its_bound_and_readiness_watches_the
     assert!(free > 0.0 && capacity >= free, "{free} of {capacity}");
     assert_eq!(client.get("/readyz", None).await.unwrap().status, 200);
 
+    // The record names both those the request names and those its answer holds: together
+    // over the bound (two named, three in the answer, four in all), though neither alone is.
+    let three = Gateway::start_with(Options {
+        audit_extra: "max_patients_per_request = 3\n".into(),
+        ..Options::default()
+    });
+    let shared = crate::support::backend_send(
+        base,
+        http::Method::POST,
+        "Contract",
+        Some(contract(&["pat-anne", "pat-bo", "pat-carla"])),
+    )
+    .await;
+    let reader = three.token(json!({ "scope": "user/*.rs" }));
+    let together = three
+        .client()
+        .get(
+            &format!(
+                "/fhir/Contract?_id={}&subject=Patient/pat-anne,Patient/pat-nobody",
+                shared["id"].as_str().unwrap()
+            ),
+            Some(&reader),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (together.status.as_u16(), together.detail_code()),
+        (403, "too-many-patients".to_owned()),
+        "{}",
+        together.text()
+    );
+
     // A disk with less free than asked for: not ready, and it says why.
     let tight = Gateway::start_with(Options {
         audit_extra: "min_free_bytes = 1125899906842624\n".into(),
