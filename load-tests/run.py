@@ -391,7 +391,7 @@ backend be
                 args += ["--http2"]
             cpu_before = cpu_seconds(pid)
             perf = None
-            if opts.profile and name == "portvagt" and rate is None:
+            if opts.profile and name in ("portvagt", "realistic") and rate is None:
                 perf = subprocess.Popen(["perf", "record", "-F", "999", "--call-graph", "dwarf,16384", "-p", str(pid),
                                          "-o", str(work / f"perf-{len(results)}.data")],
                                         stdout=logs, stderr=subprocess.STDOUT)
@@ -432,6 +432,8 @@ backend be
                 for kind in ("reads", "searches", None):
                     name = f"mix-{kind}-{label}.tsv" if kind else f"mix-{label}.tsv"
                     outcome = run("realistic", "Patient/p1", mix=work / name)
+                    if opts.profile:
+                        print(f"    ({name})", flush=True)
                     outcome["target"] = f"realistic-{label}"
                     outcome["path"] = f"{kind or 'reads and searches'}, {label} consent cache"
                     results.append(outcome)

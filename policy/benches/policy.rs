@@ -10,6 +10,10 @@ use portvagt_policy::compartment::{patients_in_answer, patients_in_body};
 use portvagt_policy::{FilterMode, ScopeSet, Subject, classify, decide, filter_response};
 use serde_json::json;
 
+// The gateway's allocator: what these cost in `portvagt serve`.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const PATIENT_SCOPES: &str = "openid fhirUser launch/patient patient/Patient.rs patient/Observation.rs \
      patient/Condition.rs patient/Encounter.rs patient/MedicationRequest.rs";
 const USER_SCOPES: &str =

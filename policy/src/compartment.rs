@@ -278,18 +278,66 @@ pub fn patient_reference_id(reference: &str) -> Option<&str> {
 /// entry that is not one, a key given twice): then parse the answer and ask
 /// [`patients_in_answer`].
 pub fn patients_in_body(body: &[u8]) -> Option<Vec<String>> {
-    let top: OrderedRaw<'_> = serde_json::from_slice(body).ok()?;
+    let answer: RawAnswer<'_> = serde_json::from_slice(body).ok()?;
     let mut patients = Vec::new();
-    collect_patients_raw(&top, &mut patients)?;
+    let is_bundle = answer.fields.get_str("resourceType").as_deref() == Some("Bundle");
+    match (answer.entries, is_bundle) {
+        (Some(entries), true) => {
+            for resource in entries.iter().filter_map(|entry| entry.resource.as_ref()) {
+                collect_patients_raw(resource, &mut patients)?;
+            }
+        }
+        // Another resource with an `entry` (a List): read as a tree.
+        (Some(_), false) => return None,
+        (None, _) => collect_patients_raw(&answer.fields, &mut patients)?,
+    }
     patients.sort_unstable();
     patients.dedup();
     Some(patients)
 }
 
+/// An answer read in one pass: its top-level fields, and a Bundle's entries' resources as
+/// theirs (a second pass over each resource is what made reading searchsets cost).
+struct RawAnswer<'a> {
+    fields: OrderedRaw<'a>,
+    entries: Option<Vec<EntryResource<'a>>>,
+}
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for RawAnswer<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Fields<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Fields<'a> {
+            type Value = RawAnswer<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut map: M,
+            ) -> Result<Self::Value, M::Error> {
+                let mut fields = OrderedRaw::default();
+                let mut entries = None;
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    if key == "entry" {
+                        if entries.is_some() {
+                            return Err(serde::de::Error::custom("duplicate key"));
+                        }
+                        entries = Some(map.next_value()?);
+                    } else if !fields.push(key, map.next_value()?) {
+                        return Err(serde::de::Error::custom("duplicate key"));
+                    }
+                }
+                Ok(RawAnswer { fields, entries })
+            }
+        }
+        deserializer.deserialize_map(Fields(std::marker::PhantomData))
+    }
+}
+
 #[derive(serde::Deserialize)]
 struct EntryResource<'a> {
     #[serde(borrow, default)]
-    resource: Option<&'a serde_json::value::RawValue>,
+    resource: Option<OrderedRaw<'a>>,
 }
 
 fn collect_patients_raw(resource: &OrderedRaw<'_>, patients: &mut Vec<String>) -> Option<()> {
@@ -300,9 +348,8 @@ fn collect_patients_raw(resource: &OrderedRaw<'_>, patients: &mut Vec<String>) -
     if resource_type == "Bundle" {
         if let Some(entries) = resource.get("entry") {
             let entries: Vec<EntryResource<'_>> = serde_json::from_str(entries.get()).ok()?;
-            for inner in entries.iter().filter_map(|entry| entry.resource) {
-                let inner: OrderedRaw<'_> = serde_json::from_str(inner.get()).ok()?;
-                collect_patients_raw(&inner, patients)?;
+            for inner in entries.iter().filter_map(|entry| entry.resource.as_ref()) {
+                collect_patients_raw(inner, patients)?;
             }
         }
         return Some(());

@@ -18,7 +18,7 @@ pub mod filter;
 pub mod operations;
 mod patch;
 mod patient_rules;
-mod raw;
+pub mod raw;
 pub mod reach;
 pub mod relationship;
 pub mod request;

@@ -9,11 +9,14 @@ use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
 
 /// A JSON object as ordered (key, raw value) pairs: read without building a tree, written back
-/// with the untouched values byte for byte.
-pub(crate) struct OrderedRaw<'a> {
+/// with the untouched values byte for byte. Reading one refuses a key given twice (which of the
+/// two counts differs between parsers).
+#[derive(Debug, Default)]
+pub struct OrderedRaw<'a> {
     fields: Vec<(Cow<'a, str>, RawSlot<'a>)>,
 }
 
+#[derive(Debug)]
 pub(crate) enum RawSlot<'a> {
     Borrowed(&'a RawValue),
     Owned(Box<RawValue>),
@@ -30,12 +33,13 @@ impl RawSlot<'_> {
 
 impl<'a> OrderedRaw<'a> {
     /// The value of `key` if it is a JSON string.
-    pub(crate) fn get_str(&self, key: &str) -> Option<Cow<'_, str>> {
+    pub fn get_str(&self, key: &str) -> Option<Cow<'_, str>> {
         self.get(key)
             .and_then(|raw| serde_json::from_str::<Cow<'_, str>>(raw.get()).ok())
     }
 
-    pub(crate) fn get(&self, key: &str) -> Option<&RawValue> {
+    /// The value of `key`, as its bytes.
+    pub fn get(&self, key: &str) -> Option<&RawValue> {
         self.fields
             .iter()
             .find(|(k, _)| k == key)
@@ -50,7 +54,17 @@ impl<'a> OrderedRaw<'a> {
             .any(|(i, (key, _))| self.fields[..i].iter().any(|(earlier, _)| earlier == key))
     }
 
-    pub(crate) fn replace(&mut self, key: &str, value: Box<RawValue>) {
+    /// Adds `key` at the end, unless it is there already (then `false`).
+    pub(crate) fn push(&mut self, key: Cow<'a, str>, value: &'a RawValue) -> bool {
+        if self.fields.iter().any(|(k, _)| *k == key) {
+            return false;
+        }
+        self.fields.push((key, RawSlot::Borrowed(value)));
+        true
+    }
+
+    /// Puts `value` in the place of `key`'s (nothing when `key` is absent).
+    pub fn replace(&mut self, key: &str, value: Box<RawValue>) {
         if let Some(slot) = self.fields.iter_mut().find(|(k, _)| k == key) {
             slot.1 = RawSlot::Owned(value);
         }

@@ -2,7 +2,14 @@
 //! backend's address: `Location`, `Content-Location`, and in Bundles `link[].url`,
 //! `entry[].fullUrl` and `entry[].response.location` (FHIR R4 §2.36 Bundle).
 
+use std::borrow::Cow;
+use std::fmt;
+use std::marker::PhantomData;
+
+use portvagt_policy::raw::OrderedRaw;
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::Value;
+use serde_json::value::{RawValue, to_raw_value};
 
 /// How a Bundle's paging links are handed out: the relations that page, and the public link
 /// made of what follows the backend base in one.
@@ -79,30 +86,7 @@ impl UrlRewriter {
             return false;
         }
         if let Some(links) = value.get_mut("link").and_then(Value::as_array_mut) {
-            links.retain_mut(|link| {
-                let Some(paging) = paging.filter(|paging| {
-                    paging.sign_self
-                        || !link
-                            .get("relation")
-                            .and_then(Value::as_str)
-                            .is_some_and(|relation| relation.eq_ignore_ascii_case("self"))
-                }) else {
-                    self.rewrite_field(link, "url");
-                    return true;
-                };
-                let made = link
-                    .get("url")
-                    .and_then(Value::as_str)
-                    .and_then(|url| self.below(url))
-                    .and_then(paging.link);
-                match made {
-                    Some(url) => {
-                        link["url"] = Value::String(url);
-                        true
-                    }
-                    None => false,
-                }
-            });
+            self.rewrite_links(links, paging);
         }
         if let Some(entries) = value.get_mut("entry").and_then(Value::as_array_mut) {
             for entry in entries {
@@ -115,12 +99,160 @@ impl UrlRewriter {
         true
     }
 
-    fn rewrite_field(&self, object: &mut Value, field: &str) {
+    /// [`Self::rewrite_bundle`] on a Bundle's bytes, without building its tree: the bytes are
+    /// read once into the Bundle's fields and its entries' fields; only `link` and each entry's
+    /// `fullUrl` and `response` are parsed, and everything else is copied as it came.
+    /// `Ok(None)`: not a Bundle, nothing to rewrite. `Err(Unread)`: the answer cannot be read so
+    /// (not a JSON object, a key given twice, an `entry` that is not a list of objects); rewrite
+    /// its parsed tree instead.
+    pub fn rewrite_bundle_bytes(
+        &self,
+        body: &[u8],
+        paging: Option<&Paging<'_>>,
+    ) -> Result<Option<Vec<u8>>, Unread> {
+        let mut bundle: ShallowBundle<'_> = serde_json::from_slice(body).map_err(|_| Unread)?;
+        let is_bundle = bundle.fields.iter().any(|(key, field)| {
+            key == "resourceType"
+                && matches!(field, Field::Raw(raw)
+                    if serde_json::from_str::<Cow<'_, str>>(raw.get()).is_ok_and(|t| t == "Bundle"))
+        });
+        if !is_bundle {
+            return Ok(None);
+        }
+        let mut out = Vec::with_capacity(body.len() + 512);
+        out.push(b'{');
+        for (index, (key, field)) in bundle.fields.iter_mut().enumerate() {
+            if index > 0 {
+                out.push(b',');
+            }
+            serde_json::to_writer(&mut out, key.as_ref()).map_err(|_| Unread)?;
+            out.push(b':');
+            match field {
+                Field::Raw(raw) if key == "link" => {
+                    let mut links: Value = serde_json::from_str(raw.get()).map_err(|_| Unread)?;
+                    if let Some(list) = links.as_array_mut() {
+                        self.rewrite_links(list, paging);
+                    }
+                    serde_json::to_writer(&mut out, &links).map_err(|_| Unread)?;
+                }
+                Field::Raw(raw) => out.extend_from_slice(raw.get().as_bytes()),
+                Field::Entries(entries) => {
+                    for entry in entries.iter_mut() {
+                        self.rewrite_entry(entry)?;
+                    }
+                    serde_json::to_writer(&mut out, entries).map_err(|_| Unread)?;
+                }
+            }
+        }
+        out.push(b'}');
+        Ok(Some(out))
+    }
+
+    /// An entry's `fullUrl` and `response.location` rewritten in place.
+    fn rewrite_entry(&self, entry: &mut OrderedRaw<'_>) -> Result<(), Unread> {
+        let full_url = entry.get_str("fullUrl").and_then(|url| self.rewrite(&url));
+        if let Some(url) = full_url {
+            entry.replace("fullUrl", to_raw_value(&url).map_err(|_| Unread)?);
+        }
+        let response = match entry.get("response") {
+            Some(raw) => {
+                let mut response: Value = serde_json::from_str(raw.get()).map_err(|_| Unread)?;
+                self.rewrite_field(&mut response, "location")
+                    .then(|| to_raw_value(&response))
+                    .transpose()
+                    .map_err(|_| Unread)?
+            }
+            None => None,
+        };
+        if let Some(response) = response {
+            entry.replace("response", response);
+        }
+        Ok(())
+    }
+
+    /// A Bundle's links rewritten, or with `paging` handed out as it makes them (see
+    /// [`Self::rewrite_bundle`]).
+    fn rewrite_links(&self, links: &mut Vec<Value>, paging: Option<&Paging<'_>>) {
+        links.retain_mut(|link| {
+            let Some(paging) = paging.filter(|paging| {
+                paging.sign_self
+                    || !link
+                        .get("relation")
+                        .and_then(Value::as_str)
+                        .is_some_and(|relation| relation.eq_ignore_ascii_case("self"))
+            }) else {
+                self.rewrite_field(link, "url");
+                return true;
+            };
+            let made = link
+                .get("url")
+                .and_then(Value::as_str)
+                .and_then(|url| self.below(url))
+                .and_then(paging.link);
+            match made {
+                Some(url) => {
+                    link["url"] = Value::String(url);
+                    true
+                }
+                None => false,
+            }
+        });
+    }
+
+    /// Rewrites `object[field]` if it is a URL below the backend base; whether it was.
+    fn rewrite_field(&self, object: &mut Value, field: &str) -> bool {
         if let Some(slot) = object.get_mut(field)
             && let Some(rewritten) = slot.as_str().and_then(|url| self.rewrite(url))
         {
             *slot = Value::String(rewritten);
+            return true;
         }
+        false
+    }
+}
+
+/// A Bundle that cannot be rewritten from its bytes alone (see
+/// [`UrlRewriter::rewrite_bundle_bytes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unread;
+
+/// A Bundle as its fields in order, the entries as theirs: read in one pass, nothing parsed
+/// below an entry's fields.
+struct ShallowBundle<'a> {
+    fields: Vec<(Cow<'a, str>, Field<'a>)>,
+}
+
+enum Field<'a> {
+    Raw(&'a RawValue),
+    Entries(Vec<OrderedRaw<'a>>),
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for ShallowBundle<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Fields<'a>(PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for Fields<'a> {
+            type Value = ShallowBundle<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+                let mut fields: Vec<(Cow<'a, str>, Field<'a>)> = Vec::new();
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    // Which of two `entry` or `link` members counts differs between readers.
+                    if fields.iter().any(|(earlier, _)| *earlier == key) {
+                        return Err(serde::de::Error::custom("duplicate key"));
+                    }
+                    let field = if key == "entry" {
+                        Field::Entries(map.next_value()?)
+                    } else {
+                        Field::Raw(map.next_value()?)
+                    };
+                    fields.push((key, field));
+                }
+                Ok(ShallowBundle { fields })
+            }
+        }
+        deserializer.deserialize_map(Fields(PhantomData))
     }
 }
 
@@ -236,6 +368,87 @@ mod tests {
                 { "url": "signed<?_getpages=abc&o=3>" }
             ])
         );
+    }
+
+    /// Both readings of a Bundle: from its bytes, and from its parsed tree.
+    fn both_ways(
+        body: &str,
+        paging: Option<&Paging<'_>>,
+    ) -> (Result<Option<Value>, Unread>, Value) {
+        let shallow = rewriter()
+            .rewrite_bundle_bytes(body.as_bytes(), paging)
+            .map(|out| out.map(|bytes| serde_json::from_slice(&bytes).unwrap()));
+        let mut tree: Value = serde_json::from_str(body).unwrap();
+        rewriter().rewrite_bundle(&mut tree, paging);
+        (shallow, tree)
+    }
+
+    #[test]
+    fn a_bundle_rewritten_from_its_bytes_is_the_bundle_rewritten_from_its_tree() {
+        let link = |rest: &str| (!rest.contains("drop")).then(|| format!("signed<{rest}>"));
+        let paging = Paging {
+            sign_self: false,
+            link: &link,
+        };
+        let bundles = [
+            r#"{"resourceType":"Bundle","type":"searchset","total":2,
+                "link":[{"relation":"self","url":"http://10.0.0.5:8080/fhir/R4/Observation?patient=1"},
+                        {"relation":"next","url":"http://10.0.0.5:8080/fhir/R4?_getpages=abc"},
+                        {"relation":"next","url":"http://10.0.0.5:8080/fhir/R4?drop"}],
+                "entry":[{"fullUrl":"http://10.0.0.5:8080/fhir/R4/Observation/1","resource":{"resourceType":"Observation","id":"1","valueQuantity":{"value":1.50}},"search":{"mode":"match"}},
+                         {"fullUrl":"http:\/\/10.0.0.5:8080\/fhir\/R4\/Observation\/2","resource":{"resourceType":"Observation","id":"2"}},
+                         {"fullUrl":"urn:uuid:1234","response":{"status":"201","location":"http://10.0.0.5:8080/fhir/R4/Patient/2/_history/1"}},
+                         {"fullUrl":7,"response":"odd"},
+                         {}]}"#,
+            r#"{"resourceType":"Bundle","link":{"url":"http://10.0.0.5:8080/fhir/R4"},"entry":[]}"#,
+            r#"{"resourceType":"Bundle","link":null}"#,
+            r#"{"entry":[{"fullUrl":"http://10.0.0.5:8080/fhir/R4/Patient/1"}],"resourceType":"Bundle"}"#,
+        ];
+        for body in bundles {
+            for paging in [None, Some(&paging)] {
+                let (shallow, tree) = both_ways(body, paging);
+                assert_eq!(shallow, Ok(Some(tree)), "{body}");
+            }
+        }
+        // The resources are copied as they came: a number keeps its spelling.
+        let out = rewriter()
+            .rewrite_bundle_bytes(bundles[0].as_bytes(), None)
+            .unwrap()
+            .unwrap();
+        assert!(
+            String::from_utf8(out)
+                .unwrap()
+                .contains(r#"{"value":1.50}"#)
+        );
+    }
+
+    #[test]
+    fn what_cannot_be_read_from_the_bytes_is_left_to_the_tree() {
+        for body in [
+            // A key given twice, at the top or in an entry.
+            r#"{"resourceType":"Bundle","link":[],"link":[{"url":"http://10.0.0.5:8080/fhir/R4/x"}]}"#,
+            r#"{"resourceType":"Bundle","entry":[{"fullUrl":"urn:uuid:1","fullUrl":"http://10.0.0.5:8080/fhir/R4/x"}]}"#,
+            // An entry that is not an object, entries that are not a list.
+            r#"{"resourceType":"Bundle","entry":[1,{"fullUrl":"http://10.0.0.5:8080/fhir/R4/x"}]}"#,
+            r#"{"resourceType":"Bundle","entry":{"fullUrl":"http://10.0.0.5:8080/fhir/R4/x"}}"#,
+            r#"{"resourceType":"Bundle","entry":null}"#,
+            "not json",
+        ] {
+            assert_eq!(
+                rewriter().rewrite_bundle_bytes(body.as_bytes(), None),
+                Err(Unread),
+                "{body}"
+            );
+        }
+        for body in [
+            r#"{"resourceType":"Patient","link":[{"url":"http://10.0.0.5:8080/fhir/R4/x"}]}"#,
+            r#"{"resourceType":7}"#,
+        ] {
+            assert_eq!(
+                rewriter().rewrite_bundle_bytes(body.as_bytes(), None),
+                Ok(None)
+            );
+        }
     }
 
     #[test]

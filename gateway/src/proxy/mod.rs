@@ -360,9 +360,6 @@ fn rewrite_bundle(upstream: &Upstream, bytes: Bytes, paging: Option<PageSigning<
     if paging.is_none() && memchr::memmem::find(&bytes, needle).is_none() {
         return bytes;
     }
-    let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
-        return bytes;
-    };
     let link = |rest: &str| {
         paging
             .as_ref()?
@@ -373,6 +370,19 @@ fn rewrite_bundle(upstream: &Upstream, bytes: Bytes, paging: Option<PageSigning<
         sign_self: signing.followed.is_some(),
         link: &link,
     });
+    // The resources are copied as they came; only a Bundle that cannot be read so (a key given
+    // twice, say) is parsed whole.
+    match upstream
+        .rewriter
+        .rewrite_bundle_bytes(&bytes, signed.as_ref())
+    {
+        Ok(Some(rewritten)) => return Bytes::from(rewritten),
+        Ok(None) => return bytes,
+        Err(_) => {}
+    }
+    let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return bytes;
+    };
     if !upstream
         .rewriter
         .rewrite_bundle(&mut value, signed.as_ref())
