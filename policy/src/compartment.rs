@@ -284,12 +284,12 @@ pub fn patients_in_body(body: &[u8]) -> Option<Vec<String>> {
     match (answer.entries, is_bundle) {
         (Some(entries), true) => {
             for resource in entries.iter().filter_map(|entry| entry.resource.as_ref()) {
-                collect_patients_raw(resource, &mut patients)?;
+                collect_patients_raw(resource, &mut patients, 1)?;
             }
         }
         // Another resource with an `entry` (a List): read as a tree.
         (Some(_), false) => return None,
-        (None, _) => collect_patients_raw(&answer.fields, &mut patients)?,
+        (None, _) => collect_patients_raw(&answer.fields, &mut patients, 0)?,
     }
     patients.sort_unstable();
     patients.dedup();
@@ -340,8 +340,17 @@ struct EntryResource<'a> {
     resource: Option<OrderedRaw<'a>>,
 }
 
-fn collect_patients_raw(resource: &OrderedRaw<'_>, patients: &mut Vec<String>) -> Option<()> {
-    if resource.has_duplicate_keys() {
+/// How deep Bundles in Bundles are read from the bytes: raw values have no depth limit, and a
+/// Bundle nested a hundred thousand times would exhaust the stack. Deeper: parsed as a tree,
+/// whose parser stops at its own limit (and an answer that cannot be read does not leave).
+const MAX_NESTED_BUNDLES: usize = 16;
+
+fn collect_patients_raw(
+    resource: &OrderedRaw<'_>,
+    patients: &mut Vec<String>,
+    depth: usize,
+) -> Option<()> {
+    if resource.has_duplicate_keys() || depth > MAX_NESTED_BUNDLES {
         return None;
     }
     let resource_type = resource.get_str("resourceType").unwrap_or_default();
@@ -349,7 +358,7 @@ fn collect_patients_raw(resource: &OrderedRaw<'_>, patients: &mut Vec<String>) -
         if let Some(entries) = resource.get("entry") {
             let entries: Vec<EntryResource<'_>> = serde_json::from_str(entries.get()).ok()?;
             for inner in entries.iter().filter_map(|entry| entry.resource.as_ref()) {
-                collect_patients_raw(inner, patients)?;
+                collect_patients_raw(inner, patients, depth + 1)?;
             }
         }
         return Some(());

@@ -46,6 +46,11 @@ pub enum ProxyError {
     /// A Bulk Data export file held a line that is not a FHIR resource: it cannot be checked.
     #[error("an export file held a line that is not a FHIR resource")]
     UnreadableExport,
+    /// A successful JSON answer that cannot be read (a lone surrogate, nesting past the
+    /// parser's depth): whose data it holds, and its links, cannot be known, so it does not
+    /// leave.
+    #[error("the backend's answer could not be read as JSON")]
+    UnreadableAnswer,
     /// A Bulk Data export file is larger than `limits.max_response_bytes`.
     #[error("the export file is larger than the gateway reads and checks")]
     ExportFileTooLarge,

@@ -403,9 +403,16 @@ mod tests {
             r#"{"resourceType":"Bundle","link":{"url":"http://10.0.0.5:8080/fhir/R4"},"entry":[]}"#,
             r#"{"resourceType":"Bundle","link":null}"#,
             r#"{"entry":[{"fullUrl":"http://10.0.0.5:8080/fhir/R4/Patient/1"}],"resourceType":"Bundle"}"#,
+            // Escaped keys and values, links that are not objects or have odd relations.
+            r#"{"resourceType":"Bundl\u0065","l\u0069nk":[1,{"relation":7,"url":"http://10.0.0.5:8080/fhir/R4?_getpages=b"},{"relation":"s\u0065lf","url":"http://10.0.0.5:8080/fhir/R4/Observation"}],
+                "entr\u0079":[{"fullUr\u006c":"http://10.0.0.5:8080/fhir/R4/Observation/3","response":{"locati\u006fn":"http://10.0.0.5:8080/fhir/R4/Observation/3/_history/1"}}]}"#,
         ];
+        let signing_self = Paging {
+            sign_self: true,
+            link: &link,
+        };
         for body in bundles {
-            for paging in [None, Some(&paging)] {
+            for paging in [None, Some(&paging), Some(&signing_self)] {
                 let (shallow, tree) = both_ways(body, paging);
                 assert_eq!(shallow, Ok(Some(tree)), "{body}");
             }

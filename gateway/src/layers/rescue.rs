@@ -185,6 +185,12 @@ fn backend_outcome(error: &ProxyError) -> Outcome {
             "the export file is larger than limits.max_response_bytes: have the backend split \
              its export files below it (most servers have a maximum file size), or raise the limit",
         ),
+        ProxyError::UnreadableAnswer => Outcome::new(
+            StatusCode::BAD_GATEWAY,
+            "exception",
+            "backend-answer-unreadable",
+            "the backend's answer could not be read as FHIR JSON, so it could not be checked",
+        ),
         ProxyError::UnreadableExport => Outcome::new(
             StatusCode::BAD_GATEWAY,
             "exception",

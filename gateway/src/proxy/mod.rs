@@ -353,12 +353,17 @@ impl PageSigning<'_> {
 
 /// Rewrites the backend's URLs in a Bundle to the gateway's; with `paging`, its paging links
 /// become links the gateway signs for the caller, continuing the request it began with.
-fn rewrite_bundle(upstream: &Upstream, bytes: Bytes, paging: Option<PageSigning<'_>>) -> Bytes {
+fn rewrite_bundle(
+    upstream: &Upstream,
+    bytes: Bytes,
+    paging: Option<PageSigning<'_>>,
+    status: http::StatusCode,
+) -> Result<Bytes, ProxyError> {
     // Cheap check first: no backend URL in the body means nothing to rewrite, unless links are
     // signed, where a link in any other form must not reach the client as it is.
     let needle = upstream.backend.base_url().as_bytes();
     if paging.is_none() && memchr::memmem::find(&bytes, needle).is_none() {
-        return bytes;
+        return Ok(bytes);
     }
     let link = |rest: &str| {
         paging
@@ -376,20 +381,25 @@ fn rewrite_bundle(upstream: &Upstream, bytes: Bytes, paging: Option<PageSigning<
         .rewriter
         .rewrite_bundle_bytes(&bytes, signed.as_ref())
     {
-        Ok(Some(rewritten)) => return Bytes::from(rewritten),
-        Ok(None) => return bytes,
+        Ok(Some(rewritten)) => return Ok(Bytes::from(rewritten)),
+        Ok(None) => return Ok(bytes),
         Err(_) => {}
     }
     let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
-        return bytes;
+        // A successful answer that cannot be read at all may hold the backend's links: it does
+        // not leave with them unsigned.
+        if status.is_success() {
+            return Err(ProxyError::UnreadableAnswer);
+        }
+        return Ok(bytes);
     };
     if !upstream
         .rewriter
         .rewrite_bundle(&mut value, signed.as_ref())
     {
-        return bytes;
+        return Ok(bytes);
     }
-    serde_json::to_vec(&value).map(Bytes::from).unwrap_or(bytes)
+    Ok(serde_json::to_vec(&value).map(Bytes::from).unwrap_or(bytes))
 }
 
 #[cfg(test)]

@@ -165,7 +165,7 @@ impl Proxy {
         let mut bytes = if ndjson {
             export::ndjson_as_bundle(&bytes, &exported)?
         } else {
-            rewrite_bundle(upstream, bytes, paging)
+            rewrite_bundle(upstream, bytes, paging, status)?
         };
         if let (true, Some(signing)) = (
             export && exchange.followed == Some(LinkKind::ExportStatus) && status.is_success(),
@@ -374,7 +374,8 @@ impl Proxy {
                 Err(_) if consent.is_some() => {
                     return Err(crate::consent::ConsentUnavailableError.into());
                 }
-                Err(_) => None,
+                // Nor can whose data it is be recorded: it does not leave unrecorded.
+                Err(_) => return Err(ProxyError::UnreadableAnswer.into()),
             }
         } else {
             None

@@ -11,7 +11,10 @@ use serde_json::{Value, json};
 
 use std::sync::Arc;
 
-use crate::support::{Answer, Gateway, ISSUER, Options, Repository, backend_url, metric_value};
+use crate::support::{
+    Answer, Gateway, ISSUER, MARKER_SYSTEM, Options, Repository, backend_exchange_bytes,
+    backend_url, metric_value,
+};
 
 fn request_id(answer: &Answer) -> String {
     answer.headers["x-request-id"].to_str().unwrap().to_owned()
@@ -32,6 +35,48 @@ fn entity_references(event: &Value) -> Vec<String> {
         .iter()
         .filter_map(|entity| entity["what"]["reference"].as_str().map(str::to_owned))
         .collect()
+}
+
+/// A resource a JavaScript server stores and answers, but a strict JSON reader cannot read: a
+/// lone surrogate escape in the display text of its subject. Created straight at the backend;
+/// its id.
+async fn unreadable_observation() -> String {
+    let marker = format!("unreadable-{}", std::process::id());
+    let body = format!(
+        r#"{{"resourceType":"Observation","status":"final","code":{{"text":"pulse"}},
+            "identifier":[{{"system":"{MARKER_SYSTEM}","value":"{marker}"}}],
+            "subject":{{"reference":"Patient/pat-anne","display":"Anne \ud800"}}}}"#
+    );
+    let (status, created) =
+        backend_exchange_bytes(backend_url(), http::Method::POST, "Observation", &[], body).await;
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&created));
+    let text = String::from_utf8_lossy(&created);
+    assert!(
+        text.contains(r"\ud800"),
+        "the backend keeps the escape: {text}"
+    );
+    let at = text.find(r#""id":""#).expect("an id") + 6;
+    text[at..].split('"').next().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn an_answer_that_cannot_be_read_does_not_leave_unrecorded() {
+    let gateway = Gateway::start();
+    let id = unreadable_observation().await;
+    let token = gateway.token(json!({ "scope": "user/*.rs", "role": "7170" }));
+    // Whose data it is cannot be read from it: it does not leave without her in the record.
+    for path in [
+        format!("/fhir/Observation/{id}"),
+        format!("/fhir/Observation?_id={id}"),
+    ] {
+        let answer = gateway.client().get(&path, Some(&token)).await.unwrap();
+        assert_eq!(answer.status, 502, "{path}: {}", answer.text());
+        assert_eq!(answer.detail_code(), "backend-answer-unreadable", "{path}");
+        assert!(!answer.text().contains("ud800"), "{}", answer.text());
+        let events = gateway.audit_events_for(&request_id(&answer));
+        assert_eq!(events.len(), 1, "{path}: {events:#?}");
+        assert_eq!(events[0]["outcome"], "8", "{path}");
+    }
 }
 
 #[tokio::test]

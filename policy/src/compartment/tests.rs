@@ -112,6 +112,24 @@ fn the_patients_read_from_bytes_are_those_of_the_parsed_answer() {
 }
 
 #[test]
+fn bundles_nested_past_the_bound_are_left_to_the_tree_not_to_the_stack() {
+    let nested = |depth: usize| {
+        let mut body = r#"{"resourceType":"Bundle","entry":[{"resource":"#.repeat(depth);
+        body.push_str(r#"{"resourceType":"Patient","id":"pat-anne"}"#);
+        body.push_str(&"}]}".repeat(depth));
+        body
+    };
+    assert_eq!(
+        super::patients_in_body(nested(super::MAX_NESTED_BUNDLES).as_bytes()),
+        Some(vec!["pat-anne".to_owned()])
+    );
+    // Raw values have no depth limit: read level by level, this would exhaust the stack.
+    for depth in [super::MAX_NESTED_BUNDLES + 1, 50_000] {
+        assert_eq!(super::patients_in_body(nested(depth).as_bytes()), None);
+    }
+}
+
+#[test]
 fn the_patients_an_answer_is_about_are_found_on_compartment_paths() {
     let observation = json!({
         "resourceType": "Observation", "id": "o1",

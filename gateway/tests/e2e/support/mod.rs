@@ -716,6 +716,23 @@ pub async fn backend_exchange_with(
     headers: &[(&str, &str)],
     body: Option<&Value>,
 ) -> (StatusCode, Value) {
+    let text = body.map(Value::to_string).unwrap_or_default();
+    let (status, bytes) = backend_exchange_bytes(base, method, path, headers, text).await;
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+/// [`backend_exchange_with`] with a body written as text (JSON a `Value` cannot hold, such as
+/// a lone surrogate escape), the answer as its bytes.
+pub async fn backend_exchange_bytes(
+    base: &str,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: String,
+) -> (StatusCode, Bytes) {
     let url: http::Uri = format!("{base}/{path}").parse().unwrap();
     let tcp = tokio::net::TcpStream::connect((url.host().unwrap(), url.port_u16().unwrap()))
         .await
@@ -733,17 +750,12 @@ pub async fn backend_exchange_with(
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
-    let request = request
-        .body(Full::new(Bytes::from(
-            body.map(Value::to_string).unwrap_or_default(),
-        )))
-        .unwrap();
+    let request = request.body(Full::new(Bytes::from(body))).unwrap();
     let response = sender.send_request(request).await.unwrap();
     let status = response.status();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
     (
         status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        response.into_body().collect().await.unwrap().to_bytes(),
     )
 }
 
