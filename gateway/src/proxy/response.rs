@@ -374,7 +374,10 @@ impl Proxy {
                 Err(_) if consent.is_some() => {
                     return Err(crate::consent::ConsentUnavailableError.into());
                 }
-                // Nor can whose data it is be recorded: it does not leave unrecorded.
+                // A write's answer is passed on: the change has happened, and the record names
+                // whose data it changed from the request.
+                Err(_) if fhir.interaction().is_write() => None,
+                // Nor can whose data a read answered be recorded: it does not leave unrecorded.
                 Err(_) => return Err(ProxyError::UnreadableAnswer.into()),
             }
         } else {

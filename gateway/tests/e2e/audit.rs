@@ -38,9 +38,10 @@ fn entity_references(event: &Value) -> Vec<String> {
 }
 
 /// A resource a JavaScript server stores and answers, but a strict JSON reader cannot read: a
-/// lone surrogate escape in the display text of its subject. Created straight at the backend;
-/// its id.
-async fn unreadable_observation() -> String {
+/// lone surrogate escape in the display text of its subject. Created straight at `backend` (a
+/// backend of the test's own: every search of Anne's observations in the shared one would fail
+/// on it); its id.
+async fn unreadable_observation(backend: &str) -> String {
     let marker = format!("unreadable-{}", std::process::id());
     let body = format!(
         r#"{{"resourceType":"Observation","status":"final","code":{{"text":"pulse"}},
@@ -48,7 +49,7 @@ async fn unreadable_observation() -> String {
             "subject":{{"reference":"Patient/pat-anne","display":"Anne \ud800"}}}}"#
     );
     let (status, created) =
-        backend_exchange_bytes(backend_url(), http::Method::POST, "Observation", &[], body).await;
+        backend_exchange_bytes(backend, http::Method::POST, "Observation", &[], body).await;
     assert_eq!(status, 201, "{}", String::from_utf8_lossy(&created));
     let text = String::from_utf8_lossy(&created);
     assert!(
@@ -61,8 +62,13 @@ async fn unreadable_observation() -> String {
 
 #[tokio::test]
 async fn an_answer_that_cannot_be_read_does_not_leave_unrecorded() {
-    let gateway = Gateway::start();
-    let id = unreadable_observation().await;
+    let backend =
+        portvagt::demo::BackendProcess::start(&portvagt::demo::default_testbed(), true).unwrap();
+    let gateway = Gateway::start_with(Options {
+        backend_url: Some(backend.base_url().to_owned()),
+        ..Options::default()
+    });
+    let id = unreadable_observation(backend.base_url()).await;
     let token = gateway.token(json!({ "scope": "user/*.rs", "role": "7170" }));
     // Whose data it is cannot be read from it: it does not leave without her in the record.
     for path in [
@@ -77,6 +83,31 @@ async fn an_answer_that_cannot_be_read_does_not_leave_unrecorded() {
         assert_eq!(events.len(), 1, "{path}: {events:#?}");
         assert_eq!(events[0]["outcome"], "8", "{path}");
     }
+    // A write to it is refused before it is made: what it changes, and whose that is, cannot
+    // be read first.
+    let writer = gateway.token(json!({ "scope": "user/*.cruds", "role": "7170" }));
+    let patch = crate::support::json_patch(
+        &format!("/fhir/Observation/{id}"),
+        &writer,
+        &json!([{ "op": "replace", "path": "/status", "value": "amended" }]).to_string(),
+        &[],
+    );
+    let answer = gateway.client().send(patch).await.unwrap();
+    assert_eq!(answer.status, 503, "{}", answer.text());
+    assert_eq!(answer.detail_code(), "lookup-failed");
+    let (_, stored) = backend_exchange_bytes(
+        backend.base_url(),
+        http::Method::GET,
+        &format!("Observation/{id}"),
+        &[],
+        String::new(),
+    )
+    .await;
+    assert!(
+        String::from_utf8_lossy(&stored).contains(r#""status":"final""#),
+        "{}",
+        String::from_utf8_lossy(&stored)
+    );
 }
 
 #[tokio::test]
