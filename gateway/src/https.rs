@@ -42,6 +42,25 @@ pub struct ClientIdentity<'p> {
     pub key: &'p Path,
 }
 
+impl<'p> ClientIdentity<'p> {
+    /// A config table's `client_cert` and `client_key`: both or neither (the error is for
+    /// `cert_field`, the certificate's dotted path).
+    pub fn from_pair(
+        cert: Option<&'p PathBuf>,
+        key: Option<&'p PathBuf>,
+        cert_field: impl Into<String>,
+    ) -> Result<Option<Self>, crate::config::ConfigError> {
+        match (cert, key) {
+            (Some(cert), Some(key)) => Ok(Some(ClientIdentity { cert, key })),
+            (None, None) => Ok(None),
+            _ => Err(crate::config::ConfigError::new(
+                cert_field,
+                "give both client_cert and client_key, or neither",
+            )),
+        }
+    }
+}
+
 impl HttpsClient {
     /// Trusts the CA certificates in `ca_file` (default: the public web PKI roots) and, with
     /// `identity`, presents that client certificate. Errors name the offending file.

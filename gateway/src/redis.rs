@@ -43,16 +43,11 @@ impl RedisSettings {
     pub fn from_config(config: Option<&RedisConfig>) -> Result<RedisSettings, ConfigError> {
         let default = RedisConfig::default();
         let config = config.unwrap_or(&default);
-        let identity = match (&config.client_cert, &config.client_key) {
-            (Some(cert), Some(key)) => Some(crate::https::ClientIdentity { cert, key }),
-            (None, None) => None,
-            _ => {
-                return Err(ConfigError::new(
-                    "redis.client_cert",
-                    "client_cert and client_key go together",
-                ));
-            }
-        };
+        let identity = crate::https::ClientIdentity::from_pair(
+            config.client_cert.as_ref(),
+            config.client_key.as_ref(),
+            "redis.client_cert",
+        )?;
         let tls = crate::https::client_tls(config.ca_file.as_deref(), identity).map_err(|e| {
             let field = if e.contains("CA") || config.client_cert.is_none() {
                 "redis.ca_file"

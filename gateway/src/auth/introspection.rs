@@ -145,16 +145,11 @@ impl Introspector {
                 ));
             }
         };
-        let identity = match (&config.client_cert, &config.client_key) {
-            (Some(cert), Some(key)) => Some(ClientIdentity { cert, key }),
-            (None, None) => None,
-            _ => {
-                return Err(ConfigError::new(
-                    field("client_cert"),
-                    "client_cert and client_key go together",
-                ));
-            }
-        };
+        let identity = ClientIdentity::from_pair(
+            config.client_cert.as_ref(),
+            config.client_key.as_ref(),
+            field("client_cert"),
+        )?;
         if secret.is_none() == identity.is_none() {
             return Err(ConfigError::new(
                 field("client_secret_file"),

@@ -133,16 +133,12 @@ impl Backend {
             return Err(ConfigError::new(at("url"), "must not have a query"));
         }
         let base_path = uri.path().trim_end_matches('/').to_owned();
-        let identity = match (&config.client_cert, &config.client_key) {
-            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
-            (None, None) => None,
-            _ => {
-                return Err(ConfigError::new(
-                    at("client_cert"),
-                    "give both client_cert and client_key, or neither",
-                ));
-            }
-        };
+        let identity = crate::https::ClientIdentity::from_pair(
+            config.client_cert.as_ref(),
+            config.client_key.as_ref(),
+            at("client_cert"),
+        )?
+        .map(|identity| (identity.cert.to_path_buf(), identity.key.to_path_buf()));
         let transport = Transport {
             ca_file: config.ca_file.clone(),
             identity,

@@ -107,16 +107,11 @@ impl Shipper {
                 "must be an http(s):// URL",
             ));
         }
-        let identity = match (&config.client_cert, &config.client_key) {
-            (Some(cert), Some(key)) => Some(ClientIdentity { cert, key }),
-            (None, None) => None,
-            _ => {
-                return Err(ConfigError::new(
-                    "audit.ship.client_cert",
-                    "give both client_cert and client_key, or neither",
-                ));
-            }
-        };
+        let identity = ClientIdentity::from_pair(
+            config.client_cert.as_ref(),
+            config.client_key.as_ref(),
+            "audit.ship.client_cert",
+        )?;
         let client = Arc::new(
             ReloadableHttps::new(
                 config.ca_file.as_deref(),
