@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use serde_json::Value;
 
 use crate::compartment_table::{CompartmentLink, PATIENT_COMPARTMENT};
-use crate::raw::OrderedRaw;
+use crate::raw::{OrderedRaw, RawBundle};
 
 /// Reference data that is about no patient: readable under patient-context scopes, and allowed
 /// in patient-context responses (e.g. an `_include`d Practitioner).
@@ -278,60 +278,24 @@ pub fn patient_reference_id(reference: &str) -> Option<&str> {
 /// entry that is not one, a key given twice): then parse the answer and ask
 /// [`patients_in_answer`].
 pub fn patients_in_body(body: &[u8]) -> Option<Vec<String>> {
-    let answer: RawAnswer<'_> = serde_json::from_slice(body).ok()?;
+    // One pass: a Bundle's entries' resources are read as their fields directly (a second pass
+    // over each resource is what made reading searchsets cost).
+    let answer: RawBundle<'_, EntryResource<'_>> = serde_json::from_slice(body).ok()?;
+    let is_bundle = answer.get_str("resourceType").as_deref() == Some("Bundle");
     let mut patients = Vec::new();
-    let is_bundle = answer.fields.get_str("resourceType").as_deref() == Some("Bundle");
-    match (answer.entries, is_bundle) {
-        (Some(entries), true) => {
+    match (answer.split(), is_bundle) {
+        ((Some(entries), _), true) => {
             for resource in entries.iter().filter_map(|entry| entry.resource.as_ref()) {
                 collect_patients_raw(resource, &mut patients, 1)?;
             }
         }
         // Another resource with an `entry` (a List): read as a tree.
-        (Some(_), false) => return None,
-        (None, _) => collect_patients_raw(&answer.fields, &mut patients, 0)?,
+        ((Some(_), _), false) => return None,
+        ((None, fields), _) => collect_patients_raw(&fields, &mut patients, 0)?,
     }
     patients.sort_unstable();
     patients.dedup();
     Some(patients)
-}
-
-/// An answer read in one pass: its top-level fields, and a Bundle's entries' resources as
-/// theirs (a second pass over each resource is what made reading searchsets cost).
-struct RawAnswer<'a> {
-    fields: OrderedRaw<'a>,
-    entries: Option<Vec<EntryResource<'a>>>,
-}
-
-impl<'de: 'a, 'a> serde::Deserialize<'de> for RawAnswer<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Fields<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Fields<'a> {
-            type Value = RawAnswer<'a>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<M: serde::de::MapAccess<'de>>(
-                self,
-                mut map: M,
-            ) -> Result<Self::Value, M::Error> {
-                let mut fields = OrderedRaw::default();
-                let mut entries = None;
-                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                    if key == "entry" {
-                        if entries.is_some() {
-                            return Err(serde::de::Error::custom("duplicate key"));
-                        }
-                        entries = Some(map.next_value()?);
-                    } else if !fields.push(key, map.next_value()?) {
-                        return Err(serde::de::Error::custom("duplicate key"));
-                    }
-                }
-                Ok(RawAnswer { fields, entries })
-            }
-        }
-        deserializer.deserialize_map(Fields(std::marker::PhantomData))
-    }
 }
 
 #[derive(serde::Deserialize)]
@@ -350,7 +314,8 @@ fn collect_patients_raw(
     patients: &mut Vec<String>,
     depth: usize,
 ) -> Option<()> {
-    if resource.has_duplicate_keys() || depth > MAX_NESTED_BUNDLES {
+    // (A key given twice was refused when the resource was read.)
+    if depth > MAX_NESTED_BUNDLES {
         return None;
     }
     let resource_type = resource.get_str("resourceType").unwrap_or_default();

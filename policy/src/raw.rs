@@ -1,5 +1,7 @@
 //! A JSON object read as ordered (key, raw value) pairs: no tree is built, untouched values are
-//! written back byte for byte. The response filter's light pass rests on it.
+//! written back byte for byte. The response filter's light pass rests on it, and a Bundle's
+//! entries are read in the same pass ([`RawBundle`]) to find an answer's patients and to rewrite
+//! a searchset's URLs.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -46,21 +48,9 @@ impl<'a> OrderedRaw<'a> {
             .map(|(_, v)| v.raw())
     }
 
-    /// Whether a key appears twice (parsers disagree on which one counts).
-    pub(crate) fn has_duplicate_keys(&self) -> bool {
-        self.fields
-            .iter()
-            .enumerate()
-            .any(|(i, (key, _))| self.fields[..i].iter().any(|(earlier, _)| earlier == key))
-    }
-
-    /// Adds `key` at the end, unless it is there already (then `false`).
-    pub(crate) fn push(&mut self, key: Cow<'a, str>, value: &'a RawValue) -> bool {
-        if self.fields.iter().any(|(k, _)| *k == key) {
-            return false;
-        }
+    /// Adds `key` at the end (one not there yet).
+    pub(crate) fn push(&mut self, key: Cow<'a, str>, value: &'a RawValue) {
         self.fields.push((key, RawSlot::Borrowed(value)));
-        true
     }
 
     /// Puts `value` in the place of `key`'s (nothing when `key` is absent).
@@ -93,6 +83,79 @@ impl<'de: 'a, 'a> Deserialize<'de> for OrderedRaw<'a> {
             }
         }
         deserializer.deserialize_map(OrderedVisitor(std::marker::PhantomData))
+    }
+}
+
+/// A JSON object read in one pass as [`OrderedRaw`] is, except that its `entry` is read as a
+/// list of `E` (a Bundle's entries as the reader needs them), so that no entry is scanned twice.
+/// A key given twice is refused, as in [`OrderedRaw`].
+#[derive(Debug)]
+pub struct RawBundle<'a, E> {
+    fields: Vec<(Cow<'a, str>, BundleField<'a, E>)>,
+}
+
+/// A field of a [`RawBundle`]: its bytes, or the entries.
+#[derive(Debug)]
+pub enum BundleField<'a, E> {
+    /// Any field but `entry`, as its bytes.
+    Raw(&'a RawValue),
+    /// `entry`.
+    Entries(Vec<E>),
+}
+
+impl<'a, E> RawBundle<'a, E> {
+    /// The value of `key` (not `entry`) if it is a JSON string.
+    pub fn get_str(&self, key: &str) -> Option<Cow<'_, str>> {
+        self.fields.iter().find_map(|(k, field)| match field {
+            BundleField::Raw(raw) if k == key => serde_json::from_str(raw.get()).ok(),
+            _ => None,
+        })
+    }
+
+    /// The fields in order, `entry` among them.
+    pub fn fields_mut(&mut self) -> impl Iterator<Item = (&str, &mut BundleField<'a, E>)> {
+        self.fields.iter_mut().map(|(key, field)| (&**key, field))
+    }
+
+    /// The entries, and the other fields as an [`OrderedRaw`].
+    pub(crate) fn split(self) -> (Option<Vec<E>>, OrderedRaw<'a>) {
+        let mut entries = None;
+        let mut rest = OrderedRaw::default();
+        for (key, field) in self.fields {
+            match field {
+                BundleField::Raw(raw) => rest.push(key, raw),
+                BundleField::Entries(list) => entries = Some(list),
+            }
+        }
+        (entries, rest)
+    }
+}
+
+impl<'de: 'a, 'a, E: Deserialize<'de>> Deserialize<'de> for RawBundle<'a, E> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct BundleVisitor<'a, E>(std::marker::PhantomData<(&'a (), E)>);
+        impl<'de: 'a, 'a, E: Deserialize<'de>> Visitor<'de> for BundleVisitor<'a, E> {
+            type Value = RawBundle<'a, E>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+                let mut fields: Vec<(Cow<'a, str>, BundleField<'a, E>)> = Vec::new();
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    if fields.iter().any(|(k, _)| *k == key) {
+                        return Err(serde::de::Error::custom("duplicate key"));
+                    }
+                    let field = if key == "entry" {
+                        BundleField::Entries(map.next_value()?)
+                    } else {
+                        BundleField::Raw(map.next_value()?)
+                    };
+                    fields.push((key, field));
+                }
+                Ok(RawBundle { fields })
+            }
+        }
+        deserializer.deserialize_map(BundleVisitor(std::marker::PhantomData))
     }
 }
 

@@ -2,14 +2,9 @@
 //! backend's address: `Location`, `Content-Location`, and in Bundles `link[].url`,
 //! `entry[].fullUrl` and `entry[].response.location` (FHIR R4 §2.36 Bundle).
 
-use std::borrow::Cow;
-use std::fmt;
-use std::marker::PhantomData;
-
-use portvagt_policy::raw::OrderedRaw;
-use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use portvagt_policy::raw::{BundleField, OrderedRaw, RawBundle};
 use serde_json::Value;
-use serde_json::value::{RawValue, to_raw_value};
+use serde_json::value::to_raw_value;
 
 /// How a Bundle's paging links are handed out: the relations that page, and the public link
 /// made of what follows the backend base in one.
@@ -110,33 +105,29 @@ impl UrlRewriter {
         body: &[u8],
         paging: Option<&Paging<'_>>,
     ) -> Result<Option<Vec<u8>>, Unread> {
-        let mut bundle: ShallowBundle<'_> = serde_json::from_slice(body).map_err(|_| Unread)?;
-        let is_bundle = bundle.fields.iter().any(|(key, field)| {
-            key == "resourceType"
-                && matches!(field, Field::Raw(raw)
-                    if serde_json::from_str::<Cow<'_, str>>(raw.get()).is_ok_and(|t| t == "Bundle"))
-        });
-        if !is_bundle {
+        let mut bundle: RawBundle<'_, OrderedRaw<'_>> =
+            serde_json::from_slice(body).map_err(|_| Unread)?;
+        if bundle.get_str("resourceType").as_deref() != Some("Bundle") {
             return Ok(None);
         }
         let mut out = Vec::with_capacity(body.len() + 512);
         out.push(b'{');
-        for (index, (key, field)) in bundle.fields.iter_mut().enumerate() {
+        for (index, (key, field)) in bundle.fields_mut().enumerate() {
             if index > 0 {
                 out.push(b',');
             }
-            serde_json::to_writer(&mut out, key.as_ref()).map_err(|_| Unread)?;
+            serde_json::to_writer(&mut out, key).map_err(|_| Unread)?;
             out.push(b':');
             match field {
-                Field::Raw(raw) if key == "link" => {
+                BundleField::Raw(raw) if key == "link" => {
                     let mut links: Value = serde_json::from_str(raw.get()).map_err(|_| Unread)?;
                     if let Some(list) = links.as_array_mut() {
                         self.rewrite_links(list, paging);
                     }
                     serde_json::to_writer(&mut out, &links).map_err(|_| Unread)?;
                 }
-                Field::Raw(raw) => out.extend_from_slice(raw.get().as_bytes()),
-                Field::Entries(entries) => {
+                BundleField::Raw(raw) => out.extend_from_slice(raw.get().as_bytes()),
+                BundleField::Entries(entries) => {
                     for entry in entries.iter_mut() {
                         self.rewrite_entry(entry)?;
                     }
@@ -215,46 +206,6 @@ impl UrlRewriter {
 /// [`UrlRewriter::rewrite_bundle_bytes`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Unread;
-
-/// A Bundle as its fields in order, the entries as theirs: read in one pass, nothing parsed
-/// below an entry's fields.
-struct ShallowBundle<'a> {
-    fields: Vec<(Cow<'a, str>, Field<'a>)>,
-}
-
-enum Field<'a> {
-    Raw(&'a RawValue),
-    Entries(Vec<OrderedRaw<'a>>),
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for ShallowBundle<'a> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Fields<'a>(PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for Fields<'a> {
-            type Value = ShallowBundle<'a>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
-                let mut fields: Vec<(Cow<'a, str>, Field<'a>)> = Vec::new();
-                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-                    // Which of two `entry` or `link` members counts differs between readers.
-                    if fields.iter().any(|(earlier, _)| *earlier == key) {
-                        return Err(serde::de::Error::custom("duplicate key"));
-                    }
-                    let field = if key == "entry" {
-                        Field::Entries(map.next_value()?)
-                    } else {
-                        Field::Raw(map.next_value()?)
-                    };
-                    fields.push((key, field));
-                }
-                Ok(ShallowBundle { fields })
-            }
-        }
-        deserializer.deserialize_map(Fields(PhantomData))
-    }
-}
 
 #[cfg(test)]
 mod tests {
