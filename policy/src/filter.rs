@@ -145,15 +145,17 @@ fn holds_audit_event(body: &[u8]) -> bool {
         decoded
             .windows(b"AuditEvent".len())
             .any(|w| w.eq_ignore_ascii_case(b"AuditEvent"))
-            || (decoded.contains(&b'\\') && holds_audit_event(&decoded))
+            || (has_unicode_escape(&decoded) && holds_audit_event(&decoded))
     }
-    // The name written out is needed to be one (escapes in a type name are read below), or a
-    // Binary, whose content is base64.
-    if !body
-        .windows(b"AuditEvent".len())
-        .any(|w| w == b"AuditEvent")
-        && !body.contains(&b'\\')
-        && !body.windows(b"Binary".len()).any(|w| w == b"Binary")
+    // The name written out is needed to be one, or a Binary, whose content is base64. Only a
+    // `\u` escape spells a letter another way (escapes in a type name are read below); a
+    // narrative's `\"` does not make every resource worth parsing.
+    fn has_unicode_escape(bytes: &[u8]) -> bool {
+        memchr::memmem::find(bytes, b"\\u").is_some()
+    }
+    if memchr::memmem::find(body, b"AuditEvent").is_none()
+        && !has_unicode_escape(body)
+        && memchr::memmem::find(body, b"Binary").is_none()
     {
         return false;
     }
