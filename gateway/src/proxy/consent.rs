@@ -560,20 +560,30 @@ impl Proxy {
         patients: &[String],
         record_handle: Option<&RequestRecord>,
     ) -> BoxError {
-        let _ = self.deny(DenyReason::ConsentBlock, record_handle, Some(patients));
+        self.as_missing(DenyReason::ConsentBlock, record_handle, Some(patients))
+    }
+
+    /// Another patient's resource asked for by id: recorded as the refusal it is
+    /// (`outside-compartment`), answered as a missing one, so that whether it exists is not the
+    /// caller's to learn.
+    pub(super) fn refused_as_missing(&self, record_handle: Option<&RequestRecord>) -> BoxError {
+        self.as_missing(DenyReason::OutsideCompartment, record_handle, None)
+    }
+
+    /// A refusal recorded as [`Self::deny`] records it, answered as a resource that does not
+    /// exist.
+    fn as_missing(
+        &self,
+        reason: DenyReason,
+        record_handle: Option<&RequestRecord>,
+        patients: Option<&[String]>,
+    ) -> BoxError {
+        let _ = self.deny(reason, record_handle, patients);
         crate::consent::NotFoundError.into()
     }
 
     /// A refusal: recorded (decision, reason, and the patients whose logs must show the
     /// attempt), counted, and returned as the error the rescue layer answers.
-    /// Another patient's resource asked for by id: recorded as the refusal it is
-    /// (`outside-compartment`), answered as a missing one, so that whether it exists is not the
-    /// caller's to learn.
-    pub(super) fn refused_as_missing(&self, record_handle: Option<&RequestRecord>) -> BoxError {
-        let _ = self.deny(DenyReason::OutsideCompartment, record_handle, None);
-        crate::consent::NotFoundError.into()
-    }
-
     pub(super) fn deny(
         &self,
         reason: DenyReason,
