@@ -133,7 +133,9 @@ fn decide_inner(
 }
 
 /// Whether parameters of a request that is not for `AuditEvent` test AuditEvents:
-/// `_has:AuditEvent:…`, a chain with the `AuditEvent` type modifier, `_type` naming it.
+/// `_has:AuditEvent:…` (nested in another `_has` too), a chain with the `AuditEvent` type
+/// modifier, `_type` naming it, or an export's `_typeFilter` naming it anywhere (its value is
+/// a search of its own).
 fn searches_the_audit_log(request: &FhirRequest) -> bool {
     if request
         .resource_type()
@@ -148,9 +150,11 @@ fn searches_the_audit_log(request: &FhirRequest) -> bool {
             .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
     };
     request.params().iter().any(|(name, value)| {
-        name.get(..16)
-            .is_some_and(|start| start.eq_ignore_ascii_case("_has:auditevent:"))
+        has(name, "_has:auditevent:")
             || has(name, ":auditevent.")
+            || (name.eq_ignore_ascii_case("_typeFilter")
+                && crate::request::percent_decode(value, false)
+                    .map_or(true, |filter| has(&filter, "auditevent")))
             || (name.eq_ignore_ascii_case("_type")
                 && value
                     .split(',')

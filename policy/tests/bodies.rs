@@ -295,6 +295,9 @@ fn answers_that_may_hold_audit_events_are_marked_to_withhold_them() {
         "Observation?subject:AuditEvent.agent=x",
         "?_type=AuditEvent&_summary=count",
         "?_type=Patient,AuditEvent",
+        // A `_has` nested in another: the audit log tested one link further away.
+        "Patient?_has:Observation:patient:_has:AuditEvent:entity:agent=Practitioner/dr-x",
+        "Practitioner?_has:PractitionerRole:practitioner:_has:auditevent:agent:entity=Patient/a",
     ] {
         let (path_only, query) = path.split_once('?').unwrap();
         let request = classify("GET", path_only, Some(query)).unwrap();
@@ -303,6 +306,30 @@ fn answers_that_may_hold_audit_events_are_marked_to_withhold_them() {
             Some(DenyReason::AuditLogRestricted),
             "{path}"
         );
+    }
+    // An export's `_typeFilter` is a search of its own: one testing AuditEvents, in any
+    // spelling, reads the audit log too; others export as they did.
+    for (filter, refused) in [
+        (
+            "Patient%3F_has%3AAuditEvent%3Aentity%3Aagent%3DPractitioner%2Fdr-x",
+            true,
+        ),
+        ("Patient%3F_has%3A%2541uditEvent%3Aentity%3Aagent%3Dx", true),
+        ("Observation%3Fcode%3Dx", false),
+    ] {
+        let request = classify(
+            "GET",
+            "$export",
+            Some(&format!("_type=Patient,Observation&_typeFilter={filter}")),
+        )
+        .unwrap();
+        let decision = decide_as("system/*.rs", None, &request);
+        assert_eq!(
+            decision.deny_reason() == Some(DenyReason::AuditLogRestricted),
+            refused,
+            "{filter}: {decision:?}"
+        );
+        assert_eq!(decision.is_allow(), !refused, "{filter}: {decision:?}");
     }
     for path in [
         "Patient/pat-anne",

@@ -12,6 +12,7 @@ mod url;
 
 pub use self::body::{BundleKind, PatchFormat, RequestBody, operation_parameters};
 pub use self::url::parse_form;
+pub(crate) use self::url::percent_decode;
 use self::url::{check_params, parse_query, split_path};
 use crate::operations::{Kind, Level, Operations};
 use crate::resource_type::ResourceType;

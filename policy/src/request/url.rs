@@ -74,7 +74,7 @@ pub(super) fn parse_query(query: &str) -> Result<Vec<(String, String)>, Classify
 
 /// Decodes `%XX` escapes (and `+` as space in queries); refuses malformed escapes, non-UTF-8
 /// results and control characters, which no FHIR path or parameter needs.
-fn percent_decode(input: &str, plus_is_space: bool) -> Result<String, ClassifyError> {
+pub(crate) fn percent_decode(input: &str, plus_is_space: bool) -> Result<String, ClassifyError> {
     let bytes = input.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
