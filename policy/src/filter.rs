@@ -110,7 +110,7 @@ pub fn check_response(body: &[u8], check: &ResponseCheck<'_>, mode: FilterMode) 
 
 /// Whether `body` is or holds (contained, in a Parameters, in a nested Bundle) an AuditEvent.
 /// Unreadable JSON that names the type counts as holding one.
-fn holds_audit_event(body: &[u8]) -> bool {
+pub fn holds_audit_event(body: &[u8]) -> bool {
     fn holds(value: &serde_json::Value) -> bool {
         match value {
             serde_json::Value::Object(map) => {

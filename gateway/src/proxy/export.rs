@@ -120,7 +120,11 @@ pub(super) fn ndjson_as_bundle(
         let Some(resource_type) = resource.get("resourceType").and_then(Value::as_str) else {
             return Err(ProxyError::UnreadableExport);
         };
-        if !exported(resource_type) {
+        // A Binary (an earlier export's output kept by the backend, a document) that may hold
+        // AuditEvents does not leave in an export either, as a read of it would not.
+        if !exported(resource_type)
+            || (resource_type == "Binary" && portvagt_policy::filter::holds_audit_event(line))
+        {
             continue;
         }
         entries.push(json!({ "resource": resource }));
@@ -296,5 +300,28 @@ mod tests {
                 serde_json::from_slice(&ndjson_as_bundle(logs, &asked).unwrap()).unwrap();
             assert!(kept["entry"].as_array().unwrap().is_empty(), "{kept}");
         }
+        // Nor inside a Binary: an earlier export's NDJSON kept as one, or content naming the
+        // type. A document's bytes leave.
+        let logged = base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            "{\"resourceType\":\"AuditEvent\"}",
+        );
+        let pdf = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "%PDF-1.7");
+        let binaries = format!(
+            "{{\"resourceType\":\"Binary\",\"id\":\"out\",\"contentType\":\"application/fhir+ndjson\",\"data\":\"e30=\"}}\n\
+             {{\"resourceType\":\"Binary\",\"id\":\"named\",\"contentType\":\"application/json\",\"data\":\"{logged}\"}}\n\
+             {{\"resourceType\":\"Binary\",\"id\":\"doc\",\"contentType\":\"application/pdf\",\"data\":\"{pdf}\"}}\n"
+        );
+        let kept: Value = serde_json::from_slice(
+            &ndjson_as_bundle(binaries.as_bytes(), &|t: &str| exported(None, t)).unwrap(),
+        )
+        .unwrap();
+        let ids: Vec<&str> = kept["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|entry| entry["resource"]["id"].as_str())
+            .collect();
+        assert_eq!(ids, ["doc"]);
     }
 }
