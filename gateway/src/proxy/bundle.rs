@@ -132,11 +132,15 @@ pub(crate) fn merge(
 
 fn checked_entry(entry: Value, obligations: &Obligations, mode: FilterMode) -> Value {
     let mut entry = compartment_checked_entry(entry, obligations, mode);
-    // A total that counts what the compartment check takes out goes, as for a single search.
+    // A total that counts what the compartment check takes out goes, and the `last` link whose
+    // offset counts the same, as for a single search.
     if obligations.hide_total
         && let Some(bundle) = entry.get_mut("resource").and_then(Value::as_object_mut)
     {
         bundle.remove("total");
+        if let Some(links) = bundle.get_mut("link").and_then(Value::as_array_mut) {
+            links.retain(|link| link.get("relation").and_then(Value::as_str) != Some("last"));
+        }
     }
     // A citizen's own audit log, read in a batch, is answered in the citizen's view as a single
     // read of it is.
@@ -313,6 +317,26 @@ mod tests {
             forwarded["entry"][0]["request"],
             json!({ "method": "GET", "url": "Observation/o1" })
         );
+    }
+
+    #[test]
+    fn an_entry_whose_total_is_hidden_loses_its_last_link_too() {
+        let entry = json!({ "response": { "status": "200 OK" }, "resource": {
+            "resourceType": "Bundle", "type": "searchset", "total": 7,
+            "link": [{ "relation": "self", "url": "https://fhir.example.dk/fhir/Observation" },
+                     { "relation": "last", "url": "https://fhir.example.dk/fhir/_page/x" }] } });
+        let hidden = Obligations {
+            hide_total: true,
+            ..Obligations::default()
+        };
+        let checked = checked_entry(entry.clone(), &hidden, FilterMode::Remove);
+        assert!(checked["resource"].get("total").is_none(), "{checked}");
+        assert_eq!(
+            checked["resource"]["link"],
+            json!([{ "relation": "self", "url": "https://fhir.example.dk/fhir/Observation" }])
+        );
+        let kept = checked_entry(entry.clone(), &Obligations::default(), FilterMode::Remove);
+        assert_eq!(kept, entry);
     }
 
     #[test]

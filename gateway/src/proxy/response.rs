@@ -201,12 +201,6 @@ impl Proxy {
                 }
                 Err(reason) => return Err(self.deny(reason, record_handle.as_ref(), None)),
             };
-            // A total that counts what a check takes out goes.
-            if obligations.hide_total
-                && let Some(without) = portvagt_policy::filter::without_total(&bytes)
-            {
-                bytes = Bytes::from(without);
-            }
             // The history of another patient's resource, all taken out, is answered as the
             // history of one that never existed.
             if obligations.compartment.is_some()
@@ -223,7 +217,14 @@ impl Proxy {
             if let Some(plan) = batch {
                 bytes = merged_batch(&bytes, plan, fhir, consent.is_some(), self.filter_mode)?;
             }
-            bytes = counts_hidden(bytes, fhir, *strip_total, consent.is_some());
+            // A total that counts what a check or a block takes out goes, and with it the
+            // `last` link, whose offset counts the same.
+            bytes = counts_hidden(
+                bytes,
+                fhir,
+                *strip_total || obligations.hide_total,
+                consent.is_some() || obligations.hide_total,
+            );
         }
         let (bytes, audited_patients) = self
             .withhold(bytes, duties.audits_patients, &exchange)
@@ -680,16 +681,22 @@ fn elements_trimmed(bytes: Bytes, fhir: &FhirRequest, added: &[String]) -> Bytes
     serde_json::to_vec(&answer).map_or(bytes, Bytes::from)
 }
 
-/// A searchset or history without the numbers that would count what blocks withhold: the
-/// `total` when `strip_total`, and, under blocks, the `last` link (its offset counts them too).
-fn counts_hidden(mut bytes: Bytes, fhir: &FhirRequest, strip_total: bool, consent: bool) -> Bytes {
+/// A searchset or history without the numbers that would count what checks or blocks take out:
+/// the `total` when `strip_total`, the `last` link (its offset counts them too) when
+/// `strip_last`.
+fn counts_hidden(
+    mut bytes: Bytes,
+    fhir: &FhirRequest,
+    strip_total: bool,
+    strip_last: bool,
+) -> Bytes {
     if !fhir.interaction().returns_bundle() {
         return bytes;
     }
     if strip_total && let Some(without) = portvagt_policy::filter::without_total(&bytes) {
         bytes = Bytes::from(without);
     }
-    if consent && let Some(without) = portvagt_policy::filter::without_last_link(&bytes) {
+    if strip_last && let Some(without) = portvagt_policy::filter::without_last_link(&bytes) {
         bytes = Bytes::from(without);
     }
     bytes

@@ -650,12 +650,26 @@ async fn other_patients_missing_and_deleted_resources_look_alike() {
         { "request": { "method": "GET", "url": "Observation?performer=Patient/pat-anne&_count=1&_total=accurate" } },
         { "request": { "method": "GET", "url": "Observation?performer=Patient/pat-anne&subject=&_count=1&_total=accurate" } }
     ]});
-    // The backend itself counts.
+    // Two about someone else that she performed: matches of `performer` that are not hers.
+    for _ in 0..2 {
+        backend_send(
+            backend_url(),
+            Method::POST,
+            "Observation",
+            Some(json!({ "resourceType": "Observation", "status": "final",
+                         "code": { "text": marker },
+                         "identifier": [{ "system": MARKER_SYSTEM, "value": marker }],
+                         "subject": { "reference": format!("Patient/other-{marker}") },
+                         "performer": [{ "reference": "Patient/pat-anne" }] })),
+        )
+        .await;
+    }
+    // The backend itself counts them.
     let (_, counted) = crate::support::backend_get(
         "Observation?performer=Patient/pat-anne&_count=1&_total=accurate",
     )
     .await;
-    assert!(counted.get("total").is_some(), "{counted}");
+    assert!(counted["total"].as_u64() >= Some(2), "{counted}");
     let answer = send_batch(&client, &token, batch).await;
     for entry in answer.json()["entry"].as_array().unwrap() {
         assert!(
@@ -667,6 +681,15 @@ async fn other_patients_missing_and_deleted_resources_look_alike() {
         );
         assert!(entry["resource"].get("total").is_none(), "{entry}");
     }
+    let single = client
+        .get(
+            "/fhir/Observation?performer=Patient/pat-anne&_count=1&_total=accurate",
+            Some(&token),
+        )
+        .await
+        .unwrap();
+    assert_eq!(single.status, 200, "{}", single.text());
+    assert!(single.json().get("total").is_none(), "{}", single.text());
     let (status, still) = crate::support::backend_get("Observation/obs-bo-weight").await;
     assert_eq!(status, 200);
     assert_eq!(still["subject"]["reference"], "Patient/pat-bo");
