@@ -205,12 +205,8 @@ impl Proxy {
             // history of one that never existed.
             if obligations.compartment.is_some()
                 && fhir.interaction() == Interaction::HistoryInstance
-                && serde_json::from_slice::<serde_json::Value>(&bytes).is_ok_and(|answer| {
-                    answer
-                        .get("entry")
-                        .and_then(serde_json::Value::as_array)
-                        .is_none_or(Vec::is_empty)
-                })
+                && serde_json::from_slice::<serde_json::Value>(&bytes)
+                    .is_ok_and(|answer| has_no_entries(&answer))
             {
                 return Err(self.refused_as_missing(record_handle.as_ref()));
             }
@@ -260,8 +256,13 @@ impl Proxy {
                 .filter(|e| !wrote(e))
                 .map(|e| e.patients.len())
                 .sum(),
-            // The record names those the request named and those its answer holds.
+            // The record names those the request named and those its answer holds (counted
+            // once each only when together they could pass the bound).
             None => audited_patients.as_ref().map_or(0, |answered| {
+                let at_most = answered.len() + touched.patients.len();
+                if at_most <= self.audit_bound {
+                    return at_most;
+                }
                 let mut all: Vec<&String> = answered.iter().chain(&touched.patients).collect();
                 all.sort_unstable();
                 all.dedup();
@@ -421,10 +422,7 @@ impl Proxy {
                                 named: &touched.entry_named,
                             },
                         );
-                        let emptied = answer
-                            .get("entry")
-                            .and_then(|e| e.as_array())
-                            .is_none_or(Vec::is_empty);
+                        let emptied = has_no_entries(&answer);
                         if withheld > 0
                             && emptied
                             && fhir.interaction() == Interaction::HistoryInstance
@@ -627,12 +625,7 @@ fn merged_batch(
                 == Some(DenyReason::OutsideCompartment.code());
             // A history all taken out is the history of nothing.
             let emptied_history = request.interaction() == Interaction::HistoryInstance
-                && entry.get("resource").is_some_and(|history| {
-                    history
-                        .get("entry")
-                        .and_then(serde_json::Value::as_array)
-                        .is_none_or(Vec::is_empty)
-                });
+                && entry.get("resource").is_some_and(has_no_entries);
             if refused || emptied_history {
                 *entry = bundle::outcome_entry(&crate::outcome::not_found());
                 changed = true;
@@ -679,6 +672,14 @@ fn elements_trimmed(bytes: Bytes, fhir: &FhirRequest, added: &[String]) -> Bytes
         trim(&mut answer);
     }
     serde_json::to_vec(&answer).map_or(bytes, Bytes::from)
+}
+
+/// Whether a Bundle (a history, say) has no entries left.
+fn has_no_entries(bundle: &serde_json::Value) -> bool {
+    bundle
+        .get("entry")
+        .and_then(serde_json::Value::as_array)
+        .is_none_or(Vec::is_empty)
 }
 
 /// A searchset or history without the numbers that would count what checks or blocks take out:
