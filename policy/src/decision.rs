@@ -135,7 +135,7 @@ fn decide_inner(
 /// Whether parameters of a request that is not for `AuditEvent` test AuditEvents:
 /// `_has:AuditEvent:…` (nested in another `_has` too), a chain with the `AuditEvent` type
 /// modifier, `_type` naming it, or an export's `_typeFilter` naming it anywhere (its value is
-/// a search of its own).
+/// a search of its own); in the query or in a conditional create's criteria.
 fn searches_the_audit_log(request: &FhirRequest) -> bool {
     if request
         .resource_type()
@@ -149,17 +149,23 @@ fn searches_the_audit_log(request: &FhirRequest) -> bool {
             .windows(needle.len())
             .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
     };
-    request.params().iter().any(|(name, value)| {
-        has(name, "_has:auditevent:")
-            || has(name, ":auditevent.")
-            || (name.eq_ignore_ascii_case("_typeFilter")
-                && crate::request::percent_decode(value, false)
-                    .map_or(true, |filter| has(&filter, "auditevent")))
-            || (name.eq_ignore_ascii_case("_type")
-                && value
-                    .split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("AuditEvent")))
-    })
+    // A conditional create's `If-None-Exist` is a search too: whether it matched shows.
+    let conditional = request.if_none_exist().unwrap_or_default();
+    request
+        .params()
+        .iter()
+        .chain(conditional)
+        .any(|(name, value)| {
+            has(name, "_has:auditevent:")
+                || has(name, ":auditevent.")
+                || (name.eq_ignore_ascii_case("_typeFilter")
+                    && crate::request::percent_decode(value, false)
+                        .map_or(true, |filter| has(&filter, "auditevent")))
+                || (name.eq_ignore_ascii_case("_type")
+                    && value
+                        .split(',')
+                        .any(|t| t.trim().eq_ignore_ascii_case("AuditEvent")))
+        })
 }
 
 /// Whether the answer to `request` may hold AuditEvents although it does not ask for them:

@@ -145,7 +145,7 @@ pub fn holds_audit_event(body: &[u8]) -> bool {
         decoded
             .windows(b"AuditEvent".len())
             .any(|w| w.eq_ignore_ascii_case(b"AuditEvent"))
-            || (has_unicode_escape(&decoded) && holds_audit_event(&decoded))
+            || holds_audit_event(&decoded)
     }
     // The name written out is needed to be one, or a Binary, whose content is base64. Only a
     // `\u` escape spells a letter another way (escapes in a type name are read below); a

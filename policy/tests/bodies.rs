@@ -307,6 +307,18 @@ fn answers_that_may_hold_audit_events_are_marked_to_withhold_them() {
             "{path}"
         );
     }
+    // A conditional create's criteria are a search too: whether they matched shows in the
+    // answer.
+    let mut create = with_body("POST", "Patient", &json!({ "resourceType": "Patient" }));
+    create
+        .set_if_none_exist("_id=pat-1&_has:AuditEvent:entity:agent=Practitioner/dr-x")
+        .unwrap();
+    assert_eq!(
+        decide_as("user/*.crs", None, &create).deny_reason(),
+        Some(DenyReason::AuditLogRestricted)
+    );
+    create.set_if_none_exist("identifier=x|1").unwrap();
+    assert!(decide_as("user/*.crs", None, &create).is_allow());
     // An export's `_typeFilter` is a search of its own: one testing AuditEvents, in any
     // spelling, reads the audit log too; others export as they did.
     for (filter, refused) in [

@@ -446,6 +446,11 @@ fn binaries_that_hold_audit_events_and_deleted_audit_events_are_withheld_too() {
             r#"{"resourceType":"Audit\u0045vent","id":"a"}"#,
         ),
         binary("text/plain", "AuditEvent/a1 recorded"),
+        // A Binary of an export's output kept inside another (no escape anywhere).
+        binary(
+            "application/json",
+            &binary("application/fhir+ndjson", r#"{"resourceType":"Patient"}"#).to_string(),
+        ),
     ] {
         assert_eq!(
             check_response(body.to_string().as_bytes(), &check, FilterMode::Remove),
