@@ -6,7 +6,7 @@ use std::io::{BufRead as _, BufReader, Read as _, Seek as _, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde_json::value::RawValue;
+use bytes::Bytes;
 
 use super::position::Position;
 use super::seal::SealKeys;
@@ -15,7 +15,7 @@ use super::spool::{RecordLine, SegmentHeader, read_line, segment_name, segments,
 /// A batch read from the spool: the events (each with its record hash, which becomes its id
 /// in the repository), where the next batch starts, and the last seal read (checked).
 pub(crate) struct Batch {
-    pub(crate) events: Vec<(String, Box<RawValue>)>,
+    pub(crate) events: Vec<(String, Bytes)>,
     pub(crate) next: Position,
     pub(crate) last_seal: Option<(u64, String)>,
 }
@@ -49,6 +49,78 @@ pub(crate) struct Reading<'a> {
 /// on a spool it wrote.
 const MAX_UNSEALED: usize = 4 * super::spool::SEAL_EVERY_RECORDS as usize;
 
+/// A batch as it is gathered, from the files ([`read_batch`]) or from what the writer handed
+/// over ([`super::spool::Handoff::take`]): both end it by the same rules.
+pub(crate) struct Gather<'a> {
+    reading: Reading<'a>,
+    batch: Batch,
+    /// The position after the last record gathered.
+    at: Position,
+    /// Events gathered.
+    count: usize,
+    /// With keys: the events, and the position, as of the last seal.
+    vouched: (usize, Position),
+}
+
+impl<'a> Gather<'a> {
+    pub(crate) fn new(from: Position, reading: Reading<'a>) -> Gather<'a> {
+        Gather {
+            reading,
+            batch: Batch {
+                events: Vec::new(),
+                next: from.clone(),
+                last_seal: None,
+            },
+            at: from.clone(),
+            count: 0,
+            vouched: (0, from),
+        }
+    }
+
+    /// Whether the batch holds what was asked for (with seal keys: on to the seal after the
+    /// limit).
+    pub(crate) fn enough(&self) -> bool {
+        self.count >= self.reading.limit
+            && (self.reading.keys.is_none() || self.vouched.0 == self.count)
+    }
+
+    /// The position after a record: record `seq`, hashed `hash`, ends at `end` in `segment`.
+    /// Called for each record before [`Gather::event`] or [`Gather::seal`].
+    pub(crate) fn record(&mut self, segment: u64, end: u64, seq: u64, hash: &str) {
+        self.at.segment = segment;
+        self.at.offset = end;
+        self.at.seq = seq;
+        self.at.head = Some(hash.to_owned());
+    }
+
+    /// An event, whose record (hashed `hash`) ends where `self.at` now stands.
+    pub(crate) fn event(&mut self, hash: String, event: impl FnOnce() -> Bytes) {
+        self.count += 1;
+        if self.reading.keep_events {
+            self.batch.events.push((hash.clone(), event()));
+        }
+        self.at.last_event = Some(hash);
+    }
+
+    /// A seal (checked, where it was read from the files), whose record ends where `self.at`
+    /// now stands: it vouches for the events before it.
+    pub(crate) fn seal(&mut self, seq: u64, jws: &str) {
+        self.batch.last_seal = Some((seq, jws.to_owned()));
+        self.vouched = (self.count, self.at.clone());
+    }
+
+    /// The batch: with seal keys, only what a seal gathered with it vouches for.
+    pub(crate) fn finish(mut self) -> Batch {
+        if self.reading.keys.is_some() {
+            self.batch.events.truncate(self.vouched.0);
+            self.batch.next = self.vouched.1;
+        } else {
+            self.batch.next = self.at;
+        }
+        self.batch
+    }
+}
+
 /// Reads the records after `from`, none beyond `reading.through`, up to `reading.limit`
 /// events. Every line must continue the chain from `from` (sequence number, the previous
 /// record's hash, segment headers). With seal keys the read ends at a seal it checked: what
@@ -59,56 +131,34 @@ pub(crate) fn read_batch(
     from: Position,
     reading: Reading<'_>,
 ) -> Result<Batch, ReadError> {
-    let mut at = from.clone();
-    let mut batch = Batch {
-        events: Vec::new(),
-        next: from.clone(),
-        last_seal: None,
-    };
-    // With keys: the events, and the position, as of the last seal checked.
-    let mut vouched = (0usize, from);
-    if at.segment == 0 {
+    let mut gather = Gather::new(from, reading);
+    if gather.at.segment == 0 {
         match segments(dir)?.first() {
             Some((number, _)) => {
-                at = Position {
+                gather.at = Position {
                     segment: *number,
                     ..Position::default()
                 }
             }
-            None => return Ok(batch),
+            None => return Ok(gather.finish()),
         }
     }
-    let finish = |mut batch: Batch, at: Position, vouched: (usize, Position)| {
-        if reading.keys.is_some() {
-            batch.events.truncate(vouched.0);
-            batch.next = vouched.1;
-        } else {
-            batch.next = at;
-        }
-        batch
-    };
-    let mut count = 0usize;
     loop {
         // The writer starts segment N+1 only when N is complete: if N+1 exists before N is
         // read to its end, that read sees all of N.
-        let next_exists = dir.join(segment_name(at.segment + 1)).exists();
-        let mut file = std::fs::File::open(dir.join(segment_name(at.segment)))?;
-        file.seek(SeekFrom::Start(at.offset))?;
+        let next_exists = dir.join(segment_name(gather.at.segment + 1)).exists();
+        let mut file = std::fs::File::open(dir.join(segment_name(gather.at.segment)))?;
+        file.seek(SeekFrom::Start(gather.at.offset))?;
         let mut reader = BufReader::new(file);
         let mut line = Vec::new();
         loop {
-            let enough = match reading.keys {
-                None => count >= reading.limit,
-                // On to the seal after the limit.
-                Some(_) => count >= reading.limit && vouched.0 == count,
-            };
-            if enough {
-                return Ok(finish(batch, at, vouched));
+            if gather.enough() {
+                return Ok(gather.finish());
             }
-            if reading.keys.is_some() && count - vouched.0 >= MAX_UNSEALED {
+            if reading.keys.is_some() && gather.count - gather.vouched.0 >= MAX_UNSEALED {
                 return Err(ReadError::Broken(format!(
                     "{MAX_UNSEALED} records after record {} without a seal: the writer seals every {} (records written before sealing was turned on cannot be vouched for)",
-                    vouched.1.seq,
+                    gather.vouched.1.seq,
                     super::spool::SEAL_EVERY_RECORDS
                 )));
             }
@@ -117,6 +167,7 @@ pub(crate) fn read_batch(
                 break;
             }
             let body = &line[..line.len() - 1];
+            let at = &mut gather.at;
             if at.offset == 0 {
                 let header: SegmentHeader = serde_json::from_slice(body).map_err(|e| {
                     ReadError::Broken(format!("segment {}: header: {e}", at.segment))
@@ -148,13 +199,11 @@ pub(crate) fn read_batch(
                 )));
             }
             let hash = sha256_hex(body);
+            let end = at.offset + read as u64;
+            gather.record(gather.at.segment, end, record.seq, &hash);
             match (record.event, record.seal, reading.keys) {
                 (Some(event), _, _) => {
-                    count += 1;
-                    if reading.keep_events {
-                        batch.events.push((hash.clone(), event.to_owned()));
-                    }
-                    at.last_event = Some(hash.clone());
+                    gather.event(hash, || Bytes::copy_from_slice(event.get().as_bytes()));
                 }
                 (None, Some(jws), Some(keys)) => {
                     let seal = keys.check(jws).map_err(|problem| {
@@ -166,26 +215,18 @@ pub(crate) fn read_batch(
                             record.seq
                         )));
                     }
-                    batch.last_seal = Some((record.seq, jws.to_owned()));
-                    at.offset += read as u64;
-                    at.seq = record.seq;
-                    at.head = Some(hash);
-                    vouched = (count, at.clone());
-                    continue;
+                    gather.seal(record.seq, jws);
                 }
                 (None, _, _) => {}
             }
-            at.offset += read as u64;
-            at.seq = record.seq;
-            at.head = Some(hash);
         }
-        if !next_exists || at.seq >= reading.through {
-            return Ok(finish(batch, at, vouched));
+        if !next_exists || gather.at.seq >= reading.through {
+            return Ok(gather.finish());
         }
-        at = Position {
-            segment: at.segment + 1,
+        gather.at = Position {
+            segment: gather.at.segment + 1,
             offset: 0,
-            ..at
+            ..gather.at
         };
     }
 }
@@ -248,10 +289,11 @@ pub(crate) fn delete(dir: &Path, segments: &[(u64, PathBuf)]) -> std::io::Result
     Ok(deleted)
 }
 
-/// Checks that `at` is a record boundary of the chain in `dir` (its sequence number, segment,
-/// offset and hash as read from the spool), and returns the hash of the last event at or
-/// before it that is still in the spool.
-pub(crate) fn position_holds(dir: &Path, at: &Position) -> Result<Option<String>, String> {
+/// Checks that `at` is a record boundary of the chain in `dir` (its sequence number and hash as
+/// read from the spool), and returns that boundary as read: its segment and offset from the
+/// files (not from `at`, whose offset is not checked), and the hash of the last event at or
+/// before it that is still in the spool. `None`: nothing was shipped, the spool's beginning.
+pub(crate) fn position_holds(dir: &Path, at: &Position) -> Result<Option<Position>, String> {
     if at.seq == 0 {
         // Nothing shipped: the position is the spool's very beginning, record 1 next.
         let first = segments(dir)
@@ -283,8 +325,7 @@ pub(crate) fn position_holds(dir: &Path, at: &Position) -> Result<Option<String>
     };
     let read = read_batch(dir, Position::default(), reading).map_err(|e| e.to_string())?;
     let next = read.next;
-    // The boundary is the record and its hash; a byte offset that does not lead to the next
-    // record is found by the first read from it.
+    // The boundary is the record and its hash; where it lies in the files is taken from them.
     let matches = next.seq == at.seq
         && at
             .head
@@ -296,5 +337,5 @@ pub(crate) fn position_holds(dir: &Path, at: &Position) -> Result<Option<String>
             at.seq, next.seq
         ));
     }
-    Ok(next.last_event)
+    Ok(Some(next))
 }

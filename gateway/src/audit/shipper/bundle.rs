@@ -2,8 +2,8 @@
 //! was spooled as, PUT under its record hash, and the chain's anchor beside them. It only writes
 //! the Bundle: which events go, and what the answer means, is [`super::Shipper`]'s.
 
+use bytes::Bytes;
 use serde_json::Value;
-use serde_json::value::RawValue;
 
 use super::super::spool::sha256_hex;
 
@@ -11,11 +11,8 @@ use super::super::spool::sha256_hex;
 /// and written again: shipping costs a copy, not a parse per event). Each entry PUTs its event
 /// under its record hash, which becomes the event's `id`; a spooled event has no `id` of its own
 /// (the gateway writes none), so the id is put first into its object.
-pub(super) fn transaction(events: &[(String, Box<RawValue>)], anchor: Option<&Value>) -> Vec<u8> {
-    let size: usize = events
-        .iter()
-        .map(|(_, event)| event.get().len() + 300)
-        .sum();
+pub(super) fn transaction(events: &[(String, Bytes)], anchor: Option<&Value>) -> Vec<u8> {
+    let size: usize = events.iter().map(|(_, event)| event.len() + 300).sum();
     let mut out = Vec::with_capacity(size + 64);
     out.extend_from_slice(br#"{"resourceType":"Bundle","type":"transaction","entry":["#);
     for (index, (hash, event)) in events.iter().enumerate() {
@@ -30,15 +27,14 @@ pub(super) fn transaction(events: &[(String, Box<RawValue>)], anchor: Option<&Va
         out.push(b'"');
         // The event is a JSON object (the spool line parsed): what follows its `{`.
         let rest = event
-            .get()
-            .trim_start()
-            .strip_prefix('{')
-            .unwrap_or("}")
-            .trim_start();
-        if !rest.starts_with('}') {
+            .trim_ascii_start()
+            .strip_prefix(b"{")
+            .unwrap_or(b"}")
+            .trim_ascii_start();
+        if !rest.starts_with(b"}") {
             out.push(b',');
         }
-        out.extend_from_slice(rest.as_bytes());
+        out.extend_from_slice(rest);
         out.extend_from_slice(br#","request":{"method":"PUT","url":"AuditEvent/"#);
         out.extend_from_slice(hash.as_bytes());
         out.extend_from_slice(b"\"}}");
@@ -76,8 +72,8 @@ fn uuid_from_hash(hash: &str) -> String {
 mod tests {
     use super::*;
 
-    fn raw(text: &str) -> Box<RawValue> {
-        RawValue::from_string(text.to_owned()).unwrap()
+    fn raw(text: &str) -> Bytes {
+        Bytes::copy_from_slice(text.as_bytes())
     }
 
     #[test]
@@ -99,7 +95,7 @@ mod tests {
         let entries = bundle["entry"].as_array().unwrap();
         assert_eq!(entries.len(), 3);
         for (entry, (hash, event)) in entries.iter().zip(&events) {
-            let mut expected: Value = serde_json::from_str(event.get()).unwrap();
+            let mut expected: Value = serde_json::from_slice(event).unwrap();
             expected["id"] = Value::String(hash.clone());
             assert_eq!(entry["resource"], expected);
             assert_eq!(entry["request"]["method"], "PUT");

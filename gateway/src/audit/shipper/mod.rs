@@ -4,8 +4,10 @@
 //! segment only when the repository has acknowledged every record in it, its acknowledgement
 //! is on disk, and its last record is older than `keep_shipped` (when that is set); the
 //! verifier then starts the chain at the first segment left; on a sealed spool a `prune` seal
-//! allowing it is durable before anything is deleted. Before it ships a record it checks that
-//! the record continues the chain it has shipped so far (sequence number, the previous
+//! allowing it is durable before anything is deleted. What the writer has just made durable
+//! it takes from memory ([`super::spool::Handoff`]), as the writer wrote and hashed it. What it
+//! reads from the files (at start, and when it is behind what memory holds) it checks, record
+//! by record, continues the chain it has shipped so far (sequence number, the previous
 //! record's hash, each segment header): a spool altered behind the gateway's back stops the
 //! shipping (`portvagt_audit_chain_broken` = 1) instead of being copied to the repository.
 //! Seals are not shipped. Each event is PUT under the SHA-256 of its spool record: a batch sent again after
@@ -27,7 +29,6 @@ use bytes::Bytes;
 use http::{Request, header};
 use http_body_util::Full;
 use serde_json::Value;
-use serde_json::value::RawValue;
 
 use self::bundle::transaction;
 use super::anchor::{anchor_id, anchor_resource, anchor_seal, repository_get};
@@ -52,8 +53,9 @@ fn now_rfc3339() -> String {
 struct Local {
     /// The verification (with seal keys).
     report: Option<super::verify::ChainReport>,
-    /// The last event at or before the shipped position.
-    last_event: Option<String>,
+    /// The shipped position as read from the spool (its last event, and where it lies in
+    /// the files); `None`: nothing shipped.
+    held: Option<Position>,
 }
 
 /// Why a start check did not pass.
@@ -173,6 +175,11 @@ impl Shipper {
             };
             match checked {
                 Ok((found, anchored)) => {
+                    // Where the position lies in the files, as read from them.
+                    if let Some(held) = &found.held {
+                        at.segment = held.segment;
+                        at.offset = held.offset;
+                    }
                     let unclean: Vec<u64> = found
                         .report
                         .iter()
@@ -199,6 +206,8 @@ impl Shipper {
             backoff = (backoff * 2).min(Duration::from_secs(10));
         };
         backoff = Duration::from_secs(1);
+        // From now on the writer hands over what it makes durable (until this returns).
+        let _wanted = spool.handoff().want();
         // On a sealed spool only records a seal vouches for are shipped, and when records
         // wait for one a seal is asked for (at most once a second).
         let mut asked = tokio::time::Instant::now() - Duration::from_secs(1);
@@ -210,20 +219,7 @@ impl Shipper {
             self.metrics
                 .audit_ship_lag
                 .set(i64::try_from(lag).unwrap_or(i64::MAX));
-            let batch = {
-                let (dir, from, limit) = (self.dir.clone(), at.clone(), self.batch());
-                let keys = keys.clone();
-                let reading = move || {
-                    let reading = Reading {
-                        limit,
-                        through: durable,
-                        keys: keys.as_ref(),
-                        keep_events: true,
-                    };
-                    read_batch(&dir, from, reading)
-                };
-                self.read(tokio::task::spawn_blocking(reading).await)
-            };
+            let batch = self.next_batch(&spool, &at, durable, keys.as_ref()).await;
             let Some(batch) = batch else {
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(60));
@@ -285,6 +281,36 @@ impl Shipper {
                 }
             }
         }
+    }
+
+    /// The next batch after `at`, none beyond record `durable`: what the writer handed over,
+    /// where it continues from `at`; else read from the files (checked); `None` after logging
+    /// why there is none.
+    async fn next_batch(
+        &self,
+        spool: &Spool,
+        at: &Position,
+        durable: u64,
+        keys: Option<&SealKeys>,
+    ) -> Option<Batch> {
+        let reading = Reading {
+            limit: self.batch(),
+            through: durable,
+            keys,
+            keep_events: true,
+        };
+        if let Some(batch) = spool.handoff().take(at, reading) {
+            return Some(batch);
+        }
+        let (dir, from, keys) = (self.dir.clone(), at.clone(), keys.cloned());
+        let read = move || {
+            let reading = Reading {
+                keys: keys.as_ref(),
+                ..reading
+            };
+            read_batch(&dir, from, reading)
+        };
+        self.read(tokio::task::spawn_blocking(read).await)
     }
 
     /// The anchor for the seal `batch` ends at, over the last event shipped with or before
@@ -378,8 +404,8 @@ impl Shipper {
                     super::verify::verify(&dir, check).map_err(|broken| broken.to_string())
                 })
                 .transpose()?;
-            let last_event = position_holds(&dir, &position)?;
-            Ok::<_, String>(Local { report, last_event })
+            let held = position_holds(&dir, &position)?;
+            Ok::<_, String>(Local { report, held })
         })
         .await
         .map_err(|_| Trouble::Unanswered("the spool check did not finish".into()))?;
@@ -397,7 +423,10 @@ impl Shipper {
         keys: Option<&SealKeys>,
         chain: &str,
     ) -> Result<u64, Trouble> {
-        if let Some(hash) = &local.last_event
+        if let Some(hash) = local
+            .held
+            .as_ref()
+            .and_then(|held| held.last_event.as_ref())
             && self.fetch(&format!("AuditEvent/{hash}")).await?.is_none()
         {
             return Err(Trouble::Broken(format!(
@@ -528,7 +557,7 @@ impl Shipper {
     /// from the first: PUTs under the record hashes store nothing twice.
     async fn send_all(
         &self,
-        mut events: Vec<(String, Box<RawValue>)>,
+        mut events: Vec<(String, Bytes)>,
         anchor: Option<Value>,
     ) -> Result<(), SendError> {
         let batch = self.batch();
@@ -549,7 +578,7 @@ impl Shipper {
     /// batch sent twice stores nothing twice.
     async fn send(
         &self,
-        events: Vec<(String, Box<RawValue>)>,
+        events: Vec<(String, Bytes)>,
         anchor: Option<Value>,
     ) -> Result<(), SendError> {
         let count = events.len() + usize::from(anchor.is_some());

@@ -20,9 +20,11 @@
 //!
 //! This file is the handle requests hold ([`Spool`]): it queues work and waits for it to be
 //! durable, and writes nothing itself. Only the thread in `writer` writes the chain; `files`
-//! knows the shape of the files.
+//! knows the shape of the files; `handoff` holds what the writer made durable for the shipper,
+//! in memory, so that shipping does not read back what was just written.
 
 mod files;
+mod handoff;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -35,6 +37,7 @@ use tokio::sync::oneshot;
 pub(crate) use self::files::{
     RecordLine, SegmentHeader, create_fresh, read_line, segment_name, segments, sha256_hex,
 };
+pub(crate) use self::handoff::Handoff;
 use self::writer::Writer;
 use super::seal::Sealer;
 
@@ -87,6 +90,7 @@ pub struct Spool {
     written: Arc<AtomicU64>,
     sealed: bool,
     chain: String,
+    handoff: Arc<Handoff>,
 }
 
 /// The writer thread, joined when the last [`Spool`] handle goes.
@@ -111,7 +115,8 @@ impl Spool {
         sealer: Option<Arc<Sealer>>,
     ) -> Result<Spool, SpoolError> {
         let sealed = sealer.is_some();
-        let writer = Writer::open(dir, segment_bytes, sealer)?;
+        let handoff = Arc::new(Handoff::default());
+        let writer = Writer::open(dir, segment_bytes, sealer, handoff.clone())?;
         let chain = writer.chain.clone();
         let written = Arc::new(AtomicU64::new(writer.next_seq.saturating_sub(1)));
         let (jobs, queue) = mpsc::channel::<Job>();
@@ -127,6 +132,7 @@ impl Spool {
             written,
             sealed,
             chain,
+            handoff,
         })
     }
 
@@ -179,6 +185,12 @@ impl Spool {
     /// The spool's folder.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The records the writer has made durable, handed over in memory once a shipper wants
+    /// them.
+    pub(crate) fn handoff(&self) -> &Handoff {
+        &self.handoff
     }
 
     /// The sequence number of the last durable record, kept current by the writer.

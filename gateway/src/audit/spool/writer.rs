@@ -11,8 +11,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::Instant;
 
+use bytes::Bytes;
+
 use super::super::seal::{Before, Marks, SealKind, Sealer};
 use super::files::{create_fresh, open_lock, scan_tail, segment_name, segments, sha256_hex};
+use super::handoff::{Handed, HandedKind, Handoff};
 use super::{GENESIS, Job, SEAL_EVERY_RECORDS, SpoolError, Work};
 
 /// The most records written in one group commit.
@@ -42,6 +45,8 @@ pub(super) struct Writer {
     seals: Option<Seals>,
     /// The chain's id.
     pub(super) chain: String,
+    /// Where durable records go for the shipper, when it wants them.
+    handoff: Arc<Handoff>,
 }
 
 /// A sealed spool's sealing state.
@@ -65,6 +70,7 @@ impl Writer {
         dir: &Path,
         segment_bytes: u64,
         sealer: Option<Arc<Sealer>>,
+        handoff: Arc<Handoff>,
     ) -> Result<Writer, SpoolError> {
         let corrupt = |message: String| SpoolError::Corrupt(dir.display().to_string(), message);
         std::fs::create_dir_all(dir).map_err(|e| SpoolError::Write(e.to_string()))?;
@@ -90,10 +96,13 @@ impl Writer {
                     segment_bytes,
                     (1, 1, GENESIS.to_owned()),
                     uuid::Uuid::new_v4().simple().to_string(),
+                    handoff,
                 )?,
                 Before::New,
             ),
-            Some((number, path)) => Writer::resume(lock, dir, segment_bytes, number, &path)?,
+            Some((number, path)) => {
+                Writer::resume(lock, dir, segment_bytes, (number, &path), handoff)?
+            }
         };
         if let Some(sealer) = sealer {
             writer.seals = Some(Seals {
@@ -116,8 +125,8 @@ impl Writer {
         lock: Arc<File>,
         dir: &Path,
         segment_bytes: u64,
-        number: u64,
-        path: &Path,
+        (number, path): (u64, &Path),
+        handoff: Arc<Handoff>,
     ) -> Result<(Writer, Before), SpoolError> {
         let corrupt = |message: String| SpoolError::Corrupt(dir.display().to_string(), message);
         let tail = scan_tail(path).map_err(corrupt)?;
@@ -161,6 +170,7 @@ impl Writer {
             chain: tail
                 .chain
                 .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()),
+            handoff,
         };
         Ok((writer, before))
     }
@@ -172,6 +182,7 @@ impl Writer {
         segment_bytes: u64,
         at: (u64, u64, String),
         chain: String,
+        handoff: Arc<Handoff>,
     ) -> Result<Writer, SpoolError> {
         let (number, first_seq, head) = at;
         let io = |e: std::io::Error| SpoolError::Write(e.to_string());
@@ -211,6 +222,7 @@ impl Writer {
             closed: false,
             seals: None,
             chain,
+            handoff,
         })
     }
 
@@ -376,6 +388,7 @@ impl Writer {
                 self.segment_bytes,
                 (self.segment + 1, self.next_seq, self.head.clone()),
                 self.chain.clone(),
+                self.handoff.clone(),
             )?;
             (next.seals, next.closed) = (self.seals.take(), self.closed);
             *self = next;
@@ -384,14 +397,18 @@ impl Writer {
         let (mut seq, mut head) = (self.next_seq, self.head.clone());
         let mut sealed = None;
         let mut since = self.seals.as_ref().map_or(0, |s| s.since);
+        // Kept for the shipper (when it wants them), handed over once durable.
+        let handing = self.handoff.wanted();
+        let mut handed = Vec::new();
         for entry in entries {
             let start = buffer.len();
             buffer.extend_from_slice(format!("{{\"seq\":{seq},\"prev\":\"{head}\",").as_bytes());
-            match entry {
+            let kind = match entry {
                 Entry::Event(event) => {
                     buffer.extend_from_slice(b"\"event\":");
                     buffer.extend_from_slice(event);
                     since += 1;
+                    handing.then(|| HandedKind::Event(Bytes::copy_from_slice(event)))
                 }
                 Entry::Seal(kind, marks) => {
                     let sealer = &self.seals.as_ref().ok_or(SpoolError::Stopped)?.sealer;
@@ -402,11 +419,23 @@ impl Writer {
                     buffer.extend_from_slice(format!("\"seal\":\"{jws}\"").as_bytes());
                     sealed = Some(*kind);
                     since = 0;
+                    handing.then(|| HandedKind::Seal(jws))
                 }
-            }
+            };
             buffer.push(b'}');
-            head = sha256_hex(&buffer[start..]);
+            let hash = sha256_hex(&buffer[start..]);
             buffer.push(b'\n');
+            let prev = std::mem::replace(&mut head, hash);
+            if let Some(kind) = kind {
+                handed.push(Handed {
+                    seq,
+                    prev,
+                    hash: head.clone(),
+                    segment: self.segment,
+                    end: self.size + buffer.len() as u64,
+                    kind,
+                });
+            }
             seq += 1;
         }
         let written = self
@@ -419,6 +448,9 @@ impl Writer {
         }
         self.size += buffer.len() as u64;
         (self.next_seq, self.head) = (seq, head);
+        if !handed.is_empty() {
+            self.handoff.add(handed);
+        }
         if let Some(seals) = &mut self.seals {
             seals.since = since;
             if let Some(kind) = sealed {

@@ -155,3 +155,147 @@ async fn a_sealed_spool_ships_only_what_a_seal_read_with_it_vouches_for() {
         .unwrap();
     assert!(matches!(error, ReadError::Broken(_)), "{error}");
 }
+
+/// Ships the whole spool from `from` the way the shipper does, `limit` events a batch: from
+/// what the writer handed over where it continues, else from the files. Each batch taken from
+/// memory must be the batch the files give, also when it must stop short at a record before
+/// the end (`through`). Returns the events, how many batches came from memory, and how many
+/// from the files after the first.
+fn ship_all(
+    spool: &Spool,
+    mut from: super::super::position::Position,
+    keys: Option<&super::super::seal::SealKeys>,
+    limits: &[usize],
+) -> (Vec<(String, bytes::Bytes)>, usize, usize) {
+    use super::super::reading::{Reading, read_batch};
+    let through = spool.written().load(std::sync::atomic::Ordering::Relaxed);
+    let (mut shipped, mut from_memory, mut from_files) = (Vec::new(), 0, 0);
+    for round in 0.. {
+        let reading = Reading {
+            limit: limits[round % limits.len()],
+            through,
+            keys,
+            keep_events: true,
+        };
+        // Stopping short: a few records on from here.
+        let short = Reading {
+            through: from.seq + 3,
+            ..reading
+        };
+        let read = read_batch(spool.dir(), from.clone(), reading).unwrap();
+        let read_short = read_batch(spool.dir(), from.clone(), short).unwrap();
+        if let Some(taken) = spool.handoff().take(&from, short) {
+            assert_eq!(taken.events, read_short.events, "from {from:?}");
+            assert_eq!(taken.next, read_short.next, "from {from:?}");
+        }
+        match spool.handoff().take(&from, reading) {
+            Some(taken) => {
+                from_memory += 1;
+                assert_eq!(taken.events, read.events, "from {from:?}");
+                assert_eq!(taken.next, read.next, "from {from:?}");
+                assert_eq!(taken.last_seal, read.last_seal, "from {from:?}");
+            }
+            None if from.seq > 0 => from_files += 1,
+            None => {}
+        }
+        if read.next == from {
+            break;
+        }
+        shipped.extend(read.events);
+        from = read.next;
+    }
+    (shipped, from_memory, from_files)
+}
+
+#[tokio::test]
+async fn what_the_writer_hands_over_is_what_the_files_hold() {
+    use super::super::position::Position;
+    use super::super::reading::{Reading, read_batch};
+    for sealed in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let keydir = tempfile::tempdir().unwrap();
+        let (sealer, keys) = if sealed {
+            let (sealer, keys) = sealed::keys(
+                keydir.path(),
+                "seal-1",
+                std::time::Duration::from_secs(3600),
+            );
+            (Some(sealer), Some(keys))
+        } else {
+            (None, None)
+        };
+        // Small segments: the records roll over into new ones many times.
+        let spool = Spool::open(dir.path(), 2048, sealer).unwrap();
+        spool.append(vec![event(0)]).await.unwrap();
+        let _wanted = spool.handoff().want();
+        let mut sent = 1;
+        for round in 0..40 {
+            let count = round % 7 + 1;
+            spool
+                .append((sent..sent + count).map(event).collect())
+                .await
+                .unwrap();
+            sent += count;
+            if sealed && round % 3 == 0 {
+                spool.seal_now().await.unwrap();
+            }
+            if sealed && round % 11 == 5 {
+                spool.seal_prune(1, vec![]).await.unwrap();
+            }
+        }
+        spool.close().await.unwrap();
+        assert!(super::super::spool::segments(dir.path()).unwrap().len() > 5);
+        // The first records were written before the shipper wanted them: read from the files.
+        let reading = Reading {
+            limit: 1,
+            through: u64::MAX,
+            keys: keys.as_ref(),
+            keep_events: true,
+        };
+        assert!(
+            spool
+                .handoff()
+                .take(&Position::default(), reading)
+                .is_none()
+        );
+        let first = read_batch(dir.path(), Position::default(), reading).unwrap();
+        assert!(spool.handoff().take(&first.next, reading).is_some());
+        // The same sequence number after another hash is not where memory continues.
+        let elsewhere = Position {
+            head: Some("0".repeat(64)),
+            ..first.next.clone()
+        };
+        assert!(spool.handoff().take(&elsewhere, reading).is_none());
+        let (shipped, from_memory, from_files) =
+            ship_all(&spool, first.next, keys.as_ref(), &[1, 2, 5, 3]);
+        assert_eq!(shipped.len() + first.events.len(), sent, "sealed: {sealed}");
+        assert!(from_memory > 10, "{from_memory} batches from memory");
+        assert_eq!(from_files, 0, "sealed: {sealed}");
+        for (n, (_, got)) in first.events.iter().chain(&shipped).enumerate() {
+            assert_eq!(**got, *event(n), "sealed: {sealed}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_shipper_behind_what_memory_holds_reads_the_files_then_memory() {
+    use super::super::position::Position;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path(), 1 << 30, None).unwrap();
+    let _wanted = spool.handoff().want();
+    // More than memory keeps: the oldest are let go.
+    let many = 20_000;
+    for chunk in (0..many).collect::<Vec<_>>().chunks(1000) {
+        spool
+            .append(chunk.iter().copied().map(event).collect())
+            .await
+            .unwrap();
+    }
+    let (shipped, from_memory, from_files) = ship_all(&spool, Position::default(), None, &[1000]);
+    assert_eq!(shipped.len(), many);
+    assert!(from_memory >= 3, "{from_memory} batches from memory");
+    assert!(from_files >= 3, "{from_files} batches from the files");
+    for (n, (_, got)) in shipped.iter().enumerate() {
+        assert_eq!(**got, *event(n));
+    }
+}

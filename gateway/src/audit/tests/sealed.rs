@@ -513,16 +513,23 @@ async fn a_shipped_position_must_be_a_record_of_this_chain() {
     // A record without its hash, or with another.
     assert!(position_holds(dir.path(), &at(1, 900, 2, None)).is_err());
     assert!(position_holds(dir.path(), &at(1, 900, 2, Some(&"0".repeat(64)))).is_err());
-    let record = lines(dir.path(), 1)[2].clone();
+    let segment = lines(dir.path(), 1);
+    let record = segment[2].clone();
+    // The right record and hash, at a made-up place in the files: the place is read from
+    // them (a shipper going on from 900, or pruning by it, would be going by a forged place).
     let held = position_holds(
         dir.path(),
         &at(1, 900, 2, Some(&sha256_hex(record.as_bytes()))),
-    );
+    )
+    .unwrap()
+    .unwrap();
     assert_eq!(
-        held,
-        Ok(Some(sha256_hex(record.as_bytes()))),
+        held.last_event,
+        Some(sha256_hex(record.as_bytes())),
         "event 0 is the last up to record 2"
     );
+    let end: usize = segment[..3].iter().map(|line| line.len() + 1).sum();
+    assert_eq!((held.segment, held.offset, held.seq), (1, end as u64, 2));
 }
 
 #[tokio::test]
