@@ -400,6 +400,12 @@ backend be
                 perf.send_signal(signal.SIGINT)
                 perf.wait()
                 print(f"    perf data: {work / f'perf-{len(results)}.data'}", flush=True)
+                # What each recording was of, for load-tests/where.py.
+                index = work / "profiles.json"
+                recorded = json.loads(index.read_text()) if index.exists() else []
+                recorded.append({"file": f"perf-{len(results)}.data", "target": name, "path": path,
+                                 "mix": mix.name if mix else None, "http2": http2, "answered": outcome["ok"]})
+                index.write_text(json.dumps(recorded, indent=1))
             cpu = cpu_seconds(pid) - cpu_before
             answered = max(outcome["ok"], 1)
             outcome.update({
