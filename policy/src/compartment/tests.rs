@@ -77,6 +77,17 @@ fn the_patients_read_from_bytes_are_those_of_the_parsed_answer() {
                 "entry": [{ "item": { "reference": "Observation/o1" } }] }),
         json!({ "entry": [{ "resource": { "resourceType": "Patient", "id": "pat-anne" } }],
                 "resourceType": "Bundle" }),
+        // What the path reaches, in every shape: arrays in arrays, a reference that is not a
+        // string beside an identifier, identifiers typed and untyped, a type that is not a
+        // string, a path of two steps.
+        json!({ "resourceType": "Observation",
+                "subject": [[{ "reference": "Patient/pat-a" }], { "reference": 7, "identifier": { "value": "x" } }],
+                "performer": [{ "identifier": { "value": "y" }, "type": "Patient" },
+                              { "identifier": { "value": "z" }, "type": 3 },
+                              { "reference": "https://x.example/fhir/Patient/pat-b" }, "Patient/pat-c", 5, null] }),
+        json!({ "resourceType": "Encounter", "subject": { "reference": "Patient/pat-d" },
+                "participant": [{ "individual": { "reference": "Patient/pat-e" } }] }),
+        json!({ "resourceType": "Device", "patient": [] }),
     ];
     let mut seen = 0;
     for answer in answers {
@@ -100,6 +111,13 @@ fn the_patients_read_from_bytes_are_those_of_the_parsed_answer() {
             br#"{"resourceType":"Observation","subject":{"reference":"Patient/a"},"subject":{"reference":"Patient/b"}}"#
         ),
         None
+    );
+    // Escaped keys and values read as the tree reads them.
+    assert_eq!(
+        super::patients_in_body(
+            br#"{"resourceType":"Observation","subject":{"refer\u0065nce":"Patient/pat-\u0061"}}"#
+        ),
+        Some(vec!["pat-a".to_owned()])
     );
     for twice in [
         r#"{"resourceType":"Bundle","entry":[],"entry":[{"resource":{"resourceType":"Patient","id":"b"}}]}"#,
@@ -126,6 +144,21 @@ fn bundles_nested_past_the_bound_are_left_to_the_tree_not_to_the_stack() {
     // Raw values have no depth limit: read level by level, this would exhaust the stack.
     for depth in [super::MAX_NESTED_BUNDLES + 1, 50_000] {
         assert_eq!(super::patients_in_body(nested(depth).as_bytes()), None);
+    }
+    // So would arrays in arrays on a compartment path.
+    let arrays = |depth: usize| {
+        format!(
+            r#"{{"resourceType":"Observation","subject":{}{{"reference":"Patient/pat-anne"}}{}}}"#,
+            "[".repeat(depth),
+            "]".repeat(depth)
+        )
+    };
+    assert_eq!(
+        super::patients_in_body(arrays(20).as_bytes()),
+        Some(vec!["pat-anne".to_owned()])
+    );
+    for depth in [200, 50_000] {
+        assert_eq!(super::patients_in_body(arrays(depth).as_bytes()), None);
     }
 }
 
