@@ -112,11 +112,17 @@ impl IssuerKey {
     /// Signs `claims` as an ES256 JWT (RFC 7515 compact form, RFC 7518 §3.4: the signature is
     /// R and S, 32 bytes each) of type `typ` with this key's `kid`.
     pub fn sign_typed(&self, claims: &serde_json::Value, typ: &str) -> anyhow::Result<String> {
-        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let header = json!({ "typ": typ, "alg": "ES256", "kid": self.kid });
-        let mut token = b64.encode(serde_json::to_vec(&header)?);
+        self.sign_parts(&serde_json::to_vec(&header)?, &serde_json::to_vec(claims)?)
+    }
+
+    /// Signs a JOSE header and claims given as their exact bytes (ES256): for tests and
+    /// conformance cases that need what a JSON serializer would not write (a member twice).
+    pub fn sign_parts(&self, header: &[u8], claims: &[u8]) -> anyhow::Result<String> {
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let mut token = b64.encode(header);
         token.push('.');
-        token.push_str(&b64.encode(serde_json::to_vec(claims)?));
+        token.push_str(&b64.encode(claims));
         let signature = self
             .signing
             .sign(&self.random, token.as_bytes())

@@ -36,6 +36,7 @@ pub mod runtime;
 pub mod server;
 pub mod smart;
 pub mod stack;
+pub mod strict_json;
 pub mod tls;
 pub mod trace;
 pub mod watched;

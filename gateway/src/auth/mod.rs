@@ -77,6 +77,14 @@ pub enum AuthnError {
     /// The introspection endpoint could not be asked; the token may be fine (answered 503).
     #[error("the authorization server could not be reached to check the token")]
     IntrospectionUnavailable,
+    /// The JOSE header names critical extensions (`crit`, RFC 7515 §4.1.11), none of which
+    /// the gateway understands.
+    #[error("the token's header names critical extensions this gateway does not understand")]
+    CriticalHeader,
+    /// The header or the claims give a member name twice (RFC 7519 §4 allows refusing them;
+    /// parsers differ on which of the two counts).
+    #[error("the token's header or claims give a member name twice")]
+    DuplicateMember,
 }
 
 impl AuthnError {
@@ -101,6 +109,8 @@ impl AuthnError {
             AuthnError::UnsupportedScheme => "unsupported-scheme",
             AuthnError::Inactive => "token-inactive",
             AuthnError::IntrospectionUnavailable => "introspection-unavailable",
+            AuthnError::CriticalHeader => "unsupported-critical-header",
+            AuthnError::DuplicateMember => "duplicate-member",
         }
     }
 }

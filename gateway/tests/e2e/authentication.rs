@@ -45,7 +45,42 @@ async fn bad_tokens_get_401_invalid_token() {
             .unwrap()
             .thumbprint_sha256()
             .to_owned();
+    // Header and claims written by hand, as a JSON serializer would not, and signed.
+    let header = String::from_utf8(
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(good.split('.').next().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    let claims = gateway.claims(json!({})).to_string();
+    let signed = |header: &str, claims: &str| {
+        gateway
+            .issuer
+            .sign_parts(header.as_bytes(), claims.as_bytes())
+            .unwrap()
+    };
+    let open = |object: &str| object.trim_end_matches('}').to_owned();
     let cases: Vec<(&str, String, &str)> = vec![
+        (
+            // Bound to another certificate, then not: kept last, a bearer token.
+            "a claim given twice",
+            signed(
+                &header,
+                &format!(
+                    r#"{},"cnf":{{"x5t#S256":"{other_thumbprint}"}},"cnf":null}}"#,
+                    open(&claims)
+                ),
+            ),
+            "duplicate-member",
+        ),
+        (
+            "a critical header extension",
+            signed(
+                &format!(r#"{},"crit":["b64"],"b64":false}}"#, open(&header)),
+                &claims,
+            ),
+            "unsupported-critical-header",
+        ),
         (
             "expired",
             gateway.token(json!({ "exp": now - 600, "iat": now - 900 })),

@@ -403,6 +403,8 @@ impl IssuerVerifier {
             }
             None => {
                 metrics.jwt_cache.with_label_values(&["miss"]).inc();
+                // Once per token: a token in the cache has these exact bytes.
+                strict_parts(token)?;
                 let key = key_for(&keys, header.kid.as_deref(), alg)?;
                 let claims =
                     jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, validation)
@@ -549,6 +551,42 @@ fn key_for<'k>(
             }
         }
     }
+}
+
+/// A JWT's header and claims read strictly, before its signature is checked: no object in
+/// either gives a member name twice (RFC 7519 §4 and RFC 7515 §4 let a recipient refuse them
+/// or keep the last; an issuer whose library kept the first meant something else, as in
+/// `"cnf": {…}, "cnf": null`), and the header names no critical extension (`crit`, RFC 7515
+/// §4.1.11: one the recipient does not understand must be refused, and the gateway
+/// understands none).
+fn strict_parts(token: &str) -> Result<(), AuthnError> {
+    let mut parts = token.split('.');
+    let (Some(header), Some(claims)) = (parts.next(), parts.next()) else {
+        return Err(AuthnError::Malformed);
+    };
+    let decode = |part: &str| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(part)
+            .map_err(|_| AuthnError::Malformed)
+    };
+    let (header, claims) = (decode(header)?, decode(claims)?);
+    for part in [&header, &claims] {
+        match crate::strict_json::unique_members(part) {
+            Ok(()) => {}
+            Err(crate::strict_json::StrictJsonError::Duplicate(_)) => {
+                return Err(AuthnError::DuplicateMember);
+            }
+            Err(crate::strict_json::StrictJsonError::Syntax(_)) => {
+                return Err(AuthnError::Malformed);
+            }
+        }
+    }
+    let header: Map<String, Value> =
+        serde_json::from_slice(&header).map_err(|_| AuthnError::Malformed)?;
+    if header.contains_key("crit") {
+        return Err(AuthnError::CriticalHeader);
+    }
+    Ok(())
 }
 
 fn decode_part<T: serde::de::DeserializeOwned>(part: &str) -> Result<T, AuthnError> {

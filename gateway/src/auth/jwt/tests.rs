@@ -321,3 +321,71 @@ fn certificate_binding_is_enforced() {
         AuthnError::CertificateBindingRequired
     );
 }
+
+#[test]
+fn a_member_given_twice_or_a_critical_extension_is_refused_though_signed() {
+    let f = fixture(false);
+    let header = r#"{"typ":"at+jwt","alg":"ES256","kid":"k1""#;
+    let claims = |extra: &str| {
+        format!(
+            r#"{{"iss":"{ISS}","aud":"{AUD}","sub":"user-1","exp":{},"scope":"openid user/Patient.rs"{extra}}}"#,
+            now() + 300
+        )
+    };
+    let verify = |header: &str, claims: &str| {
+        let token = f
+            .key
+            .sign_parts(header.as_bytes(), claims.as_bytes())
+            .unwrap();
+        f.verifier.verify_with_held_keys(&token, &f.peer, false)
+    };
+    // Written by hand, as an issuer would: accepted.
+    assert!(verify(&format!("{header}}}"), &claims("")).is_ok());
+    let refused = [
+        // Bound to a certificate, then not: last-wins would make it a bearer token.
+        (
+            format!("{header}}}"),
+            claims(r#","cnf":{"x5t#S256":"AAAA"},"cnf":null"#),
+            AuthnError::DuplicateMember,
+        ),
+        (
+            format!("{header}}}"),
+            claims(r#","scope":"openid user/*.cruds""#),
+            AuthnError::DuplicateMember,
+        ),
+        // Deeper, and spelled with an escape.
+        (
+            format!("{header}}}"),
+            claims(r#","cnf":{"x5t#S256":"AAAA","x5t\u0023S256":"BBBB"}"#),
+            AuthnError::DuplicateMember,
+        ),
+        (
+            format!(r#"{header},"typ":"JWT"}}"#),
+            claims(""),
+            AuthnError::DuplicateMember,
+        ),
+        // Extensions the gateway does not understand, marked critical.
+        (
+            format!(r#"{header},"crit":["b64"],"b64":false}}"#),
+            claims(""),
+            AuthnError::CriticalHeader,
+        ),
+        (
+            format!(r#"{header},"crit":["exp"],"exp":1}}"#),
+            claims(""),
+            AuthnError::CriticalHeader,
+        ),
+        (
+            format!(r#"{header},"crit":[]}}"#),
+            claims(""),
+            AuthnError::CriticalHeader,
+        ),
+    ];
+    for (header, claims, expected) in refused {
+        assert_eq!(
+            verify(&header, &claims).err(),
+            Some(expected),
+            "{header} {claims}"
+        );
+    }
+}
