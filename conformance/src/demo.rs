@@ -139,6 +139,18 @@ pub fn settings(dir: &Path) -> anyhow::Result<Settings> {
             "scope": "patient/*.rs", "patient": OWN_PATIENT,
             "fhirUser": format!("Patient/{OWN_PATIENT}"), "aud": citizen_base_url,
         }))?),
+        duplicate_member: None,
+        critical_header: None,
+    };
+    let (duplicate, critical) = crate::strict_tokens(
+        &minter.header()?,
+        &minter.claims(json!({ "scope": "user/*.rs", "cnf": { "x5t#S256": thumbprint } })),
+        |header, claims| minter.sign(header, claims),
+    )?;
+    let tokens = Tokens {
+        duplicate_member: Some(duplicate),
+        critical_header: Some(critical),
+        ..tokens
     };
     let foreign = portvagt_certs::DevPki::generate()?;
     Ok(Settings {
@@ -204,6 +216,15 @@ struct Minter {
 impl Minter {
     /// A token with the usual claims, then `claims` over them.
     fn mint(&self, claims: Value) -> anyhow::Result<String> {
+        Ok(jsonwebtoken::encode(
+            &self.jose_header(),
+            &self.claims(claims),
+            &self.key,
+        )?)
+    }
+
+    /// The usual claims, then `claims` over them.
+    fn claims(&self, claims: Value) -> Value {
         let now = now();
         let mut token = json!({
             "iss": self.issuer, "aud": self.audience, "sub": "portvagt-conformance",
@@ -215,9 +236,30 @@ impl Minter {
                 token.insert(name.clone(), value.clone());
             }
         }
+        token
+    }
+
+    fn jose_header(&self) -> jsonwebtoken::Header {
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
         header.kid = Some(self.kid.clone());
-        Ok(jsonwebtoken::encode(&header, &token, &self.key)?)
+        header
+    }
+
+    /// The JOSE header [`Minter::mint`] writes, as JSON.
+    fn header(&self) -> anyhow::Result<Value> {
+        Ok(serde_json::to_value(self.jose_header())?)
+    }
+
+    /// A token of `header` and `claims` exactly as given (ES256).
+    fn sign(&self, header: &[u8], claims: &[u8]) -> anyhow::Result<String> {
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let message = format!("{}.{}", b64.encode(header), b64.encode(claims));
+        let signature = jsonwebtoken::crypto::sign(
+            message.as_bytes(),
+            &self.key,
+            jsonwebtoken::Algorithm::ES256,
+        )?;
+        Ok(format!("{message}.{signature}"))
     }
 }
 

@@ -81,6 +81,45 @@ pub struct Tokens {
     /// The patient of `tokens.patient` as her browser holds her token for the citizen
     /// listener: the same claims, `aud` the citizen listener's.
     pub citizen: Option<String>,
+    /// A token of the issuer, bound to the client certificate, whose claims then give `cnf`
+    /// a second time, `null` ([`strict_tokens`]).
+    pub duplicate_member: Option<String>,
+    /// A valid token of the issuer whose header names a critical extension no one
+    /// understands ([`strict_tokens`]).
+    pub critical_header: Option<String>,
+}
+
+/// The tokens AUTH-17 and AUTH-18 need, made from a valid token's JOSE header and its claims
+/// (with a `cnf` binding) by `sign`, which signs a header and claims given as their exact
+/// bytes: the claims with `cnf` given again, `null` after it (a gateway that keeps the last
+/// member sees a bearer token, one that keeps the first a bound one: either way it should have
+/// refused), and the header naming, in `crit`, an extension no one understands.
+pub fn strict_tokens(
+    header: &serde_json::Value,
+    claims: &serde_json::Value,
+    sign: impl Fn(&[u8], &[u8]) -> anyhow::Result<String>,
+) -> anyhow::Result<(String, String)> {
+    let open = |value: &serde_json::Value| {
+        let text = value.to_string();
+        text.strip_suffix('}').unwrap_or(&text).to_owned()
+    };
+    anyhow::ensure!(
+        claims.get("cnf").is_some(),
+        "the claims must hold a cnf binding to give it twice"
+    );
+    let duplicate = sign(
+        header.to_string().as_bytes(),
+        format!(r#"{},"cnf":null}}"#, open(claims)).as_bytes(),
+    )?;
+    let critical = sign(
+        format!(
+            r#"{},"crit":["urn:portvagt:conformance"],"urn:portvagt:conformance":true}}"#,
+            open(header)
+        )
+        .as_bytes(),
+        claims.to_string().as_bytes(),
+    )?;
+    Ok((duplicate, critical))
 }
 
 /// An input a case needs.
@@ -112,6 +151,10 @@ pub enum Need {
     CitizenListener,
     /// `tokens.bound`, `tokens.bound_emergency`, `related_patient` and `unrelated_patient`
     Relationship,
+    /// `tokens.duplicate_member`
+    DuplicateMemberToken,
+    /// `tokens.critical_header`
+    CriticalHeaderToken,
 }
 
 impl Need {
@@ -126,6 +169,8 @@ impl Need {
             Need::NarrowToken => settings.tokens.narrow.is_some(),
             Need::ExpiredToken => settings.tokens.expired.is_some(),
             Need::WrongAudienceToken => settings.tokens.wrong_audience.is_some(),
+            Need::DuplicateMemberToken => settings.tokens.duplicate_member.is_some(),
+            Need::CriticalHeaderToken => settings.tokens.critical_header.is_some(),
             Need::OtherCertificate => settings.other_identity.is_some(),
             Need::ForeignCertificate => settings.foreign_identity.is_some(),
             Need::SosiCard => settings.sosi_card.is_some(),
@@ -154,6 +199,12 @@ impl Need {
             Need::NarrowToken => "no narrow token (--token narrow=..., scope user/Observation.rs)",
             Need::ExpiredToken => "no expired token (--token expired=...)",
             Need::WrongAudienceToken => "no token for another audience (--token wrong-audience=...)",
+            Need::DuplicateMemberToken => {
+                "no token giving a claim twice (--token duplicate-member=...)"
+            }
+            Need::CriticalHeaderToken => {
+                "no token with a critical header extension (--token critical-header=...)"
+            }
             Need::OtherCertificate => "no second client certificate (--other-cert/--other-key)",
             Need::ForeignCertificate => "no client certificate from an untrusted CA (--foreign-cert/--foreign-key)",
             Need::SosiCard => "no SOSI ID card (--sosi-card)",

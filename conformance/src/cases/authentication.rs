@@ -123,7 +123,31 @@ pub(super) fn cases() -> Vec<Case> {
             [UserToken],
             extra_part
         ),
+        case!(
+            "AUTH-17",
+            "a token that gives a claim twice is refused",
+            "RFC 7519 §4: claim names must be unique; parsers differ on which of two counts (a binding, then `cnf: null`)",
+            [DuplicateMemberToken],
+            duplicate_member
+        ),
+        case!(
+            "AUTH-18",
+            "a token naming a critical header extension is refused",
+            "RFC 7515 §4.1.11: a recipient that does not understand an extension listed in `crit` must refuse the JWS",
+            [CriticalHeaderToken],
+            critical_header
+        ),
     ]
+}
+
+async fn duplicate_member(ctx: &Ctx) -> Verdict {
+    let token = ctx.settings.tokens.duplicate_member.as_deref();
+    expect_status(&ctx.get(SEARCH, token).await, 401)
+}
+
+async fn critical_header(ctx: &Ctx) -> Verdict {
+    let token = ctx.settings.tokens.critical_header.as_deref();
+    expect_status(&ctx.get(SEARCH, token).await, 401)
 }
 
 async fn scheme(ctx: &Ctx, scheme: &str) -> Result<crate::client::Answer, String> {

@@ -43,6 +43,23 @@ fn settings(gateway: &Gateway, target: &str) -> Settings {
         .to_owned();
     let now = jsonwebtoken::get_current_timestamp();
     let foreign = DevPki::generate().unwrap();
+    // AUTH-17 and AUTH-18: the issuer's own header, and a bound user's claims.
+    let header: serde_json::Value = {
+        use base64::Engine as _;
+        let token = gateway.token(json!({}));
+        let part = token.split('.').next().unwrap().to_owned();
+        serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(part)
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    let claims = gateway.claims(json!({ "scope": "user/*.rs", "cnf": { "x5t#S256": thumbprint } }));
+    let strict = portvagt_conformance::strict_tokens(&header, &claims, |header, claims| {
+        gateway.issuer.sign_parts(header, claims)
+    })
+    .unwrap();
     Settings {
         base_url: target.to_owned(),
         ca_pem: pki.ca.certificate().cert_pem.clone(),
@@ -86,6 +103,8 @@ fn settings(gateway: &Gateway, target: &str) -> Settings {
             citizen: Some(gateway.citizen_token(json!({
                 "scope": "patient/*.rs", "patient": "pat-carla", "fhirUser": "Patient/pat-carla",
             }))),
+            duplicate_member: Some(strict.0),
+            critical_header: Some(strict.1),
         },
         own_patient: Some("pat-carla".into()),
         other_patient: Some("pat-bo".into()),
@@ -146,6 +165,8 @@ async fn the_suite_fails_a_deployment_that_does_not_enforce() {
         "AUTH-05",
         "AUTH-07",
         "AUTH-11",
+        "AUTH-17",
+        "AUTH-18",
         "SCOPE-02",
         "SCOPE-05",
         "PAT-02",
