@@ -239,8 +239,10 @@ impl Minter {
         token
     }
 
+    /// An RFC 9068 access token's header (the demo's issuers require `typ` `at+jwt`).
     fn jose_header(&self) -> jsonwebtoken::Header {
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.typ = Some("at+jwt".into());
         header.kid = Some(self.kid.clone());
         header
     }

@@ -85,6 +85,9 @@ pub enum AuthnError {
     /// parsers differ on which of the two counts).
     #[error("the token's header or claims give a member name twice")]
     DuplicateMember,
+    /// The issuer requires RFC 9068 access tokens and the header's `typ` is not `at+jwt`.
+    #[error("the token is not an access token (its typ must be at+jwt)")]
+    WrongTokenType,
 }
 
 impl AuthnError {
@@ -111,6 +114,7 @@ impl AuthnError {
             AuthnError::IntrospectionUnavailable => "introspection-unavailable",
             AuthnError::CriticalHeader => "unsupported-critical-header",
             AuthnError::DuplicateMember => "duplicate-member",
+            AuthnError::WrongTokenType => "wrong-token-type",
         }
     }
 }

@@ -158,6 +158,11 @@ pub struct IssuerConfig {
     /// Refuse tokens that are not bound to the client certificate (RFC 8705 `cnf.x5t#S256`).
     #[serde(default)]
     pub require_certificate_binding: bool,
+    /// Refuse JWTs whose header does not say they are access tokens: `typ` `at+jwt` (RFC 9068
+    /// §4, `application/at+jwt` too), so that an ID token or another JWT of the same issuer
+    /// and audience is not taken as one. Off by default: many issuers still send `JWT`.
+    #[serde(default)]
+    pub require_typ: bool,
     /// `[issuer.claims]`: which claims hold the scopes, patient, user, roles and purpose.
     #[serde(default)]
     pub claims: ClaimNames,
@@ -182,6 +187,7 @@ impl IssuerConfig {
             algorithms: defaults::algorithms(),
             leeway: defaults::leeway(),
             require_certificate_binding: false,
+            require_typ: false,
             claims: ClaimNames::default(),
             introspection: None,
         }

@@ -29,6 +29,7 @@ crls = ["pki/crl.pem"]
 issuer = "{DEMO_ISSUER}"
 audiences = ["{public_url}", "https://{citizen_addr}/fhir"]
 jwks_file = "issuer/jwks.json"
+require_typ = true
 
 # The testbed authorization server: citizens signing in to the page /minlog/ (PKCE).
 [[issuer]]
@@ -36,6 +37,7 @@ issuer = "{auth_issuer}"
 audiences = ["https://{citizen_addr}/fhir"]
 jwks_url = "{auth_issuer}/jwks"
 ca_file = "pki/ca.crt"
+require_typ = true
 
 [smart]
 issuer = "{auth_issuer}"

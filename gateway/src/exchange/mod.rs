@@ -228,6 +228,8 @@ impl TokenExchange {
     pub fn own_issuer(&self) -> (IssuerConfig, Vec<VerificationKey>) {
         let mut issuer = IssuerConfig::new(self.issuer.clone(), vec![self.audience.clone()]);
         issuer.require_certificate_binding = true;
+        // Portvagt's own are RFC 9068 access tokens.
+        issuer.require_typ = true;
         issuer.algorithms = vec!["ES256".into()];
         let keys = jwks::parse(&self.key.jwks()).expect("the key's own JWKS parses");
         (issuer, keys)

@@ -83,6 +83,8 @@ struct IssuerVerifier {
     /// One prepared validation per allowed algorithm.
     validations: HashMap<Algorithm, Validation>,
     require_binding: bool,
+    /// Only RFC 9068 access tokens (`typ` `at+jwt`).
+    require_typ: bool,
     mapping: ClaimMapping,
     introspector: Option<Arc<Introspector>>,
     /// Tokens of this issuer verified already (signature and claims).
@@ -120,6 +122,8 @@ struct Header {
     alg: String,
     #[serde(default)]
     kid: Option<String>,
+    #[serde(default)]
+    typ: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -201,6 +205,7 @@ impl TokenVerifier {
                 keys,
                 validations: validations(issuer, &algorithms),
                 require_binding: issuer.require_certificate_binding,
+                require_typ: issuer.require_typ,
                 mapping: ClaimMapping::new(&issuer.claims),
                 introspector,
                 verified: VerifiedCache::default(),
@@ -229,6 +234,7 @@ impl TokenVerifier {
             keys: Some(Keys::Fixed(Arc::new(keys))),
             validations: validations(issuer, &[Algorithm::ES256]),
             require_binding: issuer.require_certificate_binding,
+            require_typ: issuer.require_typ,
             mapping: ClaimMapping::new(&issuer.claims),
             introspector: None,
             verified: VerifiedCache::default(),
@@ -389,6 +395,9 @@ impl IssuerVerifier {
         metrics: &Metrics,
     ) -> Result<Principal, AuthnError> {
         let alg = Algorithm::from_str(&header.alg).map_err(|_| AuthnError::AlgorithmNotAllowed)?;
+        if self.require_typ && !is_access_token_type(header.typ.as_deref()) {
+            return Err(AuthnError::WrongTokenType);
+        }
         let validation = self
             .validations
             .get(&alg)
@@ -551,6 +560,18 @@ fn key_for<'k>(
             }
         }
     }
+}
+
+/// Whether a JOSE `typ` says RFC 9068 access token: `at+jwt`, or the full media type
+/// `application/at+jwt` (RFC 7515 §4.1.9: compared without regard to case).
+fn is_access_token_type(typ: Option<&str>) -> bool {
+    typ.is_some_and(|typ| {
+        let short = match typ.get(..12) {
+            Some(prefix) if prefix.eq_ignore_ascii_case("application/") => &typ[12..],
+            _ => typ,
+        };
+        short.eq_ignore_ascii_case("at+jwt")
+    })
 }
 
 /// A JWT's header and claims read strictly, before its signature is checked: no object in

@@ -360,9 +360,15 @@ fn a_member_given_twice_or_a_critical_extension_is_refused_though_signed() {
             AuthnError::DuplicateMember,
         ),
         (
-            format!(r#"{header},"typ":"JWT"}}"#),
+            format!(r#"{header},"cty":"a","cty":"b"}}"#),
             claims(""),
             AuthnError::DuplicateMember,
+        ),
+        // A member the issuer is picked by, given twice: not even read as a JWT.
+        (
+            format!(r#"{header},"typ":"JWT"}}"#),
+            claims(""),
+            AuthnError::Malformed,
         ),
         // Extensions the gateway does not understand, marked critical.
         (
@@ -386,6 +392,65 @@ fn a_member_given_twice_or_a_critical_extension_is_refused_though_signed() {
             verify(&header, &claims).err(),
             Some(expected),
             "{header} {claims}"
+        );
+    }
+}
+
+#[test]
+fn an_issuer_that_requires_access_tokens_refuses_other_jwts() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = IssuerKey::generate("k1").unwrap();
+    let jwks_file = dir.path().join("jwks.json");
+    std::fs::write(&jwks_file, key.jwks()).unwrap();
+    let verifier = |require_typ| {
+        let config = IssuerConfig {
+            jwks_file: Some(jwks_file.clone()),
+            algorithms: vec!["ES256".into()],
+            require_typ,
+            ..IssuerConfig::new(ISS, vec![AUD.into()])
+        };
+        TokenVerifier::new(&[config], Arc::new(crate::metrics::Metrics::new())).unwrap()
+    };
+    let pki = portvagt_certs::DevPki::generate().unwrap();
+    let peer = Arc::new(PeerIdentity::from_verified_leaf(&pki.client.cert_der).unwrap());
+    let claims = claims().to_string();
+    let token = |typ: Option<&str>| {
+        let header = match typ {
+            Some(typ) => format!(r#"{{"typ":"{typ}","alg":"ES256","kid":"k1"}}"#),
+            None => r#"{"alg":"ES256","kid":"k1"}"#.to_owned(),
+        };
+        key.sign_parts(header.as_bytes(), claims.as_bytes())
+            .unwrap()
+    };
+    let (strict, lenient) = (verifier(true), verifier(false));
+    for typ in [
+        "at+jwt",
+        "application/at+jwt",
+        "AT+JWT",
+        "Application/At+Jwt",
+    ] {
+        let token = token(Some(typ));
+        assert!(
+            strict.verify_with_held_keys(&token, &peer, false).is_ok(),
+            "{typ}"
+        );
+    }
+    for typ in [
+        Some("JWT"),
+        None,
+        Some("id_token+jwt"),
+        Some("at+jwtx"),
+        Some(""),
+    ] {
+        let token = token(typ);
+        assert_eq!(
+            strict.verify_with_held_keys(&token, &peer, false).err(),
+            Some(AuthnError::WrongTokenType),
+            "{typ:?}"
+        );
+        assert!(
+            lenient.verify_with_held_keys(&token, &peer, false).is_ok(),
+            "{typ:?}: off by default"
         );
     }
 }
