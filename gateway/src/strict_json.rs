@@ -2,7 +2,9 @@
 //! twice is refused. RFC 8259 §4 leaves such an object's meaning to the parser (most keep the
 //! last member, some the first, some refuse), so a token whose claims say `"cnf": {…}` and then
 //! `"cnf": null` means one thing to its issuer and another to a gateway that kept the other
-//! member. Checked at every depth; serde_json's own nesting limit bounds the depth.
+//! member. Checked at every depth; serde_json's own nesting limit bounds the depth. Used for
+//! tokens' headers and claims, introspection answers, key sets, and the answers to the
+//! gateway's own reads through the backend (Consents, identities, a write's target).
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -39,6 +41,15 @@ pub fn unique_members(bytes: &[u8]) -> Result<(), StrictJsonError> {
                 None => StrictJsonError::Syntax(text),
             }
         })
+}
+
+/// `T` read from `bytes` that [`unique_members`] accepts: for what the gateway decides by
+/// (introspection answers, key sets, its own reads of Consents and owners).
+pub fn from_slice_unique<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<T, StrictJsonError> {
+    unique_members(bytes)?;
+    serde_json::from_slice(bytes).map_err(|error| StrictJsonError::Syntax(error.to_string()))
 }
 
 /// Any JSON value, read only to check its objects' member names.

@@ -366,8 +366,7 @@ impl Introspector {
             // The body may echo what was sent; it is not logged.
             return Err(format!("{}: HTTP {}", self.url, response.status()));
         }
-        serde_json::from_slice(response.body())
-            .map_err(|_| format!("{}: the answer is not a JSON object", self.url))
+        read_answer(response.body()).map_err(|error| format!("{}: {error}", self.url))
     }
 
     fn cached(&self, key: &[u8; 32]) -> Option<Cached> {
@@ -418,11 +417,36 @@ fn digest(token: &str) -> [u8; 32] {
     key
 }
 
+/// An introspection answer: a JSON object in which no member is given twice (an answer with
+/// `"active": true` and then `"active": false` means what the reader makes of it).
+fn read_answer(body: &[u8]) -> Result<Map<String, Value>, String> {
+    crate::strict_json::from_slice_unique(body).map_err(|error| match error {
+        crate::strict_json::StrictJsonError::Duplicate(name) => {
+            format!("the answer gives {name:?} twice")
+        }
+        crate::strict_json::StrictJsonError::Syntax(_) => "the answer is not a JSON object".into(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn an_answer_that_gives_a_member_twice_is_not_read() {
+        assert!(read_answer(br#"{"active":true,"sub":"u"}"#).is_ok());
+        for twice in [
+            &br#"{"active":false,"sub":"u","active":true}"#[..],
+            br#"{"active":true,"cnf":{"x5t#S256":"a","x5t#S256":"b"}}"#,
+            br#"{"active":true,"scope":"openid","sc\u006fpe":"user/*.cruds"}"#,
+        ] {
+            let error = read_answer(twice).unwrap_err();
+            assert!(error.contains("twice"), "{error}");
+        }
+        assert!(read_answer(b"[]").is_err());
+    }
 
     fn introspector(capacity: usize) -> Introspector {
         introspector_at("https://as.test/introspect", capacity)

@@ -63,7 +63,9 @@ pub fn load_file(path: &Path) -> Result<Vec<VerificationKey>, String> {
 
 /// Parses a JWKS document. Encryption keys (`use: enc`) are skipped; symmetric keys refused.
 pub fn parse(text: &str) -> Result<Vec<VerificationKey>, String> {
-    let set: JwkSet = serde_json::from_str(text).map_err(|e| format!("not a JWK Set: {e}"))?;
+    // A key given a member twice (`x`, `kty`) is what its reader makes of it: refused.
+    let set: JwkSet = crate::strict_json::from_slice_unique(text.as_bytes())
+        .map_err(|e| format!("not a JWK Set: {e}"))?;
     let mut keys = Vec::new();
     for (index, jwk) in set.keys.iter().enumerate() {
         if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
@@ -134,6 +136,27 @@ mod tests {
         assert_eq!(keys[0].kid.as_deref(), Some("k1"));
         assert_eq!(keys[0].alg, Some(Algorithm::ES256));
         assert_eq!(keys[0].family, KeyFamily::Ec);
+    }
+
+    #[test]
+    fn a_key_that_gives_a_member_twice_is_refused() {
+        let x = "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU";
+        let y = "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0";
+        let key = |extra: &str| {
+            format!(
+                r#"{{"keys":[{{"kty":"EC","crv":"P-256","kid":"k1","x":"{x}","y":"{y}"{extra}}}]}}"#
+            )
+        };
+        assert!(parse(&key("")).is_ok());
+        let twice = parse(&key(r#","x":"AAAA""#)).unwrap_err();
+        assert!(twice.contains("\"x\" is given twice"), "{twice}");
+        assert!(
+            parse(&format!(
+                r#"{{"keys":[],"keys":{}}}"#,
+                &key("")[8..key("").len() - 1]
+            ))
+            .is_err()
+        );
     }
 
     #[test]

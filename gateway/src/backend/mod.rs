@@ -414,7 +414,9 @@ impl Backend {
             .await
             .map_err(ProxyError::ResponseBody)?
             .to_bytes();
-        serde_json::from_slice(&bytes)
+        // What the gateway decides by (a Consent, an owner) has one meaning: a member given
+        // twice is not read either way.
+        crate::strict_json::from_slice_unique(&bytes)
             .map(Fetched::Found)
             .map_err(|_| ProxyError::LookupFailed(status).into())
     }
@@ -467,7 +469,7 @@ impl Backend {
             .await
             .ok()?
             .to_bytes();
-        let bundle: serde_json::Value = serde_json::from_slice(&body).ok()?;
+        let bundle: serde_json::Value = crate::strict_json::from_slice_unique(&body).ok()?;
         (bundle.get("resourceType")?.as_str()? == "Bundle").then_some(bundle)
     }
 }
