@@ -448,6 +448,21 @@ impl<'a> Emergency<'a> {
     }
 }
 
+/// Whether `reason` is a reason someone can read: at least `min_chars` letters or digits. Spaces,
+/// punctuation, control and format characters (zero-width spaces and joiners, a byte order
+/// mark, a soft hyphen) and the letters Unicode defines to be shown as nothing (the Hangul
+/// fillers) are not counted, so that a reason made of them alone is no reason.
+pub fn is_readable_reason(reason: &str, min_chars: usize) -> bool {
+    // Default_Ignorable_Code_Point letters: they take no space and show nothing.
+    const INVISIBLE_LETTERS: [char; 4] = ['\u{115F}', '\u{1160}', '\u{3164}', '\u{FFA0}'];
+    let readable = reason
+        .chars()
+        .filter(|c| c.is_alphanumeric() && !INVISIBLE_LETTERS.contains(c))
+        .take(min_chars.max(1))
+        .count();
+    readable >= min_chars.max(1)
+}
+
 /// Decides one patient's Consents for one caller and one access.
 pub fn check(
     blocks: &[Block],

@@ -201,3 +201,6 @@ pub(super) fn service_name() -> String {
 pub(super) fn sample_ratio() -> f64 {
     1.0
 }
+pub(super) fn break_glass_min_reason() -> usize {
+    4
+}

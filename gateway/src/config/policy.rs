@@ -102,7 +102,7 @@ pub enum RelationshipSource {
 }
 
 /// `[policy]`
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
     /// What happens to search results outside a patient-context token's compartment:
@@ -118,6 +118,21 @@ pub struct PolicyConfig {
     /// `rules_file` promotes it.
     #[serde(default)]
     pub shadow_rules_file: Option<PathBuf>,
+    /// The fewest letters or digits a break-the-glass reason must hold to count (spaces,
+    /// punctuation, control and format characters such as zero-width spaces are not counted).
+    #[serde(default = "defaults::break_glass_min_reason")]
+    pub break_glass_min_reason: usize,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            filtered_entries: FilteredEntries::default(),
+            rules_file: None,
+            shadow_rules_file: None,
+            break_glass_min_reason: defaults::break_glass_min_reason(),
+        }
+    }
 }
 
 /// `[decision_log]`: every decision (or only the shadow rules' disagreements) as JSON lines,

@@ -69,6 +69,8 @@ pub struct Proxy {
     /// Signs the paging links handed out, and the proxy sends the backend's own link when one
     /// is followed.
     pager: Arc<Pager>,
+    /// The fewest letters or digits a break-the-glass reason holds to count.
+    min_reason: usize,
 }
 
 /// A backend and the rewriter for the URLs in its answers.
@@ -109,6 +111,7 @@ impl Proxy {
             mass_lookup: runtime.mass_lookup.clone(),
             routes: runtime.upstreams.clone(),
             pager: runtime.pager.clone(),
+            min_reason: runtime.config.policy.break_glass_min_reason,
         }
     }
 }

@@ -189,6 +189,11 @@ impl Proxy {
                         .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
                         .map(|v| v.chars().take(500).collect::<String>())
                         .or_else(|| principal.identity().break_glass_reason.clone())
+                        // Invisible characters alone, or too few letters, are no reason: as
+                        // none at all, for the blocks, the audit record and the backend.
+                        .filter(|reason| {
+                            portvagt_policy::consent::is_readable_reason(reason, self.min_reason)
+                        })
                 });
         let consent = (self.consent.is_some() || bound.is_some())
             .then_some(())

@@ -253,6 +253,23 @@ async fn breaking_the_glass_needs_a_reason_lifts_only_the_block_and_is_audited()
         denial(&without),
         (403, "break-glass-reason-required".into())
     );
+    // Zero-width and other invisible characters, or too few letters, are no reason.
+    for unreadable in [
+        "\u{200B}\u{200B}\u{200B}\u{200B}\u{200B}\u{200B}",
+        "\u{2060}\u{FEFF}\u{3164}\u{3164}\u{3164}\u{3164}",
+        "...",
+        "ok",
+    ] {
+        let answer = client
+            .send(get("/fhir/Patient/pat-anne", &emergency, Some(unreadable)))
+            .await
+            .unwrap();
+        assert_eq!(
+            denial(&answer),
+            (403, "break-glass-reason-required".into()),
+            "{unreadable:?}"
+        );
+    }
 
     let reason = "unconscious in the emergency room, no relatives reachable";
     let with = client

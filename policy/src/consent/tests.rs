@@ -315,6 +315,39 @@ fn actors_match_however_the_registers_are_written() {
 }
 
 #[test]
+fn a_reason_is_letters_or_digits_enough_to_read() {
+    use super::is_readable_reason;
+    for reason in [
+        "bevidstløs",
+        "akut",
+        "Patient unconscious, no relatives",
+        "意識不明",
+        " 2x 42 ",
+    ] {
+        assert!(is_readable_reason(reason, 4), "{reason:?}");
+    }
+    for reason in [
+        "",
+        "    ",
+        "\u{200B}\u{200B}\u{200B}\u{200B}\u{200B}",
+        "\u{2060}\u{FEFF}\u{00AD}\u{200D}\u{200C}\u{180E}",
+        "\u{3164}\u{3164}\u{3164}\u{3164}\u{115F}\u{1160}\u{FFA0}",
+        "...!!!---",
+        "\u{0301}\u{0301}\u{0301}\u{0301}",
+        "ok",
+        "a\u{200B}b\u{200B}c",
+        "\t\r\n\u{0007}x",
+    ] {
+        assert!(!is_readable_reason(reason, 4), "{reason:?}");
+    }
+    // The operator's minimum, and never less than one letter.
+    assert!(is_readable_reason("ok", 2));
+    assert!(!is_readable_reason("ok", 3));
+    assert!(!is_readable_reason("\u{200B}", 0));
+    assert!(is_readable_reason("x", 0));
+}
+
+#[test]
 fn glass_breaks_only_with_a_reason() {
     let block = blocks_in(&consent(json!({ "type": "deny", "actor": actor("NS363") }))).unwrap();
     let access = read(Some("Patient"), Some("Patient/pat-anne"));
