@@ -19,6 +19,11 @@ use crate::outcome::Outcome;
 use crate::routing::SharedRoutes;
 use crate::smart::SmartDocuments;
 
+/// How long the CapabilityStatement answered without a token is kept before it is read again.
+const CAPABILITIES_FOR: Duration = Duration::from_secs(60);
+/// The largest CapabilityStatement read for it.
+const CAPABILITIES_LIMIT: usize = 4 * 1024 * 1024;
+
 /// Answers the local endpoints.
 #[derive(Debug)]
 pub struct Admin {
@@ -29,6 +34,10 @@ pub struct Admin {
     metrics_on_client_listener: bool,
     last_probe: Mutex<Option<(Instant, Readiness)>>,
     auditor: Option<Arc<Auditor>>,
+    /// Whether `/metadata` is answered without a token on the client and the citizen listener.
+    metadata_without_token: (bool, bool),
+    /// The CapabilityStatements answered without a token, by FHIR base path, and when read.
+    capabilities: Mutex<std::collections::HashMap<String, (Instant, Bytes)>>,
 }
 
 /// What readiness found.
@@ -65,6 +74,9 @@ pub enum LocalEndpoint {
     SmartConfiguration,
     /// `/.well-known/portvagt-identity-jwks.json`
     IdentityKeys,
+    /// `<base>/metadata` without a token: the backend's CapabilityStatement with Portvagt's
+    /// security section, for the FHIR base (a route's) it names.
+    Capabilities(usize),
 }
 
 impl Admin {
@@ -84,6 +96,14 @@ impl Admin {
             smart,
             metrics_on_client_listener: config.server.admin_listen.is_none(),
             last_probe: Mutex::new(None),
+            metadata_without_token: (
+                config.server.metadata_without_token,
+                config
+                    .citizen
+                    .as_ref()
+                    .is_some_and(|citizen| citizen.metadata_without_token),
+            ),
+            capabilities: Mutex::new(std::collections::HashMap::new()),
             smart_path: format!(
                 "{}/.well-known/smart-configuration",
                 fhir_base_path.trim_end_matches('/')
@@ -120,6 +140,90 @@ impl Admin {
             p if serves_smart && p == self.smart_path => Some(LocalEndpoint::SmartConfiguration),
             _ => None,
         }
+    }
+
+    /// `GET <base>/metadata` on `listener` asked without a token, where that is answered here:
+    /// the index of the route (one that takes every type) whose base it is. Only that exact
+    /// path and a query of at most `_format` and `_pretty`: any other spelling, a `mode`, or
+    /// a token presented goes the usual way, through authentication.
+    pub fn open_metadata(
+        &self,
+        request: &http::Request<Body>,
+        listener: Listener,
+    ) -> Option<usize> {
+        let open = match listener {
+            Listener::Client => self.metadata_without_token.0,
+            Listener::Citizen => self.metadata_without_token.1,
+            Listener::Admin => false,
+        };
+        let method = request.method();
+        if !open
+            || (method != Method::GET && method != Method::HEAD)
+            || request.headers().contains_key(header::AUTHORIZATION)
+        {
+            return None;
+        }
+        let plain_query = request.uri().query().is_none_or(|query| {
+            query.split('&').all(|pair| {
+                let name = pair.split_once('=').map_or(pair, |(name, _)| name);
+                name == "_format" || name == "_pretty"
+            })
+        });
+        let base = request.uri().path().strip_suffix("/metadata")?;
+        let routes = self.upstreams.load();
+        plain_query
+            .then(|| {
+                routes.iter().position(|route| {
+                    route.resource_types.is_empty() && route.base_path.trim_end_matches('/') == base
+                })
+            })
+            .flatten()
+    }
+
+    /// The CapabilityStatement of route `index`'s backend, its security section Portvagt's
+    /// ([`SmartDocuments::rewrite_capability_statement`]) and its backend URLs the public
+    /// ones; read again after [`CAPABILITIES_FOR`].
+    async fn capabilities(&self, index: usize) -> Response<Body> {
+        let Some(route) = self.upstreams.load().get(index).cloned() else {
+            return unavailable_capabilities();
+        };
+        let cached = self
+            .capabilities
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&route.base_path)
+            .filter(|(at, _)| at.elapsed() < CAPABILITIES_FOR)
+            .map(|(_, body)| body.clone());
+        if let Some(body) = cached {
+            return json_response(StatusCode::OK, body);
+        }
+        let fetched = route
+            .backend
+            .fetch_json("metadata", None, CAPABILITIES_LIMIT, &self.metrics)
+            .await;
+        let Ok(crate::backend::Fetched::Found(mut statement)) = fetched else {
+            return unavailable_capabilities();
+        };
+        // The backend's own address is not for clients.
+        if let Some(url) = statement
+            .pointer("/implementation/url")
+            .and_then(serde_json::Value::as_str)
+            .and_then(|url| route.rewriter.rewrite(url))
+        {
+            statement["implementation"]["url"] = serde_json::Value::String(url);
+        }
+        let Some(body) = serde_json::to_vec(&statement)
+            .ok()
+            .and_then(|bytes| self.smart.rewrite_capability_statement(&bytes))
+            .map(Bytes::from)
+        else {
+            return unavailable_capabilities();
+        };
+        self.capabilities
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(route.base_path.clone(), (Instant::now(), body.clone()));
+        json_response(StatusCode::OK, body)
     }
 
     /// Ready means: every route's backend answers and its circuit is not open, and the audit
@@ -206,6 +310,16 @@ impl Admin {
                 );
                 response
             }
+            LocalEndpoint::Capabilities(index) => {
+                let mut response = self.capabilities(index).await;
+                if response.status().is_success() {
+                    response.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/fhir+json; charset=utf-8"),
+                    );
+                }
+                response
+            }
             LocalEndpoint::IdentityKeys => {
                 // Every backend's key, once each (the routes in force: a reload that adds a
                 // backend publishes its key).
@@ -242,4 +356,15 @@ fn json_response(status: StatusCode, body: Bytes) -> Response<Body> {
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+/// The backend's CapabilityStatement could not be read (or was none).
+fn unavailable_capabilities() -> Response<Body> {
+    Outcome::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "transient",
+        "backend-unavailable",
+        "the backend's CapabilityStatement could not be read",
+    )
+    .into_response(None)
 }

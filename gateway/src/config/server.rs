@@ -45,6 +45,10 @@ pub struct CitizenConfig {
     /// Default: `public_base_url`; one of the two is required.
     #[serde(default)]
     pub audiences: Vec<String>,
+    /// Answer `GET <base>/metadata` without a token on this listener too (off by default:
+    /// it is reachable without a client certificate).
+    #[serde(default)]
+    pub metadata_without_token: bool,
 }
 
 /// `[redis]`: how Portvagt reaches the Redis that replicas share (every `redis_url`): TLS for
@@ -157,6 +161,11 @@ pub struct ServerConfig {
     /// listener's.
     #[serde(default)]
     pub audiences: Vec<String>,
+    /// Answer `GET <base>/metadata` without a token here (the client certificate is still
+    /// required), as FHIR servers do: client libraries read the CapabilityStatement before
+    /// they have one. With a token, the request goes the usual way.
+    #[serde(default = "defaults::yes")]
+    pub metadata_without_token: bool,
 }
 
 /// `[tls]`

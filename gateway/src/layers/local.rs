@@ -1,6 +1,6 @@
-//! Local endpoints (health, readiness, metrics, SMART configuration, and on the citizen
-//! listener the `/minlog/` page) answered before authentication; everything else goes on down
-//! the stack.
+//! Local endpoints (health, readiness, metrics, SMART configuration, the CapabilityStatement
+//! asked for without a token, and on the citizen listener the `/minlog/` page) answered before
+//! authentication; everything else goes on down the stack.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -67,10 +67,15 @@ where
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
-        if let Some(endpoint) =
-            self.admin
-                .route(request.method(), request.uri().path(), self.listener)
-        {
+        let endpoint = self
+            .admin
+            .route(request.method(), request.uri().path(), self.listener)
+            .or_else(|| {
+                self.admin
+                    .open_metadata(&request, self.listener)
+                    .map(crate::admin::LocalEndpoint::Capabilities)
+            });
+        if let Some(endpoint) = endpoint {
             let admin = self.admin.clone();
             return Box::pin(async move { Ok(admin.respond(endpoint).await) });
         }

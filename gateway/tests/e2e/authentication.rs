@@ -229,3 +229,112 @@ async fn clock_skew_within_the_leeway_is_tolerated() {
         assert_eq!(answer.status, 200, "{name}: {}", answer.text());
     }
 }
+
+/// Client libraries read the CapabilityStatement before they have a token, as every FHIR
+/// server lets them: on the mTLS listener (the certificate still required), that exact path
+/// only; every other spelling, and the citizen listener unless opened, still needs a token.
+#[tokio::test]
+async fn the_capability_statement_is_read_without_a_token_where_opened() {
+    let gateway = Gateway::start_with(crate::support::Options {
+        extra_config: format!(
+            "[citizen]\nlisten = \"127.0.0.1:0\"\naudiences = [\"{}\"]\n",
+            crate::support::CITIZEN_AUDIENCE
+        ),
+        ..crate::support::Options::default()
+    });
+    let client = gateway.client();
+    for path in ["/fhir/metadata", "/fhir/metadata?_format=json&_pretty=true"] {
+        let answer = client.get(path, None).await.unwrap();
+        assert_eq!(answer.status, 200, "{path}: {}", answer.text());
+        assert!(
+            answer.headers["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("application/fhir+json"),
+            "{path}"
+        );
+        let statement = answer.json();
+        assert_eq!(statement["resourceType"], "CapabilityStatement");
+        // What clients are told about security is Portvagt's, and the backend stays unnamed.
+        let services: Vec<&str> = statement["rest"][0]["security"]["service"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|service| service["coding"][0]["code"].as_str().unwrap())
+            .collect();
+        assert_eq!(services, ["SMART-on-FHIR", "Certificates"]);
+        assert!(
+            !answer.text().contains(crate::support::backend_url()),
+            "{path}: the backend's address"
+        );
+    }
+    // With a token, the usual way: a good one reads it, a bad one is refused.
+    let token = gateway.token(json!({}));
+    assert_eq!(
+        client
+            .get("/fhir/metadata", Some(&token))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(
+        client
+            .get("/fhir/metadata", Some("not-a-jwt"))
+            .await
+            .unwrap()
+            .detail_code(),
+        "malformed-token"
+    );
+    // Any other spelling or query goes through authentication.
+    for path in [
+        "/fhir/metadata/",
+        "/fhir//metadata",
+        "/fhir/%6Detadata",
+        "/fhir/Metadata",
+        "/fhir/metadata;x",
+        "/fhir/Patient/../metadata",
+        "/fhir/./metadata",
+        "/fhir/metadata?mode=terminology",
+        "/fhir/metadata?_format=json&_count=1",
+        "/fhir/Patient/metadata",
+        "/metadata",
+    ] {
+        let answer = client.get(path, None).await.unwrap();
+        assert_eq!(answer.status, 401, "{path}: {}", answer.text());
+    }
+    let posted = client
+        .send(crate::support::request(
+            http::Method::POST,
+            "/fhir/metadata",
+            None,
+            Some(json!({})),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(posted.status, 401);
+    // The certificate is still required.
+    assert!(
+        gateway
+            .client_with(None)
+            .get("/fhir/metadata", None)
+            .await
+            .is_err()
+    );
+    // The citizen listener, reachable without a certificate, keeps it closed by default.
+    let browser = gateway.citizen_client();
+    assert_eq!(
+        browser.get("/fhir/metadata", None).await.unwrap().status,
+        401
+    );
+}
+
+#[tokio::test]
+async fn the_capability_statement_needs_a_token_where_not_opened() {
+    let gateway = Gateway::start_with(crate::support::Options {
+        server_extra: "metadata_without_token = false".into(),
+        ..crate::support::Options::default()
+    });
+    let answer = gateway.client().get("/fhir/metadata", None).await.unwrap();
+    assert_eq!(answer.status, 401, "{}", answer.text());
+}
