@@ -368,6 +368,10 @@ def check_values_schema(chart: helm.Chart, defaults: dict) -> None:
             "enabled": True, "rules": [{"name": "r", "effect": "allow"}],
             "shadowRules": [{"name": "s", "effect": "allow"}]}},
         "Redis switched on without a URL": {"config": {"token_exchange": {"enabled": True, "useRedis": True}}},
+        "token exchange on two replicas without Redis (an assertion could be used once per replica)": {
+            "replicaCount": 2, "config": {"token_exchange": {"enabled": True}}},
+        "token exchange autoscaled without Redis": {
+            "replicaCount": 1, "autoscaling": {"enabled": True}, "config": {"token_exchange": {"enabled": True}}},
         "a trusted STS certificate without issuers": {"tokenExchangeKeys": {"trustedSts": {"keys": [{"key": "sts.pem"}]}}},
         "a trusted STS certificate with no issuer": {
             "tokenExchangeKeys": {"trustedSts": {"keys": [{"key": "sts.pem", "issuers": []}]}}},
