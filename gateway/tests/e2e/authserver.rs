@@ -529,6 +529,36 @@ async fn opaque_tokens_are_introspected_cached_and_revocable() {
                 .contains("invalid_token")
         );
     }
+    // A JWT that cannot be read as one (a member given twice, no `iss`) is refused as a JWT,
+    // never shown to the introspection endpoint as if it were opaque: the calls counted below
+    // stay two.
+    let stranger = portvagt::auth::issuer_key::IssuerKey::generate("k").unwrap();
+    let claims = serde_json::json!({ "iss": server.issuer, "sub": "x", "exp": u64::MAX / 2 });
+    for (header, claims, code) in [
+        (
+            r#"{"alg":"ES256","typ":"at+jwt","typ":"JWT"}"#.to_owned(),
+            claims.to_string(),
+            "duplicate-member",
+        ),
+        (
+            r#"{"alg":"ES256"}"#.to_owned(),
+            r#"{"sub":"x"}"#.to_owned(),
+            "missing-claim",
+        ),
+    ] {
+        let token = stranger
+            .sign_parts(header.as_bytes(), claims.as_bytes())
+            .unwrap();
+        let answer = client
+            .get("/fhir/Patient/pat-anne", Some(&token))
+            .await
+            .unwrap();
+        assert_eq!(
+            (answer.status.as_u16(), answer.detail_code().as_str()),
+            (401, code),
+            "{header} {claims}"
+        );
+    }
     let metrics = client.get("/metrics", None).await.unwrap().text();
     let value = |line: &str| metric_value(&metrics, line).unwrap_or(0.0);
     assert_eq!(

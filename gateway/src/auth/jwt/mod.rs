@@ -2,9 +2,13 @@
 //!
 //! Order of checks: the token must be three base64url parts; its `iss` selects ONE configured
 //! issuer; the header `alg` must be on that issuer's allow-list (so `none` and HMAC never get
-//! near a key); the key is chosen by `kid` among that issuer's keys and must be of the
-//! algorithm's family; then signature, `exp`/`nbf` (with leeway), `aud`, and required claims;
-//! last, `cnf.x5t#S256` against the client certificate.
+//! near a key); with `require_typ`, `typ` must be `at+jwt`; once per token, its header and
+//! claims must give no member twice and name no critical extension ([`strict_parts`]); the key
+//! is chosen by `kid` among that issuer's keys and must be of the algorithm's family; then
+//! signature, `exp`/`nbf` (with leeway), `aud`, and required claims; last, `cnf.x5t#S256`
+//! against the client certificate. A token shaped like a JWT that cannot be read as one is
+//! refused, never taken for an opaque token; an issuer's JWTs that are introspected are held to
+//! the same reading (members, `crit`, `typ`) before they are sent.
 
 use std::collections::HashMap;
 use std::str::FromStr as _;
@@ -301,8 +305,12 @@ impl TokenVerifier {
         peer: &Arc<PeerIdentity>,
         binding_required: bool,
     ) -> Result<Principal, AuthnError> {
-        let Ok(peeked) = peek(token) else {
-            return self.verify_opaque(token, peer, binding_required).await;
+        let peeked = match peek(token) {
+            Ok(peeked) => peeked,
+            // A JWT that cannot be read (a member given twice, no `iss`) is refused, never
+            // shown to an introspection endpoint as if it were opaque.
+            Err(error) if is_jws_shaped(token) => return Err(strict_error(token, error)),
+            Err(_) => return self.verify_opaque(token, peer, binding_required).await,
         };
         let issuer = self
             .issuers
@@ -333,6 +341,9 @@ impl TokenVerifier {
                 }
             }
             (None, Some(introspector)) => {
+                // The issuer's own JWTs, introspected: read as strictly as signed ones are.
+                strict_parts(token)?;
+                issuer.type_is_required(&peeked.header)?;
                 let active = introspector.introspect(token, now()).await?;
                 issuer.principal_from_answer(token, active, peer, binding_required)
             }
@@ -374,7 +385,7 @@ impl TokenVerifier {
         peer: &Arc<PeerIdentity>,
         binding_required: bool,
     ) -> Result<Principal, AuthnError> {
-        let peeked = peek(token)?;
+        let peeked = peek(token).map_err(|error| strict_error(token, error))?;
         self.issuers
             .get(&peeked.issuer)
             .ok_or(AuthnError::UnknownIssuer)?
@@ -395,13 +406,11 @@ impl IssuerVerifier {
         metrics: &Metrics,
     ) -> Result<Principal, AuthnError> {
         let alg = Algorithm::from_str(&header.alg).map_err(|_| AuthnError::AlgorithmNotAllowed)?;
-        if self.require_typ && !is_access_token_type(header.typ.as_deref()) {
-            return Err(AuthnError::WrongTokenType);
-        }
         let validation = self
             .validations
             .get(&alg)
             .ok_or(AuthnError::AlgorithmNotAllowed)?;
+        self.type_is_required(header)?;
         let keys = self.keys.as_ref().ok_or(AuthnError::UnknownKey)?.held();
         let digest = verified_cache::digest(token);
         let now = now();
@@ -449,6 +458,14 @@ impl IssuerVerifier {
             self.binding(binding_required),
             peer,
         )
+    }
+
+    /// With `require_typ`: the header says RFC 9068 access token.
+    fn type_is_required(&self, header: &Header) -> Result<(), AuthnError> {
+        if self.require_typ && !is_access_token_type(header.typ.as_deref()) {
+            return Err(AuthnError::WrongTokenType);
+        }
+        Ok(())
     }
 
     /// The issuer's demand for binding, plus the request's.
@@ -566,12 +583,30 @@ fn key_for<'k>(
 /// `application/at+jwt` (RFC 7515 §4.1.9: compared without regard to case).
 fn is_access_token_type(typ: Option<&str>) -> bool {
     typ.is_some_and(|typ| {
-        let short = match typ.get(..12) {
-            Some(prefix) if prefix.eq_ignore_ascii_case("application/") => &typ[12..],
-            _ => typ,
-        };
-        short.eq_ignore_ascii_case("at+jwt")
+        typ.eq_ignore_ascii_case("at+jwt") || typ.eq_ignore_ascii_case("application/at+jwt")
     })
+}
+
+/// Whether `token` is shaped like a JWS: three parts, the first a base64url JSON object.
+fn is_jws_shaped(token: &str) -> bool {
+    let mut parts = token.split('.');
+    let (Some(header), Some(_), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .is_ok_and(|bytes| bytes.trim_ascii_start().starts_with(b"{"))
+}
+
+/// Why a JWT that could not be read is refused: what [`strict_parts`] finds (a member given
+/// twice, a critical extension), else `error`.
+fn strict_error(token: &str, error: AuthnError) -> AuthnError {
+    match strict_parts(token) {
+        Err(strict @ (AuthnError::DuplicateMember | AuthnError::CriticalHeader)) => strict,
+        _ => error,
+    }
 }
 
 /// A JWT's header and claims read strictly, before its signature is checked: no object in

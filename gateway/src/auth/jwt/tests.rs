@@ -364,11 +364,26 @@ fn a_member_given_twice_or_a_critical_extension_is_refused_though_signed() {
             claims(""),
             AuthnError::DuplicateMember,
         ),
-        // A member the issuer is picked by, given twice: not even read as a JWT.
+        // A member read to pick the issuer and its key, given twice.
         (
             format!(r#"{header},"typ":"JWT"}}"#),
             claims(""),
-            AuthnError::Malformed,
+            AuthnError::DuplicateMember,
+        ),
+        (
+            format!(r#"{header},"kid":"k1"}}"#),
+            claims(""),
+            AuthnError::DuplicateMember,
+        ),
+        (
+            format!("{header}}}"),
+            claims(&format!(r#","iss":"{ISS}""#)),
+            AuthnError::DuplicateMember,
+        ),
+        (
+            format!(r#"{header},"crit":null}}"#),
+            claims(""),
+            AuthnError::CriticalHeader,
         ),
         // Extensions the gateway does not understand, marked critical.
         (
@@ -436,6 +451,12 @@ fn an_issuer_that_requires_access_tokens_refuses_other_jwts() {
         );
     }
     for typ in [
+        Some("text/at+jwt"),
+        Some("applicationXat+jwt"),
+        Some("application/at+jwt;v=1"),
+        Some(" at+jwt"),
+        Some("application/application/at+jwt"),
+        Some("portvagt-identity+jwt"),
         Some("JWT"),
         None,
         Some("id_token+jwt"),
