@@ -36,7 +36,7 @@ pub mod runtime;
 pub mod server;
 pub mod smart;
 pub mod stack;
-pub mod strict_json;
+pub use portvagt_policy::strict_json;
 pub mod tls;
 pub mod trace;
 pub mod watched;

@@ -26,6 +26,7 @@ pub mod resource_type;
 pub mod rules;
 pub mod scope;
 mod shape;
+pub mod strict_json;
 pub mod verdict;
 
 pub use decision::{

@@ -340,3 +340,83 @@ async fn declared_terminology_operations_pass_and_others_do_not() {
         );
     }
 }
+
+/// A body whose object gives a member twice means one thing to the gateway's checks and maybe
+/// another to the backend (`subject` Bo, then Anne: a parser that keeps the first writes into
+/// Bo's record what was checked as Anne's): refused before anything is written, in every kind
+/// of body the gateway decides on.
+#[tokio::test]
+async fn a_body_that_gives_a_member_twice_is_refused_before_it_is_written() {
+    let gateway = Gateway::start();
+    let client = gateway.client();
+    let anne = gateway.token(json!({ "patient": "pat-anne", "scope": "patient/*.cruds" }));
+    let marker = format!("dup-{}", uuid::Uuid::new_v4().simple());
+    let observation = format!(
+        r#"{{"resourceType":"Observation","status":"final","code":{{"text":"{marker}"}},"subject":{{"reference":"Patient/pat-bo"}},"subject":{{"reference":"Patient/pat-anne"}}}}"#
+    );
+    let send = |method: Method, path: &str, content_type: &str, body: String| {
+        http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("accept", "application/fhir+json")
+            .header("content-type", content_type)
+            .header("authorization", format!("Bearer {anne}"))
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .unwrap()
+    };
+    let json = "application/fhir+json";
+    let cases = [
+        (Method::POST, "/fhir/Observation", json, observation.clone()),
+        (
+            Method::POST,
+            "/fhir",
+            json,
+            format!(
+                r#"{{"resourceType":"Bundle","type":"batch","entry":[{{"resource":{observation},"request":{{"method":"POST","url":"Observation"}}}}]}}"#
+            ),
+        ),
+        (
+            Method::PATCH,
+            "/fhir/Observation/obs-anne-bp",
+            "application/json-patch+json",
+            r#"[{"op":"replace","path":"/status","value":"amended","value":"final"}]"#.to_owned(),
+        ),
+        (
+            Method::POST,
+            "/fhir/Patient/pat-anne/$everything",
+            json,
+            r#"{"resourceType":"Parameters","parameter":[{"name":"_count","valueInteger":5,"valueInteger":50}]}"#
+                .to_owned(),
+        ),
+    ];
+    for (method, path, content_type, body) in cases {
+        let answer = client
+            .send(send(method.clone(), path, content_type, body))
+            .await
+            .unwrap();
+        assert_eq!(
+            (answer.status.as_u16(), answer.detail_code()),
+            (400, "duplicate-member".to_owned()),
+            "{method} {path}: {}",
+            answer.text()
+        );
+    }
+    // Nothing was written.
+    let (status, found) =
+        crate::support::backend_get(&format!("Observation?code:text={marker}")).await;
+    assert_eq!(status, 200, "{found}");
+    assert!(
+        found["entry"].as_array().is_none_or(Vec::is_empty),
+        "{found}"
+    );
+    // The same body with the member once is written.
+    let once = observation.replacen(r#""subject":{"reference":"Patient/pat-bo"},"#, "", 1);
+    let answer = client
+        .send(send(Method::POST, "/fhir/Observation", json, once))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 201, "{}", answer.text());
+    // (The search that found none above finds it.)
+    let (_, found) = crate::support::backend_get(&format!("Observation?code:text={marker}")).await;
+    assert_eq!(found["entry"].as_array().map(Vec::len), Some(1), "{found}");
+}

@@ -63,15 +63,23 @@ fn is_json(media_type: Option<&str>) -> bool {
     )
 }
 
+/// A JSON body read as the backend must read it too: no member given twice in any object
+/// (which of the two the gateway's checks read, and which the backend stores, would differ
+/// between parsers).
+fn strict_body(bytes: &[u8]) -> Result<Value, ClassifyError> {
+    crate::strict_json::from_slice_unique(bytes).map_err(|error| match error {
+        crate::strict_json::StrictJsonError::Duplicate(_) => ClassifyError::DuplicateMember,
+        crate::strict_json::StrictJsonError::Syntax(_) => ClassifyError::MalformedBody,
+    })
+}
+
 pub(super) fn parse(
     request: &FhirRequest,
     content_type: Option<&str>,
     bytes: &[u8],
 ) -> Result<RequestBody, ClassifyError> {
     let media_type = media_type(content_type);
-    let json = |bytes: &[u8]| {
-        serde_json::from_slice::<Value>(bytes).map_err(|_| ClassifyError::MalformedBody)
-    };
+    let json = strict_body;
     match request.interaction() {
         Interaction::Patch | Interaction::ConditionalPatch => match media_type.as_deref() {
             Some("application/json-patch+json") => {
@@ -129,7 +137,7 @@ pub fn operation_parameters(json: &[u8]) -> Result<Vec<(String, String)>, Classi
             _ => false,
         }
     }
-    let body: Value = serde_json::from_slice(json).map_err(|_| ClassifyError::MalformedBody)?;
+    let body: Value = strict_body(json)?;
     if body.get("resourceType").and_then(Value::as_str) != Some("Parameters")
         || holds_reference(&body)
     {

@@ -328,6 +328,10 @@ pub enum ClassifyError {
     /// A body that is not JSON, not an object, or not of the content type it must be.
     #[error("the request body is not a FHIR JSON resource of the expected kind")]
     MalformedBody,
+    /// A JSON body in which an object gives a member name twice: the gateway's checks would
+    /// read one of the two, the backend perhaps the other.
+    #[error("the request body gives a member name twice in one object")]
+    DuplicateMember,
     /// The body's `resourceType` or `id` disagrees with the URL.
     #[error("the body's resourceType or id disagrees with the URL")]
     BodyMismatch,
@@ -353,6 +357,7 @@ impl ClassifyError {
             ClassifyError::UnsupportedFormat => "unsupported-format",
             ClassifyError::ConflictingParameter => "conflicting-parameter",
             ClassifyError::MalformedBody => "malformed-body",
+            ClassifyError::DuplicateMember => "duplicate-member",
             ClassifyError::BodyMismatch => "body-mismatch",
             ClassifyError::MalformedEntry => "malformed-entry",
         }

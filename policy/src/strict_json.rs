@@ -3,8 +3,9 @@
 //! last member, some the first, some refuse), so a token whose claims say `"cnf": {…}` and then
 //! `"cnf": null` means one thing to its issuer and another to a gateway that kept the other
 //! member. Checked at every depth; serde_json's own nesting limit bounds the depth. Used for
-//! tokens' headers and claims, introspection answers, key sets, and the answers to the
-//! gateway's own reads through the backend (Consents, identities, a write's target).
+//! request bodies, and in the gateway for tokens' headers and claims, introspection answers,
+//! key sets, and the answers to its own reads through the backend (Consents, identities, a
+//! write's target).
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -77,8 +78,8 @@ impl<'de> Visitor<'de> for UniqueVisitor {
             if seen.contains(&name) {
                 return Err(M::Error::custom(format!("duplicate member: {name}")));
             }
-            map.next_value::<Unique>()?;
             seen.insert(name);
+            map.next_value::<Unique>()?;
         }
         Ok(Unique)
     }
