@@ -10,7 +10,9 @@ use bytes::Bytes;
 
 use super::position::Position;
 use super::seal::SealKeys;
-use super::spool::{RecordLine, SegmentHeader, read_line, segment_name, segments, sha256_hex};
+use super::spool::{
+    HandedKind, Handoff, RecordLine, SegmentHeader, read_line, segment_name, segments, sha256_hex,
+};
 
 /// A batch read from the spool: the events (each with its record hash, which becomes its id
 /// in the repository), where the next batch starts, and the last seal read (checked).
@@ -50,8 +52,8 @@ pub(crate) struct Reading<'a> {
 const MAX_UNSEALED: usize = 4 * super::spool::SEAL_EVERY_RECORDS as usize;
 
 /// A batch as it is gathered, from the files ([`read_batch`]) or from what the writer handed
-/// over ([`super::spool::Handoff::take`]): both end it by the same rules.
-pub(crate) struct Gather<'a> {
+/// over ([`take_handed`]): both end it by the same rules.
+struct Gather<'a> {
     reading: Reading<'a>,
     batch: Batch,
     /// The position after the last record gathered.
@@ -119,6 +121,38 @@ impl<'a> Gather<'a> {
         }
         self.batch
     }
+}
+
+/// The batch after `from` made of what the writer handed over ([`Handoff`]), by the rules
+/// [`read_batch`] reads the files by, if what is held continues exactly from `from`; `None`
+/// when it does not (the shipper is behind it, or at a start): then the files are read.
+pub(crate) fn take_handed(
+    handoff: &Handoff,
+    from: &Position,
+    reading: Reading<'_>,
+) -> Option<Batch> {
+    if from.segment == 0 {
+        return None;
+    }
+    // On to the seal after the limit: the writer seals at least every SEAL_EVERY_RECORDS.
+    let max = reading
+        .limit
+        .saturating_add(2 * super::spool::SEAL_EVERY_RECORDS as usize);
+    let records = handoff.after(from.seq, from.head.as_deref()?, max)?;
+    let mut gather = Gather::new(from.clone(), reading);
+    for record in &records {
+        if gather.enough() || record.seq > reading.through {
+            break;
+        }
+        gather.record(record.segment, record.end, record.seq, &record.hash);
+        match &record.kind {
+            HandedKind::Event(event) => gather.event(record.hash.clone(), || event.clone()),
+            // As read from the files: a seal vouches only where seals are checked.
+            HandedKind::Seal(jws) if reading.keys.is_some() => gather.seal(record.seq, jws),
+            HandedKind::Seal(_) => {}
+        }
+    }
+    Some(gather.finish())
 }
 
 /// Reads the records after `from`, none beyond `reading.through`, up to `reading.limit`

@@ -35,6 +35,7 @@ use super::anchor::{anchor_id, anchor_resource, anchor_seal, repository_get};
 use super::position::{Position, position, save_position};
 use super::reading::{
     Batch, ReadError, Reading, deletable, delete, first_seq_of, position_holds, read_batch,
+    take_handed,
 };
 use super::seal::SealKeys;
 use super::spool::Spool;
@@ -299,7 +300,7 @@ impl Shipper {
             keys,
             keep_events: true,
         };
-        if let Some(batch) = spool.handoff().take(at, reading) {
+        if let Some(batch) = take_handed(spool.handoff(), at, reading) {
             return Some(batch);
         }
         let (dir, from, keys) = (self.dir.clone(), at.clone(), keys.cloned());

@@ -37,7 +37,9 @@ use tokio::sync::oneshot;
 pub(crate) use self::files::{
     RecordLine, SegmentHeader, create_fresh, read_line, segment_name, segments, sha256_hex,
 };
-pub(crate) use self::handoff::Handoff;
+#[cfg(test)]
+pub(crate) use self::handoff::Handed;
+pub(crate) use self::handoff::{HandedKind, Handoff};
 use self::writer::Writer;
 use super::seal::Sealer;
 

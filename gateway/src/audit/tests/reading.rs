@@ -2,6 +2,7 @@
 //! checked, and on a sealed spool only what a seal read with it vouches for. Test code only:
 //! nothing outside the audit tests may use it.
 
+use super::super::reading::take_handed;
 use super::super::spool::{Spool, segment_name};
 use super::{event, lines, sealed};
 
@@ -184,11 +185,11 @@ fn ship_all(
         };
         let read = read_batch(spool.dir(), from.clone(), reading).unwrap();
         let read_short = read_batch(spool.dir(), from.clone(), short).unwrap();
-        if let Some(taken) = spool.handoff().take(&from, short) {
+        if let Some(taken) = take_handed(spool.handoff(), &from, short) {
             assert_eq!(taken.events, read_short.events, "from {from:?}");
             assert_eq!(taken.next, read_short.next, "from {from:?}");
         }
-        match spool.handoff().take(&from, reading) {
+        match take_handed(spool.handoff(), &from, reading) {
             Some(taken) => {
                 from_memory += 1;
                 assert_eq!(taken.events, read.events, "from {from:?}");
@@ -252,20 +253,15 @@ async fn what_the_writer_hands_over_is_what_the_files_hold() {
             keys: keys.as_ref(),
             keep_events: true,
         };
-        assert!(
-            spool
-                .handoff()
-                .take(&Position::default(), reading)
-                .is_none()
-        );
+        assert!(take_handed(spool.handoff(), &Position::default(), reading).is_none());
         let first = read_batch(dir.path(), Position::default(), reading).unwrap();
-        assert!(spool.handoff().take(&first.next, reading).is_some());
+        assert!(take_handed(spool.handoff(), &first.next, reading).is_some());
         // The same sequence number after another hash is not where memory continues.
         let elsewhere = Position {
             head: Some("0".repeat(64)),
             ..first.next.clone()
         };
-        assert!(spool.handoff().take(&elsewhere, reading).is_none());
+        assert!(take_handed(spool.handoff(), &elsewhere, reading).is_none());
         let (shipped, from_memory, from_files) =
             ship_all(&spool, first.next, keys.as_ref(), &[1, 2, 5, 3]);
         assert_eq!(shipped.len() + first.events.len(), sent, "sealed: {sealed}");
@@ -297,5 +293,113 @@ async fn a_shipper_behind_what_memory_holds_reads_the_files_then_memory() {
     assert!(from_files >= 3, "{from_files} batches from the files");
     for (n, (_, got)) in shipped.iter().enumerate() {
         assert_eq!(**got, *event(n));
+    }
+}
+
+/// What memory holds for the shipper: one unbroken run of the chain, let go once shipped,
+/// bounded.
+mod held {
+    use bytes::Bytes;
+
+    use super::super::super::position::Position;
+    use super::super::super::reading::{Reading, take_handed};
+    use super::super::super::spool::{Handed, HandedKind, Handoff};
+
+    const MAX_RECORDS: usize = 4 * super::super::super::spool::SEAL_EVERY_RECORDS as usize;
+    const MAX_BYTES: usize = 16 * 1024 * 1024;
+
+    fn record(seq: u64) -> Handed {
+        let hash = |seq: u64| format!("{seq:064}");
+        Handed {
+            seq,
+            prev: hash(seq - 1),
+            hash: hash(seq),
+            segment: 1,
+            end: seq * 100,
+            kind: HandedKind::Event(Bytes::from(format!("{{\"n\":{seq}}}"))),
+        }
+    }
+
+    fn at(seq: u64) -> Position {
+        Position {
+            segment: 1,
+            offset: seq * 100,
+            seq,
+            head: Some(format!("{seq:064}")),
+            last_event: None,
+        }
+    }
+
+    fn held(handoff: &Handoff) -> Vec<u64> {
+        handoff.held()
+    }
+
+    const ALL: Reading<'static> = Reading {
+        limit: usize::MAX,
+        through: u64::MAX,
+        keys: None,
+        keep_events: true,
+    };
+
+    #[test]
+    fn what_is_held_is_one_unbroken_run_and_goes_once_shipped() {
+        let handoff = Handoff::default();
+        let wanted = handoff.want();
+        handoff.add((1..=3).map(record).collect());
+        // Record 4 never handed over (say, a writer that had no handoff for a while): 5 and 6
+        // replace what was held, so 3 is not followed by 5.
+        handoff.add(vec![record(5), record(6)]);
+        assert_eq!(held(&handoff), [5, 6]);
+        assert!(
+            take_handed(&handoff, &at(3), ALL).is_none(),
+            "3 → 5 would skip 4"
+        );
+        // Shipped up to 5: 5 is let go, 6 is taken.
+        let batch = take_handed(&handoff, &at(4), ALL).unwrap();
+        assert_eq!(batch.events.len(), 2);
+        assert!(take_handed(&handoff, &at(5), ALL).is_some());
+        assert_eq!(held(&handoff), [6]);
+        // Everything taken: an empty batch, not a read of the files.
+        let batch = take_handed(&handoff, &at(6), ALL).unwrap();
+        assert!(batch.events.is_empty() && batch.next == at(6));
+        assert!(held(&handoff).is_empty());
+        // The same place after another hash is not where it stands.
+        let elsewhere = Position {
+            head: Some("f".repeat(64)),
+            ..at(6)
+        };
+        assert!(take_handed(&handoff, &elsewhere, ALL).is_none());
+        // The shipper gone: nothing is kept any more.
+        handoff.add(vec![record(7)]);
+        drop(wanted);
+        assert!(!handoff.wanted());
+        assert!(held(&handoff).is_empty());
+        assert!(take_handed(&handoff, &at(6), ALL).is_none());
+    }
+
+    #[test]
+    fn the_oldest_go_beyond_the_bounds() {
+        let handoff = Handoff::default();
+        let _wanted = handoff.want();
+        let many = MAX_RECORDS as u64 + 10;
+        handoff.add((1..=many).map(record).collect());
+        let kept = held(&handoff);
+        assert_eq!(kept.len(), MAX_RECORDS);
+        assert_eq!(kept[0], 11);
+        assert!(
+            take_handed(&handoff, &at(5), ALL).is_none(),
+            "behind: the files"
+        );
+        assert_eq!(
+            take_handed(&handoff, &at(10), ALL).unwrap().events.len(),
+            MAX_RECORDS
+        );
+        // Bytes bound too: a few large events.
+        let big = |seq| Handed {
+            kind: HandedKind::Event(Bytes::from(vec![b' '; MAX_BYTES / 3])),
+            ..record(seq)
+        };
+        handoff.add((many + 1..=many + 4).map(big).collect());
+        assert_eq!(held(&handoff).len(), 3);
     }
 }
