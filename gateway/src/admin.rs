@@ -19,8 +19,12 @@ use crate::outcome::Outcome;
 use crate::routing::SharedRoutes;
 use crate::smart::SmartDocuments;
 
-/// How long the CapabilityStatement answered without a token is kept before it is read again.
+/// How long the CapabilityStatement answered without a token is kept before it is read again,
+/// and how long a failed read stands before the backend is asked again.
 const CAPABILITIES_FOR: Duration = Duration::from_secs(60);
+const CAPABILITIES_FAILED_FOR: Duration = Duration::from_secs(10);
+/// The longest the gateway waits for it.
+const CAPABILITIES_WAIT: Duration = Duration::from_secs(10);
 /// The largest CapabilityStatement read for it.
 const CAPABILITIES_LIMIT: usize = 4 * 1024 * 1024;
 
@@ -36,8 +40,11 @@ pub struct Admin {
     auditor: Option<Arc<Auditor>>,
     /// Whether `/metadata` is answered without a token on the client and the citizen listener.
     metadata_without_token: (bool, bool),
-    /// The CapabilityStatements answered without a token, by FHIR base path, and when read.
-    capabilities: Mutex<std::collections::HashMap<String, (Instant, Bytes)>>,
+    /// The CapabilityStatements answered without a token, by FHIR base path, and when read
+    /// (`None`: the read failed).
+    capabilities: Mutex<std::collections::HashMap<String, (Instant, Option<Bytes>)>>,
+    /// One read of the backend's statement at a time: concurrent misses wait for it.
+    reading_capabilities: tokio::sync::Mutex<()>,
 }
 
 /// What readiness found.
@@ -74,9 +81,6 @@ pub enum LocalEndpoint {
     SmartConfiguration,
     /// `/.well-known/portvagt-identity-jwks.json`
     IdentityKeys,
-    /// `<base>/metadata` without a token: the backend's CapabilityStatement with Portvagt's
-    /// security section, for the FHIR base (a route's) it names.
-    Capabilities(usize),
 }
 
 impl Admin {
@@ -104,6 +108,7 @@ impl Admin {
                     .is_some_and(|citizen| citizen.metadata_without_token),
             ),
             capabilities: Mutex::new(std::collections::HashMap::new()),
+            reading_capabilities: tokio::sync::Mutex::new(()),
             smart_path: format!(
                 "{}/.well-known/smart-configuration",
                 fhir_base_path.trim_end_matches('/')
@@ -142,15 +147,16 @@ impl Admin {
         }
     }
 
-    /// `GET <base>/metadata` on `listener` asked without a token, where that is answered here:
-    /// the index of the route (one that takes every type) whose base it is. Only that exact
-    /// path and a query of at most `_format` and `_pretty`: any other spelling, a `mode`, or
-    /// a token presented goes the usual way, through authentication.
+    /// `GET <base>/metadata` on `listener` asked without a token, for JSON, where that is
+    /// answered here: the FHIR base path (a route's that takes every type). Only that exact
+    /// path and a query of at most `_format` (JSON) and `_pretty`: any other spelling, a
+    /// `mode`, XML (its conversion is work for authenticated callers), or a token presented
+    /// goes the usual way, through authentication.
     pub fn open_metadata(
         &self,
         request: &http::Request<Body>,
         listener: Listener,
-    ) -> Option<usize> {
+    ) -> Option<String> {
         let open = match listener {
             Listener::Client => self.metadata_without_token.0,
             Listener::Citizen => self.metadata_without_token.1,
@@ -163,67 +169,100 @@ impl Admin {
         {
             return None;
         }
-        let plain_query = request.uri().query().is_none_or(|query| {
-            query.split('&').all(|pair| {
-                let name = pair.split_once('=').map_or(pair, |(name, _)| name);
-                name == "_format" || name == "_pretty"
+        // The format layer above has taken `_format` out, and says what was asked for.
+        let query = request.uri().query();
+        let plain_query = query.is_none_or(|query| {
+            query.split('&').all(|pair| match pair.split_once('=') {
+                Some(("_format", value)) => crate::format::format_param(value)
+                    .is_some_and(|asked| asked == crate::format::Representation::Json),
+                Some(("_pretty", _)) => true,
+                _ => false,
             })
         });
+        let asked = request
+            .extensions()
+            .get::<crate::format::Representation>()
+            .copied()
+            .unwrap_or_else(|| crate::format::negotiate(request.headers(), query));
+        let json = asked == crate::format::Representation::Json;
         let base = request.uri().path().strip_suffix("/metadata")?;
-        let routes = self.upstreams.load();
-        plain_query
-            .then(|| {
-                routes.iter().position(|route| {
-                    route.resource_types.is_empty() && route.base_path.trim_end_matches('/') == base
-                })
-            })
-            .flatten()
+        (plain_query && json && self.route_for(base).is_some()).then(|| base.to_owned())
     }
 
-    /// The CapabilityStatement of route `index`'s backend, its security section Portvagt's
-    /// ([`SmartDocuments::rewrite_capability_statement`]) and its backend URLs the public
-    /// ones; read again after [`CAPABILITIES_FOR`].
-    async fn capabilities(&self, index: usize) -> Response<Body> {
-        let Some(route) = self.upstreams.load().get(index).cloned() else {
-            return unavailable_capabilities();
+    /// The route (one that takes every type) whose FHIR base is `base`.
+    fn route_for(&self, base: &str) -> Option<crate::routing::Route> {
+        self.upstreams
+            .load()
+            .iter()
+            .find(|route| {
+                route.resource_types.is_empty() && route.base_path.trim_end_matches('/') == base
+            })
+            .cloned()
+    }
+
+    /// The CapabilityStatement of the backend under FHIR base `base`, its security section
+    /// Portvagt's ([`SmartDocuments::rewrite_capability_statement`]) and its `implementation`
+    /// the gateway's public base; read at most once per [`CAPABILITIES_FOR`] (one read at a
+    /// time), a failed read standing for [`CAPABILITIES_FAILED_FOR`]. `None` when it cannot be
+    /// had (the backend wants a token, is down, or answers something else): then the request
+    /// goes the usual way.
+    pub async fn capabilities(&self, base: &str) -> Option<Response<Body>> {
+        let cached = |admin: &Admin| {
+            admin
+                .capabilities
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(base)
+                .filter(|(at, body)| {
+                    at.elapsed()
+                        < if body.is_some() {
+                            CAPABILITIES_FOR
+                        } else {
+                            CAPABILITIES_FAILED_FOR
+                        }
+                })
+                .map(|(_, body)| body.clone())
         };
-        let cached = self
-            .capabilities
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&route.base_path)
-            .filter(|(at, _)| at.elapsed() < CAPABILITIES_FOR)
-            .map(|(_, body)| body.clone());
-        if let Some(body) = cached {
-            return json_response(StatusCode::OK, body);
+        if let Some(body) = cached(self) {
+            return body.map(capabilities_response);
         }
-        let fetched = route
-            .backend
-            .fetch_json("metadata", None, CAPABILITIES_LIMIT, &self.metrics)
-            .await;
-        let Ok(crate::backend::Fetched::Found(mut statement)) = fetched else {
-            return unavailable_capabilities();
-        };
-        // The backend's own address is not for clients.
-        if let Some(url) = statement
-            .pointer("/implementation/url")
-            .and_then(serde_json::Value::as_str)
-            .and_then(|url| route.rewriter.rewrite(url))
-        {
-            statement["implementation"]["url"] = serde_json::Value::String(url);
+        let _one = self.reading_capabilities.lock().await;
+        if let Some(body) = cached(self) {
+            return body.map(capabilities_response);
         }
-        let Some(body) = serde_json::to_vec(&statement)
-            .ok()
-            .and_then(|bytes| self.smart.rewrite_capability_statement(&bytes))
-            .map(Bytes::from)
-        else {
-            return unavailable_capabilities();
+        let route = self.route_for(base)?;
+        let read = tokio::time::timeout(
+            CAPABILITIES_WAIT,
+            route
+                .backend
+                .fetch_json("metadata", None, CAPABILITIES_LIMIT, &self.metrics),
+        )
+        .await;
+        let body = match read {
+            Ok(Ok(crate::backend::Fetched::Found(mut statement))) => {
+                // The backend's own address is not for clients: the gateway is the
+                // implementation they talk to.
+                if let Some(implementation) = statement
+                    .get_mut("implementation")
+                    .and_then(serde_json::Value::as_object_mut)
+                {
+                    implementation.insert(
+                        "url".to_owned(),
+                        serde_json::Value::String(route.rewriter.public_base().to_owned()),
+                    );
+                }
+                serde_json::to_vec(&statement)
+                    .ok()
+                    .and_then(|bytes| self.smart.rewrite_capability_statement(&bytes))
+                    .map(Bytes::from)
+            }
+            _ => None,
         };
         self.capabilities
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(route.base_path.clone(), (Instant::now(), body.clone()));
-        json_response(StatusCode::OK, body)
+            .insert(base.to_owned(), (Instant::now(), body.clone()));
+        body.map(capabilities_response)
     }
 
     /// Ready means: every route's backend answers and its circuit is not open, and the audit
@@ -310,16 +349,6 @@ impl Admin {
                 );
                 response
             }
-            LocalEndpoint::Capabilities(index) => {
-                let mut response = self.capabilities(index).await;
-                if response.status().is_success() {
-                    response.headers_mut().insert(
-                        header::CONTENT_TYPE,
-                        HeaderValue::from_static("application/fhir+json; charset=utf-8"),
-                    );
-                }
-                response
-            }
             LocalEndpoint::IdentityKeys => {
                 // Every backend's key, once each (the routes in force: a reload that adds a
                 // backend publishes its key).
@@ -358,13 +387,12 @@ fn json_response(status: StatusCode, body: Bytes) -> Response<Body> {
     response
 }
 
-/// The backend's CapabilityStatement could not be read (or was none).
-fn unavailable_capabilities() -> Response<Body> {
-    Outcome::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "transient",
-        "backend-unavailable",
-        "the backend's CapabilityStatement could not be read",
-    )
-    .into_response(None)
+/// The CapabilityStatement, as FHIR JSON.
+fn capabilities_response(body: Bytes) -> Response<Body> {
+    let mut response = json_response(StatusCode::OK, body);
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/fhir+json; charset=utf-8"),
+    );
+    response
 }

@@ -158,7 +158,7 @@ impl SmartDocuments {
                 { "coding": [{ "system": SECURITY_SERVICE_SYSTEM, "code": "Certificates" }], "text": "Mutual TLS with a client certificate" },
             ],
             "extension": [{ "url": OAUTH_URIS, "extension": uris }],
-            "description": "Every request needs a client certificate (mutual TLS) and an OAuth 2.0 access token (Authorization: Bearer), with SMART App Launch scopes. Tokens bound to the certificate (RFC 8705) are checked against it.",
+            "description": "Requests need a client certificate (mutual TLS) and an OAuth 2.0 access token (Authorization: Bearer), with SMART App Launch scopes; this CapabilityStatement and the SMART configuration are read without a token. Tokens bound to the certificate (RFC 8705) are checked against it.",
         })
     }
 

@@ -463,6 +463,22 @@ pub fn is_readable_reason(reason: &str, min_chars: usize) -> bool {
     readable >= min_chars.max(1)
 }
 
+/// A readable reason as it is recorded and passed on: at most 500 characters, without control
+/// and format characters (bidirectional overrides, zero-width characters), which would reorder
+/// or hide what a reviewer reads.
+pub fn recordable_reason(reason: &str) -> String {
+    let format = |c: char| {
+        matches!(c,
+            '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}' | '\u{E0000}'..='\u{E007F}')
+    };
+    reason
+        .chars()
+        .filter(|c| !c.is_control() && !format(*c))
+        .take(500)
+        .collect()
+}
+
 /// Decides one patient's Consents for one caller and one access.
 pub fn check(
     blocks: &[Block],

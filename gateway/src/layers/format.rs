@@ -67,6 +67,8 @@ where
         if let Some(uri) = without_format_uri(request.uri()) {
             *request.uri_mut() = uri;
         }
+        // What the client asked for, for the layers below (the `_format` is gone from the URI).
+        request.extensions_mut().insert(representation);
         let is_head = request.method() == Method::HEAD;
         let max = self.max_response_bytes;
         let request_id = request.extensions().get::<RequestId>().cloned();

@@ -67,15 +67,21 @@ where
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
-        let endpoint = self
-            .admin
-            .route(request.method(), request.uri().path(), self.listener)
-            .or_else(|| {
-                self.admin
-                    .open_metadata(&request, self.listener)
-                    .map(crate::admin::LocalEndpoint::Capabilities)
+        if let Some(base) = self.admin.open_metadata(&request, self.listener) {
+            // Answered here when the backend's statement can be had; else the usual way.
+            let admin = self.admin.clone();
+            let mut inner = take_ready(&mut self.inner);
+            return Box::pin(async move {
+                match admin.capabilities(&base).await {
+                    Some(answer) => Ok(answer),
+                    None => inner.call(request).await,
+                }
             });
-        if let Some(endpoint) = endpoint {
+        }
+        if let Some(endpoint) =
+            self.admin
+                .route(request.method(), request.uri().path(), self.listener)
+        {
             let admin = self.admin.clone();
             return Box::pin(async move { Ok(admin.respond(endpoint).await) });
         }

@@ -183,16 +183,26 @@ impl Proxy {
                 .as_ref()
                 .filter(|_| wants_reason)
                 .and_then(|principal| {
+                    // Invisible characters alone, or too few letters, are no reason: as none
+                    // at all, for the blocks, the audit record and the backend. The header's
+                    // reason, else the token's; what is kept is cut to 500 characters, without
+                    // control and format characters (which would reorder or hide what follow-up
+                    // review reads).
+                    let readable = |reason: &str| {
+                        portvagt_policy::consent::is_readable_reason(reason, self.min_reason)
+                            .then(|| portvagt_policy::consent::recordable_reason(reason))
+                    };
                     parts
                         .headers
                         .get(BREAK_GLASS_HEADER)
                         .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
-                        .map(|v| v.chars().take(500).collect::<String>())
-                        .or_else(|| principal.identity().break_glass_reason.clone())
-                        // Invisible characters alone, or too few letters, are no reason: as
-                        // none at all, for the blocks, the audit record and the backend.
-                        .filter(|reason| {
-                            portvagt_policy::consent::is_readable_reason(reason, self.min_reason)
+                        .and_then(readable)
+                        .or_else(|| {
+                            principal
+                                .identity()
+                                .break_glass_reason
+                                .as_deref()
+                                .and_then(readable)
                         })
                 });
         let consent = (self.consent.is_some() || bound.is_some())

@@ -267,6 +267,13 @@ async fn the_capability_statement_is_read_without_a_token_where_opened() {
             !answer.text().contains(crate::support::backend_url()),
             "{path}: the backend's address"
         );
+        if let Some(implementation) = statement.get("implementation") {
+            assert_eq!(
+                implementation["url"].as_str(),
+                Some(gateway.base_url.as_str()),
+                "{path}"
+            );
+        }
     }
     // With a token, the usual way: a good one reads it, a bad one is refused.
     let token = gateway.token(json!({}));
@@ -297,6 +304,10 @@ async fn the_capability_statement_is_read_without_a_token_where_opened() {
         "/fhir/./metadata",
         "/fhir/metadata?mode=terminology",
         "/fhir/metadata?_format=json&_count=1",
+        // XML is converted for authenticated callers only.
+        "/fhir/metadata?_format=xml",
+        "/fhir/metadata?_format=application/fhir%2Bxml",
+        "/fhir/metadata?_format=turtle",
         "/fhir/Patient/metadata",
         "/metadata",
     ] {

@@ -270,6 +270,16 @@ async fn breaking_the_glass_needs_a_reason_lifts_only_the_block_and_is_audited()
             "{unreadable:?}"
         );
     }
+    // An unreadable header does not hide the token's readable reason.
+    let claimed = gateway.token(json!({
+        "scope": "user/*.rs", "authorization_id": "NS363", "purpose_of_use": "EMERGENCY",
+        "role": "7170", "name": "Mette Kjær", "break_glass_reason": "bevidstløs",
+    }));
+    let answer = client
+        .send(get("/fhir/Patient/pat-anne", &claimed, Some("...")))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
 
     let reason = "unconscious in the emergency room, no relatives reachable";
     let with = client
@@ -303,7 +313,7 @@ async fn breaking_the_glass_needs_a_reason_lifts_only_the_block_and_is_audited()
     let metrics = client.get("/metrics", None).await.unwrap().text();
     assert_eq!(
         metric_value(&metrics, "portvagt_break_glass_total"),
-        Some(1.0)
+        Some(2.0)
     );
 }
 

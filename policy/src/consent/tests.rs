@@ -340,6 +340,12 @@ fn a_reason_is_letters_or_digits_enough_to_read() {
     ] {
         assert!(!is_readable_reason(reason, 4), "{reason:?}");
     }
+    // What is recorded has no control or format characters, and at most 500 characters.
+    assert_eq!(
+        super::recordable_reason("akut\u{202E}lortnoc\u{200B}\u{0007} ok"),
+        "akutlortnoc ok"
+    );
+    assert_eq!(super::recordable_reason(&"x".repeat(900)).len(), 500);
     // The operator's minimum, and never less than one letter.
     assert!(is_readable_reason("ok", 2));
     assert!(!is_readable_reason("ok", 3));
