@@ -492,34 +492,87 @@ fn is_primary(path: &str) -> bool {
 
 /// Follows `steps` from `value` (through arrays at any step) to References, and hands each
 /// `reference` string to `visit` (a marker for references by identifier only).
-fn walk(value: &Value, mut steps: std::str::Split<'_, char>, visit: &mut dyn FnMut(&str)) {
+fn walk(value: &Value, steps: std::str::Split<'_, char>, visit: &mut dyn FnMut(&str)) {
+    walk_objects(value, steps, &mut |object| {
+        if let Some(reference) = object.get("reference").and_then(Value::as_str) {
+            visit(reference);
+        } else if object.contains_key("identifier") {
+            // A Reference by identifier only: whom it names only the backend can say.
+            match object.get("type").and_then(Value::as_str) {
+                Some("Patient") => visit(PATIENT_BY_IDENTIFIER),
+                None => visit(UNTYPED_BY_IDENTIFIER),
+                Some(_) => {}
+            }
+        }
+    });
+}
+
+/// Follows `steps` from `value` (through arrays at any step) to the objects at their end.
+fn walk_objects(
+    value: &Value,
+    mut steps: std::str::Split<'_, char>,
+    visit: &mut dyn FnMut(&serde_json::Map<String, Value>),
+) {
     match value {
         Value::Array(items) => {
             for item in items {
-                walk(item, steps.clone(), visit);
+                walk_objects(item, steps.clone(), visit);
             }
         }
         Value::Object(object) => match steps.next() {
             Some(step) => {
                 if let Some(child) = object.get(step) {
-                    walk(child, steps, visit);
+                    walk_objects(child, steps, visit);
                 }
             }
-            None => {
-                if let Some(reference) = object.get("reference").and_then(Value::as_str) {
-                    visit(reference);
-                } else if object.contains_key("identifier") {
-                    // A Reference by identifier only: whom it names only the backend can say.
-                    match object.get("type").and_then(Value::as_str) {
-                        Some("Patient") => visit(PATIENT_BY_IDENTIFIER),
-                        None => visit(UNTYPED_BY_IDENTIFIER),
-                        Some(_) => {}
-                    }
-                }
-            }
+            None => visit(object),
         },
         _ => {}
     }
+}
+
+/// The identifiers (`system|value`) of the references by identifier only on `resource`'s
+/// compartment paths that may name a patient: typed `Patient`, or untyped on `subject` or
+/// `patient` (as [`membership`] reads them). A write that names its patient so touches her as
+/// much as one that names her by id: the gateway looks them up. `None` when one cannot be
+/// looked up as a token search (no system, no value, or characters a token search reads
+/// otherwise): whom it names, only the backend could say.
+pub(crate) fn patient_identifiers(resource: &Value) -> Option<Vec<String>> {
+    let resource_type = resource
+        .get("resourceType")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let mut found = Vec::new();
+    let mut readable = true;
+    for path in patient_paths(resource_type) {
+        let mut steps = path.split('.');
+        let Some(start) = resource.get(steps.next().unwrap_or_default()) else {
+            continue;
+        };
+        walk_objects(start, steps, &mut |object| {
+            if object.get("reference").and_then(Value::as_str).is_some()
+                || !object.contains_key("identifier")
+            {
+                return;
+            }
+            let typed = object.get("type").and_then(Value::as_str);
+            if !(typed == Some("Patient") || (typed.is_none() && is_primary(path))) {
+                return;
+            }
+            let identifier = &object["identifier"];
+            let part = |name: &str| {
+                identifier
+                    .get(name)
+                    .and_then(Value::as_str)
+                    .filter(|text| !text.is_empty() && !text.contains(['|', ',', '\\', '$']))
+            };
+            match (part("system"), part("value")) {
+                (Some(system), Some(value)) => found.push(format!("{system}|{value}")),
+                _ => readable = false,
+            }
+        });
+    }
+    readable.then_some(found)
 }
 
 #[cfg(test)]

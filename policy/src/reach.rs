@@ -16,8 +16,10 @@
 //! - identifiers: `patient:identifier=…`, `subject:Patient.identifier=…`,
 //!   `Patient?identifier=…`, which only the backend can turn into ids (the gateway looks them
 //!   up; [`Reach::identifiers`]);
-//! - the resource written by a create or update (its compartment references), and, for writes
-//!   to what exists, the owner before the write, which only a read can tell ([`Reach::owner`]).
+//! - the resource written by a create or update (its compartment references, and the
+//!   identifiers of those by identifier only that may name a patient, looked up like
+//!   `patient:identifier`), and, for writes to what exists, the owner before the write, which
+//!   only a read can tell ([`Reach::owner`]).
 //!
 //! A bare id on a parameter that may also point at other types (`subject=x`) is a *possible*
 //! patient: consent checks it (a non-patient has no blocks), the audit record does not name
@@ -90,6 +92,11 @@ impl Reach {
             Some(RequestBody::Resource(resource)) => {
                 reach.written = patients_of(resource);
                 reach.read_conditional_references(resource);
+                // A patient named by identifier only is looked up like `patient:identifier`.
+                match crate::compartment::patient_identifiers(resource) {
+                    Some(found) => reach.identifiers.extend(found),
+                    None => reach.opaque = true,
+                }
             }
             // A patch may move the resource: every Patient its values spell out is written.
             Some(RequestBody::Patch { document, .. }) => {

@@ -208,3 +208,57 @@ fn a_patch_writes_the_patients_it_spells_out_and_bodies_name_them_by_identifier(
     };
     assert_eq!(criteria, [("code".to_owned(), "x".to_owned())]);
 }
+
+#[test]
+fn a_body_that_names_its_patient_by_identifier_only_is_looked_up() {
+    let reach = |body: serde_json::Value| {
+        let mut create = classify(
+            "POST",
+            &format!("{}", body["resourceType"].as_str().unwrap()),
+            None,
+        )
+        .unwrap();
+        create
+            .attach_body(Some("application/fhir+json"), body.to_string().as_bytes())
+            .unwrap();
+        Reach::of(&create)
+    };
+    let cpr = |value: &str| json!({ "system": "urn:oid:1.2.208.176.1.2", "value": value });
+    // Typed Patient anywhere on a compartment path, or untyped on subject or patient.
+    let typed = reach(
+        json!({ "resourceType": "Observation", "status": "final", "code": { "text": "x" },
+        "subject": { "type": "Patient", "identifier": cpr("1111111118") } }),
+    );
+    assert_eq!(typed.identifiers(), ["urn:oid:1.2.208.176.1.2|1111111118"]);
+    assert!(!typed.opaque());
+    let untyped = reach(
+        json!({ "resourceType": "Observation", "status": "final", "code": { "text": "x" },
+        "subject": { "identifier": cpr("0501792275") },
+        "performer": [{ "type": "Patient", "identifier": cpr("2512484916") }] }),
+    );
+    assert_eq!(
+        untyped.identifiers(),
+        [
+            "urn:oid:1.2.208.176.1.2|0501792275",
+            "urn:oid:1.2.208.176.1.2|2512484916"
+        ]
+    );
+    // A professional by identifier is nobody's patient; a reference by id is read as before.
+    let professional = reach(
+        json!({ "resourceType": "Observation", "status": "final", "code": { "text": "x" },
+        "subject": { "reference": "Patient/anne" },
+        "performer": [{ "identifier": { "system": "https://autregweb.sst.dk", "value": "NS363" } }] }),
+    );
+    assert!(professional.identifiers().is_empty());
+    assert_eq!(professional.written(), ["anne"]);
+    // One that cannot be looked up as a token (no system, a `|` in it) leaves the reach opaque.
+    for identifier in [
+        json!({ "value": "1111111118" }),
+        json!({ "system": "urn:oid:1.2.208.176.1.2", "value": "1|2" }),
+        json!({ "system": "urn:oid:1.2.208.176.1.2" }),
+    ] {
+        let opaque = reach(json!({ "resourceType": "Observation", "status": "final",
+            "code": { "text": "x" }, "subject": { "type": "Patient", "identifier": identifier } }));
+        assert!(opaque.opaque(), "{identifier}");
+    }
+}

@@ -361,3 +361,51 @@ async fn an_operation_on_a_blocked_patients_resource_is_withheld_and_audited_lik
         "{events:#?}"
     );
 }
+
+/// A write that names its patient by identifier only (her CPR number, typed `Patient`, or
+/// untyped as the subject) touches her as much as one by id: the blocked professional is
+/// refused, a colleague's write is recorded as hers.
+#[tokio::test]
+async fn a_write_naming_the_patient_by_identifier_only_meets_her_block() {
+    let backend = backend_with_block().await;
+    let gateway = gateway(&backend);
+    let client = gateway.client();
+    let blocked = physician(&gateway, "NS363", "TREATMENT", "user/*.cruds");
+    let colleague = physician(&gateway, "XY123", "TREATMENT", "user/*.cruds");
+    let anne = json!({ "system": "urn:oid:1.2.208.176.1.2", "value": "1111111118" });
+    for subject in [
+        json!({ "type": "Patient", "identifier": anne }),
+        json!({ "identifier": anne }),
+    ] {
+        let observation = json!({ "resourceType": "Observation", "status": "final",
+            "code": { "text": "by identifier" }, "subject": subject });
+        let refused = client
+            .send(crate::support::request(
+                Method::POST,
+                "/fhir/Observation",
+                Some(&blocked),
+                Some(observation.clone()),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(denial(&refused), (403, "consent-block".into()), "{subject}");
+        let written = client
+            .send(crate::support::request(
+                Method::POST,
+                "/fhir/Observation",
+                Some(&colleague),
+                Some(observation),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(written.status, 201, "{subject}: {}", written.text());
+        let request_id = written.headers["x-request-id"].to_str().unwrap();
+        let events = gateway.audit_events_for(request_id);
+        assert!(
+            events
+                .iter()
+                .any(|event| event["entity"][0]["what"]["reference"] == "Patient/pat-anne"),
+            "{subject}: {events:?}"
+        );
+    }
+}
