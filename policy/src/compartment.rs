@@ -550,13 +550,26 @@ pub(crate) fn patient_identifiers(resource: &Value) -> Option<Vec<String>> {
             continue;
         };
         walk_objects(start, steps, &mut |object| {
-            if object.get("reference").and_then(Value::as_str).is_some()
-                || !object.contains_key("identifier")
-            {
+            // A blank `reference` is no reference (a lenient parser drops it).
+            let referenced = object
+                .get("reference")
+                .and_then(Value::as_str)
+                .is_some_and(|reference| !reference.trim().is_empty());
+            if referenced || !object.contains_key("identifier") {
                 return;
             }
-            let typed = object.get("type").and_then(Value::as_str);
-            if !(typed == Some("Patient") || (typed.is_none() && is_primary(path))) {
+            // `type` is a type name or its canonical URL; one that names no resource type
+            // (`patient`) may be a Patient to a lenient server.
+            let patient = match object.get("type").and_then(Value::as_str) {
+                None => is_primary(path),
+                Some(typed) => {
+                    let name = typed
+                        .strip_prefix("http://hl7.org/fhir/StructureDefinition/")
+                        .unwrap_or(typed);
+                    name == "Patient" || crate::resource_type::ResourceType::parse(name).is_none()
+                }
+            };
+            if !patient {
                 return;
             }
             let identifier = &object["identifier"];
@@ -564,7 +577,7 @@ pub(crate) fn patient_identifiers(resource: &Value) -> Option<Vec<String>> {
                 identifier
                     .get(name)
                     .and_then(Value::as_str)
-                    .filter(|text| !text.is_empty() && !text.contains(['|', ',', '\\', '$']))
+                    .filter(|text| !text.is_empty() && !text.contains(['|', ',', '\\']))
             };
             match (part("system"), part("value")) {
                 (Some(system), Some(value)) => found.push(format!("{system}|{value}")),

@@ -212,12 +212,7 @@ fn a_patch_writes_the_patients_it_spells_out_and_bodies_name_them_by_identifier(
 #[test]
 fn a_body_that_names_its_patient_by_identifier_only_is_looked_up() {
     let reach = |body: serde_json::Value| {
-        let mut create = classify(
-            "POST",
-            &format!("{}", body["resourceType"].as_str().unwrap()),
-            None,
-        )
-        .unwrap();
+        let mut create = classify("POST", body["resourceType"].as_str().unwrap(), None).unwrap();
         create
             .attach_body(Some("application/fhir+json"), body.to_string().as_bytes())
             .unwrap();
@@ -251,6 +246,20 @@ fn a_body_that_names_its_patient_by_identifier_only_is_looked_up() {
     );
     assert!(professional.identifiers().is_empty());
     assert_eq!(professional.written(), ["anne"]);
+    // A blank reference is none; a type given as its canonical URL, or as no type at all.
+    for subject in [
+        json!({ "reference": " ", "type": "Patient", "identifier": cpr("1111111118") }),
+        json!({ "type": "http://hl7.org/fhir/StructureDefinition/Patient", "identifier": cpr("1111111118") }),
+        json!({ "type": "patient", "identifier": cpr("1111111118") }),
+    ] {
+        let found = reach(json!({ "resourceType": "Observation", "status": "final",
+            "code": { "text": "x" }, "subject": subject }));
+        assert_eq!(
+            found.identifiers(),
+            ["urn:oid:1.2.208.176.1.2|1111111118"],
+            "{subject}"
+        );
+    }
     // One that cannot be looked up as a token (no system, a `|` in it) leaves the reach opaque.
     for identifier in [
         json!({ "value": "1111111118" }),
