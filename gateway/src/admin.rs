@@ -239,23 +239,13 @@ impl Admin {
         )
         .await;
         let body = match read {
-            Ok(Ok(crate::backend::Fetched::Found(mut statement))) => {
-                // The backend's own address is not for clients: the gateway is the
-                // implementation they talk to.
-                if let Some(implementation) = statement
-                    .get_mut("implementation")
-                    .and_then(serde_json::Value::as_object_mut)
-                {
-                    implementation.insert(
-                        "url".to_owned(),
-                        serde_json::Value::String(route.rewriter.public_base().to_owned()),
-                    );
-                }
-                serde_json::to_vec(&statement)
-                    .ok()
-                    .and_then(|bytes| self.smart.rewrite_capability_statement(&bytes))
-                    .map(Bytes::from)
-            }
+            Ok(Ok(crate::backend::Fetched::Found(statement))) => serde_json::to_vec(&statement)
+                .ok()
+                .and_then(|bytes| {
+                    self.smart
+                        .rewrite_capability_statement(&bytes, route.rewriter.public_base())
+                })
+                .map(Bytes::from),
             _ => None,
         };
         self.capabilities

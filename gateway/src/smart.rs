@@ -162,12 +162,20 @@ impl SmartDocuments {
         })
     }
 
-    /// Replaces `rest[*].security` of a CapabilityStatement with [`Self::capability_security`].
-    /// Returns the new body, or `None` if `body` is not a CapabilityStatement.
-    pub fn rewrite_capability_statement(&self, body: &[u8]) -> Option<Vec<u8>> {
+    /// Replaces `rest[*].security` of a CapabilityStatement with [`Self::capability_security`],
+    /// and its `implementation.url` (the backend's own address) with `public_base`, the
+    /// gateway's base clients reach. Returns the new body, or `None` if `body` is not a
+    /// CapabilityStatement.
+    pub fn rewrite_capability_statement(&self, body: &[u8], public_base: &str) -> Option<Vec<u8>> {
         let mut statement: Value = serde_json::from_slice(body).ok()?;
         if statement.get("resourceType").and_then(Value::as_str) != Some("CapabilityStatement") {
             return None;
+        }
+        if let Some(implementation) = statement
+            .get_mut("implementation")
+            .and_then(Value::as_object_mut)
+        {
+            implementation.insert("url".to_owned(), Value::String(public_base.to_owned()));
         }
         let security = self.capability_security();
         for rest in statement.get_mut("rest")?.as_array_mut()? {
@@ -218,13 +226,20 @@ mod tests {
     #[test]
     fn the_capability_statement_gets_the_gateways_security() {
         let documents = documents("[smart]\ntoken_endpoint = \"https://as.example.dk/token\"\n");
-        let body = json!({ "resourceType": "CapabilityStatement", "rest": [{ "mode": "server", "security": { "cors": true, "description": "backend's own" } }] });
+        let body = json!({ "resourceType": "CapabilityStatement",
+            "implementation": { "description": "x", "url": "http://fhir-backend:8080/fhir" },
+            "rest": [{ "mode": "server", "security": { "cors": true, "description": "backend's own" } }] });
+        let public = "https://fhir.example.dk/fhir";
         let rewritten: Value = serde_json::from_slice(
             &documents
-                .rewrite_capability_statement(body.to_string().as_bytes())
+                .rewrite_capability_statement(body.to_string().as_bytes(), public)
                 .unwrap(),
         )
         .unwrap();
+        assert_eq!(
+            rewritten["implementation"],
+            json!({ "description": "x", "url": public })
+        );
         let security = &rewritten["rest"][0]["security"];
         assert_eq!(security["service"][0]["coding"][0]["code"], "SMART-on-FHIR");
         assert_eq!(
@@ -234,7 +249,7 @@ mod tests {
         assert_eq!(rewritten["rest"][0]["mode"], "server");
         assert!(
             documents
-                .rewrite_capability_statement(br#"{"resourceType":"Patient"}"#)
+                .rewrite_capability_statement(br#"{"resourceType":"Patient"}"#, public)
                 .is_none()
         );
     }

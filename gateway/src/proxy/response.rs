@@ -180,7 +180,9 @@ impl Proxy {
             );
         }
         if duties.describes_security
-            && let Some(rewritten) = self.smart.rewrite_capability_statement(&bytes)
+            && let Some(rewritten) = self
+                .smart
+                .rewrite_capability_statement(&bytes, upstream.rewriter.public_base())
         {
             bytes = Bytes::from(rewritten);
         }

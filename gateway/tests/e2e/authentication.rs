@@ -277,13 +277,16 @@ async fn the_capability_statement_is_read_without_a_token_where_opened() {
     }
     // With a token, the usual way: a good one reads it, a bad one is refused.
     let token = gateway.token(json!({}));
+    let proxied = client.get("/fhir/metadata", Some(&token)).await.unwrap();
+    assert_eq!(proxied.status, 200);
+    // Proxied, the backend's address is replaced too.
+    assert!(
+        !proxied.text().contains(crate::support::backend_url()),
+        "the backend's address, proxied"
+    );
     assert_eq!(
-        client
-            .get("/fhir/metadata", Some(&token))
-            .await
-            .unwrap()
-            .status,
-        200
+        proxied.json()["implementation"]["url"].as_str(),
+        Some(gateway.base_url.as_str())
     );
     assert_eq!(
         client
