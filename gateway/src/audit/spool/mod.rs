@@ -32,6 +32,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::sync::mpsc;
 
+use bytes::Bytes;
 use tokio::sync::oneshot;
 
 pub(crate) use self::files::{
@@ -72,7 +73,7 @@ struct Job {
 
 enum Work {
     /// Serialized AuditEvents.
-    Append(Vec<Vec<u8>>),
+    Append(Vec<Bytes>),
     /// A `prune` seal: records before this one may go; the unclean restarts to carry on.
     Prune(u64, Vec<u64>),
     /// A `close` seal; appends after it are refused.
@@ -147,7 +148,8 @@ impl Spool {
     /// Appends `events` (serialized AuditEvents) and returns the last one's sequence number
     /// once they are durable.
     pub async fn append(&self, events: Vec<Vec<u8>>) -> Result<u64, SpoolError> {
-        self.submit(Work::Append(events)).await
+        self.submit(Work::Append(events.into_iter().map(Bytes::from).collect()))
+            .await
     }
 
     /// Writes a `prune` seal allowing the records before `first_kept_seq` to be deleted (when

@@ -23,7 +23,7 @@ const MAX_BATCH: usize = 4096;
 
 /// One line to write.
 enum Entry<'a> {
-    Event(&'a [u8]),
+    Event(&'a Bytes),
     Seal(SealKind, Marks),
 }
 
@@ -408,7 +408,8 @@ impl Writer {
                     buffer.extend_from_slice(b"\"event\":");
                     buffer.extend_from_slice(event);
                     since += 1;
-                    handing.then(|| HandedKind::Event(Bytes::copy_from_slice(event)))
+                    // The same bytes, shared: no copy.
+                    handing.then(|| HandedKind::Event(Bytes::clone(event)))
                 }
                 Entry::Seal(kind, marks) => {
                     let sealer = &self.seals.as_ref().ok_or(SpoolError::Stopped)?.sealer;
