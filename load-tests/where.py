@@ -22,7 +22,7 @@ PARTS = [
     ("the audit record's patients read from the answer", ["portvagt_policy::compartment::patients_in_body"]),
     ("the audit events made and serialized", ["portvagt::audit::event::audit_events"]),
     ("the shipper reading the spool's files back", ["portvagt::audit::reading::read_batch"]),
-    ("the shipper taking what the writer handed over", ["portvagt::audit::spool::handoff::Handoff::take"]),
+    ("the shipper taking what the writer handed over", ["portvagt::audit::reading::take_handed"]),
     ("the shipper sending", ["portvagt::audit::shipper::Shipper::send::{{closure}}"]),
     ("the spool's writer thread", ["portvagt::audit::spool::writer::Writer::run"]),
     ("  of it `fdatasync`", ["__x64_sys_fdatasync"]),
