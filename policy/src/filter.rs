@@ -142,10 +142,14 @@ pub fn holds_audit_event(body: &[u8]) -> bool {
         let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(data.trim()) else {
             return true;
         };
+        // Content that is JSON (a resource, NDJSON) is judged whole; other content (a PDF, an
+        // image) only by the name written out: its bytes are no JSON to fail to read.
+        let content = decoded.trim_ascii_start();
+        let content = content.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(content);
         decoded
             .windows(b"AuditEvent".len())
             .any(|w| w.eq_ignore_ascii_case(b"AuditEvent"))
-            || holds_audit_event(&decoded)
+            || (matches!(content.first(), Some(b'{' | b'[')) && holds_audit_event(&decoded))
     }
     // The name written out is needed to be one, or a Binary, whose content is base64. Only a
     // `\u` escape spells a letter another way (escapes in a type name are read below); a

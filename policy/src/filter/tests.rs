@@ -458,11 +458,18 @@ fn binaries_that_hold_audit_events_and_deleted_audit_events_are_withheld_too() {
             "{body}"
         );
     }
-    let document = binary("application/pdf", "%PDF-1.7 journalnote");
-    assert_eq!(
-        check_response(document.to_string().as_bytes(), &check, FilterMode::Remove),
-        Filtered::Unchanged
-    );
+    // Documents, even with bytes a JSON reader would trip on (`\u`, the word Binary).
+    for content in [
+        "%PDF-1.7 journalnote",
+        "%PDF-1.7 \\u00 stream Binary endstream",
+    ] {
+        let document = binary("application/pdf", content);
+        assert_eq!(
+            check_response(document.to_string().as_bytes(), &check, FilterMode::Remove),
+            Filtered::Unchanged,
+            "{content}"
+        );
+    }
     // `_history` at the system level: a deleted AuditEvent's entry names it by URL only.
     let history = json!({ "resourceType": "Bundle", "type": "history", "entry": [
         { "fullUrl": "https://backend/fhir/AuditEvent/a9",
