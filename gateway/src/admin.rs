@@ -169,14 +169,13 @@ impl Admin {
         {
             return None;
         }
-        // The format layer above has taken `_format` out, and says what was asked for.
+        // The format layer above has taken the `_format` it answers out, and says what was
+        // asked for; one it does not answer stays, and goes the usual way.
         let query = request.uri().query();
         let plain_query = query.is_none_or(|query| {
-            query.split('&').all(|pair| match pair.split_once('=') {
-                Some(("_format", value)) => crate::format::format_param(value)
-                    .is_some_and(|asked| asked == crate::format::Representation::Json),
-                Some(("_pretty", _)) => true,
-                _ => false,
+            query.split('&').all(|pair| {
+                pair.split_once('=')
+                    .is_some_and(|(name, _)| name == "_pretty")
             })
         });
         let asked = request
@@ -186,7 +185,13 @@ impl Admin {
             .unwrap_or_else(|| crate::format::negotiate(request.headers(), query));
         let json = asked == crate::format::Representation::Json;
         let base = request.uri().path().strip_suffix("/metadata")?;
-        (plain_query && json && self.route_for(base).is_some()).then(|| base.to_owned())
+        let routed = || {
+            self.upstreams
+                .load()
+                .iter()
+                .any(|route| takes_every_type_at(route, base))
+        };
+        (plain_query && json && routed()).then(|| base.to_owned())
     }
 
     /// The route (one that takes every type) whose FHIR base is `base`.
@@ -194,9 +199,7 @@ impl Admin {
         self.upstreams
             .load()
             .iter()
-            .find(|route| {
-                route.resource_types.is_empty() && route.base_path.trim_end_matches('/') == base
-            })
+            .find(|route| takes_every_type_at(route, base))
             .cloned()
     }
 
@@ -375,6 +378,11 @@ fn json_response(status: StatusCode, body: Bytes) -> Response<Body> {
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+/// Whether `route` takes every resource type under FHIR base `base`.
+fn takes_every_type_at(route: &crate::routing::Route, base: &str) -> bool {
+    route.resource_types.is_empty() && route.base_path.trim_end_matches('/') == base
 }
 
 /// The CapabilityStatement, as FHIR JSON.

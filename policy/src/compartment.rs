@@ -572,10 +572,10 @@ pub(crate) fn patient_identifiers(resource: &Value) -> Option<Vec<String>> {
             if !patient {
                 return;
             }
-            let identifier = &object["identifier"];
+            let identifier = object.get("identifier");
             let part = |name: &str| {
                 identifier
-                    .get(name)
+                    .and_then(|identifier| identifier.get(name))
                     .and_then(Value::as_str)
                     .filter(|text| !text.is_empty() && !text.contains(['|', ',', '\\']))
             };

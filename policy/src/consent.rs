@@ -463,9 +463,17 @@ pub fn is_readable_reason(reason: &str, min_chars: usize) -> bool {
     readable >= min_chars.max(1)
 }
 
-/// A readable reason as it is recorded and passed on: at most 500 characters, without control
-/// and format characters (bidirectional overrides, zero-width characters), which would reorder
-/// or hide what a reviewer reads.
+/// A break-the-glass reason as it is recorded and passed on, if it is one: cut to what is kept
+/// ([`recordable_reason`]), then readable ([`is_readable_reason`], at least `min_chars` letters
+/// or digits).
+pub fn break_glass_reason(reason: &str, min_chars: usize) -> Option<String> {
+    let kept = recordable_reason(reason);
+    is_readable_reason(&kept, min_chars).then_some(kept)
+}
+
+/// A reason as it is recorded and passed on: at most 500 characters, without control and
+/// format characters (bidirectional overrides, zero-width characters), which would reorder or
+/// hide what a reviewer reads.
 pub fn recordable_reason(reason: &str) -> String {
     let format = |c: char| {
         matches!(c,

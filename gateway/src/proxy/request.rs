@@ -189,8 +189,7 @@ impl Proxy {
                     // control and format characters (which would reorder or hide what follow-up
                     // review reads).
                     let readable = |reason: &str| {
-                        portvagt_policy::consent::is_readable_reason(reason, self.min_reason)
-                            .then(|| portvagt_policy::consent::recordable_reason(reason))
+                        portvagt_policy::consent::break_glass_reason(reason, self.min_reason)
                     };
                     parts
                         .headers

@@ -342,8 +342,8 @@ impl TokenVerifier {
             }
             (None, Some(introspector)) => {
                 // The issuer's own JWTs, introspected: read as strictly as signed ones are.
-                strict_parts(token)?;
                 issuer.type_is_required(&peeked.header)?;
+                strict_parts(token)?;
                 let active = introspector.introspect(token, now()).await?;
                 issuer.principal_from_answer(token, active, peer, binding_required)
             }
