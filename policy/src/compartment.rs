@@ -494,17 +494,40 @@ fn is_primary(path: &str) -> bool {
 /// `reference` string to `visit` (a marker for references by identifier only).
 fn walk(value: &Value, steps: std::str::Split<'_, char>, visit: &mut dyn FnMut(&str)) {
     walk_objects(value, steps, &mut |object| {
-        if let Some(reference) = object.get("reference").and_then(Value::as_str) {
+        if let Some(reference) = reference_of(object) {
             visit(reference);
         } else if object.contains_key("identifier") {
             // A Reference by identifier only: whom it names only the backend can say.
-            match object.get("type").and_then(Value::as_str) {
-                Some("Patient") => visit(PATIENT_BY_IDENTIFIER),
+            match typed_patient(object) {
+                Some(true) => visit(PATIENT_BY_IDENTIFIER),
                 None => visit(UNTYPED_BY_IDENTIFIER),
-                Some(_) => {}
+                Some(false) => {}
             }
+        } else if let Some(blank) = object.get("reference").and_then(Value::as_str) {
+            // A blank reference and nothing else: placed as nobody's (someone else's).
+            visit(blank);
         }
     });
+}
+
+/// A Reference's `reference`, unless blank (a lenient parser drops a blank one, leaving what
+/// else the Reference says).
+fn reference_of(object: &serde_json::Map<String, Value>) -> Option<&str> {
+    object
+        .get("reference")
+        .and_then(Value::as_str)
+        .filter(|reference| !reference.trim().is_empty())
+}
+
+/// What a Reference's `type` says of whether it may be a Patient: `Some(true)` for `Patient`,
+/// its canonical URL, or a name of no resource type (which a lenient server may read as one);
+/// `Some(false)` for another type; `None` when it has none.
+fn typed_patient(object: &serde_json::Map<String, Value>) -> Option<bool> {
+    let typed = object.get("type").and_then(Value::as_str)?;
+    let name = typed
+        .strip_prefix("http://hl7.org/fhir/StructureDefinition/")
+        .unwrap_or(typed);
+    Some(name == "Patient" || crate::resource_type::ResourceType::parse(name).is_none())
 }
 
 /// Follows `steps` from `value` (through arrays at any step) to the objects at their end.
@@ -550,26 +573,11 @@ pub(crate) fn patient_identifiers(resource: &Value) -> Option<Vec<String>> {
             continue;
         };
         walk_objects(start, steps, &mut |object| {
-            // A blank `reference` is no reference (a lenient parser drops it).
-            let referenced = object
-                .get("reference")
-                .and_then(Value::as_str)
-                .is_some_and(|reference| !reference.trim().is_empty());
-            if referenced || !object.contains_key("identifier") {
+            if reference_of(object).is_some() || !object.contains_key("identifier") {
                 return;
             }
-            // `type` is a type name or its canonical URL; one that names no resource type
-            // (`patient`) may be a Patient to a lenient server.
-            let patient = match object.get("type").and_then(Value::as_str) {
-                None => is_primary(path),
-                Some(typed) => {
-                    let name = typed
-                        .strip_prefix("http://hl7.org/fhir/StructureDefinition/")
-                        .unwrap_or(typed);
-                    name == "Patient" || crate::resource_type::ResourceType::parse(name).is_none()
-                }
-            };
-            if !patient {
+            // As [`walk`] reads it for membership.
+            if !typed_patient(object).unwrap_or_else(|| is_primary(path)) {
                 return;
             }
             let identifier = object.get("identifier");

@@ -16,6 +16,21 @@ fn a_reference_by_identifier_only_is_nobody_we_can_place() {
         "subject": { "reference": "Patient/pat-anne" },
         "performer": [{ "type": "Patient", "identifier": { "value": "x" } }] });
     assert_eq!(membership(&typed, "pat-anne"), Membership::Outside);
+    // Typed by its canonical URL, or by no resource type, or with a blank reference beside: the
+    // same as typed `Patient`.
+    for subject in [
+        json!({ "type": "http://hl7.org/fhir/StructureDefinition/Patient", "identifier": { "value": "x" } }),
+        json!({ "type": "patient", "identifier": { "value": "x" } }),
+        json!({ "reference": " ", "type": "Patient", "identifier": { "value": "x" } }),
+    ] {
+        let named = json!({ "resourceType": "Observation", "subject": subject,
+            "performer": [{ "reference": "Patient/pat-anne" }] });
+        assert_eq!(
+            membership(&named, "pat-anne"),
+            Membership::Outside,
+            "{named}"
+        );
+    }
     // A professional named by identifier is no patient.
     let professional = json!({ "resourceType": "Observation",
         "subject": { "reference": "Patient/pat-anne" },
