@@ -180,6 +180,11 @@ impl Shipper {
                     if let Some(held) = &found.held {
                         at.segment = held.segment;
                         at.offset = held.offset;
+                        // The last event as the spool holds it (the repository was asked for
+                        // that one), unless it was pruned away.
+                        if held.last_event.is_some() {
+                            at.last_event.clone_from(&held.last_event);
+                        }
                     }
                     let unclean: Vec<u64> = found
                         .report
