@@ -2,7 +2,7 @@
 //! [`crate::compartment_table`]): which resources belong to a patient, decided from the resource
 //! itself by following the compartment's reference paths.
 //! It reads only the resource and looks nothing up: a reference by identifier alone places no
-//! one in the compartment.
+//! one in the compartment. Whose data such a resource is takes a lookup: [`Identified`].
 
 use std::sync::OnceLock;
 
@@ -10,6 +10,10 @@ use serde_json::Value;
 
 use crate::compartment_table::{CompartmentLink, PATIENT_COMPARTMENT};
 use crate::raw::{OrderedRaw, RawBundle};
+
+mod identified;
+
+pub use identified::{AnswerIdentifiers, Identified, identifiers_in_answer, unplaceable};
 
 /// Reference data that is about no patient: readable under patient-context scopes, and allowed
 /// in patient-context responses (e.g. an `_include`d Practitioner).
@@ -275,8 +279,9 @@ pub fn patient_reference_id(reference: &str) -> Option<&str> {
 /// [`patients_in_answer`] read from the answer's bytes without building its tree: each
 /// resource is split into its top-level fields and only the subtrees the compartment paths
 /// start with are parsed. `None` when that cannot be done faithfully (not a JSON object, an
-/// entry that is not one, a key given twice): then parse the answer and ask
-/// [`patients_in_answer`].
+/// entry that is not one, a key given twice) or is not all there is to know (a reference by
+/// identifier only that may name a patient): then parse the answer and ask
+/// [`patients_in_answer`] and [`identifiers_in_answer`].
 pub fn patients_in_body(body: &[u8]) -> Option<Vec<String>> {
     // One pass: a Bundle's entries' resources are read as their fields directly (a second pass
     // over each resource is what made reading searchsets cost).
@@ -340,9 +345,15 @@ fn collect_patients_raw(
             continue;
         };
         let subtree: Value = serde_json::from_str(raw.get()).ok()?;
+        let mut by_identifier = false;
         walk(&subtree, steps, &mut |reference| {
+            by_identifier |= names_patient_by_identifier(reference, path);
             push_patient(reference, patients)
         });
+        if by_identifier {
+            // Whose data it is takes a lookup: read as a tree, where the identifiers are.
+            return None;
+        }
     }
     Some(())
 }
@@ -561,12 +572,23 @@ fn walk_objects(
 /// looked up as a token search (no system, no value, or characters a token search reads
 /// otherwise): whom it names, only the backend could say.
 pub(crate) fn patient_identifiers(resource: &Value) -> Option<Vec<String>> {
+    let mut found = Vec::new();
+    let mut readable = true;
+    identifier_refs(resource, &mut |token| match token {
+        Some(token) => found.push(token),
+        None => readable = false,
+    });
+    readable.then_some(found)
+}
+
+/// Each reference by identifier only on `resource`'s patient paths that may name a patient
+/// (see [`patient_identifiers`]), handed to `visit` as `system|value`, or `None` when it cannot
+/// be looked up so.
+fn identifier_refs(resource: &Value, visit: &mut dyn FnMut(Option<String>)) {
     let resource_type = resource
         .get("resourceType")
         .and_then(Value::as_str)
         .unwrap_or_default();
-    let mut found = Vec::new();
-    let mut readable = true;
     for path in patient_paths(resource_type) {
         let mut steps = path.split('.');
         let Some(start) = resource.get(steps.next().unwrap_or_default()) else {
@@ -587,13 +609,19 @@ pub(crate) fn patient_identifiers(resource: &Value) -> Option<Vec<String>> {
                     .and_then(Value::as_str)
                     .filter(|text| !text.is_empty() && !text.contains(['|', ',', '\\']))
             };
-            match (part("system"), part("value")) {
-                (Some(system), Some(value)) => found.push(format!("{system}|{value}")),
-                _ => readable = false,
-            }
+            visit(
+                part("system")
+                    .zip(part("value"))
+                    .map(|(system, value)| format!("{system}|{value}")),
+            );
         });
     }
-    readable.then_some(found)
+}
+
+/// Whether a reference [`walk`] hands over on `path` is one by identifier only that may name a
+/// patient (as [`identifier_refs`] reads them).
+fn names_patient_by_identifier(reference: &str, path: &str) -> bool {
+    reference == PATIENT_BY_IDENTIFIER || (reference == UNTYPED_BY_IDENTIFIER && is_primary(path))
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use portvagt_policy::compartment::Identified;
 use portvagt_policy::consent::{
     AUTHORIZATION_SYSTEM, CallerIds, PatientBlocks, Refusals, blocks_in, count_refused,
     resource_withheld, withhold,
@@ -41,28 +42,39 @@ fn anne_blocks(class: Option<&str>) -> PatientBlocks {
     blocks
 }
 
-/// One resource of a searchset: a type, its patient, and maybe a second patient named as
-/// performer (in both compartments).
+/// Each patient's CPR number, as the gateway finds it by looking the identifier up.
+fn identified() -> Identified {
+    let mut identified = Identified::default();
+    for patient in PATIENTS {
+        identified.add(&format!("{CPR}|cpr-{patient}"), patient);
+    }
+    identified
+}
+
+const CPR: &str = "urn:oid:1.2.208.176.1.2";
+
+/// One resource of a searchset: a type, its patient (by relative or absolute reference, or by
+/// CPR number only), and maybe a second patient named as performer (in both compartments).
 fn resource() -> impl Strategy<Value = Value> {
     (
         prop_oneof![Just("Observation"), Just("Condition"), Just("Patient")],
         0..3usize,
         proptest::option::of(0..3usize),
         0..1000u32,
-        any::<bool>(),
+        0..3u8,
     )
-        .prop_map(|(kind, subject, performer, id, absolute)| {
+        .prop_map(|(kind, subject, performer, id, spelling)| {
             let patient = PATIENTS[subject];
-            let reference = if absolute {
-                format!("https://fhir.example/R4/Patient/{patient}")
-            } else {
-                format!("Patient/{patient}")
+            let reference = match spelling {
+                0 => json!({ "reference": format!("Patient/{patient}") }),
+                1 => json!({ "reference": format!("https://fhir.example/R4/Patient/{patient}") }),
+                _ => json!({ "identifier": { "system": CPR, "value": format!("cpr-{patient}") } }),
             };
             match kind {
                 "Patient" => json!({ "resourceType": "Patient", "id": patient }),
                 "Observation" => {
                     let mut observation = json!({ "resourceType": "Observation",
-                        "id": format!("obs-{id}"), "subject": { "reference": reference } });
+                        "id": format!("obs-{id}"), "subject": reference });
                     if let Some(performer) = performer {
                         observation["performer"] =
                             json!([{ "reference": format!("Patient/{}", PATIENTS[performer]) }]);
@@ -70,7 +82,7 @@ fn resource() -> impl Strategy<Value = Value> {
                     observation
                 }
                 _ => json!({ "resourceType": "Condition", "id": format!("cond-{id}"),
-                    "subject": { "reference": reference } }),
+                    "subject": reference }),
             }
         })
 }
@@ -82,13 +94,24 @@ fn answer(entries: &[Value], blocks: &PatientBlocks) -> Value {
         "entry": entries.iter().map(|r| json!({ "resource": r, "search": { "mode": "match" } })).collect::<Vec<_>>() });
     let caller = caller();
     let refusal = json!({});
+    let identified = identified();
     withhold(
         &mut answer,
-        &|resource| resource_withheld(resource, blocks, &caller, Some("TREATMENT"), NOW),
+        &|resource| {
+            resource_withheld(
+                resource,
+                &identified,
+                blocks,
+                &caller,
+                Some("TREATMENT"),
+                NOW,
+            )
+        },
         &Refusals {
             forbidden: &refusal,
             not_found: &refusal,
             named: &[],
+            identified: &identified,
         },
     );
     answer
@@ -97,7 +120,8 @@ fn answer(entries: &[Value], blocks: &PatientBlocks) -> Value {
 /// Whether Anne's Consent (of `class`, or of everything) covers `resource`: the data that, for
 /// this caller, may as well not exist.
 fn anne_withholds(resource: &Value, class: Option<&str>) -> bool {
-    let hers = portvagt_policy::compartment::patients_of(resource)
+    let hers = identified()
+        .patients_of(resource)
         .iter()
         .any(|p| p == "anne");
     hers && class.is_none_or(|class| resource["resourceType"] == class)

@@ -219,7 +219,7 @@ fn backend_outcome(error: &ProxyError) -> Outcome {
             StatusCode::BAD_REQUEST,
             "too-costly",
             "too-many-lookups",
-            "a request may name at most 20 patients by identifier; split it",
+            "a request may name at most 20 patients by identifier, and its answer 200; split or narrow it",
         ),
         ProxyError::Saturated => Outcome::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use portvagt_policy::compartment::patients_in_answer;
+use portvagt_policy::compartment::{Identified, identifiers_in_answer};
 use portvagt_policy::consent::{
     Access, CallerIds, Emergency, PatientBlocks, check_patients, names_actors, resource_withheld,
 };
@@ -70,6 +70,9 @@ pub(super) struct Touched {
     /// The version of the resource a single write by id changes, as read: the write is bound
     /// to it (`If-Match`), so what was checked is what is changed.
     pub(super) owner_version: Option<String>,
+    /// What a write changes names a patient by an identifier that cannot be looked up: whose
+    /// data it changes, nobody can say.
+    pub(super) owner_unplaceable: bool,
 }
 
 /// How many patients one access by a professional the relationship check binds may reach (each
@@ -78,6 +81,13 @@ const MAX_RELATIONSHIP_PATIENTS: usize = 200;
 
 /// How many patients one request may name by identifier (each is looked up at the backend).
 const MAX_IDENTIFIER_LOOKUPS: usize = 20;
+
+/// How many identifiers one Patient search looks up at once (`identifier=a,b,…`).
+const IDENTIFIERS_PER_SEARCH: usize = 20;
+
+/// How many identifiers the references by identifier only of one answer (or of what one write
+/// changes) may use: each [`IDENTIFIERS_PER_SEARCH`] cost the backend a search.
+pub(super) const MAX_ANSWER_IDENTIFIERS: usize = 200;
 
 /// Whether any of `blocked` is among `named`.
 pub(super) fn overlaps(blocked: &[String], named: &[String]) -> bool {
@@ -139,10 +149,11 @@ impl Proxy {
                 }
                 patients.clone_from(&named);
                 if let Some(owner) = entry_reach.owner() {
-                    let (owners, version) = self.owners(upstream, owner).await?;
-                    patients.extend(owners);
+                    let owned = self.owners(upstream, owner).await?;
+                    patients.extend(owned.patients);
+                    touched.owner_unplaceable |= owned.unplaceable;
                     if single {
-                        touched.owner_version = version;
+                        touched.owner_version = owned.version;
                     }
                 }
                 named.extend(entry_reach.possible().iter().cloned());
@@ -177,41 +188,81 @@ impl Proxy {
         upstream: &Upstream,
         token: &str,
     ) -> Result<Vec<String>, BoxError> {
-        let query = append_params(
-            "",
-            &[
-                ("identifier".into(), token.into()),
-                ("_count".into(), "100".into()),
-            ],
-        );
-        let found = upstream
-            .backend
-            .fetch_json(
-                "Patient",
-                Some(&query),
-                self.max_response_bytes,
-                &self.metrics,
-            )
-            .await?;
-        let Fetched::Found(bundle) = found else {
-            return Ok(Vec::new());
-        };
-        let more = has_next_page(&bundle);
-        if more || bundle.get("resourceType").and_then(|t| t.as_str()) != Some("Bundle") {
-            // Patients on a page not read would be patients not checked.
-            return Err(ProxyError::LookupFailed(http::StatusCode::OK).into());
+        let identified = self.identified(upstream, &[token.to_owned()]).await?;
+        Ok(identified.patients_of_identifier(token).to_vec())
+    }
+
+    /// The Patients the backend holds with each of `tokens` (`system|value`), a search for up
+    /// to [`IDENTIFIERS_PER_SEARCH`] of them at once. A Patient found that carries none of
+    /// them as written (a server that matches more loosely) is taken as carrying every one of
+    /// its search's: more patients checked and recorded, never fewer. More than
+    /// [`MAX_ANSWER_IDENTIFIERS`]: refused.
+    pub(super) async fn identified(
+        &self,
+        upstream: &Upstream,
+        tokens: &[String],
+    ) -> Result<Identified, BoxError> {
+        if tokens.len() > MAX_ANSWER_IDENTIFIERS {
+            return Err(ProxyError::TooManyLookups.into());
         }
-        Ok(patients_in_answer(&bundle))
+        let mut identified = Identified::default();
+        for searched in tokens.chunks(IDENTIFIERS_PER_SEARCH) {
+            let query = append_params(
+                "",
+                &[
+                    ("identifier".into(), searched.join(",")),
+                    ("_count".into(), "100".into()),
+                ],
+            );
+            let found = upstream
+                .backend
+                .fetch_json(
+                    "Patient",
+                    Some(&query),
+                    self.max_response_bytes,
+                    &self.metrics,
+                )
+                .await?;
+            let Fetched::Found(bundle) = found else {
+                continue;
+            };
+            if has_next_page(&bundle)
+                || bundle.get("resourceType").and_then(|t| t.as_str()) != Some("Bundle")
+            {
+                // Patients on a page not read would be patients not checked.
+                return Err(ProxyError::LookupFailed(http::StatusCode::OK).into());
+            }
+            for patient in portvagt_policy::filter::bundle_resources(&bundle) {
+                let Some(id) = patient
+                    .get("id")
+                    .and_then(serde_json::Value::as_str)
+                    .filter(|_| {
+                        patient.get("resourceType").and_then(|t| t.as_str()) == Some("Patient")
+                    })
+                else {
+                    continue;
+                };
+                let carried: Vec<&String> = searched
+                    .iter()
+                    .filter(|token| carries(patient, token))
+                    .collect();
+                let carried = if carried.is_empty() {
+                    searched.iter().collect()
+                } else {
+                    carried
+                };
+                for token in carried {
+                    identified.add(token, id);
+                }
+            }
+        }
+        Ok(identified)
     }
 
     /// The patients of what a write changes, as it is now: the resource at `Type/id`, or what
-    /// a conditional write's criteria find. Nothing there: none. Anything but 2xx, 404 or 410
-    /// refuses the request (503).
-    async fn owners(
-        &self,
-        upstream: &Upstream,
-        owner: &Owner,
-    ) -> Result<(Vec<String>, Option<String>), BoxError> {
+    /// a conditional write's criteria find (by id, or by an identifier looked up). Nothing
+    /// there: none. Anything but 2xx, 404 or 410 refuses the request (503).
+    async fn owners(&self, upstream: &Upstream, owner: &Owner) -> Result<Owned, BoxError> {
         let fetched = match owner {
             Owner::Instance(relative) => {
                 upstream
@@ -237,7 +288,7 @@ impl Proxy {
         };
         let current = match fetched {
             Fetched::Found(current) => current,
-            Fetched::Missing => return Ok((Vec::new(), None)),
+            Fetched::Missing => return Ok(Owned::default()),
         };
         // What a conditional write matches beyond the first page would go unchecked.
         let more = has_next_page(&current);
@@ -249,7 +300,17 @@ impl Proxy {
             .and_then(serde_json::Value::as_str)
             .filter(|_| matches!(owner, Owner::Instance(_)))
             .map(str::to_owned);
-        Ok((patients_in_answer(&current), version))
+        let by_identifier = identifiers_in_answer(&current);
+        let identified = if by_identifier.tokens.is_empty() {
+            Identified::default()
+        } else {
+            self.identified(upstream, &by_identifier.tokens).await?
+        };
+        Ok(Owned {
+            patients: identified.patients_of(&current),
+            version,
+            unplaceable: by_identifier.unplaceable,
+        })
     }
 
     /// Refuses the request if a Consent of any patient it touches denies it to the caller. A
@@ -340,18 +401,21 @@ impl Proxy {
 
     /// The Consents of the patients in an answer, and those of them that may withhold
     /// something from the caller (decided resource by resource with [`resource_withheld`]); a
-    /// block lifted by break-the-glass is recorded on the way. Nothing without consent
-    /// enforcement or patients.
+    /// block lifted by break-the-glass is recorded on the way. Resources that name a patient
+    /// by an identifier that cannot be looked up are withheld (`placed.unplaceable`): whether
+    /// their patient blocks the caller, nobody can say. Nothing without consent enforcement,
+    /// or with nothing to withhold.
     pub(super) async fn answer_blocks(
         &self,
         consent: Option<&ConsentContext>,
         patients: &[String],
+        placed: Placed,
         record_handle: Option<&RequestRecord>,
     ) -> Result<Option<AnswerBlocks>, BoxError> {
         let Some(consent) = consent else {
             return Ok(None);
         };
-        if patients.is_empty() {
+        if patients.is_empty() && !placed.unplaceable {
             return Ok(None);
         }
         // Not knowing which resource yet: any Consent that could deny one of them counts.
@@ -366,15 +430,18 @@ impl Proxy {
             .consent_verdict(consent, patients, &access, false, record_handle)
             .await?;
         let refused = found.refused();
-        Ok((!refused.is_empty()).then(|| AnswerBlocks {
-            patients: refused,
-            reason_of_named: found.reason(&[]),
-            consent_blocked: found.blocked,
-            unrelated: found.unrelated,
-            blocks: found.blocks,
-            caller: found.caller,
-            purpose: consent.purpose.clone(),
-        }))
+        Ok(
+            (!refused.is_empty() || placed.unplaceable).then(|| AnswerBlocks {
+                patients: refused,
+                reason_of_named: found.reason(&[]),
+                consent_blocked: found.blocked,
+                unrelated: found.unrelated,
+                blocks: found.blocks,
+                caller: found.caller,
+                purpose: consent.purpose.clone(),
+                placed,
+            }),
+        )
     }
 
     async fn consent_verdict(
@@ -633,6 +700,33 @@ impl Verdicts {
     }
 }
 
+/// What a write changes, as it is before the write.
+#[derive(Debug, Default)]
+struct Owned {
+    /// Whose data it is: by id, or by an identifier looked up.
+    patients: Vec<String>,
+    /// The version read, of a write by id.
+    version: Option<String>,
+    /// It names a patient by an identifier that cannot be looked up.
+    unplaceable: bool,
+}
+
+/// Whether `patient` carries the identifier `token` (`system|value`) as written.
+fn carries(patient: &serde_json::Value, token: &str) -> bool {
+    let Some((system, value)) = token.split_once('|') else {
+        return false;
+    };
+    patient
+        .get("identifier")
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|identifier| {
+            identifier.get("system").and_then(|s| s.as_str()) == Some(system)
+                && identifier.get("value").and_then(|v| v.as_str()) == Some(value)
+        })
+}
+
 /// The Consents that may withhold part of an answer.
 pub(super) struct AnswerBlocks {
     /// The patients whose Consents may withhold something, or who the caller has no
@@ -646,9 +740,24 @@ pub(super) struct AnswerBlocks {
     blocks: PatientBlocks,
     caller: Arc<CallerIds>,
     purpose: Option<String>,
+    placed: Placed,
+}
+
+/// How an answer's references by identifier only were placed.
+#[derive(Debug, Default)]
+pub(super) struct Placed {
+    /// The patients found for the identifiers they use.
+    pub(super) identified: Identified,
+    /// Some cannot be looked up.
+    pub(super) unplaceable: bool,
 }
 
 impl AnswerBlocks {
+    /// The patients found for the answer's identifiers.
+    pub(super) fn identified(&self) -> &Identified {
+        &self.placed.identified
+    }
+
     /// Whether `resource` is withheld.
     pub(super) fn withholds(&self, resource: &serde_json::Value) -> bool {
         if resource
@@ -659,8 +768,14 @@ impl AnswerBlocks {
             return portvagt_policy::filter::bundle_resources(resource)
                 .any(|inner| self.withholds(inner));
         }
+        if self.placed.unplaceable && portvagt_policy::compartment::unplaceable(resource) {
+            return true;
+        }
         if !self.unrelated.is_empty()
-            && portvagt_policy::compartment::patients_of(resource)
+            && self
+                .placed
+                .identified
+                .patients_of(resource)
                 .iter()
                 .any(|patient| self.unrelated.contains(patient))
         {
@@ -669,6 +784,7 @@ impl AnswerBlocks {
         !self.consent_blocked.is_empty()
             && resource_withheld(
                 resource,
+                &self.placed.identified,
                 &self.blocks,
                 &self.caller,
                 self.purpose.as_deref(),

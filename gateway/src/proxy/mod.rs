@@ -19,7 +19,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
-use portvagt_policy::compartment::{Membership, membership, patients_in_answer};
+use portvagt_policy::compartment::{Identified, Membership, membership};
 use portvagt_policy::{FhirRequest, FilterMode, Obligations, ResponseCheck};
 use tower::Service;
 
@@ -298,6 +298,7 @@ fn entry_records(
     fhir: &FhirRequest,
     touched: &[Vec<String>],
     answer: &[u8],
+    identified: &Identified,
 ) -> Option<Vec<EntryRecord>> {
     let Some(RequestBody::Bundle { entries, .. }) = fhir.body() else {
         return None;
@@ -316,7 +317,7 @@ fn entry_records(
                 .unwrap_or(0);
             let mut patients = touched.get(index).cloned().unwrap_or_default();
             if let Some(resource) = response.and_then(|e| e.get("resource")) {
-                patients.extend(patients_in_answer(resource));
+                patients.extend(identified.patients_of(resource));
             }
             patients.sort_unstable();
             patients.dedup();

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use http_body_util::BodyExt as _;
+use portvagt_policy::compartment::Identified;
 use portvagt_policy::consent::{Duties, count_only, shape_refusal};
 use portvagt_policy::operations::Kind;
 use portvagt_policy::request::RequestBody;
@@ -262,6 +263,15 @@ impl Proxy {
             if let Some(record_handle) = &record_handle {
                 record_handle.fields().touched = Some(touched.patients.clone());
             }
+            // What the write changes names its patient by an identifier nobody can look up:
+            // whose data it changes cannot be checked or recorded.
+            if touched.owner_unplaceable {
+                return Err(self.deny(
+                    DenyReason::WriteNotVerifiable,
+                    record_handle.as_ref(),
+                    None,
+                ));
+            }
             touched
         } else {
             Touched::default()
@@ -342,7 +352,12 @@ impl Proxy {
                 let answer = bundle::merge(None, &plan, self.filter_mode)?;
                 if let (Some(record_handle), Some(entries)) = (
                     record_handle.as_ref(),
-                    entry_records(&fhir, &touched.entry_patients, &answer),
+                    entry_records(
+                        &fhir,
+                        &touched.entry_patients,
+                        &answer,
+                        &Identified::default(),
+                    ),
                 ) {
                     record_handle.fields().entries = entries;
                 }

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
-use portvagt_policy::compartment::{patients_in_answer, patients_in_body};
+use portvagt_policy::compartment::{Identified, identifiers_in_answer, patients_in_body};
 use portvagt_policy::consent::{Refusals, answers_not_found, not_found_alike, withhold};
 use portvagt_policy::operations::Kind;
 use portvagt_policy::request::RequestBody;
@@ -18,7 +18,7 @@ use portvagt_policy::{
 };
 
 use super::bundle::BatchPlan;
-use super::consent::overlaps;
+use super::consent::{Placed, overlaps};
 use super::export;
 use super::request::Exchange;
 use super::{PageSigning, Proxy, bundle, entry_records, headers, response_check, rewrite_bundle};
@@ -224,7 +224,11 @@ impl Proxy {
                 consent.is_some() || obligations.hide_total,
             );
         }
-        let (bytes, audited_patients) = self
+        let Withheld {
+            bytes,
+            patients: audited_patients,
+            identified,
+        } = self
             .withhold(bytes, duties.audits_patients, &exchange)
             .await?;
         // Every check has read the references the gateway added to `_elements`: out again.
@@ -241,7 +245,7 @@ impl Proxy {
         let mut bytes = bytes;
         let mut audited_patients = audited_patients;
         let mut entries = if batch.is_some() && status.is_success() {
-            entry_records(fhir, &touched.entry_patients, &bytes)
+            entry_records(fhir, &touched.entry_patients, &bytes, &identified)
         } else {
             None
         };
@@ -303,8 +307,8 @@ impl Proxy {
                 // The writes stand; every read entry's answer is withheld.
                 bytes = reads_withheld(&bytes, fhir)?;
                 crate::layers::authorize::count_refusal(&self.metrics, DenyReason::TooManyPatients);
-                entries = entry_records(fhir, &touched.entry_patients, &bytes);
-                audited_patients = Some(patients_in_answer(&serde_json::from_slice(&bytes)?));
+                entries = entry_records(fhir, &touched.entry_patients, &bytes, &identified);
+                audited_patients = Some(identified.patients_of(&serde_json::from_slice(&bytes)?));
             } else {
                 if let Some(record_handle) = &record_handle {
                     record_handle.fields().patients.clear();
@@ -339,7 +343,7 @@ impl Proxy {
         mut bytes: Bytes,
         audits_patients: bool,
         exchange: &Exchange,
-    ) -> Result<(Bytes, Option<Vec<String>>), BoxError> {
+    ) -> Result<Withheld, BoxError> {
         let Exchange {
             fhir,
             citizen_view,
@@ -361,7 +365,7 @@ impl Proxy {
         let decided = match from_bytes {
             Some(patients) => {
                 let blocks = self
-                    .answer_blocks(consent, &patients, record_handle)
+                    .answer_blocks(consent, &patients, Placed::default(), record_handle)
                     .await?;
                 Some((patients, blocks))
             }
@@ -387,14 +391,27 @@ impl Proxy {
         } else {
             None
         };
+        let mut identified = Identified::default();
         let audited_patients = match (parsed, decided) {
             (Some(mut answer), decided) => {
                 let (mut patients, blocks) = match decided {
                     Some(decided) => decided,
                     None => {
-                        let patients = patients_in_answer(&answer);
+                        // Patients named by identifier only are looked up: whose data the
+                        // answer holds is theirs as much as by id.
+                        let by_identifier = identifiers_in_answer(&answer);
+                        if !by_identifier.tokens.is_empty() {
+                            identified = self
+                                .identified(&exchange.upstream, &by_identifier.tokens)
+                                .await?;
+                        }
+                        let patients = identified.patients_of(&answer);
+                        let placed = Placed {
+                            identified: identified.clone(),
+                            unplaceable: by_identifier.unplaceable,
+                        };
                         let blocks = self
-                            .answer_blocks(consent, &patients, record_handle)
+                            .answer_blocks(consent, &patients, placed, record_handle)
                             .await?;
                         (patients, blocks)
                     }
@@ -422,6 +439,7 @@ impl Proxy {
                                 forbidden: &consent_refusal(),
                                 not_found: &not_found_outcome(),
                                 named: &touched.entry_named,
+                                identified: blocks.identified(),
                             },
                         );
                         let emptied = has_no_entries(&answer);
@@ -437,7 +455,7 @@ impl Proxy {
                         if withheld > 0 {
                             self.metrics.consent_withheld.inc_by(withheld as u64);
                             bytes = Bytes::from(serde_json::to_vec(&answer)?);
-                            patients = patients_in_answer(&answer);
+                            patients = identified.patients_of(&answer);
                         }
                     }
                 }
@@ -450,8 +468,21 @@ impl Proxy {
             (None, Some((patients, _))) => Some(patients),
             (None, None) => None,
         };
-        Ok((bytes, audited_patients))
+        Ok(Withheld {
+            bytes,
+            patients: audited_patients,
+            identified,
+        })
     }
+}
+
+/// An answer as it leaves, after citizens' blocks.
+struct Withheld {
+    bytes: Bytes,
+    /// Whose data it holds, when that must be known.
+    patients: Option<Vec<String>>,
+    /// The patients found for the identifiers its references by identifier only use.
+    identified: Identified,
 }
 
 /// Hop-by-hop and backend-internal headers removed, and `Location` / `Content-Location` made to

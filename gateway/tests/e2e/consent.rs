@@ -10,7 +10,8 @@ use portvagt::demo::BackendProcess;
 use serde_json::json;
 
 use crate::support::{
-    Answer, Gateway, Options, backend_send, json_patch, metric_value, request, send_batch,
+    Answer, Gateway, Options, backend_exchange, backend_send, json_patch, metric_value, request,
+    send_batch,
 };
 
 const AUTHORIZATION: &str = "https://autregweb.sst.dk";
@@ -408,4 +409,167 @@ async fn a_write_naming_the_patient_by_identifier_only_meets_her_block() {
             "{subject}: {events:?}"
         );
     }
+}
+
+/// Records stored with their patient named by identifier only (her CPR number on `subject`,
+/// typed `Patient` or not) are hers when they are read, searched, changed or deleted as much
+/// as when they are written: the gateway looks the identifiers up, the blocked professional
+/// does not see them, and a colleague's access is recorded as an access to Anne. A record whose
+/// identifier cannot be looked up (no system) is withheld from everyone consent binds, and no
+/// write may change it.
+#[tokio::test]
+async fn records_naming_the_patient_by_identifier_only_are_hers_when_read_and_changed() {
+    let backend = backend_with_block().await;
+    let gateway = gateway(&backend);
+    let client = gateway.client();
+    let blocked = physician(&gateway, "NS363", "TREATMENT", "user/*.cruds");
+    let colleague = physician(&gateway, "XY123", "TREATMENT", "user/*.cruds");
+    let cpr = |value: &str| json!({ "system": "urn:oid:1.2.208.176.1.2", "value": value });
+    let stored = |subject: serde_json::Value, code: &'static str| {
+        let base = backend.base_url().to_owned();
+        async move {
+            let observation = json!({ "resourceType": "Observation", "status": "final",
+                "code": { "coding": [{ "system": "urn:portvagt:test", "code": code }] },
+                "subject": subject });
+            let created = backend_send(&base, Method::POST, "Observation", Some(observation)).await;
+            created["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let anne_typed = stored(
+        json!({ "type": "Patient", "identifier": cpr("1111111118") }),
+        "by-cpr",
+    )
+    .await;
+    let anne_untyped = stored(json!({ "identifier": cpr("1111111118") }), "by-cpr").await;
+    let bo = stored(json!({ "identifier": cpr("0501792275") }), "by-cpr").await;
+    let nobody_knows = stored(
+        json!({ "identifier": { "value": "1111111118" } }),
+        "no-system",
+    )
+    .await;
+
+    // Read by id: Anne's is not there for the professional she blocked (he did not ask for
+    // her by name), Bo's is; the colleague reads hers, recorded as an access to Anne.
+    for id in [&anne_typed, &anne_untyped] {
+        let path = format!("/fhir/Observation/{id}");
+        let answer = client.get(&path, Some(&blocked)).await.unwrap();
+        assert_eq!(answer.status, 404, "{path}: {}", answer.text());
+        let read = client.get(&path, Some(&colleague)).await.unwrap();
+        assert_eq!(read.status, 200, "{path}: {}", read.text());
+        let request_id = read.headers["x-request-id"].to_str().unwrap();
+        let events = gateway.audit_events_for(request_id);
+        assert!(
+            serde_json::to_string(&events)
+                .unwrap()
+                .contains("Patient/pat-anne"),
+            "{path}: {events:#?}"
+        );
+    }
+    let answer = client
+        .get(&format!("/fhir/Observation/{bo}"), Some(&blocked))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+
+    // A search: Anne's entries are left out for him, Bo's stay; the colleague sees all three.
+    let ids = |answer: &crate::support::Answer| -> Vec<String> {
+        let mut ids: Vec<String> = answer.json()["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|entry| entry["resource"]["id"].as_str().map(str::to_owned))
+            .collect();
+        ids.sort();
+        ids
+    };
+    let search = "/fhir/Observation?code=urn:portvagt:test%7Cby-cpr";
+    let his = client.get(search, Some(&blocked)).await.unwrap();
+    assert_eq!(his.status, 200, "{}", his.text());
+    assert_eq!(ids(&his), std::slice::from_ref(&bo));
+    let theirs = client.get(search, Some(&colleague)).await.unwrap();
+    let mut all = vec![anne_typed.clone(), anne_untyped.clone(), bo.clone()];
+    all.sort();
+    assert_eq!(ids(&theirs), all);
+    let request_id = theirs.headers["x-request-id"].to_str().unwrap();
+    let recorded = serde_json::to_string(&gateway.audit_events_for(request_id)).unwrap();
+    assert!(
+        recorded.contains("Patient/pat-anne") && recorded.contains("Patient/pat-bo"),
+        "{recorded}"
+    );
+
+    // In a batch: his read entry of Anne's record is not there.
+    let batch = send_batch(
+        &client,
+        &blocked,
+        json!({ "resourceType": "Bundle", "type": "batch", "entry": [
+            { "request": { "method": "GET", "url": format!("Observation/{anne_untyped}") } },
+            { "request": { "method": "GET", "url": format!("Observation/{bo}") } }
+        ]}),
+    )
+    .await;
+    let entries = batch.json()["entry"].clone();
+    assert_eq!(
+        entries[0]["response"]["status"], "404 Not Found",
+        "{entries}"
+    );
+    assert!(entries[0].get("resource").is_none(), "{entries}");
+    assert!(
+        entries[1]["response"]["status"]
+            .as_str()
+            .is_some_and(|status| status.starts_with("200")),
+        "{entries}"
+    );
+
+    // Changing Anne's record into Bo's, or deleting it: refused to him, as if not there.
+    let moved = json!({ "resourceType": "Observation", "id": anne_typed, "status": "final",
+        "code": { "text": "moved" }, "subject": { "reference": "Patient/pat-bo" } });
+    let update = client
+        .send(request(
+            Method::PUT,
+            &format!("/fhir/Observation/{anne_typed}"),
+            Some(&blocked),
+            Some(moved),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(update.status, 404, "{}", update.text());
+    let delete = client
+        .send(request(
+            Method::DELETE,
+            &format!("/fhir/Observation/{anne_untyped}"),
+            Some(&blocked),
+            None,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(delete.status, 404, "{}", delete.text());
+    for id in [&anne_typed, &anne_untyped] {
+        let (status, kept) = backend_exchange(
+            backend.base_url(),
+            Method::GET,
+            &format!("Observation/{id}"),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{kept}");
+        assert!(kept["subject"].get("identifier").is_some(), "{kept}");
+    }
+
+    // An identifier without a system: whose it is cannot be looked up. Withheld from every
+    // caller consent binds, and no write may change it.
+    let path = format!("/fhir/Observation/{nobody_knows}");
+    for token in [&blocked, &colleague] {
+        let answer = client.get(&path, Some(token)).await.unwrap();
+        assert_eq!(answer.status, 404, "{}", answer.text());
+    }
+    let delete = client
+        .send(request(Method::DELETE, &path, Some(&colleague), None))
+        .await
+        .unwrap();
+    assert_eq!(
+        denial(&delete),
+        (403, "write-not-verifiable".into()),
+        "{}",
+        delete.text()
+    );
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::{Access, Block, CallerIds, ConsentVerdict, Emergency, check, denies};
-use crate::compartment::patients_of;
+use crate::compartment::Identified;
 use crate::reach::Reach;
 use crate::request::{FhirRequest, RequestBody};
 use crate::verdict::DenyReason;
@@ -107,11 +107,12 @@ pub fn check_patients(
     checked
 }
 
-/// Whether `resource` is withheld from `caller`: some patient whose compartment it is in has a
-/// Consent that denies this access to it. A Bundle (a batch entry's searchset) is withheld if
-/// any of its entries is.
+/// Whether `resource` is withheld from `caller`: some patient whose data it is (by id, or by
+/// an identifier `identified` placed) has a Consent that denies this access to it. A Bundle (a
+/// batch entry's searchset) is withheld if any of its entries is.
 pub fn resource_withheld(
     resource: &Value,
+    identified: &Identified,
     blocks: &PatientBlocks,
     caller: &CallerIds,
     purpose: Option<&str>,
@@ -120,7 +121,7 @@ pub fn resource_withheld(
     let resource_type = resource.get("resourceType").and_then(Value::as_str);
     if resource_type == Some("Bundle") {
         return crate::filter::bundle_resources(resource)
-            .any(|inner| resource_withheld(inner, blocks, caller, purpose, now));
+            .any(|inner| resource_withheld(inner, identified, blocks, caller, purpose, now));
     }
     let id = resource.get("id").and_then(Value::as_str);
     let reference = match (resource_type, id) {
@@ -134,7 +135,7 @@ pub fn resource_withheld(
         now,
         unknown_denies: true,
     };
-    patients_of(resource).iter().any(|patient| {
+    identified.patients_of(resource).iter().any(|patient| {
         blocks.get(patient).is_some_and(|patient_blocks| {
             patient_blocks
                 .iter()
@@ -154,6 +155,8 @@ pub struct Refusals<'a> {
     /// looked up). A withheld resource of one of them is refused; one of anyone else's is not
     /// there.
     pub named: &'a [Vec<String>],
+    /// The patients found for the identifiers the answer's references by identifier only use.
+    pub identified: &'a Identified,
 }
 
 /// Removes what `withheld` says from a Bundle answer. Search and history entries are dropped
@@ -190,7 +193,9 @@ pub fn withhold(
         }
         count += 1;
         let named = refusals.named.get(index).is_none_or(|named| {
-            patients_of(resource)
+            refusals
+                .identified
+                .patients_of(resource)
                 .iter()
                 .any(|patient| named.contains(patient))
         });
@@ -514,7 +519,10 @@ mod tests {
 
     #[test]
     fn withheld_search_entries_leave_no_trace_and_batch_entries_say_403_or_404() {
-        let anne = |resource: &Value| patients_of(resource).iter().any(|p| p == "anne");
+        // Anne is also the patient with CPR 0101, which one entry names her by.
+        let mut identified = Identified::default();
+        identified.add("urn:oid:1.2.208.176.1.2|0101", "anne");
+        let anne = |resource: &Value| identified.patients_of(resource).iter().any(|p| p == "anne");
         let forbidden = json!({ "resourceType": "OperationOutcome", "id": "forbidden" });
         let not_found = json!({ "resourceType": "OperationOutcome", "id": "not-found" });
 
@@ -527,6 +535,7 @@ mod tests {
             forbidden: &forbidden,
             not_found: &not_found,
             named: &[],
+            identified: &identified,
         };
         assert_eq!(withhold(&mut searchset, &anne, &none), 2);
         let entries = searchset["entry"].as_array().unwrap();
@@ -541,15 +550,21 @@ mod tests {
             { "resource": { "resourceType": "Bundle", "type": "searchset", "total": 2, "entry": [
                 { "resource": { "resourceType": "Patient", "id": "anne" } },
                 { "resource": { "resourceType": "Patient", "id": "bo" } }
-            ] }, "response": { "status": "200 OK" } }
+            ] }, "response": { "status": "200 OK" } },
+            { "resource": { "resourceType": "Observation", "subject": { "identifier": {
+                "system": "urn:oid:1.2.208.176.1.2", "value": "0101" } } }, "response": { "status": "200 OK" } }
         ]});
-        let named = [vec!["anne".to_owned()], vec![], vec![], vec![]];
+        let anne_named = vec!["anne".to_owned()];
+        let named = [anne_named.clone(), vec![], vec![], vec![], anne_named];
         let refusals = Refusals {
             forbidden: &forbidden,
             not_found: &not_found,
             named: &named,
+            identified: &identified,
         };
-        assert_eq!(withhold(&mut batch, &anne, &refusals), 3);
+        assert_eq!(withhold(&mut batch, &anne, &refusals), 4);
+        // Named by her identifier, asked for by her name: refused as hers.
+        assert_eq!(batch["entry"][4]["response"]["status"], "403 Forbidden");
         assert_eq!(batch["entry"][0]["response"]["status"], "403 Forbidden");
         assert_eq!(batch["entry"][1]["response"]["status"], "200 OK");
         assert_eq!(batch["entry"][2]["response"]["status"], "404 Not Found");

@@ -455,6 +455,7 @@ fn includes_of_withheld_matches_go_with_them() {
         forbidden: &json!({}),
         not_found: &json!({}),
         named: &[],
+        identified: &crate::compartment::Identified::default(),
     };
     assert_eq!(withhold(&mut bundle, &withheld, &refusals), 1);
     let left: Vec<&str> = bundle["entry"]
