@@ -45,6 +45,9 @@ pub struct Admin {
     capabilities: Mutex<std::collections::HashMap<String, (Instant, Option<Bytes>)>>,
     /// One read of the backend's statement at a time: concurrent misses wait for it.
     reading_capabilities: tokio::sync::Mutex<()>,
+    /// What replicas should share and do not ([`Config::unshared_state`]): a ready gateway
+    /// says so (`warn`).
+    unshared: Vec<&'static str>,
 }
 
 /// What readiness found.
@@ -108,6 +111,7 @@ impl Admin {
                     .is_some_and(|citizen| citizen.metadata_without_token),
             ),
             capabilities: Mutex::new(std::collections::HashMap::new()),
+            unshared: config.unshared_state(),
             reading_capabilities: tokio::sync::Mutex::new(()),
             smart_path: format!(
                 "{}/.well-known/smart-configuration",
@@ -294,6 +298,15 @@ impl Admin {
                 json_response(StatusCode::OK, Bytes::from_static(br#"{"status":"pass"}"#))
             }
             LocalEndpoint::Ready => match self.readiness().await {
+                // Ready, but what replicas should share is each one's own: still ready (the
+                // replica serves correctly on its own), with the reasons, as health+json's
+                // `warn` has them.
+                Readiness::Ready if !self.unshared.is_empty() => json_response(
+                    StatusCode::OK,
+                    Bytes::from(
+                        serde_json::json!({ "status": "warn", "notes": self.unshared }).to_string(),
+                    ),
+                ),
                 Readiness::Ready => {
                     json_response(StatusCode::OK, Bytes::from_static(br#"{"status":"pass"}"#))
                 }

@@ -452,10 +452,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             };
             let addr = config.server.listen;
+            let (unshared, replicas) = (config.unshared_state(), config.server.replicas);
             match Runtime::build(config, addr) {
                 Ok(runtime) => {
                     println!("{}: OK", path.display());
-                    if !runtime.pager.shares_key() {
+                    for unshared in &unshared {
+                        println!("warning: [server] replicas = {replicas}, but {unshared}");
+                    }
+                    if !runtime.pager.shares_key() && unshared.is_empty() {
                         println!(
                             "note: no [paging] key_file: a paging link is good only in the process \
                              that made it (one replica, until it restarts)"
@@ -549,6 +553,12 @@ async fn serve(config: Config, path: &std::path::Path) -> anyhow::Result<()> {
         .await
         .map_err(|(what, error)| anyhow::anyhow!("{what}: {error}"))?;
     let addr = listeners.client.local_addr()?;
+    for unshared in config.unshared_state() {
+        tracing::warn!(
+            replicas = config.server.replicas,
+            "state not shared between replicas: {unshared}"
+        );
+    }
     let runtime = Runtime::build(config, addr)
         .map_err(|errors| anyhow::anyhow!(ConfigError::join(&errors, "\n")))?;
     let mut runtime = runtime;

@@ -727,6 +727,11 @@ def check_config(name: str, docs: list[dict], values: dict, gateway: dict) -> No
     REPORT.check(f"{name}: listens on 8443 (mTLS) and 9090 (admin)",
                  server["listen"] == "0.0.0.0:8443" and server.get("admin_listen") == "0.0.0.0:9090",
                  f"{server.get('listen')} / {server.get('admin_listen')}")
+    # The gateway names what replicas should share and do not (check-config, /readyz) from it.
+    autoscaled = values["autoscaling"]["enabled"]
+    replicas = values["autoscaling"]["maxReplicas"] if autoscaled else values["replicaCount"]
+    REPORT.check(f"{name}: [server] replicas is {'autoscaling.maxReplicas' if autoscaled else 'replicaCount'} "
+                 f"({replicas})", server.get("replicas") == replicas, str(server.get("replicas")))
     citizen_on = values["config"]["citizen"]["enabled"]
     REPORT.check(f"{name}: the citizen listener is {'on 8444' if citizen_on else 'off'}",
                  config.get("citizen", {}).get("listen") == ("0.0.0.0:8444" if citizen_on else None))
@@ -833,7 +838,7 @@ def listener_audiences(config: dict) -> tuple[list[str] | None, list[str] | None
 # Keys the chart writes itself (fixed ports, mount paths, Redis) in each table of portvagt.toml;
 # every other key comes from `config` as given.
 CHART_WRITTEN = {
-    "server": {"listen", "admin_listen"},
+    "server": {"listen", "admin_listen", "replicas"},
     "tls": {"cert", "key", "client_ca", "crls"},
     "policy": {"rules_file", "shadow_rules_file"},
     "backend.identity": {"signing_key"},

@@ -204,3 +204,7 @@ pub(super) fn sample_ratio() -> f64 {
 pub(super) fn break_glass_min_reason() -> usize {
     4
 }
+
+pub(super) fn replicas() -> u32 {
+    1
+}

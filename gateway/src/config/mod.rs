@@ -170,6 +170,54 @@ impl Config {
             .or_else(|| self.issuers.first().map(|issuer| issuer.issuer.as_str()))
     }
 
+    /// What each replica keeps in its own memory that replicas serving one configuration
+    /// should share, when `[server] replicas` says there is more than one: each sentence names
+    /// the setting and what happens without it. Empty with one replica.
+    pub fn unshared_state(&self) -> Vec<&'static str> {
+        if self.server.replicas <= 1 {
+            return Vec::new();
+        }
+        let mut unshared = Vec::new();
+        if self
+            .token_exchange
+            .as_ref()
+            .is_some_and(|exchange| exchange.redis_url.is_none())
+        {
+            unshared.push(
+                "[token_exchange] has no redis_url: each replica keeps its own replay cache, so \
+                 the same SOSI card or assertion is exchanged once per replica (and again after \
+                 a restart)",
+            );
+        }
+        if self
+            .rate_limit
+            .as_ref()
+            .is_some_and(|limit| limit.redis_url.is_none())
+        {
+            unshared.push(
+                "[rate_limit] has no redis_url: each replica counts on its own, so a client \
+                 gets `requests` per window from every replica",
+            );
+        }
+        if self
+            .mass_lookup
+            .as_ref()
+            .is_some_and(|guard| guard.redis_url.is_none())
+        {
+            unshared.push(
+                "[mass_lookup] has no redis_url: each replica counts on its own, so a \
+                 professional reaches `max_patients` through every replica",
+            );
+        }
+        if self.paging.key_file.is_none() {
+            unshared.push(
+                "[paging] has no key_file: a paging link is good only on the replica that made \
+                 it",
+            );
+        }
+        unshared
+    }
+
     fn resolve_paths(&mut self, dir: &Path) {
         let resolve = |path: &mut PathBuf| {
             if path.is_relative() {
@@ -392,6 +440,50 @@ url = "http://127.0.0.1:8080/fhir/R4"
         );
         assert_eq!(config.issuers[0].leeway, Duration::from_secs(30));
         assert_eq!(config.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn what_replicas_do_not_share_is_named_only_when_there_are_several() {
+        let exchange = "\n[token_exchange]\nissuer = \"https://portvagt.example.dk\"\n\
+                        signing_key = \"k.pem\"\nkey_id = \"k\"\ntrusted_sts = []\n";
+        let counters = "\n[rate_limit]\nrequests = 10\n\n[mass_lookup]\nmax_patients = 5\n";
+        let everything = format!("{MINIMAL}{exchange}{counters}");
+        assert!(
+            Config::parse(&everything)
+                .unwrap()
+                .unshared_state()
+                .is_empty()
+        );
+        let several = everything.replace("[server]\n", "[server]\nreplicas = 3\n");
+        let unshared = Config::parse(&several).unwrap().unshared_state();
+        let named: Vec<&str> = unshared
+            .iter()
+            .map(|note| note.split(' ').next().unwrap())
+            .collect();
+        assert_eq!(
+            named,
+            [
+                "[token_exchange]",
+                "[rate_limit]",
+                "[mass_lookup]",
+                "[paging]"
+            ]
+        );
+        let shared = several
+            .replace(
+                "trusted_sts = []\n",
+                "trusted_sts = []\nredis_url = \"redis://r\"\n",
+            )
+            .replace(
+                "requests = 10\n",
+                "requests = 10\nredis_url = \"redis://r\"\n",
+            )
+            .replace(
+                "max_patients = 5\n",
+                "max_patients = 5\nredis_url = \"redis://r\"\n",
+            )
+            + "\n[paging]\nkey_file = \"paging.key\"\n";
+        assert!(Config::parse(&shared).unwrap().unshared_state().is_empty());
     }
 
     #[test]

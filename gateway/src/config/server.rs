@@ -166,6 +166,12 @@ pub struct ServerConfig {
     /// they have one. With a token, the request goes the usual way.
     #[serde(default = "defaults::yes")]
     pub metadata_without_token: bool,
+    /// How many replicas serve this configuration at most (the Helm chart writes its
+    /// `replicaCount`, or autoscaling's `maxReplicas`). With more than one, what a replica
+    /// keeps in its own memory and should share through Redis is named by `check-config` and
+    /// `/readyz` ([`super::Config::unshared_state`]).
+    #[serde(default = "defaults::replicas")]
+    pub replicas: u32,
 }
 
 /// `[tls]`

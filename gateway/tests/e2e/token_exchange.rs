@@ -879,3 +879,44 @@ signing_key = "key/issuer.key"
     )));
     assert_eq!(code, Some(0), "{stderr}");
 }
+
+/// With several replicas and no Redis, each keeps its own replay cache: `check-config` warns,
+/// and `/readyz` stays ready but says so (`warn`, with the reason). One replica: neither does.
+#[tokio::test]
+async fn replicas_without_a_shared_replay_cache_are_named_by_check_config_and_readiness() {
+    for replicas in [1, 3] {
+        let gateway = Gateway::start_with(Options {
+            server_extra: format!("replicas = {replicas}\n"),
+            ..exchange_options(None, "")
+        });
+        let config = gateway.dir.path().join("portvagt.toml");
+        let output = Command::new(env!("CARGO_BIN_EXE_portvagt"))
+            .arg("check-config")
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(0), "{output:?}");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let warned = stdout
+            .contains("warning: [server] replicas = 3, but [token_exchange] has no redis_url");
+        assert_eq!(warned, replicas == 3, "{stdout}");
+
+        let ready = gateway.client().get("/readyz", None).await.unwrap();
+        assert_eq!(ready.status, 200, "{}", ready.text());
+        let body = ready.json();
+        if replicas == 3 {
+            assert_eq!(body["status"], "warn", "{body}");
+            assert!(
+                body["notes"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|note| note.as_str().unwrap().contains("own replay cache")),
+                "{body}"
+            );
+        } else {
+            assert_eq!(body, serde_json::json!({ "status": "pass" }));
+        }
+    }
+}

@@ -18,6 +18,7 @@ paths of the Secrets. TOML wants a table's keys before its sub-tables, hence the
 [server]
 listen = "0.0.0.0:{{ .Values.containerPorts.fhir }}"
 admin_listen = "0.0.0.0:{{ .Values.containerPorts.admin }}"
+replicas = {{ if .Values.autoscaling.enabled }}{{ .Values.autoscaling.maxReplicas | int }}{{ else }}{{ .Values.replicaCount | int }}{{ end }}
 {{- include "portvagt.tomlKeys" (dict "table" $cfg.server) }}
 
 [tls]
