@@ -173,6 +173,19 @@ pub fn patients_of(resource: &Value) -> Vec<String> {
     patients
 }
 
+/// The patients a Patient links to by id (`link.other`: `replaced-by`, `replaces`, `seealso`):
+/// writing the link reaches into their records as much as into hers. Not whose data the
+/// Patient is (reading Bo's record is not reading Anne's because it links to hers).
+pub(crate) fn linked_patients(resource: &Value) -> Vec<String> {
+    let mut patients = Vec::new();
+    if resource.get("resourceType").and_then(Value::as_str) == Some("Patient") {
+        walk(resource, "link.other".split('.'), &mut |reference| {
+            push_patient(reference, &mut patients)
+        });
+    }
+    patients
+}
+
 /// The patients a FHIR answer is about: those of a single resource, or of every entry of a
 /// Bundle (search results, history, `$everything`, batch responses). Sorted, no duplicates.
 pub fn patients_in_answer(answer: &Value) -> Vec<String> {
@@ -347,7 +360,7 @@ fn collect_patients_raw(
         let subtree: Value = serde_json::from_str(raw.get()).ok()?;
         let mut by_identifier = false;
         walk(&subtree, steps, &mut |reference| {
-            by_identifier |= names_patient_by_identifier(reference, path);
+            by_identifier |= placed_by_lookup(reference, path);
             push_patient(reference, patients)
         });
         if by_identifier {
@@ -495,10 +508,15 @@ const PATIENT_BY_IDENTIFIER: &str = "urn:portvagt:patient-by-identifier";
 const UNTYPED_BY_IDENTIFIER: &str = "urn:portvagt:untyped-by-identifier";
 
 /// Whether a compartment path is the resource's own patient (the element `subject` or
-/// `patient`), where an untyped reference is a patient reference. `AuditEvent.agent.who` or
-/// `Observation.performer` name professionals and systems as often as patients.
+/// `patient`) or an element that can only reference a Patient (`Coverage.beneficiary`,
+/// `ResearchSubject.individual`, `EnrollmentRequest.candidate`), where an untyped reference is
+/// a patient reference. `AuditEvent.agent.who` or `Observation.performer` name professionals
+/// and systems as often as patients.
 fn is_primary(path: &str) -> bool {
-    matches!(path, "patient" | "subject")
+    matches!(
+        path,
+        "patient" | "subject" | "beneficiary" | "individual" | "candidate"
+    )
 }
 
 /// Follows `steps` from `value` (through arrays at any step) to References, and hands each
@@ -572,18 +590,14 @@ fn walk_objects(
 /// looked up as a token search (no system, no value, or characters a token search reads
 /// otherwise): whom it names, only the backend could say.
 pub(crate) fn patient_identifiers(resource: &Value) -> Option<Vec<String>> {
-    let mut found = Vec::new();
-    let mut readable = true;
-    identifier_refs(resource, &mut |token| match token {
-        Some(token) => found.push(token),
-        None => readable = false,
-    });
-    readable.then_some(found)
+    let found = identifiers_in_answer(resource);
+    (!found.unplaceable).then_some(found.tokens)
 }
 
 /// Each reference by identifier only on `resource`'s patient paths that may name a patient
-/// (see [`patient_identifiers`]), handed to `visit` as `system|value`, or `None` when it cannot
-/// be looked up so.
+/// (see [`patient_identifiers`]), and each identifier of a contained Patient a patient path
+/// points at (`#id`), handed to `visit` as `system|value`, or `None` when it cannot be looked
+/// up so.
 fn identifier_refs(resource: &Value, visit: &mut dyn FnMut(Option<String>)) {
     let resource_type = resource
         .get("resourceType")
@@ -595,33 +609,72 @@ fn identifier_refs(resource: &Value, visit: &mut dyn FnMut(Option<String>)) {
             continue;
         };
         walk_objects(start, steps, &mut |object| {
-            if reference_of(object).is_some() || !object.contains_key("identifier") {
+            if let Some(reference) = reference_of(object) {
+                // A contained Patient is whoever its identifiers say: a copy of her record's
+                // identity inside the resource is her as much as a reference by identifier.
+                // One without an identifier to look up is somebody nobody can name.
+                if let Some(patient) = reference
+                    .strip_prefix('#')
+                    .and_then(|local| contained_patient(resource, local))
+                {
+                    let identifiers = patient
+                        .get("identifier")
+                        .and_then(Value::as_array)
+                        .map_or(&[][..], Vec::as_slice);
+                    if identifiers.is_empty() {
+                        visit(None);
+                    }
+                    for identifier in identifiers {
+                        visit(identifier_token(identifier));
+                    }
+                }
+                return;
+            }
+            if !object.contains_key("identifier") {
                 return;
             }
             // As [`walk`] reads it for membership.
             if !typed_patient(object).unwrap_or_else(|| is_primary(path)) {
                 return;
             }
-            let identifier = object.get("identifier");
-            let part = |name: &str| {
-                identifier
-                    .and_then(|identifier| identifier.get(name))
-                    .and_then(Value::as_str)
-                    .filter(|text| !text.is_empty() && !text.contains(['|', ',', '\\']))
-            };
-            visit(
-                part("system")
-                    .zip(part("value"))
-                    .map(|(system, value)| format!("{system}|{value}")),
-            );
+            visit(object.get("identifier").and_then(identifier_token));
         });
     }
 }
 
-/// Whether a reference [`walk`] hands over on `path` is one by identifier only that may name a
-/// patient (as [`identifier_refs`] reads them).
-fn names_patient_by_identifier(reference: &str, path: &str) -> bool {
-    reference == PATIENT_BY_IDENTIFIER || (reference == UNTYPED_BY_IDENTIFIER && is_primary(path))
+/// The contained Patient with id `local`, if any.
+fn contained_patient<'a>(resource: &'a Value, local: &str) -> Option<&'a Value> {
+    resource
+        .get("contained")
+        .and_then(Value::as_array)?
+        .iter()
+        .find(|item| {
+            item.get("id").and_then(Value::as_str) == Some(local)
+                && item.get("resourceType").and_then(Value::as_str) == Some("Patient")
+        })
+}
+
+/// An Identifier as a token search value (`system|value`), or `None` when it cannot be looked
+/// up so: no system, no value, or characters a token search reads otherwise.
+pub(crate) fn identifier_token(identifier: &Value) -> Option<String> {
+    let part = |name: &str| {
+        identifier
+            .get(name)
+            .and_then(Value::as_str)
+            .filter(|text| !text.is_empty() && !text.contains(['|', ',', '\\']))
+    };
+    part("system")
+        .zip(part("value"))
+        .map(|(system, value)| format!("{system}|{value}"))
+}
+
+/// Whether a reference [`walk`] hands over on `path` may name a patient whom only a lookup
+/// places (as [`identifier_refs`] reads them): one by identifier only, or one to a contained
+/// resource (which may be a Patient with identifiers).
+fn placed_by_lookup(reference: &str, path: &str) -> bool {
+    reference == PATIENT_BY_IDENTIFIER
+        || (reference == UNTYPED_BY_IDENTIFIER && is_primary(path))
+        || reference.starts_with('#')
 }
 
 #[cfg(test)]

@@ -91,6 +91,10 @@ impl Reach {
         match request.body() {
             Some(RequestBody::Resource(resource)) => {
                 reach.written = patients_of(resource);
+                // A Patient linked to another (`replaced-by`, `seealso`) reaches into hers.
+                reach
+                    .written
+                    .extend(crate::compartment::linked_patients(resource));
                 reach.read_conditional_references(resource);
                 // A patient named by identifier only is looked up like `patient:identifier`.
                 match crate::compartment::patient_identifiers(resource) {
@@ -99,8 +103,19 @@ impl Reach {
                 }
             }
             // A patch may move the resource: every Patient its values spell out is written.
-            Some(RequestBody::Patch { document, .. }) => {
+            Some(RequestBody::Patch { document, format }) => {
                 reach.read_conditional_references(document);
+                // A patient named by identifier in what it writes is looked up; one named so
+                // that cannot be looked up leaves the reach opaque.
+                let resource_type = request.resource_type().map(|t| t.as_str());
+                match crate::patch::patient_identifiers(
+                    resource_type.unwrap_or_default(),
+                    *format,
+                    document,
+                ) {
+                    Some(found) => reach.identifiers.extend(found),
+                    None => reach.opaque = true,
+                }
                 let mut spelled = Vec::new();
                 strings(document, &mut |text| {
                     if let Some(id) = crate::compartment::patient_reference_id(text) {

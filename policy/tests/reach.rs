@@ -271,3 +271,119 @@ fn a_body_that_names_its_patient_by_identifier_only_is_looked_up() {
         assert!(opaque.opaque(), "{identifier}");
     }
 }
+
+/// The other spellings of "this is her" in a written body: an untyped identifier on an element
+/// that only references Patients, a contained Patient with her identifier, a Bundle whose entry
+/// names her by identifier, a Patient linked to hers, and a patch that sets her identifier
+/// where the patient is said (or builds it piece by piece, which cannot be looked up).
+#[test]
+fn every_spelling_of_a_patient_in_a_written_body_is_in_its_reach() {
+    const CPR: &str = "urn:oid:1.2.208.176.1.2";
+    let anne = format!("{CPR}|1111111118");
+    let cpr = json!({ "system": CPR, "value": "1111111118" });
+    let created = |body: serde_json::Value| {
+        let mut create = classify("POST", body["resourceType"].as_str().unwrap(), None).unwrap();
+        create
+            .attach_body(Some("application/fhir+json"), body.to_string().as_bytes())
+            .unwrap();
+        Reach::of(&create)
+    };
+    for body in [
+        json!({ "resourceType": "Coverage", "status": "active",
+            "beneficiary": { "identifier": cpr }, "payor": [{ "reference": "Organization/o" }] }),
+        json!({ "resourceType": "ResearchSubject", "status": "candidate",
+            "study": { "reference": "ResearchStudy/s" }, "individual": { "identifier": cpr } }),
+        json!({ "resourceType": "Observation", "status": "final", "code": { "text": "x" },
+            "contained": [{ "resourceType": "Patient", "id": "p1", "identifier": [cpr] }],
+            "subject": { "reference": "#p1" } }),
+        json!({ "resourceType": "Bundle", "type": "document", "entry": [
+            { "resource": { "resourceType": "Composition", "status": "final",
+                "subject": { "identifier": cpr } } }] }),
+    ] {
+        let reach = created(body.clone());
+        assert_eq!(reach.identifiers(), [anne.as_str()], "{body}");
+        assert!(!reach.opaque(), "{body}");
+    }
+    // A contained Patient whose identifier cannot be looked up, or who has none: nobody can
+    // say whom it names.
+    for contained in [
+        json!({ "resourceType": "Patient", "id": "p1", "identifier": [{ "value": "1" }] }),
+        json!({ "resourceType": "Patient", "id": "p1", "name": [{ "family": "Jensen" }] }),
+    ] {
+        let unreadable = created(json!({ "resourceType": "Observation", "status": "final",
+            "code": { "text": "x" }, "contained": [contained],
+            "subject": { "reference": "#p1" } }));
+        assert!(unreadable.opaque());
+    }
+    // Linking a Patient to hers reaches her record.
+    let linked = created(json!({ "resourceType": "Patient", "id": "new",
+        "link": [{ "other": { "reference": "Patient/pat-anne" }, "type": "seealso" }] }));
+    assert_eq!(linked.written(), ["new", "pat-anne"]);
+
+    let patched = |format: &str, document: serde_json::Value| {
+        let mut patch = classify("PATCH", "Observation/obs-1", None).unwrap();
+        patch
+            .attach_body(Some(format), document.to_string().as_bytes())
+            .unwrap();
+        Reach::of(&patch)
+    };
+    let json_patch = "application/json-patch+json";
+    for document in [
+        json!([{ "op": "replace", "path": "/subject", "value": { "identifier": cpr } }]),
+        json!([{ "op": "add", "path": "/subject/identifier", "value": cpr }]),
+        json!([{ "op": "add", "path": "/performer/0/identifier", "value": cpr }]),
+        json!([{ "op": "add", "path": "/contained", "value": [
+            { "resourceType": "Patient", "id": "p", "identifier": [cpr] }] }]),
+    ] {
+        let reach = patched(json_patch, document.clone());
+        assert_eq!(reach.identifiers(), [anne.as_str()], "{document}");
+        assert!(!reach.opaque(), "{document}");
+    }
+    for document in [
+        json!([{ "op": "replace", "path": "/subject/identifier/value", "value": "1111111118" }]),
+        json!([{ "op": "remove", "path": "/subject/reference" }]),
+        json!([{ "op": "add", "path": "/subject", "value": { "identifier": { "value": "1" } } }]),
+    ] {
+        assert!(patched(json_patch, document.clone()).opaque(), "{document}");
+    }
+    // A patch that changes no compartment element names nobody, whatever identifiers it adds.
+    let own = patched(
+        json_patch,
+        json!([{ "op": "add", "path": "/identifier/-", "value": { "system": "s", "value": "v" } }]),
+    );
+    assert!(own.identifiers().is_empty() && !own.opaque());
+
+    let fhirpath = |path: &str, name: Option<&str>, value: serde_json::Value| {
+        let mut parts = vec![
+            json!({ "name": "type", "valueCode": if name.is_some() { "add" } else { "replace" } }),
+            json!({ "name": "path", "valueString": path }),
+        ];
+        if let Some(name) = name {
+            parts.push(json!({ "name": "name", "valueString": name }));
+        }
+        let mut value_part = value;
+        value_part["name"] = json!("value");
+        parts.push(value_part);
+        json!({ "resourceType": "Parameters", "parameter": [{ "name": "operation", "part": parts }] })
+    };
+    let fhir_json = "application/fhir+json";
+    let by_identifier = patched(
+        fhir_json,
+        fhirpath(
+            "Observation.subject",
+            Some("identifier"),
+            json!({ "valueIdentifier": cpr }),
+        ),
+    );
+    assert_eq!(by_identifier.identifiers(), [anne.as_str()]);
+    assert!(!by_identifier.opaque());
+    let piecewise = patched(
+        fhir_json,
+        fhirpath(
+            "Observation.subject.identifier.value",
+            None,
+            json!({ "valueString": "1111111118" }),
+        ),
+    );
+    assert!(piecewise.opaque());
+}

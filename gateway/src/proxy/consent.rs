@@ -19,6 +19,7 @@ use super::{Proxy, ProxyError, Upstream, append_params};
 use crate::body::BoxError;
 use crate::consent::ConsentStore;
 use crate::context::RequestRecord;
+use crate::encoding::form_encode;
 use crate::layers::authorize::{count_refusal, refuse};
 use crate::proxy::{Backend, Fetched};
 use crate::relationship::{Professional, Relationships};
@@ -192,10 +193,12 @@ impl Proxy {
         Ok(identified.patients_of_identifier(token).to_vec())
     }
 
-    /// The Patients the backend holds with each of `tokens` (`system|value`), a search for up
-    /// to [`IDENTIFIERS_PER_SEARCH`] of them at once. A Patient found that carries none of
-    /// them as written (a server that matches more loosely) is taken as carrying every one of
-    /// its search's: more patients checked and recorded, never fewer. More than
+    /// The Patients the backend that holds them ([`Upstream::patients`]) has with each of
+    /// `tokens` (`system|value`): one search for up to [`IDENTIFIERS_PER_SEARCH`] of them at
+    /// once, each Patient found taken for the identifiers it carries as written. An identifier
+    /// no Patient found carries so (a server that matches more loosely, a system spelled in
+    /// another case) is searched again alone, and every Patient that search finds is taken as
+    /// its: more patients checked and recorded, never fewer. More than
     /// [`MAX_ANSWER_IDENTIFIERS`]: refused.
     pub(super) async fn identified(
         &self,
@@ -207,56 +210,70 @@ impl Proxy {
         }
         let mut identified = Identified::default();
         for searched in tokens.chunks(IDENTIFIERS_PER_SEARCH) {
-            let query = append_params(
-                "",
-                &[
-                    ("identifier".into(), searched.join(",")),
-                    ("_count".into(), "100".into()),
-                ],
-            );
-            let found = upstream
-                .backend
-                .fetch_json(
-                    "Patient",
-                    Some(&query),
-                    self.max_response_bytes,
-                    &self.metrics,
-                )
-                .await?;
-            let Fetched::Found(bundle) = found else {
-                continue;
-            };
-            if has_next_page(&bundle)
-                || bundle.get("resourceType").and_then(|t| t.as_str()) != Some("Bundle")
-            {
-                // Patients on a page not read would be patients not checked.
-                return Err(ProxyError::LookupFailed(http::StatusCode::OK).into());
-            }
-            for patient in portvagt_policy::filter::bundle_resources(&bundle) {
-                let Some(id) = patient
-                    .get("id")
-                    .and_then(serde_json::Value::as_str)
-                    .filter(|_| {
-                        patient.get("resourceType").and_then(|t| t.as_str()) == Some("Patient")
-                    })
-                else {
-                    continue;
-                };
-                let carried: Vec<&String> = searched
+            let found = self.patients_with(upstream, searched).await?;
+            for token in searched {
+                let carriers: Vec<&str> = found
                     .iter()
-                    .filter(|token| carries(patient, token))
+                    .filter(|patient| carries(patient, token))
+                    .filter_map(|patient| patient.get("id").and_then(serde_json::Value::as_str))
                     .collect();
-                let carried = if carried.is_empty() {
-                    searched.iter().collect()
+                if !carriers.is_empty() {
+                    carriers.iter().for_each(|id| identified.add(token, id));
+                    continue;
+                }
+                let alone = if searched.len() == 1 {
+                    found.clone()
                 } else {
-                    carried
+                    self.patients_with(upstream, std::slice::from_ref(token))
+                        .await?
                 };
-                for token in carried {
+                for id in alone
+                    .iter()
+                    .filter_map(|patient| patient.get("id").and_then(serde_json::Value::as_str))
+                {
                     identified.add(token, id);
                 }
             }
         }
         Ok(identified)
+    }
+
+    /// The Patients a search for any of `tokens` finds (`identifier=a,b,…`, each value encoded
+    /// on its own so the commas stay the separators a server splits on). Anything but one page
+    /// of a Bundle (a 404 too: a server without Patients cannot say whom they name) refuses
+    /// the request.
+    async fn patients_with(
+        &self,
+        upstream: &Upstream,
+        tokens: &[String],
+    ) -> Result<Vec<serde_json::Value>, BoxError> {
+        let values: Vec<String> = tokens.iter().map(|token| form_encode(token)).collect();
+        let query = format!("identifier={}&_count=100", values.join(","));
+        let found = upstream
+            .patients
+            .fetch_json(
+                "Patient",
+                Some(&query),
+                self.max_response_bytes,
+                &self.metrics,
+            )
+            .await?;
+        let Fetched::Found(bundle) = found else {
+            return Err(ProxyError::LookupFailed(http::StatusCode::NOT_FOUND).into());
+        };
+        if has_next_page(&bundle)
+            || bundle.get("resourceType").and_then(|t| t.as_str()) != Some("Bundle")
+        {
+            // Patients on a page not read would be patients not checked.
+            return Err(ProxyError::LookupFailed(http::StatusCode::OK).into());
+        }
+        Ok(portvagt_policy::filter::bundle_resources(&bundle)
+            .filter(|resource| {
+                resource.get("resourceType").and_then(|t| t.as_str()) == Some("Patient")
+                    && resource.get("id").and_then(|id| id.as_str()).is_some()
+            })
+            .cloned()
+            .collect())
     }
 
     /// The patients of what a write changes, as it is now: the resource at `Type/id`, or what

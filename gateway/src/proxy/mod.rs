@@ -78,6 +78,10 @@ pub struct Proxy {
 struct Upstream {
     backend: Arc<Backend>,
     rewriter: Arc<UrlRewriter>,
+    /// Where the Patients are: the backend the routes send `Patient` to under the request's
+    /// base. Patients named by identifier are looked up there, whichever backend holds what
+    /// names them.
+    patients: Arc<Backend>,
 }
 
 impl Proxy {

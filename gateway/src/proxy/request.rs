@@ -90,6 +90,10 @@ impl Proxy {
         let routes = self.routes.load();
         // No route takes this type under this base: not found, never the main backend by
         // another path (which would skip the rules written for the main base's paths).
+        let patients = routes
+            .iter()
+            .find(|route| route.takes(&path.base, Some("Patient")))
+            .map_or_else(|| self.backend.clone(), |route| route.backend.clone());
         let upstream = routes
             .iter()
             .find(|route| route.takes(&path.base, fhir.resource_type().map(|t| t.as_str())))
@@ -99,6 +103,7 @@ impl Proxy {
                     Some(origin) => Arc::new(route.rewriter.with_origin(&origin.0, &origin.1)),
                     None => route.rewriter.clone(),
                 },
+                patients,
             })
             .ok_or(portvagt_policy::ClassifyError::UnknownPath)?;
         // A citizen reading their own audit log sees it newest first, in the citizen's view.

@@ -573,3 +573,152 @@ async fn records_naming_the_patient_by_identifier_only_are_hers_when_read_and_ch
         delete.text()
     );
 }
+
+/// The other ways a write can put data into Anne's record without her id: a contained Patient
+/// carrying her CPR number, a patch that sets her CPR number where the patient is said, a
+/// Coverage whose beneficiary is her by CPR. Each meets her block; a patch that builds the
+/// identifier piece by piece cannot be looked up and is refused to everyone.
+#[tokio::test]
+async fn a_write_naming_her_by_a_contained_patient_or_a_patched_identifier_meets_her_block() {
+    let backend = backend_with_block().await;
+    let gateway = gateway(&backend);
+    let client = gateway.client();
+    let blocked = physician(&gateway, "NS363", "TREATMENT", "user/*.cruds");
+    let colleague = physician(&gateway, "XY123", "TREATMENT", "user/*.cruds");
+    let cpr = json!({ "system": "urn:oid:1.2.208.176.1.2", "value": "1111111118" });
+    let send = |method: Method, path: String, token: &str, body: serde_json::Value| {
+        client.send(match method {
+            Method::PATCH => json_patch(&path, token, &body.to_string(), &[]),
+            _ => request(method, &path, Some(token), Some(body)),
+        })
+    };
+
+    for body in [
+        json!({ "resourceType": "Observation", "status": "final", "code": { "text": "contained" },
+            "contained": [{ "resourceType": "Patient", "id": "p1", "identifier": [cpr] }],
+            "subject": { "reference": "#p1" } }),
+        json!({ "resourceType": "Coverage", "status": "active",
+            "beneficiary": { "identifier": cpr },
+            "payor": [{ "reference": "Organization/org-rigshospitalet" }] }),
+    ] {
+        let path = format!("/fhir/{}", body["resourceType"].as_str().unwrap());
+        let refused = send(Method::POST, path.clone(), &blocked, body.clone())
+            .await
+            .unwrap();
+        assert_eq!(denial(&refused), (403, "consent-block".into()), "{body}");
+        let written = send(Method::POST, path, &colleague, body.clone())
+            .await
+            .unwrap();
+        assert_eq!(written.status, 201, "{body}: {}", written.text());
+    }
+
+    // His own record of Bo's, patched to be Anne's by her CPR number.
+    let bo = json!({ "resourceType": "Observation", "status": "final", "code": { "text": "bo" },
+        "subject": { "reference": "Patient/pat-bo" } });
+    let created = backend_send(backend.base_url(), Method::POST, "Observation", Some(bo)).await;
+    let path = format!("/fhir/Observation/{}", created["id"].as_str().unwrap());
+    for document in [
+        json!([{ "op": "replace", "path": "/subject", "value": { "identifier": cpr } }]),
+        json!([{ "op": "remove", "path": "/subject/reference" },
+               { "op": "add", "path": "/subject/identifier", "value": cpr }]),
+    ] {
+        let refused = send(Method::PATCH, path.clone(), &blocked, document.clone())
+            .await
+            .unwrap();
+        let expected = if document.as_array().unwrap().len() == 1 {
+            "consent-block"
+        } else {
+            // Removing the reference leaves whatever is beside it: not verifiable, for anyone.
+            "write-not-verifiable"
+        };
+        assert_eq!(denial(&refused), (403, expected.into()), "{document}");
+    }
+    let piecewise = json!([{ "op": "add", "path": "/subject/identifier", "value": {} },
+        { "op": "add", "path": "/subject/identifier/value", "value": "1111111118" }]);
+    let refused = send(Method::PATCH, path.clone(), &colleague, piecewise)
+        .await
+        .unwrap();
+    assert_eq!(denial(&refused), (403, "write-not-verifiable".into()));
+    let (_, kept) = backend_exchange(
+        backend.base_url(),
+        Method::GET,
+        path.trim_start_matches("/fhir/"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        kept["subject"],
+        json!({ "reference": "Patient/pat-bo" }),
+        "{kept}"
+    );
+}
+
+/// Where the records live is not where the patients are: with Observations routed to a
+/// backend of their own (which holds no Patients), the CPR numbers they name are looked up
+/// where the routes send `Patient`. And a server that matches identifiers loosely (this one
+/// ignores case) places a record whose system is spelled in capitals as hers too, even when
+/// another record of the same answer names her exactly.
+#[tokio::test]
+async fn identifiers_are_looked_up_where_the_patients_are_and_as_loosely_as_the_server_matches() {
+    let backend = backend_with_block().await;
+    let labs = BackendProcess::start(&portvagt::demo::default_testbed(), false).unwrap();
+    let gateway = Gateway::start_with(Options {
+        backend_url: Some(backend.base_url().to_owned()),
+        extra_config: format!(
+            "[consent]\ncache_ttl = \"1s\"\n\n[[upstream]]\nname = \"labs\"\n\
+             resource_types = [\"Observation\"]\n[upstream.backend]\nurl = \"{}\"\n",
+            labs.base_url()
+        ),
+        ..Options::default()
+    });
+    let client = gateway.client();
+    let blocked = physician(&gateway, "NS363", "TREATMENT", "user/*.rs");
+    let colleague = physician(&gateway, "XY123", "TREATMENT", "user/*.rs");
+    let mut stored = Vec::new();
+    for (system, value) in [
+        ("URN:OID:1.2.208.176.1.2", "1111111118"),
+        ("urn:oid:1.2.208.176.1.2", "1111111118"),
+        ("urn:oid:1.2.208.176.1.2", "0501792275"),
+    ] {
+        let observation = json!({ "resourceType": "Observation", "status": "final",
+            "code": { "coding": [{ "system": "urn:portvagt:test", "code": "labs" }] },
+            "subject": { "identifier": { "system": system, "value": value } } });
+        let created = backend_send(
+            labs.base_url(),
+            Method::POST,
+            "Observation",
+            Some(observation),
+        )
+        .await;
+        stored.push(created["id"].as_str().unwrap().to_owned());
+    }
+    let ids = |answer: &Answer| -> Vec<String> {
+        let mut ids: Vec<String> = answer.json()["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|entry| entry["resource"]["id"].as_str().map(str::to_owned))
+            .collect();
+        ids.sort();
+        ids
+    };
+    let search = "/fhir/Observation?code=urn:portvagt:test%7Clabs";
+    let his = client.get(search, Some(&blocked)).await.unwrap();
+    assert_eq!(his.status, 200, "{}", his.text());
+    assert_eq!(
+        ids(&his),
+        std::slice::from_ref(&stored[2]),
+        "{}",
+        his.text()
+    );
+    let theirs = client.get(search, Some(&colleague)).await.unwrap();
+    let mut all = stored.clone();
+    all.sort();
+    assert_eq!(ids(&theirs), all);
+    let request_id = theirs.headers["x-request-id"].to_str().unwrap();
+    let recorded = serde_json::to_string(&gateway.audit_events_for(request_id)).unwrap();
+    assert!(
+        recorded.contains("Patient/pat-anne") && recorded.contains("Patient/pat-bo"),
+        "{recorded}"
+    );
+}

@@ -152,6 +152,27 @@ mod tests {
     }
 
     #[test]
+    fn a_contained_patient_is_whoever_its_identifiers_say() {
+        let observation = json!({ "resourceType": "Observation",
+            "contained": [
+                { "resourceType": "Patient", "id": "p1", "identifier": [
+                    { "system": "urn:oid:1.2.208.176.1.2", "value": "0101" },
+                    { "system": "urn:dk:mrn", "value": "77" }] },
+                { "resourceType": "Practitioner", "id": "d1", "identifier": [
+                    { "system": "https://autregweb.sst.dk", "value": "NS363" }] }],
+            "subject": { "reference": "#p1" }, "performer": [{ "reference": "#d1" }] });
+        assert_eq!(
+            identifiers_in_answer(&observation).tokens,
+            ["urn:dk:mrn|77", "urn:oid:1.2.208.176.1.2|0101"]
+        );
+        let bytes = observation.to_string();
+        assert_eq!(super::super::patients_in_body(bytes.as_bytes()), None);
+        let mut identified = Identified::default();
+        identified.add("urn:oid:1.2.208.176.1.2|0101", "anne");
+        assert_eq!(identified.patients_of(&observation), ["anne"]);
+    }
+
+    #[test]
     fn an_identifier_that_cannot_be_looked_up_is_unplaceable() {
         for subject in [
             json!({ "identifier": { "value": "0101" } }),
