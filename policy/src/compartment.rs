@@ -176,7 +176,7 @@ pub fn patients_of(resource: &Value) -> Vec<String> {
 /// The patients a Patient links to by id (`link.other`: `replaced-by`, `replaces`, `seealso`):
 /// writing the link reaches into their records as much as into hers. Not whose data the
 /// Patient is (reading Bo's record is not reading Anne's because it links to hers).
-pub(crate) fn linked_patients(resource: &Value) -> Vec<String> {
+pub fn linked_patients(resource: &Value) -> Vec<String> {
     let mut patients = Vec::new();
     if resource.get("resourceType").and_then(Value::as_str) == Some("Patient") {
         walk(resource, "link.other".split('.'), &mut |reference| {
@@ -357,7 +357,8 @@ fn collect_patients_raw(
         let Some(raw) = resource.get(steps.next().unwrap_or_default()) else {
             continue;
         };
-        let subtree: Value = serde_json::from_str(raw.get()).ok()?;
+        // Read as strictly as the bytes that leave: a member given twice is refused.
+        let subtree = crate::strict_json::tree_unique_str(raw.get()).ok()?;
         let mut by_identifier = false;
         walk(&subtree, steps, &mut |reference| {
             by_identifier |= placed_by_lookup(reference, path);
@@ -394,7 +395,8 @@ pub(crate) fn membership_raw(resource: &OrderedRaw<'_>, patient: &str) -> Member
                 let Some(raw) = resource.get(first) else {
                     continue;
                 };
-                match serde_json::from_str::<Value>(raw.get()) {
+                // A member given twice: a client may read the other one than was checked.
+                match crate::strict_json::tree_unique_str(raw.get()) {
                     Ok(subtree) => walk(&subtree, steps, &mut |reference| {
                         tally.add(reference, patient, is_primary(path))
                     }),
@@ -404,10 +406,11 @@ pub(crate) fn membership_raw(resource: &OrderedRaw<'_>, patient: &str) -> Member
         }
         let contained = resource
             .get("contained")
-            .and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok());
-        let contained_ok = match resource.get("contained") {
+            .map(|raw| crate::strict_json::tree_unique_str(raw.get()));
+        let contained_ok = match contained {
             None => true,
-            Some(_) => contained_ok(contained.as_ref(), patient),
+            Some(Ok(contained)) => contained_ok(Some(&contained), patient),
+            Some(Err(_)) => false,
         };
         return tally.verdict(contained_ok);
     }
@@ -649,7 +652,9 @@ fn contained_patient<'a>(resource: &'a Value, local: &str) -> Option<&'a Value> 
         .and_then(Value::as_array)?
         .iter()
         .find(|item| {
-            item.get("id").and_then(Value::as_str) == Some(local)
+            // Older servers wrote a contained resource's id with its `#`.
+            let id = item.get("id").and_then(Value::as_str);
+            id.map(|id| id.strip_prefix('#').unwrap_or(id)) == Some(local)
                 && item.get("resourceType").and_then(Value::as_str) == Some("Patient")
         })
 }

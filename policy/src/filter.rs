@@ -163,7 +163,7 @@ pub fn holds_audit_event(body: &[u8]) -> bool {
     {
         return false;
     }
-    serde_json::from_slice::<serde_json::Value>(body).map_or(true, |value| holds(&value))
+    crate::strict_json::tree_unique(body).map_or(true, |value| holds(&value))
 }
 
 /// Whether a Parameters resource holds resources or references (`parameter[].resource`, a
@@ -178,7 +178,7 @@ fn holds_resources(body: &[u8]) -> bool {
             _ => false,
         }
     }
-    serde_json::from_slice::<serde_json::Value>(body).map_or(true, |value| holds(&value))
+    crate::strict_json::tree_unique(body).map_or(true, |value| holds(&value))
 }
 
 /// Whether the resource's element for search parameter `param` matches the token `value`
@@ -208,7 +208,7 @@ fn satisfies(resource: &OrderedRaw<'_>, param: &str, value: &str) -> bool {
     let Some(raw) = resource.get(&element) else {
         return false;
     };
-    let Ok(tree) = serde_json::from_str::<serde_json::Value>(raw.get()) else {
+    let Ok(tree) = crate::strict_json::tree_unique_str(raw.get()) else {
         return false;
     };
     value

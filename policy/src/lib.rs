@@ -16,7 +16,7 @@ pub mod decision;
 pub mod elements;
 pub mod filter;
 pub mod operations;
-mod patch;
+pub mod patch;
 mod patient_rules;
 pub mod raw;
 pub mod reach;

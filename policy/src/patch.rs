@@ -21,13 +21,13 @@ use serde_json::Value;
 
 use crate::request::PatchFormat;
 
+mod apply;
+
+pub use apply::apply_json_patch;
+
 /// Whether `document` (a patch of a `resource_type`) can change a compartment element, `id`
 /// or `contained`. Unreadable counts as touching.
-pub(crate) fn touches_compartment(
-    resource_type: &str,
-    format: PatchFormat,
-    document: &Value,
-) -> bool {
+pub fn touches_compartment(resource_type: &str, format: PatchFormat, document: &Value) -> bool {
     let elements: Vec<&str> = if resource_type == "Patient" {
         vec!["id", "link"]
     } else {
@@ -47,134 +47,6 @@ pub(crate) fn touches_compartment(
     match format {
         PatchFormat::JsonPatch => json_patch_touches(document, &guarded),
         PatchFormat::FhirPathPatch => fhirpath_patch_touches(document, &guarded),
-    }
-}
-
-/// The identifiers (`system|value`) a patch that can change a compartment element writes where
-/// they may name a patient, for the gateway to look up as it looks up a written reference by
-/// identifier: in any value, a Reference by identifier only, a Patient's identifiers (a
-/// contained one added) and a FHIRPath `valueIdentifier`; in JSON Patch, the value set at
-/// `…/identifier` below an element. `None` when it may name a patient in a way that cannot be
-/// looked up: an identifier without system or value, one built piece by piece
-/// (`/subject/identifier/value`, a FHIRPath operation through `identifier` without an Identifier
-/// value), or a reference removed so that the identifier beside it is what is left. A patch
-/// that changes no compartment element names nobody so.
-pub(crate) fn patient_identifiers(
-    resource_type: &str,
-    format: PatchFormat,
-    document: &Value,
-) -> Option<Vec<String>> {
-    if !touches_compartment(resource_type, format, document) {
-        return Some(Vec::new());
-    }
-    // Each identifier as a token, `None` for one that cannot be looked up (or a patient named
-    // in a way no identifier says).
-    let mut found: Vec<Option<String>> = Vec::new();
-    identifiers_in_values(document, &mut |identifier| {
-        found.push(crate::compartment::identifier_token(identifier));
-    });
-    let token = |found: &mut Vec<Option<String>>, identifier: &Value| {
-        found.push(crate::compartment::identifier_token(identifier));
-    };
-    match format {
-        PatchFormat::JsonPatch => {
-            for operation in document.as_array().into_iter().flatten() {
-                let Some(path) = operation.get("path").and_then(Value::as_str) else {
-                    continue;
-                };
-                let steps: Vec<String> = path
-                    .split('/')
-                    .skip(2)
-                    .map(|step| step.replace("~1", "/").replace("~0", "~"))
-                    .collect();
-                let last = steps.len().checked_sub(1);
-                let removes = operation.get("op").and_then(Value::as_str) == Some("remove");
-                for (at, step) in steps.iter().enumerate() {
-                    let here = Some(at) == last;
-                    if step.eq_ignore_ascii_case("identifier") && here && !removes {
-                        match operation.get("value") {
-                            Some(Value::Array(items)) => {
-                                items.iter().for_each(|item| token(&mut found, item));
-                            }
-                            Some(value) => token(&mut found, value),
-                            None => found.push(None),
-                        }
-                    } else if step.eq_ignore_ascii_case("identifier")
-                        || (step.eq_ignore_ascii_case("reference") && removes)
-                    {
-                        found.push(None);
-                    }
-                }
-            }
-        }
-        PatchFormat::FhirPathPatch => {
-            for operation in document
-                .get("parameter")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                let parts = operation.get("part").and_then(Value::as_array);
-                let text = |name: &str| {
-                    parts
-                        .into_iter()
-                        .flatten()
-                        .filter(|part| part.get("name").and_then(Value::as_str) == Some(name))
-                        .filter_map(|part| part.as_object())
-                        .flat_map(|part| part.values())
-                        .filter_map(Value::as_str)
-                        .map(str::to_ascii_lowercase)
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                };
-                let (kind, path, name) = (text("type"), text("path"), text("name"));
-                let gives_identifier = parts
-                    .into_iter()
-                    .flatten()
-                    .any(|part| part.get("valueIdentifier").is_some());
-                let through_identifier = path.contains("identifier") || name.contains("identifier");
-                let drops_reference = kind.contains("delete")
-                    && (path.trim_end().ends_with("reference") || name.contains("reference"));
-                if (through_identifier && !gives_identifier) || drops_reference {
-                    found.push(None);
-                }
-            }
-        }
-    }
-    found.into_iter().collect()
-}
-
-/// Hands `visit` each Identifier in `value` that may name a patient: a Reference's by
-/// identifier only, a Patient's, a `valueIdentifier`.
-fn identifiers_in_values(value: &Value, visit: &mut dyn FnMut(&Value)) {
-    match value {
-        Value::Array(items) => items
-            .iter()
-            .for_each(|item| identifiers_in_values(item, visit)),
-        Value::Object(object) => {
-            let referenced = object
-                .get("reference")
-                .and_then(Value::as_str)
-                .is_some_and(|reference| !reference.trim().is_empty());
-            match object.get("identifier") {
-                Some(Value::Array(identifiers))
-                    if object.get("resourceType").and_then(Value::as_str) == Some("Patient") =>
-                {
-                    identifiers.iter().for_each(&mut *visit);
-                }
-                Some(identifier @ Value::Object(_)) if !referenced => visit(identifier),
-                _ => {}
-            }
-            if let Some(identifier) = object.get("valueIdentifier") {
-                visit(identifier);
-            }
-            for (key, child) in object {
-                if key != "valueIdentifier" {
-                    identifiers_in_values(child, visit);
-                }
-            }
-        }
-        _ => {}
     }
 }
 

@@ -166,8 +166,14 @@ pub(crate) fn check(
                 (Some("Patient"), Interaction::Delete, _) => Err(DenyReason::OutsideCompartment),
                 (Some(t), _, _) if !is_compartment_type(t) => Err(DenyReason::OutsideCompartment),
                 (_, Interaction::Delete, _) => Ok(verified),
+                // Her own record, linked to nobody else's (`link.other` reaches into theirs).
                 (_, Interaction::Update, Some(RequestBody::Resource(resource)))
-                    if membership(resource, patient) == Membership::Member =>
+                    if membership(resource, patient) == Membership::Member
+                        && crate::compartment::linked_patients(resource)
+                            .iter()
+                            .all(|linked| linked == patient)
+                        && crate::compartment::patient_identifiers(resource)
+                            .is_some_and(|found| found.is_empty()) =>
                 {
                     Ok(verified)
                 }

@@ -105,16 +105,21 @@ impl Reach {
             // A patch may move the resource: every Patient its values spell out is written.
             Some(RequestBody::Patch { document, format }) => {
                 reach.read_conditional_references(document);
-                // A patient named by identifier in what it writes is looked up; one named so
-                // that cannot be looked up leaves the reach opaque.
+                // Whose data a patch makes the resource can be assembled in more ways than any
+                // rule reads (`copy` from an element nobody checks, a `reference` emptied, an
+                // identifier built member by member): a JSON Patch is applied by the gateway to
+                // the version it changes, and its result read ([`crate::patch::apply_json_patch`]);
+                // a FHIRPath Patch that can change a compartment element cannot be applied
+                // here, and is a write whose destination cannot be read first.
                 let resource_type = request.resource_type().map(|t| t.as_str());
-                match crate::patch::patient_identifiers(
-                    resource_type.unwrap_or_default(),
-                    *format,
-                    document,
-                ) {
-                    Some(found) => reach.identifiers.extend(found),
-                    None => reach.opaque = true,
+                if *format == crate::request::PatchFormat::FhirPathPatch
+                    && crate::patch::touches_compartment(
+                        resource_type.unwrap_or_default(),
+                        *format,
+                        document,
+                    )
+                {
+                    reach.opaque = true;
                 }
                 let mut spelled = Vec::new();
                 strings(document, &mut |text| {
@@ -245,9 +250,17 @@ impl Reach {
     /// so the identifiers are looked up; other criteria no list captures.
     fn read_conditional_references(&mut self, value: &Value) {
         strings(value, &mut |text| {
-            let Some(query) = text.strip_prefix("Patient?") else {
+            // `Patient?…`, and the spellings a server cuts down to it: `Patient/?…` (HAPI takes
+            // the type before the `?` with its slashes removed), an absolute
+            // `https://…/Patient?…`, another case.
+            let Some((target, query)) = text.split_once('?') else {
                 return;
             };
+            let target = target.trim_end_matches('/');
+            let type_name = target.rsplit('/').next().unwrap_or(target);
+            if !type_name.eq_ignore_ascii_case("Patient") {
+                return;
+            }
             match crate::request::parse_form(query) {
                 Ok(params)
                     if !params.is_empty()

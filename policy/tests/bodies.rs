@@ -53,6 +53,37 @@ fn patient_creates_only_inside_the_compartment() {
     );
 }
 
+/// Her own Patient may be updated under her token, but not linked to another patient's
+/// record, by id or by identifier: the link reaches into theirs.
+#[test]
+fn a_patient_updates_her_record_but_does_not_link_it_to_anothers() {
+    let own = json!({ "resourceType": "Patient", "id": "pat-anne", "name": [{ "family": "Andersen" }],
+        "link": [{ "other": { "reference": "Patient/pat-anne" }, "type": "seealso" }] });
+    let decision = decide_as(
+        "patient/Patient.u",
+        Some("pat-anne"),
+        &with_body("PUT", "Patient/pat-anne", &own),
+    );
+    assert!(decision.is_allow(), "{decision:?}");
+    for other in [
+        json!({ "reference": "Patient/pat-bo" }),
+        json!({ "type": "Patient", "identifier": { "system": "urn:oid:1.2.208.176.1.2", "value": "0501792275" } }),
+    ] {
+        let linked = json!({ "resourceType": "Patient", "id": "pat-anne",
+            "link": [{ "other": other, "type": "replaced-by" }] });
+        let decision = decide_as(
+            "patient/Patient.u",
+            Some("pat-anne"),
+            &with_body("PUT", "Patient/pat-anne", &linked),
+        );
+        assert_eq!(
+            decision.deny_reason(),
+            Some(DenyReason::OutsideCompartment),
+            "{other}"
+        );
+    }
+}
+
 fn bundle(kind: &str, entries: Vec<Value>) -> FhirRequest {
     with_body(
         "POST",

@@ -12,7 +12,7 @@ use portvagt_policy::consent::{
 use portvagt_policy::filter::has_next_page;
 use portvagt_policy::reach::Owner;
 use portvagt_policy::relationship::{RelationVerdict, decide};
-use portvagt_policy::request::{BundleKind, RequestBody};
+use portvagt_policy::request::{BundleKind, PatchFormat, RequestBody};
 use portvagt_policy::{Decision, DenyReason, FhirRequest, Reach};
 
 use super::{Proxy, ProxyError, Upstream, append_params};
@@ -151,8 +151,16 @@ impl Proxy {
                 patients.clone_from(&named);
                 if let Some(owner) = entry_reach.owner() {
                     let owned = self.owners(upstream, owner).await?;
-                    patients.extend(owned.patients);
+                    patients.extend(owned.patients.iter().cloned());
                     touched.owner_unplaceable |= owned.unplaceable;
+                    // A JSON Patch that can change whose data the resource is: whoever its
+                    // result names, it writes (and names) as much as a body would.
+                    if !narrowed && let Some(document) = compartment_patch(entry) {
+                        let written = self.patched(upstream, &owned, document).await?;
+                        touched.owner_unplaceable |= written.unplaceable;
+                        named.extend(written.patients.iter().cloned());
+                        patients.extend(written.patients);
+                    }
                     if single {
                         touched.owner_version = owned.version;
                     }
@@ -195,11 +203,11 @@ impl Proxy {
 
     /// The Patients the backend that holds them ([`Upstream::patients`]) has with each of
     /// `tokens` (`system|value`): one search for up to [`IDENTIFIERS_PER_SEARCH`] of them at
-    /// once, each Patient found taken for the identifiers it carries as written. An identifier
-    /// no Patient found carries so (a server that matches more loosely, a system spelled in
-    /// another case) is searched again alone, and every Patient that search finds is taken as
-    /// its: more patients checked and recorded, never fewer. More than
-    /// [`MAX_ANSWER_IDENTIFIERS`]: refused.
+    /// once, each Patient found taken for the identifiers it carries as written, and one that
+    /// carries none of them so (a server that matches more loosely) for every one. An
+    /// identifier no Patient found carries as written is searched again alone, and every
+    /// Patient that search finds is taken as its: more patients checked and recorded, never
+    /// fewer. More than [`MAX_ANSWER_IDENTIFIERS`]: refused.
     pub(super) async fn identified(
         &self,
         upstream: &Upstream,
@@ -209,16 +217,34 @@ impl Proxy {
             return Err(ProxyError::TooManyLookups.into());
         }
         let mut identified = Identified::default();
+        let id = |patient: &serde_json::Value| {
+            patient
+                .get("id")
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned)
+        };
         for searched in tokens.chunks(IDENTIFIERS_PER_SEARCH) {
             let found = self.patients_with(upstream, searched).await?;
+            // Found, but carrying none of them as written: which one it was found for, only
+            // the server knows. It counts for each.
+            let loose: Vec<String> = found
+                .iter()
+                .filter(|patient| !searched.iter().any(|token| carries(patient, token)))
+                .filter_map(id)
+                .collect();
             for token in searched {
-                let carriers: Vec<&str> = found
+                loose
+                    .iter()
+                    .for_each(|patient| identified.add(token, patient));
+                let carriers: Vec<String> = found
                     .iter()
                     .filter(|patient| carries(patient, token))
-                    .filter_map(|patient| patient.get("id").and_then(serde_json::Value::as_str))
+                    .filter_map(id)
                     .collect();
                 if !carriers.is_empty() {
-                    carriers.iter().for_each(|id| identified.add(token, id));
+                    carriers
+                        .iter()
+                        .for_each(|patient| identified.add(token, patient));
                     continue;
                 }
                 let alone = if searched.len() == 1 {
@@ -227,11 +253,8 @@ impl Proxy {
                     self.patients_with(upstream, std::slice::from_ref(token))
                         .await?
                 };
-                for id in alone
-                    .iter()
-                    .filter_map(|patient| patient.get("id").and_then(serde_json::Value::as_str))
-                {
-                    identified.add(token, id);
+                for patient in alone.iter().filter_map(id) {
+                    identified.add(token, &patient);
                 }
             }
         }
@@ -276,6 +299,39 @@ impl Proxy {
             .collect())
     }
 
+    /// Whose data `document` (a JSON Patch) makes what `owned` read: the patch applied to it,
+    /// and the result's patients (by id, by identifier looked up, and those a Patient links
+    /// to). A patch that cannot be applied (RFC 6902 does not define it, or it matched more
+    /// than one resource) is unplaceable: the server refuses it or reads it otherwise.
+    async fn patched(
+        &self,
+        upstream: &Upstream,
+        owned: &Owned,
+        document: &serde_json::Value,
+    ) -> Result<Owned, BoxError> {
+        let current = match &owned.current {
+            Current::Missing => return Ok(Owned::default()),
+            Current::Several => return Ok(Owned::unplaceable()),
+            Current::One(current) => current,
+        };
+        let Some(result) = portvagt_policy::patch::apply_json_patch(document, current) else {
+            return Ok(Owned::unplaceable());
+        };
+        let by_identifier = identifiers_in_answer(&result);
+        let identified = if by_identifier.tokens.is_empty() {
+            Identified::default()
+        } else {
+            self.identified(upstream, &by_identifier.tokens).await?
+        };
+        let mut patients = identified.patients_of(&result);
+        patients.extend(portvagt_policy::compartment::linked_patients(&result));
+        Ok(Owned {
+            patients,
+            unplaceable: by_identifier.unplaceable,
+            ..Owned::default()
+        })
+    }
+
     /// The patients of what a write changes, as it is now: the resource at `Type/id`, or what
     /// a conditional write's criteria find (by id, or by an identifier looked up). Nothing
     /// there: none. Anything but 2xx, 404 or 410 refuses the request (503).
@@ -307,6 +363,19 @@ impl Proxy {
             Fetched::Found(current) => current,
             Fetched::Missing => return Ok(Owned::default()),
         };
+        let matched: Vec<&serde_json::Value> = match owner {
+            Owner::Instance(_) => vec![&current],
+            Owner::Search { .. } => portvagt_policy::filter::bundle_resources(&current)
+                .filter(|r| {
+                    r.get("resourceType").and_then(|t| t.as_str()) != Some("OperationOutcome")
+                })
+                .collect(),
+        };
+        let one = match matched.as_slice() {
+            [] => Current::Missing,
+            [one] => Current::One((*one).clone()),
+            _ => Current::Several,
+        };
         // What a conditional write matches beyond the first page would go unchecked.
         let more = has_next_page(&current);
         if more {
@@ -327,6 +396,7 @@ impl Proxy {
             patients: identified.patients_of(&current),
             version,
             unplaceable: by_identifier.unplaceable,
+            current: one,
         })
     }
 
@@ -726,6 +796,47 @@ struct Owned {
     version: Option<String>,
     /// It names a patient by an identifier that cannot be looked up.
     unplaceable: bool,
+    /// The resource itself, for a patch to be applied to.
+    current: Current,
+}
+
+impl Owned {
+    fn unplaceable() -> Owned {
+        Owned {
+            unplaceable: true,
+            ..Owned::default()
+        }
+    }
+}
+
+/// What a write's target is, as read.
+#[derive(Debug, Default)]
+enum Current {
+    /// Nothing: the write changes nothing (or creates).
+    #[default]
+    Missing,
+    One(serde_json::Value),
+    /// A conditional write's criteria match more than one (the server refuses it).
+    Several,
+}
+
+/// The JSON Patch of `request`, if it can change a compartment element (whose data the
+/// resource is, `id` or `contained`).
+fn compartment_patch(request: &FhirRequest) -> Option<&serde_json::Value> {
+    let Some(RequestBody::Patch {
+        document,
+        format: PatchFormat::JsonPatch,
+    }) = request.body()
+    else {
+        return None;
+    };
+    let resource_type = request.resource_type()?;
+    portvagt_policy::patch::touches_compartment(
+        resource_type.as_str(),
+        PatchFormat::JsonPatch,
+        document,
+    )
+    .then_some(document)
 }
 
 /// Whether `patient` carries the identifier `token` (`system|value`) as written.

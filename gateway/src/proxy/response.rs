@@ -376,7 +376,9 @@ impl Proxy {
             None => audits_patients && !bytes.is_empty(),
         };
         let parsed = if needs_tree {
-            match serde_json::from_slice::<serde_json::Value>(&bytes) {
+            // Read as strictly as it leaves: a member given twice (a client may keep the one
+            // not checked) is an answer that cannot be read.
+            match portvagt_policy::strict_json::tree_unique(&bytes) {
                 Ok(answer) => Some(answer),
                 // What cannot be read cannot be checked against consents: refused.
                 Err(_) if consent.is_some() => {

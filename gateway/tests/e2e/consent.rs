@@ -575,9 +575,9 @@ async fn records_naming_the_patient_by_identifier_only_are_hers_when_read_and_ch
 }
 
 /// The other ways a write can put data into Anne's record without her id: a contained Patient
-/// carrying her CPR number, a patch that sets her CPR number where the patient is said, a
-/// Coverage whose beneficiary is her by CPR. Each meets her block; a patch that builds the
-/// identifier piece by piece cannot be looked up and is refused to everyone.
+/// carrying her CPR number, a Coverage whose beneficiary is her by CPR, and a patch whose
+/// result names her, however it is assembled. Each meets her block; a FHIRPath Patch that can
+/// change whose record it is cannot be checked and is refused to everyone.
 #[tokio::test]
 async fn a_write_naming_her_by_a_contained_patient_or_a_patched_identifier_meets_her_block() {
     let backend = backend_with_block().await;
@@ -612,45 +612,113 @@ async fn a_write_naming_her_by_a_contained_patient_or_a_patched_identifier_meets
         assert_eq!(written.status, 201, "{body}: {}", written.text());
     }
 
-    // His own record of Bo's, patched to be Anne's by her CPR number.
+    // Records of Bo's, patched to be Anne's: by her CPR number set where the patient is said,
+    // by a reference taken away so the CPR number beside it is what is left (removed, or
+    // blanked), by a reference to a contained Patient that carries her CPR number. The patch
+    // is applied to the version read, and its result is what is checked: each meets her block,
+    // and the record is left as it was. (`move` and `copy`, from the reference or from an
+    // element nobody checks, are refused before anything is read.)
+    let bo_with_cpr = json!({ "reference": "Patient/pat-bo", "identifier": cpr });
+    let shapes = [
+        (
+            json!({ "reference": "Patient/pat-bo" }),
+            json!([{ "op": "replace", "path": "/subject", "value": { "identifier": cpr } }]),
+        ),
+        (
+            json!({ "reference": "Patient/pat-bo" }),
+            json!([{ "op": "remove", "path": "/subject/reference" },
+                   { "op": "add", "path": "/subject/identifier", "value": cpr }]),
+        ),
+        (
+            bo_with_cpr.clone(),
+            json!([{ "op": "move", "from": "/subject/reference", "path": "/code/text" }]),
+        ),
+        (
+            bo_with_cpr,
+            json!([{ "op": "replace", "path": "/subject/reference", "value": " " }]),
+        ),
+        (
+            json!({ "reference": "Patient/pat-bo" }),
+            json!([{ "op": "copy", "from": "/focus/0", "path": "/subject" }]),
+        ),
+        (
+            json!({ "reference": "Patient/pat-bo" }),
+            json!([{ "op": "replace", "path": "/subject/reference", "value": "#p1" }]),
+        ),
+    ];
+    for (subject, document) in shapes {
+        let bo = json!({ "resourceType": "Observation", "status": "final", "code": { "text": "bo" },
+            "subject": subject, "focus": [{ "identifier": cpr }],
+            "contained": [{ "resourceType": "Patient", "id": "p1", "identifier": [cpr] }] });
+        let created = backend_send(
+            backend.base_url(),
+            Method::POST,
+            "Observation",
+            Some(bo.clone()),
+        )
+        .await;
+        let path = format!("/fhir/Observation/{}", created["id"].as_str().unwrap());
+        let refused = send(Method::PATCH, path.clone(), &blocked, document.clone())
+            .await
+            .unwrap();
+        // `move` and `copy` are refused before anything is read, whoever they name.
+        let moves = document[0]["op"] == "move" || document[0]["op"] == "copy";
+        let expected = if moves {
+            "write-not-verifiable"
+        } else {
+            "consent-block"
+        };
+        assert_eq!(
+            denial(&refused),
+            (403, expected.into()),
+            "{document}: {}",
+            refused.text()
+        );
+        let (_, kept) = backend_exchange(
+            backend.base_url(),
+            Method::GET,
+            path.trim_start_matches("/fhir/"),
+            None,
+        )
+        .await;
+        assert_eq!(kept["subject"], bo["subject"], "{document}: {kept}");
+    }
+
+    // A FHIRPath Patch that can change whose record it is cannot be applied by the gateway
+    // (a value built from nested parts, paths it does not evaluate): refused to everyone.
     let bo = json!({ "resourceType": "Observation", "status": "final", "code": { "text": "bo" },
         "subject": { "reference": "Patient/pat-bo" } });
     let created = backend_send(backend.base_url(), Method::POST, "Observation", Some(bo)).await;
     let path = format!("/fhir/Observation/{}", created["id"].as_str().unwrap());
-    for document in [
-        json!([{ "op": "replace", "path": "/subject", "value": { "identifier": cpr } }]),
-        json!([{ "op": "remove", "path": "/subject/reference" },
-               { "op": "add", "path": "/subject/identifier", "value": cpr }]),
-    ] {
-        let refused = send(Method::PATCH, path.clone(), &blocked, document.clone())
-            .await
-            .unwrap();
-        let expected = if document.as_array().unwrap().len() == 1 {
-            "consent-block"
-        } else {
-            // Removing the reference leaves whatever is beside it: not verifiable, for anyone.
-            "write-not-verifiable"
-        };
-        assert_eq!(denial(&refused), (403, expected.into()), "{document}");
-    }
-    let piecewise = json!([{ "op": "add", "path": "/subject/identifier", "value": {} },
-        { "op": "add", "path": "/subject/identifier/value", "value": "1111111118" }]);
-    let refused = send(Method::PATCH, path.clone(), &colleague, piecewise)
+    let fhirpath = json!({ "resourceType": "Parameters", "parameter": [{ "name": "operation", "part": [
+        { "name": "type", "valueCode": "replace" },
+        { "name": "path", "valueString": "Observation.subject" },
+        { "name": "value", "valueReference": { "identifier": cpr } }] }] });
+    let refused = client
+        .send(request(
+            Method::PATCH,
+            &path,
+            Some(&colleague),
+            Some(fhirpath),
+        ))
         .await
         .unwrap();
-    assert_eq!(denial(&refused), (403, "write-not-verifiable".into()));
-    let (_, kept) = backend_exchange(
-        backend.base_url(),
-        Method::GET,
-        path.trim_start_matches("/fhir/"),
-        None,
-    )
-    .await;
     assert_eq!(
-        kept["subject"],
-        json!({ "reference": "Patient/pat-bo" }),
-        "{kept}"
+        denial(&refused),
+        (403, "write-not-verifiable".into()),
+        "{}",
+        refused.text()
     );
+    // A patch that leaves whose record it is alone goes through.
+    let noted = send(
+        Method::PATCH,
+        path,
+        &blocked,
+        json!([{ "op": "add", "path": "/note", "value": [{ "text": "seen" }] }]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(noted.status, 200, "{}", noted.text());
 }
 
 /// Where the records live is not where the patients are: with Observations routed to a

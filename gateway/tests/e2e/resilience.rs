@@ -27,6 +27,8 @@ const NOT_JSON: u8 = 6;
 pub(crate) const TOO_MANY: u8 = 7;
 /// A 200 with a document's raw bytes (`application/pdf`), as a server may answer a Binary.
 const DOCUMENT: u8 = 8;
+/// A 200 with an Observation whose subject gives `reference` twice: Bo's, then Anne's.
+const DUPLICATE: u8 = 9;
 
 /// A backend whose behaviour the test switches; it counts the requests that reach it.
 pub(crate) struct FaultyBackend {
@@ -84,6 +86,15 @@ impl FaultyBackend {
                             let _ = stream
                                 .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/pdf\r\ncontent-length: 20\r\nconnection: close\r\n\r\n%PDF-1.7 journalnote")
                                 .await;
+                        }
+                        DUPLICATE => {
+                            let body = br#"{"resourceType":"Observation","id":"o1","status":"final","code":{"text":"x"},"subject":{"reference":"Patient/pat-bo","reference":"Patient/pat-anne"}}"#;
+                            let head = format!(
+                                "HTTP/1.1 200 OK\r\ncontent-type: application/fhir+json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                                body.len()
+                            );
+                            let _ = stream.write_all(head.as_bytes()).await;
+                            let _ = stream.write_all(body).await;
                         }
                         FAIL => {
                             let _ = stream
@@ -422,4 +433,29 @@ async fn without_redis_each_gateway_still_limits_on_its_own() {
         statuses.push(answer.status.as_u16());
     }
     assert_eq!(statuses, vec![200, 200, 200, 429, 429]);
+}
+
+/// An answer whose patient reference is given twice (Bo's, then Anne's) means Bo to a client
+/// that keeps the first member and Anne to one that keeps the last. Whatever the gateway checks
+/// it passes on byte for byte, so such an answer is not Anne's to her app, and its patient
+/// cannot be recorded: refused, never passed on.
+#[tokio::test]
+async fn an_answer_that_gives_its_patient_twice_is_refused() {
+    let backend = FaultyBackend::start(DUPLICATE).await;
+    let gateway = gateway_before(&backend, "");
+    let client = gateway.client();
+    let anne = gateway.token(json!({ "scope": "patient/*.rs", "patient": "pat-anne" }));
+    let answer = client
+        .get("/fhir/Observation/o1", Some(&anne))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 404, "{}", answer.text());
+    assert!(!answer.text().contains("pat-bo"), "{}", answer.text());
+    let professional = gateway.token(json!({ "scope": "user/*.rs" }));
+    let answer = client
+        .get("/fhir/Observation/o1", Some(&professional))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 502, "{}", answer.text());
+    assert!(!answer.text().contains("pat-bo"), "{}", answer.text());
 }

@@ -136,6 +136,24 @@ fn the_patients_read_from_bytes_are_those_of_the_parsed_answer() {
         ),
         Some(Vec::new())
     );
+    // A member given twice below the top, on a patient path or in `contained`: not read from
+    // the bytes, and never a member (a client may keep the other one).
+    for twice in [
+        r#"{"resourceType":"Observation","subject":{"reference":"Patient/bo","reference":"Patient/anne"}}"#,
+        r#"{"resourceType":"Observation","subject":{"reference":"Patient/anne"},"contained":[{"resourceType":"Observation","id":"c","id":"d"}]}"#,
+    ] {
+        if twice.contains("\"contained\"") {
+            assert!(super::patients_in_body(twice.as_bytes()).is_some());
+        } else {
+            assert_eq!(super::patients_in_body(twice.as_bytes()), None, "{twice}");
+        }
+        let raw: crate::raw::OrderedRaw<'_> = serde_json::from_str(twice).unwrap();
+        assert_eq!(
+            super::membership_raw(&raw, "anne"),
+            super::Membership::Outside,
+            "{twice}"
+        );
+    }
     // Not an object, or a key given twice: the caller parses the answer instead.
     assert_eq!(super::patients_in_body(b"[1]"), None);
     assert_eq!(super::patients_in_body(b"not json"), None);

@@ -1,0 +1,248 @@
+//! JSON Patch (RFC 6902) applied to the resource it changes, so that whose data the result is
+//! can be read from the result itself: what a patch spells out can be assembled in more ways
+//! (`move` and `copy` from elements nobody checks, a `reference` emptied, an identifier built
+//! member by member) than any list of rules keeps up with. The gateway reads the version the
+//! patch changes and binds the write to it (`If-Match`), so the result computed here is the
+//! one the server makes.
+
+use serde_json::Value;
+
+/// `document` applied to `target`: `None` when the patch is not one RFC 6902 applies (an
+/// operation or pointer it does not define, a path that is not there, a `test` that fails):
+/// the server refuses such a patch, or reads it otherwise, and neither can be checked.
+pub fn apply_json_patch(document: &Value, target: &Value) -> Option<Value> {
+    let mut result = target.clone();
+    for operation in document.as_array()? {
+        let text = |name: &str| operation.get(name).and_then(Value::as_str);
+        let path = pointer(text("path")?)?;
+        match text("op")? {
+            "add" => add(&mut result, &path, operation.get("value")?.clone())?,
+            "remove" => {
+                remove(&mut result, &path)?;
+            }
+            "replace" => {
+                remove(&mut result, &path)?;
+                add(&mut result, &path, operation.get("value")?.clone())?;
+            }
+            "move" => {
+                let from = pointer(text("from")?)?;
+                // A value cannot be moved into itself (RFC 6902 §4.4).
+                if path.len() > from.len() && path[..from.len()] == from[..] {
+                    return None;
+                }
+                let value = remove(&mut result, &from)?;
+                add(&mut result, &path, value)?;
+            }
+            "copy" => {
+                let from = pointer(text("from")?)?;
+                let value = get(&result, &from)?.clone();
+                add(&mut result, &path, value)?;
+            }
+            "test" => {
+                if get(&result, &path)? != operation.get("value")? {
+                    return None;
+                }
+            }
+            _ => return None,
+        }
+    }
+    Some(result)
+}
+
+/// A JSON Pointer (RFC 6901) as its reference tokens, unescaped.
+fn pointer(text: &str) -> Option<Vec<String>> {
+    if text.is_empty() {
+        return Some(Vec::new());
+    }
+    let rest = text.strip_prefix('/')?;
+    rest.split('/')
+        .map(|token| {
+            // `~1` before `~0`: `~01` is `~1`, not `/`.
+            let unescaped = token.replace("~1", "/").replace("~0", "~");
+            let stray_tilde = token
+                .match_indices('~')
+                .any(|(at, _)| !matches!(token.as_bytes().get(at + 1), Some(b'0' | b'1')));
+            (!stray_tilde).then_some(unescaped)
+        })
+        .collect()
+}
+
+/// An array index as RFC 6901 writes it: digits, no leading zero.
+fn index(token: &str) -> Option<usize> {
+    let digits = !token.is_empty() && token.bytes().all(|b| b.is_ascii_digit());
+    let canonical = token == "0" || !token.starts_with('0');
+    (digits && canonical).then(|| token.parse().ok()).flatten()
+}
+
+fn get<'a>(value: &'a Value, path: &[String]) -> Option<&'a Value> {
+    path.iter().try_fold(value, |value, token| match value {
+        Value::Object(object) => object.get(token),
+        Value::Array(items) => items.get(index(token)?),
+        _ => None,
+    })
+}
+
+fn get_mut<'a>(value: &'a mut Value, path: &[String]) -> Option<&'a mut Value> {
+    path.iter().try_fold(value, |value, token| match value {
+        Value::Object(object) => object.get_mut(token),
+        Value::Array(items) => items.get_mut(index(token)?),
+        _ => None,
+    })
+}
+
+fn add(target: &mut Value, path: &[String], value: Value) -> Option<()> {
+    let Some((last, parent)) = path.split_last() else {
+        *target = value;
+        return Some(());
+    };
+    match get_mut(target, parent)? {
+        Value::Object(object) => {
+            object.insert(last.clone(), value);
+        }
+        Value::Array(items) => {
+            let at = if last == "-" {
+                items.len()
+            } else {
+                index(last)?
+            };
+            if at > items.len() {
+                return None;
+            }
+            items.insert(at, value);
+        }
+        _ => return None,
+    }
+    Some(())
+}
+
+fn remove(target: &mut Value, path: &[String]) -> Option<Value> {
+    let (last, parent) = path.split_last()?;
+    match get_mut(target, parent)? {
+        Value::Object(object) => object.shift_remove(last),
+        Value::Array(items) => {
+            let at = index(last)?;
+            (at < items.len()).then(|| items.remove(at))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn the_operations_of_rfc_6902_appendix_a() {
+        let cases = [
+            (
+                json!({ "foo": "bar" }),
+                json!([{ "op": "add", "path": "/baz", "value": "qux" }]),
+                Some(json!({ "baz": "qux", "foo": "bar" })),
+            ),
+            (
+                json!({ "foo": ["bar", "baz"] }),
+                json!([{ "op": "add", "path": "/foo/1", "value": "qux" }]),
+                Some(json!({ "foo": ["bar", "qux", "baz"] })),
+            ),
+            (
+                json!({ "baz": "qux", "foo": "bar" }),
+                json!([{ "op": "remove", "path": "/baz" }]),
+                Some(json!({ "foo": "bar" })),
+            ),
+            (
+                json!({ "foo": ["bar", "qux", "baz"] }),
+                json!([{ "op": "remove", "path": "/foo/1" }]),
+                Some(json!({ "foo": ["bar", "baz"] })),
+            ),
+            (
+                json!({ "baz": "qux", "foo": "bar" }),
+                json!([{ "op": "replace", "path": "/baz", "value": "boo" }]),
+                Some(json!({ "baz": "boo", "foo": "bar" })),
+            ),
+            (
+                json!({ "foo": { "bar": "baz", "waldo": "fred" }, "qux": { "corge": "grault" } }),
+                json!([{ "op": "move", "from": "/foo/waldo", "path": "/qux/thud" }]),
+                Some(
+                    json!({ "foo": { "bar": "baz" }, "qux": { "corge": "grault", "thud": "fred" } }),
+                ),
+            ),
+            (
+                json!({ "foo": ["all", "grass", "cows", "eat"] }),
+                json!([{ "op": "move", "from": "/foo/1", "path": "/foo/3" }]),
+                Some(json!({ "foo": ["all", "cows", "eat", "grass"] })),
+            ),
+            (
+                json!({ "baz": "qux", "foo": ["a", 2, "c"] }),
+                json!([{ "op": "test", "path": "/baz", "value": "qux" }, { "op": "test", "path": "/foo/1", "value": 2 }]),
+                Some(json!({ "baz": "qux", "foo": ["a", 2, "c"] })),
+            ),
+            (
+                json!({ "baz": "qux" }),
+                json!([{ "op": "test", "path": "/baz", "value": "bar" }]),
+                None,
+            ),
+            (
+                json!({ "foo": "bar" }),
+                json!([{ "op": "add", "path": "/child", "value": { "grandchild": {} } }]),
+                Some(json!({ "foo": "bar", "child": { "grandchild": {} } })),
+            ),
+            (
+                json!({ "foo": "bar" }),
+                json!([{ "op": "add", "path": "/baz/bat", "value": "qux" }]),
+                None,
+            ),
+            (
+                json!({ "foo": ["bar"] }),
+                json!([{ "op": "add", "path": "/foo/-", "value": ["abc", "def"] }]),
+                Some(json!({ "foo": ["bar", ["abc", "def"]] })),
+            ),
+            (
+                json!({ "/": 9, "~1": 10 }),
+                json!([{ "op": "test", "path": "/~01", "value": 10 }]),
+                Some(json!({ "/": 9, "~1": 10 })),
+            ),
+            (
+                json!({ "foo": "bar" }),
+                json!([{ "op": "copy", "from": "/foo", "path": "/baz" }]),
+                Some(json!({ "foo": "bar", "baz": "bar" })),
+            ),
+            // Not defined: an unknown op, an index past the end, a leading zero, a stray `~`,
+            // a move into itself, a missing value.
+            (
+                json!({ "a": 1 }),
+                json!([{ "op": "merge", "path": "/a", "value": 2 }]),
+                None,
+            ),
+            (
+                json!({ "a": [1] }),
+                json!([{ "op": "add", "path": "/a/2", "value": 2 }]),
+                None,
+            ),
+            (
+                json!({ "a": [1, 2] }),
+                json!([{ "op": "remove", "path": "/a/01" }]),
+                None,
+            ),
+            (
+                json!({ "a": 1 }),
+                json!([{ "op": "remove", "path": "/~2" }]),
+                None,
+            ),
+            (
+                json!({ "a": { "b": 1 } }),
+                json!([{ "op": "move", "from": "/a", "path": "/a/b" }]),
+                None,
+            ),
+            (
+                json!({ "a": 1 }),
+                json!([{ "op": "add", "path": "/b" }]),
+                None,
+            ),
+        ];
+        for (target, patch, expected) in cases {
+            assert_eq!(apply_json_patch(&patch, &target), expected, "{patch}");
+        }
+    }
+}
