@@ -25,20 +25,18 @@ mod apply;
 
 pub use apply::apply_json_patch;
 
-/// Whether `document` (a patch of a `resource_type`) can change a compartment element, `id`
-/// or `contained`. Unreadable counts as touching.
+/// Whether `document` (a patch of a `resource_type`) can change an element that says whose
+/// data the resource is (the compartment's, and those of the types outside it that name a
+/// patient: [`crate::compartment::names_patients`]), `id` or `contained`. Any patch of a stored
+/// Bundle can (its entries are whoever they name). Unreadable counts as touching.
 pub fn touches_compartment(resource_type: &str, format: PatchFormat, document: &Value) -> bool {
-    let elements: Vec<&str> = if resource_type == "Patient" {
-        vec!["id", "link"]
-    } else {
-        crate::compartment::links(resource_type)
-            .unwrap_or_default()
-            .iter()
-            .flat_map(|link| link.paths.iter())
-            .filter_map(|path| path.split('.').next())
-            .chain(["id", "contained"])
-            .collect()
-    };
+    if resource_type == "Bundle" {
+        return true;
+    }
+    let elements: Vec<&str> = crate::compartment::patient_paths(resource_type)
+        .filter_map(|path| path.split('.').next())
+        .chain(["id", "contained"])
+        .collect();
     let guarded = |element: &str| {
         elements
             .iter()
@@ -61,7 +59,11 @@ fn json_patch_touches(document: &Value, guarded: &dyn Fn(&str) -> bool) -> bool 
         };
         let first = rest.split('/').next().unwrap_or_default();
         let first = first.replace("~1", "/").replace("~0", "~");
-        first.is_empty() || guarded(&first)
+        first.is_empty()
+            || guarded(&first)
+            || rest
+                .split('/')
+                .any(|token| apply::SKIPPED_BY_SOME_SERVERS.contains(&token))
     };
     operations.iter().any(|operation| {
         ["path", "from"]

@@ -40,6 +40,10 @@ pub enum ProxyError {
     /// A request names more patients by identifier than the gateway looks up for one request.
     #[error("the request names too many patients by identifier")]
     TooManyLookups,
+    /// A write's `If-Match` names another version than the one the gateway read and checked:
+    /// the server would change a version nobody checked.
+    #[error("If-Match names another version than the current one")]
+    PreconditionFailed,
     /// `max_in_flight` requests are already under way to the backend.
     #[error("the backend has as many requests in flight as it may")]
     Saturated,

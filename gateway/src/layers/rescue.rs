@@ -185,6 +185,12 @@ fn backend_outcome(error: &ProxyError) -> Outcome {
             "the export file is larger than limits.max_response_bytes: have the backend split \
              its export files below it (most servers have a maximum file size), or raise the limit",
         ),
+        ProxyError::PreconditionFailed => Outcome::new(
+            StatusCode::PRECONDITION_FAILED,
+            "conflict",
+            "precondition-failed",
+            "If-Match names another version than the resource's current one; read it again",
+        ),
         ProxyError::UnreadableAnswer => Outcome::new(
             StatusCode::BAD_GATEWAY,
             "exception",

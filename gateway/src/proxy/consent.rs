@@ -301,18 +301,21 @@ impl Proxy {
 
     /// Whose data `document` (a JSON Patch) makes what `owned` read: the patch applied to it,
     /// and the result's patients (by id, by identifier looked up, and those a Patient links
-    /// to). A patch that cannot be applied (RFC 6902 does not define it, or it matched more
-    /// than one resource) is unplaceable: the server refuses it or reads it otherwise.
+    /// to). A patch that cannot be applied (RFC 6902 does not define it), or not to the one
+    /// version the write is bound to (a conditional patch, a target missing or without a
+    /// version), is unplaceable: what the server would patch cannot be checked.
     async fn patched(
         &self,
         upstream: &Upstream,
         owned: &Owned,
         document: &serde_json::Value,
     ) -> Result<Owned, BoxError> {
+        // What is patched must be the version read, bound with `If-Match`: a target that is
+        // not there yet, one without a version, or a conditional patch's (not bound) could be
+        // another by the time the server patches it.
         let current = match &owned.current {
-            Current::Missing => return Ok(Owned::default()),
-            Current::Several => return Ok(Owned::unplaceable()),
-            Current::One(current) => current,
+            Current::One(current) if owned.version.is_some() => current,
+            _ => return Ok(Owned::unplaceable()),
         };
         let Some(result) = portvagt_policy::patch::apply_json_patch(document, current) else {
             return Ok(Owned::unplaceable());

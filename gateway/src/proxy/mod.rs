@@ -284,15 +284,29 @@ impl Proxy {
         let version = current
             .pointer("/meta/versionId")
             .and_then(serde_json::Value::as_str);
-        if let Some(headers) = headers
-            && !headers.contains_key(header::IF_MATCH)
-            && let Some(value) =
-                version.and_then(|v| HeaderValue::try_from(format!("W/\"{v}\"")).ok())
-        {
-            headers.insert(header::IF_MATCH, value);
+        if let (Some(headers), Some(version)) = (headers, version) {
+            bind_to_version(headers, version)?;
         }
         Ok(())
     }
+}
+
+/// Binds a write to `version`, the one the gateway read and checked: `If-Match` is set to it,
+/// and a client's own `If-Match` naming another is refused (412) rather than sent, where the
+/// server would change a version nobody checked.
+fn bind_to_version(headers: &mut http::HeaderMap, version: &str) -> Result<(), BoxError> {
+    if let Some(asked) = headers.get(header::IF_MATCH) {
+        let asked = asked.to_str().unwrap_or_default().trim();
+        let asked = asked.strip_prefix("W/").unwrap_or(asked).trim_matches('"');
+        // `*` (any version that exists) holds for the one read.
+        if asked != version && asked != "*" {
+            return Err(ProxyError::PreconditionFailed.into());
+        }
+    }
+    let value = HeaderValue::try_from(format!("W/\"{version}\""))
+        .map_err(|_| ProxyError::LookupFailed(http::StatusCode::OK))?;
+    headers.insert(header::IF_MATCH, value);
+    Ok(())
 }
 
 /// Each entry of a batch or transaction as the access of its own it is (what its audit record

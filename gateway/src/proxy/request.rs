@@ -338,10 +338,8 @@ impl Proxy {
         // The write changes the version that was read and checked, or nothing.
         if let Some(version) = &touched.owner_version
             && fhir.interaction().is_write()
-            && !parts.headers.contains_key(header::IF_MATCH)
-            && let Ok(value) = HeaderValue::try_from(format!("W/\"{version}\""))
         {
-            parts.headers.insert(header::IF_MATCH, value);
+            super::bind_to_version(&mut parts.headers, version)?;
         }
         // A total counts what blocks withhold (a class or a resource of a named patient's, a
         // resource in two compartments): none is given while blocks are enforced, except the

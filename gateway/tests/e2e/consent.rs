@@ -790,3 +790,113 @@ async fn identifiers_are_looked_up_where_the_patients_are_and_as_loosely_as_the_
         "{recorded}"
     );
 }
+
+/// What a server reads into a patch, and when, is what the gateway checks: a pointer through
+/// `__proto__` (which this server passes over, so `/__proto__/subject` is `/subject`), a patch
+/// of a type outside the compartment that still names its patient (`Device.patient`), and a
+/// client's own `If-Match` naming another version than the one read and checked (412, not
+/// sent).
+#[tokio::test]
+async fn a_patch_is_checked_as_the_server_reads_it_on_the_version_it_changes() {
+    let backend = backend_with_block().await;
+    let gateway = gateway(&backend);
+    let client = gateway.client();
+    let blocked = physician(&gateway, "NS363", "TREATMENT", "user/*.cruds");
+    let colleague = physician(&gateway, "XY123", "TREATMENT", "user/*.cruds");
+    let cpr = json!({ "system": "urn:oid:1.2.208.176.1.2", "value": "1111111118" });
+    let stored = |body: serde_json::Value| {
+        let base = backend.base_url().to_owned();
+        async move {
+            let kind = body["resourceType"].as_str().unwrap().to_owned();
+            let created = backend_send(&base, Method::POST, &kind, Some(body)).await;
+            format!("{kind}/{}", created["id"].as_str().unwrap())
+        }
+    };
+    let current = |path: String| {
+        let base = backend.base_url().to_owned();
+        async move { backend_exchange(&base, Method::GET, &path, None).await.1 }
+    };
+    let bo = json!({ "resourceType": "Observation", "status": "final", "code": { "text": "bo" },
+        "subject": { "reference": "Patient/pat-bo" } });
+
+    let observation = stored(bo.clone()).await;
+    let proto = json!([{ "op": "replace", "path": "/__proto__/subject",
+        "value": { "identifier": cpr } }]);
+    for token in [&blocked, &colleague] {
+        let refused = client
+            .send(json_patch(
+                &format!("/fhir/{observation}"),
+                token,
+                &proto.to_string(),
+                &[],
+            ))
+            .await
+            .unwrap();
+        assert_eq!(
+            denial(&refused),
+            (403, "write-not-verifiable".into()),
+            "{}",
+            refused.text()
+        );
+    }
+    let bo_token = gateway.token(json!({ "scope": "patient/*.cruds", "patient": "pat-bo" }));
+    let refused = client
+        .send(json_patch(
+            &format!("/fhir/{observation}"),
+            &bo_token,
+            &proto.to_string(),
+            &[],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(refused.status, 403, "{}", refused.text());
+    assert_eq!(current(observation.clone()).await["subject"], bo["subject"]);
+
+    let device = stored(json!({ "resourceType": "Device", "status": "active" })).await;
+    let implanted = json!([{ "op": "add", "path": "/patient", "value": { "identifier": cpr } }]);
+    let refused = client
+        .send(json_patch(
+            &format!("/fhir/{device}"),
+            &blocked,
+            &implanted.to_string(),
+            &[],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        denial(&refused),
+        (403, "consent-block".into()),
+        "{}",
+        refused.text()
+    );
+    assert!(current(device).await.get("patient").is_none());
+
+    // Her If-Match names a version other than the one the gateway read: not sent.
+    let note = json!([{ "op": "add", "path": "/subject/display", "value": "Bo" }]);
+    for (if_match, status) in [("W/\"not-the-current-one\"", 412), ("*", 200)] {
+        let answer = client
+            .send(json_patch(
+                &format!("/fhir/{observation}"),
+                &colleague,
+                &note.to_string(),
+                &[("if-match", if_match)],
+            ))
+            .await
+            .unwrap();
+        assert_eq!(answer.status, status, "{if_match}: {}", answer.text());
+    }
+    let version = current(observation.clone()).await["meta"]["versionId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let again = client
+        .send(json_patch(
+            &format!("/fhir/{observation}"),
+            &colleague,
+            &note.to_string(),
+            &[("if-match", &format!("W/\"{version}\""))],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(again.status, 200, "{}", again.text());
+}

@@ -7,12 +7,30 @@
 
 use serde_json::Value;
 
+/// Pointer tokens a JavaScript server's JSON Patch passes over (Medplum's stays on the parent,
+/// so `/__proto__/subject` is `/subject` to it): no patch that names one is applied or let
+/// through as harmless.
+pub(crate) const SKIPPED_BY_SOME_SERVERS: [&str; 3] = ["__proto__", "constructor", "prototype"];
+
+/// How many operations one patch may have for the gateway to apply it (the server's work is
+/// bounded by the body limit; the gateway's must be too).
+const MAX_OPERATIONS: usize = 1000;
+
+/// How deep a result may be: as deep as serde_json reads a document.
+const MAX_DEPTH: usize = 128;
+
 /// `document` applied to `target`: `None` when the patch is not one RFC 6902 applies (an
-/// operation or pointer it does not define, a path that is not there, a `test` that fails):
+/// operation or pointer it does not define, a path that is not there, a `test` that fails), or
+/// not one the gateway applies (a pointer token some servers pass over, more than
+/// [`MAX_OPERATIONS`], a result deeper than serde_json reads, another `resourceType` or `id`):
 /// the server refuses such a patch, or reads it otherwise, and neither can be checked.
 pub fn apply_json_patch(document: &Value, target: &Value) -> Option<Value> {
+    let operations = document.as_array()?;
+    if operations.len() > MAX_OPERATIONS {
+        return None;
+    }
     let mut result = target.clone();
-    for operation in document.as_array()? {
+    for operation in operations {
         let text = |name: &str| operation.get(name).and_then(Value::as_str);
         let path = pointer(text("path")?)?;
         match text("op")? {
@@ -45,8 +63,23 @@ pub fn apply_json_patch(document: &Value, target: &Value) -> Option<Value> {
             }
             _ => return None,
         }
+        if !within_depth(&result, MAX_DEPTH) {
+            return None;
+        }
     }
-    Some(result)
+    let same = |name: &str| result.get(name) == target.get(name);
+    (same("resourceType") && same("id")).then_some(result)
+}
+
+/// Whether `value` nests no deeper than `limit`.
+fn within_depth(value: &Value, limit: usize) -> bool {
+    match value {
+        Value::Array(items) => limit > 0 && items.iter().all(|item| within_depth(item, limit - 1)),
+        Value::Object(object) => {
+            limit > 0 && object.values().all(|item| within_depth(item, limit - 1))
+        }
+        _ => true,
+    }
 }
 
 /// A JSON Pointer (RFC 6901) as its reference tokens, unescaped.
@@ -62,7 +95,8 @@ fn pointer(text: &str) -> Option<Vec<String>> {
             let stray_tilde = token
                 .match_indices('~')
                 .any(|(at, _)| !matches!(token.as_bytes().get(at + 1), Some(b'0' | b'1')));
-            (!stray_tilde).then_some(unescaped)
+            let skipped = SKIPPED_BY_SOME_SERVERS.contains(&unescaped.as_str());
+            (!stray_tilde && !skipped).then_some(unescaped)
         })
         .collect()
 }
@@ -240,9 +274,51 @@ mod tests {
                 json!([{ "op": "add", "path": "/b" }]),
                 None,
             ),
+            // Not applied by the gateway: a token a JavaScript server passes over, another
+            // resourceType or id, the whole document replaced.
+            (
+                json!({ "a": 1 }),
+                json!([{ "op": "add", "path": "/__proto__/a", "value": 2 }]),
+                None,
+            ),
+            (
+                json!({ "a": { "b": 1 } }),
+                json!([{ "op": "remove", "path": "/a/constructor" }]),
+                None,
+            ),
+            (
+                json!({ "resourceType": "Observation", "id": "o" }),
+                json!([{ "op": "replace", "path": "/id", "value": "p" }]),
+                None,
+            ),
+            (
+                json!({ "resourceType": "Observation", "id": "o" }),
+                json!([{ "op": "replace", "path": "", "value": { "resourceType": "Patient", "id": "o" } }]),
+                None,
+            ),
         ];
         for (target, patch, expected) in cases {
             assert_eq!(apply_json_patch(&patch, &target), expected, "{patch}");
         }
+    }
+
+    #[test]
+    fn a_patch_too_long_or_too_deep_is_not_applied() {
+        let many = json!(
+            (0..=MAX_OPERATIONS)
+                .map(|_| json!({ "op": "test", "path": "/a", "value": 1 }))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(apply_json_patch(&many, &json!({ "a": 1 })), None);
+        let mut nested = json!(1);
+        for _ in 0..100 {
+            nested = json!([nested]);
+        }
+        let once = json!([{ "op": "add", "path": "/a", "value": nested }]);
+        assert!(apply_json_patch(&once, &json!({})).is_some());
+        let deeper = format!("/a{}", "/0".repeat(99));
+        let twice = json!([{ "op": "add", "path": "/a", "value": nested },
+            { "op": "replace", "path": deeper, "value": nested }]);
+        assert_eq!(apply_json_patch(&twice, &json!({})), None);
     }
 }
