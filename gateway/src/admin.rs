@@ -250,7 +250,7 @@ impl Admin {
                 .ok()
                 .and_then(|bytes| {
                     self.smart
-                        .rewrite_capability_statement(&bytes, route.rewriter.public_base())
+                        .rewrite_capability_statement(&bytes, &route.rewriter)
                 })
                 .map(Bytes::from),
             _ => None,

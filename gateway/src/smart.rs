@@ -163,19 +163,32 @@ impl SmartDocuments {
     }
 
     /// Replaces `rest[*].security` of a CapabilityStatement with [`Self::capability_security`],
-    /// and its `implementation.url` (the backend's own address) with `public_base`, the
-    /// gateway's base clients reach. Returns the new body, or `None` if `body` is not a
-    /// CapabilityStatement.
-    pub fn rewrite_capability_statement(&self, body: &[u8], public_base: &str) -> Option<Vec<u8>> {
+    /// and what it says of the backend behind the gateway: its `implementation.url` (the
+    /// backend's own address) becomes the gateway's base clients reach, every other URL below
+    /// the backend's base is rewritten to the gateway's, and `software` (which product and
+    /// version answers behind it) becomes Portvagt, without a version. Returns the new body, or
+    /// `None` if `body` is not a CapabilityStatement.
+    pub fn rewrite_capability_statement(
+        &self,
+        body: &[u8],
+        rewriter: &crate::backend::rewrite::UrlRewriter,
+    ) -> Option<Vec<u8>> {
         let mut statement: Value = serde_json::from_slice(body).ok()?;
         if statement.get("resourceType").and_then(Value::as_str) != Some("CapabilityStatement") {
             return None;
         }
+        rewrite_urls(&mut statement, rewriter);
+        let public_base = rewriter.public_base();
         if let Some(implementation) = statement
             .get_mut("implementation")
             .and_then(Value::as_object_mut)
         {
             implementation.insert("url".to_owned(), Value::String(public_base.to_owned()));
+        }
+        if let Some(statement) = statement.as_object_mut()
+            && statement.contains_key("software")
+        {
+            statement.insert("software".to_owned(), json!({ "name": "Portvagt" }));
         }
         let security = self.capability_security();
         for rest in statement.get_mut("rest")?.as_array_mut()? {
@@ -184,6 +197,24 @@ impl SmartDocuments {
             }
         }
         serde_json::to_vec(&statement).ok()
+    }
+}
+
+/// Every string in `value` that is a URL below the backend's base, made the gateway's.
+fn rewrite_urls(value: &mut Value, rewriter: &crate::backend::rewrite::UrlRewriter) {
+    match value {
+        Value::String(text) => {
+            if let Some(public) = rewriter.rewrite(text) {
+                *text = public;
+            }
+        }
+        Value::Array(items) => items
+            .iter_mut()
+            .for_each(|item| rewrite_urls(item, rewriter)),
+        Value::Object(object) => object
+            .values_mut()
+            .for_each(|item| rewrite_urls(item, rewriter)),
+        _ => {}
     }
 }
 
@@ -227,18 +258,34 @@ mod tests {
     fn the_capability_statement_gets_the_gateways_security() {
         let documents = documents("[smart]\ntoken_endpoint = \"https://as.example.dk/token\"\n");
         let body = json!({ "resourceType": "CapabilityStatement",
+            "software": { "name": "HAPI FHIR Server", "version": "6.4.0", "releaseDate": "2023-02-16" },
             "implementation": { "description": "x", "url": "http://fhir-backend:8080/fhir" },
-            "rest": [{ "mode": "server", "security": { "cors": true, "description": "backend's own" } }] });
+            "rest": [{ "mode": "server", "security": { "cors": true, "description": "backend's own" },
+                "resource": [{ "type": "Patient",
+                    "operation": [{ "name": "everything",
+                        "definition": "http://fhir-backend:8080/fhir/OperationDefinition/Patient-everything" }] }] }] });
         let public = "https://fhir.example.dk/fhir";
+        let rewriter =
+            crate::backend::rewrite::UrlRewriter::new("http://fhir-backend:8080/fhir", public);
         let rewritten: Value = serde_json::from_slice(
             &documents
-                .rewrite_capability_statement(body.to_string().as_bytes(), public)
+                .rewrite_capability_statement(body.to_string().as_bytes(), &rewriter)
                 .unwrap(),
         )
         .unwrap();
         assert_eq!(
             rewritten["implementation"],
             json!({ "description": "x", "url": public })
+        );
+        // Neither the backend's product and version nor its address is told.
+        assert_eq!(rewritten["software"], json!({ "name": "Portvagt" }));
+        assert!(
+            !rewritten.to_string().contains("fhir-backend"),
+            "{rewritten}"
+        );
+        assert_eq!(
+            rewritten["rest"][0]["resource"][0]["operation"][0]["definition"],
+            "https://fhir.example.dk/fhir/OperationDefinition/Patient-everything"
         );
         let security = &rewritten["rest"][0]["security"];
         assert_eq!(security["service"][0]["coding"][0]["code"], "SMART-on-FHIR");
@@ -249,7 +296,7 @@ mod tests {
         assert_eq!(rewritten["rest"][0]["mode"], "server");
         assert!(
             documents
-                .rewrite_capability_statement(br#"{"resourceType":"Patient"}"#, public)
+                .rewrite_capability_statement(br#"{"resourceType":"Patient"}"#, &rewriter)
                 .is_none()
         );
     }

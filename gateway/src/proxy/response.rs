@@ -182,7 +182,7 @@ impl Proxy {
         if duties.describes_security
             && let Some(rewritten) = self
                 .smart
-                .rewrite_capability_statement(&bytes, upstream.rewriter.public_base())
+                .rewrite_capability_statement(&bytes, &upstream.rewriter)
         {
             bytes = Bytes::from(rewritten);
         }

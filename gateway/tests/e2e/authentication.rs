@@ -267,6 +267,11 @@ async fn the_capability_statement_is_read_without_a_token_where_opened() {
             !answer.text().contains(crate::support::backend_url()),
             "{path}: the backend's address"
         );
+        assert_eq!(
+            statement["software"],
+            json!({ "name": "Portvagt" }),
+            "{path}"
+        );
         if let Some(implementation) = statement.get("implementation") {
             assert_eq!(
                 implementation["url"].as_str(),
@@ -288,6 +293,9 @@ async fn the_capability_statement_is_read_without_a_token_where_opened() {
         proxied.json()["implementation"]["url"].as_str(),
         Some(gateway.base_url.as_str())
     );
+    // Nor which product and version answers behind the gateway.
+    assert_eq!(proxied.json()["software"], json!({ "name": "Portvagt" }));
+    assert!(!proxied.text().contains("Medplum"), "{}", proxied.text());
     assert_eq!(
         client
             .get("/fhir/metadata", Some("not-a-jwt"))
