@@ -40,9 +40,22 @@ use crate::runtime::Runtime;
 use crate::smart::SmartDocuments;
 use portvagt_policy::request::RequestBody;
 
-/// The innermost service: forwards to the backend.
+/// The innermost service: forwards to the backend. One `Arc`: every layer above clones the
+/// service it wraps for each request it takes.
 #[derive(Debug, Clone)]
-pub struct Proxy {
+pub struct Proxy(Arc<ProxyState>);
+
+impl std::ops::Deref for Proxy {
+    type Target = ProxyState;
+
+    fn deref(&self) -> &ProxyState {
+        &self.0
+    }
+}
+
+/// What the proxy holds: built once per runtime, shared by every request.
+#[derive(Debug, Clone)]
+pub struct ProxyState {
     backend: Arc<Backend>,
     public_host: Option<HeaderValue>,
     /// The gateway's public base URL: the `iss` of the identity assertions it signs.
@@ -92,7 +105,7 @@ impl Proxy {
             uri.authority()
                 .and_then(|a| HeaderValue::try_from(a.as_str()).ok())
         });
-        Self {
+        Self(Arc::new(ProxyState {
             backend: runtime.backend.clone(),
             public_host,
             public_base_url: Arc::from(public_base_url.as_str()),
@@ -116,7 +129,7 @@ impl Proxy {
             routes: runtime.upstreams.clone(),
             pager: runtime.pager.clone(),
             min_reason: runtime.config.policy.break_glass_min_reason,
-        }
+        }))
     }
 }
 
@@ -125,10 +138,10 @@ impl Proxy {
     /// links, `fullUrl`s and `Location`s of its answers name it.
     pub fn at_origin(self, origin: &str) -> Self {
         let main = origin_of(&self.public_base_url);
-        Self {
+        Self(Arc::new(ProxyState {
             origin: Some(Arc::new((main, origin.trim_end_matches('/').to_owned()))),
-            ..self
-        }
+            ..(*self.0).clone()
+        }))
     }
 }
 
