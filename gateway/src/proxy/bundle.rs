@@ -37,6 +37,7 @@ impl BatchPlan {
 pub(crate) fn plan(
     body: &[u8],
     decisions: &[Decision],
+    versions: &[Option<String>],
 ) -> Result<(Vec<u8>, BatchPlan), ProxyError> {
     let mut bundle: Value =
         serde_json::from_slice(body).map_err(|_| ProxyError::MalformedBundle)?;
@@ -58,7 +59,7 @@ pub(crate) fn plan(
         denied: Vec::new(),
         response_type,
     };
-    for (mut entry, decision) in entries.into_iter().zip(decisions) {
+    for (index, (mut entry, decision)) in entries.into_iter().zip(decisions).enumerate() {
         match decision {
             Decision::Deny { reason } => {
                 plan.entries.push(None);
@@ -81,6 +82,15 @@ pub(crate) fn plan(
                     // so that what it would tell is checked like the GET's answer.
                     if request.get("method").and_then(Value::as_str) == Some("HEAD") {
                         request.insert("method".into(), Value::String("GET".into()));
+                    }
+                    // As a single write is bound with `If-Match`: the entry changes the
+                    // version that was read and checked, or nothing.
+                    if let Some(version) = versions.get(index).and_then(Option::as_deref) {
+                        let asked = request.get("ifMatch").and_then(Value::as_str);
+                        if asked.is_some_and(|asked| !super::same_version(asked, version)) {
+                            return Err(ProxyError::PreconditionFailed);
+                        }
+                        request.insert("ifMatch".into(), Value::String(format!("W/\"{version}\"")));
                     }
                 }
                 kept.push(entry);
@@ -221,7 +231,7 @@ mod tests {
                 ..Obligations::default()
             }),
         ];
-        let (forwarded, plan) = plan(request.to_string().as_bytes(), &decisions).unwrap();
+        let (forwarded, plan) = plan(request.to_string().as_bytes(), &decisions, &[]).unwrap();
         let forwarded: Value = serde_json::from_slice(&forwarded).unwrap();
         let urls: Vec<&str> = forwarded["entry"]
             .as_array()
@@ -277,7 +287,7 @@ mod tests {
             ..Obligations::default()
         };
         let decisions = vec![allow(own_log), allow(Obligations::default())];
-        let (_, plan) = plan(request.to_string().as_bytes(), &decisions).unwrap();
+        let (_, plan) = plan(request.to_string().as_bytes(), &decisions, &[]).unwrap();
         let event = |id: &str| {
             json!({ "resourceType": "AuditEvent", "id": id,
                     "source": { "observer": { "display": "gw-7 10.0.0.7" } } })
@@ -310,13 +320,45 @@ mod tests {
                            "ifNoneMatch": "W/\"3\"", "ifModifiedSince": "2026-01-01T00:00:00Z" } },
         ]});
         let decisions = vec![allow(Obligations::default())];
-        let (forwarded, _) = plan(request.to_string().as_bytes(), &decisions).unwrap();
+        let (forwarded, _) = plan(request.to_string().as_bytes(), &decisions, &[]).unwrap();
         let forwarded: Value = serde_json::from_slice(&forwarded).unwrap();
         // A 304 would say the resource is there without one to check against blocks.
         assert_eq!(
             forwarded["entry"][0]["request"],
             json!({ "method": "GET", "url": "Observation/o1" })
         );
+    }
+
+    #[test]
+    fn a_write_entry_is_bound_to_the_version_read() {
+        let request = |if_match: Option<&str>| {
+            let mut entry = json!({ "request": { "method": "DELETE", "url": "Observation/o1" } });
+            if let Some(if_match) = if_match {
+                entry["request"]["ifMatch"] = json!(if_match);
+            }
+            json!({ "resourceType": "Bundle", "type": "batch", "entry": [entry,
+                { "request": { "method": "GET", "url": "Observation/o2" } }] })
+        };
+        let decisions = vec![allow(Obligations::default()), allow(Obligations::default())];
+        let versions = [Some("7".to_owned()), None];
+        for asked in [None, Some("W/\"7\""), Some("\"7\""), Some("*")] {
+            let (forwarded, _) =
+                plan(request(asked).to_string().as_bytes(), &decisions, &versions).unwrap();
+            let forwarded: Value = serde_json::from_slice(&forwarded).unwrap();
+            assert_eq!(
+                forwarded["entry"][0]["request"]["ifMatch"], "W/\"7\"",
+                "{asked:?}"
+            );
+            assert!(forwarded["entry"][1]["request"].get("ifMatch").is_none());
+        }
+        assert!(matches!(
+            plan(
+                request(Some("W/\"6\"")).to_string().as_bytes(),
+                &decisions,
+                &versions
+            ),
+            Err(ProxyError::PreconditionFailed)
+        ));
     }
 
     #[test]
@@ -345,7 +387,7 @@ mod tests {
         let decisions = vec![Decision::Deny {
             reason: DenyReason::InsufficientScope,
         }];
-        let (_, plan) = plan(request.to_string().as_bytes(), &decisions).unwrap();
+        let (_, plan) = plan(request.to_string().as_bytes(), &decisions, &[]).unwrap();
         assert!(!plan.forwards_anything());
         let merged: Value =
             serde_json::from_slice(&merge(None, &plan, FilterMode::Remove).unwrap()).unwrap();

@@ -74,6 +74,9 @@ pub(super) struct Touched {
     /// What a write changes names a patient by an identifier that cannot be looked up: whose
     /// data it changes, nobody can say.
     pub(super) owner_unplaceable: bool,
+    /// Per batch entry, in order: the version of what it changes by id, as read (the entry is
+    /// bound to it with `ifMatch`, as a single write is with `If-Match`).
+    pub(super) entry_versions: Vec<Option<String>>,
 }
 
 /// How many patients one access by a professional the relationship check binds may reach (each
@@ -129,6 +132,7 @@ impl Proxy {
             let refused = !single && decisions.get(index).is_some_and(|d| !d.is_allow());
             let mut named: Vec<String> = Vec::new();
             let mut patients: Vec<String> = Vec::new();
+            let mut version = None;
             if !refused {
                 named.extend(entry_reach.to_record().map(str::to_owned));
                 // A patient-context request (or batch entry) is narrowed to its own patient:
@@ -161,16 +165,17 @@ impl Proxy {
                         named.extend(written.patients.iter().cloned());
                         patients.extend(written.patients);
                     }
-                    if single {
-                        touched.owner_version = owned.version;
-                    }
+                    version = owned.version;
                 }
                 named.extend(entry_reach.possible().iter().cloned());
                 touched
                     .possible
                     .extend(entry_reach.possible().iter().cloned());
             }
-            if !single {
+            if single {
+                touched.owner_version = version;
+            } else {
+                touched.entry_versions.push(version);
                 touched.entry_patients.push(patients.clone());
                 let mut checked = patients.clone();
                 checked.extend(entry_reach.possible().iter().cloned());

@@ -304,15 +304,21 @@ impl Proxy {
     }
 }
 
+/// Whether an `If-Match` value (`W/"3"`, `"3"`, `*`) holds for `version`: `*` (any version
+/// that exists) holds for the one read.
+fn same_version(asked: &str, version: &str) -> bool {
+    let asked = asked.trim();
+    let asked = asked.strip_prefix("W/").unwrap_or(asked).trim_matches('"');
+    asked == version || asked == "*"
+}
+
 /// Binds a write to `version`, the one the gateway read and checked: `If-Match` is set to it,
 /// and a client's own `If-Match` naming another is refused (412) rather than sent, where the
 /// server would change a version nobody checked.
 fn bind_to_version(headers: &mut http::HeaderMap, version: &str) -> Result<(), BoxError> {
     if let Some(asked) = headers.get(header::IF_MATCH) {
-        let asked = asked.to_str().unwrap_or_default().trim();
-        let asked = asked.strip_prefix("W/").unwrap_or(asked).trim_matches('"');
-        // `*` (any version that exists) holds for the one read.
-        if asked != version && asked != "*" {
+        let asked = asked.to_str().unwrap_or_default();
+        if !same_version(asked, version) {
             return Err(ProxyError::PreconditionFailed.into());
         }
     }

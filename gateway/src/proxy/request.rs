@@ -350,7 +350,8 @@ impl Proxy {
         let mut batch = None;
         if fhir.interaction() == Interaction::BatchOrTransaction {
             let bytes = body.collect().await?.to_bytes();
-            let (forwarded, plan) = bundle::plan(&bytes, &obligations.entries)?;
+            let (forwarded, plan) =
+                bundle::plan(&bytes, &obligations.entries, &touched.entry_versions)?;
             if !plan.forwards_anything() {
                 let answer = bundle::merge(None, &plan, self.filter_mode)?;
                 if let (Some(record_handle), Some(entries)) = (

@@ -174,7 +174,7 @@ fn a_batch_entry_the_backend_did_not_find_is_answered_in_the_gateways_words_unde
         granted_by: "user/*.rs".into(),
         obligations: Obligations::default(),
     };
-    let (_, plan) = bundle::plan(&body, &[allowed.clone(), allowed]).unwrap();
+    let (_, plan) = bundle::plan(&body, &[allowed.clone(), allowed], &[]).unwrap();
     let backend_outcome = json!({ "resourceType": "OperationOutcome", "issue": [
         { "severity": "error", "code": "not-found",
           "diagnostics": "HAPI-2001: Resource Observation/o-gone is gone (deleted)" } ] });
