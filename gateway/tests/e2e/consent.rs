@@ -58,13 +58,46 @@ fn denial(answer: &Answer) -> (u16, String) {
     (answer.status.as_u16(), answer.detail_code())
 }
 
+/// Tokens for the physician Anne blocked (NS363) and a colleague she did not (XY123), both
+/// treating, with `scope`.
+fn blocked_and_colleague(gateway: &Gateway, scope: &str) -> (String, String) {
+    (
+        physician(gateway, "NS363", "TREATMENT", scope),
+        physician(gateway, "XY123", "TREATMENT", scope),
+    )
+}
+
+/// The ids of a searchset's resources, sorted.
+fn entry_ids(answer: &Answer) -> Vec<String> {
+    let mut ids: Vec<String> = answer.json()["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry["resource"]["id"].as_str().map(str::to_owned))
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// The audit events of the access `answer` answered, as text.
+fn recorded(gateway: &Gateway, answer: &Answer) -> String {
+    let request_id = answer.headers["x-request-id"].to_str().unwrap();
+    serde_json::to_string(&gateway.audit_events_for(request_id)).unwrap()
+}
+
+/// `body` stored straight in the backend at `base`: its `Type/id`.
+async fn store(base: &str, body: serde_json::Value) -> String {
+    let kind = body["resourceType"].as_str().unwrap().to_owned();
+    let created = backend_send(base, Method::POST, &kind, Some(body)).await;
+    format!("{kind}/{}", created["id"].as_str().unwrap())
+}
+
 #[tokio::test]
 async fn a_block_holds_on_reads_searches_batches_and_everything() {
     let backend = backend_with_block().await;
     let gateway = gateway(&backend);
     let client = gateway.client();
-    let blocked = physician(&gateway, "NS363", "TREATMENT", "user/*.rs");
-    let colleague = physician(&gateway, "XY123", "TREATMENT", "user/*.rs");
+    let (blocked, colleague) = blocked_and_colleague(&gateway, "user/*.rs");
 
     for path in [
         "/fhir/Patient/pat-anne",
@@ -323,8 +356,7 @@ async fn an_operation_on_a_blocked_patients_resource_is_withheld_and_audited_lik
     let backend = backend_with_block().await;
     let gateway = gateway(&backend);
     let client = gateway.client();
-    let blocked = physician(&gateway, "NS363", "TREATMENT", "user/*.rs");
-    let colleague = physician(&gateway, "XY123", "TREATMENT", "user/*.rs");
+    let (blocked, colleague) = blocked_and_colleague(&gateway, "user/*.rs");
     // `$meta` answers with labels and versions, not the resource: the instance is read first,
     // so the block holds as it does on a read of it, in the same words.
     let read = client
@@ -353,14 +385,8 @@ async fn an_operation_on_a_blocked_patients_resource_is_withheld_and_audited_lik
         .unwrap();
     assert_eq!(allowed.status, 200, "{}", allowed.text());
     // The colleague's access is in Anne's log.
-    let request_id = allowed.headers["x-request-id"].to_str().unwrap();
-    let events = gateway.audit_events_for(request_id);
-    assert!(
-        serde_json::to_string(&events)
-            .unwrap()
-            .contains("Patient/pat-anne"),
-        "{events:#?}"
-    );
+    let events = recorded(&gateway, &allowed);
+    assert!(events.contains("Patient/pat-anne"), "{events}");
 }
 
 /// A write that names its patient by identifier only (her CPR number, typed `Patient`, or
@@ -371,8 +397,7 @@ async fn a_write_naming_the_patient_by_identifier_only_meets_her_block() {
     let backend = backend_with_block().await;
     let gateway = gateway(&backend);
     let client = gateway.client();
-    let blocked = physician(&gateway, "NS363", "TREATMENT", "user/*.cruds");
-    let colleague = physician(&gateway, "XY123", "TREATMENT", "user/*.cruds");
+    let (blocked, colleague) = blocked_and_colleague(&gateway, "user/*.cruds");
     let anne = json!({ "system": "urn:oid:1.2.208.176.1.2", "value": "1111111118" });
     for subject in [
         json!({ "type": "Patient", "identifier": anne }),
@@ -422,17 +447,16 @@ async fn records_naming_the_patient_by_identifier_only_are_hers_when_read_and_ch
     let backend = backend_with_block().await;
     let gateway = gateway(&backend);
     let client = gateway.client();
-    let blocked = physician(&gateway, "NS363", "TREATMENT", "user/*.cruds");
-    let colleague = physician(&gateway, "XY123", "TREATMENT", "user/*.cruds");
+    let (blocked, colleague) = blocked_and_colleague(&gateway, "user/*.cruds");
     let cpr = |value: &str| json!({ "system": "urn:oid:1.2.208.176.1.2", "value": value });
     let stored = |subject: serde_json::Value, code: &'static str| {
+        let observation = json!({ "resourceType": "Observation", "status": "final",
+            "code": { "coding": [{ "system": "urn:portvagt:test", "code": code }] },
+            "subject": subject });
         let base = backend.base_url().to_owned();
         async move {
-            let observation = json!({ "resourceType": "Observation", "status": "final",
-                "code": { "coding": [{ "system": "urn:portvagt:test", "code": code }] },
-                "subject": subject });
-            let created = backend_send(&base, Method::POST, "Observation", Some(observation)).await;
-            created["id"].as_str().unwrap().to_owned()
+            let stored = store(&base, observation).await;
+            stored.trim_start_matches("Observation/").to_owned()
         }
     };
     let anne_typed = stored(
@@ -456,14 +480,8 @@ async fn records_naming_the_patient_by_identifier_only_are_hers_when_read_and_ch
         assert_eq!(answer.status, 404, "{path}: {}", answer.text());
         let read = client.get(&path, Some(&colleague)).await.unwrap();
         assert_eq!(read.status, 200, "{path}: {}", read.text());
-        let request_id = read.headers["x-request-id"].to_str().unwrap();
-        let events = gateway.audit_events_for(request_id);
-        assert!(
-            serde_json::to_string(&events)
-                .unwrap()
-                .contains("Patient/pat-anne"),
-            "{path}: {events:#?}"
-        );
+        let events = recorded(&gateway, &read);
+        assert!(events.contains("Patient/pat-anne"), "{path}: {events}");
     }
     let answer = client
         .get(&format!("/fhir/Observation/{bo}"), Some(&blocked))
@@ -472,29 +490,18 @@ async fn records_naming_the_patient_by_identifier_only_are_hers_when_read_and_ch
     assert_eq!(answer.status, 200, "{}", answer.text());
 
     // A search: Anne's entries are left out for him, Bo's stay; the colleague sees all three.
-    let ids = |answer: &crate::support::Answer| -> Vec<String> {
-        let mut ids: Vec<String> = answer.json()["entry"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|entry| entry["resource"]["id"].as_str().map(str::to_owned))
-            .collect();
-        ids.sort();
-        ids
-    };
     let search = "/fhir/Observation?code=urn:portvagt:test%7Cby-cpr";
     let his = client.get(search, Some(&blocked)).await.unwrap();
     assert_eq!(his.status, 200, "{}", his.text());
-    assert_eq!(ids(&his), std::slice::from_ref(&bo));
+    assert_eq!(entry_ids(&his), std::slice::from_ref(&bo));
     let theirs = client.get(search, Some(&colleague)).await.unwrap();
     let mut all = vec![anne_typed.clone(), anne_untyped.clone(), bo.clone()];
     all.sort();
-    assert_eq!(ids(&theirs), all);
-    let request_id = theirs.headers["x-request-id"].to_str().unwrap();
-    let recorded = serde_json::to_string(&gateway.audit_events_for(request_id)).unwrap();
+    assert_eq!(entry_ids(&theirs), all);
+    let events = recorded(&gateway, &theirs);
     assert!(
-        recorded.contains("Patient/pat-anne") && recorded.contains("Patient/pat-bo"),
-        "{recorded}"
+        events.contains("Patient/pat-anne") && events.contains("Patient/pat-bo"),
+        "{events}"
     );
 
     // In a batch: his read entry of Anne's record is not there.
@@ -583,8 +590,7 @@ async fn a_write_naming_her_by_a_contained_patient_or_a_patched_identifier_meets
     let backend = backend_with_block().await;
     let gateway = gateway(&backend);
     let client = gateway.client();
-    let blocked = physician(&gateway, "NS363", "TREATMENT", "user/*.cruds");
-    let colleague = physician(&gateway, "XY123", "TREATMENT", "user/*.cruds");
+    let (blocked, colleague) = blocked_and_colleague(&gateway, "user/*.cruds");
     let cpr = json!({ "system": "urn:oid:1.2.208.176.1.2", "value": "1111111118" });
     let send = |method: Method, path: String, token: &str, body: serde_json::Value| {
         client.send(match method {
@@ -650,14 +656,7 @@ async fn a_write_naming_her_by_a_contained_patient_or_a_patched_identifier_meets
         let bo = json!({ "resourceType": "Observation", "status": "final", "code": { "text": "bo" },
             "subject": subject, "focus": [{ "identifier": cpr }],
             "contained": [{ "resourceType": "Patient", "id": "p1", "identifier": [cpr] }] });
-        let created = backend_send(
-            backend.base_url(),
-            Method::POST,
-            "Observation",
-            Some(bo.clone()),
-        )
-        .await;
-        let path = format!("/fhir/Observation/{}", created["id"].as_str().unwrap());
+        let path = format!("/fhir/{}", store(backend.base_url(), bo.clone()).await);
         let refused = send(Method::PATCH, path.clone(), &blocked, document.clone())
             .await
             .unwrap();
@@ -688,8 +687,7 @@ async fn a_write_naming_her_by_a_contained_patient_or_a_patched_identifier_meets
     // (a value built from nested parts, paths it does not evaluate): refused to everyone.
     let bo = json!({ "resourceType": "Observation", "status": "final", "code": { "text": "bo" },
         "subject": { "reference": "Patient/pat-bo" } });
-    let created = backend_send(backend.base_url(), Method::POST, "Observation", Some(bo)).await;
-    let path = format!("/fhir/Observation/{}", created["id"].as_str().unwrap());
+    let path = format!("/fhir/{}", store(backend.base_url(), bo).await);
     let fhirpath = json!({ "resourceType": "Parameters", "parameter": [{ "name": "operation", "part": [
         { "name": "type", "valueCode": "replace" },
         { "name": "path", "valueString": "Observation.subject" },
@@ -740,8 +738,7 @@ async fn identifiers_are_looked_up_where_the_patients_are_and_as_loosely_as_the_
         ..Options::default()
     });
     let client = gateway.client();
-    let blocked = physician(&gateway, "NS363", "TREATMENT", "user/*.rs");
-    let colleague = physician(&gateway, "XY123", "TREATMENT", "user/*.rs");
+    let (blocked, colleague) = blocked_and_colleague(&gateway, "user/*.rs");
     let mut stored = Vec::new();
     for (system, value) in [
         ("URN:OID:1.2.208.176.1.2", "1111111118"),
@@ -751,30 +748,14 @@ async fn identifiers_are_looked_up_where_the_patients_are_and_as_loosely_as_the_
         let observation = json!({ "resourceType": "Observation", "status": "final",
             "code": { "coding": [{ "system": "urn:portvagt:test", "code": "labs" }] },
             "subject": { "identifier": { "system": system, "value": value } } });
-        let created = backend_send(
-            labs.base_url(),
-            Method::POST,
-            "Observation",
-            Some(observation),
-        )
-        .await;
-        stored.push(created["id"].as_str().unwrap().to_owned());
+        let created = store(labs.base_url(), observation).await;
+        stored.push(created.trim_start_matches("Observation/").to_owned());
     }
-    let ids = |answer: &Answer| -> Vec<String> {
-        let mut ids: Vec<String> = answer.json()["entry"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|entry| entry["resource"]["id"].as_str().map(str::to_owned))
-            .collect();
-        ids.sort();
-        ids
-    };
     let search = "/fhir/Observation?code=urn:portvagt:test%7Clabs";
     let his = client.get(search, Some(&blocked)).await.unwrap();
     assert_eq!(his.status, 200, "{}", his.text());
     assert_eq!(
-        ids(&his),
+        entry_ids(&his),
         std::slice::from_ref(&stored[2]),
         "{}",
         his.text()
@@ -782,12 +763,11 @@ async fn identifiers_are_looked_up_where_the_patients_are_and_as_loosely_as_the_
     let theirs = client.get(search, Some(&colleague)).await.unwrap();
     let mut all = stored.clone();
     all.sort();
-    assert_eq!(ids(&theirs), all);
-    let request_id = theirs.headers["x-request-id"].to_str().unwrap();
-    let recorded = serde_json::to_string(&gateway.audit_events_for(request_id)).unwrap();
+    assert_eq!(entry_ids(&theirs), all);
+    let events = recorded(&gateway, &theirs);
     assert!(
-        recorded.contains("Patient/pat-anne") && recorded.contains("Patient/pat-bo"),
-        "{recorded}"
+        events.contains("Patient/pat-anne") && events.contains("Patient/pat-bo"),
+        "{events}"
     );
 }
 
@@ -801,17 +781,9 @@ async fn a_patch_is_checked_as_the_server_reads_it_on_the_version_it_changes() {
     let backend = backend_with_block().await;
     let gateway = gateway(&backend);
     let client = gateway.client();
-    let blocked = physician(&gateway, "NS363", "TREATMENT", "user/*.cruds");
-    let colleague = physician(&gateway, "XY123", "TREATMENT", "user/*.cruds");
+    let (blocked, colleague) = blocked_and_colleague(&gateway, "user/*.cruds");
     let cpr = json!({ "system": "urn:oid:1.2.208.176.1.2", "value": "1111111118" });
-    let stored = |body: serde_json::Value| {
-        let base = backend.base_url().to_owned();
-        async move {
-            let kind = body["resourceType"].as_str().unwrap().to_owned();
-            let created = backend_send(&base, Method::POST, &kind, Some(body)).await;
-            format!("{kind}/{}", created["id"].as_str().unwrap())
-        }
-    };
+    let stored = |body: serde_json::Value| store(backend.base_url(), body);
     let current = |path: String| {
         let base = backend.base_url().to_owned();
         async move { backend_exchange(&base, Method::GET, &path, None).await.1 }
