@@ -593,7 +593,7 @@ fn walk_objects(
 /// looked up as a token search (no system, no value, or characters a token search reads
 /// otherwise): whom it names, only the backend could say.
 pub(crate) fn patient_identifiers(resource: &Value) -> Option<Vec<String>> {
-    let found = identifiers_in_answer(resource);
+    let found = identified::identifiers_written(resource);
     (!found.unplaceable).then_some(found.tokens)
 }
 

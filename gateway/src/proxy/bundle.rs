@@ -341,7 +341,14 @@ mod tests {
         };
         let decisions = vec![allow(Obligations::default()), allow(Obligations::default())];
         let versions = [Some("7".to_owned()), None];
-        for asked in [None, Some("W/\"7\""), Some("\"7\""), Some("*")] {
+        for asked in [
+            None,
+            Some("W/\"7\""),
+            Some("\"7\""),
+            Some("*"),
+            Some("W/\"6\", W/\"7\""),
+            Some("w/ \"7\""),
+        ] {
             let (forwarded, _) =
                 plan(request(asked).to_string().as_bytes(), &decisions, &versions).unwrap();
             let forwarded: Value = serde_json::from_slice(&forwarded).unwrap();

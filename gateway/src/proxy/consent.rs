@@ -77,6 +77,10 @@ pub(super) struct Touched {
     /// Per batch entry, in order: the version of what it changes by id, as read (the entry is
     /// bound to it with `ifMatch`, as a single write is with `If-Match`).
     pub(super) entry_versions: Vec<Option<String>>,
+    /// What a single JSON Patch that can change whose data the resource is changes, as read:
+    /// it is applied after the owners' blocks are checked ([`Proxy::patched`]), so that whether
+    /// it applies (a `test` that fails) tells nothing of a resource the caller may not reach.
+    pub(super) patch_target: Option<Current>,
 }
 
 /// How many patients one access by a professional the relationship check binds may reach (each
@@ -157,13 +161,10 @@ impl Proxy {
                     let owned = self.owners(upstream, owner).await?;
                     patients.extend(owned.patients.iter().cloned());
                     touched.owner_unplaceable |= owned.unplaceable;
-                    // A JSON Patch that can change whose data the resource is: whoever its
-                    // result names, it writes (and names) as much as a body would.
-                    if !narrowed && let Some(document) = compartment_patch(entry) {
-                        let written = self.patched(upstream, &owned, document).await?;
-                        touched.owner_unplaceable |= written.unplaceable;
-                        named.extend(written.patients.iter().cloned());
-                        patients.extend(written.patients);
+                    // A JSON Patch that can change whose data the resource is: applied once
+                    // its owners' blocks have let the caller through ([`Self::patched`]).
+                    if single && !narrowed && compartment_patch(entry).is_some() {
+                        touched.patch_target = Some(owned.current);
                     }
                     version = owned.version;
                 }
@@ -309,17 +310,18 @@ impl Proxy {
     /// to). A patch that cannot be applied (RFC 6902 does not define it), or not to the one
     /// version the write is bound to (a conditional patch, a target missing or without a
     /// version), is unplaceable: what the server would patch cannot be checked.
-    async fn patched(
+    pub(super) async fn patched(
         &self,
         upstream: &Upstream,
-        owned: &Owned,
+        target: &Current,
+        version: Option<&str>,
         document: &serde_json::Value,
     ) -> Result<Owned, BoxError> {
         // What is patched must be the version read, bound with `If-Match`: a target that is
         // not there yet, one without a version, or a conditional patch's (not bound) could be
         // another by the time the server patches it.
-        let current = match &owned.current {
-            Current::One(current) if owned.version.is_some() => current,
+        let current = match target {
+            Current::One(current) if version.is_some() => current,
             _ => return Ok(Owned::unplaceable()),
         };
         let Some(result) = portvagt_policy::patch::apply_json_patch(document, current) else {
@@ -797,13 +799,13 @@ impl Verdicts {
 
 /// What a write changes, as it is before the write.
 #[derive(Debug, Default)]
-struct Owned {
+pub(super) struct Owned {
     /// Whose data it is: by id, or by an identifier looked up.
-    patients: Vec<String>,
+    pub(super) patients: Vec<String>,
     /// The version read, of a write by id.
     version: Option<String>,
     /// It names a patient by an identifier that cannot be looked up.
-    unplaceable: bool,
+    pub(super) unplaceable: bool,
     /// The resource itself, for a patch to be applied to.
     current: Current,
 }
@@ -819,7 +821,7 @@ impl Owned {
 
 /// What a write's target is, as read.
 #[derive(Debug, Default)]
-enum Current {
+pub(super) enum Current {
     /// Nothing: the write changes nothing (or creates).
     #[default]
     Missing,
@@ -830,7 +832,7 @@ enum Current {
 
 /// The JSON Patch of `request`, if it can change a compartment element (whose data the
 /// resource is, `id` or `contained`).
-fn compartment_patch(request: &FhirRequest) -> Option<&serde_json::Value> {
+pub(super) fn compartment_patch(request: &FhirRequest) -> Option<&serde_json::Value> {
     let Some(RequestBody::Patch {
         document,
         format: PatchFormat::JsonPatch,

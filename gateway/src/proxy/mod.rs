@@ -304,12 +304,23 @@ impl Proxy {
     }
 }
 
-/// Whether an `If-Match` value (`W/"3"`, `"3"`, `*`) holds for `version`: `*` (any version
-/// that exists) holds for the one read.
+/// Whether an `If-Match` value (a list of entity tags, `W/"3"`, `"3"`, or `*`; RFC 9110
+/// §13.1.1) holds for `version`: one of its tags names it, or `*` (any version that exists)
+/// holds for the one read.
 fn same_version(asked: &str, version: &str) -> bool {
-    let asked = asked.trim();
-    let asked = asked.strip_prefix("W/").unwrap_or(asked).trim_matches('"');
-    asked == version || asked == "*"
+    asked.split(',').any(|tag| {
+        let tag = tag.trim();
+        let tag = tag
+            .strip_prefix("W/")
+            .or_else(|| tag.strip_prefix("w/"))
+            .unwrap_or(tag)
+            .trim();
+        let tag = tag
+            .strip_prefix('"')
+            .and_then(|t| t.strip_suffix('"'))
+            .unwrap_or(tag);
+        tag == version || tag == "*"
+    })
 }
 
 /// Binds a write to `version`, the one the gateway read and checked: `If-Match` is set to it,

@@ -16,7 +16,7 @@ use portvagt_policy::request::RequestBody;
 use portvagt_policy::{Decision, DenyReason, FhirRequest, Interaction, Obligations, Reach};
 
 use super::bundle::{self, BatchPlan};
-use super::consent::{ConsentContext, Touched};
+use super::consent::{ConsentContext, Touched, compartment_patch};
 use super::{
     Proxy, Upstream, append_params, entry_records, fhir_json_response, headers, response_check,
     widen_elements,
@@ -255,7 +255,7 @@ impl Proxy {
         // Whose data the request touches (the backend asked, where it must be) and whether their
         // blocks let it through: one phase.
         let phase = Phase::start(parts.extensions.get::<Traced>(), "portvagt.consent");
-        let touched = if consent.is_some() || counted {
+        let mut touched = if consent.is_some() || counted {
             let touched = self
                 .touched(
                     &upstream,
@@ -267,15 +267,6 @@ impl Proxy {
                 .await?;
             if let Some(record_handle) = &record_handle {
                 record_handle.fields().touched = Some(touched.patients.clone());
-            }
-            // What the write changes names its patient by an identifier nobody can look up:
-            // whose data it changes cannot be checked or recorded.
-            if touched.owner_unplaceable {
-                return Err(self.deny(
-                    DenyReason::WriteNotVerifiable,
-                    record_handle.as_ref(),
-                    None,
-                ));
             }
             touched
         } else {
@@ -290,6 +281,53 @@ impl Proxy {
             {
                 if let Some(decision) = obligations.entries.get_mut(index) {
                     *decision = Decision::Deny { reason };
+                }
+            }
+        }
+        // What the write changes names its patient by an identifier nobody can look up: whose
+        // data it changes cannot be checked or recorded. (After the blocks of those it can
+        // name: a caller they refuse learns no more than for any other resource of theirs.)
+        if touched.owner_unplaceable {
+            return Err(self.deny(DenyReason::WriteNotVerifiable, record_handle.as_ref(), None));
+        }
+        // A JSON Patch that can change whose data the resource is: applied to the version read,
+        // now that its owners let the caller through; whoever its result adds is written (and
+        // named) as by a body, checked and recorded.
+        if let (Some(target), Some(document)) = (&touched.patch_target, compartment_patch(&fhir)) {
+            let written = self
+                .patched(
+                    &upstream,
+                    target,
+                    touched.owner_version.as_deref(),
+                    document,
+                )
+                .await?;
+            if written.unplaceable {
+                return Err(self.deny(
+                    DenyReason::WriteNotVerifiable,
+                    record_handle.as_ref(),
+                    None,
+                ));
+            }
+            let added: Vec<String> = written
+                .patients
+                .into_iter()
+                .filter(|patient| !touched.patients.contains(patient))
+                .collect();
+            if !added.is_empty() {
+                touched.patients.extend(added.iter().cloned());
+                touched.named.extend(added.iter().cloned());
+                if let Some(record_handle) = &record_handle {
+                    record_handle.fields().touched = Some(touched.patients.clone());
+                }
+                if let Some(consent) = &consent {
+                    let adds = Touched {
+                        patients: added.clone(),
+                        named: added,
+                        ..Touched::default()
+                    };
+                    self.check_consent(consent, &fhir, &adds, record_handle.as_ref())
+                        .await?;
                 }
             }
         }

@@ -403,9 +403,21 @@ impl Proxy {
                         // answer holds is theirs as much as by id.
                         let by_identifier = identifiers_in_answer(&answer);
                         if !by_identifier.tokens.is_empty() {
-                            identified = self
+                            match self
                                 .identified(&exchange.upstream, &by_identifier.tokens)
-                                .await?;
+                                .await
+                            {
+                                Ok(found) => identified = found,
+                                // A write's answer is what it wrote: the change has happened,
+                                // its patients were checked and are recorded from the request.
+                                Err(error) if fhir.interaction().is_write() => {
+                                    tracing::warn!(
+                                        %error,
+                                        "the identifiers in a write's answer could not be looked up"
+                                    );
+                                }
+                                Err(error) => return Err(error),
+                            }
                         }
                         let patients = identified.patients_of(&answer);
                         let placed = Placed {

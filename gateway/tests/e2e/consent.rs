@@ -843,6 +843,29 @@ async fn a_patch_is_checked_as_the_server_reads_it_on_the_version_it_changes() {
     );
     assert!(current(device).await.get("patient").is_none());
 
+    // A `test` in a patch of Anne's record tells the professional she blocked nothing: right
+    // guess or wrong, her record is not there for him, as for a delete.
+    let hers = stored(json!({ "resourceType": "Observation", "status": "final",
+        "code": { "text": "hiv" }, "subject": { "reference": "Patient/pat-anne" } }))
+    .await;
+    let mut answers = Vec::new();
+    for guess in ["hiv", "flu"] {
+        let probe = json!([{ "op": "test", "path": "/code/text", "value": guess },
+            { "op": "add", "path": "/subject/display", "value": "x" }]);
+        let answer = client
+            .send(json_patch(
+                &format!("/fhir/{hers}"),
+                &blocked,
+                &probe.to_string(),
+                &[],
+            ))
+            .await
+            .unwrap();
+        answers.push((answer.status, answer.detail_code()));
+    }
+    assert_eq!(answers[0], answers[1]);
+    assert_eq!(answers[0].0, 404, "{answers:?}");
+
     // Her If-Match names a version other than the one the gateway read: not sent.
     let note = json!([{ "op": "add", "path": "/subject/display", "value": "Bo" }]);
     for (if_match, status) in [("W/\"not-the-current-one\"", 412), ("*", 200)] {

@@ -22,28 +22,41 @@ pub struct AnswerIdentifiers {
 }
 
 /// The identifiers an answer (a resource, or a Bundle's entries at any depth) names patients
-/// by.
+/// by, as whose data it holds: a Patient is her own (whom she links to is not whose record she
+/// is, as [`super::patients_of`] reads her).
 pub fn identifiers_in_answer(answer: &Value) -> AnswerIdentifiers {
+    identifiers(answer, false)
+}
+
+/// [`identifiers_in_answer`], a Patient's links by identifier included: what a write of her
+/// reaches into.
+pub(crate) fn identifiers_written(body: &Value) -> AnswerIdentifiers {
+    identifiers(body, true)
+}
+
+fn identifiers(answer: &Value, patient_links: bool) -> AnswerIdentifiers {
     let mut found = AnswerIdentifiers::default();
     for_each_resource(answer, &mut |resource| {
-        identifier_refs(resource, &mut |token| match token {
-            Some(token) => found.tokens.push(token),
-            None => found.unplaceable = true,
-        });
+        if patient_links || !is_patient(resource) {
+            identifier_refs(resource, &mut |token| match token {
+                Some(token) => found.tokens.push(token),
+                None => found.unplaceable = true,
+            });
+        }
     });
     found.tokens.sort_unstable();
     found.tokens.dedup();
     found
 }
 
+fn is_patient(resource: &Value) -> bool {
+    resource.get("resourceType").and_then(Value::as_str) == Some("Patient")
+}
+
 /// Whether `resource` (or an entry of it, if a Bundle) has a reference by identifier only that
 /// may name a patient and cannot be looked up: whose data it is, nobody can say.
 pub fn unplaceable(resource: &Value) -> bool {
-    let mut unplaceable = false;
-    for_each_resource(resource, &mut |resource| {
-        identifier_refs(resource, &mut |token| unplaceable |= token.is_none());
-    });
-    unplaceable
+    identifiers_in_answer(resource).unplaceable
 }
 
 /// The Patients the identifiers of references by identifier only were found on: each
@@ -80,6 +93,9 @@ impl Identified {
         collect_patients(resource, &mut patients);
         if !self.is_empty() {
             for_each_resource(resource, &mut |resource| {
+                if is_patient(resource) {
+                    return;
+                }
                 identifier_refs(resource, &mut |token| {
                     if let Some(found) = token.and_then(|token| self.patients.get(&token)) {
                         patients.extend(found.iter().cloned());

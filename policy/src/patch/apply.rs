@@ -30,6 +30,7 @@ pub fn apply_json_patch(document: &Value, target: &Value) -> Option<Value> {
         return None;
     }
     let mut result = target.clone();
+    let mut copied = 0;
     for operation in operations {
         let text = |name: &str| operation.get(name).and_then(Value::as_str);
         let path = pointer(text("path")?)?;
@@ -53,7 +54,10 @@ pub fn apply_json_patch(document: &Value, target: &Value) -> Option<Value> {
             }
             "copy" => {
                 let from = pointer(text("from")?)?;
-                let value = get(&result, &from)?.clone();
+                let value = get(&result, &from)?;
+                // Each copy costs what it copies: a bounded number of values in all.
+                copied += size(value, MAX_COPIED.saturating_sub(copied))?;
+                let value = value.clone();
                 add(&mut result, &path, value)?;
             }
             "test" => {
@@ -63,12 +67,26 @@ pub fn apply_json_patch(document: &Value, target: &Value) -> Option<Value> {
             }
             _ => return None,
         }
-        if !within_depth(&result, MAX_DEPTH) {
-            return None;
-        }
     }
     let same = |name: &str| result.get(name) == target.get(name);
     (same("resourceType") && same("id")).then_some(result)
+}
+
+/// How many values all `copy` operations of one patch may copy.
+const MAX_COPIED: usize = 100_000;
+
+/// How many values `value` holds (itself included), if no more than `limit`.
+fn size(value: &Value, limit: usize) -> Option<usize> {
+    let mut count = 1;
+    let children: Box<dyn Iterator<Item = &Value>> = match value {
+        Value::Array(items) => Box::new(items.iter()),
+        Value::Object(object) => Box::new(object.values()),
+        _ => Box::new(std::iter::empty()),
+    };
+    for child in children {
+        count += size(child, limit.checked_sub(count)?)?;
+    }
+    (count <= limit).then_some(count)
 }
 
 /// Whether `value` nests no deeper than `limit`.
@@ -125,6 +143,12 @@ fn get_mut<'a>(value: &'a mut Value, path: &[String]) -> Option<&'a mut Value> {
 }
 
 fn add(target: &mut Value, path: &[String], value: Value) -> Option<()> {
+    // What is added nests no deeper than a document serde_json reads: checked on the value
+    // and its place, not on the whole result (which would cost every operation the
+    // document's size).
+    if !within_depth(&value, MAX_DEPTH.checked_sub(path.len())?) {
+        return None;
+    }
     let Some((last, parent)) = path.split_last() else {
         *target = value;
         return Some(());
@@ -320,5 +344,12 @@ mod tests {
         let twice = json!([{ "op": "add", "path": "/a", "value": nested },
             { "op": "replace", "path": deeper, "value": nested }]);
         assert_eq!(apply_json_patch(&twice, &json!({})), None);
+        // Copies cost what they copy, in all.
+        let wide = json!((0..60_000).collect::<Vec<_>>());
+        let copies = json!([{ "op": "copy", "from": "/a", "path": "/b" },
+            { "op": "copy", "from": "/a", "path": "/c" }]);
+        assert_eq!(apply_json_patch(&copies, &json!({ "a": wide })), None);
+        let once = json!([{ "op": "copy", "from": "/a", "path": "/b" }]);
+        assert!(apply_json_patch(&once, &json!({ "a": wide })).is_some());
     }
 }
