@@ -13,7 +13,9 @@ use crate::raw::{OrderedRaw, RawBundle};
 
 mod identified;
 
-pub use identified::{AnswerIdentifiers, Identified, identifiers_in_answer, unplaceable};
+pub use identified::{
+    AnswerIdentifiers, Identified, identifiers_in_answer, identifiers_written, unplaceable,
+};
 
 /// Reference data that is about no patient: readable under patient-context scopes, and allowed
 /// in patient-context responses (e.g. an `_include`d Practitioner).

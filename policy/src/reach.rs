@@ -111,8 +111,13 @@ impl Reach {
                 // the version it changes, and its result read ([`crate::patch::apply_json_patch`]);
                 // a FHIRPath Patch that can change a compartment element cannot be applied
                 // here, and is a write whose destination cannot be read first.
+                // A conditional JSON Patch is not bound to a version read, so not applied
+                // either: refused before anything is looked up (what a lookup found would
+                // otherwise tell, by the refusal's kind, what the criteria match).
                 let resource_type = request.resource_type().map(|t| t.as_str());
-                if *format == crate::request::PatchFormat::FhirPathPatch
+                let unapplied = *format == crate::request::PatchFormat::FhirPathPatch
+                    || request.interaction() == crate::request::Interaction::ConditionalPatch;
+                if unapplied
                     && crate::patch::touches_compartment(
                         resource_type.unwrap_or_default(),
                         *format,

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use portvagt_policy::compartment::{Identified, identifiers_in_answer};
+use portvagt_policy::compartment::{Identified, identifiers_written};
 use portvagt_policy::consent::{
     Access, CallerIds, Emergency, PatientBlocks, check_patients, names_actors, resource_withheld,
 };
@@ -322,21 +322,32 @@ impl Proxy {
         // another by the time the server patches it.
         let current = match target {
             Current::One(current) if version.is_some() => current,
+            // Nothing there: as for any write to what is not there (the caller's blocks have
+            // been checked; a blocked one got the same answer for what is there).
+            Current::Missing => return Err(crate::consent::NotFoundError.into()),
             _ => return Ok(Owned::unplaceable()),
         };
         let Some(result) = portvagt_policy::patch::apply_json_patch(document, current) else {
             return Ok(Owned::unplaceable());
         };
-        let by_identifier = identifiers_in_answer(&result);
+        self.written_by(upstream, &result).await
+    }
+
+    /// Whom a write of `resource` reaches (whose data it is, and whom a Patient links to: by
+    /// id, by identifier looked up), and whether some of it cannot be looked up.
+    async fn written_by(
+        &self,
+        upstream: &Upstream,
+        resource: &serde_json::Value,
+    ) -> Result<Owned, BoxError> {
+        let by_identifier = identifiers_written(resource);
         let identified = if by_identifier.tokens.is_empty() {
             Identified::default()
         } else {
             self.identified(upstream, &by_identifier.tokens).await?
         };
-        let mut patients = identified.patients_of(&result);
-        patients.extend(portvagt_policy::compartment::linked_patients(&result));
         Ok(Owned {
-            patients,
+            patients: identified.patients_written(resource),
             unplaceable: by_identifier.unplaceable,
             ..Owned::default()
         })
@@ -396,17 +407,13 @@ impl Proxy {
             .and_then(serde_json::Value::as_str)
             .filter(|_| matches!(owner, Owner::Instance(_)))
             .map(str::to_owned);
-        let by_identifier = identifiers_in_answer(&current);
-        let identified = if by_identifier.tokens.is_empty() {
-            Identified::default()
-        } else {
-            self.identified(upstream, &by_identifier.tokens).await?
-        };
+        // What a write changes reaches whom it names now, and whom a Patient links to: a
+        // delete or an unlink of a Patient that links to hers reaches her.
+        let written = self.written_by(upstream, &current).await?;
         Ok(Owned {
-            patients: identified.patients_of(&current),
             version,
-            unplaceable: by_identifier.unplaceable,
             current: one,
+            ..written
         })
     }
 

@@ -408,9 +408,11 @@ impl Proxy {
                                 .await
                             {
                                 Ok(found) => identified = found,
-                                // A write's answer is what it wrote: the change has happened,
-                                // its patients were checked and are recorded from the request.
-                                Err(error) if fhir.interaction().is_write() => {
+                                // A write's answer is what it wrote, to the version read or
+                                // as created: the change has happened, its patients were
+                                // checked and are recorded from the request. (Not a
+                                // conditional write's, whose answer may be another resource.)
+                                Err(error) if wrote_what_was_checked(fhir, touched) => {
                                     tracing::warn!(
                                         %error,
                                         "the identifiers in a write's answer could not be looked up"
@@ -487,6 +489,15 @@ impl Proxy {
             patients: audited_patients,
             identified,
         })
+    }
+}
+
+/// Whether a write's answer is the resource it wrote as checked: a write by id bound to the
+/// version read, or a create without `If-None-Exist` (which may answer an existing resource).
+fn wrote_what_was_checked(fhir: &FhirRequest, touched: &super::consent::Touched) -> bool {
+    match fhir.interaction() {
+        Interaction::Create => fhir.if_none_exist().is_none(),
+        interaction => interaction.is_write() && touched.owner_version.is_some(),
     }
 }
 

@@ -865,6 +865,46 @@ async fn a_patch_is_checked_as_the_server_reads_it_on_the_version_it_changes() {
     }
     assert_eq!(answers[0], answers[1]);
     assert_eq!(answers[0].0, 404, "{answers:?}");
+    // Nor does a patch of what is not there, nor a conditional patch (refused before anything
+    // is looked up, whatever its criteria match).
+    let display = json!([{ "op": "add", "path": "/subject/display", "value": "x" }]).to_string();
+    for (path, status) in [
+        ("/fhir/Observation/no-such-observation".to_owned(), 404),
+        ("/fhir/Observation?code:text=hiv".to_owned(), 403),
+        ("/fhir/Observation?code:text=flu".to_owned(), 403),
+    ] {
+        for token in [&blocked, &colleague] {
+            let answer = client
+                .send(json_patch(&path, token, &display, &[]))
+                .await
+                .unwrap();
+            assert_eq!(answer.status, status, "{path}: {}", answer.text());
+        }
+    }
+    // A Patient linked to hers by her CPR number reaches her record, patched as put.
+    let link = json!([{ "op": "add", "path": "/link", "value": [{ "type": "seealso",
+        "other": { "type": "Patient", "identifier": cpr } }] }]);
+    let refused = client
+        .send(json_patch(
+            "/fhir/Patient/pat-carla",
+            &blocked,
+            &link.to_string(),
+            &[],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        denial(&refused),
+        (403, "consent-block".into()),
+        "{}",
+        refused.text()
+    );
+    assert!(
+        current("Patient/pat-carla".to_owned())
+            .await
+            .get("link")
+            .is_none()
+    );
 
     // Her If-Match names a version other than the one the gateway read: not sent.
     let note = json!([{ "op": "add", "path": "/subject/display", "value": "Bo" }]);

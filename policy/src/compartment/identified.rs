@@ -30,7 +30,7 @@ pub fn identifiers_in_answer(answer: &Value) -> AnswerIdentifiers {
 
 /// [`identifiers_in_answer`], a Patient's links by identifier included: what a write of her
 /// reaches into.
-pub(crate) fn identifiers_written(body: &Value) -> AnswerIdentifiers {
+pub fn identifiers_written(body: &Value) -> AnswerIdentifiers {
     identifiers(body, true)
 }
 
@@ -83,6 +83,22 @@ impl Identified {
     /// Whether nothing was found (then [`Self::patients_of`] is [`super::patients_of`]).
     pub fn is_empty(&self) -> bool {
         self.patients.is_empty()
+    }
+
+    /// The patients a write of `resource` (or of a Bundle's entries) reaches: whose data it is
+    /// ([`Self::patients_of`]), and those a Patient links to, by id or by an identifier found
+    /// here ([`identifiers_written`]). Sorted, without duplicates.
+    pub fn patients_written(&self, resource: &Value) -> Vec<String> {
+        let mut patients = self.patients_of(resource);
+        for token in identifiers_written(resource).tokens {
+            patients.extend(self.patients_of_identifier(&token).iter().cloned());
+        }
+        for_each_resource(resource, &mut |resource| {
+            patients.extend(super::linked_patients(resource));
+        });
+        patients.sort_unstable();
+        patients.dedup();
+        patients
     }
 
     /// The patients whose data `resource` is (a Bundle: its entries' at any depth): those it
