@@ -65,6 +65,9 @@ pub struct Metrics {
     /// `portvagt_mass_lookups_total{action}`: accesses that took a professional past the
     /// mass-lookup threshold, `refused` or `flagged`.
     pub mass_lookups: IntCounterVec,
+    /// `portvagt_identifier_lookups_total{source}`: patient identifiers placed, `searched` at
+    /// the backend or answered from the gateway's `cache`.
+    pub identifier_lookups: IntCounterVec,
     /// `portvagt_backend_circuit_opened_total`: times a backend's circuit opened.
     pub circuit_opened: IntCounter,
     /// `portvagt_upstream_retries_total`: GET/HEAD requests sent again after a failed
@@ -278,6 +281,17 @@ impl Metrics {
         for action in ["refused", "flagged"] {
             mass_lookups.with_label_values(&[action]);
         }
+        let identifier_lookups = IntCounterVec::new(
+            Opts::new(
+                "portvagt_identifier_lookups_total",
+                "Patient identifiers placed for references by identifier only, by source (searched at the backend, cache)",
+            ),
+            &["source"],
+        )
+        .expect("valid metric");
+        for source in ["searched", "cache"] {
+            identifier_lookups.with_label_values(&[source]);
+        }
         let consent_withheld = IntCounter::new(
             "portvagt_consent_withheld_entries_total",
             "Search, history and batch entries withheld because of a consent block",
@@ -411,6 +425,7 @@ impl Metrics {
             Box::new(consent_withheld.clone()),
             Box::new(relationship_checks.clone()),
             Box::new(mass_lookups.clone()),
+            Box::new(identifier_lookups.clone()),
             Box::new(circuit_opened.clone()),
             Box::new(upstream_retries.clone()),
             Box::new(rate_limited.clone()),
@@ -450,6 +465,7 @@ impl Metrics {
             consent_withheld,
             relationship_checks,
             mass_lookups,
+            identifier_lookups,
             circuit_opened,
             upstream_retries,
             rate_limited,

@@ -3,7 +3,9 @@
 //! first, through the routed backend) are checked and handed to the audit record; after, the
 //! answer's resources are checked one by one. The rules are in [`portvagt_policy::consent`].
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use portvagt_policy::compartment::{Identified, identifiers_written};
 use portvagt_policy::consent::{
@@ -223,13 +225,30 @@ impl Proxy {
             return Err(ProxyError::TooManyLookups.into());
         }
         let mut identified = Identified::default();
+        let backend = upstream.patients.name();
+        // Those placed a moment ago (a Patient's identifiers rarely change) are not searched
+        // again: a page of records naming the same few patients by CPR costs one search.
+        let mut missing = Vec::new();
+        for token in tokens {
+            match self.identifier_cache.get(backend, token) {
+                Some(ids) => ids.iter().for_each(|id| identified.add(token, id)),
+                None => missing.push(token.clone()),
+            }
+        }
+        let lookups = &self.metrics.identifier_lookups;
+        lookups
+            .with_label_values(&["cache"])
+            .inc_by((tokens.len() - missing.len()) as u64);
+        lookups
+            .with_label_values(&["searched"])
+            .inc_by(missing.len() as u64);
         let id = |patient: &serde_json::Value| {
             patient
                 .get("id")
                 .and_then(serde_json::Value::as_str)
                 .map(str::to_owned)
         };
-        for searched in tokens.chunks(IDENTIFIERS_PER_SEARCH) {
+        for searched in missing.chunks(IDENTIFIERS_PER_SEARCH) {
             let found = self.patients_with(upstream, searched).await?;
             // Found, but carrying none of them as written: which one it was found for, only
             // the server knows. It counts for each.
@@ -239,29 +258,27 @@ impl Proxy {
                 .filter_map(id)
                 .collect();
             for token in searched {
-                loose
-                    .iter()
-                    .for_each(|patient| identified.add(token, patient));
+                let mut placed = loose.clone();
                 let carriers: Vec<String> = found
                     .iter()
                     .filter(|patient| carries(patient, token))
                     .filter_map(id)
                     .collect();
-                if !carriers.is_empty() {
-                    carriers
-                        .iter()
-                        .for_each(|patient| identified.add(token, patient));
-                    continue;
-                }
-                let alone = if searched.len() == 1 {
-                    found.clone()
+                if carriers.is_empty() {
+                    let alone = if searched.len() == 1 {
+                        found.clone()
+                    } else {
+                        self.patients_with(upstream, std::slice::from_ref(token))
+                            .await?
+                    };
+                    placed.extend(alone.iter().filter_map(id));
                 } else {
-                    self.patients_with(upstream, std::slice::from_ref(token))
-                        .await?
-                };
-                for patient in alone.iter().filter_map(id) {
-                    identified.add(token, &patient);
+                    placed.extend(carriers);
                 }
+                placed
+                    .iter()
+                    .for_each(|patient| identified.add(token, patient));
+                self.identifier_cache.put(backend, token, placed);
             }
         }
         Ok(identified)
@@ -801,6 +818,47 @@ impl Verdicts {
         } else {
             DenyReason::RelationshipRequired
         }
+    }
+}
+
+/// How long patients placed by identifier are kept: as long as a Consent is by default
+/// (`[consent] cache_ttl`). A Patient given an identifier (or a new Patient) is found by it
+/// at the latest this long after.
+const IDENTIFIERS_KEPT_FOR: Duration = Duration::from_secs(30);
+
+/// How many placed identifiers are kept at most: past it, those kept too long go, and if that
+/// is not enough, all.
+const MAX_IDENTIFIERS_KEPT: usize = 50_000;
+
+/// The patients each identifier (`system|value`) was found on, per backend, for
+/// [`IDENTIFIERS_KEPT_FOR`] (none found is kept too).
+#[derive(Debug, Default)]
+pub(super) struct IdentifierCache {
+    placed: Mutex<HashMap<String, (Instant, Arc<[String]>)>>,
+}
+
+impl IdentifierCache {
+    fn key(backend: &str, token: &str) -> String {
+        format!("{backend}\u{0}{token}")
+    }
+
+    fn get(&self, backend: &str, token: &str) -> Option<Arc<[String]>> {
+        let placed = self.placed.lock().unwrap_or_else(|p| p.into_inner());
+        placed
+            .get(&Self::key(backend, token))
+            .filter(|(at, _)| at.elapsed() < IDENTIFIERS_KEPT_FOR)
+            .map(|(_, ids)| ids.clone())
+    }
+
+    fn put(&self, backend: &str, token: &str, ids: Vec<String>) {
+        let mut placed = self.placed.lock().unwrap_or_else(|p| p.into_inner());
+        if placed.len() >= MAX_IDENTIFIERS_KEPT {
+            placed.retain(|_, (at, _)| at.elapsed() < IDENTIFIERS_KEPT_FOR);
+            if placed.len() >= MAX_IDENTIFIERS_KEPT {
+                placed.clear();
+            }
+        }
+        placed.insert(Self::key(backend, token), (Instant::now(), ids.into()));
     }
 }
 

@@ -84,6 +84,8 @@ pub struct ProxyState {
     pager: Arc<Pager>,
     /// The fewest letters or digits a break-the-glass reason holds to count.
     min_reason: usize,
+    /// Patients placed by identifier a moment ago.
+    identifier_cache: Arc<consent::IdentifierCache>,
 }
 
 /// A backend and the rewriter for the URLs in its answers.
@@ -129,6 +131,7 @@ impl Proxy {
             routes: runtime.upstreams.clone(),
             pager: runtime.pager.clone(),
             min_reason: runtime.config.policy.break_glass_min_reason,
+            identifier_cache: Arc::default(),
         }))
     }
 }

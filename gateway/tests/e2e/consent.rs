@@ -488,6 +488,27 @@ async fn records_naming_the_patient_by_identifier_only_are_hers_when_read_and_ch
         .await
         .unwrap();
     assert_eq!(answer.status, 200, "{}", answer.text());
+    // Bo's CPR number was placed a moment ago: read again, it is not searched again.
+    let lookups = |source: &'static str| {
+        let client = &client;
+        async move {
+            let metrics = client.get("/metrics", None).await.unwrap().text();
+            metric_value(
+                &metrics,
+                &format!("portvagt_identifier_lookups_total{{source=\"{source}\"}}"),
+            )
+            .unwrap()
+        }
+    };
+    let (searched, cached) = (lookups("searched").await, lookups("cache").await);
+    let again = client
+        .get(&format!("/fhir/Observation/{bo}"), Some(&colleague))
+        .await
+        .unwrap();
+    assert_eq!(again.status, 200, "{}", again.text());
+    assert!(recorded(&gateway, &again).contains("Patient/pat-bo"));
+    assert_eq!(lookups("searched").await, searched);
+    assert_eq!(lookups("cache").await, cached + 1.0);
 
     // A search: Anne's entries are left out for him, Bo's stay; the colleague sees all three.
     let search = "/fhir/Observation?code=urn:portvagt:test%7Cby-cpr";
