@@ -834,7 +834,14 @@ const MAX_IDENTIFIERS_KEPT: usize = 50_000;
 /// [`IDENTIFIERS_KEPT_FOR`] (none found is kept too).
 #[derive(Debug, Default)]
 pub(super) struct IdentifierCache {
-    placed: Mutex<HashMap<String, (Instant, Arc<[String]>)>>,
+    placed: Mutex<HashMap<String, Kept>>,
+}
+
+/// The patients one identifier was found on, and when.
+#[derive(Debug)]
+struct Kept {
+    at: Instant,
+    patients: Arc<[String]>,
 }
 
 impl IdentifierCache {
@@ -846,19 +853,25 @@ impl IdentifierCache {
         let placed = self.placed.lock().unwrap_or_else(|p| p.into_inner());
         placed
             .get(&Self::key(backend, token))
-            .filter(|(at, _)| at.elapsed() < IDENTIFIERS_KEPT_FOR)
-            .map(|(_, ids)| ids.clone())
+            .filter(|kept| kept.at.elapsed() < IDENTIFIERS_KEPT_FOR)
+            .map(|kept| kept.patients.clone())
     }
 
     fn put(&self, backend: &str, token: &str, ids: Vec<String>) {
         let mut placed = self.placed.lock().unwrap_or_else(|p| p.into_inner());
         if placed.len() >= MAX_IDENTIFIERS_KEPT {
-            placed.retain(|_, (at, _)| at.elapsed() < IDENTIFIERS_KEPT_FOR);
+            placed.retain(|_, kept| kept.at.elapsed() < IDENTIFIERS_KEPT_FOR);
             if placed.len() >= MAX_IDENTIFIERS_KEPT {
                 placed.clear();
             }
         }
-        placed.insert(Self::key(backend, token), (Instant::now(), ids.into()));
+        placed.insert(
+            Self::key(backend, token),
+            Kept {
+                at: Instant::now(),
+                patients: ids.into(),
+            },
+        );
     }
 }
 
