@@ -177,8 +177,11 @@ pub(crate) fn check(
                 {
                     Ok(verified)
                 }
+                // A patch that leaves whose data it is alone; or a JSON Patch, which the gateway
+                // applies to the target it reads and judges by its result (the obligation).
                 (Some(t), Interaction::Patch, Some(RequestBody::Patch { document, format }))
-                    if !crate::patch::touches_compartment(t, *format, document) =>
+                    if *format == crate::request::PatchFormat::JsonPatch
+                        || !crate::patch::touches_compartment(t, *format, document) =>
                 {
                     Ok(verified)
                 }

@@ -280,6 +280,7 @@ impl Proxy {
         upstream: &Upstream,
         relative: &str,
         patient: &str,
+        patch: Option<&serde_json::Value>,
         headers: Option<&mut http::HeaderMap>,
         record_handle: Option<&RequestRecord>,
     ) -> Result<(), BoxError> {
@@ -300,6 +301,26 @@ impl Proxy {
         let version = current
             .pointer("/meta/versionId")
             .and_then(serde_json::Value::as_str);
+        // A JSON Patch that can change whose data it is: judged by what it makes of the
+        // version read (and the write is bound to that version), so that it stays hers.
+        if let Some(document) = patch {
+            let result =
+                version.and_then(|_| portvagt_policy::patch::apply_json_patch(document, &current));
+            let Some(result) = result else {
+                return Err(self.deny(
+                    portvagt_policy::DenyReason::WriteNotVerifiable,
+                    record_handle,
+                    None,
+                ));
+            };
+            if membership(&result, patient) != Membership::Member {
+                return Err(self.deny(
+                    portvagt_policy::DenyReason::OutsideCompartment,
+                    record_handle,
+                    None,
+                ));
+            }
+        }
         if let (Some(headers), Some(version)) = (headers, version) {
             bind_to_version(headers, version)?;
         }

@@ -166,6 +166,7 @@ impl Proxy {
                 &upstream,
                 &instance,
                 patient,
+                compartment_patch(&fhir),
                 fhir.interaction().is_write().then_some(&mut parts.headers),
                 record_handle.as_ref(),
             )

@@ -192,6 +192,52 @@ async fn a_patient_changes_and_deletes_only_her_own_records() {
     let patched = client.send(patch).await.unwrap();
     assert_eq!(patched.status, 200, "{}", patched.text());
     assert_eq!(patched.json()["status"], "amended");
+    // A JSON Patch of an element that says whose it is: judged by what it makes of the version
+    // read. Kept hers, it goes through; made Bo's (or nobody's, or through a pointer some
+    // servers read otherwise), it is refused and nothing changes.
+    let json_patch = |operations: serde_json::Value| {
+        crate::support::json_patch(
+            "/fhir/Observation/obs-anne-weight",
+            &token,
+            &operations.to_string(),
+            &[],
+        )
+    };
+    let shown = client
+        .send(json_patch(
+            json!([{ "op": "add", "path": "/subject/display", "value": "Anne Andersen" }]),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(shown.status, 200, "{}", shown.text());
+    for (operations, code) in [
+        (
+            json!([{ "op": "replace", "path": "/subject/reference", "value": "Patient/pat-bo" }]),
+            "outside-compartment",
+        ),
+        (
+            json!([{ "op": "add", "path": "/performer", "value": [{ "reference": "Patient/pat-bo" }] }]),
+            "outside-compartment",
+        ),
+        (
+            json!([{ "op": "replace", "path": "/subject", "value": {
+                "identifier": { "system": "urn:oid:1.2.208.176.1.2", "value": "0501792275" } } }]),
+            "outside-compartment",
+        ),
+        (
+            json!([{ "op": "replace", "path": "/__proto__/subject/reference", "value": "Patient/pat-bo" }]),
+            "write-not-verifiable",
+        ),
+    ] {
+        let refused = client.send(json_patch(operations.clone())).await.unwrap();
+        assert_eq!(
+            (refused.status.as_u16(), refused.detail_code().as_str()),
+            (403, code),
+            "{operations}"
+        );
+    }
+    let (_, kept) = crate::support::backend_get("Observation/obs-anne-weight").await;
+    assert_eq!(kept["subject"]["reference"], "Patient/pat-anne", "{kept}");
 
     // Bo's record: overwriting it with a body about Anne would move it into her record.
     let takeover = client
