@@ -318,6 +318,15 @@ impl Proxy {
             if !added.is_empty() {
                 touched.patients.extend(added.iter().cloned());
                 touched.named.extend(added.iter().cloned());
+                // Past what one request may cost the audit trail: refused before their Consents
+                // (and relationships) are looked up, as below for any other request.
+                if self.audited && touched.patients.len() > self.audit_bound {
+                    return Err(self.deny(
+                        DenyReason::TooManyPatients,
+                        record_handle.as_ref(),
+                        None,
+                    ));
+                }
                 if let Some(record_handle) = &record_handle {
                     record_handle.fields().touched = Some(touched.patients.clone());
                 }
