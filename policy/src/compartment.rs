@@ -279,16 +279,16 @@ fn push_patient(reference: &str, patients: &mut Vec<String>) {
 }
 
 /// The id of a `Patient/<id>` reference, relative or absolute (`https://…/Patient/<id>`), with
-/// or without `/_history/<vid>`.
+/// or without `/_history/<vid>`, or any other path a server may resolve by its last
+/// `Patient/<id>` (`../Patient/<id>`, `/Patient/<id>`).
 pub fn patient_reference_id(reference: &str) -> Option<&str> {
     let reference = match reference.find("/_history/") {
         Some(index) => &reference[..index],
         None => reference,
     };
     let (rest, id) = reference.rsplit_once('/')?;
-    let relative_or_absolute =
-        rest == "Patient" || (rest.ends_with("/Patient") && rest.contains("://"));
-    (relative_or_absolute && crate::resource_type::is_valid_id(id)).then_some(id)
+    let names_patient = rest == "Patient" || rest.ends_with("/Patient");
+    (names_patient && crate::resource_type::is_valid_id(id)).then_some(id)
 }
 
 /// [`patients_in_answer`] read from the answer's bytes without building its tree: each
@@ -438,14 +438,12 @@ impl Tally {
         }
         if references_patient(reference, patient) {
             self.names_patient = true;
-        } else if reference.starts_with('#') {
-            // A contained resource: checked with the container's `contained`.
-        } else if reference.starts_with("Patient/")
-            || !reference.contains('/')
-            || reference.contains("://")
-            || reference.starts_with("urn:")
-        {
-            // Another patient, or a reference that cannot be placed (bare, absolute, URN).
+        } else if reference.starts_with('#') || other_type_reference(reference) {
+            // A contained resource (checked with the container's `contained`), or plainly
+            // another type's (`Practitioner/p`).
+        } else {
+            // Another patient, or a reference that cannot be placed: bare, absolute, a URN, or
+            // any other shape a server may resolve by its last `Type/id` (`../Patient/bo`).
             self.names_someone_else = true;
         }
     }
@@ -459,6 +457,22 @@ impl Tally {
             Membership::Outside
         }
     }
+}
+
+/// Whether `reference` is plainly a resource of another type than Patient: `Type/id` or
+/// `Type/id/_history/vid`, and nothing else.
+fn other_type_reference(reference: &str) -> bool {
+    let parts: Vec<&str> = reference.split('/').collect();
+    let (type_name, id) = match parts.as_slice() {
+        [type_name, id] | [type_name, id, "_history", _] => (*type_name, *id),
+        _ => return false,
+    };
+    type_name != "Patient"
+        && crate::resource_type::ResourceType::parse(type_name).is_some()
+        && crate::resource_type::is_valid_id(id)
+        && parts
+            .get(3)
+            .is_none_or(|version| crate::resource_type::is_valid_id(version))
 }
 
 /// Contained resources travel with their container: none may belong to another patient.

@@ -33,6 +33,7 @@ pub use decision::{
     Channel, Decision, DenyReason, Obligations, Subject, decide, decide_with_rules,
 };
 pub use filter::{FilterMode, Filtered, ResponseCheck, check_response, filter_response};
+pub use patient_rules::stays_hers;
 pub use reach::Reach;
 pub use request::{ClassifyError, FhirRequest, Interaction, classify, parse_form};
 pub use resource_type::ResourceType;

@@ -63,7 +63,7 @@ fn json_patch_touches(document: &Value, guarded: &dyn Fn(&str) -> bool) -> bool 
             || guarded(&first)
             || rest
                 .split('/')
-                .any(|token| apply::SKIPPED_BY_SOME_SERVERS.contains(&token))
+                .any(|token| apply::SKIPPED_BY_SOME_SERVERS.contains(&token) || token.contains('%'))
     };
     operations.iter().any(|operation| {
         ["path", "from"]

@@ -166,14 +166,8 @@ pub(crate) fn check(
                 (Some("Patient"), Interaction::Delete, _) => Err(DenyReason::OutsideCompartment),
                 (Some(t), _, _) if !is_compartment_type(t) => Err(DenyReason::OutsideCompartment),
                 (_, Interaction::Delete, _) => Ok(verified),
-                // Her own record, linked to nobody else's (`link.other` reaches into theirs).
                 (_, Interaction::Update, Some(RequestBody::Resource(resource)))
-                    if membership(resource, patient) == Membership::Member
-                        && crate::compartment::linked_patients(resource)
-                            .iter()
-                            .all(|linked| linked == patient)
-                        && crate::compartment::patient_identifiers(resource)
-                            .is_some_and(|found| found.is_empty()) =>
+                    if stays_hers(resource, patient) =>
                 {
                     Ok(verified)
                 }
@@ -198,6 +192,17 @@ pub(crate) fn check(
         | Interaction::HistorySystem
         | Interaction::BatchOrTransaction => Err(DenyReason::OutsideCompartment),
     }
+}
+
+/// Whether what a patient-context write leaves (an update's body, a patch's result) is
+/// `patient`'s own: in her compartment and nobody else's, naming no patient by identifier, and
+/// (her `Patient`) linked to nobody else's record (`link.other` reaches into theirs).
+pub fn stays_hers(resource: &serde_json::Value, patient: &str) -> bool {
+    membership(resource, patient) == Membership::Member
+        && crate::compartment::linked_patients(resource)
+            .iter()
+            .all(|linked| linked == patient)
+        && crate::compartment::patient_identifiers(resource).is_some_and(|found| found.is_empty())
 }
 
 /// Chained parameters and `_has` test other resources: even with the answer filtered, they tell

@@ -313,7 +313,7 @@ impl Proxy {
                     None,
                 ));
             };
-            if membership(&result, patient) != Membership::Member {
+            if !portvagt_policy::stays_hers(&result, patient) {
                 return Err(self.deny(
                     portvagt_policy::DenyReason::OutsideCompartment,
                     record_handle,

@@ -236,8 +236,54 @@ async fn a_patient_changes_and_deletes_only_her_own_records() {
             "{operations}"
         );
     }
+    // A move is placed differently by servers (within one array, Medplum finds the place
+    // before it removes): not applied, refused. A path a server resolves by its last
+    // `Patient/<id>` names that patient.
+    for (operations, code) in [
+        (
+            json!([{ "op": "add", "path": "/performer",
+                    "value": ["Patient/pat-bo", { "display": "A" }, { "display": "B" }] },
+                { "op": "move", "from": "/performer/0", "path": "/performer/1/reference" },
+                { "op": "remove", "path": "/performer/1" }]),
+            "write-not-verifiable",
+        ),
+        (
+            json!([{ "op": "add", "path": "/performer", "value": [{ "reference": "Patient/pat-anne" }] },
+                { "op": "replace", "path": "/subject/reference", "value": "../Patient/pat-bo" }]),
+            "outside-compartment",
+        ),
+    ] {
+        let refused = client.send(json_patch(operations.clone())).await.unwrap();
+        assert_eq!(
+            (refused.status.as_u16(), refused.detail_code().as_str()),
+            (403, code),
+            "{operations}"
+        );
+    }
     let (_, kept) = crate::support::backend_get("Observation/obs-anne-weight").await;
     assert_eq!(kept["subject"]["reference"], "Patient/pat-anne", "{kept}");
+    assert!(kept.get("performer").is_none(), "{kept}");
+    // Her own Patient is hers to patch, but not to link to another's record.
+    let own = anne(&gateway, "patient/Patient.u");
+    let link = json!([{ "op": "add", "path": "/link", "value": [{ "type": "seealso",
+        "other": { "reference": "Patient/pat-bo" } }] }]);
+    let refused = client
+        .send(crate::support::json_patch(
+            "/fhir/Patient/pat-anne",
+            &own,
+            &link.to_string(),
+            &[],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        (refused.status.as_u16(), refused.detail_code().as_str()),
+        (403, "outside-compartment"),
+        "{}",
+        refused.text()
+    );
+    let (_, herself) = crate::support::backend_get("Patient/pat-anne").await;
+    assert!(herself.get("link").is_none(), "{herself}");
 
     // Bo's record: overwriting it with a body about Anne would move it into her record.
     let takeover = client

@@ -273,6 +273,48 @@ fn membership_follows_compartment_paths_through_arrays() {
     assert_eq!(membership(&audit, "pat-anne"), Membership::Member);
 }
 
+/// A reference a server may resolve by its last `Type/id` (`../Patient/bo`, `/Patient/bo`)
+/// names that patient: a resource that also names her is not hers alone, and the other patient
+/// is among whose data it is. Plain references to other types name nobody.
+#[test]
+fn any_path_ending_in_a_patient_names_that_patient() {
+    for other in [
+        "../Patient/pat-bo",
+        "/Patient/pat-bo",
+        "x/Patient/pat-bo/_history/2",
+    ] {
+        let observation = json!({ "resourceType": "Observation",
+            "subject": { "reference": other },
+            "performer": [{ "reference": "Patient/pat-anne" }] });
+        assert_eq!(
+            membership(&observation, "pat-anne"),
+            Membership::Outside,
+            "{other}"
+        );
+        assert!(
+            patients_of(&observation).contains(&"pat-bo".to_owned()),
+            "{other}"
+        );
+    }
+    for plain in [
+        "Practitioner/p",
+        "Practitioner/p/_history/3",
+        "Organization/o",
+    ] {
+        let observation = json!({ "resourceType": "Observation",
+            "subject": { "reference": "Patient/pat-anne" },
+            "performer": [{ "reference": plain }] });
+        assert_eq!(
+            membership(&observation, "pat-anne"),
+            Membership::Member,
+            "{plain}"
+        );
+    }
+    let odd = json!({ "resourceType": "Observation", "subject": { "reference": "Patient/pat-anne" },
+        "performer": [{ "reference": "Practitioner/p/extra" }] });
+    assert_eq!(membership(&odd, "pat-anne"), Membership::Outside);
+}
+
 #[test]
 fn lookalike_references_are_not_the_patient() {
     for reference in [
