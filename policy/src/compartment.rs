@@ -122,7 +122,8 @@ pub fn narrowing_param(resource_type: &str) -> Option<&'static str> {
         .or_else(|| links.first().map(|link| link.param))
 }
 
-/// Whether a reference string points at `Patient/<patient>` (optionally with a version).
+/// Whether a reference string is exactly `Patient/<patient>`, optionally with a version
+/// (`/_history/<vid>` and nothing after it).
 pub fn references_patient(reference: &str, patient: &str) -> bool {
     let Some(rest) = reference
         .strip_prefix("Patient/")
@@ -130,7 +131,10 @@ pub fn references_patient(reference: &str, patient: &str) -> bool {
     else {
         return false;
     };
-    rest.is_empty() || rest.starts_with("/_history/")
+    rest.is_empty()
+        || rest
+            .strip_prefix("/_history/")
+            .is_some_and(crate::resource_type::is_valid_id)
 }
 
 /// How `resource` (FHIR JSON) stands to `patient`'s compartment.
@@ -282,13 +286,14 @@ fn push_patient(reference: &str, patients: &mut Vec<String>) {
 /// or without `/_history/<vid>`, or any other path a server may resolve by its last
 /// `Patient/<id>` (`../Patient/<id>`, `/Patient/<id>`).
 pub fn patient_reference_id(reference: &str) -> Option<&str> {
-    let reference = match reference.find("/_history/") {
-        Some(index) => &reference[..index],
-        None => reference,
-    };
-    let (rest, id) = reference.rsplit_once('/')?;
-    let names_patient = rest == "Patient" || rest.ends_with("/Patient");
-    (names_patient && crate::resource_type::is_valid_id(id)).then_some(id)
+    // The last `Patient/<id>` pair, whatever precedes or follows it (a server resolving
+    // `Patient/a/_history/1/../../Patient/b` by its last pair reads `b`).
+    let steps: Vec<&str> = reference.split('/').collect();
+    steps
+        .windows(2)
+        .rev()
+        .find(|pair| pair[0] == "Patient" && crate::resource_type::is_valid_id(pair[1]))
+        .map(|pair| pair[1])
 }
 
 /// [`patients_in_answer`] read from the answer's bytes without building its tree: each
@@ -467,8 +472,12 @@ fn other_type_reference(reference: &str) -> bool {
         [type_name, id] | [type_name, id, "_history", _] => (*type_name, *id),
         _ => return false,
     };
-    type_name != "Patient"
-        && crate::resource_type::ResourceType::parse(type_name).is_some()
+    // A type name as FHIR writes them (R4's, a server's own such as `Bot`, a later release's),
+    // and not Patient in any case.
+    let type_like = type_name.starts_with(|c: char| c.is_ascii_uppercase())
+        && type_name.chars().all(|c| c.is_ascii_alphanumeric());
+    type_like
+        && !type_name.eq_ignore_ascii_case("Patient")
         && crate::resource_type::is_valid_id(id)
         && parts
             .get(3)
@@ -514,7 +523,8 @@ fn names_any_patient(resource: &Value) -> bool {
         .flat_map(|link| link.paths.iter())
     {
         walk(resource, path.split('.'), &mut |reference| {
-            found |= reference.starts_with("Patient/") || reference == PATIENT_BY_IDENTIFIER
+            // Anything but a local reference or plainly another type's may name a patient.
+            found |= !(reference.starts_with('#') || other_type_reference(reference))
         });
     }
     found

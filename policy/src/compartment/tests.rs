@@ -313,6 +313,20 @@ fn any_path_ending_in_a_patient_names_that_patient() {
     let odd = json!({ "resourceType": "Observation", "subject": { "reference": "Patient/pat-anne" },
         "performer": [{ "reference": "Practitioner/p/extra" }] });
     assert_eq!(membership(&odd, "pat-anne"), Membership::Outside);
+    // A server's own types (Medplum's `Bot`) are other types too.
+    let bot = json!({ "resourceType": "Observation", "subject": { "reference": "Patient/pat-anne" },
+        "performer": [{ "reference": "Bot/b1" }] });
+    assert_eq!(membership(&bot, "pat-anne"), Membership::Member);
+    // Nothing may follow her version: a server reading the last pair reads Bo.
+    let tail = json!({ "resourceType": "Observation",
+        "subject": { "reference": "Patient/pat-anne/_history/1/../../Patient/pat-bo" } });
+    assert_eq!(membership(&tail, "pat-anne"), Membership::Outside);
+    assert_eq!(patients_of(&tail), ["pat-bo"]);
+    // A contained resource naming a patient by such a path is another patient's.
+    let contained = json!({ "resourceType": "Observation", "subject": { "reference": "Patient/pat-anne" },
+        "contained": [{ "resourceType": "Observation", "id": "c",
+            "subject": { "reference": "../Patient/pat-bo" } }] });
+    assert_eq!(membership(&contained, "pat-anne"), Membership::Outside);
 }
 
 #[test]
