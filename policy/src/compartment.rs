@@ -283,17 +283,51 @@ fn push_patient(reference: &str, patients: &mut Vec<String>) {
 }
 
 /// The id of a `Patient/<id>` reference, relative or absolute (`https://…/Patient/<id>`), with
-/// or without `/_history/<vid>`, or any other path a server may resolve by its last
-/// `Patient/<id>` (`../Patient/<id>`, `/Patient/<id>`).
+/// or without `/_history/<vid>` (and nothing after it). Any other spelling that mentions a
+/// Patient (`../Patient/bo`, `Patient/anne/_history/1/../../Patient/bo`: servers read such a
+/// thing by its first pair, or its last, or refuse it) is none: see [`odd_patient_reference`].
 pub fn patient_reference_id(reference: &str) -> Option<&str> {
-    // The last `Patient/<id>` pair, whatever precedes or follows it (a server resolving
-    // `Patient/a/_history/1/../../Patient/b` by its last pair reads `b`).
-    let steps: Vec<&str> = reference.split('/').collect();
-    steps
-        .windows(2)
-        .rev()
-        .find(|pair| pair[0] == "Patient" && crate::resource_type::is_valid_id(pair[1]))
-        .map(|pair| pair[1])
+    let (reference, version) = match reference.split_once("/_history/") {
+        Some((reference, version)) => (reference, Some(version)),
+        None => (reference, None),
+    };
+    if version.is_some_and(|version| !crate::resource_type::is_valid_id(version)) {
+        return None;
+    }
+    let (rest, id) = reference.rsplit_once('/')?;
+    let relative_or_absolute =
+        rest == "Patient" || (rest.ends_with("/Patient") && rest.contains("://"));
+    (relative_or_absolute && crate::resource_type::is_valid_id(id)).then_some(id)
+}
+
+/// Whether a written Consent names its patient plainly (`Patient/<id>`, no version, not
+/// absolute): the gateway finds a patient's Consents by searching `patient=Patient/<id>`, and
+/// a server matching references as written would not find one spelled otherwise, so its block
+/// would never hold. Anything but a Consent: true.
+pub fn consent_patient_plain(resource: &Value) -> bool {
+    if resource.get("resourceType").and_then(Value::as_str) != Some("Consent") {
+        return true;
+    }
+    match resource
+        .pointer("/patient/reference")
+        .and_then(Value::as_str)
+    {
+        Some(reference) => reference
+            .strip_prefix("Patient/")
+            .is_some_and(crate::resource_type::is_valid_id),
+        None => resource.get("patient").is_none(),
+    }
+}
+
+/// Whether `reference` mentions a Patient in a spelling that is not plainly one
+/// ([`patient_reference_id`]): whom it names depends on the server. Such a reference on a
+/// patient path makes its resource unplaceable (withheld where consent binds; a write with it
+/// is not verifiable).
+pub fn odd_patient_reference(reference: &str) -> bool {
+    patient_reference_id(reference).is_none()
+        && !reference.starts_with('#')
+        && !other_type_reference(reference)
+        && reference.to_ascii_lowercase().contains("patient")
 }
 
 /// [`patients_in_answer`] read from the answer's bytes without building its tree: each
@@ -639,6 +673,12 @@ fn identifier_refs(resource: &Value, visit: &mut dyn FnMut(Option<String>)) {
         };
         walk_objects(start, steps, &mut |object| {
             if let Some(reference) = reference_of(object) {
+                // A Patient spelled so that whom it names depends on the server: nobody can
+                // place it.
+                if odd_patient_reference(reference) {
+                    visit(None);
+                    return;
+                }
                 // A contained Patient is whoever its identifiers say: a copy of her record's
                 // identity inside the resource is her as much as a reference by identifier.
                 // One without an identifier to look up is somebody nobody can name.
@@ -706,7 +746,11 @@ fn placed_by_lookup(reference: &str, path: &str) -> bool {
     reference == PATIENT_BY_IDENTIFIER
         || (reference == UNTYPED_BY_IDENTIFIER && is_primary(path))
         || reference.starts_with('#')
+        || (odd_patient_reference(reference) && !reference.starts_with(MARKER_PREFIX))
 }
+
+/// How [`walk`]'s markers begin.
+const MARKER_PREFIX: &str = "urn:portvagt:";
 
 #[cfg(test)]
 mod tests;

@@ -144,11 +144,7 @@ pub(crate) fn check(
             Err(DenyReason::OutsideCompartment)
         }
         Interaction::Create => match request.body() {
-            Some(RequestBody::Resource(resource))
-                if membership(resource, patient) == Membership::Member =>
-            {
-                Ok(checked)
-            }
+            Some(RequestBody::Resource(resource)) if stays_hers(resource, patient) => Ok(checked),
             Some(_) => Err(DenyReason::OutsideCompartment),
             None => Err(DenyReason::WriteNotVerifiable),
         },
@@ -199,6 +195,7 @@ pub(crate) fn check(
 /// (her `Patient`) linked to nobody else's record (`link.other` reaches into theirs).
 pub fn stays_hers(resource: &serde_json::Value, patient: &str) -> bool {
     membership(resource, patient) == Membership::Member
+        && crate::compartment::consent_patient_plain(resource)
         && crate::compartment::linked_patients(resource)
             .iter()
             .all(|linked| linked == patient)

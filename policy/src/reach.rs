@@ -101,6 +101,9 @@ impl Reach {
                     Some(found) => reach.identifiers.extend(found),
                     None => reach.opaque = true,
                 }
+                // A Consent whose patient is spelled otherwise than `Patient/<id>` would never
+                // be found as hers: its block would not hold.
+                reach.opaque |= !crate::compartment::consent_patient_plain(resource);
             }
             // A patch may move the resource: every Patient its values spell out is written.
             Some(RequestBody::Patch { document, format }) => {

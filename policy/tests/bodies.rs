@@ -84,6 +84,30 @@ fn a_patient_updates_her_record_but_does_not_link_it_to_anothers() {
     }
 }
 
+/// A Consent of hers names her plainly: one spelled with a version (or absolute) would not be
+/// found by a search for `patient=Patient/<id>`, and its block would never hold.
+#[test]
+fn a_patient_writes_consents_that_name_her_plainly() {
+    let consent = |reference: &str| {
+        json!({ "resourceType": "Consent", "status": "active",
+            "scope": { "text": "privacy" }, "category": [{ "text": "x" }],
+            "patient": { "reference": reference }, "provision": { "type": "deny" } })
+    };
+    let plain = with_body("POST", "Consent", &consent("Patient/pat-anne"));
+    assert!(decide_as("patient/Consent.c", Some("pat-anne"), &plain).is_allow());
+    for odd in [
+        "Patient/pat-anne/_history/3",
+        "Patient/pat-anne/_history/1/../../Patient/pat-bo",
+    ] {
+        let request = with_body("POST", "Consent", &consent(odd));
+        assert_eq!(
+            decide_as("patient/Consent.c", Some("pat-anne"), &request).deny_reason(),
+            Some(DenyReason::OutsideCompartment),
+            "{odd}"
+        );
+    }
+}
+
 fn bundle(kind: &str, entries: Vec<Value>) -> FhirRequest {
     with_body(
         "POST",

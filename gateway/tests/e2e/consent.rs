@@ -927,6 +927,38 @@ async fn a_patch_is_checked_as_the_server_reads_it_on_the_version_it_changes() {
             .is_none()
     );
 
+    // A patient spelled so that servers read it differently (by its first pair, its last),
+    // and a Consent naming her with a version (a search for her Consents would miss it): not
+    // verifiable, for anyone.
+    for body in [
+        json!({ "resourceType": "Appointment", "status": "booked", "participant": [
+            { "actor": { "reference": "Patient/pat-bo" }, "status": "accepted" },
+            { "actor": { "reference": "Patient/pat-anne/_history/1/../../Patient/pat-bo" },
+              "status": "accepted" }] }),
+        json!({ "resourceType": "Observation", "status": "final", "code": { "text": "x" },
+            "subject": { "reference": "../Patient/pat-anne" } }),
+        json!({ "resourceType": "Consent", "status": "active", "scope": { "text": "privacy" },
+            "category": [{ "text": "x" }], "patient": { "reference": "Patient/pat-anne/_history/1" },
+            "provision": { "type": "deny" } }),
+    ] {
+        let kind = body["resourceType"].as_str().unwrap().to_owned();
+        let refused = client
+            .send(request(
+                Method::POST,
+                &format!("/fhir/{kind}"),
+                Some(&colleague),
+                Some(body.clone()),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(
+            denial(&refused),
+            (403, "write-not-verifiable".into()),
+            "{body}: {}",
+            refused.text()
+        );
+    }
+
     // Her If-Match names a version other than the one the gateway read: not sent.
     let note = json!([{ "op": "add", "path": "/subject/display", "value": "Bo" }]);
     for (if_match, status) in [("W/\"not-the-current-one\"", 412), ("*", 200)] {
