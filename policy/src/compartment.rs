@@ -150,6 +150,11 @@ pub fn membership(resource: &Value, patient: &str) -> Membership {
             Membership::Outside
         };
     }
+    if resource_type == "AuditEvent"
+        && let Some(membership) = audit_event_membership(resource.get("entity"), patient)
+    {
+        return membership;
+    }
     if let Some(links) = links(resource_type) {
         let mut tally = Tally::default();
         for link in links {
@@ -240,12 +245,71 @@ fn collect_patients(resource: &Value, patients: &mut Vec<String>) {
         }
         return;
     }
+    if resource_type == "AuditEvent" && audit_event_patients(resource.get("entity"), patients) {
+        return;
+    }
     for path in patient_paths(resource_type) {
         walk(resource, path.split('.'), &mut |reference| {
             push_patient(reference, patients)
         });
     }
 }
+
+/// The patient entities of an AuditEvent (`entity.role` object-role `1`), as the gateway writes
+/// one per patient (BALP): whose event it is. Its agents (a user whose `fhirUser` is written
+/// absolute, a guardian who is a patient herself) and its other entities (the resource read,
+/// which may be another patient's record linked to hers) are not. `None` when it has none (an
+/// event written elsewhere): then its compartment paths decide.
+fn patient_entities(entity: Option<&Value>) -> Option<Vec<&Value>> {
+    let patients: Vec<&Value> = entity?
+        .as_array()?
+        .iter()
+        .filter(|entity| {
+            let role = entity.get("role");
+            role.and_then(|role| role.get("system"))
+                .and_then(Value::as_str)
+                == Some(OBJECT_ROLE)
+                && role
+                    .and_then(|role| role.get("code"))
+                    .and_then(Value::as_str)
+                    == Some("1")
+        })
+        .collect();
+    (!patients.is_empty()).then_some(patients)
+}
+
+/// [`membership`] of an AuditEvent with patient entities: hers when every one of them is
+/// exactly her.
+fn audit_event_membership(entity: Option<&Value>, patient: &str) -> Option<Membership> {
+    let patients = patient_entities(entity)?;
+    let hers = patients.iter().all(|entity| {
+        entity
+            .pointer("/what/reference")
+            .and_then(Value::as_str)
+            .is_some_and(|reference| references_patient(reference, patient))
+    });
+    Some(if hers {
+        Membership::Member
+    } else {
+        Membership::Outside
+    })
+}
+
+/// The patients of an AuditEvent's patient entities, added to `patients`; whether it has any.
+fn audit_event_patients(entity: Option<&Value>, patients: &mut Vec<String>) -> bool {
+    let Some(entities) = patient_entities(entity) else {
+        return false;
+    };
+    for entity in entities {
+        if let Some(reference) = entity.pointer("/what/reference").and_then(Value::as_str) {
+            push_patient(reference, patients);
+        }
+    }
+    true
+}
+
+/// The code system of `AuditEvent.entity.role`.
+const OBJECT_ROLE: &str = "http://terminology.hl7.org/CodeSystem/object-role";
 
 /// Types outside the R4 Patient compartment whose resources still name a patient, and where:
 /// a Device implanted in her, the Binary a document of hers is stored in, a decision or a
@@ -393,6 +457,14 @@ fn collect_patients_raw(
         }
         return Some(());
     }
+    if resource_type == "AuditEvent"
+        && let Some(raw) = resource.get("entity")
+    {
+        let entity = crate::strict_json::tree_unique_str(raw.get()).ok()?;
+        if audit_event_patients(Some(&entity), patients) {
+            return Some(());
+        }
+    }
     for path in patient_paths(&resource_type) {
         let mut steps = path.split('.');
         let Some(raw) = resource.get(steps.next().unwrap_or_default()) else {
@@ -426,6 +498,18 @@ pub(crate) fn membership_raw(resource: &OrderedRaw<'_>, patient: &str) -> Member
         } else {
             Membership::Outside
         };
+    }
+    if resource_type == "AuditEvent" {
+        let entity = match resource.get("entity") {
+            Some(raw) => match crate::strict_json::tree_unique_str(raw.get()) {
+                Ok(entity) => Some(entity),
+                Err(_) => return Membership::Outside,
+            },
+            None => None,
+        };
+        if let Some(membership) = audit_event_membership(entity.as_ref(), patient) {
+            return membership;
+        }
     }
     if let Some(links) = links(&resource_type) {
         let mut tally = Tally::default();

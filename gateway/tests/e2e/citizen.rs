@@ -42,6 +42,19 @@ async fn citizens_read_their_own_log_without_a_certificate_and_nothing_else() {
             .unwrap();
         assert_eq!(answer.status, 200);
     }
+    // A professional whose identity provider writes her fhirUser as an absolute URL: her
+    // access is in Anne's log all the same (the event is Anne's by its patient entity).
+    let absolute = gateway.token(json!({
+        "scope": "user/*.rs", "name": "Jens Absalonsen", "role": "7170",
+        "purpose_of_use": "TREATMENT", "authorization_id": "AB123",
+        "fhirUser": "https://idp.example.dk/fhir/Practitioner/prac-ab123",
+    }));
+    let answer = gateway
+        .client()
+        .get("/fhir/Patient/pat-anne", Some(&absolute))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
     let browser = gateway.citizen_client();
     let token = anne(
         &gateway,
@@ -57,13 +70,15 @@ async fn citizens_read_their_own_log_without_a_certificate_and_nothing_else() {
             .as_array()
             .cloned()
             .unwrap_or_default();
-        if events.iter().any(|e| e.to_string().contains("Mette Kjær")) {
+        let shipped = |name: &str| events.iter().any(|e| e.to_string().contains(name));
+        if shipped("Mette Kjær") && shipped("Jens Absalonsen") {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     let text = Value::Array(events.clone()).to_string();
     assert!(text.contains("Mette Kjær"), "{text}");
+    assert!(text.contains("Jens Absalonsen"), "{text}");
     assert!(text.contains("Patient/pat-anne"), "{text}");
     assert!(!text.contains("pat-bo"), "{text}");
 

@@ -388,3 +388,61 @@ fn narrowing_prefers_patient_then_subject() {
     assert_eq!(narrowing_param("Patient"), Some("_id"));
     assert_eq!(narrowing_param("Practitioner"), None);
 }
+
+/// Whose an AuditEvent is: its patient entities (object-role 1), one per patient as the gateway
+/// writes them, not its agents (an absolute `fhirUser`, a guardian who is a patient herself) or
+/// the other entities (the record read, which may be another patient's linked to hers).
+#[test]
+fn an_audit_event_is_the_patient_entitys() {
+    let event = |agent: &str, entities: Value| {
+        json!({ "resourceType": "AuditEvent",
+            "agent": [{ "who": { "reference": agent }, "requestor": true }],
+            "entity": entities })
+    };
+    let patient = |reference: &str| {
+        json!({ "what": { "reference": reference }, "role": {
+            "system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1" } })
+    };
+    let read = |reference: &str| {
+        json!({ "what": { "reference": reference }, "role": {
+            "system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "4" } })
+    };
+    for (agent, entities) in [
+        (
+            "https://idp.example/fhir/Practitioner/x",
+            json!([patient("Patient/pat-anne")]),
+        ),
+        ("Patient/pat-bo", json!([patient("Patient/pat-anne")])),
+        (
+            "Practitioner/p",
+            json!([patient("Patient/pat-anne"), read("Patient/pat-bo")]),
+        ),
+    ] {
+        let event = event(agent, entities);
+        assert_eq!(
+            membership(&event, "pat-anne"),
+            Membership::Member,
+            "{event}"
+        );
+        assert_eq!(membership(&event, "pat-bo"), Membership::Outside, "{event}");
+        assert_eq!(patients_of(&event), ["pat-anne"], "{event}");
+        let text = event.to_string();
+        let raw: crate::raw::OrderedRaw<'_> = serde_json::from_str(&text).unwrap();
+        assert_eq!(super::membership_raw(&raw, "pat-anne"), Membership::Member);
+        assert_eq!(
+            super::patients_in_body(event.to_string().as_bytes()),
+            Some(vec!["pat-anne".to_owned()])
+        );
+    }
+    // Two patients' event is neither's alone; one without patient entities is read as before.
+    let both = event(
+        "Practitioner/p",
+        json!([patient("Patient/pat-anne"), patient("Patient/pat-bo")]),
+    );
+    assert_eq!(membership(&both, "pat-anne"), Membership::Outside);
+    let elsewhere = event(
+        "Patient/pat-bo",
+        json!([{ "what": { "reference": "Patient/pat-anne" } }]),
+    );
+    assert_eq!(membership(&elsewhere, "pat-anne"), Membership::Outside);
+}
