@@ -151,7 +151,8 @@ pub fn membership(resource: &Value, patient: &str) -> Membership {
         };
     }
     if resource_type == "AuditEvent"
-        && let Some(membership) = audit_event_membership(resource.get("entity"), patient)
+        && let Some(membership) =
+            audit_event_membership(resource.get("entity"), resource.get("agent"), patient)
     {
         return membership;
     }
@@ -245,9 +246,6 @@ fn collect_patients(resource: &Value, patients: &mut Vec<String>) {
         }
         return;
     }
-    if resource_type == "AuditEvent" && audit_event_patients(resource.get("entity"), patients) {
-        return;
-    }
     for path in patient_paths(resource_type) {
         walk(resource, path.split('.'), &mut |reference| {
             push_patient(reference, patients)
@@ -279,8 +277,14 @@ fn patient_entities(entity: Option<&Value>) -> Option<Vec<&Value>> {
 }
 
 /// [`membership`] of an AuditEvent with patient entities: hers when every one of them is
-/// exactly her.
-fn audit_event_membership(entity: Option<&Value>, patient: &str) -> Option<Membership> {
+/// exactly her, and nothing else in it (another entity, an agent) names another patient or a
+/// Patient spelled so that nobody can place it. An agent or entity that is no patient (a
+/// practitioner whose `fhirUser` is an absolute URL) does not make it someone else's.
+fn audit_event_membership(
+    entity: Option<&Value>,
+    agent: Option<&Value>,
+    patient: &str,
+) -> Option<Membership> {
     let patients = patient_entities(entity)?;
     let hers = patients.iter().all(|entity| {
         entity
@@ -288,24 +292,22 @@ fn audit_event_membership(entity: Option<&Value>, patient: &str) -> Option<Membe
             .and_then(Value::as_str)
             .is_some_and(|reference| references_patient(reference, patient))
     });
-    Some(if hers {
+    let mut others = false;
+    let mut look = |value: Option<&Value>, pointer: &str| {
+        for item in value.and_then(Value::as_array).into_iter().flatten() {
+            if let Some(reference) = item.pointer(pointer).and_then(Value::as_str) {
+                others |= odd_patient_reference(reference)
+                    || patient_reference_id(reference).is_some_and(|id| id != patient);
+            }
+        }
+    };
+    look(entity, "/what/reference");
+    look(agent, "/who/reference");
+    Some(if hers && !others {
         Membership::Member
     } else {
         Membership::Outside
     })
-}
-
-/// The patients of an AuditEvent's patient entities, added to `patients`; whether it has any.
-fn audit_event_patients(entity: Option<&Value>, patients: &mut Vec<String>) -> bool {
-    let Some(entities) = patient_entities(entity) else {
-        return false;
-    };
-    for entity in entities {
-        if let Some(reference) = entity.pointer("/what/reference").and_then(Value::as_str) {
-            push_patient(reference, patients);
-        }
-    }
-    true
 }
 
 /// The code system of `AuditEvent.entity.role`.
@@ -457,14 +459,6 @@ fn collect_patients_raw(
         }
         return Some(());
     }
-    if resource_type == "AuditEvent"
-        && let Some(raw) = resource.get("entity")
-    {
-        let entity = crate::strict_json::tree_unique_str(raw.get()).ok()?;
-        if audit_event_patients(Some(&entity), patients) {
-            return Some(());
-        }
-    }
     for path in patient_paths(&resource_type) {
         let mut steps = path.split('.');
         let Some(raw) = resource.get(steps.next().unwrap_or_default()) else {
@@ -500,14 +494,16 @@ pub(crate) fn membership_raw(resource: &OrderedRaw<'_>, patient: &str) -> Member
         };
     }
     if resource_type == "AuditEvent" {
-        let entity = match resource.get("entity") {
-            Some(raw) => match crate::strict_json::tree_unique_str(raw.get()) {
-                Ok(entity) => Some(entity),
-                Err(_) => return Membership::Outside,
-            },
-            None => None,
+        let read = |name: &str| match resource.get(name) {
+            Some(raw) => crate::strict_json::tree_unique_str(raw.get())
+                .map(Some)
+                .map_err(|_| ()),
+            None => Ok(None),
         };
-        if let Some(membership) = audit_event_membership(entity.as_ref(), patient) {
+        let (Ok(entity), Ok(agent)) = (read("entity"), read("agent")) else {
+            return Membership::Outside;
+        };
+        if let Some(membership) = audit_event_membership(entity.as_ref(), agent.as_ref(), patient) {
             return membership;
         }
     }
