@@ -67,6 +67,11 @@ fn blocked_and_colleague(gateway: &Gateway, scope: &str) -> (String, String) {
     )
 }
 
+/// Anne's CPR number as an Identifier.
+fn anne_cpr() -> serde_json::Value {
+    json!({ "system": "urn:oid:1.2.208.176.1.2", "value": "1111111118" })
+}
+
 /// The ids of a searchset's resources, sorted.
 fn entry_ids(answer: &Answer) -> Vec<String> {
     let mut ids: Vec<String> = answer.json()["entry"]
@@ -398,7 +403,7 @@ async fn a_write_naming_the_patient_by_identifier_only_meets_her_block() {
     let gateway = gateway(&backend);
     let client = gateway.client();
     let (blocked, colleague) = blocked_and_colleague(&gateway, "user/*.cruds");
-    let anne = json!({ "system": "urn:oid:1.2.208.176.1.2", "value": "1111111118" });
+    let anne = anne_cpr();
     for subject in [
         json!({ "type": "Patient", "identifier": anne }),
         json!({ "identifier": anne }),
@@ -612,7 +617,7 @@ async fn a_write_naming_her_by_a_contained_patient_or_a_patched_identifier_meets
     let gateway = gateway(&backend);
     let client = gateway.client();
     let (blocked, colleague) = blocked_and_colleague(&gateway, "user/*.cruds");
-    let cpr = json!({ "system": "urn:oid:1.2.208.176.1.2", "value": "1111111118" });
+    let cpr = anne_cpr();
     let send = |method: Method, path: String, token: &str, body: serde_json::Value| {
         client.send(match method {
             Method::PATCH => json_patch(&path, token, &body.to_string(), &[]),
@@ -803,7 +808,7 @@ async fn a_patch_is_checked_as_the_server_reads_it_on_the_version_it_changes() {
     let gateway = gateway(&backend);
     let client = gateway.client();
     let (blocked, colleague) = blocked_and_colleague(&gateway, "user/*.cruds");
-    let cpr = json!({ "system": "urn:oid:1.2.208.176.1.2", "value": "1111111118" });
+    let cpr = anne_cpr();
     let stored = |body: serde_json::Value| store(backend.base_url(), body);
     let current = |path: String| {
         let base = backend.base_url().to_owned();
