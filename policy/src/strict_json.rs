@@ -34,8 +34,9 @@ pub fn unique_members(bytes: &[u8]) -> Result<(), StrictJsonError> {
         .map_err(|error| strict_error(&error))
 }
 
-/// `T` read from `bytes` that [`unique_members`] accepts: for what the gateway decides by
-/// (introspection answers, key sets, its own reads of Consents and owners).
+/// `T` read from `bytes` that [`unique_members`] accepts: for the typed things the gateway
+/// decides by (introspection answers, key sets). A tree is read in one pass by
+/// [`tree_unique`].
 pub fn from_slice_unique<T: serde::de::DeserializeOwned>(
     bytes: &[u8],
 ) -> Result<T, StrictJsonError> {

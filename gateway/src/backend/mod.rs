@@ -416,7 +416,7 @@ impl Backend {
             .to_bytes();
         // What the gateway decides by (a Consent, an owner) has one meaning: a member given
         // twice is not read either way.
-        crate::strict_json::from_slice_unique(&bytes)
+        crate::strict_json::tree_unique(&bytes)
             .map(Fetched::Found)
             .map_err(|_| ProxyError::LookupFailed(status).into())
     }
@@ -469,7 +469,7 @@ impl Backend {
             .await
             .ok()?
             .to_bytes();
-        let bundle: serde_json::Value = crate::strict_json::from_slice_unique(&body).ok()?;
+        let bundle = crate::strict_json::tree_unique(&body).ok()?;
         (bundle.get("resourceType")?.as_str()? == "Bundle").then_some(bundle)
     }
 }

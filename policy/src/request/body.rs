@@ -67,7 +67,7 @@ fn is_json(media_type: Option<&str>) -> bool {
 /// (which of the two the gateway's checks read, and which the backend stores, would differ
 /// between parsers).
 fn strict_body(bytes: &[u8]) -> Result<Value, ClassifyError> {
-    crate::strict_json::from_slice_unique(bytes).map_err(|error| match error {
+    crate::strict_json::tree_unique(bytes).map_err(|error| match error {
         crate::strict_json::StrictJsonError::Duplicate(_) => ClassifyError::DuplicateMember,
         crate::strict_json::StrictJsonError::Syntax(_) => ClassifyError::MalformedBody,
     })
