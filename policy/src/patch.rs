@@ -59,11 +59,7 @@ fn json_patch_touches(document: &Value, guarded: &dyn Fn(&str) -> bool) -> bool 
         };
         let first = rest.split('/').next().unwrap_or_default();
         let first = first.replace("~1", "/").replace("~0", "~");
-        first.is_empty()
-            || guarded(&first)
-            || rest
-                .split('/')
-                .any(|token| apply::SKIPPED_BY_SOME_SERVERS.contains(&token) || token.contains('%'))
+        first.is_empty() || guarded(&first) || rest.split('/').any(apply::read_otherwise)
     };
     operations.iter().any(|operation| {
         ["path", "from"]

@@ -119,6 +119,7 @@ impl Proxy {
         reach: &Reach,
         decisions: &[Decision],
         narrowed: bool,
+        patch: Option<&serde_json::Value>,
     ) -> Result<Touched, BoxError> {
         let mut touched = Touched::default();
         // Each identifier is a search at the backend: a bounded number per request.
@@ -165,7 +166,7 @@ impl Proxy {
                     touched.owner_unplaceable |= owned.unplaceable;
                     // A JSON Patch that can change whose data the resource is: applied once
                     // its owners' blocks have let the caller through ([`Self::patched`]).
-                    if single && !narrowed && compartment_patch(entry).is_some() {
+                    if single && !narrowed && patch.is_some() {
                         touched.patch_target = Some(owned.current);
                     }
                     version = owned.version;
@@ -342,7 +343,7 @@ impl Proxy {
             // Nothing there: as for any write to what is not there (the caller's blocks have
             // been checked; a blocked one got the same answer for what is there).
             Current::Missing => return Err(crate::consent::NotFoundError.into()),
-            _ => return Ok(Owned::unplaceable()),
+            Current::One(_) => return Ok(Owned::unplaceable()),
         };
         let Some(result) = portvagt_policy::patch::apply_json_patch(document, current) else {
             return Ok(Owned::unplaceable());
@@ -401,19 +402,6 @@ impl Proxy {
             Fetched::Found(current) => current,
             Fetched::Missing => return Ok(Owned::default()),
         };
-        let matched: Vec<&serde_json::Value> = match owner {
-            Owner::Instance(_) => vec![&current],
-            Owner::Search { .. } => portvagt_policy::filter::bundle_resources(&current)
-                .filter(|r| {
-                    r.get("resourceType").and_then(|t| t.as_str()) != Some("OperationOutcome")
-                })
-                .collect(),
-        };
-        let one = match matched.as_slice() {
-            [] => Current::Missing,
-            [one] => Current::One((*one).clone()),
-            _ => Current::Several,
-        };
         // What a conditional write matches beyond the first page would go unchecked.
         let more = has_next_page(&current);
         if more {
@@ -427,9 +415,15 @@ impl Proxy {
         // What a write changes reaches whom it names now, and whom a Patient links to: a
         // delete or an unlink of a Patient that links to hers reaches her.
         let written = self.written_by(upstream, &current).await?;
+        // The resource itself, for a patch to be applied to (a conditional write's matches are
+        // never patched by the gateway).
+        let current = match owner {
+            Owner::Instance(_) => Current::One(current),
+            Owner::Search { .. } => Current::Missing,
+        };
         Ok(Owned {
             version,
-            current: one,
+            current,
             ..written
         })
     }
@@ -897,15 +891,13 @@ impl Owned {
     }
 }
 
-/// What a write's target is, as read.
+/// What a write by id changes, as read.
 #[derive(Debug, Default)]
 pub(super) enum Current {
-    /// Nothing: the write changes nothing (or creates).
+    /// Nothing there (or a conditional write, whose matches the gateway never patches).
     #[default]
     Missing,
     One(serde_json::Value),
-    /// A conditional write's criteria match more than one (the server refuses it).
-    Several,
 }
 
 /// The JSON Patch of `request`, if it can change a compartment element (whose data the

@@ -153,6 +153,9 @@ impl Proxy {
                 None => query = Some(append_params(query.as_deref().unwrap_or(""), &newest_first)),
             }
         }
+        // A JSON Patch that can change whose data the resource is: applied by the gateway to
+        // the version it reads, and judged by its result.
+        let patch = compartment_patch(&fhir);
         if obligations.verify_target
             && let Some(patient) = &obligations.compartment
         {
@@ -166,7 +169,7 @@ impl Proxy {
                 &upstream,
                 &instance,
                 patient,
-                compartment_patch(&fhir),
+                patch,
                 fhir.interaction().is_write().then_some(&mut parts.headers),
                 record_handle.as_ref(),
             )
@@ -264,6 +267,7 @@ impl Proxy {
                     &reach,
                     &obligations.entries,
                     obligations.compartment.is_some(),
+                    patch,
                 )
                 .await?;
             if let Some(record_handle) = &record_handle {
@@ -294,7 +298,7 @@ impl Proxy {
         // A JSON Patch that can change whose data the resource is: applied to the version read,
         // now that its owners let the caller through; whoever its result adds is written (and
         // named) as by a body, checked and recorded.
-        if let (Some(target), Some(document)) = (&touched.patch_target, compartment_patch(&fhir)) {
+        if let (Some(target), Some(document)) = (&touched.patch_target, patch) {
             let written = self
                 .patched(
                     &upstream,

@@ -10,7 +10,14 @@ use serde_json::Value;
 /// Pointer tokens a JavaScript server's JSON Patch passes over (Medplum's stays on the parent,
 /// so `/__proto__/subject` is `/subject` to it): no patch that names one is applied or let
 /// through as harmless.
-pub(crate) const SKIPPED_BY_SOME_SERVERS: [&str; 3] = ["__proto__", "constructor", "prototype"];
+const SKIPPED_BY_SOME_SERVERS: [&str; 3] = ["__proto__", "constructor", "prototype"];
+
+/// Whether a pointer token is one some servers read otherwise than RFC 6901: a name they pass
+/// over, or a `%` they read as an escape (`%5F_proto__`). (None of those names holds `~` or
+/// `/`: escaped or not, the answer is the same.)
+pub(crate) fn read_otherwise(token: &str) -> bool {
+    SKIPPED_BY_SOME_SERVERS.contains(&token) || token.contains('%')
+}
 
 /// How many operations one patch may have for the gateway to apply it (the server's work is
 /// bounded by the body limit; the gateway's must be too).
@@ -107,10 +114,7 @@ fn pointer(text: &str) -> Option<Vec<String>> {
             let stray_tilde = token
                 .match_indices('~')
                 .any(|(at, _)| !matches!(token.as_bytes().get(at + 1), Some(b'0' | b'1')));
-            // A `%` is read as an escape by some servers (`%5F_proto__`).
-            let skipped =
-                SKIPPED_BY_SOME_SERVERS.contains(&unescaped.as_str()) || token.contains('%');
-            (!stray_tilde && !skipped).then_some(unescaped)
+            (!stray_tilde && !read_otherwise(token)).then_some(unescaped)
         })
         .collect()
 }
