@@ -98,7 +98,14 @@ pub fn classify(data: &[u8]) {
     let opened = ["Observation".to_owned()];
     for channel in [
         portvagt_policy::Channel::Professional,
-        portvagt_policy::Channel::Citizen { opened: &opened },
+        portvagt_policy::Channel::Citizen {
+            opened: &opened,
+            blocks: false,
+        },
+        portvagt_policy::Channel::Citizen {
+            opened: &opened,
+            blocks: true,
+        },
     ] {
         let subject = portvagt_policy::Subject {
             fhir_user: Some("Patient/pat-anne"),

@@ -85,6 +85,7 @@ fn build_events(c: &mut Criterion) {
                     patients,
                     break_glass: None,
                     bases: &[],
+                    citizen_block: None,
                 };
                 audit_events(black_box(&facts), &source)
             })

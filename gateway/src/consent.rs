@@ -10,6 +10,7 @@
 //! [`portvagt_policy::consent`].
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -56,6 +57,9 @@ pub struct ConsentStore {
     /// By (backend, patient): each backend holds its own patients' Consents.
     cache: Mutex<HashMap<(String, String), Cached>>,
     identities: Mutex<HashMap<IdentityKey, (Instant, Arc<CallerIds>)>>,
+    /// Counts [`ConsentStore::forget`]s: a load that began before one is not cached, so that a
+    /// block lifted or made while it was under way cannot come back from it.
+    epoch: AtomicU64,
 }
 
 /// The backend asked, then the caller's identities as the token and certificate gave them,
@@ -75,7 +79,16 @@ impl ConsentStore {
             capacity: config.cache_entries.max(1),
             cache: Mutex::new(HashMap::new()),
             identities: Mutex::new(HashMap::new()),
+            epoch: AtomicU64::new(0),
         }
+    }
+
+    /// Forgets what is cached of `patient`'s Consents (in every backend): the next access
+    /// loads them again. Called when a citizen makes or lifts a block here.
+    pub fn forget(&self, patient: &str) {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        cache.retain(|(_, cached), _| cached != patient);
     }
 
     /// The blocks of each of `patients` (ids) in `backend`, from the cache or, for the rest,
@@ -87,6 +100,7 @@ impl ConsentStore {
     ) -> Result<PatientBlocks, ConsentUnavailableError> {
         let name = backend.name();
         let now = Instant::now();
+        let epoch = self.epoch.load(Ordering::SeqCst);
         let mut found = HashMap::new();
         let mut missing = Vec::new();
         {
@@ -132,6 +146,13 @@ impl ConsentStore {
             }
         }
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if self.epoch.load(Ordering::SeqCst) != epoch {
+            // A block changed while these were loaded: used for this access, not kept.
+            for (patient, blocks) in loaded {
+                found.insert(patient, Arc::new(blocks));
+            }
+            return Ok(found);
+        }
         if cache.len() + loaded.len() > self.capacity {
             cache.retain(|_, (expires, _)| *expires > now);
             if cache.len() + loaded.len() > self.capacity {

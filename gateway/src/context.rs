@@ -55,6 +55,20 @@ pub struct RecordFields {
     /// For a followed paging link: the request it continues (`/fhir/Observation?code=x`),
     /// which is what the audit record names instead of the link.
     pub continues: Option<String>,
+    /// A citizen's own block made or lifted (on the citizen listener).
+    pub citizen_block: Option<CitizenBlockRecord>,
+}
+
+/// A citizen's block as the audit record names it, so that her log can say "Du spærrede for
+/// …" / "Du ophævede spærringen for …".
+#[derive(Debug, Clone)]
+pub struct CitizenBlockRecord {
+    /// `made` or `lifted`.
+    pub change: &'static str,
+    /// The Consent's id.
+    pub consent: String,
+    /// Whom it blocks, by the name her log showed.
+    pub display: Option<String>,
 }
 
 /// One entry of a batch or transaction, as it was answered.

@@ -68,6 +68,9 @@ pub struct Metrics {
     /// `portvagt_identifier_lookups_total{source}`: patient identifiers placed, `searched` at
     /// the backend or answered from the gateway's `cache`.
     pub identifier_lookups: IntCounterVec,
+    /// `portvagt_citizen_blocks_total{change}`: citizens' own blocks `made` and `lifted` on the
+    /// citizen listener.
+    pub citizen_blocks: IntCounterVec,
     /// `portvagt_backend_circuit_opened_total`: times a backend's circuit opened.
     pub circuit_opened: IntCounter,
     /// `portvagt_upstream_retries_total`: GET/HEAD requests sent again after a failed
@@ -292,6 +295,17 @@ impl Metrics {
         for source in ["searched", "cache"] {
             identifier_lookups.with_label_values(&[source]);
         }
+        let citizen_blocks = IntCounterVec::new(
+            Opts::new(
+                "portvagt_citizen_blocks_total",
+                "Citizens' own blocks made and lifted on the citizen listener, by change",
+            ),
+            &["change"],
+        )
+        .expect("valid metric");
+        for change in ["made", "lifted"] {
+            citizen_blocks.with_label_values(&[change]);
+        }
         let consent_withheld = IntCounter::new(
             "portvagt_consent_withheld_entries_total",
             "Search, history and batch entries withheld because of a consent block",
@@ -426,6 +440,7 @@ impl Metrics {
             Box::new(relationship_checks.clone()),
             Box::new(mass_lookups.clone()),
             Box::new(identifier_lookups.clone()),
+            Box::new(citizen_blocks.clone()),
             Box::new(circuit_opened.clone()),
             Box::new(upstream_retries.clone()),
             Box::new(rate_limited.clone()),
@@ -466,6 +481,7 @@ impl Metrics {
             relationship_checks,
             mass_lookups,
             identifier_lookups,
+            citizen_blocks,
             circuit_opened,
             upstream_retries,
             rate_limited,

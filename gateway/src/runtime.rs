@@ -136,6 +136,19 @@ impl Runtime {
                         ));
                     }
                 }
+                // A block nobody enforces, or that she cannot see she made, is worse than none.
+                if citizen.blocks && config.consent.is_none() {
+                    errors.push(ConfigError::new(
+                        "citizen.blocks",
+                        "needs [consent]: a block the gateway does not enforce blocks nobody",
+                    ));
+                }
+                if citizen.blocks && config.audit.is_none() {
+                    errors.push(ConfigError::new(
+                        "citizen.blocks",
+                        "needs [audit]: a citizen's blocks are taken from her access log",
+                    ));
+                }
                 if config.server.listen.port() != 0 && citizen.listen == config.server.listen {
                     errors.push(ConfigError::new(
                         "citizen.listen",

@@ -63,6 +63,7 @@ fn build_for(
             runtime.metrics.clone(),
             runtime.rules.clone(),
             &c.resource_types,
+            c.blocks,
         ),
         None => AuthorizeLayer::new(runtime.metrics.clone(), runtime.rules.clone()),
     }

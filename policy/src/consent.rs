@@ -17,6 +17,7 @@ use serde_json::Value;
 use time::OffsetDateTime;
 
 mod answer;
+pub mod citizen;
 
 pub use self::answer::{
     Checked, Duties, PatientBlocks, Refusals, answers_not_found, check_patients, count_only,

@@ -45,6 +45,10 @@ pub enum Channel<'a> {
     Citizen {
         /// The resource types besides `AuditEvent` the operator opened to citizens.
         opened: &'a [String],
+        /// Citizens make and lift their own blocks here (`[citizen] blocks`): `Consent` is
+        /// theirs to read and search, to create, and to patch (the gateway writes what they
+        /// ask for, [`Obligations::citizen_block`]).
+        blocks: bool,
     },
 }
 
@@ -74,16 +78,39 @@ impl<'a> Subject<'a> {
 }
 
 /// Whether the citizen listener serves this: a citizen about themselves, reading or searching
-/// `AuditEvent` or a type the operator opened.
-fn citizen_may(subject: &Subject<'_>, request: &FhirRequest, opened: &[String]) -> bool {
+/// `AuditEvent` or a type the operator opened; with `blocks`, also making a block (a `Consent`
+/// create) or lifting one (a `Consent` patch).
+fn citizen_may(
+    subject: &Subject<'_>,
+    request: &FhirRequest,
+    opened: &[String],
+    blocks: bool,
+) -> bool {
     let reads = matches!(
         request.interaction(),
         Interaction::Read | Interaction::Vread | Interaction::SearchType
     );
-    let type_open = request
+    let resource_type = request.resource_type().map(|t| t.as_str());
+    let type_open = resource_type.is_some_and(|t| {
+        t == "AuditEvent" || opened.iter().any(|o| o == t) || (blocks && t == "Consent")
+    });
+    let block_change = blocks && is_block_change(request);
+    (reads && type_open || block_change) && subject.is_the_patient()
+}
+
+/// A citizen making or lifting a block: a `Consent` create (`POST Consent`, not conditional)
+/// or patch of one instance.
+fn is_block_change(request: &FhirRequest) -> bool {
+    request
         .resource_type()
-        .is_some_and(|t| t.as_str() == "AuditEvent" || opened.iter().any(|o| o == t.as_str()));
-    reads && type_open && subject.is_the_patient()
+        .is_some_and(|t| t.as_str() == "Consent")
+        && match request.interaction() {
+            Interaction::Create => request.if_none_exist().is_none(),
+            Interaction::Patch => request.id().is_some(),
+            _ => false,
+        }
+        && request.version().is_none()
+        && request.operation().is_none()
 }
 
 /// Decides whether `subject` may perform `request`, on scopes alone.
@@ -106,6 +133,12 @@ fn decide_inner(
     rules: Option<(&Caller<'_>, &RuleSet)>,
     request: &FhirRequest,
 ) -> Decision {
+    if matches!(subject.channel, Channel::Citizen { blocks: true, .. })
+        && is_block_change(request)
+        && subject.is_the_patient()
+    {
+        return decide_block_change(subject, rules, request);
+    }
     let mut decision = decide_request(subject, rules, request);
     if let Decision::Allow { obligations, .. } = &mut decision
         && request.interaction() != Interaction::BatchOrTransaction
@@ -206,8 +239,8 @@ fn decide_request(
     rules: Option<(&Caller<'_>, &RuleSet)>,
     request: &FhirRequest,
 ) -> Decision {
-    if let Channel::Citizen { opened } = subject.channel
-        && !citizen_may(&subject, request, opened)
+    if let Channel::Citizen { opened, blocks } = subject.channel
+        && !citizen_may(&subject, request, opened, blocks)
     {
         return Decision::Deny {
             reason: DenyReason::CitizenListener,
@@ -308,6 +341,51 @@ fn decide_request(
         }
     }
     Decision::Deny { reason: best }
+}
+
+/// A citizen making or lifting her own block: a patient-context scope that covers it (and the
+/// operator's rules, as for any request of hers). What she sent is never forwarded: the gateway
+/// checks it and writes the block itself ([`Obligations::citizen_block`]).
+fn decide_block_change(
+    subject: Subject<'_>,
+    rules: Option<(&Caller<'_>, &RuleSet)>,
+    request: &FhirRequest,
+) -> Decision {
+    let Requirement::Scope(resource_type, needed) = requirement(request) else {
+        return Decision::Deny {
+            reason: DenyReason::CitizenListener,
+        };
+    };
+    let Some(scope) = subject.scopes.iter().find(|scope| {
+        scope.context() == ScopeContext::Patient && scope.covers(resource_type, needed)
+    }) else {
+        return Decision::Deny {
+            reason: DenyReason::InsufficientScope,
+        };
+    };
+    if let Some((caller, rules)) = rules {
+        match rules.evaluate(caller, ScopeContext::Patient, request) {
+            RuleVerdict::Allowed => {}
+            RuleVerdict::Denied => {
+                return Decision::Deny {
+                    reason: DenyReason::DeniedByRule,
+                };
+            }
+            RuleVerdict::NotAllowed => {
+                return Decision::Deny {
+                    reason: DenyReason::NoRuleAllows,
+                };
+            }
+        }
+    }
+    Decision::allow(
+        scope,
+        Obligations {
+            citizen_block: true,
+            compartment: subject.patient.map(str::to_owned),
+            ..Obligations::default()
+        },
+    )
 }
 
 enum Requirement {

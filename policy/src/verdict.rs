@@ -40,6 +40,10 @@ pub struct Obligations {
     /// pinned by a parameter that only names her, such as `performer`; AuditEvents among a
     /// system search's matches).
     pub hide_total: bool,
+    /// A citizen making or lifting her own block on the citizen listener: the gateway answers
+    /// it itself (checks the one shape, writes the Consent it builds), and nothing she sent is
+    /// forwarded.
+    pub citizen_block: bool,
 }
 
 /// The outcome of policy evaluation.

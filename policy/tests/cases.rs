@@ -5,7 +5,9 @@
 //!
 //! where `patient` is the token's `patient` claim (`-`: none), followed by `@<fhirUser>` when
 //! the token names its user and preceded by `citizen:` for a request on the citizen listener
-//! (where the operator opened `Observation` besides the audit log), and `expected` is `allow`,
+//! (where the operator opened `Observation` besides the audit log; `blocks:` the same with
+//! citizens' own blocks on), and `expected` is `allow`, `allow+block` (the gateway makes or
+//! lifts the citizen's block itself),
 //! `allow+check` (answer checked against the compartment), `allow+verify` (the target of a write
 //! is read and checked first), `allow+narrow:<param>=<value>`
 //! (search narrowed, answer checked), `allow+restrict:<param>=<value>` (answers must satisfy a
@@ -364,6 +366,24 @@ patient/Observation.rs      | citizen:pat-anne@Patient/pat-anne | GET | AuditEve
 user/Observation.rs         | citizen:pat-anne@Patient/pat-anne | GET | Observation?code=x | deny:insufficient-scope
 user/*.rs patient/*.rs      | citizen:pat-anne@Patient/pat-anne | GET | Observation?code=x | allow+narrow:subject=Patient/pat-anne
 system/*.rs patient/*.rs    | citizen:pat-anne@Patient/pat-anne | GET | Observation/obs-bo-bp | allow+check
+# --- citizens' own blocks: a Consent create or patch, answered by the gateway; reads as any --
+patient/Consent.cu          | blocks:pat-anne@Patient/pat-anne | POST | Consent          | allow+block
+patient/Consent.cu          | blocks:pat-anne@Patient/pat-anne | PATCH | Consent/blk-1   | allow+block
+patient/Consent.rs          | blocks:pat-anne@Patient/pat-anne | GET | Consent?status=active | allow+narrow:patient=Patient/pat-anne
+patient/Consent.rs          | blocks:pat-anne@Patient/pat-anne | GET | Consent/blk-1     | allow+check
+patient/Consent.rs          | blocks:pat-anne@Patient/pat-anne | POST | Consent          | deny:insufficient-scope
+patient/Consent.cruds       | blocks:pat-anne@Patient/pat-anne | PUT | Consent/blk-1     | deny:citizen-listener
+patient/Consent.cruds       | blocks:pat-anne@Patient/pat-anne | DELETE | Consent/blk-1  | deny:citizen-listener
+patient/Consent.cruds       | blocks:pat-anne@Patient/pat-anne | PATCH | Consent?patient=pat-anne | deny:citizen-listener
+patient/Consent.cruds       | blocks:pat-anne@Patient/pat-anne | DELETE | Consent?patient=pat-anne | deny:citizen-listener
+patient/Consent.cruds       | blocks:pat-anne@Patient/pat-anne | GET | Consent/blk-1/_history | deny:citizen-listener
+patient/*.cruds             | blocks:pat-anne@Patient/pat-anne | POST | Observation      | deny:citizen-listener
+patient/Consent.cruds       | blocks:pat-anne | POST | Consent                          | deny:citizen-listener
+patient/Consent.cruds       | blocks:pat-anne@Practitioner/prac-ns363 | POST | Consent  | deny:citizen-listener
+user/Consent.cruds          | blocks:pat-anne@Patient/pat-anne | POST | Consent          | deny:insufficient-scope
+patient/Consent.cruds       | citizen:pat-anne@Patient/pat-anne | POST | Consent         | deny:citizen-listener
+patient/Consent.cruds       | citizen:pat-anne@Patient/pat-anne | GET | Consent/blk-1    | deny:citizen-listener
+patient/Consent.cruds       | pat-anne@Patient/pat-anne | POST | Consent                | deny:write-not-verifiable
 # --- a user scope is not narrowed by a patient scope beside it ------------------------------
 patient/Observation.rs user/Observation.rs | pat-anne | GET | Observation/obs-bo-bp  | allow
 "#;
@@ -390,6 +410,9 @@ fn expectation(decision: &Decision) -> String {
 fn expectation_without_view(decision: &Decision) -> String {
     match decision {
         Decision::Deny { reason } => format!("deny:{}", reason.code()),
+        Decision::Allow { obligations, .. } if obligations.citizen_block => {
+            "allow+block".to_owned()
+        }
         Decision::Allow { obligations, .. } if obligations.verify_target => {
             "allow+verify".to_owned()
         }
@@ -425,9 +448,25 @@ fn every_case_in_the_table() {
             panic!("line {}: {line}", line_number + 1);
         };
         let scopes = ScopeSet::parse(if scopes == "-" { "" } else { scopes });
-        let (channel, patient) = match patient.strip_prefix("citizen:") {
-            Some(patient) => (Channel::Citizen { opened: &opened }, patient),
-            None => (Channel::Professional, patient),
+        let (channel, patient) = match (
+            patient.strip_prefix("citizen:"),
+            patient.strip_prefix("blocks:"),
+        ) {
+            (Some(patient), _) => (
+                Channel::Citizen {
+                    opened: &opened,
+                    blocks: false,
+                },
+                patient,
+            ),
+            (None, Some(patient)) => (
+                Channel::Citizen {
+                    opened: &opened,
+                    blocks: true,
+                },
+                patient,
+            ),
+            (None, None) => (Channel::Professional, patient),
         };
         let (patient, fhir_user) = match patient.split_once('@') {
             Some((patient, fhir_user)) => (patient, Some(fhir_user)),

@@ -108,6 +108,24 @@ fn agent_view(agent: &Value) -> Option<Value> {
                     kept.insert(field.into(), value.clone());
                 }
             }
+            // Her authorisation id (public, in the register of health professionals), so the
+            // citizen can block her by it; never her CPR number.
+            let authorisation: Vec<Value> = agent
+                .get("extension")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter(|other| {
+                    other
+                        .pointer("/valueIdentifier/system")
+                        .and_then(Value::as_str)
+                        == Some(portvagt_policy::consent::AUTHORIZATION_SYSTEM)
+                })
+                .cloned()
+                .collect();
+            if !authorisation.is_empty() {
+                kept.insert("extension".into(), Value::Array(authorisation));
+            }
         }
         // The organisation and whom a secretary acted for, as identified.
         "PROV" | "RESP" => {
@@ -155,7 +173,10 @@ mod tests {
                 { "type": { "coding": [{ "code": "110152" }] }, "who": { "display": "portvagt@node-7" }, "requestor": false },
                 { "type": { "coding": [{ "code": "humanuser" }] }, "who": { "display": "Mette Kjær", "identifier": { "system": "https://issuer", "value": "sub-1" } },
                   "name": "Mette Kjær", "policy": ["urn:ietf:params:oauth:jti:abc"], "role": [{ "coding": [{ "code": "7170" }] }],
-                  "extension": [{ "url": "x", "valueIdentifier": { "value": "0501792275" } }], "requestor": true },
+                  "extension": [
+                      { "url": "x", "valueIdentifier": { "system": "urn:oid:1.2.208.176.1.2", "value": "0501792275" } },
+                      { "url": "x", "valueIdentifier": { "system": "https://autregweb.sst.dk", "value": "NS363" } }
+                  ], "requestor": true },
                 { "type": { "coding": [{ "code": "PROV" }] }, "who": { "identifier": { "system": "http://cvr.dk", "value": "12345678" }, "display": "Region" }, "requestor": false }
             ],
             "source": { "site": "https://internal:8443/fhir", "observer": { "display": "portvagt@node-7" } },
@@ -192,6 +213,8 @@ mod tests {
             "unconscious",
             "vaerdispring",
             "Observation/o1",
+            // Her authorisation id (public), by which the citizen can block her.
+            "NS363",
             "2026-11-30T07:00:00Z",
         ] {
             assert!(text.contains(shown), "{shown} missing: {text}");

@@ -49,6 +49,11 @@ pub struct CitizenConfig {
     /// it is reachable without a client certificate).
     #[serde(default)]
     pub metadata_without_token: bool,
+    /// Citizens make and lift their own blocks here ("spær for denne sundhedsperson"): a
+    /// `Consent` of one shape, against a professional or organisation of their own access log,
+    /// written by the gateway; their Consents are theirs to read. Needs `[consent]`.
+    #[serde(default)]
+    pub blocks: bool,
 }
 
 /// `[redis]`: how Portvagt reaches the Redis that replicas share (every `redis_url`): TLS for

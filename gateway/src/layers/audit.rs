@@ -116,6 +116,7 @@ where
                 recorded_reason,
                 continues,
                 bases,
+                citizen_block,
             ) = {
                 let fields = record.fields();
                 (
@@ -131,6 +132,7 @@ where
                     fields.reason,
                     fields.continues.clone(),
                     fields.bases.clone(),
+                    fields.citizen_block.clone(),
                 )
             };
             // A followed paging link is recorded as the search it continues.
@@ -163,6 +165,7 @@ where
                     .as_ref()
                     .map(|(reason, patients)| (reason.as_str(), patients.as_slice())),
                 bases: &bases,
+                citizen_block: citizen_block.as_ref(),
             };
             let targets: Vec<String> = entries
                 .iter()

@@ -35,7 +35,7 @@ pub struct AccessDeniedError {
 pub struct AuthorizeLayer {
     metrics: Arc<Metrics>,
     rules: SharedRules,
-    citizen: Option<Arc<[String]>>,
+    citizen: Option<CitizenChannel>,
     decisions: Option<Arc<Decisions>>,
 }
 
@@ -61,15 +61,30 @@ impl AuthorizeLayer {
 
     /// As [`AuthorizeLayer::new`], for the citizen listener ([`Channel::Citizen`]): the policy
     /// lets through only a citizen about themselves, reading or searching their audit log or
-    /// one of `resource_types`.
-    pub fn citizen(metrics: Arc<Metrics>, rules: SharedRules, resource_types: &[String]) -> Self {
+    /// one of `resource_types`, and with `blocks` making or lifting their own blocks.
+    pub fn citizen(
+        metrics: Arc<Metrics>,
+        rules: SharedRules,
+        resource_types: &[String],
+        blocks: bool,
+    ) -> Self {
         Self {
             metrics,
             rules,
-            citizen: Some(resource_types.iter().cloned().collect()),
+            citizen: Some(CitizenChannel {
+                opened: resource_types.iter().cloned().collect(),
+                blocks,
+            }),
             decisions: None,
         }
     }
+}
+
+/// What the citizen listener serves besides a citizen's own audit log.
+#[derive(Debug, Clone)]
+struct CitizenChannel {
+    opened: Arc<[String]>,
+    blocks: bool,
 }
 
 impl<S> Layer<S> for AuthorizeLayer {
@@ -91,7 +106,7 @@ pub struct Authorize<S> {
     inner: S,
     metrics: Arc<Metrics>,
     rules: SharedRules,
-    citizen: Option<Arc<[String]>>,
+    citizen: Option<CitizenChannel>,
     decisions: Option<Arc<Decisions>>,
 }
 
@@ -113,7 +128,10 @@ where
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         // Both are put there by earlier layers; without them there is nothing to allow.
         let channel = match &self.citizen {
-            Some(opened) => Channel::Citizen { opened },
+            Some(citizen) => Channel::Citizen {
+                opened: &citizen.opened,
+                blocks: citizen.blocks,
+            },
             None => Channel::Professional,
         };
         let phase = Phase::start(request.extensions().get::<Traced>(), "portvagt.decide");
@@ -255,6 +273,7 @@ mod tests {
             Arc::new(Metrics::new()),
             rules.clone(),
             &["Observation".into()],
+            false,
         );
         let mtls = AuthorizeLayer::new(Arc::new(Metrics::new()), rules);
         let anne = || principal("patient/*.rs", Some("pat-anne"), Some("Patient/pat-anne"));

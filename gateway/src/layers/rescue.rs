@@ -21,6 +21,7 @@ use crate::layers::{BoxFuture, take_ready};
 use crate::metrics::Metrics;
 use crate::outcome::Outcome;
 use crate::paging::PageLinkError;
+use crate::proxy::CitizenBlockError;
 
 /// The realm in `WWW-Authenticate` challenges.
 const REALM: &str = "portvagt";
@@ -257,6 +258,23 @@ fn plain(outcome: Outcome) -> Rescued {
 }
 
 fn rescue_one(error: &(dyn std::error::Error + 'static)) -> Option<Rescued> {
+    if let Some(error) = error.downcast_ref::<CitizenBlockError>() {
+        return Some(plain(if error.refused {
+            Outcome::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "citizen-block-refused",
+                error.message,
+            )
+        } else {
+            Outcome::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "processing",
+                "citizen-block-invalid",
+                error.message,
+            )
+        }));
+    }
     if let Some(error @ AuthnError::IntrospectionUnavailable) = error.downcast_ref::<AuthnError>() {
         return Some(Rescued {
             outcome: Outcome::new(

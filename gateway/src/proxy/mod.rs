@@ -7,6 +7,7 @@
 //! a 5xx becomes the gateway's own 502 (or 503), so stack traces and backend versions stay inside.
 
 mod bundle;
+mod citizen_block;
 mod consent;
 mod export;
 pub mod headers;
@@ -23,6 +24,7 @@ use portvagt_policy::compartment::{Identified, Membership, membership};
 use portvagt_policy::{FhirRequest, FilterMode, Obligations, ResponseCheck};
 use tower::Service;
 
+pub use self::citizen_block::CitizenBlockError;
 use crate::backend::rewrite::{Paging, UrlRewriter};
 pub use crate::backend::{Backend, Fetched, ProxyError};
 use crate::body::{Body, BoxError, full};
@@ -263,6 +265,23 @@ impl Proxy {
     /// batch), the exchange with the backend ([`Proxy::send`]), and the response phase
     /// ([`Proxy::respond`]: check, merge, withhold, rewrite, record whose data left).
     async fn forward(self, request: Request<Body>) -> Result<Response<Body>, BoxError> {
+        // A citizen's own block is answered here: nothing she sent is forwarded.
+        let block_for = match request.extensions().get::<portvagt_policy::Decision>() {
+            Some(portvagt_policy::Decision::Allow { obligations, .. })
+                if obligations.citizen_block =>
+            {
+                Some(
+                    obligations
+                        .compartment
+                        .clone()
+                        .ok_or("a citizen's block without her patient id")?,
+                )
+            }
+            _ => None,
+        };
+        if let Some(patient) = block_for {
+            return self.citizen_block(request, patient).await;
+        }
         let (exchange, outgoing) = match self.prepare(request).await? {
             ControlFlow::Break(answered) => return Ok(answered),
             ControlFlow::Continue(forward) => forward,

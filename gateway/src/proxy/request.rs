@@ -508,7 +508,7 @@ impl Proxy {
 
 /// Who acts, for a backend that takes the identity assertion (signed per attempt by the
 /// backend client).
-fn actor_claims(
+pub(super) fn actor_claims(
     issuer: &Arc<str>,
     principal: &Principal,
     request_id: Option<&str>,

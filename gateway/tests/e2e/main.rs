@@ -10,6 +10,7 @@ mod authorization;
 mod authserver;
 mod bypass;
 mod citizen;
+mod citizen_blocks;
 mod compartment;
 mod conformance;
 mod consent;

@@ -12,8 +12,8 @@ use time::format_description::well_known::Rfc3339;
 
 use super::agents::agents;
 use super::{
-    ACT_REASON, AccessFacts, AccessKind, AuditSource, Coding, Concept, Display, Entities, Entity,
-    Event, Identifier, OBJECT_ROLE, PORTVAGT_AUDIT, Source, Text, What,
+    ACT_REASON, AccessFacts, AccessKind, AuditSource, Coding, Concept, Detail, Display, Entities,
+    Entity, Event, Identifier, OBJECT_ROLE, PORTVAGT_AUDIT, Source, Text, What,
 };
 use crate::auth::Principal;
 use crate::encoding::form_encode;
@@ -51,8 +51,28 @@ pub(super) fn base_event<'a>(facts: &'a AccessFacts<'a>, source: &'a AuditSource
         .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into());
     let purposes = purposes(facts);
     let mut entity = Vec::new();
+    if let Some(block) = facts.citizen_block {
+        // Her block: the Consent, what changed, and whom it blocks, by name (her log says
+        // "Du spærrede for …").
+        entity.push(Entity {
+            what: Some(What::reference(format!("Consent/{}", block.consent))),
+            role: Some(Coding::new(OBJECT_ROLE, "4", Some("Domain Resource"))),
+            detail: std::iter::once(Detail {
+                r#type: "citizen-block",
+                value_string: block.change,
+            })
+            .chain(block.display.as_deref().map(|display| Detail {
+                r#type: "blocked",
+                value_string: display,
+            }))
+            .collect(),
+            ..Entity::default()
+        });
+    }
     if let AccessKind::Fhir(Some(request)) = facts.kind {
-        if let (Some(resource_type), Some(id)) = (request.resource_type(), request.id()) {
+        if let (Some(resource_type), Some(id), None) =
+            (request.resource_type(), request.id(), facts.citizen_block)
+        {
             entity.push(Entity {
                 what: Some(What::reference(format!("{}/{id}", resource_type.as_str()))),
                 role: Some(Coding::new(OBJECT_ROLE, "4", Some("Domain Resource"))),

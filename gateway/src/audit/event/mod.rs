@@ -66,6 +66,9 @@ pub struct AccessFacts<'a> {
     /// Per patient, the basis of the access where the treatment relationship is checked
     /// (`relationship <evidence>`, `vaerdispring`): the patient entity's `access-basis` detail.
     pub bases: &'a [(String, String)],
+    /// A citizen's own block made or lifted: the Consent, what changed and whom it blocks (the
+    /// resource entity's `citizen-block` and `blocked` details).
+    pub citizen_block: Option<&'a crate::context::CitizenBlockRecord>,
 }
 
 /// This gateway, as the audit source and the destination agent.

@@ -372,6 +372,7 @@ fn one_request_about_a_thousand_patients_costs_the_spool_under_four_mebibytes() 
         patients: &patients,
         break_glass: None,
         bases: &[],
+        citizen_block: None,
     };
     let source = AuditSource {
         observer: "portvagt@gateway-7c9f8d6b5-x2x9q".into(),

@@ -1,0 +1,404 @@
+//! A citizen making or lifting her own block on the citizen listener
+//! ([`Obligations::citizen_block`](portvagt_policy::Obligations)): answered here, never
+//! forwarded. What she may ask is read by [`portvagt_policy::consent::citizen`]; here the
+//! AuditEvent she took the actor from is read from the audit repository (it must be of her own
+//! log, and name that actor), the Consent the gateway builds is written to the backend that
+//! holds Consents (bound to the version read, when lifted), this replica's consent cache forgets
+//! her blocks, and the audit record says what changed ("Du spærrede for …").
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use portvagt_policy::compartment::{Membership, membership};
+use portvagt_policy::consent::citizen::{
+    BlockRefusal, MAX_ACTIVE_BLOCKS, actors_in_event, blocked_actor, blocked_display, build,
+    is_citizen_block, matching_actor, read_request, read_withdrawal,
+};
+use portvagt_policy::request::RequestBody;
+use portvagt_policy::{FhirRequest, Interaction};
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use super::{Backend, Fetched, Proxy, ProxyError};
+use crate::auth::Principal;
+use crate::body::{Body, BoxError, full};
+use crate::context::{CitizenBlockRecord, RequestRecord};
+use crate::encoding::form_encode;
+use crate::layers::request_id::RequestId;
+use crate::routing::FhirPath;
+
+/// Why a citizen's block or withdrawal was not made: answered 422 (not the one shape) or 403
+/// (not hers to make), with what the rule is.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct CitizenBlockError {
+    /// Refused (403) rather than malformed (422).
+    pub refused: bool,
+    /// The rule, for her.
+    pub message: &'static str,
+}
+
+impl From<BlockRefusal> for CitizenBlockError {
+    fn from(refusal: BlockRefusal) -> Self {
+        match refusal {
+            BlockRefusal::Shape(message) => CitizenBlockError {
+                refused: false,
+                message,
+            },
+            BlockRefusal::Refused(message) => CitizenBlockError {
+                refused: true,
+                message,
+            },
+        }
+    }
+}
+
+fn refused(message: &'static str) -> BoxError {
+    CitizenBlockError {
+        refused: true,
+        message,
+    }
+    .into()
+}
+
+/// What the handler needs of the request.
+struct Asked {
+    fhir: Arc<FhirRequest>,
+    principal: Arc<Principal>,
+    patient: String,
+    base: String,
+    request_id: Option<String>,
+    record: Option<RequestRecord>,
+}
+
+impl Proxy {
+    /// Makes or lifts the caller's block (see the module documentation).
+    pub(super) async fn citizen_block(
+        &self,
+        request: Request<Body>,
+        patient: String,
+    ) -> Result<Response<Body>, BoxError> {
+        let extensions = request.extensions();
+        let asked = Asked {
+            fhir: extensions
+                .get::<Arc<FhirRequest>>()
+                .cloned()
+                .ok_or("request reached the proxy unclassified")?,
+            principal: extensions
+                .get::<Arc<Principal>>()
+                .cloned()
+                .ok_or("request reached the proxy unauthenticated")?,
+            base: extensions
+                .get::<FhirPath>()
+                .map(|path| path.base.clone())
+                .ok_or("request reached the proxy unclassified")?,
+            request_id: extensions
+                .get::<RequestId>()
+                .map(|id| id.as_str().to_owned()),
+            record: extensions.get::<RequestRecord>().cloned(),
+            patient,
+        };
+        // Whatever becomes of it, it is an access to her record: in her log.
+        if let Some(record) = &asked.record {
+            let mut fields = record.fields();
+            fields.touched = Some(vec![asked.patient.clone()]);
+            fields.patients = vec![asked.patient.clone()];
+        }
+        match asked.fhir.interaction() {
+            Interaction::Create => self.make_block(&asked).await,
+            Interaction::Patch => self.lift_block(&asked).await,
+            _ => Err("not a citizen's block change".into()),
+        }
+    }
+
+    async fn make_block(&self, asked: &Asked) -> Result<Response<Body>, BoxError> {
+        let Some(RequestBody::Resource(body)) = asked.fhir.body() else {
+            return Err(CitizenBlockError {
+                refused: false,
+                message: "a block is a Consent, as FHIR JSON",
+            }
+            .into());
+        };
+        let now = OffsetDateTime::now_utc();
+        let wanted = read_request(body, &asked.patient, now.unix_timestamp())
+            .map_err(CitizenBlockError::from)?;
+        // The event: in the audit repository, of her own log, naming that actor.
+        let repository = self.backend_for(&asked.base, "AuditEvent")?;
+        let event = match repository
+            .fetch_json(
+                &format!("AuditEvent/{}", wanted.event),
+                None,
+                1024 * 1024,
+                &self.metrics,
+            )
+            .await?
+        {
+            Fetched::Found(event) => event,
+            Fetched::Missing => return Err(refused("the AuditEvent is not in her access log")),
+        };
+        if event.get("resourceType").and_then(Value::as_str) != Some("AuditEvent")
+            || membership(&event, &asked.patient) != Membership::Member
+        {
+            return Err(refused("the AuditEvent is not in her access log"));
+        }
+        let actor = matching_actor(&actors_in_event(&event), &wanted.actor).ok_or_else(|| {
+            refused("the actor is not the user or organisation of that AuditEvent")
+        })?;
+        // Her blocks made here: the same actor again is the block she has; more than the
+        // bound, none.
+        let consents = self.backend_for(&asked.base, "Consent")?;
+        let active = self.active_blocks(&consents, &asked.patient).await?;
+        if let Some(existing) = active
+            .iter()
+            .find(|consent| blocked_actor(consent).as_ref() == Some(&actor.actor))
+        {
+            self.note(asked, "made", existing);
+            return Ok(fhir_json(StatusCode::OK, existing, None));
+        }
+        if active.len() >= MAX_ACTIVE_BLOCKS {
+            return Err(CitizenBlockError {
+                refused: false,
+                message: "she has as many active blocks as she may keep (10): lift one first",
+            }
+            .into());
+        }
+        let recorded = now
+            .replace_nanosecond(0)
+            .ok()
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_default();
+        let consent = build(&asked.patient, &actor, &wanted, &recorded);
+        // Never written unless the consent check reads it as the block she asked for.
+        if portvagt_policy::consent::blocks_in(&consent).is_none() {
+            return Err("a built block is not read as one".into());
+        }
+        let (status, written, location) = self
+            .write(&consents, asked, Method::POST, "Consent", None, &consent)
+            .await?;
+        if let Some(store) = &self.consent {
+            store.forget(&asked.patient);
+        }
+        self.note(asked, "made", &written);
+        let location = location.and_then(|l| self.public_location(&asked.base, "Consent", &l));
+        Ok(fhir_json(status, &written, location))
+    }
+
+    async fn lift_block(&self, asked: &Asked) -> Result<Response<Body>, BoxError> {
+        let Some(RequestBody::Patch { document, .. }) = asked.fhir.body() else {
+            return Err(CitizenBlockError {
+                refused: false,
+                message: "a block is lifted by a JSON Patch",
+            }
+            .into());
+        };
+        read_withdrawal(document).map_err(CitizenBlockError::from)?;
+        let id = asked.fhir.id().ok_or("a patch names its instance")?;
+        let consents = self.backend_for(&asked.base, "Consent")?;
+        let relative = format!("Consent/{id}");
+        let current = match consents
+            .fetch_json(&relative, None, 1024 * 1024, &self.metrics)
+            .await?
+        {
+            Fetched::Found(current) => current,
+            Fetched::Missing => return Err(crate::consent::NotFoundError.into()),
+        };
+        if !is_citizen_block(&current, &asked.patient) {
+            // Another patient's Consent, or one she did not make here: as if it were not there
+            // for her, like every record outside her compartment.
+            return Err(
+                if membership(&current, &asked.patient) == Membership::Member {
+                    refused("only a block she made here is hers to lift here")
+                } else {
+                    crate::consent::NotFoundError.into()
+                },
+            );
+        }
+        if current.get("status").and_then(Value::as_str) != Some("active") {
+            self.note(asked, "lifted", &current);
+            return Ok(fhir_json(StatusCode::OK, &current, None));
+        }
+        let version = current
+            .pointer("/meta/versionId")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or(ProxyError::LookupFailed(StatusCode::OK))?;
+        let mut lifted = current;
+        lifted["status"] = Value::String("inactive".into());
+        let (_, written, _) = self
+            .write(
+                &consents,
+                asked,
+                Method::PUT,
+                &relative,
+                Some(&version),
+                &lifted,
+            )
+            .await?;
+        if let Some(store) = &self.consent {
+            store.forget(&asked.patient);
+        }
+        self.note(asked, "lifted", &written);
+        Ok(fhir_json(StatusCode::OK, &written, None))
+    }
+
+    /// The backend the routes send `resource_type` to under `base`.
+    fn backend_for(&self, base: &str, resource_type: &str) -> Result<Arc<Backend>, BoxError> {
+        self.routes
+            .load()
+            .iter()
+            .find(|route| route.takes(base, Some(resource_type)))
+            .map(|route| route.backend.clone())
+            .ok_or_else(|| portvagt_policy::ClassifyError::UnknownPath.into())
+    }
+
+    /// The active blocks `patient` made here, all of them (on one page, or refused).
+    async fn active_blocks(
+        &self,
+        consents: &Backend,
+        patient: &str,
+    ) -> Result<Vec<Value>, BoxError> {
+        let query = format!(
+            "patient={}&status=active&_count=200",
+            form_encode(&format!("Patient/{patient}"))
+        );
+        let bundle = match consents
+            .fetch_json("Consent", Some(&query), 4 * 1024 * 1024, &self.metrics)
+            .await?
+        {
+            Fetched::Found(bundle) => bundle,
+            Fetched::Missing => return Err(ProxyError::LookupFailed(StatusCode::NOT_FOUND).into()),
+        };
+        if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle")
+            || portvagt_policy::filter::has_next_page(&bundle)
+        {
+            return Err(ProxyError::LookupFailed(StatusCode::OK).into());
+        }
+        Ok(portvagt_policy::filter::bundle_resources(&bundle)
+            .filter(|consent| {
+                is_citizen_block(consent, patient)
+                    && consent.get("status").and_then(Value::as_str) == Some("active")
+            })
+            .cloned()
+            .collect())
+    }
+
+    /// Writes `resource` to `relative` in `backend`, in the citizen's name (the identity
+    /// assertion, when the backend takes one, says she asked), bound to `version` if given.
+    /// Returns the backend's status, what it stored, and its `Location`.
+    async fn write(
+        &self,
+        backend: &Backend,
+        asked: &Asked,
+        method: Method,
+        relative: &str,
+        version: Option<&str>,
+        resource: &Value,
+    ) -> Result<(StatusCode, Value, Option<String>), BoxError> {
+        let body = Bytes::from(serde_json::to_vec(resource)?);
+        let digest = crate::backend::identity::ForwardedBody(body.clone()).sha256();
+        let mut request = Request::builder()
+            .method(method)
+            .uri(backend.uri(relative, None)?)
+            .header(header::CONTENT_TYPE, "application/fhir+json")
+            .header(header::ACCEPT, "application/fhir+json")
+            .header("prefer", "return=representation");
+        if let Some(version) = version {
+            request = request.header(header::IF_MATCH, format!("W/\"{version}\""));
+        }
+        let mut request = request.body(full(body))?;
+        if backend.identity.is_some() {
+            request
+                .extensions_mut()
+                .insert(super::request::actor_claims(
+                    &self.public_base_url,
+                    &asked.principal,
+                    asked.request_id.as_deref(),
+                    None,
+                    Some(&digest),
+                ));
+        }
+        if let Some(traced) = crate::trace::current() {
+            request.extensions_mut().insert(traced);
+        }
+        let response = backend.send(request, &self.metrics).await?;
+        let status = response.status();
+        if let Some(record) = &asked.record {
+            record.fields().upstream_status = Some(status.as_u16());
+        }
+        if status == StatusCode::PRECONDITION_FAILED || status == StatusCode::CONFLICT {
+            return Err(ProxyError::PreconditionFailed.into());
+        }
+        if status.is_server_error() {
+            return Err(ProxyError::BackendStatus(status).into());
+        }
+        if !status.is_success() {
+            return Err(ProxyError::LookupFailed(status).into());
+        }
+        let location = response
+            .headers()
+            .get(header::LOCATION)
+            .and_then(|l| l.to_str().ok())
+            .map(str::to_owned);
+        let bytes = crate::backend::read_limited(response.into_body(), 1024 * 1024).await?;
+        let written = crate::strict_json::tree_unique(&bytes)
+            .ok()
+            .filter(|w| w.get("resourceType").and_then(Value::as_str) == Some("Consent"))
+            .ok_or(ProxyError::UnreadableAnswer)?;
+        Ok((status, written, location))
+    }
+
+    /// The backend's `Location` as she reaches it (this listener's origin), if it is below
+    /// the backend's base.
+    fn public_location(&self, base: &str, resource_type: &str, location: &str) -> Option<String> {
+        let routes = self.routes.load();
+        let route = routes
+            .iter()
+            .find(|route| route.takes(base, Some(resource_type)))?;
+        match &self.origin {
+            Some(origin) => route
+                .rewriter
+                .with_origin(&origin.0, &origin.1)
+                .rewrite(location),
+            None => route.rewriter.rewrite(location),
+        }
+    }
+
+    /// What changed, for the audit record (and so for her log).
+    fn note(&self, asked: &Asked, change: &'static str, consent: &Value) {
+        if let Some(record) = &asked.record {
+            record.fields().citizen_block = Some(CitizenBlockRecord {
+                change,
+                consent: consent
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+                display: blocked_display(consent).map(str::to_owned),
+            });
+        }
+        self.metrics
+            .citizen_blocks
+            .with_label_values(&[change])
+            .inc();
+    }
+}
+
+/// A FHIR JSON answer.
+fn fhir_json(status: StatusCode, resource: &Value, location: Option<String>) -> Response<Body> {
+    let body = serde_json::to_vec(resource).unwrap_or_default();
+    let mut response = Response::new(full(Bytes::from(body)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/fhir+json"),
+    );
+    if let Some(location) = location.and_then(|l| HeaderValue::try_from(l).ok()) {
+        headers.insert(header::LOCATION, location);
+    }
+    response
+}
