@@ -10,7 +10,7 @@
 //! [`portvagt_policy::consent`].
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,7 @@ use crate::auth::Principal;
 use crate::backend::{Backend, Fetched};
 use crate::config::ConsentConfig;
 use crate::metrics::Metrics;
+use crate::redis::{Pushed, RedisClient, RedisSettings};
 
 /// How many Practitioners, roles and organisations one caller's identities may take to read.
 const MAX_IDENTITY_READS: usize = 32;
@@ -60,7 +61,18 @@ pub struct ConsentStore {
     /// Counts [`ConsentStore::forget`]s: a load that began before one is not cached, so that a
     /// block lifted or made while it was under way cannot come back from it.
     epoch: AtomicU64,
+    /// Where replicas announce blocks made on them (`[consent] redis_url`).
+    bus: Option<RedisClient>,
+    /// With a bus: whether this replica is subscribed. Until it is (and whenever it is not),
+    /// nothing cached is used: a block announced meanwhile would be missed.
+    listening: AtomicBool,
 }
+
+/// The channel blocks are announced on; the message is the patient's id.
+const BUS_CHANNEL: &str = "portvagt:consent:changed";
+/// How long a subscription may be silent before it is asked for a pong, and then how long the
+/// pong may take before the connection counts as lost.
+const HEARTBEAT: Duration = Duration::from_secs(5);
 
 /// The backend asked, then the caller's identities as the token and certificate gave them,
 /// sorted: the identity cache's key.
@@ -72,23 +84,130 @@ type Cached = (Instant, Arc<Vec<Block>>);
 impl ConsentStore {
     /// A store reading Consents from the backends it is handed (the one the routes send
     /// `Consent` to for each request).
-    pub fn new(config: &ConsentConfig, metrics: Arc<Metrics>) -> ConsentStore {
-        ConsentStore {
+    pub fn new(
+        config: &ConsentConfig,
+        metrics: Arc<Metrics>,
+        redis: &RedisSettings,
+    ) -> Result<ConsentStore, crate::config::ConfigError> {
+        let bus = config
+            .redis_url
+            .as_deref()
+            .map(|url| RedisClient::from_url(url, Duration::from_millis(500), redis))
+            .transpose()
+            .map_err(|e| crate::config::ConfigError::new("consent.redis_url", e))?;
+        Ok(ConsentStore {
             metrics,
             ttl: config.cache_ttl,
             capacity: config.cache_entries.max(1),
             cache: Mutex::new(HashMap::new()),
             identities: Mutex::new(HashMap::new()),
             epoch: AtomicU64::new(0),
-        }
+            bus,
+            listening: AtomicBool::new(false),
+        })
     }
 
     /// Forgets what is cached of `patient`'s Consents (in every backend): the next access
-    /// loads them again. Called when a citizen makes or lifts a block here.
+    /// loads them again.
     pub fn forget(&self, patient: &str) {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         self.epoch.fetch_add(1, Ordering::SeqCst);
         cache.retain(|(_, cached), _| cached != patient);
+    }
+
+    /// Forgets every cached Consent.
+    fn forget_all(&self) {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        cache.clear();
+    }
+
+    /// A block of `patient`'s made or lifted here: forgotten on this replica, and announced to
+    /// the others (with `redis_url`). A failed announcement is logged and counted: the block
+    /// stands, and the other replicas see it when their cache entry expires (`cache_ttl`).
+    pub async fn changed(&self, patient: &str) {
+        self.forget(patient);
+        let Some(bus) = &self.bus else {
+            return;
+        };
+        let announced = bus
+            .command(&[b"PUBLISH", BUS_CHANNEL.as_bytes(), patient.as_bytes()])
+            .await;
+        if let Err(error) = announced {
+            self.metrics.consent_bus_failures.inc();
+            tracing::error!(%error, "a citizen's block could not be announced to the other replicas");
+        }
+    }
+
+    /// Whether cached Consents may be used: always without a bus; with one, only while this
+    /// replica is subscribed.
+    fn cache_usable(&self) -> bool {
+        self.bus.is_none() || self.listening.load(Ordering::SeqCst)
+    }
+
+    /// With a bus: subscribes in the background, for as long as the process runs, and forgets
+    /// the patients announced. Every new subscription forgets everything first (what was
+    /// announced while none stood is not known).
+    pub fn start_listening(self: &Arc<Self>) {
+        let Some(bus) = self.bus.clone() else {
+            return;
+        };
+        let store = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut logged = false;
+            loop {
+                let Some(this) = store.upgrade() else {
+                    return;
+                };
+                match bus.subscribe(BUS_CHANNEL).await {
+                    Ok(subscription) => {
+                        this.forget_all();
+                        this.listening.store(true, Ordering::SeqCst);
+                        this.metrics.consent_bus_subscribed.set(1);
+                        tracing::info!("subscribed to citizens' block announcements");
+                        logged = false;
+                        let error = this.listen(subscription).await;
+                        this.listening.store(false, Ordering::SeqCst);
+                        this.metrics.consent_bus_subscribed.set(0);
+                        tracing::warn!(%error, "lost the subscription to citizens' block announcements: Consents are read for every access until it is back");
+                    }
+                    Err(error) if !logged => {
+                        logged = true;
+                        tracing::warn!(%error, "cannot subscribe to citizens' block announcements: Consents are read for every access until it can");
+                    }
+                    Err(_) => {}
+                }
+                drop(this);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
+
+    /// Forgets each patient announced, until the subscription fails (or stays silent through
+    /// a heartbeat).
+    async fn listen(
+        &self,
+        mut subscription: crate::redis::Subscription,
+    ) -> crate::redis::RedisError {
+        let mut asked = false;
+        loop {
+            match tokio::time::timeout(HEARTBEAT, subscription.next()).await {
+                Ok(Ok(Pushed::Message(patient))) => match String::from_utf8(patient) {
+                    Ok(patient) => self.forget(&patient),
+                    // Not a patient id this gateway sent: whom it is about is unknown.
+                    Err(_) => self.forget_all(),
+                },
+                Ok(Ok(Pushed::Pong)) => asked = false,
+                Ok(Err(error)) => return error,
+                Err(_) if asked => return crate::redis::RedisError::Timeout,
+                Err(_) => {
+                    if let Err(error) = subscription.ping().await {
+                        return error;
+                    }
+                    asked = true;
+                }
+            }
+        }
     }
 
     /// The blocks of each of `patients` (ids) in `backend`, from the cache or, for the rest,
@@ -105,9 +224,10 @@ impl ConsentStore {
         let mut missing = Vec::new();
         {
             let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            let usable = self.cache_usable();
             for patient in patients {
                 match cache.get(&(name.to_owned(), patient.clone())) {
-                    Some((expires, blocks)) if *expires > now => {
+                    Some((expires, blocks)) if usable && *expires > now => {
                         found.insert(patient.clone(), blocks.clone());
                     }
                     _ => missing.push(patient.clone()),
@@ -146,7 +266,7 @@ impl ConsentStore {
             }
         }
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if self.epoch.load(Ordering::SeqCst) != epoch {
+        if self.epoch.load(Ordering::SeqCst) != epoch || !self.cache_usable() {
             // A block changed while these were loaded: used for this access, not kept.
             for (patient, blocks) in loaded {
                 found.insert(patient, Arc::new(blocks));

@@ -71,6 +71,11 @@ pub struct Metrics {
     /// `portvagt_citizen_blocks_total{change}`: citizens' own blocks `made` and `lifted` on the
     /// citizen listener.
     pub citizen_blocks: IntCounterVec,
+    /// `portvagt_consent_bus_subscribed`: 1 while this replica hears blocks announced by the
+    /// others (`[consent] redis_url`), else 0 (Consents are then read for every access).
+    pub consent_bus_subscribed: IntGauge,
+    /// `portvagt_consent_bus_failures_total`: blocks made here that could not be announced.
+    pub consent_bus_failures: IntCounter,
     /// `portvagt_backend_circuit_opened_total`: times a backend's circuit opened.
     pub circuit_opened: IntCounter,
     /// `portvagt_upstream_retries_total`: GET/HEAD requests sent again after a failed
@@ -306,6 +311,16 @@ impl Metrics {
         for change in ["made", "lifted"] {
             citizen_blocks.with_label_values(&[change]);
         }
+        let consent_bus_subscribed = IntGauge::new(
+            "portvagt_consent_bus_subscribed",
+            "1 while this replica hears citizens' blocks announced by the others, else 0",
+        )
+        .expect("valid metric");
+        let consent_bus_failures = IntCounter::new(
+            "portvagt_consent_bus_failures_total",
+            "Citizens' blocks made here that could not be announced to the other replicas",
+        )
+        .expect("valid metric");
         let consent_withheld = IntCounter::new(
             "portvagt_consent_withheld_entries_total",
             "Search, history and batch entries withheld because of a consent block",
@@ -441,6 +456,8 @@ impl Metrics {
             Box::new(mass_lookups.clone()),
             Box::new(identifier_lookups.clone()),
             Box::new(citizen_blocks.clone()),
+            Box::new(consent_bus_subscribed.clone()),
+            Box::new(consent_bus_failures.clone()),
             Box::new(circuit_opened.clone()),
             Box::new(upstream_retries.clone()),
             Box::new(rate_limited.clone()),
@@ -482,6 +499,8 @@ impl Metrics {
             mass_lookups,
             identifier_lookups,
             citizen_blocks,
+            consent_bus_subscribed,
+            consent_bus_failures,
             circuit_opened,
             upstream_retries,
             rate_limited,

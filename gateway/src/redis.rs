@@ -8,10 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{
-    AsyncBufRead, AsyncBufReadExt as _, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _,
-    BufStream,
-};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt as _, AsyncWrite, AsyncWriteExt as _, BufStream};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
@@ -287,6 +284,146 @@ impl RedisClient {
     }
 }
 
+/// A connection subscribed to one channel (RESP2 `SUBSCRIBE`): what is published there, in
+/// order. Reading is safe to cancel (a heartbeat's timeout): bytes read are kept until a whole
+/// reply is there.
+pub struct Subscription {
+    connection: Box<dyn Connection>,
+    pending: Vec<u8>,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription").finish_non_exhaustive()
+    }
+}
+
+/// What a subscribed connection delivers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pushed {
+    /// A message published to the channel: its payload.
+    Message(Vec<u8>),
+    /// The answer to [`Subscription::ping`].
+    Pong,
+}
+
+impl RedisClient {
+    /// Subscribes a connection of its own to `channel`.
+    pub async fn subscribe(&self, channel: &str) -> Result<Subscription, RedisError> {
+        let mut connection = self.connect().await?;
+        let reply = tokio::time::timeout(
+            self.timeout,
+            exchange(&mut connection, &[b"SUBSCRIBE", channel.as_bytes()]),
+        )
+        .await
+        .map_err(|_| RedisError::Timeout)??;
+        match reply {
+            Reply::Array(Some(items)) if matches!(items.first(), Some(Reply::Bulk(Some(kind))) if kind == b"subscribe") =>
+                {}
+            _ => return Err(RedisError::Protocol),
+        }
+        Ok(Subscription {
+            connection,
+            pending: Vec::new(),
+        })
+    }
+}
+
+impl Subscription {
+    /// The next message or pong; waits as long as it takes (a closed connection is an error).
+    pub async fn next(&mut self) -> Result<Pushed, RedisError> {
+        loop {
+            while let Some((reply, used)) = parse_reply(&self.pending, 0)? {
+                self.pending.drain(..used);
+                if let Reply::Array(Some(items)) = reply {
+                    match items.as_slice() {
+                        [Reply::Bulk(Some(kind)), _, Reply::Bulk(Some(payload))]
+                            if kind == b"message" =>
+                        {
+                            return Ok(Pushed::Message(payload.clone()));
+                        }
+                        [Reply::Bulk(Some(kind)), ..] if kind == b"pong" => {
+                            return Ok(Pushed::Pong);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            read_more(&mut self.connection, &mut self.pending).await?;
+        }
+    }
+
+    /// Asks for a pong (allowed while subscribed), to find out the connection still stands.
+    pub async fn ping(&mut self) -> Result<(), RedisError> {
+        self.connection.write_all(b"*1\r\n$4\r\nPING\r\n").await?;
+        self.connection.flush().await?;
+        Ok(())
+    }
+}
+
+/// One whole reply at the start of `bytes` and how many bytes it took; `None` while it is not
+/// all there.
+fn parse_reply(bytes: &[u8], depth: usize) -> Result<Option<(Reply, usize)>, RedisError> {
+    if depth > 4 {
+        return Err(RedisError::Protocol);
+    }
+    let Some(end) = bytes.windows(2).position(|pair| pair == b"\r\n") else {
+        return if bytes.len() > 64 * 1024 {
+            Err(RedisError::Protocol)
+        } else {
+            Ok(None)
+        };
+    };
+    let line = std::str::from_utf8(&bytes[..end]).map_err(|_| RedisError::Protocol)?;
+    let (kind, rest) = line.split_at_checked(1).ok_or(RedisError::Protocol)?;
+    let number = || rest.parse::<i64>().map_err(|_| RedisError::Protocol);
+    let after = end + 2;
+    match kind {
+        "+" => Ok(Some((Reply::Simple(rest.to_owned()), after))),
+        "-" => Err(RedisError::Server(rest.to_owned())),
+        ":" => Ok(Some((Reply::Integer(number()?), after))),
+        "$" => match number()? {
+            -1 => Ok(Some((Reply::Bulk(None), after))),
+            length => {
+                let length = usize::try_from(length).map_err(|_| RedisError::Protocol)?;
+                if length > MAX_BULK {
+                    return Err(RedisError::Protocol);
+                }
+                if bytes.len() < after + length + 2 {
+                    return Ok(None);
+                }
+                if &bytes[after + length..after + length + 2] != b"\r\n" {
+                    return Err(RedisError::Protocol);
+                }
+                let data = bytes[after..after + length].to_vec();
+                Ok(Some((Reply::Bulk(Some(data)), after + length + 2)))
+            }
+        },
+        "*" => match number()? {
+            -1 => Ok(Some((Reply::Array(None), after))),
+            count => {
+                let count = usize::try_from(count).map_err(|_| RedisError::Protocol)?;
+                if count > 1024 {
+                    return Err(RedisError::Protocol);
+                }
+                let mut items = Vec::with_capacity(count);
+                let mut at = after;
+                for _ in 0..count {
+                    match parse_reply(&bytes[at..], depth + 1)? {
+                        Some((item, used)) => {
+                            items.push(item);
+                            at += used;
+                        }
+                        None => return Ok(None),
+                    }
+                }
+                Ok(Some((Reply::Array(Some(items)), at)))
+            }
+        },
+        _ => Err(RedisError::Protocol),
+    }
+}
+
 async fn exchange(
     connection: &mut Box<dyn Connection>,
     args: &[&[u8]],
@@ -299,70 +436,41 @@ async fn exchange(
     }
     connection.write_all(&request).await?;
     connection.flush().await?;
-    read_reply(connection, 0).await
+    read_reply(connection).await
 }
 
-async fn read_reply(
+/// Reads one reply. Nothing is pipelined on a connection outside a subscription, so a reply
+/// is all the server sends: anything after it is a protocol error.
+async fn read_reply(connection: &mut Box<dyn Connection>) -> Result<Reply, RedisError> {
+    let mut pending = Vec::new();
+    loop {
+        if let Some((reply, used)) = parse_reply(&pending, 0)? {
+            return if used == pending.len() {
+                Ok(reply)
+            } else {
+                Err(RedisError::Protocol)
+            };
+        }
+        read_more(connection, &mut pending).await?;
+    }
+}
+
+/// Adds what the server sent next to `pending`. Safe to cancel: the bytes move only once read.
+async fn read_more(
     connection: &mut Box<dyn Connection>,
-    depth: usize,
-) -> Result<Reply, RedisError> {
-    if depth > 4 {
+    pending: &mut Vec<u8>,
+) -> Result<(), RedisError> {
+    if pending.len() > MAX_BULK + 1024 {
         return Err(RedisError::Protocol);
     }
-    let line = read_line(connection).await?;
-    let (kind, rest) = line.split_at_checked(1).ok_or(RedisError::Protocol)?;
-    let number = || rest.parse::<i64>().map_err(|_| RedisError::Protocol);
-    match kind {
-        "+" => Ok(Reply::Simple(rest.to_owned())),
-        "-" => Err(RedisError::Server(rest.to_owned())),
-        ":" => Ok(Reply::Integer(number()?)),
-        "$" => match number()? {
-            -1 => Ok(Reply::Bulk(None)),
-            length => {
-                let length = usize::try_from(length).map_err(|_| RedisError::Protocol)?;
-                if length > MAX_BULK {
-                    return Err(RedisError::Protocol);
-                }
-                let mut data = vec![0; length + 2];
-                connection.read_exact(&mut data).await?;
-                if data.split_off(length) != b"\r\n" {
-                    return Err(RedisError::Protocol);
-                }
-                Ok(Reply::Bulk(Some(data)))
-            }
-        },
-        "*" => match number()? {
-            -1 => Ok(Reply::Array(None)),
-            count => {
-                let count = usize::try_from(count).map_err(|_| RedisError::Protocol)?;
-                if count > 1024 {
-                    return Err(RedisError::Protocol);
-                }
-                let mut items = Vec::with_capacity(count);
-                for _ in 0..count {
-                    items.push(Box::pin(read_reply(connection, depth + 1)).await?);
-                }
-                Ok(Reply::Array(Some(items)))
-            }
-        },
-        _ => Err(RedisError::Protocol),
-    }
-}
-
-async fn read_line(connection: &mut Box<dyn Connection>) -> Result<String, RedisError> {
-    let mut line = Vec::new();
-    let read = (&mut *connection)
-        .take(64 * 1024)
-        .read_until(b'\n', &mut line)
-        .await?;
-    if read == 0 {
+    let read = connection.fill_buf().await?;
+    if read.is_empty() {
         return Err(RedisError::Io(std::io::ErrorKind::UnexpectedEof.into()));
     }
-    if !line.ends_with(b"\r\n") {
-        return Err(RedisError::Protocol);
-    }
-    line.truncate(line.len() - 2);
-    String::from_utf8(line).map_err(|_| RedisError::Protocol)
+    let count = read.len();
+    pending.extend_from_slice(read);
+    connection.consume(count);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -408,5 +516,36 @@ mod tests {
         .unwrap();
         assert_eq!(client.username.as_deref(), Some("reader"));
         assert_eq!(client.tls.unwrap().1.to_str(), "::1");
+    }
+
+    #[test]
+    fn replies_are_read_whole_or_not_at_all() {
+        let message = b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$8\r\npat-anne\r\n";
+        let whole = parse_reply(message, 0).unwrap().unwrap();
+        assert_eq!(whole.1, message.len());
+        assert_eq!(
+            whole.0,
+            Reply::Array(Some(vec![
+                Reply::Bulk(Some(b"message".to_vec())),
+                Reply::Bulk(Some(b"ch".to_vec())),
+                Reply::Bulk(Some(b"pat-anne".to_vec())),
+            ]))
+        );
+        // Cut anywhere: not yet a reply (the bytes wait for the rest).
+        for cut in 0..message.len() {
+            assert_eq!(parse_reply(&message[..cut], 0).unwrap(), None, "{cut}");
+        }
+        // Two in a row: the first, and where the second begins.
+        let two = [&b":1\r\n"[..], b"+OK\r\n"].concat();
+        assert_eq!(parse_reply(&two, 0).unwrap(), Some((Reply::Integer(1), 4)));
+        assert!(matches!(
+            parse_reply(b"-ERR no\r\n", 0),
+            Err(RedisError::Server(_))
+        ));
+        for bad in [&b"?x\r\n"[..], b"$3\r\nabcd\r\n", b"*2000\r\n", b"$-2\r\n"] {
+            assert!(parse_reply(bad, 0).is_err(), "{bad:?}");
+        }
+        let deep = "*1\r\n".repeat(6) + ":1\r\n";
+        assert!(parse_reply(deep.as_bytes(), 0).is_err());
     }
 }

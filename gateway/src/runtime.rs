@@ -290,7 +290,9 @@ impl Runtime {
         let consent = config
             .consent
             .as_ref()
-            .map(|consent| Arc::new(ConsentStore::new(consent, metrics.clone())));
+            .map(|consent| ConsentStore::new(consent, metrics.clone(), &redis).map(Arc::new))
+            .transpose()
+            .map_err(|e| vec![e])?;
         let relationships = config
             .relationship
             .as_ref()

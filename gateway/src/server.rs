@@ -90,6 +90,10 @@ pub async fn serve(
     if let Some(auditor) = &runtime.auditor {
         auditor.start_shipping();
     }
+    // Blocks made on other replicas: their patients' cached Consents forgotten as announced.
+    if let Some(consent) = &runtime.consent {
+        consent.start_listening();
+    }
     // Certificates, keys and policy: reloaded on SIGHUP and when their files change.
     tokio::spawn(crate::reload::watch(runtime.clone()));
     let http = Arc::new(http_builder(&runtime));

@@ -209,6 +209,18 @@ impl Config {
                  professional reaches `max_patients` through every replica",
             );
         }
+        let citizens_block = self.citizen.as_ref().is_some_and(|citizen| citizen.blocks);
+        if citizens_block
+            && self
+                .consent
+                .as_ref()
+                .is_some_and(|consent| consent.redis_url.is_none())
+        {
+            unshared.push(
+                "[consent] has no redis_url: a block a citizen makes on one replica holds on \
+                 the others only once their cached Consents expire (cache_ttl)",
+            );
+        }
         if self.paging.key_file.is_none() {
             unshared.push(
                 "[paging] has no key_file: a paging link is good only on the replica that made \
@@ -447,7 +459,9 @@ url = "http://127.0.0.1:8080/fhir/R4"
         let exchange = "\n[token_exchange]\nissuer = \"https://portvagt.example.dk\"\n\
                         signing_key = \"k.pem\"\nkey_id = \"k\"\ntrusted_sts = []\n";
         let counters = "\n[rate_limit]\nrequests = 10\n\n[mass_lookup]\nmax_patients = 5\n";
-        let everything = format!("{MINIMAL}{exchange}{counters}");
+        let blocks = "\n[consent]\ncache_ttl = \"30s\"\n\n[citizen]\nlisten = \"127.0.0.1:8444\"\n\
+                      blocks = true\n";
+        let everything = format!("{MINIMAL}{exchange}{counters}{blocks}");
         assert!(
             Config::parse(&everything)
                 .unwrap()
@@ -466,6 +480,7 @@ url = "http://127.0.0.1:8080/fhir/R4"
                 "[token_exchange]",
                 "[rate_limit]",
                 "[mass_lookup]",
+                "[consent]",
                 "[paging]"
             ]
         );
@@ -481,6 +496,10 @@ url = "http://127.0.0.1:8080/fhir/R4"
             .replace(
                 "max_patients = 5\n",
                 "max_patients = 5\nredis_url = \"redis://r\"\n",
+            )
+            .replace(
+                "cache_ttl = \"30s\"\n",
+                "cache_ttl = \"30s\"\nredis_url = \"redis://r\"\n",
             )
             + "\n[paging]\nkey_file = \"paging.key\"\n";
         assert!(Config::parse(&shared).unwrap().unshared_state().is_empty());

@@ -20,6 +20,12 @@ pub struct ConsentConfig {
     /// How many patients' Consents are cached.
     #[serde(default = "defaults::consent_cache_entries")]
     pub cache_entries: usize,
+    /// The Redis that replicas share (`redis[s]://…`): a citizen's block made on one replica
+    /// is announced there, and every replica forgets her cached Consents at once. While a
+    /// replica is not subscribed, it reads Consents for every access (no cache). Without it,
+    /// another replica sees a block when its cache entry expires (`cache_ttl`).
+    #[serde(default)]
+    pub redis_url: Option<String>,
 }
 
 /// `[relationship]`: a professional in one of `roles` reads a patient's data only with a

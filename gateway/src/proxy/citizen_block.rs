@@ -180,7 +180,7 @@ impl Proxy {
             .write(&consents, asked, Method::POST, "Consent", None, &consent)
             .await?;
         if let Some(store) = &self.consent {
-            store.forget(&asked.patient);
+            store.changed(&asked.patient).await;
         }
         self.note(asked, "made", &written);
         let location = location.and_then(|l| self.public_location(&asked.base, "Consent", &l));
@@ -239,7 +239,7 @@ impl Proxy {
             )
             .await?;
         if let Some(store) = &self.consent {
-            store.forget(&asked.patient);
+            store.changed(&asked.patient).await;
         }
         self.note(asked, "lifted", &written);
         Ok(fhir_json(StatusCode::OK, &written, None))

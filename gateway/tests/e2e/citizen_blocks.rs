@@ -472,3 +472,84 @@ async fn every_other_block_is_refused() {
         organisation.text()
     );
 }
+
+async fn metric(gateway: &Gateway, name: &str) -> Option<f64> {
+    let metrics = gateway.client().get("/metrics", None).await.unwrap().text();
+    metric_value(&metrics, name)
+}
+
+async fn until_metric(gateway: &Gateway, name: &str, wanted: f64) {
+    for _ in 0..100 {
+        if metric(gateway, name).await == Some(wanted) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{name} never became {wanted}");
+}
+
+#[tokio::test]
+async fn a_block_made_on_one_replica_holds_on_the_others_at_once() {
+    let backend = BackendProcess::start(&portvagt::demo::default_testbed(), true).unwrap();
+    let repository = Repository::start();
+    let redis = crate::token_exchange::Redis::start();
+    let replica = || {
+        Gateway::start_with(Options {
+            backend_url: Some(backend.base_url().to_owned()),
+            extra_config: format!(
+                "[consent]\ncache_ttl = \"300s\"\nredis_url = \"{}\"\n\n[citizen]\nlisten = \"127.0.0.1:0\"\naudiences = [\"{CITIZEN_AUDIENCE}\"]\nblocks = true\n",
+                redis.url
+            ),
+            ..repository.gateway_options("")
+        })
+    };
+    let (first, second) = (replica(), replica());
+    for gateway in [&first, &second] {
+        until_metric(gateway, "portvagt_consent_bus_subscribed", 1.0).await;
+    }
+    // Mette reads through both: Anne's blocks are cached on both (for 300 s).
+    let mette = professional(&second, "Mette Kjær", "NS363", "TREATMENT");
+    assert_eq!(read_anne(&second, &mette, None).await.status, 200);
+    let mette_first = professional(&first, "Mette Kjær", "NS363", "TREATMENT");
+    assert_eq!(read_anne(&first, &mette_first, None).await.status, 200);
+    let browser = first.citizen_client();
+    let anne = citizen(&first, "pat-anne");
+    let event = her_event(&browser, &anne, by("Mette Kjær")).await;
+    let made = post(
+        &browser,
+        &anne,
+        block(
+            "pat-anne",
+            event["id"].as_str().unwrap(),
+            json!({ "reference": "Practitioner/prac-ns363" }),
+        ),
+    )
+    .await;
+    assert_eq!(made.status, 201, "{}", made.text());
+    let id = made.json()["id"].as_str().unwrap().to_owned();
+    // Announced: the other replica refuses her at once (its cache would have let her in).
+    let mut refused = read_anne(&second, &mette, None).await;
+    for _ in 0..20 {
+        if refused.status == 403 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        refused = read_anne(&second, &mette, None).await;
+    }
+    assert_eq!(outcome(&refused), (403, "consent-block".into()));
+
+    // Without Redis no replica trusts its cache: a block lifted on one, unannounced, is seen
+    // on the other at once all the same.
+    drop(redis);
+    until_metric(&second, "portvagt_consent_bus_subscribed", 0.0).await;
+    let lifted = browser
+        .send(json_patch(&format!("/fhir/Consent/{id}"), &anne, LIFT, &[]))
+        .await
+        .unwrap();
+    assert_eq!(lifted.status, 200, "{}", lifted.text());
+    assert_eq!(
+        metric(&first, "portvagt_consent_bus_failures_total").await,
+        Some(1.0)
+    );
+    assert_eq!(read_anne(&second, &mette, None).await.status, 200);
+}
