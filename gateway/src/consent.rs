@@ -58,9 +58,12 @@ pub struct ConsentStore {
     /// By (backend, patient): each backend holds its own patients' Consents.
     cache: Mutex<HashMap<(String, String), Cached>>,
     identities: Mutex<HashMap<IdentityKey, (Instant, Arc<CallerIds>)>>,
-    /// Counts [`ConsentStore::forget`]s: a load that began before one is not cached, so that a
-    /// block lifted or made while it was under way cannot come back from it.
+    /// Counts [`ConsentStore::forget`]s: a load that began before one does not cache the
+    /// patients forgotten since, so that a block lifted or made while it was under way cannot
+    /// come back from it.
     epoch: AtomicU64,
+    /// The latest forgets (epoch, patient; `None`: everyone), changed under the cache's lock.
+    forgotten: Mutex<std::collections::VecDeque<(u64, Option<String>)>>,
     /// Where replicas announce blocks made on them (`[consent] redis_url`).
     bus: Option<RedisClient>,
     /// With a bus: whether this replica is subscribed. Until it is (and whenever it is not),
@@ -102,6 +105,7 @@ impl ConsentStore {
             cache: Mutex::new(HashMap::new()),
             identities: Mutex::new(HashMap::new()),
             epoch: AtomicU64::new(0),
+            forgotten: Mutex::default(),
             bus,
             listening: AtomicBool::new(false),
         })
@@ -111,15 +115,46 @@ impl ConsentStore {
     /// loads them again.
     pub fn forget(&self, patient: &str) {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.note_forgotten(Some(patient));
         cache.retain(|(_, cached), _| cached != patient);
     }
 
     /// Forgets every cached Consent.
     fn forget_all(&self) {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.note_forgotten(None);
         cache.clear();
+    }
+
+    /// How many forgets are remembered; a load that began before more than these happened
+    /// caches nothing.
+    const FORGETS_KEPT: usize = 256;
+
+    /// Counts a forget (with the cache's lock held).
+    fn note_forgotten(&self, patient: Option<&str>) {
+        let epoch = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut forgotten = self.forgotten.lock().unwrap_or_else(|p| p.into_inner());
+        if forgotten.len() == Self::FORGETS_KEPT {
+            forgotten.pop_front();
+        }
+        forgotten.push_back((epoch, patient.map(str::to_owned)));
+    }
+
+    /// Whether `patient`'s Consents, loaded by a load that began at `epoch`, may be cached:
+    /// nothing forgot them since (with the cache's lock held).
+    fn still_current(&self, patient: &str, epoch: u64) -> bool {
+        if self.epoch.load(Ordering::SeqCst) == epoch {
+            return true;
+        }
+        let forgotten = self.forgotten.lock().unwrap_or_else(|p| p.into_inner());
+        // Forgets since the load began that are no longer remembered: anyone's.
+        let remembered = forgotten
+            .front()
+            .is_some_and(|(first, _)| *first <= epoch + 1);
+        remembered
+            && !forgotten
+                .iter()
+                .any(|(at, who)| *at > epoch && who.as_deref().is_none_or(|who| who == patient))
     }
 
     /// A block of `patient`'s made or lifted here: forgotten on this replica, and announced to
@@ -266,8 +301,7 @@ impl ConsentStore {
             }
         }
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if self.epoch.load(Ordering::SeqCst) != epoch || !self.cache_usable() {
-            // A block changed while these were loaded: used for this access, not kept.
+        if !self.cache_usable() {
             for (patient, blocks) in loaded {
                 found.insert(patient, Arc::new(blocks));
             }
@@ -281,10 +315,13 @@ impl ConsentStore {
         }
         for (patient, blocks) in loaded {
             let blocks = Arc::new(blocks);
-            cache.insert(
-                (name.to_owned(), patient.clone()),
-                (now + self.ttl, blocks.clone()),
-            );
+            // A block of hers changed while these were loaded: used for this access, not kept.
+            if self.still_current(&patient, epoch) {
+                cache.insert(
+                    (name.to_owned(), patient.clone()),
+                    (now + self.ttl, blocks.clone()),
+                );
+            }
             found.insert(patient, blocks);
         }
         Ok(found)
@@ -554,4 +591,40 @@ pub use crate::outcome::not_found;
 /// patient).
 pub fn not_found_outcome() -> Value {
     not_found().to_json(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> ConsentStore {
+        let config = ConsentConfig {
+            cache_ttl: Duration::from_secs(300),
+            cache_entries: 100,
+            redis_url: None,
+        };
+        ConsentStore::new(&config, Arc::new(Metrics::new()), &RedisSettings::default()).unwrap()
+    }
+
+    /// A load under way when a patient's blocks change does not cache hers (they may be the
+    /// old ones), but still caches everyone else's; one under way through more changes than
+    /// are remembered caches nobody's.
+    #[test]
+    fn a_load_caches_only_patients_not_forgotten_while_it_ran() {
+        let store = store();
+        let began = store.epoch.load(Ordering::SeqCst);
+        assert!(store.still_current("pat-anne", began));
+        store.forget("pat-anne");
+        assert!(!store.still_current("pat-anne", began));
+        assert!(store.still_current("pat-bo", began));
+        let later = store.epoch.load(Ordering::SeqCst);
+        assert!(store.still_current("pat-anne", later));
+        store.forget_all();
+        assert!(!store.still_current("pat-bo", later));
+        let again = store.epoch.load(Ordering::SeqCst);
+        for n in 0..ConsentStore::FORGETS_KEPT + 1 {
+            store.forget(&format!("pat-{n}"));
+        }
+        assert!(!store.still_current("pat-bo", again));
+    }
 }

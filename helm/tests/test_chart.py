@@ -174,7 +174,7 @@ VARIANTS: dict[str, dict] = {
                                          "circuit_failures": 3, "max_in_flight": 32,
                                          "tlsSecret": {"existingSecret": "brs-mtls", "certKey": "client.crt",
                                                        "keyKey": "client.key"}}},
-            "citizen": {"enabled": True, "resource_types": ["Observation", "Condition"], "page": False,
+            "citizen": {"enabled": True, "resource_types": ["Observation", "Condition"], "page": False, "blocks": True,
                         "client_id": "min-sundhed", "scope": "openid fhirUser launch/patient patient/*.rs",
                         "public_base_url": "https://minlog.example.dk/fhir",
                         "audiences": ["https://minlog.example.dk/fhir", "https://minlog.example.dk"]},
@@ -849,6 +849,7 @@ CHART_WRITTEN = {
     "token_exchange.trusted_sts": {"certificate"},
     "rate_limit": {"redis_url"},
     "mass_lookup": {"redis_url"},
+    "consent": {"redis_url"},
     "redis": {"ca_file", "client_cert", "client_key", "password_file"},
     "citizen": {"listen"},
     "paging": {"key_file"},
@@ -893,7 +894,8 @@ def secret_files(table: dict, folder: str) -> dict[str, tuple[str, str]]:
 
 def uses_redis(values: dict) -> bool:
     cfg = values["config"]
-    return any(cfg[t]["enabled"] and cfg[t]["useRedis"] for t in ("token_exchange", "rate_limit", "mass_lookup"))
+    return any(cfg[t]["enabled"] and cfg[t]["useRedis"]
+               for t in ("token_exchange", "rate_limit", "mass_lookup", "consent"))
 
 
 def redis_expected(values: dict) -> tuple[dict, list[dict], list[dict]]:
@@ -1025,7 +1027,7 @@ def check_config_values(name: str, config: dict, values: dict) -> None:
 
     # Redis: the same URL, as given, for everything that shares it; [redis] with the mounted
     # files' paths and the ACL user exactly when something uses Redis and one of them is set.
-    for table in ("token_exchange", "rate_limit", "mass_lookup"):
+    for table in ("token_exchange", "rate_limit", "mass_lookup", "consent"):
         if table in config:
             uses = cfg[table]["useRedis"]
             ok = config[table].get("redis_url") == (values["redis"]["url"] if uses else None)
@@ -1423,6 +1425,11 @@ def check_notes(name: str, notes: str, values: dict) -> None:
                                                                        or values["replicaCount"] > 1)
     REPORT.check(f"{name}: NOTES.txt says the mass-lookup guard counts per replica exactly when it does",
                  ("counts patients on each replica alone" in notes) == alone)
+    cfg = values["config"]
+    alone = (cfg["citizen"]["enabled"] and cfg["citizen"]["blocks"] and cfg["consent"]["enabled"]
+             and not cfg["consent"]["useRedis"] and (values["autoscaling"]["enabled"] or values["replicaCount"] > 1))
+    REPORT.check(f"{name}: NOTES.txt says citizens' blocks reach other replicas by cache_ttl exactly when they do",
+                 ("on the others only" in notes) == alone)
     secrets = [table["tlsSecret"]["existingSecret"] for _, _, table, folder in tls_tables(values)
                if secret_files(table, folder)]
     REPORT.check(f"{name}: NOTES.txt lists the {len(secrets)} backend TLS Secrets the pods need",

@@ -95,7 +95,15 @@ fn citizen_may(
         t == "AuditEvent" || opened.iter().any(|o| o == t) || (blocks && t == "Consent")
     });
     let block_change = blocks && is_block_change(request);
-    (reads && type_open || block_change) && subject.is_the_patient()
+    // Only what she asked for: no other resources brought along (a Consent's Practitioners, an
+    // AuditEvent's agents, with identifiers she has no business reading).
+    let brings_others = request.params().iter().any(|(name, _)| {
+        matches!(
+            name.split(':').next(),
+            Some("_include" | "_revinclude" | "_contained" | "_containedType")
+        )
+    });
+    (reads && type_open && !brings_others || block_change) && subject.is_the_patient()
 }
 
 /// A citizen making or lifting a block: a `Consent` create (`POST Consent`, not conditional)
@@ -138,6 +146,11 @@ fn decide_inner(
         && subject.is_the_patient()
     {
         return decide_block_change(subject, rules, request);
+    }
+    if writes_citizen_tag(request) {
+        return Decision::Deny {
+            reason: DenyReason::CitizenBlockReserved,
+        };
     }
     let mut decision = decide_request(subject, rules, request);
     if let Decision::Allow { obligations, .. } = &mut decision
@@ -341,6 +354,20 @@ fn decide_request(
         }
     }
     Decision::Deny { reason: best }
+}
+
+/// Whether a write's body carries the tag of a citizen's own block anywhere (a Consent
+/// created or replaced with it, a patch adding it): only the gateway writes that tag, for her.
+fn writes_citizen_tag(request: &FhirRequest) -> bool {
+    let body = match request.body() {
+        Some(RequestBody::Resource(resource)) => resource,
+        Some(RequestBody::Patch { document, .. }) => document,
+        _ => return false,
+    };
+    request.interaction().is_write()
+        && serde_json::to_string(body).map_or(true, |text| {
+            text.contains(crate::consent::citizen::BLOCK_TAG_SYSTEM)
+        })
 }
 
 /// A citizen making or lifting her own block: a patient-context scope that covers it (and the

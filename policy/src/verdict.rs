@@ -181,6 +181,9 @@ pub enum DenyReason {
     /// token about the citizen themselves, reading their own audit log or what the operator
     /// opened there, and nothing else.
     CitizenListener,
+    /// A write that would make a Consent look like a citizen's own block (its tag): only the
+    /// citizen listener's gateway writes those.
+    CitizenBlockReserved,
 }
 
 impl DenyReason {
@@ -206,11 +209,12 @@ impl DenyReason {
             DenyReason::ReferencesHidden => "references-hidden",
             DenyReason::Withheld => "not-found",
             DenyReason::CitizenListener => "citizen-listener",
+            DenyReason::CitizenBlockReserved => "citizen-block-reserved",
         }
     }
 
     /// Every reason, for documentation and metric pre-registration.
-    pub const ALL: [DenyReason; 19] = [
+    pub const ALL: [DenyReason; 20] = [
         DenyReason::InsufficientScope,
         DenyReason::NoPatientContext,
         DenyReason::OutsideCompartment,
@@ -230,6 +234,7 @@ impl DenyReason {
         DenyReason::ReferencesHidden,
         DenyReason::Withheld,
         DenyReason::CitizenListener,
+        DenyReason::CitizenBlockReserved,
     ];
 }
 

@@ -481,3 +481,56 @@ fn a_patients_count_is_pinned_to_what_is_about_her() {
         "performer=Patient/pat-anne&_summary=count"
     ));
 }
+
+/// Only the gateway writes a citizen's own block (the tag it reads them by): a professional's
+/// create, update, patch or batch entry carrying that tag is refused, however the rest reads.
+#[test]
+fn nobody_but_the_gateway_writes_a_citizens_block() {
+    let tag = json!([{ "system": "urn:portvagt:consent", "code": "citizen-block" }]);
+    let tagged = json!({ "resourceType": "Consent", "id": "blk-1", "status": "active",
+                         "meta": { "tag": tag.clone() },
+                         "patient": { "reference": "Patient/pat-anne" } });
+    let reserved = Some(DenyReason::CitizenBlockReserved);
+    for (method, path) in [("POST", "Consent"), ("PUT", "Consent/blk-1")] {
+        let request = with_body(method, path, &tagged);
+        assert_eq!(
+            decide_as("user/*.cruds", None, &request).deny_reason(),
+            reserved
+        );
+    }
+    let mut patch = classify("PATCH", "Consent/blk-1", None).unwrap();
+    let adds = json!([{ "op": "add", "path": "/meta/tag", "value": tag }]);
+    patch
+        .attach_body(
+            Some("application/json-patch+json"),
+            adds.to_string().as_bytes(),
+        )
+        .unwrap();
+    assert_eq!(
+        decide_as("user/*.cruds", None, &patch).deny_reason(),
+        reserved
+    );
+    let batch = with_body(
+        "POST",
+        "",
+        &json!({ "resourceType": "Bundle", "type": "batch", "entry": [{
+            "resource": tagged,
+            "request": { "method": "POST", "url": "Consent" }
+        }] }),
+    );
+    let Decision::Allow { obligations, .. } = decide_as("user/*.cruds", None, &batch) else {
+        panic!("a batch is decided entry by entry");
+    };
+    assert_eq!(obligations.entries[0].deny_reason(), reserved);
+    // Without the tag, the same write is the scopes' to decide.
+    let plain = json!({ "resourceType": "Consent", "id": "blk-1", "status": "active",
+                        "patient": { "reference": "Patient/pat-anne" } });
+    assert!(
+        decide_as(
+            "user/*.cruds",
+            None,
+            &with_body("PUT", "Consent/blk-1", &plain)
+        )
+        .is_allow()
+    );
+}

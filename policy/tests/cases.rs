@@ -381,6 +381,11 @@ patient/*.cruds             | blocks:pat-anne@Patient/pat-anne | POST | Observat
 patient/Consent.cruds       | blocks:pat-anne | POST | Consent                          | deny:citizen-listener
 patient/Consent.cruds       | blocks:pat-anne@Practitioner/prac-ns363 | POST | Consent  | deny:citizen-listener
 user/Consent.cruds          | blocks:pat-anne@Patient/pat-anne | POST | Consent          | deny:insufficient-scope
+patient/*.rs                | blocks:pat-anne@Patient/pat-anne | GET | Consent?_include=Consent:actor | deny:citizen-listener
+patient/*.rs                | blocks:pat-anne@Patient/pat-anne | GET | Consent?_include:iterate=* | deny:citizen-listener
+patient/*.rs                | citizen:pat-anne@Patient/pat-anne | GET | AuditEvent?_include=AuditEvent:agent | deny:citizen-listener
+patient/*.rs                | citizen:pat-anne@Patient/pat-anne | GET | AuditEvent?_revinclude=Provenance:target | deny:citizen-listener
+patient/*.rs                | citizen:pat-anne@Patient/pat-anne | GET | Observation?_contained=true | deny:citizen-listener
 patient/Consent.cruds       | citizen:pat-anne@Patient/pat-anne | POST | Consent         | deny:citizen-listener
 patient/Consent.cruds       | citizen:pat-anne@Patient/pat-anne | GET | Consent/blk-1    | deny:citizen-listener
 patient/Consent.cruds       | pat-anne@Patient/pat-anne | POST | Consent                | deny:write-not-verifiable

@@ -115,13 +115,16 @@ fn agent_view(agent: &Value) -> Option<Value> {
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
-                .filter(|other| {
-                    other
-                        .pointer("/valueIdentifier/system")
-                        .and_then(Value::as_str)
-                        == Some(portvagt_policy::consent::AUTHORIZATION_SYSTEM)
+                .filter_map(|other| {
+                    let system = other.pointer("/valueIdentifier/system")?.as_str()?;
+                    let value = other.pointer("/valueIdentifier/value")?.as_str()?;
+                    (system == portvagt_policy::consent::AUTHORIZATION_SYSTEM).then(|| {
+                        json!({
+                            "url": other.get("url").cloned().unwrap_or(Value::Null),
+                            "valueIdentifier": { "system": system, "value": value }
+                        })
+                    })
                 })
-                .cloned()
                 .collect();
             if !authorisation.is_empty() {
                 kept.insert("extension".into(), Value::Array(authorisation));

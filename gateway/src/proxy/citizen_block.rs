@@ -12,8 +12,8 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use portvagt_policy::compartment::{Membership, membership};
 use portvagt_policy::consent::citizen::{
-    BlockRefusal, MAX_ACTIVE_BLOCKS, actors_in_event, blocked_actor, blocked_display, build,
-    is_citizen_block, matching_actor, read_request, read_withdrawal,
+    BlockRefusal, MAX_ACTIVE_BLOCKS, MadeBlock, actors_in_event, blocked_display, build,
+    matching_actor, read_block, read_request, read_withdrawal,
 };
 use portvagt_policy::request::RequestBody;
 use portvagt_policy::{FhirRequest, Interaction};
@@ -60,6 +60,25 @@ fn refused(message: &'static str) -> BoxError {
         message,
     }
     .into()
+}
+
+/// Changes of one citizen's blocks, one at a time on a replica (striped by patient): the bound
+/// and the block she already has are read and kept in one step.
+#[derive(Debug)]
+pub(super) struct BlockLocks([tokio::sync::Mutex<()>; 64]);
+
+impl Default for BlockLocks {
+    fn default() -> Self {
+        BlockLocks(std::array::from_fn(|_| tokio::sync::Mutex::new(())))
+    }
+}
+
+impl BlockLocks {
+    async fn lock(&self, patient: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(patient);
+        self.0[usize::try_from(hash % 64).unwrap_or(0)].lock().await
+    }
 }
 
 /// What the handler needs of the request.
@@ -145,18 +164,23 @@ impl Proxy {
         let actor = matching_actor(&actors_in_event(&event), &wanted.actor).ok_or_else(|| {
             refused("the actor is not the user or organisation of that AuditEvent")
         })?;
-        // Her blocks made here: the same actor again is the block she has; more than the
-        // bound, none.
+        // One change of her blocks at a time (on this replica): the bound and the block she has
+        // are read and kept in one step.
+        let _one_at_a_time = self.block_locks.lock(&asked.patient).await;
+        // Her blocks made here and in force: the same block again (the same actor, the same
+        // period) is the block she has; more than the bound, none.
         let consents = self.backend_for(&asked.base, "Consent")?;
-        let active = self.active_blocks(&consents, &asked.patient).await?;
-        if let Some(existing) = active
+        let in_force = self
+            .active_blocks(&consents, &asked.patient, now.unix_timestamp())
+            .await?;
+        if let Some((existing, _)) = in_force
             .iter()
-            .find(|consent| blocked_actor(consent).as_ref() == Some(&actor.actor))
+            .find(|(_, made)| made.actor == actor.actor && made.period == wanted.period)
         {
             self.note(asked, "made", existing);
             return Ok(fhir_json(StatusCode::OK, existing, None));
         }
-        if active.len() >= MAX_ACTIVE_BLOCKS {
+        if in_force.len() >= MAX_ACTIVE_BLOCKS {
             return Err(CitizenBlockError {
                 refused: false,
                 message: "she has as many active blocks as she may keep (10): lift one first",
@@ -179,9 +203,6 @@ impl Proxy {
         let (status, written, location) = self
             .write(&consents, asked, Method::POST, "Consent", None, &consent)
             .await?;
-        if let Some(store) = &self.consent {
-            store.changed(&asked.patient).await;
-        }
         self.note(asked, "made", &written);
         let location = location.and_then(|l| self.public_location(&asked.base, "Consent", &l));
         Ok(fhir_json(status, &written, location))
@@ -197,6 +218,7 @@ impl Proxy {
         };
         read_withdrawal(document).map_err(CitizenBlockError::from)?;
         let id = asked.fhir.id().ok_or("a patch names its instance")?;
+        let _one_at_a_time = self.block_locks.lock(&asked.patient).await;
         let consents = self.backend_for(&asked.base, "Consent")?;
         let relative = format!("Consent/{id}");
         let current = match consents
@@ -206,9 +228,10 @@ impl Proxy {
             Fetched::Found(current) => current,
             Fetched::Missing => return Err(crate::consent::NotFoundError.into()),
         };
-        if !is_citizen_block(&current, &asked.patient) {
-            // Another patient's Consent, or one she did not make here: as if it were not there
-            // for her, like every record outside her compartment.
+        let Some(made) = read_block(&current, &asked.patient) else {
+            // Another patient's Consent: as if it were not there for her, like every record
+            // outside her compartment. Hers, but not exactly a block made here (a professional
+            // may have tagged one): not hers to change here.
             return Err(
                 if membership(&current, &asked.patient) == Membership::Member {
                     refused("only a block she made here is hers to lift here")
@@ -216,8 +239,8 @@ impl Proxy {
                     crate::consent::NotFoundError.into()
                 },
             );
-        }
-        if current.get("status").and_then(Value::as_str) != Some("active") {
+        };
+        if !made.active {
             self.note(asked, "lifted", &current);
             return Ok(fhir_json(StatusCode::OK, &current, None));
         }
@@ -238,9 +261,6 @@ impl Proxy {
                 &lifted,
             )
             .await?;
-        if let Some(store) = &self.consent {
-            store.changed(&asked.patient).await;
-        }
         self.note(asked, "lifted", &written);
         Ok(fhir_json(StatusCode::OK, &written, None))
     }
@@ -255,12 +275,14 @@ impl Proxy {
             .ok_or_else(|| portvagt_policy::ClassifyError::UnknownPath.into())
     }
 
-    /// The active blocks `patient` made here, all of them (on one page, or refused).
+    /// The blocks `patient` made here that are in force at `now` or later, all of them (on one
+    /// page, or refused), each as stored and as read back.
     async fn active_blocks(
         &self,
         consents: &Backend,
         patient: &str,
-    ) -> Result<Vec<Value>, BoxError> {
+        now: i64,
+    ) -> Result<Vec<(Value, MadeBlock)>, BoxError> {
         let query = format!(
             "patient={}&status=active&_count=200",
             form_encode(&format!("Patient/{patient}"))
@@ -278,11 +300,11 @@ impl Proxy {
             return Err(ProxyError::LookupFailed(StatusCode::OK).into());
         }
         Ok(portvagt_policy::filter::bundle_resources(&bundle)
-            .filter(|consent| {
-                is_citizen_block(consent, patient)
-                    && consent.get("status").and_then(Value::as_str) == Some("active")
+            .filter_map(|consent| {
+                read_block(consent, patient)
+                    .filter(|made| made.in_force(now))
+                    .map(|made| (consent.clone(), made))
             })
-            .cloned()
             .collect())
     }
 
@@ -338,6 +360,10 @@ impl Proxy {
         if !status.is_success() {
             return Err(ProxyError::LookupFailed(status).into());
         }
+        // Written: forgotten now, whatever becomes of reading the answer.
+        if let Some(store) = &self.consent {
+            store.changed(&asked.patient).await;
+        }
         let location = response
             .headers()
             .get(header::LOCATION)
@@ -387,9 +413,14 @@ impl Proxy {
     }
 }
 
-/// A FHIR JSON answer.
+/// A FHIR JSON answer: the Consent, its `meta` only its version, when, and the tag (nothing
+/// of where the server keeps it).
 fn fhir_json(status: StatusCode, resource: &Value, location: Option<String>) -> Response<Body> {
-    let body = serde_json::to_vec(resource).unwrap_or_default();
+    let mut resource = resource.clone();
+    if let Some(meta) = resource.get_mut("meta").and_then(Value::as_object_mut) {
+        meta.retain(|key, _| matches!(key.as_str(), "versionId" | "lastUpdated" | "tag"));
+    }
+    let body = serde_json::to_vec(&resource).unwrap_or_default();
     let mut response = Response::new(full(Bytes::from(body)));
     *response.status_mut() = status;
     let headers = response.headers_mut();

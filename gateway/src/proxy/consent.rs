@@ -44,6 +44,8 @@ pub(super) struct ConsentContext {
     pub(super) caller: Arc<CallerIds>,
     pub(super) purpose: Option<String>,
     pub(super) reason: Option<String>,
+    /// The patient the caller is (her own token): her blocks are about others, never her.
+    pub(super) herself: Option<String>,
 }
 
 impl ConsentContext {
@@ -567,8 +569,15 @@ impl Proxy {
         writes: bool,
         record_handle: Option<&RequestRecord>,
     ) -> Result<Verdicts, BoxError> {
+        // Her own blocks never shut her out of her own record (she may block the unit she
+        // works at, or her own authorisation id).
+        let others: Vec<String> = patients
+            .iter()
+            .filter(|patient| consent.herself.as_ref() != Some(*patient))
+            .cloned()
+            .collect();
         let blocks = match &consent.store {
-            Some(store) => store.blocks(&consent.backend, patients).await?,
+            Some(store) => store.blocks(&consent.backend, &others).await?,
             None => PatientBlocks::new(),
         };
         // The caller's other identities matter only where some Consent names somebody.

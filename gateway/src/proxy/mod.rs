@@ -88,6 +88,8 @@ pub struct ProxyState {
     min_reason: usize,
     /// Patients placed by identifier a moment ago.
     identifier_cache: Arc<consent::IdentifierCache>,
+    /// One change of a citizen's blocks at a time.
+    block_locks: Arc<citizen_block::BlockLocks>,
 }
 
 /// A backend and the rewriter for the URLs in its answers.
@@ -134,6 +136,7 @@ impl Proxy {
             pager: runtime.pager.clone(),
             min_reason: runtime.config.policy.break_glass_min_reason,
             identifier_cache: Arc::default(),
+            block_locks: Arc::default(),
         }))
     }
 }

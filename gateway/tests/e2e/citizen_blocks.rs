@@ -443,14 +443,69 @@ async fn every_other_block_is_refused() {
         (403, "citizen-block-refused".into())
     );
 
-    // No more than ten active blocks.
-    for n in 0..9 {
-        stored(
-            backend,
-            json!({ "identifier": { "system": AUTHORIZATION, "value": format!("ZZ{n}") } }),
-            true,
+    // A professional cannot make a Consent look like one of hers: the tag is refused on the
+    // main listener. Written past the gateway, a tagged Consent of another shape (a permit) is
+    // not the block she has, nor counted, nor hers to lift.
+    let writer = gateway.token(json!({ "scope": "user/*.cruds", "role": "7170" }));
+    let mut tagged = made.json();
+    tagged.as_object_mut().unwrap().remove("id");
+    tagged["provision"]["type"] = json!("permit");
+    let forged = gateway
+        .client()
+        .send(request(
+            Method::POST,
+            "/fhir/Consent",
+            Some(&writer),
+            Some(tagged.clone()),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(outcome(&forged), (403, "citizen-block-reserved".into()));
+    tagged["provision"]["actor"][0]["reference"] =
+        json!({ "reference": "Practitioner/prac-xy123" });
+    for _ in 0..10 {
+        let dummy = backend_send(
+            backend.base_url(),
+            Method::POST,
+            "Consent",
+            Some(tagged.clone()),
         )
         .await;
+        assert_eq!(dummy["resourceType"], "Consent", "{dummy}");
+    }
+    let dummy_id = backend_send(
+        backend.base_url(),
+        Method::POST,
+        "Consent",
+        Some(tagged.clone()),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        outcome(
+            &browser
+                .send(json_patch(
+                    &format!("/fhir/Consent/{dummy_id}"),
+                    &anne,
+                    LIFT,
+                    &[]
+                ))
+                .await
+                .unwrap()
+        ),
+        (403, "citizen-block-refused".into())
+    );
+
+    // No more than ten blocks in force: nine more exactly as the gateway writes them.
+    for n in 0..9 {
+        let mut more = made.json();
+        more.as_object_mut().unwrap().remove("id");
+        more["provision"]["actor"][0]["reference"] =
+            json!({ "identifier": { "system": AUTHORIZATION, "value": format!("ZZ{n}") } });
+        let more = backend_send(backend.base_url(), Method::POST, "Consent", Some(more)).await;
+        assert_eq!(more["resourceType"], "Consent", "{more}");
     }
     let organisation = post(
         &browser,
@@ -552,4 +607,72 @@ async fn a_block_made_on_one_replica_holds_on_the_others_at_once() {
         Some(1.0)
     );
     assert_eq!(read_anne(&second, &mette, None).await.status, 200);
+}
+
+#[tokio::test]
+async fn her_own_blocks_never_shut_her_out_and_one_block_is_made_once() {
+    let setup = setup();
+    let gateway = &setup.gateway;
+    let mette = professional(gateway, "Mette Kjær", "NS363", "TREATMENT");
+    assert_eq!(read_anne(gateway, &mette, None).await.status, 200);
+    let browser = gateway.citizen_client();
+    // Anne works at the unit Mette read her record for: her identity provider says so.
+    let anne = gateway.citizen_token(json!({
+        "sub": "pat-anne", "scope": "launch/patient patient/AuditEvent.rs patient/Consent.crus",
+        "patient": "pat-anne", "fhirUser": "Patient/pat-anne", "client_id": "minlog",
+        "care_provider": { "type": "medcom:sor", "id": "265161000016008", "name": "Rigshospitalet" },
+    }));
+    let event = her_event(&browser, &anne, by("Mette Kjær")).await;
+    let unit = block(
+        "pat-anne",
+        event["id"].as_str().unwrap(),
+        json!({ "identifier": { "system": SOR, "value": "265161000016008" } }),
+    );
+    // Asked three times at once (three connections): one block, the same one answered to all.
+    let tabs = [
+        gateway.citizen_client(),
+        gateway.citizen_client(),
+        gateway.citizen_client(),
+    ];
+    let (a, b, c) = tokio::join!(
+        post(&tabs[0], &anne, unit.clone()),
+        post(&tabs[1], &anne, unit.clone()),
+        post(&tabs[2], &anne, unit.clone())
+    );
+    let mut statuses = [a.status.as_u16(), b.status.as_u16(), c.status.as_u16()];
+    statuses.sort_unstable();
+    assert_eq!(
+        statuses,
+        [200, 200, 201],
+        "{} {} {}",
+        a.text(),
+        b.text(),
+        c.text()
+    );
+    let ids: Vec<Value> = [&a, &b, &c]
+        .iter()
+        .map(|x| x.json()["id"].clone())
+        .collect();
+    assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+    // The unit is blocked: Mette, who acts for it, is refused.
+    assert_eq!(
+        outcome(&read_anne(gateway, &mette, None).await),
+        (403, "consent-block".into())
+    );
+    // Anne is not: her own log and her own blocks stay hers to read.
+    let log = browser.get("/fhir/AuditEvent", Some(&anne)).await.unwrap();
+    assert_eq!(log.status, 200, "{}", log.text());
+    assert!(log.text().contains("Mette Kjær"), "{}", log.text());
+    let listed = browser
+        .get("/fhir/Consent?status=active", Some(&anne))
+        .await
+        .unwrap();
+    assert_eq!(listed.status, 200, "{}", listed.text());
+    assert!(listed.text().contains(ids[0].as_str().unwrap()));
+    // Nothing else is brought along with her Consents (the Practitioners they name).
+    let included = browser
+        .get("/fhir/Consent?_include=Consent:actor", Some(&anne))
+        .await
+        .unwrap();
+    assert_eq!(outcome(&included), (403, "citizen-listener".into()));
 }

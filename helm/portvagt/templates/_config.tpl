@@ -114,7 +114,10 @@ path = "/var/lib/portvagt/decisions/decisions.jsonl"
 {{- if $cfg.consent.enabled }}
 
 [consent]
-{{- include "portvagt.tomlKeys" (dict "table" $cfg.consent "skip" (list "enabled")) }}
+{{- include "portvagt.tomlKeys" (dict "table" $cfg.consent "skip" (list "enabled" "useRedis")) }}
+{{- if $cfg.consent.useRedis }}
+redis_url = {{ include "portvagt.redisUrl" . }}
+{{- end }}
 {{- end }}
 {{- if $cfg.relationship.enabled }}
 

@@ -108,7 +108,8 @@ default name: without one the chain is not sealed, and NOTES.txt warns).
 {{- $exchange := and .Values.config.token_exchange.enabled .Values.config.token_exchange.useRedis }}
 {{- $rateLimit := and .Values.config.rate_limit.enabled .Values.config.rate_limit.useRedis }}
 {{- $massLookup := and .Values.config.mass_lookup.enabled .Values.config.mass_lookup.useRedis }}
-{{- if or $exchange $rateLimit $massLookup }}true{{- end }}
+{{- $consent := and .Values.config.consent.enabled .Values.config.consent.useRedis }}
+{{- if or $exchange $rateLimit $massLookup $consent }}true{{- end }}
 {{- end }}
 
 {{/*
@@ -116,7 +117,7 @@ The redis_url every table that uses Redis writes: redis.url as given (the schema
 credentials out of it).
 */}}
 {{- define "portvagt.redisUrl" -}}
-{{- required "redis.url is required when token exchange, rate limits or the mass-lookup guard use Redis" .Values.redis.url | toJson }}
+{{- required "redis.url is required when token exchange, rate limits, the mass-lookup guard or consent use Redis" .Values.redis.url | toJson }}
 {{- end }}
 
 {{/*

@@ -11,7 +11,7 @@
 
 use serde_json::{Map, Value, json};
 
-use super::{AUTHORIZATION_SYSTEM, Actor, CVR_SYSTEM, CallerIds, SOR_SYSTEM, instant, relative};
+use super::{AUTHORIZATION_SYSTEM, Actor, CallerIds, SOR_SYSTEM, instant, relative};
 use crate::resource_type::is_valid_id;
 
 /// The tag of a Consent a citizen made here (and may lift here).
@@ -160,13 +160,13 @@ fn read_actor(value: &Value) -> Result<Actor, BlockRefusal> {
             let value = identifier.get("value").and_then(Value::as_str);
             match (system, value) {
                 (Some(system), Some(value))
-                    if [AUTHORIZATION_SYSTEM, SOR_SYSTEM, CVR_SYSTEM].contains(&system)
+                    if [AUTHORIZATION_SYSTEM, SOR_SYSTEM].contains(&system)
                         && plain_value(value) =>
                 {
                     Ok(Actor::Identifier(system.to_owned(), value.to_owned()))
                 }
                 _ => Err(Shape(
-                    "an actor's identifier is an authorisation id, a SOR code or a CVR number",
+                    "an actor's identifier is an authorisation id or a SOR code",
                 )),
             }
         }
@@ -235,9 +235,11 @@ fn read_source(value: &Value) -> Result<String, BlockRefusal> {
 }
 
 /// Whom an AuditEvent lets her block: the user who acted (by the Practitioner or
-/// PractitionerRole of their `fhirUser`, and by their authorisation id) and the organisation
-/// they acted for (by SOR code or CVR number). Never a Patient (herself, or a guardian), the
-/// client system or the gateway.
+/// PractitionerRole of their `fhirUser`, when it is a reference into this FHIR server, not an
+/// absolute URL into another; and by their authorisation id) and the health care unit they
+/// acted for (by SOR code). Never a Patient (herself, or a guardian), the client system, the
+/// gateway, or an organisation by CVR number: that is what the client certificate names, and a
+/// region's one certificate would shut out everyone who uses its system.
 pub fn actors_in_event(event: &Value) -> Vec<BlockedActor> {
     let mut found = Vec::new();
     for agent in event
@@ -255,7 +257,11 @@ pub fn actors_in_event(event: &Value) -> Vec<BlockedActor> {
             .collect();
         if codes.contains(&"humanuser") {
             let display = agent.get("name").and_then(Value::as_str).map(str::to_owned);
-            if let Some(reference) = agent.pointer("/who/reference").and_then(Value::as_str) {
+            if let Some(reference) = agent
+                .pointer("/who/reference")
+                .and_then(Value::as_str)
+                .filter(|reference| !reference.contains("://"))
+            {
                 let relative = relative(reference);
                 let (kind, id) = relative.split_once('/').unwrap_or_default();
                 if ["Practitioner", "PractitionerRole"].contains(&kind) && is_valid_id(id) {
@@ -294,12 +300,11 @@ pub fn actors_in_event(event: &Value) -> Vec<BlockedActor> {
             let value = agent
                 .pointer("/who/identifier/value")
                 .and_then(Value::as_str);
-            if let (Some(system), Some(value)) = (system, value)
-                && [SOR_SYSTEM, CVR_SYSTEM].contains(&system)
+            if let (Some(SOR_SYSTEM), Some(value)) = (system, value)
                 && plain_value(value)
             {
                 found.push(BlockedActor {
-                    actor: Actor::Identifier(system.into(), value.into()),
+                    actor: Actor::Identifier(SOR_SYSTEM.into(), value.into()),
                     display: agent
                         .pointer("/who/display")
                         .and_then(Value::as_str)
@@ -390,7 +395,75 @@ pub fn build(patient: &str, actor: &BlockedActor, request: &BlockRequest, now: &
     })
 }
 
-/// Whether `consent` is a block `patient` made here: tagged so, and about her.
+/// A block `patient` made here, read back: exactly what [`build`] writes (the server's own `id`
+/// and `meta` aside), or `None`. A Consent merely tagged so (a professional can write one) is
+/// not hers: not the block she has, not counted, not hers to lift.
+pub fn read_block(consent: &Value, patient: &str) -> Option<MadeBlock> {
+    if !is_citizen_block(consent, patient) {
+        return None;
+    }
+    let actor = blocked_actor(consent)?;
+    let event = consent
+        .pointer("/extension/0/valueReference/reference")?
+        .as_str()?
+        .strip_prefix("AuditEvent/")?
+        .to_owned();
+    let side =
+        |period: &Value, key: &str| period.get(key).and_then(Value::as_str).map(str::to_owned);
+    let period = consent
+        .pointer("/provision/period")
+        .map(|period| (side(period, "start"), side(period, "end")));
+    let made = consent.get("dateTime")?.as_str()?;
+    let request = BlockRequest {
+        actor: actor.clone(),
+        event,
+        period,
+    };
+    let blocked = BlockedActor {
+        actor,
+        display: blocked_display(consent).map(str::to_owned),
+    };
+    let mut again = build(patient, &blocked, &request, made);
+    let mut stored = consent.clone();
+    let object = stored.as_object_mut()?;
+    let status = object.remove("status")?;
+    object.remove("id");
+    object.remove("meta");
+    again.as_object_mut()?.remove("status");
+    again.as_object_mut()?.remove("meta");
+    (stored == again).then(|| MadeBlock {
+        actor: request.actor,
+        period: request.period,
+        active: status == "active",
+    })
+}
+
+/// A block as [`read_block`] reads it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MadeBlock {
+    /// Whom it names.
+    pub actor: Actor,
+    /// Its period, as written.
+    pub period: Option<(Option<String>, Option<String>)>,
+    /// `status` is `active` (else it was lifted).
+    pub active: bool,
+}
+
+impl MadeBlock {
+    /// Whether it still holds at `now` or later: active, and its period not over.
+    pub fn in_force(&self, now: i64) -> bool {
+        let over = self
+            .period
+            .as_ref()
+            .and_then(|(_, end)| end.as_deref())
+            .and_then(|end| instant(end, true))
+            .is_some_and(|end| end <= now);
+        self.active && !over
+    }
+}
+
+/// Whether `consent` is tagged as a block `patient` made here, and about her (what it says is
+/// read by [`read_block`]).
 pub fn is_citizen_block(consent: &Value, patient: &str) -> bool {
     let tagged = consent
         .pointer("/meta/tag")

@@ -38,7 +38,7 @@ fn event() -> Value {
                 "type": { "coding": [{ "code": "humanuser" }] },
                 "who": {
                     "identifier": { "system": "https://idp", "value": "0101901234" },
-                    "reference": "https://idp.example.dk/fhir/Practitioner/prac-nurse-5166",
+                    "reference": "Practitioner/prac-nurse-5166",
                     "display": "0101901234"
                 },
                 "name": "Lise Holm",
@@ -207,6 +207,24 @@ fn an_event_lets_her_block_the_user_and_their_organisation_only() {
     );
     // The identity provider's subject (a CPR number here) is never an actor, nor is the
     // client system, nor a user who is a Patient (herself, or a guardian).
+    // A fhirUser into another server is not blocked by its id here (a Practitioner of this
+    // server may have the same id); her authorisation id still is. An organisation by CVR
+    // number (what a client certificate names) is not offered at all.
+    let mut elsewhere = event();
+    elsewhere["agent"][2]["who"]["reference"] =
+        json!("https://idp.example.dk/fhir/Practitioner/prac-nurse-5166");
+    elsewhere["agent"][3]["who"]["identifier"]["system"] = json!("http://cvr.dk");
+    let offered: Vec<Actor> = actors_in_event(&elsewhere)
+        .into_iter()
+        .map(|a| a.actor)
+        .collect();
+    assert_eq!(
+        offered,
+        vec![Actor::Identifier(
+            AUTHORIZATION_SYSTEM.into(),
+            "ZK482".into()
+        )]
+    );
     let mut own = event();
     own["agent"][2]["who"]["reference"] = json!("Patient/pat-anne");
     own["agent"][2]["extension"] = json!([]);
@@ -282,6 +300,50 @@ fn the_built_consent_blocks_whom_it_names_and_nobody_else() {
         ..access
     };
     assert!(!denies(&block, &nurse, &later));
+    // Read back, it is her block; changed in any way (or only tagged), it is not.
+    let made = read_block(&consent, "pat-anne").expect("her block, read back");
+    assert!(made.active && made.in_force(NOW) && made.period.is_none());
+    assert_eq!(made.actor, actor.actor);
+    let mut lifted = consent.clone();
+    lifted["status"] = json!("inactive");
+    assert!(!read_block(&lifted, "pat-anne").unwrap().in_force(NOW));
+    let mut served = consent.clone();
+    served["meta"]["versionId"] = json!("3");
+    assert!(read_block(&served, "pat-anne").is_some());
+    let timed_block = read_block(
+        &build("pat-anne", &actor, &timed, "2026-12-03T12:00:00Z"),
+        "pat-anne",
+    )
+    .unwrap();
+    assert!(timed_block.in_force(NOW) && !timed_block.in_force(NOW + 60 * 86_400));
+    for (pointer, value) in [
+        ("/provision/type", json!("permit")),
+        ("/provision/class", json!([{ "code": "Observation" }])),
+        (
+            "/provision/actor/1",
+            json!({ "reference": { "reference": "Practitioner/x" } }),
+        ),
+        ("/policyRule/coding/0/code", json!("OPTOUT")),
+        ("/patient/reference", json!("Patient/pat-bo")),
+        ("/note", json!("x")),
+    ] {
+        let mut changed = consent.clone();
+        match changed.pointer_mut(pointer) {
+            Some(slot) => *slot = value,
+            None => {
+                let (parent, key) = pointer.rsplit_once('/').unwrap();
+                let parent = changed.pointer_mut(parent).unwrap();
+                match parent {
+                    Value::Array(items) => items.push(value),
+                    Value::Object(fields) => {
+                        fields.insert(key.into(), value);
+                    }
+                    _ => unreachable!(),
+                }
+            }
+        }
+        assert!(read_block(&changed, "pat-anne").is_none(), "{pointer}");
+    }
     // What the gateway writes is a request it would take again.
     let mut again = build("pat-anne", &actor, &asked, "2026-12-03T12:00:00Z");
     for key in ["meta", "scope", "category", "dateTime", "policyRule"] {
