@@ -1,6 +1,7 @@
 // Min log: the citizen's access log. A client of Portvagt's FHIR API like any other: it reads
-// AuditEvent with the citizen's own token and shows what comes back. No framework, no
-// third-party code; the DOM is built with textContent only.
+// AuditEvent with the citizen's own token and shows what comes back, and (where the gateway
+// lets citizens block) makes, lists and lifts her own blocks as Consents through the same API.
+// No framework, no third-party code; the DOM is built with textContent only.
 'use strict';
 
 (() => {
@@ -69,6 +70,27 @@
         7170: 'Læge', 5166: 'Sygeplejerske', 5433: 'Tandlæge', 5175: 'Jordemoder',
         5152: 'Social- og sundhedsassistent',
       },
+      blockPerson: 'Spær for denne sundhedsperson',
+      blockOrganisation: 'Spær for denne organisation',
+      blockedMark: 'Spærret',
+      blocksTitle: 'Dine spærringer',
+      blocksNone: 'Du har ingen spærringer.',
+      lift: 'Ophæv spærring',
+      liftNamed: (name) => `Ophæv spærring for ${name}`,
+      since: (date) => `Spærret siden ${date}`,
+      until: (date) => `til ${date}`,
+      confirmTitle: (name) => `Spær for ${name}?`,
+      confirmWhat: 'Spærringen gælder med det samme: de kan ikke se dine sundhedsdata gennem denne tjeneste, heller ikke i søgninger. Du kan ophæve den igen her.',
+      confirmEmergency: 'Den gælder ikke i en nødsituation: en sundhedsperson kan stadig se dine data med en begrundelse (værdispring), og det står altid i din log. Den gælder heller ikke andre systemer end dette.',
+      confirmYes: 'Spær',
+      confirmNo: 'Fortryd',
+      madeBlock: (name) => `Du har spærret for ${name}.`,
+      liftedBlock: (name) => `Du har ophævet spærringen for ${name}.`,
+      blockFailed: 'Spærringen kunne ikke gemmes lige nu. Prøv igen senere.',
+      liftFailed: 'Spærringen kunne ikke ophæves lige nu. Prøv igen senere.',
+      youBlocked: (name) => `Du spærrede for ${name}`,
+      youLifted: (name) => `Du ophævede spærringen for ${name}`,
+      someone: 'en sundhedsperson',
     },
     en: {
       skip: 'Skip to content',
@@ -134,6 +156,27 @@
         7170: 'Physician', 5166: 'Nurse', 5433: 'Dentist', 5175: 'Midwife',
         5152: 'Social and health care assistant',
       },
+      blockPerson: 'Block this health professional',
+      blockOrganisation: 'Block this organisation',
+      blockedMark: 'Blocked',
+      blocksTitle: 'Your blocks',
+      blocksNone: 'You have no blocks.',
+      lift: 'Lift block',
+      liftNamed: (name) => `Lift the block on ${name}`,
+      since: (date) => `Blocked since ${date}`,
+      until: (date) => `until ${date}`,
+      confirmTitle: (name) => `Block ${name}?`,
+      confirmWhat: 'The block applies at once: they cannot see your health data through this service, searches included. You can lift it again here.',
+      confirmEmergency: 'It does not hold in an emergency: a health professional can still see your data with a stated reason (break the glass), and that is always shown in your log. Nor does it hold for systems other than this one.',
+      confirmYes: 'Block',
+      confirmNo: 'Cancel',
+      madeBlock: (name) => `You have blocked ${name}.`,
+      liftedBlock: (name) => `You have lifted the block on ${name}.`,
+      blockFailed: 'The block could not be saved right now. Please try again later.',
+      liftFailed: 'The block could not be lifted right now. Please try again later.',
+      youBlocked: (name) => `You blocked ${name}`,
+      youLifted: (name) => `You lifted the block on ${name}`,
+      someone: 'a health professional',
     },
   };
 
@@ -144,10 +187,16 @@
 
   const $ = (id) => document.getElementById(id);
   let language = localStorage.getItem(LANGUAGE_KEY) === 'en' ? 'en' : 'da';
-  let settings = { fhirBase: '/fhir', clientId: 'minlog', scope: 'openid fhirUser launch/patient patient/AuditEvent.rs' };
+  let settings = { fhirBase: '/fhir', clientId: 'minlog', scope: 'openid fhirUser launch/patient patient/AuditEvent.rs', blocks: false };
   let smart = null;
   let events = [];
   let next = null;
+  let blocks = [];
+  let pending = null; // the block the dialog asks about
+  const AUTHORISATION = 'https://autregweb.sst.dk';
+  const SOR = 'urn:oid:1.2.208.176.1.1';
+  const BLOCK_TAG = 'urn:portvagt:consent';
+  const BLOCKED_FROM = 'urn:portvagt:consent:blocked-from';
 
   const t = (key) => TEXT[language][key];
 
@@ -163,6 +212,8 @@
     const toggle = $('language');
     toggle.textContent = t('otherLanguage');
     toggle.lang = language === 'da' ? 'en' : 'da';
+    if (pending) $('confirm-title').textContent = t('confirmTitle')(pending.option.name);
+    renderBlocks();
     render();
   }
 
@@ -250,10 +301,7 @@
     say(t('loading'));
     let answer;
     try {
-      answer = await fetch(path, {
-        headers: { Authorization: `Bearer ${token}`, Accept: 'application/fhir+json' },
-        cache: 'no-store',
-      });
+      answer = await api(path);
     } catch {
       return say(t('failed'));
     }
@@ -279,16 +327,28 @@
 
   // ---- What an AuditEvent says, for a person. ----
 
-  // The patient the token is about (its payload read, not verified: only to say "you").
-  function ownPatient() {
+  // The token's claims (its payload read, not verified: only to say "you", and to offer only
+  // what the token may do; the gateway decides).
+  function claims() {
     try {
       const payload = (sessionStorage.getItem(TOKEN_KEY) || '').split('.')[1];
       const json = atob(payload.replace(/-/g, '+').replace(/_/g, '/'));
-      const patient = JSON.parse(decodeURIComponent(escape(json))).patient;
-      return typeof patient === 'string' ? `Patient/${patient}` : null;
+      return JSON.parse(decodeURIComponent(escape(json))) || {};
     } catch {
-      return null;
+      return {};
     }
+  }
+
+  function ownPatient() {
+    const { patient } = claims();
+    return typeof patient === 'string' ? `Patient/${patient}` : null;
+  }
+
+  // Blocks are offered where the gateway takes them and her token may make them.
+  function canBlock() {
+    const scope = typeof claims().scope === 'string' ? claims().scope : '';
+    return settings.blocks === true
+      && /(^|\s)patient\/(Consent|\*)\.(\*|write|c[ruds]*)(\s|$)/.test(scope);
   }
 
   const code = (concept) => concept && ((concept.coding && concept.coding[0] && concept.coding[0].code) || concept.code);
@@ -322,7 +382,15 @@
     const role = user && user.role && user.role[0];
     const roleCode = code(role);
     const yourself = user && user.who && user.who.reference && user.who.reference === ownPatient();
+    // One of her own block changes: what changed, and whom it blocks.
+    const details = (event.entity || []).flatMap((entity) => entity.detail || []);
+    const changed = details.find((detail) => detail.type === 'citizen-block');
+    const blockedName = details.find((detail) => detail.type === 'blocked');
     return {
+      id: event.id,
+      change: changed ? changed.valueString : null,
+      changeName: blockedName ? blockedName.valueString : t('someone'),
+      blockable: (yourself || changed) ? [] : blockable(user, organisation),
       recorded: event.recorded,
       // A system's own access (no person named) is shown by the system's name.
       who: yourself ? t('you') : ((user && (user.name || (user.who && user.who.display))) || null),
@@ -340,6 +408,31 @@
       denied: event.outcome !== undefined && event.outcome !== '0',
     };
   }
+
+  // Whom an access lets her block: the person (by the Practitioner or PractitionerRole the log
+  // names, else by authorisation id) and the health care unit (by SOR code).
+  function blockable(user, organisation) {
+    const options = [];
+    if (user) {
+      const reference = user.who && user.who.reference;
+      const authorisation = (user.extension || [])
+        .map((other) => other.valueIdentifier)
+        .find((identifier) => identifier && identifier.system === AUTHORISATION && identifier.value);
+      const actor = reference && /^(Practitioner|PractitionerRole)\/[A-Za-z0-9.-]{1,64}$/.test(reference)
+        ? { reference }
+        : authorisation ? { identifier: { system: AUTHORISATION, value: authorisation.value } } : null;
+      if (actor) options.push({ kind: 'person', actor, name: user.name || (user.who && user.who.display) || t('someone') });
+    }
+    const unit = organisation && organisation.who && organisation.who.identifier;
+    if (unit && unit.system === SOR && unit.value) {
+      options.push({ kind: 'organisation', actor: { identifier: { system: SOR, value: unit.value } }, name: whoName(organisation) });
+    }
+    return options;
+  }
+
+  const sameActor = (a, b) => (a.reference && a.reference === b.reference)
+    || (a.identifier && b.identifier && a.identifier.system === b.identifier.system
+      && String(a.identifier.value).toLowerCase() === String(b.identifier.value).toLowerCase());
 
   function whoName(agent) {
     const who = agent.who || {};
@@ -392,6 +485,15 @@
       const heading = element('h3', 'headline');
       heading.append(time);
       article.append(heading);
+      if (entry.change && !entry.denied) {
+        // One of her own block changes: said as what she did.
+        const said = entry.change === 'lifted' ? t('youLifted')(entry.changeName) : t('youBlocked')(entry.changeName);
+        article.classList.add('block-change');
+        article.append(element('p', 'change', said));
+        item.append(article);
+        list.append(item);
+        continue;
+      }
       if (entry.breakGlass) {
         const badge = element('p', 'badge badge-break-glass');
         const text = entry.unrelated ? t('breakGlassUnrelatedText') : t('breakGlassText');
@@ -414,11 +516,135 @@
       fact(facts, t('basis'), entry.basis);
       fact(facts, t('reason'), entry.reason);
       article.append(facts);
+      if (canBlock() && entry.blockable.length) article.append(blockActions(entry));
       item.append(article);
       list.append(item);
     }
     $('more').hidden = !next;
     if (!$('log').hidden) say(shown.length ? t('shown')(shown.length) : t('none'));
+  }
+
+  function blockActions(entry) {
+    const actions = element('div', 'entry-actions');
+    for (const option of entry.blockable) {
+      if (blocks.some((block) => sameActor(block.actor, option.actor))) {
+        actions.append(element('p', 'blocked', `${t('blockedMark')}: ${option.name}`));
+        continue;
+      }
+      const button = element('button', 'secondary small', option.kind === 'person' ? t('blockPerson') : t('blockOrganisation'));
+      button.type = 'button';
+      button.addEventListener('click', () => askBlock(entry, option, button));
+      actions.append(button);
+    }
+    return actions;
+  }
+
+  // ---- Her blocks: Consents she makes and lifts through the same API. ----
+
+  async function loadBlocks() {
+    const section = $('blocks');
+    if (!canBlock()) {
+      section.hidden = true;
+      blocks = [];
+      return;
+    }
+    section.hidden = false;
+    try {
+      const answer = await api(`${settings.fhirBase}/Consent?status=active&_count=50`);
+      if (!answer.ok) throw new Error(String(answer.status));
+      const bundle = await answer.json();
+      blocks = (bundle.entry || [])
+        .map((entry) => entry.resource)
+        .filter((consent) => consent && consent.resourceType === 'Consent' && consent.status === 'active'
+          && ((consent.meta && consent.meta.tag) || []).some((tag) => tag.system === BLOCK_TAG))
+        .map((consent) => {
+          const reference = ((consent.provision || {}).actor || [])[0] || {};
+          const actor = reference.reference || {};
+          return {
+            id: consent.id,
+            actor,
+            name: actor.display || (actor.identifier && actor.identifier.value) || actor.reference || t('someone'),
+            since: consent.dateTime,
+            until: consent.provision && consent.provision.period && consent.provision.period.end,
+          };
+        });
+    } catch {
+      blocks = [];
+    }
+    renderBlocks();
+  }
+
+  function renderBlocks() {
+    const list = $('block-list');
+    list.replaceChildren();
+    $('blocks-none').hidden = blocks.length > 0;
+    const format = new Intl.DateTimeFormat(language === 'da' ? 'da-DK' : 'en-GB', { dateStyle: 'long' });
+    for (const block of blocks) {
+      const item = element('li');
+      const who = element('div');
+      who.append(element('strong', null, block.name));
+      const since = [block.since ? t('since')(format.format(new Date(block.since))) : null,
+        block.until ? t('until')(block.until) : null].filter(Boolean).join(' ');
+      if (since) who.append(element('span', 'since', since));
+      const lift = element('button', 'secondary small', t('lift'));
+      lift.type = 'button';
+      lift.setAttribute('aria-label', t('liftNamed')(block.name));
+      lift.addEventListener('click', () => liftBlock(block));
+      item.append(who, lift);
+      list.append(item);
+    }
+  }
+
+  function askBlock(entry, option, trigger) {
+    pending = { entry, option, trigger };
+    $('confirm-title').textContent = t('confirmTitle')(option.name);
+    $('confirm').showModal();
+    $('confirm-no').focus();
+  }
+
+  async function confirmBlock() {
+    const asked = pending;
+    pending = null;
+    $('confirm').close();
+    if (!asked) return;
+    const body = {
+      resourceType: 'Consent',
+      status: 'active',
+      patient: { reference: ownPatient() },
+      provision: { type: 'deny', actor: [{ reference: asked.option.actor }] },
+      extension: [{ url: BLOCKED_FROM, valueReference: { reference: `AuditEvent/${asked.entry.id}` } }],
+    };
+    const answer = await api(`${settings.fhirBase}/Consent`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/fhir+json' },
+      body: JSON.stringify(body),
+    }).catch(() => null);
+    await loadBlocks();
+    render();
+    $('block-status').textContent = answer && answer.ok ? t('madeBlock')(asked.option.name) : t('blockFailed');
+    $('blocks-title').focus();
+  }
+
+  async function liftBlock(block) {
+    const answer = await api(`${settings.fhirBase}/Consent/${encodeURIComponent(block.id)}`, {
+      method: 'PATCH',
+      headers: { 'Content-Type': 'application/json-patch+json' },
+      body: JSON.stringify([{ op: 'replace', path: '/status', value: 'inactive' }]),
+    }).catch(() => null);
+    await loadBlocks();
+    render();
+    $('block-status').textContent = answer && answer.ok ? t('liftedBlock')(block.name) : t('liftFailed');
+    $('blocks-title').focus();
+  }
+
+  // A request through the FHIR API with her token.
+  function api(path, options = {}) {
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    return fetch(path, {
+      ...options,
+      headers: { ...(options.headers || {}), Authorization: `Bearer ${token}`, Accept: 'application/fhir+json' },
+      cache: 'no-store',
+    });
   }
 
   function say(text) {
@@ -430,9 +656,10 @@
     $('signin').hidden = false;
   }
 
-  function showLog() {
+  async function showLog() {
     $('signin').hidden = true;
     $('log').hidden = false;
+    await loadBlocks();
     return load(query(), false);
   }
 
@@ -457,6 +684,9 @@
       sessionStorage.removeItem(TOKEN_KEY);
       events = [];
       next = null;
+      blocks = [];
+      $('blocks').hidden = true;
+      $('block-status').textContent = '';
       render();
       showSignin();
       $('login').focus();
@@ -467,6 +697,19 @@
     });
     $('organisation').addEventListener('change', render);
     $('more').addEventListener('click', () => { if (next) load(next, true); });
+    $('confirm-yes').addEventListener('click', () => { confirmBlock(); });
+    // Esc closes the dialog too: nothing is blocked, and focus goes back where it was.
+    $('confirm').addEventListener('cancel', () => {
+      const asked = pending;
+      pending = null;
+      if (asked && asked.trigger.isConnected) asked.trigger.focus();
+    });
+    $('confirm-no').addEventListener('click', () => {
+      const asked = pending;
+      pending = null;
+      $('confirm').close();
+      if (asked && asked.trigger.isConnected) asked.trigger.focus();
+    });
     applyLanguage();
 
     try {

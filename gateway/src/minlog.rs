@@ -14,6 +14,9 @@ const INDEX: &str = include_str!("../minlog/index.html");
 const SCRIPT: &str = include_str!("../minlog/app.js");
 const STYLE: &str = include_str!("../minlog/style.css");
 const ICON: &str = include_str!("../minlog/favicon.svg");
+/// The scope the page adds when citizens make their own blocks: her Consents, to read, search,
+/// create (a block) and update (lift one).
+const BLOCK_SCOPE: &str = "patient/Consent.crus";
 
 /// The page and its settings, made once at start.
 #[derive(Debug, Clone)]
@@ -44,10 +47,16 @@ impl Page {
             "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
              connect-src {connect}; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
         );
+        // With blocks, the page asks for her Consents too (to list, make and lift her blocks).
+        let mut scope = citizen.scope.clone();
+        if citizen.blocks && !scope.split(' ').any(|s| s == BLOCK_SCOPE) {
+            scope = format!("{scope} {BLOCK_SCOPE}");
+        }
         let settings = serde_json::json!({
             "fhirBase": fhir_base_path.trim_end_matches('/'),
             "clientId": citizen.client_id,
-            "scope": citizen.scope,
+            "scope": scope,
+            "blocks": citizen.blocks,
         });
         Page {
             csp: HeaderValue::try_from(csp)
@@ -230,6 +239,20 @@ mod tests {
                 .as_str()
                 .unwrap()
                 .contains("patient/AuditEvent.rs")
+        );
+        assert_eq!(settings["blocks"], false);
+        assert!(!settings["scope"].as_str().unwrap().contains("Consent"));
+        // With citizens' own blocks, the page asks for her Consents too (once).
+        let citizen: CitizenConfig =
+            toml::from_str("listen = \"127.0.0.1:0\"\nblocks = true").expect("a citizen table");
+        let page = Page::new(&citizen, &SmartConfig::default(), "/fhir");
+        let answer = page.serve(&Method::GET, "/minlog/settings.json").unwrap();
+        let settings: serde_json::Value =
+            serde_json::from_slice(&collect(answer.into_body())).unwrap();
+        assert_eq!(settings["blocks"], true);
+        assert_eq!(
+            settings["scope"],
+            "openid fhirUser launch/patient patient/AuditEvent.rs patient/Consent.crus"
         );
     }
 

@@ -63,7 +63,7 @@ const CITIZENS = {
   'bo.jensen': { patient: 'pat-bo', name: 'Bo Jensen' },
   'carla.nielsen': { patient: 'pat-carla', name: 'Carla Nielsen' },
 };
-const CITIZEN_SCOPES = ['fhirUser', 'launch/patient', 'patient/AuditEvent.rs'];
+const CITIZEN_SCOPES = ['fhirUser', 'launch/patient', 'patient/AuditEvent.rs', 'patient/Consent.crus'];
 
 const CLIENTS = [
   {

@@ -4,6 +4,8 @@
 // playwright-core, opens /minlog/ on the citizen listener as Anne, on a phone-sized screen:
 // she signs in at the demo's authorization server (authorization code with PKCE), and once
 // more with the demo's CITIZEN_TOKEN (a token for the citizen listener's audience) pasted.
+// From the physician's read in her log she blocks the physician, who is refused at once, and
+// lifts the block again, after which the physician reads again.
 //
 //   node testbed/browser/minlog.test.mjs        (after `cargo build -p portvagt`)
 //
@@ -177,6 +179,51 @@ async function main() {
     }, new URL(env.PORTVAGT_CITIZEN_URL).pathname);
     check(texts.length <= api, 'the page shows nothing the API does not give her token', `${texts.length} > ${api}`);
 
+    // Her own block, the whole loop: from the physician's read she blocks her; the physician
+    // is refused at once; she lifts the block, and the physician reads again. Her log says
+    // what she did.
+    check(await gatewayGet(env, 'Patient/pat-anne', env.PRACTITIONER_TOKEN) === 200,
+      "the physician reads Anne's record before the block");
+    check(await page.locator('#blocks').isVisible() && await page.getByText('Du har ingen spærringer.').isVisible(),
+      'her blocks are shown: none yet');
+    const metteEntry = entries.filter({ hasText: 'Mette Kjær' }).first();
+    await metteEntry.getByRole('button', { name: 'Spær for denne sundhedsperson' }).click();
+    const dialog = page.getByRole('dialog');
+    check(await dialog.isVisible(), 'blocking asks first, in a dialog');
+    const asked = await dialog.innerText();
+    check(asked.includes('Spær for Mette Kjær?') && asked.includes('med det samme') && asked.includes('værdispring'),
+      'the dialog names whom it blocks, says it holds at once, and that an emergency still can', asked);
+    check(await page.evaluate(() => document.activeElement.textContent.trim()) === 'Fortryd',
+      'focus starts on the safe choice (Fortryd)');
+    await page.screenshot({ path: join(out, 'minlog-block.png') });
+    await page.keyboard.press('Escape');
+    check(!(await dialog.isVisible()) && await page.evaluate(() => document.activeElement.textContent.trim()) === 'Spær for denne sundhedsperson',
+      'Esc closes it, nothing blocked, and focus goes back to the button');
+    await metteEntry.getByRole('button', { name: 'Spær for denne sundhedsperson' }).click();
+    await dialog.getByRole('button', { name: 'Spær', exact: true }).click();
+    await page.waitForFunction(() => document.querySelector('#block-status').textContent.includes('Du har spærret for Mette Kjær'));
+    const blockList = page.locator('#block-list > li');
+    check(await blockList.count() === 1 && (await blockList.first().innerText()).includes('Mette Kjær'),
+      'her blocks list the physician, by name', await blockList.allInnerTexts().then((all) => all.join(' | ')));
+    check(await gatewayGet(env, 'Patient/pat-anne', env.PRACTITIONER_TOKEN) === 403, 'the physician is refused at once');
+    check((await metteEntry.innerText()).includes('Spærret: Mette Kjær'), 'the access now says she is blocked');
+    const logSays = async (text) => {
+      for (let i = 0; i < 60; i++) {
+        if ((await entries.allInnerTexts()).some((entry) => entry.includes(text))) return true;
+        await sleep(250);
+        await page.getByRole('button', { name: 'Vis', exact: true }).click();
+        await page.waitForFunction(() => document.querySelectorAll('#entries > li').length > 0);
+      }
+      return false;
+    };
+    check(await logSays('Du spærrede for Mette Kjær'), 'her log says she blocked the physician');
+    await page.getByRole('button', { name: 'Ophæv spærring for Mette Kjær' }).click();
+    await page.waitForFunction(() => document.querySelector('#block-status').textContent.includes('Du har ophævet spærringen for Mette Kjær'));
+    check(await blockList.count() === 0 && await page.getByText('Du har ingen spærringer.').isVisible(),
+      'the block is lifted, and gone from her list');
+    check(await gatewayGet(env, 'Patient/pat-anne', env.PRACTITIONER_TOKEN) === 200, 'the physician reads again at once');
+    check(await logSays('Du ophævede spærringen for Mette Kjær'), 'her log says she lifted the block');
+
     // Filters: a date range with nothing in it, then the organisation.
     const tomorrow = new Date(Date.now() + 86400000).toISOString().slice(0, 10);
     await page.getByLabel('Fra dato').fill(tomorrow);
@@ -246,17 +293,18 @@ async function main() {
     check(true, 'a pasted token shows the same log');
 
     // A long history comes in pages: 25 more reads by the journal system, then "show more".
+    const systemMentions = () => page.evaluate(async (base) => {
+      const token = sessionStorage.getItem('minlog.token');
+      const answer = await fetch(`${base}/AuditEvent?_count=200`, { headers: { Authorization: `Bearer ${token}` } });
+      return JSON.stringify(await answer.json()).split('Journalsystem Demo').length - 1;
+    }, new URL(env.PORTVAGT_CITIZEN_URL).pathname);
+    const mentioned = await systemMentions();
     const statuses = [];
     for (let i = 0; i < 25; i++) statuses.push(await gatewayGet(env, 'Patient/pat-anne', env.SYSTEM_TOKEN));
     check(statuses.every((status) => status === 200), 'the journal system reads her record 25 times');
     // (Once the audit repository has all of them.)
     for (let i = 0; i < 80; i++) {
-      const shipped = await page.evaluate(async (base) => {
-        const token = sessionStorage.getItem('minlog.token');
-        const answer = await fetch(`${base}/AuditEvent?_count=100`, { headers: { Authorization: `Bearer ${token}` } });
-        return JSON.stringify(await answer.json()).split('Journalsystem Demo').length - 1;
-      }, new URL(env.PORTVAGT_CITIZEN_URL).pathname);
-      if (shipped >= 28) break; // 25, and the three accesses of the demo's made through it
+      if (await systemMentions() >= mentioned + 25) break;
       await sleep(250);
     }
     const more = page.getByRole('button', { name: 'Vis flere' });
@@ -302,6 +350,10 @@ async function main() {
     check(await checked.locator('#entries .break-glass').count() === 1
       && await checked.locator('#entries .denied').count() >= 1, 'all of her log is on the page for the check');
     await axe('on the log');
+    await checked.locator('#entries').getByRole('button', { name: 'Spær for denne sundhedsperson' }).first().click();
+    await checked.getByRole('dialog').waitFor();
+    await axe('with the dialog asking to block open');
+    await checked.keyboard.press('Escape');
     await checked.getByRole('button', { name: 'English' }).click();
     await axe('on the log in English');
     await audit.close();

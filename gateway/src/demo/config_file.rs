@@ -88,6 +88,8 @@ listen = "{citizen_addr}"
 # Tokens for the page name this audience; the mTLS listener refuses them (and this listener
 # refuses tokens for the API).
 audiences = ["https://{citizen_addr}/fhir"]
+# From an access in her log she blocks a professional or a unit, and lifts the block again.
+blocks = true
 
 [log]
 format = "text"

@@ -163,7 +163,8 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         &citizen_url,
         &TokenRequest {
             subject: "anne.hansen".into(),
-            scope: "openid fhirUser launch/patient patient/AuditEvent.rs".into(),
+            scope: "openid fhirUser launch/patient patient/AuditEvent.rs patient/Consent.crus"
+                .into(),
             patient: Some("pat-anne".into()),
             fhir_user: Some("Patient/pat-anne".into()),
             client_id: Some("minlog-demo".into()),
