@@ -136,8 +136,13 @@ pub fn settings(dir: &Path) -> anyhow::Result<Settings> {
         bound: Some(minter.mint(physician("TREATMENT"))?),
         bound_emergency: Some(minter.mint(physician("EMERGENCY"))?),
         citizen: Some(minter.mint(json!({
-            "scope": "patient/*.rs", "patient": OWN_PATIENT,
+            "scope": "patient/*.rs patient/Consent.cu", "patient": OWN_PATIENT,
             "fhirUser": format!("Patient/{OWN_PATIENT}"), "aud": citizen_base_url,
+        }))?),
+        // A colleague nothing binds or blocks: the one the citizen blocks from her log.
+        colleague: Some(minter.mint(json!({
+            "scope": "user/*.rs", "authorization_id": "XY123", "name": "Jens Holm",
+            "purpose_of_use": "TREATMENT", "cnf": { "x5t#S256": thumbprint },
         }))?),
         duplicate_member: None,
         critical_header: None,

@@ -79,8 +79,12 @@ pub struct Tokens {
     /// The same professional with purpose EMERGENCY.
     pub bound_emergency: Option<String>,
     /// The patient of `tokens.patient` as her browser holds her token for the citizen
-    /// listener: the same claims, `aud` the citizen listener's.
+    /// listener: the same claims, `aud` the citizen listener's (and, for the blocks she makes
+    /// there, `patient/Consent.cu`).
     pub citizen: Option<String>,
+    /// A professional, named by an authorisation id (`authorization_id`), whom nothing binds
+    /// or blocks from reading `own_patient`, `user/*.rs`: the one she blocks from her log.
+    pub colleague: Option<String>,
     /// A token of the issuer, bound to the client certificate, whose claims then give `cnf`
     /// a second time, `null` ([`strict_tokens`]).
     pub duplicate_member: Option<String>,
@@ -149,6 +153,8 @@ pub enum Need {
     ConsentBlock,
     /// `citizen_base_url` and `tokens.citizen`
     CitizenListener,
+    /// The same, `tokens.colleague` and `own_patient`: citizens' own blocks (`[citizen] blocks`)
+    CitizenBlocks,
     /// `tokens.bound`, `tokens.bound_emergency`, `related_patient` and `unrelated_patient`
     Relationship,
     /// `tokens.duplicate_member`
@@ -184,6 +190,12 @@ impl Need {
             Need::CitizenListener => {
                 settings.citizen_base_url.is_some() && settings.tokens.citizen.is_some()
             }
+            Need::CitizenBlocks => {
+                settings.citizen_base_url.is_some()
+                    && settings.tokens.citizen.is_some()
+                    && settings.tokens.colleague.is_some()
+                    && settings.own_patient.is_some()
+            }
             Need::Relationship => {
                 settings.tokens.bound.is_some()
                     && settings.tokens.bound_emergency.is_some()
@@ -215,6 +227,9 @@ impl Need {
             }
             Need::CitizenListener => {
                 "no citizen listener with a citizen's token (--citizen-target --token citizen=...)"
+            }
+            Need::CitizenBlocks => {
+                "no professional for the citizen to block (--citizen-target --token citizen=... --token colleague=... --own-patient)"
             }
             Need::Relationship => {
                 "no professional bound by the relationship check (--token bound=... --token bound-emergency=... --related-patient --unrelated-patient)"
@@ -358,6 +373,35 @@ impl Ctx {
             return Err("no citizen listener".into());
         };
         bearer_request(client, method, &format!("{base}/{path}"), token, json).await
+    }
+
+    /// A JSON Patch to the citizen listener with `token`.
+    pub async fn patch_citizen(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        patch: &serde_json::Value,
+    ) -> Result<Answer, String> {
+        let Some((client, base)) = &self.citizen else {
+            return Err("no citizen listener".into());
+        };
+        let authorization = token.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = authorization
+            .iter()
+            .map(|value| ("authorization", value.as_str()))
+            .collect();
+        let body = (
+            "application/json-patch+json",
+            patch.to_string().into_bytes(),
+        );
+        client
+            .send(
+                http::Method::PATCH,
+                &format!("{base}/{path}"),
+                &headers,
+                Some(body),
+            )
+            .await
     }
 
     /// The full path of `path` below the FHIR base.

@@ -37,7 +37,7 @@ struct Cli {
     #[arg(long, required_unless_present = "demo")]
     key: Option<PathBuf>,
     /// A token: NAME=VALUE, NAME one of user, patient, narrow, expired, wrong-audience,
-    /// granular, v1, blocked, emergency, bound, bound-emergency, citizen, duplicate-member,
+    /// granular, v1, blocked, emergency, bound, bound-emergency, citizen, colleague, duplicate-member,
     /// critical-header.
     #[arg(long = "token", value_parser = pair)]
     tokens: Vec<(String, String)>,
@@ -146,6 +146,7 @@ fn settings(cli: &Cli) -> anyhow::Result<Settings> {
             "bound" => &mut tokens.bound,
             "bound-emergency" => &mut tokens.bound_emergency,
             "citizen" => &mut tokens.citizen,
+            "colleague" => &mut tokens.colleague,
             "duplicate-member" => &mut tokens.duplicate_member,
             "critical-header" => &mut tokens.critical_header,
             other => anyhow::bail!("unknown token name {other:?}"),

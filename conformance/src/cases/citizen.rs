@@ -1,5 +1,11 @@
 //! The citizen listener: citizens' browsers have no client certificate, so it asks for none;
-//! only a citizen's own token counts there, and it reaches only their own audit log.
+//! only a citizen's own token counts there, and it reaches only their own audit log. Where
+//! citizens block (`[citizen] blocks`), she blocks a professional of her own log there, of one
+//! shape only, and lifts the block again.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
 
 use super::audit::only_about;
 use super::{case, check, expect_one_of};
@@ -64,7 +70,255 @@ pub(super) fn cases() -> Vec<Case> {
             [CitizenListener, PatientToken],
             citizen_token_refused_on_the_api
         ),
+        case!(
+            "CITIZEN-09",
+            "she blocks the professional of an access in her log: refused at once; lifted, they read again",
+            "Negative consent made by the citizen (MinSpærring's idea, from her own MinLog); Portvagt: effect within seconds",
+            [CitizenBlocks],
+            block_and_lift
+        ),
+        case!(
+            "CITIZEN-10",
+            "there, a block of another patient's record is refused",
+            "A citizen consents for herself only (R4 Consent.patient)",
+            [CitizenBlocks],
+            other_patients_block_refused
+        ),
+        case!(
+            "CITIZEN-11",
+            "there, a block of someone the access does not name is refused",
+            "Portvagt: she blocks someone real, taken from an access in her own log",
+            [CitizenBlocks],
+            unnamed_actor_refused
+        ),
+        case!(
+            "CITIZEN-12",
+            "there, a Consent of another shape (a permit) is refused",
+            "Portvagt: one shape only (a deny of one actor); R4 Consent.provision.type",
+            [CitizenBlocks],
+            permit_refused
+        ),
+        case!(
+            "CITIZEN-13",
+            "there, her Consents cannot be replaced or deleted",
+            "Portvagt: a block is lifted (status inactive), never rewritten or erased; its history stays",
+            [CitizenBlocks],
+            no_replace_or_delete
+        ),
     ]
+}
+
+const BLOCKED_FROM: &str = "urn:portvagt:consent:blocked-from";
+const AUTHORISATION: &str = "https://autregweb.sst.dk";
+
+/// A block of `actor` (a Reference's `reference` or `identifier`) in `patient`'s record, taken
+/// from the AuditEvent `event`.
+fn block(patient: &str, event: &str, actor: Value) -> Value {
+    json!({
+        "resourceType": "Consent",
+        "status": "active",
+        "patient": { "reference": format!("Patient/{patient}") },
+        "provision": { "type": "deny", "actor": [{ "reference": actor }] },
+        "extension": [{ "url": BLOCKED_FROM, "valueReference": { "reference": format!("AuditEvent/{event}") } }]
+    })
+}
+
+/// A claim of a token (its payload read, not verified).
+fn claim(token: &str, name: &str) -> Option<String> {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    let claims: Value = serde_json::from_slice(&bytes).ok()?;
+    claims.get(name)?.as_str().map(str::to_owned)
+}
+
+/// The events of her log (newest first), in her view.
+async fn her_events(ctx: &Ctx) -> Result<Vec<Value>, String> {
+    let answer = get(ctx, "AuditEvent?_count=50&_sort=-date", patient(ctx)).await?;
+    if answer.status != 200 {
+        return Err(format!("her log answered {}", answer.status));
+    }
+    Ok(answer.json()["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|entry| entry["resource"].clone())
+        .collect())
+}
+
+/// The newest event of her log where the user has authorisation id `authorisation`, once the
+/// audit repository has it.
+async fn event_by(ctx: &Ctx, authorisation: &str) -> Result<Value, String> {
+    for _ in 0..60 {
+        let found = her_events(ctx).await?.into_iter().find(|event| {
+            event.to_string().contains(&format!(
+                "\"system\":\"{AUTHORISATION}\",\"value\":\"{authorisation}\""
+            ))
+        });
+        if let Some(event) = found {
+            return Ok(event);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Err(format!(
+        "no access by authorisation id {authorisation} reached her log within 15 s"
+    ))
+}
+
+async fn colleague_reads(ctx: &Ctx) -> Result<u16, String> {
+    let own = ctx.settings.own_patient.clone().unwrap_or_default();
+    let answer = ctx
+        .get(
+            &format!("Patient/{own}"),
+            ctx.settings.tokens.colleague.as_deref(),
+        )
+        .await?;
+    Ok(answer.status.as_u16())
+}
+
+async fn block_and_lift(ctx: &Ctx) -> Verdict {
+    match block_and_lift_steps(ctx).await {
+        Ok(()) => Verdict::Pass,
+        Err(failure) => Verdict::Fail(failure),
+    }
+}
+
+async fn block_and_lift_steps(ctx: &Ctx) -> Result<(), String> {
+    let own = ctx.settings.own_patient.clone().unwrap_or_default();
+    let colleague = ctx.settings.tokens.colleague.as_deref().unwrap_or_default();
+    let authorisation =
+        claim(colleague, "authorization_id").ok_or("tokens.colleague names no authorization_id")?;
+    let status = colleague_reads(ctx).await?;
+    if status != 200 {
+        return Err(format!(
+            "the colleague must read {own} before any block, got {status}"
+        ));
+    }
+    let event = event_by(ctx, &authorisation).await?;
+    let event_id = event["id"].as_str().ok_or("the event has no id")?;
+    let actor = json!({ "identifier": { "system": AUTHORISATION, "value": authorisation } });
+    let made = ctx
+        .send_citizen(
+            http::Method::POST,
+            "Consent",
+            patient(ctx),
+            Some(block(&own, event_id, actor)),
+        )
+        .await?;
+    if ![200, 201].contains(&made.status.as_u16()) {
+        return Err(format!(
+            "making the block answered {} {}",
+            made.status,
+            made.detail_code()
+        ));
+    }
+    let id = made.json()["id"]
+        .as_str()
+        .ok_or("the block made has no id")?
+        .to_owned();
+    let blocked = colleague_reads(ctx).await;
+    // Lifted whatever the check found, so the deployment is left as it was.
+    let lifted = ctx
+        .patch_citizen(
+            &format!("Consent/{id}"),
+            patient(ctx),
+            &json!([{ "op": "replace", "path": "/status", "value": "inactive" }]),
+        )
+        .await?;
+    if blocked? != 403 {
+        return Err("the blocked colleague still read her record".into());
+    }
+    if lifted.status != 200 || lifted.json()["status"] != "inactive" {
+        return Err(format!("lifting the block answered {}", lifted.status));
+    }
+    let again = colleague_reads(ctx).await?;
+    if again != 200 {
+        return Err(format!(
+            "the colleague must read again once the block is lifted, got {again}"
+        ));
+    }
+    Ok(())
+}
+
+/// Any event of her log, to take a block from.
+async fn any_event(ctx: &Ctx) -> Result<String, Verdict> {
+    let events = her_events(ctx).await.map_err(Verdict::Fail)?;
+    events
+        .iter()
+        .find_map(|event| event["id"].as_str().map(str::to_owned))
+        .ok_or_else(|| Verdict::Skip("her log is empty".into()))
+}
+
+async fn refused_with(ctx: &Ctx, body: Value, expected: &[u16]) -> Verdict {
+    let answer = ctx
+        .send_citizen(http::Method::POST, "Consent", patient(ctx), Some(body))
+        .await;
+    expect_one_of(&answer, expected)
+}
+
+async fn other_patients_block_refused(ctx: &Ctx) -> Verdict {
+    let event = match any_event(ctx).await {
+        Ok(event) => event,
+        Err(verdict) => return verdict,
+    };
+    let other = ctx.settings.other_patient.clone().unwrap_or_default();
+    let actor = json!({ "identifier": { "system": AUTHORISATION, "value": "NS363" } });
+    refused_with(ctx, block(&other, &event, actor), &[403]).await
+}
+
+async fn unnamed_actor_refused(ctx: &Ctx) -> Verdict {
+    let event = match any_event(ctx).await {
+        Ok(event) => event,
+        Err(verdict) => return verdict,
+    };
+    let own = ctx.settings.own_patient.clone().unwrap_or_default();
+    let actor = json!({ "reference": "Practitioner/portvagt-conformance-nobody" });
+    refused_with(ctx, block(&own, &event, actor), &[403]).await
+}
+
+async fn permit_refused(ctx: &Ctx) -> Verdict {
+    let event = match any_event(ctx).await {
+        Ok(event) => event,
+        Err(verdict) => return verdict,
+    };
+    let own = ctx.settings.own_patient.clone().unwrap_or_default();
+    let mut permit = block(
+        &own,
+        &event,
+        json!({ "identifier": { "system": AUTHORISATION, "value": "NS363" } }),
+    );
+    permit["provision"]["type"] = json!("permit");
+    refused_with(ctx, permit, &[400, 403, 422]).await
+}
+
+async fn no_replace_or_delete(ctx: &Ctx) -> Verdict {
+    let own = ctx.settings.own_patient.clone().unwrap_or_default();
+    let replaced = ctx
+        .send_citizen(
+            http::Method::PUT,
+            "Consent/portvagt-conformance-block",
+            patient(ctx),
+            Some(json!({
+                "resourceType": "Consent", "id": "portvagt-conformance-block", "status": "inactive",
+                "patient": { "reference": format!("Patient/{own}") }
+            })),
+        )
+        .await;
+    let verdict = expect_one_of(&replaced, &[403]);
+    if verdict != Verdict::Pass {
+        return verdict;
+    }
+    let deleted = ctx
+        .send_citizen(
+            http::Method::DELETE,
+            "Consent/portvagt-conformance-block",
+            patient(ctx),
+            None,
+        )
+        .await;
+    expect_one_of(&deleted, &[403])
 }
 
 async fn get(ctx: &Ctx, path: &str, token: Option<&str>) -> Result<Answer, String> {

@@ -8,6 +8,8 @@ use portvagt_conformance::client::Identity;
 use portvagt_conformance::{Settings, Tokens};
 use serde_json::json;
 
+use portvagt::demo::BackendProcess;
+
 use crate::support::{Gateway, Options, Repository, backend_url};
 
 fn identity(cert: &portvagt_certs::IssuedCert) -> Identity {
@@ -18,8 +20,8 @@ fn identity(cert: &portvagt_certs::IssuedCert) -> Identity {
 }
 
 /// A gateway with everything the suite exercises: audit shipped to a repository, token
-/// exchange.
-fn deployment(repository: &Repository) -> Gateway {
+/// exchange, citizens' own blocks (written to a backend of its own).
+fn deployment(repository: &Repository, backend: &BackendProcess) -> Gateway {
     let key = portvagt::auth::issuer_key::IssuerKey::generate("portvagt-conf").unwrap();
     let dir = tempfile::tempdir().unwrap();
     key.save(dir.path()).unwrap();
@@ -29,8 +31,9 @@ fn deployment(repository: &Repository) -> Gateway {
         extra_config:
             "[consent]\n\n[relationship]\nroles = [\"7170\"]\nsource = \"fhir\"\n\n[token_exchange]\nissuer = \"https://portvagt.conformance.invalid\"\n\
                        signing_key = \"exchange.key\"\ntrusted_sts = [{ certificate = \"pki/sts.crt\", issuers = [\"TEST1-NSP-STS\", \"http://sts.sundhedsdatastyrelsen.dk/\"] }]\n\n\
-                       [citizen]\nlisten = \"127.0.0.1:0\"\naudiences = [\"https://minlog.test.portvagt.invalid/fhir\"]\n"
+                       [citizen]\nlisten = \"127.0.0.1:0\"\naudiences = [\"https://minlog.test.portvagt.invalid/fhir\"]\nblocks = true\n"
                 .into(),
+        backend_url: Some(backend.base_url().to_owned()),
         ..repository.gateway_options("batch_size = 5")
     })
 }
@@ -101,7 +104,12 @@ fn settings(gateway: &Gateway, target: &str) -> Settings {
                 "role": "7170", "fhirUser": "Practitioner/prac-ns363", "purpose_of_use": "EMERGENCY",
             }))),
             citizen: Some(gateway.citizen_token(json!({
-                "scope": "patient/*.rs", "patient": "pat-carla", "fhirUser": "Patient/pat-carla",
+                "scope": "patient/*.rs patient/Consent.cu", "patient": "pat-carla",
+                "fhirUser": "Patient/pat-carla",
+            }))),
+            colleague: Some(gateway.token(json!({
+                "scope": "user/*.rs", "authorization_id": "XY123", "name": "Jens Holm",
+                "purpose_of_use": "TREATMENT",
             }))),
             duplicate_member: Some(strict.0),
             critical_header: Some(strict.1),
@@ -123,7 +131,8 @@ fn settings(gateway: &Gateway, target: &str) -> Settings {
 #[tokio::test]
 async fn the_suite_passes_against_a_local_deployment() {
     let repository = Repository::start();
-    let gateway = deployment(&repository);
+    let backend = BackendProcess::start(&portvagt::demo::default_testbed(), true).unwrap();
+    let gateway = deployment(&repository, &backend);
     let mut settings = settings(&gateway, &gateway.base_url);
     settings.citizen_base_url = Some(format!("https://{}/fhir", gateway.citizen_addr()));
     let report = portvagt_conformance::run(settings, &[], |_, _, _| {})
@@ -151,6 +160,8 @@ async fn the_suite_fails_a_deployment_that_does_not_enforce() {
     let target = passthrough(&gateway.pki).await;
     let mut settings = settings(&gateway, &target);
     settings.sosi_card = None;
+    // Nothing is written through it to the backend the other tests share.
+    settings.tokens.colleague = None;
     // Its "citizen listener" is the same front: it demands a certificate, and lets all through.
     settings.citizen_base_url = Some(target.clone());
     let only = ["TLS", "AUTH", "SCOPE", "PAT", "ERR", "CITIZEN"].map(String::from);
