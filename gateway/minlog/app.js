@@ -80,7 +80,7 @@
       since: (date) => `Spærret siden ${date}`,
       until: (date) => `til ${date}`,
       confirmTitle: (name) => `Spær for ${name}?`,
-      confirmWhat: 'Spærringen gælder med det samme: de kan ikke se dine sundhedsdata gennem denne tjeneste, heller ikke i søgninger. Du kan ophæve den igen her.',
+      confirmWhat: (seconds) => `Spærringen gælder ${seconds ? `senest efter ${seconds} sekunder` : 'med det samme'}: de kan ikke se dine sundhedsdata gennem denne tjeneste, heller ikke i søgninger. Du kan ophæve den igen her.`,
       confirmEmergency: 'Den gælder ikke i en nødsituation: en sundhedsperson kan stadig se dine data med en begrundelse (værdispring), og det står altid i din log. Den gælder heller ikke andre systemer end dette.',
       confirmYes: 'Spær',
       confirmNo: 'Fortryd',
@@ -166,7 +166,7 @@
       since: (date) => `Blocked since ${date}`,
       until: (date) => `until ${date}`,
       confirmTitle: (name) => `Block ${name}?`,
-      confirmWhat: 'The block applies at once: they cannot see your health data through this service, searches included. You can lift it again here.',
+      confirmWhat: (seconds) => `The block applies ${seconds ? `within ${seconds} seconds` : 'at once'}: they cannot see your health data through this service, searches included. You can lift it again here.`,
       confirmEmergency: 'It does not hold in an emergency: a health professional can still see your data with a stated reason (break the glass), and that is always shown in your log. Nor does it hold for systems other than this one.',
       confirmYes: 'Block',
       confirmNo: 'Cancel',
@@ -187,7 +187,7 @@
 
   const $ = (id) => document.getElementById(id);
   let language = localStorage.getItem(LANGUAGE_KEY) === 'en' ? 'en' : 'da';
-  let settings = { fhirBase: '/fhir', clientId: 'minlog', scope: 'openid fhirUser launch/patient patient/AuditEvent.rs', blocks: false };
+  let settings = { fhirBase: '/fhir', clientId: 'minlog', scope: 'openid fhirUser launch/patient patient/AuditEvent.rs', blocks: false, blocksWithin: 0 };
   let smart = null;
   let events = [];
   let next = null;
@@ -213,6 +213,7 @@
     toggle.textContent = t('otherLanguage');
     toggle.lang = language === 'da' ? 'en' : 'da';
     if (pending) $('confirm-title').textContent = t('confirmTitle')(pending.option.name);
+    $('confirm-what').textContent = t('confirmWhat')(Number(settings.blocksWithin) || 0);
     renderBlocks();
     render();
   }
@@ -390,7 +391,7 @@
       id: event.id,
       change: changed ? changed.valueString : null,
       changeName: blockedName ? blockedName.valueString : t('someone'),
-      blockable: (yourself || changed) ? [] : blockable(user, organisation),
+      blockable: (yourself || changed || !isId(event.id)) ? [] : blockable(user, organisation),
       recorded: event.recorded,
       // A system's own access (no person named) is shown by the system's name.
       who: yourself ? t('you') : ((user && (user.name || (user.who && user.who.display))) || null),
@@ -456,6 +457,18 @@
     select.value = names.includes(chosen) ? chosen : '';
   }
 
+  // A date as a person reads it; one that cannot be read, as it was written.
+  function when(format, value) {
+    try {
+      return format.format(new Date(value));
+    } catch {
+      return String(value);
+    }
+  }
+
+  // A FHIR id, before it goes into a URL (no `.` or `..` segments).
+  const isId = (id) => typeof id === 'string' && /^[A-Za-z0-9.-]{1,64}$/.test(id) && !/^\.+$/.test(id);
+
   function element(tag, className, text) {
     const node = document.createElement(tag);
     if (className) node.className = className;
@@ -480,7 +493,7 @@
       const article = element('article');
       if (entry.breakGlass) article.classList.add('break-glass');
       if (entry.denied) article.classList.add('denied');
-      const time = element('time', 'when', entry.recorded ? format.format(new Date(entry.recorded)) : '');
+      const time = element('time', 'when', entry.recorded ? when(format, entry.recorded) : '');
       if (entry.recorded) time.dateTime = entry.recorded;
       const heading = element('h3', 'headline');
       heading.append(time);
@@ -556,7 +569,8 @@
       blocks = (bundle.entry || [])
         .map((entry) => entry.resource)
         .filter((consent) => consent && consent.resourceType === 'Consent' && consent.status === 'active'
-          && ((consent.meta && consent.meta.tag) || []).some((tag) => tag.system === BLOCK_TAG))
+          && isId(consent.id)
+          && ((consent.meta && consent.meta.tag) || []).some((tag) => tag.system === BLOCK_TAG && tag.code === 'citizen-block'))
         .map((consent) => {
           const reference = ((consent.provision || {}).actor || [])[0] || {};
           const actor = reference.reference || {};
@@ -583,7 +597,7 @@
       const item = element('li');
       const who = element('div');
       who.append(element('strong', null, block.name));
-      const since = [block.since ? t('since')(format.format(new Date(block.since))) : null,
+      const since = [block.since ? t('since')(when(format, block.since)) : null,
         block.until ? t('until')(block.until) : null].filter(Boolean).join(' ');
       if (since) who.append(element('span', 'since', since));
       const lift = element('button', 'secondary small', t('lift'));
@@ -598,6 +612,7 @@
   function askBlock(entry, option, trigger) {
     pending = { entry, option, trigger };
     $('confirm-title').textContent = t('confirmTitle')(option.name);
+    $('confirm-what').textContent = t('confirmWhat')(Number(settings.blocksWithin) || 0);
     $('confirm').showModal();
     $('confirm-no').focus();
   }
@@ -626,7 +641,7 @@
   }
 
   async function liftBlock(block) {
-    const answer = await api(`${settings.fhirBase}/Consent/${encodeURIComponent(block.id)}`, {
+    const answer = await api(`${settings.fhirBase}/Consent/${block.id}`, {
       method: 'PATCH',
       headers: { 'Content-Type': 'application/json-patch+json' },
       body: JSON.stringify([{ op: 'replace', path: '/status', value: 'inactive' }]),

@@ -63,7 +63,7 @@ pub struct ConsentStore {
     /// come back from it.
     epoch: AtomicU64,
     /// The latest forgets (epoch, patient; `None`: everyone), changed under the cache's lock.
-    forgotten: Mutex<std::collections::VecDeque<(u64, Option<String>)>>,
+    forgotten: Mutex<std::collections::VecDeque<(u64, Option<PatientDigest>)>>,
     /// Where replicas announce blocks made on them (`[consent] redis_url`).
     bus: Option<RedisClient>,
     /// With a bus: whether this replica is subscribed. Until it is (and whenever it is not),
@@ -81,8 +81,39 @@ const HEARTBEAT: Duration = Duration::from_secs(5);
 /// sorted: the identity cache's key.
 type IdentityKey = Vec<(String, String)>;
 
-/// One patient's blocks and until when they may be used.
-type Cached = (Instant, Arc<Vec<Block>>);
+/// One patient's blocks, until when they may be used, and her digest (what the other replicas
+/// are told when her blocks change).
+type Cached = (Instant, Arc<Vec<Block>>, PatientDigest);
+
+/// A patient's id as the replicas name it to each other over Redis: SHA-256 of it, so that
+/// whoever can read the channel does not learn which citizens change their blocks.
+type PatientDigest = [u8; 32];
+
+fn patient_digest(patient: &str) -> PatientDigest {
+    let digest = aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        format!("portvagt-consent:{patient}").as_bytes(),
+    );
+    let mut out = [0; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+/// `digest` as 64 lower-case hex digits, and back (anything else is no digest).
+fn digest_hex(digest: &PatientDigest) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn digest_from_hex(text: &[u8]) -> Option<PatientDigest> {
+    if text.len() != 64 {
+        return None;
+    }
+    let mut out = [0; 32];
+    for (slot, pair) in out.iter_mut().zip(text.chunks(2)) {
+        *slot = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(out)
+}
 
 impl ConsentStore {
     /// A store reading Consents from the backends it is handed (the one the routes send
@@ -114,9 +145,14 @@ impl ConsentStore {
     /// Forgets what is cached of `patient`'s Consents (in every backend): the next access
     /// loads them again.
     pub fn forget(&self, patient: &str) {
+        self.forget_digest(patient_digest(patient));
+    }
+
+    /// Forgets the patient whose digest is `digest` (as another replica announced her).
+    fn forget_digest(&self, digest: PatientDigest) {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        self.note_forgotten(Some(patient));
-        cache.retain(|(_, cached), _| cached != patient);
+        self.note_forgotten(Some(digest));
+        cache.retain(|_, (_, _, cached)| *cached != digest);
     }
 
     /// Forgets every cached Consent.
@@ -131,13 +167,13 @@ impl ConsentStore {
     const FORGETS_KEPT: usize = 256;
 
     /// Counts a forget (with the cache's lock held).
-    fn note_forgotten(&self, patient: Option<&str>) {
+    fn note_forgotten(&self, patient: Option<PatientDigest>) {
         let epoch = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
         let mut forgotten = self.forgotten.lock().unwrap_or_else(|p| p.into_inner());
         if forgotten.len() == Self::FORGETS_KEPT {
             forgotten.pop_front();
         }
-        forgotten.push_back((epoch, patient.map(str::to_owned)));
+        forgotten.push_back((epoch, patient));
     }
 
     /// Whether `patient`'s Consents, loaded by a load that began at `epoch`, may be cached:
@@ -146,6 +182,7 @@ impl ConsentStore {
         if self.epoch.load(Ordering::SeqCst) == epoch {
             return true;
         }
+        let digest = patient_digest(patient);
         let forgotten = self.forgotten.lock().unwrap_or_else(|p| p.into_inner());
         // Forgets since the load began that are no longer remembered: anyone's.
         let remembered = forgotten
@@ -154,7 +191,7 @@ impl ConsentStore {
         remembered
             && !forgotten
                 .iter()
-                .any(|(at, who)| *at > epoch && who.as_deref().is_none_or(|who| who == patient))
+                .any(|(at, who)| *at > epoch && who.is_none_or(|who| who == digest))
     }
 
     /// A block of `patient`'s made or lifted here: forgotten on this replica, and announced to
@@ -165,8 +202,9 @@ impl ConsentStore {
         let Some(bus) = &self.bus else {
             return;
         };
+        let digest = digest_hex(&patient_digest(patient));
         let announced = bus
-            .command(&[b"PUBLISH", BUS_CHANNEL.as_bytes(), patient.as_bytes()])
+            .command(&[b"PUBLISH", BUS_CHANNEL.as_bytes(), digest.as_bytes()])
             .await;
         if let Err(error) = announced {
             self.metrics.consent_bus_failures.inc();
@@ -227,10 +265,10 @@ impl ConsentStore {
         let mut asked = false;
         loop {
             match tokio::time::timeout(HEARTBEAT, subscription.next()).await {
-                Ok(Ok(Pushed::Message(patient))) => match String::from_utf8(patient) {
-                    Ok(patient) => self.forget(&patient),
-                    // Not a patient id this gateway sent: whom it is about is unknown.
-                    Err(_) => self.forget_all(),
+                Ok(Ok(Pushed::Message(payload))) => match digest_from_hex(&payload) {
+                    Some(digest) => self.forget_digest(digest),
+                    // Not what a replica sends: whom it is about is unknown.
+                    None => self.forget_all(),
                 },
                 Ok(Ok(Pushed::Pong)) => asked = false,
                 Ok(Err(error)) => return error,
@@ -262,7 +300,7 @@ impl ConsentStore {
             let usable = self.cache_usable();
             for patient in patients {
                 match cache.get(&(name.to_owned(), patient.clone())) {
-                    Some((expires, blocks)) if usable && *expires > now => {
+                    Some((expires, blocks, _)) if usable && *expires > now => {
                         found.insert(patient.clone(), blocks.clone());
                     }
                     _ => missing.push(patient.clone()),
@@ -308,7 +346,7 @@ impl ConsentStore {
             return Ok(found);
         }
         if cache.len() + loaded.len() > self.capacity {
-            cache.retain(|_, (expires, _)| *expires > now);
+            cache.retain(|_, (expires, _, _)| *expires > now);
             if cache.len() + loaded.len() > self.capacity {
                 cache.clear();
             }
@@ -317,9 +355,10 @@ impl ConsentStore {
             let blocks = Arc::new(blocks);
             // A block of hers changed while these were loaded: used for this access, not kept.
             if self.still_current(&patient, epoch) {
+                let digest = patient_digest(&patient);
                 cache.insert(
                     (name.to_owned(), patient.clone()),
-                    (now + self.ttl, blocks.clone()),
+                    (now + self.ttl, blocks.clone(), digest),
                 );
             }
             found.insert(patient, blocks);
@@ -626,5 +665,25 @@ mod tests {
             store.forget(&format!("pat-{n}"));
         }
         assert!(!store.still_current("pat-bo", again));
+    }
+
+    /// Replicas name a patient to each other by a digest only, and a message that is not one
+    /// forgets everyone.
+    #[test]
+    fn patients_are_announced_by_digest() {
+        let digest = patient_digest("pat-anne");
+        let hex = digest_hex(&digest);
+        assert_eq!(hex.len(), 64);
+        assert!(!hex.contains("pat-anne"));
+        assert_eq!(digest_from_hex(hex.as_bytes()), Some(digest));
+        assert_ne!(patient_digest("pat-bo"), digest);
+        for odd in [
+            &b"pat-anne"[..],
+            &hex.as_bytes()[..63],
+            &[b'g'; 64][..],
+            "ø".repeat(32).as_bytes(),
+        ] {
+            assert_eq!(digest_from_hex(odd), None);
+        }
     }
 }

@@ -27,8 +27,15 @@ pub struct Page {
 
 impl Page {
     /// The page for `citizen`, whose token requests go to `smart.token_endpoint` (the only
-    /// origin besides its own it may connect to), reading FHIR under `fhir_base_path`.
-    pub fn new(citizen: &CitizenConfig, smart: &SmartConfig, fhir_base_path: &str) -> Page {
+    /// origin besides its own it may connect to), reading FHIR under `fhir_base_path`. A block
+    /// holds at once, or (`blocks_within`) once every replica's cached Consents have expired:
+    /// the page says which.
+    pub fn new(
+        citizen: &CitizenConfig,
+        smart: &SmartConfig,
+        fhir_base_path: &str,
+        blocks_within: Option<std::time::Duration>,
+    ) -> Page {
         let token_origin = smart
             .token_endpoint
             .as_deref()
@@ -57,6 +64,7 @@ impl Page {
             "clientId": citizen.client_id,
             "scope": scope,
             "blocks": citizen.blocks,
+            "blocksWithin": blocks_within.map_or(0, |within| within.as_secs().max(1)),
         });
         Page {
             csp: HeaderValue::try_from(csp)
@@ -154,7 +162,7 @@ mod tests {
             token_endpoint: token_endpoint.map(str::to_owned),
             ..SmartConfig::default()
         };
-        Page::new(&citizen, &smart, "/fhir/")
+        Page::new(&citizen, &smart, "/fhir/", None)
     }
 
     #[test]
@@ -245,11 +253,17 @@ mod tests {
         // With citizens' own blocks, the page asks for her Consents too (once).
         let citizen: CitizenConfig =
             toml::from_str("listen = \"127.0.0.1:0\"\nblocks = true").expect("a citizen table");
-        let page = Page::new(&citizen, &SmartConfig::default(), "/fhir");
+        let page = Page::new(
+            &citizen,
+            &SmartConfig::default(),
+            "/fhir",
+            Some(std::time::Duration::from_secs(30)),
+        );
         let answer = page.serve(&Method::GET, "/minlog/settings.json").unwrap();
         let settings: serde_json::Value =
             serde_json::from_slice(&collect(answer.into_body())).unwrap();
         assert_eq!(settings["blocks"], true);
+        assert_eq!(settings["blocksWithin"], 30);
         assert_eq!(
             settings["scope"],
             "openid fhirUser launch/patient patient/AuditEvent.rs patient/Consent.crus"

@@ -310,55 +310,78 @@ pub enum Pushed {
 impl RedisClient {
     /// Subscribes a connection of its own to `channel`.
     pub async fn subscribe(&self, channel: &str) -> Result<Subscription, RedisError> {
-        let mut connection = self.connect().await?;
-        let reply = tokio::time::timeout(
-            self.timeout,
-            exchange(&mut connection, &[b"SUBSCRIBE", channel.as_bytes()]),
-        )
-        .await
-        .map_err(|_| RedisError::Timeout)??;
-        match reply {
-            Reply::Array(Some(items)) if matches!(items.first(), Some(Reply::Bulk(Some(kind))) if kind == b"subscribe") =>
-                {}
-            _ => return Err(RedisError::Protocol),
-        }
-        Ok(Subscription {
+        let connection = self.connect().await?;
+        let mut subscription = Subscription {
             connection,
             pending: Vec::new(),
+        };
+        // Its confirmation is read as what follows it is: a message published at once may come
+        // in the same read, and stays for `next`.
+        let confirmed = tokio::time::timeout(self.timeout, async {
+            subscription
+                .write(&[b"SUBSCRIBE", channel.as_bytes()])
+                .await?;
+            subscription.frame().await
         })
+        .await
+        .map_err(|_| RedisError::Timeout)??;
+        match confirmed {
+            Reply::Array(Some(items)) if matches!(items.first(), Some(Reply::Bulk(Some(kind))) if kind == b"subscribe") => {
+                Ok(subscription)
+            }
+            _ => Err(RedisError::Protocol),
+        }
     }
 }
 
 impl Subscription {
-    /// The next message or pong; waits as long as it takes (a closed connection is an error).
+    /// The next message or pong; waits as long as it takes. A closed connection, or anything
+    /// a subscribed connection should not say (an unsubscribe, an error), ends it.
     pub async fn next(&mut self) -> Result<Pushed, RedisError> {
-        loop {
-            while let Some((reply, used)) = parse_reply(&self.pending, 0)? {
-                self.pending.drain(..used);
-                if let Reply::Array(Some(items)) = reply {
-                    match items.as_slice() {
-                        [Reply::Bulk(Some(kind)), _, Reply::Bulk(Some(payload))]
-                            if kind == b"message" =>
-                        {
-                            return Ok(Pushed::Message(payload.clone()));
-                        }
-                        [Reply::Bulk(Some(kind)), ..] if kind == b"pong" => {
-                            return Ok(Pushed::Pong);
-                        }
-                        _ => {}
-                    }
-                }
+        let Reply::Array(Some(items)) = self.frame().await? else {
+            return Err(RedisError::Protocol);
+        };
+        match items.as_slice() {
+            [Reply::Bulk(Some(kind)), _, Reply::Bulk(Some(payload))] if kind == b"message" => {
+                Ok(Pushed::Message(payload.clone()))
             }
-            read_more(&mut self.connection, &mut self.pending).await?;
+            [Reply::Bulk(Some(kind)), ..] if kind == b"pong" => Ok(Pushed::Pong),
+            _ => Err(RedisError::Protocol),
         }
     }
 
     /// Asks for a pong (allowed while subscribed), to find out the connection still stands.
     pub async fn ping(&mut self) -> Result<(), RedisError> {
-        self.connection.write_all(b"*1\r\n$4\r\nPING\r\n").await?;
+        self.write(&[b"PING"]).await
+    }
+
+    async fn write(&mut self, args: &[&[u8]]) -> Result<(), RedisError> {
+        self.connection.write_all(&encode(args)).await?;
         self.connection.flush().await?;
         Ok(())
     }
+
+    /// The next whole reply (safe to cancel: bytes read stay in `pending`).
+    async fn frame(&mut self) -> Result<Reply, RedisError> {
+        loop {
+            if let Some((reply, used)) = parse_reply(&self.pending, 0)? {
+                self.pending.drain(..used);
+                return Ok(reply);
+            }
+            read_more(&mut self.connection, &mut self.pending).await?;
+        }
+    }
+}
+
+/// A command in RESP: an array of bulk strings.
+fn encode(args: &[&[u8]]) -> Vec<u8> {
+    let mut request = format!("*{}\r\n", args.len()).into_bytes();
+    for arg in args {
+        request.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+        request.extend_from_slice(arg);
+        request.extend_from_slice(b"\r\n");
+    }
+    request
 }
 
 /// One whole reply at the start of `bytes` and how many bytes it took; `None` while it is not
@@ -380,7 +403,10 @@ fn parse_reply(bytes: &[u8], depth: usize) -> Result<Option<(Reply, usize)>, Red
     let after = end + 2;
     match kind {
         "+" => Ok(Some((Reply::Simple(rest.to_owned()), after))),
-        "-" => Err(RedisError::Server(rest.to_owned())),
+        // An error as the reply: the connection stays usable. One inside an array leaves the
+        // rest of the array unread: the connection is not.
+        "-" if depth == 0 => Err(RedisError::Server(rest.to_owned())),
+        "-" => Err(RedisError::Protocol),
         ":" => Ok(Some((Reply::Integer(number()?), after))),
         "$" => match number()? {
             -1 => Ok(Some((Reply::Bulk(None), after))),
@@ -428,13 +454,7 @@ async fn exchange(
     connection: &mut Box<dyn Connection>,
     args: &[&[u8]],
 ) -> Result<Reply, RedisError> {
-    let mut request = format!("*{}\r\n", args.len()).into_bytes();
-    for arg in args {
-        request.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
-        request.extend_from_slice(arg);
-        request.extend_from_slice(b"\r\n");
-    }
-    connection.write_all(&request).await?;
+    connection.write_all(&encode(args)).await?;
     connection.flush().await?;
     read_reply(connection).await
 }
@@ -541,6 +561,11 @@ mod tests {
         assert!(matches!(
             parse_reply(b"-ERR no\r\n", 0),
             Err(RedisError::Server(_))
+        ));
+        // An error inside an array is no usable reply (the rest of it is still to come).
+        assert!(matches!(
+            parse_reply(b"*2\r\n-ERR no\r\n", 0),
+            Err(RedisError::Protocol)
         ));
         for bad in [&b"?x\r\n"[..], b"$3\r\nabcd\r\n", b"*2000\r\n", b"$-2\r\n"] {
             assert!(parse_reply(bad, 0).is_err(), "{bad:?}");

@@ -55,9 +55,22 @@ fn build_for(
         .citizen
         .as_ref()
         .filter(|_| listener == Listener::Citizen);
-    let page = citizen
-        .filter(|c| c.page)
-        .map(|c| Arc::new(Page::new(c, &runtime.config.smart, &runtime.fhir_base_path)));
+    let page = citizen.filter(|c| c.page).map(|c| {
+        // Without the announcement on Redis, other replicas see a block once their cached
+        // Consents expire: the page says so.
+        let within = runtime
+            .config
+            .consent
+            .as_ref()
+            .filter(|consent| consent.redis_url.is_none() && runtime.config.server.replicas > 1)
+            .map(|consent| consent.cache_ttl);
+        Arc::new(Page::new(
+            c,
+            &runtime.config.smart,
+            &runtime.fhir_base_path,
+            within,
+        ))
+    });
     let authorize = match citizen {
         Some(c) => AuthorizeLayer::citizen(
             runtime.metrics.clone(),

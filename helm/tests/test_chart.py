@@ -368,6 +368,7 @@ def check_values_schema(chart: helm.Chart, defaults: dict) -> None:
             "enabled": True, "rules": [{"name": "r", "effect": "allow"}],
             "shadowRules": [{"name": "s", "effect": "allow"}]}},
         "Redis switched on without a URL": {"config": {"token_exchange": {"enabled": True, "useRedis": True}}},
+        "consent's announcements in Redis without a URL": {"config": {"consent": {"enabled": True, "useRedis": True}}},
         "token exchange on two replicas without Redis (an assertion could be used once per replica)": {
             "replicaCount": 2, "config": {"token_exchange": {"enabled": True}}},
         "token exchange autoscaled without Redis": {
@@ -549,6 +550,11 @@ def check_values_schema(chart: helm.Chart, defaults: dict) -> None:
         "every issuer audience the citizen listener's, server.audiences empty": ({"config": {
             "citizen": {**citizen, "audiences": ["https://fhir.example.dk/fhir"]}}},
             "no token would be accepted on the mTLS listener"),
+        "citizens' blocks without consent": ({"config": {"citizen": {**citizen, "blocks": True}}},
+                                             "config.citizen.blocks needs config.consent.enabled"),
+        "citizens' blocks without an audit trail": ({"config": {
+            "citizen": {**citizen, "blocks": True}, "consent": {"enabled": True}, "audit": {"enabled": False}}},
+            "config.citizen.blocks needs config.consent.enabled"),
     })
     for what, (values, message) in impossible.items():
         try:

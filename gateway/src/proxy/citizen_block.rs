@@ -81,6 +81,26 @@ impl BlockLocks {
     }
 }
 
+/// Forgets and announces a patient's Consents: now, or when dropped (a request cancelled while
+/// its write was under way), from a task of its own.
+struct Announce(Option<(Arc<crate::consent::ConsentStore>, String)>);
+
+impl Announce {
+    async fn now(mut self) {
+        if let Some((store, patient)) = self.0.take() {
+            store.changed(&patient).await;
+        }
+    }
+}
+
+impl Drop for Announce {
+    fn drop(&mut self) {
+        if let Some((store, patient)) = self.0.take() {
+            tokio::spawn(async move { store.changed(&patient).await });
+        }
+    }
+}
+
 /// What the handler needs of the request.
 struct Asked {
     fhir: Arc<FhirRequest>,
@@ -177,6 +197,8 @@ impl Proxy {
             .iter()
             .find(|(_, made)| made.actor == actor.actor && made.period == wanted.period)
         {
+            // Announced again: a first attempt may have been written without being announced.
+            self.announce(asked).now().await;
             self.note(asked, "made", existing);
             return Ok(fhir_json(StatusCode::OK, existing, None));
         }
@@ -241,6 +263,7 @@ impl Proxy {
             );
         };
         if !made.active {
+            self.announce(asked).now().await;
             self.note(asked, "lifted", &current);
             return Ok(fhir_json(StatusCode::OK, &current, None));
         }
@@ -263,6 +286,15 @@ impl Proxy {
             .await?;
         self.note(asked, "lifted", &written);
         Ok(fhir_json(StatusCode::OK, &written, None))
+    }
+
+    /// Her Consents to forget and announce (see [`Announce`]).
+    fn announce(&self, asked: &Asked) -> Announce {
+        Announce(
+            self.consent
+                .clone()
+                .map(|store| (store, asked.patient.clone())),
+        )
     }
 
     /// The backend the routes send `resource_type` to under `base`.
@@ -346,7 +378,12 @@ impl Proxy {
         if let Some(traced) = crate::trace::current() {
             request.extensions_mut().insert(traced);
         }
-        let response = backend.send(request, &self.metrics).await?;
+        // Once sent, the write may have been made whatever comes back (an error, no answer in
+        // time, the request dropped): her Consents are forgotten and announced in every case.
+        let announce = self.announce(asked);
+        let response = backend.send(request, &self.metrics).await;
+        announce.now().await;
+        let response = response?;
         let status = response.status();
         if let Some(record) = &asked.record {
             record.fields().upstream_status = Some(status.as_u16());
@@ -359,10 +396,6 @@ impl Proxy {
         }
         if !status.is_success() {
             return Err(ProxyError::LookupFailed(status).into());
-        }
-        // Written: forgotten now, whatever becomes of reading the answer.
-        if let Some(store) = &self.consent {
-            store.changed(&asked.patient).await;
         }
         let location = response
             .headers()

@@ -225,6 +225,10 @@ Settings that cannot work together are refused at render time, with the value to
 {{- if and .Values.policyRules.shadowRules (not .Values.policyRules.enabled) }}
 {{- fail "policyRules.shadowRules are tried beside policyRules.rules: enable policyRules" }}
 {{- end }}
+{{- $citizen := .Values.config.citizen }}
+{{- if and $citizen.enabled $citizen.blocks (not (and .Values.config.consent.enabled .Values.config.audit.enabled)) }}
+{{- fail "config.citizen.blocks needs config.consent.enabled (a block nobody enforces blocks nobody) and config.audit.enabled (blocks are taken from her access log)" }}
+{{- end }}
 {{- if and .Values.policyRules.enabled (not .Values.policyRules.rules) }}
 {{- fail "policyRules.enabled with no rules refuses every request: add rules or disable policyRules" }}
 {{- end }}

@@ -395,8 +395,8 @@ pub fn build(patient: &str, actor: &BlockedActor, request: &BlockRequest, now: &
     })
 }
 
-/// A block `patient` made here, read back: exactly what [`build`] writes (the server's own `id`
-/// and `meta` aside), or `None`. A Consent merely tagged so (a professional can write one) is
+/// A block `patient` made here, read back: exactly what [`build`] writes (the server's own `id`,
+/// `meta` and narrative aside), or `None`. A Consent merely tagged so (a professional can write one) is
 /// not hers: not the block she has, not counted, not hers to lift.
 pub fn read_block(consent: &Value, patient: &str) -> Option<MadeBlock> {
     if !is_citizen_block(consent, patient) {
@@ -427,8 +427,10 @@ pub fn read_block(consent: &Value, patient: &str) -> Option<MadeBlock> {
     let mut stored = consent.clone();
     let object = stored.as_object_mut()?;
     let status = object.remove("status")?;
+    // What a server adds of its own: its id, its meta, a narrative.
     object.remove("id");
     object.remove("meta");
+    object.remove("text");
     again.as_object_mut()?.remove("status");
     again.as_object_mut()?.remove("meta");
     (stored == again).then(|| MadeBlock {

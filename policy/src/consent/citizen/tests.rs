@@ -309,6 +309,7 @@ fn the_built_consent_blocks_whom_it_names_and_nobody_else() {
     assert!(!read_block(&lifted, "pat-anne").unwrap().in_force(NOW));
     let mut served = consent.clone();
     served["meta"]["versionId"] = json!("3");
+    served["text"] = json!({ "status": "generated", "div": "<div>Spærring</div>" });
     assert!(read_block(&served, "pat-anne").is_some());
     let timed_block = read_block(
         &build("pat-anne", &actor, &timed, "2026-12-03T12:00:00Z"),
