@@ -111,9 +111,10 @@ pub(super) fn cases() -> Vec<Case> {
 const BLOCKED_FROM: &str = "urn:portvagt:consent:blocked-from";
 const AUTHORISATION: &str = "https://autregweb.sst.dk";
 
-/// A block of `actor` (a Reference's `reference` or `identifier`) in `patient`'s record, taken
-/// from the AuditEvent `event`.
-fn block(patient: &str, event: &str, actor: Value) -> Value {
+/// What a citizen posts to block `actor` (a Reference's `reference` or `identifier`) in
+/// `patient`'s record, taken from the AuditEvent `event` of her log: the one shape Portvagt
+/// takes (`[citizen] blocks`).
+pub fn block_request(patient: &str, event: &str, actor: Value) -> Value {
     json!({
         "resourceType": "Consent",
         "status": "active",
@@ -204,7 +205,7 @@ async fn block_and_lift_steps(ctx: &Ctx) -> Result<(), String> {
             http::Method::POST,
             "Consent",
             patient(ctx),
-            Some(block(&own, event_id, actor)),
+            Some(block_request(&own, event_id, actor)),
         )
         .await;
     let id = match &made {
@@ -327,51 +328,42 @@ async fn refused_with(ctx: &Ctx, body: Value, status: u16, code: &str) -> Verdic
     refused_as(ctx, &answer, status, code).await
 }
 
-async fn other_patients_block_refused(ctx: &Ctx) -> Verdict {
+/// A block taken from an event of her log, of `actor` in `whose` record, as a deny or (with
+/// `permit`) a permit, answered `status` with `code`.
+async fn block_refused(
+    ctx: &Ctx,
+    whose: Option<String>,
+    actor: Value,
+    permit: bool,
+    (status, code): (u16, &str),
+) -> Verdict {
     let event = match any_event(ctx).await {
         Ok(event) => event,
         Err(verdict) => return verdict,
     };
-    let other = ctx.settings.other_patient.clone().unwrap_or_default();
+    let mut body = block_request(&whose.unwrap_or_default(), &event, actor);
+    if permit {
+        body["provision"]["type"] = json!("permit");
+    }
+    refused_with(ctx, body, status, code).await
+}
+
+async fn other_patients_block_refused(ctx: &Ctx) -> Verdict {
     let actor = json!({ "identifier": { "system": AUTHORISATION, "value": "NS363" } });
-    refused_with(
-        ctx,
-        block(&other, &event, actor),
-        403,
-        "citizen-block-refused",
-    )
-    .await
+    let other = ctx.settings.other_patient.clone();
+    block_refused(ctx, other, actor, false, (403, "citizen-block-refused")).await
 }
 
 async fn unnamed_actor_refused(ctx: &Ctx) -> Verdict {
-    let event = match any_event(ctx).await {
-        Ok(event) => event,
-        Err(verdict) => return verdict,
-    };
-    let own = ctx.settings.own_patient.clone().unwrap_or_default();
     let actor = json!({ "reference": "Practitioner/portvagt-conformance-nobody" });
-    refused_with(
-        ctx,
-        block(&own, &event, actor),
-        403,
-        "citizen-block-refused",
-    )
-    .await
+    let own = ctx.settings.own_patient.clone();
+    block_refused(ctx, own, actor, false, (403, "citizen-block-refused")).await
 }
 
 async fn permit_refused(ctx: &Ctx) -> Verdict {
-    let event = match any_event(ctx).await {
-        Ok(event) => event,
-        Err(verdict) => return verdict,
-    };
-    let own = ctx.settings.own_patient.clone().unwrap_or_default();
-    let mut permit = block(
-        &own,
-        &event,
-        json!({ "identifier": { "system": AUTHORISATION, "value": "NS363" } }),
-    );
-    permit["provision"]["type"] = json!("permit");
-    refused_with(ctx, permit, 422, "citizen-block-invalid").await
+    let actor = json!({ "identifier": { "system": AUTHORISATION, "value": "NS363" } });
+    let own = ctx.settings.own_patient.clone();
+    block_refused(ctx, own, actor, true, (422, "citizen-block-invalid")).await
 }
 
 async fn no_replace_or_delete(ctx: &Ctx) -> Verdict {

@@ -9,6 +9,7 @@ use crate::{Case, Ctx, Verdict};
 mod audit;
 mod authentication;
 mod citizen;
+pub use self::citizen::block_request;
 mod compartment;
 mod consent;
 mod errors;

@@ -16,7 +16,6 @@ use crate::support::{
 
 const AUTHORIZATION: &str = "https://autregweb.sst.dk";
 const SOR: &str = "urn:oid:1.2.208.176.1.1";
-const SOURCE: &str = "urn:portvagt:consent:blocked-from";
 const LIFT: &str = r#"[{"op":"replace","path":"/status","value":"inactive"}]"#;
 
 struct Setup {
@@ -100,13 +99,7 @@ fn by(name: &'static str) -> impl Fn(&Value) -> bool {
 }
 
 fn block(patient: &str, event: &str, actor: Value) -> Value {
-    json!({
-        "resourceType": "Consent",
-        "status": "active",
-        "patient": { "reference": format!("Patient/{patient}") },
-        "provision": { "type": "deny", "actor": [{ "reference": actor }] },
-        "extension": [{ "url": SOURCE, "valueReference": { "reference": format!("AuditEvent/{event}") } }]
-    })
+    portvagt_conformance::cases::block_request(patient, event, actor)
 }
 
 /// A Consent of Anne's written straight to the backend: a deny of `actor`, tagged as a
@@ -130,6 +123,11 @@ async fn stored(backend: &BackendProcess, actor: Value, tagged: bool) -> Value {
     let stored = backend_send(backend.base_url(), Method::POST, "Consent", Some(consent)).await;
     assert_eq!(stored["resourceType"], "Consent", "{stored}");
     stored
+}
+
+/// Anne's block of `actor`, taken from her event `event`.
+async fn anne_blocks(browser: &Client, token: &str, event: &str, actor: Value) -> Answer {
+    post(browser, token, block("pat-anne", event, actor)).await
 }
 
 async fn post(browser: &Client, token: &str, body: Value) -> Answer {
@@ -170,14 +168,11 @@ async fn anne_blocks_the_professional_from_her_log_and_lifts_the_block() {
     assert_eq!(user["extension"][0]["valueIdentifier"]["value"], "NS363");
     let event_id = event["id"].as_str().unwrap();
 
-    let made = post(
+    let made = anne_blocks(
         &browser,
         &anne,
-        block(
-            "pat-anne",
-            event_id,
-            json!({ "reference": "Practitioner/prac-ns363" }),
-        ),
+        event_id,
+        json!({ "reference": "Practitioner/prac-ns363" }),
     )
     .await;
     assert_eq!(made.status, 201, "{}", made.text());
@@ -205,26 +200,20 @@ async fn anne_blocks_the_professional_from_her_log_and_lifts_the_block() {
 
     // Her authorisation id is another spelling of Mette, so another block (caught however
     // Mette arrives); the same spelling again is the block she has, not a third.
-    let again = post(
+    let again = anne_blocks(
         &browser,
         &anne,
-        block(
-            "pat-anne",
-            event_id,
-            json!({ "identifier": { "system": AUTHORIZATION, "value": "NS363" } }),
-        ),
+        event_id,
+        json!({ "identifier": { "system": AUTHORIZATION, "value": "NS363" } }),
     )
     .await;
     assert_eq!(again.status, 201, "{}", again.text());
     let second_id = again.json()["id"].as_str().unwrap().to_owned();
-    let same = post(
+    let same = anne_blocks(
         &browser,
         &anne,
-        block(
-            "pat-anne",
-            event_id,
-            json!({ "reference": "Practitioner/prac-ns363" }),
-        ),
+        event_id,
+        json!({ "reference": "Practitioner/prac-ns363" }),
     )
     .await;
     assert_eq!(same.status, 200, "{}", same.text());
