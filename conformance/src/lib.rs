@@ -153,7 +153,8 @@ pub enum Need {
     ConsentBlock,
     /// `citizen_base_url` and `tokens.citizen`
     CitizenListener,
-    /// The same, `tokens.colleague` and `own_patient`: citizens' own blocks (`[citizen] blocks`)
+    /// The same, `tokens.colleague`, `own_patient` and `other_patient`: citizens' own blocks
+    /// (`[citizen] blocks`)
     CitizenBlocks,
     /// `tokens.bound`, `tokens.bound_emergency`, `related_patient` and `unrelated_patient`
     Relationship,
@@ -195,6 +196,7 @@ impl Need {
                     && settings.tokens.citizen.is_some()
                     && settings.tokens.colleague.is_some()
                     && settings.own_patient.is_some()
+                    && settings.other_patient.is_some()
             }
             Need::Relationship => {
                 settings.tokens.bound.is_some()
@@ -229,7 +231,7 @@ impl Need {
                 "no citizen listener with a citizen's token (--citizen-target --token citizen=...)"
             }
             Need::CitizenBlocks => {
-                "no professional for the citizen to block (--citizen-target --token citizen=... --token colleague=... --own-patient)"
+                "no professional for the citizen to block (--citizen-target --token citizen=... --token colleague=... --own-patient --other-patient)"
             }
             Need::Relationship => {
                 "no professional bound by the relationship check (--token bound=... --token bound-emergency=... --related-patient --unrelated-patient)"

@@ -147,7 +147,7 @@ fn decide_inner(
     {
         return decide_block_change(subject, rules, request);
     }
-    if writes_citizen_tag(request) {
+    if subject.channel == Channel::Professional && writes_citizen_tag(request) {
         return Decision::Deny {
             reason: DenyReason::CitizenBlockReserved,
         };
@@ -364,10 +364,22 @@ fn writes_citizen_tag(request: &FhirRequest) -> bool {
         Some(RequestBody::Patch { document, .. }) => document,
         _ => return false,
     };
-    request.interaction().is_write()
-        && serde_json::to_string(body).map_or(true, |text| {
-            text.contains(crate::consent::citizen::BLOCK_TAG_SYSTEM)
-        })
+    request.interaction().is_write() && holds_block_tag(body)
+}
+
+/// Whether `value` holds, at any depth, a Coding of the citizen-block tag's system (a tag, or
+/// a patch value that would become one).
+fn holds_block_tag(value: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::Object(fields) => {
+            fields.get("system").and_then(Value::as_str)
+                == Some(crate::consent::citizen::BLOCK_TAG_SYSTEM)
+                || fields.values().any(holds_block_tag)
+        }
+        Value::Array(items) => items.iter().any(holds_block_tag),
+        _ => false,
+    }
 }
 
 /// A citizen making or lifting her own block: a patient-context scope that covers it (and the

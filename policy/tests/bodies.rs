@@ -522,6 +522,18 @@ fn nobody_but_the_gateway_writes_a_citizens_block() {
         panic!("a batch is decided entry by entry");
     };
     assert_eq!(obligations.entries[0].deny_reason(), reserved);
+    // A note that merely mentions the tag's system is no tag.
+    let noted = json!({ "resourceType": "Consent", "id": "blk-1", "status": "active",
+                        "note": [{ "text": "urn:portvagt:consent" }],
+                        "patient": { "reference": "Patient/pat-anne" } });
+    assert!(
+        decide_as(
+            "user/*.cruds",
+            None,
+            &with_body("PUT", "Consent/blk-1", &noted)
+        )
+        .is_allow()
+    );
     // Without the tag, the same write is the scopes' to decide.
     let plain = json!({ "resourceType": "Consent", "id": "blk-1", "status": "active",
                         "patient": { "reference": "Patient/pat-anne" } });

@@ -168,15 +168,13 @@ async fn event_by(ctx: &Ctx, authorisation: &str) -> Result<Value, String> {
     ))
 }
 
-async fn colleague_reads(ctx: &Ctx) -> Result<u16, String> {
+async fn colleague_reads(ctx: &Ctx) -> Result<Answer, String> {
     let own = ctx.settings.own_patient.clone().unwrap_or_default();
-    let answer = ctx
-        .get(
-            &format!("Patient/{own}"),
-            ctx.settings.tokens.colleague.as_deref(),
-        )
-        .await?;
-    Ok(answer.status.as_u16())
+    ctx.get(
+        &format!("Patient/{own}"),
+        ctx.settings.tokens.colleague.as_deref(),
+    )
+    .await
 }
 
 async fn block_and_lift(ctx: &Ctx) -> Verdict {
@@ -191,7 +189,7 @@ async fn block_and_lift_steps(ctx: &Ctx) -> Result<(), String> {
     let colleague = ctx.settings.tokens.colleague.as_deref().unwrap_or_default();
     let authorisation =
         claim(colleague, "authorization_id").ok_or("tokens.colleague names no authorization_id")?;
-    let status = colleague_reads(ctx).await?;
+    let status = colleague_reads(ctx).await?.status;
     if status != 200 {
         return Err(format!(
             "the colleague must read {own} before any block, got {status}"
@@ -236,13 +234,18 @@ async fn block_and_lift_steps(ctx: &Ctx) -> Result<(), String> {
             &json!([{ "op": "replace", "path": "/status", "value": "inactive" }]),
         )
         .await?;
-    if blocked? != 403 {
-        return Err("the blocked colleague still read her record".into());
+    let blocked = blocked?;
+    if (blocked.status.as_u16(), blocked.detail_code().as_str()) != (403, "consent-block") {
+        return Err(format!(
+            "the blocked colleague must be refused (403 consent-block), got {} {}",
+            blocked.status,
+            blocked.detail_code()
+        ));
     }
     if lifted.status != 200 || lifted.json()["status"] != "inactive" {
         return Err(format!("lifting the block answered {}", lifted.status));
     }
-    let again = colleague_reads(ctx).await?;
+    let again = colleague_reads(ctx).await?.status;
     if again != 200 {
         return Err(format!(
             "the colleague must read again once the block is lifted, got {again}"

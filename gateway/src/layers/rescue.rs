@@ -22,6 +22,7 @@ use crate::metrics::Metrics;
 use crate::outcome::Outcome;
 use crate::paging::PageLinkError;
 use crate::proxy::CitizenBlockError;
+use portvagt_policy::consent::citizen::BlockRefusal;
 
 /// The realm in `WWW-Authenticate` challenges.
 const REALM: &str = "portvagt";
@@ -258,21 +259,20 @@ fn plain(outcome: Outcome) -> Rescued {
 }
 
 fn rescue_one(error: &(dyn std::error::Error + 'static)) -> Option<Rescued> {
-    if let Some(error) = error.downcast_ref::<CitizenBlockError>() {
-        return Some(plain(if error.refused {
-            Outcome::new(
+    if let Some(CitizenBlockError(refusal)) = error.downcast_ref::<CitizenBlockError>() {
+        return Some(plain(match *refusal {
+            BlockRefusal::Refused(message) => Outcome::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",
                 "citizen-block-refused",
-                error.message,
-            )
-        } else {
-            Outcome::new(
+                message,
+            ),
+            BlockRefusal::Shape(message) => Outcome::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "processing",
                 "citizen-block-invalid",
-                error.message,
-            )
+                message,
+            ),
         }));
     }
     if let Some(error @ AuthnError::IntrospectionUnavailable) = error.downcast_ref::<AuthnError>() {
@@ -486,6 +486,21 @@ fn rescue_one(error: &(dyn std::error::Error + 'static)) -> Option<Rescued> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_citizens_block_is_refused_as_not_hers_or_as_another_shape() {
+        let refused = rescue(&CitizenBlockError(BlockRefusal::Refused("not hers")));
+        assert_eq!(
+            (refused.outcome.status, refused.outcome.code),
+            (StatusCode::FORBIDDEN, "citizen-block-refused")
+        );
+        let shape = rescue(&CitizenBlockError(BlockRefusal::Shape("one actor")));
+        assert_eq!(
+            (shape.outcome.status, shape.outcome.code),
+            (StatusCode::UNPROCESSABLE_ENTITY, "citizen-block-invalid")
+        );
+        assert!(shape.challenge.is_none());
+    }
 
     #[test]
     fn missing_token_gets_a_bare_challenge() {

@@ -12,11 +12,12 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use portvagt_policy::compartment::{Membership, membership};
 use portvagt_policy::consent::citizen::{
-    BlockRefusal, MAX_ACTIVE_BLOCKS, MadeBlock, actors_in_event, blocked_display, build,
-    matching_actor, read_block, read_request, read_withdrawal,
+    BLOCK_TAG_CODE, BLOCK_TAG_SYSTEM, BlockRefusal, MAX_ACTIVE_BLOCKS, MadeBlock, actors_in_event,
+    blocked_display, build, carries_block_tag, matching_actor, read_block, read_request,
+    read_withdrawal,
 };
 use portvagt_policy::request::RequestBody;
-use portvagt_policy::{FhirRequest, Interaction};
+use portvagt_policy::{DenyReason, FhirRequest, Interaction};
 use serde_json::Value;
 use time::OffsetDateTime;
 
@@ -28,38 +29,27 @@ use crate::encoding::form_encode;
 use crate::layers::request_id::RequestId;
 use crate::routing::FhirPath;
 
-/// Why a citizen's block or withdrawal was not made: answered 422 (not the one shape) or 403
-/// (not hers to make), with what the rule is.
+/// Why a citizen's block or withdrawal was not made (answered 422 for another shape, 403 for
+/// what is not hers to make), with what the rule is.
 #[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct CitizenBlockError {
-    /// Refused (403) rather than malformed (422).
-    pub refused: bool,
-    /// The rule, for her.
-    pub message: &'static str,
-}
+#[error("{}", self.message())]
+pub struct CitizenBlockError(pub BlockRefusal);
 
-impl From<BlockRefusal> for CitizenBlockError {
-    fn from(refusal: BlockRefusal) -> Self {
-        match refusal {
-            BlockRefusal::Shape(message) => CitizenBlockError {
-                refused: false,
-                message,
-            },
-            BlockRefusal::Refused(message) => CitizenBlockError {
-                refused: true,
-                message,
-            },
+impl CitizenBlockError {
+    /// The rule, for her.
+    pub fn message(&self) -> &'static str {
+        match self.0 {
+            BlockRefusal::Shape(message) | BlockRefusal::Refused(message) => message,
         }
     }
 }
 
 fn refused(message: &'static str) -> BoxError {
-    CitizenBlockError {
-        refused: true,
-        message,
-    }
-    .into()
+    CitizenBlockError(BlockRefusal::Refused(message)).into()
+}
+
+fn shape(message: &'static str) -> BoxError {
+    CitizenBlockError(BlockRefusal::Shape(message)).into()
 }
 
 /// Changes of one citizen's blocks, one at a time on a replica (striped by patient): the bound
@@ -86,9 +76,11 @@ impl BlockLocks {
 struct Announce(Option<(Arc<crate::consent::ConsentStore>, String)>);
 
 impl Announce {
+    /// Forgets and announces now, from a task of its own: a request cancelled meanwhile does
+    /// not cancel the announcement.
     async fn now(mut self) {
         if let Some((store, patient)) = self.0.take() {
-            store.changed(&patient).await;
+            let _ = tokio::spawn(async move { store.changed(&patient).await }).await;
         }
     }
 }
@@ -153,15 +145,11 @@ impl Proxy {
 
     async fn make_block(&self, asked: &Asked) -> Result<Response<Body>, BoxError> {
         let Some(RequestBody::Resource(body)) = asked.fhir.body() else {
-            return Err(CitizenBlockError {
-                refused: false,
-                message: "a block is a Consent, as FHIR JSON",
-            }
-            .into());
+            return Err(shape("a block is a Consent, as FHIR JSON"));
         };
         let now = OffsetDateTime::now_utc();
-        let wanted = read_request(body, &asked.patient, now.unix_timestamp())
-            .map_err(CitizenBlockError::from)?;
+        let wanted =
+            read_request(body, &asked.patient, now.unix_timestamp()).map_err(CitizenBlockError)?;
         // The event: in the audit repository, of her own log, naming that actor.
         let repository = self.backend_for(&asked.base, "AuditEvent")?;
         let event = match repository
@@ -186,6 +174,8 @@ impl Proxy {
         })?;
         // One change of her blocks at a time (on this replica): the bound and the block she has
         // are read and kept in one step.
+        // Held across the backend's answers on purpose: the next change of her blocks waits
+        // for this one (an async lock, and only hers and those striped with her wait).
         let _one_at_a_time = self.block_locks.lock(&asked.patient).await;
         // Her blocks made here and in force: the same block again (the same actor, the same
         // period) is the block she has; more than the bound, none.
@@ -199,15 +189,13 @@ impl Proxy {
         {
             // Announced again: a first attempt may have been written without being announced.
             self.announce(asked).now().await;
-            self.note(asked, "made", existing);
+            self.note(asked, "made", existing, false);
             return Ok(fhir_json(StatusCode::OK, existing, None));
         }
         if in_force.len() >= MAX_ACTIVE_BLOCKS {
-            return Err(CitizenBlockError {
-                refused: false,
-                message: "she has as many active blocks as she may keep (10): lift one first",
-            }
-            .into());
+            return Err(shape(
+                "she has as many active blocks as she may keep (10): lift one first",
+            ));
         }
         let recorded = now
             .replace_nanosecond(0)
@@ -225,21 +213,19 @@ impl Proxy {
         let (status, written, location) = self
             .write(&consents, asked, Method::POST, "Consent", None, &consent)
             .await?;
-        self.note(asked, "made", &written);
+        self.note(asked, "made", &written, true);
         let location = location.and_then(|l| self.public_location(&asked.base, "Consent", &l));
         Ok(fhir_json(status, &written, location))
     }
 
     async fn lift_block(&self, asked: &Asked) -> Result<Response<Body>, BoxError> {
         let Some(RequestBody::Patch { document, .. }) = asked.fhir.body() else {
-            return Err(CitizenBlockError {
-                refused: false,
-                message: "a block is lifted by a JSON Patch",
-            }
-            .into());
+            return Err(shape("a block is lifted by a JSON Patch"));
         };
-        read_withdrawal(document).map_err(CitizenBlockError::from)?;
+        read_withdrawal(document).map_err(CitizenBlockError)?;
         let id = asked.fhir.id().ok_or("a patch names its instance")?;
+        // Held across the backend's answers on purpose: the next change of her blocks waits
+        // for this one (an async lock, and only hers and those striped with her wait).
         let _one_at_a_time = self.block_locks.lock(&asked.patient).await;
         let consents = self.backend_for(&asked.base, "Consent")?;
         let relative = format!("Consent/{id}");
@@ -264,7 +250,7 @@ impl Proxy {
         };
         if !made.active {
             self.announce(asked).now().await;
-            self.note(asked, "lifted", &current);
+            self.note(asked, "lifted", &current, false);
             return Ok(fhir_json(StatusCode::OK, &current, None));
         }
         let version = current
@@ -284,7 +270,7 @@ impl Proxy {
                 &lifted,
             )
             .await?;
-        self.note(asked, "lifted", &written);
+        self.note(asked, "lifted", &written, true);
         Ok(fhir_json(StatusCode::OK, &written, None))
     }
 
@@ -295,6 +281,54 @@ impl Proxy {
                 .clone()
                 .map(|store| (store, asked.patient.clone())),
         )
+    }
+
+    /// On the main listener, where citizens block: no write may change a citizen's block. One
+    /// of an instance is refused if what it would change carries the tag (a patch of its actor,
+    /// say, carries none itself); a conditional one, whose targets cannot be read first, is
+    /// refused whole; so are the entries of a batch or transaction that would.
+    pub(super) async fn spares_citizen_blocks(
+        &self,
+        backend: &Backend,
+        fhir: &FhirRequest,
+        record: Option<&RequestRecord>,
+    ) -> Result<(), BoxError> {
+        let entries: Vec<&FhirRequest> = match fhir.body() {
+            Some(portvagt_policy::request::RequestBody::Bundle { entries, .. }) => {
+                entries.iter().collect()
+            }
+            _ => vec![fhir],
+        };
+        for request in entries {
+            if request
+                .resource_type()
+                .is_none_or(|t| t.as_str() != "Consent")
+            {
+                continue;
+            }
+            let changes_a_block = match (request.interaction(), request.id()) {
+                (
+                    Interaction::ConditionalUpdate
+                    | Interaction::ConditionalPatch
+                    | Interaction::ConditionalDelete,
+                    _,
+                ) => true,
+                (Interaction::Update | Interaction::Patch | Interaction::Delete, Some(id)) => {
+                    match backend
+                        .fetch_json(&format!("Consent/{id}"), None, 1024 * 1024, &self.metrics)
+                        .await?
+                    {
+                        Fetched::Found(current) => carries_block_tag(&current),
+                        Fetched::Missing => false,
+                    }
+                }
+                _ => false,
+            };
+            if changes_a_block {
+                return Err(self.deny(DenyReason::CitizenBlockReserved, record, None));
+            }
+        }
+        Ok(())
     }
 
     /// The backend the routes send `resource_type` to under `base`.
@@ -315,9 +349,11 @@ impl Proxy {
         patient: &str,
         now: i64,
     ) -> Result<Vec<(Value, MadeBlock)>, BoxError> {
+        // Only hers made here (a server's page of her other Consents could fill the answer).
         let query = format!(
-            "patient={}&status=active&_count=200",
-            form_encode(&format!("Patient/{patient}"))
+            "patient={}&status=active&_tag={}&_count=200",
+            form_encode(&format!("Patient/{patient}")),
+            form_encode(&format!("{BLOCK_TAG_SYSTEM}|{BLOCK_TAG_CODE}"))
         );
         let bundle = match consents
             .fetch_json("Consent", Some(&query), 4 * 1024 * 1024, &self.metrics)
@@ -426,8 +462,9 @@ impl Proxy {
         }
     }
 
-    /// What changed, for the audit record (and so for her log).
-    fn note(&self, asked: &Asked, change: &'static str, consent: &Value) {
+    /// What changed, for the audit record; `counted` when this request changed it (not when
+    /// it found it so already).
+    fn note(&self, asked: &Asked, change: &'static str, consent: &Value, counted: bool) {
         if let Some(record) = &asked.record {
             record.fields().citizen_block = Some(CitizenBlockRecord {
                 change,
@@ -439,10 +476,12 @@ impl Proxy {
                 display: blocked_display(consent).map(str::to_owned),
             });
         }
-        self.metrics
-            .citizen_blocks
-            .with_label_values(&[change])
-            .inc();
+        if counted {
+            self.metrics
+                .citizen_blocks
+                .with_label_values(&[change])
+                .inc();
+        }
     }
 }
 

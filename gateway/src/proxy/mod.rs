@@ -90,6 +90,8 @@ pub struct ProxyState {
     identifier_cache: Arc<consent::IdentifierCache>,
     /// One change of a citizen's blocks at a time.
     block_locks: Arc<citizen_block::BlockLocks>,
+    /// Citizens block (`[citizen] blocks`): no other write may change their blocks.
+    guards_blocks: bool,
 }
 
 /// A backend and the rewriter for the URLs in its answers.
@@ -137,6 +139,11 @@ impl Proxy {
             min_reason: runtime.config.policy.break_glass_min_reason,
             identifier_cache: Arc::default(),
             block_locks: Arc::default(),
+            guards_blocks: runtime
+                .config
+                .citizen
+                .as_ref()
+                .is_some_and(|citizen| citizen.blocks),
         }))
     }
 }

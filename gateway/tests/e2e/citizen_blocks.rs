@@ -337,6 +337,19 @@ async fn every_other_block_is_refused() {
             422
         };
         assert_eq!(outcome(&answer), (status, code.to_owned()), "{body}");
+        // Refused, and recorded: in her log (and no one else's), as refused.
+        let request = answer.headers["x-request-id"].to_str().unwrap();
+        let events = gateway.audit_events_for(request);
+        assert_eq!(events.len(), 1, "{events:#?}");
+        let patients: Vec<&Value> = events[0]["entity"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|entity| entity["role"]["code"] == "1")
+            .map(|entity| &entity["what"]["reference"])
+            .collect();
+        assert_eq!(patients, [&json!("Patient/pat-anne")], "{body}");
+        assert_ne!(events[0]["outcome"], "0", "{body}");
     }
     let mut permit = block("pat-anne", anne_event, mette_ref.clone());
     permit["provision"]["type"] = json!("permit");
@@ -405,6 +418,56 @@ async fn every_other_block_is_refused() {
             outcome(&answer),
             (422, "citizen-block-invalid".into()),
             "{patch}"
+        );
+    }
+    assert_eq!(
+        outcome(&read_anne(gateway, &mette, None).await),
+        (403, "consent-block".into())
+    );
+    // Nor may a professional change it on the API, though what he sends carries no tag: a
+    // patch of whom it names, its deletion, a conditional write that could reach it, a batch.
+    let professional_writer = gateway.token(json!({ "scope": "user/*.cruds", "role": "7170" }));
+    let api = gateway.client();
+    let renamed = api
+        .send(json_patch(
+            &path,
+            &professional_writer,
+            r#"[{"op":"replace","path":"/provision/actor/0/reference","value":{"reference":"Practitioner/prac-xy123"}}]"#,
+            &[],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(outcome(&renamed), (403, "citizen-block-reserved".into()));
+    for (method, target, body) in [
+        (Method::DELETE, path.clone(), None),
+        (
+            Method::DELETE,
+            "/fhir/Consent?patient=Patient/pat-anne".to_owned(),
+            None,
+        ),
+        (
+            Method::POST,
+            "/fhir".to_owned(),
+            Some(
+                json!({ "resourceType": "Bundle", "type": "batch", "entry": [{
+                "request": { "method": "DELETE", "url": format!("Consent/{id}") }
+            }] }),
+            ),
+        ),
+    ] {
+        let answer = api
+            .send(request(
+                method.clone(),
+                &target,
+                Some(&professional_writer),
+                body,
+            ))
+            .await
+            .unwrap();
+        assert_eq!(
+            outcome(&answer),
+            (403, "citizen-block-reserved".into()),
+            "{method} {target}"
         );
     }
     assert_eq!(

@@ -337,8 +337,8 @@ pub fn matching_actor(event_actors: &[BlockedActor], asked: &Actor) -> Option<Bl
         .cloned()
 }
 
-/// The Consent the gateway writes for a block of `actor` by `patient`, taken from `event`,
-/// made at `now` (an RFC 3339 instant).
+/// The Consent the gateway writes for `patient`'s block of `actor` (as the event names them),
+/// as she asked in `request`, made at `now` (an RFC 3339 instant).
 pub fn build(patient: &str, actor: &BlockedActor, request: &BlockRequest, now: &str) -> Value {
     let mut reference = Map::new();
     match &actor.actor {
@@ -464,10 +464,9 @@ impl MadeBlock {
     }
 }
 
-/// Whether `consent` is tagged as a block `patient` made here, and about her (what it says is
-/// read by [`read_block`]).
-pub fn is_citizen_block(consent: &Value, patient: &str) -> bool {
-    let tagged = consent
+/// Whether `consent` carries the tag of a citizen's block (whosever, whatever it says).
+pub fn carries_block_tag(consent: &Value) -> bool {
+    consent
         .pointer("/meta/tag")
         .and_then(Value::as_array)
         .into_iter()
@@ -475,8 +474,13 @@ pub fn is_citizen_block(consent: &Value, patient: &str) -> bool {
         .any(|tag| {
             tag.get("system").and_then(Value::as_str) == Some(BLOCK_TAG_SYSTEM)
                 && tag.get("code").and_then(Value::as_str) == Some(BLOCK_TAG_CODE)
-        });
-    tagged
+        })
+}
+
+/// Whether `consent` is tagged as a block `patient` made here, and about her (what it says is
+/// read by [`read_block`]).
+pub(crate) fn is_citizen_block(consent: &Value, patient: &str) -> bool {
+    carries_block_tag(consent)
         && consent.get("resourceType").and_then(Value::as_str) == Some("Consent")
         && consent
             .pointer("/patient/reference")
@@ -485,7 +489,7 @@ pub fn is_citizen_block(consent: &Value, patient: &str) -> bool {
 }
 
 /// The actor a block names, as [`build`] wrote it.
-pub fn blocked_actor(consent: &Value) -> Option<Actor> {
+fn blocked_actor(consent: &Value) -> Option<Actor> {
     let reference = consent.pointer("/provision/actor/0/reference")?;
     if let Some(literal) = reference.get("reference").and_then(Value::as_str) {
         return Some(Actor::Reference(literal.to_owned()));
