@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use serde_json::Value;
 
 use crate::compartment_table::{CompartmentLink, PATIENT_COMPARTMENT};
-use crate::raw::{OrderedRaw, RawBundle};
+use crate::raw::{OrderedRaw, RawBundle, RawEntry};
 
 mod identified;
 
@@ -417,6 +417,18 @@ pub fn patients_in_body(body: &[u8]) -> Option<Vec<String>> {
         // Another resource with an `entry` (a List): read as a tree.
         ((Some(_), _), false) => return None,
         ((None, fields), _) => collect_patients_raw(&fields, &mut patients, 0)?,
+    }
+    patients.sort_unstable();
+    patients.dedup();
+    Some(patients)
+}
+
+/// [`patients_in_body`] of a Bundle's entries already read ([`RawEntry`], as the rewriter of a
+/// searchset's URLs reads them): the same answer, without scanning the resources again.
+pub fn patients_in_entries(entries: &[RawEntry<'_>]) -> Option<Vec<String>> {
+    let mut patients = Vec::new();
+    for resource in entries.iter().filter_map(RawEntry::resource) {
+        collect_patients_raw(resource, &mut patients, 1)?;
     }
     patients.sort_unstable();
     patients.dedup();

@@ -159,6 +159,97 @@ impl<'de: 'a, 'a, E: Deserialize<'de>> Deserialize<'de> for RawBundle<'a, E> {
     }
 }
 
+/// A Bundle entry read in one pass: its fields in order as raw values, except `resource`, read
+/// as its own fields ([`OrderedRaw`]), so that whoever rewrites the entry and whoever reads whose
+/// data its resource is share one scan of it. Written back field by field. A key given twice,
+/// in the entry or at the top of its resource, is refused.
+#[derive(Debug, Default)]
+pub struct RawEntry<'a> {
+    fields: Vec<(Cow<'a, str>, EntrySlot<'a>)>,
+}
+
+#[derive(Debug)]
+enum EntrySlot<'a> {
+    Raw(RawSlot<'a>),
+    Resource(OrderedRaw<'a>),
+}
+
+impl<'a> RawEntry<'a> {
+    /// The value of `key` (not `resource`) if it is a JSON string.
+    pub fn get_str(&self, key: &str) -> Option<Cow<'_, str>> {
+        self.get(key)
+            .and_then(|raw| serde_json::from_str::<Cow<'_, str>>(raw.get()).ok())
+    }
+
+    /// The value of `key` (not `resource`), as its bytes.
+    pub fn get(&self, key: &str) -> Option<&RawValue> {
+        self.fields.iter().find_map(|(k, slot)| match slot {
+            EntrySlot::Raw(raw) if k == key => Some(raw.raw()),
+            _ => None,
+        })
+    }
+
+    /// Puts `value` in the place of `key`'s (not `resource`; nothing when `key` is absent).
+    pub fn replace(&mut self, key: &str, value: Box<RawValue>) {
+        for (k, slot) in &mut self.fields {
+            if k == key && matches!(slot, EntrySlot::Raw(_)) {
+                *slot = EntrySlot::Raw(RawSlot::Owned(value));
+                return;
+            }
+        }
+    }
+
+    /// The entry's resource, read as its fields.
+    pub fn resource(&self) -> Option<&OrderedRaw<'a>> {
+        self.fields.iter().find_map(|(_, slot)| match slot {
+            EntrySlot::Resource(resource) => Some(resource),
+            EntrySlot::Raw(_) => None,
+        })
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for RawEntry<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct EntryVisitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for EntryVisitor<'a> {
+            type Value = RawEntry<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+                let mut fields: Vec<(Cow<'a, str>, EntrySlot<'a>)> = Vec::new();
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    if fields.iter().any(|(k, _)| *k == key) {
+                        return Err(serde::de::Error::custom("duplicate key"));
+                    }
+                    let slot = if key == "resource" {
+                        EntrySlot::Resource(map.next_value()?)
+                    } else {
+                        EntrySlot::Raw(RawSlot::Borrowed(map.next_value()?))
+                    };
+                    fields.push((key, slot));
+                }
+                Ok(RawEntry { fields })
+            }
+        }
+        deserializer.deserialize_map(EntryVisitor(std::marker::PhantomData))
+    }
+}
+
+impl Serialize for RawEntry<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut map = serializer.serialize_map(Some(self.fields.len()))?;
+        for (key, slot) in &self.fields {
+            match slot {
+                EntrySlot::Raw(raw) => map.serialize_entry(key, raw.raw())?,
+                EntrySlot::Resource(resource) => map.serialize_entry(key, resource)?,
+            }
+        }
+        map.end()
+    }
+}
+
 impl Serialize for OrderedRaw<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap as _;

@@ -2,8 +2,9 @@
 //! backend's address: `Location`, `Content-Location`, and in Bundles `link[].url`,
 //! `entry[].fullUrl` and `entry[].response.location` (FHIR R4 §2.36 Bundle).
 
-use portvagt_policy::raw::{BundleField, OrderedRaw, RawBundle};
+use portvagt_policy::raw::{BundleField, OrderedRaw, RawBundle, RawEntry};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use serde_json::value::to_raw_value;
 
 /// How a Bundle's paging links are handed out: the relations that page, and the public link
@@ -23,6 +24,51 @@ impl std::fmt::Debug for Paging<'_> {
             .field("sign_self", &self.sign_self)
             .finish_non_exhaustive()
     }
+}
+
+/// A Bundle entry as the rewriter reads it: its fields, the resource left whole
+/// ([`OrderedRaw`]) or read as its own fields ([`RawEntry`]).
+trait EntryFields {
+    fn text(&self, key: &str) -> Option<std::borrow::Cow<'_, str>>;
+    fn raw(&self, key: &str) -> Option<&RawValue>;
+    fn put(&mut self, key: &str, value: Box<RawValue>);
+}
+
+impl EntryFields for OrderedRaw<'_> {
+    fn text(&self, key: &str) -> Option<std::borrow::Cow<'_, str>> {
+        self.get_str(key)
+    }
+    fn raw(&self, key: &str) -> Option<&RawValue> {
+        self.get(key)
+    }
+    fn put(&mut self, key: &str, value: Box<RawValue>) {
+        self.replace(key, value);
+    }
+}
+
+impl EntryFields for RawEntry<'_> {
+    fn text(&self, key: &str) -> Option<std::borrow::Cow<'_, str>> {
+        self.get_str(key)
+    }
+    fn raw(&self, key: &str) -> Option<&RawValue> {
+        self.get(key)
+    }
+    fn put(&mut self, key: &str, value: Box<RawValue>) {
+        self.replace(key, value);
+    }
+}
+
+/// Whose data an answer's entries hold, when read along the way: `None` not read,
+/// `Some(None)` it takes more than the bytes (read the tree), `Some(Some(ids))` these patients.
+pub type FoundPatients = Option<Option<Vec<String>>>;
+
+/// A Bundle rewritten from its bytes ([`UrlRewriter::rewrite_bundle_bytes`]).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Rewritten {
+    /// The Bundle as it leaves.
+    pub bytes: Vec<u8>,
+    /// Whose data its entries hold, when asked for.
+    pub patients: FoundPatients,
 }
 
 /// Maps URLs below the backend base to the same path below the public base.
@@ -96,21 +142,46 @@ impl UrlRewriter {
 
     /// [`Self::rewrite_bundle`] on a Bundle's bytes, without building its tree: the bytes are
     /// read once into the Bundle's fields and its entries' fields; only `link` and each entry's
-    /// `fullUrl` and `response` are parsed, and everything else is copied as it came.
-    /// `Ok(None)`: not a Bundle, nothing to rewrite. `Err(Unread)`: the answer cannot be read so
-    /// (not a JSON object, a key given twice, an `entry` that is not a list of objects); rewrite
-    /// its parsed tree instead.
+    /// `fullUrl` and `response` are parsed, and everything else is written back as it came.
+    /// With `patients`, each entry's resource is read as its fields in that same scan, and whose
+    /// data the entries hold found from them
+    /// ([`portvagt_policy::compartment::patients_in_entries`]: what `patients_in_body` would find
+    /// in the bytes returned). `Ok(None)`: not a Bundle, nothing to rewrite. `Err(Unread)`: the
+    /// answer cannot be read so (not a JSON object, a key given twice, an `entry` that is not a
+    /// list of objects; with `patients`, a `resource` that is not one); rewrite its parsed tree
+    /// instead.
     pub fn rewrite_bundle_bytes(
         &self,
         body: &[u8],
         paging: Option<&Paging<'_>>,
-    ) -> Result<Option<Vec<u8>>, Unread> {
-        let mut bundle: RawBundle<'_, OrderedRaw<'_>> =
-            serde_json::from_slice(body).map_err(|_| Unread)?;
+        patients: bool,
+    ) -> Result<Option<Rewritten>, Unread> {
+        if patients {
+            self.rewrite_entries::<RawEntry<'_>>(body, paging, |entries| {
+                Some(portvagt_policy::compartment::patients_in_entries(entries))
+            })
+        } else {
+            self.rewrite_entries::<OrderedRaw<'_>>(body, paging, |_| None)
+        }
+    }
+
+    /// [`Self::rewrite_bundle_bytes`] with entries read as `E`, and `found` made of them.
+    fn rewrite_entries<'a, E>(
+        &self,
+        body: &'a [u8],
+        paging: Option<&Paging<'_>>,
+        found: impl Fn(&[E]) -> FoundPatients,
+    ) -> Result<Option<Rewritten>, Unread>
+    where
+        E: EntryFields + serde::Deserialize<'a> + serde::Serialize,
+    {
+        let mut bundle: RawBundle<'a, E> = serde_json::from_slice(body).map_err(|_| Unread)?;
         if bundle.get_str("resourceType").as_deref() != Some("Bundle") {
             return Ok(None);
         }
         let mut out = Vec::with_capacity(body.len() + 512);
+        // (A Bundle without entries holds nobody's data.)
+        let mut patients = found(&[]);
         out.push(b'{');
         for (index, (key, field)) in bundle.fields_mut().enumerate() {
             if index > 0 {
@@ -132,20 +203,24 @@ impl UrlRewriter {
                         self.rewrite_entry(entry)?;
                     }
                     serde_json::to_writer(&mut out, entries).map_err(|_| Unread)?;
+                    patients = found(entries);
                 }
             }
         }
         out.push(b'}');
-        Ok(Some(out))
+        Ok(Some(Rewritten {
+            bytes: out,
+            patients,
+        }))
     }
 
     /// An entry's `fullUrl` and `response.location` rewritten in place.
-    fn rewrite_entry(&self, entry: &mut OrderedRaw<'_>) -> Result<(), Unread> {
-        let full_url = entry.get_str("fullUrl").and_then(|url| self.rewrite(&url));
+    fn rewrite_entry(&self, entry: &mut impl EntryFields) -> Result<(), Unread> {
+        let full_url = entry.text("fullUrl").and_then(|url| self.rewrite(&url));
         if let Some(url) = full_url {
-            entry.replace("fullUrl", to_raw_value(&url).map_err(|_| Unread)?);
+            entry.put("fullUrl", to_raw_value(&url).map_err(|_| Unread)?);
         }
-        let response = match entry.get("response") {
+        let response = match entry.raw("response") {
             Some(raw) => {
                 let mut response: Value = serde_json::from_str(raw.get()).map_err(|_| Unread)?;
                 self.rewrite_field(&mut response, "location")
@@ -156,7 +231,7 @@ impl UrlRewriter {
             None => None,
         };
         if let Some(response) = response {
-            entry.replace("response", response);
+            entry.put("response", response);
         }
         Ok(())
     }
@@ -327,8 +402,8 @@ mod tests {
         paging: Option<&Paging<'_>>,
     ) -> (Result<Option<Value>, Unread>, Value) {
         let shallow = rewriter()
-            .rewrite_bundle_bytes(body.as_bytes(), paging)
-            .map(|out| out.map(|bytes| serde_json::from_slice(&bytes).unwrap()));
+            .rewrite_bundle_bytes(body.as_bytes(), paging, false)
+            .map(|out| out.map(|out| serde_json::from_slice(&out.bytes).unwrap()));
         let mut tree: Value = serde_json::from_str(body).unwrap();
         rewriter().rewrite_bundle(&mut tree, paging);
         (shallow, tree)
@@ -370,14 +445,57 @@ mod tests {
         }
         // The resources are copied as they came: a number keeps its spelling.
         let out = rewriter()
-            .rewrite_bundle_bytes(bundles[0].as_bytes(), None)
+            .rewrite_bundle_bytes(bundles[0].as_bytes(), None, false)
             .unwrap()
             .unwrap();
         assert!(
-            String::from_utf8(out)
+            String::from_utf8(out.bytes)
                 .unwrap()
                 .contains(r#"{"value":1.50}"#)
         );
+    }
+
+    /// Whose data a Bundle holds, read in the scan that rewrites it, is what reading the bytes
+    /// it leaves as finds: by id, in nested Bundles, a Patient itself; and nothing decided where
+    /// that takes more than the bytes (a patient named by identifier only).
+    #[test]
+    fn the_patients_read_while_rewriting_are_those_of_what_leaves() {
+        let bundles = [
+            r#"{"resourceType":"Bundle","type":"searchset","link":[{"relation":"next","url":"http://10.0.0.5:8080/fhir/R4?_getpages=a"}],
+                "entry":[{"fullUrl":"http://10.0.0.5:8080/fhir/R4/Observation/1","resource":{"resourceType":"Observation","id":"1","subject":{"reference":"Patient/pat-anne"},"performer":[{"reference":"Patient/pat-bo"}]}},
+                         {"resource":{"resourceType":"Patient","id":"pat-carla"}},
+                         {"resource":{"resourceType":"Bundle","entry":[{"resource":{"resourceType":"Condition","subject":{"reference":"http://10.0.0.5:8080/fhir/R4/Patient/pat-dan"}}}]}},
+                         {"resource":{"resourceType":"Practitioner","id":"p"}},
+                         {"search":{"mode":"outcome"}}]}"#,
+            r#"{"resourceType":"Bundle","entry":[]}"#,
+            r#"{"resourceType":"Bundle","type":"searchset"}"#,
+            r#"{"resourceType":"Bundle","entry":[{"fullUrl":"http://10.0.0.5:8080/fhir/R4/Observation/9","resource":{"resourceType":"Observation","subject":{"identifier":{"system":"urn:oid:1.2.208.176.1.2","value":"1111111118"}}}}]}"#,
+        ];
+        for body in bundles {
+            let out = rewriter()
+                .rewrite_bundle_bytes(body.as_bytes(), None, true)
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                out.patients,
+                Some(portvagt_policy::compartment::patients_in_body(&out.bytes)),
+                "{body}"
+            );
+        }
+        let first = rewriter()
+            .rewrite_bundle_bytes(bundles[0].as_bytes(), None, true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            first.patients.unwrap().unwrap(),
+            ["pat-anne", "pat-bo", "pat-carla", "pat-dan"]
+        );
+        // Not asked for, not read.
+        let out = rewriter()
+            .rewrite_bundle_bytes(bundles[0].as_bytes(), None, false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(out.patients, None);
     }
 
     #[test]
@@ -390,10 +508,13 @@ mod tests {
             r#"{"resourceType":"Bundle","entry":[1,{"fullUrl":"http://10.0.0.5:8080/fhir/R4/x"}]}"#,
             r#"{"resourceType":"Bundle","entry":{"fullUrl":"http://10.0.0.5:8080/fhir/R4/x"}}"#,
             r#"{"resourceType":"Bundle","entry":null}"#,
+            // A resource that is not an object, or gives a key twice.
+            r#"{"resourceType":"Bundle","entry":[{"resource":null}]}"#,
+            r#"{"resourceType":"Bundle","entry":[{"resource":{"resourceType":"Observation","subject":{"reference":"Patient/a"},"subject":{"reference":"Patient/b"}}}]}"#,
             "not json",
         ] {
             assert_eq!(
-                rewriter().rewrite_bundle_bytes(body.as_bytes(), None),
+                rewriter().rewrite_bundle_bytes(body.as_bytes(), None, true),
                 Err(Unread),
                 "{body}"
             );
@@ -403,7 +524,7 @@ mod tests {
             r#"{"resourceType":7}"#,
         ] {
             assert_eq!(
-                rewriter().rewrite_bundle_bytes(body.as_bytes(), None),
+                rewriter().rewrite_bundle_bytes(body.as_bytes(), None, true),
                 Ok(None)
             );
         }

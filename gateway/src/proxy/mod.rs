@@ -25,7 +25,7 @@ use portvagt_policy::{FhirRequest, FilterMode, Obligations, ResponseCheck};
 use tower::Service;
 
 pub use self::citizen_block::CitizenBlockError;
-use crate::backend::rewrite::{Paging, UrlRewriter};
+use crate::backend::rewrite::{FoundPatients, Paging, UrlRewriter};
 pub use crate::backend::{Backend, Fetched, ProxyError};
 use crate::body::{Body, BoxError, full};
 use crate::config::FilteredEntries;
@@ -457,18 +457,21 @@ impl PageSigning<'_> {
 }
 
 /// Rewrites the backend's URLs in a Bundle to the gateway's; with `paging`, its paging links
-/// become links the gateway signs for the caller, continuing the request it began with.
+/// become links the gateway signs for the caller, continuing the request it began with. With
+/// `patients`, whose data a Bundle read from its bytes holds comes along, from the same scan
+/// (`Some(None)`: it takes the tree; `None`: not read).
 fn rewrite_bundle(
     upstream: &Upstream,
     bytes: Bytes,
     paging: Option<PageSigning<'_>>,
     status: http::StatusCode,
-) -> Result<Bytes, ProxyError> {
+    patients: bool,
+) -> Result<(Bytes, FoundPatients), ProxyError> {
     // Cheap check first: no backend URL in the body means nothing to rewrite, unless links are
     // signed, where a link in any other form must not reach the client as it is.
     let needle = upstream.backend.base_url().as_bytes();
     if paging.is_none() && memchr::memmem::find(&bytes, needle).is_none() {
-        return Ok(bytes);
+        return Ok((bytes, None));
     }
     let link = |rest: &str| {
         paging
@@ -484,10 +487,10 @@ fn rewrite_bundle(
     // twice, say) is parsed whole.
     match upstream
         .rewriter
-        .rewrite_bundle_bytes(&bytes, signed.as_ref())
+        .rewrite_bundle_bytes(&bytes, signed.as_ref(), patients)
     {
-        Ok(Some(rewritten)) => return Ok(Bytes::from(rewritten)),
-        Ok(None) => return Ok(bytes),
+        Ok(Some(rewritten)) => return Ok((Bytes::from(rewritten.bytes), rewritten.patients)),
+        Ok(None) => return Ok((bytes, None)),
         Err(_) => {}
     }
     let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
@@ -496,15 +499,18 @@ fn rewrite_bundle(
         if status.is_success() && !bytes.trim_ascii().is_empty() {
             return Err(ProxyError::UnreadableAnswer);
         }
-        return Ok(bytes);
+        return Ok((bytes, None));
     };
     if !upstream
         .rewriter
         .rewrite_bundle(&mut value, signed.as_ref())
     {
-        return Ok(bytes);
+        return Ok((bytes, None));
     }
-    Ok(serde_json::to_vec(&value).map(Bytes::from).unwrap_or(bytes))
+    Ok((
+        serde_json::to_vec(&value).map(Bytes::from).unwrap_or(bytes),
+        None,
+    ))
 }
 
 #[cfg(test)]

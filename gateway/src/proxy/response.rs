@@ -162,10 +162,13 @@ impl Proxy {
             .flatten();
         let exported_type = exported_type.as_ref().map(|t| t.as_str());
         let exported = |resource_type: &str| export::exported(exported_type, resource_type);
-        let mut bytes = if ndjson {
-            export::ndjson_as_bundle(&bytes, &exported)?
+        // Whose data a searchset holds is read in the scan that rewrites its URLs; whatever
+        // changes its entries after that (a filter, a merge) makes it read again from the bytes
+        // that leave.
+        let (mut bytes, mut found) = if ndjson {
+            (export::ndjson_as_bundle(&bytes, &exported)?, None)
         } else {
-            rewrite_bundle(upstream, bytes, paging, status)?
+            rewrite_bundle(upstream, bytes, paging, status, duties.audits_patients)?
         };
         if let (true, Some(signing)) = (
             export && exchange.followed == Some(LinkKind::ExportStatus) && status.is_success(),
@@ -178,6 +181,7 @@ impl Proxy {
                 &exported,
                 consent.is_some(),
             );
+            found = None;
         }
         if duties.describes_security
             && let Some(rewritten) = self
@@ -185,6 +189,7 @@ impl Proxy {
                 .rewrite_capability_statement(&bytes, &upstream.rewriter)
         {
             bytes = Bytes::from(rewritten);
+            found = None;
         }
         if status.is_success() {
             let answered = bytes.clone();
@@ -203,6 +208,9 @@ impl Proxy {
                 }
                 Err(reason) => return Err(self.deny(reason, record_handle.as_ref(), None)),
             };
+            if !same_bytes(&bytes, &answered) {
+                found = None;
+            }
             // The history of another patient's resource, all taken out, is answered as the
             // history of one that never existed.
             if obligations.compartment.is_some()
@@ -214,9 +222,11 @@ impl Proxy {
             }
             if let Some(plan) = batch {
                 bytes = merged_batch(&bytes, plan, fhir, consent.is_some(), self.filter_mode)?;
+                found = None;
             }
             // A total that counts what a check or a block takes out goes, and with it the
-            // `last` link, whose offset counts the same.
+            // `last` link, whose offset counts the same. (The entries stay as they were: whose
+            // data they hold is still what was found.)
             bytes = counts_hidden(
                 bytes,
                 fhir,
@@ -229,7 +239,7 @@ impl Proxy {
             patients: audited_patients,
             identified,
         } = self
-            .withhold(bytes, duties.audits_patients, &exchange)
+            .withhold(bytes, duties.audits_patients, &exchange, found)
             .await?;
         // Every check has read the references the gateway added to `_elements`: out again.
         let bytes = if status.is_success() && !obligations.add_elements.is_empty() {
@@ -343,6 +353,7 @@ impl Proxy {
         mut bytes: Bytes,
         audits_patients: bool,
         exchange: &Exchange,
+        found: crate::backend::rewrite::FoundPatients,
     ) -> Result<Withheld, BoxError> {
         let Exchange {
             fhir,
@@ -358,7 +369,7 @@ impl Proxy {
         // tree built: unless the citizen view rewrites the answer, or a Consent may withhold
         // part of it, that is all that is needed.
         let from_bytes = if audits_patients && !citizen_view && !bytes.is_empty() {
-            patients_in_body(&bytes)
+            found.unwrap_or_else(|| patients_in_body(&bytes))
         } else {
             None
         };
@@ -740,9 +751,14 @@ fn has_no_entries(bundle: &serde_json::Value) -> bool {
         .is_none_or(Vec::is_empty)
 }
 
+/// Whether two answers are the very same bytes (a step that changed nothing hands them back).
+fn same_bytes(a: &Bytes, b: &Bytes) -> bool {
+    a.as_ptr() == b.as_ptr() && a.len() == b.len()
+}
+
 /// A searchset or history without the numbers that would count what checks or blocks take out:
 /// the `total` when `strip_total`, the `last` link (its offset counts them too) when
-/// `strip_last`.
+/// `strip_last`. Nothing else changes: the entries stay as they are.
 fn counts_hidden(
     mut bytes: Bytes,
     fhir: &FhirRequest,
