@@ -10,6 +10,15 @@ use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
 
+/// A member named as serde_json's raw value token is refused: a tree built of the same bytes
+/// would read it as other JSON ([`crate::strict_json::RAW_VALUE_TOKEN`]).
+fn refuse_token<E: serde::de::Error>(key: &str) -> Result<(), E> {
+    if key == crate::strict_json::RAW_VALUE_TOKEN {
+        return Err(E::custom("a member named as serde_json's raw value"));
+    }
+    Ok(())
+}
+
 /// A JSON object as ordered (key, raw value) pairs: read without building a tree, written back
 /// with the untouched values byte for byte. Reading one refuses a key given twice (which of the
 /// two counts differs between parsers).
@@ -77,6 +86,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for OrderedRaw<'a> {
                     if fields.iter().any(|(k, _)| *k == key) {
                         return Err(serde::de::Error::custom("duplicate key"));
                     }
+                    refuse_token(&key)?;
                     fields.push((key, RawSlot::Borrowed(value)));
                 }
                 Ok(OrderedRaw { fields })
@@ -145,6 +155,7 @@ impl<'de: 'a, 'a, E: Deserialize<'de>> Deserialize<'de> for RawBundle<'a, E> {
                     if fields.iter().any(|(k, _)| *k == key) {
                         return Err(serde::de::Error::custom("duplicate key"));
                     }
+                    refuse_token(&key)?;
                     let field = if key == "entry" {
                         BundleField::Entries(map.next_value()?)
                     } else {
@@ -222,6 +233,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawEntry<'a> {
                     if fields.iter().any(|(k, _)| *k == key) {
                         return Err(serde::de::Error::custom("duplicate key"));
                     }
+                    refuse_token(&key)?;
                     let slot = if key == "resource" {
                         EntrySlot::Resource(map.next_value()?)
                     } else {

@@ -80,6 +80,13 @@ struct UniqueTree(Value);
 /// member with this name, whose value is the text.
 const NUMBER_TOKEN: &str = "$serde_json::private::Number";
 
+/// The member name by which serde_json (with `raw_value`) reads an object as the JSON text its
+/// value holds, when a `serde_json::Value` is built: `{"$serde_json::private::RawValue":
+/// "{\"reference\":\"Patient/x\"}"}` becomes `{"reference":"Patient/x"}`. An answer
+/// holding it would say one thing to a check and another once rebuilt as a tree (as several
+/// steps of the gateway do): refused wherever it is read.
+pub const RAW_VALUE_TOKEN: &str = "$serde_json::private::RawValue";
+
 impl<'de> Deserialize<'de> for UniqueTree {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         deserializer.deserialize_any(UniqueTreeVisitor)
@@ -98,6 +105,9 @@ impl<'de> Visitor<'de> for UniqueTreeVisitor {
     fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<UniqueTree, M::Error> {
         let mut object = serde_json::Map::new();
         while let Some(name) = map.next_key::<String>()? {
+            if name == RAW_VALUE_TOKEN {
+                return Err(M::Error::custom("a member named as serde_json's raw value"));
+            }
             if object.is_empty() && name == NUMBER_TOKEN {
                 let text: String = map.next_value()?;
                 let number = text
@@ -276,6 +286,20 @@ mod tests {
                 Err(StrictJsonError::Duplicate(found)) => assert_eq!(found, name),
                 other => panic!("{twice}: {other:?}"),
             }
+        }
+        // A member named as serde_json's raw value token, which a tree built by serde_json
+        // reads as the JSON its value holds, is refused, however its name is spelled.
+        for hidden in [
+            r#"{"subject":{"$serde_json::private::RawValue":"{\"reference\":\"Patient/victim\"}"}}"#,
+            r#"[{"a":1,"\u0024serde_json::private::RawValue":"1"}]"#,
+        ] {
+            assert!(
+                matches!(
+                    tree_unique(hidden.as_bytes()),
+                    Err(StrictJsonError::Syntax(_))
+                ),
+                "{hidden}"
+            );
         }
         // A member that merely looks like serde_json's number token is a member like others.
         let spoof = r#"{"a":1,"$serde_json::private::Number":"5"}"#;

@@ -510,6 +510,9 @@ mod tests {
             r#"{"resourceType":"Bundle","entry":null}"#,
             // A resource that is not an object, or gives a key twice.
             r#"{"resourceType":"Bundle","entry":[{"resource":null}]}"#,
+            // A member a tree built by serde_json would read as other JSON.
+            r#"{"resourceType":"Bundle","entry":[{"resource":{"$serde_json::private::RawValue":"{\"resourceType\":\"Observation\",\"subject\":{\"reference\":\"Patient/victim\"}}"}}]}"#,
+            r#"{"resourceType":"Bundle","\u0024serde_json::private::RawValue":"{}"}"#,
             r#"{"resourceType":"Bundle","entry":[{"resource":{"resourceType":"Observation","subject":{"reference":"Patient/a"},"subject":{"reference":"Patient/b"}}}]}"#,
             "not json",
         ] {

@@ -225,14 +225,18 @@ impl Proxy {
                 found = None;
             }
             // A total that counts what a check or a block takes out goes, and with it the
-            // `last` link, whose offset counts the same. (The entries stay as they were: whose
-            // data they hold is still what was found.)
+            // `last` link, whose offset counts the same. What was found in the entries holds
+            // only for the very bytes it was found in.
+            let counted = bytes.clone();
             bytes = counts_hidden(
                 bytes,
                 fhir,
                 *strip_total || obligations.hide_total,
                 consent.is_some() || obligations.hide_total,
             );
+            if !same_bytes(&bytes, &counted) {
+                found = None;
+            }
         }
         let Withheld {
             bytes,
@@ -758,7 +762,7 @@ fn same_bytes(a: &Bytes, b: &Bytes) -> bool {
 
 /// A searchset or history without the numbers that would count what checks or blocks take out:
 /// the `total` when `strip_total`, the `last` link (its offset counts them too) when
-/// `strip_last`. Nothing else changes: the entries stay as they are.
+/// `strip_last`.
 fn counts_hidden(
     mut bytes: Bytes,
     fhir: &FhirRequest,

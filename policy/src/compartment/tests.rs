@@ -136,6 +136,15 @@ fn the_patients_read_from_bytes_are_those_of_the_parsed_answer() {
         ),
         Some(Vec::new())
     );
+    // A member a tree built by serde_json reads as the JSON its value holds: not read from the
+    // bytes, where it stands (a resource, a patient path) or above.
+    for hidden in [
+        r#"{"resourceType":"Bundle","entry":[{"resource":{"$serde_json::private::RawValue":"{\"resourceType\":\"Patient\",\"id\":\"victim\"}"}}]}"#,
+        r#"{"resourceType":"Observation","subject":{"$serde_json::private::RawValue":"{\"reference\":\"Patient/victim\"}"}}"#,
+        r#"{"$serde_json::private::RawValue":"{\"resourceType\":\"Patient\",\"id\":\"victim\"}"}"#,
+    ] {
+        assert_eq!(super::patients_in_body(hidden.as_bytes()), None, "{hidden}");
+    }
     // A member given twice below the top, on a patient path or in `contained`: not read from
     // the bytes, and never a member (a client may keep the other one).
     for twice in [
