@@ -34,29 +34,24 @@ trait EntryFields {
     fn put(&mut self, key: &str, value: Box<RawValue>);
 }
 
-impl EntryFields for OrderedRaw<'_> {
-    fn text(&self, key: &str) -> Option<std::borrow::Cow<'_, str>> {
-        self.get_str(key)
-    }
-    fn raw(&self, key: &str) -> Option<&RawValue> {
-        self.get(key)
-    }
-    fn put(&mut self, key: &str, value: Box<RawValue>) {
-        self.replace(key, value);
-    }
+/// Both readings of an entry have the same field methods of their own.
+macro_rules! entry_fields {
+    ($($reading:ident),*) => {$(
+        impl EntryFields for $reading<'_> {
+            fn text(&self, key: &str) -> Option<std::borrow::Cow<'_, str>> {
+                self.get_str(key)
+            }
+            fn raw(&self, key: &str) -> Option<&RawValue> {
+                self.get(key)
+            }
+            fn put(&mut self, key: &str, value: Box<RawValue>) {
+                self.replace(key, value);
+            }
+        }
+    )*};
 }
 
-impl EntryFields for RawEntry<'_> {
-    fn text(&self, key: &str) -> Option<std::borrow::Cow<'_, str>> {
-        self.get_str(key)
-    }
-    fn raw(&self, key: &str) -> Option<&RawValue> {
-        self.get(key)
-    }
-    fn put(&mut self, key: &str, value: Box<RawValue>) {
-        self.replace(key, value);
-    }
-}
+entry_fields!(OrderedRaw, RawEntry);
 
 /// Whose data an answer's entries hold, when read along the way: `None` not read,
 /// `Some(None)` it takes more than the bytes (read the tree), `Some(Some(ids))` these patients.
