@@ -29,6 +29,13 @@ pub(crate) const TOO_MANY: u8 = 7;
 const DOCUMENT: u8 = 8;
 /// A 200 with an Observation whose subject gives `reference` twice: Bo's, then Anne's.
 const DUPLICATE: u8 = 9;
+/// A 200 searchset (its `fullUrl` the backend's own, so its URLs are rewritten) whose
+/// Observation's subject gives `reference` twice: Bo's, then Anne's.
+const DUPLICATE_IN_SEARCHSET: u8 = 10;
+/// A 200 searchset whose Observation's subject is a member named as serde_json's raw value
+/// token, holding Bo's reference as text: nobody's to a reader of its members, Bo's once a
+/// serde_json tree is built of it.
+const RAW_VALUE_SPOOF: u8 = 11;
 
 /// A backend whose behaviour the test switches; it counts the requests that reach it.
 pub(crate) struct FaultyBackend {
@@ -44,9 +51,10 @@ impl FaultyBackend {
         let mode = Arc::new(AtomicU8::new(mode));
         let requests = Arc::new(AtomicUsize::new(0));
         let (m, r) = (mode.clone(), requests.clone());
+        let base = url.clone();
         tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {
-                let (mode, requests) = (m.clone(), r.clone());
+                let (mode, requests, base) = (m.clone(), r.clone(), base.clone());
                 tokio::spawn(async move {
                     let mut seen = Vec::new();
                     let mut buffer = [0u8; 4096];
@@ -95,6 +103,22 @@ impl FaultyBackend {
                             );
                             let _ = stream.write_all(head.as_bytes()).await;
                             let _ = stream.write_all(body).await;
+                        }
+                        DUPLICATE_IN_SEARCHSET | RAW_VALUE_SPOOF => {
+                            let subject = if mode.load(Ordering::SeqCst) == RAW_VALUE_SPOOF {
+                                r#"{"$serde_json::private::RawValue":"{\"reference\":\"Patient/pat-bo\"}"}"#
+                            } else {
+                                r#"{"reference":"Patient/pat-bo","reference":"Patient/pat-anne"}"#
+                            };
+                            let body = format!(
+                                r#"{{"resourceType":"Bundle","type":"searchset","link":[{{"relation":"self","url":"{base}/Observation?code=x"}}],"entry":[{{"fullUrl":"{base}/Observation/o1","resource":{{"resourceType":"Observation","id":"o1","status":"final","code":{{"text":"x"}},"subject":{subject}}}}}]}}"#
+                            );
+                            let head = format!(
+                                "HTTP/1.1 200 OK\r\ncontent-type: application/fhir+json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                                body.len()
+                            );
+                            let _ = stream.write_all(head.as_bytes()).await;
+                            let _ = stream.write_all(body.as_bytes()).await;
                         }
                         FAIL => {
                             let _ = stream
@@ -458,4 +482,28 @@ async fn an_answer_that_gives_its_patient_twice_is_refused() {
         .unwrap();
     assert_eq!(answer.status, 502, "{}", answer.text());
     assert!(!answer.text().contains("pat-bo"), "{}", answer.text());
+}
+
+/// The same in a searchset whose URLs the gateway rewrites, and a subject hidden in a member
+/// that a serde_json tree reads as Bo's reference: whose data it holds cannot be read one way
+/// for every reader, so it does not leave.
+#[tokio::test]
+async fn a_searchset_that_names_its_patient_two_ways_is_refused() {
+    for mode in [DUPLICATE_IN_SEARCHSET, RAW_VALUE_SPOOF] {
+        let backend = FaultyBackend::start(mode).await;
+        let gateway = gateway_before(&backend, "");
+        let professional = gateway.token(json!({ "scope": "user/*.rs" }));
+        let answer = gateway
+            .client()
+            .get("/fhir/Observation?code=x", Some(&professional))
+            .await
+            .unwrap();
+        assert_eq!(
+            (answer.status.as_u16(), answer.detail_code().as_str()),
+            (502, "backend-answer-unreadable"),
+            "mode {mode}: {}",
+            answer.text()
+        );
+        assert!(!answer.text().contains("pat-bo"), "{}", answer.text());
+    }
 }
