@@ -493,7 +493,9 @@ fn rewrite_bundle(
         Ok(None) => return Ok((bytes, None)),
         Err(_) => {}
     }
-    let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+    // Read as strictly as every check reads: a member given twice (which a tree would quietly
+    // keep one of) is an answer that cannot be read.
+    let Ok(mut value) = crate::strict_json::tree_unique(&bytes) else {
         // A successful answer that cannot be read at all may hold the backend's links: it does
         // not leave with them unsigned. One with no body (an export's 202) holds none.
         if status.is_success() && !bytes.trim_ascii().is_empty() {

@@ -32,6 +32,8 @@ const DUPLICATE: u8 = 9;
 /// A 200 searchset (its `fullUrl` the backend's own, so its URLs are rewritten) whose
 /// Observation's subject gives `reference` twice: Bo's, then Anne's.
 const DUPLICATE_IN_SEARCHSET: u8 = 10;
+/// The same, the Observation giving `subject` itself twice: Bo's, then Anne's.
+const DUPLICATE_SUBJECT: u8 = 12;
 /// A 200 searchset whose Observation's subject is a member named as serde_json's raw value
 /// token, holding Bo's reference as text: nobody's to a reader of its members, Bo's once a
 /// serde_json tree is built of it.
@@ -104,11 +106,17 @@ impl FaultyBackend {
                             let _ = stream.write_all(head.as_bytes()).await;
                             let _ = stream.write_all(body).await;
                         }
-                        DUPLICATE_IN_SEARCHSET | RAW_VALUE_SPOOF => {
-                            let subject = if mode.load(Ordering::SeqCst) == RAW_VALUE_SPOOF {
-                                r#"{"$serde_json::private::RawValue":"{\"reference\":\"Patient/pat-bo\"}"}"#
-                            } else {
-                                r#"{"reference":"Patient/pat-bo","reference":"Patient/pat-anne"}"#
+                        DUPLICATE_IN_SEARCHSET | RAW_VALUE_SPOOF | DUPLICATE_SUBJECT => {
+                            let subject = match mode.load(Ordering::SeqCst) {
+                                RAW_VALUE_SPOOF => {
+                                    r#"{"$serde_json::private::RawValue":"{\"reference\":\"Patient/pat-bo\"}"}"#
+                                }
+                                DUPLICATE_SUBJECT => {
+                                    r#"{"reference":"Patient/pat-bo"},"subject":{"reference":"Patient/pat-anne"}"#
+                                }
+                                _ => {
+                                    r#"{"reference":"Patient/pat-bo","reference":"Patient/pat-anne"}"#
+                                }
                             };
                             let body = format!(
                                 r#"{{"resourceType":"Bundle","type":"searchset","link":[{{"relation":"self","url":"{base}/Observation?code=x"}}],"entry":[{{"fullUrl":"{base}/Observation/o1","resource":{{"resourceType":"Observation","id":"o1","status":"final","code":{{"text":"x"}},"subject":{subject}}}}}]}}"#
@@ -489,7 +497,7 @@ async fn an_answer_that_gives_its_patient_twice_is_refused() {
 /// for every reader, so it does not leave.
 #[tokio::test]
 async fn a_searchset_that_names_its_patient_two_ways_is_refused() {
-    for mode in [DUPLICATE_IN_SEARCHSET, RAW_VALUE_SPOOF] {
+    for mode in [DUPLICATE_IN_SEARCHSET, RAW_VALUE_SPOOF, DUPLICATE_SUBJECT] {
         let backend = FaultyBackend::start(mode).await;
         let gateway = gateway_before(&backend, "");
         let professional = gateway.token(json!({ "scope": "user/*.rs" }));
