@@ -329,13 +329,8 @@ fn decide_request(
                 }
             },
         };
-        let verdict = verdict.and_then(|obligations| match rules {
-            None => Ok(obligations),
-            Some((caller, rules)) => match rules.evaluate(caller, scope.context(), request) {
-                RuleVerdict::Allowed => Ok(obligations),
-                RuleVerdict::Denied => Err(DenyReason::DeniedByRule),
-                RuleVerdict::NotAllowed => Err(DenyReason::NoRuleAllows),
-            },
+        let verdict = verdict.and_then(|obligations| {
+            rules_allow(rules, scope.context(), request).map(|()| obligations)
         });
         match verdict {
             // A POST operation's parameters are in its body, where a narrowing appended to the
@@ -402,20 +397,8 @@ fn decide_block_change(
             reason: DenyReason::InsufficientScope,
         };
     };
-    if let Some((caller, rules)) = rules {
-        match rules.evaluate(caller, ScopeContext::Patient, request) {
-            RuleVerdict::Allowed => {}
-            RuleVerdict::Denied => {
-                return Decision::Deny {
-                    reason: DenyReason::DeniedByRule,
-                };
-            }
-            RuleVerdict::NotAllowed => {
-                return Decision::Deny {
-                    reason: DenyReason::NoRuleAllows,
-                };
-            }
-        }
+    if let Err(reason) = rules_allow(rules, ScopeContext::Patient, request) {
+        return Decision::Deny { reason };
     }
     Decision::allow(
         scope,
@@ -425,6 +408,19 @@ fn decide_block_change(
             ..Obligations::default()
         },
     )
+}
+
+/// The operator's rules on a request a scope of `context` grants (none: allowed).
+fn rules_allow(
+    rules: Option<(&Caller<'_>, &RuleSet)>,
+    context: ScopeContext,
+    request: &FhirRequest,
+) -> Result<(), DenyReason> {
+    match rules.map(|(caller, rules)| rules.evaluate(caller, context, request)) {
+        None | Some(RuleVerdict::Allowed) => Ok(()),
+        Some(RuleVerdict::Denied) => Err(DenyReason::DeniedByRule),
+        Some(RuleVerdict::NotAllowed) => Err(DenyReason::NoRuleAllows),
+    }
 }
 
 enum Requirement {
