@@ -151,7 +151,7 @@ impl Proxy {
         let wanted =
             read_request(body, &asked.patient, now.unix_timestamp()).map_err(CitizenBlockError)?;
         // The event: in the audit repository, of her own log, naming that actor.
-        let repository = self.backend_for(&asked.base, "AuditEvent")?;
+        let repository = self.route(asked, "AuditEvent")?.backend;
         let event = match repository
             .fetch_json(
                 &format!("AuditEvent/{}", wanted.event),
@@ -179,9 +179,9 @@ impl Proxy {
         let _one_at_a_time = self.block_locks.lock(&asked.patient).await;
         // Her blocks made here and in force: the same block again (the same actor, the same
         // period) is the block she has; more than the bound, none.
-        let consents = self.backend_for(&asked.base, "Consent")?;
+        let consents = self.route(asked, "Consent")?;
         let in_force = self
-            .active_blocks(&consents, &asked.patient, now.unix_timestamp())
+            .active_blocks(&consents.backend, &asked.patient, now.unix_timestamp())
             .await?;
         if let Some((existing, _)) = in_force
             .iter()
@@ -211,10 +211,17 @@ impl Proxy {
             return Err("a built block is not read as one".into());
         }
         let (status, written, location) = self
-            .write(&consents, asked, Method::POST, "Consent", None, &consent)
+            .write(
+                &consents.backend,
+                asked,
+                Method::POST,
+                "Consent",
+                None,
+                &consent,
+            )
             .await?;
         self.note(asked, "made", &written, true);
-        let location = location.and_then(|l| self.public_location(&asked.base, "Consent", &l));
+        let location = location.and_then(|l| consents.rewriter.rewrite(&l));
         Ok(fhir_json(status, &written, location))
     }
 
@@ -227,7 +234,7 @@ impl Proxy {
         // Held across the backend's answers on purpose: the next change of her blocks waits
         // for this one (an async lock, and only hers and those striped with her wait).
         let _one_at_a_time = self.block_locks.lock(&asked.patient).await;
-        let consents = self.backend_for(&asked.base, "Consent")?;
+        let consents = self.route(asked, "Consent")?.backend;
         let relative = format!("Consent/{id}");
         let current = match consents
             .fetch_json(&relative, None, 1024 * 1024, &self.metrics)
@@ -331,13 +338,9 @@ impl Proxy {
         Ok(())
     }
 
-    /// The backend the routes send `resource_type` to under `base`.
-    fn backend_for(&self, base: &str, resource_type: &str) -> Result<Arc<Backend>, BoxError> {
-        self.routes
-            .load()
-            .iter()
-            .find(|route| route.takes(base, Some(resource_type)))
-            .map(|route| route.backend.clone())
+    /// The route that takes `resource_type` under her request's base.
+    fn route(&self, asked: &Asked, resource_type: &str) -> Result<super::Upstream, BoxError> {
+        self.upstream_for(&asked.base, Some(resource_type))
             .ok_or_else(|| portvagt_policy::ClassifyError::UnknownPath.into())
     }
 
@@ -444,22 +447,6 @@ impl Proxy {
             .filter(|w| w.get("resourceType").and_then(Value::as_str) == Some("Consent"))
             .ok_or(ProxyError::UnreadableAnswer)?;
         Ok((status, written, location))
-    }
-
-    /// The backend's `Location` as she reaches it (this listener's origin), if it is below
-    /// the backend's base.
-    fn public_location(&self, base: &str, resource_type: &str, location: &str) -> Option<String> {
-        let routes = self.routes.load();
-        let route = routes
-            .iter()
-            .find(|route| route.takes(base, Some(resource_type)))?;
-        match &self.origin {
-            Some(origin) => route
-                .rewriter
-                .with_origin(&origin.0, &origin.1)
-                .rewrite(location),
-            None => route.rewriter.rewrite(location),
-        }
     }
 
     /// What changed, for the audit record; `counted` when this request changed it (not when

@@ -160,6 +160,35 @@ impl Proxy {
     }
 }
 
+impl Proxy {
+    /// The route that takes `resource_type` under `base` (`None`: a request of no one type),
+    /// its answers' URLs as clients of this listener reach them.
+    fn upstream_for(&self, base: &str, resource_type: Option<&str>) -> Option<Upstream> {
+        let routes = self.routes.load();
+        let route = routes
+            .iter()
+            .find(|route| route.takes(base, resource_type))?;
+        Some(Upstream {
+            backend: route.backend.clone(),
+            rewriter: match &self.origin {
+                Some(origin) => Arc::new(route.rewriter.with_origin(&origin.0, &origin.1)),
+                None => route.rewriter.clone(),
+            },
+            patients: self.backend_taking(base, "Patient"),
+        })
+    }
+
+    /// The backend the routes send `resource_type` to under `base`, or the main one (where the
+    /// gateway's own reads of Patients and Consents go when no route names them).
+    fn backend_taking(&self, base: &str, resource_type: &str) -> Arc<Backend> {
+        self.routes
+            .load()
+            .iter()
+            .find(|route| route.takes(base, Some(resource_type)))
+            .map_or_else(|| self.backend.clone(), |route| route.backend.clone())
+    }
+}
+
 /// `https://host:port` of a URL (what precedes its path).
 pub(crate) fn origin_of(url: &str) -> String {
     let after_scheme = url.find("://").map_or(0, |at| at + 3);

@@ -87,24 +87,10 @@ impl Proxy {
             Some(follow) => Some(follow.origin.clone()),
             None => page_origin(&parts.method, &fhir, &path, parts.extensions.get()),
         };
-        let routes = self.routes.load();
         // No route takes this type under this base: not found, never the main backend by
         // another path (which would skip the rules written for the main base's paths).
-        let patients = routes
-            .iter()
-            .find(|route| route.takes(&path.base, Some("Patient")))
-            .map_or_else(|| self.backend.clone(), |route| route.backend.clone());
-        let upstream = routes
-            .iter()
-            .find(|route| route.takes(&path.base, fhir.resource_type().map(|t| t.as_str())))
-            .map(|route| Upstream {
-                backend: route.backend.clone(),
-                rewriter: match &self.origin {
-                    Some(origin) => Arc::new(route.rewriter.with_origin(&origin.0, &origin.1)),
-                    None => route.rewriter.clone(),
-                },
-                patients,
-            })
+        let upstream = self
+            .upstream_for(&path.base, fhir.resource_type().map(|t| t.as_str()))
             .ok_or(portvagt_policy::ClassifyError::UnknownPath)?;
         // A citizen reading their own audit log sees it newest first, in the citizen's view.
         let citizen_view = obligations.citizen_view;
@@ -226,10 +212,7 @@ impl Proxy {
             .and_then(|()| {
                 let principal = principal.as_ref()?;
                 let reason = break_glass_reason.clone();
-                let backend = routes
-                    .iter()
-                    .find(|route| route.takes(&path.base, Some("Consent")))
-                    .map_or_else(|| self.backend.clone(), |route| route.backend.clone());
+                let backend = self.backend_taking(&path.base, "Consent");
                 Some(ConsentContext {
                     store: self.consent.clone(),
                     relationships: bound.cloned(),
