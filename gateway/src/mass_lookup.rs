@@ -103,9 +103,7 @@ impl MassLookupGuard {
     /// person whichever token or issuer) or else by issuer and subject.
     pub fn professional(&self, principal: &Principal) -> Option<String> {
         let roles = principal.roles();
-        let the_patient = principal
-            .policy_subject(portvagt_policy::decision::Channel::Professional)
-            .is_the_patient();
+        let the_patient = principal.own_patient().is_some();
         let bound = !the_patient
             && !roles.is_empty()
             && (self.roles.is_empty() || roles.iter().any(|role| self.roles.contains(role)));

@@ -175,9 +175,7 @@ impl Relationships {
         portvagt_policy::relationship::binds(
             principal.roles(),
             &self.roles,
-            principal
-                .policy_subject(portvagt_policy::decision::Channel::Professional)
-                .is_the_patient(),
+            principal.own_patient().is_some(),
         )
     }
 

@@ -172,6 +172,15 @@ impl Principal {
             digest.finish().as_ref(),
         )
     }
+    /// The patient the token's user is, when it is a citizen's own token (`fhirUser` names the
+    /// Patient of its `patient` context): not a professional launched in her context.
+    pub fn own_patient(&self) -> Option<&str> {
+        self.policy_subject(Channel::Professional)
+            .is_the_patient()
+            .then_some(self.patient.as_deref())
+            .flatten()
+    }
+
     /// What the policy engine needs, for a request that came through `channel`.
     pub fn policy_subject<'a>(&'a self, channel: Channel<'a>) -> Subject<'a> {
         Subject {

@@ -224,11 +224,7 @@ impl Proxy {
                     caller: Arc::new(caller_ids(principal)),
                     purpose: principal.purpose_of_use().map(str::to_owned),
                     reason,
-                    herself: principal
-                        .policy_subject(portvagt_policy::decision::Channel::Professional)
-                        .is_the_patient()
-                        .then(|| principal.patient().map(str::to_owned))
-                        .flatten(),
+                    herself: principal.own_patient().map(str::to_owned),
                 })
             });
         parts.headers.remove(BREAK_GLASS_HEADER);
