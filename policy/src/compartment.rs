@@ -405,22 +405,22 @@ pub fn odd_patient_reference(reference: &str) -> bool {
 pub fn patients_in_body(body: &[u8]) -> Option<Vec<String>> {
     // One pass: a Bundle's entries' resources are read as their fields directly (a second pass
     // over each resource is what made reading searchsets cost).
-    let answer: RawBundle<'_, EntryResource<'_>> = serde_json::from_slice(body).ok()?;
+    // Entries are read as the rewriter reads them ([`RawEntry`]: every member of an entry, a
+    // key given twice or serde_json's raw value token refused), so both readings agree.
+    let answer: RawBundle<'_, RawEntry<'_>> = serde_json::from_slice(body).ok()?;
     let is_bundle = answer.get_str("resourceType").as_deref() == Some("Bundle");
-    let mut patients = Vec::new();
     match (answer.split(), is_bundle) {
-        ((Some(entries), _), true) => {
-            for resource in entries.iter().filter_map(|entry| entry.resource.as_ref()) {
-                collect_patients_raw(resource, &mut patients, 1)?;
-            }
-        }
+        ((Some(entries), _), true) => patients_in_entries(&entries),
         // Another resource with an `entry` (a List): read as a tree.
-        ((Some(_), _), false) => return None,
-        ((None, fields), _) => collect_patients_raw(&fields, &mut patients, 0)?,
+        ((Some(_), _), false) => None,
+        ((None, fields), _) => {
+            let mut patients = Vec::new();
+            collect_patients_raw(&fields, &mut patients, 0)?;
+            patients.sort_unstable();
+            patients.dedup();
+            Some(patients)
+        }
     }
-    patients.sort_unstable();
-    patients.dedup();
-    Some(patients)
 }
 
 /// [`patients_in_body`] of a Bundle's entries already read ([`RawEntry`], as the rewriter of a
@@ -433,12 +433,6 @@ pub fn patients_in_entries(entries: &[RawEntry<'_>]) -> Option<Vec<String>> {
     patients.sort_unstable();
     patients.dedup();
     Some(patients)
-}
-
-#[derive(serde::Deserialize)]
-struct EntryResource<'a> {
-    #[serde(borrow, default)]
-    resource: Option<OrderedRaw<'a>>,
 }
 
 /// How deep Bundles in Bundles are read from the bytes: raw values have no depth limit, and a
@@ -458,8 +452,8 @@ fn collect_patients_raw(
     let resource_type = resource.get_str("resourceType").unwrap_or_default();
     if resource_type == "Bundle" {
         if let Some(entries) = resource.get("entry") {
-            let entries: Vec<EntryResource<'_>> = serde_json::from_str(entries.get()).ok()?;
-            for inner in entries.iter().filter_map(|entry| entry.resource.as_ref()) {
+            let entries: Vec<RawEntry<'_>> = serde_json::from_str(entries.get()).ok()?;
+            for inner in entries.iter().filter_map(RawEntry::resource) {
                 collect_patients_raw(inner, patients, depth + 1)?;
             }
         }

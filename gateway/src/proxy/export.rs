@@ -138,7 +138,8 @@ pub(super) fn ndjson_as_bundle(
 /// The entries of a Bundle made by [`ndjson_as_bundle`] (after checks took some out) as NDJSON
 /// again, one resource per line.
 pub(super) fn bundle_as_ndjson(bytes: &[u8]) -> Result<Bytes, ProxyError> {
-    let bundle: Value = serde_json::from_slice(bytes).map_err(|_| ProxyError::UnreadableExport)?;
+    let bundle: Value =
+        crate::strict_json::tree_unique(bytes).map_err(|_| ProxyError::UnreadableExport)?;
     let mut out = Vec::with_capacity(bytes.len());
     for entry in bundle
         .get("entry")

@@ -718,7 +718,8 @@ fn elements_trimmed(bytes: Bytes, fhir: &FhirRequest, added: &[String]) -> Bytes
     let Some(resource_type) = fhir.resource_type() else {
         return bytes;
     };
-    let Ok(mut answer) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+    // As strictly as it was checked: a tree built by serde_json alone could read other JSON.
+    let Ok(mut answer) = crate::strict_json::tree_unique(&bytes) else {
         return bytes;
     };
     let trim = |resource: &mut serde_json::Value| {

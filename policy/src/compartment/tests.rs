@@ -142,6 +142,7 @@ fn the_patients_read_from_bytes_are_those_of_the_parsed_answer() {
         r#"{"resourceType":"Bundle","entry":[{"resource":{"$serde_json::private::RawValue":"{\"resourceType\":\"Patient\",\"id\":\"victim\"}"}}]}"#,
         r#"{"resourceType":"Observation","subject":{"$serde_json::private::RawValue":"{\"reference\":\"Patient/victim\"}"}}"#,
         r#"{"$serde_json::private::RawValue":"{\"resourceType\":\"Patient\",\"id\":\"victim\"}"}"#,
+        r#"{"resourceType":"Bundle","entry":[{"$serde_json::private::RawValue":"{\"resource\":{\"resourceType\":\"Patient\",\"id\":\"victim\"}}"}]}"#,
     ] {
         assert_eq!(super::patients_in_body(hidden.as_bytes()), None, "{hidden}");
     }
