@@ -351,27 +351,29 @@ fn decide_request(
     Decision::Deny { reason: best }
 }
 
-/// Whether a write's body carries the tag of a citizen's own block anywhere (a Consent
-/// created or replaced with it, a patch adding it): only the gateway writes that tag, for her.
+/// Whether a write of a Consent could give it the tag of a citizen's own block: its body (a
+/// resource, a JSON Patch, a FHIRPath Patch) holds the tag's system anywhere, as any string
+/// (a Coding's `system`, a patch value that will become one, or text a later `copy` could move
+/// there). Only the gateway writes that tag, for her.
 fn writes_citizen_tag(request: &FhirRequest) -> bool {
     let body = match request.body() {
         Some(RequestBody::Resource(resource)) => resource,
         Some(RequestBody::Patch { document, .. }) => document,
         _ => return false,
     };
-    request.interaction().is_write() && holds_block_tag(body)
+    request.interaction().is_write()
+        && request
+            .resource_type()
+            .is_some_and(|t| t.as_str() == "Consent")
+        && holds_block_tag(body)
 }
 
-/// Whether `value` holds, at any depth, a Coding of the citizen-block tag's system (a tag, or
-/// a patch value that would become one).
+/// Whether `value` holds the citizen-block tag's system as a string, at any depth.
 fn holds_block_tag(value: &serde_json::Value) -> bool {
     use serde_json::Value;
     match value {
-        Value::Object(fields) => {
-            fields.get("system").and_then(Value::as_str)
-                == Some(crate::consent::citizen::BLOCK_TAG_SYSTEM)
-                || fields.values().any(holds_block_tag)
-        }
+        Value::String(text) => text == crate::consent::citizen::BLOCK_TAG_SYSTEM,
+        Value::Object(fields) => fields.values().any(holds_block_tag),
         Value::Array(items) => items.iter().any(holds_block_tag),
         _ => false,
     }

@@ -522,15 +522,48 @@ fn nobody_but_the_gateway_writes_a_citizens_block() {
         panic!("a batch is decided entry by entry");
     };
     assert_eq!(obligations.entries[0].deny_reason(), reserved);
-    // A note that merely mentions the tag's system is no tag.
-    let noted = json!({ "resourceType": "Consent", "id": "blk-1", "status": "active",
-                        "note": [{ "text": "urn:portvagt:consent" }],
-                        "patient": { "reference": "Patient/pat-anne" } });
+    // Nor put together piece by piece: a tag without its system, then the system alone; the
+    // system as text a later `copy` could move into a tag; a FHIRPath Patch adding it.
+    for patch in [
+        json!([{ "op": "add", "path": "/meta/tag", "value": [{ "code": "citizen-block" }] },
+               { "op": "add", "path": "/meta/tag/0/system", "value": "urn:portvagt:consent" }]),
+        json!([{ "op": "add", "path": "/note", "value": [{ "text": "urn:portvagt:consent" }] }]),
+    ] {
+        let mut request = classify("PATCH", "Consent/blk-1", None).unwrap();
+        request
+            .attach_body(
+                Some("application/json-patch+json"),
+                patch.to_string().as_bytes(),
+            )
+            .unwrap();
+        assert_eq!(
+            decide_as("user/*.cruds", None, &request).deny_reason(),
+            reserved,
+            "{patch}"
+        );
+    }
+    let fhirpath = json!({ "resourceType": "Parameters", "parameter": [{ "name": "operation", "part": [
+        { "name": "type", "valueCode": "add" }, { "name": "path", "valueString": "Consent.meta.tag[0]" },
+        { "name": "name", "valueString": "system" }, { "name": "value", "valueUri": "urn:portvagt:consent" }] }] });
+    let mut request = classify("PATCH", "Consent/blk-1", None).unwrap();
+    request
+        .attach_body(
+            Some("application/fhir+json"),
+            fhirpath.to_string().as_bytes(),
+        )
+        .unwrap();
+    assert_eq!(
+        decide_as("user/*.cruds", None, &request).deny_reason(),
+        reserved
+    );
+    // Another type's note that mentions the system is no Consent's tag.
+    let noted = json!({ "resourceType": "Observation", "id": "o1", "status": "final",
+                        "code": { "text": "x" }, "note": [{ "text": "urn:portvagt:consent" }] });
     assert!(
         decide_as(
             "user/*.cruds",
             None,
-            &with_body("PUT", "Consent/blk-1", &noted)
+            &with_body("PUT", "Observation/o1", &noted)
         )
         .is_allow()
     );

@@ -298,12 +298,17 @@ impl Proxy {
         &self,
         backend: &Backend,
         fhir: &FhirRequest,
+        decisions: &[portvagt_policy::Decision],
         record: Option<&RequestRecord>,
     ) -> Result<(), BoxError> {
+        // A batch's entries the policy refused are answered so, and nothing of them is read.
         let entries: Vec<&FhirRequest> = match fhir.body() {
-            Some(portvagt_policy::request::RequestBody::Bundle { entries, .. }) => {
-                entries.iter().collect()
-            }
+            Some(portvagt_policy::request::RequestBody::Bundle { entries, .. }) => entries
+                .iter()
+                .enumerate()
+                .filter(|(index, _)| decisions.get(*index).is_some_and(|d| d.is_allow()))
+                .map(|(_, entry)| entry)
+                .collect(),
             _ => vec![fhir],
         };
         for request in entries {
@@ -313,26 +318,36 @@ impl Proxy {
             {
                 continue;
             }
-            let changes_a_block = match (request.interaction(), request.id()) {
+            // Whose block it would change, when it would change one (`Some(None)`: a
+            // conditional write, whose targets cannot be read first): the attempt is in her log.
+            let block_of = match (request.interaction(), request.id()) {
                 (
                     Interaction::ConditionalUpdate
                     | Interaction::ConditionalPatch
                     | Interaction::ConditionalDelete,
                     _,
-                ) => true,
+                ) => Some(None),
                 (Interaction::Update | Interaction::Patch | Interaction::Delete, Some(id)) => {
                     match backend
                         .fetch_json(&format!("Consent/{id}"), None, 1024 * 1024, &self.metrics)
                         .await?
                     {
-                        Fetched::Found(current) => carries_block_tag(&current),
-                        Fetched::Missing => false,
+                        Fetched::Found(current) if carries_block_tag(&current) => Some(
+                            current
+                                .pointer("/patient/reference")
+                                .and_then(Value::as_str)
+                                .and_then(portvagt_policy::compartment::patient_reference_id)
+                                .map(str::to_owned),
+                        ),
+                        Fetched::Found(_) | Fetched::Missing => None,
                     }
                 }
-                _ => false,
+                _ => None,
             };
-            if changes_a_block {
-                return Err(self.deny(DenyReason::CitizenBlockReserved, record, None));
+            if let Some(owner) = block_of {
+                let owners: Vec<String> = owner.into_iter().collect();
+                let named = (!owners.is_empty()).then_some(owners.as_slice());
+                return Err(self.deny(DenyReason::CitizenBlockReserved, record, named));
             }
         }
         Ok(())

@@ -95,13 +95,6 @@ impl Proxy {
         // A citizen reading their own audit log sees it newest first, in the citizen's view.
         let citizen_view = obligations.citizen_view;
         let record_handle = parts.extensions.get::<RequestRecord>().cloned();
-        if self.guards_blocks
-            && (fhir.interaction().is_write()
-                || fhir.interaction() == Interaction::BatchOrTransaction)
-        {
-            self.spares_citizen_blocks(&upstream.backend, &fhir, record_handle.as_ref())
-                .await?;
-        }
         let client_ip = parts.extensions.get::<ClientAddr>().map(|addr| addr.0.ip());
 
         // Request phase: narrowing, the canonical search form, the planned batch.
@@ -164,6 +157,20 @@ impl Proxy {
                 patient,
                 patch,
                 fhir.interaction().is_write().then_some(&mut parts.headers),
+                record_handle.as_ref(),
+            )
+            .await?;
+        }
+        // No write here changes a citizen's block: checked once the target is known to be the
+        // caller's to reach (another patient's is answered as missing, above).
+        if self.guards_blocks
+            && (fhir.interaction().is_write()
+                || fhir.interaction() == Interaction::BatchOrTransaction)
+        {
+            self.spares_citizen_blocks(
+                &upstream.backend,
+                &fhir,
+                &obligations.entries,
                 record_handle.as_ref(),
             )
             .await?;

@@ -438,6 +438,48 @@ async fn every_other_block_is_refused() {
         .await
         .unwrap();
     assert_eq!(outcome(&renamed), (403, "citizen-block-reserved".into()));
+    // The attempt on her block is in her log.
+    let attempted = gateway.audit_events_for(renamed.headers["x-request-id"].to_str().unwrap());
+    assert!(
+        attempted
+            .iter()
+            .any(|event| event.to_string().contains("Patient/pat-anne")),
+        "{attempted:#?}"
+    );
+    // A batch entry the policy refuses is refused as such, its target never read; another
+    // patient's app is answered as for any record not hers.
+    let reader = gateway.token(json!({ "scope": "user/Observation.rs", "role": "7170" }));
+    let batch = api
+        .send(request(
+            Method::POST,
+            "/fhir",
+            Some(&reader),
+            Some(
+                json!({ "resourceType": "Bundle", "type": "batch", "entry": [{
+                "request": { "method": "DELETE", "url": format!("Consent/{id}") }
+            }] }),
+            ),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(batch.status, 200, "{}", batch.text());
+    assert!(
+        !batch.text().contains("citizen-block-reserved"),
+        "{}",
+        batch.text()
+    );
+    let bo_app = gateway.token(json!({ "scope": "patient/Consent.cud", "patient": "pat-bo" }));
+    let bos = api
+        .send(request(Method::DELETE, &path, Some(&bo_app), None))
+        .await
+        .unwrap();
+    assert_ne!(
+        bos.detail_code(),
+        "citizen-block-reserved",
+        "{}",
+        bos.text()
+    );
+    assert!(bos.status == 403 || bos.status == 404, "{}", bos.text());
     for (method, target, body) in [
         (Method::DELETE, path.clone(), None),
         (
