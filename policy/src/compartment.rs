@@ -11,6 +11,7 @@ use serde_json::Value;
 use crate::compartment_table::{CompartmentLink, PATIENT_COMPARTMENT};
 use crate::raw::{OrderedRaw, RawBundle, RawEntry};
 
+mod flat;
 mod identified;
 
 pub use identified::{
@@ -329,21 +330,41 @@ const PATIENT_LINKS_OUTSIDE_COMPARTMENT: &[(&str, &[&str])] = &[
 /// The element paths of `resource_type` that may reference the patient whose data it is: the
 /// compartment's, and for a few types outside it, [`PATIENT_LINKS_OUTSIDE_COMPARTMENT`].
 pub(crate) fn patient_paths(resource_type: &str) -> impl Iterator<Item = &'static str> {
-    let outside = PATIENT_LINKS_OUTSIDE_COMPARTMENT
-        .iter()
-        .find(|(name, _)| *name == resource_type)
-        .map(|(_, paths)| *paths)
-        .unwrap_or_default();
-    links(resource_type)
+    // Asked once per resource of every answer: both tables are joined once, by type.
+    type ByType = std::collections::HashMap<&'static str, Vec<&'static str>>;
+    static PATHS: std::sync::LazyLock<ByType> = std::sync::LazyLock::new(|| {
+        let mut paths = ByType::new();
+        for (name, links) in PATIENT_COMPARTMENT {
+            let list = paths.entry(name).or_default();
+            list.extend(links.iter().flat_map(|link| link.paths.iter().copied()));
+        }
+        for (name, outside) in PATIENT_LINKS_OUTSIDE_COMPARTMENT {
+            paths
+                .entry(name)
+                .or_default()
+                .extend(outside.iter().copied());
+        }
+        paths
+    });
+    PATHS
+        .get(resource_type)
+        .map(Vec::as_slice)
         .unwrap_or_default()
         .iter()
-        .flat_map(|link| link.paths.iter().copied())
-        .chain(outside.iter().copied())
+        .copied()
 }
 
 /// The patient a `Patient/<id>` reference names, added to `patients`.
 fn push_patient(reference: &str, patients: &mut Vec<String>) {
     if let Some(id) = patient_reference_id(reference) {
+        add_patient(id, patients);
+    }
+}
+
+/// `id` added to `patients`, unless it is the last one added (a searchset's entries mostly name
+/// one patient in turn: the list is sorted and deduplicated once at the end).
+fn add_patient(id: &str, patients: &mut Vec<String>) {
+    if patients.last().is_none_or(|last| last != id) {
         patients.push(id.to_owned());
     }
 }
@@ -353,8 +374,17 @@ fn push_patient(reference: &str, patients: &mut Vec<String>) {
 /// Patient (`../Patient/bo`, `Patient/anne/_history/1/../../Patient/bo`: servers read such a
 /// thing by its first pair, or its last, or refuse it) is none: see [`odd_patient_reference`].
 pub fn patient_reference_id(reference: &str) -> Option<&str> {
-    let (reference, version) = match reference.split_once("/_history/") {
-        Some((reference, version)) => (reference, Some(version)),
+    static HISTORY: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new("/_history/"));
+    // (Most references hold no `_` at all: a plain byte search rules the pattern out first.)
+    let history =
+        memchr::memchr(b'_', reference.as_bytes()).and_then(|_| HISTORY.find(reference.as_bytes()));
+    let (reference, version) = match history {
+        // (The match is ASCII, so both sides are on character boundaries.)
+        Some(at) => (
+            &reference[..at],
+            Some(&reference[at + "/_history/".len()..]),
+        ),
         None => (reference, None),
     };
     if version.is_some_and(|version| !crate::resource_type::is_valid_id(version)) {
@@ -393,7 +423,15 @@ pub fn odd_patient_reference(reference: &str) -> bool {
     patient_reference_id(reference).is_none()
         && !reference.starts_with('#')
         && !other_type_reference(reference)
-        && reference.to_ascii_lowercase().contains("patient")
+        && mentions_patient(reference)
+}
+
+/// Whether `reference` holds `patient` in any case.
+fn mentions_patient(reference: &str) -> bool {
+    reference
+        .as_bytes()
+        .windows("patient".len())
+        .any(|window| window.eq_ignore_ascii_case(b"patient"))
 }
 
 /// [`patients_in_answer`] read from the answer's bytes without building its tree: each
@@ -407,7 +445,7 @@ pub fn patients_in_body(body: &[u8]) -> Option<Vec<String>> {
     // over each resource is what made reading searchsets cost).
     // Entries are read as the rewriter reads them ([`RawEntry`]: every member of an entry, a
     // key given twice or serde_json's raw value token refused), so both readings agree.
-    let answer: RawBundle<'_, RawEntry<'_>> = serde_json::from_slice(body).ok()?;
+    let answer: RawBundle<'_, RawEntry<'_>> = crate::raw::from_body(body)?;
     let is_bundle = answer.get_str("resourceType").as_deref() == Some("Bundle");
     match (answer.split(), is_bundle) {
         ((Some(entries), _), true) => patients_in_entries(&entries),
@@ -470,13 +508,15 @@ fn collect_patients_raw(
         let Some(raw) = resource.get(steps.next().unwrap_or_default()) else {
             continue;
         };
-        // Read as strictly as the bytes that leave: a member given twice is refused.
-        let subtree = crate::strict_json::tree_unique_str(raw.get()).ok()?;
         let mut by_identifier = false;
-        walk(&subtree, steps, &mut |reference| {
-            by_identifier |= placed_by_lookup(reference, path);
-            push_patient(reference, patients)
-        });
+        let mut place = |reference: &str| {
+            // (A reference that names a patient by id is placed, not looked up.)
+            match patient_reference_id(reference) {
+                Some(id) => add_patient(id, patients),
+                None => by_identifier |= placed_by_lookup(reference, path),
+            }
+        };
+        walk_raw(raw.get(), steps, &mut place).ok()?;
         if by_identifier {
             // Whose data it is takes a lookup: read as a tree, where the identifiers are.
             return None;
@@ -523,11 +563,11 @@ pub(crate) fn membership_raw(resource: &OrderedRaw<'_>, patient: &str) -> Member
                     continue;
                 };
                 // A member given twice: a client may read the other one than was checked.
-                match crate::strict_json::tree_unique_str(raw.get()) {
-                    Ok(subtree) => walk(&subtree, steps, &mut |reference| {
-                        tally.add(reference, patient, is_primary(path))
-                    }),
-                    Err(_) => return Membership::Outside,
+                let walked = walk_raw(raw.get(), steps, &mut |reference| {
+                    tally.add(reference, patient, is_primary(path))
+                });
+                if walked.is_err() {
+                    return Membership::Outside;
                 }
             }
         }
@@ -666,6 +706,25 @@ fn is_primary(path: &str) -> bool {
         path,
         "patient" | "subject" | "beneficiary" | "individual" | "candidate"
     )
+}
+
+/// [`walk`] of a subtree given as its text (a raw value already read as JSON). The common
+/// shape, a Reference or a list of them of plain strings where the path ends at it, is read
+/// without a tree ([`flat::flat_references`]); anything else is read as a tree, as strictly as
+/// the bytes that leave: a member given twice is an error.
+fn walk_raw(
+    text: &str,
+    steps: std::str::Split<'_, char>,
+    visit: &mut dyn FnMut(&str),
+) -> Result<(), crate::strict_json::StrictJsonError> {
+    if steps.clone().next().is_none()
+        && let Some(references) = flat::flat_references(text)
+    {
+        references.into_iter().for_each(visit);
+        return Ok(());
+    }
+    walk(&crate::strict_json::tree_unique_str(text)?, steps, visit);
+    Ok(())
 }
 
 /// Follows `steps` from `value` (through arrays at any step) to References, and hands each

@@ -80,7 +80,7 @@ pub fn filter_response(body: &[u8], patient: &str, mode: FilterMode) -> Filtered
 
 /// Checks a FHIR JSON response body: every resource must pass `check`.
 pub fn check_response(body: &[u8], check: &ResponseCheck<'_>, mode: FilterMode) -> Filtered {
-    let Ok(top) = serde_json::from_slice::<OrderedRaw<'_>>(body) else {
+    let Some(top) = crate::raw::from_body::<OrderedRaw<'_>>(body) else {
         return Filtered::Forbidden;
     };
     let resource_type = top.get_str("resourceType");
@@ -351,17 +351,14 @@ fn filter_bundle(mut top: OrderedRaw<'_>, check: &ResponseCheck<'_>, mode: Filte
     if let Some(total) = total {
         top.replace("total", total);
     }
-    match serde_json::to_vec(&top) {
-        Ok(bytes) => Filtered::Rewritten(bytes),
-        Err(_) => Filtered::Forbidden,
-    }
+    Filtered::Rewritten(top.to_json())
 }
 
 /// A Bundle answer without its `total` (R4 `Bundle.total`, and the totals of the searchsets in
 /// a batch answer); every other byte as it was. `None` when there is none to remove or the
 /// answer is not a Bundle.
 pub fn without_total(body: &[u8]) -> Option<Vec<u8>> {
-    let Ok(top) = serde_json::from_slice::<OrderedRaw<'_>>(body) else {
+    let Some(top) = crate::raw::from_body::<OrderedRaw<'_>>(body) else {
         // Not readable field by field (a key given twice, say): the tree decides.
         return without_total_in_tree(body);
     };

@@ -6,8 +6,8 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use serde::Deserialize;
 use serde::de::{Deserializer, MapAccess, Visitor};
-use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
 
 /// A member named as serde_json's raw value token is refused: a tree built of the same bytes
@@ -17,6 +17,42 @@ fn refuse_token<E: serde::de::Error>(key: &str) -> Result<(), E> {
         return Err(E::custom("a member named as serde_json's raw value"));
     }
     Ok(())
+}
+
+/// `T` read from a body: its UTF-8 checked once as a whole, then read as text, so that it is
+/// not checked again in every string and raw value (as reading from bytes does). Invalid UTF-8
+/// anywhere is refused, as it was when each raw value checked its own.
+pub fn from_body<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Option<T> {
+    serde_json::from_str(std::str::from_utf8(body).ok()?).ok()
+}
+
+/// A member name, borrowed from the text when it holds no escape (serde's own `Cow<str>` is
+/// always copied: one allocation per member read).
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a member name")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(
+                self,
+                key: &'de str,
+            ) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Borrowed(key)))
+            }
+            fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(key.to_owned())))
+            }
+            fn visit_string<E: serde::de::Error>(self, key: String) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(key)))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
+    }
 }
 
 /// A JSON object as ordered (key, raw value) pairs: read without building a tree, written back
@@ -79,8 +115,9 @@ impl<'de: 'a, 'a> Deserialize<'de> for OrderedRaw<'a> {
                 f.write_str("a JSON object")
             }
             fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
-                let mut fields = Vec::new();
-                while let Some((key, value)) = map.next_entry::<Cow<'de, str>, &'de RawValue>()? {
+                // (Room for a resource's usual members: growing the list was an allocation in three.)
+                let mut fields = Vec::with_capacity(16);
+                while let Some((Key(key), value)) = map.next_entry::<Key<'de>, &'de RawValue>()? {
                     // Duplicate keys: this reader would see the first, a JavaScript client the
                     // last. Refuse rather than check one and show the other.
                     if fields.iter().any(|(k, _)| *k == key) {
@@ -151,7 +188,7 @@ impl<'de: 'a, 'a, E: Deserialize<'de>> Deserialize<'de> for RawBundle<'a, E> {
             }
             fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
                 let mut fields: Vec<(Cow<'a, str>, BundleField<'a, E>)> = Vec::new();
-                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
                     if fields.iter().any(|(k, _)| *k == key) {
                         return Err(serde::de::Error::custom("duplicate key"));
                     }
@@ -229,7 +266,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawEntry<'a> {
             }
             fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
                 let mut fields: Vec<(Cow<'a, str>, EntrySlot<'a>)> = Vec::new();
-                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
                     if fields.iter().any(|(k, _)| *k == key) {
                         return Err(serde::de::Error::custom("duplicate key"));
                     }
@@ -248,27 +285,61 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawEntry<'a> {
     }
 }
 
-impl Serialize for RawEntry<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap as _;
-        let mut map = serializer.serialize_map(Some(self.fields.len()))?;
-        for (key, slot) in &self.fields {
-            match slot {
-                EntrySlot::Raw(raw) => map.serialize_entry(key, raw.raw())?,
-                EntrySlot::Resource(resource) => map.serialize_entry(key, resource)?,
-            }
-        }
-        map.end()
+impl RawEntry<'_> {
+    /// The entry as JSON, appended to `out`: untouched values byte for byte.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        write_object(out, self.fields.iter(), |out, slot| match slot {
+            EntrySlot::Raw(raw) => out.extend_from_slice(raw.raw().get().as_bytes()),
+            EntrySlot::Resource(resource) => resource.write_json(out),
+        });
     }
 }
 
-impl Serialize for OrderedRaw<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap as _;
-        let mut map = serializer.serialize_map(Some(self.fields.len()))?;
-        for (key, value) in &self.fields {
-            map.serialize_entry(key, value.raw())?;
+impl OrderedRaw<'_> {
+    /// The object as JSON, appended to `out`: untouched values byte for byte.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        write_object(out, self.fields.iter(), |out, slot| {
+            out.extend_from_slice(slot.raw().get().as_bytes());
+        });
+    }
+
+    /// The object as JSON.
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.write_json(&mut out);
+        out
+    }
+}
+
+/// `{"key":value,…}` appended to `out`, each value written by `value`.
+fn write_object<'f, K, V: 'f>(
+    out: &mut Vec<u8>,
+    fields: impl Iterator<Item = &'f (K, V)>,
+    mut value: impl FnMut(&mut Vec<u8>, &V),
+) where
+    K: AsRef<str> + 'f,
+{
+    out.push(b'{');
+    for (index, (key, slot)) in fields.enumerate() {
+        if index > 0 {
+            out.push(b',');
         }
-        map.end()
+        write_key(out, key.as_ref());
+        out.push(b':');
+        value(out, slot);
+    }
+    out.push(b'}');
+}
+
+/// A member name as a JSON string: as it is when nothing in it needs an escape (the names a
+/// FHIR server writes), else escaped as serde_json escapes it.
+pub fn write_key(out: &mut Vec<u8>, key: &str) {
+    if key.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(key.as_bytes());
+        out.push(b'"');
+    } else {
+        // (Writing a string to a Vec cannot fail.)
+        let _ = serde_json::to_writer(&mut *out, key);
     }
 }

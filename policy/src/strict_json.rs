@@ -55,7 +55,10 @@ pub fn tree_unique(bytes: &[u8]) -> Result<Value, StrictJsonError> {
 
 /// [`tree_unique`] of a JSON text.
 pub fn tree_unique_str(text: &str) -> Result<Value, StrictJsonError> {
-    tree_unique(text.as_bytes())
+    // Read as text: its UTF-8 is already known good, and is not checked again string by string.
+    serde_json::from_str::<UniqueTree>(text)
+        .map(|tree| tree.0)
+        .map_err(|error| strict_error(&error))
 }
 
 const MARK: &str = "duplicate member: ";

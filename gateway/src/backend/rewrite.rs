@@ -2,7 +2,7 @@
 //! backend's address: `Location`, `Content-Location`, and in Bundles `link[].url`,
 //! `entry[].fullUrl` and `entry[].response.location` (FHIR R4 §2.36 Bundle).
 
-use portvagt_policy::raw::{BundleField, OrderedRaw, RawBundle, RawEntry};
+use portvagt_policy::raw::{BundleField, OrderedRaw, RawBundle, RawEntry, from_body, write_key};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use serde_json::value::to_raw_value;
@@ -32,6 +32,7 @@ trait EntryFields {
     fn text(&self, key: &str) -> Option<std::borrow::Cow<'_, str>>;
     fn raw(&self, key: &str) -> Option<&RawValue>;
     fn put(&mut self, key: &str, value: Box<RawValue>);
+    fn write(&self, out: &mut Vec<u8>);
 }
 
 /// Both readings of an entry have the same field methods of their own.
@@ -46,6 +47,9 @@ macro_rules! entry_fields {
             }
             fn put(&mut self, key: &str, value: Box<RawValue>) {
                 self.replace(key, value);
+            }
+            fn write(&self, out: &mut Vec<u8>) {
+                self.write_json(out);
             }
         }
     )*};
@@ -168,9 +172,9 @@ impl UrlRewriter {
         found: impl Fn(&[E]) -> FoundPatients,
     ) -> Result<Option<Rewritten>, Unread>
     where
-        E: EntryFields + serde::Deserialize<'a> + serde::Serialize,
+        E: EntryFields + serde::Deserialize<'a>,
     {
-        let mut bundle: RawBundle<'a, E> = serde_json::from_slice(body).map_err(|_| Unread)?;
+        let mut bundle: RawBundle<'a, E> = from_body(body).ok_or(Unread)?;
         if bundle.get_str("resourceType").as_deref() != Some("Bundle") {
             return Ok(None);
         }
@@ -182,7 +186,7 @@ impl UrlRewriter {
             if index > 0 {
                 out.push(b',');
             }
-            serde_json::to_writer(&mut out, key).map_err(|_| Unread)?;
+            write_key(&mut out, key);
             out.push(b':');
             match field {
                 BundleField::Raw(raw) if key == "link" => {
@@ -194,10 +198,15 @@ impl UrlRewriter {
                 }
                 BundleField::Raw(raw) => out.extend_from_slice(raw.get().as_bytes()),
                 BundleField::Entries(entries) => {
-                    for entry in entries.iter_mut() {
+                    out.push(b'[');
+                    for (index, entry) in entries.iter_mut().enumerate() {
                         self.rewrite_entry(entry)?;
+                        if index > 0 {
+                            out.push(b',');
+                        }
+                        entry.write(&mut out);
                     }
-                    serde_json::to_writer(&mut out, entries).map_err(|_| Unread)?;
+                    out.push(b']');
                     patients = found(entries);
                 }
             }

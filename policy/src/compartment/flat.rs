@@ -1,0 +1,238 @@
+//! The common shape of a Reference read without building a tree: `{"reference":"Patient/1"}`,
+//! perhaps with other members whose values are plain strings (`display`, `type`), or a list of
+//! such objects. Reading whose data a searchset holds meets this shape on nearly every entry,
+//! and parsing it into a tree was the largest part of that reading.
+//!
+//! The text given was already read as JSON (it is a raw value serde_json has checked), so this
+//! reader only has to recognise the shape, never to judge whether JSON is well formed. Anything
+//! else (an escape in a key or a value, a member that is not a string, a key given twice, a
+//! Reference without a `reference`, a blank one) is `None`, and the caller reads the tree as
+//! before: the fast path answers only where the answer cannot differ.
+
+/// The `reference` of each object, in order, when `text` is one such object or a list of them
+/// (an empty list: none).
+pub(super) fn flat_references(text: &str) -> Option<Vec<&str>> {
+    let mut cursor = Cursor {
+        text,
+        at: skip_space(text.as_bytes(), 0),
+    };
+    let mut references = Vec::new();
+    match cursor.peek()? {
+        b'{' => references.push(cursor.object()?),
+        b'[' => {
+            cursor.at += 1;
+            cursor.space();
+            if cursor.peek()? == b']' {
+                cursor.at += 1;
+            } else {
+                loop {
+                    references.push(cursor.object()?);
+                    match cursor.next()? {
+                        b',' => cursor.space(),
+                        b']' => break,
+                        _ => return None,
+                    }
+                }
+            }
+        }
+        _ => return None,
+    }
+    cursor.space();
+    (cursor.at == text.len()).then_some(references)
+}
+
+/// At most this many members in an object read here (a Reference has four).
+const MAX_MEMBERS: usize = 8;
+
+struct Cursor<'a> {
+    text: &'a str,
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.text.as_bytes().get(self.at).copied()
+    }
+
+    /// The next byte that is not white space, taken.
+    fn next(&mut self) -> Option<u8> {
+        self.space();
+        let byte = self.peek()?;
+        self.at += 1;
+        Some(byte)
+    }
+
+    fn space(&mut self) {
+        self.at = skip_space(self.text.as_bytes(), self.at);
+    }
+
+    /// A string without escapes, its quotes taken.
+    fn string(&mut self) -> Option<&'a str> {
+        if self.next()? != b'"' {
+            return None;
+        }
+        let rest = &self.text.as_bytes()[self.at..];
+        // The text is JSON: without a backslash in it, a string ends at the next quote.
+        let end = memchr::memchr2(b'"', b'\\', rest)?;
+        if rest[end] != b'"' {
+            return None;
+        }
+        let start = self.at;
+        self.at += end + 1;
+        // (A quote is ASCII: both ends are on character boundaries.)
+        Some(&self.text[start..start + end])
+    }
+
+    /// An object whose members are all strings without escapes, keys plain and given once, with
+    /// a `reference` that is not blank: that reference.
+    fn object(&mut self) -> Option<&'a str> {
+        if self.next()? != b'{' {
+            return None;
+        }
+        let mut keys: [&str; MAX_MEMBERS] = [""; MAX_MEMBERS];
+        let mut count = 0;
+        let mut reference = None;
+        loop {
+            let key = self.string()?;
+            // Only names as FHIR writes them: no look-alike of serde_json's raw value token.
+            let plain = !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric());
+            if !plain || count == MAX_MEMBERS || keys[..count].contains(&key) {
+                return None;
+            }
+            keys[count] = key;
+            count += 1;
+            if self.next()? != b':' {
+                return None;
+            }
+            let value = self.string()?;
+            if key == "reference" {
+                reference = Some(value);
+            }
+            match self.next()? {
+                b',' => {}
+                b'}' => break,
+                _ => return None,
+            }
+        }
+        // A blank reference is read by the tree's rules (what else the Reference says).
+        reference.filter(|reference| !reference.trim().is_empty())
+    }
+}
+
+fn skip_space(bytes: &[u8], mut at: usize) -> usize {
+    while bytes
+        .get(at)
+        .is_some_and(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+    {
+        at += 1;
+    }
+    at
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::flat_references;
+
+    /// A member as its JSON text: names and values a Reference may hold, spelled with and
+    /// without escapes, values of other kinds, blank references.
+    fn member() -> impl Strategy<Value = String> {
+        let name = prop::sample::select(vec![
+            "reference",
+            "display",
+            "type",
+            "identifier",
+            "refer\\u0065nce",
+            "$serde_json::private::RawValue",
+            "",
+        ]);
+        let value = prop::sample::select(vec![
+            "\"Patient/anne\"",
+            "\"Patient\\/bo\"",
+            "\"Practitioner/1\"",
+            "\"https://x.dk/fhir/Patient/cy/_history/2\"",
+            "\"Patient/\\\"q\"",
+            "\" \"",
+            "\"\"",
+            "\"\u{a0}\"",
+            "7",
+            "null",
+            "{\"value\":\"1\"}",
+            "[]",
+        ]);
+        (name, value, prop::sample::select(vec!["", " ", "\n"]))
+            .prop_map(|(name, value, space)| format!("{space}\"{name}\"{space}:{space}{value}"))
+    }
+
+    fn object() -> impl Strategy<Value = String> {
+        prop::collection::vec(member(), 0..5)
+            .prop_map(|members| format!("{{{}}}", members.join(",")))
+    }
+
+    proptest! {
+        /// Wherever the fast path answers, it answers as the tree does: the same references, in
+        /// the same order, and only for text the strict reader takes (no key given twice).
+        #[test]
+        fn the_fast_path_agrees_with_the_tree(
+            objects in prop::collection::vec(object(), 1..4),
+            list in any::<bool>(),
+        ) {
+            let text = if list { format!("[{}]", objects.join(",")) } else { objects[0].clone() };
+            if let Some(fast) = flat_references(&text) {
+                let tree = crate::strict_json::tree_unique_str(&text);
+                prop_assert!(tree.is_ok(), "{text}");
+                // The path ends at the Reference: no steps are left after its first.
+                let mut steps = "subject".split('.');
+                steps.next();
+                let mut slow = Vec::new();
+                super::super::walk(&tree.unwrap(), steps, &mut |r| slow.push(r.to_owned()));
+                prop_assert_eq!(fast, slow, "{}", text);
+            }
+        }
+    }
+
+    #[test]
+    fn the_common_shapes_are_read() {
+        let one = r#"{"reference":"Patient/anne"}"#;
+        assert_eq!(flat_references(one), Some(vec!["Patient/anne"]));
+        let spaced = " { \"reference\" : \"Patient/anne\" ,\n\"display\":\"Anne\" } ";
+        assert_eq!(flat_references(spaced), Some(vec!["Patient/anne"]));
+        let list = r#"[{"display":"Dr","reference":"Practitioner/1"},{"reference":"Patient/bo"}]"#;
+        assert_eq!(
+            flat_references(list),
+            Some(vec!["Practitioner/1", "Patient/bo"])
+        );
+        assert_eq!(flat_references("[ ]"), Some(vec![]));
+    }
+
+    #[test]
+    fn anything_else_is_left_to_the_tree() {
+        for text in [
+            // Escapes, in the value or in a key.
+            r#"{"reference":"Patient\/anne"}"#,
+            r#"{"reference":"Patient/a\"nne"}"#,
+            r#"{"refer\u0065nce":"Patient/anne"}"#,
+            // A key given twice; serde_json's raw value token; an empty key.
+            r#"{"reference":"Patient/anne","reference":"Patient/bo"}"#,
+            r#"{"$serde_json::private::RawValue":"{}","reference":"Patient/anne"}"#,
+            r#"{"":"x","reference":"Patient/anne"}"#,
+            // No reference, a blank one, one that is not a string, other members not strings.
+            r#"{"display":"Anne"}"#,
+            r#"{"reference":"  "}"#,
+            r#"{}"#,
+            r#"{"reference":7}"#,
+            r#"{"reference":"Patient/anne","identifier":{"value":"1"}}"#,
+            r#"{"reference":"Patient/anne","extension":[]}"#,
+            // Lists holding anything but such objects; other values; something after.
+            r#"[{"reference":"Patient/anne"},"Patient/bo"]"#,
+            r#"[{"reference":"Patient/anne"},[]]"#,
+            r#""Patient/anne""#,
+            r#"null"#,
+            r#"{"reference":"Patient/anne"} {}"#,
+            r#"{"a":"1","b":"2","c":"3","d":"4","e":"5","f":"6","g":"7","h":"8","reference":"Patient/anne"}"#,
+        ] {
+            assert_eq!(flat_references(text), None, "{text}");
+        }
+    }
+}
