@@ -510,11 +510,10 @@ fn collect_patients_raw(
         };
         let mut by_identifier = false;
         let mut place = |reference: &str| {
-            // (A reference that names a patient by id is placed, not looked up.)
-            match patient_reference_id(reference) {
-                Some(id) => add_patient(id, patients),
-                None => by_identifier |= placed_by_lookup(reference, path),
-            }
+            // Both asked of every reference: `#://x/Patient/anne` names a patient by its
+            // spelling and a contained resource, which is looked up, all the same.
+            by_identifier |= placed_by_lookup(reference, path);
+            push_patient(reference, patients);
         };
         walk_raw(raw.get(), steps, &mut place).ok()?;
         if by_identifier {
