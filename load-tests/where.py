@@ -18,13 +18,15 @@ from pathlib import Path
 # (part, symbols whose time is the part's; where several are listed, they do not call each other
 # and their times add up).
 PARTS = [
-    ("the searchset's URLs rewritten", ["portvagt::proxy::rewrite_bundle"]),
-    ("the audit record's patients read from the answer", ["portvagt_policy::compartment::patients_in_body"]),
+    ("the searchset's URLs rewritten (its patients read in the same scan)", ["portvagt::proxy::rewrite_bundle"]),
+    ("the audit record's patients read from the answer (not a searchset)",
+     ["portvagt_policy::compartment::patients_in_body"]),
     ("the audit events made and serialized", ["portvagt::audit::event::audit_events"]),
     ("the shipper reading the spool's files back", ["portvagt::audit::reading::read_batch"]),
     ("the shipper taking what the writer handed over", ["portvagt::audit::reading::take_handed"]),
     ("the shipper sending", ["portvagt::audit::shipper::Shipper::send::{{closure}}"]),
-    ("the spool's writer thread", ["portvagt::audit::spool::writer::Writer::run"]),
+    # (A thread, by its name: its loop is inlined into the thread's start.)
+    ("the spool's writer thread", ["thread:audit-spool"]),
     ("  of it `fdatasync`", ["__x64_sys_fdatasync"]),
     ("the consent decision", ["portvagt::proxy::consent::<impl portvagt::proxy::Proxy>::consent_verdict::{{closure}}",
                               "portvagt::proxy::consent::<impl portvagt::proxy::Proxy>::answer_blocks::{{closure}}"]),
@@ -45,6 +47,13 @@ def split(data):
         symbol = re.sub(r"^\[.\]\s*", "", fields[2].strip()).strip()
         share = float(fields[0].strip().rstrip("%")) / 100
         shares[symbol] = max(shares.get(symbol, 0.0), share)
+    # Threads by name, for the parts that are a whole thread.
+    report = subprocess.run(["perf", "report", "-i", str(data), "--no-children", "--sort", "comm", "-g", "none",
+                             "--stdio", "-t", "|"], check=True, capture_output=True, text=True).stdout
+    for line in report.splitlines():
+        fields = line.split("|")
+        if len(fields) >= 2 and not line.startswith("#") and fields[0].strip().endswith("%"):
+            shares["thread:" + fields[1].strip()] = float(fields[0].strip().rstrip("%")) / 100
     return shares, total
 
 
