@@ -362,7 +362,7 @@ fn push_patient(reference: &str, patients: &mut Vec<String>) {
 }
 
 /// `id` added to `patients`, unless it is the last one added (a searchset's entries mostly name
-/// one patient in turn: the list is sorted and deduplicated once at the end).
+/// one patient in turn; the readers that need a set sort and deduplicate once at the end).
 fn add_patient(id: &str, patients: &mut Vec<String>) {
     if patients.last().is_none_or(|last| last != id) {
         patients.push(id.to_owned());

@@ -48,17 +48,22 @@ pub fn from_slice_unique<T: serde::de::DeserializeOwned>(
 /// gateway checks and then passes on byte for byte (an answer's patient references), where a
 /// client that keeps the other member would read something else than what was checked.
 pub fn tree_unique(bytes: &[u8]) -> Result<Value, StrictJsonError> {
-    serde_json::from_slice::<UniqueTree>(bytes)
-        .map(|tree| tree.0)
-        .map_err(|error| strict_error(&error))
+    tree_unique_read(serde_json::Deserializer::from_slice(bytes))
+}
+
+/// The one reading of [`tree_unique`] and [`tree_unique_str`] (text: its UTF-8 is known good
+/// and is not checked again string by string), whole and with nothing after it.
+fn tree_unique_read<'de, R: serde_json::de::Read<'de>>(
+    mut reader: serde_json::Deserializer<R>,
+) -> Result<Value, StrictJsonError> {
+    let tree = UniqueTree::deserialize(&mut reader).map_err(|error| strict_error(&error))?;
+    reader.end().map_err(|error| strict_error(&error))?;
+    Ok(tree.0)
 }
 
 /// [`tree_unique`] of a JSON text.
 pub fn tree_unique_str(text: &str) -> Result<Value, StrictJsonError> {
-    // Read as text: its UTF-8 is already known good, and is not checked again string by string.
-    serde_json::from_str::<UniqueTree>(text)
-        .map(|tree| tree.0)
-        .map_err(|error| strict_error(&error))
+    tree_unique_read(serde_json::Deserializer::from_str(text))
 }
 
 const MARK: &str = "duplicate member: ";

@@ -2,11 +2,22 @@
 //! lookalike and identifier-only references that place nobody, and the patients an answer is
 //! about. Test code only: the compartment module may not depend on anything here.
 
-use serde_json::json;
+use serde_json::{Value, json};
+
+/// [`super::membership`], and the same answer from the resource read as raw fields (as the
+/// response filter reads it, the common Reference shape without a tree): every membership
+/// asked below is asked of both readings.
+fn membership(resource: &Value, patient: &str) -> super::Membership {
+    let tree = super::membership(resource, patient);
+    let text = resource.to_string();
+    let raw: crate::raw::OrderedRaw<'_> = serde_json::from_str(&text).unwrap();
+    assert_eq!(super::membership_raw(&raw, patient), tree, "{resource}");
+    tree
+}
 
 #[test]
 fn a_reference_by_identifier_only_is_nobody_we_can_place() {
-    use super::{Membership, membership, patient_reference_id};
+    use super::{Membership, patient_reference_id};
     // Bo's, by CPR, with Anne as performer: not Anne's.
     let by_identifier = json!({ "resourceType": "Observation",
         "subject": { "identifier": { "system": "urn:oid:1.2.208.176.1.2", "value": "0501792275" } },
@@ -103,6 +114,10 @@ fn the_patients_read_from_bytes_are_those_of_the_parsed_answer() {
         json!({ "resourceType": "Encounter", "subject": { "reference": "Patient/pat-d" },
                 "participant": [{ "individual": { "reference": "Patient/pat-e" } }] }),
         json!({ "resourceType": "Device", "patient": [] }),
+        // A path of two steps (`participant.actor`) whose first step looks like a Reference:
+        // only what the whole path reaches counts.
+        json!({ "resourceType": "Appointment",
+                "participant": [{ "reference": "Patient/pat-bo" }, { "actor": { "reference": "Patient/pat-anne" } }] }),
         // A local reference spelled as an absolute Patient reference: it names a contained
         // resource, whose identifier only a lookup places (with one and without).
         json!({ "resourceType": "Bundle", "type": "searchset", "entry": [{ "resource": {
@@ -482,4 +497,18 @@ fn an_audit_event_is_the_patient_entitys() {
         json!([{ "what": { "reference": "Patient/pat-anne" } }]),
     );
     assert_eq!(membership(&elsewhere, "pat-anne"), Membership::Outside);
+}
+
+#[test]
+fn a_path_of_two_steps_is_followed_to_its_end_in_both_readings() {
+    // `participant.actor`: a Reference-shaped `participant` names nobody by itself.
+    let appointment = json!({ "resourceType": "Appointment",
+                              "participant": [{ "reference": "Patient/pat-bo" }] });
+    assert_eq!(
+        membership(&appointment, "pat-bo"),
+        super::Membership::Outside
+    );
+    let theirs = json!({ "resourceType": "Appointment",
+                         "participant": [{ "actor": { "reference": "Patient/pat-bo" } }] });
+    assert_eq!(membership(&theirs, "pat-bo"), super::Membership::Member);
 }
