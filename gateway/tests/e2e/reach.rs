@@ -69,7 +69,7 @@ fn denial(answer: &Answer) -> (u16, String) {
 }
 
 /// The patients the AuditEvents of one request name.
-fn audited_patients(gateway: &Gateway, answer: &Answer) -> Vec<String> {
+pub(crate) fn audited_patients(gateway: &Gateway, answer: &Answer) -> Vec<String> {
     let request_id = answer.headers["x-request-id"].to_str().unwrap();
     let mut patients: Vec<String> = gateway
         .audit_events_for(request_id)

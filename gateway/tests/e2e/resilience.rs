@@ -38,6 +38,8 @@ const DUPLICATE_SUBJECT: u8 = 12;
 /// token, holding Bo's reference as text: nobody's to a reader of its members, Bo's once a
 /// serde_json tree is built of it.
 const RAW_VALUE_SPOOF: u8 = 11;
+/// A 200 searchset (its URLs the backend's own) of two Observations: Anne's, then Bo's.
+const MIXED_SEARCHSET: u8 = 13;
 
 /// A backend whose behaviour the test switches; it counts the requests that reach it.
 pub(crate) struct FaultyBackend {
@@ -120,6 +122,24 @@ impl FaultyBackend {
                             };
                             let body = format!(
                                 r#"{{"resourceType":"Bundle","type":"searchset","link":[{{"relation":"self","url":"{base}/Observation?code=x"}}],"entry":[{{"fullUrl":"{base}/Observation/o1","resource":{{"resourceType":"Observation","id":"o1","status":"final","code":{{"text":"x"}},"subject":{subject}}}}}]}}"#
+                            );
+                            let head = format!(
+                                "HTTP/1.1 200 OK\r\ncontent-type: application/fhir+json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                                body.len()
+                            );
+                            let _ = stream.write_all(head.as_bytes()).await;
+                            let _ = stream.write_all(body.as_bytes()).await;
+                        }
+                        MIXED_SEARCHSET => {
+                            let entry = |id: &str, patient: &str| {
+                                format!(
+                                    r#"{{"fullUrl":"{base}/Observation/{id}","resource":{{"resourceType":"Observation","id":"{id}","status":"final","code":{{"text":"x"}},"subject":{{"reference":"Patient/{patient}"}}}}}}"#
+                                )
+                            };
+                            let body = format!(
+                                r#"{{"resourceType":"Bundle","type":"searchset","link":[{{"relation":"self","url":"{base}/Observation?code=x"}}],"entry":[{},{}]}}"#,
+                                entry("o1", "pat-anne"),
+                                entry("o2", "pat-bo")
                             );
                             let head = format!(
                                 "HTTP/1.1 200 OK\r\ncontent-type: application/fhir+json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
@@ -514,4 +534,26 @@ async fn a_searchset_that_names_its_patient_two_ways_is_refused() {
         );
         assert!(!answer.text().contains("pat-bo"), "{}", answer.text());
     }
+}
+
+#[tokio::test]
+async fn the_audit_record_names_the_patients_of_the_answer_that_leaves_not_of_the_one_that_came() {
+    // The patients are read while the URLs are rewritten; the compartment filter then takes
+    // Bo's entry out. The record is of what Anne was shown: her own, not Bo's.
+    let backend = FaultyBackend::start(MIXED_SEARCHSET).await;
+    let gateway = gateway_before(&backend, "");
+    let anne = gateway
+        .token(json!({ "sub": "anne.hansen", "patient": "pat-anne", "scope": "patient/*.rs" }));
+    let answer = gateway
+        .client()
+        .get("/fhir/Observation?code=x", Some(&anne))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert!(!answer.text().contains("pat-bo"), "{}", answer.text());
+    assert!(answer.text().contains("pat-anne"), "{}", answer.text());
+    assert_eq!(
+        crate::reach::audited_patients(&gateway, &answer),
+        ["Patient/pat-anne"]
+    );
 }
