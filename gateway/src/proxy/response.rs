@@ -162,14 +162,18 @@ impl Proxy {
             .flatten();
         let exported_type = exported_type.as_ref().map(|t| t.as_str());
         let exported = |resource_type: &str| export::exported(exported_type, resource_type);
-        // Whose data a searchset holds is read in the scan that rewrites its URLs; whatever
-        // changes its entries after that (a filter, a merge) makes it read again from the bytes
-        // that leave.
-        let (mut bytes, mut found) = if ndjson {
+        // Whose data a searchset holds is read in the scan that rewrites its URLs, and kept
+        // with the bytes it was read in: whatever changes them after that (a filter, a merge)
+        // makes it read again from the bytes that leave.
+        let (mut bytes, found) = if ndjson {
             (export::ndjson_as_bundle(&bytes, &exported)?, None)
         } else {
             rewrite_bundle(upstream, bytes, paging, status, duties.audits_patients)?
         };
+        let found = found.map(|patients| Found {
+            read_in: bytes.clone(),
+            patients,
+        });
         if let (true, Some(signing)) = (
             export && exchange.followed == Some(LinkKind::ExportStatus) && status.is_success(),
             &paging,
@@ -181,7 +185,6 @@ impl Proxy {
                 &exported,
                 consent.is_some(),
             );
-            found = None;
         }
         if duties.describes_security
             && let Some(rewritten) = self
@@ -189,7 +192,6 @@ impl Proxy {
                 .rewrite_capability_statement(&bytes, &upstream.rewriter)
         {
             bytes = Bytes::from(rewritten);
-            found = None;
         }
         if status.is_success() {
             let answered = bytes.clone();
@@ -208,9 +210,6 @@ impl Proxy {
                 }
                 Err(reason) => return Err(self.deny(reason, record_handle.as_ref(), None)),
             };
-            if !same_bytes(&bytes, &answered) {
-                found = None;
-            }
             // The history of another patient's resource, all taken out, is answered as the
             // history of one that never existed.
             if obligations.compartment.is_some()
@@ -222,21 +221,15 @@ impl Proxy {
             }
             if let Some(plan) = batch {
                 bytes = merged_batch(&bytes, plan, fhir, consent.is_some(), self.filter_mode)?;
-                found = None;
             }
             // A total that counts what a check or a block takes out goes, and with it the
-            // `last` link, whose offset counts the same. What was found in the entries holds
-            // only for the very bytes it was found in.
-            let counted = bytes.clone();
+            // `last` link, whose offset counts the same.
             bytes = counts_hidden(
                 bytes,
                 fhir,
                 *strip_total || obligations.hide_total,
                 consent.is_some() || obligations.hide_total,
             );
-            if !same_bytes(&bytes, &counted) {
-                found = None;
-            }
         }
         let Withheld {
             bytes,
@@ -357,7 +350,7 @@ impl Proxy {
         mut bytes: Bytes,
         audits_patients: bool,
         exchange: &Exchange,
-        found: crate::backend::rewrite::FoundPatients,
+        found: Option<Found>,
     ) -> Result<Withheld, BoxError> {
         let Exchange {
             fhir,
@@ -373,7 +366,9 @@ impl Proxy {
         // tree built: unless the citizen view rewrites the answer, or a Consent may withhold
         // part of it, that is all that is needed.
         let from_bytes = if audits_patients && !citizen_view && !bytes.is_empty() {
-            found.unwrap_or_else(|| patients_in_body(&bytes))
+            found
+                .filter(|found| same_bytes(&found.read_in, &bytes))
+                .map_or_else(|| patients_in_body(&bytes), |found| found.patients)
         } else {
             None
         };
@@ -757,6 +752,16 @@ fn has_no_entries(bundle: &serde_json::Value) -> bool {
 }
 
 /// Whether two answers are the very same bytes (a step that changed nothing hands them back).
+/// Whose data an answer's entries hold, read in the scan that rewrote them
+/// ([`rewrite_bundle`]), with the bytes it was read in: it holds for those very bytes only.
+struct Found {
+    read_in: Bytes,
+    /// `None`: it takes more than the bytes (read the tree).
+    patients: Option<Vec<String>>,
+}
+
+/// Whether two are the same view of the same buffer (so the same bytes: a buffer held cannot be
+/// reused for others).
 fn same_bytes(a: &Bytes, b: &Bytes) -> bool {
     a.as_ptr() == b.as_ptr() && a.len() == b.len()
 }
