@@ -152,13 +152,8 @@ impl Proxy {
             read_request(body, &asked.patient, now.unix_timestamp()).map_err(CitizenBlockError)?;
         // The event: in the audit repository, of her own log, naming that actor.
         let repository = self.route(asked, "AuditEvent")?.backend;
-        let event = match repository
-            .fetch_json(
-                &format!("AuditEvent/{}", wanted.event),
-                None,
-                1024 * 1024,
-                &self.metrics,
-            )
+        let event = match self
+            .read_one(&repository, &format!("AuditEvent/{}", wanted.event))
             .await?
         {
             Fetched::Found(event) => event,
@@ -225,6 +220,14 @@ impl Proxy {
         Ok(fhir_json(status, &written, location))
     }
 
+    /// One resource the gateway reads by its id for a block (the event named, the Consent to
+    /// lift or to guard), no larger than a resource is.
+    async fn read_one(&self, backend: &Backend, relative: &str) -> Result<Fetched, BoxError> {
+        backend
+            .fetch_json(relative, None, 1024 * 1024, &self.metrics)
+            .await
+    }
+
     async fn lift_block(&self, asked: &Asked) -> Result<Response<Body>, BoxError> {
         let Some(RequestBody::Patch { document, .. }) = asked.fhir.body() else {
             return Err(shape("a block is lifted by a JSON Patch"));
@@ -236,10 +239,7 @@ impl Proxy {
         let _one_at_a_time = self.block_locks.lock(&asked.patient).await;
         let consents = self.route(asked, "Consent")?.backend;
         let relative = format!("Consent/{id}");
-        let current = match consents
-            .fetch_json(&relative, None, 1024 * 1024, &self.metrics)
-            .await?
-        {
+        let current = match self.read_one(&consents, &relative).await? {
             Fetched::Found(current) => current,
             Fetched::Missing => return Err(crate::consent::NotFoundError.into()),
         };
@@ -328,10 +328,7 @@ impl Proxy {
                     _,
                 ) => Some(None),
                 (Interaction::Update | Interaction::Patch | Interaction::Delete, Some(id)) => {
-                    match backend
-                        .fetch_json(&format!("Consent/{id}"), None, 1024 * 1024, &self.metrics)
-                        .await?
-                    {
+                    match self.read_one(backend, &format!("Consent/{id}")).await? {
                         Fetched::Found(current) if carries_block_tag(&current) => Some(
                             current
                                 .pointer("/patient/reference")
