@@ -330,10 +330,12 @@ const PATIENT_LINKS_OUTSIDE_COMPARTMENT: &[(&str, &[&str])] = &[
 /// The element paths of `resource_type` that may reference the patient whose data it is: the
 /// compartment's, and for a few types outside it, [`PATIENT_LINKS_OUTSIDE_COMPARTMENT`].
 pub(crate) fn patient_paths(resource_type: &str) -> impl Iterator<Item = &'static str> {
-    // Asked once per resource of every answer: both tables are joined once, by type.
-    type ByType = std::collections::HashMap<&'static str, Vec<&'static str>>;
+    // Asked once per resource of every answer: both tables are joined once, by type (hashed
+    // with a fixed fast hash: the keys are the tables', only the lookups come from answers).
+    type ByType =
+        std::collections::HashMap<&'static str, Vec<&'static str>, foldhash::fast::FixedState>;
     static PATHS: std::sync::LazyLock<ByType> = std::sync::LazyLock::new(|| {
-        let mut paths = ByType::new();
+        let mut paths = ByType::default();
         for (name, links) in PATIENT_COMPARTMENT {
             let list = paths.entry(name).or_default();
             list.extend(links.iter().flat_map(|link| link.paths.iter().copied()));
@@ -392,8 +394,20 @@ pub fn patient_reference_id(reference: &str) -> Option<&str> {
     }
     let (rest, id) = reference.rsplit_once('/')?;
     let relative_or_absolute =
-        rest == "Patient" || (rest.ends_with("/Patient") && rest.contains("://"));
+        rest == "Patient" || (rest.ends_with("/Patient") && absolute_url(rest));
     (relative_or_absolute && crate::resource_type::is_valid_id(id)).then_some(id)
+}
+
+/// Whether `text` begins as an absolute URL: a scheme (a letter, then letters, digits, `+`, `-`
+/// or `.`: RFC 3986 §3.1) and `://`. `#://x/Patient/anne` is not one: it is a local reference,
+/// to a contained resource whose id only looks like a URL, and only a lookup places it.
+fn absolute_url(text: &str) -> bool {
+    text.split_once("://").is_some_and(|(scheme, _)| {
+        scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+            && scheme
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+    })
 }
 
 /// Whether a written Consent names its patient plainly (`Patient/<id>`, no version, not
@@ -420,10 +434,12 @@ pub fn consent_patient_plain(resource: &Value) -> bool {
 /// patient path makes its resource unplaceable (withheld where consent binds; a write with it
 /// is not verifiable).
 pub fn odd_patient_reference(reference: &str) -> bool {
-    patient_reference_id(reference).is_none()
-        && !reference.starts_with('#')
-        && !other_type_reference(reference)
-        && mentions_patient(reference)
+    patient_reference_id(reference).is_none() && odd_unless_plain(reference)
+}
+
+/// [`odd_patient_reference`] of a reference [`patient_reference_id`] does not read.
+fn odd_unless_plain(reference: &str) -> bool {
+    !reference.starts_with('#') && !other_type_reference(reference) && mentions_patient(reference)
 }
 
 /// Whether `reference` holds `patient` in any case.
@@ -509,11 +525,10 @@ fn collect_patients_raw(
             continue;
         };
         let mut by_identifier = false;
-        let mut place = |reference: &str| {
-            // Both asked of every reference: `#://x/Patient/anne` names a patient by its
-            // spelling and a contained resource, which is looked up, all the same.
-            by_identifier |= placed_by_lookup(reference, path);
-            push_patient(reference, patients);
+        let mut place = |reference: &str| match placed(reference, path) {
+            Placed::Plainly(id) => add_patient(id, patients),
+            Placed::ByLookup => by_identifier = true,
+            Placed::Not => {}
         };
         walk_raw(raw.get(), steps, &mut place).ok()?;
         if by_identifier {
@@ -626,9 +641,14 @@ impl Tally {
 /// Whether `reference` is plainly a resource of another type than Patient: `Type/id` or
 /// `Type/id/_history/vid`, and nothing else.
 fn other_type_reference(reference: &str) -> bool {
-    let parts: Vec<&str> = reference.split('/').collect();
-    let (type_name, id) = match parts.as_slice() {
-        [type_name, id] | [type_name, id, "_history", _] => (*type_name, *id),
+    // `Type/id` or `Type/id/_history/vid`, nothing more.
+    let mut parts = reference.split('/');
+    let (Some(type_name), Some(id)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    let version = match (parts.next(), parts.next(), parts.next()) {
+        (None, _, _) => None,
+        (Some("_history"), Some(version), None) => Some(version),
         _ => return false,
     };
     // A type name as FHIR writes them (R4's, a server's own such as `Bot`, a later release's),
@@ -638,9 +658,7 @@ fn other_type_reference(reference: &str) -> bool {
     type_like
         && !type_name.eq_ignore_ascii_case("Patient")
         && crate::resource_type::is_valid_id(id)
-        && parts
-            .get(3)
-            .is_none_or(|version| crate::resource_type::is_valid_id(version))
+        && version.is_none_or(crate::resource_type::is_valid_id)
 }
 
 /// Contained resources travel with their container: none may belong to another patient.
@@ -719,7 +737,7 @@ fn walk_raw(
     if steps.clone().next().is_none()
         && let Some(references) = flat::flat_references(text)
     {
-        references.into_iter().for_each(visit);
+        references.visit(visit);
         return Ok(());
     }
     walk(&crate::strict_json::tree_unique_str(text)?, steps, visit);
@@ -883,14 +901,34 @@ pub(crate) fn identifier_token(identifier: &Value) -> Option<String> {
         .map(|(system, value)| format!("{system}|{value}"))
 }
 
-/// Whether a reference [`walk`] hands over on `path` may name a patient whom only a lookup
-/// places (as [`identifier_refs`] reads them): one by identifier only, or one to a contained
-/// resource (which may be a Patient with identifiers).
-fn placed_by_lookup(reference: &str, path: &str) -> bool {
-    reference == PATIENT_BY_IDENTIFIER
+/// How a reference [`walk`] hands over on `path` places a patient.
+#[derive(Debug, PartialEq)]
+enum Placed<'a> {
+    /// By its spelling ([`patient_reference_id`]): her id.
+    Plainly(&'a str),
+    /// Only by a lookup (as [`identifier_refs`] reads them): a reference by identifier only,
+    /// one to a contained resource (which may be a Patient with identifiers), or a Patient
+    /// spelled oddly ([`odd_patient_reference`]).
+    ByLookup,
+    /// Not at all: it names no patient (another type's, a professional by identifier).
+    Not,
+}
+
+/// [`Placed`] of one reference. A reference read plainly is never one to look up: no marker,
+/// local reference or odd spelling is read as `Patient/<id>`.
+fn placed<'a>(reference: &'a str, path: &str) -> Placed<'a> {
+    if let Some(id) = patient_reference_id(reference) {
+        return Placed::Plainly(id);
+    }
+    let by_lookup = reference == PATIENT_BY_IDENTIFIER
         || (reference == UNTYPED_BY_IDENTIFIER && is_primary(path))
         || reference.starts_with('#')
-        || (odd_patient_reference(reference) && !reference.starts_with(MARKER_PREFIX))
+        || (odd_unless_plain(reference) && !reference.starts_with(MARKER_PREFIX));
+    if by_lookup {
+        Placed::ByLookup
+    } else {
+        Placed::Not
+    }
 }
 
 /// How [`walk`]'s markers begin.

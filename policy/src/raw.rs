@@ -26,9 +26,68 @@ pub fn from_body<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Option<T> {
     serde_json::from_str(std::str::from_utf8(body).ok()?).ok()
 }
 
-/// A member name, borrowed from the text when it holds no escape (serde's own `Cow<str>` is
-/// always copied: one allocation per member read).
+/// A raw value's string (`None` when it is no string): borrowed as it stands when it holds no
+/// escape, which is every `resourceType` and nearly every id. The raw value was read as JSON,
+/// so a string without a backslash has nothing to decode: no quote or control character can be
+/// in it unescaped.
+fn raw_str(raw: &RawValue) -> Option<Cow<'_, str>> {
+    let text = raw.get();
+    match text
+        .strip_prefix('"')
+        .and_then(|rest| rest.strip_suffix('"'))
+    {
+        Some(inner) if !inner.contains('\\') => Some(Cow::Borrowed(inner)),
+        _ => serde_json::from_str(text).ok(),
+    }
+}
+
+/// A member name as read from JSON text: borrowed from the text when it held no escape, else
+/// decoded (serde's own `Cow<str>` is always copied: one allocation per member read). A name
+/// borrowed so is written back as it stood: nothing in it needs an escape, since no quote,
+/// backslash or control character stands unescaped in a JSON string. Only this module makes
+/// one, and only from the text of a raw value (the values beside it could not be read else).
+#[derive(Debug)]
 struct Key<'a>(Cow<'a, str>);
+
+impl Key<'_> {
+    /// The name as a JSON string, appended to `out`.
+    fn write_json(&self, out: &mut Vec<u8>) {
+        match &self.0 {
+            Cow::Borrowed(name) => {
+                debug_assert!(plain(name), "a name borrowed from JSON text: {name:?}");
+                out.push(b'"');
+                out.extend_from_slice(name.as_bytes());
+                out.push(b'"');
+            }
+            Cow::Owned(name) => write_key(out, name),
+        }
+    }
+}
+
+impl PartialEq for Key<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        *self.0 == *other.0
+    }
+}
+
+impl PartialEq<str> for Key<'_> {
+    fn eq(&self, other: &str) -> bool {
+        *self.0 == *other
+    }
+}
+
+impl PartialEq<&str> for Key<'_> {
+    fn eq(&self, other: &&str) -> bool {
+        *self.0 == **other
+    }
+}
+
+impl std::ops::Deref for Key<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
 
 impl<'de> Deserialize<'de> for Key<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -60,7 +119,7 @@ impl<'de> Deserialize<'de> for Key<'de> {
 /// two counts differs between parsers).
 #[derive(Debug, Default)]
 pub struct OrderedRaw<'a> {
-    fields: Vec<(Cow<'a, str>, RawSlot<'a>)>,
+    fields: Vec<(Key<'a>, RawSlot<'a>)>,
 }
 
 #[derive(Debug)]
@@ -81,8 +140,7 @@ impl RawSlot<'_> {
 impl<'a> OrderedRaw<'a> {
     /// The value of `key` if it is a JSON string.
     pub fn get_str(&self, key: &str) -> Option<Cow<'_, str>> {
-        self.get(key)
-            .and_then(|raw| serde_json::from_str::<Cow<'_, str>>(raw.get()).ok())
+        self.get(key).and_then(raw_str)
     }
 
     /// The value of `key`, as its bytes.
@@ -94,7 +152,7 @@ impl<'a> OrderedRaw<'a> {
     }
 
     /// Adds `key` at the end (one not there yet).
-    pub(crate) fn push(&mut self, key: Cow<'a, str>, value: &'a RawValue) {
+    fn push(&mut self, key: Key<'a>, value: &'a RawValue) {
         self.fields.push((key, RawSlot::Borrowed(value)));
     }
 
@@ -117,7 +175,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for OrderedRaw<'a> {
             fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
                 // (Room for a resource's usual members: growing the list was an allocation in three.)
                 let mut fields = Vec::with_capacity(16);
-                while let Some((Key(key), value)) = map.next_entry::<Key<'de>, &'de RawValue>()? {
+                while let Some((key, value)) = map.next_entry::<Key<'de>, &'de RawValue>()? {
                     // Duplicate keys: this reader would see the first, a JavaScript client the
                     // last. Refuse rather than check one and show the other.
                     if fields.iter().any(|(k, _)| *k == key) {
@@ -138,7 +196,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for OrderedRaw<'a> {
 /// A key given twice is refused, as in [`OrderedRaw`].
 #[derive(Debug)]
 pub struct RawBundle<'a, E> {
-    fields: Vec<(Cow<'a, str>, BundleField<'a, E>)>,
+    fields: Vec<(Key<'a>, BundleField<'a, E>)>,
 }
 
 /// A field of a [`RawBundle`]: its bytes, or the entries.
@@ -154,7 +212,7 @@ impl<'a, E> RawBundle<'a, E> {
     /// The value of `key` (not `entry`) if it is a JSON string.
     pub fn get_str(&self, key: &str) -> Option<Cow<'_, str>> {
         self.fields.iter().find_map(|(k, field)| match field {
-            BundleField::Raw(raw) if k == key => serde_json::from_str(raw.get()).ok(),
+            BundleField::Raw(raw) if k == key => raw_str(raw),
             _ => None,
         })
     }
@@ -187,8 +245,8 @@ impl<'de: 'a, 'a, E: Deserialize<'de>> Deserialize<'de> for RawBundle<'a, E> {
                 f.write_str("a JSON object")
             }
             fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
-                let mut fields: Vec<(Cow<'a, str>, BundleField<'a, E>)> = Vec::new();
-                while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+                let mut fields: Vec<(Key<'a>, BundleField<'a, E>)> = Vec::new();
+                while let Some(key) = map.next_key::<Key<'de>>()? {
                     if fields.iter().any(|(k, _)| *k == key) {
                         return Err(serde::de::Error::custom("duplicate key"));
                     }
@@ -213,7 +271,7 @@ impl<'de: 'a, 'a, E: Deserialize<'de>> Deserialize<'de> for RawBundle<'a, E> {
 /// in the entry or at the top of its resource, is refused.
 #[derive(Debug, Default)]
 pub struct RawEntry<'a> {
-    fields: Vec<(Cow<'a, str>, EntrySlot<'a>)>,
+    fields: Vec<(Key<'a>, EntrySlot<'a>)>,
 }
 
 #[derive(Debug)]
@@ -225,8 +283,7 @@ enum EntrySlot<'a> {
 impl<'a> RawEntry<'a> {
     /// The value of `key` (not `resource`) if it is a JSON string.
     pub fn get_str(&self, key: &str) -> Option<Cow<'_, str>> {
-        self.get(key)
-            .and_then(|raw| serde_json::from_str::<Cow<'_, str>>(raw.get()).ok())
+        self.get(key).and_then(raw_str)
     }
 
     /// The value of `key` (not `resource`), as its bytes.
@@ -265,8 +322,8 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawEntry<'a> {
                 f.write_str("a JSON object")
             }
             fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
-                let mut fields: Vec<(Cow<'a, str>, EntrySlot<'a>)> = Vec::new();
-                while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+                let mut fields: Vec<(Key<'a>, EntrySlot<'a>)> = Vec::new();
+                while let Some(key) = map.next_key::<Key<'de>>()? {
                     if fields.iter().any(|(k, _)| *k == key) {
                         return Err(serde::de::Error::custom("duplicate key"));
                     }
@@ -312,19 +369,17 @@ impl OrderedRaw<'_> {
 }
 
 /// `{"key":value,…}` appended to `out`, each value written by `value`.
-fn write_object<'f, K, V: 'f>(
+fn write_object<'f, 'a: 'f, V: 'f>(
     out: &mut Vec<u8>,
-    fields: impl Iterator<Item = &'f (K, V)>,
+    fields: impl Iterator<Item = &'f (Key<'a>, V)>,
     mut value: impl FnMut(&mut Vec<u8>, &V),
-) where
-    K: AsRef<str> + 'f,
-{
+) {
     out.push(b'{');
     for (index, (key, slot)) in fields.enumerate() {
         if index > 0 {
             out.push(b',');
         }
-        write_key(out, key.as_ref());
+        key.write_json(out);
         out.push(b':');
         value(out, slot);
     }
@@ -334,12 +389,47 @@ fn write_object<'f, K, V: 'f>(
 /// A member name as a JSON string: as it is when nothing in it needs an escape (the names a
 /// FHIR server writes), else escaped as serde_json escapes it.
 pub fn write_key(out: &mut Vec<u8>, key: &str) {
-    if key.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    if plain(key) {
         out.push(b'"');
         out.extend_from_slice(key.as_bytes());
         out.push(b'"');
     } else {
         // (Writing a string to a Vec cannot fail.)
         let _ = serde_json::to_writer(&mut *out, key);
+    }
+}
+
+/// Whether nothing in `text` needs an escape in a JSON string.
+fn plain(text: &str) -> bool {
+    text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OrderedRaw;
+
+    /// A name that held no escape is written as it stood; one that held an escape is written
+    /// so that it reads back as the same name (a quote, a backslash or a control character in
+    /// it escaped again), so the object written reads back as the object read.
+    #[test]
+    fn member_names_are_written_back_as_the_same_names() {
+        let text = r#"{"plain":1,"næste":2,"a\"b":3,"c\\d":4,"\u0001":5,"\/e":6,"\u0066":7}"#;
+        let object: OrderedRaw<'_> = super::from_body(text.as_bytes()).unwrap();
+        let written = String::from_utf8(object.to_json()).unwrap();
+        assert!(written.starts_with(r#"{"plain":1,"næste":2,"#), "{written}");
+        let back: serde_json::Value = serde_json::from_str(&written).unwrap();
+        let read: serde_json::Value = serde_json::from_str(text).unwrap();
+        assert_eq!(back, read);
+        let names: Vec<&String> = back.as_object().unwrap().keys().collect();
+        assert_eq!(
+            names,
+            ["plain", "næste", "a\"b", "c\\d", "\u{1}", "/e", "f"]
+        );
+        // A string without an escape is read as it stands; one with an escape, decoded.
+        let object: OrderedRaw<'_> =
+            super::from_body(br#"{"a":"x y","b":"x\u0020y","c":7}"#).unwrap();
+        assert_eq!(object.get_str("a").as_deref(), Some("x y"));
+        assert_eq!(object.get_str("b").as_deref(), Some("x y"));
+        assert_eq!(object.get_str("c"), None);
     }
 }

@@ -11,15 +11,15 @@
 
 /// The `reference` of each object, in order, when `text` is one such object or a list of them
 /// (an empty list: none).
-pub(super) fn flat_references(text: &str) -> Option<Vec<&str>> {
+pub(super) fn flat_references(text: &str) -> Option<References<'_>> {
     let mut cursor = Cursor {
         text,
         at: skip_space(text.as_bytes(), 0),
     };
-    let mut references = Vec::new();
-    match cursor.peek()? {
-        b'{' => references.push(cursor.object()?),
+    let references = match cursor.peek()? {
+        b'{' => References::One(cursor.object()?),
         b'[' => {
+            let mut references = Vec::new();
             cursor.at += 1;
             cursor.space();
             if cursor.peek()? == b']' {
@@ -34,11 +34,30 @@ pub(super) fn flat_references(text: &str) -> Option<Vec<&str>> {
                     }
                 }
             }
+            References::List(references)
         }
         _ => return None,
-    }
+    };
     cursor.space();
     (cursor.at == text.len()).then_some(references)
+}
+
+/// What [`flat_references`] read: one Reference's `reference` (the usual `subject`, kept
+/// without an allocation), or a list's.
+#[derive(Debug)]
+pub(super) enum References<'a> {
+    One(&'a str),
+    List(Vec<&'a str>),
+}
+
+impl<'a> References<'a> {
+    /// Each reference handed to `visit`, in order.
+    pub(super) fn visit(&self, visit: &mut dyn FnMut(&'a str)) {
+        match self {
+            References::One(reference) => visit(reference),
+            References::List(references) => references.iter().for_each(|r| visit(r)),
+        }
+    }
 }
 
 /// At most this many members in an object read here (a Reference has four).
@@ -131,7 +150,12 @@ fn skip_space(bytes: &[u8], mut at: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::flat_references;
+    /// [`super::flat_references`] as a list.
+    fn flat_references(text: &str) -> Option<Vec<&str>> {
+        let mut found = Vec::new();
+        super::flat_references(text)?.visit(&mut |reference| found.push(reference));
+        Some(found)
+    }
 
     /// What the tree reads of `text` as a Reference at a path's end, or that it refuses it.
     fn by_the_tree(text: &str) -> Option<Vec<String>> {

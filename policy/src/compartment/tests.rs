@@ -75,6 +75,53 @@ fn a_reference_by_identifier_only_is_nobody_we_can_place() {
     assert_eq!(patient_reference_id("xPatient/a"), None);
 }
 
+/// An absolute Patient reference begins with a URL scheme; anything else that ends in
+/// `…://…/Patient/<id>` is not read as her: a local reference to a contained resource whose id
+/// looks like a URL (which only a lookup places), or a spelling nobody can place.
+#[test]
+fn only_a_url_with_a_scheme_is_an_absolute_patient_reference() {
+    for (reference, expected) in [
+        ("https://x.example/fhir/Patient/a", Some("a")),
+        ("http://x/Patient/a/_history/1", Some("a")),
+        ("urn+x.y-z9://h/Patient/a", Some("a")),
+        ("#://x/Patient/a", None),
+        ("#http://x/Patient/a", None),
+        ("://x/Patient/a", None),
+        ("9http://x/Patient/a", None),
+        ("ht tp://x/Patient/a", None),
+        ("h_t://x/Patient/a", None),
+        ("/https://x/Patient/a", None),
+    ] {
+        assert_eq!(patient_reference_id(reference), expected, "{reference}");
+    }
+    // Whom those name is for a lookup (a contained resource) or nobody (an odd spelling), on
+    // the path of every kind of resource: never her by its spelling.
+    for (reference, by_lookup) in [
+        ("#://x/Patient/a", true),
+        ("://x/Patient/a", true),
+        ("ht tp://x/Patient/a", true),
+        ("Practitioner/p", false),
+        ("urn:portvagt:untyped-by-identifier", false),
+    ] {
+        let placed = super::placed(reference, "performer");
+        let expected = if by_lookup {
+            super::Placed::ByLookup
+        } else {
+            super::Placed::Not
+        };
+        assert_eq!(placed, expected, "{reference}");
+    }
+    assert_eq!(
+        super::placed("https://x/Patient/a", "subject"),
+        super::Placed::Plainly("a")
+    );
+    let hidden = json!({ "resourceType": "Observation",
+        "contained": [{ "resourceType": "Patient", "id": "://x/Patient/pat-anne" }],
+        "subject": { "reference": "#://x/Patient/pat-anne" } });
+    assert!(super::patients_of(&hidden).is_empty(), "{hidden}");
+    assert_eq!(super::patients_in_body(hidden.to_string().as_bytes()), None);
+}
+
 #[test]
 fn the_patients_read_from_bytes_are_those_of_the_parsed_answer() {
     let seed: Value = serde_json::from_str(
