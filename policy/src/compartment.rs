@@ -843,20 +843,28 @@ fn identifier_refs(resource: &Value, visit: &mut dyn FnMut(Option<String>)) {
                 }
                 // A contained Patient is whoever its identifiers say: a copy of her record's
                 // identity inside the resource is her as much as a reference by identifier.
-                // One without an identifier to look up is somebody nobody can name.
-                if let Some(patient) = reference
-                    .strip_prefix('#')
-                    .and_then(|local| contained_patient(resource, local))
-                {
-                    let identifiers = patient
-                        .get("identifier")
-                        .and_then(Value::as_array)
-                        .map_or(&[][..], Vec::as_slice);
-                    if identifiers.is_empty() {
-                        visit(None);
-                    }
-                    for identifier in identifiers {
-                        visit(identifier_token(identifier));
+                // One without an identifier to look up is somebody nobody can name, and so is
+                // a local reference to nothing contained (`#http://h/Patient/anne`, spelled as
+                // hers, naming nothing the resource holds) or to two resources of one id.
+                if let Some(local) = reference.strip_prefix('#') {
+                    match contained(resource, local).as_slice() {
+                        [item]
+                            if item.get("resourceType").and_then(Value::as_str)
+                                == Some("Patient") =>
+                        {
+                            let identifiers = item
+                                .get("identifier")
+                                .and_then(Value::as_array)
+                                .map_or(&[][..], Vec::as_slice);
+                            if identifiers.is_empty() {
+                                visit(None);
+                            }
+                            for identifier in identifiers {
+                                visit(identifier_token(identifier));
+                            }
+                        }
+                        [_] => {}
+                        _ => visit(None),
                     }
                 }
                 return;
@@ -873,18 +881,19 @@ fn identifier_refs(resource: &Value, visit: &mut dyn FnMut(Option<String>)) {
     }
 }
 
-/// The contained Patient with id `local`, if any.
-fn contained_patient<'a>(resource: &'a Value, local: &str) -> Option<&'a Value> {
+/// The contained resources with id `local` (one, in a resource as FHIR allows it).
+fn contained<'a>(resource: &'a Value, local: &str) -> Vec<&'a Value> {
     resource
         .get("contained")
-        .and_then(Value::as_array)?
-        .iter()
-        .find(|item| {
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|item| {
             // Older servers wrote a contained resource's id with its `#`.
             let id = item.get("id").and_then(Value::as_str);
             id.map(|id| id.strip_prefix('#').unwrap_or(id)) == Some(local)
-                && item.get("resourceType").and_then(Value::as_str) == Some("Patient")
         })
+        .collect()
 }
 
 /// An Identifier as a token search value (`system|value`), or `None` when it cannot be looked
@@ -923,16 +932,13 @@ fn placed<'a>(reference: &'a str, path: &str) -> Placed<'a> {
     let by_lookup = reference == PATIENT_BY_IDENTIFIER
         || (reference == UNTYPED_BY_IDENTIFIER && is_primary(path))
         || reference.starts_with('#')
-        || (odd_unless_plain(reference) && !reference.starts_with(MARKER_PREFIX));
+        || odd_unless_plain(reference);
     if by_lookup {
         Placed::ByLookup
     } else {
         Placed::Not
     }
 }
-
-/// How [`walk`]'s markers begin.
-const MARKER_PREFIX: &str = "urn:portvagt:";
 
 #[cfg(test)]
 mod tests;

@@ -426,10 +426,20 @@ mod tests {
             ["plain", "næste", "a\"b", "c\\d", "\u{1}", "/e", "f"]
         );
         // A string without an escape is read as it stands; one with an escape, decoded.
-        let object: OrderedRaw<'_> =
-            super::from_body(br#"{"a":"x y","b":"x\u0020y","c":7}"#).unwrap();
-        assert_eq!(object.get_str("a").as_deref(), Some("x y"));
-        assert_eq!(object.get_str("b").as_deref(), Some("x y"));
-        assert_eq!(object.get_str("c"), None);
+        let object: OrderedRaw<'_> = super::from_body(
+            br#"{"a":"x y","b":"x\u0020y","c":7,"d":"\"","e":"a\\","f":"","g":["x"]}"#,
+        )
+        .unwrap();
+        for (key, expected) in [
+            ("a", Some("x y")),
+            ("b", Some("x y")),
+            ("c", None),
+            ("d", Some("\"")),
+            ("e", Some("a\\")),
+            ("f", Some("")),
+            ("g", None),
+        ] {
+            assert_eq!(object.get_str(key).as_deref(), expected, "{key}");
+        }
     }
 }

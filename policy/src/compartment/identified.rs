@@ -204,6 +204,38 @@ mod tests {
         assert_eq!(identified.patients_of(&observation), ["anne"]);
     }
 
+    /// A local reference names what the resource contains under that id: nothing (a reference
+    /// spelled as a patient's URL, `#http://h/Patient/anne`), or two of one id, is somebody
+    /// nobody can place; a contained professional is nobody's patient.
+    #[test]
+    fn a_local_reference_to_nothing_or_to_two_contained_is_unplaceable() {
+        let practitioner = json!({ "resourceType": "Practitioner", "id": "x" });
+        let patient = json!({ "resourceType": "Patient", "id": "x",
+            "identifier": [{ "system": "urn:oid:1.2.208.176.1.2", "value": "0101" }] });
+        for (contained, reference, unplaceable) in [
+            (json!([]), "#http://h/Patient/anne", true),
+            (
+                json!([practitioner]),
+                "#http://h/Patient/anne/_history/1",
+                true,
+            ),
+            (json!([practitioner, patient]), "#x", true),
+            (json!([patient, practitioner]), "#x", true),
+            (json!([practitioner]), "#x", false),
+            (json!([]), "#", true),
+        ] {
+            let resource = json!({ "resourceType": "Observation", "contained": contained,
+                "subject": { "reference": "Patient/bo" }, "performer": [{ "reference": reference }] });
+            assert_eq!(
+                identifiers_in_answer(&resource).unplaceable,
+                unplaceable,
+                "{resource}"
+            );
+            let bytes = resource.to_string();
+            assert_eq!(super::super::patients_in_body(bytes.as_bytes()), None);
+        }
+    }
+
     #[test]
     fn an_identifier_that_cannot_be_looked_up_is_unplaceable() {
         for subject in [

@@ -175,6 +175,13 @@ fn the_patients_read_from_bytes_are_those_of_the_parsed_answer() {
         json!({ "resourceType": "Observation",
                 "contained": [{ "resourceType": "Patient", "id": "http://h/Patient/anne" }],
                 "subject": { "reference": "#http://h/Patient/anne/_history/1" } }),
+        json!({ "resourceType": "Observation",
+                "subject": { "reference": "#http://h/Patient/anne" } }),
+        // Spelled as the reader's own markers begin: a backend's text, not a marker.
+        json!({ "resourceType": "Observation",
+                "subject": { "reference": "urn:portvagt:x/Patient/anne" } }),
+        json!({ "resourceType": "Observation",
+                "performer": [{ "reference": "urn:portvagt:patient-by-identifier" }] }),
     ];
     let mut seen = 0;
     for answer in answers {
