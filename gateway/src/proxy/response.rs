@@ -170,7 +170,7 @@ impl Proxy {
         } else {
             rewrite_bundle(upstream, bytes, paging, status, duties.audits_patients)?
         };
-        let found = found.map(|patients| Found {
+        let mut found = found.map(|patients| Found {
             read_in: bytes.clone(),
             patients,
         });
@@ -224,12 +224,14 @@ impl Proxy {
             }
             // A total that counts what a check or a block takes out goes, and with it the
             // `last` link, whose offset counts the same.
+            let counted = bytes.clone();
             bytes = counts_hidden(
                 bytes,
                 fhir,
                 *strip_total || obligations.hide_total,
                 consent.is_some() || obligations.hide_total,
             );
+            found = found.map(|found| found.carried(&counted, &bytes));
         }
         let Withheld {
             bytes,
@@ -758,6 +760,23 @@ struct Found {
     read_in: Bytes,
     /// `None`: it takes more than the bytes (read the tree).
     patients: Option<Vec<String>>,
+}
+
+impl Found {
+    /// Kept for `to`, which [`counts_hidden`] made of `from`: it takes out counts only (a
+    /// `total`, a `last` link), never a reference, so whose data the entries hold is what it
+    /// was. Read in other bytes than `from`, it stays with those (and holds for nothing that
+    /// leaves).
+    fn carried(self, from: &Bytes, to: &Bytes) -> Found {
+        if same_bytes(&self.read_in, from) {
+            Found {
+                read_in: to.clone(),
+                patients: self.patients,
+            }
+        } else {
+            self
+        }
+    }
 }
 
 /// Whether two are the same view of the same buffer (so the same bytes: a buffer held cannot be

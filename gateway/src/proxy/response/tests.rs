@@ -230,3 +230,28 @@ fn counts_that_would_tell_what_blocks_withhold_are_dropped() {
         searchset
     );
 }
+
+/// Whose data a searchset holds, read while its URLs were rewritten, holds for it after its
+/// counts are taken out (the consent-bound answer of every search), and for nothing else.
+#[test]
+fn the_patients_read_in_an_answer_hold_after_its_counts_are_taken_out_only() {
+    let searchset = json!({ "resourceType": "Bundle", "type": "searchset", "total": 1,
+        "entry": [ { "resource": observation("o1", "pat-anne") } ] });
+    let search = classify("GET", "Observation", Some("code=x")).unwrap();
+    let read_in = bytes(&searchset);
+    let found = || Found {
+        read_in: read_in.clone(),
+        patients: Some(vec!["pat-anne".to_owned()]),
+    };
+    let counted = counts_hidden(read_in.clone(), &search, true, true);
+    assert!(json_of(&counted).get("total").is_none());
+    let carried = found().carried(&read_in, &counted);
+    assert!(same_bytes(&carried.read_in, &counted));
+    assert_eq!(carried.patients, Some(vec!["pat-anne".to_owned()]));
+    // Read in other bytes (an answer a filter changed before the counts went): not carried.
+    let filtered = bytes(&searchset);
+    let counted = counts_hidden(filtered.clone(), &search, true, true);
+    let stale = found().carried(&filtered, &counted);
+    assert!(!same_bytes(&stale.read_in, &counted));
+    assert!(same_bytes(&stale.read_in, &read_in));
+}
