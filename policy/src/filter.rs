@@ -397,10 +397,13 @@ pub fn has_next_page(bundle: &serde_json::Value) -> bool {
 }
 
 /// A searchset without its `last` link (and the searchsets in a batch answer without theirs):
-/// a server's last page offset tells how many matched, withheld entries included. `None` when
-/// there is none.
+/// a server's last page offset tells how many matched, withheld entries included. A relation
+/// is matched in any case (RFC 8288 §2.1.1: relation types compare case-insensitively), and in
+/// any spelling (an escape may write any of its letters). `None` when there is none.
 pub fn without_last_link(body: &[u8]) -> Option<Vec<u8>> {
-    memchr::memmem::find(body, b"\"last\"")?;
+    if !may_spell_last(body) {
+        return None;
+    }
     let mut tree: serde_json::Value = serde_json::from_slice(body).ok()?;
     let drop_last = |bundle: &mut serde_json::Value| {
         if bundle
@@ -418,7 +421,10 @@ pub fn without_last_link(body: &[u8]) -> Option<Vec<u8>> {
         };
         let before = links.len();
         links.retain(|link| {
-            link.get("relation").and_then(serde_json::Value::as_str) != Some("last")
+            !link
+                .get("relation")
+                .and_then(serde_json::Value::as_str)
+                .is_some_and(|relation| relation.eq_ignore_ascii_case("last"))
         });
         links.len() != before
     };
@@ -434,6 +440,21 @@ pub fn without_last_link(body: &[u8]) -> Option<Vec<u8>> {
         }
     }
     removed.then(|| serde_json::to_vec(&tree).ok()).flatten()
+}
+
+/// Whether `body` may hold the string `"last"` in some spelling: `"last"` in any case, or an
+/// escape anywhere in a string (`"l\u0061st"`). Nearly every answer holds neither, and is not
+/// parsed to find out.
+fn may_spell_last(body: &[u8]) -> bool {
+    memchr::memmem::find(body, b"\\u").is_some()
+        || memchr::memchr2_iter(b'l', b'L', body).any(|at| {
+            at > 0
+                && body[at - 1] == b'"'
+                && body
+                    .get(at + 1..at + 4)
+                    .is_some_and(|rest| rest.eq_ignore_ascii_case(b"ast"))
+                && body.get(at + 4) == Some(&b'"')
+        })
 }
 
 /// [`without_total`] on a parsed tree: the top level and each entry's resource.

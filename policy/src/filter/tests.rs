@@ -15,6 +15,33 @@ fn a_last_link_that_would_tell_the_count_is_removed() {
     assert!(without_last_link(br#"{"resourceType":"Bundle","link":[]}"#).is_none());
 }
 
+/// A relation type compares in any case (RFC 8288), and JSON may spell any letter as an
+/// escape: `Last`, `LAST` and `l\u0061st` are the same link and go as well.
+#[test]
+fn a_last_link_goes_in_any_case_and_any_spelling() {
+    for relation in ["Last", "LAST", r"l\u0061st", r"\u004cast", "last"] {
+        let body = format!(
+            r#"{{"resourceType":"Bundle","type":"searchset","link":[{{"relation":"self","url":"a"}},{{"relation":"{relation}","url":"a?_getpagesoffset=40"}}],"entry":[]}}"#
+        );
+        let without: Value = serde_json::from_slice(
+            &without_last_link(body.as_bytes()).unwrap_or_else(|| panic!("{body}")),
+        )
+        .unwrap();
+        assert_eq!(
+            without["link"],
+            json!([{ "relation": "self", "url": "a" }]),
+            "{body}"
+        );
+    }
+    // Neither the word nor an escape: not parsed, nothing to take out.
+    for body in [
+        r#"{"resourceType":"Bundle","link":[{"relation":"next","url":"a?last=1"}],"entry":[]}"#,
+        r#"{"resourceType":"Bundle","link":[{"relation":"lasting","url":"a"}]}"#,
+    ] {
+        assert!(without_last_link(body.as_bytes()).is_none(), "{body}");
+    }
+}
+
 #[test]
 fn the_last_links_of_searchsets_in_a_batch_answer_are_removed_too() {
     let body = json!({ "resourceType": "Bundle", "type": "batch-response", "entry": [
