@@ -151,12 +151,8 @@ pub fn holds_audit_event(body: &[u8]) -> bool {
             .any(|w| w.eq_ignore_ascii_case(b"AuditEvent"))
             || (matches!(content.first(), Some(b'{' | b'[')) && holds_audit_event(&decoded))
     }
-    // The name written out is needed to be one, or a Binary, whose content is base64. Only a
-    // `\u` escape spells a letter another way (escapes in a type name are read below); a
-    // narrative's `\"` does not make every resource worth parsing.
-    fn has_unicode_escape(bytes: &[u8]) -> bool {
-        memchr::memmem::find(bytes, b"\\u").is_some()
-    }
+    // The name written out is needed to be one, or a Binary, whose content is base64 (or a
+    // `\u` escape, which may spell any of its letters; escapes in a type name are read below).
     if memchr::memmem::find(body, b"AuditEvent").is_none()
         && !has_unicode_escape(body)
         && memchr::memmem::find(body, b"Binary").is_none()
@@ -446,7 +442,7 @@ pub fn without_last_link(body: &[u8]) -> Option<Vec<u8>> {
 /// escape anywhere in a string (`"l\u0061st"`). Nearly every answer holds neither, and is not
 /// parsed to find out.
 fn may_spell_last(body: &[u8]) -> bool {
-    memchr::memmem::find(body, b"\\u").is_some()
+    has_unicode_escape(body)
         || memchr::memchr2_iter(b'l', b'L', body).any(|at| {
             at > 0
                 && body[at - 1] == b'"'
@@ -455,6 +451,12 @@ fn may_spell_last(body: &[u8]) -> bool {
                     .is_some_and(|rest| rest.eq_ignore_ascii_case(b"ast"))
                 && body.get(at + 4) == Some(&b'"')
         })
+}
+
+/// Whether `bytes` hold a `\u` escape: the only way JSON spells a letter otherwise than as
+/// itself (a narrative's `\"` does not make every answer worth parsing).
+fn has_unicode_escape(bytes: &[u8]) -> bool {
+    memchr::memmem::find(bytes, b"\\u").is_some()
 }
 
 /// [`without_total`] on a parsed tree: the top level and each entry's resource.

@@ -753,7 +753,6 @@ fn has_no_entries(bundle: &serde_json::Value) -> bool {
         .is_none_or(Vec::is_empty)
 }
 
-/// Whether two answers are the very same bytes (a step that changed nothing hands them back).
 /// Whose data an answer's entries hold, read in the scan that rewrote them
 /// ([`rewrite_bundle`]), with the bytes it was read in: it holds for those very bytes only.
 struct Found {
