@@ -352,14 +352,15 @@ fn filter_bundle(mut top: OrderedRaw<'_>, check: &ResponseCheck<'_>, mode: Filte
 
 /// A Bundle answer without its `total` (R4 `Bundle.total`, and the totals of the searchsets in
 /// a batch answer); every other byte as it was. `None` when there is none to remove or the
-/// answer is not a Bundle.
-pub fn without_total(body: &[u8]) -> Option<Vec<u8>> {
+/// answer is not a Bundle; an error when it cannot be read as JSON at all (so that nothing
+/// shows its total gone).
+pub fn without_total(body: &[u8]) -> Result<Option<Vec<u8>>, CountsUnreadable> {
     let Some(top) = crate::raw::from_body::<OrderedRaw<'_>>(body) else {
         // Not readable field by field (a key given twice, say): the tree decides.
         return without_total_in_tree(body);
     };
     if top.get_str("resourceType").as_deref() != Some("Bundle") {
-        return None;
+        return Ok(None);
     }
     if matches!(
         top.get_str("type").as_deref(),
@@ -367,10 +368,20 @@ pub fn without_total(body: &[u8]) -> Option<Vec<u8>> {
     ) {
         return without_total_in_tree(body);
     }
-    let total = top.get("total")?;
+    let Some(total) = top.get("total") else {
+        return Ok(None);
+    };
     // The member is cut out of the bytes: a 1,000-entry searchset is not written again.
-    cut_member(body, total).or_else(|| without_total_in_tree(body))
+    match cut_member(body, total) {
+        Some(cut) => Ok(Some(cut)),
+        None => without_total_in_tree(body),
+    }
 }
+
+/// An answer whose counts (`total`, `last` links) were to be taken out and that could not be
+/// read as JSON to find them: it may not leave as it is (fail closed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CountsUnreadable;
 
 /// The resources of a Bundle's entries.
 pub fn bundle_resources(bundle: &serde_json::Value) -> impl Iterator<Item = &serde_json::Value> {
@@ -395,12 +406,14 @@ pub fn has_next_page(bundle: &serde_json::Value) -> bool {
 /// A searchset without its `last` link (and the searchsets in a batch answer without theirs):
 /// a server's last page offset tells how many matched, withheld entries included. A relation
 /// is matched in any case (RFC 8288 §2.1.1: relation types compare case-insensitively), and in
-/// any spelling (an escape may write any of its letters). `None` when there is none.
-pub fn without_last_link(body: &[u8]) -> Option<Vec<u8>> {
+/// any spelling (an escape may write any of its letters). `None` when there is none; an error
+/// when one may be there and the answer cannot be read as a tree to take it out (a lone
+/// surrogate, a depth past serde_json's limit, which the raw readers before let through).
+pub fn without_last_link(body: &[u8]) -> Result<Option<Vec<u8>>, CountsUnreadable> {
     if !may_spell_last(body) {
-        return None;
+        return Ok(None);
     }
-    let mut tree: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let mut tree: serde_json::Value = serde_json::from_slice(body).map_err(|_| CountsUnreadable)?;
     let drop_last = |bundle: &mut serde_json::Value| {
         if bundle
             .get("resourceType")
@@ -435,7 +448,20 @@ pub fn without_last_link(body: &[u8]) -> Option<Vec<u8>> {
             removed |= drop_last(resource);
         }
     }
-    removed.then(|| serde_json::to_vec(&tree).ok()).flatten()
+    written_if(removed, &tree)
+}
+
+/// `tree` written, when something was `removed` from it.
+fn written_if(
+    removed: bool,
+    tree: &serde_json::Value,
+) -> Result<Option<Vec<u8>>, CountsUnreadable> {
+    if !removed {
+        return Ok(None);
+    }
+    serde_json::to_vec(tree)
+        .map(Some)
+        .map_err(|_| CountsUnreadable)
 }
 
 /// Whether `body` may hold the string `"last"` in some spelling: `"last"` in any case, or an
@@ -460,11 +486,13 @@ fn has_unicode_escape(bytes: &[u8]) -> bool {
 }
 
 /// [`without_total`] on a parsed tree: the top level and each entry's resource.
-fn without_total_in_tree(body: &[u8]) -> Option<Vec<u8>> {
-    let mut tree: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let top = tree.as_object_mut()?;
+fn without_total_in_tree(body: &[u8]) -> Result<Option<Vec<u8>>, CountsUnreadable> {
+    let mut tree: serde_json::Value = serde_json::from_slice(body).map_err(|_| CountsUnreadable)?;
+    let Some(top) = tree.as_object_mut() else {
+        return Ok(None);
+    };
     if top.get("resourceType").and_then(serde_json::Value::as_str) != Some("Bundle") {
-        return None;
+        return Ok(None);
     }
     let mut removed = top.remove("total").is_some();
     for entry in top
@@ -477,7 +505,7 @@ fn without_total_in_tree(body: &[u8]) -> Option<Vec<u8>> {
             removed |= resource.remove("total").is_some();
         }
     }
-    removed.then(|| serde_json::to_vec(&tree).ok()).flatten()
+    written_if(removed, &tree)
 }
 
 /// `body` without the object member whose value is `value` (a slice of `body`): from the key's

@@ -230,7 +230,7 @@ impl Proxy {
                 fhir,
                 *strip_total || obligations.hide_total,
                 consent.is_some() || obligations.hide_total,
-            );
+            )?;
             found = found.map(|found| found.carried(&counted, &bytes));
         }
         let Withheld {
@@ -786,23 +786,30 @@ fn same_bytes(a: &Bytes, b: &Bytes) -> bool {
 
 /// A searchset or history without the numbers that would count what checks or blocks take out:
 /// the `total` when `strip_total`, the `last` link (its offset counts them too) when
-/// `strip_last`.
+/// `strip_last`. An answer that cannot be read to take them out is refused: nothing shows them
+/// gone.
 fn counts_hidden(
     mut bytes: Bytes,
     fhir: &FhirRequest,
     strip_total: bool,
     strip_last: bool,
-) -> Bytes {
-    if !fhir.interaction().returns_bundle() {
-        return bytes;
+) -> Result<Bytes, ProxyError> {
+    if !fhir.interaction().returns_bundle() || bytes.is_empty() {
+        return Ok(bytes);
     }
-    if strip_total && let Some(without) = portvagt_policy::filter::without_total(&bytes) {
+    let unreadable = |_| ProxyError::UnreadableAnswer;
+    if strip_total
+        && let Some(without) = portvagt_policy::filter::without_total(&bytes).map_err(unreadable)?
+    {
         bytes = Bytes::from(without);
     }
-    if strip_last && let Some(without) = portvagt_policy::filter::without_last_link(&bytes) {
+    if strip_last
+        && let Some(without) =
+            portvagt_policy::filter::without_last_link(&bytes).map_err(unreadable)?
+    {
         bytes = Bytes::from(without);
     }
-    bytes
+    Ok(bytes)
 }
 
 #[cfg(test)]
