@@ -398,15 +398,20 @@ pub fn patient_reference_id(reference: &str) -> Option<&str> {
     (relative_or_absolute && crate::resource_type::is_valid_id(id)).then_some(id)
 }
 
-/// Whether `text` begins as an absolute URL: a scheme (a letter, then letters, digits, `+`, `-`
-/// or `.`: RFC 3986 §3.1) and `://`. `#://x/Patient/anne` is not one: it is a local reference,
-/// to a contained resource whose id only looks like a URL, and only a lookup places it.
+/// Whether `text` is an absolute URL as plain as a reference to one Patient must be: a scheme
+/// (a letter, then letters, digits, `+`, `-` or `.`: RFC 3986 §3.1) and `://`, and after it no
+/// query, fragment, percent-escape or dot segment, which servers resolve differently
+/// (`https://h/Patient/anne/../Patient/bo` is Anne's to one and Bo's to another).
+/// `#://x/Patient/anne` is not one: it is a local reference, to a contained resource whose id
+/// only looks like a URL, and only a lookup places it.
 fn absolute_url(text: &str) -> bool {
-    text.split_once("://").is_some_and(|(scheme, _)| {
+    text.split_once("://").is_some_and(|(scheme, rest)| {
         scheme.starts_with(|c: char| c.is_ascii_alphabetic())
             && scheme
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+            && !rest.contains(['?', '#', '%'])
+            && !rest.split('/').any(|segment| matches!(segment, "." | ".."))
     })
 }
 

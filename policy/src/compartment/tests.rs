@@ -91,6 +91,13 @@ fn only_a_url_with_a_scheme_is_an_absolute_patient_reference() {
         ("ht tp://x/Patient/a", None),
         ("h_t://x/Patient/a", None),
         ("/https://x/Patient/a", None),
+        // Read by their last pair they would be Bo's; by their first, or refused, not.
+        ("https://h/Patient/anne/../Patient/bo", None),
+        ("https://h/./Patient/bo", None),
+        ("https://h/Patient/anne?x=/Patient/bo", None),
+        ("https://h/Patient/anne#/Patient/bo", None),
+        ("https://h/Patient/anne%2F..%2F/Patient/bo", None),
+        ("https://h.example:8443/fhir/R4/Patient/bo", Some("bo")),
     ] {
         assert_eq!(patient_reference_id(reference), expected, "{reference}");
     }
@@ -100,6 +107,7 @@ fn only_a_url_with_a_scheme_is_an_absolute_patient_reference() {
         ("#://x/Patient/a", true),
         ("://x/Patient/a", true),
         ("ht tp://x/Patient/a", true),
+        ("https://h/Patient/anne/../Patient/bo", true),
         ("Practitioner/p", false),
         ("urn:portvagt:untyped-by-identifier", false),
     ] {
