@@ -60,6 +60,15 @@ const BACKEND_DISCLOSURE: &[&str] = &[
     "set-cookie",
     // Nor telling them its spans (W3C Trace Context Level 2).
     "traceresponse",
+    // Nor paging or counting beside the Bundle: a FHIR search pages in its body, whose links
+    // the gateway rewrites and, under citizens' blocks, strips of `last` and `total`. A
+    // backend's `Link` names backend URLs (and its `rel="last"` offset, like `X-Total-Count`
+    // or an items `Content-Range`, tells how many matched, withheld entries included).
+    "link",
+    "x-total-count",
+    "content-range",
+    // Nor offering ranges, which the gateway does not pass on.
+    "accept-ranges",
 ];
 
 /// Removes hop-by-hop headers, including those named in `Connection`.
@@ -146,6 +155,9 @@ pub fn sanitize_request(
     headers.remove("x-cascade");
     headers.remove(header::IF_NONE_MATCH);
     headers.remove(header::IF_MODIFIED_SINCE);
+    // Nor a part of one: a byte range of a Bundle or resource cannot be read for whose it is.
+    headers.remove(header::RANGE);
+    headers.remove(header::IF_RANGE);
     // `Prefer: handling=lenient` makes servers ignore parameters they do not know, pins
     // included: only `return=` preferences pass.
     let prefer: Vec<String> = headers
@@ -264,5 +276,37 @@ mod tests {
         ]);
         sanitize_response(&mut headers);
         assert_eq!(headers.len(), 1);
+    }
+
+    #[test]
+    fn counts_and_backend_links_beside_the_body_do_not_pass() {
+        let mut headers = map(&[
+            (
+                "link",
+                "<http://backend:8080/fhir?_getpages=x&_getpagesoffset=340>; rel=\"last\"",
+            ),
+            ("x-total-count", "347"),
+            ("content-range", "items 0-9/347"),
+            ("accept-ranges", "bytes"),
+            ("etag", "W/\"3\""),
+            ("content-type", "application/fhir+json"),
+        ]);
+        sanitize_response(&mut headers);
+        let mut names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["content-type", "etag"]);
+    }
+
+    #[test]
+    fn the_backend_is_asked_for_whole_answers() {
+        let mut headers = map(&[
+            ("range", "bytes=0-99"),
+            ("if-range", "W/\"1\""),
+            ("if-modified-since", "Sat, 05 Dec 2026 06:00:00 GMT"),
+        ]);
+        sanitize_request(&mut headers, false, None, None);
+        for name in ["range", "if-range", "if-modified-since"] {
+            assert!(!headers.contains_key(name), "{name} passed");
+        }
     }
 }
