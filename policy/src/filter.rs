@@ -393,14 +393,17 @@ pub fn bundle_resources(bundle: &serde_json::Value) -> impl Iterator<Item = &ser
         .filter_map(|entry| entry.get("resource"))
 }
 
-/// Whether a search Bundle has a `next` page: what is on it was not read.
+/// Whether a search Bundle has a `next` page: what is on it was not read. The relation is
+/// matched in any case (RFC 8288 §2.1.1), as `last` is: a `Next` read as no next page would be
+/// a page of blocks or matches not read.
 pub fn has_next_page(bundle: &serde_json::Value) -> bool {
     bundle
         .get("link")
         .and_then(serde_json::Value::as_array)
         .into_iter()
         .flatten()
-        .any(|link| link.get("relation").and_then(serde_json::Value::as_str) == Some("next"))
+        .filter_map(|link| link.get("relation").and_then(serde_json::Value::as_str))
+        .any(|relation| relation.eq_ignore_ascii_case("next"))
 }
 
 /// A searchset without its `last` link (and the searchsets in a batch answer without theirs):

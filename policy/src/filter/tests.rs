@@ -57,6 +57,24 @@ fn a_last_link_goes_in_any_case_and_any_spelling() {
     }
 }
 
+/// A next page is a next page in any case: a `Next` taken for none would leave a page of
+/// blocks or matches unread.
+#[test]
+fn a_next_page_is_seen_in_any_case() {
+    for relation in ["next", "Next", "NEXT"] {
+        let bundle = json!({ "resourceType": "Bundle", "link": [
+            { "relation": "self", "url": "a" }, { "relation": relation, "url": "b" } ] });
+        assert!(has_next_page(&bundle), "{relation}");
+    }
+    for bundle in [
+        json!({ "resourceType": "Bundle", "link": [{ "relation": "self", "url": "next" }] }),
+        json!({ "resourceType": "Bundle", "link": [{ "relation": "nexts", "url": "b" }] }),
+        json!({ "resourceType": "Bundle" }),
+    ] {
+        assert!(!has_next_page(&bundle), "{bundle}");
+    }
+}
+
 #[test]
 fn the_last_links_of_searchsets_in_a_batch_answer_are_removed_too() {
     let body = json!({ "resourceType": "Bundle", "type": "batch-response", "entry": [
