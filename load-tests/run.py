@@ -229,13 +229,34 @@ http {{
   uwsgi_temp_path {work}/nginx-uwsgi;
   scgi_temp_path {work}/nginx-scgi;
   keepalive_requests 1000000;
+  map $args $searched_patient {{
+    "~(^|&)patient=(Patient(/|%2F))?(?<id>p[0-9]+)(&|$)" $id;
+    default "";
+  }}
   server {{
     listen 127.0.0.1:{ports['nginx']} reuseport backlog=4096;
     root {work};
     default_type application/fhir+json;
     location = /fhir/R4/Patient/p1 {{ try_files /patient.json =404; }}
-    location ~ ^/fhir/R4/Patient/p[0-9]+$ {{ try_files /patient.json =404; }}
-    location = /fhir/R4/Observation {{ try_files /obs-$arg__count.json =404; }}
+    # Any other patient, and a search for one, answered with that patient's data, as a FHIR
+    # server would (the as-deployed mixes name 4,000: an answer naming p1 instead of the
+    # patient asked for would be audited, and checked for blocks, as both).
+    location ~ ^/fhir/R4/Patient/(?<read_patient>p[0-9]+)$ {{
+      sub_filter_types application/fhir+json;
+      sub_filter '"id": "p1"' '"id": "$read_patient"';
+      try_files /patient.json =404;
+    }}
+    location = /fhir/R4/Observation {{
+      if ($searched_patient) {{ rewrite ^ /patients-observations last; }}
+      try_files /obs-$arg__count.json =404;
+    }}
+    location = /patients-observations {{
+      internal;
+      sub_filter_types application/fhir+json;
+      sub_filter_once off;
+      sub_filter '"Patient/p1"' '"Patient/$searched_patient"';
+      try_files /obs-$arg__count.json =404;
+    }}
     location = /fhir/R4/Consent {{ return 200 '{{"resourceType":"Bundle","type":"searchset","total":0}}'; }}
     location = /fhir/R4/EpisodeOfCare {{ return 200 '{{"resourceType":"Bundle","type":"searchset","entry":[{{"resource":{{"resourceType":"EpisodeOfCare","id":"eoc-1","status":"active","patient":{{"reference":"Patient/p1"}},"careManager":{{"reference":"Practitioner/prac-load"}}}}}}]}}'; }}
     location ~ ^/fhir/R4/(Encounter|CareTeam|ServiceRequest|Appointment|Practitioner|PractitionerRole)$ {{ return 200 '{{"resourceType":"Bundle","type":"searchset","entry":[]}}'; }}
