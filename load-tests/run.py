@@ -188,10 +188,12 @@ def main():
                         help="beside the bare Portvagt, one as deployed: citizens' blocks enforced, audit shipped, "
                              "operator rules, 50 callers reading and searching over many patients, the consent cache "
                              "warm (40 patients) and cold (4,000 patients, 500 cached): results/<kind>-realistic.*")
+    parser.add_argument("--http2", action="store_true",
+                        help="with --smoke: the HTTP/2 reads too (a full run has them)")
     parser.add_argument("--pin", action="store_true",
                         help="servers on CPU 0, the driver on CPU 1 (results/<kind>-pinned.*)")
     parser.add_argument("--profile", action="store_true",
-                        help="record Portvagt's maximum-throughput runs with perf (call graphs) into the work directory")
+                        help="record Portvagt's runs with perf (call graphs) into the work directory")
     parser.add_argument("--keep", action="store_true",
                         help="keep the work directory (configs, logs, the audit spool) instead of deleting it at the end")
     opts = parser.parse_args()
@@ -412,7 +414,7 @@ backend be
                 args += ["--http2"]
             cpu_before = cpu_seconds(pid)
             perf = None
-            if opts.profile and name in ("portvagt", "realistic") and rate is None:
+            if opts.profile and name in ("portvagt", "realistic"):
                 perf = subprocess.Popen(["perf", "record", "-F", "999", "--call-graph", "dwarf,16384", "-p", str(pid),
                                          "-o", str(work / f"perf-{len(results)}.data")],
                                         stdout=logs, stderr=subprocess.STDOUT)
@@ -425,7 +427,8 @@ backend be
                 index = work / "profiles.json"
                 recorded = json.loads(index.read_text()) if index.exists() else []
                 recorded.append({"file": f"perf-{len(results)}.data", "target": name, "path": path,
-                                 "mix": mix.name if mix else None, "http2": http2, "answered": outcome["ok"]})
+                                 "mix": mix.name if mix else None, "http2": http2, "rate": rate,
+                                 "answered": outcome["ok"]})
                 index.write_text(json.dumps(recorded, indent=1))
             cpu = cpu_seconds(pid) - cpu_before
             answered = max(outcome["ok"], 1)
@@ -469,14 +472,15 @@ backend be
         print(f"fixed rate, 50% of Portvagt's maximum ({half} req/s):")
         for name in order:
             results.append(run(name, "Patient/p1", rate=half))
+        if not opts.smoke or opts.http2:
+            print("HTTP/2:")
+            for name in [n for n in order if n != "direct"]:
+                results.append(run(name, "Patient/p1", http2=True))
         idle = {}
         if not opts.smoke:
             print(f"resident memory with {IDLE} idle mTLS connections:")
             for name in [n for n in order if n != "direct"]:
                 idle[name] = hold_idle(name)
-            print("HTTP/2:")
-            for name in [n for n in order if n != "direct"]:
-                results.append(run(name, "Patient/p1", http2=True))
             print("searchset size (response filtering and URL rewriting):")
             # A read at the same 16 connections first: fewer connections put fewer records in
             # each audit sync, so the searchsets are compared with a read under the same load.

@@ -69,6 +69,7 @@ def main():
         per_request = total / 1000 / max(profile["answered"], 1)
         label = profile["mix"] or profile["path"]
         label = label.removeprefix("mix-").removesuffix(".tsv") + (" (h2)" if profile.get("http2") else "")
+        label += f" at {profile['rate']}/s" if profile.get("rate") else ""
         column = {"all": per_request}
         for part, symbols in PARTS:
             column[part] = sum(shares.get(symbol, 0.0) for symbol in symbols) * per_request
