@@ -156,6 +156,36 @@ def cpu_seconds(pid):
     return total
 
 
+def runqueue_seconds(pid):
+    """Time `pid`'s threads (and its children's) spent runnable but waiting for a CPU."""
+    total = 0
+    for member in family(pid):
+        try:
+            for task in Path(f"/proc/{member}/task").iterdir():
+                total += int((task / "schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / 1e9
+
+
+def quantile(before, after, name, q):
+    """The upper bound of the bucket holding the `q` quantile of histogram `name` (all its
+    label sets summed) between two /metrics readings, in ms; None without observations."""
+    buckets = {}
+    for key, value in after.items():
+        if key.startswith(name + "_bucket{"):
+            bound = key.split('le="', 1)[1].split('"', 1)[0]
+            buckets[bound] = buckets.get(bound, 0) + value - before.get(key, 0)
+    bounds = sorted(buckets, key=lambda b: float("inf") if b == "+Inf" else float(b))
+    total = buckets.get("+Inf", 0)
+    if not total:
+        return None
+    for bound in bounds:
+        if buckets[bound] >= q * total:
+            return float("inf") if bound == "+Inf" else float(bound) * 1000
+    return None
+
+
 def token_bench():
     """The verified-JWT cache, hit and cold, from the criterion benchmark (microseconds)."""
     sh("cargo", "bench", "--locked", "-p", "portvagt", "--bench", "token", "--", "ES256", cwd=ROOT,
@@ -413,6 +443,11 @@ backend be
             if http2:
                 args += ["--http2"]
             cpu_before = cpu_seconds(pid)
+            # At the fixed rate, where the tail comes from: Portvagt's own view of the time (its
+            # histograms) and its threads' waits for a CPU, beside what the driver measured.
+            inside = name == "portvagt" and rate and not http2
+            if inside:
+                metrics_before, waited_before = gateway_metrics(url, pki), runqueue_seconds(pid)
             perf = None
             if opts.profile and name in ("portvagt", "realistic"):
                 perf = subprocess.Popen(["perf", "record", "-F", "999", "--call-graph", "dwarf,16384", "-p", str(pid),
@@ -443,6 +478,22 @@ backend be
                   f"errors {outcome['errors']}", flush=True)
             if outcome["errors"]:
                 print(f"    {outcome['error_samples'][:3]}", flush=True)
+            if inside:
+                metrics_after = gateway_metrics(url, pki)
+                split = {
+                    "runqueue_us_per_request": round((runqueue_seconds(pid) - waited_before) / answered * 1e6, 1),
+                }
+                for part, histogram in (("request", "portvagt_request_duration_seconds"),
+                                        ("backend", "portvagt_upstream_duration_seconds"),
+                                        ("audit", "portvagt_audit_write_duration_seconds")):
+                    for q in (0.5, 0.99):
+                        split[f"{part}_p{round(q * 100)}_ms"] = quantile(metrics_before, metrics_after, histogram, q)
+                outcome["inside"] = split
+                bound = lambda ms: "–" if ms is None else f"≤ {ms:g} ms"
+                print(f"    inside Portvagt: request p50 {bound(split['request_p50_ms'])}, p99 "
+                      f"{bound(split['request_p99_ms'])}; backend p99 {bound(split['backend_p99_ms'])}; "
+                      f"audit wait p99 {bound(split['audit_p99_ms'])}; its threads waited "
+                      f"{split['runqueue_us_per_request']} µs per request for a CPU", flush=True)
             return outcome
 
         if opts.soak:
@@ -762,6 +813,16 @@ def report(results, maxima, half, opts, duration, idle, bench):
             f"{r['target']} p50 +{(r['p50_us'] - direct_half['p50_us']) / 1000:.2f} ms, "
             f"p99 +{(r['p99_us'] - direct_half['p99_us']) / 1000:.2f} ms"
             for r in results if r["rate"] and r["target"] != "direct") + "."]
+    inside = next((r["inside"] for r in results if r.get("inside")), None)
+    if inside:
+        bound = lambda ms: "–" if ms is None else f"≤ {ms:g} ms"
+        lines += ["", "Where Portvagt's tail is, at that rate (its own histograms, bucket bounds): a request from "
+                  f"its headers read to its body sent p50 {bound(inside['request_p50_ms'])}, p99 "
+                  f"{bound(inside['request_p99_ms'])}; of it the backend p99 {bound(inside['backend_p99_ms'])} and "
+                  f"the audit record's wait for its group commit p50 {bound(inside['audit_p50_ms'])}, p99 "
+                  f"{bound(inside['audit_p99_ms'])}; its threads waited {inside['runqueue_us_per_request']} µs per "
+                  "request for a CPU. What the driver measures beyond that is time outside the gateway's "
+                  "code: the connection's bytes waiting to be read and written (the kernel, the scheduler)."]
     bare = next((r for r in results if r["target"] == "portvagt" and not r["rate"] and not r["http2"]
                  and r["path"] == "Patient/p1"), None)
     realistic = [r for r in results if r["target"].startswith("realistic")]
