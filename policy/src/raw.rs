@@ -345,7 +345,16 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawEntry<'a> {
 impl RawEntry<'_> {
     /// The entry as JSON, appended to `out`: untouched values byte for byte.
     pub fn write_json(&self, out: &mut Vec<u8>) {
-        write_object(out, self.fields.iter(), |out, slot| match slot {
+        self.write_json_with(out, None);
+    }
+
+    /// [`Self::write_json`], with the value of `key` (not `resource`), when there is one,
+    /// written as `json`: JSON text its caller made (a rewritten URL), not checked here.
+    pub fn write_json_with(&self, out: &mut Vec<u8>, with: Option<(&str, &str)>) {
+        write_object(out, self.fields.iter(), |out, key, slot| match slot {
+            EntrySlot::Raw(_) if with.is_some_and(|(name, _)| key == name) => {
+                out.extend_from_slice(with.map_or("", |(_, json)| json).as_bytes());
+            }
             EntrySlot::Raw(raw) => out.extend_from_slice(raw.raw().get().as_bytes()),
             EntrySlot::Resource(resource) => resource.write_json(out),
         });
@@ -355,8 +364,15 @@ impl RawEntry<'_> {
 impl OrderedRaw<'_> {
     /// The object as JSON, appended to `out`: untouched values byte for byte.
     pub fn write_json(&self, out: &mut Vec<u8>) {
-        write_object(out, self.fields.iter(), |out, slot| {
-            out.extend_from_slice(slot.raw().get().as_bytes());
+        self.write_json_with(out, None);
+    }
+
+    /// [`Self::write_json`], with the value of `key`, when there is one, written as `json`:
+    /// JSON text its caller made (a rewritten URL), not checked here.
+    pub fn write_json_with(&self, out: &mut Vec<u8>, with: Option<(&str, &str)>) {
+        write_object(out, self.fields.iter(), |out, key, slot| match with {
+            Some((name, json)) if key == name => out.extend_from_slice(json.as_bytes()),
+            _ => out.extend_from_slice(slot.raw().get().as_bytes()),
         });
     }
 
@@ -368,11 +384,11 @@ impl OrderedRaw<'_> {
     }
 }
 
-/// `{"key":value,…}` appended to `out`, each value written by `value`.
+/// `{"key":value,…}` appended to `out`, each value written by `value` (given its key).
 fn write_object<'f, 'a: 'f, V: 'f>(
     out: &mut Vec<u8>,
     fields: impl Iterator<Item = &'f (Key<'a>, V)>,
-    mut value: impl FnMut(&mut Vec<u8>, &V),
+    mut value: impl FnMut(&mut Vec<u8>, &str, &V),
 ) {
     out.push(b'{');
     for (index, (key, slot)) in fields.enumerate() {
@@ -381,7 +397,7 @@ fn write_object<'f, 'a: 'f, V: 'f>(
         }
         key.write_json(out);
         out.push(b':');
-        value(out, slot);
+        value(out, key, slot);
     }
     out.push(b'}');
 }
@@ -400,7 +416,7 @@ pub fn write_key(out: &mut Vec<u8>, key: &str) {
 }
 
 /// Whether nothing in `text` needs an escape in a JSON string.
-fn plain(text: &str) -> bool {
+pub fn plain(text: &str) -> bool {
     text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\')
 }
 

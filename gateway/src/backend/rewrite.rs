@@ -2,7 +2,9 @@
 //! backend's address: `Location`, `Content-Location`, and in Bundles `link[].url`,
 //! `entry[].fullUrl` and `entry[].response.location` (FHIR R4 §2.36 Bundle).
 
-use portvagt_policy::raw::{BundleField, OrderedRaw, RawBundle, RawEntry, from_body, write_key};
+use portvagt_policy::raw::{
+    BundleField, OrderedRaw, RawBundle, RawEntry, from_body, plain, write_key,
+};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use serde_json::value::to_raw_value;
@@ -32,7 +34,8 @@ trait EntryFields {
     fn text(&self, key: &str) -> Option<std::borrow::Cow<'_, str>>;
     fn raw(&self, key: &str) -> Option<&RawValue>;
     fn put(&mut self, key: &str, value: Box<RawValue>);
-    fn write(&self, out: &mut Vec<u8>);
+    /// The entry as JSON, `with` a field's value written as the JSON text given.
+    fn write(&self, out: &mut Vec<u8>, with: Option<(&str, &str)>);
 }
 
 /// Both readings of an entry have the same field methods of their own.
@@ -48,8 +51,8 @@ macro_rules! entry_fields {
             fn put(&mut self, key: &str, value: Box<RawValue>) {
                 self.replace(key, value);
             }
-            fn write(&self, out: &mut Vec<u8>) {
-                self.write_json(out);
+            fn write(&self, out: &mut Vec<u8>, with: Option<(&str, &str)>) {
+                self.write_json_with(out, with);
             }
         }
     )*};
@@ -199,12 +202,16 @@ impl UrlRewriter {
                 BundleField::Raw(raw) => out.extend_from_slice(raw.get().as_bytes()),
                 BundleField::Entries(entries) => {
                     out.push(b'[');
+                    // An entry's rewritten `fullUrl` as JSON, made here for each in turn
+                    // (when the public base needs no escape).
+                    let mut full_url = plain(&self.public).then(String::new);
                     for (index, entry) in entries.iter_mut().enumerate() {
-                        self.rewrite_entry(entry)?;
+                        let made = self.rewrite_entry(entry, full_url.as_mut())?;
                         if index > 0 {
                             out.push(b',');
                         }
-                        entry.write(&mut out);
+                        let with = full_url.as_deref().filter(|_| made);
+                        entry.write(&mut out, with.map(|json| ("fullUrl", json)));
                     }
                     out.push(b']');
                     patients = found(entries);
@@ -218,12 +225,37 @@ impl UrlRewriter {
         }))
     }
 
-    /// An entry's `fullUrl` and `response.location` rewritten in place.
-    fn rewrite_entry(&self, entry: &mut impl EntryFields) -> Result<(), Unread> {
-        let full_url = entry.text("fullUrl").and_then(|url| self.rewrite(&url));
-        if let Some(url) = full_url {
-            entry.put("fullUrl", to_raw_value(&url).map_err(|_| Unread)?);
-        }
+    /// An entry's `fullUrl` and `response.location` rewritten. A `fullUrl` written without an
+    /// escape below the backend base (every one a FHIR server writes) is made as JSON text into
+    /// `full_url` (given when the public base needs no escape either), for the entry to be
+    /// written with (`true`): the same text serde_json would write, without a string and a raw
+    /// value made for each entry. Any other is rewritten in the entry itself.
+    fn rewrite_entry(
+        &self,
+        entry: &mut impl EntryFields,
+        full_url: Option<&mut String>,
+    ) -> Result<bool, Unread> {
+        let made = match (entry.text("fullUrl"), full_url) {
+            // Borrowed: no escape in it, so none needed in what is made of it.
+            (Some(std::borrow::Cow::Borrowed(url)), Some(full_url)) => {
+                let below = self.below(url);
+                if let Some(rest) = below {
+                    full_url.clear();
+                    full_url.push('"');
+                    full_url.push_str(&self.public);
+                    full_url.push_str(rest);
+                    full_url.push('"');
+                }
+                below.is_some()
+            }
+            (Some(url), _) => {
+                if let Some(url) = self.rewrite(&url) {
+                    entry.put("fullUrl", to_raw_value(&url).map_err(|_| Unread)?);
+                }
+                false
+            }
+            (None, _) => false,
+        };
         let response = match entry.raw("response") {
             Some(raw) => {
                 let mut response: Value = serde_json::from_str(raw.get()).map_err(|_| Unread)?;
@@ -237,7 +269,7 @@ impl UrlRewriter {
         if let Some(response) = response {
             entry.put("response", response);
         }
-        Ok(())
+        Ok(made)
     }
 
     /// A Bundle's links rewritten, or with `paging` handed out as it makes them (see
@@ -457,6 +489,65 @@ mod tests {
                 .unwrap()
                 .contains(r#"{"value":1.50}"#)
         );
+    }
+
+    /// A `fullUrl` made as text beside its entry is the text serde_json writes for the URL the
+    /// tree gets, whatever the public base and the backend's spelling (an escape in either takes
+    /// the other way), read with the resources or not.
+    #[test]
+    fn a_full_url_made_as_text_is_written_as_serde_json_writes_it() {
+        let full_urls = [
+            (
+                "http://10.0.0.5:8080/fhir/R4/Observation/1",
+                Some("/Observation/1"),
+            ),
+            ("http://10.0.0.5:8080/fhir/R4", Some("")),
+            (
+                "http://10.0.0.5:8080/fhir/R4?_getpages=x",
+                Some("?_getpages=x"),
+            ),
+            (
+                "http://10.0.0.5:8080/fhir/R4/Observation/æ",
+                Some("/Observation/æ"),
+            ),
+            (
+                r"http:\/\/10.0.0.5:8080\/fhir\/R4\/Observation\/2",
+                Some("/Observation/2"),
+            ),
+            (
+                r"http://10.0.0.5:8080/fhir/R4/Observation/\u0022",
+                Some("/Observation/\""),
+            ),
+            ("http://10.0.0.5:8080/fhir/R40/Observation/3", None),
+            ("urn:uuid:1234", None),
+        ];
+        for public in [
+            "https://fhir.example.dk/fhir",
+            "https://fhir.example.dk/næste",
+            r#"https://fhir.example.dk/a"b\c"#,
+        ] {
+            let rewriter = UrlRewriter::new("http://10.0.0.5:8080/fhir/R4", public);
+            for (full_url, below) in full_urls {
+                let body = format!(
+                    r#"{{"resourceType":"Bundle","entry":[{{"fullUrl":"{full_url}","resource":{{"resourceType":"Observation","id":"1"}}}}]}}"#
+                );
+                let expected = match below {
+                    Some(rest) => serde_json::to_string(&format!("{public}{rest}")).unwrap(),
+                    None => format!(r#""{full_url}""#),
+                };
+                for patients in [false, true] {
+                    let out = rewriter
+                        .rewrite_bundle_bytes(body.as_bytes(), None, patients)
+                        .unwrap()
+                        .unwrap();
+                    let text = String::from_utf8(out.bytes).unwrap();
+                    assert!(
+                        text.contains(&format!(r#"{{"fullUrl":{expected},"resource""#)),
+                        "{public} {full_url}: {text}"
+                    );
+                }
+            }
+        }
     }
 
     /// Whose data a Bundle holds, read in the scan that rewrites it, is what reading the bytes

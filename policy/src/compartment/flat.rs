@@ -19,22 +19,9 @@ pub(super) fn flat_references(text: &str) -> Option<References<'_>> {
     let references = match cursor.peek()? {
         b'{' => References::One(cursor.object()?),
         b'[' => {
-            let mut references = Vec::new();
-            cursor.at += 1;
-            cursor.space();
-            if cursor.peek()? == b']' {
-                cursor.at += 1;
-            } else {
-                loop {
-                    references.push(cursor.object()?);
-                    match cursor.next()? {
-                        b',' => cursor.space(),
-                        b']' => break,
-                        _ => return None,
-                    }
-                }
-            }
-            References::List(references)
+            let start = cursor.at;
+            cursor.list(&mut |_| {})?;
+            References::List(&text[start..cursor.at])
         }
         _ => return None,
     };
@@ -42,12 +29,12 @@ pub(super) fn flat_references(text: &str) -> Option<References<'_>> {
     (cursor.at == text.len()).then_some(references)
 }
 
-/// What [`flat_references`] read: one Reference's `reference` (the usual `subject`, kept
-/// without an allocation), or a list's.
+/// What [`flat_references`] read: one Reference's `reference` (the usual `subject`), or a
+/// list of them, as its text (read through once more when visited: no allocation for it).
 #[derive(Debug)]
 pub(super) enum References<'a> {
     One(&'a str),
-    List(Vec<&'a str>),
+    List(&'a str),
 }
 
 impl<'a> References<'a> {
@@ -55,7 +42,10 @@ impl<'a> References<'a> {
     pub(super) fn visit(&self, visit: &mut dyn FnMut(&'a str)) {
         match self {
             References::One(reference) => visit(reference),
-            References::List(references) => references.iter().for_each(|r| visit(r)),
+            // (Read whole once already: it reads so again.)
+            References::List(list) => {
+                let _ = Cursor { text: list, at: 0 }.list(visit);
+            }
         }
     }
 }
@@ -100,6 +90,27 @@ impl<'a> Cursor<'a> {
         self.at += end + 1;
         // (A quote is ASCII: both ends are on character boundaries.)
         Some(&self.text[start..start + end])
+    }
+
+    /// A list of objects as [`Self::object`] reads them, each one's reference handed to
+    /// `visit` as it is read (so only a list read whole before may be visited).
+    fn list(&mut self, visit: &mut dyn FnMut(&'a str)) -> Option<()> {
+        if self.next()? != b'[' {
+            return None;
+        }
+        self.space();
+        if self.peek()? == b']' {
+            self.at += 1;
+            return Some(());
+        }
+        loop {
+            visit(self.object()?);
+            match self.next()? {
+                b',' => self.space(),
+                b']' => return Some(()),
+                _ => return None,
+            }
+        }
     }
 
     /// An object whose members are all strings without escapes, keys plain and given once, with
