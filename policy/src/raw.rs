@@ -345,18 +345,28 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawEntry<'a> {
 impl RawEntry<'_> {
     /// The entry as JSON, appended to `out`: untouched values byte for byte.
     pub fn write_json(&self, out: &mut Vec<u8>) {
-        self.write_json_with(out, None);
+        self.write_json_with(out, None, None);
     }
 
     /// [`Self::write_json`], with the value of `key` (not `resource`), when there is one,
-    /// written as `json`: JSON text its caller made (a rewritten URL), not checked here.
-    pub fn write_json_with(&self, out: &mut Vec<u8>, with: Option<(&str, &str)>) {
+    /// written as `json`: JSON text its caller made (a rewritten URL), not checked here. With
+    /// `text`, the JSON text the entry was read from, its resource is copied from it as it
+    /// stands there ([`OrderedRaw::write_json_from`]).
+    pub fn write_json_with(
+        &self,
+        out: &mut Vec<u8>,
+        with: Option<(&str, &str)>,
+        text: Option<&[u8]>,
+    ) {
         write_object(out, self.fields.iter(), |out, key, slot| match slot {
             EntrySlot::Raw(_) if with.is_some_and(|(name, _)| key == name) => {
                 out.extend_from_slice(with.map_or("", |(_, json)| json).as_bytes());
             }
             EntrySlot::Raw(raw) => out.extend_from_slice(raw.raw().get().as_bytes()),
-            EntrySlot::Resource(resource) => resource.write_json(out),
+            EntrySlot::Resource(resource) => match text {
+                Some(text) => resource.write_json_from(out, text),
+                None => resource.write_json(out),
+            },
         });
     }
 }
@@ -364,16 +374,69 @@ impl RawEntry<'_> {
 impl OrderedRaw<'_> {
     /// The object as JSON, appended to `out`: untouched values byte for byte.
     pub fn write_json(&self, out: &mut Vec<u8>) {
-        self.write_json_with(out, None);
+        self.write_json_with(out, None, None);
     }
 
     /// [`Self::write_json`], with the value of `key`, when there is one, written as `json`:
-    /// JSON text its caller made (a rewritten URL), not checked here.
-    pub fn write_json_with(&self, out: &mut Vec<u8>, with: Option<(&str, &str)>) {
+    /// JSON text its caller made (a rewritten URL), not checked here. Without one, and with
+    /// `text`, the JSON text the object was read from, [`Self::write_json_from`].
+    pub fn write_json_with(
+        &self,
+        out: &mut Vec<u8>,
+        with: Option<(&str, &str)>,
+        text: Option<&[u8]>,
+    ) {
+        if let (None, Some(text)) = (with, text) {
+            return self.write_json_from(out, text);
+        }
         write_object(out, self.fields.iter(), |out, key, slot| match with {
             Some((name, json)) if key == name => out.extend_from_slice(json.as_bytes()),
             _ => out.extend_from_slice(slot.raw().get().as_bytes()),
         });
+    }
+
+    /// [`Self::write_json`] in one copy from `text`, the JSON text the object was read from:
+    /// its members as they stand there, from its first name's opening quote to the end of its
+    /// last value (between them, nothing but its other members, commas and white space, all
+    /// read and checked when it was). Member by member instead when that span is not in `text`,
+    /// when a value was replaced since (the text no longer says what the object holds), or when
+    /// its first name held an escape (decoded, it shows no place in the text).
+    pub fn write_json_from(&self, out: &mut Vec<u8>, text: &[u8]) {
+        match self.span_in(text) {
+            Some(members) => {
+                out.push(b'{');
+                out.extend_from_slice(members);
+                out.push(b'}');
+            }
+            None => self.write_json(out),
+        }
+    }
+
+    /// Where this object's members stand in `text`, if they do ([`Self::write_json_from`]).
+    fn span_in<'t>(&self, text: &'t [u8]) -> Option<&'t [u8]> {
+        let (Key(Cow::Borrowed(first)), _) = self.fields.first()? else {
+            return None;
+        };
+        let (_, RawSlot::Borrowed(last)) = self.fields.last()? else {
+            return None;
+        };
+        if self
+            .fields
+            .iter()
+            .any(|(_, slot)| matches!(slot, RawSlot::Owned(_)))
+        {
+            return None;
+        }
+        // Offsets by address: a slice whose bytes lie within `text` is of `text` (the memory of
+        // two live values does not overlap), so its bytes there are the name and value read.
+        let base = text.as_ptr() as usize;
+        let start = (first.as_ptr() as usize)
+            .checked_sub(base)?
+            .checked_sub(1)?;
+        let last = last.get();
+        let end = (last.as_ptr() as usize + last.len()).checked_sub(base)?;
+        let members = text.get(start..end)?;
+        (members.first() == Some(&b'"')).then_some(members)
     }
 
     /// The object as JSON.
@@ -423,6 +486,50 @@ pub fn plain(text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::OrderedRaw;
+
+    /// An object written from the text it was read from is its members as they stand there;
+    /// where that cannot be (a value replaced, its first name escaped, another text), it is
+    /// written member by member; either way it reads back as the object read.
+    #[test]
+    fn an_object_is_copied_from_its_text_only_when_the_text_says_what_it_holds() {
+        let text = "[ { \"a\" : 1 ,\n \"b\\u0062\" : [ \"x\\\"\" , { } ] , \"c\" : { \"d\" : null } } , \
+                    {\"\\u0061\":1,\"b\":2} , {} ]";
+        let objects: Vec<OrderedRaw<'_>> = super::from_body(text.as_bytes()).unwrap();
+        let read: Vec<serde_json::Value> = serde_json::from_str(text).unwrap();
+        let written = |object: &OrderedRaw<'_>, from: &[u8]| {
+            let mut out = Vec::new();
+            object.write_json_from(&mut out, from);
+            String::from_utf8(out).unwrap()
+        };
+        // Copied as it stands, white space and escapes kept.
+        assert_eq!(
+            written(&objects[0], text.as_bytes()),
+            "{\"a\" : 1 ,\n \"b\\u0062\" : [ \"x\\\"\" , { } ] , \"c\" : { \"d\" : null }}"
+        );
+        // The first name escaped, the object empty, another text: member by member.
+        assert_eq!(written(&objects[1], text.as_bytes()), r#"{"a":1,"b":2}"#);
+        assert_eq!(written(&objects[2], text.as_bytes()), "{}");
+        let other = text.to_owned();
+        assert!(!written(&objects[0], other.as_bytes()).contains('\n'));
+        for (object, read) in objects.iter().zip(&read) {
+            for from in [text.as_bytes(), other.as_bytes()] {
+                let back: serde_json::Value = serde_json::from_str(&written(object, from)).unwrap();
+                assert_eq!(&back, read);
+            }
+        }
+        // A value replaced, last or not: the text no longer says what it holds.
+        let mut replaced: Vec<OrderedRaw<'_>> = super::from_body(text.as_bytes()).unwrap();
+        replaced[0].replace("bb", serde_json::value::to_raw_value(&7).unwrap());
+        assert_eq!(
+            written(&replaced[0], text.as_bytes()),
+            r#"{"a":1,"bb":7,"c":{ "d" : null }}"#
+        );
+        replaced[0].replace("c", serde_json::value::to_raw_value(&8).unwrap());
+        assert_eq!(
+            written(&replaced[0], text.as_bytes()),
+            r#"{"a":1,"bb":7,"c":8}"#
+        );
+    }
 
     /// A name that held no escape is written as it stood; one that held an escape is written
     /// so that it reads back as the same name (a quote, a backslash or a control character in

@@ -34,8 +34,9 @@ trait EntryFields {
     fn text(&self, key: &str) -> Option<std::borrow::Cow<'_, str>>;
     fn raw(&self, key: &str) -> Option<&RawValue>;
     fn put(&mut self, key: &str, value: Box<RawValue>);
-    /// The entry as JSON, `with` a field's value written as the JSON text given.
-    fn write(&self, out: &mut Vec<u8>, with: Option<(&str, &str)>);
+    /// The entry as JSON, `with` a field's value written as the JSON text given; `text`, the
+    /// Bundle's, is what it was read from.
+    fn write(&self, out: &mut Vec<u8>, with: Option<(&str, &str)>, text: &[u8]);
 }
 
 /// Both readings of an entry have the same field methods of their own.
@@ -51,8 +52,8 @@ macro_rules! entry_fields {
             fn put(&mut self, key: &str, value: Box<RawValue>) {
                 self.replace(key, value);
             }
-            fn write(&self, out: &mut Vec<u8>, with: Option<(&str, &str)>) {
-                self.write_json_with(out, with);
+            fn write(&self, out: &mut Vec<u8>, with: Option<(&str, &str)>, text: &[u8]) {
+                self.write_json_with(out, with, Some(text));
             }
         }
     )*};
@@ -211,7 +212,7 @@ impl UrlRewriter {
                             out.push(b',');
                         }
                         let with = full_url.as_deref().filter(|_| made);
-                        entry.write(&mut out, with.map(|json| ("fullUrl", json)));
+                        entry.write(&mut out, with.map(|json| ("fullUrl", json)), body);
                     }
                     out.push(b']');
                     patients = found(entries);
@@ -465,6 +466,8 @@ mod tests {
             r#"{"resourceType":"Bundle","link":{"url":"http://10.0.0.5:8080/fhir/R4"},"entry":[]}"#,
             r#"{"resourceType":"Bundle","link":null}"#,
             r#"{"entry":[{"fullUrl":"http://10.0.0.5:8080/fhir/R4/Patient/1"}],"resourceType":"Bundle"}"#,
+            // White space everywhere, resources with escaped names (first or not), empty ones.
+            "{ \"resourceType\" : \"Bundle\" , \"entry\" : [ { \"resource\" : { \"resourceType\" :\n \"Observation\" ,\t\"subject\" : { \"reference\" : \"Patient/1\" } } , \"fullUrl\" : \"http://10.0.0.5:8080/fhir/R4/Observation/4\" } ,\n {\"resource\":{\"resourceT\\u0079pe\":\"Observation\",\"id\":\"5\"}}, {\"resource\":{\"resourceType\":\"Observation\",\"\\u0069d\":\"6\", \"note\": [ {\"text\":\"a \\\"b\\\"\"} ] }}, {\"resource\":{}} ] }",
             // Escaped keys and values, links that are not objects or have odd relations.
             r#"{"resourceType":"Bundl\u0065","l\u0069nk":[1,{"relation":7,"url":"http://10.0.0.5:8080/fhir/R4?_getpages=b"},{"relation":"s\u0065lf","url":"http://10.0.0.5:8080/fhir/R4/Observation"}],
                 "entr\u0079":[{"fullUr\u006c":"http://10.0.0.5:8080/fhir/R4/Observation/3","response":{"locati\u006fn":"http://10.0.0.5:8080/fhir/R4/Observation/3/_history/1"}}]}"#,
@@ -476,7 +479,12 @@ mod tests {
         for body in bundles {
             for paging in [None, Some(&paging), Some(&signing_self)] {
                 let (shallow, tree) = both_ways(body, paging);
-                assert_eq!(shallow, Ok(Some(tree)), "{body}");
+                assert_eq!(shallow, Ok(Some(tree.clone())), "{body}");
+                // Read with the resources as their fields (copied from the text as they came).
+                let with_patients = rewriter()
+                    .rewrite_bundle_bytes(body.as_bytes(), paging, true)
+                    .map(|out| out.map(|out| serde_json::from_slice::<Value>(&out.bytes).unwrap()));
+                assert_eq!(with_patients, Ok(Some(tree)), "{body}");
             }
         }
         // The resources are copied as they came: a number keeps its spelling.
