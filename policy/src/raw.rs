@@ -120,6 +120,9 @@ impl<'de> Deserialize<'de> for Key<'de> {
 #[derive(Debug, Default)]
 pub struct OrderedRaw<'a> {
     fields: Vec<(Key<'a>, RawSlot<'a>)>,
+    /// Read as one object, every member of it kept: its members stand together in its text
+    /// ([`Self::write_json_from`]). Not so for one put together of some of another's.
+    whole: bool,
 }
 
 #[derive(Debug)]
@@ -184,7 +187,10 @@ impl<'de: 'a, 'a> Deserialize<'de> for OrderedRaw<'a> {
                     refuse_token(&key)?;
                     fields.push((key, RawSlot::Borrowed(value)));
                 }
-                Ok(OrderedRaw { fields })
+                Ok(OrderedRaw {
+                    fields,
+                    whole: true,
+                })
             }
         }
         deserializer.deserialize_map(OrderedVisitor(std::marker::PhantomData))
@@ -399,8 +405,10 @@ impl OrderedRaw<'_> {
     /// its members as they stand there, from its first name's opening quote to the end of its
     /// last value (between them, nothing but its other members, commas and white space, all
     /// read and checked when it was). Member by member instead when that span is not in `text`,
-    /// when a value was replaced since (the text no longer says what the object holds), or when
-    /// its first name held an escape (decoded, it shows no place in the text).
+    /// when a value was replaced since (the text no longer says what the object holds), when
+    /// its first name held an escape (decoded, it shows no place in the text), or when it was
+    /// not read as one whole object (the rest of a Bundle without its entries: between its
+    /// members in the text stand the entries).
     pub fn write_json_from(&self, out: &mut Vec<u8>, text: &[u8]) {
         match self.span_in(text) {
             Some(members) => {
@@ -414,6 +422,9 @@ impl OrderedRaw<'_> {
 
     /// Where this object's members stand in `text`, if they do ([`Self::write_json_from`]).
     fn span_in<'t>(&self, text: &'t [u8]) -> Option<&'t [u8]> {
+        if !self.whole {
+            return None;
+        }
         let (Key(Cow::Borrowed(first)), _) = self.fields.first()? else {
             return None;
         };
@@ -517,6 +528,16 @@ mod tests {
                 assert_eq!(&back, read);
             }
         }
+        // Put together of some of another's members: what stands between them is not its own.
+        let bundle =
+            r#"{"resourceType":"Bundle","entry":[{"resource":{"id":"x"}}],"type":"searchset"}"#;
+        let read: super::RawBundle<'_, super::RawEntry<'_>> =
+            super::from_body(bundle.as_bytes()).unwrap();
+        let (_, rest) = read.split();
+        assert_eq!(
+            written(&rest, bundle.as_bytes()),
+            r#"{"resourceType":"Bundle","type":"searchset"}"#
+        );
         // A value replaced, last or not: the text no longer says what it holds.
         let mut replaced: Vec<OrderedRaw<'_>> = super::from_body(text.as_bytes()).unwrap();
         replaced[0].replace("bb", serde_json::value::to_raw_value(&7).unwrap());
