@@ -220,6 +220,11 @@ def main():
                              "warm (40 patients) and cold (4,000 patients, 500 cached): results/<kind>-realistic.*")
     parser.add_argument("--http2", action="store_true",
                         help="with --smoke: the HTTP/2 reads too (a full run has them)")
+    parser.add_argument("--baseline", metavar="BINARY",
+                        help="another portvagt binary (say, the commit before a change, built and copied aside) "
+                             "run as `baseline` right after Portvagt in every section it runs in")
+    parser.add_argument("--repeat", type=int, default=1, metavar="N",
+                        help="run each searchset size N times, the order turned each time (with --baseline)")
     parser.add_argument("--pin", action="store_true",
                         help="servers on CPU 0, the driver on CPU 1 (results/<kind>-pinned.*)")
     parser.add_argument("--profile", action="store_true",
@@ -349,6 +354,8 @@ level = "info"
         env = dict(os.environ, TOKIO_WORKER_THREADS=str(THREADS))
         if opts.realistic:
             realistic_setup(work, portvagt, base, ports, shipping, env, processes, pids, logs)
+        if opts.baseline:
+            baseline_setup(work, Path(opts.baseline).resolve(), ports, env, processes, pids)
         # The soak's access log (one line per request, ~9 GB in 30 minutes) is written, but to
         # /dev/null.
         log = open(os.devnull if opts.soak else work / "portvagt.log", "w")
@@ -404,6 +411,7 @@ backend be
                          "-H", f"Authorization: Bearer {token}"],
             "direct": (f"http://localhost:{ports['nginx']}/fhir/R4", pids["direct"], False),
             "portvagt": (f"https://localhost:{ports['portvagt']}/fhir", pids["portvagt"], True),
+            "baseline": (f"https://localhost:{ports.get('baseline', 0)}/fhir", pids.get("baseline"), True),
             "haproxy": (f"https://localhost:{ports['haproxy']}/fhir", pids["haproxy"], True),
             "envoy": (f"https://localhost:{ports['envoy']}/fhir", pids["envoy"], True),
         }
@@ -445,11 +453,11 @@ backend be
             cpu_before = cpu_seconds(pid)
             # At the fixed rate, where the tail comes from: Portvagt's own view of the time (its
             # histograms) and its threads' waits for a CPU, beside what the driver measured.
-            inside = name == "portvagt" and rate and not http2
+            inside = name in ("portvagt", "baseline") and rate and not http2
             if inside:
                 metrics_before, waited_before = gateway_metrics(url, pki), runqueue_seconds(pid)
             perf = None
-            if opts.profile and name in ("portvagt", "realistic"):
+            if opts.profile and name in ("portvagt", "realistic", "baseline"):
                 perf = subprocess.Popen(["perf", "record", "-F", "999", "--call-graph", "dwarf,16384", "-p", str(pid),
                                          "-o", str(work / f"perf-{len(results)}.data")],
                                         stdout=logs, stderr=subprocess.STDOUT)
@@ -501,6 +509,10 @@ backend be
 
         results = []
         order = [name for name in ["direct", "portvagt", "haproxy", "envoy"] if not opts.only or name in opts.only]
+        # Another build beside this one: right after it, wherever it runs.
+        if opts.baseline and "portvagt" in order:
+            order.insert(order.index("portvagt") + 1, "baseline")
+        portvagts = ("portvagt", "baseline")
         print("maximum throughput, Patient read, HTTP/1.1 keep-alive:")
         maxima = {}
         for round_ in range(1 if opts.smoke else 2):
@@ -535,13 +547,17 @@ backend be
             print("searchset size (response filtering and URL rewriting):")
             # A read at the same 16 connections first: fewer connections put fewer records in
             # each audit sync, so the searchsets are compared with a read under the same load.
-            for name in [n for n in order if n in ("direct", "portvagt")]:
+            for name in [n for n in order if n in ("direct", *portvagts)]:
                 outcome = run(name, "Patient/p1", connections=16)
                 outcome["path"] = "Patient/p1 (16 connections)"
                 results.append(outcome)
             for size in (10, 100, 1000):
-                for name in [n for n in order if n in ("direct", "portvagt")]:
-                    results.append(run(name, f"Observation?_count={size}", connections=16))
+                # (With --repeat, each size again, the order turned each time: before and after a
+                # change compared over several runs on a machine whose speed drifts.)
+                for round_ in range(opts.repeat):
+                    names = [n for n in order if n in ("direct", *portvagts)]
+                    for name in names if round_ % 2 == 0 else list(reversed(names)):
+                        results.append(run(name, f"Observation?_count={size}", connections=16))
         if opts.only or opts.profile:
             print("(a partial or profiled run: no report written)")
         else:
@@ -561,6 +577,21 @@ backend be
             print(f"work directory kept: {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def baseline_setup(work, binary, ports, env, processes, pids):
+    """Another Portvagt build (`--baseline`), configured as this one (the same issuer, PKI,
+    backend and audience), on a port and spool of its own: a change measured before and after
+    in one run, on a machine whose speed drifts between runs."""
+    ports["baseline"] = free_port()
+    config = (work / "portvagt.toml").read_text()
+    config = config.replace(f'listen = "127.0.0.1:{ports["portvagt"]}"', f'listen = "127.0.0.1:{ports["baseline"]}"')
+    config = config.replace('spool_dir = "audit"', 'spool_dir = "audit-baseline"')
+    (work / "portvagt-baseline.toml").write_text(config)
+    log = open(work / "portvagt-baseline.log", "w")
+    processes.append(start([str(binary), "serve", "--config", str(work / "portvagt-baseline.toml")], log, env=env))
+    pids["baseline"] = processes[-1].pid
+    wait_port(ports["baseline"])
 
 
 def realistic_setup(work, portvagt, base, ports, shipping, env, processes, pids, logs):
