@@ -349,13 +349,9 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawEntry<'a> {
 }
 
 impl RawEntry<'_> {
-    /// The entry as JSON, appended to `out`: untouched values byte for byte.
-    pub fn write_json(&self, out: &mut Vec<u8>) {
-        self.write_json_with(out, None, None);
-    }
-
-    /// [`Self::write_json`], with the value of `key` (not `resource`), when there is one,
-    /// written as `json`: JSON text its caller made (a rewritten URL), not checked here. With
+    /// The entry as JSON, appended to `out`: untouched values byte for byte, and the value of
+    /// `key` (not `resource`), when there is one, written as `json`: JSON text its caller made
+    /// (a rewritten URL), not checked here. With
     /// `text`, the JSON text the entry was read from, its resource is copied from it as it
     /// stands there ([`OrderedRaw::write_json_from`]).
     pub fn write_json_with(
