@@ -393,17 +393,22 @@ pub fn bundle_resources(bundle: &serde_json::Value) -> impl Iterator<Item = &ser
         .filter_map(|entry| entry.get("resource"))
 }
 
-/// Whether a search Bundle has a `next` page: what is on it was not read. The relation is
-/// matched in any case (RFC 8288 §2.1.1), as `last` is: a `Next` read as no next page would be
-/// a page of blocks or matches not read.
+/// Whether a search Bundle may have a `next` page: what is on it was not read. The relation is
+/// matched in any case (RFC 8288 §2.1.1), as `last` is, and without white space around it: a
+/// `Next` read as no next page would be a page of blocks or matches not read. Links that cannot
+/// be read (`link` not a list, a link not an object, a relation not a string) may be one.
 pub fn has_next_page(bundle: &serde_json::Value) -> bool {
-    bundle
-        .get("link")
-        .and_then(serde_json::Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|link| link.get("relation").and_then(serde_json::Value::as_str))
-        .any(|relation| relation.eq_ignore_ascii_case("next"))
+    let Some(links) = bundle.get("link") else {
+        return false;
+    };
+    let Some(links) = links.as_array() else {
+        return true;
+    };
+    links.iter().any(|link| match link.get("relation") {
+        Some(serde_json::Value::String(relation)) => relation.trim().eq_ignore_ascii_case("next"),
+        None => !link.is_object(),
+        Some(_) => true,
+    })
 }
 
 /// A searchset without its `last` link (and the searchsets in a batch answer without theirs):

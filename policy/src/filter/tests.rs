@@ -61,14 +61,26 @@ fn a_last_link_goes_in_any_case_and_any_spelling() {
 /// blocks or matches unread.
 #[test]
 fn a_next_page_is_seen_in_any_case() {
-    for relation in ["next", "Next", "NEXT"] {
+    for relation in ["next", "Next", "NEXT", " next ", "next\n"] {
         let bundle = json!({ "resourceType": "Bundle", "link": [
             { "relation": "self", "url": "a" }, { "relation": relation, "url": "b" } ] });
-        assert!(has_next_page(&bundle), "{relation}");
+        assert!(has_next_page(&bundle), "{relation:?}");
+    }
+    // Links that cannot be read may hold one.
+    for bundle in [
+        json!({ "resourceType": "Bundle", "link": { "relation": "next", "url": "b" } }),
+        json!({ "resourceType": "Bundle", "link": "next" }),
+        json!({ "resourceType": "Bundle", "link": ["next"] }),
+        json!({ "resourceType": "Bundle", "link": [{ "relation": ["next"], "url": "b" }] }),
+        json!({ "resourceType": "Bundle", "link": [{ "relation": 7, "url": "b" }] }),
+    ] {
+        assert!(has_next_page(&bundle), "{bundle}");
     }
     for bundle in [
         json!({ "resourceType": "Bundle", "link": [{ "relation": "self", "url": "next" }] }),
         json!({ "resourceType": "Bundle", "link": [{ "relation": "nexts", "url": "b" }] }),
+        json!({ "resourceType": "Bundle", "link": [{ "url": "b" }] }),
+        json!({ "resourceType": "Bundle", "link": [] }),
         json!({ "resourceType": "Bundle" }),
     ] {
         assert!(!has_next_page(&bundle), "{bundle}");
