@@ -351,24 +351,25 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawEntry<'a> {
 impl RawEntry<'_> {
     /// The entry as JSON, appended to `out`: untouched values byte for byte, and the value of
     /// `key` (not `resource`), when there is one, written as `json`: JSON text its caller made
-    /// (a rewritten URL), not checked here. With
-    /// `text`, the JSON text the entry was read from, its resource is copied from it as it
-    /// stands there ([`OrderedRaw::write_json_from`]).
+    /// (a rewritten URL), not checked here. With `text`, the JSON text the entry was read from,
+    /// its resource is copied from it as it stands there ([`OrderedRaw::write_json_from`]).
     pub fn write_json_with(
         &self,
         out: &mut Vec<u8>,
         with: Option<(&str, &str)>,
         text: Option<&[u8]>,
     ) {
-        write_object(out, self.fields.iter(), |out, key, slot| match slot {
-            EntrySlot::Raw(_) if with.is_some_and(|(name, _)| key == name) => {
-                out.extend_from_slice(with.map_or("", |(_, json)| json).as_bytes());
+        write_object(out, self.fields.iter(), |out, key, slot| {
+            match (slot, with) {
+                (EntrySlot::Raw(_), Some((name, json))) if key == name => {
+                    out.extend_from_slice(json.as_bytes());
+                }
+                (EntrySlot::Raw(raw), _) => out.extend_from_slice(raw.raw().get().as_bytes()),
+                (EntrySlot::Resource(resource), _) => match text {
+                    Some(text) => resource.write_json_from(out, text),
+                    None => resource.write_json(out),
+                },
             }
-            EntrySlot::Raw(raw) => out.extend_from_slice(raw.raw().get().as_bytes()),
-            EntrySlot::Resource(resource) => match text {
-                Some(text) => resource.write_json_from(out, text),
-                None => resource.write_json(out),
-            },
         });
     }
 }

@@ -211,8 +211,7 @@ impl UrlRewriter {
                         if index > 0 {
                             out.push(b',');
                         }
-                        let with = full_url.as_deref().filter(|_| made);
-                        entry.write(&mut out, with.map(|json| ("fullUrl", json)), body);
+                        entry.write(&mut out, made.map(|json| ("fullUrl", json)), body);
                     }
                     out.push(b']');
                     patients = found(entries);
@@ -227,35 +226,34 @@ impl UrlRewriter {
     }
 
     /// An entry's `fullUrl` and `response.location` rewritten. A `fullUrl` written without an
-    /// escape below the backend base (every one a FHIR server writes) is made as JSON text into
-    /// `full_url` (given when the public base needs no escape either), for the entry to be
-    /// written with (`true`): the same text serde_json would write, without a string and a raw
+    /// escape below the backend base (every one a FHIR server writes) is made as JSON text in
+    /// `full_url` (given when the public base needs no escape either) and returned, for the entry
+    /// to be written with: the same text serde_json would write, without a string and a raw
     /// value made for each entry. Any other is rewritten in the entry itself.
-    fn rewrite_entry(
+    fn rewrite_entry<'b>(
         &self,
         entry: &mut impl EntryFields,
-        full_url: Option<&mut String>,
-    ) -> Result<bool, Unread> {
+        full_url: Option<&'b mut String>,
+    ) -> Result<Option<&'b str>, Unread> {
         let made = match (entry.text("fullUrl"), full_url) {
             // Borrowed: no escape in it, so none needed in what is made of it.
             (Some(std::borrow::Cow::Borrowed(url)), Some(full_url)) => {
-                let below = self.below(url);
-                if let Some(rest) = below {
+                self.below(url).map(|rest| {
                     full_url.clear();
                     full_url.push('"');
                     full_url.push_str(&self.public);
                     full_url.push_str(rest);
                     full_url.push('"');
-                }
-                below.is_some()
+                    &**full_url
+                })
             }
             (Some(url), _) => {
                 if let Some(url) = self.rewrite(&url) {
                     entry.put("fullUrl", to_raw_value(&url).map_err(|_| Unread)?);
                 }
-                false
+                None
             }
-            (None, _) => false,
+            (None, _) => None,
         };
         let response = match entry.raw("response") {
             Some(raw) => {
