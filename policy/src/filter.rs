@@ -421,7 +421,7 @@ pub fn without_last_link(body: &[u8]) -> Result<Option<Vec<u8>>, CountsUnreadabl
     if !may_spell_last(body) {
         return Ok(None);
     }
-    let mut tree: serde_json::Value = serde_json::from_slice(body).map_err(|_| CountsUnreadable)?;
+    let mut tree = answer_tree(body)?;
     let drop_last = |bundle: &mut serde_json::Value| {
         if bundle
             .get("resourceType")
@@ -457,6 +457,14 @@ pub fn without_last_link(body: &[u8]) -> Result<Option<Vec<u8>>, CountsUnreadabl
         }
     }
     written_if(removed, &tree)
+}
+
+/// An answer read as a tree to be written again, as strictly as every check reads it: a member
+/// given twice, or one named as serde_json's raw value token (which a plain tree would expand
+/// into the JSON text it holds: `{"$serde_json::private::RawValue": "\"Patient\""}` becomes
+/// `"Patient"`), would make the answer that leaves say other than what was read in it.
+fn answer_tree(body: &[u8]) -> Result<serde_json::Value, CountsUnreadable> {
+    crate::strict_json::tree_unique(body).map_err(|_| CountsUnreadable)
 }
 
 /// `tree` written, when something was `removed` from it.
@@ -495,7 +503,7 @@ fn has_unicode_escape(bytes: &[u8]) -> bool {
 
 /// [`without_total`] on a parsed tree: the top level and each entry's resource.
 fn without_total_in_tree(body: &[u8]) -> Result<Option<Vec<u8>>, CountsUnreadable> {
-    let mut tree: serde_json::Value = serde_json::from_slice(body).map_err(|_| CountsUnreadable)?;
+    let mut tree = answer_tree(body)?;
     let Some(top) = tree.as_object_mut() else {
         return Ok(None);
     };

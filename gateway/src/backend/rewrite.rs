@@ -2,9 +2,12 @@
 //! backend's address: `Location`, `Content-Location`, and in Bundles `link[].url`,
 //! `entry[].fullUrl` and `entry[].response.location` (FHIR R4 §2.36 Bundle).
 
+// The parts rewritten as trees are read as strictly as the fallback reads the whole Bundle: a
+// raw value token in them would be expanded into other JSON by a plain tree.
 use portvagt_policy::raw::{
     BundleField, OrderedRaw, RawBundle, RawEntry, from_body, plain, write_key,
 };
+use portvagt_policy::strict_json::tree_unique_str;
 use serde_json::Value;
 use serde_json::value::RawValue;
 use serde_json::value::to_raw_value;
@@ -194,7 +197,7 @@ impl UrlRewriter {
             out.push(b':');
             match field {
                 BundleField::Raw(raw) if key == "link" => {
-                    let mut links: Value = serde_json::from_str(raw.get()).map_err(|_| Unread)?;
+                    let mut links = tree_unique_str(raw.get()).map_err(|_| Unread)?;
                     if let Some(list) = links.as_array_mut() {
                         self.rewrite_links(list, paging);
                     }
@@ -257,7 +260,7 @@ impl UrlRewriter {
         };
         let response = match entry.raw("response") {
             Some(raw) => {
-                let mut response: Value = serde_json::from_str(raw.get()).map_err(|_| Unread)?;
+                let mut response = tree_unique_str(raw.get()).map_err(|_| Unread)?;
                 self.rewrite_field(&mut response, "location")
                     .then(|| to_raw_value(&response))
                     .transpose()
@@ -614,6 +617,9 @@ mod tests {
             // A member a tree built by serde_json would read as other JSON.
             r#"{"resourceType":"Bundle","entry":[{"resource":{"$serde_json::private::RawValue":"{\"resourceType\":\"Observation\",\"subject\":{\"reference\":\"Patient/victim\"}}"}}]}"#,
             r#"{"resourceType":"Bundle","\u0024serde_json::private::RawValue":"{}"}"#,
+            // The same inside the parts rewritten as trees, a link or an entry's response.
+            r#"{"resourceType":"Bundle","link":[{"relation":"next","url":{"$serde_json::private::RawValue":"\"http://10.0.0.5:8080/fhir/R4?x\""}}]}"#,
+            r#"{"resourceType":"Bundle","entry":[{"response":{"status":"200","outcome":{"$serde_json::private::RawValue":"{}"}}}]}"#,
             r#"{"resourceType":"Bundle","entry":[{"resource":{"resourceType":"Observation","subject":{"reference":"Patient/a"},"subject":{"reference":"Patient/b"}}}]}"#,
             "not json",
         ] {

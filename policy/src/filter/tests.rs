@@ -121,7 +121,6 @@ fn a_total_is_cut_out_wherever_and_however_it_is_written() {
         r#"{"resourceType":"Bundle","type":"searchset","entry":[],"total":3}"#,
         r#"{ "total": 3, "resourceType": "Bundle", "type": "searchset", "entry": [] }"#,
         r#"{"resourceType":"Bundle","type":"searchset","entry":[],"tot\u0061l":3}"#,
-        r#"{"resourceType":"Bundle","type":"searchset","total":3,"total":4,"entry":[]}"#,
         r#"{"resourceType":"Bundle","type":"batch-response","entry":[{"resource":{"resourceType":"Bundle","total":2}}]}"#,
     ];
     for case in cases {
@@ -153,6 +152,31 @@ fn a_total_is_cut_out_wherever_and_however_it_is_written() {
     // refused, not passed on with its total.
     assert_eq!(
         without_total(br#"{"resourceType":"Bundle","total":1,"total":1,"id":"\udc00"}"#),
+        Err(CountsUnreadable)
+    );
+    // A total given twice: which of the two a client reads is its parser's choice, and the
+    // tree that would take them out is read as strictly as every check reads (refused).
+    assert_eq!(
+        without_total(
+            br#"{"resourceType":"Bundle","type":"searchset","total":3,"total":4,"entry":[]}"#
+        ),
+        Err(CountsUnreadable)
+    );
+    // A member a plain tree would expand into other JSON (serde_json's raw value token) where
+    // a tree is written again: refused, not rebuilt into what nothing read.
+    let token = r#"{"$serde_json::private::RawValue":"\"Patient\""}"#;
+    assert_eq!(
+        without_total(
+            format!(r#"{{"resourceType":"Bundle","total":1,"total":1,"entry":[{{"resource":{{"resourceType":{token}}}}}]}}"#)
+                .as_bytes()
+        ),
+        Err(CountsUnreadable)
+    );
+    assert_eq!(
+        without_last_link(
+            format!(r#"{{"resourceType":"Bundle","link":[{{"relation":"last","url":"a"}}],"entry":[{{"resource":{{"resourceType":{token},"id":"bo"}}}}]}}"#)
+                .as_bytes()
+        ),
         Err(CountsUnreadable)
     );
 }

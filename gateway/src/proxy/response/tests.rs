@@ -231,6 +231,17 @@ fn counts_that_would_tell_what_blocks_withhold_are_dropped() {
         Err(ProxyError::UnreadableAnswer)
     ));
     assert!(counts_hidden(unreadable, &search, false, false).is_ok());
+    // Nor an answer a plain tree would rebuild into other JSON than was read in it (a resource
+    // whose type, wrapped in serde_json's raw value token, the bytes reader read as none).
+    let wrapped = Bytes::from(searchset.to_string().replace(
+        "\"resourceType\":\"Observation\"",
+        r#""resourceType":{"$serde_json::private::RawValue":"\"Patient\""}"#,
+    ));
+    assert_ne!(wrapped, bytes(&searchset));
+    assert!(matches!(
+        counts_hidden(wrapped, &search, false, true),
+        Err(ProxyError::UnreadableAnswer)
+    ));
     assert!(counts_hidden(Bytes::new(), &search, true, true).is_ok());
     // A read of a stored Bundle is a resource, not a searchset: untouched.
     let read = classify("GET", "Bundle/b1", None).unwrap();
