@@ -121,6 +121,18 @@ impl Proxy {
             &parts.headers,
             self.audited,
         );
+        // A body that does not say what it is cannot be shown to be anybody's in particular:
+        // read as FHIR JSON it might name patients, read as bytes it would pass unaudited and
+        // unchecked. So an answer to a read that carries one is refused, whatever else applies.
+        if status.is_success()
+            && !export
+            && !exchange.is_head
+            && !exchange.fhir.interaction().is_write()
+            && !parts.headers.contains_key(header::CONTENT_TYPE)
+            && hyper::body::Body::size_hint(&body).exact() != Some(0)
+        {
+            return Err(ProxyError::UnreadableAnswer.into());
+        }
         // While data is withheld (citizens' blocks, the treatment relationship), an answer to a
         // read that is not FHIR JSON (a document's raw bytes, say) cannot be shown to be
         // nobody's the caller may not see: refused (503), never passed on unread.
@@ -184,7 +196,7 @@ impl Proxy {
                 signing,
                 &exported,
                 consent.is_some(),
-            );
+            )?;
         }
         if duties.describes_security
             && let Some(rewritten) = self

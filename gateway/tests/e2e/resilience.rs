@@ -40,6 +40,8 @@ const DUPLICATE_SUBJECT: u8 = 12;
 const RAW_VALUE_SPOOF: u8 = 11;
 /// A 200 searchset (its URLs the backend's own) of two Observations: Anne's, then Bo's.
 const MIXED_SEARCHSET: u8 = 13;
+/// The same searchset with no `Content-Type`.
+const UNLABELLED: u8 = 14;
 
 /// A backend whose behaviour the test switches; it counts the requests that reach it.
 pub(crate) struct FaultyBackend {
@@ -130,7 +132,7 @@ impl FaultyBackend {
                             let _ = stream.write_all(head.as_bytes()).await;
                             let _ = stream.write_all(body.as_bytes()).await;
                         }
-                        MIXED_SEARCHSET => {
+                        MIXED_SEARCHSET | UNLABELLED => {
                             let entry = |id: &str, patient: &str| {
                                 format!(
                                     r#"{{"fullUrl":"{base}/Observation/{id}","resource":{{"resourceType":"Observation","id":"{id}","status":"final","code":{{"text":"x"}},"subject":{{"reference":"Patient/{patient}"}}}}}}"#
@@ -141,8 +143,13 @@ impl FaultyBackend {
                                 entry("o1", "pat-anne"),
                                 entry("o2", "pat-bo")
                             );
+                            let label = if mode.load(Ordering::SeqCst) == UNLABELLED {
+                                ""
+                            } else {
+                                "content-type: application/fhir+json\r\n"
+                            };
                             let head = format!(
-                                "HTTP/1.1 200 OK\r\ncontent-type: application/fhir+json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                                "HTTP/1.1 200 OK\r\n{label}content-length: {}\r\nconnection: close\r\n\r\n",
                                 body.len()
                             );
                             let _ = stream.write_all(head.as_bytes()).await;
@@ -556,4 +563,46 @@ async fn the_audit_record_names_the_patients_of_the_answer_that_leaves_not_of_th
         crate::reach::audited_patients(&gateway, &answer),
         ["Patient/pat-anne"]
     );
+}
+
+/// An answer that does not say what it is (no `Content-Type`) is neither read as FHIR JSON nor
+/// passed as a document's bytes: whose data it holds cannot be known, so it is refused for
+/// every caller, with blocks or without, before any of it leaves.
+#[tokio::test]
+async fn an_answer_that_does_not_say_what_it_is_is_refused() {
+    let backend = FaultyBackend::start(UNLABELLED).await;
+    for extra in ["", "[consent]\n"] {
+        let gateway = Gateway::start_with(Options {
+            backend_url: Some(backend.url.clone()),
+            extra_config: extra.into(),
+            ..Options::default()
+        });
+        let client = gateway.client();
+        for claims in [
+            json!({ "scope": "user/*.rs" }),
+            json!({ "scope": "patient/*.rs", "patient": "pat-anne" }),
+        ] {
+            let token = gateway.token(claims.clone());
+            for path in ["/fhir/Observation?code=x", "/fhir/Observation/o1"] {
+                let answer = client.get(path, Some(&token)).await.unwrap();
+                assert_eq!(
+                    (answer.status.as_u16(), answer.detail_code().as_str()),
+                    (502, "backend-answer-unreadable"),
+                    "{extra:?} {claims} {path}: {}",
+                    answer.text()
+                );
+                assert!(!answer.text().contains("pat-bo"), "{}", answer.text());
+            }
+        }
+    }
+    // The same backend labelling its answer is read, checked and passed.
+    backend.mode.store(MIXED_SEARCHSET, Ordering::SeqCst);
+    let gateway = gateway_before(&backend, "");
+    let token = gateway.token(json!({ "scope": "user/*.rs" }));
+    let answer = gateway
+        .client()
+        .get("/fhir/Observation?code=x", Some(&token))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
 }
