@@ -393,6 +393,14 @@ pub fn bundle_resources(bundle: &serde_json::Value) -> impl Iterator<Item = &ser
         .filter_map(|entry| entry.get("resource"))
 }
 
+/// Whether a Bundle link's `relation` is `name`: in any case (RFC 8288 §2.1.1: relation types
+/// compare case-insensitively) and without the white space a server may put around it. Every
+/// reader of a backend's links matches relations so, so that no two of them read one link as
+/// two different relations (`"last "` kept as no `last` while a client trims it to one).
+pub fn relation_is(relation: &str, name: &str) -> bool {
+    relation.trim().eq_ignore_ascii_case(name)
+}
+
 /// Whether a search Bundle may have a `next` page: what is on it was not read. The relation is
 /// matched in any case (RFC 8288 §2.1.1), as `last` is, and without white space around it: a
 /// `Next` read as no next page would be a page of blocks or matches not read. Links that cannot
@@ -405,7 +413,7 @@ pub fn has_next_page(bundle: &serde_json::Value) -> bool {
         return true;
     };
     links.iter().any(|link| match link.get("relation") {
-        Some(serde_json::Value::String(relation)) => relation.trim().eq_ignore_ascii_case("next"),
+        Some(serde_json::Value::String(relation)) => relation_is(relation, "next"),
         None => !link.is_object(),
         Some(_) => true,
     })
@@ -441,7 +449,7 @@ pub fn without_last_link(body: &[u8]) -> Result<Option<Vec<u8>>, CountsUnreadabl
             !link
                 .get("relation")
                 .and_then(serde_json::Value::as_str)
-                .is_some_and(|relation| relation.eq_ignore_ascii_case("last"))
+                .is_some_and(|relation| relation_is(relation, "last"))
         });
         links.len() != before
     };
@@ -480,19 +488,51 @@ fn written_if(
         .map_err(|_| CountsUnreadable)
 }
 
-/// Whether `body` may hold the string `"last"` in some spelling: `"last"` in any case, or an
-/// escape anywhere in a string (`"l\u0061st"`). Nearly every answer holds neither, and is not
-/// parsed to find out.
+/// Whether `body` may hold a string that [`relation_is`] `last`: `"last"` in any case with
+/// anything that may be white space between it and its quotes (spaces, the escapes `\t`,
+/// `\n`, `\r`, `\f`, any byte of a non-ASCII character), or a `\u` escape anywhere
+/// (`"l\u0061st"`). Nearly every answer holds neither, and is not parsed to find out; what is
+/// taken for one only costs a parse.
 fn may_spell_last(body: &[u8]) -> bool {
     has_unicode_escape(body)
         || memchr::memchr2_iter(b'l', b'L', body).any(|at| {
-            at > 0
-                && body[at - 1] == b'"'
-                && body
-                    .get(at + 1..at + 4)
-                    .is_some_and(|rest| rest.eq_ignore_ascii_case(b"ast"))
-                && body.get(at + 4) == Some(&b'"')
+            body.get(at + 1..at + 4)
+                .is_some_and(|rest| rest.eq_ignore_ascii_case(b"ast"))
+                && quoted_around(body, at, at + 4)
         })
+}
+
+/// Whether the text from `start` to `end` in `body` has a quote before and after it, with
+/// nothing between but what may be white space in a JSON string.
+fn quoted_around(body: &[u8], start: usize, end: usize) -> bool {
+    let may_be_space = |byte: u8| byte == b' ' || byte >= 0x80;
+    let is_space_escape = |byte: u8| matches!(byte, b't' | b'n' | b'r' | b'f');
+    let mut before = start;
+    loop {
+        match before.checked_sub(1).map(|at| body[at]) {
+            Some(b'"') => break,
+            Some(byte) if may_be_space(byte) => before -= 1,
+            Some(byte) if is_space_escape(byte) && before >= 2 && body[before - 2] == b'\\' => {
+                before -= 2;
+            }
+            _ => return false,
+        }
+    }
+    let mut after = end;
+    loop {
+        match body.get(after) {
+            Some(b'"') => return true,
+            Some(&byte) if may_be_space(byte) => after += 1,
+            Some(b'\\')
+                if body
+                    .get(after + 1)
+                    .is_some_and(|&next| is_space_escape(next)) =>
+            {
+                after += 2;
+            }
+            _ => return false,
+        }
+    }
 }
 
 /// Whether `bytes` hold a `\u` escape: the only way JSON spells a letter otherwise than as

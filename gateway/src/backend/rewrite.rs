@@ -283,7 +283,9 @@ impl UrlRewriter {
                     || !link
                         .get("relation")
                         .and_then(Value::as_str)
-                        .is_some_and(|relation| relation.eq_ignore_ascii_case("self"))
+                        .is_some_and(|relation| {
+                            portvagt_policy::filter::relation_is(relation, "self")
+                        })
             }) else {
                 self.rewrite_field(link, "url");
                 return true;

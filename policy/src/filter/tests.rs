@@ -24,7 +24,20 @@ fn a_last_link_that_would_tell_the_count_is_removed() {
 /// escape: `Last`, `LAST` and `l\u0061st` are the same link and go as well.
 #[test]
 fn a_last_link_goes_in_any_case_and_any_spelling() {
-    for relation in ["Last", "LAST", r"l\u0061st", r"\u004cast", "last"] {
+    for relation in [
+        "Last",
+        "LAST",
+        r"l\u0061st",
+        r"\u004cast",
+        "last",
+        // White space around it, as `next` is read with it (one matcher for every relation).
+        " last",
+        "last  ",
+        r"\tlast",
+        r"LAST\n",
+        r"\r\f last",
+        "\u{a0}last\u{2003}",
+    ] {
         let body = format!(
             r#"{{"resourceType":"Bundle","type":"searchset","link":[{{"relation":"self","url":"a"}},{{"relation":"{relation}","url":"a?_getpagesoffset=40"}}],"entry":[]}}"#
         );
@@ -52,6 +65,8 @@ fn a_last_link_goes_in_any_case_and_any_spelling() {
     for body in [
         r#"{"resourceType":"Bundle","link":[{"relation":"next","url":"a?last=1"}],"entry":[]}"#,
         r#"{"resourceType":"Bundle","link":[{"relation":"lasting","url":"a"}]}"#,
+        r#"{"resourceType":"Bundle","link":[{"relation":"at last","url":"a"}]}"#,
+        r#"{"resourceType":"Bundle","meta":{"lastUpdated":"2026"},"link":[]}"#,
     ] {
         assert_eq!(without_last_link(body.as_bytes()), Ok(None), "{body}");
     }
