@@ -113,8 +113,11 @@ pub(crate) fn merge(
 ) -> Result<Vec<u8>, ProxyError> {
     let mut answered = match response {
         Some(bytes) => {
-            let mut value: Value =
-                serde_json::from_slice(bytes).map_err(|_| ProxyError::MalformedBundle)?;
+            // Read as strictly as every check reads the merged answer again: a plain tree
+            // would write out JSON the backend did not write plainly (serde_json's raw value
+            // token expanded, the last of a member given twice).
+            let mut value = portvagt_policy::strict_json::tree_unique(bytes)
+                .map_err(|_| ProxyError::MalformedBundle)?;
             value
                 .get_mut("entry")
                 .and_then(Value::as_array_mut)
@@ -149,7 +152,12 @@ fn checked_entry(entry: Value, obligations: &Obligations, mode: FilterMode) -> V
     {
         bundle.remove("total");
         if let Some(links) = bundle.get_mut("link").and_then(Value::as_array_mut) {
-            links.retain(|link| link.get("relation").and_then(Value::as_str) != Some("last"));
+            links.retain(|link| {
+                !link
+                    .get("relation")
+                    .and_then(Value::as_str)
+                    .is_some_and(|relation| portvagt_policy::filter::relation_is(relation, "last"))
+            });
         }
     }
     // A citizen's own audit log, read in a batch, is answered in the citizen's view as a single
@@ -274,6 +282,26 @@ mod tests {
             "Bo's observation was removed"
         );
         assert_eq!(entries[2]["resource"]["id"], "pat-anne");
+        // An answer a plain tree reads otherwise than every check (a member given twice,
+        // serde_json's raw value token) is not merged into one the backend did not write.
+        let entries = backend["entry"].to_string();
+        let hidden = Value::String(entries.clone()).to_string();
+        for answer in [
+            format!(
+                r#"{{"resourceType":"Bundle","type":"batch-response","entry":[],"entry":{entries}}}"#
+            ),
+            format!(
+                r#"{{"resourceType":"Bundle","type":"batch-response","entry":{{"$serde_json::private::RawValue":{hidden}}}}}"#
+            ),
+        ] {
+            assert!(
+                matches!(
+                    merge(Some(answer.as_bytes()), &plan, FilterMode::Remove),
+                    Err(ProxyError::MalformedBundle)
+                ),
+                "{answer}"
+            );
+        }
     }
 
     #[test]

@@ -49,22 +49,28 @@ pub(super) fn only_signed_locations(
 /// the gateway's signed link (a file not below the backend's base is left out, and with
 /// an output of a type not `exported`), `request` pointing at the gateway, and, under
 /// citizens' blocks (`consent`), no `count` (it would tell what they withheld). Anything that
-/// is not a manifest is returned as it came.
+/// is not a manifest is returned as it came; JSON that cannot be read as strictly as every
+/// check reads (a member given twice, serde_json's raw value token) is refused, since it might
+/// be a manifest whose URLs would leave unsigned.
 pub(super) fn signed_manifest(
     bytes: Bytes,
     rewriter: &UrlRewriter,
     signing: &PageSigning<'_>,
     exported: &dyn Fn(&str) -> bool,
     consent: bool,
-) -> Bytes {
-    let Ok(mut manifest) = serde_json::from_slice::<Value>(&bytes) else {
-        return bytes;
+) -> Result<Bytes, ProxyError> {
+    let mut manifest = match portvagt_policy::strict_json::tree_unique(&bytes) {
+        Ok(manifest) => manifest,
+        Err(_) if serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err() => {
+            return Ok(bytes);
+        }
+        Err(_) => return Err(ProxyError::UnreadableAnswer),
     };
     let Some(fields) = manifest.as_object_mut() else {
-        return bytes;
+        return Ok(bytes);
     };
     if !fields.contains_key("output") || fields.contains_key("resourceType") {
-        return bytes;
+        return Ok(bytes);
     }
     for list in ["output", "error", "deleted"] {
         let Some(files) = fields.get_mut(list).and_then(Value::as_array_mut) else {
@@ -101,7 +107,9 @@ pub(super) fn signed_manifest(
             .and_then(|url| rewriter.rewrite(url))
             .map_or(Value::Null, Value::String);
     }
-    serde_json::to_vec(&manifest).map_or(bytes, Bytes::from)
+    serde_json::to_vec(&manifest)
+        .map(Bytes::from)
+        .map_err(|_| ProxyError::UnreadableAnswer)
 }
 
 /// The resources of an NDJSON file as the entries of a `collection` Bundle (blank lines
@@ -115,8 +123,8 @@ pub(super) fn ndjson_as_bundle(
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let resource: Value =
-            serde_json::from_slice(line).map_err(|_| ProxyError::UnreadableExport)?;
+        let resource = portvagt_policy::strict_json::tree_unique(line)
+            .map_err(|_| ProxyError::UnreadableExport)?;
         let Some(resource_type) = resource.get("resourceType").and_then(Value::as_str) else {
             return Err(ProxyError::UnreadableExport);
         };
@@ -235,13 +243,9 @@ mod tests {
             let signed = |only: Option<&str>, consent: bool| -> Value {
                 let bytes = Bytes::from(manifest.to_string());
                 let exported = |t: &str| exported(only, t);
-                serde_json::from_slice(&signed_manifest(
-                    bytes,
-                    &rewriter(),
-                    signing,
-                    &exported,
-                    consent,
-                ))
+                serde_json::from_slice(
+                    &signed_manifest(bytes, &rewriter(), signing, &exported, consent).unwrap(),
+                )
                 .unwrap()
             };
             let all = signed(None, false);
@@ -265,9 +269,36 @@ mod tests {
             // A FHIR resource is no manifest.
             let outcome = Bytes::from_static(br#"{"resourceType":"OperationOutcome","output":[]}"#);
             assert_eq!(
-                signed_manifest(outcome.clone(), &rewriter(), signing, &|_| true, false),
+                signed_manifest(outcome.clone(), &rewriter(), signing, &|_| true, false).unwrap(),
                 outcome
             );
+            // Nor is what is not JSON at all (a server's HTML error page): as it came.
+            let page = Bytes::from_static(b"<html>busy</html>");
+            assert_eq!(
+                signed_manifest(page.clone(), &rewriter(), signing, &|_| true, false).unwrap(),
+                page
+            );
+            // A manifest read one way by a plain tree and another by a strict reader (its files
+            // given twice, a URL hidden in serde_json's raw value token) is refused: returned
+            // as it came it would hand out the backend's URLs unsigned.
+            for manifest in [
+                r#"{"output":[{"type":"Observation","url":"http://backend:8080/fhir/R4/_bulk/file/j1/a.ndjson"}],"output":[]}"#,
+                r#"{"output":[{"type":"Observation","url":{"$serde_json::private::RawValue":"\"http://backend:8080/fhir/R4/_bulk/file/j1/a.ndjson\""}}]}"#,
+            ] {
+                assert!(
+                    matches!(
+                        signed_manifest(
+                            Bytes::from(manifest),
+                            &rewriter(),
+                            signing,
+                            &|_| true,
+                            false
+                        ),
+                        Err(ProxyError::UnreadableAnswer)
+                    ),
+                    "{manifest}"
+                );
+            }
         });
     }
 
@@ -283,7 +314,14 @@ mod tests {
             &bundle_as_ndjson(&bundle).unwrap()[..],
             b"{\"resourceType\":\"Observation\",\"id\":\"1\"}\n{\"resourceType\":\"Patient\",\"id\":\"p\"}\n"
         );
-        for bad in [&b"{\"id\":\"1\"}\n"[..], b"not json\n", b"[1]\n"] {
+        for bad in [
+            &b"{\"id\":\"1\"}\n"[..],
+            b"not json\n",
+            b"[1]\n",
+            // Read one way by a plain tree, another by every check: not read at all.
+            b"{\"resourceType\":\"Observation\",\"id\":\"1\",\"id\":\"2\"}\n",
+            b"{\"resourceType\":{\"$serde_json::private::RawValue\":\"\\\"Patient\\\"\"},\"id\":\"p\"}\n",
+        ] {
             assert!(ndjson_as_bundle(bad, &all).is_err());
         }
         // One type exported: a line of another type does not leave.
