@@ -50,25 +50,42 @@ const METHOD_OVERRIDES: &[&str] = &[
     "x-method-override",
 ];
 
-/// Response headers that tell the world what the backend runs.
-const BACKEND_DISCLOSURE: &[&str] = &[
-    "server",
-    "x-powered-by",
-    "x-aspnet-version",
-    "x-aspnetmvc-version",
-    // The backend has no business setting cookies on the gateway's clients.
-    "set-cookie",
-    // Nor telling them its spans (W3C Trace Context Level 2).
-    "traceresponse",
-    // Nor paging or counting beside the Bundle: a FHIR search pages in its body, whose links
-    // the gateway rewrites and, under citizens' blocks, strips of `last` and `total`. A
-    // backend's `Link` names backend URLs (and its `rel="last"` offset, like `X-Total-Count`
-    // or an items `Content-Range`, tells how many matched, withheld entries included).
-    "link",
-    "x-total-count",
-    "content-range",
-    // Nor offering ranges, which the gateway does not pass on.
-    "accept-ranges",
+/// The backend's response headers that reach the client; every other goes (deny by default).
+/// What is not here has no business beside a FHIR answer from behind the gateway: what the
+/// backend runs (`Server`, `X-Powered-By`), its cookies, spans and challenges (`Set-Cookie`,
+/// `traceresponse`, `WWW-Authenticate`, which would be about the gateway's own credentials),
+/// its CORS policy, and paging or counting beside the Bundle (`Link`, whose URLs are the
+/// backend's and whose `rel="last"` offset, like `X-Total-Count` or an items `Content-Range`,
+/// tells how many matched, withheld entries included; `Accept-Ranges`, since no range is
+/// passed on). A FHIR search pages in its body, whose links the gateway rewrites. Hop-by-hop
+/// headers are not here either.
+const BACKEND_RESPONSE_HEADERS: &[&str] = &[
+    "content-type",
+    "content-length",
+    "content-encoding",
+    "content-language",
+    "content-disposition",
+    // Rewritten to point at the gateway, or removed, by the response phase.
+    "location",
+    "content-location",
+    // Versioning and caching (FHIR `vread`, conditional writes, `If-Match`).
+    "etag",
+    "last-modified",
+    "date",
+    "cache-control",
+    "expires",
+    "pragma",
+    "vary",
+    // When to ask again (429, 503, a Bulk Data status still in progress).
+    "retry-after",
+    "x-progress",
+    // RFC 7240: which `Prefer` the server honoured.
+    "preference-applied",
+    // The methods a 405 names.
+    "allow",
+    // What the backend asks browsers to do with the bytes (a Binary's document).
+    "x-content-type-options",
+    "content-security-policy",
 ];
 
 /// Removes hop-by-hop headers, including those named in `Connection`.
@@ -196,12 +213,33 @@ pub fn sanitize_request(
     }
 }
 
-/// Prepares backend response headers for the client.
+/// Prepares backend response headers for the client: only those it may see remain.
 pub fn sanitize_response(headers: &mut HeaderMap) {
     remove_hop_by_hop(headers);
-    for name in BACKEND_DISCLOSURE {
-        headers.remove(*name);
+    let other: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| !BACKEND_RESPONSE_HEADERS.contains(&name.as_str()))
+        .cloned()
+        .collect();
+    for name in other {
+        headers.remove(name);
     }
+}
+
+/// Whether `location` (a `Location` or `Content-Location` the backend sent) is a relative
+/// reference that resolves against the gateway's own URL: no scheme, not network-path
+/// (`//host`), no backslash (which browsers read as a slash: `/\\host`). An absolute URL
+/// is only passed rewritten to point at the gateway.
+pub fn is_relative_location(location: &str) -> bool {
+    let scheme_ends = location.find([':', '/', '?', '#']);
+    let has_scheme = scheme_ends.is_some_and(|at| {
+        location.as_bytes()[at] == b':'
+            && location[..at].starts_with(|c: char| c.is_ascii_alphabetic())
+            && location[..at]
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+    });
+    !location.is_empty() && !has_scheme && !location.starts_with("//") && !location.contains('\\')
 }
 
 #[cfg(test)]
@@ -276,6 +314,45 @@ mod tests {
         ]);
         sanitize_response(&mut headers);
         assert_eq!(headers.len(), 1);
+    }
+
+    /// Deny by default: only the headers a FHIR client needs pass, whatever else a backend
+    /// (or a platform in front of it) adds.
+    #[test]
+    fn only_the_headers_a_client_needs_pass() {
+        let passing = [
+            ("content-type", "application/fhir+json"),
+            ("content-length", "12"),
+            ("etag", "W/\"3\""),
+            ("last-modified", "Sat, 05 Dec 2026 06:00:00 GMT"),
+            ("location", "Patient/1/_history/1"),
+            ("retry-after", "5"),
+            ("x-progress", "50%"),
+            ("preference-applied", "return=minimal"),
+        ];
+        let mut headers = map(&passing);
+        for (name, value) in [
+            ("www-authenticate", "Bearer realm=\"backend\""),
+            ("access-control-allow-origin", "*"),
+            ("access-control-allow-credentials", "true"),
+            ("x-request-id", "backend-7"),
+            ("x-ms-request-charge", "4.2"),
+            ("x-anything-new", "secret"),
+            ("proxy-authenticate", "Basic"),
+            ("alt-svc", "h3=\":443\""),
+            ("strict-transport-security", "max-age=0"),
+        ] {
+            headers.insert(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        sanitize_response(&mut headers);
+        let mut names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        let mut expected: Vec<&str> = passing.iter().map(|(name, _)| *name).collect();
+        expected.sort_unstable();
+        assert_eq!(names, expected);
     }
 
     #[test]

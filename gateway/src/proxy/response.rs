@@ -110,7 +110,7 @@ impl Proxy {
                 kick_off,
             );
         }
-        clean_headers(&mut parts.headers, &exchange.upstream.rewriter);
+        clean_headers(&mut parts.headers, &exchange.upstream.rewriter, export);
         // An export file is read as the FHIR resources it holds, whatever its answer calls it:
         // its resources are checked, withheld and audited like a Bundle's entries.
         let file = export && exchange.followed == Some(LinkKind::ExportFile);
@@ -536,15 +536,29 @@ struct Withheld {
 
 /// Hop-by-hop and backend-internal headers removed, and `Location` / `Content-Location` made to
 /// point at the gateway instead of the backend.
-fn clean_headers(headers: &mut HeaderMap, rewriter: &UrlRewriter) {
+/// The backend's headers as the client may see them ([`headers::sanitize_response`]), and its
+/// `Location` and `Content-Location` pointing at the gateway: below the backend's base they
+/// are rewritten, a relative one stays, and any other (another host, the backend spelled
+/// another way, a second value) goes. An export's were already made signed gateway links
+/// ([`export::only_signed_locations`]) and stay as they are.
+fn clean_headers(headers: &mut HeaderMap, rewriter: &UrlRewriter, export: bool) {
     headers::sanitize_response(headers);
+    if export {
+        return;
+    }
     for name in [header::LOCATION, header::CONTENT_LOCATION] {
-        if let Some(rewritten) = headers
+        let kept = headers
             .get(&name)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| rewriter.rewrite(v))
-            && let Ok(value) = HeaderValue::try_from(rewritten)
-        {
+            .and_then(|location| match rewriter.rewrite(location) {
+                Some(rewritten) => HeaderValue::try_from(rewritten).ok(),
+                None if headers::is_relative_location(location) => {
+                    HeaderValue::try_from(location).ok()
+                }
+                None => None,
+            });
+        headers.remove(&name);
+        if let Some(value) = kept {
             headers.insert(name, value);
         }
     }

@@ -28,27 +28,76 @@ fn json_of(bytes: &[u8]) -> Value {
 #[test]
 fn headers_are_cleaned_and_locations_point_at_the_gateway() {
     let rewriter = UrlRewriter::new("http://backend:8080/fhir", "https://gw.example/fhir");
+    let cleaned = |location: &'static str| {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::LOCATION,
+            HeaderValue::from_static("http://backend:8080/fhir/Observation/o1/_history/2"),
+        );
+        headers.insert(header::CONTENT_LOCATION, HeaderValue::from_static(location));
+        headers.insert(header::SERVER, HeaderValue::from_static("HAPI 7.2"));
+        clean_headers(&mut headers, &rewriter, false);
+        assert_eq!(
+            headers[header::LOCATION],
+            "https://gw.example/fhir/Observation/o1/_history/2"
+        );
+        assert!(!headers.contains_key(header::SERVER));
+        headers
+            .get(header::CONTENT_LOCATION)
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    // A relative reference resolves against the gateway's URL: it stays.
+    for relative in [
+        "Observation/o1/_history/2",
+        "/fhir/Observation/o1",
+        "?page=2",
+    ] {
+        assert_eq!(cleaned(relative).as_deref(), Some(relative));
+    }
+    // Anything else that does not point below the backend's base names a place the client
+    // has no business with (another host, the backend spelled another way, a network-path
+    // or backslashed reference a browser reads as another host): it goes.
+    for elsewhere in [
+        "https://elsewhere.example/x",
+        "http://127.0.0.1:8080/fhir/Observation/o1",
+        "HTTP://BACKEND:8080/fhir/Observation/o1",
+        "http://backend:8080/internal/x",
+        "//elsewhere.example/x",
+        "/\\elsewhere.example/x",
+        "javascript:alert(1)",
+        "urn:uuid:1",
+        "",
+    ] {
+        assert_eq!(cleaned(elsewhere), None, "{elsewhere:?}");
+    }
+    // A second value is not passed on beside the one checked.
+    let mut headers = HeaderMap::new();
+    headers.append(
+        header::LOCATION,
+        HeaderValue::from_static("http://backend:8080/fhir/Patient/1"),
+    );
+    headers.append(
+        header::LOCATION,
+        HeaderValue::from_static("http://backend:8080/fhir/Patient/2"),
+    );
+    clean_headers(&mut headers, &rewriter, false);
+    assert_eq!(
+        headers.get_all(header::LOCATION).iter().collect::<Vec<_>>(),
+        [&HeaderValue::from_static(
+            "https://gw.example/fhir/Patient/1"
+        )]
+    );
+    // An export's locations are the signed links made before: left as they are.
     let mut headers = HeaderMap::new();
     headers.insert(
-        header::LOCATION,
-        HeaderValue::from_static("http://backend:8080/fhir/Observation/o1/_history/2"),
-    );
-    headers.insert(
         header::CONTENT_LOCATION,
-        HeaderValue::from_static("https://elsewhere.example/x"),
+        HeaderValue::from_static("https://gw.example/fhir/_page/signed"),
     );
-    headers.insert(header::SERVER, HeaderValue::from_static("HAPI 7.2"));
-    clean_headers(&mut headers, &rewriter);
-    assert_eq!(
-        headers[header::LOCATION],
-        "https://gw.example/fhir/Observation/o1/_history/2"
-    );
+    clean_headers(&mut headers, &rewriter, true);
     assert_eq!(
         headers[header::CONTENT_LOCATION],
-        "https://elsewhere.example/x",
-        "a URL not below the backend is left as it is"
+        "https://gw.example/fhir/_page/signed"
     );
-    assert!(!headers.contains_key(header::SERVER));
 }
 
 #[test]
