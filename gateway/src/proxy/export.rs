@@ -101,6 +101,29 @@ pub(super) fn signed_manifest(
             }
         });
     }
+    // A manifest paged by the server (Bulk Data v2) links its next page: another manifest,
+    // read and signed as this one when followed. A link that cannot be signed goes; so does a
+    // `link` that is not a list of them.
+    if let Some(links) = fields.get_mut("link") {
+        match links.as_array_mut() {
+            Some(links) => links.retain_mut(|link| {
+                let signed = link
+                    .get("url")
+                    .and_then(Value::as_str)
+                    .and_then(|url| signing.url(rewriter, url, LinkKind::ExportStatus));
+                match signed {
+                    Some(url) => {
+                        link["url"] = Value::String(url);
+                        true
+                    }
+                    None => false,
+                }
+            }),
+            None => {
+                fields.remove("link");
+            }
+        }
+    }
     if let Some(request) = fields.get_mut("request") {
         *request = request
             .as_str()
@@ -238,7 +261,12 @@ mod tests {
                     { "type": "Observation", "url": "http://backend:8080/fhir/R4/_bulk/file/j1/Observation.ndjson", "count": 9 },
                     { "type": "Patient", "url": "https://s3.example/bucket/Patient.ndjson" }
                 ],
-                "error": [{ "type": "OperationOutcome", "url": "http://backend:8080/fhir/R4/_bulk/file/j1/errors.ndjson" }]
+                "error": [{ "type": "OperationOutcome", "url": "http://backend:8080/fhir/R4/_bulk/file/j1/errors.ndjson" }],
+                "link": [
+                    { "relation": "next", "url": "http://backend:8080/fhir/R4/_bulk/status/j1?page=2" },
+                    { "relation": "next", "url": "https://s3.example/bucket/manifest-2.json" },
+                    { "relation": "next" }
+                ]
             });
             let signed = |only: Option<&str>, consent: bool| -> Value {
                 let bytes = Bytes::from(manifest.to_string());
@@ -260,7 +288,13 @@ mod tests {
                 all["request"],
                 "https://gw.example/fhir/$export?_type=Observation"
             );
+            // The manifest's next page is a signed status link; a foreign one goes.
+            assert_eq!(all["link"].as_array().map(Vec::len), Some(1), "{all}");
+            let next = opened(pager, all["link"][0]["url"].as_str().unwrap());
+            assert_eq!(next.link, "/_bulk/status/j1?page=2");
+            assert_eq!(next.kind, LinkKind::ExportStatus);
             assert!(!all.to_string().contains("backend:8080"), "{all}");
+            assert!(!all.to_string().contains("s3.example"), "{all}");
             // One type exported: another type's file is not handed out; under blocks no counts.
             let only = signed(Some("Patient"), true);
             assert!(only["output"].as_array().unwrap().is_empty(), "{only}");

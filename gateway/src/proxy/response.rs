@@ -111,6 +111,11 @@ impl Proxy {
             );
         }
         clean_headers(&mut parts.headers, &exchange.upstream.rewriter, export);
+        // An export's progress is the backend's free text: under citizens' blocks it may count
+        // what they withhold, as a manifest's `count` would.
+        if export && exchange.consent.is_some() {
+            parts.headers.remove("x-progress");
+        }
         // An export file is read as the FHIR resources it holds, whatever its answer calls it:
         // its resources are checked, withheld and audited like a Bundle's entries.
         let file = export && exchange.followed == Some(LinkKind::ExportFile);

@@ -247,3 +247,33 @@ async fn an_exports_links_outlive_a_short_page_link_lifetime() {
             .all(|l| l.contains("\"resourceType\":\"Observation\""))
     );
 }
+
+/// A status still in progress tells how far the export is in the backend's own words; under
+/// citizens' blocks those words may count what the blocks withhold (as a manifest's `count`
+/// would), so they do not pass there.
+#[tokio::test]
+async fn an_exports_progress_is_not_told_under_citizens_blocks() {
+    for (extra, told) in [("", true), ("[consent]\n", false)] {
+        let gateway = Gateway::start_with(crate::support::Options {
+            extra_config: extra.into(),
+            ..crate::support::Options::default()
+        });
+        let token = service(&gateway, "registry", "system/*.rs");
+        let answer = kick_off(&gateway, "/fhir/Patient/$export", &token).await;
+        assert_eq!(answer.status, 202, "{extra:?}: {}", answer.text());
+        let status = path_of(
+            &gateway,
+            answer.headers["content-location"].to_str().unwrap(),
+        );
+        // The reference backend's first poll is in progress, with `X-Progress`.
+        let answer = get(&gateway, &status, &token, "application/json").await;
+        assert_eq!(answer.status, 202, "{extra:?}: {}", answer.text());
+        assert_eq!(
+            answer.headers.contains_key("x-progress"),
+            told,
+            "{extra:?}: {:?}",
+            answer.headers
+        );
+        assert!(answer.headers.contains_key("retry-after"), "{extra:?}");
+    }
+}
