@@ -126,15 +126,25 @@ impl Proxy {
             &parts.headers,
             self.audited,
         );
-        // A body that does not say what it is cannot be shown to be anybody's in particular:
-        // read as FHIR JSON it might name patients, read as bytes it would pass unaudited and
-        // unchecked. So an answer to a read that carries one is refused, whatever else applies.
+        // The gateway asks for FHIR JSON. A read answered with a body in anything else cannot
+        // be shown to be anybody's in particular: read as FHIR JSON it might name patients,
+        // passed as bytes it would leave unaudited and unchecked, its links unsigned. So it is
+        // refused, whatever else applies; only a Binary's document (a PDF, say), from a server
+        // that answers a Binary read with its bytes, passes as what it says it is (and is still
+        // refused below while data is withheld). A body that does not say what it is, is no
+        // document either. A HEAD sent on as a GET (to check what it would show) is read like
+        // one; a HEAD's own answer has no body.
+        let declared_document = parts.headers.contains_key(header::CONTENT_TYPE)
+            && exchange
+                .fhir
+                .resource_type()
+                .is_some_and(|t| t.as_str() == "Binary");
         if status.is_success()
+            && !duties.is_json
             && !export
-            && !exchange.is_head
             && !exchange.fhir.interaction().is_write()
-            && !parts.headers.contains_key(header::CONTENT_TYPE)
             && hyper::body::Body::size_hint(&body).exact() != Some(0)
+            && !declared_document
         {
             return Err(ProxyError::UnreadableAnswer.into());
         }
@@ -569,11 +579,13 @@ fn clean_headers(headers: &mut HeaderMap, rewriter: &UrlRewriter, export: bool) 
     }
 }
 
+/// Whether the answer says it is FHIR JSON: its media type's essence, in any case
+/// (`Application/FHIR+JSON` is JSON; `application/json-patch+json` is not).
 fn is_json(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("json"))
+        .is_some_and(crate::format::is_json)
 }
 
 /// What the response phase must do with one answer.
@@ -636,17 +648,19 @@ impl Duties {
 }
 
 /// Whether an answer that is not JSON passes unread: only AuditEvents are to be withheld (no
-/// compartment, no granular scope), and what came is a document's bytes (a PDF, an image), not
-/// FHIR in another form (JSON and NDJSON are read, XML is refused).
+/// compartment, no granular scope), and what came says it is a document's bytes (a PDF, an
+/// image), not FHIR in another form: a type naming JSON (NDJSON, a `+json` of any kind) or XML
+/// in any case is read and refused, as is one that is missing or unreadable.
 fn raw_passes(obligations: &Obligations, is_json: bool, headers: &HeaderMap) -> bool {
     obligations.withhold_audit_events
         && obligations.compartment.is_none()
         && obligations.restriction.is_empty()
         && !is_json
-        && !headers
+        && headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.contains("xml"))
+            .map(str::to_ascii_lowercase)
+            .is_some_and(|v| !v.contains("xml") && !v.contains("json"))
 }
 
 /// A successful answer checked against the compartment or a granular scope: unchanged,

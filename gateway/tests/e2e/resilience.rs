@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use http::Method;
 use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -42,6 +43,14 @@ const RAW_VALUE_SPOOF: u8 = 11;
 const MIXED_SEARCHSET: u8 = 13;
 /// The same searchset with no `Content-Type`.
 const UNLABELLED: u8 = 14;
+/// The same with an empty `Content-Type`.
+const EMPTY_LABEL: u8 = 15;
+/// The same labelled `text/plain`.
+const TEXT_LABEL: u8 = 16;
+/// The same labelled FHIR JSON with a byte that is not ASCII in a parameter.
+const BYTES_LABEL: u8 = 17;
+/// The same labelled FHIR JSON in capitals (media types compare in any case).
+const CAPITAL_LABEL: u8 = 18;
 
 /// A backend whose behaviour the test switches; it counts the requests that reach it.
 pub(crate) struct FaultyBackend {
@@ -132,7 +141,8 @@ impl FaultyBackend {
                             let _ = stream.write_all(head.as_bytes()).await;
                             let _ = stream.write_all(body.as_bytes()).await;
                         }
-                        MIXED_SEARCHSET | UNLABELLED => {
+                        MIXED_SEARCHSET | UNLABELLED | EMPTY_LABEL | TEXT_LABEL | BYTES_LABEL
+                        | CAPITAL_LABEL => {
                             let entry = |id: &str, patient: &str| {
                                 format!(
                                     r#"{{"fullUrl":"{base}/Observation/{id}","resource":{{"resourceType":"Observation","id":"{id}","status":"final","code":{{"text":"x"}},"subject":{{"reference":"Patient/{patient}"}}}}}}"#
@@ -143,13 +153,18 @@ impl FaultyBackend {
                                 entry("o1", "pat-anne"),
                                 entry("o2", "pat-bo")
                             );
-                            let label = if mode.load(Ordering::SeqCst) == UNLABELLED {
-                                ""
-                            } else {
-                                "content-type: application/fhir+json\r\n"
+                            let label: &[u8] = match mode.load(Ordering::SeqCst) {
+                                UNLABELLED => b"",
+                                EMPTY_LABEL => b"content-type: \r\n",
+                                TEXT_LABEL => b"content-type: text/plain\r\n",
+                                BYTES_LABEL => b"content-type: application/fhir+json; x=\xe9\r\n",
+                                CAPITAL_LABEL => b"content-type: Application/FHIR+JSON\r\n",
+                                _ => b"content-type: application/fhir+json\r\n",
                             };
+                            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\n").await;
+                            let _ = stream.write_all(label).await;
                             let head = format!(
-                                "HTTP/1.1 200 OK\r\n{label}content-length: {}\r\nconnection: close\r\n\r\n",
+                                "content-length: {}\r\nconnection: close\r\n\r\n",
                                 body.len()
                             );
                             let _ = stream.write_all(head.as_bytes()).await;
@@ -565,39 +580,53 @@ async fn the_audit_record_names_the_patients_of_the_answer_that_leaves_not_of_th
     );
 }
 
-/// An answer that does not say what it is (no `Content-Type`) is neither read as FHIR JSON nor
-/// passed as a document's bytes: whose data it holds cannot be known, so it is refused for
-/// every caller, with blocks or without, before any of it leaves.
+/// An answer that does not say it is FHIR JSON (no `Content-Type`, an empty one, `text/plain`,
+/// one that cannot be read) is neither read as FHIR JSON nor passed as a document's bytes:
+/// whose data it holds cannot be known, so it is refused for every caller, with blocks or
+/// without, reads and searches, HEAD too, before any of it leaves. FHIR JSON named in capitals
+/// is FHIR JSON: read, checked and audited.
 #[tokio::test]
-async fn an_answer_that_does_not_say_what_it_is_is_refused() {
+async fn an_answer_that_does_not_say_it_is_fhir_json_is_refused() {
     let backend = FaultyBackend::start(UNLABELLED).await;
-    for extra in ["", "[consent]\n"] {
-        let gateway = Gateway::start_with(Options {
-            backend_url: Some(backend.url.clone()),
-            extra_config: extra.into(),
-            ..Options::default()
-        });
-        let client = gateway.client();
-        for claims in [
-            json!({ "scope": "user/*.rs" }),
-            json!({ "scope": "patient/*.rs", "patient": "pat-anne" }),
-        ] {
-            let token = gateway.token(claims.clone());
-            for path in ["/fhir/Observation?code=x", "/fhir/Observation/o1"] {
-                let answer = client.get(path, Some(&token)).await.unwrap();
-                assert_eq!(
-                    (answer.status.as_u16(), answer.detail_code().as_str()),
-                    (502, "backend-answer-unreadable"),
-                    "{extra:?} {claims} {path}: {}",
-                    answer.text()
-                );
-                assert!(!answer.text().contains("pat-bo"), "{}", answer.text());
+    let gateways: Vec<Gateway> = ["", "[consent]\n"]
+        .into_iter()
+        .map(|extra| {
+            Gateway::start_with(Options {
+                backend_url: Some(backend.url.clone()),
+                extra_config: extra.into(),
+                ..Options::default()
+            })
+        })
+        .collect();
+    for label in [UNLABELLED, EMPTY_LABEL, TEXT_LABEL, BYTES_LABEL] {
+        backend.mode.store(label, Ordering::SeqCst);
+        for gateway in &gateways {
+            let client = gateway.client();
+            for claims in [
+                json!({ "scope": "user/*.rs" }),
+                json!({ "scope": "patient/*.rs", "patient": "pat-anne" }),
+            ] {
+                let token = gateway.token(claims.clone());
+                for path in ["/fhir/Observation?code=x", "/fhir/Observation/o1"] {
+                    let answer = client.get(path, Some(&token)).await.unwrap();
+                    assert_eq!(
+                        (answer.status.as_u16(), answer.detail_code().as_str()),
+                        (502, "backend-answer-unreadable"),
+                        "label {label} {claims} {path}: {}",
+                        answer.text()
+                    );
+                    assert!(!answer.text().contains("pat-bo"), "{}", answer.text());
+                    // A HEAD is answered as the GET would be: not 200 with the answer's headers.
+                    let head = crate::support::request(Method::HEAD, path, Some(&token), None);
+                    let answer = client.send(head).await.unwrap();
+                    assert_ne!(answer.status, 200, "HEAD, label {label} {claims} {path}");
+                }
             }
         }
     }
-    // The same backend labelling its answer is read, checked and passed.
-    backend.mode.store(MIXED_SEARCHSET, Ordering::SeqCst);
-    let gateway = gateway_before(&backend, "");
+    // Labelled FHIR JSON in capitals: read as JSON, so checked, rewritten and audited.
+    backend.mode.store(CAPITAL_LABEL, Ordering::SeqCst);
+    let gateway = &gateways[0];
     let token = gateway.token(json!({ "scope": "user/*.rs" }));
     let answer = gateway
         .client()
@@ -605,4 +634,16 @@ async fn an_answer_that_does_not_say_what_it_is_is_refused() {
         .await
         .unwrap();
     assert_eq!(answer.status, 200, "{}", answer.text());
+    assert!(!answer.text().contains(&backend.url), "{}", answer.text());
+    let mut audited = crate::reach::audited_patients(gateway, &answer);
+    audited.sort();
+    assert_eq!(audited, ["Patient/pat-anne", "Patient/pat-bo"]);
+    let anne = gateway.token(json!({ "scope": "patient/*.rs", "patient": "pat-anne" }));
+    let answer = gateway
+        .client()
+        .get("/fhir/Observation?code=x", Some(&anne))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert!(!answer.text().contains("pat-bo"), "{}", answer.text());
 }
