@@ -68,13 +68,12 @@ const BACKEND_RESPONSE_HEADERS: &[&str] = &[
     // Rewritten to point at the gateway, or removed, by the response phase.
     "location",
     "content-location",
-    // Versioning and caching (FHIR `vread`, conditional writes, `If-Match`).
+    // Versioning (FHIR `vread`, conditional writes, `If-Match`). Not the backend's caching
+    // rules: an answer filtered for one caller is not to be kept for another (the response
+    // phase says `no-store` itself).
     "etag",
     "last-modified",
     "date",
-    "cache-control",
-    "expires",
-    "pragma",
     "vary",
     // When to ask again (429, 503, a Bulk Data status still in progress).
     "retry-after",
@@ -213,7 +212,9 @@ pub fn sanitize_request(
     }
 }
 
-/// Prepares backend response headers for the client: only those it may see remain.
+/// Prepares backend response headers for the client: only those it may see remain, and no
+/// cache keeps the answer (it may be filtered for this caller, withheld from by citizens'
+/// blocks, and is health data: RFC 9111 §5.2.2.5).
 pub fn sanitize_response(headers: &mut HeaderMap) {
     remove_hop_by_hop(headers);
     let other: Vec<HeaderName> = headers
@@ -224,22 +225,24 @@ pub fn sanitize_response(headers: &mut HeaderMap) {
     for name in other {
         headers.remove(name);
     }
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
 }
 
 /// Whether `location` (a `Location` or `Content-Location` the backend sent) is a relative
-/// reference that resolves against the gateway's own URL: no scheme, not network-path
-/// (`//host`), no backslash (which browsers read as a slash: `/\\host`). An absolute URL
-/// is only passed rewritten to point at the gateway.
+/// reference that resolves below the gateway's URL of the request: a path without a leading
+/// slash (`Patient/1/_history/1`) or a query, nothing else. No scheme, no network-path
+/// (`//host`) or absolute path (`/`, which would name the backend's own base path and another
+/// route of the gateway's), no backslash (which browsers read as a slash), and no white space
+/// or control character (browsers drop a tab or a newline from a URL before reading it, so
+/// `/<tab>/host` would name another host). An absolute URL is only passed rewritten to point
+/// at the gateway.
 pub fn is_relative_location(location: &str) -> bool {
     let scheme_ends = location.find([':', '/', '?', '#']);
-    let has_scheme = scheme_ends.is_some_and(|at| {
-        location.as_bytes()[at] == b':'
-            && location[..at].starts_with(|c: char| c.is_ascii_alphabetic())
-            && location[..at]
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
-    });
-    !location.is_empty() && !has_scheme && !location.starts_with("//") && !location.contains('\\')
+    let has_scheme = scheme_ends.is_some_and(|at| location.as_bytes()[at] == b':');
+    !location.is_empty()
+        && !has_scheme
+        && !location.starts_with(['/', '#'])
+        && location.bytes().all(|b| b.is_ascii_graphic() && b != b'\\')
 }
 
 #[cfg(test)]
@@ -313,7 +316,9 @@ mod tests {
             ("content-type", "application/fhir+json"),
         ]);
         sanitize_response(&mut headers);
-        assert_eq!(headers.len(), 1);
+        let mut names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["cache-control", "content-type"]);
     }
 
     /// Deny by default: only the headers a FHIR client needs pass, whatever else a backend
@@ -329,6 +334,7 @@ mod tests {
             ("retry-after", "5"),
             ("x-progress", "50%"),
             ("preference-applied", "return=minimal"),
+            ("cache-control", "no-store"),
         ];
         let mut headers = map(&passing);
         for (name, value) in [
@@ -341,18 +347,27 @@ mod tests {
             ("proxy-authenticate", "Basic"),
             ("alt-svc", "h3=\":443\""),
             ("strict-transport-security", "max-age=0"),
+            ("expires", "Sat, 05 Dec 2027 06:00:00 GMT"),
+            ("pragma", "cache"),
         ] {
             headers.insert(
                 HeaderName::from_static(name),
                 HeaderValue::from_static(value),
             );
         }
+        // The backend's own caching rules do not pass: the answer says `no-store` whatever
+        // the backend said.
+        headers.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("public, max-age=600"),
+        );
         sanitize_response(&mut headers);
         let mut names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
         names.sort_unstable();
         let mut expected: Vec<&str> = passing.iter().map(|(name, _)| *name).collect();
         expected.sort_unstable();
         assert_eq!(names, expected);
+        assert_eq!(headers[header::CACHE_CONTROL], "no-store");
     }
 
     #[test]
@@ -371,7 +386,7 @@ mod tests {
         sanitize_response(&mut headers);
         let mut names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
         names.sort_unstable();
-        assert_eq!(names, ["content-type", "etag"]);
+        assert_eq!(names, ["cache-control", "content-type", "etag"]);
     }
 
     #[test]

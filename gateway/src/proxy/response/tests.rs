@@ -46,12 +46,8 @@ fn headers_are_cleaned_and_locations_point_at_the_gateway() {
             .get(header::CONTENT_LOCATION)
             .map(|v| v.to_str().unwrap().to_owned())
     };
-    // A relative reference resolves against the gateway's URL: it stays.
-    for relative in [
-        "Observation/o1/_history/2",
-        "/fhir/Observation/o1",
-        "?page=2",
-    ] {
+    // A relative reference resolves against the gateway's URL of the request: it stays.
+    for relative in ["Observation/o1/_history/2", "?page=2", "Patient/1%2F2"] {
         assert_eq!(cleaned(relative).as_deref(), Some(relative));
     }
     // Anything else that does not point below the backend's base names a place the client
@@ -67,6 +63,16 @@ fn headers_are_cleaned_and_locations_point_at_the_gateway() {
         "javascript:alert(1)",
         "urn:uuid:1",
         "",
+        // The backend's own base path, another route of the gateway's.
+        "/fhir/R4/Observation/o1",
+        "/fhir/Observation/o1",
+        // Browsers drop tabs and newlines from a URL before reading it.
+        "/\t/elsewhere.example/x",
+        "h\ttps://elsewhere.example/x",
+        "Observation/o1 x",
+        "\\\\elsewhere.example",
+        "#frag",
+        ":x",
     ] {
         assert_eq!(cleaned(elsewhere), None, "{elsewhere:?}");
     }
