@@ -45,13 +45,35 @@ pub(super) fn only_signed_locations(
     }
 }
 
-/// A completed export's manifest with the URL of every `output`, `error` and `deleted` file as
-/// the gateway's signed link (a file not below the backend's base is left out, and with
-/// an output of a type not `exported`), `request` pointing at the gateway, and, under
-/// citizens' blocks (`consent`), no `count` (it would tell what they withheld). Anything that
-/// is not a manifest is returned as it came; JSON that cannot be read as strictly as every
-/// check reads (a member given twice, serde_json's raw value token) is refused, since it might
-/// be a manifest whose URLs would leave unsigned.
+/// Whether `fields` (an object without `resourceType`) is an export manifest: it has any of
+/// the members only a manifest has. Anything else without `resourceType` from an export is no
+/// FHIR resource the gateway could check either.
+fn is_manifest(fields: &serde_json::Map<String, Value>) -> bool {
+    [
+        "output",
+        "error",
+        "deleted",
+        "link",
+        "transactionTime",
+        "request",
+    ]
+    .iter()
+    .any(|name| fields.contains_key(*name))
+}
+
+/// A completed export's manifest, rebuilt from what the gateway vouches for
+/// (deny by default): `transactionTime`, `requiresAccessToken`, `request` pointing at the
+/// gateway, and every `output`, `error` and `deleted` file with its `type`, its URL as the
+/// gateway's signed link (a file not below the backend's base is left out, and with it an
+/// output of a type not `exported`), and its `count` unless citizens' blocks apply (`consent`:
+/// it would tell what they withheld). Nothing else of the backend's passes. A FHIR resource
+/// (an OperationOutcome) is returned as it came, for the checks every answer gets, and so is
+/// no body at all (a status still in progress). What is not JSON, and JSON that is neither a
+/// resource nor a manifest, is refused. A manifest that cannot be rebuilt so (a list that is no list, a file that
+/// is no object) is refused, as is one a plain tree would read otherwise than every check (a
+/// member given twice, serde_json's raw value token), or one paged by the server (`link`):
+/// its next page could not be shown to be a manifest of this export, and a manifest handed
+/// out without it would look whole.
 pub(super) fn signed_manifest(
     bytes: Bytes,
     rewriter: &UrlRewriter,
@@ -59,78 +81,72 @@ pub(super) fn signed_manifest(
     exported: &dyn Fn(&str) -> bool,
     consent: bool,
 ) -> Result<Bytes, ProxyError> {
-    let mut manifest = match portvagt_policy::strict_json::tree_unique(&bytes) {
-        Ok(manifest) => manifest,
-        Err(_) if serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err() => {
-            return Ok(bytes);
-        }
-        Err(_) => return Err(ProxyError::UnreadableAnswer),
-    };
-    let Some(fields) = manifest.as_object_mut() else {
-        return Ok(bytes);
-    };
-    if !fields.contains_key("output") || fields.contains_key("resourceType") {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(bytes);
     }
-    for list in ["output", "error", "deleted"] {
-        let Some(files) = fields.get_mut(list).and_then(Value::as_array_mut) else {
-            continue;
-        };
-        files.retain_mut(|file| {
-            if list == "output"
-                && !file
-                    .get("type")
-                    .and_then(Value::as_str)
-                    .is_some_and(exported)
-            {
-                return false;
-            }
-            if consent && let Some(fields) = file.as_object_mut() {
-                fields.remove("count");
-            }
-            let signed = file
-                .get("url")
-                .and_then(Value::as_str)
-                .and_then(|url| signing.url(rewriter, url, LinkKind::ExportFile));
-            match signed {
-                Some(url) => {
-                    file["url"] = Value::String(url);
-                    true
-                }
-                None => false,
-            }
-        });
+    let manifest = portvagt_policy::strict_json::tree_unique(&bytes)
+        .map_err(|_| ProxyError::UnreadableAnswer)?;
+    let Some(fields) = manifest.as_object() else {
+        return Ok(bytes);
+    };
+    if fields.contains_key("resourceType") {
+        return Ok(bytes);
     }
-    // A manifest paged by the server (Bulk Data v2) links its next page: another manifest,
-    // read and signed as this one when followed. A link that cannot be signed goes; so does a
-    // `link` that is not a list of them.
-    if let Some(links) = fields.get_mut("link") {
-        match links.as_array_mut() {
-            Some(links) => links.retain_mut(|link| {
-                let signed = link
-                    .get("url")
-                    .and_then(Value::as_str)
-                    .and_then(|url| signing.url(rewriter, url, LinkKind::ExportStatus));
-                match signed {
-                    Some(url) => {
-                        link["url"] = Value::String(url);
-                        true
-                    }
-                    None => false,
-                }
-            }),
-            None => {
-                fields.remove("link");
-            }
-        }
+    if !is_manifest(fields) {
+        return Err(ProxyError::UnreadableAnswer);
     }
-    if let Some(request) = fields.get_mut("request") {
-        *request = request
+    if fields
+        .get("link")
+        .is_some_and(|link| link.as_array().is_none_or(|links| !links.is_empty()))
+    {
+        return Err(ProxyError::UnreadableAnswer);
+    }
+    let mut rebuilt = serde_json::Map::new();
+    if let Some(time) = fields.get("transactionTime").filter(|t| t.is_string()) {
+        rebuilt.insert("transactionTime".into(), time.clone());
+    }
+    if let Some(request) = fields.get("request") {
+        let request = request
             .as_str()
             .and_then(|url| rewriter.rewrite(url))
             .map_or(Value::Null, Value::String);
+        rebuilt.insert("request".into(), request);
     }
-    serde_json::to_vec(&manifest)
+    if let Some(requires) = fields.get("requiresAccessToken").filter(|r| r.is_boolean()) {
+        rebuilt.insert("requiresAccessToken".into(), requires.clone());
+    }
+    for list in ["output", "error", "deleted"] {
+        let Some(files) = fields.get(list) else {
+            continue;
+        };
+        let files = files.as_array().ok_or(ProxyError::UnreadableAnswer)?;
+        let mut kept = Vec::with_capacity(files.len());
+        for file in files {
+            let file = file.as_object().ok_or(ProxyError::UnreadableAnswer)?;
+            let file_type = file.get("type").and_then(Value::as_str);
+            if list == "output" && !file_type.is_some_and(exported) {
+                continue;
+            }
+            let Some(url) = file
+                .get("url")
+                .and_then(Value::as_str)
+                .and_then(|url| signing.url(rewriter, url, LinkKind::ExportFile))
+            else {
+                continue;
+            };
+            let mut signed = serde_json::Map::new();
+            if let Some(file_type) = file_type {
+                signed.insert("type".into(), Value::String(file_type.to_owned()));
+            }
+            signed.insert("url".into(), Value::String(url));
+            if let Some(count) = file.get("count").filter(|c| c.is_u64() && !consent) {
+                signed.insert("count".into(), count.clone());
+            }
+            kept.push(Value::Object(signed));
+        }
+        rebuilt.insert(list.into(), Value::Array(kept));
+    }
+    serde_json::to_vec(&rebuilt)
         .map(Bytes::from)
         .map_err(|_| ProxyError::UnreadableAnswer)
 }
@@ -261,12 +277,10 @@ mod tests {
                     { "type": "Observation", "url": "http://backend:8080/fhir/R4/_bulk/file/j1/Observation.ndjson", "count": 9 },
                     { "type": "Patient", "url": "https://s3.example/bucket/Patient.ndjson" }
                 ],
-                "error": [{ "type": "OperationOutcome", "url": "http://backend:8080/fhir/R4/_bulk/file/j1/errors.ndjson" }],
-                "link": [
-                    { "relation": "next", "url": "http://backend:8080/fhir/R4/_bulk/status/j1?page=2" },
-                    { "relation": "next", "url": "https://s3.example/bucket/manifest-2.json" },
-                    { "relation": "next" }
-                ]
+                "error": [{ "type": "OperationOutcome", "url": "http://backend:8080/fhir/R4/_bulk/file/j1/errors.ndjson",
+                            "extension": { "note": "http://backend:8080/internal" } }],
+                "link": [],
+                "extension": { "backend": "http://backend:8080/fhir/R4/_bulk/jobs" }
             });
             let signed = |only: Option<&str>, consent: bool| -> Value {
                 let bytes = Bytes::from(manifest.to_string());
@@ -288,13 +302,31 @@ mod tests {
                 all["request"],
                 "https://gw.example/fhir/$export?_type=Observation"
             );
-            // The manifest's next page is a signed status link; a foreign one goes.
-            assert_eq!(all["link"].as_array().map(Vec::len), Some(1), "{all}");
-            let next = opened(pager, all["link"][0]["url"].as_str().unwrap());
-            assert_eq!(next.link, "/_bulk/status/j1?page=2");
-            assert_eq!(next.kind, LinkKind::ExportStatus);
+            // Only what the gateway vouches for is handed out: no member of the backend's own.
             assert!(!all.to_string().contains("backend:8080"), "{all}");
             assert!(!all.to_string().contains("s3.example"), "{all}");
+            let mut members: Vec<&str> = all
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(String::as_str)
+                .collect();
+            members.sort_unstable();
+            assert_eq!(
+                members,
+                [
+                    "error",
+                    "output",
+                    "request",
+                    "requiresAccessToken",
+                    "transactionTime"
+                ]
+            );
+            assert!(
+                all.get("extension").is_none() && all.get("link").is_none(),
+                "{all}"
+            );
+            assert!(all["error"][0].get("extension").is_none(), "{all}");
             // One type exported: another type's file is not handed out; under blocks no counts.
             let only = signed(Some("Patient"), true);
             assert!(only["output"].as_array().unwrap().is_empty(), "{only}");
@@ -306,16 +338,27 @@ mod tests {
                 signed_manifest(outcome.clone(), &rewriter(), signing, &|_| true, false).unwrap(),
                 outcome
             );
-            // Nor is what is not JSON at all (a server's HTML error page): as it came.
-            let page = Bytes::from_static(b"<html>busy</html>");
+            // No body (a status in progress) stays none.
             assert_eq!(
-                signed_manifest(page.clone(), &rewriter(), signing, &|_| true, false).unwrap(),
-                page
+                signed_manifest(Bytes::new(), &rewriter(), signing, &|_| true, false).unwrap(),
+                Bytes::new()
             );
             // A manifest read one way by a plain tree and another by a strict reader (its files
             // given twice, a URL hidden in serde_json's raw value token) is refused: returned
             // as it came it would hand out the backend's URLs unsigned.
+            // Nor is one that cannot be rebuilt from what the gateway vouches for: refused.
             for manifest in [
+                // Paged by the server: its next page could not be shown to be this export's.
+                r#"{"output":[],"link":[{"relation":"next","url":"http://backend:8080/fhir/R4/_bulk/status/j1?page=2"}]}"#,
+                r#"{"output":[],"link":{"relation":"next"}}"#,
+                // A list that is no list, a file that is no object.
+                r#"{"output":{"type":"Patient","url":"http://backend:8080/fhir/R4/_bulk/file/j1/p.ndjson","count":812}}"#,
+                r#"{"error":"http://backend:8080/fhir/R4/_bulk/file/j1/e.ndjson"}"#,
+                r#"{"deleted":["http://backend:8080/fhir/R4/_bulk/file/j1/d.ndjson"]}"#,
+                // Neither a resource nor a manifest, or not JSON at all.
+                r#"{"files":["http://backend:8080/fhir/R4/_bulk/file/j1/e.ndjson"]}"#,
+                "<html>busy</html>",
+                // Read one way by a plain tree and another by every check.
                 r#"{"output":[{"type":"Observation","url":"http://backend:8080/fhir/R4/_bulk/file/j1/a.ndjson"}],"output":[]}"#,
                 r#"{"output":[{"type":"Observation","url":{"$serde_json::private::RawValue":"\"http://backend:8080/fhir/R4/_bulk/file/j1/a.ndjson\""}}]}"#,
             ] {

@@ -201,17 +201,20 @@ impl Proxy {
             read_in: bytes.clone(),
             patients,
         });
-        if let (true, Some(signing)) = (
-            export && exchange.followed == Some(LinkKind::ExportStatus) && status.is_success(),
-            &paging,
-        ) {
-            bytes = export::signed_manifest(
-                bytes,
-                &upstream.rewriter,
-                signing,
-                &exported,
-                consent.is_some(),
-            )?;
+        // Every successful export answer but a file is a manifest, a resource or nothing: a
+        // manifest is rebuilt with signed links, and one that cannot be signed does not leave.
+        if export && exchange.followed != Some(LinkKind::ExportFile) && status.is_success() {
+            bytes = match &paging {
+                Some(signing) => export::signed_manifest(
+                    bytes,
+                    &upstream.rewriter,
+                    signing,
+                    &exported,
+                    consent.is_some(),
+                )?,
+                None if bytes.iter().all(u8::is_ascii_whitespace) => bytes,
+                None => return Err(ProxyError::UnreadableAnswer.into()),
+            };
         }
         if duties.describes_security
             && let Some(rewritten) = self
