@@ -394,11 +394,16 @@ pub fn bundle_resources(bundle: &serde_json::Value) -> impl Iterator<Item = &ser
 }
 
 /// Whether a Bundle link's `relation` is `name`: in any case (RFC 8288 §2.1.1: relation types
-/// compare case-insensitively) and without the white space a server may put around it. Every
+/// compare case-insensitively) and without the white space or control characters a server
+/// may put around it. Every
 /// reader of a backend's links matches relations so, so that no two of them read one link as
 /// two different relations (`"last "` kept as no `last` while a client trims it to one).
 pub fn relation_is(relation: &str, name: &str) -> bool {
-    relation.trim().eq_ignore_ascii_case(name)
+    // Clients trim more than Rust's `trim` does: Java's `String.trim` every control character,
+    // JavaScript's `trim` a byte order mark as well. What any of them would read as `name` is.
+    relation
+        .trim_matches(|c: char| c.is_whitespace() || c.is_control() || c == '\u{feff}')
+        .eq_ignore_ascii_case(name)
 }
 
 /// Whether a search Bundle may have a `next` page: what is on it was not read. The relation is
@@ -489,8 +494,8 @@ fn written_if(
 }
 
 /// Whether `body` may hold a string that [`relation_is`] `last`: `"last"` in any case with
-/// anything that may be white space between it and its quotes (spaces, the escapes `\t`,
-/// `\n`, `\r`, `\f`, any byte of a non-ASCII character), or a `\u` escape anywhere
+/// anything that may be trimmed between it and its quotes (spaces, the escapes `\t`, `\n`,
+/// `\r`, `\f`, `\b`, any byte of a non-ASCII character), or a `\u` escape anywhere
 /// (`"l\u0061st"`). Nearly every answer holds neither, and is not parsed to find out; what is
 /// taken for one only costs a parse.
 fn may_spell_last(body: &[u8]) -> bool {
@@ -506,7 +511,7 @@ fn may_spell_last(body: &[u8]) -> bool {
 /// nothing between but what may be white space in a JSON string.
 fn quoted_around(body: &[u8], start: usize, end: usize) -> bool {
     let may_be_space = |byte: u8| byte == b' ' || byte >= 0x80;
-    let is_space_escape = |byte: u8| matches!(byte, b't' | b'n' | b'r' | b'f');
+    let is_space_escape = |byte: u8| matches!(byte, b't' | b'n' | b'r' | b'f' | b'b');
     let mut before = start;
     loop {
         match before.checked_sub(1).map(|at| body[at]) {

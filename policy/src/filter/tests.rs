@@ -37,6 +37,12 @@ fn a_last_link_goes_in_any_case_and_any_spelling() {
         r"LAST\n",
         r"\r\f last",
         "\u{a0}last\u{2003}",
+        // What a client's trim takes off besides (Java: control characters; JavaScript: a
+        // byte order mark).
+        r"last\b",
+        r"\b\blast",
+        "\u{feff}last",
+        r"\u0000last\u001f",
     ] {
         let body = format!(
             r#"{{"resourceType":"Bundle","type":"searchset","link":[{{"relation":"self","url":"a"}},{{"relation":"{relation}","url":"a?_getpagesoffset=40"}}],"entry":[]}}"#
@@ -76,7 +82,15 @@ fn a_last_link_goes_in_any_case_and_any_spelling() {
 /// blocks or matches unread.
 #[test]
 fn a_next_page_is_seen_in_any_case() {
-    for relation in ["next", "Next", "NEXT", " next ", "next\n"] {
+    for relation in [
+        "next",
+        "Next",
+        "NEXT",
+        " next ",
+        "next\n",
+        "\u{8}next",
+        "\u{feff}next",
+    ] {
         let bundle = json!({ "resourceType": "Bundle", "link": [
             { "relation": "self", "url": "a" }, { "relation": relation, "url": "b" } ] });
         assert!(has_next_page(&bundle), "{relation:?}");
