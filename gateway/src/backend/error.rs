@@ -58,6 +58,10 @@ pub enum ProxyError {
     /// A Bulk Data export file is larger than `limits.max_response_bytes`.
     #[error("the export file is larger than the gateway reads and checks")]
     ExportFileTooLarge,
+    /// An answer that is no success (3xx, 4xx) whose body is not an OperationOutcome: what it
+    /// holds was never checked, so the client gets the status in the gateway's words.
+    #[error("the backend answered {0} with something other than an OperationOutcome")]
+    NotAnOutcome(StatusCode),
 }
 
 /// Whether `error` (or a cause of it) is a body over its limit.

@@ -193,6 +193,15 @@ fn backend_outcome(error: &ProxyError) -> Outcome {
             "precondition-failed",
             "If-Match names another version than the resource's current one; read it again",
         ),
+        ProxyError::NotAnOutcome(status) => Outcome::new(
+            *status,
+            "exception",
+            "backend-answer-withheld",
+            format!(
+                "the backend answered {} with something other than an OperationOutcome; it is not passed on",
+                status.as_u16()
+            ),
+        ),
         ProxyError::UnreadableAnswer => Outcome::new(
             StatusCode::BAD_GATEWAY,
             "exception",

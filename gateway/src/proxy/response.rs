@@ -160,6 +160,13 @@ impl Proxy {
         {
             return Err(crate::consent::ConsentUnavailableError.into());
         }
+        // An answer that is no success says why in an OperationOutcome, and nothing else: its
+        // body is never checked, withheld from or audited (a redirect's page, an export file
+        // answered 300, a resource beside a 409 would leave unread), so anything else in it is
+        // told in the gateway's words, with the backend's status.
+        if !status.is_success() {
+            return self.only_an_outcome(parts, body).await;
+        }
         // An export's manifest and files are always read: their URLs and resources must be seen.
         if duties.streams_through() && !export {
             return Ok(Response::from_parts(parts, boxed(body)));
@@ -554,6 +561,37 @@ struct Withheld {
 
 /// Hop-by-hop and backend-internal headers removed, and `Location` / `Content-Location` made to
 /// point at the gateway instead of the backend.
+impl Proxy {
+    /// An answer that is no success, passed on only with no body or an OperationOutcome (read
+    /// as strictly as every check reads); else [`ProxyError::NotAnOutcome`].
+    async fn only_an_outcome(
+        &self,
+        parts: http::response::Parts,
+        body: hyper::body::Incoming,
+    ) -> Result<Response<Body>, BoxError> {
+        let status = parts.status;
+        let bytes = match crate::backend::read_limited(body, self.max_response_bytes).await {
+            Ok(bytes) => bytes,
+            Err(ProxyError::ResponseTooLarge) => {
+                return Err(ProxyError::NotAnOutcome(status).into());
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let is_outcome = || {
+            crate::strict_json::tree_unique(&bytes).is_ok_and(|answer| {
+                answer
+                    .get("resourceType")
+                    .and_then(serde_json::Value::as_str)
+                    == Some("OperationOutcome")
+            })
+        };
+        if bytes.iter().all(u8::is_ascii_whitespace) || is_outcome() {
+            return Ok(Response::from_parts(parts, full(bytes)));
+        }
+        Err(ProxyError::NotAnOutcome(status).into())
+    }
+}
+
 /// The backend's headers as the client may see them ([`headers::sanitize_response`]), and its
 /// `Location` and `Content-Location` pointing at the gateway: below the backend's base they
 /// are rewritten, a relative one stays, and any other (another host, the backend spelled

@@ -51,6 +51,8 @@ const TEXT_LABEL: u8 = 16;
 const BYTES_LABEL: u8 = 17;
 /// The same labelled FHIR JSON in capitals (media types compare in any case).
 const CAPITAL_LABEL: u8 = 18;
+/// A 409 whose body is Bo's Observation, not an OperationOutcome.
+const CONFLICT_WITH_RESOURCE: u8 = 19;
 
 /// A backend whose behaviour the test switches; it counts the requests that reach it.
 pub(crate) struct FaultyBackend {
@@ -169,6 +171,15 @@ impl FaultyBackend {
                             );
                             let _ = stream.write_all(head.as_bytes()).await;
                             let _ = stream.write_all(body.as_bytes()).await;
+                        }
+                        CONFLICT_WITH_RESOURCE => {
+                            let body = br#"{"resourceType":"Observation","id":"o2","status":"final","code":{"text":"x"},"subject":{"reference":"Patient/pat-bo"}}"#;
+                            let head = format!(
+                                "HTTP/1.1 409 Conflict\r\ncontent-type: application/fhir+json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                                body.len()
+                            );
+                            let _ = stream.write_all(head.as_bytes()).await;
+                            let _ = stream.write_all(body).await;
                         }
                         FAIL => {
                             let _ = stream
@@ -646,4 +657,35 @@ async fn an_answer_that_does_not_say_it_is_fhir_json_is_refused() {
         .unwrap();
     assert_eq!(answer.status, 200, "{}", answer.text());
     assert!(!answer.text().contains("pat-bo"), "{}", answer.text());
+}
+
+/// An answer that is no success carries an OperationOutcome or nothing: its body is never
+/// checked, withheld from or audited, so anything else in it (here another patient's
+/// Observation beside a 409) is told in the gateway's words, with the backend's status. An
+/// OperationOutcome passes as the backend wrote it.
+#[tokio::test]
+async fn an_answer_that_is_no_success_passes_only_an_operation_outcome() {
+    let backend = FaultyBackend::start(CONFLICT_WITH_RESOURCE).await;
+    let gateway = gateway_before(&backend, "");
+    let token = gateway.token(json!({ "scope": "user/*.rs" }));
+    let answer = gateway
+        .client()
+        .get("/fhir/Observation/o2", Some(&token))
+        .await
+        .unwrap();
+    assert_eq!(
+        (answer.status.as_u16(), answer.detail_code().as_str()),
+        (409, "backend-answer-withheld"),
+        "{}",
+        answer.text()
+    );
+    assert!(!answer.text().contains("pat-bo"), "{}", answer.text());
+    backend.mode.store(TOO_MANY, Ordering::SeqCst);
+    let answer = gateway
+        .client()
+        .get("/fhir/Observation/o2", Some(&token))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 429, "{}", answer.text());
+    assert_eq!(answer.json()["issue"][0]["code"], "throttled");
 }
