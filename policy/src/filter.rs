@@ -393,17 +393,19 @@ pub fn bundle_resources(bundle: &serde_json::Value) -> impl Iterator<Item = &ser
         .filter_map(|entry| entry.get("resource"))
 }
 
-/// Whether a Bundle link's `relation` is `name`: in any case (RFC 8288 §2.1.1: relation types
-/// compare case-insensitively) and without the white space or control characters a server
-/// may put around it. Every
-/// reader of a backend's links matches relations so, so that no two of them read one link as
-/// two different relations (`"last "` kept as no `last` while a client trims it to one).
-pub fn relation_is(relation: &str, name: &str) -> bool {
+/// Whether a Bundle link's `relation` may be `name` to some client: in any case (RFC 8288
+/// §2.1.1: relation types compare case-insensitively), without the white space or control
+/// characters a server may put around it, and any relation that is not ASCII (clients fold case
+/// beyond ASCII: Java's `equalsIgnoreCase` reads `laſt` as `last`; no registered relation type
+/// is other than ASCII). Every reader of a backend's links matches relations so, so that no two
+/// of them read one link as two different relations, and each errs the safe way: a possible
+/// `next` is read, a possible `last` goes.
+pub fn may_be_relation(relation: &str, name: &str) -> bool {
     // Clients trim more than Rust's `trim` does: Java's `String.trim` every control character,
     // JavaScript's `trim` a byte order mark as well. What any of them would read as `name` is.
-    relation
-        .trim_matches(|c: char| c.is_whitespace() || c.is_control() || c == '\u{feff}')
-        .eq_ignore_ascii_case(name)
+    let trimmed =
+        relation.trim_matches(|c: char| c.is_whitespace() || c.is_control() || c == '\u{feff}');
+    trimmed.eq_ignore_ascii_case(name) || !trimmed.is_ascii()
 }
 
 /// Whether a search Bundle may have a `next` page: what is on it was not read. The relation is
@@ -418,7 +420,7 @@ pub fn has_next_page(bundle: &serde_json::Value) -> bool {
         return true;
     };
     links.iter().any(|link| match link.get("relation") {
-        Some(serde_json::Value::String(relation)) => relation_is(relation, "next"),
+        Some(serde_json::Value::String(relation)) => may_be_relation(relation, "next"),
         None => !link.is_object(),
         Some(_) => true,
     })
@@ -454,7 +456,7 @@ pub fn without_last_link(body: &[u8]) -> Result<Option<Vec<u8>>, CountsUnreadabl
             !link
                 .get("relation")
                 .and_then(serde_json::Value::as_str)
-                .is_some_and(|relation| relation_is(relation, "last"))
+                .is_some_and(|relation| may_be_relation(relation, "last"))
         });
         links.len() != before
     };
@@ -493,18 +495,48 @@ fn written_if(
         .map_err(|_| CountsUnreadable)
 }
 
-/// Whether `body` may hold a string that [`relation_is`] `last`: `"last"` in any case with
+/// Whether `body` may hold a string that [`may_be_relation`] `last`: `"last"` in any case with
 /// anything that may be trimmed between it and its quotes (spaces, the escapes `\t`, `\n`,
 /// `\r`, `\f`, `\b`, any byte of a non-ASCII character), or a `\u` escape anywhere
 /// (`"l\u0061st"`). Nearly every answer holds neither, and is not parsed to find out; what is
 /// taken for one only costs a parse.
 fn may_spell_last(body: &[u8]) -> bool {
     has_unicode_escape(body)
+        || has_relation_beyond_ascii(body)
         || memchr::memchr2_iter(b'l', b'L', body).any(|at| {
             body.get(at + 1..at + 4)
                 .is_some_and(|rest| rest.eq_ignore_ascii_case(b"ast"))
                 && quoted_around(body, at, at + 4)
         })
+}
+
+/// Whether a member named `"relation"` in `body` holds a string with a byte beyond ASCII
+/// ([`may_be_relation`] takes any such for `last`). A name spelled with an escape is caught
+/// by [`has_unicode_escape`].
+fn has_relation_beyond_ascii(body: &[u8]) -> bool {
+    memchr::memmem::find_iter(body, b"\"relation\"").any(|at| {
+        let mut rest = body[at + 10..]
+            .iter()
+            .skip_while(|b| b.is_ascii_whitespace());
+        if rest.next() != Some(&b':') {
+            return false;
+        }
+        let mut rest = rest.skip_while(|b| b.is_ascii_whitespace());
+        if rest.next() != Some(&b'"') {
+            return false;
+        }
+        let mut escaped = false;
+        for &byte in rest {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => return false,
+                byte if byte >= 0x80 => return true,
+                _ => {}
+            }
+        }
+        false
+    })
 }
 
 /// Whether the text from `start` to `end` in `body` has a quote before and after it, with

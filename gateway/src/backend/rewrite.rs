@@ -123,6 +123,11 @@ impl UrlRewriter {
         &self.public
     }
 
+    /// The backend's base, as the rewriter was made with it (no trailing slash).
+    pub fn backend_base(&self) -> &str {
+        &self.backend
+    }
+
     /// Rewrites the URLs of a Bundle in place; returns whether `value` was a Bundle. With
     /// `paging`, every link but `self` (relations compared without case, RFC 8288; `self` too
     /// when `paging` says so) is replaced by what `paging` makes of the part of it below the
@@ -284,7 +289,7 @@ impl UrlRewriter {
                         .get("relation")
                         .and_then(Value::as_str)
                         .is_some_and(|relation| {
-                            portvagt_policy::filter::relation_is(relation, "self")
+                            portvagt_policy::filter::may_be_relation(relation, "self")
                         })
             }) else {
                 self.rewrite_field(link, "url");

@@ -156,7 +156,9 @@ fn checked_entry(entry: Value, obligations: &Obligations, mode: FilterMode) -> V
                 !link
                     .get("relation")
                     .and_then(Value::as_str)
-                    .is_some_and(|relation| portvagt_policy::filter::relation_is(relation, "last"))
+                    .is_some_and(|relation| {
+                        portvagt_policy::filter::may_be_relation(relation, "last")
+                    })
             });
         }
     }
