@@ -66,10 +66,11 @@ fn is_manifest(fields: &serde_json::Map<String, Value>) -> bool {
 /// gateway, and every `output`, `error` and `deleted` file with its `type`, its URL as the
 /// gateway's signed link (a file not below the backend's base is left out, and with it an
 /// output of a type not `exported`), and its `count` unless citizens' blocks apply (`consent`:
-/// it would tell what they withheld). Nothing else of the backend's passes. A FHIR resource
-/// (an OperationOutcome) is returned as it came, for the checks every answer gets, and so is
-/// no body at all (a status still in progress). What is not JSON, and JSON that is neither a
-/// resource nor a manifest, is refused. A manifest that cannot be rebuilt so (a list that is no list, a file that
+/// it would tell what they withheld); `requiresAccessToken` is always true (the signed links
+/// open only for the caller's token). Nothing else of the backend's passes. An
+/// OperationOutcome is returned as it came, for the checks every answer gets, and so is no
+/// body at all (a status still in progress). What is not JSON, another resource, and JSON that
+/// is neither an OperationOutcome nor a manifest, is refused. A manifest that cannot be rebuilt so (a list that is no list, a file that
 /// is no object) is refused, as is one a plain tree would read otherwise than every check (a
 /// member given twice, serde_json's raw value token), or one paged by the server (`link`):
 /// its next page could not be shown to be a manifest of this export, and a manifest handed
@@ -89,8 +90,13 @@ pub(super) fn signed_manifest(
     let Some(fields) = manifest.as_object() else {
         return Ok(bytes);
     };
-    if fields.contains_key("resourceType") {
-        return Ok(bytes);
+    // An OperationOutcome passes for the checks every answer gets; no other resource is an
+    // export's answer (a manifest written with a `resourceType` of its own is not signed).
+    match fields.get("resourceType").and_then(Value::as_str) {
+        Some("OperationOutcome") => return Ok(bytes),
+        Some(_) => return Err(ProxyError::UnreadableAnswer),
+        None if fields.contains_key("resourceType") => return Err(ProxyError::UnreadableAnswer),
+        None => {}
     }
     if !is_manifest(fields) {
         return Err(ProxyError::UnreadableAnswer);
@@ -112,9 +118,8 @@ pub(super) fn signed_manifest(
             .map_or(Value::Null, Value::String);
         rebuilt.insert("request".into(), request);
     }
-    if let Some(requires) = fields.get("requiresAccessToken").filter(|r| r.is_boolean()) {
-        rebuilt.insert("requiresAccessToken".into(), requires.clone());
-    }
+    // The files are the gateway's signed links, which it opens only for the caller's token.
+    rebuilt.insert("requiresAccessToken".into(), Value::Bool(true));
     for list in ["output", "error", "deleted"] {
         let Some(files) = fields.get(list) else {
             continue;
@@ -272,7 +277,7 @@ mod tests {
             let manifest = json!({
                 "transactionTime": "2026-12-03T10:00:00Z",
                 "request": "http://backend:8080/fhir/R4/$export?_type=Observation",
-                "requiresAccessToken": true,
+                "requiresAccessToken": false,
                 "output": [
                     { "type": "Observation", "url": "http://backend:8080/fhir/R4/_bulk/file/j1/Observation.ndjson", "count": 9 },
                     { "type": "Patient", "url": "https://s3.example/bucket/Patient.ndjson" }
@@ -305,6 +310,10 @@ mod tests {
             // Only what the gateway vouches for is handed out: no member of the backend's own.
             assert!(!all.to_string().contains("backend:8080"), "{all}");
             assert!(!all.to_string().contains("s3.example"), "{all}");
+            assert_eq!(
+                all["requiresAccessToken"], true,
+                "the gateway's links need the token"
+            );
             let mut members: Vec<&str> = all
                 .as_object()
                 .unwrap()
@@ -355,6 +364,11 @@ mod tests {
                 r#"{"output":{"type":"Patient","url":"http://backend:8080/fhir/R4/_bulk/file/j1/p.ndjson","count":812}}"#,
                 r#"{"error":"http://backend:8080/fhir/R4/_bulk/file/j1/e.ndjson"}"#,
                 r#"{"deleted":["http://backend:8080/fhir/R4/_bulk/file/j1/d.ndjson"]}"#,
+                // A manifest with a resource type of its own (as an example in the IG writes
+                // it), or another resource: not signed, so refused.
+                r#"{"resourceType":"Parameters","output":[{"type":"Patient","url":"http://backend:8080/fhir/R4/_bulk/file/j1/p.ndjson","count":812}]}"#,
+                r#"{"resourceType":"http://hl7.org/fhir/uv/bulkdata/BulkDataManifest","output":[]}"#,
+                r#"{"resourceType":7,"output":[]}"#,
                 // Neither a resource nor a manifest, or not JSON at all.
                 r#"{"files":["http://backend:8080/fhir/R4/_bulk/file/j1/e.ndjson"]}"#,
                 "<html>busy</html>",
