@@ -194,7 +194,11 @@ fn backend_outcome(error: &ProxyError) -> Outcome {
             "If-Match names another version than the resource's current one; read it again",
         ),
         ProxyError::NotAnOutcome(status) => Outcome::new(
-            *status,
+            if status.is_redirection() || status.is_client_error() {
+                *status
+            } else {
+                StatusCode::BAD_GATEWAY
+            },
             "exception",
             "backend-answer-withheld",
             format!(

@@ -232,15 +232,23 @@ pub fn sanitize_response(headers: &mut HeaderMap) {
 /// reference that resolves below the gateway's URL of the request: a path without a leading
 /// slash (`Patient/1/_history/1`) or a query, nothing else. No scheme, no network-path
 /// (`//host`) or absolute path (`/`, which would name the backend's own base path and another
-/// route of the gateway's), no backslash (which browsers read as a slash), and no white space
+/// route of the gateway's), no dot segment, no backslash (which browsers read as a slash), and no white space
 /// or control character (browsers drop a tab or a newline from a URL before reading it, so
 /// `/<tab>/host` would name another host). An absolute URL is only passed rewritten to point
 /// at the gateway.
 pub fn is_relative_location(location: &str) -> bool {
     let scheme_ends = location.find([':', '/', '?', '#']);
     let has_scheme = scheme_ends.is_some_and(|at| location.as_bytes()[at] == b':');
+    // A dot segment climbs out of the request's base to another route of the gateway's
+    // (`../../admin`), in any spelling a browser decodes (`%2e%2E`).
+    let path = location.split(['?', '#']).next().unwrap_or_default();
+    let climbs = path.split('/').any(|segment| {
+        let segment = segment.to_ascii_lowercase().replace("%2e", ".");
+        segment == "." || segment == ".."
+    });
     !location.is_empty()
         && !has_scheme
+        && !climbs
         && !location.starts_with(['/', '#'])
         && location.bytes().all(|b| b.is_ascii_graphic() && b != b'\\')
 }

@@ -126,15 +126,21 @@ impl Proxy {
             &parts.headers,
             self.audited,
         );
-        // The gateway asks for FHIR JSON. A read answered with a body in anything else cannot
-        // be shown to be anybody's in particular: read as FHIR JSON it might name patients,
-        // passed as bytes it would leave unaudited and unchecked, its links unsigned. So it is
-        // refused, whatever else applies; only a Binary's document (a PDF, say), from a server
-        // that answers a Binary read with its bytes, passes as what it says it is (and is still
-        // refused below while data is withheld). A body that does not say what it is, is no
-        // document either. A HEAD sent on as a GET (to check what it would show) is read like
-        // one; a HEAD's own answer has no body.
-        let declared_document = parts.headers.contains_key(header::CONTENT_TYPE)
+        // The gateway asks for FHIR JSON. An answer with a body in anything else cannot be
+        // shown to be anybody's in particular: read as FHIR JSON it might name patients,
+        // passed as bytes it would leave unaudited and unchecked, its links unsigned. So a read
+        // is refused, whatever else applies; only a Binary's document (a PDF, say: a type that
+        // names neither JSON nor XML), from a server that answers a Binary read with its
+        // bytes, passes as what it says it is (and is still refused below while data is
+        // withheld). A body that does not say what it is, is no document either. What a write
+        // changed has happened, so its answer is not refused: it leaves without such a body.
+        // A HEAD sent on as a GET (to check what it would show) is read like one; a HEAD's own
+        // answer has no body.
+        let declared_document = names_a_document(&parts.headers)
+            && matches!(
+                exchange.fhir.interaction(),
+                Interaction::Read | Interaction::Vread
+            )
             && exchange
                 .fhir
                 .resource_type()
@@ -142,11 +148,15 @@ impl Proxy {
         if status.is_success()
             && !duties.is_json
             && !export
-            && !exchange.fhir.interaction().is_write()
             && hyper::body::Body::size_hint(&body).exact() != Some(0)
             && !declared_document
         {
-            return Err(ProxyError::UnreadableAnswer.into());
+            if !exchange.fhir.interaction().is_write() {
+                return Err(ProxyError::UnreadableAnswer.into());
+            }
+            parts.headers.remove(header::CONTENT_TYPE);
+            parts.headers.remove(header::CONTENT_LENGTH);
+            return Ok(Response::from_parts(parts, crate::body::empty()));
         }
         // While data is withheld (citizens' blocks, the treatment relationship), an answer to a
         // read that is not FHIR JSON (a document's raw bytes, say) cannot be shown to be
@@ -165,7 +175,7 @@ impl Proxy {
         // answered 300, a resource beside a 409 would leave unread), so anything else in it is
         // told in the gateway's words, with the backend's status.
         if !status.is_success() {
-            return self.only_an_outcome(parts, body).await;
+            return self.only_an_outcome(&exchange, parts, body).await;
         }
         // An export's manifest and files are always read: their URLs and resources must be seen.
         if duties.streams_through() && !export {
@@ -561,35 +571,125 @@ struct Withheld {
 
 /// Hop-by-hop and backend-internal headers removed, and `Location` / `Content-Location` made to
 /// point at the gateway instead of the backend.
+/// The most of an answer that is no success the gateway reads: an OperationOutcome is small.
+const MAX_OUTCOME_BYTES: usize = 1024 * 1024;
+
 impl Proxy {
-    /// An answer that is no success, passed on only with no body or an OperationOutcome (read
-    /// as strictly as every check reads); else [`ProxyError::NotAnOutcome`].
+    /// An answer that is no success (3xx, 4xx), passed on only with no body or an
+    /// OperationOutcome read as strictly as every check reads, and then rebuilt of its issues'
+    /// severity, code and details (their coded words and text): nothing else of the backend's
+    /// (a `contained` resource, narrative, extensions) leaves, the backend's base in them is
+    /// the gateway's, and while data is withheld (citizens' blocks, a compartment, a granular
+    /// scope) neither do its `diagnostics` and `expression`, which may name a resource the
+    /// caller may not learn of ("first reference found was Observation/5"). Anything else is
+    /// [`ProxyError::NotAnOutcome`].
     async fn only_an_outcome(
         &self,
-        parts: http::response::Parts,
+        exchange: &Exchange,
+        mut parts: http::response::Parts,
         body: hyper::body::Incoming,
     ) -> Result<Response<Body>, BoxError> {
         let status = parts.status;
-        let bytes = match crate::backend::read_limited(body, self.max_response_bytes).await {
+        if !(status.is_redirection() || status.is_client_error()) {
+            return Err(ProxyError::NotAnOutcome(StatusCode::BAD_GATEWAY).into());
+        }
+        let bytes = match crate::backend::read_limited(body, MAX_OUTCOME_BYTES).await {
             Ok(bytes) => bytes,
             Err(ProxyError::ResponseTooLarge) => {
                 return Err(ProxyError::NotAnOutcome(status).into());
             }
             Err(error) => return Err(error.into()),
         };
-        let is_outcome = || {
-            crate::strict_json::tree_unique(&bytes).is_ok_and(|answer| {
-                answer
-                    .get("resourceType")
-                    .and_then(serde_json::Value::as_str)
-                    == Some("OperationOutcome")
-            })
-        };
-        if bytes.iter().all(u8::is_ascii_whitespace) || is_outcome() {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Response::from_parts(parts, full(bytes)));
         }
-        Err(ProxyError::NotAnOutcome(status).into())
+        let withheld = exchange.consent.is_some()
+            || exchange.obligations.compartment.is_some()
+            || !exchange.obligations.restriction.is_empty();
+        let rebuilt = crate::strict_json::tree_unique(&bytes)
+            .ok()
+            .and_then(|answer| outcome_rebuilt(&answer, withheld, &exchange.upstream.rewriter))
+            .ok_or(ProxyError::NotAnOutcome(status))?;
+        parts.headers.remove(header::CONTENT_LENGTH);
+        parts.headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(crate::outcome::FHIR_JSON),
+        );
+        Ok(Response::from_parts(parts, full(rebuilt)))
     }
+}
+
+/// An OperationOutcome of the backend's, rebuilt of what the gateway passes on (see
+/// [`Proxy::only_an_outcome`]); `None` when `answer` is none.
+fn outcome_rebuilt(
+    answer: &serde_json::Value,
+    withheld: bool,
+    rewriter: &UrlRewriter,
+) -> Option<Vec<u8>> {
+    use serde_json::{Map, Value};
+    if answer.get("resourceType").and_then(Value::as_str) != Some("OperationOutcome") {
+        return None;
+    }
+    let backend_base = rewriter.backend_base();
+    let text = |value: &Value| {
+        value.as_str().map(|text| {
+            Value::String(if backend_base.is_empty() {
+                text.to_owned()
+            } else {
+                text.replace(backend_base, rewriter.public_base())
+            })
+        })
+    };
+    let copied = |from: &Map<String, Value>, names: &[&str]| {
+        let mut kept = Map::new();
+        for name in names {
+            if let Some(value) = from.get(*name).and_then(text) {
+                kept.insert((*name).to_owned(), value);
+            }
+        }
+        kept
+    };
+    let issues = answer.get("issue")?.as_array()?;
+    let mut rebuilt_issues = Vec::with_capacity(issues.len());
+    for issue in issues {
+        let issue = issue.as_object()?;
+        let mut kept = copied(issue, &["severity", "code"]);
+        if let Some(details) = issue.get("details").and_then(Value::as_object) {
+            let mut concept = copied(details, &["text"]);
+            let codings: Vec<Value> = details
+                .get("coding")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_object)
+                .map(|coding| Value::Object(copied(coding, &["system", "code", "display"])))
+                .collect();
+            if !codings.is_empty() {
+                concept.insert("coding".into(), Value::Array(codings));
+            }
+            kept.insert("details".into(), Value::Object(concept));
+        }
+        if !withheld {
+            kept.extend(copied(issue, &["diagnostics"]));
+            for list in ["expression", "location"] {
+                let strings: Vec<Value> = issue
+                    .get(list)
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(text)
+                    .collect();
+                if !strings.is_empty() {
+                    kept.insert(list.into(), Value::Array(strings));
+                }
+            }
+        }
+        rebuilt_issues.push(Value::Object(kept));
+    }
+    let mut outcome = Map::new();
+    outcome.insert("resourceType".into(), "OperationOutcome".into());
+    outcome.insert("issue".into(), Value::Array(rebuilt_issues));
+    serde_json::to_vec(&Value::Object(outcome)).ok()
 }
 
 /// The backend's headers as the client may see them ([`headers::sanitize_response`]), and its
@@ -697,11 +797,17 @@ fn raw_passes(obligations: &Obligations, is_json: bool, headers: &HeaderMap) -> 
         && obligations.compartment.is_none()
         && obligations.restriction.is_empty()
         && !is_json
-        && headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_ascii_lowercase)
-            .is_some_and(|v| !v.contains("xml") && !v.contains("json"))
+        && names_a_document(headers)
+}
+
+/// Whether the answer's type says it is a document's bytes: readable, and naming neither JSON
+/// (NDJSON, a `+json` of any kind) nor XML, in any case.
+fn names_a_document(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_ascii_lowercase)
+        .is_some_and(|v| !v.trim().is_empty() && !v.contains("xml") && !v.contains("json"))
 }
 
 /// A successful answer checked against the compartment or a granular scope: unchanged,

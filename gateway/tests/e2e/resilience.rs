@@ -635,6 +635,28 @@ async fn an_answer_that_does_not_say_it_is_fhir_json_is_refused() {
             }
         }
     }
+    // A Binary's document passes only as the answer to a read of it, not of a search.
+    backend.mode.store(TEXT_LABEL, Ordering::SeqCst);
+    let gateway = &gateways[0];
+    let token = gateway.token(json!({ "scope": "user/*.rs" }));
+    let answer = gateway
+        .client()
+        .get("/fhir/Binary?_count=50", Some(&token))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 502, "{}", answer.text());
+    // What a write changed has happened: its answer is not refused, but leaves without a body
+    // that does not say it is FHIR JSON.
+    let write = crate::support::request(
+        Method::POST,
+        "/fhir/Observation",
+        Some(&gateway.token(json!({ "scope": "user/*.cruds" }))),
+        Some(json!({ "resourceType": "Observation", "status": "final",
+            "code": { "text": "x" }, "subject": { "reference": "Patient/pat-anne" } })),
+    );
+    let answer = gateway.client().send(write).await.unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert!(answer.body.is_empty(), "{}", answer.text());
     // Labelled FHIR JSON in capitals: read as JSON, so checked, rewritten and audited.
     backend.mode.store(CAPITAL_LABEL, Ordering::SeqCst);
     let gateway = &gateways[0];

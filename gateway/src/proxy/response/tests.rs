@@ -73,6 +73,11 @@ fn headers_are_cleaned_and_locations_point_at_the_gateway() {
         "\\\\elsewhere.example",
         "#frag",
         ":x",
+        // Dot segments climb to another route of the gateway's.
+        "../../admin/x",
+        "Patient/../../x",
+        "%2e%2E/x",
+        ".",
     ] {
         assert_eq!(cleaned(elsewhere), None, "{elsewhere:?}");
     }
@@ -329,4 +334,63 @@ fn the_patients_read_in_an_answer_hold_after_its_counts_are_taken_out_only() {
     let stale = found().carried(&filtered, &counted);
     assert!(!same_bytes(&stale.read_in, &counted));
     assert!(same_bytes(&stale.read_in, &read_in));
+}
+
+/// An answer that is no success leaves as an OperationOutcome rebuilt of its issues' severity,
+/// code and details: nothing else of the backend's, the backend's base as the gateway's, and
+/// while data is withheld not the diagnostics that may name a resource the caller may not
+/// learn of.
+#[test]
+fn an_outcome_leaves_rebuilt_of_what_it_says() {
+    let rewriter = UrlRewriter::new("http://backend:8080/fhir", "https://gw.example/fhir");
+    let backend = json!({ "resourceType": "OperationOutcome", "id": "x",
+        "text": { "status": "generated", "div": "<div>Patient Bo</div>" },
+        "contained": [{ "resourceType": "Patient", "id": "bo" }],
+        "extension": [{ "url": "http://backend:8080/ext", "valueString": "secret" }],
+        "issue": [{
+            "severity": "error", "code": "processing",
+            "details": { "coding": [{ "system": "http://x.example", "code": "HAPI-0550",
+                                      "display": "conflict", "extension": [] }],
+                         "text": "see http://backend:8080/fhir/Observation/5" },
+            "diagnostics": "First reference found was resource Observation/5",
+            "expression": ["Patient.link"],
+            "extension": [{ "url": "x" }]
+        }]
+    });
+    let open: Value =
+        serde_json::from_slice(&outcome_rebuilt(&backend, false, &rewriter).unwrap()).unwrap();
+    assert_eq!(
+        open,
+        json!({ "resourceType": "OperationOutcome", "issue": [{
+            "severity": "error", "code": "processing",
+            "details": { "coding": [{ "system": "http://x.example", "code": "HAPI-0550",
+                                      "display": "conflict" }],
+                         "text": "see https://gw.example/fhir/Observation/5" },
+            "diagnostics": "First reference found was resource Observation/5",
+            "expression": ["Patient.link"]
+        }]})
+    );
+    let withheld: Value =
+        serde_json::from_slice(&outcome_rebuilt(&backend, true, &rewriter).unwrap()).unwrap();
+    assert!(
+        withheld["issue"][0].get("diagnostics").is_none(),
+        "{withheld}"
+    );
+    assert!(
+        withheld["issue"][0].get("expression").is_none(),
+        "{withheld}"
+    );
+    assert_eq!(withheld["issue"][0]["code"], "processing");
+    // Not an OperationOutcome, or one whose issues cannot be read: none.
+    for other in [
+        json!({ "resourceType": "Observation", "subject": { "reference": "Patient/bo" } }),
+        json!({ "resourceType": "OperationOutcome" }),
+        json!({ "resourceType": "OperationOutcome", "issue": ["x"] }),
+        json!(["OperationOutcome"]),
+    ] {
+        assert!(
+            outcome_rebuilt(&other, false, &rewriter).is_none(),
+            "{other}"
+        );
+    }
 }
