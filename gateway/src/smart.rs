@@ -166,15 +166,25 @@ impl SmartDocuments {
     /// and what it says of the backend behind the gateway: its `implementation.url` (the
     /// backend's own address) becomes the gateway's base clients reach, every other URL below
     /// the backend's base is rewritten to the gateway's, and `software` (which product and
-    /// version answers behind it) becomes Portvagt, without a version. Returns the new body, or
-    /// `None` if `body` is not a CapabilityStatement.
+    /// version answers behind it) becomes Portvagt, without a version. A TerminologyCapabilities
+    /// (`metadata?mode=terminology`) and an OperationOutcome are told of the same way, without
+    /// security. Returns the new body, or `None` when `body` is none of these or cannot be read
+    /// as strictly as every check reads (a member given twice, serde_json's raw value token,
+    /// a `rest` that is no list): such an answer does not leave with the backend's words in it.
     pub fn rewrite_capability_statement(
         &self,
         body: &[u8],
         rewriter: &crate::backend::rewrite::UrlRewriter,
     ) -> Option<Vec<u8>> {
-        let mut statement: Value = serde_json::from_slice(body).ok()?;
-        if statement.get("resourceType").and_then(Value::as_str) != Some("CapabilityStatement") {
+        let mut statement = crate::strict_json::tree_unique(body).ok()?;
+        let resource_type = statement
+            .get("resourceType")
+            .and_then(Value::as_str)?
+            .to_owned();
+        if !matches!(
+            resource_type.as_str(),
+            "CapabilityStatement" | "TerminologyCapabilities" | "OperationOutcome"
+        ) {
             return None;
         }
         rewrite_urls(&mut statement, rewriter);
@@ -190,10 +200,14 @@ impl SmartDocuments {
         {
             statement.insert("software".to_owned(), json!({ "name": "Portvagt" }));
         }
-        let security = self.capability_security();
-        for rest in statement.get_mut("rest")?.as_array_mut()? {
-            if let Some(rest) = rest.as_object_mut() {
-                rest.insert("security".to_owned(), security.clone());
+        if resource_type == "CapabilityStatement"
+            && let Some(rests) = statement.get_mut("rest")
+        {
+            let security = self.capability_security();
+            for rest in rests.as_array_mut()? {
+                if let Some(rest) = rest.as_object_mut() {
+                    rest.insert("security".to_owned(), security.clone());
+                }
             }
         }
         serde_json::to_vec(&statement).ok()
@@ -294,10 +308,33 @@ mod tests {
             json!({ "url": "token", "valueUri": "https://as.example.dk/token" })
         );
         assert_eq!(rewritten["rest"][0]["mode"], "server");
-        assert!(
-            documents
-                .rewrite_capability_statement(br#"{"resourceType":"Patient"}"#, &rewriter)
-                .is_none()
-        );
+        // A TerminologyCapabilities is told of the same way, without security.
+        let terminology = json!({ "resourceType": "TerminologyCapabilities",
+            "software": { "name": "HAPI FHIR Server", "version": "7.2.0" },
+            "implementation": { "url": "http://fhir-backend:8080/fhir" } });
+        let told: Value = serde_json::from_slice(
+            &documents
+                .rewrite_capability_statement(terminology.to_string().as_bytes(), &rewriter)
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(told["software"], json!({ "name": "Portvagt" }));
+        assert!(!told.to_string().contains("fhir-backend"), "{told}");
+        // Anything else does not leave as the backend wrote it: another resource, a `rest`
+        // that is no list, a member given twice or hidden in serde_json's raw value token.
+        for other in [
+            r#"{"resourceType":"Patient"}"#,
+            r#"{"resourceType":"CapabilityStatement","rest":{"mode":"server"},"software":{"name":"HAPI"}}"#,
+            r#"{"resourceType":"CapabilityStatement","software":{"name":"HAPI"},"software":{"name":"x"}}"#,
+            r#"{"resourceType":"CapabilityStatement","software":{"$serde_json::private::RawValue":"{}"}}"#,
+            "<html></html>",
+        ] {
+            assert!(
+                documents
+                    .rewrite_capability_statement(other.as_bytes(), &rewriter)
+                    .is_none(),
+                "{other}"
+            );
+        }
     }
 }

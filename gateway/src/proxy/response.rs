@@ -233,12 +233,13 @@ impl Proxy {
                 None => return Err(ProxyError::UnreadableAnswer.into()),
             };
         }
-        if duties.describes_security
-            && let Some(rewritten) = self
+        // What the backend says of itself leaves in the gateway's words, or not at all.
+        if duties.describes_security && !bytes.iter().all(u8::is_ascii_whitespace) {
+            bytes = self
                 .smart
                 .rewrite_capability_statement(&bytes, &upstream.rewriter)
-        {
-            bytes = Bytes::from(rewritten);
+                .map(Bytes::from)
+                .ok_or(ProxyError::UnreadableAnswer)?;
         }
         if status.is_success() {
             let answered = bytes.clone();
