@@ -401,11 +401,21 @@ pub fn bundle_resources(bundle: &serde_json::Value) -> impl Iterator<Item = &ser
 /// of them read one link as two different relations, and each errs the safe way: a possible
 /// `next` is read, a possible `last` goes.
 pub fn may_be_relation(relation: &str, name: &str) -> bool {
-    // Clients trim more than Rust's `trim` does: Java's `String.trim` every control character,
-    // JavaScript's `trim` a byte order mark as well. What any of them would read as `name` is.
-    let trimmed =
-        relation.trim_matches(|c: char| c.is_whitespace() || c.is_control() || c == '\u{feff}');
-    trimmed.eq_ignore_ascii_case(name) || !trimmed.is_ascii()
+    names_relation(relation, name) || !trimmed_relation(relation).is_ascii()
+}
+
+/// Whether a Bundle link's `relation` is `name` and nothing else to any client: in ASCII, in
+/// any case, with what clients trim around it taken off. What lets a link keep a backend URL
+/// (`self` on a first page) is decided by this, so that a relation beyond ASCII, which some
+/// client may read as another relation, is signed or dropped as every other link is.
+pub fn names_relation(relation: &str, name: &str) -> bool {
+    trimmed_relation(relation).eq_ignore_ascii_case(name)
+}
+
+/// `relation` without what any client's trim takes off around it: Rust's and JavaScript's white
+/// space, Java's `String.trim` every control character, JavaScript's a byte order mark too.
+fn trimmed_relation(relation: &str) -> &str {
+    relation.trim_matches(|c: char| c.is_whitespace() || c.is_control() || c == '\u{feff}')
 }
 
 /// Whether a search Bundle may have a `next` page: what is on it was not read. The relation is
@@ -452,11 +462,11 @@ pub fn without_last_link(body: &[u8]) -> Result<Option<Vec<u8>>, CountsUnreadabl
             return false;
         };
         let before = links.len();
-        links.retain(|link| {
-            !link
-                .get("relation")
-                .and_then(serde_json::Value::as_str)
-                .is_some_and(|relation| may_be_relation(relation, "last"))
+        // A relation that is no string may be `last` too (JavaScript reads `["last"]` as it).
+        links.retain(|link| match link.get("relation") {
+            Some(serde_json::Value::String(relation)) => !may_be_relation(relation, "last"),
+            None => true,
+            Some(_) => false,
         });
         links.len() != before
     };
@@ -496,8 +506,8 @@ fn written_if(
 }
 
 /// Whether `body` may hold a string that [`may_be_relation`] `last`: `"last"` in any case with
-/// anything that may be trimmed between it and its quotes (spaces, the escapes `\t`, `\n`,
-/// `\r`, `\f`, `\b`, any byte of a non-ASCII character), or a `\u` escape anywhere
+/// anything that may be trimmed between it and its quotes (spaces, DEL, the escapes `\t`,
+/// `\n`, `\r`, `\f`, `\b`, any byte of a non-ASCII character), or a `\u` escape anywhere
 /// (`"l\u0061st"`). Nearly every answer holds neither, and is not parsed to find out; what is
 /// taken for one only costs a parse.
 fn may_spell_last(body: &[u8]) -> bool {
@@ -511,8 +521,9 @@ fn may_spell_last(body: &[u8]) -> bool {
 }
 
 /// Whether a member named `"relation"` in `body` holds a string with a byte beyond ASCII
-/// ([`may_be_relation`] takes any such for `last`). A name spelled with an escape is caught
-/// by [`has_unicode_escape`].
+/// ([`may_be_relation`] takes any such for `last`), or anything but a string (which
+/// [`without_last_link`] takes for `last` too). A name spelled with an escape is caught by
+/// [`has_unicode_escape`].
 fn has_relation_beyond_ascii(body: &[u8]) -> bool {
     memchr::memmem::find_iter(body, b"\"relation\"").any(|at| {
         let mut rest = body[at + 10..]
@@ -523,7 +534,7 @@ fn has_relation_beyond_ascii(body: &[u8]) -> bool {
         }
         let mut rest = rest.skip_while(|b| b.is_ascii_whitespace());
         if rest.next() != Some(&b'"') {
-            return false;
+            return true;
         }
         let mut escaped = false;
         for &byte in rest {
@@ -542,7 +553,7 @@ fn has_relation_beyond_ascii(body: &[u8]) -> bool {
 /// Whether the text from `start` to `end` in `body` has a quote before and after it, with
 /// nothing between but what may be white space in a JSON string.
 fn quoted_around(body: &[u8], start: usize, end: usize) -> bool {
-    let may_be_space = |byte: u8| byte == b' ' || byte >= 0x80;
+    let may_be_space = |byte: u8| byte == b' ' || byte == 0x7f || byte >= 0x80;
     let is_space_escape = |byte: u8| matches!(byte, b't' | b'n' | b'r' | b'f' | b'b');
     let mut before = start;
     loop {

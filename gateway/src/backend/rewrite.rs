@@ -283,17 +283,18 @@ impl UrlRewriter {
     /// [`Self::rewrite_bundle`]).
     fn rewrite_links(&self, links: &mut Vec<Value>, paging: Option<&Paging<'_>>) {
         links.retain_mut(|link| {
+            // Only a link that is `self` in ASCII keeps the backend's query (rewritten to the
+            // gateway's base, never as it came); any other is signed or dropped.
             let Some(paging) = paging.filter(|paging| {
                 paging.sign_self
                     || !link
                         .get("relation")
                         .and_then(Value::as_str)
                         .is_some_and(|relation| {
-                            portvagt_policy::filter::may_be_relation(relation, "self")
+                            portvagt_policy::filter::names_relation(relation, "self")
                         })
             }) else {
-                self.rewrite_field(link, "url");
-                return true;
+                return self.rewrite_field(link, "url");
             };
             let made = link
                 .get("url")
@@ -413,6 +414,26 @@ mod tests {
                 { "relation": "next", "url": "signed<?_getpages=abc&_getpagesoffset=10>" },
                 { "relation": "previous", "url": "signed</Observation?patient=1&_offset=0>" }
             ])
+        );
+        // Only `self` in ASCII keeps the backend's query, and only below the backend's base:
+        // a relation some client may fold into another (`prevıous`), or a self link elsewhere,
+        // is signed or dropped like any other link, never passed on as it came.
+        let mut bundle = json!({
+            "resourceType": "Bundle",
+            "link": [
+                { "relation": "prev\u{131}ous", "url": "http://hapi-internal:9090/x?_getpagesoffset=20" },
+                { "relation": "\u{ff53}elf", "url": "http://10.0.0.5:8080/fhir/R4/Observation?o=1" },
+                { "relation": "self", "url": "http://hapi-internal:9090/fhir/Observation?patient=1" }
+            ]
+        });
+        let paging = Paging {
+            sign_self: false,
+            link: &link,
+        };
+        assert!(rewriter().rewrite_bundle(&mut bundle, Some(&paging)));
+        assert_eq!(
+            bundle["link"],
+            json!([{ "relation": "\u{ff53}elf", "url": "signed</Observation?o=1>" }])
         );
         // Any other spelling or relation is signed too (or dropped); `self` when asked.
         let mut bundle = json!({

@@ -152,13 +152,12 @@ fn checked_entry(entry: Value, obligations: &Obligations, mode: FilterMode) -> V
     {
         bundle.remove("total");
         if let Some(links) = bundle.get_mut("link").and_then(Value::as_array_mut) {
-            links.retain(|link| {
-                !link
-                    .get("relation")
-                    .and_then(Value::as_str)
-                    .is_some_and(|relation| {
-                        portvagt_policy::filter::may_be_relation(relation, "last")
-                    })
+            links.retain(|link| match link.get("relation") {
+                Some(Value::String(relation)) => {
+                    !portvagt_policy::filter::may_be_relation(relation, "last")
+                }
+                None => true,
+                Some(_) => false,
             });
         }
     }

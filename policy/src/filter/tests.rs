@@ -47,6 +47,8 @@ fn a_last_link_goes_in_any_case_and_any_spelling() {
         // no relation type is other than ASCII, so any that is goes.
         "la\u{17f}t",
         "la\u{fb06}",
+        // DEL, which `is_control` trims.
+        "last\u{7f}",
     ] {
         let body = format!(
             r#"{{"resourceType":"Bundle","type":"searchset","link":[{{"relation":"self","url":"a"}},{{"relation":"{relation}","url":"a?_getpagesoffset=40"}}],"entry":[]}}"#
@@ -84,6 +86,27 @@ fn a_last_link_goes_in_any_case_and_any_spelling() {
 
 /// A next page is a next page in any case: a `Next` taken for none would leave a page of
 /// blocks or matches unread.
+/// A relation that is no string may be `last` to a client that compares loosely: it goes.
+#[test]
+fn a_last_link_whose_relation_is_no_string_goes() {
+    for relation in [r#"["last"]"#, r#"{"value":"last"}"#, "7", "null"] {
+        let body = format!(
+            r#"{{"resourceType":"Bundle","link":[{{"relation":"self","url":"a"}},{{"relation":{relation},"url":"a?_getpagesoffset=40"}}]}}"#
+        );
+        let without: Value = serde_json::from_slice(
+            &without_last_link(body.as_bytes())
+                .unwrap()
+                .unwrap_or_else(|| panic!("{body}")),
+        )
+        .unwrap();
+        assert_eq!(
+            without["link"],
+            json!([{ "relation": "self", "url": "a" }]),
+            "{body}"
+        );
+    }
+}
+
 #[test]
 fn a_next_page_is_seen_in_any_case() {
     for relation in [
