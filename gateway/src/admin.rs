@@ -246,13 +246,22 @@ impl Admin {
         )
         .await;
         let body = match read {
-            Ok(Ok(crate::backend::Fetched::Found(statement))) => serde_json::to_vec(&statement)
-                .ok()
-                .and_then(|bytes| {
-                    self.smart
-                        .rewrite_capability_statement(&bytes, &route.rewriter)
-                })
-                .map(Bytes::from),
+            // Only a CapabilityStatement describes the base: anything else the backend answers
+            // there (an OperationOutcome, a TerminologyCapabilities) is not served as one.
+            Ok(Ok(crate::backend::Fetched::Found(statement)))
+                if statement
+                    .get("resourceType")
+                    .and_then(serde_json::Value::as_str)
+                    == Some("CapabilityStatement") =>
+            {
+                serde_json::to_vec(&statement)
+                    .ok()
+                    .and_then(|bytes| {
+                        self.smart
+                            .rewrite_capability_statement(&bytes, &route.rewriter)
+                    })
+                    .map(Bytes::from)
+            }
             _ => None,
         };
         self.capabilities

@@ -96,6 +96,89 @@ pub fn denied_outcome(reason: DenyReason) -> Outcome {
     )
 }
 
+/// An OperationOutcome of a backend's, rebuilt of what the gateway passes on: its issues'
+/// severity, code and details (their coded words and text), with the backend's base in them
+/// as the gateway's (`backend_base` → `public_base`); nothing else of the backend's (a
+/// `contained` resource, narrative, extensions). While anything is `withheld` from the caller,
+/// only the codes: `diagnostics`, `expression`, `location`, a detail's text and a code's
+/// display may name a resource the caller may not learn of ("first reference found was
+/// Observation/5"). `None` when `answer` is no OperationOutcome whose issues can be read so.
+pub fn backend_outcome_rebuilt(
+    answer: &serde_json::Value,
+    withheld: bool,
+    backend_base: &str,
+    public_base: &str,
+) -> Option<Vec<u8>> {
+    use serde_json::{Map, Value};
+    if answer.get("resourceType").and_then(Value::as_str) != Some("OperationOutcome") {
+        return None;
+    }
+    let text = |value: &Value| {
+        value.as_str().map(|text| {
+            Value::String(if backend_base.is_empty() {
+                text.to_owned()
+            } else {
+                text.replace(backend_base, public_base)
+            })
+        })
+    };
+    let copied = |from: &Map<String, Value>, names: &[&str]| {
+        let mut kept = Map::new();
+        for name in names {
+            if let Some(value) = from.get(*name).and_then(text) {
+                kept.insert((*name).to_owned(), value);
+            }
+        }
+        kept
+    };
+    let issues = answer.get("issue")?.as_array()?;
+    let mut rebuilt_issues = Vec::with_capacity(issues.len());
+    for issue in issues {
+        let issue = issue.as_object()?;
+        let mut kept = copied(issue, &["severity", "code"]);
+        let (concept_words, coding_words): (&[&str], &[&str]) = if withheld {
+            (&[], &["system", "code"])
+        } else {
+            (&["text"], &["system", "code", "display"])
+        };
+        if let Some(details) = issue.get("details").and_then(Value::as_object) {
+            let mut concept = copied(details, concept_words);
+            let codings: Vec<Value> = details
+                .get("coding")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_object)
+                .map(|coding| Value::Object(copied(coding, coding_words)))
+                .collect();
+            if !codings.is_empty() {
+                concept.insert("coding".into(), Value::Array(codings));
+            }
+            kept.insert("details".into(), Value::Object(concept));
+        }
+        if !withheld {
+            kept.extend(copied(issue, &["diagnostics"]));
+            for list in ["expression", "location"] {
+                let strings: Vec<Value> = issue
+                    .get(list)
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(text)
+                    .collect();
+                if !strings.is_empty() {
+                    kept.insert(list.into(), Value::Array(strings));
+                }
+            }
+        }
+        rebuilt_issues.push(Value::Object(kept));
+    }
+    let mut outcome = Map::new();
+    outcome.insert("resourceType".into(), "OperationOutcome".into());
+    outcome.insert("issue".into(), Value::Array(rebuilt_issues));
+    serde_json::to_vec(&Value::Object(outcome)).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

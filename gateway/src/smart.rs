@@ -167,8 +167,8 @@ impl SmartDocuments {
     /// backend's own address) becomes the gateway's base clients reach, every other URL below
     /// the backend's base is rewritten to the gateway's, and `software` (which product and
     /// version answers behind it) becomes Portvagt, without a version. A TerminologyCapabilities
-    /// (`metadata?mode=terminology`) and an OperationOutcome are told of the same way, without
-    /// security. Returns the new body, or `None` when `body` is none of these or cannot be read
+    /// (`metadata?mode=terminology`) is told of the same way, without security; an
+    /// OperationOutcome is rebuilt of what it says ([`crate::outcome::backend_outcome_rebuilt`]). Returns the new body, or `None` when `body` is none of these or cannot be read
     /// as strictly as every check reads (a member given twice, serde_json's raw value token,
     /// a `rest` that is no list): such an answer does not leave with the backend's words in it.
     pub fn rewrite_capability_statement(
@@ -181,11 +181,17 @@ impl SmartDocuments {
             .get("resourceType")
             .and_then(Value::as_str)?
             .to_owned();
-        if !matches!(
-            resource_type.as_str(),
-            "CapabilityStatement" | "TerminologyCapabilities" | "OperationOutcome"
-        ) {
-            return None;
+        match resource_type.as_str() {
+            "CapabilityStatement" | "TerminologyCapabilities" => {}
+            "OperationOutcome" => {
+                return crate::outcome::backend_outcome_rebuilt(
+                    &statement,
+                    false,
+                    rewriter.backend_base(),
+                    rewriter.public_base(),
+                );
+            }
+            _ => return None,
         }
         rewrite_urls(&mut statement, rewriter);
         let public_base = rewriter.public_base();
@@ -194,6 +200,11 @@ impl SmartDocuments {
             .and_then(Value::as_object_mut)
         {
             implementation.insert("url".to_owned(), Value::String(public_base.to_owned()));
+            // Required, and the backend's words for itself ("HAPI FHIR R4 Server").
+            implementation.insert(
+                "description".to_owned(),
+                Value::String("Portvagt FHIR gateway".to_owned()),
+            );
         }
         if let Some(statement) = statement.as_object_mut()
             && statement.contains_key("software")
@@ -289,7 +300,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             rewritten["implementation"],
-            json!({ "description": "x", "url": public })
+            json!({ "description": "Portvagt FHIR gateway", "url": public })
         );
         // Neither the backend's product and version nor its address is told.
         assert_eq!(rewritten["software"], json!({ "name": "Portvagt" }));

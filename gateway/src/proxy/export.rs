@@ -68,7 +68,7 @@ fn is_manifest(fields: &serde_json::Map<String, Value>) -> bool {
 /// output of a type not `exported`), and its `count` unless citizens' blocks apply (`consent`:
 /// it would tell what they withheld); `requiresAccessToken` is always true (the signed links
 /// open only for the caller's token). Nothing else of the backend's passes. An
-/// OperationOutcome is returned as it came, for the checks every answer gets, and so is no
+/// OperationOutcome is rebuilt of what it says (as an answer that is no success is), and no
 /// body at all (a status still in progress). What is not JSON, another resource, and JSON that
 /// is neither an OperationOutcome nor a manifest, is refused. A manifest that cannot be rebuilt so (a list that is no list, a file that
 /// is no object) is refused, as is one a plain tree would read otherwise than every check (a
@@ -88,12 +88,21 @@ pub(super) fn signed_manifest(
     let manifest = portvagt_policy::strict_json::tree_unique(&bytes)
         .map_err(|_| ProxyError::UnreadableAnswer)?;
     let Some(fields) = manifest.as_object() else {
-        return Ok(bytes);
+        return Err(ProxyError::UnreadableAnswer);
     };
     // An OperationOutcome passes for the checks every answer gets; no other resource is an
     // export's answer (a manifest written with a `resourceType` of its own is not signed).
     match fields.get("resourceType").and_then(Value::as_str) {
-        Some("OperationOutcome") => return Ok(bytes),
+        Some("OperationOutcome") => {
+            return crate::outcome::backend_outcome_rebuilt(
+                &manifest,
+                consent,
+                rewriter.backend_base(),
+                rewriter.public_base(),
+            )
+            .map(Bytes::from)
+            .ok_or(ProxyError::UnreadableAnswer);
+        }
         Some(_) => return Err(ProxyError::UnreadableAnswer),
         None if fields.contains_key("resourceType") => return Err(ProxyError::UnreadableAnswer),
         None => {}
@@ -341,11 +350,19 @@ mod tests {
             assert!(only["output"].as_array().unwrap().is_empty(), "{only}");
             let counted = signed(Some("Observation"), true);
             assert!(counted["output"][0].get("count").is_none(), "{counted}");
-            // A FHIR resource is no manifest.
-            let outcome = Bytes::from_static(br#"{"resourceType":"OperationOutcome","output":[]}"#);
+            // An OperationOutcome is no manifest: it leaves rebuilt of what it says, without
+            // anything a manifest would carry.
+            let outcome = Bytes::from_static(
+                br#"{"resourceType":"OperationOutcome","issue":[{"severity":"information","code":"informational"}],"output":[{"url":"http://backend:8080/fhir/R4/_bulk/file/j1/p.ndjson","count":812}]}"#,
+            );
+            let told: Value = serde_json::from_slice(
+                &signed_manifest(outcome, &rewriter(), signing, &|_| true, false).unwrap(),
+            )
+            .unwrap();
             assert_eq!(
-                signed_manifest(outcome.clone(), &rewriter(), signing, &|_| true, false).unwrap(),
-                outcome
+                told,
+                json!({ "resourceType": "OperationOutcome",
+                        "issue": [{ "severity": "information", "code": "informational" }] })
             );
             // No body (a status in progress) stays none.
             assert_eq!(
@@ -370,6 +387,8 @@ mod tests {
                 r#"{"resourceType":"http://hl7.org/fhir/uv/bulkdata/BulkDataManifest","output":[]}"#,
                 r#"{"resourceType":7,"output":[]}"#,
                 // Neither a resource nor a manifest, or not JSON at all.
+                r#"["http://backend:8080/fhir/R4/_bulk/file/j1/e.ndjson"]"#,
+                r#""http://backend:8080/fhir/R4/_bulk/file/j1/e.ndjson""#,
                 r#"{"files":["http://backend:8080/fhir/R4/_bulk/file/j1/e.ndjson"]}"#,
                 "<html>busy</html>",
                 // Read one way by a plain tree and another by every check.

@@ -82,9 +82,6 @@ const BACKEND_RESPONSE_HEADERS: &[&str] = &[
     "preference-applied",
     // The methods a 405 names.
     "allow",
-    // What the backend asks browsers to do with the bytes (a Binary's document).
-    "x-content-type-options",
-    "content-security-policy",
 ];
 
 /// Removes hop-by-hop headers, including those named in `Connection`.
@@ -212,9 +209,9 @@ pub fn sanitize_request(
     }
 }
 
-/// Prepares backend response headers for the client: only those it may see remain, and no
-/// cache keeps the answer (it may be filtered for this caller, withheld from by citizens'
-/// blocks, and is health data: RFC 9111 §5.2.2.5).
+/// Prepares backend response headers for the client: only those it may see remain, no cache
+/// keeps the answer (it may be filtered for this caller, withheld from by citizens' blocks, and
+/// is health data: RFC 9111 §5.2.2.5), and no browser runs or sniffs it.
 pub fn sanitize_response(headers: &mut HeaderMap) {
     remove_hop_by_hop(headers);
     let other: Vec<HeaderName> = headers
@@ -226,6 +223,16 @@ pub fn sanitize_response(headers: &mut HeaderMap) {
         headers.remove(name);
     }
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // A Binary's document (which may be HTML) is not run in the gateway's origin, nor read as
+    // another type than it says.
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("sandbox; default-src 'none'"),
+    );
 }
 
 /// Whether `location` (a `Location` or `Content-Location` the backend sent) is a relative
@@ -326,7 +333,15 @@ mod tests {
         sanitize_response(&mut headers);
         let mut names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
         names.sort_unstable();
-        assert_eq!(names, ["cache-control", "content-type"]);
+        assert_eq!(
+            names,
+            [
+                "cache-control",
+                "content-security-policy",
+                "content-type",
+                "x-content-type-options"
+            ]
+        );
     }
 
     /// Deny by default: only the headers a FHIR client needs pass, whatever else a backend
@@ -343,6 +358,8 @@ mod tests {
             ("x-progress", "50%"),
             ("preference-applied", "return=minimal"),
             ("cache-control", "no-store"),
+            ("x-content-type-options", "nosniff"),
+            ("content-security-policy", "sandbox; default-src 'none'"),
         ];
         let mut headers = map(&passing);
         for (name, value) in [
@@ -394,7 +411,16 @@ mod tests {
         sanitize_response(&mut headers);
         let mut names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
         names.sort_unstable();
-        assert_eq!(names, ["cache-control", "content-type", "etag"]);
+        assert_eq!(
+            names,
+            [
+                "cache-control",
+                "content-security-policy",
+                "content-type",
+                "etag",
+                "x-content-type-options"
+            ]
+        );
     }
 
     #[test]

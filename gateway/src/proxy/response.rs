@@ -154,8 +154,14 @@ impl Proxy {
             if !exchange.fhir.interaction().is_write() {
                 return Err(ProxyError::UnreadableAnswer.into());
             }
-            parts.headers.remove(header::CONTENT_TYPE);
-            parts.headers.remove(header::CONTENT_LENGTH);
+            for name in [
+                header::CONTENT_TYPE,
+                header::CONTENT_LENGTH,
+                header::CONTENT_ENCODING,
+                header::CONTENT_DISPOSITION,
+            ] {
+                parts.headers.remove(name);
+            }
             return Ok(Response::from_parts(parts, crate::body::empty()));
         }
         // While data is withheld (citizens' blocks, the treatment relationship), an answer to a
@@ -444,9 +450,13 @@ impl Proxy {
                 Err(_) if consent.is_some() => {
                     return Err(crate::consent::ConsentUnavailableError.into());
                 }
-                // A write's answer is passed on: the change has happened, and the record names
-                // whose data it changed from the request.
-                Err(_) if fhir.interaction().is_write() => None,
+                // A write's answer is not refused: the change has happened, and the record
+                // names whose data it changed from the request. But what cannot be read is not
+                // passed on: it leaves without its body.
+                Err(_) if fhir.interaction().is_write() => {
+                    bytes = Bytes::new();
+                    None
+                }
                 // Nor can whose data a read answered be recorded: it does not leave unrecorded.
                 Err(_) => return Err(ProxyError::UnreadableAnswer.into()),
             }
@@ -604,14 +614,25 @@ impl Proxy {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Response::from_parts(parts, full(bytes)));
         }
-        let withheld = exchange.consent.is_some()
-            || exchange.obligations.compartment.is_some()
-            || !exchange.obligations.restriction.is_empty();
+        let rewriter = &exchange.upstream.rewriter;
         let rebuilt = crate::strict_json::tree_unique(&bytes)
             .ok()
-            .and_then(|answer| outcome_rebuilt(&answer, withheld, &exchange.upstream.rewriter))
+            .and_then(|answer| {
+                crate::outcome::backend_outcome_rebuilt(
+                    &answer,
+                    withholds(exchange),
+                    rewriter.backend_base(),
+                    rewriter.public_base(),
+                )
+            })
             .ok_or(ProxyError::NotAnOutcome(status))?;
-        parts.headers.remove(header::CONTENT_LENGTH);
+        for name in [
+            header::CONTENT_LENGTH,
+            header::CONTENT_ENCODING,
+            header::CONTENT_DISPOSITION,
+        ] {
+            parts.headers.remove(name);
+        }
         parts.headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static(crate::outcome::FHIR_JSON),
@@ -620,77 +641,17 @@ impl Proxy {
     }
 }
 
-/// An OperationOutcome of the backend's, rebuilt of what the gateway passes on (see
-/// [`Proxy::only_an_outcome`]); `None` when `answer` is none.
-fn outcome_rebuilt(
-    answer: &serde_json::Value,
-    withheld: bool,
-    rewriter: &UrlRewriter,
-) -> Option<Vec<u8>> {
-    use serde_json::{Map, Value};
-    if answer.get("resourceType").and_then(Value::as_str) != Some("OperationOutcome") {
-        return None;
-    }
-    let backend_base = rewriter.backend_base();
-    let text = |value: &Value| {
-        value.as_str().map(|text| {
-            Value::String(if backend_base.is_empty() {
-                text.to_owned()
-            } else {
-                text.replace(backend_base, rewriter.public_base())
-            })
-        })
+/// Whether anything of what the backend holds is withheld from this caller (citizens' blocks
+/// or the treatment relationship, a compartment, a granular scope, the audit log, counts), in
+/// the request or any entry of a batch: then an outcome does not say more than its codes.
+fn withholds(exchange: &Exchange) -> bool {
+    let withholds = |obligations: &Obligations| {
+        obligations.compartment.is_some()
+            || !obligations.restriction.is_empty()
+            || obligations.withhold_audit_events
+            || obligations.hide_total
     };
-    let copied = |from: &Map<String, Value>, names: &[&str]| {
-        let mut kept = Map::new();
-        for name in names {
-            if let Some(value) = from.get(*name).and_then(text) {
-                kept.insert((*name).to_owned(), value);
-            }
-        }
-        kept
-    };
-    let issues = answer.get("issue")?.as_array()?;
-    let mut rebuilt_issues = Vec::with_capacity(issues.len());
-    for issue in issues {
-        let issue = issue.as_object()?;
-        let mut kept = copied(issue, &["severity", "code"]);
-        if let Some(details) = issue.get("details").and_then(Value::as_object) {
-            let mut concept = copied(details, &["text"]);
-            let codings: Vec<Value> = details
-                .get("coding")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_object)
-                .map(|coding| Value::Object(copied(coding, &["system", "code", "display"])))
-                .collect();
-            if !codings.is_empty() {
-                concept.insert("coding".into(), Value::Array(codings));
-            }
-            kept.insert("details".into(), Value::Object(concept));
-        }
-        if !withheld {
-            kept.extend(copied(issue, &["diagnostics"]));
-            for list in ["expression", "location"] {
-                let strings: Vec<Value> = issue
-                    .get(list)
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(text)
-                    .collect();
-                if !strings.is_empty() {
-                    kept.insert(list.into(), Value::Array(strings));
-                }
-            }
-        }
-        rebuilt_issues.push(Value::Object(kept));
-    }
-    let mut outcome = Map::new();
-    outcome.insert("resourceType".into(), "OperationOutcome".into());
-    outcome.insert("issue".into(), Value::Array(rebuilt_issues));
-    serde_json::to_vec(&Value::Object(outcome)).ok()
+    exchange.consent.is_some() || exchange.batch.is_some() || withholds(&exchange.obligations)
 }
 
 /// The backend's headers as the client may see them ([`headers::sanitize_response`]), and its

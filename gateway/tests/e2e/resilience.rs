@@ -543,6 +543,18 @@ async fn an_answer_that_gives_its_patient_twice_is_refused() {
         .unwrap();
     assert_eq!(answer.status, 502, "{}", answer.text());
     assert!(!answer.text().contains("pat-bo"), "{}", answer.text());
+    // A write so answered is not refused (the change has happened), but what cannot be read
+    // does not leave: its answer comes without the body.
+    let write = crate::support::request(
+        Method::POST,
+        "/fhir/Observation",
+        Some(&gateway.token(json!({ "scope": "user/*.cruds" }))),
+        Some(json!({ "resourceType": "Observation", "status": "final",
+            "code": { "text": "x" }, "subject": { "reference": "Patient/pat-anne" } })),
+    );
+    let answer = client.send(write).await.unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert!(answer.body.is_empty(), "{}", answer.text());
 }
 
 /// The same in a searchset whose URLs the gateway rewrites, and a subject hidden in a member
