@@ -45,21 +45,37 @@ fn essence(media_type: &str) -> String {
         .to_ascii_lowercase()
 }
 
+/// Whether the essence of `media_type` (without parameters, in any case) is one of `names`
+/// (lower case): asked of every answer, so nothing is allocated.
+fn essence_is(media_type: &str, names: &[&str]) -> bool {
+    let essence = media_type.split(';').next().unwrap_or("").trim();
+    names.iter().any(|name| essence.eq_ignore_ascii_case(name))
+}
+
 /// Whether `media_type` (a `Content-Type` value) names FHIR XML: `application/fhir+xml`, or the
 /// generic `application/xml` and `text/xml` that XML clients send.
 pub fn is_xml(media_type: &str) -> bool {
-    matches!(
-        essence(media_type).as_str(),
-        "application/fhir+xml" | "application/xml" | "text/xml" | "application/xml+fhir"
+    essence_is(
+        media_type,
+        &[
+            "application/fhir+xml",
+            "application/xml",
+            "text/xml",
+            "application/xml+fhir",
+        ],
     )
 }
 
 /// Whether `media_type` names JSON, as FHIR servers answer it (`application/fhir+json`, or the
 /// generic `application/json`).
 pub fn is_json(media_type: &str) -> bool {
-    matches!(
-        essence(media_type).as_str(),
-        "application/fhir+json" | "application/json" | "application/json+fhir"
+    essence_is(
+        media_type,
+        &[
+            "application/fhir+json",
+            "application/json",
+            "application/json+fhir",
+        ],
     )
 }
 

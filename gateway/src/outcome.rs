@@ -149,12 +149,17 @@ pub fn backend_outcome_rebuilt(
                 .into_iter()
                 .flatten()
                 .filter_map(Value::as_object)
-                .map(|coding| Value::Object(copied(coding, coding_words)))
+                .map(|coding| copied(coding, coding_words))
+                .filter(|coding| !coding.is_empty())
+                .map(Value::Object)
                 .collect();
             if !codings.is_empty() {
                 concept.insert("coding".into(), Value::Array(codings));
             }
-            kept.insert("details".into(), Value::Object(concept));
+            // FHIR has no empty elements: a concept with nothing left in it goes.
+            if !concept.is_empty() {
+                kept.insert("details".into(), Value::Object(concept));
+            }
         }
         if !withheld {
             kept.extend(copied(issue, &["diagnostics"]));

@@ -283,19 +283,25 @@ impl UrlRewriter {
     /// [`Self::rewrite_bundle`]).
     fn rewrite_links(&self, links: &mut Vec<Value>, paging: Option<&Paging<'_>>) {
         links.retain_mut(|link| {
-            // Only a link that is `self` in ASCII keeps the backend's query (rewritten to the
-            // gateway's base, never as it came); any other is signed or dropped.
-            let Some(paging) = paging.filter(|paging| {
-                paging.sign_self
-                    || !link
-                        .get("relation")
-                        .and_then(Value::as_str)
-                        .is_some_and(|relation| {
-                            portvagt_policy::filter::names_relation(relation, "self")
-                        })
-            }) else {
-                return self.rewrite_field(link, "url");
+            // Without paging (a stored Bundle read, a write's answer) links are the resource's
+            // data: rewritten below the backend's base, else kept.
+            let Some(paging) = paging else {
+                self.rewrite_field(link, "url");
+                return true;
             };
+            // With paging, only a link that is `self` in ASCII keeps the backend's query
+            // (rewritten to the gateway's base, never as it came); any other is signed or
+            // dropped.
+            if !paging.sign_self
+                && link
+                    .get("relation")
+                    .and_then(Value::as_str)
+                    .is_some_and(|relation| {
+                        portvagt_policy::filter::names_relation(relation, "self")
+                    })
+            {
+                return self.rewrite_field(link, "url");
+            }
             let made = link
                 .get("url")
                 .and_then(Value::as_str)
@@ -385,6 +391,30 @@ mod tests {
         assert_eq!(
             bundle["entry"][1]["response"]["location"],
             "https://fhir.example.dk/fhir/Patient/2/_history/1"
+        );
+    }
+
+    /// Without paging (a stored Bundle read, a write's answer) links are the resource's data:
+    /// the backend's rewritten, every other kept as the Bundle holds it.
+    #[test]
+    fn a_stored_bundles_links_are_kept() {
+        let mut bundle = json!({
+            "resourceType": "Bundle",
+            "type": "document",
+            "link": [
+                { "relation": "self", "url": "https://other.example/fhir/Bundle/doc1" },
+                { "relation": "alternate", "url": "urn:uuid:1234" },
+                { "relation": "related", "url": "http://10.0.0.5:8080/fhir/R4/Composition/c1" }
+            ]
+        });
+        assert!(rewriter().rewrite_bundle(&mut bundle, None));
+        assert_eq!(
+            bundle["link"],
+            json!([
+                { "relation": "self", "url": "https://other.example/fhir/Bundle/doc1" },
+                { "relation": "alternate", "url": "urn:uuid:1234" },
+                { "relation": "related", "url": "https://fhir.example.dk/fhir/Composition/c1" }
+            ])
         );
     }
 

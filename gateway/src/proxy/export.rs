@@ -45,6 +45,15 @@ pub(super) fn only_signed_locations(
     }
 }
 
+/// What is withheld from the caller of an export, for [`signed_manifest`].
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Withholding {
+    /// Citizens' blocks apply: counts would tell what they withhold.
+    pub(super) counts: bool,
+    /// Anything at all is withheld: an OperationOutcome says only its codes.
+    pub(super) anything: bool,
+}
+
 /// Whether `fields` (an object without `resourceType`) is an export manifest: it has any of
 /// the members only a manifest has. Anything else without `resourceType` from an export is no
 /// FHIR resource the gateway could check either.
@@ -80,8 +89,9 @@ pub(super) fn signed_manifest(
     rewriter: &UrlRewriter,
     signing: &PageSigning<'_>,
     exported: &dyn Fn(&str) -> bool,
-    consent: bool,
+    withholding: Withholding,
 ) -> Result<Bytes, ProxyError> {
+    let consent = withholding.counts;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(bytes);
     }
@@ -96,7 +106,7 @@ pub(super) fn signed_manifest(
         Some("OperationOutcome") => {
             return crate::outcome::backend_outcome_rebuilt(
                 &manifest,
-                consent,
+                withholding.anything,
                 rewriter.backend_base(),
                 rewriter.public_base(),
             )
@@ -245,6 +255,13 @@ mod tests {
         check(&signing, &pager);
     }
 
+    fn withholding(consent: bool) -> Withholding {
+        Withholding {
+            counts: consent,
+            anything: consent,
+        }
+    }
+
     fn opened(pager: &Pager, url: &str) -> PageFollow {
         let token = url
             .strip_prefix("https://gw.example/fhir/_page/")
@@ -300,7 +317,8 @@ mod tests {
                 let bytes = Bytes::from(manifest.to_string());
                 let exported = |t: &str| exported(only, t);
                 serde_json::from_slice(
-                    &signed_manifest(bytes, &rewriter(), signing, &exported, consent).unwrap(),
+                    &signed_manifest(bytes, &rewriter(), signing, &exported, withholding(consent))
+                        .unwrap(),
                 )
                 .unwrap()
             };
@@ -356,7 +374,8 @@ mod tests {
                 br#"{"resourceType":"OperationOutcome","issue":[{"severity":"information","code":"informational"}],"output":[{"url":"http://backend:8080/fhir/R4/_bulk/file/j1/p.ndjson","count":812}]}"#,
             );
             let told: Value = serde_json::from_slice(
-                &signed_manifest(outcome, &rewriter(), signing, &|_| true, false).unwrap(),
+                &signed_manifest(outcome, &rewriter(), signing, &|_| true, withholding(false))
+                    .unwrap(),
             )
             .unwrap();
             assert_eq!(
@@ -364,9 +383,32 @@ mod tests {
                 json!({ "resourceType": "OperationOutcome",
                         "issue": [{ "severity": "information", "code": "informational" }] })
             );
+            // While anything is withheld, only its codes.
+            let worded = Bytes::from_static(
+                br#"{"resourceType":"OperationOutcome","issue":[{"severity":"information","code":"informational","diagnostics":"812 Patients, 3 blocked"}]}"#,
+            );
+            let told = signed_manifest(
+                worded,
+                &rewriter(),
+                signing,
+                &|_| true,
+                Withholding {
+                    counts: false,
+                    anything: true,
+                },
+            )
+            .unwrap();
+            assert!(!String::from_utf8_lossy(&told).contains("812"), "{told:?}");
             // No body (a status in progress) stays none.
             assert_eq!(
-                signed_manifest(Bytes::new(), &rewriter(), signing, &|_| true, false).unwrap(),
+                signed_manifest(
+                    Bytes::new(),
+                    &rewriter(),
+                    signing,
+                    &|_| true,
+                    withholding(false)
+                )
+                .unwrap(),
                 Bytes::new()
             );
             // A manifest read one way by a plain tree and another by a strict reader (its files
@@ -402,7 +444,7 @@ mod tests {
                             &rewriter(),
                             signing,
                             &|_| true,
-                            false
+                            withholding(false)
                         ),
                         Err(ProxyError::UnreadableAnswer)
                     ),

@@ -136,20 +136,21 @@ impl Proxy {
         // changed has happened, so its answer is not refused: it leaves without such a body.
         // A HEAD sent on as a GET (to check what it would show) is read like one; a HEAD's own
         // answer has no body.
-        let declared_document = names_a_document(&parts.headers)
-            && matches!(
+        let declared_document = || {
+            matches!(
                 exchange.fhir.interaction(),
                 Interaction::Read | Interaction::Vread
-            )
-            && exchange
+            ) && exchange
                 .fhir
                 .resource_type()
-                .is_some_and(|t| t.as_str() == "Binary");
+                .is_some_and(|t| t.as_str() == "Binary")
+                && names_a_document(&parts.headers)
+        };
         if status.is_success()
             && !duties.is_json
             && !export
             && hyper::body::Body::size_hint(&body).exact() != Some(0)
-            && !declared_document
+            && !declared_document()
         {
             if !exchange.fhir.interaction().is_write() {
                 return Err(ProxyError::UnreadableAnswer.into());
@@ -233,7 +234,10 @@ impl Proxy {
                     &upstream.rewriter,
                     signing,
                     &exported,
-                    consent.is_some(),
+                    export::Withholding {
+                        counts: consent.is_some(),
+                        anything: withholds(&exchange),
+                    },
                 )?,
                 None if bytes.iter().all(u8::is_ascii_whitespace) => bytes,
                 None => return Err(ProxyError::UnreadableAnswer.into()),
@@ -394,6 +398,17 @@ impl Proxy {
         parts
             .headers
             .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+        // No body (a write's answer that could not be read leaves without one): nothing to say
+        // of its type.
+        if bytes.is_empty() {
+            for name in [
+                header::CONTENT_TYPE,
+                header::CONTENT_ENCODING,
+                header::CONTENT_DISPOSITION,
+            ] {
+                parts.headers.remove(name);
+            }
+        }
         Ok(Response::from_parts(parts, full(bytes)))
     }
     /// Citizens' blocks applied to what an answer holds, and whose data it holds (for the audit
@@ -580,8 +595,6 @@ struct Withheld {
     identified: Identified,
 }
 
-/// Hop-by-hop and backend-internal headers removed, and `Location` / `Content-Location` made to
-/// point at the gateway instead of the backend.
 /// The most of an answer that is no success the gateway reads: an OperationOutcome is small.
 const MAX_OUTCOME_BYTES: usize = 1024 * 1024;
 

@@ -389,6 +389,17 @@ fn an_outcome_leaves_rebuilt_of_what_it_says() {
             "details": { "coding": [{ "system": "http://x.example", "code": "HAPI-0550" }] }
         }]})
     );
+    // A detail with nothing left once its words go leaves no empty element behind.
+    let worded = json!({ "resourceType": "OperationOutcome", "issue": [{
+        "severity": "error", "code": "conflict",
+        "details": { "text": "Observation/5 refers to it", "coding": [{ "display": "x" }] } }] });
+    let told: Value =
+        serde_json::from_slice(&outcome_rebuilt(&worded, true, &rewriter).unwrap()).unwrap();
+    assert_eq!(
+        told,
+        json!({ "resourceType": "OperationOutcome",
+                "issue": [{ "severity": "error", "code": "conflict" }] })
+    );
     // Not an OperationOutcome, or one whose issues cannot be read: none.
     for other in [
         json!({ "resourceType": "Observation", "subject": { "reference": "Patient/bo" } }),
