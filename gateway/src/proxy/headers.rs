@@ -322,19 +322,24 @@ mod tests {
         assert_eq!(headers["authorization"], "Bearer abc");
     }
 
+    /// The names of the headers left once `headers` are prepared for the client, sorted.
+    fn left_for_the_client(mut headers: HeaderMap) -> Vec<String> {
+        sanitize_response(&mut headers);
+        let mut names: Vec<String> = headers.keys().map(|n| n.as_str().to_owned()).collect();
+        names.sort_unstable();
+        names
+    }
+
     #[test]
     fn backend_software_is_not_disclosed() {
-        let mut headers = map(&[
+        let headers = map(&[
             ("server", "Kestrel"),
             ("x-powered-by", "Express"),
             ("set-cookie", "JSESSIONID=abc"),
             ("content-type", "application/fhir+json"),
         ]);
-        sanitize_response(&mut headers);
-        let mut names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
-        names.sort_unstable();
         assert_eq!(
-            names,
+            left_for_the_client(headers),
             [
                 "cache-control",
                 "content-security-policy",
@@ -386,18 +391,17 @@ mod tests {
             header::CACHE_CONTROL,
             HeaderValue::from_static("public, max-age=600"),
         );
-        sanitize_response(&mut headers);
-        let mut names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
-        names.sort_unstable();
+        let mut prepared = headers.clone();
+        sanitize_response(&mut prepared);
+        assert_eq!(prepared[header::CACHE_CONTROL], "no-store");
         let mut expected: Vec<&str> = passing.iter().map(|(name, _)| *name).collect();
         expected.sort_unstable();
-        assert_eq!(names, expected);
-        assert_eq!(headers[header::CACHE_CONTROL], "no-store");
+        assert_eq!(left_for_the_client(headers), expected);
     }
 
     #[test]
     fn counts_and_backend_links_beside_the_body_do_not_pass() {
-        let mut headers = map(&[
+        let headers = map(&[
             (
                 "link",
                 "<http://backend:8080/fhir?_getpages=x&_getpagesoffset=340>; rel=\"last\"",
@@ -408,11 +412,8 @@ mod tests {
             ("etag", "W/\"3\""),
             ("content-type", "application/fhir+json"),
         ]);
-        sanitize_response(&mut headers);
-        let mut names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
-        names.sort_unstable();
         assert_eq!(
-            names,
+            left_for_the_client(headers),
             [
                 "cache-control",
                 "content-security-policy",

@@ -12,7 +12,7 @@ use http::Method;
 use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::support::{Gateway, Options, metric_value};
+use crate::support::{Answer, Gateway, Options, metric_value};
 
 const HANG: u8 = 0;
 const RESET: u8 = 1;
@@ -217,6 +217,21 @@ impl FaultyBackend {
             requests,
         }
     }
+}
+
+/// `answer` is the gateway's refusal `(status, detail code)` and tells nothing of Bo.
+fn assert_refused_without_bo(answer: &Answer, refusal: (u16, &str), context: &str) {
+    assert_eq!(
+        (answer.status.as_u16(), answer.detail_code().as_str()),
+        refusal,
+        "{context}: {}",
+        answer.text()
+    );
+    assert!(
+        !answer.text().contains("pat-bo"),
+        "{context}: {}",
+        answer.text()
+    );
 }
 
 fn gateway_before(backend: &FaultyBackend, backend_extra: &str) -> Gateway {
@@ -571,13 +586,11 @@ async fn a_searchset_that_names_its_patient_two_ways_is_refused() {
             .get("/fhir/Observation?code=x", Some(&professional))
             .await
             .unwrap();
-        assert_eq!(
-            (answer.status.as_u16(), answer.detail_code().as_str()),
+        assert_refused_without_bo(
+            &answer,
             (502, "backend-answer-unreadable"),
-            "mode {mode}: {}",
-            answer.text()
+            &format!("mode {mode}"),
         );
-        assert!(!answer.text().contains("pat-bo"), "{}", answer.text());
     }
 }
 
@@ -632,13 +645,11 @@ async fn an_answer_that_does_not_say_it_is_fhir_json_is_refused() {
                 let token = gateway.token(claims.clone());
                 for path in ["/fhir/Observation?code=x", "/fhir/Observation/o1"] {
                     let answer = client.get(path, Some(&token)).await.unwrap();
-                    assert_eq!(
-                        (answer.status.as_u16(), answer.detail_code().as_str()),
+                    assert_refused_without_bo(
+                        &answer,
                         (502, "backend-answer-unreadable"),
-                        "label {label} {claims} {path}: {}",
-                        answer.text()
+                        &format!("label {label} {claims} {path}"),
                     );
-                    assert!(!answer.text().contains("pat-bo"), "{}", answer.text());
                     // A HEAD is answered as the GET would be: not 200 with the answer's headers.
                     let head = crate::support::request(Method::HEAD, path, Some(&token), None);
                     let answer = client.send(head).await.unwrap();
@@ -707,13 +718,7 @@ async fn an_answer_that_is_no_success_passes_only_an_operation_outcome() {
         .get("/fhir/Observation/o2", Some(&token))
         .await
         .unwrap();
-    assert_eq!(
-        (answer.status.as_u16(), answer.detail_code().as_str()),
-        (409, "backend-answer-withheld"),
-        "{}",
-        answer.text()
-    );
-    assert!(!answer.text().contains("pat-bo"), "{}", answer.text());
+    assert_refused_without_bo(&answer, (409, "backend-answer-withheld"), "a 409");
     backend.mode.store(TOO_MANY, Ordering::SeqCst);
     let answer = gateway
         .client()
