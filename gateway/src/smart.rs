@@ -168,7 +168,8 @@ impl SmartDocuments {
     /// the backend's base is rewritten to the gateway's, and `software` (which product and
     /// version answers behind it) becomes Portvagt, without a version. A TerminologyCapabilities
     /// (`metadata?mode=terminology`) is told of the same way, without security; an
-    /// OperationOutcome is rebuilt of what it says ([`crate::outcome::backend_outcome_rebuilt`]). Returns the new body, or `None` when `body` is none of these or cannot be read
+    /// OperationOutcome is rebuilt of what it says ([`crate::outcome::backend_outcome_rebuilt`]).
+    /// Returns the new body, or `None` when `body` is none of these or cannot be read
     /// as strictly as every check reads (a member given twice, serde_json's raw value token,
     /// a `rest` that is no list): such an answer does not leave with the backend's words in it.
     pub fn rewrite_capability_statement(
@@ -177,12 +178,9 @@ impl SmartDocuments {
         rewriter: &crate::backend::rewrite::UrlRewriter,
     ) -> Option<Vec<u8>> {
         let mut statement = crate::strict_json::tree_unique(body).ok()?;
-        let resource_type = statement
-            .get("resourceType")
-            .and_then(Value::as_str)?
-            .to_owned();
-        match resource_type.as_str() {
-            "CapabilityStatement" | "TerminologyCapabilities" => {}
+        let describes_security = match statement.get("resourceType").and_then(Value::as_str)? {
+            "CapabilityStatement" => true,
+            "TerminologyCapabilities" => false,
             "OperationOutcome" => {
                 return crate::outcome::backend_outcome_rebuilt(
                     &statement,
@@ -192,7 +190,7 @@ impl SmartDocuments {
                 );
             }
             _ => return None,
-        }
+        };
         rewrite_urls(&mut statement, rewriter);
         let public_base = rewriter.public_base();
         if let Some(implementation) = statement
@@ -211,9 +209,7 @@ impl SmartDocuments {
         {
             statement.insert("software".to_owned(), json!({ "name": "Portvagt" }));
         }
-        if resource_type == "CapabilityStatement"
-            && let Some(rests) = statement.get_mut("rest")
-        {
+        if describes_security && let Some(rests) = statement.get_mut("rest") {
             let security = self.capability_security();
             for rest in rests.as_array_mut()? {
                 if let Some(rest) = rest.as_object_mut() {

@@ -404,6 +404,17 @@ pub fn may_be_relation(relation: &str, name: &str) -> bool {
     names_relation(relation, name) || !trimmed_relation(relation).is_ascii()
 }
 
+/// Whether a Bundle link may be its `last` link to some client: its relation [may be
+/// `last`](may_be_relation), or is no string (JavaScript reads `["last"]` as `last`). Such a
+/// link's offset counts what matched, withheld entries included.
+pub fn may_be_last_link(link: &serde_json::Value) -> bool {
+    match link.get("relation") {
+        Some(serde_json::Value::String(relation)) => may_be_relation(relation, "last"),
+        None => false,
+        Some(_) => true,
+    }
+}
+
 /// Whether a Bundle link's `relation` is `name` and nothing else to any client: in ASCII, in
 /// any case, with what clients trim around it taken off. What lets a link keep a backend URL
 /// (`self` on a first page) is decided by this, so that a relation beyond ASCII, which some
@@ -462,12 +473,7 @@ pub fn without_last_link(body: &[u8]) -> Result<Option<Vec<u8>>, CountsUnreadabl
             return false;
         };
         let before = links.len();
-        // A relation that is no string may be `last` too (JavaScript reads `["last"]` as it).
-        links.retain(|link| match link.get("relation") {
-            Some(serde_json::Value::String(relation)) => !may_be_relation(relation, "last"),
-            None => true,
-            Some(_) => false,
-        });
+        links.retain(|link| !may_be_last_link(link));
         links.len() != before
     };
     let mut removed = drop_last(&mut tree);

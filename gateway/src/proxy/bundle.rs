@@ -152,13 +152,7 @@ fn checked_entry(entry: Value, obligations: &Obligations, mode: FilterMode) -> V
     {
         bundle.remove("total");
         if let Some(links) = bundle.get_mut("link").and_then(Value::as_array_mut) {
-            links.retain(|link| match link.get("relation") {
-                Some(Value::String(relation)) => {
-                    !portvagt_policy::filter::may_be_relation(relation, "last")
-                }
-                None => true,
-                Some(_) => false,
-            });
+            links.retain(|link| !portvagt_policy::filter::may_be_last_link(link));
         }
     }
     // A citizen's own audit log, read in a batch, is answered in the citizen's view as a single

@@ -74,13 +74,14 @@ fn is_manifest(fields: &serde_json::Map<String, Value>) -> bool {
 /// (deny by default): `transactionTime`, `requiresAccessToken`, `request` pointing at the
 /// gateway, and every `output`, `error` and `deleted` file with its `type`, its URL as the
 /// gateway's signed link (a file not below the backend's base is left out, and with it an
-/// output of a type not `exported`), and its `count` unless citizens' blocks apply (`consent`:
-/// it would tell what they withheld); `requiresAccessToken` is always true (the signed links
-/// open only for the caller's token). Nothing else of the backend's passes. An
-/// OperationOutcome is rebuilt of what it says (as an answer that is no success is), and no
-/// body at all (a status still in progress). What is not JSON, another resource, and JSON that
-/// is neither an OperationOutcome nor a manifest, is refused. A manifest that cannot be rebuilt so (a list that is no list, a file that
-/// is no object) is refused, as is one a plain tree would read otherwise than every check (a
+/// output of a type not `exported`), and its `count` unless citizens' blocks apply
+/// (`withholding.counts`: it would tell what they withheld); `requiresAccessToken` is always
+/// true (the signed links open only for the caller's token). Nothing else of the backend's
+/// passes. An OperationOutcome is rebuilt of what it says (as an answer that is no success
+/// is), and no body at all (a status still in progress) stays none. What is not JSON, another
+/// resource, and JSON that is neither an OperationOutcome nor a manifest, is refused. A
+/// manifest that cannot be rebuilt so (a list that is no list, a file that is no object) is
+/// refused, as is one a plain tree would read otherwise than every check (a
 /// member given twice, serde_json's raw value token), or one paged by the server (`link`):
 /// its next page could not be shown to be a manifest of this export, and a manifest handed
 /// out without it would look whole.
@@ -91,7 +92,6 @@ pub(super) fn signed_manifest(
     exported: &dyn Fn(&str) -> bool,
     withholding: Withholding,
 ) -> Result<Bytes, ProxyError> {
-    let consent = withholding.counts;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(bytes);
     }
@@ -163,7 +163,10 @@ pub(super) fn signed_manifest(
                 signed.insert("type".into(), Value::String(file_type.to_owned()));
             }
             signed.insert("url".into(), Value::String(url));
-            if let Some(count) = file.get("count").filter(|c| c.is_u64() && !consent) {
+            if let Some(count) = file
+                .get("count")
+                .filter(|c| c.is_u64() && !withholding.counts)
+            {
                 signed.insert("count".into(), count.clone());
             }
             kept.push(Value::Object(signed));

@@ -86,6 +86,14 @@ const BACKEND_RESPONSE_HEADERS: &[&str] = &[
 
 /// Removes hop-by-hop headers, including those named in `Connection`.
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    remove_named_in_connection(headers);
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
+    }
+}
+
+/// Removes the headers `Connection` names as hop-by-hop (RFC 9110 §7.6.1), whatever they are.
+fn remove_named_in_connection(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -96,12 +104,8 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
-        headers.remove(*name);
-    }
 }
 
-/// Prepares client request headers for the backend.
 /// Bulk Data `$export` (after [`sanitize_request`]): the kick-off's `Prefer: respond-async`
 /// passes when the client sent it (an export is asked for no other way), and a followed
 /// status or file link asks for what those answer, a JSON manifest or NDJSON, both of which
@@ -137,6 +141,7 @@ pub fn prefers_async(headers: &HeaderMap) -> bool {
         .any(|p| p.trim().eq_ignore_ascii_case("respond-async"))
 }
 
+/// Prepares client request headers for the backend.
 pub fn sanitize_request(
     headers: &mut HeaderMap,
     forward_authorization: bool,
@@ -213,7 +218,8 @@ pub fn sanitize_request(
 /// keeps the answer (it may be filtered for this caller, withheld from by citizens' blocks, and
 /// is health data: RFC 9111 §5.2.2.5), and no browser runs or sniffs it.
 pub fn sanitize_response(headers: &mut HeaderMap) {
-    remove_hop_by_hop(headers);
+    // The fixed hop-by-hop names are not in the allow list; those `Connection` names may be.
+    remove_named_in_connection(headers);
     let other: Vec<HeaderName> = headers
         .keys()
         .filter(|name| !BACKEND_RESPONSE_HEADERS.contains(&name.as_str()))
@@ -239,10 +245,10 @@ pub fn sanitize_response(headers: &mut HeaderMap) {
 /// reference that resolves below the gateway's URL of the request: a path without a leading
 /// slash (`Patient/1/_history/1`) or a query, nothing else. No scheme, no network-path
 /// (`//host`) or absolute path (`/`, which would name the backend's own base path and another
-/// route of the gateway's), no dot segment, no backslash (which browsers read as a slash), and no white space
-/// or control character (browsers drop a tab or a newline from a URL before reading it, so
-/// `/<tab>/host` would name another host). An absolute URL is only passed rewritten to point
-/// at the gateway.
+/// route of the gateway's), no dot segment, no backslash (which browsers read as a slash),
+/// and no white space or control character (browsers drop a tab or a newline from a URL
+/// before reading it, so `/<tab>/host` would name another host). An absolute URL is only
+/// passed rewritten to point at the gateway.
 pub fn is_relative_location(location: &str) -> bool {
     let scheme_ends = location.find([':', '/', '?', '#']);
     let has_scheme = scheme_ends.is_some_and(|at| location.as_bytes()[at] == b':');

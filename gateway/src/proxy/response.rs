@@ -155,14 +155,8 @@ impl Proxy {
             if !exchange.fhir.interaction().is_write() {
                 return Err(ProxyError::UnreadableAnswer.into());
             }
-            for name in [
-                header::CONTENT_TYPE,
-                header::CONTENT_LENGTH,
-                header::CONTENT_ENCODING,
-                header::CONTENT_DISPOSITION,
-            ] {
-                parts.headers.remove(name);
-            }
+            without_body_description(&mut parts.headers);
+            parts.headers.remove(header::CONTENT_LENGTH);
             return Ok(Response::from_parts(parts, crate::body::empty()));
         }
         // While data is withheld (citizens' blocks, the treatment relationship), an answer to a
@@ -401,13 +395,7 @@ impl Proxy {
         // No body (a write's answer that could not be read leaves without one): nothing to say
         // of its type.
         if bytes.is_empty() {
-            for name in [
-                header::CONTENT_TYPE,
-                header::CONTENT_ENCODING,
-                header::CONTENT_DISPOSITION,
-            ] {
-                parts.headers.remove(name);
-            }
+            without_body_description(&mut parts.headers);
         }
         Ok(Response::from_parts(parts, full(bytes)))
     }
@@ -639,18 +627,25 @@ impl Proxy {
                 )
             })
             .ok_or(ProxyError::NotAnOutcome(status))?;
-        for name in [
-            header::CONTENT_LENGTH,
-            header::CONTENT_ENCODING,
-            header::CONTENT_DISPOSITION,
-        ] {
-            parts.headers.remove(name);
-        }
+        without_body_description(&mut parts.headers);
+        parts.headers.remove(header::CONTENT_LENGTH);
         parts.headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static(crate::outcome::FHIR_JSON),
         );
         Ok(Response::from_parts(parts, full(rebuilt)))
+    }
+}
+
+/// The backend's words for a body that does not leave as it came (its type, encoding and file
+/// name) taken out.
+fn without_body_description(headers: &mut HeaderMap) {
+    for name in [
+        header::CONTENT_TYPE,
+        header::CONTENT_ENCODING,
+        header::CONTENT_DISPOSITION,
+    ] {
+        headers.remove(name);
     }
 }
 
