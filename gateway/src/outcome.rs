@@ -109,6 +109,22 @@ pub fn backend_outcome_rebuilt(
     backend_base: &str,
     public_base: &str,
 ) -> Option<Vec<u8>> {
+    serde_json::to_vec(&backend_outcome_tree(
+        answer,
+        withheld,
+        backend_base,
+        public_base,
+    )?)
+    .ok()
+}
+
+/// [`backend_outcome_rebuilt`] as a tree (an outcome inside a batch answer's entry).
+pub fn backend_outcome_tree(
+    answer: &serde_json::Value,
+    withheld: bool,
+    backend_base: &str,
+    public_base: &str,
+) -> Option<serde_json::Value> {
     use serde_json::{Map, Value};
     if answer.get("resourceType").and_then(Value::as_str) != Some("OperationOutcome") {
         return None;
@@ -181,7 +197,7 @@ pub fn backend_outcome_rebuilt(
     let mut outcome = Map::new();
     outcome.insert("resourceType".into(), "OperationOutcome".into());
     outcome.insert("issue".into(), Value::Array(rebuilt_issues));
-    serde_json::to_vec(&Value::Object(outcome)).ok()
+    Some(Value::Object(outcome))
 }
 
 #[cfg(test)]

@@ -143,7 +143,17 @@ pub(crate) fn merge(
     serde_json::to_vec(&bundle).map_err(|_| ProxyError::MalformedBundle)
 }
 
-fn checked_entry(entry: Value, obligations: &Obligations, mode: FilterMode) -> Value {
+fn checked_entry(mut entry: Value, obligations: &Obligations, mode: FilterMode) -> Value {
+    // The backend's outcome of an entry (a write's 409, a read's 404) says only its codes, as
+    // a single request's does while anything is withheld (a batch always counts as such): its
+    // words may name a resource the caller may not learn of ("first reference found was
+    // Encounter/e77"). One that cannot be read so goes.
+    if let Some(response) = entry.get_mut("response").and_then(Value::as_object_mut)
+        && let Some(outcome) = response.remove("outcome")
+        && let Some(rebuilt) = crate::outcome::backend_outcome_tree(&outcome, true, "", "")
+    {
+        response.insert("outcome".into(), rebuilt);
+    }
     let mut entry = compartment_checked_entry(entry, obligations, mode);
     // A total that counts what the compartment check takes out goes, and the `last` link whose
     // offset counts the same, as for a single search.
@@ -211,6 +221,48 @@ mod tests {
             granted_by: "x".into(),
             obligations,
         }
+    }
+
+    /// An entry's outcome from the backend says only its codes: its words may name a resource
+    /// the caller may not learn of, as a single request's would while anything is withheld.
+    #[test]
+    fn an_entrys_outcome_says_only_its_codes() {
+        let request = json!({ "resourceType": "Bundle", "type": "batch", "entry": [
+            { "request": { "method": "DELETE", "url": "Location/l1" } },
+            { "request": { "method": "DELETE", "url": "Location/l2" } },
+        ]});
+        let decisions = vec![allow(Obligations::default()), allow(Obligations::default())];
+        let (_, plan) = plan(request.to_string().as_bytes(), &decisions, &[]).unwrap();
+        let backend = json!({ "resourceType": "Bundle", "type": "batch-response", "entry": [
+            { "response": { "status": "409 Conflict", "outcome": {
+                "resourceType": "OperationOutcome",
+                "contained": [{ "resourceType": "Patient", "id": "pat-bo" }],
+                "issue": [{ "severity": "error", "code": "processing",
+                    "details": { "text": "Encounter/e77 of Patient/pat-bo refers to it" },
+                    "diagnostics": "First reference found was resource Encounter/e77" }] } } },
+            { "response": { "status": "409 Conflict", "outcome": { "resourceType": "Patient", "id": "pat-bo" } } }
+        ]});
+        let merged: Value = serde_json::from_slice(
+            &merge(
+                Some(backend.to_string().as_bytes()),
+                &plan,
+                FilterMode::Remove,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            merged["entry"][0]["response"],
+            json!({ "status": "409 Conflict", "outcome": { "resourceType": "OperationOutcome",
+                "issue": [{ "severity": "error", "code": "processing" }] } })
+        );
+        // What is no OperationOutcome goes.
+        assert_eq!(
+            merged["entry"][1]["response"],
+            json!({ "status": "409 Conflict" })
+        );
+        assert!(!merged.to_string().contains("e77"), "{merged}");
+        assert!(!merged.to_string().contains("pat-bo"), "{merged}");
     }
 
     #[test]

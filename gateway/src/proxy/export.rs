@@ -179,18 +179,31 @@ pub(super) fn signed_manifest(
 }
 
 /// The resources of an NDJSON file as the entries of a `collection` Bundle (blank lines
-/// skipped; resources of a type not `exported` left out).
+/// skipped; resources of a type not `exported` left out). An OperationOutcome (a line of an
+/// `error` file) is rebuilt of what it says, only its codes while anything is withheld
+/// ([`crate::outcome::backend_outcome_tree`]); one that cannot be rebuilt so is no resource.
 pub(super) fn ndjson_as_bundle(
     bytes: &[u8],
     exported: &dyn Fn(&str) -> bool,
+    rewriter: &UrlRewriter,
+    withheld: bool,
 ) -> Result<Bytes, ProxyError> {
     let mut entries = Vec::new();
     for line in bytes.split(|b| *b == b'\n') {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let resource = portvagt_policy::strict_json::tree_unique(line)
+        let mut resource = portvagt_policy::strict_json::tree_unique(line)
             .map_err(|_| ProxyError::UnreadableExport)?;
+        if resource.get("resourceType").and_then(Value::as_str) == Some("OperationOutcome") {
+            resource = crate::outcome::backend_outcome_tree(
+                &resource,
+                withheld,
+                rewriter.backend_base(),
+                rewriter.public_base(),
+            )
+            .ok_or(ProxyError::UnreadableExport)?;
+        }
         let Some(resource_type) = resource.get("resourceType").and_then(Value::as_str) else {
             return Err(ProxyError::UnreadableExport);
         };
@@ -461,7 +474,7 @@ mod tests {
     fn ndjson_goes_through_a_bundle_and_back() {
         let file = b"{\"resourceType\":\"Observation\",\"id\":\"1\"}\n\n{\"resourceType\":\"Patient\",\"id\":\"p\"}\n";
         let all = |t: &str| exported(None, t);
-        let bundle = ndjson_as_bundle(file, &all).unwrap();
+        let bundle = ndjson_as_bundle(file, &all, &rewriter(), false).unwrap();
         let value: Value = serde_json::from_slice(&bundle).unwrap();
         assert_eq!(value["entry"].as_array().unwrap().len(), 2);
         assert_eq!(value["entry"][1]["resource"]["id"], "p");
@@ -477,11 +490,34 @@ mod tests {
             b"{\"resourceType\":\"Observation\",\"id\":\"1\",\"id\":\"2\"}\n",
             b"{\"resourceType\":{\"$serde_json::private::RawValue\":\"\\\"Patient\\\"\"},\"id\":\"p\"}\n",
         ] {
-            assert!(ndjson_as_bundle(bad, &all).is_err());
+            assert!(ndjson_as_bundle(bad, &all, &rewriter(), false).is_err());
         }
+        // An error file's OperationOutcome leaves rebuilt: only its codes while anything is
+        // withheld, its words (the backend's base as the gateway's) otherwise.
+        let errors = b"{\"resourceType\":\"OperationOutcome\",\"contained\":[{\"resourceType\":\"Patient\",\"id\":\"bo\"}],\"issue\":[{\"severity\":\"error\",\"code\":\"processing\",\"diagnostics\":\"failed http://backend:8080/fhir/R4/Observation/5\"}]}\n";
+        let told = |withheld: bool| -> Value {
+            serde_json::from_slice(&ndjson_as_bundle(errors, &all, &rewriter(), withheld).unwrap())
+                .unwrap()
+        };
+        assert_eq!(
+            told(true)["entry"][0]["resource"],
+            json!({ "resourceType": "OperationOutcome",
+                    "issue": [{ "severity": "error", "code": "processing" }] })
+        );
+        assert_eq!(
+            told(false)["entry"][0]["resource"]["issue"][0]["diagnostics"],
+            "failed https://gw.example/fhir/Observation/5"
+        );
+        assert!(!told(false).to_string().contains("\"bo\""));
         // One type exported: a line of another type does not leave.
         let only: Value = serde_json::from_slice(
-            &ndjson_as_bundle(file, &|t: &str| exported(Some("Patient"), t)).unwrap(),
+            &ndjson_as_bundle(
+                file,
+                &|t: &str| exported(Some("Patient"), t),
+                &rewriter(),
+                false,
+            )
+            .unwrap(),
         )
         .unwrap();
         assert_eq!(only["entry"].as_array().unwrap().len(), 1);
@@ -490,8 +526,10 @@ mod tests {
         let logs = b"{\"resourceType\":\"AuditEvent\",\"id\":\"a\"}\n";
         for only in [None, Some("AuditEvent")] {
             let asked = |t: &str| exported(only, t);
-            let kept: Value =
-                serde_json::from_slice(&ndjson_as_bundle(logs, &asked).unwrap()).unwrap();
+            let kept: Value = serde_json::from_slice(
+                &ndjson_as_bundle(logs, &asked, &rewriter(), false).unwrap(),
+            )
+            .unwrap();
             assert!(kept["entry"].as_array().unwrap().is_empty(), "{kept}");
         }
         // Nor inside a Binary: an earlier export's NDJSON kept as one, or content naming the
@@ -507,7 +545,13 @@ mod tests {
              {{\"resourceType\":\"Binary\",\"id\":\"doc\",\"contentType\":\"application/pdf\",\"data\":\"{pdf}\"}}\n"
         );
         let kept: Value = serde_json::from_slice(
-            &ndjson_as_bundle(binaries.as_bytes(), &|t: &str| exported(None, t)).unwrap(),
+            &ndjson_as_bundle(
+                binaries.as_bytes(),
+                &|t: &str| exported(None, t),
+                &rewriter(),
+                false,
+            )
+            .unwrap(),
         )
         .unwrap();
         let ids: Vec<&str> = kept["entry"]

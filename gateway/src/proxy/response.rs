@@ -211,7 +211,15 @@ impl Proxy {
         // with the bytes it was read in: whatever changes them after that (a filter, a merge)
         // makes it read again from the bytes that leave.
         let (mut bytes, found) = if ndjson {
-            (export::ndjson_as_bundle(&bytes, &exported)?, None)
+            (
+                export::ndjson_as_bundle(
+                    &bytes,
+                    &exported,
+                    &upstream.rewriter,
+                    withholds(&exchange),
+                )?,
+                None,
+            )
         } else {
             rewrite_bundle(upstream, bytes, paging, status, duties.audits_patients)?
         };
